@@ -1,0 +1,3 @@
+"""A Matrix homeserver on Twisted."""
+
+__version__ = "0.1.0"

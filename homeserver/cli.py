@@ -1,0 +1,196 @@
+"""`homeserver run | generate-config | migrate | admin create-user`.
+
+The reactor is chosen here, before anything imports `twisted.internet.reactor`
+(STACK-NOTES: importing some libraries installs the default one as a side effect).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from homeserver.config import Config, ConfigError, load_config
+from homeserver.config_template import render_config
+
+
+def _die(message: str) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(1)
+
+
+def _load(path: str) -> Config:
+    try:
+        config = load_config(path)
+        from homeserver.plugins import PluginLoadError, parse_plugin_config
+
+        for i, entry in enumerate(config.plugins):
+            parse_plugin_config(i, entry.module, entry.config, config.source)
+    except ConfigError as e:
+        _die(str(e))
+    except PluginLoadError as e:
+        _die(str(e))
+    return config
+
+
+def cmd_generate_config(args: argparse.Namespace) -> None:
+    from homeserver.signing_key import load_or_create_signing_key
+
+    text = render_config(
+        args.server_name,
+        port=args.port,
+        bind=args.bind,
+        data_dir=args.data_dir,
+        database_url=args.database_url or "",
+        public_baseurl=args.public_baseurl or "",
+        open_registration=args.open_registration,
+        require_email_verification=args.require_email_verification,
+    )
+    data_dir = Path(args.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    load_or_create_signing_key(data_dir / "signing.key")
+    sys.stdout.write(text)
+
+
+def _run_async(fn: Any) -> None:
+    """Run `await fn(reactor)` on the reactor and exit with its outcome."""
+    from twisted.internet import defer, task
+
+    def main(reactor: Any) -> Any:
+        return defer.Deferred.fromCoroutine(fn(reactor))
+
+    task.react(main)
+
+
+def cmd_migrate(args: argparse.Namespace) -> None:
+    config = _load(args.config)
+    from homeserver.logs import setup_logging
+
+    setup_logging(config.logging.level)
+
+    async def migrate_db(reactor: Any) -> None:
+        from homeserver.storage import Storage
+        from homeserver.storage.migrations import migrate
+
+        config.data_path.mkdir(parents=True, exist_ok=True)
+        storage = Storage.from_url(config.database.url, 1, 1)
+        try:
+            applied = await migrate(storage.db)
+            print(f"schema up to date ({len(applied)} file(s) applied)")
+        finally:
+            storage.close()
+
+    _run_async(migrate_db)
+
+
+def cmd_create_user(args: argparse.Namespace) -> None:
+    config = _load(args.config)
+
+    async def create(reactor: Any) -> None:
+        from homeserver.core.accounts import check_email
+        from homeserver.errors import MatrixError
+        from homeserver.server import HomeServer
+
+        config.data_path.mkdir(parents=True, exist_ok=True)
+        hs = HomeServer(config, reactor)
+        try:
+            await hs.start()
+            email = check_email(args.email)
+            localpart = args.username or await hs.accounts.localpart_for_email(email)
+            user_id = await hs.accounts.register(
+                localpart.lower(), args.password, email=email, email_validated=True, is_admin=args.admin
+            )
+            print(user_id)
+        except MatrixError as e:
+            print(f"error: {e.errcode}: {e.message}", file=sys.stderr)
+            raise SystemExit(1) from None
+        finally:
+            hs.storage.close()
+
+    _run_async(create)
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    config = _load(args.config)
+    from twisted.internet import reactor as _reactor
+    from twisted.internet.defer import Deferred
+    from twisted.logger import Logger
+
+    from homeserver.logs import setup_logging
+    from homeserver.server import HomeServer
+
+    reactor: Any = _reactor
+    setup_logging(config.logging.level)
+    log = Logger(namespace="homeserver")
+    config.data_path.mkdir(parents=True, exist_ok=True)
+    hs = HomeServer(config, reactor)
+    state: dict[str, Any] = {"port": None, "exit": 0}
+
+    async def startup() -> None:
+        try:
+            await hs.start()
+            state["port"] = reactor.listenTCP(config.listen.port, hs.site(), interface=config.listen.bind)
+        except Exception as e:
+            log.critical("start-up failed: {error}", error=str(e))
+            state["exit"] = 1
+            hs.storage.close()
+            reactor.stop()
+            return
+        log.info(
+            "listening on http://{bind}:{port} as {server_name}",
+            bind=config.listen.bind,
+            port=state["port"].getHost().port,
+            server_name=config.server_name,
+        )
+        reactor.addSystemEventTrigger(
+            "before", "shutdown", lambda: Deferred.fromCoroutine(hs.stop(state["port"]))
+        )
+
+    reactor.callWhenRunning(lambda: Deferred.fromCoroutine(startup()))
+    # reactor.run() turns SIGTERM and SIGINT into reactor.stop(), which runs the
+    # "before shutdown" trigger above: stop listening, drain requests, close the DB.
+    reactor.run()
+    raise SystemExit(state["exit"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="homeserver", description="A Matrix homeserver.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser(
+        "generate-config", help="print a complete, commented config and create the signing key"
+    )
+    gen.add_argument("--server-name", required=True)
+    gen.add_argument("--port", type=int, default=8008)
+    gen.add_argument("--bind", default="127.0.0.1")
+    gen.add_argument("--data-dir", default="./data")
+    gen.add_argument("--database-url", default=None)
+    gen.add_argument("--public-baseurl", default=None)
+    gen.add_argument("--open-registration", action="store_true")
+    gen.add_argument("--require-email-verification", action="store_true")
+    gen.set_defaults(func=cmd_generate_config)
+
+    run = sub.add_parser("run", help="serve HTTP and WebSocket")
+    run.add_argument("-c", "--config", required=True)
+    run.set_defaults(func=cmd_run)
+
+    mig = sub.add_parser("migrate", help="apply pending schema files")
+    mig.add_argument("-c", "--config", required=True)
+    mig.set_defaults(func=cmd_migrate)
+
+    admin = sub.add_parser("admin", help="administration")
+    admin_sub = admin.add_subparsers(dest="admin_command", required=True)
+    create = admin_sub.add_parser("create-user", help="create an account")
+    create.add_argument("-c", "--config", required=True)
+    create.add_argument("--email", required=True)
+    create.add_argument("--password", required=True)
+    create.add_argument("--username", default=None, help="localpart (default: from the email address)")
+    create.add_argument("--admin", action="store_true")
+    create.set_defaults(func=cmd_create_user)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.func(args)

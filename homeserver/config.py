@@ -1,0 +1,311 @@
+"""YAML -> typed, validated settings.
+
+Every section is a frozen dataclass; `load_config` walks the YAML against the
+dataclass fields and stops at the first problem with one line that names the
+file and the dotted key (`ConfigError`). Durations ("30s", "1h", "30d") and
+sizes ("512K", "1M") are parsed here so the rest of the code sees numbers.
+Secrets may come from environment variables (see `ENV_OVERRIDES`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(Exception):
+    """A bad config: the message is one line naming the file and the key."""
+
+
+class Duration(int):
+    """Milliseconds, written in YAML as an int of seconds or "500ms", "30s", "5m", "1h", "30d"."""
+
+
+class Size(int):
+    """Bytes, written in YAML as an int or "512K", "1M", "2G"."""
+
+
+_DURATION_UNITS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+
+
+def _parse_duration(value: Any) -> Duration:
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 1h or 30d")
+    if isinstance(value, int):
+        return Duration(value * 1000)
+    m = re.fullmatch(r"(\d+)(ms|s|m|h|d)", str(value).strip())
+    if not m:
+        raise ValueError("expected a duration such as 30s, 1h or 30d")
+    return Duration(int(m.group(1)) * _DURATION_UNITS[m.group(2)])
+
+
+def _parse_size(value: Any) -> Size:
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 512K or 1M")
+    if isinstance(value, int):
+        return Size(value)
+    m = re.fullmatch(r"(\d+)\s*([KMG]?)B?", str(value).strip().upper())
+    if not m:
+        raise ValueError("expected a size such as 512K or 1M")
+    return Size(int(m.group(1)) * _SIZE_UNITS[m.group(2)])
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    bind: str = "127.0.0.1"
+    port: int = 8008
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    # sqlite:///relative/or/absolute/path.db or postgresql://user@host:port/db
+    url: str = ""
+    pool_min: int = 2
+    pool_max: int = 10
+
+
+@dataclass(frozen=True)
+class RegistrationConfig:
+    enabled: bool = False
+    require_email_verification: bool = False
+    tokens: list[str] = field(default_factory=list)
+    password_min_length: int = 8
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    jwt_secret: str | None = None
+    access_token_lifetime: Duration = Duration(3_600_000)
+    non_refreshable_token_lifetime: Duration = Duration(365 * 86_400_000)
+    refresh_token_lifetime: Duration = Duration(30 * 86_400_000)
+    password_hashing: str = "interactive"
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    host: str | None = None
+    port: int = 587
+    security: str = "starttls"
+    username: str | None = None
+    password: str | None = None
+    timeout: Duration = Duration(10_000)
+
+
+@dataclass(frozen=True)
+class EmailConfig:
+    sender: str = "Homeserver <noreply@localhost>"
+    token_lifetime: Duration = Duration(3_600_000)
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    per_second: float = 1.0
+    burst: int = 5
+
+
+@dataclass(frozen=True)
+class RateLimitsConfig:
+    enabled: bool = True
+    login_per_ip: RateLimit = RateLimit(0.2, 10)
+    login_failures_per_account: RateLimit = RateLimit(0.05, 5)
+    register_per_ip: RateLimit = RateLimit(0.1, 5)
+    password_reset_per_ip: RateLimit = RateLimit(0.05, 3)
+    password_reset_per_account: RateLimit = RateLimit(0.01, 3)
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_request_body_size: Size = Size(1024 * 1024)
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "INFO"
+    access_log: bool = True
+
+
+@dataclass(frozen=True)
+class PluginConfig:
+    module: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    server_name: str = ""
+    public_baseurl: str = ""
+    data_dir: str = "./data"
+    signing_key_path: str | None = None
+    listen: ListenConfig = field(default_factory=ListenConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    registration: RegistrationConfig = field(default_factory=RegistrationConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    email: EmailConfig = field(default_factory=EmailConfig)
+    rate_limits: RateLimitsConfig = field(default_factory=RateLimitsConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    plugins: list[PluginConfig] = field(default_factory=list)
+    # Where the YAML came from; relative paths in it are relative to the working directory.
+    source: str = "<defaults>"
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    @property
+    def signing_key_file(self) -> Path:
+        return Path(self.signing_key_path) if self.signing_key_path else self.data_path / "signing.key"
+
+    @property
+    def base_url(self) -> str:
+        return self.public_baseurl.rstrip("/")
+
+
+# Keys that must be present and non-empty in the file.
+REQUIRED = ("server_name",)
+
+# Environment variables that override a key (secrets stay out of the file).
+ENV_OVERRIDES = {
+    "HOMESERVER_DATABASE_URL": ("database", "url"),
+    "HOMESERVER_JWT_SECRET": ("auth", "jwt_secret"),
+    "HOMESERVER_SMTP_HOST": ("email", "smtp", "host"),
+    "HOMESERVER_SMTP_USERNAME": ("email", "smtp", "username"),
+    "HOMESERVER_SMTP_PASSWORD": ("email", "smtp", "password"),
+}
+
+_CHOICES = {
+    "auth.password_hashing": ("interactive", "moderate", "fast"),
+    "email.smtp.security": ("starttls", "tls", "none"),
+    "logging.level": ("DEBUG", "INFO", "WARNING", "ERROR"),
+}
+
+
+def load_config(path: str | os.PathLike[str], env: typing.Mapping[str, str] | None = None) -> Config:
+    """Read, validate and return the config at `path`; raise ConfigError on any problem."""
+    source = str(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError(f"{source}: cannot read config: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML: {str(e).splitlines()[0]}") from None
+    return parse_config(raw if raw is not None else {}, source, os.environ if env is None else env)
+
+
+def parse_config(raw: Any, source: str = "<config>", env: typing.Mapping[str, str] | None = None) -> Config:
+    """Validate an already-parsed YAML document into a Config."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the config must be a mapping of keys")
+    raw = dict(raw)
+    for var, keys in ENV_OVERRIDES.items() if env else ():
+        if env is not None and env.get(var):
+            _set_nested(raw, keys, env[var])
+    for key in REQUIRED:
+        if not raw.get(key):
+            raise ConfigError(f"{source}: missing required key '{key}'")
+    config = _build(Config, raw, "", source)
+    config = dataclasses.replace(config, source=source)
+    _check_values(config, source)
+    return effective(config)
+
+
+def _set_nested(raw: dict[str, Any], keys: tuple[str, ...], value: str) -> None:
+    node = raw
+    for key in keys[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {}
+        node[key] = child = dict(child)
+        node = child
+    node[keys[-1]] = value
+
+
+def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: '{prefix.rstrip('.') or '<root>'}' must be a mapping")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.name != "source"}
+    for key in raw:
+        if key not in names:
+            raise ConfigError(f"{source}: unknown key '{prefix}{key}'")
+    values = {}
+    for name in names:
+        if name in raw:
+            values[name] = _convert(hints[name], raw[name], f"{prefix}{name}", source)
+    return cls(**values)
+
+
+def _convert(hint: Any, value: Any, key: str, source: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(inner, value, key, source)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value if value is not None else {}, key + ".", source)  # type: ignore[arg-type]
+    try:
+        if hint is Duration:
+            return _parse_duration(value)
+        if hint is Size:
+            return _parse_size(value)
+    except ValueError as e:
+        raise ConfigError(f"{source}: '{key}': {e}, got {value!r}") from None
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: '{key}' must be a list, got {type(value).__name__}")
+        return [_convert(args[0], v, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: '{key}' must be a mapping, got {type(value).__name__}")
+        return dict(value)
+    expected = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}[hint]
+    if isinstance(value, bool) and hint is not bool or not isinstance(value, expected):
+        raise ConfigError(f"{source}: '{key}' must be of type {hint.__name__}, got {type(value).__name__}")
+    return float(value) if hint is float else value  # type: ignore[arg-type]
+
+
+def _check_values(config: Config, source: str) -> None:
+    for key, allowed in _CHOICES.items():
+        value: Any = config
+        for part in key.split("."):
+            value = getattr(value, part)
+        if value not in allowed:
+            raise ConfigError(f"{source}: '{key}' must be one of {', '.join(allowed)}, got {value!r}")
+    if not re.fullmatch(r"[A-Za-z0-9.\-]+(:\d{1,5})?|\[[0-9a-fA-F:.]+\](:\d{1,5})?", config.server_name):
+        raise ConfigError(f"{source}: 'server_name' is not a valid server name: {config.server_name!r}")
+    if not (1 <= config.listen.port <= 65535):
+        raise ConfigError(f"{source}: 'listen.port' must be between 1 and 65535")
+    url = config.database.url
+    if url and not (url.startswith("sqlite:///") or url.startswith(("postgresql://", "postgres://"))):
+        raise ConfigError(f"{source}: 'database.url' must start with sqlite:/// or postgresql://")
+    if config.public_baseurl and not config.public_baseurl.startswith(("http://", "https://")):
+        raise ConfigError(f"{source}: 'public_baseurl' must be an http(s) URL")
+    for i, plugin in enumerate(config.plugins):
+        if not plugin.module:
+            raise ConfigError(f"{source}: missing required key 'plugins[{i}].module'")
+    if config.registration.password_min_length < 1:
+        raise ConfigError(f"{source}: 'registration.password_min_length' must be at least 1")
+
+
+def effective(config: Config) -> Config:
+    """Fill defaults that depend on other keys (database file, public URL)."""
+    updates: dict[str, Any] = {}
+    if not config.database.url:
+        db_file = (config.data_path / "homeserver.db").as_posix()
+        updates["database"] = dataclasses.replace(config.database, url=f"sqlite:///{db_file}")
+    if not config.public_baseurl:
+        updates["public_baseurl"] = f"http://{config.listen.bind}:{config.listen.port}/"
+    return dataclasses.replace(config, **updates) if updates else config

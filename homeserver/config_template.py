@@ -1,0 +1,150 @@
+"""The complete, commented config that `homeserver generate-config` prints.
+
+`config/homeserver.yaml` is this template rendered with the `make run` defaults;
+a test keeps the two (and the settings in `config.py`) in step.
+"""
+
+from __future__ import annotations
+
+from string import Template
+
+TEMPLATE = Template(
+    """\
+# Homeserver configuration. Every key is listed with its default; durations are
+# written as 500ms, 30s, 5m, 1h or 30d, sizes as 512K, 1M or 2G.
+# Secrets can also come from the environment (they win over this file):
+#   HOMESERVER_DATABASE_URL, HOMESERVER_JWT_SECRET, HOMESERVER_SMTP_HOST,
+#   HOMESERVER_SMTP_USERNAME, HOMESERVER_SMTP_PASSWORD
+
+# The domain part of user ids (@alice:SERVER_NAME). Required; cannot change later.
+server_name: "$server_name"
+
+# The URL clients reach this server at (used in links in mails and in
+# /.well-known/matrix/client). Empty: http://BIND:PORT/.
+public_baseurl: "$public_baseurl"
+
+# Where the server keeps its files: the SQLite database, the signing key,
+# the token secret, plugin data and (without SMTP) outgoing mail.
+data_dir: "$data_dir"
+
+# The server's ed25519 signing key. Empty: DATA_DIR/signing.key (created if missing).
+signing_key_path: null
+
+listen:
+  # Address and port of the HTTP and WebSocket listener.
+  bind: "$bind"
+  port: $port
+
+database:
+  # sqlite:///PATH (a file; WAL mode) or postgresql://USER@HOST:PORT/DB.
+  # Empty: sqlite:///DATA_DIR/homeserver.db.
+  url: "$database_url"
+  # Connection pool bounds (PostgreSQL only; SQLite uses one connection).
+  pool_min: 2
+  pool_max: 10
+
+registration:
+  # Whether anyone may create an account (POST /register, /api/auth/register).
+  enabled: $open_registration
+  # New accounts must prove their email address (a mail with a link and a code);
+  # an unverified account cannot log in.
+  require_email_verification: $require_email_verification
+  # If not empty, registering needs one of these tokens (m.login.registration_token).
+  tokens: []
+  # Shortest password accepted.
+  password_min_length: 8
+
+auth:
+  # Secret that signs access tokens (JWT, HS256). Empty: a random one is made
+  # once in DATA_DIR/jwt.secret. Changing it logs everyone out.
+  jwt_secret: null
+  # Lifetime of an access token issued with a refresh token.
+  access_token_lifetime: 1h
+  # Lifetime of an access token for clients that cannot refresh.
+  non_refreshable_token_lifetime: 365d
+  # Lifetime of a refresh token (each is used once and replaced).
+  refresh_token_lifetime: 30d
+  # argon2id cost: interactive (default), moderate (slower, stronger) or
+  # fast (test suites only: trivially cheap to brute-force).
+  password_hashing: interactive
+
+email:
+  # The From: of verification and password-reset mails.
+  sender: "Homeserver <noreply@localhost>"
+  # How long a mailed link or code stays valid.
+  token_lifetime: 1h
+  smtp:
+    # SMTP server. Empty: mails are written to DATA_DIR/mail/ and the log says where.
+    host: null
+    port: 587
+    # starttls, tls (implicit TLS, usually port 465) or none.
+    security: starttls
+    username: null
+    password: null
+    # Give up on an SMTP conversation after this long.
+    timeout: 10s
+
+rate_limits:
+  # Turn every limit below off (load tests only).
+  enabled: true
+  # Each limit is a token bucket: 'burst' requests at once, refilled at 'per_second'.
+  # Login attempts from one IP address.
+  login_per_ip: {per_second: 0.2, burst: 10}
+  # Failed logins to one account, from anywhere.
+  login_failures_per_account: {per_second: 0.05, burst: 5}
+  # Registrations from one IP address.
+  register_per_ip: {per_second: 0.1, burst: 5}
+  # Verification and password-reset mails (and code attempts) from one IP address.
+  password_reset_per_ip: {per_second: 0.05, burst: 3}
+  # Password-reset mails to one address.
+  password_reset_per_account: {per_second: 0.01, burst: 3}
+
+limits:
+  # Largest request body accepted (413 M_TOO_LARGE above it). Media uploads have their own limit.
+  max_request_body_size: 1M
+
+logging:
+  # DEBUG, INFO, WARNING or ERROR.
+  level: INFO
+  # One line per request: client IP, method, path (never the query), status, time.
+  access_log: true
+
+# Plugins: each entry names a plugin class and its own config block.
+# See docs/plugins.md. Example:
+#   - module: plugins.example.ExamplePlugin
+#     config: {greeting: "Hello"}
+plugins:$plugins
+"""
+)
+
+DEFAULT_PLUGINS = """
+  # A small demonstration plugin: GET /_plugins/example/hello, an event counter.
+  - module: plugins.example.ExamplePlugin
+    config:
+      greeting: "Hello"
+"""
+
+
+def render_config(
+    server_name: str,
+    *,
+    port: int = 8008,
+    bind: str = "127.0.0.1",
+    data_dir: str = "./data",
+    database_url: str = "",
+    public_baseurl: str = "",
+    open_registration: bool = False,
+    require_email_verification: bool = False,
+    plugins: str = DEFAULT_PLUGINS,
+) -> str:
+    return TEMPLATE.substitute(
+        server_name=server_name,
+        port=port,
+        bind=bind,
+        data_dir=data_dir,
+        database_url=database_url,
+        public_baseurl=public_baseurl,
+        open_registration=str(open_registration).lower(),
+        require_email_verification=str(require_email_verification).lower(),
+        plugins=plugins.rstrip("\n") if plugins.strip() else " []",
+    )

@@ -1,0 +1,47 @@
+"""Token-bucket rate limits keyed by (action, ip) or (action, account)."""
+
+from __future__ import annotations
+
+from homeserver.config import RateLimit
+from homeserver.core.clock import Clock
+from homeserver.errors import LimitExceeded
+
+# Past this many buckets, full (idle) ones are dropped so memory stays bounded.
+_MAX_BUCKETS = 100_000
+
+
+class RateLimiter:
+    def __init__(self, clock: Clock, enabled: bool = True) -> None:
+        self.clock = clock
+        self.enabled = enabled
+        self._buckets: dict[tuple[str, str], tuple[float, float]] = {}
+
+    def check(self, action: str, key: str, limit: RateLimit, cost: float = 1.0) -> None:
+        """Take `cost` from the bucket; raise LimitExceeded (with retry_after_ms) if empty."""
+        if not self.enabled:
+            return
+        now = self.clock.monotonic()
+        tokens, last = self._buckets.get((action, key), (float(limit.burst), now))
+        tokens = min(float(limit.burst), tokens + (now - last) * limit.per_second)
+        if tokens < cost:
+            self._buckets[(action, key)] = (tokens, now)
+            wait_s = (cost - tokens) / limit.per_second if limit.per_second > 0 else 3600.0
+            raise LimitExceeded(retry_after_ms=max(1, int(wait_s * 1000)))
+        self._buckets[(action, key)] = (tokens - cost, now)
+        if len(self._buckets) > _MAX_BUCKETS:
+            self._prune(now)
+
+    def peek(self, action: str, key: str, limit: RateLimit) -> None:
+        """Raise LimitExceeded if the bucket is empty, without taking from it."""
+        if not self.enabled:
+            return
+        now = self.clock.monotonic()
+        tokens, last = self._buckets.get((action, key), (float(limit.burst), now))
+        tokens = min(float(limit.burst), tokens + (now - last) * limit.per_second)
+        if tokens < 1:
+            wait_s = (1 - tokens) / limit.per_second if limit.per_second > 0 else 3600.0
+            raise LimitExceeded(retry_after_ms=max(1, int(wait_s * 1000)))
+
+    def _prune(self, now: float) -> None:
+        # A bucket idle for an hour has refilled for any sane limit.
+        self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 3600}

@@ -1,0 +1,144 @@
+"""Access tokens (JWTs) and refresh tokens, and turning a token into a requester.
+
+An access token is a JWT (HS256, the server's secret) carrying the user id (`sub`),
+the device id (`did`), a token id (`jti`), `iat` and `exp`. It is both the Matrix
+access token and the simple API's `token`, so one login works on both APIs. The
+signature proves the server made it; the `access_tokens` row proves it has not
+been revoked (logout deletes the row). Refresh tokens are opaque random strings,
+stored hashed, used once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import jwt
+
+from homeserver.core.clock import Clock
+from homeserver.errors import UnknownToken
+from homeserver.storage import Storage
+from homeserver.storage.devices import NewRefreshToken
+
+ALGORITHM = "HS256"
+REFRESH_PREFIX = "hsr_"
+# Verified tokens kept in memory; revocation on this process evicts at once.
+_CACHE_SIZE = 50_000
+
+
+@dataclass(frozen=True)
+class Requester:
+    """Who is making a request: the user and device behind a valid access token."""
+
+    user_id: str
+    device_id: str
+    token_id: str
+    expires_ts: int
+
+
+@dataclass(frozen=True)
+class IssuedTokens:
+    access_token: str
+    token_id: str
+    expires_ts: int
+    refresh_token: str | None
+
+
+def hash_refresh_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+class TokenService:
+    def __init__(
+        self,
+        storage: Storage,
+        clock: Clock,
+        secret: bytes,
+        issuer: str,
+        access_lifetime_ms: int,
+        non_refreshable_lifetime_ms: int,
+        refresh_lifetime_ms: int,
+    ) -> None:
+        self.storage = storage
+        self.clock = clock
+        self._secret = secret
+        self.issuer = issuer
+        self.access_lifetime_ms = access_lifetime_ms
+        self.non_refreshable_lifetime_ms = non_refreshable_lifetime_ms
+        self.refresh_lifetime_ms = refresh_lifetime_ms
+        self._cache: OrderedDict[str, Requester] = OrderedDict()
+
+    def new_tokens(
+        self, user_id: str, device_id: str, refreshable: bool
+    ) -> tuple[IssuedTokens, NewRefreshToken | None]:
+        """Mint an access token (and a refresh token); the caller persists them."""
+        now = self.clock.time_ms()
+        token_id = secrets.token_urlsafe(16)
+        lifetime = self.access_lifetime_ms if refreshable else self.non_refreshable_lifetime_ms
+        expires_ts = now + lifetime
+        claims = {
+            "iss": self.issuer,
+            "sub": user_id,
+            "did": device_id,
+            "jti": token_id,
+            "iat": now // 1000,
+            "exp": expires_ts // 1000,
+        }
+        access = jwt.encode(claims, self._secret, algorithm=ALGORITHM)
+        refresh_token = None
+        refresh_row = None
+        if refreshable:
+            refresh_token = REFRESH_PREFIX + secrets.token_urlsafe(32)
+            refresh_row = NewRefreshToken(hash_refresh_token(refresh_token), now + self.refresh_lifetime_ms)
+        return IssuedTokens(access, token_id, (expires_ts // 1000) * 1000, refresh_token), refresh_row
+
+    async def get_requester(self, token: str) -> Requester:
+        """Validate an access token.
+
+        @raise UnknownToken: forged, malformed, revoked (soft_logout false) or
+            expired (soft_logout true: the client may refresh or log in again).
+        """
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=[ALGORITHM],
+                issuer=self.issuer,
+                options={"require": ["sub", "did", "jti", "exp", "iat", "iss"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise UnknownToken("Access token has expired", soft_logout=True) from None
+        except jwt.InvalidTokenError:
+            raise UnknownToken("Unrecognised access token") from None
+        token_id = claims["jti"]
+        if not isinstance(token_id, str):
+            raise UnknownToken("Unrecognised access token")
+        cached = self._cache.get(token_id)
+        if cached is None:
+            row = await self.storage.devices.get_access_token(token_id)
+            if row is None or row.user_id != claims["sub"] or row.device_id != claims["did"]:
+                raise UnknownToken("Access token has been revoked")
+            cached = Requester(row.user_id, row.device_id, row.token_id, row.expires_ts)
+            self._cache[token_id] = cached
+            if len(self._cache) > _CACHE_SIZE:
+                self._cache.popitem(last=False)
+        if cached.expires_ts <= self.clock.time_ms():
+            raise UnknownToken("Access token has expired", soft_logout=True)
+        return cached
+
+    def forget(self, token_ids: list[str]) -> None:
+        """Drop revoked tokens from the cache (call after the revoking commit)."""
+        for token_id in token_ids:
+            self._cache.pop(token_id, None)
+
+    def forget_device(self, user_id: str, device_id: str) -> None:
+        for token_id, req in list(self._cache.items()):
+            if req.user_id == user_id and req.device_id == device_id:
+                del self._cache[token_id]
+
+
+def new_device_id() -> str:
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    return "".join(secrets.choice(alphabet) for _ in range(10))

@@ -1,0 +1,25 @@
+"""The only code that writes SQL: one store per domain over one `Database`."""
+
+from __future__ import annotations
+
+from homeserver.storage.accounts import AccountStore
+from homeserver.storage.auth_sessions import AuthSessionStore
+from homeserver.storage.database import Database, engine_from_url
+from homeserver.storage.devices import DeviceStore
+
+
+class Storage:
+    """Every store of the core, sharing one database handle."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.accounts = AccountStore(db)
+        self.devices = DeviceStore(db)
+        self.auth_sessions = AuthSessionStore(db)
+
+    @classmethod
+    def from_url(cls, url: str, pool_min: int = 2, pool_max: int = 10) -> "Storage":
+        return cls(Database(engine_from_url(url, pool_min, pool_max)))
+
+    def close(self) -> None:
+        self.db.close()

@@ -1,0 +1,183 @@
+"""The database handle: one interface over two engines.
+
+SQLite (the default, a file in the data dir, WAL mode) and PostgreSQL (psycopg2
+through `twisted.enterprise.adbapi`, pooled). Store modules write plain SQL with
+`?` placeholders and call `run_interaction(desc, fn, ...)`: `fn` runs in a pool
+thread inside one transaction and gets a `Txn`; `desc` names the transaction in
+logs so a slow query names itself. The engine adapts placeholders (psycopg2 takes
+`%s`), which is the DB-API paramstyle, not a dialect: SQL that differs between
+engines lives in per-dialect schema files (see `migrations.py`).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, TypeVar
+from urllib.parse import unquote, urlsplit
+
+from twisted.enterprise import adbapi
+from twisted.logger import Logger
+
+log = Logger()
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# A transaction slower than this is logged with its name.
+SLOW_TRANSACTION_S = 0.5
+
+
+class Txn:
+    """A cursor wrapper given to `*_txn` functions: one transaction, `?` placeholders."""
+
+    def __init__(self, cursor: Any, engine: "Engine") -> None:
+        self._cursor = cursor
+        self.engine = engine
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> None:
+        self._cursor.execute(self.engine.adapt(sql), tuple(args))
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        self._cursor.executemany(self.engine.adapt(sql), [tuple(r) for r in rows])
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        row = self._cursor.fetchone()
+        return tuple(row) if row is not None else None
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in self._cursor.fetchall()]
+
+    @property
+    def rowcount(self) -> int:
+        return int(self._cursor.rowcount)
+
+    def query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        self.execute(sql, args)
+        return self.fetchall()
+
+    def query_one(self, sql: str, args: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        self.execute(sql, args)
+        return self.fetchone()
+
+
+class Engine:
+    name = ""
+
+    def adapt(self, sql: str) -> str:
+        return sql
+
+    def make_pool(self) -> adbapi.ConnectionPool:
+        raise NotImplementedError
+
+    def is_unique_violation(self, error: BaseException) -> bool:
+        raise NotImplementedError
+
+
+class SqliteEngine(Engine):
+    name = "sqlite"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def make_pool(self) -> adbapi.ConnectionPool:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        # One connection: SQLite has a single writer anyway, and one thread keeps
+        # every transaction serialised without SQLITE_BUSY retries.
+        return adbapi.ConnectionPool(
+            "sqlite3",
+            self.path,
+            check_same_thread=False,
+            cp_min=1,
+            cp_max=1,
+            cp_openfun=self._on_connect,
+        )
+
+    @staticmethod
+    def _on_connect(conn: sqlite3.Connection) -> None:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=5000")
+
+    def is_unique_violation(self, error: BaseException) -> bool:
+        return isinstance(error, sqlite3.IntegrityError) and "UNIQUE" in str(error)
+
+
+class PostgresEngine(Engine):
+    name = "postgres"
+
+    def __init__(self, url: str, pool_min: int, pool_max: int) -> None:
+        self.url = url
+        self.pool_min = pool_min
+        self.pool_max = pool_max
+        self._adapted: dict[str, str] = {}
+
+    def adapt(self, sql: str) -> str:
+        adapted = self._adapted.get(sql)
+        if adapted is None:
+            adapted = self._adapted[sql] = sql.replace("%", "%%").replace("?", "%s")
+        return adapted
+
+    def make_pool(self) -> adbapi.ConnectionPool:
+        return adbapi.ConnectionPool(
+            "psycopg2",
+            dsn=self.url,
+            cp_min=self.pool_min,
+            cp_max=self.pool_max,
+            cp_reconnect=True,
+        )
+
+    def is_unique_violation(self, error: BaseException) -> bool:
+        import psycopg2.errors
+
+        return isinstance(error, psycopg2.errors.UniqueViolation)
+
+
+def engine_from_url(url: str, pool_min: int = 2, pool_max: int = 10) -> Engine:
+    if url.startswith("sqlite:///"):
+        return SqliteEngine(unquote(url[len("sqlite:///") :]))
+    if urlsplit(url).scheme in ("postgresql", "postgres"):
+        return PostgresEngine(url, pool_min, pool_max)
+    raise ValueError(f"unsupported database url scheme: {url.split(':', 1)[0]}")
+
+
+class Database:
+    """A pool of connections to one database, used by every store module."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._pool = engine.make_pool()
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.name
+
+    async def run_interaction(
+        self, desc: str, fn: Callable[Concatenate[Txn, P], R], *args: P.args, **kwargs: P.kwargs
+    ) -> R:
+        """Run `fn(txn, *args)` in one transaction on a pool thread; commit on return."""
+
+        def interaction(cursor: Any) -> R:
+            start = time.monotonic()
+            try:
+                return fn(Txn(cursor, self.engine), *args, **kwargs)
+            finally:
+                elapsed = time.monotonic() - start
+                if elapsed > SLOW_TRANSACTION_S:
+                    log.warn("slow transaction {desc}: {elapsed:.3f}s", desc=desc, elapsed=elapsed)
+
+        result: R = await self._pool.runInteraction(interaction)
+        return result
+
+    async def query(self, desc: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        """One read query as its own transaction."""
+        return await self.run_interaction(desc, lambda txn: txn.query(sql, args))
+
+    def is_unique_violation(self, error: BaseException) -> bool:
+        return self.engine.is_unique_violation(error)
+
+    def close(self) -> None:
+        self._pool.close()
