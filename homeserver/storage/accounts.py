@@ -91,7 +91,7 @@ class AccountStore:
         return bool(await self.db.query("user_exists", "SELECT 1 FROM users WHERE user_id = ?", user_id))
 
     async def set_password_hash(self, user_id: str, password_hash: str) -> None:
-        await self.db.query(
+        await self.db.execute(
             "set_password_hash",
             "UPDATE users SET password_hash = ? WHERE user_id = ?",
             password_hash,
@@ -99,7 +99,7 @@ class AccountStore:
         )
 
     async def set_admin(self, user_id: str, is_admin: bool) -> None:
-        await self.db.query("set_admin", "UPDATE users SET is_admin = ? WHERE user_id = ?", is_admin, user_id)
+        await self.db.execute("set_admin", "UPDATE users SET is_admin = ? WHERE user_id = ?", is_admin, user_id)
 
     async def deactivate(self, user_id: str) -> None:
         """Mark the user deactivated, drop its password, emails and profile fields."""
@@ -135,7 +135,7 @@ class AccountStore:
         return bool(rows)
 
     async def mark_email_validated(self, email: str, now_ms: int) -> None:
-        await self.db.query(
+        await self.db.execute(
             "mark_email_validated",
             "UPDATE user_threepids SET validated_ts = ? WHERE medium = 'email' AND address = ?"
             " AND validated_ts IS NULL",
@@ -162,6 +162,6 @@ class AccountStore:
 
     async def set_profile_field(self, user_id: str, field: str, value: str | None) -> None:
         column = {"displayname": "displayname", "avatar_url": "avatar_url"}[field]
-        await self.db.query(
+        await self.db.execute(
             f"set_{column}", f"UPDATE profiles SET {column} = ? WHERE user_id = ?", value, user_id
         )

@@ -50,7 +50,7 @@ class AuthSessionStore:
     # User-interactive auth -------------------------------------------------
 
     async def create_ui_auth_session(self, session_id: str, uri: str, now_ms: int) -> None:
-        await self.db.query(
+        await self.db.execute(
             "create_ui_auth_session",
             "INSERT INTO ui_auth_sessions (session_id, created_ts, uri, user_id, completed)"
             " VALUES (?, ?, ?, NULL, '[]')",
@@ -92,7 +92,7 @@ class AuthSessionStore:
         return await self.db.run_interaction("mark_stage_completed", complete_txn)
 
     async def delete_ui_auth_session(self, session_id: str) -> None:
-        await self.db.query(
+        await self.db.execute(
             "delete_ui_auth_session", "DELETE FROM ui_auth_sessions WHERE session_id = ?", session_id
         )
 
@@ -124,7 +124,7 @@ class AuthSessionStore:
         return ValidationSession(*rows[0]) if rows else None
 
     async def create_validation(self, session: ValidationSession) -> None:
-        await self.db.query(
+        await self.db.execute(
             "create_validation",
             f"INSERT INTO threepid_validations ({_VALIDATION_COLUMNS})"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -164,14 +164,14 @@ class AuthSessionStore:
         return ValidationSession(*rows[0]) if rows else None
 
     async def count_attempt(self, session_id: str) -> None:
-        await self.db.query(
+        await self.db.execute(
             "count_validation_attempt",
             "UPDATE threepid_validations SET attempts = attempts + 1 WHERE session_id = ?",
             session_id,
         )
 
     async def mark_validated(self, session_id: str, now_ms: int) -> None:
-        await self.db.query(
+        await self.db.execute(
             "mark_validated",
             "UPDATE threepid_validations SET validated_ts = ? WHERE session_id = ? AND validated_ts IS NULL",
             now_ms,
@@ -179,6 +179,6 @@ class AuthSessionStore:
         )
 
     async def delete_validation(self, session_id: str) -> None:
-        await self.db.query(
+        await self.db.execute(
             "delete_validation", "DELETE FROM threepid_validations WHERE session_id = ?", session_id
         )

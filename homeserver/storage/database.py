@@ -176,6 +176,15 @@ class Database:
         """One read query as its own transaction."""
         return await self.run_interaction(desc, lambda txn: txn.query(sql, args))
 
+    async def execute(self, desc: str, sql: str, *args: Any) -> int:
+        """One write statement as its own transaction; returns the affected row count."""
+
+        def execute_txn(txn: Txn) -> int:
+            txn.execute(sql, args)
+            return txn.rowcount
+
+        return await self.run_interaction(desc, execute_txn)
+
     def is_unique_violation(self, error: BaseException) -> bool:
         return self.engine.is_unique_violation(error)
 

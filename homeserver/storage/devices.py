@@ -81,7 +81,7 @@ class DeviceStore:
         return AccessTokenRow(*rows[0]) if rows else None
 
     async def delete_access_token(self, token_id: str) -> None:
-        await self.db.query("delete_access_token", "DELETE FROM access_tokens WHERE token_id = ?", token_id)
+        await self.db.execute("delete_access_token", "DELETE FROM access_tokens WHERE token_id = ?", token_id)
 
     async def get_refresh_token(self, token_hash: str) -> tuple[str, str, int] | None:
         """(user id, device id, expires_ts) of a live refresh token."""
@@ -145,7 +145,7 @@ class DeviceStore:
         return DeviceRow(*rows[0]) if rows else None
 
     async def set_device_display_name(self, user_id: str, device_id: str, name: str | None) -> None:
-        await self.db.query(
+        await self.db.execute(
             "set_device_display_name",
             "UPDATE devices SET display_name = ? WHERE user_id = ? AND device_id = ?",
             name,
@@ -154,7 +154,7 @@ class DeviceStore:
         )
 
     async def touch_device(self, user_id: str, device_id: str, now_ms: int, ip: str | None) -> None:
-        await self.db.query(
+        await self.db.execute(
             "touch_device",
             "UPDATE devices SET last_seen_ts = ?, last_seen_ip = ? WHERE user_id = ? AND device_id = ?",
             now_ms,

@@ -1,0 +1,256 @@
+"""Shared fixtures: databases on both engines, and real `homeserver run` processes.
+
+No reactor import at module level: pytest-twisted installs the reactor after
+conftest modules are imported (STACK-NOTES).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+PG_ADMIN_URL = os.environ.get("HOMESERVER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# PostgreSQL: one fresh database per test run, one fresh schema per test --------
+
+
+def _pg_connect(url: str) -> Any:
+    import psycopg2
+
+    conn = psycopg2.connect(url, connect_timeout=5)
+    conn.autocommit = True
+    return conn
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """The URL of a database created for this test run and dropped after it."""
+    try:
+        admin = _pg_connect(PG_ADMIN_URL)
+    except Exception as e:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {e}")
+    name = f"hs_test_{os.getpid()}_{secrets.token_hex(4)}"
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}" LC_COLLATE "C" LC_CTYPE "C" TEMPLATE template0')
+    base, _, _ = PG_ADMIN_URL.rpartition("/")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture
+def pg_url(pg_database: str) -> Iterator[str]:
+    """A URL whose connections see only a schema made for this test."""
+    schema = f"t_{secrets.token_hex(6)}"
+    conn = _pg_connect(pg_database)
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in pg_database else "?"
+    try:
+        yield f"{pg_database}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with conn.cursor() as cur:
+            cur.execute(f"DROP SCHEMA {schema} CASCADE")
+        conn.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Run the test once per storage engine."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'test.db'}"
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+# A real server process ------------------------------------------------------
+
+
+@dataclass
+class ServerProcess:
+    base_url: str
+    port: int
+    data_dir: Path
+    config_path: Path
+    log_path: Path
+    process: subprocess.Popen[bytes]
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def server_name(self) -> str:
+        return str(self.config["server_name"])
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return int(self.process.returncode)
+
+    # Helpers for tests ------------------------------------------------------
+
+    def register(self, username: str, password: str = "correct horse battery", **extra: Any) -> dict[str, Any]:
+        body = {"username": username, "password": password, "auth": {"type": "m.login.dummy"}, **extra}
+        r = requests.post(self.url("/_matrix/client/v3/register"), json=body, timeout=10)
+        assert r.status_code == 200, r.text
+        result: dict[str, Any] = r.json()
+        return result
+
+    def login(self, username: str, password: str = "correct horse battery", **extra: Any) -> dict[str, Any]:
+        body = {
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": username},
+            "password": password,
+            **extra,
+        }
+        r = requests.post(self.url("/_matrix/client/v3/login"), json=body, timeout=10)
+        assert r.status_code == 200, r.text
+        result: dict[str, Any] = r.json()
+        return result
+
+
+def base_config(tmp_path: Path, port: int, database_url: str = "") -> dict[str, Any]:
+    """A test config: fast password hashing, generous rate limits, the example plugin."""
+    return {
+        "server_name": f"localhost:{port}",
+        "public_baseurl": f"http://127.0.0.1:{port}/",
+        "data_dir": str(tmp_path / "data"),
+        "listen": {"bind": "127.0.0.1", "port": port},
+        "database": {"url": database_url},
+        "registration": {"enabled": True},
+        "auth": {"password_hashing": "fast"},
+        "rate_limits": {
+            "login_per_ip": {"per_second": 100, "burst": 1000},
+            "login_failures_per_account": {"per_second": 100, "burst": 1000},
+            "register_per_ip": {"per_second": 100, "burst": 1000},
+            "password_reset_per_ip": {"per_second": 100, "burst": 1000},
+            "password_reset_per_account": {"per_second": 100, "burst": 1000},
+        },
+        "plugins": [{"module": "plugins.example.ExamplePlugin", "config": {"greeting": "Hello"}}],
+    }
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def start_server_process(
+    tmp_path: Path, overrides: dict[str, Any] | None = None, env: dict[str, str] | None = None
+) -> ServerProcess:
+    port = free_port()
+    config = _merge(base_config(tmp_path, port), overrides or {})
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    config_path = tmp_path / f"homeserver-{port}.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    log_path = tmp_path / f"server-{port}.log"
+    log_file = open(log_path, "wb")  # noqa: SIM115 - the process owns it
+    process = subprocess.Popen(
+        [str(VENV_BIN / "homeserver"), "run", "-c", str(config_path)],
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
+    server = ServerProcess(
+        f"http://127.0.0.1:{port}", port, Path(config["data_dir"]), config_path, log_path, process, config
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log_text()}")
+        try:
+            requests.get(server.url("/_matrix/client/versions"), timeout=1)
+            return server
+        except requests.ConnectionError:
+            time.sleep(0.05)
+    server.stop(signal.SIGKILL)
+    raise RuntimeError(f"server did not start:\n{server.log_text()}")
+
+
+@pytest.fixture
+def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., ServerProcess]]:
+    """Factory: start_server(overrides) -> a running server, stopped after the test."""
+    servers: list[ServerProcess] = []
+
+    def start(overrides: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> ServerProcess:
+        server = start_server_process(tmp_path_factory.mktemp("hs"), overrides, env)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server on SQLite shared by the tests of a module."""
+    s = start_server_process(tmp_path_factory.mktemp("hs"))
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def pg_server(tmp_path_factory: pytest.TempPathFactory, pg_database: str) -> Iterator[ServerProcess]:
+    """One server on PostgreSQL (its own schema) shared by the tests of a module."""
+    schema = f"s_{secrets.token_hex(6)}"
+    conn = _pg_connect(pg_database)
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE SCHEMA {schema}")
+    url = f"{pg_database}?options=-csearch_path%3D{schema}"
+    s = start_server_process(tmp_path_factory.mktemp("hs"), {"database": {"url": url}})
+    yield s
+    s.stop()
+    with conn.cursor() as cur:
+        cur.execute(f"DROP SCHEMA {schema} CASCADE")
+    conn.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_server(request: pytest.FixtureRequest) -> ServerProcess:
+    """The module's server on each engine in turn."""
+    name = "server" if request.param == "sqlite" else "pg_server"
+    s: ServerProcess = request.getfixturevalue(name)
+    return s
