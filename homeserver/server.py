@@ -10,6 +10,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from homeserver.api.client import account, devices, login, profile, versions
@@ -115,6 +116,12 @@ class HomeServer:
         await idle
         if timeout.active():
             timeout.cancel()
+        # The last responses may still sit in their connections' write buffers, and the
+        # reactor's shutdown drops connections without flushing them: let it write them out.
+        get_writers = getattr(self.reactor, "getWriters", None)
+        flush_deadline = self.reactor.seconds() + 1.0
+        while get_writers is not None and get_writers() and self.reactor.seconds() < flush_deadline:
+            await deferLater(self.reactor, 0.01, lambda: None)
         for api in self.plugin_apis:
             api.stop_jobs()
         for plugin in self.plugins:

@@ -125,7 +125,9 @@ class ServerProcess:
 
     # Helpers for tests ------------------------------------------------------
 
-    def register(self, username: str, password: str = "correct horse battery", **extra: Any) -> dict[str, Any]:
+    def register(
+        self, username: str, password: str = "correct horse battery", **extra: Any
+    ) -> dict[str, Any]:
         body = {"username": username, "password": password, "auth": {"type": "m.login.dummy"}, **extra}
         r = requests.post(self.url("/_matrix/client/v3/register"), json=body, timeout=10)
         assert r.status_code == 200, r.text

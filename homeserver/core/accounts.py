@@ -174,11 +174,12 @@ class AccountService:
         self.ratelimiter.peek("login_failures", user_id, limits.login_failures_per_account)
         user = await self.storage.accounts.get_user(user_id) if self.is_local(user_id) else None
         ok = await self.hasher.verify(user.password_hash if user else None, password)
+        # Deactivation drops the password hash, so this comes before the password check.
+        if user is not None and user.deactivated:
+            raise UserDeactivated("This account has been deactivated")
         if not ok or user is None:
             self.ratelimiter.check("login_failures", user_id, limits.login_failures_per_account)
             raise Forbidden("Invalid username or password")
-        if user.deactivated:
-            raise UserDeactivated("This account has been deactivated")
         if (
             self.config.registration.require_email_verification
             and await self.storage.accounts.has_unvalidated_email(user_id)

@@ -120,14 +120,15 @@ class EmailValidator:
             raise ThreepidAuthFailed("The link or code has expired; ask for a new one")
         if session.validated_ts is not None:
             return session
-        if session.attempts >= MAX_CODE_ATTEMPTS:
-            raise ThreepidAuthFailed("Too many wrong codes; ask for a new one")
         digest = _digest(secret.strip())
-        if not (
-            hmac.compare_digest(digest, session.token_hash) or hmac.compare_digest(digest, session.code_hash)
-        ):
-            await self.store.count_attempt(session.session_id)
-            raise ThreepidAuthFailed("Wrong code")
+        # The long link token cannot be guessed, so it always works; only the
+        # short code is limited, so wrong guesses cannot lock the owner out.
+        if not hmac.compare_digest(digest, session.token_hash):
+            if session.attempts >= MAX_CODE_ATTEMPTS:
+                raise ThreepidAuthFailed("Too many wrong codes; use the link or ask for a new mail")
+            if not hmac.compare_digest(digest, session.code_hash):
+                await self.store.count_attempt(session.session_id)
+                raise ThreepidAuthFailed("Wrong code")
         now = self.clock.time_ms()
         await self.store.mark_validated(session.session_id, now)
         return await self.store.get_validation(session.session_id) or session

@@ -6,6 +6,7 @@ the mail holds a verification token, and no token may appear in a log line.
 
 from __future__ import annotations
 
+import secrets
 import smtplib
 import ssl
 import time
@@ -48,7 +49,8 @@ class Mailer:
 
     def _write_to_outbox(self, msg: EmailMessage) -> Path:
         self.outbox.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path = self.outbox / f"{int(time.time() * 1000)}-{msg['To'].replace('/', '_')}.eml"
+        suffix = secrets.token_hex(3)
+        path = self.outbox / f"{int(time.time() * 1000)}-{suffix}-{msg['To'].replace('/', '_')}.eml"
         path.write_bytes(bytes(msg))
         path.chmod(0o600)
         return path

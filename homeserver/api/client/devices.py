@@ -17,7 +17,9 @@ if TYPE_CHECKING:
 
 
 def device_json(row: DeviceRow) -> dict[str, Any]:
-    body: dict[str, Any] = {"device_id": row.device_id, "display_name": row.display_name}
+    body: dict[str, Any] = {"device_id": row.device_id}
+    if row.display_name is not None:  # spec: absent if no name has been set
+        body["display_name"] = row.display_name
     if row.last_seen_ts is not None:
         body["last_seen_ts"] = row.last_seen_ts
     if row.last_seen_ip is not None:

@@ -63,7 +63,7 @@ def register(router: Router, hs: "HomeServer") -> None:
         await hs.accounts.logout_all(requester.user_id)
         return {}
 
-    async def refresh(request: ApiRequest, version: str) -> dict[str, Any]:
+    async def refresh(request: ApiRequest, version: str = "v3") -> dict[str, Any]:  # path has no {version}
         body = request.json_body()
         result = await hs.accounts.refresh(body.get("refresh_token"))
         return {

@@ -54,6 +54,13 @@ def register(router: Router, hs: "HomeServer") -> None:
             await hs.accounts.is_username_available(username.lower())
         password = required(body, "password", str)
         hs.accounts.check_password(password)
+        # Type-check the login options now: a 400 after the account exists would strand it.
+        inhibit_login = optional(body, "inhibit_login", bool, False)
+        device_id = optional(body, "device_id", str)
+        if device_id is not None and not 0 < len(device_id) <= 255:
+            raise MatrixError("'device_id' must be 1 to 255 characters", "M_INVALID_PARAM")
+        display_name = optional(body, "initial_device_display_name", str)
+        refreshable = optional(body, "refresh_token", bool, False) is True
         result = await hs.uia.authenticate(body.get("auth"), "/register", registration_flows(hs))
         hs.ratelimiter.check("register", ip, hs.config.rate_limits.register_per_ip)
         user_id = await hs.accounts.register(
@@ -61,14 +68,10 @@ def register(router: Router, hs: "HomeServer") -> None:
         )
         if result.email_session:
             await hs.email.consume(result.email_session)
-        if optional(body, "inhibit_login", bool, False):
+        if inhibit_login:
             return {"user_id": user_id, "home_server": hs.config.server_name}
         session = await hs.accounts.create_session(
-            user_id,
-            optional(body, "device_id", str),
-            optional(body, "initial_device_display_name", str),
-            refreshable=optional(body, "refresh_token", bool, False) is True,
-            ip=ip,
+            user_id, device_id, display_name, refreshable=refreshable, ip=ip
         )
         return login_response(hs, session)
 
@@ -77,7 +80,8 @@ def register(router: Router, hs: "HomeServer") -> None:
         if not username:
             raise MatrixError("Missing 'username'", "M_MISSING_PARAM")
         hs.ratelimiter.check("register", request.client_ip(), hs.config.rate_limits.register_per_ip, cost=0.2)
-        await hs.accounts.is_username_available(username)
+        # /register lower-cases the name it is given, so the check does too.
+        await hs.accounts.is_username_available(username.lower())
         return {"available": True}
 
     async def register_request_token(request: ApiRequest, version: str) -> dict[str, Any]:

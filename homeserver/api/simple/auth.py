@@ -13,7 +13,7 @@ from homeserver.api.auth import require_user
 from homeserver.api.http import ApiRequest, Response, Router
 from homeserver.api.validate import required
 from homeserver.core.accounts import check_email
-from homeserver.errors import Forbidden, ThreepidAuthFailed
+from homeserver.errors import Forbidden, ThreepidAuthFailed, ThreepidInUse
 
 if TYPE_CHECKING:
     from homeserver.server import HomeServer
@@ -31,11 +31,15 @@ def register(router: Router, hs: "HomeServer") -> None:
         ip = request.client_ip()
         hs.ratelimiter.check("register", ip, limits.register_per_ip)
         localpart = await hs.accounts.localpart_for_email(email)
-        user_id = await hs.accounts.register(localpart, password, email=email, email_validated=False)
         if hs.config.registration.require_email_verification:
-            # The account exists but cannot log in until the mail's link or code is used.
+            # Mail first: when it cannot be sent, no account is left holding the address.
+            # The account then cannot log in until the mail's link or code is used.
+            if await hs.storage.accounts.user_for_email(email) is not None:
+                raise ThreepidInUse("Email address is already in use")
             await hs.email.request_token("verify_account", email, secrets.token_urlsafe(16), 1)
+            user_id = await hs.accounts.register(localpart, password, email=email, email_validated=False)
             return Response({"userId": user_id, "verificationRequired": True}, 201)
+        user_id = await hs.accounts.register(localpart, password, email=email, email_validated=False)
         session = await hs.accounts.create_session(user_id, None, "simple API", refreshable=False, ip=ip)
         return Response({"userId": user_id, "token": session.tokens.access_token}, 201)
 
@@ -69,6 +73,17 @@ def register(router: Router, hs: "HomeServer") -> None:
         await hs.storage.accounts.mark_email_validated(session.address, hs.clock.time_ms())
         return {"verified": True}
 
+    async def resend_verification(request: ApiRequest) -> Response:
+        body = request.json_body()
+        email = check_email(required(body, "email", str))
+        hs.ratelimiter.check("password_reset", request.client_ip(), limits.password_reset_per_ip)
+        hs.ratelimiter.check("password_reset_account", email, limits.password_reset_per_account)
+        # Always 202, and a mail only for an account still waiting for verification.
+        owner = await hs.storage.accounts.user_for_email(email)
+        if owner is not None and not owner[1]:
+            await hs.email.request_token("verify_account", email, secrets.token_urlsafe(16), 1)
+        return Response({}, 202)
+
     async def reset_request(request: ApiRequest) -> Response:
         body = request.json_body()
         email = check_email(required(body, "email", str))
@@ -101,6 +116,7 @@ def register(router: Router, hs: "HomeServer") -> None:
     router.add("POST", "/api/auth/refresh", refresh)
     router.add("POST", "/api/auth/logout", logout)
     router.add("POST", "/api/auth/verify-email", verify_email)
+    router.add("POST", "/api/auth/verify-email/resend", resend_verification)
     router.add("POST", "/api/auth/password-reset/request", reset_request)
     router.add("POST", "/api/auth/password-reset/confirm", reset_confirm)
 
