@@ -99,7 +99,9 @@ class AccountStore:
         )
 
     async def set_admin(self, user_id: str, is_admin: bool) -> None:
-        await self.db.execute("set_admin", "UPDATE users SET is_admin = ? WHERE user_id = ?", is_admin, user_id)
+        await self.db.execute(
+            "set_admin", "UPDATE users SET is_admin = ? WHERE user_id = ?", is_admin, user_id
+        )
 
     async def deactivate(self, user_id: str) -> None:
         """Mark the user deactivated, drop its password, emails and profile fields."""
