@@ -13,22 +13,50 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from homeserver.api.client import account, devices, login, profile, versions
+from homeserver.api.client import (
+    account,
+    devices,
+    login,
+    profile,
+    room_events,
+    rooms,
+    sync,
+    user_data,
+    versions,
+)
 from homeserver.api.client import register as register_routes
 from homeserver.api.http import ApiSite, Router
 from homeserver.api.simple import auth as simple_auth
+from homeserver.api.simple import messages as simple_messages
 from homeserver.config import Config
+from homeserver.core.account_data import AccountDataService
 from homeserver.core.accounts import AccountService
+from homeserver.core.chats import ChatService
 from homeserver.core.clock import Clock
+from homeserver.core.delivery import DeliveryTracker
 from homeserver.core.email_validation import EmailValidator
+from homeserver.core.event_format import client_event
+from homeserver.core.events import EventService
 from homeserver.core.mailer import Mailer
+from homeserver.core.messages import MessagesService
 from homeserver.core.passwords import PasswordHasher
+from homeserver.core.persist import EventPersister
+from homeserver.core.presence import PresenceService
 from homeserver.core.ratelimit import RateLimiter
+from homeserver.core.receipts import ReceiptService
+from homeserver.core.room_heads import RoomHeads
+from homeserver.core.rooms import RoomService
+from homeserver.core.sync import SyncService
+from homeserver.core.timeline_cache import TimelineCache
 from homeserver.core.tokens import TokenService
+from homeserver.core.typing import TypingService
 from homeserver.core.uia import InteractiveAuth
-from homeserver.plugins import EventCallback, PluginApi, start_plugins
+from homeserver.core.unread import UnreadCounter
+from homeserver.notifier import Notifier
+from homeserver.plugins import EventCallback, PluginApi, dispatch_event, start_plugins
 from homeserver.signing_key import load_or_create_signing_key
 from homeserver.storage import Storage
+from homeserver.storage.events import PersistItem
 from homeserver.storage.migrations import migrate
 
 log = Logger()
@@ -83,18 +111,133 @@ class HomeServer:
         self.uia = InteractiveAuth(
             self.storage, self.clock, self.hasher, self.email, config.server_name, config.registration.tokens
         )
+        self._build_rooms()
         self.router = Router()
         self.router.access_log = config.logging.access_log
         self.event_subscribers: list[tuple[str, EventCallback]] = []
         self.plugin_apis: list[PluginApi] = []
         self.plugins: list[Any] = []
-        for module in (versions, login, register_routes, account, devices, profile, simple_auth):
+        for module in (
+            versions,
+            login,
+            register_routes,
+            account,
+            devices,
+            profile,
+            rooms,
+            room_events,
+            sync,
+            user_data,
+            simple_auth,
+            simple_messages,
+        ):
             module.register(self.router, self)
 
+    def _build_rooms(self) -> None:
+        """Rooms, events and the streams sync reads (the message path of docs/architecture.md)."""
+        store = self.storage.events
+        self.notifier = Notifier(self.reactor)
+        self.room_heads = RoomHeads(store)
+        self.persister = EventPersister(store, self._on_events_committed, self.room_heads.invalidate)
+        self.timeline = TimelineCache(store)
+        self.events = EventService(
+            self.config.server_name, self.signing_key, self.clock, self.room_heads, self.persister, store
+        )
+        self.rooms = RoomService(self.config.server_name, self.storage, self.events)
+        self.account_data = AccountDataService(self.storage, self.notifier)
+        self.receipts = ReceiptService(self.storage, self.clock, self.notifier, self.rooms, self.account_data)
+        self.typing = TypingService(self.reactor, self.notifier)
+        self.presence = PresenceService(self.storage, self.clock, self.notifier)
+        self.presence.audience = self._presence_audience
+        self.delivery = DeliveryTracker(self.storage)
+        self.unread = UnreadCounter(self.storage, self.room_heads)
+        self.messages = MessagesService(self.storage, self.rooms, lambda: self.persister.persisted_upto)
+        self.sync = SyncService(
+            self.storage,
+            self.reactor,
+            self.notifier,
+            self.room_heads,
+            self.timeline,
+            self.rooms,
+            self.receipts,
+            self.typing,
+            self.presence,
+            self.account_data,
+            self.delivery,
+            self.unread,
+            lambda: self.persister.persisted_upto,
+        )
+        self.chats = ChatService(
+            self.storage,
+            self.events,
+            self.rooms,
+            self.messages,
+            self.account_data,
+            self.delivery,
+            self.presence,
+            self.timeline,
+            self.unread,
+        )
+        self._jobs: list[Any] = []
+
+    def _on_events_committed(self, items: list[PersistItem]) -> None:
+        """After each group commit: feed the caches, wake the waiters, tell the plugins."""
+        events = [item.event for item in items]
+        for ev in events:
+            self.timeline.add(ev)
+        for redacted in self.rooms.on_committed(events, self.timeline.find):
+            self.sync.encoded.invalidate(redacted.event_id)
+        self.sync.on_committed(items)
+        self.unread.on_committed(items)
+        users: set[str] = set()
+        for ev in events:
+            head = self.room_heads.peek(ev.room_id)
+            if head is not None:
+                users.update(head.members("join"))
+            if ev.type == "m.room.member" and ev.state_key:
+                users.add(ev.state_key)
+        self.notifier.wake_users(users)
+        if self.event_subscribers:
+            for item in items:
+                body = client_event(item.event, item.room_version)
+                Deferred.fromCoroutine(dispatch_event(self, body))
+
+    async def _presence_audience(self, user_id: str) -> set[str]:
+        audience = {user_id}
+        for room_id, (membership, _) in (await self.timeline.rooms_for_user(user_id)).items():
+            head = self.room_heads.peek(room_id) if membership == "join" else None
+            if head is not None:
+                audience.update(head.members("join"))
+        return audience
+
     async def start(self) -> None:
-        """Migrate the schema and start the plugins (before the port opens)."""
+        """Migrate the schema, load stream positions, start the plugins (before the port opens)."""
         await migrate(self.storage.db)
+        await self.persister.start()
+        await self.timeline.start(self.persister.persisted_upto)
+        positions = await self.storage.user_data.max_stream_ids()
+        self.account_data.start(positions["account_data"])
+        self.receipts.start(positions["receipts"])
+        await self.presence.start(positions["presence"])
+        # Typing lives in memory only: start its positions past any a client may hold.
+        self.typing.position = self.clock.time_ms()
+        self._start_job(1.0, self.delivery.flush)
+        self._start_job(15.0, self.presence.expire)
         self.plugins = await start_plugins(self, self.router)
+
+    def _start_job(self, interval_s: float, job: Any) -> None:
+        from twisted.internet.task import LoopingCall
+
+        async def run() -> None:
+            try:
+                await job()
+            except Exception:
+                log.failure("background job failed")
+
+        loop = LoopingCall(lambda: Deferred.fromCoroutine(run()))
+        loop.clock = self.reactor
+        loop.start(interval_s, now=False)
+        self._jobs.append(loop)
 
     def site(self) -> ApiSite:
         return ApiSite(self.router, self.config.limits.max_request_body_size)
@@ -105,6 +248,8 @@ class HomeServer:
             stopped = port.stopListening()  # type: ignore[misc]
             if stopped is not None:
                 await stopped
+        # Long-polls answer now rather than hold the shutdown.
+        self.notifier.shutdown()
         idle = self.router.wait_idle()
 
         def give_up() -> None:
@@ -122,6 +267,14 @@ class HomeServer:
         flush_deadline = self.reactor.seconds() + 1.0
         while get_writers is not None and get_writers() and self.reactor.seconds() < flush_deadline:
             await deferLater(self.reactor, 0.01, lambda: None)
+        for loop in self._jobs:
+            if loop.running:
+                loop.stop()
+        self.typing.stop_all()
+        try:
+            await self.delivery.flush()
+        except Exception:
+            log.failure("could not save delivery positions")
         for api in self.plugin_apis:
             api.stop_jobs()
         for plugin in self.plugins:

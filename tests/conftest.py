@@ -256,3 +256,14 @@ def any_server(request: pytest.FixtureRequest) -> ServerProcess:
     name = "server" if request.param == "sqlite" else "pg_server"
     s: ServerProcess = request.getfixturevalue(name)
     return s
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Run hypothesis property tests directly: they are synchronous, and pytest-twisted's
+    greenlet wrapper cannot drive hypothesis's own repeated calls."""
+    if getattr(pyfuncitem.obj, "is_hypothesis_test", False):
+        names = pyfuncitem._fixtureinfo.argnames
+        pyfuncitem.obj(**{name: pyfuncitem.funcargs[name] for name in names})
+        return True
+    return None

@@ -221,10 +221,12 @@ class Router(Resource):
         if request.finished or request._disconnected:
             return
         body = response.body
-        if response.content_type == b"application/json":
+        if isinstance(body, bytes):
+            data = body  # already encoded (e.g. a sync response built around cached event JSON)
+        elif response.content_type == b"application/json":
             data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         else:
-            data = body if isinstance(body, bytes) else str(body).encode("utf-8")
+            data = str(body).encode("utf-8")
         request.setResponseCode(response.status)
         request.setHeader(b"Content-Type", response.content_type)
         for name, value in CORS_HEADERS.items():

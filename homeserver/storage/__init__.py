@@ -6,6 +6,9 @@ from homeserver.storage.accounts import AccountStore
 from homeserver.storage.auth_sessions import AuthSessionStore
 from homeserver.storage.database import Database, engine_from_url
 from homeserver.storage.devices import DeviceStore
+from homeserver.storage.events import EventStore
+from homeserver.storage.rooms import RoomStore
+from homeserver.storage.user_data import UserDataStore
 
 
 class Storage:
@@ -16,6 +19,9 @@ class Storage:
         self.accounts = AccountStore(db)
         self.devices = DeviceStore(db)
         self.auth_sessions = AuthSessionStore(db)
+        self.events = EventStore(db)
+        self.rooms = RoomStore(db)
+        self.user_data = UserDataStore(db)
 
     @classmethod
     def from_url(cls, url: str, pool_min: int = 2, pool_max: int = 10) -> "Storage":

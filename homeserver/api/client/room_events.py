@@ -1,0 +1,225 @@
+"""Room events: send, state, redact, read (event, context, messages, relations, members),
+receipts, read markers and typing."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from homeserver.api.auth import require_user
+from homeserver.api.client.rooms import ROOM
+from homeserver.api.http import ApiRequest, Router
+from homeserver.api.validate import optional, required
+from homeserver.core.filters import EventFilter, SyncFilter
+from homeserver.errors import BadJson, Forbidden, MatrixError, NotFound
+
+if TYPE_CHECKING:
+    from homeserver.server import HomeServer
+
+MAX_TXN_ID = 255
+
+
+def _int_param(request: ApiRequest, name: str, default: int) -> int:
+    raw = request.query_param(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise MatrixError(f"'{name}' must be an integer", "M_INVALID_PARAM") from None
+
+
+def _json_param(request: ApiRequest, name: str) -> Any:
+    raw = request.query_param(name)
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise MatrixError(f"'{name}' must be JSON", "M_BAD_JSON") from None
+
+
+def register(router: Router, hs: "HomeServer") -> None:
+    async def send(
+        request: ApiRequest, version: str, room_id: str, event_type: str, txn_id: str
+    ) -> dict[str, Any]:
+        requester = await require_user(hs, request)
+        if len(txn_id) > MAX_TXN_ID:
+            raise MatrixError("txnId is too long", "M_INVALID_PARAM")
+        content = request.json_body()
+        event = await hs.events.send(
+            requester.user_id, room_id, event_type, content, txn=(requester.device_id, txn_id)
+        )
+        return {"event_id": event.event_id}
+
+    async def put_state(
+        request: ApiRequest, version: str, room_id: str, event_type: str, state_key: str = ""
+    ) -> dict[str, Any]:
+        requester = await require_user(hs, request)
+        content = request.json_body()
+        event = await hs.rooms.send_state(requester.user_id, room_id, event_type, state_key, content)
+        return {"event_id": event.event_id}
+
+    async def get_state_event(
+        request: ApiRequest, version: str, room_id: str, event_type: str, state_key: str = ""
+    ) -> dict[str, Any]:
+        requester = await require_user(hs, request)
+        return await hs.messages.state_event(requester.user_id, room_id, event_type, state_key)
+
+    async def get_state(request: ApiRequest, version: str, room_id: str) -> list[dict[str, Any]]:
+        requester = await require_user(hs, request)
+        return await hs.messages.state(requester.user_id, room_id)
+
+    async def redact(
+        request: ApiRequest, version: str, room_id: str, event_id: str, txn_id: str
+    ) -> dict[str, Any]:
+        requester = await require_user(hs, request)
+        body = request.json_body()
+        reason = optional(body, "reason", str)
+        head = await hs.rooms.access_room_as_member(requester.user_id, room_id)
+        target = (await hs.storage.events.get_events([event_id])).get(event_id)
+        if target is None or target.room_id != room_id:
+            raise NotFound("Event not found")
+        # The auth rules allow any same-server redaction; the client API asks for
+        # the redact level to remove someone else's event.
+        if target.sender != requester.user_id and not hs.rooms.may(requester.user_id, head, "redact"):
+            raise Forbidden("You may not redact other users' events")
+        content = {"reason": reason} if reason is not None else {}
+        event = await hs.events.send(
+            requester.user_id,
+            room_id,
+            "m.room.redaction",
+            content,
+            txn=(requester.device_id, "redact:" + txn_id),
+            redacts=event_id,
+        )
+        return {"event_id": event.event_id}
+
+    async def get_event(request: ApiRequest, version: str, room_id: str, event_id: str) -> dict[str, Any]:
+        requester = await require_user(hs, request)
+        return await hs.messages.get_event(requester.user_id, room_id, event_id)
+
+    async def context(request: ApiRequest, version: str, room_id: str, event_id: str) -> dict[str, Any]:
+        requester = await require_user(hs, request)
+        return await hs.messages.context(
+            requester.user_id, room_id, event_id, _int_param(request, "limit", 10)
+        )
+
+    async def messages(request: ApiRequest, version: str, room_id: str) -> dict[str, Any]:
+        requester = await require_user(hs, request)
+        raw_filter = _json_param(request, "filter")
+        parsed = (
+            SyncFilter.parse({"room": {"timeline": raw_filter, "state": raw_filter}}) if raw_filter else None
+        )
+        return await hs.messages.messages(
+            requester.user_id,
+            room_id,
+            request.query_param("from"),
+            request.query_param("dir", "b") or "b",
+            _int_param(request, "limit", 10),
+            request.query_param("to"),
+            parsed.timeline if parsed else EventFilter(),
+            bool(raw_filter and isinstance(raw_filter, dict) and raw_filter.get("lazy_load_members")),
+        )
+
+    async def relations(
+        request: ApiRequest,
+        room_id: str,
+        event_id: str,
+        rel_type: str | None = None,
+        event_type: str | None = None,
+    ) -> dict[str, Any]:
+        requester = await require_user(hs, request)
+        return await hs.messages.relations(
+            requester.user_id,
+            room_id,
+            event_id,
+            rel_type,
+            event_type,
+            request.query_param("from"),
+            request.query_param("dir", "b") or "b",
+            _int_param(request, "limit", 50),
+        )
+
+    async def members(request: ApiRequest, version: str, room_id: str) -> dict[str, Any]:
+        requester = await require_user(hs, request)
+        chunk = await hs.messages.members(
+            requester.user_id,
+            room_id,
+            request.query_param("membership"),
+            request.query_param("not_membership"),
+        )
+        return {"chunk": chunk}
+
+    async def joined_members(request: ApiRequest, version: str, room_id: str) -> dict[str, Any]:
+        requester = await require_user(hs, request)
+        head = await hs.rooms.access_room_as_member(requester.user_id, room_id)
+        joined = {}
+        for user_id in head.members("join"):
+            content = head.content("m.room.member", user_id)
+            joined[user_id] = {
+                "display_name": content.get("displayname"),
+                "avatar_url": content.get("avatar_url"),
+            }
+        return {"joined": joined}
+
+    async def receipt(
+        request: ApiRequest, version: str, room_id: str, receipt_type: str, event_id: str
+    ) -> dict[str, Any]:
+        requester = await require_user(hs, request)
+        body = request.json_body() if _has_body(request) else {}
+        await hs.receipts.set_receipt(
+            requester.user_id, room_id, receipt_type, event_id, body.get("thread_id")
+        )
+        hs.unread.forget(requester.user_id, room_id)
+        return {}
+
+    async def read_markers(request: ApiRequest, version: str, room_id: str) -> dict[str, Any]:
+        requester = await require_user(hs, request)
+        body = request.json_body()
+        for key in ("m.fully_read", "m.read", "m.read.private"):
+            event_id = body.get(key)
+            if event_id is None:
+                continue
+            if not isinstance(event_id, str):
+                raise BadJson(f"'{key}' must be an event id")
+            await hs.receipts.set_receipt(requester.user_id, room_id, key, event_id)
+        hs.unread.forget(requester.user_id, room_id)
+        return {}
+
+    async def typing(request: ApiRequest, version: str, room_id: str, user_id: str) -> dict[str, Any]:
+        requester = await require_user(hs, request)
+        if requester.user_id != user_id:
+            raise Forbidden("You may only set your own typing state")
+        body = request.json_body()
+        is_typing = required(body, "typing", bool)
+        timeout = optional(body, "timeout", int, 30_000) or 30_000
+        head = await hs.rooms.access_room_as_member(requester.user_id, room_id)
+        hs.typing.set_typing(room_id, user_id, is_typing, timeout, head.members("join"))
+        return {}
+
+    router.add("PUT", f"{ROOM}/send/{{event_type}}/{{txn_id}}", send)
+    router.add("PUT", f"{ROOM}/state/{{event_type}}", put_state)
+    router.add("PUT", f"{ROOM}/state/{{event_type}}/{{state_key:.*}}", put_state)
+    router.add("GET", f"{ROOM}/state/{{event_type}}", get_state_event)
+    router.add("GET", f"{ROOM}/state/{{event_type}}/{{state_key:.*}}", get_state_event)
+    router.add("GET", f"{ROOM}/state", get_state)
+    router.add("PUT", f"{ROOM}/redact/{{event_id}}/{{txn_id}}", redact)
+    router.add("GET", f"{ROOM}/event/{{event_id}}", get_event)
+    router.add("GET", f"{ROOM}/context/{{event_id}}", context)
+    router.add("GET", f"{ROOM}/messages", messages)
+    relations_base = "/_matrix/client/v1/rooms/{room_id}/relations/{event_id}"
+    router.add("GET", relations_base, relations)
+    router.add("GET", relations_base + "/{rel_type}", relations)
+    router.add("GET", relations_base + "/{rel_type}/{event_type}", relations)
+    router.add("GET", f"{ROOM}/members", members)
+    router.add("GET", f"{ROOM}/joined_members", joined_members)
+    router.add("POST", f"{ROOM}/receipt/{{receipt_type}}/{{event_id}}", receipt)
+    router.add("POST", f"{ROOM}/read_markers", read_markers)
+    router.add("PUT", f"{ROOM}/typing/{{user_id}}", typing)
+
+
+def _has_body(request: ApiRequest) -> bool:
+    assert request.content is not None
+    request.content.seek(0)
+    return bool(request.content.read().strip())

@@ -1,0 +1,266 @@
+"""The first spec's chats, messages and groups, on top of Matrix rooms.
+
+A chat is a room. A direct chat is created on the first message to a user
+(`trusted_private_chat`, `is_direct`, recorded in both users' `m.direct`
+account data so Matrix clients show it as a DM too); a group is a room with a
+name whose admins have power level 100. A message is an `m.room.message`; its
+status comes from `core/delivery.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from homeserver.core.account_data import AccountDataService
+from homeserver.core.delivery import DeliveryTracker, overall_status
+from homeserver.core.events import EventService
+from homeserver.core.filters import EventFilter
+from homeserver.core.messages import MessagesService
+from homeserver.core.presence import PresenceService
+from homeserver.core.room_heads import RoomHead
+from homeserver.core.rooms import RoomService, check_user_id
+from homeserver.core.timeline_cache import TimelineCache
+from homeserver.core.unread import UnreadCounter
+from homeserver.errors import Forbidden, MatrixError, NotFound
+from homeserver.storage import Storage
+from homeserver.storage.events import StoredEvent
+
+MAX_PAGE = 100
+MESSAGE_TYPES = ("m.room.message", "m.room.encrypted")
+_MESSAGE_FILTER = EventFilter(types=list(MESSAGE_TYPES))
+
+
+def message_content(content: object) -> dict[str, Any]:
+    """The simple API's `content`: a string is a text message, an object is sent as it is."""
+    if isinstance(content, str):
+        if not content:
+            raise MatrixError("'content' must not be empty", "M_INVALID_PARAM")
+        return {"msgtype": "m.text", "body": content}
+    if isinstance(content, dict):
+        return content
+    raise MatrixError("'content' must be a string or an object", "M_BAD_JSON")
+
+
+def simple_content(ev: StoredEvent) -> Any:
+    """What the simple API shows as `content`: the text of a plain text message, else the whole content."""
+    content = ev.content
+    if (
+        ev.type == "m.room.message"
+        and content.get("msgtype") == "m.text"
+        and set(content) <= {"msgtype", "body"}
+    ):
+        return content.get("body")
+    return content
+
+
+class ChatService:
+    def __init__(
+        self,
+        storage: Storage,
+        events: EventService,
+        rooms: RoomService,
+        messages: MessagesService,
+        account_data: AccountDataService,
+        delivery: DeliveryTracker,
+        presence: PresenceService,
+        timeline: TimelineCache,
+        unread: UnreadCounter,
+    ) -> None:
+        self.storage = storage
+        self.events = events
+        self.rooms = rooms
+        self.messages = messages
+        self.account_data = account_data
+        self.delivery = delivery
+        self.presence = presence
+        self.timeline = timeline
+        self.unread = unread
+
+    # Chats -------------------------------------------------------------------------
+
+    async def find_direct_chat(self, user_id: str, other: str) -> str | None:
+        direct = await self.account_data.get(user_id, "", "m.direct") or {}
+        for room_id in direct.get(other, []):
+            head = await self.events.heads.get(room_id)
+            if (
+                head is not None
+                and head.membership(user_id) in ("join", "invite")
+                and head.membership(other) in ("join", "invite")
+            ):
+                return str(room_id)
+        return None
+
+    async def open_direct_chat(self, user_id: str, other: str) -> str:
+        """The direct chat between the two users, created (with the other invited) if there is none."""
+        check_user_id(other, "receiverId")
+        if other == user_id:
+            raise MatrixError("You cannot message yourself", "M_INVALID_PARAM")
+        existing = await self.find_direct_chat(user_id, other)
+        if existing is not None:
+            return existing
+        room_id = await self.rooms.create_room(
+            user_id, {"preset": "trusted_private_chat", "is_direct": True, "invite": [other]}
+        )
+        for owner, peer in ((user_id, other), (other, user_id)):
+            direct = await self.account_data.get(owner, "", "m.direct") or {}
+            direct.setdefault(peer, []).append(room_id)
+            await self.account_data.put(owner, "", "m.direct", direct)
+        return room_id
+
+    async def access_chat(self, user_id: str, chat_id: str) -> RoomHead:
+        """The chat's head for a member; an invited user joins on first access.
+
+        The simple API has no invitations to accept: being added to a chat is enough.
+        """
+        head = await self.events.heads.get(chat_id)
+        if head is None:
+            raise Forbidden("You are not a member of this chat")
+        if head.membership(user_id) == "invite":
+            await self.rooms.join(user_id, chat_id)
+        elif head.membership(user_id) != "join":
+            raise Forbidden("You are not a member of this chat")
+        return head
+
+    async def send(
+        self,
+        user_id: str,
+        device_id: str,
+        chat_id: str | None,
+        receiver_id: str | None,
+        content: object,
+        client_id: str | None,
+    ) -> StoredEvent:
+        body = message_content(content)
+        if chat_id is None:
+            if receiver_id is None:
+                raise MatrixError("'receiverId' or 'chatId' is required", "M_MISSING_PARAM")
+            chat_id = await self.open_direct_chat(user_id, receiver_id)
+        else:
+            await self.access_chat(user_id, chat_id)
+        event_type = (
+            "m.room.encrypted" if body.get("algorithm") and body.get("ciphertext") else "m.room.message"
+        )
+        txn = (device_id, "simple:" + client_id) if client_id else None
+        return await self.events.send(user_id, chat_id, event_type, body, txn=txn)
+
+    async def message_list(
+        self, user_id: str, chat_id: str, before: str | None, limit: int
+    ) -> dict[str, Any]:
+        head = await self.access_chat(user_id, chat_id)
+        limit = max(1, min(limit, MAX_PAGE))
+        found: list[StoredEvent] = []
+        cursor = before
+        # Skip state and other non-message events, reading back until a page is full.
+        for _ in range(20):
+            page = await self.messages.messages(
+                user_id, chat_id, cursor, "b", limit * 2, None, _MESSAGE_FILTER, False
+            )
+            ids = [e["event_id"] for e in page["chunk"]]
+            stored = await self.storage.events.get_events(ids)
+            found.extend(stored[i] for i in ids if i in stored and stored[i].type in MESSAGE_TYPES)
+            cursor = page.get("end")
+            if len(found) >= limit or cursor is None:
+                break
+        found = found[:limit]
+        statuses = await self.delivery.statuses(head, found)
+        messages = [
+            {
+                "messageId": ev.event_id,
+                "chatId": chat_id,
+                "senderId": ev.sender,
+                "content": simple_content(ev) if ev.redacted_by is None else None,
+                "timestamp": ev.origin_server_ts,
+                "status": overall_status(statuses[ev.event_id]),
+            }
+            for ev in found
+        ]
+        response: dict[str, Any] = {"messages": messages}
+        if len(found) == limit and cursor is not None:
+            response["before"] = cursor
+        return response
+
+    async def message_status(self, user_id: str, chat_id: str, message_id: str) -> dict[str, Any]:
+        head = await self.access_chat(user_id, chat_id)
+        ev = (await self.storage.events.get_events([message_id])).get(message_id)
+        if ev is None or ev.room_id != chat_id:
+            raise NotFound("Unknown message")
+        statuses = (await self.delivery.statuses(head, [ev]))[ev.event_id]
+        return {
+            "messageId": ev.event_id,
+            "status": overall_status(statuses),
+            "recipients": [{"userId": s.user_id, "status": s.status} for s in statuses],
+        }
+
+    async def chat_list(self, user_id: str) -> list[dict[str, Any]]:
+        memberships = await self.timeline.rooms_for_user(user_id)
+        out: list[dict[str, Any]] = []
+        for room_id, (membership, _) in sorted(memberships.items()):
+            if membership not in ("join", "invite"):
+                continue
+            head = await self.events.heads.get(room_id)
+            if head is None:
+                continue
+            members = head.members("join", "invite")
+            is_direct = bool(head.content("m.room.member", user_id).get("is_direct")) or any(
+                head.content("m.room.member", m).get("is_direct") for m in members
+            )
+            last = await self._last_message(user_id, head)
+            out.append(
+                {
+                    "chatId": room_id,
+                    "name": head.content("m.room.name").get("name"),
+                    "isGroup": not is_direct,
+                    "membership": membership,
+                    "members": [
+                        {
+                            "userId": m,
+                            "isOnline": self.presence.is_online(m),
+                            "isAdmin": self.rooms.may(m, head, "kick")
+                            if head.membership(m) == "join"
+                            else False,
+                        }
+                        for m in sorted(members)
+                    ],
+                    "lastMessage": last,
+                    "unreadCount": (await self.unread.counts(user_id, room_id))["notification_count"]
+                    if membership == "join"
+                    else 0,
+                }
+            )
+        out.sort(key=lambda c: -int((c["lastMessage"] or {}).get("timestamp", 0)))
+        return out
+
+    async def _last_message(self, user_id: str, head: RoomHead) -> dict[str, Any] | None:
+        if head.membership(user_id) != "join":
+            return None
+        rows = await self.storage.events.room_events_between(
+            head.room_id, 0, self.timeline.room_last.get(head.room_id, 0), 20
+        )
+        for ev in rows:
+            if ev.type in MESSAGE_TYPES and ev.redacted_by is None:
+                return {
+                    "messageId": ev.event_id,
+                    "senderId": ev.sender,
+                    "content": simple_content(ev),
+                    "timestamp": ev.origin_server_ts,
+                }
+        return None
+
+    # Groups ------------------------------------------------------------------------
+
+    async def create_group(self, user_id: str, name: str, members: list[str]) -> str:
+        if not name.strip():
+            raise MatrixError("'name' must not be empty", "M_INVALID_PARAM")
+        return await self.rooms.create_room(
+            user_id, {"preset": "private_chat", "name": name, "invite": members}
+        )
+
+    async def add_member(self, admin: str, chat_id: str, user_id: str) -> None:
+        head = await self.access_chat(admin, chat_id)
+        if not self.rooms.may(admin, head, "kick"):
+            raise Forbidden("Only a group admin can add members")
+        await self.rooms.invite(admin, chat_id, check_user_id(user_id, "userId"))
+
+    async def remove_member(self, admin: str, chat_id: str, user_id: str) -> None:
+        await self.access_chat(admin, chat_id)
+        await self.rooms.kick(admin, chat_id, check_user_id(user_id, "userId"), None)

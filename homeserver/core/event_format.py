@@ -1,0 +1,107 @@
+"""Events as clients see them, encoded once.
+
+A client event is the PDU minus federation fields, plus `event_id` and an
+`unsigned` block. Every recipient of an event in a sync gets the same bytes, so
+each event is JSON-encoded once and cached (`EncodedEvents`); responses are
+assembled around those bytes by `dumps_with_raw`. Only the sending device sees
+`unsigned.transaction_id`, so that variant is encoded separately, on demand.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from typing import Any
+
+from homeserver.events.redaction import redact
+from homeserver.storage.events import StoredEvent
+
+_CACHE_SIZE = 20_000
+
+
+class RawJson(str):
+    """Already-encoded JSON, embedded verbatim by `dumps_with_raw`."""
+
+
+def _encode(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def dumps_with_raw(obj: Any) -> str:
+    """json.dumps for a skeleton of dicts and lists whose leaves may be RawJson."""
+    if isinstance(obj, RawJson):
+        return str.__str__(obj)
+    if isinstance(obj, dict):
+        return "{" + ",".join(_encode(str(k)) + ":" + dumps_with_raw(v) for k, v in obj.items()) + "}"
+    if isinstance(obj, list | tuple):
+        return "[" + ",".join(dumps_with_raw(v) for v in obj) + "]"
+    return _encode(obj)
+
+
+def client_event(
+    ev: StoredEvent,
+    room_version: str,
+    *,
+    include_room_id: bool = True,
+    redaction: StoredEvent | None = None,
+    txn_id: str | None = None,
+) -> dict[str, Any]:
+    """The client format of a stored event (spec: Client-Server API, "Room event format")."""
+    pdu = ev.pdu
+    content = pdu.get("content", {})
+    unsigned: dict[str, Any] = dict(ev.unsigned_extra)
+    if redaction is not None:
+        content = redact(pdu, room_version).get("content", {})
+        unsigned.pop("prev_content", None)
+        unsigned["redacted_because"] = client_event(redaction, room_version, include_room_id=include_room_id)
+    out: dict[str, Any] = {
+        "type": pdu["type"],
+        "content": content,
+        "sender": pdu["sender"],
+        "origin_server_ts": pdu["origin_server_ts"],
+        "event_id": ev.event_id,
+    }
+    if include_room_id:
+        out["room_id"] = ev.room_id
+    if "state_key" in pdu:
+        out["state_key"] = pdu["state_key"]
+    if pdu["type"] == "m.room.redaction":
+        # v11 moved `redacts` into content; clients read either, so give both.
+        redacts = pdu.get("redacts") or (pdu.get("content") or {}).get("redacts")
+        if redacts is not None:
+            out["redacts"] = redacts
+            if redaction is None:
+                out["content"] = {**content, "redacts": redacts}
+    if txn_id is not None:
+        unsigned["transaction_id"] = txn_id
+    if unsigned:
+        out["unsigned"] = unsigned
+    return out
+
+
+class EncodedEvents:
+    """An LRU of encoded client events, per (event id, with room id?) and the redaction state."""
+
+    def __init__(self) -> None:
+        self._cache: OrderedDict[tuple[str, bool], tuple[str | None, RawJson]] = OrderedDict()
+
+    def get(
+        self, ev: StoredEvent, room_version: str, redaction: StoredEvent | None, include_room_id: bool
+    ) -> RawJson:
+        key = (ev.event_id, include_room_id)
+        redacted_by = redaction.event_id if redaction is not None else None
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] == redacted_by:
+            self._cache.move_to_end(key)
+            return hit[1]
+        raw = RawJson(
+            _encode(client_event(ev, room_version, include_room_id=include_room_id, redaction=redaction))
+        )
+        self._cache[key] = (redacted_by, raw)
+        if len(self._cache) > _CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return raw
+
+    def invalidate(self, event_id: str) -> None:
+        self._cache.pop((event_id, True), None)
+        self._cache.pop((event_id, False), None)

@@ -1,0 +1,199 @@
+"""Building, authorising and persisting events (spec: rooms v10/v11 event format).
+
+`build` is synchronous on purpose: it checks the auth rules against the room's
+head, creates the PDU (hashes, signature, reference-hash event id), takes the
+next stream position and applies the event to the head, with no await in
+between. So events of one room are always chained in stream order, and the
+group commit (`core/persist.py`) writes them in that order.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+from signedjson.types import SigningKey
+from twisted.internet.defer import Deferred
+
+from homeserver.core.clock import Clock
+from homeserver.core.persist import EventPersister
+from homeserver.core.room_heads import RoomHead, RoomHeads
+from homeserver.errors import Forbidden, MatrixError, NotFound, TooLarge
+from homeserver.events.auth_rules import AuthError, auth_types_for_event, check_auth
+from homeserver.events.canonical import encode_canonical_json
+from homeserver.events.hashing import add_content_hash, compute_event_id
+from homeserver.events.signing import sign_event
+from homeserver.storage.events import EventStore, PersistItem, StoredEvent
+
+# Spec: "The complete event MUST NOT be larger than 65536 bytes" (canonical JSON, as sent over federation).
+MAX_PDU_SIZE = 65536
+# prev_events kept per event: local rooms have one forward extremity.
+MAX_PREV_EVENTS = 10
+
+
+class EventService:
+    def __init__(
+        self,
+        server_name: str,
+        signing_key: SigningKey,
+        clock: Clock,
+        heads: RoomHeads,
+        persister: EventPersister,
+        store: EventStore,
+    ) -> None:
+        self.server_name = server_name
+        self.signing_key = signing_key
+        self.clock = clock
+        self.heads = heads
+        self.persister = persister
+        self.store = store
+        self._in_flight_txns: dict[tuple[str, str, str], list[Deferred[StoredEvent]]] = {}
+
+    # Building --------------------------------------------------------------------
+
+    def build(
+        self,
+        head: RoomHead,
+        sender: str,
+        event_type: str,
+        content: dict[str, Any],
+        state_key: str | None = None,
+        *,
+        redacts: str | None = None,
+        now_ms: int | None = None,
+    ) -> StoredEvent:
+        """Authorise and build the next event of `head`'s room and apply it to the head.
+
+        @raise Forbidden: the auth rules refuse it.
+        @raise TooLarge: the PDU would exceed 64 KiB.
+        """
+        now = now_ms if now_ms is not None else self.clock.time_ms()
+        pdu: dict[str, Any] = {
+            "room_id": head.room_id,
+            "sender": sender,
+            "type": event_type,
+            "content": content,
+            "origin_server_ts": now,
+            "depth": head.depth + 1,
+            "prev_events": head.extremities[:MAX_PREV_EVENTS],
+        }
+        if state_key is not None:
+            pdu["state_key"] = state_key
+        if redacts is not None:
+            if head.room_version == "11":
+                pdu["content"] = {**content, "redacts": redacts}
+            else:
+                pdu["redacts"] = redacts
+        auth_state = {key: head.state[key].pdu for key in auth_types_for_event(pdu) if key in head.state}
+        try:
+            check_auth(pdu, auth_state, head.room_version)
+        except AuthError as e:
+            raise Forbidden(str(e)) from None
+        pdu["auth_events"] = sorted(
+            head.state[key].event_id for key in auth_types_for_event(pdu) if key in head.state
+        )
+        pdu = sign_event(add_content_hash(pdu), self.server_name, self.signing_key, head.room_version)
+        if len(encode_canonical_json(pdu)) > MAX_PDU_SIZE:
+            raise TooLarge("Event is larger than 65536 bytes")
+        event_id = compute_event_id(pdu, head.room_version)
+        unsigned: dict[str, Any] = {}
+        if state_key is not None:
+            previous = head.get(event_type, state_key)
+            if previous is not None:
+                unsigned = {
+                    "replaces_state": previous.event_id,
+                    "prev_content": previous.content,
+                    "prev_sender": previous.sender,
+                }
+        event = StoredEvent(event_id, head.room_id, self.persister.allocate_stream_ordering(), pdu, unsigned)
+        head.apply(event)
+        return event
+
+    def new_room_head(self, room_version: str) -> RoomHead:
+        room_id = f"!{secrets.token_urlsafe(18).replace('-', 'a').replace('_', 'b')}:{self.server_name}"
+        return RoomHead(room_id, room_version)
+
+    # Persisting -------------------------------------------------------------------
+
+    async def persist(
+        self,
+        head: RoomHead,
+        events: Sequence[StoredEvent],
+        *,
+        txn: tuple[str, str, str] | None = None,
+        is_new_room: bool = False,
+    ) -> None:
+        """Write `events` (just built on `head`) in the next group commit and wait for it."""
+        now = self.clock.time_ms()
+        items = [
+            PersistItem(
+                ev,
+                head.room_version,
+                is_create=is_new_room and i == 0,
+                txn=txn if i == len(events) - 1 else None,
+                now_ms=now,
+            )
+            for i, ev in enumerate(events)
+        ]
+        await self.persister.persist(items)
+
+    async def send(
+        self,
+        sender: str,
+        room_id: str,
+        event_type: str,
+        content: dict[str, Any],
+        state_key: str | None = None,
+        *,
+        txn: tuple[str, str] | None = None,
+        redacts: str | None = None,
+    ) -> StoredEvent:
+        """Build and persist one event; with `txn` (device id, txn id) a retry returns the first event.
+
+        @raise NotFound: unknown room. @raise Forbidden: refused by the auth rules.
+        """
+        if txn is None:
+            return await self._send_now(sender, room_id, event_type, content, state_key, redacts, None)
+        key = (sender, txn[0], txn[1])
+        waiters = self._in_flight_txns.get(key)
+        if waiters is not None:
+            # A concurrent retry: wait for the first attempt's answer.
+            waiter: Deferred[StoredEvent] = Deferred()
+            waiters.append(waiter)
+            return await waiter
+        self._in_flight_txns[key] = waiters = []
+        try:
+            existing = await self.store.get_txn_event(*key)
+            if existing is not None:
+                event = (await self.store.get_events([existing]))[existing]
+            else:
+                event = await self._send_now(sender, room_id, event_type, content, state_key, redacts, key)
+        except Exception as e:
+            del self._in_flight_txns[key]
+            for w in waiters:
+                w.errback(e)
+            raise
+        del self._in_flight_txns[key]
+        for w in waiters:
+            w.callback(event)
+        return event
+
+    async def _send_now(
+        self,
+        sender: str,
+        room_id: str,
+        event_type: str,
+        content: dict[str, Any],
+        state_key: str | None,
+        redacts: str | None,
+        txn: tuple[str, str, str] | None,
+    ) -> StoredEvent:
+        if not isinstance(content, dict):
+            raise MatrixError("Event content must be a JSON object", "M_BAD_JSON")
+        head = await self.heads.get(room_id)
+        if head is None:
+            raise NotFound("Unknown room")
+        event = self.build(head, sender, event_type, content, state_key, redacts=redacts)
+        await self.persist(head, [event], txn=txn)
+        return event

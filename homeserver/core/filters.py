@@ -1,0 +1,120 @@
+"""Sync filters (spec: Client-Server API, Filtering): the parts this server applies.
+
+Applied: room.rooms / not_rooms, room.timeline.limit / types / not_types /
+senders / not_senders, room.state.lazy_load_members, room.include_leave,
+presence / account_data / room.ephemeral / room.account_data disabled with
+`"not_types": ["*"]` or `"types": []`. Other keys are accepted and ignored, as
+the spec allows a server to send more than asked.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Any
+
+from homeserver.errors import MatrixError
+
+DEFAULT_TIMELINE_LIMIT = 10
+MAX_TIMELINE_LIMIT = 500
+
+
+def _types_filter(raw: Any) -> tuple[list[str] | None, list[str]]:
+    if not isinstance(raw, dict):
+        return None, []
+    types = raw.get("types")
+    not_types = raw.get("not_types") or []
+    return (types if isinstance(types, list) else None), (not_types if isinstance(not_types, list) else [])
+
+
+def _matches(value: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(value, p) for p in patterns if isinstance(p, str))
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    types: list[str] | None = None
+    not_types: list[str] = field(default_factory=list)
+    senders: list[str] | None = None
+    not_senders: list[str] = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, raw: Any) -> "EventFilter":
+        if not isinstance(raw, dict):
+            return cls()
+        types, not_types = _types_filter(raw)
+        senders = raw.get("senders")
+        not_senders = raw.get("not_senders") or []
+        return cls(
+            types,
+            not_types,
+            senders if isinstance(senders, list) else None,
+            not_senders if isinstance(not_senders, list) else [],
+        )
+
+    def allows(self, event_type: str, sender: str) -> bool:
+        if _matches(event_type, self.not_types) or sender in self.not_senders:
+            return False
+        if self.types is not None and not _matches(event_type, self.types):
+            return False
+        return self.senders is None or sender in self.senders
+
+    @property
+    def disabled(self) -> bool:
+        return "*" in self.not_types or self.types == []
+
+
+@dataclass(frozen=True)
+class SyncFilter:
+    rooms: list[str] | None = None
+    not_rooms: list[str] = field(default_factory=list)
+    timeline: EventFilter = field(default_factory=EventFilter)
+    timeline_limit: int = DEFAULT_TIMELINE_LIMIT
+    lazy_load_members: bool = False
+    include_leave: bool = False
+    presence: EventFilter = field(default_factory=EventFilter)
+    account_data: EventFilter = field(default_factory=EventFilter)
+    room_account_data: EventFilter = field(default_factory=EventFilter)
+    ephemeral: EventFilter = field(default_factory=EventFilter)
+
+    @classmethod
+    def parse(cls, raw: Any) -> "SyncFilter":
+        if raw is None:
+            return cls()
+        if not isinstance(raw, dict):
+            raise MatrixError("A filter must be a JSON object", "M_BAD_JSON")
+        room: dict[str, Any] = raw["room"] if isinstance(raw.get("room"), dict) else {}
+        timeline: dict[str, Any] = room["timeline"] if isinstance(room.get("timeline"), dict) else {}
+        state: dict[str, Any] = room["state"] if isinstance(room.get("state"), dict) else {}
+        limit = timeline.get("limit", DEFAULT_TIMELINE_LIMIT)
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+            raise MatrixError("'room.timeline.limit' must be a non-negative integer", "M_BAD_JSON")
+        rooms = room.get("rooms")
+        return cls(
+            rooms=rooms if isinstance(rooms, list) else None,
+            not_rooms=room["not_rooms"] if isinstance(room.get("not_rooms"), list) else [],
+            timeline=EventFilter.parse(timeline),
+            timeline_limit=min(limit, MAX_TIMELINE_LIMIT),
+            lazy_load_members=state.get("lazy_load_members") is True,
+            include_leave=room.get("include_leave") is True,
+            presence=EventFilter.parse(raw.get("presence")),
+            account_data=EventFilter.parse(raw.get("account_data")),
+            room_account_data=EventFilter.parse(room.get("account_data")),
+            ephemeral=EventFilter.parse(room.get("ephemeral")),
+        )
+
+    def allows_room(self, room_id: str) -> bool:
+        if room_id in self.not_rooms:
+            return False
+        return self.rooms is None or room_id in self.rooms
+
+
+def validate_filter_definition(raw: Any) -> dict[str, Any]:
+    """Check a filter uploaded to /user/{userId}/filter enough that sync can apply it later."""
+    if not isinstance(raw, dict):
+        raise MatrixError("A filter must be a JSON object", "M_BAD_JSON")
+    SyncFilter.parse(raw)
+    for key in ("event_fields",):
+        if key in raw and not isinstance(raw[key], list):
+            raise MatrixError(f"'{key}' must be a list", "M_BAD_JSON")
+    return raw

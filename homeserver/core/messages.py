@@ -1,0 +1,212 @@
+"""Reading history: /messages, /context, /event, /relations, members and state.
+
+Every read goes through `access_room_for_reading`: a user who was never in the
+room gets 403, and what a former member sees is cut by history visibility
+(a kicked or banned member sees nothing sent after they left).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from homeserver.core.event_format import client_event
+from homeserver.core.filters import EventFilter
+from homeserver.core.room_heads import RoomHead
+from homeserver.core.rooms import RoomService
+from homeserver.core.streams import pagination_token, parse_pagination_token
+from homeserver.core.visibility import VisibilityFilter
+from homeserver.errors import Forbidden, MatrixError, NotFound
+from homeserver.storage import Storage
+from homeserver.storage.events import StoredEvent
+
+MAX_LIMIT = 1000
+
+
+class MessagesService:
+    def __init__(self, storage: Storage, rooms: RoomService, persisted_upto: Any) -> None:
+        self.storage = storage
+        self.rooms = rooms
+        self.visibility = VisibilityFilter(storage)
+        self._persisted_upto = persisted_upto
+
+    async def access_room_for_reading(self, user_id: str, room_id: str) -> RoomHead:
+        """The room's head if the user is, or was, in it; else Forbidden."""
+        head = await self.rooms.events.heads.get(room_id)
+        if head is None:
+            raise Forbidden("You are not a member of this room")
+        membership = head.membership(user_id)
+        world_readable = (
+            head.content("m.room.history_visibility").get("history_visibility") == "world_readable"
+        )
+        # Former members keep access to what they could see; the visibility filter cuts the rest.
+        if membership is None and not world_readable:
+            raise Forbidden("You are not a member of this room")
+        return head
+
+    async def serialize(
+        self, head: RoomHead, events: list[StoredEvent], *, with_edits: bool = True
+    ) -> list[dict[str, Any]]:
+        await self.rooms.load_redactions(events)
+        edits = await self.storage.events.latest_edits([e.event_id for e in events]) if with_edits else {}
+        out = []
+        for ev in events:
+            body = client_event(ev, head.room_version, redaction=self.rooms.redaction_of(ev))
+            edit = edits.get(ev.event_id)
+            if edit is not None and edit.sender == ev.sender and ev.redacted_by is None:
+                body.setdefault("unsigned", {}).setdefault("m.relations", {})["m.replace"] = client_event(
+                    edit, head.room_version
+                )
+            out.append(body)
+        return out
+
+    async def messages(
+        self,
+        user_id: str,
+        room_id: str,
+        from_token: str | None,
+        direction: str,
+        limit: int,
+        to_token: str | None,
+        event_filter: EventFilter,
+        lazy_load_members: bool,
+    ) -> dict[str, Any]:
+        if direction not in ("b", "f"):
+            raise MatrixError("'dir' must be b or f", "M_INVALID_PARAM")
+        limit = max(0, min(limit, MAX_LIMIT))
+        head = await self.access_room_for_reading(user_id, room_id)
+        upto = self._persisted_upto()
+        if from_token is None:
+            start = upto if direction == "b" else 0
+        else:
+            start = min(parse_pagination_token(from_token), upto)
+        stop = parse_pagination_token(to_token) if to_token else None
+        if direction == "b":
+            low = stop if stop is not None else 0
+            rows = await self.storage.events.room_events_between(
+                room_id, low, start, limit, newest_first=True
+            )
+            end = rows[-1].stream_ordering - 1 if rows else None
+        else:
+            high = min(stop, upto) if stop is not None else upto
+            rows = await self.storage.events.room_events_between(
+                room_id, start, high, limit, newest_first=False
+            )
+            end = rows[-1].stream_ordering if rows else None
+        visible = await self.visibility.filter_for_user(user_id, head, rows)
+        visible = [ev for ev in visible if event_filter.allows(ev.type, ev.sender)]
+        response: dict[str, Any] = {
+            "start": pagination_token(start),
+            "chunk": await self.serialize(head, visible),
+        }
+        if end is not None and len(rows) == limit:
+            response["end"] = pagination_token(end)
+        if lazy_load_members:
+            senders = {ev.sender for ev in visible}
+            members = [head.get("m.room.member", s) for s in sorted(senders)]
+            response["state"] = await self.serialize(
+                head, [m for m in members if m is not None], with_edits=False
+            )
+        return response
+
+    async def get_event(self, user_id: str, room_id: str, event_id: str) -> dict[str, Any]:
+        head = await self.access_room_for_reading(user_id, room_id)
+        ev = (await self.storage.events.get_events([event_id])).get(event_id)
+        if ev is None or ev.room_id != room_id or not await self.visibility.can_see_event(user_id, head, ev):
+            raise NotFound("Event not found")
+        return (await self.serialize(head, [ev]))[0]
+
+    async def context(self, user_id: str, room_id: str, event_id: str, limit: int) -> dict[str, Any]:
+        head = await self.access_room_for_reading(user_id, room_id)
+        ev = (await self.storage.events.get_events([event_id])).get(event_id)
+        if ev is None or ev.room_id != room_id or not await self.visibility.can_see_event(user_id, head, ev):
+            raise NotFound("Event not found")
+        limit = max(0, min(limit, MAX_LIMIT))
+        before_n = limit // 2
+        after_n = limit - before_n
+        store = self.storage.events
+        before = await store.room_events_between(
+            room_id, 0, ev.stream_ordering - 1, before_n, newest_first=True
+        )
+        after = await store.room_events_between(
+            room_id, ev.stream_ordering, self._persisted_upto(), after_n, newest_first=False
+        )
+        before = await self.visibility.filter_for_user(user_id, head, before)
+        after = await self.visibility.filter_for_user(user_id, head, after)
+        state = [s for s in head.state.values() if s.stream_ordering <= self._persisted_upto()]
+        return {
+            "event": (await self.serialize(head, [ev]))[0],
+            "events_before": await self.serialize(head, before),
+            "events_after": await self.serialize(head, after),
+            "start": pagination_token((before[-1].stream_ordering - 1) if before else ev.stream_ordering - 1),
+            "end": pagination_token(after[-1].stream_ordering if after else ev.stream_ordering),
+            "state": await self.serialize(head, state, with_edits=False),
+        }
+
+    async def relations(
+        self,
+        user_id: str,
+        room_id: str,
+        event_id: str,
+        rel_type: str | None,
+        event_type: str | None,
+        from_token: str | None,
+        direction: str,
+        limit: int,
+    ) -> dict[str, Any]:
+        head = await self.access_room_for_reading(user_id, room_id)
+        parent = (await self.storage.events.get_events([event_id])).get(event_id)
+        if (
+            parent is None
+            or parent.room_id != room_id
+            or not await self.visibility.can_see_event(user_id, head, parent)
+        ):
+            raise NotFound("Event not found")
+        limit = max(1, min(limit, MAX_LIMIT))
+        position = parse_pagination_token(from_token) if from_token else None
+        newest_first = direction != "f"
+        rows = await self.storage.events.relations(
+            event_id,
+            rel_type,
+            event_type,
+            before=position + 1 if newest_first and position is not None else None,
+            after=position if not newest_first and position is not None else None,
+            limit=limit,
+            newest_first=newest_first,
+        )
+        visible = await self.visibility.filter_for_user(user_id, head, rows)
+        response: dict[str, Any] = {"chunk": await self.serialize(head, visible, with_edits=False)}
+        if len(rows) == limit:
+            last = rows[-1].stream_ordering
+            response["next_batch"] = pagination_token(last - 1 if newest_first else last)
+        return response
+
+    async def members(
+        self, user_id: str, room_id: str, membership: str | None, not_membership: str | None
+    ) -> list[dict[str, Any]]:
+        head = await self.access_room_for_reading(user_id, room_id)
+        if head.membership(user_id) != "join":
+            raise Forbidden("You are not a member of this room")
+        events = [
+            ev
+            for (event_type, _), ev in head.state.items()
+            if event_type == "m.room.member"
+            and (membership is None or ev.content.get("membership") == membership)
+            and (not_membership is None or ev.content.get("membership") != not_membership)
+        ]
+        return await self.serialize(head, events, with_edits=False)
+
+    async def state(self, user_id: str, room_id: str) -> list[dict[str, Any]]:
+        head = await self.rooms.access_room_as_member(user_id, room_id)
+        upto = self._persisted_upto()
+        return await self.serialize(
+            head, [s for s in head.state.values() if s.stream_ordering <= upto], with_edits=False
+        )
+
+    async def state_event(
+        self, user_id: str, room_id: str, event_type: str, state_key: str
+    ) -> dict[str, Any]:
+        head = await self.rooms.access_room_as_member(user_id, room_id)
+        ev = head.get(event_type, state_key)
+        if ev is None:
+            raise NotFound("State event not found")
+        return ev.content

@@ -1,0 +1,141 @@
+"""Presence: online / unavailable / offline, set by syncing and by PUT /presence.
+
+Kept in memory and written through to the database only when something a
+client can see changes (state or status message), not on every sync.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from homeserver.core.clock import Clock
+from homeserver.core.streams import StreamIdGenerator
+from homeserver.errors import MatrixError
+from homeserver.notifier import Notifier
+from homeserver.storage import Storage
+
+STATES = ("online", "unavailable", "offline")
+# No request for this long: online becomes unavailable.
+IDLE_AFTER_MS = 5 * 60_000
+# No sync for this long (and none in progress): offline.
+OFFLINE_AFTER_MS = 60_000
+
+
+@dataclass
+class UserPresence:
+    state: str
+    status_msg: str | None
+    last_active_ts: int
+    stream_id: int
+    last_sync_ts: int = 0
+    syncing: int = 0
+
+
+class PresenceService:
+    def __init__(self, storage: Storage, clock: Clock, notifier: Notifier) -> None:
+        self.storage = storage
+        self.clock = clock
+        self.notifier = notifier
+        self.stream = StreamIdGenerator()
+        self._users: dict[str, UserPresence] = {}
+        # Who should hear about a user's presence: filled in by the server (room co-members).
+        self.audience: Any = None
+
+    async def start(self, current: int) -> None:
+        self.stream = StreamIdGenerator(current)
+        for user_id, state, status_msg, last_active, stream_id in await self.storage.user_data.all_presence():
+            # Nobody is syncing right after a restart.
+            self._users[user_id] = UserPresence(
+                "offline" if state != "offline" else state, status_msg, last_active, stream_id
+            )
+
+    def get(self, user_id: str) -> UserPresence | None:
+        return self._users.get(user_id)
+
+    def is_online(self, user_id: str) -> bool:
+        p = self._users.get(user_id)
+        return p is not None and p.state == "online"
+
+    def to_json(self, user_id: str) -> dict[str, Any]:
+        p = self._users.get(user_id)
+        if p is None:
+            return {"presence": "offline"}
+        now = self.clock.time_ms()
+        out: dict[str, Any] = {
+            "presence": p.state,
+            "last_active_ago": max(0, now - p.last_active_ts),
+            "currently_active": p.state == "online" and now - p.last_active_ts < 60_000,
+        }
+        if p.status_msg is not None:
+            out["status_msg"] = p.status_msg
+        return out
+
+    async def set_state(
+        self, user_id: str, state: str, status_msg: str | None | bool = False, active: bool = True
+    ) -> None:
+        """Set a user's presence; `status_msg=False` keeps the current message."""
+        if state not in STATES:
+            raise MatrixError(f"presence must be one of {', '.join(STATES)}", "M_INVALID_PARAM")
+        now = self.clock.time_ms()
+        p = self._users.get(user_id)
+        new_msg = (p.status_msg if p else None) if status_msg is False else status_msg
+        if p is not None and p.state == state and p.status_msg == new_msg:
+            if active:
+                p.last_active_ts = now
+            return
+        stream_id = self.stream.allocate()
+        try:
+            if p is None:
+                p = self._users[user_id] = UserPresence(state, None, now, stream_id)
+            p.state, p.status_msg, p.stream_id = (
+                state,
+                new_msg if isinstance(new_msg, str) else None,
+                stream_id,
+            )
+            if active:
+                p.last_active_ts = now
+            await self.storage.user_data.put_presence(
+                user_id, state, p.status_msg, p.last_active_ts, stream_id
+            )
+        finally:
+            self.stream.done(stream_id)
+        audience = await self.audience(user_id) if self.audience is not None else {user_id}
+        self.notifier.wake_users(audience)
+
+    async def sync_started(self, user_id: str, set_presence: str | None) -> None:
+        """A sync began: it makes the user `set_presence` (default online) unless that is offline."""
+        if set_presence != "offline":
+            wanted = set_presence or "online"
+            p = self._users.get(user_id)
+            if p is None or p.state != wanted:
+                await self.set_state(user_id, wanted)
+            else:
+                p.last_active_ts = self.clock.time_ms()
+        p = self._users.get(user_id)
+        if p is not None:
+            p.syncing += 1
+            p.last_sync_ts = self.clock.time_ms()
+
+    def sync_finished(self, user_id: str) -> None:
+        p = self._users.get(user_id)
+        if p is not None:
+            p.syncing = max(0, p.syncing - 1)
+            p.last_sync_ts = self.clock.time_ms()
+
+    async def expire(self) -> None:
+        """Periodic job: idle users become unavailable, users who stopped syncing offline."""
+        now = self.clock.time_ms()
+        for user_id, p in list(self._users.items()):
+            if (
+                p.state != "offline"
+                and p.syncing == 0
+                and p.last_sync_ts
+                and now - p.last_sync_ts > OFFLINE_AFTER_MS
+            ):
+                await self.set_state(user_id, "offline", active=False)
+            elif p.state == "online" and now - p.last_active_ts > IDLE_AFTER_MS:
+                await self.set_state(user_id, "unavailable", active=False)
+
+    def changed_since(self, user_ids: set[str], after: int, upto: int) -> list[str]:
+        return [u for u in user_ids if (p := self._users.get(u)) is not None and after < p.stream_id <= upto]

@@ -1,0 +1,90 @@
+"""Read receipts (m.read, m.read.private) and read markers (m.fully_read)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from homeserver.core.account_data import AccountDataService
+from homeserver.core.clock import Clock
+from homeserver.core.rooms import RoomService
+from homeserver.core.streams import StreamIdGenerator
+from homeserver.errors import MatrixError, NotFound
+from homeserver.notifier import Notifier
+from homeserver.storage import Storage
+
+RECEIPT_TYPES = ("m.read", "m.read.private")
+
+
+class ReceiptService:
+    def __init__(
+        self,
+        storage: Storage,
+        clock: Clock,
+        notifier: Notifier,
+        rooms: RoomService,
+        account_data: AccountDataService,
+    ) -> None:
+        self.storage = storage
+        self.clock = clock
+        self.notifier = notifier
+        self.rooms = rooms
+        self.account_data = account_data
+        self.stream = StreamIdGenerator()
+
+    def start(self, current: int) -> None:
+        self.stream = StreamIdGenerator(current)
+
+    async def _event_position(self, room_id: str, event_id: str) -> int:
+        events = await self.storage.events.get_events([event_id])
+        ev = events.get(event_id)
+        if ev is None or ev.room_id != room_id:
+            raise NotFound("Unknown event in this room")
+        return ev.stream_ordering
+
+    async def set_receipt(
+        self, user_id: str, room_id: str, receipt_type: str, event_id: str, thread_id: str | None = None
+    ) -> None:
+        head = await self.rooms.access_room_as_member(user_id, room_id)
+        if receipt_type == "m.fully_read":
+            await self._event_position(room_id, event_id)
+            await self.account_data.put(user_id, room_id, "m.fully_read", {"event_id": event_id})
+            return
+        if receipt_type not in RECEIPT_TYPES:
+            raise MatrixError(f"Unknown receipt type {receipt_type}", "M_INVALID_PARAM")
+        if thread_id is not None and not isinstance(thread_id, str):
+            raise MatrixError("'thread_id' must be a string", "M_BAD_JSON")
+        position = await self._event_position(room_id, event_id)
+        stream_id = self.stream.allocate()
+        try:
+            await self.storage.user_data.put_receipt(
+                room_id,
+                receipt_type,
+                user_id,
+                thread_id or "",
+                event_id,
+                position,
+                stream_id,
+                self.clock.time_ms(),
+            )
+        finally:
+            self.stream.done(stream_id)
+        # A private receipt concerns only its owner; a public one the whole room.
+        self.notifier.wake_users([user_id] if receipt_type == "m.read.private" else head.members("join"))
+
+    async def receipts_event(
+        self, user_id: str, room_ids: list[str], after: int, upto: int
+    ) -> dict[str, dict[str, Any]]:
+        """room id -> the m.receipt ephemeral event with receipts changed in (after, upto]."""
+        if after >= upto:
+            return {}
+        out: dict[str, dict[str, Any]] = {}
+        rows = await self.storage.user_data.receipts_for_rooms(room_ids, after, upto)
+        for room_id, receipt_type, receipt_user, thread_id, event_id, _pos, ts in rows:
+            if receipt_type == "m.read.private" and receipt_user != user_id:
+                continue
+            content = out.setdefault(room_id, {"type": "m.receipt", "content": {}})["content"]
+            entry: dict[str, Any] = {"ts": ts}
+            if thread_id:
+                entry["thread_id"] = thread_id
+            content.setdefault(event_id, {}).setdefault(receipt_type, {})[receipt_user] = entry
+        return out

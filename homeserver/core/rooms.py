@@ -1,0 +1,396 @@
+"""Rooms: creation, membership, state, aliases and the public directory.
+
+Every change is an event built by `EventService.build` (so the auth rules of the
+room version are checked on each one) and persisted through the group commit.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from homeserver.core.events import EventService
+from homeserver.core.room_heads import RoomHead
+from homeserver.errors import Forbidden, MatrixError, NotFound
+from homeserver.events.power_levels import can_do, default_power_levels_content
+from homeserver.storage import Storage
+from homeserver.storage.events import StoredEvent
+
+KNOWN_VERSIONS = ("10", "11")
+DEFAULT_ROOM_VERSION = "10"
+_ALIAS_RE = re.compile(r"#[^:\s]+:.+")
+_USER_ID_RE = re.compile(r"@[^:\s]+:.+")
+
+PRESETS: dict[str, dict[str, str]] = {
+    "private_chat": {"join_rule": "invite", "history_visibility": "shared", "guest_access": "can_join"},
+    "trusted_private_chat": {
+        "join_rule": "invite",
+        "history_visibility": "shared",
+        "guest_access": "can_join",
+    },
+    "public_chat": {"join_rule": "public", "history_visibility": "shared", "guest_access": "forbidden"},
+}
+
+# Spec: state an invitee sees before joining ("stripped state").
+INVITE_STATE_TYPES = (
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+    "m.room.topic",
+)
+
+
+class PduState(Mapping[tuple[str, str], Mapping[str, Any]]):
+    """A read-only view of a head's state as PDUs, for the power-level helpers."""
+
+    def __init__(self, head: RoomHead) -> None:
+        self._state = head.state
+
+    def __getitem__(self, key: tuple[str, str]) -> Mapping[str, Any]:
+        return self._state[key].pdu
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._state)
+
+    def __len__(self) -> int:
+        return len(self._state)
+
+
+def check_user_id(value: object, what: str = "user_id") -> str:
+    if not isinstance(value, str) or not _USER_ID_RE.fullmatch(value) or len(value) > 255:
+        raise MatrixError(f"'{what}' must be a user id", "M_INVALID_PARAM")
+    return value
+
+
+class RoomService:
+    def __init__(self, server_name: str, storage: Storage, events: EventService) -> None:
+        self.server_name = server_name
+        self.storage = storage
+        self.events = events
+        self._redactions: dict[str, StoredEvent] = {}
+        self._forgotten: dict[str, set[str]] = {}
+
+    # Access -------------------------------------------------------------------------
+
+    async def head(self, room_id: str) -> RoomHead:
+        head = await self.events.heads.get(room_id)
+        if head is None:
+            raise NotFound("Unknown room")
+        return head
+
+    async def access_room_as_member(self, user_id: str, room_id: str) -> RoomHead:
+        """The room's head if `user_id` is joined to it; else Forbidden (or NotFound)."""
+        head = await self.events.heads.get(room_id)
+        if head is None or head.membership(user_id) != "join":
+            raise Forbidden("You are not a member of this room")
+        return head
+
+    async def _profile_content(self, user_id: str) -> dict[str, Any]:
+        profile = await self.storage.accounts.get_profile(user_id)
+        content: dict[str, Any] = {}
+        if profile is not None:
+            if profile[0]:
+                content["displayname"] = profile[0]
+            if profile[1]:
+                content["avatar_url"] = profile[1]
+        return content
+
+    async def _check_local_user(self, user_id: str) -> None:
+        if not user_id.endswith(":" + self.server_name):
+            raise Forbidden("Inviting users of other servers needs federation, which is not enabled yet")
+        user = await self.storage.accounts.get_user(user_id)
+        if user is None or user.deactivated:
+            raise NotFound(f"Unknown user {user_id}")
+
+    # Creation -------------------------------------------------------------------------
+
+    async def create_room(self, creator: str, body: dict[str, Any]) -> str:
+        """createRoom (spec: Client-Server API, Creation): all its events commit together."""
+        version = body.get("room_version", DEFAULT_ROOM_VERSION)
+        if version not in KNOWN_VERSIONS:
+            raise MatrixError(f"Unsupported room version {version!r}", "M_UNSUPPORTED_ROOM_VERSION")
+        visibility = body.get("visibility", "private")
+        if visibility not in ("public", "private"):
+            raise MatrixError("'visibility' must be public or private", "M_INVALID_PARAM")
+        preset_name = body.get("preset") or ("public_chat" if visibility == "public" else "private_chat")
+        if preset_name not in PRESETS:
+            raise MatrixError(f"Unknown preset {preset_name!r}", "M_INVALID_PARAM")
+        preset = PRESETS[preset_name]
+        invites = body.get("invite", [])
+        if not isinstance(invites, list):
+            raise MatrixError("'invite' must be a list of user ids", "M_BAD_JSON")
+        invites = [check_user_id(u, "invite") for u in invites]
+        for user_id in invites:
+            await self._check_local_user(user_id)
+        is_direct = body.get("is_direct") is True
+        initial_state = body.get("initial_state", [])
+        if not isinstance(initial_state, list) or not all(
+            isinstance(e, dict) and isinstance(e.get("type"), str) and isinstance(e.get("content"), dict)
+            for e in initial_state
+        ):
+            raise MatrixError("'initial_state' must be a list of {type, state_key, content}", "M_BAD_JSON")
+        creation_content = body.get("creation_content") or {}
+        override = body.get("power_level_content_override") or {}
+        if not isinstance(creation_content, dict) or not isinstance(override, dict):
+            raise MatrixError(
+                "creation_content and power_level_content_override must be objects", "M_BAD_JSON"
+            )
+        for key in ("name", "topic"):
+            if key in body and not isinstance(body[key], str):
+                raise MatrixError(f"'{key}' must be a string", "M_BAD_JSON")
+        alias = None
+        if body.get("room_alias_name") is not None:
+            local = body["room_alias_name"]
+            if not isinstance(local, str) or not local or ":" in local or len(local) > 200:
+                raise MatrixError("Invalid room_alias_name", "M_INVALID_PARAM")
+            alias = f"#{local}:{self.server_name}"
+            if await self.storage.rooms.room_for_alias(alias) is not None:
+                raise MatrixError("Room alias already taken", "M_ROOM_IN_USE")
+        member_content = {"membership": "join", **await self._profile_content(creator)}
+
+        head = self.events.new_room_head(version)
+        build = self.events.build
+        create_content = {**creation_content, "room_version": version}
+        if version == "10":
+            create_content["creator"] = creator
+        else:
+            create_content.pop("creator", None)
+        events = [build(head, creator, "m.room.create", create_content, "")]
+        events.append(build(head, creator, "m.room.member", member_content, creator))
+        power = default_power_levels_content(creator)
+        if preset_name == "trusted_private_chat":
+            for user_id in invites:
+                power["users"][user_id] = 100
+        power.update(override)
+        events.append(build(head, creator, "m.room.power_levels", power, ""))
+        if alias is not None:
+            events.append(build(head, creator, "m.room.canonical_alias", {"alias": alias}, ""))
+        events.append(build(head, creator, "m.room.join_rules", {"join_rule": preset["join_rule"]}, ""))
+        events.append(
+            build(
+                head,
+                creator,
+                "m.room.history_visibility",
+                {"history_visibility": preset["history_visibility"]},
+                "",
+            )
+        )
+        events.append(
+            build(head, creator, "m.room.guest_access", {"guest_access": preset["guest_access"]}, "")
+        )
+        for state in initial_state:
+            events.append(
+                build(head, creator, state["type"], state["content"], str(state.get("state_key", "")))
+            )
+        if body.get("name"):
+            events.append(build(head, creator, "m.room.name", {"name": body["name"]}, ""))
+        if body.get("topic"):
+            events.append(build(head, creator, "m.room.topic", {"topic": body["topic"]}, ""))
+        for user_id in invites:
+            content: dict[str, Any] = {"membership": "invite", **await self._profile_content(user_id)}
+            if is_direct:
+                content["is_direct"] = True
+            events.append(build(head, creator, "m.room.member", content, user_id))
+        self.events.heads.put(head)
+        await self.events.persist(head, events, is_new_room=True)
+        if alias is not None:
+            await self.storage.rooms.create_alias(alias, head.room_id, creator)
+        if visibility == "public":
+            await self.storage.rooms.set_visibility(head.room_id, "public")
+        return head.room_id
+
+    # Membership ----------------------------------------------------------------------
+
+    async def resolve_room(self, room_id_or_alias: str) -> str:
+        if room_id_or_alias.startswith("#"):
+            if not _ALIAS_RE.fullmatch(room_id_or_alias):
+                raise MatrixError("Invalid room alias", "M_INVALID_PARAM")
+            room_id = await self.storage.rooms.room_for_alias(room_id_or_alias)
+            if room_id is None:
+                raise NotFound("Room alias not found")
+            return room_id
+        if not room_id_or_alias.startswith("!"):
+            raise MatrixError("Not a room id or alias", "M_INVALID_PARAM")
+        return room_id_or_alias
+
+    async def set_membership(
+        self,
+        sender: str,
+        room_id: str,
+        target: str,
+        membership: str,
+        reason: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> StoredEvent | None:
+        """Build a membership event; None when it would change nothing (e.g. joining twice)."""
+        head = await self.events.heads.get(room_id)
+        if head is None:
+            raise NotFound("Unknown room")
+        current = head.membership(target)
+        if current == membership and membership in ("join", "leave", "ban"):
+            return None
+        if membership == "leave" and current is None and sender == target:
+            raise Forbidden("You are not a member of this room")
+        content: dict[str, Any] = {"membership": membership}
+        if membership in ("join", "invite"):
+            content.update(await self._profile_content(target))
+        if reason is not None:
+            if not isinstance(reason, str):
+                raise MatrixError("'reason' must be a string", "M_BAD_JSON")
+            content["reason"] = reason
+        if extra:
+            content.update(extra)
+        event = self.events.build(head, sender, "m.room.member", content, target)
+        await self.events.persist(head, [event])
+        return event
+
+    async def invite(self, sender: str, room_id: str, target: str, reason: str | None = None) -> None:
+        check_user_id(target)
+        await self._check_local_user(target)
+        head = await self.access_room_as_member(sender, room_id)
+        if head.membership(target) == "join":
+            raise Forbidden(f"{target} is already in the room")
+        if head.membership(target) == "ban":
+            raise Forbidden(f"{target} is banned from the room")
+        direct = None
+        # Keep the DM flag when re-inviting into a direct chat.
+        if head.content("m.room.member", target).get("is_direct"):
+            direct = {"is_direct": True}
+        await self.set_membership(sender, room_id, target, "invite", reason, direct)
+
+    async def join(self, user_id: str, room_id_or_alias: str) -> str:
+        room_id = await self.resolve_room(room_id_or_alias)
+        await self.set_membership(user_id, room_id, user_id, "join")
+        return room_id
+
+    async def leave(self, user_id: str, room_id: str, reason: str | None = None) -> None:
+        head = await self.events.heads.get(room_id)
+        if head is None:
+            raise NotFound("Unknown room")
+        if head.membership(user_id) in (None, "leave"):
+            return
+        await self.set_membership(user_id, room_id, user_id, "leave", reason)
+
+    async def kick(self, sender: str, room_id: str, target: str, reason: str | None) -> None:
+        check_user_id(target)
+        head = await self.access_room_as_member(sender, room_id)
+        if head.membership(target) not in ("join", "invite", "knock"):
+            raise Forbidden(f"{target} is not in the room")
+        await self.set_membership(sender, room_id, target, "leave", reason)
+
+    async def ban(self, sender: str, room_id: str, target: str, reason: str | None) -> None:
+        check_user_id(target)
+        await self.access_room_as_member(sender, room_id)
+        await self.set_membership(sender, room_id, target, "ban", reason)
+
+    async def unban(self, sender: str, room_id: str, target: str, reason: str | None) -> None:
+        check_user_id(target)
+        head = await self.access_room_as_member(sender, room_id)
+        if head.membership(target) != "ban":
+            raise Forbidden(f"{target} is not banned")
+        await self.set_membership(sender, room_id, target, "leave", reason)
+
+    async def forget(self, user_id: str, room_id: str) -> None:
+        head = await self.events.heads.get(room_id)
+        if head is None:
+            raise NotFound("Unknown room")
+        if head.membership(user_id) in ("join", "invite", "knock"):
+            raise MatrixError("Leave the room before forgetting it", "M_UNKNOWN")
+        if head.membership(user_id) is None:
+            raise NotFound("You were never in this room")
+        await self.storage.events.forget_room(user_id, room_id)
+        self._forgotten.setdefault(user_id, set()).add(room_id)
+
+    # State -------------------------------------------------------------------------
+
+    async def send_state(
+        self, sender: str, room_id: str, event_type: str, state_key: str, content: dict[str, Any]
+    ) -> StoredEvent:
+        if event_type == "m.room.member":
+            raise MatrixError(
+                "Use the membership endpoints (invite, join, leave, kick, ban)", "M_FORBIDDEN", status=403
+            )
+        if event_type == "m.room.canonical_alias":
+            await self._check_canonical_alias(room_id, content)
+        return await self.events.send(sender, room_id, event_type, content, state_key)
+
+    async def _check_canonical_alias(self, room_id: str, content: dict[str, Any]) -> None:
+        aliases = [content.get("alias")] + list(content.get("alt_aliases") or [])
+        for alias in aliases:
+            if alias is None:
+                continue
+            if not isinstance(alias, str) or await self.storage.rooms.room_for_alias(alias) != room_id:
+                raise MatrixError(f"Alias {alias} does not point to this room", "M_BAD_ALIAS")
+
+    # Redactions and forgotten rooms -------------------------------------------------------
+
+    def redaction_of(self, ev: StoredEvent) -> StoredEvent | None:
+        """The redaction event of a redacted event (call `load_redactions` first for old events)."""
+        return self._redactions.get(ev.redacted_by) if ev.redacted_by else None
+
+    async def load_redactions(self, events: list[StoredEvent]) -> None:
+        missing = [
+            ev.redacted_by for ev in events if ev.redacted_by and ev.redacted_by not in self._redactions
+        ]
+        if missing:
+            self._redactions.update(await self.storage.events.get_events(missing))
+
+    def on_committed(self, events: list[StoredEvent], find: Any) -> list[StoredEvent]:
+        """Apply committed redactions to cached copies; return the events they redacted."""
+        redacted = []
+        for ev in events:
+            if ev.type == "m.room.member" and ev.content.get("membership") in ("join", "invite"):
+                self._forgotten.get(ev.state_key or "", set()).discard(ev.room_id)
+            if ev.type != "m.room.redaction":
+                continue
+            target_id = ev.pdu.get("redacts") or ev.content.get("redacts")
+            self._redactions[ev.event_id] = ev
+            target = find(ev.room_id, target_id) if isinstance(target_id, str) else None
+            if target is not None and target.redacted_by is None:
+                target.redacted_by = ev.event_id
+                redacted.append(target)
+        return redacted
+
+    async def forgotten(self, user_id: str) -> set[str]:
+        cached = self._forgotten.get(user_id)
+        if cached is None:
+            cached = self._forgotten[user_id] = await self.storage.events.forgotten_rooms(user_id)
+        return cached
+
+    def may(self, user_id: str, head: RoomHead, action: str, **kwargs: Any) -> bool:
+        return can_do(user_id, action, PduState(head), room_version=head.room_version, **kwargs)  # type: ignore[arg-type]
+
+    def invite_state(self, head: RoomHead, invitee: str) -> list[dict[str, Any]]:
+        """Stripped state events shown with an invite."""
+        out: list[dict[str, Any]] = []
+        for event_type in INVITE_STATE_TYPES:
+            ev = head.get(event_type)
+            if ev is not None:
+                out.append({"type": ev.type, "state_key": "", "content": ev.content, "sender": ev.sender})
+        member = head.get("m.room.member", invitee)
+        if member is not None:
+            out.append(
+                {
+                    "type": member.type,
+                    "state_key": invitee,
+                    "content": member.content,
+                    "sender": member.sender,
+                    "event_id": member.event_id,
+                    "origin_server_ts": member.origin_server_ts,
+                }
+            )
+            inviter = head.get("m.room.member", member.sender)
+            if inviter is not None:
+                out.append(
+                    {
+                        "type": inviter.type,
+                        "state_key": inviter.state_key,
+                        "content": inviter.content,
+                        "sender": inviter.sender,
+                    }
+                )
+        return out

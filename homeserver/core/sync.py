@@ -1,0 +1,369 @@
+"""/sync: what changed for a user between two tokens, waiting for news if nothing did.
+
+A response covers, for each stream, exactly the range (since, upto], where
+`upto` is read once, synchronously, before anything is computed: events up to
+the position the group commit has finished (never one still in flight),
+receipts/account data/presence up to their own finished positions. The next
+sync starts where this one ended, so a token never skips or repeats an event.
+
+The hot case - a long-poll woken by one new message in one room - is answered
+from memory: the user's rooms, the room's recent events (already encoded) and
+its head; the database is only asked for wider ranges.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from homeserver.core.account_data import AccountDataService
+from homeserver.core.delivery import DeliveryTracker
+from homeserver.core.event_format import EncodedEvents, RawJson, dumps_with_raw
+from homeserver.core.filters import SyncFilter
+from homeserver.core.presence import PresenceService
+from homeserver.core.receipts import ReceiptService
+from homeserver.core.room_heads import RoomHead, RoomHeads
+from homeserver.core.rooms import RoomService
+from homeserver.core.streams import SyncToken, pagination_token
+from homeserver.core.timeline_cache import TimelineCache
+from homeserver.core.typing import TypingService
+from homeserver.core.unread import UnreadCounter
+from homeserver.core.visibility import VisibilityFilter
+from homeserver.notifier import Notifier
+from homeserver.storage import Storage
+from homeserver.storage.events import PersistItem, StoredEvent
+
+MAX_TIMEOUT_MS = 5 * 60_000
+_RECENT_TXNS = 50_000
+
+
+@dataclass
+class SyncRequest:
+    user_id: str
+    device_id: str
+    since: SyncToken | None
+    timeout_ms: int
+    filter: SyncFilter
+    full_state: bool = False
+    set_presence: str | None = None
+
+
+class SyncService:
+    def __init__(
+        self,
+        storage: Storage,
+        reactor: Any,
+        notifier: Notifier,
+        heads: RoomHeads,
+        timeline: TimelineCache,
+        rooms: RoomService,
+        receipts: ReceiptService,
+        typing: TypingService,
+        presence: PresenceService,
+        account_data: AccountDataService,
+        delivery: DeliveryTracker,
+        unread: UnreadCounter,
+        persisted_upto: Any,
+    ) -> None:
+        self.storage = storage
+        self.reactor = reactor
+        self.notifier = notifier
+        self.heads = heads
+        self.timeline = timeline
+        self.rooms = rooms
+        self.receipts = receipts
+        self.typing = typing
+        self.presence = presence
+        self.account_data = account_data
+        self.delivery = delivery
+        self.unread = unread
+        self.visibility = VisibilityFilter(storage)
+        self.encoded = EncodedEvents()
+        self._persisted_upto = persisted_upto
+        self._recent_txns: OrderedDict[str, tuple[str, str, str]] = OrderedDict()
+
+    # Feeding ----------------------------------------------------------------------
+
+    def on_committed(self, items: list[PersistItem]) -> None:
+        for item in items:
+            if item.txn is not None:
+                self._recent_txns[item.event.event_id] = item.txn
+                if len(self._recent_txns) > _RECENT_TXNS:
+                    self._recent_txns.popitem(last=False)
+
+    def current_token(self) -> SyncToken:
+        return SyncToken(
+            events=self._persisted_upto(),
+            receipts=self.receipts.stream.current,
+            typing=self.typing.position,
+            account_data=self.account_data.stream.current,
+            presence=self.presence.stream.current,
+        )
+
+    # The request --------------------------------------------------------------------
+
+    async def sync(self, req: SyncRequest) -> str:
+        """The JSON text of a /sync response (long-polls up to `timeout_ms` when nothing changed)."""
+        if req.since is not None:
+            # Asking for a newer token proves the previous response arrived.
+            self.delivery.acknowledge(req.user_id, req.since.events)
+        await self.presence.sync_started(req.user_id, req.set_presence)
+        try:
+            deadline = time.monotonic() + min(max(req.timeout_ms, 0), MAX_TIMEOUT_MS) / 1000
+            while True:
+                version = self.notifier.version
+                upto = self.current_token()
+                body, has_data = await self._compute(req, upto)
+                remaining = deadline - time.monotonic()
+                if has_data or req.since is None or req.full_state or remaining <= 0 or self.notifier.closing:
+                    return body
+                if self.notifier.changed_since(req.user_id, version):
+                    continue
+                await self.notifier.wait(req.user_id, remaining)
+                if deadline - time.monotonic() <= 0:
+                    body, _ = await self._compute(req, self.current_token())
+                    return body
+        finally:
+            self.presence.sync_finished(req.user_id)
+
+    async def _compute(self, req: SyncRequest, upto: SyncToken) -> tuple[str, bool]:
+        since = req.since
+        user_id = req.user_id
+        rooms = await self.timeline.rooms_for_user(user_id)
+        forgotten = await self.rooms.forgotten(user_id)
+        join: dict[str, Any] = {}
+        invite: dict[str, Any] = {}
+        leave: dict[str, Any] = {}
+        joined_ids: list[str] = []
+        for room_id, (membership, position) in list(rooms.items()):
+            if position > upto.events or not req.filter.allows_room(room_id) or room_id in forgotten:
+                # A membership newer than this response belongs to the next one.
+                continue
+            changed = since is None or position > since.events
+            if membership == "join":
+                joined_ids.append(room_id)
+                full = since is None or req.full_state or changed
+                room = await self._joined_room(req, room_id, upto, full, position)
+                if room is not None:
+                    join[room_id] = room
+            elif membership == "invite" and changed:
+                head = await self.heads.get(room_id)
+                if head is not None:
+                    invite[room_id] = {"invite_state": {"events": self.rooms.invite_state(head, user_id)}}
+            elif (
+                membership in ("leave", "ban") and changed and (since is not None or req.filter.include_leave)
+            ):
+                room = await self._left_room(req, room_id, position)
+                if room is not None:
+                    leave[room_id] = room
+        await self._add_ephemeral(req, join, joined_ids, upto)
+        await self._add_room_account_data(req, join, upto)
+        join = {room_id: room for room_id, room in join.items() if room}
+        response: dict[str, Any] = {"next_batch": str(upto)}
+        rooms_part = {k: v for k, v in (("join", join), ("invite", invite), ("leave", leave)) if v}
+        response["rooms"] = {"join": join, "invite": invite, "leave": leave, "knock": {}}
+        account_data = await self._global_account_data(req, upto)
+        presence = await self._presence(req, joined_ids, upto)
+        response["account_data"] = {"events": account_data}
+        response["presence"] = {"events": presence}
+        response["to_device"] = {"events": []}
+        response["device_lists"] = {"changed": [], "left": []}
+        response["device_one_time_keys_count"] = {"signed_curve25519": 0}
+        response["device_unused_fallback_key_types"] = []
+        has_data = bool(rooms_part or account_data or presence)
+        return dumps_with_raw(response), has_data
+
+    # Rooms -------------------------------------------------------------------------------
+
+    async def _events_between(
+        self, room_id: str, after: int, upto: int, limit: int
+    ) -> tuple[list[StoredEvent], bool]:
+        """Up to `limit` newest events in (after, upto], oldest first, and whether some were left out."""
+        cached = self.timeline.events_between(room_id, after, upto)
+        if cached is not None:
+            events = cached
+        else:
+            events = list(
+                reversed(await self.storage.events.room_events_between(room_id, after, upto, limit + 1))
+            )
+        limited = len(events) > limit
+        return (events[-limit:] if limit else []) if limited else events, limited
+
+    async def _joined_room(
+        self, req: SyncRequest, room_id: str, upto: SyncToken, full: bool, member_position: int
+    ) -> dict[str, Any] | None:
+        since = req.since
+        head = await self.heads.get(room_id)
+        if head is None:
+            return None
+        limit = req.filter.timeline_limit
+        if full:
+            events, limited = await self._events_between(room_id, 0, upto.events, limit)
+            events = await self.visibility.filter_for_user(req.user_id, head, events)
+        else:
+            assert since is not None
+            if self.timeline.room_last.get(room_id, 0) <= since.events:
+                events, limited = [], False
+            else:
+                events, limited = await self._events_between(room_id, since.events, upto.events, limit)
+        events = [ev for ev in events if req.filter.timeline.allows(ev.type, ev.sender)]
+        state = await self._state_for(req, head, events, upto.events, full, limited, since)
+        if not full and not events and not state:
+            room: dict[str, Any] = {}
+        else:
+            room = {
+                "timeline": {
+                    "events": [self._encode(ev, head, req) for ev in events],
+                    "limited": limited,
+                    "prev_batch": pagination_token(events[0].stream_ordering - 1 if events else upto.events),
+                },
+                "state": {"events": [self._encode(ev, head, req) for ev in state]},
+            }
+        if full or any(ev.type == "m.room.member" for ev in events):
+            room["summary"] = self._summary(head, req.user_id)
+        if full or events:
+            room["unread_notifications"] = await self.unread.counts(req.user_id, room_id)
+        return room
+
+    async def _state_for(
+        self,
+        req: SyncRequest,
+        head: RoomHead,
+        timeline: list[StoredEvent],
+        upto: int,
+        full: bool,
+        limited: bool,
+        since: SyncToken | None,
+    ) -> list[StoredEvent]:
+        in_timeline = {ev.event_id for ev in timeline}
+        if full:
+            candidates = [ev for ev in head.state.values() if ev.stream_ordering <= upto]
+            if req.filter.lazy_load_members:
+                wanted = {ev.sender for ev in timeline} | {req.user_id}
+                candidates = [ev for ev in candidates if ev.type != "m.room.member" or ev.state_key in wanted]
+        elif limited and since is not None and timeline:
+            start = timeline[0].stream_ordering
+            candidates = [ev for ev in head.state.values() if since.events < ev.stream_ordering < start]
+        else:
+            return []
+        return [ev for ev in candidates if ev.event_id not in in_timeline]
+
+    async def _left_room(self, req: SyncRequest, room_id: str, leave_position: int) -> dict[str, Any] | None:
+        """A room the user left or was removed from: events up to (and with) their leave."""
+        head = await self.heads.get(room_id)
+        if head is None:
+            return None
+        after = req.since.events if req.since is not None else 0
+        events, limited = await self._events_between(
+            room_id, after, leave_position, req.filter.timeline_limit
+        )
+        events = await self.visibility.filter_for_user(req.user_id, head, events)
+        return {
+            "timeline": {
+                "events": [self._encode(ev, head, req) for ev in events],
+                "limited": limited,
+                "prev_batch": pagination_token(events[0].stream_ordering - 1 if events else leave_position),
+            },
+            "state": {"events": []},
+            "account_data": {"events": []},
+        }
+
+    def _encode(self, ev: StoredEvent, head: RoomHead, req: SyncRequest) -> RawJson:
+        txn = self._recent_txns.get(ev.event_id)
+        if txn is not None and txn[0] == req.user_id and txn[1] == req.device_id:
+            import json
+
+            from homeserver.core.event_format import RawJson as Raw
+            from homeserver.core.event_format import client_event
+
+            return Raw(
+                json.dumps(
+                    client_event(ev, head.room_version, include_room_id=False, txn_id=txn[2]),
+                    ensure_ascii=False,
+                    separators=(",", ":"),
+                )
+            )
+        redaction = self.heads_redaction(ev)
+        return self.encoded.get(ev, head.room_version, redaction, include_room_id=False)
+
+    def heads_redaction(self, ev: StoredEvent) -> StoredEvent | None:
+        return self.rooms.redaction_of(ev)
+
+    def _summary(self, head: RoomHead, user_id: str) -> dict[str, Any]:
+        joined = head.members("join")
+        invited = head.members("invite")
+        heroes = sorted(u for u in joined + invited if u != user_id)[:5]
+        return {
+            "m.heroes": heroes,
+            "m.joined_member_count": len(joined),
+            "m.invited_member_count": len(invited),
+        }
+
+    # Ephemeral and account data -------------------------------------------------------------
+
+    async def _add_ephemeral(
+        self, req: SyncRequest, join: dict[str, Any], joined: list[str], upto: SyncToken
+    ) -> None:
+        if req.filter.ephemeral.disabled or not joined:
+            return
+        since = req.since
+        receipts = await self.receipts.receipts_event(
+            req.user_id, joined, since.receipts if since else 0, upto.receipts
+        )
+        for room_id in joined:
+            events = []
+            if since is None or self.typing.changed_since(room_id, since.typing):
+                users = self.typing.typing_users(room_id)
+                if since is not None or users:
+                    events.append({"type": "m.typing", "content": {"user_ids": users}})
+            if room_id in receipts:
+                events.append(receipts[room_id])
+            if events:
+                join.setdefault(room_id, {})["ephemeral"] = {"events": events}
+
+    async def _add_room_account_data(self, req: SyncRequest, join: dict[str, Any], upto: SyncToken) -> None:
+        if req.filter.room_account_data.disabled:
+            return
+        after = req.since.account_data if req.since else 0
+        for room_id, data_type, content in await self.account_data.since(
+            req.user_id, after, upto.account_data
+        ):
+            if room_id and room_id in join or (room_id and req.since is None and room_id in join):
+                join[room_id].setdefault("account_data", {"events": []})["events"].append(
+                    {"type": data_type, "content": content}
+                )
+
+    async def _global_account_data(self, req: SyncRequest, upto: SyncToken) -> list[dict[str, Any]]:
+        if req.filter.account_data.disabled:
+            return []
+        after = req.since.account_data if req.since else 0
+        out = [
+            {"type": data_type, "content": content}
+            for room_id, data_type, content in await self.account_data.since(
+                req.user_id, after, upto.account_data
+            )
+            if not room_id and req.filter.account_data.allows(data_type, req.user_id)
+        ]
+        if req.since is None and not any(e["type"] == "m.push_rules" for e in out):
+            from homeserver.core.push_rules import default_push_rules
+
+            out.append({"type": "m.push_rules", "content": default_push_rules(req.user_id)})
+        return out
+
+    async def _presence(self, req: SyncRequest, joined: list[str], upto: SyncToken) -> list[dict[str, Any]]:
+        if req.filter.presence.disabled:
+            return []
+        after = req.since.presence if req.since else 0
+        if after >= upto.presence:
+            return []
+        audience: set[str] = {req.user_id}
+        for room_id in joined:
+            head = await self.heads.get(room_id)
+            if head is not None:
+                audience.update(head.members("join"))
+        return [
+            {"type": "m.presence", "sender": u, "content": self.presence.to_json(u)}
+            for u in sorted(self.presence.changed_since(audience, after, upto.presence))
+        ]

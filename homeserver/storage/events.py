@@ -1,0 +1,451 @@
+"""Events, room state and membership: persisting batches and reading them back.
+
+`persist_events_txn` writes every row of a batch of events in one transaction
+(the group commit in `core/persist.py` calls it once per tick): the PDU, its
+edges, state and membership changes, txn ids, redactions and relations. Either
+all rows of an event commit together or none do.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from homeserver.storage.database import Database, Txn
+
+
+@dataclass
+class StoredEvent:
+    """A persisted event: its PDU and where it sits in the streams."""
+
+    event_id: str
+    room_id: str
+    stream_ordering: int
+    pdu: dict[str, Any]
+    unsigned_extra: dict[str, Any] = field(default_factory=dict)
+    redacted_by: str | None = None
+
+    @property
+    def type(self) -> str:
+        return str(self.pdu["type"])
+
+    @property
+    def sender(self) -> str:
+        return str(self.pdu["sender"])
+
+    @property
+    def state_key(self) -> str | None:
+        sk = self.pdu.get("state_key")
+        return sk if isinstance(sk, str) else None
+
+    @property
+    def content(self) -> dict[str, Any]:
+        content = self.pdu.get("content")
+        return content if isinstance(content, dict) else {}
+
+    @property
+    def depth(self) -> int:
+        return int(self.pdu["depth"])
+
+    @property
+    def origin_server_ts(self) -> int:
+        return int(self.pdu["origin_server_ts"])
+
+
+@dataclass
+class PersistItem:
+    """One event and what it changes, ready to be written."""
+
+    event: StoredEvent
+    room_version: str
+    is_create: bool = False
+    txn: tuple[str, str, str] | None = None  # (user id, device id, txn id)
+    now_ms: int = 0
+
+
+@dataclass
+class RoomSnapshot:
+    room_id: str
+    room_version: str
+    state: dict[tuple[str, str], StoredEvent]
+    extremities: list[str]
+    depth: int
+
+
+_EVENT_COLUMNS = "e.event_id, e.room_id, e.stream_ordering, e.json, e.unsigned_extra, r.event_id"
+_EVENT_FROM = "events e LEFT JOIN redactions r ON r.redacts = e.event_id"
+_RELATION_FROM = (
+    "event_relations x JOIN events e ON e.event_id = x.event_id"
+    " LEFT JOIN redactions r ON r.redacts = e.event_id"
+)
+
+
+def _row_to_event(row: Sequence[Any]) -> StoredEvent:
+    return StoredEvent(
+        event_id=row[0],
+        room_id=row[1],
+        stream_ordering=int(row[2]),
+        pdu=json.loads(row[3]),
+        unsigned_extra=json.loads(row[4]) if row[4] else {},
+        redacted_by=row[5],
+    )
+
+
+def persist_events_txn(txn: Txn, items: Sequence[PersistItem]) -> None:
+    """Write a batch of events (in stream order) and every row they change."""
+    for item in items:
+        if item.is_create:
+            ev = item.event
+            txn.execute(
+                "INSERT INTO rooms (room_id, room_version, creator, created_ts) VALUES (?, ?, ?, ?)",
+                (ev.room_id, item.room_version, ev.sender, ev.origin_server_ts),
+            )
+    txn.executemany(
+        "INSERT INTO events (event_id, room_id, stream_ordering, depth, type, state_key, sender,"
+        " origin_server_ts, json, unsigned_extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                i.event.event_id,
+                i.event.room_id,
+                i.event.stream_ordering,
+                i.event.depth,
+                i.event.type,
+                i.event.state_key,
+                i.event.sender,
+                i.event.origin_server_ts,
+                json.dumps(i.event.pdu, separators=(",", ":"), ensure_ascii=False),
+                json.dumps(i.event.unsigned_extra, separators=(",", ":")) if i.event.unsigned_extra else None,
+            )
+            for i in items
+        ],
+    )
+    txn.executemany(
+        "INSERT INTO event_edges (event_id, prev_event_id) VALUES (?, ?)",
+        [(i.event.event_id, prev) for i in items for prev in i.event.pdu.get("prev_events", [])],
+    )
+    txn.executemany(
+        "INSERT INTO event_auth (event_id, auth_event_id) VALUES (?, ?)",
+        [(i.event.event_id, auth) for i in items for auth in i.event.pdu.get("auth_events", [])],
+    )
+    for item in items:
+        ev = item.event
+        if ev.state_key is not None:
+            # Portable upsert: both engines accept ON CONFLICT ... DO UPDATE.
+            txn.execute(
+                "INSERT INTO current_state_events (room_id, type, state_key, event_id) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (room_id, type, state_key) DO UPDATE SET event_id = excluded.event_id",
+                (ev.room_id, ev.type, ev.state_key, ev.event_id),
+            )
+            if ev.type == "m.room.member":
+                txn.execute(
+                    "INSERT INTO room_memberships (event_id, room_id, user_id, sender, membership,"
+                    " stream_ordering) VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        ev.event_id,
+                        ev.room_id,
+                        ev.state_key,
+                        ev.sender,
+                        ev.content.get("membership"),
+                        ev.stream_ordering,
+                    ),
+                )
+                if ev.content.get("membership") in ("join", "invite"):
+                    txn.execute(
+                        "DELETE FROM forgotten_rooms WHERE user_id = ? AND room_id = ?",
+                        (ev.state_key, ev.room_id),
+                    )
+        if item.txn is not None:
+            txn.execute(
+                "INSERT INTO event_txn_ids (user_id, device_id, txn_id, event_id, created_ts)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (*item.txn, ev.event_id, item.now_ms),
+            )
+        if ev.type == "m.room.redaction":
+            redacts = ev.content.get("redacts") if item.room_version == "11" else ev.pdu.get("redacts")
+            if isinstance(redacts, str):
+                txn.execute(
+                    "INSERT INTO redactions (event_id, redacts, room_id) VALUES (?, ?, ?)",
+                    (ev.event_id, redacts, ev.room_id),
+                )
+        relates = ev.content.get("m.relates_to")
+        if (
+            isinstance(relates, dict)
+            and isinstance(relates.get("event_id"), str)
+            and isinstance(relates.get("rel_type"), str)
+        ):
+            key = relates.get("key")
+            txn.execute(
+                "INSERT INTO event_relations (event_id, relates_to, rel_type, room_id, type, sender,"
+                " aggregation_key, stream_ordering) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    ev.event_id,
+                    relates["event_id"],
+                    relates["rel_type"],
+                    ev.room_id,
+                    ev.type,
+                    ev.sender,
+                    key if isinstance(key, str) else None,
+                    ev.stream_ordering,
+                ),
+            )
+
+
+class EventStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def persist_events(self, items: Sequence[PersistItem]) -> None:
+        await self.db.run_interaction("persist_events", persist_events_txn, items)
+
+    async def max_stream_ordering(self) -> int:
+        rows = await self.db.query("max_stream_ordering", "SELECT MAX(stream_ordering) FROM events")
+        return int(rows[0][0] or 0)
+
+    async def load_room(self, room_id: str) -> RoomSnapshot | None:
+        """The room's current state and forward extremity, for building the next event."""
+
+        def load_txn(txn: Txn) -> RoomSnapshot | None:
+            room = txn.query_one("SELECT room_version FROM rooms WHERE room_id = ?", (room_id,))
+            if room is None:
+                return None
+            rows = txn.query(
+                f"SELECT {_EVENT_COLUMNS} FROM current_state_events c"
+                " JOIN events e ON c.event_id = e.event_id LEFT JOIN redactions r ON r.redacts = e.event_id"
+                " WHERE c.room_id = ?",
+                (room_id,),
+            )
+            state = {}
+            for row in rows:
+                ev = _row_to_event(row)
+                state[(ev.type, ev.state_key or "")] = ev
+            last = txn.query_one(
+                "SELECT event_id, depth FROM events WHERE room_id = ? ORDER BY stream_ordering DESC LIMIT 1",
+                (room_id,),
+            )
+            extremities = [last[0]] if last else []
+            return RoomSnapshot(room_id, room[0], state, extremities, int(last[1]) if last else 0)
+
+        return await self.db.run_interaction("load_room", load_txn)
+
+    async def room_version(self, room_id: str) -> str | None:
+        rows = await self.db.query(
+            "room_version", "SELECT room_version FROM rooms WHERE room_id = ?", room_id
+        )
+        return str(rows[0][0]) if rows else None
+
+    async def get_events(self, event_ids: Iterable[str]) -> dict[str, StoredEvent]:
+        ids = list(dict.fromkeys(event_ids))
+        if not ids:
+            return {}
+
+        def get_txn(txn: Txn) -> dict[str, StoredEvent]:
+            out: dict[str, StoredEvent] = {}
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                for row in txn.query(
+                    f"SELECT {_EVENT_COLUMNS} FROM {_EVENT_FROM} WHERE e.event_id IN ({marks})", chunk
+                ):
+                    ev = _row_to_event(row)
+                    out[ev.event_id] = ev
+            return out
+
+        return await self.db.run_interaction("get_events", get_txn)
+
+    async def room_events_between(
+        self, room_id: str, after: int, upto: int, limit: int, newest_first: bool = True
+    ) -> list[StoredEvent]:
+        """Events of a room with after < stream_ordering <= upto; the newest `limit` (or oldest)."""
+        order = "DESC" if newest_first else "ASC"
+        rows = await self.db.query(
+            "room_events_between",
+            f"SELECT {_EVENT_COLUMNS} FROM {_EVENT_FROM} WHERE e.room_id = ? AND e.stream_ordering > ?"
+            f" AND e.stream_ordering <= ? ORDER BY e.stream_ordering {order} LIMIT ?",
+            room_id,
+            after,
+            upto,
+            limit,
+        )
+        return [_row_to_event(r) for r in rows]
+
+    async def recent_events_for_rooms(
+        self, room_ids: Sequence[str], upto: int, limit: int
+    ) -> dict[str, list[StoredEvent]]:
+        """The newest `limit` events (<= upto) of each room, oldest first, in one query."""
+        if not room_ids:
+            return {}
+
+        def recent_txn(txn: Txn) -> dict[str, list[StoredEvent]]:
+            out: dict[str, list[StoredEvent]] = {r: [] for r in room_ids}
+            for start in range(0, len(room_ids), 200):
+                chunk = list(room_ids[start : start + 200])
+                marks = ",".join("?" * len(chunk))
+                rows = txn.query(
+                    f"SELECT event_id, room_id, stream_ordering, json, unsigned_extra, redacted_by FROM ("
+                    f" SELECT {_EVENT_COLUMNS.replace('r.event_id', 'r.event_id AS redacted_by')},"
+                    " ROW_NUMBER() OVER (PARTITION BY e.room_id ORDER BY e.stream_ordering DESC) AS n"
+                    f" FROM {_EVENT_FROM} WHERE e.room_id IN ({marks}) AND e.stream_ordering <= ?) ranked"
+                    " WHERE n <= ? ORDER BY stream_ordering",
+                    (*chunk, upto, limit + 1),
+                )
+                for row in rows:
+                    out[row[1]].append(_row_to_event(row))
+            return out
+
+        return await self.db.run_interaction("recent_events_for_rooms", recent_txn)
+
+    async def rooms_with_events_between(self, room_ids: Sequence[str], after: int, upto: int) -> set[str]:
+        if not room_ids or after >= upto:
+            return set()
+
+        def rooms_txn(txn: Txn) -> set[str]:
+            found: set[str] = set()
+            for start in range(0, len(room_ids), 500):
+                chunk = list(room_ids[start : start + 500])
+                marks = ",".join("?" * len(chunk))
+                found |= {
+                    r[0]
+                    for r in txn.query(
+                        f"SELECT DISTINCT room_id FROM events WHERE room_id IN ({marks})"
+                        " AND stream_ordering > ? AND stream_ordering <= ?",
+                        (*chunk, after, upto),
+                    )
+                }
+            return found
+
+        return await self.db.run_interaction("rooms_with_events_between", rooms_txn)
+
+    async def get_txn_event(self, user_id: str, device_id: str, txn_id: str) -> str | None:
+        rows = await self.db.query(
+            "get_txn_event",
+            "SELECT event_id FROM event_txn_ids WHERE user_id = ? AND device_id = ? AND txn_id = ?",
+            user_id,
+            device_id,
+            txn_id,
+        )
+        return str(rows[0][0]) if rows else None
+
+    async def txn_ids_for_events(self, event_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """event id -> (device id, txn id), for echoing transaction_id to the sending device."""
+        if not event_ids:
+            return {}
+        marks = ",".join("?" * len(event_ids))
+        rows = await self.db.query(
+            "txn_ids_for_events",
+            f"SELECT event_id, device_id, txn_id FROM event_txn_ids WHERE event_id IN ({marks})",
+            *event_ids,
+        )
+        return {r[0]: (r[1], r[2]) for r in rows}
+
+    # Membership ------------------------------------------------------------------
+
+    async def rooms_for_user(self, user_id: str) -> dict[str, tuple[str, int]]:
+        """room id -> (current membership, its position) for each room with a member event of the user."""
+        rows = await self.db.query(
+            "rooms_for_user",
+            "SELECT m.room_id, m.membership, m.stream_ordering FROM current_state_events c"
+            " JOIN room_memberships m ON m.event_id = c.event_id"
+            " WHERE c.type = 'm.room.member' AND c.state_key = ?",
+            user_id,
+        )
+        return {r[0]: (r[1], int(r[2])) for r in rows}
+
+    async def membership_history(self, user_id: str, room_id: str) -> list[tuple[int, str]]:
+        """(stream ordering, membership) of each membership change of the user in the room, oldest first."""
+        rows = await self.db.query(
+            "membership_history",
+            "SELECT stream_ordering, membership FROM room_memberships WHERE user_id = ? AND room_id = ?"
+            " ORDER BY stream_ordering",
+            user_id,
+            room_id,
+        )
+        return [(int(r[0]), r[1]) for r in rows]
+
+    async def forgotten_rooms(self, user_id: str) -> set[str]:
+        rows = await self.db.query(
+            "forgotten_rooms", "SELECT room_id FROM forgotten_rooms WHERE user_id = ?", user_id
+        )
+        return {r[0] for r in rows}
+
+    async def forget_room(self, user_id: str, room_id: str) -> None:
+        await self.db.execute(
+            "forget_room",
+            "INSERT INTO forgotten_rooms (user_id, room_id) VALUES (?, ?)"
+            " ON CONFLICT (user_id, room_id) DO NOTHING",
+            user_id,
+            room_id,
+        )
+
+    async def unread_counts(
+        self, user_id: str, room_id: str, types: tuple[str, ...], is_highlight: Any
+    ) -> list[int]:
+        """[notifications, highlights]: events of `types` from others after the user's read receipt."""
+
+        def count_txn(txn: Txn) -> list[int]:
+            row = txn.query_one(
+                "SELECT MAX(event_stream_ordering) FROM receipts WHERE room_id = ? AND user_id = ?"
+                " AND receipt_type IN ('m.read', 'm.read.private')",
+                (room_id, user_id),
+            )
+            after = int(row[0]) if row and row[0] is not None else 0
+            marks = ",".join("?" * len(types))
+            rows = txn.query(
+                f"SELECT {_EVENT_COLUMNS} FROM {_EVENT_FROM} WHERE e.room_id = ? AND e.stream_ordering > ?"
+                f" AND e.sender <> ? AND e.type IN ({marks}) ORDER BY e.stream_ordering DESC LIMIT 1000",
+                (room_id, after, user_id, *types),
+            )
+            events = [_row_to_event(r) for r in rows]
+            return [len(events), sum(1 for ev in events if is_highlight(ev, user_id))]
+
+        return await self.db.run_interaction("unread_counts", count_txn)
+
+    # Relations ---------------------------------------------------------------------
+
+    async def relations(
+        self,
+        event_id: str,
+        rel_type: str | None,
+        event_type: str | None,
+        before: int | None,
+        after: int | None,
+        limit: int,
+        newest_first: bool,
+    ) -> list[StoredEvent]:
+        sql = f"SELECT {_EVENT_COLUMNS} FROM {_RELATION_FROM} WHERE x.relates_to = ?"
+        args: list[Any] = [event_id]
+        if rel_type is not None:
+            sql += " AND x.rel_type = ?"
+            args.append(rel_type)
+        if event_type is not None:
+            sql += " AND x.type = ?"
+            args.append(event_type)
+        if before is not None:
+            sql += " AND x.stream_ordering < ?"
+            args.append(before)
+        if after is not None:
+            sql += " AND x.stream_ordering > ?"
+            args.append(after)
+        sql += f" ORDER BY x.stream_ordering {'DESC' if newest_first else 'ASC'} LIMIT ?"
+        args.append(limit)
+        rows = await self.db.query("relations", sql, *args)
+        return [_row_to_event(r) for r in rows]
+
+    async def latest_edits(self, event_ids: Sequence[str]) -> dict[str, StoredEvent]:
+        """The newest m.replace of each event (by the original sender only), if any."""
+        if not event_ids:
+            return {}
+        marks = ",".join("?" * len(event_ids))
+        rows = await self.db.query(
+            "latest_edits",
+            f"SELECT {_EVENT_COLUMNS} FROM {_RELATION_FROM}"
+            f" WHERE x.rel_type = 'm.replace' AND x.relates_to IN ({marks}) ORDER BY x.stream_ordering",
+            *event_ids,
+        )
+        out: dict[str, StoredEvent] = {}
+        for row in rows:
+            ev = _row_to_event(row)
+            if ev.redacted_by is None:
+                out[ev.content["m.relates_to"]["event_id"]] = ev
+        return out

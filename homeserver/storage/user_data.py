@@ -1,0 +1,199 @@
+"""Per-user data that sync streams: account data, filters, receipts, presence, delivery positions."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from homeserver.storage.database import Database, Txn
+
+
+class UserDataStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def max_stream_ids(self) -> dict[str, int]:
+        def max_txn(txn: Txn) -> dict[str, int]:
+            out = {}
+            for name, table in (
+                ("account_data", "account_data"),
+                ("receipts", "receipts"),
+                ("presence", "presence"),
+            ):
+                row = txn.query_one(f"SELECT MAX(stream_id) FROM {table}")
+                out[name] = int(row[0] or 0) if row else 0
+            return out
+
+        return await self.db.run_interaction("max_stream_ids", max_txn)
+
+    # Account data -----------------------------------------------------------------
+
+    async def put_account_data(
+        self, user_id: str, room_id: str, data_type: str, content: dict[str, Any], stream_id: int
+    ) -> None:
+        await self.db.execute(
+            "put_account_data",
+            "INSERT INTO account_data (user_id, room_id, type, content, stream_id) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (user_id, room_id, type) DO UPDATE SET content = excluded.content,"
+            " stream_id = excluded.stream_id",
+            user_id,
+            room_id,
+            data_type,
+            json.dumps(content),
+            stream_id,
+        )
+
+    async def get_account_data(self, user_id: str, room_id: str, data_type: str) -> dict[str, Any] | None:
+        rows = await self.db.query(
+            "get_account_data",
+            "SELECT content FROM account_data WHERE user_id = ? AND room_id = ? AND type = ?",
+            user_id,
+            room_id,
+            data_type,
+        )
+        return json.loads(rows[0][0]) if rows else None
+
+    async def account_data_since(
+        self, user_id: str, after: int, upto: int
+    ) -> list[tuple[str, str, dict[str, Any]]]:
+        """(room id or '', type, content) changed in (after, upto]."""
+        rows = await self.db.query(
+            "account_data_since",
+            "SELECT room_id, type, content FROM account_data"
+            " WHERE user_id = ? AND stream_id > ? AND stream_id <= ?",
+            user_id,
+            after,
+            upto,
+        )
+        return [(r[0], r[1], json.loads(r[2])) for r in rows]
+
+    # Filters ----------------------------------------------------------------------
+
+    async def add_filter(self, user_id: str, filter_json: dict[str, Any]) -> int:
+        def add_txn(txn: Txn) -> int:
+            row = txn.query_one("SELECT MAX(filter_id) FROM user_filters WHERE user_id = ?", (user_id,))
+            filter_id = int(row[0]) + 1 if row and row[0] is not None else 0
+            txn.execute(
+                "INSERT INTO user_filters (user_id, filter_id, filter_json) VALUES (?, ?, ?)",
+                (user_id, filter_id, json.dumps(filter_json)),
+            )
+            return filter_id
+
+        return await self.db.run_interaction("add_filter", add_txn)
+
+    async def get_filter(self, user_id: str, filter_id: int) -> dict[str, Any] | None:
+        rows = await self.db.query(
+            "get_filter",
+            "SELECT filter_json FROM user_filters WHERE user_id = ? AND filter_id = ?",
+            user_id,
+            filter_id,
+        )
+        return json.loads(rows[0][0]) if rows else None
+
+    # Receipts ---------------------------------------------------------------------
+
+    async def put_receipt(
+        self,
+        room_id: str,
+        receipt_type: str,
+        user_id: str,
+        thread_id: str,
+        event_id: str,
+        event_stream_ordering: int,
+        stream_id: int,
+        ts: int,
+    ) -> None:
+        await self.db.execute(
+            "put_receipt",
+            "INSERT INTO receipts"
+            " (room_id, receipt_type, user_id, thread_id, event_id, event_stream_ordering,"
+            " stream_id, ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (room_id, receipt_type, user_id, thread_id) DO UPDATE SET"
+            " event_id = excluded.event_id, event_stream_ordering = excluded.event_stream_ordering,"
+            " stream_id = excluded.stream_id, ts = excluded.ts",
+            room_id,
+            receipt_type,
+            user_id,
+            thread_id,
+            event_id,
+            event_stream_ordering,
+            stream_id,
+            ts,
+        )
+
+    async def receipts_for_rooms(
+        self, room_ids: list[str], after: int, upto: int
+    ) -> list[tuple[str, str, str, str, str, int, int]]:
+        """(room, type, user, thread, event id, event position, ts) changed in (after, upto]."""
+        if not room_ids:
+            return []
+        marks = ",".join("?" * len(room_ids))
+        rows = await self.db.query(
+            "receipts_for_rooms",
+            "SELECT room_id, receipt_type, user_id, thread_id, event_id, event_stream_ordering, ts"
+            " FROM receipts"
+            f" WHERE room_id IN ({marks}) AND stream_id > ? AND stream_id <= ?",
+            *room_ids,
+            after,
+            upto,
+        )
+        return [(r[0], r[1], r[2], r[3], r[4], int(r[5]), int(r[6])) for r in rows]
+
+    async def read_positions(self, room_id: str) -> dict[str, int]:
+        """user -> stream position of the newest event their read receipts (public or private) cover."""
+        rows = await self.db.query(
+            "read_positions",
+            "SELECT user_id, MAX(event_stream_ordering) FROM receipts WHERE room_id = ?"
+            " AND receipt_type IN ('m.read', 'm.read.private') GROUP BY user_id",
+            room_id,
+        )
+        return {r[0]: int(r[1]) for r in rows}
+
+    # Presence ------------------------------------------------------------------------
+
+    async def put_presence(
+        self, user_id: str, state: str, status_msg: str | None, last_active_ts: int, stream_id: int
+    ) -> None:
+        await self.db.execute(
+            "put_presence",
+            "INSERT INTO presence (user_id, state, status_msg, last_active_ts, stream_id)"
+            " VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (user_id) DO UPDATE SET state = excluded.state, status_msg = excluded.status_msg,"
+            " last_active_ts = excluded.last_active_ts, stream_id = excluded.stream_id",
+            user_id,
+            state,
+            status_msg,
+            last_active_ts,
+            stream_id,
+        )
+
+    async def all_presence(self) -> list[tuple[str, str, str | None, int, int]]:
+        rows = await self.db.query(
+            "all_presence", "SELECT user_id, state, status_msg, last_active_ts, stream_id FROM presence"
+        )
+        return [(r[0], r[1], r[2], int(r[3]), int(r[4])) for r in rows]
+
+    # Delivery ------------------------------------------------------------------------
+
+    async def put_delivery_positions(self, positions: dict[str, int]) -> None:
+        def put_txn(txn: Txn) -> None:
+            for user_id, position in positions.items():
+                txn.execute(
+                    "INSERT INTO delivery_positions (user_id, stream_ordering) VALUES (?, ?)"
+                    " ON CONFLICT (user_id) DO UPDATE SET stream_ordering = excluded.stream_ordering"
+                    " WHERE delivery_positions.stream_ordering < excluded.stream_ordering",
+                    (user_id, position),
+                )
+
+        await self.db.run_interaction("put_delivery_positions", put_txn)
+
+    async def delivery_positions(self, user_ids: list[str]) -> dict[str, int]:
+        if not user_ids:
+            return {}
+        marks = ",".join("?" * len(user_ids))
+        rows = await self.db.query(
+            "delivery_positions",
+            f"SELECT user_id, stream_ordering FROM delivery_positions WHERE user_id IN ({marks})",
+            *user_ids,
+        )
+        return {r[0]: int(r[1]) for r in rows}
