@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred
 from homeserver.core.clock import Clock
 from homeserver.core.persist import EventPersister
 from homeserver.core.room_heads import RoomHead, RoomHeads
+from homeserver.core.txn_ids import TxnIdCache
 from homeserver.errors import Forbidden, MatrixError, NotFound, TooLarge
 from homeserver.events.auth_rules import AuthError, auth_types_for_event, check_auth
 from homeserver.events.canonical import encode_canonical_json
@@ -48,6 +49,7 @@ class EventService:
         self.heads = heads
         self.persister = persister
         self.store = store
+        self.txn_ids = TxnIdCache(store, clock)
         self._in_flight_txns: dict[tuple[str, str, str], list[Deferred[StoredEvent]]] = {}
 
     # Building --------------------------------------------------------------------
@@ -164,7 +166,7 @@ class EventService:
             return await waiter
         self._in_flight_txns[key] = waiters = []
         try:
-            existing = await self.store.get_txn_event(*key)
+            existing = await self.txn_ids.lookup(*key)
             if existing is not None:
                 event = (await self.store.get_events([existing]))[existing]
             else:
@@ -196,4 +198,6 @@ class EventService:
             raise NotFound("Unknown room")
         event = self.build(head, sender, event_type, content, state_key, redacts=redacts)
         await self.persist(head, [event], txn=txn)
+        if txn is not None:
+            self.txn_ids.remember(*txn, event.event_id)
         return event

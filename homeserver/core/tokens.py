@@ -68,7 +68,9 @@ class TokenService:
         self.access_lifetime_ms = access_lifetime_ms
         self.non_refreshable_lifetime_ms = non_refreshable_lifetime_ms
         self.refresh_lifetime_ms = refresh_lifetime_ms
+        # Keyed by the token string itself; `_token_of` finds it again from the token id.
         self._cache: OrderedDict[str, Requester] = OrderedDict()
+        self._token_of: dict[str, str] = {}
 
     def new_tokens(
         self, user_id: str, device_id: str, refreshable: bool
@@ -100,6 +102,12 @@ class TokenService:
         @raise UnknownToken: forged, malformed, revoked (soft_logout false) or
             expired (soft_logout true: the client may refresh or log in again).
         """
+        # The exact string was verified before and is still live: skip the JWT work.
+        cached = self._cache.get(token)
+        if cached is not None:
+            if cached.expires_ts <= self.clock.time_ms():
+                raise UnknownToken("Access token has expired", soft_logout=True)
+            return cached
         try:
             claims = jwt.decode(
                 token,
@@ -115,15 +123,15 @@ class TokenService:
         token_id = claims["jti"]
         if not isinstance(token_id, str):
             raise UnknownToken("Unrecognised access token")
-        cached = self._cache.get(token_id)
-        if cached is None:
-            row = await self.storage.devices.get_access_token(token_id)
-            if row is None or row.user_id != claims["sub"] or row.device_id != claims["did"]:
-                raise UnknownToken("Access token has been revoked")
-            cached = Requester(row.user_id, row.device_id, row.token_id, row.expires_ts)
-            self._cache[token_id] = cached
-            if len(self._cache) > _CACHE_SIZE:
-                self._cache.popitem(last=False)
+        row = await self.storage.devices.get_access_token(token_id)
+        if row is None or row.user_id != claims["sub"] or row.device_id != claims["did"]:
+            raise UnknownToken("Access token has been revoked")
+        cached = Requester(row.user_id, row.device_id, row.token_id, row.expires_ts)
+        self._cache[token] = cached
+        self._token_of[token_id] = token
+        if len(self._cache) > _CACHE_SIZE:
+            _, dropped = self._cache.popitem(last=False)
+            self._token_of.pop(dropped.token_id, None)
         if cached.expires_ts <= self.clock.time_ms():
             raise UnknownToken("Access token has expired", soft_logout=True)
         return cached
@@ -131,12 +139,15 @@ class TokenService:
     def forget(self, token_ids: list[str]) -> None:
         """Drop revoked tokens from the cache (call after the revoking commit)."""
         for token_id in token_ids:
-            self._cache.pop(token_id, None)
+            token = self._token_of.pop(token_id, None)
+            if token is not None:
+                self._cache.pop(token, None)
 
     def forget_device(self, user_id: str, device_id: str) -> None:
-        for token_id, req in list(self._cache.items()):
+        for token, req in list(self._cache.items()):
             if req.user_id == user_id and req.device_id == device_id:
-                del self._cache[token_id]
+                del self._cache[token]
+                self._token_of.pop(req.token_id, None)
 
 
 def new_device_id() -> str:

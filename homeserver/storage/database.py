@@ -42,6 +42,14 @@ class Txn:
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         self._cursor.executemany(self.engine.adapt(sql), [tuple(r) for r in rows])
 
+    def insert_many(
+        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], suffix: str = ""
+    ) -> None:
+        """INSERT many rows in as few round trips as the engine allows (one on PostgreSQL)."""
+        if not rows:
+            return
+        self.engine.insert_many(self._cursor, table, columns, rows, suffix)
+
     def fetchone(self) -> tuple[Any, ...] | None:
         row = self._cursor.fetchone()
         return tuple(row) if row is not None else None
@@ -70,6 +78,13 @@ class Engine:
 
     def make_pool(self) -> adbapi.ConnectionPool:
         raise NotImplementedError
+
+    def insert_many(
+        self, cursor: Any, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], suffix: str
+    ) -> None:
+        marks = ", ".join("?" * len(columns))
+        sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}) {suffix}"
+        cursor.executemany(self.adapt(sql), [tuple(r) for r in rows])
 
     def is_unique_violation(self, error: BaseException) -> bool:
         raise NotImplementedError
@@ -120,6 +135,15 @@ class PostgresEngine(Engine):
         if adapted is None:
             adapted = self._adapted[sql] = sql.replace("%", "%%").replace("?", "%s")
         return adapted
+
+    def insert_many(
+        self, cursor: Any, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], suffix: str
+    ) -> None:
+        # psycopg2's executemany is one round trip per row; execute_values sends one statement.
+        from psycopg2.extras import execute_values
+
+        sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES %s {suffix.replace('%', '%%')}"
+        execute_values(cursor, sql, [tuple(r) for r in rows], page_size=1000)
 
     def make_pool(self) -> adbapi.ConnectionPool:
         return adbapi.ConnectionPool(

@@ -93,82 +93,60 @@ def _row_to_event(row: Sequence[Any]) -> StoredEvent:
     )
 
 
+_Row = tuple[Any, ...]
+
+
 def persist_events_txn(txn: Txn, items: Sequence[PersistItem]) -> None:
-    """Write a batch of events (in stream order) and every row they change."""
-    for item in items:
-        if item.is_create:
-            ev = item.event
-            txn.execute(
-                "INSERT INTO rooms (room_id, room_version, creator, created_ts) VALUES (?, ?, ?, ?)",
-                (ev.room_id, item.room_version, ev.sender, ev.origin_server_ts),
-            )
-    txn.executemany(
-        "INSERT INTO events (event_id, room_id, stream_ordering, depth, type, state_key, sender,"
-        " origin_server_ts, json, unsigned_extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [
-            (
-                i.event.event_id,
-                i.event.room_id,
-                i.event.stream_ordering,
-                i.event.depth,
-                i.event.type,
-                i.event.state_key,
-                i.event.sender,
-                i.event.origin_server_ts,
-                json.dumps(i.event.pdu, separators=(",", ":"), ensure_ascii=False),
-                json.dumps(i.event.unsigned_extra, separators=(",", ":")) if i.event.unsigned_extra else None,
-            )
-            for i in items
-        ],
-    )
-    txn.executemany(
-        "INSERT INTO event_edges (event_id, prev_event_id) VALUES (?, ?)",
-        [(i.event.event_id, prev) for i in items for prev in i.event.pdu.get("prev_events", [])],
-    )
-    txn.executemany(
-        "INSERT INTO event_auth (event_id, auth_event_id) VALUES (?, ?)",
-        [(i.event.event_id, auth) for i in items for auth in i.event.pdu.get("auth_events", [])],
-    )
+    """Write a batch of events (in stream order) and every row they change.
+
+    Rows are collected per table and written with one multi-row INSERT each,
+    so a batch costs a handful of round trips whatever its size.
+    """
+    rooms: list[_Row] = []
+    events: list[_Row] = []
+    edges: list[_Row] = []
+    auth: list[_Row] = []
+    memberships: list[_Row] = []
+    txn_ids: list[_Row] = []
+    redactions: list[_Row] = []
+    relations: list[_Row] = []
+    state: dict[tuple[str, str, str], str] = {}  # last event per state key wins within the batch
+    rejoined: list[tuple[str, str]] = []
     for item in items:
         ev = item.event
+        if item.is_create:
+            rooms.append((ev.room_id, item.room_version, ev.sender, ev.origin_server_ts))
+        events.append(
+            (
+                ev.event_id,
+                ev.room_id,
+                ev.stream_ordering,
+                ev.depth,
+                ev.type,
+                ev.state_key,
+                ev.sender,
+                ev.origin_server_ts,
+                json.dumps(ev.pdu, separators=(",", ":"), ensure_ascii=False),
+                json.dumps(ev.unsigned_extra, separators=(",", ":")) if ev.unsigned_extra else None,
+            )
+        )
+        edges.extend((ev.event_id, prev) for prev in ev.pdu.get("prev_events", []))
+        auth.extend((ev.event_id, a) for a in ev.pdu.get("auth_events", []))
         if ev.state_key is not None:
-            # Portable upsert: both engines accept ON CONFLICT ... DO UPDATE.
-            txn.execute(
-                "INSERT INTO current_state_events (room_id, type, state_key, event_id) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (room_id, type, state_key) DO UPDATE SET event_id = excluded.event_id",
-                (ev.room_id, ev.type, ev.state_key, ev.event_id),
-            )
+            state[(ev.room_id, ev.type, ev.state_key)] = ev.event_id
             if ev.type == "m.room.member":
-                txn.execute(
-                    "INSERT INTO room_memberships (event_id, room_id, user_id, sender, membership,"
-                    " stream_ordering) VALUES (?, ?, ?, ?, ?, ?)",
-                    (
-                        ev.event_id,
-                        ev.room_id,
-                        ev.state_key,
-                        ev.sender,
-                        ev.content.get("membership"),
-                        ev.stream_ordering,
-                    ),
+                membership = ev.content.get("membership")
+                memberships.append(
+                    (ev.event_id, ev.room_id, ev.state_key, ev.sender, membership, ev.stream_ordering)
                 )
-                if ev.content.get("membership") in ("join", "invite"):
-                    txn.execute(
-                        "DELETE FROM forgotten_rooms WHERE user_id = ? AND room_id = ?",
-                        (ev.state_key, ev.room_id),
-                    )
+                if membership in ("join", "invite"):
+                    rejoined.append((ev.state_key, ev.room_id))
         if item.txn is not None:
-            txn.execute(
-                "INSERT INTO event_txn_ids (user_id, device_id, txn_id, event_id, created_ts)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (*item.txn, ev.event_id, item.now_ms),
-            )
+            txn_ids.append((*item.txn, ev.event_id, item.now_ms))
         if ev.type == "m.room.redaction":
             redacts = ev.content.get("redacts") if item.room_version == "11" else ev.pdu.get("redacts")
             if isinstance(redacts, str):
-                txn.execute(
-                    "INSERT INTO redactions (event_id, redacts, room_id) VALUES (?, ?, ?)",
-                    (ev.event_id, redacts, ev.room_id),
-                )
+                redactions.append((ev.event_id, redacts, ev.room_id))
         relates = ev.content.get("m.relates_to")
         if (
             isinstance(relates, dict)
@@ -176,9 +154,7 @@ def persist_events_txn(txn: Txn, items: Sequence[PersistItem]) -> None:
             and isinstance(relates.get("rel_type"), str)
         ):
             key = relates.get("key")
-            txn.execute(
-                "INSERT INTO event_relations (event_id, relates_to, rel_type, room_id, type, sender,"
-                " aggregation_key, stream_ordering) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            relations.append(
                 (
                     ev.event_id,
                     relates["event_id"],
@@ -188,8 +164,57 @@ def persist_events_txn(txn: Txn, items: Sequence[PersistItem]) -> None:
                     ev.sender,
                     key if isinstance(key, str) else None,
                     ev.stream_ordering,
-                ),
+                )
             )
+    txn.insert_many("rooms", ("room_id", "room_version", "creator", "created_ts"), rooms)
+    txn.insert_many(
+        "events",
+        (
+            "event_id",
+            "room_id",
+            "stream_ordering",
+            "depth",
+            "type",
+            "state_key",
+            "sender",
+            "origin_server_ts",
+            "json",
+            "unsigned_extra",
+        ),
+        events,
+    )
+    txn.insert_many("event_edges", ("event_id", "prev_event_id"), edges)
+    txn.insert_many("event_auth", ("event_id", "auth_event_id"), auth)
+    # Portable upsert: both engines accept ON CONFLICT ... DO UPDATE.
+    txn.insert_many(
+        "current_state_events",
+        ("room_id", "type", "state_key", "event_id"),
+        [(*key, event_id) for key, event_id in state.items()],
+        "ON CONFLICT (room_id, type, state_key) DO UPDATE SET event_id = excluded.event_id",
+    )
+    txn.insert_many(
+        "room_memberships",
+        ("event_id", "room_id", "user_id", "sender", "membership", "stream_ordering"),
+        memberships,
+    )
+    for user_id, room_id in rejoined:
+        txn.execute("DELETE FROM forgotten_rooms WHERE user_id = ? AND room_id = ?", (user_id, room_id))
+    txn.insert_many("event_txn_ids", ("user_id", "device_id", "txn_id", "event_id", "created_ts"), txn_ids)
+    txn.insert_many("redactions", ("event_id", "redacts", "room_id"), redactions)
+    txn.insert_many(
+        "event_relations",
+        (
+            "event_id",
+            "relates_to",
+            "rel_type",
+            "room_id",
+            "type",
+            "sender",
+            "aggregation_key",
+            "stream_ordering",
+        ),
+        relations,
+    )
 
 
 class EventStore:
@@ -288,7 +313,7 @@ class EventStore:
                     " ROW_NUMBER() OVER (PARTITION BY e.room_id ORDER BY e.stream_ordering DESC) AS n"
                     f" FROM {_EVENT_FROM} WHERE e.room_id IN ({marks}) AND e.stream_ordering <= ?) ranked"
                     " WHERE n <= ? ORDER BY stream_ordering",
-                    (*chunk, upto, limit + 1),
+                    (*chunk, upto, limit),
                 )
                 for row in rows:
                     out[row[1]].append(_row_to_event(row))
@@ -326,6 +351,18 @@ class EventStore:
             txn_id,
         )
         return str(rows[0][0]) if rows else None
+
+    async def recent_txn_ids(self, user_id: str, device_id: str, since_ms: int) -> dict[str, str]:
+        """txn id -> event id for a device's transactions since `since_ms`."""
+        rows = await self.db.query(
+            "recent_txn_ids",
+            "SELECT txn_id, event_id FROM event_txn_ids"
+            " WHERE user_id = ? AND device_id = ? AND created_ts >= ?",
+            user_id,
+            device_id,
+            since_ms,
+        )
+        return {r[0]: r[1] for r in rows}
 
     async def txn_ids_for_events(self, event_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
         """event id -> (device id, txn id), for echoing transaction_id to the sending device."""

@@ -1,0 +1,55 @@
+"""Which event a (user, device, txnId) already produced, answered from memory.
+
+A device's transaction ids from the last day are loaded in one query the first
+time it sends after start-up; after that every check is a dict lookup, so the
+send path makes no idempotency query of its own. Like Synapse, a transaction
+id is remembered for 24 hours: clients retry within seconds or minutes.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from twisted.internet.defer import Deferred
+
+from homeserver.core.clock import Clock
+from homeserver.storage.events import EventStore
+
+TXN_ID_LIFETIME_MS = 24 * 3600 * 1000
+_MAX_DEVICES = 20_000
+
+
+class TxnIdCache:
+    def __init__(self, store: EventStore, clock: Clock) -> None:
+        self.store = store
+        self.clock = clock
+        self._devices: OrderedDict[tuple[str, str], dict[str, str]] = OrderedDict()
+        self._loading: dict[tuple[str, str], list[Deferred[None]]] = {}
+
+    async def lookup(self, user_id: str, device_id: str, txn_id: str) -> str | None:
+        """The event id this transaction produced, if any."""
+        key = (user_id, device_id)
+        if key in self._loading:
+            waiter: Deferred[None] = Deferred()
+            self._loading[key].append(waiter)
+            await waiter
+        cache = self._devices.get(key)
+        if cache is None:
+            self._loading[key] = []
+            try:
+                since = self.clock.time_ms() - TXN_ID_LIFETIME_MS
+                cache = await self.store.recent_txn_ids(user_id, device_id, since)
+                self._devices[key] = cache
+                if len(self._devices) > _MAX_DEVICES:
+                    self._devices.popitem(last=False)
+            finally:
+                for w in self._loading.pop(key):
+                    w.callback(None)
+        self._devices.move_to_end(key)
+        return cache.get(txn_id)
+
+    def remember(self, user_id: str, device_id: str, txn_id: str, event_id: str) -> None:
+        """Record a committed transaction (only devices already loaded need it)."""
+        cache = self._devices.get((user_id, device_id))
+        if cache is not None:
+            cache[txn_id] = event_id
