@@ -25,7 +25,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from homeserver.api.auth import require_user
-from homeserver.api.http import ApiRequest, Response, Router
+from homeserver.api.http import ApiRequest, Response, Router, StreamBody
 from homeserver.core.tokens import Requester
 from homeserver.errors import MatrixError
 from homeserver.storage.database import Txn
@@ -121,6 +121,23 @@ class PluginApi:
         else:
             self._hs.router.add(method, path, handler)
 
+    def set_body_limit(self, path_prefix: str, max_bytes: int) -> None:
+        """Accept request bodies of up to `max_bytes` on paths starting with `path_prefix`
+        (one of this plugin's prefixes or below), instead of `limits.max_request_body_size`.
+
+        The limit is enforced while the body arrives: a larger body is refused with
+        413 `M_TOO_LARGE` before any handler runs, and what had arrived is dropped.
+        Bodies over 100 kB are spooled to an anonymous temporary file
+        (`request.content`), never held in memory.
+        """
+        if not any(path_prefix.startswith(p) for p in self._prefixes):
+            raise PluginLoadError(
+                f"plugin {self._name}: body limit for {path_prefix} is outside its prefixes {self._prefixes}"
+            )
+        if max_bytes < 0:
+            raise PluginLoadError(f"plugin {self._name}: body limit must not be negative")
+        self._hs.router.set_body_limit(path_prefix, max_bytes)
+
     # Events -----------------------------------------------------------------------
 
     def subscribe_events(self, callback: EventCallback) -> None:
@@ -186,6 +203,24 @@ class PluginApi:
     async def authenticate(self, request: ApiRequest) -> Requester:
         return await require_user(self._hs, request)
 
+    async def is_admin(self, user_id: str) -> bool:
+        """Whether `user_id` is a server admin (`homeserver admin create-user --admin`)."""
+        user = await self._hs.storage.accounts.get_user(user_id)
+        return user is not None and user.is_admin and not user.deactivated
+
+    # Rooms ------------------------------------------------------------------------
+
+    async def room_membership(self, room_id: str, user_id: str) -> str | None:
+        """`user_id`'s current membership of `room_id` ("join", "invite", "leave",
+        "ban", "knock"), or None if they have none or the room is unknown."""
+        head = await self._hs.room_heads.get(room_id)
+        return head.membership(user_id) if head is not None else None
+
+    async def joined_rooms(self, user_id: str) -> set[str]:
+        """The ids of the rooms `user_id` is joined to now."""
+        rooms = await self._hs.timeline.rooms_for_user(user_id)
+        return {room_id for room_id, (membership, _) in rooms.items() if membership == "join"}
+
 
 # Re-exported for plugins, so they import only from this module.
 __all__ = [
@@ -195,6 +230,7 @@ __all__ = [
     "PluginConfigError",
     "Requester",
     "Response",
+    "StreamBody",
     "Txn",
 ]
 

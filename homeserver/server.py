@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from homeserver.api.client import (
     account,
     devices,
+    keys,
     login,
     profile,
     room_events,
@@ -28,12 +29,14 @@ from homeserver.api.client import register as register_routes
 from homeserver.api.http import ApiSite, Router
 from homeserver.api.simple import auth as simple_auth
 from homeserver.api.simple import messages as simple_messages
+from homeserver.api.ws import stream_resources
 from homeserver.config import Config
 from homeserver.core.account_data import AccountDataService
 from homeserver.core.accounts import AccountService
 from homeserver.core.chats import ChatService
 from homeserver.core.clock import Clock
 from homeserver.core.delivery import DeliveryTracker
+from homeserver.core.e2ee import KeyService
 from homeserver.core.email_validation import EmailValidator
 from homeserver.core.event_format import client_event
 from homeserver.core.events import EventService
@@ -114,6 +117,8 @@ class HomeServer:
         self._build_rooms()
         self.router = Router()
         self.router.access_log = config.logging.access_log
+        # The WebSocket stream at /_homeserver/ws; every other path goes to the router.
+        self.websocket, self._site_root = stream_resources(self, self.router)
         self.event_subscribers: list[tuple[str, EventCallback]] = []
         self.plugin_apis: list[PluginApi] = []
         self.plugins: list[Any] = []
@@ -128,6 +133,7 @@ class HomeServer:
             room_events,
             sync,
             user_data,
+            keys,
             simple_auth,
             simple_messages,
         ):
@@ -151,6 +157,10 @@ class HomeServer:
         self.presence.audience = self._presence_audience
         self.delivery = DeliveryTracker(self.storage)
         self.unread = UnreadCounter(self.storage, self.room_heads)
+        self.receipts.on_read = self.unread.forget
+        self.keys = KeyService(self.storage, self.clock, self.notifier)
+        self.keys.audience = self._presence_audience
+        self.accounts.on_devices_deleted.append(self.keys.devices_deleted)
         self.messages = MessagesService(self.storage, self.rooms, lambda: self.persister.persisted_upto)
         self.sync = SyncService(
             self.storage,
@@ -165,6 +175,7 @@ class HomeServer:
             self.account_data,
             self.delivery,
             self.unread,
+            self.keys,
             lambda: self.persister.persisted_upto,
         )
         self.chats = ChatService(
@@ -219,6 +230,7 @@ class HomeServer:
         self.account_data.start(positions["account_data"])
         self.receipts.start(positions["receipts"])
         await self.presence.start(positions["presence"])
+        await self.keys.start()
         # Typing lives in memory only: start its positions past any a client may hold.
         self.typing.position = self.clock.time_ms()
         self._start_job(1.0, self.delivery.flush)
@@ -240,7 +252,7 @@ class HomeServer:
         self._jobs.append(loop)
 
     def site(self) -> ApiSite:
-        return ApiSite(self.router, self.config.limits.max_request_body_size)
+        return ApiSite(self._site_root, self.config.limits.max_request_body_size)
 
     async def stop(self, port: IListeningPort | None) -> None:
         """Stop accepting, let in-flight requests finish (bounded), stop plugins, close the database."""
@@ -248,7 +260,8 @@ class HomeServer:
             stopped = port.stopListening()  # type: ignore[misc]
             if stopped is not None:
                 await stopped
-        # Long-polls answer now rather than hold the shutdown.
+        # Long-polls answer now rather than hold the shutdown; streams close (clients resume).
+        self.websocket.close_all()
         self.notifier.shutdown()
         idle = self.router.wait_idle()
 

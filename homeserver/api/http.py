@@ -10,10 +10,11 @@ bodies - which are easier to guarantee in one place than to bolt onto one.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -49,10 +50,30 @@ class Response:
     headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
+@dataclass(frozen=True)
+class StreamBody:
+    """A `Response.body` sent chunk by chunk (a file, an S3 object), never held whole.
+
+    `chunks` is iterated only while the client keeps up (the transport pauses it);
+    it is closed (`aclose`) when the response ends, early or not. `length`, when
+    known, becomes the Content-Length.
+    """
+
+    chunks: AsyncIterator[bytes]
+    length: int | None = None
+
+
 class ApiRequest(server.Request):
-    """A request whose body is capped while it streams in, never held past the cap."""
+    """A request whose body is capped while it streams in, never held past the cap.
+
+    The cap is `max_body_size`, or the router's limit for the request's path
+    (`Router.set_body_limit`). Twisted keeps bodies under 100 kB in memory and
+    spools larger ones to an anonymous temporary file.
+    """
 
     max_body_size = 1024 * 1024
+    # The router's per-path limits (set by ApiSite).
+    body_limit_for: Callable[[str], int | None] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -61,14 +82,25 @@ class ApiRequest(server.Request):
         self.started = time.monotonic()
 
     def gotLength(self, length: int | None) -> None:  # noqa: N802 - twisted's name
+        if self.body_limit_for is not None:
+            # The request line is parsed before the headers, so the channel knows the path.
+            target = getattr(self.channel, "_path", None)
+            if isinstance(target, bytes):
+                limit = self.body_limit_for(target.split(b"?", 1)[0].decode("utf-8", "replace"))
+                if limit is not None:
+                    self.max_body_size = limit
         if length is not None and length > self.max_body_size:
             self.body_too_large = True
         super().gotLength(length if not self.body_too_large else 0)
 
     def handleContentChunk(self, data: bytes) -> None:  # noqa: N802 - twisted's name
         self._received += len(data)
-        if self._received > self.max_body_size:
+        if self._received > self.max_body_size and not self.body_too_large:
             self.body_too_large = True
+            # Drop what was spooled so far (a chunked body has no length up front).
+            spooled, self.content = self.content, io.BytesIO()
+            if spooled is not None:
+                spooled.close()
         if not self.body_too_large:
             super().handleContentChunk(data)
 
@@ -83,7 +115,8 @@ class ApiRequest(server.Request):
             raise NotJson("Content not JSON.")
         try:
             body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            # RecursionError: a body of deeply nested arrays is malformed input, not a server error.
             raise NotJson("Content not JSON.") from None
         if not isinstance(body, dict):
             raise BadJson("The body must be a JSON object")
@@ -138,6 +171,7 @@ class Router(Resource):
         super().__init__()
         self._routes: list[Route] = []
         self._exact: dict[str, list[Route]] = {}
+        self._body_limits: list[tuple[str, int]] = []
         self.access_log = True
         self.in_flight = 0
         self._idle_waiters: list[Deferred[None]] = []
@@ -151,6 +185,19 @@ class Router(Resource):
 
     def templates(self) -> list[str]:
         return sorted({r.template for r in self._routes} | set(self._exact))
+
+    def set_body_limit(self, path_prefix: str, max_bytes: int) -> None:
+        """Cap request bodies on paths starting with `path_prefix` at `max_bytes`
+        instead of the global limit (the longest matching prefix wins)."""
+        self._body_limits = [(p, n) for p, n in self._body_limits if p != path_prefix]
+        self._body_limits.append((path_prefix, max_bytes))
+        self._body_limits.sort(key=lambda item: len(item[0]), reverse=True)
+
+    def body_limit_for(self, path: str) -> int | None:
+        for prefix, max_bytes in self._body_limits:
+            if path.startswith(prefix):
+                return max_bytes
+        return None
 
     def _match(self, path: str) -> list[tuple[Route, dict[str, str]]]:
         found: list[tuple[Route, dict[str, str]]] = [(r, {}) for r in self._exact.get(path, ())]
@@ -203,7 +250,11 @@ class Router(Resource):
                     break
             else:
                 raise MethodNotAllowed("Unrecognized request")
-            self._write(request, result if isinstance(result, Response) else Response(result))
+            response = result if isinstance(result, Response) else Response(result)
+            if isinstance(response.body, StreamBody):
+                await self._write_stream(request, response, response.body)
+                return
+            self._write(request, response)
         except MatrixError as e:
             self._write(request, Response(e.to_json(), e.status))
 
@@ -227,18 +278,60 @@ class Router(Resource):
             data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         else:
             data = str(body).encode("utf-8")
-        request.setResponseCode(response.status)
-        request.setHeader(b"Content-Type", response.content_type)
-        for name, value in CORS_HEADERS.items():
-            request.setHeader(name, value)
-        for name, value in response.headers:
-            request.setHeader(name, value)
+        self._set_headers(request, response)
         if response.status == 429 and isinstance(body, dict) and "retry_after_ms" in body:
             request.setHeader(b"Retry-After", str(max(1, int(body["retry_after_ms"]) // 1000)).encode())
         request.setHeader(b"Content-Length", str(len(data)).encode())
         if request.method != b"HEAD":
             request.write(data)
         request.finish()
+        self._log_access(request, response)
+
+    def _set_headers(self, request: ApiRequest, response: Response) -> None:
+        request.setResponseCode(response.status)
+        request.setHeader(b"Content-Type", response.content_type)
+        for name, value in CORS_HEADERS.items():
+            request.setHeader(name, value)
+        for name, value in response.headers:
+            request.setHeader(name, value)
+
+    async def _write_stream(self, request: ApiRequest, response: Response, body: StreamBody) -> None:
+        """Send a StreamBody as the client takes it; a failure midway drops the connection."""
+        try:
+            if request.finished or request._disconnected:
+                return
+            self._set_headers(request, response)
+            if body.length is not None:
+                request.setHeader(b"Content-Length", str(body.length).encode())
+            if request.method != b"HEAD" and not await self._pump(request, body):
+                return
+            if not request._disconnected:
+                request.finish()
+            self._log_access(request, response)
+        finally:
+            aclose = getattr(body.chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def _pump(self, request: ApiRequest, body: StreamBody) -> bool:
+        """Write the chunks, waiting whenever the transport's buffer is full."""
+        pacer = _Pacer()
+        request.registerProducer(pacer, True)
+        try:
+            async for chunk in body.chunks:
+                if request._disconnected:
+                    return False
+                request.write(chunk)
+                await pacer.ready()
+        except Exception:
+            log.failure("response stream failed on {path}", path=request.path.decode("utf-8", "replace"))
+            request.loseConnection()
+            return False
+        finally:
+            request.unregisterProducer()
+        return True
+
+    def _log_access(self, request: ApiRequest, response: Response) -> None:
         if self.access_log:
             # Path only: query strings can carry secrets (tokens, client secrets).
             log.info(
@@ -251,18 +344,52 @@ class Router(Resource):
             )
 
 
-class ApiSite(server.Site):
-    """A Site that uses ApiRequest and leaves access logging to the router."""
+class _Pacer:
+    """A push producer for a streamed response: the transport pauses it when its
+    write buffer is full and resumes it once drained."""
 
-    def __init__(self, resource: Resource, max_body_size: int) -> None:
+    def __init__(self) -> None:
+        self._paused: Deferred[None] | None = None
+
+    def pauseProducing(self) -> None:  # noqa: N802 - twisted's name
+        if self._paused is None:
+            self._paused = Deferred()
+
+    def resumeProducing(self) -> None:  # noqa: N802 - twisted's name
+        paused, self._paused = self._paused, None
+        if paused is not None:
+            paused.callback(None)
+
+    def stopProducing(self) -> None:  # noqa: N802 - twisted's name
+        self.resumeProducing()
+
+    async def ready(self) -> None:
+        if self._paused is not None:
+            await self._paused
+
+
+class ApiSite(server.Site):
+    """A Site that uses ApiRequest and leaves access logging to the router.
+
+    Per-path body limits come from `router` (default: `resource` itself if it is
+    the Router, else its `router` attribute, as on the WebSocket-aware site root).
+    """
+
+    def __init__(self, resource: Resource, max_body_size: int, router: Router | None = None) -> None:
         # parsePOSTFormSubmission=False: +39 % on JSON POSTs, and multipart bodies
         # are never parsed by twisted.web behind our back (STACK-NOTES).
         super().__init__(resource, requestFactory=self._make_request, parsePOSTFormSubmission=False)
         self.max_body_size = max_body_size
+        if router is None:
+            found = resource if isinstance(resource, Router) else getattr(resource, "router", None)
+            router = found if isinstance(found, Router) else None
+        self.router = router
 
     def _make_request(self, *args: Any, **kwargs: Any) -> ApiRequest:
         request = ApiRequest(*args, **kwargs)
         request.max_body_size = self.max_body_size
+        if self.router is not None:
+            request.body_limit_for = self.router.body_limit_for
         return request
 
     def log(self, request: http.Request) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from twisted.logger import Logger
@@ -73,6 +74,8 @@ class AccountService:
         self.tokens = tokens
         self.email = email
         self.ratelimiter = ratelimiter
+        # Called as listener(user_id, device_ids) after devices are deleted.
+        self.on_devices_deleted: list[Callable[[str, list[str]], Awaitable[None]]] = []
 
     # Identifiers -------------------------------------------------------------
 
@@ -247,15 +250,27 @@ class AccountService:
 
     # Logout, passwords, deactivation ------------------------------------------
 
+    async def delete_devices(self, user_id: str, device_ids: list[str]) -> None:
+        """Delete devices with their tokens, then tell the listeners (their keys go too)."""
+        if not device_ids:
+            return
+        revoked = await self.storage.devices.delete_devices(user_id, device_ids)
+        self.tokens.forget(revoked)
+        for device_id in device_ids:
+            self.tokens.forget_device(user_id, device_id)
+        for listener in self.on_devices_deleted:
+            await listener(user_id, device_ids)
+
+    async def delete_all_devices(self, user_id: str, except_device: str | None = None) -> None:
+        devices = await self.storage.devices.get_devices(user_id)
+        await self.delete_devices(user_id, [d.device_id for d in devices if d.device_id != except_device])
+
     async def logout(self, user_id: str, device_id: str) -> None:
         """Log out one device: the device and all its tokens go."""
-        revoked = await self.storage.devices.delete_devices(user_id, [device_id])
-        self.tokens.forget(revoked)
-        self.tokens.forget_device(user_id, device_id)
+        await self.delete_devices(user_id, [device_id])
 
     async def logout_all(self, user_id: str) -> None:
-        revoked = await self.storage.devices.delete_all_devices(user_id)
-        self.tokens.forget(revoked)
+        await self.delete_all_devices(user_id)
 
     async def set_password(
         self, user_id: str, new_password: str, keep_device: str | None, logout_devices: bool
@@ -264,11 +279,9 @@ class AccountService:
         password_hash = await self.hasher.hash(new_password)
         await self.storage.accounts.set_password_hash(user_id, password_hash)
         if logout_devices:
-            revoked = await self.storage.devices.delete_all_devices(user_id, except_device=keep_device)
-            self.tokens.forget(revoked)
+            await self.delete_all_devices(user_id, except_device=keep_device)
 
     async def deactivate(self, user_id: str) -> None:
         await self.storage.accounts.deactivate(user_id)
-        revoked = await self.storage.devices.delete_all_devices(user_id)
-        self.tokens.forget(revoked)
+        await self.delete_all_devices(user_id)
         log.info("deactivated {user_id}", user_id=user_id)

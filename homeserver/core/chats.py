@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import DeferredLock
+
 from homeserver.core.account_data import AccountDataService
 from homeserver.core.delivery import DeliveryTracker, overall_status
 from homeserver.core.events import EventService
@@ -19,6 +21,7 @@ from homeserver.core.messages import MessagesService
 from homeserver.core.presence import PresenceService
 from homeserver.core.room_heads import RoomHead
 from homeserver.core.rooms import RoomService, check_user_id
+from homeserver.core.streams import pagination_token
 from homeserver.core.timeline_cache import TimelineCache
 from homeserver.core.unread import UnreadCounter
 from homeserver.errors import Forbidden, MatrixError, NotFound
@@ -75,6 +78,7 @@ class ChatService:
         self.presence = presence
         self.timeline = timeline
         self.unread = unread
+        self._direct_locks: dict[str, DeferredLock] = {}
 
     # Chats -------------------------------------------------------------------------
 
@@ -98,14 +102,26 @@ class ChatService:
         existing = await self.find_direct_chat(user_id, other)
         if existing is not None:
             return existing
-        room_id = await self.rooms.create_room(
-            user_id, {"preset": "trusted_private_chat", "is_direct": True, "invite": [other]}
-        )
-        for owner, peer in ((user_id, other), (other, user_id)):
-            direct = await self.account_data.get(owner, "", "m.direct") or {}
-            direct.setdefault(peer, []).append(room_id)
-            await self.account_data.put(owner, "", "m.direct", direct)
-        return room_id
+        # One creation at a time per user (locks taken in one order): concurrent first messages,
+        # from either side, share one chat, and no m.direct update overwrites another.
+        locks = [self._direct_locks.setdefault(u, DeferredLock()) for u in sorted((user_id, other))]
+        for lock in locks:
+            await lock.acquire()
+        try:
+            existing = await self.find_direct_chat(user_id, other)
+            if existing is not None:
+                return existing
+            room_id = await self.rooms.create_room(
+                user_id, {"preset": "trusted_private_chat", "is_direct": True, "invite": [other]}
+            )
+            for owner, peer in ((user_id, other), (other, user_id)):
+                direct = await self.account_data.get(owner, "", "m.direct") or {}
+                direct.setdefault(peer, []).append(room_id)
+                await self.account_data.put(owner, "", "m.direct", direct)
+            return room_id
+        finally:
+            for lock in reversed(locks):
+                lock.release()
 
     async def access_chat(self, user_id: str, chat_id: str) -> RoomHead:
         """The chat's head for a member; an invited user joins on first access.
@@ -135,6 +151,8 @@ class ChatService:
             if receiver_id is None:
                 raise MatrixError("'receiverId' or 'chatId' is required", "M_MISSING_PARAM")
             chat_id = await self.open_direct_chat(user_id, receiver_id)
+            # An invitee answering by receiverId joins, as on any other first access.
+            await self.access_chat(user_id, chat_id)
         else:
             await self.access_chat(user_id, chat_id)
         event_type = (
@@ -161,7 +179,10 @@ class ChatService:
             cursor = page.get("end")
             if len(found) >= limit or cursor is None:
                 break
-        found = found[:limit]
+        if len(found) > limit:
+            # The page read past the last message returned: continue right after it.
+            found = found[:limit]
+            cursor = pagination_token(found[-1].stream_ordering - 1)
         statuses = await self.delivery.statuses(head, found)
         messages = [
             {

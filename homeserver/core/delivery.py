@@ -77,6 +77,15 @@ class DeliveryTracker:
             out.append(user_id)
         return out
 
+    @staticmethod
+    def _joined_at(head: RoomHead, user_id: str) -> int:
+        """A sync acknowledged at or past the user's join served them the room's timeline; an
+        invitee is served no event of the room, so nothing is delivered to them yet."""
+        member = head.get("m.room.member", user_id)
+        if member is None or head.membership(user_id) != "join":
+            return 2**63
+        return member.stream_ordering
+
     async def statuses(self, head: RoomHead, events: list[StoredEvent]) -> dict[str, list[RecipientStatus]]:
         """event id -> each recipient's status."""
         users = sorted({u for ev in events for u in self.recipients(head, ev)})
@@ -87,7 +96,7 @@ class DeliveryTracker:
             out[ev.event_id] = [
                 RecipientStatus(
                     u,
-                    delivered=delivered.get(u, 0) >= ev.stream_ordering
+                    delivered=delivered.get(u, 0) >= max(ev.stream_ordering, self._joined_at(head, u))
                     or read.get(u, 0) >= ev.stream_ordering,
                     read=read.get(u, 0) >= ev.stream_ordering,
                 )

@@ -17,9 +17,34 @@ from homeserver.core.streams import pagination_token, parse_pagination_token
 from homeserver.core.visibility import VisibilityFilter
 from homeserver.errors import Forbidden, MatrixError, NotFound
 from homeserver.storage import Storage
-from homeserver.storage.events import StoredEvent
+from homeserver.storage.events import EventStore, StoredEvent
 
 MAX_LIMIT = 1000
+
+
+async def state_at(store: EventStore, head: RoomHead, position: int) -> list[StoredEvent]:
+    """The room's state as of stream `position`. The head may hold newer state events (not yet
+    committed, or after a member left): for those keys, the one in force then is read back."""
+    out = []
+    for ev in list(head.state.values()):
+        current: StoredEvent | None = ev
+        hops = 0
+        # Walk back through `replaces_state` (cheap lookups by id); if the replaced event is not
+        # committed either, or the walk is long, ask for the key's event at `position` directly.
+        while current is not None and current.stream_ordering > position:
+            replaced = current.unsigned_extra.get("replaces_state")
+            if not isinstance(replaced, str):
+                current = None  # the key did not exist before
+                break
+            hops += 1
+            found = (await store.get_events([replaced])).get(replaced) if hops <= 3 else None
+            if found is None:
+                current = await store.state_event_at(head.room_id, ev.type, ev.state_key or "", position)
+                break
+            current = found
+        if current is not None:
+            out.append(current)
+    return out
 
 
 class MessagesService:
@@ -102,10 +127,12 @@ class MessagesService:
             response["end"] = pagination_token(end)
         if lazy_load_members:
             senders = {ev.sender for ev in visible}
-            members = [head.get("m.room.member", s) for s in sorted(senders)]
-            response["state"] = await self.serialize(
-                head, [m for m in members if m is not None], with_edits=False
+            state = await self.state_at(head, self._state_position(head, user_id))
+            members = sorted(
+                (ev for ev in state if ev.type == "m.room.member" and ev.state_key in senders),
+                key=lambda ev: ev.state_key or "",
             )
+            response["state"] = await self.serialize(head, members, with_edits=False)
         return response
 
     async def get_event(self, user_id: str, room_id: str, event_id: str) -> dict[str, Any]:
@@ -132,7 +159,7 @@ class MessagesService:
         )
         before = await self.visibility.filter_for_user(user_id, head, before)
         after = await self.visibility.filter_for_user(user_id, head, after)
-        state = [s for s in head.state.values() if s.stream_ordering <= self._persisted_upto()]
+        state = await self.state_at(head, self._state_position(head, user_id))
         return {
             "event": (await self.serialize(head, [ev]))[0],
             "events_before": await self.serialize(head, before),
@@ -141,6 +168,18 @@ class MessagesService:
             "end": pagination_token(after[-1].stream_ordering if after else ev.stream_ordering),
             "state": await self.serialize(head, state, with_edits=False),
         }
+
+    def _state_position(self, head: RoomHead, user_id: str) -> int:
+        """Up to where `user_id` may see the room's state: a former member sees it as it
+        was when they left, not what changed since."""
+        position = int(self._persisted_upto())
+        member = head.get("m.room.member", user_id)
+        if member is not None and head.membership(user_id) != "join":
+            position = min(position, member.stream_ordering)
+        return position
+
+    async def state_at(self, head: RoomHead, position: int) -> list[StoredEvent]:
+        return await state_at(self.storage.events, head, position)
 
     async def relations(
         self,
@@ -198,9 +237,7 @@ class MessagesService:
     async def state(self, user_id: str, room_id: str) -> list[dict[str, Any]]:
         head = await self.rooms.access_room_as_member(user_id, room_id)
         upto = self._persisted_upto()
-        return await self.serialize(
-            head, [s for s in head.state.values() if s.stream_ordering <= upto], with_edits=False
-        )
+        return await self.serialize(head, await self.state_at(head, upto), with_edits=False)
 
     async def state_event(
         self, user_id: str, room_id: str, event_type: str, state_key: str

@@ -30,6 +30,8 @@ class ReceiptService:
         self.rooms = rooms
         self.account_data = account_data
         self.stream = StreamIdGenerator()
+        # Called as on_read(user_id, room_id) when a read receipt moves (unread counts).
+        self.on_read: Any = None
 
     def start(self, current: int) -> None:
         self.stream = StreamIdGenerator(current)
@@ -68,6 +70,9 @@ class ReceiptService:
             )
         finally:
             self.stream.done(stream_id)
+        if self.on_read is not None:
+            # Before the wake-up below, so the woken syncs count afresh.
+            self.on_read(user_id, room_id)
         # A private receipt concerns only its owner; a public one the whole room.
         self.notifier.wake_users([user_id] if receipt_type == "m.read.private" else head.members("join"))
 

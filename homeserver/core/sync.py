@@ -13,6 +13,7 @@ its head; the database is only asked for wider ranges.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -20,8 +21,10 @@ from typing import Any
 
 from homeserver.core.account_data import AccountDataService
 from homeserver.core.delivery import DeliveryTracker
+from homeserver.core.e2ee import KeyService
 from homeserver.core.event_format import EncodedEvents, RawJson, dumps_with_raw
 from homeserver.core.filters import SyncFilter
+from homeserver.core.messages import state_at
 from homeserver.core.presence import PresenceService
 from homeserver.core.receipts import ReceiptService
 from homeserver.core.room_heads import RoomHead, RoomHeads
@@ -65,6 +68,7 @@ class SyncService:
         account_data: AccountDataService,
         delivery: DeliveryTracker,
         unread: UnreadCounter,
+        keys: KeyService,
         persisted_upto: Any,
     ) -> None:
         self.storage = storage
@@ -79,6 +83,7 @@ class SyncService:
         self.account_data = account_data
         self.delivery = delivery
         self.unread = unread
+        self.keys = keys
         self.visibility = VisibilityFilter(storage)
         self.encoded = EncodedEvents()
         self._persisted_upto = persisted_upto
@@ -100,6 +105,8 @@ class SyncService:
             typing=self.typing.position,
             account_data=self.account_data.stream.current,
             presence=self.presence.stream.current,
+            to_device=self.keys.to_device.current,
+            device_lists=self.keys.device_lists.current,
         )
 
     # The request --------------------------------------------------------------------
@@ -108,14 +115,15 @@ class SyncService:
         """The JSON text of a /sync response (long-polls up to `timeout_ms` when nothing changed)."""
         if req.since is not None:
             # Asking for a newer token proves the previous response arrived.
-            self.delivery.acknowledge(req.user_id, req.since.events)
+            # Never past what exists: a token from the future would mark later messages delivered.
+            self.delivery.acknowledge(req.user_id, min(req.since.events, self._persisted_upto()))
         await self.presence.sync_started(req.user_id, req.set_presence)
         try:
             deadline = time.monotonic() + min(max(req.timeout_ms, 0), MAX_TIMEOUT_MS) / 1000
             while True:
                 version = self.notifier.version
                 upto = self.current_token()
-                body, has_data = await self._compute(req, upto)
+                body, has_data, _ = await self._compute(req, upto)
                 remaining = deadline - time.monotonic()
                 if has_data or req.since is None or req.full_state or remaining <= 0 or self.notifier.closing:
                     return body
@@ -123,12 +131,24 @@ class SyncService:
                     continue
                 await self.notifier.wait(req.user_id, remaining)
                 if deadline - time.monotonic() <= 0:
-                    body, _ = await self._compute(req, self.current_token())
+                    body, _, _ = await self._compute(req, self.current_token())
                     return body
         finally:
             self.presence.sync_finished(req.user_id)
 
-    async def _compute(self, req: SyncRequest, upto: SyncToken) -> tuple[str, bool]:
+    async def delta(self, req: SyncRequest) -> tuple[str, SyncToken, bool]:
+        """What changed for the user in (req.since, now], without waiting (the WebSocket stream's step).
+
+        `req.timeout_ms` is ignored and nothing is acknowledged: the caller decides
+        what counts as proof of receipt.
+
+        @return: the JSON text of a /sync response, its `next_batch` token, and
+            whether it carries anything (rooms, account data or presence).
+        """
+        body, has_data, next_token = await self._compute(req, self.current_token())
+        return body, next_token, has_data
+
+    async def _compute(self, req: SyncRequest, upto: SyncToken) -> tuple[str, bool, SyncToken]:
         since = req.since
         user_id = req.user_id
         rooms = await self.timeline.rooms_for_user(user_id)
@@ -145,6 +165,8 @@ class SyncService:
             if membership == "join":
                 joined_ids.append(room_id)
                 full = since is None or req.full_state or changed
+                if not full and self.timeline.room_last.get(room_id, 0) <= since.events:  # type: ignore[union-attr]
+                    continue  # no new events: only ephemeral/account data, added below
                 room = await self._joined_room(req, room_id, upto, full, position)
                 if room is not None:
                     join[room_id] = room
@@ -160,6 +182,11 @@ class SyncService:
                     leave[room_id] = room
         await self._add_ephemeral(req, join, joined_ids, upto)
         await self._add_room_account_data(req, join, upto)
+        # A room listed for a receipt or a marker gets fresh counts too: reading on one
+        # device must clear the badge on the others (Synapse does the same).
+        for room_id, room in join.items():
+            if room and "unread_notifications" not in room:
+                room["unread_notifications"] = await self.unread.counts(user_id, room_id)
         join = {room_id: room for room_id, room in join.items() if room}
         response: dict[str, Any] = {"next_batch": str(upto)}
         rooms_part = {k: v for k, v in (("join", join), ("invite", invite), ("leave", leave)) if v}
@@ -168,12 +195,85 @@ class SyncService:
         presence = await self._presence(req, joined_ids, upto)
         response["account_data"] = {"events": account_data}
         response["presence"] = {"events": presence}
-        response["to_device"] = {"events": []}
-        response["device_lists"] = {"changed": [], "left": []}
-        response["device_one_time_keys_count"] = {"signed_curve25519": 0}
-        response["device_unused_fallback_key_types"] = []
-        has_data = bool(rooms_part or account_data or presence)
-        return dumps_with_raw(response), has_data
+        to_device, reached = await self.keys.to_device_for_sync(
+            user_id, req.device_id, since.to_device if since else 0, upto.to_device
+        )
+        if reached != upto.to_device:
+            # More messages than one response carries: the next sync continues from here.
+            upto = dataclasses.replace(upto, to_device=reached)
+            response["next_batch"] = str(upto)
+        keys_changed, keys_left = (
+            await self._device_lists(req, since, upto, joined_ids) if since else (set(), set())
+        )
+        response["to_device"] = {"events": to_device}
+        response["device_lists"] = {"changed": sorted(keys_changed), "left": sorted(keys_left)}
+        response["device_one_time_keys_count"] = await self.keys.one_time_key_counts(user_id, req.device_id)
+        response["device_unused_fallback_key_types"] = await self.keys.fallback_key_types(
+            user_id, req.device_id
+        )
+        has_data = bool(rooms_part or account_data or presence or to_device or keys_changed or keys_left)
+        return dumps_with_raw(response), has_data, upto
+
+    # Device lists ---------------------------------------------------------------------------
+
+    async def _sharing(self, joined: list[str]) -> set[str]:
+        """Everyone joined to one of these rooms."""
+        users: set[str] = set()
+        for room_id in joined:
+            head = await self.heads.get(room_id)
+            if head is not None:
+                users.update(head.members("join"))
+        return users
+
+    async def _device_lists(
+        self, req: SyncRequest, since: SyncToken, upto: SyncToken, joined: list[str]
+    ) -> tuple[set[str], set[str]]:
+        """Users whose keys the client should re-query (changed) or forget (left).
+
+        changed: a user sharing a room with us changed devices or cross-signing
+        keys, or started sharing a room with us (they joined, or we did);
+        left: a user stopped sharing any room with us.
+        """
+        user_id = req.user_id
+        changed: set[str] = set()
+        left: set[str] = set()
+        sharing: set[str] | None = None
+        if since.device_lists < upto.device_lists:
+            updated = await self.storage.e2ee.users_changed_between(since.device_lists, upto.device_lists)
+            if updated:
+                sharing = await self._sharing(joined)
+                changed |= updated & (sharing | {user_id})
+        rooms = await self.timeline.rooms_for_user(user_id)
+        candidates = [
+            r
+            for r, (_, pos) in rooms.items()
+            if self.timeline.room_last_member.get(r, 0) > since.events and pos <= upto.events
+        ]
+        if candidates:
+            moves = await self.storage.events.membership_changes(candidates, since.events, upto.events)
+            if moves:
+                sharing = sharing if sharing is not None else await self._sharing(joined)
+                for room_id, member, _membership in moves:
+                    if member == user_id:
+                        # We joined or left: everyone in that room changed for us.
+                        head = await self.heads.get(room_id)
+                        others = set(head.members("join")) if head is not None else set()
+                        changed |= others & sharing
+                        left |= others - sharing
+                    elif member in sharing:
+                        changed.add(member)
+                    else:
+                        left.add(member)
+        return changed - left, left - {user_id}
+
+    async def device_list_changes(self, user_id: str, from_token: str, to_token: str) -> dict[str, Any]:
+        """GET /keys/changes: the device_lists of a sync from `from_token` to `to_token`."""
+        since, upto = SyncToken.parse(from_token), SyncToken.parse(to_token)
+        rooms = await self.timeline.rooms_for_user(user_id)
+        joined = [r for r, (m, _) in rooms.items() if m == "join"]
+        req = SyncRequest(user_id, "", since, 0, SyncFilter())
+        changed, left = await self._device_lists(req, since, upto, joined)
+        return {"changed": sorted(changed), "left": sorted(left)}
 
     # Rooms -------------------------------------------------------------------------------
 
@@ -210,6 +310,8 @@ class SyncService:
                 events, limited = await self._events_between(room_id, since.events, upto.events, limit)
         events = [ev for ev in events if req.filter.timeline.allows(ev.type, ev.sender)]
         state = await self._state_for(req, head, events, upto.events, full, limited, since)
+        # Events read from the database may be redacted by events not in memory (after a restart).
+        await self.rooms.load_redactions(events + state)
         if not full and not events and not state:
             room: dict[str, Any] = {}
         else:
@@ -239,13 +341,18 @@ class SyncService:
     ) -> list[StoredEvent]:
         in_timeline = {ev.event_id for ev in timeline}
         if full:
-            candidates = [ev for ev in head.state.values() if ev.stream_ordering <= upto]
+            # Not head.state as it is: it may hold events still in flight (past `upto`).
+            candidates = await state_at(self.storage.events, head, upto)
             if req.filter.lazy_load_members:
                 wanted = {ev.sender for ev in timeline} | {req.user_id}
                 candidates = [ev for ev in candidates if ev.type != "m.room.member" or ev.state_key in wanted]
         elif limited and since is not None and timeline:
             start = timeline[0].stream_ordering
-            candidates = [ev for ev in head.state.values() if since.events < ev.stream_ordering < start]
+            candidates = [
+                ev
+                for ev in await state_at(self.storage.events, head, upto)
+                if since.events < ev.stream_ordering < start
+            ]
         else:
             return []
         return [ev for ev in candidates if ev.event_id not in in_timeline]
@@ -260,6 +367,7 @@ class SyncService:
             room_id, after, leave_position, req.filter.timeline_limit
         )
         events = await self.visibility.filter_for_user(req.user_id, head, events)
+        await self.rooms.load_redactions(events)
         return {
             "timeline": {
                 "events": [self._encode(ev, head, req) for ev in events],
@@ -280,7 +388,14 @@ class SyncService:
 
             return Raw(
                 json.dumps(
-                    client_event(ev, head.room_version, include_room_id=False, txn_id=txn[2]),
+                    client_event(
+                        ev,
+                        head.room_version,
+                        include_room_id=False,
+                        # The redact endpoint stores its txn ids as "redact:<txnId>" (see room_events).
+                        txn_id=txn[2].removeprefix("redact:") if ev.type == "m.room.redaction" else txn[2],
+                        redaction=self.heads_redaction(ev),
+                    ),
                     ensure_ascii=False,
                     separators=(",", ":"),
                 )

@@ -29,6 +29,8 @@ class TimelineCache:
     def __init__(self, store: EventStore) -> None:
         self.store = store
         self.room_last: dict[str, int] = {}
+        # Position of each room's newest membership change seen since start-up.
+        self.room_last_member: dict[str, int] = {}
         self._timelines: dict[str, _RoomTimeline] = {}
         self._user_rooms: dict[str, dict[str, tuple[str, int]]] = {}
         self._loading: dict[str, dict[str, tuple[str, int]]] = {}
@@ -41,6 +43,11 @@ class TimelineCache:
             "room_last_positions", "SELECT room_id, MAX(stream_ordering) FROM events GROUP BY room_id"
         )
         self.room_last = {r[0]: int(r[1]) for r in rows}
+        rows = await self.store.db.query(
+            "room_last_member_positions",
+            "SELECT room_id, MAX(stream_ordering) FROM room_memberships GROUP BY room_id",
+        )
+        self.room_last_member = {r[0]: int(r[1]) for r in rows}
 
     def add(self, ev: StoredEvent) -> None:
         """Record a committed event (called in stream order)."""
@@ -54,6 +61,7 @@ class TimelineCache:
             timeline.complete_after = timeline.events[0].stream_ordering
         timeline.events.append(ev)
         if ev.type == "m.room.member" and ev.state_key is not None:
+            self.room_last_member[ev.room_id] = ev.stream_ordering
             change = (str(ev.content.get("membership")), ev.stream_ordering)
             rooms = self._user_rooms.get(ev.state_key)
             if rooms is not None:

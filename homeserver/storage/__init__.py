@@ -6,6 +6,7 @@ from homeserver.storage.accounts import AccountStore
 from homeserver.storage.auth_sessions import AuthSessionStore
 from homeserver.storage.database import Database, engine_from_url
 from homeserver.storage.devices import DeviceStore
+from homeserver.storage.e2ee import E2eeStore
 from homeserver.storage.events import EventStore
 from homeserver.storage.rooms import RoomStore
 from homeserver.storage.user_data import UserDataStore
@@ -22,6 +23,7 @@ class Storage:
         self.events = EventStore(db)
         self.rooms = RoomStore(db)
         self.user_data = UserDataStore(db)
+        self.e2ee = E2eeStore(db)
 
     @classmethod
     def from_url(cls, url: str, pool_min: int = 2, pool_max: int = 10) -> "Storage":

@@ -279,6 +279,21 @@ class EventStore:
 
         return await self.db.run_interaction("get_events", get_txn)
 
+    async def state_event_at(
+        self, room_id: str, event_type: str, state_key: str, position: int
+    ) -> StoredEvent | None:
+        """The state event of (type, state_key) in force at stream `position` (state is linear here)."""
+        rows = await self.db.query(
+            "state_event_at",
+            f"SELECT {_EVENT_COLUMNS} FROM {_EVENT_FROM} WHERE e.room_id = ? AND e.type = ?"
+            " AND e.state_key = ? AND e.stream_ordering <= ? ORDER BY e.stream_ordering DESC LIMIT 1",
+            room_id,
+            event_type,
+            state_key,
+            position,
+        )
+        return _row_to_event(rows[0]) if rows else None
+
     async def room_events_between(
         self, room_id: str, after: int, upto: int, limit: int, newest_first: bool = True
     ) -> list[StoredEvent]:
@@ -400,6 +415,23 @@ class EventStore:
         )
         return [(int(r[0]), r[1]) for r in rows]
 
+    async def membership_changes(
+        self, room_ids: Sequence[str], after: int, upto: int
+    ) -> list[tuple[str, str, str]]:
+        """(room, user, membership) of membership events in (after, upto] in these rooms, oldest first."""
+        if not room_ids or after >= upto:
+            return []
+        marks = ",".join("?" * len(room_ids))
+        rows = await self.db.query(
+            "membership_changes",
+            f"SELECT room_id, user_id, membership FROM room_memberships WHERE room_id IN ({marks})"
+            " AND stream_ordering > ? AND stream_ordering <= ? ORDER BY stream_ordering",
+            *room_ids,
+            after,
+            upto,
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
+
     async def forgotten_rooms(self, user_id: str) -> set[str]:
         rows = await self.db.query(
             "forgotten_rooms", "SELECT room_id FROM forgotten_rooms WHERE user_id = ?", user_id
@@ -477,6 +509,7 @@ class EventStore:
         rows = await self.db.query(
             "latest_edits",
             f"SELECT {_EVENT_COLUMNS} FROM {_RELATION_FROM}"
+            " JOIN events p ON p.event_id = x.relates_to AND p.sender = e.sender"
             f" WHERE x.rel_type = 'm.replace' AND x.relates_to IN ({marks}) ORDER BY x.stream_ordering",
             *event_ids,
         )

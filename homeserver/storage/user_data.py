@@ -110,7 +110,9 @@ class UserDataStore:
             " stream_id, ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (room_id, receipt_type, user_id, thread_id) DO UPDATE SET"
             " event_id = excluded.event_id, event_stream_ordering = excluded.event_stream_ordering,"
-            " stream_id = excluded.stream_id, ts = excluded.ts",
+            " stream_id = excluded.stream_id, ts = excluded.ts"
+            # A receipt never moves back (a lagging device's older one is ignored, as Synapse does).
+            " WHERE receipts.event_stream_ordering < excluded.event_stream_ordering",
             room_id,
             receipt_type,
             user_id,

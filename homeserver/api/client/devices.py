@@ -90,7 +90,4 @@ def _optional_body(request: ApiRequest) -> dict[str, Any]:
 
 
 async def _delete(hs: "HomeServer", user_id: str, device_ids: list[str]) -> None:
-    revoked = await hs.storage.devices.delete_devices(user_id, device_ids)
-    hs.tokens.forget(revoked)
-    for device_id in device_ids:
-        hs.tokens.forget_device(user_id, device_id)
+    await hs.accounts.delete_devices(user_id, device_ids)

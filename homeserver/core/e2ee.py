@@ -1,0 +1,401 @@
+"""End-to-end encryption support: the server stores and routes keys, never plaintext.
+
+Clients do the cryptography (Olm/Megolm); this module checks what the spec
+asks a server to check - device keys self-signed by the device, cross-signing
+keys signed along the chain (master -> self-signing / user-signing -> devices
+and other users' master keys) - with signedjson, hands out each one-time key
+once, queues to-device messages until the device's next sync proves receipt,
+and keeps the device-list stream that tells others to re-query keys.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from signedjson.key import decode_verify_key_base64
+from signedjson.sign import SignatureVerifyException, verify_signed_json
+
+from homeserver.core.clock import Clock
+from homeserver.core.streams import StreamIdGenerator
+from homeserver.errors import Forbidden, MatrixError, NotFound, TooLarge
+from homeserver.notifier import Notifier
+from homeserver.storage import Storage
+
+JsonDict = dict[str, Any]
+CROSS_SIGNING_TYPES = ("master", "self_signing", "user_signing")
+MAX_TO_DEVICE_BYTES = 65536
+TO_DEVICE_BATCH = 100
+
+
+class InvalidSignature(MatrixError):
+    errcode = "M_INVALID_SIGNATURE"
+
+
+def _ed25519_key(obj: JsonDict, key_id: str) -> Any:
+    """The verify key `ed25519:<id>` published in `obj["keys"]`."""
+    value = (obj.get("keys") or {}).get(f"ed25519:{key_id}")
+    if not isinstance(value, str):
+        raise InvalidSignature(f"No ed25519:{key_id} key")
+    try:
+        return decode_verify_key_base64("ed25519", key_id, value)
+    except Exception:
+        raise InvalidSignature(f"Malformed ed25519:{key_id} key") from None
+
+
+def _verify(obj: JsonDict, user_id: str, signer_obj: JsonDict, signer_key_id: str) -> None:
+    """Check that `obj` carries a valid signature by `signer_obj`'s ed25519:<signer_key_id>."""
+    key = _ed25519_key(signer_obj, signer_key_id)
+    try:
+        verify_signed_json(obj, user_id, key)
+    except SignatureVerifyException:
+        raise InvalidSignature("Invalid signature") from None
+    except Exception:
+        raise InvalidSignature("Invalid signature") from None
+
+
+def _cross_signing_key_id(key: JsonDict) -> str:
+    keys = key.get("keys")
+    if not isinstance(keys, dict) or len(keys) != 1:
+        raise MatrixError("A cross-signing key must have exactly one key", "M_INVALID_PARAM")
+    key_id, value = next(iter(keys.items()))
+    if not key_id.startswith("ed25519:") or key_id[len("ed25519:") :] != value:
+        raise MatrixError("Cross-signing key ids are ed25519:<public key>", "M_INVALID_PARAM")
+    return str(value)
+
+
+def _strip(obj: JsonDict) -> JsonDict:
+    return {k: v for k, v in obj.items() if k not in ("signatures", "unsigned")}
+
+
+class KeyService:
+    def __init__(self, storage: Storage, clock: Clock, notifier: Notifier) -> None:
+        self.storage = storage
+        self.store = storage.e2ee
+        self.clock = clock
+        self.notifier = notifier
+        self.device_lists = StreamIdGenerator()
+        self.to_device = StreamIdGenerator()
+        # Who should hear that a user's keys changed (room co-members): set by the server.
+        self.audience: Any = None
+        # Per-device key counts for every sync, kept in memory; dropped when they change.
+        self._counts: dict[tuple[str, str], tuple[dict[str, int], list[str]]] = {}
+
+    async def _device_counts(self, user_id: str, device_id: str) -> tuple[dict[str, int], list[str]]:
+        key = (user_id, device_id)
+        counts = self._counts.get(key)
+        if counts is None:
+            counts = (
+                await self.store.count_one_time_keys(user_id, device_id),
+                await self.store.unused_fallback_key_types(user_id, device_id),
+            )
+            self._counts[key] = counts
+        return counts
+
+    async def one_time_key_counts(self, user_id: str, device_id: str) -> dict[str, int]:
+        # Clients read a missing algorithm as "unknown"; signed_curve25519 0 means "upload more".
+        return {"signed_curve25519": 0, **(await self._device_counts(user_id, device_id))[0]}
+
+    async def fallback_key_types(self, user_id: str, device_id: str) -> list[str]:
+        return (await self._device_counts(user_id, device_id))[1]
+
+    async def start(self) -> None:
+        device_lists, to_device = await self.store.max_stream_ids()
+        self.device_lists = StreamIdGenerator(device_lists)
+        self.to_device = StreamIdGenerator(to_device)
+
+    async def _announce(self, user_id: str) -> None:
+        audience = await self.audience(user_id) if self.audience is not None else {user_id}
+        self.notifier.wake_users(audience)
+
+    # Upload ---------------------------------------------------------------------------------
+
+    async def upload(self, user_id: str, device_id: str, body: JsonDict) -> JsonDict:
+        device_keys = body.get("device_keys")
+        if device_keys is not None:
+            await self._upload_device_keys(user_id, device_id, device_keys)
+        for field, fallback in (
+            ("one_time_keys", False),
+            ("fallback_keys", True),
+            ("org.matrix.msc2732.fallback_keys", True),
+        ):
+            keys = body.get(field)
+            if keys is None:
+                continue
+            if not isinstance(keys, dict):
+                raise MatrixError(f"'{field}' must be an object", "M_BAD_JSON")
+            rows = []
+            for full_id, key in keys.items():
+                algorithm, _, key_id = str(full_id).partition(":")
+                if not algorithm or not key_id or not isinstance(key, dict | str):
+                    raise MatrixError(f"Bad key id {full_id!r}", "M_BAD_JSON")
+                rows.append((algorithm, key_id, key if isinstance(key, dict) else {"key": key}))
+            if fallback:
+                await self.store.set_fallback_keys(user_id, device_id, rows)
+            else:
+                try:
+                    await self.store.add_one_time_keys(user_id, device_id, rows)
+                except ValueError as e:
+                    raise MatrixError(str(e), "M_INVALID_PARAM") from None
+        self._counts.pop((user_id, device_id), None)
+        return {"one_time_key_counts": await self.store.count_one_time_keys(user_id, device_id)}
+
+    async def _upload_device_keys(self, user_id: str, device_id: str, keys: Any) -> None:
+        if not isinstance(keys, dict):
+            raise MatrixError("'device_keys' must be an object", "M_BAD_JSON")
+        if keys.get("user_id") != user_id or keys.get("device_id") != device_id:
+            raise Forbidden("device_keys must be for your own user and device")
+        if not isinstance(keys.get("algorithms"), list) or not isinstance(keys.get("keys"), dict):
+            raise MatrixError("device_keys needs 'algorithms' and 'keys'", "M_BAD_JSON")
+        # Spec: the device keys must be signed by the device's own ed25519 key.
+        _verify(keys, user_id, keys, device_id)
+        existing = await self.store.get_device_keys(user_id, device_id)
+        stored = _strip(keys) | {"signatures": keys.get("signatures", {})}
+        if existing is not None:
+            if _strip(existing) != _strip(keys):
+                raise MatrixError("Device keys cannot change; log in as a new device", "M_INVALID_PARAM")
+            return
+        position = self.device_lists.allocate()
+        try:
+            await self.store.set_device_keys(user_id, device_id, stored, position)
+        finally:
+            self.device_lists.done(position)
+        await self._announce(user_id)
+
+    # Query and claim -----------------------------------------------------------------------
+
+    async def query(self, requester: str, body: JsonDict) -> JsonDict:
+        wanted = body.get("device_keys")
+        if not isinstance(wanted, dict):
+            raise MatrixError("'device_keys' must be an object", "M_BAD_JSON")
+        queries: dict[str, list[str]] = {}
+        for user_id, devices in wanted.items():
+            if not isinstance(devices, list) or not all(isinstance(d, str) for d in devices):
+                raise MatrixError("device lists must be lists of device ids", "M_BAD_JSON")
+            queries[str(user_id)] = devices
+        device_keys = await self.store.query_device_keys(queries)
+        cross = await self.store.get_cross_signing_keys(list(queries))
+        response: JsonDict = {"device_keys": device_keys, "failures": {}}
+        for key_type, field in (
+            ("master", "master_keys"),
+            ("self_signing", "self_signing_keys"),
+            ("user_signing", "user_signing_keys"),
+        ):
+            found = {}
+            for user_id, keys in cross.items():
+                # A user's user-signing key is for their own eyes only.
+                if key_type in keys and (key_type != "user_signing" or user_id == requester):
+                    found[user_id] = keys[key_type]
+            response[field] = found
+        return response
+
+    async def claim(self, body: JsonDict) -> JsonDict:
+        wanted = body.get("one_time_keys")
+        if not isinstance(wanted, dict):
+            raise MatrixError("'one_time_keys' must be an object", "M_BAD_JSON")
+        claims = []
+        for user_id, devices in wanted.items():
+            if not isinstance(devices, dict):
+                raise MatrixError("one_time_keys values must be objects", "M_BAD_JSON")
+            for device_id, algorithm in devices.items():
+                if not isinstance(algorithm, str):
+                    raise MatrixError("algorithms must be strings", "M_BAD_JSON")
+                claims.append((str(user_id), str(device_id), algorithm))
+        claimed = await self.store.claim_keys(claims)
+        for user_id, device_id, _ in claims:
+            self._counts.pop((user_id, device_id), None)
+        # The owners learn their new counts (and top up) on their next sync.
+        self.notifier.wake_users({user_id for user_id, _, _ in claims})
+        out: JsonDict = {}
+        for (user_id, device_id), (key_id, key) in claimed.items():
+            out.setdefault(user_id, {}).setdefault(device_id, {})[key_id] = key
+        return {"one_time_keys": out, "failures": {}}
+
+    # Cross-signing --------------------------------------------------------------------------
+
+    async def has_master_key(self, user_id: str) -> bool:
+        return "master" in (await self.store.get_cross_signing_keys([user_id])).get(user_id, {})
+
+    async def upload_cross_signing(self, user_id: str, body: JsonDict) -> None:
+        existing = (await self.store.get_cross_signing_keys([user_id])).get(user_id, {})
+        new: dict[str, JsonDict] = {}
+        for key_type in CROSS_SIGNING_TYPES:
+            key = body.get(f"{key_type}_key")
+            if key is None:
+                continue
+            if (
+                not isinstance(key, dict)
+                or key.get("user_id") != user_id
+                or key_type not in (key.get("usage") or [])
+            ):
+                raise MatrixError(f"Bad {key_type}_key", "M_INVALID_PARAM")
+            _cross_signing_key_id(key)
+            new[key_type] = key
+        if not new:
+            raise MatrixError("No cross-signing keys given", "M_MISSING_PARAM")
+        master = new.get("master") or existing.get("master")
+        if master is None:
+            raise MatrixError("A master key is needed first", "M_INVALID_PARAM")
+        master_id = _cross_signing_key_id(master)
+        for key_type in ("self_signing", "user_signing"):
+            if key_type in new:
+                # Spec: the self-signing and user-signing keys are signed by the master key.
+                _verify(new[key_type], user_id, master, master_id)
+        position = self.device_lists.allocate()
+        try:
+            await self.store.set_cross_signing_keys(user_id, new, position)
+        finally:
+            self.device_lists.done(position)
+        await self._announce(user_id)
+
+    async def upload_signatures(self, user_id: str, body: JsonDict) -> JsonDict:
+        failures: JsonDict = {}
+        updates: list[tuple[str, str, str, str, str]] = []
+        mine = (await self.store.get_cross_signing_keys([user_id])).get(user_id, {})
+        for target_user, objects in body.items():
+            if not isinstance(objects, dict):
+                raise MatrixError("signature uploads are objects of signed objects", "M_BAD_JSON")
+            theirs = (await self.store.get_cross_signing_keys([target_user])).get(target_user, {})
+            for target_id, signed in objects.items():
+                try:
+                    updates.extend(
+                        await self._check_signed(user_id, mine, target_user, theirs, target_id, signed)
+                    )
+                except MatrixError as e:
+                    failures.setdefault(target_user, {})[target_id] = {
+                        "errcode": e.errcode,
+                        "error": e.message,
+                    }
+        if updates:
+            changed = {u for u, *_ in updates}
+            positions = {u: self.device_lists.allocate() for u in changed}
+            try:
+                await self.store.add_signatures(updates, positions)
+            finally:
+                for p in positions.values():
+                    self.device_lists.done(p)
+            for target_user in changed:
+                await self._announce(target_user)
+        return {"failures": failures}
+
+    async def _check_signed(
+        self,
+        user_id: str,
+        mine: dict[str, JsonDict],
+        target_user: str,
+        theirs: dict[str, JsonDict],
+        target_id: str,
+        signed: Any,
+    ) -> list[tuple[str, str, str, str, str]]:
+        if not isinstance(signed, dict):
+            raise MatrixError("A signed object is required", "M_BAD_JSON")
+        sigs = (signed.get("signatures") or {}).get(user_id)
+        if not isinstance(sigs, dict) or not sigs:
+            raise InvalidSignature("No signature from you")
+        if target_user == user_id:
+            device = await self.store.get_device_keys(user_id, target_id)
+            if device is not None:
+                # My device, signed by my self-signing key.
+                ssk = mine.get("self_signing")
+                if ssk is None:
+                    raise InvalidSignature("No self-signing key")
+                ssk_id = _cross_signing_key_id(ssk)
+                if _strip(signed) != _strip(device):
+                    raise InvalidSignature("Signed object does not match the stored device keys")
+                _verify(signed, user_id, ssk, ssk_id)
+                return [(user_id, target_id, user_id, f"ed25519:{ssk_id}", sigs[f"ed25519:{ssk_id}"])]
+            master = mine.get("master")
+            if master is not None and _cross_signing_key_id(master) == target_id:
+                # My master key, signed by one of my devices.
+                if _strip(signed) != _strip(master):
+                    raise InvalidSignature("Signed object does not match the stored master key")
+                out = []
+                for key_id, sig in sigs.items():
+                    device_id = key_id.partition(":")[2]
+                    device_keys = await self.store.get_device_keys(user_id, device_id)
+                    if device_keys is None:
+                        continue
+                    _verify(
+                        {**_strip(signed), "signatures": {user_id: {key_id: sig}}},
+                        user_id,
+                        device_keys,
+                        device_id,
+                    )
+                    out.append((user_id, target_id, user_id, key_id, sig))
+                if not out:
+                    raise InvalidSignature("No signature by a known device")
+                return out
+            raise NotFound("Unknown key")
+        # Someone else's master key, signed by my user-signing key.
+        usk = mine.get("user_signing")
+        master = theirs.get("master")
+        if usk is None or master is None or _cross_signing_key_id(master) != target_id:
+            raise InvalidSignature("Only another user's master key can be signed, with your user-signing key")
+        if _strip(signed) != _strip(master):
+            raise InvalidSignature("Signed object does not match the stored master key")
+        usk_id = _cross_signing_key_id(usk)
+        _verify(
+            {**_strip(signed), "signatures": {user_id: {f"ed25519:{usk_id}": sigs.get(f"ed25519:{usk_id}")}}},
+            user_id,
+            usk,
+            usk_id,
+        )
+        return [(target_user, target_id, user_id, f"ed25519:{usk_id}", sigs[f"ed25519:{usk_id}"])]
+
+    # Devices -------------------------------------------------------------------------------
+
+    async def devices_deleted(self, user_id: str, device_ids: list[str]) -> None:
+        for device_id in device_ids:
+            self._counts.pop((user_id, device_id), None)
+        position = self.device_lists.allocate()
+        try:
+            await self.store.delete_device(user_id, device_ids, position)
+        finally:
+            self.device_lists.done(position)
+        await self._announce(user_id)
+
+    # To-device -----------------------------------------------------------------------------
+
+    async def send_to_device(
+        self, sender: str, sender_device: str, event_type: str, txn_id: str, body: JsonDict, user_devices: Any
+    ) -> None:
+        messages = body.get("messages")
+        if not isinstance(messages, dict):
+            raise MatrixError("'messages' must be an object", "M_BAD_JSON")
+        if len(json.dumps(messages)) > MAX_TO_DEVICE_BYTES * 4:
+            raise TooLarge("To-device payload too large")
+        targets: list[tuple[str, str, JsonDict]] = []
+        for user_id, devices in messages.items():
+            if not isinstance(devices, dict):
+                raise MatrixError("messages values must be objects", "M_BAD_JSON")
+            for device_id, content in devices.items():
+                if not isinstance(content, dict):
+                    raise MatrixError("to-device contents must be objects", "M_BAD_JSON")
+                if len(json.dumps(content)) > MAX_TO_DEVICE_BYTES:
+                    raise TooLarge("A to-device message is larger than 64 KiB")
+                device_ids = await user_devices(user_id) if device_id == "*" else [device_id]
+                for target in device_ids:
+                    targets.append((str(user_id), str(target), content))
+        positions = [self.to_device.allocate() for _ in targets]
+        try:
+            rows = [
+                (pos, user_id, device_id, {"type": event_type, "sender": sender, "content": content})
+                for pos, (user_id, device_id, content) in zip(positions, targets, strict=True)
+            ]
+            await self.store.add_to_device(sender, sender_device, txn_id, rows, self.clock.time_ms())
+        finally:
+            for pos in positions:
+                self.to_device.done(pos)
+        self.notifier.wake_users({user_id for user_id, _, _ in targets})
+
+    async def to_device_for_sync(
+        self, user_id: str, device_id: str, since: int, upto: int
+    ) -> tuple[list[JsonDict], int]:
+        """Messages after `since` (deleting those up to it: the device has them) and the position reached."""
+        if since > 0:
+            await self.store.delete_to_device_upto(user_id, device_id, since)
+        if since >= upto:
+            return [], upto
+        rows = await self.store.to_device_for(user_id, device_id, since, upto, TO_DEVICE_BATCH)
+        reached = rows[-1][0] if len(rows) == TO_DEVICE_BATCH else upto
+        return [m for _, m in rows], reached

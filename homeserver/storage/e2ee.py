@@ -1,0 +1,524 @@
+"""End-to-end encryption rows: device keys, one-time and fallback keys, cross-signing
+keys, device-list changes, to-device messages and room-key backups."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from homeserver.storage.database import Database, Txn
+
+JsonDict = dict[str, Any]
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+class E2eeStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def max_stream_ids(self) -> tuple[int, int]:
+        """(device list stream, to-device stream) positions."""
+
+        def max_txn(txn: Txn) -> tuple[int, int]:
+            a = txn.query_one("SELECT MAX(stream_id) FROM device_list_changes")
+            b = txn.query_one("SELECT MAX(stream_id) FROM to_device_messages")
+            return int((a or [0])[0] or 0), int((b or [0])[0] or 0)
+
+        return await self.db.run_interaction("e2ee_max_stream_ids", max_txn)
+
+    # Device keys ---------------------------------------------------------------------
+
+    async def get_device_keys(self, user_id: str, device_id: str) -> JsonDict | None:
+        rows = await self.db.query(
+            "get_device_keys",
+            "SELECT key_json FROM device_keys WHERE user_id = ? AND device_id = ?",
+            user_id,
+            device_id,
+        )
+        return json.loads(rows[0][0]) if rows else None
+
+    async def set_device_keys(
+        self, user_id: str, device_id: str, keys: JsonDict, change_stream_id: int
+    ) -> None:
+        def set_txn(txn: Txn) -> None:
+            txn.execute(
+                "INSERT INTO device_keys (user_id, device_id, key_json) VALUES (?, ?, ?)"
+                " ON CONFLICT (user_id, device_id) DO UPDATE SET key_json = excluded.key_json",
+                (user_id, device_id, _dumps(keys)),
+            )
+            txn.execute(
+                "INSERT INTO device_list_changes (stream_id, user_id) VALUES (?, ?)",
+                (change_stream_id, user_id),
+            )
+
+        await self.db.run_interaction("set_device_keys", set_txn)
+
+    async def query_device_keys(self, queries: dict[str, list[str]]) -> dict[str, dict[str, JsonDict]]:
+        """user -> device -> keys, with each device's display name under `unsigned`."""
+
+        def query_txn(txn: Txn) -> dict[str, dict[str, JsonDict]]:
+            out: dict[str, dict[str, JsonDict]] = {}
+            for user_id, devices in queries.items():
+                rows = txn.query(
+                    "SELECT k.device_id, k.key_json, d.display_name FROM device_keys k"
+                    " JOIN devices d ON d.user_id = k.user_id AND d.device_id = k.device_id"
+                    " WHERE k.user_id = ?",
+                    (user_id,),
+                )
+                found: dict[str, JsonDict] = {}
+                for device_id, key_json, display_name in rows:
+                    if devices and device_id not in devices:
+                        continue
+                    keys = json.loads(key_json)
+                    if display_name is not None:
+                        keys["unsigned"] = {"device_display_name": display_name}
+                    found[device_id] = keys
+                out[user_id] = found
+            return out
+
+        return await self.db.run_interaction("query_device_keys", query_txn)
+
+    async def delete_device(self, user_id: str, device_ids: Sequence[str], change_stream_id: int) -> None:
+        """Forget every key and queued message of the devices; record a device-list change."""
+
+        def delete_txn(txn: Txn) -> None:
+            for device_id in device_ids:
+                for table in ("device_keys", "one_time_keys", "fallback_keys", "to_device_messages"):
+                    txn.execute(
+                        f"DELETE FROM {table} WHERE user_id = ? AND device_id = ?", (user_id, device_id)
+                    )
+            txn.execute(
+                "INSERT INTO device_list_changes (stream_id, user_id) VALUES (?, ?)",
+                (change_stream_id, user_id),
+            )
+
+        await self.db.run_interaction("delete_device_keys", delete_txn)
+
+    # One-time and fallback keys ---------------------------------------------------------
+
+    async def add_one_time_keys(
+        self, user_id: str, device_id: str, keys: list[tuple[str, str, JsonDict]]
+    ) -> None:
+        """Store (algorithm, key id, key) rows.
+
+        @raise ValueError: a key id was uploaded before with different content.
+        """
+
+        def add_txn(txn: Txn) -> None:
+            for algorithm, key_id, key in keys:
+                row = txn.query_one(
+                    "SELECT key_json FROM one_time_keys WHERE user_id = ? AND device_id = ? AND algorithm = ?"
+                    " AND key_id = ?",
+                    (user_id, device_id, algorithm, key_id),
+                )
+                if row is not None:
+                    if json.loads(row[0]) != key:
+                        raise ValueError(
+                            f"one-time key {algorithm}:{key_id} already exists with other content"
+                        )
+                    continue
+                txn.execute(
+                    "INSERT INTO one_time_keys (user_id, device_id, algorithm, key_id, key_json)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (user_id, device_id, algorithm, key_id, _dumps(key)),
+                )
+
+        await self.db.run_interaction("add_one_time_keys", add_txn)
+
+    async def count_one_time_keys(self, user_id: str, device_id: str) -> dict[str, int]:
+        rows = await self.db.query(
+            "count_one_time_keys",
+            "SELECT algorithm, COUNT(*) FROM one_time_keys WHERE user_id = ? AND device_id = ?"
+            " GROUP BY algorithm",
+            user_id,
+            device_id,
+        )
+        return {r[0]: int(r[1]) for r in rows}
+
+    async def set_fallback_keys(
+        self, user_id: str, device_id: str, keys: list[tuple[str, str, JsonDict]]
+    ) -> None:
+        def set_txn(txn: Txn) -> None:
+            for algorithm, key_id, key in keys:
+                txn.execute(
+                    "INSERT INTO fallback_keys (user_id, device_id, algorithm, key_id, key_json, used)"
+                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (user_id, device_id, algorithm) DO UPDATE SET"
+                    " key_id = excluded.key_id, key_json = excluded.key_json, used = excluded.used",
+                    (user_id, device_id, algorithm, key_id, _dumps(key), False),
+                )
+
+        await self.db.run_interaction("set_fallback_keys", set_txn)
+
+    async def unused_fallback_key_types(self, user_id: str, device_id: str) -> list[str]:
+        rows = await self.db.query(
+            "unused_fallback_key_types",
+            "SELECT algorithm FROM fallback_keys WHERE user_id = ? AND device_id = ? AND used = ?",
+            user_id,
+            device_id,
+            False,
+        )
+        return sorted(r[0] for r in rows)
+
+    async def claim_keys(
+        self, claims: list[tuple[str, str, str]]
+    ) -> dict[tuple[str, str], tuple[str, JsonDict]]:
+        """Claim one key per (user, device, algorithm): a one-time key, else the fallback key.
+
+        Each one-time key is handed out once: the DELETE's row count decides
+        between concurrent claims, and a loser tries the next key.
+        """
+
+        def claim_txn(txn: Txn) -> dict[tuple[str, str], tuple[str, JsonDict]]:
+            out: dict[tuple[str, str], tuple[str, JsonDict]] = {}
+            for user_id, device_id, algorithm in claims:
+                for _ in range(10):
+                    row = txn.query_one(
+                        "SELECT key_id, key_json FROM one_time_keys WHERE user_id = ? AND device_id = ?"
+                        " AND algorithm = ? ORDER BY key_id LIMIT 1",
+                        (user_id, device_id, algorithm),
+                    )
+                    if row is None:
+                        break
+                    txn.execute(
+                        "DELETE FROM one_time_keys WHERE user_id = ? AND device_id = ? AND algorithm = ?"
+                        " AND key_id = ?",
+                        (user_id, device_id, algorithm, row[0]),
+                    )
+                    if txn.rowcount == 1:
+                        out[(user_id, device_id)] = (f"{algorithm}:{row[0]}", json.loads(row[1]))
+                        break
+                if (user_id, device_id) in out:
+                    continue
+                row = txn.query_one(
+                    "SELECT key_id, key_json FROM fallback_keys"
+                    " WHERE user_id = ? AND device_id = ? AND algorithm = ?",
+                    (user_id, device_id, algorithm),
+                )
+                if row is not None:
+                    txn.execute(
+                        "UPDATE fallback_keys SET used = ?"
+                        " WHERE user_id = ? AND device_id = ? AND algorithm = ?",
+                        (True, user_id, device_id, algorithm),
+                    )
+                    out[(user_id, device_id)] = (f"{algorithm}:{row[0]}", json.loads(row[1]))
+            return out
+
+        return await self.db.run_interaction("claim_keys", claim_txn)
+
+    # Cross-signing --------------------------------------------------------------------------
+
+    async def get_cross_signing_keys(self, user_ids: Sequence[str]) -> dict[str, dict[str, JsonDict]]:
+        """user -> key type -> key."""
+        if not user_ids:
+            return {}
+        marks = ",".join("?" * len(user_ids))
+        rows = await self.db.query(
+            "get_cross_signing_keys",
+            f"SELECT user_id, key_type, key_json FROM cross_signing_keys WHERE user_id IN ({marks})",
+            *user_ids,
+        )
+        out: dict[str, dict[str, JsonDict]] = {}
+        for user_id, key_type, key_json in rows:
+            out.setdefault(user_id, {})[key_type] = json.loads(key_json)
+        return out
+
+    async def set_cross_signing_keys(
+        self, user_id: str, keys: dict[str, JsonDict], change_stream_id: int
+    ) -> None:
+        def set_txn(txn: Txn) -> None:
+            for key_type, key in keys.items():
+                txn.execute(
+                    "INSERT INTO cross_signing_keys (user_id, key_type, key_json) VALUES (?, ?, ?)"
+                    " ON CONFLICT (user_id, key_type) DO UPDATE SET key_json = excluded.key_json",
+                    (user_id, key_type, _dumps(key)),
+                )
+            txn.execute(
+                "INSERT INTO device_list_changes (stream_id, user_id) VALUES (?, ?)",
+                (change_stream_id, user_id),
+            )
+
+        await self.db.run_interaction("set_cross_signing_keys", set_txn)
+
+    async def add_signatures(
+        self, updates: list[tuple[str, str, str, str, str]], change_stream_ids: dict[str, int]
+    ) -> None:
+        """Merge signatures (target user, target key or device id, signer user, signer key id, signature)."""
+
+        def add_txn(txn: Txn) -> None:
+            for target_user, target, signer, signer_key, signature in updates:
+                row = txn.query_one(
+                    "SELECT key_json FROM device_keys WHERE user_id = ? AND device_id = ?",
+                    (target_user, target),
+                )
+                table, where = "device_keys", "device_id = ?"
+                key_type = None
+                if row is None:
+                    for candidate in ("master", "self_signing", "user_signing"):
+                        found = txn.query_one(
+                            "SELECT key_json FROM cross_signing_keys WHERE user_id = ? AND key_type = ?",
+                            (target_user, candidate),
+                        )
+                        if found is not None and f"ed25519:{target}" in json.loads(found[0]).get("keys", {}):
+                            row, key_type = found, candidate
+                            break
+                    table, where = "cross_signing_keys", "key_type = ?"
+                if row is None:
+                    continue
+                obj = json.loads(row[0])
+                obj.setdefault("signatures", {}).setdefault(signer, {})[signer_key] = signature
+                txn.execute(
+                    f"UPDATE {table} SET key_json = ? WHERE user_id = ? AND {where}",
+                    (_dumps(obj), target_user, key_type if key_type else target),
+                )
+            for user_id, stream_id in change_stream_ids.items():
+                txn.execute(
+                    "INSERT INTO device_list_changes (stream_id, user_id) VALUES (?, ?)", (stream_id, user_id)
+                )
+
+        await self.db.run_interaction("add_signatures", add_txn)
+
+    # Device lists ---------------------------------------------------------------------------
+
+    async def users_changed_between(self, after: int, upto: int) -> set[str]:
+        if after >= upto:
+            return set()
+        rows = await self.db.query(
+            "users_changed_between",
+            "SELECT DISTINCT user_id FROM device_list_changes WHERE stream_id > ? AND stream_id <= ?",
+            after,
+            upto,
+        )
+        return {r[0] for r in rows}
+
+    # To-device ---------------------------------------------------------------------------------
+
+    async def add_to_device(
+        self,
+        sender: str,
+        sender_device: str,
+        txn_id: str,
+        rows: list[tuple[int, str, str, JsonDict]],
+        now_ms: int,
+    ) -> bool:
+        """Queue messages (stream id, user, device, message); False if this txn was already delivered."""
+
+        def add_txn(txn: Txn) -> bool:
+            if txn.query_one(
+                "SELECT 1 FROM to_device_txns WHERE user_id = ? AND device_id = ? AND txn_id = ?",
+                (sender, sender_device, txn_id),
+            ):
+                return False
+            txn.execute(
+                "INSERT INTO to_device_txns (user_id, device_id, txn_id, created_ts) VALUES (?, ?, ?, ?)",
+                (sender, sender_device, txn_id, now_ms),
+            )
+            txn.insert_many(
+                "to_device_messages",
+                ("stream_id", "user_id", "device_id", "message_json"),
+                [(s, u, d, _dumps(m)) for s, u, d, m in rows],
+            )
+            return True
+
+        return await self.db.run_interaction("add_to_device", add_txn)
+
+    async def to_device_for(
+        self, user_id: str, device_id: str, after: int, upto: int, limit: int
+    ) -> list[tuple[int, JsonDict]]:
+        rows = await self.db.query(
+            "to_device_for",
+            "SELECT stream_id, message_json FROM to_device_messages WHERE user_id = ? AND device_id = ?"
+            " AND stream_id > ? AND stream_id <= ? ORDER BY stream_id LIMIT ?",
+            user_id,
+            device_id,
+            after,
+            upto,
+            limit,
+        )
+        return [(int(r[0]), json.loads(r[1])) for r in rows]
+
+    async def delete_to_device_upto(self, user_id: str, device_id: str, upto: int) -> None:
+        """The device's sync with `since` at `upto` proved it has these: delete them."""
+        await self.db.execute(
+            "delete_to_device_upto",
+            "DELETE FROM to_device_messages WHERE user_id = ? AND device_id = ? AND stream_id <= ?",
+            user_id,
+            device_id,
+            upto,
+        )
+
+    # Room-key backup ----------------------------------------------------------------------------
+
+    async def create_backup_version(self, user_id: str, algorithm: str, auth_data: JsonDict) -> int:
+        def create_txn(txn: Txn) -> int:
+            row = txn.query_one(
+                "SELECT MAX(version) FROM room_key_backup_versions WHERE user_id = ?", (user_id,)
+            )
+            version = int(row[0]) + 1 if row and row[0] is not None else 1
+            txn.execute(
+                "INSERT INTO room_key_backup_versions (user_id, version, algorithm, auth_data, etag, deleted)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (user_id, version, algorithm, _dumps(auth_data), 0, False),
+            )
+            return version
+
+        return await self.db.run_interaction("create_backup_version", create_txn)
+
+    async def get_backup_version(self, user_id: str, version: int | None) -> JsonDict | None:
+        """The named (or the newest) live backup version, with its key count and etag."""
+
+        def get_txn(txn: Txn) -> JsonDict | None:
+            if version is None:
+                row = txn.query_one(
+                    "SELECT version, algorithm, auth_data, etag FROM room_key_backup_versions"
+                    " WHERE user_id = ? AND deleted = ? ORDER BY version DESC LIMIT 1",
+                    (user_id, False),
+                )
+            else:
+                row = txn.query_one(
+                    "SELECT version, algorithm, auth_data, etag FROM room_key_backup_versions"
+                    " WHERE user_id = ? AND version = ? AND deleted = ?",
+                    (user_id, version, False),
+                )
+            if row is None:
+                return None
+            count = txn.query_one(
+                "SELECT COUNT(*) FROM room_key_backups WHERE user_id = ? AND version = ?", (user_id, row[0])
+            )
+            return {
+                "version": str(row[0]),
+                "algorithm": row[1],
+                "auth_data": json.loads(row[2]),
+                "etag": str(row[3]),
+                "count": int(count[0]) if count else 0,
+            }
+
+        return await self.db.run_interaction("get_backup_version", get_txn)
+
+    async def update_backup_version(self, user_id: str, version: int, auth_data: JsonDict) -> None:
+        await self.db.execute(
+            "update_backup_version",
+            "UPDATE room_key_backup_versions SET auth_data = ? WHERE user_id = ? AND version = ?",
+            _dumps(auth_data),
+            user_id,
+            version,
+        )
+
+    async def delete_backup_version(self, user_id: str, version: int) -> bool:
+        def delete_txn(txn: Txn) -> bool:
+            txn.execute(
+                "UPDATE room_key_backup_versions SET deleted = ?"
+                " WHERE user_id = ? AND version = ? AND deleted = ?",
+                (True, user_id, version, False),
+            )
+            if txn.rowcount == 0:
+                return False
+            txn.execute("DELETE FROM room_key_backups WHERE user_id = ? AND version = ?", (user_id, version))
+            return True
+
+        return await self.db.run_interaction("delete_backup_version", delete_txn)
+
+    async def put_room_keys(
+        self, user_id: str, version: int, sessions: list[tuple[str, str, JsonDict]]
+    ) -> None:
+        """Store (room, session, key data); an existing key is replaced only by a better one (spec rules)."""
+
+        def put_txn(txn: Txn) -> None:
+            changed = False
+            for room_id, session_id, data in sessions:
+                row = txn.query_one(
+                    "SELECT first_message_index, forwarded_count, is_verified FROM room_key_backups"
+                    " WHERE user_id = ? AND version = ? AND room_id = ? AND session_id = ?",
+                    (user_id, version, room_id, session_id),
+                )
+                new = (
+                    bool(data.get("is_verified")),
+                    int(data.get("first_message_index", 0)),
+                    int(data.get("forwarded_count", 0)),
+                )
+                if row is not None:
+                    old = (bool(row[2]), int(row[0]), int(row[1]))
+                    # Spec: keep the old key unless the new one is verified where the old
+                    # was not, or starts earlier, or was forwarded fewer times.
+                    better = (new[0] and not old[0]) or (
+                        new[0] == old[0] and (new[1], new[2]) < (old[1], old[2])
+                    )
+                    if not better:
+                        continue
+                    txn.execute(
+                        "DELETE FROM room_key_backups WHERE user_id = ? AND version = ? AND room_id = ?"
+                        " AND session_id = ?",
+                        (user_id, version, room_id, session_id),
+                    )
+                txn.execute(
+                    "INSERT INTO room_key_backups"
+                    " (user_id, version, room_id, session_id, first_message_index,"
+                    " forwarded_count, is_verified, session_data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        user_id,
+                        version,
+                        room_id,
+                        session_id,
+                        new[1],
+                        new[2],
+                        new[0],
+                        _dumps(data.get("session_data")),
+                    ),
+                )
+                changed = True
+            if changed:
+                txn.execute(
+                    "UPDATE room_key_backup_versions SET etag = etag + 1 WHERE user_id = ? AND version = ?",
+                    (user_id, version),
+                )
+
+        await self.db.run_interaction("put_room_keys", put_txn)
+
+    async def get_room_keys(
+        self, user_id: str, version: int, room_id: str | None, session_id: str | None
+    ) -> dict[str, dict[str, JsonDict]]:
+        sql = (
+            "SELECT room_id, session_id, first_message_index, forwarded_count, is_verified, session_data"
+            " FROM room_key_backups WHERE user_id = ? AND version = ?"
+        )
+        args: list[Any] = [user_id, version]
+        if room_id is not None:
+            sql += " AND room_id = ?"
+            args.append(room_id)
+        if session_id is not None:
+            sql += " AND session_id = ?"
+            args.append(session_id)
+        rows = await self.db.query("get_room_keys", sql, *args)
+        out: dict[str, dict[str, JsonDict]] = {}
+        for r in rows:
+            out.setdefault(r[0], {})[r[1]] = {
+                "first_message_index": int(r[2]),
+                "forwarded_count": int(r[3]),
+                "is_verified": bool(r[4]),
+                "session_data": json.loads(r[5]),
+            }
+        return out
+
+    async def delete_room_keys(
+        self, user_id: str, version: int, room_id: str | None, session_id: str | None
+    ) -> None:
+        def delete_txn(txn: Txn) -> None:
+            sql = "DELETE FROM room_key_backups WHERE user_id = ? AND version = ?"
+            args: list[Any] = [user_id, version]
+            if room_id is not None:
+                sql += " AND room_id = ?"
+                args.append(room_id)
+            if session_id is not None:
+                sql += " AND session_id = ?"
+                args.append(session_id)
+            txn.execute(sql, args)
+            if txn.rowcount:
+                txn.execute(
+                    "UPDATE room_key_backup_versions SET etag = etag + 1 WHERE user_id = ? AND version = ?",
+                    (user_id, version),
+                )
+
+        await self.db.run_interaction("delete_room_keys", delete_txn)
