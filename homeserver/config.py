@@ -124,6 +124,12 @@ class RateLimitsConfig:
 
 
 @dataclass(frozen=True)
+class EncryptionConfig:
+    # Which new rooms get m.room.encryption: all, invite (private and direct chats) or off.
+    enabled_by_default_for_room_type: str = "invite"
+
+
+@dataclass(frozen=True)
 class LimitsConfig:
     max_request_body_size: Size = Size(1024 * 1024)
 
@@ -152,6 +158,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     email: EmailConfig = field(default_factory=EmailConfig)
     rate_limits: RateLimitsConfig = field(default_factory=RateLimitsConfig)
+    encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     plugins: list[PluginConfig] = field(default_factory=list)
@@ -187,6 +194,7 @@ _CHOICES = {
     "auth.password_hashing": ("interactive", "moderate", "fast"),
     "email.smtp.security": ("starttls", "tls", "none"),
     "logging.level": ("DEBUG", "INFO", "WARNING", "ERROR"),
+    "encryption.enabled_by_default_for_room_type": ("all", "invite", "off"),
 }
 
 

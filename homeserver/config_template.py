@@ -99,6 +99,13 @@ rate_limits:
   # Password-reset mails to one address.
   password_reset_per_account: {per_second: 0.01, burst: 3}
 
+encryption:
+  # Which new rooms are end-to-end encrypted from the start (m.room.encryption,
+  # m.megolm.v1.aes-sha2): "invite" = private and direct chats (presets
+  # private_chat and trusted_private_chat), "all" = every room, "off" = none.
+  # Clients do the cryptography; the server only routes keys and ciphertext.
+  enabled_by_default_for_room_type: invite
+
 limits:
   # Largest request body accepted (413 M_TOO_LARGE above it). Media uploads have their own limit.
   max_request_body_size: 1M
@@ -122,6 +129,81 @@ DEFAULT_PLUGINS = """
   - module: plugins.example.ExamplePlugin
     config:
       greeting: "Hello"
+  # Media: uploads, downloads, thumbnails and URL previews (the Matrix content
+  # repository) and POST /api/media/upload. See docs/media.md.
+  - module: plugins.media.MediaPlugin
+    config:
+      # Largest upload accepted (413 M_TOO_LARGE above it, checked while it arrives);
+      # clients read it from /_matrix/client/v1/media/config (m.upload.size).
+      max_upload_size: 50M
+      # Total size of the media one user may keep (0: no quota).
+      user_quota: 1G
+      # Who may download: the uploader, members of a room where the media was
+      # shared, and admins (true); or any logged-in user (false).
+      restrict_to_rooms: true
+      # Also serve the deprecated unauthenticated /_matrix/media/v3/download and
+      # /thumbnail paths (anyone with the URL can fetch the media).
+      legacy_unauthenticated_download: false
+      storage:
+        # local (files under 'path') or s3 (any S3-compatible server).
+        provider: local
+        # Directory of the local provider. Empty: DATA_DIR/plugins/media/store.
+        path: ""
+        # The s3 provider. Each value can also come from the environment (which
+        # wins): HOMESERVER_MEDIA_S3_ENDPOINT_URL, _BUCKET, _REGION,
+        # _ACCESS_KEY_ID, _SECRET_ACCESS_KEY. Without keys, boto3's usual
+        # credential chain (AWS_* variables, instance roles) is used.
+        s3:
+          # Empty: AWS itself; else e.g. http://127.0.0.1:8333 (path-style addressing).
+          endpoint_url: ""
+          # The bucket (it must exist); required with provider s3.
+          bucket: ""
+          # The signing region.
+          region: us-east-1
+          # Credentials (better from the environment than from this file).
+          access_key_id: null
+          secret_access_key: null
+          # Prepended to every object key (e.g. "media").
+          prefix: ""
+      thumbnails:
+        # The sizes made (on first request, then kept); a request gets the
+        # smallest of its method at least as large as asked.
+        sizes:
+          - {width: 32, height: 32, method: crop}
+          - {width: 96, height: 96, method: crop}
+          - {width: 320, height: 240, method: scale}
+          - {width: 640, height: 480, method: scale}
+          - {width: 800, height: 600, method: scale}
+        # Images with more pixels are never decoded (decompression-bomb guard).
+        max_image_pixels: 32000000
+        # A poster frame (and dimensions) for videos, if ffmpeg is installed.
+        video_posters: true
+      async_uploads:
+        # How long a media id from POST /_matrix/media/v1/create waits for its content.
+        unused_expiry: 24h
+        # Ids one user may have waiting at once (429 M_LIMIT_EXCEEDED above).
+        max_pending: 10
+      retention:
+        # Delete uploads never shared in any event after this long (0: keep them).
+        unreferenced_max_age: 0
+        # How often the cleanup job runs (it also drops lapsed async-upload ids).
+        interval: 1h
+      url_preview:
+        # Serve /_matrix/client/v1/media/preview_url (the server fetches the URL).
+        enabled: false
+        # Bytes of a page read at most.
+        max_size: 1M
+        # The whole fetch, redirects included, gives up after this long.
+        timeout: 10s
+        # Redirects followed at most (each new address is checked again).
+        max_redirects: 5
+        # Never fetched, besides the built-in loopback, private, link-local,
+        # shared, multicast and reserved ranges (CIDR list).
+        ip_range_blacklist: []
+        # Allowed even inside a blocked range (CIDR list).
+        ip_range_whitelist: []
+        # How long a preview is reused.
+        cache: 1h
 """
 
 

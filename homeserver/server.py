@@ -149,7 +149,12 @@ class HomeServer:
         self.events = EventService(
             self.config.server_name, self.signing_key, self.clock, self.room_heads, self.persister, store
         )
-        self.rooms = RoomService(self.config.server_name, self.storage, self.events)
+        self.rooms = RoomService(
+            self.config.server_name,
+            self.storage,
+            self.events,
+            self.config.encryption.enabled_by_default_for_room_type,
+        )
         self.account_data = AccountDataService(self.storage, self.notifier)
         self.receipts = ReceiptService(self.storage, self.clock, self.notifier, self.rooms, self.account_data)
         self.typing = TypingService(self.reactor, self.notifier)
@@ -252,7 +257,7 @@ class HomeServer:
         self._jobs.append(loop)
 
     def site(self) -> ApiSite:
-        return ApiSite(self._site_root, self.config.limits.max_request_body_size)
+        return ApiSite(self._site_root, self.config.limits.max_request_body_size, router=self.router)
 
     async def stop(self, port: IListeningPort | None) -> None:
         """Stop accepting, let in-flight requests finish (bounded), stop plugins, close the database."""

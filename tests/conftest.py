@@ -157,6 +157,9 @@ def base_config(tmp_path: Path, port: int, database_url: str = "") -> dict[str, 
         "database": {"url": database_url},
         "registration": {"enabled": True},
         "auth": {"password_hashing": "fast"},
+        # Plain clients (nio without olm, js-sdk without crypto) refuse to send into encrypted
+        # rooms: the room tests use unencrypted rooms; E2EE tests set "invite" (the default).
+        "encryption": {"enabled_by_default_for_room_type": "off"},
         "rate_limits": {
             "login_per_ip": {"per_second": 100, "burst": 1000},
             "login_failures_per_account": {"per_second": 100, "burst": 1000},

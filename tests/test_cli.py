@@ -65,7 +65,10 @@ def test_generate_config_reflects_flags_and_creates_signing_key(tmp_path: Path) 
     assert config.database.url == "postgresql://hs@db:5432/hs"
     assert config.registration.enabled is True
     assert config.registration.require_email_verification is True
-    assert [p.module for p in config.plugins] == ["plugins.example.ExamplePlugin"]
+    assert [p.module for p in config.plugins] == [
+        "plugins.example.ExamplePlugin",
+        "plugins.media.MediaPlugin",
+    ]
 
     key_file = data_dir / "signing.key"
     assert key_file.is_file()

@@ -48,7 +48,11 @@ def test_sample_config_loads() -> None:
     assert config.limits.max_request_body_size == 1024 * 1024
     assert config.rate_limits.login_per_ip.per_second == 0.2
     assert config.rate_limits.login_per_ip.burst == 10
-    assert config.plugins == [PluginConfig("plugins.example.ExamplePlugin", {"greeting": "Hello"})]
+    assert [p.module for p in config.plugins] == [
+        "plugins.example.ExamplePlugin",
+        "plugins.media.MediaPlugin",
+    ]
+    assert config.plugins[0] == PluginConfig("plugins.example.ExamplePlugin", {"greeting": "Hello"})
     assert config.source == str(SAMPLE)
 
 

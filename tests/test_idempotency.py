@@ -8,7 +8,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import pytest
 import requests
 from conftest import ServerProcess
 
@@ -154,13 +153,8 @@ def test_txn_id_is_echoed_only_to_the_sending_device(any_server: ServerProcess) 
     assert "transaction_id" not in timeline_event(laptop).get("unsigned", {})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="txn ids are keyed by (user, device, txn id) only, not by endpoint: the same txn id in another"
-    " room answers with the first room's event and sends nothing (spec: a retransmission is the same"
-    " txn id on the same endpoint)",
-)
 def test_same_txn_id_in_another_room_is_another_event(server: ServerProcess) -> None:
+    """Spec: a retransmission is the same txn id on the same endpoint; another room is another endpoint."""
     alice = new_user(server)
     token = alice["access_token"]
     first_room, second_room = create_room(server, token), create_room(server, token)

@@ -328,7 +328,8 @@ class Router(Resource):
             request.loseConnection()
             return False
         finally:
-            request.unregisterProducer()
+            if request.channel is not None:  # None once the connection is lost
+                request.unregisterProducer()
         return True
 
     def _log_access(self, request: ApiRequest, response: Response) -> None:

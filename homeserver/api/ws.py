@@ -44,6 +44,7 @@ from homeserver.core.filters import SyncFilter
 from homeserver.core.streams import SyncToken
 from homeserver.core.sync import SyncRequest
 from homeserver.core.tokens import Requester
+from homeserver.core.txn_ids import scoped_txn_id
 from homeserver.errors import (
     BadJson,
     InvalidParam,
@@ -518,7 +519,10 @@ class StreamProtocol(WebSocketServerProtocol):
         if self._sends >= MAX_SENDS_IN_FLIGHT:
             raise LimitExceeded(retry_after_ms=100)
         self._sends += 1
-        Deferred.fromCoroutine(self._send_event(txn_id, room_id, chat_id, receiver_id, event_type, content))
+        encrypted = frame.get("encrypted") is True
+        Deferred.fromCoroutine(
+            self._send_event(txn_id, room_id, chat_id, receiver_id, event_type, content, encrypted)
+        )
 
     async def _send_event(
         self,
@@ -528,6 +532,7 @@ class StreamProtocol(WebSocketServerProtocol):
         receiver_id: str | None,
         event_type: str,
         content: Any,
+        encrypted: bool = False,
     ) -> None:
         requester = self.requester
         assert requester is not None
@@ -535,12 +540,16 @@ class StreamProtocol(WebSocketServerProtocol):
             if room_id is not None:
                 # The same (device, txn id) key as PUT /rooms/{roomId}/send/{type}/{txnId}.
                 event = await self._hs.events.send(
-                    requester.user_id, room_id, event_type, content, txn=(requester.device_id, txn_id)
+                    requester.user_id,
+                    room_id,
+                    event_type,
+                    content,
+                    txn=(requester.device_id, scoped_txn_id(f"send/{room_id}/{event_type}", txn_id)),
                 )
             else:
                 # As POST /api/messages/send with clientMessageId = txn_id.
                 event = await self._hs.chats.send(
-                    requester.user_id, requester.device_id, chat_id, receiver_id, content, txn_id
+                    requester.user_id, requester.device_id, chat_id, receiver_id, content, txn_id, encrypted
                 )
             self.send_frame(
                 {"type": "send_ack", "txn_id": txn_id, "event_id": event.event_id, "room_id": event.room_id}

@@ -23,6 +23,7 @@ from homeserver.core.room_heads import RoomHead
 from homeserver.core.rooms import RoomService, check_user_id
 from homeserver.core.streams import pagination_token
 from homeserver.core.timeline_cache import TimelineCache
+from homeserver.core.txn_ids import scoped_txn_id
 from homeserver.core.unread import UnreadCounter
 from homeserver.errors import Forbidden, MatrixError, NotFound
 from homeserver.storage import Storage
@@ -94,7 +95,7 @@ class ChatService:
                 return str(room_id)
         return None
 
-    async def open_direct_chat(self, user_id: str, other: str) -> str:
+    async def open_direct_chat(self, user_id: str, other: str, encrypted: bool | None = None) -> str:
         """The direct chat between the two users, created (with the other invited) if there is none."""
         check_user_id(other, "receiverId")
         if other == user_id:
@@ -112,7 +113,9 @@ class ChatService:
             if existing is not None:
                 return existing
             room_id = await self.rooms.create_room(
-                user_id, {"preset": "trusted_private_chat", "is_direct": True, "invite": [other]}
+                user_id,
+                {"preset": "trusted_private_chat", "is_direct": True, "invite": [other]},
+                encrypted=encrypted,
             )
             for owner, peer in ((user_id, other), (other, user_id)):
                 direct = await self.account_data.get(owner, "", "m.direct") or {}
@@ -145,20 +148,28 @@ class ChatService:
         receiver_id: str | None,
         content: object,
         client_id: str | None,
+        encrypted: bool | None = None,
     ) -> StoredEvent:
         body = message_content(content)
         if chat_id is None:
             if receiver_id is None:
                 raise MatrixError("'receiverId' or 'chatId' is required", "M_MISSING_PARAM")
-            chat_id = await self.open_direct_chat(user_id, receiver_id)
+            chat_id = await self.open_direct_chat(user_id, receiver_id, encrypted)
             # An invitee answering by receiverId joins, as on any other first access.
-            await self.access_chat(user_id, chat_id)
+            head = await self.access_chat(user_id, chat_id)
         else:
-            await self.access_chat(user_id, chat_id)
+            head = await self.access_chat(user_id, chat_id)
         event_type = (
             "m.room.encrypted" if body.get("algorithm") and body.get("ciphertext") else "m.room.message"
         )
-        txn = (device_id, "simple:" + client_id) if client_id else None
+        if head.get("m.room.encryption") is not None and event_type != "m.room.encrypted":
+            # The server never sees plaintext of an encrypted chat: it refuses it rather than leak it.
+            raise MatrixError(
+                "This chat is end-to-end encrypted: send an m.room.encrypted payload"
+                " (algorithm, ciphertext, ...) made by a Matrix crypto SDK",
+                "M_BAD_JSON",
+            )
+        txn = (device_id, scoped_txn_id("simple/messages/send", client_id)) if client_id else None
         return await self.events.send(user_id, chat_id, event_type, body, txn=txn)
 
     async def message_list(
@@ -269,11 +280,13 @@ class ChatService:
 
     # Groups ------------------------------------------------------------------------
 
-    async def create_group(self, user_id: str, name: str, members: list[str]) -> str:
+    async def create_group(
+        self, user_id: str, name: str, members: list[str], encrypted: bool | None = None
+    ) -> str:
         if not name.strip():
             raise MatrixError("'name' must not be empty", "M_INVALID_PARAM")
         return await self.rooms.create_room(
-            user_id, {"preset": "private_chat", "name": name, "invite": members}
+            user_id, {"preset": "private_chat", "name": name, "invite": members}, encrypted=encrypted
         )
 
     async def add_member(self, admin: str, chat_id: str, user_id: str) -> None:

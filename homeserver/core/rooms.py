@@ -18,6 +18,7 @@ from homeserver.storage import Storage
 from homeserver.storage.events import StoredEvent
 
 KNOWN_VERSIONS = ("10", "11")
+MEGOLM = "m.megolm.v1.aes-sha2"
 DEFAULT_ROOM_VERSION = "10"
 _ALIAS_RE = re.compile(r"#[^:\s]+:.+")
 _USER_ID_RE = re.compile(r"@[^:\s]+:.+")
@@ -67,8 +68,12 @@ def check_user_id(value: object, what: str = "user_id") -> str:
 
 
 class RoomService:
-    def __init__(self, server_name: str, storage: Storage, events: EventService) -> None:
+    def __init__(
+        self, server_name: str, storage: Storage, events: EventService, encrypt_by_default: str = "invite"
+    ) -> None:
         self.server_name = server_name
+        # all | invite (private and direct chats) | off: which new rooms start encrypted.
+        self.encrypt_by_default = encrypt_by_default
         self.storage = storage
         self.events = events
         self._redactions: dict[str, StoredEvent] = {}
@@ -108,8 +113,11 @@ class RoomService:
 
     # Creation -------------------------------------------------------------------------
 
-    async def create_room(self, creator: str, body: dict[str, Any]) -> str:
-        """createRoom (spec: Client-Server API, Creation): all its events commit together."""
+    async def create_room(self, creator: str, body: dict[str, Any], *, encrypted: bool | None = None) -> str:
+        """createRoom (spec: Client-Server API, Creation): all its events commit together.
+
+        `encrypted` overrides the server's default (`encryption.enabled_by_default_for_room_type`).
+        """
         version = body.get("room_version", DEFAULT_ROOM_VERSION)
         if version not in KNOWN_VERSIONS:
             raise MatrixError(f"Unsupported room version {version!r}", "M_UNSUPPORTED_ROOM_VERSION")
@@ -182,6 +190,13 @@ class RoomService:
         events.append(
             build(head, creator, "m.room.guest_access", {"guest_access": preset["guest_access"]}, "")
         )
+        wants_encryption = self.encrypt_by_default == "all" or (
+            self.encrypt_by_default == "invite" and preset_name in ("private_chat", "trusted_private_chat")
+        )
+        if encrypted is not None:
+            wants_encryption = encrypted
+        if wants_encryption and not any(s["type"] == "m.room.encryption" for s in initial_state):
+            events.append(build(head, creator, "m.room.encryption", {"algorithm": MEGOLM}, ""))
         for state in initial_state:
             events.append(
                 build(head, creator, state["type"], state["content"], str(state.get("state_key", "")))

@@ -31,6 +31,7 @@ from homeserver.core.room_heads import RoomHead, RoomHeads
 from homeserver.core.rooms import RoomService
 from homeserver.core.streams import SyncToken, pagination_token
 from homeserver.core.timeline_cache import TimelineCache
+from homeserver.core.txn_ids import client_txn_id
 from homeserver.core.typing import TypingService
 from homeserver.core.unread import UnreadCounter
 from homeserver.core.visibility import VisibilityFilter
@@ -392,8 +393,8 @@ class SyncService:
                         ev,
                         head.room_version,
                         include_room_id=False,
-                        # The redact endpoint stores its txn ids as "redact:<txnId>" (see room_events).
-                        txn_id=txn[2].removeprefix("redact:") if ev.type == "m.room.redaction" else txn[2],
+                        # Stored scoped per endpoint (core/txn_ids.py): echo what the client sent.
+                        txn_id=client_txn_id(txn[2]),
                         redaction=self.heads_redaction(ev),
                     ),
                     ensure_ascii=False,

@@ -53,3 +53,19 @@ class TxnIdCache:
         cache = self._devices.get((user_id, device_id))
         if cache is not None:
             cache[txn_id] = event_id
+
+
+def scoped_txn_id(scope: str, txn_id: str) -> str:
+    """The stored key of a client's txn id on one endpoint (spec: ids are scoped per endpoint).
+
+    Length-prefixed so that no txn id (any string a path can carry) collides with another scope.
+    """
+    return f"{len(scope)}:{scope}{txn_id}"
+
+
+def client_txn_id(stored: str) -> str:
+    """The txn id the client sent, from a stored key (unscoped keys pass through)."""
+    length, sep, rest = stored.partition(":")
+    if sep and length.isdigit() and int(length) <= len(rest):
+        return rest[int(length) :]
+    return stored

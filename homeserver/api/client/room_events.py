@@ -11,6 +11,7 @@ from homeserver.api.client.rooms import ROOM
 from homeserver.api.http import ApiRequest, Router
 from homeserver.api.validate import optional, required
 from homeserver.core.filters import EventFilter, SyncFilter
+from homeserver.core.txn_ids import scoped_txn_id
 from homeserver.errors import BadJson, Forbidden, MatrixError, NotFound
 
 if TYPE_CHECKING:
@@ -48,7 +49,11 @@ def register(router: Router, hs: "HomeServer") -> None:
             raise MatrixError("txnId is too long", "M_INVALID_PARAM")
         content = request.json_body()
         event = await hs.events.send(
-            requester.user_id, room_id, event_type, content, txn=(requester.device_id, txn_id)
+            requester.user_id,
+            room_id,
+            event_type,
+            content,
+            txn=(requester.device_id, scoped_txn_id(f"send/{room_id}/{event_type}", txn_id)),
         )
         return {"event_id": event.event_id}
 
@@ -90,7 +95,7 @@ def register(router: Router, hs: "HomeServer") -> None:
             room_id,
             "m.room.redaction",
             content,
-            txn=(requester.device_id, "redact:" + txn_id),
+            txn=(requester.device_id, scoped_txn_id(f"redact/{room_id}/{event_id}", txn_id)),
             redacts=event_id,
         )
         return {"event_id": event.event_id}

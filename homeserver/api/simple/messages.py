@@ -31,6 +31,8 @@ def register(router: Router, hs: "HomeServer") -> None:
             optional(body, "receiverId", str),
             body["content"],
             optional(body, "clientMessageId", str),
+            # A simple-API client sends plaintext: its chats are encrypted only when it says it can.
+            optional(body, "encrypted", bool, False),
         )
         return Response(
             {
@@ -64,7 +66,9 @@ def register(router: Router, hs: "HomeServer") -> None:
         members = optional(body, "members", list, []) or []
         if not all(isinstance(m, str) for m in members):
             raise BadJson("'members' must be a list of user ids")
-        chat_id = await chats.create_group(requester.user_id, required(body, "name", str), members)
+        chat_id = await chats.create_group(
+            requester.user_id, required(body, "name", str), members, optional(body, "encrypted", bool, False)
+        )
         return Response({"chatId": chat_id}, 201)
 
     async def add_member(request: ApiRequest, chat_id: str) -> dict[str, Any]:

@@ -1,0 +1,358 @@
+"""The media plugin: the Matrix content repository and the simple API's uploads.
+
+Matrix (authenticated media, v1.11):
+- POST /_matrix/media/v3/upload; POST /_matrix/media/v1/create and
+  PUT /_matrix/media/v3/upload/{serverName}/{mediaId} (asynchronous upload);
+- GET /_matrix/client/v1/media/download/{serverName}/{mediaId}[/{fileName}],
+  /thumbnail/{serverName}/{mediaId}, /config, and /preview_url when enabled;
+- the deprecated unauthenticated GET /_matrix/media/v3/download|thumbnail/...
+  only with `legacy_unauthenticated_download`.
+Simple API: POST /api/media/upload (multipart/form-data) -> {mediaId, url},
+GET and DELETE /api/media/{mediaId}, GET /api/media/usage; an admin purge under
+/_plugins/media/.
+
+It imports only `homeserver.plugins`, the plugin interface. See docs/media.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import IO, Any
+
+from twisted.internet.threads import deferToThread
+
+from homeserver.plugins import (
+    ApiRequest,
+    MatrixError,
+    PluginApi,
+    PluginConfigError,
+    Requester,
+    Response,
+    StreamBody,
+)
+from plugins.media.config import MediaConfig, parse_media_config
+from plugins.media.db import MediaRow
+from plugins.media.repository import MediaRepository, not_found, too_large
+from plugins.media.sniff import SECURITY_HEADERS, content_type_header, download_headers
+from plugins.media.storage import MediaStorage, make_storage
+
+SCHEMA_DIR = Path(__file__).parent / "sql"
+MEDIA_V3 = "/_matrix/media/v3"
+MEDIA_V1 = "/_matrix/media/v1"
+CLIENT_MEDIA = "/_matrix/client/v1/media"
+# Room for the multipart envelope and small fields around the file part.
+MULTIPART_OVERHEAD = 1024 * 1024
+
+
+class MediaPlugin:
+    NAME = "media"
+    PATH_PREFIXES = ("/_matrix/media/", "/_matrix/client/v1/media/", "/api/media/")
+
+    @staticmethod
+    def parse_config(raw: dict[str, Any]) -> MediaConfig:
+        return parse_media_config(raw)
+
+    def __init__(self, config: MediaConfig, api: PluginApi) -> None:
+        self.config = config
+        self.api = api
+        self.storage: MediaStorage = make_storage(config.storage, api.data_dir)
+        self.repo = MediaRepository(api, config, self.storage)
+
+    async def start(self) -> None:
+        try:
+            await deferToThread(self.storage.check)
+        except Exception as e:
+            raise PluginConfigError(f"media storage ({self.storage.name}) is not usable: {e}") from None
+        await self.api.migrate_schema(SCHEMA_DIR)
+        api = self.api
+        limit = self.config.max_upload_size
+        api.set_body_limit(f"{MEDIA_V3}/upload", limit)
+        api.set_body_limit("/api/media/upload", limit + MULTIPART_OVERHEAD)
+
+        api.register_route("POST", f"{MEDIA_V3}/upload", self.upload)
+        api.register_route("POST", f"{MEDIA_V1}/create", self.create)
+        api.register_route("PUT", f"{MEDIA_V3}/upload/{{server_name}}/{{media_id}}", self.upload_to)
+        api.register_route("GET", f"{CLIENT_MEDIA}/config", self.media_config)
+        api.register_route("GET", f"{MEDIA_V3}/config", self.media_config)
+        api.register_route("GET", f"{CLIENT_MEDIA}/download/{{server_name}}/{{media_id}}", self.download)
+        api.register_route(
+            "GET", f"{CLIENT_MEDIA}/download/{{server_name}}/{{media_id}}/{{file_name:.*}}", self.download
+        )
+        api.register_route("GET", f"{CLIENT_MEDIA}/thumbnail/{{server_name}}/{{media_id}}", self.thumbnail)
+        if self.config.url_preview.enabled:
+            api.register_route("GET", f"{CLIENT_MEDIA}/preview_url", self.preview_url)
+        if self.config.legacy_unauthenticated_download:
+            api.register_route(
+                "GET",
+                f"{MEDIA_V3}/download/{{server_name}}/{{media_id}}",
+                self.legacy_download,
+                require_auth=False,
+            )
+            api.register_route(
+                "GET",
+                f"{MEDIA_V3}/download/{{server_name}}/{{media_id}}/{{file_name:.*}}",
+                self.legacy_download,
+                require_auth=False,
+            )
+            api.register_route(
+                "GET",
+                f"{MEDIA_V3}/thumbnail/{{server_name}}/{{media_id}}",
+                self.legacy_thumbnail,
+                require_auth=False,
+            )
+
+        api.register_route("POST", "/api/media/upload", self.simple_upload)
+        api.register_route("GET", "/api/media/usage", self.simple_usage)
+        api.register_route("GET", "/api/media/{media_id}", self.simple_get)
+        api.register_route("DELETE", "/api/media/{media_id}", self.simple_delete)
+        api.register_route("POST", "/_plugins/media/admin/purge", self.admin_purge)
+
+        api.subscribe_events(self.repo.on_event)
+        api.schedule(self.config.cleanup_interval_ms / 1000, self.repo.cleanup)
+
+    # Matrix: uploads -------------------------------------------------------------
+
+    async def upload(self, request: ApiRequest, requester: Requester) -> dict[str, Any]:
+        row = await self.repo.ingest(
+            requester.user_id,
+            _body(request),
+            request.getHeader(b"content-type"),
+            request.query_param("filename"),
+        )
+        return {"content_uri": self.repo.mxc(row.media_id), "info": _matrix_info(row)}
+
+    async def create(self, request: ApiRequest, requester: Requester) -> dict[str, Any]:
+        row = await self.repo.create_pending(requester.user_id)
+        return {"content_uri": self.repo.mxc(row.media_id), "unused_expires_at": row.expires_ts}
+
+    async def upload_to(
+        self, request: ApiRequest, requester: Requester, server_name: str, media_id: str
+    ) -> dict[str, Any]:
+        if server_name != self.api.server_name:
+            raise not_found()
+        row = await self.repo.upload_pending(
+            requester.user_id,
+            media_id,
+            _body(request),
+            request.getHeader(b"content-type"),
+            request.query_param("filename"),
+        )
+        return {"info": _matrix_info(row)}
+
+    async def media_config(self, request: ApiRequest, requester: Requester) -> dict[str, Any]:
+        return {"m.upload.size": self.config.max_upload_size}
+
+    # Matrix: downloads -------------------------------------------------------------
+
+    async def download(
+        self,
+        request: ApiRequest,
+        requester: Requester,
+        server_name: str,
+        media_id: str,
+        file_name: str | None = None,
+    ) -> Response:
+        row = await self.repo.access(requester.user_id, server_name, media_id, _timeout_ms(request))
+        return await self._serve(row, file_name or row.upload_name, "authenticated")
+
+    async def legacy_download(
+        self, request: ApiRequest, server_name: str, media_id: str, file_name: str | None = None
+    ) -> Response:
+        row = await self.repo.access(None, server_name, media_id, _timeout_ms(request))
+        return await self._serve(row, file_name or row.upload_name, "legacy")
+
+    async def _serve(self, row: MediaRow, file_name: str | None, kind: str) -> Response:
+        assert row.storage_key is not None and row.content_type is not None
+        reader = await self.repo.open(row.storage_key)
+        self.repo.downloads.labels(kind).inc()
+        return Response(
+            StreamBody(self.repo.chunks(reader), row.size),
+            content_type=content_type_header(row.content_type),
+            headers=download_headers(row.content_type, file_name),
+        )
+
+    async def thumbnail(
+        self, request: ApiRequest, requester: Requester, server_name: str, media_id: str
+    ) -> Response:
+        return await self._thumbnail(request, requester.user_id, server_name, media_id)
+
+    async def legacy_thumbnail(self, request: ApiRequest, server_name: str, media_id: str) -> Response:
+        return await self._thumbnail(request, None, server_name, media_id)
+
+    async def _thumbnail(
+        self, request: ApiRequest, user_id: str | None, server_name: str, media_id: str
+    ) -> Response:
+        width = _dimension(request, "width")
+        height = _dimension(request, "height")
+        method = request.query_param("method", "scale")
+        if method not in ("crop", "scale"):
+            raise MatrixError("'method' must be crop or scale", "M_INVALID_PARAM")
+        row = await self.repo.access(user_id, server_name, media_id, _timeout_ms(request))
+        thumb, data = await self.repo.thumbnail(row, width, height, method)
+        ext = "png" if thumb.content_type == "image/png" else "jpg"
+        return Response(
+            data,
+            content_type=thumb.content_type.encode(),
+            headers=(
+                (b"Content-Disposition", f'inline; filename="thumbnail.{ext}"'.encode()),
+                (b"Cache-Control", b"private, max-age=86400"),
+                *SECURITY_HEADERS,
+            ),
+        )
+
+    async def preview_url(self, request: ApiRequest, requester: Requester) -> dict[str, Any]:
+        url = request.query_param("url")
+        if not url:
+            raise MatrixError("Missing 'url'", "M_MISSING_PARAM")
+        return await self.repo.preview(url)
+
+    # The simple API ------------------------------------------------------------------
+
+    async def simple_upload(self, request: ApiRequest, requester: Requester) -> Response:
+        content_type = (request.getHeader(b"content-type") or b"").decode("latin-1")
+        part = await deferToThread(_file_part, _body(request), content_type, self.config.max_upload_size)
+        try:
+            row = await self.repo.ingest(
+                requester.user_id, part.file, part.content_type, part.filename, kind="simple"
+            )
+        finally:
+            part.close()
+        return Response(self._entity(row), 201)
+
+    async def simple_get(self, request: ApiRequest, requester: Requester, media_id: str) -> dict[str, Any]:
+        row = await self.repo.access(requester.user_id, self.api.server_name, media_id, 0)
+        return self._entity(row)
+
+    async def simple_delete(self, request: ApiRequest, requester: Requester, media_id: str) -> dict[str, Any]:
+        row = await self.repo.get(media_id)
+        if row is None:
+            raise not_found()
+        if row.user_id == requester.user_id:
+            reason = "owner"
+        elif await self.api.is_admin(requester.user_id):
+            reason = "admin"
+        else:
+            raise MatrixError(
+                "Only the uploader or an admin may delete this media", "M_FORBIDDEN", status=403
+            )
+        await self.repo.delete(media_id, reason)
+        return {}
+
+    async def simple_usage(self, request: ApiRequest, requester: Requester) -> dict[str, Any]:
+        count, used = await self.repo.usage(requester.user_id)
+        return {"count": count, "usedBytes": used, "quotaBytes": self.config.user_quota or None}
+
+    async def admin_purge(self, request: ApiRequest, requester: Requester) -> dict[str, Any]:
+        if not await self.api.is_admin(requester.user_id):
+            raise MatrixError("Only admins may purge media", "M_FORBIDDEN", status=403)
+        body = request.json_body()
+        user_id, before_ts = body.get("userId"), body.get("beforeTs")
+        if user_id is not None and not isinstance(user_id, str):
+            raise MatrixError("'userId' must be a user id", "M_BAD_JSON")
+        if before_ts is not None and (not isinstance(before_ts, int) or isinstance(before_ts, bool)):
+            raise MatrixError("'beforeTs' must be a timestamp in milliseconds", "M_BAD_JSON")
+        if user_id is None and before_ts is None:
+            raise MatrixError("Give 'userId', 'beforeTs' or both", "M_MISSING_PARAM")
+        return {"deleted": await self.repo.purge(user_id, before_ts)}
+
+    def _entity(self, row: MediaRow) -> dict[str, Any]:
+        """The first spec's Media entity (mediaId, messageId, type, url, size) and metadata."""
+        entity: dict[str, Any] = {
+            "mediaId": row.media_id,
+            "messageId": row.message_id,
+            "type": row.content_type,
+            "url": self.repo.download_path(row.media_id),
+            "size": row.size,
+            "contentUri": self.repo.mxc(row.media_id),
+            "fileName": row.upload_name,
+            "createdAt": row.created_ts,
+        }
+        for key, value in (
+            ("width", row.width),
+            ("height", row.height),
+            ("durationMs", row.duration_ms),
+            ("blurhash", row.blurhash),
+        ):
+            if value is not None:
+                entity[key] = value
+        return entity
+
+
+def _body(request: ApiRequest) -> IO[bytes]:
+    content = request.content
+    assert content is not None
+    return content  # type: ignore[no-any-return]
+
+
+def _matrix_info(row: MediaRow) -> dict[str, Any]:
+    """Metadata in the shape of an m.image/m.video `info` block."""
+    info: dict[str, Any] = {"mimetype": row.content_type, "size": row.size}
+    if row.width is not None and row.height is not None:
+        info["w"], info["h"] = row.width, row.height
+    if row.duration_ms is not None:
+        info["duration"] = row.duration_ms
+    if row.blurhash is not None:
+        info["xyz.amorgan.blurhash"] = row.blurhash
+    return info
+
+
+def _timeout_ms(request: ApiRequest) -> int:
+    raw = request.query_param("timeout_ms", "20000") or "20000"
+    try:
+        return max(0, int(raw))
+    except ValueError:
+        raise MatrixError("'timeout_ms' must be an integer", "M_INVALID_PARAM") from None
+
+
+def _dimension(request: ApiRequest, name: str) -> int:
+    raw = request.query_param(name)
+    if raw is None:
+        raise MatrixError(f"Missing '{name}'", "M_MISSING_PARAM")
+    try:
+        value = int(raw)
+    except ValueError:
+        raise MatrixError(f"'{name}' must be an integer", "M_INVALID_PARAM") from None
+    if value < 1 or value > 10_000:
+        raise MatrixError(f"'{name}' must be between 1 and 10000", "M_INVALID_PARAM")
+    return value
+
+
+def _file_part(body: IO[bytes], content_type: str, max_size: int) -> Any:
+    """The `file` part of a multipart/form-data body, spooled to a temporary file
+    (parts over 64 kB go to disk); M_TOO_LARGE if it is over `max_size`."""
+    import multipart
+
+    kind, options = multipart.parse_options_header(content_type)
+    boundary = options.get("boundary")
+    if kind != "multipart/form-data" or not boundary:
+        raise MatrixError("Expected a multipart/form-data body with a 'file' part", "M_INVALID_PARAM")
+    size = body.seek(0, 2)
+    body.seek(0)
+    parser = multipart.MultipartParser(
+        body,
+        boundary,
+        content_length=size,
+        part_limit=16,
+        partsize_limit=max_size,
+        spool_limit=64 * 1024,
+        memory_limit=1024 * 1024,
+        disk_limit=max_size,
+    )
+    found = None
+    try:
+        for part in parser:
+            if found is None and part.name == "file":
+                found = part
+            else:
+                part.close()
+    except multipart.ParserLimitReached:
+        if found is not None:
+            found.close()
+        raise too_large(f"Upload exceeds the limit of {max_size} bytes") from None
+    except multipart.MultipartError as e:
+        if found is not None:
+            found.close()
+        raise MatrixError(f"Malformed multipart body: {e}", "M_INVALID_PARAM") from None
+    if found is None:
+        raise MatrixError("The multipart body has no 'file' part", "M_MISSING_PARAM")
+    return found
