@@ -71,16 +71,27 @@ class MessagesService:
     async def serialize(
         self, head: RoomHead, events: list[StoredEvent], *, with_edits: bool = True
     ) -> list[dict[str, Any]]:
+        """Client events with their bundled aggregations (spec: Aggregations of child events):
+        the latest edit as `m.replace`, and reaction counts as `m.annotation` (MSC2675's shape,
+        which clients read where present)."""
         await self.rooms.load_redactions(events)
-        edits = await self.storage.events.latest_edits([e.event_id for e in events]) if with_edits else {}
+        ids = [e.event_id for e in events]
+        edits = await self.storage.events.latest_edits(ids) if with_edits else {}
+        reactions = await self.storage.events.annotation_counts(ids) if with_edits else {}
         out = []
         for ev in events:
             body = client_event(ev, head.room_version, redaction=self.rooms.redaction_of(ev))
-            edit = edits.get(ev.event_id)
-            if edit is not None and edit.sender == ev.sender and ev.redacted_by is None:
-                body.setdefault("unsigned", {}).setdefault("m.relations", {})["m.replace"] = client_event(
-                    edit, head.room_version
-                )
+            if ev.redacted_by is None:
+                relations: dict[str, Any] = {}
+                edit = edits.get(ev.event_id)
+                if edit is not None and edit.sender == ev.sender:
+                    relations["m.replace"] = client_event(edit, head.room_version)
+                if ev.event_id in reactions:
+                    relations["m.annotation"] = {
+                        "chunk": [{"type": t, "key": k, "count": n} for t, k, n in reactions[ev.event_id]]
+                    }
+                if relations:
+                    body.setdefault("unsigned", {})["m.relations"] = relations
             out.append(body)
         return out
 

@@ -482,7 +482,8 @@ class EventStore:
         limit: int,
         newest_first: bool,
     ) -> list[StoredEvent]:
-        sql = f"SELECT {_EVENT_COLUMNS} FROM {_RELATION_FROM} WHERE x.relates_to = ?"
+        # A redacted child no longer relates (its m.relates_to is gone).
+        sql = f"SELECT {_EVENT_COLUMNS} FROM {_RELATION_FROM} WHERE x.relates_to = ? AND r.event_id IS NULL"
         args: list[Any] = [event_id]
         if rel_type is not None:
             sql += " AND x.rel_type = ?"
@@ -500,6 +501,26 @@ class EventStore:
         args.append(limit)
         rows = await self.db.query("relations", sql, *args)
         return [_row_to_event(r) for r in rows]
+
+    async def annotation_counts(self, event_ids: Sequence[str]) -> dict[str, list[tuple[str, str, int]]]:
+        """event id -> (type, key, count) of its unredacted annotations (reactions), most used first."""
+        if not event_ids:
+            return {}
+        marks = ",".join("?" * len(event_ids))
+        rows = await self.db.query(
+            "annotation_counts",
+            "SELECT x.relates_to, x.type, x.aggregation_key, COUNT(*) FROM event_relations x"
+            " LEFT JOIN redactions r ON r.redacts = x.event_id"
+            f" WHERE x.rel_type = 'm.annotation' AND x.relates_to IN ({marks}) AND r.event_id IS NULL"
+            " AND x.aggregation_key IS NOT NULL GROUP BY x.relates_to, x.type, x.aggregation_key",
+            *event_ids,
+        )
+        out: dict[str, list[tuple[str, str, int]]] = {}
+        for parent, event_type, key, count in rows:
+            out.setdefault(parent, []).append((event_type, key, int(count)))
+        for counts in out.values():
+            counts.sort(key=lambda c: (-c[2], c[1]))
+        return out
 
     async def latest_edits(self, event_ids: Sequence[str]) -> dict[str, StoredEvent]:
         """The newest m.replace of each event (by the original sender only), if any."""
