@@ -30,11 +30,14 @@ class ReceiptService:
         self.rooms = rooms
         self.account_data = account_data
         self.stream = StreamIdGenerator()
+        self._started_at = 0
+        self._room_last: dict[str, int] = {}
         # Called as on_read(user_id, room_id) when a read receipt moves (unread counts).
         self.on_read: Any = None
 
     def start(self, current: int) -> None:
         self.stream = StreamIdGenerator(current)
+        self._started_at = current
 
     async def _event_position(self, room_id: str, event_id: str) -> int:
         events = await self.storage.events.get_events([event_id])
@@ -69,6 +72,7 @@ class ReceiptService:
                 self.clock.time_ms(),
             )
         finally:
+            self._room_last[room_id] = max(stream_id, self._room_last.get(room_id, 0))
             self.stream.done(stream_id)
         if self.on_read is not None:
             # Before the wake-up below, so the woken syncs count afresh.
@@ -82,6 +86,11 @@ class ReceiptService:
         """room id -> the m.receipt ephemeral event with receipts changed in (after, upto]."""
         if after >= upto:
             return {}
+        if after >= self._started_at:
+            # Receipts are one stream for all rooms: query only the rooms that have new ones.
+            room_ids = [r for r in room_ids if self._room_last.get(r, 0) > after]
+            if not room_ids:
+                return {}
         out: dict[str, dict[str, Any]] = {}
         rows = await self.storage.user_data.receipts_for_rooms(room_ids, after, upto)
         for room_id, receipt_type, receipt_user, thread_id, event_id, _pos, ts in rows:

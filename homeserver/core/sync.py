@@ -240,7 +240,7 @@ class SyncService:
         left: set[str] = set()
         sharing: set[str] | None = None
         if since.device_lists < upto.device_lists:
-            updated = await self.storage.e2ee.users_changed_between(since.device_lists, upto.device_lists)
+            updated = await self.keys.users_changed_between(since.device_lists, upto.device_lists)
             if updated:
                 sharing = await self._sharing(joined)
                 changed |= updated & (sharing | {user_id})
