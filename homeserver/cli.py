@@ -130,7 +130,11 @@ def cmd_run(args: argparse.Namespace) -> None:
     async def startup() -> None:
         try:
             await hs.start()
-            state["port"] = reactor.listenTCP(config.listen.port, hs.site(), interface=config.listen.bind)
+            # Twisted's default accept backlog (50) overflows under bursts of new connections
+            # (the kernel drops or resets them); the kernel caps this at net.core.somaxconn.
+            state["port"] = reactor.listenTCP(
+                config.listen.port, hs.site(), backlog=1024, interface=config.listen.bind
+            )
         except Exception as e:
             log.critical("start-up failed: {error}", error=str(e))
             state["exit"] = 1

@@ -26,6 +26,7 @@ JsonDict = dict[str, Any]
 CROSS_SIGNING_TYPES = ("master", "self_signing", "user_signing")
 MAX_TO_DEVICE_BYTES = 65536
 TO_DEVICE_BATCH = 100
+MAX_REMEMBERED_CHANGES = 100_000
 
 
 class InvalidSignature(MatrixError):
@@ -64,6 +65,15 @@ def _cross_signing_key_id(key: JsonDict) -> str:
     return str(value)
 
 
+def _visible_signatures(key: JsonDict, owner: str, requester: str) -> JsonDict:
+    """The key with the signatures `requester` may see: the owner's own, and the requester's
+    (another user's signature on a master key says whom they verified: theirs to see only)."""
+    signatures = key.get("signatures")
+    if not isinstance(signatures, dict):
+        return key
+    return {**key, "signatures": {u: s for u, s in signatures.items() if u in (owner, requester)}}
+
+
 def _strip(obj: JsonDict) -> JsonDict:
     return {k: v for k, v in obj.items() if k not in ("signatures", "unsigned")}
 
@@ -80,16 +90,33 @@ class KeyService:
         self.audience: Any = None
         # Per-device key counts for every sync, kept in memory; dropped when they change.
         self._counts: dict[tuple[str, str], tuple[dict[str, int], list[str]]] = {}
+        # Bumped whenever counts are dropped: a read that overlapped a claim or an upload
+        # may have seen the old rows and must not be cached (it would stay stale).
+        self._counts_generation = 0
+        # To-device bookkeeping per (user, device), see to_device_for_sync: devices whose queue
+        # was read since start-up, the newest message queued for each, and how far it was deleted.
+        self._loaded: set[tuple[str, str]] = set()
+        # Device-list changes since start-up (position, user), so syncs need no query for them.
+        self._changes: list[tuple[int, str]] = []
+        self._changes_known_after = 0
+        self._queued_upto: dict[tuple[str, str], int] = {}
+        self._deleted_upto: dict[tuple[str, str], int] = {}
+
+    def _forget_counts(self, user_id: str, device_id: str) -> None:
+        self._counts.pop((user_id, device_id), None)
+        self._counts_generation += 1
 
     async def _device_counts(self, user_id: str, device_id: str) -> tuple[dict[str, int], list[str]]:
         key = (user_id, device_id)
         counts = self._counts.get(key)
         if counts is None:
+            generation = self._counts_generation
             counts = (
                 await self.store.count_one_time_keys(user_id, device_id),
                 await self.store.unused_fallback_key_types(user_id, device_id),
             )
-            self._counts[key] = counts
+            if generation == self._counts_generation:
+                self._counts[key] = counts
         return counts
 
     async def one_time_key_counts(self, user_id: str, device_id: str) -> dict[str, int]:
@@ -103,6 +130,24 @@ class KeyService:
         device_lists, to_device = await self.store.max_stream_ids()
         self.device_lists = StreamIdGenerator(device_lists)
         self.to_device = StreamIdGenerator(to_device)
+        self._changes_known_after = device_lists
+
+    def _change_done(self, position: int, user_id: str) -> None:
+        """Record a device-list change in memory, then let readers see its position."""
+        self._changes.append((position, user_id))
+        if len(self._changes) > MAX_REMEMBERED_CHANGES:
+            dropped = self._changes[: len(self._changes) // 2]
+            del self._changes[: len(dropped)]
+            self._changes_known_after = max(p for p, _ in dropped)
+        self.device_lists.done(position)
+
+    async def users_changed_between(self, after: int, upto: int) -> set[str]:
+        """Users whose keys changed in (after, upto]: from memory unless `after` predates it."""
+        if after >= upto:
+            return set()
+        if after >= self._changes_known_after:
+            return {user for position, user in self._changes if after < position <= upto}
+        return await self.store.users_changed_between(after, upto)
 
     async def _announce(self, user_id: str) -> None:
         audience = await self.audience(user_id) if self.audience is not None else {user_id}
@@ -129,7 +174,9 @@ class KeyService:
                 algorithm, _, key_id = str(full_id).partition(":")
                 if not algorithm or not key_id or not isinstance(key, dict | str):
                     raise MatrixError(f"Bad key id {full_id!r}", "M_BAD_JSON")
-                rows.append((algorithm, key_id, key if isinstance(key, dict) else {"key": key}))
+                # Kept as uploaded: an unsigned curve25519 key is a bare string, and a claim
+                # must hand it back as one (spec: one-time keys are string | KeyObject).
+                rows.append((algorithm, key_id, key))
             if fallback:
                 await self.store.set_fallback_keys(user_id, device_id, rows)
             else:
@@ -137,7 +184,7 @@ class KeyService:
                     await self.store.add_one_time_keys(user_id, device_id, rows)
                 except ValueError as e:
                     raise MatrixError(str(e), "M_INVALID_PARAM") from None
-        self._counts.pop((user_id, device_id), None)
+        self._forget_counts(user_id, device_id)
         return {"one_time_key_counts": await self.store.count_one_time_keys(user_id, device_id)}
 
     async def _upload_device_keys(self, user_id: str, device_id: str, keys: Any) -> None:
@@ -159,7 +206,7 @@ class KeyService:
         try:
             await self.store.set_device_keys(user_id, device_id, stored, position)
         finally:
-            self.device_lists.done(position)
+            self._change_done(position, user_id)
         await self._announce(user_id)
 
     # Query and claim -----------------------------------------------------------------------
@@ -185,7 +232,7 @@ class KeyService:
             for user_id, keys in cross.items():
                 # A user's user-signing key is for their own eyes only.
                 if key_type in keys and (key_type != "user_signing" or user_id == requester):
-                    found[user_id] = keys[key_type]
+                    found[user_id] = _visible_signatures(keys[key_type], user_id, requester)
             response[field] = found
         return response
 
@@ -203,7 +250,7 @@ class KeyService:
                 claims.append((str(user_id), str(device_id), algorithm))
         claimed = await self.store.claim_keys(claims)
         for user_id, device_id, _ in claims:
-            self._counts.pop((user_id, device_id), None)
+            self._forget_counts(user_id, device_id)
         # The owners learn their new counts (and top up) on their next sync.
         self.notifier.wake_users({user_id for user_id, _, _ in claims})
         out: JsonDict = {}
@@ -245,7 +292,7 @@ class KeyService:
         try:
             await self.store.set_cross_signing_keys(user_id, new, position)
         finally:
-            self.device_lists.done(position)
+            self._change_done(position, user_id)
         await self._announce(user_id)
 
     async def upload_signatures(self, user_id: str, body: JsonDict) -> JsonDict:
@@ -272,8 +319,8 @@ class KeyService:
             try:
                 await self.store.add_signatures(updates, positions)
             finally:
-                for p in positions.values():
-                    self.device_lists.done(p)
+                for target_user, p in positions.items():
+                    self._change_done(p, target_user)
             for target_user in changed:
                 await self._announce(target_user)
         return {"failures": failures}
@@ -346,12 +393,12 @@ class KeyService:
 
     async def devices_deleted(self, user_id: str, device_ids: list[str]) -> None:
         for device_id in device_ids:
-            self._counts.pop((user_id, device_id), None)
+            self._forget_counts(user_id, device_id)
         position = self.device_lists.allocate()
         try:
             await self.store.delete_device(user_id, device_ids, position)
         finally:
-            self.device_lists.done(position)
+            self._change_done(position, user_id)
         await self._announce(user_id)
 
     # To-device -----------------------------------------------------------------------------
@@ -383,6 +430,11 @@ class KeyService:
                 for pos, (user_id, device_id, content) in zip(positions, targets, strict=True)
             ]
             await self.store.add_to_device(sender, sender_device, txn_id, rows, self.clock.time_ms())
+            # Before the positions count as done, so a sync that can see them looks for them.
+            for pos, user_id, device_id, _ in rows:
+                self._queued_upto[(user_id, device_id)] = max(
+                    pos, self._queued_upto.get((user_id, device_id), 0)
+                )
         finally:
             for pos in positions:
                 self.to_device.done(pos)
@@ -391,9 +443,23 @@ class KeyService:
     async def to_device_for_sync(
         self, user_id: str, device_id: str, since: int, upto: int
     ) -> tuple[list[JsonDict], int]:
-        """Messages after `since` (deleting those up to it: the device has them) and the position reached."""
+        """Messages after `since` (deleting those up to it: the device has them) and the position reached.
+
+        Most syncs have no to-device traffic: once a device's queue was read from the
+        database, what is queued for it later is known here, so those syncs touch no table.
+        """
+        key = (user_id, device_id)
+        queued = self._queued_upto.get(key, 0)
+        deleted = self._deleted_upto.get(key, 0)
+        if key in self._loaded and queued <= since:
+            if since > deleted and queued > deleted:
+                await self.store.delete_to_device_upto(user_id, device_id, since)
+                self._deleted_upto[key] = since
+            return [], upto
         if since > 0:
             await self.store.delete_to_device_upto(user_id, device_id, since)
+            self._deleted_upto[key] = since
+        self._loaded.add(key)
         if since >= upto:
             return [], upto
         rows = await self.store.to_device_for(user_id, device_id, since, upto, TO_DEVICE_BATCH)

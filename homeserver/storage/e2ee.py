@@ -87,7 +87,15 @@ class E2eeStore:
 
         def delete_txn(txn: Txn) -> None:
             for device_id in device_ids:
-                for table in ("device_keys", "one_time_keys", "fallback_keys", "to_device_messages"):
+                # to_device_txns too: a device later created with the same id (clients may
+                # choose it) must not have its first messages taken for replays.
+                for table in (
+                    "device_keys",
+                    "one_time_keys",
+                    "fallback_keys",
+                    "to_device_messages",
+                    "to_device_txns",
+                ):
                     txn.execute(
                         f"DELETE FROM {table} WHERE user_id = ? AND device_id = ?", (user_id, device_id)
                     )
@@ -101,9 +109,9 @@ class E2eeStore:
     # One-time and fallback keys ---------------------------------------------------------
 
     async def add_one_time_keys(
-        self, user_id: str, device_id: str, keys: list[tuple[str, str, JsonDict]]
+        self, user_id: str, device_id: str, keys: list[tuple[str, str, JsonDict | str]]
     ) -> None:
-        """Store (algorithm, key id, key) rows.
+        """Store (algorithm, key id, key) rows; a key is a signed object or a bare string.
 
         @raise ValueError: a key id was uploaded before with different content.
         """
@@ -140,7 +148,7 @@ class E2eeStore:
         return {r[0]: int(r[1]) for r in rows}
 
     async def set_fallback_keys(
-        self, user_id: str, device_id: str, keys: list[tuple[str, str, JsonDict]]
+        self, user_id: str, device_id: str, keys: list[tuple[str, str, JsonDict | str]]
     ) -> None:
         def set_txn(txn: Txn) -> None:
             for algorithm, key_id, key in keys:
@@ -165,15 +173,15 @@ class E2eeStore:
 
     async def claim_keys(
         self, claims: list[tuple[str, str, str]]
-    ) -> dict[tuple[str, str], tuple[str, JsonDict]]:
+    ) -> dict[tuple[str, str], tuple[str, JsonDict | str]]:
         """Claim one key per (user, device, algorithm): a one-time key, else the fallback key.
 
         Each one-time key is handed out once: the DELETE's row count decides
         between concurrent claims, and a loser tries the next key.
         """
 
-        def claim_txn(txn: Txn) -> dict[tuple[str, str], tuple[str, JsonDict]]:
-            out: dict[tuple[str, str], tuple[str, JsonDict]] = {}
+        def claim_txn(txn: Txn) -> dict[tuple[str, str], tuple[str, JsonDict | str]]:
+            out: dict[tuple[str, str], tuple[str, JsonDict | str]] = {}
             for user_id, device_id, algorithm in claims:
                 for _ in range(10):
                     row = txn.query_one(
@@ -249,9 +257,13 @@ class E2eeStore:
         """Merge signatures (target user, target key or device id, signer user, signer key id, signature)."""
 
         def add_txn(txn: Txn) -> None:
-            for target_user, target, signer, signer_key, signature in updates:
+            # Read-modify-write of the key's JSON: on PostgreSQL lock the row (FOR UPDATE), or
+            # two signers of one key at once each write back the JSON without the other's
+            # signature; a fixed order of updates keeps two such transactions from deadlocking.
+            lock = " FOR UPDATE" if txn.engine.name == "postgres" else ""
+            for target_user, target, signer, signer_key, signature in sorted(updates):
                 row = txn.query_one(
-                    "SELECT key_json FROM device_keys WHERE user_id = ? AND device_id = ?",
+                    "SELECT key_json FROM device_keys WHERE user_id = ? AND device_id = ?" + lock,
                     (target_user, target),
                 )
                 table, where = "device_keys", "device_id = ?"
@@ -259,7 +271,8 @@ class E2eeStore:
                 if row is None:
                     for candidate in ("master", "self_signing", "user_signing"):
                         found = txn.query_one(
-                            "SELECT key_json FROM cross_signing_keys WHERE user_id = ? AND key_type = ?",
+                            "SELECT key_json FROM cross_signing_keys WHERE user_id = ? AND key_type = ?"
+                            + lock,
                             (target_user, candidate),
                         )
                         if found is not None and f"ed25519:{target}" in json.loads(found[0]).get("keys", {}):
@@ -307,19 +320,28 @@ class E2eeStore:
         """Queue messages (stream id, user, device, message); False if this txn was already delivered."""
 
         def add_txn(txn: Txn) -> bool:
-            if txn.query_one(
-                "SELECT 1 FROM to_device_txns WHERE user_id = ? AND device_id = ? AND txn_id = ?",
-                (sender, sender_device, txn_id),
-            ):
-                return False
+            # ON CONFLICT: concurrent replays of one txn (a client retrying while the first
+            # request is still in flight) must not fail on the primary key; one of them wins.
             txn.execute(
-                "INSERT INTO to_device_txns (user_id, device_id, txn_id, created_ts) VALUES (?, ?, ?, ?)",
+                "INSERT INTO to_device_txns (user_id, device_id, txn_id, created_ts) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (user_id, device_id, txn_id) DO NOTHING",
                 (sender, sender_device, txn_id, now_ms),
             )
+            if txn.rowcount != 1:
+                return False
+            # Only for devices that exist: a message kept for an unknown device id would
+            # reach whoever later logs in with that id (clients may choose their device ids).
+            users = sorted({u for _, u, _, _ in rows})
+            existing: set[tuple[str, str]] = set()
+            for i in range(0, len(users), 500):
+                chunk = users[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                found = txn.query(f"SELECT user_id, device_id FROM devices WHERE user_id IN ({marks})", chunk)
+                existing.update((str(u), str(d)) for u, d in found)
             txn.insert_many(
                 "to_device_messages",
                 ("stream_id", "user_id", "device_id", "message_json"),
-                [(s, u, d, _dumps(m)) for s, u, d, m in rows],
+                [(s, u, d, _dumps(m)) for s, u, d, m in rows if (u, d) in existing],
             )
             return True
 

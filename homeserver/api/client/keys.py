@@ -83,12 +83,15 @@ def register(router: Router, hs: "HomeServer") -> None:
     async def current_version_or_error(user_id: str, raw: str | None) -> int:
         version = _version(raw)
         current = await store.get_backup_version(user_id, None)
-        if current is None or int(current["version"]) != version:
+        if current is None:
+            # Spec: 404 when there is no backup; M_WRONG_ROOM_KEYS_VERSION names a current one.
+            raise NotFound("No current backup version")
+        if int(current["version"]) != version:
             raise MatrixError(
                 "Wrong backup version",
                 "M_WRONG_ROOM_KEYS_VERSION",
                 status=403,
-                current_version=current["version"] if current else None,
+                current_version=current["version"],
             )
         return version
 
@@ -136,8 +139,16 @@ def register(router: Router, hs: "HomeServer") -> None:
             raise MatrixError("'sessions' must be an object", "M_BAD_JSON")
         out = []
         for session_id, data in raw.items():
-            if not isinstance(data, dict) or "session_data" not in data:
+            if not isinstance(data, dict) or not isinstance(data.get("session_data"), dict):
                 raise MatrixError("Each key needs 'session_data'", "M_BAD_JSON")
+            # KeyBackupData: counts are non-negative integers, is_verified a boolean
+            # (stored in integer and boolean columns: anything else was a 500).
+            for name in ("first_message_index", "forwarded_count"):
+                value = data.get(name, 0)
+                if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**53:
+                    raise MatrixError(f"'{name}' must be a non-negative integer", "M_BAD_JSON")
+            if not isinstance(data.get("is_verified", False), bool):
+                raise MatrixError("'is_verified' must be a boolean", "M_BAD_JSON")
             out.append((room_id, str(session_id), data))
         return out
 
@@ -155,7 +166,11 @@ def register(router: Router, hs: "HomeServer") -> None:
             rooms = body.get("rooms")
             if not isinstance(rooms, dict):
                 raise MatrixError("'rooms' must be an object", "M_BAD_JSON")
-            sessions = [s for r, data in rooms.items() for s in _sessions(r, (data or {}).get("sessions"))]
+            sessions = [
+                s
+                for r, data in rooms.items()
+                for s in _sessions(r, data.get("sessions") if isinstance(data, dict) else None)
+            ]
         await store.put_room_keys(requester.user_id, number, sessions)
         found = await store.get_backup_version(requester.user_id, number)
         assert found is not None
