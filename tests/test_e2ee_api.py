@@ -775,7 +775,17 @@ def test_cross_signing_upload_and_signatures(any_server: ServerProcess) -> None:
     share_room(carol, alice)
     carol.sync()
     newer = xs.public(xs.self_signing, "self_signing", xs.master)
-    assert alice.post("/keys/device_signing/upload", {"self_signing_key": newer}).status_code == 200
+    # Once a master key exists, replacing any cross-signing key needs the password (UIA).
+    challenge = alice.post("/keys/device_signing/upload", {"self_signing_key": newer})
+    assert challenge.status_code == 401 and {"stages": ["m.login.password"]} in challenge.json()["flows"]
+    auth = {
+        "type": "m.login.password",
+        "identifier": {"type": "m.id.user", "user": alice.user_id},
+        "password": PASSWORD,
+        "session": challenge.json()["session"],
+    }
+    r = alice.post("/keys/device_signing/upload", {"self_signing_key": newer, "auth": auth})
+    assert r.status_code == 200, r.text
     assert alice.user_id in carol.sync()["device_lists"]["changed"]
     no_tracebacks(any_server)
 

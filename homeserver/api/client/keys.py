@@ -42,9 +42,9 @@ def register(router: Router, hs: "HomeServer") -> None:
     async def device_signing_upload(request: ApiRequest, version: str) -> dict[str, Any]:
         requester = await require_user(hs, request)
         body = request.json_body()
-        # Replacing an existing master key needs the account password (spec: UIA);
-        # the first upload does not, as clients bootstrap cross-signing at login.
-        if await keys.has_master_key(requester.user_id) and body.get("master_key") is not None:
+        # Once a master key exists, replacing any cross-signing key needs the account
+        # password (spec v1.11, MSC3967: UIA unless the user has no master key yet).
+        if await keys.has_master_key(requester.user_id):
             await hs.uia.authenticate(
                 body.get("auth"),
                 "/keys/device_signing/upload",
