@@ -15,7 +15,7 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
@@ -162,8 +162,26 @@ def compile_path(template: str) -> re.Pattern[str]:
     return re.compile(f"^{out}$")
 
 
+_SEGMENT_PARAM = re.compile(r"^\{(\w+)(?::([^}/]+))?\}$")
+
+
+@dataclass
+class _Node:
+    """A node of the route trie: one path segment deeper per level."""
+
+    literal: dict[str, _Node] = field(default_factory=dict)
+    params: list[tuple[str, re.Pattern[str] | None, _Node]] = field(default_factory=list)
+    routes: list[Route] = field(default_factory=list)
+
+
 class Router(Resource):
-    """Dispatches every path of the server to the registered async handlers."""
+    """Dispatches every path of the server to the registered async handlers.
+
+    Templates whose parameters each fill one path segment live in a trie walked
+    segment by segment (a request costs a few dict lookups, not a regex per
+    route); the rest (a parameter spanning segments, like a state key) are
+    matched by regex.
+    """
 
     isLeaf = True
 
@@ -171,6 +189,8 @@ class Router(Resource):
         super().__init__()
         self._routes: list[Route] = []
         self._exact: dict[str, list[Route]] = {}
+        self._trie = _Node()
+        self._templates: set[str] = set()
         self._body_limits: list[tuple[str, int]] = []
         self.access_log = True
         self.in_flight = 0
@@ -178,13 +198,58 @@ class Router(Resource):
 
     def add(self, method: str, template: str, handler: Handler) -> None:
         route = Route(method.upper().encode(), compile_path(template), handler, template)
+        segments = template.split("/")[1:]
         if "{" not in template:
             self._exact.setdefault(template, []).append(route)
+        elif all("{" not in s or _SEGMENT_PARAM.match(s) for s in segments):
+            self._add_to_trie(segments, route)
         else:
             self._routes.append(route)
+        self._templates.add(template)
+
+    def _add_to_trie(self, segments: list[str], route: Route) -> None:
+        node = self._trie
+        for segment in segments:
+            m = _SEGMENT_PARAM.match(segment)
+            if m is None:
+                node = node.literal.setdefault(segment, _Node())
+                continue
+            name, regex = m.group(1), m.group(2)
+            for existing_name, pattern, child in node.params:
+                if existing_name == name and (pattern.pattern if pattern else None) == regex:
+                    node = child
+                    break
+            else:
+                child = _Node()
+                node.params.append((name, re.compile(regex) if regex else None, child))
+                node = child
+        node.routes.append(route)
+
+    def _walk(
+        self,
+        node: _Node,
+        segments: list[str],
+        i: int,
+        params: dict[str, str],
+        found: list[tuple[Route, dict[str, str]]],
+    ) -> None:
+        if i == len(segments):
+            found.extend((route, dict(params)) for route in node.routes)
+            return
+        segment = segments[i]
+        child = node.literal.get(segment)
+        if child is not None:
+            self._walk(child, segments, i + 1, params, found)
+        for name, pattern, param_child in node.params:
+            # A plain {name} needs a non-empty segment; {name:regex} takes what the regex takes
+            # (an empty state key is `/state/{type}/`).
+            if (pattern is None and segment) or (pattern is not None and pattern.fullmatch(segment)):
+                params[name] = unquote(segment)
+                self._walk(param_child, segments, i + 1, params, found)
+                del params[name]
 
     def templates(self) -> list[str]:
-        return sorted({r.template for r in self._routes} | set(self._exact))
+        return sorted(self._templates)
 
     def set_body_limit(self, path_prefix: str, max_bytes: int) -> None:
         """Cap request bodies on paths starting with `path_prefix` at `max_bytes`
@@ -201,6 +266,7 @@ class Router(Resource):
 
     def _match(self, path: str) -> list[tuple[Route, dict[str, str]]]:
         found: list[tuple[Route, dict[str, str]]] = [(r, {}) for r in self._exact.get(path, ())]
+        self._walk(self._trie, path.split("/")[1:], 0, {}, found)
         for route in self._routes:
             m = route.pattern.match(path)
             if m:
