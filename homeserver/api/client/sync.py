@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from homeserver.api.auth import require_user
@@ -17,21 +18,36 @@ if TYPE_CHECKING:
     from homeserver.server import HomeServer
 
 
+FILTER_CACHE_SIZE = 10_000
+
+
 def register(router: Router, hs: "HomeServer") -> None:
+    # Filters never change once stored, and clients send the same one on every sync.
+    parsed: OrderedDict[tuple[str, str], SyncFilter] = OrderedDict()
+
     async def load_filter(user_id: str, raw: str | None) -> SyncFilter:
         if raw is None:
             return SyncFilter()
+        key = (user_id if raw.isdigit() else "", raw)
+        cached = parsed.get(key)
+        if cached is not None:
+            return cached
         if raw.lstrip().startswith("{"):
             try:
-                return SyncFilter.parse(json.loads(raw))
+                result = SyncFilter.parse(json.loads(raw))
             except ValueError:
                 raise MatrixError("'filter' is not valid JSON", "M_BAD_JSON") from None
-        if not raw.isdigit():
+        elif not raw.isdigit():
             raise MatrixError("Unknown filter", "M_INVALID_PARAM")
-        stored = await hs.storage.user_data.get_filter(user_id, int(raw))
-        if stored is None:
-            raise NotFound("Unknown filter")
-        return SyncFilter.parse(stored)
+        else:
+            stored = await hs.storage.user_data.get_filter(user_id, int(raw))
+            if stored is None:
+                raise NotFound("Unknown filter")
+            result = SyncFilter.parse(stored)
+        parsed[key] = result
+        if len(parsed) > FILTER_CACHE_SIZE:
+            parsed.popitem(last=False)
+        return result
 
     async def sync(request: ApiRequest, version: str) -> Response:
         requester = await require_user(hs, request)
