@@ -23,8 +23,8 @@ migrate: $(BIN)/.installed
 	$(BIN)/homeserver migrate -c $(CONFIG)
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check homeserver plugins tests
-	$(BIN)/ruff format --check homeserver plugins tests
+	$(BIN)/ruff check homeserver plugins tests bench
+	$(BIN)/ruff format --check homeserver plugins tests bench
 	$(BIN)/mypy homeserver plugins
 
 # matrix-js-sdk for tests/test_js_sdk.py, from the committed lock file. Without npm the

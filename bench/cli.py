@@ -1,0 +1,328 @@
+"""`python -m bench`: install what is missing, run every workload against every server, report.
+
+Servers run one at a time (ours on SQLite, ours on PostgreSQL, Synapse), each
+fresh: its own empty database, users registered anew. The generator is this one
+asyncio process (on uvloop when installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import os
+import shlex
+import subprocess
+import sys
+import time
+import traceback
+from datetime import datetime
+from typing import Any
+
+from bench import report
+from bench.procstats import raise_fd_limit
+from bench.profiling import PySpy, summarize
+from bench.servers import (
+    BENCH_DIR,
+    WORK_DIR,
+    Target,
+    drop_database,
+    ensure_synapse,
+    postgres_version,
+    start_ours,
+    start_synapse,
+)
+from bench.stats import WorkloadResult
+from bench.workloads import Runner, Sizes
+
+ALL_SERVERS = ["ours-sqlite", "ours-pg", "synapse"]
+ALL_WORKLOADS = ["W1", "W2", "W3", "W4", "W5", "W6"]
+
+CONFIG_NOTES = """\
+- **ours**: `homeserver run` with `rate_limits.enabled: false`, `auth.password_hashing: fast`,
+  `logging.access_log: false` (level INFO), no plugins, default pool (2-10 connections on
+  PostgreSQL), default epoll reactor. Users register through `POST /register` (`m.login.dummy`).
+- **Synapse**: the PyPI release in `bench/.synapse-venv`, one process (no workers), database
+  `bench_synapse` (C collation) on the same PostgreSQL server (`cp_min` 5, `cp_max` 10), client
+  listener only (no federation listener), `registration_shared_secret` (users registered through
+  `/_synapse/admin/v1/register`), `enable_registration: false`, every `rc_*` rate limit raised
+  to 1,000,000/s, `bcrypt_rounds: 4`, `filter_timeline_limit: 1000`,
+  `caches.sync_response_cache_duration: 0` (as Complement), presence on (default),
+  `trusted_key_servers: []`, `report_stats: false`, logging INFO with the access log off.
+- **Load generator** (`bench/`): one asyncio process, raw HTTP/1.1 keep-alive connections
+  (aiohttp only for WebSocket streams). Receivers upload a filter once and long-poll `/sync`
+  (timeout 30 s) with its id, as Element does: the bench rooms' `m.room.message` timeline
+  (limit 500), lazy-loaded members, no presence, account data or ephemeral events. Each
+  message carries `bench_id` and `bench_ts` (send time, µs); latency is the receiver's clock
+  minus `bench_ts` (same machine).
+- **W1**: every user of each DM sends, one request in flight each, for the whole duration;
+  "acknowledged" counts 200 answers inside the window, "delivered" counts the peer's messages
+  that reached the other member's sync inside the window.
+- **W2**: open loop: sends scheduled at a fixed total rate, spread over the same users; up to
+  min(rate, 1,000) sends in flight, each on a keep-alive connection opened before the clock
+  starts; beyond that a send waits in the generator with its clock already running. A server
+  that acknowledges fewer messages per second than offered builds a queue, and its latency
+  then grows with the length of the run.
+- **W3**: one public room, every member long-polls; senders send one message at a time; time
+  until all = the last member's receipt minus the send time; deliveries/s = all deliveries ÷
+  (last delivery - first send).
+- **W4**: runs last, with its own users (`idle*`, in no room, so their presence reaches nobody);
+  RSS measured (median of 5 readings, once the server is idle) before and after opening the
+  connections; per connection = difference ÷ count. Long-polls use `timeout=300000`; WebSocket
+  streams send the auth frame with a `since` token, one device each (more logins for more).
+- **W5**: `GET /sync` without `since` or filter (the server's default timeline limit).
+- **W6**: `POST /join/{roomId}` by users not yet in the room, one at a time; median.
+"""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="small sizes: a smoke run of a few minutes")
+    p.add_argument("--servers", default=",".join(ALL_SERVERS), help="comma list of " + ",".join(ALL_SERVERS))
+    p.add_argument("--only", default=",".join(ALL_WORKLOADS), help="comma list of workloads (W1..W6)")
+    p.add_argument(
+        "--profile",
+        default="",
+        help="comma list of workloads (W1,W3) to profile with py-spy on our servers",
+    )
+    p.add_argument("--no-install", action="store_true", help="do not pip-install anything")
+    p.add_argument("--no-readme", action="store_true", help="do not copy the table into README.md")
+    p.add_argument("--keep-databases", action="store_true", help="leave the bench databases afterwards")
+    sizes = p.add_argument_group("sizes (defaults: the full run, or --quick's)")
+    for name, kind, help_text in [
+        ("w1-users", int, "W1/W2 users (pairs in DMs)"),
+        ("w1-seconds", float, "W1 duration"),
+        ("w2-seconds", float, "W2 duration per rate"),
+        ("w2-rates", str, "W2 total rates for Synapse, comma list"),
+        ("w2-rates-ours", str, "W2 total rates for ours, comma list"),
+        ("w3-members", int, "W3 room members"),
+        ("w3-senders", int, "W3 senders"),
+        ("w3-messages", int, "W3 messages per sender"),
+        ("w4-syncs", int, "W4 idle long-polls"),
+        ("w4-ws", str, "W4 idle WebSocket stream counts (ours), comma list"),
+        ("w5-rooms", int, "W5 rooms"),
+        ("w5-messages", int, "W5 messages per room"),
+        ("w5-repeats", int, "W5 initial syncs"),
+        ("w6-members", int, "W6 room members"),
+        ("w6-joins", int, "W6 joins measured"),
+        ("grace", float, "longest wait for late deliveries (s)"),
+    ]:
+        sizes.add_argument(f"--{name}", type=kind, help=help_text)
+    return p.parse_args(argv)
+
+
+def sizes_from(args: argparse.Namespace) -> Sizes:
+    sizes = Sizes.quick() if args.quick else Sizes()
+    for field_name in (
+        "w1_users",
+        "w1_seconds",
+        "w2_seconds",
+        "w3_members",
+        "w3_senders",
+        "w3_messages",
+        "w4_syncs",
+        "w5_rooms",
+        "w5_messages",
+        "w5_repeats",
+        "w6_members",
+        "w6_joins",
+    ):
+        value = getattr(args, field_name)
+        if value is not None:
+            setattr(sizes, field_name, value)
+    for field_name in ("w2_rates", "w2_rates_ours", "w4_ws"):
+        value = getattr(args, field_name)
+        if value is not None:
+            setattr(sizes, field_name, [int(x) for x in value.split(",") if x.strip()])
+    if args.grace is not None:
+        sizes.grace_s = args.grace
+    if sizes.w1_users % 2:
+        sizes.w1_users += 1
+    return sizes
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def ensure_generator_packages(no_install: bool) -> None:
+    missing = [m for m in ("aiohttp", "uvloop") if importlib.util.find_spec(m) is None]
+    if missing and not no_install:
+        log(f"installing {', '.join(missing)} (bench/requirements.txt)")
+        subprocess.run(  # noqa: S603 - fixed argv, no shell
+            [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+            + ["-r", str(BENCH_DIR / "requirements.txt")],
+            check=True,
+        )
+
+
+async def run_target(
+    target: Target,
+    sizes: Sizes,
+    workloads: list[str],
+    profile: list[str],
+    profiles: dict[str, str],
+    meta: dict[str, Any],
+) -> list[WorkloadResult]:
+    def start_profile(name: str) -> Any:
+        if not target.is_ours or name not in profile or target.pid is None:
+            return None
+        out = WORK_DIR / f"profile-{target.key}-{name}.txt"
+        spy = PySpy(target.pid, out)
+
+        class Handle:
+            def stop(self) -> None:
+                spy.stop()
+                profiles[f"{name} on {target.label}"] = summarize(out)
+
+        return Handle()
+
+    runner = Runner(target, sizes, log, start_profile)
+    results: list[WorkloadResult] = []
+    try:
+        pool = sizes.pool_size(workloads)
+        log(f"  registering {pool} users")
+        took = await runner.setup_users(pool)
+        meta.setdefault("setup", {})[target.key] = f"{pool} users registered in {took:.1f}s"
+        log(f"  registered in {took:.1f}s")
+        plan: list[tuple[str, Any]] = []
+        if "W1" in workloads:
+            plan.append(("W1", runner.w1))
+        if "W2" in workloads:
+            for rate in sizes.w2_rates_ours if target.is_ours else sizes.w2_rates:
+                plan.append((f"W2@{rate}", lambda rate=rate: runner.w2(rate)))
+        if "W3" in workloads:
+            plan.append(("W3", runner.w3))
+        if "W6" in workloads:
+            plan.append(("W6", runner.w6))
+        if "W5" in workloads:
+            plan.append(("W5", runner.w5))
+        # Last: thousands of users stop syncing at its end, and going offline a minute later
+        # is work for the server that would land in whatever workload came next.
+        if "W4" in workloads:
+            plan.append(("W4 sync", runner.w4_sync))
+            if target.is_ours:
+                for n in sizes.w4_ws:
+                    plan.append((f"W4 ws{n}", lambda n=n: runner.w4_ws(n)))
+        for name, run in plan:
+            if not target.alive():
+                break
+            log(f"  {name}")
+            try:
+                result = await run()
+            except Exception as e:
+                traceback.print_exc()
+                result = WorkloadResult(name, name)
+                result.problems.append(f"workload failed: {type(e).__name__}: {e}")
+            if not target.alive():
+                result.problems.append(
+                    f"the server exited (code {target.process.returncode if target.process else '?'}); "
+                    f"log tail:\n\n```\n{target.log_tail(20)}\n```"
+                )
+            results.append(result)
+            summary = ", ".join(
+                f"{k}={report.fmt(m.value)}{' (' + m.note + ')' if m.note else ''}"
+                for k, m in result.metrics.items()
+            )
+            log(f"    {summary or 'no figures'}")
+            for problem in result.problems:
+                log(f"    PROBLEM: {problem}")
+    finally:
+        runner.close()
+    return results
+
+
+async def run(args: argparse.Namespace) -> int:
+    started = datetime.now()
+    t0 = time.monotonic()
+    sizes = sizes_from(args)
+    servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    workloads = [w.strip().upper() for w in args.only.split(",") if w.strip()]
+    profile = [w.strip().upper() for w in args.profile.split(",") if w.strip()]
+    for s in servers:
+        if s not in ALL_SERVERS:
+            raise SystemExit(f"unknown server {s!r}: choose from {', '.join(ALL_SERVERS)}")
+    limit = raise_fd_limit()
+    needed = max(sizes.w4_syncs, max(sizes.w4_ws, default=0)) + 200
+    if limit < needed:
+        log(f"warning: open-file limit {limit} is below the {needed} connections some rows need")
+    meta: dict[str, Any] = {
+        "started": started,
+        "command": "python -m bench " + " ".join(shlex.quote(a) for a in (sys.argv[1:])),
+        "mode": "quick" if args.quick else "full",
+        "loadavg_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "postgres_version": postgres_version(),
+        "config_notes": CONFIG_NOTES,
+    }
+    try:
+        import uvloop
+
+        meta["uvloop"] = getattr(uvloop, "__version__", "?")
+    except ImportError:
+        meta["uvloop"] = "not installed (stdlib asyncio loop)"
+    synapse_version = ""
+    if "synapse" in servers:
+        if args.no_install:
+            from bench.servers import synapse_python
+
+            if not synapse_python().exists():
+                raise SystemExit("Synapse is not installed and --no-install was given")
+        synapse_version = ensure_synapse(log) if not args.no_install else "installed"
+        meta["synapse_version"] = synapse_version
+    results: dict[str, list[WorkloadResult]] = {}
+    profiles: dict[str, str] = {}
+    for key in servers:
+        log(f"starting {key}")
+        try:
+            if key == "synapse":
+                target = await start_synapse(synapse_version)
+            else:
+                target = await start_ours("sqlite" if key == "ours-sqlite" else "postgres")
+                meta["ours_version"] = target.version
+        except Exception as e:
+            log(f"could not start {key}: {type(e).__name__}: {e}")
+            failed = WorkloadResult("start", "start")
+            failed.problems.append(f"could not start: {e}")
+            results[key] = [failed]
+            continue
+        log(f"{target.label} is up on port {target.port} (pid {target.pid})")
+        try:
+            results[key] = await run_target(target, sizes, workloads, profile, profiles, meta)
+        finally:
+            target.stop()
+            if not args.keep_databases:
+                if key == "ours-pg":
+                    drop_database("bench_homeserver")
+                elif key == "synapse":
+                    drop_database("bench_synapse")
+    meta["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    meta["elapsed_min"] = (time.monotonic() - t0) / 60
+    table = report.main_table(sizes, results)
+    print()
+    print(table)
+    print()
+    print(report.resources_table(results))
+    text = report.results_markdown(sizes, results, meta, profiles)
+    suffix = "-quick" if args.quick else ("-profile" if profile else "")
+    path = report.write_results(text, started, suffix)
+    log(f"results written to {path.relative_to(report.ROOT)}")
+    full_run = not args.quick and set(servers) == set(ALL_SERVERS) and set(workloads) == set(ALL_WORKLOADS)
+    if full_run and not args.no_readme and report.update_readme(table, path, started):
+        log("README.md's Benchmarks table updated")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    ensure_generator_packages(args.no_install)
+    try:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:
+        pass
+    return asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,481 @@
+"""The homeservers under test: ours on SQLite and on PostgreSQL, Synapse from PyPI.
+
+Each is a `Target`: started as its own process on a free loopback port with a
+config written here, measured through /proc by pid, registered into by its own
+means (open registration for ours, the shared-secret admin API for Synapse),
+stopped with SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import os
+import resource
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.httpclient import HttpClient, HttpError
+from bench.matrix import CLIENT, PASSWORD, Matrix, MatrixCallError, User
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = ROOT / "bench"
+WORK_DIR = BENCH_DIR / ".work"
+SYNAPSE_VENV = BENCH_DIR / ".synapse-venv"
+SYNAPSE_REQUIREMENTS = BENCH_DIR / "synapse-requirements.txt"
+PG_ADMIN_URL = os.environ.get("BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _raise_nofile() -> None:
+    """preexec_fn: the server may hold thousands of connections."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+# PostgreSQL -----------------------------------------------------------------------------------
+
+
+def _pg_connect(url: str) -> Any:
+    import psycopg2
+
+    conn = psycopg2.connect(url, connect_timeout=5)
+    conn.autocommit = True
+    return conn
+
+
+def pg_url_for(database: str) -> str:
+    base, _, _ = PG_ADMIN_URL.rpartition("/")
+    return f"{base}/{database}"
+
+
+def recreate_database(name: str) -> None:
+    """A fresh, empty database with C collation (Synapse refuses any other)."""
+    conn = _pg_connect(PG_ADMIN_URL)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            cur.execute(f"CREATE DATABASE \"{name}\" LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
+    finally:
+        conn.close()
+
+
+def drop_database(name: str) -> None:
+    conn = _pg_connect(PG_ADMIN_URL)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        conn.close()
+
+
+class BackendPids:
+    """The pids of the PostgreSQL backends connected to one database (for their CPU time)."""
+
+    def __init__(self, database: str) -> None:
+        self.database = database
+        self._conn: Any = None
+
+    def __call__(self) -> list[int]:
+        try:
+            if self._conn is None:
+                self._conn = _pg_connect(PG_ADMIN_URL)
+            with self._conn.cursor() as cur:
+                cur.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                    (self.database,),
+                )
+                return [int(row[0]) for row in cur.fetchall()]
+        except Exception:
+            self._conn = None
+            return []
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def postgres_version() -> str:
+    try:
+        conn = _pg_connect(PG_ADMIN_URL)
+        with conn.cursor() as cur:
+            cur.execute("SHOW server_version")
+            version = str(cur.fetchone()[0])
+        conn.close()
+        return version
+    except Exception as e:
+        return f"unknown ({e})"
+
+
+# Targets -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    """A running homeserver the workloads talk to."""
+
+    key: str  # "ours-sqlite", "ours-pg", "synapse"
+    label: str
+    host: str
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+    db_pids: BackendPids | None = None
+    is_ours: bool = False
+    version: str = ""
+    # What the workloads built on this server, for the ones that reuse it.
+    state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def alive(self) -> bool:
+        return self.process is None or self.process.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    async def register(self, mx: Matrix, localpart: str, index: int) -> User:
+        body = {"username": localpart, "password": PASSWORD, "auth": {"type": "m.login.dummy"}}
+        result = await mx.call("POST", f"{CLIENT}/register", body, what="register")
+        return User(index, localpart, result["user_id"], result["access_token"], result["device_id"])
+
+    def stop(self) -> None:
+        if self.db_pids is not None:
+            self.db_pids.close()
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+class SynapseTarget(Target):
+    shared_secret: str = ""
+
+    async def register(self, mx: Matrix, localpart: str, index: int) -> User:
+        path = "/_synapse/admin/v1/register"
+        nonce = (await mx.call("GET", path, what="register nonce"))["nonce"]
+        mac = hmac.new(self.shared_secret.encode(), digestmod=hashlib.sha1)
+        mac.update(f"{nonce}\x00{localpart}\x00{PASSWORD}\x00notadmin".encode())
+        body = {
+            "nonce": nonce,
+            "username": localpart,
+            "password": PASSWORD,
+            "admin": False,
+            "mac": mac.hexdigest(),
+        }
+        result = await mx.call("POST", path, body, what="register (shared secret)")
+        return User(index, localpart, result["user_id"], result["access_token"], result["device_id"])
+
+
+async def wait_until_up(target: Target, timeout_s: float) -> None:
+    http = HttpClient(target.host, target.port)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            if not target.alive():
+                raise RuntimeError(f"{target.label} exited at start:\n{target.log_tail()}")
+            try:
+                response = await http.request("GET", "/_matrix/client/versions", timeout=2)
+                if response.status == 200:
+                    return
+            except (TimeoutError, HttpError):
+                pass
+            await asyncio.sleep(0.2)
+    finally:
+        http.close()
+    raise RuntimeError(f"{target.label} did not start within {timeout_s:.0f}s:\n{target.log_tail()}")
+
+
+def _homeserver_binary() -> str:
+    for candidate in (ROOT / ".venv" / "bin" / "homeserver", Path(sys.executable).parent / "homeserver"):
+        if candidate.exists():
+            return str(candidate)
+    raise RuntimeError("the homeserver command is not installed: run `make bench` (or `make run`) first")
+
+
+def _our_version() -> str:
+    version = "?"
+    setup = ROOT / "setup.cfg"
+    if setup.exists():
+        for line in setup.read_text().splitlines():
+            if line.startswith("version"):
+                version = line.split("=", 1)[1].strip()
+                break
+    head = ROOT / ".git" / "HEAD"
+    try:
+        ref = head.read_text().strip()
+        if ref.startswith("ref: "):
+            ref_file = ROOT / ".git" / ref[5:]
+            commit = ref_file.read_text().strip() if ref_file.exists() else ""
+        else:
+            commit = ref
+        if commit:
+            version += f" (commit {commit[:10]}, with uncommitted changes if any)"
+    except OSError:
+        pass
+    return version
+
+
+async def start_ours(engine: str) -> Target:
+    """Our server on `engine` ("sqlite" or "postgres"), with the bench config."""
+    key = "ours-sqlite" if engine == "sqlite" else "ours-pg"
+    workdir = WORK_DIR / key
+    shutil.rmtree(workdir, ignore_errors=True)
+    (workdir / "data").mkdir(parents=True)
+    port = free_port()
+    db_pids = None
+    if engine == "sqlite":
+        url = f"sqlite:///{workdir / 'data' / 'homeserver.db'}"
+    else:
+        recreate_database("bench_homeserver")
+        url = pg_url_for("bench_homeserver")
+        db_pids = BackendPids("bench_homeserver")
+    config = {
+        "server_name": f"localhost:{port}",
+        "public_baseurl": f"http://127.0.0.1:{port}/",
+        "data_dir": str(workdir / "data"),
+        "listen": {"bind": "127.0.0.1", "port": port},
+        "database": {"url": url},
+        "registration": {"enabled": True},
+        "auth": {"password_hashing": "fast"},
+        "rate_limits": {"enabled": False},
+        "logging": {"level": "INFO", "access_log": False},
+        "plugins": [],
+    }
+    config_path = workdir / "homeserver.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    log_path = workdir / "server.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+            [_homeserver_binary(), "run", "-c", str(config_path)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            preexec_fn=_raise_nofile,  # noqa: PLW1509 - only sets an rlimit
+        )
+    label = "ours (SQLite)" if engine == "sqlite" else "ours (PostgreSQL)"
+    target = Target(key, label, "127.0.0.1", port, process, log_path, db_pids, True, _our_version())
+    try:
+        await wait_until_up(target, 60)
+    except BaseException:
+        target.stop()
+        raise
+    return target
+
+
+# Synapse ------------------------------------------------------------------------------------
+
+
+def synapse_python() -> Path:
+    return SYNAPSE_VENV / "bin" / "python"
+
+
+def ensure_synapse(log: Any = print) -> str:
+    """Install the pinned Synapse into its own venv (once); its version."""
+    python = synapse_python()
+    marker = SYNAPSE_VENV / ".installed"
+    wanted = SYNAPSE_REQUIREMENTS.read_text()
+    if not (python.exists() and marker.exists() and marker.read_text() == wanted):
+        log(f"installing Synapse into {SYNAPSE_VENV.relative_to(ROOT)} (a few minutes the first time)")
+        if not python.exists():
+            subprocess.run([sys.executable, "-m", "venv", str(SYNAPSE_VENV)], check=True)  # noqa: S603
+        subprocess.run(  # noqa: S603 - fixed argv, no shell
+            [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+            + ["-r", str(SYNAPSE_REQUIREMENTS)],
+            check=True,
+        )
+        marker.write_text(wanted)
+    out = subprocess.run(  # noqa: S603 - fixed argv, no shell
+        [str(python), "-c", "import importlib.metadata as m; print(m.version('matrix-synapse'))"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return out.stdout.strip()
+
+
+RATE_UNLIMITED = {"per_second": 1_000_000, "burst_count": 1_000_000}
+
+
+def synapse_config(port: int, workdir: Path, secret: str) -> dict[str, Any]:
+    """A monolith Synapse: client API on loopback, PostgreSQL, no federation listener, no limits."""
+    return {
+        "server_name": f"localhost:{port}",
+        "public_baseurl": f"http://127.0.0.1:{port}/",
+        "pid_file": str(workdir / "homeserver.pid"),
+        "listeners": [
+            {
+                "port": port,
+                "bind_addresses": ["127.0.0.1"],
+                "type": "http",
+                "tls": False,
+                "x_forwarded": False,
+                "resources": [{"names": ["client"], "compress": False}],
+            }
+        ],
+        "database": {
+            "name": "psycopg2",
+            "args": {
+                "user": "postgres",
+                "host": "127.0.0.1",
+                "port": 5432,
+                "database": "bench_synapse",
+                "cp_min": 5,
+                "cp_max": 10,
+            },
+        },
+        "log_config": str(workdir / "log.yaml"),
+        "media_store_path": str(workdir / "media"),
+        "signing_key_path": str(workdir / "signing.key"),
+        "registration_shared_secret": secret,
+        "enable_registration": False,
+        "report_stats": False,
+        "trusted_key_servers": [],
+        "suppress_key_server_warning": True,
+        "macaroon_secret_key": secrets.token_hex(32),
+        "form_secret": secrets.token_hex(32),
+        "enable_metrics": False,
+        # Federation off: no federation listener, and no instance sends federation traffic.
+        "federation_sender_instances": [],
+        # Registration cost is not what we measure (ours uses its "fast" hashing too).
+        "bcrypt_rounds": 4,
+        # The workloads' sync filter asks for up to 500 timeline events (default cap 100).
+        "filter_timeline_limit": 1000,
+        # As Complement does: no replaying of cached sync responses (W5 repeats one).
+        "caches": {"sync_response_cache_duration": 0},
+        "rc_message": RATE_UNLIMITED,
+        "rc_registration": RATE_UNLIMITED,
+        "rc_registration_token_validity": RATE_UNLIMITED,
+        "rc_login": {
+            "address": RATE_UNLIMITED,
+            "account": RATE_UNLIMITED,
+            "failed_attempts": RATE_UNLIMITED,
+        },
+        "rc_joins": {"local": RATE_UNLIMITED, "remote": RATE_UNLIMITED},
+        "rc_joins_per_room": RATE_UNLIMITED,
+        "rc_invites": {
+            "per_room": RATE_UNLIMITED,
+            "per_user": RATE_UNLIMITED,
+            "per_issuer": RATE_UNLIMITED,
+        },
+        "rc_3pid_validation": RATE_UNLIMITED,
+        "rc_admin_redaction": RATE_UNLIMITED,
+        "rc_room_creation": RATE_UNLIMITED,
+        "rc_presence": {"per_user": RATE_UNLIMITED},
+        "rc_key_requests": RATE_UNLIMITED,
+        "rc_profile": RATE_UNLIMITED,
+        "rc_user_directory": RATE_UNLIMITED,
+        "rc_delayed_event_mgmt": RATE_UNLIMITED,
+        "rc_reports": RATE_UNLIMITED,
+        "rc_media_create": RATE_UNLIMITED,
+        "rc_third_party_invite": RATE_UNLIMITED,
+    }
+
+
+def synapse_log_config(workdir: Path) -> dict[str, Any]:
+    """INFO like ours, with the per-request access log off like ours (logging.access_log: false)."""
+    return {
+        "version": 1,
+        "formatters": {"precise": {"format": "%(asctime)s - %(name)s - %(levelname)s - %(message)s"}},
+        "handlers": {
+            "file": {
+                "class": "logging.FileHandler",
+                "formatter": "precise",
+                "filename": str(workdir / "homeserver.log"),
+            }
+        },
+        "loggers": {
+            "synapse.access": {"level": "WARNING"},
+            "synapse.storage.SQL": {"level": "WARNING"},
+            "twisted": {"level": "WARNING"},
+        },
+        "root": {"level": "INFO", "handlers": ["file"]},
+        "disable_existing_loggers": False,
+    }
+
+
+async def start_synapse(version: str) -> Target:
+    workdir = WORK_DIR / "synapse"
+    shutil.rmtree(workdir, ignore_errors=True)
+    (workdir / "media").mkdir(parents=True)
+    recreate_database("bench_synapse")
+    port = free_port()
+    secret = secrets.token_hex(24)
+    config_path = workdir / "homeserver.yaml"
+    config_path.write_text(yaml.safe_dump(synapse_config(port, workdir, secret)))
+    (workdir / "log.yaml").write_text(yaml.safe_dump(synapse_log_config(workdir)))
+    python = str(synapse_python())
+    subprocess.run(  # noqa: S603 - fixed argv, no shell
+        [python, "-m", "synapse.app.homeserver", "-c", str(config_path), "--generate-keys"],
+        check=True,
+        capture_output=True,
+        cwd=workdir,
+    )
+    log_path = workdir / "stdout.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+            [python, "-m", "synapse.app.homeserver", "-c", str(config_path)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+            preexec_fn=_raise_nofile,  # noqa: PLW1509 - only sets an rlimit
+        )
+    target = SynapseTarget(
+        "synapse",
+        "Synapse",
+        "127.0.0.1",
+        port,
+        process,
+        workdir / "homeserver.log",
+        BackendPids("bench_synapse"),
+        False,
+        version,
+    )
+    target.shared_secret = secret
+    try:
+        await wait_until_up(target, 300)
+    except BaseException:
+        target.stop()
+        raise
+    return target
+
+
+__all__ = [
+    "MatrixCallError",
+    "SynapseTarget",
+    "Target",
+    "drop_database",
+    "ensure_synapse",
+    "postgres_version",
+    "start_ours",
+    "start_synapse",
+]

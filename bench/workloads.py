@@ -1,0 +1,858 @@
+"""The six workloads, run against one target at a time through the Client-Server API.
+
+Every workload measures only its load phase (setup - registering, creating rooms,
+joining - is done before the meter starts) and reports its figures as `Metric`s
+plus the server's CPU-seconds and peak RSS for that phase (`Resources`). Messages
+carry their send time; receivers compute send->sync latency from it. Anything a
+server gets wrong - an error status, a message acknowledged but never delivered,
+one delivered twice, a gap in a timeline - is counted and reported, never hidden.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.httpclient import HttpClient, HttpError
+from bench.matrix import (
+    EMPTY_FILTER,
+    Matrix,
+    MatrixCallError,
+    SyncReceiver,
+    User,
+    message_content,
+    message_filter_definition,
+)
+from bench.procstats import Meter, Resources, settle, steady_rss
+from bench.servers import Target
+from bench.stats import Metric, WorkloadResult, gather_limited, percentile
+
+Log = Callable[[str], None]
+
+# W2's cap on sends in flight (each on its own keep-alive connection).
+W2_MAX_CONNECTIONS = 1000
+
+
+@dataclass
+class Sizes:
+    """Every workload's size and duration (the full run's defaults; `--quick` shrinks them)."""
+
+    w1_users: int = 100
+    w1_seconds: float = 30.0
+    w2_rates: list[int] = field(default_factory=lambda: [200])
+    w2_rates_ours: list[int] = field(default_factory=lambda: [200, 1000])
+    w2_seconds: float = 30.0
+    w3_members: int = 500
+    w3_senders: int = 10
+    w3_messages: int = 20
+    w4_syncs: int = 2000
+    w4_ws: list[int] = field(default_factory=lambda: [2000, 10000])
+    w5_rooms: int = 200
+    w5_messages: int = 50
+    w5_repeats: int = 3
+    w6_members: int = 1000
+    w6_joins: int = 3
+    # Longest wait for deliveries once the load has stopped, while they still trickle in.
+    grace_s: float = 60.0
+    # Concurrency of setup requests (registering, joining, filling rooms).
+    setup_concurrency: int = 16
+
+    @classmethod
+    def quick(cls) -> Sizes:
+        return cls(
+            w1_users=20,
+            w1_seconds=5.0,
+            w2_rates=[50],
+            w2_rates_ours=[50, 200],
+            w2_seconds=5.0,
+            w3_members=50,
+            w3_senders=5,
+            w3_messages=5,
+            w4_syncs=200,
+            w4_ws=[200, 1000],
+            w5_rooms=20,
+            w5_messages=10,
+            w5_repeats=2,
+            w6_members=100,
+            w6_joins=2,
+            grace_s=20.0,
+        )
+
+    def pool_size(self, workloads: list[str] | None = None) -> int:
+        """How many users the selected workloads need (W4 and W5 register their own)."""
+        needs = {
+            "W1": self.w1_users,
+            "W2": self.w1_users,
+            "W3": self.w3_members,
+            "W6": self.w6_members + self.w6_joins,
+        }
+        return max([n for w, n in needs.items() if workloads is None or w in workloads] + [2])
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000
+
+
+def _lost_note(lost: int, errors: int, dups: int, gaps: int) -> str:
+    parts = []
+    if lost:
+        parts.append(f"{lost} lost")
+    if errors:
+        parts.append(f"{errors} errors")
+    if dups:
+        parts.append(f"{dups} duplicated")
+    if gaps:
+        parts.append(f"{gaps} gaps")
+    return ", ".join(parts)
+
+
+class Runner:
+    """Runs the workloads against one target; keeps users and rooms for the workloads that reuse them."""
+
+    def __init__(self, target: Target, sizes: Sizes, log: Log, profile: Callable[[str], Any] | None = None):
+        self.target = target
+        self.sizes = sizes
+        self.log = log
+        self.http = HttpClient(target.host, target.port)
+        self.mx = Matrix(self.http)
+        self.users: list[User] = []
+        self.idle_users: list[User] = []
+        self.sinces: dict[str, str] = {}
+        self.dms: list[tuple[User, User, str]] = []
+        self.big_room: str | None = None
+        self.big_room_members = 0
+        # profile(name) -> an object with .stop(), started around a workload's load phase.
+        self.profile = profile
+
+    def close(self) -> None:
+        self.http.close()
+
+    def meter(self) -> Meter:
+        return Meter(self.target.pid, self.target.db_pids)
+
+    def _profiled(self, name: str) -> Any:
+        return self.profile(name) if self.profile is not None else None
+
+    # Setup -----------------------------------------------------------------------------------
+
+    async def setup_users(self, count: int) -> float:
+        """Register bench0..bench{count-1}; the seconds it took."""
+        t0 = time.monotonic()
+        start = len(self.users)
+
+        async def one(i: int) -> User:
+            return await self.target.register(self.mx, f"bench{i}", i)
+
+        self.users += await gather_limited(
+            (one(i) for i in range(start, count)), self.sizes.setup_concurrency
+        )
+        return time.monotonic() - t0
+
+    async def ensure_idle_users(self, count: int) -> list[User]:
+        """W4's own users, in no room, so that nobody else hears of their presence."""
+        start = len(self.idle_users)
+
+        async def one(i: int) -> User:
+            return await self.target.register(self.mx, f"idle{i}", 100_000 + i)
+
+        self.idle_users += await gather_limited(
+            (one(i) for i in range(start, count)), self.sizes.setup_concurrency
+        )
+        return self.idle_users[:count]
+
+    async def _tokens(self, users: list[User], count: int) -> list[tuple[User, str]]:
+        """`count` (user, access token) pairs, each token a distinct device: more logins as needed."""
+        needed_per_user = -(-count // len(users))
+        logins = []
+        for user in users:
+            for _ in range(needed_per_user - 1 - len(user.extra_tokens)):
+                logins.append(user)
+
+        async def login(user: User) -> None:
+            user.extra_tokens.append(await self.mx.login(user))
+
+        if logins:
+            self.log(f"    logging in {len(logins)} more devices")
+            await gather_limited((login(u) for u in logins), self.sizes.setup_concurrency)
+        out = []
+        for i in range(count):
+            user = users[i % len(users)]
+            k = i // len(users)
+            out.append((user, user.token if k == 0 else user.extra_tokens[k - 1]))
+        return out
+
+    async def _since_tokens(self, users: list[User]) -> None:
+        missing = [u for u in users if u.user_id not in self.sinces]
+
+        async def one(user: User) -> None:
+            self.sinces[user.user_id] = await self.mx.since_token(user)
+
+        await gather_limited((one(u) for u in missing), self.sizes.setup_concurrency)
+
+    async def ensure_dms(self, n_users: int) -> list[tuple[User, User, str]]:
+        """n_users/2 direct chats between bench0+bench1, bench2+bench3, ..."""
+        if len(self.dms) * 2 >= n_users:
+            return self.dms[: n_users // 2]
+        pairs = [(self.users[2 * i], self.users[2 * i + 1]) for i in range(len(self.dms), n_users // 2)]
+
+        async def make(a: User, b: User) -> tuple[User, User, str]:
+            room = await self.mx.create_room(
+                a, {"preset": "trusted_private_chat", "is_direct": True, "invite": [b.user_id]}
+            )
+            await self.mx.join(b, room)
+            return a, b, room
+
+        self.dms += await gather_limited((make(a, b) for a, b in pairs), self.sizes.setup_concurrency)
+        return self.dms[: n_users // 2]
+
+    async def ensure_big_room(self, members: int) -> str:
+        """One public room with `members` joined members (bench0 creates it; the next ones join)."""
+        if self.big_room is None:
+            self.big_room = await self.mx.create_room(
+                self.users[0], {"preset": "public_chat", "name": "bench fan-out"}
+            )
+            self.big_room_members = 1
+        if members > self.big_room_members:
+            room = self.big_room
+            joiners = self.users[self.big_room_members : members]
+            await gather_limited((self.mx.join(u, room) for u in joiners), self.sizes.setup_concurrency)
+            self.big_room_members = members
+        return self.big_room
+
+    async def _receivers(
+        self, pairs: list[tuple[User, list[str]]], on_message: Callable[[User], Any]
+    ) -> list[SyncReceiver]:
+        receivers = [
+            SyncReceiver(self.mx, u, message_filter_definition(rooms), on_message(u)) for u, rooms in pairs
+        ]
+        await gather_limited((r.prime() for r in receivers), self.sizes.setup_concurrency)
+        for r in receivers:
+            r.start()
+        # Let every long-poll reach the server before the load starts (not needed for
+        # correctness - the since tokens cover everything after them - but for timing).
+        await asyncio.sleep(0.5)
+        return receivers
+
+    @staticmethod
+    async def _stop_receivers(receivers: list[SyncReceiver]) -> None:
+        await asyncio.gather(*(r.stop() for r in receivers))
+
+    # W1: throughput --------------------------------------------------------------------------
+
+    async def w1(self) -> WorkloadResult:
+        s = self.sizes
+        result = WorkloadResult("W1", f"W1 throughput: {s.w1_users} users in {s.w1_users // 2} DMs")
+        dms = await self.ensure_dms(s.w1_users)
+        senders = [(a, room) for a, b, room in dms] + [(b, room) for a, b, room in dms]
+        duration = s.w1_seconds
+
+        delivered: dict[str, float] = {}
+        latencies: list[float] = []
+        dups = 0
+
+        def on_message(user: User) -> Callable[[str, str, dict[str, Any], float], None]:
+            def handle(room_id: str, sender: str, content: dict[str, Any], now: float) -> None:
+                nonlocal dups
+                if sender == user.user_id:
+                    return  # our own echo
+                bid = content["bench_id"]
+                if bid in delivered:
+                    dups += 1
+                    return
+                delivered[bid] = now
+                latencies.append(now - content["bench_ts"] / 1e6)
+
+            return handle
+
+        receivers = await self._receivers([(u, [room]) for u, room in senders], on_message)
+        acked: set[str] = set()
+        acked_in_window = 0
+        errors = 0
+        last_error = ""
+        meter = self.meter()
+        meter.start()
+        profile = self._profiled("W1")
+        wall_start = time.time()
+        end = time.monotonic() + duration
+
+        async def sender(user: User, room: str) -> None:
+            nonlocal acked_in_window, errors, last_error
+            seq = 0
+            while time.monotonic() < end:
+                bid = f"w1.{user.index}.{seq}"
+                seq += 1
+                try:
+                    response = await self.mx.send(user, room, message_content(bid))
+                except (HttpError, TimeoutError) as e:
+                    errors += 1
+                    last_error = str(e) or type(e).__name__ or type(e).__name__
+                    await asyncio.sleep(0.1)
+                    continue
+                if response.status == 200:
+                    acked.add(bid)
+                    if time.monotonic() <= end:
+                        acked_in_window += 1
+                else:
+                    errors += 1
+                    last_error = f"HTTP {response.status} {response.text()}"
+                    await asyncio.sleep(0.05)
+
+        await asyncio.gather(*(sender(u, r) for u, r in senders))
+        wall_end = wall_start + duration
+        missing = await self._drain(acked, delivered)
+        if profile is not None:
+            profile.stop()
+        result.resources = meter.stop()
+        await self._stop_receivers(receivers)
+
+        in_window = sum(1 for t in delivered.values() if t <= wall_end)
+        gaps = sum(r.stats.gaps for r in receivers)
+        sync_errors = sum(r.stats.errors for r in receivers)
+        note = _lost_note(len(missing), errors + sync_errors, dups, gaps)
+        result.metrics["w1.acked"] = Metric(acked_in_window / duration, "msg/s", True, note)
+        result.metrics["w1.delivered"] = Metric(in_window / duration, "msg/s", True, note)
+        result.details = {
+            "duration_s": duration,
+            "senders": len(senders),
+            "acked": len(acked),
+            "acked_in_window": acked_in_window,
+            "delivered_in_window": in_window,
+            "delivered_total": len(delivered),
+            "lost": len(missing),
+            "duplicates": dups,
+            "send_errors": errors,
+            "sync_errors": sync_errors,
+            "timeline_gaps": gaps,
+            "sync_responses": sum(r.stats.responses for r in receivers),
+            "latency_p50_ms": _ms(percentile(latencies, 50)),
+            "latency_p99_ms": _ms(percentile(latencies, 99)),
+        }
+        self._problems(result, missing, errors, last_error, receivers, dups)
+        return result
+
+    async def _drain(self, expected: set[str], delivered: dict[str, Any]) -> set[str]:
+        """Wait (while deliveries still come in, up to grace_s) until every expected id arrived."""
+        deadline = time.monotonic() + self.sizes.grace_s
+        last_count, last_progress = -1, time.monotonic()
+        while True:
+            missing = expected - delivered.keys()
+            if not missing:
+                return missing
+            now = time.monotonic()
+            if len(delivered) != last_count:
+                last_count, last_progress = len(delivered), now
+            if now > deadline or now - last_progress > 10:
+                return missing
+            await asyncio.sleep(0.1)
+
+    def _problems(
+        self,
+        result: WorkloadResult,
+        missing: set[str] | int,
+        errors: int,
+        last_error: str,
+        receivers: list[SyncReceiver],
+        dups: int,
+    ) -> None:
+        lost = missing if isinstance(missing, int) else len(missing)
+        if lost:
+            example = "" if isinstance(missing, int) else f" (e.g. {sorted(missing)[:3]})"
+            result.problems.append(f"{lost} acknowledged messages never reached the receiver's sync{example}")
+        if errors:
+            result.problems.append(f"{errors} send errors; last: {last_error}")
+        sync_errors = [r.stats for r in receivers if r.stats.errors]
+        if sync_errors:
+            total = sum(st.errors for st in sync_errors)
+            result.problems.append(f"{total} sync errors; last: {sync_errors[-1].last_error}")
+        if dups:
+            result.problems.append(f"{dups} messages delivered more than once")
+        gaps = sum(r.stats.gaps for r in receivers)
+        if gaps:
+            result.problems.append(f"{gaps} sync responses had a limited (gapped) timeline")
+
+    # W2: latency at a fixed rate ----------------------------------------------------------------
+
+    async def w2(self, rate: int) -> WorkloadResult:
+        s = self.sizes
+        result = WorkloadResult(f"W2@{rate}", f"W2 latency: {s.w1_users} users, {rate} msg/s in total")
+        dms = await self.ensure_dms(s.w1_users)
+        senders = [(a, room) for a, b, room in dms] + [(b, room) for a, b, room in dms]
+        duration = s.w2_seconds
+        delivered: dict[str, float] = {}
+        latencies: dict[str, float] = {}
+        sent_wall: dict[str, float] = {}
+        dups = 0
+
+        def on_message(user: User) -> Callable[[str, str, dict[str, Any], float], None]:
+            def handle(room_id: str, sender: str, content: dict[str, Any], now: float) -> None:
+                nonlocal dups
+                if sender == user.user_id:
+                    return
+                bid = content["bench_id"]
+                if bid in delivered:
+                    dups += 1
+                    return
+                delivered[bid] = now
+                latencies[bid] = now - content["bench_ts"] / 1e6
+                sent_wall[bid] = content["bench_ts"] / 1e6
+
+            return handle
+
+        receivers = await self._receivers([(u, [room]) for u, room in senders], on_message)
+        acked: set[str] = set()
+        ack_latencies: list[float] = []
+        errors = 0
+        last_error = ""
+        lag_max = 0.0
+        tasks: set[asyncio.Task[None]] = set()
+
+        # At most this many sends in flight (connections); beyond it a send waits in the generator,
+        # its clock already running (the time stamp is taken first). New connections during the
+        # run would land in bursts on the server's listen backlog, so they are opened up front.
+        connections = min(W2_MAX_CONNECTIONS, rate)
+        in_flight = asyncio.Semaphore(connections)
+
+        async def send_one(user: User, room: str, bid: str) -> None:
+            nonlocal errors, last_error
+            t0 = time.monotonic()
+            content = message_content(bid)
+            try:
+                async with in_flight:
+                    response = await self.mx.send(user, room, content)
+            except (HttpError, TimeoutError) as e:
+                errors += 1
+                last_error = str(e) or type(e).__name__
+                return
+            if response.status == 200:
+                acked.add(bid)
+                ack_latencies.append(time.monotonic() - t0)
+            else:
+                errors += 1
+                last_error = f"HTTP {response.status} {response.text()}"
+
+        self.http.close_idle()
+        await self.http.preconnect(connections)
+        meter = self.meter()
+        meter.start()
+        total = int(rate * duration)
+        interval = 1.0 / rate
+        start = time.monotonic() + 0.05
+        start_wall = time.time() + 0.05
+        n = 0
+        while n < total:
+            now = time.monotonic()
+            due = start + n * interval
+            if due > now:
+                await asyncio.sleep(due - now)
+                continue
+            lag_max = max(lag_max, now - due)
+            user, room = senders[n % len(senders)]
+            task = asyncio.create_task(send_one(user, room, f"w2.{rate}.{n}"))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            n += 1
+        if tasks:
+            await asyncio.gather(*list(tasks))
+        missing = await self._drain(acked, delivered)
+        result.resources = meter.stop()
+        await self._stop_receivers(receivers)
+        self.http.close_idle()
+
+        values = [latencies[b] for b in acked if b in latencies]
+        gaps = sum(r.stats.gaps for r in receivers)
+        sync_errors = sum(r.stats.errors for r in receivers)
+        note = _lost_note(len(missing), errors + sync_errors, dups, gaps)
+        result.metrics[f"w2.{rate}.p50"] = Metric(_ms(percentile(values, 50)), "ms", False, note)
+        result.metrics[f"w2.{rate}.p99"] = Metric(_ms(percentile(values, 99)), "ms", False, note)
+        result.metrics[f"w2.{rate}.max"] = Metric(_ms(max(values) if values else None), "ms", False, note)
+        result.details = {
+            "rate_offered": rate,
+            "duration_s": duration,
+            "scheduled": total,
+            "acked": len(acked),
+            "delivered": len(delivered),
+            "lost": len(missing),
+            "send_errors": errors,
+            "sync_errors": sync_errors,
+            "timeline_gaps": gaps,
+            "duplicates": dups,
+            "ack_p50_ms": _ms(percentile(ack_latencies, 50)),
+            "ack_p99_ms": _ms(percentile(ack_latencies, 99)),
+            "generator_max_lag_ms": lag_max * 1000,
+            "connections": connections,
+            # When the slowest messages were sent (s after the start) and how long they took (ms):
+            # spikes at regular intervals point at a periodic job or a pause.
+            "slowest": [
+                (round(sent_wall[b] - start_wall, 2), round(latencies[b] * 1000))
+                for b in sorted((b for b in acked if b in latencies), key=latencies.__getitem__)[-8:]
+            ],
+            "sync_responses": sum(r.stats.responses for r in receivers),
+        }
+        if lag_max > 0.1:
+            result.problems.append(
+                f"the generator fell up to {lag_max * 1000:.0f} ms behind its send schedule"
+            )
+        self._problems(result, missing, errors, last_error, receivers, dups)
+        return result
+
+    # W3: fan-out ---------------------------------------------------------------------------------
+
+    async def w3(self) -> WorkloadResult:
+        s = self.sizes
+        result = WorkloadResult(
+            "W3",
+            f"W3 fan-out: {s.w3_members} members, {s.w3_senders} senders x {s.w3_messages} messages",
+        )
+        room = await self.ensure_big_room(s.w3_members)
+        members = self.users[: s.w3_members]
+        count: dict[str, int] = {}
+        last_at: dict[str, float] = {}
+        sent_at: dict[str, float] = {}
+        deliveries = 0
+        dups = 0
+
+        def on_message(user: User) -> Callable[[str, str, dict[str, Any], float], None]:
+            seen: set[str] = set()
+
+            def handle(room_id: str, sender: str, content: dict[str, Any], now: float) -> None:
+                nonlocal deliveries, dups
+                bid = content["bench_id"]
+                if bid in seen:
+                    dups += 1
+                    return
+                seen.add(bid)
+                deliveries += 1
+                count[bid] = count.get(bid, 0) + 1
+                last_at[bid] = now
+                sent_at.setdefault(bid, content["bench_ts"] / 1e6)
+
+            return handle
+
+        self.log(f"    {len(members)} long-polls")
+        receivers = await self._receivers([(u, [room]) for u in members], on_message)
+        errors = 0
+        last_error = ""
+        acked: set[str] = set()
+        meter = self.meter()
+        meter.start()
+        profile = self._profiled("W3")
+        first_send = time.time()
+
+        async def sender(user: User) -> None:
+            nonlocal errors, last_error
+            for seq in range(s.w3_messages):
+                bid = f"w3.{user.index}.{seq}"
+                try:
+                    response = await self.mx.send(user, room, message_content(bid))
+                except (HttpError, TimeoutError) as e:
+                    errors += 1
+                    last_error = str(e) or type(e).__name__ or type(e).__name__
+                    continue
+                if response.status == 200:
+                    acked.add(bid)
+                else:
+                    errors += 1
+                    last_error = f"HTTP {response.status} {response.text()}"
+
+        await asyncio.gather(*(sender(u) for u in members[: s.w3_senders]))
+        complete: dict[str, float] = {}
+        n_members = len(members)
+        # A slow server may still be fanning out long after the last send: wait while it
+        # makes progress (up to 5 minutes), and give up after 10 s without any.
+        deadline = time.monotonic() + max(s.grace_s, 300.0)
+        last_progress, last_deliveries = time.monotonic(), -1
+        while True:
+            now = time.monotonic()
+            if deliveries != last_deliveries:
+                last_deliveries, last_progress = deliveries, now
+            if all(count.get(b, 0) >= n_members for b in acked):
+                break
+            if now > deadline or now - last_progress > 10:
+                break
+            await asyncio.sleep(0.05)
+        if profile is not None:
+            profile.stop()
+        result.resources = meter.stop()
+        await self._stop_receivers(receivers)
+
+        for bid in acked:
+            if count.get(bid, 0) >= n_members:
+                complete[bid] = last_at[bid] - sent_at[bid]
+        expected = len(acked) * n_members
+        missing = expected - sum(min(count.get(b, 0), n_members) for b in acked)
+        span = (max(last_at.values()) - first_send) if last_at else 0.0
+        values = list(complete.values())
+        incomplete = len(acked) - len(complete)
+        gaps = sum(r.stats.gaps for r in receivers)
+        sync_errors = sum(r.stats.errors for r in receivers)
+        note = _lost_note(0, errors + sync_errors, dups, gaps)
+        if missing:
+            note = ", ".join(x for x in (f"{missing} deliveries missing", note) if x)
+        result.metrics["w3.p50"] = Metric(_ms(percentile(values, 50)), "ms", False, note)
+        result.metrics["w3.p99"] = Metric(_ms(percentile(values, 99)), "ms", False, note)
+        result.metrics["w3.rate"] = Metric(
+            deliveries / span if span > 0 else None, "deliveries/s", True, note
+        )
+        result.details = {
+            "members": n_members,
+            "messages_acked": len(acked),
+            "deliveries": deliveries,
+            "deliveries_expected": expected,
+            "missing_deliveries": missing,
+            "messages_not_at_every_member": incomplete,
+            "span_s": span,
+            "send_errors": errors,
+            "sync_errors": sync_errors,
+            "timeline_gaps": gaps,
+            "duplicates": dups,
+            "sync_responses": sum(r.stats.responses for r in receivers),
+        }
+        if missing:
+            result.problems.append(
+                f"{missing} of {expected} deliveries missing after the wait "
+                f"({incomplete} messages did not reach every member)"
+            )
+        self._problems(result, 0, errors, last_error, receivers, dups)
+        return result
+
+    # W4: idle connections --------------------------------------------------------------------------
+
+    async def w4_sync(self) -> WorkloadResult:
+        n = self.sizes.w4_syncs
+        result = WorkloadResult("W4 sync", f"W4 idle: {n} long-poll /sync requests held open")
+        pid = self.target.pid
+        assert pid is not None
+        users = await self.ensure_idle_users(n)
+        await self._since_tokens(users)
+        self.http.close_idle()
+        await settle(pid)
+        base = await steady_rss(pid)
+        http = HttpClient(self.target.host, self.target.port)
+        mx = Matrix(http)
+        returned = 0
+        errors = 0
+        last_error = ""
+        meter = self.meter()
+        meter.start()
+        t0 = time.monotonic()
+        await http.preconnect(n)
+
+        async def hold(user: User) -> None:
+            nonlocal returned, errors, last_error
+            since = self.sinces[user.user_id]
+            while True:
+                try:
+                    response = await mx.sync(user, since, 300_000, EMPTY_FILTER)
+                except (HttpError, TimeoutError) as e:
+                    errors += 1
+                    last_error = str(e) or type(e).__name__ or type(e).__name__
+                    await asyncio.sleep(1)
+                    continue
+                returned += 1
+                if response.status != 200:
+                    errors += 1
+                    last_error = f"HTTP {response.status} {response.text()}"
+                    await asyncio.sleep(1)
+                    continue
+                since = json.loads(response.body)["next_batch"]
+
+        tasks = [asyncio.create_task(hold(u)) for u in users]
+        opened_s = time.monotonic() - t0
+        await asyncio.sleep(2)
+        await settle(pid, max_s=30)
+        after = await steady_rss(pid)
+        result.resources = meter.stop()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        http.close()
+        per_conn = (after - base) / n
+        note = f"{errors} errors" if errors else ""
+        result.metrics["w4.sync"] = Metric(per_conn / 1024, "KiB/conn", False, note)
+        result.details = {
+            "connections": n,
+            "rss_before_mb": base / 2**20,
+            "rss_after_mb": after / 2**20,
+            "early_returns": returned,
+            "errors": errors,
+            "open_s": opened_s,
+        }
+        if errors:
+            result.problems.append(f"{errors} errors holding long-polls; last: {last_error}")
+        return result
+
+    async def w4_ws(self, n: int) -> WorkloadResult:
+        """`n` idle WebSocket streams at /_homeserver/ws (ours only), one device each."""
+        import aiohttp
+
+        result = WorkloadResult(f"W4 ws{n}", f"W4 idle: {n} WebSocket streams")
+        pid = self.target.pid
+        assert pid is not None
+        users = await self.ensure_idle_users(self.sizes.w4_syncs)
+        pairs = await self._tokens(users, n)
+        await self._since_tokens(users[: min(n, len(users))])
+        self.http.close_idle()
+        await settle(pid)
+        base = await steady_rss(pid)
+        url = f"ws://{self.target.host}:{self.target.port}/_homeserver/ws"
+        connector = aiohttp.TCPConnector(limit=0, force_close=False)
+        session = aiohttp.ClientSession(connector=connector)
+        frames = 0
+        errors = 0
+        last_error = ""
+        readers: list[asyncio.Task[None]] = []
+        sockets: list[Any] = []
+        semaphore = asyncio.Semaphore(50)
+        meter = self.meter()
+        meter.start()
+        t0 = time.monotonic()
+
+        async def reader(ws: Any) -> None:
+            nonlocal frames
+            async for _ in ws:
+                frames += 1
+
+        async def open_one(user: User, token: str) -> None:
+            nonlocal errors, last_error
+            try:
+                async with semaphore:
+                    ws = await session.ws_connect(url, autoping=True, heartbeat=None, max_msg_size=0)
+                    await ws.send_str(
+                        json.dumps({"type": "auth", "token": token, "since": self.sinces[user.user_id]})
+                    )
+                    first = await ws.receive(timeout=60)
+                if first.type != aiohttp.WSMsgType.TEXT or json.loads(first.data).get("type") != "ready":
+                    errors += 1
+                    last_error = f"first frame {first.type} {str(first.data)[:200]}"
+                    await ws.close()
+                    return
+                sockets.append(ws)
+                readers.append(asyncio.create_task(reader(ws)))
+            except Exception as e:
+                errors += 1
+                last_error = f"{type(e).__name__}: {e}"
+
+        await asyncio.gather(*(open_one(u, tok) for u, tok in pairs))
+        opened_s = time.monotonic() - t0
+        await asyncio.sleep(2)
+        await settle(pid, max_s=30)
+        after = await steady_rss(pid)
+        open_count = sum(1 for ws in sockets if not ws.closed)
+        result.resources = meter.stop()
+        for task in readers:
+            task.cancel()
+        await session.close()
+        await asyncio.gather(*readers, return_exceptions=True)
+        per_conn = (after - base) / n
+        note = f"{errors} failed" if errors else ""
+        result.metrics[f"w4.ws{n}"] = Metric(per_conn / 1024, "KiB/conn", False, note)
+        result.metrics[f"w4.ws{n}.added"] = Metric((after - base) / 2**20, "MB", False, note)
+        result.metrics[f"w4.ws{n}.total"] = Metric(after / 2**20, "MB", False, note)
+        result.details = {
+            "streams": n,
+            "open_at_measurement": open_count,
+            "rss_before_mb": base / 2**20,
+            "rss_after_mb": after / 2**20,
+            "frames_received": frames,
+            "errors": errors,
+            "open_s": opened_s,
+        }
+        if errors:
+            result.problems.append(f"{errors} of {n} streams failed to open; last: {last_error}")
+        if open_count < n - errors:
+            result.problems.append(f"only {open_count} streams were still open when measured")
+        return result
+
+    # W5: initial sync --------------------------------------------------------------------------------
+
+    async def w5(self) -> WorkloadResult:
+        s = self.sizes
+        result = WorkloadResult(
+            "W5", f"W5 initial sync: one user in {s.w5_rooms} rooms x {s.w5_messages} messages"
+        )
+        user = await self.target.register(self.mx, "bench_w5", -1)
+        t0 = time.monotonic()
+
+        async def fill(i: int) -> str:
+            room = await self.mx.create_room(user, {"preset": "private_chat", "name": f"bench room {i}"})
+            for seq in range(s.w5_messages):
+                response = await self.mx.send(user, room, message_content(f"w5.{i}.{seq}"))
+                if response.status != 200:
+                    raise MatrixCallError("send (W5 setup)", response)
+            return room
+
+        rooms = await gather_limited((fill(i) for i in range(s.w5_rooms)), s.setup_concurrency)
+        fill_s = time.monotonic() - t0
+        self.log(f"    filled {len(rooms)} rooms in {fill_s:.1f}s")
+        if self.target.pid is not None:
+            await settle(self.target.pid, max_s=20)
+        times: list[float] = []
+        sizes: list[int] = []
+        meter = self.meter()
+        meter.start()
+        seen_rooms = 0
+        events = 0
+        for _ in range(s.w5_repeats):
+            t = time.monotonic()
+            response = await self.mx.sync(user, None, 0, None)
+            times.append(time.monotonic() - t)
+            if response.status != 200:
+                raise MatrixCallError("initial sync", response)
+            sizes.append(len(response.body))
+            joined = response.json()["rooms"]["join"]
+            seen_rooms = len(joined)
+            events = sum(len((r.get("timeline") or {}).get("events", ())) for r in joined.values())
+        result.resources = meter.stop()
+        result.metrics["w5.first"] = Metric(_ms(times[0]), "ms", False)
+        result.metrics["w5.time"] = Metric(_ms(statistics.median(times)), "ms", False)
+        result.metrics["w5.bytes"] = Metric(statistics.median(sizes) / 1024, "KiB", False)
+        result.details = {
+            "rooms": len(rooms),
+            "rooms_in_response": seen_rooms,
+            "timeline_events_in_response": events,
+            "times_ms": [round(t * 1000, 1) for t in times],
+            "bytes": sizes,
+            "setup_fill_s": fill_s,
+            "setup_msgs_per_s": s.w5_rooms * s.w5_messages / fill_s if fill_s else None,
+        }
+        if seen_rooms != len(rooms):
+            result.problems.append(f"initial sync listed {seen_rooms} joined rooms, expected {len(rooms)}")
+        return result
+
+    # W6: joining a large room ---------------------------------------------------------------------------
+
+    async def w6(self) -> WorkloadResult:
+        s = self.sizes
+        result = WorkloadResult("W6", f"W6 join: a room with {s.w6_members} members")
+        t0 = time.monotonic()
+        room = await self.ensure_big_room(s.w6_members)
+        fill_s = time.monotonic() - t0
+        self.log(f"    room has {self.big_room_members} members ({fill_s:.1f}s to fill)")
+        joiners = self.users[s.w6_members : s.w6_members + s.w6_joins]
+        if self.target.pid is not None:
+            await settle(self.target.pid, max_s=20)
+        times: list[float] = []
+        meter = self.meter()
+        meter.start()
+        for user in joiners:
+            t = time.monotonic()
+            await self.mx.join(user, room)
+            times.append(time.monotonic() - t)
+        result.resources = meter.stop()
+        self.big_room_members += len(joiners)
+        result.metrics["w6.time"] = Metric(_ms(statistics.median(times)), "ms", False)
+        result.details = {
+            "members_before": s.w6_members,
+            "join_times_ms": [round(t * 1000, 1) for t in times],
+            "setup_fill_s": fill_s,
+        }
+        return result
+
+
+def resources_of(result: WorkloadResult) -> Resources | None:
+    return result.resources

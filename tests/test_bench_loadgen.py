@@ -1,0 +1,303 @@
+"""The load generator counts right: against a fake homeserver that loses, duplicates and refuses
+messages on purpose, and for a few seconds against the real server. No timing is asserted."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from aiohttp import web
+
+# bench/ is a top-level folder of the repository, not an installed package.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.httpclient import HttpClient  # noqa: E402
+from bench.matrix import Matrix  # noqa: E402
+from bench.servers import Target  # noqa: E402
+from bench.stats import percentile  # noqa: E402
+from bench.workloads import Runner, Sizes  # noqa: E402
+
+T = TypeVar("T")
+
+
+def run_async(factory: Callable[[], Awaitable[T]]) -> T:
+    """asyncio.run in its own thread: the test process may have a reactor on this one."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(factory())).result(timeout=120)  # type: ignore[arg-type]
+
+
+class FakeHomeserver:
+    """Register, createRoom, join, send and long-poll /sync, in memory, with faults on request.
+
+    `drop`: (receiver user id, bench_id) pairs never shown to that receiver.
+    `duplicate`: bench_ids sent twice in the same sync response (to every receiver but the sender).
+    `fail_every`: every n-th send is answered 500 (and not stored).
+    Sync responses are chunked, to exercise that path of the HTTP client.
+    """
+
+    def __init__(self) -> None:
+        self.tokens: dict[str, str] = {}
+        self.members: dict[str, set[str]] = {}
+        self.events: list[tuple[int, str, dict[str, Any]]] = []
+        self.changed = asyncio.Event()
+        self.drop: set[tuple[str, str]] = set()
+        self.duplicate: set[str] = set()
+        self.fail_every = 0
+        self.sends = 0
+        self.stored = 0
+        self.failed = 0
+        self.dropped_seen = 0
+        self.duplicated_sent = 0
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        base = "/_matrix/client/v3"
+        app.router.add_get("/_matrix/client/versions", self.versions)
+        app.router.add_post(f"{base}/register", self.register)
+        app.router.add_post(f"{base}/createRoom", self.create_room)
+        app.router.add_post(base + "/join/{room}", self.join)
+        app.router.add_put(base + "/rooms/{room}/send/{type}/{txn}", self.send)
+        app.router.add_get(f"{base}/sync", self.sync)
+        app.router.add_post(base + "/user/{user}/filter", self.upload_filter)
+        return app
+
+    async def versions(self, request: web.Request) -> web.Response:
+        return web.json_response({"versions": ["v1.11"]})
+
+    def _user(self, request: web.Request) -> str:
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if token not in self.tokens:
+            raise web.HTTPUnauthorized()
+        return self.tokens[token]
+
+    async def register(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        user_id = f"@{body['username']}:fake"
+        token = f"tok-{body['username']}"
+        self.tokens[token] = user_id
+        return web.json_response({"user_id": user_id, "access_token": token, "device_id": "DEV"})
+
+    async def upload_filter(self, request: web.Request) -> web.Response:
+        self._user(request)
+        return web.json_response({"filter_id": "7"})
+
+    async def create_room(self, request: web.Request) -> web.Response:
+        user = self._user(request)
+        room_id = f"!r{len(self.members)}:fake"
+        self.members[room_id] = {user}
+        return web.json_response({"room_id": room_id})
+
+    async def join(self, request: web.Request) -> web.Response:
+        user = self._user(request)
+        self.members[request.match_info["room"]].add(user)
+        return web.json_response({"room_id": request.match_info["room"]})
+
+    async def send(self, request: web.Request) -> web.Response:
+        user = self._user(request)
+        self.sends += 1
+        if self.fail_every and self.sends % self.fail_every == 0:
+            self.failed += 1
+            return web.json_response({"errcode": "M_UNKNOWN", "error": "injected"}, status=500)
+        room = request.match_info["room"]
+        content = await request.json()
+        event = {"type": "m.room.message", "sender": user, "content": content, "event_id": f"$e{self.stored}"}
+        self.stored += 1
+        self.events.append((len(self.events) + 1, room, event))
+        self.changed.set()
+        self.changed = asyncio.Event()
+        return web.json_response({"event_id": event["event_id"]})
+
+    async def sync(self, request: web.Request) -> web.StreamResponse:
+        user = self._user(request)
+        since = request.query.get("since")
+        timeout = int(request.query.get("timeout", "0")) / 1000
+        rooms: dict[str, Any] = {}
+        if since is not None:
+            after = int(since)
+            if len(self.events) <= after and timeout:
+                try:
+                    await asyncio.wait_for(self.changed.wait(), timeout)
+                except TimeoutError:
+                    pass
+            for _pos, room, event in self.events[after:]:
+                if user not in self.members[room]:
+                    continue
+                bench_id = event["content"]["bench_id"]
+                if (user, bench_id) in self.drop:
+                    self.dropped_seen += 1
+                    continue
+                timeline = rooms.setdefault(room, {"timeline": {"events": [], "limited": False}})
+                timeline["timeline"]["events"].append(event)
+                if bench_id in self.duplicate and event["sender"] != user:
+                    self.duplicated_sent += 1
+                    timeline["timeline"]["events"].append(event)
+        body = json.dumps({"next_batch": str(len(self.events)), "rooms": {"join": rooms}}).encode()
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        try:
+            await response.prepare(request)
+            # Two chunks, so the client has to join them.
+            await response.write(body[: len(body) // 2])
+            await response.write(body[len(body) // 2 :])
+            await response.write_eof()
+        except ConnectionResetError:
+            pass  # a long-poll the generator stopped
+        return response
+
+
+async def _with_fake(fake: FakeHomeserver, body: Callable[[Target, Runner], Awaitable[T]], sizes: Sizes) -> T:
+    runner_app = web.AppRunner(fake.app(), handler_cancellation=True, shutdown_timeout=1)
+    await runner_app.setup()
+    site = web.TCPSite(runner_app, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    target = Target("fake", "fake", "127.0.0.1", port)
+    runner = Runner(target, sizes, lambda _: None)
+    try:
+        await runner.setup_users(sizes.pool_size())
+        return await body(target, runner)
+    finally:
+        runner.close()
+        await runner_app.cleanup()
+
+
+def tiny_sizes() -> Sizes:
+    return Sizes(
+        w1_users=4,
+        w1_seconds=1.0,
+        w2_rates=[40],
+        w2_rates_ours=[40],
+        w2_seconds=1.0,
+        w3_members=6,
+        w3_senders=2,
+        w3_messages=3,
+        w4_syncs=4,
+        w4_ws=[],
+        w6_members=6,
+        w6_joins=1,
+        grace_s=1.5,
+    )
+
+
+def test_w1_counts_acks_losses_duplicates_and_errors() -> None:
+    fake = FakeHomeserver()
+    # Users 0 and 1 share the first DM: user 1 never sees user 0's 4th message; user 0 sees
+    # user 1's 3rd twice; every 7th send fails.
+    fake.drop = {("@bench1:fake", "w1.0.3")}
+    fake.duplicate = {"w1.1.2"}
+    fake.fail_every = 7
+
+    async def body(target: Target, runner: Runner) -> Any:
+        return await runner.w1()
+
+    result = run_async(lambda: _with_fake(fake, body, tiny_sizes()))
+    d = result.details
+    assert fake.dropped_seen >= 1 and fake.duplicated_sent >= 1
+    assert d["acked"] == fake.stored
+    assert d["send_errors"] == fake.failed > 0
+    assert d["lost"] == 1
+    assert d["duplicates"] == fake.duplicated_sent
+    assert d["delivered_total"] == fake.stored - 1
+    assert d["acked_in_window"] <= d["acked"]
+    assert result.metrics["w1.acked"].value == pytest.approx(d["acked_in_window"] / d["duration_s"])
+    assert result.metrics["w1.delivered"].value == pytest.approx(d["delivered_in_window"] / d["duration_s"])
+    assert "1 lost" in result.metrics["w1.delivered"].note
+    assert any("never reached" in p for p in result.problems)
+
+
+def test_w2_sends_on_schedule_and_measures_every_message() -> None:
+    fake = FakeHomeserver()
+
+    async def body(target: Target, runner: Runner) -> Any:
+        return await runner.w2(40)
+
+    result = run_async(lambda: _with_fake(fake, body, tiny_sizes()))
+    d = result.details
+    assert d["scheduled"] == 40 == fake.stored == d["acked"] == d["delivered"]
+    assert d["lost"] == 0 and d["duplicates"] == 0 and d["send_errors"] == 0
+    p50, p99, top = (result.metrics[f"w2.40.{q}"].value for q in ("p50", "p99", "max"))
+    assert p50 is not None and p99 is not None and top is not None
+    assert 0 <= p50 <= p99 <= top
+    assert result.problems == [] or all("behind its send schedule" in p for p in result.problems)
+
+
+def test_w3_counts_every_member_delivery() -> None:
+    fake = FakeHomeserver()
+    fake.drop = {("@bench5:fake", "w3.0.1")}
+
+    async def body(target: Target, runner: Runner) -> Any:
+        return await runner.w3()
+
+    result = run_async(lambda: _with_fake(fake, body, tiny_sizes()))
+    d = result.details
+    assert d["messages_acked"] == 6 == fake.stored
+    assert d["deliveries_expected"] == 6 * 6
+    assert d["deliveries"] == 6 * 6 - 1
+    assert d["missing_deliveries"] == 1
+    assert d["messages_not_at_every_member"] == 1
+    assert result.metrics["w3.rate"].value is not None
+
+
+def test_http_client_reuses_connections_and_reads_chunked_bodies() -> None:
+    fake = FakeHomeserver()
+
+    async def main() -> tuple[int, int, Any]:
+        runner_app = web.AppRunner(fake.app(), handler_cancellation=True, shutdown_timeout=1)
+        await runner_app.setup()
+        site = web.TCPSite(runner_app, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        http = HttpClient("127.0.0.1", port)
+        try:
+            mx = Matrix(http)
+            reg = await mx.call("POST", "/_matrix/client/v3/register", {"username": "a", "password": "x"})
+            for _ in range(20):
+                response = await http.request(
+                    "GET", "/_matrix/client/v3/sync?since=0", token=reg["access_token"]
+                )
+                assert response.status == 200
+            return http.connections_opened, http.requests, response.json()
+        finally:
+            http.close()
+            await runner_app.cleanup()
+
+    opened, requests, body = run_async(main)
+    assert opened == 1 and requests == 21
+    assert body == {"next_batch": "0", "rooms": {"join": {}}}
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(x) for x in range(1, 101)]
+    assert percentile(values, 50) == 50
+    assert percentile(values, 99) == 99
+    assert percentile(values, 100) == 100
+    assert percentile([], 50) is None
+
+
+def test_against_our_server_for_a_few_seconds(start_server: Callable[..., Any]) -> None:
+    """W1 and W3 with tiny numbers against the real server: nothing lost, duplicated or refused."""
+    server = start_server({"rate_limits": {"enabled": False}, "logging": {"access_log": False}})
+    sizes = tiny_sizes()
+
+    async def main() -> tuple[Any, Any]:
+        target = Target("ours", "ours", "127.0.0.1", server.port, process=server.process, is_ours=True)
+        runner = Runner(target, sizes, lambda _: None)
+        try:
+            await runner.setup_users(sizes.pool_size())
+            return await runner.w1(), await runner.w3()
+        finally:
+            runner.close()
+
+    w1, w3 = run_async(main)
+    assert w1.details["acked"] > 0
+    assert w1.details["lost"] == 0 and w1.details["duplicates"] == 0, w1.problems
+    assert w1.details["send_errors"] == 0 and w1.details["sync_errors"] == 0, w1.problems
+    assert w1.details["delivered_total"] == w1.details["acked"]
+    assert w3.details["deliveries"] == w3.details["deliveries_expected"] == 6 * 6, w3.problems
+    assert w1.resources is not None and w1.resources.server_cpu_s >= 0
