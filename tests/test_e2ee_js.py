@@ -20,58 +20,20 @@ where they fail; `make test` installs the npm packages (`npm ci` in tests/js).
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import ServerProcess, start_server_process
+from js_runner import node_or_skip, run_script
 from signedjson.key import decode_verify_key_base64
 from signedjson.sign import verify_signed_json
 
-JS_DIR = Path(__file__).resolve().parent / "js"
-SCRIPT_TIMEOUT = 120
 PASSWORD = "correct horse battery"
 MEGOLM = "m.megolm.v1.aes-sha2"
 # The E2EE tests need the server default: private and direct chats start encrypted.
 ENCRYPTED_BY_DEFAULT = {"encryption": {"enabled_by_default_for_room_type": "invite"}}
-
-
-def node_or_skip() -> str:
-    node = shutil.which("node")
-    problem = None
-    if node is None:
-        problem = "node is not installed (needed for the matrix-js-sdk E2EE tests)"
-    elif not (JS_DIR / "node_modules" / "@matrix-org" / "matrix-sdk-crypto-wasm").is_dir():
-        problem = "tests/js/node_modules is missing: run `make test` or `npm ci` in tests/js"
-    if problem is not None:
-        if os.environ.get("CI"):
-            pytest.fail(problem)
-        pytest.skip(problem)
-    assert node is not None
-    return node
-
-
-def run_script(node: str, script: str, *args: str) -> dict[str, Any]:
-    try:
-        proc = subprocess.run(
-            [node, str(JS_DIR / script), *args],
-            cwd=JS_DIR,
-            capture_output=True,
-            text=True,
-            timeout=SCRIPT_TIMEOUT,
-        )
-    except subprocess.TimeoutExpired as e:
-        pytest.fail(f"{script} timed out after {SCRIPT_TIMEOUT} s\nstdout:\n{e.stdout}\nstderr:\n{e.stderr}")
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    detail = f"exit {proc.returncode}\nstdout:\n{proc.stdout[-5000:]}\nstderr:\n{proc.stderr[-8000:]}"
-    assert proc.returncode == 0 and lines, detail
-    result: dict[str, Any] = json.loads(lines[-1][len("RESULT ") :])
-    return result
 
 
 def register(server: ServerProcess, *names: str) -> list[str]:
@@ -102,7 +64,7 @@ class Run:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
-    node = node_or_skip()
+    node = node_or_skip("@matrix-org/matrix-sdk-crypto-wasm")
     server = start_server_process(tmp_path_factory.mktemp("hs-e2ee"), ENCRYPTED_BY_DEFAULT)
     try:
         yield Run(server, node)
@@ -254,7 +216,7 @@ def test_plaintext_never_stored_sqlite(run: Run) -> None:
 
 
 def test_plaintext_never_stored_postgres(tmp_path_factory: pytest.TempPathFactory, pg_url: str) -> None:
-    node = node_or_skip()
+    node = node_or_skip("@matrix-org/matrix-sdk-crypto-wasm")
     import psycopg2
 
     server = start_server_process(

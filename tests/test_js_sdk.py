@@ -9,51 +9,10 @@ installs the npm packages (`npm ci` in tests/js).
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
-from pathlib import Path
 from typing import Any
 
-import pytest
 from conftest import ServerProcess
-
-JS_DIR = Path(__file__).resolve().parent / "js"
-SCRIPT_TIMEOUT = 120
-
-
-def node_or_skip() -> str:
-    node = shutil.which("node")
-    problem = None
-    if node is None:
-        problem = "node is not installed (needed for the matrix-js-sdk tests)"
-    elif not (JS_DIR / "node_modules" / "matrix-js-sdk").is_dir():
-        problem = "tests/js/node_modules is missing: run `make test` or `npm ci` in tests/js"
-    if problem is not None:
-        if os.environ.get("CI"):
-            pytest.fail(problem)
-        pytest.skip(problem)
-    assert node is not None
-    return node
-
-
-def run_script(node: str, script: str, *args: str) -> dict[str, Any]:
-    try:
-        proc = subprocess.run(
-            [node, str(JS_DIR / script), *args],
-            cwd=JS_DIR,
-            capture_output=True,
-            text=True,
-            timeout=SCRIPT_TIMEOUT,
-        )
-    except subprocess.TimeoutExpired as e:
-        pytest.fail(f"{script} timed out after {SCRIPT_TIMEOUT} s\nstdout:\n{e.stdout}\nstderr:\n{e.stderr}")
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    detail = f"exit {proc.returncode}\nstdout:\n{proc.stdout[-5000:]}\nstderr:\n{proc.stderr[-5000:]}"
-    assert proc.returncode == 0 and lines, detail
-    result: dict[str, Any] = json.loads(lines[-1][len("RESULT ") :])
-    return result
+from js_runner import node_or_skip, run_script
 
 
 def test_js_sdk_rooms(start_server: Any) -> None:
