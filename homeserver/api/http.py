@@ -122,6 +122,12 @@ class ApiRequest(server.Request):
             raise BadJson("The body must be a JSON object")
         return body
 
+    def json_body_or_empty(self) -> JsonBody:
+        """The body as a JSON object, or {} when there is none (e.g. a first UIA round of DELETE)."""
+        assert self.content is not None
+        self.content.seek(0)
+        return self.json_body() if self.content.read().strip() else {}
+
     def query_param(self, name: str, default: str | None = None) -> str | None:
         values = self.args.get(name.encode(), [])
         return values[-1].decode("utf-8", "replace") if values else default

@@ -52,7 +52,7 @@ def register(router: Router, hs: "HomeServer") -> None:
 
     async def delete_device(request: ApiRequest, version: str, device_id: str) -> dict[str, Any]:
         requester = await require_user(hs, request)
-        body = _optional_body(request)
+        body = request.json_body_or_empty()
         if await hs.storage.devices.get_device(requester.user_id, device_id) is None:
             raise NotFound("Unknown device")
         await hs.uia.authenticate(
@@ -78,15 +78,6 @@ def register(router: Router, hs: "HomeServer") -> None:
     router.add("PUT", f"{CLIENT}/devices/{{device_id}}", rename_device)
     router.add("DELETE", f"{CLIENT}/devices/{{device_id}}", delete_device)
     router.add("POST", f"{CLIENT}/delete_devices", delete_devices)
-
-
-def _optional_body(request: ApiRequest) -> dict[str, Any]:
-    """DELETE may come without a body (the first UIA round)."""
-    assert request.content is not None
-    request.content.seek(0)
-    if not request.content.read().strip():
-        return {}
-    return request.json_body()
 
 
 async def _delete(hs: "HomeServer", user_id: str, device_ids: list[str]) -> None:

@@ -172,7 +172,7 @@ def register(router: Router, hs: "HomeServer") -> None:
         request: ApiRequest, version: str, room_id: str, receipt_type: str, event_id: str
     ) -> dict[str, Any]:
         requester = await require_user(hs, request)
-        body = request.json_body() if _has_body(request) else {}
+        body = request.json_body_or_empty()
         await hs.receipts.set_receipt(
             requester.user_id, room_id, receipt_type, event_id, body.get("thread_id")
         )
@@ -222,9 +222,3 @@ def register(router: Router, hs: "HomeServer") -> None:
     router.add("POST", f"{ROOM}/receipt/{{receipt_type}}/{{event_id}}", receipt)
     router.add("POST", f"{ROOM}/read_markers", read_markers)
     router.add("PUT", f"{ROOM}/typing/{{user_id}}", typing)
-
-
-def _has_body(request: ApiRequest) -> bool:
-    assert request.content is not None
-    request.content.seek(0)
-    return bool(request.content.read().strip())

@@ -48,7 +48,7 @@ def register(router: Router, hs: "HomeServer") -> None:
 
     async def leave(request: ApiRequest, version: str, room_id: str) -> dict[str, Any]:
         requester = await require_user(hs, request)
-        body = _body_or_empty(request)
+        body = request.json_body_or_empty()
         await rooms.leave(requester.user_id, room_id, _reason(body))
         return {}
 
@@ -191,9 +191,3 @@ def register(router: Router, hs: "HomeServer") -> None:
     router.add("PUT", f"{CLIENT}/directory/list/room/{{room_id}}", put_visibility)
     router.add("GET", f"{CLIENT}/publicRooms", public_rooms)
     router.add("POST", f"{CLIENT}/publicRooms", public_rooms)
-
-
-def _body_or_empty(request: ApiRequest) -> dict[str, Any]:
-    assert request.content is not None
-    request.content.seek(0)
-    return request.json_body() if request.content.read().strip() else {}
