@@ -20,6 +20,9 @@ STATES = ("online", "unavailable", "offline")
 IDLE_AFTER_MS = 5 * 60_000
 # No sync for this long (and none in progress): offline.
 OFFLINE_AFTER_MS = 60_000
+# Expiry writes at most this many users per transaction: thousands who stop syncing at
+# once become a few bounded steps rather than one long one (or thousands of small ones).
+EXPIRE_BATCH_SIZE = 500
 
 
 @dataclass
@@ -124,18 +127,66 @@ class PresenceService:
             p.last_sync_ts = self.clock.time_ms()
 
     async def expire(self) -> None:
-        """Periodic job: idle users become unavailable, users who stopped syncing offline."""
+        """Periodic job: idle users become unavailable, users who stopped syncing offline.
+
+        Batched: up to `EXPIRE_BATCH_SIZE` users per transaction, each with its own stream
+        position, released only once the batch has committed (as in `set_state`). Each user
+        is judged just before its batch is written, so one whose sync began while an earlier
+        batch was being written is left alone. One wake for the union of everyone's
+        audience at the end of the pass (also if a later batch fails), not one per user.
+        """
         now = self.clock.time_ms()
-        for user_id, p in list(self._users.items()):
-            if (
-                p.state != "offline"
-                and p.syncing == 0
-                and p.last_sync_ts
-                and now - p.last_sync_ts > OFFLINE_AFTER_MS
-            ):
-                await self.set_state(user_id, "offline", active=False)
-            elif p.state == "online" and now - p.last_active_ts > IDLE_AFTER_MS:
-                await self.set_state(user_id, "unavailable", active=False)
+        woken: set[str] = set()
+        try:
+            batch: list[tuple[str, UserPresence, str]] = []
+            for user_id, p in list(self._users.items()):
+                state = self._expired_state(p, now)
+                if state is None:
+                    continue
+                batch.append((user_id, p, state))
+                if len(batch) >= EXPIRE_BATCH_SIZE:
+                    woken |= await self._write_expired(batch)
+                    batch = []
+            if batch:
+                woken |= await self._write_expired(batch)
+        finally:
+            if woken:
+                self.notifier.wake_users(woken)
+
+    @staticmethod
+    def _expired_state(p: UserPresence, now: int) -> str | None:
+        """The state `p` expires to at `now`, or None if it stays as it is."""
+        if (
+            p.state != "offline"
+            and p.syncing == 0
+            and p.last_sync_ts
+            and now - p.last_sync_ts > OFFLINE_AFTER_MS
+        ):
+            return "offline"
+        if p.state == "online" and now - p.last_active_ts > IDLE_AFTER_MS:
+            return "unavailable"
+        return None
+
+    async def _write_expired(self, batch: list[tuple[str, UserPresence, str]]) -> set[str]:
+        """Apply and write one batch of expiries in one transaction; returns their audience."""
+        positions: list[int] = []
+        rows: list[tuple[str, str, str | None, int, int]] = []
+        try:
+            for user_id, p, state in batch:
+                # As set_state(user_id, state, active=False): status message and
+                # last-active time stay; the position is readable only after the commit.
+                stream_id = self.stream.allocate()
+                positions.append(stream_id)
+                p.state, p.stream_id = state, stream_id
+                rows.append((user_id, state, p.status_msg, p.last_active_ts, stream_id))
+            await self.storage.user_data.put_presence_many(rows)
+        finally:
+            for stream_id in positions:
+                self.stream.done(stream_id)
+        audience: set[str] = set()
+        for user_id, _, _ in batch:
+            audience |= await self.audience(user_id) if self.audience is not None else {user_id}
+        return audience
 
     def changed_since(self, user_ids: set[str], after: int, upto: int) -> list[str]:
         return [u for u in user_ids if (p := self._users.get(u)) is not None and after < p.stream_id <= upto]

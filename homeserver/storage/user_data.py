@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from homeserver.storage.database import Database, Txn
@@ -168,6 +169,27 @@ class UserDataStore:
             last_active_ts,
             stream_id,
         )
+
+    async def put_presence_many(self, rows: Sequence[tuple[str, str, str | None, int, int]]) -> None:
+        """(user, state, status message, last active, stream id) for many users, one transaction."""
+        if not rows:
+            return
+
+        def put_txn(txn: Txn) -> None:
+            # One statement on PostgreSQL; sorted so concurrent writers lock rows in one order.
+            txn.insert_many(
+                "presence",
+                ("user_id", "state", "status_msg", "last_active_ts", "stream_id"),
+                sorted(rows),
+                "ON CONFLICT (user_id) DO UPDATE SET state = excluded.state,"
+                " status_msg = excluded.status_msg, last_active_ts = excluded.last_active_ts,"
+                " stream_id = excluded.stream_id"
+                # A user's newer change (a sync that began meanwhile) may commit first on
+                # another connection: an older position never overwrites it.
+                " WHERE presence.stream_id < excluded.stream_id",
+            )
+
+        await self.db.run_interaction("put_presence_many", put_txn)
 
     async def all_presence(self) -> list[tuple[str, str, str | None, int, int]]:
         rows = await self.db.query(
