@@ -26,10 +26,11 @@ from homeserver.api.client import (
     versions,
 )
 from homeserver.api.client import register as register_routes
-from homeserver.api.http import ApiSite, Router
+from homeserver.api.http import Router, make_site
+from homeserver.api.http_server import HttpFactory
 from homeserver.api.simple import auth as simple_auth
 from homeserver.api.simple import messages as simple_messages
-from homeserver.api.ws import stream_resources
+from homeserver.api.ws import WS_PATH, stream_factory
 from homeserver.config import Config
 from homeserver.core.account_data import AccountDataService
 from homeserver.core.accounts import AccountService
@@ -118,7 +119,7 @@ class HomeServer:
         self.router = Router()
         self.router.access_log = config.logging.access_log
         # The WebSocket stream at /_homeserver/ws; every other path goes to the router.
-        self.websocket, self._site_root = stream_resources(self, self.router)
+        self.websocket = stream_factory(self, self.router)
         self.event_subscribers: list[tuple[str, EventCallback]] = []
         self.plugin_apis: list[PluginApi] = []
         self.plugins: list[Any] = []
@@ -256,8 +257,9 @@ class HomeServer:
         loop.start(interval_s, now=False)
         self._jobs.append(loop)
 
-    def site(self) -> ApiSite:
-        return ApiSite(self._site_root, self.config.limits.max_request_body_size, router=self.router)
+    def site(self) -> HttpFactory:
+        upgrades = {WS_PATH: self.websocket}
+        return make_site(self.router, self.config.limits.max_request_body_size, upgrades=upgrades)
 
     async def stop(self, port: IListeningPort | None) -> None:
         """Stop accepting, let in-flight requests finish (bounded), stop plugins, close the database."""

@@ -1,8 +1,9 @@
 """The HTTP layer's plumbing: a small router, JSON in and out, errors, CORS, body caps.
 
-Routes are (method, path pattern) -> async handler. The router is a plain
-`twisted.web` Resource, not a framework: measured, Klein costs ~45 % of a bare
-Resource's throughput (docs/adr/0002-http-router.md), and every path here needs
+Routes are (method, path pattern) -> async handler. Requests come from the lean
+HTTP server in http_server.py, not twisted.web (docs/adr/0004). The router is
+not a framework: measured, Klein costs ~45 % of a bare Resource's throughput
+(docs/adr/0002-http-router.md), and every path here needs
 the same Matrix conventions - `M_UNRECOGNIZED` for unknown paths (404) and
 methods (405), CORS headers and `OPTIONS` everywhere, `{"errcode", "error"}`
 bodies - which are easier to guarantee in one place than to bolt onto one.
@@ -10,7 +11,6 @@ bodies - which are easier to guarantee in one place than to bolt onto one.
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import time
@@ -22,9 +22,8 @@ from urllib.parse import unquote
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import http, server
-from twisted.web.resource import Resource
 
+from homeserver.api.http_server import HttpFactory, Request, safe_header_value
 from homeserver.errors import BadJson, MatrixError, MethodNotAllowed, NotJson, TooLarge, Unrecognized
 
 log = Logger()
@@ -63,46 +62,11 @@ class StreamBody:
     length: int | None = None
 
 
-class ApiRequest(server.Request):
-    """A request whose body is capped while it streams in, never held past the cap.
+class ApiRequest(Request):
+    """A request as handlers see it: the body (capped while it arrived, see
+    http_server), JSON helpers, query parameters, the caller's address and token."""
 
-    The cap is `max_body_size`, or the router's limit for the request's path
-    (`Router.set_body_limit`). Twisted keeps bodies under 100 kB in memory and
-    spools larger ones to an anonymous temporary file.
-    """
-
-    max_body_size = 1024 * 1024
-    # The router's per-path limits (set by ApiSite).
-    body_limit_for: Callable[[str], int | None] | None = None
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.body_too_large = False
-        self._received = 0
-        self.started = time.monotonic()
-
-    def gotLength(self, length: int | None) -> None:  # noqa: N802 - twisted's name
-        if self.body_limit_for is not None:
-            # The request line is parsed before the headers, so the channel knows the path.
-            target = getattr(self.channel, "_path", None)
-            if isinstance(target, bytes):
-                limit = self.body_limit_for(target.split(b"?", 1)[0].decode("utf-8", "replace"))
-                if limit is not None:
-                    self.max_body_size = limit
-        if length is not None and length > self.max_body_size:
-            self.body_too_large = True
-        super().gotLength(length if not self.body_too_large else 0)
-
-    def handleContentChunk(self, data: bytes) -> None:  # noqa: N802 - twisted's name
-        self._received += len(data)
-        if self._received > self.max_body_size and not self.body_too_large:
-            self.body_too_large = True
-            # Drop what was spooled so far (a chunked body has no length up front).
-            spooled, self.content = self.content, io.BytesIO()
-            if spooled is not None:
-                spooled.close()
-        if not self.body_too_large:
-            super().handleContentChunk(data)
+    __slots__ = ()
 
     # Convenience accessors used by handlers ---------------------------------
 
@@ -180,7 +144,11 @@ class _Node:
     routes: list[Route] = field(default_factory=list)
 
 
-class Router(Resource):
+_CORS_LINES = b"".join(b"%s: %s\r\n" % item for item in CORS_HEADERS.items())
+_JSON_HEAD = b"Content-Type: application/json\r\n" + _CORS_LINES
+
+
+class Router:
     """Dispatches every path of the server to the registered async handlers.
 
     Templates whose parameters each fill one path segment live in a trie walked
@@ -189,10 +157,7 @@ class Router(Resource):
     matched by regex.
     """
 
-    isLeaf = True
-
     def __init__(self) -> None:
-        super().__init__()
         self._routes: list[Route] = []
         self._exact: dict[str, list[Route]] = {}
         self._trie = _Node()
@@ -279,13 +244,12 @@ class Router(Resource):
                 found.append((route, {k: unquote(v) for k, v in m.groupdict().items()}))
         return found
 
-    def render(self, request: server.Request) -> int | bytes:
-        assert isinstance(request, ApiRequest)
+    def dispatch(self, request: ApiRequest) -> None:
+        """Handle a complete request (called by the HTTP server); answers asynchronously."""
         self.in_flight += 1
         d = Deferred.fromCoroutine(self._handle(request))
         d.addErrback(self._unexpected, request)
         d.addBoth(self._finished)
-        return server.NOT_DONE_YET
 
     def _finished(self, _: object) -> None:
         self.in_flight -= 1
@@ -350,13 +314,15 @@ class Router(Resource):
             data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         else:
             data = str(body).encode("utf-8")
-        self._set_headers(request, response)
-        if response.status == 429 and isinstance(body, dict) and "retry_after_ms" in body:
-            request.setHeader(b"Retry-After", str(max(1, int(body["retry_after_ms"]) // 1000)).encode())
-        request.setHeader(b"Content-Length", str(len(data)).encode())
-        if request.method != b"HEAD":
-            request.write(data)
-        request.finish()
+        if response.content_type == b"application/json" and not response.headers and response.status != 429:
+            head = _JSON_HEAD  # the common case: no per-response header to format
+        else:
+            lines = [b"Content-Type: %s\r\n" % safe_header_value(response.content_type), _CORS_LINES]
+            lines.extend(b"%s: %s\r\n" % (name, safe_header_value(value)) for name, value in response.headers)
+            if response.status == 429 and isinstance(body, dict) and "retry_after_ms" in body:
+                lines.append(b"Retry-After: %d\r\n" % max(1, int(body["retry_after_ms"]) // 1000))
+            head = b"".join(lines)
+        request.respond(response.status, head, data)
         self._log_access(request, response)
 
     def _set_headers(self, request: ApiRequest, response: Response) -> None:
@@ -400,8 +366,7 @@ class Router(Resource):
             request.loseConnection()
             return False
         finally:
-            if request.channel is not None:  # None once the connection is lost
-                request.unregisterProducer()
+            request.unregisterProducer()
         return True
 
     def _log_access(self, request: ApiRequest, response: Response) -> None:
@@ -441,29 +406,13 @@ class _Pacer:
             await self._paused
 
 
-class ApiSite(server.Site):
-    """A Site that uses ApiRequest and leaves access logging to the router.
-
-    Per-path body limits come from `router` (default: `resource` itself if it is
-    the Router, else its `router` attribute, as on the WebSocket-aware site root).
-    """
-
-    def __init__(self, resource: Resource, max_body_size: int, router: Router | None = None) -> None:
-        # parsePOSTFormSubmission=False: +39 % on JSON POSTs, and multipart bodies
-        # are never parsed by twisted.web behind our back (STACK-NOTES).
-        super().__init__(resource, requestFactory=self._make_request, parsePOSTFormSubmission=False)
-        self.max_body_size = max_body_size
-        if router is None:
-            found = resource if isinstance(resource, Router) else getattr(resource, "router", None)
-            router = found if isinstance(found, Router) else None
-        self.router = router
-
-    def _make_request(self, *args: Any, **kwargs: Any) -> ApiRequest:
-        request = ApiRequest(*args, **kwargs)
-        request.max_body_size = self.max_body_size
-        if self.router is not None:
-            request.body_limit_for = self.router.body_limit_for
-        return request
-
-    def log(self, request: http.Request) -> None:
-        pass
+def make_site(router: Router, max_body_size: int, upgrades: dict[bytes, Any] | None = None) -> HttpFactory:
+    """The listening side: HTTP connections whose requests go to `router`, and WebSocket
+    upgrades on the paths of `upgrades` to their Autobahn factories."""
+    return HttpFactory(
+        router.dispatch,  # type: ignore[arg-type]
+        max_body_size,
+        body_limit_for=router.body_limit_for,
+        request_factory=ApiRequest,
+        upgrades=upgrades,
+    )

@@ -27,7 +27,6 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.defer import Deferred
@@ -35,11 +34,9 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import server
-from twisted.web.resource import Resource
 from zope.interface import implementer
 
-from homeserver.api.http import CORS_HEADERS, Router
+from homeserver.api.http import ApiRequest, Response, Router
 from homeserver.core.filters import SyncFilter
 from homeserver.core.streams import SyncToken
 from homeserver.core.sync import SyncRequest
@@ -118,49 +115,20 @@ def _optional_str(frame: dict[str, Any], key: str) -> str | None:
     return value
 
 
-# The site's root -----------------------------------------------------------------------
+# Plain HTTP on the stream's path -------------------------------------------------------
 
 
-class SiteRoot(Resource):
-    """The site's root: the stream at WS_PATH, every other path to the router (which matches
-    on the whole path itself, so consuming the first segment here changes nothing for it)."""
+def add_upgrade_required_route(router: Router) -> None:
+    """A plain GET of WS_PATH (no WebSocket upgrade) gets a Matrix-shaped 426."""
 
-    def __init__(self, router: Router, stream: Resource) -> None:
-        super().__init__()
-        self.router = router
-        self.stream = stream
-
-    def getChildWithDefault(self, path: bytes, request: Any) -> Any:  # noqa: N802 - twisted's name
-        return self.stream if request.path == WS_PATH else self.router
-
-
-class StreamEndpoint(Resource):
-    """WS_PATH: upgrades WebSocket handshakes; anything else gets a Matrix-shaped 426."""
-
-    isLeaf = True
-
-    def __init__(self, factory: StreamFactory) -> None:
-        super().__init__()
-        self._websocket = WebSocketResource(factory)
-
-    def render(self, request: server.Request) -> int | bytes:
-        upgrade = (request.getHeader(b"upgrade") or b"").lower()
-        if b"websocket" in upgrade:
-            result: int | bytes = self._websocket.render(request)
-            return result
-        log.info(
-            "{method} {path} 426 (not a WebSocket upgrade)",
-            method=request.method.decode(),
-            path=WS_PATH.decode(),
+    async def upgrade_required(request: ApiRequest) -> Response:
+        return Response(
+            {"errcode": "M_UNRECOGNIZED", "error": "This endpoint only speaks WebSocket (docs/api.md)"},
+            426,
+            headers=((b"Upgrade", b"websocket"),),
         )
-        request.setResponseCode(426)
-        request.setHeader(b"Upgrade", b"websocket")
-        request.setHeader(b"Content-Type", b"application/json")
-        for name, value in CORS_HEADERS.items():
-            request.setHeader(name, value)
-        return encode_frame(
-            {"errcode": "M_UNRECOGNIZED", "error": "This endpoint only speaks WebSocket (docs/api.md)"}
-        )
+
+    router.add("GET", WS_PATH.decode(), upgrade_required)
 
 
 # Connections ---------------------------------------------------------------------------
@@ -289,9 +257,7 @@ class StreamProtocol(WebSocketServerProtocol):
         self._opened_at = time.monotonic()
         self.factory.connections.add(self)
         transport: Any = self.transport
-        # The HTTP channel that parsed the upgrade request is still the transport's
-        # producer: take its place, to hear when the send buffer fills.
-        transport.unregisterProducer()
+        # Registered on the transport, to hear when the send buffer fills.
         transport.registerProducer(_Backpressure(self), True)
         if self._url_token:
             self.close(CLOSE_BAD_REQUEST, "M_INVALID_PARAM: access tokens are not accepted in the URL")
@@ -636,7 +602,8 @@ def _reason(error: MatrixError) -> str:
     return f"{error.errcode}: {error.message}"
 
 
-def stream_resources(hs: "HomeServer", router: Router) -> tuple[StreamFactory, SiteRoot]:
-    """The stream's factory and the site root that serves it beside the router."""
-    factory = StreamFactory(hs)
-    return factory, SiteRoot(router, StreamEndpoint(factory))
+def stream_factory(hs: "HomeServer", router: Router) -> StreamFactory:
+    """The stream's factory (the HTTP server hands it upgrades of WS_PATH), and the
+    router's answer to plain requests there."""
+    add_upgrade_required_route(router)
+    return StreamFactory(hs)

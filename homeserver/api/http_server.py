@@ -1,0 +1,583 @@
+"""A lean HTTP/1.1 server on the Twisted reactor: parses requests, hands them to the router.
+
+Why not `twisted.web.server.Site`: it costs ~40 % of a small request's CPU
+(header objects, per-request query parsing, several writes per response,
+producer bookkeeping) and ~6 KiB per idle long-poll. The router only needs a
+method, a path, headers, a body and one write per response (docs/adr/0004).
+
+What it does: keep-alive and pipelining (one request handled at a time per
+connection), Content-Length and chunked request bodies capped per path while
+they arrive (bodies over SPOOL_AT go to an anonymous temporary file), `Expect:
+100-continue`, responses with a length or chunked, and WebSocket upgrades
+handed to Autobahn with the bytes read so far. It refuses what would be
+ambiguous (both Content-Length and Transfer-Encoding, folded headers, a bad
+length) with 400, and closes connections idle longer than IDLE_TIMEOUT_S or
+that take longer than HEAD_TIMEOUT_S to send a request head.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+import time
+from collections.abc import Callable
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import IO, Any
+from urllib.parse import parse_qs
+
+from twisted.internet.interfaces import IAddress
+from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+log = Logger()
+
+MAX_HEAD_BYTES = 64 * 1024
+SPOOL_AT = 100 * 1024
+# A body over its cap is read and dropped (so the client, still sending, reads the 413)
+# unless it announces more than this beyond the cap: then the answer comes first and
+# the connection is closed.
+DISCARD_AT_MOST = 16 * 1024 * 1024
+# While a request is being handled, what the client pipelines behind it is buffered up
+# to this much; then reading pauses until the response is out.
+MAX_PIPELINED_BYTES = 1024 * 1024
+IDLE_TIMEOUT_S = 300.0
+HEAD_TIMEOUT_S = 30.0
+SWEEP_EVERY_S = 10.0
+
+_HEAD, _BODY, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILERS, _DONE = range(7)
+
+_STATUS_LINES: dict[int, bytes] = {}
+
+
+def _status_line(code: int) -> bytes:
+    line = _STATUS_LINES.get(code)
+    if line is None:
+        try:
+            phrase = HTTPStatus(code).phrase
+        except ValueError:
+            phrase = "Unknown"
+        line = _STATUS_LINES[code] = b"HTTP/1.1 %d %s\r\n" % (code, phrase.encode("ascii"))
+    return line
+
+
+_date_second = 0
+_date_header = b""
+
+
+def _date() -> bytes:
+    """The Date header, formatted once per second."""
+    global _date_second, _date_header
+    now = int(time.time())
+    if now != _date_second:
+        _date_second = now
+        _date_header = b"Date: " + formatdate(now, usegmt=True).encode("ascii") + b"\r\n"
+    return _date_header
+
+
+def safe_header_value(value: bytes) -> bytes:
+    """No CR or LF in a header value (one taken from user input must not start a new header)."""
+    if b"\r" in value or b"\n" in value:
+        return value.replace(b"\r", b" ").replace(b"\n", b" ")
+    return value
+
+
+class Request:
+    """One HTTP request and its response, as the router sees it.
+
+    The names of the response side (`setHeader`, `write`, `finish`,
+    `registerProducer`) follow twisted.web's, so handlers and plugins read the same.
+    """
+
+    __slots__ = (
+        "channel",
+        "method",
+        "uri",
+        "path",
+        "version",
+        "query",
+        "headers",
+        "content",
+        "max_body_size",
+        "body_too_large",
+        "started",
+        "finished",
+        "_disconnected",
+        "_args",
+        "_code",
+        "_out_headers",
+        "_head_sent",
+        "_chunked",
+        "_received",
+    )
+
+    def __init__(
+        self, channel: HttpChannel, method: bytes, uri: bytes, version: bytes, headers: dict[bytes, bytes]
+    ) -> None:
+        self.channel = channel
+        self.method = method
+        self.uri = uri
+        path, _, query = uri.partition(b"?")
+        self.path = path
+        self.query = query
+        self.version = version
+        self.headers = headers
+        self.content: IO[bytes] = io.BytesIO()
+        self.max_body_size = 0
+        self.body_too_large = False
+        self.started = time.monotonic()
+        self.finished = False
+        self._disconnected = False
+        self._args: dict[bytes, list[bytes]] | None = None
+        self._code = 200
+        self._out_headers: dict[bytes, tuple[bytes, bytes]] = {}
+        self._head_sent = False
+        self._chunked = False
+        self._received = 0
+
+    # Request side ------------------------------------------------------------------------
+
+    @property
+    def args(self) -> dict[bytes, list[bytes]]:
+        """The query string's parameters, parsed on first use (most requests never ask)."""
+        if self._args is None:
+            self._args = {}
+            if self.query:
+                # latin-1 both ways keeps the percent-decoded bytes as they were (parse_qs
+                # on bytes would insist on ASCII); handlers decode UTF-8 themselves.
+                parsed = parse_qs(self.query.decode("latin-1"), keep_blank_values=True, encoding="latin-1")
+                for name, values in parsed.items():
+                    self._args[name.encode("latin-1")] = [v.encode("latin-1") for v in values]
+        return self._args
+
+    def getHeader(self, name: bytes) -> bytes | None:  # noqa: N802 - twisted.web's name
+        return self.headers.get(name.lower())
+
+    def getClientAddress(self) -> IAddress:  # noqa: N802 - twisted.web's name
+        return self.channel.peer  # type: ignore[no-any-return]
+
+    # Response side -----------------------------------------------------------------------
+
+    def setResponseCode(self, code: int) -> None:  # noqa: N802 - twisted.web's name
+        self._code = code
+
+    def setHeader(self, name: bytes, value: bytes) -> None:  # noqa: N802 - twisted.web's name
+        self._out_headers[name.lower()] = (name, safe_header_value(value))
+
+    def respond(self, code: int, head: bytes, body: bytes) -> None:
+        """The whole response in one write: `head` is its header lines (each ending CRLF,
+        without Content-Length), `body` is sent unless the method is HEAD."""
+        if self.finished or self._disconnected:
+            return
+        channel = self.channel
+        keep = channel.keep_alive
+        data = b"".join(
+            (
+                _status_line(code),
+                _date(),
+                head,
+                b"Content-Length: %d\r\n" % len(body),
+                b"\r\n" if keep else b"Connection: close\r\n\r\n",
+                b"" if self.method == b"HEAD" else body,
+            )
+        )
+        self._head_sent = True
+        self.finished = True
+        channel.transport.write(data)
+        channel.request_done(self)
+
+    def _send_head(self) -> None:
+        self._head_sent = True
+        headers = self._out_headers
+        if b"content-length" not in headers and self.method != b"HEAD":
+            self._chunked = True
+            headers[b"transfer-encoding"] = (b"Transfer-Encoding", b"chunked")
+        lines = [_status_line(self._code), _date()]
+        lines.extend(b"%s: %s\r\n" % pair for pair in headers.values())
+        if not self.channel.keep_alive:
+            lines.append(b"Connection: close\r\n")
+        lines.append(b"\r\n")
+        self.channel.transport.write(b"".join(lines))
+
+    def write(self, data: bytes) -> None:
+        if self.finished or self._disconnected:
+            return
+        if not self._head_sent:
+            self._send_head()
+        if self.method == b"HEAD" or not data:
+            return
+        transport = self.channel.transport
+        assert transport is not None
+        if self._chunked:
+            transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
+        else:
+            transport.write(data)
+
+    def finish(self) -> None:
+        if self.finished or self._disconnected:
+            return
+        if not self._head_sent:
+            if b"content-length" not in self._out_headers:
+                self._out_headers[b"content-length"] = (b"Content-Length", b"0")
+            self._send_head()
+        if self._chunked:
+            self.channel.transport.write(b"0\r\n\r\n")
+        self.finished = True
+        self.channel.request_done(self)
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:  # noqa: N802 - twisted's name
+        transport = self.channel.transport
+        if transport is not None and not self._disconnected:
+            transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:  # noqa: N802 - twisted's name
+        transport = self.channel.transport
+        if transport is not None and not self._disconnected:
+            transport.unregisterProducer()
+
+    def loseConnection(self) -> None:  # noqa: N802 - twisted's name
+        self._disconnected = True
+        self.channel.close()
+
+
+RequestFactory = Callable[["HttpChannel", bytes, bytes, bytes, dict[bytes, bytes]], Request]
+
+
+class HttpChannel(Protocol):
+    """One client connection: a parser state machine feeding one request at a time."""
+
+    factory: HttpFactory
+    transport: Any  # a tcp.Server (zope interfaces do not type-check as classes)
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._state = _HEAD
+        self._request: Request | None = None
+        self._busy = False  # a request is with the router
+        self._in_process = False  # guards against re-entering _process from request_done
+        self._remaining = 0  # body or chunk bytes still to read
+        self._discard = False  # the body is over its cap: read and dropped
+        self.keep_alive = True
+        self.last_active = time.monotonic()
+        self.peer: Any = None
+        self._upgraded = False
+        self._paused = False
+
+    def connectionMade(self) -> None:  # noqa: N802 - twisted's name
+        self.peer = self.transport.getPeer()
+        self.factory.channels.add(self)
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: N802, B008
+        self.factory.channels.discard(self)
+        request = self._request
+        self._request = None
+        if request is not None:
+            request._disconnected = True
+            if not self._busy:
+                request.content.close()  # a body cut short is never handed on
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    # Reading -----------------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - twisted's name
+        self.last_active = time.monotonic()
+        self._buf = self._buf + data if self._buf else data
+        if self._busy:
+            if len(self._buf) > MAX_PIPELINED_BYTES and not self._paused:
+                self._paused = True
+                self.transport.pauseProducing()
+            return
+        self._process()
+
+    def _process(self) -> None:
+        self._in_process = True
+        try:
+            while self._buf and not self._busy and not self._upgraded and self.connected:
+                state = self._state
+                if state == _HEAD:
+                    if not self._read_head():
+                        return
+                elif state == _BODY:
+                    self._read_body_bytes()
+                elif state == _CHUNK_SIZE:
+                    if not self._read_chunk_size():
+                        return
+                elif state == _CHUNK_DATA:
+                    self._read_body_bytes()
+                elif state == _CHUNK_END:
+                    if len(self._buf) < 2:
+                        return
+                    if self._buf[:2] != b"\r\n":
+                        return self._refuse(400, b"Bad chunk")
+                    self._buf = self._buf[2:]
+                    self._state = _CHUNK_SIZE
+                elif state == _TRAILERS:
+                    end = self._buf.find(b"\r\n")
+                    if end < 0:
+                        return
+                    line, self._buf = self._buf[:end], self._buf[end + 2 :]
+                    if not line:
+                        self._dispatch()
+                else:
+                    return
+        finally:
+            self._in_process = False
+
+    def _read_head(self) -> bool:
+        buf = self._buf.lstrip(b"\r\n")  # stray CRLFs between requests are allowed
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            self._buf = buf
+            if len(buf) > MAX_HEAD_BYTES:
+                self._refuse(431, b"Request head too large")
+            return False
+        if end > MAX_HEAD_BYTES:
+            self._refuse(431, b"Request head too large")
+            return False
+        head, self._buf = buf[:end], buf[end + 4 :]
+        lines = head.split(b"\r\n")
+        parts = lines[0].split(b" ")
+        if len(parts) != 3 or parts[2] not in (b"HTTP/1.1", b"HTTP/1.0"):
+            self._refuse(400, b"Bad request line")
+            return False
+        method, target, version = parts
+        headers: dict[bytes, bytes] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            if not sep or not name or name[-1:] in b" \t" or line[:1] in b" \t":
+                self._refuse(400, b"Bad header")
+                return False
+            name = name.lower()
+            value = value.strip(b" \t")
+            if name in headers:
+                if name == b"content-length" and headers[name] != value:
+                    self._refuse(400, b"Conflicting Content-Length")
+                    return False
+                if name != b"content-length":
+                    headers[name] += b", " + value
+            else:
+                headers[name] = value
+        if target[:1] != b"/":
+            # absolute-form (a proxy's): keep the path from the authority on
+            scheme_end = target.find(b"://")
+            if scheme_end < 0:
+                self._refuse(400, b"Bad request target")
+                return False
+            slash = target.find(b"/", scheme_end + 3)
+            target = target[slash:] if slash >= 0 else b"/"
+        connection = headers.get(b"connection", b"").lower()
+        if version == b"HTTP/1.0":
+            self.keep_alive = b"keep-alive" in connection
+        elif b"close" in connection:
+            self.keep_alive = False
+
+        if b"upgrade" in headers and b"websocket" in headers[b"upgrade"].lower():
+            upgrade = self.factory.upgrades.get(target.partition(b"?")[0])
+            if upgrade is not None:
+                self._hand_over(upgrade, buf[: end + 4])
+                return False
+
+        request = self.factory.request_factory(self, method, target, version, headers)
+        self._request = request
+        limit = self.factory.body_limit_for(request.path)
+        request.max_body_size = limit
+        return self._start_body(request, headers, limit)
+
+    def _start_body(self, request: Request, headers: dict[bytes, bytes], limit: int) -> bool:
+        te = headers.get(b"transfer-encoding")
+        cl = headers.get(b"content-length")
+        if te is not None:
+            if cl is not None:
+                self._refuse(400, b"Both Content-Length and Transfer-Encoding")
+                return False
+            if te.lower() != b"chunked":
+                self._refuse(501, b"Unsupported Transfer-Encoding")
+                return False
+            self._state = _CHUNK_SIZE
+        elif cl is not None:
+            if not cl.isdigit():
+                self._refuse(400, b"Bad Content-Length")
+                return False
+            self._remaining = int(cl)
+            if self._remaining > limit:
+                request.body_too_large = True
+                expects = b"100-continue" in headers.get(b"expect", b"").lower()
+                if self._remaining - limit > DISCARD_AT_MOST or expects:
+                    # Answer now and close rather than read it all.
+                    self.keep_alive = False
+                    self._dispatch()
+                    return True
+                self._discard = True
+            if self._remaining == 0:
+                self._dispatch()
+                return True
+            self._state = _BODY
+        else:
+            self._dispatch()
+            return True
+        if b"100-continue" in headers.get(b"expect", b"").lower() and request.version == b"HTTP/1.1":
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return True
+
+    def _read_chunk_size(self) -> bool:
+        end = self._buf.find(b"\r\n")
+        if end < 0:
+            if len(self._buf) > 1024:
+                self._refuse(400, b"Bad chunk")
+            return False
+        line, self._buf = self._buf[:end], self._buf[end + 2 :]
+        size_text = line.partition(b";")[0].strip()
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            self._refuse(400, b"Bad chunk size")
+            return False
+        if size < 0:
+            self._refuse(400, b"Bad chunk size")
+            return False
+        if size == 0:
+            self._state = _TRAILERS
+        else:
+            self._remaining = size
+            self._state = _CHUNK_DATA
+        return True
+
+    def _read_body_bytes(self) -> None:
+        request = self._request
+        assert request is not None
+        take = self._buf[: self._remaining]
+        self._buf = self._buf[len(take) :]
+        self._remaining -= len(take)
+        request._received += len(take)
+        if not self._discard and request._received > request.max_body_size:
+            self._discard = True
+            request.body_too_large = True
+            request.content.close()
+            request.content = io.BytesIO()
+        if not self._discard:
+            content = request.content
+            if request._received > SPOOL_AT and isinstance(content, io.BytesIO):
+                spool = tempfile.TemporaryFile()  # noqa: SIM115 - closed with the request
+                spool.write(content.getbuffer())
+                request.content = content = spool
+            content.write(take)
+        elif request._received > request.max_body_size + DISCARD_AT_MOST:
+            # Still coming, far past the cap: answer now and close.
+            self.keep_alive = False
+            self._dispatch()
+            return
+        if self._remaining == 0:
+            if self._state == _BODY:
+                self._dispatch()
+            else:
+                self._state = _CHUNK_END
+
+    def _dispatch(self) -> None:
+        request = self._request
+        assert request is not None
+        self._state = _DONE
+        self._discard = False
+        request.content.seek(0)
+        self._busy = True
+        self.factory.handle(request)
+
+    # Writing -----------------------------------------------------------------------------
+
+    def request_done(self, request: Request) -> None:
+        """The router finished `request`: close, or go on with what was pipelined behind it."""
+        if request is not self._request:
+            return
+        request.content.close()
+        self._request = None
+        self._busy = False
+        self._state = _HEAD
+        self.last_active = time.monotonic()
+        if not self.keep_alive:
+            self.close()
+            return
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resumeProducing()
+        if self._buf and not self._in_process:
+            self._process()
+
+    def _refuse(self, code: int, reason: bytes) -> None:
+        """A request we cannot parse: a plain answer, then the connection closes."""
+        body = b'{"errcode":"M_UNKNOWN","error":"%s"}' % reason
+        self.transport.write(
+            _status_line(code)
+            + b"Content-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % (len(body), body)
+        )
+        self._buf = b""
+        self._state = _DONE
+        self.close()
+
+    # Upgrades and timeouts -----------------------------------------------------------------
+
+    def _hand_over(self, factory: ServerFactory, head: bytes) -> None:
+        """A WebSocket handshake: the connection now belongs to `factory`'s protocol, which
+        reads the handshake from the start (the head) and anything sent after it."""
+        self._upgraded = True
+        self.factory.channels.discard(self)
+        transport: Any = self.transport
+        protocol = factory.buildProtocol(self.peer)
+        assert protocol is not None
+        rest, self._buf = self._buf, b""
+        transport.protocol = protocol
+        protocol.makeConnection(transport)
+        protocol.dataReceived(head + rest)
+
+    def stale(self, now: float) -> bool:
+        if self._busy:
+            return False
+        if self._state == _HEAD and not self._buf:
+            return now - self.last_active > IDLE_TIMEOUT_S
+        return now - self.last_active > HEAD_TIMEOUT_S
+
+
+class HttpFactory(ServerFactory):
+    """Builds channels; `handle` gets each complete request (the router's dispatch)."""
+
+    protocol = HttpChannel  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        handle: Callable[[Any], None],
+        max_body_size: int,
+        body_limit_for: Callable[[str], int | None] | None = None,
+        request_factory: RequestFactory = Request,
+        upgrades: dict[bytes, ServerFactory] | None = None,
+    ) -> None:
+        self.handle = handle
+        self.max_body_size = max_body_size
+        self._body_limit_for = body_limit_for
+        self.request_factory = request_factory
+        self.upgrades = upgrades or {}
+        self.channels: set[HttpChannel] = set()
+        self._sweeper: LoopingCall | None = None
+
+    def body_limit_for(self, path: bytes) -> int:
+        if self._body_limit_for is not None:
+            limit = self._body_limit_for(path.decode("utf-8", "replace"))
+            if limit is not None:
+                return limit
+        return self.max_body_size
+
+    def startFactory(self) -> None:  # noqa: N802 - twisted's name
+        self._sweeper = LoopingCall(self._sweep)
+        self._sweeper.start(SWEEP_EVERY_S, now=False)
+
+    def stopFactory(self) -> None:  # noqa: N802 - twisted's name
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        for channel in [c for c in self.channels if c.stale(now)]:
+            channel.close()
