@@ -10,6 +10,7 @@ assembled around those bytes by `dumps_with_raw`. Only the sending device sees
 from __future__ import annotations
 
 import json
+import re
 from collections import OrderedDict
 from typing import Any
 
@@ -19,22 +20,56 @@ from homeserver.storage.events import StoredEvent
 _CACHE_SIZE = 20_000
 
 
-class RawJson(str):
+class RawJson:
     """Already-encoded JSON, embedded verbatim by `dumps_with_raw`."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
 
 
 def _encode(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
+# A private-use character: json.dumps(ensure_ascii=False) writes it unescaped, so a
+# RawJson leaf comes out as the JSON string "<MARK><index>" and is swapped for its text.
+_MARK = "\ue000"
+_PLACEHOLDER = re.compile('"' + _MARK + '([0-9]+)"')
+
+
 def dumps_with_raw(obj: Any) -> str:
-    """json.dumps for a skeleton of dicts and lists whose leaves may be RawJson."""
+    """json.dumps for a skeleton of dicts and lists whose leaves may be RawJson.
+
+    The skeleton goes through the C encoder once, RawJson leaves as numbered
+    placeholders, which are then replaced by their text. A string elsewhere in the
+    skeleton (user content) that looks like a placeholder makes the counts differ:
+    then the slow, exact path runs instead.
+    """
+    raws: list[str] = []
+
+    def placeholder(o: Any) -> str:
+        if isinstance(o, RawJson):
+            raws.append(o.text)
+            return f"{_MARK}{len(raws) - 1}"
+        raise TypeError(f"{type(o).__name__} is not JSON serializable")
+
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=placeholder)
+    if not raws:
+        return text
+    if text.count('"' + _MARK) != len(raws):
+        return _dumps_slowly(obj)
+    return _PLACEHOLDER.sub(lambda m: raws[int(m.group(1))], text)
+
+
+def _dumps_slowly(obj: Any) -> str:
     if isinstance(obj, RawJson):
-        return str.__str__(obj)
+        return obj.text
     if isinstance(obj, dict):
-        return "{" + ",".join(_encode(str(k)) + ":" + dumps_with_raw(v) for k, v in obj.items()) + "}"
+        return "{" + ",".join(_encode(str(k)) + ":" + _dumps_slowly(v) for k, v in obj.items()) + "}"
     if isinstance(obj, list | tuple):
-        return "[" + ",".join(dumps_with_raw(v) for v in obj) + "]"
+        return "[" + ",".join(_dumps_slowly(v) for v in obj) + "]"
     return _encode(obj)
 
 
