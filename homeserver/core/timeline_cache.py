@@ -86,7 +86,16 @@ class TimelineCache:
         timeline = self._timelines.get(room_id)
         if timeline is None or after < timeline.complete_after:
             return None
-        return [ev for ev in timeline.events if after < ev.stream_ordering <= upto]
+        # From the newest back: a woken sync usually wants the last one or two.
+        found = []
+        for ev in reversed(timeline.events):
+            position = ev.stream_ordering
+            if position <= after:
+                break
+            if position <= upto:
+                found.append(ev)
+        found.reverse()
+        return found
 
     async def rooms_for_user(self, user_id: str) -> dict[str, tuple[str, int]]:
         """room id -> (membership, position of that membership event), cached per user."""
