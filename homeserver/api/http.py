@@ -132,6 +132,7 @@ def compile_path(template: str) -> re.Pattern[str]:
     return re.compile(f"^{out}$")
 
 
+_MATCH_CACHE_SIZE = 4096
 _SEGMENT_PARAM = re.compile(r"^\{(\w+)(?::([^}/]+))?\}$")
 
 
@@ -162,6 +163,7 @@ class Router:
         self._exact: dict[str, list[Route]] = {}
         self._trie = _Node()
         self._templates: set[str] = set()
+        self._get_matches: dict[str, list[tuple[Route, dict[str, str]]]] = {}
         self._body_limits: list[tuple[str, int]] = []
         self.access_log = True
         self.in_flight = 0
@@ -177,6 +179,7 @@ class Router:
         else:
             self._routes.append(route)
         self._templates.add(template)
+        self._get_matches.clear()
 
     def _add_to_trie(self, segments: list[str], route: Route) -> None:
         node = self._trie
@@ -235,6 +238,16 @@ class Router:
                 return max_bytes
         return None
 
+    def _match_cached(self, path: str) -> list[tuple[Route, dict[str, str]]]:
+        """`_match` for GETs, remembered per path: long-polls ask for the same /sync path
+        over and over. Bounded by starting afresh when full."""
+        found = self._get_matches.get(path)
+        if found is None:
+            if len(self._get_matches) >= _MATCH_CACHE_SIZE:
+                self._get_matches.clear()
+            found = self._get_matches[path] = self._match(path)
+        return found
+
     def _match(self, path: str) -> list[tuple[Route, dict[str, str]]]:
         found: list[tuple[Route, dict[str, str]]] = [(r, {}) for r in self._exact.get(path, ())]
         self._walk(self._trie, path.split("/")[1:], 0, {}, found)
@@ -276,7 +289,7 @@ class Router:
                 return
             if request.body_too_large:
                 raise TooLarge(f"Request body exceeds {request.max_body_size} bytes")
-            matches = self._match(path)
+            matches = self._match_cached(path) if method == b"GET" else self._match(path)
             if not matches:
                 raise Unrecognized("Unrecognized request")
             lookup = b"GET" if method == b"HEAD" else method
