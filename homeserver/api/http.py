@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 
 from homeserver.api.http_server import HttpFactory, Request, safe_header_value
 from homeserver.errors import BadJson, MatrixError, MethodNotAllowed, NotJson, TooLarge, Unrecognized
+from homeserver.json_encoding import dumps_bytes
 
 log = Logger()
 
@@ -324,7 +325,7 @@ class Router:
         if isinstance(body, bytes):
             data = body  # already encoded (e.g. a sync response built around cached event JSON)
         elif response.content_type == b"application/json":
-            data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+            data = dumps_bytes(body)
         else:
             data = str(body).encode("utf-8")
         if response.content_type == b"application/json" and not response.headers and response.status != 429:

@@ -9,12 +9,12 @@ assembled around those bytes by `dumps_with_raw`. Only the sending device sees
 
 from __future__ import annotations
 
-import json
 import re
 from collections import OrderedDict
 from typing import Any
 
 from homeserver.events.redaction import redact
+from homeserver.json_encoding import dumps_text
 from homeserver.storage.events import StoredEvent
 
 _CACHE_SIZE = 20_000
@@ -30,7 +30,7 @@ class RawJson:
 
 
 def _encode(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    return dumps_text(obj)
 
 
 # A private-use character: json.dumps(ensure_ascii=False) writes it unescaped, so a
@@ -55,7 +55,7 @@ def dumps_with_raw(obj: Any) -> str:
             return f"{_MARK}{len(raws) - 1}"
         raise TypeError(f"{type(o).__name__} is not JSON serializable")
 
-    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=placeholder)
+    text = dumps_text(obj, default=placeholder)
     if not raws:
         return text
     if text.count('"' + _MARK) != len(raws):

@@ -11,7 +11,6 @@ engines lives in per-dialect schema files (see `migrations.py`).
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -22,6 +21,8 @@ from urllib.parse import unquote, urlsplit
 
 from twisted.enterprise import adbapi
 from twisted.logger import Logger
+
+from homeserver.json_encoding import dumps_text
 
 log = Logger()
 P = ParamSpec("P")
@@ -154,7 +155,7 @@ class PostgresEngine(Engine):
         if sql is not None and set(map(type, chain.from_iterable(rows))) <= _JSON_EXACT:
             if set(map(len, rows)) != {len(columns)}:  # a short row would read as NULLs
                 raise ValueError(f"insert_many into {table}: every row needs {len(columns)} values")
-            cursor.execute(sql, (json.dumps(rows, ensure_ascii=False, allow_nan=False),))
+            cursor.execute(sql, (dumps_text(rows),))
             return
         # Other values (bytes, float, datetime...), array columns, or an unknown table or
         # column (the server's error then names it): psycopg2 adapts each value.

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from homeserver.json_encoding import dumps_text
 from homeserver.storage.database import Database, Txn
 
 
@@ -126,8 +127,8 @@ def persist_events_txn(txn: Txn, items: Sequence[PersistItem]) -> None:
                 ev.state_key,
                 ev.sender,
                 ev.origin_server_ts,
-                json.dumps(ev.pdu, separators=(",", ":"), ensure_ascii=False),
-                json.dumps(ev.unsigned_extra, separators=(",", ":")) if ev.unsigned_extra else None,
+                dumps_text(ev.pdu),
+                dumps_text(ev.unsigned_extra) if ev.unsigned_extra else None,
             )
         )
         edges.extend((ev.event_id, prev) for prev in ev.pdu.get("prev_events", []))
