@@ -50,6 +50,8 @@ SWEEP_EVERY_S = 10.0
 _HEAD, _BODY, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILERS, _DONE = range(7)
 
 _STATUS_LINES: dict[int, bytes] = {}
+_METHODS = {m: m for m in (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH")}
+_VERSIONS = {b"HTTP/1.1": b"HTTP/1.1", b"HTTP/1.0": b"HTTP/1.0"}
 
 
 def _status_line(code: int) -> bytes:
@@ -94,12 +96,11 @@ class Request:
     __slots__ = (
         "channel",
         "method",
-        "uri",
         "path",
         "version",
         "query",
         "headers",
-        "content",
+        "_content",
         "max_body_size",
         "body_too_large",
         "started",
@@ -118,13 +119,15 @@ class Request:
     ) -> None:
         self.channel = channel
         self.method = method
-        self.uri = uri
+        # Only the parts are kept (the URI is rebuilt on demand): a long-poll's target
+        # carries an inline filter of several hundred bytes.
         path, _, query = uri.partition(b"?")
         self.path = path
         self.query = query
         self.version = version
         self.headers = headers
-        self.content: IO[bytes] = io.BytesIO()
+        # Created on first use: most requests (every GET) have no body.
+        self._content: IO[bytes] | None = None
         self.max_body_size = 0
         self.body_too_large = False
         self.started = time.monotonic()
@@ -132,12 +135,39 @@ class Request:
         self._disconnected = False
         self._args: dict[bytes, list[bytes]] | None = None
         self._code = 200
-        self._out_headers: dict[bytes, tuple[bytes, bytes]] = {}
+        self._out_headers: dict[bytes, tuple[bytes, bytes]] | None = None
         self._head_sent = False
         self._chunked = False
         self._received = 0
 
     # Request side ------------------------------------------------------------------------
+
+    @property
+    def uri(self) -> bytes:
+        return self.path + b"?" + self.query if self.query else self.path
+
+    @property
+    def content(self) -> IO[bytes]:
+        """The request body (empty when there was none), spooled to a file past SPOOL_AT."""
+        content = self._content
+        if content is None:
+            content = self._content = io.BytesIO()
+        return content
+
+    @content.setter
+    def content(self, value: IO[bytes]) -> None:
+        self._content = value
+
+    def forget_head(self) -> None:
+        """Drop the query string, its parsed parameters and the headers.
+
+        For a handler about to wait long (a /sync long-poll) once it has read what it
+        needs: an idle request then keeps only its method and path (for the response
+        and the access log). Afterwards `args` is empty and `getHeader` finds nothing.
+        """
+        self.query = b""
+        self._args = None
+        self.headers = {}
 
     @property
     def args(self) -> dict[bytes, list[bytes]]:
@@ -164,6 +194,8 @@ class Request:
         self._code = code
 
     def setHeader(self, name: bytes, value: bytes) -> None:  # noqa: N802 - twisted.web's name
+        if self._out_headers is None:
+            self._out_headers = {}
         self._out_headers[name.lower()] = (name, safe_header_value(value))
 
     def respond(self, code: int, head: bytes, body: bytes) -> None:
@@ -191,6 +223,8 @@ class Request:
     def _send_head(self) -> None:
         self._head_sent = True
         headers = self._out_headers
+        if headers is None:
+            headers = self._out_headers = {}
         if b"content-length" not in headers and self.method != b"HEAD":
             self._chunked = True
             headers[b"transfer-encoding"] = (b"Transfer-Encoding", b"chunked")
@@ -219,8 +253,8 @@ class Request:
         if self.finished or self._disconnected:
             return
         if not self._head_sent:
-            if b"content-length" not in self._out_headers:
-                self._out_headers[b"content-length"] = (b"Content-Length", b"0")
+            if self._out_headers is None or b"content-length" not in self._out_headers:
+                self.setHeader(b"Content-Length", b"0")
             self._send_head()
         if self._chunked:
             self.channel.transport.write(b"0\r\n\r\n")
@@ -275,8 +309,8 @@ class HttpChannel(Protocol):
         self._request = None
         if request is not None:
             request._disconnected = True
-            if not self._busy:
-                request.content.close()  # a body cut short is never handed on
+            if not self._busy and request._content is not None:
+                request._content.close()  # a body cut short is never handed on
 
     def close(self) -> None:
         if self.transport is not None:
@@ -346,6 +380,9 @@ class HttpChannel(Protocol):
             self._refuse(400, b"Bad request line")
             return False
         method, target, version = parts
+        # The usual methods and versions as shared constants, not one copy per request.
+        method = _METHODS.get(method, method)
+        version = _VERSIONS[version]
         headers: dict[bytes, bytes] = {}
         for line in lines[1:]:
             name, sep, value = line.partition(b":")
@@ -457,8 +494,9 @@ class HttpChannel(Protocol):
         if not self._discard and request._received > request.max_body_size:
             self._discard = True
             request.body_too_large = True
-            request.content.close()
-            request.content = io.BytesIO()
+            if request._content is not None:
+                request._content.close()
+            request._content = None
         if not self._discard:
             content = request.content
             if request._received > SPOOL_AT and isinstance(content, io.BytesIO):
@@ -482,7 +520,8 @@ class HttpChannel(Protocol):
         assert request is not None
         self._state = _DONE
         self._discard = False
-        request.content.seek(0)
+        if request._content is not None:
+            request._content.seek(0)
         self._busy = True
         self.factory.handle(request)
 
@@ -492,7 +531,8 @@ class HttpChannel(Protocol):
         """The router finished `request`: close, or go on with what was pipelined behind it."""
         if request is not self._request:
             return
-        request.content.close()
+        if request._content is not None:
+            request._content.close()
         self._request = None
         self._busy = False
         self._state = _HEAD

@@ -68,6 +68,8 @@ def register(router: Router, hs: "HomeServer") -> None:
             full_state=request.query_param("full_state") == "true",
             set_presence=set_presence,
         )
+        # A long-poll may wait minutes: it needs nothing more from the request's head.
+        request.forget_head()
         body = await hs.sync.sync(req)
         return Response(body.encode("utf-8"), 200, b"application/json")
 
