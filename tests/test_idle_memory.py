@@ -12,16 +12,29 @@ from __future__ import annotations
 import json
 import secrets
 import socket
+import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import pytest
+import pytest_twisted
 import requests
+import treq
+import websocket
 from conftest import ServerProcess
-from twisted.internet.task import Clock
+from twisted.internet import reactor as _reactor
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.threads import deferToThread
 
+from homeserver.api import ws as ws_module
+from homeserver.config import parse_config
 from homeserver.notifier import TIMEOUT_RESOLUTION_S, Notifier
+from homeserver.server import HomeServer
+
+reactor: Any = _reactor
 
 CLIENT = "/_matrix/client/v3"
 EMPTY_FILTER = json.dumps({"room": {"rooms": [], "timeline": {"limit": 0}}, "presence": {"not_types": ["*"]}})
@@ -199,3 +212,221 @@ def test_a_client_that_hangs_up_mid_long_poll_is_let_go(server: ServerProcess) -
     body, took = sync(server, user["access_token"], since, 200)
     assert took < 2
     assert "next_batch" in body
+
+
+# WebSocket streams in-process, with fast timers ---------------------------------------
+
+
+@pytest.fixture
+def fast_timers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ws_module, "AUTO_PING_INTERVAL_S", 0.5)
+    monkeypatch.setattr(ws_module, "AUTO_PING_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(ws_module, "KEEPALIVE_S", 0.5)
+    monkeypatch.setattr(ws_module, "SWEEP_S", 0.1)
+
+
+class InProcess:
+    """A whole server on the test's reactor, listening on a free port."""
+
+    def __init__(self, hs: HomeServer, port: Any) -> None:
+        self.hs = hs
+        self.port = port
+        self.base = f"http://127.0.0.1:{port.getHost().port}"
+
+    @property
+    def streams(self) -> set[Any]:
+        return self.hs.websocket.connections
+
+    async def user(self, name: str) -> str:
+        user_id = await self.hs.accounts.register(name, "correct horse battery")
+        login = await self.hs.accounts.create_session(user_id, None, None, refreshable=False, ip=None)
+        return login.tokens.access_token
+
+    def connect(self, token: str) -> websocket.WebSocket:
+        """A header-authenticated stream past its ready and initial sync frames (blocking: a thread)."""
+        ws = websocket.create_connection(
+            f"ws://127.0.0.1:{self.port.getHost().port}/_homeserver/ws",
+            header=[f"Authorization: Bearer {token}"],
+            timeout=10,
+        )
+        assert json.loads(ws.recv())["type"] == "ready"
+        assert json.loads(ws.recv())["type"] == "sync"
+        return ws
+
+
+def count_pings(ws: websocket.WebSocket, seconds: float) -> int:
+    """Read for `seconds` (websocket-client answers each ping with a pong); the pings seen."""
+    pings = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        ws.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            opcode, _ = ws.recv_data_frame(True)
+        except websocket.WebSocketTimeoutException:
+            break
+        pings += opcode == websocket.ABNF.OPCODE_PING
+    return pings
+
+
+async def start_in_process(tmp_path: Path) -> InProcess:
+    raw = {
+        "server_name": "idle.test",
+        "data_dir": str(tmp_path / "data"),
+        "database": {"url": f"sqlite:///{tmp_path / 'hs.db'}"},
+        "auth": {"password_hashing": "fast"},
+        "plugins": [],
+    }
+    hs = HomeServer(parse_config(raw, "test-idle.yaml", env={}), reactor)
+    await hs.start()
+    return InProcess(hs, reactor.listenTCP(0, hs.site(), interface="127.0.0.1"))
+
+
+async def sleep(seconds: float) -> None:
+    await deferLater(reactor, seconds, lambda: None)
+
+
+async def wait_until(predicate: Any, timeout: float) -> float:
+    """Seconds until `predicate()` held (fails after `timeout`)."""
+    start = reactor.seconds()
+    while not predicate():
+        assert reactor.seconds() - start < timeout, "timed out"
+        await sleep(0.02)
+    return float(reactor.seconds() - start)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stream_whose_peer_stops_answering_pings_is_dropped(
+    tmp_path: Path, fast_timers: None
+) -> None:
+    server = await start_in_process(tmp_path)
+    try:
+        token = await server.user("deadpeer")
+        # The client reads its first frames, then nothing: the kernel still acks, nobody pongs.
+        ws = await deferToThread(server.connect, token)
+        assert len(server.streams) == 1
+        (conn,) = server.streams
+        took = await wait_until(lambda: not server.streams, timeout=5)
+        # A ping after the interval (0.5 s), dropped after the timeout (0.5 s); the sweep is 0.1 s.
+        assert 0.8 <= took <= 2.0, took
+        assert "ping timeout" in str(conn.wasNotCleanReason)
+        ws.close()
+    finally:
+        await server.hs.stop(server.port)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stream_whose_peer_answers_pings_stays_open(tmp_path: Path, fast_timers: None) -> None:
+    server = await start_in_process(tmp_path)
+    try:
+        token = await server.user("livepeer")
+        ws = await deferToThread(server.connect, token)
+
+        pings = await deferToThread(count_pings, ws, 3.0)
+        assert pings >= 3, pings
+        assert len(server.streams) == 1
+        # Any message answers a ping too: a client that only sends app-level pings stays.
+        ws.send(json.dumps({"type": "ping", "id": "x"}))
+        ws.close()
+        await wait_until(lambda: not server.streams, timeout=5)
+    finally:
+        await server.hs.stop(server.port)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_keep_alive_closes_a_stream_whose_token_was_revoked(
+    tmp_path: Path, fast_timers: None
+) -> None:
+    server = await start_in_process(tmp_path)
+    try:
+        token = await server.user("revoked")
+        ws = await deferToThread(server.connect, token)
+        r = await treq.post(
+            server.base + f"{CLIENT}/logout", b"{}", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert r.code == 200
+        await r.content()
+
+        def close_frame() -> tuple[int, str]:
+            ws.settimeout(5)
+            while True:
+                opcode, frame = ws.recv_data_frame(True)
+                if opcode == websocket.ABNF.OPCODE_CLOSE:
+                    code: int = struct.unpack("!H", frame.data[:2])[0]
+                    return code, frame.data[2:].decode()
+
+        start = reactor.seconds()
+        code, reason = await deferToThread(close_frame)
+        assert code == 4401 and reason.startswith("M_UNKNOWN_TOKEN"), (code, reason)
+        assert reactor.seconds() - start < 2.5
+    finally:
+        await server.hs.stop(server.port)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_idle_stream_sheds_its_handshake_state_and_still_works(
+    tmp_path: Path, fast_timers: None
+) -> None:
+    server = await start_in_process(tmp_path)
+    try:
+        alice = await server.user("alice")
+        bob = await server.user("bob")
+        ws = await deferToThread(server.connect, bob)
+        (conn,) = server.streams
+        await sleep(0.3)  # the sweep compacts streams authenticated since the last one
+        state = conn.__dict__
+        assert not [name for name in state if name.startswith("http_")], sorted(state)
+        assert len(state) <= 12, sorted(state)
+        bob_id = conn.requester.user_id
+
+        # Everything still works: app-level ping, a pushed message, a send acked after its commit.
+        headers = {"Authorization": f"Bearer {alice}"}
+        r = await treq.post(
+            server.base + f"{CLIENT}/createRoom",
+            json.dumps({"invite": [bob_id]}).encode(),
+            headers=headers,
+        )
+        room_id = (await r.json())["room_id"]
+
+        def exchange() -> list[dict[str, Any]]:
+            ws.send(json.dumps({"type": "ping", "id": "p1"}))
+            frames = []
+            ws.settimeout(5)
+            while not any(f["type"] == "pong" for f in frames) or not any(
+                f["type"] == "sync" and room_id in f["data"]["rooms"]["invite"] for f in frames
+            ):
+                frames.append(json.loads(ws.recv()))
+            return frames
+
+        frames = await deferToThread(exchange)
+        assert {"type": "pong", "id": "p1"} in frames
+        r = await treq.post(
+            server.base + f"{CLIENT}/join/{quote(room_id)}", b"{}", headers={"Authorization": f"Bearer {bob}"}
+        )
+        assert r.code == 200
+        await r.content()
+
+        def send_and_ack() -> dict[str, Any]:
+            txn = {
+                "type": "send",
+                "txn_id": "t1",
+                "room_id": room_id,
+                "content": {"msgtype": "m.text", "body": "hi"},
+            }
+            ws.send(json.dumps(txn))
+            ws.settimeout(5)
+            while True:
+                frame: dict[str, Any] = json.loads(ws.recv())
+                if frame["type"] == "send_ack":
+                    return frame
+
+        ack = await deferToThread(send_and_ack)
+        assert ack["txn_id"] == "t1" and ack["event_id"].startswith("$")
+        # Pings (and compactions) after the messages; the client answers them.
+        assert await deferToThread(count_pings, ws, 1.2) >= 1
+        await sleep(0.2)  # the sweep after the last pong
+        assert len(conn.__dict__) <= 12, repr(conn.__dict__)
+        ws.close()
+        await wait_until(lambda: not server.streams, timeout=5)
+        assert server.hs.websocket._by_user == {}
+    finally:
+        await server.hs.stop(server.port)

@@ -19,17 +19,28 @@ token, so at most one delta is ever pending. When the socket's send buffer is
 full (the transport pauses us), nothing more is computed nor read from the
 client; a connection stalled for MAX_STALL_S is dropped, and resumes from its
 token when it reconnects.
+
+Idle streams (docs/adr/0004, "Idle connections"): one sweep per second over
+all streams sends the keep-alive pings, drops peers that do not answer, and
+runs the token/presence keep-alive, instead of timers per connection. Once a
+stream is authenticated, its Autobahn protocol instance sheds what only the
+handshake needed and every attribute whose value its class already holds.
 """
 
 from __future__ import annotations
 
 import json
+import struct
 import time
-from typing import TYPE_CHECKING, Any
+from collections import deque
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, cast
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import TrafficStats
 from autobahn.websocket.types import ConnectionRequest
-from twisted.internet.defer import Deferred
+from autobahn.websocket.utf8validator import Utf8Validator
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -62,9 +73,11 @@ WS_PATH = b"/_homeserver/ws"
 # A client that connects without the header has this long to send its auth frame.
 AUTH_TIMEOUT_S = 10.0
 # Pings reap dead peers; the timeout is generous because a ping queues behind a
-# large initial sync on a slow link.
+# large initial sync on a slow link. A pong, or any message, answers a ping.
 AUTO_PING_INTERVAL_S = 30.0
 AUTO_PING_TIMEOUT_S = 60.0
+# The one timer of all streams: pings, ping timeouts and keep-alives are this accurate.
+SWEEP_S = 1.0
 # A connection whose send buffer stays full this long is dropped (it resumes from its token).
 MAX_STALL_S = 60.0
 # How often an open stream re-checks its token (logout, expiry) and counts as active for presence.
@@ -140,31 +153,44 @@ class StreamFactory(WebSocketServerFactory):
     def __init__(self, hs: "HomeServer") -> None:
         super().__init__(server="homeserver")
         self.hs = hs
-        self.protocol = StreamProtocol
         self.setProtocolOptions(
             webStatus=False,
             # A protocol error (e.g. a frame over the size limit) gets a close frame with its
             # code (1009, 1002...) rather than a bare TCP drop the client cannot explain.
             failByDrop=False,
-            autoPingInterval=AUTO_PING_INTERVAL_S,
-            autoPingTimeout=AUTO_PING_TIMEOUT_S,
+            # Pings are the sweep's (AUTO_PING_INTERVAL_S), not a timer per connection.
+            autoPingInterval=0,
+            autoPingTimeout=0,
             maxFramePayloadSize=MAX_FRAME_BYTES,
             maxMessagePayloadSize=MAX_FRAME_BYTES,
             openHandshakeTimeout=10,
             closeHandshakeTimeout=5,
         )
+        # The options as class attributes of this factory's own protocol class: Autobahn then
+        # copies none of them (~30) into every connection's instance dict.
+        options = {name: getattr(self, name) for name in StreamProtocol.CONFIG_ATTRS}
+        self.protocol = cast("type[StreamProtocol]", type("StreamProtocol", (StreamProtocol,), options))
         self.connections: set[StreamProtocol] = set()
-        self._by_user: dict[str, set[StreamProtocol]] = {}
+        # One stream (the usual case) or a list of them, by user.
+        self._by_user: dict[str, StreamProtocol | list[StreamProtocol]] = {}
         self._by_device: dict[tuple[str, str], StreamProtocol] = {}
+        self._sweeper: LoopingCall | None = None
+        # Streams to compact at the next sweep (StreamProtocol._compact): authenticated or
+        # answering a ping since the last one.
+        self._to_compact: list[StreamProtocol] = []
         hs.notifier.add_listener(self.on_wake)
 
     def on_wake(self, users: set[str]) -> None:
         """Notifier listener: every stream of a woken user computes its next delta."""
         for user_id in users:
             conns = self._by_user.get(user_id)
-            if conns:
+            if conns is None:
+                continue
+            if isinstance(conns, list):
                 for conn in list(conns):
                     conn.wake()
+            else:
+                conns.wake()
 
     def attach(self, conn: StreamProtocol, requester: Requester) -> None:
         """An authenticated connection; one per device, so an older one for the device is closed."""
@@ -174,17 +200,55 @@ class StreamFactory(WebSocketServerFactory):
             self.detach(old, requester)
             old.close(CLOSE_REPLACED, "replaced by a newer stream for this device")
         self._by_device[key] = conn
-        self._by_user.setdefault(requester.user_id, set()).add(conn)
+        conns = self._by_user.get(requester.user_id)
+        if conns is None:
+            self._by_user[requester.user_id] = conn
+        elif isinstance(conns, list):
+            if conn not in conns:
+                conns.append(conn)
+        elif conns is not conn:
+            self._by_user[requester.user_id] = [conns, conn]
+        self._to_compact.append(conn)
 
     def detach(self, conn: StreamProtocol, requester: Requester) -> None:
         key = (requester.user_id, requester.device_id)
         if self._by_device.get(key) is conn:
             del self._by_device[key]
         conns = self._by_user.get(requester.user_id)
-        if conns is not None:
-            conns.discard(conn)
-            if not conns:
-                del self._by_user[requester.user_id]
+        if conns is conn:
+            del self._by_user[requester.user_id]
+        elif isinstance(conns, list) and conn in conns:
+            conns.remove(conn)
+            if len(conns) == 1:
+                self._by_user[requester.user_id] = conns[0]
+
+    def opened(self, conn: StreamProtocol) -> None:
+        self.connections.add(conn)
+        if self._sweeper is None:
+            self._sweeper = LoopingCall(self._sweep)
+            self._sweeper.clock = self.hs.reactor
+            self._sweeper.start(SWEEP_S, now=False)
+
+    def closed(self, conn: StreamProtocol) -> None:
+        self.connections.discard(conn)
+        if not self.connections and self._sweeper is not None:
+            if self._sweeper.running:
+                self._sweeper.stop()
+            self._sweeper = None
+            self._to_compact = []
+
+    def _sweep(self) -> None:
+        """Once per SWEEP_S: pings, ping timeouts and keep-alives that are due; compactions."""
+        now = self.hs.reactor.seconds()
+        to_compact, self._to_compact = self._to_compact, []
+        for conn in to_compact:
+            conn._compact()
+        due = [c for c in self.connections if c._next_ping <= now or c._next_keepalive <= now]
+        if due:
+            # Every stream pinged in this sweep gets the same payload (and the same bytes object).
+            payload = struct.pack(">d", now)
+            for conn in due:
+                conn._on_sweep(now, payload)
 
     def close_all(self) -> None:
         """Server shutdown: close every stream (clients reconnect and resume from their token)."""
@@ -192,50 +256,150 @@ class StreamFactory(WebSocketServerFactory):
             conn.close(CLOSE_SHUTDOWN, "server shutting down; reconnect and resume")
 
 
+class _PerConnection:
+    """A class attribute that builds the instance's own value on first use (a non-data
+    descriptor): an instance that dropped its value gets a fresh one when next asked."""
+
+    def __init__(self, make: Any) -> None:
+        self._make = make
+        self._name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        value = obj.__dict__[self._name] = self._make()
+        return value
+
+
+_MISSING = object()
+
+# Autobahn's per-connection state with the value it has on an open, idle stream: held by
+# the class, so the instance needs no entry until Autobahn sets something else (a frame or
+# a close sets some again; the next compaction drops them once they are back to these).
+_AUTOBAHN_IDLE: dict[str, Any] = {
+    "state": WebSocketServerProtocol.STATE_OPEN,
+    "send_state": WebSocketServerProtocol.SEND_STATE_GROUND,
+    "data": b"",
+    "triggered": False,
+    "_perMessageCompress": None,
+    "trackedTimings": None,
+    "wasMaxFramePayloadSizeExceeded": False,
+    "wasMaxMessagePayloadSizeExceeded": False,
+    "closedByMe": False,
+    "failedByMe": False,
+    "droppedByMe": False,
+    "wasClean": False,
+    "wasNotCleanReason": None,
+    "wasServerConnectionDropTimeout": False,
+    "wasOpenHandshakeTimeout": False,
+    "wasCloseHandshakeTimeout": False,
+    "wasServingFlashSocketPolicyFile": False,
+    "localCloseCode": None,
+    "localCloseReason": None,
+    "remoteCloseCode": None,
+    "remoteCloseReason": None,
+    "openHandshakeTimeoutCall": None,
+    "closeHandshakeTimeoutCall": None,
+    "autoPingTimeoutCall": None,
+    "autoPingPending": None,
+    "autoPingPendingCall": None,
+    "autoPingPendingSeq": 0,
+    "autoPingPendingSent": None,
+    "websocket_version": 13,
+    "websocket_protocol_in_use": None,
+    "inside_message": False,
+    "current_frame": None,
+    "_isMessageCompressed": False,
+    "message_is_binary": False,
+    "message_data": None,
+    "frame_data": None,
+    "control_frame_data": None,
+    # Empty unless a send asks for chopped or synchronous writes (StreamProtocol.sendData).
+    "send_queue": (),
+}
+# Only meaningful during the opening handshake or inside a message: dropped from idle
+# streams whatever their value, with these stand-ins on the class.
+_TRANSIENT: dict[str, Any] = {
+    "http_request_data": b"",
+    "http_status_line": "",
+    "http_headers": MappingProxyType({}),
+    "http_request_uri": "",
+    "http_request_path": "",
+    "http_request_params": MappingProxyType({}),
+    "http_request_host": "",
+    "http_response_data": "",
+    "_wskey": "",
+    "websocket_origin": "",
+    "websocket_protocols": (),
+    "websocket_extensions": (),
+    "websocket_extensions_in_use": (),
+    # ITransport.transport_details (WAMP's); nothing here reads it.
+    "_transport_details": None,
+    # ObservableMixin's: only used once someone calls .on(), which nothing here does.
+    "_valid_events": None,
+    "_results": None,
+    "message_data_total_length": 0,
+    "frame_length": 0,
+    "utf8validateIncomingCurrentMessage": False,
+    "utf8validateLast": (True, True, 0, 0),
+    "current_frame_masker": None,
+}
+
+
 @implementer(IPushProducer)
-class _Backpressure:
-    """Registered on the connection's transport: told when its send buffer fills and drains."""
-
-    def __init__(self, conn: StreamProtocol) -> None:
-        self.conn = conn
-
-    def pauseProducing(self) -> None:  # noqa: N802 - twisted's name
-        self.conn.pause()
-
-    def resumeProducing(self) -> None:  # noqa: N802 - twisted's name
-        self.conn.resume()
-
-    def stopProducing(self) -> None:  # noqa: N802 - twisted's name
-        pass
-
-
 class StreamProtocol(WebSocketServerProtocol):
-    """One client's stream: authenticates, pushes sync deltas, handles the client's frames."""
+    """One client's stream: authenticates, pushes sync deltas, handles the client's frames.
+
+    Registered as the producer on its own transport, to hear when the send buffer fills
+    (pauseProducing) and drains (resumeProducing).
+
+    The per-connection state below starts as class attributes: an instance holds an entry
+    only once it differs (see `_compact`).
+    """
 
     factory: StreamFactory
 
+    requester: Requester | None = None
+    # The last token this stream computed up to (pushed, or empty for this user).
+    since: SyncToken | None = None
+    # Kept only to re-check revocation and expiry; never logged.
+    _token: str | None = None
+    _header_token: str | None = None
+    _url_token = False
+    _since_param: str | None = None
+    _authenticating = False
+    _early: list[bytes] | None = None
+    _closing = False
+    _wanted = False
+    _computing = False
+    _paused = False
+    _sends = 0
+    # Whether the stream still counts as syncing for presence: from the moment it has a
+    # requester until its close (so True here, where it is only read with a requester).
+    _presence_started = True
+    _auth_timer: Any = None
+    _stall_timer: Any = None
+    # Reactor times of the next ping (or, while `_ping_payload` waits for its pong, of the
+    # ping timeout) and of the next keep-alive; the factory's sweep acts on them.
+    _next_ping = float("inf")
+    _next_keepalive = float("inf")
+    _ping_payload: bytes | None = None
+    # Autobahn's incremental UTF-8 validator, made again when a message needs one.
+    utf8validator = _PerConnection(Utf8Validator)
+    # Autobahn's futures: is_open, dropped once resolved (fired Deferreds are all alike), and
+    # is_closed, made when first asked for (by Autobahn, when it resolves it on close).
+    is_open = _PerConnection(lambda: succeed(None))
+    is_closed = _PerConnection(Deferred)
+    # Autobahn's per-connection traffic counters: nothing reads them, all streams share one.
+    trafficStats = TrafficStats()
+
     def __init__(self) -> None:
         super().__init__()
-        self.requester: Requester | None = None
-        # The last token this stream computed up to (pushed, or empty for this user).
-        self.since: SyncToken | None = None
-        # Kept only to re-check revocation and expiry; never logged.
-        self._token: str | None = None
-        self._header_token: str | None = None
-        self._url_token = False
-        self._since_param: str | None = None
-        self._authenticating = False
-        self._early: list[bytes] = []
-        self._closing = False
-        self._wanted = False
-        self._computing = False
-        self._paused = False
-        self._sends = 0
-        self._presence_started = False
+        del self.is_closed
         self._opened_at = time.monotonic()
-        self._auth_timer: Any = None
-        self._stall_timer: Any = None
-        self._keepalive: LoopingCall | None = None
 
     @property
     def _hs(self) -> "HomeServer":
@@ -255,14 +419,17 @@ class StreamProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:  # noqa: N802 - autobahn's name
         self._opened_at = time.monotonic()
-        self.factory.connections.add(self)
+        self._next_ping = self._hs.reactor.seconds() + AUTO_PING_INTERVAL_S
+        self.factory.opened(self)
         transport: Any = self.transport
         # Registered on the transport, to hear when the send buffer fills.
-        transport.registerProducer(_Backpressure(self), True)
+        transport.registerProducer(self, True)
         if self._url_token:
             self.close(CLOSE_BAD_REQUEST, "M_INVALID_PARAM: access tokens are not accepted in the URL")
         elif self._header_token is not None:
-            self._start_auth(self._header_token, self._since_param)
+            token, since = self._header_token, self._since_param
+            self._header_token = self._since_param = None
+            self._start_auth(token, since)
         else:
             self._auth_timer = self._hs.reactor.callLater(AUTH_TIMEOUT_S, self._auth_timed_out)
 
@@ -313,7 +480,6 @@ class StreamProtocol(WebSocketServerProtocol):
         if self._closing:
             hs.presence.sync_finished(requester.user_id)
             return
-        self._presence_started = True
         self._token = token
         self.requester = requester
         self._authenticating = False
@@ -332,13 +498,11 @@ class StreamProtocol(WebSocketServerProtocol):
             hs.delivery.acknowledge(requester.user_id, min(since.events, hs.sync.current_token().events))
         self.send_frame({"type": "ready", "user_id": requester.user_id, "device_id": requester.device_id})
         self.since = since
-        self._keepalive = LoopingCall(lambda: Deferred.fromCoroutine(self._keep_alive()))
-        self._keepalive.clock = hs.reactor
-        self._keepalive.start(KEEPALIVE_S, now=False)
+        self._next_keepalive = hs.reactor.seconds() + KEEPALIVE_S
         self._wanted = True
         self.wake()
-        early, self._early = self._early, []
-        for payload in early:
+        early, self._early = self._early, None
+        for payload in early or ():
             if not self._closing:
                 self._handle(payload)
 
@@ -355,6 +519,80 @@ class StreamProtocol(WebSocketServerProtocol):
             self.close(CLOSE_UNAUTHORIZED, _reason(e))
         except Exception:
             log.failure("WebSocket stream keep-alive failed")
+
+    # Timers (the factory's sweep) and idle memory ------------------------------------------
+
+    def _on_sweep(self, now: float, payload: bytes) -> None:
+        """A ping, a ping timeout or a keep-alive is due."""
+        if self._closing or self.state != WebSocketServerProtocol.STATE_OPEN:
+            return
+        if self._next_ping <= now:
+            if self._ping_payload is not None:
+                # As Autobahn's auto-ping: the peer did not answer in time; drop it.
+                self.onAutoPingTimeout()
+                return
+            self._ping_payload = payload
+            self._next_ping = now + AUTO_PING_TIMEOUT_S
+            self.sendPing(payload)
+        if self._next_keepalive <= now and self.requester is not None:
+            self._next_keepalive = now + KEEPALIVE_S
+            Deferred.fromCoroutine(self._keep_alive())
+
+    def _heard(self) -> None:
+        """The peer answered the pending ping (a pong, or any message): next ping in an interval.
+
+        Also the stream's regular compaction (once the frame is done: at the next sweep),
+        which sheds what the frames since the last one left behind.
+        """
+        self._ping_payload = None
+        self._next_ping = self._hs.reactor.seconds() + AUTO_PING_INTERVAL_S
+        self.factory._to_compact.append(self)
+
+    def onPong(self, payload: bytes) -> None:  # noqa: N802 - autobahn's name
+        if self._ping_payload is not None and payload == self._ping_payload:
+            self._heard()
+
+    def _compact(self) -> None:
+        """Rebuild the instance dict without what the stream no longer needs.
+
+        An Autobahn protocol instance carries ~110 attributes; after the handshake most
+        are dead (the HTTP request and response) or hold the same value as every other
+        idle stream. Dropped: entries whose value is the class attribute's own object,
+        and the handshake and in-message state of _TRANSIENT (stand-ins on the class).
+        A new dict is built because a dict never shrinks when entries are deleted.
+        Not while a frame or message is half read, nor while chopped writes are queued.
+        """
+        d = self.__dict__
+        if d.get("inside_message") or d.get("current_frame") is not None or d.get("send_queue"):
+            return
+        cls = type(self)
+        kept: dict[str, Any] = {}
+        for name, value in d.items():
+            if name in _TRANSIENT or getattr(cls, name, _MISSING) is value:
+                continue
+            if name in ("utf8validator", "trafficStats", "send_queue"):
+                continue
+            if name == "is_open" and value.called:
+                continue
+            kept[name] = value
+        self.__dict__ = kept
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:  # noqa: N802
+        # Autobahn queues chopped or synchronous writes; the idle stream has no queue of its own.
+        if (sync or chopsize) and "send_queue" not in self.__dict__:
+            self.send_queue = deque()
+        super().sendData(data, sync, chopsize)
+
+    # Back-pressure: the transport's producer calls ------------------------------------------
+
+    def pauseProducing(self) -> None:  # noqa: N802 - twisted's name
+        self.pause()
+
+    def resumeProducing(self) -> None:  # noqa: N802 - twisted's name
+        self.resume()
+
+    def stopProducing(self) -> None:  # noqa: N802 - twisted's name
+        pass
 
     # Pushing deltas ------------------------------------------------------------------------
 
@@ -417,11 +655,15 @@ class StreamProtocol(WebSocketServerProtocol):
     # Client frames ----------------------------------------------------------------------------
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:  # noqa: N802,N803 - autobahn's names
+        if self._ping_payload is not None:
+            self._heard()  # as Autobahn's auto-ping: any message answers a pending ping
         if self._closing:
             return
         if self.requester is None:
             if not self._authenticating:
                 self._on_auth_frame(payload)
+            elif self._early is None:
+                self._early = [payload]
             elif len(self._early) < MAX_EARLY_FRAMES:
                 self._early.append(payload)
             else:
@@ -537,12 +779,15 @@ class StreamProtocol(WebSocketServerProtocol):
     def _write(self, data: bytes) -> None:
         # maxMessagePayloadSize is meant for what clients send, but autobahn applies it to what
         # we send too, and a sync delta may be far larger than any client frame.
-        limit: int = getattr(self, "maxMessagePayloadSize", 0)
+        own = self.__dict__.get("maxMessagePayloadSize", _MISSING)
         self.maxMessagePayloadSize = 0
         try:
             self.sendMessage(data)
         finally:
-            self.maxMessagePayloadSize = limit
+            if own is _MISSING:
+                del self.maxMessagePayloadSize  # the class's (the factory's) limit again
+            else:
+                self.maxMessagePayloadSize = own
 
     def send_error(self, error: MatrixError, txn_id: str | None = None) -> None:
         frame: dict[str, Any] = {"type": "error"}
@@ -568,12 +813,10 @@ class StreamProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:  # noqa: N802,N803
         self._closing = True
-        self.factory.connections.discard(self)
+        self.factory.closed(self)
         for timer in (self._auth_timer, self._stall_timer):
             if timer is not None and timer.active():
                 timer.cancel()
-        if self._keepalive is not None and self._keepalive.running:
-            self._keepalive.stop()
         requester = self.requester
         if requester is not None:
             self.factory.detach(self, requester)
@@ -607,3 +850,7 @@ def stream_factory(hs: "HomeServer", router: Router) -> StreamFactory:
     router's answer to plain requests there."""
     add_upgrade_required_route(router)
     return StreamFactory(hs)
+
+
+for _name, _value in {**_AUTOBAHN_IDLE, **_TRANSIENT}.items():
+    setattr(StreamProtocol, _name, _value)
