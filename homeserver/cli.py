@@ -112,6 +112,9 @@ def cmd_create_user(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    from homeserver.reactor import install
+
+    install()
     config = _load(args.config)
     from twisted.internet import reactor as _reactor
     from twisted.internet.defer import Deferred
