@@ -119,10 +119,16 @@ def redact(event: Mapping[str, Any], room_version: str) -> dict[str, Any]:
 
     Raises `UnsupportedRoomVersion` for versions other than `KNOWN_ROOM_VERSIONS`.
     """
+    return copy.deepcopy(redacted_view(event, room_version))
+
+
+def redacted_view(event: Mapping[str, Any], room_version: str) -> dict[str, Any]:
+    """`redact` without the deep copy: a new top-level dict and content dict, whose values
+    are shared with `event` (for a caller that only reads them, or replaces them whole)."""
     check_room_version(room_version)
     top_level_keys, redact_content = _RULES[room_version]
 
     redacted = {k: v for k, v in event.items() if k in top_level_keys}
     content = event.get("content")
     redacted["content"] = redact_content(event.get("type"), content if isinstance(content, Mapping) else {})
-    return copy.deepcopy(redacted)
+    return redacted

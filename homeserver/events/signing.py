@@ -12,7 +12,7 @@ from signedjson.sign import SignatureVerifyException, sign_json, verify_signed_j
 from signedjson.types import SigningKey, VerifyKey
 
 from homeserver.events.hashing import add_content_hash
-from homeserver.events.redaction import redact
+from homeserver.events.redaction import redact, redacted_view
 
 
 class InvalidSignature(Exception):
@@ -34,7 +34,12 @@ def sign_event(
     between room versions 10 and 11. Raises `UnsupportedRoomVersion` for other versions.
     """
     hashed = add_content_hash(pdu)
-    redacted = redact(hashed, room_version)  # a deep copy: sign_json mutates it
+    # sign_json pops and sets top-level keys and adds to `signatures`: a fresh top level
+    # and fresh signature maps are all it may touch (a deep copy cost ~2 % of a send).
+    redacted = redacted_view(hashed, room_version)
+    signatures = redacted.get("signatures")
+    if isinstance(signatures, dict):
+        redacted["signatures"] = {k: dict(v) if isinstance(v, dict) else v for k, v in signatures.items()}
     signed = sign_json(redacted, server_name, signing_key)
     hashed["signatures"] = signed["signatures"]
     return hashed
