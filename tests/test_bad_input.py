@@ -546,3 +546,36 @@ def test_server_still_healthy_and_log_holds_no_secrets(server: ServerProcess) ->
     leaked = sorted(s for s in USED_SECRETS if s and s in log)
     assert not leaked, f"secrets in the server log: {leaked}"
     assert "Traceback" not in log
+
+
+# Values canonical JSON forbids ----------------------------------------------------------
+
+
+def test_floats_and_unsafe_integers_in_events_are_bad_json(
+    server: ServerProcess, user: dict[str, Any]
+) -> None:
+    token = user["access_token"]
+    r = call(server, "POST", V3 + "/createRoom", {}, token)
+    assert r.status_code == 200, r.text
+    room = r.json()["room_id"]
+    bad_contents: list[Any] = [
+        {"msgtype": "m.text", "body": "x", "n": 1.5},
+        {"msgtype": "m.text", "body": "x", "n": 2**60},
+        {"msgtype": "m.text", "body": "x", "deep": {"list": [1, {"f": 0.25}]}},
+    ]
+    for i, content in enumerate(bad_contents):
+        r = call(server, "PUT", f"{V3}/rooms/{room}/send/m.room.message/float{i}", content, token)
+        assert_error(r, 400, "M_BAD_JSON")
+    r = call(server, "PUT", f"{V3}/rooms/{room}/state/org.example.state/", {"n": 1e3}, token)
+    assert_error(r, 400, "M_BAD_JSON")
+    # Nothing was stored; the largest safe integer is fine.
+    r = call(server, "PUT", f"{V3}/rooms/{room}/send/m.room.message/ok", {"body": "x", "n": 2**53 - 1}, token)
+    assert r.status_code == 200, r.text
+    r = requests.get(
+        server.url(f"{V3}/rooms/{room}/messages"),
+        params={"dir": "b", "limit": "50"},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
+    sent = [e["content"] for e in r.json()["chunk"] if e["type"] in ("m.room.message", "org.example.state")]
+    assert sent == [{"body": "x", "n": 2**53 - 1}]

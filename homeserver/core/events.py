@@ -20,9 +20,9 @@ from homeserver.core.clock import Clock
 from homeserver.core.persist import EventPersister
 from homeserver.core.room_heads import RoomHead, RoomHeads
 from homeserver.core.txn_ids import TxnIdCache
-from homeserver.errors import Forbidden, MatrixError, NotFound, TooLarge
+from homeserver.errors import BadJson, Forbidden, MatrixError, NotFound, TooLarge
 from homeserver.events.auth_rules import AuthError, auth_types_for_event, check_auth
-from homeserver.events.canonical import encode_canonical_json
+from homeserver.events.canonical import check_canonical_values, encode_canonical_event_json
 from homeserver.events.hashing import add_content_hash, compute_event_id
 from homeserver.events.signing import sign_event
 from homeserver.storage.events import EventStore, PersistItem, StoredEvent
@@ -69,7 +69,12 @@ class EventService:
 
         @raise Forbidden: the auth rules refuse it.
         @raise TooLarge: the PDU would exceed 64 KiB.
+        @raise BadJson: `content` holds a float or an integer past 2**53 (room versions 6+).
         """
+        try:
+            check_canonical_values(content)
+        except ValueError as e:
+            raise BadJson(f"Bad JSON value: {e}") from None
         now = now_ms if now_ms is not None else self.clock.time_ms()
         pdu: dict[str, Any] = {
             "room_id": head.room_id,
@@ -96,7 +101,7 @@ class EventService:
             head.state[key].event_id for key in auth_types_for_event(pdu) if key in head.state
         )
         pdu = sign_event(add_content_hash(pdu), self.server_name, self.signing_key, head.room_version)
-        if len(encode_canonical_json(pdu)) > MAX_PDU_SIZE:
+        if len(encode_canonical_event_json(pdu)) > MAX_PDU_SIZE:
             raise TooLarge("Event is larger than 65536 bytes")
         event_id = compute_event_id(pdu, head.room_version)
         unsigned: dict[str, Any] = {}

@@ -22,7 +22,7 @@ from typing import Any
 from homeserver.core.account_data import AccountDataService
 from homeserver.core.delivery import DeliveryTracker
 from homeserver.core.e2ee import KeyService
-from homeserver.core.event_format import EncodedEvents, RawJson, dumps_with_raw
+from homeserver.core.event_format import EncodedEvents, RawJson, client_event, dumps_with_raw
 from homeserver.core.filters import SyncFilter
 from homeserver.core.messages import state_at
 from homeserver.core.presence import PresenceService
@@ -35,6 +35,7 @@ from homeserver.core.txn_ids import client_txn_id
 from homeserver.core.typing import TypingService
 from homeserver.core.unread import UnreadCounter
 from homeserver.core.visibility import VisibilityFilter
+from homeserver.json_encoding import dumps_text
 from homeserver.notifier import Notifier
 from homeserver.storage import Storage
 from homeserver.storage.events import PersistItem, StoredEvent
@@ -419,13 +420,8 @@ class SyncService:
     def _encode(self, ev: StoredEvent, head: RoomHead, req: SyncRequest) -> RawJson:
         txn = self._recent_txns.get(ev.event_id)
         if txn is not None and txn[0] == req.user_id and txn[1] == req.device_id:
-            import json
-
-            from homeserver.core.event_format import RawJson as Raw
-            from homeserver.core.event_format import client_event
-
-            return Raw(
-                json.dumps(
+            return RawJson(
+                dumps_text(
                     client_event(
                         ev,
                         head.room_version,
@@ -433,9 +429,7 @@ class SyncService:
                         # Stored scoped per endpoint (core/txn_ids.py): echo what the client sent.
                         txn_id=client_txn_id(txn[2]),
                         redaction=self.heads_redaction(ev),
-                    ),
-                    ensure_ascii=False,
-                    separators=(",", ":"),
+                    )
                 )
             )
         redaction = self.heads_redaction(ev)

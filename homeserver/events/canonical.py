@@ -10,7 +10,10 @@ the server has one place that defines "the bytes we hash".
 from typing import Any
 
 import canonicaljson
+import orjson
 import unpaddedbase64
+
+MAX_SAFE_INTEGER = 2**53 - 1
 
 
 def encode_canonical_json(obj: Any) -> bytes:
@@ -23,6 +26,48 @@ def encode_canonical_json(obj: Any) -> bytes:
     versions 6+): that numbers are integers within [-(2**53)+1, 2**53-1].
     """
     return canonicaljson.encode_canonical_json(obj)
+
+
+def encode_canonical_event_json(obj: Any) -> bytes:
+    """`encode_canonical_json` for a value that passed `check_canonical_values` (as every
+    event of room versions 6+ must): the same bytes, ~10x faster, by orjson.
+
+    For such values (no floats) both libraries write the same: keys sorted by code point,
+    compact, UTF-8, the same escapes. What orjson refuses (nesting past its limit)
+    goes to canonicaljson.
+    """
+    try:
+        return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER)
+    except orjson.JSONEncodeError:
+        return canonicaljson.encode_canonical_json(obj)
+
+
+def check_canonical_values(obj: Any, path: str = "content") -> None:
+    """Raise ValueError (naming where) for what canonical JSON of room versions 6+ forbids:
+    floats, and integers outside [-(2**53)+1, 2**53-1].
+
+    It also keeps floats from `encode_canonical_event_json`, whose float spelling would
+    differ from canonicaljson's.
+    """
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if not isinstance(key, str):
+                raise ValueError(f"{path}: object keys must be strings")
+            if not isinstance(value, str):
+                check_canonical_values(value, f"{path}.{key}")
+    elif isinstance(obj, list):
+        for i, value in enumerate(obj):
+            if not isinstance(value, str):
+                check_canonical_values(value, f"{path}[{i}]")
+    elif isinstance(obj, bool) or obj is None or isinstance(obj, str):
+        return
+    elif isinstance(obj, int):
+        if not -MAX_SAFE_INTEGER <= obj <= MAX_SAFE_INTEGER:
+            raise ValueError(f"{path}: integer out of the canonical JSON range")
+    elif isinstance(obj, float):
+        raise ValueError(f"{path}: numbers must be integers")
+    else:
+        raise ValueError(f"{path}: not a JSON value")
 
 
 def encode_base64(data: bytes) -> str:

@@ -6,6 +6,9 @@ Two different hashes protect an event (Server-Server API, "Signing Events"):
   `hashes.sha256`; it tells a receiver whether non-essential fields were altered or removed;
 - the *reference hash* covers only the redacted event (which still includes `hashes`, so it
   transitively commits to the full content); in room versions 4+ it *is* the event ID.
+
+Both encode with `encode_canonical_event_json`: an event must have passed
+`check_canonical_values` (no floats) first, as room versions 6+ require of every event.
 """
 
 import hashlib
@@ -17,7 +20,7 @@ from homeserver.events.canonical import (
     decode_base64,
     encode_base64,
     encode_base64_urlsafe,
-    encode_canonical_json,
+    encode_canonical_event_json,
 )
 from homeserver.events.redaction import redact
 
@@ -28,7 +31,7 @@ _CONTENT_HASH_EXCLUDED = ("unsigned", "signatures", "hashes")
 
 def _content_hash_bytes(pdu: Mapping[str, Any]) -> bytes:
     stripped = {k: v for k, v in pdu.items() if k not in _CONTENT_HASH_EXCLUDED}
-    return hashlib.sha256(encode_canonical_json(stripped)).digest()
+    return hashlib.sha256(encode_canonical_event_json(stripped)).digest()
 
 
 def compute_content_hash(pdu: Mapping[str, Any]) -> str:
@@ -83,7 +86,7 @@ def compute_reference_hash(pdu: Mapping[str, Any], room_version: str) -> bytes:
     redacted = redact(pdu, room_version)
     for key in ("signatures", "unsigned", "age_ts", "event_id"):
         redacted.pop(key, None)
-    return hashlib.sha256(encode_canonical_json(redacted)).digest()
+    return hashlib.sha256(encode_canonical_event_json(redacted)).digest()
 
 
 def compute_event_id(pdu: Mapping[str, Any], room_version: str) -> str:

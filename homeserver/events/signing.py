@@ -8,9 +8,10 @@ copied back into the full event.
 from collections.abc import Mapping
 from typing import Any
 
-from signedjson.sign import SignatureVerifyException, sign_json, verify_signed_json
+from signedjson.sign import SignatureVerifyException, verify_signed_json
 from signedjson.types import SigningKey, VerifyKey
 
+from homeserver.events.canonical import encode_base64, encode_canonical_event_json
 from homeserver.events.hashing import add_content_hash
 from homeserver.events.redaction import redact, redacted_view
 
@@ -26,22 +27,27 @@ def sign_event(
 
     Follows "Adding hashes and signatures to outgoing events": the content hash is
     (re)computed into `hashes.sha256`, the event is redacted under `room_version`'s rules,
-    the redacted copy is signed with `signing_key` (`signedjson.sign.sign_json`), and the
-    resulting `signatures` are copied back. Signatures already on `pdu` (other servers', or
-    other keys of ours) are preserved; `pdu` itself is not modified.
+    the redacted form is signed with `signing_key` (as `signedjson.sign.sign_json` would),
+    and the signature is added to a copy of the event's `signatures`. Signatures already on
+    `pdu` (other servers', or other keys of ours) are preserved; `pdu` is not modified.
 
     `room_version` is required because the redacted form, and so the signed bytes, differ
     between room versions 10 and 11. Raises `UnsupportedRoomVersion` for other versions.
     """
     hashed = add_content_hash(pdu)
-    # sign_json pops and sets top-level keys and adds to `signatures`: a fresh top level
-    # and fresh signature maps are all it may touch (a deep copy cost ~2 % of a send).
+    # What signedjson.sign_json does, over the redacted form without copying it: sign the
+    # canonical bytes without `signatures` (and `unsigned`, never kept by redaction).
     redacted = redacted_view(hashed, room_version)
-    signatures = redacted.get("signatures")
-    if isinstance(signatures, dict):
-        redacted["signatures"] = {k: dict(v) if isinstance(v, dict) else v for k, v in signatures.items()}
-    signed = sign_json(redacted, server_name, signing_key)
-    hashed["signatures"] = signed["signatures"]
+    redacted.pop("signatures", None)
+    signature = signing_key.sign(encode_canonical_event_json(redacted)).signature
+    signatures = {
+        name: dict(keys) if isinstance(keys, dict) else keys
+        for name, keys in (hashed.get("signatures") or {}).items()
+    }
+    signatures.setdefault(server_name, {})[f"{signing_key.alg}:{signing_key.version}"] = encode_base64(
+        signature
+    )
+    hashed["signatures"] = signatures
     return hashed
 
 
