@@ -6,8 +6,13 @@ from __future__ import annotations
 import json
 import socket
 import time
+from urllib.parse import parse_qs, quote, quote_plus, urlencode
 
 from conftest import ServerProcess
+from hypothesis import given
+from hypothesis import strategies as st
+
+from homeserver.api.http_server import parse_query
 
 VERSIONS = b"GET /_matrix/client/versions HTTP/1.1\r\nHost: x\r\n\r\n"
 LOGIN_PATH = b"/_matrix/client/v3/login"
@@ -203,3 +208,18 @@ def test_percent_encoded_utf8_query_values_reach_handlers(server: ServerProcess)
         )
         status, _, body = read_response(sock, bytearray())
     assert status == 400 and json.loads(body)["errcode"] == "M_INVALID_USERNAME"
+
+
+@given(st.lists(st.tuples(st.text(max_size=8), st.text(max_size=8)), max_size=6), st.booleans())
+def test_query_parsing_follows_parse_qs(pairs: list[tuple[str, str]], plus_for_space: bool) -> None:
+    query = urlencode(pairs, quote_via=quote_plus if plus_for_space else quote).encode()
+    expected = parse_qs(query.decode(), keep_blank_values=True)
+    parsed = parse_query(query)
+    assert {k.decode(): [v.decode() for v in vs] for k, vs in parsed.items()} == expected
+    assert parse_query(b"a&b=&=c&&d=%zz&e=%C3%A9") == {
+        b"a": [b""],
+        b"b": [b""],
+        b"": [b"c"],
+        b"d": [b"%zz"],
+        b"e": ["é".encode()],
+    }

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import IO, Any
-from urllib.parse import parse_qs
+from urllib.parse import unquote_to_bytes
 
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Protocol, ServerFactory
@@ -77,6 +77,51 @@ def _date() -> bytes:
         _date_second = now
         _date_header = b"Date: " + formatdate(now, usegmt=True).encode("ascii") + b"\r\n"
     return _date_header
+
+
+def parse_query(query: bytes) -> dict[bytes, list[bytes]]:
+    """`a=1&b=x+y&a=%C3%A9` -> {b"a": [b"1", b"\xc3\xa9"], b"b": [b"x y"]}: parse_qs's rules
+    (blank values kept, `+` is a space), on bytes, decoding only what needs it. Handlers
+    decode UTF-8 themselves."""
+    args: dict[bytes, list[bytes]] = {}
+    for part in query.split(b"&"):
+        if not part:
+            continue
+        name, _, value = part.partition(b"=")
+        if b"%" in name or b"+" in name:
+            name = unquote_to_bytes(name.replace(b"+", b" "))
+        if b"%" in value or b"+" in value:
+            value = unquote_to_bytes(value.replace(b"+", b" "))
+        values = args.get(name)
+        if values is None:
+            args[name] = [value]
+        else:
+            values.append(value)
+    return args
+
+
+def write_now(transport: Any, data: bytes) -> None:
+    """Send `data` straight to the socket when nothing is queued before it, and hand
+    Twisted only what the socket did not take.
+
+    transport.write alone always queues, registers for writability (epoll_ctl), waits
+    for the next reactor turn, sends, and unregisters: ~5 % of the reactor thread
+    under load for a response that almost always fits the socket buffer at once.
+    """
+    if (
+        transport.connected
+        and not transport.disconnecting
+        and not transport.dataBuffer
+        and not getattr(transport, "_tempDataLen", 1)
+    ):
+        try:
+            sent = transport.socket.send(data)
+        except OSError:
+            sent = 0  # EAGAIN, or a dead peer: Twisted's own write path finds out
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
 
 
 def safe_header_value(value: bytes) -> bytes:
@@ -173,13 +218,7 @@ class Request:
     def args(self) -> dict[bytes, list[bytes]]:
         """The query string's parameters, parsed on first use (most requests never ask)."""
         if self._args is None:
-            self._args = {}
-            if self.query:
-                # latin-1 both ways keeps the percent-decoded bytes as they were (parse_qs
-                # on bytes would insist on ASCII); handlers decode UTF-8 themselves.
-                parsed = parse_qs(self.query.decode("latin-1"), keep_blank_values=True, encoding="latin-1")
-                for name, values in parsed.items():
-                    self._args[name.encode("latin-1")] = [v.encode("latin-1") for v in values]
+            self._args = parse_query(self.query) if self.query else {}
         return self._args
 
     def getHeader(self, name: bytes) -> bytes | None:  # noqa: N802 - twisted.web's name
@@ -217,7 +256,7 @@ class Request:
         )
         self._head_sent = True
         self.finished = True
-        channel.transport.write(data)
+        write_now(channel.transport, data)
         channel.request_done(self)
 
     def _send_head(self) -> None:
