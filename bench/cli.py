@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from bench import report
-from bench.procstats import raise_fd_limit
+from bench.procstats import cpu_speed_probe, raise_fd_limit
 from bench.profiling import PySpy, summarize
 from bench.servers import (
     BENCH_DIR,
@@ -251,6 +251,7 @@ async def run(args: argparse.Namespace) -> int:
         "command": "python -m bench " + " ".join(shlex.quote(a) for a in (sys.argv[1:])),
         "mode": "quick" if args.quick else "full",
         "loadavg_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "speed_start": cpu_speed_probe(),
         "postgres_version": postgres_version(),
         "config_notes": CONFIG_NOTES,
     }
@@ -296,6 +297,7 @@ async def run(args: argparse.Namespace) -> int:
                 elif key == "synapse":
                     drop_database("bench_synapse")
     meta["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    meta["speed_end"] = cpu_speed_probe()
     meta["elapsed_min"] = (time.monotonic() - t0) / 60
     table = report.main_table(sizes, results)
     print()

@@ -162,6 +162,10 @@ def _version(module: str) -> str:
         return "not installed"
 
 
+def _seconds(value: Any) -> str:
+    return f"{value:.3f} s" if isinstance(value, float) else "?"
+
+
 def machine_section(meta: dict[str, Any]) -> str:
     lines = [
         f"- CPU: {os.cpu_count()} cores ({_cpu_model()}); memory {_meminfo_total()}; "
@@ -172,6 +176,9 @@ def machine_section(meta: dict[str, Any]) -> str:
         f"- Synapse {meta.get('synapse_version', '–')} (PyPI, monolith, default caches)",
         f"- PostgreSQL {meta.get('postgres_version', '?')} (127.0.0.1, both servers, one at a time)",
         f"- load average at start: {meta.get('loadavg_start', '?')}; at end: {meta.get('loadavg_end', '?')}",
+        f"- single-core speed probe (a fixed pure-Python loop, best of 3; lower is faster; this VM"
+        f" drifts by up to 2x over a day, so compare files by it): {_seconds(meta.get('speed_start'))}"
+        f" at start, {_seconds(meta.get('speed_end'))} at end",
     ]
     return "\n".join(lines)
 
