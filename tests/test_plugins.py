@@ -427,3 +427,34 @@ async def test_third_party_plugin_serves_routes_through_the_same_interface(tmp_p
     finally:
         await hs.stop(port)
     assert recorder.stopped
+
+
+CRASHING_PLUGIN = '''
+class CrashingPlugin:
+    NAME = "crashing"
+
+    def __init__(self, config, api):
+        self.api = api
+
+    async def start(self):
+        self.api.register_route("GET", "/_plugins/crashing/boom", self.boom, require_auth=False)
+
+    async def boom(self, request):
+        raise RuntimeError("a bug in a handler")
+'''
+
+
+def test_a_handler_bug_is_a_logged_500_and_the_server_goes_on(start_server: Any, tmp_path: Path) -> None:
+    (tmp_path / "crashing_plugin.py").write_text(CRASHING_PLUGIN)
+    s = start_server(
+        {"plugins": [{"module": "crashing_plugin.CrashingPlugin", "config": {}}]},
+        env={"PYTHONPATH": str(tmp_path)},
+    )
+    for _ in range(2):
+        r = requests.get(s.url("/_plugins/crashing/boom"), timeout=10)
+        assert r.status_code == 500
+        assert r.json() == {"errcode": "M_UNKNOWN", "error": "Internal server error"}
+    assert requests.get(s.url("/_matrix/client/versions"), timeout=10).status_code == 200
+    log = s.log_path.read_text()
+    assert log.count("unhandled error on GET /_plugins/crashing/boom") == 2
+    assert "a bug in a handler" in log
