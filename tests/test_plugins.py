@@ -429,7 +429,7 @@ async def test_third_party_plugin_serves_routes_through_the_same_interface(tmp_p
     assert recorder.stopped
 
 
-CRASHING_PLUGIN = '''
+CRASHING_PLUGIN = """
 class CrashingPlugin:
     NAME = "crashing"
 
@@ -441,7 +441,7 @@ class CrashingPlugin:
 
     async def boom(self, request):
         raise RuntimeError("a bug in a handler")
-'''
+"""
 
 
 def test_a_handler_bug_is_a_logged_500_and_the_server_goes_on(start_server: Any, tmp_path: Path) -> None:
