@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import importlib.util
 import os
 import shlex
@@ -314,8 +315,28 @@ async def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def hold_run_lock() -> Any:
+    """One benchmark at a time on this machine: two would drop each other's databases
+    (fixed names), share bench/.work and fight for the cores. The lock goes with the
+    process."""
+    WORK_DIR.mkdir(parents=True, exist_ok=True)
+    lock = open(WORK_DIR / "run.lock", "a+")  # noqa: SIM115 - held until the process ends
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "?"
+        raise SystemExit(f"another `python -m bench` is running (pid {holder}); wait for it") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(str(os.getpid()))
+    lock.flush()
+    return lock
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    _lock = hold_run_lock()  # noqa: F841 - kept open for the run
     ensure_generator_packages(args.no_install)
     try:
         import uvloop

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -301,3 +302,16 @@ def test_against_our_server_for_a_few_seconds(start_server: Callable[..., Any]) 
     assert w1.details["delivered_total"] == w1.details["acked"]
     assert w3.details["deliveries"] == w3.details["deliveries_expected"] == 6 * 6, w3.problems
     assert w1.resources is not None and w1.resources.server_cpu_s >= 0
+
+
+def test_a_second_benchmark_run_is_refused_while_one_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bench.cli
+
+    monkeypatch.setattr(bench.cli, "WORK_DIR", tmp_path)
+    first = bench.cli.hold_run_lock()
+    with pytest.raises(SystemExit, match=f"running \\(pid {os.getpid()}\\)"):
+        bench.cli.hold_run_lock()
+    first.close()  # the first run ends: the next one may start
+    bench.cli.hold_run_lock().close()
