@@ -15,7 +15,7 @@ from homeserver.errors import MatrixError
 _TOKEN_RE = re.compile(r"s(\d+(?:_\d+)*)")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SyncToken:
     events: int = 0
     receipts: int = 0

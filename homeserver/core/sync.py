@@ -44,7 +44,7 @@ MAX_TIMEOUT_MS = 5 * 60_000
 _RECENT_TXNS = 50_000
 
 
-@dataclass
+@dataclass(slots=True)
 class SyncRequest:
     user_id: str
     device_id: str
@@ -168,6 +168,7 @@ class SyncService:
                     return body
                 if self.notifier.changed_since(req.user_id, version):
                     continue
+                del body  # not held by thousands of idle long-polls; recomputed after the wait
                 await self.notifier.wait(req.user_id, remaining)
                 if deadline - time.monotonic() <= 0:
                     body, _, _ = await self._compute(req, self.current_token())
