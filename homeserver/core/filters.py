@@ -28,7 +28,13 @@ def _types_filter(raw: Any) -> tuple[list[str] | None, list[str]]:
 
 
 def _matches(value: str, patterns: list[str]) -> bool:
-    return any(fnmatch.fnmatchcase(value, p) for p in patterns if isinstance(p, str))
+    if value in patterns:  # most filters list plain types: no glob needed
+        return True
+    return any(fnmatch.fnmatchcase(value, p) for p in patterns if isinstance(p, str) and _is_glob(p))
+
+
+def _is_glob(pattern: str) -> bool:
+    return "*" in pattern or "?" in pattern or "[" in pattern
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,16 @@ class SyncToken:
 
     @classmethod
     def parse(cls, text: str) -> "SyncToken":
+        # After a wake-up, every member of a room asks with the same token.
+        token = _PARSED.get(text)
+        if token is None:
+            if len(_PARSED) >= 4096:
+                _PARSED.clear()
+            token = _PARSED[text] = cls._parse(text)
+        return token
+
+    @classmethod
+    def _parse(cls, text: str) -> "SyncToken":
         m = _TOKEN_RE.fullmatch(text)
         if not m:
             raise MatrixError("Invalid sync token", "M_INVALID_PARAM")
@@ -43,6 +53,7 @@ class SyncToken:
 
 
 _STREAMS = len(fields(SyncToken))
+_PARSED: dict[str, SyncToken] = {}
 
 
 def parse_pagination_token(text: str) -> int:
