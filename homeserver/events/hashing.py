@@ -22,7 +22,7 @@ from homeserver.events.canonical import (
     encode_base64_urlsafe,
     encode_canonical_event_json,
 )
-from homeserver.events.redaction import redact
+from homeserver.events.redaction import redacted_view
 
 # Spec "Calculating the content hash for an event": these can change in transit (unsigned),
 # depend on the hash (signatures) or hold the hash itself (hashes), so they are excluded.
@@ -83,7 +83,7 @@ def compute_reference_hash(pdu: Mapping[str, Any], room_version: str) -> bytes:
     versions 4+ the event ID is derived from this hash, so it is never part of the hashed PDU
     (see `compute_event_id`). Raises `UnsupportedRoomVersion` for unknown versions.
     """
-    redacted = redact(pdu, room_version)
+    redacted = redacted_view(pdu, room_version)  # a fresh top level: the pops below stay local
     for key in ("signatures", "unsigned", "age_ts", "event_id"):
         redacted.pop(key, None)
     return hashlib.sha256(encode_canonical_event_json(redacted)).digest()
