@@ -84,7 +84,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--profile",
         default="",
-        help="comma list of workloads (W1,W3) to profile with py-spy on our servers",
+        help="comma list of workloads (W1,W2,W3) to profile with py-spy on our servers",
     )
     p.add_argument("--no-install", action="store_true", help="do not pip-install anything")
     p.add_argument("--no-readme", action="store_true", help="do not copy the table into README.md")

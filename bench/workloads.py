@@ -439,6 +439,7 @@ class Runner:
         await self.http.preconnect(connections)
         meter = self.meter()
         meter.start()
+        profile = self._profiled("W2")
         total = int(rate * duration)
         interval = 1.0 / rate
         start = time.monotonic() + 0.05
@@ -460,6 +461,8 @@ class Runner:
             await asyncio.gather(*list(tasks))
         missing = await self._drain(acked, delivered)
         result.resources = meter.stop()
+        if profile is not None:
+            profile.stop()
         await self._stop_receivers(receivers)
         self.http.close_idle()
 

@@ -120,6 +120,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     from twisted.internet.defer import Deferred
     from twisted.logger import Logger
 
+    from homeserver import gc_tuning
     from homeserver.logs import setup_logging
     from homeserver.server import HomeServer
 
@@ -153,6 +154,8 @@ def cmd_run(args: argparse.Namespace) -> None:
         reactor.addSystemEventTrigger(
             "before", "shutdown", lambda: Deferred.fromCoroutine(hs.stop(state["port"]))
         )
+        # Start-up is done: what it built lives as long as the process.
+        gc_tuning.tune_after_startup()
 
     reactor.callWhenRunning(lambda: Deferred.fromCoroutine(startup()))
     # reactor.run() turns SIGTERM and SIGINT into reactor.stop(), which runs the

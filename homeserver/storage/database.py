@@ -1,7 +1,7 @@
 """The database handle: one interface over two engines.
 
-SQLite (the default, a file in the data dir, WAL mode) and PostgreSQL (psycopg2
-through `twisted.enterprise.adbapi`, pooled). Store modules write plain SQL with
+SQLite (the default, a file in the data dir, WAL mode) and PostgreSQL (psycopg2),
+each connection in a thread of `connection_pool.ConnectionPool`. Store modules write plain SQL with
 `?` placeholders and call `run_interaction(desc, fn, ...)`: `fn` runs in a pool
 thread inside one transaction and gets a `Txn`; `desc` names the transaction in
 logs so a slow query names itself. The engine adapts placeholders (psycopg2 takes
@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import unquote, urlsplit
 
-from twisted.enterprise import adbapi
 from twisted.logger import Logger
 
 from homeserver.json_encoding import dumps_text
+from homeserver.storage.connection_pool import ConnectionPool
 
 log = Logger()
 P = ParamSpec("P")
@@ -83,7 +83,7 @@ class Engine:
     def adapt(self, sql: str) -> str:
         return sql
 
-    def make_pool(self) -> adbapi.ConnectionPool:
+    def make_pool(self) -> ConnectionPool:
         raise NotImplementedError
 
     def insert_many(
@@ -103,26 +103,20 @@ class SqliteEngine(Engine):
     def __init__(self, path: str) -> None:
         self.path = path
 
-    def make_pool(self) -> adbapi.ConnectionPool:
+    def make_pool(self) -> ConnectionPool:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         # One connection: SQLite has a single writer anyway, and one thread keeps
         # every transaction serialised without SQLITE_BUSY retries.
-        return adbapi.ConnectionPool(
-            "sqlite3",
-            self.path,
-            check_same_thread=False,
-            cp_min=1,
-            cp_max=1,
-            cp_openfun=self._on_connect,
-        )
+        return ConnectionPool(self._connect, 1, 1, lambda error, conn: False, name="sqlite")
 
-    @staticmethod
-    def _on_connect(conn: sqlite3.Connection) -> None:
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=5000")
+        return conn
 
     def is_unique_violation(self, error: BaseException) -> bool:
         return isinstance(error, sqlite3.IntegrityError) and "UNIQUE" in str(error)
@@ -190,14 +184,20 @@ class PostgresEngine(Engine):
         self._insert_sql[key] = sql
         return sql
 
-    def make_pool(self) -> adbapi.ConnectionPool:
-        return adbapi.ConnectionPool(
-            "psycopg2",
-            dsn=self.url,
-            cp_min=self.pool_min,
-            cp_max=self.pool_max,
-            cp_reconnect=True,
+    def make_pool(self) -> ConnectionPool:
+        return ConnectionPool(
+            self._connect, self.pool_min, self.pool_max, self._is_disconnect, name="postgres"
         )
+
+    def _connect(self) -> Any:
+        import psycopg2
+
+        return psycopg2.connect(dsn=self.url)
+
+    @staticmethod
+    def _is_disconnect(error: BaseException, conn: Any) -> bool:
+        # psycopg2 marks a connection closed (1, or 2 when broken) once it sees it gone.
+        return bool(conn.closed)
 
     def is_unique_violation(self, error: BaseException) -> bool:
         import psycopg2.errors
@@ -238,7 +238,7 @@ class Database:
                 if elapsed > SLOW_TRANSACTION_S:
                     log.warn("slow transaction {desc}: {elapsed:.3f}s", desc=desc, elapsed=elapsed)
 
-        result: R = await self._pool.runInteraction(interaction)
+        result: R = await self._pool.run(interaction)
         return result
 
     async def query(self, desc: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:

@@ -1,0 +1,59 @@
+"""homeserver.gc_tuning: after start-up the collector leaves start-up's objects alone, runs less
+often, and a long pause is logged so an operator can tell it from a slow query."""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from twisted.logger import globalLogPublisher
+
+from homeserver import gc_tuning
+
+
+@pytest.fixture
+def restore_gc() -> Iterator[None]:
+    thresholds = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*thresholds)
+    while gc_tuning.recorder in gc.callbacks:
+        gc.callbacks.remove(gc_tuning.recorder)
+
+
+def test_tune_freezes_start_up_objects_and_records_passes(restore_gc: None) -> None:
+    built_at_start_up = [{"n": i} for i in range(1000)]
+    gc_tuning.tune_after_startup()
+    assert gc.get_freeze_count() >= len(built_at_start_up)
+    assert gc.get_threshold() == gc_tuning.THRESHOLDS
+    assert gc.get_threshold()[0] > 700  # CPython's default
+
+    passes = gc_tuning.recorder.passes[2]
+    gc.collect(2)
+    assert gc_tuning.recorder.passes[2] == passes + 1
+
+    gc_tuning.tune_after_startup()  # twice (a restart in tests): one callback, not two
+    assert gc.callbacks.count(gc_tuning.recorder) == 1
+
+
+def test_a_long_pause_is_logged_with_its_generation() -> None:
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        recorder = gc_tuning.PauseRecorder()
+        recorder("start", {"generation": 0, "collected": 0, "uncollectable": 0})
+        recorder("stop", {"generation": 0, "collected": 3, "uncollectable": 0})
+        recorder("start", {"generation": 2, "collected": 0, "uncollectable": 0})
+        time.sleep(gc_tuning.SLOW_PAUSE_S * 1.5)
+        recorder("stop", {"generation": 2, "collected": 12, "uncollectable": 0})
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    slow = [e for e in events if e.get("log_namespace") == "homeserver.gc"]
+    assert len(slow) == 1  # the quick generation-0 pass is counted, not logged
+    assert slow[0]["generation"] == 2 and slow[0]["collected"] == 12
+    assert slow[0]["ms"] >= gc_tuning.SLOW_PAUSE_S * 1000
+    assert recorder.passes == [1, 0, 1]
+    assert recorder.longest_s >= gc_tuning.SLOW_PAUSE_S
