@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
 from homeserver import gc_tuning
@@ -57,3 +58,26 @@ def test_a_long_pause_is_logged_with_its_generation() -> None:
     assert slow[0]["ms"] >= gc_tuning.SLOW_PAUSE_S * 1000
     assert recorder.passes == [1, 0, 1]
     assert recorder.longest_s >= gc_tuning.SLOW_PAUSE_S
+
+
+def test_young_passes_run_on_the_clock_and_untrack_plain_tuples(restore_gc: None) -> None:
+    gc_tuning.tune_after_startup()
+    clock = Clock()
+    passes = gc_tuning.YoungPasses(clock)
+    passes.start()
+    # A cache of plain string tuples, built without moving CPython's allocation count much
+    # (each new entry replaces an old one, as in a full LRU): only a timed pass reaches them.
+    cache = [(f"$event{i}", "text", "more") for i in range(5000)]
+    assert all(gc.is_tracked(t) for t in cache[:10])
+    before = list(gc_tuning.recorder.passes)
+
+    clock.advance(gc_tuning.TICK_S)
+    assert gc_tuning.recorder.passes[0] == before[0] + 1
+    assert not any(gc.is_tracked(t) for t in cache)  # no later pass walks them again
+
+    clock.pump([gc_tuning.TICK_S] * (gc_tuning.OLDER_EVERY - 1))
+    assert gc_tuning.recorder.passes[1] == before[1] + 1  # every tenth tick reaches generation 1
+    passes.stop()
+    clock.pump([gc_tuning.TICK_S] * 5)
+    assert sum(gc_tuning.recorder.passes) == sum(before) + gc_tuning.OLDER_EVERY
+    assert not clock.getDelayedCalls()

@@ -115,10 +115,15 @@ def client_event(
 
 
 class EncodedEvents:
-    """An LRU of encoded client events, per (event id, with room id?) and the redaction state."""
+    """An LRU of encoded client events, per (event id, with room id?) and the redaction state.
+
+    Entries hold only strings (and None) in plain tuples, which the garbage collector stops
+    tracking after its first pass over them: a cache of RawJson objects would be 40,000
+    objects for every full collection to walk.
+    """
 
     def __init__(self) -> None:
-        self._cache: OrderedDict[tuple[str, bool], tuple[str | None, RawJson]] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, bool], tuple[str | None, str]] = OrderedDict()
 
     def get(
         self, ev: StoredEvent, room_version: str, redaction: StoredEvent | None, include_room_id: bool
@@ -128,14 +133,12 @@ class EncodedEvents:
         hit = self._cache.get(key)
         if hit is not None and hit[0] == redacted_by:
             self._cache.move_to_end(key)
-            return hit[1]
-        raw = RawJson(
-            _encode(client_event(ev, room_version, include_room_id=include_room_id, redaction=redaction))
-        )
-        self._cache[key] = (redacted_by, raw)
+            return RawJson(hit[1])
+        text = _encode(client_event(ev, room_version, include_room_id=include_room_id, redaction=redaction))
+        self._cache[key] = (redacted_by, text)
         if len(self._cache) > _CACHE_SIZE:
             self._cache.popitem(last=False)
-        return raw
+        return RawJson(text)
 
     def invalidate(self, event_id: str) -> None:
         self._cache.pop((event_id, True), None)
