@@ -31,6 +31,10 @@ class LeanEPollReactor(EPollReactor):
             if selectable is not None:  # it may have been removed by an earlier event
                 handle(selectable, fd, event)
 
+    # The reactor's loop calls doIteration, which EPollReactor binds to its own doPoll when
+    # the class is made: without this line the override above would never run.
+    doIteration = doPoll
+
 
 def install() -> None:
     """Make LeanEPollReactor the global reactor (before anything imports the default)."""
