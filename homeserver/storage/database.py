@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from itertools import chain
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -42,11 +43,16 @@ class Txn:
     def __init__(self, cursor: Any, engine: "Engine") -> None:
         self._cursor = cursor
         self.engine = engine
+        self._pending: list[tuple[str, tuple[Any, ...]]] | None = None
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> None:
+        if self._pending is not None:
+            self._pending.append((self.engine.adapt(sql), tuple(args)))
+            return
         self._cursor.execute(self.engine.adapt(sql), tuple(args))
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        self._not_batched("executemany")
         self._cursor.executemany(self.engine.adapt(sql), [tuple(r) for r in rows])
 
     def insert_many(
@@ -55,18 +61,60 @@ class Txn:
         """INSERT many rows in as few round trips as the engine allows (one on PostgreSQL)."""
         if not rows:
             return
+        if self._pending is not None:
+            statement = self.engine.insert_many_statement(self._cursor, table, columns, rows, suffix)
+            if statement is not None:
+                self._pending.append(statement)
+                return
+            self._flush()  # this one goes on its own, after what came before it
         self.engine.insert_many(self._cursor, table, columns, rows, suffix)
 
+    @contextmanager
+    def batched(self) -> Iterator[None]:
+        """Writes inside the block reach the database together when it ends (one round trip on
+        PostgreSQL) instead of one by one. Nothing inside may read: no query, no rowcount."""
+        if self._pending is not None:
+            yield
+            return
+        self._pending = []
+        try:
+            yield
+            self._flush()
+        finally:
+            self._pending = None
+
+    def _flush(self) -> None:
+        pending = self._pending
+        if pending:
+            self._pending = []
+            self.engine.execute_together(self._cursor, pending)
+
+    def _not_batched(self, what: str) -> None:
+        if self._pending is not None:
+            raise RuntimeError(f"{what} inside Txn.batched(): its writes have not run yet")
+
     def fetchone(self) -> tuple[Any, ...] | None:
+        self._not_batched("fetchone")
         row = self._cursor.fetchone()
         return tuple(row) if row is not None else None
 
     def fetchall(self) -> list[tuple[Any, ...]]:
+        self._not_batched("fetchall")
         return [tuple(r) for r in self._cursor.fetchall()]
 
     @property
     def rowcount(self) -> int:
+        self._not_batched("rowcount")
         return int(self._cursor.rowcount)
+
+    def run_alone(self, sql: str, args: Sequence[Any] = ()) -> None:
+        """The transaction's only statement: PostgreSQL then runs it without BEGIN and COMMIT
+        (one round trip instead of three)."""
+        alone = getattr(self._cursor, "execute_alone", None)
+        if alone is None or self._pending is not None:
+            self.execute(sql, args)
+        else:
+            alone(self.engine.adapt(sql), tuple(args))
 
     def query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         self.execute(sql, args)
@@ -92,6 +140,16 @@ class Engine:
         marks = ", ".join("?" * len(columns))
         sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}) {suffix}"
         cursor.executemany(self.adapt(sql), [tuple(r) for r in rows])
+
+    def insert_many_statement(
+        self, cursor: Any, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], suffix: str
+    ) -> tuple[str, tuple[Any, ...]] | None:
+        """The whole INSERT as one (sql, args), or None where it takes several statements."""
+        return None
+
+    def execute_together(self, cursor: Any, statements: Sequence[tuple[str, tuple[Any, ...]]]) -> None:
+        for sql, args in statements:
+            cursor.execute(sql, args)
 
     def is_unique_violation(self, error: BaseException) -> bool:
         raise NotImplementedError
@@ -138,18 +196,36 @@ class PostgresEngine(Engine):
             adapted = self._adapted[sql] = sql.replace("%", "%%").replace("?", "%s")
         return adapted
 
-    def insert_many(
+    def insert_many_statement(
         self, cursor: Any, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], suffix: str
-    ) -> None:
+    ) -> tuple[str, tuple[Any, ...]] | None:
         # All rows as one JSON array, unpacked server-side by jsonb_array_elements with a
         # cast per column. psycopg2 adapts every value on its own (~1.5 us each with the GIL
         # held, plus a Python loop per row in execute_values): this is one json.dumps (C) and
         # one adaptation, so the DB thread starves the reactor thread less.
         sql = self._json_insert_sql(cursor, table, columns, suffix)
-        if sql is not None and set(map(type, chain.from_iterable(rows))) <= _JSON_EXACT:
-            if set(map(len, rows)) != {len(columns)}:  # a short row would read as NULLs
-                raise ValueError(f"insert_many into {table}: every row needs {len(columns)} values")
-            cursor.execute(sql, (dumps_text(rows),))
+        if sql is None or not set(map(type, chain.from_iterable(rows))) <= _JSON_EXACT:
+            return None
+        if set(map(len, rows)) != {len(columns)}:  # a short row would read as NULLs
+            raise ValueError(f"insert_many into {table}: every row needs {len(columns)} values")
+        return sql, (dumps_text(rows),)
+
+    def execute_together(self, cursor: Any, statements: Sequence[tuple[str, tuple[Any, ...]]]) -> None:
+        # One simple-protocol query string: psycopg2 fills in the values client-side, and the
+        # server runs the statements in order, stopping at the first error.
+        if len(statements) == 1:
+            cursor.execute(*statements[0])
+            return
+        cursor.execute(
+            ";".join(sql for sql, _ in statements), tuple(chain.from_iterable(a for _, a in statements))
+        )
+
+    def insert_many(
+        self, cursor: Any, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], suffix: str
+    ) -> None:
+        statement = self.insert_many_statement(cursor, table, columns, rows, suffix)
+        if statement is not None:
+            cursor.execute(*statement)
             return
         # Other values (bytes, float, datetime...), array columns, or an unknown table or
         # column (the server's error then names it): psycopg2 adapts each value.
@@ -189,10 +265,10 @@ class PostgresEngine(Engine):
             self._connect, self.pool_min, self.pool_max, self._is_disconnect, name="postgres"
         )
 
-    def _connect(self) -> Any:
+    def _connect(self) -> "_PgConnection":
         import psycopg2
 
-        return psycopg2.connect(dsn=self.url)
+        return _PgConnection(psycopg2.connect(dsn=self.url))
 
     @staticmethod
     def _is_disconnect(error: BaseException, conn: Any) -> bool:
@@ -203,6 +279,69 @@ class PostgresEngine(Engine):
         import psycopg2.errors
 
         return isinstance(error, psycopg2.errors.UniqueViolation)
+
+
+class _PgConnection:
+    """A psycopg2 connection in autocommit mode that sends BEGIN with a transaction's first
+    statement, in the same query string.
+
+    psycopg2 outside autocommit sends BEGIN as a round trip of its own before the first
+    statement. Measured on loopback, a transaction of four INSERTs took 6 round trips, 149 us
+    of client CPU and 305 us of server CPU; as one string with BEGIN in front, 33 and 160.
+    A lone statement (`Txn.run_alone`) needs neither BEGIN nor COMMIT.
+    """
+
+    def __init__(self, raw: Any) -> None:
+        raw.autocommit = True
+        self.raw = raw
+        self.in_transaction = False
+
+    @property
+    def closed(self) -> int:
+        return int(self.raw.closed)
+
+    def cursor(self) -> "_PgCursor":
+        return _PgCursor(self, self.raw.cursor())
+
+    def commit(self) -> None:
+        self._end("COMMIT")
+
+    def rollback(self) -> None:
+        self._end("ROLLBACK")
+
+    def _end(self, command: str) -> None:
+        if self.in_transaction:
+            self.in_transaction = False
+            with self.raw.cursor() as cursor:
+                cursor.execute(command)
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+class _PgCursor:
+    def __init__(self, conn: _PgConnection, raw: Any) -> None:
+        self._conn = conn
+        self._raw = raw
+
+    def execute(self, sql: str | bytes, args: Any = None) -> None:
+        if not self._conn.in_transaction:
+            # Marked first: if the string fails after BEGIN ran, rollback() must still end it.
+            self._conn.in_transaction = True
+            sql = (b"BEGIN;" + sql) if isinstance(sql, bytes) else ("BEGIN;" + sql)
+        self._raw.execute(sql, args)
+
+    def executemany(self, sql: str, rows: Any) -> None:
+        if not self._conn.in_transaction:
+            self._conn.in_transaction = True
+            self._raw.execute("BEGIN")
+        self._raw.executemany(sql, rows)
+
+    def execute_alone(self, sql: str, args: Any = None) -> None:
+        self._raw.execute(sql, args)
+
+    def __getattr__(self, name: str) -> Any:  # fetchone, fetchall, rowcount, mogrify, close...
+        return getattr(self._raw, name)
 
 
 def engine_from_url(url: str, pool_min: int = 2, pool_max: int = 10) -> Engine:
@@ -243,13 +382,18 @@ class Database:
 
     async def query(self, desc: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         """One read query as its own transaction."""
-        return await self.run_interaction(desc, lambda txn: txn.query(sql, args))
+
+        def query_txn(txn: Txn) -> list[tuple[Any, ...]]:
+            txn.run_alone(sql, args)
+            return txn.fetchall()
+
+        return await self.run_interaction(desc, query_txn)
 
     async def execute(self, desc: str, sql: str, *args: Any) -> int:
         """One write statement as its own transaction; returns the affected row count."""
 
         def execute_txn(txn: Txn) -> int:
-            txn.execute(sql, args)
+            txn.run_alone(sql, args)
             return txn.rowcount
 
         return await self.run_interaction(desc, execute_txn)

@@ -167,55 +167,58 @@ def persist_events_txn(txn: Txn, items: Sequence[PersistItem]) -> None:
                     ev.stream_ordering,
                 )
             )
-    txn.insert_many("rooms", ("room_id", "room_version", "creator", "created_ts"), rooms)
-    txn.insert_many(
-        "events",
-        (
-            "event_id",
-            "room_id",
-            "stream_ordering",
-            "depth",
-            "type",
-            "state_key",
-            "sender",
-            "origin_server_ts",
-            "json",
-            "unsigned_extra",
-        ),
-        events,
-    )
-    txn.insert_many("event_edges", ("event_id", "prev_event_id"), edges)
-    txn.insert_many("event_auth", ("event_id", "auth_event_id"), auth)
-    # Portable upsert: both engines accept ON CONFLICT ... DO UPDATE.
-    txn.insert_many(
-        "current_state_events",
-        ("room_id", "type", "state_key", "event_id"),
-        [(*key, event_id) for key, event_id in state.items()],
-        "ON CONFLICT (room_id, type, state_key) DO UPDATE SET event_id = excluded.event_id",
-    )
-    txn.insert_many(
-        "room_memberships",
-        ("event_id", "room_id", "user_id", "sender", "membership", "stream_ordering"),
-        memberships,
-    )
-    for user_id, room_id in rejoined:
-        txn.execute("DELETE FROM forgotten_rooms WHERE user_id = ? AND room_id = ?", (user_id, room_id))
-    txn.insert_many("event_txn_ids", ("user_id", "device_id", "txn_id", "event_id", "created_ts"), txn_ids)
-    txn.insert_many("redactions", ("event_id", "redacts", "room_id"), redactions)
-    txn.insert_many(
-        "event_relations",
-        (
-            "event_id",
-            "relates_to",
-            "rel_type",
-            "room_id",
-            "type",
-            "sender",
-            "aggregation_key",
-            "stream_ordering",
-        ),
-        relations,
-    )
+    with txn.batched():  # one round trip on PostgreSQL
+        txn.insert_many("rooms", ("room_id", "room_version", "creator", "created_ts"), rooms)
+        txn.insert_many(
+            "events",
+            (
+                "event_id",
+                "room_id",
+                "stream_ordering",
+                "depth",
+                "type",
+                "state_key",
+                "sender",
+                "origin_server_ts",
+                "json",
+                "unsigned_extra",
+            ),
+            events,
+        )
+        txn.insert_many("event_edges", ("event_id", "prev_event_id"), edges)
+        txn.insert_many("event_auth", ("event_id", "auth_event_id"), auth)
+        # Portable upsert: both engines accept ON CONFLICT ... DO UPDATE.
+        txn.insert_many(
+            "current_state_events",
+            ("room_id", "type", "state_key", "event_id"),
+            [(*key, event_id) for key, event_id in state.items()],
+            "ON CONFLICT (room_id, type, state_key) DO UPDATE SET event_id = excluded.event_id",
+        )
+        txn.insert_many(
+            "room_memberships",
+            ("event_id", "room_id", "user_id", "sender", "membership", "stream_ordering"),
+            memberships,
+        )
+        for user_id, room_id in rejoined:
+            txn.execute("DELETE FROM forgotten_rooms WHERE user_id = ? AND room_id = ?", (user_id, room_id))
+        txn.insert_many(
+            "event_txn_ids", ("user_id", "device_id", "txn_id", "event_id", "created_ts"), txn_ids
+        )
+        txn.insert_many("redactions", ("event_id", "redacts", "room_id"), redactions)
+        txn.insert_many(
+            "event_relations",
+            (
+                "event_id",
+                "relates_to",
+                "rel_type",
+                "room_id",
+                "type",
+                "sender",
+                "aggregation_key",
+                "stream_ordering",
+            ),
+            relations,
+        )
 
 
 class EventStore:
