@@ -180,3 +180,25 @@ async def test_closed_pool_refuses_new_work(database_url: str) -> None:
         assert await bodies(reopened) == ["kept"]
     finally:
         reopened.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lost_connection_reruns_a_statement_at_most_once(pg_url: str) -> None:
+    db = await make_db(pg_url, 1)
+    # Sequences ignore rollbacks: `attempts` counts how often the statement really ran.
+    await db.execute("seq", "CREATE SEQUENCE attempts")
+    ends_itself = "SELECT nextval('attempts'), pg_terminate_backend(pg_backend_pid())"
+    try:
+        with pytest.raises(psycopg2.Error):
+            await db.query("read", ends_itself)  # a read on a pooled connection: once more
+        [(after_read,)] = await db.query("count", "SELECT last_value FROM attempts")
+        assert after_read == 2
+
+        # The same as a write: its transaction is ended by the lost connection before COMMIT,
+        # so the pool runs it once more, and never a third time.
+        with pytest.raises(psycopg2.Error):
+            await db.execute("write", ends_itself)
+        [(after_write,)] = await db.query("count", "SELECT last_value FROM attempts")
+        assert after_write == 4
+    finally:
+        db.close()

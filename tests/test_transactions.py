@@ -143,7 +143,13 @@ async def test_postgres_round_trips(pg_url: str, monkeypatch: pytest.MonkeyPatch
         await db.execute("create", "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
         sent.clear()
         await db.query("read", "SELECT count(*) FROM notes")
-        assert sent == ["SELECT"]  # a lone statement: no BEGIN, no COMMIT
+        assert sent == ["SELECT"]  # a lone read: no BEGIN, no COMMIT
+
+        sent.clear()
+        await db.execute("write", "DELETE FROM notes WHERE id = ?", -1)
+        # A lone write still inside BEGIN ... COMMIT: were its answer lost after it committed,
+        # the pool could not tell, and its retry on a lost connection could store it twice.
+        assert sent == ["BEGIN", "COMMIT"]
 
         sent.clear()
 

@@ -107,9 +107,11 @@ class Txn:
         self._not_batched("rowcount")
         return int(self._cursor.rowcount)
 
-    def run_alone(self, sql: str, args: Sequence[Any] = ()) -> None:
-        """The transaction's only statement: PostgreSQL then runs it without BEGIN and COMMIT
-        (one round trip instead of three)."""
+    def read_alone(self, sql: str, args: Sequence[Any] = ()) -> None:
+        """A read that is the transaction's only statement: PostgreSQL then runs it without
+        BEGIN and COMMIT (one round trip instead of three). Not for writes: one would commit
+        as it runs, and if the connection dropped before the answer, the pool's retry of a
+        transaction on a lost connection could store it twice."""
         alone = getattr(self._cursor, "execute_alone", None)
         if alone is None or self._pending is not None:
             self.execute(sql, args)
@@ -288,7 +290,7 @@ class _PgConnection:
     psycopg2 outside autocommit sends BEGIN as a round trip of its own before the first
     statement. Measured on loopback, a transaction of four INSERTs took 6 round trips, 149 us
     of client CPU and 305 us of server CPU; as one string with BEGIN in front, 33 and 160.
-    A lone statement (`Txn.run_alone`) needs neither BEGIN nor COMMIT.
+    A lone read (`Txn.read_alone`) needs neither BEGIN nor COMMIT.
     """
 
     def __init__(self, raw: Any) -> None:
@@ -384,7 +386,7 @@ class Database:
         """One read query as its own transaction."""
 
         def query_txn(txn: Txn) -> list[tuple[Any, ...]]:
-            txn.run_alone(sql, args)
+            txn.read_alone(sql, args)
             return txn.fetchall()
 
         return await self.run_interaction(desc, query_txn)
@@ -393,7 +395,7 @@ class Database:
         """One write statement as its own transaction; returns the affected row count."""
 
         def execute_txn(txn: Txn) -> int:
-            txn.run_alone(sql, args)
+            txn.execute(sql, args)
             return txn.rowcount
 
         return await self.run_interaction(desc, execute_txn)
