@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.half_core import HalfCore
 from bench.httpclient import HttpClient, HttpError
 from bench.matrix import (
     EMPTY_FILTER,
@@ -46,6 +47,8 @@ class Sizes:
     w1_seconds: float = 30.0
     w2_rates: list[int] = field(default_factory=lambda: [200])
     w2_rates_ours: list[int] = field(default_factory=lambda: [200, 1000])
+    # Ours once more at this rate with its core shared with a busy loop (0: not run).
+    w2_half_core_rate: int = 1000
     w2_seconds: float = 30.0
     w3_members: int = 500
     w3_senders: int = 10
@@ -69,6 +72,7 @@ class Sizes:
             w1_seconds=5.0,
             w2_rates=[50],
             w2_rates_ours=[50, 200],
+            w2_half_core_rate=200,
             w2_seconds=5.0,
             w3_members=50,
             w3_senders=5,
@@ -377,9 +381,11 @@ class Runner:
 
     # W2: latency at a fixed rate ----------------------------------------------------------------
 
-    async def w2(self, rate: int) -> WorkloadResult:
+    async def w2(self, rate: int, half_core: bool = False) -> WorkloadResult:
         s = self.sizes
-        result = WorkloadResult(f"W2@{rate}", f"W2 latency: {s.w1_users} users, {rate} msg/s in total")
+        name, key = (f"W2@{rate} half core", f"w2h.{rate}") if half_core else (f"W2@{rate}", f"w2.{rate}")
+        result = WorkloadResult(name, f"W2 latency: {s.w1_users} users, {rate} msg/s in total")
+        squeeze = HalfCore(self.target.pid) if half_core and self.target.pid is not None else None
         dms = await self.ensure_dms(s.w1_users)
         senders = [(a, room) for a, b, room in dms] + [(b, room) for a, b, room in dms]
         duration = s.w2_seconds
@@ -437,6 +443,8 @@ class Runner:
 
         self.http.close_idle()
         await self.http.preconnect(connections)
+        if squeeze is not None:
+            squeeze.start()
         meter = self.meter()
         meter.start()
         profile = self._profiled("W2")
@@ -461,6 +469,8 @@ class Runner:
             await asyncio.gather(*list(tasks))
         missing = await self._drain(acked, delivered)
         result.resources = meter.stop()
+        if squeeze is not None:
+            squeeze.stop()
         if profile is not None:
             profile.stop()
         await self._stop_receivers(receivers)
@@ -470,9 +480,9 @@ class Runner:
         gaps = sum(r.stats.gaps for r in receivers)
         sync_errors = sum(r.stats.errors for r in receivers)
         note = _lost_note(len(missing), errors + sync_errors, dups, gaps)
-        result.metrics[f"w2.{rate}.p50"] = Metric(_ms(percentile(values, 50)), "ms", False, note)
-        result.metrics[f"w2.{rate}.p99"] = Metric(_ms(percentile(values, 99)), "ms", False, note)
-        result.metrics[f"w2.{rate}.max"] = Metric(_ms(max(values) if values else None), "ms", False, note)
+        result.metrics[f"{key}.p50"] = Metric(_ms(percentile(values, 50)), "ms", False, note)
+        result.metrics[f"{key}.p99"] = Metric(_ms(percentile(values, 99)), "ms", False, note)
+        result.metrics[f"{key}.max"] = Metric(_ms(max(values) if values else None), "ms", False, note)
         result.details = {
             "rate_offered": rate,
             "duration_s": duration,

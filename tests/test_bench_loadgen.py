@@ -7,7 +7,9 @@ import asyncio
 import concurrent.futures
 import json
 import os
+import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,6 +20,7 @@ from aiohttp import web
 # bench/ is a top-level folder of the repository, not an installed package.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import half_core  # noqa: E402
 from bench.httpclient import HttpClient  # noqa: E402
 from bench.matrix import Matrix  # noqa: E402
 from bench.servers import Target  # noqa: E402
@@ -315,3 +318,49 @@ def test_a_second_benchmark_run_is_refused_while_one_runs(
         bench.cli.hold_run_lock()
     first.close()  # the first run ends: the next one may start
     bench.cli.hold_run_lock().close()
+
+
+def test_half_core_pins_the_server_beside_a_busy_loop_and_then_restores_it() -> None:
+    if not half_core.available():
+        pytest.skip("needs two cores and sched_setaffinity")
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import threading, time; threading.Thread(target=time.sleep, args=(60,)).start(); time.sleep(60)",
+        ]
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while len(os.listdir(f"/proc/{server.pid}/task")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        threads = [int(t) for t in os.listdir(f"/proc/{server.pid}/task")]
+        before = os.sched_getaffinity(server.pid)
+        assert len(threads) == 2 and len(before) >= 2
+
+        squeeze = half_core.HalfCore(server.pid)
+        squeeze.start()
+        hog = squeeze.hog
+        assert hog is not None
+        assert all(os.sched_getaffinity(t) == {half_core.CORE} for t in threads)
+        time.sleep(0.2)  # the busy loop sets its own affinity as it starts
+        assert hog.poll() is None and os.sched_getaffinity(hog.pid) == {half_core.CORE}
+
+        squeeze.stop()
+        assert hog.poll() is not None
+        assert all(os.sched_getaffinity(t) == before for t in threads)
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_w2_on_half_a_core_reports_its_own_rows() -> None:
+    fake = FakeHomeserver()
+
+    async def body(target: Target, runner: Runner) -> Any:
+        return await runner.w2(40, half_core=True)  # the fake has no pid: nothing is pinned
+
+    result = run_async(lambda: _with_fake(fake, body, tiny_sizes()))
+    assert result.name == "W2@40 half core"
+    assert set(result.metrics) == {"w2h.40.p50", "w2h.40.p99", "w2h.40.max"}
+    assert result.details["acked"] == 40
