@@ -14,7 +14,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, DeferredList
 
-from homeserver.storage.connection_pool import PoolClosed
+from homeserver.threads import PoolClosed
 from homeserver.storage.database import Database, Txn, engine_from_url
 
 

@@ -14,10 +14,10 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 
-from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from homeserver.config import EmailConfig
+from homeserver.threads import run_blocking
 
 log = Logger()
 
@@ -41,10 +41,10 @@ class Mailer:
         """Deliver one plain-text mail; raise on SMTP failure (the caller reports it)."""
         msg = self._message(to, subject, text)
         if self.config.smtp.host is None:
-            path = await deferToThread(self._write_to_outbox, msg)
+            path = await run_blocking(self._write_to_outbox, msg)
             log.info("no SMTP configured: mail to {to} written to {path}", to=to, path=str(path))
             return
-        await deferToThread(self._send_smtp, msg)
+        await run_blocking(self._send_smtp, msg)
         log.info("mail sent to {to}: {subject}", to=to, subject=subject)
 
     def _write_to_outbox(self, msg: EmailMessage) -> Path:

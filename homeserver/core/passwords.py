@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import nacl.exceptions
 import nacl.pwhash
-from twisted.internet.threads import deferToThread
+
+from homeserver.threads import run_blocking
 
 # (opslimit, memlimit) per config level. "fast" exists for test suites only.
 _COSTS = {
@@ -24,7 +25,7 @@ class PasswordHasher:
         ).decode("ascii")
 
     async def hash(self, password: str) -> str:
-        result: str = await deferToThread(self.hash_sync, password)
+        result: str = await run_blocking(self.hash_sync, password)
         return result
 
     @staticmethod
@@ -38,7 +39,7 @@ class PasswordHasher:
     async def verify(self, password_hash: str | None, password: str) -> bool:
         """True iff `password` matches; a missing hash never matches (but costs the same time)."""
         if password_hash is None:
-            await deferToThread(self.hash_sync, password)
+            await run_blocking(self.hash_sync, password)
             return False
-        result: bool = await deferToThread(self._verify_sync, password_hash, password)
+        result: bool = await run_blocking(self._verify_sync, password_hash, password)
         return result
