@@ -14,8 +14,8 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, DeferredList
 
-from homeserver.threads import PoolClosed
 from homeserver.storage.database import Database, Txn, engine_from_url
+from homeserver.threads import PoolClosed
 
 
 async def make_db(url: str, size: int) -> Database:
