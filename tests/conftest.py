@@ -113,6 +113,16 @@ class ServerProcess:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def wait_for_log(self, *texts: str, timeout: float = 10) -> str:
+        """The log once it holds every one of `texts`. A request's access line is written just
+        after its response is sent, so a client can read the log before the line is there."""
+        deadline = time.monotonic() + timeout
+        while True:
+            log = self.log_text()
+            if all(t in log for t in texts) or time.monotonic() > deadline:
+                return log
+            time.sleep(0.02)
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
         if self.process.poll() is None:
             self.process.send_signal(sig)

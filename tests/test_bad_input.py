@@ -500,7 +500,8 @@ def test_guesses_spread_over_many_ips_still_lock_the_account(start_server: Any) 
     assert (status, body["errcode"]) == (429, "M_LIMIT_EXCEEDED")
     assert isinstance(body["retry_after_ms"], int) and body["retry_after_ms"] > 0
     # The requests really came from different addresses.
-    assert "127.0.0.10 POST" in limited.log_text() and "127.0.0.99 POST" in limited.log_text()
+    log = limited.wait_for_log("127.0.0.10 POST", "127.0.0.99 POST")
+    assert "127.0.0.10 POST" in log and "127.0.0.99 POST" in log
 
 
 def test_ip_limit_is_per_address(start_server: Any) -> None:
