@@ -35,11 +35,10 @@ SLOW_PAUSE_S = 0.05
 
 
 class PauseRecorder:
-    """A gc.callbacks hook: counts passes and total paused time per generation."""
+    """A gc.callbacks hook: counts passes per generation, keeps the longest pause, logs long ones."""
 
     def __init__(self) -> None:
         self.passes = [0, 0, 0]
-        self.paused_s = [0.0, 0.0, 0.0]
         self.longest_s = 0.0
         self._started = 0.0
 
@@ -50,7 +49,6 @@ class PauseRecorder:
         took = time.perf_counter() - self._started
         generation = info["generation"]
         self.passes[generation] += 1
-        self.paused_s[generation] += took
         self.longest_s = max(self.longest_s, took)
         if took >= SLOW_PAUSE_S:
             log.warn(
