@@ -114,6 +114,13 @@ class TooLarge(MatrixError):
     errcode = "M_TOO_LARGE"
 
 
+class ServiceUnavailable(MatrixError):
+    """The server cannot answer now (its database is unreachable); the client should retry."""
+
+    status = 503
+    errcode = "M_UNKNOWN"
+
+
 class LimitExceeded(MatrixError):
     status = 429
     errcode = "M_LIMIT_EXCEEDED"

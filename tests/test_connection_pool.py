@@ -14,6 +14,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, DeferredList
 
+from homeserver.storage.connection_pool import DatabaseUnavailable
 from homeserver.storage.database import Database, Txn, engine_from_url
 from homeserver.threads import PoolClosed
 
@@ -141,8 +142,9 @@ async def test_a_connection_lost_mid_transaction_is_not_retried_twice(pg_url: st
 
     try:
         await db.execute("warm", "SELECT 1")
-        with pytest.raises(psycopg2.Error):
+        with pytest.raises(DatabaseUnavailable) as caught:
             await db.run_interaction("lose", write_and_lose_connection)
+        assert isinstance(caught.value.__cause__, psycopg2.Error)
         assert runs == 2  # the stale-connection retry, then the error
         assert await bodies(db) == []  # neither run committed
     finally:
@@ -189,14 +191,14 @@ async def test_a_lost_connection_reruns_a_statement_at_most_once(pg_url: str) ->
     await db.execute("seq", "CREATE SEQUENCE attempts")
     ends_itself = "SELECT nextval('attempts'), pg_terminate_backend(pg_backend_pid())"
     try:
-        with pytest.raises(psycopg2.Error):
+        with pytest.raises(DatabaseUnavailable):
             await db.query("read", ends_itself)  # a read on a pooled connection: once more
         [(after_read,)] = await db.query("count", "SELECT last_value FROM attempts")
         assert after_read == 2
 
         # The same as a write: its transaction is ended by the lost connection before COMMIT,
         # so the pool runs it once more, and never a third time.
-        with pytest.raises(psycopg2.Error):
+        with pytest.raises(DatabaseUnavailable):
             await db.execute("write", ends_itself)
         [(after_write,)] = await db.query("count", "SELECT last_value FROM attempts")
         assert after_write == 4

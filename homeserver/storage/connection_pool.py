@@ -3,6 +3,11 @@
 The thread machinery is homeserver/threads.py (it replaced `twisted.enterprise.adbapi`, whose
 thread pool left a reference cycle per transaction). A connection lives in its thread. A lost
 connection is dropped and reopened for the thread's next job.
+
+A transaction that cannot reach the database fails with `DatabaseUnavailable`: nothing of it
+was stored. One whose connection broke while COMMIT was on its way fails with
+`CommitOutcomeUnknown`: it may or may not be stored, and only the database can tell (the
+event persister asks it; core/persist.py).
 """
 
 from __future__ import annotations
@@ -12,11 +17,28 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from homeserver.errors import ServiceUnavailable
 from homeserver.threads import PoolClosed, WorkerThreads
 
 log = Logger()
 
-__all__ = ["ConnectionPool", "PoolClosed"]
+__all__ = ["CommitOutcomeUnknown", "ConnectionPool", "DatabaseUnavailable", "PoolClosed"]
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    """The database could not be reached, or the connection broke before COMMIT: nothing of
+    the transaction was stored."""
+
+    def __init__(self, message: str = "The database is unavailable; try again") -> None:
+        super().__init__(message)
+
+
+class CommitOutcomeUnknown(ServiceUnavailable):
+    """The connection broke after COMMIT was sent and before its answer: the transaction may
+    or may not be stored. Never treat it as failed without asking the database."""
+
+    def __init__(self, message: str = "The database connection broke while committing; try again") -> None:
+        super().__init__(message)
 
 
 class ConnectionPool(WorkerThreads):
@@ -44,9 +66,12 @@ class ConnectionPool(WorkerThreads):
             conn = local.get("conn")
             fresh = conn is None
             committing = False
-            try:
-                if conn is None:
+            if conn is None:
+                try:
                     conn = local["conn"] = self._connect()
+                except Exception as error:
+                    raise DatabaseUnavailable() from error
+            try:
                 cursor = conn.cursor()
                 try:
                     result = fn(cursor, *args)
@@ -56,15 +81,17 @@ class ConnectionPool(WorkerThreads):
                     self._close_quietly(cursor)
                 return result
             except BaseException as error:
-                if conn is not None:
-                    self._rollback_quietly(conn)
-                    if self._is_disconnect(error, conn):
-                        log.warn("database connection lost: {error}", error=error)
-                        self._close_quietly(conn)
-                        del local["conn"]
-                        if not (fresh or committing or retry):
-                            continue
-                raise
+                self._rollback_quietly(conn)
+                if not self._is_disconnect(error, conn):
+                    raise
+                log.warn("database connection lost: {error}", error=error)
+                self._close_quietly(conn)
+                del local["conn"]
+                if committing:
+                    raise CommitOutcomeUnknown() from error
+                if not (fresh or retry):
+                    continue
+                raise DatabaseUnavailable() from error
         raise AssertionError("unreachable: the second attempt returns or raises")
 
     def _thread_done(self, local: dict[str, Any]) -> None:
