@@ -9,6 +9,7 @@ from homeserver.storage.devices import DeviceStore
 from homeserver.storage.e2ee import E2eeStore
 from homeserver.storage.events import EventStore
 from homeserver.storage.rooms import RoomStore
+from homeserver.storage.stream_consumers import StreamConsumerStore
 from homeserver.storage.user_data import UserDataStore
 
 
@@ -24,6 +25,7 @@ class Storage:
         self.rooms = RoomStore(db)
         self.user_data = UserDataStore(db)
         self.e2ee = E2eeStore(db)
+        self.stream_consumers = StreamConsumerStore(db)
 
     @classmethod
     def from_url(cls, url: str, pool_min: int = 2, pool_max: int = 10) -> "Storage":

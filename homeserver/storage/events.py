@@ -113,6 +113,7 @@ def persist_events_txn(txn: Txn, items: Sequence[PersistItem]) -> None:
     relations: list[_Row] = []
     state: dict[tuple[str, str, str], str] = {}  # last event per state key wins within the batch
     rejoined: list[tuple[str, str]] = []
+    named: set[str] = set()  # prev_events of the batch: no longer forward extremities
     for item in items:
         ev = item.event
         if item.is_create:
@@ -131,7 +132,9 @@ def persist_events_txn(txn: Txn, items: Sequence[PersistItem]) -> None:
                 dumps_text(ev.unsigned_extra) if ev.unsigned_extra else None,
             )
         )
-        edges.extend((ev.event_id, prev) for prev in ev.pdu.get("prev_events", []))
+        prevs = ev.pdu.get("prev_events", [])
+        edges.extend((ev.event_id, prev) for prev in prevs)
+        named.update(prevs)
         auth.extend((ev.event_id, a) for a in ev.pdu.get("auth_events", []))
         if ev.state_key is not None:
             state[(ev.room_id, ev.type, ev.state_key)] = ev.event_id
@@ -167,8 +170,20 @@ def persist_events_txn(txn: Txn, items: Sequence[PersistItem]) -> None:
                     ev.stream_ordering,
                 )
             )
+    batch_ids = {item.event.event_id for item in items}
+    extremities = [
+        (item.event.room_id, item.event.event_id) for item in items if item.event.event_id not in named
+    ]
+    superseded = sorted(named - batch_ids)
     with txn.batched():  # one round trip on PostgreSQL
         txn.insert_many("rooms", ("room_id", "room_version", "creator", "created_ts"), rooms)
+        for start in range(0, len(superseded), 500):
+            chunk = superseded[start : start + 500]
+            txn.execute(
+                f"DELETE FROM event_forward_extremities WHERE event_id IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+        txn.insert_many("event_forward_extremities", ("room_id", "event_id"), extremities)
         txn.insert_many(
             "events",
             (
@@ -228,6 +243,24 @@ class EventStore:
     async def persist_events(self, items: Sequence[PersistItem]) -> None:
         await self.db.run_interaction("persist_events", persist_events_txn, items)
 
+    async def event_stored(self, event_id: str) -> bool:
+        rows = await self.db.query("event_stored", "SELECT 1 FROM events WHERE event_id = ?", event_id)
+        return bool(rows)
+
+    async def committed_events(self, after: int, upto: int, limit: int) -> list[PersistItem]:
+        """Committed events with after < stream_ordering <= upto, oldest first, at most `limit`
+        (a stream consumer catching up: core/event_stream.py)."""
+        rows = await self.db.query(
+            "committed_events",
+            f"SELECT {_EVENT_COLUMNS}, m.room_version"
+            f" FROM {_EVENT_FROM} JOIN rooms m ON m.room_id = e.room_id"
+            " WHERE e.stream_ordering > ? AND e.stream_ordering <= ? ORDER BY e.stream_ordering LIMIT ?",
+            after,
+            upto,
+            limit,
+        )
+        return [PersistItem(_row_to_event(r), r[6]) for r in rows]
+
     async def max_stream_ordering(self) -> int:
         rows = await self.db.query("max_stream_ordering", "SELECT MAX(stream_ordering) FROM events")
         return int(rows[0][0] or 0)
@@ -249,12 +282,13 @@ class EventStore:
             for row in rows:
                 ev = _row_to_event(row)
                 state[(ev.type, ev.state_key or "")] = ev
-            last = txn.query_one(
-                "SELECT event_id, depth FROM events WHERE room_id = ? ORDER BY stream_ordering DESC LIMIT 1",
+            extremities = txn.query(
+                "SELECT x.event_id, e.depth FROM event_forward_extremities x"
+                " JOIN events e ON e.event_id = x.event_id WHERE x.room_id = ? ORDER BY e.stream_ordering",
                 (room_id,),
             )
-            extremities = [last[0]] if last else []
-            return RoomSnapshot(room_id, room[0], state, extremities, int(last[1]) if last else 0)
+            depth = max((int(r[1]) for r in extremities), default=0)
+            return RoomSnapshot(room_id, room[0], state, [r[0] for r in extremities], depth)
 
         return await self.db.run_interaction("load_room", load_txn)
 
