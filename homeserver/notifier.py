@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+
+if TYPE_CHECKING:
+    from homeserver.storage.events import PersistItem
 
 log = Logger()
 
@@ -39,8 +42,12 @@ class _Waiter(Deferred[None]):
 
 
 class Notifier:
-    def __init__(self, reactor: Any) -> None:
+    def __init__(
+        self, reactor: Any, room_members: Callable[[str], Sequence[str]] = lambda room_id: ()
+    ) -> None:
+        """`room_members(room_id)`: the joined members of a room, from memory."""
         self.reactor = reactor
+        self.room_members = room_members
         self.version = 0
         self.closing = False
         self._last_woken: dict[str, int] = {}
@@ -57,6 +64,20 @@ class Notifier:
     def add_listener(self, listener: Callable[[set[str]], None]) -> None:
         """Called with the set of woken users on every wake (WebSocket streams, other processes)."""
         self._listeners.append(listener)
+
+    def on_events_committed(self, items: "list[PersistItem]") -> None:
+        """A consumer of the committed-event stream: wake the users the events concern (the
+        joined members of their rooms, and the target of a membership change)."""
+        users: set[str] = set()
+        rooms: set[str] = set()
+        for item in items:
+            ev = item.event
+            if ev.room_id not in rooms:
+                rooms.add(ev.room_id)
+                users.update(self.room_members(ev.room_id))
+            if ev.type == "m.room.member" and ev.state_key:
+                users.add(ev.state_key)
+        self.wake_users(users)
 
     def wake_users(self, user_ids: Iterable[str]) -> None:
         users = set(user_ids)

@@ -26,6 +26,8 @@ from twisted.logger import Logger
 
 from homeserver.api.auth import require_user
 from homeserver.api.http import ApiRequest, Response, Router, StreamBody
+from homeserver.core.event_format import client_event
+from homeserver.core.event_stream import StreamBatch
 from homeserver.core.tokens import Requester
 from homeserver.errors import MatrixError
 from homeserver.storage.database import Txn
@@ -39,6 +41,28 @@ if TYPE_CHECKING:
 log = Logger()
 
 EventCallback = Callable[[dict[str, Any]], Awaitable[None] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    """One committed event as a plugin's subscription sees it."""
+
+    position: int  # its stream position: strictly increasing along the stream
+    event: dict[str, Any]  # the client format (as /sync serves it)
+    # Handed to this durable subscription before, in a run that died before it was done.
+    maybe_repeated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EventBatch:
+    """Committed events with `after` < position <= `upto`, oldest first."""
+
+    after: int
+    upto: int
+    events: list[StreamEvent]
+
+
+BatchCallback = Callable[[EventBatch], Awaitable[None] | None]
 
 
 class PluginConfigError(Exception):
@@ -140,12 +164,70 @@ class PluginApi:
 
     # Events -----------------------------------------------------------------------
 
-    def subscribe_events(self, callback: EventCallback) -> None:
-        """Call `callback(event)` after each new event is committed (client format).
+    def subscribe_events(self, callback: EventCallback, *, name: str = "events") -> None:
+        """Call `callback(event)` (client format) for each event committed from now on, in
+        stream order, one at a time (an async callback is awaited before the next event).
 
-        An exception in the callback is logged; it never reaches the core.
+        Not durable: events committed while the server is down are not seen. An exception
+        in the callback is logged and the next event follows; it never reaches the core.
         """
-        self._hs.event_subscribers.append((self._name, callback))
+
+        async def each(batch: EventBatch) -> None:
+            for item in batch.events:
+                try:
+                    result = callback(item.event)
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception:
+                    self.log.failure(
+                        "plugin {name} failed while handling event {event_id}",
+                        name=self._name,
+                        event_id=item.event.get("event_id"),
+                    )
+
+        self._hs.stream.subscribe(self._consumer_name(name), self._batch_handler(each))
+
+    async def subscribe(
+        self, name: str, callback: BatchCallback, *, durable: bool = False, from_start: bool = False
+    ) -> None:
+        """Call `callback(batch)` with each batch of committed events, in stream order, on a
+        coroutine of its own: a slow callback delays only this subscription, which catches
+        up from the database when it falls far behind.
+
+        `durable`: the subscription's position is saved in the database under `name`, and
+        after a restart or a crash it resumes there, so no event is missed. An event is
+        handed over again only if its batch was in flight when the server died; such events
+        carry `maybe_repeated` (see docs/plugins.md, "Subscriptions"). A durable callback that
+        raises gets the same batch again after a pause (1 s, doubling to 5 min). The first
+        time, it starts at the current position, or at the first event with `from_start`.
+        """
+        handler = self._batch_handler(callback)
+        if durable:
+            await self._hs.stream.subscribe_durable(self._consumer_name(name), handler, from_start=from_start)
+        else:
+            self._hs.stream.subscribe(self._consumer_name(name), handler)
+
+    def _consumer_name(self, name: str) -> str:
+        if not re.fullmatch(r"[a-z0-9_]{1,64}", name):
+            raise PluginLoadError(f"plugin {self._name}: subscription name {name!r} must be lower_case")
+        return f"plugin.{self._name}.{name}"
+
+    @staticmethod
+    def _batch_handler(callback: BatchCallback) -> Callable[[StreamBatch], Awaitable[None]]:
+        async def handle(batch: StreamBatch) -> None:
+            events = [
+                StreamEvent(
+                    item.event.stream_ordering,
+                    client_event(item.event, item.room_version),
+                    batch.maybe_repeated(item),
+                )
+                for item in batch.items
+            ]
+            result = callback(EventBatch(batch.after, batch.upto, events))
+            if inspect.isawaitable(result):
+                await result
+
+        return handle
 
     # Background jobs ---------------------------------------------------------------
 
@@ -225,12 +307,14 @@ class PluginApi:
 # Re-exported for plugins, so they import only from this module.
 __all__ = [
     "ApiRequest",
+    "EventBatch",
     "MatrixError",
     "PluginApi",
     "PluginConfigError",
     "Requester",
     "Response",
     "StreamBody",
+    "StreamEvent",
     "Txn",
 ]
 
@@ -292,18 +376,3 @@ async def start_plugins(hs: "HomeServer", router: Router) -> list[Any]:
         instances.append(instance)
         log.info("plugin {name} started ({module})", name=name, module=entry.module)
     return instances
-
-
-async def dispatch_event(hs: "HomeServer", event: dict[str, Any]) -> None:
-    """Hand a committed event to every subscriber; a failing plugin is logged, never raised."""
-    for name, callback in list(hs.event_subscribers):
-        try:
-            result = callback(event)
-            if inspect.isawaitable(result):
-                await result
-        except Exception:
-            log.failure(
-                "plugin {name} failed while handling event {event_id}",
-                name=name,
-                event_id=event.get("event_id"),
-            )

@@ -39,7 +39,7 @@ from homeserver.core.clock import Clock
 from homeserver.core.delivery import DeliveryTracker
 from homeserver.core.e2ee import KeyService
 from homeserver.core.email_validation import EmailValidator
-from homeserver.core.event_format import client_event
+from homeserver.core.event_stream import EventStream
 from homeserver.core.events import EventService
 from homeserver.core.mailer import Mailer
 from homeserver.core.messages import MessagesService
@@ -57,10 +57,9 @@ from homeserver.core.typing import TypingService
 from homeserver.core.uia import InteractiveAuth
 from homeserver.core.unread import UnreadCounter
 from homeserver.notifier import Notifier
-from homeserver.plugins import EventCallback, PluginApi, dispatch_event, start_plugins
+from homeserver.plugins import PluginApi, start_plugins
 from homeserver.signing_key import load_or_create_signing_key
 from homeserver.storage import Storage
-from homeserver.storage.events import PersistItem
 from homeserver.storage.migrations import migrate
 
 log = Logger()
@@ -120,7 +119,7 @@ class HomeServer:
         self.router.access_log = config.logging.access_log
         # The WebSocket stream at /_homeserver/ws; every other path goes to the router.
         self.websocket = stream_factory(self, self.router)
-        self.event_subscribers: list[tuple[str, EventCallback]] = []
+        self._jobs: list[Any] = []
         self.plugin_apis: list[PluginApi] = []
         self.plugins: list[Any] = []
         for module in (
@@ -143,11 +142,12 @@ class HomeServer:
     def _build_rooms(self) -> None:
         """Rooms, events and the streams sync reads (the message path of docs/architecture.md)."""
         store = self.storage.events
-        self.notifier = Notifier(self.reactor)
         self.room_heads = RoomHeads(store)
-        self.persister = EventPersister(
-            store, self._on_events_committed, self.room_heads.invalidate, timer=self.reactor
-        )
+        self.notifier = Notifier(self.reactor, self._joined_members)
+        # Every consumer of committed events reads this one ordered stream (docs/architecture.md).
+        self.stream = EventStream(store, self.storage.stream_consumers, self.reactor, self.clock.time_ms)
+        self.stream.register_metrics(self.metrics)
+        self.persister = EventPersister(store, self.room_heads, self.stream.publish, self.reactor)
         self.timeline = TimelineCache(store)
         self.events = EventService(
             self.config.server_name, self.signing_key, self.clock, self.room_heads, self.persister, store
@@ -169,7 +169,7 @@ class HomeServer:
         self.keys = KeyService(self.storage, self.clock, self.notifier)
         self.keys.audience = self._presence_audience
         self.accounts.on_devices_deleted.append(self.keys.devices_deleted)
-        self.messages = MessagesService(self.storage, self.rooms, lambda: self.persister.persisted_upto)
+        self.messages = MessagesService(self.storage, self.rooms, lambda: self.stream.position)
         self.sync = SyncService(
             self.storage,
             self.reactor,
@@ -184,7 +184,7 @@ class HomeServer:
             self.delivery,
             self.unread,
             self.keys,
-            lambda: self.persister.persisted_upto,
+            lambda: self.stream.position,
         )
         self.chats = ChatService(
             self.storage,
@@ -197,29 +197,17 @@ class HomeServer:
             self.timeline,
             self.unread,
         )
-        self._jobs: list[Any] = []
 
-    def _on_events_committed(self, items: list[PersistItem]) -> None:
-        """After each group commit: feed the caches, wake the waiters, tell the plugins."""
-        events = [item.event for item in items]
-        for ev in events:
-            self.timeline.add(ev)
-        for redacted in self.rooms.on_committed(events, self.timeline.find):
-            self.sync.encoded.invalidate(redacted.event_id)
-        self.sync.on_committed(items)
-        self.unread.on_committed(items)
-        users: set[str] = set()
-        for ev in events:
-            head = self.room_heads.peek(ev.room_id)
-            if head is not None:
-                users.update(head.members("join"))
-            if ev.type == "m.room.member" and ev.state_key:
-                users.add(ev.state_key)
-        self.notifier.wake_users(users)
-        if self.event_subscribers:
-            for item in items:
-                body = client_event(item.event, item.room_version)
-                Deferred.fromCoroutine(dispatch_event(self, body))
+        # In-process consumers, called in this order after each commit: the caches first,
+        # the notifier last, so a woken sync finds the events in them.
+        self.stream.add_inline("timeline", self.timeline.on_committed)
+        self.stream.add_inline("sync", self.sync.on_committed)
+        self.stream.add_inline("unread", self.unread.on_committed)
+        self.stream.add_inline("notifier", self.notifier.on_events_committed)
+
+    def _joined_members(self, room_id: str) -> list[str]:
+        head = self.room_heads.peek(room_id)
+        return head.members("join") if head is not None else []
 
     async def _presence_audience(self, user_id: str) -> set[str]:
         audience = {user_id}
@@ -233,6 +221,7 @@ class HomeServer:
         """Migrate the schema, load stream positions, start the plugins (before the port opens)."""
         await migrate(self.storage.db)
         await self.persister.start()
+        self.stream.start(self.persister.persisted_upto)
         await self.timeline.start(self.persister.persisted_upto)
         positions = await self.storage.user_data.max_stream_ids()
         self.account_data.start(positions["account_data"])
@@ -299,6 +288,7 @@ class HomeServer:
             log.failure("could not save delivery positions")
         for api in self.plugin_apis:
             api.stop_jobs()
+        await self.stream.stop()
         for plugin in self.plugins:
             stop = getattr(plugin, "stop", None)
             if stop is not None:

@@ -199,8 +199,25 @@ def start_server_process(
     tmp_path.mkdir(parents=True, exist_ok=True)
     config_path = tmp_path / f"homeserver-{port}.yaml"
     config_path.write_text(yaml.safe_dump(config))
+    return _launch(tmp_path, port, config_path, config, env)
+
+
+def restart_server_process(
+    server: ServerProcess, overrides: dict[str, Any] | None = None, env: dict[str, str] | None = None
+) -> ServerProcess:
+    """The same server (port, data, database) started again, its config changed by `overrides`;
+    the old process must have ended."""
+    assert server.process.poll() is not None, "stop the old process first"
+    config = _merge(server.config, overrides or {})
+    server.config_path.write_text(yaml.safe_dump(config))
+    return _launch(server.config_path.parent, server.port, server.config_path, config, env)
+
+
+def _launch(
+    tmp_path: Path, port: int, config_path: Path, config: dict[str, Any], env: dict[str, str] | None
+) -> ServerProcess:
     log_path = tmp_path / f"server-{port}.log"
-    log_file = open(log_path, "wb")  # noqa: SIM115 - the process owns it
+    log_file = open(log_path, "ab")  # noqa: SIM115 - the process owns it
     process = subprocess.Popen(
         [str(VENV_BIN / "homeserver"), "run", "-c", str(config_path)],
         stdout=log_file,

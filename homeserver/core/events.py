@@ -17,7 +17,7 @@ from signedjson.types import SigningKey
 from twisted.internet.defer import Deferred
 
 from homeserver.core.clock import Clock
-from homeserver.core.persist import EventPersister
+from homeserver.core.persist import EarlierEventFailed, EventPersister
 from homeserver.core.room_heads import RoomHead, RoomHeads
 from homeserver.core.txn_ids import TxnIdCache
 from homeserver.errors import BadJson, Forbidden, MatrixError, NotFound, TooLarge
@@ -71,6 +71,8 @@ class EventService:
         @raise TooLarge: the PDU would exceed 64 KiB.
         @raise BadJson: `content` holds a float or an integer past 2**53 (room versions 6+).
         """
+        if self.heads.has_failed(head.room_id):
+            raise EarlierEventFailed()
         try:
             check_canonical_values(content)
         except ValueError as e:

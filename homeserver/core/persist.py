@@ -1,21 +1,36 @@
 """Group commit: events queued by many requests are written in one transaction per tick.
 
-An fsync'd commit costs ~4 ms here, so one transaction per message caps a
-process at a few hundred messages/s; batching every event that arrived while
-the previous commit ran lifts that to thousands (STACK-NOTES, "Group commit").
-Each caller is answered only after the commit that holds its event. Batches
-commit strictly one after another, in stream order, so everything up to the last
-event of the last committed batch is persisted: that is the stream position
-readers may advance to (`persisted_upto`).
+An fsync'd commit is the slowest step of a send, so one transaction per message caps
+a process at a few hundred messages/s; batching every event that arrived while the
+previous commit ran lifts that to thousands (STACK-NOTES, "Group commit"). Each caller
+is answered only after the commit that holds its event. Batches commit strictly one
+after another, in stream order, and each is published on the committed-event stream
+(core/event_stream.py) before the next one starts, so everything up to the last event
+of the last committed batch is persisted: that is the position readers may advance to
+(`persisted_upto`).
 
-While commits run back to back a few events at a time, the next batch first
-waits GATHER_S for more (unless GATHER_UNDER requests already wait). Measured at
-1,000 messages/s (W2): a commit every 1.3 events became one every ~3, the
-server's CPU fell by a quarter and PostgreSQL's by half, for ~2 ms more latency.
-The first event after a quiet moment never waits.
+While commits run back to back a few events at a time, the next batch first waits
+GATHER_S for more (unless GATHER_UNDER requests already wait). Measured at 1,000
+messages/s (W2): a commit every 1.3 events became one every ~3, the server's CPU fell
+by a quarter and PostgreSQL's by half, for ~2 ms more latency. The first event after a
+quiet moment never waits.
 
-If a batch fails, its events are retried one by one, so one bad event fails
-only its own caller (and the later events of the same room, which chained on it).
+When a write fails:
+- the database cannot be reached (`DatabaseUnavailable`: nothing was stored): the batch
+  is written again after a pause (RETRY_MIN_S doubling to RETRY_MAX_S, so a database
+  that returns is used within RETRY_MAX_S), until the database has been unreachable
+  for GIVE_UP_S; then its events fail;
+- the connection broke after COMMIT was sent (`CommitOutcomeUnknown`): the database is
+  asked whether the batch's first event is stored (a transaction is all or nothing),
+  again after each pause until it answers. The batch then counts as committed, or is
+  written again. It is never assumed failed: a client that retries the send with the
+  same transaction id must get the event that was stored;
+- any other error: the batch's requests are written one by one, so one bad event
+  fails only its own request.
+An event that fails takes with it every later event of its room (they were built on
+it; their prev_events would name an event that does not exist): the room heads know
+(`RoomHeads.mark_failed`) and rebuild the room's head from the database once none of
+them is left in flight.
 """
 
 from __future__ import annotations
@@ -27,12 +42,23 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from homeserver.core.room_heads import RoomHeads
+from homeserver.errors import ServiceUnavailable
+from homeserver.storage.connection_pool import CommitOutcomeUnknown, DatabaseUnavailable
 from homeserver.storage.events import EventStore, PersistItem
 
 log = Logger()
 
 GATHER_S = 0.002
 GATHER_UNDER = 8
+RETRY_MIN_S = 0.05
+RETRY_MAX_S = 0.5
+GIVE_UP_S = 30.0
+
+
+class EarlierEventFailed(ServiceUnavailable):
+    def __init__(self) -> None:
+        super().__init__("An earlier event in this room could not be stored; try again")
 
 
 @dataclass
@@ -45,23 +71,26 @@ class EventPersister:
     def __init__(
         self,
         store: EventStore,
-        on_committed: Callable[[list[PersistItem]], None],
-        on_room_failed: Callable[[str], None],
-        timer: Any = None,
+        heads: RoomHeads,
+        publish: Callable[[int, list[PersistItem]], None],
+        timer: Any,
     ) -> None:
-        """`timer` (the reactor, or a Clock in tests) times the gathering wait; None: no wait."""
+        """`publish(upto, items)` is called after each commit, in stream order. `timer` (the
+        reactor, or a Clock in tests) times the gathering wait and the retry pauses."""
         self.store = store
+        self.heads = heads
+        self._publish = publish
         self._timer = timer
-        self.on_committed = on_committed
-        self.on_room_failed = on_room_failed
         self._queue: list[_Pending] = []
         self._running = False
         self._next_stream = 0
+        self._last_queued = 0
+        self._unavailable_since: float | None = None
         self.persisted_upto = 0
 
     async def start(self) -> None:
         self.persisted_upto = await self.store.max_stream_ordering()
-        self._next_stream = self.persisted_upto + 1
+        self._next_stream = self._last_queued = self.persisted_upto + 1
 
     def allocate_stream_ordering(self) -> int:
         """The next global stream position; called synchronously while building an event."""
@@ -70,7 +99,17 @@ class EventPersister:
         return position
 
     def persist(self, items: list[PersistItem]) -> Deferred[None]:
-        """Queue events (already in stream order) to be written together; fires after their commit."""
+        """Queue events (already in stream order) to be written together; fires after their commit.
+
+        Events must be queued in the order their positions were allocated: build and
+        persist with no await in between (core/events.py).
+        """
+        first = items[0].event.stream_ordering
+        if first < self._last_queued:
+            raise AssertionError(f"event at position {first} queued after {self._last_queued}")
+        self._last_queued = items[-1].event.stream_ordering
+        for item in items:
+            self.heads.hold(item.event.room_id)
         pending = _Pending(items)
         self._queue.append(pending)
         if not self._running:
@@ -82,10 +121,8 @@ class EventPersister:
         try:
             back_to_back = False
             while self._queue:
-                if back_to_back and self._timer is not None and len(self._queue) < GATHER_UNDER:
-                    gathered: Deferred[None] = Deferred()
-                    self._timer.callLater(GATHER_S, gathered.callback, None)
-                    await gathered
+                if back_to_back and len(self._queue) < GATHER_UNDER:
+                    await self._sleep(GATHER_S)
                 batch, self._queue = self._queue, []
                 await self._commit(batch)
                 back_to_back = True
@@ -93,37 +130,94 @@ class EventPersister:
             self._running = False
 
     async def _commit(self, batch: list[_Pending]) -> None:
+        batch = [p for p in batch if not self._fails_with_its_room(p)]
+        if not batch:
+            return
         items = [item for p in batch for item in p.items]
         try:
-            await self.store.persist_events(items)
+            await self._write(items)
         except Exception:
             log.failure("batch of {n} events failed; retrying them one request at a time", n=len(items))
             await self._commit_one_by_one(batch)
             return
-        self._mark_committed(items)
-        for p in batch:
-            p.done.callback(None)
+        self._committed(batch)
 
     async def _commit_one_by_one(self, batch: list[_Pending]) -> None:
-        failed_rooms: set[str] = set()
         for p in batch:
-            if any(i.event.room_id in failed_rooms for i in p.items):
-                p.done.errback(RuntimeError("an earlier event in this room failed to persist"))
+            if self._fails_with_its_room(p):
                 continue
             try:
-                await self.store.persist_events(p.items)
+                await self._write(p.items)
             except Exception as e:
                 log.failure("persisting events failed")
-                for i in p.items:
-                    failed_rooms.add(i.event.room_id)
-                    self.on_room_failed(i.event.room_id)
-                p.done.errback(e)
+                for item in p.items:
+                    self.heads.mark_failed(item.event.room_id, item.event.stream_ordering)
+                self._fail(p, e)
                 continue
-            self._mark_committed(p.items)
-            p.done.callback(None)
+            self._committed([p])
 
-    def _mark_committed(self, items: list[PersistItem]) -> None:
+    def _fails_with_its_room(self, p: _Pending) -> bool:
+        """Fail `p` if an earlier event of its room failed (it was built on that one)."""
+        if any(self.heads.built_on_failed(i.event.room_id, i.event.stream_ordering) for i in p.items):
+            self._fail(p, EarlierEventFailed())
+            return True
+        return False
+
+    async def _write(self, items: list[PersistItem]) -> None:
+        """Write `items` in one transaction; return once they are stored.
+
+        @raise DatabaseUnavailable: the database was unreachable for GIVE_UP_S.
+        @raise Exception: the transaction failed (nothing of it was stored).
+        """
+        delay = RETRY_MIN_S
+        while True:
+            try:
+                await self.store.persist_events(items)
+                self._unavailable_since = None
+                return
+            except CommitOutcomeUnknown:
+                log.warn("commit of {n} events had no answer; asking the database", n=len(items))
+                if await self._stored(items[0]):
+                    self._unavailable_since = None
+                    return
+                log.info("the {n} events were not stored; writing them again", n=len(items))
+            except DatabaseUnavailable:
+                now = self._timer.seconds()
+                if self._unavailable_since is None:
+                    self._unavailable_since = now
+                if now - self._unavailable_since >= GIVE_UP_S:
+                    raise
+                await self._sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+
+    async def _stored(self, item: PersistItem) -> bool:
+        """Whether the event is stored, asking until the database answers."""
+        delay = RETRY_MIN_S
+        while True:
+            try:
+                return await self.store.event_stored(item.event.event_id)
+            except DatabaseUnavailable:
+                await self._sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+
+    def _committed(self, batch: list[_Pending]) -> None:
+        items = [item for p in batch for item in p.items]
         # Positions of failed events are never used: readers skip the gap.
-        if items:
-            self.persisted_upto = max(self.persisted_upto, max(i.event.stream_ordering for i in items))
-        self.on_committed(items)
+        self.persisted_upto = max(self.persisted_upto, items[-1].event.stream_ordering)
+        try:
+            self._publish(self.persisted_upto, items)
+        finally:
+            for item in items:
+                self.heads.release(item.event.room_id)
+            for p in batch:
+                p.done.callback(None)
+
+    def _fail(self, p: _Pending, error: Exception) -> None:
+        for item in p.items:
+            self.heads.release(item.event.room_id)
+        p.done.errback(error)
+
+    def _sleep(self, seconds: float) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self._timer.callLater(seconds, d.callback, None)
+        return d

@@ -4,8 +4,15 @@ New events are authorised against, and chained onto, the head. Building an
 event and applying it to the head happen in one synchronous step on the
 reactor thread, so two requests for one room can never build on the same
 parent, and the next event can be built before the previous one has committed
-(it will commit in the same or a later batch, in order). If a commit fails, the
-room's head is dropped and reloaded from the database.
+(it will commit in the same or a later batch, in order).
+
+The head belongs to the room's writer while any of its events is queued or
+committing (`hold` / `release`, called by the persister): such a head is never
+evicted, since the database does not have those events yet. If an event fails
+to persist (`mark_failed`), every later event of its room was built on it and
+fails too; the head is dropped once none of them is left in flight, and the
+next `get` rebuilds it from the database (waiting until then). A head rebuilt
+from the database equals the one dropped.
 """
 
 from __future__ import annotations
@@ -14,10 +21,12 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from twisted.internet.defer import Deferred
+
 from homeserver.storage.events import EventStore, StoredEvent
 
-# Rooms whose head stays in memory; the least recently used are dropped past this.
-_MAX_HEADS = 50_000
+# Rooms whose head stays in memory; the least recently used idle ones are dropped past this.
+MAX_HEADS = 50_000
 
 
 @dataclass
@@ -56,21 +65,32 @@ class RoomHead:
         return found
 
     def apply(self, ev: StoredEvent) -> None:
-        """Chain `ev` onto the head (it is now the single forward extremity)."""
+        """Chain `ev` onto the head: it replaces the extremities it names in prev_events."""
         if ev.state_key is not None:
             self.state[(ev.type, ev.state_key)] = ev
             if ev.type == "m.room.member":
                 self._members.clear()
-        self.extremities = [ev.event_id]
+        prevs = ev.pdu.get("prev_events") or ()
+        self.extremities = [e for e in self.extremities if e not in prevs]
+        self.extremities.append(ev.event_id)
         self.depth = max(self.depth, ev.depth)
 
 
 class RoomHeads:
-    def __init__(self, store: EventStore) -> None:
+    def __init__(self, store: EventStore, max_heads: int = MAX_HEADS) -> None:
         self.store = store
+        self.max_heads = max_heads
         self._heads: OrderedDict[str, RoomHead] = OrderedDict()
+        self._in_flight: dict[str, int] = {}  # room -> its events queued or committing
+        self._failed: dict[str, int] = {}  # room -> position of its first event that failed
+        self._rebuild_waiters: dict[str, list[Deferred[None]]] = {}
 
     async def get(self, room_id: str) -> RoomHead | None:
+        while room_id in self._failed:
+            # Events built on the failed one are still in flight: rebuild once they are gone.
+            waiter: Deferred[None] = Deferred()
+            self._rebuild_waiters.setdefault(room_id, []).append(waiter)
+            await waiter
         head = self._heads.get(room_id)
         if head is not None:
             self._heads.move_to_end(room_id)
@@ -93,8 +113,49 @@ class RoomHeads:
 
     def put(self, head: RoomHead) -> None:
         self._heads[head.room_id] = head
-        if len(self._heads) > _MAX_HEADS:
-            self._heads.popitem(last=False)
+        if len(self._heads) > self.max_heads:
+            self._evict_one()
 
-    def invalidate(self, room_id: str) -> None:
-        self._heads.pop(room_id, None)
+    def _evict_one(self) -> None:
+        """Drop the least recently used head that has nothing in flight."""
+        for room_id in self._heads:
+            if room_id not in self._in_flight:
+                del self._heads[room_id]
+                return
+
+    # The writer's bookkeeping (core/persist.py) ----------------------------------------------
+
+    def hold(self, room_id: str) -> None:
+        """An event of the room is queued to persist: keep its head."""
+        self._in_flight[room_id] = self._in_flight.get(room_id, 0) + 1
+
+    def release(self, room_id: str) -> None:
+        """An event of the room committed or failed."""
+        left = self._in_flight[room_id] - 1
+        if left:
+            self._in_flight[room_id] = left
+            return
+        del self._in_flight[room_id]
+        if room_id in self._failed:
+            # Nothing built on the failed event is left: rebuild from the database.
+            del self._failed[room_id]
+            self._heads.pop(room_id, None)
+            for waiter in self._rebuild_waiters.pop(room_id, []):
+                waiter.callback(None)
+
+    def mark_failed(self, room_id: str, position: int) -> None:
+        """The room's event at `position` will never be stored: later ones, built on it, fail."""
+        if position < self._failed.get(room_id, position + 1):
+            self._failed[room_id] = position
+
+    def has_failed(self, room_id: str) -> bool:
+        """Whether an event of the room failed and its head is waiting to be rebuilt."""
+        return room_id in self._failed
+
+    def built_on_failed(self, room_id: str, position: int) -> bool:
+        """Whether an event of the room at `position` was built on one that failed."""
+        failed = self._failed.get(room_id)
+        return failed is not None and position > failed
+
+    def in_flight(self, room_id: str) -> int:
+        return self._in_flight.get(room_id, 0)

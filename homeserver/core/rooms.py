@@ -159,6 +159,14 @@ class RoomService:
             if await self.storage.rooms.room_for_alias(alias) is not None:
                 raise MatrixError("Room alias already taken", "M_ROOM_IN_USE")
         member_content = {"membership": "join", **await self._profile_content(creator)}
+        # Every await before the first build: the events take consecutive stream positions
+        # and must be queued in that order (core/persist.py).
+        invite_contents: list[dict[str, Any]] = []
+        for user_id in invites:
+            content: dict[str, Any] = {"membership": "invite", **await self._profile_content(user_id)}
+            if is_direct:
+                content["is_direct"] = True
+            invite_contents.append(content)
 
         head = self.events.new_room_head(version)
         build = self.events.build
@@ -205,10 +213,7 @@ class RoomService:
             events.append(build(head, creator, "m.room.name", {"name": body["name"]}, ""))
         if body.get("topic"):
             events.append(build(head, creator, "m.room.topic", {"topic": body["topic"]}, ""))
-        for user_id in invites:
-            content: dict[str, Any] = {"membership": "invite", **await self._profile_content(user_id)}
-            if is_direct:
-                content["is_direct"] = True
+        for user_id, content in zip(invites, invite_contents, strict=True):
             events.append(build(head, creator, "m.room.member", content, user_id))
         self.events.heads.put(head)
         await self.events.persist(head, events, is_new_room=True)

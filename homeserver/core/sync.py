@@ -97,6 +97,10 @@ class SyncService:
     # Feeding ----------------------------------------------------------------------
 
     def on_committed(self, items: list[PersistItem]) -> None:
+        """A consumer of the committed-event stream: apply redactions to cached copies and
+        remember which device sent what (for `transaction_id` in the sender's sync)."""
+        for redacted in self.rooms.on_committed([item.event for item in items], self.timeline.find):
+            self.encoded.invalidate(redacted.event_id)
         for item in items:
             if item.txn is not None:
                 self._recent_txns[item.event.event_id] = item.txn

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from twisted.internet.defer import Deferred
 
-from homeserver.storage.events import EventStore, StoredEvent
+from homeserver.storage.events import EventStore, PersistItem, StoredEvent
 
 RECENT_PER_ROOM = 64
 
@@ -48,6 +48,11 @@ class TimelineCache:
             "SELECT room_id, MAX(stream_ordering) FROM room_memberships GROUP BY room_id",
         )
         self.room_last_member = {r[0]: int(r[1]) for r in rows}
+
+    def on_committed(self, items: list[PersistItem]) -> None:
+        """A consumer of the committed-event stream."""
+        for item in items:
+            self.add(item.event)
 
     def add(self, ev: StoredEvent) -> None:
         """Record a committed event (called in stream order)."""

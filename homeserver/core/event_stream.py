@@ -1,0 +1,386 @@
+"""The ordered stream of committed events, read by each consumer from its own position.
+
+After each commit the persister publishes the events it just wrote, in stream order,
+with the position they bring the stream to (core/persist.py). Publications arrive
+strictly in position order; the positions of events that failed to persist are gaps.
+
+Inline consumers (the timeline cache, sync's bookkeeping, unread counts, the notifier)
+are called synchronously, in registration order, before `publish` returns: each is a
+memory update of microseconds, and a reader that sees position p must find everything
+up to p in them. They cannot fall behind. An exception in one is logged and the next
+one runs.
+
+Subscribed consumers (plugins, pushers, later the federation sender) each run on their
+own coroutine. `publish` appends the batch to each one's queue and returns; a consumer
+whose queue passes MAX_QUEUED_EVENTS is no longer queued for: it catches up from the
+database in pages (`EventStore.committed_events`) and is queued for again once it has
+reached the stream's position. So a slow consumer never slows the send path or another
+consumer. Queued batches are handed over merged, up to MAX_BATCH_EVENTS at a time.
+
+A durable consumer keeps its position in the database (table `stream_consumers`) and
+resumes from it after a restart or a kill -9. The guarantee is at least once, in order:
+
+- every committed event is handed to it, in stream order, none skipped;
+- before a batch is handed over, the position it reaches is saved as `handed_upto`
+  (together with the position of everything handled before it); once the consumer has
+  nothing more to do, `position` is saved equal to it;
+- after a crash, the consumer resumes at its saved `position`. The only events handed
+  to it again are those in (position, handed_upto]: the batch it was handling, or whose
+  completion was being recorded, when the process died. Their batch carries
+  `redelivered_upto = handed_upto`, so the consumer can tell each repeat by its stream
+  position (`StreamBatch.maybe_repeated`);
+- a handler that raises gets the same batch again after a pause (RETRY_MIN_S doubling up
+  to RETRY_MAX_S); a non-durable consumer's failed batch is logged and skipped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from homeserver.storage.events import EventStore, PersistItem
+from homeserver.storage.stream_consumers import StreamConsumerStore
+
+log = Logger()
+
+MAX_QUEUED_EVENTS = 10_000
+MAX_BATCH_EVENTS = 1_000
+CATCH_UP_PAGE = 500
+RETRY_MIN_S = 1.0
+RETRY_MAX_S = 300.0
+_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.\-]{0,199}")
+
+InlineConsumer = Callable[[list[PersistItem]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamBatch:
+    """Events with `after` < position <= `upto`, oldest first (gaps are failed events)."""
+
+    after: int
+    upto: int
+    items: list[PersistItem]
+    # Events at positions up to here may have been handed over before, in a run that died.
+    redelivered_upto: int = 0
+
+    def maybe_repeated(self, item: PersistItem) -> bool:
+        return item.event.stream_ordering <= self.redelivered_upto
+
+
+Handler = Callable[[StreamBatch], Awaitable[None]]
+
+
+class EventStream:
+    def __init__(
+        self,
+        events: EventStore,
+        positions: StreamConsumerStore,
+        reactor: Any,
+        time_ms: Callable[[], int],
+    ) -> None:
+        self._events = events
+        self._positions = positions
+        self._reactor = reactor
+        self._time_ms = time_ms
+        self.position = 0
+        self._started = False
+        self._inline: list[tuple[str, InlineConsumer]] = []
+        self._consumers: dict[str, StreamConsumer] = {}
+
+    def start(self, position: int) -> None:
+        """The stream's position at start-up: everything up to it is committed."""
+        self.position = position
+        self._started = True
+
+    # Registration ---------------------------------------------------------------------
+
+    def add_inline(self, name: str, consumer: InlineConsumer) -> None:
+        """Call `consumer(items)` synchronously on every publish, after those added before it."""
+        self._check_name(name)
+        self._inline.append((name, consumer))
+
+    def subscribe(self, name: str, handler: Handler) -> "StreamConsumer":
+        """Hand every batch committed from now on to `handler`, in order, on its own coroutine.
+        Not durable: a restart starts it again at the stream's position then."""
+        return self._add(name, handler, False, self.position, 0)
+
+    async def subscribe_durable(
+        self, name: str, handler: Handler, *, from_start: bool = False
+    ) -> "StreamConsumer":
+        """Like `subscribe`, resuming after a restart from the position saved under `name`.
+        The first time, it starts at the stream's position, or at its very start with `from_start`."""
+        self._check_name(name)
+        saved = await self._positions.load(name)
+        if saved is None:
+            position = 0 if from_start else self.position
+            await self._positions.save(name, position, position, self._time_ms())
+            saved = (position, position)
+        return self._add(name, handler, True, *saved)
+
+    def _add(
+        self, name: str, handler: Handler, durable: bool, position: int, handed: int
+    ) -> "StreamConsumer":
+        if not self._started:
+            raise RuntimeError("subscribe after the stream has started")
+        self._check_name(name)
+        consumer = StreamConsumer(self, name, handler, durable, position, handed)
+        self._consumers[name] = consumer
+        consumer.start()
+        return consumer
+
+    def _check_name(self, name: str) -> None:
+        if not _NAME_RE.fullmatch(name):
+            raise ValueError(f"bad stream consumer name {name!r}")
+        if name in self._consumers or any(n == name for n, _ in self._inline):
+            raise ValueError(f"stream consumer {name!r} is registered twice")
+
+    def consumers(self) -> Iterator["StreamConsumer"]:
+        return iter(list(self._consumers.values()))
+
+    # Publishing -------------------------------------------------------------------------
+
+    def publish(self, upto: int, items: list[PersistItem]) -> None:
+        """The events of one commit, in stream order, reaching position `upto`."""
+        after = self.position
+        if upto <= after:
+            raise AssertionError(f"stream position went back: {upto} after {after}")
+        # Moved first: the notifier (the last inline consumer) resumes waiting syncs right
+        # away, and they read up to this position from the consumers before it.
+        self.position = upto
+        for name, consumer in self._inline:
+            try:
+                consumer(items)
+            except Exception:
+                log.failure("stream consumer {name} failed", name=name)
+        if self._consumers:
+            batch = StreamBatch(after, upto, items)
+            for sub in self._consumers.values():
+                sub.offer(batch)
+
+    async def stop(self) -> None:
+        """Let each subscribed consumer finish its batch and save its position."""
+        for consumer in list(self._consumers.values()):
+            await consumer.stop()
+        self._consumers.clear()
+
+    # Metrics ------------------------------------------------------------------------------
+
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        registry.register(_LagCollector(self))
+
+
+class StreamConsumer:
+    """One subscribed consumer: its position, its queue and the coroutine that feeds it."""
+
+    def __init__(
+        self, stream: EventStream, name: str, handler: Handler, durable: bool, position: int, handed: int
+    ) -> None:
+        self.stream = stream
+        self.name = name
+        self.durable = durable
+        self.position = position
+        self._handler = handler
+        self._saved_handed = max(handed, position)
+        self._redelivered_upto = handed if handed > position else 0
+        self._queue: deque[StreamBatch] = deque()
+        self._queued_events = 0
+        # Behind: nothing is queued for it; it reads from the database up to the stream.
+        self.behind = position < stream.position
+        self._saved_position = position
+        self._reached: list[tuple[int, Deferred[None]]] = []
+        self._wakeup: Deferred[None] | None = None
+        self._pausing: Deferred[None] | None = None
+        self._stopping = False
+        self._done: Deferred[None] | None = None
+
+    @property
+    def lag(self) -> int:
+        """Positions between the consumer and the stream (an upper bound on events)."""
+        return max(0, self.stream.position - self.position)
+
+    def start(self) -> None:
+        self._done = Deferred.fromCoroutine(self._run())
+
+    def reached(self, position: int) -> Deferred[None]:
+        """Fires once every event up to `position` has been handled (or skipped)."""
+        d: Deferred[None] = Deferred()
+        if self.position >= position:
+            d.callback(None)
+        else:
+            self._reached.append((position, d))
+        return d
+
+    def _advance(self, position: int) -> None:
+        self.position = position
+        if self._reached:
+            due = [d for p, d in self._reached if p <= position]
+            self._reached = [(p, d) for p, d in self._reached if p > position]
+            for d in due:
+                d.callback(None)
+
+    def offer(self, batch: StreamBatch) -> None:
+        if self.behind or self._stopping:
+            return
+        if self._queued_events + len(batch.items) > MAX_QUEUED_EVENTS:
+            log.info("stream consumer {name} fell behind; it catches up from the database", name=self.name)
+            self.behind = True
+            self._queue.clear()
+            self._queued_events = 0
+        else:
+            self._queue.append(batch)
+            self._queued_events += len(batch.items)
+        self._wake()
+
+    def _wake(self) -> None:
+        wakeup, self._wakeup = self._wakeup, None
+        if wakeup is not None:
+            wakeup.callback(None)
+
+    async def stop(self) -> None:
+        """Finish the batch in hand, save the position, end the coroutine."""
+        self._stopping = True
+        self._wake()
+        pausing, self._pausing = self._pausing, None
+        if pausing is not None:
+            pausing.callback(None)
+        if self._done is not None:
+            await self._done
+
+    # The coroutine ---------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            while not self._stopping:
+                batch = await self._next_batch()
+                if batch is None:
+                    continue
+                if batch.items:
+                    if self.durable and batch.upto > self._saved_handed:
+                        await self._save(self.position, batch.upto)
+                    if not await self._handle(batch):
+                        break  # stopped while a failed batch waited for its retry
+                self._advance(batch.upto)
+                if self.durable and not self._has_more():
+                    await self._save(self.position, self.position)
+            if self.durable and self.position > self._saved_position:
+                await self._save(self.position, self.position)
+        except Exception:
+            log.failure("stream consumer {name} stopped", name=self.name)
+
+    def _has_more(self) -> bool:
+        return bool(self._queue) or self.position < self.stream.position
+
+    async def _next_batch(self) -> StreamBatch | None:
+        """The next batch to hand over, waiting for one; None to look again (or stop)."""
+        if self.behind:
+            if self.position >= self.stream.position:
+                self.behind = False  # caught up: from here on, publishes are queued for it
+            else:
+                return await self._read_from_database()
+        if not self._queue:
+            if self._stopping:
+                return None
+            self._wakeup = Deferred()
+            await self._wakeup
+            return None
+        first = self._queue.popleft()
+        items, upto = first.items, first.upto
+        if self._queue and len(items) + len(self._queue[0].items) <= MAX_BATCH_EVENTS:
+            items = list(items)  # merged into a new list: the queued ones are shared
+            while self._queue and len(items) + len(self._queue[0].items) <= MAX_BATCH_EVENTS:
+                nxt = self._queue.popleft()
+                items.extend(nxt.items)
+                upto = nxt.upto
+        self._queued_events -= len(items)
+        return self._marked(StreamBatch(first.after, upto, items))
+
+    async def _read_from_database(self) -> StreamBatch | None:
+        head = self.stream.position
+        try:
+            items = await self.stream._events.committed_events(self.position, head, CATCH_UP_PAGE)
+        except Exception:
+            log.failure("stream consumer {name} could not read events", name=self.name)
+            await self._pause(RETRY_MIN_S)
+            return None
+        upto = items[-1].event.stream_ordering if len(items) == CATCH_UP_PAGE else head
+        return self._marked(StreamBatch(self.position, upto, items))
+
+    def _marked(self, batch: StreamBatch) -> StreamBatch:
+        if self._redelivered_upto and batch.after < self._redelivered_upto:
+            return StreamBatch(batch.after, batch.upto, batch.items, self._redelivered_upto)
+        return batch
+
+    async def _handle(self, batch: StreamBatch) -> bool:
+        """Hand `batch` over; False if the consumer stopped before it was handled."""
+        delay = RETRY_MIN_S
+        while True:
+            try:
+                await self._handler(batch)
+                return True
+            except Exception:
+                log.failure(
+                    "stream consumer {name} failed on events ({after}, {upto}]",
+                    name=self.name,
+                    after=batch.after,
+                    upto=batch.upto,
+                )
+            if not self.durable:
+                return True  # fire and forget: the batch is skipped
+            if self._stopping:
+                return False
+            await self._pause(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
+            if self._stopping:
+                return False
+
+    async def _save(self, position: int, handed_upto: int) -> None:
+        delay = RETRY_MIN_S
+        while True:
+            try:
+                await self.stream._positions.save(self.name, position, handed_upto, self.stream._time_ms())
+                self._saved_position, self._saved_handed = position, handed_upto
+                return
+            except Exception:
+                log.failure("stream consumer {name} could not save its position", name=self.name)
+            if self._stopping:
+                return  # the next start resumes from the last saved position
+            await self._pause(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait `seconds` (new events do not end the wait; stopping does)."""
+        waiter: Deferred[None] = Deferred()
+        self._pausing = waiter
+
+        def end() -> None:
+            if self._pausing is waiter:
+                self._pausing = None
+                waiter.callback(None)
+
+        call = self.stream._reactor.callLater(seconds, end)
+        await waiter
+        if call.active():
+            call.cancel()
+
+
+class _LagCollector(Collector):
+    def __init__(self, stream: EventStream) -> None:
+        self._stream = stream
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        lag = GaugeMetricFamily(
+            "homeserver_stream_consumer_lag",
+            "Stream positions between each consumer of committed events and the stream",
+            labels=["consumer"],
+        )
+        for consumer in self._stream.consumers():
+            lag.add_metric([consumer.name], consumer.lag)
+        yield lag
