@@ -4,7 +4,8 @@ A plugin is a class named in `plugins:` of the config (`module: pkg.mod.Class`).
 It may define `parse_config(raw: dict) -> Any` (a staticmethod raising
 `PluginConfigError`), and is constructed as `Class(config, api)`. Through `api`
 it can: register HTTP routes under its own prefix, subscribe to new events,
-schedule background jobs, expose metrics, read its config and own its tables.
+schedule background jobs, run blocking work on worker threads, expose metrics, read
+its config and own its tables.
 It sees nothing else of the core, and the core never imports a plugin.
 See docs/plugins.md.
 """
@@ -30,6 +31,7 @@ from homeserver.core.tokens import Requester
 from homeserver.errors import MatrixError
 from homeserver.storage.database import Txn
 from homeserver.storage.migrations import migrate
+from homeserver.threads import WorkerThreads
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -171,6 +173,21 @@ class PluginApi:
         for loop in self._jobs:
             if loop.running:
                 loop.stop()
+
+    # Blocking work ------------------------------------------------------------------
+
+    _threads: WorkerThreads | None = None  # made on first use
+
+    def run_blocking(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """Run `fn(*args)` on a worker thread: anything that would block the reactor (files,
+        S3, decoding images). The Deferred fires on the reactor thread with the result or the
+        exception. Each plugin has its own threads (at most 10), so a slow plugin cannot hold
+        up the core's; like the core's, they leave no reference cycle per call (Twisted's
+        `deferToThread` did).
+        """
+        if self._threads is None:
+            self._threads = WorkerThreads(0, 10, f"plugin-{self._name}")
+        return self._threads.run(fn, *args)
 
     # Metrics ------------------------------------------------------------------------
 

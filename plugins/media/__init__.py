@@ -19,8 +19,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import IO, Any
 
-from twisted.internet.threads import deferToThread
-
 from homeserver.plugins import (
     ApiRequest,
     MatrixError,
@@ -60,7 +58,7 @@ class MediaPlugin:
 
     async def start(self) -> None:
         try:
-            await deferToThread(self.storage.check)
+            await self.api.run_blocking(self.storage.check)
         except Exception as e:
             raise PluginConfigError(f"media storage ({self.storage.name}) is not usable: {e}") from None
         await self.api.migrate_schema(SCHEMA_DIR)
@@ -210,7 +208,9 @@ class MediaPlugin:
 
     async def simple_upload(self, request: ApiRequest, requester: Requester) -> Response:
         content_type = (request.getHeader(b"content-type") or b"").decode("latin-1")
-        part = await deferToThread(_file_part, _body(request), content_type, self.config.max_upload_size)
+        part = await self.api.run_blocking(
+            _file_part, _body(request), content_type, self.config.max_upload_size
+        )
         try:
             row = await self.repo.ingest(
                 requester.user_id, part.file, part.content_type, part.filename, kind="simple"
