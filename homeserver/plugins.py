@@ -123,12 +123,14 @@ class PluginApi:
         else:
             self._hs.router.add(method, path, handler)
 
-    def set_body_limit(self, path_prefix: str, max_bytes: int) -> None:
+    def set_body_limit(self, path_prefix: str, max_bytes: int, *, message: str | None = None) -> None:
         """Accept request bodies of up to `max_bytes` on paths starting with `path_prefix`
         (one of this plugin's prefixes or below), instead of `limits.max_request_body_size`.
 
         The limit is enforced while the body arrives: a larger body is refused with
         413 `M_TOO_LARGE` before any handler runs, and what had arrived is dropped.
+        `message` is that error's text (default: "Request body exceeds N bytes"), for a
+        limit that is not the one the user knows (an upload's plus its envelope).
         Bodies over 100 kB are spooled to an anonymous temporary file
         (`request.content`), never held in memory.
         """
@@ -138,7 +140,7 @@ class PluginApi:
             )
         if max_bytes < 0:
             raise PluginLoadError(f"plugin {self._name}: body limit must not be negative")
-        self._hs.router.set_body_limit(path_prefix, max_bytes)
+        self._hs.router.set_body_limit(path_prefix, max_bytes, message)
 
     # Events -----------------------------------------------------------------------
 

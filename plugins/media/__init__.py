@@ -30,7 +30,7 @@ from homeserver.plugins import (
 )
 from plugins.media.config import MediaConfig, parse_media_config
 from plugins.media.db import MediaRow
-from plugins.media.repository import MediaRepository, not_found, too_large
+from plugins.media.repository import MediaRepository, not_found, over_limit_message, too_large
 from plugins.media.sniff import SECURITY_HEADERS, content_type_header, download_headers
 from plugins.media.storage import MediaStorage, make_storage
 
@@ -64,8 +64,10 @@ class MediaPlugin:
         await self.api.migrate_schema(SCHEMA_DIR)
         api = self.api
         limit = self.config.max_upload_size
-        api.set_body_limit(f"{MEDIA_V3}/upload", limit)
-        api.set_body_limit("/api/media/upload", limit + MULTIPART_OVERHEAD)
+        # One message for both: the multipart body may be larger than the file, but the
+        # user knows (and is told) the configured limit.
+        api.set_body_limit(f"{MEDIA_V3}/upload", limit, message=over_limit_message(limit))
+        api.set_body_limit("/api/media/upload", limit + MULTIPART_OVERHEAD, message=over_limit_message(limit))
 
         api.register_route("POST", f"{MEDIA_V3}/upload", self.upload)
         api.register_route("POST", f"{MEDIA_V1}/create", self.create)
@@ -348,7 +350,7 @@ def _file_part(body: IO[bytes], content_type: str, max_size: int) -> Any:
     except multipart.ParserLimitReached:
         if found is not None:
             found.close()
-        raise too_large(f"Upload exceeds the limit of {max_size} bytes") from None
+        raise too_large(over_limit_message(max_size)) from None
     except multipart.MultipartError as e:
         if found is not None:
             found.close()

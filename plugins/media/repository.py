@@ -54,6 +54,15 @@ def too_large(message: str) -> MatrixError:
     return MatrixError(message, "M_TOO_LARGE", status=413)
 
 
+def over_limit_message(max_bytes: int) -> str:
+    """What an upload over the configured limit is told: the limit in bytes and in binary
+    units as the config writes it ("52428800 bytes (50 MiB)")."""
+    for unit, name in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+        if max_bytes >= unit:
+            return f"Upload exceeds the limit of {max_bytes} bytes ({round(max_bytes / unit, 1):g} {name})"
+    return f"Upload exceeds the limit of {max_bytes} bytes"
+
+
 def choose_size(sizes: Iterable[ThumbnailSize], width: int, height: int, method: str) -> ThumbnailSize:
     """The configured size to serve for a request: the smallest of the requested method
     that is at least as large as asked, else the largest of that method."""
@@ -163,7 +172,7 @@ class MediaRepository:
         """
         size, head = await self.api.run_blocking(_size_and_head, src)
         if size > self.config.max_upload_size:
-            raise too_large(f"Upload exceeds the limit of {self.config.max_upload_size} bytes")
+            raise too_large(over_limit_message(self.config.max_upload_size))
         await self.check_quota(user_id, size)
         content_type = served_type(sniff(head), normalize_type(claimed_type))
         media_id = pending.media_id if pending is not None else secrets.token_urlsafe(18)
