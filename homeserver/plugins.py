@@ -2,10 +2,11 @@
 
 A plugin is a class named in `plugins:` of the config (`module: pkg.mod.Class`).
 It may define `parse_config(raw: dict) -> Any` (a staticmethod raising
-`PluginConfigError`), and is constructed as `Class(config, api)`. Through `api`
+`PluginConfigError`) and `SCHEMA_DIR` (its numbered SQL files, applied by start-up and
+`homeserver migrate` alike), and is constructed as `Class(config, api)`. Through `api`
 it can: register HTTP routes under its own prefix, subscribe to new events,
 schedule background jobs, run blocking work on worker threads, expose metrics, read
-its config and own its tables.
+its config and use its tables.
 It sees nothing else of the core, and the core never imports a plugin.
 See docs/plugins.md.
 """
@@ -29,13 +30,14 @@ from homeserver.api.auth import require_user
 from homeserver.api.http import ApiRequest, Response, Router, StreamBody
 from homeserver.core.tokens import Requester
 from homeserver.errors import MatrixError
-from homeserver.storage.database import Txn
+from homeserver.storage.database import Database, Txn
 from homeserver.storage.migrations import migrate
 from homeserver.threads import WorkerThreads
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
+    from homeserver.config import Config
     from homeserver.server import HomeServer
 
 log = Logger()
@@ -209,10 +211,6 @@ class PluginApi:
 
     # Tables ------------------------------------------------------------------------
 
-    async def migrate_schema(self, directory: Path) -> None:
-        """Apply this plugin's numbered SQL files (same rules as the core's `sql/`)."""
-        await migrate(self._hs.storage.db, directory, component=f"plugin.{self._name}")
-
     async def run_db(self, desc: str, fn: Callable[..., Any], *args: Any) -> Any:
         """Run `fn(txn, *args)` in one transaction. Touch only this plugin's own tables."""
         return await self._hs.storage.db.run_interaction(f"{self._name}.{desc}", fn, *args)
@@ -284,6 +282,23 @@ def plugin_name(cls: type) -> str:
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         raise PluginLoadError(f"plugin {cls.__module__}: NAME must be lower_case")
     return str(name)
+
+
+async def migrate_plugin_schemas(db: Database, config: "Config") -> dict[str, list[int]]:
+    """Apply each configured plugin's schema files (the `SCHEMA_DIR` of its class, recorded
+    under the component `plugin.NAME`), without constructing or starting the plugin: run by
+    start-up and by `homeserver migrate` alike. Returns the versions applied per plugin."""
+    applied: dict[str, list[int]] = {}
+    for entry in config.plugins:
+        cls = load_plugin_class(entry.module)
+        directory = getattr(cls, "SCHEMA_DIR", None)
+        if directory is None:
+            continue
+        if not isinstance(directory, Path) or not directory.is_dir():
+            raise PluginLoadError(f"plugin {entry.module}: SCHEMA_DIR must be an existing directory")
+        name = plugin_name(cls)
+        applied[name] = await migrate(db, directory, component=f"plugin.{name}")
+    return applied
 
 
 async def start_plugins(hs: "HomeServer", router: Router) -> list[Any]:

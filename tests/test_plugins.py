@@ -431,6 +431,24 @@ async def test_third_party_plugin_serves_routes_through_the_same_interface(tmp_p
     assert recorder.stopped
 
 
+class SchemaAsTextPlugin:
+    NAME = "schema_text"
+    SCHEMA_DIR = "sql"  # must be a Path to a directory
+
+    def __init__(self, config: Any, api: PluginApi) -> None:
+        pass
+
+
+@pytest_twisted.ensureDeferred
+async def test_schema_dir_must_be_a_directory(tmp_path: Path) -> None:
+    hs = make_hs(tmp_path, [{"module": plugin_path(SchemaAsTextPlugin)}])
+    try:
+        with pytest.raises(PluginLoadError, match="SCHEMA_DIR must be an existing directory"):
+            await hs.start()
+    finally:
+        hs.storage.close()
+
+
 @pytest_twisted.ensureDeferred
 async def test_run_blocking_uses_each_plugins_own_threads(tmp_path: Path) -> None:
     hs = make_hs(tmp_path, [{"module": EXAMPLE}, {"module": plugin_path(RecorderPlugin)}])

@@ -34,7 +34,6 @@ from plugins.media.repository import MediaRepository, not_found, over_limit_mess
 from plugins.media.sniff import SECURITY_HEADERS, content_type_header, download_headers
 from plugins.media.storage import MediaStorage, make_storage
 
-SCHEMA_DIR = Path(__file__).parent / "sql"
 MEDIA_V3 = "/_matrix/media/v3"
 MEDIA_V1 = "/_matrix/media/v1"
 CLIENT_MEDIA = "/_matrix/client/v1/media"
@@ -45,6 +44,7 @@ MULTIPART_OVERHEAD = 1024 * 1024
 class MediaPlugin:
     NAME = "media"
     PATH_PREFIXES = ("/_matrix/media/", "/_matrix/client/v1/media/", "/api/media/")
+    SCHEMA_DIR = Path(__file__).parent / "sql"
 
     @staticmethod
     def parse_config(raw: dict[str, Any]) -> MediaConfig:
@@ -61,7 +61,6 @@ class MediaPlugin:
             await self.api.run_blocking(self.storage.check)
         except Exception as e:
             raise PluginConfigError(f"media storage ({self.storage.name}) is not usable: {e}") from None
-        await self.api.migrate_schema(SCHEMA_DIR)
         api = self.api
         limit = self.config.max_upload_size
         # One message for both: the multipart body may be larger than the file, but the
