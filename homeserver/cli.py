@@ -70,14 +70,17 @@ def cmd_migrate(args: argparse.Namespace) -> None:
     setup_logging(config.logging.level)
 
     async def migrate_db(reactor: Any) -> None:
+        from homeserver.plugins import migrate_plugin_schemas
         from homeserver.storage import Storage
         from homeserver.storage.migrations import migrate
 
         config.data_path.mkdir(parents=True, exist_ok=True)
         storage = Storage.from_url(config.database.url, 1, 1)
         try:
-            applied = await migrate(storage.db)
-            print(f"schema up to date ({len(applied)} file(s) applied)")
+            applied = len(await migrate(storage.db))
+            for versions in (await migrate_plugin_schemas(storage.db, config)).values():
+                applied += len(versions)
+            print(f"schema up to date ({applied} file(s) applied)")
         finally:
             storage.close()
 

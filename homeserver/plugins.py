@@ -2,9 +2,11 @@
 
 A plugin is a class named in `plugins:` of the config (`module: pkg.mod.Class`).
 It may define `parse_config(raw: dict) -> Any` (a staticmethod raising
-`PluginConfigError`), and is constructed as `Class(config, api)`. Through `api`
+`PluginConfigError`) and `SCHEMA_DIR` (its numbered SQL files, applied by start-up and
+`homeserver migrate` alike), and is constructed as `Class(config, api)`. Through `api`
 it can: register HTTP routes under its own prefix, subscribe to new events,
-schedule background jobs, expose metrics, read its config and own its tables.
+schedule background jobs, run blocking work on worker threads, expose metrics, read
+its config and use its tables.
 It sees nothing else of the core, and the core never imports a plugin.
 See docs/plugins.md.
 """
@@ -30,12 +32,14 @@ from homeserver.core.event_format import client_event
 from homeserver.core.event_stream import StreamBatch
 from homeserver.core.tokens import Requester
 from homeserver.errors import MatrixError
-from homeserver.storage.database import Txn
+from homeserver.storage.database import Database, Txn
 from homeserver.storage.migrations import migrate
+from homeserver.threads import WorkerThreads
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
+    from homeserver.config import Config
     from homeserver.server import HomeServer
 
 log = Logger()
@@ -145,12 +149,14 @@ class PluginApi:
         else:
             self._hs.router.add(method, path, handler)
 
-    def set_body_limit(self, path_prefix: str, max_bytes: int) -> None:
+    def set_body_limit(self, path_prefix: str, max_bytes: int, *, message: str | None = None) -> None:
         """Accept request bodies of up to `max_bytes` on paths starting with `path_prefix`
         (one of this plugin's prefixes or below), instead of `limits.max_request_body_size`.
 
         The limit is enforced while the body arrives: a larger body is refused with
         413 `M_TOO_LARGE` before any handler runs, and what had arrived is dropped.
+        `message` is that error's text (default: "Request body exceeds N bytes"), for a
+        limit that is not the one the user knows (an upload's plus its envelope).
         Bodies over 100 kB are spooled to an anonymous temporary file
         (`request.content`), never held in memory.
         """
@@ -160,7 +166,7 @@ class PluginApi:
             )
         if max_bytes < 0:
             raise PluginLoadError(f"plugin {self._name}: body limit must not be negative")
-        self._hs.router.set_body_limit(path_prefix, max_bytes)
+        self._hs.router.set_body_limit(path_prefix, max_bytes, message)
 
     # Events -----------------------------------------------------------------------
 
@@ -254,6 +260,21 @@ class PluginApi:
             if loop.running:
                 loop.stop()
 
+    # Blocking work ------------------------------------------------------------------
+
+    _threads: WorkerThreads | None = None  # made on first use
+
+    def run_blocking(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """Run `fn(*args)` on a worker thread: anything that would block the reactor (files,
+        S3, decoding images). The Deferred fires on the reactor thread with the result or the
+        exception. Each plugin has its own threads (at most 10), so a slow plugin cannot hold
+        up the core's; like the core's, they leave no reference cycle per call (Twisted's
+        `deferToThread` did).
+        """
+        if self._threads is None:
+            self._threads = WorkerThreads(0, 10, f"plugin-{self._name}")
+        return self._threads.run(fn, *args)
+
     # Metrics ------------------------------------------------------------------------
 
     def _metric_name(self, name: str) -> str:
@@ -271,10 +292,6 @@ class PluginApi:
         return Histogram(self._metric_name(name), documentation, labels, registry=self._hs.metrics)
 
     # Tables ------------------------------------------------------------------------
-
-    async def migrate_schema(self, directory: Path) -> None:
-        """Apply this plugin's numbered SQL files (same rules as the core's `sql/`)."""
-        await migrate(self._hs.storage.db, directory, component=f"plugin.{self._name}")
 
     async def run_db(self, desc: str, fn: Callable[..., Any], *args: Any) -> Any:
         """Run `fn(txn, *args)` in one transaction. Touch only this plugin's own tables."""
@@ -349,6 +366,23 @@ def plugin_name(cls: type) -> str:
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         raise PluginLoadError(f"plugin {cls.__module__}: NAME must be lower_case")
     return str(name)
+
+
+async def migrate_plugin_schemas(db: Database, config: "Config") -> dict[str, list[int]]:
+    """Apply each configured plugin's schema files (the `SCHEMA_DIR` of its class, recorded
+    under the component `plugin.NAME`), without constructing or starting the plugin: run by
+    start-up and by `homeserver migrate` alike. Returns the versions applied per plugin."""
+    applied: dict[str, list[int]] = {}
+    for entry in config.plugins:
+        cls = load_plugin_class(entry.module)
+        directory = getattr(cls, "SCHEMA_DIR", None)
+        if directory is None:
+            continue
+        if not isinstance(directory, Path) or not directory.is_dir():
+            raise PluginLoadError(f"plugin {entry.module}: SCHEMA_DIR must be an existing directory")
+        name = plugin_name(cls)
+        applied[name] = await migrate(db, directory, component=f"plugin.{name}")
+    return applied
 
 
 async def start_plugins(hs: "HomeServer", router: Router) -> list[Any]:

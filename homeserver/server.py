@@ -57,7 +57,7 @@ from homeserver.core.typing import TypingService
 from homeserver.core.uia import InteractiveAuth
 from homeserver.core.unread import UnreadCounter
 from homeserver.notifier import Notifier
-from homeserver.plugins import PluginApi, start_plugins
+from homeserver.plugins import PluginApi, migrate_plugin_schemas, start_plugins
 from homeserver.signing_key import load_or_create_signing_key
 from homeserver.storage import Storage
 from homeserver.storage.migrations import migrate
@@ -220,6 +220,7 @@ class HomeServer:
     async def start(self) -> None:
         """Migrate the schema, load stream positions, start the plugins (before the port opens)."""
         await migrate(self.storage.db)
+        await migrate_plugin_schemas(self.storage.db, self.config)
         await self.persister.start()
         self.stream.start(self.persister.persisted_upto)
         await self.timeline.start(self.persister.persisted_upto)

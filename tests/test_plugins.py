@@ -6,6 +6,7 @@ third-party plugin defined right here.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from homeserver.plugins import (
     Response,
 )
 from homeserver.server import HomeServer
+from homeserver.threads import run_blocking
 
 EXAMPLE = "plugins.example.ExamplePlugin"
 # The core's own metrics in the same registry.
@@ -437,6 +439,52 @@ async def test_third_party_plugin_serves_routes_through_the_same_interface(tmp_p
     finally:
         await hs.stop(port)
     assert recorder.stopped
+
+
+class SchemaAsTextPlugin:
+    NAME = "schema_text"
+    SCHEMA_DIR = "sql"  # must be a Path to a directory
+
+    def __init__(self, config: Any, api: PluginApi) -> None:
+        pass
+
+
+@pytest_twisted.ensureDeferred
+async def test_schema_dir_must_be_a_directory(tmp_path: Path) -> None:
+    hs = make_hs(tmp_path, [{"module": plugin_path(SchemaAsTextPlugin)}])
+    try:
+        with pytest.raises(PluginLoadError, match="SCHEMA_DIR must be an existing directory"):
+            await hs.start()
+    finally:
+        hs.storage.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_run_blocking_uses_each_plugins_own_threads(tmp_path: Path) -> None:
+    hs = make_hs(tmp_path, [{"module": EXAMPLE}, {"module": plugin_path(RecorderPlugin)}])
+    release = threading.Event()
+    try:
+        await hs.start()
+        example, recorder = hs.plugins
+        name = await example.api.run_blocking(lambda: threading.current_thread().name)
+        assert name.startswith("plugin-example-")
+        with pytest.raises(ValueError):
+            await example.api.run_blocking(int, "not a number")
+
+        # Every thread of one plugin busy: another plugin's work and the core's still run.
+        busy = [example.api.run_blocking(release.wait) for _ in range(10)]
+        queued = example.api.run_blocking(lambda: "after the busy ones")
+        # (With shared threads these would wait for `release`: time out rather than hang.)
+        assert await recorder.api.run_blocking(str.upper, "free").addTimeout(10, hs.reactor) == "FREE"
+        assert await run_blocking(str.upper, "core").addTimeout(10, hs.reactor) == "CORE"
+        assert not queued.called
+        release.set()
+        assert await queued == "after the busy ones"
+        for d in busy:
+            assert await d is True
+    finally:
+        release.set()
+        await hs.stop(None)
 
 
 CRASHING_PLUGIN = """

@@ -170,7 +170,7 @@ class Router:
         self._trie = _Node()
         self._templates: set[str] = set()
         self._get_matches: dict[str, list[tuple[Route, dict[str, str]]]] = {}
-        self._body_limits: list[tuple[str, int]] = []
+        self._body_limits: list[tuple[str, int, str | None]] = []
         self.access_log = True
         self.in_flight = 0
         self._idle_waiters: list[Deferred[None]] = []
@@ -231,18 +231,27 @@ class Router:
     def templates(self) -> list[str]:
         return sorted(self._templates)
 
-    def set_body_limit(self, path_prefix: str, max_bytes: int) -> None:
+    def set_body_limit(self, path_prefix: str, max_bytes: int, message: str | None = None) -> None:
         """Cap request bodies on paths starting with `path_prefix` at `max_bytes`
-        instead of the global limit (the longest matching prefix wins)."""
-        self._body_limits = [(p, n) for p, n in self._body_limits if p != path_prefix]
-        self._body_limits.append((path_prefix, max_bytes))
+        instead of the global limit (the longest matching prefix wins); `message` is the
+        413's text if not the default."""
+        self._body_limits = [item for item in self._body_limits if item[0] != path_prefix]
+        self._body_limits.append((path_prefix, max_bytes, message))
         self._body_limits.sort(key=lambda item: len(item[0]), reverse=True)
 
     def body_limit_for(self, path: str) -> int | None:
-        for prefix, max_bytes in self._body_limits:
+        for prefix, max_bytes, _ in self._body_limits:
             if path.startswith(prefix):
                 return max_bytes
         return None
+
+    def _too_large_message(self, path: str, max_bytes: int) -> str:
+        for prefix, _, message in self._body_limits:
+            if path.startswith(prefix):
+                if message is not None:
+                    return message
+                break
+        return f"Request body exceeds {max_bytes} bytes"
 
     def _match_cached(self, path: str) -> list[tuple[Route, dict[str, str]]]:
         """`_match` for GETs, remembered per path: long-polls ask for the same /sync path
@@ -302,7 +311,7 @@ class Router:
                 self._write(request, Response({}))
                 return
             if request.body_too_large:
-                raise TooLarge(f"Request body exceeds {request.max_body_size} bytes")
+                raise TooLarge(self._too_large_message(path, request.max_body_size))
             matches = self._match_cached(path) if method == b"GET" else self._match(path)
             if not matches:
                 raise Unrecognized("Unrecognized request")

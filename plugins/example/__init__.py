@@ -1,9 +1,10 @@
-"""An example plugin: shows every part of the plugin interface in a few lines.
+"""An example plugin: the common parts of the plugin interface in a few lines.
 
 - a route under its own prefix: GET /_plugins/example/hello (authenticated)
   greets the caller and counts the greetings in a table it owns;
 - GET /_plugins/example/stats (public): how many events it has seen, by type;
-- an event subscriber, a metric and a background job.
+- an event subscriber, a metric and a background job;
+- its own table, from `SCHEMA_DIR` (applied before `start()` and by `homeserver migrate`).
 
 It imports only `homeserver.plugins`, the plugin interface.
 """
@@ -15,11 +16,10 @@ from typing import Any
 
 from homeserver.plugins import ApiRequest, PluginApi, PluginConfigError, Requester, Txn
 
-SCHEMA_DIR = Path(__file__).parent / "sql"
-
 
 class ExamplePlugin:
     NAME = "example"
+    SCHEMA_DIR = Path(__file__).parent / "sql"  # applied before start(), and by `homeserver migrate`
 
     @staticmethod
     def parse_config(raw: dict[str, Any]) -> dict[str, Any]:
@@ -42,7 +42,6 @@ class ExamplePlugin:
         self.events_metric = api.counter("events_seen", "Events the example plugin has seen", ("type",))
 
     async def start(self) -> None:
-        await self.api.migrate_schema(SCHEMA_DIR)
         self.api.register_route("GET", "/_plugins/example/hello", self.hello)
         self.api.register_route("GET", "/_plugins/example/stats", self.stats, require_auth=False)
         self.api.subscribe_events(self.on_event)

@@ -19,8 +19,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import IO, Any
 
-from twisted.internet.threads import deferToThread
-
 from homeserver.plugins import (
     ApiRequest,
     MatrixError,
@@ -32,11 +30,10 @@ from homeserver.plugins import (
 )
 from plugins.media.config import MediaConfig, parse_media_config
 from plugins.media.db import MediaRow
-from plugins.media.repository import MediaRepository, not_found, too_large
+from plugins.media.repository import MediaRepository, not_found, over_limit_message, too_large
 from plugins.media.sniff import SECURITY_HEADERS, content_type_header, download_headers
 from plugins.media.storage import MediaStorage, make_storage
 
-SCHEMA_DIR = Path(__file__).parent / "sql"
 MEDIA_V3 = "/_matrix/media/v3"
 MEDIA_V1 = "/_matrix/media/v1"
 CLIENT_MEDIA = "/_matrix/client/v1/media"
@@ -47,6 +44,7 @@ MULTIPART_OVERHEAD = 1024 * 1024
 class MediaPlugin:
     NAME = "media"
     PATH_PREFIXES = ("/_matrix/media/", "/_matrix/client/v1/media/", "/api/media/")
+    SCHEMA_DIR = Path(__file__).parent / "sql"
 
     @staticmethod
     def parse_config(raw: dict[str, Any]) -> MediaConfig:
@@ -60,14 +58,15 @@ class MediaPlugin:
 
     async def start(self) -> None:
         try:
-            await deferToThread(self.storage.check)
+            await self.api.run_blocking(self.storage.check)
         except Exception as e:
             raise PluginConfigError(f"media storage ({self.storage.name}) is not usable: {e}") from None
-        await self.api.migrate_schema(SCHEMA_DIR)
         api = self.api
         limit = self.config.max_upload_size
-        api.set_body_limit(f"{MEDIA_V3}/upload", limit)
-        api.set_body_limit("/api/media/upload", limit + MULTIPART_OVERHEAD)
+        # One message for both: the multipart body may be larger than the file, but the
+        # user knows (and is told) the configured limit.
+        api.set_body_limit(f"{MEDIA_V3}/upload", limit, message=over_limit_message(limit))
+        api.set_body_limit("/api/media/upload", limit + MULTIPART_OVERHEAD, message=over_limit_message(limit))
 
         api.register_route("POST", f"{MEDIA_V3}/upload", self.upload)
         api.register_route("POST", f"{MEDIA_V1}/create", self.create)
@@ -210,7 +209,9 @@ class MediaPlugin:
 
     async def simple_upload(self, request: ApiRequest, requester: Requester) -> Response:
         content_type = (request.getHeader(b"content-type") or b"").decode("latin-1")
-        part = await deferToThread(_file_part, _body(request), content_type, self.config.max_upload_size)
+        part = await self.api.run_blocking(
+            _file_part, _body(request), content_type, self.config.max_upload_size
+        )
         try:
             row = await self.repo.ingest(
                 requester.user_id, part.file, part.content_type, part.filename, kind="simple"
@@ -348,7 +349,7 @@ def _file_part(body: IO[bytes], content_type: str, max_size: int) -> Any:
     except multipart.ParserLimitReached:
         if found is not None:
             found.close()
-        raise too_large(f"Upload exceeds the limit of {max_size} bytes") from None
+        raise too_large(over_limit_message(max_size)) from None
     except multipart.MultipartError as e:
         if found is not None:
             found.close()

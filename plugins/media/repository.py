@@ -2,7 +2,8 @@
 linking media to the messages that share them, deletion and retention.
 
 The HTTP handlers (`plugins/media/__init__.py`) parse requests and call this;
-blocking work (storage, Pillow, ffmpeg, previews) runs in threads.
+blocking work (storage, Pillow, ffmpeg, previews) runs on the plugin's worker threads
+(`api.run_blocking`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from io import BytesIO
 from typing import IO, Any
 
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.threads import deferToThread
 
 from homeserver.plugins import MatrixError, PluginApi
 from plugins.media import db
@@ -52,6 +52,15 @@ def not_found() -> MatrixError:
 
 def too_large(message: str) -> MatrixError:
     return MatrixError(message, "M_TOO_LARGE", status=413)
+
+
+def over_limit_message(max_bytes: int) -> str:
+    """What an upload over the configured limit is told: the limit in bytes and in binary
+    units as the config writes it ("52428800 bytes (50 MiB)")."""
+    for unit, name in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+        if max_bytes >= unit:
+            return f"Upload exceeds the limit of {max_bytes} bytes ({round(max_bytes / unit, 1):g} {name})"
+    return f"Upload exceeds the limit of {max_bytes} bytes"
 
 
 def choose_size(sizes: Iterable[ThumbnailSize], width: int, height: int, method: str) -> ThumbnailSize:
@@ -161,9 +170,9 @@ class MediaRepository:
         All or nothing: if anything fails (quota, storage, database), the stored
         objects are removed again.
         """
-        size, head = await deferToThread(_size_and_head, src)
+        size, head = await self.api.run_blocking(_size_and_head, src)
         if size > self.config.max_upload_size:
-            raise too_large(f"Upload exceeds the limit of {self.config.max_upload_size} bytes")
+            raise too_large(over_limit_message(self.config.max_upload_size))
         await self.check_quota(user_id, size)
         content_type = served_type(sniff(head), normalize_type(claimed_type))
         media_id = pending.media_id if pending is not None else secrets.token_urlsafe(18)
@@ -188,9 +197,9 @@ class MediaRepository:
             message_id=None,
         )
         try:
-            await deferToThread(self.storage.put, key, src, content_type)
+            await self.api.run_blocking(self.storage.put, key, src, content_type)
             if poster_key and info.poster:
-                await deferToThread(self.storage.put, poster_key, BytesIO(info.poster), "image/jpeg")
+                await self.api.run_blocking(self.storage.put, poster_key, BytesIO(info.poster), "image/jpeg")
             recorded = await self.api.run_db(
                 "finish_upload", db.finish_upload_txn, row, self.config.user_quota, pending is not None
             )
@@ -208,10 +217,10 @@ class MediaRepository:
         """Dimensions, blurhash and poster frame; an unreadable file just gets none."""
         try:
             if content_type in THUMBNAIL_SOURCES:
-                info: MediaInfo = await deferToThread(image_info, src, self.config.max_image_pixels)
+                info: MediaInfo = await self.api.run_blocking(image_info, src, self.config.max_image_pixels)
                 return info
             if content_type in VIDEO_TYPES and self.ffmpeg:
-                info = await deferToThread(video_info, src, self.config.max_image_pixels)
+                info = await self.api.run_blocking(video_info, src, self.config.max_image_pixels)
                 return info
         except (TooManyPixels, NotAnImage):
             pass
@@ -334,14 +343,13 @@ class MediaRepository:
 
     async def open(self, key: str) -> Reader:
         try:
-            reader: Reader = await deferToThread(self.storage.open, key)
+            reader: Reader = await self.api.run_blocking(self.storage.open, key)
         except FileNotFoundError:
             raise not_found() from None
         return reader
 
-    @staticmethod
-    def chunks(reader: Reader) -> ReaderChunks:
-        return ReaderChunks(reader)
+    def chunks(self, reader: Reader) -> ReaderChunks:
+        return ReaderChunks(self.api, reader)
 
     async def read_all(self, key: str) -> bytes:
         reader = await self.open(key)
@@ -352,7 +360,7 @@ class MediaRepository:
             finally:
                 reader.close()
 
-        data: bytes = await deferToThread(read)
+        data: bytes = await self.api.run_blocking(read)
         return data
 
     # Thumbnails ----------------------------------------------------------------------
@@ -401,7 +409,7 @@ class MediaRepository:
         if row.width and row.height and row.width * row.height > self.config.max_image_pixels:
             raise too_large("Content is too large to thumbnail")
         try:
-            thumb: Thumbnail = await deferToThread(self._render, source, size)
+            thumb: Thumbnail = await self.api.run_blocking(self._render, source, size)
         except TooManyPixels:
             raise too_large("Content is too large to thumbnail") from None
         except NotAnImage:
@@ -411,7 +419,7 @@ class MediaRepository:
         except FileNotFoundError:
             raise not_found() from None
         key = f"thumbnails/{row.media_id}/{size.width}x{size.height}-{size.method}"
-        await deferToThread(self.storage.put, key, BytesIO(thumb.data), thumb.content_type)
+        await self.api.run_blocking(self.storage.put, key, BytesIO(thumb.data), thumb.content_type)
         made = ThumbnailRow(
             row.media_id, size.width, size.height, size.method, thumb.content_type, len(thumb.data), key
         )
@@ -486,7 +494,7 @@ class MediaRepository:
             if not key:
                 continue
             try:
-                await deferToThread(self.storage.delete, key)
+                await self.api.run_blocking(self.storage.delete, key)
             except Exception:
                 self.api.log.failure(f"could not delete media object {key}")
 
@@ -527,7 +535,7 @@ class MediaRepository:
             self.previews.labels("cached").inc()
             return dict(cached[1])
         try:
-            result: dict[str, Any] = await deferToThread(fetch_preview, url, self.config.url_preview)
+            result: dict[str, Any] = await self.api.run_blocking(fetch_preview, url, self.config.url_preview)
         except PreviewError as e:
             self.previews.labels("refused" if e.status == 403 else "failed").inc()
             raise MatrixError(str(e), e.errcode, status=e.status) from None
@@ -544,7 +552,8 @@ class ReaderChunks:
     `aclose` closes the reader even if iteration never started (a HEAD request).
     """
 
-    def __init__(self, reader: Reader) -> None:
+    def __init__(self, api: PluginApi, reader: Reader) -> None:
+        self._api = api
         self._reader = reader
         self._closed = False
 
@@ -554,7 +563,7 @@ class ReaderChunks:
     async def __anext__(self) -> bytes:
         if self._closed:
             raise StopAsyncIteration
-        chunk: bytes = await deferToThread(self._reader.read, CHUNK)
+        chunk: bytes = await self._api.run_blocking(self._reader.read, CHUNK)
         if not chunk:
             await self.aclose()
             raise StopAsyncIteration
@@ -563,4 +572,4 @@ class ReaderChunks:
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
-            await deferToThread(self._reader.close)
+            await self._api.run_blocking(self._reader.close)

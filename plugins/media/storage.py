@@ -1,7 +1,7 @@
 """Where media bytes live: one small interface, a provider per backend.
 
-Every method blocks (disk or network I/O): the plugin runs them in threads
-(`deferToThread`), never on the reactor. Keys are made by the plugin
+Every method blocks (disk or network I/O): the plugin runs them on its worker
+threads (`api.run_blocking`), never on the reactor. Keys are made by the plugin
 (`originals/ab/cd/MEDIAID`, `thumbnails/MEDIAID/32x32-crop`, ...).
 
 `put` copies a readable file in bounded chunks - nothing is held whole in memory -

@@ -16,6 +16,7 @@ from homeserver.plugins import ApiRequest, EventBatch, PluginApi, Txn
 
 class StreamAudit:
     NAME = "stream_audit"
+    SCHEMA_DIR = Path(__file__).parent / "sql"
 
     def __init__(self, config: dict[str, Any], api: PluginApi) -> None:
         self.api = api
@@ -32,7 +33,6 @@ class StreamAudit:
         self.resumed = Deferred()
         if not self.paused:
             self.resumed.callback(None)
-        await self.api.migrate_schema(Path(__file__).parent / "sql")
         self.api.register_route("POST", "/_plugins/stream_audit/resume", self.resume, require_auth=False)
         self.api.register_route("GET", "/_plugins/stream_audit/state", self.state, require_auth=False)
         await self.api.subscribe("audit", self.on_batch, durable=True)
