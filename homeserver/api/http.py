@@ -17,7 +17,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote
 
 from twisted.internet.defer import Deferred
@@ -25,12 +25,21 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from homeserver.api.http_server import HttpFactory, Request, safe_header_value
-from homeserver.errors import BadJson, MatrixError, MethodNotAllowed, NotJson, TooLarge, Unrecognized
+from homeserver.errors import (
+    BadJson,
+    InvalidParam,
+    MatrixError,
+    MethodNotAllowed,
+    NotJson,
+    TooLarge,
+    Unrecognized,
+)
 from homeserver.json_encoding import dumps_bytes
 
 log = Logger()
 
 JsonBody = dict[str, Any]
+_D = TypeVar("_D")
 Handler = Callable[..., Awaitable[Any]]
 
 CORS_HEADERS = {
@@ -97,6 +106,27 @@ class ApiRequest(Request):
     def query_param(self, name: str, default: str | None = None) -> str | None:
         values = self.args.get(name.encode(), [])
         return values[-1].decode("utf-8", "replace") if values else default
+
+    def int_param(self, name: str, default: _D) -> int | _D:
+        """An integer query parameter (ASCII digits, at most 15 of them, an optional minus),
+        or M_INVALID_PARAM; absent or empty: `default`. Range checks are the caller's."""
+        raw = self.query_param(name)
+        if not raw:
+            return default
+        digits = raw[1:] if raw.startswith("-") else raw
+        if not digits.isascii() or not digits.isdigit() or len(digits) > 15:
+            raise InvalidParam(f"'{name}' must be an integer")
+        return int(raw)
+
+    def json_param(self, name: str) -> Any:
+        """A query parameter holding JSON (e.g. an inline filter), or M_BAD_JSON."""
+        raw = self.query_param(name)
+        if raw is None:
+            return None
+        try:
+            return json.loads(raw)
+        except (ValueError, RecursionError):
+            raise BadJson(f"'{name}' must be JSON") from None
 
     def client_ip(self) -> str:
         peer = self.getClientAddress()

@@ -149,7 +149,13 @@ class ChatService:
         content: object,
         client_id: str | None,
         encrypted: bool | None = None,
+        *,
+        claimed_sender: str | None = None,
     ) -> StoredEvent:
+        """Send a message to a chat, or to a user (opening the direct chat with them).
+        `claimed_sender` (the simple API's optional `senderId`) must be the sender."""
+        if claimed_sender is not None and claimed_sender != user_id:
+            raise Forbidden("senderId must be the authenticated user (or left out)")
         body = message_content(content)
         if chat_id is None:
             if receiver_id is None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from homeserver.core.events import EventService
 from homeserver.core.room_heads import RoomHead
+from homeserver.core.txn_ids import scoped_txn_id
 from homeserver.errors import Forbidden, MatrixError, NotFound
 from homeserver.events.power_levels import can_do, default_power_levels_content
 from homeserver.storage import Storage
@@ -341,7 +342,39 @@ class RoomService:
             if not isinstance(alias, str) or await self.storage.rooms.room_for_alias(alias) != room_id:
                 raise MatrixError(f"Alias {alias} does not point to this room", "M_BAD_ALIAS")
 
+    async def joined_members(self, user_id: str, room_id: str) -> dict[str, dict[str, Any]]:
+        """`GET /joined_members`: each joined member's display name and avatar, for a member."""
+        head = await self.access_room_as_member(user_id, room_id)
+        joined = {}
+        for member in head.members("join"):
+            content = head.content("m.room.member", member)
+            joined[member] = {
+                "display_name": content.get("displayname"),
+                "avatar_url": content.get("avatar_url"),
+            }
+        return joined
+
     # Redactions and forgotten rooms -------------------------------------------------------
+
+    async def redact(
+        self, user_id: str, device_id: str, room_id: str, event_id: str, reason: str | None, txn_id: str
+    ) -> StoredEvent:
+        """`PUT /rooms/{roomId}/redact/{eventId}/{txnId}`. The auth rules allow any same-server
+        redaction; the client API asks for the redact level to remove someone else's event."""
+        head = await self.access_room_as_member(user_id, room_id)
+        target = (await self.storage.events.get_events([event_id])).get(event_id)
+        if target is None or target.room_id != room_id:
+            raise NotFound("Event not found")
+        if target.sender != user_id and not self.may(user_id, head, "redact"):
+            raise Forbidden("You may not redact other users' events")
+        return await self.events.send(
+            user_id,
+            room_id,
+            "m.room.redaction",
+            {"reason": reason} if reason is not None else {},
+            txn=(device_id, scoped_txn_id(f"redact/{room_id}/{event_id}", txn_id)),
+            redacts=event_id,
+        )
 
     def redaction_of(self, ev: StoredEvent) -> StoredEvent | None:
         """The redaction event of a redacted event (call `load_redactions` first for old events)."""
