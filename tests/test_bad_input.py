@@ -210,7 +210,7 @@ def test_missing_parameters_are_missing_param(server: ServerProcess, user: dict[
             {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "x"}},
         ),
         ("POST", V3 + "/login", {"type": "m.login.password", "password": "x"}),
-        ("POST", V3 + "/register", {"username": "nopassword"}),
+        ("POST", V3 + "/register", {"username": "nopassword", "auth": {"type": "m.login.dummy"}}),
         ("POST", V3 + "/refresh", {}),
         ("POST", V3 + "/account/password", {}),
         ("POST", V3 + "/delete_devices", {}),

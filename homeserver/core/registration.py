@@ -92,6 +92,10 @@ class RegistrationService:
         if req.device_id is not None and not 0 < len(req.device_id) <= _MAX_DEVICE_ID:
             raise MatrixError("'device_id' must be 1 to 255 characters", "M_INVALID_PARAM")
         if req.password is None:
+            # Sign-up forms (matrix-js-sdk, Element, Cinny) first send `{}` to learn the flows:
+            # they get them with a session (401), then send the password with `auth`.
+            if req.auth is None:
+                await self.uia.authenticate(None, "/register", self.flows())
             raise MissingParam("Missing 'password'")
         self.accounts.check_password(req.password)
         result = await self.uia.authenticate(req.auth, "/register", self.flows())
