@@ -174,14 +174,15 @@ class HomeServer:
         self.events = EventService(
             self.config.server_name, self.signing_key, self.clock, self.room_heads, self.persister, store
         )
+        self.account_data = AccountDataService(self.storage, self.notifier, self.room_heads)
         self.rooms = RoomService(
             self.config.server_name,
             self.storage,
             self.events,
             self.config.encryption.enabled_by_default_for_room_type,
+            self.account_data,
         )
         self.directory = DirectoryService(self.config.server_name, self.storage, self.rooms, self.room_heads)
-        self.account_data = AccountDataService(self.storage, self.notifier, self.room_heads)
         self.receipts = ReceiptService(self.storage, self.clock, self.notifier, self.rooms, self.account_data)
         self.typing = TypingService(self.reactor, self.notifier, self.rooms)
         self.presence = PresenceService(self.storage, self.clock, self.notifier)

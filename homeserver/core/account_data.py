@@ -72,6 +72,26 @@ class AccountDataService:
             raise NotFound("Account data not found")
         return content
 
+    # Direct chats (m.direct: user id -> the ids of the direct rooms with them) --------------------
+
+    async def direct_rooms(self, user_id: str) -> dict[str, list[str]]:
+        """The user's m.direct, keeping only well-formed entries (clients may store anything)."""
+        content = await self.get(user_id, "", "m.direct") or {}
+        return {
+            peer: [r for r in rooms if isinstance(r, str)]
+            for peer, rooms in content.items()
+            if isinstance(rooms, list)
+        }
+
+    async def add_direct_room(self, user_id: str, peer: str, room_id: str) -> None:
+        """Record `room_id` as a direct chat with `peer` in the user's m.direct."""
+        content = await self.get(user_id, "", "m.direct") or {}
+        rooms = content.get(peer)
+        rooms = [r for r in rooms if isinstance(r, str)] if isinstance(rooms, list) else []
+        if room_id in rooms:
+            return
+        await self.put(user_id, "", "m.direct", {**content, peer: [*rooms, room_id]})
+
     async def push_rules(self, user_id: str) -> dict[str, Any]:
         """The user's push rules: stored ones, else the spec's defaults."""
         stored = await self.get(user_id, "", "m.push_rules")

@@ -84,7 +84,7 @@ class ChatService:
     # Chats -------------------------------------------------------------------------
 
     async def find_direct_chat(self, user_id: str, other: str) -> str | None:
-        direct = await self.account_data.get(user_id, "", "m.direct") or {}
+        direct = await self.account_data.direct_rooms(user_id)
         for room_id in direct.get(other, []):
             head = await self.events.heads.get(room_id)
             if (
@@ -118,9 +118,7 @@ class ChatService:
                 encrypted=encrypted,
             )
             for owner, peer in ((user_id, other), (other, user_id)):
-                direct = await self.account_data.get(owner, "", "m.direct") or {}
-                direct.setdefault(peer, []).append(room_id)
-                await self.account_data.put(owner, "", "m.direct", direct)
+                await self.account_data.add_direct_room(owner, peer, room_id)
             return room_id
         finally:
             for lock in reversed(locks):
@@ -231,6 +229,9 @@ class ChatService:
 
     async def chat_list(self, user_id: str) -> list[dict[str, Any]]:
         memberships = await self.timeline.rooms_for_user(user_id)
+        direct_rooms = {
+            r for rooms in (await self.account_data.direct_rooms(user_id)).values() for r in rooms
+        }
         out: list[dict[str, Any]] = []
         for room_id, (membership, _) in sorted(memberships.items()):
             if membership not in ("join", "invite"):
@@ -239,7 +240,9 @@ class ChatService:
             if head is None:
                 continue
             members = head.members("join", "invite")
-            is_direct = bool(head.content("m.room.member", user_id).get("is_direct")) or any(
+            # A direct chat is one in the user's m.direct (both sides of a chat opened here, and
+            # whoever joined from an is_direct invite), or one with an is_direct invite pending.
+            is_direct = room_id in direct_rooms or any(
                 head.content("m.room.member", m).get("is_direct") for m in members
             )
             last = await self._last_message(user_id, head)

@@ -10,6 +10,7 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from homeserver.core.account_data import AccountDataService
 from homeserver.core.events import EventService
 from homeserver.core.room_heads import RoomHead
 from homeserver.core.txn_ids import scoped_txn_id
@@ -70,9 +71,15 @@ def check_user_id(value: object, what: str = "user_id") -> str:
 
 class RoomService:
     def __init__(
-        self, server_name: str, storage: Storage, events: EventService, encrypt_by_default: str = "invite"
+        self,
+        server_name: str,
+        storage: Storage,
+        events: EventService,
+        encrypt_by_default: str = "invite",
+        account_data: AccountDataService | None = None,
     ) -> None:
         self.server_name = server_name
+        self.account_data = account_data
         # all | invite (private and direct chats) | off: which new rooms start encrypted.
         self.encrypt_by_default = encrypt_by_default
         self.storage = storage
@@ -280,7 +287,18 @@ class RoomService:
 
     async def join(self, user_id: str, room_id_or_alias: str) -> str:
         room_id = await self.resolve_room(room_id_or_alias)
+        head = await self.events.heads.get(room_id)
+        invite = head.get("m.room.member", user_id) if head is not None else None
         await self.set_membership(user_id, room_id, user_id, "join")
+        if (
+            invite is not None
+            and invite.content.get("membership") == "invite"
+            and invite.content.get("is_direct") is True
+            and self.account_data is not None
+        ):
+            # The join replaces the invite and does not carry its is_direct: remember the
+            # direct chat in the joiner's m.direct, as Matrix clients do on accepting one.
+            await self.account_data.add_direct_room(user_id, invite.sender, room_id)
         return room_id
 
     async def leave(self, user_id: str, room_id: str, reason: str | None = None) -> None:
