@@ -183,7 +183,8 @@ class ChatService:
         limit = max(1, min(limit, MAX_PAGE))
         found: list[StoredEvent] = []
         cursor = before
-        # Skip state and other non-message events, reading back until a page is full.
+        # Read back, skipping state and other non-message events, until one message more than
+        # the page is found (an older page exists) or the start of the chat.
         for _ in range(20):
             page = await self.messages.messages(
                 user_id, chat_id, cursor, "b", limit * 2, None, _MESSAGE_FILTER, False
@@ -192,12 +193,13 @@ class ChatService:
             stored = await self.storage.events.get_events(ids)
             found.extend(stored[i] for i in ids if i in stored and stored[i].type in MESSAGE_TYPES)
             cursor = page.get("end")
-            if len(found) >= limit or cursor is None:
+            if len(found) > limit or cursor is None:
                 break
         if len(found) > limit:
-            # The page read past the last message returned: continue right after it.
             found = found[:limit]
             cursor = pagination_token(found[-1].stream_ordering - 1)
+        # Else `cursor` is None at the start of the chat, or (after a long run of other events)
+        # where the reading stopped: the next page goes on from there.
         statuses = await self.delivery.statuses(head, found)
         messages = [
             {
@@ -211,7 +213,7 @@ class ChatService:
             for ev in found
         ]
         response: dict[str, Any] = {"messages": messages}
-        if len(found) == limit and cursor is not None:
+        if cursor is not None:
             response["before"] = cursor
         return response
 
