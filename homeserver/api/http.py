@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from homeserver.api.http_server import HttpFactory, Request, safe_header_value
+from homeserver.api.validate import NUL_MESSAGE, contains_nul
 from homeserver.errors import (
     BadJson,
     InvalidParam,
@@ -95,6 +96,9 @@ class ApiRequest(Request):
             raise NotJson("Content not JSON.") from None
         if not isinstance(body, dict):
             raise BadJson("The body must be a JSON object")
+        # JSON can spell U+0000 only as an escape: look for one before walking the body.
+        if b"\\u0000" in raw and contains_nul(body):
+            raise BadJson(NUL_MESSAGE)
         return body
 
     def json_body_or_empty(self) -> JsonBody:
@@ -105,7 +109,12 @@ class ApiRequest(Request):
 
     def query_param(self, name: str, default: str | None = None) -> str | None:
         values = self.args.get(name.encode(), [])
-        return values[-1].decode("utf-8", "replace") if values else default
+        if not values:
+            return default
+        value = values[-1].decode("utf-8", "replace")
+        if "\x00" in value:
+            raise InvalidParam(f"'{name}': {NUL_MESSAGE}")
+        return value
 
     def int_param(self, name: str, default: _D) -> int | _D:
         """An integer query parameter (ASCII digits, at most 15 of them, an optional minus),
@@ -333,6 +342,8 @@ class Router:
                 return
             if request.body_too_large:
                 raise TooLarge(f"Request body exceeds {request.max_body_size} bytes")
+            if "%00" in path:
+                raise InvalidParam(f"The path: {NUL_MESSAGE}")
             matches = self._match_cached(path) if method == b"GET" else self._match(path)
             if not matches:
                 raise Unrecognized("Unrecognized request")

@@ -133,6 +133,8 @@ class RoomService:
         if visibility not in ("public", "private"):
             raise MatrixError("'visibility' must be public or private", "M_INVALID_PARAM")
         preset_name = body.get("preset") or ("public_chat" if visibility == "public" else "private_chat")
+        if not isinstance(preset_name, str):
+            raise MatrixError("'preset' must be a string", "M_BAD_JSON")
         if preset_name not in PRESETS:
             raise MatrixError(f"Unknown preset {preset_name!r}", "M_INVALID_PARAM")
         preset = PRESETS[preset_name]
@@ -145,7 +147,10 @@ class RoomService:
         is_direct = body.get("is_direct") is True
         initial_state = body.get("initial_state", [])
         if not isinstance(initial_state, list) or not all(
-            isinstance(e, dict) and isinstance(e.get("type"), str) and isinstance(e.get("content"), dict)
+            isinstance(e, dict)
+            and isinstance(e.get("type"), str)
+            and isinstance(e.get("state_key", ""), str)
+            and isinstance(e.get("content"), dict)
             for e in initial_state
         ):
             raise MatrixError("'initial_state' must be a list of {type, state_key, content}", "M_BAD_JSON")
@@ -206,9 +211,7 @@ class RoomService:
         if wants_encryption and not any(s["type"] == "m.room.encryption" for s in initial_state):
             events.append(build(head, creator, "m.room.encryption", {"algorithm": MEGOLM}, ""))
         for state in initial_state:
-            events.append(
-                build(head, creator, state["type"], state["content"], str(state.get("state_key", "")))
-            )
+            events.append(build(head, creator, state["type"], state["content"], state.get("state_key", "")))
         if body.get("name"):
             events.append(build(head, creator, "m.room.name", {"name": body["name"]}, ""))
         if body.get("topic"):
@@ -353,7 +356,10 @@ class RoomService:
         return await self.events.send(sender, room_id, event_type, content, state_key)
 
     async def _check_canonical_alias(self, room_id: str, content: dict[str, Any]) -> None:
-        aliases = [content.get("alias")] + list(content.get("alt_aliases") or [])
+        alt_aliases = content.get("alt_aliases") or []
+        if not isinstance(alt_aliases, list):
+            raise MatrixError("'alt_aliases' must be a list of aliases", "M_BAD_JSON")
+        aliases = [content.get("alias"), *alt_aliases]
         for alias in aliases:
             if alias is None:
                 continue
