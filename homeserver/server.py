@@ -37,17 +37,24 @@ from homeserver.core.accounts import AccountService
 from homeserver.core.chats import ChatService
 from homeserver.core.clock import Clock
 from homeserver.core.delivery import DeliveryTracker
+from homeserver.core.devices import DeviceService
+from homeserver.core.directory import DirectoryService
 from homeserver.core.e2ee import KeyService
 from homeserver.core.email_validation import EmailValidator
 from homeserver.core.event_stream import EventStream
 from homeserver.core.events import EventService
+from homeserver.core.filters import FilterService
+from homeserver.core.key_backup import KeyBackupService
 from homeserver.core.mailer import Mailer
 from homeserver.core.messages import MessagesService
+from homeserver.core.password_reset import PasswordResetService
 from homeserver.core.passwords import PasswordHasher
 from homeserver.core.persist import EventPersister
 from homeserver.core.presence import PresenceService
+from homeserver.core.profiles import ProfileService
 from homeserver.core.ratelimit import RateLimiter
 from homeserver.core.receipts import ReceiptService
+from homeserver.core.registration import RegistrationService
 from homeserver.core.room_heads import RoomHeads
 from homeserver.core.rooms import RoomService
 from homeserver.core.sync import SyncService
@@ -108,12 +115,27 @@ class HomeServer:
         self.email = EmailValidator(
             self.storage.auth_sessions, self.mailer, self.clock, config.base_url, config.email.token_lifetime
         )
-        self.accounts = AccountService(
-            config, self.storage, self.clock, self.hasher, self.tokens, self.email, self.ratelimiter
-        )
         self.uia = InteractiveAuth(
             self.storage, self.clock, self.hasher, self.email, config.server_name, config.registration.tokens
         )
+        self.accounts = AccountService(
+            config, self.storage, self.clock, self.hasher, self.tokens, self.email, self.ratelimiter, self.uia
+        )
+        account_parts = (
+            config,
+            self.storage,
+            self.clock,
+            self.accounts,
+            self.uia,
+            self.email,
+            self.ratelimiter,
+        )
+        self.registration = RegistrationService(*account_parts)
+        self.password_reset = PasswordResetService(*account_parts)
+        self.devices = DeviceService(self.storage, self.accounts, self.uia)
+        self.profiles = ProfileService(self.storage)
+        self.filters = FilterService(self.storage)
+        self.key_backup = KeyBackupService(self.storage)
         self._build_rooms()
         self.router = Router()
         self.router.access_log = config.logging.access_log
@@ -152,21 +174,23 @@ class HomeServer:
         self.events = EventService(
             self.config.server_name, self.signing_key, self.clock, self.room_heads, self.persister, store
         )
+        self.account_data = AccountDataService(self.storage, self.notifier, self.room_heads)
         self.rooms = RoomService(
             self.config.server_name,
             self.storage,
             self.events,
             self.config.encryption.enabled_by_default_for_room_type,
+            self.account_data,
         )
-        self.account_data = AccountDataService(self.storage, self.notifier)
+        self.directory = DirectoryService(self.config.server_name, self.storage, self.rooms, self.room_heads)
         self.receipts = ReceiptService(self.storage, self.clock, self.notifier, self.rooms, self.account_data)
-        self.typing = TypingService(self.reactor, self.notifier)
+        self.typing = TypingService(self.reactor, self.notifier, self.rooms)
         self.presence = PresenceService(self.storage, self.clock, self.notifier)
         self.presence.audience = self._presence_audience
         self.delivery = DeliveryTracker(self.storage)
         self.unread = UnreadCounter(self.storage, self.room_heads)
         self.receipts.on_read = self.unread.forget
-        self.keys = KeyService(self.storage, self.clock, self.notifier)
+        self.keys = KeyService(self.storage, self.clock, self.notifier, self.uia)
         self.keys.audience = self._presence_audience
         self.accounts.on_devices_deleted.append(self.keys.devices_deleted)
         self.messages = MessagesService(self.storage, self.rooms, lambda: self.stream.position)

@@ -137,6 +137,31 @@ def test_register_challenges_with_dummy_flow_then_creates_account(any_server: Se
     assert device["display_name"] == "Laptop"
 
 
+def test_register_with_an_empty_body_offers_the_flows_for_a_sign_up_form(any_server: ServerProcess) -> None:
+    # Sign-up forms (matrix-js-sdk's, so Element and Cinny) first send {} to learn the flows.
+    challenge = assert_uia_401(post(any_server, "/register", {}), ["m.login.dummy"])
+    assert "errcode" not in challenge
+
+    # Then the user's name and password, with the stage, in the same session.
+    username = new_name("form")
+    auth = {"type": "m.login.dummy", "session": challenge["session"]}
+    r = post(any_server, "/register", {"username": username, "password": PASSWORD, "auth": auth})
+    assert r.status_code == 200, r.text
+    assert r.json()["user_id"] == f"@{username}:{any_server.server_name}"
+    assert any_server.login(username)["user_id"] == r.json()["user_id"]
+
+
+def test_register_completing_a_stage_without_a_password_creates_nothing(server: ServerProcess) -> None:
+    username = new_name("nopw")
+    challenge = assert_uia_401(post(server, "/register", {"username": username}), ["m.login.dummy"])
+    auth = {"type": "m.login.dummy", "session": challenge["session"]}
+    assert_error(post(server, "/register", {"username": username, "auth": auth}), 400, "M_MISSING_PARAM")
+    assert get(server, "/register/available", params={"username": username}).json() == {"available": True}
+    # The session was not used up: the same stage with the password finishes it.
+    r = post(server, "/register", {"username": username, "password": PASSWORD, "auth": auth})
+    assert r.status_code == 200, r.text
+
+
 def test_register_with_inhibit_login_returns_no_session(server: ServerProcess) -> None:
     username = new_name("inhibit")
     r = post(

@@ -1,11 +1,13 @@
-"""Hostile and broken requests against a real server: bad bodies, sizes, paths,
-methods, missing or forged tokens, password guessing, and what ends up in the log.
+"""Hostile and broken requests against a real server: bad bodies, malformed query
+parameters, sizes, paths, methods, missing or forged tokens, password guessing,
+and what ends up in the log.
 """
 
 from __future__ import annotations
 
 import base64
 import http.client
+import itertools
 import json
 import secrets
 import time
@@ -18,6 +20,8 @@ import pytest
 import requests
 import yaml
 from conftest import ServerProcess
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parents[1]
 V3 = "/_matrix/client/v3"
@@ -210,7 +214,7 @@ def test_missing_parameters_are_missing_param(server: ServerProcess, user: dict[
             {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "x"}},
         ),
         ("POST", V3 + "/login", {"type": "m.login.password", "password": "x"}),
-        ("POST", V3 + "/register", {"username": "nopassword"}),
+        ("POST", V3 + "/register", {"username": "nopassword", "auth": {"type": "m.login.dummy"}}),
         ("POST", V3 + "/refresh", {}),
         ("POST", V3 + "/account/password", {}),
         ("POST", V3 + "/delete_devices", {}),
@@ -518,6 +522,258 @@ def test_ip_limit_is_per_address(start_server: Any) -> None:
     status, body = post_from("127.0.0.3", limited, login, password_login(users[0]["username"], PASSWORD))
     assert status == 200
     USED_SECRETS.add(body["access_token"])
+
+
+# Malformed parameters of every route: a 4xx with a Matrix error code, never a 500 -------------
+
+DEEP_JSON = "[" * 5000 + "]" * 5000
+HUGE = "9" * 30  # past any 64-bit integer column
+ODD_DIGITS = "²"  # str.isdigit() says yes, int() says no
+
+
+@pytest.fixture(scope="module")
+def places(server: ServerProcess, user: dict[str, Any]) -> dict[str, str]:
+    """A room with one message, for the paths that need them."""
+    token = user["access_token"]
+    room = call(server, "POST", V3 + "/createRoom", {}, token).json()["room_id"]
+    r = call(server, "PUT", f"{V3}/rooms/{room}/send/m.room.message/places", {"body": "x"}, token)
+    return {"room": room, "event": r.json()["event_id"], "user": user["user_id"]}
+
+
+# (path, query parameters, status, errcode); {room}, {event} and {user} are filled in.
+BAD_QUERIES: list[tuple[str, dict[str, str], int, str]] = [
+    (V3 + "/publicRooms", {"limit": "abc"}, 400, "M_INVALID_PARAM"),
+    (V3 + "/publicRooms", {"limit": "1e3"}, 400, "M_INVALID_PARAM"),
+    (V3 + "/publicRooms", {"limit": HUGE}, 400, "M_INVALID_PARAM"),
+    (V3 + "/publicRooms", {"since": "n" + ODD_DIGITS}, 400, "M_INVALID_PARAM"),
+    (V3 + "/publicRooms", {"since": "n" + "9" * 5000}, 400, "M_INVALID_PARAM"),
+    (V3 + "/publicRooms", {"since": "garbage"}, 400, "M_INVALID_PARAM"),
+    (V3 + "/sync", {"timeout": "soon"}, 400, "M_INVALID_PARAM"),
+    (V3 + "/sync", {"filter": ODD_DIGITS}, 400, "M_INVALID_PARAM"),
+    (V3 + "/sync", {"filter": HUGE}, 400, "M_INVALID_PARAM"),
+    (V3 + "/sync", {"filter": "{" + '"a":{' * 3000}, 400, "M_BAD_JSON"),
+    (V3 + "/sync", {"since": "s" + HUGE}, 400, "M_INVALID_PARAM"),
+    (V3 + "/rooms/{room}/messages", {"from": "p" + ODD_DIGITS}, 400, "M_INVALID_PARAM"),
+    (V3 + "/rooms/{room}/messages", {"to": "p" + HUGE}, 400, "M_INVALID_PARAM"),
+    (V3 + "/rooms/{room}/messages", {"to": "s" + HUGE}, 400, "M_INVALID_PARAM"),
+    (V3 + "/rooms/{room}/messages", {"filter": DEEP_JSON}, 400, "M_BAD_JSON"),
+    (V3 + "/rooms/{room}/messages", {"limit": "ten"}, 400, "M_INVALID_PARAM"),
+    (V3 + "/rooms/{room}/messages", {"dir": "sideways"}, 400, "M_INVALID_PARAM"),
+    (V3 + "/rooms/{room}/context/{event}", {"limit": "1.5"}, 400, "M_INVALID_PARAM"),
+    ("/_matrix/client/v1/rooms/{room}/relations/{event}", {"from": "p" + HUGE}, 400, "M_INVALID_PARAM"),
+    ("/_matrix/client/v1/rooms/{room}/relations/{event}", {"limit": "-"}, 400, "M_INVALID_PARAM"),
+    (V3 + "/keys/changes", {"from": "s1", "to": "s" + HUGE}, 400, "M_INVALID_PARAM"),
+    ("/api/messages/{room}", {"before": "p" + ODD_DIGITS}, 400, "M_INVALID_PARAM"),
+    ("/api/messages/{room}", {"limit": "many"}, 400, "M_INVALID_PARAM"),
+    (V3 + "/room_keys/keys", {"version": ODD_DIGITS}, 404, "M_NOT_FOUND"),
+    (V3 + "/room_keys/keys", {"version": HUGE}, 404, "M_NOT_FOUND"),
+    (V3 + "/user/{user}/filter/" + ODD_DIGITS, {}, 404, "M_NOT_FOUND"),
+    (V3 + "/user/{user}/filter/" + HUGE, {}, 404, "M_NOT_FOUND"),
+    (V3 + "/room_keys/version/" + ODD_DIGITS, {}, 404, "M_NOT_FOUND"),
+    (V3 + "/room_keys/version/" + HUGE, {}, 404, "M_NOT_FOUND"),
+]
+
+
+@pytest.mark.parametrize(("path", "params", "status", "errcode"), BAD_QUERIES)
+def test_malformed_query_parameters_are_client_errors(
+    server: ServerProcess,
+    user: dict[str, Any],
+    places: dict[str, str],
+    path: str,
+    params: dict[str, str],
+    status: int,
+    errcode: str,
+) -> None:
+    r = requests.get(
+        server.url(path.format(**places)), params=params, headers=bearer(user["access_token"]), timeout=10
+    )
+    assert_error(r, status, errcode)
+
+
+# (method, path, body, status, errcode)
+BAD_BODIES: list[tuple[str, str, Any, int, str]] = [
+    ("POST", V3 + "/createRoom", {"preset": ["private_chat"]}, 400, "M_BAD_JSON"),
+    ("POST", V3 + "/createRoom", {"preset": {"a": 1}}, 400, "M_BAD_JSON"),
+    ("POST", V3 + "/createRoom", {"preset": "party"}, 400, "M_INVALID_PARAM"),
+    (
+        "POST",
+        V3 + "/createRoom",
+        {"initial_state": [{"type": "m.x", "state_key": {"a": 1}, "content": {}}]},
+        400,
+        "M_BAD_JSON",
+    ),
+    ("POST", V3 + "/publicRooms", {"filter": "rooms"}, 400, "M_BAD_JSON"),
+    ("POST", V3 + "/publicRooms", {"filter": {"generic_search_term": 5}}, 400, "M_BAD_JSON"),
+    ("POST", V3 + "/publicRooms", {"limit": "10"}, 400, "M_BAD_JSON"),
+    ("POST", V3 + "/publicRooms", {"since": "n" + ODD_DIGITS}, 400, "M_INVALID_PARAM"),
+    (
+        "POST",
+        V3 + "/register",
+        {"password": PASSWORD, "auth": {"type": ["m.login.dummy"]}},
+        400,
+        "M_BAD_JSON",
+    ),
+    ("POST", V3 + "/account/password", {"new_password": PASSWORD, "auth": {"type": {}}}, 400, "M_BAD_JSON"),
+    (
+        "POST",
+        V3 + "/register/email/requestToken",
+        {"client_secret": "abc", "email": "a@example.com", "send_attempt": 2**70},
+        400,
+        "M_BAD_JSON",
+    ),
+    ("PUT", V3 + "/rooms/{room}/state/m.room.canonical_alias", {"alt_aliases": 5}, 400, "M_BAD_JSON"),
+    ("PUT", V3 + "/rooms/{room}/typing/{user}", {"typing": True, "timeout": 2**60}, 400, "M_BAD_JSON"),
+    (
+        "POST",
+        V3 + "/keys/device_signing/upload",
+        {"master_key": {"user_id": "{user}", "usage": 5, "keys": {"ed25519:a": "a"}}},
+        400,
+        "M_INVALID_PARAM",
+    ),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status", "errcode"), BAD_BODIES)
+def test_malformed_body_fields_are_client_errors(
+    server: ServerProcess,
+    user: dict[str, Any],
+    places: dict[str, str],
+    method: str,
+    path: str,
+    body: Any,
+    status: int,
+    errcode: str,
+) -> None:
+    body = json.loads(json.dumps(body).replace("{user}", places["user"]))
+    assert_error(call(server, method, path.format(**places), body, user["access_token"]), status, errcode)
+
+
+def test_nul_characters_are_refused_on_both_engines(any_server: ServerProcess) -> None:
+    """PostgreSQL cannot store U+0000: every engine refuses it in paths, queries and bodies alike."""
+    alice = new_user(any_server)
+    token, uid = alice["access_token"], alice["user_id"]
+    room = call(any_server, "POST", V3 + "/createRoom", {}, token).json()["room_id"]
+    nul = "a\u0000b"
+    bodies: list[tuple[str, str, Any]] = [
+        ("PUT", f"{V3}/profile/{uid}/displayname", {"displayname": nul}),
+        ("PUT", f"{V3}/devices/{alice['device_id']}", {"display_name": nul}),
+        ("PUT", f"{V3}/rooms/{room}/send/m.room.message/n1", {"body": nul}),
+        ("POST", V3 + "/createRoom", {"room_alias_name": nul}),
+        ("PUT", f"{V3}/presence/{uid}/status", {"presence": "online", "status_msg": nul}),
+        ("POST", "/api/auth/register", {"email": "a\u0000b@example.com", "password": PASSWORD}),
+        ("POST", V3 + "/keys/query", {"device_keys": {nul: []}}),
+        ("POST", "/api/messages/send", {"chatId": room, "content": "x", "clientMessageId": nul}),
+    ]
+    for method, path, body in bodies:
+        assert_error(call(any_server, method, path, body, token), 400, "M_BAD_JSON")
+    for method, path in [
+        ("PUT", f"{V3}/rooms/{room}/send/m.room.message/t%00"),
+        ("PUT", f"{V3}/user/{uid}/account_data/m.x%00"),
+        ("GET", f"{V3}/directory/room/%23a%00b:{any_server.server_name}"),
+        ("GET", f"{V3}/devices/a%00"),
+        ("GET", f"{V3}/profile/@a%00:x"),
+    ]:
+        assert_error(call(any_server, method, path, {"body": "x"}, token), 400, "M_INVALID_PARAM")
+    r = requests.get(
+        any_server.url("/_homeserver/email/validate"),
+        params={"sid": nul, "client_secret": "x", "token": "y"},
+        timeout=10,
+    )
+    assert_error(r, 400, "M_INVALID_PARAM")
+    # Nothing was stored, and the account still works.
+    assert call(any_server, "GET", f"{V3}/profile/{uid}", token=token).json() == {
+        "displayname": alice["user_id"][1:].split(":")[0]
+    }
+    assert "Traceback" not in any_server.log_text()
+
+
+# Any JSON in the fields each route reads: never a server error ------------------------------
+
+FUZZED_ROUTES: list[tuple[str, str, list[str]]] = [
+    (
+        "POST",
+        V3 + "/createRoom",
+        [
+            "preset",
+            "visibility",
+            "room_version",
+            "invite",
+            "initial_state",
+            "creation_content",
+            "power_level_content_override",
+            "name",
+            "topic",
+            "room_alias_name",
+            "is_direct",
+        ],
+    ),
+    ("POST", V3 + "/publicRooms", ["limit", "since", "filter"]),
+    (
+        "POST",
+        V3 + "/register",
+        [
+            "username",
+            "password",
+            "auth",
+            "device_id",
+            "inhibit_login",
+            "initial_device_display_name",
+            "refresh_token",
+        ],
+    ),
+    ("POST", V3 + "/login", ["type", "identifier", "password", "user", "medium", "address", "device_id"]),
+    ("POST", V3 + "/register/email/requestToken", ["client_secret", "email", "send_attempt"]),
+    ("POST", V3 + "/rooms/{room}/invite", ["user_id", "reason"]),
+    ("POST", V3 + "/rooms/{room}/read_markers", ["m.fully_read", "m.read", "m.read.private"]),
+    ("PUT", V3 + "/rooms/{room}/typing/{user}", ["typing", "timeout"]),
+    ("PUT", V3 + "/rooms/{room}/state/m.room.power_levels", ["users", "events", "users_default", "ban"]),
+    ("PUT", V3 + "/rooms/{room}/state/m.room.canonical_alias", ["alias", "alt_aliases"]),
+    ("PUT", V3 + "/rooms/{room}/send/m.reaction/{txn}", ["m.relates_to"]),
+    ("PUT", V3 + "/rooms/{room}/redact/{event}/{txn}", ["reason"]),
+    ("POST", V3 + "/user/{user}/filter", ["room", "presence", "account_data", "event_fields"]),
+    ("POST", V3 + "/keys/upload", ["device_keys", "one_time_keys", "fallback_keys"]),
+    ("POST", V3 + "/keys/query", ["device_keys"]),
+    ("POST", V3 + "/keys/claim", ["one_time_keys"]),
+    ("POST", V3 + "/keys/device_signing/upload", ["master_key", "self_signing_key", "user_signing_key"]),
+    ("PUT", V3 + "/sendToDevice/m.test/{txn}", ["messages"]),
+    ("POST", V3 + "/room_keys/version", ["algorithm", "auth_data"]),
+    ("PUT", V3 + "/room_keys/keys/{room}?version=1", ["sessions"]),
+    ("POST", "/api/messages/send", ["chatId", "receiverId", "content", "clientMessageId", "encrypted"]),
+    ("POST", "/api/groups", ["name", "members", "encrypted"]),
+]
+_fuzz_txn = itertools.count()
+
+
+def json_values(words: list[str]) -> st.SearchStrategy[Any]:
+    scalars = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(min_value=-(2**70), max_value=2**70),
+        st.text(max_size=12),
+        st.sampled_from(words),
+    )
+    keys = st.one_of(st.text(max_size=6), st.sampled_from(words))
+    return st.recursive(
+        scalars,
+        lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(keys, inner, max_size=3)),
+        max_leaves=6,
+    )
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+@given(route=st.sampled_from(FUZZED_ROUTES), data=st.data())
+def test_no_json_in_any_field_makes_a_server_error(
+    server: ServerProcess, user: dict[str, Any], places: dict[str, str], route: Any, data: Any
+) -> None:
+    method, path, fields = route
+    words = [*places.values(), "", "*", "m.annotation", "type", "user_id", "keys", "usage", "rooms", "limit"]
+    names = data.draw(st.lists(st.sampled_from(fields), min_size=1, max_size=3, unique=True))
+    body = {name: data.draw(json_values(words)) for name in names}
+    url = path.format(**places, txn=f"fuzz{next(_fuzz_txn)}")
+    r = call(server, method, url, body, user["access_token"])
+    assert r.status_code < 500, (method, url, body, r.text)
+    if r.status_code >= 400 and r.status_code != 401:
+        assert isinstance(r.json().get("errcode"), str), (method, url, body, r.text)
 
 
 # Last: the server survived all of the above and logged no secret -----------------------------------

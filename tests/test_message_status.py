@@ -255,6 +255,46 @@ def test_first_message_creates_the_direct_chat_and_later_ones_reuse_it(server: S
     assert alice.chats()[0]["chatId"] == other["chatId"]
 
 
+def chat_of(client: Client, chat_id: str) -> dict[str, Any]:
+    return next(c for c in client.chats() if c["chatId"] == chat_id)
+
+
+def test_a_direct_chat_stays_direct_for_both_after_the_receiver_joins(server: ServerProcess) -> None:
+    alice = new_client(server, "alice")
+    bob = new_client(server, "bob")
+    chat_id = alice.send_message("hi bob", to=bob.user_id)["chatId"]
+    assert chat_of(bob, chat_id)["membership"] == "invite"
+    bob.send_message("hi alice", chat_id=chat_id)  # answering in the chat joins it
+    for client in (alice, bob):
+        chat = chat_of(client, chat_id)
+        assert chat["membership"] == "join", client.user_id
+        assert chat["isGroup"] is False, client.user_id
+
+    # A group stays a group once its members join.
+    r = alice.request("POST", "/api/groups", json={"name": "Pair", "members": [bob.user_id]})
+    group_id = r.json()["chatId"]
+    bob.send_message("here", chat_id=group_id)
+    assert chat_of(alice, group_id)["isGroup"] is True and chat_of(bob, group_id)["isGroup"] is True
+
+
+def test_a_direct_chat_from_a_matrix_client_stays_direct_after_joining(server: ServerProcess) -> None:
+    carol = new_client(server, "carol")
+    bob = new_client(server, "bob")
+    # Carol's client does what Element does: an is_direct invite, and the room in her m.direct.
+    body = {"preset": "trusted_private_chat", "is_direct": True, "invite": [bob.user_id]}
+    room_id = carol.ok("POST", f"{CS}/createRoom", json=body)["room_id"]
+    carol.ok("PUT", f"{CS}/user/{carol.user_id}/account_data/m.direct", json={bob.user_id: [room_id]})
+    assert chat_of(bob, room_id)["isGroup"] is False
+
+    # Bob accepts over Matrix with a client that keeps no m.direct of its own.
+    bob.join(room_id)
+    assert chat_of(bob, room_id)["isGroup"] is False
+    assert chat_of(carol, room_id)["isGroup"] is False
+    # Bob's Matrix clients show it as a direct chat too.
+    direct = bob.ok("GET", f"{CS}/user/{bob.user_id}/account_data/m.direct")
+    assert direct == {carol.user_id: [room_id]}
+
+
 def test_message_list_fields_order_and_pagination(server: ServerProcess) -> None:
     alice = new_client(server, "alice")
     bob = new_client(server, "bob")

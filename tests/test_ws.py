@@ -552,6 +552,12 @@ def test_malformed_frames_get_error_frames_and_the_stream_stays_usable(server: S
             "x" * 300,
         ),
         ("[" * 50_000 + "]" * 50_000, "M_NOT_JSON", None),
+        # PostgreSQL cannot store U+0000: refused on every engine, as over HTTP.
+        (
+            json.dumps({"type": "send", "room_id": room_id, "content": {}, "txn_id": "t\u0000"}),
+            "M_BAD_JSON",
+            None,
+        ),
         (b"\xff\xfe\x00", "M_NOT_JSON", None),
     ]
     for payload, errcode, txn_id in cases:

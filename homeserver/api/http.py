@@ -17,7 +17,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote
 
 from twisted.internet.defer import Deferred
@@ -25,12 +25,22 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from homeserver.api.http_server import HttpFactory, Request, safe_header_value
-from homeserver.errors import BadJson, MatrixError, MethodNotAllowed, NotJson, TooLarge, Unrecognized
+from homeserver.api.validate import NUL_MESSAGE, contains_nul
+from homeserver.errors import (
+    BadJson,
+    InvalidParam,
+    MatrixError,
+    MethodNotAllowed,
+    NotJson,
+    TooLarge,
+    Unrecognized,
+)
 from homeserver.json_encoding import dumps_bytes
 
 log = Logger()
 
 JsonBody = dict[str, Any]
+_D = TypeVar("_D")
 Handler = Callable[..., Awaitable[Any]]
 
 CORS_HEADERS = {
@@ -86,6 +96,9 @@ class ApiRequest(Request):
             raise NotJson("Content not JSON.") from None
         if not isinstance(body, dict):
             raise BadJson("The body must be a JSON object")
+        # JSON can spell U+0000 only as an escape: look for one before walking the body.
+        if b"\\u0000" in raw and contains_nul(body):
+            raise BadJson(NUL_MESSAGE)
         return body
 
     def json_body_or_empty(self) -> JsonBody:
@@ -96,7 +109,33 @@ class ApiRequest(Request):
 
     def query_param(self, name: str, default: str | None = None) -> str | None:
         values = self.args.get(name.encode(), [])
-        return values[-1].decode("utf-8", "replace") if values else default
+        if not values:
+            return default
+        value = values[-1].decode("utf-8", "replace")
+        if "\x00" in value:
+            raise InvalidParam(f"'{name}': {NUL_MESSAGE}")
+        return value
+
+    def int_param(self, name: str, default: _D) -> int | _D:
+        """An integer query parameter (ASCII digits, at most 15 of them, an optional minus),
+        or M_INVALID_PARAM; absent or empty: `default`. Range checks are the caller's."""
+        raw = self.query_param(name)
+        if not raw:
+            return default
+        digits = raw[1:] if raw.startswith("-") else raw
+        if not digits.isascii() or not digits.isdigit() or len(digits) > 15:
+            raise InvalidParam(f"'{name}' must be an integer")
+        return int(raw)
+
+    def json_param(self, name: str) -> Any:
+        """A query parameter holding JSON (e.g. an inline filter), or M_BAD_JSON."""
+        raw = self.query_param(name)
+        if raw is None:
+            return None
+        try:
+            return json.loads(raw)
+        except (ValueError, RecursionError):
+            raise BadJson(f"'{name}' must be JSON") from None
 
     def client_ip(self) -> str:
         peer = self.getClientAddress()
@@ -312,6 +351,8 @@ class Router:
                 return
             if request.body_too_large:
                 raise TooLarge(self._too_large_message(path, request.max_body_size))
+            if "%00" in path:
+                raise InvalidParam(f"The path: {NUL_MESSAGE}")
             matches = self._match_cached(path) if method == b"GET" else self._match(path)
             if not matches:
                 raise Unrecognized("Unrecognized request")

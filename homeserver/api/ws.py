@@ -49,6 +49,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from homeserver.api.http import ApiRequest, Response, Router
+from homeserver.api.validate import NUL_MESSAGE, contains_nul
 from homeserver.core.filters import SyncFilter
 from homeserver.core.streams import SyncToken
 from homeserver.core.sync import SyncRequest
@@ -119,6 +120,8 @@ def parse_frame(payload: bytes) -> dict[str, Any]:
         raise NotJson("Frame is not JSON") from None
     if not isinstance(frame, dict):
         raise BadJson("A frame must be a JSON object")
+    if b"\\u0000" in payload and contains_nul(frame):
+        raise BadJson(NUL_MESSAGE)
     return frame
 
 

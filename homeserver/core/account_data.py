@@ -4,17 +4,28 @@ from __future__ import annotations
 
 from typing import Any
 
+from homeserver.core.push_rules import default_push_rules
+from homeserver.core.room_heads import RoomHeads
 from homeserver.core.streams import StreamIdGenerator
+from homeserver.errors import Forbidden, MatrixError, NotFound
 from homeserver.notifier import Notifier
 from homeserver.storage import Storage
 
 MAX_CONTENT_BYTES = 65536
+# Written by the server only (spec: m.fully_read via /read_markers, m.push_rules via /pushrules).
+SERVER_MANAGED = ("m.fully_read", "m.push_rules")
+
+
+def _own(requester: str, user_id: str) -> None:
+    if requester != user_id:
+        raise Forbidden("You may only access your own account data")
 
 
 class AccountDataService:
-    def __init__(self, storage: Storage, notifier: Notifier) -> None:
+    def __init__(self, storage: Storage, notifier: Notifier, heads: RoomHeads | None = None) -> None:
         self.storage = storage
         self.notifier = notifier
+        self.heads = heads
         self.stream = StreamIdGenerator()
         self._started_at = 0
         self._last_change: dict[str, int] = {}
@@ -37,6 +48,54 @@ class AccountDataService:
 
     async def get(self, user_id: str, room_id: str, data_type: str) -> dict[str, Any] | None:
         return await self.storage.user_data.get_account_data(user_id, room_id, data_type)
+
+    # The client API: a user's own data, global ("" room) or per room ------------------------------
+
+    async def put_by_client(
+        self, requester: str, user_id: str, room_id: str, data_type: str, content: dict[str, Any]
+    ) -> None:
+        _own(requester, user_id)
+        if data_type in SERVER_MANAGED:
+            raise MatrixError(
+                f"Cannot set {data_type} through the account_data API", "M_BAD_JSON", status=405
+            )
+        if room_id and (self.heads is None or await self.heads.get(room_id) is None):
+            raise MatrixError("Unknown room", "M_INVALID_PARAM")
+        await self.put(user_id, room_id, data_type, content)
+
+    async def get_by_client(
+        self, requester: str, user_id: str, room_id: str, data_type: str
+    ) -> dict[str, Any]:
+        _own(requester, user_id)
+        content = await self.get(user_id, room_id, data_type)
+        if content is None:
+            raise NotFound("Account data not found")
+        return content
+
+    # Direct chats (m.direct: user id -> the ids of the direct rooms with them) --------------------
+
+    async def direct_rooms(self, user_id: str) -> dict[str, list[str]]:
+        """The user's m.direct, keeping only well-formed entries (clients may store anything)."""
+        content = await self.get(user_id, "", "m.direct") or {}
+        return {
+            peer: [r for r in rooms if isinstance(r, str)]
+            for peer, rooms in content.items()
+            if isinstance(rooms, list)
+        }
+
+    async def add_direct_room(self, user_id: str, peer: str, room_id: str) -> None:
+        """Record `room_id` as a direct chat with `peer` in the user's m.direct."""
+        content = await self.get(user_id, "", "m.direct") or {}
+        rooms = content.get(peer)
+        rooms = [r for r in rooms if isinstance(r, str)] if isinstance(rooms, list) else []
+        if room_id in rooms:
+            return
+        await self.put(user_id, "", "m.direct", {**content, peer: [*rooms, room_id]})
+
+    async def push_rules(self, user_id: str) -> dict[str, Any]:
+        """The user's push rules: stored ones, else the spec's defaults."""
+        stored = await self.get(user_id, "", "m.push_rules")
+        return stored if stored is not None else default_push_rules(user_id)
 
     async def since(self, user_id: str, after: int, upto: int) -> list[tuple[str, str, dict[str, Any]]]:
         if after >= upto:

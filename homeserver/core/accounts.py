@@ -19,6 +19,7 @@ from homeserver.core.email_validation import EmailValidator, normalise_email
 from homeserver.core.passwords import PasswordHasher
 from homeserver.core.ratelimit import RateLimiter
 from homeserver.core.tokens import IssuedTokens, TokenService, hash_refresh_token, new_device_id
+from homeserver.core.uia import PASSWORD, InteractiveAuth
 from homeserver.errors import (
     Forbidden,
     InvalidUsername,
@@ -65,6 +66,7 @@ class AccountService:
         tokens: TokenService,
         email: EmailValidator,
         ratelimiter: RateLimiter,
+        auth: InteractiveAuth,
     ) -> None:
         self.config = config
         self.server_name = config.server_name
@@ -74,6 +76,7 @@ class AccountService:
         self.tokens = tokens
         self.email = email
         self.ratelimiter = ratelimiter
+        self.uia = auth
         # Called as listener(user_id, device_ids) after devices are deleted.
         self.on_devices_deleted: list[Callable[[str, list[str]], Awaitable[None]]] = []
 
@@ -193,6 +196,24 @@ class AccountService:
             )
         return user.user_id
 
+    async def password_login(
+        self,
+        who: tuple[str, str],
+        password: str,
+        ip: str,
+        *,
+        device_id: str | None = None,
+        display_name: str | None = None,
+        refreshable: bool = False,
+    ) -> LoginResult:
+        """Log in with a password: `who` is ("user", localpart or user id) or ("email", address).
+        Every attempt counts against the IP's login limit."""
+        self.ratelimiter.check("login", ip, self.config.rate_limits.login_per_ip)
+        kind, name = who
+        user_id = await self.user_for_email_login(name) if kind == "email" else self.user_id_for(name)
+        user_id = await self.check_password_login(user_id, password, ip)
+        return await self.create_session(user_id, device_id, display_name, refreshable, ip)
+
     async def user_for_email_login(self, email: str) -> str:
         owner = await self.storage.accounts.user_for_email(normalise_email(email))
         if owner is None:
@@ -280,6 +301,16 @@ class AccountService:
         await self.storage.accounts.set_password_hash(user_id, password_hash)
         if logout_devices:
             await self.delete_all_devices(user_id, except_device=keep_device)
+
+    async def deactivate_with_auth(self, user_id: str, auth: object) -> None:
+        """`POST /account/deactivate`: the account password proves the owner."""
+        await self.uia.authenticate(auth, "/account/deactivate", [[PASSWORD]], expected_user=user_id)
+        await self.deactivate(user_id)
+
+    async def validated_threepids(self, user_id: str) -> list[tuple[str, str, int, int]]:
+        """(medium, address, added_at, validated_at) of the user's proven addresses."""
+        rows = await self.storage.accounts.get_threepids(user_id)
+        return [(m, a, added, validated) for m, a, added, validated in rows if validated is not None]
 
     async def deactivate(self, user_id: str) -> None:
         await self.storage.accounts.deactivate(user_id)

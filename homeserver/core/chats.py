@@ -84,7 +84,7 @@ class ChatService:
     # Chats -------------------------------------------------------------------------
 
     async def find_direct_chat(self, user_id: str, other: str) -> str | None:
-        direct = await self.account_data.get(user_id, "", "m.direct") or {}
+        direct = await self.account_data.direct_rooms(user_id)
         for room_id in direct.get(other, []):
             head = await self.events.heads.get(room_id)
             if (
@@ -118,9 +118,7 @@ class ChatService:
                 encrypted=encrypted,
             )
             for owner, peer in ((user_id, other), (other, user_id)):
-                direct = await self.account_data.get(owner, "", "m.direct") or {}
-                direct.setdefault(peer, []).append(room_id)
-                await self.account_data.put(owner, "", "m.direct", direct)
+                await self.account_data.add_direct_room(owner, peer, room_id)
             return room_id
         finally:
             for lock in reversed(locks):
@@ -149,7 +147,13 @@ class ChatService:
         content: object,
         client_id: str | None,
         encrypted: bool | None = None,
+        *,
+        claimed_sender: str | None = None,
     ) -> StoredEvent:
+        """Send a message to a chat, or to a user (opening the direct chat with them).
+        `claimed_sender` (the simple API's optional `senderId`) must be the sender."""
+        if claimed_sender is not None and claimed_sender != user_id:
+            raise Forbidden("senderId must be the authenticated user (or left out)")
         body = message_content(content)
         if chat_id is None:
             if receiver_id is None:
@@ -179,7 +183,8 @@ class ChatService:
         limit = max(1, min(limit, MAX_PAGE))
         found: list[StoredEvent] = []
         cursor = before
-        # Skip state and other non-message events, reading back until a page is full.
+        # Read back, skipping state and other non-message events, until one message more than
+        # the page is found (an older page exists) or the start of the chat.
         for _ in range(20):
             page = await self.messages.messages(
                 user_id, chat_id, cursor, "b", limit * 2, None, _MESSAGE_FILTER, False
@@ -188,12 +193,13 @@ class ChatService:
             stored = await self.storage.events.get_events(ids)
             found.extend(stored[i] for i in ids if i in stored and stored[i].type in MESSAGE_TYPES)
             cursor = page.get("end")
-            if len(found) >= limit or cursor is None:
+            if len(found) > limit or cursor is None:
                 break
         if len(found) > limit:
-            # The page read past the last message returned: continue right after it.
             found = found[:limit]
             cursor = pagination_token(found[-1].stream_ordering - 1)
+        # Else `cursor` is None at the start of the chat, or (after a long run of other events)
+        # where the reading stopped: the next page goes on from there.
         statuses = await self.delivery.statuses(head, found)
         messages = [
             {
@@ -207,7 +213,7 @@ class ChatService:
             for ev in found
         ]
         response: dict[str, Any] = {"messages": messages}
-        if len(found) == limit and cursor is not None:
+        if cursor is not None:
             response["before"] = cursor
         return response
 
@@ -225,6 +231,9 @@ class ChatService:
 
     async def chat_list(self, user_id: str) -> list[dict[str, Any]]:
         memberships = await self.timeline.rooms_for_user(user_id)
+        direct_rooms = {
+            r for rooms in (await self.account_data.direct_rooms(user_id)).values() for r in rooms
+        }
         out: list[dict[str, Any]] = []
         for room_id, (membership, _) in sorted(memberships.items()):
             if membership not in ("join", "invite"):
@@ -233,7 +242,9 @@ class ChatService:
             if head is None:
                 continue
             members = head.members("join", "invite")
-            is_direct = bool(head.content("m.room.member", user_id).get("is_direct")) or any(
+            # A direct chat is one in the user's m.direct (both sides of a chat opened here, and
+            # whoever joined from an is_direct invite), or one with an is_direct invite pending.
+            is_direct = room_id in direct_rooms or any(
                 head.content("m.room.member", m).get("is_direct") for m in members
             )
             last = await self._last_message(user_id, head)

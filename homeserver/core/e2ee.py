@@ -18,6 +18,7 @@ from signedjson.sign import SignatureVerifyException, verify_signed_json
 
 from homeserver.core.clock import Clock
 from homeserver.core.streams import StreamIdGenerator
+from homeserver.core.uia import PASSWORD, InteractiveAuth
 from homeserver.errors import Forbidden, MatrixError, NotFound, TooLarge
 from homeserver.notifier import Notifier
 from homeserver.storage import Storage
@@ -79,9 +80,12 @@ def _strip(obj: JsonDict) -> JsonDict:
 
 
 class KeyService:
-    def __init__(self, storage: Storage, clock: Clock, notifier: Notifier) -> None:
+    def __init__(
+        self, storage: Storage, clock: Clock, notifier: Notifier, auth: InteractiveAuth | None = None
+    ) -> None:
         self.storage = storage
         self.store = storage.e2ee
+        self.uia = auth
         self.clock = clock
         self.notifier = notifier
         self.device_lists = StreamIdGenerator()
@@ -264,6 +268,15 @@ class KeyService:
         return "master" in (await self.store.get_cross_signing_keys([user_id])).get(user_id, {})
 
     async def upload_cross_signing(self, user_id: str, body: JsonDict) -> None:
+        """`POST /keys/device_signing/upload`. Once a master key exists, replacing any
+        cross-signing key needs the account password (spec v1.11, MSC3967: user-interactive
+        auth unless the user has no master key yet)."""
+        if await self.has_master_key(user_id):
+            if self.uia is None:
+                raise Forbidden("Replacing cross-signing keys is not possible here")
+            await self.uia.authenticate(
+                body.get("auth"), "/keys/device_signing/upload", [[PASSWORD]], expected_user=user_id
+            )
         existing = (await self.store.get_cross_signing_keys([user_id])).get(user_id, {})
         new: dict[str, JsonDict] = {}
         for key_type in CROSS_SIGNING_TYPES:
@@ -273,7 +286,8 @@ class KeyService:
             if (
                 not isinstance(key, dict)
                 or key.get("user_id") != user_id
-                or key_type not in (key.get("usage") or [])
+                or not isinstance(key.get("usage"), list)
+                or key_type not in key["usage"]
             ):
                 raise MatrixError(f"Bad {key_type}_key", "M_INVALID_PARAM")
             _cross_signing_key_id(key)
@@ -403,9 +417,18 @@ class KeyService:
 
     # To-device -----------------------------------------------------------------------------
 
+    async def _device_ids(self, user_id: str) -> list[str]:
+        return [d.device_id for d in await self.storage.devices.get_devices(user_id)]
+
     async def send_to_device(
-        self, sender: str, sender_device: str, event_type: str, txn_id: str, body: JsonDict, user_devices: Any
+        self,
+        sender: str,
+        sender_device: str,
+        event_type: str,
+        txn_id: str,
+        body: JsonDict,
     ) -> None:
+        """Queue to-device messages; `*` names every device of the user."""
         messages = body.get("messages")
         if not isinstance(messages, dict):
             raise MatrixError("'messages' must be an object", "M_BAD_JSON")
@@ -420,7 +443,7 @@ class KeyService:
                     raise MatrixError("to-device contents must be objects", "M_BAD_JSON")
                 if len(json.dumps(content)) > MAX_TO_DEVICE_BYTES:
                     raise TooLarge("A to-device message is larger than 64 KiB")
-                device_ids = await user_devices(user_id) if device_id == "*" else [device_id]
+                device_ids = await self._device_ids(user_id) if device_id == "*" else [device_id]
                 for target in device_ids:
                     targets.append((str(user_id), str(target), content))
         positions = [self.to_device.allocate() for _ in targets]

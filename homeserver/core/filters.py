@@ -10,13 +10,19 @@ the spec allows a server to send more than asked.
 from __future__ import annotations
 
 import fnmatch
+import json
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from homeserver.errors import MatrixError
+from homeserver.errors import BadJson, Forbidden, InvalidParam, MatrixError, NotFound
+from homeserver.storage import Storage
 
 DEFAULT_TIMELINE_LIMIT = 10
 MAX_TIMELINE_LIMIT = 500
+FILTER_CACHE_SIZE = 10_000
+# Filter ids count up from 1; more digits than this cannot name one.
+_MAX_FILTER_ID_DIGITS = 18
 
 
 def _types_filter(raw: Any) -> tuple[list[str] | None, list[str]]:
@@ -124,3 +130,60 @@ def validate_filter_definition(raw: Any) -> dict[str, Any]:
         if key in raw and not isinstance(raw[key], list):
             raise MatrixError(f"'{key}' must be a list", "M_BAD_JSON")
     return raw
+
+
+def _filter_id(raw: str) -> int | None:
+    if not raw.isascii() or not raw.isdigit() or len(raw) > _MAX_FILTER_ID_DIGITS:
+        return None
+    return int(raw)
+
+
+class FilterService:
+    """Filters stored by `POST /user/{userId}/filter`, and the filter a /sync names
+    (a stored id or inline JSON), parsed once: clients send the same one on every sync."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        # Filters never change once stored.
+        self._parsed: OrderedDict[tuple[str, str], SyncFilter] = OrderedDict()
+
+    async def create(self, requester: str, user_id: str, definition: Any) -> str:
+        if requester != user_id:
+            raise Forbidden("You may only create filters for yourself")
+        checked = validate_filter_definition(definition)
+        return str(await self.storage.user_data.add_filter(user_id, checked))
+
+    async def get(self, requester: str, user_id: str, filter_id: str) -> dict[str, Any]:
+        if requester != user_id:
+            raise Forbidden("You may only read your own filters")
+        number = _filter_id(filter_id)
+        stored = await self.storage.user_data.get_filter(user_id, number) if number is not None else None
+        if stored is None:
+            raise NotFound("Unknown filter")
+        return stored
+
+    async def for_sync(self, user_id: str, raw: str | None) -> SyncFilter:
+        """The `filter` query parameter of /sync: a stored filter's id or a filter as JSON."""
+        if raw is None:
+            return SyncFilter()
+        number = _filter_id(raw)
+        key = (user_id if number is not None else "", raw)
+        cached = self._parsed.get(key)
+        if cached is not None:
+            return cached
+        if raw.lstrip().startswith("{"):
+            try:
+                result = SyncFilter.parse(json.loads(raw))
+            except (ValueError, RecursionError):
+                raise BadJson("'filter' is not valid JSON") from None
+        elif number is None:
+            raise InvalidParam("Unknown filter")
+        else:
+            stored = await self.storage.user_data.get_filter(user_id, number)
+            if stored is None:
+                raise NotFound("Unknown filter")
+            result = SyncFilter.parse(stored)
+        self._parsed[key] = result
+        if len(self._parsed) > FILTER_CACHE_SIZE:
+            self._parsed.popitem(last=False)
+        return result

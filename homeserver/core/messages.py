@@ -116,25 +116,29 @@ class MessagesService:
         else:
             start = min(parse_pagination_token(from_token), upto)
         stop = parse_pagination_token(to_token) if to_token else None
+        # One row past the page says whether there is more: at the start of the timeline (or
+        # its end, going forward) there is no `end` (spec: omitted when nothing further).
         if direction == "b":
             low = stop if stop is not None else 0
             rows = await self.storage.events.room_events_between(
-                room_id, low, start, limit, newest_first=True
+                room_id, low, start, limit + 1, newest_first=True
             )
-            end = rows[-1].stream_ordering - 1 if rows else None
+            more, rows = len(rows) > limit, rows[:limit]
+            end = rows[-1].stream_ordering - 1 if rows and more else None
         else:
             high = min(stop, upto) if stop is not None else upto
             rows = await self.storage.events.room_events_between(
-                room_id, start, high, limit, newest_first=False
+                room_id, start, high, limit + 1, newest_first=False
             )
-            end = rows[-1].stream_ordering if rows else None
+            more, rows = len(rows) > limit, rows[:limit]
+            end = rows[-1].stream_ordering if rows and more else None
         visible = await self.visibility.filter_for_user(user_id, head, rows)
         visible = [ev for ev in visible if event_filter.allows(ev.type, ev.sender)]
         response: dict[str, Any] = {
             "start": pagination_token(start),
             "chunk": await self.serialize(head, visible),
         }
-        if end is not None and len(rows) == limit:
+        if end is not None:
             response["end"] = pagination_token(end)
         if lazy_load_members:
             senders = {ev.sender for ev in visible}
@@ -220,12 +224,13 @@ class MessagesService:
             event_type,
             before=position + 1 if newest_first and position is not None else None,
             after=position if not newest_first and position is not None else None,
-            limit=limit,
+            limit=limit + 1,
             newest_first=newest_first,
         )
+        more, rows = len(rows) > limit, rows[:limit]  # one past the page: is there a next one?
         visible = await self.visibility.filter_for_user(user_id, head, rows)
         response: dict[str, Any] = {"chunk": await self.serialize(head, visible, with_edits=False)}
-        if len(rows) == limit:
+        if more:
             last = rows[-1].stream_ordering
             response["next_batch"] = pagination_token(last - 1 if newest_first else last)
         return response

@@ -11,7 +11,7 @@ from typing import Any
 
 from homeserver.core.clock import Clock
 from homeserver.core.streams import StreamIdGenerator
-from homeserver.errors import MatrixError
+from homeserver.errors import Forbidden, MatrixError, NotFound
 from homeserver.notifier import Notifier
 from homeserver.storage import Storage
 
@@ -105,6 +105,18 @@ class PresenceService:
             self.stream.done(stream_id)
         audience = await self.audience(user_id) if self.audience is not None else {user_id}
         self.notifier.wake_users(audience)
+
+    async def set_by_client(self, requester: str, user_id: str, state: str, status_msg: str | None) -> None:
+        """`PUT /presence/{userId}/status`: a user sets their own presence."""
+        if requester != user_id:
+            raise Forbidden("You may only set your own presence")
+        await self.set_state(user_id, state, status_msg)
+
+    async def get_by_client(self, user_id: str) -> dict[str, Any]:
+        """`GET /presence/{userId}/status`: M_NOT_FOUND for a user this server does not have."""
+        if not await self.storage.accounts.user_exists(user_id):
+            raise NotFound("Unknown user")
+        return self.to_json(user_id)
 
     async def sync_started(self, user_id: str, set_presence: str | None) -> None:
         """A sync began: it makes the user `set_presence` (default online) unless that is offline."""

@@ -8,7 +8,7 @@ from homeserver.core.account_data import AccountDataService
 from homeserver.core.clock import Clock
 from homeserver.core.rooms import RoomService
 from homeserver.core.streams import StreamIdGenerator
-from homeserver.errors import MatrixError, NotFound
+from homeserver.errors import BadJson, MatrixError, NotFound
 from homeserver.notifier import Notifier
 from homeserver.storage import Storage
 
@@ -79,6 +79,16 @@ class ReceiptService:
             self.on_read(user_id, room_id)
         # A private receipt concerns only its owner; a public one the whole room.
         self.notifier.wake_users([user_id] if receipt_type == "m.read.private" else head.members("join"))
+
+    async def set_read_markers(self, user_id: str, room_id: str, markers: dict[str, Any]) -> None:
+        """`POST /rooms/{roomId}/read_markers`: the fully-read marker and read receipts at once."""
+        for key in ("m.fully_read", "m.read", "m.read.private"):
+            event_id = markers.get(key)
+            if event_id is None:
+                continue
+            if not isinstance(event_id, str):
+                raise BadJson(f"'{key}' must be an event id")
+            await self.set_receipt(user_id, room_id, key, event_id)
 
     async def receipts_event(
         self, user_id: str, room_ids: list[str], after: int, upto: int

@@ -10,8 +10,10 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from homeserver.core.account_data import AccountDataService
 from homeserver.core.events import EventService
 from homeserver.core.room_heads import RoomHead
+from homeserver.core.txn_ids import scoped_txn_id
 from homeserver.errors import Forbidden, MatrixError, NotFound
 from homeserver.events.power_levels import can_do, default_power_levels_content
 from homeserver.storage import Storage
@@ -69,9 +71,15 @@ def check_user_id(value: object, what: str = "user_id") -> str:
 
 class RoomService:
     def __init__(
-        self, server_name: str, storage: Storage, events: EventService, encrypt_by_default: str = "invite"
+        self,
+        server_name: str,
+        storage: Storage,
+        events: EventService,
+        encrypt_by_default: str = "invite",
+        account_data: AccountDataService | None = None,
     ) -> None:
         self.server_name = server_name
+        self.account_data = account_data
         # all | invite (private and direct chats) | off: which new rooms start encrypted.
         self.encrypt_by_default = encrypt_by_default
         self.storage = storage
@@ -125,6 +133,8 @@ class RoomService:
         if visibility not in ("public", "private"):
             raise MatrixError("'visibility' must be public or private", "M_INVALID_PARAM")
         preset_name = body.get("preset") or ("public_chat" if visibility == "public" else "private_chat")
+        if not isinstance(preset_name, str):
+            raise MatrixError("'preset' must be a string", "M_BAD_JSON")
         if preset_name not in PRESETS:
             raise MatrixError(f"Unknown preset {preset_name!r}", "M_INVALID_PARAM")
         preset = PRESETS[preset_name]
@@ -137,7 +147,10 @@ class RoomService:
         is_direct = body.get("is_direct") is True
         initial_state = body.get("initial_state", [])
         if not isinstance(initial_state, list) or not all(
-            isinstance(e, dict) and isinstance(e.get("type"), str) and isinstance(e.get("content"), dict)
+            isinstance(e, dict)
+            and isinstance(e.get("type"), str)
+            and isinstance(e.get("state_key", ""), str)
+            and isinstance(e.get("content"), dict)
             for e in initial_state
         ):
             raise MatrixError("'initial_state' must be a list of {type, state_key, content}", "M_BAD_JSON")
@@ -206,9 +219,7 @@ class RoomService:
         if wants_encryption and not any(s["type"] == "m.room.encryption" for s in initial_state):
             events.append(build(head, creator, "m.room.encryption", {"algorithm": MEGOLM}, ""))
         for state in initial_state:
-            events.append(
-                build(head, creator, state["type"], state["content"], str(state.get("state_key", "")))
-            )
+            events.append(build(head, creator, state["type"], state["content"], state.get("state_key", "")))
         if body.get("name"):
             events.append(build(head, creator, "m.room.name", {"name": body["name"]}, ""))
         if body.get("topic"):
@@ -284,7 +295,18 @@ class RoomService:
 
     async def join(self, user_id: str, room_id_or_alias: str) -> str:
         room_id = await self.resolve_room(room_id_or_alias)
+        head = await self.events.heads.get(room_id)
+        invite = head.get("m.room.member", user_id) if head is not None else None
         await self.set_membership(user_id, room_id, user_id, "join")
+        if (
+            invite is not None
+            and invite.content.get("membership") == "invite"
+            and invite.content.get("is_direct") is True
+            and self.account_data is not None
+        ):
+            # The join replaces the invite and does not carry its is_direct: remember the
+            # direct chat in the joiner's m.direct, as Matrix clients do on accepting one.
+            await self.account_data.add_direct_room(user_id, invite.sender, room_id)
         return room_id
 
     async def leave(self, user_id: str, room_id: str, reason: str | None = None) -> None:
@@ -339,14 +361,49 @@ class RoomService:
         return await self.events.send(sender, room_id, event_type, content, state_key)
 
     async def _check_canonical_alias(self, room_id: str, content: dict[str, Any]) -> None:
-        aliases = [content.get("alias")] + list(content.get("alt_aliases") or [])
+        alt_aliases = content.get("alt_aliases") or []
+        if not isinstance(alt_aliases, list):
+            raise MatrixError("'alt_aliases' must be a list of aliases", "M_BAD_JSON")
+        aliases = [content.get("alias"), *alt_aliases]
         for alias in aliases:
             if alias is None:
                 continue
             if not isinstance(alias, str) or await self.storage.rooms.room_for_alias(alias) != room_id:
                 raise MatrixError(f"Alias {alias} does not point to this room", "M_BAD_ALIAS")
 
+    async def joined_members(self, user_id: str, room_id: str) -> dict[str, dict[str, Any]]:
+        """`GET /joined_members`: each joined member's display name and avatar, for a member."""
+        head = await self.access_room_as_member(user_id, room_id)
+        joined = {}
+        for member in head.members("join"):
+            content = head.content("m.room.member", member)
+            joined[member] = {
+                "display_name": content.get("displayname"),
+                "avatar_url": content.get("avatar_url"),
+            }
+        return joined
+
     # Redactions and forgotten rooms -------------------------------------------------------
+
+    async def redact(
+        self, user_id: str, device_id: str, room_id: str, event_id: str, reason: str | None, txn_id: str
+    ) -> StoredEvent:
+        """`PUT /rooms/{roomId}/redact/{eventId}/{txnId}`. The auth rules allow any same-server
+        redaction; the client API asks for the redact level to remove someone else's event."""
+        head = await self.access_room_as_member(user_id, room_id)
+        target = (await self.storage.events.get_events([event_id])).get(event_id)
+        if target is None or target.room_id != room_id:
+            raise NotFound("Event not found")
+        if target.sender != user_id and not self.may(user_id, head, "redact"):
+            raise Forbidden("You may not redact other users' events")
+        return await self.events.send(
+            user_id,
+            room_id,
+            "m.room.redaction",
+            {"reason": reason} if reason is not None else {},
+            txn=(device_id, scoped_txn_id(f"redact/{room_id}/{event_id}", txn_id)),
+            redacts=event_id,
+        )
 
     def redaction_of(self, ev: StoredEvent) -> StoredEvent | None:
         """The redaction event of a redacted event (call `load_redactions` first for old events)."""

@@ -12,7 +12,10 @@ from dataclasses import dataclass, fields
 
 from homeserver.errors import MatrixError
 
-_TOKEN_RE = re.compile(r"s(\d+(?:_\d+)*)")
+# ASCII digits only (\d takes every script's), and few enough for a 64-bit database integer.
+_POSITION = r"[0-9]{1,15}"
+_TOKEN_RE = re.compile(rf"s({_POSITION}(?:_{_POSITION})*)")
+_PAGINATION_RE = re.compile(rf"p({_POSITION})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +61,9 @@ _PARSED: dict[str, SyncToken] = {}
 
 def parse_pagination_token(text: str) -> int:
     """A position in the event stream, from a pagination ("p<n>") or sync ("s<n>_...") token."""
-    if text.startswith("p") and text[1:].isdigit():
-        return int(text[1:])
+    m = _PAGINATION_RE.fullmatch(text)
+    if m:
+        return int(m.group(1))
     if text.startswith("s"):
         return SyncToken.parse(text).events
     raise MatrixError("Invalid pagination token", "M_INVALID_PARAM")

@@ -4,19 +4,33 @@ from __future__ import annotations
 
 from typing import Any
 
+from homeserver.core.rooms import RoomService
+from homeserver.errors import Forbidden
 from homeserver.notifier import Notifier
 
 MAX_TIMEOUT_MS = 120_000
 
 
 class TypingService:
-    def __init__(self, reactor: Any, notifier: Notifier) -> None:
+    def __init__(self, reactor: Any, notifier: Notifier, rooms: RoomService | None = None) -> None:
         self.reactor = reactor
         self.notifier = notifier
+        self.rooms = rooms
         self.position = 0
         # room -> user -> the delayed call that stops their typing
         self._typing: dict[str, dict[str, Any]] = {}
         self._room_position: dict[str, int] = {}
+
+    async def set_by_client(
+        self, requester: str, room_id: str, user_id: str, typing: bool, timeout_ms: int
+    ) -> None:
+        """`PUT /rooms/{roomId}/typing/{userId}`: a joined member sets their own typing state."""
+        if requester != user_id:
+            raise Forbidden("You may only set your own typing state")
+        if self.rooms is None:
+            raise Forbidden("Typing notifications are not available")
+        head = await self.rooms.access_room_as_member(user_id, room_id)
+        self.set_typing(room_id, user_id, typing, timeout_ms, head.members("join"))
 
     def set_typing(
         self, room_id: str, user_id: str, typing: bool, timeout_ms: int, members: list[str]

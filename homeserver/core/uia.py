@@ -92,6 +92,8 @@ class InteractiveAuth:
         result = AuthResult(completed=completed, user_id=session.user_id if session else None)
 
         stage = auth.get("type") if auth else None
+        if stage is not None and not isinstance(stage, str):
+            raise MatrixError("'auth.type' must be a string", "M_BAD_JSON")
         if stage is not None:
             allowed_stages = {s for flow in flows for s in flow}
             if stage not in allowed_stages:

@@ -39,17 +39,14 @@ def register(router: Router, hs: "HomeServer") -> None:
         login_type = required(body, "type", str)
         if login_type != "m.login.password":
             raise MatrixError(f"Unknown login type {login_type}", "M_UNKNOWN")
-        ip = request.client_ip()
-        hs.ratelimiter.check("login", ip, hs.config.rate_limits.login_per_ip)
         password = required(body, "password", str)
-        user_id = await _identify(hs, body)
-        user_id = await hs.accounts.check_password_login(user_id, password, ip)
-        result = await hs.accounts.create_session(
-            user_id,
-            optional(body, "device_id", str),
-            optional(body, "initial_device_display_name", str),
+        result = await hs.accounts.password_login(
+            _identifier(body),
+            password,
+            request.client_ip(),
+            device_id=optional(body, "device_id", str),
+            display_name=optional(body, "initial_device_display_name", str),
             refreshable=optional(body, "refresh_token", bool, False) is True,
-            ip=ip,
         )
         return login_response(hs, result)
 
@@ -80,15 +77,15 @@ def register(router: Router, hs: "HomeServer") -> None:
     router.add("POST", "/_matrix/client/v1/refresh", refresh)
 
 
-async def _identify(hs: "HomeServer", body: dict[str, Any]) -> str:
-    """The user id a login body names: by user id, or by email (3PID)."""
+def _identifier(body: dict[str, Any]) -> tuple[str, str]:
+    """Whom a login body names: ("user", name) or ("email", address)."""
     identifier = body.get("identifier")
     if identifier is None:
         # Deprecated top-level forms, still sent by some clients.
         if isinstance(body.get("user"), str):
-            return hs.accounts.user_id_for(body["user"])
+            return "user", body["user"]
         if body.get("medium") == "email" and isinstance(body.get("address"), str):
-            return await hs.accounts.user_for_email_login(body["address"])
+            return "email", body["address"]
         raise MatrixError("'identifier' is required", "M_MISSING_PARAM")
     if not isinstance(identifier, dict):
         raise BadJson("'identifier' must be an object")
@@ -97,12 +94,12 @@ async def _identify(hs: "HomeServer", body: dict[str, Any]) -> str:
         user = identifier.get("user")
         if not isinstance(user, str) or not user:
             raise BadJson("'identifier.user' must be a string")
-        return hs.accounts.user_id_for(user)
+        return "user", user
     if kind == "m.id.thirdparty":
         if identifier.get("medium") != "email":
             raise Forbidden("Only email third-party identifiers are supported")
         address = identifier.get("address")
         if not isinstance(address, str):
             raise BadJson("'identifier.address' must be a string")
-        return await hs.accounts.user_for_email_login(address)
+        return "email", address
     raise MatrixError(f"Unknown identifier type {kind!r}", "M_UNKNOWN")

@@ -3,7 +3,6 @@ receipts, read markers and typing."""
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 from homeserver.api.auth import require_user
@@ -12,32 +11,12 @@ from homeserver.api.http import ApiRequest, Router
 from homeserver.api.validate import optional, required
 from homeserver.core.filters import EventFilter, SyncFilter
 from homeserver.core.txn_ids import scoped_txn_id
-from homeserver.errors import BadJson, Forbidden, MatrixError, NotFound
+from homeserver.errors import MatrixError
 
 if TYPE_CHECKING:
     from homeserver.server import HomeServer
 
 MAX_TXN_ID = 255
-
-
-def _int_param(request: ApiRequest, name: str, default: int) -> int:
-    raw = request.query_param(name)
-    if raw is None:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise MatrixError(f"'{name}' must be an integer", "M_INVALID_PARAM") from None
-
-
-def _json_param(request: ApiRequest, name: str) -> Any:
-    raw = request.query_param(name)
-    if raw is None:
-        return None
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise MatrixError(f"'{name}' must be JSON", "M_BAD_JSON") from None
 
 
 def register(router: Router, hs: "HomeServer") -> None:
@@ -79,24 +58,11 @@ def register(router: Router, hs: "HomeServer") -> None:
         request: ApiRequest, version: str, room_id: str, event_id: str, txn_id: str
     ) -> dict[str, Any]:
         requester = await require_user(hs, request)
-        body = request.json_body()
-        reason = optional(body, "reason", str)
-        head = await hs.rooms.access_room_as_member(requester.user_id, room_id)
-        target = (await hs.storage.events.get_events([event_id])).get(event_id)
-        if target is None or target.room_id != room_id:
-            raise NotFound("Event not found")
-        # The auth rules allow any same-server redaction; the client API asks for
-        # the redact level to remove someone else's event.
-        if target.sender != requester.user_id and not hs.rooms.may(requester.user_id, head, "redact"):
-            raise Forbidden("You may not redact other users' events")
-        content = {"reason": reason} if reason is not None else {}
-        event = await hs.events.send(
-            requester.user_id,
-            room_id,
-            "m.room.redaction",
-            content,
-            txn=(requester.device_id, scoped_txn_id(f"redact/{room_id}/{event_id}", txn_id)),
-            redacts=event_id,
+        if len(txn_id) > MAX_TXN_ID:
+            raise MatrixError("txnId is too long", "M_INVALID_PARAM")
+        reason = optional(request.json_body(), "reason", str)
+        event = await hs.rooms.redact(
+            requester.user_id, requester.device_id, room_id, event_id, reason, txn_id
         )
         return {"event_id": event.event_id}
 
@@ -106,13 +72,11 @@ def register(router: Router, hs: "HomeServer") -> None:
 
     async def context(request: ApiRequest, version: str, room_id: str, event_id: str) -> dict[str, Any]:
         requester = await require_user(hs, request)
-        return await hs.messages.context(
-            requester.user_id, room_id, event_id, _int_param(request, "limit", 10)
-        )
+        return await hs.messages.context(requester.user_id, room_id, event_id, request.int_param("limit", 10))
 
     async def messages(request: ApiRequest, version: str, room_id: str) -> dict[str, Any]:
         requester = await require_user(hs, request)
-        raw_filter = _json_param(request, "filter")
+        raw_filter = request.json_param("filter")
         parsed = (
             SyncFilter.parse({"room": {"timeline": raw_filter, "state": raw_filter}}) if raw_filter else None
         )
@@ -121,7 +85,7 @@ def register(router: Router, hs: "HomeServer") -> None:
             room_id,
             request.query_param("from"),
             request.query_param("dir", "b") or "b",
-            _int_param(request, "limit", 10),
+            request.int_param("limit", 10),
             request.query_param("to"),
             parsed.timeline if parsed else EventFilter(),
             bool(raw_filter and isinstance(raw_filter, dict) and raw_filter.get("lazy_load_members")),
@@ -143,7 +107,7 @@ def register(router: Router, hs: "HomeServer") -> None:
             event_type,
             request.query_param("from"),
             request.query_param("dir", "b") or "b",
-            _int_param(request, "limit", 50),
+            request.int_param("limit", 50),
         )
 
     async def members(request: ApiRequest, version: str, room_id: str) -> dict[str, Any]:
@@ -158,15 +122,7 @@ def register(router: Router, hs: "HomeServer") -> None:
 
     async def joined_members(request: ApiRequest, version: str, room_id: str) -> dict[str, Any]:
         requester = await require_user(hs, request)
-        head = await hs.rooms.access_room_as_member(requester.user_id, room_id)
-        joined = {}
-        for user_id in head.members("join"):
-            content = head.content("m.room.member", user_id)
-            joined[user_id] = {
-                "display_name": content.get("displayname"),
-                "avatar_url": content.get("avatar_url"),
-            }
-        return {"joined": joined}
+        return {"joined": await hs.rooms.joined_members(requester.user_id, room_id)}
 
     async def receipt(
         request: ApiRequest, version: str, room_id: str, receipt_type: str, event_id: str
@@ -176,31 +132,19 @@ def register(router: Router, hs: "HomeServer") -> None:
         await hs.receipts.set_receipt(
             requester.user_id, room_id, receipt_type, event_id, body.get("thread_id")
         )
-        hs.unread.forget(requester.user_id, room_id)
         return {}
 
     async def read_markers(request: ApiRequest, version: str, room_id: str) -> dict[str, Any]:
         requester = await require_user(hs, request)
-        body = request.json_body()
-        for key in ("m.fully_read", "m.read", "m.read.private"):
-            event_id = body.get(key)
-            if event_id is None:
-                continue
-            if not isinstance(event_id, str):
-                raise BadJson(f"'{key}' must be an event id")
-            await hs.receipts.set_receipt(requester.user_id, room_id, key, event_id)
-        hs.unread.forget(requester.user_id, room_id)
+        await hs.receipts.set_read_markers(requester.user_id, room_id, request.json_body())
         return {}
 
     async def typing(request: ApiRequest, version: str, room_id: str, user_id: str) -> dict[str, Any]:
         requester = await require_user(hs, request)
-        if requester.user_id != user_id:
-            raise Forbidden("You may only set your own typing state")
         body = request.json_body()
         is_typing = required(body, "typing", bool)
         timeout = optional(body, "timeout", int, 30_000) or 30_000
-        head = await hs.rooms.access_room_as_member(requester.user_id, room_id)
-        hs.typing.set_typing(room_id, user_id, is_typing, timeout, head.members("join"))
+        await hs.typing.set_by_client(requester.user_id, room_id, user_id, is_typing, timeout)
         return {}
 
     router.add("PUT", f"{ROOM}/send/{{event_type}}/{{txn_id}}", send)

@@ -6,52 +6,35 @@ access token and the other way round.
 
 from __future__ import annotations
 
-import secrets
 from typing import TYPE_CHECKING, Any
 
 from homeserver.api.auth import require_user
 from homeserver.api.http import ApiRequest, Response, Router
 from homeserver.api.validate import required
 from homeserver.core.accounts import check_email
-from homeserver.errors import Forbidden, ThreepidAuthFailed, ThreepidInUse
 
 if TYPE_CHECKING:
     from homeserver.server import HomeServer
 
 
 def register(router: Router, hs: "HomeServer") -> None:
-    limits = hs.config.rate_limits
-
     async def register_account(request: ApiRequest) -> Response:
         body = request.json_body()
         email = check_email(required(body, "email", str))
-        password = hs.accounts.check_password(required(body, "password", str))
-        if not hs.config.registration.enabled or hs.config.registration.tokens:
-            raise Forbidden("Registration through the simple API is disabled on this server")
-        ip = request.client_ip()
-        hs.ratelimiter.check("register", ip, limits.register_per_ip)
-        localpart = await hs.accounts.localpart_for_email(email)
-        if hs.config.registration.require_email_verification:
-            # Mail first: when it cannot be sent, no account is left holding the address.
-            # The account then cannot log in until the mail's link or code is used.
-            if await hs.storage.accounts.user_for_email(email) is not None:
-                raise ThreepidInUse("Email address is already in use")
-            await hs.email.request_token("verify_account", email, secrets.token_urlsafe(16), 1)
-            user_id = await hs.accounts.register(localpart, password, email=email, email_validated=False)
-            return Response({"userId": user_id, "verificationRequired": True}, 201)
-        user_id = await hs.accounts.register(localpart, password, email=email, email_validated=False)
-        session = await hs.accounts.create_session(user_id, None, "simple API", refreshable=False, ip=ip)
-        return Response({"userId": user_id, "token": session.tokens.access_token}, 201)
+        password = required(body, "password", str)
+        result = await hs.registration.register_with_email(email, password, request.client_ip())
+        if result.session is None:
+            # The account cannot log in until the mail's link or code is used.
+            return Response({"userId": result.user_id, "verificationRequired": True}, 201)
+        return Response({"userId": result.user_id, "token": result.session.tokens.access_token}, 201)
 
     async def login(request: ApiRequest) -> dict[str, Any]:
         body = request.json_body()
         email = required(body, "email", str)
         password = required(body, "password", str)
-        ip = request.client_ip()
-        hs.ratelimiter.check("login", ip, limits.login_per_ip)
-        user_id = await hs.accounts.user_for_email_login(email)
-        user_id = await hs.accounts.check_password_login(user_id, password, ip)
-        session = await hs.accounts.create_session(user_id, None, "simple API", refreshable=True, ip=ip)
+        session = await hs.accounts.password_login(
+            ("email", email), password, request.client_ip(), display_name="simple API", refreshable=True
+        )
         return _session_json(hs, session.user_id, session.device_id, session.tokens)
 
     async def refresh(request: ApiRequest) -> dict[str, Any]:
@@ -68,47 +51,27 @@ def register(router: Router, hs: "HomeServer") -> None:
         body = request.json_body()
         email = check_email(required(body, "email", str))
         code = required(body, "code", str)
-        hs.ratelimiter.check("email_code", request.client_ip(), limits.password_reset_per_ip)
-        session = await hs.email.submit_code_for_address("verify_account", email, code)
-        await hs.storage.accounts.mark_email_validated(session.address, hs.clock.time_ms())
+        await hs.registration.verify_email_code(email, code, request.client_ip())
         return {"verified": True}
 
     async def resend_verification(request: ApiRequest) -> Response:
-        body = request.json_body()
-        email = check_email(required(body, "email", str))
-        hs.ratelimiter.check("password_reset", request.client_ip(), limits.password_reset_per_ip)
-        hs.ratelimiter.check("password_reset_account", email, limits.password_reset_per_account)
-        # Always 202, and a mail only for an account still waiting for verification.
-        owner = await hs.storage.accounts.user_for_email(email)
-        if owner is not None and not owner[1]:
-            await hs.email.request_token("verify_account", email, secrets.token_urlsafe(16), 1)
+        email = check_email(required(request.json_body(), "email", str))
+        await hs.registration.resend_verification(email, request.client_ip())
+        # Always 202: the answer must not reveal which addresses have accounts.
         return Response({}, 202)
 
     async def reset_request(request: ApiRequest) -> Response:
-        body = request.json_body()
-        email = check_email(required(body, "email", str))
-        hs.ratelimiter.check("password_reset", request.client_ip(), limits.password_reset_per_ip)
-        hs.ratelimiter.check("password_reset_account", email, limits.password_reset_per_account)
+        email = check_email(required(request.json_body(), "email", str))
+        await hs.password_reset.request_reset(email, request.client_ip())
         # Always 202: the answer must not reveal which addresses have accounts.
-        if await hs.storage.accounts.user_for_email(email) is not None:
-            await hs.email.request_token("password_reset", email, secrets.token_urlsafe(16), 1)
         return Response({}, 202)
 
     async def reset_confirm(request: ApiRequest) -> dict[str, Any]:
         body = request.json_body()
         email = check_email(required(body, "email", str))
         code = required(body, "code", str)
-        new_password = hs.accounts.check_password(required(body, "newPassword", str))
-        hs.ratelimiter.check("email_code", request.client_ip(), limits.password_reset_per_ip)
-        session = await hs.email.submit_code_for_address("password_reset", email, code)
-        owner = await hs.storage.accounts.user_for_email(email)
-        if owner is None:
-            raise ThreepidAuthFailed("No account has this email address")
-        await hs.email.consume(session.session_id)
-        await hs.accounts.set_password(owner[0], new_password, keep_device=None, logout_devices=True)
-        if not owner[1]:
-            # Following the reset mail proves the address as well.
-            await hs.storage.accounts.mark_email_validated(email, hs.clock.time_ms())
+        new_password = required(body, "newPassword", str)
+        await hs.password_reset.confirm_reset(email, code, new_password, request.client_ip())
         return {}
 
     router.add("POST", "/api/auth/register", register_account)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from homeserver.api.auth import require_user
 from homeserver.api.http import ApiRequest, Response, Router
 from homeserver.api.validate import optional, required
-from homeserver.errors import BadJson, Forbidden, MatrixError
+from homeserver.errors import BadJson, MissingParam
 
 if TYPE_CHECKING:
     from homeserver.server import HomeServer
@@ -19,11 +19,8 @@ def register(router: Router, hs: "HomeServer") -> None:
     async def send(request: ApiRequest) -> Response:
         requester = await require_user(hs, request)
         body = request.json_body()
-        sender = optional(body, "senderId", str)
-        if sender is not None and sender != requester.user_id:
-            raise Forbidden("senderId must be the authenticated user (or left out)")
         if "content" not in body:
-            raise MatrixError("Missing 'content'", "M_MISSING_PARAM")
+            raise MissingParam("Missing 'content'")
         event = await chats.send(
             requester.user_id,
             requester.device_id,
@@ -33,6 +30,7 @@ def register(router: Router, hs: "HomeServer") -> None:
             optional(body, "clientMessageId", str),
             # A simple-API client sends plaintext: its chats are encrypted only when it says it can.
             optional(body, "encrypted", bool, False),
+            claimed_sender=optional(body, "senderId", str),
         )
         return Response(
             {
@@ -46,10 +44,7 @@ def register(router: Router, hs: "HomeServer") -> None:
 
     async def list_messages(request: ApiRequest, chat_id: str) -> dict[str, Any]:
         requester = await require_user(hs, request)
-        try:
-            limit = int(request.query_param("limit", "50") or 50)
-        except ValueError:
-            raise MatrixError("'limit' must be an integer", "M_INVALID_PARAM") from None
+        limit = request.int_param("limit", 50)
         return await chats.message_list(requester.user_id, chat_id, request.query_param("before"), limit)
 
     async def message_status(request: ApiRequest, chat_id: str, message_id: str) -> dict[str, Any]:

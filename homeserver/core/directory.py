@@ -1,0 +1,135 @@
+"""Room aliases and the public room directory (spec: Room aliases; Room directory).
+
+An alias is this server's (`#name:server`); whoever made it, or whoever may set the
+room's canonical alias, may remove it. A room is listed when a member who may set
+the canonical alias publishes it (or it was created with `visibility: public`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from homeserver.core.room_heads import RoomHead, RoomHeads
+from homeserver.core.rooms import RoomService
+from homeserver.errors import Forbidden, MatrixError, NotFound
+from homeserver.storage import Storage
+from homeserver.storage.rooms import AliasExists
+
+MAX_PAGE = 500
+DEFAULT_PAGE = 100
+MAX_ALIAS_LENGTH = 255
+_SUMMARY_FIELDS = (
+    ("name", "m.room.name", "name"),
+    ("topic", "m.room.topic", "topic"),
+    ("canonical_alias", "m.room.canonical_alias", "alias"),
+    ("avatar_url", "m.room.avatar", "url"),
+)
+
+
+def parse_since(since: str | None) -> int:
+    """A `next_batch`/`prev_batch` token ("n<offset>") -> the offset; M_INVALID_PARAM if malformed."""
+    if since is None or since == "":
+        return 0
+    digits = since[1:]
+    if not since.startswith("n") or not digits.isascii() or not digits.isdigit() or len(digits) > 9:
+        raise MatrixError("Invalid 'since' token", "M_INVALID_PARAM")
+    return int(digits)
+
+
+def room_summary(head: RoomHead) -> dict[str, Any]:
+    """A room as the directory lists it (spec: PublishedRoomsChunk)."""
+    entry: dict[str, Any] = {
+        "room_id": head.room_id,
+        "num_joined_members": len(head.members("join")),
+        "world_readable": head.content("m.room.history_visibility").get("history_visibility")
+        == "world_readable",
+        "guest_can_join": head.content("m.room.guest_access").get("guest_access") == "can_join",
+        "join_rule": head.content("m.room.join_rules").get("join_rule", "invite"),
+    }
+    for key, event_type, field in _SUMMARY_FIELDS:
+        value = head.content(event_type).get(field)
+        if isinstance(value, str):
+            entry[key] = value
+    return entry
+
+
+class DirectoryService:
+    def __init__(self, server_name: str, storage: Storage, rooms: RoomService, heads: RoomHeads) -> None:
+        self.server_name = server_name
+        self.storage = storage
+        self.rooms = rooms
+        self.heads = heads
+
+    # Aliases ---------------------------------------------------------------------------------
+
+    async def room_for_alias(self, alias: str) -> str:
+        room_id = await self.storage.rooms.room_for_alias(alias)
+        if room_id is None:
+            raise NotFound("Room alias not found")
+        return room_id
+
+    async def create_alias(self, user_id: str, alias: str, room_id: str) -> None:
+        """Point `alias` at a room the user is joined to; 409 if it points somewhere already."""
+        if (
+            not alias.startswith("#")
+            or not alias.endswith(":" + self.server_name)
+            or len(alias) > MAX_ALIAS_LENGTH
+        ):
+            raise MatrixError("Aliases must be #name:" + self.server_name, "M_INVALID_PARAM")
+        await self.rooms.access_room_as_member(user_id, room_id)
+        try:
+            await self.storage.rooms.create_alias(alias, room_id, user_id)
+        except AliasExists:
+            raise MatrixError("Room alias already exists", "M_UNKNOWN", status=409) from None
+
+    async def delete_alias(self, user_id: str, alias: str) -> None:
+        room_id = await self.room_for_alias(alias)
+        creator = await self.storage.rooms.alias_creator(alias)
+        head = await self.rooms.head(room_id)
+        if creator != user_id and not self.rooms.may(
+            user_id, head, "state", event_type="m.room.canonical_alias"
+        ):
+            raise Forbidden("You may not remove this alias")
+        await self.storage.rooms.delete_alias(alias)
+
+    async def aliases_for_room(self, user_id: str, room_id: str) -> list[str]:
+        await self.rooms.access_room_as_member(user_id, room_id)
+        return await self.storage.rooms.aliases_for_room(room_id)
+
+    # The public room directory ------------------------------------------------------------
+
+    async def visibility(self, room_id: str) -> str:
+        await self.rooms.head(room_id)
+        return await self.storage.rooms.get_visibility(room_id)
+
+    async def set_visibility(self, user_id: str, room_id: str, visibility: str) -> None:
+        if visibility not in ("public", "private"):
+            raise MatrixError("'visibility' must be public or private", "M_INVALID_PARAM")
+        head = await self.rooms.access_room_as_member(user_id, room_id)
+        if not self.rooms.may(user_id, head, "state", event_type="m.room.canonical_alias"):
+            raise Forbidden("You may not change this room's visibility")
+        await self.storage.rooms.set_visibility(room_id, visibility)
+
+    async def public_rooms(self, limit: int | None, since: str | None, term: str | None) -> dict[str, Any]:
+        """One page of the listed rooms, most members first; `term` matches name, topic, alias."""
+        start = parse_since(since)
+        limit = DEFAULT_PAGE if limit is None else max(1, min(limit, MAX_PAGE))
+        needle = (term or "").lower()
+        entries = []
+        for room_id in await self.storage.rooms.public_rooms():
+            head = await self.heads.get(room_id)
+            if head is None:
+                continue
+            entry = room_summary(head)
+            text = " ".join(str(entry.get(k, "")) for k in ("name", "topic", "canonical_alias")).lower()
+            if needle and needle not in text:
+                continue
+            entries.append(entry)
+        entries.sort(key=lambda e: (-e["num_joined_members"], e["room_id"]))
+        page = entries[start : start + limit]
+        response: dict[str, Any] = {"chunk": page, "total_room_count_estimate": len(entries)}
+        if start + limit < len(entries):
+            response["next_batch"] = f"n{start + limit}"
+        if start > 0:
+            response["prev_batch"] = f"n{max(0, start - limit)}"
+        return response

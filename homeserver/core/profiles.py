@@ -1,0 +1,48 @@
+"""Profiles: display name and avatar URL (spec: Client-Server API, Profiles)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from homeserver.errors import BadJson, Forbidden, NotFound, Unrecognized
+from homeserver.storage import Storage
+
+FIELDS = ("displayname", "avatar_url")
+_MAX_LENGTH = {"displayname": 256, "avatar_url": 1000}
+
+
+def _check_field(field: str) -> None:
+    if field not in FIELDS:
+        raise Unrecognized("Unknown profile field")
+
+
+class ProfileService:
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    async def get(self, user_id: str) -> dict[str, Any]:
+        """The fields that are set, or M_NOT_FOUND for an unknown user."""
+        profile = await self.storage.accounts.get_profile(user_id)
+        if profile is None:
+            raise NotFound("Profile not found")
+        return {k: v for k, v in zip(FIELDS, profile, strict=True) if v is not None}
+
+    async def get_field(self, user_id: str, field: str) -> dict[str, Any]:
+        _check_field(field)
+        profile = await self.get(user_id)
+        if field not in profile:
+            raise NotFound(f"No {field} set")
+        return {field: profile[field]}
+
+    async def set_field(self, requester: str, user_id: str, field: str, value: object) -> None:
+        """Set (or, with None or "", clear) one field of the requester's own profile."""
+        _check_field(field)
+        if requester != user_id:
+            raise Forbidden("You may only change your own profile")
+        if value is not None and not isinstance(value, str):
+            raise BadJson(f"'{field}' must be a string")
+        if value is not None and len(value) > _MAX_LENGTH[field]:
+            raise BadJson(f"'{field}' is too long")
+        if field == "avatar_url" and value and not value.startswith("mxc://"):
+            raise BadJson("'avatar_url' must be an mxc:// URI")
+        await self.storage.accounts.set_profile_field(user_id, field, value or None)
