@@ -237,8 +237,13 @@ async def test_persist_batch_writes_every_row(storage: Storage) -> None:
     assert got[message.event_id].redacted_by is None
     assert got[message.event_id].stream_ordering == message.stream_ordering
     assert await store.max_stream_ordering() == name2.stream_ordering
-    latest = await store.latest_edits([message.event_id])
-    assert ids(list(latest.values())) == [edit.event_id]
+    edits = await store.edits([message.event_id])
+    assert {k: ids(v) for k, v in edits.items()} == {message.event_id: [edit.event_id]}
+    assert await store.annotations([message.event_id]) == [
+        (message.event_id, "m.reaction", "+1", reaction.stream_ordering)
+    ]
+    assert ids(await store.state_history(room.room_id, "m.room.name")) == [name.event_id, name2.event_id]
+    assert await store.state_history(room.room_id, "m.room.history_visibility") == []
 
 
 @pytest_twisted.ensureDeferred

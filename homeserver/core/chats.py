@@ -220,7 +220,8 @@ class ChatService:
     async def message_status(self, user_id: str, chat_id: str, message_id: str) -> dict[str, Any]:
         head = await self.access_chat(user_id, chat_id)
         ev = (await self.storage.events.get_events([message_id])).get(message_id)
-        if ev is None or ev.room_id != chat_id:
+        visible = ev is not None and await self.messages.visibility.can_see_event(user_id, head, ev)
+        if ev is None or ev.room_id != chat_id or not visible:
             raise NotFound("Unknown message")
         statuses = (await self.delivery.statuses(head, [ev]))[ev.event_id]
         return {
@@ -279,14 +280,15 @@ class ChatService:
         rows = await self.storage.events.room_events_between(
             head.room_id, 0, self.timeline.room_last.get(head.room_id, 0), 20
         )
-        for ev in rows:
-            if ev.type in MESSAGE_TYPES and ev.redacted_by is None:
-                return {
-                    "messageId": ev.event_id,
-                    "senderId": ev.sender,
-                    "content": simple_content(ev),
-                    "timestamp": ev.origin_server_ts,
-                }
+        rows = [ev for ev in rows if ev.type in MESSAGE_TYPES and ev.redacted_by is None]
+        # Not one sent before the user may see the chat's history (e.g. before they joined).
+        for ev in await self.messages.visibility.filter_for_user(user_id, head, rows):
+            return {
+                "messageId": ev.event_id,
+                "senderId": ev.sender,
+                "content": simple_content(ev),
+                "timestamp": ev.origin_server_ts,
+            }
         return None
 
     # Groups ------------------------------------------------------------------------

@@ -7,6 +7,7 @@ room gets 403, and what a former member sees is cut by history visibility
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from homeserver.core.event_format import client_event
@@ -14,7 +15,7 @@ from homeserver.core.filters import EventFilter
 from homeserver.core.room_heads import RoomHead
 from homeserver.core.rooms import RoomService
 from homeserver.core.streams import pagination_token, parse_pagination_token
-from homeserver.core.visibility import VisibilityFilter
+from homeserver.core.visibility import HistoryJudge, VisibilityFilter
 from homeserver.errors import Forbidden, MatrixError, NotFound
 from homeserver.storage import Storage
 from homeserver.storage.events import EventStore, StoredEvent
@@ -51,7 +52,7 @@ class MessagesService:
     def __init__(self, storage: Storage, rooms: RoomService, persisted_upto: Any) -> None:
         self.storage = storage
         self.rooms = rooms
-        self.visibility = VisibilityFilter(storage)
+        self.visibility = VisibilityFilter(storage, rooms.events.heads, persisted_upto)
         self._persisted_upto = persisted_upto
 
     async def access_room_for_reading(self, user_id: str, room_id: str) -> RoomHead:
@@ -69,15 +70,15 @@ class MessagesService:
         return head
 
     async def serialize(
-        self, head: RoomHead, events: list[StoredEvent], *, with_edits: bool = True
+        self, head: RoomHead, events: list[StoredEvent], judge: HistoryJudge | None = None
     ) -> list[dict[str, Any]]:
-        """Client events with their bundled aggregations (spec: Aggregations of child events):
-        the latest edit as `m.replace`, and reaction counts as `m.annotation` (MSC2675's shape,
-        which clients read where present)."""
+        """Client events, with their bundled aggregations if a judge is given (spec: Aggregations
+        of child events): the latest edit as `m.replace`, and reaction counts as `m.annotation`
+        (MSC2675's shape, which clients read where present). Only edits and reactions the
+        judge lets the reader see count: the content of an edit sent after they left is as
+        private as any other event of that time."""
         await self.rooms.load_redactions(events)
-        ids = [e.event_id for e in events]
-        edits = await self.storage.events.latest_edits(ids) if with_edits else {}
-        reactions = await self.storage.events.annotation_counts(ids) if with_edits else {}
+        edits, reactions = await self._aggregations(events, judge) if judge is not None else ({}, {})
         out = []
         for ev in events:
             body = client_event(ev, head.room_version, redaction=self.rooms.redaction_of(ev))
@@ -87,13 +88,41 @@ class MessagesService:
                 if edit is not None and edit.sender == ev.sender:
                     relations["m.replace"] = client_event(edit, head.room_version)
                 if ev.event_id in reactions:
-                    relations["m.annotation"] = {
-                        "chunk": [{"type": t, "key": k, "count": n} for t, k, n in reactions[ev.event_id]]
-                    }
+                    relations["m.annotation"] = {"chunk": reactions[ev.event_id]}
                 if relations:
                     body.setdefault("unsigned", {})["m.relations"] = relations
             out.append(body)
         return out
+
+    async def _aggregations(
+        self, events: list[StoredEvent], judge: HistoryJudge
+    ) -> tuple[dict[str, StoredEvent], dict[str, list[dict[str, Any]]]]:
+        """The latest visible edit of each event, and the counts of its visible reactions."""
+        ids = [e.event_id for e in events]
+        store = self.storage.events
+        all_edits = await store.edits(ids)
+        reaction_rows = await store.annotations(ids)
+        visible = await judge.visible_positions(
+            [e.stream_ordering for edits in all_edits.values() for e in edits]
+            + [position for *_, position in reaction_rows]
+        )
+        edits = {}
+        for parent, candidates in all_edits.items():
+            seen = [e for e in candidates if e.stream_ordering in visible]
+            if seen:
+                edits[parent] = seen[-1]
+        counts: dict[str, Counter[tuple[str, str]]] = {}
+        for parent, event_type, key, position in reaction_rows:
+            if position in visible:
+                counts.setdefault(parent, Counter())[(event_type, key)] += 1
+        reactions = {
+            parent: [
+                {"type": t, "key": k, "count": n}
+                for (t, k), n in sorted(found.items(), key=lambda item: (-item[1], item[0][1]))
+            ]
+            for parent, found in counts.items()
+        }
+        return edits, reactions
 
     async def messages(
         self,
@@ -132,11 +161,12 @@ class MessagesService:
             )
             more, rows = len(rows) > limit, rows[:limit]
             end = rows[-1].stream_ordering if rows and more else None
-        visible = await self.visibility.filter_for_user(user_id, head, rows)
-        visible = [ev for ev in visible if event_filter.allows(ev.type, ev.sender)]
+        judge = self.visibility.judge(user_id, room_id)
+        visible = [ev for ev in rows if event_filter.allows(ev.type, ev.sender)]
+        visible = await judge.filter(visible)
         response: dict[str, Any] = {
             "start": pagination_token(start),
-            "chunk": await self.serialize(head, visible),
+            "chunk": await self.serialize(head, visible, judge),
         }
         if end is not None:
             response["end"] = pagination_token(end)
@@ -147,21 +177,27 @@ class MessagesService:
                 (ev for ev in state if ev.type == "m.room.member" and ev.state_key in senders),
                 key=lambda ev: ev.state_key or "",
             )
-            response["state"] = await self.serialize(head, members, with_edits=False)
+            response["state"] = await self.serialize(head, members)
         return response
+
+    async def _visible_event(self, judge: HistoryJudge, room_id: str, event_id: str) -> StoredEvent:
+        """The event if the judge lets its reader see it; else not found (hidden and missing
+        events look the same)."""
+        ev = (await self.storage.events.get_events([event_id])).get(event_id)
+        if ev is None or ev.room_id != room_id or not await judge.filter([ev]):
+            raise NotFound("Event not found")
+        return ev
 
     async def get_event(self, user_id: str, room_id: str, event_id: str) -> dict[str, Any]:
         head = await self.access_room_for_reading(user_id, room_id)
-        ev = (await self.storage.events.get_events([event_id])).get(event_id)
-        if ev is None or ev.room_id != room_id or not await self.visibility.can_see_event(user_id, head, ev):
-            raise NotFound("Event not found")
-        return (await self.serialize(head, [ev]))[0]
+        judge = self.visibility.judge(user_id, room_id)
+        ev = await self._visible_event(judge, room_id, event_id)
+        return (await self.serialize(head, [ev], judge))[0]
 
     async def context(self, user_id: str, room_id: str, event_id: str, limit: int) -> dict[str, Any]:
         head = await self.access_room_for_reading(user_id, room_id)
-        ev = (await self.storage.events.get_events([event_id])).get(event_id)
-        if ev is None or ev.room_id != room_id or not await self.visibility.can_see_event(user_id, head, ev):
-            raise NotFound("Event not found")
+        judge = self.visibility.judge(user_id, room_id)
+        ev = await self._visible_event(judge, room_id, event_id)
         limit = max(0, min(limit, MAX_LIMIT))
         before_n = limit // 2
         after_n = limit - before_n
@@ -172,16 +208,16 @@ class MessagesService:
         after = await store.room_events_between(
             room_id, ev.stream_ordering, self._persisted_upto(), after_n, newest_first=False
         )
-        before = await self.visibility.filter_for_user(user_id, head, before)
-        after = await self.visibility.filter_for_user(user_id, head, after)
+        before = await judge.filter(before)
+        after = await judge.filter(after)
         state = await self.state_at(head, self._state_position(head, user_id))
         return {
-            "event": (await self.serialize(head, [ev]))[0],
-            "events_before": await self.serialize(head, before),
-            "events_after": await self.serialize(head, after),
+            "event": (await self.serialize(head, [ev], judge))[0],
+            "events_before": await self.serialize(head, before, judge),
+            "events_after": await self.serialize(head, after, judge),
             "start": pagination_token((before[-1].stream_ordering - 1) if before else ev.stream_ordering - 1),
             "end": pagination_token(after[-1].stream_ordering if after else ev.stream_ordering),
-            "state": await self.serialize(head, state, with_edits=False),
+            "state": await self.serialize(head, state),
         }
 
     def _state_position(self, head: RoomHead, user_id: str) -> int:
@@ -208,13 +244,8 @@ class MessagesService:
         limit: int,
     ) -> dict[str, Any]:
         head = await self.access_room_for_reading(user_id, room_id)
-        parent = (await self.storage.events.get_events([event_id])).get(event_id)
-        if (
-            parent is None
-            or parent.room_id != room_id
-            or not await self.visibility.can_see_event(user_id, head, parent)
-        ):
-            raise NotFound("Event not found")
+        judge = self.visibility.judge(user_id, room_id)
+        await self._visible_event(judge, room_id, event_id)
         limit = max(1, min(limit, MAX_LIMIT))
         position = parse_pagination_token(from_token) if from_token else None
         newest_first = direction != "f"
@@ -228,8 +259,7 @@ class MessagesService:
             newest_first=newest_first,
         )
         more, rows = len(rows) > limit, rows[:limit]  # one past the page: is there a next one?
-        visible = await self.visibility.filter_for_user(user_id, head, rows)
-        response: dict[str, Any] = {"chunk": await self.serialize(head, visible, with_edits=False)}
+        response: dict[str, Any] = {"chunk": await self.serialize(head, await judge.filter(rows))}
         if more:
             last = rows[-1].stream_ordering
             response["next_batch"] = pagination_token(last - 1 if newest_first else last)
@@ -248,12 +278,12 @@ class MessagesService:
             and (membership is None or ev.content.get("membership") == membership)
             and (not_membership is None or ev.content.get("membership") != not_membership)
         ]
-        return await self.serialize(head, events, with_edits=False)
+        return await self.serialize(head, events)
 
     async def state(self, user_id: str, room_id: str) -> list[dict[str, Any]]:
         head = await self.rooms.access_room_as_member(user_id, room_id)
         upto = self._persisted_upto()
-        return await self.serialize(head, await self.state_at(head, upto), with_edits=False)
+        return await self.serialize(head, await self.state_at(head, upto))
 
     async def state_event(
         self, user_id: str, room_id: str, event_type: str, state_key: str

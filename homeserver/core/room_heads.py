@@ -37,6 +37,8 @@ class RoomHead:
     extremities: list[str] = field(default_factory=list)
     depth: int = 0
     _members: dict[tuple[str, ...], list[str]] = field(default_factory=dict, repr=False, compare=False)
+    # core/visibility.py's cache: (id of the history_visibility event it ends with, its changes).
+    visibility_changes: tuple[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def get(self, event_type: str, state_key: str = "") -> StoredEvent | None:
         return self.state.get((event_type, state_key))

@@ -332,6 +332,18 @@ class EventStore:
         )
         return _row_to_event(rows[0]) if rows else None
 
+    async def state_history(self, room_id: str, event_type: str, state_key: str = "") -> list[StoredEvent]:
+        """Every state event of (type, state_key) in the room, oldest first."""
+        rows = await self.db.query(
+            "state_history",
+            f"SELECT {_EVENT_COLUMNS} FROM {_EVENT_FROM} WHERE e.room_id = ? AND e.type = ?"
+            " AND e.state_key = ? ORDER BY e.stream_ordering",
+            room_id,
+            event_type,
+            state_key,
+        )
+        return [_row_to_event(r) for r in rows]
+
     async def room_events_between(
         self, room_id: str, after: int, upto: int, limit: int, newest_first: bool = True
     ) -> list[StoredEvent]:
@@ -540,41 +552,38 @@ class EventStore:
         rows = await self.db.query("relations", sql, *args)
         return [_row_to_event(r) for r in rows]
 
-    async def annotation_counts(self, event_ids: Sequence[str]) -> dict[str, list[tuple[str, str, int]]]:
-        """event id -> (type, key, count) of its unredacted annotations (reactions), most used first."""
+    async def annotations(self, event_ids: Sequence[str]) -> list[tuple[str, str, str, int]]:
+        """(parent, type, key, position) of each unredacted annotation (reaction) of these events.
+
+        Rows, not counts: which of them a reader may see depends on their positions."""
         if not event_ids:
-            return {}
+            return []
         marks = ",".join("?" * len(event_ids))
         rows = await self.db.query(
-            "annotation_counts",
-            "SELECT x.relates_to, x.type, x.aggregation_key, COUNT(*) FROM event_relations x"
+            "annotations",
+            "SELECT x.relates_to, x.type, x.aggregation_key, x.stream_ordering FROM event_relations x"
             " LEFT JOIN redactions r ON r.redacts = x.event_id"
             f" WHERE x.rel_type = 'm.annotation' AND x.relates_to IN ({marks}) AND r.event_id IS NULL"
-            " AND x.aggregation_key IS NOT NULL GROUP BY x.relates_to, x.type, x.aggregation_key",
+            " AND x.aggregation_key IS NOT NULL",
             *event_ids,
         )
-        out: dict[str, list[tuple[str, str, int]]] = {}
-        for parent, event_type, key, count in rows:
-            out.setdefault(parent, []).append((event_type, key, int(count)))
-        for counts in out.values():
-            counts.sort(key=lambda c: (-c[2], c[1]))
-        return out
+        return [(r[0], r[1], r[2], int(r[3])) for r in rows]
 
-    async def latest_edits(self, event_ids: Sequence[str]) -> dict[str, StoredEvent]:
-        """The newest m.replace of each event (by the original sender only), if any."""
+    async def edits(self, event_ids: Sequence[str]) -> dict[str, list[StoredEvent]]:
+        """The unredacted m.replace events of each event (by its original sender only), oldest first."""
         if not event_ids:
             return {}
         marks = ",".join("?" * len(event_ids))
         rows = await self.db.query(
-            "latest_edits",
+            "edits",
             f"SELECT {_EVENT_COLUMNS} FROM {_RELATION_FROM}"
             " JOIN events p ON p.event_id = x.relates_to AND p.sender = e.sender"
-            f" WHERE x.rel_type = 'm.replace' AND x.relates_to IN ({marks}) ORDER BY x.stream_ordering",
+            f" WHERE x.rel_type = 'm.replace' AND x.relates_to IN ({marks}) AND r.event_id IS NULL"
+            " ORDER BY x.stream_ordering",
             *event_ids,
         )
-        out: dict[str, StoredEvent] = {}
+        out: dict[str, list[StoredEvent]] = {}
         for row in rows:
             ev = _row_to_event(row)
-            if ev.redacted_by is None:
-                out[ev.content["m.relates_to"]["event_id"]] = ev
+            out.setdefault(ev.content["m.relates_to"]["event_id"], []).append(ev)
         return out
