@@ -23,6 +23,8 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from homeserver.core.clock import Clock
+
 log = Logger()
 
 # Long-poll timeouts fire up to this much late, never early.
@@ -39,8 +41,8 @@ class _Waiter(Deferred[None]):
 
 
 class Notifier:
-    def __init__(self, reactor: Any) -> None:
-        self.reactor = reactor
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
         self.version = 0
         self.closing = False
         self._last_woken: dict[str, int] = {}
@@ -95,7 +97,7 @@ class Notifier:
         TIMEOUT_RESOLUTION_S late), whichever is first."""
         waiter = _Waiter()
         waiter.user_id = user_id
-        tick = math.ceil((self.reactor.seconds() + max(timeout_s, 0.0)) / TIMEOUT_RESOLUTION_S)
+        tick = math.ceil((self.clock.seconds() + max(timeout_s, 0.0)) / TIMEOUT_RESOLUTION_S)
         waiter.tick = tick
         entry = self._waiters.get(user_id)
         if entry is None:
@@ -120,13 +122,13 @@ class Notifier:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer_tick = tick
-        delay = max(0.0, tick * TIMEOUT_RESOLUTION_S - self.reactor.seconds())
-        self._timer = self.reactor.callLater(delay, self._fire)
+        delay = max(0.0, tick * TIMEOUT_RESOLUTION_S - self.clock.seconds())
+        self._timer = self.clock.callLater(delay, self._fire)
 
     def _fire(self) -> None:
         """Time out the waiters of every bucket whose tick has come."""
         self._timer = None
-        now = self.reactor.seconds()
+        now = self.clock.seconds()
         ticks = self._ticks
         due: list[dict[_Waiter, None]] = []
         while ticks and ticks[0] * TIMEOUT_RESOLUTION_S <= now:

@@ -162,10 +162,9 @@ class PluginApi:
             except Exception:
                 self.log.failure(f"background job of plugin {self._name} failed")
 
-        loop = task.LoopingCall(lambda: Deferred.fromCoroutine(run()))
-        loop.clock = self._hs.reactor
-        self._jobs.append(loop)
-        loop.start(interval_s, now=now)
+        self._jobs.append(
+            self._hs.clock.looping_call(interval_s, lambda: Deferred.fromCoroutine(run()), now=now)
+        )
 
     def stop_jobs(self) -> None:
         for loop in self._jobs:

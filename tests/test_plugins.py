@@ -20,6 +20,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.web.http_headers import Headers
 
 from homeserver.config import parse_config
+from homeserver.core.clock import Clock as ServerClock
 from homeserver.plugins import (
     ApiRequest,
     PluginApi,
@@ -210,7 +211,8 @@ def plugin_path(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def make_hs(tmp_path: Path, plugins: list[dict[str, Any]], reactor: Any = None) -> HomeServer:
+def make_hs(tmp_path: Path, plugins: list[dict[str, Any]], clock: Any = None) -> HomeServer:
+    """`clock`: a twisted.internet.task.Clock the test moves (default: the reactor's time)."""
     from twisted.internet import reactor as global_reactor
 
     raw = {
@@ -220,7 +222,7 @@ def make_hs(tmp_path: Path, plugins: list[dict[str, Any]], reactor: Any = None) 
         "plugins": plugins,
     }
     config = parse_config(raw, "test-plugins.yaml", env={})
-    return HomeServer(config, reactor if reactor is not None else global_reactor)
+    return HomeServer(config, global_reactor, ServerClock(clock) if clock is not None else None)
 
 
 @pytest.fixture
@@ -364,7 +366,7 @@ async def test_scheduled_jobs_run_and_a_failing_job_keeps_running(
             {"module": EXAMPLE, "config": {"tick_interval": 2}},
             {"module": plugin_path(RecorderPlugin), "config": {"interval": 1}},
         ],
-        reactor=clock,
+        clock=clock,
     )
     try:
         await hs.start()

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from homeserver.core.clock import Clock
 from homeserver.notifier import Notifier
 
 MAX_TIMEOUT_MS = 120_000
 
 
 class TypingService:
-    def __init__(self, reactor: Any, notifier: Notifier) -> None:
-        self.reactor = reactor
+    def __init__(self, clock: Clock, notifier: Notifier) -> None:
+        self.clock = clock
         self.notifier = notifier
         self.position = 0
         # room -> user -> the delayed call that stops their typing
@@ -27,7 +28,7 @@ class TypingService:
             previous.cancel()
         if typing:
             timeout = min(max(timeout_ms, 0), MAX_TIMEOUT_MS) / 1000
-            users[user_id] = self.reactor.callLater(timeout, self._expire, room_id, user_id, members)
+            users[user_id] = self.clock.callLater(timeout, self._expire, room_id, user_id, members)
         elif previous is None:
             return
         if typing and previous is not None:
