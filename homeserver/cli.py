@@ -158,7 +158,7 @@ def cmd_run(args: argparse.Namespace) -> None:
             "before", "shutdown", lambda: Deferred.fromCoroutine(hs.stop(state["port"]))
         )
         # Start-up is done: what it built lives as long as the process.
-        gc_tuning.tune_after_startup(reactor)
+        gc_tuning.tune_after_startup(hs.clock)
 
     reactor.callWhenRunning(lambda: Deferred.fromCoroutine(startup()))
     # reactor.run() turns SIGTERM and SIGINT into reactor.stop(), which runs the

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from homeserver.core.clock import Clock
+
 if TYPE_CHECKING:
     from homeserver.storage.events import PersistItem
 
@@ -43,10 +45,10 @@ class _Waiter(Deferred[None]):
 
 class Notifier:
     def __init__(
-        self, reactor: Any, room_members: Callable[[str], Sequence[str]] = lambda room_id: ()
+        self, clock: Clock, room_members: Callable[[str], Sequence[str]] = lambda room_id: ()
     ) -> None:
         """`room_members(room_id)`: the joined members of a room, from memory."""
-        self.reactor = reactor
+        self.clock = clock
         self.room_members = room_members
         self.version = 0
         self.closing = False
@@ -116,7 +118,7 @@ class Notifier:
         TIMEOUT_RESOLUTION_S late), whichever is first."""
         waiter = _Waiter()
         waiter.user_id = user_id
-        tick = math.ceil((self.reactor.seconds() + max(timeout_s, 0.0)) / TIMEOUT_RESOLUTION_S)
+        tick = math.ceil((self.clock.seconds() + max(timeout_s, 0.0)) / TIMEOUT_RESOLUTION_S)
         waiter.tick = tick
         entry = self._waiters.get(user_id)
         if entry is None:
@@ -141,13 +143,13 @@ class Notifier:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer_tick = tick
-        delay = max(0.0, tick * TIMEOUT_RESOLUTION_S - self.reactor.seconds())
-        self._timer = self.reactor.callLater(delay, self._fire)
+        delay = max(0.0, tick * TIMEOUT_RESOLUTION_S - self.clock.seconds())
+        self._timer = self.clock.callLater(delay, self._fire)
 
     def _fire(self) -> None:
         """Time out the waiters of every bucket whose tick has come."""
         self._timer = None
-        now = self.reactor.seconds()
+        now = self.clock.seconds()
         ticks = self._ticks
         due: list[dict[_Waiter, None]] = []
         while ticks and ticks[0] * TIMEOUT_RESOLUTION_S <= now:

@@ -250,10 +250,9 @@ class PluginApi:
             except Exception:
                 self.log.failure(f"background job of plugin {self._name} failed")
 
-        loop = task.LoopingCall(lambda: Deferred.fromCoroutine(run()))
-        loop.clock = self._hs.reactor
-        self._jobs.append(loop)
-        loop.start(interval_s, now=now)
+        self._jobs.append(
+            self._hs.clock.looping_call(interval_s, lambda: Deferred.fromCoroutine(run()), now=now)
+        )
 
     def stop_jobs(self) -> None:
         for loop in self._jobs:
@@ -272,8 +271,13 @@ class PluginApi:
         `deferToThread` did).
         """
         if self._threads is None:
-            self._threads = WorkerThreads(0, 10, f"plugin-{self._name}")
+            self._threads = WorkerThreads(0, 10, f"plugin-{self._name}", self._hs.reactor)
         return self._threads.run(fn, *args)
+
+    def close_threads(self) -> None:
+        """After the plugin stopped: let its queued work finish and end its threads."""
+        if self._threads is not None:
+            self._threads.close()
 
     # Metrics ------------------------------------------------------------------------
 

@@ -68,6 +68,7 @@ from homeserver.plugins import PluginApi, migrate_plugin_schemas, start_plugins
 from homeserver.signing_key import load_or_create_signing_key
 from homeserver.storage import Storage
 from homeserver.storage.migrations import migrate
+from homeserver.threads import WorkerThreads
 
 log = Logger()
 
@@ -92,15 +93,19 @@ class HomeServer:
     """The server's parts, wired once. Handlers receive this and use its attributes."""
 
     def __init__(self, config: Config, reactor: Any, clock: Clock | None = None) -> None:
+        """`reactor` runs the I/O and answers the worker threads; `clock` is every read of the
+        time and every timer (default: the reactor's; tests pass one they move themselves)."""
         self.config = config
         self.reactor = reactor
-        self.clock = clock or Clock()
+        self.clock = clock or Clock(reactor)
         self.signing_key = load_or_create_signing_key(config.signing_key_file)
         self.storage = Storage.from_url(
-            config.database.url, config.database.pool_min, config.database.pool_max
+            config.database.url, config.database.pool_min, config.database.pool_max, reactor
         )
         self.metrics = CollectorRegistry()
-        self.hasher = PasswordHasher(config.auth.password_hashing)
+        # Password hashing and SMTP: blocking work, off the reactor thread.
+        self.blocking = WorkerThreads(0, 10, "blocking", reactor)
+        self.hasher = PasswordHasher(config.auth.password_hashing, self.blocking)
         self.ratelimiter = RateLimiter(self.clock, config.rate_limits.enabled)
         self.tokens = TokenService(
             self.storage,
@@ -111,7 +116,7 @@ class HomeServer:
             config.auth.non_refreshable_token_lifetime,
             config.auth.refresh_token_lifetime,
         )
-        self.mailer = Mailer(config.email, config.data_path)
+        self.mailer = Mailer(config.email, config.data_path, self.clock, self.blocking)
         self.email = EmailValidator(
             self.storage.auth_sessions, self.mailer, self.clock, config.base_url, config.email.token_lifetime
         )
@@ -139,6 +144,7 @@ class HomeServer:
         self._build_rooms()
         self.router = Router()
         self.router.access_log = config.logging.access_log
+        self.http: HttpFactory | None = None  # made by site()
         # The WebSocket stream at /_homeserver/ws; every other path goes to the router.
         self.websocket = stream_factory(self, self.router)
         self._jobs: list[Any] = []
@@ -165,11 +171,11 @@ class HomeServer:
         """Rooms, events and the streams sync reads (the message path of docs/architecture.md)."""
         store = self.storage.events
         self.room_heads = RoomHeads(store)
-        self.notifier = Notifier(self.reactor, self._joined_members)
+        self.notifier = Notifier(self.clock, self._joined_members)
         # Every consumer of committed events reads this one ordered stream (docs/architecture.md).
-        self.stream = EventStream(store, self.storage.stream_consumers, self.reactor, self.clock.time_ms)
+        self.stream = EventStream(store, self.storage.stream_consumers, self.clock, self.clock.time_ms)
         self.stream.register_metrics(self.metrics)
-        self.persister = EventPersister(store, self.room_heads, self.stream.publish, self.reactor)
+        self.persister = EventPersister(store, self.room_heads, self.stream.publish, self.clock)
         self.timeline = TimelineCache(store)
         self.events = EventService(
             self.config.server_name, self.signing_key, self.clock, self.room_heads, self.persister, store
@@ -184,7 +190,7 @@ class HomeServer:
         )
         self.directory = DirectoryService(self.config.server_name, self.storage, self.rooms, self.room_heads)
         self.receipts = ReceiptService(self.storage, self.clock, self.notifier, self.rooms, self.account_data)
-        self.typing = TypingService(self.reactor, self.notifier, self.rooms)
+        self.typing = TypingService(self.clock, self.notifier, self.rooms)
         self.presence = PresenceService(self.storage, self.clock, self.notifier)
         self.presence.audience = self._presence_audience
         self.delivery = DeliveryTracker(self.storage)
@@ -196,7 +202,7 @@ class HomeServer:
         self.messages = MessagesService(self.storage, self.rooms, lambda: self.stream.position)
         self.sync = SyncService(
             self.storage,
-            self.reactor,
+            self.clock,
             self.notifier,
             self.room_heads,
             self.timeline,
@@ -260,25 +266,25 @@ class HomeServer:
         self.plugins = await start_plugins(self, self.router)
 
     def _start_job(self, interval_s: float, job: Any) -> None:
-        from twisted.internet.task import LoopingCall
-
         async def run() -> None:
             try:
                 await job()
             except Exception:
                 log.failure("background job failed")
 
-        loop = LoopingCall(lambda: Deferred.fromCoroutine(run()))
-        loop.clock = self.reactor
-        loop.start(interval_s, now=False)
-        self._jobs.append(loop)
+        self._jobs.append(self.clock.looping_call(interval_s, lambda: Deferred.fromCoroutine(run())))
 
     def site(self) -> HttpFactory:
+        """The HTTP side, to listen with (once: stop() drains its connections)."""
         upgrades = {WS_PATH: self.websocket}
-        return make_site(self.router, self.config.limits.max_request_body_size, upgrades=upgrades)
+        self.http = make_site(
+            self.router, self.config.limits.max_request_body_size, self.clock, upgrades=upgrades
+        )
+        return self.http
 
     async def stop(self, port: IListeningPort | None) -> None:
-        """Stop accepting, let in-flight requests finish (bounded), stop plugins, close the database."""
+        """Stop accepting, let requests being read or handled finish (bounded), stop plugins,
+        close the database."""
         if port is not None:
             stopped = port.stopListening()  # type: ignore[misc]
             if stopped is not None:
@@ -286,19 +292,30 @@ class HomeServer:
         # Long-polls answer now rather than hold the shutdown; streams close (clients resume).
         self.websocket.close_all()
         self.notifier.shutdown()
-        idle = self.router.wait_idle()
+        idle: Deferred[None] = Deferred()
+
+        async def requests_done() -> None:
+            # First every request still arriving is read whole (and so with the router), then
+            # the router has answered them all.
+            if self.http is not None:
+                await self.http.drain()
+            await self.router.wait_idle()
+            if not idle.called:
+                idle.callback(None)
 
         def give_up() -> None:
             if not idle.called:
                 log.warn("shutting down with requests still in flight")
                 idle.callback(None)
 
-        timeout = self.reactor.callLater(SHUTDOWN_GRACE_S, give_up)
+        timeout = self.clock.callLater(SHUTDOWN_GRACE_S, give_up)
+        Deferred.fromCoroutine(requests_done())
         await idle
         if timeout.active():
             timeout.cancel()
         # The last responses may still sit in their connections' write buffers, and the
         # reactor's shutdown drops connections without flushing them: let it write them out.
+        # (Timed by the reactor itself, not the clock: it waits for the reactor's own I/O.)
         get_writers = getattr(self.reactor, "getWriters", None)
         flush_deadline = self.reactor.seconds() + 1.0
         while get_writers is not None and get_writers() and self.reactor.seconds() < flush_deadline:
@@ -323,7 +340,10 @@ class HomeServer:
                         await result
                 except Exception:
                     log.failure("plugin failed to stop")
+        for api in self.plugin_apis:
+            api.close_threads()
         self.storage.close()
+        self.blocking.close()
         log.info("shut down cleanly")
 
 

@@ -29,10 +29,9 @@ class PoolClosed(Exception):
 
 
 class WorkerThreads:
-    def __init__(self, size_min: int, size_max: int, name: str) -> None:
-        from twisted.internet import reactor  # here, not at import: the reactor is chosen first
-
-        self._reactor: Any = reactor
+    def __init__(self, size_min: int, size_max: int, name: str, reactor: Any) -> None:
+        """`reactor` (its callFromThread) answers each job on the reactor thread."""
+        self._reactor = reactor
         self._size_max = max(1, size_max)
         self._name = name
         self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
@@ -106,14 +105,3 @@ class WorkerThreads:
             with self._lock:
                 self._idle += 1
         self._thread_done(local)
-
-
-_blocking: WorkerThreads | None = None
-
-
-def run_blocking(fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
-    """`fn(*args)` on one of a few shared threads (password hashing, SMTP, files)."""
-    global _blocking  # noqa: PLW0603 - made on first use, once the reactor is chosen
-    if _blocking is None:
-        _blocking = WorkerThreads(0, 10, "blocking")  # as many as Twisted's own pool had
-    return _blocking.run(fn, *args)

@@ -297,3 +297,33 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
         pyfuncitem.obj(**{name: pyfuncitem.funcargs[name] for name in names})
         return True
     return None
+
+
+# The fast tier: tests/fast/, `pytest -m fast` -------------------------------------------
+
+FAST_DIR = Path(__file__).resolve().parent / "fast"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test under tests/fast/ carries the `fast` marker."""
+    for item in items:
+        if FAST_DIR in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.fast)
+
+
+class _NoSockets(socket.socket):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a fast test opened a socket: it belongs outside tests/fast/")
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_promise(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fast test opens no socket and starts no process; one that tries fails."""
+    if request.node.get_closest_marker("fast") is None:
+        return
+
+    def no_process(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a fast test started a process: it belongs outside tests/fast/")
+
+    monkeypatch.setattr(socket, "socket", _NoSockets)
+    monkeypatch.setattr(subprocess.Popen, "__init__", no_process)

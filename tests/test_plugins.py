@@ -21,6 +21,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.web.http_headers import Headers
 
 from homeserver.config import parse_config
+from homeserver.core.clock import Clock as ServerClock
 from homeserver.plugins import (
     ApiRequest,
     PluginApi,
@@ -30,7 +31,6 @@ from homeserver.plugins import (
     Response,
 )
 from homeserver.server import HomeServer
-from homeserver.threads import run_blocking
 
 EXAMPLE = "plugins.example.ExamplePlugin"
 # The core's own metrics in the same registry.
@@ -213,7 +213,8 @@ def plugin_path(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def make_hs(tmp_path: Path, plugins: list[dict[str, Any]], reactor: Any = None) -> HomeServer:
+def make_hs(tmp_path: Path, plugins: list[dict[str, Any]], clock: Any = None) -> HomeServer:
+    """`clock`: a twisted.internet.task.Clock the test moves (default: the reactor's time)."""
     from twisted.internet import reactor as global_reactor
 
     raw = {
@@ -223,7 +224,7 @@ def make_hs(tmp_path: Path, plugins: list[dict[str, Any]], reactor: Any = None) 
         "plugins": plugins,
     }
     config = parse_config(raw, "test-plugins.yaml", env={})
-    return HomeServer(config, reactor if reactor is not None else global_reactor)
+    return HomeServer(config, global_reactor, ServerClock(clock) if clock is not None else None)
 
 
 @pytest.fixture
@@ -376,7 +377,7 @@ async def test_scheduled_jobs_run_and_a_failing_job_keeps_running(
             {"module": EXAMPLE, "config": {"tick_interval": 2}},
             {"module": plugin_path(RecorderPlugin), "config": {"interval": 1}},
         ],
-        reactor=clock,
+        clock=clock,
     )
     try:
         await hs.start()
@@ -476,7 +477,7 @@ async def test_run_blocking_uses_each_plugins_own_threads(tmp_path: Path) -> Non
         queued = example.api.run_blocking(lambda: "after the busy ones")
         # (With shared threads these would wait for `release`: time out rather than hang.)
         assert await recorder.api.run_blocking(str.upper, "free").addTimeout(10, hs.reactor) == "FREE"
-        assert await run_blocking(str.upper, "core").addTimeout(10, hs.reactor) == "CORE"
+        assert await hs.blocking.run(str.upper, "core").addTimeout(10, hs.reactor) == "CORE"
         assert not queued.called
         release.set()
         assert await queued == "after the busy ones"

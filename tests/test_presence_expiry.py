@@ -38,23 +38,22 @@ Row = tuple[str, str, str | None, int, int]
 
 
 class FakeClock(Clock):
-    """Wall-clock time that moves only when the test says so."""
+    """The server's clock on a twisted Clock: time moves only when the test says so."""
 
     def __init__(self, now_ms: int) -> None:
-        self.now_ms = now_ms
-
-    def time_ms(self) -> int:
-        return self.now_ms
+        self.time = ReactorClock()
+        self.time.advance(now_ms / 1000)
+        super().__init__(self.time)
 
     def advance(self, ms: int) -> None:
-        self.now_ms += ms
+        self.time.advance(ms / 1000)
 
 
 class CountingNotifier(Notifier):
     """A real notifier that records every wake_users call."""
 
     def __init__(self) -> None:
-        super().__init__(ReactorClock())
+        super().__init__(Clock(ReactorClock()))
         self.wakes: list[set[str]] = []
 
     def wake_users(self, user_ids: Iterable[str]) -> None:
@@ -345,7 +344,7 @@ async def test_watcher_long_poll_sees_everyone_who_stopped_syncing_go_offline(
         "auth": {"password_hashing": "fast"},
         "plugins": [],
     }
-    clock = FakeClock(Clock().time_ms())
+    clock = FakeClock(START_MS)
     hs = HomeServer(parse_config(raw, "test-presence.yaml", env={}), reactor, clock=clock)
     await hs.start()
     port = reactor.listenTCP(0, hs.site(), interface="127.0.0.1")
@@ -369,8 +368,10 @@ async def test_watcher_long_poll_sees_everyone_who_stopped_syncing_go_offline(
         assert all(c["presence"] == "online" for c in presence_events(first).values())
         since = first["next_batch"]
 
-        # A minute later only the keeper is still syncing; the watcher is long-polling.
-        clock.advance(OFFLINE_AFTER_MS + 1)
+        # Half a minute later only the keeper syncs again; the watcher starts a long-poll.
+        # (The server's periodic expiry job runs on the same clock, every 15 s: moving the
+        # clock is what runs it.)
+        clock.advance(OFFLINE_AFTER_MS // 2)
         await http.sync(tokens[keeper])
         wakes: list[set[str]] = []
         wake_users = hs.notifier.wake_users
@@ -380,10 +381,15 @@ async def test_watcher_long_poll_sees_everyone_who_stopped_syncing_go_offline(
             wake_users(wakes[-1])
 
         hs.notifier.wake_users = counting_wake  # type: ignore[method-assign]
-        poll = Deferred.fromCoroutine(http.sync(tokens[watcher], since, timeout_ms=20_000))
-        await deferLater(reactor, 0.3, lambda: None)
+        poll = Deferred.fromCoroutine(http.sync(tokens[watcher], since, timeout_ms=120_000))
+        for _ in range(2000):  # until the long-poll waits (it reads the database first)
+            if hs.notifier.waiting_users() or poll.called:
+                break
+            await deferLater(reactor, 0.005, lambda: None)
         assert not poll.called, "nothing changed yet: the long-poll must be waiting"
-        await hs.presence.expire()
+        assert hs.notifier.waiting_users() == 1
+        # A minute after their last sync, the next run of the job takes the others offline.
+        clock.advance(OFFLINE_AFTER_MS // 2 + 1)
         body = await poll
 
         assert wakes == [{watcher, keeper, *stoppers}]

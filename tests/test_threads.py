@@ -11,25 +11,35 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import DeferredList
 
-from homeserver.threads import PoolClosed, WorkerThreads, run_blocking
+from homeserver.threads import PoolClosed, WorkerThreads
+
+
+def make_pool(size_max: int = 10) -> WorkerThreads:
+    from twisted.internet import reactor
+
+    return WorkerThreads(0, size_max, "test", reactor)
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_blocking_call_runs_on_another_thread_and_answers_on_the_reactor() -> None:
     here = threading.get_ident()
-    ran_on = await run_blocking(threading.get_ident)
-    assert ran_on != here
+    pool = make_pool()
+    try:
+        ran_on = await pool.run(threading.get_ident)
+        assert ran_on != here
 
-    def fails() -> None:
-        raise KeyError("missing")
+        def fails() -> None:
+            raise KeyError("missing")
 
-    with pytest.raises(KeyError, match="missing"):
-        await run_blocking(fails)
+        with pytest.raises(KeyError, match="missing"):
+            await pool.run(fails)
+    finally:
+        pool.close()
 
 
 @pytest_twisted.ensureDeferred
 async def test_calls_run_side_by_side_up_to_the_size_then_wait() -> None:
-    pool = WorkerThreads(0, 2, "test")
+    pool = make_pool(2)
     try:
         barrier = threading.Barrier(2, timeout=10)  # passes only if both run at once
         names = await DeferredList(
@@ -53,16 +63,18 @@ async def test_calls_run_side_by_side_up_to_the_size_then_wait() -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_calls_leave_no_garbage_cycles() -> None:
+    pool = make_pool()
     for _ in range(10):
-        await run_blocking(len, "warm")
+        await pool.run(len, "warm")
     gc.collect()
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         for i in range(300):
-            assert await run_blocking(str, i) == str(i)
+            assert await pool.run(str, i) == str(i)
         collected = gc.collect()
     finally:
         if was_enabled:
             gc.enable()
+        pool.close()
     assert collected < 100  # deferToThread: 1,200

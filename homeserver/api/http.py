@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 
 from homeserver.api.http_server import HttpFactory, Request, safe_header_value
 from homeserver.api.validate import NUL_MESSAGE, contains_nul
+from homeserver.core.clock import Clock
 from homeserver.errors import (
     BadJson,
     InvalidParam,
@@ -483,12 +484,15 @@ class _Pacer:
             await self._paused
 
 
-def make_site(router: Router, max_body_size: int, upgrades: dict[bytes, Any] | None = None) -> HttpFactory:
+def make_site(
+    router: Router, max_body_size: int, clock: Clock, upgrades: dict[bytes, Any] | None = None
+) -> HttpFactory:
     """The listening side: HTTP connections whose requests go to `router`, and WebSocket
-    upgrades on the paths of `upgrades` to their Autobahn factories."""
+    upgrades on the paths of `upgrades` to their Autobahn factories; `clock` times them out."""
     return HttpFactory(
         router.dispatch,  # type: ignore[arg-type]
         max_body_size,
+        clock,
         body_limit_for=router.body_limit_for,
         request_factory=ApiRequest,
         upgrades=upgrades,

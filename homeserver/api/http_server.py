@@ -9,15 +9,20 @@ What it does: keep-alive and pipelining (one request handled at a time per
 connection), Content-Length and chunked request bodies capped per path while
 they arrive (bodies over SPOOL_AT go to an anonymous temporary file), `Expect:
 100-continue`, responses with a length or chunked, and WebSocket upgrades
-handed to Autobahn with the bytes read so far. It refuses what would be
-ambiguous (both Content-Length and Transfer-Encoding, folded headers, a bad
-length) with 400, and closes connections idle longer than IDLE_TIMEOUT_S or
-that take longer than HEAD_TIMEOUT_S to send a request head.
+handed to Autobahn with the bytes read so far.
+
+The parser is strict (docs/adr/0004, "Parsing rules"): whatever two parsers
+could read differently - a front proxy and this one - is refused with 400 and
+the connection closed, never guessed at. A request head must arrive whole
+within HEAD_TIMEOUT_S of its first byte; a body may pause for BODY_TIMEOUT_S;
+an idle keep-alive connection is closed after IDLE_TIMEOUT_S. All time comes
+from the injected clock (homeserver/core/clock.py).
 """
 
 from __future__ import annotations
 
 import io
+import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -26,15 +31,25 @@ from http import HTTPStatus
 from typing import IO, Any
 from urllib.parse import unquote_to_bytes
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from homeserver.core.clock import Clock
+
 log = Logger()
 
 MAX_HEAD_BYTES = 64 * 1024
+MAX_TRAILER_BYTES = 8 * 1024
+# A Content-Length of more digits than this is refused (int() of thousands of digits is slow
+# or raises); a chunk size of more hex digits likewise.
+MAX_LENGTH_DIGITS = 18
+MAX_CHUNK_SIZE_DIGITS = 16
+# A chunk-size line with its extensions (which are checked, then ignored).
+MAX_CHUNK_LINE = 1024
 SPOOL_AT = 100 * 1024
 # A body over its cap is read and dropped (so the client, still sending, reads the 413)
 # unless it announces more than this beyond the cap: then the answer comes first and
@@ -43,8 +58,15 @@ DISCARD_AT_MOST = 16 * 1024 * 1024
 # While a request is being handled, what the client pipelines behind it is buffered up
 # to this much; then reading pauses until the response is out.
 MAX_PIPELINED_BYTES = 1024 * 1024
+# A keep-alive connection with no request in progress is closed after this long.
 IDLE_TIMEOUT_S = 300.0
+# A request head must be complete this long after its first byte (a deadline, not an
+# inactivity timer: a client sending a byte a second is cut off all the same).
 HEAD_TIMEOUT_S = 30.0
+# A request body may pause this long between two reads.
+BODY_TIMEOUT_S = 30.0
+# The timeouts above are enforced by one sweep over all connections this often, so each
+# fires up to this much late, never early.
 SWEEP_EVERY_S = 10.0
 
 _HEAD, _BODY, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILERS, _DONE = range(7)
@@ -52,6 +74,46 @@ _HEAD, _BODY, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILERS, _DONE = range(7)
 _STATUS_LINES: dict[int, bytes] = {}
 _METHODS = {m: m for m in (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH")}
 _VERSIONS = {b"HTTP/1.1": b"HTTP/1.1", b"HTTP/1.0": b"HTTP/1.0"}
+
+# RFC 9110's token characters (method and header names); `bytes.translate(None, _TCHAR)`
+# leaves what is not one.
+_TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_HEXDIG = b"0123456789abcdefABCDEF"
+# The control characters: in a head, CR and LF only as the CRLF line ends and HTAB only
+# inside values (checked separately), none of the others anywhere.
+_CTL = bytes(c for c in range(0x20) if c != 0x09) + b"\x7f"
+# Header names seen on almost every request: checked by lookup instead of character by character.
+_COMMON_NAMES = frozenset(
+    {
+        b"host",
+        b"user-agent",
+        b"accept",
+        b"accept-encoding",
+        b"accept-language",
+        b"authorization",
+        b"connection",
+        b"content-length",
+        b"content-type",
+        b"origin",
+        b"referer",
+        b"x-forwarded-for",
+        b"x-real-ip",
+    }
+)
+
+
+_TOKEN_RE = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_QUOTED_RE = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+# RFC 9112 7.1: the size in hex digits (nothing else), then `;name` or `;name=value`
+# extensions with optional blanks around `;` and `=`.
+_CHUNK_LINE = re.compile(
+    rb"([0-9A-Fa-f]{1,%d})(?:[ \t]*;[ \t]*%s(?:[ \t]*=[ \t]*(?:%s|%s))?)*"
+    % (MAX_CHUNK_SIZE_DIGITS, _TOKEN_RE, _TOKEN_RE, _QUOTED_RE)
+)
+
+
+def _is_token(name: bytes) -> bool:
+    return bool(name) and not name.translate(None, _TCHAR)
 
 
 def _status_line(code: int) -> bytes:
@@ -69,10 +131,10 @@ _date_second = 0
 _date_header = b""
 
 
-def _date() -> bytes:
-    """The Date header, formatted once per second."""
+def _date(seconds: float) -> bytes:
+    """The Date header at `seconds` (the clock's), formatted once per second."""
     global _date_second, _date_header
-    now = int(time.time())
+    now = int(seconds)
     if now != _date_second:
         _date_second = now
         _date_header = b"Date: " + formatdate(now, usegmt=True).encode("ascii") + b"\r\n"
@@ -175,7 +237,7 @@ class Request:
         self._content: IO[bytes] | None = None
         self.max_body_size = 0
         self.body_too_large = False
-        self.started = time.monotonic()
+        self.started = time.monotonic()  # the access log's duration: it measures work (core/clock.py)
         self.finished = False
         self._disconnected = False
         self._args: dict[bytes, list[bytes]] | None = None
@@ -247,7 +309,7 @@ class Request:
         data = b"".join(
             (
                 _status_line(code),
-                _date(),
+                _date(channel.factory.clock.seconds()),
                 head,
                 b"Content-Length: %d\r\n" % len(body),
                 b"\r\n" if keep else b"Connection: close\r\n\r\n",
@@ -267,7 +329,7 @@ class Request:
         if b"content-length" not in headers and self.method != b"HEAD":
             self._chunked = True
             headers[b"transfer-encoding"] = (b"Transfer-Encoding", b"chunked")
-        lines = [_status_line(self._code), _date()]
+        lines = [_status_line(self._code), _date(self.channel.factory.clock.seconds())]
         lines.extend(b"%s: %s\r\n" % pair for pair in headers.values())
         if not self.channel.keep_alive:
             lines.append(b"Connection: close\r\n")
@@ -331,25 +393,31 @@ class HttpChannel(Protocol):
         self._busy = False  # a request is with the router
         self._in_process = False  # guards against re-entering _process from request_done
         self._remaining = 0  # body or chunk bytes still to read
+        self._trailer_bytes = 0  # of the trailer section read so far
         self._discard = False  # the body is over its cap: read and dropped
         self.keep_alive = True
-        self.last_active = time.monotonic()
+        self.last_active = 0.0  # the clock's seconds at the last byte read or response sent
+        self._head_started = 0.0  # ... at the first byte of the request head being read
         self.peer: Any = None
         self._upgraded = False
         self._paused = False
 
     def connectionMade(self) -> None:  # noqa: N802 - twisted's name
         self.peer = self.transport.getPeer()
+        self.last_active = self.factory.clock.seconds()
         self.factory.channels.add(self)
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: N802, B008
-        self.factory.channels.discard(self)
+        factory = self.factory
+        factory.channels.discard(self)
         request = self._request
         self._request = None
         if request is not None:
             request._disconnected = True
             if not self._busy and request._content is not None:
                 request._content.close()  # a body cut short is never handed on
+        if factory.draining:
+            factory.check_drained()
 
     def close(self) -> None:
         if self.transport is not None:
@@ -358,14 +426,27 @@ class HttpChannel(Protocol):
     # Reading -----------------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 - twisted's name
-        self.last_active = time.monotonic()
-        self._buf = self._buf + data if self._buf else data
+        now = self.factory.clock.seconds()
+        self.last_active = now
+        if self._buf:
+            self._buf += data
+        else:
+            if self._state == _HEAD and not self._busy:
+                self._head_started = now  # the first byte of a head: its deadline starts
+            self._buf = data
         if self._busy:
             if len(self._buf) > MAX_PIPELINED_BYTES and not self._paused:
                 self._paused = True
                 self.transport.pauseProducing()
             return
         self._process()
+
+    def reading(self) -> bool:
+        """Part-way through reading a request (its head, or a body not yet complete)."""
+        if self._busy or self._upgraded:
+            return False
+        state = self._state
+        return bool(self._buf) if state == _HEAD else state != _DONE
 
     def _process(self) -> None:
         self._in_process = True
@@ -390,19 +471,17 @@ class HttpChannel(Protocol):
                     self._buf = self._buf[2:]
                     self._state = _CHUNK_SIZE
                 elif state == _TRAILERS:
-                    end = self._buf.find(b"\r\n")
-                    if end < 0:
+                    if not self._read_trailer():
                         return
-                    line, self._buf = self._buf[:end], self._buf[end + 2 :]
-                    if not line:
-                        self._dispatch()
                 else:
                     return
         finally:
             self._in_process = False
 
     def _read_head(self) -> bool:
-        buf = self._buf.lstrip(b"\r\n")  # stray CRLFs between requests are allowed
+        buf = self._buf
+        while buf[:2] == b"\r\n":  # empty lines between requests are allowed (CRLF only)
+            buf = buf[2:]
         end = buf.find(b"\r\n\r\n")
         if end < 0:
             self._buf = buf
@@ -414,28 +493,37 @@ class HttpChannel(Protocol):
             return False
         head, self._buf = buf[:end], buf[end + 4 :]
         lines = head.split(b"\r\n")
+        # Lines end in CRLF only (a bare CR or LF is a line end to some parsers and not to
+        # others), and no other control character anywhere: the only ones are the CRLFs.
+        if len(head) - len(head.translate(None, _CTL)) != 2 * (len(lines) - 1):
+            self._refuse(400, b"Bad characters in request head")
+            return False
         parts = lines[0].split(b" ")
-        if len(parts) != 3 or parts[2] not in (b"HTTP/1.1", b"HTTP/1.0"):
+        if len(parts) != 3 or parts[2] not in _VERSIONS or b"\t" in lines[0]:
             self._refuse(400, b"Bad request line")
             return False
         method, target, version = parts
         # The usual methods and versions as shared constants, not one copy per request.
-        method = _METHODS.get(method, method)
+        known = _METHODS.get(method)
+        if known is None and not _is_token(method):
+            self._refuse(400, b"Bad request line")
+            return False
+        method = known or method
         version = _VERSIONS[version]
         headers: dict[bytes, bytes] = {}
         for line in lines[1:]:
             name, sep, value = line.partition(b":")
-            if not sep or not name or name[-1:] in b" \t" or line[:1] in b" \t":
+            name = name.lower()
+            # No obs-fold (a line starting with whitespace), no whitespace before the colon.
+            if not sep or (name not in _COMMON_NAMES and not _is_token(name)):
                 self._refuse(400, b"Bad header")
                 return False
-            name = name.lower()
             value = value.strip(b" \t")
             if name in headers:
-                if name == b"content-length" and headers[name] != value:
-                    self._refuse(400, b"Conflicting Content-Length")
+                if name == b"content-length" or name == b"transfer-encoding":
+                    self._refuse(400, b"Repeated " + name)
                     return False
-                if name != b"content-length":
-                    headers[name] += b", " + value
+                headers[name] += b", " + value
             else:
                 headers[name] = value
         if target[:1] != b"/":
@@ -448,7 +536,8 @@ class HttpChannel(Protocol):
             target = target[slash:] if slash >= 0 else b"/"
         connection = headers.get(b"connection", b"").lower()
         if version == b"HTTP/1.0":
-            self.keep_alive = b"keep-alive" in connection
+            # `and`: once shutdown has cleared keep-alive, no request turns it back on.
+            self.keep_alive = self.keep_alive and b"keep-alive" in connection
         elif b"close" in connection:
             self.keep_alive = False
 
@@ -468,15 +557,25 @@ class HttpChannel(Protocol):
         te = headers.get(b"transfer-encoding")
         cl = headers.get(b"content-length")
         if te is not None:
+            # Framing two parsers could disagree on is refused, never guessed (RFC 9112 6.1).
             if cl is not None:
                 self._refuse(400, b"Both Content-Length and Transfer-Encoding")
                 return False
-            if te.lower() != b"chunked":
-                self._refuse(501, b"Unsupported Transfer-Encoding")
+            if request.version == b"HTTP/1.0":
+                self._refuse(400, b"Transfer-Encoding in an HTTP/1.0 request")
+                return False
+            coding = te.lower()
+            if coding != b"chunked":
+                if coding.rpartition(b",")[2].strip(b" \t") != b"chunked":
+                    self._refuse(400, b"Transfer-Encoding must end with chunked")
+                else:
+                    self._refuse(501, b"Unsupported Transfer-Encoding")
                 return False
             self._state = _CHUNK_SIZE
+            self._trailer_bytes = 0
         elif cl is not None:
-            if not cl.isdigit():
+            # ASCII digits only: int() would also take '+', '_', spaces and other scripts' digits.
+            if not cl.isdigit() or len(cl) > MAX_LENGTH_DIGITS:
                 self._refuse(400, b"Bad Content-Length")
                 return False
             self._remaining = int(cl)
@@ -503,24 +602,45 @@ class HttpChannel(Protocol):
     def _read_chunk_size(self) -> bool:
         end = self._buf.find(b"\r\n")
         if end < 0:
-            if len(self._buf) > 1024:
-                self._refuse(400, b"Bad chunk")
+            if len(self._buf) > MAX_CHUNK_LINE:
+                self._refuse(400, b"Bad chunk size")
             return False
         line, self._buf = self._buf[:end], self._buf[end + 2 :]
-        size_text = line.partition(b";")[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            self._refuse(400, b"Bad chunk size")
-            return False
-        if size < 0:
-            self._refuse(400, b"Bad chunk size")
-            return False
+        # Hex digits and nothing else (no sign, `0x`, `_` or blanks), then well-formed
+        # extensions only: a bare LF or a stray quote in one must not hide a line end.
+        if line and len(line) <= MAX_CHUNK_SIZE_DIGITS and not line.translate(None, _HEXDIG):
+            size = int(line, 16)
+        else:
+            match = _CHUNK_LINE.fullmatch(line) if len(line) <= MAX_CHUNK_LINE else None
+            if match is None:
+                self._refuse(400, b"Bad chunk size")
+                return False
+            size = int(match.group(1), 16)
         if size == 0:
             self._state = _TRAILERS
         else:
             self._remaining = size
             self._state = _CHUNK_DATA
+        return True
+
+    def _read_trailer(self) -> bool:
+        """One line of the trailer section: checked as a header line, then dropped."""
+        end = self._buf.find(b"\r\n")
+        taken = (end if end >= 0 else len(self._buf)) + 2
+        if self._trailer_bytes + taken > MAX_TRAILER_BYTES:
+            self._refuse(431, b"Request trailers too large")
+            return False
+        if end < 0:
+            return False
+        line, self._buf = self._buf[:end], self._buf[end + 2 :]
+        self._trailer_bytes += taken
+        if not line:
+            self._dispatch()
+            return True
+        name, sep, _ = line.partition(b":")
+        if not sep or not _is_token(name) or len(line.translate(None, _CTL)) != len(line):
+            self._refuse(400, b"Bad trailer")
+            return False
         return True
 
     def _read_body_bytes(self) -> None:
@@ -562,7 +682,10 @@ class HttpChannel(Protocol):
         if request._content is not None:
             request._content.seek(0)
         self._busy = True
-        self.factory.handle(request)
+        factory = self.factory
+        factory.handle(request)
+        if factory.draining:
+            factory.check_drained()
 
     # Writing -----------------------------------------------------------------------------
 
@@ -575,7 +698,8 @@ class HttpChannel(Protocol):
         self._request = None
         self._busy = False
         self._state = _HEAD
-        self.last_active = time.monotonic()
+        # What was pipelined behind it is the next head: its deadline starts now.
+        self.last_active = self._head_started = self.factory.clock.seconds()
         if not self.keep_alive:
             self.close()
             return
@@ -596,6 +720,8 @@ class HttpChannel(Protocol):
         self._buf = b""
         self._state = _DONE
         self.close()
+        if self.factory.draining:
+            self.factory.check_drained()
 
     # Upgrades and timeouts -----------------------------------------------------------------
 
@@ -611,13 +737,19 @@ class HttpChannel(Protocol):
         transport.protocol = protocol
         protocol.makeConnection(transport)
         protocol.dataReceived(head + rest)
+        if self.factory.draining:
+            self.factory.check_drained()
 
     def stale(self, now: float) -> bool:
+        """Past a timeout: idle too long, a head not complete by its deadline, a body stalled."""
         if self._busy:
             return False
-        if self._state == _HEAD and not self._buf:
-            return now - self.last_active > IDLE_TIMEOUT_S
-        return now - self.last_active > HEAD_TIMEOUT_S
+        state = self._state
+        if state == _HEAD:
+            if not self._buf:
+                return now - self.last_active > IDLE_TIMEOUT_S
+            return now - self._head_started > HEAD_TIMEOUT_S
+        return now - self.last_active > BODY_TIMEOUT_S
 
 
 class HttpFactory(ServerFactory):
@@ -629,17 +761,22 @@ class HttpFactory(ServerFactory):
         self,
         handle: Callable[[Any], None],
         max_body_size: int,
+        clock: Clock,
         body_limit_for: Callable[[str], int | None] | None = None,
         request_factory: RequestFactory = Request,
         upgrades: dict[bytes, ServerFactory] | None = None,
     ) -> None:
         self.handle = handle
         self.max_body_size = max_body_size
+        self.clock = clock
         self._body_limit_for = body_limit_for
         self.request_factory = request_factory
         self.upgrades = upgrades or {}
         self.channels: set[HttpChannel] = set()
         self._sweeper: LoopingCall | None = None
+        # Shutting down: no connection starts another request (drain()).
+        self.draining = False
+        self._drain_waiters: list[Deferred[None]] = []
 
     def body_limit_for(self, path: bytes) -> int:
         if self._body_limit_for is not None:
@@ -649,14 +786,39 @@ class HttpFactory(ServerFactory):
         return self.max_body_size
 
     def startFactory(self) -> None:  # noqa: N802 - twisted's name
-        self._sweeper = LoopingCall(self._sweep)
-        self._sweeper.start(SWEEP_EVERY_S, now=False)
+        self._sweeper = self.clock.looping_call(SWEEP_EVERY_S, self._sweep)
 
     def stopFactory(self) -> None:  # noqa: N802 - twisted's name
         if self._sweeper is not None and self._sweeper.running:
             self._sweeper.stop()
 
     def _sweep(self) -> None:
-        now = time.monotonic()
+        now = self.clock.seconds()
         for channel in [c for c in self.channels if c.stale(now)]:
             channel.close()
+
+    # Shutdown ------------------------------------------------------------------------------
+
+    def drain(self) -> Deferred[None]:
+        """For shutdown, once the port has stopped listening: fires when no connection is
+        part-way through reading a request (each one read is with the handler by then).
+
+        Idle connections close now; every other one answers its request with
+        `Connection: close` and closes. The caller bounds the wait (a client may stall).
+        """
+        self.draining = True
+        for channel in list(self.channels):
+            channel.keep_alive = False
+            if not channel._busy and not channel.reading():
+                channel.close()
+        d: Deferred[None] = Deferred()
+        self._drain_waiters.append(d)
+        self.check_drained()
+        return d
+
+    def check_drained(self) -> None:
+        """Called while draining whenever a connection finishes reading or goes away."""
+        if self._drain_waiters and not any(c.reading() for c in self.channels):
+            waiters, self._drain_waiters = self._drain_waiters, []
+            for d in waiters:
+                d.callback(None)

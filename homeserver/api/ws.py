@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import struct
-import time
 from collections import deque
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, cast
@@ -43,7 +42,6 @@ from autobahn.websocket.utf8validator import Utf8Validator
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import connectionDone
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -178,7 +176,7 @@ class StreamFactory(WebSocketServerFactory):
         # One stream (the usual case) or a list of them, by user.
         self._by_user: dict[str, StreamProtocol | list[StreamProtocol]] = {}
         self._by_device: dict[tuple[str, str], StreamProtocol] = {}
-        self._sweeper: LoopingCall | None = None
+        self._sweeper: Any = None  # a LoopingCall while any stream is open
         # Streams to compact at the next sweep (StreamProtocol._compact): authenticated or
         # answering a ping since the last one.
         self._to_compact: list[StreamProtocol] = []
@@ -229,9 +227,7 @@ class StreamFactory(WebSocketServerFactory):
     def opened(self, conn: StreamProtocol) -> None:
         self.connections.add(conn)
         if self._sweeper is None:
-            self._sweeper = LoopingCall(self._sweep)
-            self._sweeper.clock = self.hs.reactor
-            self._sweeper.start(SWEEP_S, now=False)
+            self._sweeper = self.hs.clock.looping_call(SWEEP_S, self._sweep)
 
     def closed(self, conn: StreamProtocol) -> None:
         self.connections.discard(conn)
@@ -243,7 +239,7 @@ class StreamFactory(WebSocketServerFactory):
 
     def _sweep(self) -> None:
         """Once per SWEEP_S: pings, ping timeouts and keep-alives that are due; compactions."""
-        now = self.hs.reactor.seconds()
+        now = self.hs.clock.seconds()
         to_compact, self._to_compact = self._to_compact, []
         for conn in to_compact:
             conn._compact()
@@ -390,6 +386,7 @@ class StreamProtocol(WebSocketServerProtocol):
     # ping timeout) and of the next keep-alive; the factory's sweep acts on them.
     _next_ping = float("inf")
     _next_keepalive = float("inf")
+    _opened_at = 0.0
     _ping_payload: bytes | None = None
     # Autobahn's incremental UTF-8 validator, made again when a message needs one.
     utf8validator = _PerConnection(Utf8Validator)
@@ -403,7 +400,6 @@ class StreamProtocol(WebSocketServerProtocol):
     def __init__(self) -> None:
         super().__init__()
         del self.is_closed
-        self._opened_at = time.monotonic()
 
     @property
     def _hs(self) -> "HomeServer":
@@ -422,8 +418,8 @@ class StreamProtocol(WebSocketServerProtocol):
         self._since_param = since[-1] if since else None
 
     def onOpen(self) -> None:  # noqa: N802 - autobahn's name
-        self._opened_at = time.monotonic()
-        self._next_ping = self._hs.reactor.seconds() + AUTO_PING_INTERVAL_S
+        self._opened_at = now = self._hs.clock.seconds()
+        self._next_ping = now + AUTO_PING_INTERVAL_S
         self.factory.opened(self)
         transport: Any = self.transport
         # Registered on the transport, to hear when the send buffer fills.
@@ -435,7 +431,7 @@ class StreamProtocol(WebSocketServerProtocol):
             self._header_token = self._since_param = None
             self._start_auth(token, since)
         else:
-            self._auth_timer = self._hs.reactor.callLater(AUTH_TIMEOUT_S, self._auth_timed_out)
+            self._auth_timer = self._hs.clock.callLater(AUTH_TIMEOUT_S, self._auth_timed_out)
 
     def _auth_timed_out(self) -> None:
         self._auth_timer = None
@@ -502,7 +498,7 @@ class StreamProtocol(WebSocketServerProtocol):
             hs.delivery.acknowledge(requester.user_id, min(since.events, hs.sync.current_token().events))
         self.send_frame({"type": "ready", "user_id": requester.user_id, "device_id": requester.device_id})
         self.since = since
-        self._next_keepalive = hs.reactor.seconds() + KEEPALIVE_S
+        self._next_keepalive = hs.clock.seconds() + KEEPALIVE_S
         self._wanted = True
         self.wake()
         early, self._early = self._early, None
@@ -549,7 +545,7 @@ class StreamProtocol(WebSocketServerProtocol):
         which sheds what the frames since the last one left behind.
         """
         self._ping_payload = None
-        self._next_ping = self._hs.reactor.seconds() + AUTO_PING_INTERVAL_S
+        self._next_ping = self._hs.clock.seconds() + AUTO_PING_INTERVAL_S
         self.factory._to_compact.append(self)
 
     def onPong(self, payload: bytes) -> None:  # noqa: N802 - autobahn's name
@@ -636,7 +632,7 @@ class StreamProtocol(WebSocketServerProtocol):
         self._paused = True
         transport: Any = self.transport
         transport.pauseProducing()
-        self._stall_timer = self._hs.reactor.callLater(MAX_STALL_S, self._stalled)
+        self._stall_timer = self._hs.clock.callLater(MAX_STALL_S, self._stalled)
 
     def resume(self) -> None:
         if not self._paused:
@@ -842,7 +838,7 @@ class StreamProtocol(WebSocketServerProtocol):
                     user_id=requester.user_id,
                     device_id=requester.device_id,
                     code=code,
-                    s=time.monotonic() - self._opened_at,
+                    s=self._hs.clock.seconds() - self._opened_at,
                 )
 
     def _peer_host(self) -> str:

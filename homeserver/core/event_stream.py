@@ -83,12 +83,12 @@ class EventStream:
         self,
         events: EventStore,
         positions: StreamConsumerStore,
-        reactor: Any,
+        clock: Any,
         time_ms: Callable[[], int],
     ) -> None:
         self._events = events
         self._positions = positions
-        self._reactor = reactor
+        self._clock = clock
         self._time_ms = time_ms
         self.position = 0
         self._started = False
@@ -365,7 +365,7 @@ class StreamConsumer:
                 self._pausing = None
                 waiter.callback(None)
 
-        call = self.stream._reactor.callLater(seconds, end)
+        call = self.stream._clock.callLater(seconds, end)
         await waiter
         if call.active():
             call.cancel()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import secrets
 import smtplib
 import ssl
-import time
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
@@ -17,22 +16,25 @@ from pathlib import Path
 from twisted.logger import Logger
 
 from homeserver.config import EmailConfig
-from homeserver.threads import run_blocking
+from homeserver.core.clock import Clock
+from homeserver.threads import WorkerThreads
 
 log = Logger()
 
 
 class Mailer:
-    def __init__(self, config: EmailConfig, data_dir: Path) -> None:
+    def __init__(self, config: EmailConfig, data_dir: Path, clock: Clock, threads: WorkerThreads) -> None:
         self.config = config
         self.outbox = data_dir / "mail"
+        self.clock = clock
+        self._run = threads.run
 
     def _message(self, to: str, subject: str, text: str) -> EmailMessage:
         msg = EmailMessage()
         msg["From"] = self.config.sender
         msg["To"] = to
         msg["Subject"] = subject
-        msg["Date"] = formatdate(localtime=False)
+        msg["Date"] = formatdate(self.clock.seconds(), localtime=False)
         msg["Message-ID"] = make_msgid(domain="homeserver")
         msg.set_content(text)
         return msg
@@ -41,16 +43,16 @@ class Mailer:
         """Deliver one plain-text mail; raise on SMTP failure (the caller reports it)."""
         msg = self._message(to, subject, text)
         if self.config.smtp.host is None:
-            path = await run_blocking(self._write_to_outbox, msg)
+            path = await self._run(self._write_to_outbox, msg, self.clock.time_ms())
             log.info("no SMTP configured: mail to {to} written to {path}", to=to, path=str(path))
             return
-        await run_blocking(self._send_smtp, msg)
+        await self._run(self._send_smtp, msg)
         log.info("mail sent to {to}: {subject}", to=to, subject=subject)
 
-    def _write_to_outbox(self, msg: EmailMessage) -> Path:
+    def _write_to_outbox(self, msg: EmailMessage, stamp_ms: int) -> Path:
         self.outbox.mkdir(parents=True, exist_ok=True, mode=0o700)
         suffix = secrets.token_hex(3)
-        path = self.outbox / f"{int(time.time() * 1000)}-{suffix}-{msg['To'].replace('/', '_')}.eml"
+        path = self.outbox / f"{stamp_ms}-{suffix}-{msg['To'].replace('/', '_')}.eml"
         path.write_bytes(bytes(msg))
         path.chmod(0o600)
         return path

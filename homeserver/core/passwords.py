@@ -5,7 +5,7 @@ from __future__ import annotations
 import nacl.exceptions
 import nacl.pwhash
 
-from homeserver.threads import run_blocking
+from homeserver.threads import WorkerThreads
 
 # (opslimit, memlimit) per config level. "fast" exists for test suites only.
 _COSTS = {
@@ -16,8 +16,9 @@ _COSTS = {
 
 
 class PasswordHasher:
-    def __init__(self, level: str = "interactive") -> None:
+    def __init__(self, level: str, threads: WorkerThreads) -> None:
         self.opslimit, self.memlimit = _COSTS[level]
+        self._run = threads.run
 
     def hash_sync(self, password: str) -> str:
         return nacl.pwhash.argon2id.str(
@@ -25,7 +26,7 @@ class PasswordHasher:
         ).decode("ascii")
 
     async def hash(self, password: str) -> str:
-        result: str = await run_blocking(self.hash_sync, password)
+        result: str = await self._run(self.hash_sync, password)
         return result
 
     @staticmethod
@@ -39,7 +40,7 @@ class PasswordHasher:
     async def verify(self, password_hash: str | None, password: str) -> bool:
         """True iff `password` matches; a missing hash never matches (but costs the same time)."""
         if password_hash is None:
-            await run_blocking(self.hash_sync, password)
+            await self._run(self.hash_sync, password)
             return False
-        result: bool = await run_blocking(self._verify_sync, password_hash, password)
+        result: bool = await self._run(self._verify_sync, password_hash, password)
         return result

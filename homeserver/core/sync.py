@@ -14,12 +14,12 @@ its head; the database is only asked for wider ranges.
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 from homeserver.core.account_data import AccountDataService
+from homeserver.core.clock import Clock
 from homeserver.core.delivery import DeliveryTracker
 from homeserver.core.e2ee import KeyService
 from homeserver.core.event_format import EncodedEvents, RawJson, client_event, dumps_with_raw
@@ -59,7 +59,7 @@ class SyncService:
     def __init__(
         self,
         storage: Storage,
-        reactor: Any,
+        clock: Clock,
         notifier: Notifier,
         heads: RoomHeads,
         timeline: TimelineCache,
@@ -74,7 +74,7 @@ class SyncService:
         persisted_upto: Any,
     ) -> None:
         self.storage = storage
-        self.reactor = reactor
+        self.clock = clock
         self.notifier = notifier
         self.heads = heads
         self.timeline = timeline
@@ -154,7 +154,8 @@ class SyncService:
             self.delivery.acknowledge(req.user_id, min(req.since.events, self._persisted_upto()))
         await self.presence.sync_started(req.user_id, req.set_presence)
         try:
-            deadline = time.monotonic() + min(max(req.timeout_ms, 0), MAX_TIMEOUT_MS) / 1000
+            monotonic = self.clock.monotonic
+            deadline = monotonic() + min(max(req.timeout_ms, 0), MAX_TIMEOUT_MS) / 1000
             if (
                 req.since is not None
                 and req.timeout_ms > 0
@@ -162,19 +163,19 @@ class SyncService:
                 and not self.notifier.closing
                 and self._nothing_new(req.user_id, req.since)
             ):
-                await self.notifier.wait(req.user_id, deadline - time.monotonic())
+                await self.notifier.wait(req.user_id, deadline - monotonic())
             while True:
                 version = self.notifier.version
                 upto = self.current_token()
                 body, has_data, _ = await self._compute(req, upto)
-                remaining = deadline - time.monotonic()
+                remaining = deadline - monotonic()
                 if has_data or req.since is None or req.full_state or remaining <= 0 or self.notifier.closing:
                     return body
                 if self.notifier.changed_since(req.user_id, version):
                     continue
                 del body  # not held by thousands of idle long-polls; recomputed after the wait
                 await self.notifier.wait(req.user_id, remaining)
-                if deadline - time.monotonic() <= 0:
+                if deadline - monotonic() <= 0:
                     body, _, _ = await self._compute(req, self.current_token())
                     return body
         finally:

@@ -114,12 +114,20 @@ class TokenService:
                 self._secret,
                 algorithms=[ALGORITHM],
                 issuer=self.issuer,
-                options={"require": ["sub", "did", "jti", "exp", "iat", "iss"]},
+                # Expiry is judged on the server's clock below, not on PyJWT's reading of the time.
+                options={
+                    "require": ["sub", "did", "jti", "exp", "iat", "iss"],
+                    "verify_exp": False,
+                    "verify_iat": False,
+                },
             )
-        except jwt.ExpiredSignatureError:
-            raise UnknownToken("Access token has expired", soft_logout=True) from None
         except jwt.InvalidTokenError:
             raise UnknownToken("Unrecognised access token") from None
+        expires_s = claims["exp"]
+        if not isinstance(expires_s, int) or isinstance(expires_s, bool):
+            raise UnknownToken("Unrecognised access token")
+        if expires_s * 1000 <= self.clock.time_ms():
+            raise UnknownToken("Access token has expired", soft_logout=True)
         token_id = claims["jti"]
         if not isinstance(token_id, str):
             raise UnknownToken("Unrecognised access token")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from homeserver.core.clock import Clock
 from homeserver.core.rooms import RoomService
 from homeserver.errors import Forbidden
 from homeserver.notifier import Notifier
@@ -12,8 +13,8 @@ MAX_TIMEOUT_MS = 120_000
 
 
 class TypingService:
-    def __init__(self, reactor: Any, notifier: Notifier, rooms: RoomService | None = None) -> None:
-        self.reactor = reactor
+    def __init__(self, clock: Clock, notifier: Notifier, rooms: RoomService | None = None) -> None:
+        self.clock = clock
         self.notifier = notifier
         self.rooms = rooms
         self.position = 0
@@ -41,7 +42,7 @@ class TypingService:
             previous.cancel()
         if typing:
             timeout = min(max(timeout_ms, 0), MAX_TIMEOUT_MS) / 1000
-            users[user_id] = self.reactor.callLater(timeout, self._expire, room_id, user_id, members)
+            users[user_id] = self.clock.callLater(timeout, self._expire, room_id, user_id, members)
         elif previous is None:
             return
         if typing and previous is not None:

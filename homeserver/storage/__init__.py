@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from homeserver.storage.accounts import AccountStore
 from homeserver.storage.auth_sessions import AuthSessionStore
 from homeserver.storage.database import Database, engine_from_url
@@ -28,8 +30,9 @@ class Storage:
         self.stream_consumers = StreamConsumerStore(db)
 
     @classmethod
-    def from_url(cls, url: str, pool_min: int = 2, pool_max: int = 10) -> "Storage":
-        return cls(Database(engine_from_url(url, pool_min, pool_max)))
+    def from_url(cls, url: str, pool_min: int = 2, pool_max: int = 10, reactor: Any = None) -> "Storage":
+        """`reactor` answers the database threads (None: the global reactor)."""
+        return cls(Database(engine_from_url(url, pool_min, pool_max), reactor))
 
     def close(self) -> None:
         self.db.close()

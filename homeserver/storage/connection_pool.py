@@ -48,12 +48,13 @@ class ConnectionPool(WorkerThreads):
         size_min: int,
         size_max: int,
         is_disconnect: Callable[[BaseException, Any], bool],
-        name: str = "db",
+        name: str,
+        reactor: Any,
     ) -> None:
         """`connect()` opens a ready connection; `is_disconnect(error, conn)` tells a lost one."""
         self._connect = connect
         self._is_disconnect = is_disconnect
-        super().__init__(size_min, size_max, name)
+        super().__init__(size_min, size_max, name, reactor)
 
     # run(fn, *args): `fn(cursor, *args)` in one transaction on a pool thread, committed if it
     # returns, rolled back if it raises; the Deferred fires on the reactor thread.

@@ -133,7 +133,8 @@ class Engine:
     def adapt(self, sql: str) -> str:
         return sql
 
-    def make_pool(self) -> ConnectionPool:
+    def make_pool(self, reactor: Any) -> ConnectionPool:
+        """Threads with a connection each, answering on `reactor`'s thread."""
         raise NotImplementedError
 
     def insert_many(
@@ -163,12 +164,12 @@ class SqliteEngine(Engine):
     def __init__(self, path: str) -> None:
         self.path = path
 
-    def make_pool(self) -> ConnectionPool:
+    def make_pool(self, reactor: Any) -> ConnectionPool:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         # One connection: SQLite has a single writer anyway, and one thread keeps
         # every transaction serialised without SQLITE_BUSY retries.
-        return ConnectionPool(self._connect, 1, 1, lambda error, conn: False, name="sqlite")
+        return ConnectionPool(self._connect, 1, 1, lambda error, conn: False, "sqlite", reactor)
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, check_same_thread=False)
@@ -262,9 +263,9 @@ class PostgresEngine(Engine):
         self._insert_sql[key] = sql
         return sql
 
-    def make_pool(self) -> ConnectionPool:
+    def make_pool(self, reactor: Any) -> ConnectionPool:
         return ConnectionPool(
-            self._connect, self.pool_min, self.pool_max, self._is_disconnect, name="postgres"
+            self._connect, self.pool_min, self.pool_max, self._is_disconnect, "postgres", reactor
         )
 
     def _connect(self) -> "_PgConnection":
@@ -357,9 +358,14 @@ def engine_from_url(url: str, pool_min: int = 2, pool_max: int = 10) -> Engine:
 class Database:
     """A pool of connections to one database, used by every store module."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, reactor: Any = None) -> None:
+        """`reactor` answers the pool's threads; None: the global one (scripts and tests)."""
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
         self.engine = engine
-        self._pool = engine.make_pool()
+        self._pool = engine.make_pool(reactor)
 
     @property
     def dialect(self) -> str:
