@@ -243,8 +243,8 @@ def test_a_failed_event_fails_the_later_events_of_its_room_even_in_later_batches
     assert [len(b) for b in store.batches] == [1, 2]
     later = persister.persist([Item(4, room)])  # type: ignore[list-item] # built on 2, in a later batch
     errors: dict[str, Any] = {}
-    bad.addErrback(lambda f: errors.setdefault("bad", f))
-    later.addErrback(lambda f: errors.setdefault("later", f))
+    bad.addErrback(lambda f: errors.update(bad=f))
+    later.addErrback(lambda f: errors.update(later=f))
     store.fail(ValueError("a bad row"))  # the batch of 2 and 3 fails: one by one now
     store.fail(ValueError("a bad row"))  # 2 alone fails for good
     assert errors["bad"].check(ValueError)
