@@ -67,6 +67,8 @@ CONFIG_NOTES = """\
   once more at 1,000 msg/s with every server thread pinned to CPU 0 beside a pinned busy
   loop (so about half a core; the loop counts as "other load"): what a VM hour half as
   fast would do, this VM's single-core speed drifting by up to 2x over a day.
+- **CPU per message** (W1, W2): the server's plus its PostgreSQL backends' CPU-seconds over
+  the workload (load and drain) ÷ messages delivered (on SQLite, the server's only).
 - **W3**: one public room, every member long-polls; senders send one message at a time; time
   until all = the last member's receipt minus the send time; deliveries/s = all deliveries ÷
   (last delivery - first send).

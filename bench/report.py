@@ -34,10 +34,12 @@ def rows_for(sizes: Sizes) -> list[Row]:
     rows = [
         Row("w1.acked", f"W1 throughput, {s.w1_users} users in {s.w1_users // 2} DMs: acknowledged (msg/s)"),
         Row("w1.delivered", "W1 throughput: delivered to the receiver's sync (msg/s)"),
+        Row("w1.cpu", "W1: server + database CPU per message (ms)"),
     ]
     for rate in sorted(set(s.w2_rates) | set(s.w2_rates_ours)):
         for q in ("p50", "p99", "max"):
             rows.append(Row(f"w2.{rate}.{q}", f"W2 latency at {rate:,} msg/s: send→sync {q} (ms)"))
+        rows.append(Row(f"w2.{rate}.cpu", f"W2 at {rate:,} msg/s: server + database CPU per message (ms)"))
     if s.w2_half_core_rate:
         rate = s.w2_half_core_rate
         for q in ("p50", "p99", "max"):

@@ -46,7 +46,7 @@ class Sizes:
     w1_users: int = 100
     w1_seconds: float = 30.0
     w2_rates: list[int] = field(default_factory=lambda: [200])
-    w2_rates_ours: list[int] = field(default_factory=lambda: [200, 1000])
+    w2_rates_ours: list[int] = field(default_factory=lambda: [200, 500, 1000])
     # Ours once more at this rate with its core shared with a busy loop (0: not run).
     w2_half_core_rate: int = 1000
     w2_seconds: float = 30.0
@@ -100,6 +100,15 @@ class Sizes:
 
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else seconds * 1000
+
+
+def _cpu_per_message(resources: Resources | None, messages: int) -> Metric:
+    """Server plus database CPU per message sent and delivered (ms), over the whole workload."""
+    if resources is None or not messages:
+        return Metric(None, "ms", False)
+    cpu = resources.server_cpu_s + (resources.db_cpu_s or 0.0)
+    note = "" if resources.db_cpu_s is not None else "server only"
+    return Metric(cpu / messages * 1000, "ms", False, note)
 
 
 def _lost_note(lost: int, errors: int, dups: int, gaps: int) -> str:
@@ -320,6 +329,7 @@ class Runner:
         note = _lost_note(len(missing), errors + sync_errors, dups, gaps)
         result.metrics["w1.acked"] = Metric(acked_in_window / duration, "msg/s", True, note)
         result.metrics["w1.delivered"] = Metric(in_window / duration, "msg/s", True, note)
+        result.metrics["w1.cpu"] = _cpu_per_message(result.resources, len(delivered))
         result.details = {
             "duration_s": duration,
             "senders": len(senders),
@@ -483,6 +493,7 @@ class Runner:
         result.metrics[f"{key}.p50"] = Metric(_ms(percentile(values, 50)), "ms", False, note)
         result.metrics[f"{key}.p99"] = Metric(_ms(percentile(values, 99)), "ms", False, note)
         result.metrics[f"{key}.max"] = Metric(_ms(max(values) if values else None), "ms", False, note)
+        result.metrics[f"{key}.cpu"] = _cpu_per_message(result.resources, len(delivered))
         result.details = {
             "rate_offered": rate,
             "duration_s": duration,

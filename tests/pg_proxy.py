@@ -32,6 +32,7 @@ class PgProxy:
         self.refused = 0
         self.broken_commits = 0
         self.broken_queries = 0
+        self.queries: list[bytes] = []  # every simple-protocol query string, as sent
         self._closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -151,12 +152,15 @@ class _Link:
                 length = _read_exact(self.client, 4)
                 body = _read_exact(self.client, struct.unpack("!I", length)[0] - 4)
                 if kind == b"Q":
+                    with self.proxy._lock:
+                        self.proxy.queries.append(body.rstrip(b"\0"))
                     if self.proxy._take_query_marker(body):
                         self.close()
                         return
                     if self.proxy._take_commit_marker(body):
                         self.armed = True
-                    if self.armed and body.rstrip(b"\0").strip().upper() == b"COMMIT":
+                    if self.armed and body.rstrip(b"\0").strip().upper().endswith(b"COMMIT"):
+                        # COMMIT alone, or ending the marked transaction's own string.
                         self.armed = False
                         self.swallow = True
                 self.server.sendall(kind + length + body)

@@ -120,9 +120,12 @@ def test_a_send_whose_commit_answer_is_lost_gets_its_stored_event(
     token, room_id = room_with_alice(server)
     assert send(server, token, room_id, "warm", "before").status_code == 200
 
-    proxy.break_after_commit_of(b"INSERT INTO events")
+    proxy.break_after_commit_of(b"committed, answer lost")  # the transaction carrying the event
     first = send(server, token, room_id, "lost-answer", "committed, answer lost")
     assert proxy.broken_commits == 1
+    # The event's whole transaction went as one query string, COMMIT included.
+    carrying = [q for q in proxy.queries if b"committed, answer lost" in q]
+    assert len(carrying) == 1 and carrying[0].startswith(b"BEGIN;") and carrying[0].endswith(b";COMMIT")
     assert first.status_code == 200, first.text
     event_id = first.json()["event_id"]
 
@@ -145,7 +148,7 @@ def test_a_send_whose_connection_breaks_before_commit_is_written_once(
 ) -> None:
     server = proxied_server
     token, room_id = room_with_alice(server)
-    proxy.break_before(b"INSERT INTO events")
+    proxy.break_before(b"written again")
     r = send(server, token, room_id, "broken", "written again")
     assert r.status_code == 200, r.text
     assert proxy.broken_queries == 1

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg2.extras import execute_values
 
-from homeserver.storage.database import Database, PostgresEngine, Txn, engine_from_url
+from homeserver.storage.database import Database, PostgresEngine, Txn, _PgConnection, engine_from_url
 
 BIG = 2**63 - 1
 AWKWARD_TEXT = [
@@ -184,7 +184,9 @@ async def test_many_rows_in_one_call(db: Database) -> None:
 
 @pytest.fixture
 def pg(pg_url: str) -> Iterator[Any]:
-    conn = psycopg2.connect(pg_url)
+    """A connection as the pool holds it: statements prepared once each, BEGIN sent with the
+    first statement, `rollback()` ending the transaction."""
+    conn = _PgConnection(psycopg2.connect(pg_url))
     try:
         yield conn
     finally:

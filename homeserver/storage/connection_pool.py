@@ -88,7 +88,7 @@ class ConnectionPool(WorkerThreads):
                 log.warn("database connection lost: {error}", error=error)
                 self._close_quietly(conn)
                 del local["conn"]
-                if committing:
+                if committing or getattr(conn, "commit_in_flight", False):
                     raise CommitOutcomeUnknown() from error
                 if not (fresh or retry):
                     continue

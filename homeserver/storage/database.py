@@ -70,24 +70,27 @@ class Txn:
         self.engine.insert_many(self._cursor, table, columns, rows, suffix)
 
     @contextmanager
-    def batched(self) -> Iterator[None]:
+    def batched(self, *, commit: bool = False) -> Iterator[None]:
         """Writes inside the block reach the database together when it ends (one round trip on
-        PostgreSQL) instead of one by one. Nothing inside may read: no query, no rowcount."""
+        PostgreSQL) instead of one by one. Nothing inside may read: no query, no rowcount.
+
+        `commit`: the block ends the transaction, and on PostgreSQL its COMMIT travels in the
+        same round trip; nothing may run in the transaction after it."""
         if self._pending is not None:
             yield
             return
         self._pending = []
         try:
             yield
-            self._flush()
+            self._flush(commit)
         finally:
             self._pending = None
 
-    def _flush(self) -> None:
+    def _flush(self, commit: bool = False) -> None:
         pending = self._pending
         if pending:
             self._pending = []
-            self.engine.execute_together(self._cursor, pending)
+            self.engine.execute_together(self._cursor, pending, commit)
 
     def _not_batched(self, what: str) -> None:
         if self._pending is not None:
@@ -130,6 +133,10 @@ class Txn:
 class Engine:
     name = ""
 
+    def make_writer(self, reactor: Any) -> Any:
+        """A connection for `Database.run_write` that needs no thread, or None."""
+        return None
+
     def adapt(self, sql: str) -> str:
         return sql
 
@@ -150,7 +157,10 @@ class Engine:
         """The whole INSERT as one (sql, args), or None where it takes several statements."""
         return None
 
-    def execute_together(self, cursor: Any, statements: Sequence[tuple[str, tuple[Any, ...]]]) -> None:
+    def execute_together(
+        self, cursor: Any, statements: Sequence[tuple[str, tuple[Any, ...]]], commit: bool = False
+    ) -> None:
+        """Run the statements in order; with `commit`, the pool's commit follows them."""
         for sql, args in statements:
             cursor.execute(sql, args)
 
@@ -191,7 +201,7 @@ class PostgresEngine(Engine):
         self.pool_min = pool_min
         self.pool_max = pool_max
         self._adapted: dict[str, str] = {}
-        self._insert_sql: dict[tuple[str, tuple[str, ...], str], str | None] = {}
+        self._insert_sql: dict[tuple[str, tuple[str, ...], str], tuple[str, str] | None] = {}
 
     def adapt(self, sql: str) -> str:
         adapted = self._adapted.get(sql)
@@ -206,16 +216,27 @@ class PostgresEngine(Engine):
         # cast per column. psycopg2 adapts every value on its own (~1.5 us each with the GIL
         # held, plus a Python loop per row in execute_values): this is one json.dumps (C) and
         # one adaptation, so the DB thread starves the reactor thread less.
-        sql = self._json_insert_sql(cursor, table, columns, suffix)
-        if sql is None or not set(map(type, chain.from_iterable(rows))) <= _JSON_EXACT:
+        prepared = self._json_insert_sql(cursor, table, columns, suffix)
+        if prepared is None or not set(map(type, chain.from_iterable(rows))) <= _JSON_EXACT:
             return None
         if set(map(len, rows)) != {len(columns)}:  # a short row would read as NULLs
             raise ValueError(f"insert_many into {table}: every row needs {len(columns)} values")
-        return sql, (dumps_text(rows),)
+        name, sql = prepared
+        # Prepared once per connection (a PREPARE outlives a rolled-back transaction): planning
+        # the INSERT ... SELECT every time cost PostgreSQL ~35 us per statement.
+        cursor.prepare(name, sql)
+        return f"EXECUTE {name}(%s)", (dumps_text(rows),)
 
-    def execute_together(self, cursor: Any, statements: Sequence[tuple[str, tuple[Any, ...]]]) -> None:
+    def execute_together(
+        self, cursor: Any, statements: Sequence[tuple[str, tuple[Any, ...]]], commit: bool = False
+    ) -> None:
         # One simple-protocol query string: psycopg2 fills in the values client-side, and the
-        # server runs the statements in order, stopping at the first error.
+        # server runs the statements in order, stopping at the first error. With `commit`, the
+        # COMMIT ends the string: a whole transaction in one round trip.
+        if commit:
+            sql = ";".join(sql for sql, _ in statements)
+            cursor.execute_and_commit(sql, tuple(chain.from_iterable(a for _, a in statements)))
+            return
         if len(statements) == 1:
             cursor.execute(*statements[0])
             return
@@ -237,8 +258,11 @@ class PostgresEngine(Engine):
         sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES %s {suffix.replace('%', '%%')}"
         execute_values(cursor, sql, [tuple(r) for r in rows], page_size=1000)
 
-    def _json_insert_sql(self, cursor: Any, table: str, columns: Sequence[str], suffix: str) -> str | None:
-        """The INSERT from a JSON array of rows, or None if a column cannot come from JSON text."""
+    def _json_insert_sql(
+        self, cursor: Any, table: str, columns: Sequence[str], suffix: str
+    ) -> tuple[str, str] | None:
+        """(name, SQL) of the INSERT from a JSON array of rows ($1), or None if a column cannot
+        come from JSON text."""
         key = (table, tuple(columns), suffix)
         if key in self._insert_sql:
             return self._insert_sql[key]
@@ -253,20 +277,26 @@ class PostgresEngine(Engine):
         types: dict[str, str | None] = dict(cursor.fetchall())
         if not all(c in types for c in columns):
             return None  # not cached: a migration may add the table or column later
-        sql = None
+        found = None
         if all(types[c] is not None for c in columns):  # no array columns
             casts = ", ".join(f"(r->>{i})::{types[c]}" for i, c in enumerate(columns))
             sql = (
                 f"INSERT INTO {table} ({', '.join(columns)}) SELECT {casts}"
-                f" FROM jsonb_array_elements(%s::jsonb) AS r {suffix.replace('%', '%%')}"
+                f" FROM jsonb_array_elements($1::jsonb) AS r {suffix}"
             )
-        self._insert_sql[key] = sql
-        return sql
+            found = (f"hs_insert_{len(self._insert_sql)}", sql)
+        self._insert_sql[key] = found
+        return found
 
     def make_pool(self, reactor: Any) -> ConnectionPool:
         return ConnectionPool(
             self._connect, self.pool_min, self.pool_max, self._is_disconnect, "postgres", reactor
         )
+
+    def make_writer(self, reactor: Any) -> Any:
+        from homeserver.storage.pg_writer import PgWriter
+
+        return PgWriter(self.url, reactor)
 
     def _connect(self) -> "_PgConnection":
         import psycopg2
@@ -298,6 +328,9 @@ class _PgConnection:
         raw.autocommit = True
         self.raw = raw
         self.in_transaction = False
+        # A COMMIT was sent and its answer has not come back (see ConnectionPool._execute).
+        self.commit_in_flight = False
+        self.prepared: set[str] = set()
 
     @property
     def closed(self) -> int:
@@ -343,8 +376,67 @@ class _PgCursor:
     def execute_alone(self, sql: str, args: Any = None) -> None:
         self._raw.execute(sql, args)
 
+    def execute_and_commit(self, sql: str, args: Any = None) -> None:
+        """`sql` and then COMMIT, in one query string."""
+        if not self._conn.in_transaction:
+            self._conn.in_transaction = True
+            sql = "BEGIN;" + sql
+        self._conn.commit_in_flight = True
+        try:
+            self._raw.execute(sql + ";COMMIT", args)
+        except BaseException:
+            # The server answered with an error: nothing was committed. A lost connection
+            # leaves the flag up: the pool tells its caller the outcome is unknown.
+            if not self._conn.raw.closed:
+                self._conn.commit_in_flight = False
+            raise
+        self._conn.commit_in_flight = False
+        self._conn.in_transaction = False
+
+    def prepare(self, name: str, sql: str) -> None:
+        """PREPARE `sql` as `name` on this connection, once (a round trip of its own)."""
+        if name not in self._conn.prepared:
+            self._raw.execute(f"PREPARE {name} AS {sql}")
+            self._conn.prepared.add(name)
+
     def __getattr__(self, name: str) -> Any:  # fetchone, fetchall, rowcount, mogrify, close...
         return getattr(self._raw, name)
+
+    def __enter__(self) -> "_PgCursor":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._raw.close()
+
+
+class _NeedsConnection(Exception):
+    """Composing the transaction needs a real connection: run it through the pool."""
+
+
+class _CollectingCursor:
+    """Stands in for a PostgreSQL cursor while a write-only transaction is composed: it keeps
+    the PREPAREs and the final statement string instead of sending them."""
+
+    def __init__(self) -> None:
+        self.prepares: list[tuple[str, str]] = []
+        self.statement: tuple[str, tuple[Any, ...]] | None = None
+
+    def prepare(self, name: str, sql: str) -> None:
+        self.prepares.append((name, sql))
+
+    def execute_and_commit(self, sql: str, args: tuple[Any, ...]) -> None:
+        if self.statement is not None:
+            raise RuntimeError("one commit per transaction")
+        self.statement = (sql, args)
+
+    def execute(self, sql: str, args: Any = None) -> None:
+        raise _NeedsConnection()
+
+    def executemany(self, sql: str, rows: Any) -> None:
+        raise _NeedsConnection()
+
+    def __getattr__(self, name: str) -> Any:  # mogrify, fetchall...: only a real cursor has them
+        raise _NeedsConnection()
 
 
 def engine_from_url(url: str, pool_min: int = 2, pool_max: int = 10) -> Engine:
@@ -366,6 +458,7 @@ class Database:
             reactor = global_reactor
         self.engine = engine
         self._pool = engine.make_pool(reactor)
+        self._writer = engine.make_writer(reactor)
 
     @property
     def dialect(self) -> str:
@@ -387,6 +480,31 @@ class Database:
 
         result: R = await self._pool.run(interaction)
         return result
+
+    async def run_write(
+        self, desc: str, fn: Callable[Concatenate[Txn, P], None], *args: P.args, **kwargs: P.kwargs
+    ) -> None:
+        """Run `fn(txn, *args)`, a transaction of writes only that ends in
+        `txn.batched(commit=True)`, like `run_interaction`.
+
+        On PostgreSQL `fn` runs here, on the reactor thread, against a cursor that only
+        collects its statements, and the one query string goes out over the writer connection
+        (storage/pg_writer.py): no thread. A statement that needs the database while it is
+        being composed (the first INSERT of a shape looks up its column types) sends the
+        transaction through the pool instead, once.
+        """
+        if self._writer is not None:
+            collector = _CollectingCursor()
+            try:
+                fn(Txn(collector, self.engine), *args, **kwargs)
+            except _NeedsConnection:
+                pass
+            else:
+                if collector.statement is None:
+                    raise RuntimeError(f"{desc}: run_write needs txn.batched(commit=True)")
+                await self._writer.run(collector.prepares, *collector.statement)
+                return
+        await self.run_interaction(desc, fn, *args, **kwargs)
 
     async def query(self, desc: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         """One read query as its own transaction."""
@@ -410,4 +528,6 @@ class Database:
         return self.engine.is_unique_violation(error)
 
     def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
         self._pool.close()

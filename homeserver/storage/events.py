@@ -175,7 +175,7 @@ def persist_events_txn(txn: Txn, items: Sequence[PersistItem]) -> None:
         (item.event.room_id, item.event.event_id) for item in items if item.event.event_id not in named
     ]
     superseded = sorted(named - batch_ids)
-    with txn.batched():  # one round trip on PostgreSQL
+    with txn.batched(commit=True):  # one round trip on PostgreSQL, COMMIT included
         txn.insert_many("rooms", ("room_id", "room_version", "creator", "created_ts"), rooms)
         for start in range(0, len(superseded), 500):
             chunk = superseded[start : start + 500]
@@ -241,7 +241,7 @@ class EventStore:
         self.db = db
 
     async def persist_events(self, items: Sequence[PersistItem]) -> None:
-        await self.db.run_interaction("persist_events", persist_events_txn, items)
+        await self.db.run_write("persist_events", persist_events_txn, items)
 
     async def event_stored(self, event_id: str) -> bool:
         rows = await self.db.query("event_stored", "SELECT 1 FROM events WHERE event_id = ?", event_id)

@@ -107,7 +107,7 @@ def positions(published: list[tuple[int, list[Any]]]) -> list[list[int]]:
 # Batching ---------------------------------------------------------------------------------
 
 
-def test_first_event_after_quiet_commits_at_once_then_batches_gather() -> None:
+def test_a_batch_starts_at_once_unless_requests_pile_up_during_a_commit() -> None:
     persister, store, clock, published, _ = make()
     first = persister.persist([Item(1)])  # type: ignore[list-item]
     assert len(store.batches) == 1  # no wait: nothing was committing before it
@@ -115,21 +115,26 @@ def test_first_event_after_quiet_commits_at_once_then_batches_gather() -> None:
     second = persister.persist([Item(2)])  # type: ignore[list-item]
     store.finish()
     assert first.called and not second.called
-    assert len(store.batches) == 1  # commits back to back now: the next one gathers first
+    assert len(store.batches) == 2  # one waited through the commit: it goes at once
 
+    # Two arrive while that commit runs: commits are the bottleneck, so the next batch gathers.
     third = persister.persist([Item(3)])  # type: ignore[list-item]
+    fourth = persister.persist([Item(4)])  # type: ignore[list-item]
+    store.finish()
+    assert second.called and len(store.batches) == 2
+    fifth = persister.persist([Item(5)])  # type: ignore[list-item]
     clock.advance(persist.GATHER_S)
-    assert [len(b) for b in store.batches] == [1, 2]  # 2 and 3 in one commit
+    assert [len(b) for b in store.batches] == [1, 1, 3]  # 3, 4 and 5 in one commit
     assert not third.called  # answered only once its commit is done
     store.finish()
-    assert second.called and third.called
-    assert persister.persisted_upto == 3
-    assert positions(published) == [[1], [2, 3]]
-    assert [upto for upto, _ in published] == [1, 3]
+    assert third.called and fourth.called and fifth.called
+    assert persister.persisted_upto == 5
+    assert positions(published) == [[1], [2], [3, 4, 5]]
+    assert [upto for upto, _ in published] == [1, 2, 5]
 
-    # Quiet again: the loop ended, so the next event does not wait.
-    persister.persist([Item(4)])  # type: ignore[list-item]
-    assert len(store.batches) == 3
+    # Quiet again: the next event does not wait.
+    persister.persist([Item(6)])  # type: ignore[list-item]
+    assert len(store.batches) == 4
 
 
 def test_no_wait_when_many_requests_already_wait() -> None:
@@ -270,11 +275,12 @@ def test_a_failed_rooms_head_is_rebuilt_only_once_nothing_of_it_is_in_flight() -
     bad.addErrback(lambda f: None)
     built_on_bad = persister.persist([Item(2, room)])  # type: ignore[list-item]
     built_on_bad.addErrback(lambda f: None)
+    persister.persist([Item(3, "!other:x")])  # type: ignore[list-item]
     store.fail(ValueError("bad"))  # the batch of 1: tried alone
     store.fail(ValueError("bad"))
     assert heads.has_failed(room)
     got = Deferred.fromCoroutine(heads.get(room))
-    assert not got.called  # waits: event 2 is still queued
+    assert not got.called  # waits: event 2 is still queued (two waited: the next batch gathers)
     assert store.loads == []
     clock.advance(persist.GATHER_S)  # 2 is failed without a write
     assert got.called
