@@ -45,6 +45,12 @@ def rows_for(sizes: Sizes) -> list[Row]:
         for q in ("p50", "p99", "max"):
             label = f"W2 at {rate:,} msg/s, server's core shared with a busy loop: send→sync {q} (ms)"
             rows.append(Row(f"w2h.{rate}.{q}", label))
+        rows.append(
+            Row(
+                f"w2h.{rate}.cpu",
+                f"W2 at {rate:,} msg/s on half a core: server + database CPU per message (ms)",
+            )
+        )
     rows += [
         Row("w3.p50", f"W3 fan-out, {s.w3_members} members: time until all have a message, p50 (ms)"),
         Row("w3.p99", "W3 fan-out: time until all have a message, p99 (ms)"),

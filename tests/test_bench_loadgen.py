@@ -362,5 +362,5 @@ def test_w2_on_half_a_core_reports_its_own_rows() -> None:
 
     result = run_async(lambda: _with_fake(fake, body, tiny_sizes()))
     assert result.name == "W2@40 half core"
-    assert set(result.metrics) == {"w2h.40.p50", "w2h.40.p99", "w2h.40.max"}
+    assert set(result.metrics) == {"w2h.40.p50", "w2h.40.p99", "w2h.40.max", "w2h.40.cpu"}
     assert result.details["acked"] == 40

@@ -1,8 +1,8 @@
 """homeserver.core.persist.EventPersister: when it commits, and what it does when a commit fails.
 
-Batching: the first event after a quiet moment is committed at once; while commits follow one
-another, the next batch waits GATHER_S for more events unless many already wait; callers hear
-back only after their own commit.
+Batching: the first event after a quiet moment is committed at once; when GATHER_FROM requests
+queued during a commit (or one did, after a commit whose publishing was slow), the next batch
+waits GATHER_S for more unless many already wait; callers hear back only after their own commit.
 
 Failures: a commit whose answer was lost is settled by asking the database, never assumed
 failed; an unreachable database is retried every RETRY_MAX_S at most, then given up; an event
@@ -135,6 +135,26 @@ def test_a_batch_starts_at_once_unless_requests_pile_up_during_a_commit() -> Non
     # Quiet again: the next event does not wait.
     persister.persist([Item(6)])  # type: ignore[list-item]
     assert len(store.batches) == 4
+
+
+def test_after_a_slow_commit_even_one_waiting_request_gathers() -> None:
+    store = RecordingStore()
+    clock = Clock()
+    published: list[tuple[int, list[Any]]] = []
+
+    def publish(upto: int, items: list[Any]) -> None:  # waking a big room's members takes time
+        published.append((upto, items))
+        clock.advance(persist.GATHER_AFTER_SLOW_S)
+
+    heads = RoomHeads(store)  # type: ignore[arg-type]
+    persister = EventPersister(store, heads, publish, clock)  # type: ignore[arg-type]
+    persister.persist([Item(1)])  # type: ignore[list-item]
+    persister.persist([Item(2)])  # type: ignore[list-item]
+    store.finish()
+    assert len(store.batches) == 1  # one waits, but the last cycle was slow: gather
+    persister.persist([Item(3)])  # type: ignore[list-item]
+    clock.advance(persist.GATHER_S)
+    assert [len(b) for b in store.batches] == [1, 2]
 
 
 def test_no_wait_when_many_requests_already_wait() -> None:
