@@ -66,6 +66,16 @@ def pg_database() -> Iterator[str]:
 
 
 @pytest.fixture
+def proxy() -> Iterator[Any]:
+    """A PostgreSQL proxy that breaks connections on demand (tests/pg_proxy.py)."""
+    from pg_proxy import PgProxy
+
+    p = PgProxy()
+    yield p
+    p.close()
+
+
+@pytest.fixture
 def pg_url(pg_database: str) -> Iterator[str]:
     """A URL whose connections see only a schema made for this test."""
     schema = f"t_{secrets.token_hex(6)}"

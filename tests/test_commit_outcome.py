@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg2
@@ -21,14 +20,6 @@ from pg_proxy import PgProxy, wait_until
 
 from homeserver.storage.connection_pool import CommitOutcomeUnknown, DatabaseUnavailable
 from homeserver.storage.database import Database, Txn, engine_from_url
-
-
-@pytest.fixture
-def proxy() -> Iterator[PgProxy]:
-    p = PgProxy()
-    yield p
-    p.close()
-
 
 # The pool: what it tells its caller -------------------------------------------------------
 

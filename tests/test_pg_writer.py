@@ -20,13 +20,6 @@ from homeserver.storage.database import Database, Txn, engine_from_url
 
 
 @pytest.fixture
-def proxy() -> Iterator[PgProxy]:
-    p = PgProxy()
-    yield p
-    p.close()
-
-
-@pytest.fixture
 def db(pg_url: str, proxy: PgProxy) -> Iterator[Database]:
     database = Database(engine_from_url(proxy.url_for(pg_url), 1, 1))
     yield database
