@@ -37,7 +37,7 @@ from bench.stats import WorkloadResult
 from bench.workloads import Runner, Sizes
 
 ALL_SERVERS = ["ours-sqlite", "ours-pg", "synapse"]
-ALL_WORKLOADS = ["W1", "W2", "W3", "W4", "W5", "W6"]
+ALL_WORKLOADS = ["W1", "W2", "W3", "W3P", "W4", "W5", "W6"]
 
 CONFIG_NOTES = """\
 - **ours**: `homeserver run` with `rate_limits.enabled: false`, `auth.password_hashing: fast`,
@@ -72,6 +72,10 @@ CONFIG_NOTES = """\
 - **W3**: one public room, every member long-polls; senders send one message at a time; time
   until all = the last member's receipt minus the send time; deliveries/s = all deliveries ÷
   (last delivery - first send).
+- **W3P**: W3 again once each member has set an http pusher (`event_id_only`) to a push gateway
+  in the load generator that answers at once; every member still long-polls, so the row shows
+  what deciding (push rules for each member) and, where due, sending pushes costs the fan-out.
+  The number of push requests the gateway received is in the details.
 - **W4**: runs last, with its own users (`idle*`, in no room, so their presence reaches nobody);
   RSS measured (median of 5 readings, once the server is idle) before and after opening the
   connections; per connection = difference ÷ count. Long-polls use `timeout=300000`; WebSocket
@@ -204,6 +208,8 @@ async def run_target(
                 plan.append((f"W2@{rate} half core", lambda rate=rate: runner.w2(rate, half_core=True)))
         if "W3" in workloads:
             plan.append(("W3", runner.w3))
+        if "W3P" in workloads:
+            plan.append(("W3P", lambda: runner.w3_with_pushers()))
         if "W6" in workloads:
             plan.append(("W6", runner.w6))
         if "W5" in workloads:

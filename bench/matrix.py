@@ -126,6 +126,19 @@ class Matrix:
     async def join(self, user: User, room_id: str) -> None:
         await self.call("POST", f"{CLIENT}/join/{quote(room_id, safe='')}", {}, user.token, "join")
 
+    async def set_pusher(self, user: User, url: str) -> None:
+        """An http pusher for the user's device, to the push gateway at `url`."""
+        body = {
+            "kind": "http",
+            "app_id": "org.example.bench",
+            "pushkey": f"bench-{user.localpart}",
+            "app_display_name": "bench",
+            "device_display_name": "bench",
+            "lang": "en",
+            "data": {"url": url, "format": "event_id_only"},
+        }
+        await self.call("POST", f"{CLIENT}/pushers/set", body, user.token, "set pusher")
+
     async def send(self, user: User, room_id: str, content: dict[str, Any]) -> HttpResponse:
         """PUT a message; the caller looks at the status (errors are counted, not raised)."""
         path = f"{CLIENT}/rooms/{quote(room_id, safe='')}/send/m.room.message/{new_txn_id()}"

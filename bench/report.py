@@ -55,6 +55,9 @@ def rows_for(sizes: Sizes) -> list[Row]:
         Row("w3.p50", f"W3 fan-out, {s.w3_members} members: time until all have a message, p50 (ms)"),
         Row("w3.p99", "W3 fan-out: time until all have a message, p99 (ms)"),
         Row("w3.rate", "W3 fan-out: deliveries/s"),
+        Row("w3p.p50", "W3P fan-out, every member with a pusher: time until all have a message, p50 (ms)"),
+        Row("w3p.p99", "W3P fan-out with pushers: time until all have a message, p99 (ms)"),
+        Row("w3p.rate", "W3P fan-out with pushers: deliveries/s"),
         Row("w4.sync", f"W4 {s.w4_syncs:,} idle long-poll syncs: server RSS per connection (KiB)"),
     ]
     for n in s.w4_ws:

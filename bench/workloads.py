@@ -30,6 +30,7 @@ from bench.matrix import (
     message_filter_definition,
 )
 from bench.procstats import Meter, Resources, settle, steady_rss
+from bench.push_sink import PushSink
 from bench.servers import Target
 from bench.stats import Metric, WorkloadResult, gather_limited, percentile
 
@@ -93,6 +94,7 @@ class Sizes:
             "W1": self.w1_users,
             "W2": self.w1_users,
             "W3": self.w3_members,
+            "W3P": self.w3_members,
             "W6": self.w6_members + self.w6_joins,
         }
         return max([n for w, n in needs.items() if workloads is None or w in workloads] + [2])
@@ -526,14 +528,24 @@ class Runner:
 
     # W3: fan-out ---------------------------------------------------------------------------------
 
-    async def w3(self) -> WorkloadResult:
+    async def w3(self, sink: PushSink | None = None) -> WorkloadResult:
+        """W3; with `sink`, every member first sets an http pusher to it (row prefix w3p)."""
         s = self.sizes
+        key = "w3p" if sink else "w3"
+        with_pushers = ", every member with a pusher" if sink else ""
         result = WorkloadResult(
-            "W3",
-            f"W3 fan-out: {s.w3_members} members, {s.w3_senders} senders x {s.w3_messages} messages",
+            key.upper(),
+            f"W3 fan-out: {s.w3_members} members, {s.w3_senders} senders x {s.w3_messages} messages"
+            + with_pushers,
         )
         room = await self.ensure_big_room(s.w3_members)
         members = self.users[: s.w3_members]
+        if sink is not None:
+            self.log(f"    {len(members)} pushers")
+            await gather_limited(
+                [self.mx.set_pusher(u, sink.url) for u in members], self.sizes.setup_concurrency
+            )
+            sink.reset()
         count: dict[str, int] = {}
         last_at: dict[str, float] = {}
         sent_at: dict[str, float] = {}
@@ -617,9 +629,9 @@ class Runner:
         note = _lost_note(0, errors + sync_errors, dups, gaps)
         if missing:
             note = ", ".join(x for x in (f"{missing} deliveries missing", note) if x)
-        result.metrics["w3.p50"] = Metric(_ms(percentile(values, 50)), "ms", False, note)
-        result.metrics["w3.p99"] = Metric(_ms(percentile(values, 99)), "ms", False, note)
-        result.metrics["w3.rate"] = Metric(
+        result.metrics[f"{key}.p50"] = Metric(_ms(percentile(values, 50)), "ms", False, note)
+        result.metrics[f"{key}.p99"] = Metric(_ms(percentile(values, 99)), "ms", False, note)
+        result.metrics[f"{key}.rate"] = Metric(
             deliveries / span if span > 0 else None, "deliveries/s", True, note
         )
         result.details = {
@@ -636,6 +648,12 @@ class Runner:
             "duplicates": dups,
             "sync_responses": sum(r.stats.responses for r in receivers),
         }
+        if sink is not None:
+            result.details["push_notifications"] = sink.notifications
+            result.details["push_devices"] = sink.devices
+            result.details["push_malformed"] = sink.malformed
+            if sink.malformed:
+                result.problems.append(f"{sink.malformed} malformed push notifications")
         if missing:
             result.problems.append(
                 f"{missing} of {expected} deliveries missing after the wait "
@@ -643,6 +661,14 @@ class Runner:
             )
         self._problems(result, 0, errors, last_error, receivers, dups)
         return result
+
+    async def w3_with_pushers(self) -> WorkloadResult:
+        sink = PushSink()
+        await sink.start()
+        try:
+            return await self.w3(sink)
+        finally:
+            await sink.stop()
 
     # W4: idle connections --------------------------------------------------------------------------
 
