@@ -7,17 +7,24 @@ browser push service can be reached here; docs/push-gateway.md says what that le
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
+from configparser import ConfigParser
 from pathlib import Path
 from typing import Any
 
+import firebase_admin
 import pytest
 import requests
 from conftest import ServerProcess, start_server_process
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from push_endpoints import FcmV1, GoogleOAuth, WebPushService, start_fcm, vapid_key_file
 
+from plugins.push.gateway.firebase_internals import fcm_url, prepare_messaging
 from plugins.push.gateway.webpush import application_server_key
 
+ROOT = Path(__file__).resolve().parents[1]
 NOTIFY = "/_matrix/push/v1/notify"
 GATEWAY = "plugins.push.gateway.PushGatewayPlugin"
 FAST_RETRY = {"attempts": 3, "initial_delay": "10ms"}
@@ -181,6 +188,44 @@ def test_unknown_app_id_is_rejected(start_server: Callable[..., ServerProcess]) 
     r = notify(server, notification([{"app_id": "com.example.unknown", "pushkey": "abc"}]))
     assert r.status_code == 200, r.text
     assert r.json() == {"rejected": ["abc"]}
+
+
+# Not in the fast tier: deleting a firebase-admin app runs an asyncio loop (a socketpair).
+def test_firebase_internals_the_gateway_relies_on_are_there(tmp_path: Path) -> None:
+    """firebase_internals.py sets two private attributes of firebase-admin: this fails if
+    the pinned version changes or an upgrade renames them."""
+    pins = ConfigParser()
+    pins.read(ROOT / "setup.cfg")
+    assert "firebase-admin==7.7.0" in pins["options"]["install_requires"].split()
+    assert firebase_admin.__version__ == "7.7.0"
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    account = tmp_path / "sa.json"
+    account.write_text(
+        json.dumps(
+            {
+                "type": "service_account",
+                "project_id": "proj",
+                "private_key_id": "k1",
+                "private_key": pem.decode(),
+                "client_email": "sa@proj.iam.gserviceaccount.com",
+                "token_uri": "https://oauth2.googleapis.com/token",
+            }
+        )
+    )
+    app = firebase_admin.initialize_app(firebase_admin.credentials.Certificate(str(account)), name="guard")
+    try:
+        assert fcm_url(app) == "https://fcm.googleapis.com/v1/projects/proj/messages:send"
+        prepare_messaging(app, "http://127.0.0.1:9")
+        assert fcm_url(app) == "http://127.0.0.1:9/v1/projects/proj/messages:send"
+        adapter = firebase_admin.messaging._get_messaging_service(app)._client.session.get_adapter(
+            fcm_url(app)
+        )
+        assert adapter.max_retries.total == 0
+    finally:
+        firebase_admin.delete_app(app)
 
 
 # Bad input ------------------------------------------------------------------------------

@@ -69,7 +69,8 @@ class PushGatewayPlugin:
 
     async def stop(self) -> None:
         for fcm in self.fcm:
-            fcm.close()
+            # firebase-admin closes its async client with asyncio.run: not on the reactor thread.
+            await self.api.run_blocking(fcm.close)
 
     async def notify(self, request: ApiRequest) -> dict[str, Any]:
         notification = parse_notify_body(request.json_body())

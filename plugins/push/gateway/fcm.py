@@ -10,7 +10,6 @@ the data would pass FCM's 4096-byte limit the content is dropped first.
 from __future__ import annotations
 
 import json
-import warnings
 from typing import Any
 
 import firebase_admin
@@ -23,10 +22,6 @@ from plugins.push.gateway.config import FcmApp, RetryPolicy
 from plugins.push.gateway.dispatch import Failed, TryAgain, each_device, with_retries
 from plugins.push.gateway.firebase_internals import prepare_messaging
 from plugins.push.gateway.notification import STRING_FIELDS, Device, Notification
-
-# firebase-admin 7.x deprecates `Message.token` for `fid` (an installation id), but the
-# pushkey Matrix clients register is a registration token, which FCM still takes as `token`.
-warnings.filterwarnings("ignore", message="Message.token is deprecated", category=DeprecationWarning)
 
 # FCM refuses a data payload over 4096 bytes (keys and values).
 MAX_DATA_BYTES = 4096
@@ -69,11 +64,14 @@ def fcm_data(notification: Notification, device: Device) -> dict[str, str]:
 
 def fcm_message(notification: Notification, device: Device) -> messaging.Message:
     priority = "high" if notification.prio == "high" else "normal"
-    return messaging.Message(
-        token=device.pushkey,
-        data=fcm_data(notification, device),
-        android=messaging.AndroidConfig(priority=priority),
+    message = messaging.Message(
+        data=fcm_data(notification, device), android=messaging.AndroidConfig(priority=priority)
     )
+    # firebase-admin 7.x deprecates the `token` argument for `fid` (an installation id), but the
+    # pushkey Matrix clients register is a registration token, which FCM takes as `token`; set
+    # after construction, it is sent the same without a warning per message.
+    message.token = device.pushkey
+    return message
 
 
 def _text(value: Any) -> str:
