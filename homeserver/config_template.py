@@ -204,6 +204,52 @@ DEFAULT_PLUGINS = """
         ip_range_whitelist: []
         # How long a preview is reused.
         cache: 1h
+  # Push gateway: POST /_matrix/push/v1/notify (the Matrix Push Gateway API, no
+  # Matrix auth: homeservers call it), so no separate Sygnal is needed. Routes each
+  # device by its pusher's app_id to FCM, Web Push or another gateway; unknown app
+  # ids are answered as rejected pushkeys. See docs/push-gateway.md.
+  - module: plugins.push.gateway.PushGatewayPlugin
+    config:
+      # Largest notify request accepted (413 M_TOO_LARGE above it).
+      max_body_size: 256K
+      # Each request to FCM, a push service or another gateway gives up after this long.
+      timeout: 10s
+      retry:
+        # Tries per device for failures that may pass (5xx, 429, no answer); then
+        # the notify request is answered 502 and the homeserver sends it again.
+        attempts: 3
+        # Pause before the second try, doubled before each further one.
+        initial_delay: 1s
+      outbound:
+        # Web Push endpoints and forward URLs never reach loopback, private,
+        # link-local, shared, multicast or reserved addresses, nor these (CIDR list).
+        ip_range_blacklist: []
+        # Allowed even inside a blocked range (CIDR list), e.g. a gateway on this host.
+        ip_range_whitelist: []
+      # App ids (as pushers register them) and where their pushes go. Examples:
+      #   im.example.android:            # FCM HTTP v1 through firebase-admin
+      #     kind: fcm
+      #     # The service account JSON from the Firebase console (its project is used).
+      #     service_account_file: /etc/homeserver/firebase-service-account.json
+      #     # Optional: another FCM v1 base URL than Google's (a relay; the tests').
+      #     endpoint: ""
+      #   im.example.web:                # Web Push (RFC 8030, 8291, 8292)
+      #     kind: webpush
+      #     # P-256 private key (PEM); make one with
+      #     # python -m plugins.push.gateway.vapid /etc/homeserver/vapid.pem
+      #     vapid_private_key: /etc/homeserver/vapid.pem
+      #     # The VAPID contact (JWT "sub"): a mailto: or https: URI.
+      #     vapid_contact: "mailto:ops@example.org"
+      #     # How long the push service keeps a push for an offline browser,
+      #     # for prio "high" (Urgency: high) and "low" (Urgency: normal).
+      #     ttl: 1d
+      #     low_priority_ttl: 1h
+      #     # Host patterns subscription endpoints must match (empty: any host).
+      #     allowed_endpoints: ["*.push.services.mozilla.com", "fcm.googleapis.com"]
+      #   im.example.ios:                # on to another Matrix push gateway
+      #     kind: forward
+      #     url: "https://push.example.org/_matrix/push/v1/notify"
+      apps: {}
 """
 
 

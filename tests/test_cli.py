@@ -69,6 +69,7 @@ def test_generate_config_reflects_flags_and_creates_signing_key(tmp_path: Path) 
     assert [p.module for p in config.plugins] == [
         "plugins.example.ExamplePlugin",
         "plugins.media.MediaPlugin",
+        "plugins.push.gateway.PushGatewayPlugin",
     ]
 
     key_file = data_dir / "signing.key"

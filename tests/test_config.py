@@ -51,6 +51,7 @@ def test_sample_config_loads() -> None:
     assert [p.module for p in config.plugins] == [
         "plugins.example.ExamplePlugin",
         "plugins.media.MediaPlugin",
+        "plugins.push.gateway.PushGatewayPlugin",
     ]
     assert config.plugins[0] == PluginConfig("plugins.example.ExamplePlugin", {"greeting": "Hello"})
     assert config.source == str(SAMPLE)

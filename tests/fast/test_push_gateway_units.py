@@ -22,7 +22,14 @@ from plugins.push.gateway.dispatch import Failed, Gateway, TryAgain, with_retrie
 from plugins.push.gateway.fcm import MAX_DATA_BYTES, fcm_data, fcm_message
 from plugins.push.gateway.notification import Device, Notification, parse_notify_body
 from plugins.push.gateway.outbound import IpPolicy
-from plugins.push.gateway.webpush import MAX_PLAINTEXT, application_server_key, vapid_header, webpush_payload
+from plugins.push.gateway.vapid import main as vapid_main
+from plugins.push.gateway.webpush import (
+    MAX_PLAINTEXT,
+    application_server_key,
+    load_vapid_key,
+    vapid_header,
+    webpush_payload,
+)
 
 
 def note(devices: list[dict[str, Any]] | None = None, **fields: Any) -> Notification:
@@ -284,3 +291,18 @@ def test_gateway_rejects_unknown_apps_and_answers_502_when_an_app_failed() -> No
         results.append
     )
     assert results[1].check(MatrixError) and results[1].value.status == 502
+
+
+def test_vapid_key_tool_writes_a_private_key_once_and_prints_its_public_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "vapid.pem"
+    assert vapid_main([str(path)]) == 0
+    printed = capsys.readouterr().out.strip()
+    key = load_vapid_key(path)
+    assert printed == application_server_key(key) and len(printed) == 87  # 65 bytes, base64url
+    assert path.stat().st_mode & 0o777 == 0o600
+    before = path.read_bytes()
+    assert vapid_main([str(path)]) == 0
+    assert capsys.readouterr().out.strip() == printed and path.read_bytes() == before
+    assert vapid_main([]) == 2
