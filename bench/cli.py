@@ -23,6 +23,7 @@ from typing import Any
 from bench import half_core, report
 from bench.procstats import cpu_speed_probe, raise_fd_limit
 from bench.profiling import PySpy, summarize
+from bench.push_gateway import FcmStandIn, run_pg
 from bench.servers import (
     BENCH_DIR,
     WORK_DIR,
@@ -37,7 +38,7 @@ from bench.stats import WorkloadResult
 from bench.workloads import Runner, Sizes
 
 ALL_SERVERS = ["ours-sqlite", "ours-pg", "synapse"]
-ALL_WORKLOADS = ["W1", "W2", "W3", "W3P", "W4", "W5", "W6"]
+ALL_WORKLOADS = ["W1", "W2", "W3", "W3P", "W4", "W5", "W6", "PG"]
 
 CONFIG_NOTES = """\
 - **ours**: `homeserver run` with `rate_limits.enabled: false`, `auth.password_hashing: fast`,
@@ -82,6 +83,10 @@ CONFIG_NOTES = """\
   streams send the auth frame with a `since` token, one device each (more logins for more).
 - **W5**: `GET /sync` without `since` or filter (the server's default timeline limit).
 - **W6**: `POST /join/{roomId}` by users not yet in the room, one at a time; median.
+- **PG** (ours only): `POST /_matrix/push/v1/notify` with one FCM device each, a fixed number
+  in flight, through the push gateway plugin (firebase-admin) to the tests' local OAuth and
+  FCM v1 endpoints (tests/push_endpoints.py, threads of the generator's process); ours runs
+  with that plugin configured for this row.
 """
 
 
@@ -116,6 +121,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ("w5-repeats", int, "W5 initial syncs"),
         ("w6-members", int, "W6 room members"),
         ("w6-joins", int, "W6 joins measured"),
+        ("pg-notifications", int, "PG notifications sent"),
         ("grace", float, "longest wait for late deliveries (s)"),
     ]:
         sizes.add_argument(f"--{name}", type=kind, help=help_text)
@@ -138,6 +144,7 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
         "w5_repeats",
         "w6_members",
         "w6_joins",
+        "pg_notifications",
     ):
         value = getattr(args, field_name)
         if value is not None:
@@ -175,6 +182,7 @@ async def run_target(
     profile: list[str],
     profiles: dict[str, str],
     meta: dict[str, Any],
+    stand_in: FcmStandIn | None = None,
 ) -> list[WorkloadResult]:
     def start_profile(name: str) -> Any:
         if not target.is_ours or name not in profile or target.pid is None:
@@ -214,6 +222,15 @@ async def run_target(
             plan.append(("W6", runner.w6))
         if "W5" in workloads:
             plan.append(("W5", runner.w5))
+        if stand_in is not None and target.is_ours:
+            plan.append(
+                (
+                    "PG",
+                    lambda: run_pg(
+                        runner.http, runner.meter(), stand_in, sizes.pg_notifications, sizes.pg_in_flight
+                    ),
+                )
+            )
         # Last: thousands of users stop syncing at its end, and going offline a minute later
         # is work for the server that would land in whatever workload came next.
         if "W4" in workloads:
@@ -289,13 +306,15 @@ async def run(args: argparse.Namespace) -> int:
         meta["synapse_version"] = synapse_version
     results: dict[str, list[WorkloadResult]] = {}
     profiles: dict[str, str] = {}
+    stand_in = FcmStandIn(WORK_DIR / "fcm-stand-in") if "PG" in workloads else None
     for key in servers:
         log(f"starting {key}")
         try:
             if key == "synapse":
                 target = await start_synapse(synapse_version)
             else:
-                target = await start_ours("sqlite" if key == "ours-sqlite" else "postgres")
+                plugins = [stand_in.plugin()] if stand_in is not None else []
+                target = await start_ours("sqlite" if key == "ours-sqlite" else "postgres", plugins)
                 meta["ours_version"] = target.version
         except Exception as e:
             log(f"could not start {key}: {type(e).__name__}: {e}")
@@ -305,7 +324,7 @@ async def run(args: argparse.Namespace) -> int:
             continue
         log(f"{target.label} is up on port {target.port} (pid {target.pid})")
         try:
-            results[key] = await run_target(target, sizes, workloads, profile, profiles, meta)
+            results[key] = await run_target(target, sizes, workloads, profile, profiles, meta, stand_in)
         finally:
             target.stop()
             if not args.keep_databases:
@@ -313,6 +332,8 @@ async def run(args: argparse.Namespace) -> int:
                     drop_database("bench_homeserver")
                 elif key == "synapse":
                     drop_database("bench_synapse")
+    if stand_in is not None:
+        stand_in.close()
     meta["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     meta["speed_end"] = cpu_speed_probe()
     meta["elapsed_min"] = (time.monotonic() - t0) / 60

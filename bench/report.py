@@ -71,6 +71,10 @@ def rows_for(sizes: Sizes) -> list[Row]:
         Row("w5.time", f"W5 initial sync: median of {s.w5_repeats} (ms)"),
         Row("w5.bytes", "W5 initial sync: response size (KiB)"),
         Row("w6.time", f"W6 join a room with {s.w6_members:,} members (ms)"),
+        Row(
+            "pg.rate",
+            f"PG push gateway, {s.pg_in_flight} in flight, to a local FCM endpoint: notifications/s",
+        ),
     ]
     return rows
 

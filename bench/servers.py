@@ -245,8 +245,8 @@ def _our_version() -> str:
     return version
 
 
-async def start_ours(engine: str) -> Target:
-    """Our server on `engine` ("sqlite" or "postgres"), with the bench config."""
+async def start_ours(engine: str, plugins: list[dict[str, Any]] | None = None) -> Target:
+    """Our server on `engine` ("sqlite" or "postgres"), with the bench config (and `plugins`)."""
     key = "ours-sqlite" if engine == "sqlite" else "ours-pg"
     workdir = WORK_DIR / key
     shutil.rmtree(workdir, ignore_errors=True)
@@ -269,7 +269,7 @@ async def start_ours(engine: str) -> Target:
         "auth": {"password_hashing": "fast"},
         "rate_limits": {"enabled": False},
         "logging": {"level": "INFO", "access_log": False},
-        "plugins": [],
+        "plugins": plugins or [],
     }
     config_path = workdir / "homeserver.yaml"
     config_path.write_text(yaml.safe_dump(config))

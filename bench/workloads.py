@@ -61,6 +61,8 @@ class Sizes:
     w5_repeats: int = 3
     w6_members: int = 1000
     w6_joins: int = 3
+    pg_notifications: int = 3000
+    pg_in_flight: int = 20
     # Longest wait for deliveries once the load has stopped, while they still trickle in.
     grace_s: float = 60.0
     # Concurrency of setup requests (registering, joining, filling rooms).
@@ -85,6 +87,7 @@ class Sizes:
             w5_repeats=2,
             w6_members=100,
             w6_joins=2,
+            pg_notifications=300,
             grace_s=20.0,
         )
 
