@@ -133,7 +133,7 @@ def test_fcm_data_is_all_strings_with_defaults_first() -> None:
     device = {
         "app_id": "app",
         "pushkey": "tok",
-        "data": {"default_payload": {"channel": 7, "event_id": "old"}},
+        "data": {"default_payload": {"channel": 7, "event_id": "old", "from": "x", "google.c": "y"}},
     }
     n = note([device], user_is_target=True, prio="low")
     data = fcm_data(n, n.devices[0])
@@ -141,6 +141,7 @@ def test_fcm_data_is_all_strings_with_defaults_first() -> None:
     assert data["unread"] == "3" and data["prio"] == "low"
     assert json.loads(data["content"]) == {"msgtype": "m.text", "body": "hello"}
     assert all(isinstance(v, str) for v in data.values())
+    assert "from" not in data and "google.c" not in data  # FCM refuses reserved keys
     message = fcm_message(n, n.devices[0])
     assert message.token == "tok" and message.android.priority == "normal"
 

@@ -39,7 +39,8 @@ def fcm_data(notification: Notification, device: Device) -> dict[str, str]:
     data: dict[str, str] = {}
     default = device.data.get("default_payload")
     if isinstance(default, dict):
-        data.update({str(k): _text(v) for k, v in default.items()})
+        # Keys FCM reserves would make it refuse every message to this pusher, for ever.
+        data.update({str(k): _text(v) for k, v in default.items() if not _reserved(str(k))})
     for key in STRING_FIELDS:
         if notification.get(key):
             data[key] = notification.get(key)
@@ -60,6 +61,10 @@ def fcm_data(notification: Notification, device: Device) -> dict[str, str]:
         if _size(data) > MAX_DATA_BYTES:
             data.pop(key, None)
     return data
+
+
+def _reserved(key: str) -> bool:
+    return key in ("from", "notification", "message_type") or key.startswith(("google.", "gcm."))
 
 
 def fcm_message(notification: Notification, device: Device) -> messaging.Message:
