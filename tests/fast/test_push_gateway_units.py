@@ -12,7 +12,10 @@ from typing import Any
 
 import jwt
 import pytest
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from push_endpoints import rfc8291_decrypt
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
@@ -26,6 +29,7 @@ from plugins.push.gateway.vapid import main as vapid_main
 from plugins.push.gateway.webpush import (
     MAX_PLAINTEXT,
     application_server_key,
+    encrypt,
     load_vapid_key,
     vapid_header,
     webpush_payload,
@@ -307,3 +311,19 @@ def test_vapid_key_tool_writes_a_private_key_once_and_prints_its_public_key(
     assert vapid_main([str(path)]) == 0
     assert capsys.readouterr().out.strip() == printed and path.read_bytes() == before
     assert vapid_main([]) == 2
+
+
+def test_webpush_encryption_opens_with_the_subscription_key_only() -> None:
+    """RFC 8291: decrypted by tests/push_endpoints.py's own implementation, not http_ece."""
+    browser = ec.generate_private_key(ec.SECP256R1())
+    p256dh = browser.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+    auth = bytes(range(16))
+    body = encrypt('{"body":"héllo"}'.encode(), p256dh, auth)
+    assert rfc8291_decrypt(body, browser, auth) == '{"body":"héllo"}'.encode()
+    assert encrypt(b"x", p256dh, auth)[:16] != encrypt(b"x", p256dh, auth)[:16]  # a fresh salt each time
+    with pytest.raises(InvalidTag):
+        rfc8291_decrypt(body, ec.generate_private_key(ec.SECP256R1()), auth)
+    with pytest.raises(InvalidTag):
+        rfc8291_decrypt(body, browser, bytes(16))

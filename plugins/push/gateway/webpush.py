@@ -94,6 +94,19 @@ def _encode(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
 
 
+def encrypt(payload: bytes, dh: bytes, auth_secret: bytes) -> bytes:
+    """RFC 8291 with a fresh ephemeral key and salt (section 3.1), one aes128gcm record."""
+    return bytes(
+        http_ece.encrypt(
+            payload,
+            private_key=ec.generate_private_key(ec.SECP256R1()),
+            dh=dh,
+            auth_secret=auth_secret,
+            version="aes128gcm",
+        )
+    )
+
+
 def vapid_header(key: ec.EllipticCurvePrivateKey, endpoint: str, contact: str, now: float) -> str:
     """RFC 8292 section 3: `vapid t=<ES256 JWT>, k=<public key>`, audience the endpoint's origin."""
     parts = urlsplit(endpoint)
@@ -147,14 +160,8 @@ class WebPushSender:
             return True
         endpoint, dh, secret = subscription
         high = notification.prio == "high"
-        # A fresh ephemeral key and salt per message (RFC 8291 section 3.1), made by http_ece.
-        body = http_ece.encrypt(
-            webpush_payload(notification, device),
-            private_key=ec.generate_private_key(ec.SECP256R1()),
-            dh=dh,
-            auth_secret=secret,
-            version="aes128gcm",
-        )
+        # ECDH and a key pair per message: CPU work, off the reactor thread.
+        body = await self.api.run_blocking(encrypt, webpush_payload(notification, device), dh, secret)
         ttl_ms = self.config.ttl_ms if high else self.config.low_priority_ttl_ms
 
         async def attempt() -> bool:
