@@ -19,6 +19,7 @@ from homeserver.api.client import (
     keys,
     login,
     profile,
+    push_rules,
     room_events,
     rooms,
     sync,
@@ -47,11 +48,13 @@ from homeserver.core.filters import FilterService
 from homeserver.core.key_backup import KeyBackupService
 from homeserver.core.mailer import Mailer
 from homeserver.core.messages import MessagesService
+from homeserver.core.notifications import NotificationService
 from homeserver.core.password_reset import PasswordResetService
 from homeserver.core.passwords import PasswordHasher
 from homeserver.core.persist import EventPersister
 from homeserver.core.presence import PresenceService
 from homeserver.core.profiles import ProfileService
+from homeserver.core.push_rules import PushRuleService
 from homeserver.core.ratelimit import RateLimiter
 from homeserver.core.receipts import ReceiptService
 from homeserver.core.registration import RegistrationService
@@ -161,6 +164,7 @@ class HomeServer:
             room_events,
             sync,
             user_data,
+            push_rules,
             keys,
             simple_auth,
             simple_messages,
@@ -194,7 +198,8 @@ class HomeServer:
         self.presence = PresenceService(self.storage, self.clock, self.notifier)
         self.presence.audience = self._presence_audience
         self.delivery = DeliveryTracker(self.storage)
-        self.unread = UnreadCounter(self.storage, self.room_heads)
+        self.push_rules = PushRuleService(self.account_data)
+        self.unread = UnreadCounter(self.storage, self.room_heads, self.push_rules)
         self.receipts.on_read = self.unread.forget
         self.keys = KeyService(self.storage, self.clock, self.notifier, self.uia)
         self.keys.audience = self._presence_audience
@@ -214,6 +219,15 @@ class HomeServer:
             self.delivery,
             self.unread,
             self.keys,
+            lambda: self.stream.position,
+        )
+        self.notifications = NotificationService(
+            self.storage,
+            self.room_heads,
+            self.timeline,
+            self.rooms,
+            self.push_rules,
+            self.sync.visibility,
             lambda: self.stream.position,
         )
         self.chats = ChatService(

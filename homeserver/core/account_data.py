@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from homeserver.core.push_rules import default_push_rules
 from homeserver.core.room_heads import RoomHeads
 from homeserver.core.streams import StreamIdGenerator
 from homeserver.errors import Forbidden, MatrixError, NotFound
@@ -91,11 +90,6 @@ class AccountDataService:
         if room_id in rooms:
             return
         await self.put(user_id, "", "m.direct", {**content, peer: [*rooms, room_id]})
-
-    async def push_rules(self, user_id: str) -> dict[str, Any]:
-        """The user's push rules: stored ones, else the spec's defaults."""
-        stored = await self.get(user_id, "", "m.push_rules")
-        return stored if stored is not None else default_push_rules(user_id)
 
     async def since(self, user_id: str, after: int, upto: int) -> list[tuple[str, str, dict[str, Any]]]:
         if after >= upto:

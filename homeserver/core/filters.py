@@ -83,6 +83,8 @@ class SyncFilter:
     timeline: EventFilter = field(default_factory=EventFilter)
     timeline_limit: int = DEFAULT_TIMELINE_LIMIT
     lazy_load_members: bool = False
+    # room.timeline.unread_thread_notifications: counts split by thread in /sync.
+    unread_thread_notifications: bool = False
     include_leave: bool = False
     presence: EventFilter = field(default_factory=EventFilter)
     account_data: EventFilter = field(default_factory=EventFilter)
@@ -108,6 +110,7 @@ class SyncFilter:
             timeline=EventFilter.parse(timeline),
             timeline_limit=min(limit, MAX_TIMELINE_LIMIT),
             lazy_load_members=state.get("lazy_load_members") is True,
+            unread_thread_notifications=timeline.get("unread_thread_notifications") is True,
             include_leave=room.get("include_leave") is True,
             presence=EventFilter.parse(raw.get("presence")),
             account_data=EventFilter.parse(raw.get("account_data")),

@@ -1,19 +1,41 @@
-"""The spec's predefined push rules (spec: Client-Server API, Push Rules: Predefined Rules).
+"""Push rules: the spec's predefined rules, a user's own rules laid over them, and the
+Push Rules API's edits (spec: Client-Server API, Push Notifications, "Push Rules").
 
-Clients need the ruleset before their first sync (matrix-js-sdk retries
-`GET /pushrules/` forever without it; matrix-dart-sdk reads it from the
-`m.push_rules` account data in sync). A user's changes are kept in their
-`m.push_rules` account data and laid over these defaults.
+A user's ruleset lives in their `m.push_rules` account data, in the form clients read it
+(`{"global": {"override": [...], ...}}`), so every change reaches their clients through
+/sync. It is always read laid over the current defaults: a user's rules first (in their
+order), the server-default rules after them (`.m.rule.master` before everything) with the
+user's `enabled` and `actions` for each, so a server with newer defaults shows them to
+everyone without rewriting anybody's data.
+
+Each user's ruleset is compiled once (core/push_eval.py) and kept; users who never edited
+their rules share one compiled program.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import copy
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
-NOTIFY = ["notify"]
+from twisted.internet.defer import DeferredLock
+
+from homeserver.core.push_eval import KINDS, MASTER, MEMBER_COUNT, Program, compile_rules, is_plain_value
+from homeserver.errors import BadJson, InvalidParam, MatrixError, MissingParam, NotFound
+
+if TYPE_CHECKING:
+    from homeserver.core.account_data import AccountDataService
+
 SOUND = {"set_tweak": "sound", "value": "default"}
 HIGHLIGHT = {"set_tweak": "highlight"}
-NO_HIGHLIGHT = {"set_tweak": "highlight", "value": False}
+KNOWN_ACTIONS = ("notify", "dont_notify", "coalesce")
+# Bounds on what one user may store (it is all account data, sent in their initial sync).
+MAX_USER_RULES = 500
+MAX_CONDITIONS = 20
+MAX_PROGRAMS = 200_000
+# Compiles the shared program of everyone on the defaults (its user never appears in it).
+_PLACEHOLDER = "@\x00placeholder:\x00"
 
 
 def _rule(
@@ -33,9 +55,10 @@ def _match(key: str, pattern: str) -> dict[str, Any]:
 
 
 def default_push_rules(user_id: str) -> dict[str, Any]:
+    """The predefined rules for `user_id`, in the spec's order (v1.19, "Predefined Rules")."""
     localpart = user_id[1:].split(":", 1)[0]
     override = [
-        _rule(".m.rule.master", [], [], enabled=False),
+        _rule(MASTER, [], [], enabled=False),
         _rule(".m.rule.suppress_notices", [_match("content.msgtype", "m.notice")], []),
         _rule(
             ".m.rule.invite_for_me",
@@ -44,7 +67,7 @@ def default_push_rules(user_id: str) -> dict[str, Any]:
                 _match("content.membership", "invite"),
                 _match("state_key", user_id),
             ],
-            ["notify", SOUND, NO_HIGHLIGHT],
+            ["notify", SOUND],
         ),
         _rule(".m.rule.member_event", [_match("type", "m.room.member")], []),
         _rule(
@@ -65,7 +88,7 @@ def default_push_rules(user_id: str) -> dict[str, Any]:
         ),
         _rule(
             ".m.rule.roomnotif",
-            [{"kind": "sender_notification_permission", "key": "room"}, _match("content.body", "@room")],
+            [_match("content.body", "@room"), {"kind": "sender_notification_permission", "key": "room"}],
             ["notify", HIGHLIGHT],
         ),
         _rule(
@@ -74,6 +97,7 @@ def default_push_rules(user_id: str) -> dict[str, Any]:
             ["notify", HIGHLIGHT],
         ),
         _rule(".m.rule.reaction", [_match("type", "m.reaction")], []),
+        _rule(".m.rule.room.server_acl", [_match("type", "m.room.server_acl"), _match("state_key", "")], []),
         _rule(
             ".m.rule.suppress_edits",
             [{"kind": "event_property_is", "key": "content.m\\.relates_to.rel_type", "value": "m.replace"}],
@@ -89,6 +113,7 @@ def default_push_rules(user_id: str) -> dict[str, Any]:
             "actions": ["notify", SOUND, HIGHLIGHT],
         }
     ]
+    one_to_one = {"kind": "room_member_count", "is": "2"}
     underride = [
         _rule(
             ".m.rule.call",
@@ -97,17 +122,330 @@ def default_push_rules(user_id: str) -> dict[str, Any]:
         ),
         _rule(
             ".m.rule.encrypted_room_one_to_one",
-            [{"kind": "room_member_count", "is": "2"}, _match("type", "m.room.encrypted")],
+            [one_to_one, _match("type", "m.room.encrypted")],
             ["notify", SOUND],
         ),
         _rule(
-            ".m.rule.room_one_to_one",
-            [{"kind": "room_member_count", "is": "2"}, _match("type", "m.room.message")],
-            ["notify", SOUND],
+            ".m.rule.room_one_to_one", [dict(one_to_one), _match("type", "m.room.message")], ["notify", SOUND]
         ),
-        _rule(".m.rule.message", [_match("type", "m.room.message")], NOTIFY),
-        _rule(".m.rule.encrypted", [_match("type", "m.room.encrypted")], NOTIFY),
+        _rule(".m.rule.message", [_match("type", "m.room.message")], ["notify"]),
+        _rule(".m.rule.encrypted", [_match("type", "m.room.encrypted")], ["notify"]),
     ]
     return {
         "global": {"override": override, "content": content, "room": [], "sender": [], "underride": underride}
     }
+
+
+def effective_rules(stored: Any, user_id: str) -> dict[str, Any]:
+    """The user's stored `m.push_rules` (anything, as old data may be) laid over the defaults."""
+    defaults = default_push_rules(user_id)["global"]
+    saved = stored.get("global") if isinstance(stored, Mapping) else None
+    saved = saved if isinstance(saved, Mapping) else {}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for kind in KINDS:
+        rules = saved.get(kind)
+        rules = [r for r in rules if _well_formed(kind, r)] if isinstance(rules, list) else []
+        own = [copy.deepcopy(r) for r in rules if not r["rule_id"].startswith(".")]
+        for r in own:
+            r["default"] = False
+        changed = {r["rule_id"]: r for r in rules if r["rule_id"].startswith(".")}
+        merged_defaults = []
+        for rule in defaults[kind]:
+            old = changed.get(rule["rule_id"])
+            if old is not None:
+                if isinstance(old.get("enabled"), bool):
+                    rule["enabled"] = old["enabled"]
+                if isinstance(old.get("actions"), list):
+                    rule["actions"] = copy.deepcopy(old["actions"])
+            merged_defaults.append(rule)
+        if kind == "override" and merged_defaults and merged_defaults[0]["rule_id"] == MASTER:
+            out[kind] = [merged_defaults[0], *own, *merged_defaults[1:]]
+        else:
+            out[kind] = [*own, *merged_defaults]
+    return {"global": out}
+
+
+def _well_formed(kind: str, rule: Any) -> bool:
+    return (
+        isinstance(rule, dict)
+        and isinstance(rule.get("rule_id"), str)
+        and isinstance(rule.get("actions"), list)
+        and (kind != "content" or isinstance(rule.get("pattern"), str) or rule["rule_id"].startswith("."))
+    )
+
+
+# Validation (PUT bodies) ----------------------------------------------------------------------
+
+
+def check_kind(scope: str, kind: str | None = None) -> None:
+    if scope != "global":
+        raise InvalidParam(f"Unknown push rule scope {scope!r} (only 'global' exists)")
+    if kind is not None and kind not in KINDS:
+        raise InvalidParam(f"Unknown push rule kind {kind!r}")
+
+
+def check_new_rule_id(kind: str, rule_id: str) -> None:
+    if rule_id.startswith("."):
+        raise InvalidParam("Rule ids starting with '.' are reserved for server-default rules")
+    if not rule_id or "/" in rule_id or "\\" in rule_id:
+        raise InvalidParam("A rule id must be non-empty and hold no '/' or '\\'")
+    if kind == "room" and not rule_id.startswith("!"):
+        raise InvalidParam("A room rule's id must be the room's id")
+    if kind == "sender" and not (rule_id.startswith("@") and ":" in rule_id):
+        raise InvalidParam("A sender rule's id must be the sender's user id")
+
+
+def check_actions(actions: Any) -> list[Any]:
+    """Valid actions, minus the ones the spec says to ignore (`dont_notify`, `coalesce`)."""
+    if not isinstance(actions, list):
+        raise BadJson("'actions' must be a list")
+    kept: list[Any] = []
+    for action in actions:
+        if isinstance(action, str):
+            if action not in KNOWN_ACTIONS:
+                raise InvalidParam(f"Unknown action {action!r}")
+            if action == "notify":
+                kept.append(action)
+        elif isinstance(action, dict):
+            tweak = action.get("set_tweak")
+            if not isinstance(tweak, str) or not tweak:
+                raise InvalidParam("An object action must be a 'set_tweak' with a string name")
+            if set(action) - {"set_tweak", "value"}:
+                raise InvalidParam("A 'set_tweak' action holds only 'set_tweak' and 'value'")
+            if tweak == "highlight" and "value" in action and not isinstance(action["value"], bool):
+                raise InvalidParam("The highlight tweak's value must be a boolean")
+            kept.append(action)
+        else:
+            raise InvalidParam("An action must be a string or a 'set_tweak' object")
+    return kept
+
+
+def _string(cond: Mapping[str, Any], key: str) -> str:
+    value = cond.get(key)
+    if value is None:
+        raise MissingParam(f"A {cond['kind']} condition needs '{key}'")
+    if not isinstance(value, str):
+        raise BadJson(f"'{key}' of a {cond['kind']} condition must be a string")
+    return value
+
+
+def check_condition(cond: Any) -> dict[str, Any]:
+    if not isinstance(cond, dict) or not isinstance(cond.get("kind"), str):
+        raise BadJson("Each condition must be an object with a string 'kind'")
+    kind = cond["kind"]
+    if kind == "event_match":
+        return {"kind": kind, "key": _string(cond, "key"), "pattern": _string(cond, "pattern")}
+    if kind in ("event_property_is", "event_property_contains"):
+        key = _string(cond, "key")
+        if "value" not in cond:
+            raise MissingParam(f"A {kind} condition needs 'value'")
+        if not is_plain_value(cond["value"]):
+            raise InvalidParam("'value' must be a string, an integer in range, a boolean or null")
+        return {"kind": kind, "key": key, "value": cond["value"]}
+    if kind == "contains_display_name":
+        return {"kind": kind}
+    if kind == "room_member_count":
+        is_ = _string(cond, "is")
+        if MEMBER_COUNT.fullmatch(is_) is None:
+            raise InvalidParam("'is' must be a number, optionally after ==, <, >, <= or >=")
+        return {"kind": kind, "is": is_}
+    if kind == "sender_notification_permission":
+        return {"kind": kind, "key": _string(cond, "key")}
+    # Spec: an unrecognised condition never matches (so the rule never does); kept as sent.
+    return cond
+
+
+def build_rule(kind: str, rule_id: str, body: Any) -> dict[str, Any]:
+    """A new user-defined rule from a PUT body."""
+    if not isinstance(body, dict):
+        raise BadJson("The body must be a JSON object")
+    if "actions" not in body:
+        raise MissingParam("Missing 'actions'")
+    rule: dict[str, Any] = {"rule_id": rule_id, "default": False, "enabled": True}
+    if kind == "content":
+        pattern = body.get("pattern")
+        if pattern is None:
+            raise MissingParam("A content rule needs 'pattern'")
+        if not isinstance(pattern, str) or not pattern:
+            raise BadJson("'pattern' must be a non-empty string")
+        rule["pattern"] = pattern
+    elif kind in ("override", "underride"):
+        conditions = body.get("conditions", [])
+        if not isinstance(conditions, list):
+            raise BadJson("'conditions' must be a list")
+        if len(conditions) > MAX_CONDITIONS:
+            raise InvalidParam(f"At most {MAX_CONDITIONS} conditions")
+        rule["conditions"] = [check_condition(c) for c in conditions]
+    rule["actions"] = check_actions(body["actions"])
+    return rule
+
+
+# Edits of a ruleset (in place) ----------------------------------------------------------------
+
+
+def find_rule(ruleset: Mapping[str, Any], kind: str, rule_id: str) -> dict[str, Any]:
+    for rule in ruleset["global"][kind]:
+        if rule["rule_id"] == rule_id:
+            return rule  # type: ignore[no-any-return]
+    raise NotFound("The push rule was not found")
+
+
+def put_rule(
+    ruleset: dict[str, Any], kind: str, rule_id: str, body: Any, before: str | None, after: str | None
+) -> None:
+    check_new_rule_id(kind, rule_id)
+    new = build_rule(kind, rule_id, body)
+    rules: list[dict[str, Any]] = ruleset["global"][kind]
+    old = next((i for i, r in enumerate(rules) if r["rule_id"] == rule_id), None)
+    if old is not None:
+        new["enabled"] = rules[old].get("enabled", True)  # an update keeps the rule's state
+    anchor = before if before is not None else after
+    if anchor is not None and anchor.startswith("."):
+        raise InvalidParam("A rule cannot be placed relative to a server-default rule")
+    if anchor == rule_id:
+        raise InvalidParam("A rule cannot be placed relative to itself")
+    if old is not None and anchor is None:
+        rules[old] = new
+        return
+    others = [r for r in rules if r["rule_id"] != rule_id]
+    own = [r for r in others if not r["rule_id"].startswith(".")]
+    if old is None and len(own) >= MAX_USER_RULES:
+        raise InvalidParam(f"At most {MAX_USER_RULES} rules of each kind")
+    if anchor is None:
+        # A new rule is the most important of the user's rules of its kind.
+        at = next((i for i, r in enumerate(others) if not r["rule_id"].startswith(".")), None)
+        if at is None:
+            at = 1 if kind == "override" and others and others[0]["rule_id"] == MASTER else 0
+    else:
+        found = next((i for i, r in enumerate(others) if r["rule_id"] == anchor), None)
+        if found is None:
+            raise MatrixError(f"before/after rule not found: {anchor}", "M_UNKNOWN")
+        at = found if before is not None else found + 1
+    others.insert(at, new)
+    rules[:] = others
+
+
+def delete_rule(ruleset: dict[str, Any], kind: str, rule_id: str) -> None:
+    rule = find_rule(ruleset, kind, rule_id)
+    if rule.get("default"):
+        raise InvalidParam("Server-default rules cannot be deleted (disable them instead)")
+    ruleset["global"][kind].remove(rule)
+
+
+# The service --------------------------------------------------------------------------------
+
+
+class PushRuleService:
+    """Reads and edits users' rulesets, and keeps each one's compiled program."""
+
+    def __init__(self, account_data: AccountDataService) -> None:
+        self.account_data = account_data
+        self.default_program = compile_rules(default_push_rules(_PLACEHOLDER)["global"], _PLACEHOLDER)
+        # user id -> compiled rules; the inline pass reads it directly (no await there).
+        self.cached_programs: OrderedDict[str, Program] = OrderedDict()
+        self._locks: dict[str, DeferredLock] = {}
+        # Told (user_id) after a user's rules changed: counts computed with the old ones are stale.
+        self.on_change: list[Any] = []
+
+    async def ruleset(self, user_id: str) -> dict[str, Any]:
+        stored = await self.account_data.get(user_id, "", "m.push_rules")
+        return effective_rules(stored, user_id)
+
+    async def scope(self, user_id: str, scope: str) -> dict[str, Any]:
+        check_kind(scope)
+        return (await self.ruleset(user_id))["global"]  # type: ignore[no-any-return]
+
+    def for_client(self, user_id: str, stored: Any) -> dict[str, Any]:
+        """The `m.push_rules` content a sync shows for stored (or no) account data."""
+        return effective_rules(stored, user_id)
+
+    # Compiled programs ----------------------------------------------------------------------
+
+    async def program(self, user_id: str) -> Program:
+        found = self.cached_programs.get(user_id)
+        if found is not None:
+            self.cached_programs.move_to_end(user_id)
+            return found
+        stored = await self.account_data.get(user_id, "", "m.push_rules")
+        program = self._compile(user_id, stored)
+        self._remember(user_id, program)
+        return program
+
+    def _compile(self, user_id: str, stored: Any) -> Program:
+        if stored is None:
+            return self.default_program
+        ruleset = effective_rules(stored, user_id)
+        if ruleset == default_push_rules(user_id):
+            return self.default_program
+        return compile_rules(ruleset["global"], user_id)
+
+    def _remember(self, user_id: str, program: Program) -> None:
+        self.cached_programs[user_id] = program
+        self.cached_programs.move_to_end(user_id)
+        while len(self.cached_programs) > MAX_PROGRAMS:
+            self.cached_programs.popitem(last=False)
+
+    # The API's edits -----------------------------------------------------------------------
+
+    async def get_rule(self, user_id: str, scope: str, kind: str, rule_id: str) -> dict[str, Any]:
+        check_kind(scope, kind)
+        return find_rule(await self.ruleset(user_id), kind, rule_id)
+
+    async def put_rule(
+        self,
+        user_id: str,
+        scope: str,
+        kind: str,
+        rule_id: str,
+        body: Any,
+        before: str | None,
+        after: str | None,
+    ) -> None:
+        check_kind(scope, kind)
+        await self._edit(user_id, lambda rs: put_rule(rs, kind, rule_id, body, before, after))
+
+    async def delete_rule(self, user_id: str, scope: str, kind: str, rule_id: str) -> None:
+        check_kind(scope, kind)
+        await self._edit(user_id, lambda rs: delete_rule(rs, kind, rule_id))
+
+    async def set_enabled(self, user_id: str, scope: str, kind: str, rule_id: str, body: Any) -> None:
+        check_kind(scope, kind)
+        if not isinstance(body, dict) or "enabled" not in body:
+            raise MissingParam("Missing 'enabled'")
+        enabled = body["enabled"]
+        if not isinstance(enabled, bool):
+            raise BadJson("'enabled' must be a boolean")
+
+        def edit(ruleset: dict[str, Any]) -> None:
+            find_rule(ruleset, kind, rule_id)["enabled"] = enabled
+
+        await self._edit(user_id, edit)
+
+    async def set_actions(self, user_id: str, scope: str, kind: str, rule_id: str, body: Any) -> None:
+        check_kind(scope, kind)
+        if not isinstance(body, dict) or "actions" not in body:
+            raise MissingParam("Missing 'actions'")
+        actions = check_actions(body["actions"])
+
+        def edit(ruleset: dict[str, Any]) -> None:
+            find_rule(ruleset, kind, rule_id)["actions"] = actions
+
+        await self._edit(user_id, edit)
+
+    async def _edit(self, user_id: str, change: Any) -> None:
+        """Read, change and store the user's ruleset, one change at a time per user."""
+        lock = self._locks.get(user_id)
+        if lock is None:
+            lock = self._locks[user_id] = DeferredLock()
+        await lock.acquire()
+        try:
+            ruleset = await self.ruleset(user_id)
+            change(ruleset)
+            await self.account_data.put(user_id, "", "m.push_rules", ruleset)
+            self._remember(user_id, self._compile(user_id, ruleset))
+        finally:
+            lock.release()
+            if not lock.locked and not lock.waiting:
+                self._locks.pop(user_id, None)
+        for listener in self.on_change:
+            listener(user_id)

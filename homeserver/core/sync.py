@@ -231,7 +231,7 @@ class SyncService:
         # device must clear the badge on the others (Synapse does the same).
         for room_id, room in join.items():
             if room and "unread_notifications" not in room:
-                room["unread_notifications"] = await self.unread.counts(user_id, room_id)
+                await self._add_counts(req, room, room_id)
         join = {room_id: room for room_id, room in join.items() if room}
         response: dict[str, Any] = {"next_batch": str(upto)}
         rooms_part = {k: v for k, v in (("join", join), ("invite", invite), ("leave", leave)) if v}
@@ -373,8 +373,15 @@ class SyncService:
         if full or any(ev.type == "m.room.member" for ev in events):
             room["summary"] = self._summary(head, req.user_id)
         if full or events:
-            room["unread_notifications"] = await self.unread.counts(req.user_id, room_id)
+            await self._add_counts(req, room, room_id)
         return room
+
+    async def _add_counts(self, req: SyncRequest, room: dict[str, Any], room_id: str) -> None:
+        entry = await self.unread.entry(req.user_id, room_id)
+        main, threads = entry.render(req.filter.unread_thread_notifications)
+        room["unread_notifications"] = main
+        if threads is not None:
+            room["unread_thread_notifications"] = threads
 
     async def _state_for(
         self,
@@ -494,17 +501,24 @@ class SyncService:
         if req.filter.account_data.disabled:
             return []
         after = req.since.account_data if req.since else 0
+        rules = self.unread.rules
         out = [
-            {"type": data_type, "content": content}
+            # m.push_rules as stored, laid over the server's current defaults.
+            {
+                "type": data_type,
+                "content": rules.for_client(req.user_id, content) if data_type == "m.push_rules" else content,
+            }
             for room_id, data_type, content in await self.account_data.since(
                 req.user_id, after, upto.account_data
             )
             if not room_id and req.filter.account_data.allows(data_type, req.user_id)
         ]
-        if req.since is None and not any(e["type"] == "m.push_rules" for e in out):
-            from homeserver.core.push_rules import default_push_rules
-
-            out.append({"type": "m.push_rules", "content": default_push_rules(req.user_id)})
+        if (
+            req.since is None
+            and req.filter.account_data.allows("m.push_rules", req.user_id)
+            and not any(e["type"] == "m.push_rules" for e in out)
+        ):
+            out.append({"type": "m.push_rules", "content": rules.for_client(req.user_id, None)})
         return out
 
     async def _presence(self, req: SyncRequest, joined: list[str], upto: SyncToken) -> list[dict[str, Any]]:

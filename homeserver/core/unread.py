@@ -1,80 +1,231 @@
-"""Unread counts per (user, room): messages from others after the user's read receipt.
+"""Unread counts per (user, room), from the user's push rules: `notification_count` counts
+the events after the user's read receipt whose matching rule notifies, `highlight_count`
+those whose rule also highlights; each per thread too (`unread_thread_notifications`).
 
-Loaded from the database once per (user, room), then kept current from the
-commit stream (+1 per message from someone else, reloaded after a receipt),
-so a sync never counts rows.
+Loaded from the database once per (user, room) (the events after the receipt, evaluated
+against the room's current state), then kept current from the commit stream, so a sync
+never counts rows. After a read receipt, or when the user's rules change, the entry is
+dropped and loaded afresh on the next read.
+
+The inline pass evaluates each committed event once per joined member that has counts in
+memory (core/push_eval.py shares the event's work between them). When a push plugin asks
+for decisions (`push_decisions`), the pass also keeps, per recent event, who it notifies,
+so delivery does not evaluate the rules a second time.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
 
-from homeserver.core.room_heads import RoomHeads
+from homeserver.core.push_eval import EventFacts, Outcome
+from homeserver.core.push_rules import PushRuleService
+from homeserver.core.room_heads import RoomHead, RoomHeads
 from homeserver.storage import Storage
 from homeserver.storage.events import PersistItem, StoredEvent
 
-COUNTED_TYPES = ("m.room.message", "m.room.encrypted")
 _MAX_ENTRIES = 200_000
+# At most this many events after the receipt are evaluated when loading (the count shows "999+").
+MAX_COUNTED = 1000
+# Decisions kept for the push plugin, in recipients summed over events (a 500-member room's
+# message holds up to 499).
+MAX_DECISIONS = 100_000
 
 
-def is_highlight(ev: StoredEvent, user_id: str) -> bool:
-    return highlight_test(ev)(user_id)
+def thread_of(ev: StoredEvent) -> str | None:
+    """The root of the thread `ev` is in (spec: "Threading"), or None for the main timeline."""
+    rel = ev.content.get("m.relates_to")
+    if isinstance(rel, dict) and rel.get("rel_type") == "m.thread":
+        root = rel.get("event_id")
+        return root if isinstance(root, str) else None
+    return None
 
 
-def highlight_test(ev: StoredEvent) -> Callable[[str], bool]:
-    """Whether `ev` highlights a given user: explicit mentions, else the localpart in the
-    body. Built once per event, then asked per member (a 500-member room asks 500 times)."""
-    mentions = ev.content.get("m.mentions")
-    if isinstance(mentions, dict):
-        if mentions.get("room") is True:
-            return lambda user_id: True
-        ids = mentions.get("user_ids")
-        mentioned = set(i for i in ids if isinstance(i, str)) if isinstance(ids, list) else set()
-        return mentioned.__contains__
-    body = ev.content.get("body")
-    if not isinstance(body, str):
-        return lambda user_id: False
-    lowered = body.lower()
-    return lambda user_id: user_id[1:].split(":", 1)[0].lower() in lowered
+class Counts:
+    """One user's counts in one room: totals, and per thread root."""
+
+    __slots__ = ("notify", "highlight", "threads")
+
+    def __init__(self) -> None:
+        self.notify = 0
+        self.highlight = 0
+        self.threads: dict[str, list[int]] | None = None
+
+    def add(self, highlight: bool, thread: str | None) -> None:
+        self.notify += 1
+        if highlight:
+            self.highlight += 1
+        if thread is not None:
+            threads = self.threads
+            if threads is None:
+                threads = self.threads = {}
+            counts = threads.get(thread)
+            if counts is None:
+                counts = threads[thread] = [0, 0]
+            counts[0] += 1
+            if highlight:
+                counts[1] += 1
+
+    def render(self, by_thread: bool = False) -> tuple[dict[str, int], dict[str, dict[str, int]] | None]:
+        """`unread_notifications`, and with `by_thread` the main timeline's only plus
+        `unread_thread_notifications` (spec: /sync, "unread_thread_notifications")."""
+        if not by_thread:
+            return {"notification_count": self.notify, "highlight_count": self.highlight}, None
+        threads = self.threads or {}
+        main_n = self.notify - sum(c[0] for c in threads.values())
+        main_h = self.highlight - sum(c[1] for c in threads.values())
+        per_thread = {
+            root: {"notification_count": c[0], "highlight_count": c[1]} for root, c in threads.items() if c[0]
+        }
+        return {"notification_count": main_n, "highlight_count": main_h}, per_thread
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    user_id: str
+    outcome: Outcome
 
 
 class UnreadCounter:
-    def __init__(self, storage: Storage, heads: RoomHeads) -> None:
+    def __init__(self, storage: Storage, heads: RoomHeads, rules: PushRuleService) -> None:
         self.storage = storage
         self.heads = heads
-        self._counts: OrderedDict[tuple[str, str], list[int]] = OrderedDict()
+        self.rules = rules
+        self._counts: OrderedDict[tuple[str, str], Counts] = OrderedDict()
+        self._by_user: dict[str, set[str]] = {}
+        rules.on_change.append(self.forget_user)
+        # event id -> (who it notifies, members whose rules were not in memory then)
+        self._decisions: OrderedDict[str, tuple[list[Decision], list[str]]] = OrderedDict()
+        self._decision_total = 0
+        self.keep_decisions = False  # set once a push plugin asks
 
-    async def counts(self, user_id: str, room_id: str) -> dict[str, Any]:
+    # Counts -------------------------------------------------------------------------------
+
+    async def counts(self, user_id: str, room_id: str) -> dict[str, int]:
+        return (await self.entry(user_id, room_id)).render()[0]
+
+    async def entry(self, user_id: str, room_id: str) -> Counts:
         key = (user_id, room_id)
         entry = self._counts.get(key)
-        if entry is None:
-            entry = await self.storage.events.unread_counts(user_id, room_id, COUNTED_TYPES, is_highlight)
-            self._counts[key] = entry
-            if len(self._counts) > _MAX_ENTRIES:
-                self._counts.popitem(last=False)
-        return {"notification_count": entry[0], "highlight_count": entry[1]}
+        if entry is not None:
+            return entry
+        program = await self.rules.program(user_id)
+        events = await self.storage.events.unread_events(user_id, room_id, MAX_COUNTED)
+        head = await self.heads.get(room_id)
+        entry = Counts()
+        if head is not None:
+            members = len(head.members("join"))
+            for ev in reversed(events):
+                facts = EventFacts(ev.pdu, head.state, head.room_version, members)
+                outcome = program.evaluate(facts, user_id)
+                if outcome.notify:
+                    entry.add(outcome.highlight, thread_of(ev))
+        found = self._counts.get(key)  # loaded meanwhile by another request: keep that one
+        if found is not None:
+            return found
+        self._counts[key] = entry
+        self._by_user.setdefault(user_id, set()).add(room_id)
+        if len(self._counts) > _MAX_ENTRIES:
+            (old_user, old_room), _ = self._counts.popitem(last=False)
+            self._unindex(old_user, old_room)
+        return entry
 
-    def on_committed(self, items: list[PersistItem]) -> None:
-        for item in items:
-            ev = item.event
-            if ev.type not in COUNTED_TYPES:
-                continue
-            highlights = highlight_test(ev)
-            counts = self._counts
-            room_id = ev.room_id
-            for user_id in self._members(room_id):
-                entry = counts.get((user_id, room_id))
-                if entry is not None and user_id != ev.sender:
-                    entry[0] += 1
-                    if highlights(user_id):
-                        entry[1] += 1
-
-    def _members(self, room_id: str) -> list[str]:
-        head = self.heads.peek(room_id)
-        return head.members("join") if head is not None else []
+    async def total(self, user_id: str, room_ids: list[str]) -> int:
+        """Unread notifications summed over these rooms (a push's `counts.unread`)."""
+        return sum([(await self.entry(user_id, room_id)).notify for room_id in room_ids])
 
     def forget(self, user_id: str, room_id: str) -> None:
         """After a read receipt: count again from the new position next time."""
-        self._counts.pop((user_id, room_id), None)
+        if self._counts.pop((user_id, room_id), None) is not None:
+            self._unindex(user_id, room_id)
+
+    def forget_user(self, user_id: str) -> None:
+        """After the user's rules changed: every room's count again, with the new rules."""
+        for room_id in self._by_user.pop(user_id, set()):
+            self._counts.pop((user_id, room_id), None)
+
+    def _unindex(self, user_id: str, room_id: str) -> None:
+        rooms = self._by_user.get(user_id)
+        if rooms is not None:
+            rooms.discard(room_id)
+            if not rooms:
+                del self._by_user[user_id]
+
+    # The inline pass ----------------------------------------------------------------------
+
+    def on_committed(self, items: list[PersistItem]) -> None:
+        counts = self._counts
+        programs = self.rules.cached_programs
+        keep = self.keep_decisions
+        for item in items:
+            ev = item.event
+            room_id = ev.room_id
+            head = self.heads.peek(room_id)
+            if head is None:
+                continue
+            members = head.members("join")
+            sender = ev.sender
+            facts: EventFacts | None = None
+            thread: str | None = None
+            decided: list[Decision] = []
+            unknown: list[str] = []
+            for user_id in members:
+                if user_id == sender:
+                    continue
+                entry = counts.get((user_id, room_id))
+                if entry is None and not keep:
+                    continue
+                program = programs.get(user_id)
+                if program is None:
+                    # Rules no longer in memory: count afresh on the next read.
+                    if entry is not None:
+                        self.forget(user_id, room_id)
+                    if keep:
+                        unknown.append(user_id)
+                    continue
+                if facts is None:
+                    facts = EventFacts(ev.pdu, head.state, head.room_version, len(members))
+                    thread = thread_of(ev)
+                plan = program.plan(facts)
+                outcome = plan.outcome(facts, user_id) if plan.candidates else plan.final
+                if outcome.notify:
+                    if entry is not None:
+                        entry.add(outcome.highlight, thread)
+                    if keep:
+                        decided.append(Decision(user_id, outcome))
+            if keep:
+                self._keep(ev.event_id, decided, unknown)
+
+    # Decisions for the push plugin ---------------------------------------------------------
+
+    def _keep(self, event_id: str, decided: list[Decision], unknown: list[str]) -> None:
+        self._decisions[event_id] = (decided, unknown)
+        self._decision_total += len(decided) + len(unknown) + 1
+        while self._decision_total > MAX_DECISIONS and self._decisions:
+            _, (old, old_unknown) = self._decisions.popitem(last=False)
+            self._decision_total -= len(old) + len(old_unknown) + 1
+
+    async def decisions(self, ev: StoredEvent) -> list[Decision]:
+        """The joined members (never the sender) whose rules make `ev` notify: from the inline
+        pass when it kept them, else evaluated now against the room's current state."""
+        self.keep_decisions = True
+        head = await self.heads.get(ev.room_id)
+        if head is None:
+            return []
+        kept = self._decisions.get(ev.event_id)
+        if kept is not None:
+            decided, todo = list(kept[0]), kept[1]
+        else:
+            decided, todo = [], [u for u in head.members("join") if u != ev.sender]
+        if todo:
+            decided.extend(await self._evaluate(ev, head, todo))
+        return decided
+
+    async def _evaluate(self, ev: StoredEvent, head: RoomHead, users: list[str]) -> list[Decision]:
+        facts = EventFacts(ev.pdu, head.state, head.room_version, len(head.members("join")))
+        out = []
+        for user_id in users:
+            outcome = (await self.rules.program(user_id)).evaluate(facts, user_id)
+            if outcome.notify:
+                out.append(Decision(user_id, outcome))
+        return out

@@ -497,28 +497,58 @@ class EventStore:
             room_id,
         )
 
-    async def unread_counts(
-        self, user_id: str, room_id: str, types: tuple[str, ...], is_highlight: Any
-    ) -> list[int]:
-        """[notifications, highlights]: events of `types` from others after the user's read receipt."""
+    async def unread_events(self, user_id: str, room_id: str, limit: int) -> list[StoredEvent]:
+        """Up to `limit` newest events from others after the user's read receipt (either kind),
+        newest first: what the unread counts are computed from."""
 
-        def count_txn(txn: Txn) -> list[int]:
+        def unread_txn(txn: Txn) -> list[StoredEvent]:
             row = txn.query_one(
                 "SELECT MAX(event_stream_ordering) FROM receipts WHERE room_id = ? AND user_id = ?"
                 " AND receipt_type IN ('m.read', 'm.read.private')",
                 (room_id, user_id),
             )
             after = int(row[0]) if row and row[0] is not None else 0
-            marks = ",".join("?" * len(types))
             rows = txn.query(
                 f"SELECT {_EVENT_COLUMNS} FROM {_EVENT_FROM} WHERE e.room_id = ? AND e.stream_ordering > ?"
-                f" AND e.sender <> ? AND e.type IN ({marks}) ORDER BY e.stream_ordering DESC LIMIT 1000",
-                (room_id, after, user_id, *types),
+                " AND e.sender <> ? ORDER BY e.stream_ordering DESC LIMIT ?",
+                (room_id, after, user_id, limit),
             )
-            events = [_row_to_event(r) for r in rows]
-            return [len(events), sum(1 for ev in events if is_highlight(ev, user_id))]
+            return [_row_to_event(r) for r in rows]
 
-        return await self.db.run_interaction("unread_counts", count_txn)
+        return await self.db.run_interaction("unread_events", unread_txn)
+
+    async def read_positions(self, user_id: str, room_ids: Sequence[str]) -> dict[str, int]:
+        """The stream position of the user's furthest read receipt (either kind) per room."""
+        if not room_ids:
+            return {}
+        marks = ",".join("?" * len(room_ids))
+        rows = await self.db.query(
+            "read_positions",
+            "SELECT room_id, MAX(event_stream_ordering) FROM receipts WHERE user_id = ?"
+            f" AND receipt_type IN ('m.read', 'm.read.private') AND room_id IN ({marks}) GROUP BY room_id",
+            user_id,
+            *room_ids,
+        )
+        return {r[0]: int(r[1]) for r in rows if r[1] is not None}
+
+    async def events_before_in_rooms(
+        self, room_ids: Sequence[str], before: int, not_sender: str, limit: int
+    ) -> list[StoredEvent]:
+        """Up to `limit` events of these rooms before `before` not sent by `not_sender`,
+        newest first (GET /notifications walks these back)."""
+        if not room_ids:
+            return []
+        marks = ",".join("?" * len(room_ids))
+        rows = await self.db.query(
+            "events_before_in_rooms",
+            f"SELECT {_EVENT_COLUMNS} FROM {_EVENT_FROM} WHERE e.room_id IN ({marks})"
+            " AND e.stream_ordering < ? AND e.sender <> ? ORDER BY e.stream_ordering DESC LIMIT ?",
+            *room_ids,
+            before,
+            not_sender,
+            limit,
+        )
+        return [_row_to_event(r) for r in rows]
 
     # Relations ---------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Account data, push rules and presence."""
+"""Account data and presence."""
 
 from __future__ import annotations
 
@@ -38,10 +38,6 @@ def register(router: Router, hs: "HomeServer") -> None:
         requester = await require_user(hs, request)
         return await account_data.get_by_client(requester.user_id, user_id, room_id, data_type)
 
-    async def push_rules(request: ApiRequest, version: str) -> dict[str, Any]:
-        requester = await require_user(hs, request)
-        return await account_data.push_rules(requester.user_id)
-
     async def set_presence(request: ApiRequest, version: str, user_id: str) -> dict[str, Any]:
         requester = await require_user(hs, request)
         body = request.json_body()
@@ -58,7 +54,5 @@ def register(router: Router, hs: "HomeServer") -> None:
     router.add("GET", f"{user}/account_data/{{data_type}}", get_global)
     router.add("PUT", f"{user}/rooms/{{room_id}}/account_data/{{data_type}}", put_room)
     router.add("GET", f"{user}/rooms/{{room_id}}/account_data/{{data_type}}", get_room)
-    router.add("GET", f"{CLIENT}/pushrules/", push_rules)
-    router.add("GET", f"{CLIENT}/pushrules", push_rules)
     router.add("PUT", f"{CLIENT}/presence/{{user_id}}/status", set_presence)
     router.add("GET", f"{CLIENT}/presence/{{user_id}}/status", get_presence)
