@@ -69,6 +69,17 @@ class EventBatch:
 BatchCallback = Callable[[EventBatch], Awaitable[None] | None]
 
 
+@dataclass(frozen=True, slots=True)
+class PushDecision:
+    """One recipient a committed event notifies, by their push rules."""
+
+    user_id: str
+    highlight: bool
+    tweaks: dict[
+        str, Any
+    ]  # every set_tweak of the matched rule, e.g. {"sound": "default", "highlight": True}
+
+
 class PluginConfigError(Exception):
     """Raised by a plugin's parse_config: start-up stops with this message."""
 
@@ -319,6 +330,24 @@ class PluginApi:
         head = await self._hs.room_heads.get(room_id)
         return head.membership(user_id) if head is not None else None
 
+    # Push -------------------------------------------------------------------------
+
+    async def push_decisions(self, event: StreamEvent) -> list[PushDecision]:
+        """The room's joined members (never the sender) whose push rules make this committed
+        event notify. For recent events the rules' work of the commit itself is reused (the
+        first call turns that on); older ones are evaluated now against the room's state."""
+        event_id = event.event.get("event_id")
+        if not isinstance(event_id, str):
+            return []
+        return [
+            PushDecision(d.user_id, d.outcome.highlight, dict(d.outcome.tweaks))
+            for d in await self._hs.unread.decisions(event_id)
+        ]
+
+    async def notification_count(self, user_id: str) -> int:
+        """The user's unread notification count summed over their rooms (a push's counts.unread)."""
+        return await self._hs.unread.total(user_id, sorted(await self.joined_rooms(user_id)))
+
     async def joined_rooms(self, user_id: str) -> set[str]:
         """The ids of the rooms `user_id` is joined to now."""
         rooms = await self._hs.timeline.rooms_for_user(user_id)
@@ -332,6 +361,7 @@ __all__ = [
     "MatrixError",
     "PluginApi",
     "PluginConfigError",
+    "PushDecision",
     "Requester",
     "Response",
     "StreamBody",

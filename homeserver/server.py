@@ -270,6 +270,7 @@ class HomeServer:
         await self.timeline.start(self.persister.persisted_upto)
         positions = await self.storage.user_data.max_stream_ids()
         self.account_data.start(positions["account_data"])
+        await self.push_rules.start()
         self.receipts.start(positions["receipts"])
         await self.presence.start(positions["presence"])
         await self.keys.start()

@@ -112,6 +112,25 @@ def _contains_words(lowered_body: str, needle: str) -> bool:
     return _literal_words(needle).search(lowered_body) is not None
 
 
+_WORD = re.compile(r"[0-9A-Za-z_]+")
+
+
+@functools.lru_cache(maxsize=65536)
+def _needle(text: str) -> tuple[str, bool]:
+    """`text` lowercased, and whether it is one word: then it is in the body between word
+    boundaries exactly when it is one of the body's words (a set lookup per recipient)."""
+    lowered = text.lower()
+    return lowered, _WORD.fullmatch(lowered) is not None
+
+
+def _in_body(facts: EventFacts, text: str) -> bool:
+    body = facts.body
+    if not body:
+        return False
+    needle, one_word = _needle(text)
+    return needle in facts.words if one_word else _contains_words(body, needle)
+
+
 @functools.lru_cache(maxsize=65536)
 def _literal_words(needle: str) -> re.Pattern[str]:
     return re.compile(_NOT_WORD_BEFORE + re.escape(needle) + _NOT_WORD_AFTER)
@@ -131,6 +150,7 @@ class EventFacts:
         "_conds",
         "_plans",
         "_body",
+        "_words",
         "_members",
         "_sender_pl",
     )
@@ -151,6 +171,7 @@ class EventFacts:
         self._conds: dict[Condition, bool] = {}
         self._plans: dict[Program, Plan] = {}
         self._body: str | None | object = _MISSING
+        self._words: frozenset[str] | None = None
         self._members = member_count
         self._sender_pl: int | None = None
 
@@ -177,6 +198,13 @@ class EventFacts:
             raw = self.prop(("content", "body"))
             body = self._body = raw.lower() if isinstance(raw, str) else None
         return body  # type: ignore[return-value]
+
+    @property
+    def words(self) -> frozenset[str]:
+        """The lowercased body's words (runs of [0-9a-z_]), for one-word needles."""
+        if self._words is None:
+            self._words = frozenset(_WORD.findall(self.body or ""))
+        return self._words
 
     @property
     def has_mentions(self) -> bool:
@@ -238,6 +266,10 @@ class Condition:
 
     def test_user(self, facts: EventFacts, user_id: str) -> bool:
         return self.test(facts)
+
+    def possible(self, facts: EventFacts) -> bool:
+        """Whether a per-user condition could hold for anyone (asked once per event)."""
+        return True
 
 
 @dataclass(frozen=True, eq=False)
@@ -327,11 +359,11 @@ class DisplayNameInBody(Condition):
         return False
 
     def test_user(self, facts: EventFacts, user_id: str) -> bool:
-        body = facts.body
-        if not body:
-            return False
         name = facts.display_name(user_id)
-        return name is not None and _contains_words(body, name.lower())
+        return name is not None and _in_body(facts, name)
+
+    def possible(self, facts: EventFacts) -> bool:
+        return bool(facts.body)
 
 
 @dataclass(frozen=True, eq=False)
@@ -348,6 +380,9 @@ class UserIdMatch(Condition):
         value = facts.prop(self.path)
         return isinstance(value, str) and value.lower() == user_id.lower()
 
+    def possible(self, facts: EventFacts) -> bool:
+        return isinstance(facts.prop(self.path), str)
+
 
 @dataclass(frozen=True, eq=False)
 class UserIdListed(Condition):
@@ -363,6 +398,10 @@ class UserIdListed(Condition):
         found = facts.prop(self.path)
         return isinstance(found, list) and user_id in found
 
+    def possible(self, facts: EventFacts) -> bool:
+        found = facts.prop(self.path)
+        return isinstance(found, list) and bool(found)
+
 
 @dataclass(frozen=True, eq=False)
 class LocalpartInBody(Condition):
@@ -374,13 +413,15 @@ class LocalpartInBody(Condition):
         return False
 
     def test_user(self, facts: EventFacts, user_id: str) -> bool:
-        body = facts.body
-        return bool(body) and _contains_words(body, _localpart(user_id))  # type: ignore[arg-type]
+        return _in_body(facts, _localpart(user_id))
+
+    def possible(self, facts: EventFacts) -> bool:
+        return bool(facts.body)
 
 
 @functools.lru_cache(maxsize=65536)
 def _localpart(user_id: str) -> str:
-    return user_id[1:].split(":", 1)[0].lower()
+    return user_id[1:].split(":", 1)[0]
 
 
 _OPS = {"==": operator.eq, "<": operator.lt, ">": operator.gt, "<=": operator.le, ">=": operator.ge}
@@ -502,6 +543,27 @@ class Program:
 
     rules: tuple[CompiledRule, ...]
 
+    @functools.cached_property
+    def silent_types(self) -> frozenset[str]:
+        """Event types these rules never notify of, unless the event's state key is the user
+        (an invite for them): loading counts skips them (a big room's joins, with the
+        defaults). A type is silent when a rule matching exactly that type does not notify
+        and no earlier notifying rule could match it."""
+        silent: set[str] = set()
+        for i, rule in enumerate(self.rules):
+            match = rule.shared[0] if len(rule.shared) == 1 else None
+            if (
+                rule.outcome.notify
+                or rule.per_user
+                or not isinstance(match, EventMatch)
+                or match.path != ("type",)
+                or _has_glob(match.pattern)
+            ):
+                continue
+            if not any(_may_match_type(earlier, match.pattern) for earlier in self.rules[:i]):
+                silent.add(match.pattern)
+        return frozenset(silent)
+
     def plan(self, facts: EventFacts) -> Plan:
         found = facts._plans.get(self)
         if found is None:
@@ -514,11 +576,26 @@ class Program:
             if all(facts.holds(c) for c in rule.shared):
                 if not rule.per_user:
                     return Plan(tuple(candidates), rule.outcome, rule.rule_id)
-                candidates.append(rule)
+                if all(c.possible(facts) for c in rule.per_user):
+                    candidates.append(rule)
         return Plan(tuple(candidates), NO_MATCH, None)
 
     def evaluate(self, facts: EventFacts, user_id: str) -> Outcome:
         return self.plan(facts).outcome(facts, user_id)
+
+
+def _may_match_type(rule: CompiledRule, event_type: str) -> bool:
+    """Whether a notifying `rule` could match an event of `event_type` not about its user."""
+    if not rule.outcome.notify:
+        return False
+    for cond in (*rule.shared, *rule.per_user):
+        if isinstance(cond, UserIdMatch) and cond.path == ("state_key",):
+            return False
+        if isinstance(cond, (EventMatch, PropertyIs)) and cond.path == ("type",):
+            pattern = cond.pattern if isinstance(cond, EventMatch) else cond.value
+            if isinstance(pattern, str) and not _has_glob(pattern) and pattern.lower() != event_type:
+                return False
+    return True
 
 
 def _rule_conditions(kind: str, rule: Mapping[str, Any], user_id: str) -> list[Condition]:

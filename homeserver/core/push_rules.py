@@ -344,8 +344,14 @@ class PushRuleService:
         # user id -> compiled rules; the inline pass reads it directly (no await there).
         self.cached_programs: OrderedDict[str, Program] = OrderedDict()
         self._locks: dict[str, DeferredLock] = {}
+        # Users with stored rules, read at start-up: everyone else is on the defaults, known
+        # without a query (a big room's members all load their counts at once).
+        self._stored: set[str] | None = None
         # Told (user_id) after a user's rules changed: counts computed with the old ones are stale.
         self.on_change: list[Any] = []
+
+    async def start(self) -> None:
+        self._stored = await self.account_data.storage.user_data.users_with_account_data("m.push_rules")
 
     async def ruleset(self, user_id: str) -> dict[str, Any]:
         stored = await self.account_data.get(user_id, "", "m.push_rules")
@@ -366,7 +372,10 @@ class PushRuleService:
         if found is not None:
             self.cached_programs.move_to_end(user_id)
             return found
-        stored = await self.account_data.get(user_id, "", "m.push_rules")
+        if self._stored is not None and user_id not in self._stored:
+            stored = None
+        else:
+            stored = await self.account_data.get(user_id, "", "m.push_rules")
         program = self._compile(user_id, stored)
         self._remember(user_id, program)
         return program
@@ -442,6 +451,8 @@ class PushRuleService:
             ruleset = await self.ruleset(user_id)
             change(ruleset)
             await self.account_data.put(user_id, "", "m.push_rules", ruleset)
+            if self._stored is not None:
+                self._stored.add(user_id)
             self._remember(user_id, self._compile(user_id, ruleset))
         finally:
             lock.release()

@@ -18,11 +18,11 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from homeserver.core.push_eval import EventFacts, Outcome
+from homeserver.core.push_eval import NO_MATCH, EventFacts, Outcome, Plan, Program
 from homeserver.core.push_rules import PushRuleService
 from homeserver.core.room_heads import RoomHead, RoomHeads
 from homeserver.storage import Storage
-from homeserver.storage.events import PersistItem, StoredEvent
+from homeserver.storage.events import EventRow, PersistItem, StoredEvent
 
 _MAX_ENTRIES = 200_000
 # At most this many events after the receipt are evaluated when loading (the count shows "999+").
@@ -30,6 +30,8 @@ MAX_COUNTED = 1000
 # Decisions kept for the push plugin, in recipients summed over events (a 500-member room's
 # message holds up to 499).
 MAX_DECISIONS = 100_000
+_MAX_FACTS = 2048
+_NO_PLAN = Plan((), NO_MATCH, None)
 
 
 def thread_of(ev: StoredEvent) -> str | None:
@@ -98,6 +100,7 @@ class UnreadCounter:
         self._decisions: OrderedDict[str, tuple[list[Decision], list[str]]] = OrderedDict()
         self._decision_total = 0
         self.keep_decisions = False  # set once a push plugin asks
+        self._recent_facts: OrderedDict[tuple[str, int], tuple[EventFacts, str | None]] = OrderedDict()
 
     # Counts -------------------------------------------------------------------------------
 
@@ -110,16 +113,18 @@ class UnreadCounter:
         if entry is not None:
             return entry
         program = await self.rules.program(user_id)
-        events = await self.storage.events.unread_events(user_id, room_id, MAX_COUNTED)
+        events = await self.storage.events.unread_events(
+            user_id, room_id, MAX_COUNTED, sorted(program.silent_types)
+        )
         head = await self.heads.get(room_id)
         entry = Counts()
         if head is not None:
             members = len(head.members("join"))
-            for ev in reversed(events):
-                facts = EventFacts(ev.pdu, head.state, head.room_version, members)
+            for row in reversed(events):
+                facts, thread = self._facts_of_row(row, head, members)
                 outcome = program.evaluate(facts, user_id)
                 if outcome.notify:
-                    entry.add(outcome.highlight, thread_of(ev))
+                    entry.add(outcome.highlight, thread)
         found = self._counts.get(key)  # loaded meanwhile by another request: keep that one
         if found is not None:
             return found
@@ -169,6 +174,8 @@ class UnreadCounter:
             thread: str | None = None
             decided: list[Decision] = []
             unknown: list[str] = []
+            planned: Program | None = None
+            plan = _NO_PLAN
             for user_id in members:
                 if user_id == sender:
                     continue
@@ -184,9 +191,10 @@ class UnreadCounter:
                         unknown.append(user_id)
                     continue
                 if facts is None:
-                    facts = EventFacts(ev.pdu, head.state, head.room_version, len(members))
+                    facts = self._facts(ev, head, len(members))
                     thread = thread_of(ev)
-                plan = program.plan(facts)
+                if program is not planned:  # mostly one program (the defaults) for everyone
+                    planned, plan = program, program.plan(facts)
                 outcome = plan.outcome(facts, user_id) if plan.candidates else plan.final
                 if outcome.notify:
                     if entry is not None:
@@ -195,6 +203,26 @@ class UnreadCounter:
                         decided.append(Decision(user_id, outcome))
             if keep:
                 self._keep(ev.event_id, decided, unknown)
+
+    def _facts(self, ev: StoredEvent, head: RoomHead, members: int) -> EventFacts:
+        """The event's facts, shared by every member evaluating it: the inline pass and the
+        loads that follow it (a big room's members load their counts after the same events)
+        evaluate each recent event's recipient-independent conditions once."""
+        found = self._recent_facts.get((ev.event_id, members))
+        if found is not None:
+            return found[0]
+        return self._remember_facts(ev, head, members)[0]
+
+    def _facts_of_row(self, row: EventRow, head: RoomHead, members: int) -> tuple[EventFacts, str | None]:
+        found = self._recent_facts.get((row.event_id, members))
+        return found if found is not None else self._remember_facts(row.decode(), head, members)
+
+    def _remember_facts(self, ev: StoredEvent, head: RoomHead, members: int) -> tuple[EventFacts, str | None]:
+        entry = (EventFacts(ev.pdu, head.state, head.room_version, members), thread_of(ev))
+        self._recent_facts[(ev.event_id, members)] = entry
+        if len(self._recent_facts) > _MAX_FACTS:
+            self._recent_facts.popitem(last=False)
+        return entry
 
     # Decisions for the push plugin ---------------------------------------------------------
 
@@ -205,21 +233,21 @@ class UnreadCounter:
             _, (old, old_unknown) = self._decisions.popitem(last=False)
             self._decision_total -= len(old) + len(old_unknown) + 1
 
-    async def decisions(self, ev: StoredEvent) -> list[Decision]:
-        """The joined members (never the sender) whose rules make `ev` notify: from the inline
-        pass when it kept them, else evaluated now against the room's current state."""
+    async def decisions(self, event_id: str) -> list[Decision]:
+        """The joined members (never the sender) whose rules make the committed event
+        `event_id` notify: from the inline pass when it kept them, else evaluated now
+        against the room's current state."""
         self.keep_decisions = True
-        head = await self.heads.get(ev.room_id)
-        if head is None:
+        kept = self._decisions.get(event_id)
+        if kept is not None and not kept[1]:
+            return list(kept[0])
+        ev = (await self.storage.events.get_events([event_id])).get(event_id)
+        head = await self.heads.get(ev.room_id) if ev is not None else None
+        if ev is None or head is None:
             return []
-        kept = self._decisions.get(ev.event_id)
         if kept is not None:
-            decided, todo = list(kept[0]), kept[1]
-        else:
-            decided, todo = [], [u for u in head.members("join") if u != ev.sender]
-        if todo:
-            decided.extend(await self._evaluate(ev, head, todo))
-        return decided
+            return [*kept[0], *await self._evaluate(ev, head, kept[1])]
+        return await self._evaluate(ev, head, [u for u in head.members("join") if u != ev.sender])
 
     async def _evaluate(self, ev: StoredEvent, head: RoomHead, users: list[str]) -> list[Decision]:
         facts = EventFacts(ev.pdu, head.state, head.room_version, len(head.members("join")))

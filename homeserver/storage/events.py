@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from homeserver.json_encoding import dumps_text
 from homeserver.storage.database import Database, Txn
@@ -95,6 +95,20 @@ def _row_to_event(row: Sequence[Any]) -> StoredEvent:
 
 
 _Row = tuple[Any, ...]
+
+
+class EventRow(NamedTuple):
+    """An event as read, not yet decoded (`decode` makes the StoredEvent)."""
+
+    event_id: str
+    room_id: str
+    stream_ordering: int
+    json: str
+    unsigned_extra: str | None
+    redacted_by: str | None
+
+    def decode(self) -> StoredEvent:
+        return _row_to_event(self)
 
 
 def persist_events_txn(txn: Txn, items: Sequence[PersistItem]) -> None:
@@ -497,23 +511,31 @@ class EventStore:
             room_id,
         )
 
-    async def unread_events(self, user_id: str, room_id: str, limit: int) -> list[StoredEvent]:
+    async def unread_events(
+        self, user_id: str, room_id: str, limit: int, skip_types: Sequence[str] = ()
+    ) -> list[EventRow]:
         """Up to `limit` newest events from others after the user's read receipt (either kind),
-        newest first: what the unread counts are computed from."""
+        newest first: what the unread counts are computed from. Events of `skip_types` are
+        left out unless their state key is the user."""
 
-        def unread_txn(txn: Txn) -> list[StoredEvent]:
+        def unread_txn(txn: Txn) -> list[EventRow]:
             row = txn.query_one(
                 "SELECT MAX(event_stream_ordering) FROM receipts WHERE room_id = ? AND user_id = ?"
                 " AND receipt_type IN ('m.read', 'm.read.private')",
                 (room_id, user_id),
             )
             after = int(row[0]) if row and row[0] is not None else 0
+            skip = ""
+            if skip_types:
+                marks = ",".join("?" * len(skip_types))
+                skip = f" AND (e.type NOT IN ({marks}) OR e.state_key = ?)"
             rows = txn.query(
                 f"SELECT {_EVENT_COLUMNS} FROM {_EVENT_FROM} WHERE e.room_id = ? AND e.stream_ordering > ?"
-                " AND e.sender <> ? ORDER BY e.stream_ordering DESC LIMIT ?",
-                (room_id, after, user_id, limit),
+                f" AND e.sender <> ?{skip} ORDER BY e.stream_ordering DESC LIMIT ?",
+                (room_id, after, user_id, *skip_types, *([user_id] if skip_types else []), limit),
             )
-            return [_row_to_event(r) for r in rows]
+            # Undecoded: a big room's members all load the same recent events, decoded once.
+            return [EventRow(*r) for r in rows]
 
         return await self.db.run_interaction("unread_events", unread_txn)
 

@@ -54,6 +54,15 @@ class UserDataStore:
         )
         return json.loads(rows[0][0]) if rows else None
 
+    async def users_with_account_data(self, data_type: str) -> set[str]:
+        """Users holding global account data of `data_type` (read once at start-up)."""
+        rows = await self.db.query(
+            "users_with_account_data",
+            "SELECT user_id FROM account_data WHERE room_id = '' AND type = ?",
+            data_type,
+        )
+        return {r[0] for r in rows}
+
     async def account_data_since(
         self, user_id: str, after: int, upto: int
     ) -> list[tuple[str, str, dict[str, Any]]]:
