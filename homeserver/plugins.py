@@ -17,7 +17,7 @@ import importlib
 import inspect
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +64,16 @@ class EventBatch:
     after: int
     upto: int
     events: list[StreamEvent]
+    _hold: Callable[[], Callable[[], None]] | None = field(default=None, repr=False, compare=False)
+
+    def hold(self) -> Callable[[], None]:
+        """Keep working on this batch after the callback returned: the subscription's saved
+        position stays behind it until the returned callable is called (once; later calls do
+        nothing), while later batches keep being handed over. After a crash, every batch with
+        a hold still out is handed again, its events marked `maybe_repeated`."""
+        if self._hold is None:
+            return lambda: None
+        return self._hold()
 
 
 BatchCallback = Callable[[EventBatch], Awaitable[None] | None]
@@ -240,7 +250,7 @@ class PluginApi:
                 )
                 for item in batch.items
             ]
-            result = callback(EventBatch(batch.after, batch.upto, events))
+            result = callback(EventBatch(batch.after, batch.upto, events, batch.hold))
             if inspect.isawaitable(result):
                 await result
 

@@ -31,19 +31,31 @@ resumes from it after a restart or a kill -9. The guarantee is at least once, in
   position (`StreamBatch.maybe_repeated`);
 - a handler that raises gets the same batch again after a pause (RETRY_MIN_S doubling up
   to RETRY_MAX_S); a non-durable consumer's failed batch is logged and skipped.
+
+Holds: a consumer may keep working on a batch after its handler returned (a push waiting
+for a device's receipt, a request to a slow gateway). `batch.hold()` returns a release
+callable. The consumer's `position` (the one saved, and the one `reached` waits for) moves
+past a batch only once its handler returned and every hold on it and on every earlier
+batch is released; later batches keep being handed over meanwhile (`handled_upto` is how
+far it has been handed and handled). So `handed_upto` keeps its meaning above: after a
+crash, the events in (position, handed_upto] come again, marked, and with holds that range
+covers every batch whose holds were still out. A consumer that takes holds must release
+each one (after its work is done, or recorded as its own to finish later); a hold never
+released keeps its batch, and everything after it, to be handed again after a restart.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredLock
 from twisted.logger import Logger
 
 from homeserver.storage.events import EventStore, PersistItem
@@ -70,9 +82,48 @@ class StreamBatch:
     items: list[PersistItem]
     # Events at positions up to here may have been handed over before, in a run that died.
     redelivered_upto: int = 0
+    # Set on the batch a consumer hands over: its holds (see the module docstring).
+    holds: "BatchHolds | None" = field(default=None, compare=False, repr=False)
 
     def maybe_repeated(self, item: PersistItem) -> bool:
         return item.event.stream_ordering <= self.redelivered_upto
+
+    def hold(self) -> Callable[[], None]:
+        """Keep the consumer's position behind this batch until the returned callable is
+        called (once; later calls do nothing). Later batches are still handed over."""
+        if self.holds is None:
+            return _nothing
+        return self.holds.take()
+
+
+def _nothing() -> None:
+    pass
+
+
+class BatchHolds:
+    """The unreleased holds on one handed batch; settled once handled with none left."""
+
+    __slots__ = ("consumer", "upto", "count", "handled")
+
+    def __init__(self, consumer: "StreamConsumer", upto: int) -> None:
+        self.consumer = consumer
+        self.upto = upto
+        self.count = 0
+        self.handled = False
+
+    def take(self) -> Callable[[], None]:
+        self.count += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.count -= 1
+                if self.count == 0 and self.handled:
+                    self.consumer._settle()
+
+        return release
 
 
 Handler = Callable[[StreamBatch], Awaitable[None]]
@@ -190,6 +241,12 @@ class StreamConsumer:
         self._handler = handler
         self._saved_handed = max(handed, position)
         self._redelivered_upto = handed if handed > position else 0
+        # How far batches have been handed over and handled (holds aside): where reading goes
+        # on. `position` trails it while holds are out.
+        self.handled_upto = position
+        self._unsettled: deque[BatchHolds] = deque()
+        self._save_lock = DeferredLock()
+        self._background_save = False
         self._queue: deque[StreamBatch] = deque()
         self._queued_events = 0
         # Behind: nothing is queued for it; it reads from the database up to the stream.
@@ -210,13 +267,42 @@ class StreamConsumer:
         self._done = Deferred.fromCoroutine(self._run())
 
     def reached(self, position: int) -> Deferred[None]:
-        """Fires once every event up to `position` has been handled (or skipped)."""
+        """Fires once every event up to `position` has been handled (or skipped) and every hold
+        on it released."""
         d: Deferred[None] = Deferred()
         if self.position >= position:
             d.callback(None)
         else:
             self._reached.append((position, d))
         return d
+
+    def _handled(self, holds: BatchHolds) -> None:
+        """The handler returned for this batch: settle it (and those after it) if nothing holds it."""
+        self.handled_upto = holds.upto
+        holds.handled = True
+        self._settle()
+
+    def _settle(self) -> None:
+        """Move `position` past every leading batch that is handled and holds nothing."""
+        unsettled = self._unsettled
+        position = self.position
+        while unsettled and unsettled[0].handled and unsettled[0].count == 0:
+            position = unsettled.popleft().upto
+        if position > self.position:
+            self._advance(position)
+            # A release between batches: save it without waiting for the next batch.
+            if self.durable and not self._stopping and not self._background_save:
+                self._background_save = True
+                Deferred.fromCoroutine(self._save_settled())
+
+    async def _save_settled(self) -> None:
+        try:
+            while self.position > self._saved_position and not self._stopping:
+                await self._save_once(self._saved_handed)
+        except Exception:
+            log.failure("stream consumer {name} could not save its position", name=self.name)
+        finally:
+            self._background_save = False
 
     def _advance(self, position: int) -> None:
         self.position = position
@@ -262,26 +348,28 @@ class StreamConsumer:
                 batch = await self._next_batch()
                 if batch is None:
                     continue
+                holds = BatchHolds(self, batch.upto)
+                self._unsettled.append(holds)
                 if batch.items:
                     if self.durable and batch.upto > self._saved_handed:
-                        await self._save(self.position, batch.upto)
-                    if not await self._handle(batch):
+                        await self._save(batch.upto)
+                    if not await self._handle(dataclasses.replace(batch, holds=holds)):
                         break  # stopped while a failed batch waited for its retry
-                self._advance(batch.upto)
-                if self.durable and not self._has_more():
-                    await self._save(self.position, self.position)
+                self._handled(holds)
+                if self.durable and not self._has_more() and self.position > self._saved_position:
+                    await self._save(self._saved_handed)
             if self.durable and self.position > self._saved_position:
-                await self._save(self.position, self.position)
+                await self._save(self._saved_handed)
         except Exception:
             log.failure("stream consumer {name} stopped", name=self.name)
 
     def _has_more(self) -> bool:
-        return bool(self._queue) or self.position < self.stream.position
+        return bool(self._queue) or self.handled_upto < self.stream.position
 
     async def _next_batch(self) -> StreamBatch | None:
         """The next batch to hand over, waiting for one; None to look again (or stop)."""
         if self.behind:
-            if self.position >= self.stream.position:
+            if self.handled_upto >= self.stream.position:
                 self.behind = False  # caught up: from here on, publishes are queued for it
             else:
                 return await self._read_from_database()
@@ -305,13 +393,13 @@ class StreamConsumer:
     async def _read_from_database(self) -> StreamBatch | None:
         head = self.stream.position
         try:
-            items = await self.stream._events.committed_events(self.position, head, CATCH_UP_PAGE)
+            items = await self.stream._events.committed_events(self.handled_upto, head, CATCH_UP_PAGE)
         except Exception:
             log.failure("stream consumer {name} could not read events", name=self.name)
             await self._pause(RETRY_MIN_S)
             return None
         upto = items[-1].event.stream_ordering if len(items) == CATCH_UP_PAGE else head
-        return self._marked(StreamBatch(self.position, upto, items))
+        return self._marked(StreamBatch(self.handled_upto, upto, items))
 
     def _marked(self, batch: StreamBatch) -> StreamBatch:
         if self._redelivered_upto and batch.after < self._redelivered_upto:
@@ -341,12 +429,23 @@ class StreamConsumer:
             if self._stopping:
                 return False
 
-    async def _save(self, position: int, handed_upto: int) -> None:
+    async def _save_once(self, handed_upto: int) -> None:
+        """Save the current `position` with `handed_upto`. One save at a time, so the saved
+        values only ever grow (a release may save while the coroutine does)."""
+        await self._save_lock.acquire()
+        try:
+            position = self.position
+            handed_upto = max(handed_upto, self._saved_handed, position)
+            await self.stream._positions.save(self.name, position, handed_upto, self.stream._time_ms())
+            self._saved_position, self._saved_handed = position, handed_upto
+        finally:
+            self._save_lock.release()
+
+    async def _save(self, handed_upto: int) -> None:
         delay = RETRY_MIN_S
         while True:
             try:
-                await self.stream._positions.save(self.name, position, handed_upto, self.stream._time_ms())
-                self._saved_position, self._saved_handed = position, handed_upto
+                await self._save_once(handed_upto)
                 return
             except Exception:
                 log.failure("stream consumer {name} could not save its position", name=self.name)

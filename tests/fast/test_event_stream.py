@@ -273,3 +273,102 @@ def test_stopping_saves_the_position_of_what_was_handled() -> None:
     held.release()
     assert stopped.called
     assert db.positions["pusher"] == (1, 1)  # 2 was never handed: the next run starts there
+
+
+# Holds: work that goes on after the handler returned ----------------------------------------------
+
+
+class Holder:
+    """A handler that takes a hold on every batch and returns at once (a pusher that still has
+    requests in flight); the test releases the holds one by one."""
+
+    def __init__(self) -> None:
+        self.batches: list[StreamBatch] = []
+        self.releases: dict[int, Any] = {}
+
+    async def __call__(self, batch: StreamBatch) -> None:
+        self.batches.append(batch)
+        self.releases[batch.upto] = batch.hold()
+
+
+def test_a_held_batch_keeps_the_saved_position_behind_it_while_later_batches_are_handed_over() -> None:
+    stream, db, _ = make()
+    holder = Holder()
+    consumer = Deferred.fromCoroutine(stream.subscribe_durable("pusher", holder)).result
+    commit(stream, db, 1)
+    commit(stream, db, 2)
+    commit(stream, db, 3)
+    assert seen(holder.batches) == [1, 2, 3]  # nothing waits for the holds
+    assert consumer.handled_upto == 3
+    assert consumer.position == 0 and db.positions["pusher"] == (0, 3)
+    reached = consumer.reached(2)
+
+    holder.releases[2]()  # a later batch settles first: the position still waits for 1
+    assert consumer.position == 0 and not reached.called
+    holder.releases[1]()
+    assert consumer.position == 2 and reached.called
+    assert db.positions["pusher"] == (2, 3)  # saved on release, without waiting for a new batch
+    holder.releases[1]()  # a second call does nothing
+    holder.releases[3]()
+    assert consumer.position == 3 and db.positions["pusher"] == (3, 3)
+
+
+def test_a_batch_with_several_holds_settles_only_when_the_last_is_released() -> None:
+    stream, db, _ = make()
+    releases: list[Any] = []
+
+    async def two_holds(batch: StreamBatch) -> None:
+        releases.extend([batch.hold(), batch.hold()])
+
+    consumer = Deferred.fromCoroutine(stream.subscribe_durable("pusher", two_holds)).result
+    commit(stream, db, 1)
+    releases[0]()
+    assert consumer.position == 0
+    releases[1]()
+    assert consumer.position == 1 and db.positions["pusher"] == (1, 1)
+
+
+def test_after_a_crash_every_batch_with_a_hold_out_is_handed_again_and_marked() -> None:
+    stream, db, _ = make()
+    holder = Holder()
+    Deferred.fromCoroutine(stream.subscribe_durable("pusher", holder))
+    commit(stream, db, 1)
+    commit(stream, db, 2)
+    commit(stream, db, 3)
+    holder.releases[1]()
+    holder.releases[3]()  # 2 is still out when the process dies
+    assert db.positions["pusher"] == (1, 3)
+
+    stream, db, _ = make(db)  # a new process on the same database
+    second: list[StreamBatch] = []
+    Deferred.fromCoroutine(
+        stream.subscribe_durable("pusher", lambda b: Deferred.fromCoroutine(record(second, b)))
+    )
+    assert seen(second) == [2, 3]  # 1 settled before the crash: not handed again
+    assert all(b.maybe_repeated(i) for b in second for i in b.items)
+    assert db.positions["pusher"] == (3, 3)
+
+
+def test_stopping_with_holds_out_saves_only_what_settled() -> None:
+    stream, db, _ = make()
+    holder = Holder()
+    consumer = Deferred.fromCoroutine(stream.subscribe_durable("pusher", holder)).result
+    commit(stream, db, 1)
+    commit(stream, db, 2)
+    holder.releases[2]()
+    stopped = Deferred.fromCoroutine(stream.stop())
+    assert stopped.called
+    assert db.positions["pusher"] == (0, 2)  # both come again, marked, after the restart
+    holder.releases[1]()  # after the stop: remembered in memory, not written
+    assert consumer.position == 2 and db.positions["pusher"] == (0, 2)
+
+
+def test_a_non_durable_consumers_holds_move_what_reached_waits_for() -> None:
+    stream, db, _ = make()
+    holder = Holder()
+    consumer = stream.subscribe("plugin.x.events", holder)
+    commit(stream, db, 1)
+    reached = consumer.reached(1)
+    assert not reached.called and db.saves == []
+    holder.releases[1]()
+    assert reached.called and db.saves == []
