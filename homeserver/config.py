@@ -135,6 +135,14 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class PushersConfig:
+    # The most pushers one user may have (POST /pushers/set answers 403 past it).
+    max_per_user: int = 10
+    # Let pusher URLs reach loopback, private, link-local and other non-public addresses.
+    allow_private_addresses: bool = False
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = "INFO"
     access_log: bool = True
@@ -160,6 +168,7 @@ class Config:
     rate_limits: RateLimitsConfig = field(default_factory=RateLimitsConfig)
     encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    pushers: PushersConfig = field(default_factory=PushersConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     plugins: list[PluginConfig] = field(default_factory=list)
     # Where the YAML came from; relative paths in it are relative to the working directory.

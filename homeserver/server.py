@@ -20,6 +20,7 @@ from homeserver.api.client import (
     login,
     profile,
     push_rules,
+    pushers,
     room_events,
     rooms,
     sync,
@@ -55,6 +56,7 @@ from homeserver.core.persist import EventPersister
 from homeserver.core.presence import PresenceService
 from homeserver.core.profiles import ProfileService
 from homeserver.core.push_rules import PushRuleService
+from homeserver.core.pushers import PusherService
 from homeserver.core.ratelimit import RateLimiter
 from homeserver.core.receipts import ReceiptService
 from homeserver.core.registration import RegistrationService
@@ -144,6 +146,9 @@ class HomeServer:
         self.profiles = ProfileService(self.storage)
         self.filters = FilterService(self.storage)
         self.key_backup = KeyBackupService(self.storage)
+        self.pushers = PusherService(self.storage, config.pushers, self.clock)
+        self.accounts.on_devices_deleted.append(self.pushers.devices_deleted)
+        self.accounts.on_password_changed.append(self.pushers.password_changed)
         self._build_rooms()
         self.router = Router()
         self.router.access_log = config.logging.access_log
@@ -160,6 +165,7 @@ class HomeServer:
             account,
             devices,
             profile,
+            pushers,
             rooms,
             room_events,
             sync,
@@ -197,7 +203,7 @@ class HomeServer:
         self.typing = TypingService(self.clock, self.notifier, self.rooms)
         self.presence = PresenceService(self.storage, self.clock, self.notifier)
         self.presence.audience = self._presence_audience
-        self.delivery = DeliveryTracker(self.storage)
+        self.delivery = DeliveryTracker(self.storage, self.clock)
         self.push_rules = PushRuleService(self.account_data)
         self.unread = UnreadCounter(self.storage, self.room_heads, self.push_rules)
         self.receipts.on_read = self.unread.forget

@@ -79,6 +79,8 @@ class AccountService:
         self.uia = auth
         # Called as listener(user_id, device_ids) after devices are deleted.
         self.on_devices_deleted: list[Callable[[str, list[str]], Awaitable[None]]] = []
+        # Called as listener(user_id, kept_device) after a password change.
+        self.on_password_changed: list[Callable[[str, str | None], Awaitable[None]]] = []
 
     # Identifiers -------------------------------------------------------------
 
@@ -301,6 +303,8 @@ class AccountService:
         await self.storage.accounts.set_password_hash(user_id, password_hash)
         if logout_devices:
             await self.delete_all_devices(user_id, except_device=keep_device)
+        for listener in self.on_password_changed:
+            await listener(user_id, keep_device)
 
     async def deactivate_with_auth(self, user_id: str, auth: object) -> None:
         """`POST /account/deactivate`: the account password proves the owner."""
