@@ -480,6 +480,8 @@ class StreamProtocol(WebSocketServerProtocol):
         if self._closing:
             hs.presence.sync_finished(requester.user_id)
             return
+        # An open stream gets new events: pushes to its device can wait for its ack.
+        hs.delivery.connections.opened(requester.user_id, requester.device_id)
         self._token = token
         self.requester = requester
         self._authenticating = False
@@ -495,7 +497,9 @@ class StreamProtocol(WebSocketServerProtocol):
         if since is not None:
             # Resuming from a token proves receipt of everything before it, as a /sync `since` does
             # (never past what the server has, whatever the client claims).
-            hs.delivery.acknowledge(requester.user_id, min(since.events, hs.sync.current_token().events))
+            hs.delivery.acknowledge(
+                requester.user_id, requester.device_id, min(since.events, hs.sync.current_token().events)
+            )
         self.send_frame({"type": "ready", "user_id": requester.user_id, "device_id": requester.device_id})
         self.since = since
         self._next_keepalive = hs.clock.seconds() + KEEPALIVE_S
@@ -703,7 +707,9 @@ class StreamProtocol(WebSocketServerProtocol):
         token = SyncToken.parse(text)
         assert self.requester is not None
         served = self.since.events if self.since is not None else 0
-        self._hs.delivery.acknowledge(self.requester.user_id, min(token.events, served))
+        self._hs.delivery.acknowledge(
+            self.requester.user_id, self.requester.device_id, min(token.events, served)
+        )
 
     def _on_send(self, frame: dict[str, Any]) -> None:
         txn_id = _optional_str(frame, "txn_id")
@@ -830,6 +836,7 @@ class StreamProtocol(WebSocketServerProtocol):
             if self._presence_started:
                 self._presence_started = False
                 self._hs.presence.sync_finished(requester.user_id)
+                self._hs.delivery.connections.closed(requester.user_id, requester.device_id)
             if self._hs.router.access_log:
                 log.info(
                     "{ip} WS {path} closed {user_id} {device_id} {code} after {s:.1f}s",

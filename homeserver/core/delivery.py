@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from homeserver.core.clock import Clock
+from homeserver.core.device_connections import DeviceConnections
 from homeserver.core.room_heads import RoomHead
 from homeserver.storage import Storage
 from homeserver.storage.events import StoredEvent
@@ -32,13 +34,16 @@ class RecipientStatus:
 
 
 class DeliveryTracker:
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: Storage, clock: Clock) -> None:
         self.storage = storage
         self._positions: dict[str, int] = {}
         self._dirty: dict[str, int] = {}
+        # Per device, for push suppression (the push plugin asks through the plugin API).
+        self.connections = DeviceConnections(clock)
 
-    def acknowledge(self, user_id: str, position: int) -> None:
-        """The user proved receipt of every event up to `position`."""
+    def acknowledge(self, user_id: str, device_id: str, position: int) -> None:
+        """The user's device proved receipt of every event up to `position`."""
+        self.connections.acknowledge(user_id, device_id, position)
         if position > self._positions.get(user_id, 0):
             self._positions[user_id] = position
             self._dirty[user_id] = position

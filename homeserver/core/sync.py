@@ -151,8 +151,12 @@ class SyncService:
         if req.since is not None:
             # Asking for a newer token proves the previous response arrived.
             # Never past what exists: a token from the future would mark later messages delivered.
-            self.delivery.acknowledge(req.user_id, min(req.since.events, self._persisted_upto()))
+            self.delivery.acknowledge(
+                req.user_id, req.device_id, min(req.since.events, self._persisted_upto())
+            )
         await self.presence.sync_started(req.user_id, req.set_presence)
+        # A device with a sync open gets new events by sync: pushes to it can wait for its receipt.
+        self.delivery.connections.opened(req.user_id, req.device_id)
         try:
             monotonic = self.clock.monotonic
             deadline = monotonic() + min(max(req.timeout_ms, 0), MAX_TIMEOUT_MS) / 1000
@@ -179,6 +183,7 @@ class SyncService:
                     body, _, _ = await self._compute(req, self.current_token())
                     return body
         finally:
+            self.delivery.connections.closed(req.user_id, req.device_id)
             self.presence.sync_finished(req.user_id)
 
     async def delta(self, req: SyncRequest) -> tuple[str, SyncToken, bool]:
