@@ -30,10 +30,12 @@ from homeserver.api.auth import require_user
 from homeserver.api.http import ApiRequest, Response, Router, StreamBody
 from homeserver.core.event_format import client_event
 from homeserver.core.event_stream import StreamBatch
+from homeserver.core.push_addresses import is_public_address
 from homeserver.core.tokens import Requester
 from homeserver.errors import MatrixError
 from homeserver.storage.database import Database, Txn
 from homeserver.storage.migrations import migrate
+from homeserver.storage.pushers import Pusher
 from homeserver.threads import WorkerThreads
 
 if TYPE_CHECKING:
@@ -340,7 +342,50 @@ class PluginApi:
         head = await self._hs.room_heads.get(room_id)
         return head.membership(user_id) if head is not None else None
 
-    # Push -------------------------------------------------------------------------
+    async def room_name(self, room_id: str) -> str | None:
+        """The room's current `m.room.name`, if it has one."""
+        head = await self._hs.room_heads.get(room_id)
+        event = head.get("m.room.name", "") if head is not None else None
+        name = event.content.get("name") if event is not None else None
+        return name if isinstance(name, str) and name else None
+
+    async def display_name(self, room_id: str, user_id: str) -> str | None:
+        """The user's display name in the room (their current member event's), if set."""
+        head = await self._hs.room_heads.get(room_id)
+        event = head.get("m.room.member", user_id) if head is not None else None
+        name = event.content.get("displayname") if event is not None else None
+        return name if isinstance(name, str) and name else None
+
+    # Push ------------------------------------------------------------------------
+
+    async def pushers_for_users(self, user_ids: list[str]) -> dict[str, tuple[Pusher, ...]]:
+        """Each user's pushers (`POST /pushers/set`), from memory after the first read."""
+        return await self._hs.pushers.for_users(user_ids)
+
+    async def pushers_by_ids(self, pusher_ids: list[str]) -> list[Pusher]:
+        """The pushers with these ids that still exist."""
+        return await self._hs.pushers.by_ids(pusher_ids)
+
+    async def remove_pusher(self, user_id: str, app_id: str, pushkey: str) -> None:
+        """Delete a pusher: its push gateway answered that the pushkey is `rejected`."""
+        await self._hs.pushers.remove(user_id, app_id, pushkey)
+
+    def push_address_allowed(self, address: str) -> bool:
+        """Whether a pusher's URL may reach this IP address (`pushers.allow_private_addresses`:
+        without it, only public unicast addresses). Check every address a host resolves to."""
+        return self._hs.config.pushers.allow_private_addresses or is_public_address(address)
+
+    def device_connected(self, user_id: str, device_id: str, grace_s: float) -> bool:
+        """Whether the device has a sync long-poll or WebSocket stream open, or closed its
+        last one less than `grace_s` ago (between two long-polls nothing is open)."""
+        return self._hs.delivery.connections.connected(user_id, device_id, grace_s)
+
+    def wait_for_device_receipt(
+        self, user_id: str, device_id: str, position: int, timeout_s: float
+    ) -> Deferred[bool]:
+        """Fires True once the device proves receipt of the event at stream `position` (a sync
+        `since` at or past it, or a WebSocket ack), or False after `timeout_s`."""
+        return self._hs.delivery.connections.wait_for_receipt(user_id, device_id, position, timeout_s)
 
     async def push_decisions(self, event: StreamEvent) -> list[PushDecision]:
         """The room's joined members (never the sender) whose push rules make this committed
@@ -372,6 +417,7 @@ __all__ = [
     "PluginApi",
     "PluginConfigError",
     "PushDecision",
+    "Pusher",
     "Requester",
     "Response",
     "StreamBody",
