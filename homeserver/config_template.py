@@ -110,6 +110,14 @@ limits:
   # Largest request body accepted (413 M_TOO_LARGE above it). Media uploads have their own limit.
   max_request_body_size: 1M
 
+pushers:
+  # The most pushers (POST /pushers/set) one user may have; past it, 403 M_FORBIDDEN.
+  max_per_user: 10
+  # Let pusher URLs point at loopback, private, link-local and other non-public
+  # addresses (checked when a pusher is set and again at each delivery, on the
+  # address its host resolves to). Only for a push gateway on your own network.
+  allow_private_addresses: false
+
 logging:
   # DEBUG, INFO, WARNING or ERROR.
   level: INFO
@@ -250,6 +258,25 @@ DEFAULT_PLUGINS = """
       #     kind: forward
       #     url: "https://push.example.org/_matrix/push/v1/notify"
       apps: {}
+  # Push notifications: delivery to each http pusher's push gateway (POST
+  # {data.url}), suppressed for devices that show they received the event by
+  # sync. See docs/push.md.
+  - module: plugins.push.PushPlugin
+    config:
+      # A pusher whose device has a sync long-poll or WebSocket open (or closed one
+      # less than this long ago) is pushed only if the device has not proven
+      # receipt of the event (a later sync token, a WebSocket ack) within this long.
+      ack_wait: 2s
+      # One request to a push gateway gives up after this long (and is retried).
+      request_timeout: 10s
+      # Requests in flight to push gateways at once, over all pushers.
+      max_concurrent_requests: 100
+      # A notification that failed is parked and retried after retry_min, the wait
+      # doubling per failure up to retry_max, per pusher...
+      retry_min: 1s
+      retry_max: 10m
+      # ...and dropped (logged and counted) once it has waited this long.
+      give_up_after: 24h
 """
 
 

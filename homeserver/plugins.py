@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
     from homeserver.config import Config
+    from homeserver.core.clock import Clock
     from homeserver.server import HomeServer
 
 log = Logger()
@@ -134,6 +135,12 @@ class PluginApi:
         path = self._hs.config.data_path / "plugins" / self._name
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    @property
+    def clock(self) -> "Clock":
+        """The server's clock: `seconds()`, `callLater(...)`, `time_ms()`. Use it for every
+        timer, so a test that moves the server's clock moves the plugin's too."""
+        return self._hs.clock
 
     @property
     def reactor(self) -> "IReactorTime":
@@ -348,6 +355,11 @@ class PluginApi:
         event = head.get("m.room.name", "") if head is not None else None
         name = event.content.get("name") if event is not None else None
         return name if isinstance(name, str) and name else None
+
+    async def room_encrypted(self, room_id: str) -> bool:
+        """Whether the room has end-to-end encryption on (an `m.room.encryption` state event)."""
+        head = await self._hs.room_heads.get(room_id)
+        return head is not None and head.get("m.room.encryption", "") is not None
 
     async def display_name(self, room_id: str, user_id: str) -> str | None:
         """The user's display name in the room (their current member event's), if set."""

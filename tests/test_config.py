@@ -17,11 +17,13 @@ from homeserver.config import (
     ConfigError,
     Duration,
     PluginConfig,
+    PushersConfig,
     Size,
     load_config,
     parse_config,
 )
 from homeserver.config_template import render_config
+from plugins.push.config import DeliveryConfig, parse_delivery_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "config" / "homeserver.yaml"
@@ -52,8 +54,12 @@ def test_sample_config_loads() -> None:
         "plugins.example.ExamplePlugin",
         "plugins.media.MediaPlugin",
         "plugins.push.gateway.PushGatewayPlugin",
+        "plugins.push.PushPlugin",
     ]
     assert config.plugins[0] == PluginConfig("plugins.example.ExamplePlugin", {"greeting": "Hello"})
+    # The sample writes down every default of the pushers and the push plugin.
+    assert config.pushers == PushersConfig()
+    assert parse_delivery_config(config.plugins[3].config) == DeliveryConfig()
     assert config.source == str(SAMPLE)
 
 

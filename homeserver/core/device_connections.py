@@ -75,8 +75,8 @@ class DeviceConnections:
         """Fires True once the device proves receipt of `position`, or False after `timeout_s`."""
         key = (user_id, device_id)
         d: Deferred[bool] = Deferred()
-        if self._received.get(key, 0) >= position:
-            d.callback(True)
+        if self._received.get(key, 0) >= position or timeout_s <= 0:
+            d.callback(self._received.get(key, 0) >= position)
             return d
         entry = (position, d)
         self._waiters.setdefault(key, []).append(entry)

@@ -1,0 +1,354 @@
+"""Delivery: from each committed event to the push gateway requests of its pushers.
+
+For each event the rules decide who is notified (`api.push_decisions`); each of their
+`http` pushers gets a notification, queued on the pusher's own queue (first in, first out,
+so a pusher's notifications reach its gateway in stream order and a slow or dead gateway
+holds up only its own pusher). At the head of its queue a notification is:
+
+- suppressed, if its device was connected (a sync or WebSocket open, or closed less than
+  `ack_wait` ago) when the event came and proves receipt within `ack_wait` of it;
+- otherwise sent. 2xx: done (and the gateway's `rejected` pushkeys delete those pushers).
+  No answer, a timeout, 5xx, 408 or 429: parked in `push_parked`, and the pusher's later
+  notifications are parked behind it, retried from there with exponential backoff
+  (`retry_min` doubling to `retry_max`), each dropped after `give_up_after`. Another
+  4xx, or an address the policy refuses: dropped and logged (trying again would not help).
+
+Every notification holds its batch of the stream (`batch.hold()`) until it is settled:
+sent, suppressed, dropped or parked. So the subscription's saved position never passes an
+event whose notifications may still be lost. Settling also records the pusher's position
+(`push_progress`, written in batches): after a crash the events handed over again are
+skipped for every pusher that had settled them, so a gateway sees a notification twice
+only if it was in flight (sent, its settlement not yet written) at the crash, and then
+with the same event id.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredList, DeferredLock
+
+from homeserver.plugins import EventBatch, PluginApi, PushDecision, Pusher, StreamEvent
+from plugins.push.config import DeliveryConfig
+from plugins.push.delivery_format import EventFacts, device_entry, is_short, notify_body
+from plugins.push.delivery_http import GatewayClient, Refused, Sent, TryAgain
+from plugins.push.delivery_store import DeliveryStore, Parked
+
+_PARKED_PAGE = 50
+
+
+@dataclass
+class Notification:
+    event: StreamEvent
+    decision: PushDecision
+    pusher: Pusher
+    # Until when (clock seconds) a receipt by the device suppresses it; None: push at once.
+    ack_deadline: float | None
+    release: Callable[[], None]
+
+
+@dataclass
+class PusherQueue:
+    pusher_id: str
+    items: deque[Notification] = field(default_factory=deque)
+    draining: Deferred[None] | None = None
+    # Whether it has notifications in push_parked: new ones are parked behind them.
+    parked: bool = False
+    lock: DeferredLock = field(default_factory=DeferredLock)
+    delay_s: float = 0.0
+    retry_call: Any = None
+    gone: bool = False
+
+
+class Deliverer:
+    def __init__(self, api: PluginApi, config: DeliveryConfig, client: GatewayClient) -> None:
+        self.api = api
+        self.config = config
+        self.client = client
+        self.store = DeliveryStore(api)
+        self.queues: dict[str, PusherQueue] = {}
+        self.progress: dict[str, int] = {}
+        self._dirty: dict[str, int] = {}
+        self._flushing = False
+        self._stopping = False
+        self.outcomes = api.counter(
+            "notifications", "Push notifications by outcome", ("outcome",)
+        )  # sent, suppressed, parked, retried, rejected, refused, given_up
+
+    async def start(self) -> None:
+        self.progress = await self.store.progress()
+        for pusher_id in await self.store.parked_pushers():
+            queue = self._queue(pusher_id)
+            queue.parked = True
+            Deferred.fromCoroutine(self._retry(queue))
+        self.api.schedule(600, self._forget_deleted_pushers)
+
+    async def stop(self) -> None:
+        """Finish what is in flight (each request is bounded by `request_timeout`), write the
+        progress; what is still queued comes again from the stream at the next start."""
+        self._stopping = True
+        for queue in self.queues.values():
+            if queue.retry_call is not None and queue.retry_call.active():
+                queue.retry_call.cancel()
+        draining = [q.draining for q in self.queues.values() if q.draining is not None]
+        if draining:
+            await DeferredList(draining)
+        await self._flush()
+        await self.client.close()
+
+    # From the stream ----------------------------------------------------------------
+
+    async def on_batch(self, batch: EventBatch) -> None:
+        now = self.api.clock.seconds()
+        for event in batch.events:
+            decisions = await self.api.push_decisions(event)
+            if not decisions:
+                continue
+            pushers = await self.api.pushers_for_users(sorted({d.user_id for d in decisions}))
+            for decision in decisions:
+                for pusher in pushers.get(decision.user_id, ()):
+                    if pusher.kind != "http":
+                        continue  # email notifications are a later step (docs/push.md)
+                    if event.position <= self.progress.get(pusher.pusher_id, 0):
+                        continue  # settled before a restart: this is the repeat of its batch
+                    connected = self.api.device_connected(
+                        decision.user_id, pusher.device_id, self.config.ack_wait_s
+                    )
+                    deadline = now + self.config.ack_wait_s if connected else None
+                    self._enqueue(Notification(event, decision, pusher, deadline, batch.hold()))
+
+    def _queue(self, pusher_id: str) -> PusherQueue:
+        queue = self.queues.get(pusher_id)
+        if queue is None or queue.gone:
+            queue = self.queues[pusher_id] = PusherQueue(pusher_id, delay_s=self.config.retry_min_s)
+        return queue
+
+    def _enqueue(self, notification: Notification) -> None:
+        queue = self._queue(notification.pusher.pusher_id)
+        queue.items.append(notification)
+        if queue.draining is None:
+            queue.draining = Deferred.fromCoroutine(self._drain(queue))
+
+    # One pusher's queue -------------------------------------------------------------
+
+    async def _drain(self, queue: PusherQueue) -> None:
+        try:
+            while queue.items and not self._stopping and not queue.gone:
+                await self._deliver(queue, queue.items[0])
+        except Exception:
+            self.api.log.failure("push delivery for pusher {pusher_id} failed", pusher_id=queue.pusher_id)
+        finally:
+            queue.draining = None
+
+    async def _deliver(self, queue: PusherQueue, item: Notification) -> None:
+        if item.ack_deadline is not None:
+            wait = max(0.0, item.ack_deadline - self.api.clock.seconds())
+            if await self.api.wait_for_device_receipt(
+                item.decision.user_id, item.pusher.device_id, item.event.position, wait
+            ):
+                self.outcomes.labels("suppressed").inc()
+                self._settle(queue, item)
+                return
+        body = await self._body(item)
+        if queue.parked and await self._park(queue, item, body):
+            return
+        outcome = await self.client.post(item.pusher.data["url"], body)
+        if isinstance(outcome, Sent):
+            self.outcomes.labels("sent").inc()
+            self._settle(queue, item)
+            if item.pusher.pushkey in outcome.rejected:
+                await self._rejected(queue, item.pusher)
+        elif isinstance(outcome, TryAgain):
+            self.api.log.info(
+                "push gateway of pusher {pusher_id} failed ({reason}): parked for a retry",
+                pusher_id=queue.pusher_id,
+                reason=outcome.reason,
+            )
+            queue.parked = True
+            if not await self._park(queue, item, body):
+                self._settle(queue, item)  # cannot happen: parked was just set
+        else:
+            self._refused(queue, item.pusher, outcome)
+            self._settle(queue, item)
+
+    async def _park(self, queue: PusherQueue, item: Notification, body: dict[str, Any]) -> bool:
+        """Park the notification behind the pusher's others; False if they were all sent meanwhile."""
+        await queue.lock.acquire()
+        try:
+            if not queue.parked:
+                return False
+            parked = Parked(
+                queue.pusher_id,
+                item.event.position,
+                item.event.event["event_id"],
+                body,
+                self.api.clock.time_ms(),
+            )
+            try:
+                await self.store.park(parked)
+            except Exception:
+                # Not parked and not sent: its hold stays out, so the event comes again after
+                # a restart. Nothing is lost; this run gives up on it.
+                self.api.log.failure("could not park a notification for pusher {p}", p=queue.pusher_id)
+                queue.items.popleft()
+                return True
+            self.outcomes.labels("parked").inc()
+            queue.items.popleft()
+            self.progress[queue.pusher_id] = max(self.progress.get(queue.pusher_id, 0), item.event.position)
+            item.release()
+            self._schedule_retry(queue)
+            return True
+        finally:
+            queue.lock.release()
+
+    def _settle(self, queue: PusherQueue, item: Notification) -> None:
+        queue.items.popleft()
+        pusher_id = queue.pusher_id
+        if item.event.position > self.progress.get(pusher_id, 0):
+            self.progress[pusher_id] = item.event.position
+            self._dirty[pusher_id] = item.event.position
+            if not self._flushing:
+                Deferred.fromCoroutine(self._flush())
+        item.release()
+
+    async def _flush(self) -> None:
+        """Write settled positions, one transaction at a time, coalescing what comes meanwhile."""
+        if self._flushing:
+            return
+        self._flushing = True
+        try:
+            while self._dirty:
+                dirty, self._dirty = self._dirty, {}
+                try:
+                    await self.store.save_progress(dirty)
+                except Exception:
+                    self.api.log.failure("could not save push progress")
+                    for pusher_id, position in dirty.items():
+                        self._dirty[pusher_id] = max(position, self._dirty.get(pusher_id, 0))
+                    return  # the next settlement tries again
+        finally:
+            self._flushing = False
+
+    async def _body(self, item: Notification) -> dict[str, Any]:
+        event = item.event.event
+        room_id = event["room_id"]
+        facts = EventFacts(await self.api.room_encrypted(room_id), None, None)
+        if not is_short(event, item.pusher, facts):
+            facts = EventFacts(
+                False,
+                await self.api.room_name(room_id),
+                await self.api.display_name(room_id, event["sender"]),
+            )
+        unread = await self.api.notification_count(item.decision.user_id)
+        return notify_body(event, item.pusher, item.decision, facts, unread)
+
+    async def _rejected(self, queue: PusherQueue, pusher: Pusher) -> None:
+        """The gateway says the pushkey is dead: the pusher goes, with all it had queued."""
+        self.outcomes.labels("rejected").inc()
+        self.api.log.info(
+            "push gateway rejected the pushkey of pusher {pusher_id} of {user_id}: removed",
+            pusher_id=pusher.pusher_id,
+            user_id=pusher.user_id,
+        )
+        queue.gone = True
+        await self.api.remove_pusher(pusher.user_id, pusher.app_id, pusher.pushkey)
+        await self.store.forget_pusher(pusher.pusher_id)
+        self.progress.pop(pusher.pusher_id, None)
+        while queue.items:
+            queue.items.popleft().release()
+
+    def _refused(self, queue: PusherQueue, pusher: Pusher, outcome: Refused) -> None:
+        self.outcomes.labels("refused").inc()
+        self.api.log.warn(
+            "push to pusher {pusher_id} of {user_id} dropped: {reason}",
+            pusher_id=queue.pusher_id,
+            user_id=pusher.user_id,
+            reason=outcome.reason,
+        )
+
+    # Parked notifications ---------------------------------------------------------------
+
+    def _schedule_retry(self, queue: PusherQueue) -> None:
+        if queue.retry_call is None or not queue.retry_call.active():
+            queue.retry_call = self.api.clock.callLater(
+                queue.delay_s, lambda: Deferred.fromCoroutine(self._retry(queue))
+            )
+
+    async def _retry(self, queue: PusherQueue) -> None:
+        """Send the pusher's parked notifications, oldest first, until one fails again."""
+        if self._stopping or queue.gone:
+            return
+        await queue.lock.acquire()
+        try:
+            found = await self.api.pushers_by_ids([queue.pusher_id])
+            if not found:
+                queue.gone = True  # deleted meanwhile: its parked notifications go with it
+                await self.store.forget_pusher(queue.pusher_id)
+                return
+            pusher = found[0]
+            while not self._stopping:
+                rows = await self.store.parked(queue.pusher_id, _PARKED_PAGE)
+                if not rows:
+                    queue.parked = False
+                    queue.delay_s = self.config.retry_min_s
+                    break
+                for row in rows:
+                    if not await self._retry_one(queue, pusher, row):
+                        return
+                    if queue.gone:
+                        return
+        except Exception:
+            self.api.log.failure("retrying pushes for pusher {p} failed", p=queue.pusher_id)
+            self._back_off(queue)
+        finally:
+            queue.lock.release()
+        if queue.items and queue.draining is None and not self._stopping:
+            queue.draining = Deferred.fromCoroutine(self._drain(queue))
+
+    async def _retry_one(self, queue: PusherQueue, pusher: Pusher, row: Parked) -> bool:
+        """One parked notification; False if the gateway failed again (a retry is scheduled)."""
+        if self.api.clock.time_ms() - row.first_failed_ts > self.config.give_up_after_s * 1000:
+            self.outcomes.labels("given_up").inc()
+            self.api.log.warn(
+                "gave up on the push of {event_id} to pusher {pusher_id}: failing since {since} ms",
+                event_id=row.event_id,
+                pusher_id=row.pusher_id,
+                since=row.first_failed_ts,
+            )
+            await self.store.unpark(row.pusher_id, row.position)
+            return True
+        body = dict(row.body)
+        notification = dict(body["notification"])
+        tweaks = notification["devices"][0].get("tweaks", {}) if notification.get("devices") else {}
+        notification["devices"] = [device_entry(pusher, tweaks)]
+        body["notification"] = notification
+        outcome = await self.client.post(pusher.data["url"], body)
+        if isinstance(outcome, TryAgain):
+            self._back_off(queue)
+            return False
+        await self.store.unpark(row.pusher_id, row.position)
+        if isinstance(outcome, Sent):
+            self.outcomes.labels("retried").inc()
+            if pusher.pushkey in outcome.rejected:
+                await self._rejected(queue, pusher)
+        else:
+            self._refused(queue, pusher, outcome)
+        return True
+
+    def _back_off(self, queue: PusherQueue) -> None:
+        queue.delay_s = min(queue.delay_s * 2, self.config.retry_max_s)
+        self._schedule_retry(queue)
+
+    async def _forget_deleted_pushers(self) -> None:
+        """Drop the progress rows of pushers deleted since (their parked rows go at retry)."""
+        known = await self.store.known_pushers()
+        if not known:
+            return
+        existing = {p.pusher_id for p in await self.api.pushers_by_ids(known)}
+        for pusher_id in known:
+            if pusher_id not in existing and pusher_id not in self.queues:
+                await self.store.forget_pusher(pusher_id)
+                self.progress.pop(pusher_id, None)
