@@ -34,7 +34,7 @@ from twisted.internet.defer import Deferred, DeferredList, DeferredLock
 from homeserver.plugins import EventBatch, PluginApi, PushDecision, Pusher, StreamEvent
 from plugins.push.config import DeliveryConfig
 from plugins.push.delivery_format import EventFacts, device_entry, is_short, notify_body
-from plugins.push.delivery_http import GatewayClient, Refused, Sent, TryAgain
+from plugins.push.delivery_http import GatewayClient, Outcome, Refused, Sent, TryAgain
 from plugins.push.delivery_store import DeliveryStore, Parked
 
 _PARKED_PAGE = 50
@@ -61,6 +61,8 @@ class PusherQueue:
     delay_s: float = 0.0
     retry_call: Any = None
     gone: bool = False
+    # The request to its gateway in flight, if any.
+    posting: Deferred[Outcome] | None = None
 
 
 class Deliverer:
@@ -93,16 +95,17 @@ class Deliverer:
         for queue in self.queues.values():
             if queue.retry_call is not None and queue.retry_call.active():
                 queue.retry_call.cancel()
-        draining = [q.draining for q in self.queues.values() if q.draining is not None]
-        if draining:
-            await DeferredList(draining)
+        # Only requests in flight are waited for (each bounded by request_timeout): a wait for
+        # a device's receipt is dropped, its notification comes again with its batch.
+        posting = [q.posting for q in self.queues.values() if q.posting is not None]
+        if posting:
+            await DeferredList(posting)
         await self._flush()
         await self.client.close()
 
     # From the stream ----------------------------------------------------------------
 
     async def on_batch(self, batch: EventBatch) -> None:
-        now = self.api.clock.seconds()
         for event in batch.events:
             decisions = await self.api.push_decisions(event)
             if not decisions:
@@ -117,7 +120,10 @@ class Deliverer:
                     connected = self.api.device_connected(
                         decision.user_id, pusher.device_id, self.config.ack_wait_s
                     )
-                    deadline = now + self.config.ack_wait_s if connected else None
+                    # Within ack_wait of the event's commit, not of this moment: a consumer
+                    # catching up does not make a device's receipt any later.
+                    sent_s = event.event.get("origin_server_ts", 0) / 1000
+                    deadline = sent_s + self.config.ack_wait_s if connected else None
                     self._enqueue(Notification(event, decision, pusher, deadline, batch.hold()))
 
     def _queue(self, pusher_id: str) -> PusherQueue:
@@ -155,12 +161,13 @@ class Deliverer:
         body = await self._body(item)
         if queue.parked and await self._park(queue, item, body):
             return
-        outcome = await self.client.post(item.pusher.data["url"], body)
+        outcome = await self._post(queue, item.pusher, body)
         if isinstance(outcome, Sent):
             self.outcomes.labels("sent").inc()
-            self._settle(queue, item)
             if item.pusher.pushkey in outcome.rejected:
-                await self._rejected(queue, item.pusher)
+                await self._rejected(queue, item.pusher)  # settles this one and all queued behind
+            else:
+                self._settle(queue, item)
         elif isinstance(outcome, TryAgain):
             self.api.log.info(
                 "push gateway of pusher {pusher_id} failed ({reason}): parked for a retry",
@@ -173,6 +180,13 @@ class Deliverer:
         else:
             self._refused(queue, item.pusher, outcome)
             self._settle(queue, item)
+
+    async def _post(self, queue: PusherQueue, pusher: Pusher, body: dict[str, Any]) -> Outcome:
+        queue.posting = Deferred.fromCoroutine(self.client.post(pusher.data["url"], body))
+        try:
+            return await queue.posting
+        finally:
+            queue.posting = None
 
     async def _park(self, queue: PusherQueue, item: Notification, body: dict[str, Any]) -> bool:
         """Park the notification behind the pusher's others; False if they were all sent meanwhile."""
@@ -325,7 +339,7 @@ class Deliverer:
         tweaks = notification["devices"][0].get("tweaks", {}) if notification.get("devices") else {}
         notification["devices"] = [device_entry(pusher, tweaks)]
         body["notification"] = notification
-        outcome = await self.client.post(pusher.data["url"], body)
+        outcome = await self._post(queue, pusher, body)
         if isinstance(outcome, TryAgain):
             self._back_off(queue)
             return False

@@ -1,0 +1,388 @@
+"""The push plugin delivering to a push gateway (plugins/push, docs/push.md).
+
+The server runs in-process on a clock the test moves (tests/fast/harness.py): ack waits
+and retry backoff happen only when the test advances it. The gateway is a real HTTP
+endpoint on 127.0.0.1 started by the test (no real gateway, Sygnal, can run here): it
+records each request and checks what a gateway checks before it answers (the Push Gateway
+API's path, a JSON body with a `notification` whose `devices` each carry an app id and a
+pushkey; 400 otherwise), then answers as told per pushkey: 200, 500, 200 with the pushkey
+`rejected`, or not at all (slow).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+from typing import Any
+
+import pytest_twisted
+from fast.harness import Client, TestClock, make_server, real_reactor, room_path, turn, until
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from homeserver.server import HomeServer
+
+NOTIFY = "/_matrix/push/v1/notify"
+CONSUMER = "plugin.push.delivery"
+
+
+class Gateway(Resource):
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[dict[str, Any]] = []
+        self.bad: list[bytes] = []
+        self.modes: dict[str, str] = {}  # pushkey -> ok | fail | reject | slow
+        self.stalled: list[Request] = []
+
+    def render_POST(self, request: Request) -> bytes | int:  # noqa: N802 - twisted's name
+        assert request.content is not None
+        raw = request.content.read()
+        try:
+            body = json.loads(raw)
+            devices = body["notification"]["devices"]
+            pushkey = devices[0]["pushkey"]
+            ok = request.path == NOTIFY.encode() and all("app_id" in d and "pushkey" in d for d in devices)
+        except (ValueError, KeyError, IndexError, TypeError):
+            ok = False
+        if not ok:
+            self.bad.append(raw)
+            request.setResponseCode(400)
+            return b'{"error": "bad request"}'
+        self.requests.append(body["notification"])
+        mode = self.modes.get(pushkey, "ok")
+        if mode == "fail":
+            request.setResponseCode(500)
+            return b"{}"
+        if mode == "reject":
+            return json.dumps({"rejected": [pushkey]}).encode()
+        if mode == "slow":
+            self.stalled.append(request)
+            return NOT_DONE_YET
+        return b'{"rejected": []}'
+
+    def for_pushkey(self, pushkey: str) -> list[dict[str, Any]]:
+        return [n for n in self.requests if n["devices"][0]["pushkey"] == pushkey]
+
+
+class Setup:
+    def __init__(self, hs: HomeServer, clock: TestClock, gateway: Gateway, port: Any) -> None:
+        self.hs, self.clock, self.gateway, self.port = hs, clock, gateway, port
+        self.client = Client(hs)
+        self.url = f"http://127.0.0.1:{port.getHost().port}{NOTIFY}"
+
+    async def user(self, name: str) -> dict[str, str]:
+        return await self.client.register(self.hs, name)
+
+    async def room(self, creator: dict[str, str], *members: dict[str, str], **body: Any) -> str:
+        body.setdefault("preset", "public_chat")
+        room_id: str = (await self.client.call("POST", "/createRoom", creator["access_token"], body))[
+            "room_id"
+        ]
+        for member in members:
+            await self.client.call("POST", f"/join/{room_id}", member["access_token"], {})
+        return room_id
+
+    async def pusher(self, user: dict[str, str], pushkey: str, **data: Any) -> None:
+        body = {
+            "kind": "http",
+            "app_id": "org.example.app",
+            "pushkey": pushkey,
+            "app_display_name": "Example",
+            "device_display_name": "Phone",
+            "lang": "en",
+            "data": {"url": self.url, **data},
+        }
+        await self.client.call("POST", "/pushers/set", user["access_token"], body)
+
+    async def send(self, user: dict[str, str], room_id: str, text: str, kind: str = "m.room.message") -> str:
+        content = {"msgtype": "m.text", "body": text} if kind == "m.room.message" else {"ciphertext": text}
+        path = f"{room_path(room_id)}/send/{kind}/{secrets.token_hex(4)}"
+        event_id: str = (await self.client.call("PUT", path, user["access_token"], content))["event_id"]
+        return event_id
+
+    async def settled(self) -> None:
+        """Until every notification of what was sent so far is settled (the subscription's
+        position has reached the stream: nothing held)."""
+        consumer = next(c for c in self.hs.stream.consumers() if c.name == CONSUMER)
+        await until(lambda: consumer.position >= self.hs.stream.position, "notifications settled")
+
+    def retry_scheduled(self) -> bool:
+        """Whether a failed pusher has its next retry on the clock (its last try is answered)."""
+        queues = self.hs.plugins[0].delivery.queues.values()
+        return any(q.retry_call is not None and q.retry_call.active() for q in queues)
+
+    def parked(self) -> list[tuple[Any, ...]]:
+        import sqlite3
+
+        db = sqlite3.connect(Path(self.hs.config.database.url.removeprefix("sqlite:///")))
+        try:
+            return db.execute(
+                "SELECT pusher_id, position, event_id FROM push_parked ORDER BY position"
+            ).fetchall()
+        finally:
+            db.close()
+
+    async def close(self) -> None:
+        for request in self.gateway.stalled:
+            if not request.finished:
+                request.setResponseCode(500)
+                request.finish()
+        await self.hs.stop(None)
+        stopped = self.port.stopListening()
+        if stopped is not None:
+            await stopped
+
+
+async def start(tmp_path: Path, allow_private: bool = True, **plugin: Any) -> Setup:
+    gateway = Gateway()
+    port = real_reactor().listenTCP(0, Site(gateway), interface="127.0.0.1")
+    clock = TestClock()
+    config = {"ack_wait": "2s", "retry_min": "1s", "retry_max": "8s", "request_timeout": "5s", **plugin}
+    hs = await make_server(
+        tmp_path,
+        clock,
+        plugins=[{"module": "plugins.push.PushPlugin", "config": config}],
+        pushers={"allow_private_addresses": allow_private},
+        encryption={"enabled_by_default_for_room_type": "off"},
+    )
+    return Setup(hs, clock, gateway, port)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_device_with_no_sync_open_is_pushed_at_once_in_the_full_format(tmp_path: Path) -> None:
+    s = await start(tmp_path)
+    try:
+        alice, bob = await s.user("alice"), await s.user("bob")
+        room_id = await s.room(alice, bob, name="Book club")
+        await s.pusher(bob, "bob-phone", extra="kept")
+        event_id = await s.send(alice, room_id, "see you at eight")
+        await until(lambda: s.gateway.requests, "a push")  # the clock never moved
+        [notification] = s.gateway.requests
+        pushkey_ts = notification["devices"][0].pop("pushkey_ts")
+        assert isinstance(pushkey_ts, int) and pushkey_ts > 1_700_000_000  # seconds
+        assert notification == {
+            "event_id": event_id,
+            "room_id": room_id,
+            "type": "m.room.message",
+            "sender": alice["user_id"],
+            "sender_display_name": "alice",
+            "room_name": "Book club",
+            "content": {"msgtype": "m.text", "body": "see you at eight"},
+            "prio": "low",
+            "counts": {"unread": 0},
+            "devices": [
+                {"app_id": "org.example.app", "pushkey": "bob-phone", "data": {"extra": "kept"}, "tweaks": {}}
+            ],
+        }
+        await s.settled()
+        assert s.gateway.bad == [] and s.parked() == []
+    finally:
+        await s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_event_id_only_and_encrypted_rooms_carry_ids_and_counts_only(tmp_path: Path) -> None:
+    s = await start(tmp_path)
+    try:
+        alice, bob, carol = await s.user("alice"), await s.user("bob"), await s.user("carol")
+        plain = await s.room(alice, bob, carol, name="Plain")
+        secret = await s.room(
+            alice,
+            bob,
+            carol,
+            name="Secret plans",
+            initial_state=[
+                {
+                    "type": "m.room.encryption",
+                    "state_key": "",
+                    "content": {"algorithm": "m.megolm.v1.aes-sha2"},
+                }
+            ],
+        )
+        await s.pusher(bob, "bob-short", format="event_id_only")
+        await s.pusher(carol, "carol-full")
+        short_id = await s.send(alice, plain, "visible text")
+        secret_id = await s.send(alice, secret, "CIPHERTEXT", kind="m.room.encrypted")
+        await until(lambda: len(s.gateway.requests) == 4, "four pushes")
+        ids_only = {"event_id", "room_id", "counts", "prio", "devices"}
+        [bob_plain, bob_secret] = s.gateway.for_pushkey("bob-short")
+        [carol_plain, carol_secret] = s.gateway.for_pushkey("carol-full")
+        assert set(bob_plain) == ids_only and bob_plain["event_id"] == short_id
+        assert bob_plain["devices"][0]["data"] == {"format": "event_id_only"}
+        # The full format in an encrypted room: no content, sender, names or type either.
+        assert set(carol_secret) == ids_only and carol_secret["event_id"] == secret_id
+        assert set(bob_secret) == ids_only
+        assert "CIPHERTEXT" not in json.dumps(s.gateway.requests)
+        assert "Secret plans" not in json.dumps(s.gateway.requests)
+        assert carol_plain["content"]["body"] == "visible text"  # while the plain room's is full
+    finally:
+        await s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failing_gateway_is_retried_with_backoff_without_holding_up_other_pushers(
+    tmp_path: Path,
+) -> None:
+    s = await start(tmp_path)
+    try:
+        alice, bob, carol = await s.user("alice"), await s.user("bob"), await s.user("carol")
+        room_id = await s.room(alice, bob, carol)
+        await s.pusher(bob, "bob-down")
+        await s.pusher(carol, "carol-up")
+        s.gateway.modes["bob-down"] = "fail"
+        first = await s.send(alice, room_id, "one")
+        await until(
+            lambda: s.gateway.for_pushkey("bob-down") and s.gateway.for_pushkey("carol-up"), "first try"
+        )
+        await s.settled()  # parked counts as settled: the stream moves on
+        assert [row[2] for row in s.parked()] == [first]
+        second = await s.send(alice, room_id, "two")
+        await until(lambda: len(s.gateway.for_pushkey("carol-up")) == 2, "carol's second push")
+        await s.settled()
+        # Behind a parked one, bob's next notification is parked too, without a request.
+        assert [row[2] for row in s.parked()] == [first, second]
+        assert len(s.gateway.for_pushkey("bob-down")) == 1
+
+        # Retries: after 1 s, then 2 s, then 4 s (each on the test's clock).
+        for delay, tries in ((1.0, 2), (2.0, 3), (4.0, 4)):
+            await until(s.retry_scheduled, "the failure handled")
+            s.clock.advance(delay - 0.01)
+            await turn(0.05)
+            assert len(s.gateway.for_pushkey("bob-down")) == tries - 1
+            s.clock.advance(0.01)
+            await until(lambda t=tries: len(s.gateway.for_pushkey("bob-down")) == t, f"try {tries}")
+        s.gateway.modes["bob-down"] = "ok"
+        await until(s.retry_scheduled, "the failure handled")
+        s.clock.advance(8.0)
+        await until(lambda: len(s.gateway.for_pushkey("bob-down")) == 6, "both sent")
+        assert [n["event_id"] for n in s.gateway.for_pushkey("bob-down")] == [first] * 5 + [second]
+        await until(lambda: s.parked() == [], "unparked")
+        third = await s.send(alice, room_id, "three")  # the pusher is back to direct sends
+        await until(lambda: len(s.gateway.for_pushkey("bob-down")) == 7, "third push")
+        assert s.gateway.for_pushkey("bob-down")[-1]["event_id"] == third
+    finally:
+        await s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_parked_notification_is_given_up_after_the_configured_time(tmp_path: Path) -> None:
+    s = await start(tmp_path, give_up_after="10s", retry_max="4s")
+    try:
+        alice, bob = await s.user("alice"), await s.user("bob")
+        room_id = await s.room(alice, bob)
+        await s.pusher(bob, "bob-dead")
+        s.gateway.modes["bob-dead"] = "fail"
+        await s.send(alice, room_id, "lost cause")
+        await until(lambda: s.parked(), "parked")
+        started = s.clock.seconds()
+        while s.parked():
+            await until(lambda: s.retry_scheduled() or not s.parked(), "the failure handled")
+            s.clock.advance(4.0)
+            await turn(0.05)
+            assert s.clock.seconds() - started < 20, "never given up"
+        assert s.clock.seconds() - started > 10  # and not before give_up_after
+        tries = len(s.gateway.for_pushkey("bob-dead"))
+        s.clock.advance(60.0)
+        await turn(0.1)
+        assert len(s.gateway.for_pushkey("bob-dead")) == tries  # no more tries
+    finally:
+        await s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_rejected_pushkey_removes_its_pusher(tmp_path: Path) -> None:
+    s = await start(tmp_path)
+    try:
+        alice, bob = await s.user("alice"), await s.user("bob")
+        room_id = await s.room(alice, bob)
+        await s.pusher(bob, "bob-uninstalled")
+        s.gateway.modes["bob-uninstalled"] = "reject"
+        await s.send(alice, room_id, "anyone there?")
+        await until(lambda: s.gateway.requests, "a push")
+        await s.settled()
+        assert (await s.client.call("GET", "/pushers", bob["access_token"]))["pushers"] == []
+        await s.send(alice, room_id, "hello?")
+        await s.settled()
+        assert len(s.gateway.requests) == 1
+    finally:
+        await s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connected_device_that_acknowledges_is_not_pushed(tmp_path: Path) -> None:
+    s = await start(tmp_path)
+    try:
+        alice, bob = await s.user("alice"), await s.user("bob")
+        room_id = await s.room(alice, bob)
+        await s.pusher(bob, "bob-online")
+        _, first = await s.client.sync(bob["access_token"])
+        poll = s.client.sync(bob["access_token"], first["next_batch"], timeout_ms=30_000)  # open
+        await s.send(alice, room_id, "you are online")
+        _, got = await poll  # the message arrives by sync...
+        assert room_id in got["rooms"]["join"]
+        # ...and the next poll's `since` proves it arrived: no push, even after ack_wait.
+        again = s.client.sync(bob["access_token"], got["next_batch"], timeout_ms=30_000)
+        await s.settled()
+        s.clock.advance(5.0)
+        await turn(0.1)
+        assert s.gateway.requests == []
+        s.clock.advance(30.0)
+        await again
+    finally:
+        await s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connected_device_that_does_not_acknowledge_is_pushed_after_ack_wait(tmp_path: Path) -> None:
+    s = await start(tmp_path)
+    try:
+        alice, bob = await s.user("alice"), await s.user("bob")
+        room_id = await s.room(alice, bob)
+        await s.pusher(bob, "bob-dozing")
+        _, first = await s.client.sync(bob["access_token"])
+        poll = s.client.sync(bob["access_token"], first["next_batch"], timeout_ms=30_000)
+        event_id = await s.send(alice, room_id, "are you there?")
+        await poll  # answered, but the phone went to sleep before asking again
+        s.clock.advance(1.9)
+        await turn(0.1)
+        assert s.gateway.requests == []  # still waiting for its receipt
+        s.clock.advance(0.1)
+        await until(lambda: s.gateway.requests, "the push after ack_wait")
+        assert [n["event_id"] for n in s.gateway.requests] == [event_id]
+    finally:
+        await s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_pusher_host_that_resolves_to_a_private_address_is_refused_at_delivery(
+    tmp_path: Path,
+) -> None:
+    s = await start(tmp_path, allow_private=False)
+    try:
+        alice, bob = await s.user("alice"), await s.user("bob")
+        room_id = await s.room(alice, bob)
+        # A host name passes when set (only literal addresses are judged then)...
+        port = s.port.getHost().port
+        await s.client.call(
+            "POST",
+            "/pushers/set",
+            bob["access_token"],
+            {
+                "kind": "http",
+                "app_id": "org.example.app",
+                "pushkey": "bob-rebound",
+                "app_display_name": "Example",
+                "device_display_name": "Phone",
+                "lang": "en",
+                "data": {"url": f"http://localhost:{port}{NOTIFY}"},
+            },
+        )
+        await s.send(alice, room_id, "to the loopback?")
+        await s.settled()  # ...and at delivery it resolves to loopback: refused, not retried
+        await turn(0.1)
+        assert s.gateway.requests == [] and s.parked() == []
+    finally:
+        await s.close()
