@@ -20,8 +20,10 @@ def is_public_address(address: str) -> bool:
     except ValueError:
         return False
     if isinstance(ip, ipaddress.IPv6Address):
-        # An IPv4 address inside IPv6 is judged as that IPv4 address.
-        inner = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        # An IPv4 address inside IPv6 is judged as that IPv4 address (and, tunnelled, as both).
+        if ip.ipv4_mapped is not None:
+            return is_public_address(str(ip.ipv4_mapped))
+        inner = ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
         if inner is not None and not is_public_address(str(inner)):
             return False
     return bool(
