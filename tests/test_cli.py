@@ -70,6 +70,7 @@ def test_generate_config_reflects_flags_and_creates_signing_key(tmp_path: Path) 
         "plugins.example.ExamplePlugin",
         "plugins.media.MediaPlugin",
         "plugins.push.gateway.PushGatewayPlugin",
+        "plugins.push.PushPlugin",
     ]
 
     key_file = data_dir / "signing.key"
