@@ -15,6 +15,7 @@ import json
 import secrets
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest_twisted
 from fast.harness import Client, TestClock, make_server, real_reactor, room_path, turn, until
@@ -171,10 +172,16 @@ async def test_a_device_with_no_sync_open_is_pushed_at_once_in_the_full_format(t
             "sender_display_name": "alice",
             "room_name": "Book club",
             "content": {"msgtype": "m.text", "body": "see you at eight"},
-            "prio": "low",
-            "counts": {"unread": 0},
+            # Two members: the default rule .m.rule.room_one_to_one plays a sound, so high.
+            "prio": "high",
+            "counts": {"unread": 1},  # bob's unread count after it, from his push rules
             "devices": [
-                {"app_id": "org.example.app", "pushkey": "bob-phone", "data": {"extra": "kept"}, "tweaks": {}}
+                {
+                    "app_id": "org.example.app",
+                    "pushkey": "bob-phone",
+                    "data": {"extra": "kept"},
+                    "tweaks": {"sound": "default"},
+                }
             ],
         }
         await s.settled()
@@ -384,5 +391,33 @@ async def test_a_pusher_host_that_resolves_to_a_private_address_is_refused_at_de
         await s.settled()  # ...and at delivery it resolves to loopback: refused, not retried
         await turn(0.1)
         assert s.gateway.requests == [] and s.parked() == []
+    finally:
+        await s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_muting_a_room_by_a_push_rule_stops_its_pushes_and_a_keyword_rule_highlights(
+    tmp_path: Path,
+) -> None:
+    s = await start(tmp_path)
+    try:
+        alice, bob, carol = await s.user("alice"), await s.user("bob"), await s.user("carol")
+        room_id = await s.room(alice, bob, carol)
+        await s.pusher(bob, "bob-phone")
+        rule = f"/pushrules/global/room/{quote(room_id, safe='')}"
+        await s.client.call("PUT", rule, bob["access_token"], {"actions": []})  # muted
+        await s.send(alice, room_id, "nothing to see")
+        await s.settled()
+        assert s.gateway.requests == []
+
+        await s.client.call("DELETE", rule, bob["access_token"])
+        keyword = {"pattern": "cake", "actions": ["notify", {"set_tweak": "highlight"}]}
+        await s.client.call("PUT", "/pushrules/global/content/cake", bob["access_token"], keyword)
+        plain = await s.send(alice, room_id, "hello all")
+        cake = await s.send(alice, room_id, "there is cake")
+        await until(lambda: len(s.gateway.requests) == 2, "two pushes")
+        by_event = {n["event_id"]: n for n in s.gateway.requests}
+        assert by_event[plain]["devices"][0]["tweaks"] == {}
+        assert by_event[cake]["devices"][0]["tweaks"] == {"highlight": True}
     finally:
         await s.close()
