@@ -121,7 +121,7 @@ class BatchHolds:
                 released = True
                 self.count -= 1
                 if self.count == 0 and self.handled:
-                    self.consumer._settle()
+                    self.consumer._settle(released=True)
 
         return release
 
@@ -280,9 +280,9 @@ class StreamConsumer:
         """The handler returned for this batch: settle it (and those after it) if nothing holds it."""
         self.handled_upto = holds.upto
         holds.handled = True
-        self._settle()
+        self._settle(released=False)
 
-    def _settle(self) -> None:
+    def _settle(self, released: bool) -> None:
         """Move `position` past every leading batch that is handled and holds nothing."""
         unsettled = self._unsettled
         position = self.position
@@ -290,8 +290,9 @@ class StreamConsumer:
             position = unsettled.popleft().upto
         if position > self.position:
             self._advance(position)
-            # A release between batches: save it without waiting for the next batch.
-            if self.durable and not self._stopping and not self._background_save:
+            # A release (the coroutine may be idle): save without waiting for the next batch.
+            # Settled by a handler's return, the coroutine saves it itself when idle.
+            if released and self.durable and not self._stopping and not self._background_save:
                 self._background_save = True
                 Deferred.fromCoroutine(self._save_settled())
 
