@@ -23,7 +23,9 @@ from homeserver.api.client import (
     pushers,
     room_events,
     rooms,
+    spaces,
     sync,
+    tags,
     user_data,
     versions,
 )
@@ -61,7 +63,11 @@ from homeserver.core.ratelimit import RateLimiter
 from homeserver.core.receipts import ReceiptService
 from homeserver.core.registration import RegistrationService
 from homeserver.core.room_heads import RoomHeads
+from homeserver.core.room_preview import RoomPreview
+from homeserver.core.room_tags import TagService
+from homeserver.core.room_upgrade import RoomUpgrader
 from homeserver.core.rooms import RoomService
+from homeserver.core.spaces import SpaceService
 from homeserver.core.sync import SyncService
 from homeserver.core.timeline_cache import TimelineCache
 from homeserver.core.tokens import TokenService
@@ -168,6 +174,8 @@ class HomeServer:
             pushers,
             rooms,
             room_events,
+            spaces,
+            tags,
             sync,
             user_data,
             push_rules,
@@ -199,6 +207,11 @@ class HomeServer:
             self.account_data,
         )
         self.directory = DirectoryService(self.config.server_name, self.storage, self.rooms, self.room_heads)
+        self.tags = TagService(self.account_data, self.room_heads)
+        self.rooms.tags = self.tags
+        self.room_preview = RoomPreview(self.rooms)
+        self.spaces = SpaceService(self.room_heads, self.room_preview)
+        self.room_upgrader = RoomUpgrader(self.storage, self.rooms, self.account_data, self.tags)
         self.receipts = ReceiptService(self.storage, self.clock, self.notifier, self.rooms, self.account_data)
         self.typing = TypingService(self.clock, self.notifier, self.rooms)
         self.presence = PresenceService(self.storage, self.clock, self.notifier)

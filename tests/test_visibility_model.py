@@ -26,7 +26,7 @@ from homeserver.storage.migrations import migrate
 ALICE = "@alice:example.org"
 USER = "@u:example.org"
 VISIBILITIES = ["world_readable", "shared", "invited", "joined", "no-such-value"]
-MEMBERSHIPS = ["join", "invite", "leave", "ban"]
+MEMBERSHIPS = ["join", "invite", "leave", "ban", "knock"]
 
 step = st.one_of(
     st.just(("message", None)),
@@ -60,8 +60,8 @@ def reference(steps: list[tuple[str, str | None]]) -> list[bool]:
     for i, (kind, _value) in enumerate(steps):
         v_before, v_after, m_before, m_after = seen[i]
         joins_later = any(k == "member" and v == "join" for k, v in steps[i + 1 :])
-        if kind == "member" and m_after == "leave" and m_before in ("join", "invite"):
-            out.append(True)  # one's own leave from join or invite
+        if kind == "member" and m_after == "leave" and m_before in ("join", "invite", "knock"):
+            out.append(True)  # one's own leave from join, invite or knock
             continue
         out.append(
             any(

@@ -50,7 +50,18 @@ def room_summary(head: RoomHead) -> dict[str, Any]:
         value = head.content(event_type).get(field)
         if isinstance(value, str):
             entry[key] = value
+    kind = head.content("m.room.create").get("type")
+    if isinstance(kind, str):
+        entry["room_type"] = kind
     return entry
+
+
+def _parse_room_types(value: object) -> set[str | None] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(v is None or isinstance(v, str) for v in value):
+        raise MatrixError("'room_types' must be a list of room types (strings or null)", "M_BAD_JSON")
+    return set(value)
 
 
 class DirectoryService:
@@ -110,8 +121,14 @@ class DirectoryService:
             raise Forbidden("You may not change this room's visibility")
         await self.storage.rooms.set_visibility(room_id, visibility)
 
-    async def public_rooms(self, limit: int | None, since: str | None, term: str | None) -> dict[str, Any]:
-        """One page of the listed rooms, most members first; `term` matches name, topic, alias."""
+    async def public_rooms(
+        self, limit: int | None, since: str | None, term: str | None, room_types: object = None
+    ) -> dict[str, Any]:
+        """One page of the listed rooms, most members first; `term` matches name, topic, alias.
+
+        `room_types` (the filter's, spec: POST /publicRooms): only rooms of these types, where
+        None stands for rooms without a type; absent (None here): rooms of every type."""
+        wanted = _parse_room_types(room_types)
         start = parse_since(since)
         limit = DEFAULT_PAGE if limit is None else max(1, min(limit, MAX_PAGE))
         needle = (term or "").lower()
@@ -123,6 +140,8 @@ class DirectoryService:
             entry = room_summary(head)
             text = " ".join(str(entry.get(k, "")) for k in ("name", "topic", "canonical_alias")).lower()
             if needle and needle not in text:
+                continue
+            if wanted is not None and entry.get("room_type") not in wanted:
                 continue
             entries.append(entry)
         entries.sort(key=lambda e: (-e["num_joined_members"], e["room_id"]))

@@ -21,6 +21,9 @@ from homeserver.storage import Storage
 from homeserver.storage.events import EventStore, StoredEvent
 
 MAX_LIMIT = 1000
+# Jump to date: events read per query, and at most in all, looking for a visible one.
+TIMESTAMP_PAGE = 100
+TIMESTAMP_SCAN = 2000
 
 
 async def state_at(store: EventStore, head: RoomHead, position: int) -> list[StoredEvent]:
@@ -179,6 +182,41 @@ class MessagesService:
             )
             response["state"] = await self.serialize(head, members)
         return response
+
+    async def timestamp_to_event(self, user_id: str, room_id: str, ts: int, direction: str) -> dict[str, Any]:
+        """`GET /v1/rooms/{roomId}/timestamp_to_event` (jump to date): the event nearest to `ts`
+        in `direction` (`f`: at or after it, `b`: at or before it) that the user may see.
+
+        Hidden events are skipped, not reported: the closest visible one is the answer, looked
+        for among the nearest TIMESTAMP_SCAN events at most (after that, 404 as if none).
+        """
+        if direction not in ("b", "f"):
+            raise MatrixError("'dir' must be b or f", "M_INVALID_PARAM")
+        await self.access_room_for_reading(user_id, room_id)
+        judge = self.visibility.judge(user_id, room_id)
+        upto = self._persisted_upto()
+        # Walk outwards from `ts` page by page; a page ends on the (ts, position) to resume from.
+        cursor = ts
+        skip: set[str] = set()
+        scanned = 0
+        while scanned < TIMESTAMP_SCAN:
+            rows = await self.storage.events.events_near_timestamp(
+                room_id, cursor, direction == "f", upto, TIMESTAMP_PAGE + len(skip)
+            )
+            rows = [ev for ev in rows if ev.event_id not in skip]
+            if not rows:
+                break
+            visible = {
+                ev.event_id for ev in await judge.filter(sorted(rows, key=lambda e: e.stream_ordering))
+            }
+            for ev in rows:
+                if ev.event_id in visible:
+                    return {"event_id": ev.event_id, "origin_server_ts": ev.origin_server_ts}
+            scanned += len(rows)
+            # Events sharing the last timestamp may continue on the next page: skip the seen ones.
+            cursor = rows[-1].origin_server_ts
+            skip = {ev.event_id for ev in rows if ev.origin_server_ts == cursor}
+        raise NotFound(f"No event found from {ts} in direction {direction}")
 
     async def _visible_event(self, judge: HistoryJudge, room_id: str, event_id: str) -> StoredEvent:
         """The event if the judge lets its reader see it; else not found (hidden and missing

@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from homeserver.core.account_data import AccountDataService
 from homeserver.core.events import EventService
+from homeserver.core.join_rules import KNOCK_JOIN_RULES, RESTRICTED_JOIN_RULES, allowed_room_ids, join_rule
 from homeserver.core.room_heads import RoomHead
 from homeserver.core.txn_ids import scoped_txn_id
 from homeserver.errors import Forbidden, MatrixError, NotFound
 from homeserver.events.power_levels import can_do, default_power_levels_content
 from homeserver.storage import Storage
 from homeserver.storage.events import StoredEvent
+
+if TYPE_CHECKING:
+    from homeserver.core.room_tags import TagService
 
 KNOWN_VERSIONS = ("10", "11")
 MEGOLM = "m.megolm.v1.aes-sha2"
@@ -84,6 +88,7 @@ class RoomService:
         self.encrypt_by_default = encrypt_by_default
         self.storage = storage
         self.events = events
+        self.tags: TagService | None = None  # set by the server (core/room_tags.py)
         self._redactions: dict[str, StoredEvent] = {}
         self._forgotten: dict[str, set[str]] = {}
 
@@ -267,7 +272,7 @@ class RoomService:
         if membership == "leave" and current is None and sender == target:
             raise Forbidden("You are not a member of this room")
         content: dict[str, Any] = {"membership": membership}
-        if membership in ("join", "invite"):
+        if membership in ("join", "invite", "knock"):
             content.update(await self._profile_content(target))
         if reason is not None:
             if not isinstance(reason, str):
@@ -297,7 +302,8 @@ class RoomService:
         room_id = await self.resolve_room(room_id_or_alias)
         head = await self.events.heads.get(room_id)
         invite = head.get("m.room.member", user_id) if head is not None else None
-        await self.set_membership(user_id, room_id, user_id, "join")
+        extra = await self._restricted_join(user_id, head) if head is not None else None
+        await self.set_membership(user_id, room_id, user_id, "join", extra=extra)
         if (
             invite is not None
             and invite.content.get("membership") == "invite"
@@ -307,6 +313,55 @@ class RoomService:
             # The join replaces the invite and does not carry its is_direct: remember the
             # direct chat in the joiner's m.direct, as Matrix clients do on accepting one.
             await self.account_data.add_direct_room(user_id, invite.sender, room_id)
+        predecessor = head.content("m.room.create").get("predecessor") if head is not None else None
+        if (
+            self.tags is not None
+            and isinstance(predecessor, dict)
+            and isinstance(predecessor.get("room_id"), str)
+        ):
+            # Spec: Room Upgrades: joining the new room carries the user's tags over.
+            await self.tags.copy_tags(user_id, predecessor["room_id"], room_id)
+        return room_id
+
+    async def _restricted_join(self, user_id: str, head: RoomHead) -> dict[str, Any] | None:
+        """For a restricted (or knock_restricted) room the user may join through membership of
+        an allowed room: `join_authorised_via_users_server` naming a local member who may
+        invite (auth rule 4.3.5), which is this server vouching for the join. None otherwise
+        (the auth rules then decide, e.g. an invited user needs no vouching)."""
+        if join_rule(head) not in RESTRICTED_JOIN_RULES or head.membership(user_id) in ("join", "invite"):
+            return None
+        for allowed in allowed_room_ids(head):
+            other = await self.events.heads.get(allowed)
+            if other is not None and other.membership(user_id) == "join":
+                break
+        else:
+            return None
+        suffix = ":" + self.server_name
+        for member in sorted(head.members("join")):
+            if member.endswith(suffix) and self.may(member, head, "invite"):
+                return {"join_authorised_via_users_server": member}
+        return None
+
+    async def knock(self, user_id: str, room_id_or_alias: str, reason: str | None = None) -> str:
+        """`POST /knock/{roomIdOrAlias}`: ask to be let in (spec: Knocking on rooms). The
+        room's moderators see the knock in their timeline; an invite accepts it, a kick
+        (a leave sent by them) rejects it, and the knocker may withdraw it by leaving.
+
+        @raise NotFound: unknown room. @raise Forbidden: the room takes no knocks, or the
+            user is joined, invited or banned already (auth rule 4.7).
+        """
+        room_id = await self.resolve_room(room_id_or_alias)
+        head = await self.events.heads.get(room_id)
+        if head is None:
+            raise NotFound("Unknown room")
+        current = head.membership(user_id)
+        if current == "knock":
+            return room_id  # knocking twice asks once
+        if current in ("join", "invite", "ban"):
+            raise Forbidden(f"You cannot knock: your membership is {current}")
+        if join_rule(head) not in KNOCK_JOIN_RULES:
+            raise Forbidden("This room does not accept knocks")
+        await self.set_membership(user_id, room_id, user_id, "knock", reason)
         return room_id
 
     async def leave(self, user_id: str, room_id: str, reason: str | None = None) -> None:
@@ -442,7 +497,7 @@ class RoomService:
         return can_do(user_id, action, PduState(head), room_version=head.room_version, **kwargs)  # type: ignore[arg-type]
 
     def invite_state(self, head: RoomHead, invitee: str) -> list[dict[str, Any]]:
-        """Stripped state events shown with an invite."""
+        """Stripped state events shown with an invite (or with one's own knock: `knock_state`)."""
         out: list[dict[str, Any]] = []
         for event_type in INVITE_STATE_TYPES:
             ev = head.get(event_type)
@@ -460,7 +515,7 @@ class RoomService:
                     "origin_server_ts": member.origin_server_ts,
                 }
             )
-            inviter = head.get("m.room.member", member.sender)
+            inviter = head.get("m.room.member", member.sender) if member.sender != invitee else None
             if inviter is not None:
                 out.append(
                     {

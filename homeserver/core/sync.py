@@ -206,6 +206,7 @@ class SyncService:
         join: dict[str, Any] = {}
         invite: dict[str, Any] = {}
         leave: dict[str, Any] = {}
+        knock: dict[str, Any] = {}
         joined_ids: list[str] = []
         for room_id, (membership, position) in list(rooms.items()):
             if position > upto.events or not req.filter.allows_room(room_id) or room_id in forgotten:
@@ -224,6 +225,10 @@ class SyncService:
                 head = await self.heads.get(room_id)
                 if head is not None:
                     invite[room_id] = {"invite_state": {"events": self.rooms.invite_state(head, user_id)}}
+            elif membership == "knock" and changed:
+                head = await self.heads.get(room_id)
+                if head is not None:
+                    knock[room_id] = {"knock_state": {"events": self.rooms.invite_state(head, user_id)}}
             elif (
                 membership in ("leave", "ban") and changed and (since is not None or req.filter.include_leave)
             ):
@@ -231,7 +236,7 @@ class SyncService:
                 if room is not None:
                     leave[room_id] = room
         await self._add_ephemeral(req, join, joined_ids, upto)
-        await self._add_room_account_data(req, join, upto)
+        await self._add_room_account_data(req, join, joined_ids, upto)
         # A room listed for a receipt or a marker gets fresh counts too: reading on one
         # device must clear the badge on the others (Synapse does the same).
         for room_id, room in join.items():
@@ -239,8 +244,10 @@ class SyncService:
                 await self._add_counts(req, room, room_id)
         join = {room_id: room for room_id, room in join.items() if room}
         response: dict[str, Any] = {"next_batch": str(upto)}
-        rooms_part = {k: v for k, v in (("join", join), ("invite", invite), ("leave", leave)) if v}
-        response["rooms"] = {"join": join, "invite": invite, "leave": leave, "knock": {}}
+        rooms_part = {
+            k: v for k, v in (("join", join), ("invite", invite), ("leave", leave), ("knock", knock)) if v
+        }
+        response["rooms"] = {"join": join, "invite": invite, "leave": leave, "knock": knock}
         account_data = await self._global_account_data(req, upto)
         presence = await self._presence(req, joined_ids, upto)
         response["account_data"] = {"events": account_data}
@@ -490,15 +497,19 @@ class SyncService:
             if events:
                 join.setdefault(room_id, {})["ephemeral"] = {"events": events}
 
-    async def _add_room_account_data(self, req: SyncRequest, join: dict[str, Any], upto: SyncToken) -> None:
+    async def _add_room_account_data(
+        self, req: SyncRequest, join: dict[str, Any], joined: list[str], upto: SyncToken
+    ) -> None:
         if req.filter.room_account_data.disabled:
             return
         after = req.since.account_data if req.since else 0
+        joined_now = set(joined)
         for room_id, data_type, content in await self.account_data.since(
             req.user_id, after, upto.account_data
         ):
-            if room_id and room_id in join or (room_id and req.since is None and room_id in join):
-                join[room_id].setdefault("account_data", {"events": []})["events"].append(
+            # Any joined room, also one without new events (a tag set on a quiet room).
+            if room_id and room_id in joined_now:
+                join.setdefault(room_id, {}).setdefault("account_data", {"events": []})["events"].append(
                     {"type": data_type, "content": content}
                 )
 

@@ -9,8 +9,8 @@ allowed if one of:
 4. the visibility at E was `invited` and U's membership at E was `invite`.
 A missing or unknown visibility counts as `shared`. For an `m.room.history_visibility`
 event the value before *or* after it may allow it; for U's own membership events,
-U's membership before *or* after it; and U always sees their own leave from `join` or
-`invite` (so a client sees the room go, e.g. a rejected invite). The table in
+U's membership before *or* after it; and U always sees their own leave from `join`,
+`invite` or `knock` (so a client sees the room go, e.g. a rejected invite or knock). The table in
 docs/architecture.md ("History visibility") lists each case with its test.
 
 State is linear here (one writer per room), so "at E" means "at E's stream position":
@@ -206,7 +206,7 @@ class HistoryJudge:
         at = self._membership.at(position)
         if ev is not None and ev.type == "m.room.member" and ev.state_key == self.user_id:
             before = self._membership.before(position)
-            if at == "leave" and before in ("join", "invite"):
+            if at == "leave" and before in ("join", "invite", "knock"):
                 return True
             memberships: tuple[str | None, ...] = (at, before)
         else:

@@ -374,6 +374,26 @@ class EventStore:
         )
         return [_row_to_event(r) for r in rows]
 
+    async def events_near_timestamp(
+        self, room_id: str, ts: int, forwards: bool, upto: int, limit: int
+    ) -> list[StoredEvent]:
+        """Up to `limit` committed events (stream position <= upto) of the room nearest to `ts`:
+        at or after it, earliest first (`forwards`), or at or before it, latest first."""
+        if forwards:
+            where, order = "e.origin_server_ts >= ?", "e.origin_server_ts ASC, e.stream_ordering ASC"
+        else:
+            where, order = "e.origin_server_ts <= ?", "e.origin_server_ts DESC, e.stream_ordering DESC"
+        rows = await self.db.query(
+            "events_near_timestamp",
+            f"SELECT {_EVENT_COLUMNS} FROM {_EVENT_FROM} WHERE e.room_id = ? AND {where}"
+            f" AND e.stream_ordering <= ? ORDER BY {order} LIMIT ?",
+            room_id,
+            ts,
+            upto,
+            limit,
+        )
+        return [_row_to_event(r) for r in rows]
+
     async def recent_events_for_rooms(
         self, room_ids: Sequence[str], upto: int, limit: int
     ) -> dict[str, list[StoredEvent]]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from homeserver.storage.database import Database
+from homeserver.storage.database import Database, Txn
 
 
 class AliasExists(Exception):
@@ -71,3 +71,19 @@ class RoomStore:
             "public_rooms", "SELECT room_id FROM room_directory WHERE visibility = 'public' ORDER BY room_id"
         )
         return [r[0] for r in rows]
+
+    async def move_aliases(self, old_room_id: str, new_room_id: str) -> list[str]:
+        """Point every alias of `old_room_id` at `new_room_id` (a room upgrade); the moved aliases."""
+
+        def move_txn(txn: Txn) -> list[str]:
+            aliases = [
+                r[0]
+                for r in txn.query(
+                    "SELECT room_alias FROM room_aliases WHERE room_id = ? ORDER BY room_alias",
+                    (old_room_id,),
+                )
+            ]
+            txn.execute("UPDATE room_aliases SET room_id = ? WHERE room_id = ?", (new_room_id, old_room_id))
+            return aliases
+
+        return await self.db.run_interaction("move_aliases", move_txn)

@@ -11,7 +11,7 @@ from homeserver.api.http import ApiRequest, Router
 from homeserver.api.validate import optional, required
 from homeserver.core.filters import EventFilter, SyncFilter
 from homeserver.core.txn_ids import scoped_txn_id
-from homeserver.errors import MatrixError
+from homeserver.errors import MatrixError, MissingParam
 
 if TYPE_CHECKING:
     from homeserver.server import HomeServer
@@ -91,6 +91,16 @@ def register(router: Router, hs: "HomeServer") -> None:
             bool(raw_filter and isinstance(raw_filter, dict) and raw_filter.get("lazy_load_members")),
         )
 
+    async def timestamp_to_event(request: ApiRequest, room_id: str) -> dict[str, Any]:
+        requester = await require_user(hs, request)
+        ts = request.int_param("ts", None)
+        if ts is None:
+            raise MissingParam("Missing 'ts'")
+        direction = request.query_param("dir")
+        if direction is None:
+            raise MissingParam("Missing 'dir'")
+        return await hs.messages.timestamp_to_event(requester.user_id, room_id, ts, direction)
+
     async def relations(
         request: ApiRequest,
         room_id: str,
@@ -161,6 +171,7 @@ def register(router: Router, hs: "HomeServer") -> None:
     router.add("GET", relations_base, relations)
     router.add("GET", relations_base + "/{rel_type}", relations)
     router.add("GET", relations_base + "/{rel_type}/{event_type}", relations)
+    router.add("GET", "/_matrix/client/v1/rooms/{room_id}/timestamp_to_event", timestamp_to_event)
     router.add("GET", f"{ROOM}/members", members)
     router.add("GET", f"{ROOM}/joined_members", joined_members)
     router.add("POST", f"{ROOM}/receipt/{{receipt_type}}/{{event_id}}", receipt)

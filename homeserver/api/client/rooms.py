@@ -39,6 +39,16 @@ def register(router: Router, hs: "HomeServer") -> None:
         await rooms.join(requester.user_id, room_id)
         return {"room_id": room_id}
 
+    async def knock(request: ApiRequest, version: str, room: str) -> dict[str, Any]:
+        requester = await require_user(hs, request)
+        room_id = await rooms.knock(requester.user_id, room, _reason(request.json_body_or_empty()))
+        return {"room_id": room_id}
+
+    async def upgrade(request: ApiRequest, version: str, room_id: str) -> dict[str, Any]:
+        requester = await require_user(hs, request)
+        new_version = required(request.json_body(), "new_version", str)
+        return {"replacement_room": await hs.room_upgrader.upgrade(requester.user_id, room_id, new_version)}
+
     async def invite(request: ApiRequest, version: str, room_id: str) -> dict[str, Any]:
         requester = await require_user(hs, request)
         body = request.json_body()
@@ -106,15 +116,19 @@ def register(router: Router, hs: "HomeServer") -> None:
             since = optional(body, "since", str)
             search = optional(body, "filter", dict) or {}
             term = optional(search, "generic_search_term", str)
+            room_types = search.get("room_types")
         else:
             limit = request.int_param("limit", None)
             since = request.query_param("since")
             term = None
-        return await directory.public_rooms(limit, since, term)
+            room_types = None
+        return await directory.public_rooms(limit, since, term, room_types)
 
     router.add("POST", f"{CLIENT}/createRoom", create_room)
     router.add("POST", f"{CLIENT}/join/{{room}}", join)
     router.add("POST", f"{ROOM}/join", join_by_id)
+    router.add("POST", f"{CLIENT}/knock/{{room}}", knock)
+    router.add("POST", f"{ROOM}/upgrade", upgrade)
     router.add("POST", f"{ROOM}/invite", invite)
     router.add("POST", f"{ROOM}/leave", leave)
     router.add("POST", f"{ROOM}/forget", forget)
