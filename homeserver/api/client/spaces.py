@@ -16,9 +16,10 @@ V1 = "/_matrix/client/v1"
 
 def _bool_param(request: ApiRequest, name: str) -> bool:
     raw = request.query_param(name)
-    if raw is None or raw == "false":
+    # "True"/"False" too: matrix-nio 0.26 sends Python's spelling of its booleans.
+    if raw is None or raw in ("false", "False"):
         return False
-    if raw == "true":
+    if raw in ("true", "True"):
         return True
     raise InvalidParam(f"'{name}' must be true or false")
 
