@@ -271,6 +271,11 @@ class Router:
     def templates(self) -> list[str]:
         return sorted(self._templates)
 
+    def serves(self, method: str, path: str) -> bool:
+        """Whether a request `method path` would reach a handler (for what /versions promises)."""
+        wanted = method.upper().encode()
+        return any(route.method == wanted for route, _ in self._match(path))
+
     def set_body_limit(self, path_prefix: str, max_bytes: int, message: str | None = None) -> None:
         """Cap request bodies on paths starting with `path_prefix` at `max_bytes`
         instead of the global limit (the longest matching prefix wins); `message` is the

@@ -111,6 +111,12 @@ class RegistrationService:
             user_id, req.device_id, req.display_name, refreshable=req.refreshable, ip=req.ip
         )
 
+    def registration_token_valid(self, token: str, ip: str) -> bool:
+        """`/v1/register/m.login.registration_token/validity`: whether `token` would pass the
+        registration token stage. Rate-limited like sign-up, so it is no faster an oracle."""
+        self.ratelimiter.check("register", ip, self.config.rate_limits.register_per_ip, cost=0.2)
+        return self.uia.registration_token_valid(token)
+
     async def check_username(self, username: str, ip: str) -> None:
         """`/register/available`: M_USER_IN_USE or M_INVALID_USERNAME, else nothing."""
         self.ratelimiter.check("register", ip, self.config.rate_limits.register_per_ip, cost=0.2)

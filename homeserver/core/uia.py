@@ -148,9 +148,7 @@ class InteractiveAuth:
             return
         if stage == REGISTRATION_TOKEN:
             token = auth.get("token")
-            if not isinstance(token, str) or not any(
-                hmac.compare_digest(token.encode(), t.encode()) for t in self.registration_tokens
-            ):
+            if not isinstance(token, str) or not self.registration_token_valid(token):
                 raise MatrixError("Invalid registration token", "M_FORBIDDEN")
             return
         if stage == PASSWORD:
@@ -180,6 +178,10 @@ class InteractiveAuth:
             result.email_session = creds["sid"]
             return
         raise MatrixError(f"Unsupported auth stage {stage!r}", "M_UNRECOGNIZED")
+
+    def registration_token_valid(self, token: str) -> bool:
+        """Whether `token` is one of the configured registration tokens (compared in constant time)."""
+        return any(hmac.compare_digest(token.encode(), t.encode()) for t in self.registration_tokens)
 
     def _password_user(self, auth: dict[str, Any]) -> str:
         identifier = auth.get("identifier")

@@ -6,7 +6,10 @@ Matrix (authenticated media, v1.11):
 - GET /_matrix/client/v1/media/download/{serverName}/{mediaId}[/{fileName}],
   /thumbnail/{serverName}/{mediaId}, /config, and /preview_url when enabled;
 - the deprecated unauthenticated GET /_matrix/media/v3/download|thumbnail/...
-  only with `legacy_unauthenticated_download`.
+  only with `legacy_unauthenticated_download`;
+- the same legacy paths under r0 (POST upload, GET config and preview_url with a token;
+  download and thumbnail as v3's), which r0.6.1 in /versions promises and older clients
+  (Element Web 1.11) use.
 Simple API: POST /api/media/upload (multipart/form-data) -> {mediaId, url},
 GET and DELETE /api/media/{mediaId}, GET /api/media/usage; an admin purge under
 /_plugins/media/.
@@ -35,6 +38,7 @@ from plugins.media.sniff import SECURITY_HEADERS, content_type_header, download_
 from plugins.media.storage import MediaStorage, make_storage
 
 MEDIA_V3 = "/_matrix/media/v3"
+MEDIA_R0 = "/_matrix/media/r0"
 MEDIA_V1 = "/_matrix/media/v1"
 CLIENT_MEDIA = "/_matrix/client/v1/media"
 # Room for the multipart envelope and small fields around the file part.
@@ -65,14 +69,13 @@ class MediaPlugin:
         limit = self.config.max_upload_size
         # One message for both: the multipart body may be larger than the file, but the
         # user knows (and is told) the configured limit.
-        api.set_body_limit(f"{MEDIA_V3}/upload", limit, message=over_limit_message(limit))
+        for legacy in (MEDIA_V3, MEDIA_R0):
+            api.set_body_limit(f"{legacy}/upload", limit, message=over_limit_message(limit))
         api.set_body_limit("/api/media/upload", limit + MULTIPART_OVERHEAD, message=over_limit_message(limit))
 
-        api.register_route("POST", f"{MEDIA_V3}/upload", self.upload)
         api.register_route("POST", f"{MEDIA_V1}/create", self.create)
         api.register_route("PUT", f"{MEDIA_V3}/upload/{{server_name}}/{{media_id}}", self.upload_to)
         api.register_route("GET", f"{CLIENT_MEDIA}/config", self.media_config)
-        api.register_route("GET", f"{MEDIA_V3}/config", self.media_config)
         api.register_route("GET", f"{CLIENT_MEDIA}/download/{{server_name}}/{{media_id}}", self.download)
         api.register_route(
             "GET", f"{CLIENT_MEDIA}/download/{{server_name}}/{{media_id}}/{{file_name:.*}}", self.download
@@ -80,25 +83,9 @@ class MediaPlugin:
         api.register_route("GET", f"{CLIENT_MEDIA}/thumbnail/{{server_name}}/{{media_id}}", self.thumbnail)
         if self.config.url_preview.enabled:
             api.register_route("GET", f"{CLIENT_MEDIA}/preview_url", self.preview_url)
-        if self.config.legacy_unauthenticated_download:
-            api.register_route(
-                "GET",
-                f"{MEDIA_V3}/download/{{server_name}}/{{media_id}}",
-                self.legacy_download,
-                require_auth=False,
-            )
-            api.register_route(
-                "GET",
-                f"{MEDIA_V3}/download/{{server_name}}/{{media_id}}/{{file_name:.*}}",
-                self.legacy_download,
-                require_auth=False,
-            )
-            api.register_route(
-                "GET",
-                f"{MEDIA_V3}/thumbnail/{{server_name}}/{{media_id}}",
-                self.legacy_thumbnail,
-                require_auth=False,
-            )
+        # The legacy paths: r0 is what r0.6.1 clients call, with the same rules as v3.
+        for legacy in (MEDIA_V3, MEDIA_R0):
+            self._register_legacy(legacy)
 
         api.register_route("POST", "/api/media/upload", self.simple_upload)
         api.register_route("GET", "/api/media/usage", self.simple_usage)
@@ -108,6 +95,29 @@ class MediaPlugin:
 
         api.subscribe_events(self.repo.on_event)
         api.schedule(self.config.cleanup_interval_ms / 1000, self.repo.cleanup)
+
+    def _register_legacy(self, prefix: str) -> None:
+        """The /_matrix/media/{v3,r0} routes: upload, config and preview_url need a token, as
+        they always did; download and thumbnail are unauthenticated, so only served with
+        `legacy_unauthenticated_download`."""
+        api = self.api
+        api.register_route("POST", f"{prefix}/upload", self.upload)
+        api.register_route("GET", f"{prefix}/config", self.media_config)
+        if self.config.url_preview.enabled:
+            api.register_route("GET", f"{prefix}/preview_url", self.preview_url)
+        if not self.config.legacy_unauthenticated_download:
+            return
+        for path in (
+            f"{prefix}/download/{{server_name}}/{{media_id}}",
+            f"{prefix}/download/{{server_name}}/{{media_id}}/{{file_name:.*}}",
+        ):
+            api.register_route("GET", path, self.legacy_download, require_auth=False)
+        api.register_route(
+            "GET",
+            f"{prefix}/thumbnail/{{server_name}}/{{media_id}}",
+            self.legacy_thumbnail,
+            require_auth=False,
+        )
 
     # Matrix: uploads -------------------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from homeserver.api.auth import require_user
-from homeserver.api.client.login import CLIENT
+from homeserver.api.client.login import CLIENT, CLIENT_OR_UNSTABLE
 from homeserver.api.http import ApiRequest, Router
 from homeserver.errors import MatrixError
 
@@ -104,19 +104,19 @@ def register(router: Router, hs: "HomeServer") -> None:
             requester.user_id, request.query_param("version"), room_id, session_id
         )
 
-    router.add("POST", f"{CLIENT}/keys/upload", upload)
-    router.add("POST", f"{CLIENT}/keys/query", query)
-    router.add("POST", f"{CLIENT}/keys/claim", claim)
-    router.add("GET", f"{CLIENT}/keys/changes", changes)
-    router.add("POST", f"{CLIENT}/keys/device_signing/upload", device_signing_upload)
-    router.add("POST", f"{CLIENT}/keys/signatures/upload", signatures_upload)
+    router.add("POST", f"{CLIENT_OR_UNSTABLE}/keys/upload", upload)
+    router.add("POST", f"{CLIENT_OR_UNSTABLE}/keys/query", query)
+    router.add("POST", f"{CLIENT_OR_UNSTABLE}/keys/claim", claim)
+    router.add("GET", f"{CLIENT_OR_UNSTABLE}/keys/changes", changes)
+    router.add("POST", f"{CLIENT_OR_UNSTABLE}/keys/device_signing/upload", device_signing_upload)
+    router.add("POST", f"{CLIENT_OR_UNSTABLE}/keys/signatures/upload", signatures_upload)
     router.add("PUT", f"{CLIENT}/sendToDevice/{{event_type}}/{{txn_id}}", send_to_device)
-    router.add("POST", f"{CLIENT}/room_keys/version", create_version)
-    router.add("GET", f"{CLIENT}/room_keys/version", get_version)
-    router.add("GET", f"{CLIENT}/room_keys/version/{{backup_version}}", get_version)
-    router.add("PUT", f"{CLIENT}/room_keys/version/{{backup_version}}", update_version)
-    router.add("DELETE", f"{CLIENT}/room_keys/version/{{backup_version}}", delete_version)
+    router.add("POST", f"{CLIENT_OR_UNSTABLE}/room_keys/version", create_version)
+    router.add("GET", f"{CLIENT_OR_UNSTABLE}/room_keys/version", get_version)
+    router.add("GET", f"{CLIENT_OR_UNSTABLE}/room_keys/version/{{backup_version}}", get_version)
+    router.add("PUT", f"{CLIENT_OR_UNSTABLE}/room_keys/version/{{backup_version}}", update_version)
+    router.add("DELETE", f"{CLIENT_OR_UNSTABLE}/room_keys/version/{{backup_version}}", delete_version)
     for suffix in ("", "/{room_id}", "/{room_id}/{session_id}"):
-        router.add("PUT", f"{CLIENT}/room_keys/keys{suffix}", put_keys)
-        router.add("GET", f"{CLIENT}/room_keys/keys{suffix}", get_keys)
-        router.add("DELETE", f"{CLIENT}/room_keys/keys{suffix}", delete_keys)
+        router.add("PUT", f"{CLIENT_OR_UNSTABLE}/room_keys/keys{suffix}", put_keys)
+        router.add("GET", f"{CLIENT_OR_UNSTABLE}/room_keys/keys{suffix}", get_keys)
+        router.add("DELETE", f"{CLIENT_OR_UNSTABLE}/room_keys/keys{suffix}", delete_keys)

@@ -14,6 +14,9 @@ if TYPE_CHECKING:
     from homeserver.server import HomeServer
 
 CLIENT = "/_matrix/client/{version:v3|r0}"
+# Endpoints that were served under `unstable` before they were specified keep that alias,
+# as Synapse does: Element Web 1.11 (js-sdk 26) still posts cross-signing keys there.
+CLIENT_OR_UNSTABLE = "/_matrix/client/{version:v3|r0|unstable}"
 
 
 def login_response(hs: "HomeServer", result: LoginResult) -> dict[str, Any]:

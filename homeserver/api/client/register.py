@@ -99,7 +99,14 @@ def register(router: Router, hs: "HomeServer") -> None:
         )
         return {"success": True}
 
+    async def token_validity(request: ApiRequest) -> dict[str, Any]:
+        token = request.query_param("token")
+        if not token:
+            raise MissingParam("Missing 'token'")
+        return {"valid": hs.registration.registration_token_valid(token, request.client_ip())}
+
     router.add("POST", f"{CLIENT}/register", register_account)
+    router.add("GET", "/_matrix/client/v1/register/m.login.registration_token/validity", token_validity)
     router.add("GET", f"{CLIENT}/register/available", available)
     router.add("POST", f"{CLIENT}/register/email/requestToken", register_request_token)
     router.add("POST", f"{CLIENT}/account/password/email/requestToken", password_request_token)

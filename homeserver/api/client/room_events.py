@@ -167,10 +167,14 @@ def register(router: Router, hs: "HomeServer") -> None:
     router.add("GET", f"{ROOM}/event/{{event_id}}", get_event)
     router.add("GET", f"{ROOM}/context/{{event_id}}", context)
     router.add("GET", f"{ROOM}/messages", messages)
-    relations_base = "/_matrix/client/v1/rooms/{room_id}/relations/{event_id}"
-    router.add("GET", relations_base, relations)
-    router.add("GET", relations_base + "/{rel_type}", relations)
-    router.add("GET", relations_base + "/{rel_type}/{event_type}", relations)
+    # v1, and MSC2675's unstable path that older clients used before v1.3.
+    for relations_base in (
+        "/_matrix/client/v1/rooms/{room_id}/relations/{event_id}",
+        "/_matrix/client/unstable/rooms/{room_id}/relations/{event_id}",
+    ):
+        router.add("GET", relations_base, relations)
+        router.add("GET", relations_base + "/{rel_type}", relations)
+        router.add("GET", relations_base + "/{rel_type}/{event_type}", relations)
     router.add("GET", "/_matrix/client/v1/rooms/{room_id}/timestamp_to_event", timestamp_to_event)
     router.add("GET", f"{ROOM}/members", members)
     router.add("GET", f"{ROOM}/joined_members", joined_members)

@@ -140,6 +140,10 @@ def register(router: Router, hs: "HomeServer") -> None:
     router.add("PUT", f"{CLIENT}/directory/room/{{alias}}", put_alias)
     router.add("DELETE", f"{CLIENT}/directory/room/{{alias}}", delete_alias)
     router.add("GET", f"{ROOM}/aliases", room_aliases)
+    # MSC2432's path, still called by FluffyChat (advertised as org.matrix.msc2432).
+    router.add(
+        "GET", "/_matrix/client/{version:unstable}/org.matrix.msc2432/rooms/{room_id}/aliases", room_aliases
+    )
     router.add("GET", f"{CLIENT}/directory/list/room/{{room_id}}", get_visibility)
     router.add("PUT", f"{CLIENT}/directory/list/room/{{room_id}}", put_visibility)
     router.add("GET", f"{CLIENT}/publicRooms", public_rooms)

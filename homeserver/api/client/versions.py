@@ -4,36 +4,55 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from twisted.logger import Logger
+
 from homeserver import __version__
 from homeserver.api.auth import require_user
 from homeserver.api.client.login import CLIENT
+from homeserver.api.client.spec_versions import supported_versions
 from homeserver.api.http import ApiRequest, Router
 
 if TYPE_CHECKING:
     from homeserver.server import HomeServer
 
-# Advertise only what works: clients switch features on by these (MATRIX-NOTES §0).
-SPEC_VERSIONS = [
-    "r0.6.1",
-    "v1.1",
-    "v1.2",
-    "v1.3",
-    "v1.4",
-    "v1.5",
-    "v1.6",
-    "v1.7",
-    "v1.8",
-    "v1.9",
-    "v1.10",
-    "v1.11",
-]
+log = Logger()
+
 DEFAULT_ROOM_VERSION = "10"
 ROOM_VERSIONS = {"10": "stable", "11": "stable"}
 
 
+def unstable_features(encrypt_by_default: str) -> dict[str, bool]:
+    """MSC feature flags (MSC1497) for what this server does; clients gate code paths on them."""
+    private = encrypt_by_default in ("all", "invite")
+    return {
+        # Cross-signing (MSC1756): Element Web before 1.11.x skips its set-up without it.
+        "org.matrix.e2e_cross_signing": True,
+        # GET /rooms/{roomId}/aliases, also at its unstable path (MSC2432).
+        "org.matrix.msc2432": True,
+        # m.read.private receipts (MSC2285) and receipts per thread (MSC3771).
+        "org.matrix.msc2285.stable": True,
+        "org.matrix.msc3771": True,
+        # Which createRoom presets start encrypted (config encryption.enabled_by_default_for_room_type).
+        "io.element.e2ee_forced.public": encrypt_by_default == "all",
+        "io.element.e2ee_forced.private": private,
+        "io.element.e2ee_forced.trusted_private": private,
+    }
+
+
 def register(router: Router, hs: "HomeServer") -> None:
+    answer: dict[str, Any] = {}
+
     async def versions(request: ApiRequest) -> dict[str, Any]:
-        return {"versions": SPEC_VERSIONS, "unstable_features": {}}
+        # Computed on the first request: plugins' routes (media) exist only once they started.
+        if not answer:
+            advertised, cut = supported_versions(router.serves)
+            if cut is not None:
+                log.info("/versions stops at {last}: {cut} is not served", last=advertised[-1], cut=cut)
+            answer["versions"] = advertised
+            answer["unstable_features"] = unstable_features(
+                hs.config.encryption.enabled_by_default_for_room_type
+            )
+        return answer
 
     async def well_known(request: ApiRequest) -> dict[str, Any]:
         return {"m.homeserver": {"base_url": hs.config.public_baseurl}}
