@@ -198,6 +198,14 @@ class PluginApi:
             raise PluginLoadError(f"plugin {self._name}: body limit must not be negative")
         self._hs.router.set_body_limit(path_prefix, max_bytes, message)
 
+    def set_turn_provider(self, provider: Callable[[str], Awaitable[dict[str, Any]]]) -> None:
+        """Answer `GET /voip/turnServer` with `await provider(user_id)`: the spec's
+        `{username, password, uris, ttl}` for that user. Without a provider the answer is
+        `{}`. One provider per server: a second plugin setting one fails at start-up."""
+        if self._hs.voip.provider is not None:
+            raise PluginLoadError(f"plugin {self._name}: another plugin already provides TURN credentials")
+        self._hs.voip.provider = provider
+
     # Events -----------------------------------------------------------------------
 
     def subscribe_events(self, callback: EventCallback, *, name: str = "events") -> None:

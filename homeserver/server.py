@@ -18,6 +18,7 @@ from homeserver.api.client import (
     devices,
     keys,
     login,
+    openid,
     profile,
     push_rules,
     pushers,
@@ -28,6 +29,7 @@ from homeserver.api.client import (
     tags,
     user_data,
     versions,
+    voip,
 )
 from homeserver.api.client import register as register_routes
 from homeserver.api.http import Router, make_site
@@ -52,6 +54,7 @@ from homeserver.core.key_backup import KeyBackupService
 from homeserver.core.mailer import Mailer
 from homeserver.core.messages import MessagesService
 from homeserver.core.notifications import NotificationService
+from homeserver.core.openid import OpenIdService
 from homeserver.core.password_reset import PasswordResetService
 from homeserver.core.passwords import PasswordHasher
 from homeserver.core.persist import EventPersister
@@ -74,6 +77,7 @@ from homeserver.core.tokens import TokenService
 from homeserver.core.typing import TypingService
 from homeserver.core.uia import InteractiveAuth
 from homeserver.core.unread import UnreadCounter
+from homeserver.core.voip import VoipService
 from homeserver.notifier import Notifier
 from homeserver.plugins import PluginApi, migrate_plugin_schemas, start_plugins
 from homeserver.signing_key import load_or_create_signing_key
@@ -149,7 +153,6 @@ class HomeServer:
         self.registration = RegistrationService(*account_parts)
         self.password_reset = PasswordResetService(*account_parts)
         self.devices = DeviceService(self.storage, self.accounts, self.uia)
-        self.profiles = ProfileService(self.storage)
         self.filters = FilterService(self.storage)
         self.key_backup = KeyBackupService(self.storage)
         self.pushers = PusherService(self.storage, config.pushers, self.clock)
@@ -180,6 +183,8 @@ class HomeServer:
             user_data,
             push_rules,
             keys,
+            openid,
+            voip,
             simple_auth,
             simple_messages,
         ):
@@ -206,6 +211,9 @@ class HomeServer:
             self.config.encryption.enabled_by_default_for_room_type,
             self.account_data,
         )
+        self.profiles = ProfileService(self.storage, self.rooms, self.timeline)
+        self.openid = OpenIdService(self.config.server_name, self.storage, self.clock)
+        self.voip = VoipService()
         self.directory = DirectoryService(self.config.server_name, self.storage, self.rooms, self.room_heads)
         self.tags = TagService(self.account_data, self.room_heads)
         self.rooms.tags = self.tags

@@ -57,7 +57,9 @@ def error_of(r: requests.Response) -> tuple[int, str | None]:
 # /versions ---------------------------------------------------------------------------
 
 
-def test_every_advertised_version_has_its_endpoints(server: ServerProcess, media_server: ServerProcess) -> None:
+def test_every_advertised_version_has_its_endpoints(
+    server: ServerProcess, media_server: ServerProcess
+) -> None:
     """Each endpoint of every advertised version answers (an auth or input error at most,
     never 404/405 M_UNRECOGNIZED); the first version not advertised has one that does not."""
     for srv in (server, media_server):
@@ -119,7 +121,10 @@ def test_cross_signing_and_backup_through_the_unstable_prefix(server: ServerProc
     r = requests.post(server.url(f"{UNSTABLE}/keys/device_signing/upload"), json=xs.upload_body(), timeout=10)
     assert error_of(r) == (401, "M_MISSING_TOKEN")
     r = requests.post(
-        server.url(f"{UNSTABLE}/keys/device_signing/upload"), json=xs.upload_body(), headers=headers, timeout=10
+        server.url(f"{UNSTABLE}/keys/device_signing/upload"),
+        json=xs.upload_body(),
+        headers=headers,
+        timeout=10,
     )
     assert r.status_code == 200, r.text
 
@@ -146,7 +151,9 @@ def test_cross_signing_and_backup_through_the_unstable_prefix(server: ServerProc
     r = requests.post(server.url(f"{UNSTABLE}/room_keys/version"), json=body, headers=headers, timeout=10)
     assert r.status_code == 200, r.text
     version = r.json()["version"]
-    r = requests.get(server.url(f"/_matrix/client/v3/room_keys/version/{version}"), headers=headers, timeout=10)
+    r = requests.get(
+        server.url(f"/_matrix/client/v3/room_keys/version/{version}"), headers=headers, timeout=10
+    )
     assert r.json()["auth_data"] == {"public_key": "abc"}
 
     # Endpoints that never had an unstable form are not aliased.
@@ -158,7 +165,10 @@ def test_msc2432_aliases_and_unstable_relations(server: ServerProcess) -> None:
     alice, bob = new_user(server, "fluffy"), new_user(server, "outsider")
     a = {"Authorization": f"Bearer {alice.token}"}
     r = requests.post(
-        server.url("/_matrix/client/v3/createRoom"), json={"room_alias_name": alice.localpart}, headers=a, timeout=10
+        server.url("/_matrix/client/v3/createRoom"),
+        json={"room_alias_name": alice.localpart},
+        headers=a,
+        timeout=10,
     )
     room = r.json()["room_id"]
     path = f"{UNSTABLE}/org.matrix.msc2432/rooms/{quote(room)}/aliases"
@@ -181,7 +191,9 @@ def test_msc2432_aliases_and_unstable_relations(server: ServerProcess) -> None:
         headers=a,
         timeout=10,
     ).json()["event_id"]
-    r = requests.get(server.url(f"{UNSTABLE}/rooms/{quote(room)}/relations/{quote(root)}"), headers=a, timeout=10)
+    r = requests.get(
+        server.url(f"{UNSTABLE}/rooms/{quote(room)}/relations/{quote(root)}"), headers=a, timeout=10
+    )
     assert r.status_code == 200, r.text
     assert [e["event_id"] for e in r.json()["chunk"]] == [reply]
     r = requests.get(
@@ -214,7 +226,9 @@ def test_r0_upload_and_config_need_a_token(media_server: ServerProcess) -> None:
     mxc = r.json()["content_uri"]
     # What was uploaded through r0 downloads through authenticated media, to its uploader.
     r = requests.get(
-        media_server.url(f"/_matrix/client/v1/media/download/{media_path(mxc)}"), headers=auth(user.token), timeout=10
+        media_server.url(f"/_matrix/client/v1/media/download/{media_path(mxc)}"),
+        headers=auth(user.token),
+        timeout=10,
     )
     assert r.status_code == 200 and r.content == jpeg(40, 30)
 
@@ -228,7 +242,9 @@ def test_r0_upload_and_config_need_a_token(media_server: ServerProcess) -> None:
     assert error_of(r) == (413, "M_TOO_LARGE")
 
 
-def test_r0_download_follows_the_legacy_switch(media_server: ServerProcess, legacy_server: ServerProcess) -> None:
+def test_r0_download_follows_the_legacy_switch(
+    media_server: ServerProcess, legacy_server: ServerProcess
+) -> None:
     # Off (the default): unauthenticated downloads are not served under r0 either.
     user = new_user(media_server, "r0off")
     mxc = upload_ok(media_server, user.token, jpeg(16, 16), "image/jpeg")
@@ -250,12 +266,16 @@ def test_r0_download_follows_the_legacy_switch(media_server: ServerProcess, lega
     assert r.status_code == 200 and r.headers["Content-Type"].startswith("image/")
     r = requests.get(legacy_server.url(f"{R0_MEDIA}/download/{legacy_server.server_name}/nope"), timeout=10)
     assert error_of(r) == (404, "M_NOT_FOUND")
-    r = requests.get(legacy_server.url(f"{R0_MEDIA}/thumbnail/{media_path(mxc)}?width=0&height=8"), timeout=10)
+    r = requests.get(
+        legacy_server.url(f"{R0_MEDIA}/thumbnail/{media_path(mxc)}?width=0&height=8"), timeout=10
+    )
     assert error_of(r) == (400, "M_INVALID_PARAM")
 
 
 def test_r0_preview_url_needs_a_token(media_server: ServerProcess) -> None:
-    r = requests.get(media_server.url(f"{R0_MEDIA}/preview_url"), params={"url": "http://127.0.0.2/"}, timeout=10)
+    r = requests.get(
+        media_server.url(f"{R0_MEDIA}/preview_url"), params={"url": "http://127.0.0.2/"}, timeout=10
+    )
     assert error_of(r) == (401, "M_MISSING_TOKEN")
     user = new_user(media_server, "r0prev")
     r = requests.get(media_server.url(f"{R0_MEDIA}/preview_url"), headers=auth(user.token), timeout=10)

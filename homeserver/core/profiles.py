@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from homeserver.errors import BadJson, Forbidden, NotFound, Unrecognized
 from homeserver.storage import Storage
+
+if TYPE_CHECKING:
+    from homeserver.core.rooms import RoomService
+    from homeserver.core.timeline_cache import TimelineCache
 
 FIELDS = ("displayname", "avatar_url")
 _MAX_LENGTH = {"displayname": 256, "avatar_url": 1000}
@@ -17,8 +21,10 @@ def _check_field(field: str) -> None:
 
 
 class ProfileService:
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: Storage, rooms: "RoomService", timeline: "TimelineCache") -> None:
         self.storage = storage
+        self.rooms = rooms
+        self.timeline = timeline
 
     async def get(self, user_id: str) -> dict[str, Any]:
         """The fields that are set, or M_NOT_FOUND for an unknown user."""
@@ -46,3 +52,18 @@ class ProfileService:
         if field == "avatar_url" and value and not value.startswith("mxc://"):
             raise BadJson("'avatar_url' must be an mxc:// URI")
         await self.storage.accounts.set_profile_field(user_id, field, value or None)
+        await self._propagate(user_id)
+
+    async def delete_field(self, requester: str, user_id: str, field: str) -> None:
+        """`DELETE /profile/{userId}/{keyName}` (v1.16): clear one field of one's own profile."""
+        _check_field(field)
+        if requester != user_id:
+            raise Forbidden("You may only change your own profile")
+        await self.storage.accounts.set_profile_field(user_id, field, None)
+        await self._propagate(user_id)
+
+    async def _propagate(self, user_id: str) -> None:
+        """New member events in every room the user is joined to, so the members see it."""
+        memberships = await self.timeline.rooms_for_user(user_id)
+        joined = sorted(room_id for room_id, (m, _) in memberships.items() if m == "join")
+        await self.rooms.update_member_profiles(user_id, joined)

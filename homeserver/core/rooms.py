@@ -10,6 +10,8 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet.defer import Deferred, gatherResults
+
 from homeserver.core.account_data import AccountDataService
 from homeserver.core.events import EventService
 from homeserver.core.join_rules import KNOCK_JOIN_RULES, RESTRICTED_JOIN_RULES, allowed_room_ids, join_rule
@@ -71,6 +73,10 @@ def check_user_id(value: object, what: str = "user_id") -> str:
     if not isinstance(value, str) or not _USER_ID_RE.fullmatch(value) or len(value) > 255:
         raise MatrixError(f"'{what}' must be a user id", "M_INVALID_PARAM")
     return value
+
+
+# Rooms whose member events one profile change builds before waiting for their commit.
+_PROFILE_CHUNK = 100
 
 
 class RoomService:
@@ -283,6 +289,35 @@ class RoomService:
         event = self.events.build(head, sender, "m.room.member", content, target)
         await self.events.persist(head, [event])
         return event
+
+    async def update_member_profiles(self, user_id: str, room_ids: list[str]) -> int:
+        """Rewrite `user_id`'s join event in each room with their current display name and
+        avatar (spec: "Events on Change of Profile Information"), so the other members see
+        the change. Rooms go in chunks whose events are built at once and persisted
+        together (one group commit per chunk), so a user in hundreds of rooms costs a few
+        commits, not hundreds. A room that refuses the event (its rules changed) is skipped.
+        Returns how many member events were sent."""
+        profile = await self._profile_content(user_id)
+        sent = 0
+        for start in range(0, len(room_ids), _PROFILE_CHUNK):
+            writes = []
+            for room_id in room_ids[start : start + _PROFILE_CHUNK]:
+                head = await self.events.heads.get(room_id)
+                if head is None or head.membership(user_id) != "join":
+                    continue
+                current = dict(head.content("m.room.member", user_id))
+                content = {k: v for k, v in current.items() if k not in ("displayname", "avatar_url")}
+                content.update(profile)
+                if content == current:
+                    continue
+                try:
+                    event = self.events.build(head, user_id, "m.room.member", content, user_id)
+                except MatrixError:
+                    continue
+                writes.append(Deferred.fromCoroutine(self.events.persist(head, [event])))
+            await gatherResults(writes, consumeErrors=True)
+            sent += len(writes)
+        return sent
 
     async def invite(self, sender: str, room_id: str, target: str, reason: str | None = None) -> None:
         check_user_id(target)

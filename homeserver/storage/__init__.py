@@ -10,6 +10,7 @@ from homeserver.storage.database import Database, engine_from_url
 from homeserver.storage.devices import DeviceStore
 from homeserver.storage.e2ee import E2eeStore
 from homeserver.storage.events import EventStore
+from homeserver.storage.openid import OpenIdStore
 from homeserver.storage.pushers import PusherStore
 from homeserver.storage.rooms import RoomStore
 from homeserver.storage.stream_consumers import StreamConsumerStore
@@ -30,6 +31,7 @@ class Storage:
         self.e2ee = E2eeStore(db)
         self.stream_consumers = StreamConsumerStore(db)
         self.pushers = PusherStore(db)
+        self.openid = OpenIdStore(db)
 
     @classmethod
     def from_url(cls, url: str, pool_min: int = 2, pool_max: int = 10, reactor: Any = None) -> "Storage":

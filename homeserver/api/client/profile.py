@@ -26,6 +26,12 @@ def register(router: Router, hs: "HomeServer") -> None:
         await profiles.set_field(requester.user_id, user_id, field, request.json_body().get(field))
         return {}
 
+    async def delete_field(request: ApiRequest, version: str, user_id: str, field: str) -> dict[str, Any]:
+        requester = await require_user(hs, request)
+        await profiles.delete_field(requester.user_id, user_id, field)
+        return {}
+
     router.add("GET", f"{CLIENT}/profile/{{user_id}}", get_profile)
+    router.add("DELETE", f"{CLIENT}/profile/{{user_id}}/{{field}}", delete_field)
     router.add("GET", f"{CLIENT}/profile/{{user_id}}/{{field}}", get_field)
     router.add("PUT", f"{CLIENT}/profile/{{user_id}}/{{field}}", set_field)
