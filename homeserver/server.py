@@ -24,6 +24,7 @@ from homeserver.api.client import (
     pushers,
     room_events,
     rooms,
+    sliding_sync,
     spaces,
     sync,
     tags,
@@ -70,6 +71,7 @@ from homeserver.core.room_preview import RoomPreview
 from homeserver.core.room_tags import TagService
 from homeserver.core.room_upgrade import RoomUpgrader
 from homeserver.core.rooms import RoomService
+from homeserver.core.sliding_sync import SlidingSyncService
 from homeserver.core.spaces import SpaceService
 from homeserver.core.sync import SyncService
 from homeserver.core.timeline_cache import TimelineCache
@@ -180,6 +182,7 @@ class HomeServer:
             spaces,
             tags,
             sync,
+            sliding_sync,
             user_data,
             push_rules,
             keys,
@@ -248,6 +251,21 @@ class HomeServer:
             self.keys,
             lambda: self.stream.position,
         )
+        self.sliding_sync = SlidingSyncService(
+            self.storage,
+            self.clock,
+            self.notifier,
+            self.room_heads,
+            self.timeline,
+            self.rooms,
+            self.receipts,
+            self.typing,
+            self.account_data,
+            self.delivery,
+            self.unread,
+            self.keys,
+            self.sync,
+        )
         self.notifications = NotificationService(
             self.storage,
             self.room_heads,
@@ -273,6 +291,7 @@ class HomeServer:
         # the notifier last, so a woken sync finds the events in them.
         self.stream.add_inline("timeline", self.timeline.on_committed)
         self.stream.add_inline("sync", self.sync.on_committed)
+        self.stream.add_inline("sliding_sync", self.sliding_sync.on_committed)
         self.stream.add_inline("unread", self.unread.on_committed)
         self.stream.add_inline("notifier", self.notifier.on_events_committed)
 

@@ -323,6 +323,18 @@ class SyncService:
                         left.add(member)
         return changed - left, left - {user_id}
 
+    async def device_list_delta(
+        self, user_id: str, since: SyncToken, upto: SyncToken, joined: list[str]
+    ) -> tuple[set[str], set[str]]:
+        """(changed, left) between two tokens, as /sync's device_lists (for sliding sync's e2ee)."""
+        return await self._device_lists(SyncRequest(user_id, "", since, 0, SyncFilter()), since, upto, joined)
+
+    async def global_account_data(
+        self, user_id: str, since: SyncToken | None, upto: SyncToken
+    ) -> list[dict[str, Any]]:
+        """/sync's global account data events, unfiltered (for sliding sync's account_data)."""
+        return await self._global_account_data(SyncRequest(user_id, "", since, 0, SyncFilter()), upto)
+
     async def device_list_changes(self, user_id: str, from_token: str, to_token: str) -> dict[str, Any]:
         """GET /keys/changes: the device_lists of a sync from `from_token` to `to_token`."""
         since, upto = SyncToken.parse(from_token), SyncToken.parse(to_token)
@@ -445,8 +457,12 @@ class SyncService:
         }
 
     def _encode(self, ev: StoredEvent, head: RoomHead, req: SyncRequest) -> RawJson:
+        return self.encode_for(ev, head, req.user_id, req.device_id)
+
+    def encode_for(self, ev: StoredEvent, head: RoomHead, user_id: str, device_id: str) -> RawJson:
+        """A timeline event as one device sees it (its own sends carry their transaction id)."""
         txn = self._recent_txns.get(ev.event_id)
-        if txn is not None and txn[0] == req.user_id and txn[1] == req.device_id:
+        if txn is not None and txn[0] == user_id and txn[1] == device_id:
             return RawJson(
                 dumps_text(
                     client_event(

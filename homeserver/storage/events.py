@@ -394,6 +394,21 @@ class EventStore:
         )
         return [_row_to_event(r) for r in rows]
 
+    async def last_positions_of_types(self, room_ids: Sequence[str], types: Sequence[str]) -> dict[str, int]:
+        """Each room's newest position of an event of one of `types` (sliding sync's bump stamps)."""
+        if not room_ids or not types:
+            return {}
+        rooms = ",".join("?" * len(room_ids))
+        kinds = ",".join("?" * len(types))
+        rows = await self.db.query(
+            "last_positions_of_types",
+            f"SELECT room_id, MAX(stream_ordering) FROM events WHERE room_id IN ({rooms})"
+            f" AND type IN ({kinds}) GROUP BY room_id",
+            *room_ids,
+            *types,
+        )
+        return {r[0]: int(r[1]) for r in rows}
+
     async def recent_events_for_rooms(
         self, room_ids: Sequence[str], upto: int, limit: int
     ) -> dict[str, list[StoredEvent]]:

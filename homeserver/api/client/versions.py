@@ -36,6 +36,8 @@ def unstable_features(encrypt_by_default: str) -> dict[str, bool]:
         "io.element.e2ee_forced.public": encrypt_by_default == "all",
         "io.element.e2ee_forced.private": private,
         "io.element.e2ee_forced.trusted_private": private,
+        # Simplified sliding sync (MSC4186), the only sync Element X speaks.
+        "org.matrix.simplified_msc3575": True,
     }
 
 

@@ -1,0 +1,174 @@
+"""POST /_matrix/client/unstable/org.matrix.simplified_msc3575/sync (MSC4186, simplified
+sliding sync): parse the request, call core/sliding_sync.py, render.
+
+Fields of the wrong type are M_BAD_JSON and out-of-range values M_INVALID_PARAM; keys
+this server does not know are ignored (the MSC still grows, and Element X sends some of
+them), as /sync ignores unknown filter keys.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from homeserver.api.auth import require_user
+from homeserver.api.http import ApiRequest, Response, Router
+from homeserver.api.validate import optional
+from homeserver.core.sliding_sync import (
+    MAX_TIMELINE_LIMIT,
+    Extensions,
+    ListFilters,
+    ListRequest,
+    RoomConfig,
+    SlidingSyncRequest,
+)
+from homeserver.errors import BadJson, InvalidParam
+
+if TYPE_CHECKING:
+    from homeserver.server import HomeServer
+
+PATH = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync"
+MAX_LISTS = 100
+MAX_RANGES = 100
+MAX_SUBSCRIPTIONS = 1000
+MAX_REQUIRED_STATE = 1000
+MAX_RANGE_END = 2**31
+
+
+def _object(body: dict[str, Any], key: str) -> dict[str, Any]:
+    return optional(body, key, dict) or {}
+
+
+def _room_config(body: dict[str, Any], where: str) -> RoomConfig:
+    pairs = optional(body, "required_state", list) or []
+    if len(pairs) > MAX_REQUIRED_STATE:
+        raise InvalidParam(f"{where}: too many 'required_state' entries")
+    required: list[tuple[str, str]] = []
+    for pair in pairs:
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+            raise BadJson(f"{where}: 'required_state' entries must be [type, state_key] strings")
+        if (pair[0], pair[1]) not in required:
+            required.append((pair[0], pair[1]))
+    limit = optional(body, "timeline_limit", int, 0) or 0
+    if limit < 0:
+        raise InvalidParam(f"{where}: 'timeline_limit' must not be negative")
+    return RoomConfig(tuple(required), min(limit, MAX_TIMELINE_LIMIT))
+
+
+def _optional_bool(body: dict[str, Any], key: str) -> bool | None:
+    return optional(body, key, bool)
+
+
+def _room_types(body: dict[str, Any], key: str) -> tuple[str | None, ...] | None:
+    values = optional(body, key, list)
+    if values is None:
+        return None
+    if not all(v is None or isinstance(v, str) for v in values):
+        raise BadJson(f"'{key}' must hold room types (strings, or null for rooms without one)")
+    return tuple(values)
+
+
+def _list(name: str, body: Any) -> ListRequest:
+    if not isinstance(body, dict):
+        raise BadJson(f"list '{name}' must be an object")
+    ranges_in = optional(body, "ranges", list) or []
+    if len(ranges_in) > MAX_RANGES:
+        raise InvalidParam(f"list '{name}': too many ranges")
+    ranges: list[tuple[int, int]] = []
+    for item in ranges_in:
+        if not (
+            isinstance(item, list)
+            and len(item) == 2
+            and all(isinstance(n, int) and not isinstance(n, bool) for n in item)
+        ):
+            raise BadJson(f"list '{name}': each range must be [start, end] integers")
+        start, end = item
+        if start < 0 or end < start or end > MAX_RANGE_END:
+            raise InvalidParam(f"list '{name}': a range needs 0 <= start <= end")
+        ranges.append((start, end))
+    filters = _object(body, "filters")
+    return ListRequest(
+        ranges=tuple(ranges),
+        config=_room_config(body, f"list '{name}'"),
+        filters=ListFilters(
+            is_dm=_optional_bool(filters, "is_dm"),
+            is_encrypted=_optional_bool(filters, "is_encrypted"),
+            is_invite=_optional_bool(filters, "is_invite"),
+            room_types=_room_types(filters, "room_types"),
+            not_room_types=_room_types(filters, "not_room_types") or (),
+        ),
+    )
+
+
+def _enabled(extensions: dict[str, Any], name: str) -> tuple[bool, dict[str, Any]]:
+    ext = _object(extensions, name)
+    return bool(optional(ext, "enabled", bool, False)), ext
+
+
+def _extensions(body: dict[str, Any]) -> Extensions:
+    extensions = _object(body, "extensions")
+    to_device, to_device_ext = _enabled(extensions, "to_device")
+    since_text = optional(to_device_ext, "since", str)
+    since: int | None = None
+    if since_text is not None:
+        if not (since_text.isascii() and since_text.isdigit() and len(since_text) <= 15):
+            raise InvalidParam("'extensions.to_device.since' must be a next_batch of this server")
+        since = int(since_text)
+    return Extensions(
+        to_device=to_device,
+        to_device_since=since,
+        e2ee=_enabled(extensions, "e2ee")[0],
+        account_data=_enabled(extensions, "account_data")[0],
+        receipts=_enabled(extensions, "receipts")[0],
+        typing=_enabled(extensions, "typing")[0],
+    )
+
+
+def parse_request(
+    user_id: str, device_id: str, pos: str | None, timeout_ms: int, body: Any
+) -> SlidingSyncRequest:
+    if not isinstance(body, dict):
+        raise BadJson("The body must be a JSON object")
+    lists_in = _object(body, "lists")
+    if len(lists_in) > MAX_LISTS:
+        raise InvalidParam("Too many lists")
+    subscriptions_in = _object(body, "room_subscriptions")
+    if len(subscriptions_in) > MAX_SUBSCRIPTIONS:
+        raise InvalidParam("Too many room subscriptions")
+    subscriptions: dict[str, RoomConfig] = {}
+    for room_id, config in subscriptions_in.items():
+        if not isinstance(config, dict):
+            raise BadJson(f"room subscription '{room_id}' must be an object")
+        if not room_id.startswith("!"):
+            raise InvalidParam(f"'{room_id}' is not a room id")
+        subscriptions[room_id] = _room_config(config, f"room subscription '{room_id}'")
+    return SlidingSyncRequest(
+        user_id=user_id,
+        device_id=device_id,
+        conn_id=optional(body, "conn_id", str, "") or "",
+        pos=pos,
+        timeout_ms=timeout_ms,
+        lists={name: _list(name, value) for name, value in lists_in.items()},
+        subscriptions=subscriptions,
+        extensions=_extensions(body),
+    )
+
+
+def register(router: Router, hs: "HomeServer") -> None:
+    async def sliding_sync(request: ApiRequest) -> Response:
+        requester = await require_user(hs, request)
+        timeout = request.int_param("timeout", 0)
+        if timeout < 0:
+            raise InvalidParam("'timeout' must not be negative")
+        req = parse_request(
+            requester.user_id,
+            requester.device_id,
+            request.query_param("pos") or None,
+            timeout,
+            request.json_body(),
+        )
+        # A long-poll may wait minutes: it needs nothing more from the request's head.
+        request.forget_head()
+        body = await hs.sliding_sync.sync(req)
+        return Response(body.encode("utf-8"), 200, b"application/json")
+
+    router.add("POST", PATH, sliding_sync)

@@ -1,0 +1,329 @@
+"""Simplified sliding sync (MSC4186) against a real server, requests checked against the MSC's
+shapes: lists sorted by recency with ranges and filters, required_state with $LAZY / $ME / *,
+timeline limits, subscriptions, pos and long-polling, and the extensions. matrix-js-sdk's
+SlidingSync drives it too (tests/test_js_sdk.py, sliding_sync.mjs)."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from typing import Any
+
+import requests
+from conftest import ServerProcess
+
+CS = "/_matrix/client/v3"
+SS = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync"
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def ss(server: ServerProcess, token: str, body: dict[str, Any], **params: Any) -> dict[str, Any]:
+    r = requests.post(server.url(SS), json=body, params=params, headers=auth(token), timeout=30)
+    assert r.status_code == 200, r.text
+    result: dict[str, Any] = r.json()
+    return result
+
+
+def post(server: ServerProcess, token: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    r = requests.post(server.url(path), json=body, headers=auth(token), timeout=10)
+    assert r.status_code == 200, r.text
+    result: dict[str, Any] = r.json()
+    return result
+
+
+def put(server: ServerProcess, token: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    r = requests.put(server.url(path), json=body, headers=auth(token), timeout=10)
+    assert r.status_code == 200, r.text
+    result: dict[str, Any] = r.json()
+    return result
+
+
+def send(server: ServerProcess, token: str, room_id: str, body: str) -> str:
+    path = f"{CS}/rooms/{room_id}/send/m.room.message/{secrets.token_hex(6)}"
+    return str(put(server, token, path, {"msgtype": "m.text", "body": body})["event_id"])
+
+
+def users(server: ServerProcess, n: int) -> list[dict[str, Any]]:
+    tag = secrets.token_hex(4)
+    return [server.register(f"ss{i}_{tag}") for i in range(n)]
+
+
+ALL = {"ranges": [[0, 99]], "timeline_limit": 2, "required_state": [["m.room.create", ""]]}
+
+
+def test_versions_advertise_simplified_sliding_sync(server: ServerProcess) -> None:
+    body = requests.get(server.url("/_matrix/client/versions"), timeout=10).json()
+    assert body["unstable_features"]["org.matrix.simplified_msc3575"] is True
+
+
+def test_lists_sorted_by_recency_with_ranges_and_room_fields(any_server: ServerProcess) -> None:
+    s = any_server
+    alice, bob = users(s, 2)
+    a, b = alice["access_token"], bob["access_token"]
+    rooms = []
+    for i in range(3):
+        room = post(s, a, f"{CS}/createRoom", {"name": f"room {i}", "preset": "public_chat"})["room_id"]
+        post(s, b, f"{CS}/join/{room}", {})
+        rooms.append(room)
+    for i in range(3):
+        send(s, a, rooms[i], f"hello {i}")
+    # A new topic in room 0: a state change, which must not move the room up.
+    put(s, a, f"{CS}/rooms/{rooms[0]}/state/m.room.topic/", {"topic": "quiet"})
+    send(s, b, rooms[1], "latest activity")
+
+    body = {
+        "lists": {
+            "all": {
+                "ranges": [[0, 1]],
+                "timeline_limit": 1,
+                "required_state": [["m.room.name", ""], ["m.room.member", "$LAZY"]],
+            }
+        }
+    }
+    first = ss(s, b, body)
+    assert first["lists"]["all"]["count"] == 3
+    # Newest activity first; the window [0, 1] holds the two most recent rooms only.
+    assert set(first["rooms"]) == {rooms[1], rooms[2]}
+    r1 = first["rooms"][rooms[1]]
+    assert r1["initial"] is True
+    assert r1["name"] == "room 1"
+    assert r1["joined_count"] == 2 and r1["invited_count"] == 0
+    assert [ev["content"]["body"] for ev in r1["timeline"]] == ["latest activity"]
+    assert r1["limited"] is True and r1["prev_batch"]
+    assert r1["bump_stamp"] > first["rooms"][rooms[2]]["bump_stamp"]
+    # $LAZY: the member event of the timeline's sender, and the name.
+    state = {(ev["type"], ev["state_key"]) for ev in r1["required_state"]}
+    assert state == {("m.room.name", ""), ("m.room.member", bob["user_id"])}
+    # Alice's message in room 2 notifies Bob: counts from his push rules.
+    assert first["rooms"][rooms[2]]["notification_count"] == 1
+    assert "pos" in first and first["extensions"] == {}
+
+    # Incremental: only the room with news, not initial, its new event counted live.
+    send(s, a, rooms[0], "room 0 wakes up")
+    second = ss(s, b, body, pos=first["pos"])
+    assert set(second["rooms"]) == {rooms[0]}
+    r0 = second["rooms"][rooms[0]]
+    assert r0.get("initial") is True  # scrolled into the window: new to the client
+    third_body = ss(s, b, body, pos=second["pos"], timeout=0)
+    assert third_body["rooms"] == {}
+    send(s, a, rooms[0], "again")
+    third = ss(s, b, body, pos=third_body["pos"])
+    r0 = third["rooms"][rooms[0]]
+    assert "initial" not in r0
+    assert [ev["content"]["body"] for ev in r0["timeline"]] == ["again"]
+    assert r0["num_live"] == 1 and r0["limited"] is False
+    # Only what changed in required_state: Alice's member event ($LAZY, she sent it).
+    assert [(ev["type"], ev["state_key"]) for ev in r0["required_state"]] == [
+        ("m.room.member", alice["user_id"])
+    ]
+
+
+def test_required_state_wildcards_and_me(server: ServerProcess) -> None:
+    s = server
+    alice, bob = users(s, 2)
+    a = alice["access_token"]
+    room = post(s, a, f"{CS}/createRoom", {"name": "wild", "invite": [bob["user_id"]]})["room_id"]
+
+    def room_state(required: list[list[str]]) -> set[tuple[str, str]]:
+        got = ss(s, a, {"room_subscriptions": {room: {"required_state": required, "timeline_limit": 0}}})
+        return {(ev["type"], ev["state_key"]) for ev in got["rooms"][room]["required_state"]}
+
+    everything = room_state([["*", "*"]])
+    assert ("m.room.create", "") in everything and ("m.room.member", bob["user_id"]) in everything
+    assert room_state([["m.room.member", "*"]]) == {
+        ("m.room.member", alice["user_id"]),
+        ("m.room.member", bob["user_id"]),
+    }
+    assert room_state([["m.room.member", "$ME"]]) == {("m.room.member", alice["user_id"])}
+    assert room_state([["m.room.topic", ""]]) == set()
+
+
+def test_filters_invites_dms_encryption_and_types(server: ServerProcess) -> None:
+    s = server
+    alice, bob = users(s, 2)
+    a, b = alice["access_token"], bob["access_token"]
+    dm = post(
+        s,
+        a,
+        f"{CS}/createRoom",
+        {"is_direct": True, "invite": [bob["user_id"]], "preset": "trusted_private_chat"},
+    )["room_id"]
+    post(s, b, f"{CS}/join/{dm}", {})
+    put(s, b, f"{CS}/user/{bob['user_id']}/account_data/m.direct", {alice["user_id"]: [dm]})
+    plain = post(s, a, f"{CS}/createRoom", {"preset": "public_chat"})["room_id"]
+    post(s, b, f"{CS}/join/{plain}", {})
+    space = post(
+        s, a, f"{CS}/createRoom", {"preset": "public_chat", "creation_content": {"type": "m.space"}}
+    )["room_id"]
+    post(s, b, f"{CS}/join/{space}", {})
+    invite = post(s, a, f"{CS}/createRoom", {"name": "come in", "invite": [bob["user_id"]]})["room_id"]
+    put(s, a, f"{CS}/rooms/{plain}/state/m.room.encryption/", {"algorithm": "m.megolm.v1.aes-sha2"})
+
+    def listed(filters: dict[str, Any]) -> set[str]:
+        got = ss(s, b, {"lists": {"l": {"ranges": [[0, 20]], "filters": filters}}})
+        assert got["lists"]["l"]["count"] == len(got["rooms"])
+        return set(got["rooms"])
+
+    assert listed({}) == {dm, plain, space, invite}
+    assert listed({"is_dm": True}) == {dm}
+    assert listed({"is_invite": True}) == {invite}
+    assert listed({"is_invite": False, "is_dm": False}) == {plain, space}
+    encrypted = listed({"is_encrypted": True})
+    assert plain in encrypted and space not in encrypted
+    assert listed({"room_types": ["m.space"]}) == {space}
+    assert listed({"not_room_types": ["m.space"], "is_invite": False}) == {dm, plain}
+    got = ss(s, b, {"lists": {"l": {"ranges": [[0, 20]], "filters": {"is_invite": True}}}})
+    entry = got["rooms"][invite]
+    assert entry["initial"] is True and "timeline" not in entry
+    names = [ev["content"].get("name") for ev in entry["invite_state"] if ev["type"] == "m.room.name"]
+    assert names == ["come in"]
+
+
+def test_long_poll_wakes_on_a_message_and_times_out_empty(server: ServerProcess) -> None:
+    s = server
+    alice, bob = users(s, 2)
+    a, b = alice["access_token"], bob["access_token"]
+    room = post(s, a, f"{CS}/createRoom", {"preset": "public_chat"})["room_id"]
+    post(s, b, f"{CS}/join/{room}", {})
+    body = {"lists": {"all": ALL}}
+    first = ss(s, b, body)
+    started = time.monotonic()
+    empty = ss(s, b, body, pos=first["pos"], timeout=300)
+    assert time.monotonic() - started >= 0.3 and empty["rooms"] == {}
+
+    answer: dict[str, Any] = {}
+
+    def wait() -> None:
+        answer.update(ss(s, b, body, pos=empty["pos"], timeout=20_000))
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    time.sleep(0.3)  # let the long-poll start waiting (the test holds either way: it only waits longer)
+    send(s, a, room, "wake up")
+    waiter.join(15)
+    assert [ev["content"]["body"] for ev in answer["rooms"][room]["timeline"]] == ["wake up"]
+
+
+def test_unknown_pos_and_bad_requests(server: ServerProcess) -> None:
+    s = server
+    (alice,) = users(s, 1)
+    a = alice["access_token"]
+    r = requests.post(s.url(SS), json={}, params={"pos": "123456789"}, headers=auth(a), timeout=10)
+    assert r.status_code == 400 and r.json()["errcode"] == "M_UNKNOWN_POS"
+    for bad, code in (
+        ({"lists": {"l": {"ranges": [[5, 1]]}}}, "M_INVALID_PARAM"),
+        ({"lists": {"l": {"ranges": "0-10"}}}, "M_BAD_JSON"),
+        ({"lists": {"l": {"ranges": [[0, 1]], "required_state": [["m.room.name"]]}}}, "M_BAD_JSON"),
+        ({"lists": {"l": {"ranges": [[0, 1]], "timeline_limit": -1}}}, "M_INVALID_PARAM"),
+        ({"lists": {"l": {"filters": {"is_dm": "yes"}}}}, "M_BAD_JSON"),
+        ({"room_subscriptions": {"not-a-room": {}}}, "M_INVALID_PARAM"),
+        ({"extensions": {"to_device": {"enabled": True, "since": "abc"}}}, "M_INVALID_PARAM"),
+    ):
+        r = requests.post(s.url(SS), json=bad, headers=auth(a), timeout=10)
+        assert r.status_code == 400 and r.json()["errcode"] == code, (bad, r.text)
+    r = requests.post(s.url(SS), json={})
+    assert r.status_code == 401
+
+
+def test_subscriptions_of_non_members_and_left_members(server: ServerProcess) -> None:
+    s = server
+    alice, bob, eve = users(s, 3)
+    a, b, e = alice["access_token"], bob["access_token"], eve["access_token"]
+    room = post(s, a, f"{CS}/createRoom", {"preset": "public_chat", "name": "secretive"})["room_id"]
+    put(s, a, f"{CS}/rooms/{room}/state/m.room.history_visibility/", {"history_visibility": "joined"})
+    post(s, b, f"{CS}/join/{room}", {})
+    send(s, a, room, "while bob is here")
+    post(s, b, f"{CS}/rooms/{room}/leave", {})
+    send(s, a, room, "after bob left")
+    put(s, a, f"{CS}/rooms/{room}/state/m.room.name/", {"name": "renamed later"})
+
+    sub = {"room_subscriptions": {room: {"timeline_limit": 10, "required_state": [["*", "*"]]}}}
+    # Eve was never in the room: nothing about it.
+    assert ss(s, e, sub)["rooms"] == {}
+    # Bob left: he sees the room as it was up to his leave, never what came after.
+    seen = ss(s, b, sub)["rooms"][room]
+    bodies = [ev["content"].get("body") for ev in seen["timeline"]]
+    assert "while bob is here" in bodies and "after bob left" not in bodies
+    assert seen["timeline"][-1]["type"] == "m.room.member"
+    assert seen["timeline"][-1]["content"]["membership"] == "leave"
+    assert seen["name"] != "renamed later"
+    names = [ev["content"]["name"] for ev in seen["required_state"] if ev["type"] == "m.room.name"]
+    assert names == ["secretive"]
+    # Nor does the list show a room he left before the connection started.
+    assert room not in ss(s, b, {"lists": {"all": ALL}})["rooms"]
+
+
+def test_leaving_is_shown_once_to_a_connection_that_had_the_room(server: ServerProcess) -> None:
+    s = server
+    alice, bob = users(s, 2)
+    a, b = alice["access_token"], bob["access_token"]
+    room = post(s, a, f"{CS}/createRoom", {"preset": "public_chat"})["room_id"]
+    post(s, b, f"{CS}/join/{room}", {})
+    body = {"lists": {"all": ALL}}
+    first = ss(s, b, body)
+    assert room in first["rooms"]
+    r = requests.post(
+        s.url(f"{CS}/rooms/{room}/kick"), json={"user_id": bob["user_id"]}, headers=auth(a), timeout=10
+    )
+    assert r.ok
+    send(s, a, room, "after the kick")
+    second = ss(s, b, body, pos=first["pos"])
+    timeline = second["rooms"][room]["timeline"]
+    assert timeline[-1]["content"]["membership"] == "leave"
+    assert all(ev["content"].get("body") != "after the kick" for ev in timeline)
+    third = ss(s, b, body, pos=second["pos"])
+    assert room not in third["rooms"] and third["lists"]["all"]["count"] == 0
+
+
+def test_extensions(server: ServerProcess) -> None:
+    s = server
+    alice, bob = users(s, 2)
+    a, b = alice["access_token"], bob["access_token"]
+    room = post(s, a, f"{CS}/createRoom", {"preset": "public_chat"})["room_id"]
+    post(s, b, f"{CS}/join/{room}", {})
+    event_id = send(s, a, room, "read me")
+    post(s, a, f"{CS}/rooms/{room}/receipt/m.read/{event_id}", {})
+    put(s, b, f"{CS}/user/{bob['user_id']}/account_data/org.example.global", {"g": 1})
+    put(s, b, f"{CS}/user/{bob['user_id']}/rooms/{room}/account_data/org.example.room", {"r": 1})
+    put(s, a, f"{CS}/rooms/{room}/typing/{alice['user_id']}", {"typing": True, "timeout": 30000})
+    put(
+        s,
+        a,
+        f"{CS}/sendToDevice/org.example.ping/{secrets.token_hex(4)}",
+        {"messages": {bob["user_id"]: {bob["device_id"]: {"n": 1}}}},
+    )
+    exts = {name: {"enabled": True} for name in ("to_device", "e2ee", "account_data", "receipts", "typing")}
+    body = {"lists": {"all": ALL}, "extensions": exts}
+    first = ss(s, b, body)
+    ext = first["extensions"]
+    assert [m["content"] for m in ext["to_device"]["events"]] == [{"n": 1}]
+    assert ext["e2ee"]["device_one_time_keys_count"]["signed_curve25519"] == 0
+    assert ext["e2ee"]["device_unused_fallback_key_types"] == []
+    assert {"type": "org.example.global", "content": {"g": 1}} in ext["account_data"]["global"]
+    assert any(e["type"] == "m.push_rules" for e in ext["account_data"]["global"])
+    assert ext["account_data"]["rooms"][room] == [{"type": "org.example.room", "content": {"r": 1}}]
+    receipt = ext["receipts"]["rooms"][room]
+    assert receipt["type"] == "m.receipt" and alice["user_id"] in receipt["content"][event_id]["m.read"]
+    assert ext["typing"]["rooms"][room]["content"]["user_ids"] == [alice["user_id"]]
+
+    # to_device: the same messages until acknowledged through `since`, then deleted.
+    again = ss(s, b, body)["extensions"]["to_device"]
+    assert [m["content"] for m in again["events"]] == [{"n": 1}]
+    exts["to_device"] = {"enabled": True, "since": again["next_batch"]}
+    acked = ss(s, b, body, pos=first["pos"])
+    assert acked["extensions"]["to_device"]["events"] == []
+    exts["to_device"] = {"enabled": True}
+    assert ss(s, b, body)["extensions"]["to_device"]["events"] == []
+
+    # e2ee device lists: Alice uploads a new device key, Bob shares a room: changed.
+    carol = s.register(f"ss_c_{secrets.token_hex(3)}")
+    post(s, carol["access_token"], f"{CS}/join/{room}", {})
+    later = ss(s, b, body, pos=acked["pos"])
+    assert carol["user_id"] in later["extensions"]["e2ee"]["device_lists"]["changed"]
+    put(s, a, f"{CS}/rooms/{room}/typing/{alice['user_id']}", {"typing": False})
+    stopped = ss(s, b, body, pos=later["pos"])
+    assert stopped["extensions"]["typing"]["rooms"][room]["content"]["user_ids"] == []
