@@ -12,6 +12,7 @@ from typing import Any
 
 import requests
 from conftest import ServerProcess
+from js_runner import node_or_skip, run_script
 
 CS = "/_matrix/client/v3"
 SS = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync"
@@ -327,3 +328,24 @@ def test_extensions(server: ServerProcess) -> None:
     put(s, a, f"{CS}/rooms/{room}/typing/{alice['user_id']}", {"typing": False})
     stopped = ss(s, b, body, pos=later["pos"])
     assert stopped["extensions"]["typing"]["rooms"][room]["content"]["user_ids"] == []
+
+
+def test_matrix_js_sdk_sliding_sync(server: ServerProcess) -> None:
+    """matrix-js-sdk 43's SlidingSync speaks MSC4186: its sync loop runs on sliding sync alone."""
+    node = node_or_skip()
+    s = server
+    alice, bob = users(s, 2)
+    a, b = alice["access_token"], bob["access_token"]
+    room = post(s, a, f"{CS}/createRoom", {"name": "JS sliding", "preset": "public_chat"})["room_id"]
+    post(s, b, f"{CS}/join/{room}", {})
+    send(s, a, room, "before the client started")
+    invite = post(s, a, f"{CS}/createRoom", {"name": "invite only", "invite": [bob["user_id"]]})["room_id"]
+    result = run_script(node, "sliding_sync.mjs", s.base_url, a, b, room, invite)
+    assert result["name"] == "JS sliding"
+    assert result["members"] == 2
+    assert result["bodies_before"] == ["before the client started"]
+    assert result["list_count"] == 2
+    assert result["invite_membership"] == "invite"
+    assert result["bodies_after"] == ["before the client started", "live from alice"]
+    assert result["typing"] is True
+    assert result["to_device"] == {"hello": "bob"}
