@@ -15,6 +15,7 @@ from homeserver.core.filters import EventFilter
 from homeserver.core.room_heads import RoomHead
 from homeserver.core.rooms import RoomService
 from homeserver.core.streams import pagination_token, parse_pagination_token
+from homeserver.core.threads import thread_summaries
 from homeserver.core.visibility import HistoryJudge, VisibilityFilter
 from homeserver.errors import Forbidden, MatrixError, NotFound
 from homeserver.storage import Storage
@@ -76,12 +77,18 @@ class MessagesService:
         self, head: RoomHead, events: list[StoredEvent], judge: HistoryJudge | None = None
     ) -> list[dict[str, Any]]:
         """Client events, with their bundled aggregations if a judge is given (spec: Aggregations
-        of child events): the latest edit as `m.replace`, and reaction counts as `m.annotation`
+        of child events): the latest edit as `m.replace`, a thread's summary as `m.thread`
+        (core/threads.py), and reaction counts as `m.annotation`
         (MSC2675's shape, which clients read where present). Only edits and reactions the
         judge lets the reader see count: the content of an edit sent after they left is as
         private as any other event of that time."""
         await self.rooms.load_redactions(events)
         edits, reactions = await self._aggregations(events, judge) if judge is not None else ({}, {})
+        threads = (
+            await thread_summaries(self.storage.events, events, judge, head.room_version)
+            if judge is not None
+            else {}
+        )
         out = []
         for ev in events:
             body = client_event(ev, head.room_version, redaction=self.rooms.redaction_of(ev))
@@ -92,6 +99,8 @@ class MessagesService:
                     relations["m.replace"] = client_event(edit, head.room_version)
                 if ev.event_id in reactions:
                     relations["m.annotation"] = {"chunk": reactions[ev.event_id]}
+                if ev.event_id in threads:
+                    relations["m.thread"] = threads[ev.event_id]
                 if relations:
                     body.setdefault("unsigned", {})["m.relations"] = relations
             out.append(body)
@@ -301,6 +310,32 @@ class MessagesService:
         if more:
             last = rows[-1].stream_ordering
             response["next_batch"] = pagination_token(last - 1 if newest_first else last)
+        return response
+
+    async def threads(
+        self, user_id: str, room_id: str, include: str, from_token: str | None, limit: int
+    ) -> dict[str, Any]:
+        """GET /rooms/{roomId}/threads: thread roots, newest activity first, each with its
+        `m.thread` summary. A former member sees threads as they were when they left."""
+        if include not in ("all", "participated"):
+            raise MatrixError("'include' must be all or participated", "M_INVALID_PARAM")
+        head = await self.access_room_for_reading(user_id, room_id)
+        judge = self.visibility.judge(user_id, room_id)
+        limit = max(1, min(limit, MAX_LIMIT))
+        before = parse_pagination_token(from_token) if from_token else None
+        rows = await self.storage.events.thread_roots(
+            room_id,
+            self._state_position(head, user_id),
+            before,
+            limit + 1,
+            user_id if include == "participated" else None,
+        )
+        more, rows = len(rows) > limit, rows[:limit]  # one past the page: is there a next one?
+        found = await self.storage.events.get_events([root for root, _ in rows])
+        roots = await judge.filter([found[root] for root, _ in rows if root in found])
+        response: dict[str, Any] = {"chunk": await self.serialize(head, roots, judge)}
+        if more:
+            response["next_batch"] = pagination_token(rows[-1][1])
         return response
 
     async def members(

@@ -639,6 +639,46 @@ class EventStore:
         rows = await self.db.query("relations", sql, *args)
         return [_row_to_event(r) for r in rows]
 
+    async def thread_roots(
+        self, room_id: str, upto: int, before: int | None, limit: int, participant: str | None
+    ) -> list[tuple[str, int]]:
+        """(root id, position of its newest reply) of the room's threads, newest activity first:
+        replies up to `upto` count, threads whose newest reply is before `before` are listed,
+        and with `participant` only threads that user started or replied in."""
+        sql = (
+            "SELECT x.relates_to, MAX(x.stream_ordering) FROM event_relations x"
+            " JOIN events p ON p.event_id = x.relates_to"
+            " LEFT JOIN redactions r ON r.redacts = x.event_id"
+            " WHERE x.room_id = ? AND x.rel_type = 'm.thread' AND r.event_id IS NULL"
+            " AND x.stream_ordering <= ? GROUP BY x.relates_to, p.sender HAVING 1 = 1"
+        )
+        args: list[Any] = [room_id, upto]
+        if before is not None:
+            sql += " AND MAX(x.stream_ordering) < ?"
+            args.append(before)
+        if participant is not None:
+            sql += " AND (p.sender = ? OR SUM(CASE WHEN x.sender = ? THEN 1 ELSE 0 END) > 0)"
+            args += [participant, participant]
+        sql += " ORDER BY MAX(x.stream_ordering) DESC LIMIT ?"
+        args.append(limit)
+        rows = await self.db.query("thread_roots", sql, *args)
+        return [(r[0], int(r[1])) for r in rows]
+
+    async def thread_replies(self, root_ids: Sequence[str]) -> list[tuple[str, str, str, int]]:
+        """(root, reply id, sender, position) of each unredacted reply in these threads."""
+        if not root_ids:
+            return []
+        marks = ",".join("?" * len(root_ids))
+        rows = await self.db.query(
+            "thread_replies",
+            "SELECT x.relates_to, x.event_id, x.sender, x.stream_ordering FROM event_relations x"
+            " LEFT JOIN redactions r ON r.redacts = x.event_id"
+            f" WHERE x.rel_type = 'm.thread' AND x.relates_to IN ({marks}) AND r.event_id IS NULL"
+            " ORDER BY x.stream_ordering",
+            *root_ids,
+        )
+        return [(r[0], r[1], r[2], int(r[3])) for r in rows]
+
     async def annotations(self, event_ids: Sequence[str]) -> list[tuple[str, str, str, int]]:
         """(parent, type, key, position) of each unredacted annotation (reaction) of these events.
 
