@@ -81,7 +81,11 @@ CONFIG_NOTES = """\
   RSS measured (median of 5 readings, once the server is idle) before and after opening the
   connections; per connection = difference ÷ count. Long-polls use `timeout=300000`; WebSocket
   streams send the auth frame with a `since` token, one device each (more logins for more).
-- **W5**: `GET /sync` without `since` or filter (the server's default timeline limit).
+- **W5**: `GET /sync` without `since` or filter (the server's default timeline limit); then
+  `/sync` from a token after one new message (incremental); then the same user through simplified
+  sliding sync (MSC4186): one list over every room with timeline_limit 10, Element X's room-list
+  state keys and every extension, initial and incremental after one new message (no rows
+  where the server answers 404).
 - **W6**: `POST /join/{roomId}` by users not yet in the room, one at a time; median.
 - **PG** (ours only): `POST /_matrix/push/v1/notify` with one FCM device each, a fixed number
   in flight, through the push gateway plugin (firebase-admin) to the tests' local OAuth and

@@ -42,6 +42,32 @@ class User:
     extra_tokens: list[str] = field(default_factory=list)
 
 
+SLIDING_SYNC = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync"
+
+
+def sliding_sync_body(rooms: int, timeline_limit: int) -> dict[str, Any]:
+    """What Element X asks for its room list: every room, recent first, a few state events."""
+    return {
+        "lists": {
+            "all": {
+                "ranges": [[0, max(rooms - 1, 0)]],
+                "timeline_limit": timeline_limit,
+                "required_state": [
+                    ["m.room.name", ""],
+                    ["m.room.avatar", ""],
+                    ["m.room.encryption", ""],
+                    ["m.room.create", ""],
+                    ["m.room.member", "$LAZY"],
+                    ["m.room.member", "$ME"],
+                ],
+            }
+        },
+        "extensions": {
+            name: {"enabled": True} for name in ("e2ee", "to_device", "account_data", "receipts", "typing")
+        },
+    }
+
+
 def filter_param(definition: dict[str, Any]) -> str:
     """An inline sync filter, URL-encoded once (servers accept JSON in `filter=`)."""
     return quote(json.dumps(definition, separators=(",", ":")), safe="")
@@ -153,6 +179,15 @@ class Matrix:
         if filter_q is not None:
             path += f"&filter={filter_q}"
         return await self.http.request("GET", path, None, token or user.token, None)
+
+    async def sliding_sync(
+        self, user: User, body: dict[str, Any], pos: str | None = None, timeout_ms: int = 0
+    ) -> HttpResponse:
+        """POST the simplified sliding sync endpoint (MSC4186)."""
+        path = f"{SLIDING_SYNC}?timeout={timeout_ms}"
+        if pos is not None:
+            path += f"&pos={quote(pos, safe='')}"
+        return await self.http.request("POST", path, body, user.token, None)
 
     async def since_token(self, user: User) -> str:
         """The current position for this user, from a sync that carries (almost) nothing."""

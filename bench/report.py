@@ -70,6 +70,11 @@ def rows_for(sizes: Sizes) -> list[Row]:
         Row("w5.first", f"W5 initial sync, {s.w5_rooms} rooms × {s.w5_messages} messages: first (ms)"),
         Row("w5.time", f"W5 initial sync: median of {s.w5_repeats} (ms)"),
         Row("w5.bytes", "W5 initial sync: response size (KiB)"),
+        Row("w5.incr", "W5 incremental sync after one new message: median (ms)"),
+        Row("w5.ss.first", f"W5 initial sliding sync (MSC4186), {s.w5_rooms} rooms: first (ms)"),
+        Row("w5.ss.time", f"W5 initial sliding sync: median of {s.w5_repeats} (ms)"),
+        Row("w5.ss.bytes", "W5 initial sliding sync: response size (KiB)"),
+        Row("w5.ss.incr", "W5 incremental sliding sync after one new message: median (ms)"),
         Row("w6.time", f"W6 join a room with {s.w6_members:,} members (ms)"),
         Row(
             "pg.rate",

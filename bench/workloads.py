@@ -28,6 +28,7 @@ from bench.matrix import (
     User,
     message_content,
     message_filter_definition,
+    sliding_sync_body,
 )
 from bench.procstats import Meter, Resources, settle, steady_rss
 from bench.push_sink import PushSink
@@ -860,7 +861,11 @@ class Runner:
             joined = response.json()["rooms"]["join"]
             seen_rooms = len(joined)
             events = sum(len((r.get("timeline") or {}).get("events", ())) for r in joined.values())
+        incremental = await self._w5_incremental_sync(user, rooms)
+        sliding, sliding_details = await self._w5_sliding_sync(user, rooms, result)
         result.resources = meter.stop()
+        result.metrics.update(incremental)
+        result.metrics.update(sliding)
         result.metrics["w5.first"] = Metric(_ms(times[0]), "ms", False)
         result.metrics["w5.time"] = Metric(_ms(statistics.median(times)), "ms", False)
         result.metrics["w5.bytes"] = Metric(statistics.median(sizes) / 1024, "KiB", False)
@@ -872,10 +877,78 @@ class Runner:
             "bytes": sizes,
             "setup_fill_s": fill_s,
             "setup_msgs_per_s": s.w5_rooms * s.w5_messages / fill_s if fill_s else None,
+            **sliding_details,
         }
         if seen_rooms != len(rooms):
             result.problems.append(f"initial sync listed {seen_rooms} joined rooms, expected {len(rooms)}")
         return result
+
+    async def _w5_incremental_sync(self, user: User, rooms: list[str]) -> dict[str, Metric]:
+        """/sync from a token after one new message in one of the rooms (not a long-poll's wake-up:
+        the client asks after the message, so it is answered at once)."""
+        times = []
+        since = await self.mx.since_token(user)
+        for i in range(self.sizes.w5_repeats):
+            response = await self.mx.send(user, rooms[i % len(rooms)], message_content(f"w5.incr.{i}"))
+            if response.status != 200:
+                raise MatrixCallError("send (W5 incremental)", response)
+            t = time.monotonic()
+            response = await self.mx.sync(user, since, 0, None)
+            times.append(time.monotonic() - t)
+            if response.status != 200:
+                raise MatrixCallError("incremental sync", response)
+            since = str(response.json()["next_batch"])
+        return {"w5.incr": Metric(_ms(statistics.median(times)), "ms", False)}
+
+    async def _w5_sliding_sync(
+        self, user: User, rooms: list[str], result: WorkloadResult
+    ) -> tuple[dict[str, Metric], dict[str, Any]]:
+        """Simplified sliding sync (MSC4186) of the same user: initial (every room in one window,
+        the /sync default timeline limit of 10) and incremental after one new message."""
+        body = sliding_sync_body(len(rooms), 10)
+        times: list[float] = []
+        sizes: list[int] = []
+        pos = None
+        for _ in range(self.sizes.w5_repeats):
+            t = time.monotonic()
+            response = await self.mx.sliding_sync(user, body)
+            times.append(time.monotonic() - t)
+            if response.status == 404:
+                result.problems.append(
+                    "the server has no simplified sliding sync (404): no sliding-sync rows"
+                )
+                return {}, {}
+            if response.status != 200:
+                raise MatrixCallError("initial sliding sync", response)
+            sizes.append(len(response.body))
+            answer = response.json()
+            pos = answer["pos"]
+            if len(answer["rooms"]) != len(rooms):
+                result.problems.append(
+                    f"sliding sync sent {len(answer['rooms'])} rooms, expected {len(rooms)}"
+                )
+        incremental: list[float] = []
+        for i in range(self.sizes.w5_repeats):
+            response = await self.mx.send(user, rooms[i % len(rooms)], message_content(f"w5.ss.{i}"))
+            if response.status != 200:
+                raise MatrixCallError("send (W5 sliding sync)", response)
+            t = time.monotonic()
+            response = await self.mx.sliding_sync(user, body, pos)
+            incremental.append(time.monotonic() - t)
+            if response.status != 200:
+                raise MatrixCallError("incremental sliding sync", response)
+            pos = response.json()["pos"]
+        details = {
+            "times_ms": [round(t * 1000, 1) for t in times],
+            "incremental_ms": [round(t * 1000, 1) for t in incremental],
+            "bytes": sizes,
+        }
+        return {
+            "w5.ss.first": Metric(_ms(times[0]), "ms", False),
+            "w5.ss.time": Metric(_ms(statistics.median(times)), "ms", False),
+            "w5.ss.bytes": Metric(statistics.median(sizes) / 1024, "KiB", False),
+            "w5.ss.incr": Metric(_ms(statistics.median(incremental)), "ms", False),
+        }, {"sliding_sync": details}
 
     # W6: joining a large room ---------------------------------------------------------------------------
 
