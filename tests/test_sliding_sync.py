@@ -1,13 +1,12 @@
 """Simplified sliding sync (MSC4186) against a real server, requests checked against the MSC's
 shapes: lists sorted by recency with ranges and filters, required_state with $LAZY / $ME / *,
-timeline limits, subscriptions, pos and long-polling, and the extensions. matrix-js-sdk's
+timeline limits, subscriptions, pos, and the extensions (long-polling on a test clock:
+tests/fast/test_sliding_sync_wakeups.py). matrix-js-sdk's
 SlidingSync drives it too (tests/test_js_sdk.py, sliding_sync.mjs)."""
 
 from __future__ import annotations
 
 import secrets
-import threading
-import time
 from typing import Any
 
 import requests
@@ -182,31 +181,6 @@ def test_filters_invites_dms_encryption_and_types(server: ServerProcess) -> None
     assert entry["initial"] is True and "timeline" not in entry
     names = [ev["content"].get("name") for ev in entry["invite_state"] if ev["type"] == "m.room.name"]
     assert names == ["come in"]
-
-
-def test_long_poll_wakes_on_a_message_and_times_out_empty(server: ServerProcess) -> None:
-    s = server
-    alice, bob = users(s, 2)
-    a, b = alice["access_token"], bob["access_token"]
-    room = post(s, a, f"{CS}/createRoom", {"preset": "public_chat"})["room_id"]
-    post(s, b, f"{CS}/join/{room}", {})
-    body = {"lists": {"all": ALL}}
-    first = ss(s, b, body)
-    started = time.monotonic()
-    empty = ss(s, b, body, pos=first["pos"], timeout=300)
-    assert time.monotonic() - started >= 0.3 and empty["rooms"] == {}
-
-    answer: dict[str, Any] = {}
-
-    def wait() -> None:
-        answer.update(ss(s, b, body, pos=empty["pos"], timeout=20_000))
-
-    waiter = threading.Thread(target=wait)
-    waiter.start()
-    time.sleep(0.3)  # let the long-poll start waiting (the test holds either way: it only waits longer)
-    send(s, a, room, "wake up")
-    waiter.join(15)
-    assert [ev["content"]["body"] for ev in answer["rooms"][room]["timeline"]] == ["wake up"]
 
 
 def test_unknown_pos_and_bad_requests(server: ServerProcess) -> None:
