@@ -316,6 +316,7 @@ class HomeServer:
         await self.persister.start()
         self.stream.start(self.persister.persisted_upto)
         await self.timeline.start(self.persister.persisted_upto)
+        await self.sync.start()
         positions = await self.storage.user_data.max_stream_ids()
         self.account_data.start(positions["account_data"])
         await self.push_rules.start()

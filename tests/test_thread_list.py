@@ -87,6 +87,21 @@ def test_thread_list_paging_participation_and_bundles(any_server: ServerProcess)
     assert by_id[root2]["unsigned"]["m.relations"]["m.thread"]["count"] == 1
     assert "m.thread" not in by_id[reply1].get("unsigned", {}).get("m.relations", {})
 
+    # /sync and sliding sync timelines too, as each reader sees it.
+    synced_timeline = call("GET", s, b, f"{CS}/sync")["rooms"]["join"][room]["timeline"]["events"]
+    in_sync = {ev["event_id"]: ev for ev in synced_timeline}
+    assert in_sync[root3]["unsigned"]["m.relations"]["m.thread"]["current_user_participated"] is True
+    sliding = call(
+        "POST",
+        s,
+        a,
+        "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync",
+        json={"room_subscriptions": {room: {"timeline_limit": 20}}},
+    )
+    in_sliding = {ev["event_id"]: ev for ev in sliding["rooms"][room]["timeline"]}
+    assert in_sliding[root1]["unsigned"]["m.relations"]["m.thread"]["latest_event"]["event_id"] == reply1
+    assert in_sliding[root3]["unsigned"]["m.relations"]["m.thread"]["current_user_participated"] is False
+
     # Carol was never in the room: refused.
     r = requests.get(s.url(f"{V1}/rooms/{room}/threads"), headers=auth(c), timeout=10)
     assert r.status_code == 403 and r.json()["errcode"] == "M_FORBIDDEN"

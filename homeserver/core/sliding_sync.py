@@ -453,8 +453,12 @@ class SlidingSyncService:
             head, config, events, user_id, end, after if not (initial or config_changed) else None
         )
         await self.rooms.load_redactions(events + state)
+        bundles = await self.classic.thread_bundles(user_id, head, events)
         body = {
-            "timeline": [self.classic.encode_for(ev, head, user_id, req.device_id) for ev in events],
+            "timeline": [
+                self.classic.encode_with_thread(ev, head, user_id, req.device_id, bundles.get(ev.event_id))
+                for ev in events
+            ],
             "required_state": [self.classic.encode_for(ev, head, user_id, req.device_id) for ev in state],
             "limited": limited,
             "prev_batch": pagination_token(events[0].stream_ordering - 1 if events else end),

@@ -30,10 +30,11 @@ from homeserver.core.receipts import ReceiptService
 from homeserver.core.room_heads import RoomHead, RoomHeads
 from homeserver.core.rooms import RoomService
 from homeserver.core.streams import SyncToken, pagination_token
+from homeserver.core.threads import thread_summaries
 from homeserver.core.timeline_cache import TimelineCache
 from homeserver.core.txn_ids import client_txn_id
 from homeserver.core.typing import TypingService
-from homeserver.core.unread import UnreadCounter
+from homeserver.core.unread import UnreadCounter, thread_of
 from homeserver.core.visibility import VisibilityFilter
 from homeserver.json_encoding import dumps_text
 from homeserver.notifier import Notifier
@@ -90,6 +91,8 @@ class SyncService:
         self.encoded = EncodedEvents()
         self._persisted_upto = persisted_upto
         self._recent_txns: OrderedDict[str, tuple[str, str, str]] = OrderedDict()
+        # Events with a thread reply: only those get a per-reader encoding with `m.thread`.
+        self.thread_roots: set[str] = set()
         # The token current when each user was last woken (see `_nothing_new`).
         self._woken_at: dict[str, SyncToken] = {}
         notifier.add_listener(self._on_wake)
@@ -102,6 +105,9 @@ class SyncService:
         for redacted in self.rooms.on_committed([item.event for item in items], self.timeline.find):
             self.encoded.invalidate(redacted.event_id)
         for item in items:
+            root = thread_of(item.event)
+            if root is not None:
+                self.thread_roots.add(root)
             if item.txn is not None:
                 self._recent_txns[item.event.event_id] = item.txn
                 if len(self._recent_txns) > _RECENT_TXNS:
@@ -386,9 +392,15 @@ class SyncService:
         if not full and not events and not state:
             room: dict[str, Any] = {}
         else:
+            bundles = await self.thread_bundles(req.user_id, head, events)
             room = {
                 "timeline": {
-                    "events": [self._encode(ev, head, req) for ev in events],
+                    "events": [
+                        self.encode_with_thread(
+                            ev, head, req.user_id, req.device_id, bundles.get(ev.event_id)
+                        )
+                        for ev in events
+                    ],
                     "limited": limited,
                     "prev_batch": pagination_token(events[0].stream_ordering - 1 if events else upto.events),
                 },
@@ -455,6 +467,37 @@ class SyncService:
             "state": {"events": []},
             "account_data": {"events": []},
         }
+
+    async def start(self) -> None:
+        self.thread_roots |= await self.storage.events.thread_root_ids()
+
+    async def thread_bundles(
+        self, user_id: str, head: RoomHead, events: list[StoredEvent]
+    ) -> dict[str, dict[str, Any]]:
+        """The `m.thread` aggregation of the thread roots among `events`, as `user_id` sees it."""
+        roots = [ev for ev in events if ev.event_id in self.thread_roots]
+        if not roots:
+            return {}
+        judge = self.visibility.judge(user_id, head.room_id)
+        return await thread_summaries(self.storage.events, roots, judge, head.room_version)
+
+    def encode_with_thread(
+        self, ev: StoredEvent, head: RoomHead, user_id: str, device_id: str, bundle: dict[str, Any] | None
+    ) -> RawJson:
+        """`encode_for`, plus the root's `m.thread` summary when it has one (encoded per reader)."""
+        if bundle is None:
+            return self.encode_for(ev, head, user_id, device_id)
+        txn = self._recent_txns.get(ev.event_id)
+        own = txn is not None and txn[0] == user_id and txn[1] == device_id
+        body = client_event(
+            ev,
+            head.room_version,
+            include_room_id=False,
+            txn_id=client_txn_id(txn[2]) if own and txn is not None else None,
+            redaction=self.heads_redaction(ev),
+        )
+        body.setdefault("unsigned", {}).setdefault("m.relations", {})["m.thread"] = bundle
+        return RawJson(dumps_text(body))
 
     def _encode(self, ev: StoredEvent, head: RoomHead, req: SyncRequest) -> RawJson:
         return self.encode_for(ev, head, req.user_id, req.device_id)

@@ -664,6 +664,13 @@ class EventStore:
         rows = await self.db.query("thread_roots", sql, *args)
         return [(r[0], int(r[1])) for r in rows]
 
+    async def thread_root_ids(self) -> set[str]:
+        """Every event that has a thread reply (sync bundles `m.thread` on those)."""
+        rows = await self.db.query(
+            "thread_root_ids", "SELECT DISTINCT relates_to FROM event_relations WHERE rel_type = 'm.thread'"
+        )
+        return {r[0] for r in rows}
+
     async def thread_replies(self, root_ids: Sequence[str]) -> list[tuple[str, str, str, int]]:
         """(root, reply id, sender, position) of each unredacted reply in these threads."""
         if not root_ids:
