@@ -226,7 +226,22 @@ class SlidingSyncService:
             if since is None:
                 raise UnknownPos()
             # Asking with a pos proves the response that carried it arrived (message status).
-            self.delivery.acknowledge(req.user_id, since.token.events)
+            self.delivery.acknowledge(req.user_id, req.device_id, since.token.events)
+        # A device with a sync open gets new events by sync: pushes to it can wait for its receipt.
+        self.delivery.connections.opened(req.user_id, req.device_id)
+        try:
+            response, state = await self._answer(req, since)
+        finally:
+            self.delivery.connections.closed(req.user_id, req.device_id)
+        pos = str(next(self._pos_counter))
+        response["pos"] = pos
+        self._remember(key, pos, state)
+        return dumps_with_raw(response)
+
+    async def _answer(
+        self, req: SlidingSyncRequest, since: _PosState | None
+    ) -> tuple[dict[str, Any], _PosState]:
+        """The response, once it has news or the long-poll's timeout passed."""
         monotonic = self.clock.monotonic
         deadline = monotonic() + min(max(req.timeout_ms, 0), MAX_TIMEOUT_MS) / 1000
         while True:
@@ -234,18 +249,14 @@ class SlidingSyncService:
             response, state, has_data = await self._compute(req, since)
             remaining = deadline - monotonic()
             if has_data or since is None or remaining <= 0 or self.notifier.closing:
-                break
+                return response, state
             if self.notifier.changed_since(req.user_id, version):
                 continue
             del response, state
             await self.notifier.wait(req.user_id, remaining)
             if deadline - monotonic() <= 0:
                 response, state, _ = await self._compute(req, since)
-                break
-        pos = str(next(self._pos_counter))
-        response["pos"] = pos
-        self._remember(key, pos, state)
-        return dumps_with_raw(response)
+                return response, state
 
     def _remember(self, key: tuple[str, str, str], pos: str, state: _PosState) -> None:
         conn = self._connections.get(key)

@@ -151,3 +151,30 @@ async def test_sliding_sync_with_nothing_new_answers_at_its_timeout_never_before
         assert status == 200
     finally:
         await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_sliding_sync_long_poll_counts_as_an_open_sync_and_its_pos_as_proof_of_receipt(
+    tmp_path: Path,
+) -> None:
+    """Push suppression and message status read these: a device on sliding sync (Element X)
+    must not be pushed for what its sync brings, and asking with a pos proves receipt."""
+    clock = TestClock()
+    hs = await make_server(tmp_path, clock)
+    client = Client(hs)
+    try:
+        ctx = await joined_pair(client, hs)
+        device = (await client.call("GET", "/account/whoami", ctx["b"]))["device_id"]
+        connections = hs.delivery.connections
+        status, first = await poll(client, ctx["b"], None)
+        assert status == 200
+        assert not connections.connected(ctx["b_id"], device, 0)
+        waiting = poll(client, ctx["b"], first["pos"])
+        await until(lambda: hs.notifier.waiting_users() == 1, "the long-poll waits")
+        assert connections.connected(ctx["b_id"], device, 0)
+        assert connections.received(ctx["b_id"], device) >= hs.sync.current_token().events
+        await _message(client, ctx)
+        await until(lambda: waiting.called, "the long-poll answered")
+        assert not connections.connected(ctx["b_id"], device, 0)
+    finally:
+        await hs.stop(None)
