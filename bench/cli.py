@@ -42,8 +42,10 @@ ALL_WORKLOADS = ["W1", "W2", "W3", "W3P", "W4", "W5", "W6", "PG"]
 
 CONFIG_NOTES = """\
 - **ours**: `homeserver run` with `rate_limits.enabled: false`, `auth.password_hashing: fast`,
-  `logging.access_log: false` (level INFO), no plugins, default pool (2-10 connections on
-  PostgreSQL), default epoll reactor. Users register through `POST /register` (`m.login.dummy`).
+  `logging.access_log: false` (level INFO), `pushers.allow_private_addresses: true`; no
+  plugins, except the push plugin (defaults) for the whole run when W3P is in it and the push
+  gateway for PG; default pool (2-10 connections on PostgreSQL), default epoll reactor.
+  Users register through `POST /register` (`m.login.dummy`).
 - **Synapse**: the PyPI release in `bench/.synapse-venv`, one process (no workers), database
   `bench_synapse` (C collation) on the same PostgreSQL server (`cp_min` 5, `cp_max` 10), client
   listener only (no federation listener), `registration_shared_secret` (users registered through
@@ -318,6 +320,10 @@ async def run(args: argparse.Namespace) -> int:
                 target = await start_synapse(synapse_version)
             else:
                 plugins = [stand_in.plugin()] if stand_in is not None else []
+                if "W3P" in workloads:
+                    # Loaded for the whole run, so W3 beside it pays the plugin's cost too and
+                    # W3P's difference is what the pushers themselves cost.
+                    plugins.append({"module": "plugins.push.PushPlugin", "config": {}})
                 target = await start_ours("sqlite" if key == "ours-sqlite" else "postgres", plugins)
                 meta["ours_version"] = target.version
         except Exception as e:

@@ -270,6 +270,8 @@ async def start_ours(engine: str, plugins: list[dict[str, Any]] | None = None) -
         "rate_limits": {"enabled": False},
         "logging": {"level": "INFO", "access_log": False},
         "plugins": plugins or [],
+        # W3P's push gateway listens on loopback.
+        "pushers": {"allow_private_addresses": True},
     }
     config_path = workdir / "homeserver.yaml"
     config_path.write_text(yaml.safe_dump(config))
