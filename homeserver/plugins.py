@@ -130,6 +130,11 @@ class PluginApi:
         return self._hs.config.server_name
 
     @property
+    def public_base_url(self) -> str:
+        """`public_baseurl` without its trailing slash: the prefix of absolute links to this server."""
+        return self._hs.config.base_url
+
+    @property
     def data_dir(self) -> Path:
         """A directory of this plugin's own under the server's data dir."""
         path = self._hs.config.data_path / "plugins" / self._name

@@ -38,6 +38,7 @@ from homeserver.api.http import Router, make_site
 from homeserver.api.http_server import HttpFactory
 from homeserver.api.simple import auth as simple_auth
 from homeserver.api.simple import messages as simple_messages
+from homeserver.api.simple import profiles as simple_profiles
 from homeserver.api.ws import WS_PATH, stream_factory
 from homeserver.config import Config
 from homeserver.core.account_data import AccountDataService
@@ -192,6 +193,7 @@ class HomeServer:
             voip,
             simple_auth,
             simple_messages,
+            simple_profiles,
         ):
             module.register(self.router, self)
 
@@ -287,6 +289,7 @@ class HomeServer:
             self.presence,
             self.timeline,
             self.unread,
+            self.receipts,
         )
 
         # In-process consumers, called in this order after each commit: the caches first,

@@ -48,7 +48,7 @@ CORS_HEADERS = {
     b"Access-Control-Allow-Origin": b"*",
     b"Access-Control-Allow-Methods": b"GET, HEAD, POST, PUT, DELETE, OPTIONS",
     b"Access-Control-Allow-Headers": b"X-Requested-With, Content-Type, Authorization",
-    b"Access-Control-Expose-Headers": b"Content-Disposition",
+    b"Access-Control-Expose-Headers": b"Content-Disposition, Link",
 }
 
 

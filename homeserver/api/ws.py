@@ -11,7 +11,7 @@ Frame format: docs/api.md, "WebSocket stream". In short:
   (last token, now], computed by `SyncService.delta`, so a client that resumes
   from the last `next_batch` it processed misses nothing and gets nothing twice.
 - The client sends `ack` (proof of receipt, for message status), `send`
-  (answered with `send_ack` after the commit) and `ping`.
+  (answered with `send_ack` after the commit), `read` (`read_ack`) and `ping`.
 
 Back-pressure: a connection never queues deltas. A wake-up only marks it
 "wanted"; one computation runs at a time and covers everything since the last
@@ -685,6 +685,8 @@ class StreamProtocol(WebSocketServerProtocol):
                 self._on_ack(frame)
             elif kind == "send":
                 self._on_send(frame)
+            elif kind == "read":
+                self._on_read(frame)
             elif kind == "ping":
                 pong: dict[str, Any] = {"type": "pong"}
                 if "id" in frame:
@@ -737,6 +739,30 @@ class StreamProtocol(WebSocketServerProtocol):
         Deferred.fromCoroutine(
             self._send_event(txn_id, room_id, chat_id, receiver_id, event_type, content, encrypted)
         )
+
+    def _on_read(self, frame: dict[str, Any]) -> None:
+        """As `POST /api/messages/{chatId}/read`: answered with `read_ack` once the receipt is stored."""
+        chat_id = _optional_str(frame, "chatId")
+        if chat_id is None:
+            raise MissingParam("Missing 'chatId'")
+        message_id = _optional_str(frame, "messageId")
+        Deferred.fromCoroutine(self._mark_read(chat_id, message_id, frame.get("txn_id")))
+
+    async def _mark_read(self, chat_id: str, message_id: str | None, txn_id: Any) -> None:
+        requester = self.requester
+        assert requester is not None
+        echo = txn_id if isinstance(txn_id, str) else None
+        try:
+            read = await self._hs.chats.mark_read(requester.user_id, chat_id, message_id)
+            ack: dict[str, Any] = {"type": "read_ack", "chatId": chat_id, "messageId": read}
+            if echo is not None:
+                ack["txn_id"] = echo
+            self.send_frame(ack)
+        except MatrixError as e:
+            self.send_error(e, echo)
+        except Exception:
+            log.failure("WebSocket read failed")
+            self.send_error(MatrixError("Internal server error"), echo)
 
     async def _send_event(
         self,

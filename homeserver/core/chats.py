@@ -9,6 +9,7 @@ status comes from `core/delivery.py`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import DeferredLock
@@ -17,8 +18,10 @@ from homeserver.core.account_data import AccountDataService
 from homeserver.core.delivery import DeliveryTracker, overall_status
 from homeserver.core.events import EventService
 from homeserver.core.filters import EventFilter
+from homeserver.core.iso_time import iso_time
 from homeserver.core.messages import MessagesService
 from homeserver.core.presence import PresenceService
+from homeserver.core.receipts import ReceiptService
 from homeserver.core.room_heads import RoomHead
 from homeserver.core.rooms import RoomService, check_user_id
 from homeserver.core.streams import pagination_token
@@ -30,6 +33,7 @@ from homeserver.storage import Storage
 from homeserver.storage.events import StoredEvent
 
 MAX_PAGE = 100
+MAX_NAME_LENGTH = 255
 MESSAGE_TYPES = ("m.room.message", "m.room.encrypted")
 _MESSAGE_FILTER = EventFilter(types=list(MESSAGE_TYPES))
 
@@ -47,14 +51,37 @@ def message_content(content: object) -> dict[str, Any]:
 
 def simple_content(ev: StoredEvent) -> Any:
     """What the simple API shows as `content`: the text of a plain text message, else the whole content."""
-    content = ev.content
+    return _shown_content(ev.type, ev.content)
+
+
+def _shown_content(event_type: str, content: dict[str, Any]) -> Any:
     if (
-        ev.type == "m.room.message"
+        event_type == "m.room.message"
         and content.get("msgtype") == "m.text"
         and set(content) <= {"msgtype", "body"}
     ):
         return content.get("body")
     return content
+
+
+def is_edit(ev: StoredEvent) -> bool:
+    """An `m.replace` event: shown as its original's new content, never as a message of its own."""
+    relation = ev.content.get("m.relates_to")
+    return isinstance(relation, dict) and relation.get("rel_type") == "m.replace"
+
+
+def with_timestamp(entry: dict[str, Any], ms: int) -> dict[str, Any]:
+    """The first spec's ISO 8601 `timestamp`, and the same instant as a number for sorting."""
+    entry["timestamp"] = iso_time(ms)
+    entry["timestampMs"] = ms
+    return entry
+
+
+@dataclass(frozen=True)
+class MessagePage:
+    messages: list[dict[str, Any]]
+    # The `before` of the next (older) page; None at the start of the chat.
+    before: str | None
 
 
 class ChatService:
@@ -69,6 +96,7 @@ class ChatService:
         presence: PresenceService,
         timeline: TimelineCache,
         unread: UnreadCounter,
+        receipts: ReceiptService,
     ) -> None:
         self.storage = storage
         self.events = events
@@ -79,6 +107,7 @@ class ChatService:
         self.presence = presence
         self.timeline = timeline
         self.unread = unread
+        self.receipts = receipts
         self._direct_locks: dict[str, DeferredLock] = {}
 
     # Chats -------------------------------------------------------------------------
@@ -176,22 +205,30 @@ class ChatService:
         txn = (device_id, scoped_txn_id("simple/messages/send", client_id)) if client_id else None
         return await self.events.send(user_id, chat_id, event_type, body, txn=txn)
 
-    async def message_list(
-        self, user_id: str, chat_id: str, before: str | None, limit: int
-    ) -> dict[str, Any]:
+    async def message_list(self, user_id: str, chat_id: str, before: str | None, limit: int) -> MessagePage:
         head = await self.access_chat(user_id, chat_id)
         limit = max(1, min(limit, MAX_PAGE))
         found: list[StoredEvent] = []
+        # The latest edit each message's reader may see (bundled by the Matrix serializer).
+        edits: dict[str, dict[str, Any]] = {}
         cursor = before
-        # Read back, skipping state and other non-message events, until one message more than
-        # the page is found (an older page exists) or the start of the chat.
+        # Read back, skipping state, edits and other non-message events, until one message more
+        # than the page is found (an older page exists) or the start of the chat.
         for _ in range(20):
             page = await self.messages.messages(
                 user_id, chat_id, cursor, "b", limit * 2, None, _MESSAGE_FILTER, False
             )
+            for served in page["chunk"]:
+                edit = served.get("unsigned", {}).get("m.relations", {}).get("m.replace")
+                if edit is not None:
+                    edits[served["event_id"]] = edit
             ids = [e["event_id"] for e in page["chunk"]]
             stored = await self.storage.events.get_events(ids)
-            found.extend(stored[i] for i in ids if i in stored and stored[i].type in MESSAGE_TYPES)
+            found.extend(
+                stored[i]
+                for i in ids
+                if i in stored and stored[i].type in MESSAGE_TYPES and not is_edit(stored[i])
+            )
             cursor = page.get("end")
             if len(found) > limit or cursor is None:
                 break
@@ -201,34 +238,130 @@ class ChatService:
         # Else `cursor` is None at the start of the chat, or (after a long run of other events)
         # where the reading stopped: the next page goes on from there.
         statuses = await self.delivery.statuses(head, found)
-        messages = [
-            {
+        messages = []
+        for ev in found:
+            entry: dict[str, Any] = {
                 "messageId": ev.event_id,
                 "chatId": chat_id,
                 "senderId": ev.sender,
                 "content": simple_content(ev) if ev.redacted_by is None else None,
-                "timestamp": ev.origin_server_ts,
-                "status": overall_status(statuses[ev.event_id]),
             }
-            for ev in found
-        ]
-        response: dict[str, Any] = {"messages": messages}
-        if cursor is not None:
-            response["before"] = cursor
-        return response
+            with_timestamp(entry, ev.origin_server_ts)
+            entry["status"] = overall_status(statuses[ev.event_id])
+            edit = edits.get(ev.event_id) if ev.redacted_by is None else None
+            if edit is not None:
+                entry["content"] = self._edited_content(edit)
+                entry["editedAt"] = iso_time(edit["origin_server_ts"])
+            if ev.redacted_by is not None:
+                entry["deleted"] = True
+            messages.append(entry)
+        return MessagePage(messages, cursor)
+
+    @staticmethod
+    def _edited_content(edit: dict[str, Any]) -> Any:
+        """An edit's replacement content (`m.new_content`); an encrypted edit as it is (the
+        client decrypts it and finds `m.new_content` inside)."""
+        new_content = edit["content"].get("m.new_content")
+        if edit["type"] == "m.room.message" and isinstance(new_content, dict):
+            return _shown_content("m.room.message", new_content)
+        return edit["content"]
+
+    async def _visible_message(self, user_id: str, head: RoomHead, message_id: str) -> StoredEvent:
+        """A message of this chat the user may see, or 404 (never telling whether it exists elsewhere)."""
+        ev = (await self.storage.events.get_events([message_id])).get(message_id)
+        visible = ev is not None and await self.messages.visibility.can_see_event(user_id, head, ev)
+        if (
+            ev is None
+            or ev.room_id != head.room_id
+            or not visible
+            or ev.type not in MESSAGE_TYPES
+            or is_edit(ev)
+        ):
+            raise NotFound("Unknown message")
+        return ev
 
     async def message_status(self, user_id: str, chat_id: str, message_id: str) -> dict[str, Any]:
         head = await self.access_chat(user_id, chat_id)
-        ev = (await self.storage.events.get_events([message_id])).get(message_id)
-        visible = ev is not None and await self.messages.visibility.can_see_event(user_id, head, ev)
-        if ev is None or ev.room_id != chat_id or not visible:
-            raise NotFound("Unknown message")
+        ev = await self._visible_message(user_id, head, message_id)
         statuses = (await self.delivery.statuses(head, [ev]))[ev.event_id]
         return {
             "messageId": ev.event_id,
             "status": overall_status(statuses),
             "recipients": [{"userId": s.user_id, "status": s.status} for s in statuses],
         }
+
+    async def mark_read(self, user_id: str, chat_id: str, message_id: str | None) -> str:
+        """Read up to `message_id` (default: the newest message): a public read receipt, which
+        makes it `read` for its sender and clears the unread count, and the fully-read marker
+        Matrix clients show. Returns the message read up to."""
+        head = await self.access_chat(user_id, chat_id)
+        if message_id is None:
+            last = await self._last_message(user_id, head)
+            if last is None:
+                raise NotFound("This chat has no message to read")
+            message_id = str(last["messageId"])
+        await self._visible_message(user_id, head, message_id)
+        await self.receipts.set_read_markers(
+            user_id, chat_id, {"m.fully_read": message_id, "m.read": message_id}
+        )
+        return message_id
+
+    async def edit_message(self, user_id: str, chat_id: str, message_id: str, content: object) -> StoredEvent:
+        """Replace a message's content with an `m.replace` edit (spec: Event replacements), which
+        Matrix clients show in place. Only its sender may, and not once it is deleted."""
+        head = await self.access_chat(user_id, chat_id)
+        original = await self._visible_message(user_id, head, message_id)
+        if original.sender != user_id:
+            raise Forbidden("Only the sender of a message can edit it")
+        if original.redacted_by is not None:
+            raise MatrixError("This message was deleted", "M_INVALID_PARAM")
+        new = message_content(content)
+        relation = {"rel_type": "m.replace", "event_id": message_id}
+        if head.get("m.room.encryption") is not None or original.type == "m.room.encrypted":
+            if not (new.get("algorithm") and new.get("ciphertext")):
+                raise MatrixError(
+                    "This chat is end-to-end encrypted: send the edit as an m.room.encrypted payload",
+                    "M_BAD_JSON",
+                )
+            # The relation stays in the clear, as the spec asks, so the server can bundle it.
+            return await self.events.send(
+                user_id, chat_id, "m.room.encrypted", {**new, "m.relates_to": relation}
+            )
+        body = {
+            **new,
+            # Clients that do not know edits show this fallback.
+            "body": f"* {new.get('body', '')}",
+            "m.new_content": new,
+            "m.relates_to": relation,
+        }
+        return await self.events.send(user_id, chat_id, "m.room.message", body)
+
+    async def delete_message(self, user_id: str, device_id: str, chat_id: str, message_id: str) -> None:
+        """Delete a message for everyone: a redaction. Its sender may, and a group admin (the
+        redact power level). Deleting it again from the same device changes nothing."""
+        head = await self.access_chat(user_id, chat_id)
+        await self._visible_message(user_id, head, message_id)
+        await self.rooms.redact(user_id, device_id, chat_id, message_id, None, f"simple/delete/{message_id}")
+
+    async def leave_chat(self, user_id: str, chat_id: str) -> None:
+        """Leave a chat (or decline being added to it). Afterwards it reads as any other chat
+        the user is not in: 403."""
+        head = await self.events.heads.get(chat_id)
+        if head is None or head.membership(user_id) not in ("join", "invite"):
+            raise Forbidden("You are not a member of this chat")
+        await self.rooms.leave(user_id, chat_id)
+
+    async def rename_group(self, user_id: str, chat_id: str, name: str) -> None:
+        """A new `m.room.name`; the room's power levels decide who may (a group's admins)."""
+        head = await self.access_chat(user_id, chat_id)
+        name = name.strip()
+        if not name:
+            raise MatrixError("'name' must not be empty", "M_INVALID_PARAM")
+        if len(name) > MAX_NAME_LENGTH:
+            raise MatrixError(f"'name' is longer than {MAX_NAME_LENGTH} characters", "M_INVALID_PARAM")
+        if not self.rooms.may(user_id, head, "state", event_type="m.room.name"):
+            raise Forbidden("Only a group admin can rename it")
+        await self.rooms.send_state(user_id, chat_id, "m.room.name", "", {"name": name})
 
     async def chat_list(self, user_id: str) -> list[dict[str, Any]]:
         memberships = await self.timeline.rooms_for_user(user_id)
@@ -249,10 +382,14 @@ class ChatService:
                 head.content("m.room.member", m).get("is_direct") for m in members
             )
             last = await self._last_message(user_id, head)
+            create = head.get("m.room.create")
+            created_ms = create.origin_server_ts if create is not None else 0
             out.append(
                 {
                     "chatId": room_id,
                     "name": head.content("m.room.name").get("name"),
+                    "createdAt": iso_time(created_ms),
+                    "createdAtMs": created_ms,
                     "isGroup": not is_direct,
                     "membership": membership,
                     "members": [
@@ -271,7 +408,8 @@ class ChatService:
                     else 0,
                 }
             )
-        out.sort(key=lambda c: -int((c["lastMessage"] or {}).get("timestamp", 0)))
+        # Most recent first: by the last message, or by creation for a chat with none yet.
+        out.sort(key=lambda c: -int((c["lastMessage"] or {}).get("timestampMs", c["createdAtMs"])))
         return out
 
     async def _last_message(self, user_id: str, head: RoomHead) -> dict[str, Any] | None:
@@ -280,16 +418,37 @@ class ChatService:
         rows = await self.storage.events.room_events_between(
             head.room_id, 0, self.timeline.room_last.get(head.room_id, 0), 20
         )
-        rows = [ev for ev in rows if ev.type in MESSAGE_TYPES and ev.redacted_by is None]
+        rows = [ev for ev in rows if ev.type in MESSAGE_TYPES and ev.redacted_by is None and not is_edit(ev)]
         # Not one sent before the user may see the chat's history (e.g. before they joined).
         for ev in await self.messages.visibility.filter_for_user(user_id, head, rows):
-            return {
-                "messageId": ev.event_id,
-                "senderId": ev.sender,
-                "content": simple_content(ev),
-                "timestamp": ev.origin_server_ts,
-            }
+            last = {"messageId": ev.event_id, "senderId": ev.sender, "content": simple_content(ev)}
+            edits = (await self.storage.events.edits([ev.event_id])).get(ev.event_id, [])
+            seen = await self.messages.visibility.filter_for_user(user_id, head, edits)
+            if seen:
+                last["content"] = self._edited_content({"type": seen[-1].type, "content": seen[-1].content})
+            return with_timestamp(last, ev.origin_server_ts)
         return None
+
+    # Profiles ----------------------------------------------------------------------
+
+    async def profile(self, user_id: str) -> dict[str, Any]:
+        """A user's display name, avatar (`mxc://`) and presence, as Matrix shows them to anyone
+        signed in (`GET /profile`, `GET /presence`); 404 for a user this server does not have."""
+        check_user_id(user_id, "userId")
+        fields = await self.storage.accounts.get_profile(user_id)
+        if fields is None:
+            raise NotFound("Unknown user")
+        display_name, avatar = fields
+        presence = self.presence.get(user_id)
+        last_seen = presence.last_active_ts if presence is not None else None
+        return {
+            "userId": user_id,
+            "displayName": display_name,
+            "avatarContentUri": avatar,
+            "isOnline": self.presence.is_online(user_id),
+            "lastSeen": iso_time(last_seen) if last_seen is not None else None,
+            "lastSeenMs": last_seen,
+        }
 
     # Groups ------------------------------------------------------------------------
 
@@ -298,6 +457,8 @@ class ChatService:
     ) -> str:
         if not name.strip():
             raise MatrixError("'name' must not be empty", "M_INVALID_PARAM")
+        if len(name.strip()) > MAX_NAME_LENGTH:
+            raise MatrixError(f"'name' is longer than {MAX_NAME_LENGTH} characters", "M_INVALID_PARAM")
         return await self.rooms.create_room(
             user_id, {"preset": "private_chat", "name": name, "invite": members}, encrypted=encrypted
         )

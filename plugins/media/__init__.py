@@ -272,7 +272,8 @@ class MediaPlugin:
             "mediaId": row.media_id,
             "messageId": row.message_id,
             "type": row.content_type,
-            "url": self.repo.download_path(row.media_id),
+            # Absolute, as the first spec shows it: a client can fetch it as it is (with its token).
+            "url": self.api.public_base_url + self.repo.download_path(row.media_id),
             "size": row.size,
             "contentUri": self.repo.mxc(row.media_id),
             "fileName": row.upload_name,
