@@ -740,6 +740,10 @@ FUZZED_ROUTES: list[tuple[str, str, list[str]]] = [
     ("PUT", V3 + "/room_keys/keys/{room}?version=1", ["sessions"]),
     ("POST", "/api/messages/send", ["chatId", "receiverId", "content", "clientMessageId", "encrypted"]),
     ("POST", "/api/groups", ["name", "members", "encrypted"]),
+    ("PUT", "/api/messages/{room}/{event}", ["content"]),
+    ("POST", "/api/messages/{room}/read", ["messageId"]),
+    ("PUT", "/api/groups/{room}/name", ["name"]),
+    ("PUT", "/api/profile", ["displayName", "avatarContentUri"]),
 ]
 _fuzz_txn = itertools.count()
 

@@ -8,7 +8,9 @@ import secrets
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -54,8 +56,15 @@ class Client:
             body["chatId"] = chat_id
         return dict(self.ok("POST", "/api/messages/send", status=201, json=body))
 
-    def messages(self, chat_id: str, **params: Any) -> dict[str, Any]:
-        return dict(self.ok("GET", f"/api/messages/{chat_id}", params=params))
+    def messages(self, chat_id: str, **params: Any) -> list[dict[str, Any]]:
+        """The first spec's answer: a bare array of messages, newest first."""
+        return list(self.ok("GET", f"/api/messages/{chat_id}", params=params))
+
+    def messages_page(self, url: str) -> tuple[list[dict[str, Any]], str | None]:
+        """One page and the absolute URL of the next (older) one, from the `Link` header."""
+        r = self.session.get(url, timeout=60)
+        assert r.status_code == 200, r.text
+        return list(r.json()), r.links.get("next", {}).get("url")
 
     def status(self, chat_id: str, message_id: str) -> dict[str, Any]:
         return dict(self.ok("GET", f"/api/messages/{chat_id}/{message_id}/status"))
@@ -92,7 +101,7 @@ def breakdown(status: dict[str, Any]) -> dict[str, str]:
 
 
 def listed_status(client: Client, chat_id: str, message_id: str) -> str:
-    found = [m for m in client.messages(chat_id)["messages"] if m["messageId"] == message_id]
+    found = [m for m in client.messages(chat_id) if m["messageId"] == message_id]
     assert len(found) == 1
     return str(found[0]["status"])
 
@@ -243,7 +252,7 @@ def test_first_message_creates_the_direct_chat_and_later_ones_reuse_it(server: S
     reply = bob.send_message("hi alice", to=alice.user_id)
     assert reply["chatId"] == chat_id
     assert [c["chatId"] for c in alice.chats()] == [chat_id]
-    assert [m["content"] for m in alice.messages(chat_id)["messages"]] == ["hi alice", "two", "one"]
+    assert [m["content"] for m in alice.messages(chat_id)] == ["hi alice", "two", "one"]
 
     # Another user gets another chat.
     carol = new_client(server, "carol")
@@ -304,8 +313,7 @@ def test_message_list_fields_order_and_pagination(server: ServerProcess) -> None
         {"msgtype": "m.text", "body": "rich", "format": "org.matrix.custom.html"}, chat_id=chat_id
     )
 
-    page = alice.messages(chat_id)
-    messages = page["messages"]
+    messages = alice.messages(chat_id)
     assert [m["messageId"] for m in messages] == [bob_msg["messageId"]] + [
         s["messageId"] for s in reversed(sent)
     ]
@@ -315,23 +323,34 @@ def test_message_list_fields_order_and_pagination(server: ServerProcess) -> None
     assert newest["content"] == {"msgtype": "m.text", "body": "rich", "format": "org.matrix.custom.html"}
     assert messages[1]["senderId"] == alice.user_id and messages[1]["content"] == "message 6"
     assert messages[1]["timestamp"] == sent[6]["timestamp"]
+    assert messages[1]["timestampMs"] == sent[6]["timestampMs"]
     assert all(m["status"] in ("sent", "delivered", "read") for m in messages)
-    timestamps = [m["timestamp"] for m in messages]
+    # ISO 8601 in UTC to the millisecond, the same instant as `timestampMs`.
+    for m in messages:
+        moment = datetime.strptime(m["timestamp"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+        assert int(moment.timestamp() * 1000) == m["timestampMs"], m
+    timestamps = [m["timestampMs"] for m in messages]
     assert timestamps == sorted(timestamps, reverse=True)
 
-    # Pages of 3, following `before`, see every message once, newest first.
+    # Pages of 3, following the `Link` header's next page, see every message once, newest first.
     seen: list[str] = []
-    params: dict[str, Any] = {"limit": "3"}
-    for _ in range(10):
-        page = alice.messages(chat_id, **params)
-        assert len(page["messages"]) <= 3
-        seen += [m["messageId"] for m in page["messages"]]
-        if "before" not in page:
-            break
-        params["before"] = page["before"]
+    url: str | None = server.url(f"/api/messages/{chat_id}?limit=3")
+    pages = 0
+    while url is not None and pages < 10:
+        page, url = alice.messages_page(url)
+        pages += 1
+        assert 1 <= len(page) <= 3
+        seen += [m["messageId"] for m in page]
+    assert pages == 3 and url is None
     assert seen == [m["messageId"] for m in messages]
+    # The link carries `before` and `limit` as query parameters.
+    first = alice.request("GET", f"/api/messages/{chat_id}", params={"limit": "3"})
+    link = first.links["next"]["url"]
+    assert link.startswith(server.url(f"/api/messages/{quote(chat_id, safe='')}?before="))
+    assert link.endswith("&limit=3")
+    assert "Link" in first.headers["Access-Control-Expose-Headers"]
     # Bob sees the same list.
-    assert [m["messageId"] for m in bob.messages(chat_id)["messages"]] == seen
+    assert [m["messageId"] for m in bob.messages(chat_id)] == seen
 
 
 def test_non_member_cannot_list_or_send(server: ServerProcess) -> None:
@@ -352,7 +371,7 @@ def test_non_member_cannot_list_or_send(server: ServerProcess) -> None:
         assert r.json()["errcode"] == "M_FORBIDDEN"
         assert "private" not in r.text
     assert eve.chats() == []
-    assert [m["content"] for m in alice.messages(chat_id)["messages"]] == ["private"]
+    assert [m["content"] for m in alice.messages(chat_id)] == ["private"]
 
 
 def test_group_membership_is_admin_only(server: ServerProcess) -> None:
@@ -442,7 +461,7 @@ def test_group_of_a_thousand_members(big_server: ServerProcess) -> None:
     assert breakdown(status)[reader.user_id] == "delivered"
     assert status["status"] == "sent"
     # Listing the group's messages is fine with 999 recipients too.
-    assert admin.messages(chat_id)["messages"][0]["messageId"] == sent["messageId"]
+    assert admin.messages(chat_id)[0]["messageId"] == sent["messageId"]
     total = time.monotonic() - started
     print(
         f"register {registered - started:.1f}s, create {created - registered:.1f}s,"
@@ -507,4 +526,4 @@ def test_concurrent_first_messages_make_one_direct_chat(server: ServerProcess) -
         assert alice.send_message("again", to=other.user_id)["chatId"] == chat_id
         assert other.send_message("back", to=alice.user_id)["chatId"] == chat_id
     assert bob.send_message("again", to=alice.user_id)["chatId"] == chat_ids[0]
-    assert len(alice.messages(chat_ids[0])["messages"]) == 7
+    assert len(alice.messages(chat_ids[0])) == 7

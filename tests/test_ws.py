@@ -460,6 +460,54 @@ def test_ack_frame_and_resume_make_messages_delivered(server: ServerProcess) -> 
     sender.close()
 
 
+def test_read_frame_marks_messages_read(server: ServerProcess) -> None:
+    alice = new_user(server)
+    bob = new_user(server)
+    eve = new_user(server)
+    sender, _ = open_stream(server, alice)
+    send(sender, {"type": "send", "receiverId": bob["user_id"], "content": "one", "txn_id": "c1"})
+    ack = recv_type(sender, "send_ack")
+    chat_id, first = ack["room_id"], ack["event_id"]
+    send(sender, {"type": "send", "chatId": chat_id, "content": "two", "txn_id": "c2"})
+    second = recv_type(sender, "send_ack")["event_id"]
+    ws, _ = open_stream(server, bob)
+
+    # Up to a given message (joining the chat, as any first access does), then up to the newest.
+    send(ws, {"type": "read", "chatId": chat_id, "messageId": first, "txn_id": "r1"})
+    assert recv_type(ws, "read_ack") == {
+        "type": "read_ack",
+        "chatId": chat_id,
+        "messageId": first,
+        "txn_id": "r1",
+    }
+    assert message_status(server, alice, chat_id, first) == "read"
+    assert message_status(server, alice, chat_id, second) != "read"
+    send(ws, {"type": "read", "chatId": chat_id})
+    assert recv_type(ws, "read_ack") == {"type": "read_ack", "chatId": chat_id, "messageId": second}
+    assert message_status(server, alice, chat_id, second) == "read"
+
+    # Bad frames get error frames, and the stream goes on.
+    send(ws, {"type": "read", "txn_id": "r2"})
+    assert recv_type(ws, "error") == {
+        "type": "error",
+        "errcode": "M_MISSING_PARAM",
+        "error": "Missing 'chatId'",
+        "txn_id": "r2",
+    }
+    send(ws, {"type": "read", "chatId": chat_id, "messageId": 7})
+    assert recv_type(ws, "error")["errcode"] == "M_BAD_JSON"
+    send(ws, {"type": "read", "chatId": chat_id, "messageId": "$nothere", "txn_id": "r3"})
+    assert recv_type(ws, "error")["errcode"] == "M_NOT_FOUND"
+    # A non-member may not mark anything read.
+    outsider, _ = open_stream(server, eve)
+    send(outsider, {"type": "read", "chatId": chat_id, "messageId": first, "txn_id": "r4"})
+    refused = recv_type(outsider, "error")
+    assert (refused["errcode"], refused["txn_id"]) == ("M_FORBIDDEN", "r4")
+    ping(ws)
+    for socket_ in (ws, outsider, sender):
+        socket_.close()
+
+
 def test_a_client_that_stops_reading_gets_coalesced_deltas_without_repeats(server: ServerProcess) -> None:
     """Back-pressure: while the socket is full the stream computes nothing; when it drains, one
     delta covers the rest. Nothing is repeated, order holds, and a gap is flagged `limited`."""
