@@ -121,6 +121,24 @@ class RateLimitsConfig:
     register_per_ip: RateLimit = RateLimit(0.1, 5)
     password_reset_per_ip: RateLimit = RateLimit(0.05, 3)
     password_reset_per_account: RateLimit = RateLimit(0.01, 3)
+    # Per account, on what a client does (core/ratelimit.py USER_ACTIONS).
+    send_per_user: RateLimit = RateLimit(10.0, 100)
+    create_room_per_user: RateLimit = RateLimit(0.05, 10)
+    join_per_user: RateLimit = RateLimit(0.1, 20)
+    invite_per_user: RateLimit = RateLimit(0.2, 20)
+    media_upload_per_user: RateLimit = RateLimit(1.0, 20)
+
+
+@dataclass(frozen=True)
+class UserDirectoryConfig:
+    # Everyone finds every local user (else: those sharing a room, or in a public room).
+    search_all_users: bool = False
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    # How long POST /search waits for the index to reach messages sent before it.
+    index_wait: Duration = Duration(2_000)
 
 
 @dataclass(frozen=True)
@@ -167,6 +185,8 @@ class Config:
     email: EmailConfig = field(default_factory=EmailConfig)
     rate_limits: RateLimitsConfig = field(default_factory=RateLimitsConfig)
     encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
+    user_directory: UserDirectoryConfig = field(default_factory=UserDirectoryConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     pushers: PushersConfig = field(default_factory=PushersConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)

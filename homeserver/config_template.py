@@ -98,6 +98,29 @@ rate_limits:
   password_reset_per_ip: {per_second: 0.05, burst: 3}
   # Password-reset mails to one address.
   password_reset_per_account: {per_second: 0.01, burst: 3}
+  # What one account does; over the limit: 429 M_LIMIT_EXCEEDED with retry_after_ms
+  # and a Retry-After header (whole seconds, rounded up).
+  # Events sent: messages (PUT .../send/...), redactions, the simple API's sends.
+  send_per_user: {per_second: 10, burst: 100}
+  # Rooms created (POST /createRoom, new direct chats and groups of the simple API).
+  create_room_per_user: {per_second: 0.05, burst: 10}
+  # Rooms joined (POST /join/{room}, /rooms/{id}/join).
+  join_per_user: {per_second: 0.1, burst: 20}
+  # Invitations sent (POST /rooms/{id}/invite).
+  invite_per_user: {per_second: 0.2, burst: 20}
+  # Media uploads (the media plugin's upload endpoints).
+  media_upload_per_user: {per_second: 1, burst: 20}
+
+user_directory:
+  # POST /user_directory/search finds users who share a room with the searcher or
+  # are in a room anyone may join. true: every local user is found by everyone.
+  search_all_users: false
+
+search:
+  # POST /search reads an index filled just after each commit (off the send path);
+  # it waits up to this long for the index to hold every message sent before it.
+  # Encrypted rooms are not searchable on the server (it only sees ciphertext).
+  index_wait: 2s
 
 encryption:
   # Which new rooms are end-to-end encrypted from the start (m.room.encryption,

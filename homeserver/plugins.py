@@ -354,6 +354,11 @@ class PluginApi:
         user = await self._hs.storage.accounts.get_user(user_id)
         return user is not None and user.is_admin and not user.deactivated
 
+    def check_rate_limit(self, action: str, user_id: str) -> None:
+        """Count one `action` ("media_upload", ...: the `rate_limits.<action>_per_user` keys of
+        the server's config) by `user_id`; raise MatrixError 429 M_LIMIT_EXCEEDED past it."""
+        self._hs.ratelimiter.check_user(action, user_id)
+
     # Rooms ------------------------------------------------------------------------
 
     async def room_membership(self, room_id: str, user_id: str) -> str | None:

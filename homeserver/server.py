@@ -22,8 +22,10 @@ from homeserver.api.client import (
     profile,
     push_rules,
     pushers,
+    reports,
     room_events,
     rooms,
+    search,
     sliding_sync,
     spaces,
     sync,
@@ -53,6 +55,7 @@ from homeserver.core.email_validation import EmailValidator
 from homeserver.core.event_stream import EventStream
 from homeserver.core.events import EventService
 from homeserver.core.filters import FilterService
+from homeserver.core.ignored_users import IGNORED_USER_LIST, IgnoredUsers, check_ignored_user_list
 from homeserver.core.key_backup import KeyBackupService
 from homeserver.core.mailer import Mailer
 from homeserver.core.messages import MessagesService
@@ -68,11 +71,14 @@ from homeserver.core.pushers import PusherService
 from homeserver.core.ratelimit import RateLimiter
 from homeserver.core.receipts import ReceiptService
 from homeserver.core.registration import RegistrationService
+from homeserver.core.reports import ReportService
 from homeserver.core.room_heads import RoomHeads
 from homeserver.core.room_preview import RoomPreview
 from homeserver.core.room_tags import TagService
 from homeserver.core.room_upgrade import RoomUpgrader
 from homeserver.core.rooms import RoomService
+from homeserver.core.search import SearchService
+from homeserver.core.search_index import SearchIndexer
 from homeserver.core.sliding_sync import SlidingSyncService
 from homeserver.core.spaces import SpaceService
 from homeserver.core.sync import SyncService
@@ -81,6 +87,7 @@ from homeserver.core.tokens import TokenService
 from homeserver.core.typing import TypingService
 from homeserver.core.uia import InteractiveAuth
 from homeserver.core.unread import UnreadCounter
+from homeserver.core.user_directory import UserDirectory
 from homeserver.core.voip import VoipService
 from homeserver.notifier import Notifier
 from homeserver.plugins import PluginApi, migrate_plugin_schemas, start_plugins
@@ -125,7 +132,7 @@ class HomeServer:
         # Password hashing and SMTP: blocking work, off the reactor thread.
         self.blocking = WorkerThreads(0, 10, "blocking", reactor)
         self.hasher = PasswordHasher(config.auth.password_hashing, self.blocking)
-        self.ratelimiter = RateLimiter(self.clock, config.rate_limits.enabled)
+        self.ratelimiter = RateLimiter(self.clock, config.rate_limits.enabled, config.rate_limits)
         self.tokens = TokenService(
             self.storage,
             self.clock,
@@ -188,6 +195,8 @@ class HomeServer:
             threads,
             user_data,
             push_rules,
+            search,
+            reports,
             keys,
             openid,
             voip,
@@ -211,6 +220,8 @@ class HomeServer:
             self.config.server_name, self.signing_key, self.clock, self.room_heads, self.persister, store
         )
         self.account_data = AccountDataService(self.storage, self.notifier, self.room_heads)
+        self.account_data.checks[IGNORED_USER_LIST] = check_ignored_user_list
+        self.ignored_users = IgnoredUsers(self.account_data)
         self.rooms = RoomService(
             self.config.server_name,
             self.storage,
@@ -221,6 +232,8 @@ class HomeServer:
         self.profiles = ProfileService(self.storage, self.rooms, self.timeline)
         self.openid = OpenIdService(self.config.server_name, self.storage, self.clock)
         self.voip = VoipService()
+        self.events.ratelimiter = self.ratelimiter
+        self.rooms.ratelimiter = self.ratelimiter
         self.directory = DirectoryService(self.config.server_name, self.storage, self.rooms, self.room_heads)
         self.tags = TagService(self.account_data, self.room_heads)
         self.rooms.tags = self.tags
@@ -254,6 +267,7 @@ class HomeServer:
             self.unread,
             self.keys,
             lambda: self.stream.position,
+            self.ignored_users,
         )
         self.sliding_sync = SlidingSyncService(
             self.storage,
@@ -292,6 +306,8 @@ class HomeServer:
             self.receipts,
         )
 
+        self._build_finding()
+
         # In-process consumers, called in this order after each commit: the caches first,
         # the notifier last, so a woken sync finds the events in them.
         self.stream.add_inline("timeline", self.timeline.on_committed)
@@ -299,6 +315,28 @@ class HomeServer:
         self.stream.add_inline("sliding_sync", self.sliding_sync.on_committed)
         self.stream.add_inline("unread", self.unread.on_committed)
         self.stream.add_inline("notifier", self.notifier.on_events_committed)
+
+    def _build_finding(self) -> None:
+        """Finding people and messages, and reports (docs/search.md)."""
+        self.user_directory = UserDirectory(
+            self.storage,
+            self.room_heads,
+            self.timeline,
+            self.stream,
+            self.config.user_directory.search_all_users,
+        )
+        self.accounts.on_profile_changed.append(self.user_directory.profile_changed)
+        self.profiles.on_profile_changed.append(self.user_directory.profile_changed)
+        self.search_index = SearchIndexer(self.storage.search, self.stream, self.clock)
+        self.search = SearchService(
+            self.storage,
+            self.timeline,
+            self.messages,
+            self.search_index,
+            self.ignored_users,
+            self.config.search.index_wait / 1000,
+        )
+        self.reports = ReportService(self.storage, self.messages, self.clock)
 
     def _joined_members(self, room_id: str) -> list[str]:
         head = self.room_heads.peek(room_id)
@@ -326,6 +364,8 @@ class HomeServer:
         self.receipts.start(positions["receipts"])
         await self.presence.start(positions["presence"])
         await self.keys.start()
+        await self.user_directory.start()
+        await self.search_index.start()
         # Typing lives in memory only: start its positions past any a client may hold.
         self.typing.position = self.clock.time_ms()
         self._start_job(1.0, self.delivery.flush)

@@ -403,7 +403,8 @@ class Router:
             lines = [b"Content-Type: %s\r\n" % safe_header_value(response.content_type), _CORS_LINES]
             lines.extend(b"%s: %s\r\n" % (name, safe_header_value(value)) for name, value in response.headers)
             if response.status == 429 and isinstance(body, dict) and "retry_after_ms" in body:
-                lines.append(b"Retry-After: %d\r\n" % max(1, int(body["retry_after_ms"]) // 1000))
+                # Whole seconds, rounded up: a client waiting this long is not refused again.
+                lines.append(b"Retry-After: %d\r\n" % max(1, -(-int(body["retry_after_ms"]) // 1000)))
             head = b"".join(lines)
         request.respond(response.status, head, data)
         self._log_access(request, response)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from homeserver.core.room_heads import RoomHeads
@@ -28,6 +29,10 @@ class AccountDataService:
         self.stream = StreamIdGenerator()
         self._started_at = 0
         self._last_change: dict[str, int] = {}
+        # Called with (user id, room id, type, content) after each write (e.g. the ignore list's cache).
+        self.on_put: list[Callable[[str, str, str, dict[str, Any]], None]] = []
+        # Checks of the content of some types a client writes, by type.
+        self.checks: dict[str, Callable[[dict[str, Any]], None]] = {}
 
     def start(self, current: int) -> None:
         self.stream = StreamIdGenerator(current)
@@ -42,6 +47,8 @@ class AccountDataService:
             # everyone else's sync can skip the query.
             self._last_change[user_id] = max(position, self._last_change.get(user_id, 0))
             self.stream.done(position)
+        for listener in self.on_put:
+            listener(user_id, room_id, data_type, content)
         self.notifier.wake_users([user_id])
         return position
 
@@ -60,6 +67,9 @@ class AccountDataService:
             )
         if room_id and (self.heads is None or await self.heads.get(room_id) is None):
             raise MatrixError("Unknown room", "M_INVALID_PARAM")
+        check = self.checks.get(data_type)
+        if check is not None and not room_id:
+            check(content)
         await self.put(user_id, room_id, data_type, content)
 
     async def get_by_client(

@@ -81,6 +81,8 @@ class AccountService:
         self.on_devices_deleted: list[Callable[[str, list[str]], Awaitable[None]]] = []
         # Called as listener(user_id, kept_device) after a password change.
         self.on_password_changed: list[Callable[[str, str | None], Awaitable[None]]] = []
+        # Called with the user id after an account is created or deactivated (the user directory).
+        self.on_profile_changed: list[Callable[[str], Awaitable[None]]] = []
 
     # Identifiers -------------------------------------------------------------
 
@@ -162,7 +164,15 @@ class AccountService:
         except ThreepidExists:
             raise ThreepidInUse("Email address is already in use") from None
         log.info("registered {user_id}", user_id=user_id)
+        await self._profile_changed(user_id)
         return user_id
+
+    async def _profile_changed(self, user_id: str) -> None:
+        for listener in self.on_profile_changed:
+            try:
+                await listener(user_id)
+            except Exception:
+                log.failure("profile listener failed for {user_id}", user_id=user_id)
 
     async def _generate_localpart(self) -> str:
         while True:
@@ -319,4 +329,5 @@ class AccountService:
     async def deactivate(self, user_id: str) -> None:
         await self.storage.accounts.deactivate(user_id)
         await self.delete_all_devices(user_id)
+        await self._profile_changed(user_id)
         log.info("deactivated {user_id}", user_id=user_id)

@@ -203,7 +203,7 @@ class ChatService:
                 "M_BAD_JSON",
             )
         txn = (device_id, scoped_txn_id("simple/messages/send", client_id)) if client_id else None
-        return await self.events.send(user_id, chat_id, event_type, body, txn=txn)
+        return await self.events.send(user_id, chat_id, event_type, body, txn=txn, rate_limited=True)
 
     async def message_list(self, user_id: str, chat_id: str, before: str | None, limit: int) -> MessagePage:
         head = await self.access_chat(user_id, chat_id)

@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred
 
 from homeserver.core.clock import Clock
 from homeserver.core.persist import EarlierEventFailed, EventPersister
+from homeserver.core.ratelimit import RateLimiter
 from homeserver.core.room_heads import RoomHead, RoomHeads
 from homeserver.core.txn_ids import TxnIdCache
 from homeserver.errors import BadJson, Forbidden, MatrixError, NotFound, TooLarge
@@ -50,6 +51,8 @@ class EventService:
         self.persister = persister
         self.store = store
         self.txn_ids = TxnIdCache(store, clock)
+        # Set by the server: limits what clients send (`send(..., rate_limited=True)`).
+        self.ratelimiter: RateLimiter | None = None
         self._in_flight_txns: dict[tuple[str, str, str], list[Deferred[StoredEvent]]] = {}
 
     # Building --------------------------------------------------------------------
@@ -157,12 +160,18 @@ class EventService:
         *,
         txn: tuple[str, str] | None = None,
         redacts: str | None = None,
+        rate_limited: bool = False,
     ) -> StoredEvent:
         """Build and persist one event; with `txn` (device id, txn id) a retry returns the first event.
+        `rate_limited`: a client's own send, counted against `rate_limits.send_per_user` (a retry
+        answered with the first event is not counted).
 
         @raise NotFound: unknown room. @raise Forbidden: refused by the auth rules.
+        @raise LimitExceeded: over the sender's rate limit.
         """
         if txn is None:
+            if rate_limited:
+                self._limit(sender)
             return await self._send_now(sender, room_id, event_type, content, state_key, redacts, None)
         key = (sender, txn[0], txn[1])
         waiters = self._in_flight_txns.get(key)
@@ -177,6 +186,8 @@ class EventService:
             if existing is not None:
                 event = (await self.store.get_events([existing]))[existing]
             else:
+                if rate_limited:
+                    self._limit(sender)
                 event = await self._send_now(sender, room_id, event_type, content, state_key, redacts, key)
         except Exception as e:
             del self._in_flight_txns[key]
@@ -187,6 +198,10 @@ class EventService:
         for w in waiters:
             w.callback(event)
         return event
+
+    def _limit(self, sender: str) -> None:
+        if self.ratelimiter is not None:
+            self.ratelimiter.check_user("send", sender)
 
     async def _send_now(
         self,

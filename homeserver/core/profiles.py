@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from homeserver.errors import BadJson, Forbidden, NotFound, Unrecognized
@@ -25,6 +26,8 @@ class ProfileService:
         self.storage = storage
         self.rooms = rooms
         self.timeline = timeline
+        # Called with the user id after a change (the user directory re-indexes them).
+        self.on_profile_changed: list[Callable[[str], Awaitable[None]]] = []
 
     async def get(self, user_id: str) -> dict[str, Any]:
         """The fields that are set, or M_NOT_FOUND for an unknown user."""
@@ -67,3 +70,5 @@ class ProfileService:
         memberships = await self.timeline.rooms_for_user(user_id)
         joined = sorted(room_id for room_id, (m, _) in memberships.items() if m == "join")
         await self.rooms.update_member_profiles(user_id, joined)
+        for listener in self.on_profile_changed:
+            await listener(user_id)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from homeserver.config import RateLimit
+from homeserver.config import RateLimit, RateLimitsConfig
 from homeserver.core.clock import Clock
 from homeserver.errors import LimitExceeded
 
@@ -10,11 +10,22 @@ from homeserver.errors import LimitExceeded
 _MAX_BUCKETS = 100_000
 
 
+# What one account does, each limited by `rate_limits.<action>_per_user`.
+USER_ACTIONS = ("send", "create_room", "join", "invite", "media_upload")
+
+
 class RateLimiter:
-    def __init__(self, clock: Clock, enabled: bool = True) -> None:
+    def __init__(self, clock: Clock, enabled: bool = True, limits: RateLimitsConfig | None = None) -> None:
         self.clock = clock
         self.enabled = enabled
+        self.limits = limits or RateLimitsConfig()
         self._buckets: dict[tuple[str, str], tuple[float, float]] = {}
+
+    def check_user(self, action: str, user_id: str) -> None:
+        """Take one `action` (one of USER_ACTIONS) from `user_id`'s bucket, or raise LimitExceeded."""
+        if action not in USER_ACTIONS:
+            raise ValueError(f"unknown rate-limited action {action!r}")
+        self.check(action, user_id, getattr(self.limits, f"{action}_per_user"))
 
     def check(self, action: str, key: str, limit: RateLimit, cost: float = 1.0) -> None:
         """Take `cost` from the bucket; raise LimitExceeded (with retry_after_ms) if empty."""

@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from homeserver.core.account_data import AccountDataService
 from homeserver.core.events import EventService
 from homeserver.core.join_rules import KNOCK_JOIN_RULES, RESTRICTED_JOIN_RULES, allowed_room_ids, join_rule
+from homeserver.core.ratelimit import RateLimiter
 from homeserver.core.room_heads import RoomHead
 from homeserver.core.txn_ids import scoped_txn_id
 from homeserver.errors import Forbidden, MatrixError, NotFound
@@ -95,6 +96,8 @@ class RoomService:
         self.storage = storage
         self.events = events
         self.tags: TagService | None = None  # set by the server (core/room_tags.py)
+        # Set by the server: createRoom, join and invite are limited per user.
+        self.ratelimiter: RateLimiter | None = None
         self._redactions: dict[str, StoredEvent] = {}
         self._forgotten: dict[str, set[str]] = {}
 
@@ -123,6 +126,10 @@ class RoomService:
                 content["avatar_url"] = profile[1]
         return content
 
+    def _limit(self, action: str, user_id: str) -> None:
+        if self.ratelimiter is not None:
+            self.ratelimiter.check_user(action, user_id)
+
     async def _check_local_user(self, user_id: str) -> None:
         if not user_id.endswith(":" + self.server_name):
             raise Forbidden("Inviting users of other servers needs federation, which is not enabled yet")
@@ -137,6 +144,7 @@ class RoomService:
 
         `encrypted` overrides the server's default (`encryption.enabled_by_default_for_room_type`).
         """
+        self._limit("create_room", creator)
         version = body.get("room_version", DEFAULT_ROOM_VERSION)
         if version not in KNOWN_VERSIONS:
             raise MatrixError(f"Unsupported room version {version!r}", "M_UNSUPPORTED_ROOM_VERSION")
@@ -325,6 +333,7 @@ class RoomService:
         head = await self.access_room_as_member(sender, room_id)
         if head.membership(target) == "join":
             raise Forbidden(f"{target} is already in the room")
+        self._limit("invite", sender)
         if head.membership(target) == "ban":
             raise Forbidden(f"{target} is banned from the room")
         direct = None
@@ -336,6 +345,8 @@ class RoomService:
     async def join(self, user_id: str, room_id_or_alias: str) -> str:
         room_id = await self.resolve_room(room_id_or_alias)
         head = await self.events.heads.get(room_id)
+        if head is None or head.membership(user_id) != "join":
+            self._limit("join", user_id)  # joining again a room one is in changes nothing
         invite = head.get("m.room.member", user_id) if head is not None else None
         extra = await self._restricted_join(user_id, head) if head is not None else None
         await self.set_membership(user_id, room_id, user_id, "join", extra=extra)
@@ -493,6 +504,7 @@ class RoomService:
             {"reason": reason} if reason is not None else {},
             txn=(device_id, scoped_txn_id(f"redact/{room_id}/{event_id}", txn_id)),
             redacts=event_id,
+            rate_limited=True,
         )
 
     def redaction_of(self, ev: StoredEvent) -> StoredEvent | None:

@@ -24,6 +24,7 @@ from homeserver.core.delivery import DeliveryTracker
 from homeserver.core.e2ee import KeyService
 from homeserver.core.event_format import EncodedEvents, RawJson, client_event, dumps_with_raw
 from homeserver.core.filters import SyncFilter
+from homeserver.core.ignored_users import IgnoredUsers
 from homeserver.core.messages import state_at
 from homeserver.core.presence import PresenceService
 from homeserver.core.receipts import ReceiptService
@@ -54,6 +55,15 @@ class SyncRequest:
     filter: SyncFilter
     full_state: bool = False
     set_presence: str | None = None
+    # The users this user ignores (m.ignored_user_list): their events and invites are left out.
+    ignored: frozenset[str] = frozenset()
+
+
+def _not_ignored(events: list[StoredEvent], ignored: frozenset[str]) -> list[StoredEvent]:
+    """Without the ignored users' messages (their state events stay: they are the room's state)."""
+    if not ignored:
+        return events
+    return [ev for ev in events if ev.sender not in ignored or ev.state_key is not None]
 
 
 class SyncService:
@@ -73,8 +83,10 @@ class SyncService:
         unread: UnreadCounter,
         keys: KeyService,
         persisted_upto: Any,
+        ignored: IgnoredUsers | None = None,
     ) -> None:
         self.storage = storage
+        self.ignored = ignored
         self.clock = clock
         self.notifier = notifier
         self.heads = heads
@@ -207,6 +219,8 @@ class SyncService:
     async def _compute(self, req: SyncRequest, upto: SyncToken) -> tuple[str, bool, SyncToken]:
         since = req.since
         user_id = req.user_id
+        if self.ignored is not None:
+            req.ignored = await self.ignored.of(user_id)
         rooms = await self.timeline.rooms_for_user(user_id)
         forgotten = await self.rooms.forgotten(user_id)
         join: dict[str, Any] = {}
@@ -229,6 +243,9 @@ class SyncService:
                     join[room_id] = room
             elif membership == "invite" and changed:
                 head = await self.heads.get(room_id)
+                invited_by = head.get("m.room.member", user_id) if head is not None else None
+                if invited_by is not None and invited_by.sender in req.ignored:
+                    continue  # an ignored user's invite is dropped (spec: Ignoring Users)
                 if head is not None:
                     invite[room_id] = {"invite_state": {"events": self.rooms.invite_state(head, user_id)}}
             elif membership == "knock" and changed:
@@ -385,7 +402,9 @@ class SyncService:
                 events, limited = [], False
             else:
                 events, limited = await self._events_between(room_id, since.events, upto.events, limit)
-        events = [ev for ev in events if req.filter.timeline.allows(ev.type, ev.sender)]
+        events = [
+            ev for ev in _not_ignored(events, req.ignored) if req.filter.timeline.allows(ev.type, ev.sender)
+        ]
         state = await self._state_for(req, head, events, upto.events, full, limited, since)
         # Events read from the database may be redacted by events not in memory (after a restart).
         await self.rooms.load_redactions(events + state)
@@ -456,7 +475,7 @@ class SyncService:
         events, limited = await self._events_between(
             room_id, after, leave_position, req.filter.timeline_limit
         )
-        events = await self.visibility.filter_for_user(req.user_id, head, events)
+        events = _not_ignored(await self.visibility.filter_for_user(req.user_id, head, events), req.ignored)
         await self.rooms.load_redactions(events)
         return {
             "timeline": {

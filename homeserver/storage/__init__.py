@@ -12,9 +12,12 @@ from homeserver.storage.e2ee import E2eeStore
 from homeserver.storage.events import EventStore
 from homeserver.storage.openid import OpenIdStore
 from homeserver.storage.pushers import PusherStore
+from homeserver.storage.reports import ReportStore
 from homeserver.storage.rooms import RoomStore
+from homeserver.storage.search import SearchStore
 from homeserver.storage.stream_consumers import StreamConsumerStore
 from homeserver.storage.user_data import UserDataStore
+from homeserver.storage.user_directory import UserDirectoryStore
 
 
 class Storage:
@@ -32,6 +35,9 @@ class Storage:
         self.stream_consumers = StreamConsumerStore(db)
         self.pushers = PusherStore(db)
         self.openid = OpenIdStore(db)
+        self.search = SearchStore(db)
+        self.user_directory = UserDirectoryStore(db)
+        self.reports = ReportStore(db)
 
     @classmethod
     def from_url(cls, url: str, pool_min: int = 2, pool_max: int = 10, reactor: Any = None) -> "Storage":

@@ -122,6 +122,7 @@ class MediaPlugin:
     # Matrix: uploads -------------------------------------------------------------
 
     async def upload(self, request: ApiRequest, requester: Requester) -> dict[str, Any]:
+        self.api.check_rate_limit("media_upload", requester.user_id)
         row = await self.repo.ingest(
             requester.user_id,
             _body(request),
@@ -139,6 +140,7 @@ class MediaPlugin:
     ) -> dict[str, Any]:
         if server_name != self.api.server_name:
             raise not_found()
+        self.api.check_rate_limit("media_upload", requester.user_id)
         row = await self.repo.upload_pending(
             requester.user_id,
             media_id,
@@ -218,6 +220,7 @@ class MediaPlugin:
     # The simple API ------------------------------------------------------------------
 
     async def simple_upload(self, request: ApiRequest, requester: Requester) -> Response:
+        self.api.check_rate_limit("media_upload", requester.user_id)
         content_type = (request.getHeader(b"content-type") or b"").decode("latin-1")
         part = await self.api.run_blocking(
             _file_part, _body(request), content_type, self.config.max_upload_size

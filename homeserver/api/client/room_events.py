@@ -33,6 +33,7 @@ def register(router: Router, hs: "HomeServer") -> None:
             event_type,
             content,
             txn=(requester.device_id, scoped_txn_id(f"send/{room_id}/{event_type}", txn_id)),
+            rate_limited=True,
         )
         return {"event_id": event.event_id}
 

@@ -1,0 +1,101 @@
+"""Fills the full-text index (storage/search.py) from the committed-event stream.
+
+A durable subscribed consumer, not the send path: a commit only appends its events to
+this consumer's queue, and the index is written in its own transactions just after,
+so sending never waits for indexing, and a crash loses nothing (the consumer resumes
+at its saved position; a repeat replaces a row with the same row). A search waits,
+up to `search.index_wait`, for the consumer to reach the events committed before it
+(`caught_up`), so a client finds what it has just sent.
+
+Indexed: the `body` of m.room.message, the `name` of m.room.name and the `topic` of
+m.room.topic (the spec's keys content.body, content.name, content.topic). Messages
+of encrypted rooms are m.room.encrypted ciphertext and never indexed: clients search
+those themselves. A redaction removes its target from the index.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+
+from homeserver.core.clock import Clock
+from homeserver.core.event_stream import EventStream, StreamBatch, StreamConsumer
+from homeserver.storage.events import StoredEvent
+from homeserver.storage.search import SearchRow, SearchStore
+
+CONSUMER = "search_index"
+# (event type, content field): what is indexed, under the spec's key name.
+INDEXED = {
+    "m.room.message": ("body", "content.body"),
+    "m.room.name": ("name", "content.name"),
+    "m.room.topic": ("topic", "content.topic"),
+}
+
+
+def search_row(ev: StoredEvent) -> SearchRow | None:
+    indexed = INDEXED.get(ev.type)
+    if indexed is None or ev.redacted_by is not None:
+        return None
+    text = ev.content.get(indexed[0])
+    if not isinstance(text, str) or not text.strip():
+        return None
+    return SearchRow(
+        ev.event_id, ev.room_id, ev.sender, ev.type, indexed[1], ev.stream_ordering, ev.origin_server_ts, text
+    )
+
+
+def redacted_target(ev: StoredEvent) -> str | None:
+    if ev.type != "m.room.redaction":
+        return None
+    target = ev.pdu.get("redacts", ev.content.get("redacts"))  # v11 moved it into content
+    return target if isinstance(target, str) else None
+
+
+class SearchIndexer:
+    def __init__(self, store: SearchStore, stream: EventStream, clock: Clock) -> None:
+        self.store = store
+        self.stream = stream
+        self.clock = clock
+        self._consumer: StreamConsumer | None = None
+
+    async def start(self) -> None:
+        # From the start of the stream: a server that had messages before the index had them too.
+        self._consumer = await self.stream.subscribe_durable(CONSUMER, self._on_events, from_start=True)
+
+    async def _on_events(self, batch: StreamBatch) -> None:
+        rows = []
+        removed = []
+        for item in batch.items:
+            row = search_row(item.event)
+            if row is not None:
+                rows.append(row)
+            target = redacted_target(item.event)
+            if target is not None:
+                removed.append(target)
+        await self.store.index(rows, removed)
+
+    async def caught_up(self, timeout_s: float) -> bool:
+        """Wait until everything committed before now is indexed, at most `timeout_s`;
+        whether it was."""
+        consumer = self._consumer
+        if consumer is None:
+            return False
+        position = self.stream.position
+        if consumer.position >= position:
+            return True
+        done: Deferred[bool] = Deferred()
+
+        def arrived(_: None) -> None:
+            if not done.called:
+                done.callback(True)
+
+        consumer.reached(position).addCallback(arrived)
+
+        def give_up() -> None:
+            if not done.called:
+                done.callback(False)
+
+        call = self.clock.callLater(timeout_s, give_up)
+        reached = await done
+        if call.active():
+            call.cancel()
+        return reached

@@ -1,0 +1,201 @@
+"""The full-text index of messages: PostgreSQL `tsvector` + GIN, SQLite FTS5.
+
+Both engines index the same rows (core/search_index.py decides which events and what
+text) and answer the same query: the events of some rooms whose text holds every
+word of the search, each word as a prefix ("meet" finds "meeting"), both engines
+stemming English words. Ranked by relevance (`ts_rank_cd`, FTS5's `bm25`) or by
+recency; pages by position (recency) or offset (rank).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from homeserver.storage.database import Database, Txn
+
+# Longer texts are indexed by their start (a tsvector is capped at 1 MB).
+MAX_INDEXED_CHARS = 65_536
+
+
+@dataclass(frozen=True, slots=True)
+class SearchRow:
+    event_id: str
+    room_id: str
+    sender: str
+    event_type: str
+    key: str
+    stream_ordering: int
+    origin_server_ts: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    event_id: str
+    room_id: str
+    stream_ordering: int
+    rank: float
+
+
+class SearchStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def index(self, rows: Sequence[SearchRow], removed: Sequence[str]) -> None:
+        """Add `rows` (again: a row already there is replaced) and drop the events `removed`
+        (redacted), in one transaction."""
+        if not rows and not removed:
+            return
+        if self.db.dialect == "postgres":
+            await self.db.run_interaction("search_index_pg", _index_pg_txn, rows, removed)
+        else:
+            await self.db.run_interaction("search_index_sqlite", _index_sqlite_txn, rows, removed)
+
+    async def search(
+        self,
+        words: Sequence[str],
+        room_ids: Sequence[str],
+        keys: Sequence[str],
+        by_rank: bool,
+        before: int | None,
+        offset: int,
+        limit: int,
+    ) -> list[SearchHit]:
+        """Up to `limit` events of `room_ids` holding every word (as a prefix), best first
+        (by rank, or newest first); `before`: only positions below it; `offset`: skip as many."""
+        if not words or not room_ids or not keys:
+            return []
+        if self.db.dialect == "postgres":
+            sql, args = _query_pg(words, room_ids, keys, by_rank, before, offset, limit, count=False)
+        else:
+            sql, args = _query_sqlite(words, room_ids, keys, by_rank, before, offset, limit, count=False)
+        rows = await self.db.query("search_events", sql, *args)
+        return [SearchHit(r[0], r[1], int(r[2]), float(r[3] or 0.0)) for r in rows]
+
+    async def count(self, words: Sequence[str], room_ids: Sequence[str], keys: Sequence[str]) -> int:
+        """How many events match (before history visibility is applied: an estimate)."""
+        if not words or not room_ids or not keys:
+            return 0
+        if self.db.dialect == "postgres":
+            sql, args = _query_pg(words, room_ids, keys, False, None, 0, 0, count=True)
+        else:
+            sql, args = _query_sqlite(words, room_ids, keys, False, None, 0, 0, count=True)
+        rows = await self.db.query("search_count", sql, *args)
+        return int(rows[0][0]) if rows else 0
+
+
+def _index_pg_txn(txn: Txn, rows: Sequence[SearchRow], removed: Sequence[str]) -> None:
+    for row in rows:
+        txn.execute(
+            "INSERT INTO event_search (event_id, room_id, sender, type, key, stream_ordering,"
+            " origin_server_ts, vector) VALUES (?, ?, ?, ?, ?, ?, ?, to_tsvector('english', ?))"
+            " ON CONFLICT (event_id) DO UPDATE SET vector = excluded.vector",
+            (
+                row.event_id,
+                row.room_id,
+                row.sender,
+                row.event_type,
+                row.key,
+                row.stream_ordering,
+                row.origin_server_ts,
+                row.text[:MAX_INDEXED_CHARS],
+            ),
+        )
+    for event_id in removed:
+        txn.execute("DELETE FROM event_search WHERE event_id = ?", (event_id,))
+
+
+def _index_sqlite_txn(txn: Txn, rows: Sequence[SearchRow], removed: Sequence[str]) -> None:
+    for row in rows:
+        # Replaced whole when handed over again (a durable consumer's repeat after a crash).
+        txn.execute("DELETE FROM event_search_fts WHERE rowid = ?", (row.stream_ordering,))
+        txn.execute(
+            "INSERT OR REPLACE INTO event_search (stream_ordering, event_id, room_id, sender, type, key,"
+            " origin_server_ts) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                row.stream_ordering,
+                row.event_id,
+                row.room_id,
+                row.sender,
+                row.event_type,
+                row.key,
+                row.origin_server_ts,
+            ),
+        )
+        txn.execute(
+            "INSERT INTO event_search_fts (rowid, value) VALUES (?, ?)",
+            (row.stream_ordering, row.text[:MAX_INDEXED_CHARS]),
+        )
+    for event_id in removed:
+        found = txn.query_one("SELECT stream_ordering FROM event_search WHERE event_id = ?", (event_id,))
+        if found is not None:
+            txn.execute("DELETE FROM event_search_fts WHERE rowid = ?", (found[0],))
+            txn.execute("DELETE FROM event_search WHERE stream_ordering = ?", (found[0],))
+
+
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+def _query_pg(
+    words: Sequence[str],
+    room_ids: Sequence[str],
+    keys: Sequence[str],
+    by_rank: bool,
+    before: int | None,
+    offset: int,
+    limit: int,
+    count: bool,
+) -> tuple[str, list[object]]:
+    # Words are \w+ runs (core/search.py), so nothing in them is tsquery syntax.
+    tsquery = " & ".join(f"{w}:*" for w in words)
+    where = (
+        f"s.vector @@ to_tsquery('english', ?) AND s.room_id IN ({_marks(len(room_ids))})"
+        f" AND s.key IN ({_marks(len(keys))})"
+    )
+    args: list[object] = [tsquery, *room_ids, *keys]
+    if before is not None:
+        where += " AND s.stream_ordering < ?"
+        args.append(before)
+    if count:
+        return f"SELECT COUNT(*) FROM event_search s WHERE {where}", args
+    order = "rank DESC, s.stream_ordering DESC" if by_rank else "s.stream_ordering DESC"
+    sql = (
+        "SELECT s.event_id, s.room_id, s.stream_ordering,"
+        f" ts_rank_cd(s.vector, to_tsquery('english', ?)) AS rank FROM event_search s WHERE {where}"
+        f" ORDER BY {order} LIMIT ? OFFSET ?"
+    )
+    return sql, [tsquery, *args, limit, offset]
+
+
+def _query_sqlite(
+    words: Sequence[str],
+    room_ids: Sequence[str],
+    keys: Sequence[str],
+    by_rank: bool,
+    before: int | None,
+    offset: int,
+    limit: int,
+    count: bool,
+) -> tuple[str, list[object]]:
+    # Each word quoted (a string, never an FTS5 operator) and a prefix.
+    match = " AND ".join(f'"{w}"*' for w in words)
+    where = (
+        f"f.event_search_fts MATCH ? AND s.room_id IN ({_marks(len(room_ids))})"
+        f" AND s.key IN ({_marks(len(keys))})"
+    )
+    args: list[object] = [match, *room_ids, *keys]
+    if before is not None:
+        where += " AND s.stream_ordering < ?"
+        args.append(before)
+    frm = "event_search_fts f JOIN event_search s ON s.stream_ordering = f.rowid"
+    if count:
+        return f"SELECT COUNT(*) FROM {frm} WHERE {where}", args
+    # bm25 is lower for better matches: negated, so higher is better on both engines.
+    order = "f.rank, s.stream_ordering DESC" if by_rank else "s.stream_ordering DESC"
+    sql = (
+        f"SELECT s.event_id, s.room_id, s.stream_ordering, -f.rank FROM {frm} WHERE {where}"
+        f" ORDER BY {order} LIMIT ? OFFSET ?"
+    )
+    return sql, [*args, limit, offset]
