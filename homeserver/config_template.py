@@ -117,8 +117,9 @@ user_directory:
   search_all_users: false
 
 search:
-  # POST /search reads an index filled just after each commit (off the send path);
-  # it waits up to this long for the index to hold every message sent before it.
+  # POST /search and /user_directory/search read indexes filled just after each
+  # commit (off the send path); they wait up to this long for the indexes to hold
+  # everything committed before the request.
   # Encrypted rooms are not searchable on the server (it only sees ciphertext).
   index_wait: 2s
 

@@ -324,10 +324,11 @@ class HomeServer:
             self.timeline,
             self.stream,
             self.config.user_directory.search_all_users,
+            self.config.search.index_wait / 1000,
         )
         self.accounts.on_profile_changed.append(self.user_directory.profile_changed)
         self.profiles.on_profile_changed.append(self.user_directory.profile_changed)
-        self.search_index = SearchIndexer(self.storage.search, self.stream, self.clock)
+        self.search_index = SearchIndexer(self.storage.search, self.stream)
         self.search = SearchService(
             self.storage,
             self.timeline,

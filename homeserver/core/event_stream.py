@@ -276,6 +276,25 @@ class StreamConsumer:
             self._reached.append((position, d))
         return d
 
+    async def caught_up(self, timeout_s: float) -> bool:
+        """Wait, at most `timeout_s` on the clock, until everything committed before this call
+        is handled; whether it was (readers of what the consumer writes: read your writes)."""
+        position = self.stream.position
+        if self.position >= position:
+            return True
+        done: Deferred[bool] = Deferred()
+
+        def finish(value: bool) -> None:
+            if not done.called:
+                done.callback(value)
+
+        self.reached(position).addCallback(lambda _: finish(True))
+        call = self.stream._clock.callLater(timeout_s, finish, False)
+        reached = await done
+        if call.active():
+            call.cancel()
+        return reached
+
     def _handled(self, holds: BatchHolds) -> None:
         """The handler returned for this batch: settle it (and those after it) if nothing holds it."""
         self.handled_upto = holds.upto

@@ -15,9 +15,6 @@ those themselves. A redaction removes its target from the index.
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred
-
-from homeserver.core.clock import Clock
 from homeserver.core.event_stream import EventStream, StreamBatch, StreamConsumer
 from homeserver.storage.events import StoredEvent
 from homeserver.storage.search import SearchRow, SearchStore
@@ -51,10 +48,9 @@ def redacted_target(ev: StoredEvent) -> str | None:
 
 
 class SearchIndexer:
-    def __init__(self, store: SearchStore, stream: EventStream, clock: Clock) -> None:
+    def __init__(self, store: SearchStore, stream: EventStream) -> None:
         self.store = store
         self.stream = stream
-        self.clock = clock
         self._consumer: StreamConsumer | None = None
 
     async def start(self) -> None:
@@ -76,26 +72,4 @@ class SearchIndexer:
     async def caught_up(self, timeout_s: float) -> bool:
         """Wait until everything committed before now is indexed, at most `timeout_s`;
         whether it was."""
-        consumer = self._consumer
-        if consumer is None:
-            return False
-        position = self.stream.position
-        if consumer.position >= position:
-            return True
-        done: Deferred[bool] = Deferred()
-
-        def arrived(_: None) -> None:
-            if not done.called:
-                done.callback(True)
-
-        consumer.reached(position).addCallback(arrived)
-
-        def give_up() -> None:
-            if not done.called:
-                done.callback(False)
-
-        call = self.clock.callLater(timeout_s, give_up)
-        reached = await done
-        if call.active():
-            call.cancel()
-        return reached
+        return self._consumer is not None and await self._consumer.caught_up(timeout_s)

@@ -11,7 +11,8 @@ Kept current cheaply: a user's terms are rewritten when they register, change th
 display name or are deactivated (the `on_profile_changed` hooks of the account and
 profile services); memberships are read from the rooms' current state at query time;
 which rooms are public is kept by a durable consumer of the committed-event stream
-(it sees every m.room.join_rules event, in order, across restarts). Each query reads
+(it sees every m.room.join_rules event, in order, across restarts; a search waits, up to
+`search.index_wait`, for it to reach the events committed before it). Each query reads
 the index ranges of its words, never every user.
 """
 
@@ -21,7 +22,7 @@ import re
 import unicodedata
 from typing import Any
 
-from homeserver.core.event_stream import EventStream, StreamBatch
+from homeserver.core.event_stream import EventStream, StreamBatch, StreamConsumer
 from homeserver.core.room_heads import RoomHeads
 from homeserver.core.timeline_cache import TimelineCache
 from homeserver.errors import MatrixError
@@ -60,8 +61,11 @@ class UserDirectory:
         timeline: TimelineCache,
         stream: EventStream,
         search_all_users: bool,
+        wait_s: float,
     ) -> None:
         self.storage = storage
+        self.wait_s = wait_s
+        self._consumer: StreamConsumer | None = None
         self.heads = heads
         self.timeline = timeline
         self.stream = stream
@@ -79,7 +83,9 @@ class UserDirectory:
                 if len(users) < _BACKFILL_PAGE:
                     break
                 after = users[-1][0]
-        await self.stream.subscribe_durable("user_directory", self._on_events, from_start=True)
+        self._consumer = await self.stream.subscribe_durable(
+            "user_directory", self._on_events, from_start=True
+        )
 
     async def _on_events(self, batch: StreamBatch) -> None:
         rooms = {
@@ -130,6 +136,9 @@ class UserDirectory:
             return {"results": [], "limited": False}
         rooms: list[str] | None = None
         if not self.search_all_users:
+            # Public rooms as of every event committed before this search.
+            if self._consumer is not None:
+                await self._consumer.caught_up(self.wait_s)
             memberships = await self.timeline.rooms_for_user(searcher)
             rooms = sorted(r for r, (m, _) in memberships.items() if m == "join")
         found = await self.storage.user_directory.search(words, normalise(term), rooms, limit + 1)
