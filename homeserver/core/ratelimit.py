@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import math
+
 from homeserver.config import RateLimit, RateLimitsConfig
 from homeserver.core.clock import Clock
 from homeserver.errors import LimitExceeded
 
 # Past this many buckets, full (idle) ones are dropped so memory stays bounded.
 _MAX_BUCKETS = 100_000
+
+
+def _whole_ms(wait_s: float) -> int:
+    """Rounded up (a client waiting that long finds a token), past float noise."""
+    return max(1, math.ceil(round(wait_s * 1000, 6)))
 
 
 # What one account does, each limited by `rate_limits.<action>_per_user`.
@@ -37,7 +44,7 @@ class RateLimiter:
         if tokens < cost:
             self._buckets[(action, key)] = (tokens, now)
             wait_s = (cost - tokens) / limit.per_second if limit.per_second > 0 else 3600.0
-            raise LimitExceeded(retry_after_ms=max(1, int(wait_s * 1000)))
+            raise LimitExceeded(retry_after_ms=_whole_ms(wait_s))
         self._buckets[(action, key)] = (tokens - cost, now)
         if len(self._buckets) > _MAX_BUCKETS:
             self._prune(now)
@@ -51,7 +58,7 @@ class RateLimiter:
         tokens = min(float(limit.burst), tokens + (now - last) * limit.per_second)
         if tokens < 1:
             wait_s = (1 - tokens) / limit.per_second if limit.per_second > 0 else 3600.0
-            raise LimitExceeded(retry_after_ms=max(1, int(wait_s * 1000)))
+            raise LimitExceeded(retry_after_ms=_whole_ms(wait_s))
 
     def _prune(self, now: float) -> None:
         # A bucket idle for an hour has refilled for any sane limit.

@@ -1,0 +1,175 @@
+"""Per-user rate limits on send, createRoom, join, invite and media upload, in-process on a
+clock the test moves: the request past the burst answers 429 M_LIMIT_EXCEEDED with
+`retry_after_ms` and a `Retry-After` header in whole seconds rounded up, and the same
+request goes through once the clock has moved that long (never sooner)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest_twisted
+from harness import CS, Client, TestClock, connect, make_server, parse_response, room_path, turn
+
+from homeserver.server import HomeServer
+
+# 0.4 tokens a second: an empty bucket has its next token in 2.5 s, so Retry-After is 3.
+SLOW = {"per_second": 0.4, "burst": 2}
+
+
+async def raw(
+    hs: HomeServer, method: str, path: str, token: str, body: bytes, content_type: str = "application/json"
+) -> tuple[int, dict[str, str], dict[str, Any]]:
+    """A request with its response headers (the harness's Client keeps only the body)."""
+    assert hs.http is not None
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    _, transport = connect(hs.http)
+    transport.protocol.dataReceived(head.encode() + body)
+    await transport.closed
+    status, headers, data = parse_response(transport.value())
+    return status, headers, json.loads(data) if data else {}
+
+
+def assert_limited(
+    answer: tuple[int, dict[str, str], dict[str, Any]], retry_after_ms: int, header: str
+) -> None:
+    status, headers, body = answer
+    assert (status, body.get("errcode")) == (429, "M_LIMIT_EXCEEDED"), answer
+    assert body["retry_after_ms"] == retry_after_ms
+    assert headers["retry-after"] == header
+
+
+def send(hs: HomeServer, token: str, room_id: str, txn: str) -> Any:
+    path = f"{CS}{room_path(room_id)}/send/m.room.message/{txn}"
+    return raw(hs, "PUT", path, token, json.dumps({"msgtype": "m.text", "body": txn}).encode())
+
+
+async def advance(clock: TestClock, seconds: float) -> None:
+    """Let the group commit finish its loop first (it times itself on the same clock: moved
+    in the middle, its last commit would look slow to it and it would wait for more)."""
+    await turn()
+    clock.advance(seconds)
+
+
+async def limited_server(tmp_path: Path, clock: TestClock, **limits: Any) -> HomeServer:
+    return await make_server(tmp_path, clock, rate_limits={"enabled": True, **limits})
+
+
+@pytest_twisted.ensureDeferred
+async def test_sending_is_limited_per_user_and_refills_with_time(tmp_path: Path) -> None:
+    clock = TestClock()
+    hs = await limited_server(tmp_path, clock, send_per_user=SLOW)
+    client = Client(hs)
+    try:
+        alice = await client.register(hs, "alice")
+        bob = await client.register(hs, "bob")
+        room_id = (
+            await client.call("POST", "/createRoom", alice["access_token"], {"preset": "public_chat"})
+        )["room_id"]
+        await client.call("POST", f"/join/{room_id}", bob["access_token"], {})
+        token = alice["access_token"]
+        assert (await send(hs, token, room_id, "t1"))[0] == 200
+        assert (await send(hs, token, room_id, "t2"))[0] == 200
+        assert_limited(await send(hs, token, room_id, "t3"), 2500, "3")
+        # A retry of a request that went through is answered, not counted.
+        assert (await send(hs, token, room_id, "t2"))[0] == 200
+        # Another user has their own bucket.
+        assert (await send(hs, bob["access_token"], room_id, "b1"))[0] == 200
+        # Not before the time it said: 2.4 s later there is still no token.
+        await advance(clock, 2.4)
+        assert_limited(await send(hs, token, room_id, "t3"), 100, "1")
+        await advance(clock, 0.1)
+        assert (await send(hs, token, room_id, "t3"))[0] == 200
+        # Redactions count as sends too.
+        path = f"{CS}{room_path(room_id)}/redact/{(await send(hs, bob['access_token'], room_id, 'b2'))[2]['event_id']}/r1"
+        assert_limited(await raw(hs, "PUT", path, token, b"{}"), 2500, "3")
+    finally:
+        await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_create_room_join_and_invite_are_limited(tmp_path: Path) -> None:
+    clock = TestClock()
+    one_a_minute = {"per_second": 1 / 60, "burst": 1}
+    hs = await limited_server(
+        tmp_path,
+        clock,
+        create_room_per_user=one_a_minute,
+        join_per_user=one_a_minute,
+        invite_per_user=one_a_minute,
+    )
+    client = Client(hs)
+    try:
+        alice, bob, carol = [await client.register(hs, n) for n in ("alice", "bob", "carol")]
+        create = json.dumps({"preset": "public_chat"}).encode()
+        status, _, first = await raw(hs, "POST", f"{CS}/createRoom", alice["access_token"], create)
+        assert status == 200
+        assert_limited(await raw(hs, "POST", f"{CS}/createRoom", alice["access_token"], create), 60_000, "60")
+        status, _, second = await raw(hs, "POST", f"{CS}/createRoom", bob["access_token"], create)
+        assert status == 200
+
+        join = f"{CS}/join/"
+        assert (await raw(hs, "POST", join + first["room_id"], carol["access_token"], b"{}"))[0] == 200
+        assert_limited(
+            await raw(hs, "POST", join + second["room_id"], carol["access_token"], b"{}"), 60_000, "60"
+        )
+        # Joining a room one is in again changes nothing and is not counted.
+        assert (await raw(hs, "POST", join + first["room_id"], carol["access_token"], b"{}"))[0] == 200
+
+        invite = f"{CS}{room_path(first['room_id'])}/invite"
+        body = json.dumps({"user_id": bob["user_id"]}).encode()
+        assert (await raw(hs, "POST", invite, alice["access_token"], body))[0] == 200
+        other = json.dumps({"user_id": (await client.register(hs, "dave"))["user_id"]}).encode()
+        assert_limited(await raw(hs, "POST", invite, alice["access_token"], other), 60_000, "60")
+
+        await advance(clock, 60)
+        assert (await raw(hs, "POST", invite, alice["access_token"], other))[0] == 200
+        assert (await raw(hs, "POST", join + second["room_id"], carol["access_token"], b"{}"))[0] == 200
+        assert (await raw(hs, "POST", f"{CS}/createRoom", alice["access_token"], create))[0] == 200
+    finally:
+        await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_media_uploads_are_limited(tmp_path: Path) -> None:
+    clock = TestClock()
+    hs = await make_server(
+        tmp_path,
+        clock,
+        rate_limits={"enabled": True, "media_upload_per_user": SLOW},
+        plugins=[{"module": "plugins.media.MediaPlugin", "config": {"max_upload_size": "1M"}}],
+    )
+    client = Client(hs)
+    try:
+        alice = await client.register(hs, "alice")
+        upload = "/_matrix/media/v3/upload?filename=a.txt"
+        for _ in range(2):
+            answer = await raw(hs, "POST", upload, alice["access_token"], b"hello", "text/plain")
+            assert answer[0] == 200, answer
+        assert_limited(
+            await raw(hs, "POST", upload, alice["access_token"], b"hello", "text/plain"), 2500, "3"
+        )
+        await advance(clock, 2.5)
+        assert (await raw(hs, "POST", upload, alice["access_token"], b"hello", "text/plain"))[0] == 200
+    finally:
+        await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_limits_off_when_disabled(tmp_path: Path) -> None:
+    clock = TestClock()
+    hs = await make_server(
+        tmp_path, clock, rate_limits={"enabled": False, "send_per_user": {"per_second": 0.001, "burst": 1}}
+    )
+    client = Client(hs)
+    try:
+        alice = await client.register(hs, "alice")
+        room_id = (await client.call("POST", "/createRoom", alice["access_token"], {}))["room_id"]
+        for i in range(5):
+            assert (await send(hs, alice["access_token"], room_id, f"t{i}"))[0] == 200
+    finally:
+        await hs.stop(None)
