@@ -38,7 +38,7 @@ from bench.stats import WorkloadResult
 from bench.workloads import Runner, Sizes
 
 ALL_SERVERS = ["ours-sqlite", "ours-pg", "synapse"]
-ALL_WORKLOADS = ["W1", "W2", "W3", "W3P", "W4", "W5", "W6", "PG"]
+ALL_WORKLOADS = ["W1", "W2", "W3", "W3P", "W4", "W5", "W6", "SR", "PG"]
 
 CONFIG_NOTES = """\
 - **ours**: `homeserver run` with `rate_limits.enabled: false`, `auth.password_hashing: fast`,
@@ -89,6 +89,9 @@ CONFIG_NOTES = """\
   state keys and every extension, initial and incremental after one new message (no rows
   where the server answers 404).
 - **W6**: `POST /join/{roomId}` by users not yet in the room, one at a time; median.
+- **SR**: `POST /search` (room_events, the default page of 10) for a word in 1 of 20 messages of
+  one room, once ordered by rank and once by recency, one at a time; medians. Ours answers
+  from PostgreSQL full-text search or SQLite FTS5.
 - **PG** (ours only): `POST /_matrix/push/v1/notify` with one FCM device each, a fixed number
   in flight, through the push gateway plugin (firebase-admin) to the tests' local OAuth and
   FCM v1 endpoints (tests/push_endpoints.py, threads of the generator's process); ours runs
@@ -127,6 +130,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ("w5-repeats", int, "W5 initial syncs"),
         ("w6-members", int, "W6 room members"),
         ("w6-joins", int, "W6 joins measured"),
+        ("sr-messages", int, "SR messages in the searched room"),
+        ("sr-repeats", int, "SR searches measured per ordering"),
         ("pg-notifications", int, "PG notifications sent"),
         ("grace", float, "longest wait for late deliveries (s)"),
     ]:
@@ -150,6 +155,8 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
         "w5_repeats",
         "w6_members",
         "w6_joins",
+        "sr_messages",
+        "sr_repeats",
         "pg_notifications",
     ):
         value = getattr(args, field_name)
@@ -228,6 +235,8 @@ async def run_target(
             plan.append(("W6", runner.w6))
         if "W5" in workloads:
             plan.append(("W5", runner.w5))
+        if "SR" in workloads:
+            plan.append(("SR", runner.sr))
         if stand_in is not None and target.is_ours:
             plan.append(
                 (

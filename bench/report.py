@@ -76,6 +76,8 @@ def rows_for(sizes: Sizes) -> list[Row]:
         Row("w5.ss.bytes", "W5 initial sliding sync: response size (KiB)"),
         Row("w5.ss.incr", "W5 incremental sliding sync after one new message: median (ms)"),
         Row("w6.time", f"W6 join a room with {s.w6_members:,} members (ms)"),
+        Row("sr.rank", f"SR search a room of {s.sr_messages:,} messages: POST /search by rank, median (ms)"),
+        Row("sr.recent", "SR search: POST /search by recency, median (ms)"),
         Row(
             "pg.rate",
             f"PG push gateway, {s.pg_in_flight} in flight, to a local FCM endpoint: notifications/s",

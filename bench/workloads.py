@@ -21,6 +21,7 @@ from typing import Any
 from bench.half_core import HalfCore
 from bench.httpclient import HttpClient, HttpError
 from bench.matrix import (
+    CLIENT,
     EMPTY_FILTER,
     Matrix,
     MatrixCallError,
@@ -62,6 +63,8 @@ class Sizes:
     w5_repeats: int = 3
     w6_members: int = 1000
     w6_joins: int = 3
+    sr_messages: int = 2000
+    sr_repeats: int = 10
     pg_notifications: int = 3000
     pg_in_flight: int = 20
     # Longest wait for deliveries once the load has stopped, while they still trickle in.
@@ -88,6 +91,8 @@ class Sizes:
             w5_repeats=2,
             w6_members=100,
             w6_joins=2,
+            sr_messages=200,
+            sr_repeats=5,
             pg_notifications=300,
             grace_s=20.0,
         )
@@ -977,6 +982,57 @@ class Runner:
             "join_times_ms": [round(t * 1000, 1) for t in times],
             "setup_fill_s": fill_s,
         }
+        return result
+
+    # SR: full-text search over one room of many messages --------------------------------------------
+
+    async def sr(self) -> WorkloadResult:
+        s = self.sizes
+        result = WorkloadResult("SR", f"SR search: one room of {s.sr_messages} messages, 1 in 20 a hit")
+        user = await self.target.register(self.mx, "bench_sr", -1)
+        room = await self.mx.create_room(user, {"preset": "private_chat", "name": "bench search"})
+        t0 = time.monotonic()
+        for i in range(s.sr_messages):
+            word = "quarterly" if i % 20 == 0 else "weekly"
+            content = {"msgtype": "m.text", "body": f"status report {i}: the {word} numbers look fine"}
+            response = await self.mx.send(user, room, content)
+            if response.status != 200:
+                raise MatrixCallError("send (SR setup)", response)
+        fill_s = time.monotonic() - t0
+        expected = len(range(0, s.sr_messages, 20))
+
+        async def search(order_by: str) -> dict[str, Any]:
+            body = {"search_categories": {"room_events": {"search_term": "quarterly", "order_by": order_by}}}
+            found = await self.mx.call("POST", f"{CLIENT}/search", body, user.token, "search")
+            return dict(found["search_categories"]["room_events"])
+
+        # Until the server has indexed everything (ours indexes just after each commit).
+        deadline = time.monotonic() + 60
+        while (await search("recent")).get("count") != expected and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        if self.target.pid is not None:
+            await settle(self.target.pid, max_s=20)
+        meter = self.meter()
+        meter.start()
+        times: dict[str, list[float]] = {"rank": [], "recent": []}
+        counts = {}
+        for _ in range(s.sr_repeats):
+            for order_by, spent in times.items():
+                t = time.monotonic()
+                found = await search(order_by)
+                spent.append(time.monotonic() - t)
+                counts[order_by] = (found.get("count"), len(found.get("results", [])))
+        result.resources = meter.stop()
+        for order_by, spent in times.items():
+            result.metrics[f"sr.{order_by}"] = Metric(_ms(statistics.median(spent)), "ms", False)
+        result.details = {
+            "setup_fill_s": fill_s,
+            "times_ms": {k: [round(t * 1000, 1) for t in v] for k, v in times.items()},
+            "count_and_page": counts,
+        }
+        for order_by, (count, page) in counts.items():
+            if count != expected or page != min(10, expected):
+                result.problems.append(f"{order_by}: count {count}, page {page}; expected {expected} hits")
         return result
 
 

@@ -247,16 +247,20 @@ class SearchService:
         query: _Query,
         ignored: frozenset[str],
     ) -> list[dict[str, Any]]:
+        # Serialized room by room: a room's bundled aggregations are read in one go.
+        by_room: dict[str, list[StoredEvent]] = {}
+        for ev, _ in found:
+            by_room.setdefault(ev.room_id, []).append(ev)
+        serialized: dict[str, dict[str, Any]] = {}
+        for room_id, events in by_room.items():
+            head = await self.messages.rooms.head(room_id)
+            bodies = await self.messages.serialize(head, events, judges[room_id])
+            serialized.update((ev.event_id, body) for ev, body in zip(events, bodies, strict=True))
         results = []
         for ev, rank in found:
-            head = await self.messages.rooms.head(ev.room_id)
-            judge = judges[ev.room_id]
-            result: dict[str, Any] = {
-                "rank": rank,
-                "result": (await self.messages.serialize(head, [ev], judge))[0],
-            }
+            result: dict[str, Any] = {"rank": rank, "result": serialized[ev.event_id]}
             if query.context:
-                result["context"] = await self._context(ev, judge, query, ignored)
+                result["context"] = await self._context(ev, judges[ev.room_id], query, ignored)
             results.append(result)
         return results
 
