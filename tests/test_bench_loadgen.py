@@ -185,6 +185,8 @@ def tiny_sizes() -> Sizes:
         w4_ws=[],
         w6_members=6,
         w6_joins=1,
+        sr_messages=40,
+        sr_repeats=2,
         grace_s=1.5,
     )
 
@@ -285,20 +287,23 @@ def test_percentile_is_nearest_rank() -> None:
 
 
 def test_against_our_server_for_a_few_seconds(start_server: Callable[..., Any]) -> None:
-    """W1 and W3 with tiny numbers against the real server: nothing lost, duplicated or refused."""
+    """W1, W3 and SR with tiny numbers against the real server: nothing lost, duplicated or
+    refused; search finds every hit."""
     server = start_server({"rate_limits": {"enabled": False}, "logging": {"access_log": False}})
     sizes = tiny_sizes()
 
-    async def main() -> tuple[Any, Any]:
+    async def main() -> tuple[Any, Any, Any]:
         target = Target("ours", "ours", "127.0.0.1", server.port, process=server.process, is_ours=True)
         runner = Runner(target, sizes, lambda _: None)
         try:
             await runner.setup_users(sizes.pool_size())
-            return await runner.w1(), await runner.w3()
+            return await runner.w1(), await runner.w3(), await runner.sr()
         finally:
             runner.close()
 
-    w1, w3 = run_async(main)
+    w1, w3, sr = run_async(main)
+    assert sr.problems == [] and sr.details["count_and_page"]["rank"] == (2, 2)
+    assert sr.metrics["sr.rank"].value is not None
     assert w1.details["acked"] > 0
     assert w1.details["lost"] == 0 and w1.details["duplicates"] == 0, w1.problems
     assert w1.details["send_errors"] == 0 and w1.details["sync_errors"] == 0, w1.problems

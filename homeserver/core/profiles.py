@@ -5,12 +5,16 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from twisted.logger import Logger
+
 from homeserver.errors import BadJson, Forbidden, NotFound, Unrecognized
 from homeserver.storage import Storage
 
 if TYPE_CHECKING:
     from homeserver.core.rooms import RoomService
     from homeserver.core.timeline_cache import TimelineCache
+
+log = Logger()
 
 FIELDS = ("displayname", "avatar_url")
 _MAX_LENGTH = {"displayname": 256, "avatar_url": 1000}
@@ -71,4 +75,8 @@ class ProfileService:
         joined = sorted(room_id for room_id, (m, _) in memberships.items() if m == "join")
         await self.rooms.update_member_profiles(user_id, joined)
         for listener in self.on_profile_changed:
-            await listener(user_id)
+            try:
+                await listener(user_id)
+            except Exception:
+                # The change is made; the directory catches up at the user's next change.
+                log.failure("profile listener failed for {user_id}", user_id=user_id)
