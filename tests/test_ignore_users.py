@@ -99,3 +99,33 @@ def test_the_ignore_list_must_have_the_spec_shape(server: ServerProcess) -> None
         assert (r.status_code, r.json()["errcode"]) == (400, "M_BAD_JSON"), content
     r = requests.put(url, json={"ignored_users": {"@a:b": {}}}, headers=headers, timeout=10)
     assert r.status_code == 200
+
+
+def test_sliding_sync_leaves_out_an_ignored_users_messages_and_invites(server: ServerProcess) -> None:
+    """Element X's path (simplified sliding sync, MSC4186): the same rules as /sync. No client
+    library speaks it here: requests shaped as the MSC says."""
+    from test_sliding_sync import SS, post, put, send, users
+
+    alice, bob, carol = users(server, 3)
+    a, b, c = (u["access_token"] for u in (alice, bob, carol))
+    room = post(server, a, f"{CS}/createRoom", {"preset": "public_chat"})["room_id"]
+    post(server, b, f"{CS}/join/{room}", {})
+    post(server, c, f"{CS}/join/{room}", {})
+    put(
+        server,
+        a,
+        f"{CS}/user/{alice['user_id']}/account_data/m.ignored_user_list",
+        {"ignored_users": {bob["user_id"]: {}}},
+    )
+    send(server, b, room, "bob, ignored")
+    send(server, c, room, "carol, heard")
+    by_bob = post(server, b, f"{CS}/createRoom", {"invite": [alice["user_id"]]})["room_id"]
+    by_carol = post(server, c, f"{CS}/createRoom", {"invite": [alice["user_id"]]})["room_id"]
+
+    body = {"lists": {"all": {"ranges": [[0, 20]], "timeline_limit": 10}}}
+    r = requests.post(server.url(SS), json=body, headers={"Authorization": f"Bearer {a}"}, timeout=30)
+    assert r.status_code == 200, r.text
+    rooms = r.json()["rooms"]
+    bodies = [ev["content"].get("body") for ev in rooms[room]["timeline"] if ev["type"] == "m.room.message"]
+    assert bodies == ["carol, heard"]
+    assert by_carol in rooms and by_bob not in rooms

@@ -73,10 +73,10 @@ class ProfileService:
         """New member events in every room the user is joined to, so the members see it."""
         memberships = await self.timeline.rooms_for_user(user_id)
         joined = sorted(room_id for room_id, (m, _) in memberships.items() if m == "join")
-        await self.rooms.update_member_profiles(user_id, joined)
         for listener in self.on_profile_changed:
             try:
                 await listener(user_id)
             except Exception:
                 # The change is made; the directory catches up at the user's next change.
                 log.failure("profile listener failed for {user_id}", user_id=user_id)
+        await self.rooms.update_member_profiles(user_id, joined)

@@ -31,7 +31,7 @@ from homeserver.core.receipts import ReceiptService
 from homeserver.core.room_heads import RoomHead, RoomHeads
 from homeserver.core.rooms import RoomService
 from homeserver.core.streams import SyncToken, pagination_token
-from homeserver.core.sync import MAX_TIMEOUT_MS, SyncService
+from homeserver.core.sync import MAX_TIMEOUT_MS, SyncService, not_ignored
 from homeserver.core.timeline_cache import TimelineCache
 from homeserver.core.typing import TypingService
 from homeserver.core.unread import UnreadCounter
@@ -355,6 +355,7 @@ class SlidingSyncService:
         user left since (so it learns they left)."""
         memberships = await self.timeline.rooms_for_user(user_id)
         forgotten = await self.rooms.forgotten(user_id)
+        ignored = await self.classic.ignored_by(user_id)
         picked: list[tuple[str, str, int]] = []
         for room_id, (membership, position) in list(memberships.items()):
             if position > upto.events or room_id in forgotten:
@@ -372,6 +373,10 @@ class SlidingSyncService:
             head = await self.heads.get(room_id)
             if head is None:
                 continue
+            if membership == "invite" and ignored:
+                invite = head.get("m.room.member", user_id)
+                if invite is not None and invite.sender in ignored:
+                    continue  # an ignored user's invite is dropped (spec: Ignoring Users)
             if membership == "join":
                 bump = self._bump.get(room_id, position)
                 bump = bump if bump <= upto.events else position
@@ -460,6 +465,7 @@ class SlidingSyncService:
         )
         if events and not joined_throughout:
             events = await self.visibility.filter_for_user(user_id, head, events)
+        events = not_ignored(events, await self.classic.ignored_by(user_id))
         state = await self._required_state(
             head, config, events, user_id, end, after if not (initial or config_changed) else None
         )

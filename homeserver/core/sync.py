@@ -59,7 +59,7 @@ class SyncRequest:
     ignored: frozenset[str] = frozenset()
 
 
-def _not_ignored(events: list[StoredEvent], ignored: frozenset[str]) -> list[StoredEvent]:
+def not_ignored(events: list[StoredEvent], ignored: frozenset[str]) -> list[StoredEvent]:
     """Without the ignored users' messages (their state events stay: they are the room's state)."""
     if not ignored:
         return events
@@ -124,6 +124,10 @@ class SyncService:
                 self._recent_txns[item.event.event_id] = item.txn
                 if len(self._recent_txns) > _RECENT_TXNS:
                     self._recent_txns.popitem(last=False)
+
+    async def ignored_by(self, user_id: str) -> frozenset[str]:
+        """The users whose messages and invites `user_id`'s syncs leave out."""
+        return await self.ignored.of(user_id) if self.ignored is not None else frozenset()
 
     def _on_wake(self, users: set[str]) -> None:
         token = self.current_token()
@@ -219,8 +223,7 @@ class SyncService:
     async def _compute(self, req: SyncRequest, upto: SyncToken) -> tuple[str, bool, SyncToken]:
         since = req.since
         user_id = req.user_id
-        if self.ignored is not None:
-            req.ignored = await self.ignored.of(user_id)
+        req.ignored = await self.ignored_by(user_id)
         rooms = await self.timeline.rooms_for_user(user_id)
         forgotten = await self.rooms.forgotten(user_id)
         join: dict[str, Any] = {}
@@ -403,7 +406,7 @@ class SyncService:
             else:
                 events, limited = await self._events_between(room_id, since.events, upto.events, limit)
         events = [
-            ev for ev in _not_ignored(events, req.ignored) if req.filter.timeline.allows(ev.type, ev.sender)
+            ev for ev in not_ignored(events, req.ignored) if req.filter.timeline.allows(ev.type, ev.sender)
         ]
         state = await self._state_for(req, head, events, upto.events, full, limited, since)
         # Events read from the database may be redacted by events not in memory (after a restart).
@@ -475,7 +478,7 @@ class SyncService:
         events, limited = await self._events_between(
             room_id, after, leave_position, req.filter.timeline_limit
         )
-        events = _not_ignored(await self.visibility.filter_for_user(req.user_id, head, events), req.ignored)
+        events = not_ignored(await self.visibility.filter_for_user(req.user_id, head, events), req.ignored)
         await self.rooms.load_redactions(events)
         return {
             "timeline": {
