@@ -301,6 +301,13 @@ DEFAULT_PLUGINS = """
       retry_max: 10m
       # ...and dropped (logged and counted) once it has waited this long.
       give_up_after: 24h
+      # Email pushers: notifying messages still unread this long after they came
+      # are mailed, all of a user's unread rooms in one mail (through email: above).
+      email_delay: 10m
+      # At most one such mail per user per this long (later messages wait for it).
+      email_throttle: 1h
+      # The client the mail links to (e.g. https://app.example.org); none: no link.
+      email_client_url: null
 """
 
 

@@ -433,6 +433,26 @@ class PluginApi:
         """The user's unread notification count summed over their rooms (a push's counts.unread)."""
         return await self._hs.unread.total(user_id, sorted(await self.joined_rooms(user_id)))
 
+    async def room_notification_count(self, user_id: str, room_id: str) -> int:
+        """The user's unread notification count in one room (0 once they read past its
+        notifying events), as /sync's `notification_count`."""
+        return (await self._hs.unread.entry(user_id, room_id)).notify
+
+    async def event_for_user(self, user_id: str, room_id: str, event_id: str) -> dict[str, Any] | None:
+        """The event as `user_id` may see it now (client format; redacted if it was), or None
+        if it is gone or hidden from them (they left, history visibility)."""
+        try:
+            return await self._hs.messages.get_event(user_id, room_id, event_id)
+        except MatrixError:
+            return None
+
+    # Mail ------------------------------------------------------------------------
+
+    async def send_mail(self, to: str, subject: str, text: str) -> None:
+        """Send one plain-text mail through the server's mailer (`email:` of the config: SMTP,
+        or a file in the data dir's outbox without it). Raises if the SMTP server fails."""
+        await self._hs.mailer.send(to, subject, text)
+
     async def joined_rooms(self, user_id: str) -> set[str]:
         """The ids of the rooms `user_id` is joined to now."""
         rooms = await self._hs.timeline.rooms_for_user(user_id)

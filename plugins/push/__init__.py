@@ -1,5 +1,6 @@
 """Push notifications: delivery to pushers, a durable consumer of the committed-event stream
-(plugins/push/delivery.py), and the plugin's own push gateway (FCM, Web Push, forwarding).
+(plugins/push/delivery.py), email notifications of unread messages (email_notifier.py),
+and the plugin's own push gateway (FCM, Web Push, forwarding).
 See docs/push.md.
 
 Imports only the plugin API (homeserver.plugins), its own modules and treq.
@@ -14,6 +15,7 @@ from homeserver.plugins import PluginApi
 from plugins.push.config import DeliveryConfig, parse_delivery_config
 from plugins.push.delivery import Deliverer
 from plugins.push.delivery_http import GatewayClient
+from plugins.push.email_notifier import EmailNotifier
 
 
 class PushPlugin:
@@ -34,12 +36,15 @@ class PushPlugin:
             config.request_timeout_s,
             config.max_concurrent_requests,
         )
-        self.delivery = Deliverer(api, config, client)
+        self.email = EmailNotifier(api, config)
+        self.delivery = Deliverer(api, config, client, self.email)
 
     async def start(self) -> None:
         await self.delivery.start()
+        await self.email.start()
         # Durable: after a restart or a crash it resumes where its notifications were settled.
         await self.api.subscribe("delivery", self.delivery.on_batch, durable=True)
 
     async def stop(self) -> None:
         await self.delivery.stop()
+        await self.email.stop()

@@ -23,6 +23,10 @@ class DeliveryConfig:
     retry_min_s: float = 1.0
     retry_max_s: float = 600.0
     give_up_after_s: float = 86400.0
+    # Email notifications (plugins/push/email.py).
+    email_delay_s: float = 600.0
+    email_throttle_s: float = 3600.0
+    email_client_url: str | None = None
 
 
 _KEYS = {
@@ -31,6 +35,8 @@ _KEYS = {
     "retry_min": "retry_min_s",
     "retry_max": "retry_max_s",
     "give_up_after": "give_up_after_s",
+    "email_delay": "email_delay_s",
+    "email_throttle": "email_throttle_s",
 }
 
 
@@ -47,6 +53,8 @@ def parse_delivery_config(raw: Any) -> DeliveryConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise PluginConfigError("'max_concurrent_requests' must be a whole number of at least 1")
             values[key] = value
+        elif key == "email_client_url":
+            values[key] = _client_url(value)
         else:
             raise PluginConfigError(f"unknown key '{key}'")
     config = DeliveryConfig(**values)
@@ -54,7 +62,17 @@ def parse_delivery_config(raw: Any) -> DeliveryConfig:
         raise PluginConfigError("'request_timeout' and 'retry_min' must be more than 0")
     if config.retry_max_s < config.retry_min_s:
         raise PluginConfigError("'retry_max' must be at least 'retry_min'")
+    if config.email_delay_s <= 0:
+        raise PluginConfigError("'email_delay' must be more than 0")
     return config
+
+
+def _client_url(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
+        raise PluginConfigError("'email_client_url' must be an http(s) URL without query or fragment")
+    return value.rstrip("/")
 
 
 def _duration(key: str, value: Any) -> float:

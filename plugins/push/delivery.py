@@ -3,7 +3,8 @@
 For each event the rules decide who is notified (`api.push_decisions`); each of their
 `http` pushers gets a notification, queued on the pusher's own queue (first in, first out,
 so a pusher's notifications reach its gateway in stream order and a slow or dead gateway
-holds up only its own pusher). At the head of its queue a notification is:
+holds up only its own pusher). Users with an `email` pusher have the event handed to
+the email notifier instead (plugins/push/email_notifier.py). At the head of its queue a notification is:
 
 - suppressed, if its device was connected (a sync or WebSocket open, or closed less than
   `ack_wait` ago) when the event came and proves receipt within `ack_wait` of it;
@@ -36,6 +37,7 @@ from plugins.push.config import DeliveryConfig
 from plugins.push.delivery_format import EventFacts, device_entry, is_short, notify_body
 from plugins.push.delivery_http import GatewayClient, Outcome, Refused, Sent, TryAgain
 from plugins.push.delivery_store import DeliveryStore, Parked
+from plugins.push.email_notifier import EmailNotifier
 
 _PARKED_PAGE = 50
 
@@ -66,8 +68,15 @@ class PusherQueue:
 
 
 class Deliverer:
-    def __init__(self, api: PluginApi, config: DeliveryConfig, client: GatewayClient) -> None:
+    def __init__(
+        self,
+        api: PluginApi,
+        config: DeliveryConfig,
+        client: GatewayClient,
+        email: EmailNotifier | None = None,
+    ) -> None:
         self.api = api
+        self.email = email
         self.config = config
         self.client = client
         self.store = DeliveryStore(api)
@@ -106,15 +115,22 @@ class Deliverer:
     # From the stream ----------------------------------------------------------------
 
     async def on_batch(self, batch: EventBatch) -> None:
+        emails: list[tuple[StreamEvent, str]] = []
         for event in batch.events:
             decisions = await self.api.push_decisions(event)
             if not decisions:
                 continue
             pushers = await self.api.pushers_for_users(sorted({d.user_id for d in decisions}))
             for decision in decisions:
+                mailed = False
                 for pusher in pushers.get(decision.user_id, ()):
+                    if pusher.kind == "email":
+                        if not mailed:  # one pending entry per user, whatever their addresses
+                            emails.append((event, decision.user_id))
+                            mailed = True
+                        continue
                     if pusher.kind != "http":
-                        continue  # email notifications are a later step (docs/push.md)
+                        continue
                     if event.position <= self.progress.get(pusher.pusher_id, 0):
                         continue  # settled before a restart: this is the repeat of its batch
                     connected = self.api.device_connected(
@@ -125,6 +141,9 @@ class Deliverer:
                     sent_s = event.event.get("origin_server_ts", 0) / 1000
                     deadline = sent_s + self.config.ack_wait_s if connected else None
                     self._enqueue(Notification(event, decision, pusher, deadline, batch.hold()))
+        if emails and self.email is not None:
+            # Written before the batch is done: its saved position never passes them unwritten.
+            await self.email.remember(emails)
 
     def _queue(self, pusher_id: str) -> PusherQueue:
         queue = self.queues.get(pusher_id)
