@@ -160,7 +160,7 @@ class EmailNotifier:
             count = await self.api.room_notification_count(user_id, room_id)
             if await self.api.room_membership(room_id, user_id) != "join":
                 count = 0  # left the room: nothing of it is mailed
-            keep = room_events[len(room_events) - count :] if count else []
+            keep = room_events[max(0, len(room_events) - count) :] if count > 0 else []
             read.extend(room_events[: len(room_events) - len(keep)])
             if keep:
                 unread[room_id] = keep
