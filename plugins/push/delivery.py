@@ -116,6 +116,7 @@ class Deliverer:
 
     async def on_batch(self, batch: EventBatch) -> None:
         emails: list[tuple[StreamEvent, str]] = []
+        http: list[tuple[StreamEvent, PushDecision, Pusher]] = []
         for event in batch.events:
             decisions = await self.api.push_decisions(event)
             if not decisions:
@@ -128,22 +129,19 @@ class Deliverer:
                         if not mailed:  # one pending entry per user, whatever their addresses
                             emails.append((event, decision.user_id))
                             mailed = True
-                        continue
-                    if pusher.kind != "http":
-                        continue
-                    if event.position <= self.progress.get(pusher.pusher_id, 0):
-                        continue  # settled before a restart: this is the repeat of its batch
-                    connected = self.api.device_connected(
-                        decision.user_id, pusher.device_id, self.config.ack_wait_s
-                    )
-                    # Within ack_wait of the event's commit, not of this moment: a consumer
-                    # catching up does not make a device's receipt any later.
-                    sent_s = event.event.get("origin_server_ts", 0) / 1000
-                    deadline = sent_s + self.config.ack_wait_s if connected else None
-                    self._enqueue(Notification(event, decision, pusher, deadline, batch.hold()))
+                    elif pusher.kind == "http" and event.position > self.progress.get(pusher.pusher_id, 0):
+                        http.append((event, decision, pusher))  # else settled before a restart
         if emails and self.email is not None:
-            # Written before the batch is done: its saved position never passes them unwritten.
+            # Written before anything of the batch is queued: if this fails, the batch comes
+            # again whole, and its saved position never passes events not yet written.
             await self.email.remember(emails)
+        for event, decision, pusher in http:
+            connected = self.api.device_connected(decision.user_id, pusher.device_id, self.config.ack_wait_s)
+            # Within ack_wait of the event's commit, not of this moment: a consumer
+            # catching up does not make a device's receipt any later.
+            sent_s = event.event.get("origin_server_ts", 0) / 1000
+            deadline = sent_s + self.config.ack_wait_s if connected else None
+            self._enqueue(Notification(event, decision, pusher, deadline, batch.hold()))
 
     def _queue(self, pusher_id: str) -> PusherQueue:
         queue = self.queues.get(pusher_id)
