@@ -94,15 +94,19 @@ class Setup:
         await self.hs.stop(None)
 
 
-async def start(tmp_path: Path, sink: MailSink, clock: TestClock | None = None) -> Setup:
+async def start(
+    tmp_path: Path, sink: MailSink, clock: TestClock | None = None, db_url: str | None = None
+) -> Setup:
     clock = clock or TestClock()
     config = {"email_delay": "10m", "email_throttle": "1h", "email_client_url": CLIENT_URL}
+    database = {"database": {"url": db_url}} if db_url else {}
     hs = await make_server(
         tmp_path,
         clock,
         plugins=[{"module": "plugins.push.PushPlugin", "config": config}],
         email={"sender": "Homeserver <noreply@fast.test>", "smtp": sink.smtp_config},
         encryption={"enabled_by_default_for_room_type": "off"},
+        **database,
     )
     return Setup(hs, clock, sink)
 
@@ -247,9 +251,21 @@ async def test_an_encrypted_room_carries_no_text(tmp_path: Path, sink: MailSink)
         await s.close()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest) -> str | None:
+    """The plugin's tables on both engines (the restart test runs every query of them)."""
+    if request.param == "sqlite":
+        return None
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
 @pytest_twisted.ensureDeferred
-async def test_a_restart_keeps_the_pending_mail_and_sends_it_once(tmp_path: Path, sink: MailSink) -> None:
-    s = await start(tmp_path, sink)
+async def test_a_restart_keeps_the_pending_mail_and_sends_it_once(
+    tmp_path: Path, sink: MailSink, db_url: str | None
+) -> None:
+    s = await start(tmp_path, sink, db_url=db_url)
+    assert s.hs.config.database.url == (db_url or f"sqlite:///{tmp_path / 'hs.db'}")
     address = _address("bob")
     try:
         alice, bob = await s.user("alice"), await s.user("bob", address)
@@ -260,7 +276,7 @@ async def test_a_restart_keeps_the_pending_mail_and_sends_it_once(tmp_path: Path
     finally:
         await s.close()
     assert s.mails(address) == []
-    s = await start(tmp_path, sink, TestClock(s.clock.seconds()))
+    s = await start(tmp_path, sink, TestClock(s.clock.seconds()), db_url)
     try:
         await s.advance(DELAY_S / 2 - 1)
         assert s.mails(address) == []  # the delay still counts from the message
@@ -269,7 +285,7 @@ async def test_a_restart_keeps_the_pending_mail_and_sends_it_once(tmp_path: Path
         assert "alice: still there after a restart" in text(s.mails(address)[0])
     finally:
         await s.close()
-    s = await start(tmp_path, sink, TestClock(s.clock.seconds()))
+    s = await start(tmp_path, sink, TestClock(s.clock.seconds()), db_url)
     try:
         await s.advance(THROTTLE_S * 2)
         assert len(s.mails(address)) == 1  # not again after another restart
