@@ -308,6 +308,23 @@ DEFAULT_PLUGINS = """
       email_throttle: 1h
       # The client the mail links to (e.g. https://app.example.org); none: no link.
       email_client_url: null
+  # Calls: TURN credentials for GET /_matrix/client/v3/voip/turnServer in coturn's
+  # REST-API scheme (coturn runs with use-auth-secret and the same secret).
+  # See docs/calls.md.
+  - module: plugins.calls.CallsPlugin
+    config:
+      turn:
+        # turn:/turns: URIs handed to clients; empty: /voip/turnServer answers {}
+        # (no TURN). Give UDP, TCP and TLS, e.g.
+        #   ["turn:turn.example.org:3478?transport=udp",
+        #    "turn:turn.example.org:3478?transport=tcp",
+        #    "turns:turn.example.org:5349?transport=tcp"]
+        uris: []
+        # coturn's static-auth-secret. Required with uris; the environment variable
+        # HOMESERVER_CALLS_TURN_SHARED_SECRET wins over this.
+        shared_secret: ""
+        # How long a set of credentials stays valid (clients ask again before then).
+        ttl: 24h
 """
 
 
