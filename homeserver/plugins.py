@@ -367,6 +367,11 @@ class PluginApi:
         head = await self._hs.room_heads.get(room_id)
         return head.membership(user_id) if head is not None else None
 
+    async def joined_members(self, room_id: str) -> list[str]:
+        """The user ids joined to `room_id` now (empty for an unknown room)."""
+        head = await self._hs.room_heads.get(room_id)
+        return list(head.members("join")) if head is not None else []
+
     async def room_name(self, room_id: str) -> str | None:
         """The room's current `m.room.name`, if it has one."""
         head = await self._hs.room_heads.get(room_id)
