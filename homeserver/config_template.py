@@ -325,6 +325,11 @@ DEFAULT_PLUGINS = """
         shared_secret: ""
         # How long a set of credentials stays valid (clients ask again before then).
         ttl: 24h
+      group_calls:
+        # MatrixRTC group calls (Element Call) need an SFU: the URL of LiveKit's JWT
+        # service (lk-jwt-service) next to it, advertised to clients in
+        # /.well-known/matrix/client as org.matrix.msc4143.rtc_foci. Empty: none.
+        livekit_service_url: ""
 """
 
 

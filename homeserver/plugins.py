@@ -211,6 +211,12 @@ class PluginApi:
             raise PluginLoadError(f"plugin {self._name}: another plugin already provides TURN credentials")
         self._hs.voip.provider = provider
 
+    def set_rtc_foci(self, foci: list[dict[str, Any]]) -> None:
+        """Advertise MatrixRTC SFU foci (MSC4143, e.g. `{"type": "livekit",
+        "livekit_service_url": ...}`) in `/.well-known/matrix/client` as
+        `org.matrix.msc4143.rtc_foci`, where group-call clients look for them."""
+        self._hs.voip.rtc_foci = [dict(f) for f in foci]
+
     # Events -----------------------------------------------------------------------
 
     def subscribe_events(self, callback: EventCallback, *, name: str = "events") -> None:

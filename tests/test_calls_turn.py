@@ -57,3 +57,34 @@ def test_without_uris_the_answer_is_empty(start_server: Any) -> None:
 def test_a_bad_calls_config_stops_start_up(start_server: Any) -> None:
     with pytest.raises(RuntimeError, match="shared_secret"):
         start_server(calls_plugin({"uris": URIS}))
+
+
+def test_the_livekit_focus_is_advertised_in_well_known(start_server: Any) -> None:
+    url = "https://lk-jwt.example.org"
+    server = start_server(
+        {
+            "plugins": [
+                {
+                    "module": "plugins.calls.CallsPlugin",
+                    "config": {"group_calls": {"livekit_service_url": url}},
+                }
+            ]
+        }
+    )
+    body = requests.get(server.url("/.well-known/matrix/client"), timeout=10).json()
+    assert body["m.homeserver"]["base_url"] == server.config["public_baseurl"]
+    assert body["org.matrix.msc4143.rtc_foci"] == [{"type": "livekit", "livekit_service_url": url}]
+    # An SFU's JWT service checks who a user is with an OpenID token from the homeserver.
+    user = server.register("grouper")
+    r = requests.post(
+        server.url(f"/_matrix/client/v3/user/{user['user_id']}/openid/request_token"),
+        json={},
+        headers={"Authorization": f"Bearer {user['access_token']}"},
+        timeout=10,
+    )
+    assert r.status_code == 200 and r.json()["matrix_server_name"] == server.server_name
+    plain = start_server(calls_plugin({}))
+    assert (
+        "org.matrix.msc4143.rtc_foci"
+        not in requests.get(plain.url("/.well-known/matrix/client"), timeout=10).json()
+    )

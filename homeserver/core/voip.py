@@ -17,6 +17,15 @@ TurnProvider = Callable[[str], Awaitable[dict[str, Any]]]
 class VoipService:
     def __init__(self) -> None:
         self.provider: TurnProvider | None = None
+        # MatrixRTC (MSC4143) SFU foci a plugin advertises in /.well-known/matrix/client.
+        self.rtc_foci: list[dict[str, Any]] = []
+
+    def well_known_client(self, base_url: str) -> dict[str, Any]:
+        """`/.well-known/matrix/client`: the homeserver, and the group-call foci if any."""
+        answer: dict[str, Any] = {"m.homeserver": {"base_url": base_url}}
+        if self.rtc_foci:
+            answer["org.matrix.msc4143.rtc_foci"] = [dict(f) for f in self.rtc_foci]
+        return answer
 
     async def turn_server(self, user_id: str) -> dict[str, Any]:
         """`{username, password, uris, ttl}` from the provider, or `{}` without one."""

@@ -3,6 +3,8 @@
 - TURN credentials for `GET /_matrix/client/v3/voip/turnServer` in coturn's REST-API
   scheme, so calls connect across NATs (`turn` in its config; without uris the
   answer stays `{}`);
+- a LiveKit focus for MatrixRTC group calls in `/.well-known/matrix/client`
+  (`org.matrix.msc4143.rtc_foci`), when `group_calls.livekit_service_url` is set;
 - the call log (call_log.py) from the call events the server can read, as
   `GET /api/calls` (paged, only the caller's own calls) and metrics by outcome.
 
@@ -38,6 +40,10 @@ class CallsPlugin:
     async def start(self) -> None:
         if self.config.turn.enabled:
             self.api.set_turn_provider(self.turn_server)
+        if self.config.livekit_service_url:
+            self.api.set_rtc_foci(
+                [{"type": "livekit", "livekit_service_url": self.config.livekit_service_url}]
+            )
         self.api.register_route("GET", "/api/calls", self.list_calls)
         await self.log.start()
 

@@ -35,6 +35,8 @@ class TurnConfig:
 @dataclass(frozen=True)
 class CallsConfig:
     turn: TurnConfig = field(default_factory=TurnConfig)
+    # MatrixRTC group calls: the LiveKit SFU's JWT service, advertised as a focus.
+    livekit_service_url: str = ""
 
 
 def parse_duration_s(value: Any, key: str) -> int:
@@ -77,6 +79,20 @@ def parse_turn(raw: Any) -> TurnConfig:
     return TurnConfig(tuple(uris), secret, ttl)
 
 
+def parse_group_calls(raw: Any) -> str:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise PluginConfigError("'group_calls' must be a mapping")
+    _check_keys(raw, {"livekit_service_url"}, "group_calls")
+    url = raw.get("livekit_service_url", "")
+    if not isinstance(url, str) or (url and not re.match(r"^https?://[^\s/]+(/\S*)?$", url)):
+        raise PluginConfigError("'group_calls.livekit_service_url' must be an http(s) URL")
+    return url.rstrip("/")
+
+
 def parse_calls_config(raw: dict[str, Any]) -> CallsConfig:
-    _check_keys(raw, {"turn"}, "the calls plugin's config")
-    return CallsConfig(turn=parse_turn(raw.get("turn")))
+    _check_keys(raw, {"turn", "group_calls"}, "the calls plugin's config")
+    return CallsConfig(
+        turn=parse_turn(raw.get("turn")), livekit_service_url=parse_group_calls(raw.get("group_calls"))
+    )

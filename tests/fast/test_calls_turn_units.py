@@ -60,3 +60,12 @@ def test_the_environment_secret_wins(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_bad_config_is_refused(raw: dict, message: str) -> None:
     with pytest.raises(PluginConfigError, match=message):
         parse_calls_config(raw)
+
+
+def test_group_calls_focus() -> None:
+    config = parse_calls_config({"group_calls": {"livekit_service_url": "https://lk-jwt.example.org/"}})
+    assert config.livekit_service_url == "https://lk-jwt.example.org"
+    assert parse_calls_config({}).livekit_service_url == ""
+    for bad in ({"livekit_service_url": "lk-jwt.example.org"}, {"livekit_service_url": 5}, {"url": ""}):
+        with pytest.raises(PluginConfigError):
+            parse_calls_config({"group_calls": bad})

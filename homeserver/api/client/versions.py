@@ -57,7 +57,7 @@ def register(router: Router, hs: "HomeServer") -> None:
         return answer
 
     async def well_known(request: ApiRequest) -> dict[str, Any]:
-        return {"m.homeserver": {"base_url": hs.config.public_baseurl}}
+        return hs.voip.well_known_client(hs.config.public_baseurl)
 
     async def server_version(request: ApiRequest) -> dict[str, Any]:
         return {"server": {"name": "homeserver", "version": __version__}}
