@@ -326,7 +326,9 @@ async def test_group_calls_from_matrixrtc_membership_state(tmp_path: Path) -> No
         room_sync = synced["rooms"]["join"][room]
         seen = room_sync["timeline"]["events"] + room_sync["state"]["events"]
         members = [e for e in seen if e["type"] == "org.matrix.msc3401.call.member"]
-        assert {e["state_key"] for e in members} == {f"_{u['user_id']}_{u['device_id']}" for u in (alice, bob)}
+        assert {e["state_key"] for e in members} == {
+            f"_{u['user_id']}_{u['device_id']}" for u in (alice, bob)
+        }
         assert any(e["content"].get("focus_active", {}).get("type") == "livekit" for e in members)
         bobs = await calls_until(client, bob, lambda c: len(c) == 1)
         assert bobs[0]["callId"] == together["callId"] and bobs[0]["direction"] == "incoming"
