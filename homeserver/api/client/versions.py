@@ -38,6 +38,9 @@ def unstable_features(encrypt_by_default: str) -> dict[str, bool]:
         "io.element.e2ee_forced.trusted_private": private,
         # Simplified sliding sync (MSC4186), the only sync Element X speaks.
         "org.matrix.simplified_msc3575": True,
+        # GET /v1/room_summary (MSC3266, stable in v1.15, which we do not advertise): without
+        # the flag matrix-js-sdk asks the old im.nheko.summary path.
+        "org.matrix.msc3266": True,
     }
 
 
