@@ -203,12 +203,15 @@ class SearchService:
             if len(found) == query.limit or not more:
                 break
         out: dict[str, Any] = {
-            "count": await store.count(query.words, room_ids, query.keys),
             "highlights": _highlights(query.words, [ev for ev, _ in found]),
             "results": await self._results(user_id, judges, found, query, ignored),
         }
         if more:
             out["next_batch"] = f"r{offset}" if query.by_rank else f"s{before}"
+        elif cursor is None:
+            # Counted only when every visible match is in hand: a count of the index's matches
+            # would tell how many messages match that the user may not see (sent after they left).
+            out["count"] = len(found)
         if query.group_by:
             out["groups"] = _groups(query.group_by, [ev for ev, _ in found], out.get("next_batch"))
         if query.include_state:

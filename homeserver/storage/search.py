@@ -67,22 +67,11 @@ class SearchStore:
         if not words or not room_ids or not keys:
             return []
         if self.db.dialect == "postgres":
-            sql, args = _query_pg(words, room_ids, keys, by_rank, before, offset, limit, count=False)
+            sql, args = _query_pg(words, room_ids, keys, by_rank, before, offset, limit)
         else:
-            sql, args = _query_sqlite(words, room_ids, keys, by_rank, before, offset, limit, count=False)
+            sql, args = _query_sqlite(words, room_ids, keys, by_rank, before, offset, limit)
         rows = await self.db.query("search_events", sql, *args)
         return [SearchHit(r[0], r[1], int(r[2]), float(r[3] or 0.0)) for r in rows]
-
-    async def count(self, words: Sequence[str], room_ids: Sequence[str], keys: Sequence[str]) -> int:
-        """How many events match (before history visibility is applied: an estimate)."""
-        if not words or not room_ids or not keys:
-            return 0
-        if self.db.dialect == "postgres":
-            sql, args = _query_pg(words, room_ids, keys, False, None, 0, 0, count=True)
-        else:
-            sql, args = _query_sqlite(words, room_ids, keys, False, None, 0, 0, count=True)
-        rows = await self.db.query("search_count", sql, *args)
-        return int(rows[0][0]) if rows else 0
 
 
 def _index_pg_txn(txn: Txn, rows: Sequence[SearchRow], removed: Sequence[str]) -> None:
@@ -146,7 +135,6 @@ def _query_pg(
     before: int | None,
     offset: int,
     limit: int,
-    count: bool,
 ) -> tuple[str, list[object]]:
     # Words are \w+ runs (core/search.py), so nothing in them is tsquery syntax.
     tsquery = " & ".join(f"{w}:*" for w in words)
@@ -158,8 +146,6 @@ def _query_pg(
     if before is not None:
         where += " AND s.stream_ordering < ?"
         args.append(before)
-    if count:
-        return f"SELECT COUNT(*) FROM event_search s WHERE {where}", args
     order = "rank DESC, s.stream_ordering DESC" if by_rank else "s.stream_ordering DESC"
     sql = (
         "SELECT s.event_id, s.room_id, s.stream_ordering,"
@@ -177,7 +163,6 @@ def _query_sqlite(
     before: int | None,
     offset: int,
     limit: int,
-    count: bool,
 ) -> tuple[str, list[object]]:
     # Each word quoted (a string, never an FTS5 operator) and a prefix.
     match = " AND ".join(f'"{w}"*' for w in words)
@@ -192,8 +177,6 @@ def _query_sqlite(
     # The matches first (CROSS JOIN keeps SQLite's order): driven by a room's events instead,
     # the planner probes the full-text index once per event of the room.
     frm = "event_search_fts f CROSS JOIN event_search s ON s.stream_ordering = f.rowid"
-    if count:
-        return f"SELECT COUNT(*) FROM {frm} WHERE {where}", args
     # bm25 is lower for better matches: negated, so higher is better on both engines.
     order = "f.rank, s.stream_ordering DESC" if by_rank else "s.stream_ordering DESC"
     sql = (
