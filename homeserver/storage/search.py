@@ -66,10 +66,7 @@ class SearchStore:
         (by rank, or newest first); `before`: only positions below it; `offset`: skip as many."""
         if not words or not room_ids or not keys:
             return []
-        if self.db.dialect == "postgres":
-            sql, args = _query_pg(words, room_ids, keys, by_rank, before, offset, limit)
-        else:
-            sql, args = _query_sqlite(words, room_ids, keys, by_rank, before, offset, limit)
+        sql, args = _query(self.db.dialect, words, room_ids, keys, by_rank, before, offset, limit)
         rows = await self.db.query("search_events", sql, *args)
         return [SearchHit(r[0], r[1], int(r[2]), float(r[3] or 0.0)) for r in rows]
 
@@ -127,7 +124,8 @@ def _marks(n: int) -> str:
     return ", ".join("?" * n)
 
 
-def _query_pg(
+def _query(
+    dialect: str,
     words: Sequence[str],
     room_ids: Sequence[str],
     keys: Sequence[str],
@@ -136,51 +134,33 @@ def _query_pg(
     offset: int,
     limit: int,
 ) -> tuple[str, list[object]]:
-    # Words are \w+ runs (core/search.py), so nothing in them is tsquery syntax.
-    tsquery = " & ".join(f"{w}:*" for w in words)
-    where = (
-        f"s.vector @@ to_tsquery('english', ?) AND s.room_id IN ({_marks(len(room_ids))})"
-        f" AND s.key IN ({_marks(len(keys))})"
-    )
-    args: list[object] = [tsquery, *room_ids, *keys]
+    """The search query of `dialect`; both return (event_id, room_id, stream_ordering, rank),
+    higher rank better."""
+    if dialect == "postgres":
+        # Words are \w+ runs (core/search.py), so nothing in them is tsquery syntax.
+        text = " & ".join(f"{w}:*" for w in words)
+        matches = "s.vector @@ to_tsquery('english', ?)"
+        frm = "event_search s"
+        rank, rank_args = "ts_rank_cd(s.vector, to_tsquery('english', ?))", [text]
+        best_first = "rank DESC"
+    else:
+        # Each word quoted (a string, never an FTS5 operator) and a prefix.
+        text = " AND ".join(f'"{w}"*' for w in words)
+        matches = "f.event_search_fts MATCH ?"
+        # The matches first (CROSS JOIN keeps SQLite's order): driven by a room's events
+        # instead, the planner probes the full-text index once per event of the room.
+        frm = "event_search_fts f CROSS JOIN event_search s ON s.stream_ordering = f.rowid"
+        # bm25 is lower for better matches: negated, so higher is better on both engines.
+        rank, rank_args = "-f.rank", []
+        best_first = "f.rank"
+    where = f"{matches} AND s.room_id IN ({_marks(len(room_ids))}) AND s.key IN ({_marks(len(keys))})"
+    args: list[object] = [*rank_args, text, *room_ids, *keys]
     if before is not None:
         where += " AND s.stream_ordering < ?"
         args.append(before)
-    order = "rank DESC, s.stream_ordering DESC" if by_rank else "s.stream_ordering DESC"
+    order = f"{best_first}, s.stream_ordering DESC" if by_rank else "s.stream_ordering DESC"
     sql = (
-        "SELECT s.event_id, s.room_id, s.stream_ordering,"
-        f" ts_rank_cd(s.vector, to_tsquery('english', ?)) AS rank FROM event_search s WHERE {where}"
-        f" ORDER BY {order} LIMIT ? OFFSET ?"
-    )
-    return sql, [tsquery, *args, limit, offset]
-
-
-def _query_sqlite(
-    words: Sequence[str],
-    room_ids: Sequence[str],
-    keys: Sequence[str],
-    by_rank: bool,
-    before: int | None,
-    offset: int,
-    limit: int,
-) -> tuple[str, list[object]]:
-    # Each word quoted (a string, never an FTS5 operator) and a prefix.
-    match = " AND ".join(f'"{w}"*' for w in words)
-    where = (
-        f"f.event_search_fts MATCH ? AND s.room_id IN ({_marks(len(room_ids))})"
-        f" AND s.key IN ({_marks(len(keys))})"
-    )
-    args: list[object] = [match, *room_ids, *keys]
-    if before is not None:
-        where += " AND s.stream_ordering < ?"
-        args.append(before)
-    # The matches first (CROSS JOIN keeps SQLite's order): driven by a room's events instead,
-    # the planner probes the full-text index once per event of the room.
-    frm = "event_search_fts f CROSS JOIN event_search s ON s.stream_ordering = f.rowid"
-    # bm25 is lower for better matches: negated, so higher is better on both engines.
-    order = "f.rank, s.stream_ordering DESC" if by_rank else "s.stream_ordering DESC"
-    sql = (
-        f"SELECT s.event_id, s.room_id, s.stream_ordering, -f.rank FROM {frm} WHERE {where}"
+        f"SELECT s.event_id, s.room_id, s.stream_ordering, {rank} AS rank FROM {frm} WHERE {where}"
         f" ORDER BY {order} LIMIT ? OFFSET ?"
     )
     return sql, [*args, limit, offset]
