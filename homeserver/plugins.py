@@ -28,6 +28,7 @@ from twisted.logger import Logger
 
 from homeserver.api.auth import require_user
 from homeserver.api.http import ApiRequest, Response, Router, StreamBody
+from homeserver.core.addresses import address_blocked
 from homeserver.core.event_format import client_event
 from homeserver.core.event_stream import StreamBatch
 from homeserver.core.push_addresses import is_public_address
@@ -472,6 +473,7 @@ class PluginApi:
 
 # Re-exported for plugins, so they import only from this module.
 __all__ = [
+    "address_blocked",
     "ApiRequest",
     "EventBatch",
     "MatrixError",

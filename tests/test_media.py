@@ -1017,7 +1017,7 @@ def test_sniffing_and_serving_rules() -> None:
 
 
 def test_preview_ip_blocklist() -> None:
-    from plugins.media.preview import blocked
+    from homeserver.plugins import address_blocked as blocked
 
     ip = ipaddress.ip_address
     for addr in (

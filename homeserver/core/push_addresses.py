@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import ipaddress
 
+from homeserver.core.addresses import address_blocked
+
 
 def is_public_address(address: str) -> bool:
     """Whether `address` (an IPv4 or IPv6 literal) is a public unicast address."""
@@ -19,18 +21,7 @@ def is_public_address(address: str) -> bool:
         ip = ipaddress.ip_address(address.split("%", 1)[0])  # no IPv6 zone: link-local anyway
     except ValueError:
         return False
-    if isinstance(ip, ipaddress.IPv6Address):
-        # An IPv4 address inside IPv6 is judged as that IPv4 address (and, tunnelled, as both).
-        if ip.ipv4_mapped is not None:
-            return is_public_address(str(ip.ipv4_mapped))
-        inner = ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
-        if inner is not None and not is_public_address(str(inner)):
-            return False
-    return bool(
-        ip.is_global
-        and not (ip.is_multicast or ip.is_loopback or ip.is_link_local or ip.is_private)
-        and not (ip.is_reserved or ip.is_unspecified)
-    )
+    return not address_blocked(ip)
 
 
 def literal_address(host: str) -> str | None:

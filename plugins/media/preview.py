@@ -22,11 +22,11 @@ from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
-from plugins.media.config import IpNetwork, PreviewConfig
+from homeserver.plugins import address_blocked
+from plugins.media.config import PreviewConfig
 
 USER_AGENT = "Mozilla/5.0 (compatible; homeserver URL preview)"
 _REDIRECTS = (301, 302, 303, 307, 308)
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
 class PreviewError(Exception):
@@ -34,32 +34,6 @@ class PreviewError(Exception):
         super().__init__(message)
         self.status = status
         self.errcode = errcode
-
-
-def blocked(
-    ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
-    blacklist: tuple[IpNetwork, ...] = (),
-    whitelist: tuple[IpNetwork, ...] = (),
-) -> bool:
-    """Whether a preview may not connect to `ip`."""
-    candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [ip]
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            candidates.append(ip.ipv4_mapped)
-        if ip.sixtofour is not None:
-            candidates.append(ip.sixtofour)
-        if ip.teredo is not None:
-            candidates.append(ip.teredo[1])
-        if ip in _NAT64:
-            candidates.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
-    if any(ip.version == n.version and ip in n for n in whitelist):
-        return False
-    for c in candidates:
-        if any(c.version == n.version and c in n for n in blacklist):
-            return True
-        if not c.is_global or c.is_multicast or c.is_reserved or c.is_unspecified or c.is_loopback:
-            return True
-    return False
 
 
 @dataclass(frozen=True)
@@ -96,7 +70,7 @@ def _resolve(target: _Target, config: PreviewConfig) -> str:
     for info in infos:
         raw = str(info[4][0]).split("%", 1)[0]
         ip = ipaddress.ip_address(raw)
-        if blocked(ip, config.ip_range_blacklist, config.ip_range_whitelist):
+        if address_blocked(ip, config.ip_range_blacklist, config.ip_range_whitelist):
             raise PreviewError("IP address blocked by the URL preview blocklist", 403, "M_FORBIDDEN")
         addresses.append(raw)
     if not addresses:

@@ -36,6 +36,7 @@ from plugins.push.delivery_http import PolicyResolver
         ("fc00::1", False),
         ("::ffff:10.0.0.1", False),  # IPv4-mapped
         ("::ffff:93.184.216.34", True),
+        ("64:ff9b::a00:1", False),  # NAT64 around 10.0.0.1
         ("2002:0a00:0001::1", False),  # 6to4 around 10.0.0.1
         ("not an address", False),
     ],

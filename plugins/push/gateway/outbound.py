@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from homeserver.plugins import address_blocked
 from plugins.push.gateway.config import IpNetwork
 
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 # A push service answers in a few bytes; a gateway's `rejected` list is short.
 MAX_RESPONSE_BYTES = 64 * 1024
 USER_AGENT = "homeserver-push-gateway"
@@ -41,24 +41,7 @@ class IpPolicy:
     whitelist: tuple[IpNetwork, ...] = ()
 
     def blocks(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-        if any(ip.version == n.version and ip in n for n in self.whitelist):
-            return False
-        candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [ip]
-        if isinstance(ip, ipaddress.IPv6Address):
-            if ip.ipv4_mapped is not None:
-                candidates.append(ip.ipv4_mapped)
-            if ip.sixtofour is not None:
-                candidates.append(ip.sixtofour)
-            if ip.teredo is not None:
-                candidates.append(ip.teredo[1])
-            if ip in _NAT64:
-                candidates.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
-        for c in candidates:
-            if any(c.version == n.version and c in n for n in self.blacklist):
-                return True
-            if not c.is_global or c.is_multicast or c.is_reserved or c.is_unspecified or c.is_loopback:
-                return True
-        return False
+        return address_blocked(ip, self.blacklist, self.whitelist)
 
 
 @dataclass(frozen=True)
