@@ -55,6 +55,10 @@ class AccountDataService:
     async def get(self, user_id: str, room_id: str, data_type: str) -> dict[str, Any] | None:
         return await self.storage.user_data.get_account_data(user_id, room_id, data_type)
 
+    async def rooms_with(self, user_id: str, data_type: str) -> dict[str, dict[str, Any]]:
+        """The user's room account data of one type, by room (e.g. every room's m.tag)."""
+        return await self.storage.user_data.room_account_data_of_type(user_id, data_type)
+
     # The client API: a user's own data, global ("" room) or per room ------------------------------
 
     async def put_by_client(

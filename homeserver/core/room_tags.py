@@ -18,6 +18,14 @@ MAX_TAG_LENGTH = 255
 MAX_TAGS_PER_ROOM = 100
 
 
+def tag_names(content: dict[str, Any]) -> frozenset[str]:
+    """The names of the tags in an m.tag content (clients may store anything there)."""
+    tags = content.get("tags")
+    if not isinstance(tags, dict):
+        return frozenset()
+    return frozenset(k for k, v in tags.items() if isinstance(v, dict))
+
+
 def _check_tag(tag: str) -> None:
     if not tag or len(tag.encode()) > MAX_TAG_LENGTH:
         raise MatrixError(f"A tag is 1 to {MAX_TAG_LENGTH} bytes long", "M_INVALID_PARAM")

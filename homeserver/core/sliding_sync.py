@@ -17,6 +17,7 @@ its long-poll.
 from __future__ import annotations
 
 import itertools
+import secrets
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +30,9 @@ from homeserver.core.event_format import dumps_with_raw
 from homeserver.core.messages import state_at
 from homeserver.core.receipts import ReceiptService
 from homeserver.core.room_heads import RoomHead, RoomHeads
+from homeserver.core.room_tags import TAG_TYPE, tag_names
 from homeserver.core.rooms import RoomService
+from homeserver.core.spaces import space_children
 from homeserver.core.streams import SyncToken, pagination_token
 from homeserver.core.sync import MAX_TIMEOUT_MS, SyncService, not_ignored
 from homeserver.core.timeline_cache import TimelineCache
@@ -60,7 +63,9 @@ MAX_TIMELINE_LIMIT = 1000
 # the newest, and the one before it for a client retrying a response it lost.
 MAX_CONNECTIONS = 50_000
 _POSITIONS_KEPT = 2
-_MEMBERSHIPS_LISTED = ("join", "invite")
+_MEMBERSHIPS_LISTED = ("join", "invite", "knock")
+# Rooms the user is not in: shown with stripped state only (MSC4186 "Invite/knock/rejections").
+_STRIPPED = ("invite", "knock")
 
 
 class UnknownPos(MatrixError):
@@ -94,6 +99,11 @@ class ListFilters:
     # None inside means "rooms without a type" (spec: room types; JSON null).
     room_types: tuple[str | None, ...] | None = None
     not_room_types: tuple[str | None, ...] = ()
+    # Rooms that a joined space names in its m.space.child state (direct children only).
+    spaces: tuple[str, ...] | None = None
+    # Room tags (m.tag room account data): any of `tags`, none of `not_tags`.
+    tags: tuple[str, ...] | None = None
+    not_tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,14 +113,38 @@ class ListRequest:
     filters: ListFilters = ListFilters()
 
 
+ALL = (WILDCARD,)
+
+
+@dataclass(frozen=True, slots=True)
+class ExtensionScope:
+    """Which rooms a per-room extension covers: the rooms in the windows of `lists` and the
+    subscribed `rooms` (`*`: every list, every subscription)."""
+
+    lists: tuple[str, ...] = ALL
+    rooms: tuple[str, ...] = ALL
+
+    def rooms_in(self, windows: dict[str, list[str]], subscribed: list[str]) -> set[str]:
+        out: set[str] = set()
+        for name, room_ids in windows.items():
+            if WILDCARD in self.lists or name in self.lists:
+                out.update(room_ids)
+        if WILDCARD in self.rooms:
+            out.update(subscribed)
+        else:
+            out.update(r for r in self.rooms if r in subscribed)
+        return out
+
+
 @dataclass(frozen=True, slots=True)
 class Extensions:
     to_device: bool = False
     to_device_since: int | None = None
     e2ee: bool = False
-    account_data: bool = False
-    receipts: bool = False
-    typing: bool = False
+    # None: not enabled.
+    account_data: ExtensionScope | None = None
+    receipts: ExtensionScope | None = None
+    typing: ExtensionScope | None = None
 
 
 @dataclass(slots=True)
@@ -123,6 +157,19 @@ class SlidingSyncRequest:
     lists: dict[str, ListRequest] = field(default_factory=dict)
     subscriptions: dict[str, RoomConfig] = field(default_factory=dict)
     extensions: Extensions = Extensions()
+
+
+def _children_of(spaces: tuple[str, ...] | None, candidates: dict[str, "_Candidate"]) -> set[str] | None:
+    """The rooms the `spaces` filter lets through: children named by the spaces the user is
+    joined to (MSC4186: others are ignored; subspaces are not walked)."""
+    if spaces is None:
+        return None
+    children: set[str] = set()
+    for space_id in spaces:
+        space = candidates.get(space_id)
+        if space is not None and space.membership == "join":
+            children.update(child.room_id for child in space_children(space.head))
+    return children
 
 
 # Connection state ------------------------------------------------------------------------
@@ -193,6 +240,9 @@ class SlidingSyncService:
         self.visibility = sync.visibility
         self._connections: OrderedDict[tuple[str, str, str], _Connection] = OrderedDict()
         self._pos_counter = itertools.count(1)
+        # Positions name this process's run: a pos from before a restart can never match
+        # one handed out after it (the same device and conn_id may have started again).
+        self._run = secrets.token_hex(4)
         # Each room's newest bump-type event: set from the commit stream, read from the
         # database the first time a room is listed before it had one since start-up.
         self._bump: dict[str, int] = {}
@@ -233,7 +283,7 @@ class SlidingSyncService:
             response, state = await self._answer(req, since)
         finally:
             self.delivery.connections.closed(req.user_id, req.device_id)
-        pos = str(next(self._pos_counter))
+        pos = f"{self._run}_{next(self._pos_counter)}"
         response["pos"] = pos
         self._remember(key, pos, state)
         return dumps_with_raw(response)
@@ -277,31 +327,46 @@ class SlidingSyncService:
         upto = self.classic.current_token()
         since_token = since.token if since is not None else None
         candidates = await self._candidates(user_id, since, upto)
+        filters = [lst.filters for lst in req.lists.values()]
         direct: set[str] | None = None
-        if any(lst.filters.is_dm is not None for lst in req.lists.values()):
+        if any(f.is_dm is not None for f in filters):
             direct = {r for rooms in (await self.account_data.direct_rooms(user_id)).values() for r in rooms}
+        tags: dict[str, frozenset[str]] = {}
+        if any(f.tags is not None or f.not_tags for f in filters):
+            tags = {
+                room_id: tag_names(content)
+                for room_id, content in (await self.account_data.rooms_with(user_id, TAG_TYPE)).items()
+            }
 
         # Lists: filter, sort by recency, cut the windows.
         wanted: dict[str, RoomConfig] = {}
         lists: dict[str, Any] = {}
         counts: dict[str, int] = {}
+        windows: dict[str, list[str]] = {}
         ordered = sorted(candidates.values(), key=lambda c: (-c.bump, c.room_id))
         for name, lst in req.lists.items():
-            rooms = [c.room_id for c in ordered if self._passes(c, lst.filters, direct, user_id)]
+            children = _children_of(lst.filters.spaces, candidates)
+            rooms = [
+                c.room_id for c in ordered if self._passes(c, lst.filters, direct, tags, children, user_id)
+            ]
             counts[name] = len(rooms)
             lists[name] = {"count": len(rooms)}
+            window = windows[name] = []
             for start, end in lst.ranges:
                 for room_id in rooms[start : end + 1]:
+                    window.append(room_id)
                     prior = wanted.get(room_id)
                     wanted[room_id] = lst.config if prior is None else prior.merge(lst.config)
 
         # Subscriptions: any room the user is or was in (a former member sees it up to leaving).
+        subscribed: list[str] = []
         for room_id, config in req.subscriptions.items():
             if room_id not in candidates:
                 found = await self._former(user_id, room_id, upto)
                 if found is None:
                     continue  # never in the room: nothing to show, and no hint it exists
                 candidates[room_id] = found
+            subscribed.append(room_id)
             prior = wanted.get(room_id)
             wanted[room_id] = config if prior is None else prior.merge(config)
 
@@ -321,8 +386,10 @@ class SlidingSyncService:
                 if initial:
                     initial_rooms.append(room_id)
 
-        joined = [r for r in wanted if candidates[r].membership == "join"]
-        extensions = await self._extensions(req, since_token, upto, joined, initial_rooms)
+        joined = {r for r in wanted if candidates[r].membership == "join"}
+        extensions = await self._extensions(
+            req, since_token, upto, joined, initial_rooms, windows, subscribed
+        )
         response: dict[str, Any] = {"lists": lists, "rooms": rooms_out, "extensions": extensions}
         state = _PosState(upto, now_sent, counts)
         has_data = bool(
@@ -396,15 +463,30 @@ class SlidingSyncService:
         return _Candidate(room_id, entry[0], entry[1], head, entry[1])
 
     @staticmethod
-    def _passes(c: _Candidate, f: ListFilters, direct: set[str] | None, user_id: str) -> bool:
+    def _passes(
+        c: _Candidate,
+        f: ListFilters,
+        direct: set[str] | None,
+        tags: dict[str, frozenset[str]],
+        children: set[str] | None,
+        user_id: str,
+    ) -> bool:
         if c.membership in ("leave", "ban"):
             return True  # shown once, so the client moves it out
         if f.is_invite is not None and (c.membership == "invite") != f.is_invite:
             return False
+        if children is not None and c.room_id not in children:
+            return False
+        if f.tags is not None or f.not_tags:
+            room_tags = tags.get(c.room_id, frozenset())
+            if f.tags is not None and room_tags.isdisjoint(f.tags):
+                return False
+            if not room_tags.isdisjoint(f.not_tags):
+                return False
         if f.is_dm is not None:
             is_dm = direct is not None and c.room_id in direct
             if c.membership == "invite":
-                is_dm = is_dm or bool(c.head.content("m.room.member", user_id).get("is_direct"))
+                is_dm = is_dm or c.head.content("m.room.member", user_id).get("is_direct") is True
             if is_dm != f.is_dm:
                 return False
         if f.is_encrypted is not None and (c.head.get("m.room.encryption") is not None) != f.is_encrypted:
@@ -434,10 +516,13 @@ class SlidingSyncService:
         user_id = req.user_id
         head = c.head
         initial = sent is None or sent.membership != c.membership
-        if c.membership == "invite":
+        if c.membership in _STRIPPED:
             sent_now = _Sent(c.position, c.membership, config, (0, 0))
             if not initial:
                 return None, sent_now, False
+            # An invite or a knock: stripped state only, with the user's own member event (its
+            # membership tells which). Synapse and the clients that read it (Element X's SDK,
+            # matrix-js-sdk) name both `invite_state`.
             body: dict[str, Any] = {
                 "initial": True,
                 "invite_state": self.rooms.invite_state(head, user_id),
@@ -618,9 +703,13 @@ class SlidingSyncService:
         req: SlidingSyncRequest,
         since: SyncToken | None,
         upto: SyncToken,
-        joined: list[str],
+        joined: set[str],
         initial_rooms: list[str],
+        windows: dict[str, list[str]],
+        subscribed: list[str],
     ) -> dict[str, Any]:
+        """The extensions' data; account data, receipts and typing only for the joined rooms
+        their `lists` and `rooms` scope."""
         ext = req.extensions
         user_id = req.user_id
         out: dict[str, Any] = {}
@@ -644,15 +733,21 @@ class SlidingSyncService:
             else:
                 e2ee["device_lists"] = {"changed": [], "left": []}
             out["e2ee"] = e2ee
-        fresh = set(initial_rooms) & set(joined)
-        if ext.account_data:
+        fresh = set(initial_rooms) & joined
+
+        def scoped(scope: ExtensionScope) -> set[str]:
+            if scope.lists == ALL and scope.rooms == ALL:
+                return joined
+            return scope.rooms_in(windows, subscribed) & joined
+
+        if ext.account_data is not None:
             global_events = await self.classic.global_account_data(user_id, since, upto)
             per_room: dict[str, list[dict[str, Any]]] = {}
-            wanted = set(joined)
+            wanted = scoped(ext.account_data)
             rows = await self.account_data.since(
                 user_id, since.account_data if since else 0, upto.account_data
             )
-            if since is not None and fresh:
+            if since is not None and fresh & wanted:
                 # A room new to the client gets all its account data, not only the latest changes.
                 rows = [r for r in rows if r[0] not in fresh] + [
                     r for r in await self.account_data.since(user_id, 0, upto.account_data) if r[0] in fresh
@@ -661,16 +756,22 @@ class SlidingSyncService:
                 if room_id and room_id in wanted:
                     per_room.setdefault(room_id, []).append({"type": data_type, "content": content})
             out["account_data"] = {"global": global_events, "rooms": per_room}
-        if ext.receipts:
+        if ext.receipts is not None:
+            in_scope = scoped(ext.receipts)
             receipts = await self.receipts.receipts_event(
-                user_id, [r for r in joined if r not in fresh], since.receipts if since else 0, upto.receipts
+                user_id,
+                sorted(in_scope - fresh),
+                since.receipts if since else 0,
+                upto.receipts,
             )
-            if fresh:
-                receipts.update(await self.receipts.receipts_event(user_id, sorted(fresh), 0, upto.receipts))
+            if fresh & in_scope:
+                receipts.update(
+                    await self.receipts.receipts_event(user_id, sorted(fresh & in_scope), 0, upto.receipts)
+                )
             out["receipts"] = {"rooms": receipts}
-        if ext.typing:
+        if ext.typing is not None:
             typing: dict[str, Any] = {}
-            for room_id in joined:
+            for room_id in sorted(scoped(ext.typing)):
                 if since is None or room_id in fresh or self.typing.changed_since(room_id, since.typing):
                     users = self.typing.typing_users(room_id)
                     if since is not None and room_id not in fresh or users:

@@ -54,6 +54,16 @@ class UserDataStore:
         )
         return json.loads(rows[0][0]) if rows else None
 
+    async def room_account_data_of_type(self, user_id: str, data_type: str) -> dict[str, dict[str, Any]]:
+        """room id -> content of the user's room account data of `data_type`."""
+        rows = await self.db.query(
+            "room_account_data_of_type",
+            "SELECT room_id, content FROM account_data WHERE user_id = ? AND type = ? AND room_id <> ''",
+            user_id,
+            data_type,
+        )
+        return {r[0]: json.loads(r[1]) for r in rows}
+
     async def users_with_account_data(self, data_type: str) -> set[str]:
         """Users holding global account data of `data_type` (read once at start-up)."""
         rows = await self.db.query(

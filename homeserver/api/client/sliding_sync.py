@@ -14,8 +14,10 @@ from homeserver.api.auth import require_user
 from homeserver.api.http import ApiRequest, Response, Router
 from homeserver.api.validate import optional
 from homeserver.core.sliding_sync import (
+    ALL,
     MAX_TIMELINE_LIMIT,
     Extensions,
+    ExtensionScope,
     ListFilters,
     ListRequest,
     RoomConfig,
@@ -32,6 +34,7 @@ MAX_RANGES = 100
 MAX_SUBSCRIPTIONS = 1000
 MAX_REQUIRED_STATE = 1000
 MAX_RANGE_END = 2**31
+MAX_FILTER_VALUES = 1000
 
 
 def _object(body: dict[str, Any], key: str) -> dict[str, Any]:
@@ -67,6 +70,17 @@ def _room_types(body: dict[str, Any], key: str) -> tuple[str | None, ...] | None
     return tuple(values)
 
 
+def _strings(body: dict[str, Any], key: str, where: str) -> tuple[str, ...] | None:
+    values = optional(body, key, list)
+    if values is None:
+        return None
+    if len(values) > MAX_FILTER_VALUES:
+        raise InvalidParam(f"{where}: too many '{key}'")
+    if not all(isinstance(v, str) for v in values):
+        raise BadJson(f"{where}: '{key}' must hold strings")
+    return tuple(values)
+
+
 def _list(name: str, body: Any) -> ListRequest:
     if not isinstance(body, dict):
         raise BadJson(f"list '{name}' must be an object")
@@ -86,6 +100,9 @@ def _list(name: str, body: Any) -> ListRequest:
             raise InvalidParam(f"list '{name}': a range needs 0 <= start <= end")
         ranges.append((start, end))
     filters = _object(body, "filters")
+    # Checked and not applied: Synapse never implemented it and MSC4186 dropped it.
+    optional(filters, "room_name_like", str)
+    where = f"list '{name}'"
     return ListRequest(
         ranges=tuple(ranges),
         config=_room_config(body, f"list '{name}'"),
@@ -95,6 +112,9 @@ def _list(name: str, body: Any) -> ListRequest:
             is_invite=_optional_bool(filters, "is_invite"),
             room_types=_room_types(filters, "room_types"),
             not_room_types=_room_types(filters, "not_room_types") or (),
+            spaces=_strings(filters, "spaces", where),
+            tags=_strings(filters, "tags", where),
+            not_tags=_strings(filters, "not_tags", where) or (),
         ),
     )
 
@@ -102,6 +122,19 @@ def _list(name: str, body: Any) -> ListRequest:
 def _enabled(extensions: dict[str, Any], name: str) -> tuple[bool, dict[str, Any]]:
     ext = _object(extensions, name)
     return bool(optional(ext, "enabled", bool, False)), ext
+
+
+def _scope(ext: dict[str, Any], name: str) -> ExtensionScope:
+    """An extension's `lists` and `rooms` (`["*"]` each when absent: every room)."""
+    where = f"extension '{name}'"
+    lists = _strings(ext, "lists", where)
+    rooms = _strings(ext, "rooms", where)
+    return ExtensionScope(ALL if lists is None else lists, ALL if rooms is None else rooms)
+
+
+def _scoped(extensions: dict[str, Any], name: str) -> ExtensionScope | None:
+    enabled, ext = _enabled(extensions, name)
+    return _scope(ext, name) if enabled else None
 
 
 def _extensions(body: dict[str, Any]) -> Extensions:
@@ -117,9 +150,9 @@ def _extensions(body: dict[str, Any]) -> Extensions:
         to_device=to_device,
         to_device_since=since,
         e2ee=_enabled(extensions, "e2ee")[0],
-        account_data=_enabled(extensions, "account_data")[0],
-        receipts=_enabled(extensions, "receipts")[0],
-        typing=_enabled(extensions, "typing")[0],
+        account_data=_scoped(extensions, "account_data"),
+        receipts=_scoped(extensions, "receipts"),
+        typing=_scoped(extensions, "typing"),
     )
 
 
