@@ -7,10 +7,11 @@ SlidingSync drives it too (tests/test_js_sdk.py, sliding_sync.mjs)."""
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import requests
-from conftest import ServerProcess
+from conftest import ServerProcess, restart_server_process
 from js_runner import node_or_skip, run_script
 
 CS = "/_matrix/client/v3"
@@ -314,12 +315,286 @@ def test_matrix_js_sdk_sliding_sync(server: ServerProcess) -> None:
     post(s, b, f"{CS}/join/{room}", {})
     send(s, a, room, "before the client started")
     invite = post(s, a, f"{CS}/createRoom", {"name": "invite only", "invite": [bob["user_id"]]})["room_id"]
-    result = run_script(node, "sliding_sync.mjs", s.base_url, a, b, room, invite)
+    knocked = post(
+        s,
+        a,
+        f"{CS}/createRoom",
+        {
+            "name": "knock first",
+            "initial_state": [{"type": "m.room.join_rules", "content": {"join_rule": "knock"}}],
+        },
+    )["room_id"]
+    post(s, b, f"{CS}/knock/{knocked}", {})
+    put(s, b, f"{CS}/user/{bob['user_id']}/rooms/{room}/tags/m.favourite", {"order": 0.5})
+    result = run_script(node, "sliding_sync.mjs", s.base_url, a, b, room, invite, knocked)
     assert result["name"] == "JS sliding"
     assert result["members"] == 2
     assert result["bodies_before"] == ["before the client started"]
-    assert result["list_count"] == 2
+    assert result["list_count"] == 3
     assert result["invite_membership"] == "invite"
+    assert result["knock_membership"] == "knock" and result["knock_name"] == "knock first"
+    assert result["favourites_count"] == 1
     assert result["bodies_after"] == ["before the client started", "live from alice"]
     assert result["typing"] is True
     assert result["to_device"] == {"hello": "bob"}
+
+
+def test_knocked_rooms_are_listed_with_stripped_state(server: ServerProcess) -> None:
+    s = server
+    alice, bob, eve = users(s, 3)
+    a, b, e = alice["access_token"], bob["access_token"], eve["access_token"]
+    room = post(
+        s,
+        a,
+        f"{CS}/createRoom",
+        {
+            "name": "knock here",
+            "preset": "private_chat",
+            "initial_state": [{"type": "m.room.join_rules", "content": {"join_rule": "knock"}}],
+        },
+    )["room_id"]
+    send(s, a, room, "members only")
+    assert ss(s, b, {"lists": {"all": ALL}})["lists"]["all"]["count"] == 0
+    post(s, b, f"{CS}/knock/{room}", {"reason": "let me in"})
+
+    body = {"lists": {"all": ALL}}
+    first = ss(s, b, body)
+    assert first["lists"]["all"]["count"] == 1
+    entry = first["rooms"][room]
+    assert entry["initial"] is True
+    # Stripped state only: no timeline, nothing the members said.
+    assert "timeline" not in entry and "required_state" not in entry
+    stripped = {ev["type"]: ev for ev in entry["invite_state"] if ev["state_key"] in ("", bob["user_id"])}
+    assert stripped["m.room.name"]["content"]["name"] == "knock here"
+    assert stripped["m.room.join_rules"]["content"]["join_rule"] == "knock"
+    assert stripped["m.room.member"]["content"]["membership"] == "knock"
+    # A knock is not an invite.
+    invites = ss(s, b, {"conn_id": "f", "lists": {"l": {"ranges": [[0, 9]], "filters": {"is_invite": True}}}})
+    assert invites["rooms"] == {} and invites["lists"]["l"]["count"] == 0
+    not_invites = ss(
+        s, b, {"conn_id": "f", "lists": {"l": {"ranges": [[0, 9]], "filters": {"is_invite": False}}}}
+    )
+    assert set(not_invites["rooms"]) == {room}
+    # Nothing new: the knock is not sent again.
+    assert ss(s, b, body, pos=first["pos"])["rooms"] == {}
+    # Nor does a subscription by a stranger show it.
+    assert ss(s, e, {"room_subscriptions": {room: {"timeline_limit": 5}}})["rooms"] == {}
+
+    # Accepted: an invite, sent as new to the client.
+    post(s, a, f"{CS}/rooms/{room}/invite", {"user_id": bob["user_id"]})
+    invited = ss(s, b, body, pos=first["pos"])
+    entry = invited["rooms"][room]
+    assert entry["initial"] is True
+    members = [ev for ev in entry["invite_state"] if ev["type"] == "m.room.member"]
+    assert any(m["state_key"] == bob["user_id"] and m["content"]["membership"] == "invite" for m in members)
+
+
+def test_spaces_tags_and_room_type_filters(server: ServerProcess) -> None:
+    s = server
+    alice, bob = users(s, 2)
+    a, b = alice["access_token"], bob["access_token"]
+
+    def room(extra: dict[str, Any]) -> str:
+        room_id = post(s, a, f"{CS}/createRoom", {"preset": "public_chat", **extra})["room_id"]
+        post(s, b, f"{CS}/join/{room_id}", {})
+        return str(room_id)
+
+    space = room({"creation_content": {"type": "m.space"}})
+    other_space = room({"creation_content": {"type": "m.space"}})
+    child, grandchild, outside, favourite, low = (room({}) for _ in range(5))
+    custom_type = room({"creation_content": {"type": "org.example.kind"}})
+    via = {"via": [s.server_name]}
+    put(s, a, f"{CS}/rooms/{space}/state/m.space.child/{child}", via)
+    put(s, a, f"{CS}/rooms/{space}/state/m.space.child/{other_space}", via)
+    put(s, a, f"{CS}/rooms/{other_space}/state/m.space.child/{grandchild}", via)
+    # A child without `via` does not count (spec: m.space.child).
+    put(s, a, f"{CS}/rooms/{space}/state/m.space.child/{outside}", {})
+    # A space Bob is not in: its children are not revealed through him.
+    hidden_space = post(
+        s, a, f"{CS}/createRoom", {"preset": "private_chat", "creation_content": {"type": "m.space"}}
+    )["room_id"]
+    put(s, a, f"{CS}/rooms/{hidden_space}/state/m.space.child/{favourite}", via)
+    tags = f"{CS}/user/{bob['user_id']}/rooms"
+    put(s, b, f"{tags}/{favourite}/tags/m.favourite", {"order": 0.5})
+    put(s, b, f"{tags}/{low}/tags/m.lowpriority", {})
+    put(s, b, f"{tags}/{low}/tags/u.work", {})
+
+    def listed(filters: dict[str, Any]) -> set[str]:
+        got = ss(s, b, {"lists": {"l": {"ranges": [[0, 50]], "filters": filters}}})
+        assert got["lists"]["l"]["count"] == len(got["rooms"])
+        return set(got["rooms"])
+
+    everything = {space, other_space, child, grandchild, outside, favourite, low, custom_type}
+    assert listed({}) == everything
+    # Direct children only; subspaces are not walked; several spaces are OR'd.
+    assert listed({"spaces": [space]}) == {child, other_space}
+    assert listed({"spaces": [space, other_space]}) == {child, other_space, grandchild}
+    assert listed({"spaces": [hidden_space]}) == set()
+    assert listed({"spaces": ["!nowhere:example.org"]}) == set()
+    # Tags: any of `tags`; `not_tags` wins over `tags`.
+    assert listed({"tags": ["m.favourite"]}) == {favourite}
+    assert listed({"tags": ["m.favourite", "u.work"]}) == {favourite, low}
+    assert listed({"tags": ["u.work"], "not_tags": ["m.lowpriority"]}) == set()
+    assert listed({"not_tags": ["m.lowpriority", "m.favourite"]}) == everything - {favourite, low}
+    # Room types: null stands for rooms without a type.
+    assert listed({"room_types": [None]}) == everything - {space, other_space, custom_type}
+    assert listed({"not_room_types": [None]}) == {space, other_space, custom_type}
+    assert listed({"not_room_types": ["m.space", None]}) == {custom_type}
+    assert listed({"room_types": ["m.space", "org.example.kind"], "not_room_types": ["m.space"]}) == {
+        custom_type
+    }
+    # `room_name_like`: checked, not applied (MSC4186 dropped it; Synapse never had it).
+    assert listed({"room_name_like": "zzz"}) == everything
+
+    # A tag added later moves the room into the list on the next response.
+    body = {"lists": {"fav": {"ranges": [[0, 9]], "timeline_limit": 1, "filters": {"tags": ["m.favourite"]}}}}
+    first = ss(s, b, body)
+    assert set(first["rooms"]) == {favourite}
+    put(s, b, f"{tags}/{child}/tags/m.favourite", {"order": 0.1})
+    second = ss(s, b, body, pos=first["pos"], timeout=0)
+    assert second["lists"]["fav"]["count"] == 2 and set(second["rooms"]) == {child}
+
+    for bad in ({"spaces": "!a:b"}, {"tags": [1]}, {"not_tags": {"a": 1}}, {"room_name_like": 5}):
+        r = requests.post(
+            s.url(SS),
+            json={"lists": {"l": {"ranges": [[0, 1]], "filters": bad}}},
+            headers=auth(b),
+            timeout=10,
+        )
+        assert r.status_code == 400 and r.json()["errcode"] == "M_BAD_JSON", (bad, r.text)
+
+
+def test_extensions_cover_only_the_lists_and_rooms_they_name(server: ServerProcess) -> None:
+    s = server
+    alice, bob = users(s, 2)
+    a, b = alice["access_token"], bob["access_token"]
+    rooms = []
+    for i in range(3):
+        room = post(s, a, f"{CS}/createRoom", {"preset": "public_chat", "name": f"scope {i}"})["room_id"]
+        post(s, b, f"{CS}/join/{room}", {})
+        rooms.append(room)
+    dm_room, group, subscribed = rooms
+    put(s, b, f"{CS}/user/{bob['user_id']}/account_data/m.direct", {alice["user_id"]: [dm_room]})
+    for room in rooms:
+        event_id = send(s, a, room, "read me")
+        post(s, a, f"{CS}/rooms/{room}/receipt/m.read/{event_id}", {})
+        put(s, a, f"{CS}/rooms/{room}/typing/{alice['user_id']}", {"typing": True, "timeout": 30000})
+        put(s, b, f"{CS}/user/{bob['user_id']}/rooms/{room}/account_data/org.example.note", {"room": room})
+
+    lists = {
+        "dms": {"ranges": [[0, 9]], "filters": {"is_dm": True}},
+        "groups": {"ranges": [[0, 9]], "filters": {"is_dm": False}},
+    }
+
+    def covered(scope: dict[str, Any]) -> dict[str, set[str]]:
+        exts = {name: {"enabled": True, **scope} for name in ("account_data", "receipts", "typing")}
+        got = ss(s, b, {"lists": lists, "room_subscriptions": {subscribed: {}}, "extensions": exts})[
+            "extensions"
+        ]
+        assert any(ev["type"] == "m.direct" for ev in got["account_data"]["global"])  # never scoped
+        return {
+            "account_data": set(got["account_data"]["rooms"]),
+            "receipts": set(got["receipts"]["rooms"]),
+            "typing": set(got["typing"]["rooms"]),
+        }
+
+    def same(expected: set[str]) -> dict[str, set[str]]:
+        return {"account_data": expected, "receipts": expected, "typing": expected}
+
+    # Default ["*"] and ["*"]: every room in every list and subscription.
+    assert covered({}) == same({dm_room, group, subscribed})
+    assert covered({"lists": ["dms"], "rooms": []}) == same({dm_room})
+    # `rooms` names subscriptions; a room in a list only is not one.
+    assert covered({"lists": [], "rooms": [subscribed, dm_room]}) == same({subscribed})
+    assert covered({"lists": ["groups"], "rooms": []}) == same({group, subscribed})
+    assert covered({"lists": [], "rooms": ["*"]}) == same({subscribed})
+    assert covered({"lists": ["no such list"], "rooms": []}) == same(set())
+
+    r = requests.post(
+        s.url(SS),
+        json={"extensions": {"typing": {"enabled": True, "lists": "dms"}}},
+        headers=auth(b),
+        timeout=10,
+    )
+    assert r.status_code == 400 and r.json()["errcode"] == "M_BAD_JSON"
+
+
+def test_ignored_users_messages_and_invites_are_left_out(server: ServerProcess) -> None:
+    s = server
+    alice, bob, mallory = users(s, 3)
+    a, b, m = alice["access_token"], bob["access_token"], mallory["access_token"]
+    room = post(s, a, f"{CS}/createRoom", {"preset": "public_chat"})["room_id"]
+    post(s, b, f"{CS}/join/{room}", {})
+    post(s, m, f"{CS}/join/{room}", {})
+    put(
+        s,
+        b,
+        f"{CS}/user/{bob['user_id']}/account_data/m.ignored_user_list",
+        {"ignored_users": {mallory["user_id"]: {}}},
+    )
+    send(s, a, room, "from alice")
+    send(s, m, room, "from mallory")
+    spam = post(s, m, f"{CS}/createRoom", {"name": "spam", "invite": [bob["user_id"]]})["room_id"]
+    welcome = post(s, a, f"{CS}/createRoom", {"name": "welcome", "invite": [bob["user_id"]]})["room_id"]
+
+    body = {
+        "lists": {"all": {"ranges": [[0, 20]], "timeline_limit": 10}},
+        "room_subscriptions": {room: {"timeline_limit": 10}},
+    }
+    first = ss(s, b, body)
+    bodies = [ev["content"].get("body") for ev in first["rooms"][room]["timeline"]]
+    assert "from alice" in bodies and "from mallory" not in bodies
+    # Mallory's member event is room state and stays.
+    assert any(
+        ev["type"] == "m.room.member" and ev["state_key"] == mallory["user_id"]
+        for ev in first["rooms"][room]["timeline"]
+    )
+    assert spam not in first["rooms"] and welcome in first["rooms"]
+    assert first["lists"]["all"]["count"] == 2
+
+    send(s, m, room, "mallory again")
+    send(s, a, room, "alice again")
+    later = ss(s, b, body, pos=first["pos"])
+    assert [ev["content"]["body"] for ev in later["rooms"][room]["timeline"]] == ["alice again"]
+
+    # Un-ignored: Mallory's new messages and invite show again (what was hidden stays hidden).
+    put(s, b, f"{CS}/user/{bob['user_id']}/account_data/m.ignored_user_list", {"ignored_users": {}})
+    send(s, m, room, "mallory forgiven")
+    third = ss(s, b, body, pos=later["pos"])
+    assert [ev["content"]["body"] for ev in third["rooms"][room]["timeline"]] == ["mallory forgiven"]
+    assert third["lists"]["all"]["count"] == 3 and spam in third["rooms"]
+
+
+def test_a_pos_from_before_a_restart_is_unknown(start_server: Callable[..., ServerProcess]) -> None:
+    """Connection state lives in memory: after a restart the client is told to start again
+    (M_UNKNOWN_POS), and a new connection on the same device and conn_id works at once."""
+    s = start_server()
+    alice, bob = users(s, 2)
+    a, b = alice["access_token"], bob["access_token"]
+    room = post(s, a, f"{CS}/createRoom", {"preset": "public_chat", "name": "survives"})["room_id"]
+    post(s, b, f"{CS}/join/{room}", {})
+    send(s, a, room, "before the restart")
+    body = {"conn_id": "room-list", "lists": {"all": ALL}}
+    before = ss(s, b, body)
+    second = ss(s, b, body, pos=before["pos"], timeout=0)
+
+    assert s.stop() == 0
+    s = restart_server_process(s)
+    try:
+        # The new process hands out positions too: an old pos never matches one of them.
+        fresh = ss(s, b, body)
+        ss(s, b, body, pos=fresh["pos"], timeout=0)
+        for old in (before["pos"], second["pos"]):
+            r = requests.post(
+                s.url(SS), json=body, params={"pos": old, "timeout": 0}, headers=auth(b), timeout=10
+            )
+            assert r.status_code == 400 and r.json()["errcode"] == "M_UNKNOWN_POS", r.text
+        # Starting over gives the whole room again, with what was said before the restart.
+        entry = fresh["rooms"][room]
+        assert entry["initial"] is True and entry["name"] == "survives"
+        assert [ev["content"].get("body") for ev in entry["timeline"]][-1] == "before the restart"
+        send(s, a, room, "after the restart")
+        live = ss(s, b, body, pos=fresh["pos"], timeout=0)
+        assert [ev["content"]["body"] for ev in live["rooms"][room]["timeline"]] == ["after the restart"]
+    finally:
+        s.stop()

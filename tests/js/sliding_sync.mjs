@@ -1,8 +1,9 @@
 // matrix-js-sdk's SlidingSync (MSC4186, simplified sliding sync) against a real homeserver:
-// the room list, room names and timelines, invites, a live message, typing and a
-// to-device message, all through the SDK's sliding sync loop instead of /sync.
+// the room list, room names and timelines, invites, a knock, a list filtered by room tag,
+// a live message, typing and a to-device message, all through the SDK's sliding sync loop
+// instead of /sync.
 //
-//   node sliding_sync.mjs <base_url> <token_alice> <token_bob> <room_id> <invite_room_id>
+//   node sliding_sync.mjs <base_url> <token_alice> <token_bob> <room_id> <invite_room_id> <knocked_room_id>
 //
 // Alice only sends (plain HTTP); Bob runs the SDK. On success the last line on stdout is
 // `RESULT {json}`; on failure it prints `FAILED: ...` to stderr and exits 1.
@@ -36,7 +37,7 @@ const quietLogger = {
     },
 };
 
-const [baseUrl, aliceToken, bobToken, roomId, inviteRoomId] = process.argv.slice(2);
+const [baseUrl, aliceToken, bobToken, roomId, inviteRoomId, knockedRoomId] = process.argv.slice(2);
 const STEP_TIMEOUT_MS = 15_000;
 
 function check(condition, message) {
@@ -87,7 +88,10 @@ try {
     const roomConfig = { timeline_limit: 10, required_state: [["*", "*"]] };
     slidingSync = new SlidingSync(
         baseUrl,
-        new Map([["all", { ranges: [[0, 19]], ...roomConfig }]]),
+        new Map([
+            ["all", { ranges: [[0, 19]], ...roomConfig }],
+            ["favourites", { ranges: [[0, 19]], ...roomConfig, filters: { tags: ["m.favourite"] } }],
+        ]),
         roomConfig,
         client,
         5_000,
@@ -110,6 +114,9 @@ try {
         bodies_before: bodies(),
         list_count: slidingSync.getListData("all")?.joinedCount,
         invite_membership: client.getRoom(inviteRoomId)?.getMyMembership(),
+        knock_membership: client.getRoom(knockedRoomId)?.getMyMembership(),
+        knock_name: client.getRoom(knockedRoomId)?.name,
+        favourites_count: slidingSync.getListData("favourites")?.joinedCount,
     };
 
     // A live message from Alice reaches Bob's timeline through the long-poll.
