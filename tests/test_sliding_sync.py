@@ -389,8 +389,8 @@ def test_knocked_rooms_are_listed_with_stripped_state(server: ServerProcess) -> 
     assert any(m["state_key"] == bob["user_id"] and m["content"]["membership"] == "invite" for m in members)
 
 
-def test_spaces_tags_and_room_type_filters(server: ServerProcess) -> None:
-    s = server
+def test_spaces_tags_and_room_type_filters(any_server: ServerProcess) -> None:
+    s = any_server
     alice, bob = users(s, 2)
     a, b = alice["access_token"], bob["access_token"]
 
