@@ -1,5 +1,5 @@
 """A sliding sync long-poll (MSC4186, with a pos and a timeout) answers as soon as there is
-something for the user, for each kind of change its lists and extensions show, and with
+something for the user, for each kind of change its lists and extensions show (a knock too), and with
 nothing new exactly at its timeout on the test clock, never before."""
 
 from __future__ import annotations
@@ -58,6 +58,18 @@ async def _invite(client: Client, ctx: dict[str, Any]) -> None:
     ctx["room2"] = (await client.call("POST", "/createRoom", ctx["a"], {"invite": [ctx["b_id"]]}))["room_id"]
 
 
+async def _knock(client: Client, ctx: dict[str, Any]) -> None:
+    rules = [{"type": "m.room.join_rules", "content": {"join_rule": "knock"}}]
+    room = (await client.call("POST", "/createRoom", ctx["a"], {"initial_state": rules}))["room_id"]
+    ctx["knocked"] = room
+    await client.call("POST", f"/knock/{room}", ctx["b"], {})
+
+
+def _knocked(body: dict[str, Any], ctx: dict[str, Any]) -> bool:
+    stripped = body["rooms"][ctx["knocked"]]["invite_state"]
+    return any(e["state_key"] == ctx["b_id"] and e["content"]["membership"] == "knock" for e in stripped)
+
+
 Change = Callable[[Client, dict[str, Any]], Any]
 CHANGES: dict[str, tuple[Change, Callable[[dict[str, Any], dict[str, Any]], bool]]] = {
     "message": (
@@ -79,6 +91,7 @@ CHANGES: dict[str, tuple[Change, Callable[[dict[str, Any], dict[str, Any]], bool
     ),
     "to-device": (_to_device, lambda body, ctx: body["extensions"]["to_device"]["events"] != []),
     "invite": (_invite, lambda body, ctx: "invite_state" in body["rooms"][ctx["room2"]]),
+    "knock": (_knock, _knocked),
 }
 
 
