@@ -31,6 +31,7 @@ from homeserver.api.http import ApiRequest, Response, Router, StreamBody
 from homeserver.core.addresses import address_blocked
 from homeserver.core.event_format import client_event
 from homeserver.core.event_stream import StreamBatch
+from homeserver.core.export import ExportSink
 from homeserver.core.push_addresses import is_public_address
 from homeserver.core.tokens import Requester
 from homeserver.errors import MatrixError
@@ -458,6 +459,20 @@ class PluginApi:
         except MatrixError:
             return None
 
+    # Users' data (GDPR, docs/gdpr.md) ---------------------------------------------------
+
+    def on_user_erased(self, callback: Callable[[str], Awaitable[None]]) -> None:
+        """Call `await callback(user_id)` when an account is erased (deactivated with
+        `erase: true`), after the core has erased its part: delete what this plugin keeps
+        about the user. An exception is logged; the erasure of the rest stands."""
+        self._hs.erasure.on_user_erased.append(callback)
+
+    def add_export_part(self, callback: Callable[[str, ExportSink], Awaitable[None]]) -> None:
+        """Add this plugin's part to users' data exports: `await callback(user_id, sink)`
+        writes what it keeps about the user into `sink` (`add_json`, `add_file`), under the
+        folder named after the plugin in the zip. An exception fails the export."""
+        self._hs.exports.parts.append((self._name, callback))
+
     # Mail ------------------------------------------------------------------------
 
     async def send_mail(self, to: str, subject: str, text: str) -> None:
@@ -476,6 +491,7 @@ __all__ = [
     "address_blocked",
     "ApiRequest",
     "EventBatch",
+    "ExportSink",
     "MatrixError",
     "PluginApi",
     "PluginConfigError",

@@ -39,6 +39,7 @@ from homeserver.api.client import register as register_routes
 from homeserver.api.http import Router, make_site
 from homeserver.api.http_server import HttpFactory
 from homeserver.api.simple import auth as simple_auth
+from homeserver.api.simple import export as simple_export
 from homeserver.api.simple import messages as simple_messages
 from homeserver.api.simple import profiles as simple_profiles
 from homeserver.api.ws import WS_PATH, stream_factory
@@ -52,8 +53,10 @@ from homeserver.core.devices import DeviceService
 from homeserver.core.directory import DirectoryService
 from homeserver.core.e2ee import KeyService
 from homeserver.core.email_validation import EmailValidator
+from homeserver.core.erasure import ErasureService
 from homeserver.core.event_stream import EventStream
 from homeserver.core.events import EventService
+from homeserver.core.export import ExportService
 from homeserver.core.filters import FilterService
 from homeserver.core.ignored_users import IGNORED_USER_LIST, IgnoredUsers, check_ignored_user_list
 from homeserver.core.key_backup import KeyBackupService
@@ -201,6 +204,7 @@ class HomeServer:
             openid,
             voip,
             simple_auth,
+            simple_export,
             simple_messages,
             simple_profiles,
         ):
@@ -338,6 +342,22 @@ class HomeServer:
             self.config.search.index_wait / 1000,
         )
         self.reports = ReportService(self.storage, self.messages, self.clock)
+        self._build_gdpr()
+
+    def _build_gdpr(self) -> None:
+        """Data export and erasure (docs/gdpr.md)."""
+        self.exports = ExportService(self.storage, self.clock, self.config.data_path, self.blocking)
+        self.erasure = ErasureService(
+            self.storage,
+            self.clock,
+            self.accounts,
+            self.rooms,
+            self.room_heads,
+            self.timeline,
+            self.sync.encoded.invalidate,
+        )
+        self.erasure.on_user_erased.append(self.exports.delete_exports_of)
+        self.accounts.erase_user = self.erasure.erase_user
 
     def _joined_members(self, room_id: str) -> list[str]:
         head = self.room_heads.peek(room_id)
@@ -372,6 +392,8 @@ class HomeServer:
         self._start_job(1.0, self.delivery.flush)
         self._start_job(15.0, self.presence.expire)
         self.plugins = await start_plugins(self, self.router)
+        # After the plugins: a restarted export includes their parts (media).
+        await self.exports.start()
 
     def _start_job(self, interval_s: float, job: Any) -> None:
         async def run() -> None:
@@ -438,6 +460,7 @@ class HomeServer:
             log.failure("could not save delivery positions")
         for api in self.plugin_apis:
             api.stop_jobs()
+        self.exports.stop()
         await self.stream.stop()
         for plugin in self.plugins:
             stop = getattr(plugin, "stop", None)

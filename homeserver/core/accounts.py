@@ -82,6 +82,8 @@ class AccountService:
         # Called as listener(user_id, kept_device) after a password change.
         self.on_password_changed: list[Callable[[str, str | None], Awaitable[None]]] = []
         # Called with the user id after an account is created or deactivated (the user directory).
+        # Erases an account (core/erasure.py, wired by the server): deactivation with `erase`.
+        self.erase_user: Callable[[str], Awaitable[None]] | None = None
         self.on_profile_changed: list[Callable[[str], Awaitable[None]]] = []
 
     # Identifiers -------------------------------------------------------------
@@ -316,10 +318,15 @@ class AccountService:
         for listener in self.on_password_changed:
             await listener(user_id, keep_device)
 
-    async def deactivate_with_auth(self, user_id: str, auth: object) -> None:
-        """`POST /account/deactivate`: the account password proves the owner."""
+    async def deactivate_with_auth(self, user_id: str, auth: object, erase: bool = False) -> None:
+        """`POST /account/deactivate`: the account password proves the owner; with `erase`,
+        their data is erased too (docs/gdpr.md)."""
         await self.uia.authenticate(auth, "/account/deactivate", [[PASSWORD]], expected_user=user_id)
-        await self.deactivate(user_id)
+        if erase:
+            assert self.erase_user is not None
+            await self.erase_user(user_id)
+        else:
+            await self.deactivate(user_id)
 
     async def validated_threepids(self, user_id: str) -> list[tuple[str, str, int, int]]:
         """(medium, address, added_at, validated_at) of the user's proven addresses."""

@@ -10,6 +10,7 @@ from homeserver.storage.database import Database, engine_from_url
 from homeserver.storage.devices import DeviceStore
 from homeserver.storage.e2ee import E2eeStore
 from homeserver.storage.events import EventStore
+from homeserver.storage.gdpr import GdprStore
 from homeserver.storage.openid import OpenIdStore
 from homeserver.storage.pushers import PusherStore
 from homeserver.storage.reports import ReportStore
@@ -38,6 +39,7 @@ class Storage:
         self.search = SearchStore(db)
         self.user_directory = UserDirectoryStore(db)
         self.reports = ReportStore(db)
+        self.gdpr = GdprStore(db)
 
     @classmethod
     def from_url(cls, url: str, pool_min: int = 2, pool_max: int = 10, reactor: Any = None) -> "Storage":

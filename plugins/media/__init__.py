@@ -24,6 +24,7 @@ from typing import IO, Any
 
 from homeserver.plugins import (
     ApiRequest,
+    ExportSink,
     MatrixError,
     PluginApi,
     PluginConfigError,
@@ -94,6 +95,8 @@ class MediaPlugin:
         api.register_route("POST", "/_plugins/media/admin/purge", self.admin_purge)
 
         api.subscribe_events(self.repo.on_event)
+        api.on_user_erased(self.erase_user)
+        api.add_export_part(self.export_user)
         api.schedule(self.config.cleanup_interval_ms / 1000, self.repo.cleanup)
 
     def _register_legacy(self, prefix: str) -> None:
@@ -268,6 +271,25 @@ class MediaPlugin:
         if user_id is None and before_ts is None:
             raise MatrixError("Give 'userId', 'beforeTs' or both", "M_MISSING_PARAM")
         return {"deleted": await self.repo.purge(user_id, before_ts)}
+
+    # Users' data (docs/gdpr.md) -------------------------------------------------------
+
+    async def erase_user(self, user_id: str) -> None:
+        """An erased account: every upload of theirs goes, files, thumbnails and all."""
+        deleted = await self.repo.purge(user_id, None, reason="erasure")
+        self.api.log.info("erased {deleted} media of {user_id}", deleted=deleted, user_id=user_id)
+
+    async def export_user(self, user_id: str, sink: ExportSink) -> None:
+        """`media/index.json` (each upload's metadata) and `media/files/MEDIA_ID` (its bytes)."""
+        rows = await self.repo.uploads_of(user_id)
+        index = []
+        for row in rows:
+            entry = {**self._entity(row), "file": None}
+            if row.storage_key is not None:
+                entry["file"] = f"files/{row.media_id}"
+                await sink.add_file(entry["file"], self.repo.opener(row.storage_key))
+            index.append(entry)
+        await sink.add_json("index.json", index)
 
     def _entity(self, row: MediaRow) -> dict[str, Any]:
         """The first spec's Media entity (mediaId, messageId, type, url, size) and metadata."""

@@ -214,6 +214,14 @@ def media_of_user_txn(txn: Txn, user_id: str, before_ts: int | None) -> list[str
     return [r[0] for r in rows]
 
 
+def uploads_of_txn(txn: Txn, user_id: str) -> list[MediaRow]:
+    rows = txn.query(
+        f"SELECT {_COLUMNS} FROM media_files WHERE user_id = ? AND state = 'ready' ORDER BY created_ts",
+        (user_id,),
+    )
+    return [MediaRow.from_row(r) for r in rows]
+
+
 def media_before_txn(txn: Txn, before_ts: int) -> list[str]:
     return [r[0] for r in txn.query("SELECT media_id FROM media_files WHERE created_ts < ?", (before_ts,))]
 

@@ -12,7 +12,7 @@ import re
 import secrets
 import tempfile
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from io import BytesIO
 from typing import IO, Any
 
@@ -511,7 +511,16 @@ class MediaRepository:
             for media_id in old:
                 await self.delete(media_id, "retention")
 
-    async def purge(self, user_id: str | None, before_ts: int | None) -> int:
+    async def uploads_of(self, user_id: str) -> list[MediaRow]:
+        """The user's finished uploads, oldest first."""
+        rows: list[MediaRow] = await self.api.run_db("uploads_of", db.uploads_of_txn, user_id)
+        return rows
+
+    def opener(self, key: str) -> Callable[[], Reader]:
+        """A callable (for a worker thread) that opens the stored object for reading."""
+        return lambda: self.storage.open(key)
+
+    async def purge(self, user_id: str | None, before_ts: int | None, reason: str = "admin_purge") -> int:
         if user_id is not None:
             ids = await self.api.run_db("media_of_user", db.media_of_user_txn, user_id, before_ts)
         else:
@@ -519,7 +528,7 @@ class MediaRepository:
             ids = await self.api.run_db("media_before", db.media_before_txn, before_ts)
         count = 0
         for media_id in ids:
-            count += await self.delete(media_id, "admin_purge")
+            count += await self.delete(media_id, reason)
         return count
 
     async def usage(self, user_id: str) -> tuple[int, int]:

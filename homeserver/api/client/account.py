@@ -30,7 +30,9 @@ def register(router: Router, hs: "HomeServer") -> None:
     async def deactivate(request: ApiRequest, version: str) -> dict[str, Any]:
         requester = await require_user(hs, request)
         body = request.json_body()
-        await hs.accounts.deactivate_with_auth(requester.user_id, body.get("auth"))
+        # Spec: `erase` asks the server to forget what the user sent (docs/gdpr.md).
+        erase = optional(body, "erase", bool, False) is True
+        await hs.accounts.deactivate_with_auth(requester.user_id, body.get("auth"), erase)
         return {"id_server_unbind_result": "no-support"}
 
     async def threepids(request: ApiRequest, version: str) -> dict[str, Any]:
