@@ -24,11 +24,30 @@ DOWNLOAD = "/_matrix/client/v1/media/download"
 MEDIA = {"module": "plugins.media.MediaPlugin", "config": {"max_upload_size": "2M"}}
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    s = start_server_process(tmp_path_factory.mktemp("gdpr"), {"plugins": [MEDIA]})
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """A server with the media plugin, on each engine in turn (PostgreSQL: a schema of its own)."""
+    overrides: dict[str, Any] = {"plugins": [MEDIA]}
+    schema = conn = None
+    if request.param == "postgres":
+        import psycopg2
+
+        database: str = request.getfixturevalue("pg_database")
+        schema = f"g_{secrets.token_hex(6)}"
+        conn = psycopg2.connect(database)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE SCHEMA {schema}")
+        overrides["database"] = {"url": f"{database}?options=-csearch_path%3D{schema}"}
+    s = start_server_process(tmp_path_factory.mktemp("gdpr"), overrides)
     yield s
     s.stop()
+    if conn is not None:
+        with conn.cursor() as cur:
+            cur.execute(f"DROP SCHEMA {schema} CASCADE")
+        conn.close()
 
 
 class User:
@@ -173,6 +192,18 @@ def test_only_the_owner_sees_an_export(server: ServerProcess) -> None:
     assert [e["id"] for e in alice.ok("GET", "/api/me/export")["exports"]] == [export_id]
     r = alice.call("GET", "/api/me/export/nosuchexport/download")
     assert r.status_code == 404 and r.json()["errcode"] == "M_NOT_FOUND"
+
+
+def test_a_user_keeps_their_last_three_exports(server: ServerProcess) -> None:
+    alice = User(server, "alice")
+    ids = []
+    for _ in range(4):
+        ids.append(alice.ok("POST", "/api/me/export")["id"])
+        alice.finished_export(ids[-1])
+    assert [e["id"] for e in alice.ok("GET", "/api/me/export")["exports"]] == ids[1:]
+    assert alice.call("GET", f"/api/me/export/{ids[0]}").status_code == 404
+    assert not (server.data_dir / "exports" / f"{ids[0]}.zip").exists()
+    assert (server.data_dir / "exports" / f"{ids[1]}.zip").exists()
 
 
 def test_an_export_cut_short_by_a_restart_starts_over(tmp_path_factory: pytest.TempPathFactory) -> None:

@@ -44,6 +44,8 @@ log = Logger()
 PAGE = 500
 # Bytes per read when copying files into the zip and streaming the zip out.
 CHUNK = 256 * 1024
+# Finished exports kept per user: a new one replaces the oldest (bounds the disk a user can fill).
+KEEP_PER_USER = 3
 # Steps that are not events: profile, account data, devices, rooms.
 _FIXED_STEPS = 4
 
@@ -174,15 +176,19 @@ class ExportService:
     async def export_user_data(self, user_id: str) -> ExportRow:
         """Start an export of `user_id`'s data (or return the one already running): the
         caller has authorised it (the user themselves, or an admin)."""
-        for existing in await self.storage.gdpr.exports_of(user_id):
-            if existing.state == "running":
-                return existing
+        existing = await self.storage.gdpr.exports_of(user_id)
+        for row in existing:
+            if row.state == "running":
+                return row
+        for old in existing[: max(0, len(existing) - KEEP_PER_USER + 1)]:
+            await self.storage.gdpr.delete_export(old.export_id)
+            await self._remove_files(old.export_id)
         export_id = secrets.token_urlsafe(12)
         await self.storage.gdpr.create_export(export_id, user_id, self.clock.time_ms())
         self._launch(export_id, user_id)
-        row = await self.storage.gdpr.get_export(export_id)
-        assert row is not None
-        return row
+        created = await self.storage.gdpr.get_export(export_id)
+        assert created is not None
+        return created
 
     async def access_export(self, user_id: str, export_id: str) -> ExportRow:
         """The export if `user_id` owns it; NotFound otherwise (another user's export and a
@@ -210,8 +216,11 @@ class ExportService:
     async def delete_exports_of(self, user_id: str) -> None:
         """Forget the user's exports and remove their files (an erased account)."""
         for export_id in await self.storage.gdpr.delete_exports_of(user_id):
-            for path in (self.zip_path(export_id), self._part_path(export_id)):
-                await self.threads.run(_remove, path)
+            await self._remove_files(export_id)
+
+    async def _remove_files(self, export_id: str) -> None:
+        for path in (self.zip_path(export_id), self._part_path(export_id)):
+            await self.threads.run(_remove, path)
 
     def zip_path(self, export_id: str) -> Path:
         return self.directory / f"{export_id}.zip"

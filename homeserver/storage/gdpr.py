@@ -194,6 +194,9 @@ class GdprStore:
             export_id,
         )
 
+    async def delete_export(self, export_id: str) -> None:
+        await self.db.execute("delete_export", "DELETE FROM user_exports WHERE export_id = ?", export_id)
+
     async def delete_exports_of(self, user_id: str) -> list[str]:
         """Forget the user's exports; their ids (whose files the caller removes)."""
 
