@@ -231,7 +231,11 @@ class ExportService:
     def _launch(self, export_id: str, user_id: str) -> None:
         d = Deferred.fromCoroutine(self._run(export_id, user_id))
         self._running[export_id] = d
-        d.addBoth(lambda _: self._running.pop(export_id, None))
+
+        def forget(_: object) -> None:
+            self._running.pop(export_id, None)
+
+        d.addBoth(forget)
 
     def stop(self) -> None:
         """At shutdown: a job cut short stays `running`, to start over at the next start-up."""
