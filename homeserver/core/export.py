@@ -155,6 +155,10 @@ class _ZipWriter:
         await self._run(close)
 
 
+class _Cancelled(Exception):
+    """The job's account is being erased: stop, leave nothing behind."""
+
+
 class ExportService:
     def __init__(self, storage: Storage, clock: Clock, data_path: Path, threads: WorkerThreads) -> None:
         self.storage = storage
@@ -163,7 +167,8 @@ class ExportService:
         self.threads = threads
         # (folder, part): plugins' contributions (PluginApi.add_export_part).
         self.parts: list[tuple[str, ExportPart]] = []
-        self._running: dict[str, Deferred[None]] = {}
+        self._running: dict[str, list[Deferred[None]]] = {}  # job -> waiters for its end
+        self._cancelled: set[str] = set()
         self._stopping = False
 
     # Jobs --------------------------------------------------------------------------------
@@ -214,7 +219,12 @@ class ExportService:
         return _FileChunks(self.threads, handle), int(row.size or 0)
 
     async def delete_exports_of(self, user_id: str) -> None:
-        """Forget the user's exports and remove their files (an erased account)."""
+        """Forget the user's exports and remove their files (an erased account). A job still
+        running is stopped first, so no file is finished after this."""
+        for row in await self.storage.gdpr.exports_of(user_id):
+            if row.export_id in self._running:
+                self._cancelled.add(row.export_id)
+                await self._ended(row.export_id)
         for export_id in await self.storage.gdpr.delete_exports_of(user_id):
             await self._remove_files(export_id)
 
@@ -229,13 +239,28 @@ class ExportService:
         return self.directory / f"{export_id}.zip.part"
 
     def _launch(self, export_id: str, user_id: str) -> None:
-        d = Deferred.fromCoroutine(self._run(export_id, user_id))
-        self._running[export_id] = d
+        self._running[export_id] = []
 
-        def forget(_: object) -> None:
-            self._running.pop(export_id, None)
+        def ended(_: object) -> None:
+            self._cancelled.discard(export_id)
+            for waiter in self._running.pop(export_id, []):
+                waiter.callback(None)
 
-        d.addBoth(forget)
+        Deferred.fromCoroutine(self._run(export_id, user_id)).addBoth(ended)
+
+    def _ended(self, export_id: str) -> Deferred[None]:
+        """Fires once the job has ended (at once if it is not running)."""
+        waiter: Deferred[None] = Deferred()
+        waiters = self._running.get(export_id)
+        if waiters is None:
+            waiter.callback(None)
+        else:
+            waiters.append(waiter)
+        return waiter
+
+    def _check(self, export_id: str) -> None:
+        if export_id in self._cancelled:
+            raise _Cancelled(export_id)
 
     def stop(self) -> None:
         """At shutdown: a job cut short stays `running`, to start over at the next start-up."""
@@ -243,8 +268,8 @@ class ExportService:
 
     async def wait_idle(self) -> None:
         """Until every running job has ended (shutdown, tests)."""
-        for d in list(self._running.values()):
-            await d
+        for export_id in list(self._running):
+            await self._ended(export_id)
 
     async def _run(self, export_id: str, user_id: str) -> None:
         part = self._part_path(export_id)
@@ -252,6 +277,7 @@ class ExportService:
         try:
             await self._write(export_id, user_id, writer)
             await writer.close()
+            self._check(export_id)
             size: int = await self.threads.run(_finish_file, part, self.zip_path(export_id))
             await self.storage.gdpr.finish_export(export_id, "done", self.clock.time_ms(), size, None)
             log.info(
@@ -260,6 +286,10 @@ class ExportService:
                 user_id=user_id,
                 size=size,
             )
+        except _Cancelled:
+            await writer.close()
+            await self.threads.run(_remove, part)
+            log.info("export {export_id} cancelled: its account is being erased", export_id=export_id)
         except Exception as e:
             if self._stopping:
                 log.info(
@@ -288,6 +318,7 @@ class ExportService:
             ("devices.json", self._devices),
             ("rooms.json", self._rooms),
         ):
+            self._check(export_id)
             await writer.write_bytes(name, _dump(await build(user_id)))
             done += 1
         await gdpr.set_export_progress(export_id, done, total)
@@ -297,6 +328,7 @@ class ExportService:
         await writer.append(b"[")
         first, after = True, -1
         while True:
+            self._check(export_id)
             page = await gdpr.events_sent_by(user_id, after, PAGE)
             if not page:
                 break
@@ -311,6 +343,7 @@ class ExportService:
         await writer.end_entry()
 
         for folder, build_part in self.parts:
+            self._check(export_id)
             await build_part(user_id, ExportSink(writer, folder))
             done += 1
             await gdpr.set_export_progress(export_id, done, max(total, done))

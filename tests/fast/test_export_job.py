@@ -75,3 +75,37 @@ async def test_progress_moves_and_the_zip_waits_for_the_whole_job(tmp_path: Path
             release.callback(None)
         await hs.exports.wait_idle()
         await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_erasing_the_account_stops_its_running_export_and_leaves_no_file(tmp_path: Path) -> None:
+    hs = await make_server(tmp_path, TestClock())
+    client = Client(hs)
+    release: Deferred[None] = Deferred()
+    reached: list[str] = []
+
+    async def slow_part(user_id: str, sink: ExportSink) -> None:
+        reached.append(user_id)
+        await release
+
+    hs.exports.parts.append(("slowplugin", slow_part))
+    try:
+        alice = await client.register(hs, "alice")
+        _, started = await client.start("POST", "/api/me/export", alice["access_token"])
+        export_id = started["id"]
+        await until(lambda: bool(reached), "the job reached the plugin's part")
+
+        erasing = Deferred.fromCoroutine(hs.erasure.erase_user(alice["user_id"]))
+        await until(lambda: export_id in hs.exports._cancelled, "the erasure asked the job to stop")
+        assert not erasing.called, "the erasure waits for the job it stopped"
+        release.callback(None)
+        await erasing
+
+        assert await hs.exports.exports_of(alice["user_id"]) == []
+        assert list(hs.exports.directory.glob("*")) == []
+        assert await hs.erasure.is_erased(alice["user_id"])
+    finally:
+        if not release.called:
+            release.callback(None)
+        await hs.exports.wait_idle()
+        await hs.stop(None)
