@@ -357,6 +357,7 @@ class HomeServer:
             self.sync.encoded.invalidate,
         )
         self.erasure.on_user_erased.append(self.exports.delete_exports_of)
+        self.erasure.on_user_erased.append(self.pushers.remove_all)
         self.accounts.erase_user = self.erasure.erase_user
 
     def _joined_members(self, room_id: str) -> list[str]:

@@ -226,6 +226,11 @@ class PusherService:
         await self.storage.pushers.delete_all_but_device(user_id, keep_device)
         self._forget(user_id)
 
+    async def remove_all(self, user_id: str) -> None:
+        """Every pusher of the user goes (an erased account), whatever device set it."""
+        await self.storage.pushers.delete_all_but_device(user_id, None)
+        self._forget(user_id)
+
     def _forget(self, *user_ids: str) -> None:
         self._changes += 1
         for user_id in user_ids:
