@@ -82,9 +82,9 @@ class AccountService:
         # Called as listener(user_id, kept_device) after a password change.
         self.on_password_changed: list[Callable[[str, str | None], Awaitable[None]]] = []
         # Called with the user id after an account is created or deactivated (the user directory).
+        self.on_profile_changed: list[Callable[[str], Awaitable[None]]] = []
         # Erases an account (core/erasure.py, wired by the server): deactivation with `erase`.
         self.erase_user: Callable[[str], Awaitable[None]] | None = None
-        self.on_profile_changed: list[Callable[[str], Awaitable[None]]] = []
 
     # Identifiers -------------------------------------------------------------
 
