@@ -250,7 +250,7 @@ class HomeServer:
         self.presence.audience = self._presence_audience
         self.delivery = DeliveryTracker(self.storage, self.clock)
         self.push_rules = PushRuleService(self.account_data)
-        self.unread = UnreadCounter(self.storage, self.room_heads, self.push_rules)
+        self.unread = UnreadCounter(self.storage, self.room_heads, self.push_rules, self.ignored_users)
         self.receipts.on_read = self.unread.forget
         self.keys = KeyService(self.storage, self.clock, self.notifier, self.uia)
         self.keys.audience = self._presence_audience
@@ -296,6 +296,7 @@ class HomeServer:
             self.push_rules,
             self.sync.visibility,
             lambda: self.stream.position,
+            self.ignored_users,
         )
         self.chats = ChatService(
             self.storage,
@@ -383,6 +384,7 @@ class HomeServer:
         positions = await self.storage.user_data.max_stream_ids()
         self.account_data.start(positions["account_data"])
         await self.push_rules.start()
+        await self.ignored_users.start()
         self.receipts.start(positions["receipts"])
         await self.presence.start(positions["presence"])
         await self.keys.start()

@@ -67,6 +67,18 @@ def test_js_sdk_client_features(server: ServerProcess) -> None:
     assert reports["member"] == {"ok": {}} and reports["room"] == {"ok": {}}
     assert reports["non_member"] == not_found
     assert reports["left_member_later_event"] == not_found  # sent after Dave left: not his to see
+    # Reporting a user needs no shared room; a blank reason is a reason, a missing one is not.
+    invalid = {"status": 400, "errcode": "M_INVALID_PARAM"}
+    assert out["user_reports"] == {
+        "shares_room": {"ok": {}},
+        "shares_none": {"ok": {}},
+        "unknown_user": not_found,
+        "not_a_user_id": invalid,
+        "self": invalid,
+        "missing_reason": {"status": 400, "errcode": "M_MISSING_PARAM"},
+        "reason_not_text": {"status": 400, "errcode": "M_BAD_JSON"},
+        "no_token": {"status": 401, "errcode": "M_MISSING_TOKEN"},
+    }
 
     threads = out["threads"]
     assert threads["roots"] == [threads["root"]] == threads["participated_by_alice"]
@@ -91,3 +103,7 @@ def test_js_sdk_client_features(server: ServerProcess) -> None:
     assert ignore["carol_seen"] is True
     assert ignore["bob_seen"] is False and ignore["bob_in_room"] is False
     assert {alice, carol, dave} & set(ignore["list"]) == set()
+    # Bob's messages (a mention too) neither count nor notify: Carol's one message does.
+    counts = out["ignore_counts"]
+    assert (counts["total"], counts["highlight"]) == (1, 0)
+    assert counts["notified"] == [ignore["from_carol"]]

@@ -7,7 +7,8 @@ do), keeps those that notify and that the user may see, and stops after `limit` 
 `MAX_SCANNED` events, whichever comes first; `next_token` continues where it stopped. So a
 page costs at most a few bounded queries, and the rules applied are the user's current ones.
 The room state the rules read (member count, power levels, display name) is the room's
-current one, as for the counts loaded from the database.
+current one, as for the counts loaded from the database. Messages from users the reader
+ignores are never listed (as they are never counted).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from homeserver.core.event_format import client_event
+from homeserver.core.ignored_users import IgnoredUsers
 from homeserver.core.push_eval import EventFacts
 from homeserver.core.push_rules import PushRuleService
 from homeserver.core.room_heads import RoomHeads
@@ -42,6 +44,7 @@ class NotificationService:
         rules: PushRuleService,
         visibility: VisibilityFilter,
         persisted_upto: Any,
+        ignored: IgnoredUsers,
     ) -> None:
         self.storage = storage
         self.heads = heads
@@ -50,6 +53,7 @@ class NotificationService:
         self.rules = rules
         self.visibility = visibility
         self._persisted_upto = persisted_upto
+        self.ignored = ignored
 
     async def page(
         self, user_id: str, from_token: str | None, limit: str | None, only: str | None
@@ -64,6 +68,7 @@ class NotificationService:
             if membership == "join"
         ]
         program = await self.rules.program(user_id)
+        ignores = self.ignored.now(user_id)
         read = await self.storage.events.read_positions(user_id, joined)
         found: list[dict[str, Any]] = []
         scanned = 0
@@ -79,7 +84,9 @@ class NotificationService:
                 scanned += 1
                 before = ev.stream_ordering
                 next_token = before
-                if ev.event_id not in visible or self.rooms.redaction_of(ev) is not None:
+                if ev.sender in ignores or ev.event_id not in visible:
+                    continue
+                if self.rooms.redaction_of(ev) is not None:
                     continue
                 head = await self.heads.get(ev.room_id)
                 if head is None:

@@ -11,6 +11,10 @@ The inline pass evaluates each committed event once per joined member that has c
 memory (core/push_eval.py shares the event's work between them). When a push plugin asks
 for decisions (`push_decisions`), the pass also keeps, per recent event, who it notifies,
 so delivery does not evaluate the rules a second time.
+
+Messages from users the member ignores (m.ignored_user_list) count for nothing and notify
+no one who ignores their sender: per event, the pass looks up once who ignores the sender
+(core/ignored_users.py, in memory), so it reads nothing per recipient.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from homeserver.core.ignored_users import IgnoredUsers
 from homeserver.core.push_eval import NO_MATCH, EventFacts, Outcome, Plan, Program
 from homeserver.core.push_rules import PushRuleService
 from homeserver.core.room_heads import RoomHead, RoomHeads
@@ -89,13 +94,17 @@ class Decision:
 
 
 class UnreadCounter:
-    def __init__(self, storage: Storage, heads: RoomHeads, rules: PushRuleService) -> None:
+    def __init__(
+        self, storage: Storage, heads: RoomHeads, rules: PushRuleService, ignored: IgnoredUsers
+    ) -> None:
         self.storage = storage
         self.heads = heads
         self.rules = rules
+        self.ignored = ignored
         self._counts: OrderedDict[tuple[str, str], Counts] = OrderedDict()
         self._by_user: dict[str, set[str]] = {}
         rules.on_change.append(self.forget_user)
+        ignored.on_change.append(self.forget_user)
         # event id -> (who it notifies, members whose rules were not in memory then)
         self._decisions: OrderedDict[str, tuple[list[Decision], list[str]]] = OrderedDict()
         self._decision_total = 0
@@ -114,7 +123,7 @@ class UnreadCounter:
             return entry
         program = await self.rules.program(user_id)
         events = await self.storage.events.unread_events(
-            user_id, room_id, MAX_COUNTED, sorted(program.silent_types)
+            user_id, room_id, MAX_COUNTED, sorted(program.silent_types), sorted(self.ignored.now(user_id))
         )
         head = await self.heads.get(room_id)
         entry = Counts()
@@ -170,6 +179,7 @@ class UnreadCounter:
                 continue
             members = head.members("join")
             sender = ev.sender
+            ignorers = self.ignored.ignorers_of(sender)
             facts: EventFacts | None = None
             thread: str | None = None
             decided: list[Decision] = []
@@ -177,7 +187,7 @@ class UnreadCounter:
             planned: Program | None = None
             plan = _NO_PLAN
             for user_id in members:
-                if user_id == sender:
+                if user_id == sender or (ignorers is not None and user_id in ignorers):
                     continue
                 entry = counts.get((user_id, room_id))
                 if entry is None and not keep:
@@ -251,8 +261,11 @@ class UnreadCounter:
 
     async def _evaluate(self, ev: StoredEvent, head: RoomHead, users: list[str]) -> list[Decision]:
         facts = EventFacts(ev.pdu, head.state, head.room_version, len(head.members("join")))
+        ignorers = self.ignored.ignorers_of(ev.sender) or ()
         out = []
         for user_id in users:
+            if user_id in ignorers:
+                continue
             outcome = (await self.rules.program(user_id)).evaluate(facts, user_id)
             if outcome.notify:
                 out.append(Decision(user_id, outcome))

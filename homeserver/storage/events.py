@@ -547,11 +547,17 @@ class EventStore:
         )
 
     async def unread_events(
-        self, user_id: str, room_id: str, limit: int, skip_types: Sequence[str] = ()
+        self,
+        user_id: str,
+        room_id: str,
+        limit: int,
+        skip_types: Sequence[str] = (),
+        skip_senders: Sequence[str] = (),
     ) -> list[EventRow]:
         """Up to `limit` newest events from others after the user's read receipt (either kind),
         newest first: what the unread counts are computed from. Events of `skip_types` are
-        left out unless their state key is the user."""
+        left out unless their state key is the user; so are those of `skip_senders` (the
+        users this one ignores)."""
 
         def unread_txn(txn: Txn) -> list[EventRow]:
             row = txn.query_one(
@@ -564,10 +570,20 @@ class EventStore:
             if skip_types:
                 marks = ",".join("?" * len(skip_types))
                 skip = f" AND (e.type NOT IN ({marks}) OR e.state_key = ?)"
+            if skip_senders:
+                skip += f" AND e.sender NOT IN ({','.join('?' * len(skip_senders))})"
             rows = txn.query(
                 f"SELECT {_EVENT_COLUMNS} FROM {_EVENT_FROM} WHERE e.room_id = ? AND e.stream_ordering > ?"
                 f" AND e.sender <> ?{skip} ORDER BY e.stream_ordering DESC LIMIT ?",
-                (room_id, after, user_id, *skip_types, *([user_id] if skip_types else []), limit),
+                (
+                    room_id,
+                    after,
+                    user_id,
+                    *skip_types,
+                    *([user_id] if skip_types else []),
+                    *skip_senders,
+                    limit,
+                ),
             )
             # Undecoded: a big room's members all load the same recent events, decoded once.
             return [EventRow(*r) for r in rows]

@@ -73,6 +73,16 @@ class UserDataStore:
         )
         return {r[0] for r in rows}
 
+    async def global_account_data_of_type(self, data_type: str) -> list[tuple[str, dict[str, Any]]]:
+        """(user id, content) of every user's global account data of `data_type` (read once at
+        start-up, for types few users have, such as m.ignored_user_list)."""
+        rows = await self.db.query(
+            "global_account_data_of_type",
+            "SELECT user_id, content FROM account_data WHERE room_id = '' AND type = ?",
+            data_type,
+        )
+        return [(r[0], json.loads(r[1])) for r in rows]
+
     async def account_data_since(
         self, user_id: str, after: int, upto: int
     ) -> list[tuple[str, str, dict[str, Any]]]:

@@ -186,6 +186,25 @@ async function main() {
         non_member: await outcome(carol.reportEvent(room, late, -100, "spam")),
         left_member_later_event: await outcome(dave.reportEvent(room, late, -100, "spam")),
     };
+    // POST /users/{userId}/report (v1.14): js-sdk 43 has no method for it; Element calls it
+    // through the client's own HTTP API, as here.
+    const reportUser = (cl, userId, body) =>
+        outcome(cl.http.authedRequest(sdk.Method.Post, `/users/${encodeURIComponent(userId)}/report`, undefined, body));
+    const serverName = alice.getUserId().split(":").slice(1).join(":");
+    out.user_reports = {
+        shares_room: await reportUser(bob, alice.getUserId(), { reason: "rude" }),
+        shares_none: await reportUser(carol, bob.getUserId(), { reason: "" }),
+        unknown_user: await reportUser(bob, `@nobody-${Date.now()}:${serverName}`, { reason: "x" }),
+        not_a_user_id: await reportUser(bob, "nobody", { reason: "x" }),
+        self: await reportUser(bob, bob.getUserId(), { reason: "x" }),
+        missing_reason: await reportUser(bob, alice.getUserId(), {}),
+        reason_not_text: await reportUser(bob, alice.getUserId(), { reason: 5 }),
+        no_token: await fetch(`${baseUrl}/_matrix/client/v3/users/${encodeURIComponent(alice.getUserId())}/report`, {
+            method: "POST",
+            headers: { "Content-Type": "application/json" },
+            body: JSON.stringify({ reason: "x" }),
+        }).then(async (r) => ({ status: r.status, errcode: (await r.json()).errcode })),
+    };
 
     // Threads --------------------------------------------------------------------------------------
     const root = await sendText(alice, room, "thread root");
@@ -261,6 +280,8 @@ async function main() {
         if (r?.roomId === chat) seen.push(ev.getId());
     });
     const fromBob = await sendText(bob, chat, "you cannot see me");
+    // A mention would highlight; from an ignored user it counts for nothing and notifies no one.
+    const bobMention = await sendText(bob, chat, "hey alice", { "m.mentions": { user_ids: [alice.getUserId()] } });
     const marker = waitFor(
         alice,
         RoomEvent.Timeline,
@@ -269,6 +290,14 @@ async function main() {
     );
     const fromCarol = await sendText(carol, chat, "after bob");
     await marker;
+    const chatRoom = alice.getRoom(chat);
+    const listed = await alice.http.authedRequest(sdk.Method.Get, "/notifications", { limit: "50" });
+    out.ignore_counts = {
+        total: chatRoom.getUnreadNotificationCount(sdk.NotificationCountType.Total),
+        highlight: chatRoom.getUnreadNotificationCount(sdk.NotificationCountType.Highlight),
+        notified: listed.notifications.filter((n) => n.room_id === chat).map((n) => n.event.event_id),
+        bob_mention: bobMention,
+    };
     out.ignore = {
         is_ignored: alice.isUserIgnored(bob.getUserId()),
         list: alice.getIgnoredUsers(),
