@@ -94,3 +94,5 @@ def test_reporting_rooms_and_users(any_server: ServerProcess) -> None:
     assert status(bob, f"/rooms/{room}/report", {}) == (400, "M_MISSING_PARAM")
     assert status(bob, f"/users/{alice.user_id}/report", {"reason": None}) == (400, "M_MISSING_PARAM")
     assert status(bob, "/users/not-a-user-id/report", {"reason": "x"}) == (400, "M_INVALID_PARAM")
+    assert status(bob, f"/users/{bob.user_id}/report", {"reason": "x"}) == (400, "M_INVALID_PARAM")
+    assert [r[0] for r in stored_reports(any_server, bob.user_id)] == ["room", "user"]

@@ -6,7 +6,8 @@ them comes later). Who may report what, as the spec says:
   other case, like a missing event, answers 404 M_NOT_FOUND, so a non-member learns
   nothing about the room's events;
 - a room: anyone, whether joined or not; 404 for an unknown room;
-- a user: anyone; 404 for an unknown user.
+- a user: anyone, whoever shares a room with them or not; 404 for an unknown user;
+  reporting oneself is a client's mistake: 400 M_INVALID_PARAM, nothing stored.
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ class ReportService:
     async def report_user(self, reporter: str, user_id: str, body: dict[str, Any]) -> None:
         reason = _reason(body, required=True)
         check_user_id(user_id, "userId")
+        if user_id == reporter:
+            raise MatrixError("You cannot report yourself", "M_INVALID_PARAM")
         if await self.storage.accounts.get_user(user_id) is None:
             raise NotFound("User not found")
         await self.storage.reports.add(
