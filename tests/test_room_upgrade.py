@@ -124,3 +124,32 @@ def test_upgrading_a_space_keeps_its_type_and_children(server: ServerProcess) ->
     new = upgrade(owner, space).json()["replacement_room"]
     assert state(owner, new, "m.room.create")["type"] == "m.space"
     assert state(owner, new, "m.space.child", child) == {"via": [server.server_name]}
+
+
+def test_upgrade_invites_nobody_and_copies_bans(server: ServerProcess) -> None:
+    """The spec (v1.16-v1.19, Room Upgrades, "Server behaviour" 3): membership events are not
+    transferred, so neither the old room's members nor its pending invitees are invited to
+    the new room (Synapse likewise copies bans only); the upgrading client invites whom it
+    wants. Bans are copied with their reason, so a banned user stays out."""
+    owner, member, old = joined_pair(server, preset="private_chat")
+    invitee, banned = new_client(server, "invitee"), new_client(server, "banned")
+    assert owner.member("invite", old, invitee.user_id).status_code == 200
+    r = owner.request("POST", f"/rooms/{old}/ban", json={"user_id": banned.user_id, "reason": "spam links"})
+    assert r.status_code == 200, r.text
+    r = upgrade(owner, old)
+    assert r.status_code == 200, r.text
+    new = r.json()["replacement_room"]
+
+    members = {
+        e["state_key"]: e["content"]["membership"] for e in owner.ok("GET", f"/rooms/{new}/members")["chunk"]
+    }
+    assert members == {owner.user_id: "join", banned.user_id: "ban"}
+    assert state(owner, new, "m.room.member", banned.user_id) == {"membership": "ban", "reason": "spam links"}
+    # Neither the pending invitee nor the member got an invite in their sync.
+    for user in (invitee, member):
+        assert new not in user.sync().get("rooms", {}).get("invite", {})
+    # The old invite still stands; the new room is invite-only, so the invitee needs a new one.
+    assert_forbidden(invitee.join(new), "a user invited to the old room joining the new one uninvited")
+    assert owner.member("invite", new, invitee.user_id).status_code == 200
+    assert invitee.join(new).status_code == 200
+    assert_forbidden(banned.join(new), "a user banned in the old room joining the new one")
