@@ -35,7 +35,14 @@ $(JS_DIR)/node_modules/.installed: $(JS_DIR)/package.json $(JS_DIR)/package-lock
 	  cd $(JS_DIR) && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed; \
 	else echo "npm not found: the matrix-js-sdk tests will not run"; fi
 
-unit: $(BIN)/.installed $(JS_DIR)/node_modules/.installed
+# matrix-js-sdk 26 with libolm (Element Web 1.11's library) for tests/test_legacy_client.py.
+LEGACY_JS_DIR := tests/js-legacy
+$(LEGACY_JS_DIR)/node_modules/.installed: $(LEGACY_JS_DIR)/package.json $(LEGACY_JS_DIR)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  cd $(LEGACY_JS_DIR) && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed; \
+	else echo "npm not found: the matrix-js-sdk 26 tests will not run"; fi
+
+unit: $(BIN)/.installed $(JS_DIR)/node_modules/.installed $(LEGACY_JS_DIR)/node_modules/.installed
 	$(BIN)/pytest -q
 
 test: lint unit
