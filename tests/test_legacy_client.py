@@ -78,3 +78,28 @@ def test_secure_backup_restored_on_a_new_device(legacy_run: dict[str, Any]) -> N
     assert legacy_run["fresh_sees_backup"]
     assert legacy_run["restored"]["imported"] >= 1
     assert legacy_run["fresh_read"]
+
+
+def test_no_unknown_endpoint_and_no_server_error(legacy_run: dict[str, Any]) -> None:
+    """Every request the library made was understood: no 404/405 M_UNRECOGNIZED (an endpoint
+    it expects and we lack) and no 5xx. The only errors are the expected 404 M_NOT_FOUND of
+    GET /room_keys/version while no backup exists, and the 401 that asks for the password
+    before a cross-signing reset."""
+    unexpected = [
+        answer
+        for answer in legacy_run["error_answers"]
+        if not ("/room_keys/version -> 404 " in answer and "M_NOT_FOUND" in answer)
+        and "/keys/device_signing/upload -> 401 " not in answer
+    ]
+    assert unexpected == []
+
+
+def test_start_up_and_settings_calls(legacy_run: dict[str, Any]) -> None:
+    startup = legacy_run["startup"]
+    assert startup["password_login"] and startup["change_password"]
+    assert startup["turn"] == {} and startup["protocols"] == {}  # no TURN, no bridges here
+    assert startup["devices"] == 2  # registration's and this login's
+    assert {"override", "underride", "content", "room", "sender"} <= set(startup["push_rules"])
+    assert startup["pushers"] == [] and startup["threepids"] == []
+    assert startup["display_name"] == "Alice (1.11)"
+    assert startup["fetched"] == "m.room.encrypted"

@@ -202,6 +202,28 @@ try {
     out.alice_read = (await findByBody(alice, roomId, reply, "alice decrypting bob's reply")).getContent().body === reply;
     out.steps.push("encrypted chat");
 
+    // What Element calls at start-up and in its settings, through the same library.
+    const flows = await sdk.createClient({ baseUrl, fetchFn: recordingFetch }).loginFlows();
+    const capabilities = await alice.getCapabilities(true);
+    await alice.setDisplayName("Alice (1.11)");
+    const atBobEvent = bob.getRoom(roomId).getLiveTimeline().getEvents().at(-1);
+    await bob.sendReadReceipt(atBobEvent);
+    await bob.sendTyping(roomId, true, 5000);
+    await alice.setRoomTag(roomId, "m.favourite", { order: 0.5 });
+    out.startup = {
+        password_login: flows.flows.some((f) => f.type === "m.login.password"),
+        change_password: capabilities["m.change_password"]?.enabled ?? true,
+        turn: await alice.turnServer(),
+        protocols: await alice.getThirdpartyProtocols(),
+        devices: (await alice.getDevices()).devices.length,
+        push_rules: Object.keys((await alice.getPushRules()).global ?? {}).sort(),
+        pushers: (await alice.getPushers()).pushers,
+        display_name: (await bob.getProfileInfo(alice.getUserId())).displayname,
+        threepids: (await alice.getThreePids()).threepids,
+        fetched: (await bob.fetchRoomEvent(roomId, atBob.getId())).type,
+    };
+    out.steps.push("start-up and settings");
+
     // An image: the media config first (Element checks the size limit), then the upload.
     const config = await alice.getMediaConfig();
     out.upload_size = config["m.upload.size"];
@@ -305,6 +327,7 @@ try {
                 .map((r) => r.split("/").slice(0, 7).join("/")),
         ),
     ].sort();
+    out.error_answers = failures;
     for (const client of clients) client.stopClient();
     console.log(`RESULT ${JSON.stringify(out)}`);
     process.exit(0);
