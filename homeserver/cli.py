@@ -1,4 +1,4 @@
-"""`homeserver run | generate-config | migrate | admin create-user`.
+"""`homeserver run | generate-config | migrate | backup | restore | admin create-user`.
 
 The reactor is chosen here, before anything imports `twisted.internet.reactor`
 (STACK-NOTES: importing some libraries installs the default one as a side effect).
@@ -114,6 +114,58 @@ def cmd_create_user(args: argparse.Namespace) -> None:
     _run_async(create)
 
 
+def _backup_s3(args: argparse.Namespace) -> Any:
+    """Endpoint and credentials of an s3:// target: flags, then the environment, then boto3's
+    own chain (AWS_ACCESS_KEY_ID, ~/.aws)."""
+    import os
+
+    from homeserver.backup import S3Location
+
+    env = os.environ.get
+    return S3Location(
+        "",
+        endpoint_url=args.s3_endpoint_url or env("HOMESERVER_BACKUP_S3_ENDPOINT_URL"),
+        region=args.s3_region or env("HOMESERVER_BACKUP_S3_REGION") or "us-east-1",
+        access_key_id=env("HOMESERVER_BACKUP_S3_ACCESS_KEY_ID"),
+        secret_access_key=env("HOMESERVER_BACKUP_S3_SECRET_ACCESS_KEY"),
+    )
+
+
+def cmd_backup(args: argparse.Namespace) -> None:
+    import time
+
+    from homeserver.backup import BackupError, create_backup, prune_backups
+    from homeserver.plugins import PluginLoadError
+
+    config = _load(args.config)
+    if args.keep is not None and args.keep < 1:
+        _die("--keep must be at least 1")
+    try:
+        name = create_backup(config, args.to, int(time.time() * 1000), _backup_s3(args))
+        print(f"backup {name} written to {args.to}")
+        if args.keep is not None:
+            for old in prune_backups(args.to, args.keep, _backup_s3(args)):
+                print(f"deleted {old}")
+    except (BackupError, PluginLoadError, OSError) as e:
+        _die(f"backup failed: {e}")
+
+
+def cmd_restore(args: argparse.Namespace) -> None:
+    from homeserver.backup import BackupError, restore_backup
+    from homeserver.plugins import PluginLoadError
+
+    config = _load(args.config)
+    try:
+        manifest = restore_backup(config, args.source, force=args.force, s3_options=_backup_s3(args))
+    except (BackupError, PluginLoadError, OSError) as e:
+        _die(f"restore failed: {e}")
+    tables = manifest["database"]["tables"]
+    print(
+        f"restored {manifest['name']} of {manifest['server_name']}: {tables.get('users', 0)} account(s),"
+        f" {tables.get('events', 0)} event(s), {len(manifest['files'])} file(s) checked"
+    )
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     from homeserver.reactor import install
 
@@ -191,6 +243,26 @@ def build_parser() -> argparse.ArgumentParser:
     mig = sub.add_parser("migrate", help="apply pending schema files")
     mig.add_argument("-c", "--config", required=True)
     mig.set_defaults(func=cmd_migrate)
+
+    def s3_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--s3-endpoint-url", default=None, help="S3 endpoint (default: AWS)")
+        p.add_argument("--s3-region", default=None)
+
+    backup = sub.add_parser("backup", help="take a consistent backup set while the server runs")
+    backup.add_argument("-c", "--config", required=True)
+    backup.add_argument("--to", required=True, help="a directory or s3://BUCKET[/PREFIX]")
+    backup.add_argument("--keep", type=int, default=None, help="then delete all but the newest N sets")
+    s3_flags(backup)
+    backup.set_defaults(func=cmd_backup)
+
+    restore = sub.add_parser("restore", help="restore a backup set into a fresh data dir and database")
+    restore.add_argument("-c", "--config", required=True)
+    restore.add_argument(
+        "--from", dest="source", required=True, help="a set, or a directory or s3:// prefix (its newest set)"
+    )
+    restore.add_argument("--force", action="store_true", help="restore over a target that holds data")
+    s3_flags(restore)
+    restore.set_defaults(func=cmd_restore)
 
     admin = sub.add_parser("admin", help="administration")
     admin_sub = admin.add_subparsers(dest="admin_command", required=True)

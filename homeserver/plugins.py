@@ -28,6 +28,8 @@ from twisted.logger import Logger
 
 from homeserver.api.auth import require_user
 from homeserver.api.http import ApiRequest, Response, Router, StreamBody
+from homeserver.backup.manifest import BackupError
+from homeserver.backup.sources import BackupSource, S3Location
 from homeserver.core.addresses import address_blocked
 from homeserver.core.event_format import client_event
 from homeserver.core.event_stream import StreamBatch
@@ -330,6 +332,33 @@ class PluginApi:
         if self._threads is not None:
             self._threads.close()
 
+    # Backups ------------------------------------------------------------------------
+
+    def run_backup(self, to: str, *, keep: int = 0, s3: S3Location | None = None) -> Deferred[str]:
+        """Take a backup set of this server (database, signing key, every plugin's
+        `backup_sources`) into `to` (a directory or s3://bucket/prefix; `s3` gives the
+        endpoint and credentials), named from the server's clock, on a worker thread; then,
+        with `keep`, delete all but the newest `keep` sets there. Fires with the set's name;
+        fails with `BackupError` (its message says why). See docs/operations.md."""
+        from homeserver.backup import create_backup, prune_backups
+
+        config = self._hs.config
+        now_ms = self._hs.clock.time_ms()
+
+        def work() -> str:
+            name = create_backup(config, to, now_ms, s3)
+            if keep:
+                prune_backups(to, keep, s3)
+            return name
+
+        return self.run_blocking(work)
+
+    def list_backups(self, to: str, *, s3: S3Location | None = None) -> Deferred[list[tuple[str, int]]]:
+        """The complete backup sets at `to`, oldest first, as (name, when taken in ms)."""
+        from homeserver.backup import list_backups
+
+        return self.run_blocking(list_backups, to, s3)
+
     # Metrics ------------------------------------------------------------------------
 
     def _metric_name(self, name: str) -> str:
@@ -490,6 +519,8 @@ class PluginApi:
 __all__ = [
     "address_blocked",
     "ApiRequest",
+    "BackupError",
+    "BackupSource",
     "EventBatch",
     "ExportSink",
     "MatrixError",
@@ -499,6 +530,7 @@ __all__ = [
     "Pusher",
     "Requester",
     "Response",
+    "S3Location",
     "StreamBody",
     "StreamEvent",
     "Txn",

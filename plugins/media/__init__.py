@@ -24,12 +24,14 @@ from typing import IO, Any
 
 from homeserver.plugins import (
     ApiRequest,
+    BackupSource,
     ExportSink,
     MatrixError,
     PluginApi,
     PluginConfigError,
     Requester,
     Response,
+    S3Location,
     StreamBody,
 )
 from plugins.media.config import MediaConfig, parse_media_config
@@ -54,6 +56,23 @@ class MediaPlugin:
     @staticmethod
     def parse_config(raw: dict[str, Any]) -> MediaConfig:
         return parse_media_config(raw)
+
+    @staticmethod
+    def backup_sources(config: MediaConfig, data_dir: Path) -> list[BackupSource]:
+        """Where the files live, for `homeserver backup` and `restore` (docs/operations.md)."""
+        storage = config.storage
+        if storage.provider == "s3":
+            s3 = storage.s3
+            location = S3Location(
+                s3.bucket, s3.prefix, s3.endpoint_url, s3.region, s3.access_key_id, s3.secret_access_key
+            )
+            return [BackupSource("store", s3=location)]
+        # .tmp holds uploads still being written: never part of a backup.
+        return [
+            BackupSource(
+                "store", path=Path(storage.path) if storage.path else data_dir / "store", exclude=(".tmp",)
+            )
+        ]
 
     def __init__(self, config: MediaConfig, api: PluginApi) -> None:
         self.config = config
