@@ -228,13 +228,15 @@ def restart_server_process(
     return _launch(server.config_path.parent, server.port, server.config_path, config, env)
 
 
-def start_server_with_config(tmp_path: Path, config: dict[str, Any]) -> ServerProcess:
+def start_server_with_config(
+    tmp_path: Path, config: dict[str, Any], env: dict[str, str] | None = None
+) -> ServerProcess:
     """A server started from a whole config the test wrote (its listen.port must be free)."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     port = int(config["listen"]["port"])
     config_path = tmp_path / f"homeserver-{port}.yaml"
     config_path.write_text(yaml.safe_dump(config))
-    return _launch(tmp_path, port, config_path, config, None)
+    return _launch(tmp_path, port, config_path, config, env)
 
 
 def _launch(

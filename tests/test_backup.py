@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import sqlite3
 import subprocess
 import threading
@@ -428,5 +429,77 @@ def test_postgres_backup_under_load_restores_into_a_new_database(
         check_signed_by_original_key(
             restored, token, load.room, verify_key_of(server.data_dir / "signing.key"), pdu_json
         )
+    finally:
+        restored.stop()
+
+
+def test_restore_refuses_damage_a_target_with_data_and_another_server_name(tmp_path: Path) -> None:
+    server = start_server_process(tmp_path / "orig", {"plugins": [MEDIA_PLUGIN]})
+    try:
+        token = register(server, "carol")
+        data = os.urandom(5000)
+        r = requests.post(
+            server.url("/_matrix/media/v3/upload"),
+            data=data,
+            headers={**auth(token), "Content-Type": "application/octet-stream"},
+            timeout=10,
+        )
+        mxc = ok(r)["content_uri"]
+        backups = tmp_path / "backups"
+        for _ in range(3):
+            result = homeserver("backup", "-c", str(server.config_path), "--to", str(backups), "--keep", "2")
+            assert result.returncode == 0, result.stderr
+    finally:
+        server.stop()
+    # --keep 2: the newest two sets stay.
+    names = sorted(p.name for p in backups.iterdir())
+    assert len(names) == 2 and "deleted" in result.stdout
+    good = backups / names[-1]
+
+    config = restored_config(server, tmp_path, "")
+    config_path = write_config(tmp_path, config)
+    data_dir = Path(config["data_dir"])
+
+    # A file that does not match its checksum: refused, and nothing is written.
+    damaged = tmp_path / "damaged" / good.name
+    shutil.copytree(good, damaged)
+    media_id = mxc.rsplit("/", 1)[1]
+    (copy,) = [p for p in damaged.rglob(media_id)]
+    copy.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    result = homeserver("restore", "-c", str(config_path), "--from", str(damaged))
+    assert result.returncode == 1
+    assert "is damaged" in result.stderr and "does not match its checksum" in result.stderr
+    assert not data_dir.exists()
+    (damaged / "manifest.json").write_text('{"format": 1, "files": ')
+    result = homeserver("restore", "-c", str(config_path), "--from", str(damaged))
+    assert result.returncode == 1 and "manifest.json is not valid JSON" in result.stderr
+    result = homeserver("restore", "-c", str(config_path), "--from", str(tmp_path / "nothing"))
+    assert result.returncode == 1 and "no backup set at" in result.stderr
+
+    # Another server name or engine: refused before anything is written.
+    other = write_config(tmp_path / "damaged", {**config, "server_name": "elsewhere.test"})
+    result = homeserver("restore", "-c", str(other), "--from", str(backups))
+    assert result.returncode == 1 and "restore under the same name" in result.stderr
+    pg = write_config(tmp_path / "damaged", {**config, "database": {"url": "postgresql://u@127.0.0.1:1/x"}})
+    result = homeserver("restore", "-c", str(pg), "--from", str(backups))
+    assert result.returncode == 1 and "restore into the same engine" in result.stderr
+    assert not data_dir.exists()
+
+    # The newest set restores; a second restore over it is refused unless forced.
+    result = homeserver("restore", "-c", str(config_path), "--from", str(backups))
+    assert result.returncode == 0, result.stderr
+    assert f"restored {good.name}" in result.stdout
+    result = homeserver("restore", "-c", str(config_path), "--from", str(backups))
+    assert result.returncode == 1
+    assert "the target is not empty" in result.stderr and "--force" in result.stderr
+    assert "the database has tables" in result.stderr and "signing.key exists" in result.stderr
+    result = homeserver("restore", "-c", str(config_path), "--from", str(backups), "--force")
+    assert result.returncode == 0, result.stderr
+
+    restored = start_server_with_config(tmp_path / "restored", config)
+    try:
+        token = ok(login(restored, "carol"))["access_token"]
+        got = requests.get(restored.url(f"{DOWNLOAD}/{media_path(mxc)}"), headers=auth(token), timeout=10)
+        assert got.status_code == 200 and got.content == data
     finally:
         restored.stop()
