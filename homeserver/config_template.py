@@ -330,6 +330,31 @@ DEFAULT_PLUGINS = """
         # service (lk-jwt-service) next to it, advertised to clients in
         # /.well-known/matrix/client as org.matrix.msc4143.rtc_foci. Empty: none.
         livekit_service_url: ""
+  # Scheduled backups: a consistent set (database snapshot, signing key, media)
+  # as `homeserver backup` takes it, every `every`, keeping the newest `keep`.
+  # Restore one with `homeserver restore`. See docs/operations.md.
+  - module: plugins.backup.BackupPlugin
+    config:
+      # A directory or s3://BUCKET/PREFIX. Empty: DATA_DIR/plugins/backup, on the
+      # same disk as the data: point it at another disk or a bucket for real use.
+      to: ""
+      # How old the newest set may get before a new one is taken.
+      every: 24h
+      # Sets kept at `to` (older ones are deleted after each new one).
+      keep: 7
+      # How often the plugin looks at the newest set's age.
+      check_interval: 10m
+      # For an s3:// target. Each value can also come from the environment (which
+      # wins): HOMESERVER_BACKUP_S3_ENDPOINT_URL, _REGION, _ACCESS_KEY_ID,
+      # _SECRET_ACCESS_KEY. Without keys, boto3's usual credential chain is used.
+      s3:
+        # Empty: AWS itself; else e.g. http://127.0.0.1:8333 (path-style addressing).
+        endpoint_url: ""
+        # The signing region.
+        region: us-east-1
+        # Credentials (better from the environment than from this file).
+        access_key_id: null
+        secret_access_key: null
 """
 
 

@@ -23,6 +23,7 @@ from homeserver.config import (
     parse_config,
 )
 from homeserver.config_template import render_config
+from plugins.backup.config import BackupConfig, parse_backup_config
 from plugins.calls.config import CallsConfig, parse_calls_config
 from plugins.push.config import DeliveryConfig, parse_delivery_config
 
@@ -57,12 +58,14 @@ def test_sample_config_loads() -> None:
         "plugins.push.gateway.PushGatewayPlugin",
         "plugins.push.PushPlugin",
         "plugins.calls.CallsPlugin",
+        "plugins.backup.BackupPlugin",
     ]
     assert config.plugins[0] == PluginConfig("plugins.example.ExamplePlugin", {"greeting": "Hello"})
     # The sample writes down every default of the pushers and the push plugin.
     assert config.pushers == PushersConfig()
     assert parse_delivery_config(config.plugins[3].config) == DeliveryConfig()
     assert parse_calls_config(config.plugins[4].config) == CallsConfig()
+    assert parse_backup_config(config.plugins[5].config, env={}) == BackupConfig()
     assert config.source == str(SAMPLE)
 
 

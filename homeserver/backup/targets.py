@@ -39,8 +39,9 @@ def name_time_ms(name: str) -> int:
 
 
 def _order(name: str) -> tuple[str, int]:
-    stem, _, n = name.partition("Z-")
-    return (stem, int(n) if n else 1)
+    """Time, then the number of a set taken in the same second (`-2`, `-3`...)."""
+    stem, _, n = name.partition("Z")
+    return (stem, int(n[1:]) if n else 1)
 
 
 class LocalTarget:

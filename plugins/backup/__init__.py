@@ -25,6 +25,7 @@ class BackupPlugin:
     def __init__(self, config: BackupConfig, api: PluginApi) -> None:
         self.config = config
         self.api = api
+        self.to = config.to or str(api.data_dir)
         self.running = False
         self.last_success = api.gauge("last_success_seconds", "When the last backup set was completed")
         self.failures = api.counter("failures", "Backups that failed")
@@ -39,18 +40,18 @@ class BackupPlugin:
         self.running = True
         try:
             config = self.config
-            sets = await self.api.list_backups(config.to, s3=config.s3)
+            sets = await self.api.list_backups(self.to, s3=config.s3)
             now_ms = self.api.clock.time_ms()
             if sets and now_ms - sets[-1][1] < config.every_s * 1000:
                 return
-            name = await self.api.run_backup(config.to, keep=config.keep, s3=config.s3)
+            name = await self.api.run_backup(self.to, keep=config.keep, s3=config.s3)
             self.last_success.set(self.api.clock.seconds())
-            self.api.log.info("backup {name} written to {to}", name=name, to=config.to)
+            self.api.log.info("backup {name} written to {to}", name=name, to=self.to)
         except BackupError as e:
             self.failures.inc()
-            self.api.log.error("backup to {to} failed: {error}", to=self.config.to, error=str(e))
+            self.api.log.error("backup to {to} failed: {error}", to=self.to, error=str(e))
         except Exception:
             self.failures.inc()
-            self.api.log.failure("backup to {to} failed", to=self.config.to)
+            self.api.log.failure("backup to {to} failed", to=self.to)
         finally:
             self.running = False

@@ -22,7 +22,7 @@ _S3_KEYS = ("endpoint_url", "region", "access_key_id", "secret_access_key")
 
 @dataclass(frozen=True)
 class BackupConfig:
-    to: str
+    to: str = ""  # empty: the plugin's own data dir
     every_s: int = 86400
     keep: int = 7
     check_interval_s: int = 600
@@ -44,8 +44,8 @@ def parse_backup_config(raw: Mapping[str, Any] | None, env: Mapping[str, str] | 
     unknown = set(raw) - {"to", "every", "keep", "check_interval", "s3"}
     if unknown:
         raise PluginConfigError(f"unknown key '{sorted(unknown)[0]}'")
-    to = raw.get("to")
-    if not isinstance(to, str) or not to.strip():
+    to = raw.get("to") or ""
+    if not isinstance(to, str):
         raise PluginConfigError("'to' must name a directory or s3://BUCKET[/PREFIX]")
     if "://" in to and not re.fullmatch(r"s3://[^/\s]+(/\S*)?", to):
         raise PluginConfigError(f"'to' must be a directory or s3://BUCKET[/PREFIX], got {to!r}")
@@ -57,7 +57,7 @@ def parse_backup_config(raw: Mapping[str, Any] | None, env: Mapping[str, str] | 
         raise PluginConfigError(f"'s3' takes only {', '.join(_S3_KEYS)}")
     s3 = None
     if to.startswith("s3://"):
-        values = {key: env.get(ENV_PREFIX + key.upper()) or s3_raw.get(key) for key in _S3_KEYS}
+        values = {key: env.get(ENV_PREFIX + key.upper()) or s3_raw.get(key) or None for key in _S3_KEYS}
         for key, value in values.items():
             if value is not None and not isinstance(value, str):
                 raise PluginConfigError(f"'s3.{key}' must be a string")
