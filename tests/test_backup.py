@@ -207,6 +207,8 @@ def check_restored(restored: ServerProcess, load: Load, before: Acked, everythin
     during it is either all there or not there, never half (a media row without its file)."""
     for _, name in before.accounts:
         assert login(restored, name).status_code == 200, name
+    # The token alice got from the original server still works: same jwt.secret, same devices.
+    ok(requests.get(restored.url(f"{CS}/account/whoami"), headers=auth(load.alice), timeout=10))
     token = ok(login(restored, load.alice_name))["access_token"]
     room = quote(load.room)
     for _, event_id, body in before.messages:

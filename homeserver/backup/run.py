@@ -1,6 +1,6 @@
 """Backup, restore and retention: the steps, in the order that keeps a set consistent.
 
-Backup: the database snapshot first, then the signing key, then the plugins' files
+Backup: the database snapshot first, then the signing key (and jwt.secret), then the plugins' files
 (media). Media is write-once and stored before its row is committed, so every row in
 the snapshot has its file by the time the files are copied; files newer than the
 snapshot are harmless extras. Then the manifest (counts, checksums), then the set
@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from homeserver.config import Config
 
 SIGNING_KEY = "signing.key"
+# Files of the data dir's top level a restored server needs: the key that signs access
+# tokens (made there when auth.jwt_secret is not set), so tokens handed out stay valid.
+DATA_SECRETS = ("jwt.secret",)
 
 
 def create_backup(config: Config, to: str, now_ms: int, s3_options: S3Location | None = None) -> str:
@@ -46,6 +49,9 @@ def create_backup(config: Config, to: str, now_ms: int, s3_options: S3Location |
         except db_snapshot.SnapshotError as e:
             raise BackupError(str(e)) from None
         shutil.copyfile(config.signing_key_file, staging / SIGNING_KEY)
+        secrets = [n for n in DATA_SECRETS if (config.data_path / n).is_file()]
+        for secret in secrets:
+            shutil.copyfile(config.data_path / secret, staging / secret)
         copied = {s.key: files.copy_out(s.source, staging / s.key) for s in sources}
         write_manifest(
             staging,
@@ -62,6 +68,7 @@ def create_backup(config: Config, to: str, now_ms: int, s3_options: S3Location |
                     "tables": snap.tables,
                 },
                 "signing_key": SIGNING_KEY,
+                "data_secrets": secrets,
                 "sources": {key: {"files": n} for key, n in copied.items()},
             },
         )
@@ -127,6 +134,9 @@ def restore_backup(
                 f"the restored database's row counts differ from the manifest's: {', '.join(differ)}"
             )
         _write_key(root / manifest["signing_key"], config.signing_key_file)
+        for secret in manifest.get("data_secrets", []):
+            if secret in DATA_SECRETS:
+                _write_key(root / secret, config.data_path / secret)
         by_key = {s.key: s for s in plugin_sources(config)}
         for key in manifest["sources"]:
             files.copy_in(root / key, by_key[key].source)
@@ -157,8 +167,9 @@ def _check_target(config: Config, manifest: dict[str, Any], sources: list[Plugin
             busy.append("the database has tables")
     except db_snapshot.SnapshotError as e:
         raise BackupError(str(e)) from None
-    if config.signing_key_file.exists():
-        busy.append(f"{config.signing_key_file} exists")
+    for path in [config.signing_key_file, *(config.data_path / n for n in manifest.get("data_secrets", []))]:
+        if path.exists():
+            busy.append(f"{path} exists")
     busy += [f"{key} is not empty" for key in manifest["sources"] if not files.is_empty(by_key[key].source)]
     if busy:
         raise BackupError(
