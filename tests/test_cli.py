@@ -72,6 +72,7 @@ def test_generate_config_reflects_flags_and_creates_signing_key(tmp_path: Path) 
         "plugins.push.gateway.PushGatewayPlugin",
         "plugins.push.PushPlugin",
         "plugins.calls.CallsPlugin",
+        "plugins.backup.BackupPlugin",
     ]
 
     key_file = data_dir / "signing.key"
