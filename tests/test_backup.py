@@ -329,6 +329,8 @@ def test_sqlite_backup_under_load_restores_into_a_new_server(tmp_path: Path) -> 
     manifest = json.loads((tmp_path / "backups" / name / "manifest.json").read_text())
     assert manifest["database"]["engine"] == "sqlite" and manifest["server_name"] == server.server_name
     assert manifest["database"]["tables"]["users"] >= 2 + len(before.accounts)
+    top = sorted(p.name for p in (tmp_path / "backups" / name).iterdir())
+    assert top == ["database.sqlite", "jwt.secret", "manifest.json", "plugins", "signing.key"]
 
     config = restored_config(server, tmp_path, "")
     config_path = write_config(tmp_path, config)

@@ -66,11 +66,14 @@ def take_snapshot(url: str, out_dir: Path) -> Snapshot:
 def _sqlite_snapshot(path: Path, out: Path) -> Snapshot:
     if not path.is_file():
         raise SnapshotError(f"no SQLite database at {path}")
-    source = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    # A plain connection: a read-only one cannot open a WAL database whose -shm is missing.
+    source = sqlite3.connect(path, timeout=30)
     target = sqlite3.connect(out)
     try:
         # pages=-1 (the default): the whole database in one step, one read transaction.
         source.backup(target)
+        # One self-contained file: no -wal or -shm beside it in the set.
+        target.execute("PRAGMA journal_mode=DELETE")
     finally:
         source.close()
         target.close()
@@ -78,7 +81,7 @@ def _sqlite_snapshot(path: Path, out: Path) -> Snapshot:
 
 
 def sqlite_table_counts(path: Path) -> dict[str, int]:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn = sqlite3.connect(path)
     try:
         names = [
             r[0]
