@@ -408,6 +408,11 @@ def test_postgres_backup_under_load_restores_into_a_new_database(
     config_path = write_config(tmp_path, config)
     result = homeserver("restore", "-c", str(config_path), "--from", str(tmp_path / "backups" / name))
     assert result.returncode == 0, result.stderr
+    result = homeserver("restore", "-c", str(config_path), "--from", str(tmp_path / "backups" / name))
+    assert result.returncode == 1 and "the database has tables" in result.stderr
+    # --force drops the schema and restores it whole.
+    result = homeserver("restore", "-c", str(config_path), "--from", str(tmp_path / "backups"), "--force")
+    assert result.returncode == 0, result.stderr
 
     restored = start_server_with_config(tmp_path / "restored", config)
     try:
