@@ -62,6 +62,7 @@ def read_manifest(root: Path) -> dict[str, Any]:
     files = manifest.get("files")
     if not isinstance(files, dict):
         raise BackupError(f"backup {root} is damaged: {MANIFEST} lists no files")
+    _check_shape(root, manifest, files)
     for name, expected in files.items():
         file = root / name
         if ".." in Path(name).parts or not file.is_file():
@@ -69,3 +70,21 @@ def read_manifest(root: Path) -> dict[str, Any]:
         if file.stat().st_size != expected.get("size") or sha256_file(file) != expected.get("sha256"):
             raise BackupError(f"backup {root} is damaged: {name} does not match its checksum")
     return manifest
+
+
+def _check_shape(root: Path, manifest: dict[str, Any], files: dict[str, Any]) -> None:
+    """The fields restore relies on, each file it names among the checksummed ones."""
+    database = manifest.get("database")
+    named = [manifest.get("signing_key"), *manifest.get("data_secrets", [])]
+    if isinstance(database, dict):
+        named.append(database.get("file"))
+    ok = (
+        isinstance(database, dict)
+        and database.get("engine") in ("sqlite", "postgres")
+        and isinstance(database.get("tables"), dict)
+        and isinstance(manifest.get("server_name"), str)
+        and isinstance(manifest.get("sources"), dict)
+        and all(isinstance(n, str) and n in files for n in named)
+    )
+    if not ok:
+        raise BackupError(f"backup {root} is damaged: {MANIFEST} lacks what a restore needs")

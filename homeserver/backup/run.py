@@ -119,7 +119,8 @@ def restore_backup(
     with tempfile.TemporaryDirectory(prefix="homeserver-restore.") as work:
         root = target.fetch(name, Path(work))
         manifest = read_manifest(root)
-        _check_target(config, manifest, plugin_sources(config), force)
+        sources = plugin_sources(config)
+        _check_target(config, manifest, sources, force)
         db = manifest["database"]
         snap = db_snapshot.Snapshot(db["engine"], root / db["file"], db["tables"], db.get("schema", ""))
         try:
@@ -137,7 +138,7 @@ def restore_backup(
         for secret in manifest.get("data_secrets", []):
             if secret in DATA_SECRETS:
                 _write_key(root / secret, config.data_path / secret)
-        by_key = {s.key: s for s in plugin_sources(config)}
+        by_key = {s.key: s for s in sources}
         for key in manifest["sources"]:
             files.copy_in(root / key, by_key[key].source)
     return manifest

@@ -39,8 +39,14 @@ def test_set_names_sort_by_time_and_never_collide(tmp_path: Path) -> None:
 def test_a_manifest_catches_a_missing_or_changed_file(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "f").write_bytes(b"data")
-    write_manifest(tmp_path, {"name": "x"})
+    (tmp_path / "k").write_bytes(b"key")
+    info = {"server_name": "x", "signing_key": "k", "sources": {}}
+    write_manifest(tmp_path, {**info, "database": {"engine": "sqlite", "file": "a/f", "tables": {}}})
     assert read_manifest(tmp_path)["files"]["a/f"]["size"] == 4
+    write_manifest(tmp_path, {**info, "database": {"engine": "sqlite", "file": "../etc/x", "tables": {}}})
+    with pytest.raises(BackupError, match="lacks what a restore needs"):
+        read_manifest(tmp_path)
+    write_manifest(tmp_path, {**info, "database": {"engine": "sqlite", "file": "a/f", "tables": {}}})
     (tmp_path / "a" / "f").write_bytes(b"date")
     with pytest.raises(BackupError, match="a/f does not match its checksum"):
         read_manifest(tmp_path)
