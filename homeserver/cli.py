@@ -194,6 +194,16 @@ def cmd_run(args: argparse.Namespace) -> None:
             state["port"] = reactor.listenTCP(
                 config.listen.port, hs.site(), backlog=1024, interface=config.listen.bind
             )
+            metrics_site = hs.metrics_site()
+            if metrics_site is not None:
+                hs.metrics_port = reactor.listenTCP(
+                    config.metrics.port, metrics_site, interface=config.metrics.bind_address
+                )
+                log.info(
+                    "metrics on http://{bind}:{port}/metrics",
+                    bind=config.metrics.bind_address,
+                    port=config.metrics.port,
+                )
         except Exception as e:
             log.critical("start-up failed: {error}", error=str(e))
             state["exit"] = 1

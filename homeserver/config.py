@@ -10,6 +10,7 @@ Secrets may come from environment variables (see `ENV_OVERRIDES`).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import types
@@ -167,6 +168,24 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    # A listener of its own that serves GET /metrics (Prometheus text format).
+    enabled: bool = False
+    bind_address: str = "127.0.0.1"
+    port: int = 9092
+    # Only loopback unless this says otherwise: metrics name routes, users and load.
+    allow_public_bind: bool = False
+    # When set: GET /_homeserver/metrics on the main listener with "Authorization: Bearer <secret>".
+    bearer_secret: str = ""
+    # How often daily/monthly active users and messages per day are recounted.
+    activity_refresh: Duration = Duration(300_000)
+
+    @property
+    def served(self) -> bool:
+        return self.enabled or bool(self.bearer_secret)
+
+
+@dataclass(frozen=True)
 class PluginConfig:
     module: str = ""
     config: dict[str, Any] = field(default_factory=dict)
@@ -190,6 +209,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     pushers: PushersConfig = field(default_factory=PushersConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     plugins: list[PluginConfig] = field(default_factory=list)
     # Where the YAML came from; relative paths in it are relative to the working directory.
     source: str = "<defaults>"
@@ -217,6 +237,7 @@ ENV_OVERRIDES = {
     "HOMESERVER_SMTP_HOST": ("email", "smtp", "host"),
     "HOMESERVER_SMTP_USERNAME": ("email", "smtp", "username"),
     "HOMESERVER_SMTP_PASSWORD": ("email", "smtp", "password"),
+    "HOMESERVER_METRICS_BEARER_SECRET": ("metrics", "bearer_secret"),
 }
 
 _CHOICES = {
@@ -325,6 +346,7 @@ def _check_values(config: Config, source: str) -> None:
         raise ConfigError(f"{source}: 'server_name' is not a valid server name: {config.server_name!r}")
     if not (1 <= config.listen.port <= 65535):
         raise ConfigError(f"{source}: 'listen.port' must be between 1 and 65535")
+    _check_metrics(config.metrics, source)
     url = config.database.url
     if url and not (url.startswith("sqlite:///") or url.startswith(("postgresql://", "postgres://"))):
         raise ConfigError(f"{source}: 'database.url' must start with sqlite:/// or postgresql://")
@@ -335,6 +357,24 @@ def _check_values(config: Config, source: str) -> None:
             raise ConfigError(f"{source}: missing required key 'plugins[{i}].module'")
     if config.registration.password_min_length < 1:
         raise ConfigError(f"{source}: 'registration.password_min_length' must be at least 1")
+
+
+def _check_metrics(metrics: MetricsConfig, source: str) -> None:
+    if not (1 <= metrics.port <= 65535):
+        raise ConfigError(f"{source}: 'metrics.port' must be between 1 and 65535")
+    try:
+        address = ipaddress.ip_address(metrics.bind_address)
+    except ValueError:
+        raise ConfigError(f"{source}: 'metrics.bind_address' must be an IP address") from None
+    if metrics.enabled and not address.is_loopback and not metrics.allow_public_bind:
+        raise ConfigError(
+            f"{source}: 'metrics.bind_address' {metrics.bind_address} is not a loopback address;"
+            " set 'metrics.allow_public_bind: true' to serve metrics there"
+        )
+    if metrics.bearer_secret and len(metrics.bearer_secret) < 16:
+        raise ConfigError(f"{source}: 'metrics.bearer_secret' must be at least 16 characters")
+    if metrics.activity_refresh < 1000:
+        raise ConfigError(f"{source}: 'metrics.activity_refresh' must be at least 1s")
 
 
 def effective(config: Config) -> Config:

@@ -148,6 +148,26 @@ logging:
   # One line per request: client IP, method, path (never the query), status, time.
   access_log: true
 
+metrics:
+  # Prometheus metrics (text format): requests and latency per route, long-polls and
+  # WebSocket streams, commits, pool waits, collector pauses, stream-consumer lag,
+  # plugins' metrics, active users and messages per day (docs/operations.md, "Metrics").
+  # Not served unless enabled here or a bearer_secret is set.
+  # A listener of its own serving GET /metrics.
+  enabled: false
+  bind_address: 127.0.0.1
+  port: 9092
+  # A bind_address that is not loopback is refused unless this is true (metrics name
+  # routes and show load and user counts: keep them off the public interface).
+  allow_public_bind: false
+  # Also serve GET /_homeserver/metrics on the main listener to a scraper that sends
+  # "Authorization: Bearer <this secret>" (at least 16 characters; the environment
+  # variable HOMESERVER_METRICS_BEARER_SECRET overrides it). Empty: that path is 404.
+  bearer_secret: ""
+  # How often daily and monthly active users and messages per day are recounted
+  # (a query off the request path; the gauges appear after the first count).
+  activity_refresh: 5m
+
 # Plugins: each entry names a plugin class and its own config block.
 # See docs/plugins.md. Example:
 #   - module: plugins.example.ExamplePlugin

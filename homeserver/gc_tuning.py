@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gc
 import time
+from collections.abc import Callable
 from typing import Any
 
 from twisted.logger import Logger
@@ -35,12 +36,14 @@ SLOW_PAUSE_S = 0.05
 
 
 class PauseRecorder:
-    """A gc.callbacks hook: counts passes per generation, keeps the longest pause, logs long ones."""
+    """A gc.callbacks hook: counts passes per generation, keeps the longest pause, logs long ones,
+    and tells `observe(generation, seconds)` (the metrics) of every pause."""
 
     def __init__(self) -> None:
         self.passes = [0, 0, 0]
         self.longest_s = 0.0
         self._started = 0.0
+        self.observe: Callable[[int, float], None] | None = None
 
     def __call__(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
@@ -50,6 +53,8 @@ class PauseRecorder:
         generation = info["generation"]
         self.passes[generation] += 1
         self.longest_s = max(self.longest_s, took)
+        if self.observe is not None:
+            self.observe(generation, took)
         if took >= SLOW_PAUSE_S:
             log.warn(
                 "garbage collection (generation {generation}) paused the server for {ms:.0f} ms"

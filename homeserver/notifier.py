@@ -139,6 +139,10 @@ class Notifier:
     def waiting_users(self) -> int:
         return len(self._waiters)
 
+    def waiting_requests(self) -> int:
+        """Long-polls waiting now (a user may have several); walked only when metrics are read."""
+        return sum(len(entry) if isinstance(entry, list) else 1 for entry in self._waiters.values())
+
     def _schedule(self, tick: int) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 from twisted.internet.defer import Deferred
@@ -13,6 +13,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from homeserver.api import metrics as metrics_routes
 from homeserver.api.client import (
     account,
     devices,
@@ -42,10 +43,11 @@ from homeserver.api.simple import auth as simple_auth
 from homeserver.api.simple import export as simple_export
 from homeserver.api.simple import messages as simple_messages
 from homeserver.api.simple import profiles as simple_profiles
-from homeserver.api.ws import WS_PATH, stream_factory
+from homeserver.api.ws_route import WS_PATH, LazyUpgrade, add_upgrade_required_route
 from homeserver.config import Config
 from homeserver.core.account_data import AccountDataService
 from homeserver.core.accounts import AccountService
+from homeserver.core.activity import ActivityStats
 from homeserver.core.chats import ChatService
 from homeserver.core.clock import Clock
 from homeserver.core.delivery import DeliveryTracker
@@ -92,12 +94,16 @@ from homeserver.core.uia import InteractiveAuth
 from homeserver.core.unread import UnreadCounter
 from homeserver.core.user_directory import UserDirectory
 from homeserver.core.voip import VoipService
+from homeserver.metrics import ServerMetrics
 from homeserver.notifier import Notifier
 from homeserver.plugins import PluginApi, migrate_plugin_schemas, start_plugins
 from homeserver.signing_key import load_or_create_signing_key
 from homeserver.storage import Storage
 from homeserver.storage.migrations import migrate
 from homeserver.threads import WorkerThreads
+
+if TYPE_CHECKING:
+    from homeserver.api.ws import StreamFactory
 
 log = Logger()
 
@@ -132,6 +138,7 @@ class HomeServer:
             config.database.url, config.database.pool_min, config.database.pool_max, reactor
         )
         self.metrics = CollectorRegistry()
+        self.server_metrics = ServerMetrics(self.metrics)
         # Password hashing and SMTP: blocking work, off the reactor thread.
         self.blocking = WorkerThreads(0, 10, "blocking", reactor)
         self.hasher = PasswordHasher(config.auth.password_hashing, self.blocking)
@@ -176,8 +183,11 @@ class HomeServer:
         self.router = Router()
         self.router.access_log = config.logging.access_log
         self.http: HttpFactory | None = None  # made by site()
-        # The WebSocket stream at /_homeserver/ws; every other path goes to the router.
-        self.websocket = stream_factory(self, self.router)
+        self.metrics_port: IListeningPort | None = None  # the metrics listener, if cli opened one
+        # The WebSocket stream at /_homeserver/ws (made by its first upgrade, see `websocket`);
+        # every other path goes to the router.
+        self._websocket: StreamFactory | None = None
+        add_upgrade_required_route(self.router)
         self._jobs: list[Any] = []
         self.plugin_apis: list[PluginApi] = []
         self.plugins: list[Any] = []
@@ -207,8 +217,23 @@ class HomeServer:
             simple_export,
             simple_messages,
             simple_profiles,
+            metrics_routes,
         ):
             module.register(self.router, self)
+        self.activity = ActivityStats(self.storage, self.clock, self.presence, config.server_name)
+        self.server_metrics.watch(self)
+
+    @property
+    def websocket(self) -> StreamFactory:
+        """The WebSocket streams' factory, made (and Autobahn imported) on first use."""
+        if self._websocket is None:
+            from homeserver.api.ws import stream_factory
+
+            self._websocket = stream_factory(self)
+        return self._websocket
+
+    def websocket_if_started(self) -> StreamFactory | None:
+        return self._websocket
 
     def _build_rooms(self) -> None:
         """Rooms, events and the streams sync reads (the message path of docs/architecture.md)."""
@@ -394,6 +419,8 @@ class HomeServer:
         self.typing.position = self.clock.time_ms()
         self._start_job(1.0, self.delivery.flush)
         self._start_job(15.0, self.presence.expire)
+        if self.config.metrics.served:
+            self._start_job(self.config.metrics.activity_refresh / 1000, self.activity.refresh)
         self.plugins = await start_plugins(self, self.router)
         # After the plugins: a restarted export includes their parts (media).
         await self.exports.start()
@@ -409,21 +436,29 @@ class HomeServer:
 
     def site(self) -> HttpFactory:
         """The HTTP side, to listen with (once: stop() drains its connections)."""
-        upgrades = {WS_PATH: self.websocket}
+        upgrades = {WS_PATH: LazyUpgrade(lambda: self.websocket)}
         self.http = make_site(
             self.router, self.config.limits.max_request_body_size, self.clock, upgrades=upgrades
         )
         return self.http
 
+    def metrics_site(self) -> HttpFactory | None:
+        """The metrics listener's HTTP side, when `metrics.enabled`."""
+        if not self.config.metrics.enabled:
+            return None
+        return make_site(metrics_routes.metrics_router(self), 64 * 1024, self.clock)
+
     async def stop(self, port: IListeningPort | None) -> None:
         """Stop accepting, let requests being read or handled finish (bounded), stop plugins,
         close the database."""
-        if port is not None:
-            stopped = port.stopListening()  # type: ignore[misc]
-            if stopped is not None:
-                await stopped
+        for listening in (port, self.metrics_port):
+            if listening is not None:
+                stopped = listening.stopListening()  # type: ignore[misc]
+                if stopped is not None:
+                    await stopped
         # Long-polls answer now rather than hold the shutdown; streams close (clients resume).
-        self.websocket.close_all()
+        if self._websocket is not None:
+            self._websocket.close_all()
         self.notifier.shutdown()
         idle: Deferred[None] = Deferred()
 

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-# (function, args, deferred); None tells a thread to end.
-_Job = tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]] | None
+# (function, args, deferred, monotonic time queued); None tells a thread to end.
+_Job = tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any], float] | None
 
 
 class PoolClosed(Exception):
@@ -39,6 +40,8 @@ class WorkerThreads:
         self._threads: list[threading.Thread] = []
         self._idle = 0  # threads waiting for a job; only changed under _lock
         self._closed = False
+        # Told how long each job waited for a thread, on that thread (the metrics).
+        self.wait_observer: Callable[[float], None] | None = None
         for _ in range(min(max(0, size_min), self._size_max)):
             self._start_thread(idle=True)
 
@@ -54,7 +57,7 @@ class WorkerThreads:
                 self._start_thread(idle=False)
             # else every thread is busy: the job waits on the queue for the first one free
             # (the idle count may then run ahead, which no longer matters at size_max).
-        self._jobs.put((fn, args, d))
+        self._jobs.put((fn, args, d, time.monotonic()))
         return d
 
     def close(self) -> None:
@@ -93,7 +96,10 @@ class WorkerThreads:
             job = jobs.get()
             if job is None:
                 break
-            fn, args, d = job
+            fn, args, d, queued = job
+            observe = self.wait_observer
+            if observe is not None:
+                observe(time.monotonic() - queued)
             try:
                 result = self._execute(local, fn, args)
             except BaseException:  # noqa: BLE001 - every error goes to the caller

@@ -37,6 +37,7 @@ from homeserver.errors import (
     Unrecognized,
 )
 from homeserver.json_encoding import dumps_bytes
+from homeserver.metrics import UNMATCHED, RequestMetrics
 
 log = Logger()
 
@@ -79,7 +80,9 @@ class ApiRequest(Request):
     """A request as handlers see it: the body (capped while it arrived, see
     http_server), JSON helpers, query parameters, the caller's address and token."""
 
-    __slots__ = ()
+    # The template of the route that handles it (a metrics label), set by the router.
+    __slots__ = ("route",)
+    route: str
 
     # Convenience accessors used by handlers ---------------------------------
 
@@ -212,6 +215,7 @@ class Router:
         self._get_matches: dict[str, list[tuple[Route, dict[str, str]]]] = {}
         self._body_limits: list[tuple[str, int, str | None]] = []
         self.access_log = True
+        self.metrics: RequestMetrics | None = None
         self.in_flight = 0
         self._idle_waiters: list[Deferred[None]] = []
 
@@ -325,12 +329,15 @@ class Router:
     async def _run(self, request: ApiRequest) -> None:
         # try/finally rather than an errback and a callback on the Deferred: two fewer
         # callback records per request, and less held by each waiting long-poll.
+        request.route = UNMATCHED
         try:
             await self._handle(request)
         except Exception:
             self._unexpected(Failure(), request)
         finally:
             self._finished(None)
+            if self.metrics is not None:
+                self.metrics.finished(request, request.route)
 
     def _finished(self, _: object) -> None:
         self.in_flight -= 1
@@ -365,7 +372,7 @@ class Router:
             lookup = b"GET" if method == b"HEAD" else method
             for route, params in matches:
                 if route.method == lookup:
-                    result = await route.handler(request, **params)
+                    result = await self._call(route, request, params)
                     break
             else:
                 raise MethodNotAllowed("Unrecognized request")
@@ -376,6 +383,17 @@ class Router:
             self._write(request, response)
         except MatrixError as e:
             self._write(request, Response(e.to_json(), e.status))
+
+    async def _call(self, route: Route, request: ApiRequest, params: dict[str, str]) -> Any:
+        request.route = route.template
+        metrics = self.metrics
+        if metrics is None:
+            return await route.handler(request, **params)
+        metrics.begin(route.template)
+        try:
+            return await route.handler(request, **params)
+        finally:
+            metrics.end(route.template)
 
     def _unexpected(self, failure: Failure, request: ApiRequest) -> None:
         log.failure(

@@ -316,6 +316,7 @@ class Request:
                 b"" if self.method == b"HEAD" else body,
             )
         )
+        self._code = code
         self._head_sent = True
         self.finished = True
         write_now(channel.transport, data)

@@ -46,8 +46,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from homeserver.api.http import ApiRequest, Response, Router
 from homeserver.api.validate import NUL_MESSAGE, contains_nul
+from homeserver.api.ws_route import WS_PATH
 from homeserver.core.filters import SyncFilter
 from homeserver.core.streams import SyncToken
 from homeserver.core.sync import SyncRequest
@@ -69,7 +69,6 @@ if TYPE_CHECKING:
 
 log = Logger()
 
-WS_PATH = b"/_homeserver/ws"
 # A client that connects without the header has this long to send its auth frame.
 AUTH_TIMEOUT_S = 10.0
 # Pings reap dead peers; the timeout is generous because a ping queues behind a
@@ -128,22 +127,6 @@ def _optional_str(frame: dict[str, Any], key: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise BadJson(f"'{key}' must be a string")
     return value
-
-
-# Plain HTTP on the stream's path -------------------------------------------------------
-
-
-def add_upgrade_required_route(router: Router) -> None:
-    """A plain GET of WS_PATH (no WebSocket upgrade) gets a Matrix-shaped 426."""
-
-    async def upgrade_required(request: ApiRequest) -> Response:
-        return Response(
-            {"errcode": "M_UNRECOGNIZED", "error": "This endpoint only speaks WebSocket (docs/api.md)"},
-            426,
-            headers=((b"Upgrade", b"websocket"),),
-        )
-
-    router.add("GET", WS_PATH.decode(), upgrade_required)
 
 
 # Connections ---------------------------------------------------------------------------
@@ -223,6 +206,9 @@ class StreamFactory(WebSocketServerFactory):
             conns.remove(conn)
             if len(conns) == 1:
                 self._by_user[requester.user_id] = conns[0]
+
+    def authenticated_count(self) -> int:
+        return len(self._by_device)
 
     def opened(self, conn: StreamProtocol) -> None:
         self.connections.add(conn)
@@ -885,10 +871,8 @@ def _reason(error: MatrixError) -> str:
     return f"{error.errcode}: {error.message}"
 
 
-def stream_factory(hs: "HomeServer", router: Router) -> StreamFactory:
-    """The stream's factory (the HTTP server hands it upgrades of WS_PATH), and the
-    router's answer to plain requests there."""
-    add_upgrade_required_route(router)
+def stream_factory(hs: "HomeServer") -> StreamFactory:
+    """The stream's factory (the HTTP server hands it upgrades of WS_PATH)."""
     return StreamFactory(hs)
 
 

@@ -95,6 +95,8 @@ class EventPersister:
         self._last_queued = 0
         self._unavailable_since: float | None = None
         self.persisted_upto = 0
+        # Told the size of each committed batch (the metrics).
+        self.on_commit: Callable[[int], None] | None = None
 
     async def start(self) -> None:
         self.persisted_upto = await self.store.max_stream_ordering()
@@ -213,6 +215,8 @@ class EventPersister:
         items = [item for p in batch for item in p.items]
         # Positions of failed events are never used: readers skip the gap.
         self.persisted_upto = max(self.persisted_upto, items[-1].event.stream_ordering)
+        if self.on_commit is not None:
+            self.on_commit(len(items))
         try:
             self._publish(self.persisted_upto, items)
         finally:

@@ -56,6 +56,15 @@ class PresenceService:
     def get(self, user_id: str) -> UserPresence | None:
         return self._users.get(user_id)
 
+    def active_since(self, since_ms: int) -> set[str]:
+        """Users active (a sync, a stream, a presence change) at or after since_ms, from memory:
+        every user's presence is loaded at start-up."""
+        return {
+            user_id
+            for user_id, p in self._users.items()
+            if p.last_active_ts >= since_ms or p.last_sync_ts >= since_ms
+        }
+
     def is_online(self, user_id: str) -> bool:
         p = self._users.get(user_id)
         return p is not None and p.state == "online"

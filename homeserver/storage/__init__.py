@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from homeserver.storage.accounts import AccountStore
+from homeserver.storage.activity import ActivityStore
 from homeserver.storage.auth_sessions import AuthSessionStore
 from homeserver.storage.database import Database, engine_from_url
 from homeserver.storage.devices import DeviceStore
@@ -40,6 +41,7 @@ class Storage:
         self.user_directory = UserDirectoryStore(db)
         self.reports = ReportStore(db)
         self.gdpr = GdprStore(db)
+        self.activity = ActivityStore(db)
 
     @classmethod
     def from_url(cls, url: str, pool_min: int = 2, pool_max: int = 10, reactor: Any = None) -> "Storage":

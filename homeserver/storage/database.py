@@ -464,6 +464,11 @@ class Database:
     def dialect(self) -> str:
         return self.engine.name
 
+    @property
+    def pool(self) -> ConnectionPool:
+        """The connection threads (their queue wait is a metric)."""
+        return self._pool
+
     async def run_interaction(
         self, desc: str, fn: Callable[Concatenate[Txn, P], R], *args: P.args, **kwargs: P.kwargs
     ) -> R:
