@@ -1,23 +1,27 @@
 """The server's Prometheus metrics, all in one registry (docs/operations.md, "Metrics").
 
-What a request pays is one histogram observation after its answer (and two dict updates for
-the in-flight count of its route); a commit one counter and one histogram observation. The
-rest - open streams, consumer lag, active users - lives elsewhere already and is read only
-when Prometheus scrapes, by collectors. Labels are bounded: a route is its template
-(`/_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}`), never the raw path, and a
-status is its class (2xx, 4xx...).
+What a request pays is one histogram observation after its answer, about a microsecond,
+and two dict updates for the in-flight count of its route; a commit one counter and one
+histogram observation. The rest - open streams, consumer lag, active users - lives
+elsewhere already and is read only when Prometheus scrapes, by collectors. Labels are
+bounded: a route is its template
+(`/_matrix/client/{version:v3|r0}/rooms/{room_id}/send/{event_type}/{txn_id}`), never the
+raw path, and a status is its class (2xx, 4xx...).
 """
 
 from __future__ import annotations
 
+import math
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, disable_created_metrics
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from homeserver import gc_tuning
 
@@ -40,20 +44,28 @@ GC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1
 disable_created_metrics()
 
 
-class RequestMetrics:
-    """Requests per route template, method and status class, with their latency."""
+class _Series:
+    """One histogram series: counts per bucket (the last is +Inf) and the sum."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.total = 0.0
+
+
+class RequestMetrics(Collector):
+    """Requests per route template, method and status class, with their latency.
+
+    A histogram of its own rather than prometheus_client's: that one takes a lock per
+    bucket and per sum (~6 us an observation, measured); requests are answered on the
+    reactor thread only, which also renders the scrape, so plain counters do (~1 us).
+    """
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self._latency = Histogram(
-            "homeserver_http_request_duration_seconds",
-            "Time from a request's arrival to its answer (the count is the number of requests)",
-            ("method", "route", "status"),
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        # Label lookups are resolved once per combination: `labels()` takes a lock each time.
-        self._children: dict[tuple[bytes, str, int], Any] = {}
+        self._series: dict[tuple[bytes, str, int], _Series] = {}
         self.in_flight: dict[str, int] = {}
+        registry.register(self)
 
     def begin(self, route: str) -> None:
         self.in_flight[route] = self.in_flight.get(route, 0) + 1
@@ -63,15 +75,28 @@ class RequestMetrics:
 
     def finished(self, request: ApiRequest, route: str) -> None:
         # Status class; 0 = the client left before its answer (a long-poll given up).
-        status = request._code // 100 if request.finished else 0
-        key = (request.method, route, status)
-        child = self._children.get(key)
-        if child is None:
-            method = _METHODS.get(request.method, "other")
-            child = self._children[key] = self._latency.labels(
-                method, route, f"{status}xx" if status else "closed"
-            )
-        child.observe(time.monotonic() - request.started)
+        key = (request.method, route, request._code // 100 if request.finished else 0)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = _Series()
+        seconds = time.monotonic() - request.started
+        series.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        series.total += seconds
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(
+            "homeserver_http_request_duration_seconds",
+            "Time from a request's arrival to its answer (the count is the number of requests)",
+            labels=["method", "route", "status"],
+        )
+        for (method, route, status), series in sorted(self._series.items()):
+            cumulative, buckets = 0, []
+            for bound, count in zip((*LATENCY_BUCKETS, math.inf), series.counts, strict=True):
+                cumulative += count
+                buckets.append((floatToGoString(bound), cumulative))
+            labels = [_METHODS.get(method, "other"), route, f"{status}xx" if status else "closed"]
+            family.add_metric(labels, buckets, series.total)
+        yield family
 
 
 class ServerMetrics:
