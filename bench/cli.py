@@ -42,7 +42,8 @@ ALL_WORKLOADS = ["W1", "W2", "W3", "W3P", "W4", "W5", "W6", "SR", "PG"]
 
 CONFIG_NOTES = """\
 - **ours**: `homeserver run` with `rate_limits.enabled: false`, `auth.password_hashing: fast`,
-  `logging.access_log: false` (level INFO), `pushers.allow_private_addresses: true`; no
+  `logging.access_log: false` (level INFO), `pushers.allow_private_addresses: true`,
+  metrics served (`metrics.bearer_secret` set, never scraped); no
   plugins, except the push plugin (defaults) for the whole run when W3P is in it and the push
   gateway for PG; default pool (2-10 connections on PostgreSQL), default epoll reactor.
   Users register through `POST /register` (`m.login.dummy`).

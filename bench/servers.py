@@ -269,6 +269,9 @@ async def start_ours(engine: str, plugins: list[dict[str, Any]] | None = None) -
         "auth": {"password_hashing": "fast"},
         "rate_limits": {"enabled": False},
         "logging": {"level": "INFO", "access_log": False},
+        # Served (on the main port, for the secret), so every row pays what metrics cost on the
+        # hot paths; no second port to pick.
+        "metrics": {"bearer_secret": secrets.token_urlsafe(24)},
         "plugins": plugins or [],
         # W3P's push gateway listens on loopback.
         "pushers": {"allow_private_addresses": True},

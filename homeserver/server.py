@@ -221,7 +221,9 @@ class HomeServer:
         ):
             module.register(self.router, self)
         self.activity = ActivityStats(self.storage, self.clock, self.presence, config.server_name)
-        self.server_metrics.watch(self)
+        if config.metrics.served:
+            # Unserved, the hot paths skip even the observations.
+            self.server_metrics.watch(self)
 
     @property
     def websocket(self) -> StreamFactory:

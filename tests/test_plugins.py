@@ -15,13 +15,14 @@ import pytest
 import pytest_twisted
 import requests
 from conftest import ServerProcess
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.web.http_headers import Headers
 
 from homeserver.config import parse_config
 from homeserver.core.clock import Clock as ServerClock
+from homeserver.metrics import ServerMetrics
 from homeserver.plugins import (
     ApiRequest,
     PluginApi,
@@ -34,7 +35,14 @@ from homeserver.server import HomeServer
 
 EXAMPLE = "plugins.example.ExamplePlugin"
 # The core's own metrics in the same registry.
-CORE_METRICS = {"homeserver_stream_consumer_lag"}
+
+def _core_metric_names() -> set[str]:
+    registry = CollectorRegistry()
+    ServerMetrics(registry)
+    return {family.name for family in registry.collect()}
+
+
+CORE_METRICS = {"homeserver_stream_consumer_lag"} | _core_metric_names()
 
 # The example plugin through a real server -----------------------------------------
 
