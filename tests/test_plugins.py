@@ -34,7 +34,7 @@ from homeserver.plugins import (
 from homeserver.server import HomeServer
 
 EXAMPLE = "plugins.example.ExamplePlugin"
-# The core's own metrics in the same registry.
+
 
 def _core_metric_names() -> set[str]:
     registry = CollectorRegistry()
@@ -42,6 +42,7 @@ def _core_metric_names() -> set[str]:
     return {family.name for family in registry.collect()}
 
 
+# The core's own metrics in the same registry.
 CORE_METRICS = {"homeserver_stream_consumer_lag"} | _core_metric_names()
 
 # The example plugin through a real server -----------------------------------------
