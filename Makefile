@@ -45,7 +45,16 @@ $(LEGACY_JS_DIR)/node_modules/.installed: $(LEGACY_JS_DIR)/package.json $(LEGACY
 	  cd $(LEGACY_JS_DIR) && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed; \
 	else echo "npm not found: the matrix-js-sdk 26 tests will not run"; fi
 
-unit: $(BIN)/.installed $(JS_DIR)/node_modules/.installed $(LEGACY_JS_DIR)/node_modules/.installed
+# playwright-core and esbuild (plus matrix-js-sdk for page bundles) for the browser tests
+# (tests/browser.py), which install Debian's chromium themselves when it is missing.
+BROWSER_DIR := tests/browser
+$(BROWSER_DIR)/node_modules/.installed: $(BROWSER_DIR)/package.json $(BROWSER_DIR)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  cd $(BROWSER_DIR) && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed; \
+	else echo "npm not found: the browser tests will not run"; fi
+
+unit: $(BIN)/.installed $(JS_DIR)/node_modules/.installed $(LEGACY_JS_DIR)/node_modules/.installed \
+    $(BROWSER_DIR)/node_modules/.installed
 	$(BIN)/pytest -q
 
 test: lint unit

@@ -1,0 +1,151 @@
+"""Browser tests' shared harness: Debian's Chromium driven by playwright-core from Node.
+
+- `ensure_chromium()` installs Debian's `chromium` with apt-get when /usr/bin/chromium is
+  missing (CI has none; it runs as root, as for coturn in tests/coturn.py).
+- `browser_node()` is the node binary once tests/browser/node_modules is installed
+  (`make unit` runs `npm ci` there from the committed lock file).
+- `run_browser_script(script, *args)` runs a script of tests/browser/ (each one uses
+  tests/browser/harness.mjs: the launch flags of REAL-PARTS.md, a static file server,
+  esbuild) and returns the JSON of its `RESULT {...}` line.
+- `loopback_only_network()` moves the test's thread into a new network namespace that has nothing but `lo`; every process the test starts
+  from then on (the homeserver, coturn, Node and Chromium) lives there, so WebRTC can only
+  ever use loopback addresses, whatever interfaces the machine has. It needs root.
+
+Without Chromium, node or the npm packages a test skips, except in CI (`CI` set), where it
+fails.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import json
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BROWSER_DIR = Path(__file__).resolve().parent / "browser"
+CHROMIUM = "/usr/bin/chromium"
+SCRIPT_TIMEOUT = 120
+
+_apt_updated = False
+
+
+def _missing(problem: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(problem)
+    pytest.skip(problem)
+
+
+def _apt_install(package: str) -> None:
+    global _apt_updated
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    if not _apt_updated:
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=300, check=False)
+        _apt_updated = True
+    subprocess.run(
+        [
+            "apt-get",
+            "-o",
+            "DPkg::Lock::Timeout=600",
+            "install",
+            "-y",
+            "-qq",
+            "--no-install-recommends",
+            package,
+        ],
+        capture_output=True,
+        timeout=900,
+        check=False,
+        env=env,
+    )
+
+
+def ensure_chromium() -> str:
+    """/usr/bin/chromium, installed from Debian when missing and possible."""
+    if not os.path.exists(CHROMIUM) and os.geteuid() == 0 and shutil.which("apt-get"):
+        _apt_install("chromium")
+    if not os.path.exists(CHROMIUM):
+        _missing("Chromium (Debian package chromium) is not installed and could not be")
+    return CHROMIUM
+
+
+def browser_node() -> str:
+    """The node binary, once playwright-core and esbuild are in tests/browser/node_modules."""
+    node = shutil.which("node")
+    if node is None:
+        _missing("node is not installed (needed for the browser tests)")
+    assert node is not None
+    for package in ("playwright-core", "esbuild"):
+        if not (BROWSER_DIR / "node_modules" / package).is_dir():
+            _missing("tests/browser/node_modules is missing: run `make unit` or `npm ci` in tests/browser")
+    return node
+
+
+def run_browser_script(script: str, *args: str, timeout: float = SCRIPT_TIMEOUT) -> dict[str, Any]:
+    """Run a script of tests/browser/ with Chromium; the JSON of its last `RESULT {...}` line
+    (it must exit 0)."""
+    chromium = ensure_chromium()
+    node = browser_node()
+    try:
+        proc = subprocess.run(
+            [node, str(BROWSER_DIR / script), *args],
+            cwd=BROWSER_DIR,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "HS_CHROMIUM": chromium},
+        )
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"{script} timed out after {timeout} s\nstdout:\n{e.stdout}\nstderr:\n{e.stderr}")
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    detail = f"exit {proc.returncode}\nstdout:\n{proc.stdout[-5000:]}\nstderr:\n{proc.stderr[-8000:]}"
+    assert proc.returncode == 0 and lines, detail
+    result: dict[str, Any] = json.loads(lines[-1][len("RESULT ") :])
+    return result
+
+
+# A loopback-only network namespace for the calling thread -----------------------------------
+
+_CLONE_NEWNET = 0x40000000
+_SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
+
+
+def _bring_loopback_up() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        request = struct.pack("16sh", b"lo", 0)
+        flags = struct.unpack("16sh", fcntl.ioctl(s, _SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(s, _SIOCSIFFLAGS, struct.pack("16sh", b"lo", flags | _IFF_UP))
+
+
+@contextmanager
+def loopback_only_network() -> Iterator[None]:
+    """Run the block in a fresh network namespace holding only `lo` (up).
+
+    Namespaces belong to threads: this thread, and every process it starts meanwhile, is in
+    the new one; other threads keep the machine's network. On leaving, the thread goes back;
+    the namespace goes away with the last process in it.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    original = os.open(f"/proc/self/task/{threading.get_native_id()}/ns/net", os.O_RDONLY)
+    try:
+        if libc.unshare(_CLONE_NEWNET) != 0:
+            error = os.strerror(ctypes.get_errno())
+            _missing(f"cannot make a network namespace ({error}): the browser call tests need root")
+        try:
+            _bring_loopback_up()
+            yield
+        finally:
+            if libc.setns(original, _CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "could not return to the original network namespace")
+    finally:
+        os.close(original)

@@ -1,0 +1,142 @@
+// Shared pieces for browser tests: Debian's Chromium through playwright-core, a static
+// file server for the pages, an esbuild bundler for page scripts, and the RESULT protocol
+// of tests/browser.py (the last stdout line is `RESULT {json}`).
+//
+// The flags are the ones /work/shared/REAL-PARTS.md recorded as working here: headless,
+// no sandbox (root), no background traffic, fake camera and microphone that need no
+// permission prompt, and loopback allowed for WebRTC (the tests run in a loopback-only
+// network namespace, where Chromium otherwise gathers no ICE candidate at all).
+
+import { mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
+import { createServer } from "node:http";
+import { tmpdir } from "node:os";
+import { extname, join, normalize, resolve, sep } from "node:path";
+
+import { build } from "esbuild";
+import { chromium } from "playwright-core";
+
+export const CHROMIUM = process.env.HS_CHROMIUM || "/usr/bin/chromium";
+
+export const FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+];
+
+export const MEDIA_FLAGS = [
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+    "--autoplay-policy=no-user-gesture-required",
+    "--allow-loopback-in-peer-connection",
+];
+
+/** A headless Chromium; `media` adds the fake devices and loopback WebRTC. */
+export async function launchChromium({ media = false } = {}) {
+    return chromium.launch({
+        executablePath: CHROMIUM,
+        headless: true,
+        args: media ? [...FLAGS, ...MEDIA_FLAGS] : FLAGS,
+    });
+}
+
+const TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".wasm": "application/wasm", // WebAssembly.instantiateStreaming insists on it
+    ".map": "application/json",
+};
+
+/** Serve `root` on 127.0.0.1 (a free port): resolves to { url, close }. */
+export async function serveDirectory(root) {
+    const base = resolve(root);
+    const server = createServer((req, res) => {
+        const path = decodeURIComponent(new URL(req.url, "http://x").pathname);
+        const file = normalize(join(base, path === "/" ? "index.html" : path));
+        let ok = file.startsWith(base + sep);
+        try {
+            ok = ok && statSync(file).isFile();
+        } catch {
+            ok = false;
+        }
+        if (!ok) {
+            res.writeHead(404).end();
+            return;
+        }
+        res.writeHead(200, {
+            "Content-Type": TYPES[extname(file)] ?? "application/octet-stream",
+            "Cache-Control": "no-store",
+        });
+        res.end(readFileSync(file));
+    });
+    await new Promise((ok) => server.listen(0, "127.0.0.1", ok));
+    const { port } = server.address();
+    return {
+        url: `http://127.0.0.1:${port}`,
+        close: () => new Promise((ok) => server.close(ok)),
+    };
+}
+
+/**
+ * Bundle `entry` (an ES module) for the browser into `outdir` as `<name>.js`: one file,
+ * ESM (so `import.meta.url` still points next to the bundle, where wasm is looked for).
+ */
+export async function bundle(entry, outdir, name) {
+    await build({
+        entryPoints: { [name]: entry },
+        outdir,
+        bundle: true,
+        format: "esm",
+        platform: "browser",
+        target: "chrome120",
+        logLevel: "error",
+        define: { "process.env.NODE_ENV": '"production"', global: "globalThis" },
+    });
+}
+
+/** A fresh temporary directory, removed by the returned function. */
+export function tempDir(prefix) {
+    const dir = mkdtempSync(join(tmpdir(), prefix));
+    return { dir, remove: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+export function check(condition, message) {
+    if (!condition) throw new Error(`check failed: ${message}`);
+}
+
+/**
+ * Run `main(results)`, print `RESULT {json}` and exit 0; on an error or after `totalMs`,
+ * print the error to stderr and the partial results, run `cleanup` and exit 1.
+ */
+export async function runMain(main, { totalMs = 110_000, cleanup = async () => {} } = {}) {
+    const results = { steps: {} };
+    const started = Date.now();
+    let timer;
+    const timeout = new Promise((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`the whole script took over ${totalMs} ms`)), totalMs);
+    });
+    let code = 0;
+    try {
+        await Promise.race([main(results), timeout]);
+        results.ms = Date.now() - started;
+    } catch (e) {
+        console.error(`FAILED: ${e?.stack ?? e}`);
+        results.error = String(e?.message ?? e);
+        code = 1;
+    } finally {
+        clearTimeout(timer);
+        try {
+            await cleanup();
+        } catch (e) {
+            console.error(`cleanup: ${e?.stack ?? e}`);
+        }
+    }
+    console.log(`RESULT ${JSON.stringify(results)}`);
+    process.exit(code);
+}
