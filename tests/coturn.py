@@ -5,6 +5,8 @@ as for ffmpeg in test_media.py). `Coturn` runs one turnserver on 127.0.0.1 with 
 ports and `use-auth-secret` (coturn's REST-API scheme, the one the calls plugin hands
 out), its pid file and database in the test's own folder, and stops it by its pid.
 
+With `tls=(cert, key)` it also listens for TURN over TLS (`turns:`) on a second port.
+
 `--allow-loopback-peers` is test-only: every peer here is on 127.0.0.1, which coturn
 refuses to relay to by default (CREATE_PERMISSION -> 403 Forbidden IP).
 """
@@ -56,13 +58,22 @@ def _free_port_both() -> int:
             return port
 
 
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 class Coturn:
-    def __init__(self, workdir: Path, secret: str, realm: str = "turn.test") -> None:
+    def __init__(
+        self, workdir: Path, secret: str, realm: str = "turn.test", tls: tuple[Path, Path] | None = None
+    ) -> None:
         self.binary = ensure_turnserver()
         self.workdir = workdir
         self.secret = secret
         self.realm = realm
         self.port = _free_port_both()
+        self.tls = tls
+        self.tls_port = _free_port_both() if tls else None
         # Relay ports: a random block, so parallel test workers rarely share one.
         self.min_port = random.randrange(40000, 60000, 100)
         self.process: subprocess.Popen[bytes] | None = None
@@ -73,10 +84,13 @@ class Coturn:
         return ("127.0.0.1", self.port)
 
     def uris(self) -> list[str]:
-        return [
+        uris = [
             f"turn:127.0.0.1:{self.port}?transport=udp",
             f"turn:127.0.0.1:{self.port}?transport=tcp",
         ]
+        if self.tls_port is not None:
+            uris.append(f"turns:127.0.0.1:{self.tls_port}?transport=tcp")
+        return uris
 
     def start(self) -> Coturn:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -91,7 +105,7 @@ class Coturn:
             f"--realm={self.realm}",
             "--allow-loopback-peers",
             "--no-cli",
-            "--no-tls",
+            *self._tls_args(),
             "--no-dtls",
             "--fingerprint",
             f"--min-port={self.min_port}",
@@ -108,12 +122,17 @@ class Coturn:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"turnserver exited with {self.process.returncode}:\n{self.log_text()}")
-            with socket.socket() as s:
-                if s.connect_ex(self.address) == 0:
-                    return self
+            if all(_listening(port) for port in (self.port, self.tls_port) if port is not None):
+                return self
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"turnserver did not start:\n{self.log_text()}")
+
+    def _tls_args(self) -> list[str]:
+        if self.tls is None:
+            return ["--no-tls"]
+        cert, key = self.tls
+        return [f"--tls-listening-port={self.tls_port}", f"--cert={cert}", f"--pkey={key}"]
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -1,6 +1,8 @@
 """coturn as a real part: the credentials the calls plugin hands out allocate a relay on a
 real turnserver (Debian's coturn, `use-auth-secret`, tests/coturn.py), and data goes through
-it both ways; expired and forged credentials are refused by coturn itself.
+it both ways; expired and forged credentials are refused by coturn itself. The same over
+TLS: coturn with a self-signed certificate made here, reached through the `turns:` URI the
+server hands out, the certificate checked by the client.
 
 The TURN client is aioice's (the ICE library under aiortc), run on its own asyncio loop in a
 worker thread, whatever reactor pytest uses.
@@ -13,9 +15,12 @@ import base64
 import concurrent.futures
 import hashlib
 import hmac
+import ipaddress
 import secrets
+import ssl
 import time
 from collections.abc import Coroutine, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +30,10 @@ from aioice import stun
 from aioice.turn import create_turn_endpoint
 from conftest import ServerProcess
 from coturn import Coturn
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from plugins.calls.config import parse_calls_config
 from plugins.calls.turn import turn_credentials
@@ -38,6 +47,46 @@ def run_async(coro: Coroutine[Any, Any, Any], timeout: float = 30) -> Any:
 @pytest.fixture
 def coturn(tmp_path: Path) -> Iterator[Coturn]:
     turn = Coturn(tmp_path / "coturn", secret=secrets.token_hex(16)).start()
+    yield turn
+    turn.stop()
+
+
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 signed by its own key (PEM files): coturn's cert and pkey,
+    and the one certificate the test's TLS client trusts."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "turn.test")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+        .sign(key, hashes.SHA256())
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = folder / "turn-cert.pem", folder / "turn-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
+@pytest.fixture
+def coturn_tls(tmp_path: Path) -> Iterator[Coturn]:
+    tls = self_signed_certificate(tmp_path / "tls")
+    turn = Coturn(tmp_path / "coturn", secret=secrets.token_hex(16), tls=tls).start()
     yield turn
     turn.stop()
 
@@ -70,12 +119,20 @@ class Received(asyncio.DatagramProtocol):
         self.queue.put_nowait((data, addr))
 
 
-async def relay_round_trip(turn: Coturn, username: str, password: str, transport: str) -> dict[str, Any]:
-    """Allocate a relay with these credentials, send to a plain UDP peer through it and
-    get the peer's answer back: what a WebRTC relay candidate does."""
+async def relay_round_trip(
+    turn: Coturn,
+    username: str,
+    password: str,
+    transport: str,
+    address: tuple[str, int] | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> dict[str, Any]:
+    """Allocate a relay with these credentials (at `address`, by default coturn's plain port;
+    with `tls`, over TLS), send to a plain UDP peer through it and get the peer's answer
+    back: what a WebRTC relay candidate does."""
     loop = asyncio.get_running_loop()
     relay, client = await create_turn_endpoint(
-        Received, turn.address, username, password, transport=transport
+        Received, address or turn.address, username, password, transport=transport, ssl=tls
     )
     peer_transport, peer = await loop.create_datagram_endpoint(Received, local_addr=("127.0.0.1", 0))
     try:
@@ -98,10 +155,19 @@ async def relay_round_trip(turn: Coturn, username: str, password: str, transport
         peer_transport.close()
 
 
-async def allocation_error(turn: Coturn, username: str, password: str) -> int:
+async def allocation_error(
+    turn: Coturn,
+    username: str,
+    password: str,
+    address: tuple[str, int] | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> int:
     """The STUN error code coturn answers an ALLOCATE with these credentials."""
+    transport = "tcp" if tls else "udp"
     try:
-        relay, _ = await create_turn_endpoint(Received, turn.address, username, password)
+        relay, _ = await create_turn_endpoint(
+            Received, address or turn.address, username, password, transport=transport, ssl=tls
+        )
     except stun.TransactionFailed as e:
         return int(e.response.attributes["ERROR-CODE"][0])
     relay.close()
@@ -143,3 +209,54 @@ def test_expired_and_forged_credentials_are_refused(start_server: Any, coturn: C
     # The genuine ones still work after all that.
     seen = run_async(relay_round_trip(coturn, creds["username"], creds["password"], "udp"))
     assert seen["peer_got"] == b"ping from the caller"
+
+
+def turns_address(uris: list[str]) -> tuple[str, int]:
+    """Host and port of the one `turns:` URI (RFC 7065: turns:host:port?transport=tcp)."""
+    (uri,) = [u for u in uris if u.startswith("turns:")]
+    host, _, port = uri[len("turns:") :].partition("?")[0].rpartition(":")
+    return host, int(port)
+
+
+def test_turns_uri_allocates_a_relay_over_tls(start_server: Any, coturn_tls: Coturn) -> None:
+    server = server_with_turn(start_server, coturn_tls)
+    creds = credentials_of(server, "tls_caller")
+    address = turns_address(creds["uris"])
+    assert address == ("127.0.0.1", coturn_tls.tls_port)
+    assert coturn_tls.tls is not None
+    # The client checks coturn's certificate (and that it is for 127.0.0.1) against the one
+    # made for this test: a TLS handshake with anything else fails.
+    tls = ssl.create_default_context(cafile=str(coturn_tls.tls[0]))
+    seen = run_async(relay_round_trip(coturn_tls, creds["username"], creds["password"], "tcp", address, tls))
+    assert seen["peer_got"] == b"ping from the caller" and seen["client_got"] == b"pong from the peer"
+    assert seen["peer_saw"] == seen["relayed"] and seen["relayed"][1] >= coturn_tls.min_port
+    assert "TLS/TCP" in coturn_tls.log_text()
+
+    # Without trusting that certificate, the client refuses the connection.
+    with pytest.raises(ssl.SSLCertVerificationError):
+        run_async(
+            relay_round_trip(
+                coturn_tls, creds["username"], creds["password"], "tcp", address, ssl.create_default_context()
+            )
+        )
+
+
+def test_expired_and_forged_credentials_are_refused_over_tls(start_server: Any, coturn_tls: Coturn) -> None:
+    server = server_with_turn(start_server, coturn_tls)
+    creds = credentials_of(server, "tls_mallory")
+    user_id = creds["username"].partition(":")[2]
+    address = turns_address(creds["uris"])
+    assert coturn_tls.tls is not None
+    tls = ssl.create_default_context(cafile=str(coturn_tls.tls[0]))
+
+    config = parse_calls_config(
+        {"turn": {"uris": coturn_tls.uris(), "shared_secret": coturn_tls.secret, "ttl": "1h"}}
+    )
+    expired = turn_credentials(config.turn, user_id, time.time() - 7200)
+    assert (
+        run_async(allocation_error(coturn_tls, expired["username"], expired["password"], address, tls)) == 401
+    )
+    forged_name = f"{int(creds['username'].partition(':')[0]) + 86400}:{user_id}"
+    assert run_async(allocation_error(coturn_tls, forged_name, creds["password"], address, tls)) == 401
+    wrong = base64.b64encode(hmac.new(b"not the secret", creds["username"].encode(), hashlib.sha1).digest())
+    assert run_async(allocation_error(coturn_tls, creds["username"], wrong.decode(), address, tls)) == 401
