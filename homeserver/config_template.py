@@ -345,6 +345,8 @@ DEFAULT_PLUGINS = """
         shared_secret: ""
         # How long a set of credentials stays valid (clients ask again before then).
         ttl: 24h
+        # (No setting for guests: the server has no guest accounts, register?kind=guest
+        # answers 403 M_GUEST_ACCESS_FORBIDDEN, so every signed-in user gets credentials.)
       group_calls:
         # MatrixRTC group calls (Element Call) need an SFU: the URL of LiveKit's JWT
         # service (lk-jwt-service) next to it, advertised to clients in
