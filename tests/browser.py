@@ -11,6 +11,9 @@
   from then on (the homeserver, coturn, Node and Chromium) lives there, so WebRTC can only
   ever use loopback addresses, whatever interfaces the machine has. It needs root.
 
+The smallest use, a template for page tests: tests/browser/smoke.mjs, run by
+tests/test_browser_harness.py.
+
 Without Chromium, node or the npm packages a test skips, except in CI (`CI` set), where it
 fails.
 """
