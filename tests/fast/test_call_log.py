@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest_twisted
-from harness import Client, TestClock, make_server, room_path, turn
+from harness import Client, TestClock, make_server, room_path, turn, until
+from prometheus_client import generate_latest
 
 from plugins.calls.call_log import SWEEP_INTERVAL_S
 
@@ -170,6 +171,19 @@ async def test_outcomes_and_durations_of_one_to_one_calls(tmp_path: Path) -> Non
             "rejected",
             "answered",
         ]
+
+        # The server's metrics count them: calls seen ending, and the log's totals once the
+        # sweep (every SWEEP_INTERVAL_S) has refreshed them.
+        await later(clock, SWEEP_INTERVAL_S)
+        counts = {"answered": 1, "rejected": 2, "missed": 1, "busy": 1, "failed": 1}
+        lines = [
+            f'homeserver_plugin_calls_calls_{metric}{{outcome="{outcome}"}} {n}.0'
+            for outcome, n in counts.items()
+            for metric in ("ended_total", "logged")
+        ]
+        await until(
+            lambda: all(line in generate_latest(hs.metrics).decode() for line in lines), "the metrics"
+        )
 
         # A second hangup (or a late answer) changes nothing.
         await calls.hangup(bob, room, "answered", "ice_failed")
