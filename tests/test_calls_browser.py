@@ -99,6 +99,7 @@ def test_matrix_js_sdk_video_call_between_two_chromium_pages_through_coturn(
         assert later["connectionState"] == "connected"
     # The caller hung up; both calls ended.
     seen = result["seen"]
+    assert (seen["caller"]["incoming"], seen["callee"]["incoming"]) == (0, 1)
     assert seen["caller"]["state"] == seen["callee"]["state"] == "ended"
     assert seen["caller"]["hangupParty"] == "local" and seen["callee"]["hangupParty"] == "remote"
     assert seen["callee"]["hangupReason"] == "user_hangup"

@@ -8,7 +8,7 @@
 // their inbound byte counts grow; the caller hangs up and both calls end. The last stdout
 // line is `RESULT {json}` with what each side saw.
 
-import { copyFileSync, mkdirSync, writeFileSync, readFileSync } from "node:fs";
+import { copyFileSync, mkdirSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -34,7 +34,7 @@ async function buildSite() {
         join(wasmPackage, "pkg", "matrix_sdk_crypto_wasm_bg.wasm"),
         join(site.dir, "pkg", "matrix_sdk_crypto_wasm_bg.wasm"),
     );
-    writeFileSync(join(site.dir, "index.html"), readFileSync(join(here, "call.html")));
+    copyFileSync(join(here, "call.html"), join(site.dir, "index.html"));
 }
 
 async function openPage(name) {
