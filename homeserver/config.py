@@ -162,6 +162,26 @@ class PushersConfig:
 
 
 @dataclass(frozen=True)
+class RetentionPolicyConfig:
+    # How long events are kept (MSC1763 max_lifetime); None: forever.
+    max_lifetime: Duration | None = None
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    # Purge expired history (core/retention.py, docs/retention.md).
+    enabled: bool = False
+    # The policy of rooms without an m.room.retention state event.
+    default_policy: RetentionPolicyConfig = field(default_factory=RetentionPolicyConfig)
+    # A room's own max_lifetime is clamped into this range (None: no bound).
+    allowed_lifetime_min: Duration | None = None
+    allowed_lifetime_max: Duration | None = None
+    purge_interval: Duration = Duration(3_600_000)
+    # Events deleted per transaction.
+    purge_batch_size: int = 500
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = "INFO"
     access_log: bool = True
@@ -208,6 +228,7 @@ class Config:
     search: SearchConfig = field(default_factory=SearchConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     pushers: PushersConfig = field(default_factory=PushersConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     plugins: list[PluginConfig] = field(default_factory=list)
@@ -355,6 +376,7 @@ def _check_values(config: Config, source: str) -> None:
     for i, plugin in enumerate(config.plugins):
         if not plugin.module:
             raise ConfigError(f"{source}: missing required key 'plugins[{i}].module'")
+    _check_retention(config.retention, source)
     if config.registration.password_min_length < 1:
         raise ConfigError(f"{source}: 'registration.password_min_length' must be at least 1")
 
@@ -375,6 +397,20 @@ def _check_metrics(metrics: MetricsConfig, source: str) -> None:
         raise ConfigError(f"{source}: 'metrics.bearer_secret' must be at least 16 characters")
     if metrics.activity_refresh < 1000:
         raise ConfigError(f"{source}: 'metrics.activity_refresh' must be at least 1s")
+
+
+def _check_retention(retention: RetentionConfig, source: str) -> None:
+    low, high = retention.allowed_lifetime_min, retention.allowed_lifetime_max
+    if low is not None and high is not None and low > high:
+        raise ConfigError(
+            f"{source}: 'retention.allowed_lifetime_min' is above 'retention.allowed_lifetime_max'"
+        )
+    if retention.purge_interval <= 0:
+        raise ConfigError(f"{source}: 'retention.purge_interval' must be above 0")
+    if retention.purge_batch_size < 1:
+        raise ConfigError(f"{source}: 'retention.purge_batch_size' must be at least 1")
+    if retention.default_policy.max_lifetime == 0:
+        raise ConfigError(f"{source}: 'retention.default_policy.max_lifetime' must be above 0 (or null)")
 
 
 def effective(config: Config) -> Config:

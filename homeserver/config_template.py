@@ -142,6 +142,22 @@ pushers:
   # address its host resolves to). Only for a push gateway on your own network.
   allow_private_addresses: false
 
+retention:
+  # Delete expired history (MSC1763): a room's m.room.retention state event
+  # (max_lifetime, min_lifetime in ms) or the default below says how long its
+  # messages are kept. State events, the newest event and media still shared
+  # elsewhere are kept (docs/retention.md).
+  enabled: false
+  default_policy:
+    # For rooms without m.room.retention: e.g. 30d. null: kept forever.
+    max_lifetime: null
+  # A room's own max_lifetime is clamped into [min, max]; null: no bound.
+  allowed_lifetime_min: null
+  allowed_lifetime_max: null
+  # How often the purge job runs, and how many events it deletes per transaction.
+  purge_interval: 1h
+  purge_batch_size: 500
+
 logging:
   # DEBUG, INFO, WARNING or ERROR.
   level: INFO

@@ -288,6 +288,13 @@ class PluginApi:
 
         return handle
 
+    def on_history_purged(self, callback: Callable[[str, list[str]], Awaitable[None] | None]) -> None:
+        """Call `callback(room_id, event_ids)` (sync or async) after retention deleted these
+        events (docs/retention.md). If it raises, or the server dies before it returns, it is
+        called again with the same events on the purge job's next run: it must not mind
+        hearing of an event twice."""
+        self._hs.retention.purge_listeners.append(callback)
+
     # Background jobs ---------------------------------------------------------------
 
     def schedule(

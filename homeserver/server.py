@@ -77,6 +77,7 @@ from homeserver.core.ratelimit import RateLimiter
 from homeserver.core.receipts import ReceiptService
 from homeserver.core.registration import RegistrationService
 from homeserver.core.reports import ReportService
+from homeserver.core.retention import RetentionService
 from homeserver.core.room_heads import RoomHeads
 from homeserver.core.room_preview import RoomPreview
 from homeserver.core.room_tags import TagService
@@ -371,6 +372,8 @@ class HomeServer:
         )
         self.reports = ReportService(self.storage, self.messages, self.clock)
         self._build_gdpr()
+        self.retention = RetentionService(self.config.retention, self.storage.retention, self.clock)
+        self.retention.on_purged.append(self._forget_purged)
 
     def _build_gdpr(self) -> None:
         """Data export and erasure (docs/gdpr.md)."""
@@ -387,6 +390,16 @@ class HomeServer:
         self.erasure.on_user_erased.append(self.exports.delete_exports_of)
         self.erasure.on_user_erased.append(self.pushers.remove_all)
         self.accounts.erase_user = self.erasure.erase_user
+
+    def _forget_purged(self, room_id: str, floor: int, event_ids: list[str]) -> None:
+        """Retention deleted `event_ids` and raised the room's floor: no cache serves them again."""
+        self.timeline.forget_below(room_id, floor)
+        for event_id in event_ids:
+            self.sync.encoded.invalidate(event_id)
+            self.sync.thread_roots.discard(event_id)
+        self.rooms.forget_redactions(event_ids)
+        if event_ids:
+            self.unread.forget_room(room_id)
 
     def _joined_members(self, room_id: str) -> list[str]:
         head = self.room_heads.peek(room_id)
@@ -423,6 +436,8 @@ class HomeServer:
         self._start_job(15.0, self.presence.expire)
         if self.config.metrics.served:
             self._start_job(self.config.metrics.activity_refresh / 1000, self.activity.refresh)
+        if self.config.retention.enabled:
+            self._start_job(self.config.retention.purge_interval / 1000, self.retention.purge_expired)
         self.plugins = await start_plugins(self, self.router)
         # After the plugins: a restarted export includes their parts (media).
         await self.exports.start()
@@ -493,6 +508,7 @@ class HomeServer:
         for loop in self._jobs:
             if loop.running:
                 loop.stop()
+        self.retention.stop()
         self.typing.stop_all()
         try:
             await self.delivery.flush()

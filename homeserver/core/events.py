@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred
 from homeserver.core.clock import Clock
 from homeserver.core.persist import EarlierEventFailed, EventPersister
 from homeserver.core.ratelimit import RateLimiter
+from homeserver.core.retention import check_policy_content
 from homeserver.core.room_heads import RoomHead, RoomHeads
 from homeserver.core.txn_ids import TxnIdCache
 from homeserver.errors import BadJson, Forbidden, MatrixError, NotFound, TooLarge
@@ -215,6 +216,7 @@ class EventService:
     ) -> StoredEvent:
         if not isinstance(content, dict):
             raise MatrixError("Event content must be a JSON object", "M_BAD_JSON")
+        check_policy_content(event_type, state_key, content)
         head = await self.heads.get(room_id)
         if head is None:
             raise NotFound("Unknown room")

@@ -16,6 +16,7 @@ from homeserver.core.account_data import AccountDataService
 from homeserver.core.events import EventService
 from homeserver.core.join_rules import KNOCK_JOIN_RULES, RESTRICTED_JOIN_RULES, allowed_room_ids, join_rule
 from homeserver.core.ratelimit import RateLimiter
+from homeserver.core.retention import check_policy_content
 from homeserver.core.room_heads import RoomHead
 from homeserver.core.txn_ids import scoped_txn_id
 from homeserver.errors import Forbidden, MatrixError, NotFound
@@ -173,6 +174,8 @@ class RoomService:
             for e in initial_state
         ):
             raise MatrixError("'initial_state' must be a list of {type, state_key, content}", "M_BAD_JSON")
+        for e in initial_state:
+            check_policy_content(e["type"], e.get("state_key", ""), e["content"])
         creation_content = body.get("creation_content") or {}
         override = body.get("power_level_content_override") or {}
         if not isinstance(creation_content, dict) or not isinstance(override, dict):
@@ -510,6 +513,11 @@ class RoomService:
     def redaction_of(self, ev: StoredEvent) -> StoredEvent | None:
         """The redaction event of a redacted event (call `load_redactions` first for old events)."""
         return self._redactions.get(ev.redacted_by) if ev.redacted_by else None
+
+    def forget_redactions(self, event_ids: list[str]) -> None:
+        """Retention deleted these events: a redaction among them is no longer served."""
+        for event_id in event_ids:
+            self._redactions.pop(event_id, None)
 
     async def load_redactions(self, events: list[StoredEvent]) -> None:
         missing = [

@@ -75,6 +75,15 @@ class TimelineCache:
             if loading is not None:
                 loading[ev.room_id] = change
 
+    def forget_below(self, room_id: str, floor: int) -> None:
+        """Retention moved the room's history floor: events at or below it are no longer
+        timeline (purged, or state kept for the room's sake), as the database reads it."""
+        timeline = self._timelines.get(room_id)
+        if timeline is not None:
+            kept = [ev for ev in timeline.events if ev.stream_ordering > floor]
+            if len(kept) < len(timeline.events):
+                timeline.events = deque(kept, maxlen=RECENT_PER_ROOM)
+
     def find(self, room_id: str, event_id: str) -> StoredEvent | None:
         timeline = self._timelines.get(room_id)
         if timeline is not None:

@@ -153,6 +153,11 @@ class UnreadCounter:
         if self._counts.pop((user_id, room_id), None) is not None:
             self._unindex(user_id, room_id)
 
+    def forget_room(self, room_id: str) -> None:
+        """Drop every user's counts in the room (retention deleted events they counted)."""
+        for user_id, room in [key for key in self._counts if key[1] == room_id]:
+            self.forget(user_id, room)
+
     def forget_user(self, user_id: str) -> None:
         """After the user's rules changed: every room's count again, with the new rules."""
         for room_id in self._by_user.pop(user_id, set()):

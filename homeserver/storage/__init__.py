@@ -15,6 +15,7 @@ from homeserver.storage.gdpr import GdprStore
 from homeserver.storage.openid import OpenIdStore
 from homeserver.storage.pushers import PusherStore
 from homeserver.storage.reports import ReportStore
+from homeserver.storage.retention import RetentionStore
 from homeserver.storage.rooms import RoomStore
 from homeserver.storage.search import SearchStore
 from homeserver.storage.stream_consumers import StreamConsumerStore
@@ -42,6 +43,7 @@ class Storage:
         self.reports = ReportStore(db)
         self.gdpr = GdprStore(db)
         self.activity = ActivityStore(db)
+        self.retention = RetentionStore(db)
 
     @classmethod
     def from_url(cls, url: str, pool_min: int = 2, pool_max: int = 10, reactor: Any = None) -> "Storage":

@@ -77,6 +77,12 @@ class RoomSnapshot:
 
 _EVENT_COLUMNS = "e.event_id, e.room_id, e.stream_ordering, e.json, e.unsigned_extra, r.event_id"
 _EVENT_FROM = "events e LEFT JOIN redactions r ON r.redacts = e.event_id"
+# Events of the room (its id: the one `?`) above its history floor: what retention purged
+# below it is no longer timeline, and the state events kept there are read as state only.
+_ABOVE_FLOOR = (
+    " AND e.stream_ordering > COALESCE("
+    "(SELECT f.stream_ordering FROM room_history_floor f WHERE f.room_id = ?), 0)"
+)
 _RELATION_FROM = (
     "event_relations x JOIN events e ON e.event_id = x.event_id"
     " LEFT JOIN redactions r ON r.redacts = e.event_id"
@@ -366,10 +372,11 @@ class EventStore:
         rows = await self.db.query(
             "room_events_between",
             f"SELECT {_EVENT_COLUMNS} FROM {_EVENT_FROM} WHERE e.room_id = ? AND e.stream_ordering > ?"
-            f" AND e.stream_ordering <= ? ORDER BY e.stream_ordering {order} LIMIT ?",
+            f" AND e.stream_ordering <= ?{_ABOVE_FLOOR} ORDER BY e.stream_ordering {order} LIMIT ?",
             room_id,
             after,
             upto,
+            room_id,
             limit,
         )
         return [_row_to_event(r) for r in rows]
@@ -386,10 +393,11 @@ class EventStore:
         rows = await self.db.query(
             "events_near_timestamp",
             f"SELECT {_EVENT_COLUMNS} FROM {_EVENT_FROM} WHERE e.room_id = ? AND {where}"
-            f" AND e.stream_ordering <= ? ORDER BY {order} LIMIT ?",
+            f" AND e.stream_ordering <= ?{_ABOVE_FLOOR} ORDER BY {order} LIMIT ?",
             room_id,
             ts,
             upto,
+            room_id,
             limit,
         )
         return [_row_to_event(r) for r in rows]
@@ -574,7 +582,7 @@ class EventStore:
                 skip += f" AND e.sender NOT IN ({','.join('?' * len(skip_senders))})"
             rows = txn.query(
                 f"SELECT {_EVENT_COLUMNS} FROM {_EVENT_FROM} WHERE e.room_id = ? AND e.stream_ordering > ?"
-                f" AND e.sender <> ?{skip} ORDER BY e.stream_ordering DESC LIMIT ?",
+                f" AND e.sender <> ?{skip}{_ABOVE_FLOOR} ORDER BY e.stream_ordering DESC LIMIT ?",
                 (
                     room_id,
                     after,
@@ -582,6 +590,7 @@ class EventStore:
                     *skip_types,
                     *([user_id] if skip_types else []),
                     *skip_senders,
+                    room_id,
                     limit,
                 ),
             )

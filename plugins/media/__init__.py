@@ -116,6 +116,7 @@ class MediaPlugin:
         api.subscribe_events(self.repo.on_event)
         api.on_user_erased(self.erase_user)
         api.add_export_part(self.export_user)
+        api.on_history_purged(self.repo.history_purged)
         api.schedule(self.config.cleanup_interval_ms / 1000, self.repo.cleanup)
 
     def _register_legacy(self, prefix: str) -> None:

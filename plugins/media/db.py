@@ -140,6 +140,30 @@ def add_ref_txn(txn: Txn, media_id: str, event_id: str, room_id: str) -> None:
     )
 
 
+def shared_only_by_txn(txn: Txn, event_ids: list[str]) -> list[str]:
+    """The media that these events, and no other, share."""
+    gone = set(event_ids)
+    media: set[str] = set()
+    for start in range(0, len(event_ids), 500):
+        chunk = event_ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        media.update(
+            r[0] for r in txn.query(f"SELECT media_id FROM media_refs WHERE event_id IN ({marks})", chunk)
+        )
+    return sorted(
+        media_id
+        for media_id in media
+        if {r[0] for r in txn.query("SELECT event_id FROM media_refs WHERE media_id = ?", (media_id,))}
+        <= gone
+    )
+
+
+def drop_refs_txn(txn: Txn, event_ids: list[str]) -> None:
+    for start in range(0, len(event_ids), 500):
+        chunk = event_ids[start : start + 500]
+        txn.execute(f"DELETE FROM media_refs WHERE event_id IN ({','.join('?' * len(chunk))})", chunk)
+
+
 def get_thumbnail_txn(txn: Txn, media_id: str, width: int, height: int, method: str) -> ThumbnailRow | None:
     row = txn.query_one(
         "SELECT media_id, width, height, method, content_type, size, storage_key FROM media_thumbnails"

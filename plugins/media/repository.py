@@ -489,6 +489,14 @@ class MediaRepository:
         self._wake(media_id)
         return True
 
+    async def history_purged(self, room_id: str, event_ids: list[str]) -> None:
+        """Retention deleted these events: delete the media only they shared. Deleting first
+        and dropping the links last, so that a crash in between finds the same media again."""
+        orphans: list[str] = await self.api.run_db("shared_only_by", db.shared_only_by_txn, event_ids)
+        for media_id in orphans:
+            await self.delete(media_id, "room_retention")
+        await self.api.run_db("drop_refs", db.drop_refs_txn, event_ids)
+
     async def _remove_objects(self, keys: Iterable[str | None]) -> None:
         for key in keys:
             if not key:
