@@ -178,7 +178,7 @@ class RetentionConfig:
     allowed_lifetime_max: Duration | None = None
     purge_interval: Duration = Duration(3_600_000)
     # Events deleted per transaction.
-    purge_batch_size: int = 500
+    purge_batch_size: int = 100
 
 
 @dataclass(frozen=True)

@@ -156,7 +156,7 @@ retention:
   allowed_lifetime_max: null
   # How often the purge job runs, and how many events it deletes per transaction.
   purge_interval: 1h
-  purge_batch_size: 500
+  purge_batch_size: 100
 
 logging:
   # DEBUG, INFO, WARNING or ERROR.

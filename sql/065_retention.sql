@@ -17,3 +17,6 @@ CREATE TABLE purged_events_pending (
     event_id TEXT PRIMARY KEY,
     room_id TEXT NOT NULL
 );
+
+-- A purge drops the transaction ids of the events it deletes: found by event, not by scan.
+CREATE INDEX event_txn_ids_by_event ON event_txn_ids (event_id);
