@@ -157,6 +157,19 @@ def test_after_a_slow_commit_even_one_waiting_request_gathers() -> None:
     assert [len(b) for b in store.batches] == [1, 2]
 
 
+def test_what_a_caller_does_when_answered_does_not_make_the_cycle_slow() -> None:
+    # A test (or anything) that moves the clock a day on as soon as its send is answered:
+    # the cycle was not slow, so the one waiting request is committed at once instead of
+    # gathering on a clock nobody will move again.
+    persister, store, clock, published, _ = make()
+    first = persister.persist([Item(1)])  # type: ignore[list-item]
+    first.addCallback(lambda _: clock.advance(86_400))
+    persister.persist([Item(2)])  # type: ignore[list-item]
+    store.finish()
+    assert first.called
+    assert [len(b) for b in store.batches] == [1, 1]
+
+
 def test_no_wait_when_many_requests_already_wait() -> None:
     persister, store, clock, _, _ = make()
     persister.persist([Item(1)])  # type: ignore[list-item]
