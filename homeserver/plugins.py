@@ -26,26 +26,32 @@ from twisted.internet import task
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from homeserver import __version__
 from homeserver.api.auth import require_user
 from homeserver.api.http import ApiRequest, Response, Router, StreamBody
 from homeserver.backup.manifest import BackupError
 from homeserver.backup.sources import BackupSource, S3Location
 from homeserver.core.addresses import address_blocked
+from homeserver.core.admin import Page, RoomSummary, UserDetails
 from homeserver.core.event_format import client_event
 from homeserver.core.event_stream import StreamBatch
 from homeserver.core.export import ExportSink
 from homeserver.core.push_addresses import is_public_address
 from homeserver.core.tokens import Requester
 from homeserver.errors import MatrixError
+from homeserver.storage.admin import UserFilter, UserSummary
 from homeserver.storage.database import Database, Txn
+from homeserver.storage.devices import DeviceRow
 from homeserver.storage.migrations import migrate
 from homeserver.storage.pushers import Pusher
+from homeserver.storage.reports import Report
 from homeserver.threads import WorkerThreads
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
     from homeserver.config import Config
+    from homeserver.core.admin import AdminService
     from homeserver.core.clock import Clock
     from homeserver.server import HomeServer
 
@@ -398,6 +404,18 @@ class PluginApi:
         user = await self._hs.storage.accounts.get_user(user_id)
         return user is not None and user.is_admin and not user.deactivated
 
+    @property
+    def admin(self) -> "AdminService":
+        """The server admin's operations on accounts, rooms and reports (core/admin.py), for
+        a plugin that serves an admin API. It checks targets, not callers: let only server
+        admins (`is_admin`) reach it."""
+        return self._hs.admin
+
+    @property
+    def server_version(self) -> str:
+        """This server's version (the installed package's)."""
+        return __version__
+
     def check_rate_limit(self, action: str, user_id: str) -> None:
         """Count one `action` ("media_upload", ...: the `rate_limits.<action>_per_user` keys of
         the server's config) by `user_id`; raise MatrixError 429 M_LIMIT_EXCEEDED past it."""
@@ -528,6 +546,13 @@ __all__ = [
     "ApiRequest",
     "BackupError",
     "BackupSource",
+    "DeviceRow",
+    "Page",
+    "Report",
+    "RoomSummary",
+    "UserDetails",
+    "UserFilter",
+    "UserSummary",
     "EventBatch",
     "ExportSink",
     "MatrixError",

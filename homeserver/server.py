@@ -48,6 +48,7 @@ from homeserver.config import Config
 from homeserver.core.account_data import AccountDataService
 from homeserver.core.accounts import AccountService
 from homeserver.core.activity import ActivityStats
+from homeserver.core.admin import AdminService
 from homeserver.core.chats import ChatService
 from homeserver.core.clock import Clock
 from homeserver.core.delivery import DeliveryTracker
@@ -77,6 +78,7 @@ from homeserver.core.ratelimit import RateLimiter
 from homeserver.core.receipts import ReceiptService
 from homeserver.core.registration import RegistrationService
 from homeserver.core.reports import ReportService
+from homeserver.core.restrictions import AccountRestrictions
 from homeserver.core.retention import RetentionService
 from homeserver.core.room_heads import RoomHeads
 from homeserver.core.room_preview import RoomPreview
@@ -100,6 +102,7 @@ from homeserver.notifier import Notifier
 from homeserver.plugins import PluginApi, migrate_plugin_schemas, start_plugins
 from homeserver.signing_key import load_or_create_signing_key
 from homeserver.storage import Storage
+from homeserver.storage.admin import AdminStore
 from homeserver.storage.migrations import migrate
 from homeserver.threads import WorkerThreads
 
@@ -371,6 +374,19 @@ class HomeServer:
             self.config.search.index_wait / 1000,
         )
         self.reports = ReportService(self.storage, self.messages, self.clock)
+        self.restrictions = AccountRestrictions(AdminStore(self.storage.db))
+        self.tokens.check_account = self.restrictions.check_not_locked
+        self.events.restrictions = self.restrictions
+        self.admin = AdminService(
+            self.config.server_name,
+            self.storage,
+            self.restrictions.store,
+            self.accounts,
+            self.profiles,
+            self.room_heads,
+            self.restrictions,
+            self.timeline,
+        )
         self._build_gdpr()
         self.retention = RetentionService(self.config.retention, self.storage.retention, self.clock)
         self.retention.on_purged.append(self._forget_purged)
@@ -430,6 +446,7 @@ class HomeServer:
         await self.keys.start()
         await self.user_directory.start()
         await self.search_index.start()
+        await self.restrictions.start()
         # Typing lives in memory only: start its positions past any a client may hold.
         self.typing.position = self.clock.time_ms()
         self._start_job(1.0, self.delivery.flush)

@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred
 from homeserver.core.clock import Clock
 from homeserver.core.persist import EarlierEventFailed, EventPersister
 from homeserver.core.ratelimit import RateLimiter
+from homeserver.core.restrictions import AccountRestrictions
 from homeserver.core.retention import check_policy_content
 from homeserver.core.room_heads import RoomHead, RoomHeads
 from homeserver.core.txn_ids import TxnIdCache
@@ -54,6 +55,8 @@ class EventService:
         self.txn_ids = TxnIdCache(store, clock)
         # Set by the server: limits what clients send (`send(..., rate_limited=True)`).
         self.ratelimiter: RateLimiter | None = None
+        # Set by the server: suspended and shadow-banned senders (core/restrictions.py).
+        self.restrictions: AccountRestrictions | None = None
         self._in_flight_txns: dict[tuple[str, str, str], list[Deferred[StoredEvent]]] = {}
 
     # Building --------------------------------------------------------------------
@@ -173,6 +176,8 @@ class EventService:
         if txn is None:
             if rate_limited:
                 self._limit(sender)
+                if (shadowed := await self._restricted(sender, room_id, event_type, content)) is not None:
+                    return shadowed
             return await self._send_now(sender, room_id, event_type, content, state_key, redacts, None)
         key = (sender, txn[0], txn[1])
         waiters = self._in_flight_txns.get(key)
@@ -187,9 +192,16 @@ class EventService:
             if existing is not None:
                 event = (await self.store.get_events([existing]))[existing]
             else:
+                shadowed = None
                 if rate_limited:
                     self._limit(sender)
-                event = await self._send_now(sender, room_id, event_type, content, state_key, redacts, key)
+                    shadowed = await self._restricted(sender, room_id, event_type, content)
+                if shadowed is not None:
+                    event = shadowed
+                else:
+                    event = await self._send_now(
+                        sender, room_id, event_type, content, state_key, redacts, key
+                    )
         except Exception as e:
             del self._in_flight_txns[key]
             for w in waiters:
@@ -199,6 +211,28 @@ class EventService:
         for w in waiters:
             w.callback(event)
         return event
+
+    async def _restricted(
+        self, sender: str, room_id: str, event_type: str, content: dict[str, Any]
+    ) -> StoredEvent | None:
+        """A client's send by a restricted account: a suspended one is refused; a shadow-banned
+        one gets an event that looks sent (an id, a timestamp) but is stored nowhere, so it
+        reaches no one and the sender cannot tell. None: send normally."""
+        if self.restrictions is None:
+            return None
+        self.restrictions.check_may_send(sender)
+        if not self.restrictions.is_shadow_banned(sender):
+            return None
+        if await self.heads.get(room_id) is None:
+            raise NotFound("Unknown room")
+        pdu = {
+            "type": event_type,
+            "room_id": room_id,
+            "sender": sender,
+            "content": content,
+            "origin_server_ts": self.clock.time_ms(),
+        }
+        return StoredEvent("$" + secrets.token_urlsafe(32), room_id, 0, pdu)
 
     def _limit(self, sender: str) -> None:
         if self.ratelimiter is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import jwt
@@ -71,6 +72,9 @@ class TokenService:
         # Keyed by the token string itself; `_token_of` finds it again from the token id.
         self._cache: OrderedDict[str, Requester] = OrderedDict()
         self._token_of: dict[str, str] = {}
+        # Raises for an account that may not use its tokens now (set by the server: a locked
+        # account, core/restrictions.py); checked on every request, cached token or not.
+        self.check_account: Callable[[str], None] = lambda user_id: None
 
     def new_tokens(
         self, user_id: str, device_id: str, refreshable: bool
@@ -107,6 +111,7 @@ class TokenService:
         if cached is not None:
             if cached.expires_ts <= self.clock.time_ms():
                 raise UnknownToken("Access token has expired", soft_logout=True)
+            self.check_account(cached.user_id)
             return cached
         try:
             claims = jwt.decode(
@@ -142,6 +147,7 @@ class TokenService:
             self._token_of.pop(dropped.token_id, None)
         if cached.expires_ts <= self.clock.time_ms():
             raise UnknownToken("Access token has expired", soft_logout=True)
+        self.check_account(cached.user_id)
         return cached
 
     def forget(self, token_ids: list[str]) -> None:
