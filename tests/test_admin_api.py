@@ -1,0 +1,528 @@
+"""The admin plugin on a real server process, on both engines: Synapse's admin API as the
+synapse-admin web UI calls it (its exact requests for login, the user list, a user's
+details, the room list and the reports, answered in Synapse's shapes, field by field),
+every route's authorisation (401 without a token, 403 M_FORBIDDEN for a non-admin), the
+audit log, and what the admin's actions do to the users they touch."""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+import requests
+from conftest import VENV_BIN, ServerProcess, _pg_connect, start_server_process
+from test_history_visibility import CS, Client
+
+ADMIN_PASSWORD = "admin password 42"
+V1 = "/_synapse/admin/v1"
+V2 = "/_synapse/admin/v2"
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def admin_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    overrides: dict[str, Any] = {"plugins": [{"module": "plugins.admin.AdminPlugin", "config": {}}]}
+    schema = None
+    if request.param == "postgres":
+        pg_database = request.getfixturevalue("pg_database")
+        schema = f"s_{secrets.token_hex(6)}"
+        conn = _pg_connect(pg_database)
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE SCHEMA {schema}")
+        overrides["database"] = {"url": f"{pg_database}?options=-csearch_path%3D{schema}"}
+    server = start_server_process(tmp_path_factory.mktemp("hs"), overrides)
+    yield server
+    server.stop()
+    if schema is not None:
+        with conn.cursor() as cur:
+            cur.execute(f"DROP SCHEMA {schema} CASCADE")
+        conn.close()
+
+
+class Admin:
+    """A server admin made the operator's way (`homeserver admin create-user --admin`), logged in
+    the way synapse-admin logs in."""
+
+    def __init__(self, server: ServerProcess) -> None:
+        self.server = server
+        self.localpart = f"admin_{secrets.token_hex(4)}"
+        made = subprocess.run(
+            [str(VENV_BIN / "homeserver"), "admin", "create-user", "-c", str(server.config_path)]
+            + ["--email", f"{self.localpart}@example.org", "--password", ADMIN_PASSWORD]
+            + ["--username", self.localpart, "--admin"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert made.returncode == 0, made.stdout + made.stderr
+        # synapse-admin's login: its body exactly (device_id null on the first login).
+        r = requests.post(
+            server.url("/_matrix/client/v3/login"),
+            json={
+                "device_id": None,
+                "initial_device_display_name": "Synapse Admin",
+                "type": "m.login.password",
+                "identifier": {"type": "m.id.user", "user": self.localpart},
+                "password": ADMIN_PASSWORD,
+            },
+            headers={"Accept": "application/json"},
+            timeout=10,
+        )
+        assert r.status_code == 200, r.text
+        login = r.json()
+        assert login["home_server"] == server.server_name
+        self.user_id: str = login["user_id"]
+        self.token: str = login["access_token"]
+
+    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", 20)
+        headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
+        return requests.request(method, self.server.url(path), headers=headers, **kwargs)
+
+    def ok(self, method: str, path: str, status: int = 200, **kwargs: Any) -> Any:
+        r = self.request(method, path, **kwargs)
+        assert r.status_code == status, f"{method} {path}: {r.status_code} {r.text}"
+        return r.json()
+
+
+def q(value: str) -> str:
+    return quote(value, safe="")
+
+
+@pytest.fixture(scope="module")
+def admin(admin_server: ServerProcess) -> Admin:
+    return Admin(admin_server)
+
+
+# What synapse-admin asks, answered in Synapse's shapes --------------------------------------
+
+
+USER_LIST_FIELDS = {
+    "name", "user_type", "is_guest", "admin", "deactivated", "shadow_banned", "displayname",
+    "avatar_url", "creation_ts", "approved", "erased", "last_seen_ts", "locked", "suspended",
+}  # fmt: skip
+
+
+def test_synapse_admin_user_list_and_details(admin_server: ServerProcess, admin: Admin) -> None:
+    bob = Client(admin_server, "bob")
+    bob.ok("PUT", f"/profile/{bob.user_id}/displayname", json={"displayname": "Bob the Builder"})
+    # synapse-admin's identity check after login
+    profile = admin.ok("GET", f"/_matrix/client/v3/profile/{admin.user_id}")
+    assert "displayname" in profile
+
+    # The user list as synapse-admin's default view asks it.
+    listed = admin.ok(
+        "GET",
+        f"{V2}/users?from=0&limit=10&guests=true&deactivated=false&locked=false&order_by=name&dir=f",
+    )
+    assert isinstance(listed["total"], int) and listed["total"] >= 2
+    names = [u["name"] for u in listed["users"]]
+    assert names == sorted(names)
+    mine = next(u for u in listed["users"] if u["name"] == admin.user_id) if admin.user_id in names else None
+    for user in listed["users"]:
+        assert set(user) == USER_LIST_FIELDS
+    everyone = admin.ok("GET", f"{V2}/users?from=0&limit=1000&name={q(bob.user_id[1:8])}")
+    entry = next(u for u in everyone["users"] if u["name"] == bob.user_id)
+    assert entry["displayname"] == "Bob the Builder"
+    assert (entry["is_guest"], entry["admin"], entry["deactivated"], entry["shadow_banned"]) == (0, 0, 0, 0)
+    assert (entry["erased"], entry["locked"], entry["approved"], entry["user_type"]) == (
+        False,
+        False,
+        True,
+        None,
+    )
+    assert isinstance(entry["creation_ts"], int) and 1_600_000_000 < entry["creation_ts"] < 10_000_000_000
+    assert isinstance(entry["last_seen_ts"], int)
+    if mine is not None:
+        assert mine["admin"] == 1
+
+    # Paging: next_token is a string offset, absent on the last page.
+    first = admin.ok("GET", f"{V2}/users?from=0&limit=1&order_by=creation_ts&dir=b")
+    assert len(first["users"]) == 1 and first["next_token"] == "1"
+    last = admin.ok("GET", f"{V2}/users?from={first['total'] - 1}&limit=1")
+    assert len(last["users"]) == 1 and "next_token" not in last
+
+    # A user's details, by the id synapse-admin puts in the path (encodeURIComponent).
+    details = admin.ok("GET", f"{V2}/users/{q(bob.user_id)}")
+    assert set(details) == USER_LIST_FIELDS | {
+        "threepids", "appservice_id", "consent_server_notice_sent", "consent_version", "consent_ts",
+        "external_ids",
+    }  # fmt: skip
+    assert details["name"] == bob.user_id and details["displayname"] == "Bob the Builder"
+    assert details["threepids"] == [] and details["external_ids"] == []
+    # ...and the tabs of its page: devices, connections (whois), rooms.
+    devices = admin.ok("GET", f"{V2}/users/{q(bob.user_id)}/devices")
+    assert devices["total"] == 1
+    assert set(devices["devices"][0]) == {
+        "device_id", "display_name", "last_seen_ip", "last_seen_ts", "last_seen_user_agent", "user_id",
+    }  # fmt: skip
+    whois = admin.ok("GET", f"{V1}/whois/{q(bob.user_id)}")
+    assert whois["user_id"] == bob.user_id
+    connections = whois["devices"][""]["sessions"][0]["connections"]
+    assert connections and set(connections[0]) == {"ip", "last_seen", "user_agent"}
+    assert connections[0]["ip"] == "127.0.0.1"
+    room = bob.create_room("shared")
+    joined = admin.ok("GET", f"{V1}/users/{q(bob.user_id)}/joined_rooms")
+    assert joined == {"joined_rooms": [room], "total": 1}
+
+    # An admin's own email shows as a threepid with both timestamps.
+    own = admin.ok("GET", f"{V2}/users/{q(admin.user_id)}")
+    assert own["admin"] == 1
+    assert [(t["medium"], t["address"]) for t in own["threepids"]] == [
+        ("email", f"{admin.localpart}@example.org")
+    ]
+    assert isinstance(own["threepids"][0]["added_at"], int)
+
+
+ROOM_FIELDS = {
+    "room_id", "name", "canonical_alias", "joined_members", "joined_local_members", "version",
+    "creator", "encryption", "federatable", "public", "join_rules", "guest_access",
+    "history_visibility", "state_events", "room_type",
+}  # fmt: skip
+
+
+def test_synapse_admin_room_list_and_room(admin_server: ServerProcess, admin: Admin) -> None:
+    carol, dave = Client(admin_server, "carol"), Client(admin_server, "dave")
+    tag = secrets.token_hex(3)
+    room = carol.create_room("shared", name=f"Zebra {tag}", room_alias_name=f"zebra{tag}")
+    carol.ok("PUT", f"/directory/list/room/{room}", json={"visibility": "public"})
+    dave.join(room)
+    other = carol.create_room("joined", name=f"Aardvark {tag}")
+
+    listed = admin.ok("GET", f"{V1}/rooms?from=0&limit=10&order_by=name&dir=f&search_term={tag}")
+    assert listed["total_rooms"] == 2 and listed["offset"] == 0
+    assert "next_batch" not in listed and "prev_batch" not in listed
+    assert [r["room_id"] for r in listed["rooms"]] == [other, room]
+    entry = listed["rooms"][1]
+    assert set(entry) == ROOM_FIELDS
+    assert entry["name"] == f"Zebra {tag}"
+    assert entry["canonical_alias"] == f"#zebra{tag}:{admin_server.server_name}"
+    assert (entry["joined_members"], entry["joined_local_members"]) == (2, 2)
+    assert entry["creator"] == carol.user_id and entry["version"] in ("10", "11")
+    assert (entry["public"], entry["federatable"], entry["encryption"]) == (True, True, None)
+    assert (entry["join_rules"], entry["history_visibility"]) == ("public", "shared")
+    assert isinstance(entry["state_events"], int) and entry["state_events"] >= 6
+    descending = admin.ok("GET", f"{V1}/rooms?order_by=joined_members&dir=b&search_term={tag}")
+    assert [r["room_id"] for r in descending["rooms"]] == [room, other]
+    paged = admin.ok("GET", f"{V1}/rooms?from=1&limit=1&order_by=name&search_term={tag}")
+    assert [r["room_id"] for r in paged["rooms"]] == [room] and paged["prev_batch"] == 0
+
+    details = admin.ok("GET", f"{V1}/rooms/{q(room)}")
+    assert set(details) == ROOM_FIELDS | {"avatar", "topic", "joined_local_devices", "forgotten"}
+    members = admin.ok("GET", f"{V1}/rooms/{q(room)}/members")
+    assert members == {"members": sorted([carol.user_id, dave.user_id]), "total": 2}
+    state = admin.ok("GET", f"{V1}/rooms/{q(room)}/state")["state"]
+    assert {"m.room.create", "m.room.name", "m.room.canonical_alias", "m.room.member"} <= {
+        e["type"] for e in state
+    }
+    assert all(
+        {"event_id", "sender", "type", "state_key", "content", "origin_server_ts"} <= set(e) for e in state
+    )
+    assert admin.request("GET", f"{V1}/rooms/{q('!nope:' + admin_server.server_name)}").json()["errcode"] == (
+        "M_NOT_FOUND"
+    )
+    sizes = admin.ok("GET", f"{V1}/statistics/database/rooms")["rooms"]
+    assert {room, other} <= {r["room_id"] for r in sizes}
+    assert all(isinstance(r["estimated_size"], int) and r["estimated_size"] > 0 for r in sizes)
+
+
+REPORT_FIELDS = {
+    "id", "received_ts", "room_id", "name", "event_id", "user_id", "reason", "score", "sender",
+    "canonical_alias",
+}  # fmt: skip
+
+
+def test_synapse_admin_event_reports(admin_server: ServerProcess, admin: Admin) -> None:
+    erin, mallory = Client(admin_server, "erin"), Client(admin_server, "mallory")
+    room = erin.create_room("shared", name="Reported room")
+    mallory.join(room)
+    bad = mallory.send(room, "something offensive")
+    worse = mallory.send(room, "something worse")
+    erin.ok("POST", f"/rooms/{room}/report/{bad}", json={"reason": "abuse", "score": -100})
+    erin.ok("POST", f"/rooms/{room}/report/{worse}", json={"reason": "worse"})
+
+    # synapse-admin's report list: newest first.
+    listed = admin.ok(
+        "GET", f"{V1}/event_reports?from=0&limit=10&order_by=received_ts&dir=b&room_id={q(room)}"
+    )
+    assert listed["total"] == 2 and "next_token" not in listed
+    newest, oldest = listed["event_reports"]
+    for report in (newest, oldest):
+        assert set(report) == REPORT_FIELDS
+    assert (newest["event_id"], newest["reason"], newest["score"]) == (worse, "worse", None)
+    assert (oldest["event_id"], oldest["reason"], oldest["score"]) == (bad, "abuse", -100)
+    assert (oldest["room_id"], oldest["name"], oldest["user_id"], oldest["sender"]) == (
+        room, "Reported room", erin.user_id, mallory.user_id,
+    )  # fmt: skip
+    assert newest["id"] > oldest["id"] and newest["received_ts"] >= oldest["received_ts"]
+    first = admin.ok("GET", f"{V1}/event_reports?limit=1&dir=f&room_id={q(room)}")
+    assert first["event_reports"][0]["id"] == oldest["id"] and first["next_token"] == 1
+
+    one = admin.ok("GET", f"{V1}/event_reports/{oldest['id']}")
+    assert set(one) == REPORT_FIELDS | {"event_json"}
+    assert one["event_json"]["event_id" if "event_id" in one["event_json"] else "type"]
+    assert one["event_json"]["content"]["body"] == "something offensive"
+    assert one["event_json"]["sender"] == mallory.user_id
+
+    # Dismissing: gone from the list, and a second dismissal is a 404.
+    assert admin.ok("DELETE", f"{V1}/event_reports/{oldest['id']}") == {}
+    assert admin.ok("GET", f"{V1}/event_reports?room_id={q(room)}")["total"] == 1
+    again = admin.request("DELETE", f"{V1}/event_reports/{oldest['id']}")
+    assert (again.status_code, again.json()["errcode"]) == (404, "M_NOT_FOUND")
+
+
+def test_server_version_and_background_updates(admin: Admin) -> None:
+    version = admin.ok("GET", f"{V1}/server_version")
+    assert set(version) == {"server_version"} and version["server_version"]
+    assert admin.ok("GET", f"{V1}/background_updates/status") == {"enabled": True, "current_updates": {}}
+    assert admin.ok("GET", f"{V1}/background_updates/enabled") == {"enabled": True}
+
+
+# Authorisation and the audit log --------------------------------------------------------
+
+
+def every_route(user_id: str, room_id: str) -> list[tuple[str, str]]:
+    u, r = q(user_id), q(room_id)
+    return [
+        ("GET", f"{V2}/users"),
+        ("GET", f"{V2}/users/{u}"),
+        ("PUT", f"{V2}/users/{u}"),
+        ("GET", f"{V2}/users/{u}/devices"),
+        ("GET", f"{V1}/users/{u}/joined_rooms"),
+        ("GET", f"{V1}/whois/{u}"),
+        ("POST", f"{V1}/reset_password/{u}"),
+        ("POST", f"{V1}/deactivate/{u}"),
+        ("POST", f"{V1}/users/{u}/shadow_ban"),
+        ("DELETE", f"{V1}/users/{u}/shadow_ban"),
+        ("PUT", f"{V1}/suspend/{u}"),
+        ("GET", f"{V1}/rooms"),
+        ("GET", f"{V1}/rooms/{r}"),
+        ("GET", f"{V1}/rooms/{r}/members"),
+        ("GET", f"{V1}/rooms/{r}/state"),
+        ("GET", f"{V1}/event_reports"),
+        ("GET", f"{V1}/event_reports/1"),
+        ("DELETE", f"{V1}/event_reports/1"),
+        ("GET", f"{V1}/server_version"),
+        ("GET", f"{V1}/background_updates/status"),
+        ("GET", f"{V1}/background_updates/enabled"),
+        ("GET", f"{V1}/statistics/database/rooms"),
+        ("GET", "/_plugins/admin/audit_log"),
+    ]
+
+
+def test_every_route_is_for_admins_only_and_audited(admin_server: ServerProcess, admin: Admin) -> None:
+    frank = Client(admin_server, "frank")
+    room = frank.create_room("shared")
+    body = {"new_password": "a new password 1", "suspend": True, "displayname": "x", "admin": True}
+    for method, path in every_route(frank.user_id, room):
+        anonymous = requests.request(method, admin_server.url(path), json=body, timeout=10)
+        assert (anonymous.status_code, anonymous.json()["errcode"]) == (401, "M_MISSING_TOKEN"), path
+        refused = frank.request(method, path, json=body)
+        assert (refused.status_code, refused.json()["errcode"]) == (403, "M_FORBIDDEN"), path
+    # Nothing the refused calls asked for happened: frank is no admin, not suspended, same name.
+    assert admin.ok("GET", f"{V2}/users/{q(frank.user_id)}")["admin"] == 0
+    frank.send(room, "still allowed to send")
+
+    # Every refusal is in the audit log, with who, what, on what, and the answer.
+    log = admin.ok("GET", f"/_plugins/admin/audit_log?user_id={q(frank.user_id)}&limit=100")
+    assert log["total"] == len(every_route(frank.user_id, room))
+    assert all(e["status"] == 403 and e["user_id"] == frank.user_id for e in log["entries"])
+    put_user = next(
+        e for e in log["entries"] if e["method"] == "PUT" and e["route"] == f"{V2}/users/{{user_id}}"
+    )
+    assert put_user["target"] == frank.user_id and isinstance(put_user["ts"], int)
+
+    # The admin's own calls are logged with their outcome, newest first.
+    admin.ok("GET", f"{V2}/users/{q(frank.user_id)}")
+    missing = admin.request("GET", f"{V2}/users/{q('@nobody:' + admin_server.server_name)}")
+    assert missing.status_code == 404
+    mine = admin.ok("GET", f"/_plugins/admin/audit_log?user_id={q(admin.user_id)}&limit=3")["entries"]
+    assert [(e["method"], e["route"], e["target"], e["status"]) for e in mine[:2]] == [
+        ("GET", f"{V2}/users/{{user_id}}", f"@nobody:{admin_server.server_name}", 404),
+        ("GET", f"{V2}/users/{{user_id}}", frank.user_id, 200),
+    ]
+
+
+def test_a_deactivated_admin_is_no_admin(admin_server: ServerProcess, admin: Admin) -> None:
+    other = Admin(admin_server)
+    assert other.request("GET", f"{V2}/users").status_code == 200
+    admin.ok("POST", f"{V1}/deactivate/{q(other.user_id)}", json={})
+    # Deactivation logged the admin out: its token is gone.
+    assert other.request("GET", f"{V2}/users").status_code == 401
+
+
+# What the admin's actions do ---------------------------------------------------------------
+
+
+def login_status(server: ServerProcess, localpart: str, password: str) -> tuple[int, str | None]:
+    r = requests.post(
+        server.url("/_matrix/client/v3/login"),
+        json={
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": localpart},
+            "password": password,
+        },
+        timeout=10,
+    )
+    return r.status_code, r.json().get("errcode")
+
+
+def test_create_modify_and_deactivate_a_user(admin_server: ServerProcess, admin: Admin) -> None:
+    localpart = f"gina_{secrets.token_hex(3)}"
+    user_id = f"@{localpart}:{admin_server.server_name}"
+    created = admin.ok(
+        "PUT", f"{V2}/users/{q(user_id)}", 201, json={"password": "gina's password", "displayname": "Gina"}
+    )
+    assert (created["name"], created["displayname"], created["admin"]) == (user_id, "Gina", 0)
+    assert login_status(admin_server, localpart, "gina's password") == (200, None)
+
+    changed = admin.ok("PUT", f"{V2}/users/{q(user_id)}", json={"displayname": "Gina G", "admin": True})
+    assert (changed["displayname"], changed["admin"]) == ("Gina G", 1)
+    # The change is the user's real profile, seen on the client API too.
+    gina = admin.ok("GET", f"/_matrix/client/v3/profile/{q(user_id)}")
+    assert gina["displayname"] == "Gina G"
+
+    # Reset the password: the old one fails, the new one works, old sessions end.
+    session = requests.post(
+        admin_server.url("/_matrix/client/v3/login"),
+        json={
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": localpart},
+            "password": "gina's password",
+        },
+        timeout=10,
+    ).json()["access_token"]
+    assert (
+        admin.ok("POST", f"{V1}/reset_password/{q(user_id)}", json={"new_password": "brand new pass"}) == {}
+    )
+    assert login_status(admin_server, localpart, "gina's password") == (403, "M_FORBIDDEN")
+    assert login_status(admin_server, localpart, "brand new pass") == (200, None)
+    whoami = requests.get(
+        admin_server.url(f"{CS}/account/whoami"), headers={"Authorization": f"Bearer {session}"}, timeout=10
+    )
+    assert (whoami.status_code, whoami.json()["errcode"]) == (401, "M_UNKNOWN_TOKEN")
+
+    # Deactivate (synapse-admin's delete asks erase, which is refused until erasure exists).
+    erase = admin.request("POST", f"{V1}/deactivate/{q(user_id)}", json={"erase": True})
+    assert erase.status_code == 400 and erase.json()["errcode"] == "M_UNRECOGNIZED"
+    assert admin.ok("POST", f"{V1}/deactivate/{q(user_id)}", json={"erase": False}) == {
+        "id_server_unbind_result": "success"
+    }
+    assert login_status(admin_server, localpart, "brand new pass") == (403, "M_USER_DEACTIVATED")
+    assert admin.ok("GET", f"{V2}/users/{q(user_id)}")["deactivated"] == 1
+    hidden = admin.ok("GET", f"{V2}/users?limit=1000&user_id={q(localpart)}")
+    assert hidden["users"] == []
+    shown = admin.ok("GET", f"{V2}/users?limit=1000&user_id={q(localpart)}&deactivated=true")
+    assert [u["name"] for u in shown["users"]] == [user_id]
+
+    # Reactivation needs a password, then the account logs in again.
+    refused = admin.request("PUT", f"{V2}/users/{q(user_id)}", json={"deactivated": False})
+    assert refused.status_code == 400
+    admin.ok("PUT", f"{V2}/users/{q(user_id)}", json={"deactivated": False, "password": "back again 1"})
+    assert login_status(admin_server, localpart, "back again 1") == (200, None)
+
+
+def test_locked_users_get_user_locked(admin_server: ServerProcess, admin: Admin) -> None:
+    hank = Client(admin_server, "hank")
+    admin.ok("PUT", f"{V2}/users/{q(hank.user_id)}", json={"locked": True})
+    r = hank.request("GET", f"{CS}/account/whoami")
+    assert (r.status_code, r.json()["errcode"], r.json()["soft_logout"]) == (401, "M_USER_LOCKED", True)
+    assert admin.ok("GET", f"{V2}/users/{q(hank.user_id)}")["locked"] is True
+    # Synapse's list hides locked accounts unless asked.
+    assert admin.ok("GET", f"{V2}/users?limit=1000&user_id={q(hank.user_id)}")["users"] == []
+    assert admin.ok("GET", f"{V2}/users?limit=1000&locked=true&user_id={q(hank.user_id)}")["total"] == 1
+    admin.ok("PUT", f"{V2}/users/{q(hank.user_id)}", json={"locked": False})
+    assert hank.request("GET", f"{CS}/account/whoami").status_code == 200
+
+
+def test_suspended_users_read_but_do_not_send(admin_server: ServerProcess, admin: Admin) -> None:
+    ivy, jack = Client(admin_server, "ivy"), Client(admin_server, "jack")
+    room = jack.create_room("shared")
+    ivy.join(room)
+    before = ivy.send(room, "before the suspension")
+    assert admin.ok("PUT", f"{V1}/suspend/{q(ivy.user_id)}", json={"suspend": True}) == {
+        f"user_{ivy.user_id}_suspended": True
+    }
+    r = ivy.request(
+        "PUT", f"{CS}/rooms/{room}/send/m.room.message/s1", json={"msgtype": "m.text", "body": "x"}
+    )
+    assert (r.status_code, r.json()["errcode"]) == (403, "M_USER_SUSPENDED")
+    jack.send(room, "jack still talks")
+    bodies = [e["content"].get("body") for e in ivy.messages(room)]
+    assert "jack still talks" in bodies and "before the suspension" in bodies and before
+    assert admin.ok("GET", f"{V2}/users/{q(ivy.user_id)}")["suspended"] is True
+    admin.ok("PUT", f"{V1}/suspend/{q(ivy.user_id)}", json={"suspend": False})
+    ivy.send(room, "after the suspension")
+
+
+def test_shadow_banned_sends_reach_no_one(admin_server: ServerProcess, admin: Admin) -> None:
+    kim, lee = Client(admin_server, "kim"), Client(admin_server, "lee")
+    room = lee.create_room("shared")
+    kim.join(room)
+    assert admin.ok("POST", f"{V1}/users/{q(kim.user_id)}/shadow_ban") == {}
+    assert admin.ok("GET", f"{V2}/users/{q(kim.user_id)}")["shadow_banned"] == 1
+    ghost = kim.send(room, "spam spam spam")
+    assert ghost.startswith("$")
+    lee.send(room, "a real message")
+    assert "spam spam spam" not in [e["content"].get("body") for e in lee.messages(room)]
+    assert ghost not in lee.message_ids(room)
+    assert admin.ok("DELETE", f"{V1}/users/{q(kim.user_id)}/shadow_ban") == {}
+    seen = kim.send(room, "heard again")
+    assert seen in lee.message_ids(room)
+
+
+# Bad input: clear 4xx, never a 500 -----------------------------------------------------------
+
+
+def test_bad_input_gets_clear_errors(admin_server: ServerProcess, admin: Admin) -> None:
+    remote = q("@someone:elsewhere.example")
+    unknown = q(f"@nobody_{secrets.token_hex(3)}:{admin_server.server_name}")
+    cases: list[tuple[str, str, Any, int, str]] = [
+        ("GET", f"{V2}/users?from=-1", None, 400, "M_INVALID_PARAM"),
+        ("GET", f"{V2}/users?limit=ten", None, 400, "M_INVALID_PARAM"),
+        ("GET", f"{V2}/users?limit=100000", None, 400, "M_INVALID_PARAM"),
+        ("GET", f"{V2}/users?dir=up", None, 400, "M_INVALID_PARAM"),
+        ("GET", f"{V2}/users?order_by=password_hash", None, 400, "M_INVALID_PARAM"),
+        ("GET", f"{V2}/users?deactivated=maybe", None, 400, "M_INVALID_PARAM"),
+        ("GET", f"{V2}/users?name=%25_%5C", None, 200, ""),
+        ("GET", f"{V2}/users/not-a-user-id", None, 400, "M_INVALID_PARAM"),
+        ("GET", f"{V2}/users/{remote}", None, 400, "M_INVALID_PARAM"),
+        ("GET", f"{V2}/users/{unknown}", None, 404, "M_NOT_FOUND"),
+        ("PUT", f"{V2}/users/{unknown}", {"admin": "yes", "password": "long enough"}, 400, "M_BAD_JSON"),
+        ("PUT", f"{V2}/users/{unknown}", {"displayname": "no password"}, 400, "M_MISSING_PARAM"),
+        ("PUT", f"{V2}/users/{unknown}", {"password": "x"}, 400, "M_WEAK_PASSWORD"),
+        (
+            "PUT",
+            f"{V2}/users/{unknown}",
+            {"password": "long enough", "avatar_url": "http://x"},
+            400,
+            "M_BAD_JSON",
+        ),
+        ("PUT", f"{V2}/users/{unknown}", [1, 2], 400, "M_BAD_JSON"),
+        ("POST", f"{V1}/reset_password/{unknown}", {"new_password": "long enough"}, 404, "M_NOT_FOUND"),
+        ("POST", f"{V1}/reset_password/{q(admin.user_id)}", {}, 400, "M_MISSING_PARAM"),
+        ("POST", f"{V1}/deactivate/{unknown}", {}, 404, "M_NOT_FOUND"),
+        ("POST", f"{V1}/deactivate/{q(admin.user_id)}", {"erase": "yes"}, 400, "M_BAD_JSON"),
+        ("PUT", f"{V1}/suspend/{q(admin.user_id)}", {"suspend": 1}, 400, "M_BAD_JSON"),
+        ("POST", f"{V1}/users/{unknown}/shadow_ban", None, 404, "M_NOT_FOUND"),
+        ("GET", f"{V1}/rooms?order_by=secret", None, 400, "M_INVALID_PARAM"),
+        ("GET", f"{V1}/rooms?from=x", None, 400, "M_INVALID_PARAM"),
+        ("GET", f"{V1}/rooms/{q('!unknown:x')}/members", None, 404, "M_NOT_FOUND"),
+        ("GET", f"{V1}/rooms/{q('!unknown:x')}/state", None, 404, "M_NOT_FOUND"),
+        ("GET", f"{V1}/event_reports/abc", None, 400, "M_INVALID_PARAM"),
+        ("GET", f"{V1}/event_reports/99999999", None, 404, "M_NOT_FOUND"),
+        ("GET", f"{V1}/event_reports?dir=sideways", None, 400, "M_INVALID_PARAM"),
+        ("GET", "/_plugins/admin/audit_log?limit=5000", None, 400, "M_INVALID_PARAM"),
+    ]
+    for method, path, body, status, errcode in cases:
+        r = admin.request(method, path, json=body) if body is not None else admin.request(method, path)
+        assert r.status_code == status, f"{method} {path}: {r.status_code} {r.text}"
+        if errcode:
+            assert r.json()["errcode"] == errcode, f"{method} {path}: {r.text}"
+    not_json = admin.request("PUT", f"{V2}/users/{unknown}", data=b"{not json")
+    assert not_json.status_code == 400 and not_json.json()["errcode"] == "M_NOT_JSON"
