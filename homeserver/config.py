@@ -79,6 +79,8 @@ class RegistrationConfig:
     enabled: bool = False
     require_email_verification: bool = False
     tokens: list[str] = field(default_factory=list)
+    # Registering needs a token: one of `tokens` or one an admin made (the admin API).
+    requires_token: bool = False
     password_min_length: int = 8
 
 

@@ -44,6 +44,7 @@ from homeserver.storage.database import Database, Txn
 from homeserver.storage.devices import DeviceRow
 from homeserver.storage.migrations import migrate
 from homeserver.storage.pushers import Pusher
+from homeserver.storage.registration_tokens import RegistrationToken
 from homeserver.storage.reports import Report
 from homeserver.threads import WorkerThreads
 
@@ -548,6 +549,7 @@ __all__ = [
     "BackupSource",
     "DeviceRow",
     "Page",
+    "RegistrationToken",
     "Report",
     "RoomSummary",
     "UserDetails",

@@ -77,6 +77,7 @@ from homeserver.core.pushers import PusherService
 from homeserver.core.ratelimit import RateLimiter
 from homeserver.core.receipts import ReceiptService
 from homeserver.core.registration import RegistrationService
+from homeserver.core.registration_tokens import RegistrationTokens
 from homeserver.core.reports import ReportService
 from homeserver.core.restrictions import AccountRestrictions
 from homeserver.core.retention import RetentionService
@@ -104,6 +105,7 @@ from homeserver.signing_key import load_or_create_signing_key
 from homeserver.storage import Storage
 from homeserver.storage.admin import AdminStore
 from homeserver.storage.migrations import migrate
+from homeserver.storage.registration_tokens import RegistrationTokenStore
 from homeserver.threads import WorkerThreads
 
 if TYPE_CHECKING:
@@ -163,6 +165,8 @@ class HomeServer:
         self.uia = InteractiveAuth(
             self.storage, self.clock, self.hasher, self.email, config.server_name, config.registration.tokens
         )
+        self.registration_tokens = RegistrationTokens(RegistrationTokenStore(self.storage.db), self.clock)
+        self.uia.managed_tokens = self.registration_tokens
         self.accounts = AccountService(
             config, self.storage, self.clock, self.hasher, self.tokens, self.email, self.ratelimiter, self.uia
         )
@@ -386,6 +390,7 @@ class HomeServer:
             self.room_heads,
             self.restrictions,
             self.timeline,
+            self.registration_tokens,
         )
         self._build_gdpr()
         self.retention = RetentionService(self.config.retention, self.storage.retention, self.clock)
@@ -455,6 +460,7 @@ class HomeServer:
             self._start_job(self.config.metrics.activity_refresh / 1000, self.activity.refresh)
         if self.config.retention.enabled:
             self._start_job(self.config.retention.purge_interval / 1000, self.retention.purge_expired)
+        self._start_job(600.0, self.uia.expire_sessions)
         self.plugins = await start_plugins(self, self.router)
         # After the plugins: a restarted export includes their parts (media).
         await self.exports.start()

@@ -21,6 +21,7 @@ from homeserver.storage.reports import Report
 if TYPE_CHECKING:
     from homeserver.core.accounts import AccountService
     from homeserver.core.profiles import ProfileService
+    from homeserver.core.registration_tokens import RegistrationTokens
     from homeserver.core.restrictions import AccountRestrictions
     from homeserver.core.room_heads import RoomHeads
     from homeserver.core.timeline_cache import TimelineCache
@@ -106,6 +107,7 @@ class AdminService:
         heads: "RoomHeads",
         restrictions: "AccountRestrictions",
         timeline: "TimelineCache",
+        registration_tokens: "RegistrationTokens",
     ) -> None:
         self.server_name = server_name
         self.storage = storage
@@ -115,6 +117,7 @@ class AdminService:
         self.heads = heads
         self.restrictions = restrictions
         self.timeline = timeline
+        self.registration_tokens = registration_tokens  # create, list, change, delete
 
     # Users ----------------------------------------------------------------------------
 

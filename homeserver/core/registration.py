@@ -67,7 +67,7 @@ class RegistrationService:
     def flows(self) -> list[list[str]]:
         reg = self.config.registration
         stages = []
-        if reg.tokens:
+        if reg.tokens or reg.requires_token:
             stages.append(uia.REGISTRATION_TOKEN)
         if reg.require_email_verification:
             stages.append(uia.EMAIL)
@@ -105,17 +105,19 @@ class RegistrationService:
         )
         if result.email_session:
             await self.email.consume(result.email_session)
+        if result.registration_token is not None and self.uia.managed_tokens is not None:
+            await self.uia.managed_tokens.complete(result.registration_token)
         if req.inhibit_login:
             return user_id
         return await self.accounts.create_session(
             user_id, req.device_id, req.display_name, refreshable=req.refreshable, ip=req.ip
         )
 
-    def registration_token_valid(self, token: str, ip: str) -> bool:
+    async def registration_token_valid(self, token: str, ip: str) -> bool:
         """`/v1/register/m.login.registration_token/validity`: whether `token` would pass the
         registration token stage. Rate-limited like sign-up, so it is no faster an oracle."""
         self.ratelimiter.check("register", ip, self.config.rate_limits.register_per_ip, cost=0.2)
-        return self.uia.registration_token_valid(token)
+        return await self.uia.registration_token_valid(token)
 
     async def check_username(self, username: str, ip: str) -> None:
         """`/register/available`: M_USER_IN_USE or M_INVALID_USERNAME, else nothing."""
@@ -141,7 +143,7 @@ class RegistrationService:
     async def register_with_email(self, email: str, password: str, ip: str) -> EmailSignUp:
         self.accounts.check_password(password)
         reg = self.config.registration
-        if not reg.enabled or reg.tokens:
+        if not reg.enabled or reg.tokens or reg.requires_token:
             raise Forbidden("Registration through the simple API is disabled on this server")
         self.ratelimiter.check("register", ip, self.config.rate_limits.register_per_ip)
         localpart = await self.accounts.localpart_for_email(email)

@@ -16,6 +16,7 @@ from typing import Any
 from homeserver.core.clock import Clock
 from homeserver.core.email_validation import EmailValidator
 from homeserver.core.passwords import PasswordHasher
+from homeserver.core.registration_tokens import RegistrationTokens
 from homeserver.errors import InteractiveAuthRequired, MatrixError
 from homeserver.storage import Storage
 
@@ -36,6 +37,7 @@ class AuthResult:
     user_id: str | None = None
     email: str | None = None
     email_session: str | None = None
+    registration_token: str | None = None  # an admin-made token whose use this sign-up holds
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -55,6 +57,8 @@ class InteractiveAuth:
         self.email = email
         self.server_name = server_name
         self.registration_tokens = registration_tokens
+        # Set by the server: the tokens admins make (core/registration_tokens.py).
+        self.managed_tokens: RegistrationTokens | None = None
 
     async def authenticate(
         self,
@@ -89,7 +93,11 @@ class InteractiveAuth:
         else:
             completed = list(session.completed)
         assert session_id is not None
-        result = AuthResult(completed=completed, user_id=session.user_id if session else None)
+        result = AuthResult(
+            completed=completed,
+            user_id=session.user_id if session else None,
+            registration_token=session.registration_token if session else None,
+        )
 
         stage = auth.get("type") if auth else None
         if stage is not None and not isinstance(stage, str):
@@ -100,7 +108,7 @@ class InteractiveAuth:
                 self._raise(flows, session_id, completed, "M_UNRECOGNIZED", f"Unknown auth stage {stage!r}")
             assert auth is not None
             try:
-                await self._check_stage(stage, auth, result, expected_user, email_purpose)
+                await self._check_stage(stage, auth, result, expected_user, email_purpose, session_id)
             except MatrixError as e:
                 self._raise(flows, session_id, completed, e.errcode, e.message)
             completed = await self.storage.auth_sessions.mark_stage_completed(
@@ -143,14 +151,20 @@ class InteractiveAuth:
         result: AuthResult,
         expected_user: str | None,
         email_purpose: str,
+        session_id: str,
     ) -> None:
         if stage == DUMMY:
             return
         if stage == REGISTRATION_TOKEN:
             token = auth.get("token")
-            if not isinstance(token, str) or not self.registration_token_valid(token):
+            if not isinstance(token, str):
                 raise MatrixError("Invalid registration token", "M_FORBIDDEN")
-            return
+            if self._configured_token(token):
+                return
+            if self.managed_tokens is not None and await self.managed_tokens.hold(token, session_id):
+                result.registration_token = token
+                return
+            raise MatrixError("Invalid registration token", "M_FORBIDDEN")
         if stage == PASSWORD:
             user_id = self._password_user(auth)
             if expected_user is not None and user_id != expected_user:
@@ -179,9 +193,21 @@ class InteractiveAuth:
             return
         raise MatrixError(f"Unsupported auth stage {stage!r}", "M_UNRECOGNIZED")
 
-    def registration_token_valid(self, token: str) -> bool:
-        """Whether `token` is one of the configured registration tokens (compared in constant time)."""
+    async def registration_token_valid(self, token: str) -> bool:
+        """Whether `token` would pass the registration token stage now: one of the configured
+        tokens, or an admin-made one with a use left."""
+        if self._configured_token(token):
+            return True
+        return self.managed_tokens is not None and await self.managed_tokens.is_valid(token)
+
+    def _configured_token(self, token: str) -> bool:
+        """One of `registration.tokens` (compared in constant time)."""
         return any(hmac.compare_digest(token.encode(), t.encode()) for t in self.registration_tokens)
+
+    async def expire_sessions(self) -> None:
+        """Drop auth sessions and email validations past their lifetime (a held registration
+        token use goes back to its token)."""
+        await self.storage.auth_sessions.delete_expired(self.clock.time_ms(), SESSION_LIFETIME_MS)
 
     def _password_user(self, auth: dict[str, Any]) -> str:
         identifier = auth.get("identifier")

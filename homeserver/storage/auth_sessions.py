@@ -19,6 +19,7 @@ class UiAuthSession:
     uri: str
     user_id: str | None
     completed: list[str]
+    registration_token: str | None = None  # the token whose use this sign-up holds
 
 
 @dataclass(frozen=True)
@@ -62,14 +63,14 @@ class AuthSessionStore:
     async def get_ui_auth_session(self, session_id: str) -> UiAuthSession | None:
         rows = await self.db.query(
             "get_ui_auth_session",
-            "SELECT session_id, created_ts, uri, user_id, completed FROM ui_auth_sessions"
-            " WHERE session_id = ?",
+            "SELECT session_id, created_ts, uri, user_id, completed, registration_token"
+            " FROM ui_auth_sessions WHERE session_id = ?",
             session_id,
         )
         if not rows:
             return None
         r = rows[0]
-        return UiAuthSession(r[0], r[1], r[2], r[3], json.loads(r[4]))
+        return UiAuthSession(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5])
 
     async def mark_stage_completed(self, session_id: str, stage: str, user_id: str | None) -> list[str]:
         """Add `stage` to the session's completed stages; return the new list."""
@@ -98,6 +99,17 @@ class AuthSessionStore:
 
     async def delete_expired(self, now_ms: int, ui_auth_max_age_ms: int) -> None:
         def expire_txn(txn: Txn) -> None:
+            # A sign-up abandoned after its registration-token stage gives its held use back.
+            held = txn.query(
+                "SELECT registration_token FROM ui_auth_sessions"
+                " WHERE created_ts < ? AND registration_token IS NOT NULL",
+                (now_ms - ui_auth_max_age_ms,),
+            )
+            for (token,) in held:
+                txn.execute(
+                    "UPDATE registration_tokens SET pending = pending - 1 WHERE token = ? AND pending > 0",
+                    (token,),
+                )
             txn.execute("DELETE FROM ui_auth_sessions WHERE created_ts < ?", (now_ms - ui_auth_max_age_ms,))
             txn.execute(
                 "DELETE FROM threepid_validations WHERE expires_ts < ?", (now_ms - ui_auth_max_age_ms,)

@@ -103,7 +103,7 @@ def register(router: Router, hs: "HomeServer") -> None:
         token = request.query_param("token")
         if not token:
             raise MissingParam("Missing 'token'")
-        return {"valid": hs.registration.registration_token_valid(token, request.client_ip())}
+        return {"valid": await hs.registration.registration_token_valid(token, request.client_ip())}
 
     router.add("POST", f"{CLIENT}/register", register_account)
     router.add("GET", "/_matrix/client/v1/register/m.login.registration_token/validity", token_validity)
