@@ -51,6 +51,9 @@ registration:
   require_email_verification: $require_email_verification
   # If not empty, registering needs one of these tokens (m.login.registration_token).
   tokens: []
+  # Registering needs a token: one of 'tokens' or one an admin made with the admin
+  # plugin's /_synapse/admin/v1/registration_tokens (uses and expiry; docs/admin.md).
+  requires_token: false
   # Shortest password accepted.
   password_min_length: 8
 
@@ -393,6 +396,14 @@ DEFAULT_PLUGINS = """
         # Credentials (better from the environment than from this file).
         access_key_id: null
         secret_access_key: null
+  # Admin API (off by default: uncomment to serve it): the parts of Synapse's admin
+  # API that admin tools such as synapse-admin use, under /_synapse/admin/, for server
+  # admins only (homeserver admin create-user --admin); every call is written to an
+  # audit log, GET /_plugins/admin/audit_log. See docs/admin.md.
+  # - module: plugins.admin.AdminPlugin
+  #   config:
+  #     # Audit log rows older than this are deleted (an hourly job); 0: kept for ever.
+  #     audit_retention: 365d
 """
 
 

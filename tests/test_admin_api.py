@@ -307,6 +307,11 @@ def every_route(user_id: str, room_id: str) -> list[tuple[str, str]]:
         ("GET", f"{V1}/event_reports"),
         ("GET", f"{V1}/event_reports/1"),
         ("DELETE", f"{V1}/event_reports/1"),
+        ("GET", f"{V1}/registration_tokens"),
+        ("POST", f"{V1}/registration_tokens/new"),
+        ("GET", f"{V1}/registration_tokens/abc"),
+        ("PUT", f"{V1}/registration_tokens/abc"),
+        ("DELETE", f"{V1}/registration_tokens/abc"),
         ("GET", f"{V1}/server_version"),
         ("GET", f"{V1}/background_updates/status"),
         ("GET", f"{V1}/background_updates/enabled"),
@@ -526,3 +531,86 @@ def test_bad_input_gets_clear_errors(admin_server: ServerProcess, admin: Admin) 
             assert r.json()["errcode"] == errcode, f"{method} {path}: {r.text}"
     not_json = admin.request("PUT", f"{V2}/users/{unknown}", data=b"{not json")
     assert not_json.status_code == 400 and not_json.json()["errcode"] == "M_NOT_JSON"
+
+
+# Registration tokens ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def token_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server where signing up needs a registration token."""
+    server = start_server_process(
+        tmp_path_factory.mktemp("hs"),
+        {
+            "registration": {"enabled": True, "requires_token": True},
+            "plugins": [{"module": "plugins.admin.AdminPlugin", "config": {}}],
+        },
+    )
+    yield server
+    server.stop()
+
+
+def sign_up(server: ServerProcess, token: str | None) -> requests.Response:
+    """Element's sign-up: learn the flows, then the password and the token stage."""
+    base = {"username": f"new_{secrets.token_hex(4)}", "password": "a good password"}
+    first = requests.post(server.url(f"{CS}/register"), json=base, timeout=10)
+    assert first.status_code == 401
+    assert first.json()["flows"] == [{"stages": ["m.login.registration_token"]}]
+    auth = {"type": "m.login.registration_token", "token": token, "session": first.json()["session"]}
+    return requests.post(server.url(f"{CS}/register"), json={**base, "auth": auth}, timeout=10)
+
+
+TOKEN_FIELDS = {"token", "uses_allowed", "pending", "completed", "expiry_time"}
+
+
+def test_registration_tokens(token_server: ServerProcess) -> None:
+    admin = Admin(token_server)
+    assert sign_up(token_server, "no-such-token").json()["errcode"] == "M_FORBIDDEN"
+
+    made = admin.ok("POST", f"{V1}/registration_tokens/new", json={"uses_allowed": 1})
+    assert set(made) == TOKEN_FIELDS and len(made["token"]) == 16
+    assert (made["uses_allowed"], made["pending"], made["completed"], made["expiry_time"]) == (1, 0, 0, None)
+    validity = f"/_matrix/client/v1/register/m.login.registration_token/validity?token={made['token']}"
+    assert requests.get(token_server.url(validity), timeout=10).json() == {"valid": True}
+
+    ok = sign_up(token_server, made["token"])
+    assert ok.status_code == 200, ok.text
+    after = admin.ok("GET", f"{V1}/registration_tokens/{made['token']}")
+    assert (after["pending"], after["completed"]) == (0, 1)
+    # Used up: the next sign-up is refused and the token lists as invalid.
+    assert sign_up(token_server, made["token"]).json()["errcode"] == "M_FORBIDDEN"
+    assert requests.get(token_server.url(validity), timeout=10).json() == {"valid": False}
+    invalid = admin.ok("GET", f"{V1}/registration_tokens?valid=false")["registration_tokens"]
+    assert made["token"] in [t["token"] for t in invalid]
+
+    # Named, unlimited, then limited again and deleted.
+    named = admin.ok("POST", f"{V1}/registration_tokens/new", json={"token": "friends.and~family-1"})
+    assert named["token"] == "friends.and~family-1" and named["uses_allowed"] is None
+    assert sign_up(token_server, "friends.and~family-1").status_code == 200
+    assert sign_up(token_server, "friends.and~family-1").status_code == 200
+    changed = admin.ok("PUT", f"{V1}/registration_tokens/friends.and~family-1", json={"uses_allowed": 2})
+    assert (changed["uses_allowed"], changed["completed"]) == (2, 2)
+    assert sign_up(token_server, "friends.and~family-1").json()["errcode"] == "M_FORBIDDEN"
+    listed = admin.ok("GET", f"{V1}/registration_tokens")["registration_tokens"]
+    assert all(set(t) == TOKEN_FIELDS for t in listed)
+    assert admin.ok("DELETE", f"{V1}/registration_tokens/friends.and~family-1") == {}
+    gone = admin.request("GET", f"{V1}/registration_tokens/friends.and~family-1")
+    assert (gone.status_code, gone.json()["errcode"]) == (404, "M_NOT_FOUND")
+
+    # Bad input: clear errors.
+    for body in (
+        {"token": "has space"},
+        {"token": "x" * 65},
+        {"length": 0},
+        {"length": 65},
+        {"uses_allowed": -1},
+        {"uses_allowed": "3"},
+        {"expiry_time": 1000},
+        {"token": "a", "length": 3},
+    ):
+        r = admin.request("POST", f"{V1}/registration_tokens/new", json=body)
+        assert (r.status_code, r.json()["errcode"]) == (400, "M_INVALID_PARAM"), body
+    admin.ok("POST", f"{V1}/registration_tokens/new", json={"token": "dup"})
+    again = admin.request("POST", f"{V1}/registration_tokens/new", json={"token": "dup"})
+    assert (again.status_code, again.json()["errcode"]) == (400, "M_INVALID_PARAM")
+    assert admin.request("PUT", f"{V1}/registration_tokens/nope", json={}).status_code == 404

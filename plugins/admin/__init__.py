@@ -63,6 +63,12 @@ class AdminPlugin:
             ("GET", f"{V1}/event_reports", self.list_reports),
             ("GET", f"{V1}/event_reports/{{report_id}}", self.get_report),
             ("DELETE", f"{V1}/event_reports/{{report_id}}", self.dismiss_report),
+            # Registration tokens
+            ("GET", f"{V1}/registration_tokens", self.list_tokens),
+            ("POST", f"{V1}/registration_tokens/new", self.create_token),
+            ("GET", f"{V1}/registration_tokens/{{token}}", self.get_token),
+            ("PUT", f"{V1}/registration_tokens/{{token}}", self.update_token),
+            ("DELETE", f"{V1}/registration_tokens/{{token}}", self.delete_token),
             # The server
             ("GET", f"{V1}/server_version", self.server_version),
             ("GET", f"{V1}/background_updates/status", self.background_updates),
@@ -235,6 +241,26 @@ class AdminPlugin:
 
     async def dismiss_report(self, request: ApiRequest, report_id: str) -> dict[str, Any]:
         await self.admin.dismiss_report(self._report_id(report_id))
+        return {}
+
+    # Registration tokens ----------------------------------------------------------------
+
+    async def list_tokens(self, request: ApiRequest) -> dict[str, Any]:
+        tokens = await self.admin.registration_tokens.list(optional_bool_param(request, "valid"))
+        return {"registration_tokens": [render.registration_token(t) for t in tokens]}
+
+    async def create_token(self, request: ApiRequest) -> dict[str, Any]:
+        return render.registration_token(await self.admin.registration_tokens.create(request.json_body()))
+
+    async def get_token(self, request: ApiRequest, token: str) -> dict[str, Any]:
+        return render.registration_token(await self.admin.registration_tokens.get(token))
+
+    async def update_token(self, request: ApiRequest, token: str) -> dict[str, Any]:
+        updated = await self.admin.registration_tokens.update(token, request.json_body())
+        return render.registration_token(updated)
+
+    async def delete_token(self, request: ApiRequest, token: str) -> dict[str, Any]:
+        await self.admin.registration_tokens.delete(token)
         return {}
 
     # The server -----------------------------------------------------------------------

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from homeserver.plugins import DeviceRow, Report, RoomSummary, UserDetails, UserSummary
+from homeserver.plugins import DeviceRow, RegistrationToken, Report, RoomSummary, UserDetails, UserSummary
 
 
 def user_summary(u: UserSummary) -> dict[str, Any]:
@@ -104,4 +104,14 @@ def event_report(report: Report, room: RoomSummary | None, event_sender: str | N
         "score": report.score,
         "sender": event_sender,
         "canonical_alias": room.canonical_alias if room is not None else None,
+    }
+
+
+def registration_token(t: RegistrationToken) -> dict[str, Any]:
+    return {
+        "token": t.token,
+        "uses_allowed": t.uses_allowed,
+        "pending": t.pending,
+        "completed": t.completed,
+        "expiry_time": t.expiry_time,
     }
