@@ -391,6 +391,8 @@ class HomeServer:
             self.restrictions,
             self.timeline,
             self.registration_tokens,
+            self.rooms,
+            self.clock,
         )
         self._build_gdpr()
         self.retention = RetentionService(self.config.retention, self.storage.retention, self.clock)
@@ -452,6 +454,7 @@ class HomeServer:
         await self.user_directory.start()
         await self.search_index.start()
         await self.restrictions.start()
+        await self.admin.start()
         # Typing lives in memory only: start its positions past any a client may hold.
         self.typing.position = self.clock.time_ms()
         self._start_job(1.0, self.delivery.flush)

@@ -20,10 +20,12 @@ from homeserver.storage.reports import Report
 
 if TYPE_CHECKING:
     from homeserver.core.accounts import AccountService
+    from homeserver.core.clock import Clock
     from homeserver.core.profiles import ProfileService
     from homeserver.core.registration_tokens import RegistrationTokens
     from homeserver.core.restrictions import AccountRestrictions
     from homeserver.core.room_heads import RoomHeads
+    from homeserver.core.rooms import RoomService
     from homeserver.core.timeline_cache import TimelineCache
     from homeserver.storage import Storage
 
@@ -52,6 +54,16 @@ ROOM_ORDERS = (
 class UserDetails:
     summary: UserSummary
     threepids: list[tuple[str, str, int, int | None]]  # medium, address, added, validated
+
+
+@dataclass(frozen=True, slots=True)
+class RoomShutdown:
+    """What deleting a room did (Synapse's `shutdown_room`)."""
+
+    kicked_users: list[str]
+    failed_to_kick_users: list[str]
+    local_aliases: list[str]
+    purged_events: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +97,12 @@ class Page(Generic[T]):
     total: int
 
 
+def check_room_id(room_id: str) -> str:
+    if not room_id.startswith("!") or ":" not in room_id or len(room_id) > 255:
+        raise MatrixError("Not a room id", "M_INVALID_PARAM")
+    return room_id
+
+
 def check_page(offset: int, limit: int) -> None:
     if offset < 0:
         raise MatrixError("'from' must not be negative", "M_INVALID_PARAM")
@@ -108,6 +126,8 @@ class AdminService:
         restrictions: "AccountRestrictions",
         timeline: "TimelineCache",
         registration_tokens: "RegistrationTokens",
+        rooms: "RoomService",
+        clock: "Clock",
     ) -> None:
         self.server_name = server_name
         self.storage = storage
@@ -118,6 +138,9 @@ class AdminService:
         self.restrictions = restrictions
         self.timeline = timeline
         self.registration_tokens = registration_tokens  # create, list, change, delete
+        self.rooms_service = rooms
+        self.clock_ms = clock.time_ms
+        self._purged: set[str] = set()
 
     # Users ----------------------------------------------------------------------------
 
@@ -224,6 +247,52 @@ class AdminService:
 
     # Rooms ----------------------------------------------------------------------------
 
+    async def start(self) -> None:
+        self.rooms_service.blocked = set(await self.store.blocked_rooms())
+        self._purged = await self.store.purged_rooms()
+
+    async def room_block(self, room_id: str) -> str | None:
+        """Who blocked the room, or None if it is not blocked."""
+        check_room_id(room_id)
+        return (await self.store.blocked_rooms()).get(room_id)
+
+    async def block_room(self, room_id: str, admin: str, block: bool) -> None:
+        """Block (or unblock) a room id, known here or not: nobody may join it, be invited
+        or knock. Members already in stay until the room is deleted."""
+        check_room_id(room_id)
+        await self.store.set_blocked(room_id, admin, self.clock_ms(), block)
+        if block:
+            self.rooms_service.blocked.add(room_id)
+        else:
+            self.rooms_service.blocked.discard(room_id)
+
+    async def delete_room(self, room_id: str, admin: str, block: bool, purge: bool) -> RoomShutdown:
+        """Make every member leave (joined, invited and knocking alike: each leave is the
+        user's own, which the auth rules always allow), unpublish the room and drop its
+        aliases; with `block` nobody gets back in; with `purge` its messages are deleted."""
+        head = await self.heads.get(room_id)
+        if head is None or room_id in self._purged:
+            raise NotFound("Room not found")
+        if block:
+            await self.block_room(room_id, admin, True)
+        kicked, failed = [], []
+        for user_id in sorted(head.members("join", "invite", "knock")):
+            try:
+                await self.rooms_service.set_membership(user_id, room_id, user_id, "leave", "Room deleted")
+                kicked.append(user_id)
+            except MatrixError:
+                failed.append(user_id)
+        aliases = await self.storage.rooms.aliases_for_room(room_id)
+        for alias in aliases:
+            await self.storage.rooms.delete_alias(alias)
+        await self.storage.rooms.set_visibility(room_id, "private")
+        purged = 0
+        if purge:
+            purged = await self.store.purge_room_messages(room_id, admin, self.clock_ms())
+            self.timeline.drop_messages(room_id)
+            self._purged.add(room_id)
+        return RoomShutdown(kicked, failed, aliases, purged)
+
     async def _summary(self, room_id: str, version: str, creator: str | None, created_ts: int) -> RoomSummary:
         head = await self.heads.get(room_id)
         if head is None:
@@ -258,7 +327,7 @@ class AdminService:
         check_page(offset, limit)
         if order_by not in ROOM_ORDERS:
             raise MatrixError(f"Unknown value for 'order_by': {order_by}", "M_INVALID_PARAM")
-        rooms = [await self._summary(*row) for row in await self.store.rooms()]
+        rooms = [await self._summary(*row) for row in await self.store.rooms() if row[0] not in self._purged]
         if search_term:
             needle = search_term.casefold()
             rooms = [
@@ -272,6 +341,8 @@ class AdminService:
         return Page(rooms[offset : offset + limit], len(rooms))
 
     async def room(self, room_id: str) -> RoomSummary:
+        if room_id in self._purged:
+            raise NotFound("Room not found")
         for row in await self.store.rooms():
             if row[0] == room_id:
                 return await self._summary(*row)

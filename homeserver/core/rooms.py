@@ -101,6 +101,8 @@ class RoomService:
         self.ratelimiter: RateLimiter | None = None
         self._redactions: dict[str, StoredEvent] = {}
         self._forgotten: dict[str, set[str]] = {}
+        # Rooms a server admin blocked: no joins, invites or knocks (core/admin.py fills it).
+        self.blocked: set[str] = set()
 
     # Access -------------------------------------------------------------------------
 
@@ -283,6 +285,8 @@ class RoomService:
         head = await self.events.heads.get(room_id)
         if head is None:
             raise NotFound("Unknown room")
+        if room_id in self.blocked and membership in ("join", "invite", "knock"):
+            raise Forbidden("This room has been blocked on this server")
         current = head.membership(target)
         if current == membership and membership in ("join", "leave", "ban"):
             return None

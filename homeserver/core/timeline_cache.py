@@ -84,6 +84,14 @@ class TimelineCache:
             if len(kept) < len(timeline.events):
                 timeline.events = deque(kept, maxlen=RECENT_PER_ROOM)
 
+    def drop_messages(self, room_id: str) -> None:
+        """The room's non-state events were deleted (an admin purged it): forget them too.
+        What stays is still every event after `complete_after` that the database has."""
+        timeline = self._timelines.get(room_id)
+        if timeline is not None:
+            kept = [ev for ev in timeline.events if ev.state_key is not None]
+            timeline.events = deque(kept, maxlen=RECENT_PER_ROOM)
+
     def find(self, room_id: str, event_id: str) -> StoredEvent | None:
         timeline = self._timelines.get(room_id)
         if timeline is not None:

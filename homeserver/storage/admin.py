@@ -179,6 +179,54 @@ class AdminStore:
         )
         return [(r[0], int(r[1] or 0)) for r in rows]
 
+    async def blocked_rooms(self) -> dict[str, str]:
+        """room id -> the admin who blocked it."""
+        rows = await self.db.query("admin_blocked_rooms", "SELECT room_id, blocked_by FROM blocked_rooms")
+        return {r[0]: r[1] for r in rows}
+
+    async def set_blocked(self, room_id: str, admin: str, now_ms: int, block: bool) -> None:
+        def block_txn(txn: Txn) -> None:
+            txn.execute("DELETE FROM blocked_rooms WHERE room_id = ?", (room_id,))
+            if block:
+                txn.execute(
+                    "INSERT INTO blocked_rooms (room_id, blocked_by, blocked_ts) VALUES (?, ?, ?)",
+                    (room_id, admin, now_ms),
+                )
+
+        await self.db.run_interaction("admin_block_room", block_txn)
+
+    async def purged_rooms(self) -> set[str]:
+        rows = await self.db.query("admin_purged_rooms", "SELECT room_id FROM purged_rooms")
+        return {r[0] for r in rows}
+
+    async def purge_room_messages(self, room_id: str, admin: str, now_ms: int) -> int:
+        """Delete the room's non-state events (messages, reactions, redactions) with what
+        points at them, and mark the room purged; its state events stay, so the room graph
+        and every member's last membership remain. Returns how many events went."""
+        messages = "SELECT event_id FROM events WHERE room_id = ? AND state_key IS NULL"
+
+        def purge_txn(txn: Txn) -> int:
+            ids = [r[0] for r in txn.query(messages, (room_id,))]
+            for table in ("event_relations", "redactions", "event_txn_ids", "event_edges", "event_auth"):
+                txn.execute(f"DELETE FROM {table} WHERE event_id IN ({messages})", (room_id,))
+            search_rows = txn.query(
+                f"SELECT stream_ordering FROM event_search WHERE event_id IN ({messages})", (room_id,)
+            )
+            if search_rows and self.db.engine.name == "sqlite":
+                txn.executemany("DELETE FROM event_search_fts WHERE rowid = ?", search_rows)
+            txn.execute(f"DELETE FROM event_search WHERE event_id IN ({messages})", (room_id,))
+            txn.execute("DELETE FROM receipts WHERE room_id = ?", (room_id,))
+            txn.execute("DELETE FROM events WHERE room_id = ? AND state_key IS NULL", (room_id,))
+            txn.execute("DELETE FROM purged_rooms WHERE room_id = ?", (room_id,))
+            txn.execute(
+                "INSERT INTO purged_rooms (room_id, purged_by, purged_ts) VALUES (?, ?, ?)",
+                (room_id, admin, now_ms),
+            )
+            return len(ids)
+
+        count: int = await self.db.run_interaction("admin_purge_room", purge_txn)
+        return count
+
     # Reports --------------------------------------------------------------------------
 
     _REPORT_SELECT = (
