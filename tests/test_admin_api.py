@@ -304,6 +304,12 @@ def every_route(user_id: str, room_id: str) -> list[tuple[str, str]]:
         ("GET", f"{V1}/rooms/{r}"),
         ("GET", f"{V1}/rooms/{r}/members"),
         ("GET", f"{V1}/rooms/{r}/state"),
+        ("GET", f"{V1}/rooms/{r}/block"),
+        ("PUT", f"{V1}/rooms/{r}/block"),
+        ("DELETE", f"{V1}/rooms/{r}"),
+        ("DELETE", f"{V2}/rooms/{r}"),
+        ("GET", f"{V2}/rooms/{r}/delete_status"),
+        ("GET", f"{V2}/rooms/delete_status/abc"),
         ("GET", f"{V1}/event_reports"),
         ("GET", f"{V1}/event_reports/1"),
         ("DELETE", f"{V1}/event_reports/1"),
@@ -323,15 +329,21 @@ def every_route(user_id: str, room_id: str) -> list[tuple[str, str]]:
 def test_every_route_is_for_admins_only_and_audited(admin_server: ServerProcess, admin: Admin) -> None:
     frank = Client(admin_server, "frank")
     room = frank.create_room("shared")
-    body = {"new_password": "a new password 1", "suspend": True, "displayname": "x", "admin": True}
+    body = {
+        "new_password": "a new password 1", "suspend": True, "displayname": "x", "admin": True,
+        "block": True, "purge": True,
+    }  # fmt: skip
     for method, path in every_route(frank.user_id, room):
         anonymous = requests.request(method, admin_server.url(path), json=body, timeout=10)
         assert (anonymous.status_code, anonymous.json()["errcode"]) == (401, "M_MISSING_TOKEN"), path
         refused = frank.request(method, path, json=body)
         assert (refused.status_code, refused.json()["errcode"]) == (403, "M_FORBIDDEN"), path
-    # Nothing the refused calls asked for happened: frank is no admin, not suspended, same name.
+    # Nothing the refused calls asked for happened: frank is no admin, not suspended, same
+    # name, his room neither blocked nor deleted.
     assert admin.ok("GET", f"{V2}/users/{q(frank.user_id)}")["admin"] == 0
     frank.send(room, "still allowed to send")
+    assert admin.ok("GET", f"{V1}/rooms/{q(room)}/members")["members"] == [frank.user_id]
+    assert admin.ok("GET", f"{V1}/rooms/{q(room)}/block") == {"block": False}
 
     # Every refusal is in the audit log, with who, what, on what, and the answer.
     log = admin.ok("GET", f"/_plugins/admin/audit_log?user_id={q(frank.user_id)}&limit=100")
@@ -614,3 +626,81 @@ def test_registration_tokens(token_server: ServerProcess) -> None:
     again = admin.request("POST", f"{V1}/registration_tokens/new", json={"token": "dup"})
     assert (again.status_code, again.json()["errcode"]) == (400, "M_INVALID_PARAM")
     assert admin.request("PUT", f"{V1}/registration_tokens/nope", json={}).status_code == 404
+
+
+# Deleting and blocking rooms -----------------------------------------------------------------
+
+
+def test_delete_a_room_with_block_and_purge(admin_server: ServerProcess, admin: Admin) -> None:
+    owner, member, invited = (Client(admin_server, n) for n in ("owner", "member", "invited"))
+    tag = secrets.token_hex(3)
+    room = owner.create_room("shared", name=f"Doomed {tag}", room_alias_name=f"doomed{tag}")
+    owner.ok("PUT", f"/directory/list/room/{room}", json={"visibility": "public"})
+    member.join(room)
+    owner.member("invite", room, invited.user_id)
+    secret = member.send(room, "a message that must go")
+    since = member.ok("GET", "/sync", params={"timeout": "0"})["next_batch"]
+
+    # synapse-admin's delete: DELETE /v2/rooms/{id} with {block}; purge defaults to true.
+    started = admin.ok("DELETE", f"{V2}/rooms/{q(room)}", json={"block": True})
+    status = admin.ok("GET", f"{V2}/rooms/delete_status/{started['delete_id']}")
+    assert status["status"] == "complete"
+    shutdown = status["shutdown_room"]
+    assert sorted(shutdown["kicked_users"]) == sorted([owner.user_id, member.user_id, invited.user_id])
+    assert shutdown["failed_to_kick_users"] == [] and shutdown["new_room_id"] is None
+    assert shutdown["local_aliases"] == [f"#doomed{tag}:{admin_server.server_name}"]
+    by_room = admin.ok("GET", f"{V2}/rooms/{q(room)}/delete_status")["results"]
+    assert [r["delete_id"] for r in by_room] == [started["delete_id"]]
+
+    # Everyone is out, as their own clients see it: the leave reaches an incremental sync.
+    left = member.ok("GET", "/sync", params={"timeout": "0", "since": since})["rooms"]["leave"][room]
+    leave = [e for e in left["timeline"]["events"] if e["type"] == "m.room.member"]
+    assert leave and leave[-1]["content"]["membership"] == "leave"
+    assert secret not in [e["event_id"] for e in left["timeline"]["events"]]
+    for who in (owner, member):
+        assert room not in who.ok("GET", "/joined_rooms")["joined_rooms"]
+    sync = invited.ok("GET", "/sync", params={"timeout": "0"})
+    assert room not in sync["rooms"].get("invite", {})
+    # Blocked: nobody gets back in, not even by invite; the alias and the directory entry are gone.
+    again = member.request("POST", f"{CS}/join/{q(room)}", json={})
+    assert (again.status_code, again.json()["errcode"]) == (403, "M_FORBIDDEN")
+    alias = owner.request("GET", f"{CS}/directory/room/{q(f'#doomed{tag}:{admin_server.server_name}')}")
+    assert alias.status_code == 404
+    public = owner.ok("GET", "/publicRooms")
+    assert room not in [r["room_id"] for r in public["chunk"]]
+    assert admin.ok("GET", f"{V1}/rooms/{q(room)}/block") == {"block": True, "user_id": admin.user_id}
+    # Purged: the message is gone, even for a member who saw it; the room leaves the admin list.
+    history = member.request("GET", f"{CS}/rooms/{q(room)}/messages", params={"dir": "b", "limit": "100"})
+    assert history.status_code in (200, 403)
+    if history.status_code == 200:
+        assert secret not in [e["event_id"] for e in history.json()["chunk"]]
+    gone = member.request("GET", f"{CS}/rooms/{q(room)}/event/{q(secret)}")
+    assert gone.status_code == 404
+    assert admin.request("GET", f"{V1}/rooms/{q(room)}").status_code == 404
+    listed = admin.ok("GET", f"{V1}/rooms?search_term={tag}")
+    assert listed["total_rooms"] == 0
+    assert admin.request("DELETE", f"{V2}/rooms/{q(room)}", json={}).status_code == 404
+
+
+def test_block_and_delete_without_purge(admin_server: ServerProcess, admin: Admin) -> None:
+    owner, member = Client(admin_server, "owner"), Client(admin_server, "member")
+    room = owner.create_room("shared")
+    assert admin.ok("PUT", f"{V1}/rooms/{q(room)}/block", json={"block": True}) == {"block": True}
+    refused = member.request("POST", f"{CS}/join/{q(room)}", json={})
+    assert (refused.status_code, refused.json()["errcode"]) == (403, "M_FORBIDDEN")
+    assert admin.ok("PUT", f"{V1}/rooms/{q(room)}/block", json={"block": False}) == {"block": False}
+    member.join(room)
+    kept = owner.send(room, "kept for the record")
+
+    # The older, synchronous delete, without purge: members leave, history stays.
+    result = admin.ok("DELETE", f"{V1}/rooms/{q(room)}", json={"purge": False})
+    assert sorted(result["kicked_users"]) == sorted([owner.user_id, member.user_id])
+    assert kept in owner.message_ids(room)
+    assert admin.ok("GET", f"{V1}/rooms/{q(room)}")["joined_members"] == 0
+    member.join(room)  # not blocked: the room can be joined again
+
+    for body in ({"block": "yes"}, {"purge": 1}, {"new_room_user_id": owner.user_id}):
+        r = admin.request("DELETE", f"{V2}/rooms/{q(room)}", json=body)
+        assert r.status_code == 400, body
+    bad = admin.request("PUT", f"{V1}/rooms/not-a-room/block", json={"block": True})
+    assert (bad.status_code, bad.json()["errcode"]) == (400, "M_INVALID_PARAM")

@@ -9,11 +9,12 @@ It imports only `homeserver.plugins`, the plugin interface. See docs/admin.md.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from homeserver.plugins import ApiRequest, MatrixError, PluginApi, Response, UserFilter
+from homeserver.plugins import ApiRequest, MatrixError, PluginApi, Requester, Response, UserFilter
 from plugins.admin import render
 from plugins.admin.audit import AuditLog
 from plugins.admin.config import AdminConfig, parse_admin_config
@@ -39,6 +40,9 @@ class AdminPlugin:
         self.api = api
         self.admin = api.admin
         self.audit = AuditLog(api)
+        # Room deletions run to the end within the request; their results are kept for
+        # Synapse's status routes until the server restarts.
+        self.deletions: dict[str, tuple[str, dict[str, Any]]] = {}
 
     async def start(self) -> None:
         routes: list[tuple[str, str, Handler]] = [
@@ -59,6 +63,12 @@ class AdminPlugin:
             ("GET", f"{V1}/rooms/{{room_id}}", self.get_room),
             ("GET", f"{V1}/rooms/{{room_id}}/members", self.room_members),
             ("GET", f"{V1}/rooms/{{room_id}}/state", self.room_state),
+            ("GET", f"{V1}/rooms/{{room_id}}/block", self.room_block),
+            ("PUT", f"{V1}/rooms/{{room_id}}/block", self.block_room),
+            ("DELETE", f"{V1}/rooms/{{room_id}}", self.delete_room_v1),
+            ("DELETE", f"{V2}/rooms/{{room_id}}", self.delete_room),
+            ("GET", f"{V2}/rooms/{{room_id}}/delete_status", self.room_delete_status),
+            ("GET", f"{V2}/rooms/delete_status/{{delete_id}}", self.delete_status),
             # Event reports
             ("GET", f"{V1}/event_reports", self.list_reports),
             ("GET", f"{V1}/event_reports/{{report_id}}", self.get_report),
@@ -91,7 +101,7 @@ class AdminPlugin:
             try:
                 if not await self.api.is_admin(requester.user_id):
                     raise MatrixError("You are not a server admin", "M_FORBIDDEN", status=403)
-                result = await handler(request, **params)
+                result = await handler(request, requester, **params)
                 status = result.status if isinstance(result, Response) else 200
                 return result
             except MatrixError as e:
@@ -104,7 +114,7 @@ class AdminPlugin:
 
     # Users ----------------------------------------------------------------------------
 
-    async def list_users(self, request: ApiRequest) -> dict[str, Any]:
+    async def list_users(self, request: ApiRequest, requester: Requester) -> dict[str, Any]:
         offset, limit = page_params(request)
         where = UserFilter(
             user_id=request.query_param("user_id") or None,
@@ -122,25 +132,27 @@ class AdminPlugin:
             out["next_token"] = str(offset + len(page.items))
         return out
 
-    async def get_user(self, request: ApiRequest, user_id: str) -> dict[str, Any]:
+    async def get_user(self, request: ApiRequest, requester: Requester, user_id: str) -> dict[str, Any]:
         return render.user_details(await self.admin.user(user_id))
 
-    async def put_user(self, request: ApiRequest, user_id: str) -> Response:
+    async def put_user(self, request: ApiRequest, requester: Requester, user_id: str) -> Response:
         created = await self.admin.put_user(user_id, request.json_body())
         return Response(render.user_details(await self.admin.user(user_id)), 201 if created else 200)
 
-    async def user_devices(self, request: ApiRequest, user_id: str) -> dict[str, Any]:
+    async def user_devices(self, request: ApiRequest, requester: Requester, user_id: str) -> dict[str, Any]:
         devices = await self.admin.devices(user_id)
         return {"devices": [render.device(user_id, d) for d in devices], "total": len(devices)}
 
-    async def user_joined_rooms(self, request: ApiRequest, user_id: str) -> dict[str, Any]:
+    async def user_joined_rooms(
+        self, request: ApiRequest, requester: Requester, user_id: str
+    ) -> dict[str, Any]:
         rooms = await self.admin.joined_rooms(user_id)
         return {"joined_rooms": rooms, "total": len(rooms)}
 
-    async def whois(self, request: ApiRequest, user_id: str) -> dict[str, Any]:
+    async def whois(self, request: ApiRequest, requester: Requester, user_id: str) -> dict[str, Any]:
         return render.whois(user_id, await self.admin.devices(user_id))
 
-    async def reset_password(self, request: ApiRequest, user_id: str) -> dict[str, Any]:
+    async def reset_password(self, request: ApiRequest, requester: Requester, user_id: str) -> dict[str, Any]:
         body = request.json_body()
         if "new_password" not in body:
             raise MatrixError("'new_password' is required", "M_MISSING_PARAM")
@@ -150,7 +162,7 @@ class AdminPlugin:
         await self.admin.reset_password(user_id, body["new_password"], logout)
         return {}
 
-    async def deactivate(self, request: ApiRequest, user_id: str) -> dict[str, Any]:
+    async def deactivate(self, request: ApiRequest, requester: Requester, user_id: str) -> dict[str, Any]:
         body = request.json_body_or_empty()
         erase = body.get("erase", False)
         if not isinstance(erase, bool):
@@ -162,15 +174,15 @@ class AdminPlugin:
         await self.admin.deactivate(user_id)
         return {"id_server_unbind_result": "success"}
 
-    async def shadow_ban(self, request: ApiRequest, user_id: str) -> dict[str, Any]:
+    async def shadow_ban(self, request: ApiRequest, requester: Requester, user_id: str) -> dict[str, Any]:
         await self.admin.set_restriction(user_id, "shadow_banned", True)
         return {}
 
-    async def unshadow_ban(self, request: ApiRequest, user_id: str) -> dict[str, Any]:
+    async def unshadow_ban(self, request: ApiRequest, requester: Requester, user_id: str) -> dict[str, Any]:
         await self.admin.set_restriction(user_id, "shadow_banned", False)
         return {}
 
-    async def suspend(self, request: ApiRequest, user_id: str) -> dict[str, Any]:
+    async def suspend(self, request: ApiRequest, requester: Requester, user_id: str) -> dict[str, Any]:
         suspend = request.json_body().get("suspend")
         if not isinstance(suspend, bool):
             raise MatrixError("'suspend' must be a boolean", "M_BAD_JSON")
@@ -179,7 +191,7 @@ class AdminPlugin:
 
     # Rooms ----------------------------------------------------------------------------
 
-    async def list_rooms(self, request: ApiRequest) -> dict[str, Any]:
+    async def list_rooms(self, request: ApiRequest, requester: Requester) -> dict[str, Any]:
         offset, limit = page_params(request)
         order_by = request.query_param("order_by") or "name"
         search = request.query_param("search_term") or None
@@ -195,19 +207,73 @@ class AdminPlugin:
             out["prev_batch"] = max(offset - limit, 0)
         return out
 
-    async def get_room(self, request: ApiRequest, room_id: str) -> dict[str, Any]:
+    async def get_room(self, request: ApiRequest, requester: Requester, room_id: str) -> dict[str, Any]:
         return render.room_details(await self.admin.room(room_id))
 
-    async def room_members(self, request: ApiRequest, room_id: str) -> dict[str, Any]:
+    async def room_members(self, request: ApiRequest, requester: Requester, room_id: str) -> dict[str, Any]:
         members = await self.admin.room_members(room_id)
         return {"members": members, "total": len(members)}
 
-    async def room_state(self, request: ApiRequest, room_id: str) -> dict[str, Any]:
+    async def room_state(self, request: ApiRequest, requester: Requester, room_id: str) -> dict[str, Any]:
         return {"state": await self.admin.room_state(room_id)}
+
+    async def room_block(self, request: ApiRequest, requester: Requester, room_id: str) -> dict[str, Any]:
+        blocked_by = await self.admin.room_block(room_id)
+        out: dict[str, Any] = {"block": blocked_by is not None}
+        if blocked_by is not None:
+            out["user_id"] = blocked_by
+        return out
+
+    async def block_room(self, request: ApiRequest, requester: Requester, room_id: str) -> dict[str, Any]:
+        block = request.json_body().get("block")
+        if not isinstance(block, bool):
+            raise MatrixError("'block' must be a boolean", "M_BAD_JSON")
+        await self.admin.block_room(room_id, requester.user_id, block)
+        return {"block": block}
+
+    async def _shutdown(self, request: ApiRequest, requester: Requester, room_id: str) -> dict[str, Any]:
+        body = request.json_body_or_empty()
+        block, purge = body.get("block", False), body.get("purge", True)
+        if not isinstance(block, bool) or not isinstance(purge, bool):
+            raise MatrixError("'block' and 'purge' must be booleans", "M_BAD_JSON")
+        if body.get("new_room_user_id") is not None:
+            raise MatrixError("Moving members to a new room is not supported here", "M_UNRECOGNIZED")
+        done = await self.admin.delete_room(room_id, requester.user_id, block, purge)
+        return {
+            "kicked_users": done.kicked_users,
+            "failed_to_kick_users": done.failed_to_kick_users,
+            "local_aliases": done.local_aliases,
+            "new_room_id": None,
+        }
+
+    async def delete_room_v1(self, request: ApiRequest, requester: Requester, room_id: str) -> dict[str, Any]:
+        return await self._shutdown(request, requester, room_id)
+
+    async def delete_room(self, request: ApiRequest, requester: Requester, room_id: str) -> dict[str, Any]:
+        shutdown = await self._shutdown(request, requester, room_id)
+        delete_id = secrets.token_urlsafe(12)
+        self.deletions[delete_id] = (room_id, {"status": "complete", "shutdown_room": shutdown})
+        return {"delete_id": delete_id}
+
+    async def room_delete_status(
+        self, request: ApiRequest, requester: Requester, room_id: str
+    ) -> dict[str, Any]:
+        results = [{"delete_id": d, **status} for d, (r, status) in self.deletions.items() if r == room_id]
+        if not results:
+            raise MatrixError("No delete task for this room", "M_NOT_FOUND", status=404)
+        return {"results": results}
+
+    async def delete_status(
+        self, request: ApiRequest, requester: Requester, delete_id: str
+    ) -> dict[str, Any]:
+        found = self.deletions.get(delete_id)
+        if found is None:
+            raise MatrixError("No such delete task", "M_NOT_FOUND", status=404)
+        return found[1]
 
     # Event reports --------------------------------------------------------------------
 
-    async def list_reports(self, request: ApiRequest) -> dict[str, Any]:
+    async def list_reports(self, request: ApiRequest, requester: Requester) -> dict[str, Any]:
         offset, limit = page_params(request)
         page = await self.admin.event_reports(
             request.query_param("user_id") or None,
@@ -233,53 +299,55 @@ class AdminPlugin:
             raise MatrixError("The report id must be a positive integer", "M_INVALID_PARAM")
         return int(raw)
 
-    async def get_report(self, request: ApiRequest, report_id: str) -> dict[str, Any]:
+    async def get_report(self, request: ApiRequest, requester: Requester, report_id: str) -> dict[str, Any]:
         report, event_json = await self.admin.event_report(self._report_id(report_id))
         out = await self._report(report)
         out["event_json"] = event_json
         return out
 
-    async def dismiss_report(self, request: ApiRequest, report_id: str) -> dict[str, Any]:
+    async def dismiss_report(
+        self, request: ApiRequest, requester: Requester, report_id: str
+    ) -> dict[str, Any]:
         await self.admin.dismiss_report(self._report_id(report_id))
         return {}
 
     # Registration tokens ----------------------------------------------------------------
 
-    async def list_tokens(self, request: ApiRequest) -> dict[str, Any]:
+    async def list_tokens(self, request: ApiRequest, requester: Requester) -> dict[str, Any]:
         tokens = await self.admin.registration_tokens.list(optional_bool_param(request, "valid"))
         return {"registration_tokens": [render.registration_token(t) for t in tokens]}
 
-    async def create_token(self, request: ApiRequest) -> dict[str, Any]:
+    async def create_token(self, request: ApiRequest, requester: Requester) -> dict[str, Any]:
         return render.registration_token(await self.admin.registration_tokens.create(request.json_body()))
 
-    async def get_token(self, request: ApiRequest, token: str) -> dict[str, Any]:
+    async def get_token(self, request: ApiRequest, requester: Requester, token: str) -> dict[str, Any]:
         return render.registration_token(await self.admin.registration_tokens.get(token))
 
-    async def update_token(self, request: ApiRequest, token: str) -> dict[str, Any]:
+    async def update_token(self, request: ApiRequest, requester: Requester, token: str) -> dict[str, Any]:
         updated = await self.admin.registration_tokens.update(token, request.json_body())
         return render.registration_token(updated)
 
-    async def delete_token(self, request: ApiRequest, token: str) -> dict[str, Any]:
+    async def delete_token(self, request: ApiRequest, requester: Requester, token: str) -> dict[str, Any]:
         await self.admin.registration_tokens.delete(token)
         return {}
 
     # The server -----------------------------------------------------------------------
 
-    async def server_version(self, request: ApiRequest) -> dict[str, Any]:
+    async def server_version(self, request: ApiRequest, requester: Requester) -> dict[str, Any]:
         return {"server_version": self.api.server_version}
 
-    async def background_updates(self, request: ApiRequest) -> dict[str, Any]:
+    async def background_updates(self, request: ApiRequest, requester: Requester) -> dict[str, Any]:
         # Schema changes run whole at start-up (homeserver migrate): nothing runs in the background.
         return {"enabled": True, "current_updates": {}}
 
-    async def background_updates_enabled(self, request: ApiRequest) -> dict[str, Any]:
+    async def background_updates_enabled(self, request: ApiRequest, requester: Requester) -> dict[str, Any]:
         return {"enabled": True}
 
-    async def database_room_sizes(self, request: ApiRequest) -> dict[str, Any]:
+    async def database_room_sizes(self, request: ApiRequest, requester: Requester) -> dict[str, Any]:
         sizes = await self.admin.room_sizes()
         return {"rooms": [{"room_id": room_id, "estimated_size": size} for room_id, size in sizes]}
 
-    async def audit_log(self, request: ApiRequest) -> dict[str, Any]:
+    async def audit_log(self, request: ApiRequest, requester: Requester) -> dict[str, Any]:
         offset, limit = page_params(request)
         if limit > 1000:
             raise MatrixError("'limit' must be at most 1000", "M_INVALID_PARAM")
