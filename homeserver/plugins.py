@@ -19,7 +19,7 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import Counter, Gauge, Histogram
 from twisted.internet import task
@@ -102,6 +102,55 @@ class PushDecision:
     tweaks: dict[
         str, Any
     ]  # every set_tweak of the matched rule, e.g. {"sound": "default", "highlight": True}
+
+
+@dataclass(frozen=True, slots=True)
+class AdminMedia:
+    """One upload as the admin API lists it."""
+
+    media_id: str
+    content_type: str | None
+    size: int
+    upload_name: str | None
+    created_ts: int
+    quarantined_by: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MediaUsage:
+    """What one user's uploads add up to."""
+
+    user_id: str
+    media_count: int
+    media_length: int
+
+
+class MediaAdmin(Protocol):
+    """What the plugin that stores media offers an admin API (`set_media_admin`)."""
+
+    async def user_media(
+        self, user_id: str, order_by: str, ascending: bool, offset: int, limit: int
+    ) -> tuple[list[AdminMedia], int]:
+        """One page of the user's uploads and their number; `order_by` one of media_id,
+        upload_name, created_ts, media_length, media_type, quarantined_by (else ValueError)."""
+        ...
+
+    async def delete_user_media(self, user_id: str) -> list[str]:
+        """Delete every upload of the user; the ids deleted."""
+        ...
+
+    async def delete_media(self, media_id: str) -> bool:
+        """Delete one upload (False: no such media)."""
+        ...
+
+    async def quarantine(self, media_id: str, by: str | None) -> bool:
+        """Quarantine the upload (`by`: the admin; None lifts it): nobody can download it or
+        its thumbnails while it lasts. False: no such media."""
+        ...
+
+    async def usage(self, from_ts: int | None, until_ts: int | None) -> list[MediaUsage]:
+        """Per uploader, the count and bytes of the uploads made from/until those times (ms)."""
+        ...
 
 
 class PluginConfigError(Exception):
@@ -221,6 +270,19 @@ class PluginApi:
         if self._hs.voip.provider is not None:
             raise PluginLoadError(f"plugin {self._name}: another plugin already provides TURN credentials")
         self._hs.voip.provider = provider
+
+    def set_media_admin(self, provider: MediaAdmin) -> None:
+        """Offer the admin API (another plugin) what it needs of this plugin's media: one
+        provider per server, a second fails start-up."""
+        if self._hs.media_admin is not None:
+            raise PluginLoadError(f"plugin {self._name}: another plugin already provides media admin")
+        self._hs.media_admin = provider
+
+    @property
+    def media_admin(self) -> MediaAdmin | None:
+        """The media provider's admin side (`set_media_admin`), None without one."""
+        provider: MediaAdmin | None = self._hs.media_admin
+        return provider
 
     def set_rtc_foci(self, foci: list[dict[str, Any]]) -> None:
         """Advertise MatrixRTC SFU foci (MSC4143, e.g. `{"type": "livekit",
@@ -544,6 +606,9 @@ class PluginApi:
 # Re-exported for plugins, so they import only from this module.
 __all__ = [
     "address_blocked",
+    "AdminMedia",
+    "MediaAdmin",
+    "MediaUsage",
     "ApiRequest",
     "BackupError",
     "BackupSource",

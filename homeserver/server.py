@@ -271,6 +271,7 @@ class HomeServer:
         self.profiles = ProfileService(self.storage, self.rooms, self.timeline)
         self.openid = OpenIdService(self.config.server_name, self.storage, self.clock)
         self.voip = VoipService()
+        self.media_admin: Any = None  # the media plugin's admin side (PluginApi.set_media_admin)
         self.events.ratelimiter = self.ratelimiter
         self.rooms.ratelimiter = self.ratelimiter
         self.directory = DirectoryService(self.config.server_name, self.storage, self.rooms, self.room_heads)

@@ -223,6 +223,10 @@ class AdminService:
             raise NotFound("User not found")
         return user_id
 
+    async def displayname(self, user_id: str) -> str | None:
+        profile = await self.storage.accounts.get_profile(user_id)
+        return profile[0] if profile is not None else None
+
     async def reset_password(self, user_id: str, new_password: object, logout_devices: bool) -> None:
         await self.known_user(user_id)
         password = self.accounts.check_password(new_password)

@@ -34,6 +34,7 @@ from homeserver.plugins import (
     S3Location,
     StreamBody,
 )
+from plugins.media.admin import MediaAdminProvider
 from plugins.media.config import MediaConfig, parse_media_config
 from plugins.media.db import MediaRow
 from plugins.media.repository import MediaRepository, not_found, over_limit_message, too_large
@@ -112,6 +113,7 @@ class MediaPlugin:
         api.register_route("GET", "/api/media/{media_id}", self.simple_get)
         api.register_route("DELETE", "/api/media/{media_id}", self.simple_delete)
         api.register_route("POST", "/_plugins/media/admin/purge", self.admin_purge)
+        api.set_media_admin(MediaAdminProvider(self.repo))
 
         api.subscribe_events(self.repo.on_event)
         api.on_user_erased(self.erase_user)

@@ -9,7 +9,7 @@ from homeserver.plugins import Txn
 
 _COLUMNS = (
     "media_id, user_id, created_ts, state, expires_ts, content_type, upload_name, size, "
-    "storage_key, width, height, duration_ms, blurhash, poster_key, message_id"
+    "storage_key, width, height, duration_ms, blurhash, poster_key, message_id, quarantined_by"
 )
 
 
@@ -30,6 +30,7 @@ class MediaRow:
     blurhash: str | None
     poster_key: str | None
     message_id: str | None
+    quarantined_by: str | None = None
 
     @staticmethod
     def from_row(row: tuple[Any, ...]) -> MediaRow:
@@ -116,7 +117,7 @@ def finish_upload_txn(txn: Txn, row: MediaRow, quota: int, pending: bool) -> boo
     else:
         txn.execute(
             f"INSERT INTO media_files ({_COLUMNS})"
-            " VALUES (?, ?, ?, 'ready', NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+            " VALUES (?, ?, ?, 'ready', NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
             (row.media_id, row.user_id, row.created_ts, *values),
         )
     return True
@@ -256,3 +257,54 @@ def usage_txn(txn: Txn, user_id: str) -> tuple[int, int]:
         (user_id,),
     )
     return (int(row[0]), int(row[1])) if row else (0, 0)
+
+
+# The admin API (admin.py) ---------------------------------------------------------------
+
+ADMIN_ORDER_COLUMNS = {
+    "media_id": "media_id",
+    "upload_name": "upload_name",
+    "created_ts": "created_ts",
+    "last_access_ts": "created_ts",  # not tracked: the upload time stands in
+    "media_length": "size",
+    "media_type": "content_type",
+    "quarantined_by": "quarantined_by",
+    "safe_from_quarantine": "media_id",  # nothing is protected here: every row ties
+}
+
+
+def user_media_page_txn(
+    txn: Txn, user_id: str, order_by: str, ascending: bool, offset: int, limit: int
+) -> tuple[list[MediaRow], int]:
+    column = ADMIN_ORDER_COLUMNS[order_by]
+    direction = "ASC" if ascending else "DESC"
+    total = txn.query_one(
+        "SELECT COUNT(*) FROM media_files WHERE user_id = ? AND state = 'ready'", (user_id,)
+    )
+    rows = txn.query(
+        f"SELECT {_COLUMNS} FROM media_files WHERE user_id = ? AND state = 'ready'"
+        f" ORDER BY {column} {direction}, media_id {direction} LIMIT ? OFFSET ?",
+        (user_id, limit, offset),
+    )
+    return [MediaRow.from_row(r) for r in rows], int(total[0]) if total else 0
+
+
+def set_quarantine_txn(txn: Txn, media_id: str, by: str | None) -> bool:
+    txn.execute("UPDATE media_files SET quarantined_by = ? WHERE media_id = ?", (by, media_id))
+    return txn.rowcount == 1
+
+
+def usage_by_user_txn(txn: Txn, from_ts: int | None, until_ts: int | None) -> list[tuple[str, int, int]]:
+    clauses, args = ["state = 'ready'"], []
+    if from_ts is not None:
+        clauses.append("created_ts >= ?")
+        args.append(from_ts)
+    if until_ts is not None:
+        clauses.append("created_ts < ?")
+        args.append(until_ts)
+    rows = txn.query(
+        "SELECT user_id, COUNT(*), COALESCE(SUM(size), 0) FROM media_files"
+        f" WHERE {' AND '.join(clauses)} GROUP BY user_id",
+        args,
+    )
+    return [(r[0], int(r[1]), int(r[2])) for r in rows]

@@ -323,7 +323,7 @@ class MediaRepository:
         if server_name != self.server_name:
             raise MatrixError("Media from other servers is not available", "M_NOT_FOUND", status=404)
         row = await self.get(media_id)
-        if row is None:
+        if row is None or row.quarantined_by is not None:
             raise not_found()
         if user_id is not None and not await self.may_read(user_id, row):
             # A message sharing it may have just been committed: let its link land first.
