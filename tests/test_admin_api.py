@@ -26,7 +26,12 @@ V2 = "/_synapse/admin/v2"
 def admin_server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
-    overrides: dict[str, Any] = {"plugins": [{"module": "plugins.admin.AdminPlugin", "config": {}}]}
+    overrides: dict[str, Any] = {
+        "plugins": [
+            {"module": "plugins.admin.AdminPlugin", "config": {}},
+            {"module": "plugins.media.MediaPlugin", "config": {}},
+        ]
+    }
     schema = None
     if request.param == "postgres":
         pg_database = request.getfixturevalue("pg_database")
@@ -300,6 +305,12 @@ def every_route(user_id: str, room_id: str) -> list[tuple[str, str]]:
         ("POST", f"{V1}/users/{u}/shadow_ban"),
         ("DELETE", f"{V1}/users/{u}/shadow_ban"),
         ("PUT", f"{V1}/suspend/{u}"),
+        ("GET", f"{V1}/users/{u}/media"),
+        ("DELETE", f"{V1}/users/{u}/media"),
+        ("POST", f"{V1}/media/quarantine/localhost/abc"),
+        ("POST", f"{V1}/media/unquarantine/localhost/abc"),
+        ("DELETE", f"{V1}/media/localhost/abc"),
+        ("GET", f"{V1}/statistics/users/media"),
         ("GET", f"{V1}/rooms"),
         ("GET", f"{V1}/rooms/{r}"),
         ("GET", f"{V1}/rooms/{r}/members"),
@@ -704,3 +715,91 @@ def test_block_and_delete_without_purge(admin_server: ServerProcess, admin: Admi
         assert r.status_code == 400, body
     bad = admin.request("PUT", f"{V1}/rooms/not-a-room/block", json={"block": True})
     assert (bad.status_code, bad.json()["errcode"]) == (400, "M_INVALID_PARAM")
+
+
+# Media ---------------------------------------------------------------------------------------
+
+
+MEDIA_FIELDS = {
+    "created_ts", "last_access_ts", "media_id", "media_length", "media_type", "quarantined_by",
+    "safe_from_quarantine", "upload_name",
+}  # fmt: skip
+
+
+def upload(server: ServerProcess, client: Client, data: bytes, name: str) -> str:
+    r = client.request(
+        "POST", f"/_matrix/media/v3/upload?filename={name}", data=data, headers={"Content-Type": "text/plain"}
+    )
+    assert r.status_code == 200, r.text
+    return str(r.json()["content_uri"]).removeprefix(f"mxc://{server.server_name}/")
+
+
+def test_media_of_a_user_quarantine_and_delete(admin_server: ServerProcess, admin: Admin) -> None:
+    uploader, viewer = Client(admin_server, "uploader"), Client(admin_server, "viewer")
+    uploader.ok("PUT", f"/profile/{uploader.user_id}/displayname", json={"displayname": "Up Loader"})
+    small = upload(admin_server, uploader, b"small file", "a.txt")
+    large = upload(admin_server, uploader, b"a larger file" * 100, "b.txt")
+    server = admin_server.server_name
+
+    def download(media_id: str) -> int:
+        path = f"/_matrix/client/v1/media/download/{server}/{media_id}"
+        return uploader.request("GET", path).status_code
+
+    listed = admin.ok(
+        "GET", f"{V1}/users/{q(uploader.user_id)}/media?from=0&limit=10&order_by=media_length&dir=b"
+    )
+    assert listed["total"] == 2 and "next_token" not in listed
+    assert [m["media_id"] for m in listed["media"]] == [large, small]
+    first = listed["media"][1]
+    assert set(first) == MEDIA_FIELDS
+    assert (first["media_length"], first["media_type"], first["upload_name"]) == (10, "text/plain", "a.txt")
+    assert (first["quarantined_by"], first["safe_from_quarantine"]) == (None, False)
+    paged = admin.ok("GET", f"{V1}/users/{q(uploader.user_id)}/media?limit=1")
+    assert paged["next_token"] == 1
+
+    # Quarantined: nobody can download it, not even the uploader, until it is lifted.
+    assert download(small) == 200
+    assert admin.ok("POST", f"{V1}/media/quarantine/{server}/{small}") == {}
+    assert download(small) == 404
+    shown = admin.ok("GET", f"{V1}/users/{q(uploader.user_id)}/media?order_by=media_length")["media"][0]
+    assert shown["quarantined_by"] == admin.user_id
+    assert admin.ok("POST", f"{V1}/media/unquarantine/{server}/{small}") == {}
+    assert download(small) == 200
+
+    # Statistics per uploader, with display names, filtered by search_term.
+    stats = admin.ok(
+        "GET", f"{V1}/statistics/users/media?order_by=media_length&dir=b&search_term=Up%20Loader"
+    )
+    assert stats["total"] == 1
+    assert stats["users"] == [
+        {"displayname": "Up Loader", "media_count": 2, "media_length": 10 + 1300, "user_id": uploader.user_id}
+    ]
+    everyone = admin.ok("GET", f"{V1}/statistics/users/media?limit=1000")
+    assert uploader.user_id in [u["user_id"] for u in everyone["users"]]
+    assert viewer.user_id not in [u["user_id"] for u in everyone["users"]]
+
+    # Delete one, then all of the user's media.
+    assert admin.ok("DELETE", f"{V1}/media/{server}/{large}") == {"deleted_media": [large], "total": 1}
+    assert download(large) == 404
+    third = upload(admin_server, uploader, b"third", "c.txt")
+    deleted = admin.ok("DELETE", f"{V1}/users/{q(uploader.user_id)}/media")
+    assert sorted(deleted["deleted_media"]) == sorted([small, third]) and deleted["total"] == 2
+    assert admin.ok("GET", f"{V1}/users/{q(uploader.user_id)}/media")["total"] == 0
+
+    # Bad input.
+    for method, path, status in (
+        ("POST", f"{V1}/media/quarantine/{server}/nonexistent", 404),
+        ("DELETE", f"{V1}/media/{server}/nonexistent", 404),
+        ("DELETE", f"{V1}/media/elsewhere.example/{small}", 400),
+        ("GET", f"{V1}/users/{q(uploader.user_id)}/media?order_by=secret", 400),
+        ("GET", f"{V1}/statistics/users/media?order_by=secret", 400),
+        ("GET", f"{V1}/statistics/users/media?from_ts=-5", 400),
+        ("GET", f"{V1}/users/{q('@ghost:' + server)}/media", 404),
+    ):
+        assert admin.request(method, path).status_code == status, path
+
+
+def test_media_routes_without_a_media_plugin(token_server: ServerProcess) -> None:
+    admin = Admin(token_server)
+    r = admin.request("GET", f"{V1}/users/{q(admin.user_id)}/media")
+    assert (r.status_code, r.json()["errcode"]) == (404, "M_UNRECOGNIZED")

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from homeserver.plugins import ApiRequest, MatrixError, PluginApi, Requester, Response, UserFilter
+from homeserver.plugins import ApiRequest, MatrixError, MediaAdmin, PluginApi, Requester, Response, UserFilter
 from plugins.admin import render
 from plugins.admin.audit import AuditLog
 from plugins.admin.config import AdminConfig, parse_admin_config
@@ -58,6 +58,13 @@ class AdminPlugin:
             ("POST", f"{V1}/users/{{user_id}}/shadow_ban", self.shadow_ban),
             ("DELETE", f"{V1}/users/{{user_id}}/shadow_ban", self.unshadow_ban),
             ("PUT", f"{V1}/suspend/{{user_id}}", self.suspend),
+            # Media
+            ("GET", f"{V1}/users/{{user_id}}/media", self.user_media),
+            ("DELETE", f"{V1}/users/{{user_id}}/media", self.delete_user_media),
+            ("POST", f"{V1}/media/quarantine/{{server_name}}/{{media_id}}", self.quarantine),
+            ("POST", f"{V1}/media/unquarantine/{{server_name}}/{{media_id}}", self.unquarantine),
+            ("DELETE", f"{V1}/media/{{server_name}}/{{media_id}}", self.delete_media),
+            ("GET", f"{V1}/statistics/users/media", self.media_statistics),
             # Rooms
             ("GET", f"{V1}/rooms", self.list_rooms),
             ("GET", f"{V1}/rooms/{{room_id}}", self.get_room),
@@ -188,6 +195,101 @@ class AdminPlugin:
             raise MatrixError("'suspend' must be a boolean", "M_BAD_JSON")
         await self.admin.set_restriction(user_id, "suspended", suspend)
         return {f"user_{user_id}_suspended": suspend}
+
+    # Media ----------------------------------------------------------------------------
+
+    def _media(self) -> MediaAdmin:
+        media = self.api.media_admin
+        if media is None:
+            raise MatrixError("No media plugin serves media on this server", "M_UNRECOGNIZED", status=404)
+        return media
+
+    def _local_media(self, server_name: str) -> MediaAdmin:
+        if server_name != self.api.server_name:
+            raise MatrixError("Can only manage media of this server", "M_INVALID_PARAM")
+        return self._media()
+
+    async def user_media(self, request: ApiRequest, requester: Requester, user_id: str) -> dict[str, Any]:
+        await self.admin.known_user(user_id)
+        offset, limit = page_params(request)
+        if limit > 1000:
+            raise MatrixError("'limit' must be at most 1000", "M_INVALID_PARAM")
+        order_by = request.query_param("order_by") or "created_ts"
+        try:
+            media, total = await self._media().user_media(
+                user_id, order_by, ascending(request), offset, limit
+            )
+        except ValueError:
+            raise MatrixError(f"Unknown value for 'order_by': {order_by}", "M_INVALID_PARAM") from None
+        return {
+            "media": [render.media(m) for m in media],
+            "total": total,
+            **next_token(offset, len(media), total),
+        }
+
+    async def delete_user_media(
+        self, request: ApiRequest, requester: Requester, user_id: str
+    ) -> dict[str, Any]:
+        await self.admin.known_user(user_id)
+        deleted = await self._media().delete_user_media(user_id)
+        return {"deleted_media": deleted, "total": len(deleted)}
+
+    async def quarantine(
+        self, request: ApiRequest, requester: Requester, server_name: str, media_id: str
+    ) -> dict[str, Any]:
+        if not await self._local_media(server_name).quarantine(media_id, requester.user_id):
+            raise MatrixError("Unknown media", "M_NOT_FOUND", status=404)
+        return {}
+
+    async def unquarantine(
+        self, request: ApiRequest, requester: Requester, server_name: str, media_id: str
+    ) -> dict[str, Any]:
+        if not await self._local_media(server_name).quarantine(media_id, None):
+            raise MatrixError("Unknown media", "M_NOT_FOUND", status=404)
+        return {}
+
+    async def delete_media(
+        self, request: ApiRequest, requester: Requester, server_name: str, media_id: str
+    ) -> dict[str, Any]:
+        if not await self._local_media(server_name).delete_media(media_id):
+            raise MatrixError("Unknown media", "M_NOT_FOUND", status=404)
+        return {"deleted_media": [media_id], "total": 1}
+
+    async def media_statistics(self, request: ApiRequest, requester: Requester) -> dict[str, Any]:
+        """Synapse's users/media statistics: uploads per user, with display names, filtered,
+        ordered and paged here (one row per uploader)."""
+        offset, limit = page_params(request)
+        order_by = request.query_param("order_by") or "user_id"
+        if order_by not in ("user_id", "displayname", "media_length", "media_count"):
+            raise MatrixError(f"Unknown value for 'order_by': {order_by}", "M_INVALID_PARAM")
+        from_ts = request.int_param("from_ts", None)
+        until_ts = request.int_param("until_ts", None)
+        if (from_ts is not None and from_ts < 0) or (until_ts is not None and until_ts < 0):
+            raise MatrixError("'from_ts' and 'until_ts' must not be negative", "M_INVALID_PARAM")
+        search = (request.query_param("search_term") or "").casefold()
+        rows = []
+        for usage in await self._media().usage(from_ts, until_ts):
+            name = await self.admin.displayname(usage.user_id)
+            if search and search not in usage.user_id.casefold() and search not in (name or "").casefold():
+                continue
+            rows.append(
+                {
+                    "displayname": name,
+                    "media_count": usage.media_count,
+                    "media_length": usage.media_length,
+                    "user_id": usage.user_id,
+                }
+            )
+
+        def sort_key(row: dict[str, Any]) -> tuple[Any, str]:
+            value = row[order_by]
+            if order_by in ("media_length", "media_count"):
+                return (value, row["user_id"])
+            return ((value or "").casefold(), row["user_id"])
+
+        rows.sort(key=sort_key, reverse=not ascending(request))
+        page = rows[offset : offset + limit]
+        return {"users": page, "total": len(rows), **next_token(offset, len(page), len(rows))}
 
     # Rooms ----------------------------------------------------------------------------
 

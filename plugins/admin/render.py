@@ -6,7 +6,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from homeserver.plugins import DeviceRow, RegistrationToken, Report, RoomSummary, UserDetails, UserSummary
+from homeserver.plugins import (
+    AdminMedia,
+    DeviceRow,
+    RegistrationToken,
+    Report,
+    RoomSummary,
+    UserDetails,
+    UserSummary,
+)
 
 
 def user_summary(u: UserSummary) -> dict[str, Any]:
@@ -114,4 +122,17 @@ def registration_token(t: RegistrationToken) -> dict[str, Any]:
         "pending": t.pending,
         "completed": t.completed,
         "expiry_time": t.expiry_time,
+    }
+
+
+def media(m: AdminMedia) -> dict[str, Any]:
+    return {
+        "created_ts": m.created_ts,
+        "last_access_ts": None,
+        "media_id": m.media_id,
+        "media_length": m.size,
+        "media_type": m.content_type,
+        "quarantined_by": m.quarantined_by,
+        "safe_from_quarantine": False,
+        "upload_name": m.upload_name,
     }
