@@ -1,7 +1,7 @@
 """Reporting content (spec: Client-Server API, Reporting content): events, rooms and users.
 
-Reports are stored for the server's admins (table `reports`; an admin API to read
-them comes later). Who may report what, as the spec says:
+Reports are stored for the server's admins (table `reports`; the admin plugin reads
+and dismisses event reports through core/admin.py). Who may report what, as the spec says:
 - an event: a member joined to its room who may see it (history visibility); any
   other case, like a missing event, answers 404 M_NOT_FOUND, so a non-member learns
   nothing about the room's events;

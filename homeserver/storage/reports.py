@@ -51,7 +51,7 @@ class ReportStore:
         )
 
     async def recent(self, limit: int) -> list[Report]:
-        """The newest reports first (for the admin API to come)."""
+        """The newest reports first."""
         rows = await self.db.query(
             "recent_reports",
             "SELECT report_id, kind, reporter, room_id, event_id, target_user_id, reason, score, received_ts"
