@@ -382,6 +382,7 @@ class HomeServer:
         self.restrictions = AccountRestrictions(AdminStore(self.storage.db))
         self.tokens.check_account = self.restrictions.check_not_locked
         self.events.restrictions = self.restrictions
+        self.rooms.restrictions = self.restrictions
         self.admin = AdminService(
             self.config.server_name,
             self.storage,

@@ -476,10 +476,16 @@ def test_suspended_users_read_but_do_not_send(admin_server: ServerProcess, admin
     assert admin.ok("PUT", f"{V1}/suspend/{q(ivy.user_id)}", json={"suspend": True}) == {
         f"user_{ivy.user_id}_suspended": True
     }
-    r = ivy.request(
-        "PUT", f"{CS}/rooms/{room}/send/m.room.message/s1", json={"msgtype": "m.text", "body": "x"}
-    )
-    assert (r.status_code, r.json()["errcode"]) == (403, "M_USER_SUSPENDED")
+    other = jack.create_room("shared")
+    message = {"msgtype": "m.text", "body": "x"}
+    refused = [
+        ivy.request("PUT", f"{CS}/rooms/{room}/send/m.room.message/s1", json=message),
+        ivy.request("PUT", f"{CS}/rooms/{room}/state/m.room.topic/", json={"topic": "x"}),
+        ivy.request("POST", f"{CS}/createRoom", json={}),
+        ivy.request("POST", f"{CS}/join/{q(other)}", json={}),
+        ivy.request("POST", f"{CS}/rooms/{room}/invite", json={"user_id": admin.user_id}),
+    ]
+    assert [(r.status_code, r.json()["errcode"]) for r in refused] == [(403, "M_USER_SUSPENDED")] * 5
     jack.send(room, "jack still talks")
     bodies = [e["content"].get("body") for e in ivy.messages(room)]
     assert "jack still talks" in bodies and "before the suspension" in bodies and before

@@ -25,6 +25,7 @@ from homeserver.storage import Storage
 from homeserver.storage.events import StoredEvent
 
 if TYPE_CHECKING:
+    from homeserver.core.restrictions import AccountRestrictions
     from homeserver.core.room_tags import TagService
 
 KNOWN_VERSIONS = ("10", "11")
@@ -103,6 +104,12 @@ class RoomService:
         self._forgotten: dict[str, set[str]] = {}
         # Rooms a server admin blocked: no joins, invites or knocks (core/admin.py fills it).
         self.blocked: set[str] = set()
+        # Set by the server: a suspended account may not create, join, invite, knock or set state.
+        self.restrictions: AccountRestrictions | None = None
+
+    def _may_act(self, user_id: str) -> None:
+        if self.restrictions is not None:
+            self.restrictions.check_may_send(user_id)
 
     # Access -------------------------------------------------------------------------
 
@@ -147,6 +154,7 @@ class RoomService:
 
         `encrypted` overrides the server's default (`encryption.enabled_by_default_for_room_type`).
         """
+        self._may_act(creator)
         self._limit("create_room", creator)
         version = body.get("room_version", DEFAULT_ROOM_VERSION)
         if version not in KNOWN_VERSIONS:
@@ -336,6 +344,7 @@ class RoomService:
 
     async def invite(self, sender: str, room_id: str, target: str, reason: str | None = None) -> None:
         check_user_id(target)
+        self._may_act(sender)
         await self._check_local_user(target)
         head = await self.access_room_as_member(sender, room_id)
         if head.membership(target) == "join":
@@ -350,6 +359,7 @@ class RoomService:
         await self.set_membership(sender, room_id, target, "invite", reason, direct)
 
     async def join(self, user_id: str, room_id_or_alias: str) -> str:
+        self._may_act(user_id)
         room_id = await self.resolve_room(room_id_or_alias)
         head = await self.events.heads.get(room_id)
         if head is None or head.membership(user_id) != "join":
@@ -403,6 +413,7 @@ class RoomService:
         @raise NotFound: unknown room. @raise Forbidden: the room takes no knocks, or the
             user is joined, invited or banned already (auth rule 4.7).
         """
+        self._may_act(user_id)
         room_id = await self.resolve_room(room_id_or_alias)
         head = await self.events.heads.get(room_id)
         if head is None:
@@ -464,6 +475,7 @@ class RoomService:
             raise MatrixError(
                 "Use the membership endpoints (invite, join, leave, kick, ban)", "M_FORBIDDEN", status=403
             )
+        self._may_act(sender)
         if event_type == "m.room.canonical_alias":
             await self._check_canonical_alias(room_id, content)
         return await self.events.send(sender, room_id, event_type, content, state_key)
