@@ -809,3 +809,25 @@ def test_media_routes_without_a_media_plugin(token_server: ServerProcess) -> Non
     admin = Admin(token_server)
     r = admin.request("GET", f"{V1}/users/{q(admin.user_id)}/media")
     assert (r.status_code, r.json()["errcode"]) == (404, "M_UNRECOGNIZED")
+
+
+def test_no_route_answers_500_to_odd_input(admin_server: ServerProcess, admin: Admin) -> None:
+    victim = Client(admin_server, "victim")
+    room = victim.create_room("shared")
+    bodies: list[Any] = [
+        None, [], "text", 12, {"a": 1}, {"password": 5, "admin": None, "locked": "x", "deactivated": 1},
+        {"new_password": None, "logout_devices": "no"}, {"erase": None, "block": [], "purge": {}},
+        {"suspend": None}, {"uses_allowed": 2**70, "expiry_time": 1e30, "length": 2.5, "token": None},
+    ]  # fmt: skip
+    queries = ["", "?from=99999999999999999&limit=0", "?dir=&order_by=&from=&limit=", "?from=%00"]
+    for method, path in every_route(victim.user_id, room):
+        tries = [(query, None) for query in queries] if method == "GET" else [("", body) for body in bodies]
+        for query, body in tries:
+            r = (
+                admin.request(method, path + query, json=body)
+                if body is not None
+                else admin.request(method, path + query)
+            )
+            assert r.status_code < 500, f"{method} {path}{query} {body!r}: {r.status_code} {r.text}"
+            if r.status_code >= 400:
+                assert r.json()["errcode"].startswith("M_"), r.text
