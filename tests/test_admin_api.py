@@ -113,6 +113,28 @@ USER_LIST_FIELDS = {
 }  # fmt: skip
 
 
+def test_synapse_admin_login_page_and_cors(admin_server: ServerProcess) -> None:
+    """What the login page asks before anyone logs in (the server's versions and login
+    flows), and the browser's preflight for the admin routes it calls from its own origin."""
+    versions = requests.get(admin_server.url("/_matrix/client/versions"), timeout=10).json()
+    assert versions["versions"]
+    flows = requests.get(admin_server.url("/_matrix/client/v3/login"), timeout=10).json()["flows"]
+    assert {"type": "m.login.password"} in [{"type": f["type"]} for f in flows]
+    preflight = requests.options(
+        admin_server.url(f"{V2}/users/{q('@a:' + admin_server.server_name)}"),
+        headers={
+            "Origin": "https://admin.example.org",
+            "Access-Control-Request-Method": "PUT",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
+        timeout=10,
+    )
+    assert preflight.status_code == 200
+    assert preflight.headers["Access-Control-Allow-Origin"] == "*"
+    assert "PUT" in preflight.headers["Access-Control-Allow-Methods"]
+    assert "Authorization" in preflight.headers["Access-Control-Allow-Headers"]
+
+
 def test_synapse_admin_user_list_and_details(admin_server: ServerProcess, admin: Admin) -> None:
     bob = Client(admin_server, "bob")
     bob.ok("PUT", f"/profile/{bob.user_id}/displayname", json={"displayname": "Bob the Builder"})
