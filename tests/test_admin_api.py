@@ -853,3 +853,47 @@ def test_no_route_answers_500_to_odd_input(admin_server: ServerProcess, admin: A
             assert r.status_code < 500, f"{method} {path}{query} {body!r}: {r.status_code} {r.text}"
             if r.status_code >= 400:
                 assert r.json()["errcode"].startswith("M_"), r.text
+
+
+def test_synapse_admin_saves_a_user_record(admin_server: ServerProcess, admin: Admin) -> None:
+    """synapse-admin's edit form PUTs the whole record back (nulls dropped, flags as booleans):
+    what did not change changes nothing (no new member events in the user's rooms), and
+    its email list replaces the account's addresses."""
+    nora, other = Client(admin_server, "nora"), Client(admin_server, "other")
+    room = nora.create_room("shared")
+    members_before = [e for e in nora.messages(room) if e["type"] == "m.room.member"]
+    record = admin.ok("GET", f"{V2}/users/{q(nora.user_id)}")
+    edited = {k: v for k, v in record.items() if v is not None}
+    edited.update({"admin": False, "deactivated": False, "is_guest": False, "id": nora.user_id})
+    edited["threepids"] = [{"medium": "email", "address": "Nora@Example.org"}]
+    saved = admin.ok("PUT", f"{V2}/users/{q(nora.user_id)}", json=edited)
+    assert [t["address"] for t in saved["threepids"]] == ["nora@example.org"]
+    assert saved["displayname"] == record["displayname"]
+    assert [e for e in nora.messages(room) if e["type"] == "m.room.member"] == members_before
+    # The address now logs in, as a validated one.
+    login = requests.post(
+        admin_server.url(f"{CS}/login"),
+        json={
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.thirdparty", "medium": "email", "address": "nora@example.org"},
+            "password": "correct horse battery",
+        },
+        timeout=10,
+    )
+    assert login.status_code == 200, login.text
+
+    taken = admin.request(
+        "PUT",
+        f"{V2}/users/{q(other.user_id)}",
+        json={"threepids": [{"medium": "email", "address": "nora@example.org"}]},
+    )
+    assert (taken.status_code, taken.json()["errcode"]) == (400, "M_THREEPID_IN_USE")
+    for bad in ([{"medium": "msisdn", "address": "123"}], [{"medium": "email", "address": "nope"}], "x"):
+        r = admin.request(
+            "PUT", f"{V2}/users/{q(other.user_id)}", json={"threepids": bad, "displayname": "Changed"}
+        )
+        assert r.status_code == 400, bad
+    # Nothing of a refused request was applied.
+    assert admin.ok("GET", f"{V2}/users/{q(other.user_id)}")["displayname"] != "Changed"
+    cleared = admin.ok("PUT", f"{V2}/users/{q(nora.user_id)}", json={"threepids": []})
+    assert cleared["threepids"] == []

@@ -11,9 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from homeserver.core.accounts import check_email
 from homeserver.core.event_format import client_event
+from homeserver.core.profiles import check_value
 from homeserver.core.rooms import check_user_id
-from homeserver.errors import MatrixError, NotFound
+from homeserver.errors import MatrixError, NotFound, ThreepidInUse
 from homeserver.storage.admin import USER_ORDER_COLUMNS, AdminStore, UserFilter, UserSummary
 from homeserver.storage.devices import DeviceRow
 from homeserver.storage.reports import Report
@@ -168,25 +170,27 @@ class AdminService:
 
     async def put_user(self, user_id: str, body: dict[str, Any]) -> bool:
         """Create the account (True) or change the fields given (False): `password`,
-        `logout_devices`, `displayname`, `avatar_url`, `admin`, `deactivated`, `locked`.
-        Everything is checked before anything changes."""
+        `logout_devices`, `displayname`, `avatar_url`, `threepids` (the account's email
+        addresses, replaced), `admin`, `deactivated`, `locked`. Other keys (synapse-admin
+        sends the whole record back) are ignored. Everything is checked before anything
+        changes; unchanged values change nothing (no new member events)."""
         self.local_user(user_id)
         password = body.get("password")
         if password is not None:
             self.accounts.check_password(password)
         logout = _bool(body, "logout_devices", True)
-        displayname = body.get("displayname")
-        if displayname is not None and not isinstance(displayname, str):
-            raise MatrixError("'displayname' must be a string", "M_BAD_JSON")
-        avatar_url = body.get("avatar_url")
-        if avatar_url is not None and (
-            not isinstance(avatar_url, str) or not avatar_url.startswith("mxc://")
-        ):
-            raise MatrixError("'avatar_url' must be an mxc:// URI", "M_BAD_JSON")
+        displayname = check_value("displayname", body.get("displayname"))
+        avatar_url = check_value("avatar_url", body.get("avatar_url"))
+        emails = _emails(body["threepids"]) if body.get("threepids") is not None else None
         admin = _optional_bool(body, "admin")
         deactivated = _optional_bool(body, "deactivated")
         locked = _optional_bool(body, "locked")
         existing = await self.storage.accounts.get_user(user_id)
+        if emails is not None:
+            for email in emails:
+                owner = await self.storage.accounts.user_for_email(email)
+                if owner is not None and owner[0] != user_id:
+                    raise ThreepidInUse(f"{email} belongs to another account")
         if existing is None:
             if deactivated:
                 raise MatrixError("Cannot create a deactivated account", "M_INVALID_PARAM")
@@ -194,8 +198,10 @@ class AdminService:
             if password is None:
                 raise MatrixError("'password' is required to create an account", "M_MISSING_PARAM")
             await self.accounts.register(localpart, password, is_admin=bool(admin), displayname=displayname)
-            if avatar_url is not None:
+            if avatar_url:
                 await self.profiles.set_field(user_id, user_id, "avatar_url", avatar_url)
+            if emails:
+                await self.store.replace_emails(user_id, emails, self.clock_ms())
             if locked:
                 await self.restrictions.set(user_id, "locked", True)
             return True
@@ -205,11 +211,14 @@ class AdminService:
             await self.store.reactivate(user_id)
         if password is not None:
             await self.accounts.set_password(user_id, password, None, logout)
-        if displayname is not None:
+        profile = await self.storage.accounts.get_profile(user_id) or (None, None)
+        if displayname is not None and displayname != (profile[0] or ""):
             await self.profiles.set_field(user_id, user_id, "displayname", displayname)
-        if avatar_url is not None:
+        if avatar_url is not None and avatar_url != (profile[1] or ""):
             await self.profiles.set_field(user_id, user_id, "avatar_url", avatar_url)
-        if admin is not None:
+        if emails is not None:
+            await self.store.replace_emails(user_id, emails, self.clock_ms())
+        if admin is not None and admin != existing.is_admin:
             await self.storage.accounts.set_admin(user_id, admin)
         if locked is not None:
             await self.restrictions.set(user_id, "locked", locked)
@@ -404,6 +413,18 @@ def _room_key(room: RoomSummary, order_by: str) -> tuple[Any, ...]:
         raw = getattr(room, order_by)
         value = (raw is not None, raw if raw is not None else "")
     return (value, room.room_id)
+
+
+def _emails(threepids: object) -> list[str]:
+    """Synapse's `threepids`: a list of {"medium": "email", "address"}; the addresses, checked."""
+    if not isinstance(threepids, list) or len(threepids) > 20:
+        raise MatrixError("'threepids' must be a list (at most 20)", "M_BAD_JSON")
+    emails = []
+    for item in threepids:
+        if not isinstance(item, dict) or item.get("medium") != "email":
+            raise MatrixError("Each threepid must be {'medium': 'email', 'address': ...}", "M_INVALID_PARAM")
+        emails.append(check_email(item.get("address")))
+    return sorted(set(emails))
 
 
 def _bool(body: dict[str, Any], key: str, default: bool) -> bool:

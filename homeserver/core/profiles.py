@@ -25,6 +25,17 @@ def _check_field(field: str) -> None:
         raise Unrecognized("Unknown profile field")
 
 
+def check_value(field: str, value: object) -> str | None:
+    """A value `set_field` accepts for the field (None or "" clear it), else M_BAD_JSON."""
+    if value is not None and not isinstance(value, str):
+        raise BadJson(f"'{field}' must be a string")
+    if value is not None and len(value) > _MAX_LENGTH[field]:
+        raise BadJson(f"'{field}' is too long")
+    if field == "avatar_url" and value and not value.startswith("mxc://"):
+        raise BadJson("'avatar_url' must be an mxc:// URI")
+    return value
+
+
 class ProfileService:
     def __init__(self, storage: Storage, rooms: "RoomService", timeline: "TimelineCache") -> None:
         self.storage = storage
@@ -52,13 +63,8 @@ class ProfileService:
         _check_field(field)
         if requester != user_id:
             raise Forbidden("You may only change your own profile")
-        if value is not None and not isinstance(value, str):
-            raise BadJson(f"'{field}' must be a string")
-        if value is not None and len(value) > _MAX_LENGTH[field]:
-            raise BadJson(f"'{field}' is too long")
-        if field == "avatar_url" and value and not value.startswith("mxc://"):
-            raise BadJson("'avatar_url' must be an mxc:// URI")
-        await self.storage.accounts.set_profile_field(user_id, field, value or None)
+        checked = check_value(field, value)
+        await self.storage.accounts.set_profile_field(user_id, field, checked or None)
         await self._propagate(user_id)
 
     async def delete_field(self, requester: str, user_id: str, field: str) -> None:

@@ -144,6 +144,31 @@ class AdminStore:
             "admin_reactivate", "UPDATE users SET deactivated = ? WHERE user_id = ?", False, user_id
         )
 
+    async def replace_emails(self, user_id: str, emails: list[str], now_ms: int) -> None:
+        """Make `emails` the user's addresses, validated (an admin vouches for them); ones
+        kept keep their dates."""
+
+        def replace_txn(txn: Txn) -> None:
+            current = {
+                r[0]
+                for r in txn.query(
+                    "SELECT address FROM user_threepids WHERE user_id = ? AND medium = 'email'", (user_id,)
+                )
+            }
+            for address in current - set(emails):
+                txn.execute(
+                    "DELETE FROM user_threepids WHERE medium = 'email' AND address = ? AND user_id = ?",
+                    (address, user_id),
+                )
+            for address in sorted(set(emails) - current):
+                txn.execute(
+                    "INSERT INTO user_threepids (medium, address, user_id, added_ts, validated_ts)"
+                    " VALUES ('email', ?, ?, ?, ?)",
+                    (address, user_id, now_ms, now_ms),
+                )
+
+        await self.db.run_interaction("admin_replace_emails", replace_txn)
+
     async def restricted_users(self) -> dict[str, set[str]]:
         """The user ids with each restriction flag set (few: read once at start-up)."""
         rows = await self.db.query(
