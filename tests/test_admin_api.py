@@ -792,6 +792,11 @@ def test_media_of_a_user_quarantine_and_delete(admin_server: ServerProcess, admi
     shown = admin.ok("GET", f"{V1}/users/{q(uploader.user_id)}/media?order_by=media_length")["media"][0]
     assert shown["quarantined_by"] == admin.user_id
     assert admin.ok("POST", f"{V1}/media/unquarantine/{server}/{small}") == {}
+    audited = admin.ok("GET", f"/_plugins/admin/audit_log?target={small}")["entries"]
+    assert [(e["method"], e["route"], e["status"]) for e in audited] == [
+        ("POST", f"{V1}/media/unquarantine/{{server_name}}/{{media_id}}", 200),
+        ("POST", f"{V1}/media/quarantine/{{server_name}}/{{media_id}}", 200),
+    ]
     assert download(small) == 200
 
     # Statistics per uploader, with display names, filtered by search_term.

@@ -103,7 +103,8 @@ class AdminPlugin:
 
         async def guarded(request: ApiRequest, **params: str) -> Any:
             requester = await self.api.authenticate(request)
-            target = next(iter(params.values()), None)
+            # What it acts on: the last path parameter (a user, room, report, token, media id).
+            target = list(params.values())[-1] if params else None
             status = 500
             try:
                 if not await self.api.is_admin(requester.user_id):
