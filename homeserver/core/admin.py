@@ -356,10 +356,10 @@ class AdminService:
     async def room(self, room_id: str) -> RoomSummary:
         if room_id in self._purged:
             raise NotFound("Room not found")
-        for row in await self.store.rooms():
-            if row[0] == room_id:
-                return await self._summary(*row)
-        raise NotFound("Room not found")
+        row = await self.store.room(room_id)
+        if row is None:
+            raise NotFound("Room not found")
+        return await self._summary(*row)
 
     async def room_members(self, room_id: str) -> list[str]:
         head = await self.heads.get(room_id)

@@ -194,6 +194,14 @@ class AdminStore:
         )
         return [(r[0], r[1], r[2], int(r[3])) for r in rows]
 
+    async def room(self, room_id: str) -> tuple[str, str, str | None, int] | None:
+        rows = await self.db.query(
+            "admin_room",
+            "SELECT room_id, room_version, creator, created_ts FROM rooms WHERE room_id = ?",
+            room_id,
+        )
+        return (rows[0][0], rows[0][1], rows[0][2], int(rows[0][3])) if rows else None
+
     async def room_sizes(self) -> list[tuple[str, int]]:
         """(room id, bytes of its events' JSON), largest first: an estimate of each room's share
         of the database that reads the same on both engines."""

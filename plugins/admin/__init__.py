@@ -14,7 +14,16 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from homeserver.plugins import ApiRequest, MatrixError, MediaAdmin, PluginApi, Requester, Response, UserFilter
+from homeserver.plugins import (
+    ApiRequest,
+    MatrixError,
+    MediaAdmin,
+    PluginApi,
+    Report,
+    Requester,
+    Response,
+    UserFilter,
+)
 from plugins.admin import render
 from plugins.admin.audit import AuditLog
 from plugins.admin.config import AdminConfig, parse_admin_config
@@ -388,14 +397,16 @@ class AdminPlugin:
         reports = [await self._report(r) for r in page.items]
         return {"event_reports": reports, "total": page.total, **next_token(offset, len(reports), page.total)}
 
-    async def _report(self, report: Any, sender: str | None = None) -> dict[str, Any]:
+    async def _report(self, report: Report) -> dict[str, Any]:
+        """Synapse's report entry: the room's name and alias as they are now, and the reported
+        event's sender (kept with the report)."""
         room = None
         if report.room_id is not None:
             try:
                 room = await self.admin.room(report.room_id)
             except MatrixError:
                 room = None
-        return render.event_report(report, room, sender if sender is not None else report.target_user_id)
+        return render.event_report(report, room, report.target_user_id)
 
     def _report_id(self, raw: str) -> int:
         if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
