@@ -457,9 +457,7 @@ def test_create_modify_and_deactivate_a_user(admin_server: ServerProcess, admin:
     )
     assert (whoami.status_code, whoami.json()["errcode"]) == (401, "M_UNKNOWN_TOKEN")
 
-    # Deactivate (synapse-admin's delete asks erase, which is refused until erasure exists).
-    erase = admin.request("POST", f"{V1}/deactivate/{q(user_id)}", json={"erase": True})
-    assert erase.status_code == 400 and erase.json()["errcode"] == "M_UNRECOGNIZED"
+    # Deactivate, without erasing.
     assert admin.ok("POST", f"{V1}/deactivate/{q(user_id)}", json={"erase": False}) == {
         "id_server_unbind_result": "success"
     }
@@ -902,3 +900,23 @@ def test_synapse_admin_saves_a_user_record(admin_server: ServerProcess, admin: A
     assert admin.ok("GET", f"{V2}/users/{q(other.user_id)}")["displayname"] != "Changed"
     cleared = admin.ok("PUT", f"{V2}/users/{q(nora.user_id)}", json={"threepids": []})
     assert cleared["threepids"] == []
+
+
+def test_synapse_admin_delete_erases_the_user(admin_server: ServerProcess, admin: Admin) -> None:
+    """synapse-admin's delete of a user: POST /v1/deactivate with erase: true (core/erasure.py)."""
+    olga, peer = Client(admin_server, "olga"), Client(admin_server, "peer")
+    olga.ok("PUT", f"/profile/{olga.user_id}/displayname", json={"displayname": "Olga"})
+    room = peer.create_room("shared")
+    olga.join(room)
+    said = olga.send(room, "something personal")
+    assert admin.ok("POST", f"{V1}/deactivate/{q(olga.user_id)}", json={"erase": True}) == {
+        "id_server_unbind_result": "success"
+    }
+    record = admin.ok("GET", f"{V2}/users/{q(olga.user_id)}")
+    assert (record["deactivated"], record["erased"], record["displayname"]) == (1, True, None)
+    assert olga.request("GET", f"{CS}/account/whoami").status_code == 401
+    assert admin.ok("GET", f"{V1}/rooms/{q(room)}/members")["members"] == [peer.user_id]
+    seen = next(e for e in peer.messages(room) if e["event_id"] == said)
+    assert "something personal" not in str(seen["content"])
+    listed = admin.ok("GET", f"{V2}/users?deactivated=true&limit=1000&user_id={q(olga.user_id)}")
+    assert [u["erased"] for u in listed["users"]] == [True]

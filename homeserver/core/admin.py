@@ -241,9 +241,15 @@ class AdminService:
         password = self.accounts.check_password(new_password)
         await self.accounts.set_password(user_id, password, None, logout_devices)
 
-    async def deactivate(self, user_id: str) -> None:
+    async def deactivate(self, user_id: str, erase: bool) -> None:
+        """Deactivate; with `erase`, erase the account's data too (core/erasure.py, docs/gdpr.md).
+        Erasing a deactivated account again finishes what an interrupted erasure left."""
         await self.known_user(user_id)
-        await self.accounts.deactivate(user_id)
+        if erase:
+            assert self.accounts.erase_user is not None
+            await self.accounts.erase_user(user_id)
+        else:
+            await self.accounts.deactivate(user_id)
 
     async def devices(self, user_id: str) -> list[DeviceRow]:
         await self.known_user(user_id)

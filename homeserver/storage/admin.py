@@ -38,6 +38,7 @@ class UserSummary:
     displayname: str | None
     avatar_url: str | None
     last_seen_ts: int | None
+    erased: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +64,8 @@ class AdminStore:
     _USER_SELECT = (
         "SELECT u.user_id, u.created_ts, u.is_admin, u.deactivated, u.locked, u.suspended,"
         " u.shadow_banned, p.displayname, p.avatar_url,"
-        " (SELECT MAX(d.last_seen_ts) FROM devices d WHERE d.user_id = u.user_id) AS last_seen_ts"
+        " (SELECT MAX(d.last_seen_ts) FROM devices d WHERE d.user_id = u.user_id) AS last_seen_ts,"
+        " EXISTS (SELECT 1 FROM erased_users e WHERE e.user_id = u.user_id) AS erased"
         " FROM users u LEFT JOIN profiles p ON p.user_id = u.user_id"
     )
 
@@ -80,6 +82,7 @@ class AdminStore:
             r[7],
             r[8],
             None if r[9] is None else int(r[9]),
+            bool(r[10]),
         )
 
     async def list_users(

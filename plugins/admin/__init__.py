@@ -184,11 +184,7 @@ class AdminPlugin:
         erase = body.get("erase", False)
         if not isinstance(erase, bool):
             raise MatrixError("'erase' must be a boolean", "M_BAD_JSON")
-        if erase:
-            # Erasure (hiding the user's messages from later joiners, deleting media) is the
-            # core's erase_user, not on this branch yet: refuse rather than pretend.
-            raise MatrixError("Erasure is not available on this server yet", "M_UNRECOGNIZED", status=400)
-        await self.admin.deactivate(user_id)
+        await self.admin.deactivate(user_id, erase)
         return {"id_server_unbind_result": "success"}
 
     async def shadow_ban(self, request: ApiRequest, requester: Requester, user_id: str) -> dict[str, Any]:

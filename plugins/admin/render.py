@@ -29,7 +29,7 @@ def user_summary(u: UserSummary) -> dict[str, Any]:
         "avatar_url": u.avatar_url,
         "creation_ts": u.created_ts // 1000,
         "approved": True,
-        "erased": False,
+        "erased": u.erased,
         "last_seen_ts": u.last_seen_ts,
         "locked": u.locked,
         "suspended": u.suspended,
