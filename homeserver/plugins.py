@@ -46,7 +46,7 @@ from homeserver.storage.migrations import migrate
 from homeserver.storage.pushers import Pusher
 from homeserver.storage.registration_tokens import RegistrationToken
 from homeserver.storage.reports import Report
-from homeserver.threads import WorkerThreads
+from homeserver.threads import ChunksOnThreads, WorkerThreads
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -612,6 +612,7 @@ __all__ = [
     "ApiRequest",
     "BackupError",
     "BackupSource",
+    "ChunksOnThreads",
     "DeviceRow",
     "Page",
     "RegistrationToken",

@@ -111,3 +111,32 @@ class WorkerThreads:
             with self._lock:
                 self._idle += 1
         self._thread_done(local)
+
+
+class ChunksOnThreads:
+    """A reader's bytes as an async iterator of `size`-byte chunks, each read by `run` (a
+    worker-thread runner) so the reactor never waits on the disk or S3. The reader is
+    closed at the end, or by `aclose` even if iteration never started (a HEAD request)."""
+
+    def __init__(self, run: Callable[..., Deferred[Any]], reader: Any, size: int) -> None:
+        self._run = run
+        self._reader = reader
+        self._size = size
+        self._closed = False
+
+    def __aiter__(self) -> ChunksOnThreads:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._closed:
+            raise StopAsyncIteration
+        chunk: bytes = await self._run(self._reader.read, self._size)
+        if not chunk:
+            await self.aclose()
+            raise StopAsyncIteration
+        return chunk
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self._run(self._reader.close)

@@ -34,7 +34,7 @@ from homeserver.events.redaction import redact
 from homeserver.storage import Storage
 from homeserver.storage.events import StoredEvent
 from homeserver.storage.gdpr import ExportRow
-from homeserver.threads import WorkerThreads
+from homeserver.threads import ChunksOnThreads, WorkerThreads
 
 __all__ = ["ExportPart", "ExportRow", "ExportService", "ExportSink"]
 
@@ -216,7 +216,7 @@ class ExportService:
             handle: IO[bytes] = await self.threads.run(open, path, "rb")
         except FileNotFoundError:
             raise NotFound("No such export") from None
-        return _FileChunks(self.threads, handle), int(row.size or 0)
+        return ChunksOnThreads(self.threads.run, handle, CHUNK), int(row.size or 0)
 
     async def delete_exports_of(self, user_id: str) -> None:
         """Forget the user's exports and remove their files (an erased account). A job still
@@ -401,32 +401,6 @@ def _exported_event(ev: StoredEvent, room_version: str) -> dict[str, Any]:
         out["content"] = redact(ev.pdu, room_version).get("content", {})
         out.setdefault("unsigned", {})["redacted_by"] = ev.redacted_by
     return out
-
-
-class _FileChunks:
-    """A file's bytes as an async iterator, each read on a worker thread."""
-
-    def __init__(self, threads: WorkerThreads, handle: IO[bytes]) -> None:
-        self._threads = threads
-        self._handle = handle
-        self._closed = False
-
-    def __aiter__(self) -> _FileChunks:
-        return self
-
-    async def __anext__(self) -> bytes:
-        if self._closed:
-            raise StopAsyncIteration
-        chunk: bytes = await self._threads.run(self._handle.read, CHUNK)
-        if not chunk:
-            await self.aclose()
-            raise StopAsyncIteration
-        return chunk
-
-    async def aclose(self) -> None:
-        if not self._closed:
-            self._closed = True
-            await self._threads.run(self._handle.close)
 
 
 def _finish_file(part: Path, final: Path) -> int:

@@ -18,7 +18,7 @@ from typing import IO, Any
 
 from twisted.internet.defer import Deferred, DeferredList
 
-from homeserver.plugins import MatrixError, PluginApi
+from homeserver.plugins import ChunksOnThreads, MatrixError, PluginApi
 from plugins.media import db
 from plugins.media.config import MediaConfig, ThumbnailSize
 from plugins.media.db import MediaRow, ThumbnailRow
@@ -348,8 +348,8 @@ class MediaRepository:
             raise not_found() from None
         return reader
 
-    def chunks(self, reader: Reader) -> ReaderChunks:
-        return ReaderChunks(self.api, reader)
+    def chunks(self, reader: Reader) -> ChunksOnThreads:
+        return ChunksOnThreads(self.api.run_blocking, reader, CHUNK)
 
     async def read_all(self, key: str) -> bytes:
         reader = await self.open(key)
@@ -561,32 +561,3 @@ class MediaRepository:
         while len(self._previews) > _PREVIEW_CACHE_SIZE:
             self._previews.popitem(last=False)
         return dict(result)
-
-
-class ReaderChunks:
-    """An object's bytes as an async iterator, a chunk at a time, each read in a thread.
-
-    `aclose` closes the reader even if iteration never started (a HEAD request).
-    """
-
-    def __init__(self, api: PluginApi, reader: Reader) -> None:
-        self._api = api
-        self._reader = reader
-        self._closed = False
-
-    def __aiter__(self) -> ReaderChunks:
-        return self
-
-    async def __anext__(self) -> bytes:
-        if self._closed:
-            raise StopAsyncIteration
-        chunk: bytes = await self._api.run_blocking(self._reader.read, CHUNK)
-        if not chunk:
-            await self.aclose()
-            raise StopAsyncIteration
-        return chunk
-
-    async def aclose(self) -> None:
-        if not self._closed:
-            self._closed = True
-            await self._api.run_blocking(self._reader.close)
