@@ -548,9 +548,10 @@ class PluginApi:
         return self._hs.delivery.connections.wait_for_receipt(user_id, device_id, position, timeout_s)
 
     async def push_decisions(self, event: StreamEvent) -> list[PushDecision]:
-        """The room's joined members (never the sender) whose push rules make this committed
-        event notify. For recent events the rules' work of the commit itself is reused (the
-        first call turns that on); older ones are evaluated now against the room's state."""
+        """The room's joined members (never the sender) that have a pusher and whose push
+        rules make this committed event notify. For recent events the rules' work of the
+        commit itself is reused (the first call turns that on); older ones are evaluated now
+        against the room's state."""
         event_id = event.event.get("event_id")
         if not isinstance(event_id, str):
             return []

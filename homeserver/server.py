@@ -287,6 +287,7 @@ class HomeServer:
         self.delivery = DeliveryTracker(self.storage, self.clock)
         self.push_rules = PushRuleService(self.account_data)
         self.unread = UnreadCounter(self.storage, self.room_heads, self.push_rules, self.ignored_users)
+        self.unread.push_owners = self.pushers.owners
         self.receipts.on_read = self.unread.forget
         self.keys = KeyService(self.storage, self.clock, self.notifier, self.uia)
         self.keys.audience = self._presence_audience
@@ -450,6 +451,7 @@ class HomeServer:
         self.account_data.start(positions["account_data"])
         await self.push_rules.start()
         await self.ignored_users.start()
+        await self.pushers.start()
         self.receipts.start(positions["receipts"])
         await self.presence.start(positions["presence"])
         await self.keys.start()

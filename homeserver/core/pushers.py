@@ -115,6 +115,12 @@ class PusherService:
         self._cache: OrderedDict[str, tuple[Pusher, ...]] = OrderedDict()
         # Bumped on every change: a read that began before one does not fill the cache.
         self._changes = 0
+        # Every user with a pusher, kept current by each change: the commit pass keeps push
+        # decisions only for them (core/unread.py), not for every member of every room.
+        self.owners: set[str] = set()
+
+    async def start(self) -> None:
+        self.owners.update(await self.storage.pushers.owners())
 
     # Reading ------------------------------------------------------------------
 
@@ -160,7 +166,7 @@ class PusherService:
             raise InvalidParam("'app_id' and 'pushkey' must not be empty")
         if settings.kind is None:
             await self.storage.pushers.delete_pusher(user_id, settings.app_id, settings.pushkey)
-            self._forget(user_id)
+            await self._changed(user_id)
             return
         if settings.kind not in KINDS:
             raise InvalidParam(f"'kind' must be one of {', '.join(KINDS)} or null")
@@ -205,12 +211,13 @@ class PusherService:
             raise Forbidden(
                 f"You have {self.config.max_per_user} pushers, the most this server allows; delete one first"
             ) from None
-        self._forget(user_id, *others)
+        self.owners.add(user_id)  # before any event can be committed after the answer
+        await self._changed(user_id, *others)
 
     async def remove(self, user_id: str, app_id: str, pushkey: str) -> None:
         """Delete one pusher (a push gateway rejected its pushkey)."""
         await self.storage.pushers.delete_pusher(user_id, app_id, pushkey)
-        self._forget(user_id)
+        await self._changed(user_id)
         log.info(
             "removed pusher {app_id} of {user_id}: its gateway rejected it", app_id=app_id, user_id=user_id
         )
@@ -218,23 +225,33 @@ class PusherService:
     async def devices_deleted(self, user_id: str, device_ids: list[str]) -> None:
         """A listener of AccountService: deleted or logged-out devices take their pushers."""
         await self.storage.pushers.delete_for_devices(user_id, device_ids)
-        self._forget(user_id)
+        await self._changed(user_id)
 
     async def password_changed(self, user_id: str, keep_device: str | None) -> None:
         """A listener of AccountService: every pusher goes but those of the device that
         changed the password while logged in (`keep_device`)."""
         await self.storage.pushers.delete_all_but_device(user_id, keep_device)
-        self._forget(user_id)
+        await self._changed(user_id)
 
     async def remove_all(self, user_id: str) -> None:
         """Every pusher of the user goes (an erased account), whatever device set it."""
         await self.storage.pushers.delete_all_but_device(user_id, None)
-        self._forget(user_id)
+        await self._changed(user_id)
 
-    def _forget(self, *user_ids: str) -> None:
+    async def _changed(self, *user_ids: str) -> None:
+        """After a write: forget the cached lists and read whether each user still has a
+        pusher. A read that another change overtook leaves `owners` as it is (a user kept
+        there by mistake costs an evaluation, one dropped by mistake would miss pushes)."""
         self._changes += 1
         for user_id in user_ids:
             self._cache.pop(user_id, None)
+        changes = self._changes
+        found = await self.for_users(list(user_ids))
+        for user_id, pushers in found.items():
+            if pushers:
+                self.owners.add(user_id)
+            elif changes == self._changes:
+                self.owners.discard(user_id)
 
 
 def _check_bytes(key: str, value: str, limit: int) -> None:

@@ -9,8 +9,9 @@ dropped and loaded afresh on the next read.
 
 The inline pass evaluates each committed event once per joined member that has counts in
 memory (core/push_eval.py shares the event's work between them). When a push plugin asks
-for decisions (`push_decisions`), the pass also keeps, per recent event, who it notifies,
-so delivery does not evaluate the rules a second time.
+for decisions (`push_decisions`), the pass also keeps, per recent event, which of the
+members with a pusher it notifies, so delivery does not evaluate the rules a second time
+(members without a pusher have nothing to deliver to, and cost nothing there).
 
 Messages from users the member ignores (m.ignored_user_list) count for nothing and notify
 no one who ignores their sender: per event, the pass looks up once who ignores the sender
@@ -109,6 +110,9 @@ class UnreadCounter:
         self._decisions: OrderedDict[str, tuple[list[Decision], list[str]]] = OrderedDict()
         self._decision_total = 0
         self.keep_decisions = False  # set once a push plugin asks
+        # Whose decisions are kept: the users with a pusher (core/pushers.py keeps the set);
+        # None keeps everyone's.
+        self.push_owners: set[str] | None = None
         self._recent_facts: OrderedDict[tuple[str, int], tuple[EventFacts, str | None]] = OrderedDict()
 
     # Counts -------------------------------------------------------------------------------
@@ -176,6 +180,7 @@ class UnreadCounter:
         counts = self._counts
         programs = self.rules.cached_programs
         keep = self.keep_decisions
+        owners = self.push_owners
         for item in items:
             ev = item.event
             room_id = ev.room_id
@@ -195,14 +200,15 @@ class UnreadCounter:
                 if user_id == sender or (ignorers is not None and user_id in ignorers):
                     continue
                 entry = counts.get((user_id, room_id))
-                if entry is None and not keep:
+                wanted = keep and (owners is None or user_id in owners)
+                if entry is None and not wanted:
                     continue
                 program = programs.get(user_id)
                 if program is None:
                     # Rules no longer in memory: count afresh on the next read.
                     if entry is not None:
                         self.forget(user_id, room_id)
-                    if keep:
+                    if wanted:
                         unknown.append(user_id)
                     continue
                 if facts is None:
@@ -214,7 +220,7 @@ class UnreadCounter:
                 if outcome.notify:
                     if entry is not None:
                         entry.add(outcome.highlight, thread)
-                    if keep:
+                    if wanted:
                         decided.append(Decision(user_id, outcome))
             if keep:
                 self._keep(ev.event_id, decided, unknown)
@@ -249,9 +255,9 @@ class UnreadCounter:
             self._decision_total -= len(old) + len(old_unknown) + 1
 
     async def decisions(self, event_id: str) -> list[Decision]:
-        """The joined members (never the sender) whose rules make the committed event
-        `event_id` notify: from the inline pass when it kept them, else evaluated now
-        against the room's current state."""
+        """The joined members (never the sender) with a pusher (`push_owners`) whose rules
+        make the committed event `event_id` notify: from the inline pass when it kept them,
+        else evaluated now against the room's current state."""
         self.keep_decisions = True
         kept = self._decisions.get(event_id)
         if kept is not None and not kept[1]:
@@ -262,7 +268,9 @@ class UnreadCounter:
             return []
         if kept is not None:
             return [*kept[0], *await self._evaluate(ev, head, kept[1])]
-        return await self._evaluate(ev, head, [u for u in head.members("join") if u != ev.sender])
+        owners = self.push_owners
+        users = [u for u in head.members("join") if u != ev.sender and (owners is None or u in owners)]
+        return await self._evaluate(ev, head, users)
 
     async def _evaluate(self, ev: StoredEvent, head: RoomHead, users: list[str]) -> list[Decision]:
         facts = EventFacts(ev.pdu, head.state, head.room_version, len(head.members("join")))

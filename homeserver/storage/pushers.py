@@ -56,6 +56,11 @@ class PusherStore:
         )
         return [_pusher(r) for r in rows]
 
+    async def owners(self) -> list[str]:
+        """Every user with at least one pusher (read once at start-up)."""
+        rows = await self.db.query("pusher_owners", "SELECT DISTINCT user_id FROM pushers")
+        return [r[0] for r in rows]
+
     async def by_ids(self, pusher_ids: list[str]) -> list[Pusher]:
         if not pusher_ids:
             return []

@@ -62,6 +62,21 @@ async def setup(hs: HomeServer, client: Client) -> dict[str, Any]:
         for other in (bob, carol):
             await client.call("POST", f"/join/{room_id}", other["access_token"], {})
         rooms.append(room_id)
+    for user in (alice, carol):  # push decisions are kept for users with a pusher
+        await client.call(
+            "POST",
+            "/pushers/set",
+            user["access_token"],
+            {
+                "kind": "http",
+                "app_id": "org.example.app",
+                "pushkey": f"key-{user['user_id']}",
+                "app_display_name": "App",
+                "device_display_name": "Phone",
+                "lang": "en",
+                "data": {"url": "https://push.example.org/_matrix/push/v1/notify"},
+            },
+        )
     await client.call(
         "PUT",
         f"/user/{alice['user_id']}/account_data/{IGNORED_USER_LIST}",
