@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -33,9 +33,10 @@ from homeserver.backup.manifest import BackupError
 from homeserver.backup.sources import BackupSource, S3Location
 from homeserver.core.addresses import address_blocked
 from homeserver.core.admin import Page, RoomSummary, UserDetails
+from homeserver.core.daily_stats import Connections, DayStats, ServerStats
 from homeserver.core.event_format import client_event
 from homeserver.core.event_stream import StreamBatch
-from homeserver.core.export import ExportSink
+from homeserver.core.export import ExportRow, ExportSink
 from homeserver.core.push_addresses import is_public_address
 from homeserver.core.tokens import Requester
 from homeserver.errors import MatrixError
@@ -591,6 +592,30 @@ class PluginApi:
         folder named after the plugin in the zip. An exception fails the export."""
         self._hs.exports.parts.append((self._name, callback))
 
+    async def export_user_data(self, user_id: str) -> ExportRow:
+        """Start an export of `user_id`'s data, as the user's own `POST /api/me/export` does
+        (or return the one running). For an admin API: let only server admins reach it."""
+        return await self._hs.exports.export_user_data(user_id)
+
+    async def user_exports(self, user_id: str) -> list[ExportRow]:
+        return await self._hs.exports.exports_of(user_id)
+
+    async def any_export(self, export_id: str) -> ExportRow:
+        """Any user's export by id (404 `M_NOT_FOUND` if there is none). Admins only."""
+        return await self._hs.exports.any_export(export_id)
+
+    async def open_export(self, export_id: str) -> tuple[AsyncIterator[bytes], int]:
+        """Any user's finished export zip as chunks, and its size (409 while it runs). Admins only."""
+        return await self._hs.exports.open_zip(await self._hs.exports.any_export(export_id))
+
+    # Statistics --------------------------------------------------------------------
+
+    async def server_stats(self, days: int) -> ServerStats:
+        """Per-day sign-ups, active users, messages and calls for the last `days` days (1 to
+        366, today last), accounts, DAU/MAU and open connections (core/daily_stats.py).
+        Cheap to ask: finished days are counted once; today at most once a minute."""
+        return await self._hs.daily_stats.stats(days)
+
     # Mail ------------------------------------------------------------------------
 
     async def send_mail(self, to: str, subject: str, text: str) -> None:
@@ -614,6 +639,10 @@ __all__ = [
     "BackupError",
     "BackupSource",
     "ChunksOnThreads",
+    "Connections",
+    "DayStats",
+    "ExportRow",
+    "ServerStats",
     "DeviceRow",
     "Page",
     "RegistrationToken",

@@ -51,6 +51,7 @@ from homeserver.core.activity import ActivityStats
 from homeserver.core.admin import AdminService
 from homeserver.core.chats import ChatService
 from homeserver.core.clock import Clock
+from homeserver.core.daily_stats import Connections, DailyStatsService
 from homeserver.core.delivery import DeliveryTracker
 from homeserver.core.devices import DeviceService
 from homeserver.core.directory import DirectoryService
@@ -229,6 +230,9 @@ class HomeServer:
         ):
             module.register(self.router, self)
         self.activity = ActivityStats(self.storage, self.clock, self.presence, config.server_name)
+        self.daily_stats = DailyStatsService(
+            self.storage.daily_stats, self.clock, self.activity, config.server_name, self._connections
+        )
         if config.metrics.served:
             # Unserved, the hot paths skip even the observations.
             self.server_metrics.watch(self)
@@ -244,6 +248,10 @@ class HomeServer:
 
     def websocket_if_started(self) -> StreamFactory | None:
         return self._websocket
+
+    def _connections(self) -> Connections:
+        ws = self._websocket
+        return Connections(len(ws.connections) if ws is not None else 0, self.notifier.waiting_requests())
 
     def _build_rooms(self) -> None:
         """Rooms, events and the streams sync reads (the message path of docs/architecture.md)."""

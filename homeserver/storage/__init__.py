@@ -7,6 +7,7 @@ from typing import Any
 from homeserver.storage.accounts import AccountStore
 from homeserver.storage.activity import ActivityStore
 from homeserver.storage.auth_sessions import AuthSessionStore
+from homeserver.storage.daily_stats import DailyStatsStore
 from homeserver.storage.database import Database, engine_from_url
 from homeserver.storage.devices import DeviceStore
 from homeserver.storage.e2ee import E2eeStore
@@ -44,6 +45,7 @@ class Storage:
         self.gdpr = GdprStore(db)
         self.activity = ActivityStore(db)
         self.retention = RetentionStore(db)
+        self.daily_stats = DailyStatsStore(db)
 
     @classmethod
     def from_url(cls, url: str, pool_min: int = 2, pool_max: int = 10, reactor: Any = None) -> "Storage":

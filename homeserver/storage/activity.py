@@ -32,7 +32,7 @@ class ActivityStore:
         """Senders and message count of the events with origin_server_ts >= since_ms."""
 
         def txn_fn(txn: Txn) -> WindowActivity:
-            start = _first_position_at_or_after(txn, since_ms)
+            start = first_position_at_or_after(txn, since_ms)
             if start is None:
                 return WindowActivity(frozenset(), 0)
             rows = txn.query(
@@ -45,7 +45,7 @@ class ActivityStore:
         return await self.db.run_interaction("activity_events_since", txn_fn)
 
 
-def _first_position_at_or_after(txn: Txn, since_ms: int) -> int | None:
+def first_position_at_or_after(txn: Txn, since_ms: int) -> int | None:
     """The lowest stream position whose event is at or after since_ms (None: no such event)."""
     bounds = txn.query_one("SELECT MIN(stream_ordering), MAX(stream_ordering) FROM events")
     if bounds is None or bounds[0] is None:

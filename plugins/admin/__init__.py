@@ -27,7 +27,10 @@ from homeserver.plugins import (
 from plugins.admin import render
 from plugins.admin.audit import AuditLog
 from plugins.admin.config import AdminConfig, parse_admin_config
+from plugins.admin.dashboard_metrics import DashboardMetrics
 from plugins.admin.params import ascending, bool_param, next_token, optional_bool_param, page_params
+from plugins.admin.static_site import StaticSite
+from plugins.admin.user_exports import UserExports
 
 Handler = Callable[..., Awaitable[Any]]
 
@@ -37,7 +40,7 @@ V2 = "/_synapse/admin/v2"
 
 class AdminPlugin:
     NAME = "admin"
-    PATH_PREFIXES = ("/_synapse/admin/",)
+    PATH_PREFIXES = ("/_synapse/admin/", "/_admin/")
     SCHEMA_DIR = Path(__file__).parent / "sql"
 
     @staticmethod
@@ -52,6 +55,9 @@ class AdminPlugin:
         # Room deletions run to the end within the request; their results are kept for
         # Synapse's status routes until the server restarts.
         self.deletions: dict[str, tuple[str, dict[str, Any]]] = {}
+        self.metrics = DashboardMetrics(api)
+        self.exports = UserExports(api)
+        self.site = StaticSite()
 
     async def start(self) -> None:
         routes: list[tuple[str, str, Handler]] = [
@@ -102,9 +108,18 @@ class AdminPlugin:
             ("GET", f"{V1}/statistics/database/rooms", self.database_room_sizes),
             # This plugin's own: the audit log
             ("GET", "/_plugins/admin/audit_log", self.audit_log),
+            # The dashboard's numbers, and exports of any user's data
+            ("GET", "/_plugins/admin/metrics/daily", self.metrics.daily),
+            ("POST", "/_plugins/admin/users/{user_id}/export", self.exports.start),
+            ("GET", "/_plugins/admin/users/{user_id}/exports", self.exports.of_user),
+            ("GET", "/_plugins/admin/exports/{export_id}", self.exports.status),
+            ("GET", "/_plugins/admin/exports/{export_id}/download", self.exports.download),
         ]
         for method, path, handler in routes:
             self.api.register_route(method, path, self._guarded(method, path, handler), require_auth=False)
+        # The dashboard's page: public files; what it shows needs an admin's token.
+        self.api.register_route("GET", "/_admin/", self.site.index, require_auth=False)
+        self.api.register_route("GET", "/_admin/{name}", self.site.file, require_auth=False)
         self.api.schedule(3600, lambda: self.audit.expire(self.config.audit_retention_s))
 
     def _guarded(self, method: str, path: str, handler: Handler) -> Handler:
