@@ -1,0 +1,102 @@
+// The admin dashboard at /_admin/ in Chromium, as an operator uses it: a non-admin is refused;
+// an admin logs in, reads the metrics, finds a user and deactivates them, opens a report
+// and dismisses it. tests/test_admin_dashboard_browser.py prepares the server and checks
+// the outcome through the API.
+//
+//   node admin_dashboard.mjs <base_url> <json: {admin, nonAdmin, target, screenshot?}>
+
+import { check, launchChromium, runMain } from "./harness.mjs";
+
+const [baseUrl, rawArgs] = process.argv.slice(2);
+const args = JSON.parse(rawArgs);
+let browser = null;
+
+async function logIn(page, { user, password }) {
+    await page.fill("#login-user", user);
+    await page.fill("#login-password", password);
+    await page.click("#login-form button[type=submit]");
+}
+
+async function main(results) {
+    browser = await launchChromium();
+    const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+    const page = await context.newPage();
+    const problems = [];
+    page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
+    // Failed responses are listed apart (one 403 is expected: the non-admin's check).
+    page.on("console", (m) => {
+        if (m.type() === "error" && !m.text().startsWith("Failed to load resource")) problems.push(`console: ${m.text()}`);
+    });
+    results.failedResponses = [];
+    page.on("response", (r) => r.status() >= 400 && results.failedResponses.push(`${r.status()} ${new URL(r.url()).pathname}`));
+    page.on("request", (r) => !r.url().startsWith(baseUrl) && problems.push(`request elsewhere: ${r.url()}`));
+    page.on("dialog", (d) => d.accept());
+
+    await page.goto(`${baseUrl}/_admin/`);
+    await page.waitForSelector("#login:not([hidden])");
+
+    // A non-admin: refused, and nothing kept.
+    await logIn(page, args.nonAdmin);
+    await page.waitForFunction(() => document.getElementById("login-error").textContent !== "");
+    results.refusal = await page.textContent("#login-error");
+    results.tokenKeptForNonAdmin = await page.evaluate(() => sessionStorage.length > 0);
+    results.navShownToNonAdmin = await page.isVisible("#nav");
+
+    // The admin: the metrics view.
+    await logIn(page, args.admin);
+    await page.waitForSelector("#m-messages");
+    const value = (id) => page.textContent(`#${id} .value`);
+    results.metrics = {
+        accounts: Number(await value("m-accounts")),
+        dau: Number(await value("m-dau")),
+        mau: Number(await value("m-mau")),
+        signups: Number(await value("m-signups")),
+        messages: Number(await value("m-messages")),
+        calls: Number(await value("m-calls")),
+        mediaBytes: Number(await page.getAttribute("#m-media", "data-bytes")),
+        mediaShown: await value("m-media"),
+    };
+    results.charts = await page.$$eval(".chart", (figures) =>
+        figures.map((f) => ({
+            title: f.querySelector("h3").textContent,
+            total: Number(f.querySelector("svg").dataset.total),
+            bars: f.querySelectorAll("rect.bar").length,
+            todayBar: Number(f.querySelector("rect.bar:last-of-type").dataset.value),
+        })),
+    );
+    results.tokenInSessionStorage = await page.evaluate(() => Object.keys(sessionStorage));
+    if (args.screenshot) await page.screenshot({ path: args.screenshot, fullPage: true });
+
+    // Find the target user and deactivate them.
+    await page.click('nav a[href="#/users"]');
+    await page.waitForSelector("#user-search");
+    await page.fill("#user-search", args.target.search);
+    await page.click("#user-search-go");
+    await page.waitForSelector(`tr[data-user="${args.target.userId}"]`);
+    results.usersFound = await page.$$eval("tr[data-user]", (rows) => rows.map((r) => r.dataset.user));
+    await page.click(`tr[data-user="${args.target.userId}"] a`);
+    await page.waitForSelector("#act-deactivate");
+    await page.click("#act-deactivate");
+    await page.waitForFunction(() => document.getElementById("user-deactivated")?.textContent === "yes");
+    results.deactivatedShown = true;
+
+    // The reports queue: open the report, dismiss it.
+    await page.click('nav a[href="#/reports"]');
+    await page.waitForSelector("tr[data-report]");
+    results.reportsListed = await page.$$eval("tr[data-report]", (rows) => rows.map((r) => r.dataset.report));
+    await page.click(`tr[data-report="${args.reportId}"] a`);
+    await page.waitForSelector("#act-dismiss");
+    results.reportedEventShown = (await page.textContent("#report-event")).includes(args.reportedText);
+    await page.click("#act-dismiss");
+    await page.waitForSelector("#no-reports");
+
+    results.problems = problems;
+    check(problems.length === 0, `no page errors: ${problems.join("; ")}`);
+}
+
+await runMain(main, {
+    totalMs: 90_000,
+    cleanup: async () => {
+        await browser?.close();
+    },
+});
