@@ -57,6 +57,9 @@ def test_an_admin_uses_the_dashboard_in_chromium(server: ServerProcess, tmp_path
     data = b"a picture" * 100
     upload(server, alice, data, "pic.txt")
     alice.ok("POST", f"/rooms/{room}/report/{reported}", json={"reason": "spam"})
+    carol = Client(server, "carol")
+    backroom = carol.create_room("shared", name="Back room")
+    alice.ok("POST", f"/join/{backroom}", json={})
     report_id = admin.ok("GET", "/_synapse/admin/v1/event_reports")["event_reports"][0]["id"]
     bob_token = bob.session.headers["Authorization"]
     assert login(server, bob.user_id).status_code == 200
@@ -65,6 +68,8 @@ def test_an_admin_uses_the_dashboard_in_chromium(server: ServerProcess, tmp_path
         "admin": {"user": admin.localpart, "password": ADMIN_PASSWORD},
         "nonAdmin": {"user": alice.user_id, "password": PASSWORD},
         "target": {"userId": bob.user_id, "search": bob.user_id.split(":")[0].lstrip("@")},
+        "other": {"userId": carol.user_id, "newPassword": "a new password 42"},
+        "room": {"roomId": backroom, "search": "back"},
         "reportId": str(report_id),
         "reportedText": "buy cheap watches",
         "screenshot": os.environ.get("ADMIN_DASHBOARD_SCREENSHOT") or str(tmp_path / "dashboard.png"),
@@ -75,16 +80,16 @@ def test_an_admin_uses_the_dashboard_in_chromium(server: ServerProcess, tmp_path
     assert "not a server admin" in result["refusal"]
     assert result["tokenKeptForNonAdmin"] is False and result["navShownToNonAdmin"] is False
     assert result["failedResponses"] == ["403 /_synapse/admin/v1/server_version"]
-    # The metrics: the admin, alice and bob signed up; 4 messages and 1 call; the upload.
+    # The metrics: the admin, alice, bob and carol signed up; 4 messages and 1 call; the upload.
     m = result["metrics"]
-    assert m["accounts"] == 3 and m["signups"] == 3
+    assert m["accounts"] == 4 and m["signups"] == 4
     assert m["messages"] == 4 and m["calls"] == 1
-    assert m["dau"] >= 2 and m["mau"] >= m["dau"]
+    assert m["dau"] >= 3 and m["mau"] >= m["dau"]
     assert m["mediaBytes"] == len(data) and m["mediaShown"] == "900 B"
     charts = {c["title"]: c for c in result["charts"]}
     assert charts["Messages per day"]["total"] == 4 and charts["Messages per day"]["todayBar"] == 4
-    assert charts["Sign-ups per day"]["todayBar"] == 3
-    assert charts["Active users per day"]["todayBar"] == 2
+    assert charts["Sign-ups per day"]["todayBar"] == 4
+    assert charts["Active users per day"]["todayBar"] == 3
     assert charts["Calls per day"]["todayBar"] == 1
     assert all(c["bars"] == 30 for c in charts.values())
     # The token is in sessionStorage (not localStorage, gone with the tab).
@@ -99,6 +104,32 @@ def test_an_admin_uses_the_dashboard_in_chromium(server: ServerProcess, tmp_path
     r = login(server, bob.user_id)
     assert r.status_code in (401, 403), r.text
     assert admin.ok("GET", f"/_synapse/admin/v2/users/{bob.user_id}")["deactivated"] == 1
+
+    # Carol was locked and unlocked, suspended, given a new password; her data exported.
+    assert (result["lockedShown"], result["unlockedShown"], result["suspendedShown"]) == ("yes", "no", "yes")
+    assert login(server, carol.user_id).status_code == 403  # the old password
+    body = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": carol.user_id}}
+    r = requests.post(
+        server.url("/_matrix/client/v3/login"), json={**body, "password": "a new password 42"}, timeout=10
+    )
+    assert r.status_code == 200, r.text
+    headers = {"Authorization": f"Bearer {r.json()['access_token']}"}
+    r = requests.put(
+        server.url(f"/_matrix/client/v3/rooms/{backroom}/send/m.room.message/t1"),
+        json={"msgtype": "m.text", "body": "suspended?"},
+        headers=headers,
+        timeout=10,
+    )
+    assert r.status_code == 403 and r.json()["errcode"] == "M_USER_SUSPENDED"
+    exports = admin.ok("GET", f"/_plugins/admin/users/{carol.user_id}/exports")["exports"]
+    assert len(exports) == 1 and exports[0]["state"] == "done"
+    assert result["exportFileName"] == f"export-{exports[0]['export_id']}.zip"
+    assert result["exportBytes"] == exports[0]["size"] > 0
+    # The room was found, its members shown, and it was deleted and blocked.
+    assert result["roomsFound"] == [backroom]
+    assert carol.user_id in result["roomMembersShown"] and alice.user_id in result["roomMembersShown"]
+    assert admin.ok("GET", f"/_synapse/admin/v1/rooms/{backroom}/block")["block"] is True
+    assert backroom not in alice.ok("GET", "/joined_rooms")["joined_rooms"]
 
     # The report was shown with its event and dismissed.
     assert result["reportsListed"] == [str(report_id)] and result["reportedEventShown"] is True

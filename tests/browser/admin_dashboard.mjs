@@ -80,6 +80,51 @@ async function main(results) {
     await page.waitForFunction(() => document.getElementById("user-deactivated")?.textContent === "yes");
     results.deactivatedShown = true;
 
+    // Another user: lock and unlock, suspend, reset the password, export their data.
+    const flag = (name) => page.$eval("dl", (dl, name) => {
+        const dt = [...dl.querySelectorAll("dt")].find((d) => d.textContent === name);
+        return dt.nextElementSibling.textContent;
+    }, name);
+    await page.goto(`${baseUrl}/_admin/#/users/${encodeURIComponent(args.other.userId)}`);
+    await page.waitForSelector("#act-lock");
+    await page.click("#act-lock");
+    await page.waitForSelector("#act-unlock");
+    results.lockedShown = await flag("locked");
+    await page.click("#act-unlock");
+    await page.waitForSelector("#act-lock");
+    results.unlockedShown = await flag("locked");
+    await page.click("#act-suspend");
+    await page.waitForSelector("#act-unsuspend");
+    results.suspendedShown = await flag("suspended");
+    await page.fill("#new-password", args.other.newPassword);
+    await page.click("#act-reset-password");
+    await page.waitForFunction(() => document.getElementById("new-password")?.value === "");
+    await page.click("#act-export-data");
+    // The job runs on the server; the page shows its state when reloaded (the token stays).
+    const downloadButton = "button:has-text('Download (')";
+    for (let i = 0; i < 50 && !(await page.$(downloadButton)); i++) {
+        await page.reload();
+        await page.waitForSelector("#act-export-data");
+    }
+    const [download] = await Promise.all([page.waitForEvent("download"), page.click(downloadButton)]);
+    results.exportFileName = download.suggestedFilename();
+    const { statSync } = await import("node:fs");
+    results.exportBytes = statSync(await download.path()).size;
+
+    // Rooms: search, open, delete with block.
+    await page.click('nav a[href="#/rooms"]');
+    await page.waitForSelector("#room-search");
+    await page.fill("#room-search", args.room.search);
+    await page.press("#room-search", "Enter");
+    await page.waitForSelector(`tr[data-room="${args.room.roomId}"]`);
+    results.roomsFound = await page.$$eval("tr[data-room]", (rows) => rows.map((r) => r.dataset.room));
+    await page.click(`tr[data-room="${args.room.roomId}"] a`);
+    await page.waitForSelector("#act-delete-room");
+    results.roomMembersShown = await flag("members");
+    await page.check("#delete-block");
+    await page.click("#act-delete-room");
+    await page.waitForFunction(() => location.hash === "#/rooms" && document.querySelector("#room-search"));
+
     // The reports queue: open the report, dismiss it.
     await page.click('nav a[href="#/reports"]');
     await page.waitForSelector("tr[data-report]");
