@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= config/homeserver.yaml
+WEB_DIR := web
+WEB_SOURCES := $(shell find $(WEB_DIR)/src -type f) $(addprefix $(WEB_DIR)/,index.html build.mjs tsconfig.json)
 
-.PHONY: run test lint unit migrate clean
+.PHONY: run test lint unit migrate clean web
 
 # The venv is rebuilt whenever the pinned dependencies change.
 $(BIN)/.installed: setup.cfg pyproject.toml
@@ -17,7 +19,7 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 
 # Bytecode compiled once (a no-op when current): with PYTHONDONTWRITEBYTECODE set, every
 # start would compile the server's modules again (a third of its start-up time).
-run: $(BIN)/.installed
+run: $(BIN)/.installed $(WEB_DIR)/dist/.built
 	$(BIN)/python -m compileall -q homeserver plugins
 	$(BIN)/homeserver migrate -c $(CONFIG)
 	$(BIN)/homeserver run -c $(CONFIG)
@@ -25,10 +27,13 @@ run: $(BIN)/.installed
 migrate: $(BIN)/.installed
 	$(BIN)/homeserver migrate -c $(CONFIG)
 
-lint: $(BIN)/.installed
+lint: $(BIN)/.installed $(WEB_DIR)/node_modules/.installed
 	$(BIN)/ruff check homeserver plugins tests bench
 	$(BIN)/ruff format --check homeserver plugins tests bench
 	$(BIN)/mypy homeserver plugins
+	@if [ -f $(WEB_DIR)/node_modules/.installed ]; then \
+	  echo "tsc --strict --noEmit (web)" && $(WEB_DIR)/node_modules/.bin/tsc --noEmit -p $(WEB_DIR); \
+	else echo "web/node_modules missing (no npm): the web client is not type-checked"; fi
 
 # matrix-js-sdk for tests/test_js_sdk.py, from the committed lock file. Without npm the
 # test skips (and fails in CI); the stamp is not written, so the next run tries again.
@@ -53,8 +58,23 @@ $(BROWSER_DIR)/node_modules/.installed: $(BROWSER_DIR)/package.json $(BROWSER_DI
 	  cd $(BROWSER_DIR) && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed; \
 	else echo "npm not found: the browser tests will not run"; fi
 
+# The web client (web/, docs/web-client.md): TypeScript with matrix-js-sdk, bundled by esbuild
+# into web/dist from the committed lock file; rebuilt when a source is newer than the stamp.
+# Without npm the server's / says how to build it.
+$(WEB_DIR)/node_modules/.installed: $(WEB_DIR)/package.json $(WEB_DIR)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  cd $(WEB_DIR) && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed; \
+	else echo "npm not found: the web client will not be built"; fi
+
+$(WEB_DIR)/dist/.built: $(WEB_DIR)/node_modules/.installed $(WEB_SOURCES)
+	@if [ -f $(WEB_DIR)/node_modules/.installed ]; then \
+	  cd $(WEB_DIR) && node build.mjs && touch dist/.built; \
+	else echo "web/node_modules missing: the web client is not built"; fi
+
+web: $(WEB_DIR)/dist/.built
+
 unit: $(BIN)/.installed $(JS_DIR)/node_modules/.installed $(LEGACY_JS_DIR)/node_modules/.installed \
-    $(BROWSER_DIR)/node_modules/.installed
+    $(BROWSER_DIR)/node_modules/.installed $(WEB_DIR)/node_modules/.installed
 	$(BIN)/pytest -q
 
 test: lint unit

@@ -208,6 +208,13 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class WebClientConfig:
+    # Serve the web client's built files (web/dist, docs/web-client.md) at `/`.
+    enabled: bool = True
+    path: str = "web/dist"
+
+
+@dataclass(frozen=True)
 class PluginConfig:
     module: str = ""
     config: dict[str, Any] = field(default_factory=dict)
@@ -233,6 +240,7 @@ class Config:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    web_client: WebClientConfig = field(default_factory=WebClientConfig)
     plugins: list[PluginConfig] = field(default_factory=list)
     # Where the YAML came from; relative paths in it are relative to the working directory.
     source: str = "<defaults>"

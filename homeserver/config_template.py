@@ -187,6 +187,14 @@ metrics:
   # (a query off the request path; the gauges appear after the first count).
   activity_refresh: 5m
 
+web_client:
+  # The web client (docs/web-client.md), served at / from the files `make run` builds
+  # into web/dist. The API paths (/_matrix, /_homeserver, /api, /.well-known) keep
+  # precedence; other paths that name no file get index.html (the client's own routes).
+  # A relative path is relative to the working directory.
+  enabled: true
+  path: web/dist
+
 # Plugins: each entry names a plugin class and its own config block.
 # See docs/plugins.md. Example:
 #   - module: plugins.example.ExamplePlugin

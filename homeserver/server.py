@@ -14,6 +14,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from homeserver.api import metrics as metrics_routes
+from homeserver.api import web_client
 from homeserver.api.client import (
     account,
     devices,
@@ -227,6 +228,7 @@ class HomeServer:
             simple_messages,
             simple_profiles,
             metrics_routes,
+            web_client,
         ):
             module.register(self.router, self)
         self.activity = ActivityStats(self.storage, self.clock, self.presence, config.server_name)

@@ -194,6 +194,7 @@ class _Node:
     routes: list[Route] = field(default_factory=list)
 
 
+_ANY_PATH = re.compile(".*")
 _CORS_LINES = b"".join(b"%s: %s\r\n" % item for item in CORS_HEADERS.items())
 _JSON_HEAD = b"Content-Type: application/json\r\n" + _CORS_LINES
 
@@ -218,6 +219,9 @@ class Router:
         self.metrics: RequestMetrics | None = None
         self.in_flight = 0
         self._idle_waiters: list[Deferred[None]] = []
+        # Called for a GET or HEAD that no route matches (the web client's files), so
+        # every route keeps precedence over it.
+        self.fallback: Handler | None = None
 
     def add(self, method: str, template: str, handler: Handler) -> None:
         route = Route(method.upper().encode(), compile_path(template), handler, template)
@@ -368,7 +372,9 @@ class Router:
                 raise InvalidParam(f"The path: {NUL_MESSAGE}")
             matches = self._match_cached(path) if method == b"GET" else self._match(path)
             if not matches:
-                raise Unrecognized("Unrecognized request")
+                if self.fallback is None or method not in (b"GET", b"HEAD"):
+                    raise Unrecognized("Unrecognized request")
+                matches = [(Route(b"GET", _ANY_PATH, self.fallback, "(web client)"), {})]
             lookup = b"GET" if method == b"HEAD" else method
             for route, params in matches:
                 if route.method == lookup:
