@@ -152,3 +152,27 @@ def loopback_only_network() -> Iterator[None]:
                 raise OSError(ctypes.get_errno(), "could not return to the original network namespace")
     finally:
         os.close(original)
+
+
+# The web client (web/) ---------------------------------------------------------------------
+
+WEB_DIR = BROWSER_DIR.parent.parent / "web"
+
+
+def _newest_source_mtime() -> float:
+    sources = [WEB_DIR / name for name in ("index.html", "build.mjs", "package-lock.json", "tsconfig.json")]
+    sources += [p for p in (WEB_DIR / "src").rglob("*") if p.is_file()]
+    return max(p.stat().st_mtime for p in sources)
+
+
+def built_web_client() -> Path:
+    """web/dist, built with web/build.mjs first when missing or older than its sources (as
+    `make web` does); needs web/node_modules (`make unit` runs `npm ci` there)."""
+    node = browser_node()
+    if not (WEB_DIR / "node_modules" / "matrix-js-sdk").is_dir():
+        _missing("web/node_modules is missing: run `make unit` or `npm ci` in web")
+    index = WEB_DIR / "dist" / "index.html"
+    if not index.is_file() or index.stat().st_mtime < _newest_source_mtime():
+        proc = subprocess.run([node, "build.mjs"], cwd=WEB_DIR, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, f"web/build.mjs failed:\n{proc.stdout}\n{proc.stderr}"
+    return WEB_DIR / "dist"

@@ -1,0 +1,190 @@
+// The web client (web/, served by the homeserver at /) in Chromium, two browser contexts
+// as two people (tests/test_web_client.py runs it):
+//
+//   node web_client.mjs <base_url> <alice> <bob> <password> <screenshot_dir>
+//
+// Both sign up through the page; Alice (a phone-sized window) starts a chat with Bob's
+// user id; Bob (a desktop window) accepts it; they write to each other and each reads the
+// other's words; Alice's message shows read once Bob has seen it; a message that arrives
+// while Alice is on the chat list shows there with an unread count; Bob reloads and still
+// reads the chat; Alice logs out and back in. Console errors, page errors and unexpected
+// failed requests fail the run. The last stdout line is `RESULT {json}`.
+
+import { join } from "node:path";
+
+import { check, launchChromium, runMain } from "./harness.mjs";
+
+const [baseUrl, aliceName, bobName, password, shots] = process.argv.slice(2);
+if (!shots) {
+    console.error("usage: node web_client.mjs <base_url> <alice> <bob> <password> <screenshot_dir>");
+    process.exit(2);
+}
+
+// Failed requests a working client makes on purpose: the first POST /register asks for the
+// server's sign-up flows (401); the SDK probes for a key backup and for MatrixRTC
+// transports that do not exist yet (404).
+const EXPECTED_FAILURES = [
+    { method: "POST", status: 401, path: /\/_matrix\/client\/v3\/register$/ },
+    { method: "GET", status: 404, path: /\/_matrix\/client\/v3\/room_keys\/version$/ },
+    { method: "GET", status: 404, path: /\/_matrix\/client\/unstable\/org\.matrix\.msc4143\/rtc\/transports$/ },
+];
+
+let browser = null;
+const problems = [];
+const failedRequests = [];
+
+async function openPerson(name, viewport) {
+    const context = await browser.newContext({ viewport });
+    const page = await context.newPage();
+    page.on("console", (m) => {
+        // Chromium logs every failed request as a console error; those are judged by the
+        // response listener below instead.
+        if (m.type() === "error" && !m.text().startsWith("Failed to load resource")) {
+            problems.push(`[${name}] console error: ${m.text()}`);
+        }
+    });
+    page.on("pageerror", (e) => problems.push(`[${name}] page error: ${e?.stack ?? e}`));
+    page.on("response", (r) => {
+        if (r.status() < 400) return;
+        const { pathname } = new URL(r.url());
+        const method = r.request().method();
+        const expected = EXPECTED_FAILURES.some((f) => f.method === method && f.status === r.status() && f.path.test(pathname));
+        const entry = `${method} ${pathname} ${r.status()}`;
+        if (expected) failedRequests.push(entry);
+        else problems.push(`[${name}] unexpected failed request: ${entry}`);
+    });
+    return { name, context, page };
+}
+
+const shot = (person, file) => person.page.screenshot({ path: join(shots, file) });
+
+async function signUp(person, username) {
+    const { page } = person;
+    await page.goto(`${baseUrl}/`);
+    await page.waitForSelector("#auth-title");
+    const title = await page.textContent("#auth-title");
+    await page.fill("#username", username);
+    await page.fill("#password", password);
+    if (person.name === "alice") await shot(person, "sign-up.png");
+    await page.press("#password", "Enter"); // by keyboard
+    await page.waitForSelector("#chat-list");
+    return { title, userId: await page.textContent("#me") };
+}
+
+/** The text of the messages shown in the open chat, and whether any failed to decrypt. */
+async function shownMessages(page) {
+    return page.$$eval("#messages li.message", (items) =>
+        items.map((li) => ({
+            body: li.querySelector(".body")?.textContent ?? "",
+            mine: li.classList.contains("mine"),
+            failed: li.hasAttribute("data-failed"),
+            tick: li.querySelector(".tick")?.getAttribute("aria-label") ?? null,
+        })),
+    );
+}
+
+async function waitForMessage(page, text) {
+    await page.waitForFunction(
+        (t) => [...document.querySelectorAll("#messages li.message .body")].some((b) => b.textContent === t),
+        text,
+        { timeout: 30_000 },
+    );
+}
+
+async function send(page, text) {
+    await page.fill("#composer", text);
+    await page.press("#composer", "Enter");
+}
+
+async function main(results) {
+    browser = await launchChromium();
+    const alice = await openPerson("alice", { width: 390, height: 780 });
+    const bob = await openPerson("bob", { width: 1100, height: 700 });
+
+    // Both sign up through the page.
+    const a = await signUp(alice, aliceName);
+    const b = await signUp(bob, bobName);
+    results.signUp = { alice: a, bob: b };
+    check(a.title === "Create your account", `the first screen is sign-up: ${a.title}`);
+
+    // Alice starts a chat with Bob's user id: encrypted from the start.
+    await alice.page.fill("#new-chat-user", b.userId);
+    await alice.page.click("#new-chat-start");
+    await alice.page.waitForSelector("#e2e-state");
+    results.roomPath = new URL(alice.page.url()).pathname;
+    results.encryptedShown = await alice.page.textContent("#e2e-state");
+    const roomId = decodeURIComponent(results.roomPath.slice("/chat/".length));
+    results.roomId = roomId;
+
+    // Bob sees the invitation in his list and accepts it.
+    const bobItem = `#chat-list [data-room-id="${roomId}"]`;
+    await bob.page.waitForSelector(bobItem, { timeout: 30_000 });
+    results.bobInvitePreview = await bob.page.textContent(`${bobItem} .chat-last`);
+    await bob.page.click(bobItem);
+    await bob.page.click("#accept-invite");
+    await bob.page.waitForSelector("#composer");
+
+    // They write to each other; each reads the other's words.
+    await send(alice.page, "Hello Bob, this is encrypted");
+    await waitForMessage(bob.page, "Hello Bob, this is encrypted");
+    await send(bob.page, "Hi Alice! Reading you fine");
+    await waitForMessage(alice.page, "Hi Alice! Reading you fine");
+
+    // Bob has the chat open, so Alice's message shows read.
+    await alice.page.waitForSelector('#messages li.mine .tick[aria-label="read"]', { timeout: 30_000 });
+    results.alice = { messages: await shownMessages(alice.page) };
+    results.bob = { messages: await shownMessages(bob.page) };
+    await shot(alice, "chat-phone.png");
+    await shot(bob, "chat-desktop.png");
+
+    // Alice goes back to her list; Bob writes; the list shows it, unread.
+    await alice.page.click("button.back");
+    await alice.page.waitForSelector("#chat-list");
+    await send(bob.page, "Are you still there?");
+    const aliceItem = `#chat-list [data-room-id="${roomId}"]`;
+    await alice.page.waitForFunction(
+        (sel) => document.querySelector(`${sel} .chat-last`)?.textContent === "Are you still there?" && document.querySelector(`${sel} .unread`),
+        aliceItem,
+        { timeout: 30_000 },
+    );
+    results.aliceList = {
+        name: await alice.page.textContent(`${aliceItem} .chat-name`),
+        last: await alice.page.textContent(`${aliceItem} .chat-last`),
+        unread: await alice.page.textContent(`${aliceItem} .unread`),
+    };
+    await shot(alice, "chat-list-phone.png");
+    // Opening the chat reads it: the count goes.
+    await alice.page.click(aliceItem);
+    await waitForMessage(alice.page, "Are you still there?");
+    await alice.page.click("button.back");
+    await alice.page.waitForFunction((sel) => !document.querySelector(`${sel} .unread`), aliceItem, { timeout: 30_000 });
+    results.aliceUnreadAfterOpening = await alice.page.$(`${aliceItem} .unread`) !== null;
+
+    // Bob reloads: still signed in, on the same chat, every message readable.
+    await bob.page.reload();
+    await waitForMessage(bob.page, "Are you still there?");
+    await waitForMessage(bob.page, "Hello Bob, this is encrypted");
+    results.bobAfterReload = { path: new URL(bob.page.url()).pathname, messages: await shownMessages(bob.page) };
+
+    // Alice logs out and lands on login; she logs back in (a new device) to her chat list.
+    await alice.page.click("#logout");
+    await alice.page.waitForSelector("#auth-title");
+    results.afterLogout = { title: await alice.page.textContent("#auth-title"), path: new URL(alice.page.url()).pathname };
+    await shot(alice, "login.png");
+    await alice.page.fill("#username", aliceName);
+    await alice.page.fill("#password", password);
+    await alice.page.click("button[type=submit]");
+    await alice.page.waitForSelector(aliceItem, { timeout: 30_000 });
+    results.afterLogin = { name: await alice.page.textContent(`${aliceItem} .chat-name`) };
+
+    results.failedRequests = [...new Set(failedRequests)].sort();
+    results.problems = problems;
+    check(problems.length === 0, `no console errors or failed requests:\n${problems.join("\n")}`);
+}
+
+await runMain(main, {
+    totalMs: 150_000,
+    cleanup: async () => {
+        await browser?.close();
+    },
+});

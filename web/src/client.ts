@@ -1,0 +1,62 @@
+// The matrix-js-sdk client for a session: Rust crypto with its store in IndexedDB (so a
+// reload keeps the device's keys and can still read earlier messages), then the sync loop.
+
+import { ClientEvent, createClient, EventType, type MatrixClient, Preset, SyncState } from "matrix-js-sdk";
+import type { Logger } from "matrix-js-sdk/lib/logger.js";
+
+import type { Session } from "./session";
+
+// The SDK logs every request at debug level: only its warnings and errors reach the console.
+const quiet: Logger = {
+    trace: () => undefined,
+    debug: () => undefined,
+    info: () => undefined,
+    warn: (...msg: unknown[]) => console.warn(...msg),
+    error: (...msg: unknown[]) => console.error(...msg),
+    getChild: () => quiet,
+};
+
+export async function startClient(session: Session): Promise<MatrixClient> {
+    const client = createClient({
+        baseUrl: session.baseUrl,
+        accessToken: session.accessToken,
+        userId: session.userId,
+        deviceId: session.deviceId,
+        logger: quiet,
+    });
+    await client.initRustCrypto({ cryptoDatabasePrefix: `hs-web:${session.userId}:${session.deviceId}` });
+    const ready = new Promise<void>((resolve) => {
+        const onSync = (state: SyncState): void => {
+            if (state === SyncState.Prepared || state === SyncState.Syncing) {
+                client.off(ClientEvent.Sync, onSync);
+                resolve();
+            }
+        };
+        client.on(ClientEvent.Sync, onSync);
+    });
+    await client.startClient({ initialSyncLimit: 30 });
+    await ready;
+    return client;
+}
+
+/** Log out on the server, then forget this device's keys and the session. */
+export async function logOut(client: MatrixClient): Promise<void> {
+    try {
+        await client.logout(true);
+    } finally {
+        await client.clearStores();
+    }
+}
+
+/** A one-to-one chat with `userId`, encrypted from its first event. */
+export async function startDirectChat(client: MatrixClient, userId: string): Promise<string> {
+    const { room_id: roomId } = await client.createRoom({
+        is_direct: true,
+        invite: [userId],
+        preset: Preset.TrustedPrivateChat,
+        initial_state: [
+            { type: EventType.RoomEncryption, state_key: "", content: { algorithm: "m.megolm.v1.aes-sha2" } },
+        ],
+    });
+    return roomId;
+}

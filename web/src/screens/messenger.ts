@@ -1,0 +1,292 @@
+// The signed-in app: the chat list and one open chat. On a wide screen both show side by
+// side; on a phone-sized one the list, or the open chat with a back button (styles.css).
+//
+// The URL says what is open (/ or /chat/<room id>), so a reload or the back button comes
+// back to it; the server answers those paths with index.html.
+//
+// Everything re-renders from the SDK's state on its events, at most once a frame.
+
+import {
+    ClientEvent,
+    EventStatus,
+    EventType,
+    KnownMembership,
+    type MatrixClient,
+    type MatrixEvent,
+    MatrixEventEvent,
+    NotificationCountType,
+    type Room,
+    RoomEvent,
+} from "matrix-js-sdk";
+
+import { startDirectChat } from "../client";
+import { h, show } from "../dom";
+
+const USER_ID = /^@[^:\s]+:\S+$/;
+
+function roomFromPath(): string | null {
+    const m = /^\/chat\/([^/]+)$/.exec(location.pathname);
+    return m ? decodeURIComponent(m[1]) : null;
+}
+
+/** The room's text messages, oldest first (decrypted ones by their clear type). */
+function messages(room: Room): MatrixEvent[] {
+    return room
+        .getLiveTimeline()
+        .getEvents()
+        .filter((e) => e.getType() === EventType.RoomMessage || e.isDecryptionFailure() || e.isBeingDecrypted() || e.isEncrypted() && !e.getClearContent());
+}
+
+function bodyOf(event: MatrixEvent): string {
+    if (event.isDecryptionFailure()) return "Unable to decrypt this message";
+    if (event.isBeingDecrypted() || (event.isEncrypted() && !event.getClearContent())) return "Decrypting…";
+    const body = event.getContent().body;
+    return typeof body === "string" ? body : "";
+}
+
+function lastActivity(room: Room): number {
+    return room.getLastActiveTimestamp() || 0;
+}
+
+function timeOf(event: MatrixEvent): string {
+    return new Date(event.getTs()).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+}
+
+export class Messenger {
+    private openRoomId: string | null = roomFromPath();
+    private frame = 0;
+    private readonly list = h("ul", { class: "chat-list", id: "chat-list", "aria-label": "Chats" });
+    private readonly chatPane = h("section", { class: "chat", id: "chat", "aria-label": "Chat" });
+    private readonly messageList = h("ol", { class: "messages", id: "messages", "aria-live": "polite" });
+    private readonly composer = h("input", {
+        id: "composer",
+        name: "message",
+        autocomplete: "off",
+        placeholder: "Message",
+        "aria-label": "Message",
+    });
+    private renderedRoomId: string | null = null;
+
+    constructor(
+        private readonly root: Element,
+        private readonly client: MatrixClient,
+        private readonly onLogout: () => void,
+    ) {
+        const refresh = (): void => this.schedule();
+        client.on(RoomEvent.Timeline, refresh);
+        client.on(RoomEvent.Receipt, refresh);
+        client.on(RoomEvent.Name, refresh);
+        client.on(RoomEvent.MyMembership, refresh);
+        client.on(RoomEvent.LocalEchoUpdated, refresh);
+        client.on(ClientEvent.Sync, refresh);
+        client.on(ClientEvent.Room, refresh);
+        client.on(MatrixEventEvent.Decrypted, refresh);
+        window.addEventListener("popstate", () => {
+            this.openRoomId = roomFromPath();
+            this.schedule();
+        });
+    }
+
+    mount(): void {
+        const newChat = this.newChatForm();
+        const logout = h("button", { type: "button", id: "logout", class: "secondary" }, "Log out");
+        logout.addEventListener("click", () => this.onLogout());
+        const sidebar = h(
+            "nav",
+            { class: "sidebar", "aria-label": "Chat list" },
+            h(
+                "header",
+                {},
+                h("h1", {}, "Chats"),
+                h("span", { class: "me", id: "me", title: this.client.getUserId() ?? "" }, this.client.getUserId()),
+                logout,
+            ),
+            newChat,
+            this.list,
+        );
+        show(this.root, h("div", { class: "messenger" }, sidebar, this.chatPane));
+        this.render();
+    }
+
+    private schedule(): void {
+        if (this.frame) return;
+        this.frame = requestAnimationFrame(() => {
+            this.frame = 0;
+            this.render();
+        });
+    }
+
+    private open(roomId: string | null): void {
+        this.openRoomId = roomId;
+        history.pushState(null, "", roomId ? `/chat/${encodeURIComponent(roomId)}` : "/");
+        this.render();
+        if (roomId) this.composer.focus();
+    }
+
+    private newChatForm(): HTMLFormElement {
+        const input = h("input", {
+            id: "new-chat-user",
+            name: "user",
+            placeholder: "@someone:server",
+            autocapitalize: "none",
+            spellcheck: "false",
+            "aria-label": "User id to chat with",
+        });
+        const error = h("p", { class: "error", role: "alert", id: "new-chat-error" });
+        const button = h("button", { type: "submit", id: "new-chat-start" }, "Start chat");
+        const form = h("form", { class: "new-chat" }, input, button, error);
+        form.addEventListener("submit", (e) => {
+            e.preventDefault();
+            const userId = input.value.trim();
+            error.textContent = "";
+            if (!USER_ID.test(userId)) {
+                error.textContent = "Enter a user id like @alice:example.org";
+                return;
+            }
+            if (userId === this.client.getUserId()) {
+                error.textContent = "That is you: enter someone else's user id.";
+                return;
+            }
+            button.disabled = true;
+            startDirectChat(this.client, userId)
+                .then((roomId) => {
+                    input.value = "";
+                    this.open(roomId);
+                })
+                .catch((err: unknown) => {
+                    error.textContent = (err as { data?: { error?: string } }).data?.error ?? "Could not start the chat.";
+                })
+                .finally(() => {
+                    button.disabled = false;
+                });
+        });
+        return form;
+    }
+
+    private rooms(): Room[] {
+        return this.client
+            .getRooms()
+            .filter((r) => [KnownMembership.Join, KnownMembership.Invite].includes(r.getMyMembership() as KnownMembership))
+            .sort((a, b) => lastActivity(b) - lastActivity(a));
+    }
+
+    private render(): void {
+        const open = this.openRoomId ? this.client.getRoom(this.openRoomId) : null;
+        this.root.querySelector(".messenger")?.classList.toggle("has-open-chat", open !== null);
+        this.renderList(open);
+        this.renderChat(open);
+    }
+
+    private renderList(open: Room | null): void {
+        const items = this.rooms().map((room) => {
+            const invited = room.getMyMembership() === KnownMembership.Invite;
+            const last = messages(room).at(-1);
+            const unread = invited ? 0 : room.getUnreadNotificationCount(NotificationCountType.Total);
+            const preview = invited ? "Invitation" : last ? bodyOf(last) : "No messages yet";
+            const button = h(
+                "button",
+                {
+                    type: "button",
+                    class: "chat-item",
+                    "data-room-id": room.roomId,
+                    "aria-current": room === open ? "true" : null,
+                },
+                h("span", { class: "chat-name" }, room.name),
+                h("span", { class: "chat-last" }, preview),
+                unread > 0 ? h("span", { class: "unread", "aria-label": `${unread} unread` }, String(unread)) : null,
+            );
+            button.addEventListener("click", () => this.open(room.roomId));
+            return h("li", {}, button);
+        });
+        show(this.list, ...(items.length ? items : [h("li", { class: "empty" }, "No chats yet: start one above.")]));
+    }
+
+    private renderChat(room: Room | null): void {
+        if (!room) {
+            this.renderedRoomId = null;
+            show(this.chatPane, h("p", { class: "placeholder" }, "Choose a chat, or start one with a user id."));
+            return;
+        }
+        const back = h("button", { type: "button", class: "back", "aria-label": "Back to chats" }, "‹");
+        back.addEventListener("click", () => this.open(null));
+        const header = h("header", {}, back, h("h2", { id: "chat-title" }, room.name));
+        if (room.getMyMembership() === KnownMembership.Invite) {
+            const accept = h("button", { type: "button", id: "accept-invite" }, "Accept");
+            accept.addEventListener("click", () => {
+                accept.disabled = true;
+                this.client.joinRoom(room.roomId).catch(() => {
+                    accept.disabled = false;
+                });
+            });
+            const inviter = room.getMember(this.client.getUserId() ?? "")?.events.member?.getSender();
+            show(this.chatPane, header, h("p", { class: "invite" }, `${inviter ?? "Someone"} invited you to chat.`), accept);
+            this.renderedRoomId = null;
+            return;
+        }
+        if (this.renderedRoomId !== room.roomId) {
+            this.renderedRoomId = room.roomId;
+            const form = h("form", { class: "composer" }, this.composer, h("button", { type: "submit" }, "Send"));
+            form.addEventListener("submit", (e) => {
+                e.preventDefault();
+                const text = this.composer.value.trim();
+                if (!text) return;
+                this.composer.value = "";
+                void this.client.sendTextMessage(room.roomId, text);
+            });
+            const encrypted = this.client.isRoomEncrypted(room.roomId);
+            show(
+                this.chatPane,
+                header,
+                h("p", { class: "e2e", id: "e2e-state" }, encrypted ? "🔒 End-to-end encrypted" : "Not encrypted"),
+                this.messageList,
+                form,
+            );
+        }
+        this.renderMessages(room);
+    }
+
+    private renderMessages(room: Room): void {
+        const me = this.client.getUserId();
+        const events = messages(room);
+        const stick = this.messageList.scrollHeight - this.messageList.scrollTop - this.messageList.clientHeight < 40;
+        show(
+            this.messageList,
+            ...events.map((event) => {
+                const mine = event.getSender() === me;
+                return h(
+                    "li",
+                    {
+                        class: mine ? "message mine" : "message",
+                        "data-event-id": event.getId() ?? "",
+                        "data-failed": event.isDecryptionFailure() ? "true" : null,
+                    },
+                    mine ? null : h("span", { class: "sender" }, room.getMember(event.getSender() ?? "")?.name ?? event.getSender()),
+                    h("span", { class: "body" }, bodyOf(event)),
+                    h("span", { class: "meta" }, timeOf(event), mine ? this.tick(room, event) : null),
+                );
+            }),
+        );
+        if (stick) this.messageList.scrollTop = this.messageList.scrollHeight;
+        this.markRead(room, events.at(-1));
+    }
+
+    /** ✓ once the server has the message, ✓✓ once another member's read receipt covers it. */
+    private tick(room: Room, event: MatrixEvent): HTMLElement {
+        if (event.status === EventStatus.NOT_SENT) return h("span", { class: "tick failed" }, " Not sent");
+        if (event.status !== null) return h("span", { class: "tick", "aria-label": "sending" }, " …");
+        const me = this.client.getUserId();
+        const eventId = event.getId() ?? "";
+        const read = room
+            .getJoinedMembers()
+            .some((member) => member.userId !== me && room.hasUserReadEvent(member.userId, eventId));
+        return read
+            ? h("span", { class: "tick read", "aria-label": "read", title: "Read" }, " ✓✓")
+            : h("span", { class: "tick sent", "aria-label": "sent", title: "Sent" }, " ✓");
+    }
+
+    private markRead(room: Room, last: MatrixEvent | undefined): void {
+        if (!last || document.hidden || last.status !== null || last.getSender() === this.client.getUserId()) return;
+        if (room.hasUserReadEvent(this.client.getUserId() ?? "", last.getId() ?? "")) return;
+        void this.client.sendReadReceipt(last).catch(() => undefined);
+    }
+}
