@@ -132,7 +132,7 @@ def test_two_people_sign_up_and_chat_encrypted_in_the_web_client(start_server: A
     name = server.server_name
     assert result["signUp"]["alice"]["userId"] == f"@{alice}:{name}"
     assert result["signUp"]["bob"]["userId"] == f"@{bob}:{name}"
-    assert result["encryptedShown"] == "🔒 End-to-end encrypted"
+    assert result["encryptedShown"] == "End-to-end encrypted"
     assert result["bobInvitePreview"] == "Invitation"
     # Each reads the other's words, decrypted; Alice's message shows read by Bob.
     assert result["alice"]["messages"] == [
@@ -146,6 +146,10 @@ def test_two_people_sign_up_and_chat_encrypted_in_the_web_client(start_server: A
     # The chat list: name, last message, unread count, gone once read.
     assert result["aliceList"] == {"name": bob, "last": "Are you still there?", "unread": "1"}
     assert result["aliceUnreadAfterOpening"] is False
+    # Bob's ticks on that message: delivered to Alice's device while unread, then read.
+    last = {"body": "Are you still there?", "mine": True, "failed": False}
+    assert result["bobTickBeforeAliceOpens"] == {**last, "tick": "delivered"}
+    assert result["bobTickAfterAliceOpened"] == {**last, "tick": "read"}
     # A reload keeps the session, the open chat and every message readable.
     assert result["bobAfterReload"]["path"] == result["roomPath"]
     bodies = [m["body"] for m in result["bobAfterReload"]["messages"]]

@@ -6,7 +6,8 @@
 // Both sign up through the page; Alice (a phone-sized window) starts a chat with Bob's
 // user id; Bob (a desktop window) accepts it; they write to each other and each reads the
 // other's words; Alice's message shows read once Bob has seen it; a message that arrives
-// while Alice is on the chat list shows there with an unread count; Bob reloads and still
+// while Alice is on the chat list shows there with an unread count, and to Bob as delivered,
+// then read once she opens the chat; Bob reloads and still
 // reads the chat; Alice logs out and back in. Console errors, page errors and unexpected
 // failed requests fail the run. The last stdout line is `RESULT {json}`.
 
@@ -153,9 +154,15 @@ async function main(results) {
         unread: await alice.page.textContent(`${aliceItem} .unread`),
     };
     await shot(alice, "chat-list-phone.png");
-    // Opening the chat reads it: the count goes.
+    // Alice's device has it, unread: Bob sees it delivered (the server's message status).
+    const lastTick = (state) => `#messages li.mine:last-child .tick[aria-label="${state}"]`;
+    await bob.page.waitForSelector(lastTick("delivered"), { timeout: 30_000 });
+    results.bobTickBeforeAliceOpens = (await shownMessages(bob.page)).at(-1);
+    // Opening the chat reads it: the count goes, and Bob sees it read.
     await alice.page.click(aliceItem);
     await waitForMessage(alice.page, "Are you still there?");
+    await bob.page.waitForSelector(lastTick("read"), { timeout: 30_000 });
+    results.bobTickAfterAliceOpened = (await shownMessages(bob.page)).at(-1);
     await alice.page.click("button.back");
     await alice.page.waitForFunction((sel) => !document.querySelector(`${sel} .unread`), aliceItem, { timeout: 30_000 });
     results.aliceUnreadAfterOpening = await alice.page.$(`${aliceItem} .unread`) !== null;

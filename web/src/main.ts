@@ -1,7 +1,7 @@
 // The web client's entry: a saved session goes straight to the chats; otherwise sign-up
 // (at /signup, and at / for a newcomer) or login (/login).
 
-import type { MatrixClient } from "matrix-js-sdk";
+import { HttpApiEvent, type MatrixClient } from "matrix-js-sdk";
 
 import { logOut, startClient } from "./client";
 import { h, show } from "./dom";
@@ -35,14 +35,20 @@ async function enter(session: Session): Promise<void> {
     } else if (location.pathname === "/login" || location.pathname === "/signup") {
         history.replaceState(null, "", "/");
     }
+    const leave = (): void => {
+        clearSession();
+        location.assign("/login");
+    };
+    // The server ended this session (logged out elsewhere): forget it and sign in again.
+    client.on(HttpApiEvent.SessionLoggedOut, () => {
+        client.stopClient();
+        void client.clearStores().finally(leave);
+    });
     const messenger = new Messenger(root, client, () => {
         status("Logging out…");
         logOut(client)
             .catch(() => undefined)
-            .finally(() => {
-                clearSession();
-                location.assign("/login");
-            });
+            .finally(leave);
     });
     messenger.mount();
 }

@@ -23,6 +23,22 @@ import { startDirectChat } from "../client";
 import { h, show } from "../dom";
 
 const USER_ID = /^@[^:\s]+:\S+$/;
+const DELIVERY_POLL_MS = 3000;
+
+/** The server's status of my message (sent, delivered, read), or null if it has none. */
+async function messageStatus(client: MatrixClient, roomId: string, eventId: string): Promise<string | null> {
+    const path = `/api/messages/${encodeURIComponent(roomId)}/${encodeURIComponent(eventId)}/status`;
+    try {
+        const response = await fetch(client.baseUrl + path, {
+            headers: { Authorization: `Bearer ${client.getAccessToken() ?? ""}` },
+        });
+        if (!response.ok) return null;
+        const status = ((await response.json()) as { status?: unknown }).status;
+        return typeof status === "string" ? status : null;
+    } catch {
+        return null;
+    }
+}
 
 function roomFromPath(): string | null {
     const m = /^\/chat\/([^/]+)$/.exec(location.pathname);
@@ -66,6 +82,9 @@ export class Messenger {
         "aria-label": "Message",
     });
     private renderedRoomId: string | null = null;
+    // My messages the server reports delivered to every recipient (GET /api/messages/.../status).
+    private readonly delivered = new Set<string>();
+    private deliveryTimer = 0;
 
     constructor(
         private readonly root: Element,
@@ -237,7 +256,7 @@ export class Messenger {
             show(
                 this.chatPane,
                 header,
-                h("p", { class: "e2e", id: "e2e-state" }, encrypted ? "🔒 End-to-end encrypted" : "Not encrypted"),
+                h("p", { class: "e2e", id: "e2e-state" }, encrypted ? "End-to-end encrypted" : "Not encrypted"),
                 this.messageList,
                 form,
             );
@@ -268,20 +287,54 @@ export class Messenger {
         );
         if (stick) this.messageList.scrollTop = this.messageList.scrollHeight;
         this.markRead(room, events.at(-1));
+        this.watchDelivery();
     }
 
-    /** ✓ once the server has the message, ✓✓ once another member's read receipt covers it. */
-    private tick(room: Room, event: MatrixEvent): HTMLElement {
-        if (event.status === EventStatus.NOT_SENT) return h("span", { class: "tick failed" }, " Not sent");
-        if (event.status !== null) return h("span", { class: "tick", "aria-label": "sending" }, " …");
+    /** My latest message in the open chat while the server has it but not every recipient. */
+    private undelivered(): { room: Room; event: MatrixEvent } | null {
+        const room = this.openRoomId ? this.client.getRoom(this.openRoomId) : null;
+        const me = this.client.getUserId();
+        const event = room && messages(room).filter((e) => e.getSender() === me && e.status === null).at(-1);
+        return room && event && this.tickState(room, event) === "sent" ? { room, event } : null;
+    }
+
+    /** Ask the server whether my latest message reached every recipient, again every few
+     * seconds while it has not (nothing in the sync stream says so). */
+    private watchDelivery(): void {
+        if (this.deliveryTimer || !this.undelivered()) return;
+        const check = async (): Promise<void> => {
+            const pending = this.undelivered();
+            if (!pending) {
+                this.deliveryTimer = 0;
+                return;
+            }
+            const eventId = pending.event.getId() ?? "";
+            const status = await messageStatus(this.client, pending.room.roomId, eventId);
+            if (status === "delivered" || status === "read") {
+                this.delivered.add(eventId);
+                this.schedule();
+            }
+            this.deliveryTimer = status === null ? 0 : window.setTimeout(() => void check(), DELIVERY_POLL_MS);
+        };
+        this.deliveryTimer = window.setTimeout(() => void check(), 0);
+    }
+
+    private tickState(room: Room, event: MatrixEvent): "sending" | "failed" | "sent" | "delivered" | "read" {
+        if (event.status === EventStatus.NOT_SENT) return "failed";
+        if (event.status !== null) return "sending";
         const me = this.client.getUserId();
         const eventId = event.getId() ?? "";
-        const read = room
-            .getJoinedMembers()
-            .some((member) => member.userId !== me && room.hasUserReadEvent(member.userId, eventId));
-        return read
-            ? h("span", { class: "tick read", "aria-label": "read", title: "Read" }, " ✓✓")
-            : h("span", { class: "tick sent", "aria-label": "sent", title: "Sent" }, " ✓");
+        const others = room.getJoinedMembers().filter((member) => member.userId !== me);
+        if (others.length > 0 && others.every((member) => room.hasUserReadEvent(member.userId, eventId))) return "read";
+        return this.delivered.has(eventId) ? "delivered" : "sent";
+    }
+
+    /** ✓ the server has it, ✓✓ every recipient's device has it, ✓✓ in colour: read by all. */
+    private tick(room: Room, event: MatrixEvent): HTMLElement {
+        const state = this.tickState(room, event);
+        const text = { sending: " …", failed: " Not sent", sent: " ✓", delivered: " ✓✓", read: " ✓✓" }[state];
+        const title = { sending: "Sending", failed: "Not sent", sent: "Sent", delivered: "Delivered", read: "Read" }[state];
+        return h("span", { class: `tick ${state}`, "aria-label": state, title }, text);
     }
 
     private markRead(room: Room, last: MatrixEvent | undefined): void {
