@@ -26,7 +26,7 @@ from homeserver.errors import Unrecognized
 if TYPE_CHECKING:
     from homeserver.server import HomeServer
 
-API_PREFIXES = ("/_matrix/", "/_homeserver/", "/api/", "/.well-known/")
+API_PREFIXES = ("/_matrix/", "/_homeserver/", "/_synapse/", "/_plugins/", "/api/", "/.well-known/")
 
 CONTENT_TYPES = {
     ".html": b"text/html; charset=utf-8",
@@ -118,7 +118,7 @@ def register(router: Router, hs: HomeServer) -> None:
 
     async def serve(request: ApiRequest) -> Response:
         path = unquote(request.path.decode("utf-8", "replace"))
-        if path.startswith(API_PREFIXES) or path in ("/_matrix", "/_homeserver", "/api"):
+        if path.startswith(API_PREFIXES) or path + "/" in API_PREFIXES:
             raise Unrecognized("Unrecognized request")
         return files.respond(request, path)
 
