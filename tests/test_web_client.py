@@ -44,7 +44,7 @@ def dist(tmp_path: Path) -> Path:
 
 
 def test_the_server_serves_the_client_at_root_and_keeps_the_api(start_server: Any, dist: Path) -> None:
-    server: ServerProcess = start_server({"web_client": {"path": str(dist)}})
+    server: ServerProcess = start_server({"web_client": {"enabled": True, "path": str(dist)}})
 
     index = requests.get(server.url("/"), timeout=10)
     assert index.status_code == 200 and index.text == "<!doctype html><title>client</title>"
@@ -96,7 +96,7 @@ def test_the_server_serves_the_client_at_root_and_keeps_the_api(start_server: An
 def test_without_a_build_root_says_how_to_build_and_disabled_serves_nothing(
     start_server: Any, tmp_path: Path
 ) -> None:
-    server: ServerProcess = start_server({"web_client": {"path": str(tmp_path / "nowhere")}})
+    server: ServerProcess = start_server({"web_client": {"enabled": True, "path": str(tmp_path / "nowhere")}})
     page = requests.get(server.url("/"), timeout=10)
     assert page.status_code == 404 and page.headers["Content-Type"] == "text/html; charset=utf-8"
     assert "make web" in page.text and "make run" in page.text
@@ -120,7 +120,10 @@ def stored_event_types(server: ServerProcess, token: str, room_id: str) -> list[
 def test_two_people_sign_up_and_chat_encrypted_in_the_web_client(start_server: Any, tmp_path: Path) -> None:
     dist = built_web_client()
     server: ServerProcess = start_server(
-        {"web_client": {"path": str(dist)}, "encryption": {"enabled_by_default_for_room_type": "invite"}}
+        {
+            "web_client": {"enabled": True, "path": str(dist)},
+            "encryption": {"enabled_by_default_for_room_type": "invite"},
+        }
     )
     alice, bob = f"alice{secrets.token_hex(3)}", f"bob{secrets.token_hex(3)}"
     shots = DOCS_SCREENSHOTS if os.environ.get("HS_UPDATE_SCREENSHOTS") else tmp_path
