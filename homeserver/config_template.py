@@ -189,8 +189,8 @@ metrics:
 
 web_client:
   # The web client (docs/web-client.md), served at / from the files `make run` builds
-  # into web/dist. The API paths (/_matrix, /_homeserver, /_synapse, /_plugins, /api,
-  # /.well-known) keep precedence; a page load of a path that names no file gets
+  # into web/dist. The API paths (/_matrix, /_homeserver, /_synapse, /_plugins, /_admin,
+  # /api, /.well-known) keep precedence; a page load of a path that names no file gets
   # index.html (the client's own routes).
   # A relative path is relative to the working directory.
   enabled: true

@@ -26,7 +26,17 @@ from homeserver.errors import Unrecognized
 if TYPE_CHECKING:
     from homeserver.server import HomeServer
 
-API_PREFIXES = ("/_matrix/", "/_homeserver/", "/_synapse/", "/_plugins/", "/api/", "/.well-known/")
+# The server's own paths, the plugins' (/_plugins/<name>/) and the admin plugin's
+# (/_synapse/admin/, its dashboard at /_admin/).
+API_PREFIXES = (
+    "/_matrix/",
+    "/_homeserver/",
+    "/_synapse/",
+    "/_plugins/",
+    "/_admin/",
+    "/api/",
+    "/.well-known/",
+)
 
 CONTENT_TYPES = {
     ".html": b"text/html; charset=utf-8",
