@@ -166,6 +166,16 @@ def cmd_restore(args: argparse.Namespace) -> None:
     )
 
 
+def _disk_full_message(config: Config, error: BaseException) -> str:
+    from homeserver.storage.disk_full import causes
+
+    cause = causes(error)[-1]
+    return (
+        f"disk full at {config.data_path} ({cause}): free some space there and start again; "
+        "nothing was changed"
+    )
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     from homeserver.reactor import install
 
@@ -178,12 +188,18 @@ def cmd_run(args: argparse.Namespace) -> None:
     from homeserver import gc_tuning
     from homeserver.logs import setup_logging
     from homeserver.server import HomeServer
+    from homeserver.storage.disk_full import is_disk_full
 
     reactor: Any = _reactor
     setup_logging(config.logging.level)
     log = Logger(namespace="homeserver")
-    config.data_path.mkdir(parents=True, exist_ok=True)
-    hs = HomeServer(config, reactor)
+    try:
+        config.data_path.mkdir(parents=True, exist_ok=True)
+        hs = HomeServer(config, reactor)  # reads or makes the signing key and jwt.secret
+    except OSError as e:
+        if is_disk_full(e, str(config.data_path)):
+            _die(_disk_full_message(config, e))
+        raise
     state: dict[str, Any] = {"port": None, "exit": 0}
 
     async def startup() -> None:
@@ -205,7 +221,8 @@ def cmd_run(args: argparse.Namespace) -> None:
                     port=config.metrics.port,
                 )
         except Exception as e:
-            log.critical("start-up failed: {error}", error=str(e))
+            reason = _disk_full_message(config, e) if is_disk_full(e, str(config.data_path)) else str(e)
+            log.critical("start-up failed: {error}", error=reason)
             state["exit"] = 1
             hs.storage.close()
             reactor.stop()

@@ -121,6 +121,18 @@ class ServiceUnavailable(MatrixError):
     errcode = "M_UNKNOWN"
 
 
+class StorageFull(MatrixError):
+    """The disk under the data dir (or the database's) is full: nothing of the write was
+    stored. The spec's errcode for a server out of a resource such as disk space; 507 says
+    it is the server's storage and that a retry later may succeed."""
+
+    status = 507
+    errcode = "M_RESOURCE_LIMIT_EXCEEDED"
+
+    def __init__(self, message: str = "The server's disk is full; try again later") -> None:
+        super().__init__(message, admin_contact="")
+
+
 class LimitExceeded(MatrixError):
     status = 429
     errcode = "M_LIMIT_EXCEEDED"

@@ -25,6 +25,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from twisted.internet import task
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from homeserver import __version__
 from homeserver.api.auth import require_user
@@ -39,10 +40,11 @@ from homeserver.core.event_stream import StreamBatch
 from homeserver.core.export import ExportRow, ExportSink
 from homeserver.core.push_addresses import is_public_address
 from homeserver.core.tokens import Requester
-from homeserver.errors import MatrixError
+from homeserver.errors import MatrixError, StorageFull
 from homeserver.storage.admin import UserFilter, UserSummary
 from homeserver.storage.database import Database, Txn
 from homeserver.storage.devices import DeviceRow
+from homeserver.storage.disk_full import disk_watch, is_disk_full
 from homeserver.storage.migrations import migrate
 from homeserver.storage.pushers import Pusher
 from homeserver.storage.registration_tokens import RegistrationToken
@@ -377,6 +379,8 @@ class PluginApi:
                 result = job()
                 if inspect.isawaitable(result):
                     await result
+            except StorageFull:
+                pass  # the disk watch has said so once (storage/disk_full.py); next time may work
             except Exception:
                 self.log.failure(f"background job of plugin {self._name} failed")
 
@@ -402,7 +406,23 @@ class PluginApi:
         """
         if self._threads is None:
             self._threads = WorkerThreads(0, 10, f"plugin-{self._name}", self._hs.reactor)
-        return self._threads.run(fn, *args)
+        done: Deferred[Any] = self._threads.run(fn, *args)
+        done.addCallbacks(self._wrote, self._maybe_disk_full)
+        return done
+
+    @staticmethod
+    def _wrote(result: Any) -> Any:
+        disk_watch.check_room()
+        return result
+
+    def _maybe_disk_full(self, failure: Failure) -> Failure:
+        """A full disk under a plugin's files answers as the database's does: 507 and one line
+        in the log (storage/disk_full.py), not a 500 and a traceback per request."""
+        error = failure.value
+        where = str(self._hs.config.data_path)
+        if error is not None and is_disk_full(error, where):
+            return Failure(disk_watch.refused(where, error))
+        return failure
 
     def close_threads(self) -> None:
         """After the plugin stopped: let its queued work finish and end its threads."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -100,6 +101,7 @@ from homeserver.core.uia import InteractiveAuth
 from homeserver.core.unread import UnreadCounter
 from homeserver.core.user_directory import UserDirectory
 from homeserver.core.voip import VoipService
+from homeserver.errors import StorageFull
 from homeserver.metrics import ServerMetrics
 from homeserver.notifier import Notifier
 from homeserver.plugins import PluginApi, migrate_plugin_schemas, start_plugins
@@ -126,10 +128,24 @@ def load_jwt_secret(config: Config) -> bytes:
     path = config.data_path / "jwt.secret"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(48))
-    return path.read_text().strip().encode("utf-8")
+        # Written whole beside it, then linked into place: a write cut short (a full disk)
+        # never leaves an empty or partial secret that the next start would sign tokens with.
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".jwt.secret.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(48))
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp_name, path)
+            except FileExistsError:
+                pass  # another process made it first: use theirs
+        finally:
+            os.unlink(tmp_name)
+    secret = path.read_text().strip()
+    if not secret:
+        raise ValueError(f"{path} is empty: delete it to have a new one made (everyone is logged out)")
+    return secret.encode("utf-8")
 
 
 class HomeServer:
@@ -486,6 +502,8 @@ class HomeServer:
         async def run() -> None:
             try:
                 await job()
+            except StorageFull:
+                pass  # the disk watch has said so once (storage/disk_full.py); next time may work
             except Exception:
                 log.failure("background job failed")
 

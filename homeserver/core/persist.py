@@ -49,7 +49,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from homeserver.core.room_heads import RoomHeads
-from homeserver.errors import ServiceUnavailable
+from homeserver.errors import ServiceUnavailable, StorageFull
 from homeserver.storage.connection_pool import CommitOutcomeUnknown, DatabaseUnavailable
 from homeserver.storage.events import EventStore, PersistItem
 
@@ -151,6 +151,14 @@ class EventPersister:
         items = [item for p in batch for item in p.items]
         try:
             await self._write(items)
+        except StorageFull as e:
+            # No space for any of them: no point writing them one by one, and the disk
+            # watch has said so in the log already (storage/disk_full.py).
+            for p in batch:
+                for item in p.items:
+                    self.heads.mark_failed(item.event.room_id, item.event.stream_ordering)
+                self._fail(p, e)
+            return
         except Exception:
             log.failure("batch of {n} events failed; retrying them one request at a time", n=len(items))
             await self._commit_one_by_one(batch)

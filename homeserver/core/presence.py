@@ -11,7 +11,7 @@ from typing import Any
 
 from homeserver.core.clock import Clock
 from homeserver.core.streams import StreamIdGenerator
-from homeserver.errors import Forbidden, MatrixError, NotFound
+from homeserver.errors import Forbidden, MatrixError, NotFound, StorageFull
 from homeserver.notifier import Notifier
 from homeserver.storage import Storage
 
@@ -133,7 +133,12 @@ class PresenceService:
             wanted = set_presence or "online"
             p = self._users.get(user_id)
             if p is None or p.state != wanted:
-                await self.set_state(user_id, wanted)
+                try:
+                    await self.set_state(user_id, wanted)
+                except StorageFull:
+                    # A full disk must not stop reading: the sync goes on, the new presence
+                    # is kept in memory only (the disk watch has logged why).
+                    pass
             else:
                 p.last_active_ts = self.clock.time_ms()
         p = self._users.get(user_id)

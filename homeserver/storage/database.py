@@ -24,6 +24,7 @@ from twisted.logger import Logger
 
 from homeserver.json_encoding import dumps_text
 from homeserver.storage.connection_pool import ConnectionPool
+from homeserver.storage.disk_full import disk_watch, is_disk_full
 
 log = Logger()
 P = ParamSpec("P")
@@ -132,6 +133,8 @@ class Txn:
 
 class Engine:
     name = ""
+    # A directory on the database's disk, to tell when a full one has room again ("": not local).
+    disk_dir = ""
 
     def make_writer(self, reactor: Any) -> Any:
         """A connection for `Database.run_write` that needs no thread, or None."""
@@ -173,6 +176,7 @@ class SqliteEngine(Engine):
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self.disk_dir = str(Path(path).parent) if path != ":memory:" else ""
 
     def make_pool(self, reactor: Any) -> ConnectionPool:
         if self.path != ":memory:":
@@ -483,7 +487,13 @@ class Database:
                 if elapsed > SLOW_TRANSACTION_S:
                     log.warn("slow transaction {desc}: {elapsed:.3f}s", desc=desc, elapsed=elapsed)
 
-        result: R = await self._pool.run(interaction)
+        try:
+            result: R = await self._pool.run(interaction)
+        except Exception as error:
+            if is_disk_full(error, self.engine.disk_dir):
+                raise disk_watch.refused(self.engine.disk_dir, error, desc) from error
+            raise
+        disk_watch.check_room()
         return result
 
     async def run_write(
@@ -507,7 +517,13 @@ class Database:
             else:
                 if collector.statement is None:
                     raise RuntimeError(f"{desc}: run_write needs txn.batched(commit=True)")
-                await self._writer.run(collector.prepares, *collector.statement)
+                try:
+                    await self._writer.run(collector.prepares, *collector.statement)
+                except Exception as error:
+                    if is_disk_full(error, self.engine.disk_dir):
+                        raise disk_watch.refused(self.engine.disk_dir, error, desc) from error
+                    raise
+                disk_watch.check_room()
                 return
         await self.run_interaction(desc, fn, *args, **kwargs)
 

@@ -25,6 +25,7 @@ from twisted.internet.task import Clock
 from homeserver.core import persist
 from homeserver.core.persist import EarlierEventFailed, EventPersister
 from homeserver.core.room_heads import RoomHeads
+from homeserver.errors import StorageFull
 from homeserver.storage.connection_pool import CommitOutcomeUnknown, DatabaseUnavailable
 from homeserver.storage.events import RoomSnapshot
 
@@ -341,3 +342,27 @@ def _head(room_id: str) -> Any:
     from homeserver.core.room_heads import RoomHead
 
     return RoomHead(room_id, "10", {}, ["$x"], 1)
+
+
+def test_a_full_disk_fails_the_whole_batch_at_once_and_the_next_write_works() -> None:
+    persister, store, clock, published, heads = make()
+    room, other = "!r:x", "!other:x"
+    heads.put(_head(room))
+    heads.put(_head(other))
+    persister.persist([Item(1, room)])  # type: ignore[list-item]
+    queued = [persister.persist([Item(n, r)]) for n, r in ((2, room), (3, other))]  # type: ignore[list-item]
+    errors: list[Any] = []
+    for d in queued:
+        d.addErrback(errors.append)
+    store.finish()
+    clock.advance(persist.GATHER_S)
+    store.fail(StorageFull())  # the batch of 2 and 3: no space for any of it
+    # Both fail at once with the disk's error, without being written one by one.
+    assert [len(b) for b in store.batches] == [1, 2]
+    assert [e.type for e in errors] == [StorageFull, StorageFull]
+    assert heads.in_flight(room) == 0 and heads.in_flight(other) == 0
+    # Space again: the next send commits, on a head rebuilt from what is stored.
+    after = persister.persist([Item(4, other)])  # type: ignore[list-item]
+    store.finish()
+    assert after.called and after.result is None
+    assert positions(published) == [[1], [4]]
