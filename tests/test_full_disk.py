@@ -203,6 +203,12 @@ def test_full_disk_refuses_writes_keeps_reads_and_recovers(small_disk: Path, tmp
             lambda: alice.receipt(room, last_event),
             lambda: alice.account_data("x" * 50_000),
             lambda: register(server, "bob"),
+            lambda: requests.post(  # the simple API answers alike
+                server.url("/api/messages/send"),
+                json={"chatId": room, "content": "simple"},
+                headers=auth(alice.token),
+                timeout=10,
+            ),
         ):
             r = attempt()
             assert is_disk_full(r), (r.status_code, r.text)
