@@ -681,6 +681,7 @@ __all__ = [
     "Requester",
     "Response",
     "S3Location",
+    "StorageFull",
     "StreamBody",
     "StreamEvent",
     "Txn",

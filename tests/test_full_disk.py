@@ -13,6 +13,7 @@ Mounting needs root (CAP_SYS_ADMIN): without it the tests skip here and fail in 
 
 from __future__ import annotations
 
+import io
 import os
 import secrets
 import sqlite3
@@ -26,6 +27,7 @@ import pytest
 import requests
 import yaml
 from conftest import VENV_BIN, ServerProcess, base_config, free_port, start_server_with_config
+from PIL import Image
 
 CLIENT = "/_matrix/client/v3"
 MEDIA = "plugins.media.MediaPlugin"
@@ -76,6 +78,12 @@ def fill(disk: Path) -> Path:
     return big
 
 
+def jpeg() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (400, 300), (200, 40, 40)).save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
 def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
@@ -122,11 +130,19 @@ class Client:
             timeout=10,
         )
 
-    def upload(self, data: bytes) -> requests.Response:
+    def upload(self, data: bytes, content_type: str = "application/octet-stream") -> requests.Response:
         return requests.post(
             self.server.url("/_matrix/media/v3/upload"),
             data=data,
-            headers={**auth(self.token), "Content-Type": "application/octet-stream"},
+            headers={**auth(self.token), "Content-Type": content_type},
+            timeout=30,
+        )
+
+    def thumbnail(self, mxc: str) -> requests.Response:
+        return requests.get(
+            self.server.url(f"/_matrix/client/v1/media/thumbnail/{mxc.removeprefix('mxc://')}"),
+            params={"width": 96, "height": 96, "method": "crop"},
+            headers=auth(self.token),
             timeout=30,
         )
 
@@ -178,6 +194,9 @@ def test_full_disk_refuses_writes_keeps_reads_and_recovers(small_disk: Path, tmp
         r = alice.upload(picture)
         assert r.status_code == 200, r.text
         mxc = r.json()["content_uri"]
+        r = alice.upload(jpeg(), "image/jpeg")
+        assert r.status_code == 200, r.text
+        photo = r.json()["content_uri"]
 
         big = fill(small_disk)
 
@@ -218,6 +237,10 @@ def test_full_disk_refuses_writes_keeps_reads_and_recovers(small_disk: Path, tmp
         assert alice.messages(room)[::-1] == acknowledged
         r = alice.download(mxc)
         assert r.status_code == 200 and r.content == picture
+        # A thumbnail never made before is made and served, just not kept.
+        r = alice.thumbnail(photo)
+        assert r.status_code == 200 and r.headers["Content-Type"] == "image/jpeg", r.text
+        assert Image.open(io.BytesIO(r.content)).size == (96, 96)
 
         # Space again: everything works without a restart.
         big.unlink()

@@ -18,7 +18,7 @@ from typing import IO, Any
 
 from twisted.internet.defer import Deferred, DeferredList
 
-from homeserver.plugins import ChunksOnThreads, MatrixError, PluginApi
+from homeserver.plugins import ChunksOnThreads, MatrixError, PluginApi, StorageFull
 from plugins.media import db
 from plugins.media.config import MediaConfig, ThumbnailSize
 from plugins.media.db import MediaRow, ThumbnailRow
@@ -118,7 +118,7 @@ class MediaRepository:
         set_pixel_limit(config.max_image_pixels)
         self._waiters: dict[str, list[Deferred[None]]] = {}
         self._linking: set[Deferred[None]] = set()
-        self._making: dict[str, list[Deferred[ThumbnailRow]]] = {}
+        self._making: dict[str, list[Deferred[tuple[ThumbnailRow, bytes]]]] = {}
         self._previews: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
         self.uploads = api.counter("uploads", "Media uploads stored", ("kind",))
         self.upload_bytes = api.counter("upload_bytes", "Bytes of media stored")
@@ -381,25 +381,26 @@ class MediaRepository:
         others = self._making.get(flight)
         if others is not None:
             # The same thumbnail is being made for another request: wait for that one.
-            waiter: Deferred[ThumbnailRow] = Deferred()
+            waiter: Deferred[tuple[ThumbnailRow, bytes]] = Deferred()
             others.append(waiter)
-            made = await waiter
+            return await waiter
+        self._making[flight] = others = []
+        try:
+            made = await self._make_thumbnail(row, size)
+        except Exception as e:
+            for w in others:
+                w.errback(e)
+            raise
         else:
-            self._making[flight] = others = []
-            try:
-                made = await self._make_thumbnail(row, size)
-            except Exception as e:
-                for w in others:
-                    w.errback(e)
-                raise
-            else:
-                for w in others:
-                    w.callback(made)
-            finally:
-                del self._making[flight]
-        return made, await self.read_all(made.storage_key)
+            for w in others:
+                w.callback(made)
+        finally:
+            del self._making[flight]
+        return made
 
-    async def _make_thumbnail(self, row: MediaRow, size: ThumbnailSize) -> ThumbnailRow:
+    async def _make_thumbnail(self, row: MediaRow, size: ThumbnailSize) -> tuple[ThumbnailRow, bytes]:
+        """Render a thumbnail and keep it; on a full disk it is served without being kept
+        (a download must not fail for want of space), and made again next time."""
         if row.content_type in THUMBNAIL_SOURCES and row.storage_key:
             source = row.storage_key
         elif row.poster_key:
@@ -419,19 +420,24 @@ class MediaRepository:
         except FileNotFoundError:
             raise not_found() from None
         key = f"thumbnails/{row.media_id}/{size.width}x{size.height}-{size.method}"
-        await self.api.run_blocking(self.storage.put, key, BytesIO(thumb.data), thumb.content_type)
         made = ThumbnailRow(
             row.media_id, size.width, size.height, size.method, thumb.content_type, len(thumb.data), key
         )
-        if (
-            not await self.api.run_db("add_thumbnail", db.add_thumbnail_txn, made)
-            and await self.get(row.media_id) is None
-        ):
+        try:
+            await self.api.run_blocking(self.storage.put, key, BytesIO(thumb.data), thumb.content_type)
+        except StorageFull:
+            return made, thumb.data
+        try:
+            added = await self.api.run_db("add_thumbnail", db.add_thumbnail_txn, made)
+        except StorageFull:
+            await self._remove_objects([key])
+            return made, thumb.data
+        if not added and await self.get(row.media_id) is None:
             # Deleted while we worked: leave nothing behind.
             await self._remove_objects([key])
             raise not_found()
         self.thumbnails_made.inc()
-        return made
+        return made, thumb.data
 
     def _render(self, key: str, size: ThumbnailSize) -> Thumbnail:
         path = self.storage.local_path(key)
