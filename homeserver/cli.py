@@ -167,7 +167,7 @@ def cmd_restore(args: argparse.Namespace) -> None:
 
 
 def _disk_full_message(config: Config, error: BaseException) -> str:
-    from homeserver.storage.disk_full import causes
+    from homeserver.disk_full import causes
 
     cause = causes(error)[-1]
     return (
@@ -186,9 +186,9 @@ def cmd_run(args: argparse.Namespace) -> None:
     from twisted.logger import Logger
 
     from homeserver import gc_tuning
+    from homeserver.disk_full import is_disk_full
     from homeserver.logs import setup_logging
     from homeserver.server import HomeServer
-    from homeserver.storage.disk_full import is_disk_full
 
     reactor: Any = _reactor
     setup_logging(config.logging.level)

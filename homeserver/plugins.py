@@ -40,11 +40,11 @@ from homeserver.core.event_stream import StreamBatch
 from homeserver.core.export import ExportRow, ExportSink
 from homeserver.core.push_addresses import is_public_address
 from homeserver.core.tokens import Requester
+from homeserver.disk_full import disk_watch, is_disk_full
 from homeserver.errors import MatrixError, StorageFull
 from homeserver.storage.admin import UserFilter, UserSummary
 from homeserver.storage.database import Database, Txn
 from homeserver.storage.devices import DeviceRow
-from homeserver.storage.disk_full import disk_watch, is_disk_full
 from homeserver.storage.migrations import migrate
 from homeserver.storage.pushers import Pusher
 from homeserver.storage.registration_tokens import RegistrationToken
@@ -380,7 +380,7 @@ class PluginApi:
                 if inspect.isawaitable(result):
                     await result
             except StorageFull:
-                pass  # the disk watch has said so once (storage/disk_full.py); next time may work
+                pass  # the disk watch has said so once (homeserver/disk_full.py); next time may work
             except Exception:
                 self.log.failure(f"background job of plugin {self._name} failed")
 
@@ -417,7 +417,7 @@ class PluginApi:
 
     def _maybe_disk_full(self, failure: Failure) -> Failure:
         """A full disk under a plugin's files answers as the database's does: 507 and one line
-        in the log (storage/disk_full.py), not a 500 and a traceback per request."""
+        in the log (homeserver/disk_full.py), not a 500 and a traceback per request."""
         error = failure.value
         where = str(self._hs.config.data_path)
         if error is not None and is_disk_full(error, where):

@@ -207,6 +207,7 @@ class HomeServer:
         self.accounts.on_password_changed.append(self.pushers.password_changed)
         self._build_rooms()
         self.router = Router()
+        self.router.data_dir = str(config.data_path)
         self.router.access_log = config.logging.access_log
         self.http: HttpFactory | None = None  # made by site()
         self.metrics_port: IListeningPort | None = None  # the metrics listener, if cli opened one
@@ -503,7 +504,7 @@ class HomeServer:
             try:
                 await job()
             except StorageFull:
-                pass  # the disk watch has said so once (storage/disk_full.py); next time may work
+                pass  # the disk watch has said so once (homeserver/disk_full.py); next time may work
             except Exception:
                 log.failure("background job failed")
 

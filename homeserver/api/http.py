@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 from homeserver.api.http_server import HttpFactory, Request, safe_header_value
 from homeserver.api.validate import NUL_MESSAGE, contains_nul
 from homeserver.core.clock import Clock
+from homeserver.disk_full import disk_watch, is_disk_full
 from homeserver.errors import (
     BadJson,
     InvalidParam,
@@ -222,6 +223,8 @@ class Router:
         # Called for a GET or HEAD that no route matches (the web client's files), so
         # every route keeps precedence over it.
         self.fallback: Handler | None = None
+        # The data dir, to tell a full disk from an I/O error ("": only by errno and codes).
+        self.data_dir = ""
 
     def add(self, method: str, template: str, handler: Handler) -> None:
         route = Route(method.upper().encode(), compile_path(template), handler, template)
@@ -402,6 +405,13 @@ class Router:
             metrics.end(route.template)
 
     def _unexpected(self, failure: Failure, request: ApiRequest) -> None:
+        error = failure.value
+        if error is not None and is_disk_full(error, self.data_dir):
+            # A write no layer below turned into StorageFull: the same answer and one log line.
+            refused = disk_watch.refused(self.data_dir, error, request.path.decode("utf-8", "replace"))
+            if not request.finished and not request._disconnected:
+                self._write(request, Response(refused.to_json(), refused.status))
+            return
         log.failure(
             "unhandled error on {method} {path}",
             failure,

@@ -153,7 +153,7 @@ class EventPersister:
             await self._write(items)
         except StorageFull as e:
             # No space for any of them: no point writing them one by one, and the disk
-            # watch has said so in the log already (storage/disk_full.py).
+            # watch has said so in the log already (homeserver/disk_full.py).
             for p in batch:
                 for item in p.items:
                     self.heads.mark_failed(item.event.room_id, item.event.stream_ordering)

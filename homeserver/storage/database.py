@@ -22,9 +22,9 @@ from urllib.parse import unquote, urlsplit
 
 from twisted.logger import Logger
 
+from homeserver.disk_full import disk_watch, is_disk_full
 from homeserver.json_encoding import dumps_text
 from homeserver.storage.connection_pool import ConnectionPool
-from homeserver.storage.disk_full import disk_watch, is_disk_full
 
 log = Logger()
 P = ParamSpec("P")

@@ -1,4 +1,4 @@
-"""A full disk, told apart from other failures and logged once (homeserver/storage/disk_full.py),
+"""A full disk, told apart from other failures and logged once (homeserver/homeserver/disk_full.py),
 and the start-up files that must never be left half-written by one (homeserver/server.py).
 
 The real disk is filled in tests/test_full_disk.py; here the errors are made by hand.
@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_twisted
+from harness import Client, TestClock, make_server
 from twisted.logger import Logger
 
+from homeserver import disk_full
 from homeserver import server as server_module
 from homeserver.config import load_config
 from homeserver.errors import StorageFull
-from homeserver.storage import disk_full
 from homeserver.storage.connection_pool import DatabaseUnavailable
 
 
@@ -102,3 +104,27 @@ def test_a_jwt_secret_cut_short_by_a_full_disk_leaves_no_file(
     monkeypatch.undo()
     secret = server_module.load_jwt_secret(config)
     assert len(secret) > 40 and server_module.load_jwt_secret(config) == secret
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_full_disk_met_outside_storage_still_answers_507(tmp_path: Path) -> None:
+    """A handler whose file write fails (no layer below turned it into StorageFull) gets the
+    same answer from the router; any other OSError is still a 500."""
+    hs = await make_server(tmp_path, TestClock())
+    try:
+
+        async def full(request: Any) -> Any:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        async def denied(request: Any) -> Any:
+            raise OSError(errno.EACCES, "Permission denied")
+
+        hs.router.add("GET", "/_test/full", full)
+        hs.router.add("GET", "/_test/denied", denied)
+        client = Client(hs)
+        status, body = await client.start("GET", "/_test/full")
+        assert (status, body["errcode"]) == (507, "M_RESOURCE_LIMIT_EXCEEDED")
+        status, body = await client.start("GET", "/_test/denied")
+        assert (status, body["errcode"]) == (500, "M_UNKNOWN")
+    finally:
+        await hs.stop(None)
