@@ -49,6 +49,8 @@ ROUTES: list[tuple[str, str]] = [
     ("POST", V3 + "/rooms/{room_id}/upgrade"),
     ("POST", V3 + "/knock/{room_id}"),
     ("GET", V1 + "/rooms/{room_id}/timestamp_to_event"),
+    ("PUT", V3 + "/rooms/{room_id}/state/m.room.retention"),
+    ("PUT", V3 + "/rooms/{room_id}/state/m.space.child/{room_id}"),
     ("POST", V3 + "/user_directory/search"),
     ("POST", V3 + "/search"),
     ("POST", V3 + "/rooms/{room_id}/report/{event_id}"),
@@ -309,6 +311,14 @@ def base_requests(places: dict[str, list[str]]) -> dict[tuple[str, str], tuple[d
         ("POST", V3 + "/rooms/{room_id}/upgrade"): ({}, {"new_version": "11"}),
         ("POST", V3 + "/knock/{room_id}"): ({"via": server_name}, {"reason": "let me in"}),
         ("GET", V1 + "/rooms/{room_id}/timestamp_to_event"): ({"ts": "1800000000000", "dir": "b"}, None),
+        ("PUT", V3 + "/rooms/{room_id}/state/m.room.retention"): (
+            {},
+            {"max_lifetime": 86_400_000, "min_lifetime": 3_600_000},
+        ),
+        ("PUT", V3 + "/rooms/{room_id}/state/m.space.child/{room_id}"): (
+            {},
+            {"via": [server_name], "order": "a", "suggested": True},
+        ),
         ("POST", V3 + "/user_directory/search"): ({}, {"search_term": "ali", "limit": 5}),
         ("POST", V3 + "/search"): ({}, search),
         ("POST", V3 + "/rooms/{room_id}/report/{event_id}"): ({}, {"reason": "spam", "score": -100}),
