@@ -63,6 +63,13 @@ ROUTES: list[tuple[str, str]] = [
     ("GET", V1 + "/register/m.login.registration_token/validity"),
     ("GET", "/_homeserver/metrics"),
     ("GET", "/_plugins/admin/audit_log"),
+    ("GET", "/_plugins/admin/metrics/daily"),
+    ("POST", "/_plugins/admin/users/{victim}/export"),
+    ("GET", "/_plugins/admin/users/{victim}/exports"),
+    ("GET", "/_plugins/admin/exports/{export_id}"),
+    ("GET", "/_plugins/admin/exports/{export_id}/download"),
+    ("GET", "/_admin/"),
+    ("GET", "/_admin/{file}"),
     ("GET", ADMIN + "/v1/server_version"),
     ("GET", ADMIN + "/v1/background_updates/enabled"),
     ("GET", ADMIN + "/v1/background_updates/status"),
@@ -114,7 +121,7 @@ WORDS = [
     "uses_allowed", "expiry_time", "length", "token", "block", "purge", "new_room_user_id",
     "erase", "deactivated", "admin", "password", "displayname", "threepids", "suspend",
     "logout_devices", "guests", "name", "user_id", "valid", "from_ts", "until_ts", "target",
-    "method", "room_id", "enabled", "order", "emails", "order_by", "dir",
+    "method", "room_id", "enabled", "order", "emails", "order_by", "dir", "days",
 ]  # fmt: skip
 ODD_SEGMENTS = ["", " ", "é☃", "x" * 3000, "@x", "!x:y", "$x", "..", "a/b", "%", "-1", "9" * 30]
 ODD_QUERY_VALUES = [
@@ -234,6 +241,7 @@ def world(server: ServerProcess) -> dict[str, Any]:
         "victim": [victim["user_id"]],
         "server_name": [server.server_name],
         "media_id": [media_id],
+        "file": ["index.html", "app.js", "style.css", "../__init__.py", "static/../../config.py"],
     }
     return {
         "places": places,
@@ -326,6 +334,7 @@ def base_requests(places: dict[str, list[str]]) -> dict[tuple[str, str], tuple[d
         ("POST", V3 + "/users/{user_id}/report"): ({}, {"reason": "spam"}),
         ("GET", V1 + "/register/m.login.registration_token/validity"): ({"token": places["token"][0]}, None),
         ("GET", "/_plugins/admin/audit_log"): ({**page, "user_id": me, "target": room}, None),
+        ("GET", "/_plugins/admin/metrics/daily"): ({"days": "7"}, None),
         ("GET", ADMIN + "/v1/event_reports"): ({**page, "room_id": room, "user_id": me}, None),
         ("GET", ADMIN + "/v1/registration_tokens"): ({"valid": "true"}, None),
         ("POST", ADMIN + "/v1/registration_tokens/new"): (
@@ -490,7 +499,7 @@ def test_every_field_of_a_valid_request_takes_odd_values(
     alice, admin, _ = world["tokens"]
     places = {name: values[0] for name, values in world["places"].items()}
     for (method, template), (query, body) in world["bases"].items():
-        token = admin if template.startswith(ADMIN) else alice
+        token = admin if template.startswith((ADMIN, "/_plugins/admin")) else alice
         path = template.format(**{k: quote(v, safe="") for k, v in places.items()})
         tried: list[tuple[dict[str, Any], Any]] = []
         for at in leaves(body):
