@@ -11,6 +11,10 @@ the CPU time the new process had used by its first answer (wall-clock time on a 
 machine is mostly waiting for a core; CPU time is not). Issue 16 asks for under 0.5 s and
 1 s on a 2-core machine of our kind.
 
+The server runs with the sample config's plugins (config/homeserver.yaml: media, push
+gateway, push, calls, backup, example), as `make run` starts it; `--plugins none` measures
+the core alone.
+
 Python's bytecode cache matters: with PYTHONDONTWRITEBYTECODE set and no `__pycache__`,
 every start compiles the server's modules again. Like `make run`, this compiles them first
 (`--no-compile`: measure without).
@@ -66,8 +70,14 @@ def until_ok(port: int, method: str, path: str, body: Any = None, token: str | N
     raise RuntimeError(f"{method} {path} never answered 200")
 
 
+def sample_plugins() -> list[Any]:
+    """The plugin list of config/homeserver.yaml, what `make run` loads."""
+    sample = yaml.safe_load((ROOT / "config" / "homeserver.yaml").read_text())
+    return list(sample.get("plugins") or [])
+
+
 class Server:
-    def __init__(self, workdir: Path, database_url: str) -> None:
+    def __init__(self, workdir: Path, database_url: str, plugins: list[Any]) -> None:
         self.port = free_port()
         self.workdir = workdir
         config = {
@@ -80,7 +90,7 @@ class Server:
             "rate_limits": {"enabled": False},
             "encryption": {"enabled_by_default_for_room_type": "off"},
             "logging": {"access_log": False},
-            "plugins": [],
+            "plugins": plugins,
         }
         self.config_path = workdir / "homeserver.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
@@ -140,6 +150,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--messages", type=int, default=1000, help="messages stored before the first crash")
     p.add_argument("--no-compile", action="store_true", help="do not compile the server's bytecode first")
+    p.add_argument(
+        "--plugins", choices=("sample", "none"), default="sample", help="the sample config's plugins, or none"
+    )
     args = p.parse_args(argv)
     if not args.no_compile:
         compileall.compile_dir(ROOT / "homeserver", quiet=1)
@@ -152,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
             cur.execute("DROP DATABASE IF EXISTS bench_startup")
             cur.execute("CREATE DATABASE bench_startup")
         database_url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/bench_startup"
-    server = Server(workdir, database_url)
+    server = Server(workdir, database_url, sample_plugins() if args.plugins == "sample" else [])
     answers: list[float] = []
     sends: list[float] = []
     cpus: list[float] = []

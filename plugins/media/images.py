@@ -4,6 +4,10 @@ thumbnails with Pillow, and a video's poster frame with ffmpeg when it is instal
 Pillow's decompression-bomb guard is on: an image is never decoded when its
 header announces more than `max_pixels` pixels (checked before decoding), and
 Pillow's own limit is set to the same number.
+
+Pillow is imported by the first image handled, not at start-up: the server answers
+sooner after a restart (issue 16 asks for half a second), and most starts handle no image
+for a while.
 """
 
 from __future__ import annotations
@@ -18,11 +22,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from io import BytesIO
-from typing import IO, Any
-
-from PIL import Image, ImageOps
+from typing import IO, TYPE_CHECKING, Any
 
 from plugins.media.config import ThumbnailSize
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 THUMBNAIL_SOURCES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 VIDEO_TYPES = frozenset({"video/mp4", "video/webm", "video/quicktime", "video/x-matroska", "video/ogg"})
@@ -55,11 +60,20 @@ class Thumbnail:
     height: int
 
 
+_pixel_limit: int | None = None
+
+
 def set_pixel_limit(max_pixels: int) -> None:
-    Image.MAX_IMAGE_PIXELS = max_pixels
+    """Pillow's own guard, applied when an image is opened (Pillow is not imported yet)."""
+    global _pixel_limit
+    _pixel_limit = max_pixels
 
 
 def _open(src: IO[bytes], max_pixels: int) -> Image.Image:
+    from PIL import Image
+
+    if _pixel_limit is not None:
+        Image.MAX_IMAGE_PIXELS = _pixel_limit
     src.seek(0)
     try:
         im = Image.open(src)
@@ -83,6 +97,8 @@ def _decoded(im: Image.Image, target: tuple[int, int]) -> Image.Image:
     """Decode (cheaply for JPEG: DCT scaling to about the target), upright, in RGB(A)."""
     if im.format == "JPEG":
         im.draft("RGB", target)
+    from PIL import ImageOps
+
     out = ImageOps.exif_transpose(im)
     if out.mode not in ("RGB", "RGBA"):
         has_alpha = out.mode in ("LA", "PA") or (out.mode == "P" and "transparency" in out.info)
@@ -107,6 +123,8 @@ def thumbnail(src: IO[bytes], size: ThumbnailSize, max_pixels: int) -> Thumbnail
     """A thumbnail at `size`: `crop` fills the box exactly (centre crop), `scale` fits
     inside it keeping the aspect ratio. Never upscales: a smaller source is only
     cropped to the box's aspect ratio (crop) or returned at its own size (scale)."""
+    from PIL import Image, ImageOps
+
     im = _open(src, max_pixels)
     source_format = im.format
     w, h = size.width, size.height
