@@ -32,7 +32,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, DeferredLock
 
-from homeserver.plugins import EventBatch, PluginApi, PushDecision, Pusher, StreamEvent
+from homeserver.plugins import EventBatch, PluginApi, PushDecision, Pusher, StreamEvent, log_failure
 from plugins.push.config import DeliveryConfig
 from plugins.push.delivery_format import EventFacts, device_entry, is_short, notify_body
 from plugins.push.delivery_http import GatewayClient, Outcome, Refused, Sent, TryAgain
@@ -40,6 +40,9 @@ from plugins.push.delivery_store import DeliveryStore, Parked
 from plugins.push.email_notifier import EmailNotifier
 
 _PARKED_PAGE = 50
+# A drain that failed (the database down) is tried again after retry_min, doubling up to this:
+# short, so that pushes resume soon after the database is back.
+_DRAIN_RETRY_MAX_S = 30.0
 
 
 @dataclass
@@ -65,6 +68,8 @@ class PusherQueue:
     gone: bool = False
     # The request to its gateway in flight, if any.
     posting: Deferred[Outcome] | None = None
+    # The pause before draining again after a failure (0 once a notification went through).
+    drain_delay_s: float = 0.0
 
 
 class Deliverer:
@@ -152,19 +157,36 @@ class Deliverer:
     def _enqueue(self, notification: Notification) -> None:
         queue = self._queue(notification.pusher.pusher_id)
         queue.items.append(notification)
-        if queue.draining is None:
-            queue.draining = Deferred.fromCoroutine(self._drain(queue))
+        self._start_drain(queue)
 
     # One pusher's queue -------------------------------------------------------------
 
     async def _drain(self, queue: PusherQueue) -> None:
+        failed = False
         try:
             while queue.items and not self._stopping and not queue.gone:
                 await self._deliver(queue, queue.items[0])
+                queue.drain_delay_s = 0.0
         except Exception:
-            self.api.log.failure("push delivery for pusher {pusher_id} failed", pusher_id=queue.pusher_id)
+            # Mostly the database is down (a body reads unread counts; parking writes). The
+            # notification stays at the head and is tried again after a pause: giving up
+            # would leave it, and the stream position its hold keeps, until the next event.
+            log_failure(self.api.log, "push delivery for pusher {p} failed", p=queue.pusher_id)
+            failed = True
         finally:
             queue.draining = None
+        if failed:
+            queue.drain_delay_s = min(
+                max(queue.drain_delay_s * 2, self.config.retry_min_s), _DRAIN_RETRY_MAX_S
+            )
+            self.api.clock.callLater(queue.drain_delay_s, self._start_drain, queue)
+
+    def _start_drain(self, queue: PusherQueue) -> None:
+        if queue.items and queue.draining is None and not self._stopping and not queue.gone:
+            draining = Deferred.fromCoroutine(self._drain(queue))
+            # A drain that ended at once (it failed before its first wait) must not stay
+            # recorded as running: nothing would ever start this queue's drain again.
+            queue.draining = None if draining.called else draining
 
     async def _deliver(self, queue: PusherQueue, item: Notification) -> None:
         if item.ack_deadline is not None:
@@ -218,14 +240,9 @@ class Deliverer:
                 body,
                 self.api.clock.time_ms(),
             )
-            try:
-                await self.store.park(parked)
-            except Exception:
-                # Not parked and not sent: its hold stays out, so the event comes again after
-                # a restart. Nothing is lost; this run gives up on it.
-                self.api.log.failure("could not park a notification for pusher {p}", p=queue.pusher_id)
-                queue.items.popleft()
-                return True
+            # If this fails (the database is down) the notification stays at the head of
+            # the queue, and the drain tries it again after a pause (`_drain`).
+            await self.store.park(parked)
             self.outcomes.labels("parked").inc()
             queue.items.popleft()
             self.progress[queue.pusher_id] = max(self.progress.get(queue.pusher_id, 0), item.event.position)
@@ -256,7 +273,7 @@ class Deliverer:
                 try:
                     await self.store.save_progress(dirty)
                 except Exception:
-                    self.api.log.failure("could not save push progress")
+                    log_failure(self.api.log, "could not save push progress")
                     for pusher_id, position in dirty.items():
                         self._dirty[pusher_id] = max(position, self._dirty.get(pusher_id, 0))
                     return  # the next settlement tries again
@@ -332,12 +349,11 @@ class Deliverer:
                     if queue.gone:
                         return
         except Exception:
-            self.api.log.failure("retrying pushes for pusher {p} failed", p=queue.pusher_id)
+            log_failure(self.api.log, "retrying pushes for pusher {p} failed", p=queue.pusher_id)
             self._back_off(queue)
         finally:
             queue.lock.release()
-        if queue.items and queue.draining is None and not self._stopping:
-            queue.draining = Deferred.fromCoroutine(self._drain(queue))
+        self._start_drain(queue)
 
     async def _retry_one(self, queue: PusherQueue, pusher: Pusher, row: Parked) -> bool:
         """One parked notification; False if the gateway failed again (a retry is scheduled)."""
