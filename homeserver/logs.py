@@ -13,11 +13,14 @@ from typing import IO, Any
 
 from twisted.logger import (
     FilteringLogObserver,
+    Logger,
     LogLevel,
     LogLevelFilterPredicate,
     formatEvent,
     globalLogBeginner,
 )
+
+from homeserver.errors import ServiceUnavailable
 
 _SECRET_PATTERNS = [
     re.compile(r"eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*"),  # JWTs
@@ -56,3 +59,17 @@ def setup_logging(level: str = "INFO", out: IO[str] | None = None) -> None:
     predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level.lower()))
     observer = FilteringLogObserver(ScrubbingObserver(out or sys.stdout), [predicate])  # type: ignore[arg-type,list-item]
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)  # type: ignore[list-item]
+
+
+def log_failure(logger: Logger, format: str, **kwargs: Any) -> None:
+    """Log the exception being handled, from an `except` block of code that retries it.
+
+    A database outage (`ServiceUnavailable`: DatabaseUnavailable, CommitOutcomeUnknown) is
+    logged as one warning line: every consumer and job retries it, and a traceback per
+    retry would bury the log while the database is down. Anything else keeps its traceback.
+    """
+    error = sys.exc_info()[1]
+    if isinstance(error, ServiceUnavailable):
+        logger.warn(format + ": {outage}", outage=str(error), **kwargs)
+    else:
+        logger.failure(format, **kwargs)

@@ -42,6 +42,7 @@ from homeserver.core.push_addresses import is_public_address
 from homeserver.core.tokens import Requester
 from homeserver.disk_full import disk_watch, is_disk_full
 from homeserver.errors import MatrixError, StorageFull
+from homeserver.logs import log_failure
 from homeserver.storage.admin import UserFilter, UserSummary
 from homeserver.storage.database import Database, Txn
 from homeserver.storage.devices import DeviceRow
@@ -382,7 +383,7 @@ class PluginApi:
             except StorageFull:
                 pass  # the disk watch has said so once (homeserver/disk_full.py); next time may work
             except Exception:
-                self.log.failure(f"background job of plugin {self._name} failed")
+                log_failure(self.log, "background job of plugin {name} failed", name=self._name)
 
         self._jobs.append(
             self._hs.clock.looping_call(interval_s, lambda: Deferred.fromCoroutine(run()), now=now)
@@ -685,6 +686,7 @@ __all__ = [
     "StreamBody",
     "StreamEvent",
     "Txn",
+    "log_failure",
 ]
 
 

@@ -102,6 +102,7 @@ from homeserver.core.unread import UnreadCounter
 from homeserver.core.user_directory import UserDirectory
 from homeserver.core.voip import VoipService
 from homeserver.errors import StorageFull
+from homeserver.logs import log_failure
 from homeserver.metrics import ServerMetrics
 from homeserver.notifier import Notifier
 from homeserver.plugins import PluginApi, migrate_plugin_schemas, start_plugins
@@ -506,7 +507,7 @@ class HomeServer:
             except StorageFull:
                 pass  # the disk watch has said so once (homeserver/disk_full.py); next time may work
             except Exception:
-                log.failure("background job failed")
+                log_failure(log, "background job failed")
 
         self._jobs.append(self.clock.looping_call(interval_s, lambda: Deferred.fromCoroutine(run())))
 
@@ -572,7 +573,7 @@ class HomeServer:
         try:
             await self.delivery.flush()
         except Exception:
-            log.failure("could not save delivery positions")
+            log_failure(log, "could not save delivery positions")
         for api in self.plugin_apis:
             api.stop_jobs()
         self.exports.stop()

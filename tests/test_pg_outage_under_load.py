@@ -361,5 +361,10 @@ def _run_outage(server: ServerProcess, gateway: Gateway, pg_url: str, proxy: PgP
     r = load.request("sync", "GET", f"{CLIENT}/sync?timeout=0&since={since['bob']}", tokens["bob"])
     assert r.status_code == 200, r.text
     assert server.process.poll() is None
+    # An operator reads one line per retry while the database is down, not a traceback each.
+    log = server.log_text()
+    assert "DatabaseUnavailable" not in log and "Traceback" not in log, log[log.find("Traceback") - 300 :][
+        :3000
+    ]
     print(f"outage {up_at - down_at:.1f}s, {len(load.sent)} messages, {len(load.calls)} calls,",
           f"answers {dict(statuses)}, slowest {slowest}")  # fmt: skip

@@ -30,7 +30,9 @@ resumes from it after a restart or a kill -9. The guarantee is at least once, in
   `redelivered_upto = handed_upto`, so the consumer can tell each repeat by its stream
   position (`StreamBatch.maybe_repeated`);
 - a handler that raises gets the same batch again after a pause (RETRY_MIN_S doubling up
-  to RETRY_MAX_S); a non-durable consumer's failed batch is logged and skipped.
+  to RETRY_MAX_S, or to RETRY_MAX_OUTAGE_S while the database is unavailable, logged then
+  as one line without a traceback); a non-durable consumer's failed batch is logged and
+  skipped.
 
 Holds: a consumer may keep working on a batch after its handler returned (a push waiting
 for a device's receipt, a request to a slow gateway). `batch.hold()` returns a release
@@ -58,6 +60,8 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from twisted.internet.defer import Deferred, DeferredLock
 from twisted.logger import Logger
 
+from homeserver.errors import ServiceUnavailable
+from homeserver.logs import log_failure
 from homeserver.storage.events import EventStore, PersistItem
 from homeserver.storage.stream_consumers import StreamConsumerStore
 
@@ -68,6 +72,10 @@ MAX_BATCH_EVENTS = 1_000
 CATCH_UP_PAGE = 500
 RETRY_MIN_S = 1.0
 RETRY_MAX_S = 300.0
+# While the database is down (ServiceUnavailable) the pause stops doubling here, so that a
+# consumer resumes within seconds of its return instead of minutes; one retry per consumer
+# every few seconds costs nothing.
+RETRY_MAX_OUTAGE_S = 5.0
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.\-]{0,199}")
 
 InlineConsumer = Callable[[list[PersistItem]], None]
@@ -320,7 +328,7 @@ class StreamConsumer:
             while self.position > self._saved_position and not self._stopping:
                 await self._save_once(self._saved_handed)
         except Exception:
-            log.failure("stream consumer {name} could not save its position", name=self.name)
+            log_failure(log, "stream consumer {name} could not save its position", name=self.name)
         finally:
             self._background_save = False
 
@@ -415,7 +423,7 @@ class StreamConsumer:
         try:
             items = await self.stream._events.committed_events(self.handled_upto, head, CATCH_UP_PAGE)
         except Exception:
-            log.failure("stream consumer {name} could not read events", name=self.name)
+            log_failure(log, "stream consumer {name} could not read events", name=self.name)
             await self._pause(RETRY_MIN_S)
             return None
         upto = items[-1].event.stream_ordering if len(items) == CATCH_UP_PAGE else head
@@ -433,8 +441,10 @@ class StreamConsumer:
             try:
                 await self._handler(batch)
                 return True
-            except Exception:
-                log.failure(
+            except Exception as error:
+                cap = RETRY_MAX_OUTAGE_S if isinstance(error, ServiceUnavailable) else RETRY_MAX_S
+                log_failure(
+                    log,
                     "stream consumer {name} failed on events ({after}, {upto}]",
                     name=self.name,
                     after=batch.after,
@@ -445,7 +455,7 @@ class StreamConsumer:
             if self._stopping:
                 return False
             await self._pause(delay)
-            delay = min(delay * 2, RETRY_MAX_S)
+            delay = min(delay * 2, cap)
             if self._stopping:
                 return False
 
@@ -467,12 +477,13 @@ class StreamConsumer:
             try:
                 await self._save_once(handed_upto)
                 return
-            except Exception:
-                log.failure("stream consumer {name} could not save its position", name=self.name)
+            except Exception as error:
+                cap = RETRY_MAX_OUTAGE_S if isinstance(error, ServiceUnavailable) else RETRY_MAX_S
+                log_failure(log, "stream consumer {name} could not save its position", name=self.name)
             if self._stopping:
                 return  # the next start resumes from the last saved position
             await self._pause(delay)
-            delay = min(delay * 2, RETRY_MAX_S)
+            delay = min(delay * 2, cap)
 
     async def _pause(self, seconds: float) -> None:
         """Wait `seconds` (new events do not end the wait; stopping does)."""

@@ -372,3 +372,36 @@ def test_a_non_durable_consumers_holds_move_what_reached_waits_for() -> None:
     assert not reached.called and db.saves == []
     holder.releases[1]()
     assert reached.called and db.saves == []
+
+
+def test_a_database_outage_is_logged_in_one_line_and_retried_often_enough_to_resume_soon() -> None:
+    from twisted.logger import globalLogPublisher
+
+    from homeserver.storage.connection_pool import DatabaseUnavailable
+
+    stream, db, clock = make()
+    database_down = True
+    handled: list[int] = []
+
+    async def indexer(batch: StreamBatch) -> None:
+        if database_down:
+            raise DatabaseUnavailable()
+        handled.append(batch.upto)
+
+    logged: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        consumer = Deferred.fromCoroutine(stream.subscribe_durable("indexer", indexer)).result
+        commit(stream, db, 1)
+        clock.pump([1.0] * 600)  # ten minutes without a database
+        database_down = False
+        clock.advance(event_stream.RETRY_MAX_OUTAGE_S)
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    assert handled == [1] and consumer.position == 1
+    failures = [e for e in logged if "failed on events" in e.get("log_format", "")]
+    assert failures and all("log_failure" not in e for e in failures)  # no traceback
+    # Retried every RETRY_MAX_OUTAGE_S at most, not minutes apart: and not a storm either.
+    assert (
+        600 / event_stream.RETRY_MAX_OUTAGE_S <= len(failures) <= 600 / event_stream.RETRY_MAX_OUTAGE_S + 10
+    )
