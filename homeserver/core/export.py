@@ -29,7 +29,7 @@ from twisted.logger import Logger
 
 from homeserver.core.clock import Clock
 from homeserver.core.event_format import client_event
-from homeserver.errors import MatrixError, NotFound
+from homeserver.errors import MatrixError, NotFound, ServiceUnavailable
 from homeserver.events.redaction import redact
 from homeserver.storage import Storage
 from homeserver.storage.events import StoredEvent
@@ -46,6 +46,9 @@ PAGE = 500
 CHUNK = 256 * 1024
 # Finished exports kept per user: a new one replaces the oldest (bounds the disk a user can fill).
 KEEP_PER_USER = 3
+# Pauses before a job cut by a database outage starts over (doubling).
+RETRY_MIN_S = 1.0
+RETRY_MAX_S = 30.0
 # Steps that are not events: profile, account data, devices, rooms.
 _FIXED_STEPS = 4
 
@@ -170,6 +173,7 @@ class ExportService:
         self._running: dict[str, list[Deferred[None]]] = {}  # job -> waiters for its end
         self._cancelled: set[str] = set()
         self._stopping = False
+        self._pauses: set[Deferred[None]] = set()  # jobs waiting to start over after an outage
 
     # Jobs --------------------------------------------------------------------------------
 
@@ -275,6 +279,8 @@ class ExportService:
     def stop(self) -> None:
         """At shutdown: a job cut short stays `running`, to start over at the next start-up."""
         self._stopping = True
+        for waiter in list(self._pauses):
+            waiter.callback(None)
 
     async def wait_idle(self) -> None:
         """Until every running job has ended (shutdown, tests)."""
@@ -282,6 +288,29 @@ class ExportService:
             await self._ended(export_id)
 
     async def _run(self, export_id: str, user_id: str) -> None:
+        # A database outage does not fail the job: it starts over once the database answers
+        # again, as after a restart (the user asked once; a failed export would make them ask again).
+        delay = RETRY_MIN_S
+        while not await self._attempt(export_id, user_id):
+            await self._pause(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
+            if self._stopping:
+                return
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait `seconds`, or until shutdown."""
+        waiter: Deferred[None] = Deferred()
+        self._pauses.add(waiter)
+        call = self.clock.callLater(seconds, waiter.callback, None)
+        try:
+            await waiter
+        finally:
+            self._pauses.discard(waiter)
+            if call.active():
+                call.cancel()
+
+    async def _attempt(self, export_id: str, user_id: str) -> bool:
+        """Run the job once; False if the database was unavailable (the job is to start over)."""
         part = self._part_path(export_id)
         writer = _ZipWriter(self.threads, part)
         try:
@@ -305,7 +334,15 @@ class ExportService:
                 log.info(
                     "export {export_id} interrupted by shutdown: it restarts at start-up", export_id=export_id
                 )
-                return
+                return True
+            if isinstance(e, ServiceUnavailable):
+                log.warn("export {export_id} starts over: {error}", export_id=export_id, error=str(e))
+                try:
+                    await writer.close()
+                    await self.threads.run(_remove, part)
+                except Exception:
+                    log.failure("export {export_id}: removing the partial zip failed", export_id=export_id)
+                return False
             log.failure("export {export_id} of {user_id} failed", export_id=export_id, user_id=user_id)
             try:
                 await writer.close()
@@ -315,6 +352,7 @@ class ExportService:
             await self.storage.gdpr.finish_export(
                 export_id, "failed", self.clock.time_ms(), None, type(e).__name__
             )
+        return True
 
     async def _write(self, export_id: str, user_id: str, writer: _ZipWriter) -> None:
         gdpr = self.storage.gdpr

@@ -109,3 +109,42 @@ async def test_erasing_the_account_stops_its_running_export_and_leaves_no_file(t
             release.callback(None)
         await hs.exports.wait_idle()
         await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_export_cut_by_a_database_outage_starts_over_and_finishes(tmp_path: Path) -> None:
+    from homeserver.core import export
+    from homeserver.storage.connection_pool import DatabaseUnavailable
+
+    clock = TestClock()
+    hs = await make_server(tmp_path, clock)
+    client = Client(hs)
+    attempts: list[str] = []
+
+    async def part(user_id: str, sink: ExportSink) -> None:
+        attempts.append(user_id)
+        if len(attempts) <= 2:  # the database is down for the first two attempts
+            raise DatabaseUnavailable()
+        await sink.add_json("notes.json", {"attempt": len(attempts)})
+
+    hs.exports.parts.append(("plugin", part))
+    try:
+        alice = await client.register(hs, "alice")
+        token = alice["access_token"]
+        _, started = await client.start("POST", "/api/me/export", token)
+        export_id = started["id"]
+        await until(lambda: len(attempts) == 1, "the first attempt")
+        _, status = await client.start("GET", f"/api/me/export/{export_id}", token)
+        assert status["state"] == "running", status  # not failed: it waits to start over
+        assert list(hs.exports.directory.glob("*.part")) == []
+        clock.advance(export.RETRY_MIN_S)
+        await until(lambda: len(attempts) == 2, "the second attempt")
+        clock.advance(export.RETRY_MIN_S * 2)
+        await until(lambda: export_id not in hs.exports._running, "the job ended")
+        _, status = await client.start("GET", f"/api/me/export/{export_id}", token)
+        assert status["state"] == "done", status
+        archive = zipfile.ZipFile(io.BytesIO(hs.exports.zip_path(export_id).read_bytes()))
+        assert json.loads(archive.read("plugin/notes.json")) == {"attempt": 3}
+    finally:
+        await hs.exports.wait_idle()
+        await hs.stop(None)
