@@ -276,7 +276,12 @@ class Deliverer:
                     log_failure(self.api.log, "could not save push progress")
                     for pusher_id, position in dirty.items():
                         self._dirty[pusher_id] = max(position, self._dirty.get(pusher_id, 0))
-                    return  # the next settlement tries again
+                    # Again after a pause, not only at the next settlement: until written, a
+                    # crash would push these notifications a second time.
+                    self.api.clock.callLater(
+                        self.config.retry_min_s, lambda: Deferred.fromCoroutine(self._flush())
+                    )
+                    return
         finally:
             self._flushing = False
 

@@ -138,3 +138,15 @@ def test_a_push_that_cannot_be_parked_is_parked_once_the_database_is_back() -> N
     assert api.writes["park"] == 1
     assert released == [1]
     assert gateway.posted == ["$e1"]  # parked as it was, not sent again meanwhile
+
+
+def test_progress_that_could_not_be_saved_is_saved_once_the_database_is_back() -> None:
+    api, gateway = Api(), Gateway(Sent(()))
+    push = deliverer(api, gateway)
+    released: list[int] = []
+    api.failing = {"save_progress"}
+    Deferred.fromCoroutine(push.on_batch(batch(1, released)))
+    assert gateway.posted == ["$e1"] and api.writes["save_progress"] == 0
+    api.failing = set()
+    api.clock.advance(1.0)  # no other push needed to write it
+    assert api.writes["save_progress"] == 1
