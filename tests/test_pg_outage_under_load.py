@@ -361,10 +361,13 @@ def _run_outage(server: ServerProcess, gateway: Gateway, pg_url: str, proxy: PgP
     r = load.request("sync", "GET", f"{CLIENT}/sync?timeout=0&since={since['bob']}", tokens["bob"])
     assert r.status_code == 200, r.text
     assert server.process.poll() is None
+    # The pool reconnected without leaking: at most pool_max (10 by default) plus the writer's.
+    live = sum(not link._closed for link in proxy._links)
+    assert 0 < live <= 10 + 1, live
     # An operator reads one line per retry while the database is down, not a traceback each.
     log = server.log_text()
     assert "DatabaseUnavailable" not in log and "Traceback" not in log, log[log.find("Traceback") - 300 :][
         :3000
     ]
-    print(f"outage {up_at - down_at:.1f}s, {len(load.sent)} messages, {len(load.calls)} calls,",
+    print(f"outage {up_at - down_at:.1f}s, {len(load.sent)} messages, {len(load.calls)} calls, {live} connections,",
           f"answers {dict(statuses)}, slowest {slowest}")  # fmt: skip

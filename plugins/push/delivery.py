@@ -278,12 +278,14 @@ class Deliverer:
                         self._dirty[pusher_id] = max(position, self._dirty.get(pusher_id, 0))
                     # Again after a pause, not only at the next settlement: until written, a
                     # crash would push these notifications a second time.
-                    self.api.clock.callLater(
-                        self.config.retry_min_s, lambda: Deferred.fromCoroutine(self._flush())
-                    )
+                    self.api.clock.callLater(self.config.retry_min_s, self._flush_again)
                     return
         finally:
             self._flushing = False
+
+    def _flush_again(self) -> None:
+        if not self._stopping:  # stop() flushes itself
+            Deferred.fromCoroutine(self._flush())
 
     async def _body(self, item: Notification) -> dict[str, Any]:
         event = item.event.event
