@@ -16,12 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import treq
-from treq.client import HTTPClient
 from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.interfaces import IHostnameResolver, IReactorPluggableNameResolver, IResolutionReceiver
-from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 MAX_ANSWER_BYTES = 64 * 1024
@@ -127,13 +123,28 @@ class GatewayClient:
         self._allowed = allowed
         self._timeout_s = timeout_s
         self._slots = DeferredSemaphore(max_concurrent)
+        self._reactor = reactor
+        self._max_concurrent = max_concurrent
         self.resolver = PolicyResolver(reactor.nameResolver, allowed)
-        self._pool = HTTPConnectionPool(reactor, persistent=True)
-        self._pool.maxPersistentPerHost = max_concurrent
-        agent: Any = Agent(
-            _ResolvingReactor(reactor, self.resolver), connectTimeout=timeout_s, pool=self._pool
-        )
-        self._http = HTTPClient(agent)
+        # Made by the first push: treq and twisted.web.client take a tenth of a second to
+        # import, which every start would pay before it answers (issue 16's start-up time).
+        self._pool: Any = None
+        self._http: Any = None
+
+    def _client(self) -> Any:
+        if self._http is None:
+            from treq.client import HTTPClient
+            from twisted.web.client import Agent, HTTPConnectionPool
+
+            self._pool = HTTPConnectionPool(self._reactor, persistent=True)
+            self._pool.maxPersistentPerHost = self._max_concurrent
+            agent: Any = Agent(
+                _ResolvingReactor(self._reactor, self.resolver),
+                connectTimeout=self._timeout_s,
+                pool=self._pool,
+            )
+            self._http = HTTPClient(agent)
+        return self._http
 
     async def post(self, url: str, body: dict[str, Any]) -> Outcome:
         host = urlsplit(url).hostname or ""
@@ -169,7 +180,10 @@ class GatewayClient:
         return Refused(f"HTTP {status}")
 
     async def _exchange(self, url: str, data: bytes) -> tuple[int, Any]:
-        response = await self._http.post(
+        import treq
+        from twisted.web.http_headers import Headers
+
+        response = await self._client().post(
             url, data=data, headers=Headers({b"Content-Type": [b"application/json"]})
         )
         received: list[bytes] = []
@@ -193,7 +207,8 @@ class GatewayClient:
         return int(response.code), answer
 
     async def close(self) -> None:
-        await self._pool.closeCachedConnections()
+        if self._pool is not None:
+            await self._pool.closeCachedConnections()
 
 
 def _literal(host: str) -> str | None:

@@ -19,7 +19,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import http_ece
-import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from twisted.internet.interfaces import IReactorTime
@@ -111,6 +110,8 @@ def vapid_header(key: ec.EllipticCurvePrivateKey, endpoint: str, contact: str, n
     """RFC 8292 section 3: `vapid t=<ES256 JWT>, k=<public key>`, audience the endpoint's origin."""
     parts = urlsplit(endpoint)
     claims = {"aud": f"{parts.scheme}://{parts.netloc}", "exp": int(now) + VAPID_LIFETIME_S, "sub": contact}
+    import jwt  # on first use, like the core's tokens: a faster start
+
     token = jwt.encode(claims, key, algorithm="ES256")
     return f"vapid t={token}, k={application_server_key(key)}"
 
