@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -306,6 +307,36 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory, pg_database: str) -> Ite
     with conn.cursor() as cur:
         cur.execute(f"DROP SCHEMA {schema} CASCADE")
     conn.close()
+
+
+@contextmanager
+def server_on_engine(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    engine: str,
+    overrides: dict[str, Any],
+    name: str = "hs",
+) -> Iterator[ServerProcess]:
+    """A server process on `engine`: SQLite in its data dir, or PostgreSQL in a schema of
+    its own that is dropped afterwards. For module fixtures parametrised by engine."""
+    overrides = dict(overrides)
+    schema = conn = None
+    if engine == "postgres":
+        pg_database = request.getfixturevalue("pg_database")
+        schema = f"s_{secrets.token_hex(6)}"
+        conn = _pg_connect(pg_database)
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE SCHEMA {schema}")
+        overrides["database"] = {"url": f"{pg_database}?options=-csearch_path%3D{schema}"}
+    server = start_server_process(tmp_path_factory.mktemp(name), overrides)
+    try:
+        yield server
+    finally:
+        server.stop()
+        if conn is not None:
+            with conn.cursor() as cur:
+                cur.execute(f"DROP SCHEMA {schema} CASCADE")
+            conn.close()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 import pytest
 import requests
-from conftest import VENV_BIN, ServerProcess, _pg_connect, start_server_process
+from conftest import VENV_BIN, ServerProcess, server_on_engine, start_server_process
 from test_history_visibility import CS, Client
 
 ADMIN_PASSWORD = "admin password 42"
@@ -32,21 +32,8 @@ def admin_server(
             {"module": "plugins.media.MediaPlugin", "config": {}},
         ]
     }
-    schema = None
-    if request.param == "postgres":
-        pg_database = request.getfixturevalue("pg_database")
-        schema = f"s_{secrets.token_hex(6)}"
-        conn = _pg_connect(pg_database)
-        with conn.cursor() as cur:
-            cur.execute(f"CREATE SCHEMA {schema}")
-        overrides["database"] = {"url": f"{pg_database}?options=-csearch_path%3D{schema}"}
-    server = start_server_process(tmp_path_factory.mktemp("hs"), overrides)
-    yield server
-    server.stop()
-    if schema is not None:
-        with conn.cursor() as cur:
-            cur.execute(f"DROP SCHEMA {schema} CASCADE")
-        conn.close()
+    with server_on_engine(request, tmp_path_factory, request.param, overrides, "hs") as server:
+        yield server
 
 
 class Admin:

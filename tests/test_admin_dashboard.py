@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import secrets
 import threading
 import time
 import zipfile
@@ -16,7 +15,7 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import ServerProcess, _pg_connect, start_server_process
+from conftest import ServerProcess, server_on_engine
 from test_admin_api import Admin, q, upload
 from test_history_visibility import Client
 
@@ -33,21 +32,8 @@ def dash_server(
             {"module": "plugins.media.MediaPlugin", "config": {}},
         ]
     }
-    schema = None
-    if request.param == "postgres":
-        pg_database = request.getfixturevalue("pg_database")
-        schema = f"s_{secrets.token_hex(6)}"
-        conn = _pg_connect(pg_database)
-        with conn.cursor() as cur:
-            cur.execute(f"CREATE SCHEMA {schema}")
-        overrides["database"] = {"url": f"{pg_database}?options=-csearch_path%3D{schema}"}
-    server = start_server_process(tmp_path_factory.mktemp("hs"), overrides)
-    yield server
-    server.stop()
-    if schema is not None:
-        with conn.cursor() as cur:
-            cur.execute(f"DROP SCHEMA {schema} CASCADE")
-        conn.close()
+    with server_on_engine(request, tmp_path_factory, request.param, overrides, "hs") as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import pytest
 import requests
-from conftest import VENV_BIN, ServerProcess, _pg_connect, start_server_process
+from conftest import VENV_BIN, ServerProcess, server_on_engine
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 from openapi_core import OpenAPI
@@ -144,21 +144,8 @@ def server(
         ],
         "metrics": {"bearer_secret": METRICS_SECRET},
     }
-    conn = None
-    if request.param == "postgres":
-        pg_database = request.getfixturevalue("pg_database")
-        schema = f"fuzz_{secrets.token_hex(6)}"
-        conn = _pg_connect(pg_database)
-        with conn.cursor() as cur:
-            cur.execute(f"CREATE SCHEMA {schema}")
-        overrides["database"] = {"url": f"{pg_database}?options=-csearch_path%3D{schema}"}
-    server = start_server_process(tmp_path_factory.mktemp("fuzz"), overrides)
-    yield server
-    server.stop()
-    if conn is not None:
-        with conn.cursor() as cur:
-            cur.execute(f"DROP SCHEMA {schema} CASCADE")
-        conn.close()
+    with server_on_engine(request, tmp_path_factory, request.param, overrides, "fuzz") as server:
+        yield server
 
 
 def register(server: ServerProcess, prefix: str) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 import pytest
 import requests
-from conftest import ServerProcess, restart_server_process, start_server_process
+from conftest import ServerProcess, restart_server_process, server_on_engine, start_server_process
 
 PASSWORD = "gdpr-" + secrets.token_urlsafe(8)
 CLIENT = "/_matrix/client/v3"
@@ -30,24 +30,8 @@ def server(
 ) -> Iterator[ServerProcess]:
     """A server with the media plugin, on each engine in turn (PostgreSQL: a schema of its own)."""
     overrides: dict[str, Any] = {"plugins": [MEDIA]}
-    schema = conn = None
-    if request.param == "postgres":
-        import psycopg2
-
-        database: str = request.getfixturevalue("pg_database")
-        schema = f"g_{secrets.token_hex(6)}"
-        conn = psycopg2.connect(database)
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(f"CREATE SCHEMA {schema}")
-        overrides["database"] = {"url": f"{database}?options=-csearch_path%3D{schema}"}
-    s = start_server_process(tmp_path_factory.mktemp("gdpr"), overrides)
-    yield s
-    s.stop()
-    if conn is not None:
-        with conn.cursor() as cur:
-            cur.execute(f"DROP SCHEMA {schema} CASCADE")
-        conn.close()
+    with server_on_engine(request, tmp_path_factory, request.param, overrides, "gdpr") as server:
+        yield server
 
 
 class User:
