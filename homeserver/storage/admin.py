@@ -7,6 +7,10 @@ from typing import Any
 
 from homeserver.storage.database import Database, Txn
 from homeserver.storage.reports import Report
+from homeserver.storage.retention import purge_events_txn
+
+_EVERY_POSITION = 2**62
+_PURGE_BATCH = 500
 
 # Columns a user list may be ordered by, as the admin API names them -> SQL.
 USER_ORDER_COLUMNS = {
@@ -237,28 +241,21 @@ class AdminStore:
 
     async def purge_room_messages(self, room_id: str, admin: str, now_ms: int) -> int:
         """Delete the room's non-state events (messages, reactions, redactions) with what
-        points at them, and mark the room purged; its state events stay, so the room graph
-        and every member's last membership remain. Returns how many events went."""
-        messages = "SELECT event_id FROM events WHERE room_id = ? AND state_key IS NULL"
+        points at them, as retention does (storage/retention.py), and mark the room purged;
+        its state events and forward extremities stay, so the room graph and every member's
+        last membership remain. Returns how many events went."""
 
         def purge_txn(txn: Txn) -> int:
-            ids = [r[0] for r in txn.query(messages, (room_id,))]
-            for table in ("event_relations", "redactions", "event_txn_ids", "event_edges", "event_auth"):
-                txn.execute(f"DELETE FROM {table} WHERE event_id IN ({messages})", (room_id,))
-            search_rows = txn.query(
-                f"SELECT stream_ordering FROM event_search WHERE event_id IN ({messages})", (room_id,)
-            )
-            if search_rows and self.db.engine.name == "sqlite":
-                txn.executemany("DELETE FROM event_search_fts WHERE rowid = ?", search_rows)
-            txn.execute(f"DELETE FROM event_search WHERE event_id IN ({messages})", (room_id,))
+            purged = 0
+            while ids := purge_events_txn(txn, self.db.dialect, room_id, _EVERY_POSITION, _PURGE_BATCH):
+                purged += len(ids)
             txn.execute("DELETE FROM receipts WHERE room_id = ?", (room_id,))
-            txn.execute("DELETE FROM events WHERE room_id = ? AND state_key IS NULL", (room_id,))
             txn.execute("DELETE FROM purged_rooms WHERE room_id = ?", (room_id,))
             txn.execute(
                 "INSERT INTO purged_rooms (room_id, purged_by, purged_ts) VALUES (?, ?, ?)",
                 (room_id, admin, now_ms),
             )
-            return len(ids)
+            return purged
 
         count: int = await self.db.run_interaction("admin_purge_room", purge_txn)
         return count

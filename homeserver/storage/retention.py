@@ -82,7 +82,7 @@ class RetentionStore:
         """Delete up to `limit` of the room's oldest purgeable events at or below `floor`, in one
         transaction; their ids (empty when nothing is left)."""
         return await self.db.run_interaction(
-            "purge_history_batch", _purge_batch_txn, self.db.dialect, room_id, floor, limit
+            "purge_history_batch", purge_events_txn, self.db.dialect, room_id, floor, limit
         )
 
     async def pending_purged(self, limit: int) -> list[tuple[str, str]]:
@@ -105,7 +105,11 @@ class RetentionStore:
         await self.db.run_interaction("clear_pending_purged", clear_txn)
 
 
-def _purge_batch_txn(txn: Txn, dialect: str, room_id: str, floor: int, limit: int) -> list[str]:
+def purge_events_txn(txn: Txn, dialect: str, room_id: str, floor: int, limit: int) -> list[str]:
+    """Delete up to `limit` of the room's oldest non-state events at or below `floor`, with
+    what points at them (search rows, edges, auth links, relations, redactions of them, txn
+    ids), keeping the room's forward extremities and redactions of state events; the ids go
+    to `purged_events_pending` for plugins (media). Retention and the admin purge share it."""
     rows = txn.query(
         "SELECT e.event_id, e.stream_ordering FROM events e WHERE e.room_id = ? AND e.stream_ordering <= ?"
         " AND e.state_key IS NULL"
