@@ -428,6 +428,7 @@ class HomeServer:
         self._build_gdpr()
         self.retention = RetentionService(self.config.retention, self.storage.retention, self.clock)
         self.retention.on_purged.append(self._forget_purged)
+        self.admin.on_messages_purged = self.retention.tell_pending
 
     def _build_gdpr(self) -> None:
         """Data export and erasure (docs/gdpr.md)."""

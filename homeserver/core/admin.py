@@ -8,6 +8,7 @@ their summaries are built from the in-memory room heads and sorted here.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -142,6 +143,8 @@ class AdminService:
         self.registration_tokens = registration_tokens  # create, list, change, delete
         self.rooms_service = rooms
         self.clock_ms = clock.time_ms
+        # Told after a purge of a room's messages (the server: retention's hand-over to plugins).
+        self.on_messages_purged: Callable[[], Awaitable[None]] | None = None
         self._purged: set[str] = set()
 
     # Users ----------------------------------------------------------------------------
@@ -309,6 +312,8 @@ class AdminService:
         if purge:
             purged = await self.store.purge_room_messages(room_id, admin, self.clock_ms())
             self.timeline.drop_messages(room_id)
+            if self.on_messages_purged is not None:
+                await self.on_messages_purged()  # plugins drop what only those events held (media)
             self._purged.add(room_id)
         return RoomShutdown(kicked, failed, aliases, purged)
 

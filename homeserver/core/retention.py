@@ -115,7 +115,7 @@ class RetentionService:
             return report
         self._running = True
         try:
-            await self._tell_pending()
+            await self.tell_pending()
             now = self.clock.time_ms()
             for room_id, retention_json in await self.store.retention_states():
                 if self._stopped:
@@ -159,8 +159,9 @@ class RetentionService:
             if len(ids) < batch or self._stopped:
                 return total
 
-    async def _tell_pending(self) -> None:
-        """Tell plugins of events purged by a run that died before telling them."""
+    async def tell_pending(self) -> None:
+        """Tell plugins of purged events not yet told: of a run that died before telling
+        them, or of an admin's purge of a room (core/admin.py)."""
         while True:
             pending = await self.store.pending_purged(_TELL_BATCH)
             by_room: dict[str, list[str]] = {}
