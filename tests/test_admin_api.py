@@ -747,6 +747,21 @@ def upload(server: ServerProcess, client: Client, data: bytes, name: str) -> str
     return str(r.json()["content_uri"]).removeprefix(f"mxc://{server.server_name}/")
 
 
+def test_a_purged_rooms_media_goes_with_its_messages(admin_server: ServerProcess, admin: Admin) -> None:
+    owner = Client(admin_server, "owner")
+    room = owner.create_room("private")
+    media_id = upload(admin_server, owner, b"only in the doomed room", "doomed.txt")
+    url = f"mxc://{admin_server.server_name}/{media_id}"
+    owner.send(room, "doomed.txt", msgtype="m.file", url=url)
+    download = f"/_matrix/client/v1/media/download/{admin_server.server_name}/{media_id}"
+    assert owner.request("GET", download).status_code == 200
+
+    admin.ok("DELETE", f"{V2}/rooms/{q(room)}", json={"purge": True})
+    # The media plugin was told at once (not at a later retention run): the file is gone.
+    gone = owner.request("GET", download)
+    assert (gone.status_code, gone.json()["errcode"]) == (404, "M_NOT_FOUND")
+
+
 def test_media_of_a_user_quarantine_and_delete(admin_server: ServerProcess, admin: Admin) -> None:
     uploader, viewer = Client(admin_server, "uploader"), Client(admin_server, "viewer")
     uploader.ok("PUT", f"/profile/{uploader.user_id}/displayname", json={"displayname": "Up Loader"})
