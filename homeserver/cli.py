@@ -46,7 +46,13 @@ def cmd_generate_config(args: argparse.Namespace) -> None:
         public_baseurl=args.public_baseurl or "",
         open_registration=args.open_registration,
         require_email_verification=args.require_email_verification,
+        federation_port=args.federation_port,
+        tls_certificate=args.tls_cert,
+        tls_private_key=args.tls_key,
+        federation_ca=args.federation_ca,
     )
+    if args.federation_port is not None and not (args.tls_cert and args.tls_key):
+        _die("--federation-port needs --tls-cert and --tls-key (the federation listener speaks TLS only)")
     data_dir = Path(args.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     load_or_create_signing_key(data_dir / "signing.key")
@@ -210,6 +216,20 @@ def cmd_run(args: argparse.Namespace) -> None:
             state["port"] = reactor.listenTCP(
                 config.listen.port, hs.site(), backlog=1024, interface=config.listen.bind
             )
+            federation = hs.federation_site()
+            if federation is not None:
+                hs.federation_port = federation_port = reactor.listenSSL(
+                    config.federation.port,
+                    federation[0],
+                    federation[1],
+                    backlog=1024,
+                    interface=config.federation.bind_address,
+                )
+                log.info(
+                    "federation on https://{bind}:{port}",
+                    bind=config.federation.bind_address,
+                    port=federation_port.getHost().port,  # type: ignore[attr-defined]
+                )
             metrics_site = hs.metrics_site()
             if metrics_site is not None:
                 hs.metrics_port = reactor.listenTCP(
@@ -261,6 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--public-baseurl", default=None)
     gen.add_argument("--open-registration", action="store_true")
     gen.add_argument("--require-email-verification", action="store_true")
+    gen.add_argument("--federation-port", type=int, default=None, help="the TLS federation listener's port")
+    gen.add_argument("--tls-cert", default=None, help="its certificate (PEM, with the chain)")
+    gen.add_argument("--tls-key", default=None, help="its private key (PEM)")
+    gen.add_argument("--federation-ca", default=None, help="extra CAs (PEM) trusted for outbound federation")
     gen.set_defaults(func=cmd_generate_config)
 
     run = sub.add_parser("run", help="serve HTTP and WebSocket")

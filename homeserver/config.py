@@ -215,6 +215,36 @@ class WebClientConfig:
 
 
 @dataclass(frozen=True)
+class OldVerifyKey:
+    # A key this server signed with before (unpadded base64 of the ed25519 public key).
+    key: str = ""
+    # When it stopped being used (ms since the epoch).
+    expired_ts: int = 0
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    # The TLS listener other servers reach (/_matrix/federation/*, /_matrix/key/*); None: none.
+    port: int | None = None
+    bind_address: str = "0.0.0.0"  # noqa: S104 - other servers must reach it
+    # PEM files of the listener's certificate (with its chain) and private key.
+    tls_certificate: str | None = None
+    tls_private_key: str | None = None
+    # Extra CA certificates (PEM) trusted for outbound federation, besides the system's.
+    ca_file: str | None = None
+    # valid_until_ts of our published keys: now plus this.
+    key_validity: Duration = Duration(7 * 86_400_000)
+    # Keys we signed with before, published as old_verify_keys ({"ed25519:ID": {key, expired_ts}}).
+    old_verify_keys: dict[str, OldVerifyKey] = field(default_factory=dict)
+    # Notaries asked for a server's keys when the server itself does not answer.
+    trusted_key_servers: list[str] = field(default_factory=list)
+    # Served as {"m.server": ...} at /.well-known/matrix/server; empty: that path is 404.
+    well_known_server: str = ""
+    # One outbound request gives up after this long.
+    request_timeout: Duration = Duration(30_000)
+
+
+@dataclass(frozen=True)
 class PluginConfig:
     module: str = ""
     config: dict[str, Any] = field(default_factory=dict)
@@ -241,6 +271,7 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     web_client: WebClientConfig = field(default_factory=WebClientConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
     plugins: list[PluginConfig] = field(default_factory=list)
     # Where the YAML came from; relative paths in it are relative to the working directory.
     source: str = "<defaults>"
@@ -359,11 +390,17 @@ def _convert(hint: Any, value: Any, key: str, source: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: '{key}' must be a mapping, got {type(value).__name__}")
+        if dataclasses.is_dataclass(args[1]):
+            return {k: _convert(args[1], v, f"{key}.{k}", source) for k, v in value.items()}
         return dict(value)
     expected = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}[hint]
     if isinstance(value, bool) and hint is not bool or not isinstance(value, expected):
         raise ConfigError(f"{source}: '{key}' must be of type {hint.__name__}, got {type(value).__name__}")
     return float(value) if hint is float else value  # type: ignore[arg-type]
+
+
+# Spec appendix "Server Name": a DNS name, IPv4 literal or bracketed IPv6 literal, optional port.
+_SERVER_NAME = re.compile(r"[A-Za-z0-9.\-]+(:\d{1,5})?|\[[0-9a-fA-F:.]+\](:\d{1,5})?")
 
 
 def _check_values(config: Config, source: str) -> None:
@@ -373,7 +410,7 @@ def _check_values(config: Config, source: str) -> None:
             value = getattr(value, part)
         if value not in allowed:
             raise ConfigError(f"{source}: '{key}' must be one of {', '.join(allowed)}, got {value!r}")
-    if not re.fullmatch(r"[A-Za-z0-9.\-]+(:\d{1,5})?|\[[0-9a-fA-F:.]+\](:\d{1,5})?", config.server_name):
+    if not _SERVER_NAME.fullmatch(config.server_name):
         raise ConfigError(f"{source}: 'server_name' is not a valid server name: {config.server_name!r}")
     if not (1 <= config.listen.port <= 65535):
         raise ConfigError(f"{source}: 'listen.port' must be between 1 and 65535")
@@ -387,6 +424,7 @@ def _check_values(config: Config, source: str) -> None:
         if not plugin.module:
             raise ConfigError(f"{source}: missing required key 'plugins[{i}].module'")
     _check_retention(config.retention, source)
+    _check_federation(config.federation, source)
     if config.registration.password_min_length < 1:
         raise ConfigError(f"{source}: 'registration.password_min_length' must be at least 1")
 
@@ -407,6 +445,34 @@ def _check_metrics(metrics: MetricsConfig, source: str) -> None:
         raise ConfigError(f"{source}: 'metrics.bearer_secret' must be at least 16 characters")
     if metrics.activity_refresh < 1000:
         raise ConfigError(f"{source}: 'metrics.activity_refresh' must be at least 1s")
+
+
+def _check_federation(federation: FederationConfig, source: str) -> None:
+    if federation.port is not None:
+        if not (1 <= federation.port <= 65535):
+            raise ConfigError(f"{source}: 'federation.port' must be between 1 and 65535")
+        if not federation.tls_certificate or not federation.tls_private_key:
+            raise ConfigError(
+                f"{source}: 'federation.port' needs 'federation.tls_certificate' and"
+                " 'federation.tls_private_key' (the listener speaks TLS only)"
+            )
+    try:
+        ipaddress.ip_address(federation.bind_address)
+    except ValueError:
+        raise ConfigError(f"{source}: 'federation.bind_address' must be an IP address") from None
+    if federation.key_validity < 3_600_000:
+        raise ConfigError(f"{source}: 'federation.key_validity' must be at least 1h")
+    if federation.request_timeout < 1000:
+        raise ConfigError(f"{source}: 'federation.request_timeout' must be at least 1s")
+    for key_id, old in federation.old_verify_keys.items():
+        if not re.fullmatch(r"ed25519:[A-Za-z0-9_]+", key_id) or not old.key:
+            raise ConfigError(
+                f"{source}: 'federation.old_verify_keys.{key_id}' must be named ed25519:VERSION"
+                " and give its base64 'key'"
+            )
+    for name in (*federation.trusted_key_servers, *filter(None, [federation.well_known_server])):
+        if not _SERVER_NAME.fullmatch(name):
+            raise ConfigError(f"{source}: federation: {name!r} is not a valid server name")
 
 
 def _check_retention(retention: RetentionConfig, source: str) -> None:

@@ -6,6 +6,7 @@ a test keeps the two (and the settings in `config.py`) in step.
 
 from __future__ import annotations
 
+import json
 from string import Template
 
 TEMPLATE = Template(
@@ -195,6 +196,35 @@ web_client:
   # A relative path is relative to the working directory.
   enabled: true
   path: web/dist
+
+federation:
+  # Talking to other Matrix servers (the Server-Server API; docs/federation.md).
+  # The TLS listener other servers connect to; null: none (other servers then reach
+  # this one only through a reverse proxy to the main listener, which serves the
+  # same /_matrix/federation and /_matrix/key paths).
+  port: $federation_port
+  bind_address: 0.0.0.0
+  # The listener's certificate (PEM, leaf first, then its chain) and private key
+  # (PEM). Required with port. The certificate must name the server name's host
+  # (or the host that /.well-known/matrix/server delegates to).
+  tls_certificate: $tls_certificate
+  tls_private_key: $tls_private_key
+  # Extra CA certificates (PEM) trusted when this server connects to others, on top of
+  # the system's CAs: for a private CA (tests, closed federations). null: system CAs only.
+  ca_file: $federation_ca
+  # How long other servers may cache our signing key (valid_until_ts = now + this).
+  key_validity: 7d
+  # Keys this server used to sign with, still published so that old events verify:
+  #   "ed25519:a_OLD1": {key: "<unpadded base64 public key>", expired_ts: 1700000000000}
+  old_verify_keys: {}
+  # Notary servers asked for another server's keys when it cannot be reached itself
+  # (e.g. ["matrix.org"]). Empty: keys are fetched from each server only.
+  trusted_key_servers: []
+  # When set, GET /.well-known/matrix/server answers {"m.server": this} (e.g.
+  # "matrix.example.org:443"): delegation of the server name to another host and port.
+  well_known_server: ""
+  # One request to another server gives up after this long.
+  request_timeout: 30s
 
 # Plugins: each entry names a plugin class and its own config block.
 # See docs/plugins.md. Example:
@@ -427,6 +457,10 @@ def render_config(
     open_registration: bool = False,
     require_email_verification: bool = False,
     plugins: str = DEFAULT_PLUGINS,
+    federation_port: int | None = None,
+    tls_certificate: str | None = None,
+    tls_private_key: str | None = None,
+    federation_ca: str | None = None,
 ) -> str:
     return TEMPLATE.substitute(
         server_name=server_name,
@@ -438,4 +472,12 @@ def render_config(
         open_registration=str(open_registration).lower(),
         require_email_verification=str(require_email_verification).lower(),
         plugins=plugins.rstrip("\n") if plugins.strip() else " []",
+        federation_port="null" if federation_port is None else federation_port,
+        tls_certificate=_yaml_path(tls_certificate),
+        tls_private_key=_yaml_path(tls_private_key),
+        federation_ca=_yaml_path(federation_ca),
     )
+
+
+def _yaml_path(path: str | None) -> str:
+    return "null" if path is None else json.dumps(path)  # a JSON string is a YAML string

@@ -154,3 +154,18 @@ class InteractiveAuthRequired(MatrixError):
 
     def to_json(self) -> dict[str, Any]:
         return self.body
+
+
+class Unauthorized(MatrixError):
+    """A federation request without a valid X-Matrix signature (Server-Server API,
+    "Request Authentication")."""
+
+    status = 401
+    errcode = "M_UNAUTHORIZED"
+
+
+class RemoteServerError(MatrixError):
+    """Another server could not be reached, or answered something unusable."""
+
+    status = 502
+    errcode = "M_UNKNOWN"

@@ -39,6 +39,8 @@ from homeserver.api.client import (
     voip,
 )
 from homeserver.api.client import register as register_routes
+from homeserver.api.federation import keys as federation_keys
+from homeserver.api.federation import queries as federation_queries
 from homeserver.api.http import Router, make_site
 from homeserver.api.http_server import HttpFactory
 from homeserver.api.simple import auth as simple_auth
@@ -63,6 +65,7 @@ from homeserver.core.erasure import ErasureService
 from homeserver.core.event_stream import EventStream
 from homeserver.core.events import EventService
 from homeserver.core.export import ExportService
+from homeserver.core.federation.service import Federation
 from homeserver.core.filters import FilterService
 from homeserver.core.ignored_users import IGNORED_USER_LIST, IgnoredUsers, check_ignored_user_list
 from homeserver.core.key_backup import KeyBackupService
@@ -212,6 +215,8 @@ class HomeServer:
         self.router.access_log = config.logging.access_log
         self.http: HttpFactory | None = None  # made by site()
         self.metrics_port: IListeningPort | None = None  # the metrics listener, if cli opened one
+        self.federation_http: HttpFactory | None = None  # made by federation_site()
+        self.federation_port: IListeningPort | None = None  # the TLS federation listener, if any
         # The WebSocket stream at /_homeserver/ws (made by its first upgrade, see `websocket`);
         # every other path goes to the router.
         self._websocket: StreamFactory | None = None
@@ -246,6 +251,8 @@ class HomeServer:
             simple_messages,
             simple_profiles,
             metrics_routes,
+            federation_keys,
+            federation_queries,
             web_client,
         ):
             module.register(self.router, self)
@@ -296,7 +303,16 @@ class HomeServer:
             self.config.encryption.enabled_by_default_for_room_type,
             self.account_data,
         )
-        self.profiles = ProfileService(self.storage, self.rooms, self.timeline)
+        self.profiles = ProfileService(self.storage, self.rooms, self.timeline, self.config.server_name)
+        self.federation = Federation(
+            self.config.server_name,
+            self.signing_key,
+            self.config.federation,
+            self.storage,
+            self.clock,
+            self.reactor,
+        )
+        self.profiles.remote = self.federation.profiles.remote
         self.openid = OpenIdService(self.config.server_name, self.storage, self.clock)
         self.voip = VoipService()
         self.media_admin: Any = None  # the media plugin's admin side (PluginApi.set_media_admin)
@@ -520,6 +536,18 @@ class HomeServer:
         )
         return self.http
 
+    def federation_site(self) -> tuple[HttpFactory, Any] | None:
+        """The TLS federation listener's HTTP side (the same routes) and its TLS options,
+        when `federation.port` is set. ValueError if the certificate or key cannot be used."""
+        fed = self.config.federation
+        if fed.port is None or not fed.tls_certificate or not fed.tls_private_key:
+            return None
+        from homeserver.core.federation.tls import server_context
+
+        context = server_context(fed.tls_certificate, fed.tls_private_key)
+        self.federation_http = make_site(self.router, self.config.limits.max_request_body_size, self.clock)
+        return self.federation_http, context
+
     def metrics_site(self) -> HttpFactory | None:
         """The metrics listener's HTTP side, when `metrics.enabled`."""
         if not self.config.metrics.enabled:
@@ -529,7 +557,7 @@ class HomeServer:
     async def stop(self, port: IListeningPort | None) -> None:
         """Stop accepting, let requests being read or handled finish (bounded), stop plugins,
         close the database."""
-        for listening in (port, self.metrics_port):
+        for listening in (port, self.metrics_port, self.federation_port):
             if listening is not None:
                 stopped = listening.stopListening()  # type: ignore[misc]
                 if stopped is not None:
@@ -543,8 +571,9 @@ class HomeServer:
         async def requests_done() -> None:
             # First every request still arriving is read whole (and so with the router), then
             # the router has answered them all.
-            if self.http is not None:
-                await self.http.drain()
+            for http in (self.http, self.federation_http):
+                if http is not None:
+                    await http.drain()
             await self.router.wait_idle()
             if not idle.called:
                 idle.callback(None)

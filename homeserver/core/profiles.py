@@ -37,15 +37,26 @@ def check_value(field: str, value: object) -> str | None:
 
 
 class ProfileService:
-    def __init__(self, storage: Storage, rooms: "RoomService", timeline: "TimelineCache") -> None:
+    def __init__(
+        self, storage: Storage, rooms: "RoomService", timeline: "TimelineCache", server_name: str = ""
+    ) -> None:
+        self.server_name = server_name
         self.storage = storage
         self.rooms = rooms
         self.timeline = timeline
         # Called with the user id after a change (the user directory re-indexes them).
         self.on_profile_changed: list[Callable[[str], Awaitable[None]]] = []
+        # Asks a remote user's server (federation's ProfileQueries.remote), once wired.
+        self.remote: Callable[[str, str | None], Awaitable[dict[str, Any]]] | None = None
+
+    def _is_remote(self, user_id: str) -> bool:
+        return bool(self.server_name) and user_id.partition(":")[2] not in ("", self.server_name)
 
     async def get(self, user_id: str) -> dict[str, Any]:
-        """The fields that are set, or M_NOT_FOUND for an unknown user."""
+        """The fields that are set, or M_NOT_FOUND for an unknown user; a remote user's
+        profile is asked of their server."""
+        if self._is_remote(user_id) and self.remote is not None:
+            return await self.remote(user_id, None)
         profile = await self.storage.accounts.get_profile(user_id)
         if profile is None:
             raise NotFound("Profile not found")
@@ -53,7 +64,10 @@ class ProfileService:
 
     async def get_field(self, user_id: str, field: str) -> dict[str, Any]:
         _check_field(field)
-        profile = await self.get(user_id)
+        if self._is_remote(user_id) and self.remote is not None:
+            profile = await self.remote(user_id, field)
+        else:
+            profile = await self.get(user_id)
         if field not in profile:
             raise NotFound(f"No {field} set")
         return {field: profile[field]}

@@ -19,6 +19,7 @@ from homeserver.storage.reports import ReportStore
 from homeserver.storage.retention import RetentionStore
 from homeserver.storage.rooms import RoomStore
 from homeserver.storage.search import SearchStore
+from homeserver.storage.server_keys import ServerKeyStore
 from homeserver.storage.stream_consumers import StreamConsumerStore
 from homeserver.storage.user_data import UserDataStore
 from homeserver.storage.user_directory import UserDirectoryStore
@@ -46,6 +47,7 @@ class Storage:
         self.activity = ActivityStore(db)
         self.retention = RetentionStore(db)
         self.daily_stats = DailyStatsStore(db)
+        self.server_keys = ServerKeyStore(db)
 
     @classmethod
     def from_url(cls, url: str, pool_min: int = 2, pool_max: int = 10, reactor: Any = None) -> "Storage":

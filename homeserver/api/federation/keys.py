@@ -1,0 +1,35 @@
+"""Server keys: ours (GET /_matrix/key/v2/server) and the notary (/_matrix/key/v2/query).
+
+The spec requires no authentication on these: they are how a server learns the keys that
+check every other request."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from homeserver.api.http import ApiRequest, Router
+from homeserver.core.federation.keys import check_server_name
+
+if TYPE_CHECKING:
+    from homeserver.server import HomeServer
+
+KEY = "/_matrix/key/v2"
+
+
+def register(router: Router, hs: "HomeServer") -> None:
+    federation = hs.federation
+
+    async def server_keys(request: ApiRequest) -> dict[str, Any]:
+        return federation.own_keys.response()
+
+    async def query(request: ApiRequest) -> dict[str, Any]:
+        return await federation.notary.query(request.json_body())
+
+    async def query_one(request: ApiRequest, server_name: str) -> dict[str, Any]:
+        minimum = request.int_param("minimum_valid_until_ts", None)
+        answers = await federation.notary.answers_for(check_server_name(server_name), minimum)
+        return {"server_keys": answers}
+
+    router.add("GET", f"{KEY}/server", server_keys)
+    router.add("POST", f"{KEY}/query", query)
+    router.add("GET", f"{KEY}/query/{{server_name}}", query_one)

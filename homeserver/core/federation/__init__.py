@@ -1,0 +1,1 @@
+"""Federation: other servers' keys, signed requests, finding servers, talking to them."""

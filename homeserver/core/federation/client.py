@@ -1,0 +1,255 @@
+"""Requests to other servers: discovery, TLS, X-Matrix signatures, JSON, bounded answers.
+
+treq, twisted.web.client and twisted.names are imported by the first request, not at
+start-up (docs/operations.md). Every request goes to a `matrix-federation://SERVER_NAME`
+URL: the agent's endpoint factory connects where discovery said, with TLS checked for the
+name discovery said, so pooled connections are kept per server name.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from signedjson.types import SigningKey
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from homeserver.config import FederationConfig
+from homeserver.core.clock import Clock
+from homeserver.core.federation.discovery import Destination, ServerResolver, WellKnownAnswer
+from homeserver.core.federation.request_auth import authorization_header
+from homeserver.core.federation.tls import client_options, trust_root
+from homeserver.errors import RemoteServerError
+
+log = Logger()
+
+# The largest answer read from another server (a state response can be large).
+MAX_RESPONSE_BYTES = 50 * 1024 * 1024
+MAX_WELL_KNOWN_BYTES = 50 * 1024
+WELL_KNOWN_TIMEOUT_S = 10.0
+SCHEME = b"matrix-federation"
+
+
+class RemoteError(Exception):
+    """The other server answered with an error status (its errcode when it gave one)."""
+
+    def __init__(self, server_name: str, status: int, errcode: str, message: str) -> None:
+        super().__init__(f"{server_name} answered {status} {errcode}: {message}")
+        self.server_name = server_name
+        self.status = status
+        self.errcode = errcode
+        self.message = message
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def path_of(*segments: str) -> str:
+    """A path from segments, each percent-encoded whole (user ids, server names)."""
+    return "".join("/" + quote(segment, safe="") for segment in segments)
+
+
+class FederationClient:
+    def __init__(
+        self, reactor: Any, clock: Clock, server_name: str, signing_key: SigningKey, config: FederationConfig
+    ) -> None:
+        self.reactor = reactor
+        self.clock = clock
+        self.server_name = server_name
+        self.signing_key = signing_key
+        self.config = config
+        self.resolver = ServerResolver(clock, self._fetch_well_known, _lookup_srv)
+        self._destinations: dict[str, Destination] = {}
+        self._http: Any = None  # treq HTTPClient over the federation agent, made on first use
+        self._plain_https: Any = None  # for .well-known
+        self._trust: Any = None
+
+    # The agent ---------------------------------------------------------------------------
+
+    def _client(self) -> Any:
+        if self._http is None:
+            from treq.client import HTTPClient
+            from twisted.web.client import Agent, HTTPConnectionPool
+
+            pool = HTTPConnectionPool(self.reactor, persistent=True)
+            pool.maxPersistentPerHost = 5
+            pool.cachedConnectionTimeout = 120
+            endpoints = implementer(_endpoint_factory_interface())(_Endpoints)(self)
+            agent = Agent.usingEndpointFactory(self.reactor, endpoints, pool=pool)
+            self._http = HTTPClient(agent)
+        return self._http
+
+    def trust(self) -> Any:
+        if self._trust is None:
+            self._trust = trust_root(self.config.ca_file)
+        return self._trust
+
+    def endpoint_for(self, netloc: str) -> Any:
+        from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+
+        dest = self._destinations[netloc]
+        plain: Any = HostnameEndpoint(self.reactor, dest.host, dest.port, timeout=10)
+        return wrapClientTLS(client_options(dest.tls_name, self.trust()), plain)
+
+    # Requests ----------------------------------------------------------------------------
+
+    async def get_json(self, destination: str, path: str, query: dict[str, Any] | None = None) -> Any:
+        return await self.request("GET", destination, path, query=query)
+
+    async def post_json(self, destination: str, path: str, body: Any) -> Any:
+        return await self.request("POST", destination, path, body=body)
+
+    async def put_json(self, destination: str, path: str, body: Any) -> Any:
+        return await self.request("PUT", destination, path, body=body)
+
+    async def request(
+        self,
+        method: str,
+        destination: str,
+        path: str,
+        *,
+        query: dict[str, Any] | None = None,
+        body: Any = None,
+    ) -> Any:
+        """Send a signed request and return the JSON answer.
+
+        Raises RemoteError for an error status, RemoteServerError when the server cannot be
+        reached or answers something that is not JSON."""
+        try:
+            dest = await self.resolver.resolve(destination)
+        except Exception as e:
+            raise RemoteServerError(f"Cannot find server {destination}: {e}") from None
+        self._destinations[destination] = dest
+        uri = path + ("?" + urlencode(query, doseq=True) if query else "")
+        auth = authorization_header(method, uri, self.server_name, destination, self.signing_key, body)
+        headers = {b"Host": [dest.host_header.encode()], b"Authorization": [auth.encode()]}
+        data = None
+        if body is not None:
+            data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+            headers[b"Content-Type"] = [b"application/json"]
+        url = SCHEME + b"://" + destination.encode("ascii") + uri.encode("ascii")
+        status, raw = await self._send(method, url, headers, data, destination)
+        try:
+            answer = json.loads(raw) if raw else {}
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            answer = None
+        if status != 200:
+            error = answer if isinstance(answer, dict) else {}
+            raise RemoteError(
+                destination,
+                status,
+                str(error.get("errcode") or "M_UNKNOWN"),
+                str(error.get("error") or raw[:200].decode("utf-8", "replace")),
+            )
+        if answer is None:
+            raise RemoteServerError(f"{destination} answered with something that is not JSON")
+        return answer
+
+    async def _send(
+        self, method: str, url: bytes, headers: dict[bytes, list[bytes]], data: bytes | None, destination: str
+    ) -> tuple[int, bytes]:
+        from twisted.web.http_headers import Headers
+
+        client = self._client()
+        try:
+            response = await client.request(
+                method,
+                url,
+                headers=Headers(headers),
+                data=data,
+                allow_redirects=False,
+                timeout=self.config.request_timeout / 1000,
+            )
+            raw = await _read_capped(response, MAX_RESPONSE_BYTES)
+        except _TooLarge:
+            raise RemoteServerError(
+                f"{destination}'s answer is larger than {MAX_RESPONSE_BYTES} bytes"
+            ) from None
+        except Exception as e:
+            raise RemoteServerError(f"Cannot reach {destination}: {_describe(e)}") from None
+        return int(response.code), raw
+
+    # Discovery's network side --------------------------------------------------------------
+
+    async def _fetch_well_known(self, host: str) -> WellKnownAnswer:
+        """GET https://host/.well-known/matrix/server (redirects followed, a bounded body)."""
+        if self._plain_https is None:
+            from treq.client import HTTPClient
+            from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
+
+            policy = BrowserLikePolicyForHTTPS(trustRoot=self.trust())
+            agent: Any = Agent(self.reactor, contextFactory=policy)
+            self._plain_https = HTTPClient(agent)
+        try:
+            response = await self._plain_https.get(
+                f"https://{host}/.well-known/matrix/server", timeout=WELL_KNOWN_TIMEOUT_S
+            )
+            raw = await _read_capped(response, MAX_WELL_KNOWN_BYTES)
+        except Exception as e:
+            log.info("no .well-known/matrix/server at {host}: {error}", host=host, error=_describe(e))
+            return WellKnownAnswer(None)
+        cache_control = response.headers.getRawHeaders(b"cache-control")
+        return WellKnownAnswer(
+            int(response.code), raw, b", ".join(cache_control).decode("latin-1") if cache_control else None
+        )
+
+
+async def _lookup_srv(name: str) -> list[tuple[int, int, str, int]]:
+    from twisted.names import client, dns, error
+
+    try:
+        answers, _, _ = await client.lookupService(name)
+    except (error.DNSNameError, error.DNSServerError, error.DNSQueryRefusedError, error.DomainError):
+        return []
+    except Exception as e:
+        log.info("SRV lookup of {name} failed: {error}", name=name, error=_describe(e))
+        return []
+    return [
+        (a.payload.priority, a.payload.weight, str(a.payload.target), a.payload.port)
+        for a in answers
+        if a.type == dns.SRV
+    ]
+
+
+async def _read_capped(response: Any, limit: int) -> bytes:
+    import treq
+
+    chunks: list[bytes] = []
+    size = 0
+
+    def collect(chunk: bytes) -> None:
+        nonlocal size
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge()
+        chunks.append(chunk)
+
+    await treq.collect(response, collect)
+    return b"".join(chunks)
+
+
+def _describe(error: BaseException) -> str:
+    reasons = getattr(error, "reasons", None)  # twisted.web's ResponseNeverReceived and friends
+    if reasons:
+        return "; ".join(str(r.value) for r in reasons)
+    return str(error) or type(error).__name__
+
+
+def _endpoint_factory_interface() -> Any:
+    from twisted.web.iweb import IAgentEndpointFactory
+
+    return IAgentEndpointFactory
+
+
+class _Endpoints:
+    """The agent's endpoint factory: a connection for a matrix-federation:// URL goes where
+    discovery sent its server name (resolved just before the request)."""
+
+    def __init__(self, client: FederationClient) -> None:
+        self.client = client
+
+    def endpointForURI(self, uri: Any) -> Any:  # noqa: N802 - twisted's name
+        return self.client.endpoint_for(uri.netloc.decode("ascii"))
