@@ -32,7 +32,7 @@ from typing import IO, Any
 from urllib.parse import unquote_to_bytes
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress
+from twisted.internet.interfaces import IAddress, INegotiated
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -319,7 +319,10 @@ class Request:
         self._code = code
         self._head_sent = True
         self.finished = True
-        write_now(channel.transport, data)
+        if channel.plain_tcp:
+            write_now(channel.transport, data)
+        else:
+            channel.transport.write(data)  # TLS: the bytes must go through the TLS layer
         channel.request_done(self)
 
     def _send_head(self) -> None:
@@ -402,9 +405,13 @@ class HttpChannel(Protocol):
         self.peer: Any = None
         self._upgraded = False
         self._paused = False
+        # A bare TCP connection, whose socket write_now may write to directly (not TLS, whose
+        # wrapper forwards `socket` to the TCP transport underneath).
+        self.plain_tcp = True
 
     def connectionMade(self) -> None:  # noqa: N802 - twisted's name
         self.peer = self.transport.getPeer()
+        self.plain_tcp = not INegotiated.providedBy(self.transport)  # TLSMemoryBIOProtocol is
         self.last_active = self.factory.clock.seconds()
         self.factory.channels.add(self)
 

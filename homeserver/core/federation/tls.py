@@ -32,7 +32,12 @@ def server_context(cert_file: str, key_file: str) -> Any:
         leaf = ssl.PrivateCertificate.loadPEM(certs[0] + b"\n" + key_pem)
         chain = [ssl.Certificate.loadPEM(c).original for c in certs[1:]]
         return ssl.CertificateOptions(
-            privateKey=leaf.privateKey.original, certificate=leaf.original, extraCertChain=chain
+            privateKey=leaf.privateKey.original,
+            certificate=leaf.original,
+            extraCertChain=chain,
+            # Clients that offer ALPN (most HTTP libraries) get an internal-error alert when the
+            # server names no protocol: say the one it speaks.
+            acceptableProtocols=[b"http/1.1"],
         )
     except Exception as e:
         raise ValueError(f"{cert_file} / {key_file}: not a usable certificate and key: {e}") from None

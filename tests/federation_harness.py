@@ -1,0 +1,145 @@
+"""Federation test set-up: a throw-away CA, TLS certificates for loopback, and our servers
+with federation listeners (server names `localhost:PORT`, PORT being the TLS listener).
+
+Reused by every federation test module (and tests/synapse.py for Synapse's certificate).
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+from conftest import ServerProcess, _merge, base_config, free_port, start_server_with_config
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+
+@dataclass(frozen=True)
+class TestCA:
+    """A CA made for one test session: `ca_file` is what servers must trust."""
+
+    __test__ = False  # not a test class, whatever pytest makes of its name
+
+    directory: Path
+    key: ec.EllipticCurvePrivateKey
+    cert: x509.Certificate
+
+    @property
+    def ca_file(self) -> Path:
+        return self.directory / "ca.pem"
+
+    def issue(self, name: str, dns_names: tuple[str, ...] = ("localhost",)) -> tuple[Path, Path]:
+        """A leaf certificate for `dns_names`, 127.0.0.1 and ::1: (cert file, key file)."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.UTC)
+        names: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
+        names += [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", "::1")]
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0])]))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+        cert_file = self.directory / f"{name}.crt"
+        key_file = self.directory / f"{name}.key"
+        cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_file.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        return cert_file, key_file
+
+
+def make_ca(directory: Path) -> TestCA:
+    directory.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Homeserver test CA")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    ca = TestCA(directory, key, cert)
+    ca.ca_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return ca
+
+
+@dataclass
+class FederatedServer:
+    """One of our servers with its TLS federation listener."""
+
+    process: ServerProcess
+    federation_port: int
+    ca: TestCA
+
+    @property
+    def server_name(self) -> str:
+        return self.process.server_name
+
+    def federation_url(self, path: str) -> str:
+        return f"https://127.0.0.1:{self.federation_port}{path}"
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        """A request to the federation listener, its TLS checked against the test CA."""
+        return requests.get(self.federation_url(path), verify=str(self.ca.ca_file), timeout=30, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> requests.Response:
+        return requests.post(self.federation_url(path), verify=str(self.ca.ca_file), timeout=30, **kwargs)
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+def start_federated_server(
+    tmp_path: Path, ca: TestCA, overrides: dict[str, Any] | None = None
+) -> FederatedServer:
+    """Our server named localhost:FEDERATION_PORT, trusting the test CA for outbound TLS."""
+    client_port, federation_port = free_port(), free_port()
+    cert_file, key_file = ca.issue(f"hs-{federation_port}")
+    config = base_config(tmp_path, client_port)
+    config["server_name"] = f"localhost:{federation_port}"
+    config["federation"] = {
+        "port": federation_port,
+        "bind_address": "127.0.0.1",
+        "tls_certificate": str(cert_file),
+        "tls_private_key": str(key_file),
+        "ca_file": str(ca.ca_file),
+    }
+    config = _merge(config, overrides or {})
+    return FederatedServer(start_server_with_config(tmp_path, config), federation_port, ca)
