@@ -61,7 +61,7 @@ class FederationClient:
         self.server_name = server_name
         self.signing_key = signing_key
         self.config = config
-        self.resolver = ServerResolver(clock, self._fetch_well_known, _lookup_srv)
+        self.resolver = ServerResolver(clock, self._fetch_well_known, srv_lookup())
         self._destinations: dict[str, Destination] = {}
         self._http: Any = None  # treq HTTPClient over the federation agent, made on first use
         self._plain_https: Any = None  # for .well-known
@@ -197,21 +197,27 @@ class FederationClient:
         )
 
 
-async def _lookup_srv(name: str) -> list[tuple[int, int, str, int]]:
-    from twisted.names import client, dns, error
+def srv_lookup(resolver: Any = None) -> Any:
+    """An SrvLookup over `resolver` (a twisted.names resolver; None: the system's, from
+    /etc/resolv.conf); a name without records, or a failed lookup, gives []."""
 
-    try:
-        answers, _, _ = await client.lookupService(name)
-    except (error.DNSNameError, error.DNSServerError, error.DNSQueryRefusedError, error.DomainError):
-        return []
-    except Exception as e:
-        log.info("SRV lookup of {name} failed: {error}", name=name, error=_describe(e))
-        return []
-    return [
-        (a.payload.priority, a.payload.weight, str(a.payload.target), a.payload.port)
-        for a in answers
-        if a.type == dns.SRV
-    ]
+    async def lookup(name: str) -> list[tuple[int, int, str, int]]:
+        from twisted.names import client, dns, error
+
+        try:
+            answers, _, _ = await (resolver or client.getResolver()).lookupService(name)
+        except (error.DNSNameError, error.DNSServerError, error.DNSQueryRefusedError, error.DomainError):
+            return []
+        except Exception as e:
+            log.info("SRV lookup of {name} failed: {error}", name=name, error=_describe(e))
+            return []
+        return [
+            (a.payload.priority, a.payload.weight, str(a.payload.target), a.payload.port)
+            for a in answers
+            if a.type == dns.SRV
+        ]
+
+    return lookup
 
 
 async def _read_capped(response: Any, limit: int) -> bytes:
