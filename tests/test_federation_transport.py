@@ -54,7 +54,9 @@ def test_keys_are_served_over_tls_and_signed_by_themselves(
     week = 7 * 86_400_000
     assert abs(body["valid_until_ts"] - (time.time() * 1000 + week)) < 600_000
     assert body["old_verify_keys"] == {"ed25519:a_old": {"key": OLD_KEY, "expired_ts": 1_600_000_000_000}}
-    # Plain HTTP on the TLS port is not served; an untrusted client refuses the certificate.
+    # The main listener serves the same paths (for a TLS-terminating proxy in front of it).
+    assert requests.get(a.process.url("/_matrix/key/v2/server"), timeout=10).json()["server_name"] == a.server_name
+    # A client that does not trust the test CA refuses the certificate.
     with pytest.raises(requests.exceptions.SSLError):
         requests.get(a.federation_url("/_matrix/key/v2/server"), timeout=10)
 
