@@ -55,7 +55,10 @@ def test_keys_are_served_over_tls_and_signed_by_themselves(
     assert abs(body["valid_until_ts"] - (time.time() * 1000 + week)) < 600_000
     assert body["old_verify_keys"] == {"ed25519:a_old": {"key": OLD_KEY, "expired_ts": 1_600_000_000_000}}
     # The main listener serves the same paths (for a TLS-terminating proxy in front of it).
-    assert requests.get(a.process.url("/_matrix/key/v2/server"), timeout=10).json()["server_name"] == a.server_name
+    assert (
+        requests.get(a.process.url("/_matrix/key/v2/server"), timeout=10).json()["server_name"]
+        == a.server_name
+    )
     # A client that does not trust the test CA refuses the certificate.
     with pytest.raises(requests.exceptions.SSLError):
         requests.get(a.federation_url("/_matrix/key/v2/server"), timeout=10)
