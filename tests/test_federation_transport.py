@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_twisted
 import requests
 from federation_harness import FederatedServer, TestCA, make_ca, start_federated_server
 from signedjson.key import decode_verify_key_bytes, generate_signing_key
@@ -200,3 +201,49 @@ def test_version(servers: tuple[FederatedServer, FederatedServer]) -> None:
     a, _ = servers
     r = a.get("/_matrix/federation/v1/version")
     assert r.status_code == 200 and r.json()["server"]["name"] == "homeserver"
+
+
+@pytest.fixture(scope="module")
+def delegating(
+    tmp_path_factory: pytest.TempPathFactory, ca: TestCA, servers: tuple[FederatedServer, FederatedServer]
+) -> Iterator[FederatedServer]:
+    """A third server whose /.well-known/matrix/server delegates to server A."""
+    a, _ = servers
+    server = start_federated_server(
+        tmp_path_factory.mktemp("hs-c"), ca, {"federation": {"well_known_server": a.server_name}}
+    )
+    yield server
+    server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_well_known_delegation_is_served_and_followed(
+    servers: tuple[FederatedServer, FederatedServer], delegating: FederatedServer
+) -> None:
+    a, _ = servers
+    r = delegating.get("/.well-known/matrix/server")
+    assert r.status_code == 200 and r.json() == {"m.server": a.server_name}
+    assert a.get("/.well-known/matrix/server").status_code == 404  # none configured
+
+    from twisted.internet import reactor
+
+    from homeserver.config import FederationConfig
+    from homeserver.core.clock import Clock
+    from homeserver.core.federation.client import FederationClient
+    from homeserver.core.federation.discovery import Destination
+
+    client = FederationClient(
+        reactor,
+        Clock(reactor),
+        "tester.example",
+        generate_signing_key("t"),
+        FederationConfig(ca_file=str(a.ca.ca_file)),
+    )
+    # The bare name "localhost" has no port: its .well-known is asked (on the delegating
+    # server's TLS port, standing in for 443), and the request goes where it points, with
+    # the Host header and certificate of the delegated name.
+    client.well_known_port = delegating.federation_port
+    host, port = a.server_name.split(":")
+    assert await client.resolver.resolve("localhost") == Destination(host, int(port), a.server_name, host)
+    keys = await client.get_json("localhost", "/_matrix/key/v2/server")
+    assert keys["server_name"] == a.server_name

@@ -288,39 +288,44 @@ async def test_key_ring_coalesces_fetches_and_keeps_keys() -> None:
     assert remote.calls == 1
 
 
+async def _answered(remote: Remote, lookup: Any) -> Any:
+    """Run `lookup` while the remote answers its fetch."""
+    d = Deferred.fromCoroutine(lookup)
+    await _settle()
+    remote.release()
+    return await d
+
+
 @pytest_twisted.ensureDeferred
-async def test_a_key_counts_only_while_valid_and_failures_are_remembered() -> None:
+async def test_a_key_counts_only_while_valid_and_fetches_are_bounded() -> None:
     now_ms = int(START_S * 1000)
     remote = Remote("r.example", now_ms + 1000)
     ring, _, time = make_ring(remote)
-    first = Deferred.fromCoroutine(ring.verify_key("r.example", "ed25519:r1", now_ms))
-    await _settle()
-    remote.release()
-    await first
-    # An event from after the key's valid_until_ts: the ring asks again, the server still
-    # says 1000 ms: refused.
-    late = Deferred.fromCoroutine(ring.verify_key("r.example", "ed25519:r1", now_ms + 5000))
-    await _settle()
-    remote.release()
+    await _answered(remote, ring.verify_key("r.example", "ed25519:r1", now_ms))
+    # An event from after the key's valid_until_ts: refused. The server answered less than
+    # 30 s ago, so it is not asked again (nor for made-up key ids).
+    for kid in ("ed25519:r1", "ed25519:made_up"):
+        with pytest.raises(KeyNotFound, match="asked 30 s ago"):
+            await ring.verify_key("r.example", kid, now_ms + 5000)
+    assert remote.calls == 1
+    # Later the server is asked again; it still says 1000 ms: refused.
+    time.advance(31)
     with pytest.raises(KeyNotFound, match="not valid at"):
-        await late
+        await _answered(remote, ring.verify_key("r.example", "ed25519:r1", now_ms + 5000))
     assert remote.calls == 2
     # The server goes away: the failure is remembered for 30 s (no request meanwhile).
+    time.advance(31)
     remote.fail = True
-    failing = Deferred.fromCoroutine(ring.verify_key("r.example", "ed25519:other", now_ms))
-    await _settle()
-    remote.release()
-    with pytest.raises(KeyNotFound):
-        await failing
+    with pytest.raises(KeyNotFound, match="could not fetch"):
+        await _answered(remote, ring.verify_key("r.example", "ed25519:other", now_ms))
     assert remote.calls == 3
     with pytest.raises(KeyNotFound, match="failed recently"):
         await ring.verify_key("r.example", "ed25519:other", now_ms)
     assert remote.calls == 3
+    # The key it had still checks what falls within its validity meanwhile.
+    assert (await ring.verify_key("r.example", "ed25519:r1", now_ms)).version == "r1"
     time.advance(31)
     remote.fail = False
-    again = Deferred.fromCoroutine(ring.verify_key("r.example", "ed25519:other", now_ms))
-    await _settle()
-    remote.release()
     with pytest.raises(KeyNotFound, match="has no key"):
-        await again
+        await _answered(remote, ring.verify_key("r.example", "ed25519:other", now_ms))
     assert remote.calls == 4

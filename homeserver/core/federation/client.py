@@ -53,6 +53,10 @@ def path_of(*segments: str) -> str:
 
 
 class FederationClient:
+    # Where /.well-known/matrix/server is fetched: HTTPS's port, as the spec says (tests
+    # point it at a listener of their own).
+    well_known_port = 443
+
     def __init__(
         self, reactor: Any, clock: Clock, server_name: str, signing_key: SigningKey, config: FederationConfig
     ) -> None:
@@ -184,8 +188,9 @@ class FederationClient:
             agent: Any = Agent(self.reactor, contextFactory=policy)
             self._plain_https = HTTPClient(agent)
         try:
+            port = "" if self.well_known_port == 443 else f":{self.well_known_port}"
             response = await self._plain_https.get(
-                f"https://{host}/.well-known/matrix/server", timeout=WELL_KNOWN_TIMEOUT_S
+                f"https://{host}{port}/.well-known/matrix/server", timeout=WELL_KNOWN_TIMEOUT_S
             )
             raw = await _read_capped(response, MAX_WELL_KNOWN_BYTES)
         except Exception as e:

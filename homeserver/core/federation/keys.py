@@ -32,6 +32,9 @@ log = Logger()
 
 # A failed fetch is not tried again for this long: lookups meanwhile fail at once.
 FAILURE_CACHE_S = 30.0
+# Nor is a server asked again this soon after it answered: requests naming made-up key ids
+# cannot make us fetch its keys over and over.
+REFETCH_AFTER_S = 30.0
 # Most servers and key ids one notary query may name.
 MAX_QUERY_SERVERS = 100
 
@@ -130,6 +133,7 @@ class KeyRing:
         self._keys: dict[str, dict[str, StoredKey]] = {}  # server -> key id -> key
         self._fetching: dict[str, list[Deferred[None]]] = {}
         self._failed: dict[str, tuple[float, str]] = {}  # server -> (until, why)
+        self._fetched: dict[str, float] = {}  # server -> when it last answered
 
     async def verify_key(self, server_name: str, kid: str, at_ts: int) -> VerifyKey:
         """`server_name`'s key `kid` if it was valid at `at_ts` (ms), fetching it if need be.
@@ -145,6 +149,11 @@ class KeyRing:
             raise KeyNotFound(f"we have no key {kid}")
         key = await self._known(server_name, kid)
         if key is None or key.valid_until_ts < at_ts:
+            last = self._fetched.get(server_name)
+            if last is not None and self.clock.seconds() - last < REFETCH_AFTER_S:
+                raise KeyNotFound(
+                    f"{server_name} has no key {kid} valid at {at_ts} (asked {REFETCH_AFTER_S:.0f} s ago)"
+                )
             await self.fetch(server_name)
             key = self._keys.get(server_name, {}).get(kid)
         if key is None:
@@ -185,6 +194,7 @@ class KeyRing:
         try:
             await self._fetch_now(server_name)
             self._failed.pop(server_name, None)
+            self._fetched[server_name] = self.clock.seconds()
         except Exception as e:
             error = KeyNotFound(f"could not fetch {server_name}'s keys: {e}")
             self._failed[server_name] = (self.clock.seconds() + FAILURE_CACHE_S, str(e))
