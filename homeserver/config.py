@@ -242,6 +242,15 @@ class FederationConfig:
     well_known_server: str = ""
     # One outbound request gives up after this long.
     request_timeout: Duration = Duration(30_000)
+    # Outbound federation never connects to loopback, private, link-local, shared, multicast
+    # or reserved addresses, nor to these (CIDR list)...
+    ip_range_blacklist: list[str] = field(default_factory=list)
+    # ...except to these (CIDR list), e.g. 127.0.0.0/8 for servers on one host in tests.
+    ip_range_whitelist: list[str] = field(default_factory=list)
+
+    def networks(self, which: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """`ip_range_blacklist` or `ip_range_whitelist` as networks (checked at load)."""
+        return [ipaddress.ip_network(cidr, strict=False) for cidr in getattr(self, f"ip_range_{which}")]
 
 
 @dataclass(frozen=True)
@@ -470,6 +479,14 @@ def _check_federation(federation: FederationConfig, source: str) -> None:
                 f"{source}: 'federation.old_verify_keys.{key_id}' must be named ed25519:VERSION"
                 " and give its base64 'key'"
             )
+    for which in ("blacklist", "whitelist"):
+        for cidr in getattr(federation, f"ip_range_{which}"):
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"{source}: 'federation.ip_range_{which}': {cidr!r} is not a CIDR range"
+                ) from None
     for name in (*federation.trusted_key_servers, *filter(None, [federation.well_known_server])):
         if not _SERVER_NAME.fullmatch(name):
             raise ConfigError(f"{source}: federation: {name!r} is not a valid server name")

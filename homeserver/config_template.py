@@ -225,6 +225,13 @@ federation:
   well_known_server: ""
   # One request to another server gives up after this long.
   request_timeout: 30s
+  # Requests to other servers never connect to loopback, private, link-local, shared,
+  # multicast or reserved addresses (a server name or its .well-known could point at
+  # this host's own network), nor to these (CIDR list)...
+  ip_range_blacklist: []
+  # ...except to these (CIDR list), e.g. ["127.0.0.0/8", "::1/128"] for servers that
+  # all run on one host, or a private network of servers federating among themselves.
+  ip_range_whitelist: []
 
 # Plugins: each entry names a plugin class and its own config block.
 # See docs/plugins.md. Example:

@@ -19,6 +19,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+LOOPBACK = ["127.0.0.0/8", "::1/128"]
+
 
 @dataclass(frozen=True)
 class TestCA:
@@ -140,6 +142,8 @@ def start_federated_server(
         "tls_certificate": str(cert_file),
         "tls_private_key": str(key_file),
         "ca_file": str(ca.ca_file),
+        # Every server of the tests is on loopback, which federation refuses by default.
+        "ip_range_whitelist": LOOPBACK,
     }
     config = _merge(config, overrides or {})
     return FederatedServer(start_server_with_config(tmp_path, config), federation_port, ca)

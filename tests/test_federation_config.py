@@ -88,6 +88,10 @@ def test_generate_config_refuses_a_federation_port_without_certificate(tmp_path:
         ),
         ({"trusted_key_servers": ["not a name"]}, "is not a valid server name"),
         ({"well_known_server": "host:99999999"}, "is not a valid server name"),
+        (
+            {"ip_range_whitelist": ["10.0.0.0/33"]},
+            "'federation.ip_range_whitelist': '10.0.0.0/33' is not a CIDR",
+        ),
     ],
 )
 def test_bad_federation_settings_are_refused_with_the_key(

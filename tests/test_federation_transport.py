@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 import requests
-from federation_harness import FederatedServer, TestCA, make_ca, start_federated_server
+from federation_harness import LOOPBACK, FederatedServer, TestCA, make_ca, start_federated_server
 from signedjson.key import decode_verify_key_bytes, generate_signing_key
 from signedjson.sign import verify_signed_json
 from unpaddedbase64 import decode_base64
@@ -207,11 +207,11 @@ def test_version(servers: tuple[FederatedServer, FederatedServer]) -> None:
 def delegating(
     tmp_path_factory: pytest.TempPathFactory, ca: TestCA, servers: tuple[FederatedServer, FederatedServer]
 ) -> Iterator[FederatedServer]:
-    """A third server whose /.well-known/matrix/server delegates to server A."""
+    """A third server whose /.well-known/matrix/server delegates to server A, and which
+    keeps the default of refusing to connect to loopback."""
     a, _ = servers
-    server = start_federated_server(
-        tmp_path_factory.mktemp("hs-c"), ca, {"federation": {"well_known_server": a.server_name}}
-    )
+    overrides = {"federation": {"well_known_server": a.server_name, "ip_range_whitelist": []}}
+    server = start_federated_server(tmp_path_factory.mktemp("hs-c"), ca, overrides)
     yield server
     server.stop()
 
@@ -237,7 +237,7 @@ async def test_well_known_delegation_is_served_and_followed(
         Clock(reactor),
         "tester.example",
         generate_signing_key("t"),
-        FederationConfig(ca_file=str(a.ca.ca_file)),
+        FederationConfig(ca_file=str(a.ca.ca_file), ip_range_whitelist=LOOPBACK),
     )
     # The bare name "localhost" has no port: its .well-known is asked (on the delegating
     # server's TLS port, standing in for 443), and the request goes where it points, with
@@ -247,3 +247,22 @@ async def test_well_known_delegation_is_served_and_followed(
     assert await client.resolver.resolve("localhost") == Destination(host, int(port), a.server_name, host)
     keys = await client.get_json("localhost", "/_matrix/key/v2/server")
     assert keys["server_name"] == a.server_name
+
+
+def test_private_addresses_are_not_reached_unless_allowed(
+    servers: tuple[FederatedServer, FederatedServer], delegating: FederatedServer
+) -> None:
+    """A user cannot make the server probe its own network through a server name."""
+    a, _ = servers
+    carol = delegating.process.register("carol")
+    alice = a.process.register("alice_private")
+    asked_before = a.process.log_text().count("/_matrix/federation/v1/query/profile")
+    r = requests.get(
+        delegating.process.url(f"/_matrix/client/v3/profile/{alice['user_id']}"),
+        headers={"Authorization": f"Bearer {carol['access_token']}"},
+        timeout=30,
+    )
+    assert r.status_code == 502, r.text
+    log = delegating.process.wait_for_log("blocked address range")
+    assert "not connecting to localhost at 127.0.0.1" in log
+    assert a.process.log_text().count("/_matrix/federation/v1/query/profile") == asked_before

@@ -18,6 +18,7 @@ from zope.interface import implementer
 
 from homeserver.config import FederationConfig
 from homeserver.core.clock import Clock
+from homeserver.core.federation.addresses import AddressRule, filtering_reactor
 from homeserver.core.federation.discovery import Destination, ServerResolver, WellKnownAnswer
 from homeserver.core.federation.request_auth import authorization_header
 from homeserver.core.federation.tls import client_options, trust_root
@@ -65,6 +66,8 @@ class FederationClient:
         self.server_name = server_name
         self.signing_key = signing_key
         self.config = config
+        # Every connection resolves its host through this: blocked addresses are never reached.
+        self.connecting = filtering_reactor(reactor, AddressRule(config))
         self.resolver = ServerResolver(clock, self._fetch_well_known, srv_lookup())
         self._destinations: dict[str, Destination] = {}
         self._http: Any = None  # treq HTTPClient over the federation agent, made on first use
@@ -82,7 +85,7 @@ class FederationClient:
             pool.maxPersistentPerHost = 5
             pool.cachedConnectionTimeout = 120
             endpoints = implementer(_endpoint_factory_interface())(_Endpoints)(self)
-            agent = Agent.usingEndpointFactory(self.reactor, endpoints, pool=pool)
+            agent = Agent.usingEndpointFactory(self.connecting, endpoints, pool=pool)
             self._http = HTTPClient(agent)
         return self._http
 
@@ -95,7 +98,7 @@ class FederationClient:
         from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 
         dest = self._destinations[netloc]
-        plain: Any = HostnameEndpoint(self.reactor, dest.host, dest.port, timeout=10)
+        plain: Any = HostnameEndpoint(self.connecting, dest.host, dest.port, timeout=10)
         return wrapClientTLS(client_options(dest.tls_name, self.trust()), plain)
 
     # Requests ----------------------------------------------------------------------------
@@ -185,7 +188,7 @@ class FederationClient:
             from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
 
             policy = BrowserLikePolicyForHTTPS(trustRoot=self.trust())
-            agent: Any = Agent(self.reactor, contextFactory=policy)
+            agent: Any = Agent(self.connecting, contextFactory=policy)
             self._plain_https = HTTPClient(agent)
         try:
             port = "" if self.well_known_port == 443 else f":{self.well_known_port}"
