@@ -329,3 +329,27 @@ async def test_a_key_counts_only_while_valid_and_fetches_are_bounded() -> None:
     with pytest.raises(KeyNotFound, match="has no key"):
         await _answered(remote, ring.verify_key("r.example", "ed25519:other", now_ms))
     assert remote.calls == 4
+
+
+@pytest_twisted.ensureDeferred
+async def test_keys_for_the_event_layers_synchronous_lookup() -> None:
+    """ensure_keys fetches what the event checks will ask; cached_key answers from memory,
+    and only for times within a key's validity (an event's origin_server_ts)."""
+    now_ms = int(START_S * 1000)
+    remote = Remote("r.example", now_ms + 60_000)
+    ring, _, _ = make_ring(remote)
+    assert ring.cached_key("r.example", "ed25519:r1", now_ms) is None  # nothing fetched yet
+    d = Deferred.fromCoroutine(ring.ensure_keys([("r.example", "ed25519:r1", now_ms)]))
+    await _settle()
+    remote.release()
+    await d
+    assert ring.cached_key("r.example", "ed25519:r1", now_ms + 60_000) is not None
+    assert ring.cached_key("r.example", "ed25519:r1", now_ms + 60_001) is None
+    assert ring.cached_key("r.example", "ed25519:unknown", now_ms) is None
+    # Our own key, and an unreachable server leaves no key and raises nothing.
+    own = f"{ring.own.signing_key.alg}:{ring.own.signing_key.version}"
+    assert ring.cached_key("us.example", own, now_ms) is not None
+    remote.fail = True
+    d = Deferred.fromCoroutine(ring.ensure_keys([("s.example", "ed25519:x", now_ms)]))
+    await d
+    assert ring.cached_key("s.example", "ed25519:x", now_ms) is None

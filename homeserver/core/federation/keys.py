@@ -162,6 +162,36 @@ class KeyRing:
             raise KeyNotFound(f"{server_name}'s key {kid} was not valid at {at_ts}")
         return _verify_key(kid, key.verify_key)
 
+    def cached_key(self, server_name: str, kid: str, at_ts: int) -> VerifyKey | None:
+        """`verify_key` from memory only, None where it would fetch or refuse: the key lookup
+        of the event layer's synchronous checks (events/pdu_checks.py), after `ensure_keys`."""
+        if server_name == self.own.server_name:
+            try:
+                own = key_id(self.own.signing_key)
+                if kid == own:
+                    return _verify_key(kid, verify_key_base64(self.own.signing_key))
+                old = self.own.config.old_verify_keys.get(kid)
+                return _verify_key(kid, old.key) if old is not None and old.expired_ts > at_ts else None
+            except ValueError:
+                return None
+        key = self._keys.get(server_name, {}).get(kid)
+        if key is None or key.valid_until_ts < at_ts:
+            return None
+        try:
+            return _verify_key(kid, key.verify_key)
+        except ValueError:
+            return None
+
+    async def ensure_keys(self, wanted: list[tuple[str, str, int]]) -> None:
+        """Load or fetch what `cached_key` will be asked for: (server, key id, time) each.
+        Keys that cannot be had are left out (the signature check then fails), not raised."""
+        for server_name, kid, at_ts in wanted:
+            if self.cached_key(server_name, kid, at_ts) is None:
+                try:
+                    await self.verify_key(server_name, kid, at_ts)
+                except (KeyNotFound, ValueError):
+                    pass
+
     async def keys_of(self, server_name: str, min_valid_until: int) -> list[StoredKey]:
         """What we hold of `server_name`'s keys, fetched afresh if no current key is valid
         until `min_valid_until` (for the notary)."""
