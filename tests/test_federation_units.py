@@ -353,3 +353,31 @@ async def test_keys_for_the_event_layers_synchronous_lookup() -> None:
     d = Deferred.fromCoroutine(ring.ensure_keys([("s.example", "ed25519:x", now_ms)]))
     await d
     assert ring.cached_key("s.example", "ed25519:x", now_ms) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_notary_query_fetches_at_most_ten_servers() -> None:
+    from homeserver.core.federation.keys import Notary
+    from homeserver.errors import BadJson
+
+    clock, _ = make_clock()
+    own = OwnKeys("us.example", generate_signing_key("o1"), FederationConfig(), clock)
+    asked: list[str] = []
+
+    async def get_json(server_name: str, path: str) -> Any:
+        asked.append(server_name)
+        raise ConnectionError("not there")
+
+    async def post_json(server: str, path: str, body: Any) -> Any:
+        raise AssertionError("no notary configured")
+
+    ring = KeyRing(MemoryStore(), clock, own, get_json, post_json, [])  # type: ignore[arg-type]
+    notary = Notary(own, ring, clock)
+    query = {"server_keys": {f"s{i}.example": {} for i in range(15)} | {"us.example": {}}}
+    answer = await notary.query(query)
+    assert [a["server_name"] for a in answer["server_keys"]] == ["us.example"]
+    assert len(asked) == 10
+    with pytest.raises(BadJson):
+        await notary.query({"server_keys": {"not a server name": {}}})
+    with pytest.raises(BadJson):
+        await notary.query({"server_keys": {f"s{i}.example": {} for i in range(101)}})

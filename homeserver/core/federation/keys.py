@@ -16,7 +16,7 @@ from typing import Any
 from signedjson.key import decode_verify_key_bytes
 from signedjson.sign import SignatureVerifyException, sign_json, verify_signed_json
 from signedjson.types import SigningKey, VerifyKey
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 from unpaddedbase64 import decode_base64
 
@@ -37,6 +37,9 @@ FAILURE_CACHE_S = 30.0
 REFETCH_AFTER_S = 30.0
 # Most servers and key ids one notary query may name.
 MAX_QUERY_SERVERS = 100
+# Of those, at most this many are fetched afresh (at once); the rest are answered from what
+# is held: one query cannot make us send a hundred requests.
+MAX_QUERY_FETCHES = 10
 
 # get_json(server_name, path) -> the JSON answer of an unsigned GET to that server;
 # post_json(server_name, path, body) likewise for a POST.
@@ -192,13 +195,23 @@ class KeyRing:
                 except (KeyNotFound, ValueError):
                     pass
 
-    async def keys_of(self, server_name: str, min_valid_until: int) -> list[StoredKey]:
-        """What we hold of `server_name`'s keys, fetched afresh if no current key is valid
-        until `min_valid_until` (for the notary)."""
+    async def has_current_key(self, server_name: str, min_valid_until: int) -> bool:
+        """Whether a current key of `server_name` valid until `min_valid_until` is held."""
         await self._known(server_name, "")
-        held = self._keys.get(server_name, {})
-        if not any(k.expired_ts is None and k.valid_until_ts >= min_valid_until for k in held.values()):
-            await self.fetch(server_name)
+        held = self._keys.get(server_name, {}).values()
+        return any(k.expired_ts is None and k.valid_until_ts >= min_valid_until for k in held)
+
+    async def keys_of(
+        self, server_name: str, min_valid_until: int, may_fetch: bool = True
+    ) -> list[StoredKey]:
+        """What we hold of `server_name`'s keys, fetched afresh (if `may_fetch`) when no
+        current key is valid until `min_valid_until` (for the notary). A failed fetch leaves
+        what was held."""
+        if may_fetch and not await self.has_current_key(server_name, min_valid_until):
+            try:
+                await self.fetch(server_name)
+            except KeyNotFound:
+                pass
         return list(self._keys.get(server_name, {}).values())
 
     async def _known(self, server_name: str, kid: str) -> StoredKey | None:
@@ -298,7 +311,7 @@ class Notary:
         if len(wanted) > MAX_QUERY_SERVERS:
             raise BadJson(f"at most {MAX_QUERY_SERVERS} servers per query")
         now = self.clock.time_ms()
-        results: list[dict[str, Any]] = []
+        minimums: dict[str, int] = {}
         for server_name, key_ids in wanted.items():
             if not isinstance(key_ids, dict):
                 raise BadJson(f"'server_keys.{server_name}' must be an object of key ids")
@@ -311,18 +324,30 @@ class Notary:
                     if not isinstance(ts, int) or isinstance(ts, bool):
                         raise BadJson("'minimum_valid_until_ts' must be an integer")
                     minimum = max(minimum, ts)
-            results.extend(await self.answers_for(str(server_name), minimum))
+            minimums[check_server_name(str(server_name))] = minimum
+        fetches = 0
+        lookups = []
+        for server_name, minimum in minimums.items():
+            needs_fetch = server_name != self.own.server_name and not await self.ring.has_current_key(
+                server_name, minimum
+            )
+            fetches += needs_fetch
+            lookups.append(
+                Deferred.fromCoroutine(self.answers_for(server_name, minimum, fetches <= MAX_QUERY_FETCHES))
+            )
+        results: list[dict[str, Any]] = []
+        for answers in await gatherResults(lookups):
+            results.extend(answers)
         return {"server_keys": results}
 
-    async def answers_for(self, server_name: str, minimum_valid_until: int | None) -> list[dict[str, Any]]:
+    async def answers_for(
+        self, server_name: str, minimum_valid_until: int | None, may_fetch: bool = True
+    ) -> list[dict[str, Any]]:
         """The signed key answers we can vouch for, countersigned; [] if the server is unknown
         and unreachable (the spec leaves such servers out rather than failing the query)."""
         if server_name == self.own.server_name:
             return [self.own.response()]
-        try:
-            keys = await self.ring.keys_of(server_name, minimum_valid_until or self.clock.time_ms())
-        except KeyNotFound:
-            return []
+        keys = await self.ring.keys_of(server_name, minimum_valid_until or self.clock.time_ms(), may_fetch)
         answers: dict[str, dict[str, Any]] = {}
         for key in keys:
             if key.expired_ts is None:
