@@ -107,6 +107,14 @@ def test_requests_without_a_valid_signature_are_refused(
     refused(a.get(path), "Missing Authorization")
     refused(a.get(path, headers={"Authorization": "Bearer abc"}), "X-Matrix")
     refused(a.get(path, headers={"Authorization": 'X-Matrix origin="x",key=,'}), "Malformed")
+
+    def odd(origin: str, key: str) -> dict[str, str]:
+        return {
+            "Authorization": f'X-Matrix origin="{origin}",destination="{a.server_name}",key="{key}",sig="abc"'
+        }
+
+    refused(a.get(path, headers=odd("a b", "ed25519:x")), "is not a server name")
+    refused(a.get(path, headers=odd("b.example", "rsa:x")), "ed25519 only")
     # Forged: B's name and key id, another key's signature.
     b_key_id = next(iter(b.get("/_matrix/key/v2/server").json()["verify_keys"]))
     forger = generate_signing_key(b_key_id.split(":")[1])

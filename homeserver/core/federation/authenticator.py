@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from homeserver.core.clock import Clock
+from homeserver.core.federation.discovery import split_server_name
 from homeserver.core.federation.keys import KeyNotFound, KeyRing
 from homeserver.core.federation.request_auth import check_signature, parse_authorization, signed_request_json
 from homeserver.errors import Unauthorized
@@ -28,6 +29,12 @@ class RequestAuthenticator:
             raise Unauthorized(
                 f"This request is for {auth.destination}, not this server ({self.server_name})"
             )
+        try:
+            split_server_name(auth.origin)
+        except ValueError:
+            raise Unauthorized(f"The X-Matrix origin {auth.origin!r} is not a server name") from None
+        if not auth.key_id.startswith("ed25519:"):
+            raise Unauthorized(f"Unsupported key algorithm in {auth.key_id!r} (ed25519 only)")
         if auth.origin == self.server_name:
             raise Unauthorized("A request signed as this server did not come from it")
         try:
