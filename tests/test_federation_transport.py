@@ -12,6 +12,8 @@ import pytest
 import pytest_twisted
 import requests
 from federation_harness import LOOPBACK, FederatedServer, TestCA, make_ca, start_federated_server
+from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import strategies as st
 from signedjson.key import decode_verify_key_bytes, generate_signing_key
 from signedjson.sign import verify_signed_json
 from unpaddedbase64 import decode_base64
@@ -274,3 +276,36 @@ def test_private_addresses_are_not_reached_unless_allowed(
     log = delegating.process.wait_for_log("blocked address range")
     assert "not connecting to localhost at 127.0.0.1" in log
     assert a.process.log_text().count("/_matrix/federation/v1/query/profile") == asked_before
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@seed(18)
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    body=_JSON | st.dictionaries(st.just("server_keys"), _JSON),
+    name=st.text(max_size=30),
+    header=st.text(st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)), max_size=80).map(
+        str.strip
+    ),
+)
+def test_odd_input_to_keys_and_queries_is_never_a_server_error(
+    servers: tuple[FederatedServer, FederatedServer], body: Any, name: str, header: str
+) -> None:
+    a, _ = servers
+    quoted = requests.utils.quote(name, safe="")
+    for r in (
+        a.post("/_matrix/key/v2/query", json=body),
+        a.get(f"/_matrix/key/v2/query/{quoted}?minimum_valid_until_ts={quoted}"),
+        a.get(
+            f"/_matrix/federation/v1/query/profile?user_id={quoted}",
+            headers={"Authorization": ("X-Matrix " + header).encode()},
+        ),
+    ):
+        assert r.status_code < 500, (r.request.url, r.text)
+        assert "errcode" in r.json() or r.status_code == 200
