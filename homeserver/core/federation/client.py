@@ -31,6 +31,8 @@ MAX_RESPONSE_BYTES = 50 * 1024 * 1024
 MAX_WELL_KNOWN_BYTES = 50 * 1024
 WELL_KNOWN_TIMEOUT_S = 10.0
 SCHEME = b"matrix-federation"
+# Bounds on what is kept per server name (names come from other people's input).
+MAX_REMEMBERED = 10_000
 
 
 class RemoteError(Exception):
@@ -129,6 +131,9 @@ class FederationClient:
             dest = await self.resolver.resolve(destination)
         except Exception as e:
             raise RemoteServerError(f"Cannot find server {destination}: {e}") from None
+        if len(self._destinations) >= MAX_REMEMBERED and destination not in self._destinations:
+            # Only read while a connection is made, synchronously after this line: safe to drop.
+            self._destinations.clear()
         self._destinations[destination] = dest
         uri = path + ("?" + urlencode(query, doseq=True) if query else "")
         auth = authorization_header(method, uri, self.server_name, destination, self.signing_key, body)

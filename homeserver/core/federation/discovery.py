@@ -26,6 +26,8 @@ WELL_KNOWN_DEFAULT_S = 24 * 3600
 WELL_KNOWN_MAX_S = 48 * 3600
 WELL_KNOWN_MIN_S = 60
 FAILURE_CACHE_S = 600
+# Host names whose answers are kept at most (the names come from other people's input).
+MAX_CACHED_HOSTS = 10_000
 _MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*(\d+)", re.IGNORECASE)
 _NO_STORE = re.compile(r"(?:^|,)\s*no-(?:store|cache)\b", re.IGNORECASE)
 
@@ -150,5 +152,9 @@ class ServerResolver:
         answer = await self.fetch_well_known(host)
         delegated = delegated_name(answer)
         lifetime = well_known_lifetime(answer.status if delegated else None, answer.cache_control)
+        if len(self._well_known) >= MAX_CACHED_HOSTS:
+            self._well_known = {h: v for h, v in self._well_known.items() if v[1] > now}
+            if len(self._well_known) >= MAX_CACHED_HOSTS:
+                self._well_known.clear()
         self._well_known[host] = (delegated, now + lifetime)
         return delegated

@@ -35,6 +35,8 @@ FAILURE_CACHE_S = 30.0
 # Nor is a server asked again this soon after it answered: requests naming made-up key ids
 # cannot make us fetch its keys over and over.
 REFETCH_AFTER_S = 30.0
+# Servers whose keys (or whose failure) are kept in memory at most; the database keeps all.
+MAX_CACHED_SERVERS = 10_000
 # Most servers and key ids one notary query may name.
 MAX_QUERY_SERVERS = 100
 # Of those, at most this many are fetched afresh (at once); the rest are answered from what
@@ -216,6 +218,12 @@ class KeyRing:
 
     async def _known(self, server_name: str, kid: str) -> StoredKey | None:
         if server_name not in self._keys:
+            if len(self._keys) >= MAX_CACHED_SERVERS:
+                # Origins come from request headers: drop servers we hold no key of, then all.
+                self._keys = {name: keys for name, keys in self._keys.items() if keys}
+                if len(self._keys) >= MAX_CACHED_SERVERS:
+                    self._keys.clear()
+                self._fetched = {name: t for name, t in self._fetched.items() if name in self._keys}
             stored = await self.store.keys_of(server_name)
             self._keys.setdefault(server_name, {}).update({k.key_id: k for k in stored})
         return self._keys[server_name].get(kid)
@@ -240,6 +248,9 @@ class KeyRing:
             self._fetched[server_name] = self.clock.seconds()
         except Exception as e:
             error = KeyNotFound(f"could not fetch {server_name}'s keys: {e}")
+            if len(self._failed) >= MAX_CACHED_SERVERS:
+                now = self.clock.seconds()
+                self._failed = {name: f for name, f in self._failed.items() if f[0] > now}
             self._failed[server_name] = (self.clock.seconds() + FAILURE_CACHE_S, str(e))
         finally:
             for d in self._fetching.pop(server_name):
