@@ -607,6 +607,10 @@ class HomeServer:
         for api in self.plugin_apis:
             api.stop_jobs()
         self.exports.stop()
+        try:
+            await self.federation.client.close()
+        except Exception:
+            log_failure(log, "could not close federation connections")
         await self.stream.stop()
         for plugin in self.plugins:
             stop = getattr(plugin, "stop", None)

@@ -75,6 +75,12 @@ class FederationClient:
         self._http: Any = None  # treq HTTPClient over the federation agent, made on first use
         self._plain_https: Any = None  # for .well-known
         self._trust: Any = None
+        self._pool: Any = None
+
+    async def close(self) -> None:
+        """Close the kept-alive connections (shutdown)."""
+        if self._pool is not None:
+            await self._pool.closeCachedConnections()
 
     # The agent ---------------------------------------------------------------------------
 
@@ -83,7 +89,7 @@ class FederationClient:
             from treq.client import HTTPClient
             from twisted.web.client import Agent, HTTPConnectionPool
 
-            pool = HTTPConnectionPool(self.reactor, persistent=True)
+            pool = self._pool = HTTPConnectionPool(self.reactor, persistent=True)
             pool.maxPersistentPerHost = 5
             pool.cachedConnectionTimeout = 120
             endpoints = implementer(_endpoint_factory_interface())(_Endpoints)(self)
