@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from signedjson.key import generate_signing_key
+from signedjson.key import encode_verify_key_base64, generate_signing_key
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock as ReactorClock
 
@@ -381,3 +381,53 @@ async def test_one_notary_query_fetches_at_most_ten_servers() -> None:
         await notary.query({"server_keys": {"not a server name": {}}})
     with pytest.raises(BadJson):
         await notary.query({"server_keys": {f"s{i}.example": {} for i in range(101)}})
+
+
+@pytest_twisted.ensureDeferred
+async def test_trusted_key_servers_vouch_when_the_server_cannot_be_reached() -> None:
+    from signedjson.sign import sign_json
+
+    from homeserver.signing_key import verify_key_base64
+
+    now_ms = int(START_S * 1000)
+    clock, _ = make_clock()
+    own = OwnKeys("us.example", generate_signing_key("o1"), FederationConfig(), clock)
+    origin_key, notary_key, rogue_key = (
+        generate_signing_key("r1"),
+        generate_signing_key("n1"),
+        generate_signing_key("n1"),
+    )
+
+    def key_answer(name: str, key: Any) -> dict[str, Any]:
+        body = {
+            "server_name": name,
+            "valid_until_ts": now_ms + 3_600_000,
+            "verify_keys": {f"ed25519:{key.version}": {"key": verify_key_base64(key)}},
+        }
+        return sign_json(body, name, key)
+
+    async def get_json(server_name: str, path: str) -> Any:
+        if server_name == "notary.example":
+            return key_answer("notary.example", notary_key)
+        raise ConnectionError(f"{server_name} is down")
+
+    countersigner = {"key": notary_key}
+
+    async def post_json(server: str, path: str, body: Any) -> Any:
+        assert (server, path) == ("notary.example", "/_matrix/key/v2/query")
+        assert list(body["server_keys"]) == ["r.example"]
+        return {
+            "server_keys": [
+                sign_json(key_answer("r.example", origin_key), "notary.example", countersigner["key"])
+            ]
+        }
+
+    ring = KeyRing(MemoryStore(), clock, own, get_json, post_json, ["notary.example"])  # type: ignore[arg-type]
+    key = await ring.verify_key("r.example", "ed25519:r1", now_ms)
+    assert encode_verify_key_base64(key) == verify_key_base64(origin_key)
+
+    # An answer the notary did not really sign (another key under its key id) is refused.
+    ring = KeyRing(MemoryStore(), clock, own, get_json, post_json, ["notary.example"])  # type: ignore[arg-type]
+    countersigner["key"] = rogue_key
+    with pytest.raises(KeyNotFound):
+        await ring.verify_key("r.example", "ed25519:r1", now_ms)
