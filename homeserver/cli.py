@@ -7,6 +7,7 @@ The reactor is chosen here, before anything imports `twisted.internet.reactor`
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -183,6 +184,12 @@ def _disk_full_message(config: Config, error: BaseException) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    # No collector passes while start-up builds what lives as long as the process (a tenth
+    # of the start's CPU time); gc_tuning.tune_after_startup turns it back on.
+    gc.disable()
+    from homeserver import lazy_imports
+
+    lazy_imports.defer()  # before the reactor's import pulls in TLS support
     from homeserver.reactor import install
 
     install()

@@ -71,9 +71,11 @@ recorder = PauseRecorder()
 def tune_after_startup(clock: Any = None) -> None:
     """Freeze what start-up built, set the thresholds, record pauses and, given a reactor,
     start the timer's young passes."""
-    gc.collect()
+    # No full collection first: it walked every object start-up made (25-40 ms of CPU before the
+    # first answer) to free about 1,300 leftover objects (measured), which now stay frozen.
     gc.freeze()
     gc.set_threshold(*THRESHOLDS)
+    gc.enable()  # the command `run` turns it off during start-up
     if recorder not in gc.callbacks:
         gc.callbacks.append(recorder)
     if clock is not None:

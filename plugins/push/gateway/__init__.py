@@ -20,7 +20,6 @@ from plugins.push.gateway.dispatch import Gateway, Sender
 from plugins.push.gateway.forward import ForwardSender
 from plugins.push.gateway.notification import parse_notify_body
 from plugins.push.gateway.outbound import IpPolicy
-from plugins.push.gateway.webpush import WebPushSender
 
 if TYPE_CHECKING:
     from plugins.push.gateway.fcm import FcmSender
@@ -66,6 +65,9 @@ class PushGatewayPlugin:
                 self.fcm.append(fcm)
                 senders[app_id] = fcm
             elif isinstance(app, WebPushApp):
+                # http_ece and cryptography likewise only with a Web Push app (~20 ms).
+                from plugins.push.gateway.webpush import WebPushSender
+
                 senders[app_id] = WebPushSender(app, api, api.reactor, config.retry, timeout_s, policy)
             elif isinstance(app, ForwardApp):
                 senders[app_id] = ForwardSender(app, api, api.reactor, config.retry, timeout_s, policy)
