@@ -3,16 +3,14 @@ their first use instead (start-up time, issue 16).
 
 Importing `twisted.internet.tcp` pulls in TLS support (pyOpenSSL, cryptography's X.509,
 service_identity: ~60 ms of a ~0.4 s start) only so that every TCP connection can offer
-`startTLS`, and `twisted.python.compat` imports `http.cookiejar` (with `urllib.request` and
-`http.client`, ~15 ms) for a deprecated alias. The server listens on plain TCP (TLS ends at
-the reverse proxy); TLS is needed by outbound HTTPS (pushes, URL previews), which starts
-later, if at all.
+`startTLS`. The server listens on plain TCP (HTTPS is for a proxy in front); TLS is needed by
+outbound HTTPS (pushes, URL previews), which starts later, if at all.
 
 `defer()` runs before the reactor is imported and puts in `sys.modules`:
 
-- for modules the importers only bind to a name (`twisted.protocols.tls`,
-  `twisted.internet.ssl`, `http.cookiejar`), a stand-in that imports the real module at the
-  first attribute read and forwards to it;
+- for the modules `twisted.internet.posixbase` only binds to a name (`twisted.protocols.tls`,
+  `twisted.internet.ssl`), a stand-in that imports the real module at the first attribute
+  read and forwards to it;
 - for `twisted.internet._newtls`, whose three mixins `tcp` subclasses at import, the mixins
   without methods, so a plain connection writes through `FileDescriptor` directly (what
   Twisted's mixin does while TLS is off). The first `startTLS` imports the real module and
@@ -29,8 +27,8 @@ import threading
 import types
 from typing import Any
 
-# Bound to a name by their importers at start-up; read only when TLS or cookies are used.
-STAND_INS = ("twisted.protocols.tls", "twisted.internet.ssl", "http.cookiejar")
+# Bound to a name by the reactor's import; read only when TLS is used.
+STAND_INS = ("twisted.protocols.tls", "twisted.internet.ssl")
 NEWTLS = "twisted.internet._newtls"
 
 _lock = threading.RLock()

@@ -25,7 +25,6 @@ LATE = {
     "service_identity": "TLS certificate checks",
     "cryptography.x509": "TLS certificates",
     "http_ece": "Web Push, only with a Web Push app",
-    "http.cookiejar": "twisted.python.compat's deprecated alias; treq's cookies",
     "PIL": "Pillow, the first image",
     "firebase_admin": "FCM, only with an FCM app",
     "treq": "the first push",
