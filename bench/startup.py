@@ -7,7 +7,7 @@ times: kill -9, start again at once, and measure from the new process's spawn to
 - the first accepted send (`PUT .../send` with the token from before the crash answers 200),
 
 polling every 5 ms on loopback. Prints each run and the median, as wall-clock time and as
-the CPU time the new process had used by its first answer (wall-clock time on a busy
+the CPU time the new process had used by then (wall-clock time on a busy
 machine is mostly waiting for a core; CPU time is not). Issue 16 asks for under 0.5 s and
 1 s on a 2-core machine of our kind.
 
@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     answers: list[float] = []
     sends: list[float] = []
     cpus: list[float] = []
+    send_cpus: list[float] = []
     try:
         server.spawn()
         until_ok(server.port, "GET", "/_matrix/client/versions")
@@ -181,16 +182,18 @@ def main(argv: list[str] | None = None) -> None:
             sent = until_ok(
                 server.port, "PUT", send_path(room_id, f"run{run}"), {"msgtype": "m.text", "body": "x"}, token
             )
+            send_cpus.append(server.cpu_seconds())
             answers.append(answered - started)
             sends.append(sent - started)
             print(
                 f"run {run + 1}: first answer {answers[-1]:.3f} s (CPU {cpus[-1]:.2f} s),"
-                f" first accepted send {sends[-1]:.3f} s"
+                f" first accepted send {sends[-1]:.3f} s (CPU {send_cpus[-1]:.2f} s)"
             )
         print(
             f"{args.engine}, {args.messages} messages stored: median first answer"
             f" {statistics.median(answers):.3f} s (CPU {statistics.median(cpus):.2f} s),"
             f" first accepted send {statistics.median(sends):.3f} s"
+            f" (CPU {statistics.median(send_cpus):.2f} s)"
         )
     finally:
         if server.process is not None and server.process.poll() is None:
