@@ -4,7 +4,11 @@
 import { ClientEvent, createClient, EventType, type MatrixClient, Preset, SyncState } from "matrix-js-sdk";
 import type { Logger } from "matrix-js-sdk/lib/logger.js";
 
+import { startOfflineQueue } from "./offline_queue";
 import type { Session } from "./session";
+
+/** A request that found no connection: expected while offline (the queue resends it). */
+const offline = (msg: unknown[]): boolean => msg.some((m) => (m as { name?: unknown } | null)?.name === "ConnectionError");
 
 // The SDK logs every request at debug level: only its warnings and errors reach the console.
 const quiet: Logger = {
@@ -12,7 +16,7 @@ const quiet: Logger = {
     debug: () => undefined,
     info: () => undefined,
     warn: (...msg: unknown[]) => console.warn(...msg),
-    error: (...msg: unknown[]) => console.error(...msg),
+    error: (...msg: unknown[]) => (offline(msg) ? console.warn(...msg) : console.error(...msg)),
     getChild: () => quiet,
 };
 
@@ -34,6 +38,7 @@ export async function startClient(session: Session): Promise<MatrixClient> {
         };
         client.on(ClientEvent.Sync, onSync);
     });
+    startOfflineQueue(client);
     await client.startClient({ initialSyncLimit: 30 });
     await ready;
     return client;
