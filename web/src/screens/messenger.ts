@@ -9,7 +9,6 @@
 import {
     ClientEvent,
     EventStatus,
-    EventType,
     KnownMembership,
     type MatrixClient,
     type MatrixEvent,
@@ -17,10 +16,18 @@ import {
     NotificationCountType,
     type Room,
     RoomEvent,
+    RoomMemberEvent,
 } from "matrix-js-sdk";
 
 import { startDirectChat } from "../client";
 import { h, show } from "../dom";
+import { loadOlderOnScroll, redrawKeepingPlace } from "../history";
+import { isQueued } from "../offline_queue";
+import { foldTimeline } from "../timeline";
+import { typingText } from "../typing";
+import { Composer } from "./composer";
+import { messageItem, type MessageHandlers } from "./message_view";
+import { ThreadPane } from "./thread_pane";
 
 const USER_ID = /^@[^:\s]+:\S+$/;
 const DELIVERY_POLL_MS = 3000;
@@ -45,27 +52,14 @@ function roomFromPath(): string | null {
     return m ? decodeURIComponent(m[1]) : null;
 }
 
-/** The room's text messages, oldest first (decrypted ones by their clear type). */
+/** The room's messages in its main timeline, oldest first (timeline.ts folds in edits,
+ * reactions and threads). */
 function messages(room: Room): MatrixEvent[] {
-    return room
-        .getLiveTimeline()
-        .getEvents()
-        .filter((e) => e.getType() === EventType.RoomMessage || e.isDecryptionFailure() || e.isBeingDecrypted() || e.isEncrypted() && !e.getClearContent());
-}
-
-function bodyOf(event: MatrixEvent): string {
-    if (event.isDecryptionFailure()) return "Unable to decrypt this message";
-    if (event.isBeingDecrypted() || (event.isEncrypted() && !event.getClearContent())) return "Decrypting…";
-    const body = event.getContent().body;
-    return typeof body === "string" ? body : "";
+    return foldTimeline(room, null).main.map((m) => m.event);
 }
 
 function lastActivity(room: Room): number {
     return room.getLastActiveTimestamp() || 0;
-}
-
-function timeOf(event: MatrixEvent): string {
-    return new Date(event.getTs()).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
 }
 
 export class Messenger {
@@ -74,13 +68,10 @@ export class Messenger {
     private readonly list = h("ul", { class: "chat-list", id: "chat-list", "aria-label": "Chats" });
     private readonly chatPane = h("section", { class: "chat", id: "chat", "aria-label": "Chat" });
     private readonly messageList = h("ol", { class: "messages", id: "messages", "aria-live": "polite" });
-    private readonly composer = h("input", {
-        id: "composer",
-        name: "message",
-        autocomplete: "off",
-        placeholder: "Message",
-        "aria-label": "Message",
-    });
+    private composer: Composer | null = null;
+    private readonly typingLine = h("p", { class: "typing", id: "typing", "aria-live": "polite" });
+    private thread: ThreadPane | null = null;
+    private loadOlder: () => void = () => undefined;
     private renderedRoomId: string | null = null;
     // My messages the server reports delivered to every recipient (GET /api/messages/.../status).
     private readonly delivered = new Set<string>();
@@ -100,6 +91,8 @@ export class Messenger {
         client.on(ClientEvent.Sync, refresh);
         client.on(ClientEvent.Room, refresh);
         client.on(MatrixEventEvent.Decrypted, refresh);
+        client.on(RoomEvent.Redaction, refresh);
+        client.on(RoomMemberEvent.Typing, refresh);
         window.addEventListener("popstate", () => {
             this.openRoomId = roomFromPath();
             this.schedule();
@@ -107,6 +100,9 @@ export class Messenger {
     }
 
     mount(): void {
+        this.loadOlder = loadOlderOnScroll(this.messageList, this.client, () =>
+            this.openRoomId ? this.client.getRoom(this.openRoomId) : null,
+        );
         const newChat = this.newChatForm();
         const logout = h("button", { type: "button", id: "logout", class: "secondary" }, "Log out");
         logout.addEventListener("click", () => this.onLogout());
@@ -139,7 +135,7 @@ export class Messenger {
         this.openRoomId = roomId;
         history.pushState(null, "", roomId ? `/chat/${encodeURIComponent(roomId)}` : "/");
         this.render();
-        if (roomId) this.composer.focus();
+        if (roomId) this.composer?.input.focus();
     }
 
     private newChatForm(): HTMLFormElement {
@@ -199,9 +195,9 @@ export class Messenger {
     private renderList(open: Room | null): void {
         const items = this.rooms().map((room) => {
             const invited = room.getMyMembership() === KnownMembership.Invite;
-            const last = messages(room).at(-1);
+            const last = foldTimeline(room, null).main.at(-1);
             const unread = invited ? 0 : room.getUnreadNotificationCount(NotificationCountType.Total);
-            const preview = invited ? "Invitation" : last ? bodyOf(last) : "No messages yet";
+            const preview = invited ? "Invitation" : last ? last.body : "No messages yet";
             const button = h(
                 "button",
                 {
@@ -244,49 +240,51 @@ export class Messenger {
         }
         if (this.renderedRoomId !== room.roomId) {
             this.renderedRoomId = room.roomId;
-            const form = h("form", { class: "composer" }, this.composer, h("button", { type: "submit" }, "Send"));
-            form.addEventListener("submit", (e) => {
-                e.preventDefault();
-                const text = this.composer.value.trim();
-                if (!text) return;
-                this.composer.value = "";
-                void this.client.sendTextMessage(room.roomId, text);
-            });
+            this.thread = null;
+            this.composer = new Composer(this.client, room.roomId, "composer", null, (u) => room.getMember(u)?.name ?? u);
             const encrypted = this.client.isRoomEncrypted(room.roomId);
             show(
                 this.chatPane,
                 header,
                 h("p", { class: "e2e", id: "e2e-state" }, encrypted ? "End-to-end encrypted" : "Not encrypted"),
                 this.messageList,
-                form,
+                this.typingLine,
+                this.composer.form,
             );
         }
         this.renderMessages(room);
     }
 
+    private openThread(room: Room, rootId: string | null): void {
+        this.thread?.element.remove();
+        this.thread = rootId
+            ? new ThreadPane(this.client, room, rootId, () => this.openThread(room, null), (e) => this.tick(room, e))
+            : null;
+        this.chatPane.classList.toggle("has-thread", this.thread !== null);
+        if (this.thread) this.chatPane.append(this.thread.element);
+        this.renderMessages(room);
+        this.thread?.focus();
+    }
+
     private renderMessages(room: Room): void {
         const me = this.client.getUserId();
-        const events = messages(room);
-        const stick = this.messageList.scrollHeight - this.messageList.scrollTop - this.messageList.clientHeight < 40;
-        show(
-            this.messageList,
-            ...events.map((event) => {
-                const mine = event.getSender() === me;
-                return h(
-                    "li",
-                    {
-                        class: mine ? "message mine" : "message",
-                        "data-event-id": event.getId() ?? "",
-                        "data-failed": event.isDecryptionFailure() ? "true" : null,
-                    },
-                    mine ? null : h("span", { class: "sender" }, room.getMember(event.getSender() ?? "")?.name ?? event.getSender()),
-                    h("span", { class: "body" }, bodyOf(event)),
-                    h("span", { class: "meta" }, timeOf(event), mine ? this.tick(room, event) : null),
-                );
-            }),
+        const { main, threads } = foldTimeline(room, me);
+        const handlers: MessageHandlers = {
+            reply: (event) => this.composer?.reply(event),
+            edit: (event, text) => this.composer?.edit(event, text),
+            openThread: (rootId) => this.openThread(room, rootId),
+        };
+        const options = { tick: (event: MatrixEvent) => this.tick(room, event), threads: true };
+        redrawKeepingPlace(this.messageList, () =>
+            show(this.messageList, ...main.map((message) => messageItem(this.client, room, message, handlers, options))),
         );
-        if (stick) this.messageList.scrollTop = this.messageList.scrollHeight;
-        this.markRead(room, events.at(-1));
+        this.typingLine.textContent = typingText(room, me);
+        if (this.thread) {
+            const rootId = this.thread.rootId;
+            this.thread.render(main.find((m) => m.event.getId() === rootId), threads.get(rootId) ?? []);
+        }
+        if (this.messageList.scrollHeight <= this.messageList.clientHeight) this.loadOlder();
+        this.markRead(room, main.at(-1)?.event);
         this.watchDelivery();
     }
 
@@ -319,7 +317,8 @@ export class Messenger {
         this.deliveryTimer = window.setTimeout(() => void check(), 0);
     }
 
-    private tickState(room: Room, event: MatrixEvent): "sending" | "failed" | "sent" | "delivered" | "read" {
+    private tickState(room: Room, event: MatrixEvent): "sending" | "queued" | "failed" | "sent" | "delivered" | "read" {
+        if (isQueued(event)) return "queued";
         if (event.status === EventStatus.NOT_SENT) return "failed";
         if (event.status !== null) return "sending";
         const me = this.client.getUserId();
@@ -332,8 +331,15 @@ export class Messenger {
     /** ✓ the server has it, ✓✓ every recipient's device has it, ✓✓ in colour: read by all. */
     private tick(room: Room, event: MatrixEvent): HTMLElement {
         const state = this.tickState(room, event);
-        const text = { sending: " …", failed: " Not sent", sent: " ✓", delivered: " ✓✓", read: " ✓✓" }[state];
-        const title = { sending: "Sending", failed: "Not sent", sent: "Sent", delivered: "Delivered", read: "Read" }[state];
+        const text = { sending: " …", queued: " 🕓 Queued", failed: " Not sent", sent: " ✓", delivered: " ✓✓", read: " ✓✓" }[state];
+        const title = {
+            sending: "Sending",
+            queued: "Queued: sent when the connection returns",
+            failed: "Not sent",
+            sent: "Sent",
+            delivered: "Delivered",
+            read: "Read",
+        }[state];
         return h("span", { class: `tick ${state}`, "aria-label": state, title }, text);
     }
 
