@@ -22,20 +22,32 @@ export interface MessageViewOptions {
     tick: (event: MatrixEvent) => HTMLElement | null;
     /** Offer the thread action and the reply count (not inside a thread). */
     threads: boolean;
+    /** Who of a group has read up to this message (readPositions). */
+    readBy?: Map<string, string[]>;
 }
 
 function nameOf(room: Room, userId: string | undefined): string {
     return room.getMember(userId ?? "")?.name ?? userId ?? "";
 }
 
-/** The other members of a group whose read receipt covers `event` (none in a 1:1 chat,
- * where the tick says it). */
-export function readBy(client: MatrixClient, room: Room, event: MatrixEvent): string[] {
+/** Where each other member of a group has read up to among my messages: event id -> their
+ * names, each member once, at the newest of my messages their read receipt covers (a 1:1
+ * chat has none: the tick says it). */
+export function readPositions(client: MatrixClient, room: Room, messages: Message[]): Map<string, string[]> {
     const me = client.getUserId();
     const others = room.getJoinedMembers().filter((m) => m.userId !== me);
-    if (others.length < 2 || event.status !== null) return [];
-    const id = event.getId() ?? "";
-    return others.filter((m) => room.hasUserReadEvent(m.userId, id)).map((m) => m.name);
+    const positions = new Map<string, string[]>();
+    if (others.length < 2) return positions;
+    let left = others;
+    const mine = messages.filter((m) => m.event.getSender() === me && m.event.status === null);
+    for (const { event } of mine.reverse()) {
+        const id = event.getId() ?? "";
+        const readers = left.filter((m) => room.hasUserReadEvent(m.userId, id));
+        if (readers.length) positions.set(id, readers.map((m) => m.name));
+        left = left.filter((m) => !readers.includes(m));
+        if (!left.length) break;
+    }
+    return positions;
 }
 
 export function messageItem(
@@ -80,7 +92,7 @@ export function messageItem(
                   message.threadReplies === 1 ? "1 reply" : `${message.threadReplies} replies`,
               )
             : null;
-    const readers = mine ? readBy(client, room, event) : [];
+    const readers = opts.readBy?.get(event.getId() ?? "") ?? [];
     return h(
         "li",
         {

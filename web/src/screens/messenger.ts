@@ -26,7 +26,7 @@ import { isQueued } from "../offline_queue";
 import { foldTimeline } from "../timeline";
 import { typingText } from "../typing";
 import { Composer } from "./composer";
-import { messageItem, type MessageHandlers } from "./message_view";
+import { messageItem, type MessageHandlers, readPositions } from "./message_view";
 import { ThreadPane } from "./thread_pane";
 
 const USER_ID = /^@[^:\s]+:\S+$/;
@@ -274,7 +274,11 @@ export class Messenger {
             edit: (event, text) => this.composer?.edit(event, text),
             openThread: (rootId) => this.openThread(room, rootId),
         };
-        const options = { tick: (event: MatrixEvent) => this.tick(room, event), threads: true };
+        const options = {
+            tick: (event: MatrixEvent) => this.tick(room, event),
+            threads: true,
+            readBy: readPositions(this.client, room, main),
+        };
         redrawKeepingPlace(this.messageList, () =>
             show(this.messageList, ...main.map((message) => messageItem(this.client, room, message, handlers, options))),
         );
@@ -331,7 +335,7 @@ export class Messenger {
     /** ✓ the server has it, ✓✓ every recipient's device has it, ✓✓ in colour: read by all. */
     private tick(room: Room, event: MatrixEvent): HTMLElement {
         const state = this.tickState(room, event);
-        const text = { sending: " …", queued: " 🕓 Queued", failed: " Not sent", sent: " ✓", delivered: " ✓✓", read: " ✓✓" }[state];
+        const text = { sending: " …", queued: " Queued", failed: " Not sent", sent: " ✓", delivered: " ✓✓", read: " ✓✓" }[state];
         const title = {
             sending: "Sending",
             queued: "Queued: sent when the connection returns",
