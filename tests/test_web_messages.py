@@ -86,6 +86,9 @@ def test_group_messages_in_the_web_client(start_server: Any, tmp_path: Path) -> 
     puts = result["lostAnswer"]["puts"]
     assert len(puts) == 2 and puts[0]["path"] == puts[1]["path"], puts
     assert puts[0]["eventId"] == puts[1]["eventId"] and result["lostAnswerAsAlice"] == 1
+    # After a reload, a reply to a message that did not load quotes it all the same.
+    assert result["quoteAfterReload"]["originalLoaded"] == 0
+    assert result["quoteAfterReload"]["reply"]["quote"] == {"sender": alice, "body": "history 1"}
     # History: older messages loaded on scrolling up, back to the first; the message at
     # the top stayed in view while they loaded.
     history = result["history"]

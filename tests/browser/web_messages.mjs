@@ -219,6 +219,10 @@ async function main(results) {
     await shot(bob, "thread.png");
     await alice.page.click("#thread-close");
     await bob.page.click("#thread-close");
+    // A reply to an old message (Carol will see it quoted after a reload, not loaded).
+    await act(bob.page, "history 1", "reply");
+    await send(bob.page, "Back to the first one");
+    await seen(carol.page, "Back to the first one");
 
     // Offline: Carol writes two messages with no connection; they show queued, and are sent
     // when she is back, in order, once each.
@@ -277,6 +281,9 @@ async function main(results) {
     // scrolls back to the first one; the message at the top stays in place as older load.
     await carol.page.reload();
     await seen(carol.page, "Answer lost on the way");
+    // The reply to a message older than what loaded still quotes it (fetched by id).
+    await message(carol.page, "Back to the first one").locator('xpath=.//span[@class="quote-body"][.="history 1"]').waitFor(WAIT);
+    results.quoteAfterReload = { reply: await seen(carol.page, "Back to the first one"), originalLoaded: await message(carol.page, "history 1").count() };
     const list = carol.page.locator("#messages");
     const before = await list.evaluate((ol) => {
         const first = ol.querySelector("li.message[data-event-id]");

@@ -100,7 +100,8 @@ export function foldTimeline(room: Room, me: string | null): { main: Message[]; 
             // A thread reply's m.in_reply_to is the thread's fallback, not a quote.
             replyTo: replyId && rel?.rel_type !== RelationType.Thread ? { id: replyId, event: byId.get(replyId) ?? null } : null,
             reactions: [...(reactions.get(id) ?? new Map()).entries()].map(([key, r]) => ({ key, ...r })),
-            threadReplies: replies.get(id) ?? 0,
+            // The server's count covers replies not loaded yet; the loaded ones, the newest.
+            threadReplies: Math.max(replies.get(id) ?? 0, event.getServerAggregatedRelation<{ count?: number }>(RelationType.Thread)?.count ?? 0),
         };
         const thread = threadOf(event);
         if (thread) threads.set(thread, [...(threads.get(thread) ?? []), message]);

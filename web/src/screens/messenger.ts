@@ -23,6 +23,7 @@ import { startDirectChat } from "../client";
 import { h, show } from "../dom";
 import { loadOlderOnScroll, redrawKeepingPlace } from "../history";
 import { isQueued } from "../offline_queue";
+import { QuotedEvents } from "../quoted";
 import { foldTimeline } from "../timeline";
 import { typingText } from "../typing";
 import { Composer } from "./composer";
@@ -72,6 +73,7 @@ export class Messenger {
     private readonly typingLine = h("p", { class: "typing", id: "typing", "aria-live": "polite" });
     private thread: ThreadPane | null = null;
     private loadOlder: () => void = () => undefined;
+    private readonly quoted: QuotedEvents;
     private renderedRoomId: string | null = null;
     // My messages the server reports delivered to every recipient (GET /api/messages/.../status).
     private readonly delivered = new Set<string>();
@@ -83,6 +85,7 @@ export class Messenger {
         private readonly onLogout: () => void,
     ) {
         const refresh = (): void => this.schedule();
+        this.quoted = new QuotedEvents(client, refresh);
         client.on(RoomEvent.Timeline, refresh);
         client.on(RoomEvent.Receipt, refresh);
         client.on(RoomEvent.Name, refresh);
@@ -269,6 +272,9 @@ export class Messenger {
     private renderMessages(room: Room): void {
         const me = this.client.getUserId();
         const { main, threads } = foldTimeline(room, me);
+        for (const { replyTo } of main) {
+            if (replyTo && !replyTo.event) replyTo.event = this.quoted.get(room.roomId, replyTo.id);
+        }
         const handlers: MessageHandlers = {
             reply: (event) => this.composer?.reply(event),
             edit: (event, text) => this.composer?.edit(event, text),
