@@ -79,7 +79,8 @@ export function foldTimeline(room: Room, me: string | null): { main: Message[]; 
     for (const event of events) {
         if (!isMessageLike(event) || relationOf(event)?.rel_type === RelationType.Replace) continue;
         const id = event.getId() ?? "";
-        const edit = edits.get(id);
+        // A loaded edit, or one the server bundled with the original (the SDK applies those).
+        const edit = edits.get(id) ?? event.replacingEvent() ?? undefined;
         // An edit counts only from the original's sender (anyone else's is ignored).
         const edited = edit !== undefined && edit.getSender() === event.getSender() && !event.isRedacted();
         const newContent = edited ? (edit.getContent()["m.new_content"] as Record<string, unknown> | undefined) : undefined;
