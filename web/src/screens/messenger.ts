@@ -244,6 +244,7 @@ export class Messenger {
         if (this.renderedRoomId !== room.roomId) {
             this.renderedRoomId = room.roomId;
             this.thread = null;
+            this.chatPane.classList.remove("has-thread");
             this.composer = new Composer(this.client, room.roomId, "composer", null, (u) => room.getMember(u)?.name ?? u);
             const encrypted = this.client.isRoomEncrypted(room.roomId);
             show(
