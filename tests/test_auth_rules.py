@@ -197,7 +197,7 @@ def test_auth_error_carries_reason_and_forbidden_code() -> None:
     assert error.http_status == 403
 
 
-@pytest.mark.parametrize("bad_version", ["1", "9", "12", ""])
+@pytest.mark.parametrize("bad_version", ["1", "9", "13", ""])
 def test_unsupported_room_version_is_a_caller_error(bad_version: str) -> None:
     with pytest.raises(UnsupportedRoomVersion):
         check_auth(message(ALICE), {}, bad_version)
@@ -276,7 +276,7 @@ def test_create_room_id_domain_with_port(version: str) -> None:
     check_auth(event, {}, version)
 
 
-@pytest.mark.parametrize("declared", ["9", "12", "org.example.custom", 10])
+@pytest.mark.parametrize("declared", ["9", "13", "org.example.custom", 10])
 def test_create_unknown_room_version_rejected(version: str, declared: Any) -> None:
     with pytest.raises(AuthError, match=r"rule 1\.3"):
         check_auth(create_event(version, room_version=declared), {}, version)

@@ -220,7 +220,7 @@ def test_event_id_does_not_modify_input() -> None:
     assert repr(PDU_V11) == snapshot
 
 
-@pytest.mark.parametrize("room_version", ["1", "9", "12", ""])
+@pytest.mark.parametrize("room_version", ["1", "9", "13", ""])
 def test_event_id_rejects_unknown_room_versions(room_version: str) -> None:
     with pytest.raises(UnsupportedRoomVersion):
         compute_event_id(PDU_V11, room_version)

@@ -34,10 +34,10 @@ def make_event(event_type: str, content: Any) -> dict[str, Any]:
 
 
 def test_known_room_versions() -> None:
-    assert KNOWN_ROOM_VERSIONS == {"10", "11"}
+    assert KNOWN_ROOM_VERSIONS == {"10", "11", "12"}
 
 
-@pytest.mark.parametrize("room_version", ["1", "9", "12", "org.example.custom", ""])
+@pytest.mark.parametrize("room_version", ["1", "9", "13", "org.example.custom", ""])
 def test_unknown_room_version_raises(room_version: str) -> None:
     with pytest.raises(UnsupportedRoomVersion) as info:
         redact(make_event("m.room.message", {}), room_version)

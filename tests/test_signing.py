@@ -248,7 +248,7 @@ def test_unknown_room_version(key: SigningKey) -> None:
     with pytest.raises(UnsupportedRoomVersion):
         sign_event(room_event(), "example.org", key, "9")
     with pytest.raises(UnsupportedRoomVersion):
-        verify_event_signature(room_event(), "example.org", get_verify_key(key), "12")
+        verify_event_signature(room_event(), "example.org", get_verify_key(key), "13")
 
 
 # --- signing key file ------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The event authorization rules for room versions 10 and 11.
+"""The event authorization rules for room versions 10, 11 and 12.
 
 Every event a room accepts must pass these rules against the state before it (and, on
 receipt over federation, against its own `auth_events` and against the current state:
@@ -14,6 +14,14 @@ What the two versions change (everything else is shared):
   create event's `sender` (v11).
 - redactions: in v11 the redacted event's ID moved from the top-level `redacts` into
   `content.redacts` (see `redaction_target`).
+
+What v12 changes on top of v11 (MSC4289, MSC4291): the create event has no `room_id` (v12
+rule 1.2), the room ID is `!` + the create event's reference hash (v12 rule 2; see
+`room_id_for_create`), `additional_creators` must be a list of user IDs (v12 rule 1.4), the
+creators have an infinite power level (`power_levels.user_power_level`) and may not be
+named in `m.room.power_levels` (v12 rule 10.4), and the create event is not listed in
+`auth_events` (`auth_event_types`). v12 inserts rule 2, so its rules from 2 on are numbered
+one higher than v11's; reasons cite v11's numbers, and "v12 rule N" for the rules v12 added.
 
 Pure functions only: no I/O, no signature checks (the opening "events must be signed by the
 sender's server" and rule 4.2 need keys; `servers_required_to_sign` says which servers, and
@@ -32,6 +40,7 @@ from signedjson.key import decode_verify_key_bytes
 from signedjson.sign import SignatureVerifyException, verify_signed_json
 
 from homeserver.events.canonical import decode_base64
+from homeserver.events.hashing import compute_event_id
 from homeserver.events.power_levels import (
     CREATE,
     JOIN_RULES,
@@ -44,18 +53,26 @@ from homeserver.events.power_levels import (
     named_power_level,
     power_levels_content,
     room_creator,
+    room_creators,
     user_power_level,
 )
-from homeserver.events.redaction import KNOWN_ROOM_VERSIONS, check_room_version
+from homeserver.events.room_versions import (
+    KNOWN_ROOM_VERSIONS,
+    check_room_version,
+    redacts_in_content,
+    room_id_is_create_hash,
+)
 
 __all__ = [
     "AuthError",
     "StateMap",
+    "auth_event_types",
     "auth_state_for_event",
     "auth_types_for_event",
     "check_auth",
     "redaction_allowed",
     "redaction_target",
+    "room_id_for_create",
     "servers_required_to_sign",
 ]
 
@@ -185,6 +202,29 @@ def auth_state_for_event(
     return {key: state[key] for key in auth_types_for_event(event) if key in state}
 
 
+def auth_event_types(event: Mapping[str, Any], room_version: str) -> list[tuple[str, str]]:
+    """The (type, state_key) pairs an event of `room_version` may list in its `auth_events`.
+
+    `auth_types_for_event`, except that in v12 the create event is never listed (v12 rule
+    3.2: "m.room.create MUST NOT be selected"; the room ID names it instead). `check_auth`
+    still needs the create event in its `auth_state`: a v12 caller looks it up by room ID.
+    """
+    check_room_version(room_version)
+    wanted = auth_types_for_event(event)
+    if room_id_is_create_hash(room_version):
+        return [key for key in wanted if key != CREATE]
+    return wanted
+
+
+def room_id_for_create(create_event: Mapping[str, Any]) -> str:
+    """The v12 room ID minted by `create_event`: its event ID with the sigil `!` for `$`.
+
+    rooms/v12 "Event format": the room ID is the create event's reference hash, so no
+    server owns the ID and nobody can mint a second create event for it.
+    """
+    return "!" + compute_event_id(create_event, "12")[1:]
+
+
 def _third_party_invite_token(content: Mapping[str, Any]) -> str | None:
     third_party_invite = content.get("third_party_invite")
     if not isinstance(third_party_invite, Mapping):
@@ -234,7 +274,9 @@ def check_auth(event: Mapping[str, Any], auth_state: StateMap, room_version: str
       are rejected, never allowed.
     - Never modifies its arguments; never performs I/O.
     - Raises `UnsupportedRoomVersion` (a `ValueError`, not `AuthError`) for room versions
-      other than "10" and "11": that is a bug in the caller, not a forbidden event.
+      other than "10", "11" and "12": that is a bug in the caller, not a forbidden event.
+    - v12: `auth_state` must hold the create event (with its `event_id`) although a v12
+      event never lists it in `auth_events`: the caller looks it up by the room ID.
 
     Not checked here (the caller must): signatures and hashes (the opening requirement and
     rule 4.2; see `servers_required_to_sign`); rules 2.1-2.3, which are about the PDU's
@@ -257,6 +299,13 @@ def check_auth(event: Mapping[str, Any], auth_state: StateMap, room_version: str
     if create is None:
         raise AuthError("The room has no m.room.create event (rule 2.4)")
     create_room_id = create.get("room_id")
+    if room_id_is_create_hash(room_version):
+        # v12 rule 2: the room ID is the create event's ID with `!` for `$` (when the create
+        # event's ID is known; a client-format event may omit room_id, as elsewhere).
+        create_id = create.get("event_id")
+        create_room_id = "!" + create_id[1:] if isinstance(create_id, str) and create_id else None
+        if create_room_id is not None and event.get("room_id") not in (None, create_room_id):
+            raise AuthError("The event's room ID is not its create event's ID (v12 rule 2)")
     if create_room_id is not None and event.get("room_id") not in (None, create_room_id):
         # Not a numbered rule: the auth state must belong to the event's room (newer spec
         # versions make this explicit for auth_events).
@@ -308,6 +357,8 @@ def check_auth(event: Mapping[str, Any], auth_state: StateMap, room_version: str
 
     # Rule 9: m.room.power_levels.
     if event_type == POWER_LEVELS[0]:
+        if room_id_is_create_hash(room_version):
+            _check_no_creators_listed(content, room_creators(create, room_version))
         _check_power_levels(content, sender, sender_level, pl_content)
 
     # Rule 10: otherwise, allow.
@@ -320,16 +371,26 @@ def _check_create(
     # events (no prev_events key) the state before it must likewise be empty.
     if event.get("prev_events") or len(auth_state) > 0:
         raise AuthError("m.room.create must be the first event in the room (rule 1.1)")
-    # Rule 1.2: the room ID is minted by the creator's server.
-    room_domain = _domain(event.get("room_id"))
-    if room_domain is None or room_domain != _domain(sender):
-        raise AuthError("The room ID's server must be the creator's server (rule 1.2)")
+    if room_id_is_create_hash(room_version):
+        # v12 rule 1.2: the room ID is derived from this event, so it cannot carry one.
+        if "room_id" in event:
+            raise AuthError("m.room.create must not have a room_id in room version 12 (v12 rule 1.2)")
+    else:
+        # Rule 1.2: the room ID is minted by the creator's server.
+        room_domain = _domain(event.get("room_id"))
+        if room_domain is None or room_domain != _domain(sender):
+            raise AuthError("The room ID's server must be the creator's server (rule 1.2)")
     # Rule 1.3: a declared room version must be one we know; it must also be the version
     # whose rules we were asked to apply (anything else is a caller bug we refuse to guess
     # around). A missing room_version is left alone, as the rule says.
     declared = content.get("room_version")
     if declared is not None and (declared not in KNOWN_ROOM_VERSIONS or declared != room_version):
         raise AuthError(f"Unsupported room version {declared!r} in m.room.create (rule 1.3)")
+    # v12 rule 1.4: additional_creators, if present, lists user IDs.
+    if room_id_is_create_hash(room_version) and "additional_creators" in content:
+        additional = content["additional_creators"]
+        if not isinstance(additional, list) or not all(_is_user_id(user) for user in additional):
+            raise AuthError("additional_creators must be a list of user IDs (v12 rule 1.4)")
     # Rule 1.4 (v10 only; v11 removed it): content.creator is required.
     if room_version == "10" and "creator" not in content:
         raise AuthError("m.room.create needs content.creator in room version 10 (rule 1.4)")
@@ -600,6 +661,18 @@ def _check_knock(sender: str, target: str, auth_state: StateMap) -> None:
         raise AuthError(f"{sender} cannot knock: their membership is {current} (rule 4.7.4)")
 
 
+def _check_no_creators_listed(content: Mapping[str, Any], creators: frozenset[str]) -> None:
+    # v12 rule 10.4: creators' power is fixed; naming one in `users` is refused outright
+    # rather than ignored, so every server reads the same levels from the event.
+    users = content.get("users")
+    if isinstance(users, Mapping):
+        listed = sorted(creators.intersection(users))
+        if listed:
+            raise AuthError(
+                f"Room creators cannot be given a power level: {', '.join(listed)} (v12 rule 10.4)"
+            )
+
+
 def _check_power_levels(
     content: Mapping[str, Any], sender: str, sender_level: int, old: Mapping[str, Any] | None
 ) -> None:
@@ -691,7 +764,7 @@ def redaction_target(event: Mapping[str, Any], room_version: str) -> str | None:
     `UnsupportedRoomVersion` for other versions.
     """
     check_room_version(room_version)
-    if room_version == "11":
+    if redacts_in_content(room_version):
         content = event.get("content")
         target = content.get("redacts") if isinstance(content, Mapping) else None
     else:

@@ -1,4 +1,4 @@
-"""Power levels for room versions 10 and 11: defaults, lookups and "may this user do X?".
+"""Power levels for room versions 10, 11 and 12: defaults, lookups and "may this user do X?".
 
 Everything here reads a room's state; nothing changes it. The rules that decide whether an
 event is *accepted* live in `homeserver.events.auth_rules`; this module holds the pieces of
@@ -15,6 +15,9 @@ Spec sources:
 - rooms/v10: power-level values must be integers, never strings. The allowed range is the
   Canonical JSON integer range `[-(2**53)+1, (2**53)-1]`.
 - rooms/v11: `m.room.create` has no `creator` key; the create event's `sender` is the creator.
+- rooms/v12 (MSC4289): the *creators* are the create event's `sender` plus its
+  `content.additional_creators`; their power level is infinitely high, whatever
+  `m.room.power_levels` says (which may not name them at all, auth rule 10.4).
 
 Older revisions of the spec said `state_default` is 0 when the room has *no* power levels
 event. That was a documentation bug (matrix-spec #861, fixed by #1479; implementations
@@ -24,6 +27,8 @@ power levels event of a room that lacks one.
 
 from collections.abc import Mapping
 from typing import Any, Final, Literal, TypeGuard
+
+from homeserver.events.room_versions import creator_is_sender, creators_are_privileged
 
 StateMap = Mapping[tuple[str, str], Mapping[str, Any]]
 """Room state: (event type, state key) -> event (PDU or client format).
@@ -42,6 +47,11 @@ MAX_POWER_LEVEL: Final = 2**53 - 1
 """The Canonical JSON integer range, which bounds every power-level value."""
 
 CREATOR_DEFAULT_LEVEL: Final = 100
+
+CREATOR_POWER_LEVEL: Final = MAX_POWER_LEVEL + 1
+"""A v12 creator's level: "infinitely high", i.e. above every level a power levels event can
+hold, so every comparison the auth rules make comes out as for infinity (and two creators
+are equal: neither can kick or ban the other)."""
 """The creator's level while the room has no `m.room.power_levels` event."""
 
 # Client-Server API `m.room.power_levels`: defaults for absent keys (and for a room with no
@@ -97,20 +107,44 @@ def _content(event: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
     return content if isinstance(content, Mapping) else {}
 
 
+def _declared_version(create_event: Mapping[str, Any]) -> str:
+    # A missing room_version means version 1, which takes the creator from content.creator.
+    declared = (_content(create_event) or {}).get("room_version")
+    return declared if isinstance(declared, str) else "1"
+
+
 def room_creator(create_event: Mapping[str, Any], room_version: str | None = None) -> str | None:
     """Return the room creator named by `create_event`, or None if it names none.
 
-    rooms/v11: the creator is the `sender` of `m.room.create`. rooms/v10 (and earlier): the
-    creator is `content.creator`, which the auth rules require but do not tie to `sender`.
-    When `room_version` is None it is read from the create event's `content.room_version`
-    (a v10/v11 room always has one; a missing one means version 1, so `creator` is used).
+    rooms/v11 and v12: the creator is the `sender` of `m.room.create`. rooms/v10 (and
+    earlier): the creator is `content.creator`, which the auth rules require but do not tie
+    to `sender`. When `room_version` is None it is read from the create event's
+    `content.room_version`. In v12 this is the *first* creator only (the one whose join
+    may follow the create event directly, auth rule 5.3.1); see `room_creators`.
     """
     content = _content(create_event) or {}
     if room_version is None:
-        declared = content.get("room_version")
-        room_version = declared if isinstance(declared, str) else "1"
-    creator = create_event.get("sender") if room_version == "11" else content.get("creator")
+        room_version = _declared_version(create_event)
+    creator = create_event.get("sender") if creator_is_sender(room_version) else content.get("creator")
     return creator if isinstance(creator, str) else None
+
+
+def room_creators(create_event: Mapping[str, Any], room_version: str | None = None) -> frozenset[str]:
+    """All of the room's creators: in v12 the create event's `sender` and every string in
+    `content.additional_creators`; in earlier versions just `room_creator`.
+
+    The auth rules reject a create event whose `additional_creators` is malformed (v12
+    rule 1.4); should one reach this function anyway, its non-string entries are ignored.
+    """
+    if room_version is None:
+        room_version = _declared_version(create_event)
+    first = room_creator(create_event, room_version)
+    creators = {first} if first is not None else set()
+    if creators_are_privileged(room_version):
+        additional = (_content(create_event) or {}).get("additional_creators")
+        if isinstance(additional, list):
+            creators.update(user for user in additional if isinstance(user, str))
+    return frozenset(creators)
 
 
 def power_levels_content(state: StateMap) -> Mapping[str, Any] | None:
@@ -157,34 +191,43 @@ def event_power_level(event_type: str, is_state: bool, power_levels_content: Map
 def user_power_level(user_id: str, state: StateMap, room_version: str | None = None) -> int:
     """`user_id`'s current power level in the room whose state is `state`.
 
-    With a power levels event: `users[user_id]` if present, else `users_default` (0 if
-    absent). Without one: 100 for the room creator (see `room_creator`; `room_version` None
-    means "as declared by the create event"), 0 for everyone else. Membership plays no part:
-    a user who left keeps their level, which is what the auth rules compare.
+    v12: a creator (see `room_creators`) has `CREATOR_POWER_LEVEL`, above any listed level.
+    Otherwise, with a power levels event: `users[user_id]` if present, else `users_default`
+    (0 if absent). Without one: 100 for the room creator (see `room_creator`; `room_version`
+    None means "as declared by the create event"), 0 for everyone else. Membership plays no
+    part: a user who left keeps their level, which is what the auth rules compare.
     """
+    create = state.get(CREATE)
+    if create is not None:
+        version = room_version if room_version is not None else _declared_version(create)
+        if creators_are_privileged(version) and user_id in room_creators(create, version):
+            return CREATOR_POWER_LEVEL
     pl_content = power_levels_content(state)
     if pl_content is not None:
         users = pl_content.get("users")
         if isinstance(users, Mapping) and is_valid_power_level(users.get(user_id)):
             return int(users[user_id])
         return named_power_level("users_default", pl_content)
-    create = state.get(CREATE)
     if create is not None and room_creator(create, room_version) == user_id:
         return CREATOR_DEFAULT_LEVEL
     return DEFAULT_LEVELS["users_default"]
 
 
-def default_power_levels_content(creator: str) -> dict[str, Any]:
-    """The `m.room.power_levels` content a new room (v10/v11) gets before any override.
+def default_power_levels_content(creator: str, room_version: str = "10") -> dict[str, Any]:
+    """The `m.room.power_levels` content a new room gets before any override.
 
     Client-Server API `/createRoom` step 3: the creator (and nobody else) may send state
     events. All defaults are written out explicitly (as integers, never strings) so clients
     need not know them; `invite` is 0, the spec default, so every member may invite (the
     `private_chat`/`trusted_private_chat` behaviour; a `public_chat` preset may raise it via
     `power_level_content_override`). Returns a fresh dict on every call.
+
+    v12: the creator is not listed (creators outrank every level, and auth rule 10.4 rejects
+    a power levels event that names one), so `users` starts empty.
     """
+    users = {} if creators_are_privileged(room_version) else {creator: CREATOR_DEFAULT_LEVEL}
     return {
-        "users": {creator: CREATOR_DEFAULT_LEVEL},
+        "users": users,
         **DEFAULT_LEVELS,
         "events": dict(_DEFAULT_EVENT_LEVELS),
     }

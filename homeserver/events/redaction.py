@@ -1,4 +1,4 @@
-"""The redaction algorithm for room versions 10 and 11.
+"""The redaction algorithm for room versions 10, 11 and 12.
 
 Redaction strips an event down to the properties the protocol needs to keep the room
 working (auth, state resolution, the DAG). It matters far beyond `m.room.redaction`:
@@ -6,30 +6,27 @@ signatures and event IDs are computed over the *redacted* form (Server-Server AP
 "Signing Events" and "Calculating the reference hash for an event"), so getting one key
 wrong here makes every signature and event ID disagree with other servers.
 
-Spec: rooms/v10 "Redactions" (unchanged from v9) and rooms/v11 "Redactions".
+Spec: rooms/v10 "Redactions" (unchanged from v9) and rooms/v11 "Redactions"; rooms/v12 keeps
+v11's algorithm unchanged (its `m.room.create` rule already keeps `additional_creators`).
 """
 
 import copy
 from collections.abc import Callable, Mapping
 from typing import Any
 
-KNOWN_ROOM_VERSIONS: frozenset[str] = frozenset({"10", "11"})
-"""Room versions whose redaction (and so hashing and signing) rules this package implements."""
+from homeserver.events.room_versions import (
+    KNOWN_ROOM_VERSIONS,
+    UnsupportedRoomVersion,
+    check_room_version,
+)
 
-
-class UnsupportedRoomVersion(ValueError):
-    """Raised when asked to apply the rules of a room version not in `KNOWN_ROOM_VERSIONS`."""
-
-    def __init__(self, room_version: str) -> None:
-        super().__init__(f"Unsupported room version: {room_version!r}")
-        self.room_version = room_version
-
-
-def check_room_version(room_version: str) -> None:
-    """Raise `UnsupportedRoomVersion` unless `room_version` is one of `KNOWN_ROOM_VERSIONS`."""
-    if room_version not in KNOWN_ROOM_VERSIONS:
-        raise UnsupportedRoomVersion(room_version)
-
+__all__ = [
+    "KNOWN_ROOM_VERSIONS",
+    "UnsupportedRoomVersion",
+    "check_room_version",
+    "redact",
+    "redacted_view",
+]
 
 # Top-level keys that survive redaction in every supported version (the v11 list).
 _TOP_LEVEL_KEYS_V11: frozenset[str] = frozenset(
@@ -101,6 +98,7 @@ def _redact_content_v11(event_type: Any, content: Mapping[str, Any]) -> dict[str
 _RULES: dict[str, tuple[frozenset[str], Callable[[Any, Mapping[str, Any]], dict[str, Any]]]] = {
     "10": (_TOP_LEVEL_KEYS_V10, _redact_content_v10),
     "11": (_TOP_LEVEL_KEYS_V11, _redact_content_v11),
+    "12": (_TOP_LEVEL_KEYS_V11, _redact_content_v11),
 }
 
 
