@@ -264,9 +264,9 @@ def check_auth(event: Mapping[str, Any], auth_state: StateMap, room_version: str
     `auth_state` is the state the event is checked against: the state before the event, the
     current state, or the event's own `auth_events` keyed by (type, state_key). Entries that
     `auth_types_for_event` does not name are not consulted, so passing the full state is
-    fine; the one exception is the creator's first join (rule 4.3.1), which also requires
-    that `auth_state` hold nothing but the create event (and, for a PDU, that
-    `prev_events` be exactly the create event's ID).
+    fine; the one exception is the creator's first join (rule 4.3.1), which for a PDU
+    requires that `prev_events` be exactly the create event's ID and, for a client-format
+    event (no `prev_events`), that `auth_state` hold nothing but the create event.
 
     Promises:
     - Returns None iff rules 1-10 allow the event; otherwise `AuthError` whose reason cites
@@ -436,16 +436,17 @@ def _join_rule(auth_state: StateMap) -> str:
 def _only_previous_event_is_create(
     event: Mapping[str, Any], auth_state: StateMap, create: Mapping[str, Any]
 ) -> bool:
-    # With prev_events (PDUs): exactly one, the create event (when its ID is known). Always
-    # also: the state before the event holds nothing but the create event, which is all a
-    # client-format event (no prev_events) can be judged by.
+    # A PDU: exactly one prev_event, the create event (when its ID is known); that is the
+    # whole rule, so it gives the same answer against any state (state resolution re-checks
+    # the creator's join against a partial state that may already hold power levels). A
+    # client-format event (no prev_events) is judged by the state before it instead: it
+    # must hold nothing but the create event.
     prev_events = event.get("prev_events")
     if prev_events is not None:
         if not isinstance(prev_events, list) or len(prev_events) != 1:
             return False
         create_id = create.get("event_id")
-        if create_id is not None and prev_events[0] != create_id:
-            return False
+        return create_id is None or prev_events[0] == create_id
     return all(key == CREATE for key in auth_state)
 
 
