@@ -13,6 +13,8 @@ import itertools
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from homeserver.events.auth_chain import AuthChainError, MissingEvent, auth_chain, check_auth_chain
 from homeserver.events.state_resolution import _conflicted_subgraph, is_power_event, resolve_state
@@ -331,3 +333,72 @@ def test_v12_chain_may_not_reach_another_rooms_create() -> None:
     g.events["$IMA"]["auth_events"] = ["$FOREIGN"]
     with pytest.raises(AuthChainError, match="another room"):
         check_auth_chain(g.events["$IMB"], g.events)
+
+
+def test_join_rule_change_beats_a_concurrent_join(version: str) -> None:
+    # Zara joins the public room while Alice makes it invite-only: the join rules, a power
+    # event, are resolved first, and Zara's join fails against them.
+    g, last = base_room(version)
+    close = g.add("CLOSE", last, "m.room.join_rules", ALICE, {"join_rule": "invite"}, ts=50)
+    join = g.add("ZJOIN", last, "m.room.member", ZARA, {"membership": "join"}, ZARA, ts=10)
+    resolved = check_properties(g, close, join)
+    assert resolved[JR] == "$CLOSE"
+    assert member_key(ZARA) not in resolved
+
+
+def test_topic_of_a_demoted_user_is_undone(version: str) -> None:
+    g, last = base_room(version)
+    t1 = g.add("T1", last, "m.room.topic", ALICE, {"topic": "alice's"})
+    demote = g.add("DEMOTE", t1, "m.room.power_levels", ALICE, {"users": g.users({ALICE: 100})}, ts=100)
+    bobs = g.add("T2", t1, "m.room.topic", BOB, {"topic": "bob's"}, ts=900)
+    resolved = check_properties(g, demote, bobs)
+    assert resolved[TOPIC] == "$T1"
+
+
+# --- properties over random forks ----------------------------------------------------------
+
+
+MOVES = (
+    ("m.room.topic", ALICE, {"topic": "a"}, ""),
+    ("m.room.topic", BOB, {"topic": "b"}, ""),
+    ("m.room.join_rules", ALICE, {"join_rule": "invite"}, ""),
+    ("m.room.join_rules", BOB, {"join_rule": "public"}, ""),
+    ("m.room.member", BOB, {"membership": "ban"}, CHARLIE),
+    ("m.room.member", CHARLIE, {"membership": "leave"}, CHARLIE),
+    ("m.room.member", ZARA, {"membership": "join"}, ZARA),
+    ("m.room.member", ALICE, {"membership": "ban"}, BOB),
+    ("m.room.power_levels", ALICE, "demote bob", ""),
+    ("m.room.power_levels", ALICE, "promote charlie", ""),
+    ("m.room.name", CHARLIE, {"name": "c"}, ""),
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    version=st.sampled_from(VERSIONS),
+    branches=st.lists(
+        st.lists(st.tuples(st.integers(0, len(MOVES) - 1), st.integers(0, 5)), min_size=1, max_size=4),
+        min_size=2,
+        max_size=3,
+    ),
+)
+def test_resolution_ignores_input_order_and_invents_nothing(
+    version: str, branches: list[list[tuple[int, int]]]
+) -> None:
+    g, last = base_room(version)
+    heads = []
+    for b, branch in enumerate(branches):
+        head = last
+        for i, (move, ts) in enumerate(branch):
+            event_type, sender, content, state_key = MOVES[move]
+            if content == "demote bob":
+                content = {"users": g.users({ALICE: 100})}
+            elif content == "promote charlie":
+                content = {"users": g.users({ALICE: 100, BOB: 50, CHARLIE: 50})}
+            head = g.add(f"B{b}E{i}", head, event_type, sender, dict(content), state_key, ts=ts)
+        heads.append(head)
+    resolved = check_properties(g, *heads)
+    # Keys every branch agrees on keep their value.
+    for key, value in g.state_after[heads[0]].items():
+        if all(g.state_after[h].get(key) == value for h in heads):
+            assert resolved[key] == value
