@@ -24,9 +24,10 @@ from homeserver.core.retention import check_policy_content
 from homeserver.core.room_heads import RoomHead, RoomHeads
 from homeserver.core.txn_ids import TxnIdCache
 from homeserver.errors import BadJson, Forbidden, MatrixError, NotFound, TooLarge
-from homeserver.events.auth_rules import AuthError, auth_types_for_event, check_auth
+from homeserver.events.auth_rules import AuthError, auth_event_types, auth_types_for_event, check_auth
 from homeserver.events.canonical import check_canonical_values, encode_canonical_event_json
 from homeserver.events.hashing import add_content_hash, compute_event_id
+from homeserver.events.room_versions import redacts_in_content, room_id_is_create_hash
 from homeserver.events.signing import sign_event
 from homeserver.storage.events import EventStore, PersistItem, StoredEvent
 
@@ -96,8 +97,12 @@ class EventService:
         }
         if state_key is not None:
             pdu["state_key"] = state_key
+        # v12: the create event has no room ID; the room ID is derived from its event ID.
+        mints_room_id = event_type == "m.room.create" and room_id_is_create_hash(head.room_version)
+        if mints_room_id:
+            del pdu["room_id"]
         if redacts is not None:
-            if head.room_version == "11":
+            if redacts_in_content(head.room_version):
                 pdu["content"] = {**content, "redacts": redacts}
             else:
                 pdu["redacts"] = redacts
@@ -107,12 +112,14 @@ class EventService:
         except AuthError as e:
             raise Forbidden(str(e)) from None
         pdu["auth_events"] = sorted(
-            head.state[key].event_id for key in auth_types_for_event(pdu) if key in head.state
+            head.state[key].event_id for key in auth_event_types(pdu, head.room_version) if key in head.state
         )
         pdu = sign_event(add_content_hash(pdu), self.server_name, self.signing_key, head.room_version)
         if len(encode_canonical_event_json(pdu)) > MAX_PDU_SIZE:
             raise TooLarge("Event is larger than 65536 bytes")
         event_id = compute_event_id(pdu, head.room_version)
+        if mints_room_id:
+            head.room_id = "!" + event_id[1:]
         unsigned: dict[str, Any] = {}
         if state_key is not None:
             previous = head.get(event_type, state_key)
@@ -127,6 +134,9 @@ class EventService:
         return event
 
     def new_room_head(self, room_version: str) -> RoomHead:
+        """A head for a new room; in v12 its room ID is set by building the create event."""
+        if room_id_is_create_hash(room_version):
+            return RoomHead("", room_version)
         room_id = f"!{secrets.token_urlsafe(18).replace('-', 'a').replace('_', 'b')}:{self.server_name}"
         return RoomHead(room_id, room_version)
 

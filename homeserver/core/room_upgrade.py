@@ -29,10 +29,15 @@ from homeserver.core.room_tags import TagService
 from homeserver.core.rooms import KNOWN_VERSIONS, PduState, RoomService
 from homeserver.errors import Forbidden, MatrixError
 from homeserver.events.power_levels import (
+    CREATE,
+    CREATOR_DEFAULT_LEVEL,
+    MAX_POWER_LEVEL,
     is_valid_power_level,
     power_levels_content,
+    room_creators,
     user_power_level,
 )
+from homeserver.events.room_versions import creators_are_privileged
 from homeserver.storage import Storage
 from homeserver.storage.events import StoredEvent
 
@@ -117,9 +122,25 @@ class RoomUpgrader:
         old_state = PduState(old)
         old_pl = dict(power_levels_content(old_state) or {})  # type: ignore[arg-type]
         own_level = user_power_level(user_id, old_state, old.room_version)  # type: ignore[arg-type]
-        needed = max(own_level, _needed_level(old_pl))
-        raised = dict(old_pl)
-        raised["users"] = {**(old_pl.get("users") or {}), user_id: needed}
+        if own_level > MAX_POWER_LEVEL:  # a v12 creator: no listed level is above them
+            own_level = max(CREATOR_DEFAULT_LEVEL, _needed_level(old_pl))
+        # The new room's levels: the old ones; in v12 without the upgrader, who creates the
+        # new room and so outranks every level and may not be listed (auth rule 10.4).
+        new_pl = dict(old_pl)
+        if creators_are_privileged(new_version):
+            new_pl["users"] = {u: lvl for u, lvl in (old_pl.get("users") or {}).items() if u != user_id}
+        elif creators_are_privileged(old.room_version):
+            # From v12 down: the old room's creators held their power unlisted; list them at
+            # the highest level the old room's levels use (at least 100).
+            top = max(CREATOR_DEFAULT_LEVEL, _needed_level(old_pl))
+            creators = (
+                room_creators(old_state[CREATE], old.room_version) if CREATE in old_state else frozenset()
+            )
+            new_pl["users"] = {**(old_pl.get("users") or {}), **dict.fromkeys(sorted(creators), top)}
+        needed = max(own_level, _needed_level(new_pl))
+        raised = dict(new_pl)
+        if not creators_are_privileged(new_version):
+            raised["users"] = {**(new_pl.get("users") or {}), user_id: needed}
         events.append(build(new, user_id, "m.room.power_levels", raised, ""))
         for (event_type, state_key), ev in sorted(old.state.items()):
             if event_type in TRANSFERABLE_STATE:
@@ -133,8 +154,8 @@ class RoomUpgrader:
                 events.append(build(new, user_id, "m.room.member", ban, banned))
             except Forbidden:
                 pass  # a banned user above the upgrader's level: the auth rules keep them
-        if raised != old_pl:
-            events.append(build(new, user_id, "m.room.power_levels", old_pl, ""))
+        if raised != new_pl:
+            events.append(build(new, user_id, "m.room.power_levels", new_pl, ""))
         self.events.heads.put(new)
         await self.events.persist(new, events, is_new_room=True)
 

@@ -21,6 +21,7 @@ from homeserver.core.room_heads import RoomHead
 from homeserver.core.txn_ids import scoped_txn_id
 from homeserver.errors import Forbidden, MatrixError, NotFound
 from homeserver.events.power_levels import can_do, default_power_levels_content
+from homeserver.events.room_versions import creators_are_privileged
 from homeserver.storage import Storage
 from homeserver.storage.events import StoredEvent
 
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from homeserver.core.restrictions import AccountRestrictions
     from homeserver.core.room_tags import TagService
 
-KNOWN_VERSIONS = ("10", "11")
+KNOWN_VERSIONS = ("10", "11", "12")
 MEGOLM = "m.megolm.v1.aes-sha2"
 DEFAULT_ROOM_VERSION = "10"
 _ALIAS_RE = re.compile(r"#[^:\s]+:.+")
@@ -192,6 +193,15 @@ class RoomService:
             raise MatrixError(
                 "creation_content and power_level_content_override must be objects", "M_BAD_JSON"
             )
+        additional = creation_content.get("additional_creators")
+        if additional is not None and (
+            version != "12"
+            or not isinstance(additional, list)
+            or not all(isinstance(u, str) and _USER_ID_RE.fullmatch(u) and len(u) <= 255 for u in additional)
+        ):
+            raise MatrixError(
+                "'additional_creators' must be a list of user ids (room version 12 only)", "M_BAD_JSON"
+            )
         for key in ("name", "topic"):
             if key in body and not isinstance(body[key], str):
                 raise MatrixError(f"'{key}' must be a string", "M_BAD_JSON")
@@ -220,10 +230,15 @@ class RoomService:
             create_content["creator"] = creator
         else:
             create_content.pop("creator", None)
+        privileged = creators_are_privileged(version)
+        if privileged and preset_name == "trusted_private_chat" and invites:
+            # v12: a trusted chat's invitees become creators (they would get 100 before).
+            listed = create_content.get("additional_creators", [])
+            create_content["additional_creators"] = list(dict.fromkeys([*listed, *invites]))
         events = [build(head, creator, "m.room.create", create_content, "")]
         events.append(build(head, creator, "m.room.member", member_content, creator))
-        power = default_power_levels_content(creator)
-        if preset_name == "trusted_private_chat":
+        power = default_power_levels_content(creator, version)
+        if preset_name == "trusted_private_chat" and not privileged:
             for user_id in invites:
                 power["users"][user_id] = 100
         power.update(override)

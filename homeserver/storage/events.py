@@ -168,7 +168,9 @@ def persist_events_txn(txn: Txn, items: Sequence[PersistItem]) -> None:
         if item.txn is not None:
             txn_ids.append((*item.txn, ev.event_id, item.now_ms))
         if ev.type == "m.room.redaction":
-            redacts = ev.content.get("redacts") if item.room_version == "11" else ev.pdu.get("redacts")
+            redacts = (
+                ev.content.get("redacts") if item.room_version in ("11", "12") else ev.pdu.get("redacts")
+            )
             if isinstance(redacts, str):
                 redactions.append((ev.event_id, redacts, ev.room_id))
         relates = ev.content.get("m.relates_to")

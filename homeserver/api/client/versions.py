@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 log = Logger()
 
 DEFAULT_ROOM_VERSION = "10"
-ROOM_VERSIONS = {"10": "stable", "11": "stable"}
+ROOM_VERSIONS = {"10": "stable", "11": "stable", "12": "stable"}
 
 
 def unstable_features(encrypt_by_default: str) -> dict[str, bool]:
