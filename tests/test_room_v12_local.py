@@ -90,3 +90,19 @@ def test_capabilities_and_upgrade_to_v12(server: ServerProcess) -> None:
     assert r.status_code == 200, r.text
     newest = r.json()["replacement_room"]
     assert state(alice, newest, "m.room.power_levels")["users"][alice.user_id] == 100
+
+
+def test_rooms_created_at_once_get_distinct_ids(server: ServerProcess) -> None:
+    # The ID is the create event's hash: one user's rooms created in the same millisecond
+    # must still differ (they collided, and createRoom failed with 500, before).
+    from concurrent.futures import ThreadPoolExecutor
+
+    alice = new_client(server, "alice")
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(
+            pool.map(lambda _: alice.request("POST", "/createRoom", json={"room_version": "12"}), range(16))
+        )
+    assert [r.status_code for r in responses] == [200] * 16, [
+        r.text for r in responses if r.status_code != 200
+    ]
+    assert len({r.json()["room_id"] for r in responses}) == 16

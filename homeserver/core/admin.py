@@ -101,7 +101,8 @@ class Page(Generic[T]):
 
 
 def check_room_id(room_id: str) -> str:
-    if not room_id.startswith("!") or ":" not in room_id or len(room_id) > 255:
+    # No server part is required: room version 12 IDs are `!` and a hash.
+    if not room_id.startswith("!") or len(room_id) < 2 or len(room_id) > 255:
         raise MatrixError("Not a room id", "M_INVALID_PARAM")
     return room_id
 

@@ -59,6 +59,7 @@ class EventService:
         # Set by the server: suspended and shadow-banned senders (core/restrictions.py).
         self.restrictions: AccountRestrictions | None = None
         self._in_flight_txns: dict[tuple[str, str, str], list[Deferred[StoredEvent]]] = {}
+        self._last_create_ms = 0  # see `build`: v12 create events
 
     # Building --------------------------------------------------------------------
 
@@ -86,6 +87,11 @@ class EventService:
         except ValueError as e:
             raise BadJson(f"Bad JSON value: {e}") from None
         now = now_ms if now_ms is not None else self.clock.time_ms()
+        if event_type == "m.room.create" and room_id_is_create_hash(head.room_version):
+            # A v12 room ID is the create event's hash: two rooms created by one user in the
+            # same millisecond would get the same ID, so create timestamps never repeat here.
+            now = max(now, self._last_create_ms + 1)
+            self._last_create_ms = now
         pdu: dict[str, Any] = {
             "room_id": head.room_id,
             "sender": sender,

@@ -261,3 +261,10 @@ def test_v12_redaction_keeps_what_v11_keeps() -> None:
     assert redaction_target(redaction, "12") == "$target"
     assert redact(redaction, "12")["content"] == {"redacts": "$target"}
     assert redact(redaction, "12") == redact(redaction, "11")
+
+
+def test_admin_api_accepts_v12_room_ids() -> None:
+    from homeserver.core.admin import check_room_id
+
+    room_id = room_id_for_create(v12_create())
+    assert check_room_id(room_id) == room_id
