@@ -335,7 +335,6 @@ class HomeServer:
         self.receipts.on_read = self.unread.forget
         self.keys = KeyService(self.storage, self.clock, self.notifier, self.uia)
         self.keys.audience = self._presence_audience
-        self.accounts.on_devices_deleted.append(self.keys.devices_deleted)
         self.messages = MessagesService(self.storage, self.rooms, lambda: self.stream.position)
         self.sync = SyncService(
             self.storage,
@@ -354,6 +353,10 @@ class HomeServer:
             lambda: self.stream.position,
             self.ignored_users,
         )
+        # Sync first: a deleted device's waiting long-poll ends with M_UNKNOWN_TOKEN, before
+        # the key change wakes it with news it should no longer get.
+        self.accounts.on_devices_deleted.append(self.sync.devices_deleted)
+        self.accounts.on_devices_deleted.append(self.keys.devices_deleted)
         self.sliding_sync = SlidingSyncService(
             self.storage,
             self.clock,

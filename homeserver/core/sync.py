@@ -37,6 +37,7 @@ from homeserver.core.txn_ids import client_txn_id
 from homeserver.core.typing import TypingService
 from homeserver.core.unread import UnreadCounter, thread_of
 from homeserver.core.visibility import VisibilityFilter
+from homeserver.errors import UnknownToken
 from homeserver.json_encoding import dumps_text
 from homeserver.notifier import Notifier
 from homeserver.storage import Storage
@@ -107,6 +108,8 @@ class SyncService:
         self.thread_roots: set[str] = set()
         # The token current when each user was last woken (see `_nothing_new`).
         self._woken_at: dict[str, SyncToken] = {}
+        # Devices deleted (logged out elsewhere) while a long-poll of theirs was open.
+        self._logged_out: set[tuple[str, str]] = set()
         notifier.add_listener(self._on_wake)
 
     # Feeding ----------------------------------------------------------------------
@@ -128,6 +131,19 @@ class SyncService:
     async def ignored_by(self, user_id: str) -> frozenset[str]:
         """The users whose messages and invites `user_id`'s syncs leave out."""
         return await self.ignored.of(user_id) if self.ignored is not None else frozenset()
+
+    async def devices_deleted(self, user_id: str, device_ids: list[str]) -> None:
+        """End the open long-polls of deleted devices now: their clients learn at once, from
+        M_UNKNOWN_TOKEN, that they were logged out, not when the poll would have timed out."""
+        connections = self.delivery.connections
+        ended = {(user_id, d) for d in device_ids if connections.connected(user_id, d, grace_s=0)}
+        if ended:
+            self._logged_out |= ended
+            self.notifier.wake_users([user_id])
+
+    def _check_logged_in(self, req: SyncRequest) -> None:
+        if (req.user_id, req.device_id) in self._logged_out:
+            raise UnknownToken("This device has been logged out")
 
     def _on_wake(self, users: set[str]) -> None:
         token = self.current_token()
@@ -194,6 +210,9 @@ class SyncService:
                 version = self.notifier.version
                 upto = self.current_token()
                 body, has_data, _ = await self._compute(req, upto)
+                # After the compute: the device may have gone while it ran, or the wake
+                # that ended the wait may have come with news (its key change).
+                self._check_logged_in(req)
                 remaining = deadline - monotonic()
                 if has_data or req.since is None or req.full_state or remaining <= 0 or self.notifier.closing:
                     return body
@@ -206,6 +225,8 @@ class SyncService:
                     return body
         finally:
             self.delivery.connections.closed(req.user_id, req.device_id)
+            if not self.delivery.connections.connected(req.user_id, req.device_id, grace_s=0):
+                self._logged_out.discard((req.user_id, req.device_id))
             self.presence.sync_finished(req.user_id)
 
     async def delta(self, req: SyncRequest) -> tuple[str, SyncToken, bool]:
