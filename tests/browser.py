@@ -7,6 +7,9 @@
 - `run_browser_script(script, *args)` runs a script of tests/browser/ (each one uses
   tests/browser/harness.mjs: the launch flags of REAL-PARTS.md, a static file server,
   esbuild) and returns the JSON of its `RESULT {...}` line.
+- `run_asking_browser_script(script, *args, answer=...)` is the same for a script that
+  needs something from the test mid-way (a mail the test's SMTP sink received): each stdout
+  line `ASK <question>` gets one line on the script's stdin, `answer(question)`.
 - `loopback_only_network()` moves the test's thread into a new network namespace that has nothing but `lo`; every process the test starts
   from then on (the homeserver, coturn, Node and Chromium) lives there, so WebRTC can only
   ever use loopback addresses, whatever interfaces the machine has. It needs root.
@@ -29,7 +32,7 @@ import socket
 import struct
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -112,6 +115,54 @@ def run_browser_script(script: str, *args: str, timeout: float = SCRIPT_TIMEOUT)
         pytest.fail(f"{script} timed out after {timeout} s\nstdout:\n{e.stdout}\nstderr:\n{e.stderr}")
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     detail = f"exit {proc.returncode}\nstdout:\n{proc.stdout[-5000:]}\nstderr:\n{proc.stderr[-8000:]}"
+    assert proc.returncode == 0 and lines, detail
+    result: dict[str, Any] = json.loads(lines[-1][len("RESULT ") :])
+    return result
+
+
+def run_asking_browser_script(
+    script: str, *args: str, answer: Callable[[str], str], timeout: float = SCRIPT_TIMEOUT
+) -> dict[str, Any]:
+    """`run_browser_script` for a script that asks: each stdout line `ASK <question>` is
+    answered with one line on its stdin, `answer(question)` (which must not contain a newline)."""
+    chromium = ensure_chromium()
+    node = browser_node()
+    proc = subprocess.Popen(
+        [node, str(BROWSER_DIR / script), *args],
+        cwd=BROWSER_DIR,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "HS_CHROMIUM": chromium},
+    )
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    stderr: list[str] = []
+    reader = threading.Thread(target=lambda: stderr.append(proc.stderr.read()), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    # Kills a script that hangs; reading its stdout then ends.
+    watchdog = threading.Timer(timeout, proc.kill)
+    watchdog.start()
+    stdout: list[str] = []
+    try:
+        for line in proc.stdout:
+            stdout.append(line)
+            if line.startswith("ASK "):
+                proc.stdin.write(answer(line[len("ASK ") :].strip()) + "\n")
+                proc.stdin.flush()
+        proc.wait()
+    finally:
+        timed_out = not watchdog.is_alive() and proc.returncode not in (0, 1)
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        reader.join(10)
+    out, err = "".join(stdout), "".join(stderr)
+    detail = f"exit {proc.returncode}\nstdout:\n{out[-5000:]}\nstderr:\n{err[-8000:]}"
+    if timed_out:
+        pytest.fail(f"{script} timed out after {timeout} s\n{detail}")
+    lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, detail
     result: dict[str, Any] = json.loads(lines[-1][len("RESULT ") :])
     return result

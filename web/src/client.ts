@@ -10,13 +10,20 @@ import type { Session } from "./session";
 /** A request that found no connection: expected while offline (the queue resends it). */
 const offline = (msg: unknown[]): boolean => msg.some((m) => (m as { name?: unknown } | null)?.name === "ConnectionError");
 
+// Our sessions have no refresh token: when the server ends one (logged out from another
+// device, a password reset) the SDK says it cannot refresh it, at error level, before it
+// reports the logout that main.ts handles. That is the normal end of a session: a warning.
+const NO_REFRESH = "Unable to refresh token - no refresh token";
+const noRefresh = (msg: unknown[]): boolean => typeof msg[0] === "string" && msg[0].startsWith(NO_REFRESH);
+
 // The SDK logs every request at debug level: only its warnings and errors reach the console.
 const quiet: Logger = {
     trace: () => undefined,
     debug: () => undefined,
     info: () => undefined,
     warn: (...msg: unknown[]) => console.warn(...msg),
-    error: (...msg: unknown[]) => (offline(msg) ? console.warn(...msg) : console.error(...msg)),
+    // Expected errors (no connection while offline, the end of a session) are warnings.
+    error: (...msg: unknown[]) => (offline(msg) || noRefresh(msg) ? console.warn(...msg) : console.error(...msg)),
     getChild: () => quiet,
 };
 

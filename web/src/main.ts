@@ -1,5 +1,6 @@
-// The web client's entry: a saved session goes straight to the chats; otherwise sign-up
-// (at /signup, and at / for a newcomer) or login (/login).
+// The web client's entry: a saved session goes straight to the chats (or the settings, at
+// /settings); otherwise sign-up (at /signup, and at / for a newcomer), login (/login) or a
+// forgotten password (/reset).
 
 import { HttpApiEvent, type MatrixClient } from "matrix-js-sdk";
 
@@ -7,11 +8,14 @@ import { logOut, startClient } from "./client";
 import { h, show } from "./dom";
 import { authScreen } from "./screens/auth";
 import { Messenger } from "./screens/messenger";
+import { Settings } from "./screens/settings";
 import { clearSession, loadSession, saveSession, type Session } from "./session";
 import "./styles.css";
 
 const root = document.getElementById("app") as HTMLElement;
 const baseUrl = location.origin;
+// Set when the server ended the session, for the login page to say why it is shown.
+const ENDED_KEY = "hs.sessionEnded";
 
 function status(text: string): void {
     show(root, h("p", { class: "status" }, text));
@@ -30,9 +34,7 @@ async function enter(session: Session): Promise<void> {
         );
         return;
     }
-    if (!["/", "/login", "/signup"].includes(location.pathname) && !location.pathname.startsWith("/chat/")) {
-        history.replaceState(null, "", "/");
-    } else if (location.pathname === "/login" || location.pathname === "/signup") {
+    if (!["/", "/settings"].includes(location.pathname) && !location.pathname.startsWith("/chat/")) {
         history.replaceState(null, "", "/");
     }
     const leave = (): void => {
@@ -42,23 +44,57 @@ async function enter(session: Session): Promise<void> {
     // The server ended this session (logged out elsewhere): forget it and sign in again.
     client.on(HttpApiEvent.SessionLoggedOut, () => {
         client.stopClient();
+        sessionStorage.setItem(ENDED_KEY, "1");
         void client.clearStores().finally(leave);
     });
-    const messenger = new Messenger(root, client, () => {
-        status("Logging out…");
-        logOut(client)
-            .catch(() => undefined)
-            .finally(leave);
+    // Settings opened from the chats go back with the browser's history; opened by a
+    // reload of /settings, back means the chat list.
+    let settingsFromChats = false;
+    const settings = new Settings(root, client, () => {
+        if (settingsFromChats) history.back();
+        else {
+            history.pushState(null, "", "/");
+            messenger.mount();
+        }
     });
-    messenger.mount();
+    const messenger = new Messenger(
+        root,
+        client,
+        () => {
+            status("Logging out…");
+            logOut(client)
+                .catch(() => undefined)
+                .finally(leave);
+        },
+        () => {
+            settingsFromChats = true;
+            history.pushState(null, "", "/settings");
+            settings.mount();
+        },
+    );
+    window.addEventListener("popstate", () => {
+        if (location.pathname === "/settings") settings.mount();
+        else if (!root.querySelector(".messenger")) messenger.mount();
+    });
+    if (location.pathname === "/settings") settings.mount();
+    else messenger.mount();
 }
 
 function signIn(): void {
-    const mode = location.pathname === "/login" ? "login" : "signup";
-    authScreen(root, mode, baseUrl, (session) => {
-        saveSession(session);
-        void enter(session);
-    });
+    const mode = location.pathname === "/login" ? "login" : location.pathname === "/reset" ? "reset" : "signup";
+    const ended = sessionStorage.getItem(ENDED_KEY) !== null;
+    sessionStorage.removeItem(ENDED_KEY);
+    const notice = ended && mode === "login" ? "This device was logged out. Log in again to continue." : "";
+    authScreen(
+        root,
+        mode,
+        baseUrl,
+        (session) => {
+            saveSession(session);
+            void enter(session);
+        },
+        notice,
+    );
 }
 
 const saved = loadSession();

@@ -83,6 +83,7 @@ export class Messenger {
         private readonly root: Element,
         private readonly client: MatrixClient,
         private readonly onLogout: () => void,
+        private readonly onSettings: () => void = () => undefined,
     ) {
         const refresh = (): void => this.schedule();
         this.quoted = new QuotedEvents(client, refresh);
@@ -109,6 +110,8 @@ export class Messenger {
         const newChat = this.newChatForm();
         const logout = h("button", { type: "button", id: "logout", class: "secondary" }, "Log out");
         logout.addEventListener("click", () => this.onLogout());
+        const settings = h("button", { type: "button", id: "open-settings", class: "secondary" }, "Settings");
+        settings.addEventListener("click", () => this.onSettings());
         const sidebar = h(
             "nav",
             { class: "sidebar", "aria-label": "Chat list" },
@@ -117,6 +120,7 @@ export class Messenger {
                 {},
                 h("h1", {}, "Chats"),
                 h("span", { class: "me", id: "me", title: this.client.getUserId() ?? "" }, this.client.getUserId()),
+                settings,
                 logout,
             ),
             newChat,
