@@ -4,7 +4,8 @@ sink in this process (tests/mail_sink.py); the test hands the script each mail's
 
 One person, two browser contexts as two devices: email sign-up through the mailed link,
 login on a second device, the device list with rename and remote logout (the other device
-lands on its login page at once), and a password reset by mail from the login page.
+lands on its login page at once), and a password reset by mail from the login page (the
+mail sent again, its code typed in).
 
 Not in the fast tier (it starts a server and a browser); it takes about 20 s.
 """
@@ -81,7 +82,7 @@ def test_email_sign_up_devices_and_password_reset_in_the_web_client(
     assert "not yet validated" in result["tooEarly"]
     assert result["linkPage"] == "Your email address has been verified. You can return to your app."
     assert result["signedUp"] == {"userId": user_id, "path": "/"}
-    assert subjects == ["Confirm your email address", "Reset your password"]
+    assert subjects == ["Confirm your email address", "Reset your password", "Reset your password"]
 
     # The device list: this device first, the phone with its name and when it was seen.
     assert result["settingsPath"] == "/settings"
@@ -101,7 +102,8 @@ def test_email_sign_up_devices_and_password_reset_in_the_web_client(
 
     # Password reset by mail from the login page; the old password fails, the new one works.
     assert result["resetPath"] == "/reset"
-    assert result["resetLinkPage"] == "Your email address has been verified. You can return to your app."
+    assert result["sentAgain"] == f"A new mail is on its way to {address}."
+    assert result["codeAccepted"] == "Your email address is confirmed."
     assert result["afterReset"]["path"] == "/login"
     assert result["afterReset"]["notice"].startswith("Your password has been changed")
     assert result["oldPassword"] == "Invalid username or password"
