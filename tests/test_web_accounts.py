@@ -99,10 +99,11 @@ def test_email_sign_up_devices_and_password_reset_in_the_web_client(
     assert result["phoneLoggedOut"]["title"] == "Log in"
     assert result["phoneLoggedOut"]["notice"] == "This device was logged out. Log in again to continue."
     assert result["phoneLoggedOut"]["session"] is None
+    assert result["backToChats"] == {"path": "/", "list": "No chats yet: start one above."}
 
     # Password reset by mail from the login page; the old password fails, the new one works.
     assert result["resetPath"] == "/reset"
-    assert result["sentAgain"] == f"A new mail is on its way to {address}."
+    assert result["sentAgain"] == f"A new mail is on its way to {address}: use the link or code in that one."
     assert result["codeAccepted"] == "Your email address is confirmed."
     assert result["afterReset"]["path"] == "/login"
     assert result["afterReset"]["notice"].startswith("Your password has been changed")

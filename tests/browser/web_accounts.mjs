@@ -184,6 +184,11 @@ async function main(results) {
         session: await pp.evaluate(() => localStorage.getItem("hs.session")),
     };
 
+    // The laptop goes back to its chats.
+    await lp.click("#settings-back");
+    await lp.waitForSelector("#chat-list");
+    results.backToChats = { path: path(lp), list: await text(lp, "#chat-list") };
+
     // On the phone: forgot the password; reset it by mail.
     await pp.click("#forgot");
     await pp.waitForSelector("#email");

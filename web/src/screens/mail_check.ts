@@ -36,7 +36,7 @@ export function mailCheck(proof: EmailProof, report: (text: string, isError: boo
         report("", false);
         proof
             .send(proof.address)
-            .then(() => report(`A new mail is on its way to ${proof.address}.`, false))
+            .then(() => report(`A new mail is on its way to ${proof.address}: use the link or code in that one.`, false))
             .catch(failed)
             .finally(() => {
                 again.disabled = false;
