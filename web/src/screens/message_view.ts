@@ -24,6 +24,8 @@ export interface MessageViewOptions {
     threads: boolean;
     /** Who of a group has read up to this message (readPositions). */
     readBy?: Map<string, string[]>;
+    /** An image, video or file's view (attachments.ts), or null for text. */
+    media?: (event: MatrixEvent) => HTMLElement | null;
 }
 
 function nameOf(room: Room, userId: string | undefined): string {
@@ -103,7 +105,7 @@ export function messageItem(
         },
         mine ? null : h("span", { class: "sender" }, nameOf(room, event.getSender())),
         quote,
-        h("span", { class: "body" }, message.body),
+        h("span", { class: "body" }, (!message.deleted && opts.media?.(event)) || message.body),
         message.edited ? h("span", { class: "edited" }, " (edited)") : null,
         reactions,
         thread,

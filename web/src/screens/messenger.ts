@@ -29,6 +29,7 @@ import { typingText } from "../typing";
 import { Composer } from "./composer";
 import { messageItem, type MessageHandlers, readPositions } from "./message_view";
 import { ThreadPane } from "./thread_pane";
+import { Attachments } from "./attachments";
 
 const USER_ID = /^@[^:\s]+:\S+$/;
 const DELIVERY_POLL_MS = 3000;
@@ -78,6 +79,7 @@ export class Messenger {
     // My messages the server reports delivered to every recipient (GET /api/messages/.../status).
     private readonly delivered = new Set<string>();
     private deliveryTimer = 0;
+    private readonly attachments: Attachments;
 
     constructor(
         private readonly root: Element,
@@ -85,6 +87,8 @@ export class Messenger {
         private readonly onLogout: () => void,
         private readonly onSettings: () => void = () => undefined,
     ) {
+        this.attachments = new Attachments(client, () => this.renderedRoomId);
+        this.attachments.bind(this.chatPane);
         const refresh = (): void => this.schedule();
         this.quoted = new QuotedEvents(client, refresh);
         client.on(RoomEvent.Timeline, refresh);
@@ -250,6 +254,7 @@ export class Messenger {
             this.thread = null;
             this.chatPane.classList.remove("has-thread");
             this.composer = new Composer(this.client, room.roomId, "composer", null, (u) => room.getMember(u)?.name ?? u);
+            this.composer.form.insertBefore(this.attachments.button(), this.composer.input);
             const encrypted = this.client.isRoomEncrypted(room.roomId);
             show(
                 this.chatPane,
@@ -257,6 +262,7 @@ export class Messenger {
                 h("p", { class: "e2e", id: "e2e-state" }, encrypted ? "End-to-end encrypted" : "Not encrypted"),
                 this.messageList,
                 this.typingLine,
+                ...this.attachments.status(),
                 this.composer.form,
             );
         }
@@ -289,6 +295,7 @@ export class Messenger {
             tick: (event: MatrixEvent) => this.tick(room, event),
             threads: true,
             readBy: readPositions(this.client, room, main),
+            media: (event: MatrixEvent) => this.attachments.view(event),
         };
         redrawKeepingPlace(this.messageList, () =>
             show(this.messageList, ...main.map((message) => messageItem(this.client, room, message, handlers, options))),
