@@ -1,0 +1,174 @@
+"""Attachments in the web client (web/src/media.ts, web/src/screens/attachments.ts).
+
+In Chromium (tests/browser/web_media.mjs), in an encrypted chat: Alice sends an image by
+the file picker, one by paste and one by drag and drop, a short video and a PDF, with
+their upload progress shown; a file over the server's upload limit is refused with a
+message naming the limit. Bob sees the thumbnails decrypted (their size and pixels), opens
+the photo full size, plays the video and downloads the PDF with the same bytes and name.
+The server holds only ciphertext: every stored file differs from the originals, and what
+Bob's token downloads is opaque bytes of the original's length.
+
+Not in the fast tier (it starts processes); the browser test takes about 40 s.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+import requests
+from browser import built_web_client, run_browser_script
+from conftest import ServerProcess
+from PIL import Image
+
+PASSWORD = "correct horse battery"
+CLIENT = "/_matrix/client/v3"
+DOWNLOAD = "/_matrix/client/v1/media/download"
+DOCS_SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+MAX_UPLOAD = 1024 * 1024
+RED, BLUE = (220, 30, 30), (30, 60, 220)
+
+# A one-page PDF, small and valid enough for any reader.
+PDF = (
+    b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n"
+    b"2 0 obj<</Type/Pages/Kids[3 0 R]/Count 1>>endobj\n"
+    b"3 0 obj<</Type/Page/Parent 2 0 R/MediaBox[0 0 200 100]>>endobj\n"
+    b"trailer<</Root 1 0 R>>\n%%EOF\n"
+)
+
+
+def png(width: int, height: int, left: tuple[int, int, int], right: tuple[int, int, int]) -> bytes:
+    """An image whose left half is one colour and right half another."""
+    im = Image.new("RGB", (width, height), left)
+    im.paste(right, (width // 2, 0, width, height))
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def near(pixel: list[int], colour: tuple[int, int, int]) -> bool:
+    return all(abs(a - b) <= 12 for a, b in zip(pixel, colour, strict=True))
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, bytes]:
+    made = {
+        "photo.png": png(1200, 900, RED, BLUE),
+        "pasted.png": png(640, 480, BLUE, RED),
+        "dropped.png": png(300, 200, RED, RED),
+        "report.pdf": PDF,
+        "big.bin": os.urandom(MAX_UPLOAD + 200_000),
+    }
+    folder = tmp_path / "files"
+    folder.mkdir()
+    for name, data in made.items():
+        (folder / name).write_bytes(data)
+    return made
+
+
+def stored_event_types(server: ServerProcess, token: str, room_id: str) -> list[str]:
+    r = requests.get(
+        server.url(f"{CLIENT}/rooms/{quote(room_id)}/messages"),
+        params={"dir": "b", "limit": "200"},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text
+    return [e["type"] for e in r.json()["chunk"]]
+
+
+def test_images_video_and_a_document_sent_encrypted_in_the_web_client(
+    start_server: Any, tmp_path: Path, files: dict[str, bytes]
+) -> None:
+    dist = built_web_client()
+    server: ServerProcess = start_server(
+        {
+            "web_client": {"enabled": True, "path": str(dist)},
+            "encryption": {"enabled_by_default_for_room_type": "invite"},
+            "plugins": [{"module": "plugins.media.MediaPlugin", "config": {"max_upload_size": "1M"}}],
+        }
+    )
+    alice, bob = f"alice{secrets.token_hex(3)}", f"bob{secrets.token_hex(3)}"
+    shots = DOCS_SCREENSHOTS if os.environ.get("HS_UPDATE_SCREENSHOTS") else tmp_path
+    shots.mkdir(parents=True, exist_ok=True)
+
+    result = run_browser_script(
+        "web_media.mjs",
+        server.base_url,
+        alice,
+        bob,
+        PASSWORD,
+        str(tmp_path / "files"),
+        str(shots),
+        timeout=180,
+    )
+    assert result["encryptedShown"] == "End-to-end encrypted"
+
+    # Both see the five attachments, each encrypted, none failing to load.
+    kinds = [(m["kind"], m["encrypted"]) for m in result["bobMedia"]]
+    assert kinds == [("image", True)] * 3 + [("video", True), ("document", True)]
+    assert [m["mxc"] for m in result["aliceMedia"]] == [m["mxc"] for m in result["bobMedia"]]
+    assert result["failedMedia"] == 0
+
+    # Every upload showed its progress, up to all of it.
+    for name in ("photo.png", "pasted.png", "dropped.png", "clip.webm", "report.pdf"):
+        seen = result["uploads"][name]
+        assert "uploading" in seen["states"] and seen["progress"][-1] == 1, (name, seen)
+    assert result["dropHover"] is True
+    # Over the limit: a message naming it, nothing uploaded.
+    assert result["tooLarge"] == "“big.bin” is 1.2 MB: this server takes files up to 1.0 MB."
+    assert result["uploadsLeft"] == 0
+
+    # Bob's thumbnails are the sender's canvas-made ones, decrypted: scaled into 800×600,
+    # with the original's colours where they were.
+    photo = result["thumbnails"]["photo.png"]
+    assert (photo["width"], photo["height"]) == (800, 600) and photo["src"] == "blob:"
+    assert near(photo["left"], RED) and near(photo["right"], BLUE), photo
+    pasted = result["thumbnails"]["pasted.png"]
+    assert (pasted["width"], pasted["height"]) == (640, 480)
+    assert near(pasted["left"], BLUE) and near(pasted["right"], RED), pasted
+    dropped = result["thumbnails"]["dropped.png"]
+    assert (dropped["width"], dropped["height"]) == (300, 200) and near(dropped["right"], RED)
+    # The full image is the original; the video plays; the PDF downloads intact, named.
+    assert result["fullImage"] == {"width": 1200, "height": 900}
+    assert result["viewerClosed"] is True
+    assert result["video"] == {"width": 160, "height": 120, "played": True}
+    assert result["download"]["name"] == "report.pdf"
+    assert base64.b64decode(result["download"]["base64"]) == PDF
+    assert "report.pdf" in result["documentText"]
+    assert result["problems"] == []
+
+    # The server only ever had ciphertext: the messages are m.room.encrypted, and the files
+    # it serves (and stores) are none of the originals, whose length they keep (AES-CTR).
+    token = server.login(bob, PASSWORD)["access_token"]
+    types = stored_event_types(server, token, result["roomId"])
+    assert "m.room.message" not in types and types.count("m.room.encrypted") == 5, types
+    originals = {**files, "clip.webm": b""}
+    for media, name in zip(
+        result["bobMedia"], ["photo.png", "pasted.png", "dropped.png", "clip.webm", "report.pdf"], strict=True
+    ):
+        server_name, media_id = media["mxc"].removeprefix("mxc://").split("/")
+        r = requests.get(
+            server.url(f"{DOWNLOAD}/{server_name}/{media_id}"),
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+        assert r.status_code == 200, r.text
+        assert r.headers["Content-Type"] == "application/octet-stream", name
+        if name == "clip.webm":
+            assert len(r.content) == result["videoSize"] and not r.content.startswith(b"\x1a\x45\xdf\xa3")
+        else:
+            assert len(r.content) == len(originals[name]) and r.content != originals[name], name
+    store = server.data_dir / "plugins" / "media" / "store"
+    stored = [p.read_bytes() for p in store.rglob("*") if p.is_file()]
+    # Five files and three image thumbnails plus the video's poster, all opaque.
+    assert len(stored) >= 9
+    for data in stored:
+        assert data not in files.values()
+        assert not data.startswith((b"\x89PNG", b"%PDF", b"\xff\xd8\xff", b"\x1a\x45\xdf\xa3")), data[:8]
