@@ -301,7 +301,8 @@ DEFAULT_PLUGINS = """
         # Ids one user may have waiting at once (429 M_LIMIT_EXCEEDED above).
         max_pending: 10
       retention:
-        # Delete uploads never shared in any event after this long (0: keep them).
+        # Delete uploads never shared in any event after this long (0: keep them);
+        # opaque ones (encrypted attachments, shared only inside encrypted events) stay.
         unreferenced_max_age: 0
         # How often the cleanup job runs (it also drops lapsed async-upload ids).
         interval: 1h

@@ -887,6 +887,31 @@ def test_defaults_retention_legacy_download_and_no_ffmpeg(
         server.stop()
 
 
+def test_unreferenced_retention_spares_encrypted_attachments(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """`unreferenced_max_age` removes an unshared image, but not an opaque upload: an
+    encrypted attachment is only ever referenced inside encrypted events, which the server
+    cannot read (the web client's images would otherwise vanish)."""
+    config = {"retention": {"unreferenced_max_age": "1s", "interval": "1s"}}
+    server = start_server_process(
+        tmp_path_factory.mktemp("retention-opaque"), {"plugins": [{"module": MEDIA, "config": config}]}
+    )
+    try:
+        _, token = new_user(server, "opaque")
+        ciphertext = os.urandom(4096)
+        encrypted = upload_ok(server, token, ciphertext, "application/octet-stream")
+        dropped = upload_ok(server, token, jpeg(32, 32), "image/jpeg")
+        deadline = time.monotonic() + 10
+        while download(server, token, dropped).status_code != 404:
+            assert time.monotonic() < deadline, "the unshared image was not removed"
+            time.sleep(0.2)
+        kept = download(server, token, encrypted)
+        assert kept.status_code == 200 and kept.content == ciphertext
+    finally:
+        server.stop()
+
+
 # URL previews -------------------------------------------------------------------------
 
 

@@ -220,11 +220,15 @@ def expired_pending_txn(txn: Txn, now_ms: int, limit: int) -> list[str]:
     return [r[0] for r in rows]
 
 
-def unreferenced_before_txn(txn: Txn, before_ts: int, limit: int) -> list[str]:
+def unreferenced_before_txn(txn: Txn, before_ts: int, limit: int, opaque_type: str) -> list[str]:
+    """Finished uploads older than `before_ts` that no event references, except opaque ones:
+    an encrypted attachment is referenced only inside encrypted events, which the server
+    cannot read, so "never shared" cannot be told for them."""
     rows = txn.query(
         "SELECT media_id FROM media_files f WHERE state = 'ready' AND created_ts < ?"
+        " AND (content_type IS NULL OR content_type <> ?)"
         " AND NOT EXISTS (SELECT 1 FROM media_refs r WHERE r.media_id = f.media_id) LIMIT ?",
-        (before_ts, limit),
+        (before_ts, opaque_type, limit),
     )
     return [r[0] for r in rows]
 

@@ -520,7 +520,7 @@ class MediaRepository:
         max_age = self.config.unreferenced_max_age_ms
         if max_age:
             old = await self.api.run_db(
-                "unreferenced", db.unreferenced_before_txn, now - max_age, _CLEANUP_BATCH
+                "unreferenced", db.unreferenced_before_txn, now - max_age, _CLEANUP_BATCH, OCTET_STREAM
             )
             for media_id in old:
                 await self.delete(media_id, "retention")
