@@ -138,7 +138,8 @@ def test_images_video_and_a_document_sent_encrypted_in_the_web_client(
     # The full image is the original; the video plays; the PDF downloads intact, named.
     assert result["fullImage"] == {"width": 1200, "height": 900}
     assert result["viewerClosed"] is True
-    assert result["video"] == {"width": 160, "height": 120, "played": True}
+    assert result["videoBeforePlay"] == {"src": "", "poster": "blob:"}
+    assert result["video"] == {"width": 160, "height": 120, "played": True, "src": "blob:"}
     assert result["download"]["name"] == "report.pdf"
     assert base64.b64decode(result["download"]["base64"]) == PDF
     assert "report.pdf" in result["documentText"]

@@ -236,7 +236,7 @@ async function main(results) {
     await bob.page.waitForFunction(
         () =>
             document.querySelectorAll('#messages .media.image[data-state="ready"]').length === 3 &&
-            document.querySelectorAll('#messages .media.video[data-state="ready"]').length === 1 &&
+            document.querySelector("#messages .media.video video")?.poster.startsWith("blob:") &&
             document.querySelectorAll("#messages .media.document").length === 1 &&
             [...document.querySelectorAll("#messages img.thumbnail")].every((i) => i.complete && i.naturalWidth > 0),
         null,
@@ -259,13 +259,14 @@ async function main(results) {
     await bob.page.click("#media-viewer .close");
     results.viewerClosed = await bob.page.$eval("#media-viewer", (d) => !d.open);
 
-    // The video plays.
-    results.video = await bob.page.$eval("#messages .media.video video", async (v) => {
-        v.muted = true;
-        await v.play();
-        await new Promise((resolve) => (v.currentTime > 0 ? resolve() : v.addEventListener("timeupdate", resolve, { once: true })));
+    // The video (its poster decrypted above) is fetched and decrypted when played, and plays.
+    results.videoBeforePlay = await bob.page.$eval("#messages .media.video video", (v) => ({ src: v.currentSrc, poster: v.poster.slice(0, 5) }));
+    await bob.page.click("#messages .media.video button.play");
+    await bob.page.waitForSelector('#messages .media.video[data-state="ready"]', WAIT);
+    await bob.page.waitForFunction(() => document.querySelector("#messages .media.video video").currentTime > 0, null, WAIT);
+    results.video = await bob.page.$eval("#messages .media.video video", (v) => {
         v.pause();
-        return { width: v.videoWidth, height: v.videoHeight, played: v.currentTime > 0 };
+        return { width: v.videoWidth, height: v.videoHeight, played: v.currentTime > 0, src: v.currentSrc.slice(0, 5) };
     });
 
     // The PDF downloads under its name, with its bytes.

@@ -28,7 +28,16 @@ function icon(path: string): SVGSVGElement {
     return svg;
 }
 
+/** The CSS size of a w×h picture fitted into the thumbnail box, if its size is known. */
+function boxSize(w: number | undefined, h: number | undefined): { width: string; aspectRatio: string } | null {
+    if (!w || !h || w < 0 || h < 0) return null;
+    const scale = Math.min(1, BOX_W / w, BOX_H / h);
+    // The width, and the height from the aspect ratio, so a narrow screen shrinks both.
+    return { width: `${Math.round(w * scale)}px`, aspectRatio: `${w} / ${h}` };
+}
+
 const PLUS = "M12 5v14M5 12h14";
+const PLAY = "M8 5v14l11-7z";
 const PAGE = "M6 2h8l4 4v16H6zM14 2v4h4M9 12h6M9 16h6";
 
 export class Attachments {
@@ -121,8 +130,9 @@ export class Attachments {
                     item.remove();
                 } catch (err) {
                     item.remove();
-                    this.error.textContent =
-                        err instanceof FileTooLarge ? err.message : `Could not send “${file.name}”: ${(err as Error).message || "unknown error"}.`;
+                    // The server's own words when it refused (quota, size, full disk).
+                    const reason = (err as { data?: { error?: string } }).data?.error ?? (err as Error).message;
+                    this.error.textContent = err instanceof FileTooLarge ? err.message : `Could not send “${file.name}”: ${reason || "unknown error"}.`;
                 }
             });
         }
@@ -145,14 +155,9 @@ export class Attachments {
 
     private image(content: MediaContent): HTMLElement {
         const thumb = content.info?.thumbnail_info;
-        const width = thumb?.w ?? content.info?.w;
-        const height = thumb?.h ?? content.info?.h;
         const img = h("img", { class: "thumbnail", alt: content.body });
-        if (width && height) {
-            const scale = Math.min(1, BOX_W / width, BOX_H / height);
-            img.style.width = `${Math.round(width * scale)}px`;
-            img.style.height = `${Math.round(height * scale)}px`;
-        }
+        const size = boxSize(thumb?.w ?? content.info?.w, thumb?.h ?? content.info?.h);
+        if (size) Object.assign(img.style, size);
         const open = h("button", { type: "button", class: "media image", "aria-label": `Open ${content.body}` }, img);
         const loading = thumbnailUrl(this.client, content) ?? fileUrl(this.client, content);
         this.load(open, loading, (url) => {
@@ -162,13 +167,30 @@ export class Attachments {
         return open;
     }
 
+    /** A video (its decrypted poster) or audio with a play button: the file itself, which may
+     * be large, is fetched and decrypted only when asked for. */
     private player(content: MediaContent, kind: "video" | "audio"): HTMLElement {
-        const player = kind === "video" ? h("video", { controls: true, preload: "metadata" }) : h("audio", { controls: true, preload: "metadata" });
-        const poster = kind === "video" ? thumbnailUrl(this.client, content) : null;
-        if (poster && player instanceof HTMLVideoElement) void poster.then((url) => (player.poster = url)).catch(() => undefined);
-        const box = h("div", { class: `media ${kind}` }, player, h("span", { class: "caption" }, content.body));
-        this.load(box, fileUrl(this.client, content), (url) => {
-            player.src = url;
+        const player = kind === "video" ? h("video", { preload: "none", playsinline: true }) : h("audio", { preload: "none" });
+        const start = h("button", { type: "button", class: "play", "aria-label": `Play ${content.body}` }, icon(PLAY));
+        const frame = h("div", { class: "frame" }, player, start);
+        const box = h("div", { class: `media ${kind}` }, frame, h("span", { class: "caption" }, content.body));
+        if (player instanceof HTMLVideoElement) {
+            const size = boxSize(content.info?.w, content.info?.h);
+            if (size) Object.assign(player.style, size);
+            void thumbnailUrl(this.client, content)
+                ?.then((url) => {
+                    player.poster = url;
+                })
+                .catch(() => undefined); // no poster: the play button still works
+        }
+        start.addEventListener("click", () => {
+            start.disabled = true;
+            this.load(box, fileUrl(this.client, content), (url) => {
+                player.controls = true;
+                player.src = url;
+                start.remove();
+                void player.play().catch(() => undefined); // the controls are there to retry
+            });
         });
         return box;
     }
