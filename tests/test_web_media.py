@@ -6,7 +6,8 @@ their upload progress shown; a file over the server's upload limit is refused wi
 message naming the limit. Bob sees the thumbnails decrypted (their size and pixels), opens
 the photo full size, plays the video and downloads the PDF with the same bytes and name.
 The server holds only ciphertext: every stored file differs from the originals, and what
-Bob's token downloads is opaque bytes of the original's length.
+Bob's token downloads is opaque bytes of the original's length. In a plain room the same
+goes out unencrypted, and Bob sees it just as well.
 
 Not in the fast tier (it starts processes); the browser test takes about 40 s.
 """
@@ -64,12 +65,33 @@ def files(tmp_path: Path) -> dict[str, bytes]:
         "dropped.png": png(300, 200, RED, RED),
         "report.pdf": PDF,
         "big.bin": os.urandom(MAX_UPLOAD + 200_000),
+        "plain.png": png(1000, 500, BLUE, BLUE),
     }
     folder = tmp_path / "files"
     folder.mkdir()
     for name, data in made.items():
         (folder / name).write_bytes(data)
     return made
+
+
+def plain_room_of(server: ServerProcess, alice_token: str, bob_token: str, bob: str) -> str:
+    """An unencrypted room (public, so no encryption by default) with both joined."""
+    r = requests.post(
+        server.url(f"{CLIENT}/createRoom"),
+        json={"preset": "public_chat", "name": "Plain room", "invite": [bob]},
+        headers={"Authorization": f"Bearer {alice_token}"},
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text
+    room_id: str = r.json()["room_id"]
+    r = requests.post(
+        server.url(f"{CLIENT}/rooms/{quote(room_id)}/join"),
+        json={},
+        headers={"Authorization": f"Bearer {bob_token}"},
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text
+    return room_id
 
 
 def stored_event_types(server: ServerProcess, token: str, room_id: str) -> list[str]:
@@ -95,6 +117,9 @@ def test_images_video_and_a_document_sent_encrypted_in_the_web_client(
         }
     )
     alice, bob = f"alice{secrets.token_hex(3)}", f"bob{secrets.token_hex(3)}"
+    alice_token = server.register(alice, PASSWORD)["access_token"]
+    bob_token = server.register(bob, PASSWORD)["access_token"]
+    plain_room = plain_room_of(server, alice_token, bob_token, f"@{bob}:{server.server_name}")
     shots = DOCS_SCREENSHOTS if os.environ.get("HS_UPDATE_SCREENSHOTS") else tmp_path
     shots.mkdir(parents=True, exist_ok=True)
 
@@ -106,6 +131,7 @@ def test_images_video_and_a_document_sent_encrypted_in_the_web_client(
         PASSWORD,
         str(tmp_path / "files"),
         str(shots),
+        plain_room,
         timeout=180,
     )
     assert result["encryptedShown"] == "End-to-end encrypted"
@@ -147,7 +173,7 @@ def test_images_video_and_a_document_sent_encrypted_in_the_web_client(
 
     # The server only ever had ciphertext: the messages are m.room.encrypted, and the files
     # it serves (and stores) are none of the originals, whose length they keep (AES-CTR).
-    token = server.login(bob, PASSWORD)["access_token"]
+    token = bob_token
     types = stored_event_types(server, token, result["roomId"])
     assert "m.room.message" not in types and types.count("m.room.encrypted") == 5, types
     originals = {**files, "clip.webm": b""}
@@ -166,10 +192,39 @@ def test_images_video_and_a_document_sent_encrypted_in_the_web_client(
             assert len(r.content) == result["videoSize"] and not r.content.startswith(b"\x1a\x45\xdf\xa3")
         else:
             assert len(r.content) == len(originals[name]) and r.content != originals[name], name
+
+    # The plain room: the image went unencrypted (`url`), with the sender's thumbnail, and
+    # Bob saw it the same way.
+    assert [(m["kind"], m["encrypted"]) for m in result["plainMedia"]] == [("image", False)]
+    assert (result["plainThumbnail"]["width"], result["plainThumbnail"]["height"]) == (800, 400)
+    assert near(result["plainThumbnail"]["left"], BLUE)
+    assert result["plainFull"] == {"width": 1000, "height": 500}
+    r = requests.get(
+        server.url(f"{CLIENT}/rooms/{quote(plain_room)}/messages"),
+        params={"dir": "b", "limit": "50", "filter": '{"types": ["m.room.message"]}'},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
+    [event] = r.json()["chunk"]
+    content: dict[str, Any] = event["content"]
+    assert content["msgtype"] == "m.image" and content["url"] == result["plainMedia"][0]["mxc"]
+    assert "file" not in content and content["info"]["thumbnail_url"].startswith("mxc://")
+    assert content["info"]["w"] == 1000 and content["info"]["thumbnail_info"]["w"] == 800
+    server_name, media_id = content["url"].removeprefix("mxc://").split("/")
+    r = requests.get(
+        server.url(f"{DOWNLOAD}/{server_name}/{media_id}"),
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
+    assert r.content == files["plain.png"]
+
+    # Everything the store holds for the encrypted chat is opaque: five files, three image
+    # thumbnails and the video's poster; only the plain room's image and thumbnail are not.
+    plain_ids = {mxc.rsplit("/", 1)[1] for mxc in (content["url"], content["info"]["thumbnail_url"])}
     store = server.data_dir / "plugins" / "media" / "store"
-    stored = [p.read_bytes() for p in store.rglob("*") if p.is_file()]
-    # Five files and three image thumbnails plus the video's poster, all opaque.
-    assert len(stored) >= 9
-    for data in stored:
+    stored = [p for p in store.rglob("*") if p.is_file() and not plain_ids & set(p.parts)]
+    assert len(stored) == 9, stored
+    for path in stored:
+        data = path.read_bytes()
         assert data not in files.values()
         assert not data.startswith((b"\x89PNG", b"%PDF", b"\xff\xd8\xff", b"\x1a\x45\xdf\xa3")), data[:8]

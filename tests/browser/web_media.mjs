@@ -1,15 +1,17 @@
 // Attachments in the web client (web/src/media.ts, web/src/screens/attachments.ts), in
 // Chromium with two browser contexts as two people (tests/test_web_media.py runs it):
 //
-//   node web_media.mjs <base_url> <alice> <bob> <password> <files_dir> <screenshot_dir>
+//   node web_media.mjs <base_url> <alice> <bob> <password> <files_dir> <screenshot_dir> <plain_room_id>
 //
-// Both sign up; Alice starts an encrypted chat with Bob, who accepts. Alice sends
+// Both log in (the test registered them and made a plain, unencrypted room for them);
+// Alice starts an encrypted chat with Bob, who accepts. Alice sends
 // photo.png with the attach button's file picker, pasted.png by pasting it into the
 // composer, dropped.png by dropping it on the chat (a DataTransfer, as a drag from the
 // desktop makes), a short video she records from a canvas, and report.pdf; then big.bin,
 // over the server's upload limit, which is refused with a message. Her uploads show their
 // progress. Bob sees the three thumbnails (decrypted: their size and pixels are read back),
 // opens the photo full size, plays the video and downloads the PDF under its name. The
+// Last, in the plain room, Alice sends plain.png unencrypted and Bob sees it too. The
 // last stdout line is `RESULT {json}`: what each saw, the downloaded PDF's bytes (base64),
 // and the media URIs, which the pytest side fetches from the server to show it holds only
 // ciphertext. Console errors, page errors and unexpected failed requests fail the run.
@@ -19,16 +21,15 @@ import { join } from "node:path";
 
 import { check, launchChromium, runMain } from "./harness.mjs";
 
-const [baseUrl, aliceName, bobName, password, filesDir, shots] = process.argv.slice(2);
-if (!shots) {
-    console.error("usage: node web_media.mjs <base_url> <alice> <bob> <password> <files_dir> <screenshot_dir>");
+const [baseUrl, aliceName, bobName, password, filesDir, shots, plainRoomId] = process.argv.slice(2);
+if (!plainRoomId) {
+    console.error("usage: node web_media.mjs <base_url> <alice> <bob> <password> <files_dir> <screenshot_dir> <plain_room_id>");
     process.exit(2);
 }
 
-// Failed requests a working client makes on purpose (as in web_client.mjs): the sign-up
-// flows' 401 and the SDK's probes for a key backup and MatrixRTC transports.
+// Failed requests a working client makes on purpose (as in web_client.mjs): the SDK's
+// probes for a key backup and MatrixRTC transports.
 const EXPECTED_FAILURES = [
-    { method: "POST", status: 401, path: /\/_matrix\/client\/v3\/register$/ },
     { method: "GET", status: 404, path: /\/_matrix\/client\/v3\/room_keys\/version$/ },
     { method: "GET", status: 404, path: /\/_matrix\/client\/unstable\/org\.matrix\.msc4143\/rtc\/transports$/ },
 ];
@@ -59,8 +60,8 @@ async function openPerson(name, viewport) {
 
 const shot = (person, file) => person.page.screenshot({ path: join(shots, file) });
 
-async function signUp({ page }, username) {
-    await page.goto(`${baseUrl}/`);
+async function logIn({ page }, username) {
+    await page.goto(`${baseUrl}/login`);
     await page.waitForSelector("#auth-title");
     await page.fill("#username", username);
     await page.fill("#password", password);
@@ -193,8 +194,8 @@ async function main(results) {
     browser = await launchChromium();
     const alice = await openPerson("alice", { width: 390, height: 780 });
     const bob = await openPerson("bob", { width: 1100, height: 760 });
-    await signUp(alice, aliceName);
-    const bobId = await signUp(bob, bobName);
+    await logIn(alice, aliceName);
+    const bobId = await logIn(bob, bobName);
 
     // Alice starts an encrypted chat with Bob; he accepts.
     await alice.page.fill("#new-chat-user", bobId);
@@ -276,6 +277,26 @@ async function main(results) {
         base64: readFileSync(await download.path()).toString("base64"),
     };
     results.documentText = await bob.page.textContent("#messages button.media.document");
+
+    // The plain room: the same, unencrypted.
+    const plainItem = `#chat-list [data-room-id="${plainRoomId}"]`;
+    await alice.page.click("button.back");
+    await alice.page.click(plainItem);
+    await alice.page.waitForFunction(() => document.querySelector("#e2e-state")?.textContent === "Not encrypted", null, WAIT);
+    await pick(alice.page, join(filesDir, "plain.png"));
+    await bob.page.click(plainItem);
+    await bob.page.waitForFunction(() => document.querySelector("#e2e-state")?.textContent === "Not encrypted", null, WAIT);
+    await bob.page.waitForFunction(
+        () => [...document.querySelectorAll('#messages .media.image[data-state="ready"] img')].some((i) => i.alt === "plain.png" && i.complete && i.naturalWidth > 0),
+        null,
+        WAIT,
+    );
+    results.plainMedia = await mediaItems(bob.page);
+    results.plainThumbnail = await thumbnailOf(bob.page, "plain.png");
+    await bob.page.click('#messages button.media.image[aria-label="Open plain.png"]');
+    await bob.page.waitForSelector('#media-viewer[data-state="ready"] img.full', WAIT);
+    await bob.page.waitForFunction(() => document.querySelector("#media-viewer img.full").naturalWidth > 0, null, WAIT);
+    results.plainFull = await bob.page.$eval("#media-viewer img.full", (i) => ({ width: i.naturalWidth, height: i.naturalHeight }));
 
     results.failedMedia = await bob.page.$$eval('#messages .media[data-state="failed"]', (l) => l.length);
     results.problems = problems;
