@@ -100,6 +100,12 @@ export class Attachments {
             e.preventDefault(); // or the browser opens the file
             this.send([...(e.dataTransfer?.files ?? [])]);
         });
+        // A file dropped anywhere else must not make the browser leave the app to show it.
+        for (const type of ["dragover", "drop"] as const) {
+            window.addEventListener(type, (e) => {
+                if (hasFiles(e)) e.preventDefault();
+            });
+        }
         pane.addEventListener("paste", (e) => {
             const files = [...(e.clipboardData?.files ?? [])];
             if (!files.length || !this.roomId()) return; // text pastes as usual
