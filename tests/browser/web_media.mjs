@@ -159,22 +159,30 @@ async function watchUploads(page) {
     });
 }
 
-const mediaItems = (page) =>
-    page.$$eval("#messages li.message", (items) =>
-        items
-            .filter((li) => li.querySelector(".media"))
-            .map((li) => {
-                const media = li.querySelector(".media");
-                return {
-                    kind: [...media.classList].find((c) => c !== "media"),
-                    text: media.textContent,
-                    mxc: media.dataset.mxc,
-                    encrypted: media.dataset.encrypted === "true",
-                    state: media.dataset.state ?? null,
-                    mine: li.classList.contains("mine"),
-                };
-            }),
+/** The media messages shown in the open chat, once there are at least `count`. */
+async function mediaItems(page, count) {
+    const found = await page.waitForFunction(
+        (n) => {
+            const items = [...document.querySelectorAll("#messages li.message")]
+                .filter((li) => li.querySelector(".media"))
+                .map((li) => {
+                    const media = li.querySelector(".media");
+                    return {
+                        kind: [...media.classList].find((c) => c !== "media"),
+                        text: media.textContent,
+                        mxc: media.dataset.mxc,
+                        encrypted: media.dataset.encrypted === "true",
+                        state: media.dataset.state ?? null,
+                        mine: li.classList.contains("mine"),
+                    };
+                });
+            return items.length >= n ? items : null;
+        },
+        count,
+        WAIT,
     );
+    return found.jsonValue();
+}
 
 /** The shown thumbnail of the image named `name`: its decoded size and two pixels. */
 function thumbnailOf(page, name) {
@@ -243,8 +251,8 @@ async function main(results) {
         null,
         WAIT,
     );
-    results.bobMedia = await mediaItems(bob.page);
-    results.aliceMedia = await mediaItems(alice.page);
+    results.bobMedia = await mediaItems(bob.page, 5);
+    results.aliceMedia = await mediaItems(alice.page, 5);
     results.thumbnails = {};
     for (const name of ["photo.png", "pasted.png", "dropped.png"]) results.thumbnails[name] = await thumbnailOf(bob.page, name);
     for (const person of [alice, bob]) await person.page.$eval("#messages", (m) => (m.scrollTop = m.scrollHeight));
@@ -291,7 +299,7 @@ async function main(results) {
         null,
         WAIT,
     );
-    results.plainMedia = await mediaItems(bob.page);
+    results.plainMedia = await mediaItems(bob.page, 1);
     results.plainThumbnail = await thumbnailOf(bob.page, "plain.png");
     await bob.page.click('#messages button.media.image[aria-label="Open plain.png"]');
     await bob.page.waitForSelector('#media-viewer[data-state="ready"] img.full', WAIT);
