@@ -4,6 +4,7 @@
 import { ClientEvent, createClient, EventType, type MatrixClient, Preset, SyncState } from "matrix-js-sdk";
 import type { Logger } from "matrix-js-sdk/lib/logger.js";
 
+import { cryptoCallbacks } from "./e2ee";
 import { startOfflineQueue } from "./offline_queue";
 import type { Session } from "./session";
 
@@ -34,6 +35,9 @@ export async function startClient(session: Session): Promise<MatrixClient> {
         userId: session.userId,
         deviceId: session.deviceId,
         logger: quiet,
+        cryptoCallbacks,
+        // Emoji only: the client has no camera to scan QR codes with.
+        verificationMethods: ["m.sas.v1"],
     });
     await client.initRustCrypto({ cryptoDatabasePrefix: `hs-web:${session.userId}:${session.deviceId}` });
     const ready = new Promise<void>((resolve) => {

@@ -6,9 +6,12 @@ import { HttpApiEvent, type MatrixClient } from "matrix-js-sdk";
 
 import { logOut, startClient } from "./client";
 import { h, show } from "./dom";
-import { authScreen } from "./screens/auth";
+import { accountHasCrossSigning, setUpEncryption, thisDeviceIsVerified } from "./e2ee";
+import { authScreen, type Entered } from "./screens/auth";
+import { newDeviceScreen, recoveryKeyScreen } from "./screens/encryption";
 import { Messenger } from "./screens/messenger";
 import { Settings } from "./screens/settings";
+import { watchVerificationRequests } from "./screens/verification";
 import { clearSession, loadSession, saveSession, type Session } from "./session";
 import "./styles.css";
 
@@ -21,7 +24,23 @@ function status(text: string): void {
     show(root, h("p", { class: "status" }, text));
 }
 
-async function enter(session: Session): Promise<void> {
+/**
+ * Before the chats: a new account (or one without cross-signing, at login) sets up
+ * encryption and shows its recovery key; a device the account does not vouch for yet is
+ * asked to verify, so that it can read earlier messages.
+ */
+async function secureDevice(client: MatrixClient, entered?: Entered): Promise<void> {
+    const hasCrossSigning = entered?.mode === "signup" ? false : await accountHasCrossSigning(client);
+    if (entered && !hasCrossSigning) {
+        status("Setting up encryption…");
+        const recoveryKey = await setUpEncryption(client, entered.password);
+        await recoveryKeyScreen(root, recoveryKey, client.getSafeUserId());
+    } else if (hasCrossSigning && !(await thisDeviceIsVerified(client))) {
+        await newDeviceScreen(root, client);
+    }
+}
+
+async function enter(session: Session, entered?: Entered): Promise<void> {
     status("Connecting…");
     let client: MatrixClient;
     try {
@@ -34,6 +53,23 @@ async function enter(session: Session): Promise<void> {
         );
         return;
     }
+    watchVerificationRequests(client);
+    try {
+        await secureDevice(client, entered);
+    } catch (e) {
+        // The chats still work; the set-up is offered again on the next start.
+        console.error("encryption set-up failed", e);
+        show(
+            root,
+            h("p", { class: "error", role: "alert" }, "Could not set up encryption on this device."),
+            h("button", { type: "button", onclick: () => void mountMessenger(client) }, "Continue to my chats"),
+        );
+        return;
+    }
+    mountMessenger(client);
+}
+
+function mountMessenger(client: MatrixClient): void {
     if (!["/", "/settings"].includes(location.pathname) && !location.pathname.startsWith("/chat/")) {
         history.replaceState(null, "", "/");
     }
@@ -89,9 +125,9 @@ function signIn(): void {
         root,
         mode,
         baseUrl,
-        (session) => {
+        (session, entered) => {
             saveSession(session);
-            void enter(session);
+            void enter(session, entered);
         },
         notice,
     );

@@ -42,7 +42,10 @@ export function threadOf(event: MatrixEvent): string | null {
 }
 
 function isMessageLike(event: MatrixEvent): boolean {
-    if (event.getType() === EventType.RoomMessage) return true;
+    if (event.getType() === EventType.RoomMessage) {
+        // An in-room verification request opens the verification dialog; it is not a chat line.
+        return event.getContent().msgtype !== "m.key.verification.request";
+    }
     // Not decrypted (yet): shown as such, unless it is a relation of another message.
     return event.isEncrypted() && (event.isDecryptionFailure() || event.isBeingDecrypted() || !event.getClearContent());
 }

@@ -13,7 +13,14 @@ export type AuthMode = "signup" | "login" | "reset";
 const PATHS: Record<AuthMode, string> = { signup: "/signup", login: "/login", reset: "/reset" };
 const FALLBACK = "Something went wrong. Please try again.";
 
-type Done = (session: Session) => void;
+/** What the encryption set-up needs from the form: whether it was a sign-up, and the
+ * password (the server asks for it again to upload the cross-signing keys). */
+export interface Entered {
+    mode: AuthMode;
+    password: string;
+}
+
+type Done = (session: Session, entered: Entered) => void;
 
 function messageOf(e: unknown): string {
     return e instanceof AuthError ? e.message : FALLBACK;
@@ -100,11 +107,11 @@ export function authScreen(root: Element, mode: AuthMode, baseUrl: string, done:
         async () => {
             const username = input(form, "username").value.trim();
             const password = input(form, "password").value;
-            if (!signingUp) return done(await logIn(baseUrl, username, password));
+            if (!signingUp) return done(await logIn(baseUrl, username, password), { mode, password });
             const signUp = new SignUp(baseUrl, username, password);
             const session = await signUp.start();
-            if (session) done(session);
-            else emailSignUpScreen(root, signUp, done);
+            if (session) done(session, { mode, password });
+            else emailSignUpScreen(root, signUp, password, done);
         },
     );
     form.append(
@@ -121,7 +128,7 @@ export function authScreen(root: Element, mode: AuthMode, baseUrl: string, done:
 }
 
 /** Sign-up, second step: the address to verify, then the mailed link. */
-function emailSignUpScreen(root: Element, signUp: SignUp, done: Done): void {
+function emailSignUpScreen(root: Element, signUp: SignUp, password: string, done: Done): void {
     const proof = signUp.email as EmailProof;
     const form = card(
         "Confirm your email",
@@ -133,7 +140,7 @@ function emailSignUpScreen(root: Element, signUp: SignUp, done: Done): void {
         async () => {
             await proof.send(input(form, "email").value.trim());
             const check = card("Check your mail", [], "I opened the link: continue", async () => {
-                done(await signUp.finish());
+                done(await signUp.finish(), { mode: "signup", password });
             });
             check.querySelector("#auth-error")?.before(mailCheck(proof, reporter(check)));
             show(root, check);

@@ -30,6 +30,7 @@ import { Composer } from "./composer";
 import { messageItem, type MessageHandlers, readPositions } from "./message_view";
 import { ThreadPane } from "./thread_pane";
 import { Attachments } from "./attachments";
+import { memberList } from "./verification";
 
 const USER_ID = /^@[^:\s]+:\S+$/;
 const DELIVERY_POLL_MS = 3000;
@@ -260,6 +261,7 @@ export class Messenger {
                 this.chatPane,
                 header,
                 h("p", { class: "e2e", id: "e2e-state" }, encrypted ? "End-to-end encrypted" : "Not encrypted"),
+                memberList(this.client, room),
                 this.messageList,
                 this.typingLine,
                 ...this.attachments.status(),

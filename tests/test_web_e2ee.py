@@ -1,0 +1,75 @@
+"""The web client's end-to-end encryption set-up (docs/web-client.md, "Encryption"), in
+Chromium (tests/browser/web_e2ee.mjs):
+
+- sign-up sets up cross-signing, secret storage and a key backup, and shows a recovery key
+  once (copy, download, confirm before going on);
+- a new device with the recovery key becomes verified and reads earlier messages from
+  the key backup;
+- a new device verified by emoji against another one (the same seven emoji on both, both
+  confirm) becomes verified and reads earlier messages too;
+- two people verify each other by emoji from the chat's member list and see a verified mark;
+- no page ever shows "Unable to decrypt"; no console errors.
+
+Not in the fast tier (it starts a server and a browser); it takes about 40 s.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import pytest
+from browser import built_web_client, run_browser_script
+from conftest import ServerProcess
+
+PASSWORD = "correct horse battery"
+DOCS_SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+
+
+def test_recovery_key_and_emoji_verification_bring_history_to_new_devices(start_server: Any, tmp_path: Path) -> None:
+    dist = built_web_client()
+    server: ServerProcess = start_server(
+        {
+            "web_client": {"enabled": True, "path": str(dist)},
+            "encryption": {"enabled_by_default_for_room_type": "invite"},
+        }
+    )
+    alice, bob = f"alice{secrets.token_hex(3)}", f"bob{secrets.token_hex(3)}"
+    shots = DOCS_SCREENSHOTS if os.environ.get("HS_UPDATE_SCREENSHOTS") else tmp_path
+    shots.mkdir(parents=True, exist_ok=True)
+
+    result = run_browser_script("web_e2ee.mjs", server.base_url, alice, bob, PASSWORD, str(shots), timeout=200)
+
+    # Sign-up showed each a recovery key of their own (12 groups of 4), to save first.
+    assert result["signUp"] == {
+        "aliceKeyGroups": 12,
+        "differentKeys": True,
+        "continueDisabledUntilSaved": True,
+        "download": "recovery-key.txt",
+    }
+    assert result["backedUp"] == 2
+    history = ["Before the new devices", "Bob's reply, also encrypted"]
+
+    # The recovery key: a wrong one is refused, the right one verifies and restores.
+    assert result["newDeviceTitle"] == "Confirm it's you"
+    assert result["badKeyError"] == "That is not a recovery key: check it and try again."
+    assert result["recoveryKeyDone"] == "This device is verified ✓ 2 message keys restored."
+    assert result["secondDevice"] == history
+
+    # Emoji against the first device: the same seven on both; verified; history readable.
+    assert result["incomingTitle"] == "Verify your new device"
+    assert result["deviceEmoji"] == {"count": 7, "same": True}
+    assert result["emojiDone"] == "This device is verified ✓ 2 message keys restored."
+    assert result["firstDeviceSays"] == "Verified ✓"
+    assert result["thirdDevice"] == history
+
+    # Alice and Bob verify each other from the member list.
+    assert result["bobIsAsked"].endswith("wants to verify you by comparing emoji.")
+    assert result["userEmoji"] == {"count": 7, "same": True}
+    assert result["marks"] == {"aliceSeesBob": "✓ Verified", "bobSeesAlice": "✓ Verified"}
+    assert result["aliceAfter"] == [*history, "Verified both ways"]
+
+    assert result["undecryptable"] == {"alice": 0, "bob": 0, "alice-2": 0, "alice-3": 0}
+    assert result["problems"] == []
