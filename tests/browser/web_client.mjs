@@ -3,7 +3,8 @@
 //
 //   node web_client.mjs <base_url> <alice> <bob> <password> <screenshot_dir>
 //
-// Both sign up through the page; Bob logs out and back in (a new device); Alice (a
+// Both sign up through the page (and save their recovery keys); Bob logs out and back in
+// (a new device, confirmed with his recovery key); Alice (a
 // phone-sized window) starts a chat with Bob's user id; Bob (a desktop window) accepts it;
 // they write to each other and each reads the other's words; Alice's message shows read
 // once Bob has seen it; a message that arrives while Alice is on the chat list shows there
@@ -69,8 +70,13 @@ async function signUp(person, username) {
     await page.fill("#password", password);
     if (person.name === "alice") await shot(person, "sign-up.png");
     await page.press("#password", "Enter"); // by keyboard
+    // The recovery key is shown once (tests/browser/web_e2ee.mjs covers that screen).
+    await page.waitForSelector("#recovery-key", { timeout: 30_000 });
+    const recoveryKey = (await page.textContent("#recovery-key")).trim();
+    await page.check("#saved-recovery-key");
+    await page.click("#recovery-continue");
     await page.waitForSelector("#chat-list");
-    return { title, userId: await page.textContent("#me") };
+    return { title, userId: await page.textContent("#me"), recoveryKey };
 }
 
 /** The text of the messages shown in the open chat, and whether any failed to decrypt. */
@@ -106,7 +112,7 @@ async function main(results) {
     // Both sign up through the page.
     const a = await signUp(alice, aliceName);
     const b = await signUp(bob, bobName);
-    results.signUp = { alice: a, bob: b };
+    results.signUp = { alice: { title: a.title, userId: a.userId }, bob: { title: b.title, userId: b.userId } };
     check(a.title === "Create your account", `the first screen is sign-up: ${a.title}`);
 
     // Bob logs out, lands on login, and logs back in (a new device) to his empty list.
@@ -117,6 +123,11 @@ async function main(results) {
     await bob.page.fill("#username", bobName);
     await bob.page.fill("#password", password);
     await bob.page.click("button[type=submit]");
+    // A new device: he confirms it is him with his recovery key.
+    await bob.page.waitForSelector("#recovery-key-input", { timeout: 30_000 });
+    await bob.page.fill("#recovery-key-input", b.recoveryKey);
+    await bob.page.click("#use-recovery-key");
+    await bob.page.click("#verify-done", { timeout: 30_000 });
     await bob.page.waitForSelector("#chat-list");
     results.afterLogin = { path: new URL(bob.page.url()).pathname, list: await bob.page.textContent("#chat-list") };
 
