@@ -20,7 +20,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-import pytest
+import requests
 from browser import built_web_client, run_browser_script
 from conftest import ServerProcess
 
@@ -28,7 +28,9 @@ PASSWORD = "correct horse battery"
 DOCS_SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 
 
-def test_recovery_key_and_emoji_verification_bring_history_to_new_devices(start_server: Any, tmp_path: Path) -> None:
+def test_recovery_key_and_emoji_verification_bring_history_to_new_devices(
+    start_server: Any, tmp_path: Path
+) -> None:
     dist = built_web_client()
     server: ServerProcess = start_server(
         {
@@ -40,7 +42,9 @@ def test_recovery_key_and_emoji_verification_bring_history_to_new_devices(start_
     shots = DOCS_SCREENSHOTS if os.environ.get("HS_UPDATE_SCREENSHOTS") else tmp_path
     shots.mkdir(parents=True, exist_ok=True)
 
-    result = run_browser_script("web_e2ee.mjs", server.base_url, alice, bob, PASSWORD, str(shots), timeout=200)
+    result = run_browser_script(
+        "web_e2ee.mjs", server.base_url, alice, bob, PASSWORD, str(shots), timeout=200
+    )
 
     # Sign-up showed each a recovery key of their own (12 groups of 4), to save first.
     assert result["signUp"] == {
@@ -73,3 +77,28 @@ def test_recovery_key_and_emoji_verification_bring_history_to_new_devices(start_
 
     assert result["undecryptable"] == {"alice": 0, "bob": 0, "alice-2": 0, "alice-3": 0}
     assert result["problems"] == []
+
+    # What the server holds: Alice's three browser devices signed by her self-signing key,
+    # and Bob's master key signed by Alice's user-signing key (and the other way round).
+    name = server.server_name
+    alice_id, bob_id = f"@{alice}:{name}", f"@{bob}:{name}"
+    for me, other in ((alice_id, bob_id), (bob_id, alice_id)):
+        token = server.login(me.split(":")[0][1:], PASSWORD)["access_token"]
+        r = requests.post(
+            server.url("/_matrix/client/v3/keys/query"),
+            json={"device_keys": {alice_id: [], bob_id: []}},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+        assert r.status_code == 200, r.text
+        keys = r.json()
+        my_usk = next(iter(keys["user_signing_keys"][me]["keys"]))
+        assert my_usk in keys["master_keys"][other]["signatures"][me], keys["master_keys"][other]
+        if me == alice_id:
+            ssk = next(iter(keys["self_signing_keys"][alice_id]["keys"]))
+            signed = [
+                d
+                for d in keys["device_keys"][alice_id].values()
+                if ssk in d.get("signatures", {}).get(alice_id, {})
+            ]
+            assert len(signed) == 3, keys["device_keys"][alice_id]

@@ -53,9 +53,11 @@ export function newDeviceScreen(root: Element, client: MatrixClient): Promise<vo
     return new Promise((resolve) => {
         const error = h("p", { class: "error", role: "alert", id: "verify-error" });
         const panel = h("div", { class: "sas", id: "device-sas" });
+        const choices = h("div", { class: "choices" });
         const status = (text: string): void => show(panel, h("p", { class: "sas-status", id: "sas-status" }, text));
 
         const restored = (imported: number): void => {
+            choices.hidden = withDevice.hidden = true;
             show(
                 panel,
                 h("p", { class: "verified", id: "sas-status" }, `This device is verified ✓ ${imported} message keys restored.`),
@@ -67,6 +69,7 @@ export function newDeviceScreen(root: Element, client: MatrixClient): Promise<vo
         const withDevice = h("button", { type: "button", id: "verify-with-device" }, "Verify with another device");
         withDevice.addEventListener("click", () => {
             withDevice.disabled = true;
+            choices.hidden = true;
             error.textContent = "";
             const crypto = client.getCrypto();
             if (!crypto) return;
@@ -82,6 +85,7 @@ export function newDeviceScreen(root: Element, client: MatrixClient): Promise<vo
                     show(panel);
                     error.textContent = e instanceof Error ? e.message : "The verification failed.";
                     withDevice.disabled = false;
+                    choices.hidden = false;
                 });
         });
 
@@ -91,7 +95,7 @@ export function newDeviceScreen(root: Element, client: MatrixClient): Promise<vo
             autocomplete: "off",
             spellcheck: "false",
             "aria-label": "Recovery key",
-            placeholder: "EsT… (48 characters in groups of four)",
+            placeholder: "Recovery key",
         });
         const useKey = h("button", { type: "submit", id: "use-recovery-key" }, "Use recovery key");
         const keyForm = h("form", { class: "recovery-form" }, keyInput, useKey);
@@ -115,6 +119,7 @@ export function newDeviceScreen(root: Element, client: MatrixClient): Promise<vo
         const skip = h("button", { type: "button", id: "skip-verification", class: "link" }, "Skip: my earlier messages stay unreadable here");
         skip.addEventListener("click", () => resolve());
 
+        choices.append(h("p", { class: "or" }, "or"), keyForm, skip);
         show(
             root,
             h(
@@ -123,11 +128,9 @@ export function newDeviceScreen(root: Element, client: MatrixClient): Promise<vo
                 h("h1", { id: "verify-title" }, "Confirm it's you"),
                 h("p", {}, "To read your earlier encrypted messages on this device, verify it from a device where you are signed in (you compare emoji), or enter your recovery key."),
                 withDevice,
-                h("p", { class: "or" }, "or"),
-                keyForm,
-                error,
                 panel,
-                skip,
+                choices,
+                error,
             ),
         );
     });

@@ -108,7 +108,7 @@ export function watchVerificationRequests(client: MatrixClient): void {
     client.on(CryptoEvent.VerificationRequestReceived, (request) => {
         // Requests this page sent itself run in their own panel.
         if (request.initiatedByMe) return;
-        const who = request.isSelfVerification ? "your other device" : request.otherUserId;
+        const who = request.isSelfVerification ? "your other device" : nameOf(client, request);
         const panel = h("div", { class: "sas" });
         const { overlay, close } = dialog(request.isSelfVerification ? "Verify your new device" : `Verify ${who}`, panel);
         const dismiss = (): void => overlay.remove();
@@ -135,6 +135,12 @@ export function watchVerificationRequests(client: MatrixClient): void {
             if (!panel.querySelector("#sas-status")) show(panel, h("p", { class: "error", id: "sas-status" }, "The request was cancelled."), close);
         });
     });
+}
+
+/** The other person's name in the chat the request came from, else their user id. */
+function nameOf(client: MatrixClient, request: VerificationRequest): string {
+    const room = request.roomId ? client.getRoom(request.roomId) : null;
+    return room?.getMember(request.otherUserId)?.name ?? request.otherUserId;
 }
 
 function errorText(e: unknown): string {
