@@ -7,7 +7,9 @@ Chromium (tests/browser/web_e2ee.mjs):
   the key backup;
 - a new device verified by emoji against another one (the same seven emoji on both, both
   confirm) becomes verified and reads earlier messages too;
+- "they don't match" stops a verification on both sides, and a retry works;
 - two people verify each other by emoji from the chat's member list and see a verified mark;
+- an account made before (no cross-signing) gets the set-up and a recovery key at login;
 - no page ever shows "Unable to decrypt"; no console errors.
 
 Not in the fast tier (it starts a server and a browser); it takes about 40 s.
@@ -42,8 +44,12 @@ def test_recovery_key_and_emoji_verification_bring_history_to_new_devices(
     shots = DOCS_SCREENSHOTS if os.environ.get("HS_UPDATE_SCREENSHOTS") else tmp_path
     shots.mkdir(parents=True, exist_ok=True)
 
+    # An account made before, without cross-signing: it gets the set-up at its next login.
+    carol = f"carol{secrets.token_hex(3)}"
+    server.register(carol, PASSWORD)
+
     result = run_browser_script(
-        "web_e2ee.mjs", server.base_url, alice, bob, PASSWORD, str(shots), timeout=200
+        "web_e2ee.mjs", server.base_url, alice, bob, PASSWORD, str(shots), carol, timeout=200
     )
 
     # Sign-up showed each a recovery key of their own (12 groups of 4), to save first.
@@ -62,7 +68,10 @@ def test_recovery_key_and_emoji_verification_bring_history_to_new_devices(
     assert result["recoveryKeyDone"] == "This device is verified ✓ 2 message keys restored."
     assert result["secondDevice"] == history
 
-    # Emoji against the first device: the same seven on both; verified; history readable.
+    # Emoji against the first device: "they don't match" stops it on both sides...
+    cancelled = "The verification was cancelled or the emoji did not match."
+    assert result["mismatch"] == {"newDevice": cancelled, "firstDevice": cancelled, "canRetry": True}
+    # ...the second try: the same seven on both; verified; history readable.
     assert result["incomingTitle"] == "Verify your new device"
     assert result["deviceEmoji"] == {"count": 7, "same": True}
     assert result["emojiDone"] == "This device is verified ✓ 2 message keys restored."
@@ -75,6 +84,7 @@ def test_recovery_key_and_emoji_verification_bring_history_to_new_devices(
     assert result["marks"] == {"aliceSeesBob": "✓ Verified", "bobSeesAlice": "✓ Verified"}
     assert result["aliceAfter"] == [*history, "Verified both ways"]
 
+    assert result["carolKeyGroups"] == 12
     assert result["undecryptable"] == {"alice": 0, "bob": 0, "alice-2": 0, "alice-3": 0}
     assert result["problems"] == []
 

@@ -1,23 +1,26 @@
 // The web client's encryption set-up in Chromium (tests/test_web_e2ee.py runs it):
 //
-//   node web_e2ee.mjs <base_url> <alice> <bob> <password> <screenshot_dir>
+//   node web_e2ee.mjs <base_url> <alice> <bob> <password> <screenshot_dir> <carol>
 //
 // Alice and Bob sign up (each is shown a recovery key and saves it) and chat, encrypted.
 // Alice logs in on a second browser context with her recovery key: it becomes verified and
 // her earlier messages decrypt from the key backup. She logs in on a third one and verifies
-// it by emoji against the first (both show the same seven emoji, both confirm): verified,
-// earlier messages readable there too. Then Alice and Bob verify each other by emoji from
+// it by emoji against the first: when she says the emoji do not match, both sides say so
+// and nothing is verified; on a second try both show the same seven emoji, both confirm:
+// verified, earlier messages readable there too. Then Alice and Bob verify each other by emoji from
 // the chat's member list and each sees the other marked verified. Any "Unable to decrypt"
 // ever shown, console errors, page errors and unexpected failed requests fail the run.
+// Carol, an account made through the API before (no cross-signing), gets the set-up and
+// her recovery key at her first login in the page.
 // The last stdout line is `RESULT {json}`.
 
 import { join } from "node:path";
 
 import { check, launchChromium, runMain } from "./harness.mjs";
 
-const [baseUrl, aliceName, bobName, password, shots] = process.argv.slice(2);
-if (!shots) {
-    console.error("usage: node web_e2ee.mjs <base_url> <alice> <bob> <password> <screenshot_dir>");
+const [baseUrl, aliceName, bobName, password, shots, carolName] = process.argv.slice(2);
+if (!carolName) {
+    console.error("usage: node web_e2ee.mjs <base_url> <alice> <bob> <password> <screenshot_dir> <carol>");
     process.exit(2);
 }
 
@@ -196,9 +199,20 @@ async function main(results) {
     for (const text of history) await waitForMessage(alice2.page, text);
     results.secondDevice = await bodies(alice2.page);
 
-    // A third device verified by emoji against the first.
+    // A third device verified by emoji against the first; the first try does not match.
     const alice3 = await openPerson("alice-3");
     await logInNewDevice(alice3, aliceName);
+    await alice3.page.click("#verify-with-device");
+    await alice.page.click("#verification-accept", WAIT);
+    await alice3.page.click("#sas-mismatch", WAIT);
+    await alice3.page.waitForFunction(() => document.querySelector("#verify-error")?.textContent, null, WAIT);
+    await alice.page.waitForSelector("#verification-dialog .error", WAIT);
+    results.mismatch = {
+        newDevice: await alice3.page.textContent("#verify-error"),
+        firstDevice: await alice.page.textContent("#verification-dialog .error"),
+        canRetry: await alice3.page.isEnabled("#verify-with-device"),
+    };
+    await alice.page.click("#verification-close");
     await alice3.page.click("#verify-with-device");
     await alice.page.waitForSelector("#verification-accept", WAIT);
     results.incomingTitle = await alice.page.textContent("#verification-title");
@@ -251,6 +265,18 @@ async function main(results) {
         bobSeesAlice: await bob.page.textContent(`#members [data-user-id="${aliceId}"] .verified`),
     };
     await shot(alice, "verified-member.png");
+
+    // An account from before (no cross-signing) is set up at its first login here.
+    const carol = await openPerson("carol");
+    await carol.page.goto(`${baseUrl}/login`);
+    await carol.page.fill("#username", carolName);
+    await carol.page.fill("#password", password);
+    await carol.page.press("#password", "Enter");
+    await carol.page.waitForSelector("#recovery-key", WAIT);
+    results.carolKeyGroups = (await carol.page.textContent("#recovery-key")).trim().split(" ").length;
+    await carol.page.check("#saved-recovery-key");
+    await carol.page.click("#recovery-continue");
+    await carol.page.waitForSelector("#chat-list", WAIT);
 
     // The chat after it all: the verification left no message behind, nothing undecryptable.
     await send(bob.page, "Verified both ways");

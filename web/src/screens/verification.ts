@@ -131,8 +131,9 @@ export function watchVerificationRequests(client: MatrixClient): void {
         show(panel, h("p", {}, text), h("div", { class: "actions" }, accept, decline));
         document.body.append(overlay);
         accept.focus();
+        // Cancelled before it was accepted (once accepted, runSas reports it).
         void until(request, () => false).catch(() => {
-            if (!panel.querySelector("#sas-status")) show(panel, h("p", { class: "error", id: "sas-status" }, "The request was cancelled."), close);
+            if (accept.isConnected) show(panel, h("p", { class: "error", id: "sas-status" }, "The request was cancelled."), close);
         });
     });
 }
