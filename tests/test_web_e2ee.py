@@ -57,7 +57,8 @@ def test_recovery_key_and_emoji_verification_bring_history_to_new_devices(
         "aliceKeyGroups": 12,
         "differentKeys": True,
         "continueDisabledUntilSaved": True,
-        "download": "recovery-key.txt",
+        "copied": True,
+        "downloaded": {"name": "recovery-key.txt", "holdsKey": True},
     }
     assert result["backedUp"] == 2
     history = ["Before the new devices", "Bob's reply, also encrypted"]

@@ -14,6 +14,7 @@
 // her recovery key at her first login in the page.
 // The last stdout line is `RESULT {json}`.
 
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 
 import { check, launchChromium, runMain } from "./harness.mjs";
@@ -79,12 +80,23 @@ async function signUp(person, username, screenshot) {
     await page.waitForSelector("#recovery-key", WAIT);
     const recoveryKey = (await page.textContent("#recovery-key")).trim();
     const continueDisabled = await page.isDisabled("#recovery-continue");
-    const download = await page.getAttribute("#download-recovery-key", "download");
-    if (screenshot) await shot(person, "recovery-key.png");
+    let copied = null;
+    let downloaded = null;
+    if (screenshot) {
+        await shot(person, "recovery-key.png");
+        // Copy puts the key on the clipboard; Download saves a file that holds it.
+        await person.context.grantPermissions(["clipboard-read", "clipboard-write"], { origin: baseUrl });
+        await page.click("#copy-recovery-key");
+        await page.waitForFunction(() => document.querySelector("#copy-status")?.textContent, null, WAIT);
+        copied = (await page.evaluate(() => navigator.clipboard.readText())) === recoveryKey;
+        const [file] = await Promise.all([page.waitForEvent("download"), page.click("#download-recovery-key")]);
+        const text = readFileSync(await file.path(), "utf8");
+        downloaded = { name: file.suggestedFilename(), holdsKey: text.includes(recoveryKey) };
+    }
     await page.check("#saved-recovery-key");
     await page.click("#recovery-continue");
     await page.waitForSelector("#chat-list", WAIT);
-    return { recoveryKey, continueDisabled, download };
+    return { recoveryKey, continueDisabled, copied, downloaded };
 }
 
 /** Log in on a new browser context (a new device): lands on "Confirm it's you". */
@@ -157,7 +169,8 @@ async function main(results) {
         aliceKeyGroups: a.recoveryKey.split(" ").length,
         differentKeys: a.recoveryKey !== b.recoveryKey,
         continueDisabledUntilSaved: a.continueDisabled,
-        download: a.download,
+        copied: a.copied,
+        downloaded: a.downloaded,
     };
     const bobId = await bob.page.textContent("#me");
     const aliceId = await alice.page.textContent("#me");
