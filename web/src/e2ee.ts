@@ -30,7 +30,7 @@ export const cryptoCallbacks: CryptoCallbacks = {
 };
 
 /** Forget the recovery key once the set-up that needed it is over. */
-export function forgetRecoveryKey(): void {
+function forgetRecoveryKey(): void {
     heldKey = null;
 }
 
@@ -59,10 +59,14 @@ export async function setUpEncryption(client: MatrixClient, password: string): P
         },
     });
     const generated = await crypto.createRecoveryKeyFromPassphrase();
-    await crypto.bootstrapSecretStorage({
-        createSecretStorageKey: async () => generated,
-        setupNewKeyBackup: true,
-    });
+    try {
+        await crypto.bootstrapSecretStorage({
+            createSecretStorageKey: async () => generated,
+            setupNewKeyBackup: true,
+        });
+    } finally {
+        forgetRecoveryKey();
+    }
     if (!generated.encodedPrivateKey) throw new Error("No recovery key was made.");
     return generated.encodedPrivateKey;
 }
