@@ -140,3 +140,25 @@ export async function runMain(main, { totalMs = 110_000, cleanup = async () => {
     console.log(`RESULT ${JSON.stringify(results)}`);
     process.exit(code);
 }
+
+/**
+ * After sign-up or login in the web client: pass the encryption screens that come before
+ * the chats (tests/browser/web_e2ee.mjs tests them). A new key is saved and returned; a new
+ * device is confirmed with `recoveryKey`. Resolves once the chat list shows.
+ */
+export async function passEncryptionScreens(page, recoveryKey = null) {
+    const next = await page.waitForSelector("#chat-list, #recovery-key, #recovery-key-input", { timeout: 30_000 });
+    const id = await next.getAttribute("id");
+    if (id === "recovery-key") {
+        recoveryKey = (await next.textContent()).trim();
+        await page.check("#saved-recovery-key");
+        await page.click("#recovery-continue");
+    } else if (id === "recovery-key-input") {
+        check(recoveryKey, "a new device needs the recovery key");
+        await page.fill("#recovery-key-input", recoveryKey);
+        await page.click("#use-recovery-key");
+        await page.click("#verify-done", { timeout: 30_000 });
+    }
+    await page.waitForSelector("#chat-list");
+    return recoveryKey;
+}

@@ -19,7 +19,7 @@
 import { createInterface } from "node:readline";
 import { join } from "node:path";
 
-import { check, launchChromium, runMain } from "./harness.mjs";
+import { check, launchChromium, passEncryptionScreens, runMain } from "./harness.mjs";
 
 const [baseUrl, username, email, password, newPassword, shots] = process.argv.slice(2);
 if (!shots) {
@@ -134,14 +134,14 @@ async function main(results) {
     const signUpMail = await mail(email, 1);
     results.linkPage = await openLink(laptop, signUpMail.link);
     await lp.click("#auth-submit");
-    await lp.waitForSelector("#chat-list");
+    const recoveryKey = await passEncryptionScreens(lp);
     results.signedUp = { userId: await text(lp, "#me"), path: path(lp) };
 
     // The phone logs in to the same account: a second device.
     const pp = phone.page;
     await pp.goto(`${baseUrl}/login`);
     await logIn(phone, password);
-    await pp.waitForSelector("#chat-list");
+    await passEncryptionScreens(pp, recoveryKey);
 
     // The laptop's settings: both devices, this one first.
     await lp.click("#open-settings");
@@ -224,7 +224,7 @@ async function main(results) {
     await pp.waitForFunction(() => document.querySelector("#auth-error")?.textContent);
     results.oldPassword = await text(pp, "#auth-error");
     await logIn(phone, newPassword);
-    await pp.waitForSelector("#chat-list");
+    await passEncryptionScreens(pp, recoveryKey);
     results.newPasswordLogin = { path: path(pp), userId: await text(pp, "#me") };
 
     // The reset logged every device out: the laptop is on its login page too.

@@ -14,7 +14,7 @@
 
 import { join } from "node:path";
 
-import { check, launchChromium, runMain } from "./harness.mjs";
+import { check, launchChromium, passEncryptionScreens, runMain } from "./harness.mjs";
 
 const [baseUrl, aliceName, bobName, carolName, password, shots] = process.argv.slice(2);
 if (!shots) {
@@ -62,7 +62,7 @@ async function signUp(person, username) {
     await page.fill("#username", username);
     await page.fill("#password", password);
     await page.press("#password", "Enter");
-    await page.waitForSelector("#chat-list");
+    await passEncryptionScreens(page);
     return page.textContent("#me");
 }
 
