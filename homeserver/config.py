@@ -247,6 +247,17 @@ class FederationConfig:
     ip_range_blacklist: list[str] = field(default_factory=list)
     # ...except to these (CIDR list), e.g. 127.0.0.0/8 for servers on one host in tests.
     ip_range_whitelist: list[str] = field(default_factory=list)
+    # Per origin server, on inbound requests once their signature is checked (off with
+    # rate_limits.enabled): a token bucket of requests...
+    rc_requests: RateLimit = RateLimit(50.0, 250)
+    # ...at most this many handled at once; the next ones wait their turn...
+    rc_concurrent: int = 5
+    # ...up to this many waiting; past that, 429 M_LIMIT_EXCEEDED.
+    rc_queued: int = 100
+    # Largest body of an inbound transaction (PUT /send/{txnId}: up to 50 PDUs of 64 KiB
+    # and 100 EDUs) and of any other inbound federation request; 413 M_TOO_LARGE past it.
+    max_transaction_size: Size = Size(4 * 1024 * 1024)
+    max_request_body_size: Size = Size(512 * 1024)
 
     def networks(self, which: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         """`ip_range_blacklist` or `ip_range_whitelist` as networks (checked at load)."""
@@ -476,6 +487,15 @@ def _check_federation(federation: FederationConfig, source: str) -> None:
         raise ConfigError(f"{source}: 'federation.bind_address' must be an IP address") from None
     if federation.key_validity < 3_600_000:
         raise ConfigError(f"{source}: 'federation.key_validity' must be at least 1h")
+    if federation.rc_concurrent < 1 or federation.rc_queued < 0:
+        raise ConfigError(
+            f"{source}: 'federation.rc_concurrent' must be at least 1 and 'federation.rc_queued' at least 0"
+        )
+    if federation.rc_requests.per_second <= 0 or federation.rc_requests.burst < 1:
+        raise ConfigError(f"{source}: 'federation.rc_requests' needs per_second > 0 and burst >= 1")
+    for which in ("max_transaction_size", "max_request_body_size"):
+        if getattr(federation, which) < 65536:
+            raise ConfigError(f"{source}: 'federation.{which}' must be at least 64K (one PDU)")
     if federation.request_timeout < 1000:
         raise ConfigError(f"{source}: 'federation.request_timeout' must be at least 1s")
     for key_id, old in federation.old_verify_keys.items():

@@ -232,6 +232,21 @@ federation:
   # ...except to these (CIDR list), e.g. ["127.0.0.0/8", "::1/128"] for servers that
   # all run on one host, or a private network of servers federating among themselves.
   ip_range_whitelist: []
+  # Limits per origin server on inbound requests, applied once the request's X-Matrix
+  # signature names the origin (forged requests spend nothing of a server's allowance);
+  # off with rate_limits.enabled: false. A token bucket of requests (429
+  # M_LIMIT_EXCEEDED with retry_after_ms when empty)...
+  rc_requests: {per_second: 50, burst: 250}
+  # ...at most this many of one origin's requests handled at once; the next ones wait
+  # their turn...
+  rc_concurrent: 5
+  # ...and at most this many waiting; past that, 429 M_LIMIT_EXCEEDED.
+  rc_queued: 100
+  # Largest inbound transaction body (PUT /_matrix/federation/v1/send/{txnId}: up to 50
+  # PDUs of 64 KiB each and 100 EDUs), checked as it arrives (413 M_TOO_LARGE)...
+  max_transaction_size: 4M
+  # ...and of any other inbound federation request (/_matrix/key bodies: 64K).
+  max_request_body_size: 512K
 
 # Plugins: each entry names a plugin class and its own config block.
 # See docs/plugins.md. Example:

@@ -311,6 +311,7 @@ class HomeServer:
             self.storage,
             self.clock,
             self.reactor,
+            self.ratelimiter,
         )
         self.profiles.remote = self.federation.profiles.remote
         self.openid = OpenIdService(self.config.server_name, self.storage, self.clock)

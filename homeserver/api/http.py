@@ -81,9 +81,17 @@ class ApiRequest(Request):
     """A request as handlers see it: the body (capped while it arrived, see
     http_server), JSON helpers, query parameters, the caller's address and token."""
 
-    # The template of the route that handles it (a metrics label), set by the router.
-    __slots__ = ("route",)
+    # The template of the route that handles it (a metrics label), set by the router; and
+    # what to call once the request is answered (e.g. a federation origin's slot freed).
+    __slots__ = ("route", "_when_done")
     route: str
+    _when_done: list[Callable[[], None]] | None
+
+    def when_done(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once the request is answered (or failed), whatever the handler did."""
+        if self._when_done is None:
+            self._when_done = []
+        self._when_done.append(callback)
 
     # Convenience accessors used by handlers ---------------------------------
 
@@ -336,11 +344,15 @@ class Router:
         # try/finally rather than an errback and a callback on the Deferred: two fewer
         # callback records per request, and less held by each waiting long-poll.
         request.route = UNMATCHED
+        request._when_done = None
         try:
             await self._handle(request)
         except Exception:
             self._unexpected(Failure(), request)
         finally:
+            if request._when_done is not None:
+                for callback in request._when_done:
+                    callback()
             self._finished(None)
             if self.metrics is not None:
                 self.metrics.finished(request, request.route)

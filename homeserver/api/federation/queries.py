@@ -31,6 +31,9 @@ def register(router: Router, hs: "HomeServer") -> None:
             raise NotFound("No server delegation is configured")
         return answer
 
+    # Checked as the body arrives, before the signature: 413 M_TOO_LARGE, the rest unread.
+    router.set_body_limit(f"{FEDERATION}/", federation.config.max_request_body_size)
+    router.set_body_limit(f"{FEDERATION}/v1/send/", federation.config.max_transaction_size)
     router.add("GET", f"{FEDERATION}/v1/version", version)
     router.add("GET", f"{FEDERATION}/v1/query/profile", profile)
     router.add("GET", "/.well-known/matrix/server", well_known)

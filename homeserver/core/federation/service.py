@@ -11,7 +11,9 @@ from homeserver.core.clock import Clock
 from homeserver.core.federation.authenticator import RequestAuthenticator
 from homeserver.core.federation.client import FederationClient
 from homeserver.core.federation.keys import KeyRing, Notary, OwnKeys
+from homeserver.core.federation.origin_limits import OriginLimits, Release
 from homeserver.core.federation.queries import ProfileQueries
+from homeserver.core.ratelimit import RateLimiter
 from homeserver.storage import Storage
 
 
@@ -24,6 +26,7 @@ class Federation:
         storage: Storage,
         clock: Clock,
         reactor: Any,
+        ratelimiter: RateLimiter,
     ) -> None:
         self.config = config
         self.own_keys = OwnKeys(server_name, signing_key, config, clock)
@@ -42,7 +45,16 @@ class Federation:
         )
         self.notary = Notary(self.own_keys, self.key_ring, clock)
         self.authenticator = RequestAuthenticator(server_name, self.key_ring, clock)
+        self.origin_limits = OriginLimits(ratelimiter, config)
         self.profiles = ProfileQueries(server_name, storage, self.client, clock)
+
+    async def admit(
+        self, method: str, uri: str, authorization: str | None, content: Any
+    ) -> tuple[str, Release]:
+        """An inbound request's checked origin, through that origin's limits: (origin, the
+        release to call once it is answered). 401 M_UNAUTHORIZED or 429 M_LIMIT_EXCEEDED."""
+        origin = await self.authenticator.origin_of(method, uri, authorization, content)
+        return origin, await self.origin_limits.admit(origin)
 
     def well_known(self) -> dict[str, str] | None:
         """Our /.well-known/matrix/server answer, when delegation is configured."""

@@ -1,0 +1,69 @@
+"""Strict JSON for bodies other servers sign: what two parsers could read differently is
+refused rather than guessed, since a signature covers one reading of the bytes.
+
+Refused: NaN and Infinity (not JSON: M_NOT_JSON), and with M_BAD_JSON a key given twice
+in one object, an integer outside canonical JSON's range (±(2**53 - 1)) and a number
+that overflows to infinity (1e400)."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from homeserver.errors import BadJson, NotJson
+
+MAX_SAFE_INT = 2**53 - 1
+
+
+class _Refused(ValueError):
+    def __init__(self, error: BadJson | NotJson) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def _no_constant(name: str) -> Any:
+    raise _Refused(NotJson(f"Content not JSON: {name} is not a JSON value"))
+
+
+def _int(text: str) -> int:
+    # Past 17 characters the value is out of range anyway: refused before int() works on it.
+    value = int(text) if len(text) <= 17 else MAX_SAFE_INT + 1
+    if not -MAX_SAFE_INT <= value <= MAX_SAFE_INT:
+        raise _Refused(BadJson("Integers must be within ±(2**53 - 1) (canonical JSON)"))
+    return value
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _Refused(BadJson(f"The number {text[:40]} is out of range"))
+    return value
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Refused(BadJson(f"The key {key[:80]!r} appears twice in one object"))
+            seen.add(key)
+    return result
+
+
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_object, parse_int=_int, parse_float=_float, parse_constant=_no_constant
+)
+
+
+def loads_strict(raw: bytes) -> Any:
+    """The JSON value of `raw`, or M_NOT_JSON / M_BAD_JSON saying what is wrong."""
+    try:
+        text = raw.decode("utf-8")
+        return _DECODER.decode(text)
+    except _Refused as e:
+        raise e.error from None
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        # RecursionError: deeply nested arrays are malformed input, not a server error.
+        raise NotJson("Content not JSON.") from None

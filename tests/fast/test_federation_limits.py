@@ -1,0 +1,225 @@
+"""Inbound federation safety, in-process on a clock the test moves: per-origin request
+rates and concurrency (one noisy server is limited, another is not), body size caps per
+federation path, and strict JSON in what other servers send."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest_twisted
+from harness import TestClock, connect, make_server, parse_response, turn, until
+from signedjson.key import generate_signing_key
+from signedjson.sign import sign_json
+from signedjson.types import SigningKey
+from twisted.internet.defer import Deferred
+
+from homeserver.api.federation.auth import require_origin
+from homeserver.api.http import ApiRequest
+from homeserver.core.federation.keys import parse_key_response
+from homeserver.core.federation.request_auth import authorization_header
+from homeserver.server import HomeServer
+from homeserver.signing_key import verify_key_base64
+
+NOISY, QUIET = "noisy.example", "quiet.example"
+HOLD = "/_matrix/federation/v1/test_hold"
+
+
+class Origin:
+    """A remote server whose key our server already holds (as after a key fetch)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.key: SigningKey = generate_signing_key("k1")
+
+    async def introduce(self, hs: HomeServer) -> None:
+        now = hs.clock.time_ms()
+        body = {
+            "server_name": self.name,
+            "valid_until_ts": now + 86_400_000,
+            "verify_keys": {"ed25519:k1": {"key": verify_key_base64(self.key)}},
+            "old_verify_keys": {},
+        }
+        signed = sign_json(body, self.name, self.key)
+        await hs.storage.server_keys.store(parse_key_response(self.name, signed, now), now)
+
+    def header(self, hs: HomeServer, method: str, uri: str, content: Any = None) -> str:
+        return authorization_header(method, uri, self.name, hs.config.server_name, self.key, content)
+
+
+def start(
+    hs: HomeServer, method: str, uri: str, authorization: str | None = None, body: bytes | None = None
+) -> Deferred[tuple[int, dict[str, str], dict[str, Any]]]:
+    assert hs.http is not None
+    head = f"{method} {uri} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n"
+    if authorization is not None:
+        head += f"Authorization: {authorization}\r\n"
+    if body is not None:
+        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    _, transport = connect(hs.http)
+    transport.protocol.dataReceived(head.encode() + b"\r\n" + (body or b""))
+
+    def answered(_: None) -> tuple[int, dict[str, str], dict[str, Any]]:
+        status, headers, data = parse_response(transport.value())
+        return status, headers, json.loads(data) if data else {}
+
+    return transport.closed.addCallback(answered)
+
+
+def signed(hs: HomeServer, origin: Origin, method: str, uri: str, content: Any = None) -> Deferred[Any]:
+    body = None if content is None else json.dumps(content).encode()
+    return start(hs, method, uri, origin.header(hs, method, uri, content), body)
+
+
+def profile_uri(user_id: str) -> str:
+    return f"/_matrix/federation/v1/query/profile?user_id={user_id.replace('@', '%40').replace(':', '%3A')}"
+
+
+async def limited_server(tmp_path: Path, clock: TestClock, **federation: Any) -> HomeServer:
+    hs = await make_server(tmp_path, clock, rate_limits={"enabled": True}, federation=federation)
+    return hs
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_noisy_origin_is_limited_and_another_is_not(tmp_path: Path) -> None:
+    clock = TestClock()
+    # 0.5 a second: an empty bucket has its next token in 2 s.
+    hs = await limited_server(tmp_path, clock, rc_requests={"per_second": 0.5, "burst": 3})
+    try:
+        noisy, quiet = Origin(NOISY), Origin(QUIET)
+        for origin in (noisy, quiet):
+            await origin.introduce(hs)
+        user_id = await hs.accounts.register("alice", "correct horse battery")
+        uri = profile_uri(user_id)
+        # Forged requests in the noisy server's name spend nothing of its allowance.
+        forger = Origin(NOISY)
+        for _ in range(5):
+            status, _, body = await signed(hs, forger, "GET", uri)
+            assert (status, body["errcode"]) == (401, "M_UNAUTHORIZED")
+        for _ in range(3):
+            status, _, body = await signed(hs, noisy, "GET", uri)
+            assert status == 200, body
+        status, headers, body = await signed(hs, noisy, "GET", uri)
+        assert (status, body["errcode"], body["retry_after_ms"]) == (429, "M_LIMIT_EXCEEDED", 2000)
+        assert headers["retry-after"] == "2"
+        # The quiet server is not held back by the noisy one.
+        for _ in range(3):
+            status, _, body = await signed(hs, quiet, "GET", uri)
+            assert status == 200, body
+        await turn()
+        clock.advance(1.9)
+        assert (await signed(hs, noisy, "GET", uri))[0] == 429
+        clock.advance(0.1)
+        assert (await signed(hs, noisy, "GET", uri))[0] == 200
+    finally:
+        await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_origins_requests_wait_their_turn_past_its_concurrency(tmp_path: Path) -> None:
+    clock = TestClock()
+    hs = await limited_server(tmp_path, clock, rc_concurrent=2, rc_queued=1)
+    try:
+        noisy, quiet = Origin(NOISY), Origin(QUIET)
+        for origin in (noisy, quiet):
+            await origin.introduce(hs)
+        entered: list[str] = []
+        holds: list[Deferred[None]] = []
+
+        async def hold(request: ApiRequest) -> dict[str, Any]:
+            origin = await require_origin(hs, request)
+            entered.append(origin)
+            held: Deferred[None] = Deferred()
+            holds.append(held)
+            await held
+            return {"origin": origin}
+
+        hs.router.add("GET", HOLD, hold)
+        answers = [signed(hs, noisy, "GET", HOLD) for _ in range(3)]
+        await until(lambda: len(entered) == 2, "two of the noisy server's requests running")
+        # The third waits; a fourth finds the queue full.
+        status, _, body = await signed(hs, noisy, "GET", HOLD)
+        assert (status, body["errcode"], body["retry_after_ms"]) == (429, "M_LIMIT_EXCEEDED", 1000)
+        quiet_answer = signed(hs, quiet, "GET", HOLD)
+        await until(lambda: entered == [NOISY, NOISY, QUIET], "the quiet server's request running")
+        assert hs.federation.origin_limits.waiting(NOISY) == 1
+        # One noisy request answered: the waiting one takes its slot.
+        holds[0].callback(None)
+        assert (await answers[0])[0] == 200
+        await until(lambda: len(entered) == 4, "the waiting request running")
+        assert entered[3] == NOISY
+        for held in holds[1:]:
+            held.callback(None)
+        for answer in (*answers[1:], quiet_answer):
+            status, _, body = await answer
+            assert status == 200, body
+        assert hs.federation.origin_limits.running(NOISY) == 0
+        assert hs.federation.origin_limits.waiting(NOISY) == 0
+    finally:
+        await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_federation_bodies_are_capped_per_path(tmp_path: Path) -> None:
+    clock = TestClock()
+    hs = await make_server(tmp_path, clock)
+    try:
+        big = json.dumps({"server_keys": {}, "pad": "x" * 70_000}).encode()
+        status, _, body = await start(hs, "POST", "/_matrix/key/v2/query", body=big)
+        assert (status, body["errcode"]) == (413, "M_TOO_LARGE")
+        # Any federation request past 512 KiB, before its signature is looked at...
+        status, _, body = await start(
+            hs, "PUT", "/_matrix/federation/v2/send_join/!r/$e", body=b" " * 600_000
+        )
+        assert (status, body["errcode"]) == (413, "M_TOO_LARGE")
+        # ...but a transaction may carry up to 4 MiB (50 PDUs of 64 KiB and EDUs).
+        txn = json.dumps({"pdus": [], "edus": [], "pad": "x" * 2_000_000}).encode()
+        status, _, body = await start(hs, "PUT", "/_matrix/federation/v1/send/t1", body=txn)
+        assert status != 413, body
+        # A huge one is answered at once, without waiting for the body.
+        assert hs.http is not None
+        _, transport = connect(hs.http)
+        transport.protocol.dataReceived(
+            b"PUT /_matrix/federation/v1/send/t2 HTTP/1.1\r\nHost: test\r\n"
+            b"Content-Length: 1000000000\r\n\r\n{"
+        )
+        await transport.closed
+        status, _, data = parse_response(transport.value())
+        assert (status, json.loads(data)["errcode"]) == (413, "M_TOO_LARGE")
+    finally:
+        await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_json_two_parsers_could_read_differently_is_refused(tmp_path: Path) -> None:
+    clock = TestClock()
+    hs = await make_server(tmp_path, clock)
+    try:
+        origin = Origin(NOISY)
+        await origin.introduce(hs)
+
+        async def echo(request: ApiRequest) -> dict[str, Any]:
+            return {"origin": await require_origin(hs, request)}
+
+        hs.router.add("PUT", HOLD, echo)
+        cases = [
+            (b'{"a": 1, "a": 2}', "M_BAD_JSON"),
+            (b'{"a": NaN}', "M_NOT_JSON"),
+            (b'{"a": -Infinity}', "M_NOT_JSON"),
+            (b'{"a": 9007199254740992}', "M_BAD_JSON"),
+            (b'{"a": 1e400}', "M_BAD_JSON"),
+            (b'{"a": ' + b"9" * 5000 + b"}", "M_BAD_JSON"),
+            (b"[" * 50_000, "M_NOT_JSON"),
+        ]
+        for raw, errcode in cases:
+            for method, uri in (("PUT", HOLD), ("POST", "/_matrix/key/v2/query")):
+                auth = origin.header(hs, method, uri, {"a": 1})
+                status, _, body = await start(hs, method, uri, auth, raw)
+                assert (status, body.get("errcode")) == (400, errcode), (raw[:40], uri, body)
+        # Canonical JSON's extremes pass.
+        content = {"a": 9007199254740991, "b": -9007199254740991, "c": [{"d": None}]}
+        status, _, body = await signed(hs, origin, "PUT", HOLD, content)
+        assert (status, body) == (200, {"origin": NOISY})
+    finally:
+        await hs.stop(None)
