@@ -334,6 +334,22 @@ def test_webpush_payload_decrypts_with_subscription_key_and_vapid_verifies(
     assert "content" not in low.payload
 
 
+def test_web_clients_get_the_webpush_public_key_when_signed_in(
+    start_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    server, public_key = webpush_server(start_server, tmp_path)
+    url = server.url("/_plugins/push_gateway/webpush")
+    anonymous = requests.get(url, timeout=10)
+    assert anonymous.status_code == 401 and anonymous.json()["errcode"] == "M_MISSING_TOKEN"
+    token = server.register("webpushuser")["access_token"]
+    r = requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.json() == {
+        "apps": [{"app_id": "im.example.web", "application_server_key": public_key}],
+        "notify_path": "/_matrix/push/v1/notify",
+    }
+
+
 def test_webpush_gone_subscription_and_incomplete_pusher_are_rejected(
     start_server: Callable[..., ServerProcess], push_service: WebPushService, tmp_path: Path
 ) -> None:

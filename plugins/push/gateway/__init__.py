@@ -22,14 +22,17 @@ from plugins.push.gateway.notification import parse_notify_body
 from plugins.push.gateway.outbound import IpPolicy
 
 if TYPE_CHECKING:
+    from homeserver.plugins import Requester
     from plugins.push.gateway.fcm import FcmSender
 
 NOTIFY_PATH = "/_matrix/push/v1/notify"
+# What a web client needs to subscribe (docs/push-gateway.md, "Web clients").
+WEBPUSH_INFO_PATH = "/_plugins/push_gateway/webpush"
 
 
 class PushGatewayPlugin:
     NAME = "push_gateway"
-    PATH_PREFIXES = ("/_matrix/push/",)
+    PATH_PREFIXES = ("/_matrix/push/", "/_plugins/push_gateway/")
 
     @staticmethod
     def parse_config(raw: dict[str, Any]) -> GatewayConfig:
@@ -40,6 +43,7 @@ class PushGatewayPlugin:
         self.api = api
         self.fcm: list[FcmSender] = []
         self.gateway = Gateway({})
+        self.webpush_keys: dict[str, str] = {}
         self.devices = api.counter(
             "devices", "Devices in notify requests, by app id and outcome", ("app_id", "outcome")
         )
@@ -66,19 +70,29 @@ class PushGatewayPlugin:
                 senders[app_id] = fcm
             elif isinstance(app, WebPushApp):
                 # http_ece and cryptography likewise only with a Web Push app (~20 ms).
-                from plugins.push.gateway.webpush import WebPushSender
+                from plugins.push.gateway.webpush import WebPushSender, application_server_key
 
-                senders[app_id] = WebPushSender(app, api, api.reactor, config.retry, timeout_s, policy)
+                webpush = WebPushSender(app, api, api.reactor, config.retry, timeout_s, policy)
+                self.webpush_keys[app_id] = application_server_key(webpush.key)
+                senders[app_id] = webpush
             elif isinstance(app, ForwardApp):
                 senders[app_id] = ForwardSender(app, api, api.reactor, config.retry, timeout_s, policy)
         self.gateway = Gateway(senders)
         api.set_body_limit("/_matrix/push/", config.max_body_size)
         api.register_route("POST", NOTIFY_PATH, self.notify, require_auth=False)
+        api.register_route("GET", WEBPUSH_INFO_PATH, self.webpush_info)
 
     async def stop(self) -> None:
         for fcm in self.fcm:
             # firebase-admin closes its async client with asyncio.run: not on the reactor thread.
             await self.api.run_blocking(fcm.close)
+
+    async def webpush_info(self, request: ApiRequest, requester: Requester) -> dict[str, Any]:
+        """The Web Push apps' public keys (PushManager's applicationServerKey) and the notify
+        path to use as the pusher's `data.url` on this server. Signed-in users only: nothing
+        secret, but no need to tell the world which apps this gateway serves."""
+        apps = [{"app_id": a, "application_server_key": k} for a, k in self.webpush_keys.items()]
+        return {"apps": apps, "notify_path": NOTIFY_PATH}
 
     async def notify(self, request: ApiRequest) -> dict[str, Any]:
         notification = parse_notify_body(request.json_body())
