@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= config/homeserver.yaml
 WEB_DIR := web
-WEB_SOURCES := $(shell find $(WEB_DIR)/src -type f) $(addprefix $(WEB_DIR)/,index.html build.mjs tsconfig.json)
+WEB_SOURCES := $(shell find $(WEB_DIR)/src $(WEB_DIR)/public -type f) $(addprefix $(WEB_DIR)/,index.html build.mjs tsconfig.json)
 
 .PHONY: run test lint unit migrate clean web
 

@@ -5,7 +5,7 @@
 //
 //   node build.mjs            (run by `make web`, and by `make run` when dist is stale)
 
-import { copyFileSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -44,4 +44,23 @@ const page = readFileSync(join(here, "index.html"), "utf8")
     .replace("%SCRIPT%", `/assets/${script}`)
     .replace("%STYLE%", `/assets/${style}`);
 writeFileSync(join(dist, "index.html"), page);
-console.log(`web/dist: ${script}, ${style}, the crypto wasm, index.html`);
+
+// The manifest and icon, as they are.
+for (const file of readdirSync(join(here, "public"))) copyFileSync(join(here, "public", file), join(dist, file));
+
+// The service worker at /sw.js (its scope is the whole site), told which files make the
+// shell; their hashed names make its version, so a new build replaces the old cache.
+const shell = ["/index.html", `/assets/${script}`, `/assets/${style}`, "/assets/pkg/matrix_sdk_crypto_wasm_bg.wasm",
+    ...readdirSync(join(here, "public")).map((f) => `/${f}`)];
+await build({
+    entryPoints: [join(here, "src", "sw.ts")],
+    outfile: join(dist, "sw.js"),
+    bundle: true,
+    format: "iife",
+    platform: "browser",
+    target: "chrome120",
+    minify: true,
+    logLevel: "error",
+    define: { SHELL_FILES: JSON.stringify(shell), SHELL_VERSION: JSON.stringify(`${script}-${style}`) },
+});
+console.log(`web/dist: ${script}, ${style}, the crypto wasm, index.html, sw.js, the manifest`);

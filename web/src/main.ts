@@ -7,6 +7,7 @@ import { HttpApiEvent, type MatrixClient } from "matrix-js-sdk";
 import { logOut, startClient } from "./client";
 import { h, show } from "./dom";
 import { accountHasCrossSigning, setUpEncryption, thisDeviceIsVerified } from "./e2ee";
+import { registerServiceWorker } from "./notifications";
 import { authScreen, type Entered } from "./screens/auth";
 import { newDeviceScreen, recoveryKeyScreen } from "./screens/encryption";
 import { Messenger } from "./screens/messenger";
@@ -133,6 +134,7 @@ function signIn(): void {
     );
 }
 
+registerServiceWorker();
 const saved = loadSession();
 if (saved) void enter(saved);
 else signIn();

@@ -22,6 +22,7 @@ import {
 import { startDirectChat } from "../client";
 import { h, show } from "../dom";
 import { loadOlderOnScroll, redrawKeepingPlace } from "../history";
+import { chatNotificationsMenu, notificationsButton, rememberRoomNames } from "../notifications";
 import { isQueued } from "../offline_queue";
 import { QuotedEvents } from "../quoted";
 import { foldTimeline } from "../timeline";
@@ -126,6 +127,7 @@ export class Messenger {
                 h("h1", {}, "Chats"),
                 h("span", { class: "me", id: "me", title: this.client.getUserId() ?? "" }, this.client.getUserId()),
                 settings,
+                notificationsButton(this.client),
                 logout,
             ),
             newChat,
@@ -205,6 +207,7 @@ export class Messenger {
     }
 
     private renderList(open: Room | null): void {
+        rememberRoomNames(this.rooms());
         const items = this.rooms().map((room) => {
             const invited = room.getMyMembership() === KnownMembership.Invite;
             const last = foldTimeline(room, null).main.at(-1);
@@ -236,7 +239,7 @@ export class Messenger {
         }
         const back = h("button", { type: "button", class: "back", "aria-label": "Back to chats" }, "‹");
         back.addEventListener("click", () => this.open(null));
-        const header = h("header", {}, back, h("h2", { id: "chat-title" }, room.name));
+        const header = h("header", {}, back, h("h2", { id: "chat-title" }, room.name), chatNotificationsMenu(this.client, room));
         if (room.getMyMembership() === KnownMembership.Invite) {
             const accept = h("button", { type: "button", id: "accept-invite" }, "Accept");
             accept.addEventListener("click", () => {
