@@ -213,6 +213,7 @@ WEB_DIR = BROWSER_DIR.parent.parent / "web"
 def _newest_source_mtime() -> float:
     sources = [WEB_DIR / name for name in ("index.html", "build.mjs", "package-lock.json", "tsconfig.json")]
     sources += [p for p in (WEB_DIR / "src").rglob("*") if p.is_file()]
+    sources += [p for p in (WEB_DIR / "public").rglob("*") if p.is_file()]
     return max(p.stat().st_mtime for p in sources)
 
 

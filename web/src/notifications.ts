@@ -126,8 +126,7 @@ export function chatNotificationsMenu(client: MatrixClient, room: Room): HTMLEle
         "details",
         { class: "chat-menu", id: "chat-menu" },
         h("summary", { "aria-label": "Chat menu" }, "⋯"),
-        h("fieldset", {}, h("legend", {}, "Notifications"), ...radios),
-        status,
+        h("fieldset", {}, h("legend", {}, "Notifications"), ...radios, status),
     );
 }
 

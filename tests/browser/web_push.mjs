@@ -1,0 +1,141 @@
+// The web client's notifications and installable app in Chromium (tests/test_web_push.py
+// runs it):
+//
+//   node web_push.mjs <base_url> <user> <password> <screenshot_dir> <subscription json> <rooms json>
+//
+// The manifest, icon and service worker come with the right types; the person logs in on a
+// phone-sized window; the service worker takes the page; "Notify me" asks for permission
+// (granted by the test) and registers a pusher for the subscription. Chromium's real
+// PushManager.subscribe needs Google's push service, which cannot be reached here, so the
+// page's subscribe is replaced by one returning the test's subscription (a local push
+// endpoint's). The chat header's menu sets "Mute" and "Mentions only", by keyboard; a push
+// delivered straight to the worker through CDP shows "New message in <chat>"; offline, a
+// reload still opens the app from the worker's cache. Console errors fail the run.
+
+import { join } from "node:path";
+
+import { check, launchChromium, runMain } from "./harness.mjs";
+
+const [baseUrl, user, password, shots, subscriptionJson, roomsJson] = process.argv.slice(2);
+if (!roomsJson) {
+    console.error("usage: node web_push.mjs <base_url> <user> <password> <shots> <subscription json> <rooms json>");
+    process.exit(2);
+}
+const subscription = JSON.parse(subscriptionJson);
+const rooms = JSON.parse(roomsJson); // {muted: id, mentions: id}
+
+let browser = null;
+const problems = [];
+
+async function chooseSetting(page, roomId, label) {
+    await page.goto(`${baseUrl}/chat/${encodeURIComponent(roomId)}`);
+    await page.waitForSelector("#chat-menu summary");
+    // By keyboard: focus the menu, open it with Enter, pick the setting with Space.
+    await page.focus("#chat-menu summary");
+    await page.keyboard.press("Enter");
+    await page.waitForSelector("#chat-menu[open] fieldset");
+    await page.focus(`#chat-menu input[value="${label}"]`);
+    await page.keyboard.press("Space");
+    await page.waitForFunction(() => document.querySelector("#chat-menu .notify-saved")?.textContent?.startsWith("Saved"));
+    return page.textContent("#chat-menu .notify-saved");
+}
+
+async function main(results) {
+    browser = await launchChromium();
+    const context = await browser.newContext({ viewport: { width: 390, height: 780 } });
+    await context.grantPermissions(["notifications"], { origin: baseUrl });
+    // The stand-in for the push service's subscription (see above).
+    await context.addInitScript((sub) => {
+        const fake = { endpoint: sub.endpoint, toJSON: () => ({ endpoint: sub.endpoint, keys: { p256dh: sub.p256dh, auth: sub.auth } }) };
+        PushManager.prototype.subscribe = async function () {
+            window.__subscribeKey = arguments[0]?.applicationServerKey?.byteLength ?? 0;
+            return fake;
+        };
+        PushManager.prototype.getSubscription = async () => null;
+    }, subscription);
+    const page = await context.newPage();
+    page.on("console", (m) => {
+        if (m.type() === "error" && !m.text().startsWith("Failed to load resource")) problems.push(`console error: ${m.text()}`);
+    });
+    page.on("pageerror", (e) => problems.push(`page error: ${e?.stack ?? e}`));
+
+    // The installable app's files and their types.
+    results.types = {};
+    for (const path of ["/manifest.webmanifest", "/sw.js", "/icon.svg"]) {
+        const r = await context.request.get(`${baseUrl}${path}`);
+        results.types[path] = `${r.status()} ${r.headers()["content-type"]}`;
+    }
+    results.manifest = await (await context.request.get(`${baseUrl}/manifest.webmanifest`)).json();
+
+    await page.goto(`${baseUrl}/login`);
+    await page.waitForSelector("#auth-title");
+    await page.fill("#username", user);
+    await page.fill("#password", password);
+    await page.press("#password", "Enter");
+    await page.waitForSelector("#chat-list");
+    results.controlled = await page.evaluate(async () => {
+        await navigator.serviceWorker.ready;
+        if (!navigator.serviceWorker.controller) {
+            await new Promise((resolve) => navigator.serviceWorker.addEventListener("controllerchange", resolve, { once: true }));
+        }
+        return navigator.serviceWorker.controller?.scriptURL ?? null;
+    });
+
+    // No prompt before a click: permission is asked for only by the button.
+    await page.click("#enable-notifications");
+    await page.waitForFunction(() => document.querySelector("#notify-state")?.textContent);
+    results.enabled = await page.textContent("#notify-state");
+    results.subscribeKeyBytes = await page.evaluate(() => window.__subscribeKey);
+    await page.screenshot({ path: join(shots, "web-notifications-on.png") });
+
+    results.muted = await chooseSetting(page, rooms.muted, "mute");
+    results.mentions = await chooseSetting(page, rooms.mentions, "mentions");
+    await page.screenshot({ path: join(shots, "web-chat-notifications.png") });
+    // The menu shows the saved setting after a reload.
+    await page.reload();
+    await page.waitForSelector("#chat-menu input[value=mentions]:checked", { state: "attached", timeout: 30_000 });
+    results.checkedAfterReload = await page.$eval("#chat-menu input:checked", (i) => i.value);
+
+    // A push as the gateway sends it for an encrypted room (ids only), straight to the worker.
+    const cdp = await context.newCDPSession(page);
+    const registrations = {};
+    cdp.on("ServiceWorker.workerRegistrationUpdated", (e) => e.registrations.forEach((r) => (registrations[r.scopeURL] = r.registrationId)));
+    await cdp.send("ServiceWorker.enable");
+    const scope = `${baseUrl}/`;
+    for (let i = 0; i < 100 && !registrations[scope]; i++) await page.waitForTimeout(50);
+    check(registrations[scope], "the worker's registration id");
+    await cdp.send("ServiceWorker.deliverPushMessage", {
+        origin: scope,
+        registrationId: registrations[scope],
+        data: JSON.stringify({ room_id: rooms.muted, event_id: "$e1", prio: "high", unread: 1 }),
+    });
+    // (waitForFunction would take an async predicate's promise as true: poll in the page.)
+    results.notifications = await page.evaluate(async () => {
+        const registration = await navigator.serviceWorker.ready;
+        for (;;) {
+            const shown = await registration.getNotifications();
+            if (shown.length) return shown.map((n) => ({ title: n.title, body: n.body, tag: n.tag }));
+            await new Promise((resolve) => setTimeout(resolve, 50));
+        }
+    });
+
+    // Offline: the app shell still opens from the worker's cache. (The SDK then logs its
+    // failed requests as console errors: kept apart, as what an offline page says.)
+    results.problems = [...problems];
+    problems.length = 0;
+    await context.setOffline(true);
+    await page.goto(`${baseUrl}/`);
+    await page.waitForSelector("main#app");
+    // The bundle ran (its first words replace the page's "Loading…"), styled.
+    await page.waitForFunction(() => document.querySelector("main#app")?.textContent !== "Loading…");
+    results.offline = {
+        title: await page.title(),
+        styled: await page.evaluate(() => document.styleSheets.length > 0),
+        text: await page.textContent("main#app"),
+    };
+    await page.screenshot({ path: join(shots, "web-offline.png") });
+    await context.setOffline(false);
+    results.offlineConsole = [...problems];
+}
+
+await runMain(main, { totalMs: 90_000, cleanup: async () => browser?.close() });
