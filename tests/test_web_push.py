@@ -65,7 +65,11 @@ def test_notifications_and_the_installable_app(
 ) -> None:
     dist = built_web_client()
     key_path, _ = vapid_key_file(tmp_path)
-    webpush = {"kind": "webpush", "vapid_private_key": str(key_path), "vapid_contact": "mailto:ops@example.test"}
+    webpush = {
+        "kind": "webpush",
+        "vapid_private_key": str(key_path),
+        "vapid_contact": "mailto:ops@example.test",
+    }
     server: ServerProcess = start_server(
         {
             "web_client": {"enabled": True, "path": str(dist)},
@@ -74,7 +78,10 @@ def test_notifications_and_the_installable_app(
                 {"module": "plugins.push.PushPlugin", "config": {"ack_wait": "1s", "retry_min": "1s"}},
                 {
                     "module": "plugins.push.gateway.PushGatewayPlugin",
-                    "config": {"apps": {APP_ID: webpush}, "outbound": {"ip_range_whitelist": ["127.0.0.1/32"]}},
+                    "config": {
+                        "apps": {APP_ID: webpush},
+                        "outbound": {"ip_range_whitelist": ["127.0.0.1/32"]},
+                    },
                 },
             ],
         }
