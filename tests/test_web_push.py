@@ -119,6 +119,7 @@ def test_notifications_and_the_installable_app(
     assert result["enabled"] == "Notifications are on for this browser."
     assert result["subscribeKeyBytes"] == 65  # the gateway's uncompressed P-256 public key
     assert result["muted"] == "Saved: Mute" and result["mentions"] == "Saved: Mentions only"
+    assert result["menuAfterEscape"] == {"open": False, "focus": "SUMMARY"}
     assert result["checkedAfterReload"] == "mentions"
     assert result["notifications"] == [
         {"title": "New message in Quiet please", "body": "Open the chat to read it.", "tag": muted}

@@ -91,6 +91,11 @@ async function main(results) {
     results.muted = await chooseSetting(page, rooms.muted, "mute");
     results.mentions = await chooseSetting(page, rooms.mentions, "mentions");
     await page.screenshot({ path: join(shots, "web-chat-notifications.png") });
+    await page.keyboard.press("Escape");
+    results.menuAfterEscape = await page.evaluate(() => ({
+        open: document.querySelector("#chat-menu").open,
+        focus: document.activeElement?.tagName,
+    }));
     // The menu shows the saved setting after a reload.
     await page.reload();
     await page.waitForSelector("#chat-menu input[value=mentions]:checked", { state: "attached", timeout: 30_000 });

@@ -32,11 +32,12 @@ function keyBytes(base64url: string): Uint8Array<ArrayBuffer> {
  * sets this device's pusher. Resolves to a sentence for the user. */
 export async function enableNotifications(client: MatrixClient): Promise<string> {
     if (!("serviceWorker" in navigator) || !("PushManager" in window)) return "This browser cannot show notifications.";
+    // First, while the click's user activation lasts: browsers may ignore a later request.
+    if ((await Notification.requestPermission()) !== "granted") return "Notifications are blocked for this site.";
     const answer = await fetch(WEBPUSH_INFO, { headers: { Authorization: `Bearer ${client.getAccessToken() ?? ""}` } });
     const info = answer.ok ? ((await answer.json()) as WebPushInfo) : null;
     const app = info?.apps[0];
     if (!info || !app) return "This server does not send Web Push notifications.";
-    if ((await Notification.requestPermission()) !== "granted") return "Notifications are blocked for this site.";
     const registration = await navigator.serviceWorker.ready;
     const subscription =
         (await registration.pushManager.getSubscription()) ??
@@ -122,12 +123,19 @@ export function chatNotificationsMenu(client: MatrixClient, room: Room): HTMLEle
             if (input) input.checked = true;
         })
         .catch(() => undefined);
-    return h(
+    const menu = h(
         "details",
         { class: "chat-menu", id: "chat-menu" },
         h("summary", { "aria-label": "Chat menu" }, "⋯"),
         h("fieldset", {}, h("legend", {}, "Notifications"), ...radios, status),
     );
+    // Escape closes it and gives the focus back to its button.
+    menu.addEventListener("keydown", (event) => {
+        if (event.key !== "Escape" || !menu.open) return;
+        menu.open = false;
+        menu.querySelector("summary")?.focus();
+    });
+    return menu;
 }
 
 /** Leaves the rooms' names where the service worker finds them: encrypted rooms' pushes
