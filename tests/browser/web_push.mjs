@@ -9,22 +9,24 @@
 // PushManager.subscribe needs Google's push service, which cannot be reached here, so the
 // page's subscribe is replaced by one returning the test's subscription (a local push
 // endpoint's). The chat header's menu sets "Mute" and "Mentions only", by keyboard; a push
-// delivered straight to the worker through CDP shows "New message in <chat>"; offline, a
-// reload still opens the app from the worker's cache. Console errors fail the run.
+// delivered straight to the worker through CDP shows "New message in <chat>". Console
+// errors fail the run. The browser profile stays in <profile dir> for web_offline.mjs.
 
 import { join } from "node:path";
 
-import { check, launchChromium, runMain } from "./harness.mjs";
+import { chromium } from "playwright-core";
 
-const [baseUrl, user, password, shots, subscriptionJson, roomsJson] = process.argv.slice(2);
+import { CHROMIUM, FLAGS, check, runMain } from "./harness.mjs";
+
+const [baseUrl, user, password, shots, profile, subscriptionJson, roomsJson] = process.argv.slice(2);
 if (!roomsJson) {
-    console.error("usage: node web_push.mjs <base_url> <user> <password> <shots> <subscription json> <rooms json>");
+    console.error("usage: node web_push.mjs <base_url> <user> <password> <shots> <profile dir> <subscription json> <rooms json>");
     process.exit(2);
 }
 const subscription = JSON.parse(subscriptionJson);
 const rooms = JSON.parse(roomsJson); // {muted: id, mentions: id}
 
-let browser = null;
+let context = null;
 const problems = [];
 
 async function chooseSetting(page, roomId, label) {
@@ -41,8 +43,13 @@ async function chooseSetting(page, roomId, label) {
 }
 
 async function main(results) {
-    browser = await launchChromium();
-    const context = await browser.newContext({ viewport: { width: 390, height: 780 } });
+    // A profile kept on disk: web_offline.mjs opens it again once the server is stopped.
+    context = await chromium.launchPersistentContext(profile, {
+        executablePath: CHROMIUM,
+        headless: true,
+        args: FLAGS,
+        viewport: { width: 390, height: 780 },
+    });
     await context.grantPermissions(["notifications"], { origin: baseUrl });
     // The stand-in for the push service's subscription (see above).
     await context.addInitScript((sub) => {
@@ -53,7 +60,7 @@ async function main(results) {
         };
         PushManager.prototype.getSubscription = async () => null;
     }, subscription);
-    const page = await context.newPage();
+    const page = context.pages()[0] ?? (await context.newPage());
     page.on("console", (m) => {
         if (m.type() === "error" && !m.text().startsWith("Failed to load resource")) problems.push(`console error: ${m.text()}`);
     });
@@ -124,23 +131,7 @@ async function main(results) {
         }
     });
 
-    // Offline: the app shell still opens from the worker's cache. (The SDK then logs its
-    // failed requests as console errors: kept apart, as what an offline page says.)
-    results.problems = [...problems];
-    problems.length = 0;
-    await context.setOffline(true);
-    await page.goto(`${baseUrl}/`);
-    await page.waitForSelector("main#app");
-    // The bundle ran (its first words replace the page's "Loading…"), styled.
-    await page.waitForFunction(() => document.querySelector("main#app")?.textContent !== "Loading…");
-    results.offline = {
-        title: await page.title(),
-        styled: await page.evaluate(() => document.styleSheets.length > 0),
-        text: await page.textContent("main#app"),
-    };
-    await page.screenshot({ path: join(shots, "web-offline.png") });
-    await context.setOffline(false);
-    results.offlineConsole = [...problems];
+    results.problems = problems;
 }
 
-await runMain(main, { totalMs: 90_000, cleanup: async () => browser?.close() });
+await runMain(main, { totalMs: 90_000, cleanup: async () => context?.close() });
