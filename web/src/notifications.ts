@@ -57,10 +57,22 @@ export async function enableNotifications(client: MatrixClient): Promise<string>
     return "Notifications are on for this browser.";
 }
 
+const BELL =
+    '<svg viewBox="0 0 24 24" width="18" height="18" aria-hidden="true" fill="none" stroke="currentColor" stroke-width="2" stroke-linecap="round" stroke-linejoin="round">' +
+    '<path d="M6 8a6 6 0 0 1 12 0c0 7 3 9 3 9H3s3-2 3-9"/><path d="M10.3 21a1.94 1.94 0 0 0 3.4 0"/></svg>';
+
 /** The button that turns notifications on, for the chat list's header. */
 export function notificationsButton(client: MatrixClient): HTMLElement {
     const note = h("span", { class: "notify-state", id: "notify-state", role: "status" });
-    const button = h("button", { type: "button", id: "enable-notifications", class: "secondary" }, "Notify me");
+    const button = h("button", {
+        type: "button",
+        id: "enable-notifications",
+        class: "secondary icon",
+        "aria-label": "Notify me",
+        title: "Notify me of new messages",
+    });
+    // A bell: the header has no room for words on a phone. A constant, not user input.
+    button.innerHTML = BELL;
     button.addEventListener("click", () => {
         button.disabled = true;
         enableNotifications(client)
