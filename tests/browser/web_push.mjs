@@ -16,7 +16,7 @@ import { join } from "node:path";
 
 import { chromium } from "playwright-core";
 
-import { CHROMIUM, FLAGS, check, runMain } from "./harness.mjs";
+import { CHROMIUM, FLAGS, check, passEncryptionScreens, runMain } from "./harness.mjs";
 
 const [baseUrl, user, password, shots, profile, subscriptionJson, roomsJson] = process.argv.slice(2);
 if (!roomsJson) {
@@ -79,7 +79,7 @@ async function main(results) {
     await page.fill("#username", user);
     await page.fill("#password", password);
     await page.press("#password", "Enter");
-    await page.waitForSelector("#chat-list");
+    await passEncryptionScreens(page); // an account without cross-signing gets it at login
     results.controlled = await page.evaluate(async () => {
         await navigator.serviceWorker.ready;
         if (!navigator.serviceWorker.controller) {
