@@ -106,6 +106,41 @@ export function tempDir(prefix) {
     return { dir, remove: () => rmSync(dir, { recursive: true, force: true }) };
 }
 
+// Failed requests a working web client makes on purpose: the first POST /register asks for
+// the server's sign-up flows (401); the SDK probes for a key backup and for MatrixRTC
+// transports that do not exist yet (404).
+export const REGISTER_FLOWS = { method: "POST", status: 401, path: /\/_matrix\/client\/v3\/register$/ };
+export const SDK_PROBES = [
+    { method: "GET", status: 404, path: /\/_matrix\/client\/v3\/room_keys\/version$/ },
+    { method: "GET", status: 404, path: /\/_matrix\/client\/unstable\/org\.matrix\.msc4143\/rtc\/transports$/ },
+];
+
+/**
+ * Record in `problems` what a working page never does: a console error (other than
+ * Chromium's line for a failed request, judged by its response instead), a page error, a
+ * failed request not in `expected` ({ method, status, path: RegExp }). Expected failures
+ * go to `failedRequests` when one is given.
+ */
+export function watchPage(page, name, { expected, problems, failedRequests = null }) {
+    page.on("console", (m) => {
+        if (m.type() === "error" && !m.text().startsWith("Failed to load resource")) {
+            problems.push(`[${name}] console error: ${m.text()}`);
+        }
+    });
+    page.on("pageerror", (e) => problems.push(`[${name}] page error: ${e?.stack ?? e}`));
+    page.on("response", (r) => {
+        if (r.status() < 400) return;
+        const { pathname } = new URL(r.url());
+        const method = r.request().method();
+        const entry = `${method} ${pathname} ${r.status()}`;
+        if (expected.some((f) => f.method === method && f.status === r.status() && f.path.test(pathname))) {
+            failedRequests?.push(entry);
+        } else {
+            problems.push(`[${name}] unexpected failed request: ${entry}`);
+        }
+    });
+}
+
 export function check(condition, message) {
     if (!condition) throw new Error(`check failed: ${message}`);
 }

@@ -19,7 +19,7 @@
 import { createInterface } from "node:readline";
 import { join } from "node:path";
 
-import { check, launchChromium, passEncryptionScreens, runMain } from "./harness.mjs";
+import { check, launchChromium, passEncryptionScreens, REGISTER_FLOWS, runMain, SDK_PROBES, watchPage } from "./harness.mjs";
 
 const [baseUrl, username, email, password, newPassword, shots] = process.argv.slice(2);
 if (!shots) {
@@ -32,12 +32,11 @@ if (!shots) {
 // password (and says when it is wrong); a logged-out device's sync is answered 401; the
 // old password fails to log in; the SDK probes for a key backup and MatrixRTC transports.
 const EXPECTED_FAILURES = [
-    { method: "POST", status: 401, path: /\/_matrix\/client\/v3\/register$/ },
+    REGISTER_FLOWS,
     { method: "DELETE", status: 401, path: /\/_matrix\/client\/v3\/devices\/[^/]+$/ },
     { method: "GET", status: 401, path: /\/_matrix\/client\/v3\/sync$/ },
     { method: "POST", status: 403, path: /\/_matrix\/client\/v3\/login$/ },
-    { method: "GET", status: 404, path: /\/_matrix\/client\/v3\/room_keys\/version$/ },
-    { method: "GET", status: 404, path: /\/_matrix\/client\/unstable\/org\.matrix\.msc4143\/rtc\/transports$/ },
+    ...SDK_PROBES,
 ];
 
 let browser = null;
@@ -57,23 +56,7 @@ async function mail(address, n) {
 async function openDevice(name, viewport) {
     const context = await browser.newContext({ viewport });
     const page = await context.newPage();
-    page.on("console", (m) => {
-        if (m.type() === "error" && !m.text().startsWith("Failed to load resource")) {
-            problems.push(`[${name}] console error: ${m.text()}`);
-        }
-    });
-    page.on("pageerror", (e) => problems.push(`[${name}] page error: ${e?.stack ?? e}`));
-    page.on("response", (r) => {
-        if (r.status() < 400) return;
-        const { pathname } = new URL(r.url());
-        const method = r.request().method();
-        const entry = `${method} ${pathname} ${r.status()}`;
-        if (EXPECTED_FAILURES.some((f) => f.method === method && f.status === r.status() && f.path.test(pathname))) {
-            failedRequests.push(entry);
-        } else {
-            problems.push(`[${name}] unexpected failed request: ${entry}`);
-        }
-    });
+    watchPage(page, name, { expected: EXPECTED_FAILURES, problems, failedRequests });
     return { name, context, page };
 }
 

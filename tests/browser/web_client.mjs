@@ -15,7 +15,7 @@
 
 import { join } from "node:path";
 
-import { check, launchChromium, runMain } from "./harness.mjs";
+import { check, launchChromium, REGISTER_FLOWS, runMain, SDK_PROBES, watchPage } from "./harness.mjs";
 
 const [baseUrl, aliceName, bobName, password, shots] = process.argv.slice(2);
 if (!shots) {
@@ -27,9 +27,8 @@ if (!shots) {
 // server's sign-up flows (401); the SDK probes for a key backup and for MatrixRTC
 // transports that do not exist yet (404).
 const EXPECTED_FAILURES = [
-    { method: "POST", status: 401, path: /\/_matrix\/client\/v3\/register$/ },
-    { method: "GET", status: 404, path: /\/_matrix\/client\/v3\/room_keys\/version$/ },
-    { method: "GET", status: 404, path: /\/_matrix\/client\/unstable\/org\.matrix\.msc4143\/rtc\/transports$/ },
+    REGISTER_FLOWS,
+    ...SDK_PROBES,
 ];
 
 let browser = null;
@@ -39,23 +38,7 @@ const failedRequests = [];
 async function openPerson(name, viewport) {
     const context = await browser.newContext({ viewport });
     const page = await context.newPage();
-    page.on("console", (m) => {
-        // Chromium logs every failed request as a console error; those are judged by the
-        // response listener below instead.
-        if (m.type() === "error" && !m.text().startsWith("Failed to load resource")) {
-            problems.push(`[${name}] console error: ${m.text()}`);
-        }
-    });
-    page.on("pageerror", (e) => problems.push(`[${name}] page error: ${e?.stack ?? e}`));
-    page.on("response", (r) => {
-        if (r.status() < 400) return;
-        const { pathname } = new URL(r.url());
-        const method = r.request().method();
-        const expected = EXPECTED_FAILURES.some((f) => f.method === method && f.status === r.status() && f.path.test(pathname));
-        const entry = `${method} ${pathname} ${r.status()}`;
-        if (expected) failedRequests.push(entry);
-        else problems.push(`[${name}] unexpected failed request: ${entry}`);
-    });
+    watchPage(page, name, { expected: EXPECTED_FAILURES, problems, failedRequests });
     return { name, context, page };
 }
 

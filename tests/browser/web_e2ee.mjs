@@ -17,7 +17,7 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 
-import { check, launchChromium, runMain } from "./harness.mjs";
+import { check, launchChromium, REGISTER_FLOWS, runMain, SDK_PROBES, watchPage } from "./harness.mjs";
 
 const [baseUrl, aliceName, bobName, password, shots, carolName] = process.argv.slice(2);
 if (!carolName) {
@@ -29,9 +29,8 @@ if (!carolName) {
 // sign-up flows (401); the SDK probes for a key backup (before one exists) and for MatrixRTC
 // transports (404). The first cross-signing upload needs no password here (spec v1.11).
 const EXPECTED_FAILURES = [
-    { method: "POST", status: 401, path: /\/_matrix\/client\/v3\/register$/ },
-    { method: "GET", status: 404, path: /\/_matrix\/client\/v3\/room_keys\/version$/ },
-    { method: "GET", status: 404, path: /\/_matrix\/client\/unstable\/org\.matrix\.msc4143\/rtc\/transports$/ },
+    REGISTER_FLOWS,
+    ...SDK_PROBES,
 ];
 const WAIT = { timeout: 30_000 };
 
@@ -50,21 +49,7 @@ async function openPerson(name, viewport = { width: 1000, height: 720 }) {
         }).observe(document, { childList: true, subtree: true, characterData: true });
     });
     const page = await context.newPage();
-    page.on("console", (m) => {
-        if (m.type() === "error" && !m.text().startsWith("Failed to load resource")) {
-            problems.push(`[${name}] console error: ${m.text()}`);
-        }
-    });
-    page.on("pageerror", (e) => problems.push(`[${name}] page error: ${e?.stack ?? e}`));
-    page.on("response", (r) => {
-        if (r.status() < 400) return;
-        const { pathname } = new URL(r.url());
-        const method = r.request().method();
-        const expected = EXPECTED_FAILURES.some((f) => f.method === method && f.status === r.status() && f.path.test(pathname));
-        const entry = `${method} ${pathname} ${r.status()}`;
-        if (expected) failedRequests.push(entry);
-        else problems.push(`[${name}] unexpected failed request: ${entry}`);
-    });
+    watchPage(page, name, { expected: EXPECTED_FAILURES, problems, failedRequests });
     return { name, context, page };
 }
 

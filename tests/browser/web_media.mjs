@@ -19,7 +19,7 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 
-import { check, launchChromium, passEncryptionScreens, runMain } from "./harness.mjs";
+import { check, launchChromium, passEncryptionScreens, runMain, SDK_PROBES, watchPage } from "./harness.mjs";
 
 const [baseUrl, aliceName, bobName, password, filesDir, shots, plainRoomId] = process.argv.slice(2);
 if (!plainRoomId) {
@@ -30,8 +30,7 @@ if (!plainRoomId) {
 // Failed requests a working client makes on purpose (as in web_client.mjs): the SDK's
 // probes for a key backup and MatrixRTC transports.
 const EXPECTED_FAILURES = [
-    { method: "GET", status: 404, path: /\/_matrix\/client\/v3\/room_keys\/version$/ },
-    { method: "GET", status: 404, path: /\/_matrix\/client\/unstable\/org\.matrix\.msc4143\/rtc\/transports$/ },
+    ...SDK_PROBES,
 ];
 const WAIT = { timeout: 30_000 };
 
@@ -41,20 +40,7 @@ const problems = [];
 async function openPerson(name, viewport) {
     const context = await browser.newContext({ viewport, acceptDownloads: true });
     const page = await context.newPage();
-    page.on("console", (m) => {
-        if (m.type() === "error" && !m.text().startsWith("Failed to load resource")) {
-            problems.push(`[${name}] console error: ${m.text()}`);
-        }
-    });
-    page.on("pageerror", (e) => problems.push(`[${name}] page error: ${e?.stack ?? e}`));
-    page.on("response", (r) => {
-        if (r.status() < 400) return;
-        const { pathname } = new URL(r.url());
-        const method = r.request().method();
-        if (!EXPECTED_FAILURES.some((f) => f.method === method && f.status === r.status() && f.path.test(pathname))) {
-            problems.push(`[${name}] unexpected failed request: ${method} ${pathname} ${r.status()}`);
-        }
-    });
+    watchPage(page, name, { expected: EXPECTED_FAILURES, problems });
     return { name, context, page };
 }
 

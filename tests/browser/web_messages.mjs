@@ -14,7 +14,7 @@
 
 import { join } from "node:path";
 
-import { check, launchChromium, passEncryptionScreens, runMain } from "./harness.mjs";
+import { check, launchChromium, passEncryptionScreens, REGISTER_FLOWS, runMain, SDK_PROBES, watchPage } from "./harness.mjs";
 
 const [baseUrl, aliceName, bobName, carolName, password, shots] = process.argv.slice(2);
 if (!shots) {
@@ -25,9 +25,8 @@ if (!shots) {
 const HISTORY = 20; // messages sent first, so that a reload shows only the latest ones
 const WAIT = { timeout: 30_000 };
 const EXPECTED_FAILURES = [
-    { method: "POST", status: 401, path: /\/_matrix\/client\/v3\/register$/ },
-    { method: "GET", status: 404, path: /\/_matrix\/client\/v3\/room_keys\/version$/ },
-    { method: "GET", status: 404, path: /\/_matrix\/client\/unstable\/org\.matrix\.msc4143\/rtc\/transports$/ },
+    REGISTER_FLOWS,
+    ...SDK_PROBES,
 ];
 
 let browser = null;
@@ -36,20 +35,7 @@ const problems = [];
 async function openPerson(name, viewport) {
     const context = await browser.newContext({ viewport });
     const page = await context.newPage();
-    page.on("console", (m) => {
-        if (m.type() === "error" && !m.text().startsWith("Failed to load resource")) {
-            problems.push(`[${name}] console error: ${m.text()}`);
-        }
-    });
-    page.on("pageerror", (e) => problems.push(`[${name}] page error: ${e?.stack ?? e}`));
-    page.on("response", (r) => {
-        if (r.status() < 400) return;
-        const { pathname } = new URL(r.url());
-        const method = r.request().method();
-        if (!EXPECTED_FAILURES.some((f) => f.method === method && f.status === r.status() && f.path.test(pathname))) {
-            problems.push(`[${name}] unexpected failed request: ${method} ${pathname} ${r.status()}`);
-        }
-    });
+    watchPage(page, name, { expected: EXPECTED_FAILURES, problems });
     return { name, context, page };
 }
 
