@@ -1,7 +1,8 @@
 """Browser tests' shared harness: Debian's Chromium driven by playwright-core from Node.
 
-- `ensure_chromium()` installs Debian's `chromium` with apt-get when /usr/bin/chromium is
-  missing (CI has none; it runs as root, as for coturn in tests/coturn.py).
+- `ensure_chromium()` installs Debian's `chromium` and the emoji font
+  `fonts-noto-color-emoji` with apt-get when missing (CI has none; it runs as root, as
+  for coturn in tests/coturn.py).
 - `browser_node()` is the node binary once tests/browser/node_modules is installed
   (`make unit` runs `npm ci` there from the committed lock file).
 - `run_browser_script(script, *args)` runs a script of tests/browser/ (each one uses
@@ -41,6 +42,8 @@ import pytest
 
 BROWSER_DIR = Path(__file__).resolve().parent / "browser"
 CHROMIUM = "/usr/bin/chromium"
+# Emoji (reactions, in the docs' screenshots) render as empty boxes without a colour font.
+EMOJI_FONT = "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
 SCRIPT_TIMEOUT = 120
 
 _apt_updated = False
@@ -78,8 +81,11 @@ def _apt_install(package: str) -> None:
 
 def ensure_chromium() -> str:
     """/usr/bin/chromium, installed from Debian when missing and possible."""
-    if not os.path.exists(CHROMIUM) and os.geteuid() == 0 and shutil.which("apt-get"):
+    can_install = os.geteuid() == 0 and shutil.which("apt-get")
+    if not os.path.exists(CHROMIUM) and can_install:
         _apt_install("chromium")
+    if not os.path.exists(EMOJI_FONT) and can_install:
+        _apt_install("fonts-noto-color-emoji")
     if not os.path.exists(CHROMIUM):
         _missing("Chromium (Debian package chromium) is not installed and could not be")
     return CHROMIUM
