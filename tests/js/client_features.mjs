@@ -117,7 +117,12 @@ async function main() {
         await alice.invite(room, member.getUserId());
         await member.joinRoom(room);
     }
-    const beforeTs = Date.now() - 1;
+    // Jump to date needs a time strictly between Dave's join and the first message: the
+    // server rounds its timestamps to the nearest millisecond, so wait for the clock to pass
+    // two whole milliseconds (a busy wait of 2 ms at most, not a sleep for an ordering).
+    const mark = Date.now();
+    while (Date.now() < mark + 2);
+    const beforeTs = mark + 2;
     const early = await sendText(alice, room, "the pineapple before Dave left");
     await dave.leave(room);
     const late = await sendText(alice, room, "the pineapple after Dave left");
