@@ -39,6 +39,7 @@ from homeserver.api.client import (
     voip,
 )
 from homeserver.api.client import register as register_routes
+from homeserver.api.federation import events as federation_events
 from homeserver.api.federation import keys as federation_keys
 from homeserver.api.federation import queries as federation_queries
 from homeserver.api.http import Router, make_site
@@ -253,6 +254,7 @@ class HomeServer:
             metrics_routes,
             federation_keys,
             federation_queries,
+            federation_events,
             web_client,
         ):
             module.register(self.router, self)
@@ -279,6 +281,32 @@ class HomeServer:
     def _connections(self) -> Connections:
         ws = self._websocket
         return Connections(len(ws.connections) if ws is not None else 0, self.notifier.waiting_requests())
+
+    def _build_federation_events(self) -> None:
+        """Inbound transactions, remote PDU ingestion and serving events to other servers."""
+        from homeserver.core.federation.edus import EduReceiver
+        from homeserver.core.federation.event_serving import EventServer
+        from homeserver.core.federation.ingest import PduIngest
+        from homeserver.core.federation.transactions import TransactionReceiver
+
+        store, fed_store = self.storage.events, self.storage.federation_events
+        self.federation_edus = EduReceiver()
+        self.federation_ingest = PduIngest(
+            self.config.server_name,
+            store,
+            fed_store,
+            self.room_heads,
+            self.persister,
+            self.federation.key_ring,
+            self.federation.client,
+            self.clock,
+        )
+        self.federation_transactions = TransactionReceiver(
+            store, fed_store, self.federation_ingest, self.federation_edus, self.clock
+        )
+        self.federation_event_server = EventServer(
+            self.config.server_name, store, fed_store, self.room_heads, self.clock
+        )
 
     def _build_rooms(self) -> None:
         """Rooms, events and the streams sync reads (the message path of docs/architecture.md)."""
@@ -314,6 +342,7 @@ class HomeServer:
             self.ratelimiter,
         )
         self.profiles.remote = self.federation.profiles.remote
+        self._build_federation_events()
         self.openid = OpenIdService(self.config.server_name, self.storage, self.clock)
         self.voip = VoipService()
         self.media_admin: Any = None  # the media plugin's admin side (PluginApi.set_media_admin)

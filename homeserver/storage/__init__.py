@@ -12,6 +12,7 @@ from homeserver.storage.database import Database, engine_from_url
 from homeserver.storage.devices import DeviceStore
 from homeserver.storage.e2ee import E2eeStore
 from homeserver.storage.events import EventStore
+from homeserver.storage.federation_events import FederationEventStore
 from homeserver.storage.gdpr import GdprStore
 from homeserver.storage.openid import OpenIdStore
 from homeserver.storage.pushers import PusherStore
@@ -48,6 +49,7 @@ class Storage:
         self.retention = RetentionStore(db)
         self.daily_stats = DailyStatsStore(db)
         self.server_keys = ServerKeyStore(db)
+        self.federation_events = FederationEventStore(db)
 
     @classmethod
     def from_url(cls, url: str, pool_min: int = 2, pool_max: int = 10, reactor: Any = None) -> "Storage":

@@ -64,6 +64,9 @@ class PersistItem:
     is_create: bool = False
     txn: tuple[str, str, str] | None = None  # (user id, device id, txn id)
     now_ms: int = 0
+    # A remote event that merged a fork: the room's whole state after it (resolved), not
+    # just the event's own key (core/federation/ingest.py).
+    current_state: dict[tuple[str, str], str] | None = None
 
 
 @dataclass
@@ -156,6 +159,9 @@ def persist_events_txn(txn: Txn, items: Sequence[PersistItem]) -> None:
         edges.extend((ev.event_id, prev) for prev in prevs)
         named.update(prevs)
         auth.extend((ev.event_id, a) for a in ev.pdu.get("auth_events", []))
+        if item.current_state is not None:
+            for (state_type, state_key), state_id in item.current_state.items():
+                state[(ev.room_id, state_type, state_key)] = state_id
         if ev.state_key is not None:
             state[(ev.room_id, ev.type, ev.state_key)] = ev.event_id
             if ev.type == "m.room.member":

@@ -1,0 +1,465 @@
+"""Receiving a remote PDU into a room this server holds (Server-Server API, "Checks
+performed on receipt of a PDU" and "Retrieving events").
+
+`PduIngest.receive_pdu` runs, for one PDU, under a lock per room:
+- the format and size checks and the signatures (`events/pdu_checks.py`), the keys fetched
+  through the key ring first; a forged or malformed PDU is dropped, nothing fetched for it;
+- prev_events we lack are asked of the origin with `get_missing_events` (one round, at
+  most MISSING_LIMIT events, each received like this one but without fetching further);
+- auth events we lack come from the origin's `/event_auth`, checked and kept as outliers;
+- the state before the event: the room head's state when the event continues exactly our
+  forward extremities, else the states after its prev_events resolved with state
+  resolution v2 (the state after an event is read in stream order: see
+  `FederationEventStore.state_ids_at`);
+- `check_pdu` decides. Accepted: the event is chained onto the head (its prev_events leave
+  the forward extremities, it becomes one) and written by the group commit, which
+  publishes it on the committed-event stream (so /sync shows it). If the head had other
+  extremities, the head's state and the state after the event are resolved into the
+  room's new current state. Soft-failed and rejected events are kept out of the timeline
+  (`remote_event_outcomes`) and rejected ones are never used as state.
+
+The decision and the chaining are one synchronous step (no await), like a local send
+(`core/events.py`): the current state checked against is the one the event is built on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from twisted.internet.defer import Deferred, DeferredLock
+from twisted.logger import Logger
+
+from homeserver.core.clock import Clock
+from homeserver.core.federation.client import FederationClient, RemoteError
+from homeserver.core.federation.keys import KeyRing
+from homeserver.core.persist import EarlierEventFailed, EventPersister
+from homeserver.core.room_heads import RoomHead, RoomHeads
+from homeserver.errors import RemoteServerError
+from homeserver.events.auth_chain import AuthChainError, MissingEvent
+from homeserver.events.auth_rules import auth_types_for_event, servers_required_to_sign
+from homeserver.events.hashing import compute_event_id
+from homeserver.events.pdu_checks import (
+    InvalidPdu,
+    PduOutcome,
+    PduStatus,
+    check_pdu,
+    check_pdu_signatures,
+    validate_pdu,
+)
+from homeserver.events.signing import InvalidSignature
+from homeserver.events.state_resolution import resolve_state
+from homeserver.storage.events import EventStore, PersistItem, StoredEvent
+from homeserver.storage.federation_events import FederationEventStore
+
+log = Logger()
+
+# get_missing_events: how many events one PDU may make us fetch, and how far below our
+# deepest event we look (a gap wider than that is left open: the event goes on anyway).
+MISSING_LIMIT = 10
+MISSING_DEPTH = 20
+# /event_auth: an auth chain longer than this is not taken.
+MAX_AUTH_CHAIN = 500
+# Rounds of loading unknown events from the database before giving up on a PDU.
+MAX_LOAD_ROUNDS = 50
+
+StateIds = dict[tuple[str, str], str]
+
+
+@dataclass(frozen=True)
+class IngestOutcome:
+    """What became of one PDU: `status` (accepted, soft_failed, rejected, dropped), `reason`
+    for all but accepted, and `duplicate` when the event was already known."""
+
+    event_id: str | None
+    status: PduStatus
+    reason: str = ""
+    duplicate: bool = False
+
+
+class _Known:
+    """Events loaded for the checks: event id -> PDU with its `event_id`; the timeline ones
+    as StoredEvents; the ids this server rejected."""
+
+    def __init__(self) -> None:
+        self.events: dict[str, dict[str, Any]] = {}
+        self.stored: dict[str, StoredEvent] = {}
+        self.rejected: set[str] = set()
+        self.absent: set[str] = set()  # asked for, in neither table
+
+
+class PduIngest:
+    def __init__(
+        self,
+        server_name: str,
+        store: EventStore,
+        fed_store: FederationEventStore,
+        heads: RoomHeads,
+        persister: EventPersister,
+        key_ring: KeyRing,
+        client: FederationClient,
+        clock: Clock,
+    ) -> None:
+        self.server_name = server_name
+        self.store = store
+        self.fed_store = fed_store
+        self.heads = heads
+        self.persister = persister
+        self.key_ring = key_ring
+        self.client = client
+        self.clock = clock
+        self._locks: dict[str, DeferredLock] = {}
+
+    async def receive_pdu(self, origin: str, room_version: str, pdu_json: Any) -> IngestOutcome:
+        try:
+            validate_pdu(pdu_json, room_version)
+        except InvalidPdu as e:
+            return IngestOutcome(None, PduStatus.DROPPED, f"Invalid event: {e.reason}")
+        room_id = pdu_json.get("room_id")
+        event_id = compute_event_id(pdu_json, room_version)
+        if not isinstance(room_id, str):
+            return IngestOutcome(event_id, PduStatus.DROPPED, "A create event arrives by a join")
+        lock = self._locks.setdefault(room_id, DeferredLock())
+        await lock.acquire()
+        try:
+            return await self._receive(origin, room_version, dict(pdu_json), event_id, fetch_missing=True)
+        finally:
+            lock.release()
+            if not lock.locked and not lock.waiting:
+                self._locks.pop(room_id, None)
+
+    async def _receive(
+        self, origin: str, room_version: str, pdu: dict[str, Any], event_id: str, *, fetch_missing: bool
+    ) -> IngestOutcome:
+        room_id = pdu["room_id"]
+        earlier = await self._known_status(event_id)
+        if earlier is not None:
+            return IngestOutcome(event_id, earlier[0], earlier[1], duplicate=True)
+        head = await self.heads.get(room_id)
+        if head is None:
+            return IngestOutcome(event_id, PduStatus.DROPPED, "This server is not in the room")
+        if head.room_version != room_version:
+            return IngestOutcome(event_id, PduStatus.DROPPED, "Wrong room version for the room")
+        # Signatures before anything is fetched: a forged PDU costs us no requests.
+        if not await self._signed(pdu, room_version):
+            return IngestOutcome(
+                event_id, PduStatus.DROPPED, "Bad signature: no valid signature from its server"
+            )
+        if fetch_missing:
+            await self._fetch_missing_prevs(origin, head, pdu, event_id)
+        known = _Known()
+        sets = await self._states_after_prevs(head, pdu, known)
+        fetched_auth = False
+        for _ in range(MAX_LOAD_ROUNDS):
+            try:
+                outcome, done = self._decide(head, room_version, pdu, event_id, sets, known)
+                break
+            except MissingEvent as e:
+                if e.event_id in known.absent:
+                    if fetched_auth:
+                        return IngestOutcome(
+                            event_id, PduStatus.DROPPED, f"Cannot fetch auth event {e.event_id}"
+                        )
+                    fetched_auth = True
+                    await self._fetch_auth_chain(origin, room_version, pdu, event_id, known)
+                    known.absent.discard(e.event_id)
+                else:
+                    await self._load([e.event_id], known)
+            except AuthChainError as e:
+                outcome, done = PduOutcome(PduStatus.REJECTED, str(e), pdu, event_id), None
+                break
+        else:
+            return IngestOutcome(event_id, PduStatus.DROPPED, "Too many unknown events")
+        if done is not None:
+            await done
+        elif outcome.status in (PduStatus.REJECTED, PduStatus.SOFT_FAILED):
+            await self.fed_store.store_outcome(
+                event_id,
+                room_id,
+                outcome.status.value,
+                outcome.reason,
+                dict(outcome.event),
+                self.clock.time_ms(),
+            )
+        if outcome.status is not PduStatus.ACCEPTED:
+            log.info(
+                "PDU {id} from {origin}: {status}: {reason}",
+                id=event_id,
+                origin=origin,
+                status=outcome.status.value,
+                reason=outcome.reason,
+            )
+        return IngestOutcome(event_id, outcome.status, outcome.reason)
+
+    # The decision: synchronous, against the head as it is now ---------------------------
+
+    def _decide(
+        self,
+        head: RoomHead,
+        room_version: str,
+        pdu: dict[str, Any],
+        event_id: str,
+        sets: list[StateIds] | None,
+        known: _Known,
+    ) -> tuple[PduOutcome, Deferred[None] | None]:
+        """Check the PDU and, if accepted, chain it onto the head and queue its write.
+        Raises MissingEvent for an event to load first (nothing changed then)."""
+        if self.heads.has_failed(head.room_id):
+            raise EarlierEventFailed()
+        head_ids = {key: ev.event_id for key, ev in head.state.items()}
+        by_id = {ev.event_id: ev for ev in head.state.values()}
+
+        def lookup(wanted: str) -> Mapping[str, Any] | None:
+            found = known.events.get(wanted)
+            if found is None and wanted in by_id:
+                found = known.events[wanted] = {**by_id[wanted].pdu, "event_id": wanted}
+            return found
+
+        def strict(wanted: str) -> Mapping[str, Any]:
+            found = lookup(wanted)
+            if found is None:
+                raise MissingEvent(wanted)
+            return found
+
+        if sets is None:
+            before = None
+        elif len(sets) == 1:
+            before = sets[0]
+        else:
+            before = resolve_state(room_version, sets, lookup, rejected=known.rejected)
+        auth_keys = auth_types_for_event(pdu)
+        before_map = None if before is None else {k: strict(before[k]) for k in auth_keys if k in before}
+        current_map = {k: strict(head_ids[k]) for k in auth_keys if k in head_ids}
+        outcome = check_pdu(
+            pdu,
+            room_version,
+            keys=self.key_ring.cached_key,
+            events=lookup,
+            state_before=before_map,
+            current_state=current_map,
+            rejected=known.rejected,
+        )
+        if not outcome.accepted:
+            return outcome, None
+
+        event = dict(outcome.event)
+        after = dict(before if before is not None else head_ids)
+        state_key = event.get("state_key")
+        if isinstance(state_key, str):
+            after[(event["type"], state_key)] = event_id
+        prevs = set(event["prev_events"])
+        if set(head.extremities) <= prevs:
+            new_state = after  # it continues every branch we have
+        else:
+            known.events[event_id] = {**event, "event_id": event_id}
+            new_state = resolve_state(room_version, [head_ids, after], lookup, rejected=known.rejected)
+        return outcome, self._chain(head, room_version, event, event_id, new_state, head_ids, by_id, known)
+
+    def _chain(
+        self,
+        head: RoomHead,
+        room_version: str,
+        event: dict[str, Any],
+        event_id: str,
+        new_state: StateIds,
+        head_ids: StateIds,
+        by_id: dict[str, StoredEvent],
+        known: _Known,
+    ) -> Deferred[None]:
+        unsigned: dict[str, Any] = {}
+        state_key = event.get("state_key")
+        if isinstance(state_key, str) and (previous := head.get(event["type"], state_key)) is not None:
+            unsigned = {
+                "replaces_state": previous.event_id,
+                "prev_content": previous.content,
+                "prev_sender": previous.sender,
+            }
+        stored = StoredEvent(
+            event_id, head.room_id, self.persister.allocate_stream_ordering(), event, unsigned
+        )
+        expected = dict(head_ids)
+        if isinstance(state_key, str):
+            expected[(event["type"], state_key)] = event_id
+        override = None
+        if new_state != expected:
+            # A fork merged: the head takes the resolved state. Only timeline events can be
+            # current state here; an outlier the resolution picked leaves the key as it was.
+            state: dict[tuple[str, str], StoredEvent] = {}
+            for key, value in new_state.items():
+                chosen = (
+                    by_id.get(value) or known.stored.get(value) or (stored if value == event_id else None)
+                )
+                if chosen is None:
+                    chosen = head.state.get(key)
+                if chosen is not None:
+                    state[key] = chosen
+            head.state = state
+            head._members.clear()
+            override = {key: ev.event_id for key, ev in state.items()}
+        head.apply(stored)
+        item = PersistItem(stored, room_version, now_ms=self.clock.time_ms(), current_state=override)
+        return self.persister.persist([item])
+
+    # Loading and fetching ----------------------------------------------------------------
+
+    async def _known_status(self, event_id: str) -> tuple[PduStatus, str] | None:
+        if await self.store.event_stored(event_id):
+            return PduStatus.ACCEPTED, ""
+        outcome = (await self.fed_store.outcomes([event_id])).get(event_id)
+        if outcome is None or outcome[0] == "outlier":
+            return None
+        return PduStatus(outcome[0]), outcome[1]
+
+    async def _signed(self, pdu: dict[str, Any], room_version: str) -> bool:
+        signatures = pdu.get("signatures") or {}
+        wanted = [
+            (server, key_id, pdu["origin_server_ts"])
+            for server in servers_required_to_sign(pdu)
+            for key_id in (signatures.get(server) or {})
+            if key_id.startswith("ed25519:")
+        ]
+        try:
+            await self.key_ring.ensure_keys(wanted)
+        except Exception as e:  # unreachable key servers: the check below fails on its own
+            log.info("could not fetch keys for a PDU: {e}", e=e)
+        try:
+            check_pdu_signatures(pdu, room_version, self.key_ring.cached_key)
+        except InvalidSignature:
+            return False
+        return True
+
+    async def _load(self, event_ids: list[str], known: _Known) -> None:
+        """Load events and their auth chains from the database into `known`."""
+        wanted = [e for e in event_ids if e not in known.events]
+        while wanted:
+            found = await self.store.get_events(wanted)
+            rest = [e for e in wanted if e not in found]
+            outcomes = await self.fed_store.outcomes(rest) if rest else {}
+            next_ids: list[str] = []
+            for eid in wanted:
+                if eid in found:
+                    known.stored[eid] = found[eid]
+                    pdu = found[eid].pdu
+                elif eid in outcomes:
+                    status, _, pdu = outcomes[eid]
+                    if status == "rejected":
+                        known.rejected.add(eid)
+                else:
+                    known.absent.add(eid)
+                    continue
+                known.events[eid] = {**pdu, "event_id": eid}
+                next_ids.extend(a for a in pdu.get("auth_events", []) if isinstance(a, str))
+            wanted = [e for e in dict.fromkeys(next_ids) if e not in known.events and e not in known.absent]
+
+    async def _states_after_prevs(
+        self, head: RoomHead, pdu: dict[str, Any], known: _Known
+    ) -> list[StateIds] | None:
+        """The states after each prev_event we hold in the timeline (one set when the event
+        continues exactly our extremities); None when we hold none of them."""
+        prevs = list(pdu["prev_events"])
+        if set(prevs) == set(head.extremities):
+            return [{key: ev.event_id for key, ev in head.state.items()}]
+        stored = await self.store.get_events(prevs)
+        sets: list[StateIds] = []
+        for prev in prevs:
+            if prev in stored:
+                state = await self.fed_store.state_ids_at(head.room_id, stored[prev].stream_ordering)
+                if state not in sets:
+                    sets.append(state)
+        if not sets:
+            return None
+        ids = {eid for state in sets for eid in state.values()}
+        await self._load(sorted(ids), known)
+        return sets
+
+    async def _fetch_missing_prevs(
+        self, origin: str, head: RoomHead, pdu: dict[str, Any], event_id: str
+    ) -> None:
+        prevs = list(pdu["prev_events"])
+        stored = await self.store.get_events(prevs)
+        missing = [p for p in prevs if p not in stored]
+        if missing:
+            outcomes = await self.fed_store.outcomes(missing)
+            missing = [p for p in missing if p not in outcomes or outcomes[p][0] == "outlier"]
+        if not missing:
+            return
+        body = {
+            "earliest_events": list(head.extremities),
+            "latest_events": [event_id],
+            "limit": MISSING_LIMIT,
+            "min_depth": max(0, head.depth - MISSING_DEPTH),
+        }
+        try:
+            answer = await self.client.post_json(
+                origin, f"/_matrix/federation/v1/get_missing_events/{quote(head.room_id, safe='')}", body
+            )
+        except (RemoteError, RemoteServerError) as e:
+            log.info("get_missing_events from {origin} failed: {e}", origin=origin, e=e)
+            return
+        events = answer.get("events") if isinstance(answer, dict) else None
+        if not isinstance(events, list):
+            return
+        fetched = []
+        for candidate in events[:MISSING_LIMIT]:
+            try:
+                validate_pdu(candidate, head.room_version)
+            except InvalidPdu:
+                continue
+            if candidate.get("room_id") == head.room_id:
+                fetched.append(dict(candidate))
+        for candidate in sorted(fetched, key=lambda e: e["depth"]):
+            cid = compute_event_id(candidate, head.room_version)
+            await self._receive(origin, head.room_version, candidate, cid, fetch_missing=False)
+
+    async def _fetch_auth_chain(
+        self, origin: str, room_version: str, pdu: dict[str, Any], event_id: str, known: _Known
+    ) -> None:
+        """The event's auth chain from the origin: each event checked against its own auth
+        events and kept as an outlier (or rejected)."""
+        path = (
+            f"/_matrix/federation/v1/event_auth/{quote(pdu['room_id'], safe='')}/{quote(event_id, safe='')}"
+        )
+        try:
+            answer = await self.client.get_json(origin, path)
+        except (RemoteError, RemoteServerError) as e:
+            log.info("event_auth from {origin} failed: {e}", origin=origin, e=e)
+            return
+        chain = answer.get("auth_chain") if isinstance(answer, dict) else None
+        if not isinstance(chain, list) or len(chain) > MAX_AUTH_CHAIN:
+            return
+        valid = []
+        for candidate in chain:
+            try:
+                validate_pdu(candidate, room_version)
+            except InvalidPdu:
+                continue
+            if candidate.get("room_id", pdu["room_id"]) == pdu["room_id"] or "room_id" not in candidate:
+                valid.append(dict(candidate))
+        for candidate in sorted(valid, key=lambda e: e["depth"]):
+            cid = compute_event_id(candidate, room_version)
+            if cid in known.events or not await self._signed(candidate, room_version):
+                continue
+            try:
+                outcome = check_pdu(
+                    candidate,
+                    room_version,
+                    keys=self.key_ring.cached_key,
+                    events=known.events,
+                    state_before=None,
+                    current_state=None,
+                    rejected=known.rejected,
+                )
+            except (MissingEvent, AuthChainError):
+                continue
+            if outcome.status is PduStatus.DROPPED:
+                continue
+            status = "outlier" if outcome.accepted else "rejected"
+            if status == "rejected":
+                known.rejected.add(cid)
+            known.events[cid] = {**outcome.event, "event_id": cid}
+            room_id = candidate.get("room_id", pdu["room_id"])
+            await self.fed_store.store_outcome(
+                cid, room_id, status, outcome.reason, dict(outcome.event), self.clock.time_ms()
+            )

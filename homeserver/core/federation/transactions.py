@@ -1,0 +1,119 @@
+"""Inbound transactions: `PUT /_matrix/federation/v1/send/{txnId}` (Server-Server API,
+"Transactions").
+
+A transaction is processed once per (origin, transaction id): its answer is stored, and a
+retry (or a copy arriving while the first is still being processed) gets the same answer.
+PDUs go to `PduIngest` one by one, in the order sent (the spec leaves the order to us; the
+origin sends them oldest first); the answer maps each PDU's event ID to `{}` or
+`{"error": ...}`. EDUs go to the EDU receiver after the PDUs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from homeserver.core.clock import Clock
+from homeserver.core.federation.edus import EduReceiver
+from homeserver.core.federation.ingest import PduIngest
+from homeserver.errors import BadJson
+from homeserver.events.hashing import compute_event_id
+from homeserver.events.pdu_checks import PduStatus
+from homeserver.events.room_versions import room_id_is_create_hash
+from homeserver.storage.events import EventStore
+from homeserver.storage.federation_events import FederationEventStore
+
+log = Logger()
+
+# Spec: "A transaction can contain at most 50 PDUs and 100 EDUs."
+MAX_PDUS = 50
+MAX_EDUS = 100
+
+
+class TransactionReceiver:
+    def __init__(
+        self,
+        store: EventStore,
+        fed_store: FederationEventStore,
+        ingest: PduIngest,
+        edus: EduReceiver,
+        clock: Clock,
+    ) -> None:
+        self.store = store
+        self.fed_store = fed_store
+        self.ingest = ingest
+        self.edus = edus
+        self.clock = clock
+        self._in_flight: dict[tuple[str, str], list[Deferred[dict[str, Any]]]] = {}
+
+    async def receive(self, origin: str, txn_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """The answer to a transaction; 400 M_BAD_JSON for a malformed one (not stored)."""
+        pdus, edus = _parse(body)
+        key = (origin, txn_id)
+        waiters = self._in_flight.get(key)
+        if waiters is not None:
+            waiter: Deferred[dict[str, Any]] = Deferred()
+            waiters.append(waiter)
+            return await waiter
+        self._in_flight[key] = waiters = []
+        try:
+            answer = await self.fed_store.txn_response(origin, txn_id)
+            if answer is None:
+                answer = await self._process(origin, pdus, edus)
+                await self.fed_store.store_txn_response(origin, txn_id, answer, self.clock.time_ms())
+        except Exception as e:
+            del self._in_flight[key]
+            for w in waiters:
+                w.errback(e)
+            raise
+        del self._in_flight[key]
+        for w in waiters:
+            w.callback(answer)
+        return answer
+
+    async def _process(
+        self, origin: str, pdus: list[dict[str, Any]], edus: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        results: dict[str, dict[str, str]] = {}
+        versions: dict[str, str | None] = {}
+        for pdu in pdus:
+            room_id = pdu.get("room_id")
+            if not isinstance(room_id, str):
+                continue  # no room: we cannot even name the event (v12 create events come by join)
+            if room_id not in versions:
+                versions[room_id] = await self.store.room_version(room_id)
+            version = versions[room_id]
+            if version is None:
+                continue  # a room we are not in: its version, hence the event ID, is unknown
+            if room_id_is_create_hash(version) and pdu.get("type") == "m.room.create":
+                continue
+            try:
+                outcome = await self.ingest.receive_pdu(origin, version, pdu)
+            except Exception as e:
+                log.failure("PDU from {origin} failed", origin=origin)
+                results[compute_event_id(pdu, version)] = {"error": f"Could not process the event: {e}"}
+                continue
+            if outcome.event_id is None:
+                continue
+            if outcome.status in (PduStatus.ACCEPTED, PduStatus.SOFT_FAILED):
+                results[outcome.event_id] = {}
+            else:
+                results[outcome.event_id] = {"error": outcome.reason}
+        await self.edus.receive_all(origin, edus)
+        return {"pdus": results}
+
+
+def _parse(body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    pdus = body.get("pdus")
+    edus = body.get("edus", [])
+    if not isinstance(pdus, list) or not all(isinstance(p, dict) for p in pdus):
+        raise BadJson("'pdus' must be a list of objects")
+    if not isinstance(edus, list) or not all(isinstance(e, dict) for e in edus):
+        raise BadJson("'edus' must be a list of objects")
+    if len(pdus) > MAX_PDUS or len(edus) > MAX_EDUS:
+        raise BadJson(f"A transaction holds at most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs")
+    if not isinstance(body.get("origin"), str) or not isinstance(body.get("origin_server_ts"), int):
+        raise BadJson("'origin' and 'origin_server_ts' are required")
+    return pdus, edus
