@@ -116,7 +116,9 @@ class PduIngest:
         try:
             validate_pdu(pdu_json, room_version)
         except InvalidPdu as e:
-            return IngestOutcome(None, PduStatus.DROPPED, f"Invalid event: {e.reason}")
+            return IngestOutcome(
+                _event_id_or_none(pdu_json, room_version), PduStatus.DROPPED, f"Invalid event: {e.reason}"
+            )
         room_id = pdu_json.get("room_id")
         event_id = compute_event_id(pdu_json, room_version)
         if not isinstance(room_id, str):
@@ -439,6 +441,7 @@ class PduIngest:
                 valid.append(dict(candidate))
         for candidate in sorted(valid, key=lambda e: e["depth"]):
             cid = compute_event_id(candidate, room_version)
+            await self._load([cid, *candidate["auth_events"]], known)
             if cid in known.events or not await self._signed(candidate, room_version):
                 continue
             try:
@@ -463,3 +466,12 @@ class PduIngest:
             await self.fed_store.store_outcome(
                 cid, room_id, status, outcome.reason, dict(outcome.event), self.clock.time_ms()
             )
+
+
+def _event_id_or_none(pdu: Any, room_version: str) -> str | None:
+    """The ID of a PDU that failed the format checks, if one can be computed (to name it
+    in the transaction's answer)."""
+    try:
+        return compute_event_id(pdu, room_version) if isinstance(pdu, dict) else None
+    except Exception:
+        return None
