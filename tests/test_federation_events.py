@@ -514,3 +514,75 @@ def test_events_are_served_to_servers_in_the_room(ours: FederatedServer, remote:
         assert r.status_code == 403
     finally:
         other.stop()
+
+
+def test_an_auth_chain_reaching_into_another_room_is_rejected(
+    ours: FederatedServer, remote: FakeRemote
+) -> None:
+    # (A loop in auth_events cannot be built with reference-hash event IDs; the event layer
+    # refuses one anyway: tests/fast/test_pdu_checks.py.)
+    room = Room(ours, "alice_chain")
+    elsewhere = Room(ours, "alice_chain_other")
+    user, join_id, join = room.join(remote, "x")
+    send_txn(ours, remote, "c-join", [join])
+    other_pl = elsewhere.state_id("m.room.power_levels")
+    msg_id, msg = room.message(
+        remote, user, "cross-room", [join_id], auth=[room.state_id("m.room.create"), other_pl, join_id]
+    )
+    r = send_txn(ours, remote, "c-msg", [msg])
+    assert "error" in r.json()["pdus"][msg_id]
+    assert "cross-room" not in bodies(room.timeline())
+
+
+def test_a_state_fork_is_resolved_into_the_current_state(ours: FederatedServer, remote: FakeRemote) -> None:
+    room = Room(ours, "alice_statefork")
+    user, join_id, join = room.join(remote, "x")
+    send_txn(ours, remote, "sf-join", [join])
+    url = ours.process.url(f"/_matrix/client/v3/rooms/{quote(room.room_id)}/state")
+    levels = requests.get(f"{url}/m.room.power_levels/", headers=room.headers, timeout=10).json()
+    levels["users"][user] = 50
+    r = requests.put(f"{url}/m.room.power_levels/", json=levels, headers=room.headers, timeout=10)
+    assert r.status_code == 200, r.text
+    levels_id = r.json()["event_id"]
+    # Both sides set the topic on top of the new power levels, ours first.
+    r = requests.put(f"{url}/m.room.topic/", json={"topic": "ours"}, headers=room.headers, timeout=10)
+    assert r.status_code == 200, r.text
+    time.sleep(0.01)  # the remote's topic is later: the tie-break of equal mainline positions
+    room.depth += 1
+    topic_id, topic = remote.pdu(
+        room.room_id,
+        user,
+        "m.room.topic",
+        {"topic": "theirs"},
+        [levels_id],
+        [room.state_id("m.room.create"), levels_id, join_id],
+        room.depth,
+        state_key="",
+    )
+    assert send_txn(ours, remote, "sf-topic", [topic]).json() == {"pdus": {topic_id: {}}}
+    now = requests.get(f"{url}/m.room.topic/", headers=room.headers, timeout=10).json()
+    assert now == {"topic": "theirs"}
+    # The merged head goes on: a local event after it sees the resolved state.
+    room.send("after the merge")
+    assert room.state_id("m.room.topic") == topic_id
+    # And the other way: a remote topic made before ours (an earlier timestamp) arrives after
+    # it. It is accepted into the timeline, but the resolution keeps ours as the topic.
+    base = room.latest()
+    room.depth += 1
+    early_id, early = remote.pdu(
+        room.room_id,
+        user,
+        "m.room.topic",
+        {"topic": "theirs, earlier"},
+        [base],
+        [room.state_id("m.room.create"), levels_id, join_id],
+        room.depth,
+        state_key="",
+    )
+    time.sleep(0.01)
+    r = requests.put(f"{url}/m.room.topic/", json={"topic": "ours, later"}, headers=room.headers, timeout=10)
+    assert r.status_code == 200, r.text
+    assert send_txn(ours, remote, "sf-early", [early]).json() == {"pdus": {early_id: {}}}
+    assert "theirs, earlier" in [e["content"].get("topic") for e in room.timeline()]
+    now = requests.get(f"{url}/m.room.topic/", headers=room.headers, timeout=10).json()
+    assert now == {"topic": "ours, later"}

@@ -160,10 +160,12 @@ def persist_events_txn(txn: Txn, items: Sequence[PersistItem]) -> None:
         named.update(prevs)
         auth.extend((ev.event_id, a) for a in ev.pdu.get("auth_events", []))
         if item.current_state is not None:
+            # The resolution may have kept another event for the event's own key.
             for (state_type, state_key), state_id in item.current_state.items():
                 state[(ev.room_id, state_type, state_key)] = state_id
-        if ev.state_key is not None:
+        elif ev.state_key is not None:
             state[(ev.room_id, ev.type, ev.state_key)] = ev.event_id
+        if ev.state_key is not None:
             if ev.type == "m.room.member":
                 membership = ev.content.get("membership")
                 memberships.append(

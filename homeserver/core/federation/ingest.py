@@ -297,10 +297,11 @@ class PduIngest:
                     chosen = head.state.get(key)
                 if chosen is not None:
                     state[key] = chosen
-            head.state = state
-            head._members.clear()
             override = {key: ev.event_id for key, ev in state.items()}
         head.apply(stored)
+        if override is not None:
+            head.state = state  # after `apply`, which would set the event's own key
+            head._members.clear()
         item = PersistItem(stored, room_version, now_ms=self.clock.time_ms(), current_state=override)
         return self.persister.persist([item])
 
