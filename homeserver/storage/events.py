@@ -167,7 +167,9 @@ def persist_events_txn(txn: Txn, items: Sequence[PersistItem]) -> None:
             state[(ev.room_id, ev.type, ev.state_key)] = ev.event_id
         if ev.state_key is not None and ev.type == "m.room.member":
             membership = ev.content.get("membership")
-            memberships.append((ev.event_id, ev.room_id, ev.state_key, ev.sender, membership, ev.stream_ordering))
+            memberships.append(
+                (ev.event_id, ev.room_id, ev.state_key, ev.sender, membership, ev.stream_ordering)
+            )
             if membership in ("join", "invite"):
                 rejoined.append((ev.state_key, ev.room_id))
         if item.txn is not None:
