@@ -25,12 +25,13 @@ The decision and the chaining are one synchronous step (no await), like a local 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
 from twisted.internet.defer import Deferred, DeferredLock
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from homeserver.core.clock import Clock
 from homeserver.core.federation.client import FederationClient, RemoteError
@@ -77,6 +78,8 @@ class IngestOutcome:
     status: PduStatus
     reason: str = ""
     duplicate: bool = False
+    # With `receive_pdu(..., wait=False)`: fires once an accepted event is committed.
+    written: Deferred[None] | None = field(default=None, compare=False)
 
 
 class _Known:
@@ -111,8 +114,20 @@ class PduIngest:
         self.client = client
         self.clock = clock
         self._locks: dict[str, DeferredLock] = {}
+        self._committing: set[str] = set()  # accepted, not yet committed: known all the same
 
-    async def receive_pdu(self, origin: str, room_version: str, pdu_json: Any) -> IngestOutcome:
+    async def receive_pdu(
+        self, origin: str, room_version: str, pdu_json: Any, *, wait: bool = True
+    ) -> IngestOutcome:
+        """Check and store one PDU. With `wait` (the default) return once an accepted event is
+        committed; without, return after the decision, the commit in `outcome.written`: the
+        next PDU of the room can be checked while this one commits (a transaction's 50)."""
+        outcome = await self._receive_pdu(origin, room_version, pdu_json)
+        if wait and outcome.written is not None:
+            await outcome.written
+        return outcome
+
+    async def _receive_pdu(self, origin: str, room_version: str, pdu_json: Any) -> IngestOutcome:
         try:
             validate_pdu(pdu_json, room_version)
         except InvalidPdu as e:
@@ -144,12 +159,15 @@ class PduIngest:
             return IngestOutcome(event_id, PduStatus.DROPPED, "This server is not in the room")
         if head.room_version != room_version:
             return IngestOutcome(event_id, PduStatus.DROPPED, "Wrong room version for the room")
-        # Signatures before anything is fetched: a forged PDU costs us no requests.
-        if not await self._signed(pdu, room_version):
-            return IngestOutcome(
-                event_id, PduStatus.DROPPED, "Bad signature: no valid signature from its server"
-            )
-        if fetch_missing:
+        await self._ensure_keys(pdu)
+        forged = IngestOutcome(
+            event_id, PduStatus.DROPPED, "Bad signature: no valid signature from its server"
+        )
+        # Signatures are checked before anything is fetched for the event (a forged PDU costs
+        # us no requests); otherwise once, by check_pdu.
+        if fetch_missing and await self._missing_prevs(head, pdu):
+            if not self._verified(pdu, room_version):
+                return forged
             await self._fetch_missing_prevs(origin, head, pdu, event_id)
         known = _Known()
         sets = await self._states_after_prevs(head, pdu, known)
@@ -165,6 +183,8 @@ class PduIngest:
                             event_id, PduStatus.DROPPED, f"Cannot fetch auth event {e.event_id}"
                         )
                     fetched_auth = True
+                    if not self._verified(pdu, room_version):
+                        return forged
                     await self._fetch_auth_chain(origin, room_version, pdu, event_id, known)
                     known.absent.discard(e.event_id)
                 else:
@@ -175,8 +195,10 @@ class PduIngest:
         else:
             return IngestOutcome(event_id, PduStatus.DROPPED, "Too many unknown events")
         if done is not None:
-            await done
-        elif outcome.status in (PduStatus.REJECTED, PduStatus.SOFT_FAILED):
+            return IngestOutcome(
+                event_id, outcome.status, outcome.reason, written=self._track(event_id, done)
+            )
+        if outcome.status in (PduStatus.REJECTED, PduStatus.SOFT_FAILED):
             await self.fed_store.store_outcome(
                 event_id,
                 room_id,
@@ -307,7 +329,24 @@ class PduIngest:
 
     # Loading and fetching ----------------------------------------------------------------
 
+    def _track(self, event_id: str, done: Deferred[None]) -> Deferred[None]:
+        """Remember `event_id` as known while its commit runs; a Deferred for its commit."""
+        self._committing.add(event_id)
+        written: Deferred[None] = Deferred()
+
+        def finished(result: Any) -> None:
+            self._committing.discard(event_id)
+            if isinstance(result, Failure):
+                written.errback(result)
+            else:
+                written.callback(None)
+
+        done.addBoth(finished)
+        return written
+
     async def _known_status(self, event_id: str) -> tuple[PduStatus, str] | None:
+        if event_id in self._committing:
+            return PduStatus.ACCEPTED, ""
         if await self.store.event_stored(event_id):
             return PduStatus.ACCEPTED, ""
         outcome = (await self.fed_store.outcomes([event_id])).get(event_id)
@@ -316,6 +355,10 @@ class PduIngest:
         return PduStatus(outcome[0]), outcome[1]
 
     async def _signed(self, pdu: dict[str, Any], room_version: str) -> bool:
+        await self._ensure_keys(pdu)
+        return self._verified(pdu, room_version)
+
+    async def _ensure_keys(self, pdu: dict[str, Any]) -> None:
         signatures = pdu.get("signatures") or {}
         wanted = [
             (server, key_id, pdu["origin_server_ts"])
@@ -327,6 +370,8 @@ class PduIngest:
             await self.key_ring.ensure_keys(wanted)
         except Exception as e:  # unreachable key servers: the check below fails on its own
             log.info("could not fetch keys for a PDU: {e}", e=e)
+
+    def _verified(self, pdu: dict[str, Any], room_version: str) -> bool:
         try:
             check_pdu_signatures(pdu, room_version, self.key_ring.cached_key)
         except InvalidSignature:
@@ -377,17 +422,22 @@ class PduIngest:
         await self._load(sorted(ids), known)
         return sets
 
-    async def _fetch_missing_prevs(
-        self, origin: str, head: RoomHead, pdu: dict[str, Any], event_id: str
-    ) -> None:
-        prevs = list(pdu["prev_events"])
-        stored = await self.store.get_events(prevs)
-        missing = [p for p in prevs if p not in stored]
+    async def _missing_prevs(self, head: RoomHead, pdu: dict[str, Any]) -> list[str]:
+        """The PDU's prev_events this server does not hold (in the timeline, committing, or
+        kept out of it as soft-failed or rejected)."""
+        missing = [p for p in pdu["prev_events"] if p not in head.extremities and p not in self._committing]
+        if not missing:
+            return []
+        stored = await self.store.get_events(missing)
+        missing = [p for p in missing if p not in stored]
         if missing:
             outcomes = await self.fed_store.outcomes(missing)
             missing = [p for p in missing if p not in outcomes or outcomes[p][0] == "outlier"]
-        if not missing:
-            return
+        return missing
+
+    async def _fetch_missing_prevs(
+        self, origin: str, head: RoomHead, pdu: dict[str, Any], event_id: str
+    ) -> None:
         body = {
             "earliest_events": list(head.extremities),
             "latest_events": [event_id],
@@ -414,7 +464,13 @@ class PduIngest:
                 fetched.append(dict(candidate))
         for candidate in sorted(fetched, key=lambda e: e["depth"]):
             cid = compute_event_id(candidate, head.room_version)
-            await self._receive(origin, head.room_version, candidate, cid, fetch_missing=False)
+            fetched_outcome = await self._receive(
+                origin, head.room_version, candidate, cid, fetch_missing=False
+            )
+            if fetched_outcome.written is not None:
+                # Committed before the event that needs it (commits keep their order); a
+                # failure is that event's failure too (core/persist.py), reported there.
+                fetched_outcome.written.addErrback(lambda _: None)
 
     async def _fetch_auth_chain(
         self, origin: str, room_version: str, pdu: dict[str, Any], event_id: str, known: _Known

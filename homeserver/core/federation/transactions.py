@@ -77,6 +77,9 @@ class TransactionReceiver:
         self, origin: str, pdus: list[dict[str, Any]], edus: list[dict[str, Any]]
     ) -> dict[str, Any]:
         results: dict[str, dict[str, str]] = {}
+        # Each PDU is decided in turn; their commits overlap, and all are awaited before the
+        # answer (nothing acknowledged is lost).
+        writes: list[tuple[str, Deferred[None]]] = []
         versions: dict[str, str | None] = {}
         for pdu in pdus:
             room_id = pdu.get("room_id")
@@ -90,17 +93,24 @@ class TransactionReceiver:
             if room_id_is_create_hash(version) and pdu.get("type") == "m.room.create":
                 continue
             try:
-                outcome = await self.ingest.receive_pdu(origin, version, pdu)
+                outcome = await self.ingest.receive_pdu(origin, version, pdu, wait=False)
             except Exception as e:
                 log.failure("PDU from {origin} failed", origin=origin)
                 results[compute_event_id(pdu, version)] = {"error": f"Could not process the event: {e}"}
                 continue
             if outcome.event_id is None:
                 continue
+            if outcome.written is not None:
+                writes.append((outcome.event_id, outcome.written))
             if outcome.status in (PduStatus.ACCEPTED, PduStatus.SOFT_FAILED):
                 results[outcome.event_id] = {}
             else:
                 results[outcome.event_id] = {"error": outcome.reason}
+        for event_id, written in writes:
+            try:
+                await written
+            except Exception as e:
+                results[event_id] = {"error": f"Could not store the event: {e}"}
         await self.edus.receive_all(origin, edus)
         return {"pdus": results}
 
