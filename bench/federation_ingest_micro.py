@@ -125,7 +125,7 @@ async def run(reactor: Any, batches: int, database: str | None) -> None:
         f"PDUs/s ingested, 50 a transaction, {batches} transactions ({engine}):"
         f" median {rates[len(rates) // 2]:.0f}, best {rates[-1]:.0f}, worst {rates[0]:.0f}"
     )
-    hs.storage.close()
+    await hs.stop(None)
 
 
 def main() -> None:

@@ -54,6 +54,18 @@ class FederationEventStore:
             now_ms,
         )
 
+    async def known_status(self, event_id: str) -> tuple[str, str] | None:
+        """("accepted", "") for an event in the timeline, else (status, reason) if it is kept
+        out of it; None if unknown. One round trip: every received PDU asks."""
+        rows = await self.db.query(
+            "federation_known_status",
+            "SELECT 'accepted', '' FROM events WHERE event_id = ?"
+            " UNION ALL SELECT status, reason FROM remote_event_outcomes WHERE event_id = ?",
+            event_id,
+            event_id,
+        )
+        return (rows[0][0], rows[0][1]) if rows else None
+
     async def outcomes(self, event_ids: list[str]) -> dict[str, tuple[str, str, dict[str, Any]]]:
         """event id -> (status, reason, PDU) of those kept out of the timeline."""
         ids = list(dict.fromkeys(event_ids))

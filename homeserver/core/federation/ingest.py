@@ -347,12 +347,10 @@ class PduIngest:
     async def _known_status(self, event_id: str) -> tuple[PduStatus, str] | None:
         if event_id in self._committing:
             return PduStatus.ACCEPTED, ""
-        if await self.store.event_stored(event_id):
-            return PduStatus.ACCEPTED, ""
-        outcome = (await self.fed_store.outcomes([event_id])).get(event_id)
-        if outcome is None or outcome[0] == "outlier":
+        found = await self.fed_store.known_status(event_id)
+        if found is None or found[0] == "outlier":
             return None
-        return PduStatus(outcome[0]), outcome[1]
+        return PduStatus(found[0]), found[1]
 
     async def _signed(self, pdu: dict[str, Any], room_version: str) -> bool:
         await self._ensure_keys(pdu)
