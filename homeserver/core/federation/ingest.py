@@ -173,6 +173,13 @@ class PduIngest:
         sets = await self._states_after_prevs(head, pdu, known)
         fetched_auth = False
         for _ in range(MAX_LOAD_ROUNDS):
+            if self.heads.peek(room_id) is not head:
+                # Dropped while we waited (rebuilt after a failed write, or evicted).
+                reloaded = await self.heads.get(room_id)
+                if reloaded is None:
+                    return IngestOutcome(event_id, PduStatus.DROPPED, "This server is not in the room")
+                head = reloaded
+                continue
             try:
                 outcome, done = self._decide(head, room_version, pdu, event_id, sets, known)
                 break
