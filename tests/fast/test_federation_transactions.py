@@ -1,0 +1,124 @@
+"""Inbound transactions in process: a retried transaction, at once or after a restart, is
+answered the same and processed once (Server-Server API, "Transactions")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest_twisted
+from harness import TestClock, make_server, turn
+from signedjson.key import generate_signing_key
+from twisted.internet.defer import Deferred
+
+from homeserver.events.hashing import add_content_hash, compute_event_id
+from homeserver.events.signing import sign_event
+from homeserver.server import HomeServer
+from homeserver.signing_key import verify_key_base64
+from homeserver.storage.server_keys import StoredKey
+
+THEM = "them.example"
+KEY = generate_signing_key("t1")
+
+
+def _pdu(
+    room_id: str,
+    sender: str,
+    kind: str,
+    content: dict[str, Any],
+    prev: list[str],
+    auth: list[str],
+    depth: int,
+    state_key: str | None = None,
+) -> tuple[str, dict[str, Any]]:
+    pdu: dict[str, Any] = {
+        "room_id": room_id,
+        "sender": sender,
+        "type": kind,
+        "content": content,
+        "depth": depth,
+        "origin_server_ts": 1_800_000_000_000,
+        "prev_events": prev,
+        "auth_events": auth,
+    }
+    if state_key is not None:
+        pdu["state_key"] = state_key
+    pdu = sign_event(add_content_hash(pdu), THEM, KEY, "10")
+    return compute_event_id(pdu, "10"), pdu
+
+
+async def _settle(clock: TestClock, d: Deferred[Any]) -> Any:
+    """Run `d` to its end: the database threads answer on the real reactor, and the group
+    commit's gathering waits are timed by the test clock."""
+    for _ in range(5000):
+        if d.called:
+            return await d
+        clock.advance(0.01)
+        await turn()
+    raise AssertionError("the transaction never finished")
+
+
+async def _messages(hs: HomeServer, room_id: str) -> list[str]:
+    head = await hs.room_heads.get(room_id)
+    assert head is not None
+    events = await hs.storage.events.room_events_between(room_id, 0, hs.persister.persisted_upto, 100, False)
+    return [e.content.get("body", "") for e in events if e.type == "m.room.message"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_retried_transaction_is_processed_once(tmp_path: Path) -> None:
+    clock = TestClock()
+    hs = await make_server(tmp_path, clock)
+    far = clock.time_ms() + 86_400_000
+    await hs.federation.key_ring._remember(
+        [StoredKey(THEM, "ed25519:t1", verify_key_base64(KEY), far, None, "{}")]
+    )
+    room_id = await hs.rooms.create_room("@alice:fast.test", {"preset": "public_chat", "room_version": "10"})
+    head = await hs.room_heads.get(room_id)
+    assert head is not None
+    ids = {k: ev.event_id for k, ev in head.state.items()}
+    user = f"@x:{THEM}"
+    join_id, join = _pdu(
+        room_id,
+        user,
+        "m.room.member",
+        {"membership": "join"},
+        list(head.extremities),
+        [ids[("m.room.create", "")], ids[("m.room.join_rules", "")], ids[("m.room.power_levels", "")]],
+        head.depth + 1,
+        state_key=user,
+    )
+    auth = [ids[("m.room.create", "")], ids[("m.room.power_levels", "")], join_id]
+    pdus, prev = [join], join_id
+    for i in range(5):
+        prev, pdu = _pdu(
+            room_id,
+            user,
+            "m.room.message",
+            {"msgtype": "m.text", "body": str(i)},
+            [prev],
+            auth,
+            head.depth + 2 + i,
+        )
+        pdus.append(pdu)
+    body = {"origin": THEM, "origin_server_ts": 0, "pdus": pdus, "edus": []}
+    receiver = hs.federation_transactions
+    # The same transaction twice at once: the copy waits for the first's answer.
+    first = Deferred.fromCoroutine(receiver.receive(THEM, "txn1", body))
+    copy = Deferred.fromCoroutine(receiver.receive(THEM, "txn1", body))
+    answer = await _settle(clock, first)
+    assert await _settle(clock, copy) == answer
+    assert len(answer["pdus"]) == 6 and all(v == {} for v in answer["pdus"].values())
+    assert await _messages(hs, room_id) == ["0", "1", "2", "3", "4"]
+    await hs.stop(None)
+
+    # After a restart the stored answer is given again, nothing processed: a PDU changed
+    # under the same transaction id would otherwise be refused or stored.
+    hs = await make_server(tmp_path, clock)
+    forged = dict(body, pdus=[{"not": "a pdu"}])
+    again = await _settle(
+        clock, Deferred.fromCoroutine(hs.federation_transactions.receive(THEM, "txn1", forged))
+    )
+    assert again == answer
+    assert await _messages(hs, room_id) == ["0", "1", "2", "3", "4"]
+    await hs.stop(None)
