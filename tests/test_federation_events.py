@@ -586,3 +586,24 @@ def test_a_state_fork_is_resolved_into_the_current_state(ours: FederatedServer, 
     assert "theirs, earlier" in [e["content"].get("topic") for e in room.timeline()]
     now = requests.get(f"{url}/m.room.topic/", headers=room.headers, timeout=10).json()
     assert now == {"topic": "ours, later"}
+
+
+def test_history_a_server_may_not_see_is_served_redacted(ours: FederatedServer, remote: FakeRemote) -> None:
+    room = Room(ours, "alice_hidden")
+    url = ours.process.url(f"/_matrix/client/v3/rooms/{quote(room.room_id)}/state/m.room.history_visibility/")
+    r = requests.put(url, json={"history_visibility": "joined"}, headers=room.headers, timeout=10)
+    assert r.status_code == 200, r.text
+    secret = room.send("before you came")
+    user, join_id, join = room.join(remote, "x")
+    send_txn(ours, remote, "h-join", [join])
+    seen = room.send("after you came")
+    back = fed_get(
+        ours, remote, f"/_matrix/federation/v1/backfill/{quote(room.room_id)}?v={quote(seen)}&limit=4"
+    )
+    pdus = {compute_event_id(p, V10): p for p in back.json()["pdus"]}
+    assert pdus[seen]["content"]["body"] == "after you came"
+    assert pdus[secret]["content"] == {}  # redacted: the DAG without the content
+    assert (
+        fed_get(ours, remote, f"/_matrix/federation/v1/event/{quote(secret)}").json()["pdus"][0]["content"]
+        == {}
+    )

@@ -101,7 +101,22 @@ async def test_a_retried_transaction_is_processed_once(tmp_path: Path) -> None:
             head.depth + 2 + i,
         )
         pdus.append(pdu)
-    body = {"origin": THEM, "origin_server_ts": 0, "pdus": pdus, "edus": []}
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    async def on_typing(origin: str, content: dict[str, Any]) -> None:
+        seen.append((origin, content))
+
+    async def broken(origin: str, content: dict[str, Any]) -> None:
+        raise ValueError("a bad EDU")
+
+    hs.federation_edus.register("m.typing", on_typing)
+    hs.federation_edus.register("m.receipt", broken)
+    edus = [
+        {"edu_type": "m.receipt", "content": {}},  # fails alone
+        {"edu_type": "org.example.unknown", "content": {}},  # ignored
+        {"edu_type": "m.typing", "content": {"room_id": room_id, "user_id": user, "typing": True}},
+    ]
+    body = {"origin": THEM, "origin_server_ts": 0, "pdus": pdus, "edus": edus}
     receiver = hs.federation_transactions
     # The same transaction twice at once: the copy waits for the first's answer.
     first = Deferred.fromCoroutine(receiver.receive(THEM, "txn1", body))
@@ -110,6 +125,8 @@ async def test_a_retried_transaction_is_processed_once(tmp_path: Path) -> None:
     assert await _settle(clock, copy) == answer
     assert len(answer["pdus"]) == 6 and all(v == {} for v in answer["pdus"].values())
     assert await _messages(hs, room_id) == ["0", "1", "2", "3", "4"]
+    # The EDUs were handed on once, after the PDUs; a failing handler did not stop the rest.
+    assert seen == [(THEM, edus[2]["content"])]
     await hs.stop(None)
 
     # After a restart the stored answer is given again, nothing processed: a PDU changed
