@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import pytest
 import requests
@@ -40,6 +40,8 @@ class FakeRemote:
         self.key = generate_signing_key("remote1")
         self.missing: list[dict[str, Any]] = []  # get_missing_events answer
         self.auth_chain: list[dict[str, Any]] = []  # event_auth answer
+        self.state_ids: dict[str, Any] = {}  # state_ids answer
+        self.events: dict[str, dict[str, Any]] = {}  # served at /event/{eventId}
         self.requests: list[str] = []
         cert, key = ca.issue(f"remote-{self.port}")
         remote = self
@@ -62,6 +64,16 @@ class FakeRemote:
                     self._answer(remote.key_answer())
                 elif self.path.startswith("/_matrix/federation/v1/event_auth/"):
                     self._answer({"auth_chain": remote.auth_chain})
+                elif self.path.startswith("/_matrix/federation/v1/state_ids/") and remote.state_ids:
+                    self._answer(remote.state_ids)
+                elif self.path.startswith("/_matrix/federation/v1/event/"):
+                    event_id = unquote(self.path.rsplit("/", 1)[1])
+                    if event_id in remote.events:
+                        self._answer(
+                            {"origin": remote.name, "origin_server_ts": 0, "pdus": [remote.events[event_id]]}
+                        )
+                    else:
+                        self._answer({"errcode": "M_NOT_FOUND", "error": "no"}, 404)
                 else:
                     self._answer({"errcode": "M_NOT_FOUND", "error": "no"}, 404)
 
@@ -607,3 +619,47 @@ def test_history_a_server_may_not_see_is_served_redacted(ours: FederatedServer, 
         fed_get(ours, remote, f"/_matrix/federation/v1/event/{quote(secret)}").json()["pdus"][0]["content"]
         == {}
     )
+
+
+def test_a_gap_is_crossed_with_the_state_the_origin_gives(ours: FederatedServer, remote: FakeRemote) -> None:
+    """x was kicked on the remote's side in events we never got, and get_missing_events
+    does not close the gap: the state at the gap, from /state_ids and /event, rejects x's
+    next message, which its own auth events and our current state would allow."""
+    room = Room(ours, "alice_gapstate")
+    x, x_join_id, x_join = room.join(remote, "x")
+    send_txn(ours, remote, "gs-x", [x_join])
+    k, k_join_id, k_join = room.join(remote, "k")
+    send_txn(ours, remote, "gs-k", [k_join])
+    url = ours.process.url(f"/_matrix/client/v3/rooms/{quote(room.room_id)}/state")
+    levels = requests.get(f"{url}/m.room.power_levels/", headers=room.headers, timeout=10).json()
+    levels["users"][k] = 50
+    r = requests.put(f"{url}/m.room.power_levels/", json=levels, headers=room.headers, timeout=10)
+    levels_id = r.json()["event_id"]
+    create_id = room.state_id("m.room.create")
+    room.depth += 1
+    kick_id, kick = remote.pdu(
+        room.room_id,
+        k,
+        "m.room.member",
+        {"membership": "leave"},
+        [levels_id],
+        [create_id, levels_id, k_join_id, x_join_id],
+        room.depth,
+        state_key=x,
+    )
+    p_id, p = room.message(remote, k, "k talks", [kick_id], auth=[create_id, levels_id, k_join_id])
+    e_id, e = room.message(remote, x, "kicked, still talking", [p_id], auth=[create_id, levels_id, x_join_id])
+    state = requests.get(url, headers=room.headers, timeout=10).json()
+    before_p = [ev["event_id"] for ev in state if (ev["type"], ev["state_key"]) != ("m.room.member", x)] + [
+        kick_id
+    ]
+    remote.missing = []
+    remote.state_ids = {"pdu_ids": before_p, "auth_chain_ids": []}
+    remote.events = {kick_id: kick, p_id: p}
+    try:
+        r = send_txn(ours, remote, "gs-e", [e])
+    finally:
+        remote.state_ids, remote.events = {}, {}
+    assert any(q.startswith("GET /_matrix/federation/v1/state_ids/") for q in remote.requests)
+    assert "state before it" in r.json()["pdus"][e_id]["error"]
+    assert "kicked, still talking" not in bodies(room.sync_timeline())

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import quote
 
 from twisted.internet.defer import Deferred, DeferredLock
@@ -63,6 +63,11 @@ MISSING_LIMIT = 10
 MISSING_DEPTH = 20
 # /event_auth: an auth chain longer than this is not taken.
 MAX_AUTH_CHAIN = 500
+# A gap get_missing_events did not close: the state at up to MAX_GAP_PREVS prev_events is
+# asked of the origin, fetching at most MAX_GAP_FETCH events we lack for each.
+MAX_GAP_PREVS = 3
+MAX_GAP_FETCH = 200
+MAX_STATE_IDS = 5000
 # Rounds of loading unknown events from the database before giving up on a PDU.
 MAX_LOAD_ROUNDS = 50
 
@@ -171,6 +176,13 @@ class PduIngest:
             await self._fetch_missing_prevs(origin, head, pdu, event_id)
         known = _Known()
         sets = await self._states_after_prevs(head, pdu, known)
+        if fetch_missing and (gap := await self._missing_prevs(head, pdu)):
+            # get_missing_events did not close the gap: the state after each prev_event we
+            # lack, as the origin says it is, checked event by event.
+            for state in await self._state_across_gap(origin, head, gap, known):
+                sets = sets or []
+                if state not in sets:
+                    sets.append(state)
         fetched_auth = False
         for _ in range(MAX_LOAD_ROUNDS):
             if self.heads.peek(room_id) is not head:
@@ -477,6 +489,58 @@ class PduIngest:
                 # failure is that event's failure too (core/persist.py), reported there.
                 fetched_outcome.written.addErrback(lambda _: None)
 
+    async def _state_across_gap(
+        self, origin: str, head: RoomHead, gap: list[str], known: _Known
+    ) -> list[StateIds]:
+        """For each of (at most MAX_GAP_PREVS) prev_events we lack: `/state_ids` at it from the
+        origin, the events we lack fetched with `/event` (at most MAX_GAP_FETCH) and kept as
+        outliers, and the state after it built from those that passed their checks."""
+        room = quote(head.room_id, safe="")
+        sets: list[StateIds] = []
+        for prev in gap[:MAX_GAP_PREVS]:
+            try:
+                answer = await self.client.get_json(
+                    origin, f"/_matrix/federation/v1/state_ids/{room}", {"event_id": prev}
+                )
+            except (RemoteError, RemoteServerError) as e:
+                log.info("state_ids from {origin} failed: {e}", origin=origin, e=e)
+                continue
+            state_ids = answer.get("pdu_ids") if isinstance(answer, dict) else None
+            chain_ids = answer.get("auth_chain_ids") if isinstance(answer, dict) else None
+            if not _id_list(state_ids) or not _id_list(chain_ids):
+                continue
+            needed = list(dict.fromkeys([prev, *state_ids, *chain_ids]))
+            await self._load(needed, known)
+            unknown = [e for e in needed if e not in known.events]
+            if len(unknown) > MAX_GAP_FETCH:
+                log.info("state at {prev} needs {n} events: not fetched", prev=prev, n=len(unknown))
+                continue
+            fetched = [pdu for e in unknown if (pdu := await self._fetch_event(origin, e)) is not None]
+            await self._keep_outliers(fetched, head.room_version, head.room_id, known, set(unknown))
+            if prev not in known.events or prev in known.rejected:
+                continue
+            state: StateIds = {}
+            for eid in [*state_ids, prev]:
+                ev = known.events.get(eid)
+                if ev is None or eid in known.rejected or not isinstance(ev.get("state_key"), str):
+                    continue
+                state[(ev["type"], ev["state_key"])] = eid
+            sets.append(state)
+        return sets
+
+    async def _fetch_event(self, origin: str, event_id: str) -> dict[str, Any] | None:
+        try:
+            answer = await self.client.get_json(
+                origin, f"/_matrix/federation/v1/event/{quote(event_id, safe='')}"
+            )
+        except (RemoteError, RemoteServerError) as e:
+            log.info("event {id} from {origin} failed: {e}", id=event_id, origin=origin, e=e)
+            return None
+        pdus = answer.get("pdus") if isinstance(answer, dict) else None
+        if isinstance(pdus, list) and len(pdus) == 1 and isinstance(pdus[0], dict):
+            return pdus[0]
+        return None
+
     async def _fetch_auth_chain(
         self, origin: str, room_version: str, pdu: dict[str, Any], event_id: str, known: _Known
     ) -> None:
@@ -493,16 +557,31 @@ class PduIngest:
         chain = answer.get("auth_chain") if isinstance(answer, dict) else None
         if not isinstance(chain, list) or len(chain) > MAX_AUTH_CHAIN:
             return
+        await self._keep_outliers(chain, room_version, pdu["room_id"], known)
+
+    async def _keep_outliers(
+        self,
+        candidates: list[Any],
+        room_version: str,
+        room_id: str,
+        known: _Known,
+        wanted: set[str] | None = None,
+    ) -> None:
+        """Check events fetched from another server (oldest first), each against its own
+        auth events, and keep them out of the timeline: outliers, or rejected. With `wanted`,
+        only events of those IDs are taken."""
         valid = []
-        for candidate in chain:
+        for candidate in candidates:
             try:
                 validate_pdu(candidate, room_version)
             except InvalidPdu:
                 continue
-            if candidate.get("room_id", pdu["room_id"]) == pdu["room_id"] or "room_id" not in candidate:
+            if candidate.get("room_id", room_id) == room_id:
                 valid.append(dict(candidate))
         for candidate in sorted(valid, key=lambda e: e["depth"]):
             cid = compute_event_id(candidate, room_version)
+            if wanted is not None and cid not in wanted:
+                continue
             await self._load([cid, *candidate["auth_events"]], known)
             if cid in known.events or not await self._signed(candidate, room_version):
                 continue
@@ -524,7 +603,6 @@ class PduIngest:
             if status == "rejected":
                 known.rejected.add(cid)
             known.events[cid] = {**outcome.event, "event_id": cid}
-            room_id = candidate.get("room_id", pdu["room_id"])
             await self.fed_store.store_outcome(
                 cid, room_id, status, outcome.reason, dict(outcome.event), self.clock.time_ms()
             )
@@ -537,3 +615,7 @@ def _event_id_or_none(pdu: Any, room_version: str) -> str | None:
         return compute_event_id(pdu, room_version) if isinstance(pdu, dict) else None
     except Exception:
         return None
+
+
+def _id_list(value: Any) -> TypeGuard[list[str]]:
+    return isinstance(value, list) and len(value) <= MAX_STATE_IDS and all(isinstance(e, str) for e in value)
