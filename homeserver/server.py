@@ -42,6 +42,7 @@ from homeserver.api.client import register as register_routes
 from homeserver.api.federation import events as federation_events
 from homeserver.api.federation import keys as federation_keys
 from homeserver.api.federation import queries as federation_queries
+from homeserver.api.federation import user_keys as federation_user_keys
 from homeserver.api.http import Router, make_site
 from homeserver.api.http_server import HttpFactory
 from homeserver.api.simple import auth as simple_auth
@@ -66,7 +67,9 @@ from homeserver.core.erasure import ErasureService
 from homeserver.core.event_stream import EventStream
 from homeserver.core.events import EventService
 from homeserver.core.export import ExportService
+from homeserver.core.federation.remote_keys import RemoteKeys
 from homeserver.core.federation.service import Federation
+from homeserver.core.federation.user_keys import FederationUserKeys
 from homeserver.core.filters import FilterService
 from homeserver.core.ignored_users import IGNORED_USER_LIST, IgnoredUsers, check_ignored_user_list
 from homeserver.core.key_backup import KeyBackupService
@@ -255,6 +258,7 @@ class HomeServer:
             federation_keys,
             federation_queries,
             federation_events,
+            federation_user_keys,
             web_client,
         ):
             module.register(self.router, self)
@@ -365,6 +369,7 @@ class HomeServer:
         self.receipts.on_read = self.unread.forget
         self.keys = KeyService(self.storage, self.clock, self.notifier, self.uia)
         self.keys.audience = self._presence_audience
+        self._build_federated_keys()
         self.messages = MessagesService(self.storage, self.rooms, lambda: self.stream.position)
         self.sync = SyncService(
             self.storage,
@@ -508,6 +513,34 @@ class HomeServer:
     def _joined_members(self, room_id: str) -> list[str]:
         head = self.room_heads.peek(room_id)
         return head.members("join") if head is not None else []
+
+    def _build_federated_keys(self) -> None:
+        """Our users' keys served to other servers, theirs fetched and kept, and the EDUs
+        (device-list, signing-key and to-device) that come from them."""
+        self.federation_user_keys = FederationUserKeys(self.config.server_name, self.storage, self.keys)
+        self.remote_keys = RemoteKeys(
+            self.config.server_name,
+            self.storage.remote_devices,
+            self.federation.client,
+            self.clock,
+            self.keys,
+            self._shares_room_with_ours,
+        )
+        self.keys.remote = self.remote_keys
+        self.federation_edus.register("m.device_list_update", self.remote_keys.on_device_list_update)
+        self.federation_edus.register("m.signing_key_update", self.remote_keys.on_signing_key_update)
+        self.federation_edus.register("m.direct_to_device", self.remote_keys.on_direct_to_device)
+
+    async def _shares_room_with_ours(self, user_id: str) -> bool:
+        """Is this (remote) user joined to a room one of our users is joined to?"""
+        suffix = ":" + self.config.server_name
+        for room_id, (membership, _) in (await self.timeline.rooms_for_user(user_id)).items():
+            if membership != "join":
+                continue
+            head = await self.room_heads.get(room_id)
+            if head is not None and any(m.endswith(suffix) for m in head.members("join")):
+                return True
+        return False
 
     async def _presence_audience(self, user_id: str) -> set[str]:
         audience = {user_id}

@@ -11,6 +11,7 @@ and keeps the device-list stream that tells others to re-query keys.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from signedjson.key import decode_verify_key_base64
@@ -28,6 +29,9 @@ CROSS_SIGNING_TYPES = ("master", "self_signing", "user_signing")
 MAX_TO_DEVICE_BYTES = 65536
 TO_DEVICE_BATCH = 100
 MAX_REMEMBERED_CHANGES = 100_000
+# How long /keys/query and /keys/claim wait for other servers (the spec's default: 10 s).
+DEFAULT_REMOTE_TIMEOUT_MS = 10_000
+MAX_REMOTE_TIMEOUT_MS = 60_000
 
 
 class InvalidSignature(MatrixError):
@@ -75,6 +79,15 @@ def _visible_signatures(key: JsonDict, owner: str, requester: str) -> JsonDict:
     return {**key, "signatures": {u: s for u, s in signatures.items() if u in (owner, requester)}}
 
 
+def _timeout_s(value: Any) -> float:
+    """A /keys/query or /keys/claim `timeout` (ms) for other servers' answers, in seconds."""
+    if value is None:
+        return DEFAULT_REMOTE_TIMEOUT_MS / 1000
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise MatrixError("'timeout' must be a non-negative integer", "M_INVALID_PARAM")
+    return min(value, MAX_REMOTE_TIMEOUT_MS) / 1000
+
+
 def _strip(obj: JsonDict) -> JsonDict:
     return {k: v for k, v in obj.items() if k not in ("signatures", "unsigned")}
 
@@ -92,6 +105,8 @@ class KeyService:
         self.to_device = StreamIdGenerator()
         # Who should hear that a user's keys changed (room co-members): set by the server.
         self.audience: Any = None
+        # Other servers' users' keys (core/federation/remote_keys.py): set by the server.
+        self.remote: Any = None
         # Per-device key counts for every sync, kept in memory; dropped when they change.
         self._counts: dict[tuple[str, str], tuple[dict[str, int], list[str]]] = {}
         # Bumped whenever counts are dropped: a read that overlapped a claim or an upload
@@ -216,6 +231,8 @@ class KeyService:
     # Query and claim -----------------------------------------------------------------------
 
     async def query(self, requester: str, body: JsonDict) -> JsonDict:
+        """POST /keys/query: our users' keys from here, other servers' users' keys from
+        what we keep of their lists or from their servers (at once, within `timeout`)."""
         wanted = body.get("device_keys")
         if not isinstance(wanted, dict):
             raise MatrixError("'device_keys' must be an object", "M_BAD_JSON")
@@ -224,6 +241,20 @@ class KeyService:
             if not isinstance(devices, list) or not all(isinstance(d, str) for d in devices):
                 raise MatrixError("device lists must be lists of device ids", "M_BAD_JSON")
             queries[str(user_id)] = devices
+        timeout_s = _timeout_s(body.get("timeout"))
+        remote = {u: d for u, d in queries.items() if self.remote is not None and self.remote.is_remote(u)}
+        response = await self.query_local(requester, {u: d for u, d in queries.items() if u not in remote})
+        if remote:
+            found = await self.remote.query(remote, timeout_s)
+            response["device_keys"].update(found["device_keys"])
+            for field in ("master_keys", "self_signing_keys"):
+                for user_id, key in found[field].items():
+                    response[field][user_id] = _visible_signatures(key, user_id, requester)
+            response["failures"].update(found["failures"])
+        return response
+
+    async def query_local(self, requester: str, queries: dict[str, list[str]]) -> JsonDict:
+        """Keys of the users in `queries` as stored here (device lists: [] for all)."""
         device_keys = await self.store.query_device_keys(queries)
         cross = await self.store.get_cross_signing_keys(list(queries))
         response: JsonDict = {"device_keys": device_keys, "failures": {}}
@@ -241,17 +272,30 @@ class KeyService:
         return response
 
     async def claim(self, body: JsonDict) -> JsonDict:
+        """POST /keys/claim: our users' keys here, other servers' users' keys from their
+        servers (at once, within `timeout`; `failures` names those that did not answer)."""
         wanted = body.get("one_time_keys")
         if not isinstance(wanted, dict):
             raise MatrixError("'one_time_keys' must be an object", "M_BAD_JSON")
-        claims = []
+        claims: dict[str, dict[str, str]] = {}
         for user_id, devices in wanted.items():
             if not isinstance(devices, dict):
                 raise MatrixError("one_time_keys values must be objects", "M_BAD_JSON")
-            for device_id, algorithm in devices.items():
-                if not isinstance(algorithm, str):
-                    raise MatrixError("algorithms must be strings", "M_BAD_JSON")
-                claims.append((str(user_id), str(device_id), algorithm))
+            if not all(isinstance(algorithm, str) for algorithm in devices.values()):
+                raise MatrixError("algorithms must be strings", "M_BAD_JSON")
+            claims[str(user_id)] = {str(d): a for d, a in devices.items()}
+        timeout_s = _timeout_s(body.get("timeout"))
+        remote = {u: d for u, d in claims.items() if self.remote is not None and self.remote.is_remote(u)}
+        response = await self.claim_local({u: d for u, d in claims.items() if u not in remote})
+        if remote:
+            found = await self.remote.claim(remote, timeout_s)
+            response["one_time_keys"].update(found["one_time_keys"])
+            response["failures"].update(found["failures"])
+        return response
+
+    async def claim_local(self, wanted: dict[str, dict[str, str]]) -> JsonDict:
+        """Hand out one key per (user, device, algorithm) of the users here."""
+        claims = [(u, d, a) for u, devices in wanted.items() for d, a in devices.items()]
         claimed = await self.store.claim_keys(claims)
         for user_id, device_id, _ in claims:
             self._forget_counts(user_id, device_id)
@@ -261,6 +305,19 @@ class KeyService:
         for (user_id, device_id), (key_id, key) in claimed.items():
             out.setdefault(user_id, {}).setdefault(device_id, {})[key_id] = key
         return {"one_time_keys": out, "failures": {}}
+
+    # Other servers' users --------------------------------------------------------------------
+
+    async def remote_list_changed(self, user_id: str, write: Callable[[int], Awaitable[Any]]) -> Any:
+        """A remote user's devices or keys changed: `write(position)` stores it with a
+        position on our device-list stream, so /sync and /keys/changes tell our users."""
+        position = self.device_lists.allocate()
+        try:
+            result = await write(position)
+        finally:
+            self._change_done(position, user_id)
+        await self._announce(user_id)
+        return result
 
     # Cross-signing --------------------------------------------------------------------------
 
@@ -434,6 +491,24 @@ class KeyService:
             raise MatrixError("'messages' must be an object", "M_BAD_JSON")
         if len(json.dumps(messages)) > MAX_TO_DEVICE_BYTES * 4:
             raise TooLarge("To-device payload too large")
+        targets = await self._to_device_targets(messages)
+        await self._queue_to_device(sender, sender_device, txn_id, event_type, targets)
+
+    async def receive_remote_to_device(
+        self,
+        sender: str,
+        message_id: str,
+        event_type: str,
+        messages: JsonDict,
+        is_ours: Callable[[str], bool],
+    ) -> None:
+        """An m.direct_to_device EDU: queued for our users' devices like a local send; the
+        sender's `message_id` delivers it once however often their server sends it again."""
+        targets = await self._to_device_targets({u: d for u, d in messages.items() if is_ours(str(u))})
+        # The txn table keys on (user, device, txn): a remote sender has no device of ours.
+        await self._queue_to_device(sender, "", message_id, event_type, targets)
+
+    async def _to_device_targets(self, messages: JsonDict) -> list[tuple[str, str, JsonDict]]:
         targets: list[tuple[str, str, JsonDict]] = []
         for user_id, devices in messages.items():
             if not isinstance(devices, dict):
@@ -446,6 +521,16 @@ class KeyService:
                 device_ids = await self._device_ids(user_id) if device_id == "*" else [device_id]
                 for target in device_ids:
                     targets.append((str(user_id), str(target), content))
+        return targets
+
+    async def _queue_to_device(
+        self,
+        sender: str,
+        sender_device: str,
+        txn_id: str,
+        event_type: str,
+        targets: list[tuple[str, str, JsonDict]],
+    ) -> None:
         positions = [self.to_device.allocate() for _ in targets]
         try:
             rows = [

@@ -16,6 +16,7 @@ from homeserver.storage.federation_events import FederationEventStore
 from homeserver.storage.gdpr import GdprStore
 from homeserver.storage.openid import OpenIdStore
 from homeserver.storage.pushers import PusherStore
+from homeserver.storage.remote_devices import RemoteDeviceStore
 from homeserver.storage.reports import ReportStore
 from homeserver.storage.retention import RetentionStore
 from homeserver.storage.rooms import RoomStore
@@ -50,6 +51,7 @@ class Storage:
         self.daily_stats = DailyStatsStore(db)
         self.server_keys = ServerKeyStore(db)
         self.federation_events = FederationEventStore(db)
+        self.remote_devices = RemoteDeviceStore(db)
 
     @classmethod
     def from_url(cls, url: str, pool_min: int = 2, pool_max: int = 10, reactor: Any = None) -> "Storage":

@@ -307,6 +307,16 @@ class E2eeStore:
         )
         return {r[0] for r in rows}
 
+    async def latest_change(self, user_id: str) -> int:
+        """The device-list position of the user's newest change (0: none): the `stream_id`
+        other servers see in /user/devices and in our m.device_list_update EDUs."""
+        rows = await self.db.query(
+            "latest_device_list_change",
+            "SELECT MAX(stream_id) FROM device_list_changes WHERE user_id = ?",
+            user_id,
+        )
+        return int(rows[0][0] or 0) if rows else 0
+
     # To-device ---------------------------------------------------------------------------------
 
     async def add_to_device(
