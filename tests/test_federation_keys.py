@@ -1,0 +1,198 @@
+"""End-to-end encryption across two of our servers over TLS: a client of one server
+gets the device keys, cross-signing keys and one-time keys of a user of the other
+(`/keys/query`, `/keys/claim` asking `/user/keys/query`, `/user/keys/claim`), servers
+that cannot answer are named in `failures` without holding up the rest, and the
+federation routes serve only what our users publish, with strict input checks.
+
+The device-list, signing-key and to-device EDUs are in
+tests/fast/test_federation_key_edus.py (no /send route delivers EDUs yet)."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+import requests
+from federation_harness import FederatedServer, TestCA, make_ca, start_federated_server
+from signedjson.key import decode_verify_key_base64, read_signing_keys
+from signedjson.sign import verify_signed_json
+from test_e2ee_api import CrossSigning, Device, new_user
+
+from homeserver.core.federation.request_auth import authorization_header
+
+OTK = "signed_curve25519"
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
+    return make_ca(tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture(scope="module")
+def servers(
+    tmp_path_factory: pytest.TempPathFactory, ca: TestCA
+) -> Iterator[tuple[FederatedServer, FederatedServer]]:
+    a = start_federated_server(tmp_path_factory.mktemp("hs-a"), ca)
+    b = start_federated_server(tmp_path_factory.mktemp("hs-b"), ca)
+    yield a, b
+    for server in (a, b):
+        assert server.process.stop() == 0
+        assert "Traceback" not in server.process.log_text()
+
+
+@pytest.fixture(scope="module")
+def alice(servers: tuple[FederatedServer, FederatedServer]) -> tuple[Device, CrossSigning]:
+    """A user of A with device keys, two one-time keys and cross-signing keys."""
+    a, _ = servers
+    device = new_user(a.process, "alice")
+    device.upload_keys(otks=2)
+    xs = CrossSigning.make(device.user_id)
+    r = device.post("/keys/device_signing/upload", xs.upload_body())
+    assert r.status_code == 200, r.text
+    return device, xs
+
+
+def _signed_by(
+    server: FederatedServer, method: str, target: FederatedServer, path: str, body: Any = None
+) -> Any:
+    key = read_signing_keys((server.process.data_dir / "signing.key").read_text().splitlines())[0]
+    auth = authorization_header(method, path, server.server_name, target.server_name, key, body)
+    return requests.request(
+        method,
+        target.federation_url(path),
+        json=body,
+        headers={"Authorization": auth},
+        verify=str(target.ca.ca_file),
+        timeout=30,
+    )
+
+
+def test_a_client_queries_and_claims_keys_of_a_user_on_another_server(
+    servers: tuple[FederatedServer, FederatedServer], alice: tuple[Device, CrossSigning]
+) -> None:
+    _, b = servers
+    device, xs = alice
+    bob = new_user(b.process, "bob")
+    bob.upload_keys()
+
+    answer = bob.query([device.user_id, bob.user_id])
+    assert answer["failures"] == {}
+    keys = answer["device_keys"][device.user_id][device.device_id]
+    # Alice's own signature still checks: what A served is what her device signed.
+    verify_signed_json(
+        keys, device.user_id, decode_verify_key_base64("ed25519", device.device_id, device.ed25519)
+    )
+    assert "device_display_name" not in keys.get("unsigned", {})
+    assert answer["master_keys"][device.user_id]["keys"] == xs.public(xs.master, "master")["keys"]
+    assert answer["self_signing_keys"][device.user_id]["usage"] == ["self_signing"]
+    assert device.user_id not in answer.get("user_signing_keys", {})
+    # Bob's own keys, from his own server, in the same answer.
+    assert list(answer["device_keys"][bob.user_id]) == [bob.device_id]
+
+    # Each one-time key once; then nothing (no fallback key).
+    claim = {"one_time_keys": {device.user_id: {device.device_id: OTK}}}
+    claimed = []
+    for _ in range(3):
+        r = bob.post("/keys/claim", claim)
+        assert r.status_code == 200, r.text
+        assert r.json()["failures"] == {}
+        claimed.append(r.json()["one_time_keys"].get(device.user_id, {}).get(device.device_id))
+    first, second, third = claimed
+    assert first and second and third is None
+    assert first != second
+    [(key_id, key)] = first.items()
+    assert key_id.startswith(f"{OTK}:")
+    verify_signed_json(
+        key, device.user_id, decode_verify_key_base64("ed25519", device.device_id, device.ed25519)
+    )
+
+
+def test_unreachable_and_silent_servers_are_named_in_failures(
+    servers: tuple[FederatedServer, FederatedServer], alice: tuple[Device, CrossSigning]
+) -> None:
+    _, b = servers
+    device, _ = alice
+    bob = new_user(b.process, "bob")
+    # A server that accepts connections and never answers, and one that is not there.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(5)
+    silent_name = f"localhost:{silent.getsockname()[1]}"
+    try:
+        started = time.monotonic()
+        body = {
+            "device_keys": {device.user_id: [], f"@x:{silent_name}": [], "@y:localhost:1": []},
+            "timeout": 1500,
+        }
+        r = bob.post("/keys/query", body)
+        elapsed = time.monotonic() - started
+        assert r.status_code == 200, r.text
+        answer = r.json()
+        assert set(answer["failures"]) == {silent_name, "localhost:1"}
+        assert all(isinstance(f["status"], int) for f in answer["failures"].values())
+        assert device.device_id in answer["device_keys"][device.user_id]
+        assert elapsed < 10, elapsed  # the silent server held nothing up past the timeout
+
+        r = bob.post(
+            "/keys/claim",
+            {"one_time_keys": {f"@x:{silent_name}": {"D": OTK}}, "timeout": 1000},
+        )
+        assert r.status_code == 200, r.text
+        assert set(r.json()["failures"]) == {silent_name}
+        assert r.json()["one_time_keys"] == {}
+        # The timeout must be a number of milliseconds.
+        r = bob.post("/keys/query", {"device_keys": {}, "timeout": "soon"})
+        assert (r.status_code, r.json()["errcode"]) == (400, "M_INVALID_PARAM")
+    finally:
+        silent.close()
+
+
+def test_user_devices_and_the_federation_key_routes_check_their_input(
+    servers: tuple[FederatedServer, FederatedServer], alice: tuple[Device, CrossSigning]
+) -> None:
+    a, b = servers
+    device, xs = alice
+    path = f"/_matrix/federation/v1/user/devices/{quote(device.user_id)}"
+    r = _signed_by(b, "GET", a, path)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert answer["user_id"] == device.user_id
+    assert answer["stream_id"] > 0
+    assert [d["device_id"] for d in answer["devices"]] == [device.device_id]
+    assert answer["devices"][0]["keys"]["keys"][f"ed25519:{device.device_id}"] == device.ed25519
+    assert "device_display_name" not in answer["devices"][0]
+    assert answer["master_key"]["keys"] == xs.public(xs.master, "master")["keys"]
+    assert "self_signing_key" in answer and "user_signing_key" not in answer
+    # Unsigned: refused.
+    assert a.get(path).status_code == 401
+
+    def refused(r: requests.Response, errcode: str) -> None:
+        assert r.status_code == 400, r.text
+        assert r.json()["errcode"] == errcode, r.text
+
+    # Not a user of A; not a user id.
+    refused(
+        _signed_by(b, "GET", a, f"/_matrix/federation/v1/user/devices/{quote('@x:' + b.server_name)}"),
+        "M_INVALID_PARAM",
+    )
+    refused(_signed_by(b, "GET", a, "/_matrix/federation/v1/user/devices/nobody"), "M_INVALID_PARAM")
+    query = "/_matrix/federation/v1/user/keys/query"
+    claim = "/_matrix/federation/v1/user/keys/claim"
+    refused(_signed_by(b, "POST", a, query, {"device_keys": []}), "M_BAD_JSON")
+    refused(_signed_by(b, "POST", a, query, {"device_keys": {device.user_id: "all"}}), "M_BAD_JSON")
+    refused(_signed_by(b, "POST", a, query, {"device_keys": {"alice": []}}), "M_INVALID_PARAM")
+    refused(
+        _signed_by(b, "POST", a, claim, {"one_time_keys": {device.user_id: {device.device_id: 5}}}),
+        "M_BAD_JSON",
+    )
+    many = {device.user_id: {f"D{i}": OTK for i in range(1001)}}
+    refused(_signed_by(b, "POST", a, claim, {"one_time_keys": many}), "M_INVALID_PARAM")
+    # Users of other servers are left out of A's answers.
+    r = _signed_by(b, "POST", a, query, {"device_keys": {device.user_id: [], f"@z:{b.server_name}": []}})
+    assert r.status_code == 200, r.text
+    assert list(r.json()["device_keys"]) == [device.user_id]
+    assert "user_signing_keys" not in r.json()
