@@ -196,3 +196,50 @@ def test_user_devices_and_the_federation_key_routes_check_their_input(
     assert r.status_code == 200, r.text
     assert list(r.json()["device_keys"]) == [device.user_id]
     assert "user_signing_keys" not in r.json()
+
+
+# With Synapse ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def synapse(tmp_path_factory: pytest.TempPathFactory, ca: TestCA) -> Iterator[Any]:
+    from synapse import start_synapse
+
+    server = start_synapse(tmp_path_factory.mktemp("synapse"), ca)
+    yield server
+    server.stop()
+
+
+def test_keys_of_a_synapse_user_and_ours_both_ways(
+    servers: tuple[FederatedServer, FederatedServer], alice: tuple[Device, CrossSigning], synapse: Any
+) -> None:
+    a, _ = servers
+    device, xs = alice
+    reg = synapse.register("sam")
+    sam = Device(synapse, reg["user_id"], reg["device_id"], reg["access_token"], "sam")
+    sam.upload_keys(otks=1)
+    sam_xs = CrossSigning.make(sam.user_id)
+    r = sam.post("/keys/device_signing/upload", sam_xs.upload_body())
+    assert r.status_code == 200, r.text
+
+    # Our client asks Synapse.
+    bob = new_user(a.process, "bob")
+    answer = bob.query([sam.user_id])
+    assert answer["failures"] == {}, answer
+    keys = answer["device_keys"][sam.user_id][sam.device_id]
+    verify_signed_json(keys, sam.user_id, decode_verify_key_base64("ed25519", sam.device_id, sam.ed25519))
+    assert answer["master_keys"][sam.user_id]["keys"] == sam_xs.public(sam_xs.master, "master")["keys"]
+    assert sam.user_id in answer["self_signing_keys"]
+    r = bob.post("/keys/claim", {"one_time_keys": {sam.user_id: {sam.device_id: OTK}}})
+    assert r.status_code == 200, r.text
+    [(key_id, _)] = r.json()["one_time_keys"][sam.user_id][sam.device_id].items()
+    assert key_id.startswith(f"{OTK}:")
+
+    # Synapse's client asks us.
+    answer = sam.query([device.user_id])
+    assert answer.get("failures") == {}, answer
+    assert device.device_id in answer["device_keys"][device.user_id]
+    assert answer["master_keys"][device.user_id]["keys"] == xs.public(xs.master, "master")["keys"]
+    r = sam.post("/keys/claim", {"one_time_keys": {device.user_id: {device.device_id: OTK}}})
+    assert r.status_code == 200, r.text
+    assert r.json()["failures"] == {}
