@@ -534,7 +534,9 @@ class HomeServer:
     async def _shares_room_with_ours(self, user_id: str) -> bool:
         """Is this (remote) user joined to a room one of our users is joined to?"""
         suffix = ":" + self.config.server_name
-        for room_id, (membership, _) in (await self.timeline.rooms_for_user(user_id)).items():
+        # From the database, not the timeline cache: that keeps every user asked about, and
+        # these names come from other servers' EDUs.
+        for room_id, (membership, _) in (await self.storage.events.rooms_for_user(user_id)).items():
             if membership != "join":
                 continue
             head = await self.room_heads.get(room_id)

@@ -22,6 +22,7 @@ from signedjson.key import decode_verify_key_base64, read_signing_keys
 from signedjson.sign import verify_signed_json
 from test_e2ee_api import CrossSigning, Device, new_user
 
+from homeserver.core.federation.remote_keys import parse_user_devices
 from homeserver.core.federation.request_auth import authorization_header
 
 OTK = "signed_curve25519"
@@ -167,6 +168,9 @@ def test_user_devices_and_the_federation_key_routes_check_their_input(
     assert "device_display_name" not in answer["devices"][0]
     assert answer["master_key"]["keys"] == xs.public(xs.master, "master")["keys"]
     assert "self_signing_key" in answer and "user_signing_key" not in answer
+    # What we keep of a remote list is read from exactly this answer.
+    kept = parse_user_devices(device.user_id, answer)
+    assert list(kept.devices) == [device.device_id] and kept.master_key == answer["master_key"]
     # Unsigned: refused.
     assert a.get(path).status_code == 401
 
@@ -234,6 +238,14 @@ def test_keys_of_a_synapse_user_and_ours_both_ways(
     assert r.status_code == 200, r.text
     [(key_id, _)] = r.json()["one_time_keys"][sam.user_id][sam.device_id].items()
     assert key_id.startswith(f"{OTK}:")
+
+    # Synapse's /user/devices (what a resync reads) as we read it.
+    r = _signed_by(a, "GET", synapse, f"/_matrix/federation/v1/user/devices/{quote(sam.user_id)}")
+    assert r.status_code == 200, r.text
+    kept = parse_user_devices(sam.user_id, r.json())
+    assert kept.devices[sam.device_id] is not None
+    assert kept.devices[sam.device_id]["keys"] == keys["keys"]  # type: ignore[index]
+    assert kept.master_key is not None and kept.self_signing_key is not None
 
     # Synapse's client asks us.
     answer = sam.query([device.user_id])

@@ -204,7 +204,7 @@ class RemoteKeys:
             answer = await self.client.get_json(
                 domain_of(user_id), f"{FEDERATION}/user/devices/{_quote(user_id)}"
             )
-            return _parse_user_devices(user_id, answer)
+            return parse_user_devices(user_id, answer)
         except Exception as e:
             log.warn("Could not fetch the devices of {user}: {e}", user=user_id, e=_describe(e))
             return None
@@ -336,7 +336,7 @@ def _answer_from(device_list: RemoteDeviceList, devices: list[str], out: JsonDic
         out["self_signing_keys"][user_id] = device_list.self_signing_key
 
 
-def _parse_user_devices(user_id: str, answer: Any) -> RemoteDeviceList:
+def parse_user_devices(user_id: str, answer: Any) -> RemoteDeviceList:
     if (
         not isinstance(answer, dict)
         or answer.get("user_id") != user_id
