@@ -16,11 +16,13 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+import pytest_twisted
 import requests
-from federation_harness import FederatedServer, TestCA, make_ca, start_federated_server
+from conftest import base_config, free_port
+from federation_harness import LOOPBACK, FederatedServer, TestCA, make_ca, start_federated_server
 from signedjson.key import decode_verify_key_base64, read_signing_keys
 from signedjson.sign import verify_signed_json
-from test_e2ee_api import CrossSigning, Device, new_user
+from test_e2ee_api import CrossSigning, Device, new_device, new_user
 
 from homeserver.core.federation.remote_keys import parse_user_devices
 from homeserver.core.federation.request_auth import authorization_header
@@ -200,6 +202,107 @@ def test_user_devices_and_the_federation_key_routes_check_their_input(
     assert r.status_code == 200, r.text
     assert list(r.json()["device_keys"]) == [device.user_id]
     assert "user_signing_keys" not in r.json()
+
+
+def _devices_of(a: FederatedServer, b: FederatedServer, user_id: str) -> dict[str, Any]:
+    r = _signed_by(b, "GET", a, f"/_matrix/federation/v1/user/devices/{quote(user_id)}")
+    assert r.status_code == 200, r.text
+    answer: dict[str, Any] = r.json()
+    return answer
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_shared_rooms_remote_list_is_kept_updated_and_resynced(
+    servers: tuple[FederatedServer, FederatedServer], ca: TestCA, tmp_path: Any
+) -> None:
+    """Our server in this process (with its own TLS listener, so A can check its signature):
+    a member of a shared room on A has their list fetched once and kept; an update EDU that
+    follows it is applied; one after a gap makes us fetch the list from A again."""
+    from twisted.internet import reactor
+
+    from homeserver.config import parse_config
+    from homeserver.server import HomeServer
+
+    a, b = servers
+    carol = new_user(a.process, "carol")
+    carol.upload_keys()
+
+    port = free_port()
+    cert_file, key_file = ca.issue(f"hs-{port}")
+    raw = base_config(tmp_path, free_port())
+    raw["server_name"] = f"localhost:{port}"
+    raw["database"] = {"url": f"sqlite:///{tmp_path / 'hs.db'}"}
+    raw["plugins"] = []
+    raw["federation"] = {
+        "port": port,
+        "bind_address": "127.0.0.1",
+        "tls_certificate": str(cert_file),
+        "tls_private_key": str(key_file),
+        "ca_file": str(ca.ca_file),
+        "ip_range_whitelist": LOOPBACK,
+    }
+    hs = HomeServer(parse_config(raw, "in-process.yaml", env={}), reactor)
+    await hs.start()
+    site, tls = hs.federation_site()  # type: ignore[misc]
+    hs.federation_port = reactor.listenSSL(port, site, tls, interface="127.0.0.1")  # type: ignore[attr-defined]
+    try:
+        dora = await hs.accounts.register("dora", "correct horse battery")
+        room = await hs.rooms.create_room(dora, {"preset": "public_chat"})
+        # Stand-in for carol's join over federation: it only has to put her in the room here.
+        await hs.events.send(
+            carol.user_id, room, "m.room.member", {"membership": "join"}, state_key=carol.user_id
+        )
+
+        answer = await hs.keys.query(dora, {"device_keys": {carol.user_id: []}})
+        assert answer["failures"] == {}, answer
+        assert list(answer["device_keys"][carol.user_id]) == [carol.device_id]
+        first = _devices_of(a, b, carol.user_id)["stream_id"]
+        [kept] = (await hs.storage.remote_devices.get([carol.user_id])).values()
+        assert kept.stream_id == first
+
+        # Carol adds a device; A's update follows the list we hold: applied as it is.
+        phone = new_device(carol)
+        phone.upload_keys()
+        listed = _devices_of(a, b, carol.user_id)
+        phone_keys = next(d["keys"] for d in listed["devices"] if d["device_id"] == phone.device_id)
+        update = {
+            "user_id": carol.user_id,
+            "device_id": phone.device_id,
+            "stream_id": listed["stream_id"],
+            "prev_id": [first],
+            "keys": phone_keys,
+        }
+        await hs.federation_edus.receive_all(
+            a.server_name, [{"edu_type": "m.device_list_update", "content": update}]
+        )
+        [kept] = (await hs.storage.remote_devices.get([carol.user_id])).values()
+        assert (kept.stream_id, sorted(kept.devices)) == (
+            listed["stream_id"],
+            sorted([carol.device_id, phone.device_id]),
+        )
+
+        # A third device, and an update after a gap naming a device A never had: the whole
+        # list is fetched from A again, and it is A's list that is kept.
+        tablet = new_device(carol)
+        tablet.upload_keys()
+        latest = _devices_of(a, b, carol.user_id)["stream_id"]
+        gap = {
+            "user_id": carol.user_id,
+            "device_id": "GHOST",
+            "stream_id": latest + 9,
+            "prev_id": [latest + 8],
+        }
+        gap["keys"] = {**phone_keys, "device_id": "GHOST"}
+        await hs.federation_edus.receive_all(
+            a.server_name, [{"edu_type": "m.device_list_update", "content": gap}]
+        )
+        [kept] = (await hs.storage.remote_devices.get([carol.user_id])).values()
+        assert kept.stream_id == latest
+        assert sorted(kept.devices) == sorted([carol.device_id, phone.device_id, tablet.device_id])
+        answer = await hs.keys.query(dora, {"device_keys": {carol.user_id: []}})
+        assert sorted(answer["device_keys"][carol.user_id]) == sorted(kept.devices)
+    finally:
+        await hs.stop(None)
 
 
 # With Synapse ---------------------------------------------------------------------------------

@@ -110,9 +110,10 @@ class RemoteKeys:
 
         async def ask(server: str, users: dict[str, list[str]]) -> None:
             rest = dict(users)
-            for user_id in sorted(to_keep & set(users)):
-                # Shares a room: fetch the whole list once and keep it (EDUs update it).
-                device_list = await self._fetch_and_keep(user_id)
+            keep = sorted(to_keep & set(users))
+            # They share a room with ours: fetch each whole list once and keep it (EDUs update it).
+            fetched = await gatherResults([Deferred.fromCoroutine(self._fetch_and_keep(u)) for u in keep])
+            for user_id, device_list in zip(keep, fetched, strict=True):
                 if device_list is not None:
                     _answer_from(device_list, users[user_id], out)
                     del rest[user_id]
