@@ -4,8 +4,10 @@ gets the device keys, cross-signing keys and one-time keys of a user of the othe
 that cannot answer are named in `failures` without holding up the rest, and the
 federation routes serve only what our users publish, with strict input checks.
 
-The device-list, signing-key and to-device EDUs are in
-tests/fast/test_federation_key_edus.py (no /send route delivers EDUs yet)."""
+A list kept for a member of a shared room (fetched, updated by an EDU, fetched again
+after a gap) is shown with our server in this process and A; the EDU handlers are called
+directly (no /send route delivers EDUs yet). More EDU cases, to-device among them, are in
+tests/fast/test_federation_key_edus.py."""
 
 from __future__ import annotations
 

@@ -104,10 +104,15 @@ async def test_device_list_updates_keep_a_remote_members_list_and_reach_sync(tmp
         changed, since = await changed_since(client, alice, since)
         assert changed == []
 
-        # D1 deleted.
+        # D1 deleted; /keys/changes over the same span says so too.
+        before = since
         await hs.federation_edus.receive_all(REMOTE, [update("D1", 7, [6], deleted=True)])
         changed, since = await changed_since(client, alice, since)
         assert changed == [CAROL]
+        status, changes = await client.start(
+            "GET", "/_matrix/client/v3/keys/changes", alice["access_token"], **{"from": before, "to": since}
+        )
+        assert (status, changes["changed"]) == (200, [CAROL]), changes
         assert sorted((await query(client, alice, CAROL))["device_keys"][CAROL]) == ["D2"]
 
         # New cross-signing keys.
