@@ -369,7 +369,6 @@ class HomeServer:
         self.receipts.on_read = self.unread.forget
         self.keys = KeyService(self.storage, self.clock, self.notifier, self.uia)
         self.keys.audience = self._presence_audience
-        self._build_federated_keys()
         self.messages = MessagesService(self.storage, self.rooms, lambda: self.stream.position)
         self.sync = SyncService(
             self.storage,
@@ -439,6 +438,8 @@ class HomeServer:
         self.stream.add_inline("sliding_sync", self.sliding_sync.on_committed)
         self.stream.add_inline("unread", self.unread.on_committed)
         self.stream.add_inline("notifier", self.notifier.on_events_committed)
+        # Last: it registers on the EDU receiver the federation sender's part makes.
+        self._build_federated_keys()
 
     def _build_finding(self) -> None:
         """Finding people and messages, and reports (docs/search.md)."""

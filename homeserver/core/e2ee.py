@@ -101,12 +101,12 @@ class KeyService:
         self.uia = auth
         self.clock = clock
         self.notifier = notifier
+        # Other servers' users' keys (core/federation/remote_keys.py): set by the server.
+        self.remote: Any = None
         self.device_lists = StreamIdGenerator()
         self.to_device = StreamIdGenerator()
         # Who should hear that a user's keys changed (room co-members): set by the server.
         self.audience: Any = None
-        # Other servers' users' keys (core/federation/remote_keys.py): set by the server.
-        self.remote: Any = None
         # Per-device key counts for every sync, kept in memory; dropped when they change.
         self._counts: dict[tuple[str, str], tuple[dict[str, int], list[str]]] = {}
         # Bumped whenever counts are dropped: a read that overlapped a claim or an upload
@@ -491,24 +491,6 @@ class KeyService:
             raise MatrixError("'messages' must be an object", "M_BAD_JSON")
         if len(json.dumps(messages)) > MAX_TO_DEVICE_BYTES * 4:
             raise TooLarge("To-device payload too large")
-        targets = await self._to_device_targets(messages)
-        await self._queue_to_device(sender, sender_device, txn_id, event_type, targets)
-
-    async def receive_remote_to_device(
-        self,
-        sender: str,
-        message_id: str,
-        event_type: str,
-        messages: JsonDict,
-        is_ours: Callable[[str], bool],
-    ) -> None:
-        """An m.direct_to_device EDU: queued for our users' devices like a local send; the
-        sender's `message_id` delivers it once however often their server sends it again."""
-        targets = await self._to_device_targets({u: d for u, d in messages.items() if is_ours(str(u))})
-        # The txn table keys on (user, device, txn): a remote sender has no device of ours.
-        await self._queue_to_device(sender, "", message_id, event_type, targets)
-
-    async def _to_device_targets(self, messages: JsonDict) -> list[tuple[str, str, JsonDict]]:
         targets: list[tuple[str, str, JsonDict]] = []
         for user_id, devices in messages.items():
             if not isinstance(devices, dict):
@@ -521,16 +503,6 @@ class KeyService:
                 device_ids = await self._device_ids(user_id) if device_id == "*" else [device_id]
                 for target in device_ids:
                     targets.append((str(user_id), str(target), content))
-        return targets
-
-    async def _queue_to_device(
-        self,
-        sender: str,
-        sender_device: str,
-        txn_id: str,
-        event_type: str,
-        targets: list[tuple[str, str, JsonDict]],
-    ) -> None:
         positions = [self.to_device.allocate() for _ in targets]
         try:
             rows = [
@@ -547,6 +519,21 @@ class KeyService:
             for pos in positions:
                 self.to_device.done(pos)
         self.notifier.wake_users({user_id for user_id, _, _ in targets})
+
+    async def receive_remote_to_device(
+        self,
+        sender: str,
+        message_id: str,
+        event_type: str,
+        messages: JsonDict,
+        is_ours: Callable[[str], bool],
+    ) -> None:
+        """An m.direct_to_device EDU: queued for our users' devices as a local send is; the
+        txn table keys on (sender, device, txn id), and a remote sender has no device of
+        ours, so (sender, "", message_id) delivers it once however often it is sent."""
+        local = {u: d for u, d in messages.items() if is_ours(str(u))}
+        if local:
+            await self.send_to_device(sender, "", event_type, message_id, {"messages": local})
 
     async def to_device_for_sync(
         self, user_id: str, device_id: str, since: int, upto: int

@@ -160,7 +160,9 @@ async def test_to_device_messages_from_another_server_are_delivered_once(tmp_pat
             },
         }
         forged = {"edu_type": "m.direct_to_device", "content": {**edu["content"], "message_id": "m2"}}
-        await hs.federation_edus.receive_all(REMOTE, [edu, edu])
+        bad = {"edu_type": "m.direct_to_device", "content": {**edu["content"], "message_id": "m3"}}
+        bad["content"]["messages"] = {alice["user_id"]: {"*": "not an object"}}
+        await hs.federation_edus.receive_all(REMOTE, [bad, edu, edu])
         await hs.federation_edus.receive_all("other.example", [forged])  # not carol's server
         await hs.federation_edus.receive_all(REMOTE, [edu])
         await turn()

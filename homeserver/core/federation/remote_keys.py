@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from homeserver.core.clock import Clock
 from homeserver.core.e2ee import KeyService
 from homeserver.core.federation.client import FederationClient, RemoteError
+from homeserver.errors import MatrixError
 from homeserver.storage.remote_devices import RemoteDeviceList, RemoteDeviceStore
 
 log = Logger()
@@ -321,9 +322,12 @@ class RemoteKeys:
         ):
             log.info("Ignored a malformed m.direct_to_device from {origin}", origin=origin)
             return
-        await self.keys.receive_remote_to_device(
-            sender, message_id, event_type, messages, lambda u: domain_of(u) == self.server_name
-        )
+        try:
+            await self.keys.receive_remote_to_device(
+                sender, message_id, event_type, messages, lambda u: domain_of(u) == self.server_name
+            )
+        except MatrixError as e:  # contents that are not objects, or too large
+            log.info("Ignored an m.direct_to_device from {origin}: {e}", origin=origin, e=e.message)
 
 
 def _answer_from(device_list: RemoteDeviceList, devices: list[str], out: JsonDict) -> None:
