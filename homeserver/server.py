@@ -438,7 +438,7 @@ class HomeServer:
         self.stream.add_inline("sliding_sync", self.sliding_sync.on_committed)
         self.stream.add_inline("unread", self.unread.on_committed)
         self.stream.add_inline("notifier", self.notifier.on_events_committed)
-        # Last: it registers on the EDU receiver the federation sender's part makes.
+        # After _build_federation_events: it registers on that EDU receiver.
         self._build_federated_keys()
 
     def _build_finding(self) -> None:

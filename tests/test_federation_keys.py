@@ -6,8 +6,8 @@ federation routes serve only what our users publish, with strict input checks.
 
 A list kept for a member of a shared room (fetched, updated by an EDU, fetched again
 after a gap) is shown with our server in this process and A; the EDU handlers are called
-directly (no /send route delivers EDUs yet). More EDU cases, to-device among them, are in
-tests/fast/test_federation_key_edus.py."""
+directly (our server has no room shared with A's users yet); a to-device message comes
+through A's /send. More EDU cases are in tests/fast/test_federation_key_edus.py."""
 
 from __future__ import annotations
 
@@ -204,6 +204,37 @@ def test_user_devices_and_the_federation_key_routes_check_their_input(
     assert r.status_code == 200, r.text
     assert list(r.json()["device_keys"]) == [device.user_id]
     assert "user_signing_keys" not in r.json()
+
+
+def test_to_device_over_federation_reaches_our_device_once(
+    servers: tuple[FederatedServer, FederatedServer], alice: tuple[Device, CrossSigning]
+) -> None:
+    """B's transaction (PUT /send) carries an m.direct_to_device EDU; sent again under
+    another transaction id, the same message_id is not delivered twice."""
+    a, b = servers
+    device, _ = alice
+    device.sync()
+    content = {"algorithm": "m.olm.v1.curve25519-aes-sha2", "sender_key": "k", "ciphertext": {}}
+    edu = {
+        "edu_type": "m.direct_to_device",
+        "content": {
+            "sender": f"@bob:{b.server_name}",
+            "type": "m.room.encrypted",
+            "message_id": "fed-m1",
+            "messages": {device.user_id: {device.device_id: content}},
+        },
+    }
+    for txn_id in ("t1", "t2"):
+        body = {
+            "origin": b.server_name,
+            "origin_server_ts": int(time.time() * 1000),
+            "pdus": [],
+            "edus": [edu],
+        }
+        r = _signed_by(b, "PUT", a, f"/_matrix/federation/v1/send/{txn_id}", body)
+        assert r.status_code == 200, r.text
+    events = device.sync()["to_device"]["events"]
+    assert events == [{"type": "m.room.encrypted", "sender": f"@bob:{b.server_name}", "content": content}]
 
 
 def _devices_of(a: FederatedServer, b: FederatedServer, user_id: str) -> dict[str, Any]:
