@@ -643,14 +643,39 @@ class SyncService:
         if req.filter.presence.disabled:
             return []
         after = req.since.presence if req.since else 0
-        if after >= upto.presence:
+        newly_met = await self._newly_met(req, joined, upto)
+        if after >= upto.presence and not newly_met:
             return []
         audience: set[str] = {req.user_id}
         for room_id in joined:
             head = await self.heads.get(room_id)
             if head is not None:
                 audience.update(head.members("join"))
+        users = set(self.presence.changed_since(audience, after, upto.presence))
+        # Someone who became a room-mate since the last sync: their current presence, even
+        # if it did not change (else the client would not know it until it next changes).
+        users.update(self.presence.changed_since(newly_met, -1, upto.presence))
         return [
-            {"type": "m.presence", "sender": u, "content": self.presence.to_json(u)}
-            for u in sorted(self.presence.changed_since(audience, after, upto.presence))
+            {"type": "m.presence", "sender": u, "content": self.presence.to_json(u)} for u in sorted(users)
         ]
+
+    async def _newly_met(self, req: SyncRequest, joined: list[str], upto: SyncToken) -> set[str]:
+        """Users who joined one of my rooms, or whose room I joined, since `req.since`."""
+        since = req.since
+        if since is None:
+            return set()
+        rooms = await self.timeline.rooms_for_user(req.user_id)
+        met: set[str] = set()
+        for room_id in joined:
+            if self.timeline.room_last_member.get(room_id, 0) <= since.events:
+                continue  # no membership changed there
+            head = await self.heads.get(room_id)
+            if head is None:
+                continue
+            i_joined = rooms.get(room_id, ("", 0))[1] > since.events
+            for u in head.members("join"):
+                ev = head.get("m.room.member", u)
+                if i_joined or (ev is not None and since.events < ev.stream_ordering <= upto.events):
+                    met.add(u)
+        met.discard(req.user_id)
+        return met
