@@ -17,9 +17,13 @@ import {
     type Room,
     RoomEvent,
     RoomMemberEvent,
+    RoomStateEvent,
+    UserEvent,
 } from "matrix-js-sdk";
 
 import { startDirectChat } from "../client";
+import { isGroup, leftReason, roleOf, USER_ID } from "../groups";
+import { chatPresence, otherPerson } from "../presence";
 import { h, show } from "../dom";
 import { loadOlderOnScroll, redrawKeepingPlace } from "../history";
 import { chatNotificationsMenu, notificationsButton, rememberRoomNames } from "../notifications";
@@ -31,9 +35,12 @@ import { Composer } from "./composer";
 import { messageItem, type MessageHandlers, readPositions } from "./message_view";
 import { ThreadPane } from "./thread_pane";
 import { Attachments } from "./attachments";
+import { ChatSearch } from "./chat_search";
+import { groupPanel, groupToggle, memberExtras, newGroupForm } from "./group_panel";
 import { memberList } from "./verification";
 
-const USER_ID = /^@[^:\s]+:\S+$/;
+// Presence lines say "last seen 3 min ago": redrawn this often even when nothing arrives.
+const PRESENCE_REDRAW_MS = 30_000;
 const DELIVERY_POLL_MS = 3000;
 
 /** The server's status of my message (sent, delivered, read), or null if it has none. */
@@ -73,7 +80,12 @@ export class Messenger {
     private readonly chatPane = h("section", { class: "chat", id: "chat", "aria-label": "Chat" });
     private readonly messageList = h("ol", { class: "messages", id: "messages", "aria-live": "polite" });
     private composer: Composer | null = null;
-    private readonly typingLine = h("p", { class: "typing", id: "typing", "aria-live": "polite" });
+    // Typing shows once in the open chat: in its header, in place of the presence line.
+    private readonly typingLine = h("span", { class: "typing", id: "typing", "aria-live": "polite" });
+    private readonly chatTitle = h("h2", { id: "chat-title" });
+    private readonly presenceLine = h("span", { class: "chat-presence", id: "chat-presence" });
+    private readonly myRole = h("span", { class: "gp-role gp-mine", id: "gp-my-role" });
+    private readonly search: ChatSearch;
     private thread: ThreadPane | null = null;
     private loadOlder: () => void = () => undefined;
     private readonly quoted: QuotedEvents;
@@ -103,6 +115,11 @@ export class Messenger {
         client.on(MatrixEventEvent.Decrypted, refresh);
         client.on(RoomEvent.Redaction, refresh);
         client.on(RoomMemberEvent.Typing, refresh);
+        client.on(RoomStateEvent.Events, refresh); // names, power levels, members
+        client.on(UserEvent.Presence, refresh);
+        client.on(UserEvent.LastPresenceTs, refresh);
+        window.setInterval(refresh, PRESENCE_REDRAW_MS);
+        this.search = new ChatSearch(client, (userId) => this.chatWith(userId), (roomId, eventId) => this.jump(roomId, eventId));
         window.addEventListener("popstate", () => {
             this.openRoomId = roomFromPath();
             this.schedule();
@@ -131,6 +148,8 @@ export class Messenger {
                 logout,
             ),
             newChat,
+            newGroupForm(this.client, (roomId) => this.open(roomId)),
+            this.search.element,
             this.list,
         );
         show(this.root, h("div", { class: "messenger" }, sidebar, this.chatPane));
@@ -150,6 +169,24 @@ export class Messenger {
         history.pushState(null, "", roomId ? `/chat/${encodeURIComponent(roomId)}` : "/");
         this.render();
         if (roomId) this.composer?.input.focus();
+    }
+
+    /** Open a chat at one of its messages (a search result), marked for a moment. */
+    private jump(roomId: string, eventId: string): void {
+        this.open(roomId);
+        const item = this.messageList.querySelector(`li[data-event-id="${CSS.escape(eventId)}"]`);
+        if (!item) return; // not loaded: the chat opens at its latest messages
+        item.scrollIntoView({ block: "center" });
+        item.classList.add("cs-found");
+        window.setTimeout(() => item.classList.remove("cs-found"), 3000);
+    }
+
+    /** The one-to-one chat with `userId`: the one I am in already, or a new one. */
+    private async chatWith(userId: string): Promise<void> {
+        const existing = this.rooms().find(
+            (r) => r.getMyMembership() === KnownMembership.Join && otherPerson(this.client, r) === userId,
+        );
+        this.open(existing?.roomId ?? (await startDirectChat(this.client, userId)));
     }
 
     private newChatForm(): HTMLFormElement {
@@ -212,7 +249,9 @@ export class Messenger {
             const invited = room.getMyMembership() === KnownMembership.Invite;
             const last = foldTimeline(room, null).main.at(-1);
             const unread = invited ? 0 : room.getUnreadNotificationCount(NotificationCountType.Total);
-            const preview = invited ? "Invitation" : last ? last.body : "No messages yet";
+            const typing = invited ? "" : typingText(room, this.client.getUserId());
+            const preview = invited ? "Invitation" : typing || (last ? last.body : "No messages yet");
+            const presence = invited ? "" : chatPresence(this.client, room);
             const button = h(
                 "button",
                 {
@@ -222,7 +261,8 @@ export class Messenger {
                     "aria-current": room === open ? "true" : null,
                 },
                 h("span", { class: "chat-name" }, room.name),
-                h("span", { class: "chat-last" }, preview),
+                h("span", { class: typing ? "chat-last chat-typing" : "chat-last" }, preview),
+                presence ? h("span", { class: "chat-presence" }, presence) : null,
                 unread > 0 ? h("span", { class: "unread", "aria-label": `${unread} unread` }, String(unread)) : null,
             );
             button.addEventListener("click", () => this.open(room.roomId));
@@ -237,9 +277,29 @@ export class Messenger {
             show(this.chatPane, h("p", { class: "placeholder" }, "Choose a chat, or start one with a user id."));
             return;
         }
-        const back = h("button", { type: "button", class: "back", "aria-label": "Back to chats" }, "‹");
-        back.addEventListener("click", () => this.open(null));
-        const header = h("header", {}, back, h("h2", { id: "chat-title" }, room.name), chatNotificationsMenu(this.client, room));
+        this.updateHeader(room);
+        const panel = isGroup(room) ? groupPanel(this.client, room, () => this.open(null)) : null;
+        // Built only when the pane is (re)drawn: the title, typing and role lines in it are
+        // kept elements that updateHeader changes in place.
+        const header = (): HTMLElement => {
+            const back = h("button", { type: "button", class: "back", "aria-label": "Back to chats" }, "‹");
+            back.addEventListener("click", () => this.open(null));
+            return h(
+                "header",
+                {},
+                back,
+                h("div", { class: "chat-head" }, this.chatTitle, h("p", { class: "chat-sub" }, this.typingLine, this.presenceLine)),
+                this.myRole,
+                panel ? groupToggle(panel) : null,
+                chatNotificationsMenu(this.client, room),
+            );
+        };
+        const left = leftReason(this.client, room);
+        if (left) {
+            show(this.chatPane, header(), h("p", { class: "invite", id: "gp-left", role: "status" }, left));
+            this.renderedRoomId = null;
+            return;
+        }
         if (room.getMyMembership() === KnownMembership.Invite) {
             const accept = h("button", { type: "button", id: "accept-invite" }, "Accept");
             accept.addEventListener("click", () => {
@@ -249,7 +309,7 @@ export class Messenger {
                 });
             });
             const inviter = room.getMember(this.client.getUserId() ?? "")?.events.member?.getSender();
-            show(this.chatPane, header, h("p", { class: "invite" }, `${inviter ?? "Someone"} invited you to chat.`), accept);
+            show(this.chatPane, header(), h("p", { class: "invite" }, `${inviter ?? "Someone"} invited you to chat.`), accept);
             this.renderedRoomId = null;
             return;
         }
@@ -262,11 +322,11 @@ export class Messenger {
             const encrypted = this.client.isRoomEncrypted(room.roomId);
             show(
                 this.chatPane,
-                header,
+                header(),
+                panel,
                 h("p", { class: "e2e", id: "e2e-state" }, encrypted ? "End-to-end encrypted" : "Not encrypted"),
-                memberList(this.client, room),
+                memberList(this.client, room, (userId, name) => memberExtras(this.client, room, userId, name)),
                 this.messageList,
-                this.typingLine,
                 ...this.attachments.status(),
                 this.composer.form,
             );
@@ -305,7 +365,7 @@ export class Messenger {
         redrawKeepingPlace(this.messageList, () =>
             show(this.messageList, ...main.map((message) => messageItem(this.client, room, message, handlers, options))),
         );
-        this.typingLine.textContent = typingText(room, me);
+        this.updateHeader(room);
         if (this.thread) {
             const rootId = this.thread.rootId;
             this.thread.render(main.find((m) => m.event.getId() === rootId), threads.get(rootId) ?? []);
@@ -313,6 +373,16 @@ export class Messenger {
         if (this.messageList.scrollHeight <= this.messageList.clientHeight) this.loadOlder();
         this.markRead(room, main.at(-1)?.event);
         this.watchDelivery();
+    }
+
+    /** The open chat's name, who is typing (or else the presence line) and my admin mark. */
+    private updateHeader(room: Room): void {
+        this.chatTitle.textContent = room.name;
+        const typing = typingText(room, this.client.getUserId());
+        this.typingLine.textContent = typing;
+        this.presenceLine.textContent = typing ? "" : chatPresence(this.client, room);
+        const role = roleOf(room, this.client.getUserId() ?? "");
+        this.myRole.textContent = role && isGroup(room) ? `You: ${role}` : "";
     }
 
     /** My latest message in the open chat while the server has it but not every recipient. */

@@ -163,7 +163,11 @@ export async function isVerified(client: MatrixClient, userId: string): Promise<
  * The chat's other members, each with a verified mark or a "Verify" button that compares
  * emoji with them (a request in the chat, as the spec's in-room verification does).
  */
-export function memberList(client: MatrixClient, room: Room): HTMLElement {
+export function memberList(
+    client: MatrixClient,
+    room: Room,
+    extras: (userId: string, name: string) => Node[] = () => [],
+): HTMLElement {
     const me = client.getUserId();
     const list = h("ul", { class: "members", id: "members", "aria-label": "Members" });
     const render = async (): Promise<void> => {
@@ -172,6 +176,7 @@ export function memberList(client: MatrixClient, room: Room): HTMLElement {
             members.map(async (member) => {
                 const verified = await isVerified(client, member.userId);
                 const item = h("li", { "data-user-id": member.userId }, h("span", { class: "member-name" }, member.name));
+                item.append(...extras(member.userId, member.name)); // admin marks, remove (group_panel.ts)
                 if (verified) {
                     item.append(h("span", { class: "verified", "aria-label": "verified", title: "Verified by emoji" }, "✓ Verified"));
                 } else {
