@@ -38,7 +38,14 @@ def server_search(server: ServerProcess, token: str, term: str) -> list[str]:
 
 def test_chats_in_the_web_client(start_server: Any, tmp_path: Path) -> None:
     dist = built_web_client()
-    server: ServerProcess = start_server({"web_client": {"enabled": True, "path": str(dist)}})
+    # The media plugin as in config/homeserver.yaml: inviting into an encrypted group, the
+    # SDK uploads the room's key bundle for the invitee (shared history) before the invite.
+    server: ServerProcess = start_server(
+        {
+            "web_client": {"enabled": True, "path": str(dist)},
+            "plugins": [{"module": "plugins.media.MediaPlugin", "config": {}}],
+        }
+    )
     tag = secrets.token_hex(3)
     alice, bob, carol = f"alice{tag}", f"bob{tag}", f"carol{tag}"
     shots = DOCS_SCREENSHOTS if os.environ.get("HS_UPDATE_SCREENSHOTS") else tmp_path
@@ -59,6 +66,8 @@ def test_chats_in_the_web_client(start_server: Any, tmp_path: Path) -> None:
     assert {m["userId"]: m["role"] for m in result["membersAsBob"]}[ids["alice"]] == "Admin"
     assert not any(m["removable"] for m in result["membersAsBob"])
     assert all(m["removable"] for m in result["membersAsAlice"])
+    # A member may invite (private_chat lets anyone) but not rename (power level 50).
+    assert result["panelAsCarol"] == ["Invite", "Leave group"]
     # People search by keyboard on the phone: Bob found, a one-to-one chat started.
     assert result["keyboardFocus"] == ids["bob"]
     assert direct not in (group, open_group)
@@ -76,11 +85,14 @@ def test_chats_in_the_web_client(start_server: Any, tmp_path: Path) -> None:
     assert result["searchEncrypted"]["messages"] == [{"roomId": group, "body": "Pineapple pizza tonight?"}]
     assert result["searchOpen"]["messages"] == [{"roomId": open_group, "body": "Kayak rental at nine"}]
     assert result["jump"] == {"roomId": group, "found": "Pineapple pizza tonight?"}
-    assert result["phoneWidth"] <= 390
+    assert result["phoneWidth"] <= 390 and result["phoneChatWidth"] <= 390
     # Rename, remove, leave: seen by the others.
     assert result["renamed"] == {"header": "Weekend trip 2026", "list": "Weekend trip 2026"}
     assert result["removedAsCarol"] == f"{alice} removed you from this chat."
     assert result["carolListHasGroup"] == 0
+    assert result["invited"] == {"done": f"Invited {ids['carol']}", "error": ""}
+    assert result["badInvite"] == '"carol" is not a user id like @alice:example.org'
+    assert result["reinvitedAsCarol"] == "Weekend trip 2026"
     assert result["membersAfter"] == []
 
     # The server finds the unencrypted message itself, and cannot find the encrypted one.

@@ -97,6 +97,7 @@ const members = (page) =>
 
 async function main(results) {
     browser = await launchChromium();
+    results.problems = problems; // filled as they happen: partial results show them too
     const alice = await openPerson("alice", { width: 1100, height: 760 });
     const bob = await openPerson("bob", { width: 1100, height: 760 });
     const carol = await openPerson("carol", { width: 390, height: 844 });
@@ -192,11 +193,8 @@ async function main(results) {
     results.searchOpen = await search(alice.page, "kayak rental");
     await search(alice.page, "pineapple");
     await alice.page.click(`#cs-messages .cs-hit[data-room-id="${group}"]`);
-    await alice.page.waitForSelector("#messages li.cs-found", WAIT);
-    results.jump = {
-        roomId: await openRoomId(alice.page),
-        found: await text(alice.page, "#messages li.cs-found .body"),
-    };
+    const found = await alice.page.waitForFunction(() => document.querySelector("#messages li.cs-found .body")?.textContent, null, WAIT);
+    results.jump = { roomId: await openRoomId(alice.page), found: await found.jsonValue() };
     await shot(alice, "chat-search.png");
     await search(carol.page, "pineapple");
     results.phoneWidth = await carol.page.evaluate(() => document.documentElement.scrollWidth);
@@ -217,12 +215,28 @@ async function main(results) {
     // Remove: Alice removes Carol, who has the group open; both see it.
     await carol.page.click(item(group));
     await carol.page.waitForSelector("#composer");
+    await carol.page.click("#gp-manage");
+    results.panelAsCarol = await carol.page.$$eval("#gp-panel button", (bs) => bs.map((b) => b.textContent));
+    results.phoneChatWidth = await carol.page.evaluate(() => document.documentElement.scrollWidth);
+    await shot(carol, "group-chat-phone.png");
     await alice.page.click(`#members li[data-user-id="${ids.carol}"] .gp-remove`);
     await carol.page.waitForSelector("#gp-left", WAIT);
     results.removedAsCarol = await text(carol.page, "#gp-left");
     await until(alice.page, (id) => !document.querySelector(`#members li[data-user-id="${id}"]`), ids.carol);
     await carol.page.click("button.back");
     results.carolListHasGroup = await carol.page.locator(item(group)).count();
+
+    // Invite: a name that is not a user id is refused in place; Carol invited again sees
+    // the invitation in her list.
+    await alice.page.fill("#gp-invite", "carol");
+    await alice.page.click("#gp-invite-send");
+    results.badInvite = await text(alice.page, "#gp-invite-error");
+    await alice.page.fill("#gp-invite", ids.carol);
+    await alice.page.click("#gp-invite-send");
+    await until(alice.page, () => document.querySelector("#gp-invited")?.textContent || document.querySelector("#gp-invite-error")?.textContent !== "");
+    results.invited = { done: await text(alice.page, "#gp-invited"), error: await text(alice.page, "#gp-invite-error") };
+    await until(carol.page, (sel) => document.querySelector(`${sel} .chat-last`)?.textContent === "Invitation", item(group));
+    results.reinvitedAsCarol = await text(carol.page, `${item(group)} .chat-name`);
 
     // Leave: Bob leaves; the group leaves his list, and Alice's member list.
     await bob.page.click("#gp-manage");

@@ -80,13 +80,22 @@ export function groupPanel(client: MatrixClient, room: Room, left: () => void): 
     });
     const invite = h("input", { id: "gp-invite", name: "user", placeholder: "@someone:server", autocapitalize: "none", "aria-label": "Invite (user id)" });
     const inviteError = h("p", { class: "error", role: "alert", id: "gp-invite-error" });
-    const inviteForm = h("form", { class: "gp-row" }, invite, h("button", { type: "submit", id: "gp-invite-send" }, "Invite"), inviteError);
+    const invited = h("p", { class: "gp-done", role: "status", id: "gp-invited" });
+    const inviteForm = h(
+        "form",
+        { class: "gp-row" },
+        invite,
+        h("button", { type: "submit", id: "gp-invite-send" }, "Invite"),
+        inviteError,
+        invited,
+    );
     onSubmit(inviteForm, inviteError, async () => {
+        invited.textContent = "";
         const ids = parseUserIds(invite.value, client.getUserId());
         if (!ids.length) throw new Error("Enter a user id like @alice:example.org");
         for (const id of ids) await client.invite(room.roomId, id);
         invite.value = "";
-        inviteError.textContent = `Invited ${ids.join(", ")}`;
+        invited.textContent = `Invited ${ids.join(", ")}`;
     });
     const leave = h("button", { type: "button", class: "secondary", id: "gp-leave" }, "Leave group");
     const leaveError = h("p", { class: "error", role: "alert" });
@@ -100,7 +109,15 @@ export function groupPanel(client: MatrixClient, room: Room, left: () => void): 
                 leaveError.textContent = errorText(err);
             });
     });
-    return h("div", { class: "gp-panel", id: "gp-panel", hidden: true }, renameForm, inviteForm, h("div", { class: "gp-row" }, leave, leaveError));
+    // Only what my power level allows (the server would refuse the rest anyway).
+    const me = client.getUserId() ?? "";
+    return h(
+        "div",
+        { class: "gp-panel", id: "gp-panel", hidden: true },
+        room.currentState.maySendStateEvent("m.room.name", me) ? renameForm : null,
+        room.canInvite(me) ? inviteForm : null,
+        h("div", { class: "gp-row" }, leave, leaveError),
+    );
 }
 
 /** The "Group" button of the header that shows and hides `panel`. */

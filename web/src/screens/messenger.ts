@@ -41,6 +41,8 @@ import { memberList } from "./verification";
 
 // Presence lines say "last seen 3 min ago": redrawn this often even when nothing arrives.
 const PRESENCE_REDRAW_MS = 30_000;
+// How long a message opened from search stays outlined.
+const FOUND_MARK_MS = 4000;
 const DELIVERY_POLL_MS = 3000;
 
 /** The server's status of my message (sent, delivered, read), or null if it has none. */
@@ -86,6 +88,7 @@ export class Messenger {
     private readonly presenceLine = h("span", { class: "chat-presence", id: "chat-presence" });
     private readonly myRole = h("span", { class: "gp-role gp-mine", id: "gp-my-role" });
     private readonly search: ChatSearch;
+    private found: string | null = null; // the message opened from search, outlined
     private thread: ThreadPane | null = null;
     private loadOlder: () => void = () => undefined;
     private readonly quoted: QuotedEvents;
@@ -173,12 +176,15 @@ export class Messenger {
 
     /** Open a chat at one of its messages (a search result), marked for a moment. */
     private jump(roomId: string, eventId: string): void {
+        this.found = eventId;
         this.open(roomId);
-        const item = this.messageList.querySelector(`li[data-event-id="${CSS.escape(eventId)}"]`);
-        if (!item) return; // not loaded: the chat opens at its latest messages
-        item.scrollIntoView({ block: "center" });
-        item.classList.add("cs-found");
-        window.setTimeout(() => item.classList.remove("cs-found"), 3000);
+        // Not loaded: the chat opens at its latest messages.
+        this.messageList.querySelector(`li[data-event-id="${CSS.escape(eventId)}"]`)?.scrollIntoView({ block: "center" });
+        window.setTimeout(() => {
+            if (this.found !== eventId) return;
+            this.found = null;
+            this.schedule();
+        }, FOUND_MARK_MS);
     }
 
     /** The one-to-one chat with `userId`: the one I am in already, or a new one. */
@@ -278,10 +284,12 @@ export class Messenger {
             return;
         }
         this.updateHeader(room);
-        const panel = isGroup(room) ? groupPanel(this.client, room, () => this.open(null)) : null;
         // Built only when the pane is (re)drawn: the title, typing and role lines in it are
         // kept elements that updateHeader changes in place.
+        let panel: HTMLElement | null = null;
         const header = (): HTMLElement => {
+            const member = room.getMyMembership() === KnownMembership.Join;
+            panel = member && isGroup(room) ? groupPanel(this.client, room, () => this.open(null)) : null;
             const back = h("button", { type: "button", class: "back", "aria-label": "Back to chats" }, "‹");
             back.addEventListener("click", () => this.open(null));
             return h(
@@ -366,6 +374,7 @@ export class Messenger {
             show(this.messageList, ...main.map((message) => messageItem(this.client, room, message, handlers, options))),
         );
         this.updateHeader(room);
+        if (this.found) this.messageList.querySelector(`li[data-event-id="${CSS.escape(this.found)}"]`)?.classList.add("cs-found");
         if (this.thread) {
             const rootId = this.thread.rootId;
             this.thread.render(main.find((m) => m.event.getId() === rootId), threads.get(rootId) ?? []);
