@@ -86,6 +86,8 @@ def test_chats_in_the_web_client(start_server: Any, tmp_path: Path) -> None:
     assert result["searchOpen"]["messages"] == [{"roomId": open_group, "body": "Kayak rental at nine"}]
     assert result["jump"] == {"roomId": group, "found": "Pineapple pizza tonight?"}
     assert result["phoneWidth"] <= 390 and result["phoneChatWidth"] <= 390
+    # A moderator is marked so for the others (power level 50).
+    assert result["moderatorAsCarol"] == {"userId": ids["bob"], "role": "Moderator", "removable": False}
     # Rename, remove, leave: seen by the others.
     assert result["renamed"] == {"header": "Weekend trip 2026", "list": "Weekend trip 2026"}
     assert result["removedAsCarol"] == f"{alice} removed you from this chat."

@@ -212,9 +212,23 @@ async function main(results) {
     results.renamed = { header: await text(bob.page, "#chat-title"), list: await text(bob.page, `${item(group)} .chat-name`) };
     await shot(alice, "group-chat.png");
 
-    // Remove: Alice removes Carol, who has the group open; both see it.
+    // A moderator: Alice raises Bob's power level to 50 (through the API: changing levels
+    // has no screen yet); Carol's member list marks him, and Bob's header says so.
     await carol.page.click(item(group));
     await carol.page.waitForSelector("#composer");
+    await alice.page.evaluate(async ({ roomId, bob }) => {
+        const { accessToken } = JSON.parse(localStorage.getItem("hs.session"));
+        const auth = { Authorization: `Bearer ${accessToken}`, "Content-Type": "application/json" };
+        const url = `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/state/m.room.power_levels/`;
+        const levels = await (await fetch(url, { headers: auth })).json();
+        levels.users[bob] = 50;
+        await fetch(url, { method: "PUT", headers: auth, body: JSON.stringify(levels) });
+    }, { roomId: group, bob: ids.bob });
+    await until(carol.page, (id) => document.querySelector(`#members li[data-user-id="${id}"] .gp-role`)?.textContent === "Moderator", ids.bob);
+    await until(bob.page, () => document.querySelector("#gp-my-role")?.textContent === "You: Moderator");
+    results.moderatorAsCarol = (await members(carol.page)).find((m) => m.userId === ids.bob);
+
+    // Remove: Alice removes Carol, who has the group open; both see it.
     await carol.page.click("#gp-manage");
     results.panelAsCarol = await carol.page.$$eval("#gp-panel button", (bs) => bs.map((b) => b.textContent));
     results.phoneChatWidth = await carol.page.evaluate(() => document.documentElement.scrollWidth);
