@@ -41,6 +41,7 @@ from homeserver.api.client import (
 from homeserver.api.client import register as register_routes
 from homeserver.api.federation import events as federation_events
 from homeserver.api.federation import keys as federation_keys
+from homeserver.api.federation import membership as federation_membership
 from homeserver.api.federation import queries as federation_queries
 from homeserver.api.federation import user_keys as federation_user_keys
 from homeserver.api.http import Router, make_site
@@ -67,6 +68,7 @@ from homeserver.core.erasure import ErasureService
 from homeserver.core.event_stream import EventStream
 from homeserver.core.events import EventService
 from homeserver.core.export import ExportService
+from homeserver.core.federation.membership import FederatedMembership
 from homeserver.core.federation.remote_keys import RemoteKeys
 from homeserver.core.federation.service import Federation
 from homeserver.core.federation.user_keys import FederationUserKeys
@@ -259,6 +261,7 @@ class HomeServer:
             federation_queries,
             federation_events,
             federation_user_keys,
+            federation_membership,
             web_client,
         ):
             module.register(self.router, self)
@@ -347,6 +350,10 @@ class HomeServer:
         )
         self.profiles.remote = self.federation.profiles.remote
         self._build_federation_events()
+        self.federation.membership = FederatedMembership(
+            self.config.server_name, self.events, self.federation.key_ring, self.federation.client
+        )
+        self.rooms.remote = self.federation.membership
         self.openid = OpenIdService(self.config.server_name, self.storage, self.clock)
         self.voip = VoipService()
         self.media_admin: Any = None  # the media plugin's admin side (PluginApi.set_media_admin)

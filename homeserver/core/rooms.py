@@ -26,6 +26,7 @@ from homeserver.storage import Storage
 from homeserver.storage.events import StoredEvent
 
 if TYPE_CHECKING:
+    from homeserver.core.federation.membership import FederatedMembership
     from homeserver.core.restrictions import AccountRestrictions
     from homeserver.core.room_tags import TagService
 
@@ -107,6 +108,8 @@ class RoomService:
         self.blocked: set[str] = set()
         # Set by the server: a suspended account may not create, join, invite, knock or set state.
         self.restrictions: AccountRestrictions | None = None
+        # Set by the server: joins, leaves and knocks through another server (federation).
+        self.remote: FederatedMembership | None = None
 
     def _may_act(self, user_id: str) -> None:
         if self.restrictions is not None:
@@ -373,12 +376,34 @@ class RoomService:
             direct = {"is_direct": True}
         await self.set_membership(sender, room_id, target, "invite", reason, direct)
 
-    async def join(self, user_id: str, room_id_or_alias: str) -> str:
+    def _remote_servers(self, room_id: str, head: RoomHead | None, via: list[str] | None) -> list[str] | None:
+        """The servers to join or leave through, when this server is not in the room (no
+        local member joined); None when it is and the event is built here."""
+        suffix = ":" + self.server_name
+        if head is not None and any(m.endswith(suffix) for m in head.members("join")):
+            return None
+        servers = list(via or [])
+        if ":" in room_id and not room_id.endswith(suffix):
+            servers.append(room_id.split(":", 1)[1])  # v10/v11 room IDs name their creator's server
+        if head is not None:
+            servers.extend(sorted({m.split(":", 1)[1] for m in head.members("join") if ":" in m}))
+        servers = [s for s in dict.fromkeys(servers) if s != self.server_name]
+        return servers if servers and self.remote is not None else None
+
+    async def join(self, user_id: str, room_id_or_alias: str, via: list[str] | None = None) -> str:
         self._may_act(user_id)
         room_id = await self.resolve_room(room_id_or_alias)
         head = await self.events.heads.get(room_id)
         if head is None or head.membership(user_id) != "join":
             self._limit("join", user_id)  # joining again a room one is in changes nothing
+        remote = self._remote_servers(room_id, head, via)
+        if remote is not None and (head is None or head.membership(user_id) != "join"):
+            assert self.remote is not None
+            if room_id in self.blocked:
+                raise Forbidden("This room has been blocked on this server")
+            profile = await self._profile_content(user_id)
+            await self.remote.remote_membership("join", user_id, room_id, remote, profile)
+            return room_id
         invite = head.get("m.room.member", user_id) if head is not None else None
         extra = await self._restricted_join(user_id, head) if head is not None else None
         await self.set_membership(user_id, room_id, user_id, "join", extra=extra)
@@ -420,7 +445,9 @@ class RoomService:
                 return {"join_authorised_via_users_server": member}
         return None
 
-    async def knock(self, user_id: str, room_id_or_alias: str, reason: str | None = None) -> str:
+    async def knock(
+        self, user_id: str, room_id_or_alias: str, reason: str | None = None, via: list[str] | None = None
+    ) -> str:
         """`POST /knock/{roomIdOrAlias}`: ask to be let in (spec: Knocking on rooms). The
         room's moderators see the knock in their timeline; an invite accepts it, a kick
         (a leave sent by them) rejects it, and the knocker may withdraw it by leaving.
@@ -431,6 +458,12 @@ class RoomService:
         self._may_act(user_id)
         room_id = await self.resolve_room(room_id_or_alias)
         head = await self.events.heads.get(room_id)
+        remote = self._remote_servers(room_id, head, via)
+        if remote is not None and (head is None or head.membership(user_id) != "knock"):
+            assert self.remote is not None
+            reason_extra = {"reason": reason} if isinstance(reason, str) else {}
+            await self.remote.remote_membership("knock", user_id, room_id, remote, reason_extra)
+            return room_id
         if head is None:
             raise NotFound("Unknown room")
         current = head.membership(user_id)
@@ -449,7 +482,26 @@ class RoomService:
             raise NotFound("Unknown room")
         if head.membership(user_id) in (None, "leave"):
             return
+        remote = self._leave_through(user_id, head)
+        if remote:
+            assert self.remote is not None
+            extra = {"reason": reason} if reason is not None else None
+            await self.remote.remote_membership("leave", user_id, room_id, remote, extra)
+            return
         await self.set_membership(user_id, room_id, user_id, "leave", reason)
+
+    def _leave_through(self, user_id: str, head: RoomHead) -> list[str]:
+        """Servers to leave through when no other member of ours is joined (our last member
+        leaving, or rejecting a remote invite or knock): the leave must reach a server still
+        in the room, since nothing here will send it. Empty: build the leave here."""
+        suffix = ":" + self.server_name
+        if self.remote is None or any(m.endswith(suffix) and m != user_id for m in head.members("join")):
+            return []
+        servers = [m.split(":", 1)[1] for m in head.members("join") if not m.endswith(suffix)]
+        own = head.get("m.room.member", user_id)
+        if own is not None and own.sender != user_id:
+            servers.insert(0, own.sender.split(":", 1)[1])  # who invited us
+        return [s for s in dict.fromkeys(servers) if s != self.server_name]
 
     async def kick(self, sender: str, room_id: str, target: str, reason: str | None) -> None:
         check_user_id(target)

@@ -67,6 +67,9 @@ class PersistItem:
     # A remote event that merged a fork: the room's whole state after it (resolved), not
     # just the event's own key (core/federation/ingest.py).
     current_state: dict[tuple[str, str], str] | None = None
+    # False for the state events of a room joined over federation: stored as state, but the
+    # room's forward extremity is our join (they name prev_events we do not have).
+    extremity: bool = True
 
 
 @dataclass
@@ -201,7 +204,9 @@ def persist_events_txn(txn: Txn, items: Sequence[PersistItem]) -> None:
             )
     batch_ids = {item.event.event_id for item in items}
     extremities = [
-        (item.event.room_id, item.event.event_id) for item in items if item.event.event_id not in named
+        (item.event.room_id, item.event.event_id)
+        for item in items
+        if item.event.event_id not in named and item.extremity
     ]
     superseded = sorted(named - batch_ids)
     with txn.batched(commit=True):  # one round trip on PostgreSQL, COMMIT included

@@ -20,6 +20,12 @@ def _reason(body: dict[str, Any]) -> str | None:
     return optional(body, "reason", str)
 
 
+def _via(request: ApiRequest) -> list[str]:
+    """The servers to join or knock through: `via` (v1.12) and the older `server_name`."""
+    values = request.args.get(b"via", []) + request.args.get(b"server_name", [])
+    return [v.decode("utf-8", "replace") for v in values if v]
+
+
 def register(router: Router, hs: "HomeServer") -> None:
     rooms = hs.rooms
     directory = hs.directory
@@ -31,7 +37,7 @@ def register(router: Router, hs: "HomeServer") -> None:
 
     async def join(request: ApiRequest, version: str, room: str) -> dict[str, Any]:
         requester = await require_user(hs, request)
-        room_id = await rooms.join(requester.user_id, room)
+        room_id = await rooms.join(requester.user_id, room, _via(request))
         return {"room_id": room_id}
 
     async def join_by_id(request: ApiRequest, version: str, room_id: str) -> dict[str, Any]:
@@ -41,7 +47,9 @@ def register(router: Router, hs: "HomeServer") -> None:
 
     async def knock(request: ApiRequest, version: str, room: str) -> dict[str, Any]:
         requester = await require_user(hs, request)
-        room_id = await rooms.knock(requester.user_id, room, _reason(request.json_body_or_empty()))
+        room_id = await rooms.knock(
+            requester.user_id, room, _reason(request.json_body_or_empty()), _via(request)
+        )
         return {"room_id": room_id}
 
     async def upgrade(request: ApiRequest, version: str, room_id: str) -> dict[str, Any]:

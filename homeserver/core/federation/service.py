@@ -11,6 +11,7 @@ from homeserver.core.clock import Clock
 from homeserver.core.federation.authenticator import RequestAuthenticator
 from homeserver.core.federation.client import FederationClient
 from homeserver.core.federation.keys import KeyRing, Notary, OwnKeys
+from homeserver.core.federation.membership import FederatedMembership
 from homeserver.core.federation.origin_limits import OriginLimits, Release
 from homeserver.core.federation.queries import ProfileQueries
 from homeserver.core.ratelimit import RateLimiter
@@ -18,6 +19,9 @@ from homeserver.storage import Storage
 
 
 class Federation:
+    # Joins, leaves and knocks both ways; set by the server once the event service exists.
+    membership: FederatedMembership
+
     def __init__(
         self,
         server_name: str,

@@ -1,0 +1,205 @@
+"""Joining, leaving and knocking across two of our servers over TLS (make_join / send_join
+v2, make_leave / send_leave, make_knock / send_knock), room versions 10 and 12, and
+handshake events that must be refused."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+import requests
+from federation_harness import FederatedServer, TestCA, make_ca, start_federated_server
+from signedjson.key import generate_signing_key, read_signing_keys
+
+from homeserver.core.federation.request_auth import authorization_header
+from homeserver.events.hashing import compute_event_id
+from homeserver.events.signing import sign_event
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
+    return make_ca(tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture(scope="module")
+def servers(
+    tmp_path_factory: pytest.TempPathFactory, ca: TestCA
+) -> Iterator[tuple[FederatedServer, FederatedServer]]:
+    a = start_federated_server(tmp_path_factory.mktemp("hs-a"), ca)
+    b = start_federated_server(tmp_path_factory.mktemp("hs-b"), ca)
+    yield a, b
+    for server in (a, b):
+        assert server.process.stop() == 0
+
+
+class User:
+    def __init__(self, server: FederatedServer, name: str) -> None:
+        self.server = server
+        account = server.process.register(name)
+        self.user_id: str = account["user_id"]
+        self.token: str = account["access_token"]
+
+    def call(self, method: str, path: str, body: Any = None, **params: Any) -> requests.Response:
+        return requests.request(
+            method,
+            self.server.process.url("/_matrix/client/v3" + path),
+            json=body,
+            params=params,
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=60,
+        )
+
+    def ok(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
+        r = self.call(method, path, body, **params)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def create_room(self, version: str = "10", **body: Any) -> str:
+        room_id: str = self.ok("POST", "/createRoom", {"room_version": version, **body})["room_id"]
+        return room_id
+
+    def memberships(self, room_id: str) -> dict[str, str]:
+        chunk = self.ok("GET", f"/rooms/{quote(room_id)}/members")["chunk"]
+        return {ev["state_key"]: ev["content"]["membership"] for ev in chunk}
+
+    def sync(self) -> Any:
+        return self.ok("GET", "/sync", timeout="0")
+
+
+def _signing_key(server: FederatedServer) -> Any:
+    return read_signing_keys((server.process.data_dir / "signing.key").read_text().splitlines())[0]
+
+
+def _federation(
+    method: str, origin: FederatedServer, to: FederatedServer, path: str, body: Any = None
+) -> requests.Response:
+    """A request signed as `origin` to `to`'s federation listener."""
+    auth = authorization_header(method, path, origin.server_name, to.server_name, _signing_key(origin), body)
+    data = json.dumps(body).encode() if body is not None else None
+    return requests.request(
+        method,
+        to.federation_url(path),
+        data=data,
+        headers={"Authorization": auth, "Content-Type": "application/json"},
+        verify=str(to.ca.ca_file),
+        timeout=30,
+    )
+
+
+@pytest.mark.parametrize("version", ["10", "12"])
+def test_a_remote_user_joins_and_leaves_our_room(
+    servers: tuple[FederatedServer, FederatedServer], version: str
+) -> None:
+    a, b = servers
+    alice = User(a, f"alice_j{version}")
+    bob = User(b, f"bob_j{version}")
+    room_id = alice.create_room(version, preset="public_chat", name="Over the wire")
+    alice.ok("PUT", f"/rooms/{quote(room_id)}/state/m.room.topic", {"topic": "federation"})
+
+    # Bob's server has never heard of the room: it joins through Alice's.
+    joined = bob.ok("POST", f"/join/{quote(room_id)}", {}, server_name=a.server_name)
+    assert joined["room_id"] == room_id
+
+    # Each side's member list shows the other.
+    assert alice.memberships(room_id) == {alice.user_id: "join", bob.user_id: "join"}
+    assert bob.memberships(room_id) == {alice.user_id: "join", bob.user_id: "join"}
+    # Bob's server built the room from send_join's state: the name and topic are there.
+    state = {(e["type"], e["state_key"]): e for e in bob.ok("GET", f"/rooms/{quote(room_id)}/state")}
+    assert state[("m.room.name", "")]["content"]["name"] == "Over the wire"
+    assert state[("m.room.topic", "")]["content"]["topic"] == "federation"
+    assert state[("m.room.create", "")]["content"]["room_version"] == version
+    assert room_id in bob.sync()["rooms"]["join"]
+    # And Bob's later sends build on it.
+    bob.ok("PUT", f"/rooms/{quote(room_id)}/send/m.room.message/t1", {"msgtype": "m.text", "body": "hi"})
+    # Alice's side: the join came with our countersignature and shows in her sync.
+    timeline = alice.sync()["rooms"]["join"][room_id]["timeline"]["events"]
+    assert any(e["type"] == "m.room.member" and e["state_key"] == bob.user_id for e in timeline)
+
+    # Bob leaves; his server is not the room's last one, so it leaves through Alice's.
+    bob.ok("POST", f"/rooms/{quote(room_id)}/leave", {})
+    assert alice.memberships(room_id)[bob.user_id] == "leave"
+    assert room_id not in bob.ok("GET", "/joined_rooms")["joined_rooms"]
+
+
+def test_knocking_on_a_room_of_another_server(servers: tuple[FederatedServer, FederatedServer]) -> None:
+    a, b = servers
+    alice = User(a, "alice_knock")
+    bob = User(b, "bob_knock")
+    room_id = alice.create_room("12", preset="private_chat")
+    alice.ok("PUT", f"/rooms/{quote(room_id)}/state/m.room.join_rules", {"join_rule": "knock"})
+    # Not public: a join is refused by Alice's server (403 passed on).
+    r = bob.call("POST", f"/join/{quote(room_id)}", {}, server_name=a.server_name)
+    assert r.status_code == 403, r.text
+    bob.ok("POST", f"/knock/{quote(room_id)}", {"reason": "let me in"}, via=a.server_name)
+    assert alice.memberships(room_id)[bob.user_id] == "knock"
+    knock = next(
+        e
+        for e in alice.sync()["rooms"]["join"][room_id]["timeline"]["events"]
+        if e["type"] == "m.room.member" and e["state_key"] == bob.user_id
+    )
+    assert knock["content"]["reason"] == "let me in"
+
+
+def _template(a: FederatedServer, b: FederatedServer, room_id: str, user_id: str) -> dict[str, Any]:
+    r = _federation(
+        "GET", b, a, f"/_matrix/federation/v1/make_join/{quote(room_id)}/{quote(user_id)}?ver=10&ver=12"
+    )
+    assert r.status_code == 200, r.text
+    event: dict[str, Any] = r.json()["event"]
+    return event
+
+
+def _send_join(a: FederatedServer, b: FederatedServer, pdu: dict[str, Any], room_id: str) -> requests.Response:
+    event_id = compute_event_id(pdu, "10")
+    return _federation("PUT", b, a, f"/_matrix/federation/v2/send_join/{quote(room_id)}/{event_id}", pdu)
+
+
+def test_bad_join_events_are_refused(servers: tuple[FederatedServer, FederatedServer]) -> None:
+    a, b = servers
+    alice = User(a, "alice_bad")
+    room_id = alice.create_room("10", preset="public_chat")
+    other_room = alice.create_room("10", preset="public_chat")
+    user = f"@mallory:{b.server_name}"
+    key = _signing_key(b)
+
+    def refused(r: requests.Response, status: int, errcode: str) -> None:
+        assert r.status_code == status, r.text
+        assert r.json()["errcode"] == errcode, r.text
+
+    # make_join: for another server's user; without a version we speak; unknown room.
+    r = _federation("GET", b, a, f"/_matrix/federation/v1/make_join/{quote(room_id)}/@x:elsewhere?ver=10")
+    refused(r, 403, "M_FORBIDDEN")
+    r = _federation("GET", b, a, f"/_matrix/federation/v1/make_join/{quote(room_id)}/{quote(user)}?ver=11")
+    refused(r, 400, "M_INCOMPATIBLE_ROOM_VERSION")
+    r = _federation("GET", b, a, f"/_matrix/federation/v1/make_join/!nope:{a.server_name}/{quote(user)}?ver=10")
+    refused(r, 404, "M_NOT_FOUND")
+
+    template = _template(a, b, room_id, user)
+    template["origin_server_ts"] = int(time.time() * 1000)
+
+    # Signed by a key B never published.
+    forged = sign_event(template, b.server_name, generate_signing_key("forged"), "10")
+    refused(_send_join(a, b, forged, room_id), 403, "M_FORBIDDEN")
+    # A sender of another server than the request's origin.
+    elsewhere = {**template, "sender": "@m:elsewhere", "state_key": "@m:elsewhere"}
+    refused(_send_join(a, b, sign_event(elsewhere, b.server_name, key, "10"), room_id), 403, "M_FORBIDDEN")
+    # The event of another room than the path's.
+    good = sign_event(template, b.server_name, key, "10")
+    refused(_send_join(a, b, good, other_room), 400, "M_BAD_JSON")
+    # The path names another event ID.
+    r = _federation("PUT", b, a, f"/_matrix/federation/v2/send_join/{quote(room_id)}/$other", good)
+    refused(r, 400, "M_BAD_JSON")
+    # Not a join.
+    leave = {**template, "content": {"membership": "leave"}}
+    refused(_send_join(a, b, sign_event(leave, b.server_name, key, "10"), room_id), 400, "M_BAD_JSON")
+    # Refused by the auth rules against the current state: the room became invite-only.
+    alice.ok("PUT", f"/rooms/{quote(room_id)}/state/m.room.join_rules", {"join_rule": "invite"})
+    refused(_send_join(a, b, good, room_id), 403, "M_FORBIDDEN")
+    # Garbage bodies: a clear 400, never a 500.
+    r = _federation("PUT", b, a, f"/_matrix/federation/v2/send_join/{quote(room_id)}/$x", [1])
+    refused(r, 400, "M_BAD_JSON")
+    assert user not in alice.memberships(room_id)
