@@ -351,7 +351,11 @@ class HomeServer:
         self.profiles.remote = self.federation.profiles.remote
         self._build_federation_events()
         self.federation.membership = FederatedMembership(
-            self.config.server_name, self.events, self.federation.key_ring, self.federation.client
+            self.config.server_name,
+            self.events,
+            self.federation.key_ring,
+            self.federation.client,
+            self.rooms.is_local_user,
         )
         self.rooms.remote = self.federation.membership
         self.openid = OpenIdService(self.config.server_name, self.storage, self.clock)

@@ -142,6 +142,60 @@ def test_knocking_on_a_room_of_another_server(servers: tuple[FederatedServer, Fe
         if e["type"] == "m.room.member" and e["state_key"] == bob.user_id
     )
     assert knock["content"]["reason"] == "let me in"
+    # Bob's sync shows his knock pending, with the room's stripped state.
+    knock_state = bob.sync()["rooms"]["knock"][room_id]["knock_state"]["events"]
+    assert ("m.room.join_rules", "knock") in {(e["type"], e["content"].get("join_rule")) for e in knock_state}
+    # Alice accepts with an invite (sent to Bob's server), and Bob joins.
+    alice.ok("POST", f"/rooms/{quote(room_id)}/invite", {"user_id": bob.user_id})
+    assert room_id in bob.sync()["rooms"]["invite"]
+    bob.ok("POST", f"/join/{quote(room_id)}", {})
+    assert alice.memberships(room_id)[bob.user_id] == "join"
+    assert bob.memberships(room_id)[alice.user_id] == "join"
+
+
+@pytest.mark.parametrize("version", ["10", "12"])
+def test_invites_both_ways_accepted_and_rejected(
+    servers: tuple[FederatedServer, FederatedServer], version: str
+) -> None:
+    a, b = servers
+    alice = User(a, f"alice_inv{version}")
+    bob = User(b, f"bob_inv{version}")
+    carol = User(b, f"carol_inv{version}")
+    room_id = alice.create_room(version, preset="private_chat", name="Invited")
+
+    # Alice invites Bob: his server countersigns, his sync shows the invite and the room's name.
+    alice.ok("POST", f"/rooms/{quote(room_id)}/invite", {"user_id": bob.user_id})
+    assert alice.memberships(room_id)[bob.user_id] == "invite"
+    invite = bob.sync()["rooms"]["invite"][room_id]["invite_state"]["events"]
+    assert {"type": "m.room.name", "content": {"name": "Invited"}}.items() <= next(
+        e for e in invite if e["type"] == "m.room.name"
+    ).items()
+    assert any(e["type"] == "m.room.member" and e["state_key"] == bob.user_id for e in invite)
+    # Alice invites Carol, who rejects: her server is not in the room, so the leave goes
+    # to Alice's by make_leave/send_leave.
+    alice.ok("POST", f"/rooms/{quote(room_id)}/invite", {"user_id": carol.user_id})
+    assert room_id in carol.sync()["rooms"]["invite"]
+    carol.ok("POST", f"/rooms/{quote(room_id)}/leave", {})
+    assert alice.memberships(room_id)[carol.user_id] == "leave"
+    assert room_id not in carol.sync()["rooms"]["invite"]
+
+    # Bob accepts: the join goes through Alice's server (the inviter's), no server_name needed.
+    bob.ok("POST", f"/rooms/{quote(room_id)}/join", {})
+    assert alice.memberships(room_id)[bob.user_id] == "join"
+    assert bob.memberships(room_id)[alice.user_id] == "join"
+
+    # The other way: Carol (B) invites Dave (A) into her room, and he joins.
+    dave = User(a, f"dave_inv{version}")
+    theirs = carol.create_room(version, preset="private_chat")
+    carol.ok("POST", f"/rooms/{quote(theirs)}/invite", {"user_id": dave.user_id})
+    assert theirs in dave.sync()["rooms"]["invite"]
+    dave.ok("POST", f"/rooms/{quote(theirs)}/join", {})
+    assert carol.memberships(theirs)[dave.user_id] == "join"
+
+    # A user the other server does not have: its 404 is passed on.
+    r = alice.call("POST", f"/rooms/{quote(room_id)}/invite", {"user_id": f"@nobody:{b.server_name}"})
+    assert r.status_code == 404, r.text
+    assert r.json()["errcode"] == "M_NOT_FOUND"
 
 
 def _template(a: FederatedServer, b: FederatedServer, room_id: str, user_id: str) -> dict[str, Any]:
@@ -153,7 +207,9 @@ def _template(a: FederatedServer, b: FederatedServer, room_id: str, user_id: str
     return event
 
 
-def _send_join(a: FederatedServer, b: FederatedServer, pdu: dict[str, Any], room_id: str) -> requests.Response:
+def _send_join(
+    a: FederatedServer, b: FederatedServer, pdu: dict[str, Any], room_id: str
+) -> requests.Response:
     event_id = compute_event_id(pdu, "10")
     return _federation("PUT", b, a, f"/_matrix/federation/v2/send_join/{quote(room_id)}/{event_id}", pdu)
 
@@ -175,7 +231,9 @@ def test_bad_join_events_are_refused(servers: tuple[FederatedServer, FederatedSe
     refused(r, 403, "M_FORBIDDEN")
     r = _federation("GET", b, a, f"/_matrix/federation/v1/make_join/{quote(room_id)}/{quote(user)}?ver=11")
     refused(r, 400, "M_INCOMPATIBLE_ROOM_VERSION")
-    r = _federation("GET", b, a, f"/_matrix/federation/v1/make_join/!nope:{a.server_name}/{quote(user)}?ver=10")
+    r = _federation(
+        "GET", b, a, f"/_matrix/federation/v1/make_join/!nope:{a.server_name}/{quote(user)}?ver=10"
+    )
     refused(r, 404, "M_NOT_FOUND")
 
     template = _template(a, b, room_id, user)
@@ -203,3 +261,46 @@ def test_bad_join_events_are_refused(servers: tuple[FederatedServer, FederatedSe
     r = _federation("PUT", b, a, f"/_matrix/federation/v2/send_join/{quote(room_id)}/$x", [1])
     refused(r, 400, "M_BAD_JSON")
     assert user not in alice.memberships(room_id)
+
+
+def test_bad_invites_are_refused(servers: tuple[FederatedServer, FederatedServer]) -> None:
+    a, b = servers
+    alice = User(a, "alice_badinv")
+    room = f"!fake:{b.server_name}"
+    key = _signing_key(b)
+    pdu = {
+        "room_id": room,
+        "sender": f"@m:{b.server_name}",
+        "type": "m.room.member",
+        "state_key": alice.user_id,
+        "content": {"membership": "invite"},
+        "origin_server_ts": int(time.time() * 1000),
+        "depth": 3,
+        "prev_events": [],
+        "auth_events": [],
+    }
+
+    def invite(event: dict[str, Any], room_id: str = room, version: Any = "10") -> requests.Response:
+        event_id = compute_event_id(event, "10")
+        path = f"/_matrix/federation/v2/invite/{quote(room_id)}/{event_id}"
+        return _federation("PUT", b, a, path, {"event": event, "room_version": version})
+
+    def refused(r: requests.Response, status: int, errcode: str) -> None:
+        assert r.status_code == status, r.text
+        assert r.json()["errcode"] == errcode, r.text
+
+    refused(invite(sign_event(pdu, b.server_name, generate_signing_key("x"), "10")), 403, "M_FORBIDDEN")
+    other = {**pdu, "sender": "@m:elsewhere"}
+    refused(invite(sign_event(other, b.server_name, key, "10")), 403, "M_FORBIDDEN")
+    refused(invite(sign_event(pdu, b.server_name, key, "10"), f"!other:{b.server_name}"), 400, "M_BAD_JSON")
+    nobody = {**pdu, "state_key": f"@nobody:{a.server_name}"}
+    refused(invite(sign_event(nobody, b.server_name, key, "10")), 404, "M_NOT_FOUND")
+    refused(
+        invite(sign_event(pdu, b.server_name, key, "10"), version="1"), 400, "M_INCOMPATIBLE_ROOM_VERSION"
+    )
+    assert alice.sync()["rooms"]["invite"] == {}
+    # The genuine one is countersigned and shows.
+    r = invite(sign_event(pdu, b.server_name, key, "10"))
+    assert r.status_code == 200, r.text
+    assert a.server_name in r.json()["event"]["signatures"]
+    assert room in alice.sync()["rooms"]["invite"]

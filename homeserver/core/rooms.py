@@ -147,9 +147,15 @@ class RoomService:
     async def _check_local_user(self, user_id: str) -> None:
         if not user_id.endswith(":" + self.server_name):
             raise Forbidden("Inviting users of other servers needs federation, which is not enabled yet")
-        user = await self.storage.accounts.get_user(user_id)
-        if user is None or user.deactivated:
+        if not await self.is_local_user(user_id):
             raise NotFound(f"Unknown user {user_id}")
+
+    async def is_local_user(self, user_id: str) -> bool:
+        """Whether `user_id` is an active account of this server."""
+        if not user_id.endswith(":" + self.server_name):
+            return False
+        user = await self.storage.accounts.get_user(user_id)
+        return user is not None and not user.deactivated
 
     # Creation -------------------------------------------------------------------------
 
@@ -363,7 +369,9 @@ class RoomService:
     async def invite(self, sender: str, room_id: str, target: str, reason: str | None = None) -> None:
         check_user_id(target)
         self._may_act(sender)
-        await self._check_local_user(target)
+        remote = self.remote is not None and not target.endswith(":" + self.server_name)
+        if not remote:
+            await self._check_local_user(target)
         head = await self.access_room_as_member(sender, room_id)
         if head.membership(target) == "join":
             raise Forbidden(f"{target} is already in the room")
@@ -374,9 +382,20 @@ class RoomService:
         # Keep the DM flag when re-inviting into a direct chat.
         if head.content("m.room.member", target).get("is_direct"):
             direct = {"is_direct": True}
+        if remote:
+            assert self.remote is not None
+            if room_id in self.blocked:
+                raise Forbidden("This room has been blocked on this server")
+            content: dict[str, Any] = {"membership": "invite", **(direct or {})}
+            if reason is not None:
+                content["reason"] = reason
+            await self.remote.invite_remote(head, sender, target, content)
+            return
         await self.set_membership(sender, room_id, target, "invite", reason, direct)
 
-    def _remote_servers(self, room_id: str, head: RoomHead | None, via: list[str] | None) -> list[str] | None:
+    def _remote_servers(
+        self, room_id: str, head: RoomHead | None, via: list[str] | None, user_id: str = ""
+    ) -> list[str] | None:
         """The servers to join or leave through, when this server is not in the room (no
         local member joined); None when it is and the event is built here."""
         suffix = ":" + self.server_name
@@ -386,6 +405,9 @@ class RoomService:
         if ":" in room_id and not room_id.endswith(suffix):
             servers.append(room_id.split(":", 1)[1])  # v10/v11 room IDs name their creator's server
         if head is not None:
+            own = head.get("m.room.member", user_id)
+            if own is not None and own.sender != user_id:
+                servers.append(own.sender.split(":", 1)[1])  # who invited us knows the room
             servers.extend(sorted({m.split(":", 1)[1] for m in head.members("join") if ":" in m}))
         servers = [s for s in dict.fromkeys(servers) if s != self.server_name]
         return servers if servers and self.remote is not None else None
@@ -396,7 +418,7 @@ class RoomService:
         head = await self.events.heads.get(room_id)
         if head is None or head.membership(user_id) != "join":
             self._limit("join", user_id)  # joining again a room one is in changes nothing
-        remote = self._remote_servers(room_id, head, via)
+        remote = self._remote_servers(room_id, head, via, user_id)
         if remote is not None and (head is None or head.membership(user_id) != "join"):
             assert self.remote is not None
             if room_id in self.blocked:
@@ -458,7 +480,7 @@ class RoomService:
         self._may_act(user_id)
         room_id = await self.resolve_room(room_id_or_alias)
         head = await self.events.heads.get(room_id)
-        remote = self._remote_servers(room_id, head, via)
+        remote = self._remote_servers(room_id, head, via, user_id)
         if remote is not None and (head is None or head.membership(user_id) != "knock"):
             assert self.remote is not None
             reason_extra = {"reason": reason} if isinstance(reason, str) else {}
@@ -637,6 +659,11 @@ class RoomService:
     def invite_state(self, head: RoomHead, invitee: str) -> list[dict[str, Any]]:
         """Stripped state events shown with an invite (or with one's own knock: `knock_state`)."""
         out: list[dict[str, Any]] = []
+        member = head.get("m.room.member", invitee)
+        if head.get("m.room.create") is None and member is not None:
+            # A room of another server we are not in: the stripped state its server sent.
+            extra = member.unsigned_extra
+            out.extend(extra.get("invite_room_state") or extra.get("knock_room_state") or [])
         for event_type in INVITE_STATE_TYPES:
             ev = head.get(event_type)
             if ev is not None:

@@ -1,4 +1,5 @@
-"""make_join / send_join, make_leave / send_leave, make_knock / send_knock (Server-Server API)."""
+"""make_join / send_join, make_leave / send_leave, make_knock / send_knock and invite v2
+(Server-Server API)."""
 
 from __future__ import annotations
 
@@ -46,3 +47,9 @@ def register(router: Router, hs: "HomeServer") -> None:
     router.add("PUT", f"{FEDERATION}/v2/send_join/{{room_id}}/{{event_id}}", send("join"))
     router.add("PUT", f"{FEDERATION}/v2/send_leave/{{room_id}}/{{event_id}}", send("leave"))
     router.add("PUT", f"{FEDERATION}/v1/send_knock/{{room_id}}/{{event_id}}", send("knock"))
+
+    async def invite(request: ApiRequest, room_id: str, event_id: str) -> dict[str, Any]:
+        origin = await require_origin(hs, request)
+        return await hs.federation.membership.receive_invite(origin, room_id, event_id, _body(request))
+
+    router.add("PUT", f"{FEDERATION}/v2/invite/{{room_id}}/{{event_id}}", invite)

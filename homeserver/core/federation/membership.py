@@ -15,7 +15,7 @@ built from them (its one extremity our join), so the user's next sends chain ont
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from homeserver.core.federation.client import FederationClient, RemoteError
@@ -24,10 +24,10 @@ from homeserver.core.room_heads import RoomHead
 from homeserver.errors import BadJson, Forbidden, MatrixError, NotFound, RemoteServerError
 from homeserver.events.auth_chain import MissingEvent
 from homeserver.events.auth_rules import AuthError, auth_types_for_event, check_auth
-from homeserver.events.hashing import compute_event_id
-from homeserver.events.pdu_checks import PduStatus, check_pdu
+from homeserver.events.hashing import check_content_hash, compute_event_id
+from homeserver.events.pdu_checks import InvalidPdu, PduStatus, check_pdu, check_pdu_signatures, validate_pdu
 from homeserver.events.room_versions import room_id_is_create_hash
-from homeserver.events.signing import sign_event
+from homeserver.events.signing import InvalidSignature, sign_event, verify_event_signature
 from homeserver.storage.events import PersistItem, StoredEvent
 
 if TYPE_CHECKING:
@@ -59,8 +59,14 @@ def _pdu_only(pdu: Mapping[str, Any]) -> dict[str, Any]:
 
 class FederatedMembership:
     def __init__(
-        self, server_name: str, events: "EventService", key_ring: KeyRing, client: FederationClient
+        self,
+        server_name: str,
+        events: "EventService",
+        key_ring: KeyRing,
+        client: FederationClient,
+        user_exists: Callable[[str], Awaitable[bool]],
     ) -> None:
+        self.user_exists = user_exists
         self.server_name = server_name
         self.events = events
         self.key_ring = key_ring
@@ -275,6 +281,143 @@ class FederatedMembership:
             wanted = {a for ev in got.values() for a in ev.pdu.get("auth_events", [])} - set(known)
         return [known[e] for e in self.auth_chain_of(head, events, known)]
 
+    # Invites ---------------------------------------------------------------------------------
+
+    async def receive_invite(self, origin: str, room_id: str, event_id: str, body: Any) -> dict[str, Any]:
+        """PUT /v2/invite/{roomId}/{eventId}: a remote server invites one of our users. The
+        event is checked, countersigned and, unless we are in the room already (then it
+        arrives with the room's other events), kept so the invitee's /sync shows it."""
+        if not isinstance(body, dict) or not isinstance(body.get("event"), dict):
+            raise BadJson("'event' must be an object")
+        room_version = body.get("room_version")
+        if room_version not in SUPPORTED_VERSIONS:
+            raise MatrixError(
+                f"Room version {room_version} is not supported here",
+                "M_INCOMPATIBLE_ROOM_VERSION",
+                room_version=room_version if isinstance(room_version, str) else None,
+            )
+        pdu = _pdu_only(body["event"])
+        content = pdu.get("content")
+        target = pdu.get("state_key")
+        if pdu.get("room_id") != room_id:
+            raise BadJson("The event's room_id is not the room of the path")
+        if pdu.get("type") != "m.room.member" or not isinstance(content, dict):
+            raise BadJson("The event must be an m.room.member event")
+        if content.get("membership") != "invite" or not isinstance(target, str):
+            raise BadJson("The event must be an invite")
+        sender = pdu.get("sender")
+        if not isinstance(sender, str) or domain_of(sender) != origin:
+            raise Forbidden(f"The sender {sender} is not a user of {origin}")
+        if domain_of(target) != self.server_name or not await self.user_exists(target):
+            raise NotFound(f"{target} is not a user of this server")
+        try:
+            validate_pdu(pdu, room_version)
+        except InvalidPdu as e:
+            raise BadJson(f"Invalid event: {e.reason}") from None
+        if compute_event_id(pdu, room_version) != event_id:
+            raise BadJson("The event ID of the path is not the event's")
+        await self._fetch_keys([pdu])
+        try:
+            check_pdu_signatures(pdu, room_version, self.key_ring.cached_key)
+        except InvalidSignature as e:
+            raise Forbidden(f"Bad signature: {e}") from None
+        if not check_content_hash(pdu):
+            raise Forbidden("The event's content hash does not match")
+        signed = sign_event(pdu, self.server_name, self.events.signing_key, room_version)
+        head = await self.events.heads.get(room_id)
+        suffix = ":" + self.server_name
+        if head is not None and any(m.endswith(suffix) for m in head.members("join")):
+            # We are in the room: the invite joins our copy of it now (it may come again by
+            # /send later; the event ID makes that a duplicate).
+            current = head.get("m.room.member", target)
+            if current is None or current.event_id != event_id:
+                stored = self._chain(head, signed, event_id)
+                await self.events.persist(head, [stored])
+            return {"event": signed}
+        stripped = _stripped(body.get("invite_room_state"))
+        unsigned = {"invite_room_state": stripped}
+        await self._store_outlier(room_id, room_version, signed, event_id, head, unsigned)
+        return {"event": signed}
+
+    async def invite_remote(
+        self, head: RoomHead, sender: str, target: str, content: dict[str, Any]
+    ) -> StoredEvent:
+        """Our member invites a user of another server: the event goes to their server to
+        be countersigned (PUT /v2/invite), then into the room like any other."""
+        server = domain_of(target)
+        pdu: dict[str, Any] = {
+            "room_id": head.room_id,
+            "sender": sender,
+            "type": "m.room.member",
+            "state_key": target,
+            "content": content,
+            "origin_server_ts": self.events.clock.time_ms(),
+            "depth": head.depth + 1,
+            "prev_events": head.extremities[:10],
+        }
+        self._authorise(head, pdu)
+        pdu["auth_events"] = self._auth_event_ids(head, pdu)
+        pdu = sign_event(pdu, self.server_name, self.events.signing_key, head.room_version)
+        event_id = compute_event_id(pdu, head.room_version)
+        stripped = self.stripped_state(head)
+        body = {"event": pdu, "room_version": head.room_version, "invite_room_state": stripped}
+        try:
+            answer = await self.client.put_json(
+                server, f"/_matrix/federation/v2/invite/{_q(head.room_id)}/{_q(event_id)}", body
+            )
+        except RemoteError as e:
+            status = e.status if 400 <= e.status < 500 else 502
+            raise MatrixError(f"{server} refused the invite: {e.message}", e.errcode, status=status) from None
+        signed = answer.get("event") if isinstance(answer, dict) else None
+        if not isinstance(signed, dict):
+            raise RemoteServerError(f"{server} answered the invite without the event")
+        signed = _pdu_only(signed)
+        if compute_event_id(signed, head.room_version) != event_id:
+            raise RemoteServerError(f"{server} answered the invite with another event")
+        await self._fetch_keys([signed])
+        if not any(
+            self._signed_by(signed, head.room_version, server, kid)
+            for kid in (signed.get("signatures") or {}).get(server, {})
+        ):
+            raise RemoteServerError(f"{server} did not countersign the invite")
+        self._authorise(head, signed)  # the room may have changed while we waited
+        stored = self._chain(head, signed, event_id)
+        await self.events.persist(head, [stored])
+        return stored
+
+    def _signed_by(self, pdu: dict[str, Any], room_version: str, server: str, kid: str) -> bool:
+        key = self.key_ring.cached_key(server, kid, int(pdu.get("origin_server_ts", 0)))
+        if key is None:
+            return False
+        try:
+            verify_event_signature(pdu, server, key, room_version)
+        except InvalidSignature:
+            return False
+        return True
+
+    async def _store_outlier(
+        self,
+        room_id: str,
+        room_version: str,
+        pdu: dict[str, Any],
+        event_id: str,
+        head: RoomHead | None,
+        unsigned: dict[str, Any],
+    ) -> StoredEvent:
+        """An invite or knock for a room we are not in: kept as the only event we have of it
+        (with the stripped state it came with), a room head of its own."""
+        is_new = await self.events.store.room_version(room_id) is None
+        if head is None:
+            head = RoomHead(room_id, room_version)
+            self.events.heads.put(head)
+        stored = self._chain(head, pdu, event_id)
+        stored.unsigned_extra.update(unsigned)
+        head.extremities = []
+        await self.events.persister.persist(
+            [PersistItem(stored, room_version, is_create=is_new, extremity=False)]
+        )
+        return stored
+
     # Outbound: our user and a room on another server ----------------------------------------
 
     async def remote_membership(
@@ -344,6 +487,11 @@ class FederatedMembership:
         answer = await self.client.put_json(
             server, f"/_matrix/federation/{send_version}/send_{membership}/{_q(room_id)}/{_q(event_id)}", pdu
         )
+        if membership == "knock" and (head is None or head.get("m.room.create") is None):
+            stripped = _stripped(answer.get("knock_room_state") if isinstance(answer, dict) else None)
+            return await self._store_outlier(
+                room_id, room_version, pdu, event_id, head, {"knock_room_state": stripped}
+            )
         if membership != "join":
             return await self._store_membership(room_id, room_version, pdu, event_id, head)
         if not isinstance(answer, dict):
@@ -356,19 +504,15 @@ class FederatedMembership:
     async def _store_membership(
         self, room_id: str, room_version: str, pdu: dict[str, Any], event_id: str, head: RoomHead | None
     ) -> StoredEvent:
-        """A leave or knock sent through a resident: chained onto our head of the room if we
-        have one; else kept as an outlier-like room of its own (the knock waits for an answer)."""
+        """A leave or knock sent through a resident, chained onto our head of the room."""
         if head is None:
-            head = RoomHead(room_id, room_version)
-            self.events.heads.put(head)
-            stored = self._chain(head, pdu, event_id)
-            head.extremities = []
-            await self.events.persister.persist(
-                [PersistItem(stored, room_version, is_create=True, extremity=False)]
-            )
-            return stored
+            return await self._store_outlier(room_id, room_version, pdu, event_id, None, {})
         stored = self._chain(head, pdu, event_id)
-        await self.events.persist(head, [stored])
+        if head.get("m.room.create") is None:
+            head.extremities = []
+            await self.events.persister.persist([PersistItem(stored, room_version, extremity=False)])
+        else:
+            await self.events.persist(head, [stored])
         return stored
 
     async def _store_join(
@@ -442,9 +586,14 @@ class FederatedMembership:
         head = RoomHead(room_id, room_version)
         items: list[PersistItem] = []
         is_new = await self.events.store.room_version(room_id) is None
+        # Our invite or knock, in the state already, is stored already.
+        have = await self.events.store.get_events([p["event_id"] for p in state.values()])
         ordered = sorted(state.values(), key=lambda p: (p["type"] != "m.room.create", p["depth"]))
         for pdu in ordered:
             eid = pdu.pop("event_id")
+            if eid in have:
+                head.state[(pdu["type"], pdu["state_key"])] = have[eid]
+                continue
             stored = StoredEvent(eid, room_id, self.events.persister.allocate_stream_ordering(), pdu)
             head.state[(stored.type, stored.state_key or "")] = stored
             items.append(PersistItem(stored, room_version, is_create=is_new and not items, extremity=False))
@@ -481,6 +630,23 @@ def _auth_order(events: dict[str, dict[str, Any]]) -> list[str]:
             if isinstance(room_id, str) and room_id.startswith("!") and ":" not in room_id:
                 stack.append(("$" + room_id[1:], False))  # v12: the room ID names the create event
     return order
+
+
+def _stripped(value: Any) -> list[dict[str, Any]]:
+    """Stripped state events as another server sent them, the well-formed ones (at most 50)."""
+    if not isinstance(value, list):
+        return []
+    out = []
+    for ev in value[:50]:
+        if (
+            isinstance(ev, dict)
+            and isinstance(ev.get("type"), str)
+            and isinstance(ev.get("state_key"), str)
+            and isinstance(ev.get("content"), dict)
+            and isinstance(ev.get("sender"), str)
+        ):
+            out.append({k: ev[k] for k in ("type", "state_key", "content", "sender")})
+    return out
 
 
 def _q(value: str) -> str:
