@@ -1,0 +1,80 @@
+"""Joins across servers with a real Synapse (1.163, over TLS checked against the test CA):
+a Synapse user joins a room of ours, and our user joins a room on Synapse (room version
+12, Synapse's default); each side's member list shows the other."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+import requests
+from federation_harness import FederatedServer, TestCA, make_ca, start_federated_server
+from synapse import SynapseServer, start_synapse
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
+    return make_ca(tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture(scope="module")
+def ours(tmp_path_factory: pytest.TempPathFactory, ca: TestCA) -> Iterator[FederatedServer]:
+    server = start_federated_server(tmp_path_factory.mktemp("ours"), ca)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def synapse(tmp_path_factory: pytest.TempPathFactory, ca: TestCA) -> Iterator[SynapseServer]:
+    server = start_synapse(tmp_path_factory.mktemp("synapse"), ca)
+    yield server
+    server.stop()
+
+
+class Client:
+    def __init__(self, base: str, account: dict[str, Any]) -> None:
+        self.base = base
+        self.user_id: str = account["user_id"]
+        self.token: str = account["access_token"]
+
+    def ok(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
+        r = requests.request(
+            method,
+            f"{self.base}/_matrix/client/v3{path}",
+            json=body,
+            params=params,
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=90,
+        )
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def memberships(self, room_id: str) -> dict[str, str]:
+        chunk = self.ok("GET", f"/rooms/{quote(room_id)}/members")["chunk"]
+        return {ev["state_key"]: ev["content"]["membership"] for ev in chunk}
+
+
+def test_a_synapse_user_joins_our_room(ours: FederatedServer, synapse: SynapseServer) -> None:
+    alice = Client(ours.process.url(""), ours.process.register("alice_syn"))
+    sam = Client(synapse.url(""), synapse.register("sam"))
+    room_id = alice.ok("POST", "/createRoom", {"preset": "public_chat", "name": "Ours"})["room_id"]
+    sam.ok("POST", f"/join/{quote(room_id)}", {}, server_name=ours.server_name)
+    assert alice.memberships(room_id) == {alice.user_id: "join", sam.user_id: "join"}
+    assert sam.memberships(room_id) == {alice.user_id: "join", sam.user_id: "join"}
+    name = sam.ok("GET", f"/rooms/{quote(room_id)}/state/m.room.name")
+    assert name == {"name": "Ours"}
+
+
+def test_our_user_joins_a_v12_room_on_synapse(ours: FederatedServer, synapse: SynapseServer) -> None:
+    sue = Client(synapse.url(""), synapse.register("sue"))
+    bob = Client(ours.process.url(""), ours.process.register("bob_syn"))
+    room_id = sue.ok("POST", "/createRoom", {"preset": "public_chat", "name": "Theirs"})["room_id"]
+    assert ":" not in room_id  # a v12 room ID: the create event's hash
+    bob.ok("POST", f"/join/{quote(room_id)}", {}, server_name=synapse.server_name)
+    assert sue.memberships(room_id) == {sue.user_id: "join", bob.user_id: "join"}
+    assert bob.memberships(room_id) == {sue.user_id: "join", bob.user_id: "join"}
+    create = bob.ok("GET", f"/rooms/{quote(room_id)}/state/m.room.create")
+    assert create["room_version"] == "12"
+    assert bob.ok("GET", f"/rooms/{quote(room_id)}/state/m.room.name") == {"name": "Theirs"}
