@@ -262,6 +262,17 @@ def test_bad_join_events_are_refused(servers: tuple[FederatedServer, FederatedSe
     refused(r, 400, "M_BAD_JSON")
     assert user not in alice.memberships(room_id)
 
+    # A join sent twice (a retry) is answered twice and stored once.
+    retry = f"@retry:{b.server_name}"
+    event = _template(a, b, other_room, retry)
+    event["origin_server_ts"] = int(time.time() * 1000)
+    event = sign_event(event, b.server_name, key, "10")
+    first, second = _send_join(a, b, event, other_room), _send_join(a, b, event, other_room)
+    assert first.status_code == second.status_code == 200, second.text
+    assert first.json()["event"] == second.json()["event"]
+    assert len(first.json()["state"]) == len(second.json()["state"])
+    assert alice.memberships(other_room)[retry] == "join"
+
 
 def test_bad_invites_are_refused(servers: tuple[FederatedServer, FederatedServer]) -> None:
     a, b = servers

@@ -152,11 +152,12 @@ class FederatedMembership:
         if not outcome.accepted:
             raise Forbidden(outcome.reason)
         state_before = list(head.state.values())
-        if head.membership(sender) == membership and membership != "knock":
+        existing = head.get("m.room.member", sender)
+        if existing is not None and existing.event_id == event_id:
             # A retry of a handshake that already went through: answer as the first time.
-            existing = head.get("m.room.member", sender)
-            if existing is not None and existing.event_id == event_id:
-                return head, existing, state_before
+            return head, existing, [ev for ev in state_before if ev is not existing]
+        if await self.events.store.event_stored(event_id):
+            raise Forbidden("This event was sent before and is no longer the user's membership")
         if membership == "join":
             # The resident server countersigns a join (spec: send_join v2 "the signed event").
             pdu = sign_event(pdu, self.server_name, self.events.signing_key, room_version)
@@ -324,6 +325,8 @@ class FederatedMembership:
         if not check_content_hash(pdu):
             raise Forbidden("The event's content hash does not match")
         signed = sign_event(pdu, self.server_name, self.events.signing_key, room_version)
+        if await self.events.store.event_stored(event_id):
+            return {"event": signed}  # a retry: kept already
         head = await self.events.heads.get(room_id)
         suffix = ":" + self.server_name
         if head is not None and any(m.endswith(suffix) for m in head.members("join")):
