@@ -1,6 +1,6 @@
 """Joins across servers with a real Synapse (1.163, over TLS checked against the test CA):
 a Synapse user joins a room of ours, and our user joins a room on Synapse (room version
-12, Synapse's default); each side's member list shows the other."""
+12, Synapse's default); each side's member list shows the other. Invites both ways."""
 
 from __future__ import annotations
 
@@ -78,3 +78,20 @@ def test_our_user_joins_a_v12_room_on_synapse(ours: FederatedServer, synapse: Sy
     create = bob.ok("GET", f"/rooms/{quote(room_id)}/state/m.room.create")
     assert create["room_version"] == "12"
     assert bob.ok("GET", f"/rooms/{quote(room_id)}/state/m.room.name") == {"name": "Theirs"}
+
+
+def test_invites_both_ways_with_synapse(ours: FederatedServer, synapse: SynapseServer) -> None:
+    sue = Client(synapse.url(""), synapse.register("sue_inv"))
+    dan = Client(ours.process.url(""), ours.process.register("dan_inv"))
+    # Synapse's invite to our user: countersigned here, shown in his sync, accepted.
+    theirs = sue.ok("POST", "/createRoom", {"preset": "private_chat", "name": "Invite only"})["room_id"]
+    sue.ok("POST", f"/rooms/{quote(theirs)}/invite", {"user_id": dan.user_id})
+    invite = dan.ok("GET", "/sync", timeout="0")["rooms"]["invite"][theirs]["invite_state"]["events"]
+    assert any(e["type"] == "m.room.name" and e["content"]["name"] == "Invite only" for e in invite)
+    dan.ok("POST", f"/rooms/{quote(theirs)}/join", {})
+    assert sue.memberships(theirs) == {sue.user_id: "join", dan.user_id: "join"}
+    # Ours to a Synapse user, who accepts through us.
+    ours_room = dan.ok("POST", "/createRoom", {"preset": "private_chat", "room_version": "12"})["room_id"]
+    dan.ok("POST", f"/rooms/{quote(ours_room)}/invite", {"user_id": sue.user_id})
+    sue.ok("POST", f"/rooms/{quote(ours_room)}/join", {})
+    assert dan.memberships(ours_room) == {dan.user_id: "join", sue.user_id: "join"}
