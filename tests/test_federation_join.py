@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import quote
 
@@ -267,11 +268,19 @@ def test_bad_join_events_are_refused(servers: tuple[FederatedServer, FederatedSe
     event = _template(a, b, other_room, retry)
     event["origin_server_ts"] = int(time.time() * 1000)
     event = sign_event(event, b.server_name, key, "10")
-    first, second = _send_join(a, b, event, other_room), _send_join(a, b, event, other_room)
-    assert first.status_code == second.status_code == 200, second.text
-    assert first.json()["event"] == second.json()["event"]
-    assert len(first.json()["state"]) == len(second.json()["state"])
+    with ThreadPoolExecutor(3) as pool:  # at once, and once more after
+        first, second = pool.map(lambda _: _send_join(a, b, event, other_room), range(2))
+    third = _send_join(a, b, event, other_room)
+    assert first.status_code == second.status_code == third.status_code == 200, second.text
+    assert first.json()["event"] == second.json()["event"] == third.json()["event"]
+    assert len(first.json()["state"]) == len(third.json()["state"])
     assert alice.memberships(other_room)[retry] == "join"
+    joins = [
+        e
+        for e in alice.sync()["rooms"]["join"][other_room]["timeline"]["events"]
+        if e.get("state_key") == retry
+    ]
+    assert len(joins) == 1
 
 
 def test_bad_invites_are_refused(servers: tuple[FederatedServer, FederatedServer]) -> None:
@@ -315,3 +324,22 @@ def test_bad_invites_are_refused(servers: tuple[FederatedServer, FederatedServer
     assert r.status_code == 200, r.text
     assert a.server_name in r.json()["event"]["signatures"]
     assert room in alice.sync()["rooms"]["invite"]
+
+
+def test_two_of_our_users_join_a_remote_room_at_once(
+    servers: tuple[FederatedServer, FederatedServer],
+) -> None:
+    a, b = servers
+    alice = User(a, "alice_twice")
+    bobs = [User(b, "bob_twice1"), User(b, "bob_twice2")]
+    room_id = alice.create_room("12", preset="public_chat")
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(
+            pool.map(lambda u: u.call("POST", f"/join/{quote(room_id)}", {}, via=a.server_name), bobs)
+        )
+    assert [r.status_code for r in answers] == [200, 200], [r.text for r in answers]
+    expected = {alice.user_id: "join", bobs[0].user_id: "join", bobs[1].user_id: "join"}
+    assert alice.memberships(room_id) == expected
+    # Bob's server stored the room's state once; the second join went on the first's room head.
+    members = bobs[1].memberships(room_id)
+    assert members[bobs[0].user_id] == members[bobs[1].user_id] == "join"

@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet.defer import DeferredLock
+
 from homeserver.core.federation.client import FederationClient, RemoteError
 from homeserver.core.federation.keys import KeyRing
 from homeserver.core.room_heads import RoomHead
@@ -67,6 +69,7 @@ class FederatedMembership:
         user_exists: Callable[[str], Awaitable[bool]],
     ) -> None:
         self.user_exists = user_exists
+        self._room_locks: dict[str, DeferredLock] = {}
         self.server_name = server_name
         self.events = events
         self.key_ring = key_ring
@@ -161,6 +164,10 @@ class FederatedMembership:
         if membership == "join":
             # The resident server countersigns a join (spec: send_join v2 "the signed event").
             pdu = sign_event(pdu, self.server_name, self.events.signing_key, room_version)
+        existing = head.get("m.room.member", sender)
+        if existing is not None and existing.event_id == event_id:
+            # The same event, sent again while we checked it the first time.
+            return head, existing, [ev for ev in head.state.values() if ev is not existing]
         stored = self._chain(head, pdu, event_id)
         await self.events.persist(head, [stored])
         return head, stored, state_before
@@ -325,8 +332,27 @@ class FederatedMembership:
         if not check_content_hash(pdu):
             raise Forbidden("The event's content hash does not match")
         signed = sign_event(pdu, self.server_name, self.events.signing_key, room_version)
+        lock = self._room_locks.setdefault(room_id, DeferredLock())
+        await lock.acquire()  # one invite stored at a time per room (a retry racing the first)
+        try:
+            await self._keep_invite(room_id, room_version, target, signed, event_id, body)
+        finally:
+            lock.release()
+            if not lock.locked and not lock.waiting:
+                self._room_locks.pop(room_id, None)
+        return {"event": signed}
+
+    async def _keep_invite(
+        self,
+        room_id: str,
+        room_version: str,
+        target: str,
+        signed: dict[str, Any],
+        event_id: str,
+        body: dict[str, Any],
+    ) -> None:
         if await self.events.store.event_stored(event_id):
-            return {"event": signed}  # a retry: kept already
+            return  # a retry: kept already
         head = await self.events.heads.get(room_id)
         suffix = ":" + self.server_name
         if head is not None and any(m.endswith(suffix) for m in head.members("join")):
@@ -336,11 +362,10 @@ class FederatedMembership:
             if current is None or current.event_id != event_id:
                 stored = self._chain(head, signed, event_id)
                 await self.events.persist(head, [stored])
-            return {"event": signed}
+            return
         stripped = _stripped(body.get("invite_room_state"))
         unsigned = {"invite_room_state": stripped}
         await self._store_outlier(room_id, room_version, signed, event_id, head, unsigned)
-        return {"event": signed}
 
     async def invite_remote(
         self, head: RoomHead, sender: str, target: str, content: dict[str, Any]
@@ -431,7 +456,25 @@ class FederatedMembership:
         servers: list[str],
         extra: dict[str, Any] | None = None,
     ) -> StoredEvent:
-        """Join, leave or knock on a room through one of `servers` (tried in order)."""
+        """Join, leave or knock on a room through one of `servers` (tried in order). One
+        at a time per room: two joins storing the room's state at once would clash."""
+        lock = self._room_locks.setdefault(room_id, DeferredLock())
+        await lock.acquire()
+        try:
+            return await self._remote_membership(membership, user_id, room_id, servers, extra)
+        finally:
+            lock.release()
+            if not lock.locked and not lock.waiting:
+                self._room_locks.pop(room_id, None)
+
+    async def _remote_membership(
+        self,
+        membership: str,
+        user_id: str,
+        room_id: str,
+        servers: list[str],
+        extra: dict[str, Any] | None,
+    ) -> StoredEvent:
         last: Exception | None = None
         for server in [s for s in dict.fromkeys(servers) if s and s != self.server_name]:
             try:
