@@ -129,6 +129,10 @@ class FederatedMembership:
         if domain_of(sender) != origin:
             raise Forbidden(f"The sender {sender} is not a user of {origin}")
         room_version = head.room_version
+        existing = head.get("m.room.member", sender)
+        if existing is not None and existing.event_id == event_id == _event_id_or_none(pdu, room_version):
+            # A retry of a handshake that went through (the same event: its ID is its hash).
+            return head, existing, [ev for ev in head.state.values() if ev is not existing]
         await self._fetch_keys([pdu])
         lookup = await self._auth_lookup(head, pdu)
         current = {key: {**ev.pdu, "event_id": ev.event_id} for key, ev in head.state.items()}
@@ -154,11 +158,6 @@ class FederatedMembership:
             raise Forbidden("The event's content hash does not match")
         if not outcome.accepted:
             raise Forbidden(outcome.reason)
-        state_before = list(head.state.values())
-        existing = head.get("m.room.member", sender)
-        if existing is not None and existing.event_id == event_id:
-            # A retry of a handshake that already went through: answer as the first time.
-            return head, existing, [ev for ev in state_before if ev is not existing]
         if await self.events.store.event_stored(event_id):
             raise Forbidden("This event was sent before and is no longer the user's membership")
         if membership == "join":
@@ -168,6 +167,7 @@ class FederatedMembership:
         if existing is not None and existing.event_id == event_id:
             # The same event, sent again while we checked it the first time.
             return head, existing, [ev for ev in head.state.values() if ev is not existing]
+        state_before = list(head.state.values())
         stored = self._chain(head, pdu, event_id)
         await self.events.persist(head, [stored])
         return head, stored, state_before
@@ -676,6 +676,13 @@ def _auth_order(events: dict[str, dict[str, Any]]) -> list[str]:
             if isinstance(room_id, str) and room_id.startswith("!") and ":" not in room_id:
                 stack.append(("$" + room_id[1:], False))  # v12: the room ID names the create event
     return order
+
+
+def _event_id_or_none(pdu: Mapping[str, Any], room_version: str) -> str | None:
+    try:
+        return compute_event_id(pdu, room_version)
+    except Exception:  # a malformed event: check_pdu says what is wrong with it
+        return None
 
 
 def _stripped(value: Any) -> list[dict[str, Any]]:
