@@ -5,9 +5,12 @@ handshake events that must be refused."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -30,7 +33,8 @@ def ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
 def servers(
     tmp_path_factory: pytest.TempPathFactory, ca: TestCA
 ) -> Iterator[tuple[FederatedServer, FederatedServer]]:
-    a = start_federated_server(tmp_path_factory.mktemp("hs-a"), ca)
+    admin = {"plugins": [{"module": "plugins.admin.AdminPlugin", "config": {}}]}
+    a = start_federated_server(tmp_path_factory.mktemp("hs-a"), ca, admin)
     b = start_federated_server(tmp_path_factory.mktemp("hs-b"), ca)
     yield a, b
     for server in (a, b):
@@ -357,3 +361,33 @@ def test_two_of_our_users_join_a_remote_room_at_once(
     members = bobs[1].memberships(room_id)
     assert members == {alice.user_id: "join", bobs[0].user_id: "join", bobs[1].user_id: "join"}
     assert "join" in {alice.memberships(room_id).get(u.user_id) for u in bobs}
+
+
+def test_a_blocked_room_takes_no_remote_joins(
+    servers: tuple[FederatedServer, FederatedServer],
+) -> None:
+    a, b = servers
+    made = subprocess.run(
+        [str(Path(sys.executable).parent / "homeserver"), "admin", "create-user"]
+        + ["-c", str(a.process.config_path), "--username", "root_join", "--password", "pw pw pw pw 42"]
+        + ["--email", "root_join@example.org", "--admin"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert made.returncode == 0, made.stderr
+    root_token = a.process.login("root_join", "pw pw pw pw 42")["access_token"]
+    alice = User(a, "alice_blocked")
+    bob = User(b, "bob_blocked")
+    room_id = alice.create_room("10", preset="public_chat")
+    r = requests.put(
+        a.process.url(f"/_synapse/admin/v1/rooms/{quote(room_id, safe='')}/block"),
+        json={"block": True},
+        headers={"Authorization": f"Bearer {root_token}"},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    r = bob.call("POST", f"/join/{quote(room_id)}", {}, server_name=a.server_name)
+    assert r.status_code == 403, r.text
+    assert r.json()["errcode"] == "M_FORBIDDEN"
+    assert bob.user_id not in alice.memberships(room_id)

@@ -67,8 +67,11 @@ class FederatedMembership:
         key_ring: KeyRing,
         client: FederationClient,
         user_exists: Callable[[str], Awaitable[bool]],
+        is_blocked: Callable[[str], bool] = lambda room_id: False,
     ) -> None:
         self.user_exists = user_exists
+        # Rooms a server admin blocked (core/admin.py): no joins, knocks or invites into them.
+        self.is_blocked = is_blocked
         self._room_locks: dict[str, DeferredLock] = {}
         self.server_name = server_name
         self.events = events
@@ -83,6 +86,8 @@ class FederatedMembership:
         """The template for GET /make_{join,leave,knock}/{roomId}/{userId}."""
         if domain_of(user_id) != origin:
             raise Forbidden(f"{user_id} is not a user of {origin}")
+        if membership != "leave" and self.is_blocked(room_id):
+            raise Forbidden("This room has been blocked on this server")
         head = await self.events.heads.get(room_id)
         if head is None:
             raise NotFound("Unknown room")
@@ -113,6 +118,8 @@ class FederatedMembership:
         head, the stored event and the room's state before it."""
         if not isinstance(pdu, dict):
             raise BadJson("The body must be an event")
+        if membership != "leave" and self.is_blocked(room_id):
+            raise Forbidden("This room has been blocked on this server")
         head = await self.events.heads.get(room_id)
         if head is None:
             raise NotFound("Unknown room")
@@ -318,6 +325,8 @@ class FederatedMembership:
             raise Forbidden(f"The sender {sender} is not a user of {origin}")
         if domain_of(target) != self.server_name or not await self.user_exists(target):
             raise NotFound(f"{target} is not a user of this server")
+        if self.is_blocked(room_id):
+            raise Forbidden("This room has been blocked on this server")
         try:
             validate_pdu(pdu, room_version)
         except InvalidPdu as e:
