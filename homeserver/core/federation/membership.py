@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import DeferredLock
 
 from homeserver.core.federation.client import FederationClient, RemoteError
+from homeserver.core.federation.join_state import BadJoinState, checked_state, pdu_only
 from homeserver.core.federation.keys import KeyRing
 from homeserver.core.room_heads import RoomHead
 from homeserver.errors import BadJson, Forbidden, MatrixError, NotFound, RemoteServerError
@@ -55,8 +56,7 @@ def domain_of(user_id: str) -> str:
     return user_id.split(":", 1)[1] if ":" in user_id else ""
 
 
-def _pdu_only(pdu: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in pdu.items() if k not in _PDU_DROP}
+_pdu_only = pdu_only
 
 
 class FederatedMembership:
@@ -165,15 +165,16 @@ class FederatedMembership:
             raise Forbidden("The event's content hash does not match")
         if not outcome.accepted:
             raise Forbidden(outcome.reason)
-        if await self.events.store.event_stored(event_id):
-            raise Forbidden("This event was sent before and is no longer the user's membership")
-        if membership == "join":
-            # The resident server countersigns a join (spec: send_join v2 "the signed event").
-            pdu = sign_event(pdu, self.server_name, self.events.signing_key, room_version)
+        sent_before = await self.events.store.event_stored(event_id)
         existing = head.get("m.room.member", sender)
         if existing is not None and existing.event_id == event_id:
             # The same event, sent again while we checked it the first time.
             return head, existing, [ev for ev in head.state.values() if ev is not existing]
+        if sent_before:
+            raise Forbidden("This event was sent before and is no longer the user's membership")
+        if membership == "join":
+            # The resident server countersigns a join (spec: send_join v2 "the signed event").
+            pdu = sign_event(pdu, self.server_name, self.events.signing_key, room_version)
         state_before = list(head.state.values())
         stored = self._chain(head, pdu, event_id)
         await self.events.persist(head, [stored])
@@ -579,59 +580,20 @@ class FederatedMembership:
         join_id: str,
         answer: dict[str, Any],
     ) -> StoredEvent:
-        state_pdus = answer.get("state")
-        chain_pdus = answer.get("auth_chain")
-        if not isinstance(state_pdus, list) or not isinstance(chain_pdus, list):
-            raise RemoteServerError(f"{server} answered send_join without state and auth_chain")
-        by_id: dict[str, dict[str, Any]] = {}
-        state_ids: list[str] = []
-        for raw in [*chain_pdus, *state_pdus]:
-            if not isinstance(raw, dict):
-                raise RemoteServerError(f"{server} sent an event that is not an object")
-            pdu = _pdu_only(raw)
-            try:
-                eid = compute_event_id(pdu, room_version)
-            except Exception:
-                raise RemoteServerError(f"{server} sent a malformed event") from None
-            by_id[eid] = pdu
-        for raw in state_pdus:
-            state_ids.append(compute_event_id(_pdu_only(raw), room_version))
-        await self._fetch_keys([*by_id.values(), join])
-        checked: dict[str, dict[str, Any]] = {}
-        # Check each event against its own auth events, creates first (spec: "the
-        # joining server MUST validate the state and auth chain").
-        for eid in _auth_order(by_id):
-            try:
-                outcome = check_pdu(
-                    by_id[eid],
-                    room_version,
-                    keys=self.key_ring.cached_key,
-                    events=checked,
-                    state_before=None,
-                    current_state=None,
-                )
-            except MissingEvent:
-                continue  # an auth event missing from the answer: the event is not used
-            if outcome.status in (PduStatus.ACCEPTED,) and outcome.event_id == eid:
-                checked[eid] = dict(outcome.event)
-        state: dict[tuple[str, str], dict[str, Any]] = {}
-        for eid in state_ids:
-            good = checked.get(eid)
-            if good is None or not isinstance(good.get("state_key"), str):
-                continue
-            state[(good["type"], good["state_key"])] = {**good, "event_id": eid}
-        create = state.get(("m.room.create", ""))
-        if create is None:
-            raise RemoteServerError(f"{server} sent a room state without a valid create event")
-        create_version = create.get("content", {}).get("room_version", "1")
-        if create_version != room_version:
-            raise RemoteServerError(f"{server} sent a create event of another room version")
-        if room_id_is_create_hash(room_version) and "!" + create["event_id"][1:] != room_id:
-            raise RemoteServerError(f"{server} sent the create event of another room")
+        await self._fetch_keys(
+            [p for key in ("state", "auth_chain") for p in answer.get(key) or [] if isinstance(p, dict)]
+        )
         try:
-            check_auth(join, state, room_version)
-        except AuthError as e:
-            raise Forbidden(f"The room's state does not allow this join: {e}") from None
+            state = checked_state(
+                room_id,
+                room_version,
+                join,
+                answer.get("state"),
+                answer.get("auth_chain"),
+                self.key_ring.cached_key,
+            )
+        except BadJoinState as e:
+            raise RemoteServerError(f"{server} answered send_join with a state we cannot use: {e}") from None
         head = await self.events.heads.get(room_id)
         if head is not None and head.get("m.room.create") is not None:
             # We knew the room already (a past membership): the join goes on our head.
@@ -659,32 +621,6 @@ class FederatedMembership:
         self.events.heads.put(head)
         await self.events.persister.persist(items)
         return joined
-
-
-def _auth_order(events: dict[str, dict[str, Any]]) -> list[str]:
-    """Event IDs ordered so each comes after the auth events it names that are present."""
-    order: list[str] = []
-    done: set[str] = set()
-    visiting: set[str] = set()  # a loop in auth_events is walked once (check_pdu refuses it)
-    for start in sorted(events, key=lambda e: events[e].get("depth", 0)):
-        stack = [(start, False)]
-        while stack:
-            eid, expanded = stack.pop()
-            if eid in done or eid not in events or (not expanded and eid in visiting):
-                continue
-            if expanded:
-                done.add(eid)
-                order.append(eid)
-                continue
-            visiting.add(eid)
-            stack.append((eid, True))
-            for a in events[eid].get("auth_events", []):
-                if isinstance(a, str) and a not in done:
-                    stack.append((a, False))
-            room_id = events[eid].get("room_id")
-            if isinstance(room_id, str) and room_id.startswith("!") and ":" not in room_id:
-                stack.append(("$" + room_id[1:], False))  # v12: the room ID names the create event
-    return order
 
 
 def _event_id_or_none(pdu: Mapping[str, Any], room_version: str) -> str | None:
