@@ -483,6 +483,8 @@ class RoomService:
         remote = self._remote_servers(room_id, head, via, user_id)
         if remote is not None and (head is None or head.membership(user_id) != "knock"):
             assert self.remote is not None
+            if room_id in self.blocked:
+                raise Forbidden("This room has been blocked on this server")
             reason_extra = {"reason": reason} if isinstance(reason, str) else {}
             await self.remote.remote_membership("knock", user_id, room_id, remote, reason_extra)
             return room_id
