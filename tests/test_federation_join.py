@@ -124,6 +124,19 @@ def test_a_remote_user_joins_and_leaves_our_room(
     timeline = alice.sync()["rooms"]["join"][room_id]["timeline"]["events"]
     assert any(e["type"] == "m.room.member" and e["state_key"] == bob.user_id for e in timeline)
 
+    # A message of Alice's, handed to Bob's server in a transaction as Alice's server's
+    # sender will: it builds on the room Bob's server made from send_join.
+    sent = alice.ok(
+        "PUT", f"/rooms/{quote(room_id)}/send/m.room.message/a1", {"msgtype": "m.text", "body": "yo"}
+    )
+    pdu = _federation("GET", b, a, f"/_matrix/federation/v1/event/{sent['event_id']}").json()["pdus"][0]
+    txn = {"origin": a.server_name, "origin_server_ts": int(time.time() * 1000), "pdus": [pdu]}
+    r = _federation("PUT", a, b, f"/_matrix/federation/v1/send/join{version}", txn)
+    assert r.status_code == 200, r.text
+    assert r.json()["pdus"] == {sent["event_id"]: {}}
+    timeline = bob.sync()["rooms"]["join"][room_id]["timeline"]["events"]
+    assert [e["content"].get("body") for e in timeline if e["type"] == "m.room.message"][-1] == "yo"
+
     # Bob leaves; his server is not the room's last one, so it leaves through Alice's.
     bob.ok("POST", f"/rooms/{quote(room_id)}/leave", {})
     assert alice.memberships(room_id)[bob.user_id] == "leave"
