@@ -142,6 +142,14 @@ def test_a_remote_user_joins_and_leaves_our_room(
     assert alice.memberships(room_id)[bob.user_id] == "leave"
     assert room_id not in bob.ok("GET", "/joined_rooms")["joined_rooms"]
 
+    # While he is away the topic changes; when he joins again his server takes the room's
+    # state afresh from send_join.
+    alice.ok("PUT", f"/rooms/{quote(room_id)}/state/m.room.topic", {"topic": "moved on"})
+    bob.ok("POST", f"/join/{quote(room_id)}", {}, via=a.server_name)
+    assert alice.memberships(room_id)[bob.user_id] == "join"
+    topic = bob.ok("GET", f"/rooms/{quote(room_id)}/state/m.room.topic")
+    assert topic == {"topic": "moved on"}
+
 
 def test_knocking_on_a_room_of_another_server(servers: tuple[FederatedServer, FederatedServer]) -> None:
     a, b = servers

@@ -37,8 +37,6 @@ if TYPE_CHECKING:
     from homeserver.core.events import EventService
 
 SUPPORTED_VERSIONS = ("10", "11", "12")
-# What each handshake makes: the membership of the event, the route names.
-MEMBERSHIPS = {"join": "join", "leave": "leave", "knock": "knock"}
 STRIPPED_TYPES = (
     "m.room.create",
     "m.room.join_rules",
@@ -48,8 +46,6 @@ STRIPPED_TYPES = (
     "m.room.encryption",
     "m.room.topic",
 )
-# Fields a PDU carries over federation; anything else (event_id, unsigned) is not ours to keep.
-_PDU_DROP = ("event_id", "unsigned")
 
 
 def domain_of(user_id: str) -> str:
@@ -594,12 +590,8 @@ class FederatedMembership:
             )
         except BadJoinState as e:
             raise RemoteServerError(f"{server} answered send_join with a state we cannot use: {e}") from None
-        head = await self.events.heads.get(room_id)
-        if head is not None and head.get("m.room.create") is not None:
-            # We knew the room already (a past membership): the join goes on our head.
-            stored = self._chain(head, join, join_id)
-            await self.events.persist(head, [stored])
-            return stored
+        # A room we knew (a past membership, an invite) is rebuilt from the answer too: its
+        # state moved on while we were not in it.
         head = RoomHead(room_id, room_version)
         items: list[PersistItem] = []
         is_new = await self.events.store.room_version(room_id) is None
