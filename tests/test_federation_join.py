@@ -412,3 +412,31 @@ def test_a_blocked_room_takes_no_remote_joins(
     assert r.status_code == 403, r.text
     assert r.json()["errcode"] == "M_FORBIDDEN"
     assert bob.user_id not in alice.memberships(room_id)
+
+
+@pytest.mark.parametrize("version", ["10", "12"])
+def test_a_restricted_join_vouched_for_by_our_server(
+    servers: tuple[FederatedServer, FederatedServer], version: str
+) -> None:
+    a, b = servers
+    alice = User(a, f"alice_restr{version}")
+    bob = User(b, f"bob_restr{version}")
+    carol = User(b, f"carol_restr{version}")
+    space = alice.create_room(version, preset="public_chat")
+    bob.ok("POST", f"/join/{quote(space)}", {}, via=a.server_name)
+    rule = {"join_rule": "restricted", "allow": [{"type": "m.room_membership", "room_id": space}]}
+    room_id = alice.create_room(
+        version,
+        preset="private_chat",
+        initial_state=[{"type": "m.room.join_rules", "state_key": "", "content": rule}],
+    )
+    # Bob is in the allowed room: Alice's server names her as the authorising user and signs.
+    bob.ok("POST", f"/join/{quote(room_id)}", {}, via=a.server_name)
+    state = alice.ok("GET", f"/rooms/{quote(room_id)}/state")
+    join = next(e for e in state if e["type"] == "m.room.member" and e["state_key"] == bob.user_id)
+    assert join["content"]["membership"] == "join"
+    assert join["content"]["join_authorised_via_users_server"] == alice.user_id
+    # Carol is not: refused.
+    r = carol.call("POST", f"/join/{quote(room_id)}", {}, via=a.server_name)
+    assert r.status_code == 403, r.text
+    assert carol.user_id not in alice.memberships(room_id)

@@ -23,12 +23,14 @@ from twisted.internet.defer import DeferredLock
 from homeserver.core.federation.client import FederationClient, RemoteError
 from homeserver.core.federation.join_state import BadJoinState, checked_state, pdu_only
 from homeserver.core.federation.keys import KeyRing
+from homeserver.core.join_rules import RESTRICTED_JOIN_RULES, allowed_room_ids, join_rule
 from homeserver.core.room_heads import RoomHead
 from homeserver.errors import BadJson, Forbidden, MatrixError, NotFound, RemoteServerError
 from homeserver.events.auth_chain import MissingEvent
 from homeserver.events.auth_rules import AuthError, auth_types_for_event, check_auth
 from homeserver.events.hashing import check_content_hash, compute_event_id
 from homeserver.events.pdu_checks import InvalidPdu, PduStatus, check_pdu, check_pdu_signatures, validate_pdu
+from homeserver.events.power_levels import can_do
 from homeserver.events.room_versions import room_id_is_create_hash
 from homeserver.events.signing import InvalidSignature, sign_event, verify_event_signature
 from homeserver.storage.events import PersistItem, StoredEvent
@@ -103,9 +105,30 @@ class FederatedMembership:
             "depth": head.depth + 1,
             "prev_events": head.extremities[:10],
         }
+        if membership == "join" and (authoriser := await self._authoriser(head, user_id)) is not None:
+            template["content"]["join_authorised_via_users_server"] = authoriser
         self._authorise(head, template)
         template["auth_events"] = self._auth_event_ids(head, template)
         return {"event": template, "room_version": head.room_version}
+
+    async def _authoriser(self, head: RoomHead, user_id: str) -> str | None:
+        """For a restricted room the user may join through membership of an allowed room we
+        are in: a member of ours who may invite, named in `join_authorised_via_users_server`
+        (auth rule 4.3.5; we vouch for the join by signing it). None: the rules decide."""
+        if join_rule(head) not in RESTRICTED_JOIN_RULES or head.membership(user_id) in ("join", "invite"):
+            return None
+        for allowed in allowed_room_ids(head):
+            other = await self.events.heads.get(allowed)
+            if other is not None and other.membership(user_id) == "join":
+                break
+        else:
+            return None
+        suffix = ":" + self.server_name
+        state = {key: ev.pdu for key, ev in head.state.items()}
+        for member in sorted(head.members("join")):
+            if member.endswith(suffix) and can_do(member, "invite", state, room_version=head.room_version):
+                return member
+        return None
 
     async def send(
         self, membership: str, origin: str, room_id: str, event_id: str, pdu: Any
@@ -136,6 +159,12 @@ class FederatedMembership:
         if existing is not None and existing.event_id == event_id == _event_id_or_none(pdu, room_version):
             # A retry of a handshake that went through (the same event: its ID is its hash).
             return head, existing, [ev for ev in head.state.values() if ev is not existing]
+        authoriser = pdu["content"].get("join_authorised_via_users_server")
+        if membership == "join" and isinstance(authoriser, str) and domain_of(authoriser) == self.server_name:
+            # A restricted join we are asked to vouch for: only if we would have offered it.
+            if authoriser != await self._authoriser(head, sender):
+                raise Forbidden(f"{sender} may not join this room through {authoriser}")
+            pdu = sign_event(pdu, self.server_name, self.events.signing_key, room_version)
         await self._fetch_keys([pdu])
         lookup = await self._auth_lookup(head, pdu)
         current = {key: {**ev.pdu, "event_id": ev.event_id} for key, ev in head.state.items()}
