@@ -277,6 +277,12 @@ def test_bad_join_events_are_refused(servers: tuple[FederatedServer, FederatedSe
     # The path names another event ID.
     r = _federation("PUT", b, a, f"/_matrix/federation/v2/send_join/{quote(room_id)}/$other", good)
     refused(r, 400, "M_BAD_JSON")
+    # Naming a user of ours as the authoriser of a join we would not vouch for.
+    vouched = {
+        **template,
+        "content": {"membership": "join", "join_authorised_via_users_server": alice.user_id},
+    }
+    refused(_send_join(a, b, sign_event(vouched, b.server_name, key, "10"), room_id), 403, "M_FORBIDDEN")
     # Not a join.
     leave = {**template, "content": {"membership": "leave"}}
     refused(_send_join(a, b, sign_event(leave, b.server_name, key, "10"), room_id), 400, "M_BAD_JSON")
