@@ -4,6 +4,8 @@
 
 import { HttpApiEvent, type MatrixClient } from "matrix-js-sdk";
 
+import { forgetDeviceCalls } from "./calls/call_log";
+import { startCalls } from "./calls/calls";
 import { logOut, startClient } from "./client";
 import { h, show } from "./dom";
 import { accountHasCrossSigning, setUpEncryption, thisDeviceIsVerified } from "./e2ee";
@@ -71,6 +73,7 @@ async function enter(session: Session, entered?: Entered): Promise<void> {
 }
 
 function mountMessenger(client: MatrixClient): void {
+    startCalls(client);
     if (!["/", "/settings"].includes(location.pathname) && !location.pathname.startsWith("/chat/")) {
         history.replaceState(null, "", "/");
     }
@@ -99,6 +102,7 @@ function mountMessenger(client: MatrixClient): void {
         client,
         () => {
             status("Logging out…");
+            forgetDeviceCalls(client.getUserId() ?? "");
             logOut(client)
                 .catch(() => undefined)
                 .finally(leave);

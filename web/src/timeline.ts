@@ -7,6 +7,8 @@
 
 import { EventType, type MatrixEvent, RelationType, type Room } from "matrix-js-sdk";
 
+import { type CallNotice, callNotices } from "./calls/call_notices";
+
 export interface Reaction {
     key: string;
     count: number;
@@ -25,6 +27,8 @@ export interface Message {
     replyTo: { id: string; event: MatrixEvent | null } | null;
     reactions: Reaction[];
     threadReplies: number;
+    /** A call (its m.call.invite), shown as a notice, not a bubble (calls/call_notices.ts). */
+    call: CallNotice | null;
 }
 
 type Relation = { rel_type?: string; event_id?: string; key?: string; "m.in_reply_to"?: { event_id?: string } };
@@ -79,9 +83,15 @@ export function foldTimeline(room: Room, me: string | null): { main: Message[]; 
     const byId = new Map(events.map((e) => [e.getId() ?? "", e]));
     const main: Message[] = [];
     const threads = new Map<string, Message[]>();
+    const calls = callNotices(events);
     for (const event of events) {
-        if (!isMessageLike(event) || relationOf(event)?.rel_type === RelationType.Replace) continue;
         const id = event.getId() ?? "";
+        const call = calls.get(id) ?? null;
+        if (call) {
+            main.push({ event, body: call.text, edited: false, deleted: false, failed: false, replyTo: null, reactions: [], threadReplies: 0, call });
+            continue;
+        }
+        if (!isMessageLike(event) || relationOf(event)?.rel_type === RelationType.Replace) continue;
         // A loaded edit, or one the server bundled with the original (the SDK applies those).
         const edit = edits.get(id) ?? event.replacingEvent() ?? undefined;
         // An edit counts only from the original's sender (anyone else's is ignored).
@@ -106,6 +116,7 @@ export function foldTimeline(room: Room, me: string | null): { main: Message[]; 
             reactions: [...(reactions.get(id) ?? new Map()).entries()].map(([key, r]) => ({ key, ...r })),
             // The server's count covers replies not loaded yet; the loaded ones, the newest.
             threadReplies: Math.max(replies.get(id) ?? 0, event.getServerAggregatedRelation<{ count?: number }>(RelationType.Thread)?.count ?? 0),
+            call: null,
         };
         const thread = threadOf(event);
         if (thread) threads.set(thread, [...(threads.get(thread) ?? []), message]);

@@ -21,6 +21,9 @@ import {
     UserEvent,
 } from "matrix-js-sdk";
 
+import { callButtons } from "../calls/calls";
+import { openCallLog } from "../calls/call_log_screen";
+import { callNoticeItem } from "../calls/call_notice_view";
 import { startDirectChat } from "../client";
 import { isGroup, leftReason, roleOf, USER_ID } from "../groups";
 import { chatPresence, otherPerson } from "../presence";
@@ -138,6 +141,8 @@ export class Messenger {
         logout.addEventListener("click", () => this.onLogout());
         const settings = h("button", { type: "button", id: "open-settings", class: "secondary" }, "Settings");
         settings.addEventListener("click", () => this.onSettings());
+        const callLog = h("button", { type: "button", id: "open-call-log", class: "secondary" }, "Calls");
+        callLog.addEventListener("click", () => openCallLog(this.client));
         const sidebar = h(
             "nav",
             { class: "sidebar", "aria-label": "Chat list" },
@@ -147,6 +152,7 @@ export class Messenger {
                 h("h1", {}, "Chats"),
                 h("span", { class: "me", id: "me", title: this.client.getUserId() ?? "" }, this.client.getUserId()),
                 settings,
+                callLog,
                 notificationsButton(this.client),
                 logout,
             ),
@@ -299,6 +305,7 @@ export class Messenger {
                 h("div", { class: "chat-head" }, this.chatTitle, h("p", { class: "chat-sub" }, this.typingLine, this.presenceLine)),
                 this.myRole,
                 panel ? groupToggle(panel) : null,
+                callButtons(this.client, room),
                 chatNotificationsMenu(this.client, room),
             );
         };
@@ -371,7 +378,9 @@ export class Messenger {
             media: (event: MatrixEvent) => this.attachments.view(event),
         };
         redrawKeepingPlace(this.messageList, () =>
-            show(this.messageList, ...main.map((message) => messageItem(this.client, room, message, handlers, options))),
+            show(this.messageList, ...main.map((message) =>
+                message.call ? callNoticeItem(message) : messageItem(this.client, room, message, handlers, options),
+            )),
         );
         this.updateHeader(room);
         if (this.found) this.messageList.querySelector(`li[data-event-id="${CSS.escape(this.found)}"]`)?.classList.add("cs-found");

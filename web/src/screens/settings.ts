@@ -3,6 +3,7 @@
 
 import type { IMyDevice, MatrixClient } from "matrix-js-sdk";
 
+import { relaySettingSection } from "../calls/relay_setting";
 import { logOutDevice, myDevices, renameDevice } from "../devices";
 import { h, show } from "../dom";
 import { AuthError } from "../http";
@@ -43,6 +44,7 @@ export class Settings {
                 h("p", { class: "hint" }, "Where you are logged in. Log out any device you do not recognise."),
                 this.error,
                 this.list,
+                relaySettingSection(this.client),
             ),
         );
         void this.refresh();

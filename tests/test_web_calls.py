@@ -1,0 +1,137 @@
+"""The web client's calls (issue 17 point 6; docs/web-client.md, "Calls") in Chromium.
+
+tests/browser/web_calls.mjs: two people, each in a Chromium context with fake camera and
+microphone, both set "relay calls through TURN only". A video call placed from the chat
+header rings, is accepted, and carries audio and video both ways through coturn (the
+calls plugin's TURN, tests/coturn.py) over a relay candidate; mute and camera off stop the
+tracks; a hang-up closes both screens. The timelines show calls as notices (answered with
+its duration, declined, missed), not as messages; both devices' call logs list the
+encrypted chat's calls, and the server's log the unencrypted chat's missed call. Here the
+server's side is checked too: the encrypted chat's signalling is ciphertext only, and
+coturn allocated relays for both users.
+
+Everything runs in a loopback-only network namespace (root needed), as
+tests/test_calls_browser.py. Not in the fast tier.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+import requests
+from browser import built_web_client, loopback_only_network, run_browser_script
+from conftest import ServerProcess
+from coturn import Coturn
+
+PASSWORD = "correct horse battery"
+DOCS_SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+
+
+@pytest.fixture
+def coturn(tmp_path: Path) -> Iterator[Coturn]:
+    """coturn, and the rest of the test, in a loopback-only network namespace."""
+    built_web_client()  # before the namespace: the build needs nothing from it, but be plain
+    with loopback_only_network():
+        turn = Coturn(tmp_path / "coturn", secret=secrets.token_hex(16)).start()
+        try:
+            yield turn
+        finally:
+            turn.stop()
+
+
+def event_types(server: ServerProcess, token: str, room_id: str) -> list[str]:
+    r = requests.get(
+        server.url(f"/_matrix/client/v3/rooms/{quote(room_id)}/messages"),
+        params={"dir": "b", "limit": "200"},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text
+    return [e["type"] for e in r.json()["chunk"]]
+
+
+def test_voice_and_video_calls_in_the_web_client(start_server: Any, coturn: Coturn, tmp_path: Path) -> None:
+    turn = {"uris": coturn.uris(), "shared_secret": coturn.secret, "ttl": "1h"}
+    server: ServerProcess = start_server(
+        {
+            "web_client": {"enabled": True, "path": str(built_web_client())},
+            "plugins": [{"module": "plugins.calls.CallsPlugin", "config": {"turn": turn}}],
+        }
+    )
+    tag = secrets.token_hex(3)
+    alice, bob = f"alice{tag}", f"bob{tag}"
+    shots = DOCS_SCREENSHOTS if os.environ.get("HS_UPDATE_SCREENSHOTS") else tmp_path
+    shots.mkdir(parents=True, exist_ok=True)
+
+    result = run_browser_script("web_calls.mjs", server.base_url, alice, bob, PASSWORD, str(shots), timeout=240)
+    assert result["problems"] == []
+    ids = result["userIds"]
+    assert result["relaySetting"] == {"alice": "1", "bob": "1"}
+    assert result["dmEncrypted"] == "End-to-end encrypted"
+
+    # The video call rang on Bob's screen and connected.
+    assert result["calling"] == "Calling…"
+    assert result["ringing"] == {"title": "Incoming video call", "status": f"{ids['alice']} is calling you"}
+    for side in ("alice", "bob"):
+        first, later = result["media"]["first"][side], result["media"]["later"][side]
+        # Relay only, as set: the pair in use starts at a relay candidate on coturn.
+        assert first["policy"] == "relay", (side, first)
+        assert first["pair"]["local"] == "relay" and first["pair"]["state"] == "succeeded", (side, first)
+        # Audio and video arrive, and keep arriving.
+        assert first["inbound"]["audio"] > 0 and first["inbound"]["video"] > 0, (side, first)
+        assert later["inbound"]["video"] > first["inbound"]["video"], side
+        assert later["connectionState"] == "connected"
+    assert result["duration"] in {f"0:0{n}" for n in range(2, 10)}
+    assert result["remoteVideo"]["width"] > 0 and result["remoteVideo"]["time"] > 0
+    # Mute and camera off stop sending Alice's microphone and camera.
+    assert result["muted"] == {"audio": False, "video": False}
+
+    # Notices, not messages: answered (with its duration), then a declined voice call.
+    for side in ("alice", "bob"):
+        answered = result["answeredNotice"][side]
+        assert answered["text"].startswith("Video call · 0:0"), answered
+        assert result["declinedNotice"][side] == {"outcome": "declined", "text": "Declined voice call"}
+    assert result["bubbles"] == 0
+    assert result["voiceRinging"] == "Incoming voice call"
+
+    # Each device logged the encrypted chat's two calls itself.
+    alice_log, bob_log = result["deviceLog"]["alice"], result["deviceLog"]["bob"]
+    assert [(c["source"], c["outcome"], c["what"]) for c in alice_log] == [
+        ("device", "declined", f"Voice call with {ids['bob']}"),
+        ("device", "answered", f"Video call with {ids['bob']}"),
+    ]
+    assert [(c["source"], c["outcome"]) for c in bob_log] == [("device", "declined"), ("device", "answered")]
+    assert alice_log[1]["callId"] == bob_log[1]["callId"]
+    assert alice_log[1]["detail"].startswith("answered · 0:0")
+
+    # The unencrypted chat: Bob missed Alice's call; the server's log has it for both.
+    assert result["plainEncrypted"] == "Not encrypted"
+    assert result["missedNotice"]["bob"] == {"outcome": "missed", "text": "Missed voice call"}
+    assert result["chatListPreview"] == "Missed voice call"
+    for side in ("alice", "bob"):
+        log = result["fullLog"][side]
+        assert [(c["source"], c["outcome"]) for c in log] == [
+            ("server", "missed"),
+            ("device", "declined"),
+            ("device", "answered"),
+        ], (side, log)
+
+    # The server saw the encrypted chat's calls only as ciphertext; the other one it logged.
+    token = server.login(alice, PASSWORD)["access_token"]
+    dm_types = event_types(server, token, result["dm"])
+    assert not [t for t in dm_types if t.startswith("m.call.")], dm_types
+    plain_types = event_types(server, token, result["plain"])
+    assert "m.call.invite" in plain_types and "m.call.hangup" in plain_types
+    calls = requests.get(server.url("/api/calls"), headers={"Authorization": f"Bearer {token}"}, timeout=10).json()
+    assert [(c["chatId"], c["outcome"], c["type"]) for c in calls["calls"]] == [(result["plain"], "missed", "voice")]
+
+    # coturn relayed for both users, on the credentials the server handed out.
+    log = coturn.log_text()
+    for user_id in ids.values():
+        assert f":{user_id}>: incoming packet ALLOCATE processed, success" in log, user_id
