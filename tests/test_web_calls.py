@@ -77,7 +77,7 @@ def test_voice_and_video_calls_in_the_web_client(start_server: Any, coturn: Cotu
 
     # The video call rang on Bob's screen and connected.
     assert result["calling"] == "Calling…"
-    assert result["ringing"] == {"title": "Incoming video call", "status": f"{ids['alice']} is calling you"}
+    assert result["ringing"] == {"title": "Incoming video call", "status": f"{alice} is calling you"}
     for side in ("alice", "bob"):
         first, later = result["media"]["first"][side], result["media"]["later"][side]
         # Relay only, as set: the pair in use starts at a relay candidate on coturn.
@@ -92,35 +92,52 @@ def test_voice_and_video_calls_in_the_web_client(start_server: Any, coturn: Cotu
     # Mute and camera off stop sending Alice's microphone and camera.
     assert result["muted"] == {"audio": False, "video": False}
 
-    # Notices, not messages: answered (with its duration), then a declined voice call.
+    # Notices, not messages: answered (with its duration), declined, unanswered; each as
+    # the reader sees it (the caller's "no answer" is the callee's "missed").
     for side in ("alice", "bob"):
         answered = result["answeredNotice"][side]
-        assert answered["text"].startswith("Video call · 0:0"), answered
-        assert result["declinedNotice"][side] == {"outcome": "declined", "text": "Declined voice call"}
+        assert answered["outcome"] == "answered" and answered["text"].startswith("Video call · 0:0"), answered
     assert result["bubbles"] == 0
     assert result["voiceRinging"] == "Incoming voice call"
+    assert result["declinedNotice"] == {
+        "alice": {"outcome": "declined", "text": "Voice call declined"},
+        "bob": {"outcome": "declined", "text": "Declined voice call"},
+    }
+    assert result["missedVideo"] == {
+        "alice": {"outcome": "missed", "text": "Video call, no answer"},
+        "bob": {"outcome": "missed", "text": "Missed video call"},
+    }
+    # On Bob's chat list the missed call is the chat's last line and one unread (the
+    # invite's push rule); the rest of the call's signalling counts for nothing.
+    assert result["bobsList"] == {"last": "Missed video call", "unread": "1"}
 
-    # Each device logged the encrypted chat's two calls itself.
+    # Each device logged the encrypted chat's three calls itself, the same calls.
     alice_log, bob_log = result["deviceLog"]["alice"], result["deviceLog"]["bob"]
-    assert [(c["source"], c["outcome"], c["what"]) for c in alice_log] == [
-        ("device", "declined", f"Voice call with {ids['bob']}"),
-        ("device", "answered", f"Video call with {ids['bob']}"),
+    assert [(c["source"], c["what"], c["detail"][:12]) for c in alice_log] == [
+        ("device", f"Video call with {bob}", "no answer"),
+        ("device", f"Voice call with {bob}", "declined"),
+        ("device", f"Video call with {bob}", "answered · 0"),
     ]
-    assert [(c["source"], c["outcome"]) for c in bob_log] == [("device", "declined"), ("device", "answered")]
-    assert alice_log[1]["callId"] == bob_log[1]["callId"]
-    assert alice_log[1]["detail"].startswith("answered · 0:0")
+    assert [(c["source"], c["what"], c["detail"][:12]) for c in bob_log] == [
+        ("device", f"Video call with {alice}", "missed"),
+        ("device", f"Voice call with {alice}", "declined"),
+        ("device", f"Video call with {alice}", "answered · 0"),
+    ]
+    assert [c["callId"] for c in alice_log] == [c["callId"] for c in bob_log]
 
     # The unencrypted chat: Bob missed Alice's call; the server's log has it for both.
     assert result["plainEncrypted"] == "Not encrypted"
-    assert result["missedNotice"]["bob"] == {"outcome": "missed", "text": "Missed voice call"}
-    assert result["chatListPreview"] == "Missed voice call"
+    assert result["plainList"]["last"] == "Missed voice call"
+    assert result["missedNotice"] == {
+        "bob": {"outcome": "missed", "text": "Missed voice call"},
+        "alice": {"outcome": "missed", "text": "Voice call, no answer"},
+    }
     for side in ("alice", "bob"):
         log = result["fullLog"][side]
-        assert [(c["source"], c["outcome"]) for c in log] == [
-            ("server", "missed"),
-            ("device", "declined"),
-            ("device", "answered"),
-        ], (side, log)
+        assert [c["source"] for c in log] == ["server", "device", "device", "device"], (side, log)
+        assert log[0]["what"] == f"Voice call with {bob if side == 'alice' else alice}"
+        assert log[0]["detail"] == ("no answer" if side == "alice" else "missed")
+        assert log[1:] == result["deviceLog"][side]
 
     # The server saw the encrypted chat's calls only as ciphertext; the other one it logged.
     token = server.login(alice, PASSWORD)["access_token"]
@@ -130,6 +147,7 @@ def test_voice_and_video_calls_in_the_web_client(start_server: Any, coturn: Cotu
     assert "m.call.invite" in plain_types and "m.call.hangup" in plain_types
     calls = requests.get(server.url("/api/calls"), headers={"Authorization": f"Bearer {token}"}, timeout=10).json()
     assert [(c["chatId"], c["outcome"], c["type"]) for c in calls["calls"]] == [(result["plain"], "missed", "voice")]
+    assert calls["calls"][0]["callId"] == result["fullLog"]["alice"][0]["callId"]
 
     # coturn relayed for both users, on the credentials the server handed out.
     log = coturn.log_text()

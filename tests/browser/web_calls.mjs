@@ -120,6 +120,13 @@ async function noticeWith(page, index, outcome) {
     return (await notices(page, index + 1))[index];
 }
 
+/** A chat in the list once its last line is `last`: that line and its unread badge. */
+async function listItem(page, roomId, last) {
+    const item = `#chat-list [data-room-id="${roomId}"]`;
+    await page.waitForFunction(({ item, last }) => document.querySelector(`${item} .chat-last`)?.textContent === last, { item, last }, WAIT);
+    return page.$eval(item, (el) => ({ last: el.querySelector(".chat-last").textContent, unread: el.querySelector(".unread")?.textContent ?? null }));
+}
+
 /** The call log as the person sees it, once it lists `count` calls. */
 async function callLog({ page }, count, shot = null) {
     const started = Date.now();
@@ -209,10 +216,23 @@ async function main(results) {
     await bob.page.click("#call-decline");
     await Promise.all([callGone(alice.page), callGone(bob.page)]);
     results.declinedNotice = { alice: await noticeWith(alice.page, 1, "declined"), bob: await noticeWith(bob.page, 1, "declined") };
+
+    // A video call Bob does not answer, while he is on his chat list: it rings over the
+    // list; afterwards the chat's last line is the missed call.
+    await bob.page.click("button.back");
+    await bob.page.waitForSelector("#chat-list");
+    await alice.page.click("#call-video");
+    await callState(bob.page, "ringing");
+    await alice.page.click("#call-hangup");
+    await Promise.all([callGone(alice.page), callGone(bob.page)]);
+    results.missedVideo = { alice: await noticeWith(alice.page, 2, "missed") };
     await alice.page.screenshot({ path: join(shots, "call-notices.png") });
+    results.bobsList = await listItem(bob.page, dm, "Missed video call");
+    await bob.page.click(`#chat-list [data-room-id="${dm}"]`);
+    results.missedVideo.bob = await noticeWith(bob.page, 2, "missed");
 
     // Both devices keep the encrypted chat's calls in their own log.
-    results.deviceLog = { alice: await callLog(alice, 2, "call-log.png"), bob: await callLog(bob, 2) };
+    results.deviceLog = { alice: await callLog(alice, 3, "call-log.png"), bob: await callLog(bob, 3) };
 
     // An unencrypted chat: Alice hangs up while it rings; Bob missed it.
     const plain = await alice.page.evaluate(async (bob) => {
@@ -228,6 +248,7 @@ async function main(results) {
     await bob.page.click(`#chat-list [data-room-id="${plain}"]`, WAIT);
     await bob.page.click("#accept-invite");
     await bob.page.waitForSelector("#composer", WAIT);
+    await bob.page.click("button.back");
     await alice.page.click(`#chat-list [data-room-id="${plain}"]`, WAIT);
     await alice.page.waitForSelector("#call-voice:not([disabled])", WAIT);
     results.plainEncrypted = await alice.page.textContent("#e2e-state");
@@ -235,12 +256,10 @@ async function main(results) {
     await callState(bob.page, "ringing");
     await alice.page.click("#call-hangup");
     await Promise.all([callGone(alice.page), callGone(bob.page)]);
+    results.plainList = await listItem(bob.page, plain, "Missed voice call");
+    await bob.page.click(`#chat-list [data-room-id="${plain}"]`);
     results.missedNotice = { bob: await noticeWith(bob.page, 0, "missed"), alice: await noticeWith(alice.page, 0, "missed") };
-    results.chatListPreview = await bob.page.evaluate(
-        (id) => document.querySelector(`#chat-list [data-room-id="${id}"] .chat-last`)?.textContent ?? null,
-        plain,
-    );
-    results.fullLog = { bob: await callLog(bob, 3), alice: await callLog(alice, 3) };
+    results.fullLog = { bob: await callLog(bob, 4), alice: await callLog(alice, 4) };
     results.problems = problems;
     check(problems.length === 0, `no console errors or failed requests: ${problems.join("; ")}`);
     finished = true;

@@ -83,7 +83,7 @@ export function foldTimeline(room: Room, me: string | null): { main: Message[]; 
     const byId = new Map(events.map((e) => [e.getId() ?? "", e]));
     const main: Message[] = [];
     const threads = new Map<string, Message[]>();
-    const calls = callNotices(events);
+    const calls = callNotices(events, room.myUserId);
     for (const event of events) {
         const id = event.getId() ?? "";
         const call = calls.get(id) ?? null;

@@ -19,7 +19,11 @@ function describe(client: MatrixClient, call: CallRecord): HTMLLIElement {
     const peer = client.getRoom(call.chatId)?.getMember(call.peerId)?.name ?? call.peerId;
     const kind = call.type === "video" ? "Video call" : "Voice call";
     const arrow = call.direction === "incoming" ? "↙" : "↗";
-    const outcome = call.outcome ? OUTCOMES[call.outcome] ?? call.outcome : "in progress";
+    const outcome = !call.outcome
+        ? "in progress"
+        : call.outcome === "missed" && call.direction === "outgoing"
+          ? "no answer"
+          : (OUTCOMES[call.outcome] ?? call.outcome);
     const duration = call.outcome === "answered" && call.answeredAt !== null ? ` · ${formatDuration(call.endedAt - call.answeredAt)}` : "";
     const when = new Date(call.startedAt).toLocaleString();
     return h(

@@ -40,16 +40,17 @@ export function offersVideo(invite: MatrixEvent): boolean {
     return typeof sdp === "string" && /^m=video /m.test(sdp);
 }
 
-function noticeText(video: boolean, outcome: CallOutcome, durationMs: number | null): string {
+/** The notice's words, as the person reading it sees the call (they placed it, or not). */
+function noticeText(video: boolean, outcome: CallOutcome, durationMs: number | null, placedByMe: boolean): string {
     const kind = video ? "video call" : "voice call";
     const Kind = video ? "Video call" : "Voice call";
     switch (outcome) {
         case "answered":
             return `${Kind} · ${formatDuration(durationMs ?? 0)}`;
         case "declined":
-            return `Declined ${kind}`;
+            return placedByMe ? `${Kind} declined` : `Declined ${kind}`;
         case "missed":
-            return `Missed ${kind}`;
+            return placedByMe ? `${Kind}, no answer` : `Missed ${kind}`;
         case "ongoing":
             return `${Kind} in progress`;
         default:
@@ -57,8 +58,8 @@ function noticeText(video: boolean, outcome: CallOutcome, durationMs: number | n
     }
 }
 
-/** The notice of every call whose invite is in `events`, by the invite's event id. */
-export function callNotices(events: MatrixEvent[], now: number = Date.now()): Map<string, CallNotice> {
+/** The notice of every call whose invite is in `events`, by the invite's event id, as `me` sees it. */
+export function callNotices(events: MatrixEvent[], me: string, now: number = Date.now()): Map<string, CallNotice> {
     const answers = new Map<string, MatrixEvent>();
     const ends = new Map<string, MatrixEvent>();
     for (const event of events) {
@@ -97,7 +98,7 @@ export function callNotices(events: MatrixEvent[], now: number = Date.now()): Ma
             callerId: invite.getSender() ?? "",
             outcome,
             durationMs,
-            text: noticeText(video, outcome, durationMs),
+            text: noticeText(video, outcome, durationMs, invite.getSender() === me),
         });
     }
     return notices;

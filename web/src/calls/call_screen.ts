@@ -13,7 +13,8 @@ export interface CallScreenActions {
     accept: () => void;
     decline: () => void;
     hangUp: () => void;
-    name: (userId: string) => string;
+    /** The other person's name. */
+    name: (call: MatrixCall) => string;
 }
 
 export class CallScreen {
@@ -42,7 +43,7 @@ export class CallScreen {
         const video = call.type === CallType.Video;
         this.root.classList.toggle("video", video);
         this.root.dataset.state = call.state;
-        const peer = this.actions.name(call.getOpponentMember()?.userId ?? "");
+        const peer = this.actions.name(call);
         const ringing = call.state === CallState.Ringing;
         const connected = call.state === CallState.Connected;
         this.title.textContent = ringing
@@ -83,7 +84,7 @@ export class CallScreen {
         if (call.state === CallState.Connected) {
             this.status.textContent = formatDuration(Date.now() - (this.answeredAt ?? Date.now()));
         } else if (call.state === CallState.Ringing) {
-            this.status.textContent = `${this.actions.name(call.getOpponentMember()?.userId ?? "")} is calling you`;
+            this.status.textContent = `${this.actions.name(call)} is calling you`;
         } else if (call.direction === CallDirection.Inbound || call.state === CallState.Connecting) {
             this.status.textContent = "Connecting…";
         } else {

@@ -28,6 +28,8 @@ interface Seen {
     startedAt: number;
     answeredAt: number | null;
     declinedHere: boolean;
+    /** Seen with video at any point (the SDK's type falls back to voice once tracks stop). */
+    video: boolean;
 }
 
 export class Calls {
@@ -42,7 +44,7 @@ export class Calls {
             accept: () => void this.call?.answer(),
             decline: () => this.decline(),
             hangUp: () => this.call?.hangup(CallErrorCode.UserHangup, false),
-            name: (userId) => this.call?.getOpponentMember()?.name ?? userId,
+            name: (call) => this.peerOf(call).name,
         });
         client.on(CallEventHandlerEvent.Incoming, (incoming: MatrixCall) => {
             if (this.call) {
@@ -94,11 +96,12 @@ export class Calls {
 
     private follow(call: MatrixCall): void {
         this.call = call;
-        this.seen.set(call.callId, { startedAt: Date.now(), answeredAt: null, declinedHere: false });
+        const seen: Seen = { startedAt: Date.now(), answeredAt: null, declinedHere: false, video: call.type === CallType.Video };
+        this.seen.set(call.callId, seen);
         call.on(CallEvent.State, (state: CallState) => {
-            const seen = this.seen.get(call.callId);
-            if (state === CallState.Connected && seen && seen.answeredAt === null) seen.answeredAt = Date.now();
-            this.screen.update(call, seen?.answeredAt ?? null);
+            if (state === CallState.Connected && seen.answeredAt === null) seen.answeredAt = Date.now();
+            if (state !== CallState.Ended && call.type === CallType.Video) seen.video = true;
+            this.screen.update(call, seen.answeredAt);
         });
         call.on(CallEvent.FeedsChanged, () => this.screen.update(call, this.seen.get(call.callId)?.answeredAt ?? null));
         call.on(CallEvent.Hangup, () => this.ended(call));
@@ -121,9 +124,9 @@ export class Calls {
         const record: CallRecord = {
             callId: call.callId,
             chatId: call.roomId,
-            peerId: call.getOpponentMember()?.userId ?? "",
+            peerId: this.peerOf(call).userId,
             direction: call.direction === CallDirection.Inbound ? "incoming" : "outgoing",
-            type: call.type === CallType.Video ? "video" : "voice",
+            type: seen.video ? "video" : "voice",
             startedAt: seen.startedAt,
             answeredAt: seen.answeredAt,
             endedAt: Date.now(),
@@ -135,6 +138,19 @@ export class Calls {
         } catch (e) {
             console.warn("could not keep the call in this device's log", e);
         }
+    }
+
+    /** Who is at the other end: the member who answered, else the other person in the chat
+     * (a call not answered yet, or declined, has no opponent in the SDK). */
+    private peerOf(call: MatrixCall): { userId: string; name: string } {
+        const me = this.client.getUserId();
+        const member =
+            call.getOpponentMember() ??
+            this.client
+                .getRoom(call.roomId)
+                ?.getMembers()
+                .find((m) => m.userId !== me);
+        return { userId: member?.userId ?? "", name: member?.name ?? member?.userId ?? "" };
     }
 
     private changed(): void {

@@ -69,9 +69,11 @@ function roomFromPath(): string | null {
 }
 
 /** The room's messages in its main timeline, oldest first (timeline.ts folds in edits,
- * reactions and threads). */
+ * reactions and threads); calls are not messages. */
 function messages(room: Room): MatrixEvent[] {
-    return foldTimeline(room, null).main.map((m) => m.event);
+    return foldTimeline(room, null)
+        .main.filter((m) => !m.call)
+        .map((m) => m.event);
 }
 
 function lastActivity(room: Room): number {
