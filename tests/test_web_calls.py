@@ -69,7 +69,9 @@ def test_voice_and_video_calls_in_the_web_client(start_server: Any, coturn: Cotu
     shots = DOCS_SCREENSHOTS if os.environ.get("HS_UPDATE_SCREENSHOTS") else tmp_path
     shots.mkdir(parents=True, exist_ok=True)
 
-    result = run_browser_script("web_calls.mjs", server.base_url, alice, bob, PASSWORD, str(shots), timeout=240)
+    result = run_browser_script(
+        "web_calls.mjs", server.base_url, alice, bob, PASSWORD, str(shots), timeout=240
+    )
     assert result["problems"] == []
     ids = result["userIds"]
     assert result["relaySetting"] == {"alice": "1", "bob": "1"}
@@ -145,8 +147,12 @@ def test_voice_and_video_calls_in_the_web_client(start_server: Any, coturn: Cotu
     assert not [t for t in dm_types if t.startswith("m.call.")], dm_types
     plain_types = event_types(server, token, result["plain"])
     assert "m.call.invite" in plain_types and "m.call.hangup" in plain_types
-    calls = requests.get(server.url("/api/calls"), headers={"Authorization": f"Bearer {token}"}, timeout=10).json()
-    assert [(c["chatId"], c["outcome"], c["type"]) for c in calls["calls"]] == [(result["plain"], "missed", "voice")]
+    calls = requests.get(
+        server.url("/api/calls"), headers={"Authorization": f"Bearer {token}"}, timeout=10
+    ).json()
+    assert [(c["chatId"], c["outcome"], c["type"]) for c in calls["calls"]] == [
+        (result["plain"], "missed", "voice")
+    ]
     assert calls["calls"][0]["callId"] == result["fullLog"]["alice"][0]["callId"]
 
     # coturn relayed for both users, on the credentials the server handed out.

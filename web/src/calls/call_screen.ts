@@ -46,9 +46,7 @@ export class CallScreen {
         const peer = this.actions.name(call);
         const ringing = call.state === CallState.Ringing;
         const connected = call.state === CallState.Connected;
-        this.title.textContent = ringing
-            ? `Incoming ${video ? "video" : "voice"} call`
-            : `${video ? "Video" : "Voice"} call with ${peer}`;
+        this.title.textContent = ringing ? `Incoming ${video ? "video" : "voice"} call` : `${video ? "Video" : "Voice"} call`;
         this.peer.textContent = peer;
         this.peer.textContent = peer;
         this.attach(this.remoteVideo, call.remoteUsermediaFeed?.stream);
