@@ -85,6 +85,7 @@ function mountMessenger(client: MatrixClient): void {
     client.on(HttpApiEvent.SessionLoggedOut, () => {
         client.stopClient();
         sessionStorage.setItem(ENDED_KEY, "1");
+        forgetDeviceCalls(client.getUserId() ?? "");
         void client.clearStores().finally(leave);
     });
     // Settings opened from the chats go back with the browser's history; opened by a

@@ -16,11 +16,6 @@ export interface CallNotice {
     text: string;
 }
 
-/** Whether the event is call signalling (decrypted, in encrypted chats). */
-export function isCallEvent(event: MatrixEvent): boolean {
-    return event.getType().startsWith("m.call.");
-}
-
 function callIdOf(event: MatrixEvent): string | null {
     const id = (event.getContent() as { call_id?: unknown }).call_id;
     return typeof id === "string" && id ? id : null;
