@@ -105,6 +105,16 @@ def test_voice_and_video_calls_in_the_web_client(start_server: Any, coturn: Cotu
         "alice": {"outcome": "declined", "text": "Voice call declined"},
         "bob": {"outcome": "declined", "text": "Declined voice call"},
     }
+    # The answered voice call: audio both ways through the relay, no camera button, no video.
+    voice = result["voice"]
+    for side in ("alice", "bob"):
+        assert voice[side]["inbound"]["audio"] > 0 and "video" not in voice[side]["inbound"], voice[side]
+        assert voice[side]["pair"]["local"] == "relay" and voice[side]["senders"] == {"audio": True}
+    assert voice["title"] == "Voice call" and voice["buttons"] == ["Mute", "Hang up"]
+    assert voice["videoShown"] is False
+    for side in ("alice", "bob"):
+        notice = result["voiceNotice"][side]
+        assert notice["outcome"] == "answered" and notice["text"].startswith("Voice call · 0:0"), notice
     assert result["missedVideo"] == {
         "alice": {"outcome": "missed", "text": "Video call, no answer"},
         "bob": {"outcome": "missed", "text": "Missed video call"},
@@ -113,15 +123,17 @@ def test_voice_and_video_calls_in_the_web_client(start_server: Any, coturn: Cotu
     # invite's push rule); the rest of the call's signalling counts for nothing.
     assert result["bobsList"] == {"last": "Missed video call", "unread": "1"}
 
-    # Each device logged the encrypted chat's three calls itself, the same calls.
+    # Each device logged the encrypted chat's four calls itself, the same calls.
     alice_log, bob_log = result["deviceLog"]["alice"], result["deviceLog"]["bob"]
     assert [(c["source"], c["what"], c["detail"][:12]) for c in alice_log] == [
         ("device", f"Video call with {bob}", "no answer"),
+        ("device", f"Voice call with {bob}", "answered · 0"),
         ("device", f"Voice call with {bob}", "declined"),
         ("device", f"Video call with {bob}", "answered · 0"),
     ]
     assert [(c["source"], c["what"], c["detail"][:12]) for c in bob_log] == [
         ("device", f"Video call with {alice}", "missed"),
+        ("device", f"Voice call with {alice}", "answered · 0"),
         ("device", f"Voice call with {alice}", "declined"),
         ("device", f"Video call with {alice}", "answered · 0"),
     ]
@@ -136,7 +148,7 @@ def test_voice_and_video_calls_in_the_web_client(start_server: Any, coturn: Cotu
     }
     for side in ("alice", "bob"):
         log = result["fullLog"][side]
-        assert [c["source"] for c in log] == ["server", "device", "device", "device"], (side, log)
+        assert [c["source"] for c in log] == ["server"] + ["device"] * 4, (side, log)
         assert log[0]["what"] == f"Voice call with {bob if side == 'alice' else alice}"
         assert log[0]["detail"] == ("no answer" if side == "alice" else "missed")
         assert log[1:] == result["deviceLog"][side]

@@ -10,7 +10,8 @@
 // (recorded by an init script, not by the app) receives audio and video through a relay
 // candidate; Alice mutes and turns her camera off; Bob hangs up; both timelines show the
 // call as a notice and both devices' call logs list it. Alice's voice call, declined by
-// Bob, shows as declined. In an unencrypted chat Alice hangs up while it rings: Bob sees
+// Bob, shows as declined; the next one he answers carries audio; a video call he lets
+// ring while on his chat list is missed. In an unencrypted chat Alice hangs up while it rings: Bob sees
 // a missed call, and his call log shows it from the server's log. Console errors and
 // unexpected failed requests fail the run. The last stdout line is `RESULT {json}`.
 
@@ -217,6 +218,23 @@ async function main(results) {
     await Promise.all([callGone(alice.page), callGone(bob.page)]);
     results.declinedNotice = { alice: await noticeWith(alice.page, 1, "declined"), bob: await noticeWith(bob.page, 1, "declined") };
 
+    // A voice call, answered: audio both ways, no camera, no video on screen.
+    await alice.page.click("#call-voice");
+    await callState(bob.page, "ringing");
+    await bob.page.click("#call-accept");
+    await Promise.all([callState(alice.page, "connected"), callState(bob.page, "connected")]);
+    const voiceFlowing = (m) => m.inbound.audio > 0 && m.pair?.state === "succeeded";
+    results.voice = {
+        alice: await mediaUntil(alice.page, voiceFlowing, "Alice's audio"),
+        bob: await mediaUntil(bob.page, voiceFlowing, "Bob's audio"),
+        title: await bob.page.textContent("#call-title"),
+        buttons: await bob.page.$$eval("#call-screen .call-controls button", (els) => els.map((e) => e.textContent)),
+        videoShown: await bob.page.isVisible("#call-remote-video"),
+    };
+    await alice.page.click("#call-hangup");
+    await Promise.all([callGone(alice.page), callGone(bob.page)]);
+    results.voiceNotice = { alice: await noticeWith(alice.page, 2, "answered"), bob: await noticeWith(bob.page, 2, "answered") };
+
     // A video call Bob does not answer, while he is on his chat list: it rings over the
     // list; afterwards the chat's last line is the missed call.
     await bob.page.click("button.back");
@@ -225,14 +243,14 @@ async function main(results) {
     await callState(bob.page, "ringing");
     await alice.page.click("#call-hangup");
     await Promise.all([callGone(alice.page), callGone(bob.page)]);
-    results.missedVideo = { alice: await noticeWith(alice.page, 2, "missed") };
+    results.missedVideo = { alice: await noticeWith(alice.page, 3, "missed") };
     await alice.page.screenshot({ path: join(shots, "call-notices.png") });
     results.bobsList = await listItem(bob.page, dm, "Missed video call");
     await bob.page.click(`#chat-list [data-room-id="${dm}"]`);
-    results.missedVideo.bob = await noticeWith(bob.page, 2, "missed");
+    results.missedVideo.bob = await noticeWith(bob.page, 3, "missed");
 
     // Both devices keep the encrypted chat's calls in their own log.
-    results.deviceLog = { alice: await callLog(alice, 3, "call-log.png"), bob: await callLog(bob, 3) };
+    results.deviceLog = { alice: await callLog(alice, 4, "call-log.png"), bob: await callLog(bob, 4) };
 
     // An unencrypted chat: Alice hangs up while it rings; Bob missed it.
     const plain = await alice.page.evaluate(async (bob) => {
@@ -259,7 +277,7 @@ async function main(results) {
     results.plainList = await listItem(bob.page, plain, "Missed voice call");
     await bob.page.click(`#chat-list [data-room-id="${plain}"]`);
     results.missedNotice = { bob: await noticeWith(bob.page, 0, "missed"), alice: await noticeWith(alice.page, 0, "missed") };
-    results.fullLog = { bob: await callLog(bob, 4), alice: await callLog(alice, 4) };
+    results.fullLog = { bob: await callLog(bob, 5), alice: await callLog(alice, 5) };
     results.problems = problems;
     check(problems.length === 0, `no console errors or failed requests: ${problems.join("; ")}`);
     finished = true;
