@@ -99,7 +99,11 @@ export class Calls {
         const seen: Seen = { startedAt: Date.now(), answeredAt: null, declinedHere: false, video: call.type === CallType.Video };
         this.seen.set(call.callId, seen);
         call.on(CallEvent.State, (state: CallState) => {
-            if (state === CallState.Connected && seen.answeredAt === null) seen.answeredAt = Date.now();
+            // Answered: both sides go to "connecting" once the answer is sent or received
+            // (the time the timeline's notice and the server's log count from, too).
+            if ((state === CallState.Connecting || state === CallState.Connected) && seen.answeredAt === null) {
+                seen.answeredAt = Date.now();
+            }
             if (state !== CallState.Ended && call.type === CallType.Video) seen.video = true;
             this.screen.update(call, seen.answeredAt);
         });
@@ -159,11 +163,12 @@ export class Calls {
 }
 
 function outcomeOf(call: MatrixCall, seen: Seen): LoggedOutcome {
-    if (seen.answeredAt !== null) return "answered";
-    if (seen.declinedHere) return "declined";
     const reason = call.hangupReason;
     if (reason === CallErrorCode.UserBusy) return "busy";
+    // As the server's log: an ending for another reason than a hang-up is a failure.
     if (reason && reason !== CallErrorCode.UserHangup && reason !== CallErrorCode.InviteTimeout) return "failed";
+    if (seen.answeredAt !== null) return "answered";
+    if (seen.declinedHere) return "declined";
     // The other side ended a call I placed before answering it: they declined it.
     if (call.direction === CallDirection.Outbound && call.hangupParty === CallParty.Remote) return "declined";
     return "missed";
