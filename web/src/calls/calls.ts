@@ -41,7 +41,8 @@ export class Calls {
     constructor(private readonly client: MatrixClient) {
         applyRelaySetting(client);
         this.screen = new CallScreen({
-            accept: () => void this.call?.answer(),
+            // Without a microphone or camera the SDK ends the call itself (user_media_failed).
+            accept: () => void this.call?.answer().catch((e: unknown) => console.warn("could not answer", e)),
             decline: () => this.decline(),
             hangUp: () => this.call?.hangup(CallErrorCode.UserHangup, false),
             name: (call) => this.peerOf(call).name,
@@ -64,10 +65,6 @@ export class Calls {
         this.listeners.add(listener);
     }
 
-    get active(): MatrixCall | null {
-        return this.call;
-    }
-
     /** Whether a call can be placed in the room: a one-to-one chat the other person joined. */
     canCall(room: Room): boolean {
         return this.call === null && room.getJoinedMemberCount() === 2 && room.getMyMembership() === KnownMembership.Join;
@@ -76,7 +73,10 @@ export class Calls {
     async place(room: Room, video: boolean): Promise<void> {
         if (!this.canCall(room)) return;
         const call = createNewMatrixCall(this.client, room.roomId);
-        if (!call) throw new Error("This browser cannot make calls (no WebRTC).");
+        if (!call) {
+            window.alert("This browser cannot make calls (it has no WebRTC).");
+            return;
+        }
         this.follow(call);
         try {
             await (video ? call.placeVideoCall() : call.placeVoiceCall());
