@@ -36,7 +36,6 @@ DOCS_SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshot
 @pytest.fixture
 def coturn(tmp_path: Path) -> Iterator[Coturn]:
     """coturn, and the rest of the test, in a loopback-only network namespace."""
-    built_web_client()  # before the namespace: the build needs nothing from it, but be plain
     with loopback_only_network():
         turn = Coturn(tmp_path / "coturn", secret=secrets.token_hex(16)).start()
         try:
