@@ -115,7 +115,11 @@ async function main(results) {
     await page.click('nav a[href="#/rooms"]');
     await page.waitForSelector("#room-search");
     await page.fill("#room-search", args.room.search);
+    // The search draws a new view: wait until the unfiltered one (its input) is gone, so
+    // the rows read are the search's and not the full list still on screen.
+    const unfiltered = await page.$("#room-search");
     await page.press("#room-search", "Enter");
+    await page.waitForFunction((input) => !input.isConnected, unfiltered);
     await page.waitForSelector(`tr[data-room="${args.room.roomId}"]`);
     results.roomsFound = await page.$$eval("tr[data-room]", (rows) => rows.map((r) => r.dataset.room));
     await page.click(`tr[data-room="${args.room.roomId}"] a`);
