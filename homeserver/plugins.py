@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,15 @@ if TYPE_CHECKING:
 log = Logger()
 
 EventCallback = Callable[[dict[str, Any]], Awaitable[None] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteMedia:
+    """Media fetched from another server (PluginApi.fetch_remote_media)."""
+
+    content_type: str | None  # the remote's claim, unchecked
+    content_disposition: str | None
+    data: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +257,47 @@ class PluginApi:
             self._hs.router.add(method, path, authenticated)
         else:
             self._hs.router.add(method, path, handler)
+
+    def register_federation_route(
+        self, method: str, path: str, handler: Callable[..., Awaitable[Any]]
+    ) -> None:
+        """Serve `method path` (a `/_matrix/federation/` path under one of this plugin's
+        prefixes) to other servers: the request's X-Matrix signature is checked and its
+        origin's limits applied first (401 / 429), then `handler(request, origin,
+        **path_params)` is called with the verified origin server name."""
+        if not path.startswith("/_matrix/federation/") or not any(path.startswith(p) for p in self._prefixes):
+            raise PluginLoadError(f"plugin {self._name}: {path} is not a federation path of its own")
+        from homeserver.api.federation.auth import require_origin
+
+        hs = self._hs
+
+        async def signed(request: ApiRequest, **params: str) -> Any:
+            origin = await require_origin(hs, request)
+            return await handler(request, origin, **params)
+
+        self._hs.router.add(method, path, signed)
+
+    async def fetch_remote_media(
+        self, server_name: str, media_id: str, max_bytes: int, thumbnail: dict[str, str] | None = None
+    ) -> RemoteMedia:
+        """Another server's media (`mxc://server_name/media_id`), or its thumbnail with
+        `thumbnail` = {"width", "height", "method"}: the federation media route, else the
+        legacy one. The content type is the remote's claim: sanitise it before serving.
+        404 M_NOT_FOUND, 413 M_TOO_LARGE past `max_bytes`, 502/504 for the remote's failures."""
+        fetched = await self._hs.federation.media.fetch(server_name, media_id, max_bytes, thumbnail)
+        return RemoteMedia(fetched.content_type, fetched.content_disposition, fetched.data)
+
+    @staticmethod
+    def federation_media_envelope(
+        content_type: bytes, disposition: bytes | None
+    ) -> tuple[bytes, bytes, bytes]:
+        """The multipart/mixed envelope of a federation media answer (spec v1.11): (the
+        Content-Type header with its boundary, what goes before the media bytes, what after)."""
+        from homeserver.core.federation.media import multipart_body
+
+        boundary = secrets.token_hex(16)
+        head, tail = multipart_body(boundary, content_type, disposition)
+        return f"multipart/mixed; boundary={boundary}".encode(), head, tail
 
     def set_body_limit(self, path_prefix: str, max_bytes: int, *, message: str | None = None) -> None:
         """Accept request bodies of up to `max_bytes` on paths starting with `path_prefix`
@@ -660,6 +711,7 @@ __all__ = [
     "BackupError",
     "BackupSource",
     "ChunksOnThreads",
+    "RemoteMedia",
     "Connections",
     "DayStats",
     "ExportRow",

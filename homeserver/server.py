@@ -68,6 +68,7 @@ from homeserver.core.erasure import ErasureService
 from homeserver.core.event_stream import EventStream
 from homeserver.core.events import EventService
 from homeserver.core.export import ExportService
+from homeserver.core.federation.directory_queries import DirectoryQueries
 from homeserver.core.federation.membership import FederatedMembership
 from homeserver.core.federation.remote_keys import RemoteKeys
 from homeserver.core.federation.service import Federation
@@ -365,6 +366,11 @@ class HomeServer:
         self.events.ratelimiter = self.ratelimiter
         self.rooms.ratelimiter = self.ratelimiter
         self.directory = DirectoryService(self.config.server_name, self.storage, self.rooms, self.room_heads)
+        self.federation.directory = DirectoryQueries(
+            self.config.server_name, self.directory, self.federation.client, self.clock
+        )
+        self.directory.remote_alias = self.federation.directory.remote_alias
+        self.directory.remote_public_rooms = self.federation.directory.remote_public_rooms
         self.tags = TagService(self.account_data, self.room_heads)
         self.rooms.tags = self.tags
         self.room_preview = RoomPreview(self.rooms)

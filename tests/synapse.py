@@ -96,7 +96,7 @@ def synapse_federation_config(
                 "bind_addresses": ["127.0.0.1"],
                 "type": "http",
                 "tls": False,
-                "resources": [{"names": ["client"], "compress": False}],
+                "resources": [{"names": ["client", "media"], "compress": False}],
             },
             {
                 "port": federation_port,

@@ -7,6 +7,7 @@ the canonical alias publishes it (or it was created with `visibility: public`).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from homeserver.core.room_heads import RoomHead, RoomHeads
@@ -70,6 +71,9 @@ class DirectoryService:
         self.storage = storage
         self.rooms = rooms
         self.heads = heads
+        # Ask another server (federation's DirectoryQueries), once wired.
+        self.remote_alias: Callable[[str], Awaitable[dict[str, Any]]] | None = None
+        self.remote_public_rooms: Callable[..., Awaitable[dict[str, Any]]] | None = None
 
     # Aliases ---------------------------------------------------------------------------------
 
@@ -78,6 +82,13 @@ class DirectoryService:
         if room_id is None:
             raise NotFound("Room alias not found")
         return room_id
+
+    async def resolve_alias(self, alias: str) -> dict[str, Any]:
+        """GET /directory/room/{alias}: {"room_id", "servers"}; another server's alias is
+        asked of that server."""
+        if not alias.endswith(":" + self.server_name) and self.remote_alias is not None:
+            return await self.remote_alias(alias)
+        return {"room_id": await self.room_for_alias(alias), "servers": [self.server_name]}
 
     async def create_alias(self, user_id: str, alias: str, room_id: str) -> None:
         """Point `alias` at a room the user is joined to; 409 if it points somewhere already."""
@@ -120,6 +131,28 @@ class DirectoryService:
         if not self.rooms.may(user_id, head, "state", event_type="m.room.canonical_alias"):
             raise Forbidden("You may not change this room's visibility")
         await self.storage.rooms.set_visibility(room_id, visibility)
+
+    async def public_rooms_of(
+        self,
+        server: str | None,
+        limit: int | None,
+        since: str | None,
+        search_filter: dict[str, Any] | None,
+        include_all_networks: bool = False,
+        third_party_instance_id: str | None = None,
+    ) -> dict[str, Any]:
+        """/publicRooms for a client: ours, or `server`'s (asked over federation)."""
+        if server is not None and server != self.server_name and self.remote_public_rooms is not None:
+            return await self.remote_public_rooms(
+                server, limit, since, search_filter, include_all_networks, third_party_instance_id
+            )
+        search_filter = search_filter or {}
+        term = search_filter.get("generic_search_term")
+        if term is not None and not isinstance(term, str):
+            raise MatrixError("'generic_search_term' must be a string", "M_BAD_JSON")
+        if third_party_instance_id is not None and not include_all_networks:
+            return {"chunk": [], "total_room_count_estimate": 0}  # no third-party networks here
+        return await self.public_rooms(limit, since, term, search_filter.get("room_types"))
 
     async def public_rooms(
         self, limit: int | None, since: str | None, term: str | None, room_types: object = None

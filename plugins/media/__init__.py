@@ -10,6 +10,9 @@ Matrix (authenticated media, v1.11):
 - the same legacy paths under r0 (POST upload, GET config and preview_url with a token;
   download and thumbnail as v3's), which r0.6.1 in /versions promises and older clients
   (Element Web 1.11) use.
+Federation (v1.11): GET /_matrix/federation/v1/media/download/{mediaId} and
+/thumbnail/{mediaId} serve our media to other servers as multipart/mixed; downloads of
+another server's `mxc://` fetch it from there once and keep it (plugins/media/remote.py).
 Simple API: POST /api/media/upload (multipart/form-data) -> {mediaId, url},
 GET and DELETE /api/media/{mediaId}, GET /api/media/usage; an admin purge under
 /_plugins/media/.
@@ -19,6 +22,7 @@ It imports only `homeserver.plugins`, the plugin interface. See docs/media.md.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -38,20 +42,26 @@ from plugins.media.admin import MediaAdminProvider
 from plugins.media.config import MediaConfig, parse_media_config
 from plugins.media.db import MediaRow
 from plugins.media.repository import MediaRepository, not_found, over_limit_message, too_large
-from plugins.media.sniff import SECURITY_HEADERS, content_type_header, download_headers
+from plugins.media.sniff import SECURITY_HEADERS, content_disposition, content_type_header, download_headers
 from plugins.media.storage import MediaStorage, make_storage
 
 MEDIA_V3 = "/_matrix/media/v3"
 MEDIA_R0 = "/_matrix/media/r0"
 MEDIA_V1 = "/_matrix/media/v1"
 CLIENT_MEDIA = "/_matrix/client/v1/media"
+FEDERATION_MEDIA = "/_matrix/federation/v1/media"
 # Room for the multipart envelope and small fields around the file part.
 MULTIPART_OVERHEAD = 1024 * 1024
 
 
 class MediaPlugin:
     NAME = "media"
-    PATH_PREFIXES = ("/_matrix/media/", "/_matrix/client/v1/media/", "/api/media/")
+    PATH_PREFIXES = (
+        "/_matrix/media/",
+        "/_matrix/client/v1/media/",
+        "/api/media/",
+        "/_matrix/federation/v1/media/",
+    )
     SCHEMA_DIR = Path(__file__).parent / "sql"
 
     @staticmethod
@@ -107,6 +117,13 @@ class MediaPlugin:
         # The legacy paths: r0 is what r0.6.1 clients call, with the same rules as v3.
         for legacy in (MEDIA_V3, MEDIA_R0):
             self._register_legacy(legacy)
+
+        api.register_federation_route(
+            "GET", f"{FEDERATION_MEDIA}/download/{{media_id}}", self.federation_download
+        )
+        api.register_federation_route(
+            "GET", f"{FEDERATION_MEDIA}/thumbnail/{{media_id}}", self.federation_thumbnail
+        )
 
         api.register_route("POST", "/api/media/upload", self.simple_upload)
         api.register_route("GET", "/api/media/usage", self.simple_usage)
@@ -206,6 +223,33 @@ class MediaPlugin:
             content_type=content_type_header(row.content_type),
             headers=download_headers(row.content_type, file_name),
         )
+
+    # Federation: our media for other servers ----------------------------------------
+
+    async def federation_download(self, request: ApiRequest, origin: str, media_id: str) -> Response:
+        row = await self.repo.local_for_federation(media_id)
+        assert row.storage_key is not None and row.content_type is not None
+        reader = await self.repo.open(row.storage_key)
+        self.repo.downloads.labels("federation").inc()
+        envelope, head, tail = self.api.federation_media_envelope(
+            content_type_header(row.content_type), content_disposition(row.content_type, row.upload_name)
+        )
+        return Response(
+            StreamBody(_framed(head, self.repo.chunks(reader), tail), len(head) + row.size + len(tail)),
+            content_type=envelope,
+            headers=SECURITY_HEADERS,
+        )
+
+    async def federation_thumbnail(self, request: ApiRequest, origin: str, media_id: str) -> Response:
+        width = _dimension(request, "width")
+        height = _dimension(request, "height")
+        method = request.query_param("method", "scale")
+        if method not in ("crop", "scale"):
+            raise MatrixError("'method' must be crop or scale", "M_INVALID_PARAM")
+        row = await self.repo.local_for_federation(media_id)
+        thumb, data = await self.repo.thumbnail(row, width, height, method)
+        envelope, head, tail = self.api.federation_media_envelope(thumb.content_type.encode(), None)
+        return Response(head + data + tail, content_type=envelope, headers=SECURITY_HEADERS)
 
     async def thumbnail(
         self, request: ApiRequest, requester: Requester, server_name: str, media_id: str
@@ -335,6 +379,18 @@ class MediaPlugin:
             if value is not None:
                 entity[key] = value
         return entity
+
+
+async def _framed(head: bytes, chunks: Any, tail: bytes) -> AsyncIterator[bytes]:
+    """The media's chunks inside the multipart envelope; the file is closed however the
+    response ends."""
+    try:
+        yield head
+        async for chunk in chunks:
+            yield chunk
+        yield tail
+    finally:
+        await chunks.aclose()
 
 
 def _body(request: ApiRequest) -> IO[bytes]:

@@ -36,6 +36,7 @@ from plugins.media.images import (
     video_info,
 )
 from plugins.media.preview import PreviewError, fetch_preview
+from plugins.media.remote import RemoteMediaCache, is_remote_copy
 from plugins.media.sniff import OCTET_STREAM, clean_filename, normalize_type, served_type, sniff
 from plugins.media.storage import CHUNK, MediaStorage, Reader
 
@@ -126,6 +127,7 @@ class MediaRepository:
         self.thumbnails_made = api.counter("thumbnails_made", "Thumbnails generated")
         self.deleted = api.counter("deleted", "Media deleted", ("reason",))
         self.previews = api.counter("previews", "URL preview requests", ("result",))
+        self.remote = RemoteMediaCache(api, self)
 
     # Facts ------------------------------------------------------------------------
 
@@ -321,9 +323,13 @@ class MediaRepository:
         """The media row if `user_id` may read it (None: unauthenticated legacy access),
         waiting up to `timeout_ms` for an asynchronous upload to arrive."""
         if server_name != self.server_name:
-            raise MatrixError("Media from other servers is not available", "M_NOT_FOUND", status=404)
+            # Another server's media: any of our users may read it, as on its own server
+            # (which does its own checks, if any, on its own users only).
+            if not _MEDIA_ID_RE.fullmatch(media_id):
+                raise not_found()
+            return await self.remote.get(server_name, media_id)
         row = await self.get(media_id)
-        if row is None or row.quarantined_by is not None:
+        if row is None or row.quarantined_by is not None or is_remote_copy(row):
             raise not_found()
         if user_id is not None and not await self.may_read(user_id, row):
             # A message sharing it may have just been committed: let its link land first.
@@ -337,6 +343,16 @@ class MediaRepository:
                 raise not_found()
             if row.state != "ready":
                 raise MatrixError("Content has not yet been uploaded", "M_NOT_YET_UPLOADED", status=504)
+        return row
+
+    async def local_for_federation(self, media_id: str) -> MediaRow:
+        """Our own media for another server (federation download): ready, not
+        quarantined, never a copy of a third server's media. Other servers fetch on
+        behalf of their users, whom we cannot check: `restrict_to_rooms` does not apply
+        (docs/federation.md)."""
+        row = await self.get(media_id)
+        if row is None or row.quarantined_by is not None or is_remote_copy(row) or row.state != "ready":
+            raise not_found()
         return row
 
     # Downloads -----------------------------------------------------------------------
@@ -419,6 +435,12 @@ class MediaRepository:
             ) from None
         except FileNotFoundError:
             raise not_found() from None
+        except OSError:
+            # Pillow's "broken data stream" and friends: a damaged image (e.g. another
+            # server's) is the content's fault, not the server's.
+            raise MatrixError(
+                "Cannot generate thumbnails for the requested content", "M_UNKNOWN", status=400
+            ) from None
         key = f"thumbnails/{row.media_id}/{size.width}x{size.height}-{size.method}"
         made = ThumbnailRow(
             row.media_id, size.width, size.height, size.method, thumb.content_type, len(thumb.data), key

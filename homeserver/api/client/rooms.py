@@ -92,7 +92,7 @@ def register(router: Router, hs: "HomeServer") -> None:
     # Aliases and directory --------------------------------------------------------------
 
     async def get_alias(request: ApiRequest, version: str, alias: str) -> dict[str, Any]:
-        return {"room_id": await directory.room_for_alias(alias), "servers": [hs.config.server_name]}
+        return await directory.resolve_alias(alias)
 
     async def put_alias(request: ApiRequest, version: str, alias: str) -> dict[str, Any]:
         requester = await require_user(hs, request)
@@ -118,19 +118,23 @@ def register(router: Router, hs: "HomeServer") -> None:
         return {}
 
     async def public_rooms(request: ApiRequest, version: str) -> dict[str, Any]:
+        server = request.query_param("server")
+        include_all_networks = False
+        third_party_instance_id = None
         if request.method == b"POST":
             body = request.json_body()
             limit = optional(body, "limit", int)
             since = optional(body, "since", str)
-            search = optional(body, "filter", dict) or {}
-            term = optional(search, "generic_search_term", str)
-            room_types = search.get("room_types")
+            search_filter = optional(body, "filter", dict)
+            include_all_networks = optional(body, "include_all_networks", bool) or False
+            third_party_instance_id = optional(body, "third_party_instance_id", str)
         else:
             limit = request.int_param("limit", None)
             since = request.query_param("since")
-            term = None
-            room_types = None
-        return await directory.public_rooms(limit, since, term, room_types)
+            search_filter = None
+        return await directory.public_rooms_of(
+            server, limit, since, search_filter, include_all_networks, third_party_instance_id
+        )
 
     router.add("POST", f"{CLIENT}/createRoom", create_room)
     router.add("POST", f"{CLIENT}/join/{{room}}", join)

@@ -50,6 +50,10 @@ class _TooLarge(Exception):
     pass
 
 
+class ResponseTooLarge(RemoteServerError):
+    """The answer passed the size the caller allowed (502 unless the caller says more)."""
+
+
 def path_of(*segments: str) -> str:
     """A path from segments, each percent-encoded whole (user ids, server names)."""
     return "".join("/" + quote(segment, safe="") for segment in segments)
@@ -133,23 +137,8 @@ class FederationClient:
 
         Raises RemoteError for an error status, RemoteServerError when the server cannot be
         reached or answers something that is not JSON."""
-        try:
-            dest = await self.resolver.resolve(destination)
-        except Exception as e:
-            raise RemoteServerError(f"Cannot find server {destination}: {e}") from None
-        if len(self._destinations) >= MAX_REMEMBERED and destination not in self._destinations:
-            # Only read while a connection is made, synchronously after this line: safe to drop.
-            self._destinations.clear()
-        self._destinations[destination] = dest
-        uri = path + ("?" + urlencode(query, doseq=True) if query else "")
-        auth = authorization_header(method, uri, self.server_name, destination, self.signing_key, body)
-        headers = {b"Host": [dest.host_header.encode()], b"Authorization": [auth.encode()]}
-        data = None
-        if body is not None:
-            data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-            headers[b"Content-Type"] = [b"application/json"]
-        url = SCHEME + b"://" + destination.encode("ascii") + uri.encode("ascii")
-        status, raw = await self._send(method, url, headers, data, destination)
+        url, headers, data = await self._prepare(method, destination, path, query, body)
+        status, raw, _ = await self._send(method, url, headers, data, destination)
         try:
             answer = json.loads(raw) if raw else {}
         except (ValueError, UnicodeDecodeError, RecursionError):
@@ -166,9 +155,49 @@ class FederationClient:
             raise RemoteServerError(f"{destination} answered with something that is not JSON")
         return answer
 
+    async def get_raw(
+        self, destination: str, path: str, query: dict[str, Any] | None, max_bytes: int
+    ) -> tuple[int, str | None, bytes]:
+        """A signed GET whose answer is not JSON (media): (status, Content-Type, body).
+
+        RemoteServerError (502) when unreachable or the body passes `max_bytes`; 504 on a
+        timeout. The status is the caller's to read."""
+        url, headers, _ = await self._prepare("GET", destination, path, query, None)
+        status, raw, content_type = await self._send("GET", url, headers, None, destination, max_bytes)
+        return status, content_type, raw
+
+    async def _prepare(
+        self, method: str, destination: str, path: str, query: dict[str, Any] | None, body: Any
+    ) -> tuple[bytes, dict[bytes, list[bytes]], bytes | None]:
+        """Discovery, then the request's URL, its signed headers and body."""
+        try:
+            dest = await self.resolver.resolve(destination)
+        except Exception as e:
+            raise RemoteServerError(f"Cannot find server {destination}: {e}") from None
+        if len(self._destinations) >= MAX_REMEMBERED and destination not in self._destinations:
+            # Only read while a connection is made, synchronously after this line: safe to drop.
+            self._destinations.clear()
+        self._destinations[destination] = dest
+        uri = path + ("?" + urlencode(query, doseq=True) if query else "")
+        auth = authorization_header(method, uri, self.server_name, destination, self.signing_key, body)
+        headers = {b"Host": [dest.host_header.encode()], b"Authorization": [auth.encode()]}
+        data = None
+        if body is not None:
+            data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+            headers[b"Content-Type"] = [b"application/json"]
+        url = SCHEME + b"://" + destination.encode("ascii") + uri.encode("ascii")
+        return url, headers, data
+
     async def _send(
-        self, method: str, url: bytes, headers: dict[bytes, list[bytes]], data: bytes | None, destination: str
-    ) -> tuple[int, bytes]:
+        self,
+        method: str,
+        url: bytes,
+        headers: dict[bytes, list[bytes]],
+        data: bytes | None,
+        destination: str,
+        max_bytes: int = MAX_RESPONSE_BYTES,
+    ) -> tuple[int, bytes, str | None]:
+        from twisted.internet.defer import CancelledError
         from twisted.web.http_headers import Headers
 
         client = self._client()
@@ -181,14 +210,15 @@ class FederationClient:
                 allow_redirects=False,
                 timeout=self.config.request_timeout / 1000,
             )
-            raw = await _read_capped(response, MAX_RESPONSE_BYTES)
+            raw = await _read_capped(response, max_bytes)
         except _TooLarge:
-            raise RemoteServerError(
-                f"{destination}'s answer is larger than {MAX_RESPONSE_BYTES} bytes"
-            ) from None
+            raise ResponseTooLarge(f"{destination}'s answer is larger than {max_bytes} bytes") from None
         except Exception as e:
+            if isinstance(e, CancelledError) or _timed_out(e):
+                raise RemoteServerError(f"{destination} did not answer in time", status=504) from None
             raise RemoteServerError(f"Cannot reach {destination}: {_describe(e)}") from None
-        return int(response.code), raw
+        content_type = response.headers.getRawHeaders(b"content-type")
+        return int(response.code), raw, content_type[0].decode("latin-1") if content_type else None
 
     # Discovery's network side --------------------------------------------------------------
 
@@ -254,6 +284,16 @@ async def _read_capped(response: Any, limit: int) -> bytes:
 
     await treq.collect(response, collect)
     return b"".join(chunks)
+
+
+def _timed_out(error: BaseException) -> bool:
+    from twisted.internet.defer import CancelledError
+    from twisted.internet.error import TimeoutError as ConnectTimeout
+
+    reasons = [r.value for r in getattr(error, "reasons", None) or []]
+    return isinstance(error, ConnectTimeout) or any(
+        isinstance(r, (CancelledError, ConnectTimeout)) for r in reasons
+    )
 
 
 def _describe(error: BaseException) -> str:

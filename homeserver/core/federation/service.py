@@ -10,7 +10,9 @@ from homeserver.config import FederationConfig
 from homeserver.core.clock import Clock
 from homeserver.core.federation.authenticator import RequestAuthenticator
 from homeserver.core.federation.client import FederationClient
+from homeserver.core.federation.directory_queries import DirectoryQueries
 from homeserver.core.federation.keys import KeyRing, Notary, OwnKeys
+from homeserver.core.federation.media import RemoteMediaFetcher
 from homeserver.core.federation.membership import FederatedMembership
 from homeserver.core.federation.origin_limits import OriginLimits, Release
 from homeserver.core.federation.queries import ProfileQueries
@@ -51,6 +53,9 @@ class Federation:
         self.authenticator = RequestAuthenticator(server_name, self.key_ring, clock)
         self.origin_limits = OriginLimits(ratelimiter, config)
         self.profiles = ProfileQueries(server_name, storage, self.client, clock)
+        self.media = RemoteMediaFetcher(self.client)
+        # Set by the server once the room directory exists (it needs the rooms).
+        self.directory: DirectoryQueries
 
     async def admit(
         self, method: str, uri: str, authorization: str | None, content: Any
