@@ -161,6 +161,8 @@ def test_every_federation_route_checks_the_signature(
     exempt = {f"{FEDERATION}/v1/version", f"{FEDERATION}/v1/openid/userinfo"}
     checked = [t for t in templates if t.startswith(FEDERATION) and t not in exempt]
     assert f"{FEDERATION}/v1/query/profile" in checked
+    assert f"{FEDERATION}/v1/query/directory" in checked
+    assert f"{FEDERATION}/v1/publicRooms" in checked
     for template in checked:
         path = template.replace("{", "x").replace("}", "")
         for method in ("GET", "PUT", "POST"):
