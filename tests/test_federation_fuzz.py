@@ -30,6 +30,7 @@ from openapi_core.testing import MockRequest, MockResponse
 from signedjson.key import generate_signing_key, read_signing_keys
 
 from homeserver.core.federation.request_auth import authorization_header
+from plugins.media import MediaPlugin
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
 SPEC_FILE = Path(__file__).resolve().parent / "matrix-spec" / "server-server.json"
@@ -37,6 +38,7 @@ SPEC_JSON: dict[str, Any] = json.loads(SPEC_FILE.read_text())
 SPEC = OpenAPI.from_file_path(str(SPEC_FILE))
 METHODS = ("get", "put", "post", "delete")
 ODD_STRINGS = ["", " ", "é☃", "x" * 3000, "@x", "!x:y", "$x", "..", "a/b", "%", "-1", "9" * 30, "\x01"]
+MEDIA_PLUGIN = {"module": "plugins.media.MediaPlugin", "config": {}}
 GENEROUS = {"rc_requests": {"per_second": 10_000, "burst": 100_000}, "rc_concurrent": 50}
 
 
@@ -48,12 +50,17 @@ def served_operations(tmp_path: Path) -> list[tuple[str, str, dict[str, Any]]]:
     from homeserver.server import HomeServer
 
     hs = HomeServer(parse_config({"server_name": "t.example", "data_dir": str(tmp_path)}, env={}), reactor)
+    # Plugins register their routes when they start; the fuzzed servers load these, so
+    # the spec's operations under their federation prefixes are theirs to answer.
+    plugin_prefixes = tuple(p for p in MediaPlugin.PATH_PREFIXES if p.startswith("/_matrix/federation/"))
     try:
         found = []
         for path, item in SPEC_JSON["paths"].items():
             concrete = path.replace("{", "x").replace("}", "")
             for method in METHODS:
-                if method in item and hs.router.serves(method.upper(), concrete):
+                if method in item and (
+                    hs.router.serves(method.upper(), concrete) or path.startswith(plugin_prefixes)
+                ):
                     found.append((method.upper(), path, item[method]))
         return found
     finally:
@@ -63,9 +70,19 @@ def served_operations(tmp_path: Path) -> list[tuple[str, str, dict[str, Any]]]:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     ca: TestCA = make_ca(tmp_path_factory.mktemp("ca"))
-    a = start_federated_server(tmp_path_factory.mktemp("hs-a"), ca, {"federation": GENEROUS})
+    a = start_federated_server(
+        tmp_path_factory.mktemp("hs-a"), ca, {"federation": GENEROUS, "plugins": [MEDIA_PLUGIN]}
+    )
     b = start_federated_server(tmp_path_factory.mktemp("hs-b"), ca, {"federation": GENEROUS})
-    alice = a.process.register("alice_fuzz")["user_id"]
+    alice_account = a.process.register("alice_fuzz")
+    alice = alice_account["user_id"]
+    r = requests.post(
+        a.process.url("/_matrix/media/v3/upload"),
+        data=b"fuzz media",
+        headers={"Authorization": f"Bearer {alice_account['access_token']}", "Content-Type": "text/plain"},
+        timeout=30,
+    )
+    media_id = r.json()["content_uri"].rsplit("/", 1)[1]
     key_file = (b.process.data_dir / "signing.key").read_text().splitlines()
     yield {
         "a": a,
@@ -78,6 +95,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             "userId": [alice],
             "serverName": [b.server_name, a.server_name, "localhost:1"],
             "field": ["displayname", "avatar_url"],
+            "mediaId": [media_id],
         },
     }
     for server in (a, b):
@@ -215,6 +233,9 @@ def test_the_fuzz_covers_what_the_server_serves(world: dict[str, Any]) -> None:
     assert ("GET", "/_matrix/federation/v1/query/profile") in served
     assert ("POST", "/_matrix/key/v2/query") in served
     assert ("GET", "/_matrix/key/v2/server") in served
+    assert ("GET", "/_matrix/federation/v1/query/directory") in served
+    assert ("POST", "/_matrix/federation/v1/publicRooms") in served
+    assert ("GET", "/_matrix/federation/v1/media/download/{mediaId}") in served
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
