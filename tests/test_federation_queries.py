@@ -334,3 +334,124 @@ def test_with_synapse_aliases_and_media(
     )
     assert r.status_code == 200, r.text
     assert r.content == PNG + b"\x02"
+
+
+# A hostile or old remote ------------------------------------------------------------------
+
+
+class _FakeRemote:
+    """A bare HTTPS server on loopback with a certificate from the test CA, answering media
+    requests the way the test says: another server that is not one of ours, old or hostile."""
+
+    def __init__(self, ca: TestCA) -> None:
+        import http.server
+        import ssl
+        import threading
+
+        from conftest import free_port
+
+        self.port = free_port()
+        self.answers: dict[str, tuple[int, str, bytes]] = {}
+        self.asked: list[str] = []
+        answers, asked = self.answers, self.asked
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                path = self.path.split("?", 1)[0]
+                asked.append(path)
+                status, content_type, body = answers.get(
+                    path, (404, "application/json", b'{"errcode":"M_UNRECOGNIZED","error":"Unrecognized"}')
+                )
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        cert, key = ca.issue(f"fake-{self.port}")
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(str(cert), str(key))
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    @property
+    def server_name(self) -> str:
+        return f"localhost:{self.port}"
+
+    def media(self, media_id: str, part_headers: str, data: bytes) -> None:
+        body = (
+            b"--xyz\r\nContent-Type: application/json\r\n\r\n{}\r\n--xyz\r\n"
+            + part_headers.encode()
+            + b"\r\n\r\n"
+            + data
+            + b"\r\n--xyz--\r\n"
+        )
+        path = f"/_matrix/federation/v1/media/download/{media_id}"
+        self.answers[path] = (200, "multipart/mixed; boundary=xyz", body)
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def fake_remote(ca: TestCA) -> Iterator[_FakeRemote]:
+    remote = _FakeRemote(ca)
+    yield remote
+    remote.stop()
+
+
+def test_a_hostile_or_old_remotes_media(
+    servers: tuple[FederatedServer, FederatedServer], fake_remote: _FakeRemote
+) -> None:
+    _, b = servers
+    kim = b.process.register("kim")
+
+    def download(media_id: str) -> requests.Response:
+        return requests.get(
+            b.process.url(f"/_matrix/client/v1/media/download/{fake_remote.server_name}/{media_id}"),
+            headers=_auth(kim),
+            timeout=30,
+        )
+
+    # HTML claimed as an image: served as what it is, as an attachment, sandboxed.
+    page = b"<html><script>alert(document.cookie)</script></html>"
+    fake_remote.media("html", "Content-Type: image/png\r\nContent-Disposition: inline; filename=x.png", page)
+    r = download("html")
+    assert r.status_code == 200, r.text
+    assert r.content == page
+    assert r.headers["Content-Type"].startswith("text/html")
+    assert r.headers["Content-Disposition"].startswith("attachment")
+    assert "sandbox" in r.headers["Content-Security-Policy"]
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
+
+    # A server without the federation media route: the legacy one, once.
+    fake_remote.answers[f"/_matrix/media/v3/download/{fake_remote.server_name}/old"] = (200, "image/png", PNG)
+    r = download("old")
+    assert r.status_code == 200 and r.content == PNG and r.headers["Content-Type"] == "image/png"
+    assert download("old").content == PNG
+    assert fake_remote.asked.count(f"/_matrix/media/v3/download/{fake_remote.server_name}/old") == 1
+
+    # Past B's limit (100 kB): 413, and nothing kept (asked again next time).
+    fake_remote.media("huge", "Content-Type: application/octet-stream", b"\x00" * 300_000)
+    r = download("huge")
+    assert r.status_code == 413 and r.json()["errcode"] == "M_TOO_LARGE", r.text
+    assert download("huge").status_code == 413
+    assert fake_remote.asked.count("/_matrix/federation/v1/media/download/huge") == 2
+
+    # Nonsense: not multipart, three parts, a redirect (not followed): 502, never a 500.
+    path = "/_matrix/federation/v1/media/download/"
+    fake_remote.answers[path + "plain"] = (200, "image/png", PNG)
+    three = b"--q\r\n\r\n{}\r\n--q\r\n\r\na\r\n--q\r\n\r\nb\r\n--q--\r\n"
+    fake_remote.answers[path + "three"] = (200, "multipart/mixed; boundary=q", three)
+    fake_remote.media("moved", "Location: http://127.0.0.1:1/x", b"")
+    fake_remote.answers[path + "broken"] = (500, "text/plain", b"oops")
+    for media_id in ("plain", "three", "moved", "broken"):
+        r = download(media_id)
+        assert r.status_code == 502, (media_id, r.status_code, r.text)
+    # Unknown on both routes: 404.
+    assert download("missing").status_code == 404
+    assert "Traceback" not in b.process.log_text()
