@@ -110,3 +110,26 @@ def test_malformed_contents_fail_closed_where_they_can() -> None:
 def test_a_bracket_without_its_end_is_not_an_ip_literal() -> None:
     acl = {"allow": ["*"], "allow_ip_literals": False}
     assert server_allowed("[::1", acl)  # not a valid server name; not an IP literal either
+
+
+def test_the_room_state_helper_reads_the_acl_event() -> None:
+    from dataclasses import dataclass
+
+    from homeserver.core.federation.server_acl import check_server_allowed, room_acl
+    from homeserver.core.room_heads import RoomHead
+    from homeserver.errors import Forbidden
+
+    @dataclass
+    class Event:
+        content: dict[str, Any]
+
+    plain = RoomHead("!r:here", "10")
+    assert room_acl(plain) is None
+    check_server_allowed("anyone.example", plain)  # no ACL event: everyone
+    guarded = RoomHead("!r:here", "10", state={("m.room.server_acl", ""): Event(SPEC_EXAMPLE)})  # type: ignore[dict-item]
+    check_server_allowed("good.example:8448", guarded)
+    with pytest.raises(Forbidden):
+        check_server_allowed("EVIL.com", guarded)
+    emptied = RoomHead("!r:here", "10", state={("m.room.server_acl", ""): Event({})})  # type: ignore[dict-item]
+    with pytest.raises(Forbidden):
+        check_server_allowed("good.example", emptied)

@@ -73,3 +73,21 @@ def _glob_regex(glob: str) -> re.Pattern[str]:
     # `?` exactly one; everything else literal.
     parts = [".*" if c == "*" else "." if c == "?" else re.escape(c) for c in glob]
     return re.compile("".join(parts), re.DOTALL)
+
+
+def room_acl(state: Any) -> dict[str, Any] | None:
+    """The `m.room.server_acl` content of a room's current state (a RoomHead), or None
+    when the room has none. An ACL event with empty content is an ACL: it allows nobody."""
+    event = state.get("m.room.server_acl", "") if state is not None else None
+    content = getattr(event, "content", None)
+    return content if isinstance(content, dict) else None
+
+
+def check_server_allowed(origin: str, state: Any) -> None:
+    """For the room-scoped federation routes, right after `require_origin`: 403
+    M_FORBIDDEN when the room's ACL (from its RoomHead, `await hs.room_heads.get(room_id)`)
+    does not admit `origin`."""
+    from homeserver.errors import Forbidden
+
+    if not server_allowed(origin, room_acl(state)):
+        raise Forbidden(f"Server {origin} is banned from this room by its server ACL")
