@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from homeserver.core.clock import Clock
+from homeserver.core.federation.server_acl import check_server_allowed
 from homeserver.core.room_heads import RoomHead, RoomHeads
 from homeserver.errors import BadJson, Forbidden, NotFound
 from homeserver.events.redaction import redact
@@ -55,6 +56,7 @@ class EventServer:
         head = await self.heads.get(room_id)
         if head is None:
             raise NotFound("Unknown room")
+        check_server_allowed(origin, head)  # the room's m.room.server_acl, before anything else
         if origin not in hosts_in_room(head):
             raise Forbidden("Your server has no user in this room")
         return head

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from homeserver.core.clock import Clock
 from homeserver.core.federation.edus import EduReceiver
 from homeserver.core.federation.ingest import PduIngest
+from homeserver.core.federation.server_acl import room_acl, server_allowed
 from homeserver.errors import BadJson
 from homeserver.events.hashing import compute_event_id
 from homeserver.events.pdu_checks import PduStatus
@@ -81,6 +82,7 @@ class TransactionReceiver:
         # answer (nothing acknowledged is lost).
         writes: list[tuple[str, Deferred[None]]] = []
         versions: dict[str, str | None] = {}
+        allowed: dict[str, bool] = {}
         for pdu in pdus:
             room_id = pdu.get("room_id")
             if not isinstance(room_id, str):
@@ -91,6 +93,12 @@ class TransactionReceiver:
             if version is None:
                 continue  # a room we are not in: its version, hence the event ID, is unknown
             if room_id_is_create_hash(version) and pdu.get("type") == "m.room.create":
+                continue
+            if room_id not in allowed:
+                allowed[room_id] = server_allowed(origin, room_acl(await self.ingest.heads.get(room_id)))
+            if not allowed[room_id]:
+                # The room's m.room.server_acl bans the origin: its events are refused.
+                results[compute_event_id(pdu, version)] = {"error": "Your server is banned by the room's ACL"}
                 continue
             try:
                 outcome = await self.ingest.receive_pdu(origin, version, pdu, wait=False)
