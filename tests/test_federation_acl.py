@@ -67,6 +67,10 @@ def test_a_banned_server_is_refused_on_the_rooms_routes(ours: FederatedServer, r
         r = fed_get(ours, remote, path, method, body)
         assert r.status_code == 403 and r.json()["errcode"] == "M_FORBIDDEN", (path, r.text)
 
+    # It cannot (re)join through us either.
+    r = fed_get(ours, remote, f"/_matrix/federation/v1/make_join/{quote(room.room_id)}/{quote(user)}?ver=10")
+    assert r.status_code == 403 and r.json()["errcode"] == "M_FORBIDDEN", r.text
+
     # Its events are refused, one by one, and never reach the room.
     m2_id, m2 = room.message(remote, user, "banned", [acl_id])
     r = send_txn(ours, remote, "acl-m2", [m2])

@@ -23,6 +23,7 @@ from twisted.internet.defer import DeferredLock
 from homeserver.core.federation.client import FederationClient, RemoteError
 from homeserver.core.federation.join_state import BadJoinState, checked_state, pdu_only
 from homeserver.core.federation.keys import KeyRing
+from homeserver.core.federation.server_acl import check_server_allowed
 from homeserver.core.join_rules import RESTRICTED_JOIN_RULES, allowed_room_ids, join_rule
 from homeserver.core.room_heads import RoomHead
 from homeserver.errors import BadJson, Forbidden, MatrixError, NotFound, RemoteServerError
@@ -89,6 +90,7 @@ class FederatedMembership:
         head = await self.events.heads.get(room_id)
         if head is None:
             raise NotFound("Unknown room")
+        check_server_allowed(origin, head)  # the room's m.room.server_acl
         if versions is not None and head.room_version not in versions:
             raise MatrixError(
                 f"Your server does not support room version {head.room_version}",
@@ -142,6 +144,7 @@ class FederatedMembership:
         head = await self.events.heads.get(room_id)
         if head is None:
             raise NotFound("Unknown room")
+        check_server_allowed(origin, head)  # the room's m.room.server_acl
         pdu = _pdu_only(pdu)
         if pdu.get("room_id") != room_id:
             raise BadJson("The event's room_id is not the room of the path")
@@ -353,6 +356,7 @@ class FederatedMembership:
             raise NotFound(f"{target} is not a user of this server")
         if self.is_blocked(room_id):
             raise Forbidden("This room has been blocked on this server")
+        check_server_allowed(origin, await self.events.heads.get(room_id))  # when we are in it
         try:
             validate_pdu(pdu, room_version)
         except InvalidPdu as e:
