@@ -7,6 +7,7 @@ import secrets
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from prometheus_client import CollectorRegistry
 from twisted.internet.defer import Deferred
@@ -70,7 +71,10 @@ from homeserver.core.events import EventService
 from homeserver.core.export import ExportService
 from homeserver.core.federation.directory_queries import DirectoryQueries
 from homeserver.core.federation.membership import FederatedMembership
+from homeserver.core.federation.edus import InboundEdus
+from homeserver.core.federation.outbound_edus import OutboundEdus
 from homeserver.core.federation.remote_keys import RemoteKeys
+from homeserver.core.federation.sender import FederationSender
 from homeserver.core.federation.service import Federation
 from homeserver.core.federation.user_keys import FederationUserKeys
 from homeserver.core.filters import FilterService
@@ -448,6 +452,7 @@ class HomeServer:
         )
 
         self._build_finding()
+        self._build_federation_sender()
 
         # In-process consumers, called in this order after each commit: the caches first,
         # the notifier last, so a woken sync finds the events in them.
@@ -458,6 +463,45 @@ class HomeServer:
         self.stream.add_inline("notifier", self.notifier.on_events_committed)
         # After _build_federation_events: it registers on that EDU receiver.
         self._build_federated_keys()
+
+    def _build_federation_sender(self) -> None:
+        """Our events and EDUs to other servers, and their EDUs to us (docs/federation.md)."""
+        client = self.federation.client
+
+        async def send_transaction(destination: str, txn_id: str, body: dict[str, Any]) -> Any:
+            return await client.put_json(
+                destination, f"/_matrix/federation/v1/send/{quote(txn_id, safe='')}", body
+            )
+
+        async def joined_rooms(user_id: str) -> list[str]:
+            rooms = await self.timeline.rooms_for_user(user_id)
+            return [room_id for room_id, (membership, _) in rooms.items() if membership == "join"]
+
+        self.federation_sender = FederationSender(
+            self.config.server_name,
+            self.storage.federation_queue,
+            self.storage.events,
+            self.room_heads,
+            self.stream,
+            self.clock,
+            send_transaction,
+            joined_rooms,
+            self.storage.stream_consumers,
+        )
+        self.federation_sender.register_metrics(self.metrics)
+        outbound = OutboundEdus(self.federation_sender, self.config.server_name)
+        self.typing.on_local_typing = outbound.typing
+        self.receipts.on_local_receipt = outbound.receipt
+
+        async def presence_changed(user_id: str) -> None:
+            await outbound.presence(user_id, self.presence.to_json(user_id))
+
+        self.presence.on_change = presence_changed
+        self.keys.federation = outbound
+        # Made with the /send handler (_build_federation_events), which hands it the EDUs.
+        InboundEdus(
+            self.room_heads, self.typing, self.receipts, self.presence, self._shares_room_with_ours
+        ).register(self.federation_edus)
 
     def _build_finding(self) -> None:
         """Finding people and messages, and reports (docs/search.md)."""
@@ -589,6 +633,7 @@ class HomeServer:
         await self.keys.start()
         await self.user_directory.start()
         await self.search_index.start()
+        await self.federation_sender.start()
         await self.restrictions.start()
         await self.admin.start()
         # Typing lives in memory only: start its positions past any a client may hold.
@@ -698,6 +743,7 @@ class HomeServer:
             await self.federation.client.close()
         except Exception:
             log_failure(log, "could not close federation connections")
+        await self.federation_sender.stop()
         await self.stream.stop()
         for plugin in self.plugins:
             stop = getattr(plugin, "stop", None)

@@ -107,6 +107,9 @@ class KeyService:
         self.to_device = StreamIdGenerator()
         # Who should hear that a user's keys changed (room co-members): set by the server.
         self.audience: Any = None
+        # The federation side (core/federation/outbound_edus.py), when wired: told of local
+        # device and cross-signing key changes and handed to-device messages for remote users.
+        self.federation: Any = None
         # Per-device key counts for every sync, kept in memory; dropped when they change.
         self._counts: dict[tuple[str, str], tuple[dict[str, int], list[str]]] = {}
         # Bumped whenever counts are dropped: a read that overlapped a claim or an upload
@@ -227,6 +230,8 @@ class KeyService:
         finally:
             self._change_done(position, user_id)
         await self._announce(user_id)
+        if self.federation is not None:
+            await self.federation.device_changed(user_id, device_id, position, stored)
 
     # Query and claim -----------------------------------------------------------------------
 
@@ -365,6 +370,8 @@ class KeyService:
         finally:
             self._change_done(position, user_id)
         await self._announce(user_id)
+        if self.federation is not None:
+            await self.federation.signing_keys_changed(user_id, new)
 
     async def upload_signatures(self, user_id: str, body: JsonDict) -> JsonDict:
         failures: JsonDict = {}
@@ -471,6 +478,9 @@ class KeyService:
         finally:
             self._change_done(position, user_id)
         await self._announce(user_id)
+        if self.federation is not None:
+            for device_id in device_ids:
+                await self.federation.device_changed(user_id, device_id, position, None)
 
     # To-device -----------------------------------------------------------------------------
 
@@ -492,17 +502,27 @@ class KeyService:
         if len(json.dumps(messages)) > MAX_TO_DEVICE_BYTES * 4:
             raise TooLarge("To-device payload too large")
         targets: list[tuple[str, str, JsonDict]] = []
+        remote: dict[str, JsonDict] = {}
         for user_id, devices in messages.items():
             if not isinstance(devices, dict):
                 raise MatrixError("messages values must be objects", "M_BAD_JSON")
+            if self.federation is not None and self.federation.is_remote(user_id):
+                remote[user_id] = devices  # checked below, then queued for the user's server
             for device_id, content in devices.items():
                 if not isinstance(content, dict):
                     raise MatrixError("to-device contents must be objects", "M_BAD_JSON")
                 if len(json.dumps(content)) > MAX_TO_DEVICE_BYTES:
                     raise TooLarge("A to-device message is larger than 64 KiB")
+                if user_id in remote:
+                    continue
                 device_ids = await self._device_ids(user_id) if device_id == "*" else [device_id]
                 for target in device_ids:
                     targets.append((str(user_id), str(target), content))
+        if remote:
+            # Queued durably before the client is answered: never lost, in order per server.
+            await self.federation.send_to_device(sender, sender_device, event_type, txn_id, remote)
+        if not targets:
+            return
         positions = [self.to_device.allocate() for _ in targets]
         try:
             rows = [

@@ -44,6 +44,9 @@ class PresenceService:
         self._users: dict[str, UserPresence] = {}
         # Who should hear about a user's presence: filled in by the server (room co-members).
         self.audience: Any = None
+        # Awaited as on_change(user_id) after a presence change is stored (the federation
+        # sender tells the servers sharing a room with a local user).
+        self.on_change: Any = None
 
     async def start(self, current: int) -> None:
         self.stream = StreamIdGenerator(current)
@@ -114,6 +117,8 @@ class PresenceService:
             self.stream.done(stream_id)
         audience = await self.audience(user_id) if self.audience is not None else {user_id}
         self.notifier.wake_users(audience)
+        if self.on_change is not None:
+            await self.on_change(user_id)
 
     async def set_by_client(self, requester: str, user_id: str, state: str, status_msg: str | None) -> None:
         """`PUT /presence/{userId}/status`: a user sets their own presence."""

@@ -34,6 +34,9 @@ class ReceiptService:
         self._room_last: dict[str, int] = {}
         # Called as on_read(user_id, room_id) when a read receipt moves (unread counts).
         self.on_read: Any = None
+        # Awaited as on_local_receipt(user_id, room_id, event_id, thread_id, ts) after a local
+        # user's public read receipt is stored (the federation sender).
+        self.on_local_receipt: Any = None
 
     def start(self, current: int) -> None:
         self.stream = StreamIdGenerator(current)
@@ -58,6 +61,26 @@ class ReceiptService:
             raise MatrixError(f"Unknown receipt type {receipt_type}", "M_INVALID_PARAM")
         if thread_id is not None and not isinstance(thread_id, str):
             raise MatrixError("'thread_id' must be a string", "M_BAD_JSON")
+        await self._record(user_id, room_id, receipt_type, event_id, thread_id)
+        # A private receipt concerns only its owner; a public one the whole room.
+        self.notifier.wake_users([user_id] if receipt_type == "m.read.private" else head.members("join"))
+        if receipt_type == "m.read" and self.on_local_receipt is not None:
+            await self.on_local_receipt(user_id, room_id, event_id, thread_id, self.clock.time_ms())
+
+    async def record_remote_receipt(
+        self, user_id: str, room_id: str, event_id: str, thread_id: str | None, members: list[str]
+    ) -> None:
+        """A read receipt another server sent for its (checked, joined) user; an event we do
+        not have is skipped (we may not have fetched it yet)."""
+        try:
+            await self._record(user_id, room_id, "m.read", event_id, thread_id)
+        except NotFound:
+            return
+        self.notifier.wake_users(members)
+
+    async def _record(
+        self, user_id: str, room_id: str, receipt_type: str, event_id: str, thread_id: str | None
+    ) -> None:
         position = await self._event_position(room_id, event_id)
         stream_id = self.stream.allocate()
         try:
@@ -75,10 +98,8 @@ class ReceiptService:
             self._room_last[room_id] = max(stream_id, self._room_last.get(room_id, 0))
             self.stream.done(stream_id)
         if self.on_read is not None:
-            # Before the wake-up below, so the woken syncs count afresh.
+            # Before the wake-up, so the woken syncs count afresh.
             self.on_read(user_id, room_id)
-        # A private receipt concerns only its owner; a public one the whole room.
-        self.notifier.wake_users([user_id] if receipt_type == "m.read.private" else head.members("join"))
 
     async def set_read_markers(self, user_id: str, room_id: str, markers: dict[str, Any]) -> None:
         """`POST /rooms/{roomId}/read_markers`: the fully-read marker and read receipts at once."""

@@ -21,6 +21,9 @@ class TypingService:
         # room -> user -> the delayed call that stops their typing
         self._typing: dict[str, dict[str, Any]] = {}
         self._room_position: dict[str, int] = {}
+        # Awaited as on_local_typing(room_id, user_id, typing) after a local client's change
+        # (the federation sender tells the room's other servers).
+        self.on_local_typing: Any = None
 
     async def set_by_client(
         self, requester: str, room_id: str, user_id: str, typing: bool, timeout_ms: int
@@ -32,6 +35,8 @@ class TypingService:
             raise Forbidden("Typing notifications are not available")
         head = await self.rooms.access_room_as_member(user_id, room_id)
         self.set_typing(room_id, user_id, typing, timeout_ms, head.members("join"))
+        if self.on_local_typing is not None:
+            await self.on_local_typing(room_id, user_id, typing)
 
     def set_typing(
         self, room_id: str, user_id: str, typing: bool, timeout_ms: int, members: list[str]

@@ -13,6 +13,7 @@ from homeserver.storage.devices import DeviceStore
 from homeserver.storage.e2ee import E2eeStore
 from homeserver.storage.events import EventStore
 from homeserver.storage.federation_events import FederationEventStore
+from homeserver.storage.federation_queue import FederationQueueStore
 from homeserver.storage.gdpr import GdprStore
 from homeserver.storage.openid import OpenIdStore
 from homeserver.storage.pushers import PusherStore
@@ -52,6 +53,7 @@ class Storage:
         self.server_keys = ServerKeyStore(db)
         self.federation_events = FederationEventStore(db)
         self.remote_devices = RemoteDeviceStore(db)
+        self.federation_queue = FederationQueueStore(db)
 
     @classmethod
     def from_url(cls, url: str, pool_min: int = 2, pool_max: int = 10, reactor: Any = None) -> "Storage":

@@ -32,4 +32,6 @@ async def require_origin(hs: "HomeServer", request: ApiRequest) -> str:
         content,
     )
     request.when_done(release)
+    # A server that calls us is up: if we were backing off from it, send to it now.
+    hs.federation_sender.remote_is_up(origin)
     return origin

@@ -1,0 +1,105 @@
+"""The EDUs this server sends: what local users do that other servers must hear of.
+
+Each is queued through the federation sender (core/federation/sender.py) to the servers
+that should see it, and returns once queued: typing and read receipts to the servers of
+the room, presence and device-list changes to the servers sharing a room with the user,
+to-device messages to the server of each remote recipient (with a dedupe key, so a client's
+retried sendToDevice is not queued twice).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from homeserver.core.federation.sender import FederationSender, server_of
+
+
+class OutboundEdus:
+    def __init__(self, sender: FederationSender, server_name: str) -> None:
+        self.sender = sender
+        self.server_name = server_name
+        # The last device-list stream id sent per (user, device): the next update's prev_id.
+        # Lost on restart (prev_id is then empty and the remote resyncs the user's devices).
+        self._last_device_update: dict[str, int] = {}
+
+    def is_remote(self, user_id: Any) -> bool:
+        return isinstance(user_id, str) and server_of(user_id) not in ("", self.server_name)
+
+    def _is_local(self, user_id: str) -> bool:
+        return server_of(user_id) == self.server_name
+
+    async def typing(self, room_id: str, user_id: str, typing: bool) -> None:
+        hosts = await self.sender.hosts_in_room(room_id)
+        if hosts:
+            content = {"room_id": room_id, "user_id": user_id, "typing": typing}
+            await self.sender.queue_edu(hosts, "m.typing", content)
+
+    async def receipt(
+        self, user_id: str, room_id: str, event_id: str, thread_id: str | None, ts: int
+    ) -> None:
+        hosts = await self.sender.hosts_in_room(room_id)
+        if not hosts:
+            return
+        data: dict[str, Any] = {"ts": ts}
+        if thread_id is not None:
+            data["thread_id"] = thread_id
+        content = {room_id: {"m.read": {user_id: {"event_ids": [event_id], "data": data}}}}
+        await self.sender.queue_edu(hosts, "m.receipt", content)
+
+    async def presence(self, user_id: str, state: dict[str, Any]) -> None:
+        """`state` is the user's m.presence content as clients see it (presence.to_json)."""
+        if not self._is_local(user_id):
+            return  # a remote user's presence came from their server
+        hosts = await self.sender.hosts_sharing_rooms(user_id)
+        if hosts:
+            await self.sender.queue_edu(hosts, "m.presence", {"push": [{"user_id": user_id, **state}]})
+
+    async def send_to_device(
+        self,
+        sender: str,
+        sender_device: str,
+        event_type: str,
+        txn_id: str,
+        messages: dict[str, Any],
+    ) -> None:
+        """Queue `messages` (remote user -> device id or "*" -> content) for each user's server."""
+        by_server: dict[str, dict[str, Any]] = {}
+        for user_id, devices in messages.items():
+            by_server.setdefault(server_of(user_id), {})[user_id] = devices
+        message_id = f"{sender_device}.{txn_id}"
+        for server, theirs in sorted(by_server.items()):
+            content = {"sender": sender, "type": event_type, "message_id": message_id, "messages": theirs}
+            key = f"to_device {sender} {sender_device} {txn_id}"
+            await self.sender.queue_edu([server], "m.direct_to_device", content, dedupe_key=key)
+
+    async def device_changed(
+        self, user_id: str, device_id: str, stream_id: int, keys: dict[str, Any] | None
+    ) -> None:
+        """A local device's keys were uploaded (`keys`) or the device deleted (None)."""
+        hosts = await self.sender.hosts_sharing_rooms(user_id)
+        if not hosts:
+            return
+        previous = self._last_device_update.get(f"{user_id} {device_id}")
+        self._last_device_update[f"{user_id} {device_id}"] = stream_id
+        content: dict[str, Any] = {
+            "user_id": user_id,
+            "device_id": device_id,
+            "stream_id": stream_id,
+            "prev_id": [previous] if previous is not None else [],
+            "deleted": keys is None,
+        }
+        if keys is not None:
+            content["keys"] = keys
+        await self.sender.queue_edu(hosts, "m.device_list_update", content)
+
+    async def signing_keys_changed(self, user_id: str, keys: dict[str, Any]) -> None:
+        """New cross-signing keys of a local user (`master`, `self_signing`; the user-signing
+        key is for the user's own eyes and never leaves this server)."""
+        hosts = await self.sender.hosts_sharing_rooms(user_id)
+        content: dict[str, Any] = {"user_id": user_id}
+        if "master" in keys:
+            content["master_key"] = keys["master"]
+        if "self_signing" in keys:
+            content["self_signing_key"] = keys["self_signing"]
+        if hosts and len(content) > 1:
+            await self.sender.queue_edu(hosts, "m.signing_key_update", content)

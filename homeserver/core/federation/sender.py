@@ -1,0 +1,414 @@
+"""The federation sender: our events and EDUs to the other servers of our rooms.
+
+A durable consumer of the committed-event stream (core/event_stream.py, name
+`federation_sender`) turns each committed event of local origin into one row per remote
+server in its room, in the per-destination queues of storage/federation_queue.py. EDUs
+(typing, receipts, presence, to-device, device lists) go into the same queues through
+`queue_edu`. A batch of the stream is done once its rows are committed, so the stream never
+waits for a remote server, and a restart or kill -9 resumes from the rows.
+
+Each destination has one coroutine and at most one transaction in flight
+(`PUT /_matrix/federation/v1/send/{txnId}`, at most 50 PDUs and 100 EDUs, in queue order).
+Before it is sent, its id and its last row are saved: until the remote answers, the same rows
+go again under the same id, after a restart too (the remote deduplicates by id). A destination
+that does not answer waits BACKOFF_MIN_S, then twice as long each time, up to BACKOFF_MAX_S; it
+is woken early when that server sends us a request. Everything queued meanwhile goes, in order,
+once it answers. Destinations never wait for one another.
+
+Ordering: sequence numbers are given and their rows committed under one lock, so a queue read
+never sees a row before an earlier one is committed (a reader past N never misses N - 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from typing import Any
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
+from twisted.internet.defer import Deferred, DeferredLock
+from twisted.logger import Logger
+
+from homeserver.core.clock import Clock
+from homeserver.core.event_stream import EventStream, StreamBatch, StreamConsumer
+from homeserver.core.federation.client import RemoteError
+from homeserver.core.room_heads import RoomHeads
+from homeserver.logs import log_failure
+from homeserver.storage.events import EventStore, StoredEvent
+from homeserver.storage.federation_queue import DestinationState, FederationQueueStore, OutboxRow, QueuedItem
+from homeserver.storage.stream_consumers import StreamConsumerStore
+
+log = Logger()
+
+CONSUMER = "federation_sender"
+# The spec's limits on one transaction (Server-Server API, "Transactions").
+MAX_PDUS = 50
+MAX_EDUS = 100
+BACKOFF_MIN_S = 5.0
+# A destination down for long is still tried once an hour (and at once when it calls us).
+BACKOFF_MAX_S = 3600.0
+# How often answered rows with a dedupe key are deleted (see `_prune`).
+PRUNE_INTERVAL_S = 600.0
+
+# (destination, txn_id, body) -> the remote's answer; raises RemoteError or another error.
+Transport = Callable[[str, str, dict[str, Any]], Awaitable[Any]]
+
+
+def server_of(user_id: str) -> str:
+    """The server part of a user id (everything after the first colon)."""
+    return user_id.partition(":")[2]
+
+
+def next_backoff_s(previous_s: float) -> float:
+    """The pause after one more failure: BACKOFF_MIN_S, doubling, at most BACKOFF_MAX_S."""
+    return min(max(previous_s * 2, BACKOFF_MIN_S), BACKOFF_MAX_S)
+
+
+def take_transaction(items: list[QueuedItem]) -> list[QueuedItem]:
+    """The leading items that fit one transaction: stop before the 51st PDU or 101st EDU."""
+    pdus = edus = 0
+    taken = []
+    for item in items:
+        if item.event_id is not None:
+            if pdus == MAX_PDUS:
+                break
+            pdus += 1
+        else:
+            if edus == MAX_EDUS:
+                break
+            edus += 1
+        taken.append(item)
+    return taken
+
+
+class FederationSender:
+    def __init__(
+        self,
+        server_name: str,
+        store: FederationQueueStore,
+        events: EventStore,
+        room_heads: RoomHeads,
+        stream: EventStream,
+        clock: Clock,
+        transport: Transport,
+        rooms_of_user: Callable[[str], Awaitable[Iterable[str]]],
+        positions: StreamConsumerStore,
+    ) -> None:
+        self.server_name = server_name
+        self.store = store
+        self.events = events
+        self.room_heads = room_heads
+        self.stream = stream
+        self.clock = clock
+        self.transport = transport
+        self._rooms_of_user = rooms_of_user
+        self._seq = 0
+        self._queue_lock = DeferredLock()
+        self._destinations: dict[str, Destination] = {}
+        self._consumer: StreamConsumer | None = None
+        self._stopping = False
+        self._positions = positions
+        self._prune_mark: tuple[int, int] | None = None
+        self._prune_loop: Any = None
+
+    async def start(self) -> None:
+        """Resume every destination with rows left, then follow the stream from where it was."""
+        self._seq = await self.store.last_seq()
+        for state in await self.store.destinations():
+            dest = self._destination(state.destination, state)
+            dest.pending = await self.store.pending_count(state.destination, state.sent_upto)
+            dest.wake()
+        self._consumer = await self.stream.subscribe_durable(CONSUMER, self._on_events)
+        self._prune_loop = self.clock.looping_call(
+            PRUNE_INTERVAL_S, lambda: Deferred.fromCoroutine(self._prune())
+        )
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._prune_loop is not None and self._prune_loop.running:
+            self._prune_loop.stop()
+        for dest in self._destinations.values():
+            dest.stop()
+
+    async def _prune(self) -> None:
+        """Delete answered rows queued before the previous tick, once the stream consumer's
+        saved position is past the stream position of that tick: the batches they came
+        from can no longer be handed again, so their dedupe keys are no longer needed."""
+        previous, self._prune_mark = self._prune_mark, (self._seq, self.stream.position)
+        if previous is None:
+            return
+        try:
+            saved = await self._positions.load(CONSUMER)
+            if saved is not None and saved[0] >= previous[1]:
+                await self.store.prune(previous[0])
+            else:
+                self._prune_mark = previous  # not yet: keep the older mark
+        except Exception:
+            log_failure(log, "federation sender could not prune its queues")
+
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        registry.register(_QueueCollector(self))
+
+    # Queueing ---------------------------------------------------------------------------
+
+    async def hosts_in_room(self, room_id: str) -> set[str]:
+        """The other servers with a joined member in the room (from its current state)."""
+        head = await self.room_heads.get(room_id)
+        if head is None:
+            return set()
+        hosts = {server_of(u) for u in head.members("join")}
+        hosts.discard(self.server_name)
+        return hosts
+
+    async def _hosts_at(self, ev: StoredEvent) -> set[str]:
+        """The other servers in the room at `ev`, read from the current state (the consumer
+        may run behind it): members joined now whose join came before `ev`, and members who
+        left or were removed after it (their membership changed past `ev`; they were most
+        likely in the room at it)."""
+        head = await self.room_heads.get(ev.room_id)
+        if head is None:
+            return set()
+        hosts: set[str] = set()
+        for (event_type, user_id), member in head.state.items():
+            if event_type != "m.room.member":
+                continue
+            host = server_of(user_id)
+            if host == self.server_name or host in hosts:
+                continue
+            joined = member.content.get("membership") == "join"
+            if (joined and member.stream_ordering < ev.stream_ordering) or (
+                not joined and member.stream_ordering > ev.stream_ordering
+            ):
+                hosts.add(host)
+        return hosts
+
+    async def hosts_sharing_rooms(self, user_id: str) -> set[str]:
+        """The other servers sharing a room with the user."""
+        hosts: set[str] = set()
+        for room_id in await self._rooms_of_user(user_id):
+            hosts |= await self.hosts_in_room(room_id)
+        return hosts
+
+    async def _on_events(self, batch: StreamBatch) -> None:
+        rows: list[tuple[str, str | None, dict[str, Any] | None, str | None]] = []
+        for item in batch.items:
+            ev = item.event
+            # Events of remote origin came to us from their servers: never sent back.
+            if server_of(ev.sender) != self.server_name:
+                continue
+            hosts = await self._hosts_at(ev)
+            if ev.type == "m.room.member" and ev.state_key is not None:
+                # A remote user invited, kicked or banned hears of it though not joined.
+                target = server_of(ev.state_key)
+                if target != self.server_name:
+                    hosts.add(target)
+            rows.extend((host, ev.event_id, None, ev.event_id) for host in sorted(hosts))
+        if rows:
+            await self._enqueue(rows)
+
+    async def queue_edu(
+        self,
+        destinations: Iterable[str],
+        edu_type: str,
+        content: dict[str, Any],
+        dedupe_key: str | None = None,
+    ) -> None:
+        """Queue one EDU for each destination (our own name is skipped); returns once it is
+        committed, so a caller may answer its client then. With `dedupe_key`, an EDU queued
+        under the same key for a destination (not yet pruned) is not queued again."""
+        edu: dict[str, Any] = {"edu_type": edu_type, "content": content}
+        rows: list[tuple[str, str | None, dict[str, Any] | None, str | None]] = [
+            (d, None, edu, dedupe_key) for d in sorted(set(destinations)) if d and d != self.server_name
+        ]
+        if rows:
+            await self._enqueue(rows)
+
+    async def _enqueue(self, rows: list[tuple[str, str | None, dict[str, Any] | None, str | None]]) -> None:
+        await self._queue_lock.acquire()
+        try:
+            numbered: list[OutboxRow] = []
+            for destination, event_id, edu, key in rows:
+                self._seq += 1
+                numbered.append((destination, self._seq, event_id, edu, key))
+            counts = await self.store.enqueue(numbered)
+        finally:
+            self._queue_lock.release()
+        for destination, count in counts.items():
+            dest = self._destination(destination)
+            dest.pending += count
+            dest.wake()
+
+    def _destination(self, name: str, state: DestinationState | None = None) -> "Destination":
+        dest = self._destinations.get(name)
+        if dest is None:
+            dest = self._destinations[name] = Destination(self, state or DestinationState(name, -1))
+        return dest
+
+    def remote_is_up(self, server_name: str) -> None:
+        """A request from `server_name` arrived: if we were backing off from it, try now."""
+        dest = self._destinations.get(server_name)
+        if dest is not None and dest.backing_off:
+            dest.wake(now=True)
+
+    def destinations(self) -> Iterator["Destination"]:
+        return iter(list(self._destinations.values()))
+
+
+class Destination:
+    """One remote server's queue: the coroutine that sends it, one transaction at a time."""
+
+    def __init__(self, sender: FederationSender, state: DestinationState) -> None:
+        self.sender = sender
+        self.name = state.destination
+        # sent_upto -1: not loaded yet (a destination first seen in this run).
+        self.state = state
+        self.pending = 0
+        self.backoff_s = state.retry_interval_ms / 1000
+        self.backing_off = False
+        self._running = False
+        self._again = False
+        self._timer: Any = None
+
+    def wake(self, now: bool = False) -> None:
+        if now and self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+            self.backing_off = False
+            self.state.retry_at_ts = 0
+        if self.backing_off or self.sender._stopping:
+            return
+        if self._running:
+            self._again = True
+            return
+        self._running = True
+        Deferred.fromCoroutine(self._run())
+
+    def stop(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+
+    async def _run(self) -> None:
+        try:
+            if self.state.sent_upto < 0:
+                self.state = await self.sender.store.destination(self.name)
+                self.backoff_s = self.state.retry_interval_ms / 1000
+            now_ms = self.sender.clock.time_ms()
+            if self.state.retry_at_ts > now_ms:
+                # Backing off since before a restart: keep to it.
+                self._back_off((self.state.retry_at_ts - now_ms) / 1000)
+                return
+            while not self.sender._stopping:
+                self._again = False
+                sent = await self._send_one()
+                # Nothing sent: done, unless rows were queued while it looked.
+                if not sent and (not self._again or self.backing_off):
+                    return
+        except Exception:
+            log_failure(log, "federation sender for {dest} stopped", dest=self.name)
+            self._back_off(next_backoff_s(self.backoff_s))
+        finally:
+            self._running = False
+
+    async def _send_one(self) -> bool:
+        """Send the next transaction; False if there was nothing to send or it failed."""
+        store = self.sender.store
+        state = self.state
+        if state.txn_id is not None and state.txn_upto is not None:
+            items = await store.items(self.name, state.sent_upto, state.txn_upto, MAX_PDUS + MAX_EDUS)
+            txn_id, upto = state.txn_id, state.txn_upto
+        else:
+            items = take_transaction(await store.items(self.name, state.sent_upto, None, MAX_PDUS + MAX_EDUS))
+            if not items:
+                return False
+            upto = items[-1].seq
+            # Unique per destination: the range of rows it carries never repeats.
+            txn_id = f"{state.sent_upto}-{upto}"
+            await store.start_transaction(self.name, txn_id, upto)
+            state.txn_id, state.txn_upto = txn_id, upto
+        body = await self._body(items)
+        try:
+            await self.sender.transport(self.name, txn_id, body)
+        except RemoteError as error:
+            if error.status != 400:
+                return self._failed(error)
+            # The remote refuses these bytes as malformed: sending them again gets the same
+            # answer and would hold everything after them back for ever.
+            log.warn("{dest} refused transaction {txn}: {error}", dest=self.name, txn=txn_id, error=error)
+        except Exception as error:
+            return self._failed(error)
+        await store.transaction_answered(self.name, upto)
+        state.sent_upto, state.txn_id, state.txn_upto = upto, None, None
+        state.retry_interval_ms = state.retry_at_ts = 0
+        self.pending = max(0, self.pending - len(items))
+        self.backoff_s = 0
+        return True
+
+    async def _body(self, items: list[QueuedItem]) -> dict[str, Any]:
+        ids = [i.event_id for i in items if i.event_id is not None]
+        found = await self.sender.events.get_events(ids)
+        # An event purged since it was queued (retention, a purged room) is left out.
+        pdus = [found[e].pdu for e in ids if e in found]
+        edus = [i.edu for i in items if i.edu is not None]
+        body: dict[str, Any] = {
+            "origin": self.sender.server_name,
+            "origin_server_ts": self.sender.clock.time_ms(),
+            "pdus": pdus,
+        }
+        if edus:
+            body["edus"] = edus
+        return body
+
+    def _failed(self, error: Exception) -> bool:
+        delay = next_backoff_s(self.backoff_s)
+        log.info(
+            "federation: {dest} did not take a transaction ({error}); next try in {delay:.0f}s",
+            dest=self.name,
+            error=error,
+            delay=delay,
+        )
+        self.backoff_s = delay
+        retry_at = self.sender.clock.time_ms() + int(delay * 1000)
+        self.state.retry_interval_ms, self.state.retry_at_ts = int(delay * 1000), retry_at
+        Deferred.fromCoroutine(self._save_backoff(int(delay * 1000), retry_at))
+        self._back_off(delay)
+        return False
+
+    async def _save_backoff(self, interval_ms: int, retry_at: int) -> None:
+        try:
+            await self.sender.store.set_backoff(self.name, interval_ms, retry_at)
+        except Exception:
+            log_failure(log, "could not save the backoff of {dest}", dest=self.name)
+
+    def _back_off(self, delay_s: float) -> None:
+        self.backing_off = True
+
+        def retry() -> None:
+            self._timer = None
+            self.backing_off = False
+            self.state.retry_at_ts = 0
+            self.wake()
+
+        self._timer = self.sender.clock.callLater(delay_s, retry)
+
+
+class _QueueCollector(Collector):
+    def __init__(self, sender: FederationSender) -> None:
+        self._sender = sender
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        lag = GaugeMetricFamily(
+            "homeserver_federation_destination_lag",
+            "PDUs and EDUs queued for each destination server and not yet answered",
+            labels=["destination"],
+        )
+        backoff = GaugeMetricFamily(
+            "homeserver_federation_destination_backoff_seconds",
+            "The pause before the next try of a destination that did not answer (0 when up)",
+            labels=["destination"],
+        )
+        for dest in self._sender.destinations():
+            lag.add_metric([dest.name], dest.pending)
+            backoff.add_metric([dest.name], dest.backoff_s if dest.backing_off else 0)
+        yield lag
+        yield backoff

@@ -1,0 +1,330 @@
+"""The federation sender in-process (core/federation/sender.py), time on the test clock.
+
+The destination is a stand-in for the remote's `PUT /send/{txnId}` (it records each
+transaction, and answers, fails or holds it as the test says); tests/test_federation_sender.py
+sends to a real TLS endpoint. The remote member of the room is put there the simplest honest
+way before joins over federation exist: their join event built and persisted by our own event
+path (`EventService.send` with the remote user as sender), so the room's state lists them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest_twisted
+from harness import Client, TestClock, real_reactor, room_path, until
+from twisted.internet.defer import Deferred
+
+from homeserver.config import parse_config
+from homeserver.core.federation.client import RemoteError
+from homeserver.core.federation.sender import BACKOFF_MAX_S, BACKOFF_MIN_S, MAX_PDUS
+from homeserver.server import HomeServer
+
+REMOTE = "remote.test"
+BOB = f"@bob:{REMOTE}"
+
+
+class Remote:
+    """Records every transaction; `mode` is "ok", "down" (connection refused) or "hold"."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, dict[str, Any]]] = []
+        self.answered: list[tuple[str, dict[str, Any]]] = []
+        self.mode = "ok"
+        self.held: list[Deferred[None]] = []
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    async def __call__(self, destination: str, txn_id: str, body: dict[str, Any]) -> Any:
+        self.calls.append((destination, txn_id, body))
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            if self.mode == "down":
+                raise ConnectionRefusedError(f"{destination} is down")
+            if self.mode == "hold":
+                waiter: Deferred[None] = Deferred()
+                self.held.append(waiter)
+                await waiter
+        finally:
+            self.in_flight -= 1
+        self.answered.append((txn_id, body))
+        return {"pdus": {}}
+
+    def texts(self) -> list[str]:
+        """Message bodies of the answered transactions, in the order sent."""
+        return [
+            pdu["content"]["body"]
+            for _, body in self.answered
+            for pdu in body["pdus"]
+            if pdu["type"] == "m.room.message"
+        ]
+
+    def edus(self, edu_type: str) -> list[dict[str, Any]]:
+        return [
+            e["content"]
+            for _, body in self.answered
+            for e in body.get("edus", [])
+            if e["edu_type"] == edu_type
+        ]
+
+
+async def start_server(tmp_path: Path, clock: TestClock, remote: Remote) -> HomeServer:
+    """harness.make_server with `remote` as the destination from the start (a restarted
+    sender resumes its queues as it starts)."""
+    raw: dict[str, Any] = {
+        "server_name": "fast.test",
+        "data_dir": str(tmp_path / "data"),
+        "database": {"url": f"sqlite:///{tmp_path / 'hs.db'}"},
+        "auth": {"password_hashing": "fast"},
+        "rate_limits": {"enabled": False},
+        "plugins": [],
+    }
+    hs = HomeServer(parse_config(raw, "fast-test.yaml", env={}), real_reactor(), clock=clock)
+    hs.federation_sender.transport = remote
+    await hs.start()
+    hs.site()
+    return hs
+
+
+async def shared_room(hs: HomeServer, client: Client, remote: Remote) -> dict[str, Any]:
+    alice = await client.register(hs, "alice")
+    room = (await client.call("POST", "/createRoom", alice["access_token"], {"preset": "public_chat"}))[
+        "room_id"
+    ]
+    await hs.events.send(BOB, room, "m.room.member", {"membership": "join"}, state_key=BOB)
+    return {"alice": alice, "room": room}
+
+
+async def say(hs: HomeServer, ctx: dict[str, Any], *texts: str) -> None:
+    for text in texts:
+        await hs.events.send(
+            ctx["alice"]["user_id"], ctx["room"], "m.room.message", {"msgtype": "m.text", "body": text}
+        )
+
+
+@pytest_twisted.ensureDeferred
+async def test_transactions_keep_order_hold_at_most_fifty_pdus_and_one_in_flight(tmp_path: Path) -> None:
+    clock = TestClock()
+    remote = Remote()
+    hs = await start_server(tmp_path, clock, remote)
+    try:
+        ctx = await shared_room(hs, Client(hs), remote)
+        remote.mode = "hold"
+        texts = [f"m{i}" for i in range(130)]
+        await say(hs, ctx, *texts)
+        while len(remote.texts()) < len(texts):
+            await until(lambda: remote.held, "a transaction in flight")
+            remote.held.pop(0).callback(None)
+            await until(lambda: remote.held or len(remote.texts()) == len(texts), "the next one")
+        assert remote.texts() == texts
+        assert remote.most_in_flight == 1
+        sizes = [len(body["pdus"]) for _, body in remote.answered]
+        assert max(sizes) == MAX_PDUS and all(size <= MAX_PDUS for size in sizes), sizes
+        assert all(body["origin"] == hs.config.server_name for _, body in remote.answered)
+        assert len({txn for txn, _ in remote.answered}) == len(remote.answered)
+        # Bob's own join came from "his" server: it is not sent back there.
+        assert not any(pdu["sender"] == BOB for _, body in remote.answered for pdu in body["pdus"])
+    finally:
+        await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_destination_that_is_down_backs_off_to_an_hour_then_gets_everything_in_order(
+    tmp_path: Path,
+) -> None:
+    clock = TestClock()
+    remote = Remote()
+    hs = await start_server(tmp_path, clock, remote)
+    try:
+        ctx = await shared_room(hs, Client(hs), remote)
+        remote.mode = "down"
+        await say(hs, ctx, "first")
+        await until(lambda: len(remote.calls) == 1, "the first try")
+        first_txn = remote.calls[0][1]
+        pauses = []
+        pause = BACKOFF_MIN_S
+        while len(pauses) < 14:
+            clock.advance(pause - 0.5)
+            await until(lambda: True, "a turn")
+            assert len(remote.calls) == len(pauses) + 1, "tried again too early"
+            clock.advance(0.5)
+            await until(lambda: len(remote.calls) == len(pauses) + 2, f"the try after {pause}s")
+            pauses.append(pause)
+            pause = min(pause * 2, BACKOFF_MAX_S)
+            if len(pauses) == 3:
+                await say(hs, ctx, *[f"later {i}" for i in range(60)])
+        assert pauses[:4] == [5, 10, 20, 40] and pauses[-3:] == [BACKOFF_MAX_S] * 3
+        # Every retry is the same transaction: same id, the one event it first carried.
+        assert {txn for _, txn, _ in remote.calls} == {first_txn}
+        assert all(len(body["pdus"]) == 1 for _, _, body in remote.calls)
+        remote.mode = "ok"
+        clock.advance(BACKOFF_MAX_S)
+        await until(lambda: len(remote.texts()) == 61, "everything once it is back")
+        assert remote.texts() == ["first"] + [f"later {i}" for i in range(60)]
+        assert remote.answered[0][0] == first_txn
+        # Answered: the backoff starts again from its shortest pause.
+        remote.mode = "down"
+        tries = len(remote.calls)
+        await say(hs, ctx, "again")
+        await until(lambda: len(remote.calls) == tries + 1, "tried at once")
+        clock.advance(BACKOFF_MIN_S)
+        await until(lambda: len(remote.calls) == tries + 2, "retried after the shortest pause")
+    finally:
+        await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_from_the_destination_ends_its_backoff(tmp_path: Path) -> None:
+    clock = TestClock()
+    remote = Remote()
+    hs = await start_server(tmp_path, clock, remote)
+    try:
+        ctx = await shared_room(hs, Client(hs), remote)
+        remote.mode = "down"
+        await say(hs, ctx, "hello")
+        await until(lambda: len(remote.calls) == 1, "the first try")
+        remote.mode = "ok"
+        hs.federation_sender.remote_is_up("other.test")  # another server: changes nothing
+        hs.federation_sender.remote_is_up(REMOTE)
+        await until(lambda: remote.texts() == ["hello"], "sent without the clock moving")
+    finally:
+        await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refused_transaction_is_not_sent_for_ever(tmp_path: Path) -> None:
+    clock = TestClock()
+    remote = Remote()
+    hs = await start_server(tmp_path, clock, remote)
+    try:
+        ctx = await shared_room(hs, Client(hs), remote)
+        refused = {"n": 0}
+        original = remote.__call__
+
+        async def refuse_first(destination: str, txn_id: str, body: dict[str, Any]) -> Any:
+            if refused["n"] == 0:
+                refused["n"] += 1
+                raise RemoteError(destination, 400, "M_BAD_JSON", "no")
+            return await original(destination, txn_id, body)
+
+        hs.federation_sender.transport = refuse_first
+        await say(hs, ctx, "bad", "good")
+        await until(lambda: "good" in remote.texts(), "the next transaction")
+        assert "bad" not in remote.texts()
+    finally:
+        await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_restart_resends_the_transaction_in_flight_under_its_id_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    clock = TestClock()
+    remote = Remote()
+    hs = await start_server(tmp_path, clock, remote)
+    ctx = await shared_room(hs, Client(hs), remote)
+    remote.mode = "hold"
+    await say(hs, ctx, "one")
+    await until(lambda: remote.held, "a transaction in flight")
+    await say(hs, ctx, "two", "three")
+    in_flight = remote.calls[0]
+    await hs.stop(None)  # the remote never answered
+
+    again = Remote()
+    hs = await start_server(tmp_path, clock, again)
+    try:
+        await say(hs, ctx, "four")
+        await until(lambda: len(again.texts()) == 4, "everything after the restart")
+        assert again.texts() == ["one", "two", "three", "four"]
+        assert again.answered[0][0] == in_flight[1]
+        assert again.answered[0][1]["pdus"] == in_flight[2]["pdus"]
+    finally:
+        await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_local_typing_receipts_presence_and_to_device_go_to_the_remote(tmp_path: Path) -> None:
+    clock = TestClock()
+    remote = Remote()
+    hs = await start_server(tmp_path, clock, remote)
+    client = Client(hs)
+    try:
+        ctx = await shared_room(hs, client, remote)
+        token, alice = ctx["alice"]["access_token"], ctx["alice"]["user_id"]
+        room = room_path(ctx["room"])
+        sent = await client.call(
+            "PUT", f"{room}/send/m.room.message/t1", token, {"msgtype": "m.text", "body": "x"}
+        )
+        await client.call("PUT", f"{room}/typing/{alice}", token, {"typing": True, "timeout": 10000})
+        await client.call("POST", f"{room}/receipt/m.read/{sent['event_id']}", token, {})
+        await client.call("PUT", f"/presence/{alice}/status", token, {"presence": "unavailable"})
+        message = {"messages": {BOB: {"BOBDEV": {"hello": "bob"}}}}
+        await client.call("PUT", "/sendToDevice/m.test/td1", token, message)
+        await client.call("PUT", "/sendToDevice/m.test/td1", token, message)  # a retry
+        await until(lambda: remote.edus("m.direct_to_device"), "the to-device message")
+        clock.advance(1)
+        await until(lambda: not hs.federation_sender._destinations[REMOTE].pending, "all sent")
+        assert remote.edus("m.typing") == [{"room_id": ctx["room"], "user_id": alice, "typing": True}]
+        receipt = remote.edus("m.receipt")[0][ctx["room"]]["m.read"][alice]
+        assert receipt["event_ids"] == [sent["event_id"]]
+        assert remote.edus("m.presence")[-1]["push"][0]["presence"] == "unavailable"
+        [to_device] = remote.edus("m.direct_to_device")  # the retry was not queued again
+        assert to_device["sender"] == alice and to_device["messages"] == message["messages"]
+        assert to_device["type"] == "m.test"
+    finally:
+        await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_remote_typing_receipts_and_presence_reach_local_sync_when_checked(tmp_path: Path) -> None:
+    clock = TestClock()
+    remote = Remote()
+    hs = await start_server(tmp_path, clock, remote)
+    client = Client(hs)
+    try:
+        ctx = await shared_room(hs, client, remote)
+        token, room_id = ctx["alice"]["access_token"], ctx["room"]
+        sent = await client.call(
+            "PUT", f"{room_path(room_id)}/send/m.room.message/t1", token, {"msgtype": "m.text", "body": "x"}
+        )
+        _, body = await client.sync(token)
+        since = body["next_batch"]
+        mallory = "@mallory:remote.test"  # of the origin, but not in the room
+        await hs.federation_edus.receive_all(
+            "evil.test",
+            [
+                {"edu_type": "m.typing", "content": {"room_id": room_id, "user_id": BOB, "typing": True}},
+                {"edu_type": "m.presence", "content": {"push": [{"user_id": BOB, "presence": "online"}]}},
+            ],
+        )
+        await hs.federation_edus.receive_all(
+            REMOTE,
+            [
+                {"edu_type": "m.typing", "content": {"room_id": room_id, "user_id": mallory, "typing": True}},
+                {"edu_type": "m.typing", "content": "not an object"},
+                {"edu_type": "org.example.unknown", "content": {}},
+                {"edu_type": "m.typing", "content": {"room_id": room_id, "user_id": BOB, "typing": True}},
+                {
+                    "edu_type": "m.receipt",
+                    "content": {
+                        room_id: {"m.read": {BOB: {"event_ids": [sent["event_id"]], "data": {"ts": 1}}}}
+                    },
+                },
+                {"edu_type": "m.presence", "content": {"push": [{"user_id": BOB, "presence": "online"}]}},
+            ],
+        )
+        _, body = await client.sync(token, since)
+        ephemeral = body["rooms"]["join"][room_id]["ephemeral"]["events"]
+        typing = [e for e in ephemeral if e["type"] == "m.typing"]
+        assert typing and typing[0]["content"]["user_ids"] == [BOB]
+        receipts = [e for e in ephemeral if e["type"] == "m.receipt"]
+        assert BOB in receipts[0]["content"][sent["event_id"]]["m.read"]
+        presence = {e["sender"]: e["content"]["presence"] for e in body["presence"]["events"]}
+        assert presence.get(BOB) == "online"
+        # Remote typing ends on its own after 30 s unless renewed.
+        clock.advance(31)
+        assert hs.typing.typing_users(room_id) == []
+    finally:
+        await hs.stop(None)
