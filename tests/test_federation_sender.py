@@ -1,0 +1,266 @@
+"""The federation sender against a real TLS endpoint, with a real server process.
+
+The destination is a recording endpoint in this test process (not one of our servers:
+inbound `/send` is another part's work). It listens with TLS on loopback with a certificate
+from the test CA, under the server name `localhost:PORT`, and for every
+`PUT /_matrix/federation/v1/send/{txnId}` checks what a real receiver would: the X-Matrix
+signature (with our server's key fetched from it), the destination, the transaction's shape
+(origin, at most 50 PDUs and 100 EDUs) and each PDU's signature. It answers, refuses (503) or
+holds the request as the test says.
+
+Before joins over federation exist, the remote member is put into the room the simplest
+honest way: with the server process stopped, the same configuration is opened in-process
+and the remote user's join is built and persisted by our own event path
+(`EventService.send`), so the room's state lists them when the process starts again.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+import requests
+import yaml
+from conftest import ServerProcess, _launch, free_port
+from federation_harness import FederatedServer, TestCA, make_ca, start_federated_server
+from signedjson.key import decode_verify_key_bytes
+from signedjson.sign import verify_signed_json
+from unpaddedbase64 import decode_base64
+
+from homeserver.config import parse_config
+from homeserver.events.signing import verify_event_signature
+from homeserver.server import HomeServer
+
+_PARAM = re.compile(r'(\w+)="([^"]*)"')
+
+
+class Recorder:
+    """A federation endpoint that records the transactions sent to it (see the module doc)."""
+
+    def __init__(self, ca: TestCA, origin: FederatedServer | None = None) -> None:
+        self.port = free_port()
+        self.server_name = f"localhost:{self.port}"
+        self.origin = origin
+        self.mode = "ok"  # "ok", "down" (503) or "hold" (never answers until released)
+        self.release = threading.Event()
+        self.received: list[tuple[str, dict[str, Any]]] = []  # every request, in arrival order
+        self.answered: dict[str, dict[str, Any]] = {}  # txn id -> body, once answered 200
+        self.order: list[str] = []  # txn ids in the order first answered
+        self.problems: list[str] = []
+        self._keys: dict[str, Any] = {}
+        cert, key = ca.issue(f"recorder-{self.port}")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(cert), str(key))
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_PUT(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                status, answer = recorder.handle(self.path, self.headers.get("Authorization", ""), raw)
+                data = json.dumps(answer).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:
+                    pass  # the sender went away while its request was held
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def verify_key(self, key_id: str) -> Any:
+        if key_id not in self._keys:
+            assert self.origin is not None
+            body = self.origin.get("/_matrix/key/v2/server").json()
+            for kid, entry in body["verify_keys"].items():
+                self._keys[kid] = decode_verify_key_bytes(kid, decode_base64(entry["key"]))
+        return self._keys[key_id]
+
+    def handle(self, path: str, authorization: str, raw: bytes) -> tuple[int, dict[str, Any]]:
+        match = re.fullmatch(r"/_matrix/federation/v1/send/([^/?]+)", path)
+        if match is None:
+            return 404, {"errcode": "M_UNRECOGNIZED", "error": path}
+        txn_id = match.group(1)
+        body = json.loads(raw)
+        params = dict(_PARAM.findall(authorization))
+        assert self.origin is not None
+        try:
+            assert authorization.startswith("X-Matrix "), authorization
+            assert params["origin"] == self.origin.server_name and params["destination"] == self.server_name
+            key = self.verify_key(params["key"])
+            signed = {
+                "method": "PUT",
+                "uri": path,
+                "origin": params["origin"],
+                "destination": self.server_name,
+                "content": body,
+                "signatures": {params["origin"]: {params["key"]: params["sig"]}},
+            }
+            verify_signed_json(signed, params["origin"], key)
+            assert body["origin"] == self.origin.server_name
+            assert isinstance(body["origin_server_ts"], int)
+            assert len(body["pdus"]) <= 50 and len(body.get("edus", [])) <= 100
+            for pdu in body["pdus"]:
+                verify_event_signature(pdu, self.origin.server_name, key, "10")
+        except Exception as error:  # recorded: the test fails on it, with the reason
+            self.problems.append(f"{txn_id}: {error!r}")
+            return 401, {"errcode": "M_UNAUTHORIZED", "error": repr(error)}
+        self.received.append((txn_id, body))
+        if self.mode == "down":
+            return 503, {"errcode": "M_UNKNOWN", "error": "down for the test"}
+        if self.mode == "hold":
+            self.release.wait(60)
+            return 503, {"errcode": "M_UNKNOWN", "error": "held"}
+        if txn_id not in self.answered:  # a real receiver's dedupe by (origin, txn id)
+            self.answered[txn_id] = body
+            self.order.append(txn_id)
+        return 200, {"pdus": {}}
+
+    def texts(self) -> list[str]:
+        """Message bodies in the order of the answered transactions."""
+        return [
+            pdu["content"]["body"]
+            for txn in self.order
+            for pdu in self.answered[txn]["pdus"]
+            if pdu["type"] == "m.room.message"
+        ]
+
+    def wait_for(self, condition: Any, what: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert not self.problems, self.problems
+            if time.monotonic() > deadline:
+                raise AssertionError(f"never happened: {what}")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self.release.set()
+        self.httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
+    return make_ca(tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture
+def recorder(ca: TestCA) -> Iterator[Recorder]:
+    rec = Recorder(ca)
+    yield rec
+    rec.close()
+
+
+def _headers(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _send(server: ServerProcess, token: str, room_id: str, text: str) -> str:
+    r = requests.put(
+        server.url(f"/_matrix/client/v3/rooms/{room_id}/send/m.room.message/{text}"),
+        json={"msgtype": "m.text", "body": text},
+        headers=_headers(token),
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    return str(r.json()["event_id"])
+
+
+async def _add_remote_member(process: ServerProcess, room_id: str, user_id: str) -> None:
+    """With the process stopped: the remote user's join, persisted by our event path."""
+    raw = yaml.safe_load(process.config_path.read_text())
+    from twisted.internet import reactor
+
+    hs = HomeServer(parse_config(raw, str(process.config_path), env={}), reactor)
+    await hs.start()
+    try:
+        await hs.events.send(user_id, room_id, "m.room.member", {"membership": "join"}, state_key=user_id)
+    finally:
+        await hs.stop(None)
+
+
+def _restart(process: ServerProcess, tmp_path: Path) -> ServerProcess:
+    started = _launch(tmp_path, process.port, process.config_path, process.config, None)
+    return started
+
+
+@pytest_twisted.ensureDeferred
+async def test_events_reach_the_remote_in_order_in_fifty_pdu_transactions_and_survive_kill_9(
+    tmp_path: Path, ca: TestCA, recorder: Recorder
+) -> None:
+    fed = start_federated_server(tmp_path, ca)
+    recorder.origin = fed
+    process = fed.process
+    try:
+        alice = process.register("alice")
+        token = alice["access_token"]
+        r = requests.post(
+            process.url("/_matrix/client/v3/createRoom"),
+            json={"preset": "public_chat"},
+            headers=_headers(token),
+            timeout=30,
+        )
+        room_id = r.json()["room_id"]
+        assert process.stop() == 0
+        await _add_remote_member(process, room_id, f"@bob:{recorder.server_name}")
+        process = fed.process = _restart(process, tmp_path)
+
+        # 120 messages: all of them, in order, in transactions of at most 50 PDUs.
+        texts = [f"m{i:03d}" for i in range(120)]
+        started = time.monotonic()
+        for text in texts:
+            _send(process, token, room_id, text)
+        recorder.wait_for(lambda: recorder.texts() == texts, "the 120 messages")
+        elapsed = time.monotonic() - started
+        sizes = [len(recorder.answered[t]["pdus"]) for t in recorder.order]
+        assert max(sizes) <= 50, sizes
+        print(
+            f"120 events to one destination in {elapsed:.2f}s ({120 / elapsed:.0f}/s, client sends included)"
+        )
+
+        # A transaction in flight when the sender is killed -9 goes again, under its id.
+        recorder.mode = "hold"
+        _send(process, token, room_id, "k1")
+        recorder.wait_for(
+            lambda: any(
+                p["content"].get("body") == "k1" for _, body in recorder.received for p in body["pdus"]
+            ),
+            "k1 in flight",
+        )
+        held_txn, held_body = recorder.received[-1]
+        process.stop(signal.SIGKILL)
+        recorder.mode = "ok"
+        recorder.release.set()
+        process = fed.process = _restart(process, tmp_path)
+        _send(process, token, room_id, "k2")
+        recorder.wait_for(lambda: recorder.texts()[-2:] == ["k1", "k2"], "k1 and k2 after the restart")
+        # The transaction in flight was sent again under its id, with the same events.
+        assert held_txn in recorder.answered
+        assert recorder.answered[held_txn]["pdus"] == held_body["pdus"]
+        assert recorder.texts() == [*texts, "k1", "k2"]  # nothing lost, nothing twice
+
+        # A destination that refuses is tried again (after the first pause of 5 s).
+        recorder.mode = "down"
+        _send(process, token, room_id, "d1")
+        recorder.wait_for(lambda: recorder.received[-1][1]["pdus"], "the refused try")
+        recorder.mode = "ok"
+        recorder.wait_for(lambda: recorder.texts()[-1:] == ["d1"], "d1 once it is back", timeout=30)
+        assert not recorder.problems, recorder.problems
+    finally:
+        fed.process.stop()
