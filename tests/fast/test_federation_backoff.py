@@ -124,8 +124,10 @@ async def test_transactions_keep_order_hold_at_most_fifty_pdus_and_one_in_flight
         assert max(sizes) == MAX_PDUS and all(size <= MAX_PDUS for size in sizes), sizes
         assert all(body["origin"] == hs.config.server_name for _, body in remote.answered)
         assert len({txn for txn, _ in remote.answered}) == len(remote.answered)
-        # Bob's own join came from "his" server: it is not sent back there.
-        assert not any(pdu["sender"] == BOB for _, body in remote.answered for pdu in body["pdus"])
+        # Bob's own join came from "his" server: it is not sent back there; the room's
+        # events from before he joined are not sent either.
+        types = {pdu["type"] for _, body in remote.answered for pdu in body["pdus"]}
+        assert types == {"m.room.message"}, types
     finally:
         await hs.stop(None)
 
@@ -171,6 +173,32 @@ async def test_a_destination_that_is_down_backs_off_to_an_hour_then_gets_everyth
         await until(lambda: len(remote.calls) == tries + 1, "tried at once")
         clock.advance(BACKOFF_MIN_S)
         await until(lambda: len(remote.calls) == tries + 2, "retried after the shortest pause")
+    finally:
+        await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_kicked_server_hears_of_the_kick_but_not_what_follows_it(tmp_path: Path) -> None:
+    clock = TestClock()
+    remote = Remote()
+    hs = await start_server(tmp_path, clock, remote)
+    try:
+        ctx = await shared_room(hs, Client(hs), remote)
+        remote.mode = "hold"  # the sender runs behind: it reads the state after the kick
+        await say(hs, ctx, "before")
+        await until(lambda: remote.held, "a transaction in flight")
+        alice = ctx["alice"]["user_id"]
+        await hs.events.send(alice, ctx["room"], "m.room.member", {"membership": "leave"}, state_key=BOB)
+        await say(hs, ctx, "after")
+        remote.mode = "ok"
+        remote.held.pop().callback(None)
+        await until(
+            lambda: any(p["type"] == "m.room.member" for _, b in remote.answered for p in b["pdus"]),
+            "the kick",
+        )
+        clock.advance(1)
+        await until(lambda: not hs.federation_sender._destinations[REMOTE].pending, "all sent")
+        assert remote.texts() == ["before"]
     finally:
         await hs.stop(None)
 

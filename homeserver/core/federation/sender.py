@@ -32,7 +32,7 @@ from twisted.logger import Logger
 from homeserver.core.clock import Clock
 from homeserver.core.event_stream import EventStream, StreamBatch, StreamConsumer
 from homeserver.core.federation.client import RemoteError
-from homeserver.core.room_heads import RoomHeads
+from homeserver.core.room_heads import RoomHead, RoomHeads
 from homeserver.logs import log_failure
 from homeserver.storage.events import EventStore, StoredEvent
 from homeserver.storage.federation_queue import DestinationState, FederationQueueStore, OutboxRow, QueuedItem
@@ -49,6 +49,7 @@ BACKOFF_MIN_S = 5.0
 BACKOFF_MAX_S = 3600.0
 # How often answered rows with a dedupe key are deleted (see `_prune`).
 PRUNE_INTERVAL_S = 600.0
+MEMBERSHIPS = ("join", "leave", "ban", "invite", "knock")
 
 # (destination, txn_id, body) -> the remote's answer; raises RemoteError or another error.
 Transport = Callable[[str, str, dict[str, Any]], Awaitable[Any]]
@@ -110,6 +111,7 @@ class FederationSender:
         self._positions = positions
         self._prune_mark: tuple[int, int] | None = None
         self._prune_loop: Any = None
+        self._remote_cache: dict[str, tuple[list[str], list[str]]] = {}
 
     async def start(self) -> None:
         """Resume every destination with rows left, then follow the stream from where it was."""
@@ -162,25 +164,41 @@ class FederationSender:
 
     async def _hosts_at(self, ev: StoredEvent) -> set[str]:
         """The other servers in the room at `ev`, read from the current state (the consumer
-        may run behind it): members joined now whose join came before `ev`, and members who
-        left or were removed after it (their membership changed past `ev`; they were most
-        likely in the room at it)."""
+        may run behind it): members joined now whose join came before `ev`, and members whose
+        membership changed after `ev` from a join (they left or were removed since). Two
+        changes of one member since `ev` are read by the last one only."""
         head = await self.room_heads.get(ev.room_id)
         if head is None:
             return set()
         hosts: set[str] = set()
-        for (event_type, user_id), member in head.state.items():
-            if event_type != "m.room.member":
-                continue
+        for user_id in self._remote_members(head):
             host = server_of(user_id)
-            if host == self.server_name or host in hosts:
+            member = head.state.get(("m.room.member", user_id))
+            if host in hosts or member is None:
                 continue
-            joined = member.content.get("membership") == "join"
-            if (joined and member.stream_ordering < ev.stream_ordering) or (
-                not joined and member.stream_ordering > ev.stream_ordering
-            ):
+            if member.stream_ordering < ev.stream_ordering:
+                there = member.content.get("membership") == "join"
+            else:
+                # Changed since `ev`: what it replaced says whether they were joined then.
+                previous = member.unsigned_extra.get("prev_content")
+                there = isinstance(previous, dict) and previous.get("membership") == "join"
+            if there:
                 hosts.add(host)
         return hosts
+
+    def _remote_members(self, head: RoomHead) -> list[str]:
+        """Users of other servers with any membership in the room. Kept per room while the
+        head's member list is the same object (it is rebuilt after each member event), so a
+        room of our own users costs nothing per event."""
+        members = head.members(*MEMBERSHIPS)
+        cached = self._remote_cache.get(head.room_id)
+        if cached is not None and cached[0] is members:
+            return cached[1]
+        remote = [u for u in members if server_of(u) != self.server_name]
+        self._remote_cache[head.room_id] = (members, remote)
+        if len(self._remote_cache) > 10_000:
+            self._remote_cache.pop(next(iter(self._remote_cache)))
+        return remote
 
     async def hosts_sharing_rooms(self, user_id: str) -> set[str]:
         """The other servers sharing a room with the user."""
