@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest_twisted
 from harness import Client, TestClock, real_reactor, room_path, until
+from signedjson.key import encode_verify_key_base64, generate_signing_key, get_verify_key
+from signedjson.sign import sign_json
 from twisted.internet.defer import Deferred
 
 from homeserver.config import parse_config
@@ -354,5 +356,50 @@ async def test_remote_typing_receipts_and_presence_reach_local_sync_when_checked
         # Remote typing ends on its own after 30 s unless renewed.
         clock.advance(31)
         assert hs.typing.typing_users(room_id) == []
+    finally:
+        await hs.stop(None)
+
+
+def _key_entry(user_id: str, usage: str, key: Any) -> tuple[dict[str, Any], str]:
+    public = encode_verify_key_base64(get_verify_key(key))
+    return {"user_id": user_id, "usage": [usage], "keys": {f"ed25519:{public}": public}}, public
+
+
+@pytest_twisted.ensureDeferred
+async def test_device_and_cross_signing_key_changes_go_to_servers_sharing_a_room(tmp_path: Path) -> None:
+    clock = TestClock()
+    remote = Remote()
+    hs = await start_server(tmp_path, clock, remote)
+    client = Client(hs)
+    try:
+        ctx = await shared_room(hs, client, remote)
+        token, alice, device_id = (ctx["alice"][k] for k in ("access_token", "user_id", "device_id"))
+        device_key = generate_signing_key(device_id)
+        keys = {
+            "user_id": alice,
+            "device_id": device_id,
+            "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+            "keys": {
+                f"ed25519:{device_id}": encode_verify_key_base64(get_verify_key(device_key)),
+                f"curve25519:{device_id}": "A" * 43,
+            },
+        }
+        await client.call("POST", "/keys/upload", token, {"device_keys": sign_json(keys, alice, device_key)})
+        master_key, self_key = generate_signing_key("m"), generate_signing_key("s")
+        master, master_public = _key_entry(alice, "master", master_key)
+        master_key.version = master_public
+        self_signing, _ = _key_entry(alice, "self_signing", self_key)
+        body = {"master_key": master, "self_signing_key": sign_json(self_signing, alice, master_key)}
+        await client.call("POST", "/keys/device_signing/upload", token, body)
+        await until(lambda: remote.edus("m.signing_key_update"), "the cross-signing keys")
+        [update] = remote.edus("m.device_list_update")
+        assert update["user_id"] == alice and update["device_id"] == device_id and not update["deleted"]
+        assert update["keys"]["keys"] == keys["keys"] and update["prev_id"] == []
+        [signing] = remote.edus("m.signing_key_update")
+        assert signing["master_key"] == master and "user_signing_key" not in signing
+        await hs.keys.devices_deleted(alice, [device_id])
+        await until(lambda: len(remote.edus("m.device_list_update")) == 2, "the deletion")
+        deleted = remote.edus("m.device_list_update")[1]
+        assert deleted["deleted"] and deleted["prev_id"] == [update["stream_id"]]
     finally:
         await hs.stop(None)
