@@ -264,3 +264,53 @@ async def test_events_reach_the_remote_in_order_in_fifty_pdu_transactions_and_su
         assert not recorder.problems, recorder.problems
     finally:
         fed.process.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_synapse_takes_our_transactions(tmp_path: Path, ca: TestCA) -> None:
+    """Synapse as the destination: it checks our X-Matrix signature (fetching our keys) and
+    parses the transaction. It is not in the room (joins come later), so it answers 200 and
+    logs that it ignores the PDUs of a room it does not know: proof that it read them."""
+    from synapse import start_synapse
+
+    syn = start_synapse(tmp_path / "synapse", ca)
+    fed = start_federated_server(tmp_path / "ours", ca)
+    try:
+        process = fed.process
+        alice = process.register("alice")
+        token = alice["access_token"]
+        r = requests.post(
+            process.url("/_matrix/client/v3/createRoom"),
+            json={"preset": "public_chat"},
+            headers=_headers(token),
+            timeout=30,
+        )
+        room_id = r.json()["room_id"]
+        assert process.stop() == 0
+        await _add_remote_member(process, room_id, f"@bob:{syn.server_name}")
+        process = fed.process = _restart(process, tmp_path / "ours")
+        _send(process, token, room_id, "hello-synapse")
+        r = requests.put(
+            process.url(f"/_matrix/client/v3/rooms/{room_id}/typing/{alice['user_id']}"),
+            json={"typing": True, "timeout": 5000},
+            headers=_headers(token),
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text
+        deadline = time.monotonic() + 60
+
+        def sends() -> list[str]:
+            return [
+                line for line in syn.log_text().splitlines() if "PUT /_matrix/federation/v1/send/" in line
+            ]
+
+        # Its access line is written once the answer is sent, after it processed the PDUs.
+        needle = f"Ignoring PDU for unknown room_id: {room_id}"
+        while needle not in syn.log_text() or not sends():
+            assert time.monotonic() < deadline, syn.log_text()[-3000:]
+            time.sleep(0.1)
+        assert all(" 200 " in line for line in sends()), sends()
+        assert "did not take a transaction" not in process.log_text()
+    finally:
+        fed.process.stop()
+        syn.stop()
