@@ -739,11 +739,12 @@ class HomeServer:
         for api in self.plugin_apis:
             api.stop_jobs()
         self.exports.stop()
+        # Before the client closes: its requests cut by the close are not taken for failures.
+        await self.federation_sender.stop()
         try:
             await self.federation.client.close()
         except Exception:
             log_failure(log, "could not close federation connections")
-        await self.federation_sender.stop()
         await self.stream.stop()
         for plugin in self.plugins:
             stop = getattr(plugin, "stop", None)

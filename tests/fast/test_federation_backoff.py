@@ -163,9 +163,16 @@ async def test_a_destination_that_is_down_backs_off_to_an_hour_then_gets_everyth
         # Every retry is the same transaction: same id, the one event it first carried.
         assert {txn for _, txn, _ in remote.calls} == {first_txn}
         assert all(len(body["pdus"]) == 1 for _, _, body in remote.calls)
+        labels = {"destination": REMOTE}
+        assert hs.metrics.get_sample_value("homeserver_federation_destination_lag", labels) == 61
+        assert (
+            hs.metrics.get_sample_value("homeserver_federation_destination_backoff_seconds", labels) == 3600
+        )
         remote.mode = "ok"
         clock.advance(BACKOFF_MAX_S)
         await until(lambda: len(remote.texts()) == 61, "everything once it is back")
+        assert hs.metrics.get_sample_value("homeserver_federation_destination_lag", labels) == 0
+        assert hs.metrics.get_sample_value("homeserver_federation_destination_backoff_seconds", labels) == 0
         assert remote.texts() == ["first"] + [f"later {i}" for i in range(60)]
         assert remote.answered[0][0] == first_txn
         # Answered: the backoff starts again from its shortest pause.

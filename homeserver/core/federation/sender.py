@@ -323,8 +323,10 @@ class Destination:
                 if not sent and (not self._again or self.backing_off):
                     return
         except Exception:
-            log_failure(log, "federation sender for {dest} stopped", dest=self.name)
-            self._back_off(next_backoff_s(self.backoff_s))
+            # The database, most likely: try again later, like a remote that did not answer.
+            log_failure(log, "federation sender for {dest} failed", dest=self.name)
+            self.backoff_s = next_backoff_s(self.backoff_s)
+            self._back_off(self.backoff_s)
         finally:
             self._running = False
 
@@ -388,7 +390,8 @@ class Destination:
         self.backoff_s = delay
         retry_at = self.sender.clock.time_ms() + int(delay * 1000)
         self.state.retry_interval_ms, self.state.retry_at_ts = int(delay * 1000), retry_at
-        Deferred.fromCoroutine(self._save_backoff(int(delay * 1000), retry_at))
+        if not self.sender._stopping:  # a request cut by the shutdown is no sign the remote is down
+            Deferred.fromCoroutine(self._save_backoff(int(delay * 1000), retry_at))
         self._back_off(delay)
         return False
 
@@ -400,6 +403,8 @@ class Destination:
 
     def _back_off(self, delay_s: float) -> None:
         self.backing_off = True
+        if self.sender._stopping:
+            return  # shutting down: the saved state resumes it at the next start
 
         def retry() -> None:
             self._timer = None
