@@ -20,8 +20,9 @@ from twisted.internet.defer import Deferred
 
 from homeserver.config import parse_config
 from homeserver.core.federation.client import RemoteError
-from homeserver.core.federation.sender import BACKOFF_MAX_S, BACKOFF_MIN_S, MAX_PDUS
+from homeserver.core.federation.sender import BACKOFF_MAX_S, BACKOFF_MIN_S, MAX_PDUS, take_transaction
 from homeserver.server import HomeServer
+from homeserver.storage.federation_queue import QueuedItem
 
 REMOTE = "remote.test"
 BOB = f"@bob:{REMOTE}"
@@ -208,6 +209,41 @@ async def test_a_kicked_server_hears_of_the_kick_but_not_what_follows_it(tmp_pat
         clock.advance(1)
         await until(lambda: not hs.federation_sender._destinations[REMOTE].pending, "all sent")
         assert remote.texts() == ["before"]
+    finally:
+        await hs.stop(None)
+
+
+def test_a_transaction_stops_before_the_51st_pdu_or_the_101st_edu() -> None:
+    pdu = [QueuedItem(i, f"$e{i}", None) for i in range(60)]
+    edu = [QueuedItem(100 + i, None, {"edu_type": "m.typing", "content": {}}) for i in range(120)]
+    assert len(take_transaction(pdu)) == 50
+    assert len(take_transaction(edu)) == 100
+    mixed = take_transaction(edu[:99] + pdu[:50] + edu[99:])
+    assert len(mixed) == 99 + 50 + 1  # up to the 100th EDU, queue order kept
+    assert mixed == (edu[:99] + pdu[:50] + edu[99:])[:150]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stuck_destination_holds_back_no_other(tmp_path: Path) -> None:
+    clock = TestClock()
+    remote = Remote()
+    hs = await start_server(tmp_path, clock, remote)
+    stuck: list[Deferred[None]] = []
+
+    async def two_remotes(destination: str, txn_id: str, body: dict[str, Any]) -> Any:
+        if destination == "stuck.test":
+            stuck.append(Deferred())  # kept, as a connection would keep it: never answers
+            await stuck[-1]
+        return await remote(destination, txn_id, body)
+
+    hs.federation_sender.transport = two_remotes
+    try:
+        ctx = await shared_room(hs, Client(hs), remote)
+        carol = "@carol:stuck.test"
+        await hs.events.send(carol, ctx["room"], "m.room.member", {"membership": "join"}, state_key=carol)
+        await say(hs, ctx, *[f"m{i}" for i in range(80)])
+        await until(lambda: len(remote.texts()) == 80, "everything to the server that answers")
+        assert remote.texts() == [f"m{i}" for i in range(80)] and len(stuck) == 1
     finally:
         await hs.stop(None)
 
