@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from homeserver.core.federation.discovery import split_server_name
 from homeserver.core.federation.sender import FederationSender, server_of
 
 
@@ -23,7 +24,14 @@ class OutboundEdus:
         self._last_device_update: dict[str, int] = {}
 
     def is_remote(self, user_id: Any) -> bool:
-        return isinstance(user_id, str) and server_of(user_id) not in ("", self.server_name)
+        """A user of another, well-formed server name (anything else is nobody's)."""
+        if not isinstance(user_id, str) or server_of(user_id) in ("", self.server_name):
+            return False
+        try:
+            split_server_name(server_of(user_id))
+        except ValueError:
+            return False
+        return True
 
     def _is_local(self, user_id: str) -> bool:
         return server_of(user_id) == self.server_name

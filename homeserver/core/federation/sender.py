@@ -342,8 +342,10 @@ class Destination:
             if not items:
                 return False
             upto = items[-1].seq
-            # Unique per destination: the range of rows it carries never repeats.
-            txn_id = f"{state.sent_upto}-{upto}"
+            # Unique per destination, even after our database was started afresh (receivers
+            # remember the ids they answered, Synapse for a day): when it was made, and its
+            # last row. Saved before sending, so every retry carries the same id.
+            txn_id = f"{self.sender.clock.time_ms()}-{upto}"
             await store.start_transaction(self.name, txn_id, upto)
             state.txn_id, state.txn_upto = txn_id, upto
         body = await self._body(items)
