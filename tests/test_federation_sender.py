@@ -33,11 +33,17 @@ import requests
 import yaml
 from conftest import ServerProcess, _launch, free_port
 from federation_harness import FederatedServer, TestCA, make_ca, start_federated_server
-from signedjson.key import decode_verify_key_bytes
-from signedjson.sign import verify_signed_json
+from signedjson.key import (
+    decode_verify_key_bytes,
+    encode_verify_key_base64,
+    generate_signing_key,
+    get_verify_key,
+)
+from signedjson.sign import sign_json, verify_signed_json
 from unpaddedbase64 import decode_base64
 
 from homeserver.config import parse_config
+from homeserver.core.federation.request_auth import authorization_header
 from homeserver.events.signing import verify_event_signature
 from homeserver.server import HomeServer
 
@@ -58,6 +64,8 @@ class Recorder:
         self.order: list[str] = []  # txn ids in the order first answered
         self.problems: list[str] = []
         self._keys: dict[str, Any] = {}
+        # Its own signing key, served at /_matrix/key/v2/server, for the requests it makes.
+        self.signing_key = generate_signing_key("rec")
         cert, key = ca.issue(f"recorder-{self.port}")
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(str(cert), str(key))
@@ -66,6 +74,17 @@ class Recorder:
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args: Any) -> None:
                 pass
+
+            def do_GET(self) -> None:
+                if self.path != "/_matrix/key/v2/server":
+                    self.send_error(404)
+                    return
+                data = json.dumps(recorder.server_keys()).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
 
             def do_PUT(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
@@ -84,6 +103,21 @@ class Recorder:
         self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
         self.httpd.daemon_threads = True
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def server_keys(self) -> dict[str, Any]:
+        key = self.signing_key
+        body = {
+            "server_name": self.server_name,
+            "valid_until_ts": int(time.time() * 1000) + 3_600_000,
+            "verify_keys": {f"ed25519:{key.version}": {"key": encode_verify_key_base64(get_verify_key(key))}},
+            "old_verify_keys": {},
+        }
+        return sign_json(body, self.server_name, key)
+
+    def signed_get(self, server: FederatedServer, path: str) -> requests.Response:
+        """A request signed by the recorder, as another server would make it."""
+        header = authorization_header("GET", path, self.server_name, server.server_name, self.signing_key)
+        return server.get(path, headers={"Authorization": header})
 
     def verify_key(self, key_id: str) -> Any:
         if key_id not in self._keys:
@@ -261,6 +295,23 @@ async def test_events_reach_the_remote_in_order_in_fifty_pdu_transactions_and_su
         recorder.wait_for(lambda: recorder.received[-1][1]["pdus"], "the refused try")
         recorder.mode = "ok"
         recorder.wait_for(lambda: recorder.texts()[-1:] == ["d1"], "d1 once it is back", timeout=30)
+
+        # The next refusal waits 5 s again; a request from the destination ends the wait.
+        recorder.mode = "down"
+        tries = len(recorder.received)
+        _send(process, token, room_id, "d2")
+        recorder.wait_for(lambda: len(recorder.received) > tries, "the refused try")
+        recorder.mode = "ok"
+        asked = time.monotonic()
+        query = (
+            f"/_matrix/federation/v1/query/profile?user_id={requests.utils.quote(alice['user_id'], safe='')}"
+        )
+        r = recorder.signed_get(fed, query)
+        assert r.status_code == 200, r.text
+        recorder.wait_for(
+            lambda: recorder.texts()[-1:] == ["d2"], "d2 after the destination called", timeout=4
+        )
+        assert time.monotonic() - asked < 4  # well before the 5 s pause would have ended
         assert not recorder.problems, recorder.problems
     finally:
         fed.process.stop()
