@@ -5,14 +5,41 @@ that should see it, and returns once queued: typing and read receipts to the ser
 the room, presence and device-list changes to the servers sharing a room with the user,
 to-device messages to the server of each remote recipient (with a dedupe key, so a client's
 retried sendToDevice is not queued twice).
+
+Only to-device messages fail their client's request when they cannot be queued (the client
+retries them). The others are told after the change is stored: a failure to queue them is
+logged, and the client's request still succeeds (failing it would not bring them back).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec
+
+from twisted.logger import Logger
 
 from homeserver.core.federation.discovery import split_server_name
 from homeserver.core.federation.sender import FederationSender, server_of
+from homeserver.logs import log_failure
+
+log = Logger()
+
+
+P = ParamSpec("P")
+
+
+def _logged(fn: Callable[P, Awaitable[None]]) -> Callable[P, Awaitable[None]]:
+    """Log a failure to queue instead of raising it (see the module docstring)."""
+
+    @functools.wraps(fn)
+    async def quietly(*args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            await fn(*args, **kwargs)
+        except Exception:
+            log_failure(log, "could not queue {what} for other servers", what=fn.__name__)
+
+    return quietly
 
 
 class OutboundEdus:
@@ -36,12 +63,14 @@ class OutboundEdus:
     def _is_local(self, user_id: str) -> bool:
         return server_of(user_id) == self.server_name
 
+    @_logged
     async def typing(self, room_id: str, user_id: str, typing: bool) -> None:
         hosts = await self.sender.hosts_in_room(room_id)
         if hosts:
             content = {"room_id": room_id, "user_id": user_id, "typing": typing}
             await self.sender.queue_edu(hosts, "m.typing", content)
 
+    @_logged
     async def receipt(
         self, user_id: str, room_id: str, event_id: str, thread_id: str | None, ts: int
     ) -> None:
@@ -54,6 +83,7 @@ class OutboundEdus:
         content = {room_id: {"m.read": {user_id: {"event_ids": [event_id], "data": data}}}}
         await self.sender.queue_edu(hosts, "m.receipt", content)
 
+    @_logged
     async def presence(self, user_id: str, state: dict[str, Any]) -> None:
         """`state` is the user's m.presence content as clients see it (presence.to_json)."""
         if not self._is_local(user_id):
@@ -80,6 +110,7 @@ class OutboundEdus:
             key = f"to_device {sender} {sender_device} {txn_id}"
             await self.sender.queue_edu([server], "m.direct_to_device", content, dedupe_key=key)
 
+    @_logged
     async def device_changed(
         self, user_id: str, device_id: str, stream_id: int, keys: dict[str, Any] | None
     ) -> None:
@@ -100,6 +131,7 @@ class OutboundEdus:
             content["keys"] = keys
         await self.sender.queue_edu(hosts, "m.device_list_update", content)
 
+    @_logged
     async def signing_keys_changed(self, user_id: str, keys: dict[str, Any]) -> None:
         """New cross-signing keys of a local user (`master`, `self_signing`; the user-signing
         key is for the user's own eyes and never leaves this server)."""
