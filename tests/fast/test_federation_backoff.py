@@ -19,6 +19,7 @@ from signedjson.sign import sign_json
 from twisted.internet.defer import Deferred
 
 from homeserver.config import parse_config
+from homeserver.core.event_stream import StreamBatch
 from homeserver.core.federation.client import RemoteError
 from homeserver.core.federation.sender import BACKOFF_MAX_S, BACKOFF_MIN_S, MAX_PDUS, take_transaction
 from homeserver.server import HomeServer
@@ -444,5 +445,46 @@ async def test_device_and_cross_signing_key_changes_go_to_servers_sharing_a_room
         await until(lambda: len(remote.edus("m.device_list_update")) == 2, "the deletion")
         deleted = remote.edus("m.device_list_update")[1]
         assert deleted["deleted"] and deleted["prev_id"] == [update["stream_id"]]
+    finally:
+        await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_events_handed_again_after_a_crash_are_not_sent_twice(tmp_path: Path) -> None:
+    clock = TestClock()
+    remote = Remote()
+    hs = await start_server(tmp_path, clock, remote)
+    try:
+        ctx = await shared_room(hs, Client(hs), remote)
+        before = hs.stream.position
+        await say(hs, ctx, "once")
+        await until(lambda: remote.texts() == ["once"], "sent")
+        # What the stream hands a durable consumer again after a kill -9 between queueing a
+        # batch and saving its position: the same events, marked as maybe repeated.
+        items = await hs.storage.events.committed_events(before, hs.stream.position, 100)
+        repeat = StreamBatch(before, hs.stream.position, items, redelivered_upto=hs.stream.position)
+        await hs.federation_sender._on_events(repeat)
+        await say(hs, ctx, "next")
+        await until(lambda: "next" in remote.texts(), "the next one")
+        assert remote.texts() == ["once", "next"]
+        # Past the prune (two ticks, the consumer's saved position past the first), the rows
+        # are gone and the queue keeps working.
+        rows: list[int] = []
+
+        async def count() -> None:
+            rows.append((await hs.storage.db.query("t", "SELECT COUNT(*) FROM federation_outbox"))[0][0])
+
+        await count()
+        assert rows[-1] > 0  # answered PDU rows kept for their dedupe key
+        clock.advance(600)
+        await until(lambda: True, "a turn")
+        clock.advance(600)
+        for _ in range(100):
+            await count()
+            if rows[-1] == 0:
+                break
+        assert rows[-1] == 0, rows
+        await say(hs, ctx, "after prune")
+        await until(lambda: "after prune" in remote.texts(), "sent after the prune")
     finally:
         await hs.stop(None)
