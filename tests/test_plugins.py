@@ -43,7 +43,11 @@ def _core_metric_names() -> set[str]:
 
 
 # The core's own metrics in the same registry.
-CORE_METRICS = {"homeserver_stream_consumer_lag"} | _core_metric_names()
+CORE_METRICS = {
+    "homeserver_stream_consumer_lag",
+    "homeserver_federation_destination_lag",
+    "homeserver_federation_destination_backoff_seconds",
+} | _core_metric_names()
 
 # The example plugin through a real server -----------------------------------------
 
