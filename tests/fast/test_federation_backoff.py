@@ -252,6 +252,31 @@ async def test_a_stuck_destination_holds_back_no_other(tmp_path: Path) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_an_event_of_another_server_is_handed_on_only_when_asked(tmp_path: Path) -> None:
+    clock = TestClock()
+    remote = Remote()
+    hs = await start_server(tmp_path, clock, remote)
+    try:
+        ctx = await shared_room(hs, Client(hs), remote)
+        carol = "@carol:third.test"
+        join = await hs.events.send(
+            carol, ctx["room"], "m.room.member", {"membership": "join"}, state_key=carol
+        )
+        await say(hs, ctx, "marker")
+        await until(lambda: "marker" in remote.texts(), "the marker")
+        assert not any(p["sender"] == carol for _, body in remote.answered for p in body["pdus"])
+        # As a resident server does with a join it got by send_join: to every other server.
+        await hs.federation_sender.queue_remote_event(join, "third.test")
+        await until(
+            lambda: any(p["sender"] == carol for _, b in remote.answered for p in b["pdus"]), "handed on"
+        )
+        to_origin = [p for d, _, body in remote.calls if d == "third.test" for p in body["pdus"]]
+        assert to_origin and not any(p["sender"] == carol for p in to_origin)  # never back to its origin
+    finally:
+        await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_request_from_the_destination_ends_its_backoff(tmp_path: Path) -> None:
     clock = TestClock()
     remote = Remote()

@@ -224,6 +224,17 @@ class FederationSender:
         if rows:
             await self._enqueue(rows)
 
+    async def queue_remote_event(self, ev: StoredEvent, origin: str) -> None:
+        """Send an event of another server to the room's other servers (not `origin`): for
+        the events a resident server hands on, such as a join received by `send_join`.
+        Returns once queued. The stream consumer never sends events of remote origin."""
+        hosts = await self._hosts_at(ev)
+        if ev.type == "m.room.member" and ev.state_key is not None:
+            hosts.add(server_of(ev.state_key))
+        hosts -= {origin, self.server_name}
+        if hosts:
+            await self._enqueue([(host, ev.event_id, None, ev.event_id) for host in sorted(hosts)])
+
     async def queue_edu(
         self,
         destinations: Iterable[str],
