@@ -489,7 +489,9 @@ class HomeServer:
             self.storage.stream_consumers,
         )
         self.federation_sender.register_metrics(self.metrics)
-        outbound = OutboundEdus(self.federation_sender, self.config.server_name)
+        outbound = OutboundEdus(
+            self.federation_sender, self.config.server_name, self.storage.e2ee.change_before
+        )
         self.typing.on_local_typing = outbound.typing
         self.receipts.on_local_receipt = outbound.receipt
 

@@ -317,6 +317,17 @@ class E2eeStore:
         )
         return int(rows[0][0] or 0) if rows else 0
 
+    async def change_before(self, user_id: str, stream_id: int) -> int | None:
+        """The position of the user's device-list change before `stream_id`, if any: the
+        `prev_id` of our m.device_list_update EDU for the change at `stream_id`."""
+        rows = await self.db.query(
+            "device_list_change_before",
+            "SELECT MAX(stream_id) FROM device_list_changes WHERE user_id = ? AND stream_id < ?",
+            user_id,
+            stream_id,
+        )
+        return int(rows[0][0]) if rows and rows[0][0] is not None else None
+
     # To-device ---------------------------------------------------------------------------------
 
     async def add_to_device(

@@ -43,12 +43,16 @@ def _logged(fn: Callable[P, Awaitable[None]]) -> Callable[P, Awaitable[None]]:
 
 
 class OutboundEdus:
-    def __init__(self, sender: FederationSender, server_name: str) -> None:
+    def __init__(
+        self,
+        sender: FederationSender,
+        server_name: str,
+        change_before: Callable[[str, int], Awaitable[int | None]],
+    ) -> None:
         self.sender = sender
         self.server_name = server_name
-        # The last device-list stream id sent per (user, device): the next update's prev_id.
-        # Lost on restart (prev_id is then empty and the remote resyncs the user's devices).
-        self._last_device_update: dict[str, int] = {}
+        # (user, stream id) -> the user's device-list change before it (storage): prev_id.
+        self._change_before = change_before
 
     def is_remote(self, user_id: Any) -> bool:
         """A user of another, well-formed server name (anything else is nobody's)."""
@@ -118,8 +122,7 @@ class OutboundEdus:
         hosts = await self.sender.hosts_sharing_rooms(user_id)
         if not hosts:
             return
-        previous = self._last_device_update.get(f"{user_id} {device_id}")
-        self._last_device_update[f"{user_id} {device_id}"] = stream_id
+        previous = await self._change_before(user_id, stream_id)
         content: dict[str, Any] = {
             "user_id": user_id,
             "device_id": device_id,
