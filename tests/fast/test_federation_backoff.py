@@ -175,7 +175,8 @@ async def test_a_destination_that_is_down_backs_off_to_an_hour_then_gets_everyth
         remote.mode = "ok"
         clock.advance(BACKOFF_MAX_S)
         await until(lambda: len(remote.texts()) == 61, "everything once it is back")
-        assert hs.metrics.get_sample_value("homeserver_federation_destination_lag", labels) == 0
+        # The lag falls once each answer is recorded, just after the remote has answered.
+        await until(lambda: lag("homeserver_federation_destination_lag", labels) == 0, "the lag back to 0")
         assert hs.metrics.get_sample_value("homeserver_federation_destination_backoff_seconds", labels) == 0
         assert remote.texts() == ["first"] + [f"later {i}" for i in range(60)]
         assert remote.answered[0][0] == first_txn
