@@ -365,3 +365,38 @@ async def test_synapse_takes_our_transactions(tmp_path: Path, ca: TestCA) -> Non
     finally:
         fed.process.stop()
         syn.stop()
+
+
+def test_to_device_reaches_a_user_of_another_of_our_servers(tmp_path: Path, ca: TestCA) -> None:
+    """End to end: A's sender, B's /send and its to-device handler, B's user's /sync."""
+    a = start_federated_server(tmp_path / "a", ca)
+    b = start_federated_server(tmp_path / "b", ca)
+    try:
+        alice = a.process.register("alice")
+        bob = b.process.register("bob")
+        body = {"messages": {bob["user_id"]: {bob["device_id"]: {"secret": "for bob"}}}}
+        r = requests.put(
+            a.process.url("/_matrix/client/v3/sendToDevice/m.test/t1"),
+            json=body,
+            headers=_headers(alice["access_token"]),
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text
+        deadline = time.monotonic() + 30
+        since = None
+        received: list[dict[str, Any]] = []
+        while not received:
+            assert time.monotonic() < deadline, "bob never got the message"
+            params = {"timeout": "1000", **({"since": since} if since else {})}
+            s = requests.get(
+                b.process.url("/_matrix/client/v3/sync"),
+                params=params,
+                headers=_headers(bob["access_token"]),
+                timeout=30,
+            ).json()
+            since = s["next_batch"]
+            received = s.get("to_device", {}).get("events", [])
+        assert received == [{"type": "m.test", "sender": alice["user_id"], "content": {"secret": "for bob"}}]
+    finally:
+        a.stop()
+        b.stop()
