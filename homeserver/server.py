@@ -70,8 +70,8 @@ from homeserver.core.event_stream import EventStream
 from homeserver.core.events import EventService
 from homeserver.core.export import ExportService
 from homeserver.core.federation.directory_queries import DirectoryQueries
-from homeserver.core.federation.membership import FederatedMembership
 from homeserver.core.federation.edus import InboundEdus
+from homeserver.core.federation.membership import FederatedMembership
 from homeserver.core.federation.outbound_edus import OutboundEdus
 from homeserver.core.federation.remote_keys import RemoteKeys
 from homeserver.core.federation.sender import FederationSender

@@ -428,6 +428,12 @@ async def test_remote_typing_receipts_and_presence_reach_local_sync_when_checked
         # Remote typing ends on its own after 30 s unless renewed.
         clock.advance(31)
         assert hs.typing.typing_users(room_id) == []
+        # A server the room's ACL bans is not heard.
+        acl = {"allow": ["*"], "deny": [REMOTE]}
+        await hs.events.send(ctx["alice"]["user_id"], room_id, "m.room.server_acl", acl, state_key="")
+        typing_edu = {"edu_type": "m.typing", "content": {"room_id": room_id, "user_id": BOB, "typing": True}}
+        await hs.federation_edus.receive_all(REMOTE, [typing_edu])
+        assert hs.typing.typing_users(room_id) == []
     finally:
         await hs.stop(None)
 

@@ -6,7 +6,8 @@ fails the others: each handler's error is logged and the next EDU goes on.
 
 The handlers here are typing, receipts and presence (`InboundEdus`): each checks that the user
 belongs to the origin server (a server speaks only for its own users) and is joined to the
-room it names (or, for presence, shares a room with one of ours), then hands it to the same
+room it names, whose server ACL admits the origin (or, for presence, shares a room with one
+of ours), then hands it to the same
 services local clients use, so local /sync shows it.
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from homeserver.core.federation.server_acl import room_acl, server_allowed
 from homeserver.core.presence import PresenceService
 from homeserver.core.receipts import ReceiptService
 from homeserver.core.room_heads import RoomHeads
@@ -90,6 +92,8 @@ class InboundEdus:
         head = await self.room_heads.get(room_id)
         if head is None or head.membership(user_id) != "join":
             return None
+        if not server_allowed(origin, room_acl(head)):
+            return None  # banned from the room by its server ACL (as Synapse drops them)
         return head.members("join")
 
     async def on_typing(self, origin: str, content: dict[str, Any]) -> None:
