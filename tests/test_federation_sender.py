@@ -400,3 +400,50 @@ def test_to_device_reaches_a_user_of_another_of_our_servers(tmp_path: Path, ca: 
     finally:
         a.stop()
         b.stop()
+
+
+def test_a_message_reaches_a_member_on_another_of_our_servers(tmp_path: Path, ca: TestCA) -> None:
+    """End to end with joins: B's user joins a room on A; A's messages reach B's user's
+    /sync, in order, through A's sender and B's /send."""
+    a = start_federated_server(tmp_path / "a", ca)
+    b = start_federated_server(tmp_path / "b", ca)
+    try:
+        alice = a.process.register("alice")
+        bob = b.process.register("bob")
+        r = requests.post(
+            a.process.url("/_matrix/client/v3/createRoom"),
+            json={"preset": "public_chat"},
+            headers=_headers(alice["access_token"]),
+            timeout=30,
+        )
+        room_id = r.json()["room_id"]
+        r = requests.post(
+            b.process.url(f"/_matrix/client/v3/join/{room_id}"),
+            params={"server_name": a.server_name},
+            json={},
+            headers=_headers(bob["access_token"]),
+            timeout=60,
+        )
+        assert r.status_code == 200, r.text
+        texts = [f"to bob {i}" for i in range(5)]
+        for text in texts:
+            _send(a.process, alice["access_token"], room_id, text.replace(" ", "-"))
+        deadline = time.monotonic() + 30
+        since = None
+        seen: list[str] = []
+        while len(seen) < len(texts):
+            assert time.monotonic() < deadline, f"bob saw only {seen}"
+            params = {"timeout": "1000", **({"since": since} if since else {})}
+            s = requests.get(
+                b.process.url("/_matrix/client/v3/sync"),
+                params=params,
+                headers=_headers(bob["access_token"]),
+                timeout=30,
+            ).json()
+            since = s["next_batch"]
+            events = s.get("rooms", {}).get("join", {}).get(room_id, {}).get("timeline", {}).get("events", [])
+            seen += [e["content"]["body"] for e in events if e["type"] == "m.room.message"]
+        assert seen == [t.replace(" ", "-") for t in texts]
+    finally:
+        a.stop()
+        b.stop()
