@@ -176,5 +176,5 @@ def test_notifications_and_the_installable_app(
     )
     assert offline["offline"] == {"title": "Chat", "styled": True, "text": "Connecting…"}
     assert all(
-        e.startswith("Failed to load resource") or "fetch" in e.lower() for e in offline["consoleErrors"]
-    ), offline["consoleErrors"]
+        p.startswith("[offline] console error:") and "fetch" in p.lower() for p in offline["problems"]
+    ), offline["problems"]

@@ -5,13 +5,14 @@
 //
 // The service worker installed by that visit serves the app shell from its cache: the
 // page, the bundle and the stylesheet load and the app runs (it then waits for the server).
-// The app's own failed requests to the stopped server are the only console errors allowed.
+// The app's own failed requests to the stopped server are the only console errors allowed
+// (the harness's watchPage records them, and anything else).
 
 import { join } from "node:path";
 
 import { chromium } from "playwright-core";
 
-import { CHROMIUM, FLAGS, runMain } from "./harness.mjs";
+import { CHROMIUM, FLAGS, runMain, watchPage } from "./harness.mjs";
 
 const [baseUrl, profile, shots] = process.argv.slice(2);
 if (!shots) {
@@ -29,11 +30,10 @@ async function main(results) {
         viewport: { width: 390, height: 780 },
     });
     const page = context.pages()[0] ?? (await context.newPage());
-    const consoleErrors = [];
-    page.on("console", (m) => {
-        if (m.type() === "error") consoleErrors.push(m.text());
-    });
-    page.on("pageerror", (e) => consoleErrors.push(`page error: ${e?.stack ?? e}`));
+    // With the server stopped no request gets an answer, so only console errors and page
+    // errors can show here (the test allows the SDK's lines about its failed fetches).
+    const problems = [];
+    watchPage(page, "offline", { expected: [], problems });
     await page.goto(`${baseUrl}/`);
     // The bundle ran: its first words replace the page's "Loading…".
     await page.waitForFunction(() => document.querySelector("main#app")?.textContent !== "Loading…");
@@ -43,7 +43,7 @@ async function main(results) {
         text: await page.textContent("main#app"),
     };
     await page.screenshot({ path: join(shots, "web-offline.png") });
-    results.consoleErrors = consoleErrors;
+    results.problems = problems;
 }
 
 await runMain(main, { totalMs: 60_000, cleanup: async () => context?.close() });

@@ -16,7 +16,7 @@ import { join } from "node:path";
 
 import { chromium } from "playwright-core";
 
-import { CHROMIUM, FLAGS, check, passEncryptionScreens, runMain } from "./harness.mjs";
+import { CHROMIUM, FLAGS, check, passEncryptionScreens, runMain, SDK_PROBES, watchPage } from "./harness.mjs";
 
 const [baseUrl, user, password, shots, profile, subscriptionJson, roomsJson] = process.argv.slice(2);
 if (!roomsJson) {
@@ -61,10 +61,7 @@ async function main(results) {
         PushManager.prototype.getSubscription = async () => null;
     }, subscription);
     const page = context.pages()[0] ?? (await context.newPage());
-    page.on("console", (m) => {
-        if (m.type() === "error" && !m.text().startsWith("Failed to load resource")) problems.push(`console error: ${m.text()}`);
-    });
-    page.on("pageerror", (e) => problems.push(`page error: ${e?.stack ?? e}`));
+    watchPage(page, "push", { expected: SDK_PROBES, problems });
 
     // The installable app's files and their types.
     results.types = {};

@@ -91,18 +91,14 @@ export async function chatSetting(client: MatrixClient, roomId: string): Promise
     return "all";
 }
 
-async function deleteIfThere(client: MatrixClient, kind: PushRuleKind, roomId: string): Promise<void> {
-    await client.deletePushRule("global", kind, roomId).catch((e: { httpStatus?: number }) => {
-        if (e.httpStatus !== 404) throw e;
-    });
-}
-
 /** Mute: an override rule matching the room with no actions (before the mention rules).
  * Mentions only: a room rule without actions, so only the override (mention) rules notify.
- * All: neither; the default rules apply. */
+ * All: neither; the default rules apply. Only rules that exist are deleted: a DELETE of a
+ * missing one is a 404 the browser logs as a console error. */
 export async function setChatSetting(client: MatrixClient, roomId: string, setting: ChatSetting): Promise<void> {
-    await deleteIfThere(client, PushRuleKind.Override, roomId);
-    await deleteIfThere(client, PushRuleKind.RoomSpecific, roomId);
+    const rules = (await client.getPushRules()).global;
+    if (rules.override?.some((r) => r.rule_id === roomId)) await client.deletePushRule("global", PushRuleKind.Override, roomId);
+    if (rules.room?.some((r) => r.rule_id === roomId)) await client.deletePushRule("global", PushRuleKind.RoomSpecific, roomId);
     if (setting === "mute") {
         await client.addPushRule("global", PushRuleKind.Override, roomId, {
             actions: [],
