@@ -71,7 +71,12 @@ def test_recovery_key_and_emoji_verification_bring_history_to_new_devices(
 
     # Emoji against the first device: "they don't match" stops it on both sides...
     cancelled = "The verification was cancelled or the emoji did not match."
-    assert result["mismatch"] == {"newDevice": cancelled, "firstDevice": cancelled, "canRetry": True}
+    assert result["mismatch"] == {
+        "newDevice": cancelled,
+        "firstDevice": cancelled,
+        "canRetry": True,
+        "closedByEscape": True,
+    }
     # ...the second try: the same seven on both; verified; history readable.
     assert result["incomingTitle"] == "Verify your new device"
     assert result["deviceEmoji"] == {"count": 7, "same": True}

@@ -210,7 +210,10 @@ async function main(results) {
         firstDevice: await alice.page.textContent("#verification-dialog .error"),
         canRetry: await alice3.page.isEnabled("#verify-with-device"),
     };
-    await alice.page.click("#verification-close");
+    // Escape closes the finished dialog (the keyboard's way out).
+    await alice.page.keyboard.press("Escape");
+    await alice.page.waitForSelector("#verification-dialog", { state: "detached", timeout: 5_000 });
+    results.mismatch.closedByEscape = true;
     await alice3.page.click("#verify-with-device");
     await alice.page.waitForSelector("#verification-accept", WAIT);
     results.incomingTitle = await alice.page.textContent("#verification-title");

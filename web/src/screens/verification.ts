@@ -99,7 +99,21 @@ function dialog(title: string, panel: HTMLElement): { overlay: HTMLElement; clos
             panel,
         ),
     );
-    close.addEventListener("click", () => overlay.remove());
+    // Escape closes a finished dialog or declines a request not accepted yet; while the
+    // emoji are compared it does nothing ("They don't match" is the way out there).
+    const onKey = (e: KeyboardEvent): void => {
+        if (e.key !== "Escape") return;
+        if (!overlay.isConnected) return document.removeEventListener("keydown", onKey);
+        const way = overlay.querySelector<HTMLButtonElement>("#verification-close, #verification-decline");
+        if (!way) return;
+        e.preventDefault();
+        way.click();
+    };
+    document.addEventListener("keydown", onKey);
+    close.addEventListener("click", () => {
+        document.removeEventListener("keydown", onKey);
+        overlay.remove();
+    });
     return { overlay, close };
 }
 
