@@ -78,6 +78,7 @@ def test_group_messages_in_the_web_client(start_server: Any, tmp_path: Path) -> 
     assert result["threadRootAsAlice"]["thread"] == "1 reply"
     assert result["threadAsAlice"]["sender"] == bob
     assert result["threadPaneAsBob"] == ["Lunch at 1pm?", "I may be late", "No problem"]
+    assert result["threadClosedByEscape"] is True
     assert "I may be late" not in result["mainAsAlice"] and "No problem" not in result["mainAsAlice"]
     # Offline: queued on Carol's screen, nothing reached Alice, then both in order.
     assert [m["tick"] for m in result["offlineAsCarol"]] == ["queued", "queued"]

@@ -203,7 +203,11 @@ async function main(results) {
     await until(alice.page, () => [...document.querySelectorAll("#messages .thread-summary")].some((t) => t.textContent === "2 replies"));
     results.mainAsAlice = await bodies(alice.page);
     await shot(bob, "thread.png");
-    await alice.page.click("#thread-close");
+    // By keyboard: Escape in the thread's box closes the pane.
+    await alice.page.focus("#thread-composer");
+    await alice.page.keyboard.press("Escape");
+    await alice.page.waitForSelector("#thread", { state: "hidden", timeout: 5_000 });
+    results.threadClosedByEscape = true;
     await bob.page.click("#thread-close");
     // A reply to an old message (Carol will see it quoted after a reload, not loaded).
     await act(bob.page, "history 1", "reply");

@@ -37,7 +37,9 @@ export class Composer {
         });
         this.input.addEventListener("input", () => this.typing(this.input.value.trim() !== ""));
         this.input.addEventListener("keydown", (e) => {
-            if (e.key === "Escape" && this.mode.kind !== "write") this.setMode({ kind: "write" });
+            if (e.key !== "Escape" || this.mode.kind === "write") return;
+            e.stopPropagation(); // it cancels the reply or edit only, not the pane around it
+            this.setMode({ kind: "write" });
         });
     }
 

@@ -25,6 +25,10 @@ export class ThreadPane {
         this.composer = new Composer(client, room.roomId, "thread-composer", { root: rootId, latest: () => this.latest }, (u) => room.getMember(u)?.name ?? u);
         const close = h("button", { type: "button", class: "secondary", id: "thread-close", "aria-label": "Close thread" }, "✕");
         close.addEventListener("click", onClose);
+        // Escape closes the pane, as ✕ does (on a phone it covers the chat).
+        this.element.addEventListener("keydown", (e) => {
+            if (e.key === "Escape") onClose();
+        });
         show(this.element, h("header", {}, h("h3", {}, "Thread"), close), this.list, this.composer.form);
     }
 
