@@ -63,6 +63,7 @@ def test_a_newcomer_signs_up_and_chats_encrypted_by_keyboard_on_a_phone(tmp_path
     assert result["tabsComposerToSend"] == 1
     assert result["tabsToChatItem"] >= 1 and result["reopenedRoom"] == result["roomId"]
     assert result["callLogClosedByEscape"] is True
+    assert result["newGroupEscape"] == "gp-new" and result["renameCancelledByEscape"] is True
     # No main screen scrolls sideways on the phone.
     assert result["sideways"] == {
         "signUp": 0,

@@ -7,9 +7,10 @@
 // Alice on a 390x844 phone and Bob on a desktop window sign up in the page and chat,
 // encrypted. Alice does everything by keyboard: Tab reaches the new-chat box, the composer,
 // the Send button and the chat list items; Enter sends and opens; Escape closes the call
-// log. On her phone none of the main screens (sign-up, chat list, chat, settings, call)
-// scrolls sideways. Console errors, page errors and unexpected failed requests fail the
-// run; so does any "Unable to decrypt". The last stdout line is `RESULT {json}`.
+// log, folds the new-group form and cancels renaming a device. On her phone none of the
+// main screens (sign-up, chat list, chat, settings, call) scrolls sideways. Console
+// errors, page errors and unexpected failed requests fail the run; so does any "Unable to
+// decrypt". The last stdout line is `RESULT {json}`.
 
 import { check, launchChromium, passEncryptionScreens, REGISTER_FLOWS, runMain, SDK_PROBES, watchPage } from "./harness.mjs";
 
@@ -150,11 +151,26 @@ async function main(results) {
     await alice.page.waitForSelector("#call-log", { state: "detached" });
     results.callLogClosedByEscape = true;
 
-    // Settings, by keyboard.
+    // The new-group form: Enter opens it (focus in its name box), Escape folds it away and
+    // gives the focus back to its button.
+    await tabTo(alice.page, "#gp-new");
+    await alice.page.keyboard.press("Enter");
+    await alice.page.waitForSelector("#gp-form", { state: "visible" });
+    await alice.page.keyboard.press("Escape");
+    await alice.page.waitForSelector("#gp-form", { state: "hidden" });
+    results.newGroupEscape = await alice.page.evaluate(() => document.activeElement?.id ?? null);
+
+    // Settings, by keyboard; Escape cancels renaming a device.
     await tabTo(alice.page, "#open-settings");
     await alice.page.keyboard.press("Enter");
     await alice.page.waitForSelector("#devices li");
     widths.settings = await sideways(alice.page);
+    await tabTo(alice.page, "#devices button.rename");
+    await alice.page.keyboard.press("Enter");
+    await alice.page.waitForSelector("#devices .device-name-input");
+    await alice.page.keyboard.press("Escape");
+    await alice.page.waitForSelector("#devices .device-name-input", { state: "detached" });
+    results.renameCancelledByEscape = true;
     await alice.page.click("#settings-back");
     await alice.page.waitForSelector("#chat-list");
 

@@ -57,6 +57,13 @@ export function newGroupForm(client: MatrixClient, opened: (roomId: string) => v
         toggle.setAttribute("aria-expanded", String(!form.hidden));
         if (!form.hidden) name.focus();
     });
+    // Escape folds the form away and gives the focus back to its button.
+    form.addEventListener("keydown", (e) => {
+        if (e.key !== "Escape") return;
+        form.hidden = true;
+        toggle.setAttribute("aria-expanded", "false");
+        toggle.focus();
+    });
     onSubmit(form, error, async () => {
         if (!name.value.trim()) throw new Error("Give the group a name.");
         const invite = parseUserIds(people.value, client.getUserId());

@@ -95,6 +95,7 @@ export class Settings {
         const cancel = h("button", { type: "button", class: "secondary" }, "Cancel");
         cancel.addEventListener("click", () => void this.refresh());
         const form = h("form", { class: "inline" }, name, h("button", { type: "submit" }, "Save"), cancel);
+        cancelOnEscape(form, cancel);
         form.addEventListener("submit", (e) => {
             e.preventDefault();
             this.error.textContent = "";
@@ -129,6 +130,7 @@ export class Settings {
             submit,
             cancel,
         );
+        cancelOnEscape(form, cancel);
         form.addEventListener("submit", (e) => {
             e.preventDefault();
             submit.disabled = true;
@@ -143,4 +145,13 @@ export class Settings {
         queueMicrotask(() => password.focus());
         return form;
     }
+}
+
+/** Escape in an inline form does what its Cancel button does. */
+function cancelOnEscape(form: HTMLFormElement, cancel: HTMLButtonElement): void {
+    form.addEventListener("keydown", (e) => {
+        if (e.key !== "Escape") return;
+        e.preventDefault();
+        cancel.click();
+    });
 }
