@@ -84,7 +84,13 @@ clean:
 
 # Benchmarks (bench/, README "Benchmarks"): ours on SQLite and PostgreSQL vs Synapse, one table.
 # Installs the bench extra and Synapse (bench/.synapse-venv); BENCH_ARGS=--quick for a smoke run.
-.PHONY: bench
+# Then federation (bench/federation_latency.py): send → remote sync and a 1,000-member remote
+# join, ours↔ours and ours↔Synapse; `make bench-federation` runs that part alone.
+.PHONY: bench bench-federation
 bench: $(BIN)/.installed
 	$(BIN)/pip install -q --disable-pip-version-check -r bench/requirements.txt
 	$(BIN)/python -m bench $(BENCH_ARGS)
+	$(BIN)/python -m bench.federation_latency $(BENCH_FEDERATION_ARGS)
+
+bench-federation: $(BIN)/.installed
+	$(BIN)/python -m bench.federation_latency $(BENCH_FEDERATION_ARGS)
