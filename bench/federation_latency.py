@@ -14,7 +14,8 @@ show working.
 Latency, per pair "A→B": a public room made on A, a user of B joins it over federation; B's
 user long-polls `/sync` (a filter on that room's timeline) in a thread while A's user sends at
 a steady rate. Each message carries its id; latency = the moment B's /sync returned it minus
-the moment A's send was started (one process, one monotonic clock).
+the moment A's send was started (one process, one monotonic clock); also from the moment
+A answered the send (what federation adds to A's own send).
 
 Join: a public room on A with N members (N users registered on A joining it, 16 at a time
 through the client API: the same path a real room grows by, only faster), then one user of
@@ -142,6 +143,7 @@ def latency(sender_server: Server, receiver_server: Server, rate: float, seconds
 
     sent: dict[str, float] = {}
     arrived: dict[str, float] = {}
+    acked: dict[str, float] = {}
     total = int(rate * seconds)
     stop = threading.Event()
     state = {"since": since}
@@ -172,11 +174,15 @@ def latency(sender_server: Server, receiver_server: Server, rate: float, seconds
         sent[bench_id] = time.perf_counter()
         content = {"msgtype": "m.text", "body": f"message {i}", "bench_id": bench_id}
         sender.call("PUT", f"/rooms/{quote(room_id)}/send/m.room.message/{bench_id}", content)
+        acked[bench_id] = time.perf_counter()
     thread.join(timeout=30)
     stop.set()
     by_id = {k: (arrived[k] - sent[k]) * 1000 for k in sent if k in arrived}
     ms = sorted(by_id.values())
+    # From the sending server's answer to the send on: what federation itself adds.
+    after_ack = sorted((arrived[k] - acked[k]) * 1000 for k in acked if k in arrived)
     return {
+        "after_ack_p50": statistics.median(after_ack) if after_ack else None,
         "slowest": sorted(by_id.items(), key=lambda kv: -kv[1])[:5],
         "sent": total,
         "delivered": len(ms),
@@ -244,16 +250,18 @@ def run(args: argparse.Namespace) -> list[tuple[str, str]]:
             rows.append((f"{what}: p50 (ms)", _ms(result["p50"])))
             rows.append((f"{what}: p99 (ms)", _ms(result["p99"])))
             rows.append((f"{what}: max (ms)", _ms(result["max"])))
+            rows.append((f"{what}: p50 from the send's answer on (ms)", _ms(result["after_ack_p50"])))
             if result["delivered"] != result["sent"]:
                 rows.append((f"{what}: delivered", f"{result['delivered']} of {result['sent']}"))
-            print(f"{rows[-3:]} slowest: {result['slowest']}; load {os.getloadavg()}", flush=True)
+            print(f"{rows[-4:]} slowest: {result['slowest']}; load {os.getloadavg()}", flush=True)
         if not args.skip_join:
             for pair in pairs:
                 host, joiner = ends(pair)
                 result = big_room_join(host, joiner, args.members)
+                before = result["members"] - 1  # the joiner is counted once it is in
                 rows.append(
                     (
-                        f"join a {result['members']:,}-member room on {host.label} from {joiner.label} (s)",
+                        f"join a {before:,}-member room on {host.label} from {joiner.label} (s)",
                         f"{result['join_s']:.2f}",
                     )
                 )
