@@ -352,7 +352,11 @@ class AdminService:
         check_page(offset, limit)
         if order_by not in ROOM_ORDERS:
             raise MatrixError(f"Unknown value for 'order_by': {order_by}", "M_INVALID_PARAM")
-        rooms = [await self._summary(*row) for row in await self.store.rooms() if row[0] not in self._purged]
+        rooms = [
+            await self._summary(*row)
+            for row in await self.store.rooms()
+            if row[0] not in self._purged and await self._holds_room(row[0])
+        ]
         if search_term:
             needle = search_term.casefold()
             rooms = [
@@ -364,6 +368,12 @@ class AdminService:
             ]
         rooms.sort(key=lambda r: _room_key(r, order_by), reverse=not ascending)
         return Page(rooms[offset : offset + limit], len(rooms))
+
+    async def _holds_room(self, room_id: str) -> bool:
+        """False for a room of another server we only hold an invite or knock for: one event
+        and its stripped state, not a room this server has joined (docs/federation.md)."""
+        head = await self.heads.get(room_id)
+        return head is not None and head.get("m.room.create") is not None
 
     async def room(self, room_id: str) -> RoomSummary:
         if room_id in self._purged:

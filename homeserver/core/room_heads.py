@@ -66,6 +66,12 @@ class RoomHead:
             ]
         return found
 
+    def has_joined_member_of(self, server_name: str) -> bool:
+        """Whether a user of `server_name` is joined: a room we only hold an invite or knock
+        for (one event, no create) has a head too, but we are not in it."""
+        suffix = ":" + server_name
+        return any(m.endswith(suffix) for m in self.members("join"))
+
     def apply(self, ev: StoredEvent) -> None:
         """Chain `ev` onto the head: it replaces the extremities it names in prev_events."""
         if ev.state_key is not None:

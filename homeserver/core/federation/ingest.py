@@ -160,7 +160,8 @@ class PduIngest:
         if earlier is not None:
             return IngestOutcome(event_id, earlier[0], earlier[1], duplicate=True)
         head = await self.heads.get(room_id)
-        if head is None:
+        # A room we only hold an invite or knock for has a head of one event: not joined.
+        if head is None or not head.has_joined_member_of(self.server_name):
             return IngestOutcome(event_id, PduStatus.DROPPED, "This server is not in the room")
         if head.room_version != room_version:
             return IngestOutcome(event_id, PduStatus.DROPPED, "Wrong room version for the room")

@@ -393,8 +393,7 @@ class FederatedMembership:
         if await self.events.store.event_stored(event_id):
             return  # a retry: kept already
         head = await self.events.heads.get(room_id)
-        suffix = ":" + self.server_name
-        if head is not None and any(m.endswith(suffix) for m in head.members("join")):
+        if head is not None and head.has_joined_member_of(self.server_name):
             # We are in the room: the invite joins our copy of it now (it may come again by
             # /send later; the event ID makes that a duplicate).
             current = head.get("m.room.member", target)
