@@ -296,6 +296,7 @@ class HomeServer:
 
     def _build_federation_events(self) -> None:
         """Inbound transactions, remote PDU ingestion and serving events to other servers."""
+        from homeserver.core.federation.backfill import Backfiller
         from homeserver.core.federation.edus import EduReceiver
         from homeserver.core.federation.event_serving import EventServer
         from homeserver.core.federation.ingest import PduIngest
@@ -318,6 +319,14 @@ class HomeServer:
         )
         self.federation_event_server = EventServer(
             self.config.server_name, store, fed_store, self.room_heads, self.clock
+        )
+        self.federation_backfill = Backfiller(
+            self.config.server_name,
+            self.storage.backfill,
+            self.room_heads,
+            self.federation_ingest,
+            self.federation.client,
+            self.clock,
         )
 
     def _build_rooms(self) -> None:
@@ -392,6 +401,7 @@ class HomeServer:
         self.keys = KeyService(self.storage, self.clock, self.notifier, self.uia)
         self.keys.audience = self._presence_audience
         self.messages = MessagesService(self.storage, self.rooms, lambda: self.stream.position)
+        self.messages.backfill = self.federation_backfill.backfill  # older history of remote rooms
         self.sync = SyncService(
             self.storage,
             self.clock,

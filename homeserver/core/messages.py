@@ -8,6 +8,7 @@ room gets 403, and what a former member sees is cut by history visibility
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from homeserver.core.event_format import client_event
@@ -22,6 +23,10 @@ from homeserver.storage import Storage
 from homeserver.storage.events import EventStore, StoredEvent
 
 MAX_LIMIT = 1000
+# Below every stream position: backfilled events are at negative ones.
+HISTORY_START = -(2**62)
+# Backfill batches fetched at most for one /messages page.
+BACKFILL_ROUNDS = 3
 # Jump to date: events read per query, and at most in all, looking for a visible one.
 TIMESTAMP_PAGE = 100
 TIMESTAMP_SCAN = 2000
@@ -58,6 +63,8 @@ class MessagesService:
         self.rooms = rooms
         self.visibility = VisibilityFilter(storage, rooms.events.heads, persisted_upto)
         self._persisted_upto = persisted_upto
+        # core/federation/backfill.py's `Backfiller.backfill`, set when federation is on.
+        self.backfill: Callable[[str], Awaitable[int]] | None = None
 
     async def access_room_for_reading(self, user_id: str, room_id: str) -> RoomHead:
         """The room's head if the user is, or was, in it; else Forbidden."""
@@ -160,10 +167,20 @@ class MessagesService:
         # One row past the page says whether there is more: at the start of the timeline (or
         # its end, going forward) there is no `end` (spec: omitted when nothing further).
         if direction == "b":
-            low = stop if stop is not None else 0
+            low = stop if stop is not None else HISTORY_START
             rows = await self.storage.events.room_events_between(
                 room_id, low, start, limit + 1, newest_first=True
             )
+            # Past what we hold of a room joined over federation: older events from a
+            # resident, then the page again (they sort below everything we held).
+            for _ in range(BACKFILL_ROUNDS):
+                if len(rows) > limit or stop is not None or self.backfill is None:
+                    break
+                if not await self.backfill(room_id):
+                    break
+                rows = await self.storage.events.room_events_between(
+                    room_id, low, start, limit + 1, newest_first=True
+                )
             more, rows = len(rows) > limit, rows[:limit]
             end = rows[-1].stream_ordering - 1 if rows and more else None
         else:

@@ -15,7 +15,8 @@ from homeserver.errors import MatrixError
 # ASCII digits only (\d takes every script's), and few enough for a 64-bit database integer.
 _POSITION = r"[0-9]{1,15}"
 _TOKEN_RE = re.compile(rf"s({_POSITION}(?:_{_POSITION})*)")
-_PAGINATION_RE = re.compile(rf"p({_POSITION})")
+# Negative positions: backfilled history, below everything else (core/federation/backfill.py).
+_PAGINATION_RE = re.compile(rf"p(-?{_POSITION})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +71,7 @@ def parse_pagination_token(text: str) -> int:
 
 
 def pagination_token(position: int) -> str:
-    return f"p{max(0, position)}"
+    return f"p{position}"
 
 
 class StreamIdGenerator:

@@ -32,6 +32,7 @@ from homeserver.storage.events import StoredEvent
 
 HISTORY_VISIBILITY = "m.room.history_visibility"
 VISIBILITIES = ("world_readable", "shared", "invited", "joined")
+NOTHING_READ = -(2**63)
 
 
 def visibility_of(content: dict[str, Any]) -> str:
@@ -97,10 +98,11 @@ class HistoryJudge:
         self.room_id = room_id
         self._persisted_upto = persisted_upto
         self._head: RoomHead | None = None
+        # Nothing read yet: below every position (backfilled history is at negative ones).
         self._visibility = Changes((), "shared")
-        self._visibility_covered = -1
+        self._visibility_covered = NOTHING_READ
         self._membership = Changes((), None)
-        self._membership_covered = -1
+        self._membership_covered = NOTHING_READ
         self._last_join = -1  # U's last join (-1: none)
 
     async def filter(self, events: list[StoredEvent]) -> list[StoredEvent]:
@@ -169,7 +171,11 @@ class HistoryJudge:
         still in flight: the next read will have it)."""
         covered = self._persisted_upto()
         events = await self.storage.events.state_history(self.room_id, HISTORY_VISIBILITY)
-        changes = Changes(((ev.stream_ordering, visibility_of(ev.content)) for ev in events), "shared")
+        # Backfilled history carries marks of the visibility in force below each batch
+        # (core/federation/backfill.py); both are positions on the one stream.
+        marks = await self.storage.backfill.visibility_marks(self.room_id)
+        pairs = sorted([*((ev.stream_ordering, visibility_of(ev.content)) for ev in events), *marks])
+        changes = Changes(pairs, "shared")
         current = head.get(HISTORY_VISIBILITY)
         if events and current is not None and events[-1].event_id == current.event_id:
             head.visibility_changes = (current.event_id, changes)

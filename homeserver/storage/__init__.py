@@ -7,6 +7,7 @@ from typing import Any
 from homeserver.storage.accounts import AccountStore
 from homeserver.storage.activity import ActivityStore
 from homeserver.storage.auth_sessions import AuthSessionStore
+from homeserver.storage.backfill import BackfillStore
 from homeserver.storage.daily_stats import DailyStatsStore
 from homeserver.storage.database import Database, engine_from_url
 from homeserver.storage.devices import DeviceStore
@@ -52,6 +53,7 @@ class Storage:
         self.daily_stats = DailyStatsStore(db)
         self.server_keys = ServerKeyStore(db)
         self.federation_events = FederationEventStore(db)
+        self.backfill = BackfillStore(db)
         self.remote_devices = RemoteDeviceStore(db)
         self.federation_queue = FederationQueueStore(db)
 

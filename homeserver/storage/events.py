@@ -70,6 +70,9 @@ class PersistItem:
     # False for the state events of a room joined over federation: stored as state, but the
     # room's forward extremity is our join (they name prev_events we do not have).
     extremity: bool = True
+    # A backfilled event (core/federation/backfill.py): history from before what we held, at a
+    # negative stream position; it changes no current state, membership or extremity.
+    historical: bool = False
 
 
 @dataclass
@@ -85,9 +88,10 @@ _EVENT_COLUMNS = "e.event_id, e.room_id, e.stream_ordering, e.json, e.unsigned_e
 _EVENT_FROM = "events e LEFT JOIN redactions r ON r.redacts = e.event_id"
 # Events of the room (its id: the one `?`) above its history floor: what retention purged
 # below it is no longer timeline, and the state events kept there are read as state only.
+# Without a floor every event counts, backfilled ones at negative positions too.
 _ABOVE_FLOOR = (
     " AND e.stream_ordering > COALESCE("
-    "(SELECT f.stream_ordering FROM room_history_floor f WHERE f.room_id = ?), 0)"
+    f"(SELECT f.stream_ordering FROM room_history_floor f WHERE f.room_id = ?), {-(2**62)})"
 )
 _RELATION_FROM = (
     "event_relations x JOIN events e ON e.event_id = x.event_id"
@@ -160,15 +164,19 @@ def persist_events_txn(txn: Txn, items: Sequence[PersistItem]) -> None:
         )
         prevs = ev.pdu.get("prev_events", [])
         edges.extend((ev.event_id, prev) for prev in prevs)
-        named.update(prevs)
         auth.extend((ev.event_id, a) for a in ev.pdu.get("auth_events", []))
-        if item.current_state is not None:
+        if item.historical:
+            pass  # history only: the room's state, members and extremities stay as they are
+        elif item.current_state is not None:
+            named.update(prevs)
             # The resolution may have kept another event for the event's own key.
             for (state_type, state_key), state_id in item.current_state.items():
                 state[(ev.room_id, state_type, state_key)] = state_id
-        elif ev.state_key is not None:
-            state[(ev.room_id, ev.type, ev.state_key)] = ev.event_id
-        if ev.state_key is not None and ev.type == "m.room.member":
+        else:
+            named.update(prevs)
+            if ev.state_key is not None:
+                state[(ev.room_id, ev.type, ev.state_key)] = ev.event_id
+        if ev.state_key is not None and ev.type == "m.room.member" and not item.historical:
             membership = ev.content.get("membership")
             memberships.append(
                 (ev.event_id, ev.room_id, ev.state_key, ev.sender, membership, ev.stream_ordering)
@@ -206,7 +214,7 @@ def persist_events_txn(txn: Txn, items: Sequence[PersistItem]) -> None:
     extremities = [
         (item.event.room_id, item.event.event_id)
         for item in items
-        if item.event.event_id not in named and item.extremity
+        if item.event.event_id not in named and item.extremity and not item.historical
     ]
     superseded = sorted(named - batch_ids)
     with txn.batched(commit=True):  # one round trip on PostgreSQL, COMMIT included

@@ -50,6 +50,7 @@ from homeserver.events.pdu_checks import (
     check_pdu_signatures,
     validate_pdu,
 )
+from homeserver.events.room_versions import room_id_is_create_hash
 from homeserver.events.signing import InvalidSignature
 from homeserver.events.state_resolution import resolve_state
 from homeserver.storage.events import EventStore, PersistItem, StoredEvent
@@ -236,6 +237,84 @@ class PduIngest:
                 reason=outcome.reason,
             )
         return IngestOutcome(event_id, outcome.status, outcome.reason)
+
+    # History fetched for a local reader (core/federation/backfill.py) ---------------------
+
+    async def check_history(
+        self, origin: str, room_version: str, room_id: str, candidates: list[Any]
+    ) -> list[tuple[str, dict[str, Any], bool]]:
+        """Events of `room_id` a /backfill answer gave, checked like any fetched event:
+        format, signatures of the servers that must sign, content hash (a mismatch
+        redacts), auth against their own auth events (fetched with /event_auth when we
+        lack them). The current state does not judge history: nothing is soft-failed.
+        Returns (event id, PDU, held) of those that pass, oldest first, `held` for those
+        the timeline holds already (the state a join gave us); failing ones are kept as
+        rejected."""
+        known = _Known()
+        valid: list[tuple[str, dict[str, Any]]] = []
+        for candidate in candidates:
+            try:
+                validate_pdu(candidate, room_version)
+            except InvalidPdu:
+                continue
+            if candidate.get("room_id") == room_id:
+                valid.append((compute_event_id(candidate, room_version), dict(candidate)))
+        passed = []
+        # v12: the create event is no auth event but the checks need it; its ID is the room's.
+        create = ["$" + room_id[1:]] if room_id_is_create_hash(room_version) else []
+        for cid, candidate in sorted(valid, key=lambda item: (item[1]["depth"], item[0])):
+            await self._load([cid, *candidate["auth_events"], *create], known)
+            if cid in known.stored:
+                passed.append((cid, known.events[cid], True))
+                continue
+            if cid in known.rejected:
+                continue
+            if not await self._signed(candidate, room_version):
+                continue
+            outcome = None
+            for attempt in range(2):
+                try:
+                    outcome = check_pdu(
+                        candidate,
+                        room_version,
+                        keys=self.key_ring.cached_key,
+                        events=known.events,
+                        state_before=None,
+                        current_state=None,
+                        rejected=known.rejected,
+                    )
+                    break
+                except MissingEvent:
+                    if attempt == 0:
+                        await self._fetch_auth_chain(origin, room_version, candidate, cid, known)
+                except AuthChainError as e:
+                    outcome = PduOutcome(PduStatus.REJECTED, str(e), candidate, cid)
+                    break
+            if outcome is None or outcome.status is PduStatus.DROPPED:
+                continue
+            if outcome.status is PduStatus.REJECTED:
+                known.rejected.add(cid)
+                await self.fed_store.store_outcome(
+                    cid, room_id, "rejected", outcome.reason, dict(outcome.event), self.clock.time_ms()
+                )
+                continue
+            event = dict(outcome.event)
+            known.events[cid] = {**event, "event_id": cid}
+            passed.append((cid, event, False))
+        return passed
+
+    async def fetch_checked(
+        self, origin: str, room_version: str, room_id: str, event_ids: list[str], max_fetch: int
+    ) -> dict[str, dict[str, Any]]:
+        """The events of these IDs, from the database or else (at most `max_fetch`) fetched
+        from `origin`, each checked against its own auth events and kept as an outlier;
+        rejected ones left out."""
+        known = _Known()
+        await self._load(event_ids, known)
+        unknown = [e for e in event_ids if e not in known.events][:max_fetch]
+        fetched = [pdu for e in unknown if (pdu := await self._fetch_event(origin, e)) is not None]
+        await self._keep_outliers(fetched, room_version, room_id, known, set(unknown))
+        return {e: known.events[e] for e in event_ids if e in known.events and e not in known.rejected}
 
     # The decision: synchronous, against the head as it is now ---------------------------
 

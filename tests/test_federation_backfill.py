@@ -1,0 +1,158 @@
+"""Backfill across two of our servers over TLS: a user of ours in a room joined over
+federation pages back (`/messages` dir=b) past the events we hold, and gets the older ones
+from the resident, checked, in order, cut by history visibility, without changing the
+room's current state or forward extremities (docs/federation.md, "Backfill")."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+import requests
+from federation_harness import FederatedServer, TestCA, make_ca, start_federated_server
+from signedjson.key import read_signing_keys
+
+from homeserver.core.federation.request_auth import authorization_header
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FederatedServer, FederatedServer]]:
+    ca: TestCA = make_ca(tmp_path_factory.mktemp("ca"))
+    a = start_federated_server(tmp_path_factory.mktemp("hs-a"), ca)
+    b = start_federated_server(tmp_path_factory.mktemp("hs-b"), ca)
+    yield a, b
+    for server in (a, b):
+        assert server.process.stop() == 0
+
+
+class User:
+    def __init__(self, server: FederatedServer, name: str) -> None:
+        self.server = server
+        account = server.process.register(name)
+        self.user_id: str = account["user_id"]
+        self.token: str = account["access_token"]
+
+    def ok(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
+        r = requests.request(
+            method,
+            self.server.process.url("/_matrix/client/v3" + path),
+            json=body,
+            params=params,
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=60,
+        )
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def say(self, room_id: str, body: str) -> str:
+        sent = self.ok(
+            "PUT", f"/rooms/{quote(room_id)}/send/m.room.message/{body}", {"msgtype": "m.text", "body": body}
+        )
+        event_id: str = sent["event_id"]
+        return event_id
+
+    def page_back(self, room_id: str, limit: int) -> list[dict[str, Any]]:
+        """Every event /messages gives going back from now, page by page."""
+        events: list[dict[str, Any]] = []
+        token = None
+        for _ in range(50):
+            params: dict[str, Any] = {"dir": "b", "limit": str(limit)}
+            if token is not None:
+                params["from"] = token
+            page = self.ok("GET", f"/rooms/{quote(room_id)}/messages", **params)
+            events.extend(page["chunk"])
+            token = page.get("end")
+            if token is None:
+                return events
+        raise AssertionError("paging never ended")
+
+
+def _bodies(events: list[dict[str, Any]]) -> list[str]:
+    return [e["content"]["body"] for e in events if e["type"] == "m.room.message" and "body" in e["content"]]
+
+
+def _fed_get(origin: FederatedServer, to: FederatedServer, path: str) -> Any:
+    key = read_signing_keys((origin.process.data_dir / "signing.key").read_text().splitlines())[0]
+    auth = authorization_header("GET", path, origin.server_name, to.server_name, key, None)
+    r = requests.get(
+        to.federation_url(path), headers={"Authorization": auth}, verify=str(to.ca.ca_file), timeout=30
+    )
+    assert r.status_code == 200, r.text
+    return json.loads(r.content)
+
+
+@pytest.mark.parametrize("version", ["10", "12"])
+def test_paging_back_fetches_older_history_in_order(
+    servers: tuple[FederatedServer, FederatedServer], version: str
+) -> None:
+    a, b = servers
+    alice = User(a, f"alice_bf{version}")
+    bob = User(b, f"bob_bf{version}")
+    room_id = alice.ok("POST", "/createRoom", {"room_version": version, "preset": "public_chat"})["room_id"]
+    # History that only Alice's server holds: 130 messages (more than one /backfill batch).
+    sent = [alice.say(room_id, f"m{i}") for i in range(130)]
+    bob.ok("POST", f"/join/{quote(room_id)}", {}, server_name=a.server_name)
+    state = bob.ok("GET", f"/rooms/{quote(room_id)}/state")
+    join_id = next(
+        e["event_id"] for e in state if e["type"] == "m.room.member" and e["state_key"] == bob.user_id
+    )
+    events = bob.page_back(room_id, 30)
+    # Every message, newest first (dir=b), once each, after (below) Bob's join.
+    assert _bodies(events) == [f"m{i}" for i in reversed(range(130))]
+    ids = [e["event_id"] for e in events]
+    assert len(ids) == len(set(ids))
+    assert ids.index(join_id) < ids.index(sent[-1])
+    # The backfilled events changed neither the current state nor the room's extremities:
+    # Bob's next message builds on his join only, and his sync does not replay history.
+    mine = bob.say(room_id, "after")
+    pdu = _fed_get(a, b, f"/_matrix/federation/v1/event/{quote(mine)}")["pdus"][0]
+    assert pdu["prev_events"] == [join_id]
+    timeline = bob.ok("GET", "/sync", timeout="0")["rooms"]["join"][room_id]["timeline"]["events"]
+    assert "m5" not in _bodies(timeline)
+    # Paging back again reads what is stored now (nothing fetched twice, same order).
+    assert _bodies(bob.page_back(room_id, 50)) == ["after", *[f"m{i}" for i in reversed(range(130))]]
+
+
+def test_backfilled_history_respects_history_visibility(
+    servers: tuple[FederatedServer, FederatedServer],
+) -> None:
+    a, b = servers
+    alice = User(a, "alice_bfhv")
+    bob = User(b, "bob_bfhv")
+    room_id = alice.ok(
+        "POST",
+        "/createRoom",
+        {
+            "room_version": "10",
+            "preset": "public_chat",
+            "initial_state": [
+                {"type": "m.room.history_visibility", "content": {"history_visibility": "joined"}}
+            ],
+        },
+    )["room_id"]
+    for i in range(110):  # more than one batch: the oldest batch's visibility is a mark
+        alice.say(room_id, f"hidden{i}")
+    alice.ok(
+        "PUT", f"/rooms/{quote(room_id)}/state/m.room.history_visibility", {"history_visibility": "shared"}
+    )
+    for i in range(3):
+        alice.say(room_id, f"shared{i}")
+    alice.ok(
+        "PUT", f"/rooms/{quote(room_id)}/state/m.room.history_visibility", {"history_visibility": "joined"}
+    )
+    alice.say(room_id, "joined-only")
+    bob.ok("POST", f"/join/{quote(room_id)}", {}, server_name=a.server_name)
+
+    events = bob.page_back(room_id, 40)
+    # Only what was sent while the room's history was shared; never "joined" history.
+    assert _bodies(events) == ["shared2", "shared1", "shared0"]
+    assert not any(e["type"] == "m.room.message" and e["content"] == {} for e in events), [
+        (e["type"], e["content"]) for e in events
+    ]
+    # The current state is still the latest visibility, not a backfilled older one.
+    assert bob.ok("GET", f"/rooms/{quote(room_id)}/state/m.room.history_visibility") == {
+        "history_visibility": "joined"
+    }
