@@ -186,6 +186,10 @@ class EventServer:
         if event_id is None:
             raise BadJson("event_id is required")
         ev = await self._event_in(head, event_id)
+        if ev.stream_ordering <= 0:
+            # Backfilled history (core/federation/backfill.py): we hold only part of the
+            # state there, and a partial answer would mislead.
+            raise NotFound("The state at this event is not held here")
         return await self.fed_store.state_ids_at(head.room_id, ev.stream_ordering - 1)
 
     async def _auth_chain(self, start: Any, include_start: bool = False) -> set[str]:

@@ -509,7 +509,9 @@ class PduIngest:
         stored = await self.store.get_events(prevs)
         sets: list[StateIds] = []
         for prev in prevs:
-            if prev in stored:
+            # Not after a backfilled event (negative position): we hold only part of the
+            # state there; the checks against the current state still apply.
+            if prev in stored and stored[prev].stream_ordering > 0:
                 state = await self.fed_store.state_ids_at(head.room_id, stored[prev].stream_ordering)
                 if state not in sets:
                     sets.append(state)
