@@ -95,3 +95,30 @@ def test_invites_both_ways_with_synapse(ours: FederatedServer, synapse: SynapseS
     dan.ok("POST", f"/rooms/{quote(ours_room)}/invite", {"user_id": sue.user_id})
     sue.ok("POST", f"/rooms/{quote(ours_room)}/join", {})
     assert dan.memberships(ours_room) == {dan.user_id: "join", sue.user_id: "join"}
+
+
+def test_our_user_pages_back_into_history_held_by_synapse(
+    ours: FederatedServer, synapse: SynapseServer
+) -> None:
+    """Backfill from Synapse: history from before our join comes by /backfill, checked, in
+    order (docs/federation.md, "Backfill")."""
+    sid = Client(synapse.url(""), synapse.register("sid_bf"))
+    bea = Client(ours.process.url(""), ours.process.register("bea_bf"))
+    room_id = sid.ok("POST", "/createRoom", {"preset": "public_chat"})["room_id"]
+    for i in range(8):  # Synapse limits a user to 10 messages at once
+        sid.ok(
+            "PUT",
+            f"/rooms/{quote(room_id)}/send/m.room.message/bf{i}",
+            {"msgtype": "m.text", "body": f"s{i}"},
+        )
+    bea.ok("POST", f"/join/{quote(room_id)}", {}, server_name=synapse.server_name)
+    bodies: list[str] = []
+    token = None
+    for _ in range(20):
+        params = {"dir": "b", "limit": "3", **({"from": token} if token else {})}
+        page = bea.ok("GET", f"/rooms/{quote(room_id)}/messages", **params)
+        bodies += [e["content"].get("body") for e in page["chunk"] if e["type"] == "m.room.message"]
+        token = page.get("end")
+        if token is None:
+            break
+    assert bodies == [f"s{i}" for i in reversed(range(8))]
