@@ -20,6 +20,7 @@ room then, see nothing of it rather than too much.
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 from urllib.parse import quote
 
 from twisted.internet.defer import DeferredLock
@@ -32,6 +33,7 @@ from homeserver.core.room_heads import RoomHead, RoomHeads
 from homeserver.core.visibility import HISTORY_VISIBILITY, visibility_of
 from homeserver.errors import RemoteServerError
 from homeserver.events.room_versions import room_id_is_create_hash
+from homeserver.logs import log_failure
 from homeserver.storage.backfill import BackfillStore
 from homeserver.storage.events import PersistItem, StoredEvent
 
@@ -65,18 +67,26 @@ class Backfiller:
         self.ingest = ingest
         self.client = client
         self.clock = clock
-        # One backfill at a time: each takes positions below the lowest in use, and two
-        # pages of one room arriving together must not fetch the same batch twice.
-        self._lock = DeferredLock()
+        # One backfill per room at a time (two pages arriving together must not fetch the
+        # same batch twice); one write at a time (each takes positions below the lowest).
+        self._room_locks: dict[str, DeferredLock] = {}
+        self._write_lock = DeferredLock()
         self._gave_nothing: dict[str, int] = {}  # room -> when its residents last gave nothing
 
     async def backfill(self, room_id: str) -> int:
-        """Fetch one batch of older events of the room; how many were added."""
-        await self._lock.acquire()
+        """Fetch one batch of older events of the room; how many were added. A failure
+        (a remote's answer we cannot store) is logged: the reader gets what we hold."""
+        lock = self._room_locks.setdefault(room_id, DeferredLock())
+        await lock.acquire()
         try:
             return await self._backfill(room_id)
+        except Exception:
+            log_failure(log, "backfill of {room} failed", room=room_id)
+            return 0
         finally:
-            self._lock.release()
+            lock.release()
+            if not lock.locked and not lock.waiting:
+                self._room_locks.pop(room_id, None)
 
     async def _backfill(self, room_id: str) -> int:
         now = self.clock.time_ms()
@@ -129,6 +139,15 @@ class Backfiller:
         if all(held for *_, held in passed):
             return 0
         visibility = await self._visibility_before(server, head, passed[0][0])
+        await self._write_lock.acquire()
+        try:
+            return await self._write(server, head, passed, visibility)
+        finally:
+            self._write_lock.release()
+
+    async def _write(
+        self, server: str, head: RoomHead, passed: list[tuple[str, dict[str, Any], bool]], visibility: str
+    ) -> int:
         lowest = await self.store.lowest_position()
         # Newest first, counting down; the mark of the visibility before the batch takes the
         # position below its oldest event.
