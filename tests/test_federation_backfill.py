@@ -152,6 +152,10 @@ def test_backfilled_history_respects_history_visibility(
     assert not any(e["type"] == "m.room.message" and e["content"] == {} for e in events), [
         (e["type"], e["content"]) for e in events
     ]
+    # Carol of Bob's server, invited but never joined, sees none of that shared history.
+    carol = User(b, "carol_bfhv")
+    bob.ok("POST", f"/rooms/{quote(room_id)}/invite", {"user_id": carol.user_id})
+    assert _bodies(carol.page_back(room_id, 40)) == []
     # The current state is still the latest visibility, not a backfilled older one.
     assert bob.ok("GET", f"/rooms/{quote(room_id)}/state/m.room.history_visibility") == {
         "history_visibility": "joined"

@@ -103,7 +103,7 @@ class HistoryJudge:
         self._visibility_covered = NOTHING_READ
         self._membership = Changes((), None)
         self._membership_covered = NOTHING_READ
-        self._last_join = -1  # U's last join (-1: none)
+        self._last_join = NOTHING_READ  # U's last join (none yet)
 
     async def filter(self, events: list[StoredEvent]) -> list[StoredEvent]:
         """The events the user may see, in their order."""
@@ -152,7 +152,7 @@ class HistoryJudge:
             covered = self._persisted_upto()
             history = await self.storage.events.membership_history(self.user_id, self.room_id)
             self._membership, self._membership_covered = Changes(history, None), covered
-            self._last_join = max((p for p, m in history if m == "join"), default=-1)
+            self._last_join = max((p for p, m in history if m == "join"), default=NOTHING_READ)
 
     @staticmethod
     def _kept_visibility(head: RoomHead) -> Changes | None:
