@@ -499,6 +499,7 @@ class HomeServer:
             self.storage.stream_consumers,
         )
         self.federation_sender.register_metrics(self.metrics)
+        self.federation.membership.on_remote_event = self.federation_sender.queue_remote_event
         outbound = OutboundEdus(
             self.federation_sender, self.config.server_name, self.storage.e2ee.change_before
         )

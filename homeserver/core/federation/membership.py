@@ -76,6 +76,9 @@ class FederatedMembership:
         self.events = events
         self.key_ring = key_ring
         self.client = client
+        # Set by the server to the federation sender's queue_remote_event: a remote user's
+        # join, leave or knock taken by send_* is ours to hand on to the room's other servers.
+        self.on_remote_event: Callable[[StoredEvent, str], Awaitable[None]] | None = None
 
     # Inbound: a remote user and a room of ours -----------------------------------------------
 
@@ -206,6 +209,9 @@ class FederatedMembership:
         state_before = list(head.state.values())
         stored = self._chain(head, pdu, event_id)
         await self.events.persist(head, [stored])
+        if self.on_remote_event is not None:
+            # Queued (committed) before we answer: the origin retries until we do.
+            await self.on_remote_event(stored, origin)
         return head, stored, state_before
 
     async def answer_send(
