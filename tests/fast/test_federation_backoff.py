@@ -523,3 +523,39 @@ async def test_events_handed_again_after_a_crash_are_not_sent_twice(tmp_path: Pa
         await until(lambda: "after prune" in remote.texts(), "sent after the prune")
     finally:
         await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_typing_queued_for_a_down_server_is_dropped_once_stale(tmp_path: Path) -> None:
+    clock = TestClock()
+    remote = Remote()
+    hs = await start_server(tmp_path, clock, remote)
+    client = Client(hs)
+    try:
+        ctx = await shared_room(hs, client, remote)
+        token, alice = ctx["alice"]["access_token"], ctx["alice"]["user_id"]
+        room = room_path(ctx["room"])
+        remote.mode = "down"
+        await say(hs, ctx, "while down")
+        await until(lambda: remote.calls, "the first try")
+        await client.call("PUT", f"{room}/typing/{alice}", token, {"typing": True, "timeout": 10000})
+        await until(lambda: hs.federation_sender._destinations[REMOTE].pending == 2, "typing queued")
+        # Back within the typing timeout: the notice still goes.
+        remote.mode = "ok"
+        clock.advance(BACKOFF_MIN_S)
+        await until(lambda: remote.edus("m.typing"), "fresh typing sent")
+        assert remote.texts() == ["while down"]
+        # Down again, and back only after a typing notice would have expired over there.
+        remote.mode = "down"
+        await client.call("PUT", f"{room}/typing/{alice}", token, {"typing": False})
+        await say(hs, ctx, "still down")
+        await until(lambda: len(remote.calls) > len(remote.answered), "a failed try")
+        clock.advance(31)
+        remote.mode = "ok"
+        clock.advance(BACKOFF_MAX_S)
+        await until(lambda: remote.texts() == ["while down", "still down"], "the message")
+        # The stale typing notice was not delivered, and no EDU carries our bookkeeping.
+        assert remote.edus("m.typing") == [{"room_id": ctx["room"], "user_id": alice, "typing": True}]
+        assert all("_expires_ts" not in e for _, body in remote.answered for e in body.get("edus", []))
+    finally:
+        await hs.stop(None)

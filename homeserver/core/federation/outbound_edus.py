@@ -20,6 +20,7 @@ from typing import Any, ParamSpec
 from twisted.logger import Logger
 
 from homeserver.core.federation.discovery import split_server_name
+from homeserver.core.federation.edus import REMOTE_TYPING_TIMEOUT_MS
 from homeserver.core.federation.sender import FederationSender, server_of
 from homeserver.logs import log_failure
 
@@ -72,7 +73,8 @@ class OutboundEdus:
         hosts = await self.sender.hosts_in_room(room_id)
         if hosts:
             content = {"room_id": room_id, "user_id": user_id, "typing": typing}
-            await self.sender.queue_edu(hosts, "m.typing", content)
+            # A remote keeps a typing notice 30 s; one a down server would get later is stale.
+            await self.sender.queue_edu(hosts, "m.typing", content, ttl_ms=REMOTE_TYPING_TIMEOUT_MS)
 
     @_logged
     async def receipt(

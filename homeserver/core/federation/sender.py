@@ -55,6 +55,10 @@ MEMBERSHIPS = ("join", "leave", "ban", "invite", "knock")
 Transport = Callable[[str, str, dict[str, Any]], Awaitable[Any]]
 
 
+# Kept with a queued EDU that goes stale (typing): when to drop it rather than send it.
+EXPIRES_KEY = "_expires_ts"
+
+
 def server_of(user_id: str) -> str:
     """The server part of a user id (everything after the first colon)."""
     return user_id.partition(":")[2]
@@ -241,11 +245,15 @@ class FederationSender:
         edu_type: str,
         content: dict[str, Any],
         dedupe_key: str | None = None,
+        ttl_ms: int | None = None,
     ) -> None:
         """Queue one EDU for each destination (our own name is skipped); returns once it is
         committed, so a caller may answer its client then. With `dedupe_key`, an EDU queued
-        under the same key for a destination (not yet pruned) is not queued again."""
+        under the same key for a destination (not yet pruned) is not queued again. With
+        `ttl_ms`, it is dropped unsent once that old (news that would be stale by then)."""
         edu: dict[str, Any] = {"edu_type": edu_type, "content": content}
+        if ttl_ms is not None:
+            edu[EXPIRES_KEY] = self.clock.time_ms() + ttl_ms
         rows: list[tuple[str, str | None, dict[str, Any] | None, str | None]] = [
             (d, None, edu, dedupe_key) for d in sorted(set(destinations)) if d and d != self.server_name
         ]
@@ -382,7 +390,12 @@ class Destination:
         found = await self.sender.events.get_events(ids)
         # An event purged since it was queued (retention, a purged room) is left out.
         pdus = [found[e].pdu for e in ids if e in found]
-        edus = [i.edu for i in items if i.edu is not None]
+        now = self.sender.clock.time_ms()
+        edus = [
+            {k: v for k, v in i.edu.items() if k != EXPIRES_KEY}
+            for i in items
+            if i.edu is not None and i.edu.get(EXPIRES_KEY, now) >= now
+        ]
         body: dict[str, Any] = {
             "origin": self.sender.server_name,
             "origin_server_ts": self.sender.clock.time_ms(),
