@@ -179,6 +179,8 @@ def kick_and_ban(host: Member, victim: Member, room_id: str, host_server: str) -
     """The host's admin kicks the victim (a user of the other server, joined), who sees it;
     the victim joins again; banned, their next join is refused."""
     victim.ok("POST", f"/join/{quote(room_id)}", {}, server_name=host_server)
+    # Synced in the room first: an initial sync leaves out rooms already left.
+    victim.wait("the room joined", lambda: room_id in victim.timelines)
     host.wait("the victim's join", lambda: _membership(host, room_id, victim.user_id) == "join")
     host.ok("POST", f"/rooms/{quote(room_id)}/kick", {"user_id": victim.user_id, "reason": "out"})
     victim.wait("the kick", lambda: room_id in victim.left)

@@ -19,11 +19,14 @@ import requests
 from conftest import _launch
 from federation_e2e import Member, displayname_change, join_and_talk, kick_and_ban, typing_and_receipts
 from federation_harness import FederatedServer, TestCA, make_ca, start_federated_server
+from js_runner import node_or_skip, run_script
 from signedjson.key import read_signing_keys
 
 from homeserver.core.federation.request_auth import authorization_header
 from homeserver.events.hashing import compute_event_id
 from homeserver.events.signing import sign_event
+
+PASSWORD = "correct horse battery"
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +142,19 @@ def test_kill_9_then_catch_up(
     fresh = Member(watcher.base_url, {"user_id": watcher.user_id, "access_token": watcher.token})
     fresh.sync_once(0)
     assert [t for t in fresh.texts(room_id) if t.startswith("while down") or t == after] == [*missed, after]
+
+
+def test_encrypted_messages_with_matrix_js_sdk_across_two_of_ours(
+    servers: tuple[FederatedServer, FederatedServer, FederatedServer],
+) -> None:
+    """Rust crypto on both sides: keys queried and claimed over federation, room keys sent
+    to the other server's device as to-device messages, every message decrypted."""
+    node = node_or_skip()
+    a, b, _ = servers
+    a.process.register("alice_js", PASSWORD)
+    b.process.register("bob_js", PASSWORD)
+    result = run_script(
+        node, "e2ee_federation.mjs", a.process.base_url, "alice_js", b.process.base_url, "bob_js"
+    )
+    seen = result["steps"]["room"]["seen"]
+    assert len(seen) == 3 and all(one and all(one.values()) for one in seen), seen

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.logger import Logger
 
 from homeserver.core.account_data import AccountDataService
 from homeserver.core.events import EventService
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from homeserver.core.federation.membership import FederatedMembership
     from homeserver.core.restrictions import AccountRestrictions
     from homeserver.core.room_tags import TagService
+
+log = Logger()
 
 KNOWN_VERSIONS = ("10", "11", "12")
 MEGOLM = "m.megolm.v1.aes-sha2"
@@ -144,6 +147,10 @@ class RoomService:
         if self.ratelimiter is not None:
             self.ratelimiter.check_user(action, user_id)
 
+    def _is_remote(self, user_id: str) -> bool:
+        """A user of another server we can reach (federation is on)."""
+        return self.remote is not None and not user_id.endswith(":" + self.server_name)
+
     async def _check_local_user(self, user_id: str) -> None:
         if not user_id.endswith(":" + self.server_name):
             raise Forbidden("Inviting users of other servers needs federation, which is not enabled yet")
@@ -182,8 +189,12 @@ class RoomService:
         if not isinstance(invites, list):
             raise MatrixError("'invite' must be a list of user ids", "M_BAD_JSON")
         invites = [check_user_id(u, "invite") for u in invites]
+        # Users of other servers are invited over federation once the room exists (their
+        # server must countersign); ours are invited in the room's first commit.
+        remote_invites = [u for u in invites if self._is_remote(u)]
         for user_id in invites:
-            await self._check_local_user(user_id)
+            if user_id not in remote_invites:
+                await self._check_local_user(user_id)
         is_direct = body.get("is_direct") is True
         initial_state = body.get("initial_state", [])
         if not isinstance(initial_state, list) or not all(
@@ -281,9 +292,19 @@ class RoomService:
         if body.get("topic"):
             events.append(build(head, creator, "m.room.topic", {"topic": body["topic"]}, ""))
         for user_id, content in zip(invites, invite_contents, strict=True):
-            events.append(build(head, creator, "m.room.member", content, user_id))
+            if user_id not in remote_invites:
+                events.append(build(head, creator, "m.room.member", content, user_id))
         self.events.heads.put(head)
         await self.events.persist(head, events, is_new_room=True)
+        for user_id in remote_invites:
+            assert self.remote is not None
+            remote_content = {"membership": "invite", **({"is_direct": True} if is_direct else {})}
+            current = await self.head(head.room_id)
+            try:
+                await self.remote.invite_remote(current, creator, user_id, remote_content)
+            except MatrixError as e:
+                # The room exists now: the creator gets it, and may invite again.
+                log.warn("createRoom: inviting {user} failed: {error}", user=user_id, error=e)
         if alias is not None:
             await self.storage.rooms.create_alias(alias, head.room_id, creator)
         if visibility == "public":
@@ -369,7 +390,7 @@ class RoomService:
     async def invite(self, sender: str, room_id: str, target: str, reason: str | None = None) -> None:
         check_user_id(target)
         self._may_act(sender)
-        remote = self.remote is not None and not target.endswith(":" + self.server_name)
+        remote = self._is_remote(target)
         if not remote:
             await self._check_local_user(target)
         head = await self.access_room_as_member(sender, room_id)
