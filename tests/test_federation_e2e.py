@@ -144,6 +144,27 @@ def test_kill_9_then_catch_up(
     assert [t for t in fresh.texts(room_id) if t.startswith("while down") or t == after] == [*missed, after]
 
 
+def test_create_room_invites_a_user_of_another_server(
+    servers: tuple[FederatedServer, FederatedServer, FederatedServer],
+) -> None:
+    """createRoom's `invite` naming a remote user (what clients do for a DM): the room is
+    made, the invite reaches the other server, and the invitee can join."""
+    a, b, _ = servers
+    alice, bob = member(a, "alice_dm"), member(b, "bob_dm")
+    body = {"preset": "trusted_private_chat", "is_direct": True, "invite": [bob.user_id]}
+    room_id = alice.ok("POST", "/createRoom", body)["room_id"]
+    invite = bob.wait(
+        "the invite", lambda: bob.ok("GET", "/sync", timeout="0")["rooms"]["invite"].get(room_id)
+    )
+    mine = next(e for e in invite["invite_state"]["events"] if e.get("state_key") == bob.user_id)
+    assert mine["content"] == {"membership": "invite", "is_direct": True}
+    bob.ok("POST", f"/rooms/{quote(room_id)}/join", {})
+    assert alice.ok("GET", f"/rooms/{quote(room_id)}/joined_members")["joined"].keys() == {
+        alice.user_id,
+        bob.user_id,
+    }
+
+
 def test_encrypted_messages_with_matrix_js_sdk_across_two_of_ours(
     servers: tuple[FederatedServer, FederatedServer, FederatedServer],
 ) -> None:
