@@ -77,9 +77,16 @@ def test_a_synapse_join_reaches_a_second_of_ours_through_the_host(
         second.stop()
 
 
-def test_ours_killed_9_catches_up_on_what_synapse_sent(ours: FederatedServer, synapse: SynapseServer) -> None:
-    sue, dan = synapse_member(synapse, "sue_k9"), ours_member(ours, "dan_k9")
-    room_id = join_and_talk(sue, dan, synapse.server_name, version="12")
+@pytest.mark.parametrize("role", ["room on ours", "room on Synapse"])
+def test_ours_killed_9_catches_up_on_what_synapse_sent(
+    ours: FederatedServer, synapse: SynapseServer, role: str
+) -> None:
+    n = "o" if role == "room on ours" else "s"
+    sue, dan = synapse_member(synapse, f"sue_k9{n}"), ours_member(ours, f"dan_k9{n}")
+    if role == "room on ours":
+        room_id = join_and_talk(dan, sue, ours.server_name, version="12")
+    else:
+        room_id = join_and_talk(sue, dan, synapse.server_name, version="12")
     process = ours.process
     process.stop(signal.SIGKILL)
     missed = [f"while down {i}" for i in range(5)]
@@ -88,7 +95,8 @@ def test_ours_killed_9_catches_up_on_what_synapse_sent(ours: FederatedServer, sy
     ours.process = _launch(
         Path(process.config_path).parent, process.port, process.config_path, process.config, None
     )
-    # Synapse backs off from a server that was down; our next transaction tells it we are back.
+    # Synapse backs off from a server that was down; our next transaction tells it we are
+    # back, and it catches up (its latest event; we fetch the ones before it).
     dan.say(room_id, "back")
     sue.wait_texts(room_id, [*missed, "back"])
     dan.wait_texts(room_id, missed)
