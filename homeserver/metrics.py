@@ -62,9 +62,11 @@ class RequestMetrics(Collector):
     reactor thread only, which also renders the scrape, so plain counters do (~1 us).
     """
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, now: Callable[[], float] = time.monotonic) -> None:
         self._series: dict[tuple[bytes, str, int], _Series] = {}
         self.in_flight: dict[str, int] = {}
+        # The clock `request.started` was read from (a test passes a fixed one).
+        self._now = now
         registry.register(self)
 
     def begin(self, route: str) -> None:
@@ -79,7 +81,7 @@ class RequestMetrics(Collector):
         series = self._series.get(key)
         if series is None:
             series = self._series[key] = _Series()
-        seconds = time.monotonic() - request.started
+        seconds = self._now() - request.started
         series.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
         series.total += seconds
 

@@ -36,8 +36,9 @@ def labels(**kv: str) -> tuple[tuple[str, str], ...]:
 
 def test_durations_land_in_cumulative_buckets() -> None:
     registry = CollectorRegistry()
-    metrics = RequestMetrics(registry)
     now = time.monotonic()
+    # Durations measured against a fixed "now": a descheduled test must not move a bucket.
+    metrics = RequestMetrics(registry, now=lambda: now)
     for seconds in (0.003, 0.003, 0.2, 100.0):
         metrics.finished(FakeRequest(b"GET", now - seconds), ROUTE)  # type: ignore[arg-type]
     metrics.finished(FakeRequest(b"GET", now - 0.02, finished=False), ROUTE)  # type: ignore[arg-type]
