@@ -37,6 +37,12 @@ class FederationEventStore:
             now_ms,
         )
 
+    async def prune_txns(self, before_ms: int) -> None:
+        """Forget the answers to transactions received before `before_ms`."""
+        await self.db.execute(
+            "federation_prune_txns", "DELETE FROM federation_txns WHERE received_ts < ?", before_ms
+        )
+
     async def store_outcome(
         self, event_id: str, room_id: str, status: str, reason: str, pdu: dict[str, Any], now_ms: int
     ) -> None:

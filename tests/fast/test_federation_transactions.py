@@ -139,3 +139,21 @@ async def test_a_retried_transaction_is_processed_once(tmp_path: Path) -> None:
     assert again == answer
     assert await _messages(hs, room_id) == ["0", "1", "2", "3", "4"]
     await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_answers_are_kept_a_day_then_pruned(tmp_path: Path) -> None:
+    clock = TestClock()
+    hs = await make_server(tmp_path, clock)
+    receiver, store = hs.federation_transactions, hs.federation_transactions.fed_store
+    empty = {"origin": THEM, "origin_server_ts": 0, "pdus": [], "edus": []}
+    await _settle(clock, Deferred.fromCoroutine(receiver.receive(THEM, "old", empty)))
+    clock.advance(23 * 3600)
+    await _settle(clock, Deferred.fromCoroutine(receiver.receive(THEM, "recent", empty)))
+    assert await store.txn_response(THEM, "old") is not None  # a retry within the day
+    clock.advance(2 * 3600)
+    await _settle(clock, Deferred.fromCoroutine(receiver.receive(THEM, "new", empty)))
+    assert await store.txn_response(THEM, "old") is None
+    assert await store.txn_response(THEM, "recent") is not None
+    assert await store.txn_response(THEM, "new") is not None
+    await hs.stop(None)

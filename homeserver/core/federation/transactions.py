@@ -31,6 +31,10 @@ log = Logger()
 # Spec: "A transaction can contain at most 50 PDUs and 100 EDUs."
 MAX_PDUS = 50
 MAX_EDUS = 100
+# A transaction's answer is kept this long: its sender retries it only until answered, so
+# a day covers any retry; older answers are deleted at most once per PRUNE_EVERY_S.
+TXN_KEPT_MS = 86_400_000
+PRUNE_EVERY_S = 3600.0
 
 
 class TransactionReceiver:
@@ -48,6 +52,7 @@ class TransactionReceiver:
         self.edus = edus
         self.clock = clock
         self._in_flight: dict[tuple[str, str], list[Deferred[dict[str, Any]]]] = {}
+        self._pruned_at = -PRUNE_EVERY_S
 
     async def receive(self, origin: str, txn_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """The answer to a transaction; 400 M_BAD_JSON for a malformed one (not stored)."""
@@ -64,6 +69,7 @@ class TransactionReceiver:
             if answer is None:
                 answer = await self._process(origin, pdus, edus)
                 await self.fed_store.store_txn_response(origin, txn_id, answer, self.clock.time_ms())
+                await self._prune_when_due()
         except Exception as e:
             del self._in_flight[key]
             for w in waiters:
@@ -73,6 +79,12 @@ class TransactionReceiver:
         for w in waiters:
             w.callback(answer)
         return answer
+
+    async def _prune_when_due(self) -> None:
+        now = self.clock.monotonic()
+        if now - self._pruned_at >= PRUNE_EVERY_S:
+            self._pruned_at = now
+            await self.fed_store.prune_txns(self.clock.time_ms() - TXN_KEPT_MS)
 
     async def _process(
         self, origin: str, pdus: list[dict[str, Any]], edus: list[dict[str, Any]]
