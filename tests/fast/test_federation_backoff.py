@@ -9,6 +9,8 @@ path (`EventService.send` with the remote user as sender), so the room's state l
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -108,13 +110,24 @@ async def say(hs: HomeServer, ctx: dict[str, Any], *texts: str) -> None:
         )
 
 
-@pytest_twisted.ensureDeferred
-async def test_transactions_keep_order_hold_at_most_fifty_pdus_and_one_in_flight(tmp_path: Path) -> None:
-    clock = TestClock()
-    remote = Remote()
+@asynccontextmanager
+async def running(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[HomeServer, TestClock, Remote, Client, dict[str, Any]]]:
+    """The set-up of most tests here: a started server sending to a fresh `Remote`, and
+    alice's room that bob of REMOTE has joined; the server is stopped on the way out."""
+    clock, remote = TestClock(), Remote()
     hs = await start_server(tmp_path, clock, remote)
     try:
-        ctx = await shared_room(hs, Client(hs), remote)
+        client = Client(hs)
+        yield hs, clock, remote, client, await shared_room(hs, client, remote)
+    finally:
+        await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_transactions_keep_order_hold_at_most_fifty_pdus_and_one_in_flight(tmp_path: Path) -> None:
+    async with running(tmp_path) as (hs, clock, remote, client, ctx):
         remote.mode = "hold"
         texts = [f"m{i}" for i in range(130)]
         await say(hs, ctx, *texts)
@@ -132,19 +145,13 @@ async def test_transactions_keep_order_hold_at_most_fifty_pdus_and_one_in_flight
         # events from before he joined are not sent either.
         types = {pdu["type"] for _, body in remote.answered for pdu in body["pdus"]}
         assert types == {"m.room.message"}, types
-    finally:
-        await hs.stop(None)
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_destination_that_is_down_backs_off_to_an_hour_then_gets_everything_in_order(
     tmp_path: Path,
 ) -> None:
-    clock = TestClock()
-    remote = Remote()
-    hs = await start_server(tmp_path, clock, remote)
-    try:
-        ctx = await shared_room(hs, Client(hs), remote)
+    async with running(tmp_path) as (hs, clock, remote, client, ctx):
         remote.mode = "down"
         await say(hs, ctx, "first")
         await until(lambda: len(remote.calls) == 1, "the first try")
@@ -187,17 +194,11 @@ async def test_a_destination_that_is_down_backs_off_to_an_hour_then_gets_everyth
         await until(lambda: len(remote.calls) == tries + 1, "tried at once")
         clock.advance(BACKOFF_MIN_S)
         await until(lambda: len(remote.calls) == tries + 2, "retried after the shortest pause")
-    finally:
-        await hs.stop(None)
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_kicked_server_hears_of_the_kick_but_not_what_follows_it(tmp_path: Path) -> None:
-    clock = TestClock()
-    remote = Remote()
-    hs = await start_server(tmp_path, clock, remote)
-    try:
-        ctx = await shared_room(hs, Client(hs), remote)
+    async with running(tmp_path) as (hs, clock, remote, client, ctx):
         remote.mode = "hold"  # the sender runs behind: it reads the state after the kick
         await say(hs, ctx, "before")
         await until(lambda: remote.held, "a transaction in flight")
@@ -213,8 +214,6 @@ async def test_a_kicked_server_hears_of_the_kick_but_not_what_follows_it(tmp_pat
         clock.advance(1)
         await until(lambda: not hs.federation_sender._destinations[REMOTE].pending, "all sent")
         assert remote.texts() == ["before"]
-    finally:
-        await hs.stop(None)
 
 
 def test_a_transaction_stops_before_the_51st_pdu_or_the_101st_edu() -> None:
@@ -229,36 +228,26 @@ def test_a_transaction_stops_before_the_51st_pdu_or_the_101st_edu() -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_a_stuck_destination_holds_back_no_other(tmp_path: Path) -> None:
-    clock = TestClock()
-    remote = Remote()
-    hs = await start_server(tmp_path, clock, remote)
     stuck: list[Deferred[None]] = []
+    async with running(tmp_path) as (hs, clock, remote, client, ctx):
 
-    async def two_remotes(destination: str, txn_id: str, body: dict[str, Any]) -> Any:
-        if destination == "stuck.test":
-            stuck.append(Deferred())  # kept, as a connection would keep it: never answers
-            await stuck[-1]
-        return await remote(destination, txn_id, body)
+        async def two_remotes(destination: str, txn_id: str, body: dict[str, Any]) -> Any:
+            if destination == "stuck.test":
+                stuck.append(Deferred())  # kept, as a connection would keep it: never answers
+                await stuck[-1]
+            return await remote(destination, txn_id, body)
 
-    hs.federation_sender.transport = two_remotes
-    try:
-        ctx = await shared_room(hs, Client(hs), remote)
+        hs.federation_sender.transport = two_remotes
         carol = "@carol:stuck.test"
         await hs.events.send(carol, ctx["room"], "m.room.member", {"membership": "join"}, state_key=carol)
         await say(hs, ctx, *[f"m{i}" for i in range(80)])
         await until(lambda: len(remote.texts()) == 80, "everything to the server that answers")
         assert remote.texts() == [f"m{i}" for i in range(80)] and len(stuck) == 1
-    finally:
-        await hs.stop(None)
 
 
 @pytest_twisted.ensureDeferred
 async def test_an_event_of_another_server_is_handed_on_only_when_asked(tmp_path: Path) -> None:
-    clock = TestClock()
-    remote = Remote()
-    hs = await start_server(tmp_path, clock, remote)
-    try:
-        ctx = await shared_room(hs, Client(hs), remote)
+    async with running(tmp_path) as (hs, clock, remote, client, ctx):
         carol = "@carol:third.test"
         join = await hs.events.send(
             carol, ctx["room"], "m.room.member", {"membership": "join"}, state_key=carol
@@ -273,17 +262,11 @@ async def test_an_event_of_another_server_is_handed_on_only_when_asked(tmp_path:
         )
         to_origin = [p for d, _, body in remote.calls if d == "third.test" for p in body["pdus"]]
         assert to_origin and not any(p["sender"] == carol for p in to_origin)  # never back to its origin
-    finally:
-        await hs.stop(None)
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_request_from_the_destination_ends_its_backoff(tmp_path: Path) -> None:
-    clock = TestClock()
-    remote = Remote()
-    hs = await start_server(tmp_path, clock, remote)
-    try:
-        ctx = await shared_room(hs, Client(hs), remote)
+    async with running(tmp_path) as (hs, clock, remote, client, ctx):
         remote.mode = "down"
         await say(hs, ctx, "hello")
         await until(lambda: len(remote.calls) == 1, "the first try")
@@ -291,17 +274,11 @@ async def test_a_request_from_the_destination_ends_its_backoff(tmp_path: Path) -
         hs.federation_sender.remote_is_up("other.test")  # another server: changes nothing
         hs.federation_sender.remote_is_up(REMOTE)
         await until(lambda: remote.texts() == ["hello"], "sent without the clock moving")
-    finally:
-        await hs.stop(None)
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_refused_transaction_is_not_sent_for_ever(tmp_path: Path) -> None:
-    clock = TestClock()
-    remote = Remote()
-    hs = await start_server(tmp_path, clock, remote)
-    try:
-        ctx = await shared_room(hs, Client(hs), remote)
+    async with running(tmp_path) as (hs, clock, remote, client, ctx):
         refused = {"n": 0}
         original = remote.__call__
 
@@ -315,8 +292,6 @@ async def test_a_refused_transaction_is_not_sent_for_ever(tmp_path: Path) -> Non
         await say(hs, ctx, "bad", "good")
         await until(lambda: "good" in remote.texts(), "the next transaction")
         assert "bad" not in remote.texts()
-    finally:
-        await hs.stop(None)
 
 
 @pytest_twisted.ensureDeferred
@@ -348,12 +323,7 @@ async def test_a_restart_resends_the_transaction_in_flight_under_its_id_and_lose
 
 @pytest_twisted.ensureDeferred
 async def test_local_typing_receipts_presence_and_to_device_go_to_the_remote(tmp_path: Path) -> None:
-    clock = TestClock()
-    remote = Remote()
-    hs = await start_server(tmp_path, clock, remote)
-    client = Client(hs)
-    try:
-        ctx = await shared_room(hs, client, remote)
+    async with running(tmp_path) as (hs, clock, remote, client, ctx):
         token, alice = ctx["alice"]["access_token"], ctx["alice"]["user_id"]
         room = room_path(ctx["room"])
         sent = await client.call(
@@ -375,18 +345,11 @@ async def test_local_typing_receipts_presence_and_to_device_go_to_the_remote(tmp
         [to_device] = remote.edus("m.direct_to_device")  # the retry was not queued again
         assert to_device["sender"] == alice and to_device["messages"] == message["messages"]
         assert to_device["type"] == "m.test"
-    finally:
-        await hs.stop(None)
 
 
 @pytest_twisted.ensureDeferred
 async def test_remote_typing_receipts_and_presence_reach_local_sync_when_checked(tmp_path: Path) -> None:
-    clock = TestClock()
-    remote = Remote()
-    hs = await start_server(tmp_path, clock, remote)
-    client = Client(hs)
-    try:
-        ctx = await shared_room(hs, client, remote)
+    async with running(tmp_path) as (hs, clock, remote, client, ctx):
         token, room_id = ctx["alice"]["access_token"], ctx["room"]
         sent = await client.call(
             "PUT", f"{room_path(room_id)}/send/m.room.message/t1", token, {"msgtype": "m.text", "body": "x"}
@@ -434,8 +397,6 @@ async def test_remote_typing_receipts_and_presence_reach_local_sync_when_checked
         typing_edu = {"edu_type": "m.typing", "content": {"room_id": room_id, "user_id": BOB, "typing": True}}
         await hs.federation_edus.receive_all(REMOTE, [typing_edu])
         assert hs.typing.typing_users(room_id) == []
-    finally:
-        await hs.stop(None)
 
 
 def _key_entry(user_id: str, usage: str, key: Any) -> tuple[dict[str, Any], str]:
@@ -445,12 +406,7 @@ def _key_entry(user_id: str, usage: str, key: Any) -> tuple[dict[str, Any], str]
 
 @pytest_twisted.ensureDeferred
 async def test_device_and_cross_signing_key_changes_go_to_servers_sharing_a_room(tmp_path: Path) -> None:
-    clock = TestClock()
-    remote = Remote()
-    hs = await start_server(tmp_path, clock, remote)
-    client = Client(hs)
-    try:
-        ctx = await shared_room(hs, client, remote)
+    async with running(tmp_path) as (hs, clock, remote, client, ctx):
         token, alice, device_id = (ctx["alice"][k] for k in ("access_token", "user_id", "device_id"))
         device_key = generate_signing_key(device_id)
         keys = {
@@ -480,17 +436,11 @@ async def test_device_and_cross_signing_key_changes_go_to_servers_sharing_a_room
         deleted = remote.edus("m.device_list_update")[1]
         # prev_id: the user's change before it (the cross-signing keys' change, after the device's).
         assert deleted["deleted"] and update["stream_id"] < deleted["prev_id"][0] < deleted["stream_id"]
-    finally:
-        await hs.stop(None)
 
 
 @pytest_twisted.ensureDeferred
 async def test_events_handed_again_after_a_crash_are_not_sent_twice(tmp_path: Path) -> None:
-    clock = TestClock()
-    remote = Remote()
-    hs = await start_server(tmp_path, clock, remote)
-    try:
-        ctx = await shared_room(hs, Client(hs), remote)
+    async with running(tmp_path) as (hs, clock, remote, client, ctx):
         before = hs.stream.position
         await say(hs, ctx, "once")
         await until(lambda: remote.texts() == ["once"], "sent")
@@ -521,18 +471,11 @@ async def test_events_handed_again_after_a_crash_are_not_sent_twice(tmp_path: Pa
         assert rows[-1] == 0, rows
         await say(hs, ctx, "after prune")
         await until(lambda: "after prune" in remote.texts(), "sent after the prune")
-    finally:
-        await hs.stop(None)
 
 
 @pytest_twisted.ensureDeferred
 async def test_typing_queued_for_a_down_server_is_dropped_once_stale(tmp_path: Path) -> None:
-    clock = TestClock()
-    remote = Remote()
-    hs = await start_server(tmp_path, clock, remote)
-    client = Client(hs)
-    try:
-        ctx = await shared_room(hs, client, remote)
+    async with running(tmp_path) as (hs, clock, remote, client, ctx):
         token, alice = ctx["alice"]["access_token"], ctx["alice"]["user_id"]
         room = room_path(ctx["room"])
         remote.mode = "down"
@@ -557,5 +500,3 @@ async def test_typing_queued_for_a_down_server_is_dropped_once_stale(tmp_path: P
         # The stale typing notice was not delivered, and no EDU carries our bookkeeping.
         assert remote.edus("m.typing") == [{"room_id": ctx["room"], "user_id": alice, "typing": True}]
         assert all("_expires_ts" not in e for _, body in remote.answered for e in body.get("edus", []))
-    finally:
-        await hs.stop(None)
