@@ -17,11 +17,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import requests
 import yaml
+
+if TYPE_CHECKING:
+    from federation_harness import FederatedServer, TestCA
+    from synapse import SynapseServer
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -386,3 +390,33 @@ def _fast_tier_promise(request: pytest.FixtureRequest, monkeypatch: pytest.Monke
 
     monkeypatch.setattr(socket, "socket", _NoSockets)
     monkeypatch.setattr(subprocess.Popen, "__init__", no_process)
+
+
+# Federation: the set-up the federation test modules share, one of each per module ------
+# (imported inside: federation_harness and synapse import this module).
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
+    """The certificate authority every server of the module (ours, Synapse) trusts."""
+    from federation_harness import make_ca
+
+    return make_ca(tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture(scope="module")
+def ours(tmp_path_factory: pytest.TempPathFactory, ca: TestCA) -> Iterator[FederatedServer]:
+    from federation_harness import start_federated_server
+
+    server = start_federated_server(tmp_path_factory.mktemp("ours"), ca)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def synapse(tmp_path_factory: pytest.TempPathFactory, ca: TestCA) -> Iterator[SynapseServer]:
+    from synapse import start_synapse
+
+    server = start_synapse(tmp_path_factory.mktemp("synapse"), ca)
+    yield server
+    server.stop()

@@ -10,20 +10,8 @@ from urllib.parse import quote
 
 import pytest
 import requests
-from federation_harness import FederatedServer, TestCA, make_ca, start_federated_server
+from federation_harness import FederatedServer, TestCA
 from test_federation_events import FakeRemote, Room, bodies, fed_get, send_txn
-
-
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
-    return make_ca(tmp_path_factory.mktemp("ca"))
-
-
-@pytest.fixture(scope="module")
-def ours(tmp_path_factory: pytest.TempPathFactory, ca: TestCA) -> Iterator[FederatedServer]:
-    server = start_federated_server(tmp_path_factory.mktemp("hs"), ca)
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

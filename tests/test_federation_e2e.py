@@ -18,7 +18,7 @@ import pytest
 import requests
 from conftest import _launch
 from federation_e2e import Member, displayname_change, join_and_talk, kick_and_ban, typing_and_receipts
-from federation_harness import FederatedServer, TestCA, make_ca, start_federated_server
+from federation_harness import FederatedServer, TestCA, start_federated_server
 from js_runner import node_or_skip, run_script
 from signedjson.key import read_signing_keys
 
@@ -27,11 +27,6 @@ from homeserver.events.hashing import compute_event_id
 from homeserver.events.signing import sign_event
 
 PASSWORD = "correct horse battery"
-
-
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
-    return make_ca(tmp_path_factory.mktemp("ca"))
 
 
 @pytest.fixture(scope="module")

@@ -6,34 +6,14 @@ through the room's host; ours killed -9 and restarted, catching up on what Synap
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 from conftest import _launch
 from federation_e2e import Member, displayname_change, join_and_talk, kick_and_ban, typing_and_receipts
-from federation_harness import FederatedServer, TestCA, make_ca, start_federated_server
-from synapse import SynapseServer, start_synapse
-
-
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
-    return make_ca(tmp_path_factory.mktemp("ca"))
-
-
-@pytest.fixture(scope="module")
-def ours(tmp_path_factory: pytest.TempPathFactory, ca: TestCA) -> Iterator[FederatedServer]:
-    server = start_federated_server(tmp_path_factory.mktemp("ours"), ca)
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def synapse(tmp_path_factory: pytest.TempPathFactory, ca: TestCA) -> Iterator[SynapseServer]:
-    server = start_synapse(tmp_path_factory.mktemp("synapse"), ca)
-    yield server
-    server.stop()
+from federation_harness import FederatedServer, TestCA, start_federated_server
+from synapse import SynapseServer
 
 
 def ours_member(server: FederatedServer, name: str) -> Member:

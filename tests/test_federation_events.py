@@ -20,7 +20,7 @@ from urllib.parse import quote, unquote
 import pytest
 import requests
 from conftest import free_port
-from federation_harness import FederatedServer, TestCA, make_ca, start_federated_server
+from federation_harness import FederatedServer, TestCA
 from signedjson.key import encode_verify_key_base64, generate_signing_key, get_verify_key
 from signedjson.sign import sign_json
 
@@ -130,18 +130,6 @@ class FakeRemote:
 
     def stop(self) -> None:
         self.httpd.shutdown()
-
-
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
-    return make_ca(tmp_path_factory.mktemp("ca"))
-
-
-@pytest.fixture(scope="module")
-def ours(tmp_path_factory: pytest.TempPathFactory, ca: TestCA) -> Iterator[FederatedServer]:
-    server = start_federated_server(tmp_path_factory.mktemp("hs"), ca)
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -16,17 +16,12 @@ from urllib.parse import quote
 
 import pytest
 import requests
-from federation_harness import FederatedServer, TestCA, make_ca, start_federated_server
+from federation_harness import FederatedServer, TestCA, start_federated_server
 from signedjson.key import generate_signing_key, read_signing_keys
 
 from homeserver.core.federation.request_auth import authorization_header
 from homeserver.events.hashing import compute_event_id
 from homeserver.events.signing import sign_event
-
-
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
-    return make_ca(tmp_path_factory.mktemp("ca"))
 
 
 @pytest.fixture(scope="module")

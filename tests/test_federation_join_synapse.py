@@ -4,33 +4,12 @@ a Synapse user joins a room of ours, and our user joins a room on Synapse (room 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
-import pytest
 import requests
-from federation_harness import FederatedServer, TestCA, make_ca, start_federated_server
-from synapse import SynapseServer, start_synapse
-
-
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
-    return make_ca(tmp_path_factory.mktemp("ca"))
-
-
-@pytest.fixture(scope="module")
-def ours(tmp_path_factory: pytest.TempPathFactory, ca: TestCA) -> Iterator[FederatedServer]:
-    server = start_federated_server(tmp_path_factory.mktemp("ours"), ca)
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def synapse(tmp_path_factory: pytest.TempPathFactory, ca: TestCA) -> Iterator[SynapseServer]:
-    server = start_synapse(tmp_path_factory.mktemp("synapse"), ca)
-    yield server
-    server.stop()
+from federation_harness import FederatedServer
+from synapse import SynapseServer
 
 
 class Client:

@@ -21,7 +21,7 @@ import pytest
 import pytest_twisted
 import requests
 from conftest import base_config, free_port
-from federation_harness import LOOPBACK, FederatedServer, TestCA, make_ca, start_federated_server
+from federation_harness import LOOPBACK, FederatedServer, TestCA, start_federated_server
 from signedjson.key import decode_verify_key_base64, read_signing_keys
 from signedjson.sign import verify_signed_json
 from test_e2ee_api import CrossSigning, Device, new_device, new_user
@@ -30,11 +30,6 @@ from homeserver.core.federation.remote_keys import parse_user_devices
 from homeserver.core.federation.request_auth import authorization_header
 
 OTK = "signed_curve25519"
-
-
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
-    return make_ca(tmp_path_factory.mktemp("ca"))
 
 
 @pytest.fixture(scope="module")

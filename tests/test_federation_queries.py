@@ -13,8 +13,8 @@ from urllib.parse import quote
 
 import pytest
 import requests
-from federation_harness import FederatedServer, TestCA, make_ca, start_federated_server
-from synapse import SynapseServer, start_synapse
+from federation_harness import FederatedServer, TestCA, start_federated_server
+from synapse import SynapseServer
 
 from homeserver.core.federation.media import multipart_boundary, parse_multipart
 from homeserver.core.federation.request_auth import authorization_header
@@ -32,11 +32,6 @@ def _png() -> bytes:
 
 PNG = _png()
 MEDIA = {"module": "plugins.media.MediaPlugin", "config": {}}
-
-
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
-    return make_ca(tmp_path_factory.mktemp("ca"))
 
 
 @pytest.fixture(scope="module")
@@ -268,13 +263,6 @@ def test_media_ids_cannot_traverse_paths(servers: tuple[FederatedServer, Federat
 
 
 # With Synapse -------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def synapse(tmp_path_factory: pytest.TempPathFactory, ca: TestCA) -> Iterator[SynapseServer]:
-    server = start_synapse(tmp_path_factory.mktemp("synapse"), ca)
-    yield server
-    server.stop()
 
 
 def test_with_synapse_aliases_and_media(

@@ -32,7 +32,7 @@ import pytest_twisted
 import requests
 import yaml
 from conftest import ServerProcess, _launch, free_port
-from federation_harness import FederatedServer, TestCA, make_ca, start_federated_server
+from federation_harness import FederatedServer, TestCA, start_federated_server
 from signedjson.key import (
     decode_verify_key_bytes,
     encode_verify_key_base64,
@@ -187,11 +187,6 @@ class Recorder:
     def close(self) -> None:
         self.release.set()
         self.httpd.shutdown()
-
-
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
-    return make_ca(tmp_path_factory.mktemp("ca"))
 
 
 @pytest.fixture

@@ -4,35 +4,14 @@ other's users' profiles through signed federation queries."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 import requests
-from federation_harness import FederatedServer, TestCA, make_ca, start_federated_server
+from federation_harness import FederatedServer
 from signedjson.key import decode_verify_key_bytes
 from signedjson.sign import verify_signed_json
-from synapse import SynapseServer, start_synapse
+from synapse import SynapseServer
 from unpaddedbase64 import decode_base64
-
-
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
-    return make_ca(tmp_path_factory.mktemp("ca"))
-
-
-@pytest.fixture(scope="module")
-def ours(tmp_path_factory: pytest.TempPathFactory, ca: TestCA) -> Iterator[FederatedServer]:
-    server = start_federated_server(tmp_path_factory.mktemp("ours"), ca)
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def synapse(tmp_path_factory: pytest.TempPathFactory, ca: TestCA) -> Iterator[SynapseServer]:
-    server = start_synapse(tmp_path_factory.mktemp("synapse"), ca)
-    yield server
-    server.stop()
 
 
 def _verify(body: dict[str, Any], signer: str, keys: dict[str, Any]) -> None:

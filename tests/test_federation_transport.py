@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 import requests
-from federation_harness import LOOPBACK, FederatedServer, TestCA, make_ca, start_federated_server
+from federation_harness import LOOPBACK, FederatedServer, TestCA, start_federated_server
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 from signedjson.key import decode_verify_key_bytes, generate_signing_key
@@ -21,11 +21,6 @@ from unpaddedbase64 import decode_base64
 from homeserver.core.federation.request_auth import authorization_header
 
 OLD_KEY = "l8Hft5qXKn1vfHrg3p4+W8gELQVo8N13JkluMfmn2sQ"
-
-
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
-    return make_ca(tmp_path_factory.mktemp("ca"))
 
 
 @pytest.fixture(scope="module")
