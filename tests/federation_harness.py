@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from signedjson.key import read_signing_keys
+
+from homeserver.core.federation.request_auth import authorization_header
 
 LOOPBACK = ["127.0.0.0/8", "::1/128"]
 
@@ -126,6 +130,26 @@ class FederatedServer:
 
     def stop(self) -> None:
         self.process.stop()
+
+
+def signing_key(server: FederatedServer) -> Any:
+    """The key `server` signs its events and requests with, read from its data dir."""
+    return read_signing_keys((server.process.data_dir / "signing.key").read_text().splitlines())[0]
+
+
+def signed_request(
+    method: str, origin: FederatedServer, to: FederatedServer, path: str, body: Any = None
+) -> requests.Response:
+    """A request to `to`'s federation listener signed as `origin`, as its own code sends one."""
+    auth = authorization_header(method, path, origin.server_name, to.server_name, signing_key(origin), body)
+    return requests.request(
+        method,
+        to.federation_url(path),
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Authorization": auth, "Content-Type": "application/json"},
+        verify=str(to.ca.ca_file),
+        timeout=30,
+    )
 
 
 def start_federated_server(

@@ -12,15 +12,13 @@ from urllib.parse import quote
 
 import pytest
 import requests
-from federation_harness import FederatedServer, TestCA, make_ca, start_federated_server
-from signedjson.key import read_signing_keys
-
-from homeserver.core.federation.request_auth import authorization_header
+from federation_harness import FederatedServer, TestCA, signed_request, start_federated_server
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FederatedServer, FederatedServer]]:
-    ca: TestCA = make_ca(tmp_path_factory.mktemp("ca"))
+def servers(
+    tmp_path_factory: pytest.TempPathFactory, ca: TestCA
+) -> Iterator[tuple[FederatedServer, FederatedServer]]:
     a = start_federated_server(tmp_path_factory.mktemp("hs-a"), ca)
     b = start_federated_server(tmp_path_factory.mktemp("hs-b"), ca)
     yield a, b
@@ -75,11 +73,7 @@ def _bodies(events: list[dict[str, Any]]) -> list[str]:
 
 
 def _fed_get(origin: FederatedServer, to: FederatedServer, path: str) -> Any:
-    key = read_signing_keys((origin.process.data_dir / "signing.key").read_text().splitlines())[0]
-    auth = authorization_header("GET", path, origin.server_name, to.server_name, key, None)
-    r = requests.get(
-        to.federation_url(path), headers={"Authorization": auth}, verify=str(to.ca.ca_file), timeout=30
-    )
+    r = signed_request("GET", origin, to, path)
     assert r.status_code == 200, r.text
     return json.loads(r.content)
 

@@ -6,7 +6,6 @@ The scenarios themselves are in tests/federation_e2e.py (shared with the Synapse
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from collections.abc import Iterator
@@ -15,14 +14,11 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-import requests
 from conftest import _launch
 from federation_e2e import Member, displayname_change, join_and_talk, kick_and_ban, typing_and_receipts
-from federation_harness import FederatedServer, TestCA, start_federated_server
+from federation_harness import FederatedServer, TestCA, signed_request, signing_key, start_federated_server
 from js_runner import node_or_skip, run_script
-from signedjson.key import read_signing_keys
 
-from homeserver.core.federation.request_auth import authorization_header
 from homeserver.events.hashing import compute_event_id
 from homeserver.events.signing import sign_event
 
@@ -71,17 +67,8 @@ def test_the_host_hands_a_third_servers_join_on(
 
 
 def _as_server(method: str, origin: FederatedServer, to: FederatedServer, path: str, body: Any = None) -> Any:
-    """A federation request signed with `origin`'s key, as its own code would send it."""
-    key = read_signing_keys((origin.process.data_dir / "signing.key").read_text().splitlines())[0]
-    auth = authorization_header(method, path, origin.server_name, to.server_name, key, body)
-    r = requests.request(
-        method,
-        to.federation_url(path),
-        data=json.dumps(body).encode() if body is not None else None,
-        headers={"Authorization": auth, "Content-Type": "application/json"},
-        verify=str(to.ca.ca_file),
-        timeout=30,
-    )
+    """A federation request signed with `origin`'s key, answered 200."""
+    r = signed_request(method, origin, to, path, body)
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -98,7 +85,7 @@ def test_a_join_only_the_host_got_reaches_the_rooms_other_servers(
     template = _as_server(
         "GET", c, a, f"/_matrix/federation/v1/make_join/{quote(room_id)}/{quote(dave)}?ver=10"
     )
-    key = read_signing_keys((c.process.data_dir / "signing.key").read_text().splitlines())[0]
+    key = signing_key(c)
     join = sign_event(
         {**template["event"], "origin_server_ts": int(time.time() * 1000)}, c.server_name, key, "10"
     )

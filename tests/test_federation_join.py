@@ -4,7 +4,6 @@ handshake events that must be refused."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -16,10 +15,9 @@ from urllib.parse import quote
 
 import pytest
 import requests
-from federation_harness import FederatedServer, TestCA, start_federated_server
-from signedjson.key import generate_signing_key, read_signing_keys
+from federation_harness import FederatedServer, TestCA, signed_request, signing_key, start_federated_server
+from signedjson.key import generate_signing_key
 
-from homeserver.core.federation.request_auth import authorization_header
 from homeserver.events.hashing import compute_event_id
 from homeserver.events.signing import sign_event
 
@@ -70,26 +68,6 @@ class User:
         return self.ok("GET", "/sync", timeout="0")
 
 
-def _signing_key(server: FederatedServer) -> Any:
-    return read_signing_keys((server.process.data_dir / "signing.key").read_text().splitlines())[0]
-
-
-def _federation(
-    method: str, origin: FederatedServer, to: FederatedServer, path: str, body: Any = None
-) -> requests.Response:
-    """A request signed as `origin` to `to`'s federation listener."""
-    auth = authorization_header(method, path, origin.server_name, to.server_name, _signing_key(origin), body)
-    data = json.dumps(body).encode() if body is not None else None
-    return requests.request(
-        method,
-        to.federation_url(path),
-        data=data,
-        headers={"Authorization": auth, "Content-Type": "application/json"},
-        verify=str(to.ca.ca_file),
-        timeout=30,
-    )
-
-
 @pytest.mark.parametrize("version", ["10", "12"])
 def test_a_remote_user_joins_and_leaves_our_room(
     servers: tuple[FederatedServer, FederatedServer], version: str
@@ -124,9 +102,9 @@ def test_a_remote_user_joins_and_leaves_our_room(
     sent = alice.ok(
         "PUT", f"/rooms/{quote(room_id)}/send/m.room.message/a1", {"msgtype": "m.text", "body": "yo"}
     )
-    pdu = _federation("GET", b, a, f"/_matrix/federation/v1/event/{sent['event_id']}").json()["pdus"][0]
+    pdu = signed_request("GET", b, a, f"/_matrix/federation/v1/event/{sent['event_id']}").json()["pdus"][0]
     txn = {"origin": a.server_name, "origin_server_ts": int(time.time() * 1000), "pdus": [pdu]}
-    r = _federation("PUT", a, b, f"/_matrix/federation/v1/send/join{version}", txn)
+    r = signed_request("PUT", a, b, f"/_matrix/federation/v1/send/join{version}", txn)
     assert r.status_code == 200, r.text
     assert r.json()["pdus"] == {sent["event_id"]: {}}
     timeline = bob.sync()["rooms"]["join"][room_id]["timeline"]["events"]
@@ -220,7 +198,7 @@ def test_invites_both_ways_accepted_and_rejected(
 
 
 def _template(a: FederatedServer, b: FederatedServer, room_id: str, user_id: str) -> dict[str, Any]:
-    r = _federation(
+    r = signed_request(
         "GET", b, a, f"/_matrix/federation/v1/make_join/{quote(room_id)}/{quote(user_id)}?ver=10&ver=12"
     )
     assert r.status_code == 200, r.text
@@ -232,7 +210,7 @@ def _send_join(
     a: FederatedServer, b: FederatedServer, pdu: dict[str, Any], room_id: str
 ) -> requests.Response:
     event_id = compute_event_id(pdu, "10")
-    return _federation("PUT", b, a, f"/_matrix/federation/v2/send_join/{quote(room_id)}/{event_id}", pdu)
+    return signed_request("PUT", b, a, f"/_matrix/federation/v2/send_join/{quote(room_id)}/{event_id}", pdu)
 
 
 def test_bad_join_events_are_refused(servers: tuple[FederatedServer, FederatedServer]) -> None:
@@ -241,18 +219,18 @@ def test_bad_join_events_are_refused(servers: tuple[FederatedServer, FederatedSe
     room_id = alice.create_room("10", preset="public_chat")
     other_room = alice.create_room("10", preset="public_chat")
     user = f"@mallory:{b.server_name}"
-    key = _signing_key(b)
+    key = signing_key(b)
 
     def refused(r: requests.Response, status: int, errcode: str) -> None:
         assert r.status_code == status, r.text
         assert r.json()["errcode"] == errcode, r.text
 
     # make_join: for another server's user; without a version we speak; unknown room.
-    r = _federation("GET", b, a, f"/_matrix/federation/v1/make_join/{quote(room_id)}/@x:elsewhere?ver=10")
+    r = signed_request("GET", b, a, f"/_matrix/federation/v1/make_join/{quote(room_id)}/@x:elsewhere?ver=10")
     refused(r, 403, "M_FORBIDDEN")
-    r = _federation("GET", b, a, f"/_matrix/federation/v1/make_join/{quote(room_id)}/{quote(user)}?ver=11")
+    r = signed_request("GET", b, a, f"/_matrix/federation/v1/make_join/{quote(room_id)}/{quote(user)}?ver=11")
     refused(r, 400, "M_INCOMPATIBLE_ROOM_VERSION")
-    r = _federation(
+    r = signed_request(
         "GET", b, a, f"/_matrix/federation/v1/make_join/!nope:{a.server_name}/{quote(user)}?ver=10"
     )
     refused(r, 404, "M_NOT_FOUND")
@@ -270,7 +248,7 @@ def test_bad_join_events_are_refused(servers: tuple[FederatedServer, FederatedSe
     good = sign_event(template, b.server_name, key, "10")
     refused(_send_join(a, b, good, other_room), 400, "M_BAD_JSON")
     # The path names another event ID.
-    r = _federation("PUT", b, a, f"/_matrix/federation/v2/send_join/{quote(room_id)}/$other", good)
+    r = signed_request("PUT", b, a, f"/_matrix/federation/v2/send_join/{quote(room_id)}/$other", good)
     refused(r, 400, "M_BAD_JSON")
     # Naming a user of ours as the authoriser of a join we would not vouch for.
     vouched = {
@@ -285,7 +263,7 @@ def test_bad_join_events_are_refused(servers: tuple[FederatedServer, FederatedSe
     alice.ok("PUT", f"/rooms/{quote(room_id)}/state/m.room.join_rules", {"join_rule": "invite"})
     refused(_send_join(a, b, good, room_id), 403, "M_FORBIDDEN")
     # Garbage bodies: a clear 400, never a 500.
-    r = _federation("PUT", b, a, f"/_matrix/federation/v2/send_join/{quote(room_id)}/$x", [1])
+    r = signed_request("PUT", b, a, f"/_matrix/federation/v2/send_join/{quote(room_id)}/$x", [1])
     refused(r, 400, "M_BAD_JSON")
     assert user not in alice.memberships(room_id)
 
@@ -309,13 +287,13 @@ def test_bad_join_events_are_refused(servers: tuple[FederatedServer, FederatedSe
     assert len(joins) == 1
     # So is a leave sent twice.
     path = f"/_matrix/federation/v1/make_leave/{quote(other_room)}/{quote(retry)}"
-    leave_event = _federation("GET", b, a, path).json()["event"]
+    leave_event = signed_request("GET", b, a, path).json()["event"]
     leave_event = sign_event(leave_event, b.server_name, key, "10")
     leave_path = (
         f"/_matrix/federation/v2/send_leave/{quote(other_room)}/{compute_event_id(leave_event, '10')}"
     )
     for _ in range(2):
-        r = _federation("PUT", b, a, leave_path, leave_event)
+        r = signed_request("PUT", b, a, leave_path, leave_event)
         assert r.status_code == 200, r.text
         assert r.json() == {}
     assert alice.memberships(other_room)[retry] == "leave"
@@ -325,7 +303,7 @@ def test_bad_invites_are_refused(servers: tuple[FederatedServer, FederatedServer
     a, b = servers
     alice = User(a, "alice_badinv")
     room = f"!fake:{b.server_name}"
-    key = _signing_key(b)
+    key = signing_key(b)
     pdu = {
         "room_id": room,
         "sender": f"@m:{b.server_name}",
@@ -341,7 +319,7 @@ def test_bad_invites_are_refused(servers: tuple[FederatedServer, FederatedServer
     def invite(event: dict[str, Any], room_id: str = room, version: Any = "10") -> requests.Response:
         event_id = compute_event_id(event, "10")
         path = f"/_matrix/federation/v2/invite/{quote(room_id)}/{event_id}"
-        return _federation("PUT", b, a, path, {"event": event, "room_version": version})
+        return signed_request("PUT", b, a, path, {"event": event, "room_version": version})
 
     def refused(r: requests.Response, status: int, errcode: str) -> None:
         assert r.status_code == status, r.text

@@ -21,13 +21,12 @@ import pytest
 import pytest_twisted
 import requests
 from conftest import base_config, free_port
-from federation_harness import LOOPBACK, FederatedServer, TestCA, start_federated_server
-from signedjson.key import decode_verify_key_base64, read_signing_keys
+from federation_harness import LOOPBACK, FederatedServer, TestCA, signed_request, start_federated_server
+from signedjson.key import decode_verify_key_base64
 from signedjson.sign import verify_signed_json
 from test_e2ee_api import CrossSigning, Device, new_device, new_user
 
 from homeserver.core.federation.remote_keys import parse_user_devices
-from homeserver.core.federation.request_auth import authorization_header
 
 OTK = "signed_curve25519"
 
@@ -54,21 +53,6 @@ def alice(servers: tuple[FederatedServer, FederatedServer]) -> tuple[Device, Cro
     r = device.post("/keys/device_signing/upload", xs.upload_body())
     assert r.status_code == 200, r.text
     return device, xs
-
-
-def _signed_by(
-    server: FederatedServer, method: str, target: FederatedServer, path: str, body: Any = None
-) -> Any:
-    key = read_signing_keys((server.process.data_dir / "signing.key").read_text().splitlines())[0]
-    auth = authorization_header(method, path, server.server_name, target.server_name, key, body)
-    return requests.request(
-        method,
-        target.federation_url(path),
-        json=body,
-        headers={"Authorization": auth},
-        verify=str(target.ca.ca_file),
-        timeout=30,
-    )
 
 
 def test_a_client_queries_and_claims_keys_of_a_user_on_another_server(
@@ -157,7 +141,7 @@ def test_user_devices_and_the_federation_key_routes_check_their_input(
     a, b = servers
     device, xs = alice
     path = f"/_matrix/federation/v1/user/devices/{quote(device.user_id)}"
-    r = _signed_by(b, "GET", a, path)
+    r = signed_request("GET", b, a, path)
     assert r.status_code == 200, r.text
     answer = r.json()
     assert answer["user_id"] == device.user_id
@@ -179,23 +163,23 @@ def test_user_devices_and_the_federation_key_routes_check_their_input(
 
     # Not a user of A; not a user id.
     refused(
-        _signed_by(b, "GET", a, f"/_matrix/federation/v1/user/devices/{quote('@x:' + b.server_name)}"),
+        signed_request("GET", b, a, f"/_matrix/federation/v1/user/devices/{quote('@x:' + b.server_name)}"),
         "M_INVALID_PARAM",
     )
-    refused(_signed_by(b, "GET", a, "/_matrix/federation/v1/user/devices/nobody"), "M_INVALID_PARAM")
+    refused(signed_request("GET", b, a, "/_matrix/federation/v1/user/devices/nobody"), "M_INVALID_PARAM")
     query = "/_matrix/federation/v1/user/keys/query"
     claim = "/_matrix/federation/v1/user/keys/claim"
-    refused(_signed_by(b, "POST", a, query, {"device_keys": []}), "M_BAD_JSON")
-    refused(_signed_by(b, "POST", a, query, {"device_keys": {device.user_id: "all"}}), "M_BAD_JSON")
-    refused(_signed_by(b, "POST", a, query, {"device_keys": {"alice": []}}), "M_INVALID_PARAM")
+    refused(signed_request("POST", b, a, query, {"device_keys": []}), "M_BAD_JSON")
+    refused(signed_request("POST", b, a, query, {"device_keys": {device.user_id: "all"}}), "M_BAD_JSON")
+    refused(signed_request("POST", b, a, query, {"device_keys": {"alice": []}}), "M_INVALID_PARAM")
     refused(
-        _signed_by(b, "POST", a, claim, {"one_time_keys": {device.user_id: {device.device_id: 5}}}),
+        signed_request("POST", b, a, claim, {"one_time_keys": {device.user_id: {device.device_id: 5}}}),
         "M_BAD_JSON",
     )
     many = {device.user_id: {f"D{i}": OTK for i in range(1001)}}
-    refused(_signed_by(b, "POST", a, claim, {"one_time_keys": many}), "M_INVALID_PARAM")
+    refused(signed_request("POST", b, a, claim, {"one_time_keys": many}), "M_INVALID_PARAM")
     # Users of other servers are left out of A's answers.
-    r = _signed_by(b, "POST", a, query, {"device_keys": {device.user_id: [], f"@z:{b.server_name}": []}})
+    r = signed_request("POST", b, a, query, {"device_keys": {device.user_id: [], f"@z:{b.server_name}": []}})
     assert r.status_code == 200, r.text
     assert list(r.json()["device_keys"]) == [device.user_id]
     assert "user_signing_keys" not in r.json()
@@ -226,14 +210,14 @@ def test_to_device_over_federation_reaches_our_device_once(
             "pdus": [],
             "edus": [edu],
         }
-        r = _signed_by(b, "PUT", a, f"/_matrix/federation/v1/send/{txn_id}", body)
+        r = signed_request("PUT", b, a, f"/_matrix/federation/v1/send/{txn_id}", body)
         assert r.status_code == 200, r.text
     events = device.sync()["to_device"]["events"]
     assert events == [{"type": "m.room.encrypted", "sender": f"@bob:{b.server_name}", "content": content}]
 
 
 def _devices_of(a: FederatedServer, b: FederatedServer, user_id: str) -> dict[str, Any]:
-    r = _signed_by(b, "GET", a, f"/_matrix/federation/v1/user/devices/{quote(user_id)}")
+    r = signed_request("GET", b, a, f"/_matrix/federation/v1/user/devices/{quote(user_id)}")
     assert r.status_code == 200, r.text
     answer: dict[str, Any] = r.json()
     return answer
@@ -371,7 +355,7 @@ def test_keys_of_a_synapse_user_and_ours_both_ways(
     assert key_id.startswith(f"{OTK}:")
 
     # Synapse's /user/devices (what a resync reads) as we read it.
-    r = _signed_by(a, "GET", synapse, f"/_matrix/federation/v1/user/devices/{quote(sam.user_id)}")
+    r = signed_request("GET", a, synapse, f"/_matrix/federation/v1/user/devices/{quote(sam.user_id)}")
     assert r.status_code == 200, r.text
     kept = parse_user_devices(sam.user_id, r.json())
     assert kept.devices[sam.device_id] is not None

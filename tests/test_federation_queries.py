@@ -13,11 +13,10 @@ from urllib.parse import quote
 
 import pytest
 import requests
-from federation_harness import FederatedServer, TestCA, start_federated_server
+from federation_harness import FederatedServer, TestCA, signed_request, start_federated_server
 from synapse import SynapseServer
 
 from homeserver.core.federation.media import multipart_boundary, parse_multipart
-from homeserver.core.federation.request_auth import authorization_header
 
 
 def _png() -> bytes:
@@ -49,15 +48,6 @@ def servers(
 
 def _auth(user: dict[str, Any]) -> dict[str, str]:
     return {"Authorization": f"Bearer {user['access_token']}"}
-
-
-def _signed_get(origin: FederatedServer, destination: FederatedServer, uri: str) -> requests.Response:
-    """A GET to `destination`'s federation listener signed with `origin`'s key."""
-    from signedjson.key import read_signing_keys
-
-    key = read_signing_keys((origin.process.data_dir / "signing.key").read_text().splitlines())[0]
-    header = authorization_header("GET", uri, origin.server_name, destination.server_name, key, None)
-    return destination.get(uri, headers={"Authorization": header})
 
 
 def _public_room(server: FederatedServer, user: dict[str, Any], alias: str, name: str) -> str:
@@ -122,17 +112,17 @@ def test_the_directory_query_refuses_what_it_must(servers: tuple[FederatedServer
     a, b = servers
     base = "/_matrix/federation/v1/query/directory"
     # Someone else's alias is not ours to answer; a missing parameter is 400.
-    r = _signed_get(b, a, f"{base}?room_alias={quote(f'#x:{b.server_name}', safe='')}")
+    r = signed_request("GET", b, a, f"{base}?room_alias={quote(f'#x:{b.server_name}', safe='')}")
     assert r.status_code == 400 and r.json()["errcode"] == "M_INVALID_PARAM", r.text
-    r = _signed_get(b, a, base)
+    r = signed_request("GET", b, a, base)
     assert r.status_code == 400 and r.json()["errcode"] == "M_MISSING_PARAM", r.text
     # Oversized query parameters: a clear 400, never a 500 (nor a database error).
     long_alias = "#" + "a" * 8000 + ":" + a.server_name
-    r = _signed_get(b, a, f"{base}?room_alias={quote(long_alias, safe='')}")
+    r = signed_request("GET", b, a, f"{base}?room_alias={quote(long_alias, safe='')}")
     assert r.status_code == 400 and r.json()["errcode"] == "M_INVALID_PARAM", r.text
-    r = _signed_get(b, a, "/_matrix/federation/v1/publicRooms?limit=" + "9" * 5000)
+    r = signed_request("GET", b, a, "/_matrix/federation/v1/publicRooms?limit=" + "9" * 5000)
     assert r.status_code == 400, r.text
-    r = _signed_get(b, a, "/_matrix/federation/v1/publicRooms?include_all_networks=maybe")
+    r = signed_request("GET", b, a, "/_matrix/federation/v1/publicRooms?include_all_networks=maybe")
     assert r.status_code == 400 and r.json()["errcode"] == "M_INVALID_PARAM", r.text
     # Unsigned: 401.
     r = a.get(f"{base}?room_alias=%23x%3Ay")
@@ -184,7 +174,7 @@ def test_remote_media_is_fetched_once_and_kept(servers: tuple[FederatedServer, F
     media_id = _upload(a, erin, PNG, "image/png")
 
     # A serves it to other servers as multipart/mixed: JSON metadata, then the bytes.
-    r = _signed_get(b, a, f"/_matrix/federation/v1/media/download/{media_id}")
+    r = signed_request("GET", b, a, f"/_matrix/federation/v1/media/download/{media_id}")
     assert r.status_code == 200, r.text
     boundary = multipart_boundary(r.headers["Content-Type"])
     assert boundary is not None
@@ -232,7 +222,7 @@ def test_media_ids_cannot_traverse_paths(servers: tuple[FederatedServer, Federat
     a, b = servers
     grace = b.process.register("grace")
     for media_id in ("..%2F..%2Fsigning.key", "..%2Fplugins", "a..b", "a%00b", "x" * 300):
-        r = _signed_get(b, a, f"/_matrix/federation/v1/media/download/{media_id}")
+        r = signed_request("GET", b, a, f"/_matrix/federation/v1/media/download/{media_id}")
         assert r.status_code in (400, 404), (media_id, r.status_code, r.text)
         assert b"ed25519" not in r.content
         r = requests.get(
@@ -253,7 +243,7 @@ def test_media_ids_cannot_traverse_paths(servers: tuple[FederatedServer, Federat
     from plugins.media.remote import cache_id
 
     local = cache_id(a.server_name, media_id)
-    assert _signed_get(a, b, f"/_matrix/federation/v1/media/download/{local}").status_code == 404
+    assert signed_request("GET", a, b, f"/_matrix/federation/v1/media/download/{local}").status_code == 404
     r = requests.get(
         b.process.url(f"/_matrix/client/v1/media/download/{b.server_name}/{local}"),
         headers=_auth(grace),
