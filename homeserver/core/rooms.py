@@ -15,7 +15,7 @@ from twisted.logger import Logger
 
 from homeserver.core.account_data import AccountDataService
 from homeserver.core.events import EventService
-from homeserver.core.join_rules import KNOCK_JOIN_RULES, RESTRICTED_JOIN_RULES, allowed_room_ids, join_rule
+from homeserver.core.join_rules import KNOCK_JOIN_RULES, join_authoriser, join_rule
 from homeserver.core.ratelimit import RateLimiter
 from homeserver.core.retention import check_policy_content
 from homeserver.core.room_heads import RoomHead
@@ -448,7 +448,10 @@ class RoomService:
             await self.remote.remote_membership("join", user_id, room_id, remote, profile)
             return room_id
         invite = head.get("m.room.member", user_id) if head is not None else None
-        extra = await self._restricted_join(user_id, head) if head is not None else None
+        authoriser = None
+        if head is not None:
+            authoriser = await join_authoriser(self.events.heads, self.server_name, head, user_id)
+        extra = {"join_authorised_via_users_server": authoriser} if authoriser else None
         await self.set_membership(user_id, room_id, user_id, "join", extra=extra)
         if (
             invite is not None
@@ -468,25 +471,6 @@ class RoomService:
             # Spec: Room Upgrades: joining the new room carries the user's tags over.
             await self.tags.copy_tags(user_id, predecessor["room_id"], room_id)
         return room_id
-
-    async def _restricted_join(self, user_id: str, head: RoomHead) -> dict[str, Any] | None:
-        """For a restricted (or knock_restricted) room the user may join through membership of
-        an allowed room: `join_authorised_via_users_server` naming a local member who may
-        invite (auth rule 4.3.5), which is this server vouching for the join. None otherwise
-        (the auth rules then decide, e.g. an invited user needs no vouching)."""
-        if join_rule(head) not in RESTRICTED_JOIN_RULES or head.membership(user_id) in ("join", "invite"):
-            return None
-        for allowed in allowed_room_ids(head):
-            other = await self.events.heads.get(allowed)
-            if other is not None and other.membership(user_id) == "join":
-                break
-        else:
-            return None
-        suffix = ":" + self.server_name
-        for member in sorted(head.members("join")):
-            if member.endswith(suffix) and self.may(member, head, "invite"):
-                return {"join_authorised_via_users_server": member}
-        return None
 
     async def knock(
         self, user_id: str, room_id_or_alias: str, reason: str | None = None, via: list[str] | None = None

@@ -24,14 +24,13 @@ from homeserver.core.federation.client import FederationClient, RemoteError
 from homeserver.core.federation.join_state import BadJoinState, checked_state, pdu_only
 from homeserver.core.federation.keys import KeyRing
 from homeserver.core.federation.server_acl import check_server_allowed
-from homeserver.core.join_rules import RESTRICTED_JOIN_RULES, allowed_room_ids, join_rule
+from homeserver.core.join_rules import join_authoriser
 from homeserver.core.room_heads import RoomHead
 from homeserver.errors import BadJson, Forbidden, MatrixError, NotFound, RemoteServerError
 from homeserver.events.auth_chain import MissingEvent
 from homeserver.events.auth_rules import AuthError, auth_types_for_event, check_auth
 from homeserver.events.hashing import check_content_hash, compute_event_id
 from homeserver.events.pdu_checks import InvalidPdu, PduStatus, check_pdu, check_pdu_signatures, validate_pdu
-from homeserver.events.power_levels import can_do
 from homeserver.events.room_versions import room_id_is_create_hash
 from homeserver.events.signing import InvalidSignature, sign_event, verify_event_signature
 from homeserver.storage.events import PersistItem, StoredEvent
@@ -117,23 +116,7 @@ class FederatedMembership:
         return {"event": template, "room_version": head.room_version}
 
     async def _authoriser(self, head: RoomHead, user_id: str) -> str | None:
-        """For a restricted room the user may join through membership of an allowed room we
-        are in: a member of ours who may invite, named in `join_authorised_via_users_server`
-        (auth rule 4.3.5; we vouch for the join by signing it). None: the rules decide."""
-        if join_rule(head) not in RESTRICTED_JOIN_RULES or head.membership(user_id) in ("join", "invite"):
-            return None
-        for allowed in allowed_room_ids(head):
-            other = await self.events.heads.get(allowed)
-            if other is not None and other.membership(user_id) == "join":
-                break
-        else:
-            return None
-        suffix = ":" + self.server_name
-        state = {key: ev.pdu for key, ev in head.state.items()}
-        for member in sorted(head.members("join")):
-            if member.endswith(suffix) and can_do(member, "invite", state, room_version=head.room_version):
-                return member
-        return None
+        return await join_authoriser(self.events.heads, self.server_name, head, user_id)
 
     async def send(
         self, membership: str, origin: str, room_id: str, event_id: str, pdu: Any
