@@ -269,8 +269,9 @@ class PduIngest:
                 continue
             if cid in known.rejected:
                 continue
-            if not await self._signed(candidate, room_version):
-                continue
+            # check_pdu verifies the signatures before the auth checks (so a forged event
+            # drops before it can send us fetching its auth chain): only the keys are ours to get.
+            await self._ensure_keys(candidate)
             outcome = None
             for attempt in range(2):
                 try:
@@ -450,10 +451,6 @@ class PduIngest:
         if found is None or found[0] == "outlier":
             return None
         return PduStatus(found[0]), found[1]
-
-    async def _signed(self, pdu: dict[str, Any], room_version: str) -> bool:
-        await self._ensure_keys(pdu)
-        return self._verified(pdu, room_version)
 
     async def _ensure_keys(self, pdu: dict[str, Any]) -> None:
         signatures = pdu.get("signatures") or {}
@@ -665,8 +662,9 @@ class PduIngest:
             if wanted is not None and cid not in wanted:
                 continue
             await self._load([cid, *candidate["auth_events"]], known)
-            if cid in known.events or not await self._signed(candidate, room_version):
+            if cid in known.events:
                 continue
+            await self._ensure_keys(candidate)  # check_pdu verifies the signatures with them
             try:
                 outcome = check_pdu(
                     candidate,
