@@ -140,14 +140,31 @@ class EventServer:
         if not _int(limit) or not _int(min_depth):
             raise BadJson("limit and min_depth must be integers")
         limit = max(0, min(limit, MAX_MISSING))
-        seen = set(earliest) | set(latest)
-        found: list[StoredEvent] = []
         frontier = [
             p
             for ev in (await self.store.get_events(latest)).values()
             if ev.room_id == room_id
             for p in ev.pdu.get("prev_events", [])
         ]
+        found = await self._walk_back(room_id, frontier, set(earliest) | set(latest), limit, min_depth)
+        found.sort(key=lambda e: (e.depth, e.stream_ordering))
+        return {"events": await self._visible_pdus(origin, head, found)}
+
+    async def backfill(self, origin: str, room_id: str, starts: list[str], limit: int) -> dict[str, Any]:
+        head = await self._room_for(origin, room_id)
+        limit = max(0, min(limit, MAX_BACKFILL))
+        found = await self._walk_back(room_id, list(starts), set(), limit)
+        found.sort(key=lambda e: (-e.depth, -e.stream_ordering))
+        return self._envelope(await self._visible_pdus(origin, head, found))
+
+    # Helpers ------------------------------------------------------------------------------
+
+    async def _walk_back(
+        self, room_id: str, frontier: list[str], seen: set[str], limit: int, min_depth: int = 0
+    ) -> list[StoredEvent]:
+        """Up to `limit` events of the room we hold, from `frontier` back along prev_events,
+        one database read per generation (deepest first within one); `seen` are not taken."""
+        found: list[StoredEvent] = []
         while frontier and len(found) < limit:
             step = [e for e in dict.fromkeys(frontier) if e not in seen]
             seen.update(step)
@@ -158,29 +175,7 @@ class EventServer:
                     continue
                 found.append(ev)
                 frontier.extend(ev.pdu.get("prev_events", []))
-        found.sort(key=lambda e: (e.depth, e.stream_ordering))
-        return {"events": await self._visible_pdus(origin, head, found)}
-
-    async def backfill(self, origin: str, room_id: str, starts: list[str], limit: int) -> dict[str, Any]:
-        head = await self._room_for(origin, room_id)
-        limit = max(0, min(limit, MAX_BACKFILL))
-        seen: set[str] = set()
-        found: list[StoredEvent] = []
-        frontier = list(starts)
-        while frontier and len(found) < limit:
-            step = [e for e in dict.fromkeys(frontier) if e not in seen]
-            seen.update(step)
-            events = await self.store.get_events(step)
-            frontier = []
-            for ev in sorted(events.values(), key=lambda e: -e.depth):
-                if ev.room_id != room_id or len(found) >= limit:
-                    continue
-                found.append(ev)
-                frontier.extend(ev.pdu.get("prev_events", []))
-        found.sort(key=lambda e: (-e.depth, -e.stream_ordering))
-        return self._envelope(await self._visible_pdus(origin, head, found))
-
-    # Helpers ------------------------------------------------------------------------------
+        return found
 
     async def _state_before(self, head: RoomHead, event_id: str | None) -> dict[tuple[str, str], str]:
         if event_id is None:
