@@ -479,8 +479,7 @@ class KeyService:
             self._change_done(position, user_id)
         await self._announce(user_id)
         if self.federation is not None:
-            for device_id in device_ids:
-                await self.federation.device_changed(user_id, device_id, position, None)
+            await self.federation.devices_deleted(user_id, device_ids, position)
 
     # To-device -----------------------------------------------------------------------------
 

@@ -172,3 +172,27 @@ async def test_to_device_messages_from_another_server_are_delivered_once(tmp_pat
         assert events == [{"type": "m.room.encrypted", "sender": CAROL, "content": content}]
     finally:
         await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_devices_deleted_at_once_each_reach_a_room_mates_server(tmp_path: Path) -> None:
+    """Deleting several devices together queues one m.device_list_update per device for the
+    server of a remote room-mate, each marked deleted."""
+    hs, client, alice, _ = await setup(tmp_path)
+    try:
+        sessions = [
+            await hs.accounts.create_session(alice["user_id"], None, None, refreshable=False, ip=None)
+            for _ in range(2)
+        ]
+        gone = sorted(s.device_id for s in sessions)
+        await hs.accounts.delete_devices(alice["user_id"], gone)
+        items = await hs.storage.federation_queue.items(REMOTE, 0, None, 100)
+        updates = [
+            i.edu["content"]
+            for i in items
+            if i.edu is not None and i.edu["edu_type"] == "m.device_list_update"
+        ]
+        deleted = sorted(u["device_id"] for u in updates if u["deleted"])
+        assert deleted == gone
+    finally:
+        await hs.stop(None)

@@ -121,20 +121,31 @@ class OutboundEdus:
         self, user_id: str, device_id: str, stream_id: int, keys: dict[str, Any] | None
     ) -> None:
         """A local device's keys were uploaded (`keys`) or the device deleted (None)."""
+        await self._device_updates(user_id, [device_id], stream_id, keys)
+
+    @_logged
+    async def devices_deleted(self, user_id: str, device_ids: list[str], stream_id: int) -> None:
+        """Local devices deleted at once: the user's servers and previous change read once."""
+        await self._device_updates(user_id, device_ids, stream_id, None)
+
+    async def _device_updates(
+        self, user_id: str, device_ids: list[str], stream_id: int, keys: dict[str, Any] | None
+    ) -> None:
         hosts = await self.sender.hosts_sharing_rooms(user_id)
         if not hosts:
             return
         previous = await self._change_before(user_id, stream_id)
-        content: dict[str, Any] = {
-            "user_id": user_id,
-            "device_id": device_id,
-            "stream_id": stream_id,
-            "prev_id": [previous] if previous is not None else [],
-            "deleted": keys is None,
-        }
-        if keys is not None:
-            content["keys"] = keys
-        await self.sender.queue_edu(hosts, "m.device_list_update", content)
+        for device_id in device_ids:
+            content: dict[str, Any] = {
+                "user_id": user_id,
+                "device_id": device_id,
+                "stream_id": stream_id,
+                "prev_id": [previous] if previous is not None else [],
+                "deleted": keys is None,
+            }
+            if keys is not None:
+                content["keys"] = keys
+            await self.sender.queue_edu(hosts, "m.device_list_update", content)
 
     @_logged
     async def signing_keys_changed(self, user_id: str, keys: dict[str, Any]) -> None:
