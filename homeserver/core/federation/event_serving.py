@@ -18,6 +18,7 @@ from typing import Any
 
 from homeserver.core.clock import Clock
 from homeserver.core.federation.server_acl import check_server_allowed
+from homeserver.core.federation.user_ids import server_of
 from homeserver.core.room_heads import RoomHead, RoomHeads
 from homeserver.errors import BadJson, Forbidden, NotFound
 from homeserver.events.redaction import redact
@@ -26,10 +27,6 @@ from homeserver.storage.federation_events import FederationEventStore
 
 MAX_BACKFILL = 100
 MAX_MISSING = 20
-
-
-def server_of(user_id: str) -> str:
-    return user_id.split(":", 1)[1] if ":" in user_id else ""
 
 
 def hosts_in_room(head: RoomHead) -> set[str]:

@@ -24,6 +24,7 @@ from homeserver.core.federation.client import FederationClient, RemoteError
 from homeserver.core.federation.join_state import BadJoinState, checked_state, pdu_only
 from homeserver.core.federation.keys import KeyRing
 from homeserver.core.federation.server_acl import check_server_allowed
+from homeserver.core.federation.user_ids import server_of
 from homeserver.core.join_rules import join_authoriser
 from homeserver.core.room_heads import RoomHead
 from homeserver.errors import BadJson, Forbidden, MatrixError, NotFound, RemoteServerError
@@ -48,10 +49,6 @@ STRIPPED_TYPES = (
     "m.room.encryption",
     "m.room.topic",
 )
-
-
-def domain_of(user_id: str) -> str:
-    return user_id.split(":", 1)[1] if ":" in user_id else ""
 
 
 _pdu_only = pdu_only
@@ -85,7 +82,7 @@ class FederatedMembership:
         self, membership: str, origin: str, room_id: str, user_id: str, versions: list[str] | None
     ) -> dict[str, Any]:
         """The template for GET /make_{join,leave,knock}/{roomId}/{userId}."""
-        if domain_of(user_id) != origin:
+        if server_of(user_id) != origin:
             raise Forbidden(f"{user_id} is not a user of {origin}")
         if membership != "leave" and self.is_blocked(room_id):
             raise Forbidden("This room has been blocked on this server")
@@ -141,7 +138,7 @@ class FederatedMembership:
         sender = pdu.get("sender")
         if not isinstance(sender, str) or pdu.get("state_key") != sender:
             raise BadJson("The event's state_key must be its sender")
-        if domain_of(sender) != origin:
+        if server_of(sender) != origin:
             raise Forbidden(f"The sender {sender} is not a user of {origin}")
         room_version = head.room_version
         existing = head.get("m.room.member", sender)
@@ -149,7 +146,7 @@ class FederatedMembership:
             # A retry of a handshake that went through (the same event: its ID is its hash).
             return head, existing, [ev for ev in head.state.values() if ev is not existing]
         authoriser = pdu["content"].get("join_authorised_via_users_server")
-        if membership == "join" and isinstance(authoriser, str) and domain_of(authoriser) == self.server_name:
+        if membership == "join" and isinstance(authoriser, str) and server_of(authoriser) == self.server_name:
             # A restricted join we are asked to vouch for: only if we would have offered it.
             if authoriser != await self._authoriser(head, sender):
                 raise Forbidden(f"{sender} may not join this room through {authoriser}")
@@ -213,7 +210,7 @@ class FederatedMembership:
             "state": [ev.pdu for ev in state_before],
             "auth_chain": [ev.pdu for ev in chain],
             "members_omitted": False,
-            "servers_in_room": sorted({domain_of(u) for u in head.members("join")}),
+            "servers_in_room": sorted({server_of(u) for u in head.members("join")}),
         }
 
     def stripped_state(self, head: RoomHead) -> list[dict[str, Any]]:
@@ -339,9 +336,9 @@ class FederatedMembership:
         if content.get("membership") != "invite" or not isinstance(target, str):
             raise BadJson("The event must be an invite")
         sender = pdu.get("sender")
-        if not isinstance(sender, str) or domain_of(sender) != origin:
+        if not isinstance(sender, str) or server_of(sender) != origin:
             raise Forbidden(f"The sender {sender} is not a user of {origin}")
-        if domain_of(target) != self.server_name or not await self.user_exists(target):
+        if server_of(target) != self.server_name or not await self.user_exists(target):
             raise NotFound(f"{target} is not a user of this server")
         if self.is_blocked(room_id):
             raise Forbidden("This room has been blocked on this server")
@@ -399,7 +396,7 @@ class FederatedMembership:
     ) -> StoredEvent:
         """Our member invites a user of another server: the event goes to their server to
         be countersigned (PUT /v2/invite), then into the room like any other."""
-        server = domain_of(target)
+        server = server_of(target)
         pdu: dict[str, Any] = {
             "room_id": head.room_id,
             "sender": sender,

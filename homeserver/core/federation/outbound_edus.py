@@ -21,7 +21,8 @@ from twisted.logger import Logger
 
 from homeserver.core.federation.discovery import split_server_name
 from homeserver.core.federation.edus import REMOTE_TYPING_TIMEOUT_MS
-from homeserver.core.federation.sender import FederationSender, server_of
+from homeserver.core.federation.sender import FederationSender
+from homeserver.core.federation.user_ids import server_of
 from homeserver.logs import log_failure
 
 log = Logger()

@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from homeserver.core.clock import Clock
 from homeserver.core.e2ee import KeyService
 from homeserver.core.federation.client import FederationClient, RemoteError
+from homeserver.core.federation.user_ids import server_of
 from homeserver.errors import MatrixError
 from homeserver.storage.remote_devices import RemoteDeviceList, RemoteDeviceStore
 
@@ -30,10 +31,6 @@ JsonDict = dict[str, Any]
 FEDERATION = "/_matrix/federation/v1"
 # Locks of users whose lists are being changed; dropped when free, so this stays small.
 _MAX_DEVICES = 1000
-
-
-def domain_of(user_id: str) -> str:
-    return user_id.partition(":")[2]
 
 
 def _device_keys_for(user_id: str, device_id: str, keys: Any) -> JsonDict | None:
@@ -86,7 +83,7 @@ class RemoteKeys:
         self._locks: dict[str, DeferredLock] = {}
 
     def is_remote(self, user_id: str) -> bool:
-        domain = domain_of(user_id)
+        domain = server_of(user_id)
         return bool(domain) and domain != self.server_name
 
     # Our clients' queries ---------------------------------------------------------------
@@ -107,7 +104,7 @@ class RemoteKeys:
                 await self.store.forget(user_id)  # no room shared any more: nothing keeps it fresh
             if sharing:
                 to_keep.add(user_id)
-            by_server.setdefault(domain_of(user_id), {})[user_id] = devices
+            by_server.setdefault(server_of(user_id), {})[user_id] = devices
 
         async def ask(server: str, users: dict[str, list[str]]) -> None:
             rest = dict(users)
@@ -144,7 +141,7 @@ class RemoteKeys:
         out: JsonDict = {"one_time_keys": {}, "failures": {}}
         by_server: dict[str, dict[str, dict[str, str]]] = {}
         for user_id, devices in wanted.items():
-            by_server.setdefault(domain_of(user_id), {})[user_id] = devices
+            by_server.setdefault(server_of(user_id), {})[user_id] = devices
 
         async def ask(server: str, users: dict[str, dict[str, str]]) -> None:
             answer = await self.client.post_json(
@@ -204,7 +201,7 @@ class RemoteKeys:
     async def _fetch(self, user_id: str) -> RemoteDeviceList | None:
         try:
             answer = await self.client.get_json(
-                domain_of(user_id), f"{FEDERATION}/user/devices/{_quote(user_id)}"
+                server_of(user_id), f"{FEDERATION}/user/devices/{_quote(user_id)}"
             )
             return parse_user_devices(user_id, answer)
         except Exception as e:
@@ -245,7 +242,7 @@ class RemoteKeys:
         deleted = content.get("deleted", False)
         if (
             not isinstance(user_id, str)
-            or domain_of(user_id) != origin  # a server speaks only for its own users
+            or server_of(user_id) != origin  # a server speaks only for its own users
             or not isinstance(device_id, str)
             or not device_id
             or not _is_stream_id(stream_id)
@@ -287,7 +284,7 @@ class RemoteKeys:
 
     async def on_signing_key_update(self, origin: str, content: JsonDict) -> None:
         user_id = content.get("user_id")
-        if not isinstance(user_id, str) or domain_of(user_id) != origin:
+        if not isinstance(user_id, str) or server_of(user_id) != origin:
             return
         new: dict[str, JsonDict] = {}
         for field, usage in (("master_key", "master"), ("self_signing_key", "self_signing")):
@@ -312,7 +309,7 @@ class RemoteKeys:
         message_id, messages = content.get("message_id"), content.get("messages")
         if (
             not isinstance(sender, str)
-            or domain_of(sender) != origin
+            or server_of(sender) != origin
             or not isinstance(event_type, str)
             or not event_type
             or not isinstance(message_id, str)
@@ -324,7 +321,7 @@ class RemoteKeys:
             return
         try:
             await self.keys.receive_remote_to_device(
-                sender, message_id, event_type, messages, lambda u: domain_of(u) == self.server_name
+                sender, message_id, event_type, messages, lambda u: server_of(u) == self.server_name
             )
         except MatrixError as e:  # contents that are not objects, or too large
             log.info("Ignored an m.direct_to_device from {origin}: {e}", origin=origin, e=e.message)

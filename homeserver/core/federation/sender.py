@@ -32,6 +32,7 @@ from twisted.logger import Logger
 from homeserver.core.clock import Clock
 from homeserver.core.event_stream import EventStream, StreamBatch, StreamConsumer
 from homeserver.core.federation.client import RemoteError
+from homeserver.core.federation.user_ids import server_of
 from homeserver.core.room_heads import RoomHead, RoomHeads
 from homeserver.logs import log_failure
 from homeserver.storage.events import EventStore, StoredEvent
@@ -57,11 +58,6 @@ Transport = Callable[[str, str, dict[str, Any]], Awaitable[Any]]
 
 # Kept with a queued EDU that goes stale (typing): when to drop it rather than send it.
 EXPIRES_KEY = "_expires_ts"
-
-
-def server_of(user_id: str) -> str:
-    """The server part of a user id (everything after the first colon)."""
-    return user_id.partition(":")[2]
 
 
 def next_backoff_s(previous_s: float) -> float:
