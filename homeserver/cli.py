@@ -183,6 +183,16 @@ def _disk_full_message(config: Config, error: BaseException) -> str:
     )
 
 
+def _client_listener(config: Config, instance: str) -> tuple[str, int]:
+    """Where this instance serves clients: its `workers.instances.NAME.listen`, else `listen`."""
+    from homeserver.config import split_host_port
+
+    worker = config.workers.instances.get(instance)
+    if worker is not None and worker.listen:
+        return split_host_port(worker.listen)
+    return config.listen.bind, config.listen.port
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     # No collector passes while start-up builds what lives as long as the process (they cost
     # ~25 ms of CPU); gc_tuning.tune_after_startup turns it back on.
@@ -208,21 +218,34 @@ def cmd_run(args: argparse.Namespace) -> None:
     log = Logger(namespace="homeserver")
     try:
         config.data_path.mkdir(parents=True, exist_ok=True)
-        hs = HomeServer(config, reactor)  # reads or makes the signing key and jwt.secret
+        # Reads or makes the signing key and jwt.secret.
+        hs = HomeServer(config, reactor, worker=args.worker)
+    except ConfigError as e:
+        _die(str(e))
     except OSError as e:
         if is_disk_full(e, str(config.data_path)):
             _die(_disk_full_message(config, e))
         raise
     state: dict[str, Any] = {"port": None, "exit": 0}
+    bind, port = _client_listener(config, hs.topology.me)
 
     async def startup() -> None:
         try:
             await hs.start()
             # Twisted's default accept backlog (50) overflows under bursts of new connections
             # (the kernel drops or resets them); the kernel caps this at net.core.somaxconn.
-            state["port"] = reactor.listenTCP(
-                config.listen.port, hs.site(), backlog=1024, interface=config.listen.bind
-            )
+            state["port"] = reactor.listenTCP(port, hs.site(), backlog=1024, interface=bind)
+            if hs.topology.multi:
+                internal_bind, internal_port = hs.topology.internal_address(hs.topology.me)
+                hs.internal_port = reactor.listenTCP(
+                    internal_port, hs.internal_site(), backlog=1024, interface=internal_bind
+                )
+                log.info(
+                    "worker {name}: internal requests on http://{bind}:{port}",
+                    name=hs.topology.me,
+                    bind=internal_bind,
+                    port=internal_port,
+                )
             federation = hs.federation_site()
             if federation is not None:
                 hs.federation_port = federation_port = reactor.listenSSL(
@@ -256,7 +279,7 @@ def cmd_run(args: argparse.Namespace) -> None:
             return
         log.info(
             "listening on http://{bind}:{port} as {server_name}",
-            bind=config.listen.bind,
+            bind=bind,
             port=state["port"].getHost().port,
             server_name=config.server_name,
         )
@@ -296,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="serve HTTP and WebSocket")
     run.add_argument("-c", "--config", required=True)
+    run.add_argument(
+        "--worker", default=None, help="which of workers.instances this process is (several processes)"
+    )
     run.set_defaults(func=cmd_run)
 
     mig = sub.add_parser("migrate", help="apply pending schema files")

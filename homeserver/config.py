@@ -264,6 +264,48 @@ class FederationConfig:
         return [ipaddress.ip_network(cidr, strict=False) for cidr in getattr(self, f"ip_range_{which}")]
 
 
+# The streams besides events that each have one writing instance (workers.stream_writers).
+STREAMS = ("receipts", "typing", "presence", "account_data", "to_device", "device_lists")
+# The jobs that run on one instance only (workers.pusher, .federation_sender, .background).
+JOBS = ("pusher", "federation_sender", "background")
+
+
+@dataclass(frozen=True)
+class WorkerInstance:
+    # "HOST:PORT" of this instance's client listener; empty: listen.bind and listen.port.
+    listen: str = ""
+    # "HOST:PORT" of its internal listener (requests between instances; keep it private).
+    internal: str = ""
+
+
+@dataclass(frozen=True)
+class WorkersConfig:
+    # Redis between the instances (pub/sub); required with more than one instance.
+    redis_url: str = ""
+    # Prepended to every Redis channel name (several deployments on one Redis).
+    redis_prefix: str = "hs:"
+    # The shared secret of internal requests, or a file holding it (made if missing).
+    secret: str = ""
+    secret_file: str = ""
+    # Instance name -> its listeners. Empty: one process, as without this section.
+    instances: dict[str, WorkerInstance] = field(default_factory=dict)
+    # The instances that write events; each room belongs to one of them (by a hash of its id).
+    event_writers: list[str] = field(default_factory=list)
+    # Stream name -> the one instance writing it; a stream not named: the first event writer.
+    stream_writers: dict[str, str] = field(default_factory=dict)
+    # The instance running pushers, the federation sender and the periodic jobs (empty: the
+    # first event writer).
+    pusher: str = ""
+    federation_sender: str = ""
+    background: str = ""
+    # A request to another instance gives up after this long (503, the client retries).
+    rpc_timeout: Duration = Duration(30_000)
+
+    @property
+    def multi(self) -> bool:
+        return len(self.instances) > 1
+
+
 @dataclass(frozen=True)
 class PluginConfig:
     module: str = ""
@@ -292,6 +334,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     web_client: WebClientConfig = field(default_factory=WebClientConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    workers: WorkersConfig = field(default_factory=WorkersConfig)
     plugins: list[PluginConfig] = field(default_factory=list)
     # Where the YAML came from; relative paths in it are relative to the working directory.
     source: str = "<defaults>"
@@ -320,6 +363,7 @@ ENV_OVERRIDES = {
     "HOMESERVER_SMTP_USERNAME": ("email", "smtp", "username"),
     "HOMESERVER_SMTP_PASSWORD": ("email", "smtp", "password"),
     "HOMESERVER_METRICS_BEARER_SECRET": ("metrics", "bearer_secret"),
+    "HOMESERVER_WORKERS_SECRET": ("workers", "secret"),
 }
 
 _CHOICES = {
@@ -415,6 +459,8 @@ def _convert(hint: Any, value: Any, key: str, source: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: '{key}' must be a mapping, got {type(value).__name__}")
+        if any(not isinstance(k, str) for k in value):
+            raise ConfigError(f"{source}: '{key}' must be a mapping with string keys")
         if dataclasses.is_dataclass(args[1]):
             return {k: _convert(args[1], v, f"{key}.{k}", source) for k, v in value.items()}
         return dict(value)
@@ -450,6 +496,7 @@ def _check_values(config: Config, source: str) -> None:
             raise ConfigError(f"{source}: missing required key 'plugins[{i}].module'")
     _check_retention(config.retention, source)
     _check_federation(config.federation, source)
+    _check_workers(config, source)
     if config.registration.password_min_length < 1:
         raise ConfigError(f"{source}: 'registration.password_min_length' must be at least 1")
 
@@ -515,6 +562,70 @@ def _check_federation(federation: FederationConfig, source: str) -> None:
     for name in (*federation.trusted_key_servers, *filter(None, [federation.well_known_server])):
         if not _SERVER_NAME.fullmatch(name):
             raise ConfigError(f"{source}: federation: {name!r} is not a valid server name")
+
+
+_HOST_PORT = re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+):(\d{1,5})")
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """ "HOST:PORT" (HOST may be a bracketed IPv6 literal) -> (host, port); ValueError if not."""
+    m = _HOST_PORT.fullmatch(value)
+    if not m or not 1 <= int(m.group(2)) <= 65535:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return m.group(1).strip("[]"), int(m.group(2))
+
+
+def _check_workers(config: Config, source: str) -> None:
+    workers = config.workers
+    names = set(workers.instances)
+    for name, instance in workers.instances.items():
+        if not re.fullmatch(r"[A-Za-z0-9_\-]+", name):
+            raise ConfigError(f"{source}: 'workers.instances': {name!r} is not a valid instance name")
+        for which in ("listen", "internal"):
+            value = getattr(instance, which)
+            if value or (which == "internal" and workers.multi):
+                try:
+                    split_host_port(value)
+                except ValueError as e:
+                    raise ConfigError(f"{source}: 'workers.instances.{name}.{which}': {e}") from None
+    if not names:
+        if workers.event_writers or workers.stream_writers or workers.pusher or workers.federation_sender:
+            raise ConfigError(f"{source}: 'workers' names writers but no 'workers.instances'")
+        return
+    if not workers.event_writers:
+        raise ConfigError(f"{source}: 'workers.event_writers' must name at least one instance")
+    if len(set(workers.event_writers)) != len(workers.event_writers):
+        raise ConfigError(f"{source}: 'workers.event_writers' names an instance twice")
+    named = [(f"event_writers[{i}]", n) for i, n in enumerate(workers.event_writers)]
+    for stream, writer in workers.stream_writers.items():
+        if stream not in STREAMS:
+            raise ConfigError(
+                f"{source}: 'workers.stream_writers.{stream}': not a stream (one of {', '.join(STREAMS)})"
+            )
+        if not isinstance(writer, str):
+            raise ConfigError(f"{source}: 'workers.stream_writers.{stream}' must name an instance")
+        named.append((f"stream_writers.{stream}", writer))
+    named += [(job, getattr(workers, job)) for job in JOBS if getattr(workers, job)]
+    for key, name in named:
+        if name not in names:
+            raise ConfigError(f"{source}: 'workers.{key}': {name!r} is not in 'workers.instances'")
+    if workers.multi:
+        if not config.database.url.startswith(("postgresql://", "postgres://")):
+            raise ConfigError(
+                f"{source}: several 'workers.instances' need PostgreSQL in 'database.url' (one database)"
+            )
+        if not workers.redis_url.startswith("redis://"):
+            raise ConfigError(
+                f"{source}: several 'workers.instances' need 'workers.redis_url' (redis://HOST:PORT/DB)"
+            )
+        if not workers.secret and not workers.secret_file:
+            raise ConfigError(
+                f"{source}: several 'workers.instances' need 'workers.secret' or 'workers.secret_file'"
+            )
+    if workers.secret and len(workers.secret) < 16:
+        raise ConfigError(f"{source}: 'workers.secret' must be at least 16 characters")
+    if workers.rpc_timeout < 100:
+        raise ConfigError(f"{source}: 'workers.rpc_timeout' must be at least 100ms")
 
 
 def _check_retention(retention: RetentionConfig, source: str) -> None:

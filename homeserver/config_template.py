@@ -248,6 +248,39 @@ federation:
   # ...and of any other inbound federation request (/_matrix/key bodies: 64K).
   max_request_body_size: 512K
 
+workers:
+  # Several processes of this server (docs/architecture.md, "Past one process";
+  # docs/scaling.md). Each runs `homeserver run -c CONFIG --worker NAME` with this same
+  # file. No instances (the default): one process that does everything.
+  # Instance name -> its listeners: `listen` (HOST:PORT) replaces listen.bind/port for
+  # its clients; `internal` (HOST:PORT) takes requests from the other instances (keep
+  # it on loopback or a private network). Example:
+  #   w1: {listen: "127.0.0.1:8101", internal: "127.0.0.1:9101"}
+  #   w2: {listen: "127.0.0.1:8102", internal: "127.0.0.1:9102"}
+  instances: {}
+  # Redis between the instances (redis://HOST:PORT/DB); required with several.
+  redis_url: ""
+  # Prepended to every Redis channel (several servers may share one Redis).
+  redis_prefix: "hs:"
+  # The shared secret of internal requests (at least 16 characters; the environment
+  # variable HOMESERVER_WORKERS_SECRET overrides it), or a file holding it, made with
+  # a random one if missing. Required with several instances.
+  secret: ""
+  secret_file: ""
+  # The instances that write events: each room's events are written by one of them,
+  # chosen by a hash of the room id; the others forward to it. At least one.
+  event_writers: []
+  # The one instance writing each other stream (receipts, typing, presence,
+  # account_data, to_device, device_lists); a stream not named: the first event writer.
+  stream_writers: {}
+  # The instance that runs the pushers, the one sending to other servers, and the one
+  # running the periodic jobs (retention, stats...). Empty: the first event writer.
+  pusher: ""
+  federation_sender: ""
+  background: ""
+  # A request to another instance gives up after this long (503: the client retries).
+  rpc_timeout: 30s
+
 # Plugins: each entry names a plugin class and its own config block.
 # See docs/plugins.md. Example:
 #   - module: plugins.example.ExamplePlugin

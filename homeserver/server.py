@@ -47,6 +47,7 @@ from homeserver.api.federation import queries as federation_queries
 from homeserver.api.federation import user_keys as federation_user_keys
 from homeserver.api.http import Router, make_site
 from homeserver.api.http_server import HttpFactory
+from homeserver.api.internal import internal_router
 from homeserver.api.simple import auth as simple_auth
 from homeserver.api.simple import export as simple_export
 from homeserver.api.simple import messages as simple_messages
@@ -126,11 +127,17 @@ from homeserver.storage.admin import AdminStore
 from homeserver.storage.migrations import migrate
 from homeserver.storage.registration_tokens import RegistrationTokenStore
 from homeserver.threads import WorkerThreads
+from homeserver.workers.bus import Bus, LocalBus, RedisBus
+from homeserver.workers.rpc import HttpTransport, Transport, WorkerRpc
+from homeserver.workers.topology import Topology
 
 if TYPE_CHECKING:
     from homeserver.api.ws import StreamFactory
 
 log = Logger()
+
+# Largest request between instances (a forwarded federation transaction's PDUs, an event).
+INTERNAL_BODY_LIMIT = 16 * 1024 * 1024
 
 # How long a shutdown waits for in-flight requests before closing anyway.
 SHUTDOWN_GRACE_S = 5.0
@@ -140,12 +147,24 @@ def load_jwt_secret(config: Config) -> bytes:
     """The key that signs access tokens: from config/env, else a file made once in the data dir."""
     if config.auth.jwt_secret:
         return config.auth.jwt_secret.encode("utf-8")
-    path = config.data_path / "jwt.secret"
+    return read_or_create_secret(config.data_path / "jwt.secret", "everyone is logged out")
+
+
+def load_worker_secret(config: Config) -> bytes:
+    """The shared secret of requests between instances: from config/env, else its file."""
+    workers = config.workers
+    if workers.secret:
+        return workers.secret.encode("utf-8")
+    return read_or_create_secret(Path(workers.secret_file), "restart every instance")
+
+
+def read_or_create_secret(path: Path, consequence: str) -> bytes:
+    """A random secret kept in `path`, made there the first time."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         # Written whole beside it, then linked into place: a write cut short (a full disk)
-        # never leaves an empty or partial secret that the next start would sign tokens with.
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".jwt.secret.", suffix=".tmp")
+        # never leaves an empty or partial secret that the next start would use.
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "w") as f:
                 f.write(secrets.token_urlsafe(48))
@@ -159,19 +178,31 @@ def load_jwt_secret(config: Config) -> bytes:
             os.unlink(tmp_name)
     secret = path.read_text().strip()
     if not secret:
-        raise ValueError(f"{path} is empty: delete it to have a new one made (everyone is logged out)")
+        raise ValueError(f"{path} is empty: delete it to have a new one made ({consequence})")
     return secret.encode("utf-8")
 
 
 class HomeServer:
     """The server's parts, wired once. Handlers receive this and use its attributes."""
 
-    def __init__(self, config: Config, reactor: Any, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        clock: Clock | None = None,
+        worker: str | None = None,
+        bus: Bus | None = None,
+        rpc_transport: Transport | None = None,
+    ) -> None:
         """`reactor` runs the I/O and answers the worker threads; `clock` is every read of the
-        time and every timer (default: the reactor's; tests pass one they move themselves)."""
+        time and every timer (default: the reactor's; tests pass one they move themselves).
+        `worker` names this instance of `config.workers` (ConfigError if none); `bus` and
+        `rpc_transport` replace Redis and HTTP between instances (tests: MemoryHub and
+        MemoryTransport)."""
         self.config = config
         self.reactor = reactor
         self.clock = clock or Clock(reactor)
+        self._build_workers(worker, bus, rpc_transport)
         self.signing_key = load_or_create_signing_key(config.signing_key_file)
         self.storage = Storage.from_url(
             config.database.url, config.database.pool_min, config.database.pool_max, reactor
@@ -277,6 +308,28 @@ class HomeServer:
         if config.metrics.served:
             # Unserved, the hot paths skip even the observations.
             self.server_metrics.watch(self)
+
+    def _build_workers(self, worker: str | None, bus: Bus | None, transport: Transport | None) -> None:
+        """Which instance this is and what joins it to the others (nothing when single)."""
+        config = self.config
+        self.topology = Topology.from_config(config, worker)
+        multi = self.topology.multi
+        if bus is None:
+            workers = config.workers
+            bus = (
+                RedisBus(self.topology.me, workers.redis_url, workers.redis_prefix)
+                if multi
+                else LocalBus(self.topology.me)
+            )
+        self.bus: Bus = bus
+        secret = load_worker_secret(config) if multi else b""
+        if transport is None and multi:
+            transport = HttpTransport(
+                self.reactor, self.topology.internal_address, secret, config.workers.rpc_timeout / 1000
+            )
+        self.rpc = WorkerRpc(self.topology.me, secret, transport)
+        self.internal_http: HttpFactory | None = None  # made by internal_site()
+        self.internal_port: IListeningPort | None = None  # the internal listener, if cli opened one
 
     @property
     def websocket(self) -> StreamFactory:
@@ -658,6 +711,8 @@ class HomeServer:
         if self.config.retention.enabled:
             self._start_job(self.config.retention.purge_interval / 1000, self.retention.purge_expired)
         self._start_job(600.0, self.uia.expire_sessions)
+        # Once every service has loaded its positions: connect callbacks catch up from there.
+        await self.bus.start()
         self.plugins = await start_plugins(self, self.router)
         # After the plugins: a restarted export includes their parts (media).
         await self.exports.start()
@@ -693,6 +748,12 @@ class HomeServer:
         self.federation_http = make_site(self.router, self.config.limits.max_request_body_size, self.clock)
         return self.federation_http, context
 
+    def internal_site(self) -> HttpFactory:
+        """The internal listener's HTTP side: requests from the other instances (workers.md)."""
+        router = internal_router(self.rpc)
+        self.internal_http = make_site(router, INTERNAL_BODY_LIMIT, self.clock)
+        return self.internal_http
+
     def metrics_site(self) -> HttpFactory | None:
         """The metrics listener's HTTP side, when `metrics.enabled`."""
         if not self.config.metrics.enabled:
@@ -702,7 +763,7 @@ class HomeServer:
     async def stop(self, port: IListeningPort | None) -> None:
         """Stop accepting, let requests being read or handled finish (bounded), stop plugins,
         close the database."""
-        for listening in (port, self.metrics_port, self.federation_port):
+        for listening in (port, self.metrics_port, self.federation_port, self.internal_port):
             if listening is not None:
                 stopped = listening.stopListening()  # type: ignore[misc]
                 if stopped is not None:
@@ -716,7 +777,7 @@ class HomeServer:
         async def requests_done() -> None:
             # First every request still arriving is read whole (and so with the router), then
             # the router has answered them all.
-            for http in (self.http, self.federation_http):
+            for http in (self.http, self.federation_http, self.internal_http):
                 if http is not None:
                     await http.drain()
             await self.router.wait_idle()
@@ -759,6 +820,9 @@ class HomeServer:
         except Exception:
             log_failure(log, "could not close federation connections")
         await self.stream.stop()
+        await self.bus.stop()
+        if isinstance(self.rpc.transport, HttpTransport):
+            await self.rpc.transport.close()
         for plugin in self.plugins:
             stop = getattr(plugin, "stop", None)
             if stop is not None:
