@@ -128,6 +128,7 @@ from homeserver.storage.migrations import migrate
 from homeserver.storage.registration_tokens import RegistrationTokenStore
 from homeserver.threads import WorkerThreads
 from homeserver.workers.bus import Bus, LocalBus, RedisBus
+from homeserver.workers.event_writes import RoomWriters, register_event_writes
 from homeserver.workers.rpc import HttpTransport, Transport, WorkerRpc
 from homeserver.workers.topology import Topology
 
@@ -305,6 +306,8 @@ class HomeServer:
         self.daily_stats = DailyStatsService(
             self.storage.daily_stats, self.clock, self.activity, config.server_name, self._connections
         )
+        if self.room_writers is not None:
+            self._forward_event_writes(self.room_writers)
         if config.metrics.served:
             # Unserved, the hot paths skip even the observations.
             self.server_metrics.watch(self)
@@ -328,8 +331,19 @@ class HomeServer:
                 self.reactor, self.topology.internal_address, secret, config.workers.rpc_timeout / 1000
             )
         self.rpc = WorkerRpc(self.topology.me, secret, transport)
+        # Several processes: each room's events are written by its writer (None when single).
+        self.room_writers = RoomWriters(self.topology, self.rpc) if multi else None
         self.internal_http: HttpFactory | None = None  # made by internal_site()
         self.internal_port: IListeningPort | None = None  # the internal listener, if cli opened one
+
+    def _forward_event_writes(self, writers: RoomWriters) -> None:
+        """Every entry point that builds events on a room's head goes to the room's writer;
+        the persister refuses any event of a room this process does not write."""
+        self.events.writers = writers
+        self.federation_ingest.writers = writers
+        self.federation_backfill.writers = writers
+        self.persister.owns_room = writers.is_mine
+        register_event_writes(self, writers)
 
     @property
     def websocket(self) -> StreamFactory:

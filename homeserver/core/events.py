@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from signedjson.types import SigningKey
 from twisted.internet.defer import Deferred
@@ -30,6 +30,9 @@ from homeserver.events.hashing import add_content_hash, compute_event_id
 from homeserver.events.room_versions import redacts_in_content, room_id_is_create_hash
 from homeserver.events.signing import sign_event
 from homeserver.storage.events import EventStore, PersistItem, StoredEvent
+
+if TYPE_CHECKING:
+    from homeserver.workers.event_writes import RoomWriters
 
 # Spec: "The complete event MUST NOT be larger than 65536 bytes" (canonical JSON, as sent over federation).
 MAX_PDU_SIZE = 65536
@@ -60,6 +63,9 @@ class EventService:
         self.restrictions: AccountRestrictions | None = None
         self._in_flight_txns: dict[tuple[str, str, str], list[Deferred[StoredEvent]]] = {}
         self._last_create_ms = 0  # see `build`: v12 create events
+        # Set by the server with several processes: a room another process writes is sent
+        # there (workers/event_writes.py); None: every room is written here.
+        self.writers: RoomWriters | None = None
 
     # Building --------------------------------------------------------------------
 
@@ -87,11 +93,46 @@ class EventService:
         except ValueError as e:
             raise BadJson(f"Bad JSON value: {e}") from None
         now = now_ms if now_ms is not None else self.clock.time_ms()
-        if event_type == "m.room.create" and room_id_is_create_hash(head.room_version):
+        mints_room_id = event_type == "m.room.create" and room_id_is_create_hash(head.room_version)
+        if mints_room_id:
             # A v12 room ID is the create event's hash: two rooms created by one user in the
             # same millisecond would get the same ID, so create timestamps never repeat here.
             now = max(now, self._last_create_ms + 1)
             self._last_create_ms = now
+        while True:
+            pdu, event_id = self._signed_pdu(head, sender, event_type, content, state_key, redacts, now)
+            if not mints_room_id or self.writers is None or self.writers.is_mine("!" + event_id[1:]):
+                break
+            # With several event writers a room is written by the one its ID maps to: the
+            # writer creating it takes the next millisecond until the ID maps to itself.
+            now += 1
+            self._last_create_ms = now
+        if mints_room_id:
+            head.room_id = "!" + event_id[1:]
+        unsigned: dict[str, Any] = {}
+        if state_key is not None:
+            previous = head.get(event_type, state_key)
+            if previous is not None:
+                unsigned = {
+                    "replaces_state": previous.event_id,
+                    "prev_content": previous.content,
+                    "prev_sender": previous.sender,
+                }
+        event = StoredEvent(event_id, head.room_id, self.persister.allocate_stream_ordering(), pdu, unsigned)
+        head.apply(event)
+        return event
+
+    def _signed_pdu(
+        self,
+        head: RoomHead,
+        sender: str,
+        event_type: str,
+        content: dict[str, Any],
+        state_key: str | None,
+        redacts: str | None,
+        now: int,
+    ) -> tuple[dict[str, Any], str]:
+        """The authorised, hashed and signed PDU of `build`, and its event ID."""
         pdu: dict[str, Any] = {
             "room_id": head.room_id,
             "sender": sender,
@@ -104,8 +145,7 @@ class EventService:
         if state_key is not None:
             pdu["state_key"] = state_key
         # v12: the create event has no room ID; the room ID is derived from its event ID.
-        mints_room_id = event_type == "m.room.create" and room_id_is_create_hash(head.room_version)
-        if mints_room_id:
+        if event_type == "m.room.create" and room_id_is_create_hash(head.room_version):
             del pdu["room_id"]
         if redacts is not None:
             if redacts_in_content(head.room_version):
@@ -123,28 +163,17 @@ class EventService:
         pdu = sign_event(add_content_hash(pdu), self.server_name, self.signing_key, head.room_version)
         if len(encode_canonical_event_json(pdu)) > MAX_PDU_SIZE:
             raise TooLarge("Event is larger than 65536 bytes")
-        event_id = compute_event_id(pdu, head.room_version)
-        if mints_room_id:
-            head.room_id = "!" + event_id[1:]
-        unsigned: dict[str, Any] = {}
-        if state_key is not None:
-            previous = head.get(event_type, state_key)
-            if previous is not None:
-                unsigned = {
-                    "replaces_state": previous.event_id,
-                    "prev_content": previous.content,
-                    "prev_sender": previous.sender,
-                }
-        event = StoredEvent(event_id, head.room_id, self.persister.allocate_stream_ordering(), pdu, unsigned)
-        head.apply(event)
-        return event
+        return pdu, compute_event_id(pdu, head.room_version)
 
     def new_room_head(self, room_version: str) -> RoomHead:
-        """A head for a new room; in v12 its room ID is set by building the create event."""
+        """A head for a new room; in v12 its room ID is set by building the create event.
+        With several event writers, an ID this process writes (they are random: a few tries)."""
         if room_id_is_create_hash(room_version):
             return RoomHead("", room_version)
-        room_id = f"!{secrets.token_urlsafe(18).replace('-', 'a').replace('_', 'b')}:{self.server_name}"
-        return RoomHead(room_id, room_version)
+        while True:
+            room_id = f"!{secrets.token_urlsafe(18).replace('-', 'a').replace('_', 'b')}:{self.server_name}"
+            if self.writers is None or self.writers.is_mine(room_id):
+                return RoomHead(room_id, room_version)
 
     # Persisting -------------------------------------------------------------------
 
@@ -189,6 +218,10 @@ class EventService:
         @raise NotFound: unknown room. @raise Forbidden: refused by the auth rules.
         @raise LimitExceeded: over the sender's rate limit.
         """
+        if self.writers is not None and not self.writers.is_mine(room_id):
+            return await self._forward_send(
+                sender, room_id, event_type, content, state_key, txn, redacts, rate_limited
+            )
         if txn is None:
             if rate_limited:
                 self._limit(sender)
@@ -227,6 +260,33 @@ class EventService:
         for w in waiters:
             w.callback(event)
         return event
+
+    async def _forward_send(
+        self,
+        sender: str,
+        room_id: str,
+        event_type: str,
+        content: dict[str, Any],
+        state_key: str | None,
+        txn: tuple[str, str] | None,
+        redacts: str | None,
+        rate_limited: bool,
+    ) -> StoredEvent:
+        """`send` on the room's writer: it checks, limits, dedupes the txn and commits."""
+        from homeserver.workers.event_writes import event_from_json
+
+        assert self.writers is not None
+        args = {
+            "sender": sender,
+            "room_id": room_id,
+            "event_type": event_type,
+            "content": content,
+            "state_key": state_key,
+            "txn": list(txn) if txn is not None else None,
+            "redacts": redacts,
+            "rate_limited": rate_limited,
+        }
+        return event_from_json(await self.writers.call(room_id, "events.send", args))
 
     async def _restricted(
         self, sender: str, room_id: str, event_type: str, content: dict[str, Any]

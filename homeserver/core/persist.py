@@ -69,6 +69,14 @@ class EarlierEventFailed(ServiceUnavailable):
         super().__init__("An earlier event in this room could not be stored; try again")
 
 
+class NotRoomWriter(ServiceUnavailable):
+    """An event of a room another process writes (a bug: its write was not forwarded).
+    Nothing is stored; the client may retry (maybe through another process)."""
+
+    def __init__(self, room_id: str) -> None:
+        super().__init__(f"This process does not write {room_id}; try again")
+
+
 @dataclass
 class _Pending:
     items: list[PersistItem]
@@ -100,6 +108,9 @@ class EventPersister:
         self._cycle_s = 0.0
         # Told the size of each committed batch (the metrics).
         self.on_commit: Callable[[int], None] | None = None
+        # With several processes: whether this one writes a room (Topology.writes_room). An
+        # event of a room written elsewhere reaching here is a write that was not forwarded.
+        self.owns_room: Callable[[str], bool] | None = None
 
     async def start(self) -> None:
         self.persisted_upto = await self.store.max_stream_ordering()
@@ -117,6 +128,10 @@ class EventPersister:
         Events must be queued in the order their positions were allocated: build and
         persist with no await in between (core/events.py).
         """
+        if self.owns_room is not None:
+            for item in items:
+                if not self.owns_room(item.event.room_id):
+                    raise NotRoomWriter(item.event.room_id)
         first = items[0].event.stream_ordering
         if first < self._last_queued:
             raise AssertionError(f"event at position {first} queued after {self._last_queued}")

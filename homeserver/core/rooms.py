@@ -25,6 +25,7 @@ from homeserver.events.power_levels import can_do, default_power_levels_content
 from homeserver.events.room_versions import creators_are_privileged
 from homeserver.storage import Storage
 from homeserver.storage.events import StoredEvent
+from homeserver.workers.event_writes import event_from_json
 
 if TYPE_CHECKING:
     from homeserver.core.federation.membership import FederatedMembership
@@ -171,6 +172,11 @@ class RoomService:
 
         `encrypted` overrides the server's default (`encryption.enabled_by_default_for_room_type`).
         """
+        writers = self.events.writers
+        if writers is not None and not writers.writes_events:
+            # Made by an event writer, under an ID that writer writes (EventService.new_room_head).
+            args = {"creator": creator, "body": body, "encrypted": encrypted}
+            return str((await writers.call_creator(creator, "rooms.create", args))["room_id"])
         self._may_act(creator)
         self._limit("create_room", creator)
         version = body.get("room_version", DEFAULT_ROOM_VERSION)
@@ -335,6 +341,18 @@ class RoomService:
         extra: dict[str, Any] | None = None,
     ) -> StoredEvent | None:
         """Build a membership event; None when it would change nothing (e.g. joining twice)."""
+        writers = self.events.writers
+        if writers is not None and not writers.is_mine(room_id):
+            args = {
+                "sender": sender,
+                "room_id": room_id,
+                "target": target,
+                "membership": membership,
+                "reason": reason,
+                "extra": extra,
+            }
+            answer = (await writers.call(room_id, "rooms.set_membership", args))["event"]
+            return event_from_json(answer) if answer is not None else None
         head = await self.events.heads.get(room_id)
         if head is None:
             raise NotFound("Unknown room")
@@ -365,6 +383,26 @@ class RoomService:
         together (one group commit per chunk), so a user in hundreds of rooms costs a few
         commits, not hundreds. A room that refuses the event (its rules changed) is skipped.
         Returns how many member events were sent."""
+        writers = self.events.writers
+        if writers is not None:
+            # Each room's event on its own writer; this process's rooms below.
+            elsewhere: dict[str, list[str]] = {}
+            for room_id in room_ids:
+                if not writers.is_mine(room_id):
+                    elsewhere.setdefault(writers.topology.event_writer_for(room_id), []).append(room_id)
+            room_ids = [r for r in room_ids if writers.is_mine(r)]
+            forwarded = [
+                Deferred.fromCoroutine(
+                    writers.call(rooms[0], "rooms.member_profiles", {"user_id": user_id, "room_ids": rooms})
+                )
+                for rooms in elsewhere.values()
+            ]
+            sent = sum(int(answer["sent"]) for answer in await gatherResults(forwarded))
+            return sent + await self.update_member_profiles_here(user_id, room_ids)
+        return await self.update_member_profiles_here(user_id, room_ids)
+
+    async def update_member_profiles_here(self, user_id: str, room_ids: list[str]) -> int:
+        """`update_member_profiles` for rooms this process writes."""
         profile = await self._profile_content(user_id)
         sent = 0
         for start in range(0, len(room_ids), _PROFILE_CHUNK):
@@ -388,6 +426,11 @@ class RoomService:
         return sent
 
     async def invite(self, sender: str, room_id: str, target: str, reason: str | None = None) -> None:
+        writers = self.events.writers
+        if writers is not None and not writers.is_mine(room_id):
+            args = {"sender": sender, "room_id": room_id, "target": target, "reason": reason}
+            await writers.call(room_id, "rooms.invite", args)
+            return
         check_user_id(target)
         self._may_act(sender)
         remote = self._is_remote(target)
@@ -436,6 +479,10 @@ class RoomService:
     async def join(self, user_id: str, room_id_or_alias: str, via: list[str] | None = None) -> str:
         self._may_act(user_id)
         room_id = await self.resolve_room(room_id_or_alias)
+        writers = self.events.writers
+        if writers is not None and not writers.is_mine(room_id):
+            args = {"user_id": user_id, "room_id": room_id, "via": via}
+            return str((await writers.call(room_id, "rooms.join", args))["room_id"])
         head = await self.events.heads.get(room_id)
         if head is None or head.membership(user_id) != "join":
             self._limit("join", user_id)  # joining again a room one is in changes nothing
@@ -484,6 +531,10 @@ class RoomService:
         """
         self._may_act(user_id)
         room_id = await self.resolve_room(room_id_or_alias)
+        writers = self.events.writers
+        if writers is not None and not writers.is_mine(room_id):
+            args = {"user_id": user_id, "room_id": room_id, "reason": reason, "via": via}
+            return str((await writers.call(room_id, "rooms.knock", args))["room_id"])
         head = await self.events.heads.get(room_id)
         remote = self._remote_servers(room_id, head, via, user_id)
         if remote is not None and (head is None or head.membership(user_id) != "knock"):
@@ -506,6 +557,12 @@ class RoomService:
         return room_id
 
     async def leave(self, user_id: str, room_id: str, reason: str | None = None) -> None:
+        writers = self.events.writers
+        if writers is not None and not writers.is_mine(room_id):
+            await writers.call(
+                room_id, "rooms.leave", {"user_id": user_id, "room_id": room_id, "reason": reason}
+            )
+            return
         head = await self.events.heads.get(room_id)
         if head is None:
             raise NotFound("Unknown room")

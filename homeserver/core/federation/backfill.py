@@ -20,7 +20,7 @@ room then, see nothing of it rather than too much.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from twisted.internet.defer import DeferredLock
@@ -31,11 +31,14 @@ from homeserver.core.federation.client import FederationClient, RemoteError
 from homeserver.core.federation.ingest import PduIngest
 from homeserver.core.room_heads import RoomHead, RoomHeads
 from homeserver.core.visibility import HISTORY_VISIBILITY, visibility_of
-from homeserver.errors import RemoteServerError
+from homeserver.errors import MatrixError, RemoteServerError
 from homeserver.events.room_versions import room_id_is_create_hash
 from homeserver.logs import log_failure
 from homeserver.storage.backfill import BackfillStore
 from homeserver.storage.events import PersistItem, StoredEvent
+
+if TYPE_CHECKING:
+    from homeserver.workers.event_writes import RoomWriters
 
 log = Logger()
 
@@ -71,11 +74,22 @@ class Backfiller:
         # same batch twice); one write at a time (each takes positions below the lowest).
         self._room_locks: dict[str, DeferredLock] = {}
         self._write_lock = DeferredLock()
+        # Set by the server with several processes: a room another process writes is
+        # backfilled there (workers/event_writes.py).
+        self.writers: RoomWriters | None = None
         self._gave_nothing: dict[str, int] = {}  # room -> when its residents last gave nothing
 
     async def backfill(self, room_id: str) -> int:
         """Fetch one batch of older events of the room; how many were added. A failure
         (a remote's answer we cannot store) is logged: the reader gets what we hold."""
+        if self.writers is not None and not self.writers.is_mine(room_id):
+            try:
+                return int(
+                    (await self.writers.call(room_id, "federation.backfill", {"room_id": room_id}))["added"]
+                )
+            except MatrixError as e:
+                log.warn("backfill of {room} on its writer failed: {error}", room=room_id, error=e)
+                return 0
         lock = self._room_locks.setdefault(room_id, DeferredLock())
         await lock.acquire()
         try:

@@ -198,6 +198,16 @@ class FederatedMembership:
         self, membership: str, origin: str, room_id: str, event_id: str, pdu: Any
     ) -> dict[str, Any]:
         """The answer to PUT /v2/send_join, /v2/send_leave or /v1/send_knock."""
+        writers = self.events.writers
+        if writers is not None and not writers.is_mine(room_id):
+            args = {
+                "membership": membership,
+                "origin": origin,
+                "room_id": room_id,
+                "event_id": event_id,
+                "pdu": pdu,
+            }
+            return await writers.call(room_id, "federation.send_membership", args)
         head, stored, state_before = await self.send(membership, origin, room_id, event_id, pdu)
         if membership == "leave":
             return {}
@@ -317,6 +327,10 @@ class FederatedMembership:
         """PUT /v2/invite/{roomId}/{eventId}: a remote server invites one of our users. The
         event is checked, countersigned and, unless we are in the room already (then it
         arrives with the room's other events), kept so the invitee's /sync shows it."""
+        writers = self.events.writers
+        if writers is not None and not writers.is_mine(room_id):
+            args = {"origin": origin, "room_id": room_id, "event_id": event_id, "body": body}
+            return await writers.call(room_id, "federation.invite", args)
         if not isinstance(body, dict) or not isinstance(body.get("event"), dict):
             raise BadJson("'event' must be an object")
         room_version = body.get("room_version")
