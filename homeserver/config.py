@@ -300,6 +300,15 @@ class WorkersConfig:
     background: str = ""
     # A request to another instance gives up after this long (503, the client retries).
     rpc_timeout: Duration = Duration(30_000)
+    # On SIGTERM, GET /health answers 503 this long before the listener closes, so a load
+    # balancer stops sending new requests first. None: 2s with several instances, else 0.
+    drain_delay: Duration | None = None
+
+    @property
+    def drain_delay_ms(self) -> int:
+        if self.drain_delay is not None:
+            return int(self.drain_delay)
+        return 2000 if self.multi else 0
 
     @property
     def multi(self) -> bool:

@@ -280,6 +280,10 @@ workers:
   background: ""
   # A request to another instance gives up after this long (503: the client retries).
   rpc_timeout: 30s
+  # On SIGTERM, GET /health answers 503 for this long while requests are still taken,
+  # then the listener closes and requests in flight finish: a load balancer checking
+  # /health moves new requests elsewhere first. null: 2s with several instances, else 0.
+  drain_delay: null
 
 # Plugins: each entry names a plugin class and its own config block.
 # See docs/plugins.md. Example:

@@ -15,6 +15,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from homeserver.api import health as health_route
 from homeserver.api import metrics as metrics_routes
 from homeserver.api import web_client
 from homeserver.api.client import (
@@ -294,6 +295,7 @@ class HomeServer:
             simple_messages,
             simple_profiles,
             metrics_routes,
+            health_route,
             federation_keys,
             federation_queries,
             federation_events,
@@ -333,6 +335,8 @@ class HomeServer:
         self.rpc = WorkerRpc(self.topology.me, secret, transport)
         # Several processes: each room's events are written by its writer (None when single).
         self.room_writers = RoomWriters(self.topology, self.rpc) if multi else None
+        # Set when shutting down: GET /health answers 503 (api/health.py).
+        self.draining = False
         self.internal_http: HttpFactory | None = None  # made by internal_site()
         self.internal_port: IListeningPort | None = None  # the internal listener, if cli opened one
 
@@ -776,7 +780,13 @@ class HomeServer:
 
     async def stop(self, port: IListeningPort | None) -> None:
         """Stop accepting, let requests being read or handled finish (bounded), stop plugins,
-        close the database."""
+        close the database. First, for `workers.drain_delay`, keep serving while GET /health
+        answers 503: a load balancer takes this process out before its listener closes."""
+        self.draining = True
+        delay_ms = self.config.workers.drain_delay_ms
+        if delay_ms > 0:
+            log.info("draining: /health answers 503 for {s}s before the listener closes", s=delay_ms / 1000)
+            await deferLater(self.clock, delay_ms / 1000, lambda: None)  # type: ignore[arg-type]
         for listening in (port, self.metrics_port, self.federation_port, self.internal_port):
             if listening is not None:
                 stopped = listening.stopListening()  # type: ignore[misc]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import time
@@ -139,7 +140,16 @@ def test_a_send_to_a_worker_that_does_not_write_the_room_is_stored_once_by_its_w
         timeout=10,
     )
     assert r.status_code == 403 and r.json()["errcode"] == "M_FORBIDDEN"
+    # SIGTERM: /health answers 503 while the process still serves (workers.drain_delay, 2s
+    # with several instances), so a balancer moves new requests elsewhere; then it exits.
+    assert requests.get(w2.base + "/health", timeout=5).json() == {"status": "ok", "instance": "w2"}
+    w2.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while requests.get(w2.base + "/health", timeout=5).status_code != 503:
+        assert time.monotonic() < deadline, "/health never turned 503"
+        time.sleep(0.02)
+    assert requests.get(w2.base + "/_matrix/client/versions", timeout=5).status_code == 200
+    assert w2.process.wait(15) == 0
     # Both shut down cleanly, with no error logged on either side of the forwarding.
     w1.stop()
-    w2.stop()
     assert "Traceback" not in w1.log_path.read_text() + w2.log_path.read_text()
