@@ -48,6 +48,7 @@ class Cluster:
                 "secret": "a-secret-for-the-tests",
                 "instances": {n: {"internal": f"127.0.0.1:{9100 + i}"} for i, n in enumerate(NAMES)},
                 "event_writers": ["w1", "w2"],
+                "drain_delay": "0s",  # no balancer to tell
             },
         }
         self.servers: dict[str, HomeServer] = {}
@@ -206,3 +207,70 @@ async def test_a_writer_that_cannot_be_reached_is_a_retryable_503(cluster: Clust
         alice, room_id, "m.room.message", {"body": "later"}, txn=("D", "t")
     )
     assert c.persisted_by(sent.event_id) == "w1"
+
+
+THEM = "them.example"
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_inbound_transaction_at_another_process_is_stored_by_the_rooms_writer(
+    cluster: Cluster,
+) -> None:
+    from signedjson.key import generate_signing_key
+
+    from homeserver.events.hashing import add_content_hash, compute_event_id
+    from homeserver.events.signing import sign_event
+    from homeserver.signing_key import verify_key_base64
+    from homeserver.storage.server_keys import StoredKey
+
+    c = cluster
+    w1, w3 = c.servers["w1"], c.servers["w3"]
+    key = generate_signing_key("t1")
+    far = w1.clock.time_ms() + 86_400_000
+    await w1.federation.key_ring._remember(
+        [StoredKey(THEM, "ed25519:t1", verify_key_base64(key), far, None, "{}")]
+    )
+    alice = await w1.accounts.register("alice", "correct horse battery")
+    room_id = await w1.rooms.create_room(alice, {"preset": "public_chat", "room_version": "10"})
+    head = await w1.room_heads.get(room_id)
+    assert head is not None and c.writer_of(room_id) == "w1"
+    ids = {k: ev.event_id for k, ev in head.state.items()}
+    user = f"@x:{THEM}"
+
+    def pdu(
+        kind: str, content: dict[str, Any], prev: list[str], auth: list[str], depth: int, **extra: Any
+    ) -> Any:
+        body = {
+            "room_id": room_id,
+            "sender": user,
+            "type": kind,
+            "content": content,
+            "depth": depth,
+            "origin_server_ts": w1.clock.time_ms(),
+            "prev_events": prev,
+            "auth_events": auth,
+            **extra,
+        }
+        signed = sign_event(add_content_hash(body), THEM, key, "10")
+        return compute_event_id(signed, "10"), signed
+
+    join_auth = [ids[("m.room.create", "")], ids[("m.room.join_rules", "")], ids[("m.room.power_levels", "")]]
+    join_id, join = pdu(
+        "m.room.member",
+        {"membership": "join"},
+        list(head.extremities),
+        join_auth,
+        head.depth + 1,
+        state_key=user,
+    )
+    auth = [ids[("m.room.create", "")], ids[("m.room.power_levels", "")], join_id]
+    message_id, message = pdu(
+        "m.room.message", {"msgtype": "m.text", "body": "hi"}, [join_id], auth, head.depth + 2
+    )
+    body = {"origin": THEM, "origin_server_ts": 0, "pdus": [join, message], "edus": []}
+    answer = await w3.federation_transactions.receive(THEM, "txn-1", body)
+    assert answer == {"pdus": {join_id: {}, message_id: {}}}
+    assert c.persisted_by(join_id) == "w1" and c.persisted_by(message_id) == "w1"
+    member = await state_of(w3, room_id, "m.room.member", user)
+    assert member is not None and member.event_id == join_id
+    assert ("w1", "federation.pdu") in c.transport.calls and c.commits["w3"] == []

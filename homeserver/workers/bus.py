@@ -233,6 +233,8 @@ class RedisBus(_Subscriptions):
         self._factories = [sub, pub]
         sub.startConnecting(endpoint)
         pub.startConnecting(endpoint)
+        if not self._first.called:
+            log.info("bus: connecting to Redis at {host}:{port}", host=host, port=port)
         await self._first
 
     def _received(self, channel: bytes, message: bytes) -> None:
