@@ -273,4 +273,18 @@ async def test_an_inbound_transaction_at_another_process_is_stored_by_the_rooms_
     assert c.persisted_by(join_id) == "w1" and c.persisted_by(message_id) == "w1"
     member = await state_of(w3, room_id, "m.room.member", user)
     assert member is not None and member.event_id == join_id
-    assert ("w1", "federation.pdu") in c.transport.calls and c.commits["w3"] == []
+    assert ("w1", "federation.pdu") in c.transport.calls
+    # A second remote user joins by make_join / send_join arriving at w3: the template comes
+    # from the writer's head (it names the message as prev_event) and the writer stores it.
+    other = f"@y:{THEM}"
+    made = await w3.federation.membership.make("join", THEM, room_id, other, ["10"])
+    template = made["event"]
+    assert template["prev_events"] == [message_id]
+    signed = sign_event(add_content_hash(template), THEM, key, "10")
+    join2_id = compute_event_id(signed, "10")
+    answer = await w3.federation.membership.answer_send("join", THEM, room_id, join2_id, signed)
+    assert answer["event"]["state_key"] == other  # the join, countersigned by the writer
+    assert "w.test" in answer["event"]["signatures"]
+    assert {ev["sender"] for ev in answer["state"] if ev["type"] == "m.room.member"} == {alice, user}
+    assert c.persisted_by(join2_id) == "w1"
+    assert c.commits["w3"] == []

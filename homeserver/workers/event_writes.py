@@ -165,6 +165,12 @@ def register_event_writes(hs: HomeServer, writers: RoomWriters) -> None:
         new = await hs.room_upgrader.upgrade(args["user_id"], args["room_id"], args["new_version"])
         return {"room_id": new}
 
+    async def federation_make(args: dict[str, Any]) -> dict[str, Any]:
+        mine(args)
+        return await hs.federation.membership.make(
+            args["membership"], args["origin"], args["room_id"], args["user_id"], args.get("versions")
+        )
+
     async def federation_send(args: dict[str, Any]) -> dict[str, Any]:
         mine(args)
         return await hs.federation.membership.answer_send(
@@ -196,6 +202,7 @@ def register_event_writes(hs: HomeServer, writers: RoomWriters) -> None:
         ("rooms.create", create),
         ("rooms.member_profiles", member_profiles),
         ("rooms.upgrade", upgrade),
+        ("federation.make_membership", federation_make),
         ("federation.send_membership", federation_send),
         ("federation.invite", federation_invite),
         ("federation.pdu", federation_pdu),

@@ -82,6 +82,12 @@ class FederatedMembership:
         self, membership: str, origin: str, room_id: str, user_id: str, versions: list[str] | None
     ) -> dict[str, Any]:
         """The template for GET /make_{join,leave,knock}/{roomId}/{userId}."""
+        writers = self.events.writers
+        if writers is not None and not writers.is_mine(room_id):
+            # From the room's writer: its head is the current one, so the template's
+            # prev_events and auth events are the room's latest.
+            args = {"membership": membership, "origin": origin, "room_id": room_id, "user_id": user_id}
+            return await writers.call(room_id, "federation.make_membership", {**args, "versions": versions})
         if server_of(user_id) != origin:
             raise Forbidden(f"{user_id} is not a user of {origin}")
         if membership != "leave" and self.is_blocked(room_id):
