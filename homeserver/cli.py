@@ -7,12 +7,13 @@ The reactor is chosen here, before anything imports `twisted.internet.reactor`
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from homeserver.config import Config, ConfigError, load_config
+from homeserver.config import Config, ConfigError, WorkersConfig, load_config
 from homeserver.config_template import render_config
 
 
@@ -103,7 +104,9 @@ def cmd_create_user(args: argparse.Namespace) -> None:
         from homeserver.server import HomeServer
 
         config.data_path.mkdir(parents=True, exist_ok=True)
-        hs = HomeServer(config, reactor)
+        # A one-process view of a workers config: an account is rows in the shared database,
+        # written like any process would; no events, nothing to forward.
+        hs = HomeServer(dataclasses.replace(config, workers=WorkersConfig()), reactor)
         try:
             await hs.start()
             email = check_email(args.email)

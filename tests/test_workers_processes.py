@@ -140,6 +140,22 @@ def test_a_send_to_a_worker_that_does_not_write_the_room_is_stored_once_by_its_w
         timeout=10,
     )
     assert r.status_code == 403 and r.json()["errcode"] == "M_FORBIDDEN"
+    # The admin command works with the workers' config, beside the running workers.
+    config_path = w1.log_path.parent / "workers.yaml"
+    created = subprocess.run(
+        [str(VENV_BIN / "homeserver"), "admin", "create-user", "-c", str(config_path)]
+        + ["--email", "bob@example.org", "--password", "correct horse battery", "--username", "bob"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert created.returncode == 0, created.stderr
+    login = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "bob"}}
+    r = requests.post(
+        w2.base + CS + "/login", json={**login, "password": "correct horse battery"}, timeout=10
+    )
+    assert r.status_code == 200, r.text
     # SIGTERM: /health answers 503 while the process still serves (workers.drain_delay, 2s
     # with several instances), so a balancer moves new requests elsewhere; then it exits.
     assert requests.get(w2.base + "/health", timeout=5).json() == {"status": "ok", "instance": "w2"}
