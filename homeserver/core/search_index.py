@@ -47,6 +47,17 @@ def redacted_target(ev: StoredEvent) -> str | None:
     return target if isinstance(target, str) else None
 
 
+def _indexed(ev: StoredEvent) -> bool:
+    return ev.type in INDEXED or ev.type == "m.room.redaction"
+
+
+# After writing a batch, the indexer waits this long before taking the next, so that at a
+# steady rate the messages of that time are indexed in one transaction instead of one each
+# (batches queued meanwhile are handed over merged). A search waits for the index to catch
+# up (`caught_up`), so this adds at most as much to a search made just after a send.
+GATHER_S = 0.02
+
+
 class SearchIndexer:
     def __init__(self, store: SearchStore, stream: EventStream) -> None:
         self.store = store
@@ -55,7 +66,10 @@ class SearchIndexer:
 
     async def start(self) -> None:
         # From the start of the stream: a server that had messages before the index had them too.
-        self._consumer = await self.stream.subscribe_durable(CONSUMER, self._on_events, from_start=True)
+        # Idempotent: a repeated batch writes the same rows again.
+        self._consumer = await self.stream.subscribe_durable(
+            CONSUMER, self._on_events, from_start=True, wants=_indexed, idempotent=True
+        )
 
     async def _on_events(self, batch: StreamBatch) -> None:
         rows = []
@@ -68,6 +82,8 @@ class SearchIndexer:
             if target is not None:
                 removed.append(target)
         await self.store.index(rows, removed)
+        if self._consumer is not None:
+            await self._consumer.pause(GATHER_S)
 
     async def caught_up(self, timeout_s: float) -> bool:
         """Wait until everything committed before now is indexed, at most `timeout_s`;

@@ -27,6 +27,7 @@ from homeserver.core.room_heads import RoomHeads
 from homeserver.core.timeline_cache import TimelineCache
 from homeserver.errors import MatrixError
 from homeserver.storage import Storage
+from homeserver.storage.events import StoredEvent
 
 MAX_LIMIT = 50
 DEFAULT_LIMIT = 10
@@ -35,6 +36,10 @@ _WORD_RE = re.compile(r"\w+")
 _BACKFILL_PAGE = 500
 # The state events that make a room's members findable by everyone.
 _PUBLICITY = ("m.room.join_rules", "m.room.history_visibility")
+
+
+def _publicity(ev: StoredEvent) -> bool:
+    return ev.type in _PUBLICITY and ev.state_key == ""
 
 
 def normalise(text: str) -> str:
@@ -83,8 +88,9 @@ class UserDirectory:
                 if len(users) < _BACKFILL_PAGE:
                     break
                 after = users[-1][0]
+        # Idempotent: a repeated batch sets the same rooms public or not again.
         self._consumer = await self.stream.subscribe_durable(
-            "user_directory", self._on_events, from_start=True
+            "user_directory", self._on_events, from_start=True, wants=_publicity, idempotent=True
         )
 
     async def _on_events(self, batch: StreamBatch) -> None:

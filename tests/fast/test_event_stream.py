@@ -240,6 +240,78 @@ def test_after_a_crash_only_the_batch_in_flight_is_handed_again_and_marked() -> 
     assert db.positions["pusher"] == (5, 5)
 
 
+def test_events_a_consumer_does_not_want_cost_no_record_and_are_never_handed_again() -> None:
+    db = Database()
+    stream, db, clock = make(db)
+    got: list[StreamBatch] = []
+    Deferred.fromCoroutine(
+        stream.subscribe_durable(
+            "sender",
+            lambda b: Deferred.fromCoroutine(record(got, b)),
+            wants=lambda ev: ev.stream_ordering % 10 == 0,
+        )
+    )
+    saves = len(db.saves)
+    for p in range(1, 10):
+        commit(stream, db, p)
+    assert got == [] and len(db.saves) == saves  # no batch handed, nothing written per batch
+    clock.advance(event_stream.LAZY_SAVE_S)
+    assert db.positions["sender"] == (9, 9)  # the position follows, once, lazily
+    commit(stream, db, 10, 11)
+    assert seen(got) == [10]  # a wanted event is handed over, recorded as before
+    assert db.saves[-2:] == [("sender", 9, 11), ("sender", 11, 11)]
+    for p in range(12, 15):
+        commit(stream, db, p)
+    # The process dies before the lazy save: 12-14 are read again, dropped again.
+    assert db.positions["sender"] == (11, 11)
+    stream, db, _ = make(db)
+    again: list[StreamBatch] = []
+    Deferred.fromCoroutine(
+        stream.subscribe_durable(
+            "sender",
+            lambda b: Deferred.fromCoroutine(record(again, b)),
+            wants=lambda ev: ev.stream_ordering % 10 == 0,
+        )
+    )
+    assert again == []
+
+
+def test_an_idempotent_consumer_writes_no_hand_over_record_and_saves_its_position_lazily() -> None:
+    db = Database()
+    stream, db, clock = make(db)
+    got: list[StreamBatch] = []
+    Deferred.fromCoroutine(
+        stream.subscribe_durable("index", lambda b: Deferred.fromCoroutine(record(got, b)), idempotent=True)
+    )
+    saves = len(db.saves)
+    for p in range(1, 6):
+        commit(stream, db, p)
+    assert seen(got) == [1, 2, 3, 4, 5] and len(db.saves) == saves
+    clock.advance(event_stream.LAZY_SAVE_S)
+    assert db.saves[saves:] == [("index", 5, 5)]
+    commit(stream, db, 6)
+    # Dies before the next lazy save: 6 comes again (harmless for this consumer).
+    stream, db, _ = make(db)
+    again: list[StreamBatch] = []
+    Deferred.fromCoroutine(
+        stream.subscribe_durable("index", lambda b: Deferred.fromCoroutine(record(again, b)), idempotent=True)
+    )
+    assert seen(again) == [6]
+
+
+def test_a_consumer_stopped_before_its_lazy_save_saves_at_stop() -> None:
+    db = Database()
+    stream, db, _ = make(db)
+    Deferred.fromCoroutine(
+        stream.subscribe_durable(
+            "sender", lambda b: Deferred.fromCoroutine(record([], b)), wants=lambda ev: False
+        )
+    )
+    commit(stream, db, 1, 2)
+    Deferred.fromCoroutine(stream.stop())
+    assert db.positions["sender"] == (2, 2)
+
+
 def test_a_durable_consumers_failed_batch_is_retried_after_a_pause() -> None:
     stream, db, clock = make()
     attempts: list[int] = []

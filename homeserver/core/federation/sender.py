@@ -120,7 +120,7 @@ class FederationSender:
             dest = self._destination(state.destination, state)
             dest.pending = await self.store.pending_count(state.destination, state.sent_upto)
             dest.wake()
-        self._consumer = await self.stream.subscribe_durable(CONSUMER, self._on_events)
+        self._consumer = await self.stream.subscribe_durable(CONSUMER, self._on_events, wants=self._may_send)
         self._prune_loop = self.clock.looping_call(
             PRUNE_INTERVAL_S, lambda: Deferred.fromCoroutine(self._prune())
         )
@@ -206,6 +206,19 @@ class FederationSender:
         for room_id in await self._rooms_of_user(user_id):
             hosts |= await self.hosts_in_room(room_id)
         return hosts
+
+    def _may_send(self, ev: StoredEvent) -> bool:
+        """Whether `ev` may have to go to another server: ours, in a room that has (or had) a
+        member of another server, or naming one. Rooms of our own users only skip the
+        consumer's per-batch records (event_stream.py, "What it costs"). A room whose head is
+        not in memory counts as may: the handler decides."""
+        if server_of(ev.sender) != self.server_name:
+            return False
+        target = ev.state_key if ev.type == "m.room.member" else None
+        if target is not None and server_of(target) != self.server_name:
+            return True
+        head = self.room_heads.peek(ev.room_id)
+        return head is None or bool(self._remote_members(head))
 
     async def _on_events(self, batch: StreamBatch) -> None:
         rows: list[tuple[str, str | None, dict[str, Any] | None, str | None]] = []
