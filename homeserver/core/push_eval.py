@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from homeserver.core.globs import glob_fullmatch, glob_search_words
 from homeserver.events.power_levels import user_power_level
 
 KINDS = ("override", "content", "room", "sender", "underride")
@@ -54,18 +55,6 @@ _SAFE_INT = 2**53 - 1
 
 def _has_glob(pattern: str) -> bool:
     return "*" in pattern or "?" in pattern
-
-
-@functools.lru_cache(maxsize=4096)
-def glob_regex(pattern: str, words: bool) -> re.Pattern[str]:
-    """A regex for a glob (`*` any run, `?` one character, everything else literal) over a
-    lowercased value: the whole value, or with `words` any substring between word
-    boundaries (the spec's rule for `content.body`)."""
-    parts = []
-    for ch in pattern.lower():
-        parts.append(".*?" if ch == "*" else "." if ch == "?" else re.escape(ch))
-    body = "".join(parts)
-    return re.compile(_NOT_WORD_BEFORE + body + _NOT_WORD_AFTER if words else body, re.DOTALL)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -287,13 +276,13 @@ class EventMatch(Condition):
             return False
         if not _has_glob(self.pattern):
             return value.lower() == self.pattern
-        return glob_regex(self.pattern, False).fullmatch(value.lower()) is not None
+        return glob_fullmatch(self.pattern, value.lower())
 
 
 def _glob_search(pattern: str, body: str) -> bool:
     if not _has_glob(pattern):
         return _contains_words(body, pattern)
-    return glob_regex(pattern, True).search(body) is not None
+    return glob_search_words(pattern, body)
 
 
 @dataclass(frozen=True, eq=False)

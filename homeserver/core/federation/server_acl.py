@@ -9,9 +9,9 @@ before anything else and answers 403 `M_FORBIDDEN` when it is False (docs/federa
 from __future__ import annotations
 
 import ipaddress
-import re
-from functools import lru_cache
 from typing import Any
+
+from homeserver.core.globs import glob_fullmatch
 
 
 def server_allowed(server_name: str, acl_content: dict[str, Any] | None) -> bool:
@@ -64,15 +64,10 @@ def _entries(value: Any) -> list[str]:
 
 
 def _matches(glob: str, host: str) -> bool:
-    return _glob_regex(glob.lower()).fullmatch(host) is not None
-
-
-@lru_cache(maxsize=4096)
-def _glob_regex(glob: str) -> re.Pattern[str]:
     # `*` any run of characters (dots too: the spec's `*.evil.com` covers deeper names),
-    # `?` exactly one; everything else literal.
-    parts = [".*" if c == "*" else "." if c == "?" else re.escape(c) for c in glob]
-    return re.compile("".join(parts), re.DOTALL)
+    # `?` exactly one; everything else literal. Not a regex: an ACL comes from any server
+    # in the room, and a backtracking glob would stall every request (homeserver/core/globs.py).
+    return glob_fullmatch(glob.lower(), host)
 
 
 def room_acl(state: Any) -> dict[str, Any] | None:
