@@ -43,6 +43,14 @@ class FederationEventStore:
             "federation_prune_txns", "DELETE FROM federation_txns WHERE received_ts < ?", before_ms
         )
 
+    async def prune_rejected(self, before_ms: int) -> None:
+        """Forget rejected remote events received before `before_ms` (sql/085)."""
+        await self.db.execute(
+            "federation_prune_rejected",
+            "DELETE FROM remote_event_outcomes WHERE status = 'rejected' AND received_ts < ?",
+            before_ms,
+        )
+
     async def store_outcome(
         self, event_id: str, room_id: str, status: str, reason: str, pdu: dict[str, Any], now_ms: int
     ) -> None:

@@ -157,3 +157,27 @@ async def test_answers_are_kept_a_day_then_pruned(tmp_path: Path) -> None:
     assert await store.txn_response(THEM, "recent") is not None
     assert await store.txn_response(THEM, "new") is not None
     await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_rejected_events_are_forgotten_after_a_week_and_the_dag_is_kept(tmp_path: Path) -> None:
+    # A server may send rejected events without end; they would fill the disk if kept for
+    # ever. Outliers and soft-failed events are in the room's DAG and stay.
+    clock = TestClock()
+    hs = await make_server(tmp_path, clock)
+    receiver, store = hs.federation_transactions, hs.federation_transactions.fed_store
+    room = f"!r:{THEM}"
+    for status in ("rejected", "soft_failed", "outlier"):
+        await store.store_outcome(f"$old_{status}", room, status, "test", {"x": 1}, clock.time_ms())
+    clock.advance(6 * 86400)
+    await store.store_outcome("$recent_rejected", room, "rejected", "test", {"x": 2}, clock.time_ms())
+    empty = {"origin": THEM, "origin_server_ts": 0, "pdus": [], "edus": []}
+    await _settle(clock, Deferred.fromCoroutine(receiver.receive(THEM, "a", empty)))
+    assert await store.known_status("$old_rejected") == ("rejected", "test")  # within the week
+    clock.advance(2 * 86400)
+    await _settle(clock, Deferred.fromCoroutine(receiver.receive(THEM, "b", empty)))
+    assert await store.known_status("$old_rejected") is None
+    assert await store.known_status("$recent_rejected") == ("rejected", "test")
+    assert await store.known_status("$old_soft_failed") == ("soft_failed", "test")
+    assert await store.known_status("$old_outlier") == ("outlier", "test")
+    await hs.stop(None)

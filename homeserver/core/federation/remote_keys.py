@@ -31,6 +31,11 @@ JsonDict = dict[str, Any]
 FEDERATION = "/_matrix/federation/v1"
 # Locks of users whose lists are being changed; dropped when free, so this stays small.
 _MAX_DEVICES = 1000
+# Servers one /keys/query or /keys/claim of a client may make us ask at once: each is an
+# outbound connection, and a request naming ten thousand made-up servers must not turn
+# one client into ten thousand connections. The rest are named in `failures` (429): a
+# client asks again for what failed, and lists kept for shared rooms need no asking.
+MAX_SERVERS_PER_REQUEST = 100
 
 
 def _device_keys_for(user_id: str, device_id: str, keys: Any) -> JsonDict | None:
@@ -171,7 +176,8 @@ class RemoteKeys:
         failures: JsonDict,
     ) -> None:
         """Ask every server at once; one that fails or is still silent at the timeout is
-        named in `failures` (status and message, as Synapse reports them)."""
+        named in `failures` (status and message, as Synapse reports them). Past
+        MAX_SERVERS_PER_REQUEST, those with the fewest users wanted are not asked."""
 
         async def one(server: str, users: Any) -> None:
             try:
@@ -183,7 +189,11 @@ class RemoteKeys:
             except Exception as e:
                 failures[server] = {"status": 503, "message": _describe(e)}
 
-        await gatherResults([Deferred.fromCoroutine(one(s, u)) for s, u in by_server.items()])
+        ranked = sorted(by_server.items(), key=lambda item: (-len(item[1]), item[0]))
+        for server, _ in ranked[MAX_SERVERS_PER_REQUEST:]:
+            failures[server] = {"status": 429, "message": "Too many servers in one request; ask again"}
+        asked = ranked[:MAX_SERVERS_PER_REQUEST]
+        await gatherResults([Deferred.fromCoroutine(one(s, u)) for s, u in asked])
 
     # Keeping lists --------------------------------------------------------------------------
 

@@ -35,6 +35,11 @@ MAX_EDUS = 100
 # a day covers any retry; older answers are deleted at most once per PRUNE_EVERY_S.
 TXN_KEPT_MS = 86_400_000
 PRUNE_EVERY_S = 3600.0
+# Rejected remote events are forgotten after a week. A server may send rejected events
+# without end (each up to 64 KiB); forgetting one costs at most checking it again, with the
+# same answer, should it come back. Outliers and soft-failed events stay: they are in the
+# room's DAG, as the auth and prev events of what was accepted.
+REJECTED_KEPT_MS = 7 * 86_400_000
 
 
 class TransactionReceiver:
@@ -85,6 +90,7 @@ class TransactionReceiver:
         if now - self._pruned_at >= PRUNE_EVERY_S:
             self._pruned_at = now
             await self.fed_store.prune_txns(self.clock.time_ms() - TXN_KEPT_MS)
+            await self.fed_store.prune_rejected(self.clock.time_ms() - REJECTED_KEPT_MS)
 
     async def _process(
         self, origin: str, pdus: list[dict[str, Any]], edus: list[dict[str, Any]]
