@@ -254,6 +254,9 @@ class FederationConfig:
     rc_concurrent: int = 5
     # ...up to this many waiting; past that, 429 M_LIMIT_EXCEEDED.
     rc_queued: int = 100
+    # Per client address on the unsigned /_matrix/key/v2 routes (our keys, the notary),
+    # which name no origin to limit by; off with rate_limits.enabled.
+    rc_key_requests_per_ip: RateLimit = RateLimit(10.0, 50)
     # Largest body of an inbound transaction (PUT /send/{txnId}: up to 50 PDUs of 64 KiB
     # and 100 EDUs) and of any other inbound federation request; 413 M_TOO_LARGE past it.
     max_transaction_size: Size = Size(4 * 1024 * 1024)
@@ -547,8 +550,10 @@ def _check_federation(federation: FederationConfig, source: str) -> None:
         raise ConfigError(
             f"{source}: 'federation.rc_concurrent' must be at least 1 and 'federation.rc_queued' at least 0"
         )
-    if federation.rc_requests.per_second <= 0 or federation.rc_requests.burst < 1:
-        raise ConfigError(f"{source}: 'federation.rc_requests' needs per_second > 0 and burst >= 1")
+    for name in ("rc_requests", "rc_key_requests_per_ip"):
+        limit = getattr(federation, name)
+        if limit.per_second <= 0 or limit.burst < 1:
+            raise ConfigError(f"{source}: 'federation.{name}' needs per_second > 0 and burst >= 1")
     for which in ("max_transaction_size", "max_request_body_size"):
         if getattr(federation, which) < 65536:
             raise ConfigError(f"{source}: 'federation.{which}' must be at least 64K (one PDU)")

@@ -223,3 +223,33 @@ async def test_json_two_parsers_could_read_differently_is_refused(tmp_path: Path
         assert (status, body) == (200, {"origin": NOISY})
     finally:
         await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_unsigned_key_routes_are_limited_per_client_address(tmp_path: Path) -> None:
+    # They name no origin server, and a notary query makes us fetch from others: a bucket
+    # per address keeps one client from making us its fetcher.
+    clock = TestClock()
+    hs = await limited_server(tmp_path, clock, rc_key_requests_per_ip={"per_second": 1, "burst": 3})
+    try:
+        routes = [
+            ("GET", "/_matrix/key/v2/server", None),
+            ("GET", f"/_matrix/key/v2/query/{hs.config.server_name}", None),
+            ("POST", "/_matrix/key/v2/query", b'{"server_keys": {}}'),
+        ]
+        for method, uri, body in routes:
+            status, _, answer = await start(hs, method, uri, body=body)
+            assert status == 200, answer
+        for method, uri, body in routes:
+            status, headers, answer = await start(hs, method, uri, body=body)
+            assert (status, answer["errcode"], answer["retry_after_ms"]) == (429, "M_LIMIT_EXCEEDED", 1000)
+        await turn()
+        clock.advance(1)
+        assert (await start(hs, "GET", "/_matrix/key/v2/server"))[0] == 200
+        # Signed federation requests spend a server's allowance, not this one.
+        origin = Origin(QUIET)
+        await origin.introduce(hs)
+        user_id = await hs.accounts.register("bob", "correct horse battery")
+        assert (await signed(hs, origin, "GET", profile_uri(user_id)))[0] == 200
+    finally:
+        await hs.stop(None)

@@ -24,9 +24,11 @@ def register(router: Router, hs: "HomeServer") -> None:
     federation = hs.federation
 
     async def server_keys(request: ApiRequest) -> dict[str, Any]:
+        federation.origin_limits.check_key_request(request.client_ip())
         return federation.own_keys.response()
 
     async def query(request: ApiRequest) -> dict[str, Any]:
+        federation.origin_limits.check_key_request(request.client_ip())
         request.content.seek(0)
         body = loads_strict(request.content.read())
         if not isinstance(body, dict):
@@ -34,6 +36,7 @@ def register(router: Router, hs: "HomeServer") -> None:
         return await federation.notary.query(body)
 
     async def query_one(request: ApiRequest, server_name: str) -> dict[str, Any]:
+        federation.origin_limits.check_key_request(request.client_ip())
         minimum = request.int_param("minimum_valid_until_ts", None)
         answers = await federation.notary.answers_for(check_server_name(server_name), minimum)
         return {"server_keys": answers}

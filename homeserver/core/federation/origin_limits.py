@@ -71,6 +71,13 @@ class OriginLimits:
         else:
             del self._running[origin]
 
+    def check_key_request(self, ip: str) -> None:
+        """One request to the unsigned /_matrix/key/v2 routes from `ip`: they name no
+        origin, and a notary query makes us fetch from up to ten servers, so a bucket per
+        client address keeps one address from turning us into its fetcher.
+        LimitExceeded when it is empty."""
+        self.ratelimiter.check("federation_key_ip", ip, self.config.rc_key_requests_per_ip)
+
     def running(self, origin: str) -> int:
         return self._running.get(origin, 0)
 
