@@ -2,18 +2,22 @@
 refused rather than guessed, since a signature covers one reading of the bytes.
 
 Refused: NaN and Infinity (not JSON: M_NOT_JSON), and with M_BAD_JSON a key given twice
-in one object, an integer outside canonical JSON's range (±(2**53 - 1)) and a number
-that overflows to infinity (1e400)."""
+in one object, an integer outside canonical JSON's range (±(2**53 - 1)), a number
+that overflows to infinity (1e400) and a lone surrogate escape (`"\\ud800"`: no UTF-8
+encodes it, so canonical JSON, hence any signature or event ID, cannot be computed)."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from homeserver.errors import BadJson, NotJson
 
 MAX_SAFE_INT = 2**53 - 1
+# A \u escape of a surrogate (D800-DFFF): only then can a lone one be in the value.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 class _Refused(ValueError):
@@ -61,9 +65,19 @@ def loads_strict(raw: bytes) -> Any:
     """The JSON value of `raw`, or M_NOT_JSON / M_BAD_JSON saying what is wrong."""
     try:
         text = raw.decode("utf-8")
-        return _DECODER.decode(text)
+        value = _DECODER.decode(text)
+        if _SURROGATE_ESCAPE.search(raw):
+            _check_encodable(value)
+        return value
     except _Refused as e:
         raise e.error from None
     except (ValueError, UnicodeDecodeError, RecursionError):
         # RecursionError: deeply nested arrays are malformed input, not a server error.
         raise NotJson("Content not JSON.") from None
+
+
+def _check_encodable(value: Any) -> None:
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise _Refused(BadJson("Strings must be Unicode text: a lone surrogate is not")) from None

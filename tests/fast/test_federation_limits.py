@@ -211,6 +211,8 @@ async def test_json_two_parsers_could_read_differently_is_refused(tmp_path: Path
             (b'{"a": 1e400}', "M_BAD_JSON"),
             (b'{"a": ' + b"9" * 5000 + b"}", "M_BAD_JSON"),
             (b"[" * 50_000, "M_NOT_JSON"),
+            (b'{"a": "\\ud800"}', "M_BAD_JSON"),  # a lone surrogate: no UTF-8 for it
+            (b'{"\\uDFFF": 1}', "M_BAD_JSON"),
         ]
         for raw, errcode in cases:
             for method, uri in (("PUT", HOLD), ("POST", "/_matrix/key/v2/query")):
@@ -218,7 +220,7 @@ async def test_json_two_parsers_could_read_differently_is_refused(tmp_path: Path
                 status, _, body = await start(hs, method, uri, auth, raw)
                 assert (status, body.get("errcode")) == (400, errcode), (raw[:40], uri, body)
         # Canonical JSON's extremes pass.
-        content = {"a": 9007199254740991, "b": -9007199254740991, "c": [{"d": None}]}
+        content = {"a": 9007199254740991, "b": -9007199254740991, "c": [{"d": None}], "e": "\U0001f600"}
         status, _, body = await signed(hs, origin, "PUT", HOLD, content)
         assert (status, body) == (200, {"origin": NOISY})
     finally:
