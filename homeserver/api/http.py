@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from homeserver.api.http_server import HttpFactory, Request, safe_header_value
+from homeserver.api.strict_json import check_unicode
 from homeserver.api.validate import NUL_MESSAGE, contains_nul
 from homeserver.core.clock import Clock
 from homeserver.disk_full import disk_watch, is_disk_full
@@ -109,6 +110,7 @@ class ApiRequest(Request):
             raise NotJson("Content not JSON.") from None
         if not isinstance(body, dict):
             raise BadJson("The body must be a JSON object")
+        check_unicode(raw, body)
         # JSON can spell U+0000 only as an escape: look for one before walking the body.
         if b"\\u0000" in raw and contains_nul(body):
             raise BadJson(NUL_MESSAGE)

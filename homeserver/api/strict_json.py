@@ -66,18 +66,21 @@ def loads_strict(raw: bytes) -> Any:
     try:
         text = raw.decode("utf-8")
         value = _DECODER.decode(text)
-        if _SURROGATE_ESCAPE.search(raw):
-            _check_encodable(value)
-        return value
     except _Refused as e:
         raise e.error from None
     except (ValueError, UnicodeDecodeError, RecursionError):
         # RecursionError: deeply nested arrays are malformed input, not a server error.
         raise NotJson("Content not JSON.") from None
+    check_unicode(raw, value)
+    return value
 
 
-def _check_encodable(value: Any) -> None:
+def check_unicode(raw: bytes, value: Any) -> None:
+    """M_BAD_JSON when the value parsed from `raw` holds a lone surrogate (from a `\\ud800`
+    escape): no UTF-8 encodes it, so it could be neither hashed, signed nor stored."""
+    if not _SURROGATE_ESCAPE.search(raw):
+        return
     try:
         json.dumps(value, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
-        raise _Refused(BadJson("Strings must be Unicode text: a lone surrogate is not")) from None
+        raise BadJson("Strings must be Unicode text: a lone surrogate is not") from None
