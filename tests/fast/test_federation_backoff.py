@@ -357,17 +357,22 @@ async def test_remote_typing_receipts_and_presence_reach_local_sync_when_checked
         _, body = await client.sync(token)
         since = body["next_batch"]
         mallory = "@mallory:remote.test"  # of the origin, but not in the room
+        alice = ctx["alice"]["user_id"]
+        read = {"event_ids": [sent["event_id"]], "data": {"ts": 1}}
         await hs.federation_edus.receive_all(
             "evil.test",
             [
                 {"edu_type": "m.typing", "content": {"room_id": room_id, "user_id": BOB, "typing": True}},
                 {"edu_type": "m.presence", "content": {"push": [{"user_id": BOB, "presence": "online"}]}},
+                # A read receipt in the name of our own user (Synapse's CVE-2023-42453).
+                {"edu_type": "m.receipt", "content": {room_id: {"m.read": {alice: read}}}},
             ],
         )
         await hs.federation_edus.receive_all(
             REMOTE,
             [
                 {"edu_type": "m.typing", "content": {"room_id": room_id, "user_id": mallory, "typing": True}},
+                {"edu_type": "m.receipt", "content": {room_id: {"m.read": {mallory: read}}}},
                 {"edu_type": "m.typing", "content": "not an object"},
                 {"edu_type": "org.example.unknown", "content": {}},
                 {"edu_type": "m.typing", "content": {"room_id": room_id, "user_id": BOB, "typing": True}},
@@ -385,7 +390,7 @@ async def test_remote_typing_receipts_and_presence_reach_local_sync_when_checked
         typing = [e for e in ephemeral if e["type"] == "m.typing"]
         assert typing and typing[0]["content"]["user_ids"] == [BOB]
         receipts = [e for e in ephemeral if e["type"] == "m.receipt"]
-        assert BOB in receipts[0]["content"][sent["event_id"]]["m.read"]
+        assert list(receipts[0]["content"][sent["event_id"]]["m.read"]) == [BOB]  # not alice, mallory
         presence = {e["sender"]: e["content"]["presence"] for e in body["presence"]["events"]}
         assert presence.get(BOB) == "online"
         # Remote typing ends on its own after 30 s unless renewed.
