@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import DeferredLock
+from twisted.logger import Logger
 
 from homeserver.core.federation.client import FederationClient, RemoteError
 from homeserver.core.federation.join_state import BadJoinState, checked_state, pdu_only
@@ -49,6 +50,8 @@ STRIPPED_TYPES = (
     "m.room.encryption",
     "m.room.topic",
 )
+
+log = Logger()
 
 
 _pdu_only = pdu_only
@@ -505,7 +508,13 @@ class FederatedMembership:
         lock = self._room_locks.setdefault(room_id, DeferredLock())
         await lock.acquire()
         try:
-            return await self._remote_membership(membership, user_id, room_id, servers, extra)
+            try:
+                return await self._remote_membership(membership, user_id, room_id, servers, extra)
+            except MatrixError:
+                out_of_band = await self._leave_out_of_band(membership, user_id, room_id, extra)
+                if out_of_band is None:
+                    raise
+                return out_of_band
         finally:
             lock.release()
             if not lock.locked and not lock.waiting:
@@ -534,6 +543,38 @@ class FederatedMembership:
         if isinstance(last, RemoteError) and last.status == 404:
             raise NotFound(last.message)
         raise MatrixError(f"No server in the room could be reached: {last}", status=502)
+
+    async def _leave_out_of_band(
+        self, membership: str, user_id: str, room_id: str, extra: dict[str, Any] | None
+    ) -> StoredEvent | None:
+        """Rejecting an invite (or withdrawing a knock) to a room we are not in when no
+        server of the room takes the leave: the leave is kept here only, on top of the
+        invite, so the user is rid of it. Without this, an invite naming a room its server
+        does not know (or a server that is gone) could never be rejected; Synapse does the
+        same ("out-of-band" membership). None when this is not such a case."""
+        head = await self.events.heads.get(room_id)
+        if membership != "leave" or head is None or head.get("m.room.create") is not None:
+            return None
+        own = head.get("m.room.member", user_id)
+        if own is None or own.content.get("membership") not in ("invite", "knock"):
+            return None
+        pdu: dict[str, Any] = {
+            "room_id": room_id,
+            "sender": user_id,
+            "type": "m.room.member",
+            "state_key": user_id,
+            "content": {"membership": "leave", **(extra or {})},
+            "depth": _depth(own.pdu) + 1,
+            "prev_events": [own.event_id],
+            "auth_events": [own.event_id],
+            "origin_server_ts": self.events.clock.time_ms(),
+        }
+        pdu = sign_event(pdu, self.server_name, self.events.signing_key, head.room_version)
+        event_id = compute_event_id(pdu, head.room_version)
+        log.info(
+            "rejected {room} for {user} here only: no server of the room took it", room=room_id, user=user_id
+        )
+        return await self._store_membership(room_id, head.room_version, pdu, event_id, head)
 
     async def _remote_membership_via(
         self, membership: str, user_id: str, room_id: str, server: str, extra: dict[str, Any]
@@ -658,6 +699,11 @@ def _event_id_or_none(pdu: Mapping[str, Any], room_version: str) -> str | None:
         return compute_event_id(pdu, room_version)
     except Exception:  # a malformed event: check_pdu says what is wrong with it
         return None
+
+
+def _depth(pdu: Mapping[str, Any]) -> int:
+    depth = pdu.get("depth")
+    return depth if isinstance(depth, int) and not isinstance(depth, bool) and 0 <= depth < 2**53 - 2 else 0
 
 
 def _stripped(value: Any) -> list[dict[str, Any]]:
