@@ -1191,3 +1191,18 @@ def test_blurhash_of_a_solid_colour() -> None:
     value = blurhash(Image.new("RGB", (32, 32), (255, 0, 0)))
     assert len(value) == 28 and value[0] == "L" and value[2:6] == dc
     assert blurhash(Image.new("RGB", (32, 32), (255, 0, 0))) == value
+
+
+def test_only_the_four_web_image_formats_are_ever_decoded() -> None:
+    # Synapse's CVE-2024-53863: thumbnailing decoded any format Pillow knows (EPS through
+    # Ghostscript among them). Here only JPEG, PNG, GIF and WebP reach a decoder.
+    from plugins.media.images import NotAnImage, image_info
+
+    for fmt in ("BMP", "TIFF", "ICO", "PPM"):
+        buf = io.BytesIO()
+        Image.new("RGB", (40, 30), (9, 9, 9)).save(buf, fmt)
+        with pytest.raises(NotAnImage):
+            image_info(buf, 1_000_000)
+    buf = io.BytesIO(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
+    with pytest.raises(NotAnImage):
+        image_info(buf, 1_000_000)

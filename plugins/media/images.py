@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
 THUMBNAIL_SOURCES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+DECODED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP")
 VIDEO_TYPES = frozenset({"video/mp4", "video/webm", "video/quicktime", "video/x-matroska", "video/ogg"})
 
 FFMPEG_TIMEOUT_S = 30
@@ -76,7 +77,10 @@ def _open(src: IO[bytes], max_pixels: int) -> Image.Image:
         Image.MAX_IMAGE_PIXELS = _pixel_limit
     src.seek(0)
     try:
-        im = Image.open(src)
+        # Only the four formats thumbnails are made of, whatever the bytes look like: the
+        # others' decoders (EPS through Ghostscript, TIFF, PSD...) are attack surface for
+        # no gain (Synapse's CVE-2024-53863).
+        im = Image.open(src, formats=DECODED_FORMATS)
     except (Image.DecompressionBombError, OSError, ValueError, SyntaxError) as e:
         raise NotAnImage(str(e)) from None
     if im.width * im.height > max_pixels:
