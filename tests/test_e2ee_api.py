@@ -242,6 +242,13 @@ def test_upload_rejects_malformed_and_unsigned_keys(server: ServerProcess) -> No
     assert_error(r, 400, "M_NOT_JSON")
     assert_error(upload({"device_keys": "nope"}), 400, "M_BAD_JSON")
     assert_error(upload({"device_keys": {**good, "algorithms": "m.olm"}}), 400, "M_BAD_JSON")
+    # Fields a server receiving our device list updates could not read (CVE-2025-61672).
+    for odd in (
+        {"algorithms": [OLM, 5]},
+        {"keys": {**good["keys"], "curve25519:X": 5}},
+        {"keys": {**good["keys"], "nocolon": "x"}},
+    ):
+        assert_error(upload({"device_keys": {**good, **odd}}), 400, "M_BAD_JSON")
     assert_error(upload({"device_keys": {k: v for k, v in good.items() if k != "keys"}}), 400, "M_BAD_JSON")
 
     unsigned = {k: v for k, v in good.items() if k != "signatures"}

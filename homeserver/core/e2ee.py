@@ -216,6 +216,15 @@ class KeyService:
             raise Forbidden("device_keys must be for your own user and device")
         if not isinstance(keys.get("algorithms"), list) or not isinstance(keys.get("keys"), dict):
             raise MatrixError("device_keys needs 'algorithms' and 'keys'", "M_BAD_JSON")
+        # Every field typed as the spec's DeviceKeys says: these keys go to every server
+        # sharing a room with the user, and one a server cannot read could make it refuse
+        # our transactions (Synapse's CVE-2025-61672).
+        if not _device_keys_well_formed(keys):
+            raise MatrixError(
+                "device_keys: 'algorithms' must be strings and 'keys' must map key IDs"
+                " (algorithm:id) to strings",
+                "M_BAD_JSON",
+            )
         # Spec: the device keys must be signed by the device's own ed25519 key.
         _verify(keys, user_id, keys, device_id)
         existing = await self.store.get_device_keys(user_id, device_id)
@@ -579,3 +588,14 @@ class KeyService:
         rows = await self.store.to_device_for(user_id, device_id, since, upto, TO_DEVICE_BATCH)
         reached = rows[-1][0] if len(rows) == TO_DEVICE_BATCH else upto
         return [m for _, m in rows], reached
+
+
+def _device_keys_well_formed(keys: JsonDict) -> bool:
+    def key_map(value: Any) -> bool:
+        return isinstance(value, dict) and all(
+            isinstance(k, str) and ":" in k and isinstance(v, str) for k, v in value.items()
+        )
+
+    # Signatures are checked next: a malformed one is an invalid signature.
+    algorithms = keys["algorithms"]
+    return len(algorithms) <= 100 and all(isinstance(a, str) for a in algorithms) and key_map(keys["keys"])
