@@ -45,12 +45,12 @@ from homeserver.events.auth_rules import (
     check_auth,
     servers_required_to_sign,
 )
-from homeserver.events.canonical import check_canonical_values, encode_canonical_json
+from homeserver.events.canonical import check_canonical_values, encode_canonical_event_json
 from homeserver.events.hashing import check_content_hash, compute_event_id
 from homeserver.events.power_levels import CREATE
 from homeserver.events.redaction import redact
 from homeserver.events.room_versions import check_room_version, room_id_is_create_hash
-from homeserver.events.signing import InvalidSignature, verify_event_signature
+from homeserver.events.signing import InvalidSignature, signature_on, signature_verifies, signed_bytes
 
 __all__ = [
     "MAX_AUTH_EVENTS",
@@ -61,8 +61,10 @@ __all__ = [
     "KeyLookup",
     "PduOutcome",
     "PduStatus",
+    "SignatureCheck",
     "check_pdu",
     "check_pdu_signatures",
+    "signature_checks",
     "validate_pdu",
 ]
 
@@ -175,7 +177,7 @@ def validate_pdu(pdu: object, room_version: str) -> None:
         raise InvalidPdu("A PDU must be a JSON object")
     try:
         check_canonical_values(dict(pdu), "event")
-        size = len(encode_canonical_json(pdu))
+        size = len(encode_canonical_event_json(pdu))  # the same bytes, now that the values passed
     except (ValueError, TypeError) as e:
         raise InvalidPdu(str(e)) from None
     if size > MAX_PDU_BYTES:
@@ -220,6 +222,10 @@ def _check_room_id(pdu: Mapping[str, Any], room_version: str) -> None:
 # --- 2. signatures -------------------------------------------------------------------------
 
 
+# (key, the bytes signed, the signature): one ed25519 check, ready to run on any thread.
+SignatureCheck = tuple[VerifyKey, bytes, bytes]
+
+
 def check_pdu_signatures(pdu: Mapping[str, Any], room_version: str, keys: KeyLookup) -> None:
     """Raise `InvalidSignature` unless every server that must sign `pdu` has a valid
     signature on it from a key that `keys` vouches for.
@@ -228,33 +234,41 @@ def check_pdu_signatures(pdu: Mapping[str, Any], room_version: str, keys: KeyLoo
     (`auth_rules.servers_required_to_sign`). One valid signature per server suffices;
     signatures under unknown or non-ed25519 key IDs are ignored, as the spec asks.
     """
+    for server, checks in signature_checks(pdu, room_version, keys):
+        if not any(signature_verifies(*check) for check in checks):
+            raise InvalidSignature(f"No valid signature from {server} with a key it published")
+
+
+def signature_checks(
+    pdu: Mapping[str, Any], room_version: str, keys: KeyLookup
+) -> list[tuple[str, list[SignatureCheck]]]:
+    """`check_pdu_signatures` in two halves: this one (Python, holds the GIL) finds, for
+    each server that must sign, its signatures under keys `keys` vouches for; one check of
+    each server's list must pass (`signature_verifies`, which another thread may run).
+    Raises `InvalidSignature` for a server that did not sign at all."""
     signatures = pdu.get("signatures")
     signatures = signatures if isinstance(signatures, Mapping) else {}
     timestamp = pdu.get("origin_server_ts")
     timestamp = timestamp if isinstance(timestamp, int) else 0
+    message: bytes | None = None
+    out: list[tuple[str, list[SignatureCheck]]] = []
     for server in sorted(servers_required_to_sign(pdu)):
         server_signatures = signatures.get(server)
         if not isinstance(server_signatures, Mapping) or not server_signatures:
             raise InvalidSignature(f"The event is not signed by {server}")
-        if not any(
-            _verifies(pdu, room_version, server, key_id, keys, timestamp)
-            for key_id in sorted(server_signatures)
-            if key_id.startswith("ed25519:")
-        ):
-            raise InvalidSignature(f"No valid signature from {server} with a key it published")
-
-
-def _verifies(
-    pdu: Mapping[str, Any], room_version: str, server: str, key_id: str, keys: KeyLookup, timestamp: int
-) -> bool:
-    verify_key = keys(server, key_id, timestamp)
-    if verify_key is None:
-        return False
-    try:
-        verify_event_signature(pdu, server, verify_key, room_version)
-    except InvalidSignature:
-        return False
-    return True
+        checks: list[SignatureCheck] = []
+        for key_id in sorted(server_signatures):
+            if not key_id.startswith("ed25519:"):
+                continue
+            verify_key = keys(server, key_id, timestamp)
+            signature = signature_on(pdu, server, key_id)
+            if verify_key is None or signature is None:
+                continue
+            if message is None:
+                message = signed_bytes(pdu, room_version)
+            checks.append((verify_key, message, signature))
+        out.append((server, checks))
+    return out
 
 
 # --- 4. auth against the event's own auth events --------------------------------------------
@@ -302,6 +316,7 @@ def check_pdu(
     state_before: StateMap | None,
     current_state: StateMap | None,
     rejected: Collection[str] = (),
+    signatures_verified: bool = False,
 ) -> PduOutcome:
     """Run the receipt checks on `pdu` and say what to do with it.
 
@@ -311,6 +326,9 @@ def check_pdu(
     prev_events) and `current_state` the room's current state, as events by (type,
     state_key); either may be None when unknown yet (for the create event, or while
     fetching), and that check is then skipped.
+
+    `signatures_verified` says check 2 was passed already, by `check_pdu_signatures` on
+    this very object (run elsewhere, e.g. on a worker thread for many events at once).
 
     Raises `MissingEvent` when an auth event is unknown; `UnsupportedRoomVersion`.
     """
@@ -322,7 +340,8 @@ def check_pdu(
     event_id = compute_event_id(pdu, room_version)
 
     try:
-        check_pdu_signatures(pdu, room_version, keys)
+        if not signatures_verified:
+            check_pdu_signatures(pdu, room_version, keys)
     except InvalidSignature as e:
         return PduOutcome(PduStatus.DROPPED, f"Bad signature: {e}", pdu, event_id)
 
