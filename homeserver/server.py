@@ -442,6 +442,7 @@ class HomeServer:
             self.federation.client,
             self.rooms.is_local_user,
             lambda room_id: room_id in self.rooms.blocked,
+            self.blocking.run,
         )
         self.rooms.remote = self.federation.membership
         self.openid = OpenIdService(self.config.server_name, self.storage, self.clock)

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 from signedjson.key import generate_signing_key
 from test_pdu_checks import ALICE, EVE, VERSIONS, Room, key_lookup
+from twisted.internet.defer import ensureDeferred, succeed
 
-from homeserver.core.federation.join_state import BadJoinState, checked_state
+from homeserver.core.federation.join_state import BadJoinState, checked_state, verified_signatures
 from homeserver.events.signing import sign_event
 
 CAROL = "@carol:two.org"
@@ -85,3 +86,40 @@ def test_answers_that_cannot_be_used(version: str) -> None:
     join = _join(room, CAROL)
     state, chain = _answer(room, join)
     assert "does not allow this join" in refused(state, chain, join=join)
+
+
+def _verified(version: str, pdus: list[dict[str, Any]]) -> set[int]:
+    """`verified_signatures` with its slices run in line (the server runs them on threads)."""
+    found: list[set[int]] = []
+    run = lambda fn, *args: succeed(fn(*args))  # noqa: E731
+    ensureDeferred(verified_signatures(version, pdus, key_lookup, run, 2)).addCallback(found.append)
+    assert found, "verified_signatures did not finish"
+    return found[0]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_signatures_verified_beforehand_still_refuse_forged_events(version: str) -> None:
+    room = Room(version)
+    forged = room.build("m.room.topic", ALICE, {"topic": "forged"}, "", sign=False)
+    forged = sign_event(forged, "one.org", generate_signing_key("k1"), version)
+    room.add(forged)
+    room.add(room.build("m.room.name", ALICE, {"name": "honest"}, ""))
+    join = _join(room)
+    state, chain = _answer(room, join)
+    pdus = [*chain, *state]
+    verified = _verified(version, pdus)
+    assert {i for i, p in enumerate(pdus) if p["content"] == {"topic": "forged"}}.isdisjoint(verified)
+    assert len(verified) == len(pdus) - 2  # the forged topic, in the chain and in the state
+    got = checked_state(room.room_id, version, join, state, chain, key_lookup, verified)
+    assert got == checked_state(room.room_id, version, join, state, chain, key_lookup)
+    assert ("m.room.topic", "") not in got
+    assert got[("m.room.name", "")]["content"] == {"name": "honest"}
+    # A second copy of a good event, its signature spoilt: the copy used is that last one,
+    # and its own check (not the first copy's) decides.
+    name = next(p for p in state if p["type"] == "m.room.name")
+    spoilt = {**name, "signatures": {"one.org": {"ed25519:k1": "A" * 86}}}
+    state = [*state, spoilt]
+    verified = _verified(version, [*chain, *state])
+    assert len(chain) + len(state) - 1 not in verified
+    got = checked_state(room.room_id, version, join, state, chain, key_lookup, verified)
+    assert ("m.room.name", "") not in got

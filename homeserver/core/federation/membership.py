@@ -18,11 +18,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import DeferredLock
+from twisted.internet.defer import Deferred, DeferredLock
 from twisted.logger import Logger
 
 from homeserver.core.federation.client import FederationClient, RemoteError
-from homeserver.core.federation.join_state import BadJoinState, checked_state, pdu_only
+from homeserver.core.federation.join_state import BadJoinState, checked_state, pdu_only, verified_signatures
 from homeserver.core.federation.keys import KeyRing
 from homeserver.core.federation.server_acl import check_server_allowed
 from homeserver.core.federation.user_ids import server_of
@@ -66,8 +66,11 @@ class FederatedMembership:
         client: FederationClient,
         user_exists: Callable[[str], Awaitable[bool]],
         is_blocked: Callable[[str], bool] = lambda room_id: False,
+        run_blocking: Callable[..., Deferred[Any]] | None = None,
     ) -> None:
         self.user_exists = user_exists
+        # A worker pool's run(fn, *args): a send_join answer's signatures are verified there.
+        self.run_blocking = run_blocking
         # Rooms a server admin blocked (core/admin.py): no joins, knocks or invites into them.
         self.is_blocked = is_blocked
         self._room_locks: dict[str, DeferredLock] = {}
@@ -658,14 +661,15 @@ class FederatedMembership:
         await self._fetch_keys(
             [p for key in ("state", "auth_chain") for p in answer.get(key) or [] if isinstance(p, dict)]
         )
+        state_pdus, chain_pdus = answer.get("state"), answer.get("auth_chain")
+        verified: set[int] = set()
+        if self.run_blocking is not None and isinstance(state_pdus, list) and isinstance(chain_pdus, list):
+            verified = await verified_signatures(
+                room_version, [*chain_pdus, *state_pdus], self.key_ring.cached_key, self.run_blocking, 2
+            )
         try:
             state = checked_state(
-                room_id,
-                room_version,
-                join,
-                answer.get("state"),
-                answer.get("auth_chain"),
-                self.key_ring.cached_key,
+                room_id, room_version, join, state_pdus, chain_pdus, self.key_ring.cached_key, verified
             )
         except BadJoinState as e:
             raise RemoteServerError(f"{server} answered send_join with a state we cannot use: {e}") from None
