@@ -398,6 +398,7 @@ class HomeServer:
             self.federation_ingest,
             self.federation.client,
             self.clock,
+            self.storage.search,
         )
 
     def _build_rooms(self) -> None:

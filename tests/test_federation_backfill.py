@@ -154,3 +154,53 @@ def test_backfilled_history_respects_history_visibility(
     assert bob.ok("GET", f"/rooms/{quote(room_id)}/state/m.room.history_visibility") == {
         "history_visibility": "joined"
     }
+
+
+def test_backfilled_messages_are_found_by_search_and_have_context(
+    servers: tuple[FederatedServer, FederatedServer],
+) -> None:
+    a, b = servers
+    alice = User(a, "alice_bfsearch")
+    bob = User(b, "bob_bfsearch")
+    room_id = alice.ok("POST", "/createRoom", {"preset": "public_chat"})["room_id"]
+    for i in range(6):
+        alice.say(room_id, f"walrus{i}")
+    bob.ok("POST", f"/join/{quote(room_id)}", {}, server_name=a.server_name)
+    bob.say(room_id, "walrus-after")
+
+    def search(**extra: Any) -> dict[str, Any]:
+        body = {
+            "search_categories": {"room_events": {"search_term": "walrus", "order_by": "recent", **extra}}
+        }
+        found: dict[str, Any] = bob.ok("POST", "/search", body)["search_categories"]["room_events"]
+        return found
+
+    # Before paging back Bob's server holds only his own message.
+    assert [r["result"]["content"]["body"] for r in search()["results"]] == ["walrus-after"]
+    assert _bodies(bob.page_back(room_id, 50))[:7] == [
+        "walrus-after",
+        *[f"walrus{i}" for i in range(5, -1, -1)],
+    ]
+
+    # Backfilled messages are searchable, newest first, below what was held, and pages go on
+    # past positions below zero.
+    first = search(filter={"limit": 4})
+    bodies = [r["result"]["content"]["body"] for r in first["results"]]
+    assert bodies == ["walrus-after", "walrus5", "walrus4", "walrus3"]
+    rest = bob.ok(
+        "POST",
+        "/search",
+        {"search_categories": {"room_events": {"search_term": "walrus", "order_by": "recent"}}},
+        next_batch=first["next_batch"],
+    )["search_categories"]["room_events"]
+    assert [r["result"]["content"]["body"] for r in rest["results"]] == ["walrus2", "walrus1", "walrus0"]
+
+    # Their context holds the backfilled events around them, on both sides.
+    walrus3 = first["results"][3]["result"]["event_id"]
+    context = bob.ok("GET", f"/rooms/{quote(room_id)}/context/{quote(walrus3)}", limit="4")
+    assert _bodies(context["events_before"]) == ["walrus2", "walrus1"]
+    assert _bodies(context["events_after"]) == ["walrus4", "walrus5"]
+    with_context = search(filter={"limit": 4}, event_context={"before_limit": 2, "after_limit": 1})
+    around = with_context["results"][3]["context"]
+    assert _bodies(around["events_before"]) == ["walrus2", "walrus1"]
+    assert _bodies(around["events_after"]) == ["walrus4"]

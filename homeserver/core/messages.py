@@ -266,8 +266,9 @@ class MessagesService:
         before_n = limit // 2
         after_n = limit - before_n
         store = self.storage.events
+        # From the start of history: backfilled events sit at negative positions.
         before = await store.room_events_between(
-            room_id, 0, ev.stream_ordering - 1, before_n, newest_first=True
+            room_id, HISTORY_START, ev.stream_ordering - 1, before_n, newest_first=True
         )
         after = await store.room_events_between(
             room_id, ev.stream_ordering, self._persisted_upto(), after_n, newest_first=False

@@ -18,7 +18,7 @@ from typing import Any
 
 from homeserver.core.filters import EventFilter
 from homeserver.core.ignored_users import IgnoredUsers
-from homeserver.core.messages import MessagesService
+from homeserver.core.messages import HISTORY_START, MessagesService
 from homeserver.core.search_index import SearchIndexer
 from homeserver.core.streams import pagination_token
 from homeserver.core.timeline_cache import TimelineCache
@@ -123,9 +123,12 @@ def _parse_batch(token: str | None, by_rank: bool) -> int | None:
     if token is None:
         return None
     kind, digits = token[:1], token[1:]
-    if kind != ("r" if by_rank else "s") or not digits.isdigit() or len(digits) > 18:
+    # By recency the cursor is a stream position: negative below backfilled history.
+    negative = kind == "s" and digits.startswith("-")
+    digits = digits[1:] if negative else digits
+    if kind != ("r" if by_rank else "s") or not (digits.isascii() and digits.isdigit()) or len(digits) > 18:
         raise MatrixError("Invalid next_batch", "M_INVALID_PARAM")
-    return int(digits)
+    return -int(digits) if negative else int(digits)
 
 
 class SearchService:
@@ -273,7 +276,7 @@ class SearchService:
         store = self.storage.events
         room_id, position = ev.room_id, ev.stream_ordering
         upto = self.indexer.stream.position
-        before = await store.room_events_between(room_id, 0, position - 1, query.before_limit)
+        before = await store.room_events_between(room_id, HISTORY_START, position - 1, query.before_limit)
         after = await store.room_events_between(
             room_id, position, upto, query.after_limit, newest_first=False
         )

@@ -7,7 +7,8 @@ negative stream positions, counting down below the lowest position in use (Synap
 the same for its backfilled stream orderings). So:
 - they sort before everything we held, the newest of a batch highest (depth, then id);
 - no sync token or stream consumer ever reaches them (those read positions above a
-  token), so /sync, pushers and the federation sender never see them as new;
+  token), so /sync, pushers and the federation sender never see them as new; the search
+  index, a stream consumer too, is given their messages here;
 - they change no current state, membership or forward extremity (`PersistItem.historical`).
 
 History visibility (core/visibility.py judges by stream position): state events of the
@@ -30,12 +31,14 @@ from homeserver.core.clock import Clock
 from homeserver.core.federation.client import FederationClient, RemoteError
 from homeserver.core.federation.ingest import PduIngest
 from homeserver.core.room_heads import RoomHead, RoomHeads
+from homeserver.core.search_index import redacted_target, search_row
 from homeserver.core.visibility import HISTORY_VISIBILITY, visibility_of
 from homeserver.errors import MatrixError, RemoteServerError
 from homeserver.events.room_versions import room_id_is_create_hash
 from homeserver.logs import log_failure
 from homeserver.storage.backfill import BackfillStore
 from homeserver.storage.events import PersistItem, StoredEvent
+from homeserver.storage.search import SearchStore
 
 if TYPE_CHECKING:
     from homeserver.workers.event_writes import RoomWriters
@@ -63,9 +66,11 @@ class Backfiller:
         ingest: PduIngest,
         client: FederationClient,
         clock: Clock,
+        search: SearchStore | None = None,
     ) -> None:
         self.server_name = server_name
         self.store = store
+        self.search = search
         self.heads = heads
         self.ingest = ingest
         self.client = client
@@ -179,9 +184,22 @@ class Backfiller:
                 content = pdu.get("content")
                 marks.append((position, visibility_of(content if isinstance(content, dict) else {})))
         await self.store.write(head.room_id, items, marks)
+        if self.search is not None:
+            await self._index(items)
         head.visibility_changes = None  # the kept list lacks the new marks and events
         log.info("backfilled {n} events of {room} from {s}", n=len(items), room=head.room_id, s=server)
         return len(items)
+
+    async def _index(self, items: list[PersistItem]) -> None:
+        """Backfilled messages into the search index, as the stream consumer does for new ones
+        (core/search_index.py; no consumer reads negative positions). After the events are
+        stored: a failure here leaves them out of /search results, never out of the room."""
+        rows = [row for item in items if (row := search_row(item.event)) is not None]
+        removed = [target for item in items if (target := redacted_target(item.event)) is not None]
+        try:
+            await self.search.index(rows, removed)  # type: ignore[union-attr]
+        except Exception:
+            log_failure(log, "indexing backfilled events for search")
 
     async def _visibility_before(self, server: str, head: RoomHead, event_id: str) -> str:
         """The history visibility in force just before `event_id`, per the resident's
