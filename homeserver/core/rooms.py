@@ -302,20 +302,36 @@ class RoomService:
                 events.append(build(head, creator, "m.room.member", content, user_id))
         self.events.heads.put(head)
         await self.events.persist(head, events, is_new_room=True)
-        for user_id in remote_invites:
-            assert self.remote is not None
-            remote_content = {"membership": "invite", **({"is_direct": True} if is_direct else {})}
-            current = await self.head(head.room_id)
-            try:
-                await self.remote.invite_remote(current, creator, user_id, remote_content)
-            except MatrixError as e:
-                # The room exists now: the creator gets it, and may invite again.
-                log.warn("createRoom: inviting {user} failed: {error}", user=user_id, error=e)
+        if remote_invites:
+            await self._invite_remote_users(head.room_id, creator, remote_invites, is_direct)
         if alias is not None:
             await self.storage.rooms.create_alias(alias, head.room_id, creator)
         if visibility == "public":
             await self.storage.rooms.set_visibility(head.room_id, "public")
         return head.room_id
+
+    async def _invite_remote_users(
+        self, room_id: str, creator: str, user_ids: list[str], is_direct: bool
+    ) -> None:
+        """createRoom's invites of other servers' users, all at once: each waits for its
+        server to countersign, so one slow or unreachable server does not hold up the others.
+
+        One that fails is logged and left out, and the room is answered all the same: it
+        exists by now and is the creator's, who sees who is invited and may invite again.
+        Failing the request (Synapse answers the invite's error) has clients create the room
+        again on retry, one more empty room each time."""
+        assert self.remote is not None
+        remote = self.remote
+        content = {"membership": "invite", **({"is_direct": True} if is_direct else {})}
+        head = await self.head(room_id)
+
+        async def invite(user_id: str) -> None:
+            try:
+                await remote.invite_remote(head, creator, user_id, dict(content))
+            except MatrixError as e:
+                log.warn("createRoom: inviting {user} failed: {error}", user=user_id, error=e)
+
+        await gatherResults([Deferred.fromCoroutine(invite(u)) for u in user_ids])
 
     # Membership ----------------------------------------------------------------------
 
