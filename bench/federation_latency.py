@@ -2,7 +2,7 @@
 
     make bench-federation   (also the last part of `make bench`), or
     .venv/bin/python -m bench.federation_latency [--rate 20] [--synapse-receive-rate 5]
-        [--seconds 30] [--members 1000] [--pairs ours-ours,ours-synapse,synapse-ours]
+        [--seconds 30] [--members 1000] [--joins 1] [--pairs ours-ours,ours-synapse,synapse-ours]
 
 Writes bench/results/DATE-federation.md (the table, with the machine's load average).
 
@@ -43,6 +43,8 @@ from urllib.parse import quote
 
 import requests
 
+from bench.cpu_wait import CpuWait
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -71,8 +73,11 @@ class Client:
 
 
 class Server:
-    def __init__(self, label: str, base: str, server_name: str, register: Callable[[str], Client]) -> None:
+    def __init__(
+        self, label: str, base: str, server_name: str, register: Callable[[str], Client], pid: int
+    ) -> None:
         self.label, self.base, self.server_name, self.register = label, base, server_name, register
+        self.pid = pid
 
 
 def ours(tmp: Path, ca: Any, name: str) -> tuple[Server, Any]:
@@ -89,7 +94,7 @@ def ours(tmp: Path, ca: Any, name: str) -> tuple[Server, Any]:
         r.raise_for_status()
         return Client(hs.process.url(""), r.json()["user_id"], r.json()["access_token"])
 
-    return Server(f"ours ({name})", hs.process.url(""), hs.server_name, register), hs
+    return Server(f"ours ({name})", hs.process.url(""), hs.server_name, register, hs.process.process.pid), hs
 
 
 def synapse(tmp: Path, ca: Any) -> tuple[Server, Any]:
@@ -114,7 +119,7 @@ def synapse(tmp: Path, ca: Any) -> tuple[Server, Any]:
         result = syn.register(localpart)
         return Client(syn.url(""), result["user_id"], result["access_token"])
 
-    return Server("Synapse", syn.url(""), syn.server_name, register), syn
+    return Server("Synapse", syn.url(""), syn.server_name, register, syn.process.pid), syn
 
 
 def join_remote(user: Client, room_id: str, via: str) -> float:
@@ -142,6 +147,7 @@ def latency(sender_server: Server, receiver_server: Server, rate: float, seconds
     )
 
     sent: dict[str, float] = {}
+    wall: dict[str, float] = {}
     arrived: dict[str, float] = {}
     acked: dict[str, float] = {}
     total = int(rate * seconds)
@@ -164,6 +170,8 @@ def latency(sender_server: Server, receiver_server: Server, rate: float, seconds
     thread = threading.Thread(target=receive, daemon=True)
     thread.start()
     time.sleep(0.5)  # the receiver's long-poll is parked
+    cpu_wait = CpuWait({"sender": sender_server.pid, "receiver": receiver_server.pid})
+    cpu_wait.start()
     start = time.perf_counter()
     for i in range(total):
         due = start + i / rate
@@ -172,18 +180,24 @@ def latency(sender_server: Server, receiver_server: Server, rate: float, seconds
             time.sleep(pause)
         bench_id = f"{tag}-{i}"
         sent[bench_id] = time.perf_counter()
+        wall[bench_id] = time.time()
         content = {"msgtype": "m.text", "body": f"message {i}", "bench_id": bench_id}
         sender.call("PUT", f"/rooms/{quote(room_id)}/send/m.room.message/{bench_id}", content)
         acked[bench_id] = time.perf_counter()
     thread.join(timeout=30)
     stop.set()
+    waited = cpu_wait.stop()
     by_id = {k: (arrived[k] - sent[k]) * 1000 for k in sent if k in arrived}
     ms = sorted(by_id.values())
     # From the sending server's answer to the send on: what federation itself adds.
     after_ack = sorted((arrived[k] - acked[k]) * 1000 for k in acked if k in arrived)
     return {
         "after_ack_p50": statistics.median(after_ack) if after_ack else None,
-        "slowest": sorted(by_id.items(), key=lambda kv: -kv[1])[:5],
+        "cpu_wait": waited,
+        "slowest": [
+            (k, round(v), round(wall[k], 3), round((acked[k] - sent[k]) * 1000))
+            for k, v in sorted(by_id.items(), key=lambda kv: -kv[1])[:12]
+        ],
         "sent": total,
         "delivered": len(ms),
         "p50": statistics.median(ms) if ms else None,
@@ -253,22 +267,34 @@ def run(args: argparse.Namespace) -> list[tuple[str, str]]:
             rows.append((f"{what}: p50 from the send's answer on (ms)", _ms(result["after_ack_p50"])))
             if result["delivered"] != result["sent"]:
                 rows.append((f"{what}: delivered", f"{result['delivered']} of {result['sent']}"))
-            print(f"{rows[-4:]} slowest: {result['slowest']}; load {os.getloadavg()}", flush=True)
+            for side in ("sender", "receiver"):
+                w = result["cpu_wait"][side]
+                rows.append(
+                    (
+                        f"{what}: {side}'s reactor thread waiting for a CPU, in all / worst 100 ms (ms)",
+                        f"{w['main_wait_ms']:,.0f} / {w['main_worst_100ms_wait_ms']:,.0f}",
+                    )
+                )
+            print(
+                f"{rows[-6:]} slowest (id, ms, sent at, send answered after ms): {result['slowest']};"
+                f" cpu wait {result['cpu_wait']}; load {os.getloadavg()}",
+                flush=True,
+            )
         if not args.skip_join:
             for pair in pairs:
                 host, joiner = ends(pair)
-                result = big_room_join(host, joiner, args.members)
-                before = result["members"] - 1  # the joiner is counted once it is in
+                # Each join into its own room (a second one into the same room would find
+                # the joining server in it already).
+                results = [big_room_join(host, joiner, args.members) for _ in range(args.joins)]
+                before = results[0]["members"] - 1  # the joiner is counted once it is in
+                took = [r["join_s"] for r in results]
+                figure = f"{statistics.median(took):.2f}"
+                if len(took) > 1:
+                    figure += " (" + ", ".join(f"{t:.2f}" for t in took) + ")"
                 rows.append(
-                    (
-                        f"join a {before:,}-member room on {host.label} from {joiner.label} (s)",
-                        f"{result['join_s']:.2f}",
-                    )
+                    (f"join a {before:,}-member room on {host.label} from {joiner.label} (s)", figure)
                 )
-                print(
-                    f"{rows[-1]} (room built in {result['built_s']:.0f} s); load {os.getloadavg()}",
-                    flush=True,
-                )
+                print(f"{rows[-1]}; load {os.getloadavg()}", flush=True)
     finally:
         for proc in stops:
             proc.stop()
@@ -287,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--members", type=int, default=1000)
     parser.add_argument("--pairs", default="ours-ours,ours-synapse,synapse-ours")
     parser.add_argument("--skip-join", action="store_true")
+    parser.add_argument(
+        "--joins", type=int, default=1, help="rooms joined per pair (the median is the figure)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the servers' directory (logs)")
     parser.add_argument("--no-save", action="store_true", help="print the table, write no results file")
     args = parser.parse_args(argv)

@@ -1,0 +1,79 @@
+"""How long a server's threads were ready to run but waited for a CPU (Linux schedstat).
+
+On a shared machine a latency tail can come from the kernel giving the cores to other
+processes, not from anything the server does. `/proc/PID/task/TID/schedstat` counts, per
+thread, the nanoseconds spent on a CPU and waiting in a run queue; sampling the reactor
+(main) thread every 10 ms tells how much of a stall was waiting for a CPU. Read from
+outside the process, so the server runs unchanged.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+SAMPLE_S = 0.01
+WINDOW_SAMPLES = 10  # the worst 100 ms
+
+
+def _schedstat(path: Path) -> tuple[float, float]:
+    """(ms on a CPU, ms waiting in a run queue) of one thread, or (0, 0) once it is gone."""
+    try:
+        on_cpu, waiting, _slices = path.read_text().split()
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    return int(on_cpu) / 1e6, int(waiting) / 1e6
+
+
+def _process_totals(pid: int) -> tuple[float, float]:
+    on_cpu = waiting = 0.0
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        run, wait = _schedstat(task / "schedstat")
+        on_cpu, waiting = on_cpu + run, waiting + wait
+    return on_cpu, waiting
+
+
+class CpuWait:
+    """Samples the main threads of `pids` from start() to stop()."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self._stop = threading.Event()
+        self._samples: dict[str, list[tuple[float, float]]] = {name: [] for name in pids}
+        self._totals: dict[str, tuple[float, float]] = {}
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._totals = {name: _process_totals(pid) for name, pid in self.pids.items()}
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for name, pid in self.pids.items():
+                self._samples[name].append(_schedstat(Path(f"/proc/{pid}/task/{pid}/schedstat")))
+            time.sleep(SAMPLE_S)
+
+    def stop(self) -> dict[str, dict[str, float]]:
+        """Per process: its main thread's ms waiting and on a CPU, the most it waited in any
+        100 ms, and all its threads' ms waiting and on a CPU."""
+        self._stop.set()
+        self._thread.join()
+        out = {}
+        for name, pid in self.pids.items():
+            samples = self._samples[name]
+            waits = [b[1] - a[1] for a, b in zip(samples, samples[1:], strict=False)]
+            worst = max(
+                (sum(waits[i : i + WINDOW_SAMPLES]) for i in range(max(1, len(waits) - WINDOW_SAMPLES + 1))),
+                default=0.0,
+            )
+            run0, wait0 = self._totals[name]
+            run1, wait1 = _process_totals(pid)
+            out[name] = {
+                "main_wait_ms": samples[-1][1] - samples[0][1] if samples else 0.0,
+                "main_cpu_ms": samples[-1][0] - samples[0][0] if samples else 0.0,
+                "main_worst_100ms_wait_ms": worst,
+                "all_wait_ms": wait1 - wait0,
+                "all_cpu_ms": run1 - run0,
+            }
+        return out
