@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,6 +99,43 @@ class FederationQueueStore:
         rows = await self.db.query("federation_queued", sql + " ORDER BY seq LIMIT ?", *args, limit)
         return [QueuedItem(int(r[0]), r[1], json.loads(r[2]) if r[2] is not None else None) for r in rows]
 
+    async def start_next_transaction(
+        self,
+        destination: str,
+        after: int,
+        limit: int,
+        choose: Callable[[list[QueuedItem]], list[QueuedItem]],
+        now_ms: int,
+    ) -> tuple[str, list[QueuedItem]] | None:
+        """The rows after `after` that `choose` keeps, recorded in the same database
+        transaction as the transaction about to be sent, so that a retry (after a restart too)
+        sends the same rows under the same id. One trip to the database thread, on the path
+        of every message (reading and recording were two). Returns the id
+        (`{now_ms}-{last row}`) and the rows, or None when nothing is queued."""
+
+        def txn_fn(txn: Txn) -> tuple[str, list[QueuedItem]] | None:
+            rows = txn.query(
+                "SELECT seq, event_id, edu_json FROM federation_outbox WHERE destination = ? AND seq > ?"
+                " ORDER BY seq LIMIT ?",
+                (destination, after, limit),
+            )
+            items = choose(
+                [QueuedItem(int(r[0]), r[1], json.loads(r[2]) if r[2] is not None else None) for r in rows]
+            )
+            if not items:
+                return None
+            txn_id = f"{now_ms}-{items[-1].seq}"
+            txn.execute(
+                "UPDATE federation_destinations SET txn_id = ?, txn_upto = ? WHERE destination = ?",
+                (txn_id, items[-1].seq, destination),
+            )
+            return txn_id, items
+
+        result: tuple[str, list[QueuedItem]] | None = await self.db.run_interaction(
+            "federation_next_txn", txn_fn
+        )
+        return result
+
     async def pending_count(self, destination: str, after: int) -> int:
         rows = await self.db.query(
             "federation_pending_count",
@@ -106,17 +144,6 @@ class FederationQueueStore:
             after,
         )
         return int(rows[0][0])
-
-    async def start_transaction(self, destination: str, txn_id: str, txn_upto: int) -> None:
-        """Record the transaction about to be sent, so that a retry (after a restart too)
-        sends the same rows under the same id."""
-        await self.db.execute(
-            "federation_start_txn",
-            "UPDATE federation_destinations SET txn_id = ?, txn_upto = ? WHERE destination = ?",
-            txn_id,
-            txn_upto,
-            destination,
-        )
 
     async def transaction_answered(self, destination: str, upto: int) -> None:
         """The remote answered: its rows up to `upto` are done, the backoff is over."""

@@ -366,15 +366,17 @@ class Destination:
             items = await store.items(self.name, state.sent_upto, state.txn_upto, MAX_PDUS + MAX_EDUS)
             txn_id, upto = state.txn_id, state.txn_upto
         else:
-            items = take_transaction(await store.items(self.name, state.sent_upto, None, MAX_PDUS + MAX_EDUS))
-            if not items:
+            # The id is unique per destination, even after our database was started afresh
+            # (receivers remember the ids they answered, Synapse for a day): when it was
+            # made, and its last row. Saved with the rows' reading, before sending, so every
+            # retry carries the same id.
+            started = await store.start_next_transaction(
+                self.name, state.sent_upto, MAX_PDUS + MAX_EDUS, take_transaction, self.sender.clock.time_ms()
+            )
+            if started is None:
                 return False
+            txn_id, items = started
             upto = items[-1].seq
-            # Unique per destination, even after our database was started afresh (receivers
-            # remember the ids they answered, Synapse for a day): when it was made, and its
-            # last row. Saved before sending, so every retry carries the same id.
-            txn_id = f"{self.sender.clock.time_ms()}-{upto}"
-            await store.start_transaction(self.name, txn_id, upto)
             state.txn_id, state.txn_upto = txn_id, upto
         body = await self._body(items)
         try:
