@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 SAMPLE_S = 0.01
-WINDOW_SAMPLES = 10  # the worst 100 ms
+WINDOW_S = 1.0  # the worst second
 
 
 def _schedstat(path: Path) -> tuple[float, float]:
@@ -40,7 +40,8 @@ class CpuWait:
     def __init__(self, pids: dict[str, int]) -> None:
         self.pids = pids
         self._stop = threading.Event()
-        self._samples: dict[str, list[tuple[float, float]]] = {name: [] for name in pids}
+        # (monotonic time, ms on a CPU, ms waiting) of each main thread, every SAMPLE_S.
+        self._samples: dict[str, list[tuple[float, float, float]]] = {name: [] for name in pids}
         self._totals: dict[str, tuple[float, float]] = {}
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -51,28 +52,30 @@ class CpuWait:
     def _run(self) -> None:
         while not self._stop.is_set():
             for name, pid in self.pids.items():
-                self._samples[name].append(_schedstat(Path(f"/proc/{pid}/task/{pid}/schedstat")))
+                run, wait = _schedstat(Path(f"/proc/{pid}/task/{pid}/schedstat"))
+                self._samples[name].append((time.monotonic(), run, wait))
             time.sleep(SAMPLE_S)
 
     def stop(self) -> dict[str, dict[str, float]]:
         """Per process: its main thread's ms waiting and on a CPU, the most it waited in any
-        100 ms, and all its threads' ms waiting and on a CPU."""
+        second, and all its threads' ms waiting and on a CPU."""
         self._stop.set()
         self._thread.join()
         out = {}
         for name, pid in self.pids.items():
             samples = self._samples[name]
-            waits = [b[1] - a[1] for a, b in zip(samples, samples[1:], strict=False)]
-            worst = max(
-                (sum(waits[i : i + WINDOW_SAMPLES]) for i in range(max(1, len(waits) - WINDOW_SAMPLES + 1))),
-                default=0.0,
-            )
+            worst, j = 0.0, 0
+            for i, (t, _run, wait) in enumerate(samples):
+                j = max(j, i)
+                while j + 1 < len(samples) and samples[j + 1][0] - t <= WINDOW_S:
+                    j += 1
+                worst = max(worst, samples[j][2] - wait)
             run0, wait0 = self._totals[name]
             run1, wait1 = _process_totals(pid)
             out[name] = {
-                "main_wait_ms": samples[-1][1] - samples[0][1] if samples else 0.0,
-                "main_cpu_ms": samples[-1][0] - samples[0][0] if samples else 0.0,
-                "main_worst_100ms_wait_ms": worst,
+                "main_wait_ms": samples[-1][2] - samples[0][2] if samples else 0.0,
+                "main_cpu_ms": samples[-1][1] - samples[0][1] if samples else 0.0,
+                "main_worst_second_wait_ms": worst,
                 "all_wait_ms": wait1 - wait0,
                 "all_cpu_ms": run1 - run0,
             }

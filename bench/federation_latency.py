@@ -271,8 +271,8 @@ def run(args: argparse.Namespace) -> list[tuple[str, str]]:
                 w = result["cpu_wait"][side]
                 rows.append(
                     (
-                        f"{what}: {side}'s reactor thread waiting for a CPU, in all / worst 100 ms (ms)",
-                        f"{w['main_wait_ms']:,.0f} / {w['main_worst_100ms_wait_ms']:,.0f}",
+                        f"{what}: {side}'s reactor thread's wait for a CPU, all / worst second (ms)",
+                        f"{w['main_wait_ms']:,.0f} / {w['main_worst_second_wait_ms']:,.0f}",
                     )
                 )
             print(
