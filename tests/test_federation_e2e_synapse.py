@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
+import requests
 from conftest import _launch
 from federation_e2e import Member, displayname_change, join_and_talk, kick_and_ban, typing_and_receipts
 from federation_harness import FederatedServer, TestCA, start_federated_server
-from synapse import SynapseServer
+from js_runner import node_or_skip, run_script
+from synapse import PASSWORD, SynapseServer
 
 
 def ours_member(server: FederatedServer, name: str) -> Member:
@@ -83,3 +86,59 @@ def test_ours_killed_9_catches_up_on_what_synapse_sent(
     fresh = Member(dan.base_url, {"user_id": dan.user_id, "access_token": dan.token})
     fresh.sync_once(0)
     assert [t for t in fresh.texts(room_id) if t.startswith("while down")] == missed
+
+
+@pytest.mark.parametrize("role", ["room on ours", "room on Synapse"])
+def test_encrypted_messages_with_matrix_js_sdk_across_ours_and_synapse(
+    ours: FederatedServer, synapse: SynapseServer, role: str
+) -> None:
+    """Rust crypto on both sides, the room made by the first user: device keys queried and
+    one-time keys claimed over federation both ways, room keys sent to the other server's
+    device as to-device messages, every message decrypted by the other user."""
+    node = node_or_skip("@matrix-org/matrix-sdk-crypto-wasm")
+    n = "o" if role == "room on ours" else "s"
+    ours.process.register(f"js_ours_{n}", PASSWORD)
+    synapse.register(f"js_syn_{n}")
+    mine = (ours.process.base_url, f"js_ours_{n}")
+    theirs = (synapse.url(""), f"js_syn_{n}")
+    first, second = (mine, theirs) if role == "room on ours" else (theirs, mine)
+    result = run_script(node, "e2ee_federation.mjs", *first, *second)
+    seen = result["steps"]["room"]["seen"]
+    assert len(seen) == 3 and all(one and all(one.values()) for one in seen), seen
+    # Neither server stored or logged a message's plaintext: only m.room.encrypted.
+    plaintexts = result["plaintexts"]
+    assert len(plaintexts) == 3
+    files = [p for p in ours.process.data_dir.rglob("*") if p.is_file()]
+    files += [ours.process.log_path, *(p for p in synapse.workdir.rglob("*") if p.is_file())]
+    assert _files_containing(files, plaintexts) == {}
+    # What each server serves of the room: the three messages, as m.room.encrypted only.
+    room_id = result["steps"]["room"]["room_id"]
+    for base_url, name in (mine, theirs):
+        types = [e["type"] for e in _room_messages(base_url, name, room_id)]
+        assert types.count("m.room.encrypted") == 3 and "m.room.message" not in types, types
+
+
+def _files_containing(paths: list[Path], needles: list[str]) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for path in paths:
+        data = path.read_bytes()
+        for needle in needles:
+            if needle.encode() in data:
+                found.setdefault(needle, []).append(str(path))
+    return found
+
+
+def _room_messages(base_url: str, localpart: str, room_id: str) -> list[dict[str, Any]]:
+    """The room's latest events, read by a new login of `localpart` on its own server."""
+    login = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": localpart}}
+    r = requests.post(f"{base_url}/_matrix/client/v3/login", json={**login, "password": PASSWORD}, timeout=30)
+    assert r.status_code == 200, r.text
+    r = requests.get(
+        f"{base_url}/_matrix/client/v3/rooms/{quote(room_id)}/messages",
+        params={"dir": "b", "limit": "50"},
+        headers={"Authorization": f"Bearer {r.json()['access_token']}"},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    chunk: list[dict[str, Any]] = r.json()["chunk"]
+    return chunk
