@@ -76,7 +76,7 @@ from homeserver.core.federation.edus import InboundEdus
 from homeserver.core.federation.membership import FederatedMembership
 from homeserver.core.federation.outbound_edus import OutboundEdus
 from homeserver.core.federation.remote_keys import RemoteKeys
-from homeserver.core.federation.sender import FederationSender
+from homeserver.core.federation.sender import FederationSender, version_probe
 from homeserver.core.federation.service import Federation
 from homeserver.core.federation.user_keys import FederationUserKeys
 from homeserver.core.filters import FilterService
@@ -570,6 +570,7 @@ class HomeServer:
             send_transaction,
             joined_rooms,
             self.storage.stream_consumers,
+            probe=version_probe(client.get_json),
         )
         self.federation_sender.register_metrics(self.metrics)
         self.federation.membership.on_remote_event = self.federation_sender.queue_remote_event

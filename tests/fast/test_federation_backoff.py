@@ -23,7 +23,15 @@ from twisted.internet.defer import Deferred
 from homeserver.config import parse_config
 from homeserver.core.event_stream import StreamBatch
 from homeserver.core.federation.client import RemoteError
-from homeserver.core.federation.sender import BACKOFF_MAX_S, BACKOFF_MIN_S, MAX_PDUS, take_transaction
+from homeserver.core.federation.sender import (
+    BACKOFF_MAX_S,
+    BACKOFF_MIN_S,
+    MAX_PDUS,
+    PROBE_INTERVAL_S,
+    PROBE_WINDOW_S,
+    take_transaction,
+    version_probe,
+)
 from homeserver.server import HomeServer
 from homeserver.storage.federation_queue import QueuedItem
 
@@ -32,7 +40,8 @@ BOB = f"@bob:{REMOTE}"
 
 
 class Remote:
-    """Records every transaction; `mode` is "ok", "down" (connection refused) or "hold"."""
+    """Records every transaction; `mode` is "ok", "down" (connection refused) or "hold".
+    `probe` stands in for the sender's probe: whether it answers (counted in `probes`)."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, dict[str, Any]]] = []
@@ -41,6 +50,11 @@ class Remote:
         self.held: list[Deferred[None]] = []
         self.in_flight = 0
         self.most_in_flight = 0
+        self.probes = 0
+
+    async def probe(self, destination: str) -> bool:
+        self.probes += 1
+        return self.mode != "down"
 
     async def __call__(self, destination: str, txn_id: str, body: dict[str, Any]) -> Any:
         self.calls.append((destination, txn_id, body))
@@ -89,6 +103,7 @@ async def start_server(tmp_path: Path, clock: TestClock, remote: Remote) -> Home
     }
     hs = HomeServer(parse_config(raw, "fast-test.yaml", env={}), real_reactor(), clock=clock)
     hs.federation_sender.transport = remote
+    hs.federation_sender.probe = remote.probe
     await hs.start()
     hs.site()
     return hs
@@ -274,6 +289,70 @@ async def test_a_request_from_the_destination_ends_its_backoff(tmp_path: Path) -
         hs.federation_sender.remote_is_up("other.test")  # another server: changes nothing
         hs.federation_sender.remote_is_up(REMOTE)
         await until(lambda: remote.texts() == ["hello"], "sent without the clock moving")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_probe_notices_a_restarted_destination_long_before_its_backoff_ends(tmp_path: Path) -> None:
+    async with running(tmp_path) as (hs, clock, remote, client, ctx):
+        remote.mode = "down"
+        await say(hs, ctx, "one")
+        await until(lambda: len(remote.calls) == 1, "the first try")
+        # Down for 35 s: tried again after 5, 10 and 20 s; the next try is 40 s away.
+        for _ in range(35):
+            clock.advance(1)
+            await turn()
+        await until(lambda: len(remote.calls) == 4, "three retries")
+        assert remote.probes >= 15, remote.probes
+        remote.mode = "ok"  # restarted, and it does not call us
+        clock.advance(PROBE_INTERVAL_S)
+        await until(lambda: remote.texts() == ["one"], "the queue sent once a probe found it up")
+        # Answering again: nothing left to probe.
+        probes = remote.probes
+        for _ in range(5):
+            clock.advance(PROBE_INTERVAL_S)
+            await turn()
+        assert remote.probes == probes
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_destination_down_for_long_is_no_longer_probed(tmp_path: Path) -> None:
+    async with running(tmp_path) as (hs, clock, remote, client, ctx):
+        remote.mode = "down"
+        await say(hs, ctx, "one")
+        await until(lambda: len(remote.calls) == 1, "the first try")
+        for _ in range(int(PROBE_WINDOW_S / 60) + 1):
+            clock.advance(60)
+            await turn(0.01)
+        probes = remote.probes
+        assert probes > 0
+        remote.mode = "ok"
+        for _ in range(5):
+            clock.advance(PROBE_INTERVAL_S)
+            await turn(0.01)
+        assert remote.probes == probes and remote.texts() == []
+        # Its own request still ends the backoff at once.
+        hs.federation_sender.remote_is_up(REMOTE)
+        await until(lambda: remote.texts() == ["one"], "sent once it called us")
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_version_probe_counts_any_answer_but_a_5xx_as_up() -> None:
+    async def answering(outcome: Any) -> bool:
+        async def get_json(destination: str, path: str) -> Any:
+            assert path == "/_matrix/federation/v1/version"
+            if isinstance(outcome, Exception):
+                raise outcome
+            return outcome
+
+        return await version_probe(get_json)(REMOTE)
+
+    assert await answering({"server": {"name": "Synapse"}}) is True
+    # The server itself refused (it is up): 401 without our key, 404 without the endpoint.
+    assert await answering(RemoteError(REMOTE, 401, "M_UNAUTHORIZED", "who")) is True
+    assert await answering(RemoteError(REMOTE, 404, "M_UNRECOGNIZED", "no")) is True
+    # A proxy answering for a server that is down; no answer at all.
+    assert await answering(RemoteError(REMOTE, 502, "M_UNKNOWN", "Bad Gateway")) is False
+    assert await answering(ConnectionRefusedError()) is False
 
 
 @pytest_twisted.ensureDeferred

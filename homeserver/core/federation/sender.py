@@ -12,8 +12,11 @@ Each destination has one coroutine and at most one transaction in flight
 Before it is sent, its id and its last row are saved: until the remote answers, the same rows
 go again under the same id, after a restart too (the remote deduplicates by id). A destination
 that does not answer waits BACKOFF_MIN_S, then twice as long each time, up to BACKOFF_MAX_S; it
-is woken early when that server sends us a request. Everything queued meanwhile goes, in order,
-once it answers. Destinations never wait for one another.
+is woken early when that server sends us a request, or when a probe finds it answering again:
+during the first PROBE_WINDOW_S of an outage, every PROBE_INTERVAL_S, a cheap
+`GET /_matrix/federation/v1/version` (a restarted server need not contact us first, and the
+backoff alone could keep its queue waiting about as long again as it was down). Everything
+queued meanwhile goes, in order, once it answers. Destinations never wait for one another.
 
 Ordering: sequence numbers are given and their rows committed under one lock, so a queue read
 never sees a row before an earlier one is committed (a reader past N never misses N - 1).
@@ -48,12 +51,19 @@ MAX_EDUS = 100
 BACKOFF_MIN_S = 5.0
 # A destination down for long is still tried once an hour (and at once when it calls us).
 BACKOFF_MAX_S = 3600.0
+# While backing off, how often a destination is probed, and for how long after it stopped
+# answering: restarts (the usual short outage) are noticed within seconds; a server down for
+# longer costs no more than the backoff's own tries.
+PROBE_INTERVAL_S = 2.0
+PROBE_WINDOW_S = 600.0
 # How often answered rows with a dedupe key are deleted (see `_prune`).
 PRUNE_INTERVAL_S = 600.0
 MEMBERSHIPS = ("join", "leave", "ban", "invite", "knock")
 
 # (destination, txn_id, body) -> the remote's answer; raises RemoteError or another error.
 Transport = Callable[[str, str, dict[str, Any]], Awaitable[Any]]
+# destination -> whether it answers now (see `version_probe`).
+Probe = Callable[[str], Awaitable[bool]]
 
 
 # Kept with a queued EDU that goes stale (typing): when to drop it rather than send it.
@@ -63,6 +73,23 @@ EXPIRES_KEY = "_expires_ts"
 def next_backoff_s(previous_s: float) -> float:
     """The pause after one more failure: BACKOFF_MIN_S, doubling, at most BACKOFF_MAX_S."""
     return min(max(previous_s * 2, BACKOFF_MIN_S), BACKOFF_MAX_S)
+
+
+def version_probe(get_json: Callable[[str, str], Awaitable[Any]]) -> Probe:
+    """A probe through the federation client's GET: any answer but a 5xx means the server is
+    up (an error status came from the server itself; a 502-504 may be its proxy speaking
+    for it while it is down)."""
+
+    async def answers(destination: str) -> bool:
+        try:
+            await get_json(destination, "/_matrix/federation/v1/version")
+        except RemoteError as error:
+            return error.status < 500
+        except Exception:
+            return False
+        return True
+
+    return answers
 
 
 def take_transaction(items: list[QueuedItem]) -> list[QueuedItem]:
@@ -94,6 +121,7 @@ class FederationSender:
         transport: Transport,
         rooms_of_user: Callable[[str], Awaitable[Iterable[str]]],
         positions: StreamConsumerStore,
+        probe: Probe | None = None,
     ) -> None:
         self.server_name = server_name
         self.store = store
@@ -102,6 +130,7 @@ class FederationSender:
         self.stream = stream
         self.clock = clock
         self.transport = transport
+        self.probe = probe
         self._rooms_of_user = rooms_of_user
         self._seq = 0
         self._queue_lock = DeferredLock()
@@ -311,9 +340,13 @@ class Destination:
         self.pending = 0
         self.backoff_s = state.retry_interval_ms / 1000
         self.backing_off = False
+        # When this run first saw it fail since it last answered (ms); None while it answers
+        # or when the outage began before a restart of ours (then it is not probed).
+        self.down_since: int | None = None
         self._running = False
         self._again = False
         self._timer: Any = None
+        self._probe_timer: Any = None
 
     def wake(self, now: bool = False) -> None:
         if now and self._timer is not None:
@@ -331,8 +364,9 @@ class Destination:
         Deferred.fromCoroutine(self._run())
 
     def stop(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
+        for timer in (self._timer, self._probe_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
 
     async def _run(self) -> None:
         try:
@@ -394,6 +428,7 @@ class Destination:
         state.retry_interval_ms = state.retry_at_ts = 0
         self.pending = max(0, self.pending - len(items))
         self.backoff_s = 0
+        self.down_since = None
         return True
 
     async def _body(self, items: list[QueuedItem]) -> dict[str, Any]:
@@ -425,6 +460,8 @@ class Destination:
             delay=delay,
         )
         self.backoff_s = delay
+        if self.down_since is None:
+            self.down_since = self.sender.clock.time_ms()
         retry_at = self.sender.clock.time_ms() + int(delay * 1000)
         self.state.retry_interval_ms, self.state.retry_at_ts = int(delay * 1000), retry_at
         if not self.sender._stopping:  # a request cut by the shutdown is no sign the remote is down
@@ -450,6 +487,38 @@ class Destination:
             self.wake()
 
         self._timer = self.sender.clock.callLater(delay_s, retry)
+        self._schedule_probe()
+
+    def _schedule_probe(self) -> None:
+        sender = self.sender
+        if sender.probe is None or self.down_since is None or sender._stopping:
+            return
+        if self._probe_timer is not None and self._probe_timer.active():
+            return  # one probe loop per destination
+        if sender.clock.time_ms() - self.down_since >= PROBE_WINDOW_S * 1000:
+            return  # down for long: the backoff's tries (and its requests to us) will do
+
+        def probe() -> None:
+            self._probe_timer = None
+            Deferred.fromCoroutine(self._probe())
+
+        self._probe_timer = sender.clock.callLater(PROBE_INTERVAL_S, probe)
+
+    async def _probe(self) -> None:
+        if not self.backing_off or self.sender.probe is None:
+            return
+        try:
+            up = await self.sender.probe(self.name)
+        except Exception:
+            log_failure(log, "probing {dest} failed", dest=self.name)
+            up = False
+        if not self.backing_off:
+            return  # the backoff ended while it probed
+        if up:
+            log.info("federation: {dest} answers again; sending its queue now", dest=self.name)
+            self.wake(now=True)
+        else:
+            self._schedule_probe()
 
 
 class _QueueCollector(Collector):
