@@ -199,3 +199,49 @@ def kick_and_ban(host: Member, victim: Member, room_id: str, host_server: str) -
     state = host.ok("GET", f"/rooms/{quote(room_id)}/state/m.room.member/{quote(victim.user_id)}")
     assert state["membership"] == "ban"
     assert room_id not in victim.ok("GET", "/joined_rooms")["joined_rooms"]
+
+
+def history_texts(member: Member, room_id: str) -> list[str]:
+    """The room's messages as its server serves them back (`/messages`, oldest first)."""
+    chunk = member.ok("GET", f"/rooms/{quote(room_id)}/messages", dir="b", limit="200")["chunk"]
+    return [e["content"]["body"] for e in reversed(chunk) if e["type"] == "m.room.message"]
+
+
+def killed_9_then_caught_up(
+    up: Member, down: Member, room_ids: list[str], kill: Callable[[], None], restart: Callable[[], None]
+) -> None:
+    """`down`'s server is killed -9 just after `down` sent to each room (perhaps before its
+    server passed them on); `up` keeps sending while it is down. After the restart, before
+    either side sends anything more, each sees the other's messages; then `down` sends again.
+    Every message arrives once, and each sender's in the order sent, in /sync and in history
+    (the two senders' messages may interleave: the room's DAG forked while one was down)."""
+    sent: dict[str, dict[str, list[str]]] = {}
+    for room_id in room_ids:
+        tag = room_id[1:6]
+        sent[room_id] = {
+            "before": [f"{tag} before the kill {i}" for i in range(3)],
+            "missed": [f"{tag} while down {i}" for i in range(5)],
+            "after": [f"{tag} after the restart {i}" for i in range(2)],
+        }
+        for text in sent[room_id]["before"]:
+            down.say(room_id, text)
+    kill()
+    for room_id in room_ids:
+        for text in sent[room_id]["missed"]:
+            up.say(room_id, text)
+    restart()
+    for room_id in room_ids:
+        down.wait_texts(room_id, sent[room_id]["missed"])
+        up.wait_texts(room_id, sent[room_id]["before"])
+    for room_id in room_ids:
+        for text in sent[room_id]["after"]:
+            down.say(room_id, text)
+    for room_id in room_ids:
+        texts = sent[room_id]
+        for member in (up, down):
+            member.wait_texts(room_id, texts["before"] + texts["after"])
+            for seen in (member.texts(room_id), history_texts(member, room_id)):
+                assert [t for t in seen if t in texts["missed"]] == texts["missed"], seen
+                assert [t for t in seen if t in texts["before"] + texts["after"]] == (
+                    texts["before"] + texts["after"]
+                ), seen

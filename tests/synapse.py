@@ -1,7 +1,8 @@
 """A real Synapse for federation tests: installed from PyPI into its own venv (the bench's
 ensure_synapse and bench/synapse-requirements.txt), on SQLite, its federation listener on
 TLS with a certificate from the test CA, trusting that CA for its own outbound requests,
-loopback allowed. Started and stopped per test module.
+loopback allowed. Started and stopped per test module; `kill` (kill -9) and `restart` (the
+same data dir, config and ports) for the catch-up tests.
 """
 
 from __future__ import annotations
@@ -71,6 +72,18 @@ class SynapseServer:
         result: dict[str, Any] = r.json()
         return result
 
+    def kill(self) -> None:
+        """kill -9: no shutdown, so what it had not yet sent is only in its database."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def restart(self) -> None:
+        """Start it again, once stopped or killed, on the same data dir, config and ports;
+        returns once its client API answers."""
+        assert self.process.poll() is not None, "Synapse is still running"
+        self.process = _spawn(self.workdir)
+        _wait_until_up(self)
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -126,6 +139,8 @@ def synapse_federation_config(
         "form_secret": secrets.token_hex(32),
         "bcrypt_rounds": 4,
         "rc_login": {"address": unlimited, "account": unlimited, "failed_attempts": unlimited},
+        # The tests send bursts of messages (Synapse allows 10, then one each 5 s).
+        "rc_message": unlimited,
         "rc_federation": {"window_size": 1000, "sleep_limit": 1000, "sleep_delay": 0, "reject_limit": 1000},
     }
 
@@ -158,28 +173,37 @@ def start_synapse(workdir: Path, ca: TestCA) -> SynapseServer:
             }
         )
     )
-    python = str(synapse_python())
     subprocess.run(  # noqa: S603 - fixed argv
-        [python, "-m", "synapse.app.homeserver", "-c", str(config_path), "--generate-keys"],
+        [str(synapse_python()), "-m", "synapse.app.homeserver", "-c", str(config_path), "--generate-keys"],
         check=True,
         capture_output=True,
         cwd=workdir,
     )
-    log_file = open(workdir / "stdout.log", "wb")  # noqa: SIM115 - the process owns it
-    process = subprocess.Popen(  # noqa: S603 - fixed argv
-        [python, "-m", "synapse.app.homeserver", "-c", str(config_path)],
+    server = SynapseServer(_spawn(workdir), client_port, federation_port, workdir, secret, ca)
+    _wait_until_up(server)
+    return server
+
+
+def _spawn(workdir: Path) -> subprocess.Popen[bytes]:
+    log_file = open(workdir / "stdout.log", "ab")  # noqa: SIM115 - the process owns it
+    return subprocess.Popen(  # noqa: S603 - fixed argv
+        [str(synapse_python()), "-m", "synapse.app.homeserver", "-c", str(workdir / "homeserver.yaml")],
         stdout=log_file,
         stderr=subprocess.STDOUT,
         cwd=workdir,
     )
-    server = SynapseServer(process, client_port, federation_port, workdir, secret, ca)
+
+
+def _wait_until_up(server: SynapseServer) -> None:
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"Synapse exited with {process.returncode}:\n{server.log_text()[-3000:]}")
+        if server.process.poll() is not None:
+            raise RuntimeError(
+                f"Synapse exited with {server.process.returncode}:\n{server.log_text()[-3000:]}"
+            )
         try:
             if requests.get(server.url("/_matrix/client/versions"), timeout=2).status_code == 200:
-                return server
+                return
         except requests.ConnectionError:
             pass
         time.sleep(0.2)

@@ -13,7 +13,14 @@ from urllib.parse import quote
 import pytest
 import requests
 from conftest import _launch
-from federation_e2e import Member, displayname_change, join_and_talk, kick_and_ban, typing_and_receipts
+from federation_e2e import (
+    Member,
+    displayname_change,
+    join_and_talk,
+    kick_and_ban,
+    killed_9_then_caught_up,
+    typing_and_receipts,
+)
 from federation_harness import FederatedServer, TestCA, start_federated_server
 from js_runner import node_or_skip, run_script
 from synapse import PASSWORD, SynapseServer
@@ -86,6 +93,17 @@ def test_ours_killed_9_catches_up_on_what_synapse_sent(
     fresh = Member(dan.base_url, {"user_id": dan.user_id, "access_token": dan.token})
     fresh.sync_once(0)
     assert [t for t in fresh.texts(room_id) if t.startswith("while down")] == missed
+
+
+def test_synapse_killed_9_then_both_sides_catch_up(ours: FederatedServer, synapse: SynapseServer) -> None:
+    """Both roles with one restart of Synapse: a room on ours and a room on Synapse, each
+    shared by Dan (ours) and Sue (Synapse). Synapse, back, need not call us first: our
+    sender's probe notices it (core/federation/sender.py), and Synapse catches up on its own
+    unsent events when it starts."""
+    dan, sue = ours_member(ours, "dan_ks"), synapse_member(synapse, "sue_ks")
+    on_ours = join_and_talk(dan, sue, ours.server_name, version="12")
+    on_synapse = join_and_talk(sue, dan, synapse.server_name, version="12")
+    killed_9_then_caught_up(dan, sue, [on_ours, on_synapse], synapse.kill, synapse.restart)
 
 
 @pytest.mark.parametrize("role", ["room on ours", "room on Synapse"])
