@@ -6,7 +6,8 @@
 //   node e2ee_federation.mjs <base_url_a> <alice> <base_url_b> <bob>
 //
 // The users exist already with the password "correct horse battery"
-// (tests/test_federation_e2e.py registers them). The last stdout line is `RESULT {json}`.
+// (tests/test_federation_e2e.py and tests/test_federation_e2e_synapse.py register them; either
+// server may be ours or Synapse). The last stdout line is `RESULT {json}`.
 
 import { Harness, acceptInvite, runMain, sdk, sendAndRead, waitForMembership } from "./e2ee_common.mjs";
 
