@@ -40,7 +40,8 @@ BOB = f"@bob:{REMOTE}"
 
 
 class Remote:
-    """Records every transaction; `mode` is "ok", "down" (connection refused) or "hold".
+    """Records every transaction; `mode` is "ok", "down" (connection refused), "hold",
+    "error" (up, and answers 503) or "broken" (up, but the transaction fails unanswered).
     `probe` stands in for the sender's probe: whether it answers (counted in `probes`)."""
 
     def __init__(self) -> None:
@@ -63,6 +64,10 @@ class Remote:
         try:
             if self.mode == "down":
                 raise ConnectionRefusedError(f"{destination} is down")
+            if self.mode == "error":
+                raise RemoteError(destination, 503, "M_UNKNOWN", "overloaded")
+            if self.mode == "broken":
+                raise ConnectionResetError(f"{destination} dropped the transaction")
             if self.mode == "hold":
                 waiter: Deferred[None] = Deferred()
                 self.held.append(waiter)
@@ -291,6 +296,16 @@ async def test_a_request_from_the_destination_ends_its_backoff(tmp_path: Path) -
         await until(lambda: remote.texts() == ["hello"], "sent without the clock moving")
 
 
+async def advance_until(clock: TestClock, condition: Any, what: str, most_s: int) -> None:
+    """Move the clock a second at a time, letting the server work, until `condition()`."""
+    for _ in range(most_s):
+        if condition():
+            return
+        clock.advance(1)
+        await turn(0.01)
+    assert condition(), f"not within {most_s} s: {what}"
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_probe_notices_a_restarted_destination_long_before_its_backoff_ends(tmp_path: Path) -> None:
     async with running(tmp_path) as (hs, clock, remote, client, ctx):
@@ -298,10 +313,7 @@ async def test_a_probe_notices_a_restarted_destination_long_before_its_backoff_e
         await say(hs, ctx, "one")
         await until(lambda: len(remote.calls) == 1, "the first try")
         # Down for 35 s: tried again after 5, 10 and 20 s; the next try is 40 s away.
-        for _ in range(35):
-            clock.advance(1)
-            await turn()
-        await until(lambda: len(remote.calls) == 4, "three retries")
+        await advance_until(clock, lambda: len(remote.calls) == 4, "three retries", 60)
         assert remote.probes >= 15, remote.probes
         remote.mode = "ok"  # restarted, and it does not call us
         clock.advance(PROBE_INTERVAL_S)
@@ -312,6 +324,33 @@ async def test_a_probe_notices_a_restarted_destination_long_before_its_backoff_e
             clock.advance(PROBE_INTERVAL_S)
             await turn()
         assert remote.probes == probes
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_destination_that_answers_with_an_error_or_fails_after_a_probe_gets_the_backoff_alone(
+    tmp_path: Path,
+) -> None:
+    """No try every PROBE_INTERVAL_S for a server that is up but does not take transactions."""
+    async with running(tmp_path) as (hs, clock, remote, client, ctx):
+        remote.mode = "error"
+        await say(hs, ctx, "one")
+        await until(lambda: len(remote.calls) == 1, "the first try")
+        await advance_until(clock, lambda: len(remote.calls) == 3, "the tries after 5 and 10 s", 30)
+        assert remote.probes == 0
+        # Unreachable, then a probe finds it up but the transaction fails: probes stop.
+        remote.mode = "down"
+        await advance_until(clock, lambda: len(remote.calls) == 4, "the try after 20 s", 40)
+        remote.mode = "broken"
+        clock.advance(PROBE_INTERVAL_S)
+        await until(lambda: len(remote.calls) == 5, "the try a probe woke")
+        probes = remote.probes
+        for _ in range(20):
+            clock.advance(PROBE_INTERVAL_S)
+            await turn()
+        assert (remote.probes, len(remote.calls)) == (probes, 5)
+        remote.mode = "ok"
+        clock.advance(BACKOFF_MAX_S)
+        await until(lambda: remote.texts() == ["one"], "sent at the backoff's next try")
 
 
 @pytest_twisted.ensureDeferred

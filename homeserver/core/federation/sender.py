@@ -13,9 +13,10 @@ Before it is sent, its id and its last row are saved: until the remote answers, 
 go again under the same id, after a restart too (the remote deduplicates by id). A destination
 that does not answer waits BACKOFF_MIN_S, then twice as long each time, up to BACKOFF_MAX_S; it
 is woken early when that server sends us a request, or when a probe finds it answering again:
-during the first PROBE_WINDOW_S of an outage, every PROBE_INTERVAL_S, a cheap
-`GET /_matrix/federation/v1/version` (a restarted server need not contact us first, and the
-backoff alone could keep its queue waiting about as long again as it was down). Everything
+while it cannot be reached at all, during the first PROBE_WINDOW_S of the outage, every
+PROBE_INTERVAL_S, a cheap `GET /_matrix/federation/v1/version` (a restarted server need not
+contact us first, and the backoff alone could keep its queue waiting about as long again as
+it was down). A server that answers with an error is up: it gets the backoff, not probes. Everything
 queued meanwhile goes, in order, once it answers. Destinations never wait for one another.
 
 Ordering: sequence numbers are given and their rows committed under one lock, so a queue read
@@ -343,6 +344,11 @@ class Destination:
         # When this run first saw it fail since it last answered (ms); None while it answers
         # or when the outage began before a restart of ours (then it is not probed).
         self.down_since: int | None = None
+        # Whether it is worth probing: the last failure got no answer at all (a server that
+        # answers with an error is up; it gets the backoff), and no probe has yet found it
+        # up only for the transaction to fail again (no try every PROBE_INTERVAL_S then).
+        self._probe_worthwhile = False
+        self._woken_by_probe = False
         self._running = False
         self._again = False
         self._timer: Any = None
@@ -429,6 +435,7 @@ class Destination:
         self.pending = max(0, self.pending - len(items))
         self.backoff_s = 0
         self.down_since = None
+        self._woken_by_probe = False
         return True
 
     async def _body(self, items: list[QueuedItem]) -> dict[str, Any]:
@@ -462,6 +469,7 @@ class Destination:
         self.backoff_s = delay
         if self.down_since is None:
             self.down_since = self.sender.clock.time_ms()
+        self._probe_worthwhile = not isinstance(error, RemoteError) and not self._woken_by_probe
         retry_at = self.sender.clock.time_ms() + int(delay * 1000)
         self.state.retry_interval_ms, self.state.retry_at_ts = int(delay * 1000), retry_at
         if not self.sender._stopping:  # a request cut by the shutdown is no sign the remote is down
@@ -491,7 +499,7 @@ class Destination:
 
     def _schedule_probe(self) -> None:
         sender = self.sender
-        if sender.probe is None or self.down_since is None or sender._stopping:
+        if sender.probe is None or self.down_since is None or sender._stopping or not self._probe_worthwhile:
             return
         if self._probe_timer is not None and self._probe_timer.active():
             return  # one probe loop per destination
@@ -516,6 +524,7 @@ class Destination:
             return  # the backoff ended while it probed
         if up:
             log.info("federation: {dest} answers again; sending its queue now", dest=self.name)
+            self._woken_by_probe = True
             self.wake(now=True)
         else:
             self._schedule_probe()
