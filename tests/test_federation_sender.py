@@ -6,7 +6,7 @@ from the test CA, under the server name `localhost:PORT`, and for every
 `PUT /_matrix/federation/v1/send/{txnId}` checks what a real receiver would: the X-Matrix
 signature (with our server's key fetched from it), the destination, the transaction's shape
 (origin, at most 50 PDUs and 100 EDUs) and each PDU's signature. It answers, refuses (503) or
-holds the request as the test says.
+holds the request as the test says, or stops listening for a while (a restart).
 
 Before joins over federation exist, the remote member is put into the room the simplest
 honest way: with the server process stopped, the same configuration is opened in-process
@@ -99,10 +99,20 @@ class Recorder:
                 except OSError:
                     pass  # the sender went away while its request was held
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self._handler, self._context = Handler, context
+        self.come_back()
+
+    def come_back(self) -> None:
+        """Listen (again) on its port."""
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler)
+        self.httpd.socket = self._context.wrap_socket(self.httpd.socket, server_side=True)
         self.httpd.daemon_threads = True
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def go_away(self) -> None:
+        """Stop listening: connections are refused, as while a server restarts."""
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
     def server_keys(self) -> dict[str, Any]:
         key = self.signing_key
@@ -307,6 +317,20 @@ async def test_events_reach_the_remote_in_order_in_fifty_pdu_transactions_and_su
             lambda: recorder.texts()[-1:] == ["d2"], "d2 after the destination called", timeout=4
         )
         assert time.monotonic() - asked < 4  # well before the 5 s pause would have ended
+
+        # Unreachable (restarting), then back without calling us: our probe notices it.
+        recorder.go_away()
+        refused = f"{recorder.server_name} did not take a transaction (Cannot reach"
+        _send(process, token, room_id, "d3")
+        deadline = time.monotonic() + 30
+        while refused not in process.log_text():
+            assert time.monotonic() < deadline, "no refused try"
+            time.sleep(0.05)
+        recorder.come_back()
+        back = time.monotonic()
+        recorder.wait_for(lambda: recorder.texts()[-1:] == ["d3"], "d3 after the probe", timeout=4)
+        # Found by the probe (every 2 s), well before the 5 s pause would have ended.
+        assert time.monotonic() - back < 4
         assert not recorder.problems, recorder.problems
     finally:
         fed.process.stop()
