@@ -16,8 +16,9 @@ is woken early when that server sends us a request, or when a probe finds it ans
 while it cannot be reached at all, during the first PROBE_WINDOW_S of the outage, every
 PROBE_INTERVAL_S, a cheap `GET /_matrix/federation/v1/version` (a restarted server need not
 contact us first, and the backoff alone could keep its queue waiting about as long again as
-it was down). A server that answers with an error is up: it gets the backoff, not probes. Everything
-queued meanwhile goes, in order, once it answers. Destinations never wait for one another.
+it was down). A server that answers with an error is up: it gets the backoff, not probes.
+Everything queued meanwhile goes, in order, once it answers. Destinations never wait for one
+another.
 
 Ordering: sequence numbers are given and their rows committed under one lock, so a queue read
 never sees a row before an earlier one is committed (a reader past N never misses N - 1).
