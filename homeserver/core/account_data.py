@@ -33,12 +33,19 @@ class AccountDataService:
         self.on_put: list[Callable[[str, str, str, dict[str, Any]], None]] = []
         # Checks of the content of some types a client writes, by type.
         self.checks: dict[str, Callable[[dict[str, Any]], None]] = {}
+        # Several processes (homeserver/workers/streams.py): `forward(verb, args)` hands a
+        # write to the stream's writer; `replicate(rows)` tells the others of one made here.
+        self.forward: Any = None
+        self.replicate: Any = None
 
     def start(self, current: int) -> None:
         self.stream = StreamIdGenerator(current)
         self._started_at = current
 
     async def put(self, user_id: str, room_id: str, data_type: str, content: dict[str, Any]) -> int:
+        if self.forward is not None:
+            args = {"user_id": user_id, "room_id": room_id, "type": data_type, "content": content}
+            return int(await self.forward("put", args))
         position = self.stream.allocate()
         try:
             await self.storage.user_data.put_account_data(user_id, room_id, data_type, content, position)
@@ -50,7 +57,21 @@ class AccountDataService:
         for listener in self.on_put:
             listener(user_id, room_id, data_type, content)
         self.notifier.wake_users([user_id])
+        if self.replicate is not None:
+            row = {"user_id": user_id, "room_id": room_id, "type": data_type, "content": content}
+            self.replicate([{**row, "position": position}])
         return position
+
+    def apply(self, rows: list[dict[str, Any]], position: int) -> None:
+        """Account data the writer process stored (homeserver/workers/streams.py): the same
+        caches as a local write, then readers may read up to `position`, then wake-ups."""
+        for row in rows:
+            user_id = row["user_id"]
+            self._last_change[user_id] = max(row["position"], self._last_change.get(user_id, 0))
+            for listener in self.on_put:
+                listener(user_id, row["room_id"], row["type"], row["content"])
+        self.stream.advance_to(position)
+        self.notifier.wake_users({row["user_id"] for row in rows})
 
     async def get(self, user_id: str, room_id: str, data_type: str) -> dict[str, Any] | None:
         return await self.storage.user_data.get_account_data(user_id, room_id, data_type)

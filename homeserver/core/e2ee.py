@@ -123,8 +123,25 @@ class KeyService:
         self._changes_known_after = 0
         self._queued_upto: dict[tuple[str, str], int] = {}
         self._deleted_upto: dict[tuple[str, str], int] = {}
+        # Several processes (homeserver/workers/streams.py): `forward(verb, args)` hands a
+        # device-list write to that stream's writer, `forward_to_device` a to-device send to
+        # its own; `replicate(stream, rows)` tells the others of one made here;
+        # `on_counts_dropped(user, device)` of key counts another process caches.
+        self.forward: Any = None
+        self.forward_to_device: Any = None
+        self.replicate: Any = None
+        self.on_counts_dropped: Any = None
 
     def _forget_counts(self, user_id: str, device_id: str) -> None:
+        self.forget_counts(user_id, device_id)
+        if self.on_counts_dropped is not None:
+            self.on_counts_dropped(user_id, device_id)
+
+    def forget_all_counts(self) -> None:
+        self._counts.clear()
+        self._counts_generation += 1
+
+    def forget_counts(self, user_id: str, device_id: str) -> None:
         self._counts.pop((user_id, device_id), None)
         self._counts_generation += 1
 
@@ -156,12 +173,32 @@ class KeyService:
 
     def _change_done(self, position: int, user_id: str) -> None:
         """Record a device-list change in memory, then let readers see its position."""
+        self._remember_change(position, user_id)
+        self.device_lists.done(position)
+        if self.replicate is not None:
+            self.replicate("device_lists", [{"position": position, "user_id": user_id}])
+
+    def _remember_change(self, position: int, user_id: str) -> None:
         self._changes.append((position, user_id))
         if len(self._changes) > MAX_REMEMBERED_CHANGES:
             dropped = self._changes[: len(self._changes) // 2]
             del self._changes[: len(dropped)]
             self._changes_known_after = max(p for p, _ in dropped)
-        self.device_lists.done(position)
+
+    def apply_device_lists(self, rows: list[JsonDict], position: int) -> None:
+        """Device-list changes the writer process stored (homeserver/workers/streams.py);
+        the caller wakes their audiences."""
+        for row in rows:
+            self._remember_change(row["position"], row["user_id"])
+        self.device_lists.advance_to(position)
+
+    def apply_to_device(self, rows: list[JsonDict], position: int) -> None:
+        """To-device messages the writer process queued (homeserver/workers/streams.py)."""
+        for row in rows:
+            key = (row["user_id"], row["device_id"])
+            self._queued_upto[key] = max(row["position"], self._queued_upto.get(key, 0))
+        self.to_device.advance_to(position)
+        self.notifier.wake_users({row["user_id"] for row in rows})
 
     async def users_changed_between(self, after: int, upto: int) -> set[str]:
         """Users whose keys changed in (after, upto]: from memory unless `after` predates it."""
@@ -178,6 +215,10 @@ class KeyService:
     # Upload ---------------------------------------------------------------------------------
 
     async def upload(self, user_id: str, device_id: str, body: JsonDict) -> JsonDict:
+        if self.forward is not None:
+            args = {"user_id": user_id, "device_id": device_id, "body": body}
+            answer: JsonDict = await self.forward("upload", args)
+            return answer
         device_keys = body.get("device_keys")
         if device_keys is not None:
             await self._upload_device_keys(user_id, device_id, device_keys)
@@ -342,6 +383,9 @@ class KeyService:
         """`POST /keys/device_signing/upload`. Once a master key exists, replacing any
         cross-signing key needs the account password (spec v1.11, MSC3967: user-interactive
         auth unless the user has no master key yet)."""
+        if self.forward is not None:
+            await self.forward("upload_cross_signing", {"user_id": user_id, "body": body})
+            return
         if await self.has_master_key(user_id):
             if self.uia is None:
                 raise Forbidden("Replacing cross-signing keys is not possible here")
@@ -383,6 +427,9 @@ class KeyService:
             await self.federation.signing_keys_changed(user_id, new)
 
     async def upload_signatures(self, user_id: str, body: JsonDict) -> JsonDict:
+        if self.forward is not None:
+            answer: JsonDict = await self.forward("upload_signatures", {"user_id": user_id, "body": body})
+            return answer
         failures: JsonDict = {}
         updates: list[tuple[str, str, str, str, str]] = []
         mine = (await self.store.get_cross_signing_keys([user_id])).get(user_id, {})
@@ -479,6 +526,9 @@ class KeyService:
     # Devices -------------------------------------------------------------------------------
 
     async def devices_deleted(self, user_id: str, device_ids: list[str]) -> None:
+        if self.forward is not None:
+            await self.forward("devices_deleted", {"user_id": user_id, "device_ids": device_ids})
+            return
         for device_id in device_ids:
             self._forget_counts(user_id, device_id)
         position = self.device_lists.allocate()
@@ -504,6 +554,10 @@ class KeyService:
         body: JsonDict,
     ) -> None:
         """Queue to-device messages; `*` names every device of the user."""
+        if self.forward_to_device is not None:
+            args = {"sender": sender, "sender_device": sender_device, "type": event_type}
+            await self.forward_to_device("send_to_device", {**args, "txn_id": txn_id, "body": body})
+            return
         messages = body.get("messages")
         if not isinstance(messages, dict):
             raise MatrixError("'messages' must be an object", "M_BAD_JSON")
@@ -547,6 +601,11 @@ class KeyService:
             for pos in positions:
                 self.to_device.done(pos)
         self.notifier.wake_users({user_id for user_id, _, _ in targets})
+        if self.replicate is not None:
+            self.replicate(
+                "to_device",
+                [{"position": pos, "user_id": u, "device_id": d} for pos, u, d, _ in rows],
+            )
 
     async def receive_remote_to_device(
         self,

@@ -47,6 +47,10 @@ class PresenceService:
         # Awaited as on_change(user_id) after a presence change is stored (the federation
         # sender tells the servers sharing a room with a local user).
         self.on_change: Any = None
+        # Several processes (homeserver/workers/streams.py): `forward(verb, args)` hands a
+        # change to the stream's writer; `replicate(rows)` tells the others of one made here.
+        self.forward: Any = None
+        self.replicate: Any = None
 
     async def start(self, current: int) -> None:
         self.stream = StreamIdGenerator(current)
@@ -99,6 +103,10 @@ class PresenceService:
             if active:
                 p.last_active_ts = now
             return
+        if self.forward is not None:
+            args = {"user_id": user_id, "state": state, "status_msg": status_msg, "active": active}
+            await self.forward("set", args)
+            return
         stream_id = self.stream.allocate()
         try:
             if p is None:
@@ -115,6 +123,7 @@ class PresenceService:
             )
         finally:
             self.stream.done(stream_id)
+        self._replicate([(user_id, p)])
         audience = await self.audience(user_id) if self.audience is not None else {user_id}
         self.notifier.wake_users(audience)
         if self.on_change is not None:
@@ -214,10 +223,62 @@ class PresenceService:
         finally:
             for stream_id in positions:
                 self.stream.done(stream_id)
+        self._replicate([(user_id, p) for user_id, p, _ in batch])
         audience: set[str] = set()
         for user_id, _, _ in batch:
             audience |= await self.audience(user_id) if self.audience is not None else {user_id}
         return audience
+
+    def _replicate(self, changed: list[tuple[str, UserPresence]]) -> None:
+        if self.replicate is not None:
+            self.replicate(
+                [
+                    {
+                        "user_id": user_id,
+                        "state": p.state,
+                        "status_msg": p.status_msg,
+                        "last_active_ts": p.last_active_ts,
+                        "position": p.stream_id,
+                    }
+                    for user_id, p in changed
+                ]
+            )
+
+    def apply(self, rows: list[dict[str, Any]], position: int) -> None:
+        """Presence the writer process stored (homeserver/workers/streams.py); who syncs
+        here stays this process's own count. Wake-ups follow once the audiences are known."""
+        for row in rows:
+            p = self._users.get(row["user_id"])
+            if p is None:
+                p = self._users[row["user_id"]] = UserPresence("offline", None, 0, 0)
+            if row["position"] >= p.stream_id:
+                p.state, p.status_msg, p.stream_id = row["state"], row["status_msg"], row["position"]
+                p.last_active_ts = max(p.last_active_ts, row["last_active_ts"])
+        self.stream.advance_to(position)
+
+    async def audience_of(self, user_ids: list[str]) -> set[str]:
+        audience: set[str] = set()
+        for user_id in user_ids:
+            audience |= await self.audience(user_id) if self.audience is not None else {user_id}
+        return audience
+
+    def activity(self, since_ms: int) -> dict[str, list[int]]:
+        """Users syncing or active here since `since_ms`: what a process that does not write
+        presence reports to the writer, so that its expiry does not take them for gone."""
+        now = self.clock.time_ms()
+        return {
+            user_id: [p.last_active_ts, now if p.syncing else p.last_sync_ts]
+            for user_id, p in self._users.items()
+            if p.syncing or p.last_active_ts >= since_ms or p.last_sync_ts >= since_ms
+        }
+
+    def note_activity(self, users: dict[str, list[int]]) -> None:
+        """Another process's report (see `activity`): only ever moves times forward."""
+        for user_id, (last_active, last_sync) in users.items():
+            p = self._users.get(user_id)
+            if p is not None:
+                p.last_active_ts = max(p.last_active_ts, last_active)
+                p.last_sync_ts = max(p.last_sync_ts, last_sync)
 
     def changed_since(self, user_ids: set[str], after: int, upto: int) -> list[str]:
         return [u for u in user_ids if (p := self._users.get(u)) is not None and after < p.stream_id <= upto]

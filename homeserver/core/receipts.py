@@ -37,6 +37,10 @@ class ReceiptService:
         # Awaited as on_local_receipt(user_id, room_id, event_id, thread_id, ts) after a local
         # user's public read receipt is stored (the federation sender).
         self.on_local_receipt: Any = None
+        # Several processes (homeserver/workers/streams.py): `forward(verb, args)` hands a
+        # write to the stream's writer; `replicate(rows)` tells the others of one made here.
+        self.forward: Any = None
+        self.replicate: Any = None
 
     def start(self, current: int) -> None:
         self.stream = StreamIdGenerator(current)
@@ -52,6 +56,10 @@ class ReceiptService:
     async def set_receipt(
         self, user_id: str, room_id: str, receipt_type: str, event_id: str, thread_id: str | None = None
     ) -> None:
+        if self.forward is not None:
+            args = {"user_id": user_id, "room_id": room_id, "type": receipt_type, "event_id": event_id}
+            await self.forward("set", {**args, "thread_id": thread_id})
+            return
         head = await self.rooms.access_room_as_member(user_id, room_id)
         if receipt_type == "m.fully_read":
             await self._event_position(room_id, event_id)
@@ -61,9 +69,11 @@ class ReceiptService:
             raise MatrixError(f"Unknown receipt type {receipt_type}", "M_INVALID_PARAM")
         if thread_id is not None and not isinstance(thread_id, str):
             raise MatrixError("'thread_id' must be a string", "M_BAD_JSON")
-        await self._record(user_id, room_id, receipt_type, event_id, thread_id)
+        stream_id = await self._record(user_id, room_id, receipt_type, event_id, thread_id)
         # A private receipt concerns only its owner; a public one the whole room.
-        self.notifier.wake_users([user_id] if receipt_type == "m.read.private" else head.members("join"))
+        woken = [user_id] if receipt_type == "m.read.private" else head.members("join")
+        self.notifier.wake_users(woken)
+        self._replicate(stream_id, user_id, room_id, woken)
         if receipt_type == "m.read" and self.on_local_receipt is not None:
             await self.on_local_receipt(user_id, room_id, event_id, thread_id, self.clock.time_ms())
 
@@ -72,15 +82,36 @@ class ReceiptService:
     ) -> None:
         """A read receipt another server sent for its (checked, joined) user; an event we do
         not have is skipped (we may not have fetched it yet)."""
+        if self.forward is not None:
+            args = {"user_id": user_id, "room_id": room_id, "event_id": event_id, "thread_id": thread_id}
+            await self.forward("remote", {**args, "members": members})
+            return
         try:
-            await self._record(user_id, room_id, "m.read", event_id, thread_id)
+            stream_id = await self._record(user_id, room_id, "m.read", event_id, thread_id)
         except NotFound:
             return
         self.notifier.wake_users(members)
+        self._replicate(stream_id, user_id, room_id, members)
+
+    def _replicate(self, stream_id: int, user_id: str, room_id: str, woken: list[str]) -> None:
+        if self.replicate is not None:
+            self.replicate([{"position": stream_id, "user_id": user_id, "room_id": room_id, "wake": woken}])
+
+    def apply(self, rows: list[dict[str, Any]], position: int) -> None:
+        """Receipts the writer process stored (homeserver/workers/streams.py): the same
+        bookkeeping as a local write, then readers may read up to `position`, then wake-ups."""
+        for row in rows:
+            room_id = row["room_id"]
+            self._room_last[room_id] = max(row["position"], self._room_last.get(room_id, 0))
+            if self.on_read is not None:
+                self.on_read(row["user_id"], room_id)
+        self.stream.advance_to(position)
+        for row in rows:
+            self.notifier.wake_users(row["wake"])
 
     async def _record(
         self, user_id: str, room_id: str, receipt_type: str, event_id: str, thread_id: str | None
-    ) -> None:
+    ) -> int:
         position = await self._event_position(room_id, event_id)
         stream_id = self.stream.allocate()
         try:
@@ -100,6 +131,7 @@ class ReceiptService:
         if self.on_read is not None:
             # Before the wake-up, so the woken syncs count afresh.
             self.on_read(user_id, room_id)
+        return stream_id
 
     async def set_read_markers(self, user_id: str, room_id: str, markers: dict[str, Any]) -> None:
         """`POST /rooms/{roomId}/read_markers`: the fully-read marker and read receipts at once."""

@@ -101,3 +101,10 @@ class StreamIdGenerator:
     def done(self, position: int) -> None:
         self._in_flight.discard(position)
         self._current = (min(self._in_flight) - 1) if self._in_flight else self._next - 1
+
+    def advance_to(self, position: int) -> None:
+        """Another process writes this stream and has committed up to `position`
+        (homeserver/workers/streams.py): readers here may now read that far."""
+        if position > self._current:
+            self._current = position
+            self._next = max(self._next, position + 1)

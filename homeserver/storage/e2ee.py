@@ -368,6 +368,17 @@ class E2eeStore:
 
         return await self.db.run_interaction("add_to_device", add_txn)
 
+    async def to_device_between(self, after: int, upto: int) -> list[tuple[str, str, int]]:
+        """(user, device, newest position) of the devices sent messages in (after, upto]."""
+        rows = await self.db.query(
+            "to_device_between",
+            "SELECT user_id, device_id, MAX(stream_id) FROM to_device_messages"
+            " WHERE stream_id > ? AND stream_id <= ? GROUP BY user_id, device_id",
+            after,
+            upto,
+        )
+        return [(r[0], r[1], int(r[2])) for r in rows]
+
     async def to_device_for(
         self, user_id: str, device_id: str, after: int, upto: int, limit: int
     ) -> list[tuple[int, JsonDict]]:

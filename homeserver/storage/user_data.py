@@ -97,6 +97,20 @@ class UserDataStore:
         )
         return [(r[0], r[1], json.loads(r[2])) for r in rows]
 
+    async def account_data_between(
+        self, after: int, upto: int
+    ) -> list[tuple[int, str, str, str, dict[str, Any]]]:
+        """(position, user, room id or '', type, content) changed in (after, upto], every user:
+        what a process that missed the writer's messages catches up on."""
+        rows = await self.db.query(
+            "account_data_between",
+            "SELECT stream_id, user_id, room_id, type, content FROM account_data"
+            " WHERE stream_id > ? AND stream_id <= ? ORDER BY stream_id",
+            after,
+            upto,
+        )
+        return [(int(r[0]), r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+
     # Filters ----------------------------------------------------------------------
 
     async def add_filter(self, user_id: str, filter_json: dict[str, Any]) -> int:
@@ -171,6 +185,17 @@ class UserDataStore:
         )
         return [(r[0], r[1], r[2], r[3], r[4], int(r[5]), int(r[6])) for r in rows]
 
+    async def receipts_between(self, after: int, upto: int) -> list[tuple[int, str, str]]:
+        """(position, room, user) of the receipts changed in (after, upto], every room."""
+        rows = await self.db.query(
+            "receipts_between",
+            "SELECT stream_id, room_id, user_id FROM receipts"
+            " WHERE stream_id > ? AND stream_id <= ? ORDER BY stream_id",
+            after,
+            upto,
+        )
+        return [(int(r[0]), r[1], r[2]) for r in rows]
+
     async def read_positions(self, room_id: str) -> dict[str, int]:
         """user -> stream position of the newest event their read receipts (public or private) cover."""
         rows = await self.db.query(
@@ -219,6 +244,17 @@ class UserDataStore:
             )
 
         await self.db.run_interaction("put_presence_many", put_txn)
+
+    async def presence_between(self, after: int, upto: int) -> list[tuple[str, str, str | None, int, int]]:
+        """(user, state, status message, last active, position) changed in (after, upto]."""
+        rows = await self.db.query(
+            "presence_between",
+            "SELECT user_id, state, status_msg, last_active_ts, stream_id FROM presence"
+            " WHERE stream_id > ? AND stream_id <= ? ORDER BY stream_id",
+            after,
+            upto,
+        )
+        return [(r[0], r[1], r[2], int(r[3]), int(r[4])) for r in rows]
 
     async def all_presence(self) -> list[tuple[str, str, str | None, int, int]]:
         rows = await self.db.query(
