@@ -144,6 +144,9 @@ class AdminService:
         self.registration_tokens = registration_tokens  # create, list, change, delete
         self.rooms_service = rooms
         self.clock_ms = clock.time_ms
+        # Called after a room is blocked or unblocked here, so other processes reload theirs
+        # (homeserver/workers/invalidation.py).
+        self.on_rooms_blocked: Any = None
         # Told after a purge of a room's messages (the server: retention's hand-over to plugins).
         self.on_messages_purged: Callable[[], Awaitable[None]] | None = None
         self._purged: set[str] = set()
@@ -288,6 +291,12 @@ class AdminService:
             self.rooms_service.blocked.add(room_id)
         else:
             self.rooms_service.blocked.discard(room_id)
+        if self.on_rooms_blocked is not None:
+            self.on_rooms_blocked()
+
+    async def reload_blocked(self) -> None:
+        """Another process blocked or unblocked a room (homeserver/workers/invalidation.py)."""
+        self.rooms_service.blocked = set(await self.store.blocked_rooms())
 
     async def delete_room(self, room_id: str, admin: str, block: bool, purge: bool) -> RoomShutdown:
         """Make every member leave (joined, invited and knocking alike: each leave is the

@@ -118,9 +118,21 @@ class PusherService:
         # Every user with a pusher, kept current by each change: the commit pass keeps push
         # decisions only for them (core/unread.py), not for every member of every room.
         self.owners: set[str] = set()
+        # Called after each change here, so other processes reload theirs
+        # (homeserver/workers/invalidation.py).
+        self.on_change: Any = None
 
     async def start(self) -> None:
         self.owners.update(await self.storage.pushers.owners())
+
+    async def refresh_all(self) -> None:
+        """Forget every cached list and read the owners again (changes may have been missed)."""
+        self._changes += 1
+        self._cache.clear()
+        owners = await self.storage.pushers.owners()
+        # In place: the unread counter holds this very set.
+        self.owners.clear()
+        self.owners.update(owners)
 
     # Reading ------------------------------------------------------------------
 
@@ -242,6 +254,12 @@ class PusherService:
         """After a write: forget the cached lists and read whether each user still has a
         pusher. A read that another change overtook leaves `owners` as it is (a user kept
         there by mistake costs an evaluation, one dropped by mistake would miss pushes)."""
+        if self.on_change is not None:
+            self.on_change(list(user_ids))
+        await self.refresh(*user_ids)
+
+    async def refresh(self, *user_ids: str) -> None:
+        """Forget these users' cached pushers and read whether each still has one."""
         self._changes += 1
         for user_id in user_ids:
             self._cache.pop(user_id, None)

@@ -1,11 +1,13 @@
 """Accounts a server admin restricted: locked, suspended or shadow-banned.
 
 The sets live in memory (read once at start-up, changed only through `set`), so the
-checks on every request and every send cost a set lookup, not a query. One process
-owns the database, so memory and table cannot drift apart.
+checks on every request and every send cost a set lookup, not a query. With several
+processes, a change on one makes the others read the table again (`on_change`).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from homeserver.errors import MatrixError
 from homeserver.storage.admin import RESTRICTION_FLAGS, AdminStore
@@ -25,6 +27,9 @@ class AccountRestrictions:
     def __init__(self, store: AdminStore) -> None:
         self.store = store
         self._users: dict[str, set[str]] = {flag: set() for flag in RESTRICTION_FLAGS}
+        # Called after each change here, so other processes reload theirs
+        # (homeserver/workers/invalidation.py).
+        self.on_change: Any = None
 
     async def start(self) -> None:
         self._users = await self.store.restricted_users()
@@ -38,6 +43,8 @@ class AccountRestrictions:
             self._users[flag].add(user_id)
         else:
             self._users[flag].discard(user_id)
+        if self.on_change is not None:
+            self.on_change()
 
     def check_not_locked(self, user_id: str) -> None:
         """Every authenticated request: a locked account's tokens stop working (soft logout,

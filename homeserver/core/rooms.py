@@ -108,6 +108,9 @@ class RoomService:
         self.ratelimiter: RateLimiter | None = None
         self._redactions: dict[str, StoredEvent] = {}
         self._forgotten: dict[str, set[str]] = {}
+        # Called after each change here, so other processes reload theirs
+        # (homeserver/workers/invalidation.py).
+        self.on_forgotten: Any = None
         # Rooms a server admin blocked: no joins, invites or knocks (core/admin.py fills it).
         self.blocked: set[str] = set()
         # Set by the server: a suspended account may not create, join, invite, knock or set state.
@@ -634,6 +637,15 @@ class RoomService:
             raise NotFound("You were never in this room")
         await self.storage.events.forget_room(user_id, room_id)
         self._forgotten.setdefault(user_id, set()).add(room_id)
+        if self.on_forgotten is not None:
+            self.on_forgotten(user_id)
+
+    def drop_all_forgotten(self) -> None:
+        self._forgotten.clear()
+
+    def drop_forgotten(self, user_id: str) -> None:
+        """Another process recorded a forgotten room: read the user's anew when asked."""
+        self._forgotten.pop(user_id, None)
 
     # State -------------------------------------------------------------------------
 

@@ -73,6 +73,9 @@ class TokenService:
         # Raises for an account that may not use its tokens now (set by the server: a locked
         # account, core/restrictions.py); checked on every request, cached token or not.
         self.check_account: Callable[[str], None] = lambda user_id: None
+        # Called as on_revoked(token_ids, devices) after a revocation here, so that other
+        # processes drop them from their caches too (homeserver/workers/invalidation.py).
+        self.on_revoked: Callable[[list[str], list[tuple[str, str]]], None] | None = None
 
     def new_tokens(
         self, user_id: str, device_id: str, refreshable: bool
@@ -154,14 +157,31 @@ class TokenService:
 
     def forget(self, token_ids: list[str]) -> None:
         """Drop revoked tokens from the cache (call after the revoking commit)."""
+        self.drop(token_ids, [])
+        if self.on_revoked is not None:
+            self.on_revoked(token_ids, [])
+
+    def forget_device(self, user_id: str, device_id: str) -> None:
+        self.drop([], [(user_id, device_id)])
+        if self.on_revoked is not None:
+            self.on_revoked([], [(user_id, device_id)])
+
+    def clear(self) -> None:
+        """Forget every cached token (revocations may have been missed): each is read again."""
+        self._cache.clear()
+        self._token_of.clear()
+
+    def drop(self, token_ids: list[str], devices: list[tuple[str, str]]) -> None:
+        """Drop tokens, by id and by (user, device), from this process's cache."""
         for token_id in token_ids:
             token = self._token_of.pop(token_id, None)
             if token is not None:
                 self._cache.pop(token, None)
-
-    def forget_device(self, user_id: str, device_id: str) -> None:
+        if not devices:
+            return
+        wanted = set(devices)
         for token, req in list(self._cache.items()):
-            if req.user_id == user_id and req.device_id == device_id:
+            if (req.user_id, req.device_id) in wanted:
                 del self._cache[token]
                 self._token_of.pop(req.token_id, None)
 
