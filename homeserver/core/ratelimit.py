@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from homeserver.config import RateLimit, RateLimitsConfig
 from homeserver.core.clock import Clock
@@ -27,6 +28,9 @@ class RateLimiter:
         self.enabled = enabled
         self.limits = limits or RateLimitsConfig()
         self._buckets: dict[tuple[str, str], tuple[float, float]] = {}
+        # Several processes (homeserver/workers/shared_limits.py): called as
+        # on_take(action, key, cost, limit) after each take here, so the others take it too.
+        self.on_take: Callable[[str, str, float, RateLimit], None] | None = None
 
     def check_user(self, action: str, user_id: str) -> None:
         """Take one `action` (one of USER_ACTIONS) from `user_id`'s bucket, or raise LimitExceeded."""
@@ -48,6 +52,16 @@ class RateLimiter:
         self._buckets[(action, key)] = (tokens - cost, now)
         if len(self._buckets) > _MAX_BUCKETS:
             self._prune(now)
+        if self.on_take is not None:
+            self.on_take(action, key, cost, limit)
+
+    def taken_elsewhere(self, action: str, key: str, cost: float, limit: RateLimit) -> None:
+        """Another process let `cost` through for this key: take it here too, never raising
+        (the bucket may go below zero: this process then waits for it to refill)."""
+        now = self.clock.monotonic()
+        tokens, last = self._buckets.get((action, key), (float(limit.burst), now))
+        tokens = min(float(limit.burst), tokens + (now - last) * limit.per_second)
+        self._buckets[(action, key)] = (tokens - cost, now)
 
     def peek(self, action: str, key: str, limit: RateLimit) -> None:
         """Raise LimitExceeded if the bucket is empty, without taking from it."""
