@@ -371,7 +371,13 @@ class PluginApi:
         self._hs.stream.subscribe(self._consumer_name(name), self._batch_handler(each))
 
     async def subscribe(
-        self, name: str, callback: BatchCallback, *, durable: bool = False, from_start: bool = False
+        self,
+        name: str,
+        callback: BatchCallback,
+        *,
+        durable: bool = False,
+        from_start: bool = False,
+        job: str = "background",
     ) -> None:
         """Call `callback(batch)` with each batch of committed events, in stream order, on a
         coroutine of its own: a slow callback delays only this subscription, which catches
@@ -383,8 +389,13 @@ class PluginApi:
         carry `maybe_repeated` (see docs/plugins.md, "Subscriptions"). A durable callback that
         raises gets the same batch again after a pause (1 s, doubling to 5 min). The first
         time, it starts at the current position, or at the first event with `from_start`.
+
+        With several worker processes a durable subscription runs on one of them only: the
+        one that runs `job` (`workers.background`, or e.g. `workers.pusher`), see `runs`.
         """
         handler = self._batch_handler(callback)
+        if durable and not self.runs(job):
+            return
         if durable:
             await self._hs.stream.subscribe_durable(self._consumer_name(name), handler, from_start=from_start)
         else:
@@ -421,10 +432,23 @@ class PluginApi:
 
     # Background jobs ---------------------------------------------------------------
 
+    def runs(self, job: str) -> bool:
+        """Does this process run `job` ("background", "pusher", "federation_sender")? Always
+        true in a single process; with several, only on the instance `workers.<job>` names."""
+        return bool(self._hs.topology.runs(job))
+
     def schedule(
-        self, interval_s: float, job: Callable[[], Awaitable[None] | None], *, now: bool = False
+        self,
+        interval_s: float,
+        job: Callable[[], Awaitable[None] | None],
+        *,
+        now: bool = False,
+        on: str = "background",
     ) -> None:
-        """Run `job` every `interval_s` seconds; errors are logged and the job keeps running."""
+        """Run `job` every `interval_s` seconds; errors are logged and the job keeps running.
+        With several worker processes, only on the one that runs `on` (see `runs`)."""
+        if not self.runs(on):
+            return
 
         async def run() -> None:
             try:

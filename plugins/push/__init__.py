@@ -40,10 +40,12 @@ class PushPlugin:
         self.delivery = Deliverer(api, config, client, self.email)
 
     async def start(self) -> None:
+        if not self.api.runs("pusher"):
+            return  # another worker process delivers (workers.pusher)
         await self.delivery.start()
         await self.email.start()
         # Durable: after a restart or a crash it resumes where its notifications were settled.
-        await self.api.subscribe("delivery", self.delivery.on_batch, durable=True)
+        await self.api.subscribe("delivery", self.delivery.on_batch, durable=True, job="pusher")
 
     async def stop(self) -> None:
         await self.delivery.stop()

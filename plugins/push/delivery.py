@@ -100,7 +100,7 @@ class Deliverer:
             queue = self._queue(pusher_id)
             queue.parked = True
             Deferred.fromCoroutine(self._retry(queue))
-        self.api.schedule(600, self._forget_deleted_pushers)
+        self.api.schedule(600, self._forget_deleted_pushers, on="pusher")
 
     async def stop(self) -> None:
         """Finish what is in flight (each request is bounded by `request_timeout`), write the
