@@ -130,7 +130,10 @@ from homeserver.storage.registration_tokens import RegistrationTokenStore
 from homeserver.threads import WorkerThreads
 from homeserver.workers.bus import Bus, LocalBus, RedisBus
 from homeserver.workers.event_writes import RoomWriters, register_event_writes
+from homeserver.workers.invalidation import CacheInvalidation
 from homeserver.workers.rpc import HttpTransport, Transport, WorkerRpc
+from homeserver.workers.shared_limits import SharedRateLimits
+from homeserver.workers.streams import StreamReplication
 from homeserver.workers.topology import Topology
 
 if TYPE_CHECKING:
@@ -313,6 +316,21 @@ class HomeServer:
         if config.metrics.served:
             # Unserved, the hot paths skip even the observations.
             self.server_metrics.watch(self)
+        self._build_scale_out()
+
+    def _build_scale_out(self) -> None:
+        """With several worker processes: the single-writer streams, cache invalidations and
+        shared rate limits between them (homeserver/workers/, docs/scaling.md). Nothing at
+        all in a single process: its path stays as it was."""
+        self.replication: StreamReplication | None = None
+        self.shared_limits: SharedRateLimits | None = None
+        if not self.topology.multi:
+            return
+        self.replication = StreamReplication(self)
+        self.replication.wire()
+        CacheInvalidation(self).wire()
+        self.shared_limits = SharedRateLimits(self.ratelimiter, self.bus, self.clock)
+        self.shared_limits.wire()
 
     def _build_workers(self, worker: str | None, bus: Bus | None, transport: Transport | None) -> None:
         """Which instance this is and what joins it to the others (nothing when single)."""
@@ -720,23 +738,33 @@ class HomeServer:
         await self.keys.start()
         await self.user_directory.start()
         await self.search_index.start()
-        await self.federation_sender.start()
+        if self.topology.runs("federation_sender"):
+            await self.federation_sender.start()
         await self.restrictions.start()
         await self.admin.start()
         # Typing lives in memory only: start its positions past any a client may hold.
         self.typing.position = self.clock.time_ms()
+        # Each process's own: delivery positions it holds, metrics it serves.
         self._start_job(1.0, self.delivery.flush)
-        self._start_job(15.0, self.presence.expire)
         if self.config.metrics.served:
             self._start_job(self.config.metrics.activity_refresh / 1000, self.activity.refresh)
-        if self.config.retention.enabled:
+        # Where presence is written (the others report who syncs through them).
+        if self.topology.writes("presence"):
+            self._start_job(15.0, self.presence.expire)
+        # Jobs on the whole server's data: on the one process that runs them (workers.background).
+        background = self.topology.runs("background")
+        if self.config.retention.enabled and background:
             self._start_job(self.config.retention.purge_interval / 1000, self.retention.purge_expired)
-        self._start_job(600.0, self.uia.expire_sessions)
+        if background:
+            self._start_job(600.0, self.uia.expire_sessions)
+        if self.replication is not None:
+            self.replication.start()
         # Once every service has loaded its positions: connect callbacks catch up from there.
         await self.bus.start()
         self.plugins = await start_plugins(self, self.router)
         # After the plugins: a restarted export includes their parts (media).
-        await self.exports.start()
+        if self.topology.runs("background"):
+            await self.exports.start()
 
     def _start_job(self, interval_s: float, job: Any) -> None:
         async def run() -> None:
@@ -831,6 +859,10 @@ class HomeServer:
         for loop in self._jobs:
             if loop.running:
                 loop.stop()
+        if self.replication is not None:
+            self.replication.stop()
+        if self.shared_limits is not None:
+            self.shared_limits.stop()
         self.retention.stop()
         self.typing.stop_all()
         try:

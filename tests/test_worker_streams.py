@@ -1,0 +1,393 @@
+"""Receipts, typing, presence, account data, to-device messages and device lists across
+worker processes (homeserver/workers/streams.py), token revocations and other caches
+(invalidation.py), and rate limits counted over several processes (shared_limits.py).
+
+Two HomeServers in one reactor on one fresh PostgreSQL schema, joined by a MemoryHub bus
+and in-process RPC: w1 writes every stream (and every room), w2 is a client worker. A
+/sync long-poll proves a wake-up: the test clock never moves, so its timeout cannot end
+it. The rate-limit test at the end goes through a real Redis.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+import pytest_twisted
+from fast.harness import Client, TestClock, real_reactor, until
+from nacl.signing import SigningKey
+from signedjson.key import encode_verify_key_base64, get_verify_key
+from signedjson.sign import sign_json
+from twisted.internet.defer import Deferred
+
+from homeserver.config import STREAMS, RateLimit, parse_config
+from homeserver.core.ratelimit import RateLimiter
+from homeserver.errors import LimitExceeded
+from homeserver.server import HomeServer
+from homeserver.workers.bus import MemoryHub, RedisBus
+from homeserver.workers.rpc import MemoryTransport
+from homeserver.workers.shared_limits import BATCH_S, SharedRateLimits
+
+CS = "/_matrix/client/v3"
+LONG_POLL_MS = 60_000
+
+
+class Workers:
+    """w1 and w2 over one database, one hub and one RPC transport. w2 starts when a test has
+    made its rooms on w1: the events themselves do not cross processes in these tests."""
+
+    def __init__(self, tmp_path: Path, pg_url: str) -> None:
+        self.clock = TestClock()
+        self.hub = MemoryHub()
+        self.transport = MemoryTransport()
+        self.config = parse_config(_config(tmp_path, pg_url), "workers-test.yaml", env={})
+        self.w1 = self._server("w1")
+        self.w2 = self._server("w2")
+        self.c1, self.c2 = Client(self.w1), Client(self.w2)
+        self.started: list[HomeServer] = []
+
+    def _server(self, name: str) -> HomeServer:
+        hs = HomeServer(
+            self.config,
+            real_reactor(),
+            clock=self.clock,
+            worker=name,
+            bus=self.hub.bus(name),
+            rpc_transport=self.transport,
+        )
+        self.transport.add(hs.rpc)
+        return hs
+
+    async def start(self, hs: HomeServer) -> None:
+        await hs.start()
+        self.started.append(hs)
+
+    def client(self, hs: HomeServer) -> Client:
+        return self.c1 if hs is self.w1 else self.c2
+
+
+def _config(tmp_path: Path, pg_url: str, **overrides: Any) -> dict[str, Any]:
+    return {
+        "server_name": "workers.test",
+        "data_dir": str(tmp_path / "data"),
+        "database": {"url": pg_url},
+        "auth": {"password_hashing": "fast", "jwt_secret": "s" * 48},
+        "rate_limits": {"enabled": False},
+        "plugins": [],
+        "workers": {
+            "redis_url": "redis://127.0.0.1:6379/0",
+            "secret": "w" * 32,
+            "instances": {"w1": {"internal": "127.0.0.1:9"}, "w2": {"internal": "127.0.0.1:10"}},
+            "event_writers": ["w1"],
+            "stream_writers": dict.fromkeys(STREAMS, "w1"),
+        },
+        **overrides,
+    }
+
+
+@pytest_twisted.async_yield_fixture
+async def workers(tmp_path: Path, pg_url: str) -> AsyncIterator[Workers]:
+    w = Workers(tmp_path, pg_url)
+    await w.start(w.w1)
+    try:
+        yield w
+    finally:
+        for hs in reversed(w.started):
+            await hs.stop(None)
+
+
+async def _user(w: Workers, name: str) -> dict[str, str]:
+    return await w.c1.register(w.w1, name)
+
+
+async def _room(w: Workers, owner: dict[str, str], *members: dict[str, str]) -> str:
+    """A room made and joined on w1 (the event writer) before anyone reads it on w2."""
+    room_id = (await w.c1.call("POST", "/createRoom", owner["access_token"], {"preset": "public_chat"}))[
+        "room_id"
+    ]
+    for member in members:
+        await w.c1.call("POST", f"/join/{quote(room_id)}", member["access_token"], {})
+    return room_id
+
+
+async def _message(w: Workers, user: dict[str, str], room_id: str) -> str:
+    body = {"msgtype": "m.text", "body": "hello"}
+    txn = secrets.token_hex(4)
+    path = f"/rooms/{quote(room_id)}/send/m.room.message/{txn}"
+    return str((await w.c1.call("PUT", path, user["access_token"], body))["event_id"])
+
+
+async def _since(client: Client, user: dict[str, str]) -> str:
+    status, body = await client.sync(user["access_token"])
+    assert status == 200, body
+    return str(body["next_batch"])
+
+
+def _long_poll(client: Client, user: dict[str, str], since: str) -> Deferred[tuple[int, dict[str, Any]]]:
+    return client.sync(user["access_token"], since, timeout_ms=LONG_POLL_MS)
+
+
+async def _woken(poll: Deferred[tuple[int, dict[str, Any]]], what: str) -> dict[str, Any]:
+    """The long-poll's answer: it must come back by a wake-up (the clock never moves)."""
+    await until(lambda: poll.called, f"a long-poll woken by {what}")
+    status, body = await poll
+    assert status == 200, body
+    return body
+
+
+def _ephemeral(body: dict[str, Any], room_id: str, kind: str) -> list[dict[str, Any]]:
+    room = body.get("rooms", {}).get("join", {}).get(room_id, {})
+    return [e for e in room.get("ephemeral", {}).get("events", []) if e["type"] == kind]
+
+
+async def _settled(w: Workers) -> None:
+    """Presence set by the first syncs reaches every process before a test starts."""
+    await until(
+        lambda: w.w2.presence.stream.current == w.w1.presence.stream.current, "presence positions agree"
+    )
+
+
+# The streams, each written on one worker and seen by a long-poll on the other -----------
+
+
+@pytest.mark.parametrize("writer", ["w1", "w2"])
+@pytest_twisted.ensureDeferred
+async def test_receipt_wakes_a_long_poll_on_the_other_worker(workers: Workers, writer: str) -> None:
+    w = workers
+    alice, bob = await _user(w, "alice"), await _user(w, "bob")
+    room_id = await _room(w, alice, bob)
+    event_id = await _message(w, alice, room_id)
+    on, other = (w.w1, w.w2) if writer == "w1" else (w.w2, w.w1)
+    await w.start(w.w2)
+    since = await _since(w.client(other), bob)
+    await _settled(w)
+    poll = _long_poll(w.client(other), bob, since)
+    path = f"/rooms/{quote(room_id)}/receipt/m.read/{quote(event_id)}"
+    await w.client(on).call("POST", path, alice["access_token"], {})
+    body = await _woken(poll, "a read receipt")
+    receipts = _ephemeral(body, room_id, "m.receipt")
+    assert receipts and alice["user_id"] in receipts[0]["content"][event_id]["m.read"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_typing_on_the_client_worker_wakes_a_long_poll_there(workers: Workers) -> None:
+    w = workers
+    alice, bob = await _user(w, "alice"), await _user(w, "bob")
+    room_id = await _room(w, alice, bob)
+    await w.start(w.w2)
+    since = await _since(w.c2, bob)
+    await _settled(w)
+    poll = _long_poll(w.c2, bob, since)
+    path = f"/rooms/{quote(room_id)}/typing/{quote(alice['user_id'])}"
+    await w.c2.call("PUT", path, alice["access_token"], {"typing": True, "timeout": 30000})
+    body = await _woken(poll, "typing")
+    assert _ephemeral(body, room_id, "m.typing")[0]["content"]["user_ids"] == [alice["user_id"]]
+    # The writer holds the timer; the client worker only mirrors it.
+    assert w.w1.typing.typing_users(room_id) == [alice["user_id"]]
+
+
+@pytest_twisted.ensureDeferred
+async def test_presence_set_on_one_worker_reaches_a_room_mate_on_the_other(workers: Workers) -> None:
+    w = workers
+    alice, bob = await _user(w, "alice"), await _user(w, "bob")
+    await _room(w, alice, bob)
+    await w.start(w.w2)
+    since = await _since(w.c1, bob)
+    await _settled(w)
+    poll = _long_poll(w.c1, bob, since)
+    path = f"/presence/{quote(alice['user_id'])}/status"
+    await w.c2.call("PUT", path, alice["access_token"], {"presence": "unavailable", "status_msg": "lunch"})
+    body = await _woken(poll, "presence")
+    seen = {e["sender"]: e["content"] for e in body.get("presence", {}).get("events", [])}
+    assert seen[alice["user_id"]]["presence"] == "unavailable"
+    assert seen[alice["user_id"]]["status_msg"] == "lunch"
+
+
+@pytest_twisted.ensureDeferred
+async def test_account_data_written_through_one_worker_reaches_another_device(workers: Workers) -> None:
+    w = workers
+    alice = await _user(w, "alice")
+    second = await _login(w, alice["user_id"])
+    await w.start(w.w2)
+    since = await _since(w.c1, second)
+    await _settled(w)
+    poll = _long_poll(w.c1, second, since)
+    path = f"/user/{quote(alice['user_id'])}/account_data/org.example.colour"
+    await w.c2.call("PUT", path, alice["access_token"], {"colour": "teal"})
+    body = await _woken(poll, "account data")
+    events = body.get("account_data", {}).get("events", [])
+    assert {"type": "org.example.colour", "content": {"colour": "teal"}} in events
+    # Read back through the worker that forwarded it: its own caches have it already.
+    assert await w.c2.call("GET", path, alice["access_token"]) == {"colour": "teal"}
+
+
+async def _login(w: Workers, user_id: str) -> dict[str, str]:
+    login = await w.w1.accounts.create_session(user_id, None, None, refreshable=False, ip=None)
+    return {"user_id": user_id, "device_id": login.device_id, "access_token": login.tokens.access_token}
+
+
+@pytest_twisted.ensureDeferred
+async def test_to_device_message_sent_on_one_worker_wakes_the_device_on_the_other(workers: Workers) -> None:
+    w = workers
+    alice, bob = await _user(w, "alice"), await _user(w, "bob")
+    await w.start(w.w2)
+    since = await _since(w.c1, bob)
+    await _settled(w)
+    poll = _long_poll(w.c1, bob, since)
+    messages = {bob["user_id"]: {bob["device_id"]: {"secret": "s3"}}}
+    await w.c2.call("PUT", "/sendToDevice/org.example.ping/t1", alice["access_token"], {"messages": messages})
+    body = await _woken(poll, "a to-device message")
+    events = body.get("to_device", {}).get("events", [])
+    assert [(e["type"], e["sender"], e["content"]) for e in events] == [
+        ("org.example.ping", alice["user_id"], {"secret": "s3"})
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_device_keys_uploaded_on_one_worker_tell_a_room_mate_on_the_other(workers: Workers) -> None:
+    w = workers
+    alice, bob = await _user(w, "alice"), await _user(w, "bob")
+    await _room(w, alice, bob)
+    await w.start(w.w2)
+    since = await _since(w.c1, alice)
+    await _settled(w)
+    poll = _long_poll(w.c1, alice, since)
+    await w.c2.call("POST", "/keys/upload", bob["access_token"], {"device_keys": _device_keys(bob)})
+    body = await _woken(poll, "a device-list change")
+    assert bob["user_id"] in body.get("device_lists", {}).get("changed", [])
+    # Both workers read the same keys.
+    query = {"device_keys": {bob["user_id"]: []}}
+    for client in (w.c1, w.c2):
+        found = await client.call("POST", "/keys/query", alice["access_token"], query)
+        assert bob["device_id"] in found["device_keys"][bob["user_id"]]
+
+
+def _device_keys(user: dict[str, str]) -> dict[str, Any]:
+    key = SigningKey.generate()
+    signing_key: Any = key
+    signing_key.alg, signing_key.version = "ed25519", user["device_id"]
+    keys = {
+        "user_id": user["user_id"],
+        "device_id": user["device_id"],
+        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+        "keys": {
+            f"ed25519:{user['device_id']}": encode_verify_key_base64(get_verify_key(signing_key)),
+            f"curve25519:{user['device_id']}": "c" * 43,
+        },
+    }
+    signed: dict[str, Any] = sign_json(keys, user["user_id"], signing_key)
+    return signed
+
+
+# Catching up after the bus was lost -------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_receipt_and_account_data_written_while_disconnected_are_seen_after_reconnect(
+    workers: Workers,
+) -> None:
+    w = workers
+    alice, bob = await _user(w, "alice"), await _user(w, "bob")
+    room_id = await _room(w, alice, bob)
+    event_id = await _message(w, alice, room_id)
+    await w.start(w.w2)
+    since = await _since(w.c2, bob)
+    await _settled(w)
+    w.hub.disconnect("w2")
+    await w.c1.call(
+        "POST", f"/rooms/{quote(room_id)}/receipt/m.read/{quote(event_id)}", alice["access_token"], {}
+    )
+    path = f"/user/{quote(bob['user_id'])}/account_data/org.example.note"
+    await w.c1.call("PUT", path, bob["access_token"], {"n": 1})
+    # Lost on the way: w2 has not moved.
+    assert w.w2.receipts.stream.current < w.w1.receipts.stream.current
+    assert w.w2.account_data.stream.current < w.w1.account_data.stream.current
+    poll = _long_poll(w.c2, bob, since)
+    await w.hub.reconnect("w2")
+    body = await _woken(poll, "the catch-up after a reconnect")
+    if not _ephemeral(body, room_id, "m.receipt"):
+        # The catch-up may land in two wake-ups: the receipt came with the second.
+        body = await _woken(_long_poll(w.c2, bob, body["next_batch"]), "the rest of the catch-up")
+    receipts = _ephemeral(body, room_id, "m.receipt")
+    assert receipts and alice["user_id"] in receipts[0]["content"][event_id]["m.read"]
+    status, full = await w.c2.sync(bob["access_token"], since)
+    assert {"type": "org.example.note", "content": {"n": 1}} in full["account_data"]["events"]
+
+
+# Caches ------------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_logout_on_one_worker_makes_the_token_fail_on_the_other_at_once(workers: Workers) -> None:
+    w = workers
+    alice = await _user(w, "alice")
+    # Cached on w2 by a first use.
+    await w.start(w.w2)
+    assert (await w.c2.call("GET", "/account/whoami", alice["access_token"]))["user_id"] == alice["user_id"]
+    await w.c1.call("POST", "/logout", alice["access_token"], {})
+    status, body = await w.c2.start("GET", CS + "/account/whoami", alice["access_token"])
+    assert (status, body["errcode"]) == (401, "M_UNKNOWN_TOKEN")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lock_by_an_admin_on_one_worker_holds_on_the_other(workers: Workers) -> None:
+    w = workers
+    alice = await _user(w, "alice")
+    await w.start(w.w2)
+    await w.c2.call("GET", "/account/whoami", alice["access_token"])
+    await w.w1.restrictions.set(alice["user_id"], "locked", True)
+    await until(lambda: w.w2.restrictions.has("locked", alice["user_id"]), "the lock reaches w2")
+    status, body = await w.c2.start("GET", CS + "/account/whoami", alice["access_token"])
+    assert (status, body["errcode"]) == (401, "M_USER_LOCKED")
+
+
+# Jobs --------------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_jobs_run_only_where_the_topology_puts_them(workers: Workers) -> None:
+    w = workers
+    await w.start(w.w2)
+    # w1 (the default for every job) sends to other servers; w2 does not follow the stream for it.
+    assert w.w1.federation_sender._consumer is not None
+    assert w.w2.federation_sender._consumer is None
+    assert w.w1.topology.runs("background") and not w.w2.topology.runs("background")
+
+
+# Rate limits ---------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_rate_limit_counts_takes_spread_over_two_processes_through_redis() -> None:
+    limit = RateLimit(per_second=0.001, burst=4)
+    prefix = f"hs-test-{secrets.token_hex(4)}:"
+    clock = TestClock()
+    buses = [RedisBus(name, "redis://127.0.0.1:6379/0", prefix) for name in ("a", "b")]
+    limiters = [RateLimiter(clock) for _ in buses]
+    shared = [SharedRateLimits(limiter, bus, clock) for limiter, bus in zip(limiters, buses, strict=True)]
+    received: list[int] = []
+    for bus, sharing in zip(buses, shared, strict=True):
+        sharing.wire()
+        bus.subscribe("ratelimit.taken", lambda m: received.append(1))
+    try:
+        for bus in buses:
+            await bus.start()
+        # Four sends, alternating between the processes: each sees only two of its own.
+        for i in range(4):
+            limiters[i % 2].check("send", "@alice:x", limit)
+            clock.advance(BATCH_S)
+        await until(lambda: len(received) >= 4, "every batch of takes crossed Redis")
+        for limiter in limiters:
+            with pytest.raises(LimitExceeded):
+                limiter.check("send", "@alice:x", limit)
+        # Another key is untouched.
+        limiters[0].check("send", "@bob:x", limit)
+    finally:
+        for sharing in shared:
+            sharing.stop()
+        for bus in buses:
+            await bus.stop()
