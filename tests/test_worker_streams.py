@@ -283,6 +283,55 @@ def _device_keys(user: dict[str, str]) -> dict[str, Any]:
     return signed
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_remote_users_device_list_change_written_on_a_client_worker_borrows_a_position(
+    workers: Workers,
+) -> None:
+    w = workers
+    await w.start(w.w2)
+    carol = "@carol:elsewhere.test"
+    before = w.w1.keys.device_lists.current
+    seen_while_writing: list[tuple[int, int]] = []
+
+    async def write(position: int) -> None:
+        # Lent by the writer and held open there: nobody reads past it yet.
+        seen_while_writing.append((position, w.w1.keys.device_lists.current))
+        await w.w2.storage.remote_devices.record_change(carol, position)
+
+    await w.w2.keys.remote_list_changed(carol, write)
+    [(position, writer_current)] = seen_while_writing
+    assert writer_current < position
+    for hs in (w.w1, w.w2):
+        assert hs.keys.device_lists.current >= position
+        assert carol in await hs.keys.users_changed_between(before, hs.keys.device_lists.current)
+
+
+@pytest_twisted.ensureDeferred
+async def test_presence_writer_keeps_a_user_syncing_on_another_worker_online(workers: Workers) -> None:
+    w = workers
+    alice = await _user(w, "alice")
+    await w.start(w.w2)
+    await _since(w.c2, alice)
+    await _settled(w)
+    assert w.w1.presence.to_json(alice["user_id"])["presence"] == "online"
+    # Six minutes of short syncs on w2 only: the writer hears of them through the reports.
+    for _ in range(36):
+        w.clock.advance(10)
+        await _since(w.c2, alice)
+    await until(
+        lambda: w.w1.presence.get(alice["user_id"]).last_active_ts >= w.clock.time_ms() - 20_000,  # type: ignore[union-attr]
+        "a report reached the presence writer",
+    )
+    await w.w1.presence.expire()
+    assert w.w1.presence.to_json(alice["user_id"])["presence"] == "online"
+    # She stops: the writer's expiry takes her offline, and w2 learns it.
+    for _ in range(12):
+        w.clock.advance(10)
+    await w.w1.presence.expire()
+    assert w.w1.presence.to_json(alice["user_id"])["presence"] == "offline"
+    await until(lambda: w.w2.presence.to_json(alice["user_id"])["presence"] == "offline", "w2 hears of it")
+
+
 # Catching up after the bus was lost -------------------------------------------------------
 
 

@@ -366,6 +366,14 @@ class KeyService:
     async def remote_list_changed(self, user_id: str, write: Callable[[int], Awaitable[Any]]) -> Any:
         """A remote user's devices or keys changed: `write(position)` stores it with a
         position on our device-list stream, so /sync and /keys/changes tell our users."""
+        if self.forward is not None:
+            # The position comes from the device-list writer, which holds it open until
+            # this write is done (or its lease ends, homeserver/workers/streams.py).
+            position = int(await self.forward("reserve", {"user_id": user_id}))
+            try:
+                return await write(position)
+            finally:
+                await self.forward("release", {"user_id": user_id, "position": position})
         position = self.device_lists.allocate()
         try:
             result = await write(position)
@@ -373,6 +381,15 @@ class KeyService:
             self._change_done(position, user_id)
         await self._announce(user_id)
         return result
+
+    def reserve_change(self) -> int:
+        """A device-list position for another process's write (see remote_list_changed)."""
+        return self.device_lists.allocate()
+
+    async def release_change(self, position: int, user_id: str) -> None:
+        """That write is done (or abandoned): readers may pass its position."""
+        self._change_done(position, user_id)
+        await self._announce(user_id)
 
     # Cross-signing --------------------------------------------------------------------------
 

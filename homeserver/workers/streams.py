@@ -34,6 +34,9 @@ STREAMS = ("receipts", "typing", "presence", "account_data", "to_device", "devic
 APPLY_WAIT_S = 5.0
 # How often a process that does not write presence tells the writer who syncs through it.
 PRESENCE_REPORT_S = 10.0
+# How long a device-list position lent to another process stays open if it never says it
+# is done (it died): the stream waits that long at most.
+RESERVE_LEASE_S = 30.0
 
 Rows = list[dict[str, Any]]
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
@@ -51,6 +54,8 @@ class StreamReplication:
         # stream -> (position, fired when this process's position reaches it)
         self._waiters: dict[str, list[tuple[int, Deferred[None]]]] = {}
         self._report_loop: Any = None
+        # device-list positions lent to other processes -> the end of their lease
+        self._leases: dict[int, Any] = {}
 
     # Wiring ----------------------------------------------------------------------------
 
@@ -135,6 +140,8 @@ class StreamReplication:
             handlers["upload_cross_signing"] = lambda a: hs.keys.upload_cross_signing(a["user_id"], a["body"])
             handlers["upload_signatures"] = lambda a: hs.keys.upload_signatures(a["user_id"], a["body"])
             handlers["devices_deleted"] = lambda a: hs.keys.devices_deleted(a["user_id"], a["device_ids"])
+            handlers["reserve"] = self._reserve_change
+            handlers["release"] = self._release_change
         if name in ("to_device", "device_lists"):
             previous = hs.keys.replicate
 
@@ -309,6 +316,31 @@ class StreamReplication:
 
     def _members(self, room_id: str, user_id: str) -> list[str]:
         return sorted({user_id, *self.hs.notifier.room_members(room_id)})
+
+    # Device-list positions lent to other processes ----------------------------------------
+
+    async def _reserve_change(self, args: dict[str, Any]) -> int:
+        """A position for another process's write of a remote user's device list: held open
+        (readers stop below it) until released, or for RESERVE_LEASE_S if its holder dies."""
+        position = self.hs.keys.reserve_change()
+        self._leases[position] = self.clock.callLater(
+            RESERVE_LEASE_S, lambda: self._end_lease(position, args["user_id"])
+        )
+        return position
+
+    async def _release_change(self, args: dict[str, Any]) -> None:
+        position = int(args["position"])
+        lease = self._leases.pop(position, None)
+        if lease is None:
+            return  # already ended by its lease: released once only
+        if lease.active():
+            lease.cancel()
+        await self.hs.keys.release_change(position, args["user_id"])
+
+    def _end_lease(self, position: int, user_id: str) -> None:
+        if self._leases.pop(position, None) is not None:
+            log.warn("device-list position {position} released by its lease", position=position)
+            Deferred.fromCoroutine(self.hs.keys.release_change(position, user_id))
 
     # Typing and presence, the writer's side -----------------------------------------------
 
