@@ -131,6 +131,7 @@ from homeserver.threads import WorkerThreads
 from homeserver.workers.bus import Bus, LocalBus, RedisBus
 from homeserver.workers.event_writes import RoomWriters, register_event_writes
 from homeserver.workers.invalidation import CacheInvalidation
+from homeserver.workers.jobs import wire_jobs
 from homeserver.workers.rpc import HttpTransport, Transport, WorkerRpc
 from homeserver.workers.shared_limits import SharedRateLimits
 from homeserver.workers.streams import StreamReplication
@@ -331,6 +332,7 @@ class HomeServer:
         CacheInvalidation(self).wire()
         self.shared_limits = SharedRateLimits(self.ratelimiter, self.bus, self.clock)
         self.shared_limits.wire()
+        wire_jobs(self)
 
     def _build_workers(self, worker: str | None, bus: Bus | None, transport: Transport | None) -> None:
         """Which instance this is and what joins it to the others (nothing when single)."""

@@ -407,6 +407,18 @@ async def test_jobs_run_only_where_the_topology_puts_them(workers: Workers) -> N
     assert w.w1.topology.runs("background") and not w.w2.topology.runs("background")
 
 
+@pytest_twisted.ensureDeferred
+async def test_edus_queued_on_a_worker_go_to_the_federation_sender_s_queue(workers: Workers) -> None:
+    w = workers
+    await w.start(w.w2)
+    seq = w.w1.federation_sender._seq
+    await w.w2.federation_sender.queue_edu(["127.0.0.1:9"], "m.typing", {"room_id": "!r:x", "typing": True})
+    # Numbered and held by w1, the one sending; w2 queues nothing of its own.
+    assert w.w1.federation_sender._seq == seq + 1
+    assert "127.0.0.1:9" in {d.name for d in w.w1.federation_sender.destinations()}
+    assert not list(w.w2.federation_sender.destinations())
+
+
 # Rate limits ---------------------------------------------------------------------------------
 
 

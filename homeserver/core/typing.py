@@ -46,8 +46,8 @@ class TypingService:
         if self.forward is not None:
             args = {"room_id": room_id, "user_id": user_id, "typing": typing, "timeout_ms": timeout_ms}
             await self.forward("set", {**args, "members": head.members("join")})
-            return
-        self.set_typing(room_id, user_id, typing, timeout_ms, head.members("join"))
+        else:
+            self.set_typing(room_id, user_id, typing, timeout_ms, head.members("join"))
         if self.on_local_typing is not None:
             await self.on_local_typing(room_id, user_id, typing)
 

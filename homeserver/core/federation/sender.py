@@ -136,6 +136,9 @@ class FederationSender:
         self._rooms_of_user = rooms_of_user
         self._seq = 0
         self._queue_lock = DeferredLock()
+        # Several processes (homeserver/workers/jobs.py): on those that do not run the sender,
+        # `forward_enqueue(rows)` hands the rows to the one that does (it numbers the queue).
+        self.forward_enqueue: Any = None
         self._destinations: dict[str, Destination] = {}
         self._consumer: StreamConsumer | None = None
         self._stopping = False
@@ -301,6 +304,9 @@ class FederationSender:
             await self._enqueue(rows)
 
     async def _enqueue(self, rows: list[tuple[str, str | None, dict[str, Any] | None, str | None]]) -> None:
+        if self.forward_enqueue is not None:
+            await self.forward_enqueue(rows)
+            return
         await self._queue_lock.acquire()
         try:
             numbered: list[OutboxRow] = []
@@ -314,6 +320,10 @@ class FederationSender:
             dest = self._destination(destination)
             dest.pending += count
             dest.wake()
+
+    async def enqueue(self, rows: list[tuple[str, str | None, dict[str, Any] | None, str | None]]) -> None:
+        """Rows queued by another process (homeserver/workers/jobs.py)."""
+        await self._enqueue(rows)
 
     def _destination(self, name: str, state: DestinationState | None = None) -> "Destination":
         dest = self._destinations.get(name)
