@@ -367,6 +367,25 @@ async def test_receipt_and_account_data_written_while_disconnected_are_seen_afte
     assert {"type": "org.example.note", "content": {"n": 1}} in full["account_data"]["events"]
 
 
+@pytest_twisted.ensureDeferred
+async def test_typing_and_a_logout_missed_while_disconnected_hold_after_reconnect(workers: Workers) -> None:
+    w = workers
+    alice, bob = await _user(w, "alice"), await _user(w, "bob")
+    room_id = await _room(w, alice, bob)
+    await w.start(w.w2)
+    await w.c2.call("GET", "/account/whoami", bob["access_token"])  # cached on w2
+    w.hub.disconnect("w2")
+    path = f"/rooms/{quote(room_id)}/typing/{quote(alice['user_id'])}"
+    await w.c1.call("PUT", path, alice["access_token"], {"typing": True, "timeout": 30000})
+    await w.c1.call("POST", "/logout", bob["access_token"], {})
+    assert w.w2.typing.typing_users(room_id) == []
+    await w.hub.reconnect("w2")
+    # Typing is copied from its writer; every cached token is read again.
+    assert w.w2.typing.typing_users(room_id) == [alice["user_id"]]
+    status, body = await w.c2.start("GET", CS + "/account/whoami", bob["access_token"])
+    assert (status, body["errcode"]) == (401, "M_UNKNOWN_TOKEN")
+
+
 # Caches ------------------------------------------------------------------------------------
 
 
