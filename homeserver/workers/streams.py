@@ -187,8 +187,8 @@ class StreamReplication:
         return {"position": self._local(args["stream"])}
 
     async def _wait_applied(self, name: str, position: int) -> None:
-        if self._local(name) >= position:
-            return
+        if self._local(name) >= position or not self.bus.connected:
+            return  # (disconnected: it would not come; the reconnect's catch-up brings it)
         reached: Deferred[None] = Deferred()
         self._waiters.setdefault(name, []).append((position, reached))
 
