@@ -24,7 +24,7 @@ from signedjson.key import encode_verify_key_base64, get_verify_key
 from signedjson.sign import sign_json
 from twisted.internet.defer import Deferred
 
-from homeserver.config import STREAMS, RateLimit, parse_config
+from homeserver.config import STREAMS, RateLimit, WorkersConfig, parse_config
 from homeserver.core.ratelimit import RateLimiter
 from homeserver.errors import LimitExceeded
 from homeserver.server import HomeServer
@@ -71,6 +71,15 @@ class Workers:
 
 
 def _config(tmp_path: Path, pg_url: str, **overrides: Any) -> dict[str, Any]:
+    workers: dict[str, Any] = {
+        "redis_url": "redis://127.0.0.1:6379/0",
+        "secret": "w" * 32,
+        "instances": {"w1": {"internal": "127.0.0.1:9"}, "w2": {"internal": "127.0.0.1:10"}},
+        "event_writers": ["w1"],
+        "stream_writers": dict.fromkeys(STREAMS, "w1"),
+    }
+    if "drain_delay" in WorkersConfig.__dataclass_fields__:
+        workers["drain_delay"] = "0s"  # no balancer to tell (and the test clock never moves)
     return {
         "server_name": "workers.test",
         "data_dir": str(tmp_path / "data"),
@@ -78,13 +87,7 @@ def _config(tmp_path: Path, pg_url: str, **overrides: Any) -> dict[str, Any]:
         "auth": {"password_hashing": "fast", "jwt_secret": "s" * 48},
         "rate_limits": {"enabled": False},
         "plugins": [],
-        "workers": {
-            "redis_url": "redis://127.0.0.1:6379/0",
-            "secret": "w" * 32,
-            "instances": {"w1": {"internal": "127.0.0.1:9"}, "w2": {"internal": "127.0.0.1:10"}},
-            "event_writers": ["w1"],
-            "stream_writers": dict.fromkeys(STREAMS, "w1"),
-        },
+        "workers": workers,
         **overrides,
     }
 
