@@ -323,12 +323,12 @@ class HomeServer:
         """With several worker processes: the single-writer streams, cache invalidations and
         shared rate limits between them (homeserver/workers/, docs/scaling.md). Nothing at
         all in a single process: its path stays as it was."""
-        self.replication: StreamReplication | None = None
+        self.stream_replication: StreamReplication | None = None
         self.shared_limits: SharedRateLimits | None = None
         if not self.topology.multi:
             return
-        self.replication = StreamReplication(self)
-        self.replication.wire()
+        self.stream_replication = StreamReplication(self)
+        self.stream_replication.wire()
         CacheInvalidation(self).wire()
         self.shared_limits = SharedRateLimits(self.ratelimiter, self.bus, self.clock)
         self.shared_limits.wire()
@@ -759,8 +759,8 @@ class HomeServer:
             self._start_job(self.config.retention.purge_interval / 1000, self.retention.purge_expired)
         if background:
             self._start_job(600.0, self.uia.expire_sessions)
-        if self.replication is not None:
-            self.replication.start()
+        if self.stream_replication is not None:
+            self.stream_replication.start()
         # Once every service has loaded its positions: connect callbacks catch up from there.
         await self.bus.start()
         self.plugins = await start_plugins(self, self.router)
@@ -861,8 +861,8 @@ class HomeServer:
         for loop in self._jobs:
             if loop.running:
                 loop.stop()
-        if self.replication is not None:
-            self.replication.stop()
+        if self.stream_replication is not None:
+            self.stream_replication.stop()
         if self.shared_limits is not None:
             self.shared_limits.stop()
         self.retention.stop()
