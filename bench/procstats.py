@@ -106,6 +106,8 @@ class Resources:
     db_cpu_s: float | None = None
     generator_cpu_s: float = 0.0
     other_cpu_s: float = 0.0
+    # The bench's own process plus any load generator processes (bench/loadgen.py) it ran.
+    generator_processes: int = 1
 
     @property
     def generator_share(self) -> float:
@@ -118,13 +120,17 @@ class Meter:
     """Measures a server process (and its database backends) over one workload.
 
     `db_pids` lists the PostgreSQL backends serving the server right now (called
-    at start and end; a backend seen only at the end counts whole).
+    at start and end; a backend seen only at the end counts whole). `more_pids`: the
+    server's other processes (workers, Redis, the balancer), whose CPU counts as the
+    server's; the peak RSS is `pid`'s alone.
     """
 
     pid: int | None
     db_pids: Callable[[], list[int]] | None = None
+    more_pids: list[int] = field(default_factory=list)
     _t0: float = 0.0
     _cpu0: float = 0.0
+    _more0: dict[int, float] = field(default_factory=dict)
     _gen0: float = 0.0
     _busy0: float = 0.0
     _db0: dict[int, float] = field(default_factory=dict)
@@ -152,6 +158,7 @@ class Meter:
             self._peak_sampled = rss_bytes(self.pid) or 0
             self._sampler = asyncio.get_running_loop().create_task(self._sample())
         self._db0 = self._db_cpu()
+        self._more0 = {pid: cpu_seconds(pid) or 0.0 for pid in self.more_pids}
 
     async def _sample(self) -> None:
         assert self.pid is not None
@@ -172,6 +179,8 @@ class Meter:
             res.server_cpu_s = (cpu_seconds(self.pid) or self._cpu0) - self._cpu0
             hwm = peak_rss_bytes(self.pid) if self._peak_reset else None
             res.server_peak_rss = max(hwm or 0, self._peak_sampled)
+        for pid, before in self._more0.items():
+            res.server_cpu_s += (cpu_seconds(pid) or before) - before
         if self.db_pids is not None:
             end = self._db_cpu()
             res.db_cpu_s = sum(cpu - self._db0.get(pid, 0.0) for pid, cpu in end.items())

@@ -140,6 +140,11 @@ class Target:
     db_pids: BackendPids | None = None
     is_ours: bool = False
     version: str = ""
+    # Several processes (workers, Redis, the balancer): `process` is the first worker; the
+    # others' CPU counts as the server's.
+    more_processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    # Ports the load generator spreads users over (default: `port` alone).
+    ports: list[int] = field(default_factory=list)
     # What the workloads built on this server, for the ones that reuse it.
     state: dict[str, Any] = field(default_factory=dict)
 
@@ -148,11 +153,20 @@ class Target:
         return self.process.pid if self.process is not None else None
 
     @property
+    def more_pids(self) -> list[int]:
+        return [p.pid for p in self.more_processes]
+
+    @property
+    def client_ports(self) -> list[int]:
+        return self.ports or [self.port]
+
+    @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
     def alive(self) -> bool:
-        return self.process is None or self.process.poll() is None
+        processes = [self.process, *self.more_processes] if self.process is not None else []
+        return all(p.poll() is None for p in processes)
 
     def log_tail(self, lines: int = 30) -> str:
         if self.log_path is None or not self.log_path.exists():
@@ -167,14 +181,16 @@ class Target:
     def stop(self) -> None:
         if self.db_pids is not None:
             self.db_pids.close()
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        processes = [self.process, *self.more_processes] if self.process is not None else []
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 class SynapseTarget(Target):

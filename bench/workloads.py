@@ -18,13 +18,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench import loadgen
 from bench.half_core import HalfCore
 from bench.httpclient import HttpClient, HttpError
+from bench.loadgen import Shard, user_data
 from bench.matrix import (
     CLIENT,
     EMPTY_FILTER,
     Matrix,
     MatrixCallError,
+    ReceiverStats,
     SyncReceiver,
     User,
     message_content,
@@ -71,6 +74,8 @@ class Sizes:
     grace_s: float = 60.0
     # Concurrency of setup requests (registering, joining, filling rooms).
     setup_concurrency: int = 16
+    # Processes W1's and W3's load comes from (bench/loadgen.py); 1: the bench's own process.
+    generators: int = 1
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -157,7 +162,7 @@ class Runner:
         self.http.close()
 
     def meter(self) -> Meter:
-        return Meter(self.target.pid, self.target.db_pids)
+        return Meter(self.target.pid, self.target.db_pids, self.target.more_pids)
 
     def _profiled(self, name: str) -> Any:
         return self.profile(name) if self.profile is not None else None
@@ -268,112 +273,102 @@ class Runner:
 
     # W1: throughput --------------------------------------------------------------------------
 
+    async def _run_shards(
+        self, specs: list[dict[str, Any]], name: str
+    ) -> tuple[list[Shard], Meter, Any, float]:
+        """Start one shard per spec, wait until every one's long-polls run, start the meter and
+        the profile: (the shards, the meter, the profile, the wall time the load starts)."""
+        pool = loadgen.shards(len(specs))
+        try:
+            await asyncio.gather(*(shard.start(spec) for shard, spec in zip(pool, specs, strict=True)))
+        except BaseException:
+            await asyncio.gather(*(shard.close() for shard in pool))
+            raise
+        meter = self.meter()
+        meter.start()
+        return pool, meter, self._profiled(name), time.time()
+
+    def _shard_spec(self, kind: str, **fields: Any) -> dict[str, Any]:
+        return {
+            "kind": kind,
+            "host": self.target.host,
+            "ports": self.target.client_ports,
+            "grace": self.sizes.grace_s,
+            **fields,
+        }
+
+    @staticmethod
+    def _add_generator_cpu(resources: Resources, tallies: list[dict[str, Any]], pool: list[Shard]) -> None:
+        """Generator processes' CPU joins the parent's (an inline shard's is already in it)."""
+        if any(isinstance(shard, loadgen.ProcessShard) for shard in pool):
+            children = sum(t["cpu_s"] for t in tallies)
+            resources.generator_cpu_s += children
+            resources.other_cpu_s = max(0.0, resources.other_cpu_s - children)
+        resources.generator_processes = len(pool) + (1 if len(pool) > 1 else 0)
+
     async def w1(self) -> WorkloadResult:
         s = self.sizes
         result = WorkloadResult("W1", f"W1 throughput: {s.w1_users} users in {s.w1_users // 2} DMs")
         dms = await self.ensure_dms(s.w1_users)
-        senders = [(a, room) for a, b, room in dms] + [(b, room) for a, b, room in dms]
         duration = s.w1_seconds
-
-        delivered: dict[str, float] = {}
-        latencies: list[float] = []
-        dups = 0
-
-        def on_message(user: User) -> Callable[[str, str, dict[str, Any], float], None]:
-            def handle(room_id: str, sender: str, content: dict[str, Any], now: float) -> None:
-                nonlocal dups
-                if sender == user.user_id:
-                    return  # our own echo
-                bid = content["bench_id"]
-                if bid in delivered:
-                    dups += 1
-                    return
-                delivered[bid] = now
-                latencies.append(now - content["bench_ts"] / 1e6)
-
-            return handle
-
-        receivers = await self._receivers([(u, [room]) for u, room in senders], on_message)
-        acked: set[str] = set()
-        acked_in_window = 0
-        errors = 0
-        last_error = ""
-        meter = self.meter()
-        meter.start()
-        profile = self._profiled("W1")
-        wall_start = time.time()
-        end = time.monotonic() + duration
-
-        async def sender(user: User, room: str) -> None:
-            nonlocal acked_in_window, errors, last_error
-            seq = 0
-            while time.monotonic() < end:
-                bid = f"w1.{user.index}.{seq}"
-                seq += 1
-                try:
-                    response = await self.mx.send(user, room, message_content(bid))
-                except (HttpError, TimeoutError) as e:
-                    errors += 1
-                    last_error = str(e) or type(e).__name__ or type(e).__name__
-                    await asyncio.sleep(0.1)
-                    continue
-                if response.status == 200:
-                    acked.add(bid)
-                    if time.monotonic() <= end:
-                        acked_in_window += 1
-                else:
-                    errors += 1
-                    last_error = f"HTTP {response.status} {response.text()}"
-                    await asyncio.sleep(0.05)
-
-        await asyncio.gather(*(sender(u, r) for u, r in senders))
-        wall_end = wall_start + duration
-        missing = await self._drain(acked, delivered)
+        n = max(1, min(s.generators, len(dms)))
+        specs = []
+        for k in range(n):
+            mine = dms[k::n]
+            senders = [(user_data(a), room) for a, b, room in mine] + [
+                (user_data(b), room) for a, b, room in mine
+            ]
+            specs.append(self._shard_spec("w1", senders=senders))
+        pool, meter, profile, wall_start = await self._run_shards(specs, "W1")
+        try:
+            tallies = await asyncio.gather(*(shard.step({"go": wall_start + duration}) for shard in pool))
+        finally:
+            await asyncio.gather(*(shard.close() for shard in pool))
         if profile is not None:
             profile.stop()
         result.resources = meter.stop()
-        await self._stop_receivers(receivers)
+        self._add_generator_cpu(result.resources, tallies, pool)
+        wall_end = wall_start + duration
 
-        in_window = sum(1 for t in delivered.values() if t <= wall_end)
-        gaps = sum(r.stats.gaps for r in receivers)
-        sync_errors = sum(r.stats.errors for r in receivers)
+        acked = sum(len(t["acked"]) for t in tallies)
+        acked_in_window = sum(t["acked_in_window"] for t in tallies)
+        delivered_total = sum(len(t["delivered"]) for t in tallies)
+        in_window = sum(1 for t in tallies for at in t["delivered"].values() if at <= wall_end)
+        missing = {bid for t in tallies for bid in t["missing"]}
+        latencies = [x for t in tallies for x in t["latencies"]]
+        dups = sum(t["duplicates"] for t in tallies)
+        errors = sum(t["send_errors"] for t in tallies)
+        last_error = next((t["last_error"] for t in tallies if t["last_error"]), "")
+        stats = [loadgen.stats_of(t) for t in tallies]
+        gaps = sum(st.gaps for st in stats)
+        sync_errors = sum(st.errors for st in stats)
         note = _lost_note(len(missing), errors + sync_errors, dups, gaps)
         result.metrics["w1.acked"] = Metric(acked_in_window / duration, "msg/s", True, note)
         result.metrics["w1.delivered"] = Metric(in_window / duration, "msg/s", True, note)
-        result.metrics["w1.cpu"] = _cpu_per_message(result.resources, len(delivered))
+        result.metrics["w1.cpu"] = _cpu_per_message(result.resources, delivered_total)
         result.details = {
             "duration_s": duration,
-            "senders": len(senders),
-            "acked": len(acked),
+            "senders": sum(len(spec["senders"]) for spec in specs),
+            "generator_processes": result.resources.generator_processes,
+            "acked": acked,
             "acked_in_window": acked_in_window,
             "delivered_in_window": in_window,
-            "delivered_total": len(delivered),
+            "delivered_total": delivered_total,
             "lost": len(missing),
             "duplicates": dups,
             "send_errors": errors,
             "sync_errors": sync_errors,
             "timeline_gaps": gaps,
-            "sync_responses": sum(r.stats.responses for r in receivers),
+            "sync_responses": sum(st.responses for st in stats),
             "latency_p50_ms": _ms(percentile(latencies, 50)),
             "latency_p99_ms": _ms(percentile(latencies, 99)),
         }
-        self._problems(result, missing, errors, last_error, receivers, dups)
+        self._problems(result, missing, errors, last_error, stats, dups)
         return result
 
     async def _drain(self, expected: set[str], delivered: dict[str, Any]) -> set[str]:
         """Wait (while deliveries still come in, up to grace_s) until every expected id arrived."""
-        deadline = time.monotonic() + self.sizes.grace_s
-        last_count, last_progress = -1, time.monotonic()
-        while True:
-            missing = expected - delivered.keys()
-            if not missing:
-                return missing
-            now = time.monotonic()
-            if len(delivered) != last_count:
-                last_count, last_progress = len(delivered), now
-            if now > deadline or now - last_progress > 10:
-                return missing
-            await asyncio.sleep(0.1)
+        return await loadgen.drain(expected, delivered, self.sizes.grace_s)
 
     def _problems(
         self,
@@ -381,7 +376,7 @@ class Runner:
         missing: set[str] | int,
         errors: int,
         last_error: str,
-        receivers: list[SyncReceiver],
+        receivers: list[ReceiverStats],
         dups: int,
     ) -> None:
         lost = missing if isinstance(missing, int) else len(missing)
@@ -390,13 +385,13 @@ class Runner:
             result.problems.append(f"{lost} acknowledged messages never reached the receiver's sync{example}")
         if errors:
             result.problems.append(f"{errors} send errors; last: {last_error}")
-        sync_errors = [r.stats for r in receivers if r.stats.errors]
+        sync_errors = [st for st in receivers if st.errors]
         if sync_errors:
             total = sum(st.errors for st in sync_errors)
             result.problems.append(f"{total} sync errors; last: {sync_errors[-1].last_error}")
         if dups:
             result.problems.append(f"{dups} messages delivered more than once")
-        gaps = sum(r.stats.gaps for r in receivers)
+        gaps = sum(st.gaps for st in receivers)
         if gaps:
             result.problems.append(f"{gaps} sync responses had a limited (gapped) timeline")
 
@@ -532,7 +527,7 @@ class Runner:
             result.problems.append(
                 f"the generator fell up to {lag_max * 1000:.0f} ms behind its send schedule"
             )
-        self._problems(result, missing, errors, last_error, receivers, dups)
+        self._problems(result, missing, errors, last_error, [r.stats for r in receivers], dups)
         return result
 
     # W3: fan-out ---------------------------------------------------------------------------------
@@ -555,86 +550,55 @@ class Runner:
                 [self.mx.set_pusher(u, sink.url) for u in members], self.sizes.setup_concurrency
             )
             sink.reset()
-        count: dict[str, int] = {}
-        last_at: dict[str, float] = {}
-        sent_at: dict[str, float] = {}
-        deliveries = 0
-        dups = 0
-
-        def on_message(user: User) -> Callable[[str, str, dict[str, Any], float], None]:
-            seen: set[str] = set()
-
-            def handle(room_id: str, sender: str, content: dict[str, Any], now: float) -> None:
-                nonlocal deliveries, dups
-                bid = content["bench_id"]
-                if bid in seen:
-                    dups += 1
-                    return
-                seen.add(bid)
-                deliveries += 1
-                count[bid] = count.get(bid, 0) + 1
-                last_at[bid] = now
-                sent_at.setdefault(bid, content["bench_ts"] / 1e6)
-
-            return handle
-
         self.log(f"    {len(members)} long-polls")
-        receivers = await self._receivers([(u, [room]) for u in members], on_message)
-        errors = 0
-        last_error = ""
-        acked: set[str] = set()
-        meter = self.meter()
-        meter.start()
-        profile = self._profiled("W3")
-        first_send = time.time()
-
-        async def sender(user: User) -> None:
-            nonlocal errors, last_error
-            for seq in range(s.w3_messages):
-                bid = f"w3.{user.index}.{seq}"
-                try:
-                    response = await self.mx.send(user, room, message_content(bid))
-                except (HttpError, TimeoutError) as e:
-                    errors += 1
-                    last_error = str(e) or type(e).__name__ or type(e).__name__
-                    continue
-                if response.status == 200:
-                    acked.add(bid)
-                else:
-                    errors += 1
-                    last_error = f"HTTP {response.status} {response.text()}"
-
-        await asyncio.gather(*(sender(u) for u in members[: s.w3_senders]))
-        complete: dict[str, float] = {}
-        n_members = len(members)
-        # A slow server may still be fanning out long after the last send: wait while it
-        # makes progress (up to 5 minutes), and give up after 10 s without any.
-        deadline = time.monotonic() + max(s.grace_s, 300.0)
-        last_progress, last_deliveries = time.monotonic(), -1
-        while True:
-            now = time.monotonic()
-            if deliveries != last_deliveries:
-                last_deliveries, last_progress = deliveries, now
-            if all(count.get(b, 0) >= n_members for b in acked):
-                break
-            if now > deadline or now - last_progress > 10:
-                break
-            await asyncio.sleep(0.05)
+        senders = members[: s.w3_senders]
+        n = max(1, min(s.generators, len(members)))
+        specs = [
+            self._shard_spec(
+                "w3",
+                room=room,
+                members=[user_data(u) for u in members[k::n]],
+                senders=[user_data(u) for u in senders[k::n]],
+                messages=s.w3_messages,
+            )
+            for k in range(n)
+        ]
+        pool, meter, profile, first_send = await self._run_shards(specs, "W3")
+        try:
+            sent = await asyncio.gather(*(shard.step({"go": first_send}) for shard in pool))
+            acked = [bid for part in sent for bid in part["acked"]]
+            tallies = await asyncio.gather(*(shard.step({"expected": acked}) for shard in pool))
+        finally:
+            await asyncio.gather(*(shard.close() for shard in pool))
         if profile is not None:
             profile.stop()
         result.resources = meter.stop()
-        await self._stop_receivers(receivers)
+        self._add_generator_cpu(result.resources, tallies, pool)
 
-        for bid in acked:
-            if count.get(bid, 0) >= n_members:
-                complete[bid] = last_at[bid] - sent_at[bid]
+        count: dict[str, int] = {}
+        last_at: dict[str, float] = {}
+        sent_at: dict[str, float] = {}
+        for t in tallies:
+            for bid, c in t["count"].items():
+                count[bid] = count.get(bid, 0) + c
+            for bid, at in t["last_at"].items():
+                last_at[bid] = max(at, last_at.get(bid, at))
+            for bid, at in t["sent_at"].items():
+                sent_at.setdefault(bid, at)
+        deliveries = sum(t["deliveries"] for t in tallies)
+        dups = sum(t["duplicates"] for t in tallies)
+        errors = sum(part["send_errors"] for part in sent)
+        last_error = next((part["last_error"] for part in sent if part["last_error"]), "")
+        stats = [loadgen.stats_of(t) for t in tallies]
+        n_members = len(members)
+        complete = {bid: last_at[bid] - sent_at[bid] for bid in acked if count.get(bid, 0) >= n_members}
         expected = len(acked) * n_members
         missing = expected - sum(min(count.get(b, 0), n_members) for b in acked)
         span = (max(last_at.values()) - first_send) if last_at else 0.0
         values = list(complete.values())
         incomplete = len(acked) - len(complete)
-        gaps = sum(r.stats.gaps for r in receivers)
-        sync_errors = sum(r.stats.errors for r in receivers)
+        gaps = sum(st.gaps for st in stats)
+        sync_errors = sum(st.errors for st in stats)
         note = _lost_note(0, errors + sync_errors, dups, gaps)
         if missing:
             note = ", ".join(x for x in (f"{missing} deliveries missing", note) if x)
@@ -645,6 +609,7 @@ class Runner:
         )
         result.details = {
             "members": n_members,
+            "generator_processes": result.resources.generator_processes,
             "messages_acked": len(acked),
             "deliveries": deliveries,
             "deliveries_expected": expected,
@@ -655,7 +620,7 @@ class Runner:
             "sync_errors": sync_errors,
             "timeline_gaps": gaps,
             "duplicates": dups,
-            "sync_responses": sum(r.stats.responses for r in receivers),
+            "sync_responses": sum(st.responses for st in stats),
         }
         if sink is not None:
             result.details["push_notifications"] = sink.notifications
@@ -668,7 +633,7 @@ class Runner:
                 f"{missing} of {expected} deliveries missing after the wait "
                 f"({incomplete} messages did not reach every member)"
             )
-        self._problems(result, 0, errors, last_error, receivers, dups)
+        self._problems(result, 0, errors, last_error, stats, dups)
         return result
 
     async def w3_with_pushers(self) -> WorkloadResult:
