@@ -261,6 +261,39 @@ def _our_version() -> str:
     return version
 
 
+def _bench_config(
+    port: int, workdir: Path, database_url: str, plugins: list[dict[str, Any]] | None
+) -> dict[str, Any]:
+    return {
+        "server_name": f"localhost:{port}",
+        "public_baseurl": f"http://127.0.0.1:{port}/",
+        "data_dir": str(workdir / "data"),
+        "listen": {"bind": "127.0.0.1", "port": port},
+        "database": {"url": database_url},
+        "registration": {"enabled": True},
+        "auth": {"password_hashing": "fast"},
+        "rate_limits": {"enabled": False},
+        "logging": {"level": "INFO", "access_log": False},
+        # Served (on the main port, for the secret), so every row pays what metrics cost on the
+        # hot paths; no second port to pick.
+        "metrics": {"bearer_secret": secrets.token_urlsafe(24)},
+        "plugins": plugins or [],
+        # W3P's push gateway listens on loopback.
+        "pushers": {"allow_private_addresses": True},
+    }
+
+
+def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    with open(log_path, "wb") as log_file:
+        return subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+            argv,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            preexec_fn=_raise_nofile,  # noqa: PLW1509 - only sets an rlimit
+        )
+
+
 async def start_ours(engine: str, plugins: list[dict[str, Any]] | None = None) -> Target:
     """Our server on `engine` ("sqlite" or "postgres"), with the bench config (and `plugins`)."""
     key = "ours-sqlite" if engine == "sqlite" else "ours-pg"
@@ -275,39 +308,153 @@ async def start_ours(engine: str, plugins: list[dict[str, Any]] | None = None) -
         recreate_database("bench_homeserver")
         url = pg_url_for("bench_homeserver")
         db_pids = BackendPids("bench_homeserver")
-    config = {
-        "server_name": f"localhost:{port}",
-        "public_baseurl": f"http://127.0.0.1:{port}/",
-        "data_dir": str(workdir / "data"),
-        "listen": {"bind": "127.0.0.1", "port": port},
-        "database": {"url": url},
-        "registration": {"enabled": True},
-        "auth": {"password_hashing": "fast"},
-        "rate_limits": {"enabled": False},
-        "logging": {"level": "INFO", "access_log": False},
-        # Served (on the main port, for the secret), so every row pays what metrics cost on the
-        # hot paths; no second port to pick.
-        "metrics": {"bearer_secret": secrets.token_urlsafe(24)},
-        "plugins": plugins or [],
-        # W3P's push gateway listens on loopback.
-        "pushers": {"allow_private_addresses": True},
-    }
+    config = _bench_config(port, workdir, url, plugins)
     config_path = workdir / "homeserver.yaml"
     config_path.write_text(yaml.safe_dump(config))
     log_path = workdir / "server.log"
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-            [_homeserver_binary(), "run", "-c", str(config_path)],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            preexec_fn=_raise_nofile,  # noqa: PLW1509 - only sets an rlimit
-        )
+    process = _spawn([_homeserver_binary(), "run", "-c", str(config_path)], log_path)
     label = "ours (SQLite)" if engine == "sqlite" else "ours (PostgreSQL)"
     target = Target(key, label, "127.0.0.1", port, process, log_path, db_pids, True, _our_version())
     try:
         await wait_until_up(target, 60)
     except BaseException:
+        target.stop()
+        raise
+    return target
+
+
+# Ours as several worker processes (docs/scaling.md) ------------------------------------------
+
+
+def haproxy_config(port: int, backends: dict[str, int]) -> str:
+    """A minimal HAProxy in front of the workers: /sync, sliding sync and the WebSocket stream
+    stick to one worker per access token (its wake-ups and caches stay there); every other
+    request goes to the next worker in turn."""
+    servers = "\n".join(
+        f"    server {name} 127.0.0.1:{p} check inter 2s" for name, p in sorted(backends.items())
+    )
+    return f"""global
+    maxconn 8000  # two sockets each: within the usual 20,000 open files
+    nbthread 1
+
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 400s
+    timeout server 400s
+    timeout http-keep-alive 60s
+    option httpchk GET /_matrix/client/versions
+
+frontend matrix
+    bind 127.0.0.1:{port}
+    acl sync_like path_beg /_matrix/client/v3/sync /_matrix/client/r0/sync
+    acl sync_like path_beg /_matrix/client/unstable/org.matrix.simplified_msc3575/sync
+    acl sync_like path_beg /_homeserver/ws
+    use_backend sticky if sync_like
+    default_backend any
+
+backend sticky
+    balance hdr(Authorization)
+    hash-type consistent
+{servers}
+
+backend any
+    balance roundrobin
+{servers}
+"""
+
+
+def workers_supported() -> bool:
+    """Whether this checkout's `homeserver run` takes `--worker` (issue 19's worker mode)."""
+    out = subprocess.run(  # noqa: S603 - fixed argv, no shell
+        [_homeserver_binary(), "run", "--help"], capture_output=True, text=True, check=False
+    )
+    return "--worker" in out.stdout
+
+
+async def start_ours_workers(
+    instances: int,
+    *,
+    key: str = "ours-pg-workers",
+    workdir: Path | None = None,
+    database: str = "bench_homeserver_workers",
+    balancer: bool = True,
+) -> Target:
+    """Ours on PostgreSQL as `instances` processes, each an event writer, sharing a Redis of
+    their own, behind HAProxy (`balancer`; otherwise the generator spreads users over the
+    workers' ports itself). One instance: today's single process (no `workers:` section, no
+    Redis), still behind the balancer."""
+    workdir = workdir or WORK_DIR / key
+    shutil.rmtree(workdir, ignore_errors=True)
+    (workdir / "data").mkdir(parents=True)
+    recreate_database(database)
+    front = free_port()
+    names = [f"w{i + 1}" for i in range(instances)]
+    ports = {name: free_port() for name in names}
+    config = _bench_config(front, workdir, pg_url_for(database), [])
+    processes: list[subprocess.Popen[bytes]] = []
+    target = Target(
+        key,
+        f"ours (PostgreSQL, {instances} process{'es' if instances > 1 else ''})",
+        "127.0.0.1",
+        front if balancer else ports[names[0]],
+        None,
+        workdir / "w1.log",
+        BackendPids(database),
+        True,
+        _our_version(),
+    )
+    try:
+        if instances > 1:
+            redis_port = free_port()
+            processes.append(
+                _spawn(
+                    ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1"]
+                    + ["--save", "", "--appendonly", "no"],
+                    workdir / "redis.log",
+                )
+            )
+            config["workers"] = {
+                "redis_url": f"redis://127.0.0.1:{redis_port}/0",
+                "secret": secrets.token_urlsafe(24),
+                "instances": {
+                    name: {"listen": f"127.0.0.1:{ports[name]}", "internal": f"127.0.0.1:{free_port()}"}
+                    for name in names
+                },
+                "event_writers": names,
+            }
+        else:
+            config["listen"]["port"] = ports[names[0]]
+        config_path = workdir / "homeserver.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+        binary = _homeserver_binary()
+        subprocess.run(  # noqa: S603 - fixed argv, no shell
+            [binary, "migrate", "-c", str(config_path)], check=True, cwd=ROOT, capture_output=True
+        )
+        workers = {}
+        for name in names:
+            worker = ["--worker", name] if instances > 1 else []
+            log_path = workdir / f"{name}.log"
+            process = _spawn([binary, "run", "-c", str(config_path), *worker], log_path)
+            processes.append(process)
+            workers[name] = Target(name, f"worker {name}", "127.0.0.1", ports[name], process, log_path)
+        target.process = workers[names[0]].process
+        target.more_processes = [p for p in processes if p is not target.process]
+        for worker_target in workers.values():
+            await wait_until_up(worker_target, 60)
+        # The balancer once the workers answer: its first health checks would mark them down.
+        if balancer:
+            haproxy_path = workdir / "haproxy.cfg"
+            haproxy_path.write_text(haproxy_config(front, ports))
+            target.more_processes.append(
+                _spawn(["haproxy", "-db", "-f", str(haproxy_path)], workdir / "haproxy.log")
+            )
+        else:
+            target.ports = [ports[name] for name in names]
+        await wait_until_up(target, 30)
+    except BaseException:
+        if target.process is None and processes:
+            target.process, target.more_processes = processes[0], processes[1:]
         target.stop()
         raise
     return target

@@ -298,13 +298,16 @@ class Runner:
         }
 
     @staticmethod
-    def _add_generator_cpu(resources: Resources, tallies: list[dict[str, Any]], pool: list[Shard]) -> None:
-        """Generator processes' CPU joins the parent's (an inline shard's is already in it)."""
-        if any(isinstance(shard, loadgen.ProcessShard) for shard in pool):
-            children = sum(t["cpu_s"] for t in tallies)
-            resources.generator_cpu_s += children
-            resources.other_cpu_s = max(0.0, resources.other_cpu_s - children)
+    def _add_generator_cpu(resources: Resources, tallies: list[dict[str, Any]], pool: list[Shard]) -> float:
+        """Generator processes' CPU joins the parent's (an inline shard's is already in it);
+        the processes' CPU-seconds."""
         resources.generator_processes = len(pool) + (1 if len(pool) > 1 else 0)
+        if not any(isinstance(shard, loadgen.ProcessShard) for shard in pool):
+            return 0.0
+        children = float(sum(t["cpu_s"] for t in tallies))
+        resources.generator_cpu_s += children
+        resources.other_cpu_s = max(0.0, resources.other_cpu_s - children)
+        return children
 
     async def w1(self) -> WorkloadResult:
         s = self.sizes
@@ -327,7 +330,7 @@ class Runner:
         if profile is not None:
             profile.stop()
         result.resources = meter.stop()
-        self._add_generator_cpu(result.resources, tallies, pool)
+        shards_cpu = self._add_generator_cpu(result.resources, tallies, pool)
         wall_end = wall_start + duration
 
         acked = sum(len(t["acked"]) for t in tallies)
@@ -350,6 +353,7 @@ class Runner:
             "duration_s": duration,
             "senders": sum(len(spec["senders"]) for spec in specs),
             "generator_processes": result.resources.generator_processes,
+            "generator_shards_cpu_s": shards_cpu,
             "acked": acked,
             "acked_in_window": acked_in_window,
             "delivered_in_window": in_window,
@@ -573,7 +577,7 @@ class Runner:
         if profile is not None:
             profile.stop()
         result.resources = meter.stop()
-        self._add_generator_cpu(result.resources, tallies, pool)
+        shards_cpu = self._add_generator_cpu(result.resources, tallies, pool)
 
         count: dict[str, int] = {}
         last_at: dict[str, float] = {}
@@ -610,6 +614,7 @@ class Runner:
         result.details = {
             "members": n_members,
             "generator_processes": result.resources.generator_processes,
+            "generator_shards_cpu_s": shards_cpu,
             "messages_acked": len(acked),
             "deliveries": deliveries,
             "deliveries_expected": expected,

@@ -7,6 +7,8 @@ import asyncio
 import concurrent.futures
 import json
 import os
+import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -371,3 +373,112 @@ def test_w2_on_half_a_core_reports_its_own_rows() -> None:
     assert result.name == "W2@40 half core"
     assert set(result.metrics) == {"w2h.40.p50", "w2h.40.p99", "w2h.40.max", "w2h.40.cpu"}
     assert result.details["acked"] == 40
+
+
+def test_w1_from_two_generator_processes_counts_the_same_faults() -> None:
+    """The load split over two `python -m bench.loadgen` processes (a DM each): the merged
+    tallies count every ack, loss, duplicate and error, and the generator's CPU includes theirs."""
+    fake = FakeHomeserver()
+    fake.drop = {("@bench1:fake", "w1.0.1")}
+    fake.duplicate = {"w1.3.0"}
+    fake.fail = {"w1.2.0"}
+    sizes = tiny_sizes()
+    sizes.generators = 2
+
+    async def body(target: Target, runner: Runner) -> Any:
+        return await runner.w1()
+
+    result = run_async(lambda: _with_fake(fake, body, sizes))
+    d = result.details
+    assert d["generator_processes"] == 3  # the bench's own and two shards
+    assert d["acked"] == fake.stored
+    assert d["send_errors"] == fake.failed == 1
+    assert d["lost"] == 1
+    assert d["duplicates"] == fake.duplicated_sent >= 1
+    assert d["delivered_total"] == fake.stored - 1
+    assert result.resources is not None
+    assert result.resources.generator_processes == 3
+    # The shards' own CPU (they sent and synced for a second) is counted in the generator's.
+    assert d["generator_shards_cpu_s"] > 0
+    assert result.resources.generator_cpu_s >= d["generator_shards_cpu_s"]
+
+
+def test_w3_from_two_generator_processes_waits_for_every_member() -> None:
+    fake = FakeHomeserver()
+    fake.drop = {("@bench5:fake", "w3.0.1")}
+    sizes = tiny_sizes()
+    sizes.generators = 2
+
+    async def body(target: Target, runner: Runner) -> Any:
+        return await runner.w3()
+
+    result = run_async(lambda: _with_fake(fake, body, sizes))
+    d = result.details
+    assert d["generator_processes"] == 3
+    assert d["messages_acked"] == 6 == fake.stored
+    assert d["deliveries"] == 6 * 6 - 1
+    assert d["missing_deliveries"] == 1
+    assert d["messages_not_at_every_member"] == 1
+
+
+def test_a_generator_process_that_dies_fails_the_workload_instead_of_hanging() -> None:
+    """A shard whose spec it cannot run exits; the parent raises instead of waiting forever."""
+    from bench.loadgen import ProcessShard
+
+    async def main() -> str:
+        shard = ProcessShard()
+        try:
+            await shard.start({"kind": "no-such-workload"})
+        except RuntimeError as e:
+            return str(e)
+        finally:
+            await shard.close()
+        return "no error"
+
+    assert "exited with code" in run_async(main)
+
+
+def _haproxy_or_skip() -> None:
+    if shutil.which("haproxy") is None:
+        subprocess.run(["apt-get", "install", "-y", "haproxy"], capture_output=True, check=False)
+    if shutil.which("haproxy") is None:
+        if os.environ.get("CI"):
+            raise AssertionError("haproxy is not installed and apt-get could not install it")
+        pytest.skip("haproxy is not installed")
+
+
+def test_scale_out_rows_run_through_haproxy_from_two_generator_processes(tmp_path: Path) -> None:
+    """The scale-out plumbing end to end, tiny: ours on PostgreSQL as two worker processes (one
+    while this checkout has no `--worker`) behind HAProxy, W1 and W3 from two generator
+    processes: nothing lost, duplicated or refused; every process's CPU is counted."""
+    from bench.servers import drop_database, start_ours_workers, workers_supported
+
+    _haproxy_or_skip()
+    instances = 2 if workers_supported() else 1
+    database = f"bench_test_{os.getpid()}_{secrets.token_hex(4)}"
+    sizes = tiny_sizes()
+    sizes.generators = 2
+
+    async def main() -> tuple[Any, Any, Target]:
+        target = await start_ours_workers(instances, workdir=tmp_path / "workers", database=database)
+        runner = Runner(target, sizes, lambda _: None)
+        try:
+            await runner.setup_users(sizes.pool_size(["W1", "W3"]))
+            return await runner.w1(), await runner.w3(), target
+        finally:
+            runner.close()
+            target.stop()
+
+    try:
+        w1, w3, target = run_async(main)
+    finally:
+        drop_database(database)
+    # The balancer, and with two instances Redis and the second worker, are the server's too.
+    assert len(target.more_pids) == (1 if instances == 1 else 3)
+    assert w1.details["generator_processes"] == 3 == w3.details["generator_processes"]
+    assert w1.details["acked"] > 0
+    assert w1.details["lost"] == 0 and w1.details["duplicates"] == 0, w1.problems
+    assert w1.details["send_errors"] == 0 and w1.details["sync_errors"] == 0, w1.problems
+    assert w1.details["delivered_total"] == w1.details["acked"]
+    assert w3.details["deliveries"] == w3.details["deliveries_expected"] == 6 * 6, w3.problems
+    assert w1.resources is not None and w1.resources.server_cpu_s > 0
