@@ -1,8 +1,10 @@
 """`python -m bench`: install what is missing, run every workload against every server, report.
 
-Servers run one at a time (ours on SQLite, ours on PostgreSQL, Synapse), each
-fresh: its own empty database, users registered anew. The generator is this one
-asyncio process (on uvloop when installed).
+Servers run one at a time (ours on SQLite, ours on PostgreSQL, ours on PostgreSQL as
+two worker processes behind HAProxy, Synapse), each fresh: its own empty database,
+users registered anew. The generator is this asyncio process (on uvloop when
+installed); W1's and W3's load comes from `--generators` processes of its own
+(bench/loadgen.py).
 """
 
 from __future__ import annotations
@@ -32,13 +34,17 @@ from bench.servers import (
     ensure_synapse,
     postgres_version,
     start_ours,
+    start_ours_workers,
     start_synapse,
 )
 from bench.stats import WorkloadResult
 from bench.workloads import Runner, Sizes
 
-ALL_SERVERS = ["ours-sqlite", "ours-pg", "synapse"]
+ALL_SERVERS = ["ours-sqlite", "ours-pg", "ours-pg-2w", "synapse"]
 ALL_WORKLOADS = ["W1", "W2", "W3", "W3P", "W4", "W5", "W6", "SR", "PG"]
+# What ours as several worker processes runs: the rows that compare it with one process.
+SCALE_OUT_WORKLOADS = ["W1", "W3"]
+SCALE_OUT_PROCESSES = {"ours-pg-2w": 2}
 
 CONFIG_NOTES = """\
 - **ours**: `homeserver run` with `rate_limits.enabled: false`, `auth.password_hashing: fast`,
@@ -54,12 +60,21 @@ CONFIG_NOTES = """\
   to 1,000,000/s, `bcrypt_rounds: 4`, `filter_timeline_limit: 1000`,
   `caches.sync_response_cache_duration: 0` (as Complement), presence on (default),
   `trusted_key_servers: []`, `report_stats: false`, logging INFO with the access log off.
-- **Load generator** (`bench/`): one asyncio process, raw HTTP/1.1 keep-alive connections
-  (aiohttp only for WebSocket streams). Receivers upload a filter once and long-poll `/sync`
+- **Load generator** (`bench/`): asyncio processes, raw HTTP/1.1 keep-alive connections
+  (aiohttp only for WebSocket streams). W1's and W3's load comes from `--generators`
+  processes (default 2; bench/loadgen.py), each with its share of the users (W1: whole DMs;
+  W3: a slice of the members and senders); the other workloads from the bench's own process.
+  "Generator CPU" counts every one of them. Receivers upload a filter once and long-poll `/sync`
   (timeout 30 s) with its id, as Element does: the bench rooms' `m.room.message` timeline
   (limit 500), lazy-loaded members, no presence, account data or ephemeral events. Each
   message carries `bench_id` and `bench_ts` (send time, µs); latency is the receiver's clock
   minus `bench_ts` (same machine).
+- **ours (PostgreSQL, 2 processes)**: the same config plus a `workers:` section: two
+  instances, both event writers (rooms shared out by hash), the other streams and jobs on the
+  first, a Redis of its own (`redis-server`, no persistence); `homeserver migrate` once, then
+  `homeserver run --worker wN` for each; a minimal HAProxy (bench/servers.py `haproxy_config`:
+  one thread, /sync, sliding sync and the WebSocket stream sticky per access token, everything
+  else round robin) in front. Server CPU counts both workers, Redis and HAProxy. W1 and W3 only.
 - **W1**: every user of each DM sends, one request in flight each, for the whole duration;
   "acknowledged" counts 200 answers inside the window, "delivered" counts the peer's messages
   that reached the other member's sync inside the window.
@@ -135,6 +150,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ("sr-repeats", int, "SR searches measured per ordering"),
         ("pg-notifications", int, "PG notifications sent"),
         ("grace", float, "longest wait for late deliveries (s)"),
+        ("generators", int, "load generator processes for W1 and W3 (1: the bench's own)"),
     ]:
         sizes.add_argument(f"--{name}", type=kind, help=help_text)
     return p.parse_args(argv)
@@ -159,6 +175,7 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
         "sr_messages",
         "sr_repeats",
         "pg_notifications",
+        "generators",
     ):
         value = getattr(args, field_name)
         if value is not None:
@@ -211,6 +228,8 @@ async def run_target(
 
         return Handle()
 
+    if target.key in SCALE_OUT_PROCESSES:
+        workloads = [w for w in workloads if w in SCALE_OUT_WORKLOADS]
     runner = Runner(target, sizes, log, start_profile)
     results: list[WorkloadResult] = []
     try:
@@ -274,6 +293,13 @@ async def run_target(
                 f"{k}={report.fmt(m.value)}{' (' + m.note + ')' if m.note else ''}"
                 for k, m in result.metrics.items()
             )
+            if result.resources is not None:
+                r = result.resources
+                summary += (
+                    f"; generator {100 * r.generator_share:.0f} % of a core"
+                    f" ({r.generator_processes} process{'es' if r.generator_processes > 1 else ''}),"
+                    f" server {r.server_cpu_s:.1f} CPU-s, load average {r.loadavg:.1f}"
+                )
             log(f"    {summary or 'no figures'}")
             for problem in result.problems:
                 log(f"    PROBLEM: {problem}")
@@ -328,6 +354,9 @@ async def run(args: argparse.Namespace) -> int:
         try:
             if key == "synapse":
                 target = await start_synapse(synapse_version)
+            elif key in SCALE_OUT_PROCESSES:
+                target = await start_ours_workers(SCALE_OUT_PROCESSES[key], key=key)
+                meta["ours_version"] = target.version
             else:
                 plugins = [stand_in.plugin()] if stand_in is not None else []
                 if "W3P" in workloads:
@@ -350,6 +379,8 @@ async def run(args: argparse.Namespace) -> int:
             if not args.keep_databases:
                 if key == "ours-pg":
                     drop_database("bench_homeserver")
+                elif key in SCALE_OUT_PROCESSES:
+                    drop_database("bench_homeserver_workers")
                 elif key == "synapse":
                     drop_database("bench_synapse")
     if stand_in is not None:
@@ -362,6 +393,10 @@ async def run(args: argparse.Namespace) -> int:
     print(table)
     print()
     print(report.resources_table(results))
+    scale_out = report.scale_out_table(results)
+    if scale_out:
+        print()
+        print(scale_out)
     text = report.results_markdown(sizes, results, meta, profiles)
     suffix = "-quick" if args.quick else ("-profile" if profile else "")
     path = report.write_results(text, started, suffix)

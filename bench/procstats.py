@@ -108,6 +108,8 @@ class Resources:
     other_cpu_s: float = 0.0
     # The bench's own process plus any load generator processes (bench/loadgen.py) it ran.
     generator_processes: int = 1
+    # The machine's 1-minute load average at the workload's end.
+    loadavg: float = 0.0
 
     @property
     def generator_share(self) -> float:
@@ -171,7 +173,7 @@ class Meter:
         wall = time.monotonic() - self._t0
         gen = generator_cpu_seconds() - self._gen0
         busy = machine_busy_seconds() - self._busy0
-        res = Resources(wall_s=wall, generator_cpu_s=gen)
+        res = Resources(wall_s=wall, generator_cpu_s=gen, loadavg=os.getloadavg()[0])
         if self._sampler is not None:
             self._sampler.cancel()
             self._sampler = None

@@ -21,6 +21,10 @@ README_START = "<!-- bench-results:start -->"
 README_END = "<!-- bench-results:end -->"
 
 COLUMNS = [("ours-pg", "ours (PostgreSQL)"), ("synapse", "Synapse"), ("ours-sqlite", "ours (SQLite)")]
+# Ours as several worker processes: its own table (scale_out_table) against ours-pg.
+SCALE_OUT = [("ours-pg-2w", "ours (PostgreSQL, 2 processes behind HAProxy)")]
+# Every server, for the per-workload tables.
+ALL_COLUMNS = COLUMNS + SCALE_OUT
 
 
 @dataclass(frozen=True)
@@ -144,8 +148,8 @@ def resources_table(results: dict[str, list[WorkloadResult]]) -> str:
         "| generator CPU (% of a core) | other load CPU-s |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    labels = dict(COLUMNS)
-    for key, _ in COLUMNS:
+    labels = dict(ALL_COLUMNS)
+    for key, _ in ALL_COLUMNS:
         for w in results.get(key, []):
             r = w.resources
             if r is None:
@@ -154,6 +158,57 @@ def resources_table(results: dict[str, list[WorkloadResult]]) -> str:
                 f"| {w.name} | {labels[key]} | {r.wall_s:.1f} | {r.server_cpu_s:.1f} | "
                 f"{'–' if r.db_cpu_s is None else f'{r.db_cpu_s:.1f}'} | {r.server_peak_rss / 2**20:.0f} | "
                 f"{100 * r.generator_share:.0f} % | {r.other_cpu_s:.1f} |"
+            )
+    return "\n".join(lines)
+
+
+SCALE_OUT_ROWS = [
+    Row("w1.acked", "W1 throughput: acknowledged (msg/s)"),
+    Row("w1.delivered", "W1 throughput: delivered to the receiver's sync (msg/s)"),
+    Row("w1.cpu", "W1: server + database CPU per message (ms)"),
+    Row("w3.rate", "W3 fan-out: deliveries/s"),
+    Row("w3.p50", "W3 fan-out: time until all have a message, p50 (ms)"),
+]
+
+
+def _workload_of(results: list[WorkloadResult], metric: str) -> WorkloadResult | None:
+    return next((w for w in results if metric in w.metrics), None)
+
+
+def _generator_cell(w: WorkloadResult | None) -> str:
+    if w is None or w.resources is None:
+        return "–"
+    r = w.resources
+    processes = f" ({r.generator_processes} processes)" if r.generator_processes > 1 else ""
+    return f"{100 * r.generator_share:.0f} %{processes}"
+
+
+def scale_out_table(results: dict[str, list[WorkloadResult]]) -> str:
+    """Ours as one process (ours-pg) against several (ours-pg-Nw), W1 and W3, with the load
+    generator's CPU (% of one core, all its processes) and the machine's load average beside
+    each figure: on a machine shared with other work both move the figures."""
+    lines = []
+    for key, label in SCALE_OUT:
+        if key not in results:
+            continue
+        one, many = results.get("ours-pg", []), results[key]
+        lines += [
+            f"| workload | ours, one process | {label} | ratio | generator CPU (one / two) "
+            "| load average (one / two) |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for row in SCALE_OUT_ROWS:
+            w_one, w_many = _workload_of(one, row.key), _workload_of(many, row.key)
+            if w_one is None and w_many is None:
+                continue
+            m_one = w_one.metrics[row.key] if w_one else None
+            m_many = w_many.metrics[row.key] if w_many else None
+            load = " / ".join(
+                f"{w.resources.loadavg:.1f}" if w and w.resources else "–" for w in (w_one, w_many)
+            )
+            lines.append(
+                f"| {row.label} | {_cell(m_one)} | {_cell(m_many)} | {ratio(m_many, m_one)} | "
+                f"{_generator_cell(w_one)} / {_generator_cell(w_many)} | {load} |"
             )
     return "\n".join(lines)
 
@@ -236,6 +291,16 @@ def results_markdown(
         "",
         main_table(sizes, results),
         "",
+        "## One process against two",
+        "",
+        "Ours on PostgreSQL as one process (the column above) and as two worker processes, each "
+        "an event writer, behind HAProxy (docs/scaling.md): W1 and W3 only. Ratio: two ÷ one "
+        "(time: one ÷ two). Generator CPU: the load generator's processes together, in % of one "
+        "core over the workload; load average: the machine's 1-minute figure at the workload's "
+        "end (other work on the machine included).",
+        "",
+        scale_out_table(results) or "Not run (`--servers` without ours-pg-2w).",
+        "",
         "## Server resources per workload",
         "",
         "Measured over each workload's load phase only (setup excluded), from /proc: server "
@@ -282,7 +347,7 @@ def results_markdown(
     else:
         out.append("None: no errors, no lost, duplicated or gapped messages.")
     out += ["", "## Details", ""]
-    for key, label in COLUMNS:
+    for key, label in ALL_COLUMNS:
         if key not in results:
             continue
         out.append(f"### {label}")

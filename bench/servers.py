@@ -384,6 +384,8 @@ async def start_ours_workers(
     their own, behind HAProxy (`balancer`; otherwise the generator spreads users over the
     workers' ports itself). One instance: today's single process (no `workers:` section, no
     Redis), still behind the balancer."""
+    if instances > 1 and not workers_supported():
+        raise RuntimeError("this checkout's `homeserver run` has no --worker: one process only")
     workdir = workdir or WORK_DIR / key
     shutil.rmtree(workdir, ignore_errors=True)
     (workdir / "data").mkdir(parents=True)

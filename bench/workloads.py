@@ -74,8 +74,9 @@ class Sizes:
     grace_s: float = 60.0
     # Concurrency of setup requests (registering, joining, filling rooms).
     setup_concurrency: int = 16
-    # Processes W1's and W3's load comes from (bench/loadgen.py); 1: the bench's own process.
-    generators: int = 1
+    # Processes W1's and W3's load comes from (bench/loadgen.py); 1: the bench's own. Two
+    # processes serving W1 need more than one generator core.
+    generators: int = 2
 
     @classmethod
     def quick(cls) -> Sizes:

@@ -191,6 +191,7 @@ def tiny_sizes() -> Sizes:
         sr_messages=40,
         sr_repeats=2,
         grace_s=1.5,
+        generators=1,
     )
 
 
