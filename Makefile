@@ -82,7 +82,8 @@ test: lint unit
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
 
-# Benchmarks (bench/, README "Benchmarks"): ours on SQLite and PostgreSQL vs Synapse, one table.
+# Benchmarks (bench/, README "Benchmarks"): ours on SQLite and PostgreSQL vs Synapse, one table;
+# W1 and W3 again on ours as two worker processes behind HAProxy (docs/scaling.md "Measured").
 # Installs the bench extra and Synapse (bench/.synapse-venv); BENCH_ARGS=--quick for a smoke run.
 # Then federation (bench/federation_latency.py): send → remote sync and a 1,000-member remote
 # join, ours↔ours and ours↔Synapse; `make bench-federation` runs that part alone.

@@ -340,6 +340,21 @@ def results_markdown(
             + ": there the generator may be part of the limit.",
             "",
         ]
+    costly_generator = [
+        (key, w.name)
+        for key, workloads in results.items()
+        for w in workloads
+        if w.resources is not None
+        and w.resources.wall_s > 1
+        and w.resources.generator_cpu_s > w.resources.server_cpu_s + (w.resources.db_cpu_s or 0.0)
+    ]
+    if costly_generator:
+        out += [
+            "**Generator costlier than the server** during "
+            + ", ".join(f"{name} on {key}" for key, name in costly_generator)
+            + ": there the figures may say more about the generator than the server.",
+            "",
+        ]
     problems = [(key, w.name, p) for key, workloads in results.items() for w in workloads for p in w.problems]
     out += ["## Problems seen", ""]
     if problems:
