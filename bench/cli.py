@@ -72,9 +72,11 @@ CONFIG_NOTES = """\
 - **ours (PostgreSQL, 2 processes)**: the same config plus a `workers:` section: two
   instances, both event writers (rooms shared out by hash), the other streams and jobs on the
   first, a Redis of its own (`redis-server`, no persistence); `homeserver migrate` once, then
-  `homeserver run --worker wN` for each; a minimal HAProxy (bench/servers.py `haproxy_config`:
-  one thread, /sync, sliding sync and the WebSocket stream sticky per access token, everything
-  else round robin) in front. Server CPU counts both workers, Redis and HAProxy. W1 and W3 only.
+  `homeserver run --worker wN` for each; HAProxy in front: deploy/haproxy.cfg with both workers
+  in every backend and its request log off (bench/servers.py `haproxy_from_deploy`), or where
+  the checkout has no deploy/haproxy.cfg a minimal one (`haproxy_config`: /sync, sliding sync
+  and the WebSocket stream sticky per access token, everything else round robin). Server CPU
+  counts both workers, Redis and HAProxy. W1 and W3 only.
 - **W1**: every user of each DM sends, one request in flight each, for the whole duration;
   "acknowledged" counts 200 answers inside the window, "delivered" counts the peer's messages
   that reached the other member's sync inside the window.

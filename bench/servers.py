@@ -326,6 +326,39 @@ async def start_ours(engine: str, plugins: list[dict[str, Any]] | None = None) -
 # Ours as several worker processes (docs/scaling.md) ------------------------------------------
 
 
+DEPLOY_HAPROXY = ROOT / "deploy" / "haproxy.cfg"
+
+
+def haproxy_from_deploy(template: str, port: int, backends: dict[str, int], socket_path: Path) -> str:
+    """deploy/haproxy.cfg as an operator would run it, for the bench: its frontend on `port`,
+    its admin socket at `socket_path`, every backend's `server` lines replaced by all the
+    workers (each instance here is an event writer and serves syncs too), and no request
+    log (thousands of lines a second to a file would be the balancer's main cost)."""
+    servers = [f"    server {name} 127.0.0.1:{p} check" for name, p in sorted(backends.items())]
+    out: list[str] = []
+    in_backend = False
+    for line in template.splitlines():
+        stripped = line.strip()
+        if line and not line[0].isspace() and not line.startswith("#"):
+            in_backend = stripped.startswith("backend ")
+            out.append(line)
+            if in_backend:
+                out += servers
+            continue
+        if stripped.startswith("bind "):
+            line = f"    bind 127.0.0.1:{port}"
+        elif stripped.startswith("stats socket "):
+            line = f"    stats socket {socket_path} mode 600 level admin"
+        elif (
+            stripped.startswith("log ")
+            or stripped == "option httplog"
+            or (in_backend and stripped.startswith("server "))
+        ):
+            continue
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
 def haproxy_config(port: int, backends: dict[str, int]) -> str:
     """A minimal HAProxy in front of the workers: /sync, sliding sync and the WebSocket stream
     stick to one worker per access token (its wake-ups and caches stay there); every other
@@ -447,7 +480,11 @@ async def start_ours_workers(
         # The balancer once the workers answer: its first health checks would mark them down.
         if balancer:
             haproxy_path = workdir / "haproxy.cfg"
-            haproxy_path.write_text(haproxy_config(front, ports))
+            haproxy_path.write_text(
+                haproxy_from_deploy(DEPLOY_HAPROXY.read_text(), front, ports, workdir / "haproxy.sock")
+                if DEPLOY_HAPROXY.exists()
+                else haproxy_config(front, ports)
+            )
             target.more_processes.append(
                 _spawn(["haproxy", "-db", "-f", str(haproxy_path)], workdir / "haproxy.log")
             )
