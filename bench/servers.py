@@ -398,7 +398,11 @@ backend any
 
 
 def workers_supported() -> bool:
-    """Whether this checkout's `homeserver run` takes `--worker` (issue 19's worker mode)."""
+    """Whether this checkout runs several event writers: `homeserver run --worker` (issue 19's
+    worker mode) and the event stream carried between them (homeserver/workers/event_replication.py;
+    without it two writers hand out the same stream positions)."""
+    if not (ROOT / "homeserver" / "workers" / "event_replication.py").exists():
+        return False
     out = subprocess.run(  # noqa: S603 - fixed argv, no shell
         [_homeserver_binary(), "run", "--help"], capture_output=True, text=True, check=False
     )
@@ -418,7 +422,7 @@ async def start_ours_workers(
     workers' ports itself). One instance: today's single process (no `workers:` section, no
     Redis), still behind the balancer."""
     if instances > 1 and not workers_supported():
-        raise RuntimeError("this checkout's `homeserver run` has no --worker: one process only")
+        raise RuntimeError("this checkout has no several event writers (`--worker`, event replication)")
     workdir = workdir or WORK_DIR / key
     shutil.rmtree(workdir, ignore_errors=True)
     (workdir / "data").mkdir(parents=True)

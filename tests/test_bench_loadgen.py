@@ -450,7 +450,7 @@ def _haproxy_or_skip() -> None:
 
 def test_scale_out_rows_run_through_haproxy_from_two_generator_processes(tmp_path: Path) -> None:
     """The scale-out plumbing end to end, tiny: ours on PostgreSQL as two worker processes (one
-    while this checkout has no `--worker`) behind HAProxy, W1 and W3 from two generator
+    while this checkout cannot run several event writers) behind HAProxy, W1 and W3 from two generator
     processes: nothing lost, duplicated or refused; every process's CPU is counted."""
     from bench.servers import drop_database, start_ours_workers, workers_supported
 
