@@ -40,11 +40,12 @@ durable consumer may narrow what it gets:
 
 - `wants(event)`: events it does not want are dropped from its batches; a batch left
   empty is not handed over at all, so it needs no record; its `position` is saved
-  lazily (within LAZY_SAVE_S, and at stop). After a crash such events are read again and
-  dropped again: the handler is never handed them, so nothing is repeated;
+  lazily (one write within LAZY_SAVE_S, busy or idle, and at stop). After a crash such
+  events are read again and dropped again: the handler is never handed them, so nothing
+  is repeated. A `wants` that raises counts as wanting the event;
 - `idempotent`: handing a batch again does no harm (its writes replace themselves, as
   the search index's do). No hand-over record is written and `position` is saved
-  lazily: after a crash, up to LAZY_SAVE_S of batches come again, unmarked.
+  lazily, as above: after a crash, about LAZY_SAVE_S of batches come again, unmarked.
 
 Holds: a consumer may keep working on a batch after its handler returned (a push waiting
 for a device's receipt, a request to a slow gateway). `batch.hold()` returns a release
@@ -357,10 +358,14 @@ class StreamConsumer:
                 self._background_save = True
                 Deferred.fromCoroutine(self._save_settled())
 
-    async def _save_settled(self) -> None:
+    async def _save_settled(self, once: bool = False) -> None:
+        """Save `position` until the saved one caught up; `once`: one write (a lazy save,
+        which the next batch schedules again if the position moves on meanwhile)."""
         try:
             while self.position > self._saved_position and not self._stopping:
                 await self._save_once(self._saved_handed)
+                if once:
+                    break
         except Exception:
             log_failure(log, "stream consumer {name} could not save its position", name=self.name)
         finally:
@@ -421,10 +426,12 @@ class StreamConsumer:
                     if not await self._handle(dataclasses.replace(batch, holds=holds)):
                         break  # stopped while a failed batch waited for its retry
                 self._handled(holds)
-                if self.durable and not self._has_more() and self.position > self._saved_position:
-                    if recorded and self._saved_handed > self._saved_position:
+                if self.durable and self.position > self._saved_position:
+                    if recorded and self._saved_handed > self._saved_position and not self._has_more():
                         await self._save(self._saved_handed)  # a handed batch is done: say so now
                     else:
+                        # Idle or not: a consumer that always has a next batch (a steady load,
+                        # a long catch-up) would otherwise go unsaved until it is idle.
                         self._save_later()
             if self._lazy_save is not None and self._lazy_save.active():
                 self._lazy_save.cancel()
@@ -446,9 +453,13 @@ class StreamConsumer:
             return
 
         def save() -> None:
-            if not self._stopping and not self._background_save and self.position > self._saved_position:
+            if self._stopping or self.position <= self._saved_position:
+                return
+            if self._background_save:
+                self._save_later()  # a save is under way: look again after it
+            else:
                 self._background_save = True
-                Deferred.fromCoroutine(self._save_settled())
+                Deferred.fromCoroutine(self._save_settled(once=True))
 
         self._lazy_save = self.stream._clock.callLater(LAZY_SAVE_S, save)
 

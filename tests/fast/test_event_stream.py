@@ -299,6 +299,23 @@ def test_an_idempotent_consumer_writes_no_hand_over_record_and_saves_its_positio
     assert seen(again) == [6]
 
 
+def test_an_idempotent_consumer_that_is_never_idle_still_saves_its_position_lazily() -> None:
+    # Under a steady load (or catching up a long backlog) there is always a next batch: the
+    # position must still be saved within LAZY_SAVE_S, or a crash replays everything since
+    # the consumer was last idle (for the search index started from_start: the whole stream).
+    stream, db, clock = make()
+    handler = Held()
+    Deferred.fromCoroutine(stream.subscribe_durable("index", handler, idempotent=True))
+    saves = len(db.saves)
+    commit(stream, db, 1)
+    for p in range(2, 7):
+        commit(stream, db, p)
+        handler.release()  # batch p-1 handled while p is already queued: never idle
+        clock.advance(event_stream.LAZY_SAVE_S / 2)
+    assert db.saves[saves:], "no position saved in 2.5 s of steady work"
+    assert db.positions["index"][0] >= 3
+
+
 def test_a_consumer_stopped_before_its_lazy_save_saves_at_stop() -> None:
     db = Database()
     stream, db, _ = make(db)
