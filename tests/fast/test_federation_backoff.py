@@ -52,10 +52,24 @@ class Remote:
         self.in_flight = 0
         self.most_in_flight = 0
         self.probes = 0
+        # With `hold_probes`, a probe waits in `probes_held` (a slow network's answer).
+        self.hold_probes = False
+        self.probes_held: list[Deferred[None]] = []
+        self.probes_in_flight = 0
+        self.most_probes_in_flight = 0
 
     async def probe(self, destination: str) -> bool:
         self.probes += 1
-        return self.mode != "down"
+        self.probes_in_flight += 1
+        self.most_probes_in_flight = max(self.most_probes_in_flight, self.probes_in_flight)
+        try:
+            if self.hold_probes:
+                waiter: Deferred[None] = Deferred()
+                self.probes_held.append(waiter)
+                await waiter
+            return self.mode != "down"
+        finally:
+            self.probes_in_flight -= 1
 
     async def __call__(self, destination: str, txn_id: str, body: dict[str, Any]) -> Any:
         self.calls.append((destination, txn_id, body))
@@ -351,6 +365,28 @@ async def test_a_destination_that_answers_with_an_error_or_fails_after_a_probe_g
         remote.mode = "ok"
         clock.advance(BACKOFF_MAX_S)
         await until(lambda: remote.texts() == ["one"], "sent at the backoff's next try")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_slow_probe_is_not_joined_by_a_second_probe_loop(tmp_path: Path) -> None:
+    """A retry that fails while a probe waits for its answer starts no second probe loop
+    (each failed retry would add one: several probes every PROBE_INTERVAL_S)."""
+    async with running(tmp_path) as (hs, clock, remote, client, ctx):
+        remote.mode = "down"
+        remote.hold_probes = True
+        await say(hs, ctx, "one")
+        await until(lambda: len(remote.calls) == 1, "the first try")
+        await advance_until(clock, lambda: len(remote.calls) == 3, "the tries after 5 and 10 s", 30)
+        for _ in range(10):
+            clock.advance(PROBE_INTERVAL_S)
+            await turn(0.01)
+        assert remote.most_probes_in_flight == 1
+        for waiter in remote.probes_held:
+            waiter.callback(None)
+        await turn(0.01)
+        clock.advance(PROBE_INTERVAL_S)
+        await turn(0.01)
+        assert remote.probes_in_flight == 1  # one loop goes on probing
 
 
 @pytest_twisted.ensureDeferred

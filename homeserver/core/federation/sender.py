@@ -364,6 +364,7 @@ class Destination:
         self._again = False
         self._timer: Any = None
         self._probe_timer: Any = None
+        self._probing = False  # a probe is waiting for its answer
 
     def wake(self, now: bool = False) -> None:
         if now and self._timer is not None:
@@ -512,8 +513,8 @@ class Destination:
         sender = self.sender
         if sender.probe is None or self.down_since is None or sender._stopping or not self._probe_worthwhile:
             return
-        if self._probe_timer is not None and self._probe_timer.active():
-            return  # one probe loop per destination
+        if self._probing or (self._probe_timer is not None and self._probe_timer.active()):
+            return  # one probe loop per destination (a probe in flight reschedules itself)
         if sender.clock.time_ms() - self.down_since >= PROBE_WINDOW_S * 1000:
             return  # down for long: the backoff's tries (and its requests to us) will do
 
@@ -526,11 +527,14 @@ class Destination:
     async def _probe(self) -> None:
         if not self.backing_off or self.sender.probe is None:
             return
+        self._probing = True
         try:
             up = await self.sender.probe(self.name)
         except Exception:
             log_failure(log, "probing {dest} failed", dest=self.name)
             up = False
+        finally:
+            self._probing = False
         if not self.backing_off:
             return  # the backoff ended while it probed
         if up:
