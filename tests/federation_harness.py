@@ -9,10 +9,12 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 from conftest import ServerProcess, _merge, base_config, free_port, start_server_with_config
 from cryptography import x509
@@ -171,3 +173,19 @@ def start_federated_server(
     }
     config = _merge(config, overrides or {})
     return FederatedServer(start_server_with_config(tmp_path, config), federation_port, ca)
+
+
+def federated_pair(
+    tmp_path_factory: pytest.TempPathFactory,
+    ca: TestCA,
+    a_overrides: dict[str, Any] | None = None,
+    b_overrides: dict[str, Any] | None = None,
+) -> Generator[tuple[FederatedServer, FederatedServer], None, tuple[FederatedServer, FederatedServer]]:
+    """The body of a module's `servers` fixture (`yield from federated_pair(...)`): two of
+    our servers, A and B, each stopped afterwards with exit status 0; returns them then."""
+    a = start_federated_server(tmp_path_factory.mktemp("hs-a"), ca, a_overrides)
+    b = start_federated_server(tmp_path_factory.mktemp("hs-b"), ca, b_overrides)
+    yield a, b
+    for server in (a, b):
+        assert server.process.stop() == 0
+    return a, b

@@ -21,9 +21,9 @@ from federation_harness import (
     LOOPBACK,
     FederatedServer,
     TestCA,
+    federated_pair,
     signed_request,
     signing_key,
-    start_federated_server,
 )
 from signedjson.key import generate_signing_key
 
@@ -37,11 +37,7 @@ SLIDING_SYNC = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync"
 def servers(
     tmp_path_factory: pytest.TempPathFactory, ca: TestCA
 ) -> Iterator[tuple[FederatedServer, FederatedServer]]:
-    a = start_federated_server(tmp_path_factory.mktemp("hs-a"), ca)
-    b = start_federated_server(tmp_path_factory.mktemp("hs-b"), ca)
-    yield a, b
-    for server in (a, b):
-        assert server.process.stop() == 0
+    yield from federated_pair(tmp_path_factory, ca)
 
 
 def _client(server: FederatedServer, token: str, method: str, path: str, body: Any = None) -> Any:

@@ -12,18 +12,14 @@ from urllib.parse import quote
 
 import pytest
 import requests
-from federation_harness import FederatedServer, TestCA, signed_request, start_federated_server
+from federation_harness import FederatedServer, TestCA, federated_pair, signed_request
 
 
 @pytest.fixture(scope="module")
 def servers(
     tmp_path_factory: pytest.TempPathFactory, ca: TestCA
 ) -> Iterator[tuple[FederatedServer, FederatedServer]]:
-    a = start_federated_server(tmp_path_factory.mktemp("hs-a"), ca)
-    b = start_federated_server(tmp_path_factory.mktemp("hs-b"), ca)
-    yield a, b
-    for server in (a, b):
-        assert server.process.stop() == 0
+    yield from federated_pair(tmp_path_factory, ca)
 
 
 class User:

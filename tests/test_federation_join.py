@@ -15,7 +15,13 @@ from urllib.parse import quote
 
 import pytest
 import requests
-from federation_harness import FederatedServer, TestCA, signed_request, signing_key, start_federated_server
+from federation_harness import (
+    FederatedServer,
+    TestCA,
+    federated_pair,
+    signed_request,
+    signing_key,
+)
 from signedjson.key import generate_signing_key
 
 from homeserver.events.hashing import compute_event_id
@@ -27,11 +33,7 @@ def servers(
     tmp_path_factory: pytest.TempPathFactory, ca: TestCA
 ) -> Iterator[tuple[FederatedServer, FederatedServer]]:
     admin = {"plugins": [{"module": "plugins.admin.AdminPlugin", "config": {}}]}
-    a = start_federated_server(tmp_path_factory.mktemp("hs-a"), ca, admin)
-    b = start_federated_server(tmp_path_factory.mktemp("hs-b"), ca)
-    yield a, b
-    for server in (a, b):
-        assert server.process.stop() == 0
+    yield from federated_pair(tmp_path_factory, ca, admin)
 
 
 class User:

@@ -21,7 +21,13 @@ import pytest
 import pytest_twisted
 import requests
 from conftest import base_config, free_port
-from federation_harness import LOOPBACK, FederatedServer, TestCA, signed_request, start_federated_server
+from federation_harness import (
+    LOOPBACK,
+    FederatedServer,
+    TestCA,
+    federated_pair,
+    signed_request,
+)
 from signedjson.key import decode_verify_key_base64
 from signedjson.sign import verify_signed_json
 from test_e2ee_api import CrossSigning, Device, new_device, new_user
@@ -35,11 +41,8 @@ OTK = "signed_curve25519"
 def servers(
     tmp_path_factory: pytest.TempPathFactory, ca: TestCA
 ) -> Iterator[tuple[FederatedServer, FederatedServer]]:
-    a = start_federated_server(tmp_path_factory.mktemp("hs-a"), ca)
-    b = start_federated_server(tmp_path_factory.mktemp("hs-b"), ca)
-    yield a, b
+    a, b = yield from federated_pair(tmp_path_factory, ca)
     for server in (a, b):
-        assert server.process.stop() == 0
         assert "Traceback" not in server.process.log_text()
 
 
