@@ -182,10 +182,11 @@ class EventStream:
         self._check_name(name)
         self._inline.append((name, consumer))
 
-    def subscribe(self, name: str, handler: Handler) -> "StreamConsumer":
-        """Hand every batch committed from now on to `handler`, in order, on its own coroutine.
+    def subscribe(self, name: str, handler: Handler, *, wants: Wants | None = None) -> "StreamConsumer":
+        """Hand every batch committed from now on to `handler`, in order, on its own coroutine
+        (with `wants`, only the events it wants; a batch left empty is not handed over).
         Not durable: a restart starts it again at the stream's position then."""
-        return self._add(name, handler, False, self.position, 0)
+        return self._add(name, handler, False, self.position, 0, wants=wants)
 
     async def subscribe_durable(
         self,

@@ -25,6 +25,12 @@ from plugins.calls.rules import (
 
 SWEEP_INTERVAL_S = 5.0
 MAX_PAGE = 100
+RTC_MEMBER = "org.matrix.msc3401.call.member"
+
+
+def is_call_event(event_type: str) -> bool:
+    """The events the log reads: 1:1 call signalling and group-call membership."""
+    return event_type.startswith("m.call.") or event_type == RTC_MEMBER
 
 
 class CallLog:
@@ -34,7 +40,8 @@ class CallLog:
         self.logged = api.gauge("calls_logged", "Calls in the call log, by outcome", ("outcome",))
 
     async def start(self) -> None:
-        await self.api.subscribe("call_log", self.on_batch, durable=True)
+        # Call events only: every other batch then costs the subscription no position writes.
+        await self.api.subscribe("call_log", self.on_batch, durable=True, wants=is_call_event)
         self.api.schedule(SWEEP_INTERVAL_S, self.sweep, now=True)
 
     async def on_batch(self, batch: EventBatch) -> None:
@@ -47,7 +54,7 @@ class CallLog:
         content = event.get("content")
         room_id, sender = str(event.get("room_id")), str(event.get("sender"))
         ts = int(event.get("origin_server_ts", 0))
-        if event_type == "org.matrix.msc3401.call.member":
+        if event_type == RTC_MEMBER:
             membership = rtc_membership(event)
             if membership is not None:
                 outcome = await self.api.run_db(

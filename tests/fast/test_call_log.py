@@ -15,6 +15,7 @@ import pytest_twisted
 from harness import Client, TestClock, make_server, room_path, turn, until
 from prometheus_client import generate_latest
 
+from homeserver.core.event_stream import LAZY_SAVE_S
 from plugins.calls.call_log import SWEEP_INTERVAL_S
 
 VIDEO_SDP = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n"
@@ -354,3 +355,45 @@ async def calls_until(
     client: Client, who: dict[str, str], check: Callable[[list[dict[str, Any]]], bool]
 ) -> list[dict[str, Any]]:
     return await Calls(None, client, TestClock()).log_until(who, check, "the group calls")
+
+
+@pytest_twisted.ensureDeferred
+async def test_messages_cost_the_call_log_no_position_writes(tmp_path: Path) -> None:
+    """The log subscribes with `wants`: a batch with no call event is never handed over, so
+    it writes no hand-over record and no position (two writes a message before); the
+    position follows in one lazy write."""
+    clock = TestClock()
+    hs = await make_server(tmp_path, clock, plugins=[CALLS])
+    client = Client(hs)
+    try:
+        alice = await client.register(hs, "alice")
+        bob = await client.register(hs, "bob")
+        room = await dm(client, alice, bob)
+        calls = Calls(hs, client, clock)
+        consumer = next(c for c in hs.stream.consumers() if c.name == "plugin.calls.call_log")
+        await consumer.caught_up(0)
+        await later(clock, LAZY_SAVE_S)
+        await until(lambda: consumer.position == hs.stream.position, "the log caught up")
+        saves: list[tuple[int, int]] = []
+        store = hs.storage.stream_consumers
+        save = store.save
+
+        def counting(name: str, position: int, handed_upto: int, now_ms: int) -> Any:
+            if name == consumer.name:
+                saves.append((position, handed_upto))
+            return save(name, position, handed_upto, now_ms)
+
+        store.save = counting  # type: ignore[method-assign]
+        for n in range(5):
+            await calls.send(alice, room, "m.room.message", {"msgtype": "m.text", "body": f"hi {n}"})
+        await until(lambda: consumer.position == hs.stream.position, "the messages passed")
+        assert saves == []
+        await later(clock, LAZY_SAVE_S)
+        await until(lambda: len(saves) == 1, "the lazy save")
+        assert saves == [(hs.stream.position, hs.stream.position)]
+        # A call event is still handed over, and recorded before it is.
+        await calls.invite(alice, room, "after")
+        await calls.log_until(bob, lambda c: [x["callId"] for x in c] == ["after"], "the call logged")
+        assert len(saves) >= 2
+    finally:
+        await hs.stop(None)
