@@ -181,3 +181,23 @@ async def test_rejected_events_are_forgotten_after_a_week_and_the_dag_is_kept(tm
     assert await store.known_status("$old_soft_failed") == ("soft_failed", "test")
     assert await store.known_status("$old_outlier") == ("outlier", "test")
     await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_prune_that_fails_does_not_fail_the_transaction(tmp_path: Path) -> None:
+    # The prune runs on a transaction's path after its answer is stored: its failure (a
+    # database error, a lock held too long) is the prune's, logged; the sender gets its answer.
+    clock = TestClock()
+    hs = await make_server(tmp_path, clock)
+    receiver, store = hs.federation_transactions, hs.federation_transactions.fed_store
+    calls: list[int] = []
+
+    async def failing(before_ms: int) -> None:
+        calls.append(before_ms)
+        raise RuntimeError("the database said no")
+
+    store.prune_rejected = failing  # type: ignore[method-assign]
+    empty = {"origin": THEM, "origin_server_ts": 0, "pdus": [], "edus": []}
+    answer = await _settle(clock, Deferred.fromCoroutine(receiver.receive(THEM, "a", empty)))
+    assert answer == {"pdus": {}} and len(calls) == 1
+    await hs.stop(None)

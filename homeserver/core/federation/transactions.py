@@ -23,6 +23,7 @@ from homeserver.errors import BadJson
 from homeserver.events.hashing import compute_event_id
 from homeserver.events.pdu_checks import PduStatus
 from homeserver.events.room_versions import room_id_is_create_hash
+from homeserver.logs import log_failure
 from homeserver.storage.events import EventStore
 from homeserver.storage.federation_events import FederationEventStore
 
@@ -89,8 +90,12 @@ class TransactionReceiver:
         now = self.clock.monotonic()
         if now - self._pruned_at >= PRUNE_EVERY_S:
             self._pruned_at = now
-            await self.fed_store.prune_txns(self.clock.time_ms() - TXN_KEPT_MS)
-            await self.fed_store.prune_rejected(self.clock.time_ms() - REJECTED_KEPT_MS)
+            try:
+                await self.fed_store.prune_txns(self.clock.time_ms() - TXN_KEPT_MS)
+                await self.fed_store.prune_rejected(self.clock.time_ms() - REJECTED_KEPT_MS)
+            except Exception:
+                # The answer is stored: the sender gets it; the next prune tries again.
+                log_failure(log, "pruning old federation transactions and rejected events failed")
 
     async def _process(
         self, origin: str, pdus: list[dict[str, Any]], edus: list[dict[str, Any]]
