@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 from harness import TestClock, connect, make_server, parse_response, turn, until
 from signedjson.key import generate_signing_key
@@ -19,6 +20,7 @@ from homeserver.api.federation.auth import require_origin
 from homeserver.api.http import ApiRequest
 from homeserver.core.federation.keys import parse_key_response
 from homeserver.core.federation.request_auth import authorization_header
+from homeserver.errors import LimitExceeded
 from homeserver.server import HomeServer
 from homeserver.signing_key import verify_key_base64
 
@@ -253,5 +255,27 @@ async def test_the_unsigned_key_routes_are_limited_per_client_address(tmp_path: 
         await origin.introduce(hs)
         user_id = await hs.accounts.register("bob", "correct horse battery")
         assert (await signed(hs, origin, "GET", profile_uri(user_id)))[0] == 200
+    finally:
+        await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_key_routes_bucket_an_ipv6_client_by_its_slash_64(tmp_path: Path) -> None:
+    # A host given a /64 could take a new address for each request: each its own bucket,
+    # no limit at all. One bucket per /64; IPv4 (mapped or not) per address.
+    clock = TestClock()
+    hs = await limited_server(tmp_path, clock, rc_key_requests_per_ip={"per_second": 1, "burst": 3})
+    try:
+        limits = hs.federation.origin_limits
+        for n in range(1, 4):
+            limits.check_key_request(f"2001:db8:1:2::{n}")
+        with pytest.raises(LimitExceeded):
+            limits.check_key_request("2001:db8:1:2:ffff::9")
+        limits.check_key_request("2001:db8:1:3::1")  # another /64
+        for _ in range(3):
+            limits.check_key_request("::ffff:192.0.2.1")
+        with pytest.raises(LimitExceeded):
+            limits.check_key_request("192.0.2.1")  # the same address, mapped or not
+        limits.check_key_request("192.0.2.2")
     finally:
         await hs.stop(None)
