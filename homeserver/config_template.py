@@ -243,7 +243,8 @@ federation:
   # ...and at most this many waiting; past that, 429 M_LIMIT_EXCEEDED.
   rc_queued: 100
   # The unsigned key routes (/_matrix/key/v2/server and the notary's /query) name no
-  # origin: a token bucket per client address instead (429 M_LIMIT_EXCEEDED when empty).
+  # origin: a token bucket per client address instead (an IPv6 client's per /64; 429
+  # M_LIMIT_EXCEEDED when empty).
   rc_key_requests_per_ip: {per_second: 10, burst: 50}
   # Largest inbound transaction body (PUT /_matrix/federation/v1/send/{txnId}: up to 50
   # PDUs of 64 KiB each and 100 EDUs), checked as it arrives (413 M_TOO_LARGE)...
