@@ -76,4 +76,11 @@ class RateLimiter:
 
     def _prune(self, now: float) -> None:
         # A bucket idle for an hour has refilled for any sane limit.
-        self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 3600}
+        buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 3600}
+        if len(buckets) > _MAX_BUCKETS // 2:
+            # All in use (one client with many addresses can do that): keep the most recently
+            # used half, so the table stays bounded and the next scan is _MAX_BUCKETS / 2
+            # requests away rather than on every request. A dropped bucket starts full again.
+            newest = sorted(buckets.items(), key=lambda item: item[1][1], reverse=True)
+            buckets = dict(newest[: _MAX_BUCKETS // 2])
+        self._buckets = buckets

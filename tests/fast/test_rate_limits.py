@@ -12,6 +12,8 @@ from typing import Any
 import pytest_twisted
 from harness import CS, Client, TestClock, connect, make_server, parse_response, room_path, turn
 
+from homeserver.config import RateLimit
+from homeserver.core import ratelimit
 from homeserver.server import HomeServer
 
 # 0.4 tokens a second: an empty bucket has its next token in 2.5 s, so Retry-After is 3.
@@ -173,3 +175,25 @@ async def test_limits_off_when_disabled(tmp_path: Path) -> None:
             assert (await send(hs, alice["access_token"], room_id, f"t{i}"))[0] == 200
     finally:
         await hs.stop(None)
+
+
+def test_a_full_table_of_recent_buckets_is_not_scanned_on_every_request(monkeypatch: Any) -> None:
+    # One client with many addresses (an IPv6 range) can fill the table with buckets all
+    # used within the hour: the idle-bucket prune then frees nothing, and ran again on every
+    # request (a scan of the whole table each time). The stalest half goes instead.
+    monkeypatch.setattr(ratelimit, "_MAX_BUCKETS", 1000)
+    limiter = ratelimit.RateLimiter(TestClock())
+    scans = 0
+    prune = limiter._prune
+
+    def counting(now: float) -> None:
+        nonlocal scans
+        scans += 1
+        prune(now)
+
+    monkeypatch.setattr(limiter, "_prune", counting)
+    limit = RateLimit(1.0, 5)
+    for n in range(3000):
+        limiter.check("login", f"2001:db8::{n:x}", limit)
+    assert len(limiter._buckets) <= 1000
+    assert scans <= 5, scans
