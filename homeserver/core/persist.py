@@ -52,6 +52,7 @@ from homeserver.core.room_heads import RoomHeads
 from homeserver.errors import ServiceUnavailable, StorageFull
 from homeserver.storage.connection_pool import CommitOutcomeUnknown, DatabaseUnavailable
 from homeserver.storage.events import EventStore, PersistItem
+from homeserver.workers.event_positions import WriterPositions
 
 log = Logger()
 
@@ -90,16 +91,21 @@ class EventPersister:
         heads: RoomHeads,
         publish: Callable[[int, list[PersistItem]], None],
         timer: Any,
+        positions: WriterPositions | None = None,
     ) -> None:
         """`publish(upto, items)` is called after each commit, in stream order. `timer` (the
-        reactor, or a Clock in tests) times the gathering wait and the retry pauses."""
+        reactor, or a Clock in tests) times the gathering wait and the retry pauses.
+        `positions`: this writer's share of the positions (homeserver/workers/event_positions.py);
+        by default the only writer's, every integer."""
         self.store = store
+        self.positions = positions or WriterPositions()
+        # Several processes read the stream: each commit saves this writer's promise with it.
+        self.save_promise = False
         self.heads = heads
         self._publish = publish
         self._timer = timer
         self._queue: list[_Pending] = []
         self._running = False
-        self._next_stream = 0
         self._last_queued = 0
         self._unavailable_since: float | None = None
         self.persisted_upto = 0
@@ -111,16 +117,21 @@ class EventPersister:
         # With several processes: whether this one writes a room (Topology.writes_room). An
         # event of a room written elsewhere reaching here is a write that was not forwarded.
         self.owns_room: Callable[[str], bool] | None = None
+        # Told when a request failed (its positions no longer hold the promise back).
+        self.on_failed: Callable[[], None] | None = None
 
-    async def start(self) -> None:
+    async def start(self, start_after: int | None = None) -> None:
+        """Positions continue above the newest stored event, or above `start_after` (with
+        several writers: every stored position and saved promise)."""
         self.persisted_upto = await self.store.max_stream_ordering()
-        self._next_stream = self._last_queued = self.persisted_upto + 1
+        after = self.persisted_upto if start_after is None else max(start_after, self.persisted_upto)
+        positions = self.positions
+        self.positions = WriterPositions(positions.name, positions.index, positions.count, after)
+        self._last_queued = self.positions.next_position
 
     def allocate_stream_ordering(self) -> int:
-        """The next global stream position; called synchronously while building an event."""
-        position = self._next_stream
-        self._next_stream += 1
-        return position
+        """The next stream position of this writer; called synchronously while building an event."""
+        return self.positions.allocate()
 
     def persist(self, items: list[PersistItem]) -> Deferred[None]:
         """Queue events (already in stream order) to be written together; fires after their commit.
@@ -138,6 +149,7 @@ class EventPersister:
         self._last_queued = items[-1].event.stream_ordering
         for item in items:
             self.heads.hold(item.event.room_id)
+        self.positions.queued(first)
         pending = _Pending(items)
         self._queue.append(pending)
         if not self._running:
@@ -210,7 +222,11 @@ class EventPersister:
         delay = RETRY_MIN_S
         while True:
             try:
-                await self.store.persist_events(items)
+                if self.save_promise:
+                    promise = self.positions.promise_after(items[-1].event.stream_ordering)
+                    await self.store.persist_events(items, (self.positions.name, promise))
+                else:
+                    await self.store.persist_events(items)
                 self._unavailable_since = None
                 return
             except CommitOutcomeUnknown:
@@ -244,6 +260,8 @@ class EventPersister:
         self.persisted_upto = max(self.persisted_upto, items[-1].event.stream_ordering)
         if self.on_commit is not None:
             self.on_commit(len(items))
+        for p in batch:
+            self.positions.settled(p.items[0].event.stream_ordering)
         try:
             self._publish(self.persisted_upto, items)
         finally:
@@ -258,6 +276,9 @@ class EventPersister:
     def _fail(self, p: _Pending, error: Exception) -> None:
         for item in p.items:
             self.heads.release(item.event.room_id)
+        self.positions.settled(p.items[0].event.stream_ordering)
+        if self.on_failed is not None:
+            self.on_failed()
         p.done.errback(error)
 
     def _sleep(self, seconds: float) -> Deferred[None]:

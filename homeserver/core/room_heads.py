@@ -36,6 +36,9 @@ class RoomHead:
     state: dict[tuple[str, str], StoredEvent] = field(default_factory=dict)
     extremities: list[str] = field(default_factory=list)
     depth: int = 0
+    # The newest event the head includes, where known (a head loaded from the database, or
+    # kept by another writer's events: homeserver/workers/event_replication.py).
+    position: int = 0
     _members: dict[tuple[str, ...], list[str]] = field(default_factory=dict, repr=False, compare=False)
     # core/visibility.py's cache: (id of the history_visibility event it ends with, its changes).
     visibility_changes: tuple[str, Any] | None = field(default=None, repr=False, compare=False)
@@ -83,6 +86,14 @@ class RoomHead:
         self.extremities.append(ev.event_id)
         self.depth = max(self.depth, ev.depth)
 
+    def apply_committed(self, ev: StoredEvent) -> None:
+        """Chain on an event another process wrote, unless the head already has it (it was
+        loaded from the database after that event committed)."""
+        if ev.stream_ordering <= self.position or ev.event_id in self.extremities:
+            return
+        self.apply(ev)
+        self.position = ev.stream_ordering
+
 
 class RoomHeads:
     def __init__(self, store: EventStore, max_heads: int = MAX_HEADS) -> None:
@@ -110,7 +121,12 @@ class RoomHeads:
         head = self._heads.get(room_id)
         if head is None:
             head = RoomHead(
-                snapshot.room_id, snapshot.room_version, snapshot.state, snapshot.extremities, snapshot.depth
+                snapshot.room_id,
+                snapshot.room_version,
+                snapshot.state,
+                snapshot.extremities,
+                snapshot.depth,
+                position=snapshot.position,
             )
             self.put(head)
         return head
@@ -123,6 +139,12 @@ class RoomHeads:
         self._heads[head.room_id] = head
         if len(self._heads) > self.max_heads:
             self._evict_one()
+
+    def forget(self, room_id: str) -> None:
+        """Drop the head (the next `get` loads it again), unless this process has events of
+        the room in flight."""
+        if room_id not in self._in_flight:
+            self._heads.pop(room_id, None)
 
     def _evict_one(self) -> None:
         """Drop the least recently used head that has nothing in flight."""

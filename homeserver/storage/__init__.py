@@ -25,6 +25,7 @@ from homeserver.storage.rooms import RoomStore
 from homeserver.storage.search import SearchStore
 from homeserver.storage.server_keys import ServerKeyStore
 from homeserver.storage.stream_consumers import StreamConsumerStore
+from homeserver.storage.stream_writers import StreamWriterStore
 from homeserver.storage.user_data import UserDataStore
 from homeserver.storage.user_directory import UserDirectoryStore
 
@@ -42,6 +43,7 @@ class Storage:
         self.user_data = UserDataStore(db)
         self.e2ee = E2eeStore(db)
         self.stream_consumers = StreamConsumerStore(db)
+        self.stream_writers = StreamWriterStore(db)
         self.pushers = PusherStore(db)
         self.openid = OpenIdStore(db)
         self.search = SearchStore(db)

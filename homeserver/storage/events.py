@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 from homeserver.json_encoding import dumps_text
 from homeserver.storage.database import Database, Txn
+from homeserver.storage.stream_writers import save_promise_txn
 
 
 @dataclass
@@ -82,6 +83,8 @@ class RoomSnapshot:
     state: dict[tuple[str, str], StoredEvent]
     extremities: list[str]
     depth: int
+    # The newest position of the room's forward extremities: what the snapshot includes.
+    position: int = 0
 
 
 _EVENT_COLUMNS = "e.event_id, e.room_id, e.stream_ordering, e.json, e.unsigned_extra, r.event_id"
@@ -127,11 +130,15 @@ class EventRow(NamedTuple):
         return _row_to_event(self)
 
 
-def persist_events_txn(txn: Txn, items: Sequence[PersistItem]) -> None:
+def persist_events_txn(
+    txn: Txn, items: Sequence[PersistItem], promise: tuple[str, int] | None = None
+) -> None:
     """Write a batch of events (in stream order) and every row they change.
 
     Rows are collected per table and written with one multi-row INSERT each,
-    so a batch costs a handful of round trips whatever its size.
+    so a batch costs a handful of round trips whatever its size. `promise` (writer name,
+    position): with several event writers, the writer's promise after this batch, saved
+    in the same transaction (homeserver/workers/event_positions.py).
     """
     rooms: list[_Row] = []
     events: list[_Row] = []
@@ -276,14 +283,21 @@ def persist_events_txn(txn: Txn, items: Sequence[PersistItem]) -> None:
             ),
             relations,
         )
+        if promise is not None:
+            save_promise_txn(txn, *promise)
 
 
 class EventStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def persist_events(self, items: Sequence[PersistItem]) -> None:
-        await self.db.run_write("persist_events", persist_events_txn, items)
+    async def persist_events(
+        self, items: Sequence[PersistItem], promise: tuple[str, int] | None = None
+    ) -> None:
+        if promise is None:
+            await self.db.run_write("persist_events", persist_events_txn, items)
+        else:
+            await self.db.run_write("persist_events", persist_events_txn, items, promise)
 
     async def event_stored(self, event_id: str) -> bool:
         rows = await self.db.query("event_stored", "SELECT 1 FROM events WHERE event_id = ?", event_id)
@@ -299,6 +313,25 @@ class EventStore:
             " WHERE e.stream_ordering > ? AND e.stream_ordering <= ? ORDER BY e.stream_ordering LIMIT ?",
             after,
             upto,
+            limit,
+        )
+        return [PersistItem(_row_to_event(r), r[6]) for r in rows]
+
+    async def committed_events_of_writer(
+        self, after: int, upto: int, limit: int, writers: int, index: int
+    ) -> list[PersistItem]:
+        """Like `committed_events`, only those at positions = `index` (mod `writers`): what
+        one of several event writers wrote (homeserver/workers/event_replication.py)."""
+        rows = await self.db.query(
+            "committed_events_of_writer",
+            f"SELECT {_EVENT_COLUMNS}, m.room_version"
+            f" FROM {_EVENT_FROM} JOIN rooms m ON m.room_id = e.room_id"
+            " WHERE e.stream_ordering > ? AND e.stream_ordering <= ? AND e.stream_ordering % ? = ?"
+            " ORDER BY e.stream_ordering LIMIT ?",
+            after,
+            upto,
+            writers,
+            index,
             limit,
         )
         return [PersistItem(_row_to_event(r), r[6]) for r in rows]
@@ -325,12 +358,13 @@ class EventStore:
                 ev = _row_to_event(row)
                 state[(ev.type, ev.state_key or "")] = ev
             extremities = txn.query(
-                "SELECT x.event_id, e.depth FROM event_forward_extremities x"
+                "SELECT x.event_id, e.depth, e.stream_ordering FROM event_forward_extremities x"
                 " JOIN events e ON e.event_id = x.event_id WHERE x.room_id = ? ORDER BY e.stream_ordering",
                 (room_id,),
             )
             depth = max((int(r[1]) for r in extremities), default=0)
-            return RoomSnapshot(room_id, room[0], state, [r[0] for r in extremities], depth)
+            position = int(extremities[-1][2]) if extremities else 0
+            return RoomSnapshot(room_id, room[0], state, [r[0] for r in extremities], depth, position)
 
         return await self.db.run_interaction("load_room", load_txn)
 
