@@ -1,0 +1,349 @@
+"""Every process's event stream, merged from the batches of all event writers.
+
+With several event writers (homeserver/workers/event_positions.py) no process writes every
+event, yet each one's `EventStream` must publish every committed event, in position order,
+once: the timeline cache, sync, sliding sync, unread counts and the notifier read it.
+
+- A writer, after each commit, publishes the batch on the bus (channel `events`) with its
+  promise before (`since`) and after (`promise`) the batch. A message covers the range
+  (since, promise] of that writer completely: every event of the writer in that range that
+  is committed is in it or in an earlier message.
+- Every process keeps, per writer, `complete`: every event of that writer up to there is
+  published or waiting here in memory. A message whose `since` is above `complete` means
+  messages were lost (a bus disconnect, a writer restart): the missing range of that writer
+  is read from the database (its positions are those = its index modulo the writers), and
+  the messages behind it wait meanwhile. After every bus (re)connect, the promises saved with
+  each commit (table `stream_writers`) say how far each writer's events are to be read.
+- Waiting events are published locally up to the lowest `complete` of all writers (the
+  global position), in position order.
+- An idle writer that sees another writer's event moves its own positions above it and
+  announces its new promise (without that, the idle writer would hold everyone back).
+  Writers also repeat their promise every HEARTBEAT_S: a lost last message costs at most
+  that long.
+- A process keeps the heads of rooms it does not write (kept for reads: who is joined is
+  what the notifier wakes) true by applying those rooms' events before publishing them; a
+  head not in memory is loaded first, and a state resolution's result (a fork merged) is
+  read again from the database.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from homeserver.core.event_stream import EventStream
+from homeserver.core.persist import EventPersister
+from homeserver.core.room_heads import RoomHeads
+from homeserver.logs import log_failure
+from homeserver.storage.events import EventStore, PersistItem, StoredEvent
+from homeserver.storage.stream_writers import StreamWriterStore
+
+log = Logger()
+
+CHANNEL = "events"
+HEARTBEAT_S = 1.0
+FILL_PAGE = 500
+RETRY_S = 0.5
+
+Message = dict[str, Any]
+
+
+def encode_item(item: PersistItem) -> dict[str, Any]:
+    """What the inline consumers of another process need of a committed event."""
+    ev = item.event
+    out: dict[str, Any] = {
+        "id": ev.event_id,
+        "room": ev.room_id,
+        "pos": ev.stream_ordering,
+        "pdu": ev.pdu,
+        "version": item.room_version,
+    }
+    if ev.unsigned_extra:
+        out["unsigned"] = ev.unsigned_extra
+    if item.txn is not None:
+        out["txn"] = list(item.txn)
+    if item.current_state is not None:
+        out["resolved"] = True  # the room's state is a resolution's: read it again
+    return out
+
+
+def decode_item(raw: dict[str, Any]) -> PersistItem:
+    ev = StoredEvent(raw["id"], raw["room"], int(raw["pos"]), raw["pdu"], raw.get("unsigned") or {})
+    txn = raw.get("txn")
+    item = PersistItem(ev, raw["version"], txn=(txn[0], txn[1], txn[2]) if txn else None)
+    if raw.get("resolved"):
+        item.current_state = {}
+    return item
+
+
+@dataclass
+class _Writer:
+    """What this process has of one writer's events."""
+
+    name: str
+    index: int
+    complete: int  # every event of the writer up to here is published or waiting here
+    want: int = 0  # read from the database up to here
+    filling: bool = False
+    held: deque[Message] = field(default_factory=deque)
+    seq: int = 0
+
+
+class EventReplication:
+    def __init__(
+        self,
+        *,
+        me: str,
+        writers: list[str],
+        bus: Any,
+        stream: EventStream,
+        events: EventStore,
+        promises: StreamWriterStore,
+        heads: RoomHeads,
+        writes_room: Callable[[str], bool],
+        clock: Any,
+        persister: EventPersister | None = None,
+    ) -> None:
+        """`persister` is this process's when it is one of `writers` (named `me`)."""
+        self.me = me
+        self.writers = list(writers)
+        self.bus = bus
+        self.stream = stream
+        self.events = events
+        self.promises = promises
+        self.heads = heads
+        self.writes_room = writes_room
+        self.clock = clock
+        self.persister = persister if me in self.writers else None
+        self._writers: dict[str, _Writer] = {}
+        self._pending: list[tuple[int, int, PersistItem]] = []  # a heap by position
+        self._order = itertools.count()
+        self._advancing = False
+        self._again = False
+        self._announced = 0
+        self._seq = 0
+        self._heartbeat: Any = None
+
+    # Start -------------------------------------------------------------------------------
+
+    async def start(self) -> int:
+        """Load where each writer stands; return the position this process's stream starts at
+        (everything up to it is committed, and read from the database by whoever needs it)."""
+        newest = await self.events.max_stream_ordering()
+        saved = await self.promises.promises()
+        # A writer that never saved a promise has written nothing above the newest event.
+        known = {w: saved.get(w, newest) for w in self.writers}
+        start = min(known.values())
+        self._writers = {w: _Writer(w, i, complete=start, want=known[w]) for i, w in enumerate(self.writers)}
+        persister = self.persister
+        if persister is not None:
+            mine = self._writers[self.me]
+            # My own events of my previous run, above the start: from the database, now
+            # (nothing of this run is committed yet).
+            await self._fill_now(mine)
+            persister.positions.name = self.me
+            persister.save_promise = True
+            await persister.start(max(newest, *saved.values(), *known.values()))
+            persister._publish = self._committed_here
+            persister.on_failed = self._announce
+            self._announced = persister.positions.promise
+            mine.complete = self._announced
+            await self.promises.save(self.me, self._announced)
+        self.bus.subscribe(CHANNEL, self._received)
+        self.bus.on_connected(self._connected)
+        return start
+
+    def start_heartbeat(self) -> None:
+        if self.persister is not None:
+            self._heartbeat = self.clock.looping_call(HEARTBEAT_S, self._beat)
+
+    def stop(self) -> None:
+        if self._heartbeat is not None and self._heartbeat.running:
+            self._heartbeat.stop()
+
+    async def _connected(self) -> None:
+        """After every bus (re)connect: messages may have been lost; read what the saved
+        promises say is committed."""
+        saved = await self.promises.promises()
+        for name, writer in self._writers.items():
+            if name != self.me and saved.get(name, 0) > writer.complete:
+                self._fill(writer, saved[name])
+        if self.persister is not None:
+            self._beat()
+
+    # This process's commits ------------------------------------------------------------------
+
+    def _committed_here(self, upto: int, items: list[PersistItem]) -> None:
+        """The persister's publish: announce the batch, and merge it with the others'."""
+        assert self.persister is not None
+        promise = self.persister.positions.promise
+        self._send([encode_item(i) for i in items], promise)
+        mine = self._writers[self.me]
+        for item in items:
+            self._wait(item)
+        mine.complete = max(mine.complete, promise)
+        self._advance()
+
+    def _announce(self) -> None:
+        """Tell the others if this writer's promise moved without a commit."""
+        assert self.persister is not None
+        promise = self.persister.positions.promise
+        if promise > self._announced:
+            self._send([], promise)
+            mine = self._writers[self.me]
+            mine.complete = max(mine.complete, promise)
+            self._advance()
+
+    def _beat(self) -> None:
+        assert self.persister is not None
+        if self.persister.positions.promise > self._announced:
+            self._announce()
+        else:
+            self._send([], self._announced)
+
+    def _send(self, items: list[dict[str, Any]], promise: int) -> None:
+        self._seq += 1
+        message = {
+            "writer": self.me,
+            "seq": self._seq,
+            "since": self._announced,
+            "promise": promise,
+            "items": items,
+        }
+        self._announced = promise
+        self.bus.publish(CHANNEL, message)
+
+    # Other writers' messages -----------------------------------------------------------------
+
+    def _received(self, message: Message) -> None:
+        writer = self._writers.get(message.get("writer", ""))
+        if writer is None or writer.name == self.me:
+            log.warn("event batch from unknown writer {w!r} ignored", w=message.get("writer"))
+            return
+        if self.persister is not None and message["items"]:
+            # Stay above what the others write, so that an idle writer does not hold them back.
+            self.persister.positions.observe(max(int(i["pos"]) for i in message["items"]))
+            self._announce()
+        if writer.filling or writer.held:
+            writer.held.append(message)
+            return
+        if int(message["since"]) > writer.complete:
+            writer.held.append(message)
+            self._fill(writer, int(message["since"]))
+            return
+        self._apply(writer, message)
+        self._advance()
+
+    def _apply(self, writer: _Writer, message: Message) -> None:
+        complete = writer.complete
+        for raw in message["items"]:
+            if int(raw["pos"]) > complete:
+                self._wait(decode_item(raw))
+        writer.complete = max(complete, int(message["promise"]))
+        writer.seq = int(message["seq"])
+
+    def _wait(self, item: PersistItem) -> None:
+        heapq.heappush(self._pending, (item.event.stream_ordering, next(self._order), item))
+
+    # Reading a writer's missed events from the database ------------------------------------------
+
+    def _fill(self, writer: _Writer, upto: int) -> None:
+        writer.want = max(writer.want, upto)
+        if not writer.filling:
+            Deferred.fromCoroutine(self._filling(writer))
+
+    async def _filling(self, writer: _Writer) -> None:
+        writer.filling = True
+        try:
+            while True:
+                await self._fill_now(writer)
+                while writer.held and int(writer.held[0]["since"]) <= writer.complete:
+                    self._apply(writer, writer.held.popleft())
+                if not writer.held:
+                    break
+                writer.want = max(writer.want, int(writer.held[0]["since"]))
+        finally:
+            writer.filling = False
+        self._advance()
+
+    async def _fill_now(self, writer: _Writer) -> None:
+        """Read the writer's events in (complete, want] from the database into the waiting ones."""
+        count = len(self.writers)
+        while writer.complete < writer.want:
+            try:
+                items = await self.events.committed_events_of_writer(
+                    writer.complete, writer.want, FILL_PAGE, count, writer.index
+                )
+            except Exception:
+                log_failure(log, "could not read the events of writer {w}", w=writer.name)
+                await self._sleep(RETRY_S)
+                continue
+            for item in items:
+                self._wait(item)
+            writer.complete = items[-1].event.stream_ordering if len(items) == FILL_PAGE else writer.want
+
+    # Publishing locally --------------------------------------------------------------------
+
+    @property
+    def position(self) -> int:
+        """How far every writer's events are here: the global position."""
+        return min(w.complete for w in self._writers.values())
+
+    def _advance(self) -> None:
+        if self._advancing:
+            self._again = True
+            return
+        Deferred.fromCoroutine(self._advancing_loop())
+
+    async def _advancing_loop(self) -> None:
+        self._advancing = True
+        try:
+            while True:
+                self._again = False
+                upto = self.position
+                if upto <= self.stream.position:
+                    if self._again:
+                        continue
+                    return
+                items: list[PersistItem] = []
+                pending = self._pending
+                while pending and pending[0][0] <= upto:
+                    items.append(heapq.heappop(pending)[2])
+                await self._keep_heads(items)
+                self.stream.publish(upto, items)
+        except Exception:
+            log_failure(log, "publishing replicated events failed")
+        finally:
+            self._advancing = False
+
+    async def _keep_heads(self, items: list[PersistItem]) -> None:
+        """Bring the heads of rooms written elsewhere up to `items` (loading those not in memory)."""
+        for item in items:
+            ev = item.event
+            room_id = ev.room_id
+            if self.writes_room(room_id):
+                continue
+            if item.current_state is not None:
+                self.heads.forget(room_id)
+            head = self.heads.peek(room_id)
+            if head is None:
+                try:
+                    head = await self.heads.get(room_id)
+                except Exception:
+                    log_failure(log, "could not load the head of {room}", room=room_id)
+                    continue
+                if head is None:
+                    continue
+            head.apply_committed(ev)
+
+    def _sleep(self, seconds: float) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self.clock.callLater(seconds, d.callback, None)
+        return d
