@@ -129,6 +129,8 @@ from homeserver.storage.migrations import migrate
 from homeserver.storage.registration_tokens import RegistrationTokenStore
 from homeserver.threads import WorkerThreads
 from homeserver.workers.bus import Bus, LocalBus, RedisBus
+from homeserver.workers.event_positions import WriterPositions
+from homeserver.workers.event_replication import EventReplication
 from homeserver.workers.event_writes import RoomWriters, register_event_writes
 from homeserver.workers.invalidation import CacheInvalidation
 from homeserver.workers.jobs import wire_jobs
@@ -429,7 +431,24 @@ class HomeServer:
         # Every consumer of committed events reads this one ordered stream (docs/architecture.md).
         self.stream = EventStream(store, self.storage.stream_consumers, self.clock, self.clock.time_ms)
         self.stream.register_metrics(self.metrics)
-        self.persister = EventPersister(store, self.room_heads, self.stream.publish, self.clock)
+        self.persister = EventPersister(
+            store, self.room_heads, self.stream.publish, self.clock, self._writer_positions()
+        )
+        # Several processes: every event writer's batches, merged into this one's stream.
+        self.replication: EventReplication | None = None
+        if self.topology.multi:
+            self.replication = EventReplication(
+                me=self.topology.me,
+                writers=self.topology.event_writers,
+                bus=self.bus,
+                stream=self.stream,
+                events=store,
+                promises=self.storage.stream_writers,
+                heads=self.room_heads,
+                writes_room=self.topology.writes_room,
+                clock=self.clock,
+                persister=self.persister,
+            )
         self.timeline = TimelineCache(store)
         self.events = EventService(
             self.config.server_name, self.signing_key, self.clock, self.room_heads, self.persister, store
@@ -680,6 +699,13 @@ class HomeServer:
         if event_ids:
             self.unread.forget_room(room_id)
 
+    def _writer_positions(self) -> WriterPositions | None:
+        """This process's share of the event positions, when it is one of several writers."""
+        index = self.topology.writer_index() if self.topology.multi else None
+        if index is None:
+            return None
+        return WriterPositions(self.topology.me, index, len(self.topology.event_writers))
+
     def _joined_members(self, room_id: str) -> list[str]:
         head = self.room_heads.peek(room_id)
         return head.members("join") if head is not None else []
@@ -726,9 +752,13 @@ class HomeServer:
         """Migrate the schema, load stream positions, start the plugins (before the port opens)."""
         await migrate(self.storage.db)
         await migrate_plugin_schemas(self.storage.db, self.config)
-        await self.persister.start()
-        self.stream.start(self.persister.persisted_upto)
-        await self.timeline.start(self.persister.persisted_upto)
+        if self.replication is not None:
+            position = await self.replication.start()
+        else:
+            await self.persister.start()
+            position = self.persister.persisted_upto
+        self.stream.start(position)
+        await self.timeline.start(position)
         await self.sync.start()
         positions = await self.storage.user_data.max_stream_ids()
         self.account_data.start(positions["account_data"])
@@ -763,6 +793,8 @@ class HomeServer:
             self.stream_replication.start()
         # Once every service has loaded its positions: connect callbacks catch up from there.
         await self.bus.start()
+        if self.replication is not None:
+            self.replication.start_heartbeat()
         self.plugins = await start_plugins(self, self.router)
         # After the plugins: a restarted export includes their parts (media).
         if self.topology.runs("background"):
@@ -865,6 +897,8 @@ class HomeServer:
             self.stream_replication.stop()
         if self.shared_limits is not None:
             self.shared_limits.stop()
+        if self.replication is not None:
+            self.replication.stop()
         self.retention.stop()
         self.typing.stop_all()
         try:

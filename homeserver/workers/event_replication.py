@@ -44,6 +44,7 @@ from homeserver.core.room_heads import RoomHeads
 from homeserver.logs import log_failure
 from homeserver.storage.events import EventStore, PersistItem, StoredEvent
 from homeserver.storage.stream_writers import StreamWriterStore
+from homeserver.workers.bus import Bus
 
 log = Logger()
 
@@ -102,7 +103,7 @@ class EventReplication:
         *,
         me: str,
         writers: list[str],
-        bus: Any,
+        bus: Bus,
         stream: EventStream,
         events: EventStore,
         promises: StreamWriterStore,
@@ -277,9 +278,11 @@ class EventReplication:
         """Read the writer's events in (complete, want] from the database into the waiting ones."""
         count = len(self.writers)
         while writer.complete < writer.want:
+            # `want` may rise while the page is read: this page covers up to `upto` only.
+            after, upto = writer.complete, writer.want
             try:
                 items = await self.events.committed_events_of_writer(
-                    writer.complete, writer.want, FILL_PAGE, count, writer.index
+                    after, upto, FILL_PAGE, count, writer.index
                 )
             except Exception:
                 log_failure(log, "could not read the events of writer {w}", w=writer.name)
@@ -287,7 +290,7 @@ class EventReplication:
                 continue
             for item in items:
                 self._wait(item)
-            writer.complete = items[-1].event.stream_ordering if len(items) == FILL_PAGE else writer.want
+            writer.complete = items[-1].event.stream_ordering if len(items) == FILL_PAGE else upto
 
     # Publishing locally --------------------------------------------------------------------
 
