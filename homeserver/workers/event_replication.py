@@ -20,6 +20,9 @@ once: the timeline cache, sync, sliding sync, unread counts and the notifier rea
   announces its new promise (without that, the idle writer would hold everyone back).
   Writers also repeat their promise every HEARTBEAT_S: a lost last message costs at most
   that long.
+- Behind a writer that holds the stream (a dead one, until it restarts), at most
+  MAX_WAITING events wait in memory; past that the other writers' batches are dropped
+  and read from the database once it moves (their next batch or heartbeat shows the gap).
 - A process keeps the heads of rooms it does not write (kept for reads: who is joined is
   what the notifier wakes) true by applying those rooms' events before publishing them; a
   head not in memory is loaded first, and a state resolution's result (a fork merged) is
@@ -52,6 +55,9 @@ CHANNEL = "events"
 HEARTBEAT_S = 1.0
 FILL_PAGE = 500
 RETRY_S = 0.5
+# Events waiting in memory behind a writer that holds the stream (one that died): past this
+# many, the other writers' batches are dropped, to be read from the database once it moves.
+MAX_WAITING = 50_000
 
 Message = dict[str, Any]
 
@@ -85,6 +91,15 @@ def decode_item(raw: dict[str, Any]) -> PersistItem:
 
 
 @dataclass
+class _Batch:
+    """One message of a writer: its events in (since, promise], all it committed there."""
+
+    since: int
+    promise: int
+    items: list[PersistItem]
+
+
+@dataclass
 class _Writer:
     """What this process has of one writer's events."""
 
@@ -93,8 +108,7 @@ class _Writer:
     complete: int  # every event of the writer up to here is published or waiting here
     want: int = 0  # read from the database up to here
     filling: bool = False
-    held: deque[Message] = field(default_factory=deque)
-    seq: int = 0
+    held: deque[_Batch] = field(default_factory=deque)
 
 
 class EventReplication:
@@ -184,13 +198,7 @@ class EventReplication:
     def _committed_here(self, upto: int, items: list[PersistItem]) -> None:
         """The persister's publish: announce the batch, and merge it with the others'."""
         assert self.persister is not None
-        promise = self.persister.positions.promise
-        self._send([encode_item(i) for i in items], promise)
-        mine = self._writers[self.me]
-        for item in items:
-            self._wait(item)
-        mine.complete = max(mine.complete, promise)
-        self._advance()
+        self._send(items, self.persister.positions.promise)
 
     def _announce(self) -> None:
         """Tell the others if this writer's promise moved without a commit."""
@@ -198,9 +206,6 @@ class EventReplication:
         promise = self.persister.positions.promise
         if promise > self._announced:
             self._send([], promise)
-            mine = self._writers[self.me]
-            mine.complete = max(mine.complete, promise)
-            self._advance()
 
     def _beat(self) -> None:
         assert self.persister is not None
@@ -209,17 +214,19 @@ class EventReplication:
         else:
             self._send([], self._announced)
 
-    def _send(self, items: list[dict[str, Any]], promise: int) -> None:
+    def _send(self, items: list[PersistItem], promise: int) -> None:
+        """Publish this writer's batch to the others, and take it here like theirs."""
         self._seq += 1
+        since, self._announced = self._announced, promise
         message = {
             "writer": self.me,
             "seq": self._seq,
-            "since": self._announced,
+            "since": since,
             "promise": promise,
-            "items": items,
+            "items": [encode_item(i) for i in items],
         }
-        self._announced = promise
         self.bus.publish(CHANNEL, message)
+        self._take(self._writers[self.me], _Batch(since, promise, items))
 
     # Other writers' messages -----------------------------------------------------------------
 
@@ -228,30 +235,41 @@ class EventReplication:
         if writer is None or writer.name == self.me:
             log.warn("event batch from unknown writer {w!r} ignored", w=message.get("writer"))
             return
-        if self.persister is not None and message["items"]:
+        items = [decode_item(raw) for raw in message["items"]]
+        if self.persister is not None and items:
             # Stay above what the others write, so that an idle writer does not hold them back.
-            self.persister.positions.observe(max(int(i["pos"]) for i in message["items"]))
+            self.persister.positions.observe(items[-1].event.stream_ordering)
             self._announce()
+        self._take(writer, _Batch(int(message["since"]), int(message["promise"]), items))
+
+    def _take(self, writer: _Writer, batch: _Batch) -> None:
+        if not self._may_take(writer):
+            # Its next batch (or heartbeat, within HEARTBEAT_S) shows the gap; read then.
+            return
         if writer.filling or writer.held:
-            writer.held.append(message)
+            writer.held.append(batch)
             return
-        if int(message["since"]) > writer.complete:
-            writer.held.append(message)
-            self._fill(writer, int(message["since"]))
+        if batch.since > writer.complete:
+            writer.held.append(batch)
+            self._fill(writer, batch.since)
             return
-        self._apply(writer, message)
+        self._apply(writer, batch)
         self._advance()
 
-    def _apply(self, writer: _Writer, message: Message) -> None:
+    def _apply(self, writer: _Writer, batch: _Batch) -> None:
         complete = writer.complete
-        for raw in message["items"]:
-            if int(raw["pos"]) > complete:
-                self._wait(decode_item(raw))
-        writer.complete = max(complete, int(message["promise"]))
-        writer.seq = int(message["seq"])
+        for item in batch.items:
+            if item.event.stream_ordering > complete:
+                self._wait(item)
+        writer.complete = max(complete, batch.promise)
 
     def _wait(self, item: PersistItem) -> None:
         heapq.heappush(self._pending, (item.event.stream_ordering, next(self._order), item))
+
+    def _may_take(self, writer: _Writer) -> bool:
+        """Whether to take in more of `writer`'s events: always while few wait, and from the
+        writers holding the stream back (only they can move it) however many wait."""
+        return len(self._pending) < MAX_WAITING or writer.complete <= self.position
 
     # Reading a writer's missed events from the database ------------------------------------------
 
@@ -265,11 +283,14 @@ class EventReplication:
         try:
             while True:
                 await self._fill_now(writer)
-                while writer.held and int(writer.held[0]["since"]) <= writer.complete:
+                if not self._may_take(writer):
+                    writer.held.clear()  # read again once fewer wait (see _take)
+                    break
+                while writer.held and writer.held[0].since <= writer.complete:
                     self._apply(writer, writer.held.popleft())
                 if not writer.held:
                     break
-                writer.want = max(writer.want, int(writer.held[0]["since"]))
+                writer.want = max(writer.want, writer.held[0].since)
         finally:
             writer.filling = False
         self._advance()
@@ -277,7 +298,7 @@ class EventReplication:
     async def _fill_now(self, writer: _Writer) -> None:
         """Read the writer's events in (complete, want] from the database into the waiting ones."""
         count = len(self.writers)
-        while writer.complete < writer.want:
+        while writer.complete < writer.want and self._may_take(writer):
             # `want` may rise while the page is read: this page covers up to `upto` only.
             after, upto = writer.complete, writer.want
             try:

@@ -7,7 +7,8 @@ from the database (a store the test fills) when messages were lost.
   missing range of that writer's positions; messages arriving meanwhile wait, and one that
   asks for more while a page is being read makes it read that too;
 - after a bus reconnect the reader reads up to the promises saved in the database;
-- an item it has already (read from the database) is not published twice.
+- an item it has already (read from the database) is not published twice;
+- behind a writer that holds the stream, at most MAX_WAITING events wait in memory.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from twisted.internet.defer import Deferred
 from homeserver.core.event_stream import EventStream
 from homeserver.core.room_heads import RoomHeads
 from homeserver.storage.events import PersistItem, StoredEvent
+from homeserver.workers import event_replication
 from homeserver.workers.bus import MemoryHub
 from homeserver.workers.event_replication import CHANNEL, EventReplication, decode_item, encode_item
 
@@ -209,3 +211,19 @@ def test_items_travel_with_what_the_inline_consumers_need() -> None:
     assert back.current_state is None
     original.current_state = {("m.room.name", ""): "$n"}
     assert decode_item(encode_item(original)).current_state == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_behind_a_writer_holding_the_stream_few_events_wait_in_memory(monkeypatch: Any) -> None:
+    monkeypatch.setattr(event_replication, "MAX_WAITING", 3)
+    r = Reader()
+    await r.start()
+    r.send("w2", 3, 1, 3)
+    r.send("w2", 7, 5, 7)
+    r.send("w2", 11, 9, 11)  # four wait behind w1 already: dropped, for now
+    assert r.published == []
+    r.send("w1", 12, 2, 4, 6, 8, 10, 12)  # the writer holding the stream is always taken
+    assert r.published == [1, 2, 3, 4, 5, 6, 7]
+    r.send("w2", 11, since=11)  # its heartbeat shows what was dropped
+    assert r.published == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+    assert r.events.reads == [(7, 11, 1)]
