@@ -64,10 +64,6 @@ class Cluster:
             hs.persister.on_commit = self.commits[name].append
             await hs.start()
             self.servers[name] = hs
-        # Until the multi-writer positions land (workers.md, wk-events), the second writer
-        # allocates from far above the first so that their positions never collide.
-        w2 = self.servers["w2"].persister
-        w2._next_stream = w2._last_queued = 1_000_000_000
 
     async def stop(self) -> None:
         for hs in self.servers.values():
@@ -87,8 +83,9 @@ class Cluster:
             conn.close()
 
     def persisted_by(self, event_id: str) -> str:
+        """The writer whose position the event has: writer k of n writes those = k (mod n)."""
         ((_, position),) = self.stored(event_id)
-        return "w2" if position >= 1_000_000_000 else "w1"
+        return ("w1", "w2")[position % 2]
 
 
 async def state_of(hs: HomeServer, room_id: str, event_type: str, state_key: str) -> Any:
