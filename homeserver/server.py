@@ -531,6 +531,7 @@ class HomeServer:
             lambda: self.stream.position,
             self.ignored_users,
         )
+        self.sync.tokens_from_elsewhere = self.topology.multi
         # Sync first: a deleted device's waiting long-poll ends with M_UNKNOWN_TOKEN, before
         # the key change wakes it with news it should no longer get.
         self.accounts.on_devices_deleted.append(self.sync.devices_deleted)

@@ -245,10 +245,21 @@ async def test_a_reader_cut_off_from_the_bus_catches_up_from_the_database(cluste
         stored = await cluster.stored_positions()
         await until(lambda: w1.stream.position >= stored[-1] and w2.stream.position >= stored[-1], "writers")
         assert w3.stream.position == cut_at  # nothing reached it
+        # The client moves to w3 with a token from w1, ahead of w3: w3 never answers below it.
+        on_w1 = SyncReader(w1, bob["access_token"], [r1, r2])
+        await on_w1.poll(0)
+        ahead = on_w1.tokens[-1]
+        assert ahead > cut_at
+        on_w1.client = Client(w3)
+        await on_w1.poll(0)
+        assert on_w1.tokens[-1] == ahead and on_w1.got == {r1: sent[r1], r2: sent[r2]}
 
         await cluster.hub.reconnect("w3")
         await reader.until_count(5)
         assert reader.got == sent
+        # The token from w1 already covers them: nothing comes twice.
+        await on_w1.poll(0)
+        assert on_w1.tokens[-1] >= ahead and on_w1.got == {r1: sent[r1], r2: sent[r2]}
         await until(lambda: w3.stream.position >= stored[-1], "the reader caught up")
         await assert_in_position_order_once(cluster.published["w3"], stored, cut_at)
     finally:

@@ -110,6 +110,9 @@ class SyncService:
         self._woken_at: dict[str, SyncToken] = {}
         # Devices deleted (logged out elsewhere) while a long-poll of theirs was open.
         self._logged_out: set[tuple[str, str]] = set()
+        # Several processes: a client's token may come from another one, ahead of this one
+        # (one process: a token ahead is not ours, and the next one falls back to now).
+        self.tokens_from_elsewhere = False
         notifier.add_listener(self._on_wake)
 
     # Feeding ----------------------------------------------------------------------
@@ -182,6 +185,16 @@ class SyncService:
             device_lists=self.keys.device_lists.current,
         )
 
+    def _upto(self, since: SyncToken | None) -> SyncToken:
+        """How far a response reaches: now, but with several event writers never before
+        `since` in events. A token made on another process may be ahead of this one's stream
+        (docs/architecture.md, "Several event writers"); the events in between went out with
+        it, and a next_batch below it would send them again."""
+        upto = self.current_token()
+        if self.tokens_from_elsewhere and since is not None and since.events > upto.events:
+            return dataclasses.replace(upto, events=since.events)
+        return upto
+
     # The request --------------------------------------------------------------------
 
     async def sync(self, req: SyncRequest) -> str:
@@ -208,7 +221,7 @@ class SyncService:
                 await self.notifier.wait(req.user_id, deadline - monotonic())
             while True:
                 version = self.notifier.version
-                upto = self.current_token()
+                upto = self._upto(req.since)
                 body, has_data, _ = await self._compute(req, upto)
                 # After the compute: the device may have gone while it ran, or the wake
                 # that ended the wait may have come with news (its key change).
@@ -221,7 +234,7 @@ class SyncService:
                 del body  # not held by thousands of idle long-polls; recomputed after the wait
                 await self.notifier.wait(req.user_id, remaining)
                 if deadline - monotonic() <= 0:
-                    body, _, _ = await self._compute(req, self.current_token())
+                    body, _, _ = await self._compute(req, self._upto(req.since))
                     return body
         finally:
             self.delivery.connections.closed(req.user_id, req.device_id)
@@ -238,7 +251,7 @@ class SyncService:
         @return: the JSON text of a /sync response, its `next_batch` token, and
             whether it carries anything (rooms, account data or presence).
         """
-        body, has_data, next_token = await self._compute(req, self.current_token())
+        body, has_data, next_token = await self._compute(req, self._upto(req.since))
         return body, next_token, has_data
 
     async def _compute(self, req: SyncRequest, upto: SyncToken) -> tuple[str, bool, SyncToken]:
