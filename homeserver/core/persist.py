@@ -129,6 +129,10 @@ class EventPersister:
         self.positions = WriterPositions(positions.name, positions.index, positions.count, after)
         self._last_queued = self.positions.next_position
 
+    def publish_to(self, publish: Callable[[int, list[PersistItem]], None]) -> None:
+        """Hand each commit to `publish` instead (several writers: workers/event_replication.py)."""
+        self._publish = publish
+
     def allocate_stream_ordering(self) -> int:
         """The next stream position of this writer; called synchronously while building an event."""
         return self.positions.allocate()

@@ -166,7 +166,7 @@ class EventReplication:
             persister.positions.name = self.me
             persister.save_promise = True
             await persister.start(max(newest, *saved.values(), *known.values()))
-            persister._publish = self._committed_here
+            persister.publish_to(self._committed_here)
             persister.on_failed = self._announce
             self._announced = persister.positions.promise
             mine.complete = self._announced
