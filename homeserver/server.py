@@ -448,6 +448,7 @@ class HomeServer:
                 writes_room=self.topology.writes_room,
                 clock=self.clock,
                 persister=self.persister,
+                consumers=self.storage.stream_consumers,
             )
         self.timeline = TimelineCache(store)
         self.events = EventService(

@@ -46,6 +46,7 @@ from homeserver.core.persist import EventPersister
 from homeserver.core.room_heads import RoomHeads
 from homeserver.logs import log_failure
 from homeserver.storage.events import EventStore, PersistItem, StoredEvent
+from homeserver.storage.stream_consumers import StreamConsumerStore
 from homeserver.storage.stream_writers import StreamWriterStore
 from homeserver.workers.bus import Bus
 
@@ -125,8 +126,10 @@ class EventReplication:
         writes_room: Callable[[str], bool],
         clock: Any,
         persister: EventPersister | None = None,
+        consumers: StreamConsumerStore | None = None,
     ) -> None:
-        """`persister` is this process's when it is one of `writers` (named `me`)."""
+        """`persister` is this process's when it is one of `writers` (named `me`); `consumers`:
+        where the durable stream consumers saved their positions."""
         self.me = me
         self.writers = list(writers)
         self.bus = bus
@@ -137,6 +140,7 @@ class EventReplication:
         self.writes_room = writes_room
         self.clock = clock
         self.persister = persister if me in self.writers else None
+        self.consumers = consumers
         self._writers: dict[str, _Writer] = {}
         self._pending: list[tuple[int, int, PersistItem]] = []  # a heap by position
         self._order = itertools.count()
@@ -156,6 +160,12 @@ class EventReplication:
         # A writer that never saved a promise has written nothing above the newest event.
         known = {w: saved.get(w, newest) for w in self.writers}
         start = min(known.values())
+        if self.consumers is not None:
+            # A durable consumer saved a position its process had published up to: everything
+            # below it is committed. Idle writers' promises move without being saved, so the
+            # saved ones may be lower; starting there would hand those consumers events again.
+            handled = [position for position, _ in (await self.consumers.all()).values()]
+            start = max([start, *handled])
         self._writers = {w: _Writer(w, i, complete=start, want=known[w]) for i, w in enumerate(self.writers)}
         persister = self.persister
         if persister is not None:

@@ -8,7 +8,8 @@ from the database (a store the test fills) when messages were lost.
   asks for more while a page is being read makes it read that too;
 - after a bus reconnect the reader reads up to the promises saved in the database;
 - an item it has already (read from the database) is not published twice;
-- behind a writer that holds the stream, at most MAX_WAITING events wait in memory.
+- behind a writer that holds the stream, at most MAX_WAITING events wait in memory;
+- a process starts its stream no lower than its durable consumers have handled.
 """
 
 from __future__ import annotations
@@ -70,11 +71,20 @@ class Promises:
         self.saved[name] = position
 
 
+class Consumers:
+    def __init__(self) -> None:
+        self.saved: dict[str, tuple[int, int]] = {}
+
+    async def all(self) -> dict[str, tuple[int, int]]:
+        return dict(self.saved)
+
+
 class Reader:
     def __init__(self) -> None:
         self.hub = MemoryHub()
         self.events = Events()
         self.promises = Promises()
+        self.consumers = Consumers()
         self.clock = TestClock()
         self.stream = EventStream(self.events, None, self.clock, self.clock.time_ms)  # type: ignore[arg-type]
         self.published: list[int] = []
@@ -91,6 +101,7 @@ class Reader:
             heads=RoomHeads(self.events),  # type: ignore[arg-type]
             writes_room=lambda room_id: True,  # heads are not under test here
             clock=self.clock,
+            consumers=self.consumers,  # type: ignore[arg-type]
         )
         self.writers = {w: self.hub.bus(w) for w in WRITERS}
         self.since = {w: 0 for w in WRITERS}
@@ -199,6 +210,23 @@ async def test_a_reader_starts_at_the_lowest_saved_promise_and_reads_the_rest() 
     r.send("w2", 7, 5, since=3)
     assert r.published == [4, 5, 6]
     assert r.stream.position == 6
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reader_starts_no_lower_than_a_durable_consumer_has_handled() -> None:
+    """Idle writers' promises moved past their saved ones before the restart; the consumer
+    saw events up to 6, so the stream starts there and hands it nothing twice."""
+    r = Reader()
+    for p in (1, 2, 3, 4, 5, 6, 7):
+        r.events.stored[p] = item(p)
+    r.events.newest = 7
+    r.promises.saved = {"w1": 4, "w2": 3}
+    r.consumers.saved = {"pusher": (6, 6), "search_index": (2, 2)}
+    await r.start()
+    assert r.stream.position == 6
+    r.send("w2", 9, 7, since=7)
+    r.send("w1", 10, since=10)
+    assert r.published == [7]
 
 
 def test_items_travel_with_what_the_inline_consumers_need() -> None:
