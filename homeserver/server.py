@@ -450,6 +450,7 @@ class HomeServer:
                 persister=self.persister,
                 consumers=self.storage.stream_consumers,
             )
+            self.replication.register_metrics(self.metrics)
         self.timeline = TimelineCache(store)
         self.events = EventService(
             self.config.server_name, self.signing_key, self.clock, self.room_heads, self.persister, store

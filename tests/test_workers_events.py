@@ -213,6 +213,10 @@ async def test_every_process_syncs_every_writers_events_once_in_order(cluster: C
         await until(lambda: all(hs.stream.position >= stored[-1] for hs in (w1, w2, w3)), "streams caught up")
         for name in INSTANCES:
             await assert_in_position_order_once(cluster.published[name], stored, after)
+        for name in WRITERS:
+            reached = w3.metrics.get_sample_value("homeserver_event_writer_position", {"writer": name})
+            assert reached is not None and reached >= stored[-1]
+        assert w3.metrics.get_sample_value("homeserver_events_waiting") == 0
         # Both writers' positions: disjoint residues.
         assert {p % 2 for p in stored if p > after} == {0, 1}
         # The reader's head of a room it does not write knows who joined.

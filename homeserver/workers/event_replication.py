@@ -34,10 +34,12 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
@@ -184,6 +186,9 @@ class EventReplication:
         self.bus.subscribe(CHANNEL, self._received)
         self.bus.on_connected(self._connected)
         return start
+
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        registry.register(_ReplicationCollector(self))
 
     def start_heartbeat(self) -> None:
         if self.persister is not None:
@@ -381,3 +386,23 @@ class EventReplication:
         d: Deferred[None] = Deferred()
         self.clock.callLater(seconds, d.callback, None)
         return d
+
+
+class _ReplicationCollector(Collector):
+    def __init__(self, replication: EventReplication) -> None:
+        self._replication = replication
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        complete = GaugeMetricFamily(
+            "homeserver_event_writer_position",
+            "How far each event writer's events have reached this process (the lowest holds the stream)",
+            labels=["writer"],
+        )
+        for writer in self._replication._writers.values():
+            complete.add_metric([writer.name], writer.complete)
+        yield complete
+        yield GaugeMetricFamily(
+            "homeserver_events_waiting",
+            "Events of several writers held in memory until every writer's promise passes them",
+            value=len(self._replication._pending),
+        )
