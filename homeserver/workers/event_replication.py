@@ -247,8 +247,12 @@ class EventReplication:
 
     def _received(self, message: Message) -> None:
         writer = self._writers.get(message.get("writer", ""))
-        if writer is None or writer.name == self.me:
-            log.warn("event batch from unknown writer {w!r} ignored", w=message.get("writer"))
+        if writer is None:
+            log.warn("event batch from {w!r}, not an event writer, ignored", w=message.get("writer"))
+            return
+        if writer.name == self.me:
+            # Two processes started with one --worker name would hand out the same positions.
+            log.error("another process writes events as {w!r}: run each instance once", w=self.me)
             return
         items = [decode_item(raw) for raw in message["items"]]
         if self.persister is not None and items:
