@@ -25,6 +25,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from homeserver.config import parse_config
 from homeserver.server import HomeServer
 from homeserver.workers.bus import MemoryHub
+from homeserver.workers.rpc import MemoryTransport
 
 WRITERS = ["w1", "w2"]
 INSTANCES = ["w1", "w2", "w3"]
@@ -36,6 +37,7 @@ class Cluster:
         self.pg_url = pg_url
         self.tmp_path = tmp_path
         self.hub = MemoryHub()
+        self.transport = MemoryTransport()  # requests between instances (other streams' writers)
         self.servers: dict[str, HomeServer] = {}
         self.published: dict[str, list[int]] = {}
 
@@ -60,7 +62,10 @@ class Cluster:
 
     async def start(self, name: str) -> HomeServer:
         self.hub.buses.pop(name, None)  # a restart: the old process's subscriptions go with it
-        hs = HomeServer(self.config(), real_reactor(), worker=name, bus=self.hub.bus(name))
+        hs = HomeServer(
+            self.config(), real_reactor(), worker=name, bus=self.hub.bus(name), rpc_transport=self.transport
+        )
+        self.transport.add(hs.rpc)
         await hs.start()
         hs.site()
         seen = self.published.setdefault(name, [])
