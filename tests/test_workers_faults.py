@@ -1,0 +1,323 @@
+"""Faults under load with several workers behind HAProxy (issue 19's "done when").
+
+tests/workers_harness.py starts three workers (w1 and w2 write events, w3 serves clients)
+from one config, with their own PostgreSQL and Redis, behind HAProxy run from
+deploy/haproxy.cfg. Pairs of users chat through HAProxy the way a client does: a sender
+PUTs each message with its own transaction id and, on any failure (a 5xx, a dropped
+connection, a timeout), sends it again with the same id until it is acknowledged; a
+receiver long-polls /sync and, on any failure, asks again from its last token.
+
+Then, while they chat: each worker in turn is killed with SIGKILL and started again (as
+systemd's Restart=always does); Redis restarts; PostgreSQL restarts. What must hold:
+every acknowledged message reaches its receiver exactly once and is stored exactly once;
+a message's every acknowledgement names the same event; the clients only ever see
+200 or a retryable 502/503/504, never another error; the chat goes on after each fault.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import psycopg2
+import pytest
+import requests
+from workers_harness import Cluster, start_cluster
+
+CLIENT = "/_matrix/client/v3"
+PAIRS_PER_WRITER = 2
+RETRYABLE = {502, 503, 504}
+# A send may wait for PostgreSQL for 30 s (core/persist.py) before answering 503.
+SEND_TIMEOUT_S = 40.0
+SYNC_TIMEOUT_MS = 5000
+# How long every receiver may take to see every acknowledged message once the faults end.
+CATCH_UP_S = 90.0
+# Only the timeline matters here, and all of it: a gap would hide a lost message.
+SYNC_FILTER = json.dumps(
+    {
+        "room": {
+            "timeline": {"limit": 1000, "types": ["m.room.message"]},
+            "state": {"lazy_load_members": True},
+        },
+        "presence": {"not_types": ["*"]},
+        "account_data": {"not_types": ["*"]},
+    }
+)
+
+
+def writer_of(room_id: str, writers: list[str]) -> str:
+    """The event writer of a room, as workers.md defines the sharding."""
+    return writers[int.from_bytes(hashlib.sha256(room_id.encode()).digest()[:8], "big") % len(writers)]
+
+
+@dataclass
+class Pair:
+    name: str
+    room: str
+    writer: str
+    sender_token: str
+    receiver_token: str
+    acked: dict[str, str] = field(default_factory=dict)  # body -> event id
+    conflicting_acks: list[tuple[str, str, str]] = field(default_factory=list)
+    received: list[tuple[str, str]] = field(default_factory=list)  # (body, event id), in order
+    limited_after_start: int = 0
+    since: str | None = None
+
+
+class Load:
+    """Senders and receivers through HAProxy; every answer's status is counted."""
+
+    def __init__(self, cluster: Cluster, pairs: list[Pair]) -> None:
+        self.cluster = cluster
+        self.pairs = pairs
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.statuses: Counter[tuple[str, int | str]] = Counter()
+        self.bad_answers: list[str] = []
+        self.threads: list[threading.Thread] = []
+
+    def _request(
+        self, what: str, method: str, path: str, token: str, timeout: float, body: Any = None
+    ) -> Any:
+        """The answer's JSON on 200, else None after counting why."""
+        try:
+            r = requests.request(
+                method, self.cluster.url(path), json=body, timeout=timeout,
+                headers={"Authorization": f"Bearer {token}"},
+            )  # fmt: skip
+        except requests.RequestException as e:
+            with self.lock:
+                self.statuses[(what, type(e).__name__)] += 1
+            return None
+        with self.lock:
+            self.statuses[(what, r.status_code)] += 1
+            if r.status_code not in RETRYABLE and r.status_code != 200:
+                self.bad_answers.append(f"{what} {method} {path}: {r.status_code} {r.text[:300]}")
+        return r.json() if r.status_code == 200 else None
+
+    def _sender(self, pair: Pair) -> None:
+        n = 0
+        while not self.stop.is_set():
+            body = f"{pair.name} message {n}"
+            path = f"{CLIENT}/rooms/{quote(pair.room)}/send/m.room.message/{pair.name}-{n}"
+            content = {"msgtype": "m.text", "body": body}
+            while True:  # the same transaction id until it is acknowledged
+                answer = self._request("send", "PUT", path, pair.sender_token, SEND_TIMEOUT_S, content)
+                if answer is not None:
+                    event_id = answer["event_id"]
+                    with self.lock:
+                        first = pair.acked.setdefault(body, event_id)
+                        if first != event_id:
+                            pair.conflicting_acks.append((body, first, event_id))
+                    break
+                if self.stop.is_set():
+                    return  # never acknowledged: it may or may not arrive, and is not counted
+                time.sleep(0.1)
+            n += 1
+            time.sleep(0.05)
+
+    def _receiver(self, pair: Pair) -> None:
+        while not self.stop.is_set() or self._behind(pair):
+            self.sync_once(pair, SYNC_TIMEOUT_MS)
+
+    def sync_once(self, pair: Pair, timeout_ms: int) -> None:
+        query = f"timeout={timeout_ms}&filter={quote(SYNC_FILTER)}"
+        if pair.since is not None:
+            query += f"&since={quote(pair.since)}"
+        answer = self._request(
+            "sync", "GET", f"{CLIENT}/sync?{query}", pair.receiver_token, timeout_ms / 1000 + 40
+        )
+        if answer is None:
+            time.sleep(0.1)
+            return
+        timeline = answer.get("rooms", {}).get("join", {}).get(pair.room, {}).get("timeline", {})
+        with self.lock:
+            if timeline.get("limited") and pair.since is not None:
+                pair.limited_after_start += 1
+            for event in timeline.get("events", []):
+                pair.received.append((event["content"].get("body", ""), event["event_id"]))
+            pair.since = answer["next_batch"]
+
+    def _behind(self, pair: Pair) -> bool:
+        """Still missing an acknowledged message (the receiver keeps syncing until CATCH_UP_S)."""
+        with self.lock:
+            return not set(pair.acked) <= {body for body, _ in pair.received}
+
+    def start(self) -> None:
+        for pair in self.pairs:
+            for role, target in (("send", self._sender), ("receive", self._receiver)):
+                t = threading.Thread(target=target, args=(pair,), name=f"{role}-{pair.name}", daemon=True)
+                t.start()
+                self.threads.append(t)
+
+    def acked_count(self, pairs: list[Pair] | None = None) -> int:
+        with self.lock:
+            return sum(len(p.acked) for p in pairs or self.pairs)
+
+    def wait_progress(
+        self, what: str, each: int = 5, pairs: list[Pair] | None = None, timeout: float = 60
+    ) -> None:
+        """Until each of `pairs` (default: all) has `each` more messages acknowledged."""
+        pairs = pairs or self.pairs
+        with self.lock:
+            start = {p.name: len(p.acked) for p in pairs}
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.lock:
+                behind = [p.name for p in pairs if len(p.acked) < start[p.name] + each]
+            if not behind:
+                return
+            assert time.monotonic() < deadline, (
+                f"no progress {what} for {behind}: {dict(self.statuses)}\n{self.cluster.logs()}"
+            )
+            time.sleep(0.1)
+
+    def finish(self) -> None:
+        """Senders stop; receivers go on until they hold every acknowledged message."""
+        self.stop.set()
+        deadline = time.monotonic() + CATCH_UP_S
+        for t in self.threads:
+            t.join(max(0.1, deadline - time.monotonic()))
+        stuck = [t.name for t in self.threads if t.is_alive()]
+        missing = {
+            p.name: sorted(set(p.acked) - {b for b, _ in p.received})[:5]
+            for p in self.pairs
+            if self._behind(p)
+        }
+        assert not stuck, (
+            f"still running after {CATCH_UP_S:.0f}s: {stuck}; missing {missing}\n{self.cluster.logs()}"
+        )
+
+
+@pytest.fixture(scope="module")
+def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    c = start_cluster(tmp_path_factory.mktemp("workers"), instances=3)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def make_pairs(cluster: Cluster, prefix: str) -> list[Pair]:
+    """PAIRS_PER_WRITER chatting pairs in rooms of each event writer."""
+    writers = cluster.config["workers"]["event_writers"]
+    per_writer: dict[str, list[Pair]] = {w: [] for w in writers}
+    n = 0
+    while any(len(p) < PAIRS_PER_WRITER for p in per_writer.values()):
+        assert n < 40, "room creation never reached every writer"
+        sender = cluster.register(f"{prefix}s{n}")
+        receiver = cluster.register(f"{prefix}r{n}")
+        headers = {"Authorization": f"Bearer {sender['access_token']}"}
+        r = requests.post(cluster.url(f"{CLIENT}/createRoom"), headers=headers, timeout=30,
+                          json={"preset": "private_chat", "invite": [receiver["user_id"]]})  # fmt: skip
+        assert r.status_code == 200, r.text
+        room = r.json()["room_id"]
+        r = requests.post(cluster.url(f"{CLIENT}/join/{quote(room)}"), json={}, timeout=30,
+                          headers={"Authorization": f"Bearer {receiver['access_token']}"})  # fmt: skip
+        assert r.status_code == 200, r.text
+        writer = writer_of(room, writers)
+        if len(per_writer[writer]) < PAIRS_PER_WRITER:
+            name = f"{prefix}{n}"
+            per_writer[writer].append(
+                Pair(name, room, writer, sender["access_token"], receiver["access_token"])
+            )
+        n += 1
+    return [p for pairs in per_writer.values() for p in pairs]
+
+
+def start_load(cluster: Cluster, prefix: str) -> Load:
+    pairs = make_pairs(cluster, prefix)
+    load = Load(cluster, pairs)
+    for pair in pairs:  # a first token from before any message
+        load.sync_once(pair, 0)
+        assert pair.since is not None, dict(load.statuses)
+    load.start()
+    load.wait_progress("before any fault")
+    return load
+
+
+def check_exactly_once(cluster: Cluster, load: Load) -> None:
+    """Every acknowledged message stored once and received once; nothing else received."""
+    assert not load.bad_answers, load.bad_answers[:10]
+    for pair in load.pairs:
+        assert not pair.conflicting_acks, pair.conflicting_acks[:5]
+        received = Counter(body for body, _ in pair.received)
+        duplicated = [b for b, c in received.items() if c > 1]
+        assert not duplicated, f"{pair.name} received twice: {duplicated[:5]}"
+        assert set(pair.acked) <= set(received), sorted(set(pair.acked) - set(received))[:5]
+        # What arrived and was never acknowledged: only a last send cut short by the stop.
+        unacked = set(received) - set(pair.acked)
+        assert len(unacked) <= 1, sorted(unacked)
+        ids = {body: event_id for body, event_id in pair.received}
+        assert all(ids[body] == event_id for body, event_id in pair.acked.items())
+        assert pair.limited_after_start == 0, f"{pair.name}: a sync skipped part of the timeline"
+    conn = psycopg2.connect(cluster.postgres.url)
+    try:
+        with conn.cursor() as cur:
+            for pair in load.pairs:
+                cur.execute(
+                    "SELECT json FROM events WHERE room_id = %s AND type = 'm.room.message'", (pair.room,)
+                )
+                stored = Counter(json.loads(j)["content"]["body"] for (j,) in cur.fetchall())
+                assert all(c == 1 for c in stored.values()), [b for b, c in stored.items() if c > 1][:5]
+                assert set(pair.acked) <= set(stored)
+    finally:
+        conn.close()
+
+
+def summary(load: Load) -> str:
+    return f"{load.acked_count()} messages acknowledged, answers {dict(load.statuses)}"
+
+
+def test_kill9_of_any_worker_under_load_loses_and_repeats_nothing(workers: Cluster) -> None:
+    load = start_load(workers, "k")
+    try:
+        for name in workers.workers:
+            workers.kill9(name)
+            others = [p for p in load.pairs if p.writer != name]
+            # The rooms of the other writer go on while this one is down (a dead writer's
+            # rooms wait for it; a dead client worker's users move to another worker).
+            load.wait_progress(f"with {name} killed", pairs=others)
+            workers.restart(name)
+            load.wait_progress(f"after {name} restarted")
+    finally:
+        load.finish()
+    check_exactly_once(workers, load)
+    assert all(w.starts == 2 for w in workers.workers.values())
+    print(summary(load))
+
+
+def test_a_redis_restart_under_load_loses_and_repeats_nothing(workers: Cluster) -> None:
+    load = start_load(workers, "r")
+    try:
+        for _ in range(2):
+            workers.redis.restart()
+            load.wait_progress("after Redis restarted")
+    finally:
+        load.finish()
+    check_exactly_once(workers, load)
+    assert all(w.alive() for w in workers.workers.values())
+    print(summary(load))
+
+
+def test_a_postgres_restart_under_load_answers_retryable_errors_and_loses_nothing(workers: Cluster) -> None:
+    load = start_load(workers, "p")
+    try:
+        before = load.acked_count()
+        workers.postgres.stop()
+        time.sleep(3)  # the outage's length, not an ordering: sends wait for the database
+        assert load.acked_count() <= before + len(load.pairs), "sends acknowledged without a database"
+        workers.postgres.start()
+        load.wait_progress("after PostgreSQL restarted", timeout=90)
+    finally:
+        load.finish()
+    check_exactly_once(workers, load)
+    assert all(w.alive() for w in workers.workers.values()), workers.logs()
+    print(summary(load))
