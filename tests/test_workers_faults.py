@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 import threading
 import time
 from collections import Counter
@@ -320,4 +321,24 @@ def test_a_postgres_restart_under_load_answers_retryable_errors_and_loses_nothin
         load.finish()
     check_exactly_once(workers, load)
     assert all(w.alive() for w in workers.workers.values()), workers.logs()
+    print(summary(load))
+
+
+def test_a_client_worker_stopped_with_sigterm_drains_without_a_failed_request(workers: Cluster) -> None:
+    """systemctl stop/restart of a client worker: its requests finish, new ones go elsewhere,
+    and no client sees an error (only GETs and PUTs here: HAProxy replays those)."""
+    load = start_load(workers, "d")
+    try:
+        with load.lock:
+            load.statuses.clear()
+        w3 = workers.workers["w3"]
+        assert w3.signal(signal.SIGTERM) == 0, w3.log_text()[-3000:]
+        load.wait_progress("with w3 stopped")
+        workers.restart("w3")
+        load.wait_progress("after w3 restarted")
+    finally:
+        load.finish()
+    check_exactly_once(workers, load)
+    failed = {k: n for k, n in load.statuses.items() if k[1] != 200}
+    assert not failed, failed
     print(summary(load))
