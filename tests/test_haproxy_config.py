@@ -66,7 +66,7 @@ class Backend:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         # HAProxy closes its health checks with a reset: not worth a traceback each.
-        self.server.handle_error = lambda request, address: None  # type: ignore[method-assign]
+        self.server.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
