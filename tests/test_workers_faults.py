@@ -206,6 +206,11 @@ def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         c.close()
 
 
+@pytest.fixture(autouse=True)
+def _whole(workers: Cluster) -> None:
+    workers.heal()
+
+
 def make_pairs(cluster: Cluster, prefix: str) -> list[Pair]:
     """PAIRS_PER_WRITER chatting pairs in rooms of each event writer."""
     writers = cluster.config["workers"]["event_writers"]
