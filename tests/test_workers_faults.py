@@ -305,7 +305,7 @@ def test_a_redis_restart_under_load_loses_and_repeats_nothing(workers: Cluster) 
     try:
         for _ in range(2):
             workers.redis.restart()
-            load.wait_progress("after Redis restarted")
+            load.wait_progress("after Redis restarted", each=15)
     finally:
         load.finish()
     check_exactly_once(workers, load)
@@ -321,7 +321,7 @@ def test_a_postgres_restart_under_load_answers_retryable_errors_and_loses_nothin
         time.sleep(3)  # the outage's length, not an ordering: sends wait for the database
         assert load.acked_count() <= before + len(load.pairs), "sends acknowledged without a database"
         workers.postgres.start()
-        load.wait_progress("after PostgreSQL restarted", timeout=90)
+        load.wait_progress("after PostgreSQL restarted", each=15, timeout=90)
     finally:
         load.finish()
     check_exactly_once(workers, load)
