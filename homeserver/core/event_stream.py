@@ -300,6 +300,7 @@ class StreamConsumer:
         self._done: Deferred[None] | None = None
         self.wants: Wants | None = None
         self.idempotent = False
+        self._gathering = False  # in a handler's `pause`
         self._lazy_save: Any = None  # the pending delayed call of a lazy save
 
     @property
@@ -318,6 +319,10 @@ class StreamConsumer:
             d.callback(None)
         else:
             self._reached.append((position, d))
+            if self._gathering:  # a handler's pause: someone waits, so end it
+                pausing, self._pausing = self._pausing, None
+                if pausing is not None:
+                    pausing.callback(None)
         return d
 
     async def caught_up(self, timeout_s: float) -> bool:
@@ -559,10 +564,16 @@ class StreamConsumer:
             delay = min(delay * 2, cap)
 
     async def pause(self, seconds: float) -> None:
-        """For a handler: wait `seconds` on the stream's clock, or until the consumer stops
-        (batches published meanwhile are queued, and handed over merged)."""
-        if not self._stopping:
+        """For a handler: wait `seconds` on the stream's clock (batches published meanwhile
+        are queued, and handed over merged), or less: until the consumer stops, or someone
+        waits for it to reach a position (`reached`, `caught_up`)."""
+        if self._stopping or self._reached:
+            return
+        self._gathering = True
+        try:
             await self._pause(seconds)
+        finally:
+            self._gathering = False
 
     async def _pause(self, seconds: float) -> None:
         """Wait `seconds` (new events do not end the wait; stopping does)."""

@@ -494,3 +494,26 @@ def test_a_database_outage_is_logged_in_one_line_and_retried_often_enough_to_res
     assert (
         600 / event_stream.RETRY_MAX_OUTAGE_S <= len(failures) <= 600 / event_stream.RETRY_MAX_OUTAGE_S + 10
     )
+
+
+def test_a_handlers_gathering_pause_ends_when_someone_waits_for_the_consumer() -> None:
+    stream, db, clock = make()
+    got: list[StreamBatch] = []
+    consumer: list[Any] = []
+
+    async def gather(batch: StreamBatch) -> None:
+        got.append(batch)
+        await consumer[0].pause(60.0)
+
+    consumer.append(stream.subscribe("index", lambda b: Deferred.fromCoroutine(gather(b))))
+    commit(stream, db, 1)
+    commit(stream, db, 2)  # queued while the handler gathers
+    assert seen(got) == [1]
+    reached = consumer[0].reached(2)
+    # The waiter ended the pause without the clock moving, and the next batch does not
+    # pause while someone waits.
+    assert seen(got) == [1, 2] and reached.called
+    commit(stream, db, 3)
+    assert seen(got) == [1, 2, 3] and consumer[0].position == 2  # nobody waits: it gathers
+    clock.advance(60.0)
+    assert consumer[0].position == 3
