@@ -204,7 +204,21 @@ class PgWriter:
             self._poll()
 
     def connectionLost(self, reason: Failure) -> None:  # noqa: N802
+        # The reactor saw the socket hang up with nothing left to read (a refused connect
+        # while PostgreSQL is down, a reset mid-query) and stopped watching it without a
+        # doRead or doWrite: a write waiting here would wait forever, and every send with it.
         self._reading = self._writing = False
+        if self._conn is None:
+            return
+        waiting = self._waiting
+        if waiting is not None:
+            self._poll()  # libpq reads what is left and names the error
+            if self._waiting is not waiting:
+                return
+        # libpq has not noticed: the connection is unusable all the same. Dropped first, so
+        # a write in flight reads as CommitOutcomeUnknown (its COMMIT may have arrived).
+        self._drop()
+        self._answer(reason)
 
     def logPrefix(self) -> str:  # noqa: N802
         return "pg-writer"
