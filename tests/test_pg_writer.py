@@ -12,11 +12,14 @@ from collections.abc import Iterator
 import psycopg2
 import pytest
 import pytest_twisted
+from conftest import free_port
 from pg_proxy import PgProxy
 from twisted.internet import reactor, task
+from twisted.internet.defer import ensureDeferred
 
 from homeserver.storage.connection_pool import CommitOutcomeUnknown, DatabaseUnavailable
 from homeserver.storage.database import Database, Txn, engine_from_url
+from homeserver.storage.pg_writer import PgWriter
 
 
 @pytest.fixture
@@ -117,6 +120,28 @@ async def test_a_connection_the_server_ends_while_idle_is_replaced(db: Database,
     await db.run_write("notes", write_notes, [1], "after")
     assert writer.backend_pid() != pid
     assert (await stored(db))[0][-1] == (1, "after")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connect_that_is_refused_is_unavailable_at_once() -> None:
+    # Nothing listens on the port, as while PostgreSQL is stopped: the socket hangs up
+    # without a byte to read, and the reactor reports that only through connectionLost.
+    writer = PgWriter(f"postgresql://postgres@127.0.0.1:{free_port()}/postgres", reactor)
+    timed_out: list[float] = []
+
+    def gave_up(result: object, timeout: float) -> object:
+        timed_out.append(timeout)  # the cancelled connect would read as unavailable too
+        return result
+
+    try:
+        for _ in range(2):
+            attempt = ensureDeferred(writer.run([], "SELECT 1", ()))
+            attempt.addTimeout(5, reactor, onTimeoutCancel=gave_up)  # else it waits forever
+            with pytest.raises(DatabaseUnavailable):
+                await attempt
+        assert not timed_out
+    finally:
+        writer.close()
 
 
 async def until(condition: object, timeout_s: float = 10.0) -> None:
