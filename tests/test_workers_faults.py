@@ -79,10 +79,14 @@ class Load:
         self.cluster = cluster
         self.pairs = pairs
         self.stop = threading.Event()
+        # Set once every sender returned: a send in flight when `stop` is set may still be
+        # acknowledged after its receiver last looked, so receivers wait for this.
+        self.senders_done = threading.Event()
         self.lock = threading.Lock()
         self.statuses: Counter[tuple[str, int | str]] = Counter()
         self.bad_answers: list[str] = []
         self.threads: list[threading.Thread] = []
+        self.senders: list[threading.Thread] = []
 
     def _request(
         self, what: str, method: str, path: str, token: str, timeout: float, body: Any = None
@@ -125,7 +129,7 @@ class Load:
             time.sleep(0.05)
 
     def _receiver(self, pair: Pair) -> None:
-        while not self.stop.is_set() or self._behind(pair):
+        while not self.senders_done.is_set() or self._behind(pair):
             self.sync_once(pair, SYNC_TIMEOUT_MS)
 
     def sync_once(self, pair: Pair, timeout_ms: int) -> None:
@@ -157,6 +161,7 @@ class Load:
                 t = threading.Thread(target=target, args=(pair,), name=f"{role}-{pair.name}", daemon=True)
                 t.start()
                 self.threads.append(t)
+        self.senders = [t for t in self.threads if t.name.startswith("send-")]
 
     def acked_count(self, pairs: list[Pair] | None = None) -> int:
         with self.lock:
@@ -183,6 +188,13 @@ class Load:
     def finish(self) -> None:
         """Senders stop; receivers go on until they hold every acknowledged message."""
         self.stop.set()
+        # A sender finishes its send in flight first (at most SEND_TIMEOUT_S), and only then
+        # is its last acknowledgement known; until then a receiver that holds every message
+        # acknowledged so far must keep syncing (it once stopped just before the last ack).
+        senders_deadline = time.monotonic() + SEND_TIMEOUT_S + 5
+        for t in self.senders:
+            t.join(max(0.1, senders_deadline - time.monotonic()))
+        self.senders_done.set()
         deadline = time.monotonic() + CATCH_UP_S
         for t in self.threads:
             t.join(max(0.1, deadline - time.monotonic()))
