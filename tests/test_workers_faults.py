@@ -22,7 +22,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -87,6 +87,9 @@ class Load:
         self.bad_answers: list[str] = []
         self.threads: list[threading.Thread] = []
         self.senders: list[threading.Thread] = []
+        # A thread that died of an exception is not "still running", yet stopped early: its
+        # receiver's messages would look lost.
+        self.crashed: list[str] = []
 
     def _request(
         self, what: str, method: str, path: str, token: str, timeout: float, body: Any = None
@@ -158,10 +161,20 @@ class Load:
     def start(self) -> None:
         for pair in self.pairs:
             for role, target in (("send", self._sender), ("receive", self._receiver)):
-                t = threading.Thread(target=target, args=(pair,), name=f"{role}-{pair.name}", daemon=True)
+                t = threading.Thread(
+                    target=self._guarded, args=(target, pair), name=f"{role}-{pair.name}", daemon=True
+                )
                 t.start()
                 self.threads.append(t)
         self.senders = [t for t in self.threads if t.name.startswith("send-")]
+
+    def _guarded(self, target: Callable[[Pair], None], pair: Pair) -> None:
+        try:
+            target(pair)
+        except Exception as e:
+            with self.lock:
+                self.crashed.append(f"{threading.current_thread().name}: {e!r}")
+            raise
 
     def acked_count(self, pairs: list[Pair] | None = None) -> int:
         with self.lock:
@@ -207,6 +220,7 @@ class Load:
         assert not stuck, (
             f"still running after {CATCH_UP_S:.0f}s: {stuck}; missing {missing}\n{self.cluster.logs()}"
         )
+        assert not self.crashed, self.crashed
 
 
 @pytest.fixture(scope="module")
