@@ -71,7 +71,10 @@ async function main(results) {
     await page.click('nav a[href="#/users"]');
     await page.waitForSelector("#user-search");
     await page.fill("#user-search", args.target.search);
+    // As for rooms below: the search draws a new view; read its rows, not the full list's.
+    const unfilteredUsers = await page.$("#user-search");
     await page.click("#user-search-go");
+    await page.waitForFunction((input) => !input.isConnected, unfilteredUsers);
     await page.waitForSelector(`tr[data-user="${args.target.userId}"]`);
     results.usersFound = await page.$$eval("tr[data-user]", (rows) => rows.map((r) => r.dataset.user));
     await page.click(`tr[data-user="${args.target.userId}"] a`);
