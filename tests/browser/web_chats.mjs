@@ -179,6 +179,15 @@ async function main(results) {
     await alice.page.fill("#gp-people", ids.bob);
     await alice.page.uncheck("#gp-encrypted");
     await alice.page.click("#gp-create");
+    // The first group's chat (and its composer) is still on screen until the new one opens:
+    // wait for the address to name another room, or the first group is read as the new one.
+    await until(
+        alice.page,
+        (previous) =>
+            location.pathname.startsWith("/chat/") &&
+            decodeURIComponent(location.pathname.replace(/^\/chat\//, "")) !== previous,
+        group,
+    );
     await alice.page.waitForSelector("#composer", WAIT);
     const open = await openRoomId(alice.page);
     results.open = open;
