@@ -8,7 +8,6 @@ import concurrent.futures
 import json
 import os
 import secrets
-import shutil
 import subprocess
 import sys
 import time
@@ -21,6 +20,8 @@ from aiohttp import web
 
 # bench/ is a top-level folder of the repository, not an installed package.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from workers_harness import haproxy_binary  # noqa: E402
 
 from bench import half_core  # noqa: E402
 from bench.httpclient import HttpClient  # noqa: E402
@@ -439,22 +440,13 @@ def test_a_generator_process_that_dies_fails_the_workload_instead_of_hanging() -
     assert "exited with code" in run_async(main)
 
 
-def _haproxy_or_skip() -> None:
-    if shutil.which("haproxy") is None:
-        subprocess.run(["apt-get", "install", "-y", "haproxy"], capture_output=True, check=False)
-    if shutil.which("haproxy") is None:
-        if os.environ.get("CI"):
-            raise AssertionError("haproxy is not installed and apt-get could not install it")
-        pytest.skip("haproxy is not installed")
-
-
 def test_scale_out_rows_run_through_haproxy_from_two_generator_processes(tmp_path: Path) -> None:
     """The scale-out plumbing end to end, tiny: ours on PostgreSQL as two worker processes (one
     while this checkout cannot run several event writers) behind HAProxy, W1 and W3 from two generator
     processes: nothing lost, duplicated or refused; every process's CPU is counted."""
     from bench.servers import drop_database, start_ours_workers, workers_supported
 
-    _haproxy_or_skip()
+    haproxy_binary()  # installed with apt-get when missing
     instances = 2 if workers_supported() else 1
     database = f"bench_test_{os.getpid()}_{secrets.token_hex(4)}"
     sizes = tiny_sizes()

@@ -9,7 +9,6 @@ one shows the same merge over Redis between processes.
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import time
@@ -24,6 +23,7 @@ import pytest
 import requests
 import yaml
 from conftest import ROOT, VENV_BIN, free_port
+from workers_harness import system_binary
 
 from homeserver.workers.topology import room_shard
 
@@ -35,9 +35,7 @@ MESSAGES = 40
 
 @pytest.fixture
 def redis_url(tmp_path: Path) -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed")
+    binary = system_binary("redis-server", "redis-server")
     port = free_port()
     process = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],

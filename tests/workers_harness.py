@@ -3,7 +3,8 @@
 What an operator runs (docs/scaling.md), made small enough for a test:
 - a PostgreSQL cluster of its own (initdb + pg_ctl on a free port), so that a test can
   restart it: the machine's PostgreSQL is shared with other tests;
-- a redis-server of its own on a free port, restartable the same way;
+- a redis-server of its own on a free port, restartable the same way (PostgreSQL's server
+  programs and redis-server are installed with apt-get when missing, as HAProxy is);
 - one config with a `workers:` section naming 3 (or more) instances: w1 and w2 write
   events, w1 also the other streams and the jobs, w3 (and on) serves clients;
 - `homeserver migrate` once, then `homeserver run --worker NAME` per instance;
@@ -39,7 +40,6 @@ import yaml
 from conftest import ROOT, base_config, free_port
 
 HAPROXY_TEMPLATE = ROOT / "deploy" / "haproxy.cfg"
-PG_BIN_CANDIDATES = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 START_TIMEOUT_S = 60.0
 
 
@@ -64,13 +64,10 @@ def _port_open(port: int) -> bool:
 
 
 def _pg_bin(name: str) -> str:
-    for directory in PG_BIN_CANDIDATES:
-        if (directory / name).exists():
-            return str(directory / name)
-    found = shutil.which(name)
-    if found is None:
-        pytest.skip(f"{name} not found: PostgreSQL's server package is needed")
-    return found
+    """initdb / pg_ctl: Debian keeps them in /usr/lib/postgresql/NN/bin, off PATH."""
+    return system_binary(
+        name, "postgresql", lambda: sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), reverse=True)
+    )
 
 
 class PrivatePostgres:
@@ -83,10 +80,11 @@ class PrivatePostgres:
         self.data = self.directory / "data"
         self.log = self.directory / "postgres.log"
         self.port = free_port()
+        initdb = _pg_bin("initdb")  # first: installing the package creates the postgres user
         self._as_postgres = os.geteuid() == 0
         if self._as_postgres:
             shutil.chown(self.directory, "postgres")
-        self._run(_pg_bin("initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+        self._run(initdb, "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
         self.start()
 
     @property
@@ -122,10 +120,7 @@ class PrivateRedis:
     """A redis-server on a free loopback port that keeps nothing on disk."""
 
     def __init__(self, directory: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.skip("redis-server not found")
-        self.binary = binary
+        self.binary = system_binary("redis-server", "redis-server")
         self.directory = directory
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -223,28 +218,36 @@ class Worker:
 # HAProxy ------------------------------------------------------------------------------------
 
 
-_haproxy_install_tried = False
+_install_tried: set[str] = set()
 
 
-def haproxy_binary() -> str:
-    """HAProxy, installed from Debian's package when missing (once per test run)."""
-    global _haproxy_install_tried
-    found = shutil.which("haproxy") or (os.path.exists("/usr/sbin/haproxy") and "/usr/sbin/haproxy") or None
-    if found:
-        return str(found)
-    if not _haproxy_install_tried:
-        _haproxy_install_tried = True
+def system_binary(name: str, package: str, candidates: Callable[[], list[Path]] = list) -> str:
+    """A program from a Debian package, installed with apt-get when missing (once per package
+    per test run). In CI a missing program fails the test; elsewhere it skips it."""
+
+    def find() -> str | None:
+        listed = [str(path) for path in candidates() if path.exists()]
+        return listed[0] if listed else shutil.which(name) or shutil.which(name, path="/usr/sbin")
+
+    found = find()
+    if found is None and package not in _install_tried and os.geteuid() == 0 and shutil.which("apt-get"):
+        _install_tried.add(package)
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env, timeout=300)
         subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "haproxy"], capture_output=True, env=env, timeout=600
-        )
-    found = shutil.which("haproxy") or (os.path.exists("/usr/sbin/haproxy") and "/usr/sbin/haproxy") or None
-    if found:
-        return str(found)
+            ["apt-get", "-o", "DPkg::Lock::Timeout=600", "install", "-y", "-qq", package],
+            capture_output=True, env=env, timeout=900,
+        )  # fmt: skip
+        found = find()
+    if found is not None:
+        return found
     if os.environ.get("CI"):
-        raise RuntimeError("haproxy is missing and `apt-get install -y haproxy` did not install it")
-    pytest.skip("haproxy is missing and could not be installed")
+        raise RuntimeError(f"{name} is missing and `apt-get install -y {package}` did not install it")
+    pytest.skip(f"{name} is missing and could not be installed (Debian package {package})")
+
+
+def haproxy_binary() -> str:
+    return system_binary("haproxy", "haproxy")
 
 
 def render_haproxy(
