@@ -15,7 +15,8 @@ TEMPLATE = Template(
 # written as 500ms, 30s, 5m, 1h or 30d, sizes as 512K, 1M or 2G.
 # Secrets can also come from the environment (they win over this file):
 #   HOMESERVER_DATABASE_URL, HOMESERVER_JWT_SECRET, HOMESERVER_SMTP_HOST,
-#   HOMESERVER_SMTP_USERNAME, HOMESERVER_SMTP_PASSWORD
+#   HOMESERVER_SMTP_USERNAME, HOMESERVER_SMTP_PASSWORD, HOMESERVER_METRICS_BEARER_SECRET,
+#   HOMESERVER_WORKERS_SECRET
 
 # The domain part of user ids (@alice:SERVER_NAME). Required; cannot change later.
 server_name: "$server_name"
