@@ -21,7 +21,7 @@ from aiohttp import web
 # bench/ is a top-level folder of the repository, not an installed package.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from workers_harness import haproxy_binary  # noqa: E402
+from workers_harness import haproxy_binary, system_binary  # noqa: E402
 
 from bench import half_core  # noqa: E402
 from bench.httpclient import HttpClient  # noqa: E402
@@ -446,7 +446,8 @@ def test_scale_out_rows_run_through_haproxy_from_two_generator_processes(tmp_pat
     processes: nothing lost, duplicated or refused; every process's CPU is counted."""
     from bench.servers import drop_database, start_ours_workers, workers_supported
 
-    haproxy_binary()  # installed with apt-get when missing
+    haproxy_binary()  # these two installed with apt-get when missing
+    system_binary("redis-server", "redis-server")
     instances = 2 if workers_supported() else 1
     database = f"bench_test_{os.getpid()}_{secrets.token_hex(4)}"
     sizes = tiny_sizes()

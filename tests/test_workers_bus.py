@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import socket
 import subprocess
 from collections.abc import AsyncIterator
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet.task import deferLater
+from workers_harness import system_binary
 
 from homeserver.workers.bus import RedisBus
 
@@ -35,7 +35,8 @@ def redis_cli(*args: str) -> str:
 
 @pytest.fixture
 def prefix() -> str:
-    if not _redis_up() or shutil.which("redis-cli") is None:
+    system_binary("redis-cli", "redis-tools")  # installed with apt-get when missing
+    if not _redis_up():
         if os.environ.get("CI"):
             raise AssertionError("Redis is not reachable at 127.0.0.1:6379")
         pytest.skip("Redis not reachable at 127.0.0.1:6379")
