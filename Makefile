@@ -84,11 +84,15 @@ clean:
 
 # Benchmarks (bench/, README "Benchmarks"): ours on SQLite and PostgreSQL vs Synapse, one table;
 # W1 and W3 again on ours as two worker processes behind HAProxy (docs/scaling.md "Measured").
-# Installs the bench extra and Synapse (bench/.synapse-venv); BENCH_ARGS=--quick for a smoke run.
+# Installs the bench extra, Synapse (bench/.synapse-venv), and redis-server and haproxy with apt-get
+# when missing; BENCH_ARGS=--quick for a smoke run.
 # Then federation (bench/federation_latency.py): send → remote sync and a 1,000-member remote
 # join, ours↔ours and ours↔Synapse; `make bench-federation` runs that part alone.
 .PHONY: bench bench-federation
 bench: $(BIN)/.installed
+	@command -v redis-server >/dev/null 2>&1 && PATH="$$PATH:/usr/sbin" command -v haproxy >/dev/null 2>&1 || { \
+	  echo "installing redis-server and haproxy (the two-process rows)"; \
+	  (apt-get update -qq && apt-get install -y -qq redis-server haproxy) >/dev/null; }
 	$(BIN)/pip install -q --disable-pip-version-check -r bench/requirements.txt
 	$(BIN)/python -m bench $(BENCH_ARGS)
 	$(BIN)/python -m bench.federation_latency $(BENCH_FEDERATION_ARGS)
