@@ -284,15 +284,7 @@ class PduIngest:
             outcome = None
             for attempt in range(2):
                 try:
-                    outcome = check_pdu(
-                        candidate,
-                        room_version,
-                        keys=self.key_ring.cached_key,
-                        events=known.events,
-                        state_before=None,
-                        current_state=None,
-                        rejected=known.rejected,
-                    )
+                    outcome = self._check_alone(candidate, room_version, known)
                     break
                 except MissingEvent:
                     if attempt == 0:
@@ -647,6 +639,20 @@ class PduIngest:
             return
         await self._keep_outliers(chain, room_version, pdu["room_id"], known)
 
+    def _check_alone(self, candidate: dict[str, Any], room_version: str, known: _Known) -> PduOutcome:
+        """Check a fetched event against its own auth events only (no state judges it):
+        the signatures with the keys we hold, then auth. Raises MissingEvent or
+        AuthChainError like check_pdu."""
+        return check_pdu(
+            candidate,
+            room_version,
+            keys=self.key_ring.cached_key,
+            events=known.events,
+            state_before=None,
+            current_state=None,
+            rejected=known.rejected,
+        )
+
     async def _keep_outliers(
         self,
         candidates: list[Any],
@@ -675,15 +681,7 @@ class PduIngest:
                 continue
             await self._ensure_keys(candidate)  # check_pdu verifies the signatures with them
             try:
-                outcome = check_pdu(
-                    candidate,
-                    room_version,
-                    keys=self.key_ring.cached_key,
-                    events=known.events,
-                    state_before=None,
-                    current_state=None,
-                    rejected=known.rejected,
-                )
+                outcome = self._check_alone(candidate, room_version, known)
             except (MissingEvent, AuthChainError):
                 continue
             if outcome.status is PduStatus.DROPPED:
