@@ -221,6 +221,16 @@ def _send(server: ServerProcess, token: str, room_id: str, text: str) -> str:
     return str(r.json()["event_id"])
 
 
+def _create_public_room(server: ServerProcess, token: str) -> str:
+    r = requests.post(
+        server.url("/_matrix/client/v3/createRoom"),
+        json={"preset": "public_chat"},
+        headers=_headers(token),
+        timeout=30,
+    )
+    return str(r.json()["room_id"])
+
+
 async def _add_remote_member(process: ServerProcess, room_id: str, user_id: str) -> None:
     """With the process stopped: the remote user's join, persisted by our event path."""
     raw = yaml.safe_load(process.config_path.read_text())
@@ -249,13 +259,7 @@ async def test_events_reach_the_remote_in_order_in_fifty_pdu_transactions_and_su
     try:
         alice = process.register("alice")
         token = alice["access_token"]
-        r = requests.post(
-            process.url("/_matrix/client/v3/createRoom"),
-            json={"preset": "public_chat"},
-            headers=_headers(token),
-            timeout=30,
-        )
-        room_id = r.json()["room_id"]
+        room_id = _create_public_room(process, token)
         assert process.stop() == 0
         await _add_remote_member(process, room_id, f"@bob:{recorder.server_name}")
         process = fed.process = _restart(process, tmp_path)
@@ -349,13 +353,7 @@ async def test_synapse_takes_our_transactions(tmp_path: Path, ca: TestCA) -> Non
         process = fed.process
         alice = process.register("alice")
         token = alice["access_token"]
-        r = requests.post(
-            process.url("/_matrix/client/v3/createRoom"),
-            json={"preset": "public_chat"},
-            headers=_headers(token),
-            timeout=30,
-        )
-        room_id = r.json()["room_id"]
+        room_id = _create_public_room(process, token)
         assert process.stop() == 0
         await _add_remote_member(process, room_id, f"@bob:{syn.server_name}")
         process = fed.process = _restart(process, tmp_path / "ours")
@@ -429,13 +427,7 @@ def test_a_message_reaches_a_member_on_another_of_our_servers(tmp_path: Path, ca
     try:
         alice = a.process.register("alice")
         bob = b.process.register("bob")
-        r = requests.post(
-            a.process.url("/_matrix/client/v3/createRoom"),
-            json={"preset": "public_chat"},
-            headers=_headers(alice["access_token"]),
-            timeout=30,
-        )
-        room_id = r.json()["room_id"]
+        room_id = _create_public_room(a.process, alice["access_token"])
         r = requests.post(
             b.process.url(f"/_matrix/client/v3/join/{room_id}"),
             params={"server_name": a.server_name},
