@@ -8,56 +8,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest_twisted
-from harness import TestClock, make_server, turn
-from signedjson.key import generate_signing_key
+from harness import TestClock, make_server
+from remote_server import THEM, settle, signed_pdu, trust_them
 from twisted.internet.defer import Deferred
 
-from homeserver.events.hashing import add_content_hash, compute_event_id
-from homeserver.events.signing import sign_event
-from homeserver.signing_key import verify_key_base64
-from homeserver.storage.server_keys import StoredKey
-
-THEM = "them.example"
-KEY = generate_signing_key("t1")
 ROOM = f"!elsewhere:{THEM}"
 CREATOR = f"@x:{THEM}"
 
 
 def _pdu(
     kind: str, content: dict[str, Any], prev: list[str], auth: list[str], depth: int, **extra: Any
-) -> Any:
-    pdu: dict[str, Any] = {
-        "room_id": ROOM,
-        "sender": CREATOR,
-        "type": kind,
-        "content": content,
-        "depth": depth,
-        "origin_server_ts": 1_800_000_000_000,
-        "prev_events": prev,
-        "auth_events": auth,
-        **extra,
-    }
-    pdu = sign_event(add_content_hash(pdu), THEM, KEY, "10")
-    return compute_event_id(pdu, "10"), pdu
-
-
-async def _settle(clock: TestClock, d: Deferred[Any]) -> Any:
-    for _ in range(5000):
-        if d.called:
-            return await d
-        clock.advance(0.01)
-        await turn()
-    raise AssertionError("never finished")
+) -> tuple[str, dict[str, Any]]:
+    return signed_pdu(ROOM, CREATOR, kind, content, prev, auth, depth, **extra)
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_room_we_are_only_invited_to_takes_no_pdus_and_is_not_listed(tmp_path: Path) -> None:
     clock = TestClock()
     hs = await make_server(tmp_path, clock)
-    far = clock.time_ms() + 86_400_000
-    await hs.federation.key_ring._remember(
-        [StoredKey(THEM, "ed25519:t1", verify_key_base64(KEY), far, None, "{}")]
-    )
+    await trust_them(hs, clock)
     bob = await hs.accounts.register("bob", "correct horse battery")
     ours = await hs.rooms.create_room(bob, {"preset": "private_chat", "room_version": "10"})
 
@@ -68,7 +37,7 @@ async def test_a_room_we_are_only_invited_to_takes_no_pdus_and_is_not_listed(tmp
     )
     body = {"event": invite, "room_version": "10", "invite_room_state": []}
     receive = hs.federation.membership.receive_invite(THEM, ROOM, invite_id, body)
-    await _settle(clock, Deferred.fromCoroutine(receive))
+    await settle(clock, Deferred.fromCoroutine(receive))
     head = await hs.room_heads.get(ROOM)
     assert head is not None and head.membership(bob) == "invite"  # kept: Bob's sync shows it
 
@@ -77,7 +46,7 @@ async def test_a_room_we_are_only_invited_to_takes_no_pdus_and_is_not_listed(tmp
         "m.room.message", {"msgtype": "m.text", "body": "hi"}, [invite_id], [create_id, join_id], 4
     )
     txn = {"origin": THEM, "origin_server_ts": 0, "pdus": [msg], "edus": []}
-    answer = await _settle(clock, Deferred.fromCoroutine(hs.federation_transactions.receive(THEM, "t1", txn)))
+    answer = await settle(clock, Deferred.fromCoroutine(hs.federation_transactions.receive(THEM, "t1", txn)))
     assert answer["pdus"] == {msg_id: {"error": "This server is not in the room"}}
     assert not await hs.storage.events.event_stored(msg_id)
 

@@ -7,55 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest_twisted
-from harness import TestClock, make_server, turn
-from signedjson.key import generate_signing_key
+from harness import TestClock, make_server
+from remote_server import THEM, settle, signed_pdu, trust_them
 from twisted.internet.defer import Deferred
 
-from homeserver.events.hashing import add_content_hash, compute_event_id
-from homeserver.events.signing import sign_event
 from homeserver.server import HomeServer
-from homeserver.signing_key import verify_key_base64
-from homeserver.storage.server_keys import StoredKey
-
-THEM = "them.example"
-KEY = generate_signing_key("t1")
-
-
-def _pdu(
-    room_id: str,
-    sender: str,
-    kind: str,
-    content: dict[str, Any],
-    prev: list[str],
-    auth: list[str],
-    depth: int,
-    state_key: str | None = None,
-) -> tuple[str, dict[str, Any]]:
-    pdu: dict[str, Any] = {
-        "room_id": room_id,
-        "sender": sender,
-        "type": kind,
-        "content": content,
-        "depth": depth,
-        "origin_server_ts": 1_800_000_000_000,
-        "prev_events": prev,
-        "auth_events": auth,
-    }
-    if state_key is not None:
-        pdu["state_key"] = state_key
-    pdu = sign_event(add_content_hash(pdu), THEM, KEY, "10")
-    return compute_event_id(pdu, "10"), pdu
-
-
-async def _settle(clock: TestClock, d: Deferred[Any]) -> Any:
-    """Run `d` to its end: the database threads answer on the real reactor, and the group
-    commit's gathering waits are timed by the test clock."""
-    for _ in range(5000):
-        if d.called:
-            return await d
-        clock.advance(0.01)
-        await turn()
-    raise AssertionError("the transaction never finished")
 
 
 async def _messages(hs: HomeServer, room_id: str) -> list[str]:
@@ -69,16 +25,13 @@ async def _messages(hs: HomeServer, room_id: str) -> list[str]:
 async def test_a_retried_transaction_is_processed_once(tmp_path: Path) -> None:
     clock = TestClock()
     hs = await make_server(tmp_path, clock)
-    far = clock.time_ms() + 86_400_000
-    await hs.federation.key_ring._remember(
-        [StoredKey(THEM, "ed25519:t1", verify_key_base64(KEY), far, None, "{}")]
-    )
+    await trust_them(hs, clock)
     room_id = await hs.rooms.create_room("@alice:fast.test", {"preset": "public_chat", "room_version": "10"})
     head = await hs.room_heads.get(room_id)
     assert head is not None
     ids = {k: ev.event_id for k, ev in head.state.items()}
     user = f"@x:{THEM}"
-    join_id, join = _pdu(
+    join_id, join = signed_pdu(
         room_id,
         user,
         "m.room.member",
@@ -91,7 +44,7 @@ async def test_a_retried_transaction_is_processed_once(tmp_path: Path) -> None:
     auth = [ids[("m.room.create", "")], ids[("m.room.power_levels", "")], join_id]
     pdus, prev = [join], join_id
     for i in range(5):
-        prev, pdu = _pdu(
+        prev, pdu = signed_pdu(
             room_id,
             user,
             "m.room.message",
@@ -121,8 +74,8 @@ async def test_a_retried_transaction_is_processed_once(tmp_path: Path) -> None:
     # The same transaction twice at once: the copy waits for the first's answer.
     first = Deferred.fromCoroutine(receiver.receive(THEM, "txn1", body))
     copy = Deferred.fromCoroutine(receiver.receive(THEM, "txn1", body))
-    answer = await _settle(clock, first)
-    assert await _settle(clock, copy) == answer
+    answer = await settle(clock, first)
+    assert await settle(clock, copy) == answer
     assert len(answer["pdus"]) == 6 and all(v == {} for v in answer["pdus"].values())
     assert await _messages(hs, room_id) == ["0", "1", "2", "3", "4"]
     # The EDUs were handed on once, after the PDUs; a failing handler did not stop the rest.
@@ -133,7 +86,7 @@ async def test_a_retried_transaction_is_processed_once(tmp_path: Path) -> None:
     # under the same transaction id would otherwise be refused or stored.
     hs = await make_server(tmp_path, clock)
     forged = dict(body, pdus=[{"not": "a pdu"}])
-    again = await _settle(
+    again = await settle(
         clock, Deferred.fromCoroutine(hs.federation_transactions.receive(THEM, "txn1", forged))
     )
     assert again == answer
@@ -147,12 +100,12 @@ async def test_answers_are_kept_a_day_then_pruned(tmp_path: Path) -> None:
     hs = await make_server(tmp_path, clock)
     receiver, store = hs.federation_transactions, hs.federation_transactions.fed_store
     empty = {"origin": THEM, "origin_server_ts": 0, "pdus": [], "edus": []}
-    await _settle(clock, Deferred.fromCoroutine(receiver.receive(THEM, "old", empty)))
+    await settle(clock, Deferred.fromCoroutine(receiver.receive(THEM, "old", empty)))
     clock.advance(23 * 3600)
-    await _settle(clock, Deferred.fromCoroutine(receiver.receive(THEM, "recent", empty)))
+    await settle(clock, Deferred.fromCoroutine(receiver.receive(THEM, "recent", empty)))
     assert await store.txn_response(THEM, "old") is not None  # a retry within the day
     clock.advance(2 * 3600)
-    await _settle(clock, Deferred.fromCoroutine(receiver.receive(THEM, "new", empty)))
+    await settle(clock, Deferred.fromCoroutine(receiver.receive(THEM, "new", empty)))
     assert await store.txn_response(THEM, "old") is None
     assert await store.txn_response(THEM, "recent") is not None
     assert await store.txn_response(THEM, "new") is not None
@@ -172,10 +125,10 @@ async def test_rejected_events_are_forgotten_after_a_week_and_the_dag_is_kept(tm
     clock.advance(6 * 86400)
     await store.store_outcome("$recent_rejected", room, "rejected", "test", {"x": 2}, clock.time_ms())
     empty = {"origin": THEM, "origin_server_ts": 0, "pdus": [], "edus": []}
-    await _settle(clock, Deferred.fromCoroutine(receiver.receive(THEM, "a", empty)))
+    await settle(clock, Deferred.fromCoroutine(receiver.receive(THEM, "a", empty)))
     assert await store.known_status("$old_rejected") == ("rejected", "test")  # within the week
     clock.advance(2 * 86400)
-    await _settle(clock, Deferred.fromCoroutine(receiver.receive(THEM, "b", empty)))
+    await settle(clock, Deferred.fromCoroutine(receiver.receive(THEM, "b", empty)))
     assert await store.known_status("$old_rejected") is None
     assert await store.known_status("$recent_rejected") == ("rejected", "test")
     assert await store.known_status("$old_soft_failed") == ("soft_failed", "test")
@@ -198,6 +151,6 @@ async def test_a_prune_that_fails_does_not_fail_the_transaction(tmp_path: Path) 
 
     store.prune_rejected = failing  # type: ignore[method-assign]
     empty = {"origin": THEM, "origin_server_ts": 0, "pdus": [], "edus": []}
-    answer = await _settle(clock, Deferred.fromCoroutine(receiver.receive(THEM, "a", empty)))
+    answer = await settle(clock, Deferred.fromCoroutine(receiver.receive(THEM, "a", empty)))
     assert answer == {"pdus": {}} and len(calls) == 1
     await hs.stop(None)
