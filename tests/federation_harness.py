@@ -13,6 +13,7 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -189,3 +190,61 @@ def federated_pair(
     for server in (a, b):
         assert server.process.stop() == 0
     return a, b
+
+
+class User:
+    """A user of one of our federated servers, on the Client-Server API."""
+
+    def __init__(self, server: FederatedServer, name: str) -> None:
+        self.server = server
+        account = server.process.register(name)
+        self.user_id: str = account["user_id"]
+        self.token: str = account["access_token"]
+
+    def call(self, method: str, path: str, body: Any = None, **params: Any) -> requests.Response:
+        return requests.request(
+            method,
+            self.server.process.url("/_matrix/client/v3" + path),
+            json=body,
+            params=params,
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=60,
+        )
+
+    def ok(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
+        r = self.call(method, path, body, **params)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def create_room(self, version: str = "10", **body: Any) -> str:
+        room_id: str = self.ok("POST", "/createRoom", {"room_version": version, **body})["room_id"]
+        return room_id
+
+    def memberships(self, room_id: str) -> dict[str, str]:
+        chunk = self.ok("GET", f"/rooms/{quote(room_id)}/members")["chunk"]
+        return {ev["state_key"]: ev["content"]["membership"] for ev in chunk}
+
+    def sync(self) -> Any:
+        return self.ok("GET", "/sync", timeout="0")
+
+    def say(self, room_id: str, body: str) -> str:
+        sent = self.ok(
+            "PUT", f"/rooms/{quote(room_id)}/send/m.room.message/{body}", {"msgtype": "m.text", "body": body}
+        )
+        event_id: str = sent["event_id"]
+        return event_id
+
+    def page_back(self, room_id: str, limit: int) -> list[dict[str, Any]]:
+        """Every event /messages gives going back from now, page by page."""
+        events: list[dict[str, Any]] = []
+        token = None
+        for _ in range(50):
+            params: dict[str, Any] = {"dir": "b", "limit": str(limit)}
+            if token is not None:
+                params["from"] = token
+            page = self.ok("GET", f"/rooms/{quote(room_id)}/messages", **params)
+            events.extend(page["chunk"])
+            token = page.get("end")
+            if token is None:
+                return events
+        raise AssertionError("paging never ended")

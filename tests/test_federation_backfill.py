@@ -11,8 +11,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-import requests
-from federation_harness import FederatedServer, TestCA, federated_pair, signed_request
+from federation_harness import FederatedServer, TestCA, User, federated_pair, signed_request
 
 
 @pytest.fixture(scope="module")
@@ -20,48 +19,6 @@ def servers(
     tmp_path_factory: pytest.TempPathFactory, ca: TestCA
 ) -> Iterator[tuple[FederatedServer, FederatedServer]]:
     yield from federated_pair(tmp_path_factory, ca)
-
-
-class User:
-    def __init__(self, server: FederatedServer, name: str) -> None:
-        self.server = server
-        account = server.process.register(name)
-        self.user_id: str = account["user_id"]
-        self.token: str = account["access_token"]
-
-    def ok(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
-        r = requests.request(
-            method,
-            self.server.process.url("/_matrix/client/v3" + path),
-            json=body,
-            params=params,
-            headers={"Authorization": f"Bearer {self.token}"},
-            timeout=60,
-        )
-        assert r.status_code == 200, r.text
-        return r.json()
-
-    def say(self, room_id: str, body: str) -> str:
-        sent = self.ok(
-            "PUT", f"/rooms/{quote(room_id)}/send/m.room.message/{body}", {"msgtype": "m.text", "body": body}
-        )
-        event_id: str = sent["event_id"]
-        return event_id
-
-    def page_back(self, room_id: str, limit: int) -> list[dict[str, Any]]:
-        """Every event /messages gives going back from now, page by page."""
-        events: list[dict[str, Any]] = []
-        token = None
-        for _ in range(50):
-            params: dict[str, Any] = {"dir": "b", "limit": str(limit)}
-            if token is not None:
-                params["from"] = token
-            page = self.ok("GET", f"/rooms/{quote(room_id)}/messages", **params)
-            events.extend(page["chunk"])
-            token = page.get("end")
-            if token is None:
-                return events
-        raise AssertionError("paging never ended")
 
 
 def _bodies(events: list[dict[str, Any]]) -> list[str]:

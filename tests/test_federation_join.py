@@ -18,6 +18,7 @@ import requests
 from federation_harness import (
     FederatedServer,
     TestCA,
+    User,
     federated_pair,
     signed_request,
     signing_key,
@@ -34,40 +35,6 @@ def servers(
 ) -> Iterator[tuple[FederatedServer, FederatedServer]]:
     admin = {"plugins": [{"module": "plugins.admin.AdminPlugin", "config": {}}]}
     yield from federated_pair(tmp_path_factory, ca, admin)
-
-
-class User:
-    def __init__(self, server: FederatedServer, name: str) -> None:
-        self.server = server
-        account = server.process.register(name)
-        self.user_id: str = account["user_id"]
-        self.token: str = account["access_token"]
-
-    def call(self, method: str, path: str, body: Any = None, **params: Any) -> requests.Response:
-        return requests.request(
-            method,
-            self.server.process.url("/_matrix/client/v3" + path),
-            json=body,
-            params=params,
-            headers={"Authorization": f"Bearer {self.token}"},
-            timeout=60,
-        )
-
-    def ok(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
-        r = self.call(method, path, body, **params)
-        assert r.status_code == 200, r.text
-        return r.json()
-
-    def create_room(self, version: str = "10", **body: Any) -> str:
-        room_id: str = self.ok("POST", "/createRoom", {"room_version": version, **body})["room_id"]
-        return room_id
-
-    def memberships(self, room_id: str) -> dict[str, str]:
-        chunk = self.ok("GET", f"/rooms/{quote(room_id)}/members")["chunk"]
-        return {ev["state_key"]: ev["content"]["membership"] for ev in chunk}
-
-    def sync(self) -> Any:
-        return self.ok("GET", "/sync", timeout="0")
 
 
 @pytest.mark.parametrize("version", ["10", "12"])
