@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from homeserver.errors import ServiceUnavailable
 from homeserver.events.pdu_checks import PduStatus
 from homeserver.storage.events import StoredEvent
-from homeserver.workers.rpc import WorkerRpc
+from homeserver.workers.rpc import RpcHandler, WorkerRpc
 from homeserver.workers.topology import Topology, room_shard
 
 if TYPE_CHECKING:
@@ -90,16 +90,7 @@ def register_event_writes(hs: HomeServer, writers: RoomWriters) -> None:
     """The writer side of every forwarded entry point."""
     rpc = writers.rpc
 
-    def mine(args: dict[str, Any]) -> None:
-        room_id = args["room_id"]
-        if not writers.is_mine(room_id):
-            owner = writers.topology.event_writer_for(room_id)
-            raise ServiceUnavailable(
-                f"{writers.topology.me} does not write {room_id} ({owner} does); try again"
-            )
-
     async def send(args: dict[str, Any]) -> dict[str, Any]:
-        mine(args)
         txn = args.get("txn")
         event = await hs.events.send(
             args["sender"],
@@ -114,7 +105,6 @@ def register_event_writes(hs: HomeServer, writers: RoomWriters) -> None:
         return event_to_json(event)
 
     async def set_membership(args: dict[str, Any]) -> dict[str, Any]:
-        mine(args)
         event = await hs.rooms.set_membership(
             args["sender"],
             args["room_id"],
@@ -126,11 +116,9 @@ def register_event_writes(hs: HomeServer, writers: RoomWriters) -> None:
         return {"event": event_to_json(event) if event is not None else None}
 
     async def join(args: dict[str, Any]) -> dict[str, Any]:
-        mine(args)
         return {"room_id": await hs.rooms.join(args["user_id"], args["room_id"], args.get("via"))}
 
     async def knock(args: dict[str, Any]) -> dict[str, Any]:
-        mine(args)
         return {
             "room_id": await hs.rooms.knock(
                 args["user_id"], args["room_id"], args.get("reason"), args.get("via")
@@ -138,12 +126,10 @@ def register_event_writes(hs: HomeServer, writers: RoomWriters) -> None:
         }
 
     async def leave(args: dict[str, Any]) -> dict[str, Any]:
-        mine(args)
         await hs.rooms.leave(args["user_id"], args["room_id"], args.get("reason"))
         return {}
 
     async def invite(args: dict[str, Any]) -> dict[str, Any]:
-        mine(args)
         await hs.rooms.invite(args["sender"], args["room_id"], args["target"], args.get("reason"))
         return {}
 
@@ -161,51 +147,59 @@ def register_event_writes(hs: HomeServer, writers: RoomWriters) -> None:
         return {"sent": await hs.rooms.update_member_profiles(args["user_id"], rooms)}
 
     async def upgrade(args: dict[str, Any]) -> dict[str, Any]:
-        mine(args)
         new = await hs.room_upgrader.upgrade(args["user_id"], args["room_id"], args["new_version"])
         return {"room_id": new}
 
     async def federation_make(args: dict[str, Any]) -> dict[str, Any]:
-        mine(args)
         return await hs.federation.membership.make(
             args["membership"], args["origin"], args["room_id"], args["user_id"], args.get("versions")
         )
 
     async def federation_send(args: dict[str, Any]) -> dict[str, Any]:
-        mine(args)
         return await hs.federation.membership.answer_send(
             args["membership"], args["origin"], args["room_id"], args["event_id"], args["pdu"]
         )
 
     async def federation_invite(args: dict[str, Any]) -> dict[str, Any]:
-        mine(args)
         return await hs.federation.membership.receive_invite(
             args["origin"], args["room_id"], args["event_id"], args["body"]
         )
 
     async def federation_pdu(args: dict[str, Any]) -> dict[str, Any]:
-        mine(args)
         outcome = await hs.federation_ingest.receive_pdu(args["origin"], args["room_version"], args["pdu"])
         return outcome_to_json(outcome)
 
     async def backfill(args: dict[str, Any]) -> dict[str, Any]:
-        mine(args)
         return {"added": await hs.federation_backfill.backfill(args["room_id"])}
 
+    def mine(handler: RpcHandler) -> RpcHandler:
+        """Run `handler` only where its args' room is written here."""
+
+        async def checked(args: dict[str, Any]) -> dict[str, Any]:
+            room_id = args["room_id"]
+            if not writers.is_mine(room_id):
+                owner = writers.topology.event_writer_for(room_id)
+                raise ServiceUnavailable(
+                    f"{writers.topology.me} does not write {room_id} ({owner} does); try again"
+                )
+            return await handler(args)
+
+        return checked
+
     for method, handler in (
-        ("events.send", send),
-        ("rooms.set_membership", set_membership),
-        ("rooms.join", join),
-        ("rooms.knock", knock),
-        ("rooms.leave", leave),
-        ("rooms.invite", invite),
-        ("rooms.create", create),
-        ("rooms.member_profiles", member_profiles),
-        ("rooms.upgrade", upgrade),
-        ("federation.make_membership", federation_make),
-        ("federation.send_membership", federation_send),
-        ("federation.invite", federation_invite),
-        ("federation.pdu", federation_pdu),
-        ("federation.backfill", backfill),
+        ("events.send", mine(send)),
+        ("rooms.set_membership", mine(set_membership)),
+        ("rooms.join", mine(join)),
+        ("rooms.knock", mine(knock)),
+        ("rooms.leave", mine(leave)),
+        ("rooms.invite", mine(invite)),
+        ("rooms.create", create),  # any event writer may make a room
+        ("rooms.member_profiles", member_profiles),  # several rooms: sends for those it writes
+        ("rooms.upgrade", mine(upgrade)),
+        ("federation.make_membership", mine(federation_make)),
+        ("federation.send_membership", mine(federation_send)),
+        ("federation.invite", mine(federation_invite)),
+        ("federation.pdu", mine(federation_pdu)),
+        ("federation.backfill", mine(backfill)),
     ):
         rpc.register(method, handler)
