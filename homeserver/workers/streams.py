@@ -226,13 +226,13 @@ class StreamReplication:
             hs.typing.apply(rows, position)
         elif name == "presence":
             hs.presence.apply(rows, position)
-            self._wake_audience(hs.presence.audience_of([row["user_id"] for row in rows]))
         elif name == "account_data":
             hs.account_data.apply(rows, position)
         elif name == "to_device":
             hs.keys.apply_to_device(rows, position)
         elif name == "device_lists":
             hs.keys.apply_device_lists(rows, position)
+        if name in ("presence", "device_lists"):
             self._wake_audience(hs.presence.audience_of([row["user_id"] for row in rows]))
         self._advanced(name)
 
