@@ -131,6 +131,16 @@ async def room_on(cluster: Cluster, writer: str, owner: dict[str, str], guest: d
     return room_id
 
 
+async def two_rooms(cluster: Cluster) -> tuple[dict[str, str], dict[str, str], str, str]:
+    """alice and bob (registered on w1), in a room w1 writes (alice's) and one w2 writes (bob's)."""
+    w1 = cluster.servers["w1"]
+    alice = await Client(w1).register(w1, "alice")
+    bob = await Client(w1).register(w1, "bob")
+    r1 = await room_on(cluster, "w1", alice, bob)
+    r2 = await room_on(cluster, "w2", bob, alice)
+    return alice, bob, r1, r2
+
+
 def send(cluster: Cluster, room_id: str, token: str, body: str) -> Deferred[tuple[int, dict[str, Any]]]:
     return Client(cluster.writer_of(room_id)).start(
         "PUT",
@@ -165,6 +175,11 @@ class SyncReader:
                 if ev["type"] == "m.room.message":
                     self.got[room_id].append(ev["content"]["body"])
 
+    async def skip_history(self) -> None:
+        """Take a first token; from then on `got` holds only what comes after it."""
+        await self.poll(0)
+        self.got = {r: [] for r in self.rooms}
+
     async def until_count(self, count: int, polls: int = 60) -> None:
         for _ in range(polls):
             if all(len(v) >= count for v in self.got.values()):
@@ -186,16 +201,12 @@ async def test_every_process_syncs_every_writers_events_once_in_order(cluster: C
     await start_all(cluster)
     try:
         w1, w2, w3 = (cluster.servers[n] for n in INSTANCES)
-        alice = await Client(w1).register(w1, "alice")
-        bob = await Client(w1).register(w1, "bob")
-        r1 = await room_on(cluster, "w1", alice, bob)
-        r2 = await room_on(cluster, "w2", bob, alice)
+        alice, bob, r1, r2 = await two_rooms(cluster)
         rooms = [r1, r2]
         readers = [SyncReader(w3, bob["access_token"], rooms), SyncReader(w1, alice["access_token"], rooms)]
         readers.append(SyncReader(w2, bob["access_token"], rooms))
         for reader in readers:
-            await reader.poll(0)
-            reader.got = {r: [] for r in rooms}
+            await reader.skip_history()
         after = max(hs.stream.position for hs in cluster.servers.values())
         polling = [Deferred.fromCoroutine(r.until_count(30)) for r in readers]
 
@@ -236,13 +247,9 @@ async def test_a_reader_cut_off_from_the_bus_catches_up_from_the_database(cluste
     await start_all(cluster)
     try:
         w1, w2, w3 = (cluster.servers[n] for n in INSTANCES)
-        alice = await Client(w1).register(w1, "alice")
-        bob = await Client(w1).register(w1, "bob")
-        r1 = await room_on(cluster, "w1", alice, bob)
-        r2 = await room_on(cluster, "w2", bob, alice)
+        alice, bob, r1, r2 = await two_rooms(cluster)
         reader = SyncReader(w3, bob["access_token"], [r1, r2])
-        await reader.poll(0)
-        reader.got = {r1: [], r2: []}
+        await reader.skip_history()
         cut_at = w3.stream.position
 
         cluster.hub.disconnect("w3")
@@ -279,11 +286,7 @@ async def test_a_reader_cut_off_from_the_bus_catches_up_from_the_database(cluste
 async def test_the_stream_waits_for_a_dead_writer_which_restarts_above_everything(cluster: Cluster) -> None:
     await start_all(cluster)
     try:
-        w1 = cluster.servers["w1"]
-        alice = await Client(w1).register(w1, "alice")
-        bob = await Client(w1).register(w1, "bob")
-        r1 = await room_on(cluster, "w1", alice, bob)
-        r2 = await room_on(cluster, "w2", bob, alice)
+        alice, bob, r1, r2 = await two_rooms(cluster)
         for i in range(3):
             for room_id, token in ((r1, alice["access_token"]), (r2, bob["access_token"])):
                 status, _ = await send(cluster, room_id, token, f"before{i}-{room_id[1:5]}")
