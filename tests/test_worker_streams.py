@@ -269,6 +269,18 @@ async def test_device_keys_uploaded_on_one_worker_tell_a_room_mate_on_the_other(
         assert bob["device_id"] in found["device_keys"][bob["user_id"]]
 
 
+async def _token_cached_on_w2(w: Workers, user: dict[str, str]) -> None:
+    """Start w2 and use `user`'s token there once, so that w2 holds it in its cache."""
+    await w.start(w.w2)
+    assert (await w.c2.call("GET", "/account/whoami", user["access_token"]))["user_id"] == user["user_id"]
+
+
+async def _whoami_on_w2(w: Workers, user: dict[str, str]) -> tuple[int, str]:
+    """The status and errcode w2 answers for `user`'s token."""
+    status, body = await w.c2.start("GET", CS + "/account/whoami", user["access_token"])
+    return status, body.get("errcode", "")
+
+
 def _device_keys(user: dict[str, str]) -> dict[str, Any]:
     key = SigningKey.generate()
     signing_key: Any = key
@@ -375,8 +387,7 @@ async def test_typing_and_a_logout_missed_while_disconnected_hold_after_reconnec
     w = workers
     alice, bob = await _user(w, "alice"), await _user(w, "bob")
     room_id = await _room(w, alice, bob)
-    await w.start(w.w2)
-    await w.c2.call("GET", "/account/whoami", bob["access_token"])  # cached on w2
+    await _token_cached_on_w2(w, bob)
     w.hub.disconnect("w2")
     path = f"/rooms/{quote(room_id)}/typing/{quote(alice['user_id'])}"
     await w.c1.call("PUT", path, alice["access_token"], {"typing": True, "timeout": 30000})
@@ -385,8 +396,7 @@ async def test_typing_and_a_logout_missed_while_disconnected_hold_after_reconnec
     await w.hub.reconnect("w2")
     # Typing is copied from its writer; every cached token is read again.
     assert w.w2.typing.typing_users(room_id) == [alice["user_id"]]
-    status, body = await w.c2.start("GET", CS + "/account/whoami", bob["access_token"])
-    assert (status, body["errcode"]) == (401, "M_UNKNOWN_TOKEN")
+    assert await _whoami_on_w2(w, bob) == (401, "M_UNKNOWN_TOKEN")
 
 
 # Caches ------------------------------------------------------------------------------------
@@ -396,24 +406,19 @@ async def test_typing_and_a_logout_missed_while_disconnected_hold_after_reconnec
 async def test_logout_on_one_worker_makes_the_token_fail_on_the_other_at_once(workers: Workers) -> None:
     w = workers
     alice = await _user(w, "alice")
-    # Cached on w2 by a first use.
-    await w.start(w.w2)
-    assert (await w.c2.call("GET", "/account/whoami", alice["access_token"]))["user_id"] == alice["user_id"]
+    await _token_cached_on_w2(w, alice)
     await w.c1.call("POST", "/logout", alice["access_token"], {})
-    status, body = await w.c2.start("GET", CS + "/account/whoami", alice["access_token"])
-    assert (status, body["errcode"]) == (401, "M_UNKNOWN_TOKEN")
+    assert await _whoami_on_w2(w, alice) == (401, "M_UNKNOWN_TOKEN")
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_lock_by_an_admin_on_one_worker_holds_on_the_other(workers: Workers) -> None:
     w = workers
     alice = await _user(w, "alice")
-    await w.start(w.w2)
-    await w.c2.call("GET", "/account/whoami", alice["access_token"])
+    await _token_cached_on_w2(w, alice)
     await w.w1.restrictions.set(alice["user_id"], "locked", True)
     await until(lambda: w.w2.restrictions.has("locked", alice["user_id"]), "the lock reaches w2")
-    status, body = await w.c2.start("GET", CS + "/account/whoami", alice["access_token"])
-    assert (status, body["errcode"]) == (401, "M_USER_LOCKED")
+    assert await _whoami_on_w2(w, alice) == (401, "M_USER_LOCKED")
 
 
 # Jobs --------------------------------------------------------------------------------------
