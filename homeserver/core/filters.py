@@ -9,12 +9,12 @@ the spec allows a server to send more than asked.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from homeserver.core.globs import glob_fullmatch
 from homeserver.errors import BadJson, Forbidden, InvalidParam, MatrixError, NotFound
 from homeserver.storage import Storage
 
@@ -36,11 +36,10 @@ def _types_filter(raw: Any) -> tuple[list[str] | None, list[str]]:
 def _matches(value: str, patterns: list[str]) -> bool:
     if value in patterns:  # most filters list plain types: no glob needed
         return True
-    return any(fnmatch.fnmatchcase(value, p) for p in patterns if isinstance(p, str) and _is_glob(p))
-
-
-def _is_glob(pattern: str) -> bool:
-    return "*" in pattern or "?" in pattern or "[" in pattern
+    # The spec's only wildcard in filters is `*`; a pattern without one is matched exactly
+    # (so `[`, `?` are literal), and globs go through the non-backtracking matcher: a
+    # filter is any user's input.
+    return any(isinstance(p, str) and "*" in p and glob_fullmatch(p, value) for p in patterns)
 
 
 @dataclass(frozen=True)
