@@ -64,6 +64,8 @@ def _parse_size(value: Any) -> Size:
 class ListenConfig:
     bind: str = "127.0.0.1"
     port: int = 8008
+    # Load balancers (CIDR ranges) whose X-Forwarded-For names the client (api/forwarded.py).
+    trusted_proxies: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -497,6 +499,11 @@ def _check_values(config: Config, source: str) -> None:
         raise ConfigError(f"{source}: 'server_name' is not a valid server name: {config.server_name!r}")
     if not (1 <= config.listen.port <= 65535):
         raise ConfigError(f"{source}: 'listen.port' must be between 1 and 65535")
+    for cidr in config.listen.trusted_proxies:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except (ValueError, TypeError):
+            raise ConfigError(f"{source}: 'listen.trusted_proxies': {cidr!r} is not a CIDR range") from None
     _check_metrics(config.metrics, source)
     url = config.database.url
     if url and not (url.startswith("sqlite:///") or url.startswith(("postgresql://", "postgres://"))):

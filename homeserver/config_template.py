@@ -36,6 +36,13 @@ listen:
   # Address and port of the HTTP and WebSocket listener.
   bind: "$bind"
   port: $port
+  # Load balancers in front (CIDR ranges, e.g. ["127.0.0.1/32", "10.0.0.0/8"]): a request
+  # from one of them counts as coming from the address it appends to X-Forwarded-For
+  # (HAProxy `option forwardfor`, nginx `proxy_add_x_forwarded_for`), for per-address
+  # rate limits, the access log and sessions' last-seen address. Empty: every request is
+  # its TCP peer's, headers ignored.
+  # Never list addresses clients can connect from directly: they could name any address.
+  trusted_proxies: []
 
 database:
   # sqlite:///PATH (a file; WAL mode) or postgresql://USER@HOST:PORT/DB.

@@ -46,6 +46,7 @@ from homeserver.api.federation import keys as federation_keys
 from homeserver.api.federation import membership as federation_membership
 from homeserver.api.federation import queries as federation_queries
 from homeserver.api.federation import user_keys as federation_user_keys
+from homeserver.api.forwarded import parse_networks
 from homeserver.api.http import Router, make_site
 from homeserver.api.http_server import HttpFactory
 from homeserver.api.internal import internal_router
@@ -818,7 +819,11 @@ class HomeServer:
         """The HTTP side, to listen with (once: stop() drains its connections)."""
         upgrades = {WS_PATH: LazyUpgrade(lambda: self.websocket)}
         self.http = make_site(
-            self.router, self.config.limits.max_request_body_size, self.clock, upgrades=upgrades
+            self.router,
+            self.config.limits.max_request_body_size,
+            self.clock,
+            upgrades=upgrades,
+            trusted_proxies=parse_networks(self.config.listen.trusted_proxies),
         )
         return self.http
 

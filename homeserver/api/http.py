@@ -24,6 +24,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from homeserver.api.forwarded import Network, client_address
 from homeserver.api.http_server import HttpFactory, Request, safe_header_value
 from homeserver.api.strict_json import check_unicode
 from homeserver.api.validate import NUL_MESSAGE, contains_nul
@@ -153,8 +154,11 @@ class ApiRequest(Request):
             raise BadJson(f"'{name}' must be JSON") from None
 
     def client_ip(self) -> str:
-        peer = self.getClientAddress()
-        return getattr(peer, "host", "unknown")
+        """The client's address: the TCP peer's, or the one a trusted load balancer names
+        (`listen.trusted_proxies`, api/forwarded.py)."""
+        peer = getattr(self.getClientAddress(), "host", "unknown")
+        proxies = self.channel.factory.trusted_proxies
+        return client_address(peer, self.getHeader(b"x-forwarded-for"), proxies) if proxies else peer
 
     def bearer_token(self) -> str | None:
         raw = self.getHeader(b"authorization")
@@ -538,11 +542,16 @@ class _Pacer:
 
 
 def make_site(
-    router: Router, max_body_size: int, clock: Clock, upgrades: dict[bytes, Any] | None = None
+    router: Router,
+    max_body_size: int,
+    clock: Clock,
+    upgrades: dict[bytes, Any] | None = None,
+    trusted_proxies: tuple[Network, ...] = (),
 ) -> HttpFactory:
     """The listening side: HTTP connections whose requests go to `router`, and WebSocket
-    upgrades on the paths of `upgrades` to their Autobahn factories; `clock` times them out."""
-    return HttpFactory(
+    upgrades on the paths of `upgrades` to their Autobahn factories; `clock` times them out.
+    Requests from `trusted_proxies` are taken to come from the address they forward."""
+    site = HttpFactory(
         router.dispatch,  # type: ignore[arg-type]
         max_body_size,
         clock,
@@ -550,3 +559,5 @@ def make_site(
         request_factory=ApiRequest,
         upgrades=upgrades,
     )
+    site.trusted_proxies = trusted_proxies
+    return site

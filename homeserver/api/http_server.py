@@ -780,6 +780,8 @@ class HttpFactory(ServerFactory):
         self._body_limit_for = body_limit_for
         self.request_factory = request_factory
         self.upgrades = upgrades or {}
+        # Load balancers whose X-Forwarded-For is believed (ApiRequest.client_ip).
+        self.trusted_proxies: tuple[Any, ...] = ()
         self.channels: set[HttpChannel] = set()
         self._sweeper: LoopingCall | None = None
         # Shutting down: no connection starts another request (drain()).
