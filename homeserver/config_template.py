@@ -100,6 +100,8 @@ rate_limits:
   # Turn every limit below off (load tests only).
   enabled: true
   # Each limit is a token bucket: 'burst' requests at once, refilled at 'per_second'.
+  # "One IP address" below: an IPv6 client's whole /64 (a host is often given one), and
+  # behind a balancer the address it forwards (listen.trusted_proxies).
   # Login attempts from one IP address.
   login_per_ip: {per_second: 0.2, burst: 10}
   # Failed logins to one account, from anywhere.

@@ -222,7 +222,7 @@ class AccountService:
     ) -> LoginResult:
         """Log in with a password: `who` is ("user", localpart or user id) or ("email", address).
         Every attempt counts against the IP's login limit."""
-        self.ratelimiter.check("login", ip, self.config.rate_limits.login_per_ip)
+        self.ratelimiter.check_address("login", ip, self.config.rate_limits.login_per_ip)
         kind, name = who
         user_id = await self.user_for_email_login(name) if kind == "email" else self.user_id_for(name)
         user_id = await self.check_password_login(user_id, password, ip)

@@ -38,7 +38,7 @@ class PasswordResetService:
 
     def _limit(self, ip: str, email: str) -> None:
         limits = self.config.rate_limits
-        self.ratelimiter.check("password_reset", ip, limits.password_reset_per_ip)
+        self.ratelimiter.check_address("password_reset", ip, limits.password_reset_per_ip)
         self.ratelimiter.check("password_reset_account", email, limits.password_reset_per_account)
 
     # The Matrix API -------------------------------------------------------------------------
@@ -84,7 +84,7 @@ class PasswordResetService:
 
     async def confirm_reset(self, email: str, code: str, new_password: str, ip: str) -> None:
         self.accounts.check_password(new_password)
-        self.ratelimiter.check("email_code", ip, self.config.rate_limits.password_reset_per_ip)
+        self.ratelimiter.check_address("email_code", ip, self.config.rate_limits.password_reset_per_ip)
         session = await self.email.submit_code_for_address("password_reset", email, code)
         owner = await self.storage.accounts.user_for_email(email)
         if owner is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections.abc import Callable
 
@@ -55,6 +56,10 @@ class RateLimiter:
         if self.on_take is not None:
             self.on_take(action, key, cost, limit)
 
+    def check_address(self, action: str, ip: str, limit: RateLimit, cost: float = 1.0) -> None:
+        """`check` for a client address, by its block (address_block)."""
+        self.check(action, address_block(ip), limit, cost)
+
     def taken_elsewhere(self, action: str, key: str, cost: float, limit: RateLimit) -> None:
         """Another process let `cost` through for this key: take it here too, never raising
         (the bucket may go below zero: this process then waits for it to refill)."""
@@ -84,3 +89,18 @@ class RateLimiter:
             newest = sorted(buckets.items(), key=lambda item: item[1][1], reverse=True)
             buckets = dict(newest[: _MAX_BUCKETS // 2])
         self._buckets = buckets
+
+
+def address_block(ip: str) -> str:
+    """The bucket key of a client address: an IPv6 address by its /64, since one host is
+    commonly given a whole /64 and could take a fresh address (a fresh bucket) for every
+    request; IPv4, an IPv4-mapped IPv6 address and anything unparsed as the address."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)

@@ -99,7 +99,7 @@ class RegistrationService:
             raise MissingParam("Missing 'password'")
         self.accounts.check_password(req.password)
         result = await self.uia.authenticate(req.auth, "/register", self.flows())
-        self.ratelimiter.check("register", req.ip, self.config.rate_limits.register_per_ip)
+        self.ratelimiter.check_address("register", req.ip, self.config.rate_limits.register_per_ip)
         user_id = await self.accounts.register(
             username, req.password, email=result.email, email_validated=True
         )
@@ -116,18 +116,18 @@ class RegistrationService:
     async def registration_token_valid(self, token: str, ip: str) -> bool:
         """`/v1/register/m.login.registration_token/validity`: whether `token` would pass the
         registration token stage. Rate-limited like sign-up, so it is no faster an oracle."""
-        self.ratelimiter.check("register", ip, self.config.rate_limits.register_per_ip, cost=0.2)
+        self.ratelimiter.check_address("register", ip, self.config.rate_limits.register_per_ip, cost=0.2)
         return await self.uia.registration_token_valid(token)
 
     async def check_username(self, username: str, ip: str) -> None:
         """`/register/available`: M_USER_IN_USE or M_INVALID_USERNAME, else nothing."""
-        self.ratelimiter.check("register", ip, self.config.rate_limits.register_per_ip, cost=0.2)
+        self.ratelimiter.check_address("register", ip, self.config.rate_limits.register_per_ip, cost=0.2)
         # /register lower-cases the name it is given, so the check does too.
         await self.accounts.is_username_available(username.lower())
 
     async def request_email_token(self, email: str, client_secret: str, send_attempt: int, ip: str) -> str:
         """Mail a link and a code proving an address for a new account; the session id."""
-        self.ratelimiter.check("email_request", ip, self.config.rate_limits.password_reset_per_ip)
+        self.ratelimiter.check_address("email_request", ip, self.config.rate_limits.password_reset_per_ip)
         if await self.storage.accounts.user_for_email(email) is not None:
             raise ThreepidInUse("Email address is already in use")
         return await self.email.request_token("register", email, client_secret, send_attempt)
@@ -145,7 +145,7 @@ class RegistrationService:
         reg = self.config.registration
         if not reg.enabled or reg.tokens or reg.requires_token:
             raise Forbidden("Registration through the simple API is disabled on this server")
-        self.ratelimiter.check("register", ip, self.config.rate_limits.register_per_ip)
+        self.ratelimiter.check_address("register", ip, self.config.rate_limits.register_per_ip)
         localpart = await self.accounts.localpart_for_email(email)
         if reg.require_email_verification:
             # Mail first: when it cannot be sent, no account is left holding the address.
@@ -160,7 +160,7 @@ class RegistrationService:
         return EmailSignUp(user_id, session)
 
     async def verify_email_code(self, email: str, code: str, ip: str) -> None:
-        self.ratelimiter.check("email_code", ip, self.config.rate_limits.password_reset_per_ip)
+        self.ratelimiter.check_address("email_code", ip, self.config.rate_limits.password_reset_per_ip)
         session = await self.email.submit_code_for_address("verify_account", email, code)
         await self.storage.accounts.mark_email_validated(session.address, self.clock.time_ms())
 
@@ -168,7 +168,7 @@ class RegistrationService:
         """A new mail, only for an account still waiting for verification (the caller answers
         the same either way, so the answer does not tell which addresses have accounts)."""
         limits = self.config.rate_limits
-        self.ratelimiter.check("password_reset", ip, limits.password_reset_per_ip)
+        self.ratelimiter.check_address("password_reset", ip, limits.password_reset_per_ip)
         self.ratelimiter.check("password_reset_account", email, limits.password_reset_per_account)
         owner = await self.storage.accounts.user_for_email(email)
         if owner is not None and not owner[1]:

@@ -95,3 +95,22 @@ async def test_the_header_is_ignored_when_the_peer_is_not_a_trusted_proxy(tmp_pa
         assert (await login(hs, "203.0.113.2"))[0] == 429
     finally:
         await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_addresses_of_one_ipv6_64_share_a_login_bucket(tmp_path: Path) -> None:
+    # A host is commonly given a whole /64: a fresh address per attempt must not be a
+    # fresh bucket (password guessing would have no limit at all).
+    hs = await make_server(
+        tmp_path, TestClock(), rate_limits=LIMITS, listen={"trusted_proxies": ["127.0.0.1/32"]}
+    )
+    hs.site()
+    try:
+        assert await statuses(hs, "2001:db8:1:2::1", 1) + await statuses(hs, "2001:db8:1:2::2", 1) == [
+            403,
+            403,
+        ]
+        assert (await login(hs, "2001:db8:1:2::3"))[0] == 429
+        assert (await login(hs, "2001:db8:1:3::1"))[0] == 403  # another /64
+    finally:
+        await hs.stop(None)

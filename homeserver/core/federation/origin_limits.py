@@ -9,7 +9,6 @@ M_LIMIT_EXCEEDED with retry_after_ms.
 
 from __future__ import annotations
 
-import ipaddress
 from collections import deque
 from collections.abc import Callable
 
@@ -77,7 +76,7 @@ class OriginLimits:
         origin, and a notary query makes us fetch from up to ten servers, so a bucket per
         client address keeps one address from turning us into its fetcher.
         LimitExceeded when it is empty."""
-        self.ratelimiter.check("federation_key_ip", address_block(ip), self.config.rc_key_requests_per_ip)
+        self.ratelimiter.check_address("federation_key_ip", ip, self.config.rc_key_requests_per_ip)
 
     def running(self, origin: str) -> int:
         return self._running.get(origin, 0)
@@ -88,18 +87,3 @@ class OriginLimits:
 
 def _nothing() -> None:
     pass
-
-
-def address_block(ip: str) -> str:
-    """The bucket key of a client address: an IPv6 address by its /64, since one host is
-    commonly given a whole /64 and could take a fresh address (a fresh bucket) for every
-    request; IPv4, an IPv4-mapped IPv6 address and anything unparsed as the address."""
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
-        return ip
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
