@@ -18,10 +18,20 @@ from functools import lru_cache
 _WORD_CHARS = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_")
 
 
+# Globs up to this long are kept split (server ACL entries and push patterns repeat);
+# longer ones are split each time, so the cache holds at most 4,096 x 256 characters
+# however long the globs others send.
+_CACHED_GLOB_LENGTH = 256
+
+
 @lru_cache(maxsize=4096)
-def _segments(glob: str) -> tuple[str, ...]:
-    """`a*b??*c` -> ("a", "b??", "c"); runs of stars are one star."""
+def _cached_segments(glob: str) -> tuple[str, ...]:
     return tuple(glob.split("*"))
+
+
+def _segments(glob: str) -> tuple[str, ...]:
+    """`a*b??*c` -> ("a", "b??", "c"): the glob split at its stars."""
+    return _cached_segments(glob) if len(glob) <= _CACHED_GLOB_LENGTH else tuple(glob.split("*"))
 
 
 def _matches_at(segment: str, text: str, pos: int) -> bool:

@@ -56,3 +56,15 @@ def test_a_hostile_push_pattern_is_answered_at_once() -> None:
     assert glob_search_words(hostile, "a" * 30 + "bc") is False  # the b must end a word
     assert glob_search_words(hostile, "a" * 30 + "b") is True
     assert glob_fullmatch(hostile, "a" * 60_000) is False
+
+
+def test_long_globs_are_matched_but_not_kept() -> None:
+    # Globs come from others: thousands of distinct 60 KB patterns must not stay in memory.
+    from homeserver.core import globs
+
+    before = globs._cached_segments.cache_info().currsize
+    for i in range(50):
+        long_glob = f"{i}*" + "x" * 60_000
+        assert glob_fullmatch(long_glob, f"{i}yy" + "x" * 60_000)
+    assert glob_fullmatch("short*glob", "short and glob")
+    assert globs._cached_segments.cache_info().currsize <= before + 1
