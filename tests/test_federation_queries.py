@@ -420,14 +420,27 @@ def test_a_hostile_or_old_remotes_media(
     assert download("huge").status_code == 413
     assert fake_remote.asked.count("/_matrix/federation/v1/media/download/huge") == 2
 
-    # Nonsense: not multipart, three parts, a redirect (not followed): 502, never a 500.
+    # Media at another URL (a CDN): fetched from there, with that answer's headers.
+    fake_remote.answers["/cdn/pic"] = (200, "image/png", PNG)
+    fake_remote.media("oncdn", f"Location: https://{fake_remote.server_name}/cdn/pic", b"")
+    r = download("oncdn")
+    assert r.status_code == 200 and r.content == PNG and r.headers["Content-Type"] == "image/png", r.text
+    # ...within the same size limit.
+    fake_remote.answers["/cdn/huge"] = (200, "application/octet-stream", b"\x00" * 300_000)
+    fake_remote.media("hugecdn", f"Location: https://{fake_remote.server_name}/cdn/huge", b"")
+    assert download("hugecdn").status_code == 413
+    # A location that is not http(s), or that fails: 502.
+    fake_remote.media("ftp", "Location: ftp://example.org/x", b"")
+    fake_remote.media("gone", f"Location: https://{fake_remote.server_name}/cdn/gone", b"")
+
+    # Nonsense: not multipart, three parts, a redirect nowhere: 502, never a 500.
     path = "/_matrix/federation/v1/media/download/"
     fake_remote.answers[path + "plain"] = (200, "image/png", PNG)
     three = b"--q\r\n\r\n{}\r\n--q\r\n\r\na\r\n--q\r\n\r\nb\r\n--q--\r\n"
     fake_remote.answers[path + "three"] = (200, "multipart/mixed; boundary=q", three)
     fake_remote.media("moved", "Location: http://127.0.0.1:1/x", b"")
     fake_remote.answers[path + "broken"] = (500, "text/plain", b"oops")
-    for media_id in ("plain", "three", "moved", "broken"):
+    for media_id in ("plain", "three", "moved", "broken", "ftp", "gone"):
         r = download(media_id)
         assert r.status_code == 502, (media_id, r.status_code, r.text)
     # Unknown on both routes: 404.

@@ -77,7 +77,7 @@ class FederationClient:
         self.resolver = ServerResolver(clock, self._fetch_well_known, srv_lookup())
         self._destinations: dict[str, Destination] = {}
         self._http: Any = None  # treq HTTPClient over the federation agent, made on first use
-        self._plain_https: Any = None  # for .well-known
+        self._plain_https: Any = None  # for .well-known and media redirects
         self._trust: Any = None
         self._pool: Any = None
 
@@ -220,10 +220,8 @@ class FederationClient:
         content_type = response.headers.getRawHeaders(b"content-type")
         return int(response.code), raw, content_type[0].decode("latin-1") if content_type else None
 
-    # Discovery's network side --------------------------------------------------------------
-
-    async def _fetch_well_known(self, host: str) -> WellKnownAnswer:
-        """GET https://host/.well-known/matrix/server (redirects followed, a bounded body)."""
+    def _plain_client(self) -> Any:
+        """treq over plain HTTP(S) (no X-Matrix signature), through the same address filter."""
         if self._plain_https is None:
             from treq.client import HTTPClient
             from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
@@ -231,9 +229,38 @@ class FederationClient:
             policy = BrowserLikePolicyForHTTPS(trustRoot=self.trust())
             agent: Any = Agent(self.connecting, contextFactory=policy)
             self._plain_https = HTTPClient(agent)
+        return self._plain_https
+
+    async def get_url(self, url: str, max_bytes: int) -> tuple[int, str | None, str | None, bytes]:
+        """A plain GET of a URL another server sent us to (media moved to a CDN), redirects
+        followed, every hop's address filtered like federation's: (status, Content-Type,
+        Content-Disposition, body). RemoteServerError (502, 504 on a timeout) when it
+        cannot be fetched; ResponseTooLarge past `max_bytes`."""
+        from twisted.internet.defer import CancelledError
+
+        try:
+            response = await self._plain_client().get(url, timeout=self.config.request_timeout / 1000)
+            raw = await _read_capped(response, max_bytes)
+        except _TooLarge:
+            raise ResponseTooLarge(f"the media at {url} is larger than {max_bytes} bytes") from None
+        except Exception as e:
+            if isinstance(e, CancelledError) or _timed_out(e):
+                raise RemoteServerError(f"{url} did not answer in time", status=504) from None
+            raise RemoteServerError(f"Cannot fetch {url}: {_describe(e)}") from None
+
+        def header(name: bytes) -> str | None:
+            values = response.headers.getRawHeaders(name)
+            return values[0].decode("latin-1") if values else None
+
+        return int(response.code), header(b"content-type"), header(b"content-disposition"), raw
+
+    # Discovery's network side --------------------------------------------------------------
+
+    async def _fetch_well_known(self, host: str) -> WellKnownAnswer:
+        """GET https://host/.well-known/matrix/server (redirects followed, a bounded body)."""
         try:
             port = "" if self.well_known_port == 443 else f":{self.well_known_port}"
-            response = await self._plain_https.get(
+            response = await self._plain_client().get(
                 f"https://{host}{port}/.well-known/matrix/server", timeout=WELL_KNOWN_TIMEOUT_S
             )
             raw = await _read_capped(response, MAX_WELL_KNOWN_BYTES)

@@ -110,7 +110,10 @@ class RemoteMediaFetcher:
             server_name, f"/_matrix/federation/v1/media/{kind}/{media_id}", query, limit
         )
         if status == 200:
-            return self._unwrap(server_name, content_type, body, max_bytes)
+            unwrapped = self._unwrap(server_name, content_type, body, max_bytes)
+            if isinstance(unwrapped, str):
+                return await self._follow(server_name, unwrapped, max_bytes)
+            return unwrapped
         if _unrecognised(status, body):
             legacy_query = {**query, "allow_remote": "false", "allow_redirect": "false"}
             status, content_type, body = await self._get(
@@ -132,8 +135,24 @@ class RemoteMediaFetcher:
         except ResponseTooLarge:
             raise MatrixError("The remote media is too large", "M_TOO_LARGE", status=413) from None
 
+    async def _follow(self, server_name: str, location: str, max_bytes: int) -> FetchedMedia:
+        """The media from where the remote's answer sent us (the spec lets it name a URL,
+        a CDN's, instead of sending the bytes)."""
+        if not location.startswith(("https://", "http://")) or len(location) > 2048 or not location.isascii():
+            raise MatrixError(f"{server_name} sent the media to an unusable location", status=502)
+        try:
+            status, content_type, disposition, data = await self.client.get_url(location, max_bytes)
+        except ResponseTooLarge:
+            raise MatrixError("The remote media is too large", "M_TOO_LARGE", status=413) from None
+        if status != 200:
+            raise MatrixError(f"{server_name}'s media location answered {status}", status=502)
+        return FetchedMedia(content_type, disposition, data)
+
     @staticmethod
-    def _unwrap(server_name: str, content_type: str | None, body: bytes, max_bytes: int) -> FetchedMedia:
+    def _unwrap(
+        server_name: str, content_type: str | None, body: bytes, max_bytes: int
+    ) -> FetchedMedia | str:
+        """The media in a federation answer, or the URL it says the media is at."""
         boundary = multipart_boundary(content_type)
         if boundary is None:
             raise MatrixError(f"{server_name} answered the media request without multipart", status=502)
@@ -145,8 +164,7 @@ class RemoteMediaFetcher:
             raise MatrixError(f"{server_name}'s media answer has {len(parts)} parts, not 2", status=502)
         headers, data = parts[1]
         if "location" in headers:
-            # Redirects (to a CDN) are allowed by the spec; not followed here yet (docs).
-            raise MatrixError(f"{server_name} redirected the media elsewhere", status=502)
+            return headers["location"].strip()
         if len(data) > max_bytes:
             raise MatrixError("The remote media is too large", "M_TOO_LARGE", status=413)
         return FetchedMedia(headers.get("content-type"), headers.get("content-disposition"), data)
