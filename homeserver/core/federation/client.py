@@ -197,28 +197,44 @@ class FederationClient:
         destination: str,
         max_bytes: int = MAX_RESPONSE_BYTES,
     ) -> tuple[int, bytes, str | None]:
-        from twisted.internet.defer import CancelledError
         from twisted.web.http_headers import Headers
 
-        client = self._client()
+        response, raw = await self._capped(
+            self._client(),
+            method,
+            url,
+            destination,
+            max_bytes,
+            headers=Headers(headers),
+            data=data,
+            allow_redirects=False,
+        )
+        return int(response.code), raw, _first_header(response, b"content-type")
+
+    async def _capped(
+        self, client: Any, method: str, url: bytes | str, what: str, max_bytes: int, **kwargs: Any
+    ) -> tuple[Any, bytes]:
+        """One request on `client` and its body up to `max_bytes` (ResponseTooLarge past it);
+        RemoteServerError when `what` cannot be reached (504 when it does not answer in time).
+        Redirects are not followed unless `kwargs` says so (a signed federation request is
+        for its destination only)."""
+        from twisted.internet.defer import CancelledError
+
         try:
             response = await client.request(
                 method,
                 url,
-                headers=Headers(headers),
-                data=data,
-                allow_redirects=False,
                 timeout=self.config.request_timeout / 1000,
+                **kwargs,
             )
             raw = await _read_capped(response, max_bytes)
         except _TooLarge:
-            raise ResponseTooLarge(f"{destination}'s answer is larger than {max_bytes} bytes") from None
+            raise ResponseTooLarge(f"{what}'s answer is larger than {max_bytes} bytes") from None
         except Exception as e:
             if isinstance(e, CancelledError) or _timed_out(e):
-                raise RemoteServerError(f"{destination} did not answer in time", status=504) from None
-            raise RemoteServerError(f"Cannot reach {destination}: {_describe(e)}") from None
-        content_type = response.headers.getRawHeaders(b"content-type")
-        return int(response.code), raw, content_type[0].decode("latin-1") if content_type else None
+                raise RemoteServerError(f"{what} did not answer in time", status=504) from None
+            raise RemoteServerError(f"Cannot reach {what}: {_describe(e)}") from None
+        return response, raw
 
     def _plain_client(self) -> Any:
         """treq over plain HTTP(S) (no X-Matrix signature), through the same address filter."""
@@ -236,23 +252,15 @@ class FederationClient:
         followed, every hop's address filtered like federation's: (status, Content-Type,
         Content-Disposition, body). RemoteServerError (502, 504 on a timeout) when it
         cannot be fetched; ResponseTooLarge past `max_bytes`."""
-        from twisted.internet.defer import CancelledError
-
-        try:
-            response = await self._plain_client().get(url, timeout=self.config.request_timeout / 1000)
-            raw = await _read_capped(response, max_bytes)
-        except _TooLarge:
-            raise ResponseTooLarge(f"the media at {url} is larger than {max_bytes} bytes") from None
-        except Exception as e:
-            if isinstance(e, CancelledError) or _timed_out(e):
-                raise RemoteServerError(f"{url} did not answer in time", status=504) from None
-            raise RemoteServerError(f"Cannot fetch {url}: {_describe(e)}") from None
-
-        def header(name: bytes) -> str | None:
-            values = response.headers.getRawHeaders(name)
-            return values[0].decode("latin-1") if values else None
-
-        return int(response.code), header(b"content-type"), header(b"content-disposition"), raw
+        response, raw = await self._capped(
+            self._plain_client(), "GET", url, url, max_bytes, allow_redirects=True
+        )
+        return (
+            int(response.code),
+            _first_header(response, b"content-type"),
+            _first_header(response, b"content-disposition"),
+            raw,
+        )
 
     # Discovery's network side --------------------------------------------------------------
 
@@ -294,6 +302,11 @@ def srv_lookup(resolver: Any = None) -> Any:
         ]
 
     return lookup
+
+
+def _first_header(response: Any, name: bytes) -> str | None:
+    values = response.headers.getRawHeaders(name)
+    return values[0].decode("latin-1") if values else None
 
 
 async def _read_capped(response: Any, limit: int) -> bytes:
