@@ -906,7 +906,8 @@ class HomeServer:
         if self.shared_limits is not None:
             self.shared_limits.stop()
         if self.replication is not None:
-            self.replication.stop()
+            # With the bus and the database still up: the other writers carry its promise.
+            await self.replication.retire()
         self.retention.stop()
         self.typing.stop_all()
         try:

@@ -7,8 +7,10 @@ schema each.
   order; sync tokens never go backwards;
 - a reader cut off from the bus while events are written reads them from PostgreSQL when it
   reconnects;
-- while a writer is down the stream waits for it; restarted (a new HomeServer on the same
-  database) it writes above every stored position, and everyone goes on.
+- a writer stopped gracefully hands over: the other writer carries its promise and every
+  process goes on; one stopped without a word (as a kill -9 leaves it) holds the stream
+  until it restarts. Restarted (a new HomeServer on the same database) it writes above
+  every stored position, and everyone goes on.
 """
 
 from __future__ import annotations
@@ -282,40 +284,68 @@ async def test_a_reader_cut_off_from_the_bus_catches_up_from_the_database(cluste
         await stop_all(cluster)
 
 
-@pytest_twisted.ensureDeferred
-async def test_the_stream_waits_for_a_dead_writer_which_restarts_above_everything(cluster: Cluster) -> None:
-    await start_all(cluster)
-    try:
-        alice, bob, r1, r2 = await two_rooms(cluster)
-        for i in range(3):
-            for room_id, token in ((r1, alice["access_token"]), (r2, bob["access_token"])):
-                status, _ = await send(cluster, room_id, token, f"before{i}-{room_id[1:5]}")
-                assert status == 200
-        stored = await cluster.stored_positions()
-        w3 = cluster.servers["w3"]
-        await until(lambda: w3.stream.position >= stored[-1], "the reader caught up")
+async def stop_and_restart_w1(cluster: Cluster, *, handover: bool) -> None:
+    """w1 stopped (handing over, as on SIGTERM, or not: as a kill -9 leaves it), a message
+    sent in w2's room meanwhile, w1 started again and a message sent in its room."""
+    alice, bob, r1, r2 = await two_rooms(cluster)
+    for i in range(3):
+        for room_id, token in ((r1, alice["access_token"]), (r2, bob["access_token"])):
+            status, _ = await send(cluster, room_id, token, f"before{i}-{room_id[1:5]}")
+            assert status == 200
+    stored = await cluster.stored_positions()
+    w3 = cluster.servers["w3"]
+    await until(lambda: w3.stream.position >= stored[-1], "the reader caught up")
 
-        await cluster.stop("w1")
-        status, body = await send(cluster, r2, bob["access_token"], "while-w1-is-down")
-        assert status == 200, body
-        waiting = body["event_id"]
-        position = (await w3.storage.events.get_events([waiting]))[waiting].stream_ordering
+    if not handover:
+        replication = cluster.servers["w1"].replication
+        assert replication is not None
+
+        async def unannounced() -> None:
+            replication.stop()
+
+        replication.retire = unannounced  # type: ignore[method-assign]
+    await cluster.stop("w1")
+    status, body = await send(cluster, r2, bob["access_token"], "while-w1-is-down")
+    assert status == 200, body
+    waiting = body["event_id"]
+    position = (await w3.storage.events.get_events([waiting]))[waiting].stream_ordering
+    if handover:
+        # w2 carries the stopped w1's promise: the reader goes on without it.
+        await until(lambda: w3.stream.position >= position, "the reader went on while w1 is away")
+    else:
         assert w3.stream.position < position  # the stream waits for w1's promise to move
 
-        w1 = await cluster.start("w1")
-        status, body = await send(cluster, r1, alice["access_token"], "after-restart")
-        assert status == 200, body
-        new = (await w1.storage.events.get_events([body["event_id"]]))[body["event_id"]].stream_ordering
-        assert new > position and new > stored[-1] and new % 2 == 0
-        reader = SyncReader(w3, bob["access_token"], [r1, r2])
-        for _ in range(30):
-            await reader.poll(2000 if reader.since else 0)
-            if reader.got[r1][-1:] == ["after-restart"] and reader.got[r2][-1:] == ["while-w1-is-down"]:
-                break
-        else:
-            raise AssertionError(f"the reader never got the events after the restart: {reader.got}")
-        stored = await cluster.stored_positions()
-        await until(lambda: w3.stream.position >= stored[-1], "the reader went on")
-        await assert_in_position_order_once(cluster.published["w3"], stored, 0)
+    w1 = await cluster.start("w1")
+    status, body = await send(cluster, r1, alice["access_token"], "after-restart")
+    assert status == 200, body
+    new = (await w1.storage.events.get_events([body["event_id"]]))[body["event_id"]].stream_ordering
+    assert new > position and new > stored[-1] and new % 2 == 0
+    reader = SyncReader(w3, bob["access_token"], [r1, r2])
+    for _ in range(30):
+        await reader.poll(2000 if reader.since else 0)
+        if reader.got[r1][-1:] == ["after-restart"] and reader.got[r2][-1:] == ["while-w1-is-down"]:
+            break
+    else:
+        raise AssertionError(f"the reader never got the events after the restart: {reader.got}")
+    stored = await cluster.stored_positions()
+    await until(lambda: w3.stream.position >= stored[-1], "the reader went on")
+    await assert_in_position_order_once(cluster.published["w3"], stored, 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_writer_stopped_gracefully_is_carried_and_restarts_above_everything(cluster: Cluster) -> None:
+    await start_all(cluster)
+    try:
+        await stop_and_restart_w1(cluster, handover=True)
+        assert await cluster.servers["w3"].storage.stream_writers.retired() == {}
+    finally:
+        await stop_all(cluster)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_stream_waits_for_a_writer_that_stopped_unannounced(cluster: Cluster) -> None:
+    await start_all(cluster)
+    try:
+        await stop_and_restart_w1(cluster, handover=False)
     finally:
         await stop_all(cluster)

@@ -8,7 +8,9 @@ connection, a timeout), sends it again with the same id until it is acknowledged
 receiver long-polls /sync and, on any failure, asks again from its last token.
 
 Then, while they chat: each worker in turn is killed with SIGKILL and started again (as
-systemd's Restart=always does); Redis restarts; PostgreSQL restarts. What must hold:
+systemd's Restart=always does); each event writer in turn is stopped with SIGTERM and
+started again (a rolling restart: meanwhile the other writer's messages keep arriving
+within DELIVERY_S); Redis restarts; PostgreSQL restarts. What must hold:
 every acknowledged message reaches its receiver exactly once and is stored exactly once;
 a message's every acknowledgement names the same event; the clients only ever see
 200 or a retryable 502/503/504, never another error; the chat goes on after each fault.
@@ -40,6 +42,9 @@ SEND_TIMEOUT_S = 40.0
 SYNC_TIMEOUT_MS = 5000
 # How long every receiver may take to see every acknowledged message once the faults end.
 CATCH_UP_S = 90.0
+# While one event writer is stopped gracefully, how soon the other writer's messages must
+# reach their receivers (the stream does not wait for the stopped one: ADR 0008).
+DELIVERY_S = 3.0
 # Only the timeline matters here, and all of it: a gap would hide a lost message.
 SYNC_FILTER = json.dumps(
     {
@@ -66,6 +71,8 @@ class Pair:
     sender_token: str
     receiver_token: str
     acked: dict[str, str] = field(default_factory=dict)  # body -> event id
+    acked_at: dict[str, float] = field(default_factory=dict)  # body -> time.monotonic()
+    received_at: dict[str, float] = field(default_factory=dict)
     conflicting_acks: list[tuple[str, str, str]] = field(default_factory=list)
     received: list[tuple[str, str]] = field(default_factory=list)  # (body, event id), in order
     limited_after_start: int = 0
@@ -122,6 +129,7 @@ class Load:
                     event_id = answer["event_id"]
                     with self.lock:
                         first = pair.acked.setdefault(body, event_id)
+                        pair.acked_at.setdefault(body, time.monotonic())
                         if first != event_id:
                             pair.conflicting_acks.append((body, first, event_id))
                     break
@@ -149,8 +157,10 @@ class Load:
         with self.lock:
             if timeline.get("limited") and pair.since is not None:
                 pair.limited_after_start += 1
+            now = time.monotonic()
             for event in timeline.get("events", []):
                 pair.received.append((event["content"].get("body", ""), event["event_id"]))
+                pair.received_at.setdefault(event["content"].get("body", ""), now)
             pair.since = answer["next_batch"]
 
     def _behind(self, pair: Pair) -> bool:
@@ -175,6 +185,17 @@ class Load:
             with self.lock:
                 self.crashed.append(f"{threading.current_thread().name}: {e!r}")
             raise
+
+    def delivery_delays(self, pairs: list[Pair], start: float, end: float) -> list[float]:
+        """Seconds from acknowledgement to a receiver's sync, for the messages of `pairs`
+        acknowledged between `start` and `end` (time.monotonic()); infinite if never."""
+        with self.lock:
+            return [
+                pair.received_at.get(body, float("inf")) - at
+                for pair in pairs
+                for body, at in pair.acked_at.items()
+                if start <= at <= end
+            ]
 
     def acked_count(self, pairs: list[Pair] | None = None) -> int:
         with self.lock:
@@ -373,3 +394,34 @@ def test_a_client_worker_stopped_with_sigterm_drains_without_a_failed_request(wo
     failed = {k: n for k, n in load.statuses.items() if k[1] != 200}
     assert not failed, failed
     print(summary(load))
+
+
+def test_a_rolling_restart_of_the_event_writers_stalls_no_one(workers: Cluster) -> None:
+    """systemctl restart of each event writer in turn under load: the stopped writer hands
+    its promise over, so the other writer's messages keep reaching every receiver within
+    DELIVERY_S; its own rooms answer 503 (retried) until it is back; nothing lost or doubled."""
+    load = start_load(workers, "g")
+    delays: dict[str, list[float]] = {}
+    try:
+        for name in ("w2", "w1"):
+            worker = workers.workers[name]
+            assert worker.signal(signal.SIGTERM) == 0, worker.log_text()[-3000:]
+            stopped_at = time.monotonic()
+            others = [p for p in load.pairs if p.writer != name]
+            load.wait_progress(f"with {name} stopped", each=10, pairs=others)
+            sent_until = time.monotonic()
+            # Every message acknowledged while it was stopped, at most DELIVERY_S later.
+            time.sleep(DELIVERY_S)  # the bound under test, not an ordering: then look
+            delays[name] = load.delivery_delays(others, stopped_at, sent_until)
+            workers.restart(name)
+            load.wait_progress(f"after {name} restarted")
+    finally:
+        load.finish()
+    check_exactly_once(workers, load)
+    for name, seen in delays.items():
+        assert seen and max(seen) <= DELIVERY_S, (
+            f"with {name} stopped: {len(seen)} messages of the other writer, slowest "
+            f"{max(seen, default=0):.1f}s\n{workers.logs()}"
+        )
+    assert all(w.alive() for w in workers.workers.values())
+    print(summary(load), {n: f"max {max(d):.2f}s over {len(d)}" for n, d in delays.items()})

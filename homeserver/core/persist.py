@@ -117,8 +117,15 @@ class EventPersister:
         # With several processes: whether this one writes a room (Topology.writes_room). An
         # event of a room written elsewhere reaching here is a write that was not forwarded.
         self.owns_room: Callable[[str], bool] | None = None
-        # Told when a request failed (its positions no longer hold the promise back).
-        self.on_failed: Callable[[], None] | None = None
+        # Told the last position of a request that failed (it no longer holds the promise
+        # back, yet is stored nowhere: workers/event_replication.py saves a promise past it
+        # before announcing one).
+        self.on_failed: Callable[[int], None] | None = None
+        # The highest promise saved with a commit (when `save_promise`).
+        self.saved_promise = 0
+        # Set by `close()`: no event is taken any more.
+        self._closed = False
+        self._idle: list[Deferred[None]] = []
 
     async def start(self, start_after: int | None = None) -> None:
         """Positions continue above the newest stored event, or above `start_after` (with
@@ -128,6 +135,15 @@ class EventPersister:
         positions = self.positions
         self.positions = WriterPositions(positions.name, positions.index, positions.count, after)
         self._last_queued = self.positions.next_position
+
+    async def close(self) -> None:
+        """Take no more events, and return once those queued are committed or failed (a
+        graceful stop, before the writer hands its promise over)."""
+        self._closed = True
+        if self._running or self._queue:
+            idle: Deferred[None] = Deferred()
+            self._idle.append(idle)
+            await idle
 
     def publish_to(self, publish: Callable[[int, list[PersistItem]], None]) -> None:
         """Hand each commit to `publish` instead (several writers: workers/event_replication.py)."""
@@ -143,6 +159,8 @@ class EventPersister:
         Events must be queued in the order their positions were allocated: build and
         persist with no await in between (core/events.py).
         """
+        if self._closed:
+            raise ServiceUnavailable("This process is shutting down; try again")
         if self.owns_room is not None:
             for item in items:
                 if not self.owns_room(item.event.room_id):
@@ -174,6 +192,9 @@ class EventPersister:
                     await self._sleep(GATHER_S)
         finally:
             self._running = False
+            idle, self._idle = self._idle, []
+            for d in idle:
+                d.callback(None)
 
     async def _commit(self, batch: list[_Pending]) -> None:
         batch = [p for p in batch if not self._fails_with_its_room(p)]
@@ -229,6 +250,7 @@ class EventPersister:
                 if self.save_promise:
                     promise = self.positions.promise_after(items[-1].event.stream_ordering)
                     await self.store.persist_events(items, (self.positions.name, promise))
+                    self.saved_promise = max(self.saved_promise, promise)
                 else:
                     await self.store.persist_events(items)
                 self._unavailable_since = None
@@ -282,7 +304,7 @@ class EventPersister:
             self.heads.release(item.event.room_id)
         self.positions.settled(p.items[0].event.stream_ordering)
         if self.on_failed is not None:
-            self.on_failed()
+            self.on_failed(p.items[-1].event.stream_ordering)
         p.done.errback(error)
 
     def _sleep(self, seconds: float) -> Deferred[None]:

@@ -13,10 +13,11 @@ writer's event above its own next position it moves its next position above that
 (`observe`), and with it its promise. Only events move a writer, never another writer's
 promise: two idle writers would otherwise push each other up forever.
 
-A writer that dies keeps its last promise until it restarts: the stream waits for it
-(docs/architecture.md, "Several event writers"). On start a writer begins above every
-position stored and every promise saved (`start_after`), so nothing it writes can land
-below what a reader has already read.
+A writer that dies keeps its last promise until it restarts: the stream waits for it.
+One stopped gracefully retires and the others carry its promise meanwhile
+(workers/event_replication.py; docs/architecture.md, "Several event writers"). On start a
+writer begins above every position stored and every promise saved (`start_after`), so
+nothing it writes can land below what a reader has already read.
 """
 
 from __future__ import annotations

@@ -20,6 +20,19 @@ once: the timeline cache, sync, sliding sync, unread counts and the notifier rea
   announces its new promise (without that, the idle writer would hold everyone back).
   Writers also repeat their promise every HEARTBEAT_S: a lost last message costs at most
   that long.
+- A writer stopped gracefully (SIGTERM) **retires**: with nothing left in flight it saves
+  its promise as `retired_at` (table `stream_writers`) and announces it (`retired`). From
+  then on every other writer **carries** it: after each of its own announcements it moves
+  the retired writer's saved promise up to its own (`StreamWriterStore.carry`) and
+  announces that for it (a message with `custodian`), so no process waits for a writer
+  that is away on purpose. Returning, a writer first ends the carrying in the database
+  (`rejoin`: after it no carry moves its row), then starts above its row, every stored
+  position and every saved promise: above all that was announced for it. A writer killed
+  with SIGKILL announced nothing and is not carried: the stream waits for its restart.
+- A writer's promise passes a failed event's position (stored nowhere) only once a promise
+  past it is saved: otherwise a writer killed right after could restart below what the
+  others published, and its next events would be skipped. Other moves need no save: an
+  idle writer moves above a stored event (`observe`), and a restart starts above those.
 - Behind a writer that holds the stream (a dead one, until it restarts), at most
   MAX_WAITING events wait in memory; past that the other writers' batches are dropped
   and read from the database once it moves (their next batch or heartbeat shows the gap).
@@ -151,12 +164,26 @@ class EventReplication:
         self._announced = 0
         self._seq = 0
         self._heartbeat: Any = None
+        # This writer: its highest promise saved outside commits, the last position of its
+        # newest failed request, and whether a save (before an announcement) is running.
+        self._saved = 0
+        self._failed_upto = 0
+        self._saving = False
+        # This writer: the writers that retired (name -> retired_at), carried while away.
+        self._retired: dict[str, int] = {}
+        self._carrying = False
+        self._carry_again = False
+        self._stopped = False
 
     # Start -------------------------------------------------------------------------------
 
     async def start(self) -> int:
         """Load where each writer stands; return the position this process's stream starts at
         (everything up to it is committed, and read from the database by whoever needs it)."""
+        if self.persister is not None:
+            # Back from a graceful stop: nobody carries this writer's promise from here on,
+            # so what is saved below bounds what was ever announced for it.
+            await self.promises.rejoin(self.me)
         newest = await self.events.max_stream_ordering()
         saved = await self.promises.promises()
         # A writer that never saved a promise has written nothing above the newest event.
@@ -179,10 +206,12 @@ class EventReplication:
             persister.save_promise = True
             await persister.start(max(newest, *saved.values(), *known.values()))
             persister.publish_to(self._committed_here)
-            persister.on_failed = self._announce
+            persister.on_failed = self._failed
             self._announced = persister.positions.promise
             mine.complete = self._announced
             await self.promises.save(self.me, self._announced)
+            self._saved = self._announced
+            self._retired = {w: at for w, at in (await self.promises.retired()).items() if w != self.me}
         self.bus.subscribe(CHANNEL, self._received)
         self.bus.on_connected(self._connected)
         return start
@@ -198,6 +227,26 @@ class EventReplication:
         if self._heartbeat is not None and self._heartbeat.running:
             self._heartbeat.stop()
 
+    async def retire(self) -> None:
+        """A graceful stop: once the requests in flight are settled, hand this writer's
+        promise over (announce it retired), so that no process waits for it while it is away.
+        Called while the bus and database are still up; without them it stops unannounced,
+        as a killed writer would."""
+        self.stop()
+        persister = self.persister
+        if persister is None or self._stopped:
+            return
+        await persister.close()
+        self._stopped = True
+        promise = max(persister.positions.promise, self._announced)
+        try:
+            await self.promises.retire(self.me, promise)
+        except Exception:
+            log_failure(log, "could not save that {me} retired; the stream waits for its restart", me=self.me)
+            return
+        self._send([], promise, retired=True)
+        log.info("event writer {me} retired at {p}: the others carry its promise", me=self.me, p=promise)
+
     async def _connected(self) -> None:
         """After every bus (re)connect: messages may have been lost; read what the saved
         promises say is committed."""
@@ -206,42 +255,125 @@ class EventReplication:
             if name != self.me and saved.get(name, 0) > writer.complete:
                 self._fill(writer, saved[name])
         if self.persister is not None:
+            retired = await self.promises.retired()
+            self._retired = {w: at for w, at in retired.items() if w != self.me}
             self._beat()
 
     # This process's commits ------------------------------------------------------------------
 
     def _committed_here(self, upto: int, items: list[PersistItem]) -> None:
         """The persister's publish: announce the batch, and merge it with the others'."""
-        assert self.persister is not None
-        self._send(items, self.persister.positions.promise)
+        self._send(items, self._safe_promise())
+        self._save_if_held()
+
+    def _failed(self, last: int) -> None:
+        """A request failed: its positions stay unused, and are announced once saved."""
+        self._failed_upto = max(self._failed_upto, last)
+        self._announce()
 
     def _announce(self) -> None:
         """Tell the others if this writer's promise moved without a commit."""
-        assert self.persister is not None
-        promise = self.persister.positions.promise
+        if self._stopped:
+            return
+        promise = self._safe_promise()
         if promise > self._announced:
             self._send([], promise)
+        self._save_if_held()
 
     def _beat(self) -> None:
-        assert self.persister is not None
-        if self.persister.positions.promise > self._announced:
-            self._announce()
-        else:
-            self._send([], self._announced)
+        if self._stopped:
+            return
+        self._send([], self._safe_promise())
+        self._save_if_held()
 
-    def _send(self, items: list[PersistItem], promise: int) -> None:
+    def _safe_promise(self) -> int:
+        """The promise this writer may announce: its own, unless that passes a failed
+        position no saved promise has passed yet; then the highest saved one."""
+        assert self.persister is not None
+        promise = self.persister.positions.promise
+        saved = max(self._saved, self.persister.saved_promise)
+        if self._failed_upto > saved:
+            promise = min(promise, saved)
+        return max(promise, self._announced)
+
+    def _save_if_held(self) -> None:
+        """Save the promise if only an unsaved failure holds its announcement back."""
+        assert self.persister is not None
+        if not self._saving and not self._stopped and self.persister.positions.promise > self._safe_promise():
+            Deferred.fromCoroutine(self._save_promise())
+
+    async def _save_promise(self) -> None:
+        assert self.persister is not None
+        self._saving = True
+        promise = self.persister.positions.promise
+        try:
+            await self.promises.save(self.me, promise)
+        except Exception:
+            log_failure(log, "could not save the promise of {me}; the next heartbeat tries again", me=self.me)
+            return
+        finally:
+            self._saving = False
+        self._saved = max(self._saved, promise)
+        self._announce()
+
+    def _send(self, items: list[PersistItem], promise: int, retired: bool = False) -> None:
         """Publish this writer's batch to the others, and take it here like theirs."""
         self._seq += 1
         since, self._announced = self._announced, promise
-        message = {
+        message: Message = {
             "writer": self.me,
             "seq": self._seq,
             "since": since,
             "promise": promise,
             "items": [encode_item(i) for i in items],
         }
+        if retired:
+            message["retired"] = True
         self.bus.publish(CHANNEL, message)
         self._take(self._writers[self.me], _Batch(since, promise, items))
+        if self._retired and not self._stopped:
+            self._carry()
+
+    # Carrying the writers that retired ---------------------------------------------------------
+
+    def _carry(self) -> None:
+        """Move the retired writers' promises up to this writer's announced one (one save at
+        a time; announcements meanwhile are folded into the next)."""
+        if self._carrying:
+            self._carry_again = True
+            return
+        Deferred.fromCoroutine(self._carrying_loop())
+
+    async def _carrying_loop(self) -> None:
+        self._carrying = True
+        try:
+            while True:
+                self._carry_again = False
+                try:
+                    rows = await self.promises.carry(self._announced)
+                except Exception:
+                    log_failure(log, "could not carry the retired writers' promises")
+                    return  # the next announcement tries again
+                self._retired = {}
+                for name, since, promise in rows:
+                    writer = self._writers.get(name)
+                    if writer is None or name == self.me:
+                        continue
+                    self._retired[name] = since
+                    # Saved before it is announced: the writer, returning, starts above it.
+                    message = {
+                        "writer": name,
+                        "custodian": self.me,
+                        "since": since,
+                        "promise": promise,
+                        "items": [],
+                    }
+                    self.bus.publish(CHANNEL, message)
+                    self._take(writer, _Batch(since, promise, []))
+                if not self._carry_again or not self._retired or self._stopped:
+                    return
+        finally:
+            self._carrying = False
 
     # Other writers' messages -----------------------------------------------------------------
 
@@ -251,15 +383,24 @@ class EventReplication:
             log.warn("event batch from {w!r}, not an event writer, ignored", w=message.get("writer"))
             return
         if writer.name == self.me:
+            if "custodian" in message:
+                return  # carried while this writer was away: it started above that
             # Two processes started with one --worker name would hand out the same positions.
             log.error("another process writes events as {w!r}: run each instance once", w=self.me)
             return
+        if self.persister is not None and "custodian" not in message:
+            if message.get("retired"):
+                self._retired[writer.name] = int(message["promise"])
+            else:
+                self._retired.pop(writer.name, None)  # it writes again
         items = [decode_item(raw) for raw in message["items"]]
         if self.persister is not None and items:
             # Stay above what the others write, so that an idle writer does not hold them back.
             self.persister.positions.observe(items[-1].event.stream_ordering)
             self._announce()
         self._take(writer, _Batch(int(message["since"]), int(message["promise"]), items))
+        if message.get("retired") and self.persister is not None and not self._stopped:
+            self._carry()  # at once: the others' streams wait for it until then
 
     def _take(self, writer: _Writer, batch: _Batch) -> None:
         if not self._may_take(writer):

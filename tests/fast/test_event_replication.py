@@ -9,7 +9,12 @@ from the database (a store the test fills) when messages were lost.
 - after a bus reconnect the reader reads up to the promises saved in the database;
 - an item it has already (read from the database) is not published twice;
 - behind a writer that holds the stream, at most MAX_WAITING events wait in memory;
-- a process starts its stream no lower than its durable consumers have handled.
+- a process starts its stream no lower than its durable consumers have handled;
+- (a writer played by EventReplication itself, its persister faked) a writer stopped
+  gracefully retires and the other writer carries its promise, so readers go on; back, it
+  starts above everything carried for it, and is carried no more;
+- a writer's promise passes a failed request's positions only once saved: killed right
+  after, it restarts above everything it announced.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from homeserver.core.room_heads import RoomHeads
 from homeserver.storage.events import PersistItem, StoredEvent
 from homeserver.workers import event_replication
 from homeserver.workers.bus import MemoryHub
+from homeserver.workers.event_positions import WriterPositions
 from homeserver.workers.event_replication import CHANNEL, EventReplication, decode_item, encode_item
 
 WRITERS = ["w1", "w2"]
@@ -61,14 +67,35 @@ class Events:
 
 
 class Promises:
+    """stream_writers as storage/stream_writers.py keeps it; `hold` delays each save."""
+
     def __init__(self) -> None:
         self.saved: dict[str, int] = {}
+        self.retired_at: dict[str, int] = {}
+        self.hold: Deferred[None] | None = None
 
     async def promises(self) -> dict[str, int]:
         return dict(self.saved)
 
     async def save(self, name: str, position: int) -> None:
-        self.saved[name] = position
+        if self.hold is not None:
+            await self.hold
+        self.saved[name] = max(self.saved.get(name, position), position)
+
+    async def retired(self) -> dict[str, int]:
+        return dict(self.retired_at)
+
+    async def retire(self, name: str, position: int) -> None:
+        self.saved[name] = max(self.saved.get(name, position), position)
+        self.retired_at[name] = position
+
+    async def carry(self, position: int) -> list[tuple[str, int, int]]:
+        for name in self.retired_at:
+            self.saved[name] = max(self.saved[name], position)
+        return [(name, at, self.saved[name]) for name, at in self.retired_at.items()]
+
+    async def rejoin(self, name: str) -> None:
+        self.retired_at.pop(name, None)
 
 
 class Consumers:
@@ -255,3 +282,164 @@ async def test_behind_a_writer_holding_the_stream_few_events_wait_in_memory(monk
     r.send("w2", 11, since=11)  # its heartbeat shows what was dropped
     assert r.published == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
     assert r.events.reads == [(7, 11, 1)]
+
+
+# A writer: EventReplication with a persister, the persister faked ---------------------------
+
+
+class FakePersister:
+    """What EventReplication uses of core/persist.py: the writer's positions, its commits
+    (saving the promise with them) and its failures, driven by the test."""
+
+    def __init__(self, name: str, index: int) -> None:
+        self.positions = WriterPositions(name, index, len(WRITERS))
+        self.saved_promise = 0
+        self.save_promise = False
+        self.on_failed: Any = None
+        self.publish: Any = None
+        self.closed = False
+
+    async def start(self, start_after: int) -> None:
+        p = self.positions
+        self.positions = WriterPositions(p.name, p.index, p.count, start_after)
+
+    def publish_to(self, publish: Any) -> None:
+        self.publish = publish
+
+    async def close(self) -> None:
+        self.closed = True
+
+    def commit(self, c: Reader, count: int = 1) -> list[int]:
+        """`count` events committed (stored, their promise saved with them) and published."""
+        events = c.events
+        positions = [self.positions.allocate() for _ in range(count)]
+        self.positions.queued(positions[0])
+        promise = self.positions.promise_after(positions[-1])
+        self.saved_promise = max(self.saved_promise, promise)
+        c.promises.saved[self.positions.name] = max(c.promises.saved[self.positions.name], promise)
+        for p in positions:
+            events.stored[p] = item(p)
+        events.newest = max(events.newest, positions[-1])
+        self.positions.settled(positions[0])
+        self.publish(positions[-1], [item(p) for p in positions])
+        return positions
+
+    def fail(self) -> int:
+        """A request allocated a position and failed: nothing stored."""
+        position = self.positions.allocate()
+        self.positions.queued(position)
+        self.positions.settled(position)
+        self.on_failed(position)
+        return position
+
+
+class Writers(Reader):
+    """The Reader (w3), plus w1 and w2 each an EventReplication with a FakePersister."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hub.buses.pop("w1", None)
+        self.hub.buses.pop("w2", None)
+        self.replicas: dict[str, EventReplication] = {}
+        self.persisters: dict[str, FakePersister] = {}
+        self.announced: dict[str, list[int]] = {w: [] for w in WRITERS}
+        self.carried: list[tuple[str, int]] = []
+        listener = self.hub.bus("listener")
+        listener.subscribe(CHANNEL, self._record)
+
+    def _record(self, message: dict[str, Any]) -> None:
+        if "custodian" in message:
+            self.carried.append((message["writer"], int(message["promise"])))
+        else:
+            self.announced[message["writer"]].append(int(message["promise"]))
+
+    async def start_writer(self, name: str) -> None:
+        self.hub.buses.pop(name, None)  # a restart: the old process's subscriptions go with it
+        persister = FakePersister(name, WRITERS.index(name))
+        replica = EventReplication(
+            me=name,
+            writers=WRITERS,
+            bus=self.hub.bus(name),
+            stream=EventStream(self.events, None, self.clock, self.clock.time_ms),  # type: ignore[arg-type]
+            events=self.events,  # type: ignore[arg-type]
+            promises=self.promises,  # type: ignore[arg-type]
+            heads=RoomHeads(self.events),  # type: ignore[arg-type]
+            writes_room=lambda room_id: True,
+            clock=self.clock,
+            persister=persister,  # type: ignore[arg-type]
+        )
+        replica.stream.start(await replica.start())
+        await self.hub.bus(name).start()
+        replica.start_heartbeat()
+        self.replicas[name], self.persisters[name] = replica, persister
+
+    async def start_all(self) -> None:
+        await self.hub.bus("listener").start()
+        for name in WRITERS:
+            await self.start_writer(name)
+        await self.start()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_retired_writer_is_carried_and_returns_above_all_carried_for_it() -> None:
+    c = Writers()
+    await c.start_all()
+    w1, w2 = c.persisters["w1"], c.persisters["w2"]
+    before = w2.commit(c)
+    await c.replicas["w2"].retire()
+    assert w2.closed and c.promises.retired_at == {"w2": c.announced["w2"][-1]}
+
+    sent = w1.commit(c) + w1.commit(c, 2)
+    # w3 publishes w1's events at once, the stopped w2 carried by w1 (saved, then announced).
+    assert [p for p in c.published if p > before[-1]] == sent
+    carried = c.promises.saved["w2"]
+    assert carried >= sent[-1] and c.replication.position >= sent[-1]
+    assert c.carried and c.carried[-1] == ("w2", carried)
+
+    await c.start_writer("w2")  # back
+    assert c.promises.retired_at == {}
+    carried_messages = len(c.carried)
+    again = c.persisters["w2"].commit(c)
+    assert again[0] > carried, "w2 wrote below what was published while it was away"
+    more = w1.commit(c)
+    c.clock.advance(event_replication.HEARTBEAT_S)  # every writer's promise is repeated
+    assert c.published == sorted(set(c.published))
+    assert set(sent + again + more) <= set(c.published)
+    assert len(c.carried) == carried_messages  # w2 announces its own promise again
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_a_retirement_the_stream_waits_for_the_stopped_writer() -> None:
+    """As after a kill -9: nothing carries w2, so its last promise holds every stream."""
+    c = Writers()
+    await c.start_all()
+    c.replicas["w2"].stop()
+    c.hub.disconnect("w2")
+    sent = c.persisters["w1"].commit(c, 3)
+    c.clock.advance(event_replication.HEARTBEAT_S)
+    held = max(c.announced["w2"])
+    assert c.replication.position == held < sent[-1]
+    assert [p for p in sent if p in c.published] == [p for p in sent if p <= held]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_request_is_announced_past_only_once_saved() -> None:
+    c = Writers()
+    await c.start_all()
+    w1 = c.persisters["w1"]
+    w1.commit(c)
+    c.promises.hold = Deferred()
+    failed = w1.fail()
+    c.clock.advance(event_replication.HEARTBEAT_S)
+    # Not saved yet: no announcement of w1 passes the failed position.
+    assert max(c.announced["w1"]) < failed
+    c.promises.hold.callback(None)
+    c.promises.hold = None
+    assert max(c.announced["w1"]) >= failed and c.promises.saved["w1"] >= failed
+
+    # Killed now, and started again on the same database: above everything it announced.
+    announced = max(c.announced["w1"])
+    c.replicas["w1"].stop()
+    c.hub.disconnect("w1")
+    await c.start_writer("w1")
+    assert c.persisters["w1"].positions.next_position > announced

@@ -25,7 +25,7 @@ from twisted.internet.task import Clock
 from homeserver.core import persist
 from homeserver.core.persist import EarlierEventFailed, EventPersister
 from homeserver.core.room_heads import RoomHeads
-from homeserver.errors import StorageFull
+from homeserver.errors import ServiceUnavailable, StorageFull
 from homeserver.storage.connection_pool import CommitOutcomeUnknown, DatabaseUnavailable
 from homeserver.storage.events import RoomSnapshot
 
@@ -366,3 +366,18 @@ def test_a_full_disk_fails_the_whole_batch_at_once_and_the_next_write_works() ->
     store.finish()
     assert after.called and after.result is None
     assert positions(published) == [[1], [4]]
+
+
+# A graceful stop ----------------------------------------------------------------------------
+
+
+def test_close_waits_for_the_queued_events_and_refuses_new_ones() -> None:
+    persister, store, _, published, _ = make()
+    queued = persister.persist([Item(1)])  # type: ignore[list-item]
+    closed = Deferred.fromCoroutine(persister.close())
+    assert not closed.called  # its commit is still running
+    with pytest.raises(ServiceUnavailable):
+        persister.persist([Item(2)])  # type: ignore[list-item]
+    store.finish()
+    assert queued.called and closed.called
+    assert positions(published) == [[1]] and len(store.batches) == 1
