@@ -30,6 +30,7 @@ from homeserver.events.hashing import add_content_hash, compute_event_id
 from homeserver.events.room_versions import redacts_in_content, room_id_is_create_hash
 from homeserver.events.signing import sign_event
 from homeserver.storage.events import EventStore, PersistItem, StoredEvent
+from homeserver.workers.event_writes import event_from_json, forwarded
 
 if TYPE_CHECKING:
     from homeserver.workers.event_writes import RoomWriters
@@ -218,10 +219,19 @@ class EventService:
         @raise NotFound: unknown room. @raise Forbidden: refused by the auth rules.
         @raise LimitExceeded: over the sender's rate limit.
         """
-        if self.writers is not None and not self.writers.is_mine(room_id):
-            return await self._forward_send(
-                sender, room_id, event_type, content, state_key, txn, redacts, rate_limited
-            )
+        args = {
+            "sender": sender,
+            "room_id": room_id,
+            "event_type": event_type,
+            "content": content,
+            "state_key": state_key,
+            "txn": list(txn) if txn is not None else None,
+            "redacts": redacts,
+            "rate_limited": rate_limited,
+        }
+        if (answer := forwarded(self.writers, room_id, "events.send", args)) is not None:
+            # The room's writer checks, limits, dedupes the txn and commits.
+            return event_from_json(await answer)
         if txn is None:
             if rate_limited:
                 self._limit(sender)
@@ -260,33 +270,6 @@ class EventService:
         for w in waiters:
             w.callback(event)
         return event
-
-    async def _forward_send(
-        self,
-        sender: str,
-        room_id: str,
-        event_type: str,
-        content: dict[str, Any],
-        state_key: str | None,
-        txn: tuple[str, str] | None,
-        redacts: str | None,
-        rate_limited: bool,
-    ) -> StoredEvent:
-        """`send` on the room's writer: it checks, limits, dedupes the txn and commits."""
-        from homeserver.workers.event_writes import event_from_json
-
-        assert self.writers is not None
-        args = {
-            "sender": sender,
-            "room_id": room_id,
-            "event_type": event_type,
-            "content": content,
-            "state_key": state_key,
-            "txn": list(txn) if txn is not None else None,
-            "redacts": redacts,
-            "rate_limited": rate_limited,
-        }
-        return event_from_json(await self.writers.call(room_id, "events.send", args))
 
     async def _restricted(
         self, sender: str, room_id: str, event_type: str, content: dict[str, Any]

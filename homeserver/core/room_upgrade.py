@@ -40,6 +40,7 @@ from homeserver.events.power_levels import (
 from homeserver.events.room_versions import creators_are_privileged
 from homeserver.storage import Storage
 from homeserver.storage.events import StoredEvent
+from homeserver.workers.event_writes import forwarded
 
 TRANSFERABLE_STATE = (
     "m.room.server_acl",
@@ -97,11 +98,10 @@ class RoomUpgrader:
         """
         if new_version not in KNOWN_VERSIONS:
             raise MatrixError(f"Unsupported room version {new_version!r}", "M_UNSUPPORTED_ROOM_VERSION")
-        writers = self.events.writers
-        if writers is not None and not writers.is_mine(room_id):
-            # The old room's writer builds the new room too, under an ID it writes.
-            args = {"user_id": user_id, "room_id": room_id, "new_version": new_version}
-            return str((await writers.call(room_id, "rooms.upgrade", args))["room_id"])
+        # On the old room's writer, which builds the new room too, under an ID it writes.
+        args = {"user_id": user_id, "room_id": room_id, "new_version": new_version}
+        if (forward := forwarded(self.events.writers, room_id, "rooms.upgrade", args)) is not None:
+            return str((await forward)["room_id"])
         old = await self.rooms.access_room_as_member(user_id, room_id)
         if not self.rooms.may(user_id, old, "state", event_type="m.room.tombstone"):
             raise Forbidden(

@@ -25,7 +25,7 @@ from homeserver.events.power_levels import can_do, default_power_levels_content
 from homeserver.events.room_versions import creators_are_privileged
 from homeserver.storage import Storage
 from homeserver.storage.events import StoredEvent
-from homeserver.workers.event_writes import event_from_json
+from homeserver.workers.event_writes import event_from_json, forwarded
 
 if TYPE_CHECKING:
     from homeserver.core.federation.membership import FederatedMembership
@@ -360,17 +360,16 @@ class RoomService:
         extra: dict[str, Any] | None = None,
     ) -> StoredEvent | None:
         """Build a membership event; None when it would change nothing (e.g. joining twice)."""
-        writers = self.events.writers
-        if writers is not None and not writers.is_mine(room_id):
-            args = {
-                "sender": sender,
-                "room_id": room_id,
-                "target": target,
-                "membership": membership,
-                "reason": reason,
-                "extra": extra,
-            }
-            answer = (await writers.call(room_id, "rooms.set_membership", args))["event"]
+        args = {
+            "sender": sender,
+            "room_id": room_id,
+            "target": target,
+            "membership": membership,
+            "reason": reason,
+            "extra": extra,
+        }
+        if (forward := forwarded(self.events.writers, room_id, "rooms.set_membership", args)) is not None:
+            answer = (await forward)["event"]
             return event_from_json(answer) if answer is not None else None
         head = await self.events.heads.get(room_id)
         if head is None:
@@ -445,10 +444,9 @@ class RoomService:
         return sent
 
     async def invite(self, sender: str, room_id: str, target: str, reason: str | None = None) -> None:
-        writers = self.events.writers
-        if writers is not None and not writers.is_mine(room_id):
-            args = {"sender": sender, "room_id": room_id, "target": target, "reason": reason}
-            await writers.call(room_id, "rooms.invite", args)
+        args = {"sender": sender, "room_id": room_id, "target": target, "reason": reason}
+        if (forward := forwarded(self.events.writers, room_id, "rooms.invite", args)) is not None:
+            await forward
             return
         check_user_id(target)
         self._may_act(sender)
@@ -498,10 +496,9 @@ class RoomService:
     async def join(self, user_id: str, room_id_or_alias: str, via: list[str] | None = None) -> str:
         self._may_act(user_id)
         room_id = await self.resolve_room(room_id_or_alias)
-        writers = self.events.writers
-        if writers is not None and not writers.is_mine(room_id):
-            args = {"user_id": user_id, "room_id": room_id, "via": via}
-            return str((await writers.call(room_id, "rooms.join", args))["room_id"])
+        args = {"user_id": user_id, "room_id": room_id, "via": via}
+        if (forward := forwarded(self.events.writers, room_id, "rooms.join", args)) is not None:
+            return str((await forward)["room_id"])
         head = await self.events.heads.get(room_id)
         if head is None or head.membership(user_id) != "join":
             self._limit("join", user_id)  # joining again a room one is in changes nothing
@@ -550,10 +547,9 @@ class RoomService:
         """
         self._may_act(user_id)
         room_id = await self.resolve_room(room_id_or_alias)
-        writers = self.events.writers
-        if writers is not None and not writers.is_mine(room_id):
-            args = {"user_id": user_id, "room_id": room_id, "reason": reason, "via": via}
-            return str((await writers.call(room_id, "rooms.knock", args))["room_id"])
+        args = {"user_id": user_id, "room_id": room_id, "reason": reason, "via": via}
+        if (forward := forwarded(self.events.writers, room_id, "rooms.knock", args)) is not None:
+            return str((await forward)["room_id"])
         head = await self.events.heads.get(room_id)
         remote = self._remote_servers(room_id, head, via, user_id)
         if remote is not None and (head is None or head.membership(user_id) != "knock"):
@@ -576,11 +572,9 @@ class RoomService:
         return room_id
 
     async def leave(self, user_id: str, room_id: str, reason: str | None = None) -> None:
-        writers = self.events.writers
-        if writers is not None and not writers.is_mine(room_id):
-            await writers.call(
-                room_id, "rooms.leave", {"user_id": user_id, "room_id": room_id, "reason": reason}
-            )
+        args = {"user_id": user_id, "room_id": room_id, "reason": reason}
+        if (forward := forwarded(self.events.writers, room_id, "rooms.leave", args)) is not None:
+            await forward
             return
         head = await self.events.heads.get(room_id)
         if head is None:

@@ -2,7 +2,9 @@
 writer (Topology.event_writer_for), which alone holds the room's head for writing. A
 process that is not the room's writer forwards the write to it over WorkerRpc.
 
-`RoomWriters` is what core services hold (None when single: no check, no forwarding);
+`RoomWriters` is what core services hold (None when single: no check, no forwarding), and
+`forwarded` the one check every entry point makes: "is this room written elsewhere? then
+the writer's answer";
 `register_event_writes` installs the writer side: one RPC method per entry point, each
 calling the same core function a local request would, after checking this process really
 is the room's writer (two processes disagreeing about the topology must not bounce a
@@ -11,6 +13,7 @@ request between them forever).
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from homeserver.errors import ServiceUnavailable
@@ -47,6 +50,17 @@ class RoomWriters:
         creates none; the same user's rooms spread as evenly as anyone's)."""
         writers = self.topology.event_writers
         return await self.rpc.call(writers[room_shard(user_id, len(writers))], method, args)
+
+
+def forwarded(
+    writers: RoomWriters | None, room_id: str, method: str, args: dict[str, Any]
+) -> Coroutine[Any, Any, dict[str, Any]] | None:
+    """`method` with `args` sent to the room's writer when another process writes `room_id`
+    (await it for the writer's answer); None when this process writes the room (a single
+    process writes every room), and the caller writes it here."""
+    if writers is None or writers.is_mine(room_id):
+        return None
+    return writers.call(room_id, method, args)
 
 
 def event_to_json(event: StoredEvent) -> dict[str, Any]:

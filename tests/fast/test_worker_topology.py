@@ -13,6 +13,7 @@ import pytest_twisted
 from homeserver.config import ConfigError, parse_config
 from homeserver.errors import Forbidden, LimitExceeded, MatrixError, NotFound, ServiceUnavailable
 from homeserver.workers.bus import LocalBus, MemoryHub
+from homeserver.workers.event_writes import RoomWriters, forwarded
 from homeserver.workers.rpc import MemoryTransport, WorkerRpc, error_from_json
 from homeserver.workers.topology import Topology, room_shard
 
@@ -238,3 +239,32 @@ def test_errors_come_back_as_their_own_class() -> None:
         "spout": 1,
     }
     assert odd.status == 418
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_write_is_forwarded_only_when_another_process_writes_the_room() -> None:
+    """`forwarded`, the one check of every entry point that writes a room (core/rooms.py,
+    events.py, federation/*): None when single or when this process writes the room (the
+    caller writes it), else the room's writer's answer."""
+    transport = MemoryTransport()
+    topologies = {name: Topology.from_config(config(), name) for name in ("w1", "w2")}
+    rpcs = {name: WorkerRpc(name, b"s", transport) for name in topologies}
+    for name, rpc in rpcs.items():
+        transport.add(rpc)
+        rpc.register("rooms.join", lambda args, name=name: _answer(name, args))
+    rooms = [f"!r{i}:t.test" for i in range(40)]
+    w1 = RoomWriters(topologies["w1"], rpcs["w1"])
+    for room_id in rooms:
+        assert forwarded(None, room_id, "rooms.join", {"room_id": room_id}) is None
+        forward = forwarded(w1, room_id, "rooms.join", {"room_id": room_id})
+        if topologies["w1"].writes_room(room_id):
+            assert forward is None
+        else:
+            assert forward is not None
+            assert await forward == {"by": "w2", "room_id": room_id}
+    assert {m for _, m in transport.calls} == {"rooms.join"} and {i for i, _ in transport.calls} == {"w2"}
+    assert 0 < len(transport.calls) < len(rooms)
+
+
+async def _answer(name: str, args: dict[str, Any]) -> dict[str, Any]:
+    return {"by": name, "room_id": args["room_id"]}

@@ -39,6 +39,7 @@ from homeserver.logs import log_failure
 from homeserver.storage.backfill import BackfillStore
 from homeserver.storage.events import PersistItem, StoredEvent
 from homeserver.storage.search import SearchStore
+from homeserver.workers.event_writes import forwarded
 
 if TYPE_CHECKING:
     from homeserver.workers.event_writes import RoomWriters
@@ -87,11 +88,10 @@ class Backfiller:
     async def backfill(self, room_id: str) -> int:
         """Fetch one batch of older events of the room; how many were added. A failure
         (a remote's answer we cannot store) is logged: the reader gets what we hold."""
-        if self.writers is not None and not self.writers.is_mine(room_id):
+        forward = forwarded(self.writers, room_id, "federation.backfill", {"room_id": room_id})
+        if forward is not None:
             try:
-                return int(
-                    (await self.writers.call(room_id, "federation.backfill", {"room_id": room_id}))["added"]
-                )
+                return int((await forward)["added"])
             except MatrixError as e:
                 log.warn("backfill of {room} on its writer failed: {error}", room=room_id, error=e)
                 return 0

@@ -55,7 +55,7 @@ from homeserver.events.signing import InvalidSignature
 from homeserver.events.state_resolution import resolve_state
 from homeserver.storage.events import EventStore, PersistItem, StoredEvent
 from homeserver.storage.federation_events import FederationEventStore
-from homeserver.workers.event_writes import RoomWriters, outcome_from_json
+from homeserver.workers.event_writes import RoomWriters, forwarded, outcome_from_json
 
 log = Logger()
 
@@ -133,10 +133,11 @@ class PduIngest:
         committed; without, return after the decision, the commit in `outcome.written`: the
         next PDU of the room can be checked while this one commits (a transaction's 50)."""
         room_id = pdu_json.get("room_id") if isinstance(pdu_json, dict) else None
-        if self.writers is not None and isinstance(room_id, str) and not self.writers.is_mine(room_id):
+        if isinstance(room_id, str):
             # Its writer answers once the event is committed (so `wait` holds either way).
             args = {"origin": origin, "room_version": room_version, "pdu": pdu_json, "room_id": room_id}
-            return outcome_from_json(await self.writers.call(room_id, "federation.pdu", args))
+            if (forward := forwarded(self.writers, room_id, "federation.pdu", args)) is not None:
+                return outcome_from_json(await forward)
         outcome = await self._receive_pdu(origin, room_version, pdu_json)
         if wait and outcome.written is not None:
             await outcome.written

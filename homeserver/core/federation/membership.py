@@ -36,6 +36,7 @@ from homeserver.events.pdu_checks import InvalidPdu, PduStatus, check_pdu, check
 from homeserver.events.room_versions import room_id_is_create_hash
 from homeserver.events.signing import InvalidSignature, sign_event, verify_event_signature
 from homeserver.storage.events import PersistItem, StoredEvent
+from homeserver.workers.event_writes import forwarded
 
 if TYPE_CHECKING:
     from homeserver.core.events import EventService
@@ -88,12 +89,18 @@ class FederatedMembership:
         self, membership: str, origin: str, room_id: str, user_id: str, versions: list[str] | None
     ) -> dict[str, Any]:
         """The template for GET /make_{join,leave,knock}/{roomId}/{userId}."""
-        writers = self.events.writers
-        if writers is not None and not writers.is_mine(room_id):
-            # From the room's writer: its head is the current one, so the template's
-            # prev_events and auth events are the room's latest.
-            args = {"membership": membership, "origin": origin, "room_id": room_id, "user_id": user_id}
-            return await writers.call(room_id, "federation.make_membership", {**args, "versions": versions})
+        # From the room's writer: its head is the current one, so the template's
+        # prev_events and auth events are the room's latest.
+        args = {
+            "membership": membership,
+            "origin": origin,
+            "room_id": room_id,
+            "user_id": user_id,
+            "versions": versions,
+        }
+        forward = forwarded(self.events.writers, room_id, "federation.make_membership", args)
+        if forward is not None:
+            return await forward
         if server_of(user_id) != origin:
             raise Forbidden(f"{user_id} is not a user of {origin}")
         if membership != "leave" and self.is_blocked(room_id):
@@ -210,16 +217,16 @@ class FederatedMembership:
         self, membership: str, origin: str, room_id: str, event_id: str, pdu: Any
     ) -> dict[str, Any]:
         """The answer to PUT /v2/send_join, /v2/send_leave or /v1/send_knock."""
-        writers = self.events.writers
-        if writers is not None and not writers.is_mine(room_id):
-            args = {
-                "membership": membership,
-                "origin": origin,
-                "room_id": room_id,
-                "event_id": event_id,
-                "pdu": pdu,
-            }
-            return await writers.call(room_id, "federation.send_membership", args)
+        args = {
+            "membership": membership,
+            "origin": origin,
+            "room_id": room_id,
+            "event_id": event_id,
+            "pdu": pdu,
+        }
+        forward = forwarded(self.events.writers, room_id, "federation.send_membership", args)
+        if forward is not None:
+            return await forward
         head, stored, state_before = await self.send(membership, origin, room_id, event_id, pdu)
         if membership == "leave":
             return {}
@@ -339,10 +346,9 @@ class FederatedMembership:
         """PUT /v2/invite/{roomId}/{eventId}: a remote server invites one of our users. The
         event is checked, countersigned and, unless we are in the room already (then it
         arrives with the room's other events), kept so the invitee's /sync shows it."""
-        writers = self.events.writers
-        if writers is not None and not writers.is_mine(room_id):
-            args = {"origin": origin, "room_id": room_id, "event_id": event_id, "body": body}
-            return await writers.call(room_id, "federation.invite", args)
+        args = {"origin": origin, "room_id": room_id, "event_id": event_id, "body": body}
+        if (forward := forwarded(self.events.writers, room_id, "federation.invite", args)) is not None:
+            return await forward
         if not isinstance(body, dict) or not isinstance(body.get("event"), dict):
             raise BadJson("'event' must be an object")
         room_version = body.get("room_version")
