@@ -15,6 +15,7 @@ what it missed from PostgreSQL. Typing lives in memory only: it is copied from i
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
@@ -102,58 +103,24 @@ class StreamReplication:
 
     def _serve(self, name: str) -> None:
         """This process writes `name`: publish its changes, answer the others' writes."""
-        hs = self.hs
 
         def publisher(rows: Rows) -> None:
             self.bus.publish(f"stream.{name}", {"stream": name, "position": self._local(name), "rows": rows})
 
-        handlers: dict[str, Handler] = {}
-        if name == "receipts":
-            hs.receipts.replicate = publisher
-            handlers["set"] = lambda a: hs.receipts.set_receipt(
-                a["user_id"], a["room_id"], a["type"], a["event_id"], a["thread_id"]
-            )
-            handlers["remote"] = lambda a: hs.receipts.record_remote_receipt(
-                a["user_id"], a["room_id"], a["event_id"], a["thread_id"], a["members"]
-            )
-        elif name == "typing":
-            hs.typing.replicate = publisher
-            handlers["set"] = self._set_typing
-            handlers["snapshot"] = self._typing_snapshot
-        elif name == "presence":
-            hs.presence.replicate = publisher
-            handlers["set"] = lambda a: hs.presence.set_state(
-                a["user_id"], a["state"], a["status_msg"], a["active"]
-            )
-            handlers["activity"] = self._note_activity
-        elif name == "account_data":
-            hs.account_data.replicate = publisher
-            handlers["put"] = lambda a: hs.account_data.put(
-                a["user_id"], a["room_id"], a["type"], a["content"]
-            )
-        elif name == "to_device":
-            handlers["send_to_device"] = lambda a: hs.keys.send_to_device(
-                a["sender"], a["sender_device"], a["type"], a["txn_id"], a["body"]
-            )
-        elif name == "device_lists":
-            handlers["upload"] = lambda a: hs.keys.upload(a["user_id"], a["device_id"], a["body"])
-            handlers["upload_cross_signing"] = lambda a: hs.keys.upload_cross_signing(a["user_id"], a["body"])
-            handlers["upload_signatures"] = lambda a: hs.keys.upload_signatures(a["user_id"], a["body"])
-            handlers["devices_deleted"] = lambda a: hs.keys.devices_deleted(a["user_id"], a["device_ids"])
-            handlers["reserve"] = self._reserve_change
-            handlers["release"] = self._release_change
-        if name in ("to_device", "device_lists"):
-            previous = hs.keys.replicate
-
-            def keys_publisher(stream: str, rows: Rows) -> None:
-                if stream == name:
-                    publisher(rows)
-                elif previous is not None:
-                    previous(stream, rows)
-
-            hs.keys.replicate = keys_publisher
-        for verb, handler in handlers.items():
+        for verb, handler in KINDS[name].serve(self, publisher).items():
             self.rpc.register(f"{name}.{verb}", self._answering(name, handler))
+
+    def _publish_keys(self, name: str, publisher: Callable[[Rows], None]) -> None:
+        """to_device and device_lists share the key service's one `replicate` hook."""
+        previous = self.hs.keys.replicate
+
+        def keys_publisher(stream: str, rows: Rows) -> None:
+            if stream == name:
+                publisher(rows)
+            elif previous is not None:
+                previous(stream, rows)
+
+        self.hs.keys.replicate = keys_publisher
 
     def _answering(
         self, name: str, handler: Handler
@@ -161,7 +128,7 @@ class StreamReplication:
         async def answer(args: dict[str, Any]) -> dict[str, Any]:
             result = await handler(args)
             # Typing positions are each process's own: the caller has nothing to wait for.
-            position = None if name == "typing" else self._local(name)
+            position = self._local(name) if KINDS[name].shared_positions else None
             return {"result": result, "position": position}
 
         return answer
@@ -170,18 +137,7 @@ class StreamReplication:
 
     def _local(self, name: str) -> int:
         """How far this process may read `name`."""
-        hs = self.hs
-        if name == "receipts":
-            return hs.receipts.stream.current
-        if name == "typing":
-            return hs.typing.position
-        if name == "presence":
-            return hs.presence.stream.current
-        if name == "account_data":
-            return hs.account_data.stream.current
-        if name == "to_device":
-            return hs.keys.to_device.current
-        return hs.keys.device_lists.current
+        return KINDS[name].position(self.hs)
 
     async def _position_request(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"position": self._local(args["stream"])}
@@ -219,21 +175,10 @@ class StreamReplication:
         self._apply(message["stream"], message["rows"], int(message["position"]))
 
     def _apply(self, name: str, rows: Rows, position: int) -> None:
-        hs = self.hs
-        if name == "receipts":
-            hs.receipts.apply(rows, position)
-        elif name == "typing":
-            hs.typing.apply(rows, position)
-        elif name == "presence":
-            hs.presence.apply(rows, position)
-        elif name == "account_data":
-            hs.account_data.apply(rows, position)
-        elif name == "to_device":
-            hs.keys.apply_to_device(rows, position)
-        elif name == "device_lists":
-            hs.keys.apply_device_lists(rows, position)
-        if name in ("presence", "device_lists"):
-            self._wake_audience(hs.presence.audience_of([row["user_id"] for row in rows]))
+        kind = KINDS[name]
+        kind.apply(self.hs, rows, position)
+        if kind.wakes_audience:
+            self._wake_audience(self.hs.presence.audience_of([row["user_id"] for row in rows]))
         self._advanced(name)
 
     def _wake_audience(self, audience: Awaitable[set[str]]) -> None:
@@ -261,7 +206,8 @@ class StreamReplication:
 
     async def _catch_up_stream(self, name: str) -> None:
         writer = self.topology.writer_of(name)
-        if name == "typing":
+        missed = KINDS[name].missed
+        if missed is None:  # typing: in memory only, copied from its writer
             snapshot = await self.rpc.call(writer, "typing.snapshot", {})
             self.hs.typing.apply_snapshot(snapshot["result"])
             return
@@ -269,50 +215,7 @@ class StreamReplication:
         after = self._local(name)
         if upto <= after:
             return
-        self._apply(name, await self._missed(name, after, upto), upto)
-
-    async def _missed(self, name: str, after: int, upto: int) -> Rows:
-        """The rows of `name` in (after, upto], from PostgreSQL, as the writer would publish them."""
-        hs = self.hs
-        user_data = hs.storage.user_data
-        if name == "receipts":
-            return [
-                {
-                    "position": pos,
-                    "room_id": room_id,
-                    "user_id": user_id,
-                    "wake": self._members(room_id, user_id),
-                }
-                for pos, room_id, user_id in await user_data.receipts_between(after, upto)
-            ]
-        if name == "account_data":
-            return [
-                {
-                    "position": pos,
-                    "user_id": user_id,
-                    "room_id": room_id,
-                    "type": data_type,
-                    "content": content,
-                }
-                for pos, user_id, room_id, data_type, content in await user_data.account_data_between(
-                    after, upto
-                )
-            ]
-        if name == "presence":
-            return [
-                {"user_id": u, "state": s, "status_msg": m, "last_active_ts": ts, "position": pos}
-                for u, s, m, ts, pos in await user_data.presence_between(after, upto)
-            ]
-        if name == "to_device":
-            return [
-                {"position": pos, "user_id": user_id, "device_id": device_id}
-                for user_id, device_id, pos in await hs.storage.e2ee.to_device_between(after, upto)
-            ]
-        # Device lists: which users changed is all a sync needs; `upto` bounds each change.
-        return [
-            {"position": upto, "user_id": user_id}
-            for user_id in await hs.storage.e2ee.users_changed_between(after, upto)
-        ]
+        self._apply(name, await missed(self, after, upto), upto)
 
     def _members(self, room_id: str, user_id: str) -> list[str]:
         return sorted({user_id, *self.hs.notifier.room_members(room_id)})
@@ -366,3 +269,166 @@ class StreamReplication:
             pass  # the writer is restarting: the next report tells it
         except Exception:
             log_failure(log, "could not report presence activity")
+
+
+# Per stream: what differs between the six ------------------------------------------------------
+
+
+async def _missed_receipts(r: StreamReplication, after: int, upto: int) -> Rows:
+    return [
+        {"position": pos, "room_id": room_id, "user_id": user_id, "wake": r._members(room_id, user_id)}
+        for pos, room_id, user_id in await r.hs.storage.user_data.receipts_between(after, upto)
+    ]
+
+
+async def _missed_account_data(r: StreamReplication, after: int, upto: int) -> Rows:
+    rows = await r.hs.storage.user_data.account_data_between(after, upto)
+    return [
+        {"position": pos, "user_id": user_id, "room_id": room_id, "type": data_type, "content": content}
+        for pos, user_id, room_id, data_type, content in rows
+    ]
+
+
+async def _missed_presence(r: StreamReplication, after: int, upto: int) -> Rows:
+    return [
+        {"user_id": u, "state": s, "status_msg": m, "last_active_ts": ts, "position": pos}
+        for u, s, m, ts, pos in await r.hs.storage.user_data.presence_between(after, upto)
+    ]
+
+
+async def _missed_to_device(r: StreamReplication, after: int, upto: int) -> Rows:
+    return [
+        {"position": pos, "user_id": user_id, "device_id": device_id}
+        for user_id, device_id, pos in await r.hs.storage.e2ee.to_device_between(after, upto)
+    ]
+
+
+async def _missed_device_lists(r: StreamReplication, after: int, upto: int) -> Rows:
+    # Which users changed is all a sync needs; `upto` bounds each change.
+    return [
+        {"position": upto, "user_id": user_id}
+        for user_id in await r.hs.storage.e2ee.users_changed_between(after, upto)
+    ]
+
+
+def _serve_receipts(r: StreamReplication, publish: Callable[[Rows], None]) -> dict[str, Handler]:
+    receipts = r.hs.receipts
+    receipts.replicate = publish
+    return {
+        "set": lambda a: receipts.set_receipt(
+            a["user_id"], a["room_id"], a["type"], a["event_id"], a["thread_id"]
+        ),
+        "remote": lambda a: receipts.record_remote_receipt(
+            a["user_id"], a["room_id"], a["event_id"], a["thread_id"], a["members"]
+        ),
+    }
+
+
+def _serve_typing(r: StreamReplication, publish: Callable[[Rows], None]) -> dict[str, Handler]:
+    r.hs.typing.replicate = publish
+    return {"set": r._set_typing, "snapshot": r._typing_snapshot}
+
+
+def _serve_presence(r: StreamReplication, publish: Callable[[Rows], None]) -> dict[str, Handler]:
+    presence = r.hs.presence
+    presence.replicate = publish
+    return {
+        "set": lambda a: presence.set_state(a["user_id"], a["state"], a["status_msg"], a["active"]),
+        "activity": r._note_activity,
+    }
+
+
+def _serve_account_data(r: StreamReplication, publish: Callable[[Rows], None]) -> dict[str, Handler]:
+    account_data = r.hs.account_data
+    account_data.replicate = publish
+    return {"put": lambda a: account_data.put(a["user_id"], a["room_id"], a["type"], a["content"])}
+
+
+def _serve_to_device(r: StreamReplication, publish: Callable[[Rows], None]) -> dict[str, Handler]:
+    keys = r.hs.keys
+    r._publish_keys("to_device", publish)
+    return {
+        "send_to_device": lambda a: keys.send_to_device(
+            a["sender"], a["sender_device"], a["type"], a["txn_id"], a["body"]
+        )
+    }
+
+
+def _serve_device_lists(r: StreamReplication, publish: Callable[[Rows], None]) -> dict[str, Handler]:
+    keys = r.hs.keys
+    r._publish_keys("device_lists", publish)
+    return {
+        "upload": lambda a: keys.upload(a["user_id"], a["device_id"], a["body"]),
+        "upload_cross_signing": lambda a: keys.upload_cross_signing(a["user_id"], a["body"]),
+        "upload_signatures": lambda a: keys.upload_signatures(a["user_id"], a["body"]),
+        "devices_deleted": lambda a: keys.devices_deleted(a["user_id"], a["device_ids"]),
+        "reserve": r._reserve_change,
+        "release": r._release_change,
+    }
+
+
+@dataclass(frozen=True)
+class StreamKind:
+    """One single-writer stream's part in replication."""
+
+    # How far this process may read the stream.
+    position: Callable[[HomeServer], int]
+    # Another process's rows (and the position they bring it to) into this one's caches.
+    apply: Callable[[HomeServer, Rows, int], None]
+    # On its writer: hook the service's publishing up, and the RPC verbs it answers.
+    serve: Callable[[StreamReplication, Callable[[Rows], None]], dict[str, Handler]]
+    # The rows in (after, upto] from PostgreSQL; None: in memory only (copied whole).
+    missed: Callable[[StreamReplication, int, int], Awaitable[Rows]] | None
+    # Whether a forwarded write's caller waits for its position here (typing's are per process).
+    shared_positions: bool = True
+    # Whether a change wakes the users sharing a room with its user (presence, device lists).
+    wakes_audience: bool = False
+
+
+def _kinds() -> dict[str, StreamKind]:
+    # In a function, so that mypy reads HomeServer's attributes after it has them.
+    return {
+        "receipts": StreamKind(
+            lambda hs: hs.receipts.stream.current,
+            lambda hs, rows, pos: hs.receipts.apply(rows, pos),
+            _serve_receipts,
+            _missed_receipts,
+        ),
+        "typing": StreamKind(
+            lambda hs: hs.typing.position,
+            lambda hs, rows, pos: hs.typing.apply(rows, pos),
+            _serve_typing,
+            None,
+            shared_positions=False,
+        ),
+        "presence": StreamKind(
+            lambda hs: hs.presence.stream.current,
+            lambda hs, rows, pos: hs.presence.apply(rows, pos),
+            _serve_presence,
+            _missed_presence,
+            wakes_audience=True,
+        ),
+        "account_data": StreamKind(
+            lambda hs: hs.account_data.stream.current,
+            lambda hs, rows, pos: hs.account_data.apply(rows, pos),
+            _serve_account_data,
+            _missed_account_data,
+        ),
+        "to_device": StreamKind(
+            lambda hs: hs.keys.to_device.current,
+            lambda hs, rows, pos: hs.keys.apply_to_device(rows, pos),
+            _serve_to_device,
+            _missed_to_device,
+        ),
+        "device_lists": StreamKind(
+            lambda hs: hs.keys.device_lists.current,
+            lambda hs, rows, pos: hs.keys.apply_device_lists(rows, pos),
+            _serve_device_lists,
+            _missed_device_lists,
+            wakes_audience=True,
+        ),
+    }
+
+
+KINDS = _kinds()
+assert tuple(KINDS) == STREAMS

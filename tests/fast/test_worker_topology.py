@@ -268,3 +268,14 @@ async def test_a_write_is_forwarded_only_when_another_process_writes_the_room() 
 
 async def _answer(name: str, args: dict[str, Any]) -> dict[str, Any]:
     return {"by": name, "room_id": args["room_id"]}
+
+
+def test_every_single_writer_stream_has_one_entry_of_replication_behaviour() -> None:
+    """workers/streams.py: what differs per stream is one table row, for each stream the
+    config knows; typing alone lives in memory (copied whole, positions per process)."""
+    from homeserver.config import STREAMS
+    from homeserver.workers.streams import KINDS
+
+    assert set(KINDS) == set(STREAMS)
+    assert [n for n, k in KINDS.items() if k.missed is None or not k.shared_positions] == ["typing"]
+    assert {n for n, k in KINDS.items() if k.wakes_audience} == {"presence", "device_lists"}
