@@ -772,8 +772,11 @@ class HomeServer:
         self.receipts.start(positions["receipts"])
         await self.presence.start(positions["presence"])
         await self.keys.start()
-        await self.user_directory.start()
-        await self.search_index.start()
+        # The indexes are the whole server's: filled by one process (workers.background);
+        # the others' searches wait for it there (workers/jobs.py).
+        if self.topology.runs("background"):
+            await self.user_directory.start()
+            await self.search_index.start()
         if self.topology.runs("federation_sender"):
             await self.federation_sender.start()
         await self.restrictions.start()

@@ -349,3 +349,33 @@ async def test_the_stream_waits_for_a_writer_that_stopped_unannounced(cluster: C
         await stop_and_restart_w1(cluster, handover=False)
     finally:
         await stop_all(cluster)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_indexes_are_filled_on_the_background_worker_alone(cluster: Cluster) -> None:
+    """Search and user directory consumers run on `workers.background` (here w1, the first
+    event writer) only; a search on another process waits for that one's index."""
+    await start_all(cluster)
+    try:
+        w1, w2, w3 = (cluster.servers[n] for n in INSTANCES)
+        alice, bob, r1, r2 = await two_rooms(cluster)
+        assert [n for n, hs in cluster.servers.items() if hs.search_index._consumer is not None] == ["w1"]
+        assert [n for n, hs in cluster.servers.items() if hs.user_directory._consumer is not None] == ["w1"]
+        status, body = await send(cluster, r2, bob["access_token"], "ripe-banana")
+        assert status == 200, body
+        event_id = body["event_id"]
+        position = (await w3.storage.events.get_events([event_id]))[event_id].stream_ordering
+        await until(lambda: w3.stream.position >= position, "w3's stream has the message")
+        query = {"search_categories": {"room_events": {"search_term": "banana"}}}
+        found = await Client(w3).call("POST", "/search", alice["access_token"], query)
+        results = found["search_categories"]["room_events"]["results"]
+        assert [r["result"]["event_id"] for r in results] == [event_id]
+        assert ("w1", "search_index.caught_up") in cluster.transport.calls  # waited for w1's index
+        # The public rooms of the directory, kept on w1, asked for from w2.
+        people = await Client(w2).call(
+            "POST", "/user_directory/search", alice["access_token"], {"search_term": "bob"}
+        )
+        assert [u["user_id"] for u in people["results"]] == [bob["user_id"]]
+        assert ("w1", "user_directory.caught_up") in cluster.transport.calls
+    finally:
+        await stop_all(cluster)

@@ -325,10 +325,12 @@ class StreamConsumer:
                     pausing.callback(None)
         return d
 
-    async def caught_up(self, timeout_s: float) -> bool:
+    async def caught_up(self, timeout_s: float, position: int | None = None) -> bool:
         """Wait, at most `timeout_s` on the clock, until everything committed before this call
-        is handled; whether it was (readers of what the consumer writes: read your writes)."""
-        position = self.stream.position
+        (or up to `position`: another process's) is handled; whether it was (readers of what
+        the consumer writes: read your writes)."""
+        if position is None:
+            position = self.stream.position
         if self.position >= position:
             return True
         done: Deferred[bool] = Deferred()

@@ -24,6 +24,7 @@ from typing import Any
 
 from homeserver.core.event_stream import EventStream, StreamBatch, StreamConsumer
 from homeserver.core.room_heads import RoomHeads
+from homeserver.core.search_index import RemoteCaughtUp
 from homeserver.core.timeline_cache import TimelineCache
 from homeserver.errors import MatrixError
 from homeserver.storage import Storage
@@ -75,6 +76,7 @@ class UserDirectory:
         self.timeline = timeline
         self.stream = stream
         self.search_all_users = search_all_users
+        self.remote_caught_up: RemoteCaughtUp | None = None
 
     async def start(self) -> None:
         """Index the users of a server that had none indexed (its first start with the directory),
@@ -110,6 +112,18 @@ class UserDirectory:
             )
             await self.storage.user_directory.set_public_room(room_id, public)
 
+    async def caught_up(self, timeout_s: float) -> bool:
+        """Wait until the public rooms hold every event committed before now, at most `timeout_s`."""
+        if self._consumer is not None:
+            return await self._consumer.caught_up(timeout_s)
+        if self.remote_caught_up is not None:
+            return await self.remote_caught_up(self.stream.position, timeout_s)
+        return False
+
+    async def reached(self, position: int, timeout_s: float) -> bool:
+        """On the process that keeps the public rooms: `caught_up` for another's position."""
+        return self._consumer is not None and await self._consumer.caught_up(timeout_s, position)
+
     async def profile_changed(self, user_id: str) -> None:
         """Re-index the user from their stored profile (after registration, a new display name,
         deactivation)."""
@@ -143,8 +157,7 @@ class UserDirectory:
         rooms: list[str] | None = None
         if not self.search_all_users:
             # Public rooms as of every event committed before this search.
-            if self._consumer is not None:
-                await self._consumer.caught_up(self.wait_s)
+            await self.caught_up(self.wait_s)
             memberships = await self.timeline.rooms_for_user(searcher)
             rooms = sorted(r for r, (m, _) in memberships.items() if m == "join")
         found = await self.storage.user_directory.search(words, normalise(term), rooms, limit + 1)

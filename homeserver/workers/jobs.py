@@ -1,20 +1,34 @@
-"""Work handed to the one process that runs a job (`workers.federation_sender`).
+"""Work handed to the one process that runs a job.
 
-The federation sender numbers its outgoing queue in memory and wakes its destinations in
-memory, so every EDU or event queued for other servers (a typing change, a receipt, a
-to-device message, a device-list change, an event handed on) goes to that process, which
-queues it and answers once it is committed, as a local queueing does.
+`workers.federation_sender`: the federation sender numbers its outgoing queue in memory and
+wakes its destinations in memory, so every EDU or event queued for other servers (a typing
+change, a receipt, a to-device message, a device-list change, an event handed on) goes to
+that process, which queues it and answers once it is committed, as a local queueing does.
+
+`workers.background`: the search index and the user directory's public rooms are filled
+by durable stream consumers on that process alone (a repeat would only write the same
+rows again, on every process). A search elsewhere waits, as a local one does, for them to
+reach its own stream position: it asks that process (a position means the same on every
+process, ADR 0008); unreachable, the search goes on with what is indexed.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from twisted.logger import Logger
+
+from homeserver.errors import ServiceUnavailable
+
 if TYPE_CHECKING:
+    from homeserver.core.search_index import RemoteCaughtUp
     from homeserver.server import HomeServer
+
+log = Logger()
 
 
 def wire_jobs(hs: HomeServer) -> None:
+    _wire_indexes(hs)
     sender = hs.federation_sender
     if hs.topology.runs("federation_sender"):
 
@@ -31,3 +45,30 @@ def wire_jobs(hs: HomeServer) -> None:
         await hs.rpc.call(runner, "federation_sender.enqueue", {"rows": [list(r) for r in rows]})
 
     sender.forward_enqueue = forward
+
+
+def _wire_indexes(hs: HomeServer) -> None:
+    indexes: dict[str, Any] = {"search_index": hs.search_index, "user_directory": hs.user_directory}
+    if hs.topology.runs("background"):
+        for name, index in indexes.items():
+
+            async def reached(args: dict[str, Any], index: Any = index) -> dict[str, Any]:
+                return {"reached": await index.reached(int(args["position"]), float(args["timeout_s"]))}
+
+            hs.rpc.register(f"{name}.caught_up", reached)
+        return
+    runner = hs.topology.jobs["background"]
+    for name, index in indexes.items():
+        index.remote_caught_up = _asking(hs, runner, name)
+
+
+def _asking(hs: HomeServer, runner: str, name: str) -> RemoteCaughtUp:
+    async def caught_up(position: int, timeout_s: float) -> bool:
+        try:
+            args = {"position": position, "timeout_s": timeout_s}
+            return bool((await hs.rpc.call(runner, f"{name}.caught_up", args))["reached"])
+        except ServiceUnavailable:
+            log.warn("{name}: {runner} unreachable; searching what is indexed", name=name, runner=runner)
+            return False
+
+    return caught_up
