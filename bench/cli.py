@@ -220,13 +220,19 @@ async def run_target(
     def start_profile(name: str) -> Any:
         if not target.is_ours or name not in profile or target.pid is None:
             return None
-        out = WORK_DIR / f"profile-{target.key}-{name}.txt"
-        spy = PySpy(target.pid, out)
+        pids = {target.pid: target.process_names.get(target.pid, "")}
+        pids.update({pid: target.process_names.get(pid, "") for pid in target.worker_pids})
+        spies = {}
+        for pid, process in pids.items():
+            suffix = f"-{process}" if process else ""
+            out = WORK_DIR / f"profile-{target.key}-{name}{suffix}.txt"
+            spies[f"{name} on {target.label}{' ' + process if process else ''}"] = (PySpy(pid, out), out)
 
         class Handle:
             def stop(self) -> None:
-                spy.stop()
-                profiles[f"{name} on {target.label}"] = summarize(out)
+                for title, (spy, out) in spies.items():
+                    spy.stop()
+                    profiles[title] = summarize(out)
 
         return Handle()
 

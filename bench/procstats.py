@@ -110,6 +110,8 @@ class Resources:
     generator_processes: int = 1
     # The machine's 1-minute load average at the workload's end.
     loadavg: float = 0.0
+    # Server CPU-seconds of each named process (workers, Redis, the balancer), when several.
+    by_process: dict[str, float] = field(default_factory=dict)
 
     @property
     def generator_share(self) -> float:
@@ -130,6 +132,8 @@ class Meter:
     pid: int | None
     db_pids: Callable[[], list[int]] | None = None
     more_pids: list[int] = field(default_factory=list)
+    # Names of `pid` and `more_pids` (e.g. "w1", "redis"): their CPU is reported one by one.
+    names: dict[int, str] = field(default_factory=dict)
     _t0: float = 0.0
     _cpu0: float = 0.0
     _more0: dict[int, float] = field(default_factory=dict)
@@ -179,10 +183,15 @@ class Meter:
             self._sampler = None
         if self.pid is not None:
             res.server_cpu_s = (cpu_seconds(self.pid) or self._cpu0) - self._cpu0
+            if self.pid in self.names:
+                res.by_process[self.names[self.pid]] = res.server_cpu_s
             hwm = peak_rss_bytes(self.pid) if self._peak_reset else None
             res.server_peak_rss = max(hwm or 0, self._peak_sampled)
         for pid, before in self._more0.items():
-            res.server_cpu_s += (cpu_seconds(pid) or before) - before
+            used = (cpu_seconds(pid) or before) - before
+            res.server_cpu_s += used
+            if pid in self.names:
+                res.by_process[self.names[pid]] = used
         if self.db_pids is not None:
             end = self._db_cpu()
             res.db_cpu_s = sum(cpu - self._db0.get(pid, 0.0) for pid, cpu in end.items())

@@ -145,6 +145,10 @@ class Target:
     more_processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     # Ports the load generator spreads users over (default: `port` alone).
     ports: list[int] = field(default_factory=list)
+    # The name of each process by pid ("w1", "redis", "haproxy"), for per-process CPU.
+    process_names: dict[int, str] = field(default_factory=dict)
+    # The pids of homeserver processes (py-spy profiles each).
+    worker_pids: list[int] = field(default_factory=list)
     # What the workloads built on this server, for the ones that reuse it.
     state: dict[str, Any] = field(default_factory=dict)
 
@@ -479,6 +483,10 @@ async def start_ours_workers(
             workers[name] = Target(name, f"worker {name}", "127.0.0.1", ports[name], process, log_path)
         target.process = workers[names[0]].process
         target.more_processes = [p for p in processes if p is not target.process]
+        target.worker_pids = [w.process.pid for w in workers.values() if w.process is not None]
+        target.process_names = {w.process.pid: name for name, w in workers.items() if w.process is not None}
+        if instances > 1:
+            target.process_names[processes[0].pid] = "redis"
         for worker_target in workers.values():
             await wait_until_up(worker_target, 60)
         # The balancer once the workers answer: its first health checks would mark them down.
@@ -489,9 +497,9 @@ async def start_ours_workers(
                 if DEPLOY_HAPROXY.exists()
                 else haproxy_config(front, ports)
             )
-            target.more_processes.append(
-                _spawn(["haproxy", "-db", "-f", str(haproxy_path)], workdir / "haproxy.log")
-            )
+            haproxy = _spawn(["haproxy", "-db", "-f", str(haproxy_path)], workdir / "haproxy.log")
+            target.more_processes.append(haproxy)
+            target.process_names[haproxy.pid] = "haproxy"
         else:
             target.ports = [ports[name] for name in names]
         await wait_until_up(target, 30)

@@ -128,6 +128,14 @@ def _cpu_per_message(resources: Resources | None, messages: int) -> Metric:
     return Metric(cpu / messages * 1000, "ms", False, note)
 
 
+def _cpu_by_process(resources: Resources) -> dict[str, float]:
+    """Each server process's CPU-seconds (several processes), and the database's, for the details."""
+    out = {f"cpu_s_{name}": round(cpu, 2) for name, cpu in sorted(resources.by_process.items())}
+    if out and resources.db_cpu_s is not None:
+        out["cpu_s_postgresql"] = round(resources.db_cpu_s, 2)
+    return out
+
+
 def _lost_note(lost: int, errors: int, dups: int, gaps: int) -> str:
     parts = []
     if lost:
@@ -163,7 +171,7 @@ class Runner:
         self.http.close()
 
     def meter(self) -> Meter:
-        return Meter(self.target.pid, self.target.db_pids, self.target.more_pids)
+        return Meter(self.target.pid, self.target.db_pids, self.target.more_pids, self.target.process_names)
 
     def _profiled(self, name: str) -> Any:
         return self.profile(name) if self.profile is not None else None
@@ -355,6 +363,7 @@ class Runner:
             "senders": sum(len(spec["senders"]) for spec in specs),
             "generator_processes": result.resources.generator_processes,
             "generator_shards_cpu_s": shards_cpu,
+            **_cpu_by_process(result.resources),
             "acked": acked,
             "acked_in_window": acked_in_window,
             "delivered_in_window": in_window,
@@ -616,6 +625,7 @@ class Runner:
             "members": n_members,
             "generator_processes": result.resources.generator_processes,
             "generator_shards_cpu_s": shards_cpu,
+            **_cpu_by_process(result.resources),
             "messages_acked": len(acked),
             "deliveries": deliveries,
             "deliveries_expected": expected,
