@@ -13,11 +13,14 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import requests
 from conftest import free_port
 from workers_harness import HAProxy, haproxy_binary
+
+from homeserver.workers.topology import room_shard
 
 CLIENT = "/_matrix/client/v3"
 
@@ -127,6 +130,40 @@ def test_without_the_client_worker_each_user_sticks_to_one_writer(balancer: Any)
         r = requests.get(proxy.url + f"{CLIENT}/sync?access_token={token}", timeout=10)
         again = requests.get(proxy.url + f"{CLIENT}/sync?access_token={token}", timeout=10)
         assert r.json()["worker"] == again.json()["worker"]
+
+
+def test_a_rooms_writes_go_straight_to_its_writer(balancer: Any) -> None:
+    proxy, backends = balancer
+    writers = ["w1", "w2"]  # deploy/haproxy.cfg's event writers, in `workers.event_writers` order
+    rooms = [f"!room{i}:example.org" for i in range(12)] + ["!ünï:x", "!Zx_-9:a.b"]
+    assert {writers[room_shard(r, 2)] for r in rooms} == {"w1", "w2"}
+    for room in rooms:
+        writer = writers[room_shard(room, 2)]
+        at = f"{CLIENT}/rooms/{quote(room)}"
+        for method, path in (
+            ("PUT", f"{at}/send/m.room.message/t1"),
+            ("POST", f"{at}/send/m.room.message"),  # older clients' form
+            ("PUT", f"{at}/state/m.room.topic/"),
+            ("PUT", f"{at}/redact/$ev/t2"),
+        ):
+            assert {who(proxy, method, path, json={})[1] for _ in range(3)} == {writer}, (room, path)
+    # Reads of a room are spread like every other request.
+    room = rooms[0]
+    places = {who(proxy, "GET", f"{CLIENT}/rooms/{quote(room)}/state/m.room.topic/")[1] for _ in range(6)}
+    assert places == {"w1", "w2", "w3"}
+
+
+def test_a_rooms_writes_go_elsewhere_while_its_writer_is_down(balancer: Any) -> None:
+    proxy, backends = balancer
+    room = next(f"!r{i}:x" for i in range(50) if room_shard(f"!r{i}:x", 2) == 0)  # written by w1
+    backends["w1"].health = 503
+    proxy.wait_server("w1", up=False)
+    send = f"{CLIENT}/rooms/{quote(room)}/send/m.room.message/t1"
+    # Another worker takes it (and forwards it to the writer, or answers 503 to be retried).
+    assert {who(proxy, "PUT", send, json={})[1] for _ in range(4)} == {"w2", "w3"}
+    backends["w1"].health = 200
+    proxy.wait_server("w1", up=True)
+    assert {who(proxy, "PUT", send, json={})[1] for _ in range(4)} == {"w1"}
 
 
 def test_the_internal_api_is_never_routed(balancer: Any) -> None:

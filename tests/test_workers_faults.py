@@ -18,7 +18,6 @@ a message's every acknowledgement names the same event; the clients only ever se
 
 from __future__ import annotations
 
-import hashlib
 import json
 import signal
 import threading
@@ -33,6 +32,8 @@ import psycopg2
 import pytest
 import requests
 from workers_harness import Cluster, start_cluster
+
+from homeserver.workers.topology import room_shard
 
 CLIENT = "/_matrix/client/v3"
 PAIRS_PER_WRITER = 2
@@ -59,8 +60,8 @@ SYNC_FILTER = json.dumps(
 
 
 def writer_of(room_id: str, writers: list[str]) -> str:
-    """The event writer of a room, as workers.md defines the sharding."""
-    return writers[int.from_bytes(hashlib.sha256(room_id.encode()).digest()[:8], "big") % len(writers)]
+    """The event writer of a room (the sharding HAProxy's routing repeats)."""
+    return writers[room_shard(room_id, len(writers))]
 
 
 @dataclass
