@@ -347,6 +347,17 @@ class EventStore:
             room = txn.query_one("SELECT room_version FROM rooms WHERE room_id = ?", (room_id,))
             if room is None:
                 return None
+            # The extremities (and with them the head's position) first: each statement sees
+            # the commits made before it (READ COMMITTED), so an event committed between the
+            # two reads is then in the state but above the position, and a reader applying it
+            # (RoomHead.apply_committed) applies it again, which changes nothing. Read the
+            # other way round, it was below the position but missing from the state: a join
+            # missed that way left the joiner unwoken by that room's events on that process.
+            extremities = txn.query(
+                "SELECT x.event_id, e.depth, e.stream_ordering FROM event_forward_extremities x"
+                " JOIN events e ON e.event_id = x.event_id WHERE x.room_id = ? ORDER BY e.stream_ordering",
+                (room_id,),
+            )
             rows = txn.query(
                 f"SELECT {_EVENT_COLUMNS} FROM current_state_events c"
                 " JOIN events e ON c.event_id = e.event_id LEFT JOIN redactions r ON r.redacts = e.event_id"
@@ -357,11 +368,6 @@ class EventStore:
             for row in rows:
                 ev = _row_to_event(row)
                 state[(ev.type, ev.state_key or "")] = ev
-            extremities = txn.query(
-                "SELECT x.event_id, e.depth, e.stream_ordering FROM event_forward_extremities x"
-                " JOIN events e ON e.event_id = x.event_id WHERE x.room_id = ? ORDER BY e.stream_ordering",
-                (room_id,),
-            )
             depth = max((int(r[1]) for r in extremities), default=0)
             position = int(extremities[-1][2]) if extremities else 0
             return RoomSnapshot(room_id, room[0], state, [r[0] for r in extremities], depth, position)
