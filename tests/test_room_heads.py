@@ -96,3 +96,58 @@ async def test_a_room_keeps_every_forward_extremity_until_an_event_names_them(
         assert again.depth == joined.depth == left.depth + 1
     finally:
         await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_head_loaded_while_a_join_commits_still_learns_of_the_join(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Another process loads the room's head (each statement of the load sees the commits made
+    before it) while the room's writer commits a join between the load's two reads: once the
+    join reaches that process (apply_committed), its head has the joiner joined, or that
+    process would never wake the joiner for the room's events."""
+    from twisted.internet import reactor
+    from twisted.internet.defer import Deferred
+    from twisted.internet.threads import blockingCallFromThread
+
+    hs = make_hs(tmp_path, pg_url)
+    await hs.start()
+    try:
+        room_id = await hs.rooms.create_room(ALICE, {"preset": "public_chat"})
+        db = hs.storage.events.db
+        original = db.run_interaction
+
+        def join_between_the_reads(fn: Any) -> Any:
+            def load(txn: Any, *args: Any) -> Any:
+                query, reads = txn.query, []
+
+                def query_then_join(sql: str, params: Any = ()) -> Any:
+                    rows = query(sql, params)
+                    reads.append(sql)
+                    if len(reads) == 1:
+                        join = lambda: Deferred.fromCoroutine(hs.rooms.join(BOB, room_id))  # noqa: E731
+                        blockingCallFromThread(reactor, join)
+                    return rows
+
+                txn.query = query_then_join
+                return fn(txn, *args)
+
+            return load
+
+        async def run_interaction(desc: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+            if desc == "load_room":
+                fn = join_between_the_reads(fn)
+            return await original(desc, fn, *args, **kwargs)
+
+        db.run_interaction = run_interaction  # type: ignore[method-assign]
+        reader = RoomHeads(hs.storage.events)
+        head = await reader.get(room_id)
+        db.run_interaction = original  # type: ignore[method-assign]
+        writer_head = hs.room_heads.peek(room_id)
+        assert head is not None and writer_head is not None
+        join = writer_head.state[("m.room.member", BOB)]
+        head.apply_committed(join)
+        assert head.membership(BOB) == "join"
+        assert summary(head) == summary(writer_head)
+    finally:
+        await hs.stop(None)
