@@ -88,6 +88,11 @@ CONFIG_NOTES = """\
   once more at 1,000 msg/s with every server thread pinned to CPU 0 beside a pinned busy
   loop (so about half a core; the loop counts as "other load"): what a VM hour half as
   fast would do, this VM's single-core speed drifting by up to 2x over a day.
+  On ours the details add `server_stages`, the server's own histograms over the run
+  (bench/server_stages.py: waiting for the group commit, the commit, publishing, reactor
+  lateness, GC passes, the send's answer time; bucket bounds, so "≤"), and
+  `server_cpu_wait_ms`, how long its threads were ready to run but waited for a CPU: these
+  hold on a busy machine where the send→sync figures do not.
 - **CPU per message** (W1, W2): the server's plus its PostgreSQL backends' CPU-seconds over
   the workload (load and drain) ÷ messages delivered (on SQLite, the server's only).
 - **W3**: one public room, every member long-polls; senders send one message at a time; time

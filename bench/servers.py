@@ -151,6 +151,8 @@ class Target:
     worker_pids: list[int] = field(default_factory=list)
     # What the workloads built on this server, for the ones that reuse it.
     state: dict[str, Any] = field(default_factory=dict)
+    # Ours: the bearer secret of /_homeserver/metrics (bench/server_stages.py).
+    metrics_secret: str = ""
 
     @property
     def pid(self) -> int | None:
@@ -319,6 +321,7 @@ async def start_ours(engine: str, plugins: list[dict[str, Any]] | None = None) -
     process = _spawn([_homeserver_binary(), "run", "-c", str(config_path)], log_path)
     label = "ours (SQLite)" if engine == "sqlite" else "ours (PostgreSQL)"
     target = Target(key, label, "127.0.0.1", port, process, log_path, db_pids, True, _our_version())
+    target.metrics_secret = config["metrics"]["bearer_secret"]
     try:
         await wait_until_up(target, 60)
     except BaseException:

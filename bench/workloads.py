@@ -18,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench import loadgen
+from bench import loadgen, server_stages
+from bench.cpu_wait import CpuWait
 from bench.half_core import HalfCore
 from bench.httpclient import HttpClient, HttpError
 from bench.loadgen import Shard, user_data
@@ -175,6 +176,16 @@ class Runner:
 
     def _profiled(self, name: str) -> Any:
         return self.profile(name) if self.profile is not None else None
+
+    async def _scrape_stages(self) -> server_stages.Histograms | None:
+        """Our server's histograms (None for Synapse, or a server without the stage metrics)."""
+        if not self.target.metrics_secret:
+            return None
+        try:
+            return await server_stages.scrape(self.http, self.target.metrics_secret)
+        except (HttpError, RuntimeError, TimeoutError) as e:
+            self.log(f"    (no server stages: {e})")
+            return None
 
     # Setup -----------------------------------------------------------------------------------
 
@@ -475,6 +486,10 @@ class Runner:
         await self.http.preconnect(connections)
         if squeeze is not None:
             squeeze.start()
+        stages_before = await self._scrape_stages()
+        cpu_wait = CpuWait({"server": self.target.pid}) if self.target.pid is not None else None
+        if cpu_wait is not None:
+            cpu_wait.start()
         meter = self.meter()
         meter.start()
         profile = self._profiled("W2")
@@ -499,10 +514,12 @@ class Runner:
             await asyncio.gather(*list(tasks))
         missing = await self._drain(acked, delivered)
         result.resources = meter.stop()
+        waited = cpu_wait.stop()["server"] if cpu_wait is not None else None
         if squeeze is not None:
             squeeze.stop()
         if profile is not None:
             profile.stop()
+        stages_after = await self._scrape_stages()
         await self._stop_receivers(receivers)
         self.http.close_idle()
 
@@ -537,6 +554,11 @@ class Runner:
             ],
             "sync_responses": sum(r.stats.responses for r in receivers),
         }
+        if waited is not None:
+            # The server's reactor thread ready to run but waiting for a CPU (other processes').
+            result.details["server_cpu_wait_ms"] = {k: round(v) for k, v in waited.items()}
+        if stages_before is not None and stages_after is not None:
+            result.details["server_stages"] = server_stages.summarize(stages_before, stages_after)
         if lag_max > 0.1:
             result.problems.append(
                 f"the generator fell up to {lag_max * 1000:.0f} ms behind its send schedule"

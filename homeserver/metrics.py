@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from homeserver import gc_tuning
+from homeserver.send_stages import SendStages
 
 if TYPE_CHECKING:
     from homeserver.api.http import ApiRequest
@@ -133,6 +134,7 @@ class ServerMetrics:
             registry=registry,
         )
         self._gc_children = [self.gc_pause.labels(str(g)) for g in range(3)]
+        self.stages = SendStages(registry)
 
     def events_committed(self, count: int) -> None:
         self.events_persisted.inc(count)
@@ -148,6 +150,7 @@ class ServerMetrics:
         """Hook the server's parts up: the router, the persister, the pools, the collectors."""
         hs.router.metrics = self.requests
         hs.persister.on_commit = self.events_committed
+        hs.persister.on_stage = self.stages.observe
         hs.storage.db.pool.wait_observer = self.pool_wait_observer(hs.storage.db.dialect)
         hs.blocking.wait_observer = self.pool_wait_observer("blocking")
         gc_tuning.recorder.observe = self.gc_paused

@@ -787,6 +787,7 @@ class HomeServer:
         self._start_job(1.0, self.delivery.flush)
         if self.config.metrics.served:
             self._start_job(self.config.metrics.activity_refresh / 1000, self.activity.refresh)
+            self.server_metrics.stages.watch_reactor(self.clock)
         # Where presence is written (the others report who syncs through them).
         if self.topology.writes("presence"):
             self._start_job(15.0, self.presence.expire)
@@ -904,6 +905,7 @@ class HomeServer:
         for loop in self._jobs:
             if loop.running:
                 loop.stop()
+        self.server_metrics.stages.stop()
         if self.stream_replication is not None:
             self.stream_replication.stop()
         if self.shared_limits is not None:

@@ -81,6 +81,7 @@ class NotRoomWriter(ServiceUnavailable):
 @dataclass
 class _Pending:
     items: list[PersistItem]
+    queued_at: float = 0.0
     done: Deferred[None] = field(default_factory=Deferred)
 
 
@@ -112,6 +113,8 @@ class EventPersister:
         # The current commit cycle: when it started, and how long commit + publishing took.
         self._cycle_started = 0.0
         self._cycle_s = 0.0
+        # When the current batch's commit was answered (timed only when `on_stage` is set).
+        self._answered_at = 0.0
         # Told the size of each committed batch (the metrics).
         self.on_commit: Callable[[int], None] | None = None
         # With several processes: whether this one writes a room (Topology.writes_room). An
@@ -126,6 +129,8 @@ class EventPersister:
         # Set by `close()`: no event is taken any more.
         self._closed = False
         self._idle: list[Deferred[None]] = []
+        # Told how long each stage took ("queued", "commit", "publish"; homeserver/send_stages.py).
+        self.on_stage: Callable[[str, float], None] | None = None
 
     async def start(self, start_after: int | None = None) -> None:
         """Positions continue above the newest stored event, or above `start_after` (with
@@ -172,7 +177,7 @@ class EventPersister:
         for item in items:
             self.heads.hold(item.event.room_id)
         self.positions.queued(first)
-        pending = _Pending(items)
+        pending = _Pending(items, self._timer.seconds())
         self._queue.append(pending)
         if not self._running:
             Deferred.fromCoroutine(self._drain())
@@ -201,6 +206,11 @@ class EventPersister:
         if not batch:
             return
         items = [item for p in batch for item in p.items]
+        on_stage = self.on_stage
+        if on_stage is not None:
+            sent = self._timer.seconds()
+            for p in batch:
+                on_stage("queued", sent - p.queued_at)
         try:
             await self._write(items)
         except StorageFull as e:
@@ -215,6 +225,9 @@ class EventPersister:
             log.failure("batch of {n} events failed; retrying them one request at a time", n=len(items))
             await self._commit_one_by_one(batch)
             return
+        if on_stage is not None:
+            self._answered_at = self._timer.seconds()
+            on_stage("commit", self._answered_at - sent)
         self._committed(batch)
 
     async def _commit_one_by_one(self, batch: list[_Pending]) -> None:
@@ -293,7 +306,12 @@ class EventPersister:
         finally:
             # Timed before the callers hear back: what they do next (a test moving its
             # clock a day on) is not part of this cycle and must not make it look slow.
-            self._cycle_s = self._timer.seconds() - self._cycle_started
+            published = self._timer.seconds()
+            self._cycle_s = published - self._cycle_started
+            if self.on_stage is not None and self._answered_at:
+                # Publishing only: the callers' answers below are not part of it.
+                self.on_stage("publish", published - self._answered_at)
+                self._answered_at = 0.0
             for item in items:
                 self.heads.release(item.event.room_id)
             for p in batch:
