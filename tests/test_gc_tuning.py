@@ -78,8 +78,31 @@ def test_young_passes_run_on_the_clock_and_untrack_plain_tuples(restore_gc: None
     assert not any(gc.is_tracked(t) for t in cache)  # no later pass walks them again
 
     clock.pump([gc_tuning.TICK_S] * (gc_tuning.OLDER_EVERY - 1))
-    assert gc_tuning.recorder.passes[1] == before[1] + 1  # every tenth tick reaches generation 1
+    assert gc_tuning.recorder.passes[1] == before[1] + 1  # every third tick reaches generation 1
     passes.stop()
     clock.pump([gc_tuning.TICK_S] * 5)
     assert sum(gc_tuning.recorder.passes) == sum(before) + gc_tuning.OLDER_EVERY
     assert not clock.getDelayedCalls()
+
+
+def test_full_passes_come_from_the_timer_only(restore_gc: None) -> None:
+    gc_tuning.tune_after_startup()
+    # However many generation-1 passes run, CPython never starts a full one by itself. (Small
+    # young thresholds, so that allocating here starts hundreds of automatic passes quickly.)
+    gc.set_threshold(100, 2, gc_tuning.THRESHOLDS[2])
+    before = list(gc_tuning.recorder.passes)
+    kept = [[i] for i in range(200_000)]  # kept: old-generation growth, as a filling cache
+    assert gc_tuning.recorder.passes[1] > before[1] + 100
+    assert gc_tuning.recorder.passes[2] == before[2]
+    del kept
+    before = list(gc_tuning.recorder.passes)
+
+    clock = Clock()
+    passes = gc_tuning.YoungPasses(clock)
+    passes.start()
+    ticks = round(gc_tuning.FULL_EVERY_S / gc_tuning.TICK_S)
+    clock.pump([gc_tuning.TICK_S] * (ticks - 1))
+    assert gc_tuning.recorder.passes[2] == before[2]
+    clock.advance(gc_tuning.TICK_S)
+    assert gc_tuning.recorder.passes[2] == before[2] + 1
+    passes.stop()
