@@ -9,9 +9,11 @@ outside the process, so the server runs unchanged.
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 SAMPLE_S = 0.01
 WINDOW_S = 1.0  # the worst second
@@ -80,3 +82,32 @@ class CpuWait:
                 "all_cpu_ms": run1 - run0,
             }
         return out
+
+
+class GcPauses:
+    """This process's garbage-collector passes from creation to stop(): the load generator's own
+    pauses, which land on its send times and its receivers' clocks like a server's would."""
+
+    def __init__(self) -> None:
+        self.passes = [0, 0, 0]
+        self.longest_ms = 0.0
+        self.total_ms = 0.0
+        self._started = 0.0
+        gc.callbacks.append(self._record)
+
+    def _record(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        took = (time.perf_counter() - self._started) * 1000
+        self.passes[info["generation"]] += 1
+        self.longest_ms = max(self.longest_ms, took)
+        self.total_ms += took
+
+    def stop(self) -> None:
+        if self._record in gc.callbacks:
+            gc.callbacks.remove(self._record)
+
+    def summary(self) -> dict[str, Any]:
+        longest, total = round(self.longest_ms, 1), round(self.total_ms)
+        return {"passes": self.passes, "longest_ms": longest, "total_ms": total}

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench import loadgen, server_stages
-from bench.cpu_wait import CpuWait
+from bench.cpu_wait import CpuWait, GcPauses
 from bench.half_core import HalfCore
 from bench.httpclient import HttpClient, HttpError
 from bench.loadgen import Shard, user_data
@@ -487,6 +487,7 @@ class Runner:
         if squeeze is not None:
             squeeze.start()
         stages_before = await self._scrape_stages()
+        own_gc = GcPauses()
         cpu_wait = CpuWait({"server": self.target.pid}) if self.target.pid is not None else None
         if cpu_wait is not None:
             cpu_wait.start()
@@ -515,6 +516,7 @@ class Runner:
         missing = await self._drain(acked, delivered)
         result.resources = meter.stop()
         waited = cpu_wait.stop()["server"] if cpu_wait is not None else None
+        own_gc.stop()
         if squeeze is not None:
             squeeze.stop()
         if profile is not None:
@@ -554,6 +556,8 @@ class Runner:
             ],
             "sync_responses": sum(r.stats.responses for r in receivers),
         }
+        # The generator's own collector: its pauses delay sends and the receivers' clocks alike.
+        result.details["generator_gc"] = own_gc.summary()
         if waited is not None:
             # The server's reactor thread ready to run but waiting for a CPU (other processes').
             result.details["server_cpu_wait_ms"] = {k: round(v) for k, v in waited.items()}
