@@ -17,9 +17,9 @@ requests are in flight. Two changes keep those pauses rare and short:
 - Full passes on the timer only, every FULL_EVERY_S. CPython's own rule starts one once a
   quarter of the old generation is new since the last: under steady messaging one came about
   20 s after start-up in each run measured, a 23-35 ms pause (the whole heap walked) landing on
-  the messages in flight, and it found nothing (0 objects collected, as every generation-1 pass before it): the server's
-  garbage is freed by reference counting or by the young passes. The timer still frees any
-  cycles that do reach the old generation, within FULL_EVERY_S.
+  the messages in flight, and it found nothing (0 objects collected, as every generation-1
+  pass before it): the server's garbage is freed by reference counting or by the young passes.
+  The timer still frees any cycles that do reach the old generation, within FULL_EVERY_S.
 """
 
 from __future__ import annotations
