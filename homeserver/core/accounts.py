@@ -77,6 +77,8 @@ class AccountService:
         self.email = email
         self.ratelimiter = ratelimiter
         self.uia = auth
+        # Called as listener(user_id, device_id) after a login made a device with a new id.
+        self.on_new_device: list[Callable[[str, str], None]] = []
         # Called as listener(user_id, device_ids) after devices are deleted.
         self.on_devices_deleted: list[Callable[[str, list[str]], Awaitable[None]]] = []
         # Called as listener(user_id, kept_device) after a password change.
@@ -248,6 +250,7 @@ class AccountService:
             raise MatrixError("'device_id' must be a non-empty string", "M_INVALID_PARAM")
         if display_name is not None and not isinstance(display_name, str):
             raise MatrixError("'initial_device_display_name' must be a string", "M_INVALID_PARAM")
+        new_device = device_id is None
         device_id = device_id or new_device_id()
         issued, refresh_row = self.tokens.new_tokens(user_id, device_id, refreshable)
         await self.storage.devices.login_device(
@@ -261,6 +264,9 @@ class AccountService:
             ip,
         )
         self.tokens.forget_device(user_id, device_id)
+        if new_device:
+            for listener in self.on_new_device:
+                listener(user_id, device_id)
         return LoginResult(user_id, device_id, issued)
 
     async def refresh(self, refresh_token: object) -> LoginResult:

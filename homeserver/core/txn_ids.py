@@ -2,8 +2,13 @@
 
 A device's transaction ids from the last day are loaded in one query the first
 time it sends after start-up; after that every check is a dict lookup, so the
-send path makes no idempotency query of its own. Like Synapse, a transaction
-id is remembered for 24 hours: clients retry within seconds or minutes.
+send path makes no idempotency query of its own. A device that a login here has
+just made (its id drawn at random, never used before) has none, so its first send
+needs no query either: after a burst of logins (clients reconnecting, a load test
+starting) those first sends would otherwise queue for the database pool together,
+one query each. (A device id the client names may have been used before: read.) Like
+Synapse, a transaction id is remembered for 24 hours: clients retry within
+seconds or minutes.
 """
 
 from __future__ import annotations
@@ -47,6 +52,14 @@ class TxnIdCache:
                     w.callback(None)
         self._devices.move_to_end(key)
         return cache.get(txn_id)
+
+    def new_device(self, user_id: str, device_id: str) -> None:
+        """A device made just now, with a new id: it has sent nothing yet."""
+        key = (user_id, device_id)
+        if key not in self._devices and key not in self._loading:
+            self._devices[key] = {}
+            if len(self._devices) > _MAX_DEVICES:
+                self._devices.popitem(last=False)
 
     def remember(self, user_id: str, device_id: str, txn_id: str, event_id: str) -> None:
         """Record a committed transaction (only devices already loaded need it)."""
