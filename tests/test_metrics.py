@@ -126,6 +126,11 @@ def test_traffic_moves_the_metrics(start_server: Callable[..., ServerProcess]) -
         before, "homeserver_event_commit_batch_size_count"
     )
     assert value(after, "homeserver_http_requests_in_flight", route=SYNC_ROUTE) == 0
+    # The send's way through the server, stage by stage (homeserver/send_stages.py).
+    for stage in ("queued", "commit", "publish"):
+        count = "homeserver_send_stage_seconds_count"
+        assert value(after, count, stage=stage) > value(before, count, stage=stage), stage
+    assert value(after, "homeserver_send_stage_seconds_count", stage="reactor_lateness") > 0
 
     # Requests are labelled by route template and status class, never by raw path.
     sends = ("homeserver_http_request_duration_seconds_count", SEND_ROUTE)
