@@ -88,7 +88,10 @@ CONFIG_NOTES = """\
   once more at 1,000 msg/s with every server thread pinned to CPU 0 beside a pinned busy
   loop (so about half a core; the loop counts as "other load"): what a VM hour half as
   fast would do, this VM's single-core speed drifting by up to 2x over a day.
-  Before the clock starts W2 waits (up to 5 s) for the server to go idle after its set-up,
+  Before the clock starts each sender sends one message, one at a time, and W2 waits for
+  them (the row measures a steady load; a member's first message in a room loads its unread
+  counts from the database, a hundred queries at once at the rate's start: in the details as
+  `warmup`, not in the row), then waits (up to 5 s) for the server to go idle after its set-up,
   and the generator's own garbage collector is off during the load (its passes, up to 64 ms
   at 1,000 msg/s, stopped sends and receivers alike); the first sends are still counted, and
   the details say how many messages of the first second were slower than the p99 and what
