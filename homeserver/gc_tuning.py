@@ -19,7 +19,10 @@ requests are in flight. Two changes keep those pauses rare and short:
   20 s after start-up in each run measured, a 23-35 ms pause (the whole heap walked) landing on
   the messages in flight, and it found nothing (0 objects collected, as every generation-1
   pass before it): the server's garbage is freed by reference counting or by the young passes.
-  The timer still frees any cycles that do reach the old generation, within FULL_EVERY_S.
+  The timer still frees any cycles that do reach the old generation, within FULL_EVERY_S:
+  a long-poll lives past the young passes, so any cycle it leaves (and what hangs off it, its
+  response included) waits for a full pass. Once a minute bounds that memory, and one ~30 ms pause a
+  minute touches ~0.05 % of messages at 500/s, well under the p99.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ THRESHOLDS = (20_000, 20, 2**31 - 1)
 # FULL_EVERY_S.
 TICK_S = 0.1
 OLDER_EVERY = 3
-FULL_EVERY_S = 600.0
+FULL_EVERY_S = 60.0
 # Pauses at least this long are logged, so an operator can tell a GC stall from a slow query.
 SLOW_PAUSE_S = 0.05
 
