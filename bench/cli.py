@@ -70,10 +70,12 @@ CONFIG_NOTES = """\
   message carries `bench_id` and `bench_ts` (send time, µs); latency is the receiver's clock
   minus `bench_ts` (same machine).
 - **ours (PostgreSQL, 2 processes)**: the same config plus a `workers:` section: two
-  instances, both event writers (rooms shared out by hash), the other streams and jobs on the
-  first, a Redis of its own (`redis-server`, no persistence); `homeserver migrate` once, then
-  `homeserver run --worker wN` for each; HAProxy in front: deploy/haproxy.cfg with both workers
-  in every backend and its request log off (bench/servers.py `haproxy_from_deploy`), or where
+  instances, both event writers (rooms shared out by the CRC-32 of their id), the other
+  streams and jobs on the first, a Redis of its own (`redis-server`, no persistence);
+  `homeserver migrate` once, then `homeserver run --worker wN` for each; HAProxy in front:
+  deploy/haproxy.cfg (a room's sends, state events and redactions routed to its writer) with
+  both workers in every backend, one thread and its request log off (bench/servers.py
+  `haproxy_from_deploy`), or where
   the checkout has no deploy/haproxy.cfg a minimal one (`haproxy_config`: /sync, sliding sync
   and the WebSocket stream sticky per access token, everything else round robin). Server CPU
   counts both workers, Redis and HAProxy. W1 and W3 only.

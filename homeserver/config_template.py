@@ -282,13 +282,16 @@ workers:
   secret: ""
   secret_file: ""
   # The instances that write events: each room's events are written by one of them,
-  # chosen by a hash of the room id; the others forward to it. At least one.
+  # chosen by the CRC-32 of the room id modulo their number, in this order (HAProxy routes
+  # a room's writes the same way: keep deploy/haproxy.cfg's mod(N) and use-server lines in
+  # step); the others forward to it. At least one.
   event_writers: []
   # The one instance writing each other stream (receipts, typing, presence,
   # account_data, to_device, device_lists); a stream not named: the first event writer.
   stream_writers: {}
   # The instance that runs the pushers, the one sending to other servers, and the one
-  # running the periodic jobs (retention, stats...). Empty: the first event writer.
+  # running the periodic jobs (retention, stats...) and filling the search index and the
+  # user directory (searches elsewhere wait for it). Empty: the first event writer.
   pusher: ""
   federation_sender: ""
   background: ""
