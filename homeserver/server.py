@@ -64,6 +64,7 @@ from homeserver.core.chats import ChatService
 from homeserver.core.clock import Clock
 from homeserver.core.daily_stats import Connections, DailyStatsService
 from homeserver.core.delivery import DeliveryTracker
+from homeserver.core.device_activity import DeviceActivity
 from homeserver.core.devices import DeviceService
 from homeserver.core.directory import DirectoryService
 from homeserver.core.e2ee import KeyService
@@ -255,6 +256,7 @@ class HomeServer:
         self.registration = RegistrationService(*account_parts)
         self.password_reset = PasswordResetService(*account_parts)
         self.devices = DeviceService(self.storage, self.accounts, self.uia)
+        self.device_activity = DeviceActivity(self.storage, self.clock)
         self.filters = FilterService(self.storage)
         self.key_backup = KeyBackupService(self.storage)
         self.pushers = PusherService(self.storage, config.pushers, self.clock)

@@ -17,4 +17,6 @@ async def require_user(hs: "HomeServer", request: ApiRequest) -> Requester:
     token = request.bearer_token()
     if token is None:
         raise MissingToken("Missing access token")
-    return await hs.tokens.get_requester(token)
+    requester = await hs.tokens.get_requester(token)
+    hs.device_activity.seen(requester.user_id, requester.device_id, request.client_ip())
+    return requester
