@@ -39,8 +39,8 @@ listen:
   # Load balancers in front (CIDR ranges, e.g. ["127.0.0.1/32", "10.0.0.0/8"]): a request
   # from one of them counts as coming from the address it appends to X-Forwarded-For
   # (HAProxy `option forwardfor`, nginx `proxy_add_x_forwarded_for`), for per-address
-  # rate limits, the HTTP access log and sessions' last-seen address (WebSocket log lines
-  # still show the TCP peer). Empty: every request is its TCP peer's, headers ignored.
+  # rate limits, the access log (HTTP and WebSocket) and devices' last-seen address.
+  # Empty: every request is its TCP peer's, headers ignored.
   # Never list addresses clients can connect from directly: they could name any address.
   trusted_proxies: []
 

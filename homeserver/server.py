@@ -257,6 +257,8 @@ class HomeServer:
         self.password_reset = PasswordResetService(*account_parts)
         self.devices = DeviceService(self.storage, self.accounts, self.uia)
         self.device_activity = DeviceActivity(self.storage, self.clock)
+        # The balancers whose X-Forwarded-For names the client (HTTP and WebSocket alike).
+        self.trusted_proxies = parse_networks(config.listen.trusted_proxies)
         self.filters = FilterService(self.storage)
         self.key_backup = KeyBackupService(self.storage)
         self.pushers = PusherService(self.storage, config.pushers, self.clock)
@@ -830,7 +832,7 @@ class HomeServer:
             self.config.limits.max_request_body_size,
             self.clock,
             upgrades=upgrades,
-            trusted_proxies=parse_networks(self.config.listen.trusted_proxies),
+            trusted_proxies=self.trusted_proxies,
         )
         return self.http
 

@@ -46,6 +46,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from homeserver.api.forwarded import client_address
 from homeserver.api.validate import NUL_MESSAGE, contains_nul
 from homeserver.api.ws_route import WS_PATH
 from homeserver.core.filters import SyncFilter
@@ -356,6 +357,8 @@ class StreamProtocol(WebSocketServerProtocol):
     _header_token: str | None = None
     _url_token = False
     _since_param: str | None = None
+    # The client's address (api/forwarded.py: behind a trusted balancer, the one it names).
+    _client_ip: str | None = None
     _authenticating = False
     _early: list[bytes] | None = None
     _closing = False
@@ -402,6 +405,12 @@ class StreamProtocol(WebSocketServerProtocol):
             self._header_token = token.strip() if scheme.lower() == "bearer" else ""
         since = request.params.get("since")
         self._since_param = since[-1] if since else None
+        forwarded = request.headers.get("x-forwarded-for")
+        self._client_ip = client_address(
+            self._transport_host(),
+            str(forwarded).encode("latin-1", "replace") if forwarded is not None else None,
+            self._hs.trusted_proxies,
+        )
 
     def onOpen(self) -> None:  # noqa: N802 - autobahn's name
         self._opened_at = now = self._hs.clock.seconds()
@@ -456,6 +465,7 @@ class StreamProtocol(WebSocketServerProtocol):
             return
         try:
             requester = await hs.tokens.get_requester(token)
+            hs.device_activity.seen(requester.user_id, requester.device_id, self._peer_host())
         except UnknownToken as e:
             self.close(CLOSE_UNAUTHORIZED, _reason(e))
             return
@@ -503,6 +513,7 @@ class StreamProtocol(WebSocketServerProtocol):
             return
         try:
             await self._hs.tokens.get_requester(token)
+            self._hs.device_activity.seen(requester.user_id, requester.device_id, self._peer_host())
             await self._hs.presence.sync_started(requester.user_id, None)
             self._hs.presence.sync_finished(requester.user_id)
         except UnknownToken as e:
@@ -861,6 +872,9 @@ class StreamProtocol(WebSocketServerProtocol):
                 )
 
     def _peer_host(self) -> str:
+        return self._client_ip if self._client_ip is not None else self._transport_host()
+
+    def _transport_host(self) -> str:
         transport: Any = self.transport
         peer = transport.getPeer() if transport is not None else None
         return str(getattr(peer, "host", "unknown"))
