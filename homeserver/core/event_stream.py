@@ -593,6 +593,36 @@ class StreamConsumer:
             call.cancel()
 
 
+# Where another process runs a consumer (workers.background): wait there, at most
+# `timeout_s`, until it has handled up to `position` (workers/jobs.py).
+RemoteCaughtUp = Callable[[int, float], Awaitable[bool]]
+
+
+class ConsumedOnOneProcess:
+    """Base of what a durable consumer fills on one process alone (the search index, the
+    user directory's public rooms: started on workers.background only). A reader anywhere
+    waits for the consumer to reach what was committed before it: here, or by asking that
+    process (`remote_caught_up`, wired by workers/jobs.py)."""
+
+    def __init__(self, stream: EventStream) -> None:
+        self.stream = stream
+        self._consumer: StreamConsumer | None = None
+        self.remote_caught_up: RemoteCaughtUp | None = None
+
+    async def caught_up(self, timeout_s: float) -> bool:
+        """Wait until everything committed before now is handled, at most `timeout_s`;
+        whether it was."""
+        if self._consumer is not None:
+            return await self._consumer.caught_up(timeout_s)
+        if self.remote_caught_up is not None:
+            return await self.remote_caught_up(self.stream.position, timeout_s)
+        return False
+
+    async def reached(self, position: int, timeout_s: float) -> bool:
+        """On the process that runs the consumer: `caught_up` for another process's position."""
+        return self._consumer is not None and await self._consumer.caught_up(timeout_s, position)
+
+
 class _LagCollector(Collector):
     def __init__(self, stream: EventStream) -> None:
         self._stream = stream

@@ -15,9 +15,7 @@ those themselves. A redaction removes its target from the index.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
-from homeserver.core.event_stream import EventStream, StreamBatch, StreamConsumer
+from homeserver.core.event_stream import ConsumedOnOneProcess, EventStream, StreamBatch
 from homeserver.storage.events import StoredEvent
 from homeserver.storage.search import SearchRow, SearchStore
 
@@ -60,17 +58,10 @@ def _indexed(ev: StoredEvent) -> bool:
 GATHER_S = 0.02
 
 
-# Where another process fills the index (workers.background): wait there, at most
-# `timeout_s`, until it has indexed up to `position` (workers/jobs.py).
-RemoteCaughtUp = Callable[[int, float], Awaitable[bool]]
-
-
-class SearchIndexer:
+class SearchIndexer(ConsumedOnOneProcess):
     def __init__(self, store: SearchStore, stream: EventStream) -> None:
+        super().__init__(stream)
         self.store = store
-        self.stream = stream
-        self._consumer: StreamConsumer | None = None
-        self.remote_caught_up: RemoteCaughtUp | None = None
 
     async def start(self) -> None:
         # From the start of the stream: a server that had messages before the index had them too.
@@ -92,16 +83,3 @@ class SearchIndexer:
         await self.store.index(rows, removed)
         if self._consumer is not None:
             await self._consumer.pause(GATHER_S)
-
-    async def caught_up(self, timeout_s: float) -> bool:
-        """Wait until everything committed before now is indexed, at most `timeout_s`;
-        whether it was."""
-        if self._consumer is not None:
-            return await self._consumer.caught_up(timeout_s)
-        if self.remote_caught_up is not None:
-            return await self.remote_caught_up(self.stream.position, timeout_s)
-        return False
-
-    async def reached(self, position: int, timeout_s: float) -> bool:
-        """On the process that fills the index: `caught_up` for another process's position."""
-        return self._consumer is not None and await self._consumer.caught_up(timeout_s, position)

@@ -22,9 +22,8 @@ import re
 import unicodedata
 from typing import Any
 
-from homeserver.core.event_stream import EventStream, StreamBatch, StreamConsumer
+from homeserver.core.event_stream import ConsumedOnOneProcess, EventStream, StreamBatch
 from homeserver.core.room_heads import RoomHeads
-from homeserver.core.search_index import RemoteCaughtUp
 from homeserver.core.timeline_cache import TimelineCache
 from homeserver.errors import MatrixError
 from homeserver.storage import Storage
@@ -59,7 +58,7 @@ def terms_for(user_id: str, displayname: str | None) -> list[str]:
     return [*words_of(displayname or ""), localpart, *_WORD_RE.findall(localpart)]
 
 
-class UserDirectory:
+class UserDirectory(ConsumedOnOneProcess):
     def __init__(
         self,
         storage: Storage,
@@ -69,14 +68,12 @@ class UserDirectory:
         search_all_users: bool,
         wait_s: float,
     ) -> None:
+        super().__init__(stream)
         self.storage = storage
         self.wait_s = wait_s
-        self._consumer: StreamConsumer | None = None
         self.heads = heads
         self.timeline = timeline
-        self.stream = stream
         self.search_all_users = search_all_users
-        self.remote_caught_up: RemoteCaughtUp | None = None
 
     async def start(self) -> None:
         """Index the users of a server that had none indexed (its first start with the directory),
@@ -111,18 +108,6 @@ class UserDirectory:
                 or head.content("m.room.history_visibility").get("history_visibility") == "world_readable"
             )
             await self.storage.user_directory.set_public_room(room_id, public)
-
-    async def caught_up(self, timeout_s: float) -> bool:
-        """Wait until the public rooms hold every event committed before now, at most `timeout_s`."""
-        if self._consumer is not None:
-            return await self._consumer.caught_up(timeout_s)
-        if self.remote_caught_up is not None:
-            return await self.remote_caught_up(self.stream.position, timeout_s)
-        return False
-
-    async def reached(self, position: int, timeout_s: float) -> bool:
-        """On the process that keeps the public rooms: `caught_up` for another's position."""
-        return self._consumer is not None and await self._consumer.caught_up(timeout_s, position)
 
     async def profile_changed(self, user_id: str) -> None:
         """Re-index the user from their stored profile (after registration, a new display name,

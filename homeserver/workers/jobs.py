@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from homeserver.errors import ServiceUnavailable
 
 if TYPE_CHECKING:
-    from homeserver.core.search_index import RemoteCaughtUp
+    from homeserver.core.event_stream import ConsumedOnOneProcess, RemoteCaughtUp
     from homeserver.server import HomeServer
 
 log = Logger()
@@ -48,11 +48,14 @@ def wire_jobs(hs: HomeServer) -> None:
 
 
 def _wire_indexes(hs: HomeServer) -> None:
-    indexes: dict[str, Any] = {"search_index": hs.search_index, "user_directory": hs.user_directory}
+    indexes: dict[str, ConsumedOnOneProcess] = {
+        "search_index": hs.search_index,
+        "user_directory": hs.user_directory,
+    }
     if hs.topology.runs("background"):
         for name, index in indexes.items():
 
-            async def reached(args: dict[str, Any], index: Any = index) -> dict[str, Any]:
+            async def reached(args: dict[str, Any], index: ConsumedOnOneProcess = index) -> dict[str, Any]:
                 return {"reached": await index.reached(int(args["position"]), float(args["timeout_s"]))}
 
             hs.rpc.register(f"{name}.caught_up", reached)
