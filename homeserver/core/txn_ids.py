@@ -44,9 +44,7 @@ class TxnIdCache:
             try:
                 since = self.clock.time_ms() - TXN_ID_LIFETIME_MS
                 cache = await self.store.recent_txn_ids(user_id, device_id, since)
-                self._devices[key] = cache
-                if len(self._devices) > _MAX_DEVICES:
-                    self._devices.popitem(last=False)
+                self._keep(key, cache)
             finally:
                 for w in self._loading.pop(key):
                     w.callback(None)
@@ -57,9 +55,13 @@ class TxnIdCache:
         """A device made just now, with a new id: it has sent nothing yet."""
         key = (user_id, device_id)
         if key not in self._devices and key not in self._loading:
-            self._devices[key] = {}
-            if len(self._devices) > _MAX_DEVICES:
-                self._devices.popitem(last=False)
+            self._keep(key, {})
+
+    def _keep(self, key: tuple[str, str], cache: dict[str, str]) -> None:
+        """Hold a device's ids, dropping the least recently used device past _MAX_DEVICES."""
+        self._devices[key] = cache
+        if len(self._devices) > _MAX_DEVICES:
+            self._devices.popitem(last=False)
 
     def remember(self, user_id: str, device_id: str, txn_id: str, event_id: str) -> None:
         """Record a committed transaction (only devices already loaded need it)."""
