@@ -121,7 +121,7 @@ class RemoteMediaFetcher:
             )
             if status == 200:
                 if len(body) > max_bytes:
-                    raise MatrixError("The remote media is too large", "M_TOO_LARGE", status=413)
+                    raise _too_large()
                 return FetchedMedia(content_type, None, body)
         if status == 404:
             raise NotFound("The remote server has no such media")
@@ -133,7 +133,7 @@ class RemoteMediaFetcher:
         try:
             return await self.client.get_raw(server_name, path, query, limit)
         except ResponseTooLarge:
-            raise MatrixError("The remote media is too large", "M_TOO_LARGE", status=413) from None
+            raise _too_large() from None
 
     async def _follow(self, server_name: str, location: str, max_bytes: int) -> FetchedMedia:
         """The media from where the remote's answer sent us (the spec lets it name a URL,
@@ -143,7 +143,7 @@ class RemoteMediaFetcher:
         try:
             status, content_type, disposition, data = await self.client.get_url(location, max_bytes)
         except ResponseTooLarge:
-            raise MatrixError("The remote media is too large", "M_TOO_LARGE", status=413) from None
+            raise _too_large() from None
         if status != 200:
             raise MatrixError(f"{server_name}'s media location answered {status}", status=502)
         return FetchedMedia(content_type, disposition, data)
@@ -166,8 +166,12 @@ class RemoteMediaFetcher:
         if "location" in headers:
             return headers["location"].strip()
         if len(data) > max_bytes:
-            raise MatrixError("The remote media is too large", "M_TOO_LARGE", status=413)
+            raise _too_large()
         return FetchedMedia(headers.get("content-type"), headers.get("content-disposition"), data)
+
+
+def _too_large() -> MatrixError:
+    return MatrixError("The remote media is too large", "M_TOO_LARGE", status=413)
 
 
 def _unrecognised(status: int, body: bytes) -> bool:
