@@ -77,7 +77,7 @@ class FederationClient:
         self.resolver = ServerResolver(clock, self._fetch_well_known, srv_lookup())
         self._destinations: dict[str, Destination] = {}
         self._http: Any = None  # treq HTTPClient over the federation agent, made on first use
-        self._plain_https: Any = None  # for .well-known and media redirects
+        self._plain: Any = None  # unsigned requests: .well-known (https), media locations (http(s))
         self._trust: Any = None
         self._pool: Any = None
 
@@ -238,14 +238,14 @@ class FederationClient:
 
     def _plain_client(self) -> Any:
         """treq over plain HTTP(S) (no X-Matrix signature), through the same address filter."""
-        if self._plain_https is None:
+        if self._plain is None:
             from treq.client import HTTPClient
             from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
 
             policy = BrowserLikePolicyForHTTPS(trustRoot=self.trust())
             agent: Any = Agent(self.connecting, contextFactory=policy)
-            self._plain_https = HTTPClient(agent)
-        return self._plain_https
+            self._plain = HTTPClient(agent)
+        return self._plain
 
     async def get_url(self, url: str, max_bytes: int) -> tuple[int, str | None, str | None, bytes]:
         """A plain GET of a URL another server sent us to (media moved to a CDN), redirects
