@@ -157,8 +157,7 @@ class ApiRequest(Request):
         """The client's address: the TCP peer's, or the one a trusted load balancer names
         (`listen.trusted_proxies`, api/forwarded.py)."""
         peer = getattr(self.getClientAddress(), "host", "unknown")
-        proxies = self.channel.factory.trusted_proxies
-        return client_address(peer, self.getHeader(b"x-forwarded-for"), proxies) if proxies else peer
+        return client_address(peer, self.getHeader(b"x-forwarded-for"), self.channel.factory.trusted_proxies)
 
     def bearer_token(self) -> str | None:
         raw = self.getHeader(b"authorization")
