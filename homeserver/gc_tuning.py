@@ -84,7 +84,7 @@ recorder = PauseRecorder()
 
 def tune_after_startup(clock: Any = None) -> None:
     """Freeze what start-up built, set the thresholds, record pauses and, given a reactor,
-    start the timer's young passes."""
+    start the timer's passes."""
     # No full collection first: it walked every object start-up made (25-40 ms of CPU before the
     # first answer) to free about 1,300 leftover objects (measured), which now stay frozen.
     gc.freeze()
@@ -93,10 +93,10 @@ def tune_after_startup(clock: Any = None) -> None:
     if recorder not in gc.callbacks:
         gc.callbacks.append(recorder)
     if clock is not None:
-        YoungPasses(clock).start()
+        TimedPasses(clock).start()
 
 
-class YoungPasses:
+class TimedPasses:
     """Collects generation 0 every TICK_S, generation 1 every OLDER_EVERY ticks and everything
     every FULL_EVERY_S."""
 

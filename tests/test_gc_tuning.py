@@ -65,7 +65,7 @@ def test_a_long_pause_is_logged_with_its_generation() -> None:
 def test_young_passes_run_on_the_clock_and_untrack_plain_tuples(restore_gc: None) -> None:
     gc_tuning.tune_after_startup()
     clock = Clock()
-    passes = gc_tuning.YoungPasses(clock)
+    passes = gc_tuning.TimedPasses(clock)
     passes.start()
     # A cache of plain string tuples, built without moving CPython's allocation count much
     # (each new entry replaces an old one, as in a full LRU): only a timed pass reaches them.
@@ -98,7 +98,7 @@ def test_full_passes_come_from_the_timer_only(restore_gc: None) -> None:
     before = list(gc_tuning.recorder.passes)
 
     clock = Clock()
-    passes = gc_tuning.YoungPasses(clock)
+    passes = gc_tuning.TimedPasses(clock)
     passes.start()
     ticks = round(gc_tuning.FULL_EVERY_S / gc_tuning.TICK_S)
     clock.pump([gc_tuning.TICK_S] * (ticks - 1))
