@@ -550,13 +550,12 @@ def make_site(
     """The listening side: HTTP connections whose requests go to `router`, and WebSocket
     upgrades on the paths of `upgrades` to their Autobahn factories; `clock` times them out.
     Requests from `trusted_proxies` are taken to come from the address they forward."""
-    site = HttpFactory(
+    return HttpFactory(
         router.dispatch,  # type: ignore[arg-type]
         max_body_size,
         clock,
         body_limit_for=router.body_limit_for,
         request_factory=ApiRequest,
         upgrades=upgrades,
+        trusted_proxies=trusted_proxies,
     )
-    site.trusted_proxies = trusted_proxies
-    return site

@@ -38,6 +38,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from homeserver.api.forwarded import Network
 from homeserver.core.clock import Clock
 
 log = Logger()
@@ -773,6 +774,7 @@ class HttpFactory(ServerFactory):
         body_limit_for: Callable[[str], int | None] | None = None,
         request_factory: RequestFactory = Request,
         upgrades: dict[bytes, ServerFactory] | None = None,
+        trusted_proxies: tuple[Network, ...] = (),
     ) -> None:
         self.handle = handle
         self.max_body_size = max_body_size
@@ -781,7 +783,7 @@ class HttpFactory(ServerFactory):
         self.request_factory = request_factory
         self.upgrades = upgrades or {}
         # Load balancers whose X-Forwarded-For is believed (ApiRequest.client_ip).
-        self.trusted_proxies: tuple[Any, ...] = ()
+        self.trusted_proxies = trusted_proxies
         self.channels: set[HttpChannel] = set()
         self._sweeper: LoopingCall | None = None
         # Shutting down: no connection starts another request (drain()).
