@@ -25,6 +25,8 @@ class HttpError(Exception):
 class HttpResponse:
     status: int
     body: bytes
+    # Which server behind the balancer answered (the bench's HAProxy sets X-Served-By).
+    served_by: str = ""
 
     def json(self) -> Any:
         return json.loads(self.body) if self.body else None
@@ -52,6 +54,7 @@ class _Connection(asyncio.Protocol):
         self._chunked = False
         self._keep_alive = True
         self._chunks: list[bytes] = []
+        self.served_by = ""
 
     # asyncio.Protocol ---------------------------------------------------------------------
 
@@ -120,6 +123,8 @@ class _Connection(asyncio.Protocol):
                     self._chunked = True
                 elif name == b"connection" and value.strip().lower() == b"close":
                     self._keep_alive = False
+                elif name == b"x-served-by":
+                    self.served_by = value.strip().decode("latin-1")
             self._have_head = True
             if self._head_request or self._status in (204, 304) or 100 <= self._status < 200:
                 self._length = 0
@@ -253,11 +258,12 @@ class HttpClient:
                 raise
             self._busy.discard(conn)
             self.requests += 1
+            served_by = conn.served_by
             if keep and not conn.closed:
                 self._idle.append(conn)
             else:
                 conn.close()
-            return HttpResponse(status, data)
+            return HttpResponse(status, data, served_by)
         raise AssertionError("unreachable")
 
     async def preconnect(self, count: int, concurrency: int = 50) -> None:

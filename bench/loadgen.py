@@ -120,6 +120,8 @@ async def run_w1(spec: Message, receive: Receive, send: Send) -> None:
     delivered: dict[str, float] = {}
     latencies: list[float] = []
     dups = 0
+    # Per receiver, its slowest delivery: (latency s, room, arrival wall time, bench id).
+    slowest: dict[str, tuple[float, str, float, str]] = {}
 
     def on_message(user: User) -> Callable[[str, str, dict[str, Any], float], None]:
         def handle(room_id: str, sender: str, content: dict[str, Any], now: float) -> None:
@@ -131,7 +133,10 @@ async def run_w1(spec: Message, receive: Receive, send: Send) -> None:
                 dups += 1
                 return
             delivered[bid] = now
-            latencies.append(now - content["bench_ts"] / 1e6)
+            latency = now - content["bench_ts"] / 1e6
+            latencies.append(latency)
+            if latency > slowest.get(user.user_id, (0.0,))[0]:
+                slowest[user.user_id] = (latency, room_id, now, bid)
 
         return handle
 
@@ -173,6 +178,7 @@ async def run_w1(spec: Message, receive: Receive, send: Send) -> None:
         missing = await drain(set(acked), delivered, spec["grace"])
         cpu = own_cpu_seconds() - cpu0
         await _stop_receivers(receivers)
+        trouble = _w1_trouble(senders, receivers, slowest, missing)
         await send(
             {
                 "acked": acked,
@@ -185,10 +191,49 @@ async def run_w1(spec: Message, receive: Receive, send: Send) -> None:
                 "last_error": last_error,
                 "sync": _sum_stats(receivers),
                 "cpu_s": cpu,
+                "trouble": trouble,
             }
         )
     finally:
         clients.close()
+
+
+# A delivery slower than this is named in the details (with its room and the receiver's worker).
+SLOW_S = 2.0
+
+
+def _w1_trouble(
+    senders: list[tuple[User, str]],
+    receivers: list[SyncReceiver],
+    slowest: dict[str, tuple[float, str, float, str]],
+    missing: set[str],
+) -> list[dict[str, Any]]:
+    """Each receiver that lost a message, saw a gapped timeline or waited over SLOW_S for one:
+    which room, the worker its syncs were on, how many were missing, its slowest delivery."""
+    room_of = {u.user_id: room for u, room in senders}
+    missing_by_sender: dict[int, int] = {}
+    for bid in missing:
+        index = int(bid.split(".")[1])
+        missing_by_sender[index] = missing_by_sender.get(index, 0) + 1
+    out = []
+    for r in receivers:
+        room = room_of[r.user.user_id]
+        peer = next((u for u, rm in senders if rm == room and u.user_id != r.user.user_id), None)
+        lost = missing_by_sender.get(peer.index, 0) if peer is not None else 0
+        slow = slowest.get(r.user.user_id)
+        if not lost and not r.stats.gapped and (slow is None or slow[0] < SLOW_S):
+            continue
+        out.append(
+            {
+                "receiver": r.user.user_id,
+                "room": room,
+                "worker": r.stats.worker,
+                "lost": lost,
+                "gapped": r.stats.gapped,
+                "slowest": slow,
+            }
+        )
+    return out
 
 
 async def drain(expected: set[str], delivered: dict[str, Any], grace_s: float) -> set[str]:

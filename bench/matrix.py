@@ -209,6 +209,10 @@ class ReceiverStats:
     errors: int = 0
     gaps: int = 0
     last_error: str = ""
+    # The worker behind the balancer that answered the last sync (X-Served-By), and each
+    # limited timeline as (room, wall time, worker, events in it): what a stall's report names.
+    worker: str = ""
+    gapped: list[tuple[str, float, str, int]] = field(default_factory=list)
 
 
 class SyncReceiver:
@@ -268,6 +272,7 @@ class SyncReceiver:
                 continue
             self.stats.responses += 1
             self.stats.bytes += len(response.body)
+            self.stats.worker = response.served_by
             self._handle(json.loads(response.body), now)
 
     def _handle(self, data: dict[str, Any], now: float) -> None:
@@ -279,6 +284,8 @@ class SyncReceiver:
                 continue
             if timeline.get("limited"):
                 self.stats.gaps += 1
+                events = len(timeline.get("events", ()))
+                self.stats.gapped.append((room_id, now, self.stats.worker, events))
             for ev in timeline.get("events", ()):
                 content = ev.get("content")
                 if content and "bench_id" in content:

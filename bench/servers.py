@@ -355,6 +355,8 @@ def haproxy_from_deploy(template: str, port: int, backends: dict[str, int], sock
                 out.append("    nbthread 1")
             if in_backend:
                 out += servers
+                # Which worker answered: the bench's details name a stalled receiver's worker.
+                out.append("    http-response set-header X-Served-By %s")
             continue
         if stripped.startswith("bind "):
             line = f"    bind 127.0.0.1:{port}"

@@ -15,6 +15,7 @@ import gc
 import json
 import statistics
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -391,8 +392,30 @@ class Runner:
             "latency_p50_ms": _ms(percentile(latencies, 50)),
             "latency_p99_ms": _ms(percentile(latencies, 99)),
         }
+        trouble = [t for tally in tallies for t in tally.get("trouble", ())]
+        if trouble:
+            result.details["receivers_in_trouble"] = self._trouble_note(trouble, wall_start)
         self._problems(result, missing, errors, last_error, stats, dups)
         return result
+
+    def _trouble_note(self, trouble: list[dict[str, Any]], wall_start: float) -> str:
+        """One line per receiver that lost, gapped or waited: its room, the room's writer (by
+        the workers' CRC-32 rule), the worker its syncs were on, when (s after the load began)."""
+        writers = max(1, len(self.target.worker_pids or ()))
+        parts = []
+        for t in trouble:
+            room = t["room"]
+            writer = f"w{zlib.crc32(room.encode()) % writers + 1}"
+            text = f"{t['receiver']} in {room} (writer {writer}, syncs on {t['worker'] or '?'})"
+            if t["lost"]:
+                text += f": {t['lost']} lost"
+            for _room, at, worker, events in t["gapped"]:
+                text += f"; gapped at {at - wall_start:.1f} s on {worker or '?'} ({events} events)"
+            if t["slowest"]:
+                latency, _room, at, bid = t["slowest"]
+                text += f"; slowest {bid} {latency:.1f} s, arrived at {at - wall_start:.1f} s"
+            parts.append(text)
+        return " | ".join(parts)
 
     async def _drain(self, expected: set[str], delivered: dict[str, Any]) -> set[str]:
         """Wait (while deliveries still come in, up to grace_s) until every expected id arrived."""
