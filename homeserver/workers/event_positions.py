@@ -13,6 +13,12 @@ writer's event above its own next position it moves its next position above that
 (`observe`), and with it its promise. Only events move a writer, never another writer's
 promise: two idle writers would otherwise push each other up forever.
 
+An idle writer moved only by `observe` answers each of the others' events with a promise over
+the bus, and their own processes wait for that reply before publishing the event. So a writer
+that has allocated nothing for a heartbeat promises ahead instead (`skip_past`, saved before it
+is announced): AHEAD positions past the newest event it has seen, renewed when the others get
+within half of that (workers/event_replication.py).
+
 A writer that dies keeps its last promise until it restarts: the stream waits for it.
 One stopped gracefully retires and the others carry its promise meanwhile
 (workers/event_replication.py; docs/architecture.md, "Several event writers"). On start a
@@ -33,7 +39,7 @@ class WriterPositions:
     or failed; requests settle in the order they were queued.
     """
 
-    __slots__ = ("name", "index", "count", "_next", "_in_flight")
+    __slots__ = ("name", "index", "count", "allocated", "_next", "_in_flight")
 
     def __init__(self, name: str = "main", index: int = 0, count: int = 1, start_after: int = 0) -> None:
         if not 0 <= index < count:
@@ -42,6 +48,7 @@ class WriterPositions:
         self.index = index
         self.count = count
         self._next = self._first_above(start_after)
+        self.allocated = 0  # positions handed out so far (whether the writer is idle)
         # First positions of the requests queued or committing, oldest first.
         self._in_flight: deque[int] = deque()
 
@@ -58,6 +65,7 @@ class WriterPositions:
         """The next position; called synchronously while an event is built."""
         position = self._next
         self._next += self.count
+        self.allocated += 1
         return position
 
     def queued(self, first: int) -> None:
@@ -91,6 +99,15 @@ class WriterPositions:
         """Another writer wrote an event at `position`: hand out positions above it from now on."""
         if position >= self._next:
             self._next = self._first_above(position)
+
+    def skip_past(self, position: int) -> None:
+        """Hand out positions above `position` from now on: an idle writer promising ahead of
+        the others (workers/event_replication.py saves that promise before announcing it)."""
+        self.observe(position)
+
+    @property
+    def in_flight(self) -> bool:
+        return bool(self._in_flight)
 
     @property
     def next_position(self) -> int:

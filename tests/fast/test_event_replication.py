@@ -443,3 +443,47 @@ async def test_a_failed_request_is_announced_past_only_once_saved() -> None:
     c.hub.disconnect("w1")
     await c.start_writer("w1")
     assert c.persisters["w1"].positions.next_position > announced
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_idle_writer_promises_ahead_so_the_busy_ones_need_no_answer_from_it() -> None:
+    """W3 (one room, so one writer busy): w1's own process published each of its events only
+    once w2, idle, had seen it and answered with a promise past it over the bus."""
+    c = Writers()
+    await c.start_all()
+    w1 = c.persisters["w1"]
+    c.promises.hold = Deferred()
+    for _ in range(2):  # w1 writes; w2 allocates nothing for a heartbeat
+        w1.commit(c)
+        c.clock.advance(event_replication.HEARTBEAT_S)
+    # w2 promises ahead, but saved before announced: nothing past the saved promise goes out.
+    assert max(c.announced["w2"]) < event_replication.AHEAD
+    c.promises.hold.callback(None)
+    c.promises.hold = None
+
+    # w2 now hears nothing (a busy reactor, a slow bus): w1's events are published anyway.
+    c.hub.disconnect("w2")
+    sent = w1.commit(c) + w1.commit(c, 3)
+    assert c.replicas["w1"].stream.position >= sent[-1]
+    assert [p for p in c.published if p in sent] == sent
+    ahead = max(c.announced["w2"])
+    assert ahead >= event_replication.AHEAD and c.promises.saved["w2"] >= ahead - 1
+
+    # Killed now and started again on the same database: above everything it announced.
+    c.replicas["w2"].stop()
+    await c.start_writer("w2")
+    assert c.persisters["w2"].positions.next_position > ahead
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_writer_that_writes_promises_nothing_ahead() -> None:
+    """Both writers busy (W1): each promise moves with its commits, none jumps ahead (its own
+    next event would then wait for the others to pass it)."""
+    c = Writers()
+    await c.start_all()
+    w1, w2 = c.persisters["w1"], c.persisters["w2"]
+    for _ in range(4):
+        w1.commit(c)
+        w2.commit(c)
+        c.clock.advance(event_replication.HEARTBEAT_S)
+    assert max(c.announced["w1"] + c.announced["w2"]) < event_replication.AHEAD
