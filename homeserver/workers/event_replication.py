@@ -563,32 +563,40 @@ class EventReplication:
                 pending = self._pending
                 while pending and pending[0][0] <= upto:
                     items.append(heapq.heappop(pending)[2])
-                await self._keep_heads(items)
-                self.stream.publish(upto, items)
+                # Taken off the queue: whatever happens to the heads, they are published.
+                try:
+                    await self._keep_heads(items)
+                finally:
+                    self.stream.publish(upto, items)
         except Exception:
             log_failure(log, "publishing replicated events failed")
         finally:
             self._advancing = False
 
     async def _keep_heads(self, items: list[PersistItem]) -> None:
-        """Bring the heads of rooms written elsewhere up to `items` (loading those not in memory)."""
+        """Bring the heads of rooms written elsewhere up to `items` (loading those not in memory).
+        A head that cannot take an event is dropped, to be loaded again when next needed."""
         for item in items:
-            ev = item.event
-            room_id = ev.room_id
-            if self.writes_room(room_id):
-                continue
-            if item.current_state is not None:
+            room_id = item.event.room_id
+            try:
+                await self._keep_head(item)
+            except Exception:
+                log_failure(log, "could not bring the head of {room} up to date; dropped", room=room_id)
                 self.heads.forget(room_id)
-            head = self.heads.peek(room_id)
+
+    async def _keep_head(self, item: PersistItem) -> None:
+        ev = item.event
+        room_id = ev.room_id
+        if self.writes_room(room_id):
+            return
+        if item.current_state is not None:
+            self.heads.forget(room_id)
+        head = self.heads.peek(room_id)
+        if head is None:
+            head = await self.heads.get(room_id)
             if head is None:
-                try:
-                    head = await self.heads.get(room_id)
-                except Exception:
-                    log_failure(log, "could not load the head of {room}", room=room_id)
-                    continue
-                if head is None:
-                    continue
-            head.apply_committed(ev)
+                return
+        head.apply_committed(ev)
 
     def _sleep(self, seconds: float) -> Deferred[None]:
         d: Deferred[None] = Deferred()

@@ -8,6 +8,7 @@ from the database (a store the test fills) when messages were lost.
   asks for more while a page is being read makes it read that too;
 - after a bus reconnect the reader reads up to the promises saved in the database;
 - an item it has already (read from the database) is not published twice;
+- an event whose room head cannot take it is published anyway, and the head dropped;
 - behind a writer that holds the stream, at most MAX_WAITING events wait in memory;
 - a process starts its stream no lower than its durable consumers have handled;
 - (a writer played by EventReplication itself, its persister faked) a writer stopped
@@ -285,6 +286,28 @@ async def test_behind_a_writer_holding_the_stream_few_events_wait_in_memory(monk
 
 
 # A writer: EventReplication with a persister, the persister faked ---------------------------
+
+
+class _BrokenHead:
+    def apply_committed(self, ev: StoredEvent) -> None:
+        raise RuntimeError("a head that cannot take the event")
+
+
+@pytest_twisted.ensureDeferred
+async def test_events_whose_room_head_fails_are_published_and_the_head_dropped() -> None:
+    """The events are off the waiting queue once the head is brought up: an error there must
+    not keep them from this process's stream (its syncs would never see them)."""
+    r = Reader()
+    heads = r.replication.heads
+    r.replication.writes_room = lambda room_id: False  # "!r:x" is written elsewhere
+    heads._heads["!r:x"] = _BrokenHead()  # type: ignore[assignment]
+    await r.start()
+    r.send("w1", 5, 2, 4)
+    r.send("w2", 3, 1, 3)
+    assert r.published == [1, 2, 3] and r.stream.position == 3
+    assert heads.peek("!r:x") is None  # loaded again from the database when next needed
+    r.send("w2", 7, 5)
+    assert r.published == [1, 2, 3, 4, 5] and r.stream.position == 5
 
 
 class FakePersister:
