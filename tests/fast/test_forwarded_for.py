@@ -48,12 +48,14 @@ def test_bad_ranges_are_config_errors(tmp_path: Path) -> None:
     )
 
 
-async def login(hs: HomeServer, forwarded_for: str) -> tuple[int, dict[str, Any]]:
+async def login(hs: HomeServer, *forwarded_for: str) -> tuple[int, dict[str, Any]]:
+    """A login attempt with one X-Forwarded-For line per argument."""
     body = json.dumps(
         {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "nobody"}, "password": "x"}
     ).encode()
+    lines = "".join(f"X-Forwarded-For: {line}\r\n" for line in forwarded_for)
     head = (
-        f"POST {CS}/login HTTP/1.1\r\nHost: test\r\nConnection: close\r\nX-Forwarded-For: {forwarded_for}\r\n"
+        f"POST {CS}/login HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{lines}"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     )
     assert hs.http is not None
@@ -81,6 +83,25 @@ async def test_login_limit_counts_the_forwarded_client_behind_a_trusted_proxy(tm
         assert await statuses(hs, "203.0.113.1", 3) == [403, 403, 429]
         # Another client behind the same balancer has its own bucket.
         assert await statuses(hs, "203.0.113.2", 2) == [403, 403]
+    finally:
+        await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_behind_two_balancers_each_appending_a_line_the_client_is_on_the_first(tmp_path: Path) -> None:
+    # HAProxy (`option forwardfor`) appends a line of its own rather than extending the last.
+    # Read from the last line alone, every client would be the outer balancer (10.1.1.1) and
+    # share its login bucket: one guesser would lock everyone out.
+    hs = await make_server(
+        tmp_path, TestClock(), rate_limits=LIMITS, listen={"trusted_proxies": ["127.0.0.1/32", "10.0.0.0/8"]}
+    )
+    hs.site()
+    try:
+        outer = "10.1.1.1"
+        assert [(await login(hs, "203.0.113.1", outer))[0] for _ in range(3)] == [403, 403, 429]
+        assert (await login(hs, "203.0.113.2", outer))[0] == 403
+        # A line the client wrote itself, before the balancers', proves nothing.
+        assert (await login(hs, "198.51.100.7", "203.0.113.1", outer))[0] == 429
     finally:
         await hs.stop(None)
 
