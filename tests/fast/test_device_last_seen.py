@@ -68,10 +68,11 @@ async def test_requests_move_last_seen_at_most_every_five_minutes(tmp_path: Path
         await hs.stop(None)
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_websocket_stream_marks_its_device_with_the_forwarded_address(tmp_path: Path) -> None:
+async def stream_seen_from(tmp_path: Path, trusted: list[str], forwarded: list[str]) -> str | None:
+    """The address a WebSocket stream from 127.0.0.1 marks its device with, its handshake
+    carrying one X-Forwarded-For line per item of `forwarded`."""
     clock = TestClock()
-    hs = await make_server(tmp_path, clock, listen={"trusted_proxies": ["127.0.0.1/32"]})
+    hs = await make_server(tmp_path, clock, listen={"trusted_proxies": trusted})
     client = Client(hs)
     try:
         alice = await client.register(hs, "alice")
@@ -81,16 +82,36 @@ async def test_a_websocket_stream_marks_its_device_with_the_forwarded_address(tm
         transport.protocol = protocol
         protocol.makeConnection(transport)
         key = base64.b64encode(os.urandom(16)).decode()
+        lines = "".join(f"X-Forwarded-For: {line}\r\n" for line in forwarded)
         protocol.dataReceived(
             (
                 "GET /_homeserver/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-                f"X-Forwarded-For: 203.0.113.5\r\nAuthorization: Bearer {alice['access_token']}\r\n\r\n"
+                f"{lines}Authorization: Bearer {alice['access_token']}\r\n\r\n"
             ).encode()
         )
         await until_written(hs, alice["user_id"], clock.time_ms())
         rows = await hs.storage.devices.get_devices(alice["user_id"])
-        assert rows[0].last_seen_ip == "203.0.113.5"
         transport.loseConnection()
+        return rows[0].last_seen_ip
     finally:
         await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_websocket_stream_marks_its_device_with_the_forwarded_address(tmp_path: Path) -> None:
+    assert await stream_seen_from(tmp_path, ["127.0.0.1/32"], ["203.0.113.5"]) == "203.0.113.5"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_websocket_stream_from_an_untrusted_peer_is_seen_at_its_own_address(tmp_path: Path) -> None:
+    # The peer (127.0.0.1) is no trusted balancer: what it writes in the header is ignored.
+    assert await stream_seen_from(tmp_path, ["10.0.0.0/8"], ["203.0.113.5"]) == "127.0.0.1"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_websocket_stream_ignores_lines_a_client_wrote_before_the_balancer(tmp_path: Path) -> None:
+    # The client wrote 198.51.100.7 and 127.0.0.2 itself; HAProxy appended a line with the
+    # address it got the connection from (203.0.113.5).
+    seen = await stream_seen_from(tmp_path, ["127.0.0.1/32"], ["198.51.100.7, 127.0.0.2", "203.0.113.5"])
+    assert seen == "203.0.113.5"
