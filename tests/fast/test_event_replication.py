@@ -16,6 +16,8 @@ from the database (a store the test fills) when messages were lost.
   starts above everything carried for it, and is carried no more;
 - a writer's promise passes a failed request's positions only once saved: killed right
   after, it restarts above everything it announced.
+- a writer retiring while its promise ahead is being saved is carried past that save, and,
+  back, writes above it.
 """
 
 from __future__ import annotations
@@ -510,3 +512,34 @@ async def test_a_writer_that_writes_promises_nothing_ahead() -> None:
         w2.commit(c)
         c.clock.advance(event_replication.HEARTBEAT_S)
     assert max(c.announced["w1"] + c.announced["w2"]) < event_replication.AHEAD
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_writer_retiring_while_its_promise_ahead_is_saved_returns_above_it() -> None:
+    """The save of a promise ahead lands after the retirement was announced: the others
+    carry what was saved, and the writer, back, starts above all announced for it."""
+    c = Writers()
+    await c.start_all()
+    w1 = c.persisters["w1"]
+    c.promises.hold = Deferred()
+    for _ in range(2):  # w2 idle: it starts saving a promise ahead, held
+        w1.commit(c)
+        c.clock.advance(event_replication.HEARTBEAT_S)
+    assert c.replicas["w2"]._reaching
+    await c.replicas["w2"].retire()
+    retired_at = c.promises.retired_at["w2"]
+    assert retired_at < event_replication.AHEAD
+    hold, c.promises.hold = c.promises.hold, None
+    hold.callback(None)  # the promise ahead is saved now, after the retirement
+    assert max(c.announced["w2"]) == retired_at  # a stopped writer announces nothing more
+
+    sent = w1.commit(c, 2)
+    assert set(sent) <= set(c.published)
+    carried = max(p for w, p in c.carried if w == "w2")
+    assert carried >= c.promises.saved["w2"] >= event_replication.AHEAD
+
+    await c.start_writer("w2")
+    again = c.persisters["w2"].commit(c)
+    assert again[0] > carried, "w2 wrote below what was published for it"
+    c.clock.advance(event_replication.HEARTBEAT_S)
+    assert again[0] in c.published and c.published == sorted(set(c.published))
