@@ -395,3 +395,24 @@ async def test_the_indexes_are_filled_on_the_background_worker_alone(cluster: Cl
         assert ("w1", "user_directory.caught_up") in cluster.transport.calls
     finally:
         await stop_all(cluster)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_search_whose_index_process_fails_to_answer_is_no_500(cluster: Cluster) -> None:
+    """The background worker's wait for its index fails (an error there, not a timeout): a
+    search on another process answers from what is indexed."""
+    await start_all(cluster)
+    try:
+        w1, w3 = cluster.servers["w1"], cluster.servers["w3"]
+        alice = (await two_rooms(cluster))[0]
+
+        async def broken(position: int, timeout_s: float) -> bool:
+            raise RuntimeError("the index's wait failed")
+
+        w1.search_index.reached = broken  # type: ignore[method-assign]
+        query = {"search_categories": {"room_events": {"search_term": "banana"}}}
+        status, body = await Client(w3).start("POST", CS + "/search", alice["access_token"], query)
+        assert status == 200, body
+        assert ("w1", "search_index.caught_up") in cluster.transport.calls
+    finally:
+        await stop_all(cluster)

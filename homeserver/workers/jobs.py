@@ -9,7 +9,7 @@ that process, which queues it and answers once it is committed, as a local queue
 by durable stream consumers on that process alone (a repeat would only write the same
 rows again, on every process). A search elsewhere waits, as a local one does, for them to
 reach its own stream position: it asks that process (a position means the same on every
-process, ADR 0008); unreachable, the search goes on with what is indexed.
+process, ADR 0008); unreachable or failing, the search goes on with what is indexed.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
-from homeserver.errors import ServiceUnavailable
+from homeserver.errors import MatrixError, ServiceUnavailable
 
 if TYPE_CHECKING:
     from homeserver.core.event_stream import ConsumedOnOneProcess, RemoteCaughtUp
@@ -72,6 +72,16 @@ def _asking(hs: HomeServer, runner: str, name: str) -> RemoteCaughtUp:
             return bool((await hs.rpc.call(runner, f"{name}.caught_up", args))["reached"])
         except ServiceUnavailable:
             log.warn("{name}: {runner} unreachable; searching what is indexed", name=name, runner=runner)
+            return False
+        except MatrixError as e:
+            # Its own failure (a 500, a method it does not know in a rolling upgrade) is no
+            # fault of the search: answered from what is indexed, not with that error.
+            log.warn(
+                "{name}: {runner} answered {e}; searching what is indexed",
+                name=name,
+                runner=runner,
+                e=e.errcode,
+            )
             return False
 
     return caught_up
