@@ -276,7 +276,8 @@ workers:
   redis_url: ""
   # Prepended to every Redis channel (several servers may share one Redis).
   redis_prefix: "hs:"
-  # The shared secret of internal requests (at least 16 characters; the environment
+  # The shared secret of internal requests and of Redis messages (each signed with it;
+  # others are dropped), at least 16 characters (the environment
   # variable HOMESERVER_WORKERS_SECRET overrides it), or a file holding it, made with
   # a random one if missing. Required with several instances.
   secret: ""

@@ -346,15 +346,15 @@ class HomeServer:
         config = self.config
         self.topology = Topology.from_config(config, worker)
         multi = self.topology.multi
+        secret = load_worker_secret(config) if multi else b""
         if bus is None:
             workers = config.workers
             bus = (
-                RedisBus(self.topology.me, workers.redis_url, workers.redis_prefix)
+                RedisBus(self.topology.me, workers.redis_url, workers.redis_prefix, secret)
                 if multi
                 else LocalBus(self.topology.me)
             )
         self.bus: Bus = bus
-        secret = load_worker_secret(config) if multi else b""
         if transport is None and multi:
             transport = HttpTransport(
                 self.reactor, self.topology.internal_address, secret, config.workers.rpc_timeout / 1000

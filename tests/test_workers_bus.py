@@ -4,6 +4,9 @@ connect callbacks again (where each subscriber catches up from PostgreSQL)."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import os
 import secrets
 import socket
@@ -19,6 +22,7 @@ from workers_harness import system_binary
 from homeserver.workers.bus import RedisBus
 
 REDIS_URL = os.environ.get("HOMESERVER_TEST_REDIS", "redis://127.0.0.1:6379/0")
+SECRET = b"the workers' shared secret"
 
 
 def _redis_up() -> bool:
@@ -62,7 +66,7 @@ async def until(condition: Any, what: str, timeout_s: float = 10.0) -> None:
 
 @pytest_twisted.async_yield_fixture
 async def buses(prefix: str) -> AsyncIterator[tuple[RedisBus, RedisBus, dict[str, Any]]]:
-    a, b = RedisBus("a", REDIS_URL, prefix), RedisBus("b", REDIS_URL, prefix)
+    a, b = RedisBus("a", REDIS_URL, prefix, SECRET), RedisBus("b", REDIS_URL, prefix, SECRET)
     seen: dict[str, Any] = {"a": [], "b": [], "connects_a": 0, "connects_b": 0}
     for name, bus in (("a", a), ("b", b)):
         bus.subscribe("ch", lambda m, name=name: seen[name].append(m))
@@ -98,7 +102,7 @@ async def test_a_late_subscription_and_another_prefix(buses: Any, prefix: str) -
     a, b, seen = buses
     late: list[Any] = []
     b.subscribe("late", late.append)
-    other = RedisBus("c", REDIS_URL, prefix + "other:")
+    other = RedisBus("c", REDIS_URL, prefix + "other:", SECRET)
     stray: list[Any] = []
     other.subscribe("late", stray.append)
     await other.start()
@@ -138,3 +142,19 @@ async def test_a_killed_connection_reconnects_and_runs_the_connect_callbacks_aga
     a.publish("ch", {"final": True})
     await until(lambda: {"final": True} in seen["b"], "delivered after the publisher came back")
     assert seen["connects_a"] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_message_without_the_shared_secret_is_dropped(buses: Any, prefix: str) -> None:
+    """Anyone who can publish on the Redis (another server sharing it) must not be heard: a
+    forged event batch would reach every process's stream."""
+    a, b, seen = buses
+    forged = {"writer": "w1", "items": ["forged"]}
+    payload = json.dumps(["a", forged]).encode()
+    wrong = hmac.new(b"another secret", payload, hashlib.sha256).digest()
+    for message in (payload, wrong + payload):  # unsigned; signed with another secret
+        # Published before the genuine message below, from a finished command: delivered first.
+        subprocess.run(["redis-cli", "-x", "PUBLISH", prefix + "ch"], input=message, check=True, timeout=10)
+    a.publish("ch", {"genuine": True})
+    await until(lambda: {"genuine": True} in seen["b"], "the genuine message delivered")
+    assert seen["b"] == [{"genuine": True}]

@@ -8,6 +8,8 @@ each (re)connect, the first one included, once its channels are subscribed.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -21,6 +23,7 @@ from homeserver.logs import log_failure
 log = Logger()
 
 Message = dict[str, Any]  # JSON-serialisable
+_MAC_BYTES = 32  # HMAC-SHA256, before each Redis message
 Handler = Callable[[Message], None]
 ConnectedCallback = Callable[[], Awaitable[None]]
 
@@ -154,16 +157,22 @@ class MemoryHub:
 
 class RedisBus(_Subscriptions):
     """Pub/sub over Redis with txredisapi: one subscriber connection and one publisher
-    connection, each reconnecting with backoff. Channel names get `prefix`."""
+    connection, each reconnecting with backoff. Channel names get `prefix`.
+
+    Each message carries an HMAC-SHA256 of it under the workers' shared `secret` (that of the
+    internal listener): what arrives without it is dropped. Whoever else can publish on this
+    Redis (another server sharing it, a compromised neighbour) could otherwise put events in
+    every process's stream, revoke or un-revoke tokens, or move rate limits."""
 
     # Reconnect backoff (seconds): quick first tries, so a Redis restart costs little.
     INITIAL_DELAY_S = 0.1
     MAX_DELAY_S = 5.0
 
-    def __init__(self, instance: str, url: str, prefix: str = "hs:") -> None:
+    def __init__(self, instance: str, url: str, prefix: str = "hs:", secret: bytes = b"") -> None:
         super().__init__(instance)
         self.url = url
         self.prefix = prefix
+        self._secret = secret
         self.connected = False
         self._subscriber: Any = None  # the SubscriberProtocol while connected
         self._publisher: Any = None  # the RedisProtocol while connected
@@ -186,7 +195,8 @@ class RedisBus(_Subscriptions):
             return  # lost: the subscribers catch up from PostgreSQL when they can
         # The sender's name travels with the message: Redis also delivers it to the sender's
         # own subscription, which drops it (a publish is for the OTHER processes).
-        d = publisher.publish(self._channel(channel), orjson.dumps([self.instance, message]))
+        payload = orjson.dumps([self.instance, message])
+        d = publisher.publish(self._channel(channel), self._mac(payload) + payload)
         d.addErrback(lambda f: log.warn("bus publish on {channel} failed: {e}", channel=channel, e=f.value))
 
     async def start(self) -> None:
@@ -241,13 +251,19 @@ class RedisBus(_Subscriptions):
         name = channel.decode("utf-8")
         if not name.startswith(self.prefix):
             return
+        mac, payload = message[:_MAC_BYTES], message[_MAC_BYTES:]
         try:
-            sender, decoded = orjson.loads(message)
+            if not hmac.compare_digest(mac, self._mac(payload)):
+                raise ValueError("not signed with our secret")
+            sender, decoded = orjson.loads(payload)
         except (orjson.JSONDecodeError, ValueError, TypeError):
             log.warn("bus: a message on {channel} is not ours; dropped", channel=name)
             return
         if sender != self.instance:
             self.deliver(name[len(self.prefix) :], decoded)
+
+    def _mac(self, payload: bytes) -> bytes:
+        return hmac.new(self._secret, payload, hashlib.sha256).digest()
 
     def client_name(self, role: str) -> bytes:
         """The connection's CLIENT SETNAME (Redis's CLIENT LIST shows who is who)."""
