@@ -108,6 +108,19 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 # A real server process ------------------------------------------------------
 
 
+def stop_process(process: subprocess.Popen[Any], timeout: float, sig: int = signal.SIGTERM) -> int:
+    """Stop a process the tests started: `sig`, then SIGKILL if it has not exited within
+    `timeout` seconds. Its exit status."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return int(process.returncode)
+
+
 @dataclass
 class ServerProcess:
     base_url: str
@@ -139,14 +152,7 @@ class ServerProcess:
             time.sleep(0.02)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return int(self.process.returncode)
+        return stop_process(self.process, timeout, sig)
 
     # Helpers for tests ------------------------------------------------------
 

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import stop_process
 
 
 def ensure_turnserver() -> str:
@@ -138,10 +139,5 @@ class Coturn:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, 10)

@@ -23,7 +23,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from conftest import free_port  # noqa: E402
+from conftest import free_port, stop_process  # noqa: E402
 from federation_harness import TestCA  # noqa: E402
 
 from bench.servers import ensure_synapse, synapse_python  # noqa: E402
@@ -85,13 +85,7 @@ class SynapseServer:
         _wait_until_up(self)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 30)
 
 
 def synapse_federation_config(

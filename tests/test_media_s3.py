@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -21,7 +20,7 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import VENV_BIN, ServerProcess, free_port, start_server_process
+from conftest import VENV_BIN, ServerProcess, free_port, start_server_process, stop_process
 from test_media import (
     MAX_UPLOAD,
     MEDIA,
@@ -144,12 +143,7 @@ def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Weed]:
                 time.sleep(0.2)
         yield server
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, 15)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ one shows the same merge over Redis between processes.
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ import psycopg2
 import pytest
 import requests
 import yaml
-from conftest import ROOT, VENV_BIN, free_port
+from conftest import ROOT, VENV_BIN, free_port, stop_process
 from workers_harness import system_binary
 
 from homeserver.workers.topology import room_shard
@@ -87,13 +86,7 @@ class Worker:
         return r.json()
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 15)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import psycopg2
 import pytest
 import requests
 import yaml
-from conftest import ROOT, VENV_BIN, base_config, free_port
+from conftest import ROOT, VENV_BIN, base_config, free_port, stop_process
 
 CS = "/_matrix/client/v3"
 
@@ -56,13 +56,7 @@ class Worker:
         raise RuntimeError(f"{self.name} did not start:\n{self.log_path.read_text()}")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 15)
 
 
 @pytest.fixture

@@ -37,7 +37,7 @@ from typing import Any
 import pytest
 import requests
 import yaml
-from conftest import ROOT, base_config, free_port
+from conftest import ROOT, base_config, free_port, stop_process
 
 HAPROXY_TEMPLATE = ROOT / "deploy" / "haproxy.cfg"
 START_TIMEOUT_S = 60.0
@@ -329,13 +329,7 @@ class HAProxy:
         wait_for(seen, f"HAProxy to see {name} {'UP' if up else 'DOWN'}", timeout)
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 10)
 
 
 # The whole set-up ---------------------------------------------------------------------------
