@@ -296,7 +296,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     # reactor.run() turns SIGTERM and SIGINT into reactor.stop(), which runs the
     # "before shutdown" trigger above: stop listening, drain requests, close the DB.
     reactor.run()
-    raise SystemExit(state["exit"])
+    raise SystemExit(state["exit"] or hs.exit_code)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,6 +11,7 @@ from urllib.parse import quote
 
 from prometheus_client import CollectorRegistry
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ReactorNotRunning
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -140,6 +141,7 @@ from homeserver.workers.rpc import HttpTransport, Transport, WorkerRpc
 from homeserver.workers.shared_limits import SharedRateLimits
 from homeserver.workers.streams import StreamReplication
 from homeserver.workers.topology import Topology
+from homeserver.workers.writer_fence import WriterLock
 
 if TYPE_CHECKING:
     from homeserver.api.ws import StreamFactory
@@ -211,6 +213,8 @@ class HomeServer:
         MemoryTransport)."""
         self.config = config
         self.reactor = reactor
+        # Set when the process must exit failing once stopped (a fenced event writer).
+        self.exit_code = 0
         self.clock = clock or Clock(reactor)
         self._build_workers(worker, bus, rpc_transport)
         self.signing_key = load_or_create_signing_key(config.signing_key_file)
@@ -454,7 +458,9 @@ class HomeServer:
                 clock=self.clock,
                 persister=self.persister,
                 consumers=self.storage.stream_consumers,
+                lock=self._writer_lock(),
             )
+            self.replication.on_fenced = self._fenced
             self.replication.register_metrics(self.metrics)
         self.timeline = TimelineCache(store)
         self.events = EventService(
@@ -860,6 +866,23 @@ class HomeServer:
             return None
         return make_site(metrics_routes.metrics_router(self), 64 * 1024, self.clock)
 
+    def _writer_lock(self) -> WriterLock | None:
+        """This event writer's lock (PostgreSQL: how the others tell it is dead, ADR 0008)."""
+        topology = self.topology
+        if topology.me not in topology.event_writers or self.storage.db.dialect != "postgres":
+            return None
+        index = topology.event_writers.index(topology.me)
+        return WriterLock(self.config.database.url, topology.me, index, self.reactor)
+
+    def _fenced(self) -> None:
+        """Another event writer retired this one while it looked dead (ADR 0008): it may store
+        no more events. Exit, failing, for the supervisor to restart it (systemd's Restart=)."""
+        self.exit_code = 75  # EX_TEMPFAIL
+        try:
+            self.reactor.stop()
+        except ReactorNotRunning:
+            pass  # already stopping
+
     async def stop(self, port: IListeningPort | None) -> None:
         """Stop accepting, let requests being read or handled finish (bounded), stop plugins,
         close the database. First, for `workers.drain_delay`, keep serving while GET /health
@@ -918,6 +941,7 @@ class HomeServer:
         if self.replication is not None:
             # With the bus and the database still up: the other writers carry its promise.
             await self.replication.retire()
+            self.replication.release()
         self.retention.stop()
         self.typing.stop_all()
         try:

@@ -9,8 +9,12 @@ schema each.
   reconnects;
 - a writer stopped gracefully hands over: the other writer carries its promise and every
   process goes on; one stopped without a word (as a kill -9 leaves it) holds the stream
-  until it restarts. Restarted (a new HomeServer on the same database) it writes above
-  every stored position, and everyone goes on.
+  until the other writer fences it (silent for SILENT_S, its lock free). Restarted (a new
+  HomeServer on the same database) it writes above every stored position, and everyone
+  goes on;
+- a writer that was only slow (its lock's session ended, as after a SIGSTOP past the lease)
+  and was fenced meanwhile stores nothing more: its next send answers 503, rolled back, and
+  it stops; restarted, it writes again.
 """
 
 from __future__ import annotations
@@ -23,10 +27,11 @@ import pytest
 import pytest_twisted
 from fast.harness import CS, Client, real_reactor, room_path, until
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.task import deferLater
 
 from homeserver.config import parse_config
 from homeserver.server import HomeServer
-from homeserver.workers import event_replication
+from homeserver.workers import event_replication, writer_fence
 from homeserver.workers.bus import MemoryHub
 from homeserver.workers.rpc import MemoryTransport
 
@@ -151,6 +156,15 @@ def send(cluster: Cluster, room_id: str, token: str, body: str) -> Deferred[tupl
         token,
         {"msgtype": "m.text", "body": body},
     )
+
+
+async def eventually(condition: Any, what: str, seconds: float = 30.0) -> None:
+    """Until `condition()` holds, for what takes real time (the fence waits SILENT_S)."""
+    for _ in range(int(seconds * 20)):
+        if condition():
+            return
+        await deferLater(real_reactor(), 0.05, lambda: None)
+    raise AssertionError(f"not within {seconds:.0f}s: {what}")
 
 
 class SyncReader:
@@ -326,6 +340,9 @@ async def stop_and_restart_w1(cluster: Cluster, *, handover: bool) -> None:
         await until(lambda: w3.stream.position >= position, "the reader went on while w1 is away")
     else:
         assert w3.stream.position <= promised < position  # the stream waits for w1's promise
+        # ... until w2 finds it silent with its lock free, and fences it.
+        await eventually(lambda: w3.stream.position >= position, "w2 fenced w1 and carries it")
+        assert list(await w3.storage.stream_writers.retired()) == ["w1"]
 
     w1 = await cluster.start("w1")
     status, body = await send(cluster, r1, alice["access_token"], "after-restart")
@@ -414,5 +431,62 @@ async def test_a_search_whose_index_process_fails_to_answer_is_no_500(cluster: C
         status, body = await Client(w3).start("POST", CS + "/search", alice["access_token"], query)
         assert status == 200, body
         assert ("w1", "search_index.caught_up") in cluster.transport.calls
+    finally:
+        await stop_all(cluster)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_slow_writer_fenced_meanwhile_stores_nothing_more_and_stops(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(writer_fence, "SILENT_S", 1.0)
+    await start_all(cluster)
+    try:
+        alice, bob, r1, r2 = await two_rooms(cluster)
+        w1, w3 = cluster.servers["w1"], cluster.servers["w3"]
+        status, _ = await send(cluster, r1, alice["access_token"], "before")
+        assert status == 200
+        replication = w1.replication
+        assert replication is not None
+        fenced: list[bool] = []
+        replication.on_fenced = lambda: fenced.append(True)  # the server would exit
+        # w1 pauses: no heartbeat, and PostgreSQL ends its lock's session (the lease).
+        replication.stop()
+        await w3.storage.db.execute(
+            "test_end_lease",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = ?",
+            "event writer w1",
+        )
+        retired = w3.storage.stream_writers.retired
+        for _ in range(600):
+            if "w1" in await retired():
+                break
+            await deferLater(real_reactor(), 0.05, lambda: None)
+        else:
+            raise AssertionError("w2 never fenced w1")
+        # w1 resumes, and takes a send: refused (retryable), stored nowhere, and w1 stops.
+        status, body = await send(cluster, r1, alice["access_token"], "after-fence")
+        assert status == 503, body
+        await eventually(lambda: fenced == [True], "w1 knew it was fenced")  # its next save
+        assert await cluster.bodies_in_order(r1) == ["before"]
+        # w2's rooms go on meanwhile.
+        status, body = await send(cluster, r2, bob["access_token"], "in-w2s-room")
+        assert status == 200, body
+        position = (await w3.storage.events.get_events([body["event_id"]]))[body["event_id"]].stream_ordering
+        await eventually(lambda: w3.stream.position >= position, "the reader went on without w1")
+
+        await cluster.stop("w1")
+        await cluster.start("w1")
+        # The client's retry with the same transaction id: stored once.
+        status, body = await send(cluster, r1, alice["access_token"], "after-fence")
+        assert status == 200, body
+        assert await cluster.bodies_in_order(r1) == ["before", "after-fence"]
+        assert await w3.storage.stream_writers.retired() == {}
+        reader = SyncReader(w3, bob["access_token"], [r1, r2])
+        await reader.until_count(1)
+        assert reader.got == {r1: ["before", "after-fence"], r2: ["in-w2s-room"]}
+        stored = await cluster.stored_positions()
+        await eventually(lambda: w3.stream.position >= stored[-1], "the reader caught up")
+        await assert_in_position_order_once(cluster.published["w3"], stored, 0)
     finally:
         await stop_all(cluster)

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 from homeserver.json_encoding import dumps_text
 from homeserver.storage.database import Database, Txn
-from homeserver.storage.stream_writers import save_promise_txn
+from homeserver.storage.stream_writers import WriterFenced, is_fenced, save_promise_txn
 
 
 @dataclass
@@ -297,7 +297,12 @@ class EventStore:
         if promise is None:
             await self.db.run_write("persist_events", persist_events_txn, items)
         else:
-            await self.db.run_write("persist_events", persist_events_txn, items, promise)
+            try:
+                await self.db.run_write("persist_events", persist_events_txn, items, promise)
+            except Exception as error:
+                if is_fenced(error):  # rolled back: none of it is stored (ADR 0008)
+                    raise WriterFenced(promise[0]) from error
+                raise
 
     async def event_stored(self, event_id: str) -> bool:
         rows = await self.db.query("event_stored", "SELECT 1 FROM events WHERE event_id = ?", event_id)

@@ -1,9 +1,37 @@
 """Where each event writer's promise stands (homeserver/workers/event_positions.py), and
-which writers stopped gracefully (retired: the others carry their promise meanwhile)."""
+which writers stopped gracefully (retired: the others carry their promise meanwhile) or
+were fenced (force-retired by another writer once dead: ADR 0008)."""
 
 from __future__ import annotations
 
+from homeserver.errors import ServiceUnavailable
 from homeserver.storage.database import Database, Txn
+
+# The SQLSTATE stream_writer_save() raises for a fenced writer (sql/099, PostgreSQL only).
+FENCED_SQLSTATE = "HSF01"
+# The advisory locks of event writers: (this, the writer's index). Held by each writer on a
+# connection of its own while it lives (workers/writer_fence.py).
+LOCK_CLASS = 0x48_53_57  # "HSW"
+
+
+class WriterFenced(ServiceUnavailable):
+    """Another writer retired this one while it looked dead: it must store nothing more.
+    The request's events were rolled back; a retry (same transaction id) is stored once."""
+
+    def __init__(self, name: str = "") -> None:
+        super().__init__("This event writer was replaced while it did not answer; try again")
+        self.writer = name
+
+
+def is_fenced(error: BaseException) -> bool:
+    """Whether `error` (or what caused it) is a fenced writer's refused save."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, WriterFenced) or getattr(seen, "pgcode", None) == FENCED_SQLSTATE:
+            return True
+        seen = seen.__cause__
+    return False
+
 
 # A promise only moves up: a save that lost a race with a later one must not undo it.
 _HIGHER = (
@@ -17,12 +45,17 @@ _UPSERT = (
 _RETIRE = (
     "INSERT INTO stream_writers (name, position, retired_at) VALUES (?, ?, ?)"
     f" ON CONFLICT (name) DO UPDATE SET position = {_HIGHER}, retired_at = excluded.retired_at"
+    " WHERE stream_writers.retired_at IS NULL"
 )
 
 
 def save_promise_txn(txn: Txn, name: str, position: int) -> None:
-    """Part of a batch's commit transaction (storage/events.py): the promise moves with it."""
-    txn.execute(_UPSERT, (name, position))
+    """Part of a batch's commit transaction (storage/events.py): the promise moves with it.
+    On PostgreSQL the save raises if the writer was fenced, and the whole commit rolls back."""
+    if txn.engine.name == "postgres":
+        txn.execute("SELECT stream_writer_save(?, ?)", (name, position))
+    else:
+        txn.execute(_UPSERT, (name, position))
 
 
 def _carry_txn(txn: Txn, position: int) -> list[tuple[str, int, int]]:
@@ -34,6 +67,24 @@ def _carry_txn(txn: Txn, position: int) -> list[tuple[str, int, int]]:
     # in between is no longer listed, and one still listed reads this position or a later one.
     rows = txn.query("SELECT name, retired_at, position FROM stream_writers WHERE retired_at IS NOT NULL")
     return [(str(name), int(at), int(pos)) for name, at, pos in rows]
+
+
+def _fence_txn(txn: Txn, name: str, index: int) -> int | None:
+    # The writer's own lock, for this transaction: taken only if its process holds it no more
+    # (dead, or its connection cut). A writer starting meanwhile waits for it before rejoining.
+    row = txn.query_one("SELECT pg_try_advisory_xact_lock(?, ?)", (LOCK_CLASS, index))
+    if not row or not row[0]:
+        return None
+    # Waits for a commit of the writer that holds the row, then re-reads it: every event the
+    # writer stored lies at or below the position it is retired at.
+    row = txn.query_one(
+        "UPDATE stream_writers SET retired_at = position WHERE name = ? AND retired_at IS NULL"
+        " RETURNING retired_at",
+        (name,),
+    )
+    if row is None:  # already retired (by a graceful stop, or another writer's fence)
+        row = txn.query_one("SELECT retired_at FROM stream_writers WHERE name = ?", (name,))
+    return int(row[0]) if row and row[0] is not None else None
 
 
 def _rejoin_txn(txn: Txn, name: str) -> None:
@@ -60,12 +111,27 @@ class StreamWriterStore:
 
     async def save(self, name: str, position: int) -> None:
         """A writer's promise outside a batch (at start-up, and before announcing one that
-        passed a failed event's position)."""
-        await self.db.execute("save_stream_writer", _UPSERT, name, position)
+        passed a failed event's position). @raise WriterFenced: another writer retired it."""
+        try:
+            await self.db.run_interaction("save_stream_writer", save_promise_txn, name, position)
+        except Exception as error:
+            if is_fenced(error):
+                raise WriterFenced(name) from error
+            raise
 
     async def retire(self, name: str, position: int) -> None:
-        """`name` stopped gracefully with nothing in flight: its promise is `position`."""
-        await self.db.execute("retire_stream_writer", _RETIRE, name, position, position)
+        """`name` stopped gracefully with nothing in flight: its promise is `position`.
+        @raise WriterFenced: another writer retired it first (its promise is not to be
+        announced: what it would claim is saved nowhere)."""
+        if await self.db.execute("retire_stream_writer", _RETIRE, name, position, position) == 0:
+            raise WriterFenced(name)
+
+    async def fence(self, name: str, index: int) -> int | None:
+        """Force-retire writer `name` (number `index`) if no process holds its lock; the
+        position it is retired at (now or before), or None (alive, or it never wrote)."""
+        if self.db.dialect != "postgres":
+            return None
+        return await self.db.run_interaction("fence_stream_writer", _fence_txn, name, index)
 
     async def carry(self, position: int) -> list[tuple[str, int, int]]:
         """Move every retired writer's promise up to `position`; (name, retired_at, promise)

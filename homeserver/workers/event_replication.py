@@ -27,8 +27,12 @@ once: the timeline cache, sync, sliding sync, unread counts and the notifier rea
   announces that for it (a message with `custodian`), so no process waits for a writer
   that is away on purpose. Returning, a writer first ends the carrying in the database
   (`rejoin`: after it no carry moves its row), then starts above its row, every stored
-  position and every saved promise: above all that was announced for it. A writer killed
-  with SIGKILL announced nothing and is not carried: the stream waits for its restart.
+  position and every saved promise: above all that was announced for it.
+- A writer killed with SIGKILL (or stopped, or cut off) announced nothing: once it has been
+  silent on the bus for SILENT_S and its lock is free, another writer **fences** it
+  (workers/writer_fence.py): retires it in its place, in a transaction holding its lock,
+  and carries it like one that retired. Its saves then match no row (sql/099), so a writer
+  that was only slow stores nothing more and exits (`on_fenced`) to be restarted.
 - An idle writer (nothing allocated for a heartbeat) promises AHEAD positions past the others'
   newest event, saved before announced, and renews that when they come within half of it: their
   processes then publish their events without waiting for its answer to each (W3, one room's
@@ -66,8 +70,9 @@ from homeserver.core.room_heads import RoomHeads
 from homeserver.logs import log_failure
 from homeserver.storage.events import EventStore, PersistItem, StoredEvent
 from homeserver.storage.stream_consumers import StreamConsumerStore
-from homeserver.storage.stream_writers import StreamWriterStore
+from homeserver.storage.stream_writers import StreamWriterStore, WriterFenced
 from homeserver.workers.bus import Bus
+from homeserver.workers.writer_fence import DeathWatch, WriterLock
 
 log = Logger()
 
@@ -152,9 +157,11 @@ class EventReplication:
         clock: Any,
         persister: EventPersister | None = None,
         consumers: StreamConsumerStore | None = None,
+        lock: WriterLock | None = None,
     ) -> None:
         """`persister` is this process's when it is one of `writers` (named `me`); `consumers`:
-        where the durable stream consumers saved their positions."""
+        where the durable stream consumers saved their positions; `lock`: this writer's
+        (PostgreSQL: without one, dead writers are neither told apart nor fenced)."""
         self.me = me
         self.writers = list(writers)
         self.bus = bus
@@ -190,6 +197,13 @@ class EventReplication:
         self._quiet = False
         self._reaching = False
         self._seen = 0  # the newest event of the other writers seen here
+        # This writer: its lock, when each other writer was last heard, whether a fence is
+        # being tried, and what to do once fenced itself (the server exits, to be restarted).
+        self.lock = lock if self.persister is not None else None
+        self._watch = DeathWatch([w for w in self.writers if w != me], clock.seconds())
+        self._fencing = False
+        self.fenced = False
+        self.on_fenced: Callable[[], None] | None = None
 
     # Start -------------------------------------------------------------------------------
 
@@ -197,8 +211,11 @@ class EventReplication:
         """Load where each writer stands; return the position this process's stream starts at
         (everything up to it is committed, and read from the database by whoever needs it)."""
         if self.persister is not None:
-            # Back from a graceful stop: nobody carries this writer's promise from here on,
-            # so what is saved below bounds what was ever announced for it.
+            if self.lock is not None:
+                # Before anything is saved: while it is held, no one fences this writer.
+                await self.lock.hold()
+            # Back from a graceful stop (or fenced): nobody carries this writer's promise from
+            # here on, so what is saved below bounds what was ever announced for it.
             await self.promises.rejoin(self.me)
         newest = await self.events.max_stream_ordering()
         saved = await self.promises.promises()
@@ -244,6 +261,11 @@ class EventReplication:
         if self._heartbeat is not None and self._heartbeat.running:
             self._heartbeat.stop()
 
+    def release(self) -> None:
+        """Let this writer's lock go (the process stops): from now on it may be fenced."""
+        if self.lock is not None:
+            self.lock.close()
+
     async def retire(self) -> None:
         """A graceful stop: once the requests in flight are settled, hand this writer's
         promise over (announce it retired), so that no process waits for it while it is away.
@@ -258,6 +280,9 @@ class EventReplication:
         promise = max(persister.positions.promise, self._announced)
         try:
             await self.promises.retire(self.me, promise)
+        except WriterFenced:
+            self._fenced()
+            return
         except Exception:
             log_failure(log, "could not save that {me} retired; the stream waits for its restart", me=self.me)
             return
@@ -305,6 +330,56 @@ class EventReplication:
         self._allocated_at_beat = allocated
         self._reach_ahead(self._seen)
         self._beat()
+        if self.lock is not None and not self._stopped:
+            Deferred.fromCoroutine(self._renew_lock())
+            self._fence_the_dead()
+
+    async def _renew_lock(self) -> None:
+        assert self.lock is not None
+        try:
+            fenced = await self.lock.renew()
+        except Exception:
+            log_failure(log, "could not take the lock of event writer {me}; retried next beat", me=self.me)
+            return
+        if fenced:
+            self._fenced()
+
+    def _fence_the_dead(self) -> None:
+        """Fence the writers silent for SILENT_S whose lock is free (one attempt at a time)."""
+        if self._fencing:
+            return
+        silent = [w for w in self._watch.silent(self.clock.seconds()) if w not in self._retired]
+        if silent:
+            Deferred.fromCoroutine(self._fencing_loop(silent))
+
+    async def _fencing_loop(self, names: list[str]) -> None:
+        self._fencing = True
+        try:
+            for name in names:
+                try:
+                    at = await self.promises.fence(name, self._writers[name].index)
+                except Exception:
+                    log_failure(log, "could not fence event writer {w}", w=name)
+                    continue
+                if at is None or self._stopped:
+                    continue  # alive (it holds its lock), or never wrote
+                log.warn("event writer {w} silent, its lock free: retired at {at}, carried", w=name, at=at)
+                self._retired[name] = at
+                self._carry()  # at once: every process's stream waits for it until then
+        finally:
+            self._fencing = False
+
+    def _fenced(self) -> None:
+        """Another writer retired this one (it looked dead): it must store nothing more.
+        Stop announcing; the server exits, to be restarted (start rejoins above everything)."""
+        if self.fenced:
+            return
+        self.fenced = True
+        self._stopped = True
+        self.stop()
+        log.error("event writer {me} was fenced by another writer: stopping, to be restarted", me=self.me)
+        if self.on_fenced is not None:
+            self.on_fenced()
 
     def _beat(self) -> None:
         if self._stopped:
@@ -334,6 +409,9 @@ class EventReplication:
         promise = self.persister.positions.promise
         try:
             await self.promises.save(self.me, promise)
+        except WriterFenced:
+            self._fenced()
+            return
         except Exception:
             log_failure(log, "could not save the promise of {me}; the next heartbeat tries again", me=self.me)
             return
@@ -385,6 +463,9 @@ class EventReplication:
         try:
             # Saved before announced: killed after, it restarts above it (ADR 0008).
             await self.promises.save(self.me, target)
+        except WriterFenced:
+            self._fenced()
+            return
         except Exception:
             log_failure(log, "could not save the promise ahead of {me}", me=self.me)
             return
@@ -449,11 +530,17 @@ class EventReplication:
             # Two processes started with one --worker name would hand out the same positions.
             log.error("another process writes events as {w!r}: run each instance once", w=self.me)
             return
-        if self.persister is not None and "custodian" not in message:
-            if message.get("retired"):
-                self._retired[writer.name] = int(message["promise"])
+        if self.persister is not None and not self._stopped:
+            if "custodian" in message:
+                # Carried by another (retired, or fenced while it looked dead): carry it too,
+                # should that one die as well.
+                self._retired.setdefault(writer.name, int(message["since"]))
             else:
-                self._retired.pop(writer.name, None)  # it writes again
+                self._watch.heard(writer.name, self.clock.seconds())
+                if message.get("retired"):
+                    self._retired[writer.name] = int(message["promise"])
+                # Back or not, the next carry reads which writers are retired: a fenced
+                # writer that was only slow may announce a little longer (ADR 0008).
         items = [decode_item(raw) for raw in message["items"]]
         if self.persister is not None and items:
             # Stay above what the others write, so that an idle writer does not hold them back.
