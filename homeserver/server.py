@@ -871,8 +871,7 @@ class HomeServer:
         topology = self.topology
         if topology.me not in topology.event_writers or self.storage.db.dialect != "postgres":
             return None
-        index = topology.event_writers.index(topology.me)
-        return WriterLock(self.config.database.url, topology.me, index, self.reactor)
+        return WriterLock(self.config.database.url, topology.me, self.reactor)
 
     def _fenced(self) -> None:
         """Another event writer retired this one while it looked dead (ADR 0008): it may store

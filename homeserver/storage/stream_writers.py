@@ -9,9 +9,9 @@ from homeserver.storage.database import Database, Txn
 
 # The SQLSTATE stream_writer_save() raises for a fenced writer (sql/099, PostgreSQL only).
 FENCED_SQLSTATE = "HSF01"
-# The advisory locks of event writers: (this, the writer's index). Held by each writer on a
-# connection of its own while it lives (workers/writer_fence.py).
-LOCK_CLASS = 0x48_53_57  # "HSW"
+# The advisory lock of an event writer, held by it on a connection of its own while it lives
+# (workers/writer_fence.py). Advisory locks are per database: the key names the schema too.
+LOCK_KEY = "hashtext(current_schema() || '/event writer/' || ?)"
 
 
 class WriterFenced(ServiceUnavailable):
@@ -69,10 +69,10 @@ def _carry_txn(txn: Txn, position: int) -> list[tuple[str, int, int]]:
     return [(str(name), int(at), int(pos)) for name, at, pos in rows]
 
 
-def _fence_txn(txn: Txn, name: str, index: int) -> int | None:
+def _fence_txn(txn: Txn, name: str) -> int | None:
     # The writer's own lock, for this transaction: taken only if its process holds it no more
     # (dead, or its connection cut). A writer starting meanwhile waits for it before rejoining.
-    row = txn.query_one("SELECT pg_try_advisory_xact_lock(?, ?)", (LOCK_CLASS, index))
+    row = txn.query_one(f"SELECT pg_try_advisory_xact_lock({LOCK_KEY})", (name,))
     if not row or not row[0]:
         return None
     # Waits for a commit of the writer that holds the row, then re-reads it: every event the
@@ -126,12 +126,12 @@ class StreamWriterStore:
         if await self.db.execute("retire_stream_writer", _RETIRE, name, position, position) == 0:
             raise WriterFenced(name)
 
-    async def fence(self, name: str, index: int) -> int | None:
-        """Force-retire writer `name` (number `index`) if no process holds its lock; the
+    async def fence(self, name: str) -> int | None:
+        """Force-retire writer `name` if no process holds its lock; the
         position it is retired at (now or before), or None (alive, or it never wrote)."""
         if self.db.dialect != "postgres":
             return None
-        return await self.db.run_interaction("fence_stream_writer", _fence_txn, name, index)
+        return await self.db.run_interaction("fence_stream_writer", _fence_txn, name)
 
     async def carry(self, position: int) -> list[tuple[str, int, int]]:
         """Move every retired writer's promise up to `position`; (name, retired_at, promise)

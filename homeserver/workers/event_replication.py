@@ -357,7 +357,7 @@ class EventReplication:
         try:
             for name in names:
                 try:
-                    at = await self.promises.fence(name, self._writers[name].index)
+                    at = await self.promises.fence(name)
                 except Exception:
                     log_failure(log, "could not fence event writer {w}", w=name)
                     continue

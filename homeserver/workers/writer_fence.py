@@ -22,7 +22,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from homeserver.storage.stream_writers import LOCK_CLASS
+from homeserver.storage.stream_writers import LOCK_KEY
 from homeserver.threads import WorkerThreads
 
 log = Logger()
@@ -57,10 +57,9 @@ class WriterLock:
     lost connection (a PostgreSQL restart, the lease expired while the process was stopped)
     takes it again and says whether the writer was fenced meanwhile."""
 
-    def __init__(self, url: str, name: str, index: int, reactor: Any) -> None:
+    def __init__(self, url: str, name: str, reactor: Any) -> None:
         self.url = url
         self.name = name
-        self.index = index
         self._threads = WorkerThreads(1, 1, f"writer-lock-{name}", reactor)
         self._conn: Any = None
         self._renewing = False
@@ -100,7 +99,7 @@ class WriterLock:
         with conn.cursor() as cur:
             cur.execute("SET idle_session_timeout = %s", (int(LEASE_S * 1000),))
             cur.execute("SET application_name = %s", (f"event writer {self.name}",))
-            cur.execute("SELECT pg_advisory_lock(%s, %s)", (LOCK_CLASS, self.index))
+            cur.execute(f"SELECT pg_advisory_lock({LOCK_KEY.replace('?', '%s')})", (self.name,))
         self._conn = conn
 
     def _renew(self) -> bool:

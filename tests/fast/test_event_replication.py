@@ -17,7 +17,11 @@ from the database (a store the test fills) when messages were lost.
 - a writer's promise passes a failed request's positions only once saved: killed right
   after, it restarts above everything it announced.
 - a writer retiring while its promise ahead is being saved is carried past that save, and,
-  back, writes above it.
+  back, writes above it;
+- (fencing, ADR 0008) a writer silent on the bus for SILENT_S whose lock is free is fenced by
+  another and carried, not a moment before; one silent but holding its lock (a Redis outage)
+  or with its lock free but heard (a PostgreSQL restart) is not; a fenced writer finds out at
+  its next save (or on taking its lock again) and stops announcing.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ from twisted.internet.defer import Deferred
 from homeserver.core.event_stream import EventStream
 from homeserver.core.room_heads import RoomHeads
 from homeserver.storage.events import PersistItem, StoredEvent
-from homeserver.workers import event_replication
+from homeserver.storage.stream_writers import WriterFenced
+from homeserver.workers import event_replication, writer_fence
 from homeserver.workers.bus import MemoryHub
 from homeserver.workers.event_positions import WriterPositions
 from homeserver.workers.event_replication import CHANNEL, EventReplication, decode_item, encode_item
@@ -76,6 +81,9 @@ class Promises:
         self.saved: dict[str, int] = {}
         self.retired_at: dict[str, int] = {}
         self.hold: Deferred[None] | None = None
+        # The writers whose lock a process holds, and those retired by another (sql/099).
+        self.locked: set[str] = set()
+        self.fenced: set[str] = set()
 
     async def promises(self) -> dict[str, int]:
         return dict(self.saved)
@@ -83,6 +91,8 @@ class Promises:
     async def save(self, name: str, position: int) -> None:
         if self.hold is not None:
             await self.hold
+        if name in self.fenced:
+            raise WriterFenced(name)
         self.saved[name] = max(self.saved.get(name, position), position)
 
     async def retired(self) -> dict[str, int]:
@@ -99,6 +109,15 @@ class Promises:
 
     async def rejoin(self, name: str) -> None:
         self.retired_at.pop(name, None)
+        self.fenced.discard(name)
+
+    async def fence(self, name: str) -> int | None:
+        if name in self.locked or name not in self.saved:
+            return None
+        if name not in self.retired_at:
+            self.retired_at[name] = self.saved[name]
+            self.fenced.add(name)
+        return self.retired_at[name]
 
 
 class Consumers:
@@ -358,6 +377,25 @@ class FakePersister:
         return position
 
 
+class FakeLock:
+    """workers/writer_fence.py's WriterLock over the Promises fake."""
+
+    def __init__(self, promises: Promises, name: str) -> None:
+        self.promises = promises
+        self.name = name
+
+    async def hold(self) -> None:
+        self.promises.locked.add(self.name)
+
+    async def renew(self) -> bool:
+        taken = self.name in self.promises.locked
+        self.promises.locked.add(self.name)
+        return not taken and self.name in self.promises.fenced
+
+    def close(self) -> None:
+        self.promises.locked.discard(self.name)
+
+
 class Writers(Reader):
     """The Reader (w3), plus w1 and w2 each an EventReplication with a FakePersister."""
 
@@ -369,6 +407,7 @@ class Writers(Reader):
         self.persisters: dict[str, FakePersister] = {}
         self.announced: dict[str, list[int]] = {w: [] for w in WRITERS}
         self.carried: list[tuple[str, int]] = []
+        self.fenced: list[str] = []  # the writers told they were fenced (the server exits)
         listener = self.hub.bus("listener")
         listener.subscribe(CHANNEL, self._record)
 
@@ -392,7 +431,9 @@ class Writers(Reader):
             writes_room=lambda room_id: True,
             clock=self.clock,
             persister=persister,  # type: ignore[arg-type]
+            lock=FakeLock(self.promises, name),  # type: ignore[arg-type]
         )
+        replica.on_fenced = lambda: self.fenced.append(name)
         replica.stream.start(await replica.start())
         await self.hub.bus(name).start()
         replica.start_heartbeat()
@@ -543,3 +584,97 @@ async def test_a_writer_retiring_while_its_promise_ahead_is_saved_returns_above_
     assert again[0] > carried, "w2 wrote below what was published for it"
     c.clock.advance(event_replication.HEARTBEAT_S)
     assert again[0] in c.published and c.published == sorted(set(c.published))
+
+
+def kill(c: Writers, name: str) -> None:
+    """As kill -9 leaves it: no more heartbeats, off the bus, its lock's session gone."""
+    c.replicas[name].stop()
+    c.hub.disconnect(name)
+    c.replicas[name].release()
+
+
+def beats(c: Writers, seconds: float) -> None:
+    for _ in range(round(seconds / event_replication.HEARTBEAT_S)):
+        c.clock.advance(event_replication.HEARTBEAT_S)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_dead_writer_is_fenced_once_silent_for_silent_s_and_then_carried() -> None:
+    c = Writers()
+    await c.start_all()
+    kill(c, "w2")
+    held = max(c.announced["w2"])
+    sent = c.persisters["w1"].commit(c, 3)
+    beats(c, writer_fence.SILENT_S - event_replication.HEARTBEAT_S)
+    assert c.promises.retired_at == {} and c.replication.position == held < sent[-1]
+    beats(c, event_replication.HEARTBEAT_S)
+    # Retired at its saved promise (everything it stored lies at or below), then carried.
+    assert c.promises.retired_at == {"w2": held}
+    assert c.carried and c.carried[-1][0] == "w2" and c.carried[-1][1] >= sent[-1]
+    assert c.replication.position >= sent[-1] and set(sent) <= set(c.published)
+
+    await c.start_writer("w2")  # restarted: it rejoins above everything carried for it
+    assert c.promises.retired_at == {} and c.promises.fenced == set()
+    again = c.persisters["w2"].commit(c)
+    assert again[0] > c.carried[-1][1]
+    beats(c, 2 * writer_fence.SILENT_S)
+    assert c.promises.retired_at == {} and c.fenced == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_writer_silent_with_its_lock_held_or_heard_without_it_is_not_fenced() -> None:
+    c = Writers()
+    await c.start_all()
+    # A Redis outage: w2's announcements are lost, but it holds its lock.
+    c.hub.disconnect("w2")
+    beats(c, 3 * writer_fence.SILENT_S)
+    assert c.promises.retired_at == {}
+    await c.hub.reconnect("w2")
+    # A PostgreSQL restart: every lock's session ended, but w2 is still heard every beat
+    # (and takes its lock again at its next renewal).
+    c.promises.locked.clear()
+    beats(c, 3 * writer_fence.SILENT_S)
+    assert c.promises.retired_at == {} and c.fenced == []
+    assert c.promises.locked == {"w1", "w2"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_fenced_writer_finds_out_at_its_next_save_and_announces_no_more() -> None:
+    c = Writers()
+    await c.start_all()
+    # w2 pauses (a SIGSTOP past the lease): silent, its lock's session ended by PostgreSQL.
+    c.replicas["w2"].stop()
+    c.promises.locked.discard("w2")
+    beats(c, writer_fence.SILENT_S)
+    assert "w2" in c.promises.retired_at and c.fenced == []
+    # It resumes and a request fails (its commit matched no row): the save after it refuses.
+    announced = len(c.announced["w2"])
+    c.persisters["w2"].fail()
+    assert c.fenced == ["w2"]
+    c.replicas["w2"].start_heartbeat()  # stopped for good once fenced: nothing more from it
+    beats(c, 3 * event_replication.HEARTBEAT_S)
+    assert len(c.announced["w2"]) == announced
+    assert "w2" in c.promises.retired_at
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_fenced_writer_finds_out_on_taking_its_lock_again() -> None:
+    c = Writers()
+    await c.start_all()
+    c.replicas["w2"].stop()
+    c.promises.locked.discard("w2")
+    beats(c, writer_fence.SILENT_S)
+    assert "w2" in c.promises.retired_at
+    c.replicas["w2"].start_heartbeat()  # it resumes, idle: its next beat renews the lock
+    beats(c, event_replication.HEARTBEAT_S)
+    assert c.fenced == ["w2"]
+
+
+def test_the_death_watch_names_writers_silent_for_silent_s() -> None:
+    watch = writer_fence.DeathWatch(["w1", "w2"], now=100.0)
+    assert watch.silent(100.0 + writer_fence.SILENT_S - 0.1) == []
+    watch.heard("w1", 103.0)
+    assert watch.silent(100.0 + writer_fence.SILENT_S) == ["w2"]
+    assert watch.silent(103.0 + writer_fence.SILENT_S) == ["w1", "w2"]
+    watch.heard("w9", 200.0)  # not a writer: ignored
+    assert watch.silent(103.0) == []

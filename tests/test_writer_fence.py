@@ -1,0 +1,186 @@
+"""Fencing an event writer on PostgreSQL (storage/stream_writers.py, sql/099, ADR 0008).
+
+- a writer whose lock a process holds cannot be fenced; once that session ends it can;
+- once fenced, none of its saves is stored: a commit carrying its promise rolls back whole
+  (its events with it), a save outside a commit and a graceful retirement refuse;
+- a fence and a writer's commit racing on its row: a fence that waits for the commit retires
+  at the committed promise (above its events); a commit that waits for the fence refuses;
+- two writers fencing the same one at once: one fences; the other reads the same position
+  or finds the lock taken (and tries again later);
+- restarted, the writer rejoins: its saves are stored again.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg2
+import pytest
+import pytest_twisted
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
+
+from homeserver.storage.database import Database, engine_from_url
+from homeserver.storage.events import EventStore, PersistItem, StoredEvent
+from homeserver.storage.migrations import migrate
+from homeserver.storage.stream_writers import StreamWriterStore, WriterFenced
+from homeserver.workers.writer_fence import WriterLock
+
+
+def item(position: int) -> PersistItem:
+    pdu = {
+        "type": "m.room.message",
+        "room_id": "!r:x",
+        "sender": "@a:x",
+        "content": {"body": str(position)},
+        "depth": 1,
+        "origin_server_ts": 1,
+        "prev_events": [],
+        "auth_events": [],
+    }
+    return PersistItem(StoredEvent(f"$e{position}", "!r:x", position, pdu), "10")
+
+
+@pytest.fixture
+def db(pg_url: str) -> Iterator[Database]:
+    database = Database(engine_from_url(pg_url, 1, 4))
+    yield database
+    database.close()
+
+
+def raw(pg_url: str) -> Any:
+    conn = psycopg2.connect(pg_url)
+    conn.autocommit = False
+    return conn
+
+
+async def stored_positions(db: Database) -> list[int]:
+    return [int(r[0]) for r in await db.query("t", "SELECT stream_ordering FROM events ORDER BY 1")]
+
+
+async def setup(db: Database) -> StreamWriterStore:
+    await migrate(db)
+    await db.execute("t", "INSERT INTO rooms (room_id, room_version, created_ts) VALUES ('!r:x', '10', 1)")
+    store = StreamWriterStore(db)
+    await store.save("w1", 10)
+    await store.save("w2", 11)
+    return store
+
+
+async def until_waiting(db: Database) -> None:
+    """Until a session waits for a row lock (the other transaction holds it)."""
+    from twisted.internet import reactor
+
+    for _ in range(500):
+        rows = await db.query("t", "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+        if rows[0][0]:
+            return
+        await deferLater(reactor, 0.01, lambda: None)
+    raise AssertionError("no session waited for the lock")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_fenced_writer_stores_nothing_more(db: Database, pg_url: str) -> None:
+    from twisted.internet import reactor
+
+    store = await setup(db)
+    events = EventStore(db)
+    lock = WriterLock(pg_url, "w1", reactor)
+    await lock.hold()
+    assert await store.fence("w1") is None  # its process holds its lock: alive
+    assert await store.retired() == {}
+    await events.persist_events([item(13)], ("w1", 15))
+    assert (await store.promises())["w1"] == 15
+
+    lock.close()  # its session ends (killed, or the lease ran out while it was stopped)
+    for _ in range(200):
+        at = await store.fence("w1")
+        if at is not None:
+            break
+        await deferLater(reactor, 0.02, lambda: None)
+    assert at == 15 and await store.retired() == {"w1": 15}
+
+    # Whatever it still had in flight: refused, and its events rolled back with the save.
+    with pytest.raises(WriterFenced):
+        await events.persist_events([item(17)], ("w1", 19))
+    with pytest.raises(WriterFenced):
+        await store.save("w1", 21)
+    with pytest.raises(WriterFenced):
+        await store.retire("w1", 21)
+    assert await stored_positions(db) == [13]
+    assert await store.promises() == {"w1": 15, "w2": 11}
+    assert await store.fence("w1") == 15  # fenced already: the same position
+
+    # Restarted: it takes its lock and rejoins, and writes again.
+    lock = WriterLock(pg_url, "w1", reactor)
+    await lock.hold()
+    await store.rejoin("w1")
+    await events.persist_events([item(23)], ("w1", 25))
+    assert await stored_positions(db) == [13, 23]
+    assert await store.retired() == {}
+    lock.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_fence_waiting_for_a_commit_retires_above_it(db: Database, pg_url: str) -> None:
+    store = await setup(db)
+    writer = raw(pg_url)
+    try:
+        with writer.cursor() as cur:  # w1's commit, its promise saved, not yet committed
+            cur.execute("SELECT stream_writer_save('w1', 31)")
+        fencing = Deferred.fromCoroutine(store.fence("w1"))  # waits for the row
+        await until_waiting(db)
+        assert not fencing.called
+        await deferToThread(writer.commit)
+        assert await fencing == 31
+    finally:
+        writer.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_commit_waiting_for_a_fence_is_refused(db: Database, pg_url: str) -> None:
+    await setup(db)
+    fencer = raw(pg_url)
+    writer = raw(pg_url)
+    try:
+        with fencer.cursor() as cur:
+            cur.execute("UPDATE stream_writers SET retired_at = position WHERE name = 'w1'")
+        outcome: list[str] = []
+
+        def commit() -> None:
+            try:
+                with writer.cursor() as cur:
+                    cur.execute("SELECT stream_writer_save('w1', 41)")  # waits for the fence
+                writer.commit()
+                outcome.append("stored")
+            except psycopg2.Error as e:
+                writer.rollback()
+                outcome.append(str(e.pgcode))
+
+        thread = threading.Thread(target=commit)
+        thread.start()
+        await until_waiting(db)
+        assert outcome == []
+        await deferToThread(fencer.commit)
+        await deferToThread(thread.join)
+        assert outcome == ["HSF01"]
+    finally:
+        fencer.close()
+        writer.close()
+    assert (await StreamWriterStore(db).promises())["w1"] == 10
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_writers_fencing_one_agree(db: Database) -> None:
+    from twisted.internet.defer import gatherResults
+
+    store = await setup(db)
+    results = await gatherResults([Deferred.fromCoroutine(store.fence("w1")) for _ in range(2)])
+    # The second either read the first's retirement, or found the lock taken by the first's
+    # transaction (so, to it, alive: it tries again at its next heartbeat).
+    assert 10 in results and set(results) <= {10, None}
+    assert await store.fence("w1") == 10
+    assert await store.retired() == {"w1": 10}
