@@ -10,7 +10,11 @@ receiver long-polls /sync and, on any failure, asks again from its last token.
 Then, while they chat: each worker in turn is killed with SIGKILL and started again (as
 systemd's Restart=always does); each event writer in turn is stopped with SIGTERM and
 started again (a rolling restart: meanwhile the other writer's messages keep arriving
-within DELIVERY_S); Redis restarts; PostgreSQL restarts. What must hold:
+within DELIVERY_S); Redis restarts; PostgreSQL restarts (neither fences a writer); an
+event writer killed and not restarted is fenced by the other within FENCED_WITHIN_S, after
+which the other's messages reach receivers on every worker within DELIVERY_S; an event
+writer stopped (SIGSTOP) past its lease is fenced and, continued, stores nothing more and
+exits to be restarted. What must hold:
 every acknowledged message reaches its receiver exactly once and is stored exactly once;
 a message's every acknowledgement names the same event; the clients only ever see
 200 or a retryable 502/503/504, never another error; the chat goes on after each fault.
@@ -31,8 +35,9 @@ from urllib.parse import quote
 import psycopg2
 import pytest
 import requests
-from workers_harness import Cluster, start_cluster
+from workers_harness import Cluster, start_cluster, wait_for
 
+from homeserver.workers import writer_fence
 from homeserver.workers.topology import room_shard
 
 CLIENT = "/_matrix/client/v3"
@@ -46,6 +51,11 @@ CATCH_UP_S = 90.0
 # While one event writer is stopped gracefully, how soon the other writer's messages must
 # reach their receivers (the stream does not wait for the stopped one: ADR 0008).
 DELIVERY_S = 3.0
+# A writer killed is fenced once silent for SILENT_S (its lock went with its process): the
+# other writer's heartbeat checks every second, and the fence is one transaction.
+FENCED_WITHIN_S = writer_fence.SILENT_S + 3.0
+# A writer stopped (SIGSTOP) keeps its lock until PostgreSQL ends the idle session.
+LEASE_FENCED_WITHIN_S = writer_fence.LEASE_S + writer_fence.SILENT_S + 5.0
 # Only the timeline matters here, and all of it: a gap would hide a lost message.
 SYNC_FILTER = json.dumps(
     {
@@ -357,6 +367,7 @@ def test_a_redis_restart_under_load_loses_and_repeats_nothing(workers: Cluster) 
     finally:
         load.finish()
     check_exactly_once(workers, load)
+    assert retired(workers) == {}, "a Redis restart fenced a writer"
     assert all(w.alive() for w in workers.workers.values())
     print(summary(load))
 
@@ -373,6 +384,7 @@ def test_a_postgres_restart_under_load_answers_retryable_errors_and_loses_nothin
     finally:
         load.finish()
     check_exactly_once(workers, load)
+    assert retired(workers) == {}, "a PostgreSQL restart fenced a writer"
     assert all(w.alive() for w in workers.workers.values()), workers.logs()
     print(summary(load))
 
@@ -426,3 +438,119 @@ def test_a_rolling_restart_of_the_event_writers_stalls_no_one(workers: Cluster) 
         )
     assert all(w.alive() for w in workers.workers.values())
     print(summary(load), {n: f"max {max(d):.2f}s over {len(d)}" for n, d in delays.items()})
+
+
+def retired(cluster: Cluster) -> dict[str, int]:
+    conn = psycopg2.connect(cluster.postgres.url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT name, retired_at FROM stream_writers WHERE retired_at IS NOT NULL")
+            return {str(name): int(at) for name, at in cur.fetchall()}
+    finally:
+        conn.close()
+
+
+def messages_on(cluster: Cluster, worker: str, pair: Pair, since: str) -> set[str]:
+    """The bodies a sync straight to `worker` returns for the pair's room after `since`."""
+    query = f"timeout=0&since={quote(since)}&filter={quote(SYNC_FILTER)}"
+    r = requests.get(
+        f"{cluster.workers[worker].url}{CLIENT}/sync?{query}", timeout=30,
+        headers={"Authorization": f"Bearer {pair.receiver_token}"},
+    )  # fmt: skip
+    assert r.status_code == 200, r.text
+    timeline = r.json().get("rooms", {}).get("join", {}).get(pair.room, {}).get("timeline", {})
+    return {e["content"].get("body", "") for e in timeline.get("events", [])}
+
+
+def check_the_others_go_on(cluster: Cluster, load: Load, dead: str, since: float) -> None:
+    """With `dead` fenced: the other writer's messages acknowledged from `since` on reach their
+    receivers within DELIVERY_S, and a sync straight to each live worker has them."""
+    others = [p for p in load.pairs if p.writer != dead]
+    with load.lock:
+        tokens = {p.name: p.since for p in others}
+    load.wait_progress(f"with {dead} fenced", each=10, pairs=others)
+    sent_until = time.monotonic()
+    time.sleep(DELIVERY_S)  # the bound under test, not an ordering: then look
+    delays = load.delivery_delays(others, since, sent_until)
+    assert delays and max(delays) <= DELIVERY_S, (
+        f"with {dead} fenced: {len(delays)} messages of the other writer, slowest "
+        f"{max(delays, default=0):.1f}s\n{cluster.logs()}"
+    )
+    with load.lock:
+        acked = {p.name: {b for b, at in p.acked_at.items() if since <= at <= sent_until} for p in others}
+    for name in cluster.workers:
+        if name == dead:
+            continue
+        for pair in others:
+            token = tokens[pair.name]
+            assert token is not None
+            missing = acked[pair.name] - messages_on(cluster, name, pair, token)
+            assert not missing, f"{name} has not {sorted(missing)[:5]} of {pair.name}"
+
+
+def test_an_event_writer_killed_and_not_restarted_is_fenced_and_the_others_go_on(workers: Cluster) -> None:
+    """kill -9 of w2, left dead: w1 fences it (silent, its lock gone with its process) and
+    carries it, so w1's rooms reach every receiver on every worker; w2's rooms answer
+    retryable errors until it is restarted; nothing lost or doubled."""
+    load = start_load(workers, "x")
+    try:
+        workers.kill9("w2")
+        killed_at = time.monotonic()
+        wait_for(lambda: "w2" in retired(workers), "w1 fenced w2", timeout=FENCED_WITHIN_S + 30)
+        fenced_after = time.monotonic() - killed_at
+        assert fenced_after <= FENCED_WITHIN_S, f"fenced after {fenced_after:.1f}s"
+        with load.lock:
+            refused_before = sum(
+                n for (what, code), n in load.statuses.items() if what == "send" and code != 200
+            )
+        check_the_others_go_on(workers, load, "w2", time.monotonic())
+        with load.lock:
+            refused = sum(n for (what, code), n in load.statuses.items() if what == "send" and code != 200)
+        assert refused > refused_before, "w2's rooms were not refused while it was dead"
+        workers.restart("w2")
+        load.wait_progress("after w2 restarted")
+        assert "w2" not in retired(workers)
+    finally:
+        load.finish()
+    check_exactly_once(workers, load)
+    assert all(w.alive() for w in workers.workers.values())
+    print(summary(load), f"fenced after {fenced_after:.1f}s")
+
+
+def test_an_event_writer_stopped_past_its_lease_is_fenced_and_stores_nothing_more(workers: Cluster) -> None:
+    """SIGSTOP of w2 (a long pause): once PostgreSQL ends its lock's idle session, w1 fences
+    it and w1's rooms go on; SIGCONT: w2 finds out, stores nothing more, and exits failing
+    (for systemd's Restart=); restarted it rejoins; nothing lost or doubled."""
+    load = start_load(workers, "y")
+    w2 = workers.workers["w2"]
+    assert w2.process is not None
+    try:
+        w2.process.send_signal(signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        wait_for(lambda: "w2" in retired(workers), "w1 fenced w2", timeout=LEASE_FENCED_WITHIN_S + 30)
+        fenced_after = time.monotonic() - stopped_at
+        assert fenced_after <= LEASE_FENCED_WITHIN_S, f"fenced after {fenced_after:.1f}s"
+        at = retired(workers)["w2"]
+        check_the_others_go_on(workers, load, "w2", time.monotonic())
+        w2.process.send_signal(signal.SIGCONT)
+        assert w2.process.wait(60) == 75, w2.log_text()[-3000:]
+        assert "was fenced by another writer" in w2.log_text()
+        # Nothing of w2's is stored above where it was retired.
+        conn = psycopg2.connect(workers.postgres.url)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT max(stream_ordering) FROM events WHERE stream_ordering % 2 = 1")
+                (highest,) = cur.fetchone() or (None,)
+        finally:
+            conn.close()
+        assert highest is None or highest <= at, (highest, at)
+        workers.restart("w2")
+        load.wait_progress("after w2 restarted")
+        assert "w2" not in retired(workers)
+    finally:
+        if w2.process is not None and w2.process.poll() is None:
+            w2.process.send_signal(signal.SIGCONT)
+        load.finish()
+    check_exactly_once(workers, load)
+    assert all(w.alive() for w in workers.workers.values())
+    print(summary(load), f"fenced after {fenced_after:.1f}s")

@@ -72,6 +72,9 @@ def _carry_txn(txn: Txn, position: int) -> list[tuple[str, int, int]]:
 def _fence_txn(txn: Txn, name: str) -> int | None:
     # The writer's own lock, for this transaction: taken only if its process holds it no more
     # (dead, or its connection cut). A writer starting meanwhile waits for it before rejoining.
+    # A writer stopped inside a transaction on its row must not hang the fencer: it tries
+    # again at its next heartbeat.
+    txn.execute("SET LOCAL lock_timeout = '2s'")
     row = txn.query_one(f"SELECT pg_try_advisory_xact_lock({LOCK_KEY})", (name,))
     if not row or not row[0]:
         return None
