@@ -19,8 +19,9 @@ that has allocated nothing for a heartbeat promises ahead instead (`skip_past`, 
 is announced): AHEAD positions past the newest event it has seen, renewed when the others get
 within half of that (workers/event_replication.py).
 
-A writer that dies keeps its last promise until it restarts: the stream waits for it.
-One stopped gracefully retires and the others carry its promise meanwhile
+A writer that dies keeps its last promise until it restarts or another writer fences it
+(workers/writer_fence.py): the stream waits for it until then. One stopped gracefully
+retires and the others carry its promise meanwhile
 (workers/event_replication.py; docs/architecture.md, "Several event writers"). On start a
 writer begins above every position stored and every promise saved (`start_after`), so
 nothing it writes can land below what a reader has already read.
