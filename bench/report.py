@@ -213,6 +213,49 @@ def scale_out_table(results: dict[str, list[WorkloadResult]]) -> str:
     return "\n".join(lines)
 
 
+def _w1_costs(w: WorkloadResult | None) -> dict[str, float] | None:
+    """W1's CPU per delivered message in ms, by part: the homeserver processes, each other
+    server process (HAProxy, Redis), PostgreSQL, the generator and all of it."""
+    if w is None or w.resources is None or not w.details.get("delivered_total"):
+        return None
+    r, per = w.resources, 1000.0 / w.details["delivered_total"]
+    others = {name: cpu for name, cpu in r.by_process.items() if name in ("haproxy", "redis")}
+    costs = {"homeserver processes": (r.server_cpu_s - sum(others.values())) * per}
+    costs |= {name: cpu * per for name, cpu in others.items()}
+    costs["PostgreSQL backends"] = (r.db_cpu_s or 0.0) * per
+    costs["load generator"] = r.generator_cpu_s * per
+    costs["all of it"] = sum(costs.values())
+    return costs
+
+
+def _paragraph(text: str) -> list[str]:
+    return [text, ""] if text else []
+
+
+def w1_cost_table(results: dict[str, list[WorkloadResult]], cores: int) -> str:
+    """Where a W1 message's CPU went with one process and with two, and the ratio those costs
+    allow on this machine: one process is bound by its own core (1 ÷ its homeserver cost per
+    message), two by every core here, shared with everything else a message costs (cores ÷
+    all of it). Empty without both servers' W1."""
+    one = _w1_costs(_workload_of(results.get("ours-pg", []), "w1.cpu"))
+    many = _w1_costs(_workload_of(results.get("ours-pg-2w", []), "w1.cpu"))
+    if one is None or many is None:
+        return ""
+    lines = ["| W1, CPU per message (ms) | one process | two processes |", "|---|---:|---:|"]
+    for part in dict.fromkeys([*one, *many]):
+        lines.append(f"| {part} | {one.get(part, 0.0):.3f} | {many.get(part, 0.0):.3f} |")
+    server = one["homeserver processes"]
+    lean = many["homeserver processes"] + many["PostgreSQL backends"]
+    lines += [
+        "",
+        f"The ratio these costs allow on {cores} cores: {cores} × {server:.3f} ÷ "
+        f"{many['all of it']:.3f} = **{cores * server / many['all of it']:.2f}×**; with the "
+        f"generator, HAProxy and Redis on other cores: {cores} × {server:.3f} ÷ {lean:.3f} = "
+        f"{cores * server / lean:.2f}×.",
+    ]
+    return "\n".join(lines)
+
+
 def _meminfo_total() -> str:
     try:
         with open("/proc/meminfo") as f:
@@ -301,6 +344,7 @@ def results_markdown(
         "",
         scale_out_table(results) or "Not run (`--servers` without ours-pg-2w).",
         "",
+        *_paragraph(w1_cost_table(results, os.cpu_count() or 1)),
         "## Server resources per workload",
         "",
         "Measured over each workload's load phase only (setup excluded), from /proc: server "

@@ -11,7 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 
 from bench.procstats import Resources  # noqa: E402
-from bench.report import scale_out_table  # noqa: E402
+from bench.report import scale_out_table, w1_cost_table  # noqa: E402
 from bench.servers import haproxy_from_deploy  # noqa: E402
 from bench.stats import Metric, WorkloadResult  # noqa: E402
 
@@ -41,6 +41,38 @@ def test_rows_carry_generator_cpu_load_and_the_ratio_each_way() -> None:
 
 def test_no_table_without_the_two_process_server() -> None:
     assert scale_out_table({"ours-pg": [_w1(1000.0, 0.5, 9.0, 1, 1.0)]}) == ""
+
+
+def _w1_costed(
+    delivered: int, server: float, by_process: dict[str, float], db: float, generator: float
+) -> WorkloadResult:
+    result = _w1(delivered / 30.0, 0.0, generator, 3, 1.0)
+    assert result.resources is not None
+    result.resources.server_cpu_s = server
+    result.resources.by_process = by_process
+    result.resources.db_cpu_s = db
+    result.details["delivered_total"] = delivered
+    return result
+
+
+def test_the_w1_cost_table_splits_each_message_and_bounds_the_ratio_by_the_cores() -> None:
+    # One process: 30 CPU-s of server for 30,000 messages (1 ms each), bound by its core.
+    # Two: workers 0.8 ms, HAProxy 0.2, Redis 0.01, PostgreSQL 0.3, generator 0.2 per message.
+    results = {
+        "ours-pg": [_w1_costed(30_000, 30.0, {}, 9.0, 6.0)],
+        "ours-pg-2w": [
+            _w1_costed(40_000, 40.4, {"w1": 17.0, "w2": 15.0, "haproxy": 8.0, "redis": 0.4}, 12.0, 8.0)
+        ],
+    }
+    lines = w1_cost_table(results, 2).splitlines()
+    assert "| homeserver processes | 1.000 | 0.800 |" in lines
+    assert "| haproxy | 0.000 | 0.200 |" in lines
+    assert "| PostgreSQL backends | 0.300 | 0.300 |" in lines
+    assert "| load generator | 0.200 | 0.200 |" in lines
+    assert "| all of it | 1.500 | 1.510 |" in lines
+    # 2 cores x 1 ms / 1.51 ms; without generator and balancer: 2 x 1 / (0.8 + 0.3).
+    assert "**1.32×**" in lines[-1] and "= 1.82×." in lines[-1]
+    assert w1_cost_table({"ours-pg": results["ours-pg"]}, 2) == ""
 
 
 TEMPLATE = """global
