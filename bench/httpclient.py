@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 
 class HttpError(Exception):
@@ -29,7 +30,7 @@ class HttpResponse:
     served_by: str = ""
 
     def json(self) -> Any:
-        return json.loads(self.body) if self.body else None
+        return orjson.loads(self.body) if self.body else None
 
     def text(self, limit: int = 300) -> str:
         return self.body[:limit].decode("utf-8", "replace")
@@ -213,7 +214,7 @@ class HttpClient:
         elif isinstance(body, bytes):
             payload = body
         else:
-            payload = json.dumps(body, separators=(",", ":")).encode("utf-8")
+            payload = orjson.dumps(body)
         head = f"{method} {path} HTTP/1.1\r\nHost: {self._host_header}\r\n"
         if token is not None:
             head += f"Authorization: Bearer {token}\r\n"

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
+import orjson
+
 from bench.httpclient import HttpClient, HttpError, HttpResponse
 
 CLIENT = "/_matrix/client/v3"
@@ -273,7 +275,8 @@ class SyncReceiver:
             self.stats.responses += 1
             self.stats.bytes += len(response.body)
             self.stats.worker = response.served_by
-            self._handle(json.loads(response.body), now)
+            # orjson: 4.5 against 15 µs for a 1 KB W1 response, the generator's CPU per message.
+            self._handle(orjson.loads(response.body), now)
 
     def _handle(self, data: dict[str, Any], now: float) -> None:
         self.since = data["next_batch"]
