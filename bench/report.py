@@ -214,18 +214,29 @@ def scale_out_table(results: dict[str, list[WorkloadResult]]) -> str:
 
 
 def _w1_costs(w: WorkloadResult | None) -> dict[str, float] | None:
-    """W1's CPU per delivered message in ms, by part: the homeserver processes, each other
-    server process (HAProxy, Redis), PostgreSQL, the generator and all of it."""
+    """W1's CPU per delivered message in ms, by part: the homeserver processes, HAProxy and
+    Redis (when run), PostgreSQL, the generator and all of it."""
     if w is None or w.resources is None or not w.details.get("delivered_total"):
         return None
     r, per = w.resources, 1000.0 / w.details["delivered_total"]
-    others = {name: cpu for name, cpu in r.by_process.items() if name in ("haproxy", "redis")}
-    costs = {"homeserver processes": (r.server_cpu_s - sum(others.values())) * per}
-    costs |= {name: cpu * per for name, cpu in others.items()}
+    others = {label: r.by_process[name] * per for name, label in _HELPERS if name in r.by_process}
+    costs = {"homeserver processes": r.server_cpu_s * per - sum(others.values()), **others}
     costs["PostgreSQL backends"] = (r.db_cpu_s or 0.0) * per
     costs["load generator"] = r.generator_cpu_s * per
     costs["all of it"] = sum(costs.values())
     return costs
+
+
+# The processes besides the workers that bench/servers.py counts as the two-process server.
+_HELPERS = [("haproxy", "HAProxy"), ("redis", "Redis")]
+_COST_ROWS = [
+    "homeserver processes",
+    "HAProxy",
+    "Redis",
+    "PostgreSQL backends",
+    "load generator",
+    "all of it",
+]
 
 
 def _paragraph(text: str) -> list[str]:
@@ -242,8 +253,9 @@ def w1_cost_table(results: dict[str, list[WorkloadResult]], cores: int) -> str:
     if one is None or many is None:
         return ""
     lines = ["| W1, CPU per message (ms) | one process | two processes |", "|---|---:|---:|"]
-    for part in dict.fromkeys([*one, *many]):
-        lines.append(f"| {part} | {one.get(part, 0.0):.3f} | {many.get(part, 0.0):.3f} |")
+    for part in _COST_ROWS:
+        cells = [f"{c[part]:.3f}" if part in c else "–" for c in (one, many)]
+        lines.append(f"| {part} | {cells[0]} | {cells[1]} |")
     server = one["homeserver processes"]
     lean = many["homeserver processes"] + many["PostgreSQL backends"]
     lines += [
