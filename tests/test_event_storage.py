@@ -3,6 +3,7 @@ one transaction per batch, room snapshots, membership, stream ranges, txn ids.""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,8 +11,8 @@ import pytest
 import pytest_twisted
 
 from homeserver.storage import Storage
-from homeserver.storage.database import Database
-from homeserver.storage.events import PersistItem, StoredEvent
+from homeserver.storage.database import Database, Txn
+from homeserver.storage.events import EventRow, PersistItem, StoredEvent, UnreadQuery, _unread_one
 from homeserver.storage.migrations import migrate
 
 NOW = 1_700_000_000_000
@@ -546,3 +547,55 @@ async def test_state_event_at(storage: Storage) -> None:
     # Messages are not state, and other rooms do not count.
     assert await at(room.room_id, "m.room.message", "", 10_000) is None
     assert (await at(other.room_id, "m.room.create", "", 10_000)).event_id == elsewhere[0].event_id  # type: ignore[union-attr]
+
+
+# Unread events, many pairs at once ----------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_unread_events_many_reads_each_pair_as_alone(storage: Storage) -> None:
+    """A batch of (user, room) reads (a burst of first unread-count loads: core/unread.py)
+    answers each pair as its own read would: after that user's read receipt, without their
+    own events, the skipped types (unless the state key is theirs) and ignored senders,
+    newest first, at most `limit`; in the order asked, a pair asked twice included."""
+    store = storage.events
+    positions = [1]
+    rooms = [RoomBuilder(f"!unread{n}:example.org", positions) for n in range(2)]
+    for room in rooms:
+        events = room.create()
+        events += [room.event(u, "m.room.member", {"membership": "join"}, u) for u in (BOB, CAROL)]
+        for i in range(6):
+            events.append(room.event((ALICE, BOB, CAROL)[i % 3], "m.room.message", {"body": f"m{i}"}))
+        events.append(room.event(ALICE, "m.room.member", {"membership": "invite"}, "@dan:example.org"))
+        await store.persist_events(room.items(events, new_room=True))
+    read = rooms[0].last
+    read_at = (await store.get_events([read]))[read].stream_ordering  # type: ignore[index]
+    await storage.user_data.put_receipt(rooms[0].room_id, "m.read", BOB, "main", read, read_at - 3, 1, NOW)
+    await storage.user_data.put_receipt(rooms[1].room_id, "m.read.private", CAROL, "main", read, 12, 2, NOW)
+    member = ["m.room.member"]
+
+    def read_one(txn: Txn, q: UnreadQuery, limit: int) -> list[EventRow]:
+        out: list[EventRow] = []
+        _unread_one(txn, q, q.skip_types, q.skip_senders, limit, out)  # one pair's own statements
+        return out
+
+    queries = [
+        UnreadQuery(BOB, rooms[0].room_id),
+        UnreadQuery(CAROL, rooms[0].room_id, member),
+        UnreadQuery("@dan:example.org", rooms[0].room_id, member),
+        UnreadQuery(CAROL, rooms[1].room_id, [], [ALICE]),
+        UnreadQuery(BOB, rooms[1].room_id, member, [CAROL]),
+        UnreadQuery(BOB, rooms[0].room_id),
+    ]
+    for limit in (1000, 2):
+        many = await store.unread_events_many(queries, limit)
+        alone = [
+            await store.unread_events(q.user_id, q.room_id, limit, q.skip_types, q.skip_senders)
+            for q in queries
+        ]
+        assert many == alone
+    many = await store.unread_events_many(queries, 1000)
+    assert [len(rows) for rows in many] == [2, 6, 9, 3, 4, 2]
+    # Dan's invite is a member event with his state key: kept though member events are skipped.
+    assert any(json.loads(r.json)["type"] == "m.room.member" for r in many[2])
+    assert not any(json.loads(r.json)["sender"] == ALICE for r in many[3])

@@ -4,8 +4,11 @@ those whose rule also highlights; each per thread too (`unread_thread_notificati
 
 Loaded from the database once per (user, room) (the events after the receipt, evaluated
 against the room's current state), then kept current from the commit stream, so a sync
-never counts rows. After a read receipt, or when the user's rules change, the entry is
-dropped and loaded afresh on the next read.
+never counts rows. Loads are batched: the pairs asked for while one read runs are read
+together in the next (one query on PostgreSQL), so the burst after a restart or a login
+storm (every member's first message in a room) costs a few reads, not one each. After a
+read receipt, or when the user's rules change, the entry is dropped and loaded afresh on
+the next read.
 
 The inline pass evaluates each committed event once per joined member that has counts in
 memory (core/push_eval.py shares the event's work between them). When a push plugin asks
@@ -23,12 +26,15 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
 from homeserver.core.ignored_users import IgnoredUsers
 from homeserver.core.push_eval import NO_MATCH, EventFacts, Outcome, Plan, Program
 from homeserver.core.push_rules import PushRuleService
 from homeserver.core.room_heads import RoomHead, RoomHeads
 from homeserver.storage import Storage
-from homeserver.storage.events import EventRow, PersistItem, StoredEvent
+from homeserver.storage.events import EventRow, PersistItem, StoredEvent, UnreadQuery
 
 _MAX_ENTRIES = 200_000
 # At most this many events after the receipt are evaluated when loading (the count shows "999+").
@@ -37,6 +43,8 @@ MAX_COUNTED = 1000
 # message holds up to 499).
 MAX_DECISIONS = 100_000
 _MAX_FACTS = 2048
+# At most this many (user, room) pairs are loaded in one read (one statement's parameters).
+LOAD_BATCH = 200
 _NO_PLAN = Plan((), NO_MATCH, None)
 
 
@@ -114,6 +122,11 @@ class UnreadCounter:
         # None keeps everyone's.
         self.push_owners: set[str] | None = None
         self._recent_facts: OrderedDict[tuple[str, int], tuple[EventFacts, str | None]] = OrderedDict()
+        # Loads in progress: who waits for each pair, the pairs for the next batch, whether
+        # one runs.
+        self._waiters: dict[tuple[str, str], list[Deferred[Counts]]] = {}
+        self._to_load: list[tuple[str, str]] = []
+        self._loading = False
 
     # Counts -------------------------------------------------------------------------------
 
@@ -125,24 +138,66 @@ class UnreadCounter:
         entry = self._counts.get(key)
         if entry is not None:
             return entry
-        program = await self.rules.program(user_id)
-        events = await self.storage.events.unread_events(
-            user_id, room_id, MAX_COUNTED, sorted(program.silent_types), sorted(self.ignored.now(user_id))
-        )
-        head = await self.heads.get(room_id)
-        entry = Counts()
-        if head is not None:
-            members = len(head.members("join"))
-            for row in reversed(events):
-                facts, thread = self._facts_of_row(row, head, members)
-                outcome = program.evaluate(facts, user_id)
-                if outcome.notify:
-                    entry.add(outcome.highlight, thread)
-        found = self._counts.get(key)  # loaded meanwhile by another request: keep that one
+        # Loaded in batches: every pair asked for while a load runs goes in the next one (a
+        # burst of first reads after a restart or a login storm: one query for them all).
+        waiter: Deferred[Counts] = Deferred()
+        waiters = self._waiters.get(key)
+        if waiters is None:
+            self._waiters[key] = [waiter]
+            self._to_load.append(key)
+            if not self._loading:
+                Deferred.fromCoroutine(self._load_batches())
+        else:
+            waiters.append(waiter)
+        return await waiter
+
+    async def _load_batches(self) -> None:
+        self._loading = True
+        try:
+            while self._to_load:
+                keys, self._to_load = self._to_load[:LOAD_BATCH], self._to_load[LOAD_BATCH:]
+                try:
+                    loaded = await self._load(keys)
+                except Exception:
+                    failure = Failure()
+                    for key in keys:
+                        for waiter in self._waiters.pop(key, []):
+                            waiter.errback(failure)
+                    continue
+                for key, entry in zip(keys, loaded, strict=True):
+                    entry = self._keep_entry(key, entry)
+                    for waiter in self._waiters.pop(key, []):
+                        waiter.callback(entry)
+        finally:
+            self._loading = False
+
+    async def _load(self, keys: list[tuple[str, str]]) -> list[Counts]:
+        """Count each (user, room) afresh from the database, in one read."""
+        programs = {user_id: await self.rules.program(user_id) for user_id, _ in keys}
+        queries = [
+            UnreadQuery(u, r, sorted(programs[u].silent_types), sorted(self.ignored.now(u))) for u, r in keys
+        ]
+        rows = await self.storage.events.unread_events_many(queries, MAX_COUNTED)
+        out = []
+        for (user_id, room_id), events in zip(keys, rows, strict=True):
+            head = await self.heads.get(room_id)
+            entry = Counts()
+            if head is not None:
+                members = len(head.members("join"))
+                for row in reversed(events):
+                    facts, thread = self._facts_of_row(row, head, members)
+                    outcome = programs[user_id].evaluate(facts, user_id)
+                    if outcome.notify:
+                        entry.add(outcome.highlight, thread)
+            out.append(entry)
+        return out
+
+    def _keep_entry(self, key: tuple[str, str], entry: Counts) -> Counts:
+        found = self._counts.get(key)  # kept meanwhile (never, with loads batched): keep that one
         if found is not None:
             return found
         self._counts[key] = entry
-        self._by_user.setdefault(user_id, set()).add(room_id)
+        self._by_user.setdefault(key[0], set()).add(key[1])
         if len(self._counts) > _MAX_ENTRIES:
             (old_user, old_room), _ = self._counts.popitem(last=False)
             self._unindex(old_user, old_room)

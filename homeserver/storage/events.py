@@ -633,36 +633,27 @@ class EventStore:
         newest first: what the unread counts are computed from. Events of `skip_types` are
         left out unless their state key is the user; so are those of `skip_senders` (the
         users this one ignores)."""
+        return (
+            await self.unread_events_many([UnreadQuery(user_id, room_id, skip_types, skip_senders)], limit)
+        )[0]
 
-        def unread_txn(txn: Txn) -> list[EventRow]:
-            row = txn.query_one(
-                "SELECT MAX(event_stream_ordering) FROM receipts WHERE room_id = ? AND user_id = ?"
-                " AND receipt_type IN ('m.read', 'm.read.private')",
-                (room_id, user_id),
-            )
-            after = int(row[0]) if row and row[0] is not None else 0
-            skip = ""
-            if skip_types:
-                marks = ",".join("?" * len(skip_types))
-                skip = f" AND (e.type NOT IN ({marks}) OR e.state_key = ?)"
-            if skip_senders:
-                skip += f" AND e.sender NOT IN ({','.join('?' * len(skip_senders))})"
-            rows = txn.query(
-                f"SELECT {_EVENT_COLUMNS} FROM {_EVENT_FROM} WHERE e.room_id = ? AND e.stream_ordering > ?"
-                f" AND e.sender <> ?{skip}{_ABOVE_FLOOR} ORDER BY e.stream_ordering DESC LIMIT ?",
-                (
-                    room_id,
-                    after,
-                    user_id,
-                    *skip_types,
-                    *([user_id] if skip_types else []),
-                    *skip_senders,
-                    room_id,
-                    limit,
-                ),
-            )
-            # Undecoded: a big room's members all load the same recent events, decoded once.
-            return [EventRow(*r) for r in rows]
+    async def unread_events_many(self, queries: Sequence[UnreadQuery], limit: int) -> list[list[EventRow]]:
+        """`unread_events` for many (user, room) pairs in one transaction, in `queries`' order:
+        on PostgreSQL one statement per distinct (skip_types, skip_senders), usually one in
+        all (a burst of first loads after a restart: one query, not one each)."""
+
+        def unread_txn(txn: Txn) -> list[list[EventRow]]:
+            found: list[list[EventRow]] = [[] for _ in queries]
+            groups: dict[tuple[tuple[str, ...], tuple[str, ...]], list[int]] = {}
+            for i, q in enumerate(queries):
+                groups.setdefault((tuple(q.skip_types), tuple(q.skip_senders)), []).append(i)
+            for (skip_types, skip_senders), indexes in groups.items():
+                if txn.engine.name == "postgres":
+                    _unread_lateral(txn, queries, indexes, skip_types, skip_senders, limit, found)
+                else:  # SQLite has no LATERAL; in-process, a query per pair costs no round trip
+                    for i in indexes:
+                        _unread_one(txn, queries[i], skip_types, skip_senders, limit, found[i])
+            return found
 
         return await self.db.run_interaction("unread_events", unread_txn)
 
@@ -813,3 +804,92 @@ class EventStore:
             ev = _row_to_event(row)
             out.setdefault(ev.content["m.relates_to"]["event_id"], []).append(ev)
         return out
+
+
+class UnreadQuery(NamedTuple):
+    """One (user, room) whose unread events are read (`EventStore.unread_events_many`)."""
+
+    user_id: str
+    room_id: str
+    skip_types: Sequence[str] = ()
+    skip_senders: Sequence[str] = ()
+
+
+_READ_RECEIPT = "receipt_type IN ('m.read', 'm.read.private')"
+
+
+def _unread_skips(skip_types: Sequence[str], skip_senders: Sequence[str], user: str) -> str:
+    """The filters on `e` for skipped types (unless the state key is `user`, an SQL expression
+    or a `?`) and skipped senders."""
+    skip = ""
+    if skip_types:
+        skip = f" AND (e.type NOT IN ({','.join('?' * len(skip_types))}) OR e.state_key = {user})"
+    if skip_senders:
+        skip += f" AND e.sender NOT IN ({','.join('?' * len(skip_senders))})"
+    return skip
+
+
+def _unread_one(
+    txn: Txn,
+    q: UnreadQuery,
+    skip_types: Sequence[str],
+    skip_senders: Sequence[str],
+    limit: int,
+    out: list[EventRow],
+) -> None:
+    row = txn.query_one(
+        f"SELECT MAX(event_stream_ordering) FROM receipts WHERE room_id = ? AND user_id = ?"
+        f" AND {_READ_RECEIPT}",
+        (q.room_id, q.user_id),
+    )
+    after = int(row[0]) if row and row[0] is not None else 0
+    rows = txn.query(
+        f"SELECT {_EVENT_COLUMNS} FROM {_EVENT_FROM} WHERE e.room_id = ? AND e.stream_ordering > ?"
+        f" AND e.sender <> ?{_unread_skips(skip_types, skip_senders, '?')}{_ABOVE_FLOOR}"
+        " ORDER BY e.stream_ordering DESC LIMIT ?",
+        (
+            q.room_id,
+            after,
+            q.user_id,
+            *skip_types,
+            *([q.user_id] if skip_types else []),
+            *skip_senders,
+            q.room_id,
+            limit,
+        ),
+    )
+    # Undecoded: a big room's members all load the same recent events, decoded once.
+    out.extend(EventRow(*r) for r in rows)
+
+
+def _unread_lateral(
+    txn: Txn,
+    queries: Sequence[UnreadQuery],
+    indexes: list[int],
+    skip_types: Sequence[str],
+    skip_senders: Sequence[str],
+    limit: int,
+    found: list[list[EventRow]],
+) -> None:
+    """The pairs at `indexes` (sharing these skips) in one statement: each pair's newest
+    `limit` events through LATERAL, read by the same indexes `_unread_one` uses."""
+    pairs = ",".join(f"({i}, ?, ?)" for i in indexes)
+    rows = txn.query(
+        f"SELECT q.i, x.* FROM (VALUES {pairs}) AS q(i, user_id, room_id) CROSS JOIN LATERAL ("
+        "SELECT e.event_id, e.room_id, e.stream_ordering, e.json, e.unsigned_extra, r.event_id AS redacted_by"
+        f" FROM {_EVENT_FROM} WHERE e.room_id = q.room_id AND e.stream_ordering > COALESCE("
+        f"(SELECT MAX(c.event_stream_ordering) FROM receipts c WHERE c.room_id = q.room_id"
+        f" AND c.user_id = q.user_id AND c.{_READ_RECEIPT}), 0)"
+        f" AND e.sender <> q.user_id{_unread_skips(skip_types, skip_senders, 'q.user_id')}"
+        " AND e.stream_ordering > COALESCE((SELECT f.stream_ordering FROM room_history_floor f"
+        f" WHERE f.room_id = q.room_id), {-(2**62)})"
+        " ORDER BY e.stream_ordering DESC LIMIT ?) x ORDER BY q.i, x.stream_ordering DESC",
+        (
+            *[v for i in indexes for v in (queries[i].user_id, queries[i].room_id)],
+            *skip_types,
+            *skip_senders,
+            limit,
+        ),
+    )
+    for r in rows:
+        found[r[0]].append(EventRow(*r[1:]))
