@@ -44,10 +44,13 @@ once: the timeline cache, sync, sliding sync, unread counts and the notifier rea
 - Behind a writer that holds the stream (a dead one, until it restarts), at most
   MAX_WAITING events wait in memory; past that the other writers' batches are dropped
   and read from the database once it moves (their next batch or heartbeat shows the gap).
+  Behind a missed range being read, at most MAX_WAITING events of that writer's later
+  batches wait too; past that those batches are dropped and their ranges read as well.
 - A process keeps the heads of rooms it does not write (kept for reads: who is joined is
   what the notifier wakes) true by applying those rooms' events before publishing them; a
-  head not in memory is loaded first, and a state resolution's result (a fork merged) is
-  read again from the database.
+  head not in memory is loaded first (HEAD_LOADS rooms at a time: a catch-up batch spans
+  many rooms, and its syncs wait for all of them), and a state resolution's result (a fork
+  merged) is read again from the database.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 
 from homeserver.core.event_stream import EventStream
@@ -89,6 +92,8 @@ RETRY_S = 0.5
 # Events waiting in memory behind a writer that holds the stream (one that died): past this
 # many, the other writers' batches are dropped, to be read from the database once it moves.
 MAX_WAITING = 50_000
+# Heads of rooms written elsewhere loaded at once before a batch is published.
+HEAD_LOADS = 8
 
 Message = dict[str, Any]
 
@@ -140,6 +145,7 @@ class _Writer:
     want: int = 0  # read from the database up to here
     filling: bool = False
     held: deque[_Batch] = field(default_factory=deque)
+    held_events: int = 0  # in `held`'s batches
 
 
 class EventReplication:
@@ -557,14 +563,32 @@ class EventReplication:
             # Its next batch (or heartbeat, within HEARTBEAT_S) shows the gap; read then.
             return
         if writer.filling or writer.held:
-            writer.held.append(batch)
+            self._hold(writer, batch)
             return
         if batch.since > writer.complete:
-            writer.held.append(batch)
+            self._hold(writer, batch)
             self._fill(writer, batch.since)
             return
         self._apply(writer, batch)
         self._advance()
+
+    def _hold(self, writer: _Writer, batch: _Batch) -> None:
+        """Keep `batch` until the writer's missed range before it is read. Held batches can
+        pile up while the database is slow or down (each heartbeat is one): past MAX_WAITING
+        of their events, drop them all and read their range from the database too (a batch
+        holds all its writer committed in (since, promise])."""
+        if writer.held_events + len(batch.items) > MAX_WAITING:
+            writer.held.clear()
+            writer.held_events = 0
+            self._fill(writer, batch.promise)
+            return
+        writer.held.append(batch)
+        writer.held_events += len(batch.items)
+
+    def _unhold(self, writer: _Writer) -> _Batch:
+        batch = writer.held.popleft()
+        writer.held_events -= len(batch.items)
+        return batch
 
     def _apply(self, writer: _Writer, batch: _Batch) -> None:
         complete = writer.complete
@@ -595,9 +619,10 @@ class EventReplication:
                 await self._fill_now(writer)
                 if not self._may_take(writer):
                     writer.held.clear()  # read again once fewer wait (see _take)
+                    writer.held_events = 0
                     break
                 while writer.held and writer.held[0].since <= writer.complete:
-                    self._apply(writer, writer.held.popleft())
+                    self._apply(writer, self._unhold(writer))
                 if not writer.held:
                     break
                 writer.want = max(writer.want, writer.held[0].since)
@@ -662,14 +687,26 @@ class EventReplication:
 
     async def _keep_heads(self, items: list[PersistItem]) -> None:
         """Bring the heads of rooms written elsewhere up to `items` (loading those not in memory).
-        A head that cannot take an event is dropped, to be loaded again when next needed."""
+        A head that cannot take an event is dropped, to be loaded again when next needed.
+        Rooms are brought up together, HEAD_LOADS at a time; each room's events in order."""
+        by_room: dict[str, list[PersistItem]] = {}
         for item in items:
-            room_id = item.event.room_id
-            try:
-                await self._keep_head(item)
-            except Exception:
-                log_failure(log, "could not bring the head of {room} up to date; dropped", room=room_id)
-                self.heads.forget(room_id)
+            by_room.setdefault(item.event.room_id, []).append(item)
+        rooms = iter(by_room.values())
+
+        async def bring_up() -> None:
+            for room_items in rooms:  # shared: each room taken by one of them
+                for item in room_items:
+                    try:
+                        await self._keep_head(item)
+                    except Exception:
+                        room = item.event.room_id
+                        log_failure(log, "could not bring the head of {room} up to date; dropped", room=room)
+                        self.heads.forget(room)
+
+        await gatherResults(
+            [Deferred.fromCoroutine(bring_up()) for _ in range(min(HEAD_LOADS, len(by_room)))]
+        )
 
     async def _keep_head(self, item: PersistItem) -> None:
         ev = item.event

@@ -678,3 +678,63 @@ def test_the_death_watch_names_writers_silent_for_silent_s() -> None:
     assert watch.silent(103.0 + writer_fence.SILENT_S) == ["w1", "w2"]
     watch.heard("w9", 200.0)  # not a writer: ignored
     assert watch.silent(103.0) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_batches_behind_a_missed_range_wait_in_bounded_memory(monkeypatch: Any) -> None:
+    """While the missed range is read (the database slow), the writer's later batches wait;
+    past MAX_WAITING of their events they are dropped and their range read too: every event
+    is still published once, in order."""
+    monkeypatch.setattr(event_replication, "MAX_WAITING", 3)
+    r = Reader()
+    await r.start()
+    r.send("w2", 101)
+    r.hub.disconnect("w3")
+    r.send("w1", 5, 2, 4)  # lost
+    await r.hub.reconnect("w3")
+    r.events.hold = Deferred()
+    r.send("w1", 9, 6, 8)  # a gap: (0, 5] is read, this batch waits
+    r.send("w1", 13, 10, 12)  # would make four waiting: dropped, (5, 13] to be read
+    r.send("w1", 17, 14)
+    writer = r.replication._writers["w1"]
+    assert writer.held_events == 1 and writer.want == 13
+    r.events.hold.callback(None)
+    r.events.hold = None
+    assert r.published == [2, 4, 6, 8, 10, 12, 14]
+    assert [(a, u) for a, u, _ in r.events.reads] == [(0, 5), (5, 13)]
+    assert writer.held_events == 0 and not writer.held
+
+
+@pytest_twisted.ensureDeferred
+async def test_heads_of_several_rooms_are_loaded_together_before_a_batch_is_published(
+    monkeypatch: Any,
+) -> None:
+    """A catch-up batch spans rooms whose heads are not in memory: their syncs wait for all of
+    them, so they are loaded HEAD_LOADS at a time, not one after another."""
+    monkeypatch.setattr(event_replication, "HEAD_LOADS", 2)
+    r = Reader()
+    r.replication.writes_room = lambda room_id: False
+    loading: dict[str, Deferred[None]] = {}
+
+    async def load_room(room_id: str) -> None:
+        loading[room_id] = Deferred()
+        await loading[room_id]
+
+    r.events.load_room = load_room  # type: ignore[method-assign]
+    await r.start()
+    events = [item(p) for p in (2, 4, 6, 8)]
+    for ev, room in zip(events, ["!a:x", "!b:x", "!c:x", "!a:x"], strict=True):
+        ev.event.room_id = room
+    r.send("w2", 101)
+    r.writers["w1"].publish(
+        CHANNEL,
+        {"writer": "w1", "seq": 99, "since": 0, "promise": 9, "items": [encode_item(e) for e in events]},
+    )
+    assert sorted(loading) == ["!a:x", "!b:x"] and r.published == []
+    loading["!b:x"].callback(None)
+    assert sorted(loading) == ["!a:x", "!b:x", "!c:x"] and r.published == []
+    loading["!c:x"].callback(None)
+    loading["!a:x"].callback(None)  # no head (None): its next event loads it again
+    assert r.published == []
+    loading["!a:x"].callback(None)
+    assert r.published == [2, 4, 6, 8]
