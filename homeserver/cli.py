@@ -299,6 +299,27 @@ def cmd_run(args: argparse.Namespace) -> None:
     raise SystemExit(state["exit"] or hs.exit_code)
 
 
+def cmd_deploy_check(args: argparse.Namespace) -> None:
+    """Exit 1, naming each mismatch and printing the lines to use, unless `--haproxy` routes
+    every room's writes to the room's event writer."""
+    from homeserver.workers import haproxy_check
+
+    writers = _load(args.config).workers.event_writers
+    if not writers:
+        raise SystemExit(f"{args.config}: no workers.event_writers: nothing to route")
+    with open(args.haproxy, encoding="utf-8") as f:
+        problems = haproxy_check.check(f.read(), writers)
+    if not problems:
+        print(f"{args.haproxy}: room writes routed to {', '.join(writers)}, as {args.config} says")
+        return
+    for problem in problems:
+        print(f"{args.haproxy}: {problem}", file=sys.stderr)
+    print("The lines to use (frontend, then the backend of the writers):", file=sys.stderr)
+    for line in haproxy_check.routes(writers):
+        print(f"    {line}", file=sys.stderr)
+    raise SystemExit(1)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="homeserver", description="A Matrix homeserver.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -326,6 +347,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--worker", default=None, help="which of workers.instances this process is (several processes)"
     )
     run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser(
+        "deploy-check", help="check that a balancer's room routing matches workers.event_writers"
+    )
+    check.add_argument("-c", "--config", required=True)
+    check.add_argument("--haproxy", required=True, help="the HAProxy config file to check")
+    check.set_defaults(func=cmd_deploy_check)
 
     mig = sub.add_parser("migrate", help="apply pending schema files")
     mig.add_argument("-c", "--config", required=True)

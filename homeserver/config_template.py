@@ -285,7 +285,8 @@ workers:
   # The instances that write events: each room's events are written by one of them,
   # chosen by the CRC-32 of the room id modulo their number, in this order (HAProxy routes
   # a room's writes the same way: keep deploy/haproxy.cfg's mod(N) and use-server lines in
-  # step); the others forward to it. At least one.
+  # step, `homeserver deploy-check -c CONFIG --haproxy FILE` says whether they are); the
+  # others forward to it. At least one.
   event_writers: []
   # The one instance writing each other stream (receipts, typing, presence,
   # account_data, to_device, device_lists); a stream not named: the first event writer.
