@@ -744,5 +744,6 @@ class _ReplicationCollector(Collector):
         yield GaugeMetricFamily(
             "homeserver_events_waiting",
             "Events of several writers held in memory until every writer's promise passes them",
-            value=len(self._replication._pending),
+            value=len(self._replication._pending)
+            + sum(w.held_events for w in self._replication._writers.values()),
         )

@@ -698,6 +698,8 @@ async def test_batches_behind_a_missed_range_wait_in_bounded_memory(monkeypatch:
     r.send("w1", 17, 14)
     writer = r.replication._writers["w1"]
     assert writer.held_events == 1 and writer.want == 13
+    waiting = {m.name: m for m in event_replication._ReplicationCollector(r.replication).collect()}
+    assert waiting["homeserver_events_waiting"].samples[0].value == 1
     r.events.hold.callback(None)
     r.events.hold = None
     assert r.published == [2, 4, 6, 8, 10, 12, 14]
