@@ -165,7 +165,7 @@ class UnreadCounter:
                             waiter.errback(failure)
                     continue
                 for key, entry in zip(keys, loaded, strict=True):
-                    entry = self._keep_entry(key, entry)
+                    self._keep_entry(key, entry)
                     for waiter in self._waiters.pop(key, []):
                         waiter.callback(entry)
         finally:
@@ -174,13 +174,16 @@ class UnreadCounter:
     async def _load(self, keys: list[tuple[str, str]]) -> list[Counts]:
         """Count each (user, room) afresh from the database, in one read."""
         programs = {user_id: await self.rules.program(user_id) for user_id, _ in keys}
+        # Heads first: once the read returns the entries are kept at once, for an event
+        # committed in between would be in neither (the inline pass counts kept entries only).
+        heads = {room_id: await self.heads.get(room_id) for room_id in dict.fromkeys(r for _, r in keys)}
         queries = [
             UnreadQuery(u, r, sorted(programs[u].silent_types), sorted(self.ignored.now(u))) for u, r in keys
         ]
         rows = await self.storage.events.unread_events_many(queries, MAX_COUNTED)
         out = []
         for (user_id, room_id), events in zip(keys, rows, strict=True):
-            head = await self.heads.get(room_id)
+            head = heads[room_id]
             entry = Counts()
             if head is not None:
                 members = len(head.members("join"))
@@ -192,16 +195,13 @@ class UnreadCounter:
             out.append(entry)
         return out
 
-    def _keep_entry(self, key: tuple[str, str], entry: Counts) -> Counts:
-        found = self._counts.get(key)  # kept meanwhile (never, with loads batched): keep that one
-        if found is not None:
-            return found
+    def _keep_entry(self, key: tuple[str, str], entry: Counts) -> None:
+        # Never kept meanwhile: a pair has one load at a time (`_waiters`).
         self._counts[key] = entry
         self._by_user.setdefault(key[0], set()).add(key[1])
         if len(self._counts) > _MAX_ENTRIES:
             (old_user, old_room), _ = self._counts.popitem(last=False)
             self._unindex(old_user, old_room)
-        return entry
 
     async def total(self, user_id: str, room_ids: list[str]) -> int:
         """Unread notifications summed over these rooms (a push's `counts.unread`)."""

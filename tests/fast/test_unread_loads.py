@@ -95,3 +95,41 @@ async def test_a_failed_read_fails_its_askers_and_the_next_ask_reads_again(tmp_p
         }
     finally:
         await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_message_sent_while_a_load_waits_for_the_room_is_counted(tmp_path: Path) -> None:
+    """A load that waits (here for the room's head) while a message is committed counts it:
+    either its read sees the message or the inline pass finds the entry kept."""
+    hs = await make_server(tmp_path, TestClock())
+    client = Client(hs)
+    try:
+        alice = await client.register(hs, "alice")
+        bob = await client.register(hs, "bob")
+        room_id = (
+            await client.call("POST", "/createRoom", alice["access_token"], {"preset": "public_chat"})
+        )["room_id"]
+        await client.call("POST", f"/join/{room_id}", bob["access_token"], {})
+        send = f"{room_path(room_id)}/send/m.room.message"
+        await client.call("PUT", f"{send}/t1", alice["access_token"], {"msgtype": "m.text", "body": "one"})
+        hs.unread._counts.clear()
+        hs.unread._by_user.clear()
+        heads = hs.unread.heads
+        real_get = heads.get
+        held: list[str] = []
+
+        async def sending_meanwhile(room: str) -> Any:
+            if not held:  # the load's call: a message is committed while it waits
+                held.append(room)
+                body = {"msgtype": "m.text", "body": "two"}
+                await client.call("PUT", f"{send}/t2", alice["access_token"], body)
+            return await real_get(room)
+
+        heads.get = sending_meanwhile  # type: ignore[method-assign]
+        assert (await hs.unread.counts(bob["user_id"], room_id))["notification_count"] == 2
+        assert held == [room_id]
+        # Kept, and kept current: a third message counted without a read.
+        await client.call("PUT", f"{send}/t3", alice["access_token"], {"msgtype": "m.text", "body": "3"})
+        assert (await hs.unread.counts(bob["user_id"], room_id))["notification_count"] == 3
+    finally:
+        await hs.stop(None)
