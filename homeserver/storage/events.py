@@ -621,26 +621,13 @@ class EventStore:
             room_id,
         )
 
-    async def unread_events(
-        self,
-        user_id: str,
-        room_id: str,
-        limit: int,
-        skip_types: Sequence[str] = (),
-        skip_senders: Sequence[str] = (),
-    ) -> list[EventRow]:
-        """Up to `limit` newest events from others after the user's read receipt (either kind),
-        newest first: what the unread counts are computed from. Events of `skip_types` are
-        left out unless their state key is the user; so are those of `skip_senders` (the
-        users this one ignores)."""
-        return (
-            await self.unread_events_many([UnreadQuery(user_id, room_id, skip_types, skip_senders)], limit)
-        )[0]
-
     async def unread_events_many(self, queries: Sequence[UnreadQuery], limit: int) -> list[list[EventRow]]:
-        """`unread_events` for many (user, room) pairs in one transaction, in `queries`' order:
-        on PostgreSQL one statement per distinct (skip_types, skip_senders), usually one in
-        all (a burst of first loads after a restart: one query, not one each)."""
+        """For each (user, room) of `queries`, in their order: up to `limit` newest events from
+        others after the user's read receipt (either kind), newest first: what the unread
+        counts are computed from. Events of the query's `skip_types` are left out unless their
+        state key is the user; so are those of its `skip_senders` (the users this one ignores).
+        One transaction; on PostgreSQL one statement per distinct (skip_types, skip_senders),
+        usually one in all (a burst of first loads after a restart: one query, not one each)."""
 
         def unread_txn(txn: Txn) -> list[list[EventRow]]:
             found: list[list[EventRow]] = [[] for _ in queries]
