@@ -20,12 +20,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import pytest_twisted
 import requests
 import yaml
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from federation_harness import FederatedServer, TestCA
     from synapse import SynapseServer
+
+    from homeserver.storage import Storage
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -103,6 +108,20 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'test.db'}"
     url: str = request.getfixturevalue("pg_url")
     return url
+
+
+@pytest_twisted.async_yield_fixture
+async def storage(database_url: str) -> AsyncIterator[Storage]:
+    """A migrated database on each engine, closed after the test."""
+    from homeserver.storage import Storage
+    from homeserver.storage.migrations import migrate
+
+    s = Storage.from_url(database_url)
+    try:
+        await migrate(s.db)
+        yield s
+    finally:
+        s.close()
 
 
 # A real server process ------------------------------------------------------

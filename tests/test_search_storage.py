@@ -4,26 +4,13 @@ twice in one batch leave one row each, and removed events leave the index."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest_twisted
 
 from homeserver.storage import Storage
-from homeserver.storage.migrations import migrate
 from homeserver.storage.search import SearchRow
 
 ROOM = "!r:example.org"
 KEYS = ["content.body"]
-
-
-@pytest_twisted.async_yield_fixture
-async def storage(database_url: str) -> AsyncIterator[Storage]:
-    s = Storage.from_url(database_url)
-    try:
-        await migrate(s.db)
-        yield s
-    finally:
-        s.close()
 
 
 def row(n: int, text: str) -> SearchRow:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import Coroutine
 from typing import Any
 
 import pytest
@@ -17,22 +17,11 @@ from homeserver.storage.accounts import ThreepidExists, UserExists
 from homeserver.storage.auth_sessions import ValidationSession
 from homeserver.storage.database import Database
 from homeserver.storage.devices import NewRefreshToken
-from homeserver.storage.migrations import migrate
 
 NOW = 1_700_000_000_000
 HOUR = 3_600_000
 ALICE = "@alice:example.org"
 BOB = "@bob:example.org"
-
-
-@pytest_twisted.async_yield_fixture
-async def storage(database_url: str) -> AsyncIterator[Storage]:
-    s = Storage.from_url(database_url)
-    try:
-        await migrate(s.db)
-        yield s
-    finally:
-        s.close()
 
 
 async def gather(*coros: Coroutine[Any, Any, Any]) -> list[tuple[bool, Any]]:

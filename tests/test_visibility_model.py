@@ -9,7 +9,6 @@ the room's head, and reads its inputs from real storage.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest_twisted
@@ -21,7 +20,6 @@ from homeserver.core.room_heads import RoomHeads
 from homeserver.core.visibility import VisibilityFilter
 from homeserver.storage import Storage
 from homeserver.storage.events import PersistItem, StoredEvent
-from homeserver.storage.migrations import migrate
 
 ALICE = "@alice:example.org"
 USER = "@u:example.org"
@@ -98,16 +96,6 @@ class Room:
         self.position += 1
         self.events.append(ev)
         return ev
-
-
-@pytest_twisted.async_yield_fixture
-async def storage(database_url: str) -> AsyncIterator[Storage]:
-    s = Storage.from_url(database_url)
-    try:
-        await migrate(s.db)
-        yield s
-    finally:
-        s.close()
 
 
 async def judge_room(storage: Storage, steps: list[tuple[str, str | None]]) -> None:
