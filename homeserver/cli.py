@@ -307,8 +307,12 @@ def cmd_deploy_check(args: argparse.Namespace) -> None:
     writers = _load(args.config).workers.event_writers
     if not writers:
         raise SystemExit(f"{args.config}: no workers.event_writers: nothing to route")
-    with open(args.haproxy, encoding="utf-8") as f:
-        problems = haproxy_check.check(f.read(), writers)
+    try:
+        with open(args.haproxy, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        _die(f"{args.haproxy}: cannot be read ({e})")
+    problems = haproxy_check.check(text, writers)
     if not problems:
         print(f"{args.haproxy}: room writes routed to {', '.join(writers)}, as {args.config} says")
         return

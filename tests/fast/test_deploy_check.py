@@ -72,3 +72,9 @@ def test_the_command_exits_1_naming_the_mismatch(tmp_path: Path, capsys: Any) ->
     err = capsys.readouterr().err
     assert "mod(2), but workers.event_writers has 3" in err
     assert "use-server w3 if { var(txn.room_writer) -m int 2 }" in err
+
+    # A file that is not there: named, no traceback.
+    with pytest.raises(SystemExit) as exited:
+        main(["deploy-check", "-c", str(conf), "--haproxy", str(tmp_path / "missing.cfg")])
+    assert exited.value.code == 1
+    assert "missing.cfg: cannot be read" in capsys.readouterr().err
