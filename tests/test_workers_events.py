@@ -20,6 +20,7 @@ schema each.
 from __future__ import annotations
 
 import json
+from inspect import isawaitable
 from pathlib import Path
 from typing import Any
 
@@ -159,9 +160,13 @@ def send(cluster: Cluster, room_id: str, token: str, body: str) -> Deferred[tupl
 
 
 async def eventually(condition: Any, what: str, seconds: float = 30.0) -> None:
-    """Until `condition()` holds, for what takes real time (the fence waits SILENT_S)."""
+    """Until `condition()` (or what it returns, awaited) holds, for what takes real time
+    (the fence waits SILENT_S)."""
     for _ in range(int(seconds * 20)):
-        if condition():
+        held = condition()
+        if isawaitable(held):
+            held = await held
+        if held:
             return
         await deferLater(real_reactor(), 0.05, lambda: None)
     raise AssertionError(f"not within {seconds:.0f}s: {what}")
@@ -457,13 +462,11 @@ async def test_a_slow_writer_fenced_meanwhile_stores_nothing_more_and_stops(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = ?",
             "event writer w1",
         )
-        retired = w3.storage.stream_writers.retired
-        for _ in range(600):
-            if "w1" in await retired():
-                break
-            await deferLater(real_reactor(), 0.05, lambda: None)
-        else:
-            raise AssertionError("w2 never fenced w1")
+
+        async def w1_retired() -> bool:
+            return "w1" in await w3.storage.stream_writers.retired()
+
+        await eventually(w1_retired, "w2 fenced w1")
         # w1 resumes, and takes a send: refused (retryable), stored nowhere, and w1 stops.
         status, body = await send(cluster, r1, alice["access_token"], "after-fence")
         assert status == 503, body
