@@ -89,13 +89,20 @@ class RoomSnapshot:
 
 _EVENT_COLUMNS = "e.event_id, e.room_id, e.stream_ordering, e.json, e.unsigned_extra, r.event_id"
 _EVENT_FROM = "events e LEFT JOIN redactions r ON r.redacts = e.event_id"
-# Events of the room (its id: the one `?`) above its history floor: what retention purged
-# below it is no longer timeline, and the state events kept there are read as state only.
-# Without a floor every event counts, backfilled ones at negative positions too.
-_ABOVE_FLOOR = (
-    " AND e.stream_ordering > COALESCE("
-    f"(SELECT f.stream_ordering FROM room_history_floor f WHERE f.room_id = ?), {-(2**62)})"
-)
+
+
+def _above_floor(room: str) -> str:
+    """Events of the room (its id: `room`, a `?` or an SQL expression) above its history
+    floor: what retention purged below it is no longer timeline, and the state events kept
+    there are read as state only. Without a floor every event counts, backfilled ones at
+    negative positions too."""
+    return (
+        " AND e.stream_ordering > COALESCE("
+        f"(SELECT f.stream_ordering FROM room_history_floor f WHERE f.room_id = {room}), {-(2**62)})"
+    )
+
+
+_ABOVE_FLOOR = _above_floor("?")
 _RELATION_FROM = (
     "event_relations x JOIN events e ON e.event_id = x.event_id"
     " LEFT JOIN redactions r ON r.redacts = e.event_id"
@@ -868,8 +875,7 @@ def _unread_lateral(
         f"(SELECT MAX(c.event_stream_ordering) FROM receipts c WHERE c.room_id = q.room_id"
         f" AND c.user_id = q.user_id AND c.{_READ_RECEIPT}), 0)"
         f" AND e.sender <> q.user_id{_unread_skips(skip_types, skip_senders, 'q.user_id')}"
-        " AND e.stream_ordering > COALESCE((SELECT f.stream_ordering FROM room_history_floor f"
-        f" WHERE f.room_id = q.room_id), {-(2**62)})"
+        f"{_above_floor('q.room_id')}"
         " ORDER BY e.stream_ordering DESC LIMIT ?) x ORDER BY q.i, x.stream_ordering DESC",
         (
             *[v for i in indexes for v in (queries[i].user_id, queries[i].room_id)],
