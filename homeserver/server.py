@@ -130,6 +130,7 @@ from homeserver.storage import Storage
 from homeserver.storage.admin import AdminStore
 from homeserver.storage.migrations import migrate
 from homeserver.storage.registration_tokens import RegistrationTokenStore
+from homeserver.storage.writer_lock import WriterLock
 from homeserver.threads import WorkerThreads
 from homeserver.workers.bus import Bus, LocalBus, RedisBus
 from homeserver.workers.event_positions import WriterPositions
@@ -141,7 +142,6 @@ from homeserver.workers.rpc import HttpTransport, Transport, WorkerRpc
 from homeserver.workers.shared_limits import SharedRateLimits
 from homeserver.workers.streams import StreamReplication
 from homeserver.workers.topology import Topology
-from homeserver.workers.writer_fence import WriterLock
 
 if TYPE_CHECKING:
     from homeserver.api.ws import StreamFactory

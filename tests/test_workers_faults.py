@@ -37,6 +37,7 @@ import pytest
 import requests
 from workers_harness import Cluster, start_cluster, wait_for
 
+from homeserver.storage import writer_lock
 from homeserver.workers import writer_fence
 from homeserver.workers.topology import room_shard
 
@@ -55,7 +56,7 @@ DELIVERY_S = 3.0
 # other writer's heartbeat checks every second, and the fence is one transaction.
 FENCED_WITHIN_S = writer_fence.SILENT_S + 3.0
 # A writer stopped (SIGSTOP) keeps its lock until PostgreSQL ends the idle session.
-LEASE_FENCED_WITHIN_S = writer_fence.LEASE_S + writer_fence.SILENT_S + 5.0
+LEASE_FENCED_WITHIN_S = writer_lock.LEASE_S + writer_fence.SILENT_S + 5.0
 # Only the timeline matters here, and all of it: a gap would hide a lost message.
 SYNC_FILTER = json.dumps(
     {

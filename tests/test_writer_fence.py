@@ -27,7 +27,7 @@ from homeserver.storage.database import Database, engine_from_url
 from homeserver.storage.events import EventStore, PersistItem, StoredEvent
 from homeserver.storage.migrations import migrate
 from homeserver.storage.stream_writers import StreamWriterStore, WriterFenced
-from homeserver.workers.writer_fence import WriterLock
+from homeserver.storage.writer_lock import WriterLock
 
 
 def item(position: int) -> PersistItem:

@@ -10,7 +10,7 @@ from homeserver.storage.database import Database, Txn
 # The SQLSTATE stream_writer_save() raises for a fenced writer (sql/099, PostgreSQL only).
 FENCED_SQLSTATE = "HSF01"
 # The advisory lock of an event writer, held by it on a connection of its own while it lives
-# (workers/writer_fence.py). Advisory locks are per database: the key names the schema too.
+# (storage/writer_lock.py). Advisory locks are per database: the key names the schema too.
 LOCK_KEY = "hashtext(current_schema() || '/event writer/' || ?)"
 
 

@@ -74,8 +74,9 @@ from homeserver.logs import log_failure
 from homeserver.storage.events import EventStore, PersistItem, StoredEvent
 from homeserver.storage.stream_consumers import StreamConsumerStore
 from homeserver.storage.stream_writers import StreamWriterStore, WriterFenced
+from homeserver.storage.writer_lock import WriterLock
 from homeserver.workers.bus import Bus
-from homeserver.workers.writer_fence import DeathWatch, WriterLock
+from homeserver.workers.writer_fence import DeathWatch
 
 log = Logger()
 

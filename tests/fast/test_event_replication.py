@@ -378,7 +378,7 @@ class FakePersister:
 
 
 class FakeLock:
-    """workers/writer_fence.py's WriterLock over the Promises fake."""
+    """storage/writer_lock.py's WriterLock over the Promises fake."""
 
     def __init__(self, promises: Promises, name: str) -> None:
         self.promises = promises
