@@ -139,3 +139,20 @@ def test_the_plugin_check_catches_every_form() -> None:
         "import twisted.internet\n",
     ):
         assert plugin_violations(source, plugin) == [], source
+
+
+# Database drivers outside storage/: only to recognise their errors (a full disk).
+DRIVER_USERS_FOR_ERRORS = {"homeserver/disk_full.py"}
+
+
+def test_only_storage_talks_to_the_database() -> None:
+    """storage/ is the only code with SQL: no other module imports a database driver."""
+    problems = {}
+    for path, name in modules_under(ROOT / "homeserver"):
+        rel = str(path.relative_to(ROOT))
+        if rel.startswith("homeserver/storage/") or rel in DRIVER_USERS_FOR_ERRORS:
+            continue
+        drivers = imported_modules(ast.parse(path.read_text()), name) & {"psycopg2", "sqlite3"}
+        if drivers:
+            problems[rel] = sorted(drivers)
+    assert problems == {}
