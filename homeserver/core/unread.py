@@ -159,17 +159,32 @@ class UnreadCounter:
                 try:
                     loaded = await self._load(keys)
                 except Exception:
-                    failure = Failure()
+                    if len(keys) == 1:
+                        self._fail(keys[0], Failure())
+                        continue
+                    # One pair's trouble (its user's push rules, say) must not fail the
+                    # others asked with it: each alone, then only the bad one fails.
                     for key in keys:
-                        for waiter in self._waiters.pop(key, []):
-                            waiter.errback(failure)
+                        try:
+                            (entry,) = await self._load([key])
+                        except Exception:
+                            self._fail(key, Failure())
+                        else:
+                            self._deliver(key, entry)
                     continue
                 for key, entry in zip(keys, loaded, strict=True):
-                    self._keep_entry(key, entry)
-                    for waiter in self._waiters.pop(key, []):
-                        waiter.callback(entry)
+                    self._deliver(key, entry)
         finally:
             self._loading = False
+
+    def _deliver(self, key: tuple[str, str], entry: Counts) -> None:
+        self._keep_entry(key, entry)
+        for waiter in self._waiters.pop(key, []):
+            waiter.callback(entry)
+
+    def _fail(self, key: tuple[str, str], failure: Failure) -> None:
+        for waiter in self._waiters.pop(key, []):
+            waiter.errback(failure)
 
     async def _load(self, keys: list[tuple[str, str]]) -> list[Counts]:
         """Count each (user, room) afresh from the database, in one read."""

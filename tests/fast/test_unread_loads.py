@@ -133,3 +133,43 @@ async def test_a_message_sent_while_a_load_waits_for_the_room_is_counted(tmp_pat
         assert (await hs.unread.counts(bob["user_id"], room_id))["notification_count"] == 3
     finally:
         await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_bad_pair_fails_only_its_own_askers(tmp_path: Path) -> None:
+    """A batch whose read fails because of one pair is read again pair by pair: the others
+    asked with it get their counts, only the bad pair's askers get the error."""
+    hs = await make_server(tmp_path, TestClock())
+    client = Client(hs)
+    try:
+        users = [await client.register(hs, f"u{i}") for i in range(4)]
+        room_id = (
+            await client.call("POST", "/createRoom", users[0]["access_token"], {"preset": "public_chat"})
+        )["room_id"]
+        for user in users[1:]:
+            await client.call("POST", f"/join/{room_id}", user["access_token"], {})
+        path = f"{room_path(room_id)}/send/m.room.message/t1"
+        await client.call("PUT", path, users[0]["access_token"], {"msgtype": "m.text", "body": "hi"})
+        hs.unread._counts.clear()
+        hs.unread._by_user.clear()
+        bad = users[2]["user_id"]
+        rules = hs.unread.rules
+        real_program = rules.program
+
+        async def program(user_id: str) -> Any:
+            if user_id == bad:
+                raise RuntimeError("this user's rules cannot be read")
+            return await real_program(user_id)
+
+        rules.program = program  # type: ignore[method-assign]
+        asked = [Deferred.fromCoroutine(hs.unread.counts(u["user_id"], room_id)) for u in users]
+        results: list[Any] = []
+        for d in asked:
+            try:
+                results.append((await d)["notification_count"])
+            except RuntimeError:
+                results.append("error")
+        # u0 sent the message (its own: 0); u1 and u3 were in the failed batch with u2.
+        assert results == [0, 1, "error", 1]
+    finally:
+        await hs.stop(None)
