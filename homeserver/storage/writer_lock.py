@@ -16,6 +16,24 @@ log = Logger()
 # PostgreSQL ends a writer's lock connection after this long without a ping (each heartbeat):
 # how long a stopped or partitioned writer keeps its lock, so the others wait for it.
 LEASE_S = 10.0
+# The lease is `idle_session_timeout`, which PostgreSQL has from version 14 on.
+MIN_SERVER_VERSION = 140000
+
+
+class ServerTooOld(RuntimeError):
+    """The database cannot end a stopped writer's lock: fencing would never happen."""
+
+
+def require_lease_support(server_version: int) -> None:
+    """Refuse, saying why, to run an event writer on a PostgreSQL without
+    `idle_session_timeout` (before 14, SET would fail with an unknown parameter)."""
+    if server_version < MIN_SERVER_VERSION:
+        v = server_version  # 130012 is 13.12, 90624 is 9.6.24
+        major = str(v // 10000) if v >= 100000 else f"{v // 10000}.{v // 100 % 100}"
+        raise ServerTooOld(
+            f"workers need PostgreSQL 14 or later (idle_session_timeout, ADR 0008);"
+            f" the database at database.url is PostgreSQL {major}"
+        )
 
 
 class WriterLock:
@@ -64,6 +82,11 @@ class WriterLock:
             keepalives_count=2,
         )  # fmt: skip
         conn.autocommit = True
+        try:
+            require_lease_support(conn.server_version)
+        except ServerTooOld:
+            conn.close()
+            raise
         with conn.cursor() as cur:
             cur.execute("SET idle_session_timeout = %s", (int(LEASE_S * 1000),))
             cur.execute("SET application_name = %s", (f"event writer {self.name}",))
