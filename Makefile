@@ -8,11 +8,19 @@ WEB_SOURCES := $(shell find $(WEB_DIR)/src $(WEB_DIR)/public -type f) $(addprefi
 
 .PHONY: run test lint unit migrate clean web
 
-# The venv is rebuilt whenever the pinned dependencies change.
+# The venv is rebuilt whenever the pinned dependencies change. psycopg2 has no Linux wheel:
+# pip builds it, with a C compiler, Python's headers and libpq's (pg_config); a fresh Debian
+# has none of them, nor the venv module: installed with apt-get when missing.
 $(BIN)/.installed: setup.cfg pyproject.toml
-	@command -v pg_config >/dev/null 2>&1 || { \
-	  echo "installing libpq-dev (needed to build psycopg2)"; \
-	  (apt-get update -qq && apt-get install -y -qq libpq-dev) >/dev/null; }
+	@v=$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); missing=""; \
+	command -v pg_config >/dev/null 2>&1 || missing="$$missing libpq-dev"; \
+	command -v gcc >/dev/null 2>&1 || missing="$$missing gcc"; \
+	$(PYTHON) -c 'import ensurepip' 2>/dev/null || missing="$$missing python$$v-venv"; \
+	$(PYTHON) -c 'import os, sysconfig; assert os.path.exists(sysconfig.get_paths()["include"] + "/Python.h")' \
+	  2>/dev/null || missing="$$missing python$$v-dev"; \
+	[ -z "$$missing" ] || { \
+	  echo "installing$$missing (to build psycopg2 in a venv)"; \
+	  (apt-get update -qq && apt-get install -y -qq $$missing) >/dev/null; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
 	touch $@
