@@ -158,3 +158,35 @@ async def test_a_message_without_the_shared_secret_is_dropped(buses: Any, prefix
     a.publish("ch", {"genuine": True})
     await until(lambda: {"genuine": True} in seen["b"], "the genuine message delivered")
     assert seen["b"] == [{"genuine": True}]
+
+
+def _raw_subscriber(channel: str) -> socket.socket:
+    """A subscriber outside the reactor: it reads with blocking calls."""
+    sock = socket.create_connection(("127.0.0.1", 6379), timeout=5)
+    name = channel.encode()
+    sock.sendall(b"*2\r\n$9\r\nSUBSCRIBE\r\n$%d\r\n%s\r\n" % (len(name), name))
+    confirmed = b""
+    while b"subscribe" not in confirmed:
+        confirmed += sock.recv(4096)
+    return sock
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_publish_leaves_before_the_reactor_turn_ends(buses: Any, prefix: str) -> None:
+    """A writer publishes a commit's batch and then, in the same reactor turn, wakes its
+    own long-polls (tens of ms in a big room): the other processes must have the batch
+    meanwhile, not once that turn is over."""
+    a, _, _ = buses
+    sock = _raw_subscriber(prefix + "ch")
+    try:
+        a.publish("ch", {"batch": "now"})
+        # Still in the turn that published: the reactor sends nothing until it returns.
+        received = b""
+        try:
+            while b"now" not in received:
+                received += sock.recv(4096)
+        except TimeoutError:
+            raise AssertionError("the message stayed in the process until the reactor's next turn") from None
+        assert b'"batch":"now"' in received
+    finally:
+        sock.close()
