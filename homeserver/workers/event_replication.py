@@ -744,7 +744,8 @@ class _ReplicationCollector(Collector):
         yield complete
         yield GaugeMetricFamily(
             "homeserver_events_waiting",
-            "Events of several writers held in memory until every writer's promise passes them",
+            "Events held in memory: until every writer's promise passes them, or behind a missed range"
+            " being read from the database",
             value=len(self._replication._pending)
             + sum(w.held_events for w in self._replication._writers.values()),
         )
