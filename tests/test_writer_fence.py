@@ -1,4 +1,4 @@
-"""Fencing an event writer on PostgreSQL (storage/stream_writers.py, sql/099, ADR 0008).
+"""Fencing an event writer on PostgreSQL (storage/stream_writers.py, sql/099, 100, ADR 0008).
 
 - a writer whose lock a process holds cannot be fenced; once that session ends it can;
 - once fenced, none of its saves is stored: a commit carrying its promise rolls back whole
@@ -7,7 +7,9 @@
   at the committed promise (above its events); a commit that waits for the fence refuses;
 - two writers fencing the same one at once: one fences; the other reads the same position
   or finds the lock taken (and tries again later);
-- restarted, the writer rejoins: its saves are stored again.
+- restarted, the writer rejoins: its saves are stored again;
+- an earlier instance still running once its replacement has rejoined (it was fenced while
+  stopped or cut off, and resumed): none of its saves is stored, nor its retirement.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ async def test_a_fenced_writer_stores_nothing_more(db: Database, pg_url: str) ->
     await lock.hold()
     assert await store.fence("w1") is None  # its process holds its lock: alive
     assert await store.retired() == {}
-    await events.persist_events([item(13)], ("w1", 15))
+    await events.persist_events([item(13)], ("w1", 15, 0))
     assert (await store.promises())["w1"] == 15
 
     lock.close()  # its session ends (killed, or the lease ran out while it was stopped)
@@ -105,7 +107,7 @@ async def test_a_fenced_writer_stores_nothing_more(db: Database, pg_url: str) ->
 
     # Whatever it still had in flight: refused, and its events rolled back with the save.
     with pytest.raises(WriterFenced):
-        await events.persist_events([item(17)], ("w1", 19))
+        await events.persist_events([item(17)], ("w1", 19, 0))
     with pytest.raises(WriterFenced):
         await store.save("w1", 21)
     with pytest.raises(WriterFenced):
@@ -117,8 +119,8 @@ async def test_a_fenced_writer_stores_nothing_more(db: Database, pg_url: str) ->
     # Restarted: it takes its lock and rejoins, and writes again.
     lock = WriterLock(pg_url, "w1", reactor)
     await lock.hold()
-    await store.rejoin("w1")
-    await events.persist_events([item(23)], ("w1", 25))
+    epoch = await store.rejoin("w1")
+    await events.persist_events([item(23)], ("w1", 25, epoch))
     assert await stored_positions(db) == [13, 23]
     assert await store.retired() == {}
     lock.close()
@@ -130,7 +132,7 @@ async def test_a_fence_waiting_for_a_commit_retires_above_it(db: Database, pg_ur
     writer = raw(pg_url)
     try:
         with writer.cursor() as cur:  # w1's commit, its promise saved, not yet committed
-            cur.execute("SELECT stream_writer_save('w1', 31)")
+            cur.execute("SELECT stream_writer_save('w1', 31, 0)")
         fencing = Deferred.fromCoroutine(store.fence("w1"))  # waits for the row
         await until_waiting(db)
         assert not fencing.called
@@ -153,7 +155,7 @@ async def test_a_commit_waiting_for_a_fence_is_refused(db: Database, pg_url: str
         def commit() -> None:
             try:
                 with writer.cursor() as cur:
-                    cur.execute("SELECT stream_writer_save('w1', 41)")  # waits for the fence
+                    cur.execute("SELECT stream_writer_save('w1', 41, 0)")  # waits for the fence
                 writer.commit()
                 outcome.append("stored")
             except psycopg2.Error as e:
@@ -184,3 +186,46 @@ async def test_two_writers_fencing_one_agree(db: Database) -> None:
     assert 10 in results and set(results) <= {10, None}
     assert await store.fence("w1") == 10
     assert await store.retired() == {"w1": 10}
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_earlier_instance_stores_nothing_once_the_writer_restarted(
+    db: Database, pg_url: str
+) -> None:
+    from twisted.internet import reactor
+
+    await setup(db)
+    events = EventStore(db)
+    old = StreamWriterStore(db)  # the first instance of w1, in its own process
+    lock = WriterLock(pg_url, "w1", reactor)
+    await lock.hold()
+    old_epoch = await old.rejoin("w1")
+    await events.persist_events([item(13)], ("w1", 15, old_epoch))
+    lock.close()  # stopped past its lease (or cut off): its session ends, it is fenced
+    fencer = StreamWriterStore(db)
+    for _ in range(200):
+        if await fencer.fence("w1") is not None:
+            break
+        await deferLater(reactor, 0.02, lambda: None)
+    assert await fencer.retired() == {"w1": 15}
+
+    # Its replacement starts (the supervisor saw it unanswering) and rejoins: not retired.
+    new = StreamWriterStore(db)
+    lock = WriterLock(pg_url, "w1", reactor)
+    await lock.hold()
+    new_epoch = await new.rejoin("w1")
+    await events.persist_events([item(23)], ("w1", 25, new_epoch))
+
+    # The first resumes, not knowing: its commit in flight would land below where the readers
+    # already are (carried past 15, then the new instance's 25), unseen by every sync.
+    with pytest.raises(WriterFenced):
+        await events.persist_events([item(17)], ("w1", 19, old_epoch))
+    with pytest.raises(WriterFenced):
+        await old.save("w1", 21)
+    with pytest.raises(WriterFenced):  # nor does its graceful stop retire the new instance
+        await old.retire("w1", 21)
+    assert await stored_positions(db) == [13, 23]
+    assert await new.retired() == {}
+    assert (await new.promises())["w1"] == 25
+    await new.save("w1", 27)
+    lock.close()

@@ -139,6 +139,7 @@ class EventPersister:
         after = self.persisted_upto if start_after is None else max(start_after, self.persisted_upto)
         positions = self.positions
         self.positions = WriterPositions(positions.name, positions.index, positions.count, after)
+        self.positions.epoch = positions.epoch
         self._last_queued = self.positions.next_position
 
     async def close(self) -> None:
@@ -262,7 +263,8 @@ class EventPersister:
             try:
                 if self.save_promise:
                     promise = self.positions.promise_after(items[-1].event.stream_ordering)
-                    await self.store.persist_events(items, (self.positions.name, promise))
+                    positions = self.positions
+                    await self.store.persist_events(items, (positions.name, promise, positions.epoch))
                     self.saved_promise = max(self.saved_promise, promise)
                 else:
                     await self.store.persist_events(items)

@@ -138,7 +138,7 @@ class EventRow(NamedTuple):
 
 
 def persist_events_txn(
-    txn: Txn, items: Sequence[PersistItem], promise: tuple[str, int] | None = None
+    txn: Txn, items: Sequence[PersistItem], promise: tuple[str, int, int] | None = None
 ) -> None:
     """Write a batch of events (in stream order) and every row they change.
 
@@ -299,8 +299,10 @@ class EventStore:
         self.db = db
 
     async def persist_events(
-        self, items: Sequence[PersistItem], promise: tuple[str, int] | None = None
+        self, items: Sequence[PersistItem], promise: tuple[str, int, int] | None = None
     ) -> None:
+        """Store `items` in one transaction; with `promise` (writer, position, epoch), save
+        that writer's promise in it. @raise WriterFenced: the writer may store no more."""
         if promise is None:
             await self.db.run_write("persist_events", persist_events_txn, items)
         else:

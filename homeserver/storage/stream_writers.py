@@ -7,7 +7,7 @@ from __future__ import annotations
 from homeserver.errors import ServiceUnavailable
 from homeserver.storage.database import Database, Txn
 
-# The SQLSTATE stream_writer_save() raises for a fenced writer (sql/099, PostgreSQL only).
+# The SQLSTATE stream_writer_save() raises for a fenced writer (sql/099, 100, PostgreSQL only).
 FENCED_SQLSTATE = "HSF01"
 # The advisory lock of an event writer, held by it on a connection of its own while it lives
 # (storage/writer_lock.py). Advisory locks are per database: the key names the schema too.
@@ -47,13 +47,16 @@ _RETIRE = (
     f" ON CONFLICT (name) DO UPDATE SET position = {_HIGHER}, retired_at = excluded.retired_at"
     " WHERE stream_writers.retired_at IS NULL"
 )
+# On PostgreSQL, only the instance started last retires its row (sql/100).
+_RETIRE_EPOCH = f"{_RETIRE} AND stream_writers.epoch = ?"
 
 
-def save_promise_txn(txn: Txn, name: str, position: int) -> None:
+def save_promise_txn(txn: Txn, name: str, position: int, epoch: int = 0) -> None:
     """Part of a batch's commit transaction (storage/events.py): the promise moves with it.
-    On PostgreSQL the save raises if the writer was fenced, and the whole commit rolls back."""
+    On PostgreSQL the save raises if the writer was fenced, or started again since `epoch`
+    (the start this process made, `rejoin`), and the whole commit rolls back."""
     if txn.engine.name == "postgres":
-        txn.execute("SELECT stream_writer_save(?, ?)", (name, position))
+        txn.execute("SELECT stream_writer_save(?, ?, ?)", (name, position, epoch))
     else:
         txn.execute(_UPSERT, (name, position))
 
@@ -90,15 +93,26 @@ def _fence_txn(txn: Txn, name: str) -> int | None:
     return int(row[0]) if row and row[0] is not None else None
 
 
-def _rejoin_txn(txn: Txn, name: str) -> None:
+def _rejoin_txn(txn: Txn, name: str) -> int:
     # The update waits for any other writer's `carry` of this row to commit, and after it
     # none can move the row: what `promises()` reads next bounds everything announced for it.
-    txn.execute("UPDATE stream_writers SET retired_at = NULL WHERE name = ?", (name,))
+    if txn.engine.name != "postgres":
+        txn.execute("UPDATE stream_writers SET retired_at = NULL WHERE name = ?", (name,))
+        return 0
+    # A new epoch: an earlier instance of this writer still running (fenced while stopped or
+    # cut off) saves nothing more, so it cannot commit below where this one starts.
+    row = txn.query_one(
+        "UPDATE stream_writers SET retired_at = NULL, epoch = epoch + 1 WHERE name = ? RETURNING epoch",
+        (name,),
+    )
+    return int(row[0]) if row else 0
 
 
 class StreamWriterStore:
     def __init__(self, db: Database) -> None:
         self.db = db
+        # The epoch each writer of this process started in (`rejoin`), named by its saves.
+        self._epochs: dict[str, int] = {}
 
     async def promises(self) -> dict[str, int]:
         rows = await self.db.query("stream_writer_promises", "SELECT name, position FROM stream_writers")
@@ -116,7 +130,8 @@ class StreamWriterStore:
         """A writer's promise outside a batch (at start-up, and before announcing one that
         passed a failed event's position). @raise WriterFenced: another writer retired it."""
         try:
-            await self.db.run_interaction("save_stream_writer", save_promise_txn, name, position)
+            epoch = self._epochs.get(name, 0)
+            await self.db.run_interaction("save_stream_writer", save_promise_txn, name, position, epoch)
         except Exception as error:
             if is_fenced(error):
                 raise WriterFenced(name) from error
@@ -126,7 +141,11 @@ class StreamWriterStore:
         """`name` stopped gracefully with nothing in flight: its promise is `position`.
         @raise WriterFenced: another writer retired it first (its promise is not to be
         announced: what it would claim is saved nowhere)."""
-        if await self.db.execute("retire_stream_writer", _RETIRE, name, position, position) == 0:
+        sql, args = _RETIRE, [name, position, position]
+        if self.db.dialect == "postgres":
+            sql, args = _RETIRE_EPOCH, [*args, self._epochs.get(name, 0)]
+        retired = await self.db.execute("retire_stream_writer", sql, *args)
+        if retired == 0:
             raise WriterFenced(name)
 
     async def fence(self, name: str) -> int | None:
@@ -141,6 +160,9 @@ class StreamWriterStore:
         of each retired writer, as saved now."""
         return await self.db.run_interaction("carry_retired_writers", _carry_txn, position)
 
-    async def rejoin(self, name: str) -> None:
-        """`name` writes again: from now on no other writer moves its promise."""
-        await self.db.run_interaction("rejoin_stream_writer", _rejoin_txn, name)
+    async def rejoin(self, name: str) -> int:
+        """`name` writes again: from now on no other writer moves its promise, and no earlier
+        instance of it saves anything. The epoch its saves name (PostgreSQL; 0 elsewhere)."""
+        epoch: int = await self.db.run_interaction("rejoin_stream_writer", _rejoin_txn, name)
+        self._epochs[name] = epoch
+        return epoch

@@ -40,7 +40,7 @@ class WriterPositions:
     or failed; requests settle in the order they were queued.
     """
 
-    __slots__ = ("name", "index", "count", "allocated", "_next", "_in_flight")
+    __slots__ = ("name", "index", "count", "epoch", "allocated", "_next", "_in_flight")
 
     def __init__(self, name: str = "main", index: int = 0, count: int = 1, start_after: int = 0) -> None:
         if not 0 <= index < count:
@@ -48,6 +48,7 @@ class WriterPositions:
         self.name = name
         self.index = index
         self.count = count
+        self.epoch = 0  # of this writer's start, named by its saves (storage/stream_writers.py)
         self._next = self._first_above(start_after)
         self.allocated = 0  # positions handed out so far (whether the writer is idle)
         # First positions of the requests queued or committing, oldest first.

@@ -31,7 +31,7 @@ once: the timeline cache, sync, sliding sync, unread counts and the notifier rea
 - A writer killed with SIGKILL (or stopped, or cut off) announced nothing: once it has been
   silent on the bus for SILENT_S and its lock is free, another writer **fences** it
   (workers/writer_fence.py): retires it in its place, in a transaction holding its lock,
-  and carries it like one that retired. Its saves then match no row (sql/099), so a writer
+  and carries it like one that retired. Its saves then match no row (sql/099, 100), so a writer
   that was only slow stores nothing more and exits (`on_fenced`) to be restarted.
 - An idle writer (nothing allocated for a heartbeat) promises AHEAD positions past the others'
   newest event, saved before announced, and renews that when they come within half of it: their
@@ -217,13 +217,14 @@ class EventReplication:
     async def start(self) -> int:
         """Load where each writer stands; return the position this process's stream starts at
         (everything up to it is committed, and read from the database by whoever needs it)."""
+        epoch = 0  # of this writer's start: an earlier instance still running saves nothing
         if self.persister is not None:
             if self.lock is not None:
                 # Before anything is saved: while it is held, no one fences this writer.
                 await self.lock.hold()
             # Back from a graceful stop (or fenced): nobody carries this writer's promise from
             # here on, so what is saved below bounds what was ever announced for it.
-            await self.promises.rejoin(self.me)
+            epoch = await self.promises.rejoin(self.me)
         newest = await self.events.max_stream_ordering()
         saved = await self.promises.promises()
         # A writer that never saved a promise has written nothing above the newest event.
@@ -243,6 +244,7 @@ class EventReplication:
             # (nothing of this run is committed yet).
             await self._fill_now(mine)
             persister.positions.name = self.me
+            persister.positions.epoch = epoch
             persister.save_promise = True
             await persister.start(max(newest, *saved.values(), *known.values()))
             persister.publish_to(self._committed_here)

@@ -12,7 +12,7 @@ until it restarts. The other writers may retire it in its place (fence it:
 
 Either alone would fence every writer at once: every lock goes with a PostgreSQL restart,
 every announcement with a Redis restart. Fencing a writer that was only slow costs it a
-restart, never an event: its saves match no row once it is retired (sql/099), so its commits
+restart, never an event: its saves match no row once it is retired (sql/099, 100), so its commits
 in flight roll back (their clients retry them, stored once), and it exits to be restarted.
 """
 

@@ -182,11 +182,11 @@ async def test_each_commit_saves_the_promise_it_leaves_and_publishes_after_it_mo
     two = persister.allocate_stream_ordering()
     persister.persist([_Item(two)])  # type: ignore[list-item]
     assert (one, two) == (1, 3)
-    assert store.writes == [([1], ("a", 2))]  # the request queued behind holds the promise at 2
+    assert store.writes == [([1], ("a", 2, 0))]  # the request queued behind holds the promise at 2
     assert persister.positions.promise == 0
     store.commits[0].callback(None)
     assert done_one.called
     assert published == [2]
-    assert store.writes[1] == ([3], ("a", 4))
+    assert store.writes[1] == ([3], ("a", 4, 0))
     store.commits[1].callback(None)
     assert published == [2, 4]

@@ -107,9 +107,10 @@ class Promises:
             self.saved[name] = max(self.saved[name], position)
         return [(name, at, self.saved[name]) for name, at in self.retired_at.items()]
 
-    async def rejoin(self, name: str) -> None:
+    async def rejoin(self, name: str) -> int:
         self.retired_at.pop(name, None)
         self.fenced.discard(name)
+        return 0
 
     async def fence(self, name: str) -> int | None:
         if name in self.locked or name not in self.saved:

@@ -1,0 +1,20 @@
+-- Each start of an event writer is a new epoch of its row (ADR 0008, "A dead writer is
+-- fenced"): `rejoin` counts it up, and every save of the writer names the epoch it started
+-- in. A fenced writer that is still running (stopped, cut off) while its replacement has
+-- started and rejoined finds its row not retired any more; without the epoch its saves would
+-- match again and its commits land below what readers have already passed.
+ALTER TABLE stream_writers ADD COLUMN epoch BIGINT NOT NULL DEFAULT 0;
+
+DROP FUNCTION stream_writer_save(TEXT, BIGINT);
+
+CREATE FUNCTION stream_writer_save(writer TEXT, promise BIGINT, writer_epoch BIGINT) RETURNS VOID AS $$
+BEGIN
+    INSERT INTO stream_writers AS w (name, position, epoch) VALUES (writer, promise, writer_epoch)
+    ON CONFLICT (name) DO UPDATE SET position = GREATEST(w.position, excluded.position)
+    WHERE w.retired_at IS NULL AND w.epoch = writer_epoch;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'event writer % was fenced: another writer retired it, or it was started again', writer
+            USING ERRCODE = 'HSF01';
+    END IF;
+END
+$$ LANGUAGE plpgsql;
