@@ -5,8 +5,6 @@
 -- match again and its commits land below what readers have already passed.
 ALTER TABLE stream_writers ADD COLUMN epoch BIGINT NOT NULL DEFAULT 0;
 
-DROP FUNCTION stream_writer_save(TEXT, BIGINT);
-
 CREATE FUNCTION stream_writer_save(writer TEXT, promise BIGINT, writer_epoch BIGINT) RETURNS VOID AS $$
 BEGIN
     INSERT INTO stream_writers AS w (name, position, epoch) VALUES (writer, promise, writer_epoch)
@@ -16,5 +14,13 @@ BEGIN
         RAISE EXCEPTION 'event writer % was fenced: another writer retired it, or it was started again', writer
             USING ERRCODE = 'HSF01';
     END IF;
+END
+$$ LANGUAGE plpgsql;
+
+-- A writer of the previous version, still running during an upgrade, names no epoch: it is
+-- the first (0), refused once an upgraded instance of it has started (503, exit 75).
+CREATE OR REPLACE FUNCTION stream_writer_save(writer TEXT, promise BIGINT) RETURNS VOID AS $$
+BEGIN
+    PERFORM stream_writer_save(writer, promise, 0);
 END
 $$ LANGUAGE plpgsql;

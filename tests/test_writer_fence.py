@@ -229,3 +229,11 @@ async def test_an_earlier_instance_stores_nothing_once_the_writer_restarted(
     assert (await new.promises())["w1"] == 25
     await new.save("w1", 27)
     lock.close()
+    # A writer of the previous version (no epoch named) is the first instance: refused too.
+    conn = raw(pg_url)
+    try:
+        with conn.cursor() as cur, pytest.raises(psycopg2.Error) as refused:
+            cur.execute("SELECT stream_writer_save('w1', 29)")
+        assert refused.value.pgcode == "HSF01"
+    finally:
+        conn.close()
