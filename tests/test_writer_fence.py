@@ -237,3 +237,57 @@ async def test_an_earlier_instance_stores_nothing_once_the_writer_restarted(
         assert refused.value.pgcode == "HSF01"
     finally:
         conn.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_writer_stopped_inside_a_transaction_does_not_block_its_fence(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer stopped between its promise save and its COMMIT holds its row: PostgreSQL
+    ends that session after IDLE_IN_TRANSACTION_S (its save rolls back with it), and the
+    fence goes through, instead of timing out at every heartbeat while the writer is away."""
+    import homeserver.storage.database as database
+
+    monkeypatch.setattr(database, "IDLE_IN_TRANSACTION_S", 1.0)
+    db = Database(engine_from_url(pg_url, 1, 4))
+    stopped = threading.Event()
+    try:
+        store = await setup(db)
+
+        def save_then_stop(txn: Any) -> None:
+            txn.execute("SELECT stream_writer_save('w1', 31, 0)")  # holds w1's row
+            stopped.wait(30)  # the process stopped (SIGSTOP) before its COMMIT
+            txn.execute("SELECT 1")
+
+        paused = Deferred.fromCoroutine(db.run_interaction("t", save_then_stop))
+        await until_waiting_in_transaction(db)
+        fenced_at = None
+        for _ in range(5):  # each try waits up to its 2 s lock timeout
+            try:
+                fenced_at = await store.fence("w1")
+                break
+            except psycopg2.errors.LockNotAvailable:
+                continue
+        assert fenced_at == 10  # the stopped save was rolled back with its session
+        assert not stopped.is_set()
+    finally:
+        stopped.set()
+        try:
+            await paused
+        except psycopg2.Error:
+            pass  # its session is gone: the resumed transaction fails, as it must
+        db.close()
+
+
+async def until_waiting_in_transaction(db: Database) -> None:
+    from twisted.internet import reactor
+
+    for _ in range(500):
+        rows = await db.query(
+            "t",
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction' AND datname = current_database()",
+        )
+        if rows[0][0]:
+            return
+        await deferLater(reactor, 0.01, lambda: None)
+    raise AssertionError("no session stayed inside its transaction")

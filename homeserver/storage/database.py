@@ -32,6 +32,12 @@ R = TypeVar("R")
 
 # A transaction slower than this is logged with its name.
 SLOW_TRANSACTION_S = 0.5
+# PostgreSQL ends a pooled session left inside a transaction this long (its process stopped
+# or cut off between two statements): the row locks it holds (an event writer's own
+# `stream_writers` row) would otherwise block a fence of that writer until TCP gives up,
+# hours later. The same as a writer's lease (storage/writer_lock.py LEASE_S); our
+# transactions never idle between statements for more than milliseconds.
+IDLE_IN_TRANSACTION_S = 10.0
 
 # Exact types that JSON carries to PostgreSQL unchanged (a str subclass or a float goes
 # the VALUES way: a float's JSON text would not cast to an integer column as it assigns).
@@ -305,7 +311,12 @@ class PostgresEngine(Engine):
     def _connect(self) -> "_PgConnection":
         import psycopg2
 
-        return _PgConnection(psycopg2.connect(dsn=self.url))
+        conn = _PgConnection(psycopg2.connect(dsn=self.url))
+        with conn.raw.cursor() as cursor:
+            cursor.execute(
+                "SET idle_in_transaction_session_timeout = %s", (int(IDLE_IN_TRANSACTION_S * 1000),)
+            )
+        return conn
 
     @staticmethod
     def _is_disconnect(error: BaseException, conn: Any) -> bool:
