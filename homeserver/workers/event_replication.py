@@ -415,19 +415,28 @@ class EventReplication:
     async def _save_promise(self) -> None:
         assert self.persister is not None
         self._saving = True
-        promise = self.persister.positions.promise
+        try:
+            saved = await self._save(
+                self.persister.positions.promise,
+                "could not save the promise of {me}; the next heartbeat tries again",
+            )
+        finally:
+            self._saving = False
+        if saved:
+            self._announce()
+
+    async def _save(self, promise: int, failed: str) -> bool:
+        """Save this writer's promise; whether it is saved (fenced: the writer stops)."""
         try:
             await self.promises.save(self.me, promise)
         except WriterFenced:
             self._fenced()
-            return
+            return False
         except Exception:
-            log_failure(log, "could not save the promise of {me}; the next heartbeat tries again", me=self.me)
-            return
-        finally:
-            self._saving = False
+            log_failure(log, failed, me=self.me)
+            return False
         self._saved = max(self._saved, promise)
-        self._announce()
+        return True
 
     def _send(self, items: list[PersistItem], promise: int, retired: bool = False) -> None:
         """Publish this writer's batch to the others, and take it here like theirs."""
@@ -471,16 +480,11 @@ class EventReplication:
         self._reaching = True
         try:
             # Saved before announced: killed after, it restarts above it (ADR 0008).
-            await self.promises.save(self.me, target)
-        except WriterFenced:
-            self._fenced()
-            return
-        except Exception:
-            log_failure(log, "could not save the promise ahead of {me}", me=self.me)
-            return
+            saved = await self._save(target, "could not save the promise ahead of {me}")
         finally:
             self._reaching = False
-        self._saved = max(self._saved, target)
+        if not saved:
+            return
         # Events allocated meanwhile stay below it, in flight: the promise waits for them.
         self.persister.positions.skip_past(target)
         self._announce()
