@@ -699,6 +699,7 @@ class HomeServer:
             self.room_heads,
             self.timeline,
             self.sync.encoded.invalidate,
+            self.search_index,
         )
         self.erasure.on_user_erased.append(self.exports.delete_exports_of)
         self.erasure.on_user_erased.append(self.pushers.remove_all)

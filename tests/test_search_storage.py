@@ -37,3 +37,18 @@ async def test_index_batches_repeats_and_removals(storage: Storage) -> None:
     await storage.search.index([row(4, "apples again")], ["$e1", "$e3"])
     assert await found(storage, "apples") == ["$e4", "$e2"]
     assert await found(storage, "cherries") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_messages_of_an_erased_sender_are_not_indexed(storage: Storage) -> None:
+    """The indexer writes events as they were committed: once their sender is erased, a
+    write that comes after the erasure pruned them must not put their text back. A room's
+    name or topic is the room's and is still indexed."""
+    await storage.gdpr.mark_erased("@a:example.org", 1)
+    topic = SearchRow("$t", ROOM, "@a:example.org", "m.room.topic", "content.topic", 2, 1002, "apples topic")
+    other = SearchRow("$o", ROOM, "@b:example.org", "m.room.message", "content.body", 3, 1003, "apples too")
+    await storage.search.index([row(1, "apples and pears"), topic, other], [])
+    hits = await storage.search.search(
+        ["apples"], [ROOM], ["content.body", "content.topic"], False, None, 0, 10
+    )
+    assert [h.event_id for h in hits] == ["$o", "$t"]

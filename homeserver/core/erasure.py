@@ -25,6 +25,7 @@ from twisted.logger import Logger
 
 from homeserver.core.accounts import AccountService
 from homeserver.core.clock import Clock
+from homeserver.core.event_stream import ConsumedOnOneProcess
 from homeserver.core.room_heads import RoomHeads
 from homeserver.core.rooms import RoomService
 from homeserver.core.timeline_cache import TimelineCache
@@ -36,6 +37,8 @@ log = Logger()
 
 # Events pruned per transaction: a long history is erased in pages, never in one lock.
 PAGE = 200
+# How long an erasure waits for the search index to take in what was committed before it.
+INDEX_WAIT_S = 30.0
 
 
 class ErasureService:
@@ -48,6 +51,7 @@ class ErasureService:
         heads: RoomHeads,
         timeline: TimelineCache,
         forget_encoded: Callable[[str], None],
+        search_index: ConsumedOnOneProcess,
     ) -> None:
         self.storage = storage
         self.clock = clock
@@ -56,6 +60,7 @@ class ErasureService:
         self.heads = heads
         self.timeline = timeline
         self._forget_encoded = forget_encoded
+        self.search_index = search_index
         # Called with the user id once the core's part is done (plugins: PluginApi.on_user_erased).
         self.on_user_erased: list[Callable[[str], Awaitable[None]]] = []
 
@@ -65,6 +70,7 @@ class ErasureService:
         await self.accounts.deactivate(user_id)
         await self.storage.gdpr.mark_erased(user_id, self.clock.time_ms())
         await self._leave_rooms(user_id)
+        await self._wait_for_search_index(user_id)
         pruned = await self._prune_events(user_id)
         await self.storage.gdpr.delete_personal_rows(user_id)
         for listener in self.on_user_erased:
@@ -121,6 +127,14 @@ class ErasureService:
         for ev, pdu, unsigned in changes:
             self._prune_cached(ev, pdu, unsigned)
         return len(changes)
+
+    async def _wait_for_search_index(self, user_id: str) -> None:
+        """The indexer writes events as they were committed, and may be behind: pruning
+        deletes their index rows, so it waits until the indexer has written what was committed
+        before now. An index write begun after the erasure was marked skips the user's messages
+        (storage/search.py): nothing written later brings their text back."""
+        if not await self.search_index.caught_up(INDEX_WAIT_S):
+            log.warn("erasure of {user_id}: the search index is still behind", user_id=user_id)
 
     def _prune_cached(self, ev: StoredEvent, pdu: dict[str, Any], unsigned: dict[str, Any]) -> None:
         """The copies in memory: the recent timeline, the room's current state, the encoded JSON."""

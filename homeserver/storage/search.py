@@ -16,6 +16,10 @@ from homeserver.storage.database import Database, Txn
 
 # Longer texts are indexed by their start (a tsvector is capped at 1 MB).
 MAX_INDEXED_CHARS = 65_536
+# The indexed type whose content goes when its sender is erased (core/erasure.py; room
+# names and topics are the room's and stay). The indexer hands over events as they were
+# committed, so a write skips these once the sender is marked erased.
+ERASED_WITH_SENDER = "m.room.message"
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +88,7 @@ def _index_pg_txn(txn: Txn, rows: Sequence[SearchRow], removed: Sequence[str]) -
                 " u.stream_ordering, u.ts, to_tsvector('english', u.text) FROM unnest(?::text[],"
                 " ?::text[], ?::text[], ?::text[], ?::text[], ?::bigint[], ?::bigint[], ?::text[])"
                 " AS u(event_id, room_id, sender, type, key, stream_ordering, ts, text)"
+                " WHERE NOT (u.type = ? AND EXISTS (SELECT 1 FROM erased_users x WHERE x.user_id = u.sender))"
                 " ON CONFLICT (event_id) DO UPDATE SET vector = excluded.vector",
                 (
                     [r.event_id for r in latest],
@@ -94,6 +99,7 @@ def _index_pg_txn(txn: Txn, rows: Sequence[SearchRow], removed: Sequence[str]) -
                     [r.stream_ordering for r in latest],
                     [r.origin_server_ts for r in latest],
                     [r.text[:MAX_INDEXED_CHARS] for r in latest],
+                    ERASED_WITH_SENDER,
                 ),
             )
         if removed:
@@ -102,6 +108,10 @@ def _index_pg_txn(txn: Txn, rows: Sequence[SearchRow], removed: Sequence[str]) -
 
 def _index_sqlite_txn(txn: Txn, rows: Sequence[SearchRow], removed: Sequence[str]) -> None:
     for row in rows:
+        if row.event_type == ERASED_WITH_SENDER and txn.query_one(
+            "SELECT 1 FROM erased_users WHERE user_id = ?", (row.sender,)
+        ):
+            continue
         # Replaced whole when handed over again (a durable consumer's repeat after a crash).
         txn.execute("DELETE FROM event_search_fts WHERE rowid = ?", (row.stream_ordering,))
         txn.execute(
