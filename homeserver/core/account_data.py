@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from homeserver.core.room_heads import RoomHeads
@@ -75,6 +75,10 @@ class AccountDataService:
 
     async def get(self, user_id: str, room_id: str, data_type: str) -> dict[str, Any] | None:
         return await self.storage.user_data.get_account_data(user_id, room_id, data_type)
+
+    async def get_global_many(self, user_ids: Sequence[str], data_type: str) -> dict[str, dict[str, Any]]:
+        """Each of these users' global account data of one type, by user (those that have it)."""
+        return await self.storage.user_data.global_account_data_many(user_ids, data_type)
 
     async def rooms_with(self, user_id: str, data_type: str) -> dict[str, dict[str, Any]]:
         """The user's room account data of one type, by room (e.g. every room's m.tag)."""

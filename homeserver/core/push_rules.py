@@ -9,14 +9,15 @@ user's `enabled` and `actions` for each, so a server with newer defaults shows t
 everyone without rewriting anybody's data.
 
 Each user's ruleset is compiled once (core/push_eval.py) and kept; users who never edited
-their rules share one compiled program.
+their rules share one compiled program. Programs for many users at once (`programs`: a batch
+of unread-count loads) read the stored rulesets of those not kept in one query.
 """
 
 from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import DeferredLock
@@ -349,6 +350,7 @@ class PushRuleService:
         self._stored: set[str] | None = None
         # Told (user_id) after a user's rules changed: counts computed with the old ones are stale.
         self.on_change: list[Any] = []
+        self._edits = 0  # rulesets stored so far: a read that overlapped one keeps nothing
 
     async def start(self) -> None:
         self._stored = await self.account_data.storage.user_data.users_with_account_data("m.push_rules")
@@ -368,17 +370,36 @@ class PushRuleService:
     # Compiled programs ----------------------------------------------------------------------
 
     async def program(self, user_id: str) -> Program:
-        found = self.cached_programs.get(user_id)
-        if found is not None:
-            self.cached_programs.move_to_end(user_id)
-            return found
-        if self._stored is not None and user_id not in self._stored:
-            stored = None
-        else:
-            stored = await self.account_data.get(user_id, "", "m.push_rules")
-        program = self._compile(user_id, stored)
-        self._remember(user_id, program)
-        return program
+        return (await self.programs([user_id]))[user_id]
+
+    async def programs(self, user_ids: Iterable[str]) -> dict[str, Program]:
+        """Each user's compiled rules; those not kept are read in one query."""
+        out: dict[str, Program] = {}
+        to_read: list[str] = []
+        for user_id in dict.fromkeys(user_ids):
+            found = self.cached_programs.get(user_id)
+            if found is not None:
+                self.cached_programs.move_to_end(user_id)
+                out[user_id] = found
+            elif self._stored is not None and user_id not in self._stored:
+                out[user_id] = self.default_program
+                self._remember(user_id, self.default_program)
+            else:
+                to_read.append(user_id)
+        if not to_read:
+            return out
+        edits = self._edits
+        stored = await self.account_data.get_global_many(to_read, "m.push_rules")
+        for user_id in to_read:
+            if self._edits != edits:
+                # An edit stored meanwhile may be newer than what was read: never keep the
+                # older rules over the ones the edit kept.
+                found = self.cached_programs.get(user_id)
+                out[user_id] = found if found is not None else self._compile(user_id, stored.get(user_id))
+                continue
+            out[user_id] = self._compile(user_id, stored.get(user_id))
+            self._remember(user_id, out[user_id])
+        return out
 
     def _compile(self, user_id: str, stored: Any) -> Program:
         if stored is None:
@@ -454,6 +475,7 @@ class PushRuleService:
             if self._stored is not None:
                 self._stored.add(user_id)
             self._remember(user_id, self._compile(user_id, ruleset))
+            self._edits += 1
         finally:
             lock.release()
             if not lock.locked and not lock.waiting:

@@ -8,6 +8,9 @@ from typing import Any
 
 from homeserver.storage.database import Database, Txn
 
+# Users per `IN (...)` list: within SQLite's oldest parameter limit (999).
+_IN_CHUNK = 500
+
 
 class UserDataStore:
     def __init__(self, db: Database) -> None:
@@ -53,6 +56,25 @@ class UserDataStore:
             data_type,
         )
         return json.loads(rows[0][0]) if rows else None
+
+    async def global_account_data_many(
+        self, user_ids: Sequence[str], data_type: str
+    ) -> dict[str, dict[str, Any]]:
+        """user id -> content of the global account data of `data_type` of each of these users
+        that has it (one query: a batch of unread-count loads reads its users' push rules so)."""
+        out: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(user_ids), _IN_CHUNK):
+            chunk = user_ids[start : start + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows = await self.db.query(
+                "global_account_data_many",
+                "SELECT user_id, content FROM account_data WHERE room_id = '' AND type = ?"
+                f" AND user_id IN ({marks})",
+                data_type,
+                *chunk,
+            )
+            out.update((r[0], json.loads(r[1])) for r in rows)
+        return out
 
     async def room_account_data_of_type(self, user_id: str, data_type: str) -> dict[str, dict[str, Any]]:
         """room id -> content of the user's room account data of `data_type`."""
