@@ -521,7 +521,9 @@ class HomeServer:
         self.presence.audience = self._presence_audience
         self.delivery = DeliveryTracker(self.storage, self.clock)
         self.push_rules = PushRuleService(self.account_data)
-        self.unread = UnreadCounter(self.storage, self.room_heads, self.push_rules, self.ignored_users)
+        self.unread = UnreadCounter(
+            self.storage, self.room_heads, self.push_rules, self.ignored_users, self.stream
+        )
         self.unread.push_owners = self.pushers.owners
         self.receipts.on_read = self.unread.forget
         self.keys = KeyService(self.storage, self.clock, self.notifier, self.uia)

@@ -601,9 +601,9 @@ async def test_unread_events_many_reads_each_pair_as_alone(storage: Storage) -> 
     await storage.user_data.put_receipt(rooms[1].room_id, "m.read.private", CAROL, "main", read, 12, 2, NOW)
     member = ["m.room.member"]
 
-    def read_one(txn: Txn, q: UnreadQuery, limit: int) -> list[EventRow]:
+    def read_one(txn: Txn, q: UnreadQuery, limit: int, upto: int) -> list[EventRow]:
         out: list[EventRow] = []
-        _unread_one(txn, q, q.skip_types, q.skip_senders, limit, out)  # one pair's own statements
+        _unread_one(txn, q, q.skip_types, q.skip_senders, limit, upto, out)  # one pair's own statements
         return out
 
     queries = [
@@ -614,11 +614,16 @@ async def test_unread_events_many_reads_each_pair_as_alone(storage: Storage) -> 
         UnreadQuery(BOB, rooms[1].room_id, member, [CAROL]),
         UnreadQuery(BOB, rooms[0].room_id),
     ]
-    for limit in (1000, 2):
-        many = await store.unread_events_many(queries, limit)
-        alone = [await storage.db.run_interaction("read_one", read_one, q, limit) for q in queries]
+    top = positions[0]
+    for limit, upto in ((1000, top), (2, top), (1000, read_at - 1)):
+        many = await store.unread_events_many(queries, limit, upto)
+        alone = [await storage.db.run_interaction("read_one", read_one, q, limit, upto) for q in queries]
         assert many == alone
-    many = await store.unread_events_many(queries, 1000)
+        assert all(r.stream_ordering <= upto for rows in many for r in rows)
+    # Bounded below the first room's last event (Dan's invite): it and the whole second room,
+    # written after, are left out (what a reader's position had not reached yet).
+    assert [len(rows) for rows in many] == [1, 6, 8, 0, 0, 1]
+    many = await store.unread_events_many(queries, 1000, top)
     assert [len(rows) for rows in many] == [2, 6, 9, 3, 4, 2]
     # Dan's invite is a member event with his state key: kept though member events are skipped.
     assert any(json.loads(r.json)["type"] == "m.room.member" for r in many[2])

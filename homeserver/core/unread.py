@@ -10,6 +10,15 @@ storm (every member's first message in a room) costs a few reads, not one each. 
 read receipt, or when the user's rules change, the entry is dropped and loaded afresh on
 the next read.
 
+While a load's read runs, the room moves on. The read is bounded by the stream position
+taken before it: everything up to there was published before the load began (the inline
+pass skipped it, no entry yet) and is committed, so the read sees it; what is published
+after, the inline pass keeps for the pairs being loaded and they evaluate it, as if read,
+when the read lands. Each message is counted once, whichever event writer committed it and
+whenever the read's snapshot was taken. A receipt, rule or ignore-list change, or retention
+that reaches a pair while its read runs makes that read stale: the pair is read again
+(before its askers are answered) rather than kept with what it counted before.
+
 The inline pass evaluates each committed event once per joined member that has counts in
 memory (core/push_eval.py shares the event's work between them). When a push plugin asks
 for decisions (`push_decisions`), the pass also keeps, per recent event, which of the
@@ -23,12 +32,14 @@ no one who ignores their sender: per event, the pass looks up once who ignores t
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from dataclasses import dataclass
+from collections import OrderedDict, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from homeserver.core.event_stream import EventStream
 from homeserver.core.ignored_users import IgnoredUsers
 from homeserver.core.push_eval import NO_MATCH, EventFacts, Outcome, Plan, Program
 from homeserver.core.push_rules import PushRuleService
@@ -102,11 +113,30 @@ class Decision:
     outcome: Outcome
 
 
+@dataclass(slots=True)
+class _Load:
+    """One read in flight: the stream position it is bounded by, the events of its rooms
+    published since (the newest MAX_COUNTED per room; `overflowed`: older ones were let go),
+    and its pairs overtaken by a receipt or a rule change (`stale`: read again)."""
+
+    upto: int
+    keys: frozenset[tuple[str, str]]
+    rooms: dict[str, deque[StoredEvent]]
+    overflowed: set[str] = field(default_factory=set)
+    stale: set[tuple[str, str]] = field(default_factory=set)
+
+
 class UnreadCounter:
     def __init__(
-        self, storage: Storage, heads: RoomHeads, rules: PushRuleService, ignored: IgnoredUsers
+        self,
+        storage: Storage,
+        heads: RoomHeads,
+        rules: PushRuleService,
+        ignored: IgnoredUsers,
+        stream: EventStream,
     ) -> None:
         self.storage = storage
+        self.stream = stream
         self.heads = heads
         self.rules = rules
         self.ignored = ignored
@@ -127,6 +157,7 @@ class UnreadCounter:
         self._waiters: dict[tuple[str, str], list[Deferred[Counts]]] = {}
         self._to_load: list[tuple[str, str]] = []
         self._loading = False
+        self._reads: list[_Load] = []  # in flight (one at a time, as loads are sequential)
 
     # Counts -------------------------------------------------------------------------------
 
@@ -177,7 +208,10 @@ class UnreadCounter:
         finally:
             self._loading = False
 
-    def _deliver(self, key: tuple[str, str], entry: Counts) -> None:
+    def _deliver(self, key: tuple[str, str], entry: Counts | None) -> None:
+        if entry is None:  # overtaken by a receipt or a rule change: read again, askers wait
+            self._to_load.append(key)
+            return
         self._keep_entry(key, entry)
         for waiter in self._waiters.pop(key, []):
             waiter.callback(entry)
@@ -186,29 +220,67 @@ class UnreadCounter:
         for waiter in self._waiters.pop(key, []):
             waiter.errback(failure)
 
-    async def _load(self, keys: list[tuple[str, str]]) -> list[Counts]:
-        """Count each (user, room) afresh from the database, in one read."""
-        programs = {user_id: await self.rules.program(user_id) for user_id, _ in keys}
-        # Heads first: once the read returns the entries are kept at once, for an event
-        # committed in between would be in neither (the inline pass counts kept entries only).
-        heads = {room_id: await self.heads.get(room_id) for room_id in dict.fromkeys(r for _, r in keys)}
-        queries = [
-            UnreadQuery(u, r, sorted(programs[u].silent_types), sorted(self.ignored.now(u))) for u, r in keys
-        ]
-        rows = await self.storage.events.unread_events_many(queries, MAX_COUNTED)
-        out = []
-        for (user_id, room_id), events in zip(keys, rows, strict=True):
-            head = heads[room_id]
+    async def _load(self, keys: list[tuple[str, str]]) -> list[Counts | None]:
+        """Count each (user, room) afresh from the database, in one read; None for a pair a
+        receipt or rule change reached meanwhile (to be read again)."""
+        rooms = list(dict.fromkeys(r for _, r in keys))
+        # Taken before anything is awaited: from here on, on_committed keeps these rooms'
+        # events, and the read stops at this position.
+        load = _Load(self.stream.position, frozenset(keys), {r: deque(maxlen=MAX_COUNTED) for r in rooms})
+        self._reads.append(load)
+        try:
+            programs = await self.rules.programs(u for u, _ in keys)
+            heads = {room_id: await self.heads.get(room_id) for room_id in rooms}
+            queries = [
+                UnreadQuery(u, r, sorted(programs[u].silent_types), sorted(self.ignored.now(u)))
+                for u, r in keys
+            ]
+            rows = await self.storage.events.unread_events_many(queries, MAX_COUNTED, load.upto)
+        finally:
+            self._reads.remove(load)
+        # From here to keeping the entries nothing is awaited: no event falls between.
+        out: list[Counts | None] = []
+        for q, events in zip(queries, rows, strict=True):
+            key = (q.user_id, q.room_id)
+            if key in load.stale:
+                out.append(None)
+                continue
+            head = heads[q.room_id]
             entry = Counts()
             if head is not None:
+                newer = self._counted_by_read(q, programs[q.user_id], load.rooms[q.room_id])
+                # The newest MAX_COUNTED in all: those published since the position, then the
+                # read's (none if more came since than are kept: older ones were let go).
+                room_full = q.room_id in load.overflowed
+                events = [] if room_full else events[: max(0, MAX_COUNTED - len(newer))]
                 members = len(head.members("join"))
-                for row in reversed(events):
-                    facts, thread = self._facts_of_row(row, head, members)
-                    outcome = programs[user_id].evaluate(facts, user_id)
+                program = programs[q.user_id]
+                counted = [self._facts_of_row(row, head, members) for row in reversed(events)]
+                counted += [self._facts_of_event(ev, head, members) for ev in newer]
+                for facts, thread in counted:
+                    outcome = program.evaluate(facts, q.user_id)
                     if outcome.notify:
                         entry.add(outcome.highlight, thread)
             out.append(entry)
         return out
+
+    @staticmethod
+    def _counted_by_read(
+        q: UnreadQuery, program: Program, events: Iterable[StoredEvent]
+    ) -> list[StoredEvent]:
+        """The events that the read of `q` would have returned, had they been in its snapshot
+        (storage: `unread_events_many`), oldest first; at most the newest MAX_COUNTED."""
+        user_id = q.user_id
+        skip_senders = set(q.skip_senders)
+        silent = program.silent_types
+        kept = [
+            ev
+            for ev in events
+            if ev.sender != user_id
+            and ev.sender not in skip_senders
+            and (ev.type not in silent or ev.state_key == user_id)
+        ]
+        return kept[-MAX_COUNTED:]
 
     def _keep_entry(self, key: tuple[str, str], entry: Counts) -> None:
         # Never kept meanwhile: a pair has one load at a time (`_waiters`).
@@ -224,18 +296,26 @@ class UnreadCounter:
 
     def forget(self, user_id: str, room_id: str) -> None:
         """After a read receipt: count again from the new position next time."""
-        if self._counts.pop((user_id, room_id), None) is not None:
+        key = (user_id, room_id)
+        if self._counts.pop(key, None) is not None:
             self._unindex(user_id, room_id)
+        for load in self._reads:
+            if key in load.keys:
+                load.stale.add(key)
 
     def forget_room(self, room_id: str) -> None:
         """Drop every user's counts in the room (retention deleted events they counted)."""
         for user_id, room in [key for key in self._counts if key[1] == room_id]:
             self.forget(user_id, room)
+        for load in self._reads:
+            load.stale.update(key for key in load.keys if key[1] == room_id)
 
     def forget_user(self, user_id: str) -> None:
         """After the user's rules changed: every room's count again, with the new rules."""
         for room_id in self._by_user.pop(user_id, set()):
             self._counts.pop((user_id, room_id), None)
+        for load in self._reads:
+            load.stale.update(key for key in load.keys if key[0] == user_id)
 
     def _unindex(self, user_id: str, room_id: str) -> None:
         rooms = self._by_user.get(user_id)
@@ -254,6 +334,12 @@ class UnreadCounter:
         for item in items:
             ev = item.event
             room_id = ev.room_id
+            for load in self._reads:  # pairs being read, applied when their read lands
+                waiting = load.rooms.get(room_id)
+                if waiting is not None and ev.stream_ordering > load.upto:
+                    if len(waiting) == waiting.maxlen:
+                        load.overflowed.add(room_id)
+                    waiting.append(ev)
             head = self.heads.peek(room_id)
             if head is None:
                 continue
@@ -299,14 +385,15 @@ class UnreadCounter:
         """The event's facts, shared by every member evaluating it: the inline pass and the
         loads that follow it (a big room's members load their counts after the same events)
         evaluate each recent event's recipient-independent conditions once."""
-        found = self._recent_facts.get((ev.event_id, members))
-        if found is not None:
-            return found[0]
-        return self._remember_facts(ev, head, members)[0]
+        return self._facts_of_event(ev, head, members)[0]
 
     def _facts_of_row(self, row: EventRow, head: RoomHead, members: int) -> tuple[EventFacts, str | None]:
         found = self._recent_facts.get((row.event_id, members))
         return found if found is not None else self._remember_facts(row.decode(), head, members)
+
+    def _facts_of_event(self, ev: StoredEvent, head: RoomHead, members: int) -> tuple[EventFacts, str | None]:
+        found = self._recent_facts.get((ev.event_id, members))
+        return found if found is not None else self._remember_facts(ev, head, members)
 
     def _remember_facts(self, ev: StoredEvent, head: RoomHead, members: int) -> tuple[EventFacts, str | None]:
         entry = (EventFacts(ev.pdu, head.state, head.room_version, members), thread_of(ev))
@@ -345,11 +432,11 @@ class UnreadCounter:
     async def _evaluate(self, ev: StoredEvent, head: RoomHead, users: list[str]) -> list[Decision]:
         facts = EventFacts(ev.pdu, head.state, head.room_version, len(head.members("join")))
         ignorers = self.ignored.ignorers_of(ev.sender) or ()
+        users = [u for u in users if u not in ignorers]
+        programs = await self.rules.programs(users)
         out = []
         for user_id in users:
-            if user_id in ignorers:
-                continue
-            outcome = (await self.rules.program(user_id)).evaluate(facts, user_id)
+            outcome = programs[user_id].evaluate(facts, user_id)
             if outcome.notify:
                 out.append(Decision(user_id, outcome))
         return out

@@ -645,13 +645,16 @@ class EventStore:
             room_id,
         )
 
-    async def unread_events_many(self, queries: Sequence[UnreadQuery], limit: int) -> list[list[EventRow]]:
+    async def unread_events_many(
+        self, queries: Sequence[UnreadQuery], limit: int, upto: int
+    ) -> list[list[EventRow]]:
         """For each (user, room) of `queries`, in their order: up to `limit` newest events from
-        others after the user's read receipt (either kind), newest first: what the unread
-        counts are computed from. Events of the query's `skip_types` are left out unless their
-        state key is the user; so are those of its `skip_senders` (the users this one ignores).
-        One transaction; on PostgreSQL one statement per distinct (skip_types, skip_senders),
-        usually one in all (a burst of first loads after a restart: one query, not one each)."""
+        others after the user's read receipt (either kind) and up to stream position `upto`,
+        newest first: what the unread counts are computed from. Events of the query's
+        `skip_types` are left out unless their state key is the user; so are those of its
+        `skip_senders` (the users this one ignores). One transaction; on PostgreSQL one
+        statement per distinct (skip_types, skip_senders), usually one in all (a burst of first
+        loads after a restart: one query, not one each)."""
 
         def unread_txn(txn: Txn) -> list[list[EventRow]]:
             found: list[list[EventRow]] = [[] for _ in queries]
@@ -660,10 +663,10 @@ class EventStore:
                 groups.setdefault((tuple(q.skip_types), tuple(q.skip_senders)), []).append(i)
             for (skip_types, skip_senders), indexes in groups.items():
                 if txn.engine.name == "postgres":
-                    _unread_lateral(txn, queries, indexes, skip_types, skip_senders, limit, found)
+                    _unread_lateral(txn, queries, indexes, skip_types, skip_senders, limit, upto, found)
                 else:  # SQLite has no LATERAL; in-process, a query per pair costs no round trip
                     for i in indexes:
-                        _unread_one(txn, queries[i], skip_types, skip_senders, limit, found[i])
+                        _unread_one(txn, queries[i], skip_types, skip_senders, limit, upto, found[i])
             return found
 
         return await self.db.run_interaction("unread_events", unread_txn)
@@ -846,6 +849,7 @@ def _unread_one(
     skip_types: Sequence[str],
     skip_senders: Sequence[str],
     limit: int,
+    upto: int,
     out: list[EventRow],
 ) -> None:
     row = txn.query_one(
@@ -856,11 +860,12 @@ def _unread_one(
     after = int(row[0]) if row and row[0] is not None else 0
     rows = txn.query(
         f"SELECT {_EVENT_COLUMNS} FROM {_EVENT_FROM} WHERE e.room_id = ? AND e.stream_ordering > ?"
-        f" AND e.sender <> ?{_unread_skips(skip_types, skip_senders, '?')}{_ABOVE_FLOOR}"
-        " ORDER BY e.stream_ordering DESC LIMIT ?",
+        f" AND e.stream_ordering <= ? AND e.sender <> ?{_unread_skips(skip_types, skip_senders, '?')}"
+        f"{_ABOVE_FLOOR} ORDER BY e.stream_ordering DESC LIMIT ?",
         (
             q.room_id,
             after,
+            upto,
             q.user_id,
             *skip_types,
             *([q.user_id] if skip_types else []),
@@ -880,6 +885,7 @@ def _unread_lateral(
     skip_types: Sequence[str],
     skip_senders: Sequence[str],
     limit: int,
+    upto: int,
     found: list[list[EventRow]],
 ) -> None:
     """The pairs at `indexes` (sharing these skips) in one statement: each pair's newest
@@ -890,12 +896,13 @@ def _unread_lateral(
         "SELECT e.event_id, e.room_id, e.stream_ordering, e.json, e.unsigned_extra, r.event_id AS redacted_by"
         f" FROM {_EVENT_FROM} WHERE e.room_id = q.room_id AND e.stream_ordering > COALESCE("
         f"(SELECT MAX(c.event_stream_ordering) FROM receipts c WHERE c.room_id = q.room_id"
-        f" AND c.user_id = q.user_id AND c.{_READ_RECEIPT}), 0)"
+        f" AND c.user_id = q.user_id AND c.{_READ_RECEIPT}), 0) AND e.stream_ordering <= ?"
         f" AND e.sender <> q.user_id{_unread_skips(skip_types, skip_senders, 'q.user_id')}"
         f"{_above_floor('q.room_id')}"
         " ORDER BY e.stream_ordering DESC LIMIT ?) x ORDER BY q.i, x.stream_ordering DESC",
         (
             *[v for i in indexes for v in (queries[i].user_id, queries[i].room_id)],
+            upto,
             *skip_types,
             *skip_senders,
             limit,
