@@ -16,6 +16,7 @@ from homeserver.storage.events import (
     PersistItem,
     StoredEvent,
     UnreadQuery,
+    _few_superseded_delete,
     _superseded_delete,
     _unread_one,
 )
@@ -356,6 +357,21 @@ async def test_batch_of_several_rooms_moves_each_extremity_through_the_primary_k
     if storage.db.engine.name == "postgres":
         plan = " ".join(r[0] for r in await storage.db.query("plan", "EXPLAIN " + sql, *args))
         assert "event_forward_extremities_pkey" in plan and "Seq Scan" not in plan, plan
+        # A commit of a few messages deletes by pairs in a prepared statement: the plan it
+        # keeps (generic, for any values) looks up both columns of each pair.
+        sql, args = _few_superseded_delete([(rooms[0].room_id, "$a"), (rooms[1].room_id, "$b")])
+
+        def generic_plan(txn: Txn) -> list[tuple[Any, ...]]:
+            txn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+            txn.execute("PREPARE superseded AS " + storage.db.engine.part(sql, ())[0])
+            try:
+                return txn.query("EXPLAIN EXECUTE superseded(?, ?, ?, ?)", args)
+            finally:
+                txn.execute("DEALLOCATE superseded")
+
+        plan = " ".join(r[0] for r in await storage.db.run_interaction("plan", generic_plan))
+        assert "event_forward_extremities_pkey" in plan and "Seq Scan" not in plan, plan
+        assert "(room_id = $3) AND (event_id = $4)" in plan, plan
     else:
         plan = " ".join(str(r[3]) for r in await storage.db.query("plan", "EXPLAIN QUERY PLAN " + sql, *args))
         assert plan.startswith("SEARCH event_forward_extremities USING INDEX"), plan
@@ -628,3 +644,76 @@ async def test_unread_events_many_reads_each_pair_as_alone(storage: Storage) -> 
     # Dan's invite is a member event with his state key: kept though member events are skipped.
     assert any(json.loads(r.json)["type"] == "m.room.member" for r in many[2])
     assert not any(json.loads(r.json)["sender"] == ALICE for r in many[3])
+
+
+# One statement a commit (PostgreSQL) -------------------------------------------------------
+
+
+async def _history(storage: Storage) -> None:
+    """Batches of every kind a commit writes: a new room, messages with transaction ids, a
+    redaction, a reaction, a rejoin after a forget, few and many extremities superseded."""
+    store = storage.events
+    positions = [1]
+    rooms = [RoomBuilder(f"!r{i}:example.org", positions) for i in range(10)]
+    await store.persist_events(rooms[0].items(rooms[0].create(), new_room=True))
+    for room in rooms[1:]:
+        await store.persist_events(room.items(room.create(), new_room=True))
+    room = rooms[0]
+    message = room.event(ALICE, "m.room.message", {"body": "hi"})
+    await store.persist_events(room.items([message], txns={message.event_id: (ALICE, "D", "t1")}))
+    reaction = room.event(
+        BOB,
+        "m.reaction",
+        {"m.relates_to": {"rel_type": "m.annotation", "event_id": message.event_id, "key": "+1"}},
+    )
+    redaction = room.event(ALICE, "m.room.redaction", {}, redacts=message.event_id)
+    await store.persist_events(room.items([reaction, redaction]))
+    leave = room.event(ALICE, "m.room.member", {"membership": "leave"}, ALICE)
+    await store.persist_events(room.items([leave]))
+    await store.forget_room(ALICE, room.room_id)
+    join = room.event(ALICE, "m.room.member", {"membership": "join"}, ALICE)
+    await store.persist_events(room.items([join]))
+    # A message in each of three rooms (extremities by pairs), then in all ten (the other way).
+    few = [r.items([r.event(ALICE, "m.room.message", {"body": "few"})]) for r in rooms[:3]]
+    await store.persist_events([item for items in few for item in items])
+    many = [r.items([r.event(ALICE, "m.room.message", {"body": "many"})]) for r in rooms]
+    await store.persist_events([item for items in many for item in items])
+    again = room.event(ALICE, "m.room.message", {"body": "again"})
+    await store.persist_events(room.items([again], txns={again.event_id: (ALICE, "D", "t2")}))
+
+
+async def _rows(storage: Storage) -> dict[str, list[tuple[Any, ...]]]:
+    tables = (*TABLES, "event_forward_extremities", "forgotten_rooms")
+    return {t: sorted(await storage.db.query("rows", f"SELECT * FROM {t}")) for t in tables}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_commit_as_one_statement_stores_what_separate_statements_store(
+    pg_url: str, proxy: Any
+) -> None:
+    from homeserver.storage.migrations import migrate
+
+    stored = []
+    for one_statement in (True, False):
+        storage = Storage.from_url(proxy.url_for(pg_url))
+        storage.db.engine.fuses_writes = one_statement  # type: ignore[misc]
+        try:
+            if one_statement:
+                await migrate(storage.db)
+            sent = len(proxy.queries)
+            await _history(storage)
+            stored.append(await _rows(storage))
+            # What each one-message commit (transaction ids t1, t2) ran between BEGIN and
+            # COMMIT, its PREPAREs aside.
+            runs = [
+                [s for s in q.split(b";") if s not in (b"BEGIN", b"COMMIT") and not s.startswith(b"PREPARE")]
+                for q in proxy.queries[sent:]
+                if q.endswith(b";COMMIT") and (b'"D","t1"' in q or b'"D","t2"' in q)
+            ]
+            await storage.db.execute("wipe", f"TRUNCATE {', '.join(stored[-1])}")
+        finally:
+            storage.close()
+        assert len(runs) == 2
+        assert all(len(run) == (1 if one_statement else 6) for run in runs), runs
+    assert stored[0] == stored[1]
+    assert stored[0]["forgotten_rooms"] == [] and len(stored[0]["event_forward_extremities"]) == 10

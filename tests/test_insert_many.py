@@ -179,6 +179,38 @@ async def test_many_rows_in_one_call(db: Database) -> None:
     assert await db.query("read", "SELECT k, v FROM kv ORDER BY k") == sorted(rows)
 
 
+@pytest_twisted.ensureDeferred
+async def test_independent_writes_store_each_write(db: Database, values_path: list[str]) -> None:
+    """Writes made one statement on PostgreSQL (test_event_storage.py checks that a commit is
+    one) are each stored, `%`, `?` and `$1` in values included; rows JSON cannot carry (a
+    float) go their own way, in the same transaction."""
+    await insert(db, "kv", ("k", "v"), [("gone", "x"), ("kept", "y")])
+
+    def writes(txn: Txn, n: int) -> None:
+        with txn.batched(commit=True), txn.independent_writes():
+            txn.execute("DELETE FROM kv WHERE k = ? AND v <> '%'", (f"gone{n or ''}",))
+            txn.insert_many("kv", ("k", "v"), [(f"a{n}", "50% ?"), (f"b{n}", "$1")])
+            txn.insert_many("awkward", ("id", "f"), [(n, 0.5)])  # through execute_values
+            txn.insert_many("awkward", ("id", "t"), [(n + 100, "t")])
+
+    for n in range(3):
+        await db.run_write("writes", writes, n)
+    assert await db.query("read", "SELECT k, v FROM kv ORDER BY k") == sorted(
+        [*[(k, v) for n in range(3) for k, v in ((f"a{n}", "50% ?"), (f"b{n}", "$1"))], ("kept", "y")]
+    )
+    assert await db.query("read", "SELECT id, t, f FROM awkward ORDER BY id") == [
+        *[(n, None, 0.5) for n in range(3)],
+        *[(n + 100, "t", None) for n in range(3)],
+    ]
+    assert len(values_path) == (3 if db.dialect == "postgres" else 0)
+
+    # A failing write rolls back the others.
+    with pytest.raises(Exception) as caught:
+        await db.run_write("writes", writes, 1)
+    assert db.is_unique_violation(caught.value)
+    assert len(await db.query("read", "SELECT k FROM kv")) == 7
+
+
 # PostgreSQL only: the statement shapes and the per-engine cache ------------------------
 
 

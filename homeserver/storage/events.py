@@ -233,63 +233,71 @@ def persist_events_txn(
         for item in items
         if item.event.event_id not in named and item.extremity and not item.historical
     ]
-    superseded = sorted(named - batch_ids)
+    superseded = [(named_rooms[e], e) for e in sorted(named - batch_ids)]
+    # A few (a commit of a few messages) go into the one statement below on PostgreSQL.
+    few = txn.engine.name == "postgres" and len(superseded) <= _FEW_SUPERSEDED
     with txn.batched(commit=True):  # one round trip on PostgreSQL, COMMIT included
-        txn.insert_many("rooms", ("room_id", "room_version", "creator", "created_ts"), rooms)
-        for start in range(0, len(superseded), 500):
-            chunk = superseded[start : start + 500]
-            txn.execute(*_superseded_delete([(named_rooms[e], e) for e in chunk]))
-        txn.insert_many("event_forward_extremities", ("room_id", "event_id"), extremities)
-        txn.insert_many(
-            "events",
-            (
-                "event_id",
-                "room_id",
-                "stream_ordering",
-                "depth",
-                "type",
-                "state_key",
-                "sender",
-                "origin_server_ts",
-                "json",
-                "unsigned_extra",
-            ),
-            events,
-        )
-        txn.insert_many("event_edges", ("event_id", "prev_event_id"), edges)
-        txn.insert_many("event_auth", ("event_id", "auth_event_id"), auth)
-        # Portable upsert: both engines accept ON CONFLICT ... DO UPDATE.
-        txn.insert_many(
-            "current_state_events",
-            ("room_id", "type", "state_key", "event_id"),
-            [(*key, event_id) for key, event_id in state.items()],
-            "ON CONFLICT (room_id, type, state_key) DO UPDATE SET event_id = excluded.event_id",
-        )
-        txn.insert_many(
-            "room_memberships",
-            ("event_id", "room_id", "user_id", "sender", "membership", "stream_ordering"),
-            memberships,
-        )
+        if not few:
+            for start in range(0, len(superseded), 500):
+                txn.execute(*_superseded_delete(superseded[start : start + 500]))
         for user_id, room_id in rejoined:
             txn.execute("DELETE FROM forgotten_rooms WHERE user_id = ? AND room_id = ?", (user_id, room_id))
-        txn.insert_many(
-            "event_txn_ids", ("user_id", "device_id", "txn_id", "event_id", "created_ts"), txn_ids
-        )
-        txn.insert_many("redactions", ("event_id", "redacts", "room_id"), redactions)
-        txn.insert_many(
-            "event_relations",
-            (
-                "event_id",
-                "relates_to",
-                "rel_type",
-                "room_id",
-                "type",
-                "sender",
-                "aggregation_key",
-                "stream_ordering",
-            ),
-            relations,
-        )
+        # One statement on PostgreSQL: each write below touches rows of its own (the extremities
+        # deleted are named by the batch, those inserted are not), and a set of them of its own
+        # (one plan, prepared once per connection, for each set: a one-message commit is one).
+        with txn.independent_writes():
+            txn.insert_many("rooms", ("room_id", "room_version", "creator", "created_ts"), rooms)
+            if few and superseded:
+                txn.execute(*_few_superseded_delete(superseded))
+            txn.insert_many("event_forward_extremities", ("room_id", "event_id"), extremities)
+            txn.insert_many(
+                "events",
+                (
+                    "event_id",
+                    "room_id",
+                    "stream_ordering",
+                    "depth",
+                    "type",
+                    "state_key",
+                    "sender",
+                    "origin_server_ts",
+                    "json",
+                    "unsigned_extra",
+                ),
+                events,
+            )
+            txn.insert_many("event_edges", ("event_id", "prev_event_id"), edges)
+            txn.insert_many("event_auth", ("event_id", "auth_event_id"), auth)
+            # Portable upsert: both engines accept ON CONFLICT ... DO UPDATE.
+            txn.insert_many(
+                "current_state_events",
+                ("room_id", "type", "state_key", "event_id"),
+                [(*key, event_id) for key, event_id in state.items()],
+                "ON CONFLICT (room_id, type, state_key) DO UPDATE SET event_id = excluded.event_id",
+            )
+            txn.insert_many(
+                "room_memberships",
+                ("event_id", "room_id", "user_id", "sender", "membership", "stream_ordering"),
+                memberships,
+            )
+            txn.insert_many(
+                "event_txn_ids", ("user_id", "device_id", "txn_id", "event_id", "created_ts"), txn_ids
+            )
+            txn.insert_many("redactions", ("event_id", "redacts", "room_id"), redactions)
+            txn.insert_many(
+                "event_relations",
+                (
+                    "event_id",
+                    "relates_to",
+                    "rel_type",
+                    "room_id",
+                    "type",
+                    "sender",
+                    "aggregation_key",
+                    "stream_ordering",
+                ),
+                relations,
+            )
         if promise is not None:
             save_promise_txn(txn, *promise)
 
@@ -306,6 +314,23 @@ def _superseded_delete(extremities: Sequence[tuple[str, str]]) -> tuple[str, lis
         f"DELETE FROM event_forward_extremities WHERE room_id IN ({','.join('?' * len(rooms))})"
         f" AND event_id IN ({','.join('?' * len(events))})",
         [*rooms, *events],
+    )
+
+
+# Up to this many superseded extremities are deleted by (room, event) pairs, in a statement
+# prepared once per number of them.
+_FEW_SUPERSEDED = 8
+
+
+def _few_superseded_delete(extremities: Sequence[tuple[str, str]]) -> tuple[str, list[str]]:
+    """The DELETE of a few (room, event) forward extremities, a primary key lookup each
+    whatever their values: the plan PostgreSQL keeps for a prepared statement. (With arrays,
+    `room_id = ANY(?) AND event_id = ANY(?)`, it kept one that looks up the room only and
+    reads every dead row of it.)"""
+    pairs = ", ".join("(?, ?)" for _ in extremities)
+    return (
+        f"DELETE FROM event_forward_extremities WHERE (room_id, event_id) IN ({pairs})",
+        [value for pair in extremities for value in pair],
     )
 
 
