@@ -8,7 +8,8 @@ Creates a scratch database, stores a room, then commits `commits` times `batch` 
 commit does at a steady 500 msg/s. Per commit it reports the CPU of the writer's backend
 (utime + stime from /proc/PID/stat, 10 ms ticks), of this process (the reactor included),
 and of composing the transaction alone (`persist_events_txn` against the collecting cursor).
-Run on the database's own machine.
+Run on the database's own machine (`--url` may name a Unix socket:
+`postgresql://postgres@/postgres?host=/var/run/postgresql`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import secrets
 import time
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
 from twisted.internet import defer, task
@@ -123,7 +125,7 @@ async def main(args: argparse.Namespace) -> None:
     with admin.cursor() as cur:
         cur.execute(f'CREATE DATABASE "{name}" LC_COLLATE "C" LC_CTYPE "C" TEMPLATE template0')
     try:
-        url = f"{args.url.rpartition('/')[0]}/{name}"
+        url = urlunsplit(urlsplit(args.url)._replace(path=f"/{name}"))
         for run in range(args.runs):
             figures = await replay(url, args.commits, args.batch)
             print(

@@ -696,7 +696,7 @@ async def test_a_commit_as_one_statement_stores_what_separate_statements_store(
     stored = []
     for one_statement in (True, False):
         storage = Storage.from_url(proxy.url_for(pg_url))
-        storage.db.engine.fuses_writes = one_statement  # type: ignore[misc]
+        storage.db.engine.fuses_writes = one_statement
         try:
             if one_statement:
                 await migrate(storage.db)
