@@ -211,6 +211,38 @@ async def test_independent_writes_store_each_write(db: Database, values_path: li
     assert len(await db.query("read", "SELECT k FROM kv")) == 7
 
 
+@pytest_twisted.ensureDeferred
+async def test_pg_independent_writes_past_the_sets_prepared(pg_url: str) -> None:
+    """Past MAX_SETS sets of writes made one statement, a new set runs as one statement a
+    write: every statement is prepared on each connection, plan and all."""
+    db = Database(engine_from_url(pg_url, pool_min=1, pool_max=1))
+    db.engine.MAX_SETS = 1  # type: ignore[attr-defined]
+    try:
+        await db.execute("create_table", "CREATE TABLE kv (k TEXT PRIMARY KEY, v TEXT NOT NULL)")
+
+        def writes(txn: Txn, keys: list[str], delete: str | None) -> None:
+            with txn.batched(commit=True), txn.independent_writes():
+                if delete is not None:
+                    txn.execute("DELETE FROM kv WHERE k = ?", (delete,))
+                for k in keys:
+                    txn.insert_many("kv", ("k", "v"), [(k, k.upper())])
+
+        def prepared(txn: Txn) -> list[str]:
+            rows = txn.query("SELECT statement FROM pg_prepared_statements ORDER BY prepare_time")
+            return [str(r[0]) for r in rows]
+
+        await db.run_interaction("writes", writes, ["a", "b"], None)  # the one set
+        await db.run_interaction("writes", writes, ["c"], "a")  # another: two statements
+        await db.run_interaction("writes", writes, ["d"], "b")
+        assert await db.query("read", "SELECT k, v FROM kv ORDER BY k") == [("c", "C"), ("d", "D")]
+        statements = [s for s in await db.run_interaction("prepared", prepared) if "kv" in s]
+        assert len(statements) == 3, statements  # the set, and the two writes on their own
+        assert statements[0].count("INSERT INTO kv") == 2
+        assert statements[1].startswith("PREPARE hs_one_") and "DELETE FROM kv WHERE k = $1" in statements[1]
+    finally:
+        db.close()
+
+
 # PostgreSQL only: the statement shapes and the per-engine cache ------------------------
 
 

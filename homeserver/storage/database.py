@@ -129,7 +129,7 @@ class Txn:
         parts = self._parts
         if parts and self._pending is not None:
             self._parts = []
-            self._pending.append(self.engine.one_statement(self._cursor, parts))
+            self._pending.extend(self.engine.one_statement(self._cursor, parts))
 
     def _flush(self, commit: bool = False) -> None:
         pending = self._pending
@@ -218,8 +218,8 @@ class Engine:
 
     def one_statement(
         self, cursor: Any, parts: Sequence[tuple[str, tuple[Any, ...]]]
-    ) -> tuple[str, tuple[Any, ...]]:
-        """The parts as one statement to run."""
+    ) -> list[tuple[str, tuple[Any, ...]]]:
+        """The parts as one statement to run (or several: PostgresEngine.MAX_SETS)."""
         raise NotImplementedError
 
     def execute_together(
@@ -262,6 +262,10 @@ class SqliteEngine(Engine):
 class PostgresEngine(Engine):
     name = "postgres"
     fuses_writes = True
+    # Sets of writes made one statement each, at most: each is prepared on every connection
+    # that runs it, and holds its plan there (~150 kB for a one-message commit's). Further sets
+    # run as one statement a write.
+    MAX_SETS = 64
 
     def __init__(self, url: str, pool_min: int, pool_max: int) -> None:
         self.url = url
@@ -306,13 +310,15 @@ class PostgresEngine(Engine):
 
     def one_statement(
         self, cursor: Any, parts: Sequence[tuple[str, tuple[Any, ...]]]
-    ) -> tuple[str, tuple[Any, ...]]:
+    ) -> list[tuple[str, tuple[Any, ...]]]:
         # A one-message commit was eight statements (BEGIN and COMMIT around a DELETE, planned
         # each time, and five INSERTs): as one, its backend spends ~0.20-0.22 ms of CPU instead
         # of ~0.25 (bench/commit_replay.py).
         key = tuple(sql for sql, _ in parts)
         found = self._one_statements.get(key)
         if found is None:
+            if len(parts) > 1 and len(self._one_statements) >= self.MAX_SETS:
+                return [s for part in parts for s in self.one_statement(cursor, [part])]
             numbered, offset = [], 0
             for sql, args in parts:
                 numbered.append(_renumbered(sql, offset))
@@ -325,7 +331,7 @@ class PostgresEngine(Engine):
         name, sql = found
         cursor.prepare(name, sql)
         args = tuple(chain.from_iterable(a for _, a in parts))
-        return f"EXECUTE {name}({', '.join(['%s'] * len(args))})", args
+        return [(f"EXECUTE {name}({', '.join(['%s'] * len(args))})", args)]
 
     def _json_insert(
         self, cursor: Any, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], suffix: str
