@@ -234,7 +234,8 @@ def persist_events_txn(
         if item.event.event_id not in named and item.extremity and not item.historical
     ]
     superseded = [(named_rooms[e], e) for e in sorted(named - batch_ids)]
-    # A few (a commit of a few messages) go into the one statement below on PostgreSQL.
+    # A few superseded extremities (a commit of a few messages) are deleted in the one
+    # statement below on PostgreSQL; more, by a DELETE planned for their number each time.
     few = txn.engine.name == "postgres" and len(superseded) <= _FEW_SUPERSEDED
     with txn.batched(commit=True):  # one round trip on PostgreSQL, COMMIT included
         if not few:
