@@ -1,6 +1,8 @@
 """Receipts, typing, presence, account data, to-device messages and device lists across
-worker processes (homeserver/workers/streams.py), token revocations and other caches
-(invalidation.py), and rate limits counted over several processes (shared_limits.py).
+worker processes (homeserver/workers/streams.py), push rules and ignore lists through the
+account-data stream (what counts, is listed and is pushed on every worker), token
+revocations and other caches (invalidation.py), and rate limits counted over several
+processes (shared_limits.py).
 
 Two HomeServers in one reactor on one fresh PostgreSQL schema, joined by a MemoryHub bus
 and in-process RPC: w1 writes every stream (and every room), w2 is a client worker. A
@@ -419,6 +421,120 @@ async def test_a_lock_by_an_admin_on_one_worker_holds_on_the_other(workers: Work
     await w.w1.restrictions.set(alice["user_id"], "locked", True)
     await until(lambda: w.w2.restrictions.has("locked", alice["user_id"]), "the lock reaches w2")
     assert await _whoami_on_w2(w, alice) == (401, "M_USER_LOCKED")
+
+
+# Push rules and ignore lists: what counts and notifies on every worker ----------------------
+
+
+async def _replicated(w: Workers) -> None:
+    """Every message sent so far has reached w2's event stream."""
+    await until(lambda: w.w2.stream.position >= w.w1.stream.position, "w2 has every message")
+
+
+async def _counts_and_notified(client: Client, user: dict[str, str], room_id: str) -> tuple[int, int]:
+    """What the user sees there: the room's unread count in a /sync, and how many of its
+    messages GET /notifications lists."""
+    status, body = await client.sync(user["access_token"])
+    assert status == 200, body
+    count = body["rooms"]["join"][room_id]["unread_notifications"]["notification_count"]
+    listed = (await client.call("GET", "/notifications", user["access_token"]))["notifications"]
+    return count, sum(1 for n in listed if n["room_id"] == room_id and n["event"]["type"] == "m.room.message")
+
+
+async def _mute(client: Client, user: dict[str, str], room_id: str) -> None:
+    path = f"/pushrules/global/room/{quote(room_id)}"
+    await client.call("PUT", path, user["access_token"], {"actions": ["dont_notify"]})
+
+
+async def _ignore(client: Client, user: dict[str, str], ignored: dict[str, str]) -> None:
+    path = f"/user/{quote(user['user_id'])}/account_data/m.ignored_user_list"
+    await client.call("PUT", path, user["access_token"], {"ignored_users": {ignored["user_id"]: {}}})
+
+
+async def _pushed_to(hs: HomeServer, user: dict[str, str], event_id: str) -> bool:
+    """Whether the push rules on `hs` decide that the event notifies the user (what the
+    pusher job asks, api.push_decisions)."""
+    return user["user_id"] in {d.user_id for d in await hs.unread.decisions(event_id)}
+
+
+async def _counting_on_both(w: Workers) -> tuple[dict[str, str], dict[str, str], str]:
+    """alice's message to bob, counted, listed and pushed for bob on both workers (so that
+    each holds bob's rules, his count and alice's ignorers in memory)."""
+    alice, bob = await _user(w, "alice"), await _user(w, "bob")
+    pusher = {
+        "kind": "http",
+        "app_id": "org.example.app",
+        "pushkey": "key",
+        "app_display_name": "App",
+        "device_display_name": "Phone",
+        "lang": "en",
+        "data": {"url": "https://push.example.org/_matrix/push/v1/notify"},
+    }
+    await w.c1.call("POST", "/pushers/set", bob["access_token"], pusher)
+    room_id = await _room(w, alice, bob)
+    event_id = await _message(w, alice, room_id)
+    await w.start(w.w2)
+    await _replicated(w)
+    for hs, client in ((w.w1, w.c1), (w.w2, w.c2)):
+        assert await _counts_and_notified(client, bob, room_id) == (1, 1)
+        assert await _pushed_to(hs, bob, event_id)
+    return alice, bob, room_id
+
+
+@pytest.mark.parametrize("editor", ["w1", "w2"])
+@pytest_twisted.ensureDeferred
+async def test_a_room_muted_on_one_worker_neither_counts_nor_notifies_on_any(
+    workers: Workers, editor: str
+) -> None:
+    w = workers
+    alice, bob, room_id = await _counting_on_both(w)
+    await _mute(w.c1 if editor == "w1" else w.c2, bob, room_id)
+    event_id = await _message(w, alice, room_id)
+    await _replicated(w)
+    for name, hs, client in (("w1", w.w1, w.c1), ("w2", w.w2, w.c2)):
+        assert not await _pushed_to(hs, bob, event_id), name
+        assert await _counts_and_notified(client, bob, room_id) == (0, 0), name
+
+
+@pytest.mark.parametrize("editor", ["w1", "w2"])
+@pytest_twisted.ensureDeferred
+async def test_a_user_ignored_on_one_worker_neither_counts_nor_notifies_on_any(
+    workers: Workers, editor: str
+) -> None:
+    w = workers
+    alice, bob, room_id = await _counting_on_both(w)
+    await _ignore(w.c1 if editor == "w1" else w.c2, bob, alice)
+    event_id = await _message(w, alice, room_id)
+    await _replicated(w)
+    for name, hs, client in (("w1", w.w1, w.c1), ("w2", w.w2, w.c2)):
+        assert not await _pushed_to(hs, bob, event_id), name
+        assert await _counts_and_notified(client, bob, room_id) == (0, 0), name
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_mute_and_an_ignore_missed_while_disconnected_hold_after_reconnect(workers: Workers) -> None:
+    w = workers
+    alice, bob, room_id = await _counting_on_both(w)
+    carol = await _user(w, "carol")
+    await w.c1.call("POST", f"/join/{quote(room_id)}", carol["access_token"], {})
+    w.hub.disconnect("w2")
+    await _mute(w.c1, bob, room_id)
+    await _ignore(w.c1, carol, alice)
+    await w.hub.reconnect("w2")
+    event_id = await _message(w, alice, room_id)
+    await _replicated(w)
+    assert await _counts_and_notified(w.c2, carol, room_id) == (0, 0)
+    assert not await _pushed_to(w.w2, bob, event_id)
+    assert await _counts_and_notified(w.c2, bob, room_id) == (0, 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_mute_forwarded_while_the_bus_is_down_holds_on_its_worker_at_once(workers: Workers) -> None:
+    w = workers
+    alice, bob, room_id = await _counting_on_both(w)
+    w.hub.disconnect("w2")
+    await _mute(w.c2, bob, room_id)  # stored by w1, whose row cannot come back yet
+    assert await _counts_and_notified(w.c2, bob, room_id) == (0, 0)
 
 
 # Jobs --------------------------------------------------------------------------------------

@@ -11,6 +11,11 @@ everyone without rewriting anybody's data.
 Each user's ruleset is compiled once (core/push_eval.py) and kept; users who never edited
 their rules share one compiled program. Programs for many users at once (`programs`: a batch
 of unread-count loads) read the stored rulesets of those not kept in one query.
+
+Whichever process stores a ruleset, every process replaces the user's program when it hears
+of the write through account data's `on_put` (with several processes, the account-data
+stream: in order, and caught up from PostgreSQL after a bus reconnect), and tells
+`on_change` so that the unread counts computed with the old rules go too.
 """
 
 from __future__ import annotations
@@ -351,6 +356,11 @@ class PushRuleService:
         # Told (user_id) after a user's rules changed: counts computed with the old ones are stale.
         self.on_change: list[Any] = []
         self._edits = 0  # rulesets stored so far: a read that overlapped one keeps nothing
+        # Users edited here now -> whether their stored ruleset came back through `_on_put`.
+        self._editing: dict[str, bool] = {}
+        # Every process hears of every stored ruleset, its own edits and the others' (with
+        # several, through the account-data stream, in order and caught up after a reconnect).
+        account_data.on_put.append(self._on_put)
 
     async def start(self) -> None:
         self._stored = await self.account_data.storage.user_data.users_with_account_data("m.push_rules")
@@ -408,6 +418,21 @@ class PushRuleService:
         if ruleset == default_push_rules(user_id):
             return self.default_program
         return compile_rules(ruleset["global"], user_id)
+
+    def _on_put(self, user_id: str, room_id: str, data_type: str, content: dict[str, Any]) -> None:
+        if data_type == "m.push_rules" and not room_id:
+            self._stored_changed(user_id, content)
+
+    def _stored_changed(self, user_id: str, stored: Any) -> None:
+        """The user's ruleset as now stored: programs and counts made with the old one go."""
+        if self._stored is not None:
+            self._stored.add(user_id)
+        self._remember(user_id, self._compile(user_id, stored))
+        self._edits += 1
+        if user_id in self._editing:
+            self._editing[user_id] = True
+        for listener in self.on_change:
+            listener(user_id)
 
     def _remember(self, user_id: str, program: Program) -> None:
         self.cached_programs[user_id] = program
@@ -471,14 +496,15 @@ class PushRuleService:
         try:
             ruleset = await self.ruleset(user_id)
             change(ruleset)
+            self._editing[user_id] = False
             await self.account_data.put(user_id, "", "m.push_rules", ruleset)
-            if self._stored is not None:
-                self._stored.add(user_id)
-            self._remember(user_id, self._compile(user_id, ruleset))
-            self._edits += 1
+            if not self._editing[user_id]:
+                # Handed to another process's writer, and its row has not come back yet
+                # (bus down or slow): the user's next request here sees the edit all the
+                # same. The rows still to come end with this one or a later one.
+                self._stored_changed(user_id, ruleset)
         finally:
+            self._editing.pop(user_id, None)
             lock.release()
             if not lock.locked and not lock.waiting:
                 self._locks.pop(user_id, None)
-        for listener in self.on_change:
-            listener(user_id)

@@ -4,6 +4,7 @@ against the spec's condition kinds, kind order and predefined rules."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -326,7 +327,7 @@ def test_every_default_user_shares_one_plan_per_event() -> None:
     from homeserver.core.push_rules import PushRuleService
 
     program = PushRuleService.__new__(PushRuleService)
-    PushRuleService.__init__(program, None)  # type: ignore[arg-type]
+    PushRuleService.__init__(program, SimpleNamespace(on_put=[]))  # type: ignore[arg-type]
     shared = program.default_program
     state = room_state(members=5, names={OTHER: "Bob"})
     facts = EventFacts(message("hey bob and u0"), state, "11")
