@@ -537,6 +537,65 @@ async def test_a_mute_forwarded_while_the_bus_is_down_holds_on_its_worker_at_onc
     assert await _counts_and_notified(w.c2, bob, room_id) == (0, 0)
 
 
+def _edits_waiting(hs: HomeServer, user_id: str) -> bool:
+    lock = hs.push_rules._locks.get(user_id)
+    return lock is not None and bool(lock.waiting)
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_rules_added_at_once_on_two_workers_are_both_kept(workers: Workers) -> None:
+    """A client that mutes a room sends several rule edits at once; the balancer spreads
+    them. Each edit reads the ruleset, changes it and stores it whole: the one on w2 read
+    before the one on w1 stored (its read held there) must not store over it."""
+    w = workers
+    alice, bob, room_id = await _counting_on_both(w)
+    user_id = bob["user_id"]
+    reached: Deferred[None] = Deferred()
+    gate: Deferred[None] = Deferred()
+    for hs in (w.w1, w.w2):
+        real = hs.account_data.get
+
+        async def held(user: str, room: str, data_type: str, real: Any = real) -> Any:
+            content = await real(user, room, data_type)
+            if data_type == "m.push_rules" and not reached.called:  # the first edit's read
+                reached.callback(None)
+                await gate
+            return content
+
+        hs.account_data.get = held
+    room_rule = f"/pushrules/global/room/{quote(room_id)}"
+    first = Deferred.fromCoroutine(
+        w.c2.call("PUT", room_rule, bob["access_token"], {"actions": ["dont_notify"]})
+    )
+    await reached
+    sender_rule = f"/pushrules/global/sender/{quote(alice['user_id'])}"
+    second = Deferred.fromCoroutine(
+        w.c1.call("PUT", sender_rule, bob["access_token"], {"actions": ["dont_notify"]})
+    )
+    # The second edit either ran through (nothing orders it after the first) or waits
+    # for the first to be stored.
+    await until(lambda: second.called or _edits_waiting(w.w1, user_id), "the second edit stored or waiting")
+    gate.callback(None)
+    await first
+    await second
+    for client in (w.c1, w.c2):
+        rules = await client.call("GET", "/pushrules/global/", bob["access_token"])
+        assert [r["rule_id"] for r in rules["room"] if not r["default"]] == [room_id]
+        assert [r["rule_id"] for r in rules["sender"] if not r["default"]] == [alice["user_id"]]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_push_rule_edit_refused_by_the_writer_answers_the_same_error(workers: Workers) -> None:
+    w = workers
+    bob = await _user(w, "bob")
+    await w.start(w.w2)
+    rules = CS + "/pushrules/global"
+    missing = await w.c2.start("DELETE", rules + "/override/nope", bob["access_token"])
+    assert (missing[0], missing[1]["errcode"]) == (404, "M_NOT_FOUND")
+    bad = await w.c2.start("PUT", rules + "/override/x", bob["access_token"], {"actions": ["wave"]})
+    assert (bad[0], bad[1]["errcode"]) == (400, "M_INVALID_PARAM")
+
+
 # Jobs --------------------------------------------------------------------------------------
 
 

@@ -15,7 +15,9 @@ of unread-count loads) read the stored rulesets of those not kept in one query.
 Whichever process stores a ruleset, every process replaces the user's program when it hears
 of the write through account data's `on_put` (with several processes, the account-data
 stream: in order, and caught up from PostgreSQL after a bus reconnect), and tells
-`on_change` so that the unread counts computed with the old rules go too.
+`on_change` so that the unread counts computed with the old rules go too. An edit reads,
+changes and stores the whole ruleset: it runs where account data is written (`edit_here`,
+forwarded there by the other processes), one per user at a time.
 """
 
 from __future__ import annotations
@@ -356,8 +358,6 @@ class PushRuleService:
         # Told (user_id) after a user's rules changed: counts computed with the old ones are stale.
         self.on_change: list[Any] = []
         self._edits = 0  # rulesets stored so far: a read that overlapped one keeps nothing
-        # Users edited here now -> whether their stored ruleset came back through `_on_put`.
-        self._editing: dict[str, bool] = {}
         # Every process hears of every stored ruleset, its own edits and the others' (with
         # several, through the account-data stream, in order and caught up after a reconnect).
         account_data.on_put.append(self._on_put)
@@ -429,8 +429,6 @@ class PushRuleService:
             self._stored.add(user_id)
         self._remember(user_id, self._compile(user_id, stored))
         self._edits += 1
-        if user_id in self._editing:
-            self._editing[user_id] = True
         for listener in self.on_change:
             listener(user_id)
 
@@ -457,11 +455,12 @@ class PushRuleService:
         after: str | None,
     ) -> None:
         check_kind(scope, kind)
-        await self._edit(user_id, lambda rs: put_rule(rs, kind, rule_id, body, before, after))
+        args = {"kind": kind, "rule_id": rule_id, "body": body, "before": before, "after": after}
+        await self._edit(user_id, "put", args)
 
     async def delete_rule(self, user_id: str, scope: str, kind: str, rule_id: str) -> None:
         check_kind(scope, kind)
-        await self._edit(user_id, lambda rs: delete_rule(rs, kind, rule_id))
+        await self._edit(user_id, "delete", {"kind": kind, "rule_id": rule_id})
 
     async def set_enabled(self, user_id: str, scope: str, kind: str, rule_id: str, body: Any) -> None:
         check_kind(scope, kind)
@@ -470,41 +469,57 @@ class PushRuleService:
         enabled = body["enabled"]
         if not isinstance(enabled, bool):
             raise BadJson("'enabled' must be a boolean")
-
-        def edit(ruleset: dict[str, Any]) -> None:
-            find_rule(ruleset, kind, rule_id)["enabled"] = enabled
-
-        await self._edit(user_id, edit)
+        await self._edit(user_id, "enabled", {"kind": kind, "rule_id": rule_id, "enabled": enabled})
 
     async def set_actions(self, user_id: str, scope: str, kind: str, rule_id: str, body: Any) -> None:
         check_kind(scope, kind)
         if not isinstance(body, dict) or "actions" not in body:
             raise MissingParam("Missing 'actions'")
         actions = check_actions(body["actions"])
+        await self._edit(user_id, "actions", {"kind": kind, "rule_id": rule_id, "actions": actions})
 
-        def edit(ruleset: dict[str, Any]) -> None:
-            find_rule(ruleset, kind, rule_id)["actions"] = actions
+    async def _edit(self, user_id: str, op: str, args: dict[str, Any]) -> None:
+        forward = self.account_data.forward
+        if forward is None:
+            await self.edit_here(user_id, op, args)
+            return
+        # Another process writes account data: the edit runs there, under its lock, so that
+        # two edits of one user through two processes never store over each other.
+        done = await forward("push_rules", {"user_id": user_id, "op": op, "args": args})
+        if self.account_data.stream.current < int(done["position"]):
+            # Its row has not come back yet (bus down or slow): the user's next request here
+            # sees the edit all the same. The rows still to come end with it or a later one.
+            self._stored_changed(user_id, done["ruleset"])
 
-        await self._edit(user_id, edit)
-
-    async def _edit(self, user_id: str, change: Any) -> None:
-        """Read, change and store the user's ruleset, one change at a time per user."""
+    async def edit_here(self, user_id: str, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Read, change and store the user's ruleset, one change at a time per user (on the
+        process that writes account data); the ruleset stored and its stream position."""
         lock = self._locks.get(user_id)
         if lock is None:
             lock = self._locks[user_id] = DeferredLock()
         await lock.acquire()
         try:
             ruleset = await self.ruleset(user_id)
-            change(ruleset)
-            self._editing[user_id] = False
-            await self.account_data.put(user_id, "", "m.push_rules", ruleset)
-            if not self._editing[user_id]:
-                # Handed to another process's writer, and its row has not come back yet
-                # (bus down or slow): the user's next request here sees the edit all the
-                # same. The rows still to come end with this one or a later one.
-                self._stored_changed(user_id, ruleset)
+            _change(ruleset, op, args)
+            # Its on_put (here, before put returns) replaces the program and tells on_change.
+            position = await self.account_data.put(user_id, "", "m.push_rules", ruleset)
         finally:
-            self._editing.pop(user_id, None)
             lock.release()
             if not lock.locked and not lock.waiting:
                 self._locks.pop(user_id, None)
+        return {"ruleset": ruleset, "position": position}
+
+
+def _change(ruleset: dict[str, Any], op: str, args: dict[str, Any]) -> None:
+    """One Push Rules API edit of a ruleset, named so that another process can ask for it."""
+    kind, rule_id = args["kind"], args["rule_id"]
+    if op == "put":
+        put_rule(ruleset, kind, rule_id, args["body"], args["before"], args["after"])
+    elif op == "delete":
+        delete_rule(ruleset, kind, rule_id)
+    elif op == "enabled":
+        find_rule(ruleset, kind, rule_id)["enabled"] = args["enabled"]
+    elif op == "actions":
+        find_rule(ruleset, kind, rule_id)["actions"] = args["actions"]
+    else:
+        raise ValueError(f"unknown push rule edit {op!r}")

@@ -341,7 +341,12 @@ def _serve_presence(r: StreamReplication, publish: Callable[[Rows], None]) -> di
 def _serve_account_data(r: StreamReplication, publish: Callable[[Rows], None]) -> dict[str, Handler]:
     account_data = r.hs.account_data
     account_data.replicate = publish
-    return {"put": lambda a: account_data.put(a["user_id"], a["room_id"], a["type"], a["content"])}
+    push_rules = r.hs.push_rules
+    return {
+        "put": lambda a: account_data.put(a["user_id"], a["room_id"], a["type"], a["content"]),
+        # A push-rule edit is a read, a change and a put of the whole ruleset: all on the writer.
+        "push_rules": lambda a: push_rules.edit_here(a["user_id"], a["op"], a["args"]),
+    }
 
 
 def _serve_to_device(r: StreamReplication, publish: Callable[[Rows], None]) -> dict[str, Handler]:
