@@ -112,6 +112,25 @@ class BackendPids:
             self._conn = None
 
 
+def checkpoint_counters() -> tuple[int, int] | None:
+    """(checkpoints completed, buffers the checkpointer wrote) of the PostgreSQL cluster so
+    far, or None when it cannot be asked: a checkpoint during a latency row slows its commits
+    (full-page images in the WAL, the checkpointer's writes), so the rows report them."""
+    try:
+        conn = _pg_connect(PG_ADMIN_URL)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT checkpoints_timed + checkpoints_req, buffers_checkpoint FROM pg_stat_bgwriter"
+                )
+                done, written = cur.fetchone()
+        finally:
+            conn.close()
+        return int(done), int(written)
+    except Exception:
+        return None
+
+
 def postgres_version() -> str:
     try:
         conn = _pg_connect(PG_ADMIN_URL)

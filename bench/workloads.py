@@ -39,7 +39,7 @@ from bench.matrix import (
 )
 from bench.procstats import Meter, Resources, settle, steady_rss
 from bench.push_sink import PushSink
-from bench.servers import Target
+from bench.servers import Target, checkpoint_counters
 from bench.stats import Metric, WorkloadResult, gather_limited, percentile
 
 Log = Callable[[str], None]
@@ -528,6 +528,7 @@ class Runner:
         cpu_wait = CpuWait({"server": self.target.pid}) if self.target.pid is not None else None
         if cpu_wait is not None:
             cpu_wait.start()
+        checkpoints_before = checkpoint_counters() if self.target.db_pids is not None else None
         meter = self.meter()
         meter.start()
         profile = self._profiled("W2")
@@ -552,6 +553,7 @@ class Runner:
             await asyncio.gather(*list(tasks))
         missing = await self._drain(acked, delivered)
         result.resources = meter.stop()
+        checkpoints_after = checkpoint_counters() if checkpoints_before is not None else None
         waited = cpu_wait.stop()["server"] if cpu_wait is not None else None
         gc.enable()
         gc.unfreeze()
@@ -595,6 +597,13 @@ class Runner:
             ],
             "sync_responses": sum(r.stats.responses for r in receivers),
         }
+        if checkpoints_before is not None and checkpoints_after is not None:
+            # Cluster-wide (other databases' CREATE/DROP DATABASE force one too): a row that ran
+            # beside a checkpoint commits slower (docs/latency.md).
+            result.details["pg_checkpoints"] = {
+                "completed": checkpoints_after[0] - checkpoints_before[0],
+                "buffers_written": checkpoints_after[1] - checkpoints_before[1],
+            }
         # The generator's own collector: its pauses delay sends and the receivers' clocks alike.
         result.details["generator_gc"] = own_gc.summary()
         result.details["warmup"] = warmup_ms
