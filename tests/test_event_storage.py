@@ -12,10 +12,10 @@ import pytest_twisted
 from homeserver.storage import Storage
 from homeserver.storage.database import Database, Txn
 from homeserver.storage.events import (
-    EventRow,
     PersistItem,
     StoredEvent,
     UnreadQuery,
+    UnreadRows,
     _few_superseded_delete,
     _superseded_delete,
     _unread_one,
@@ -617,10 +617,8 @@ async def test_unread_events_many_reads_each_pair_as_alone(storage: Storage) -> 
     await storage.user_data.put_receipt(rooms[1].room_id, "m.read.private", CAROL, "main", read, 12, 2, NOW)
     member = ["m.room.member"]
 
-    def read_one(txn: Txn, q: UnreadQuery, limit: int, upto: int) -> list[EventRow]:
-        out: list[EventRow] = []
-        _unread_one(txn, q, q.skip_types, q.skip_senders, limit, upto, out)  # one pair's own statements
-        return out
+    def read_one(txn: Txn, q: UnreadQuery, limit: int, upto: int) -> UnreadRows:
+        return _unread_one(txn, q, q.skip_types, q.skip_senders, limit, upto)  # one pair's own statements
 
     queries = [
         UnreadQuery(BOB, rooms[0].room_id),
@@ -635,15 +633,17 @@ async def test_unread_events_many_reads_each_pair_as_alone(storage: Storage) -> 
         many = await store.unread_events_many(queries, limit, upto)
         alone = [await storage.db.run_interaction("read_one", read_one, q, limit, upto) for q in queries]
         assert many == alone
-        assert all(r.stream_ordering <= upto for rows in many for r in rows)
+        assert all(r.stream_ordering <= upto for _, rows in many for r in rows)
     # Bounded below the first room's last event (Dan's invite): it and the whole second room,
     # written after, are left out (what a reader's position had not reached yet).
-    assert [len(rows) for rows in many] == [1, 6, 8, 0, 0, 1]
+    assert [len(rows) for _, rows in many] == [1, 6, 8, 0, 0, 1]
     many = await store.unread_events_many(queries, 1000, top)
-    assert [len(rows) for rows in many] == [2, 6, 9, 3, 4, 2]
+    assert [len(rows) for _, rows in many] == [2, 6, 9, 3, 4, 2]
+    # Each with where its receipt is, those without events too (Carol's private one: 12).
+    assert [at for at, _ in many] == [read_at - 3, 0, 0, 12, 0, read_at - 3]
     # Dan's invite is a member event with his state key: kept though member events are skipped.
-    assert any(json.loads(r.json)["type"] == "m.room.member" for r in many[2])
-    assert not any(json.loads(r.json)["sender"] == ALICE for r in many[3])
+    assert any(json.loads(r.json)["type"] == "m.room.member" for r in many[2].events)
+    assert not any(json.loads(r.json)["sender"] == ALICE for r in many[3].events)
 
 
 # One statement a commit (PostgreSQL) -------------------------------------------------------

@@ -31,6 +31,7 @@ from homeserver.core.ratelimit import RateLimiter
 from homeserver.errors import LimitExceeded
 from homeserver.server import HomeServer
 from homeserver.workers.bus import MemoryHub, RedisBus
+from homeserver.workers.event_replication import CHANNEL as EVENTS_CHANNEL
 from homeserver.workers.rpc import MemoryTransport
 from homeserver.workers.shared_limits import BATCH_S, SharedRateLimits
 
@@ -535,6 +536,90 @@ async def test_a_mute_forwarded_while_the_bus_is_down_holds_on_its_worker_at_onc
     w.hub.disconnect("w2")
     await _mute(w.c2, bob, room_id)  # stored by w1, whose row cannot come back yet
     assert await _counts_and_notified(w.c2, bob, room_id) == (0, 0)
+
+
+# A receipt that reaches a worker before the event it points at -----------------------------
+
+
+class HeldEvents:
+    """Holds the event stream's messages to one process (its other streams go on) until
+    `release`: the receipts stream then runs ahead of the events."""
+
+    def __init__(self, w: Workers, name: str) -> None:
+        self.bus = w.hub.bus(name)
+        self.real = self.bus.deliver
+        self.held: list[dict[str, Any]] = []
+        self.bus.deliver = self.deliver  # type: ignore[method-assign]
+
+    def deliver(self, channel: str, message: dict[str, Any]) -> None:
+        if channel == EVENTS_CHANNEL:
+            self.held.append(message)
+        else:
+            self.real(channel, message)
+
+    def release(self) -> None:
+        self.bus.deliver = self.real  # type: ignore[method-assign]
+        for message in self.held:
+            self.real(EVENTS_CHANNEL, message)
+
+
+async def _read_on_w1_before_w2_has_it(w: Workers) -> tuple[dict[str, str], dict[str, str], str, HeldEvents]:
+    """Bob's count at 1 on both; then alice's next message, held from w2, and bob's read
+    receipt for it (through w1, which has it), applied on w2."""
+    alice, bob, room_id = await _counting_on_both(w)
+    held = HeldEvents(w, "w2")
+    event_id = await _message(w, alice, room_id)
+    path = f"/rooms/{quote(room_id)}/receipt/m.read/{quote(event_id)}"
+    await w.c1.call("POST", path, bob["access_token"], {})
+    await until(lambda: w.w2.receipts.stream.current >= w.w1.receipts.stream.current, "w2 has the receipt")
+    assert held.held and w.w2.stream.position < w.w1.stream.position
+    return alice, bob, room_id, held
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_message_read_before_it_reaches_a_worker_is_not_counted_there(workers: Workers) -> None:
+    w = workers
+    alice, bob, room_id, held = await _read_on_w1_before_w2_has_it(w)
+    # Bob's count on w2, loaded afresh after the receipt, before the message is there.
+    assert (await _counts_and_notified(w.c2, bob, room_id))[0] == 0
+    held.release()
+    await _replicated(w)
+    assert (await _counts_and_notified(w.c2, bob, room_id))[0] == 0
+    assert (await _counts_and_notified(w.c1, bob, room_id))[0] == 0
+    # The next message counts as ever.
+    await _message(w, alice, room_id)
+    await _replicated(w)
+    assert (await _counts_and_notified(w.c2, bob, room_id))[0] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_message_read_before_it_reaches_a_worker_mid_load_is_not_counted_there(
+    workers: Workers,
+) -> None:
+    """The message arrives while w2's load of bob's count reads (the read has the receipt,
+    the message is past the read's position): the load evaluates it as if read, and must not
+    count it."""
+    w = workers
+    _, bob, room_id, held = await _read_on_w1_before_w2_has_it(w)
+    real = w.w2.storage.events.unread_events_many
+    reached: Deferred[None] = Deferred()
+    gate: Deferred[None] = Deferred()
+
+    async def read(queries: Any, limit: int, upto: int) -> Any:
+        rows = await real(queries, limit, upto)
+        if not reached.called:
+            reached.callback(None)
+            await gate
+        return rows
+
+    w.w2.storage.events.unread_events_many = read  # type: ignore[method-assign]
+    loading = Deferred.fromCoroutine(w.w2.unread.counts(bob["user_id"], room_id))
+    await reached
+    held.release()
+    await _replicated(w)
+    gate.callback(None)
+    assert (await loading)["notification_count"] == 0
+    assert (await _counts_and_notified(w.c2, bob, room_id))[0] == 0
 
 
 def _edits_waiting(hs: HomeServer, user_id: str) -> bool:

@@ -19,6 +19,12 @@ whenever the read's snapshot was taken. A receipt, rule or ignore-list change, o
 that reaches a pair while its read runs makes that read stale: the pair is read again
 (before its askers are answered) rather than kept with what it counted before.
 
+With several processes a receipt can reach this one before the event it points at (they
+come through different streams, homeserver/workers/): the load after it reads the receipt
+from the database with its events, and the entry keeps the event position the receipt is
+at (`read_at`). An event at or below it, published here later, counts for nothing, in the
+inline pass and in a load it reaches while the read runs, as in the database's count.
+
 The inline pass evaluates each committed event once per joined member that has counts in
 memory (core/push_eval.py shares the event's work between them). When a push plugin asks
 for decisions (`push_decisions`), the pass also keeps, per recent event, which of the
@@ -71,9 +77,11 @@ def thread_of(ev: StoredEvent) -> str | None:
 class Counts:
     """One user's counts in one room: totals, and per thread root."""
 
-    __slots__ = ("notify", "highlight", "threads")
+    __slots__ = ("notify", "highlight", "threads", "read_at")
 
-    def __init__(self) -> None:
+    def __init__(self, read_at: int = 0) -> None:
+        # The event position of the read receipt the count starts after.
+        self.read_at = read_at
         self.notify = 0
         self.highlight = 0
         self.threads: dict[str, list[int]] | None = None
@@ -240,15 +248,15 @@ class UnreadCounter:
             self._reads.remove(load)
         # From here to keeping the entries nothing is awaited: no event falls between.
         out: list[Counts | None] = []
-        for q, events in zip(queries, rows, strict=True):
+        for q, (read_at, events) in zip(queries, rows, strict=True):
             key = (q.user_id, q.room_id)
             if key in load.stale:
                 out.append(None)
                 continue
             head = heads[q.room_id]
-            entry = Counts()
+            entry = Counts(read_at)
             if head is not None:
-                newer = self._counted_by_read(q, programs[q.user_id], load.rooms[q.room_id])
+                newer = self._counted_by_read(q, read_at, programs[q.user_id], load.rooms[q.room_id])
                 # The newest MAX_COUNTED in all: those published since the position, then the
                 # read's (none if more came since than are kept: older ones were let go).
                 room_full = q.room_id in load.overflowed
@@ -266,7 +274,7 @@ class UnreadCounter:
 
     @staticmethod
     def _counted_by_read(
-        q: UnreadQuery, program: Program, events: Iterable[StoredEvent]
+        q: UnreadQuery, read_at: int, program: Program, events: Iterable[StoredEvent]
     ) -> list[StoredEvent]:
         """The events that the read of `q` would have returned, had they been in its snapshot
         (storage: `unread_events_many`), oldest first; at most the newest MAX_COUNTED."""
@@ -276,7 +284,8 @@ class UnreadCounter:
         kept = [
             ev
             for ev in events
-            if ev.sender != user_id
+            if ev.stream_ordering > read_at  # a receipt that came before its event
+            and ev.sender != user_id
             and ev.sender not in skip_senders
             and (ev.type not in silent or ev.state_key == user_id)
         ]
@@ -356,6 +365,8 @@ class UnreadCounter:
                 if user_id == sender or (ignorers is not None and user_id in ignorers):
                     continue
                 entry = counts.get((user_id, room_id))
+                if entry is not None and ev.stream_ordering <= entry.read_at:
+                    entry = None  # read already: the receipt came first (another process's stream)
                 wanted = keep and (owners is None or user_id in owners)
                 if entry is None and not wanted:
                     continue

@@ -673,17 +673,18 @@ class EventStore:
 
     async def unread_events_many(
         self, queries: Sequence[UnreadQuery], limit: int, upto: int
-    ) -> list[list[EventRow]]:
-        """For each (user, room) of `queries`, in their order: up to `limit` newest events from
-        others after the user's read receipt (either kind) and up to stream position `upto`,
-        newest first: what the unread counts are computed from. Events of the query's
+    ) -> list[UnreadRows]:
+        """For each (user, room) of `queries`, in their order: the event position of the user's
+        furthest read receipt (either kind; 0 without one), and up to `limit` newest events from
+        others after it and up to stream position `upto`, newest first, read in one snapshot:
+        what the unread counts are computed from. Events of the query's
         `skip_types` are left out unless their state key is the user; so are those of its
         `skip_senders` (the users this one ignores). One transaction; on PostgreSQL one
         statement per distinct (skip_types, skip_senders), usually one in all (a burst of first
         loads after a restart: one query, not one each)."""
 
-        def unread_txn(txn: Txn) -> list[list[EventRow]]:
-            found: list[list[EventRow]] = [[] for _ in queries]
+        def unread_txn(txn: Txn) -> list[UnreadRows]:
+            found = [UnreadRows(0, []) for _ in queries]
             groups: dict[tuple[tuple[str, ...], tuple[str, ...]], list[int]] = {}
             for i, q in enumerate(queries):
                 groups.setdefault((tuple(q.skip_types), tuple(q.skip_senders)), []).append(i)
@@ -692,7 +693,7 @@ class EventStore:
                     _unread_lateral(txn, queries, indexes, skip_types, skip_senders, limit, upto, found)
                 else:  # SQLite has no LATERAL; in-process, a query per pair costs no round trip
                     for i in indexes:
-                        _unread_one(txn, queries[i], skip_types, skip_senders, limit, upto, found[i])
+                        found[i] = _unread_one(txn, queries[i], skip_types, skip_senders, limit, upto)
             return found
 
         return await self.db.run_interaction("unread_events", unread_txn)
@@ -855,6 +856,13 @@ class UnreadQuery(NamedTuple):
     skip_senders: Sequence[str] = ()
 
 
+class UnreadRows(NamedTuple):
+    """One (user, room)'s read: the event position its read receipt is at, the events after it."""
+
+    read_at: int
+    events: list[EventRow]
+
+
 _READ_RECEIPT = "receipt_type IN ('m.read', 'm.read.private')"
 
 
@@ -876,8 +884,7 @@ def _unread_one(
     skip_senders: Sequence[str],
     limit: int,
     upto: int,
-    out: list[EventRow],
-) -> None:
+) -> UnreadRows:
     row = txn.query_one(
         f"SELECT MAX(event_stream_ordering) FROM receipts WHERE room_id = ? AND user_id = ?"
         f" AND {_READ_RECEIPT}",
@@ -901,7 +908,7 @@ def _unread_one(
         ),
     )
     # Undecoded: a big room's members all load the same recent events, decoded once.
-    out.extend(EventRow(*r) for r in rows)
+    return UnreadRows(after, [EventRow(*r) for r in rows])
 
 
 def _unread_lateral(
@@ -912,20 +919,23 @@ def _unread_lateral(
     skip_senders: Sequence[str],
     limit: int,
     upto: int,
-    found: list[list[EventRow]],
+    found: list[UnreadRows],
 ) -> None:
-    """The pairs at `indexes` (sharing these skips) in one statement: each pair's newest
-    `limit` events through LATERAL, read by the same indexes `_unread_one` uses."""
+    """The pairs at `indexes` (sharing these skips) in one statement: each pair's receipt
+    position, and its newest `limit` events through LATERAL (a pair with none: one row of
+    NULLs), read by the same indexes `_unread_one` uses."""
     pairs = ",".join(f"({i}, ?, ?)" for i in indexes)
     rows = txn.query(
-        f"SELECT q.i, x.* FROM (VALUES {pairs}) AS q(i, user_id, room_id) CROSS JOIN LATERAL ("
+        "SELECT q.i, q.read_at, x.* FROM (SELECT v.i, v.user_id, v.room_id, COALESCE("
+        "(SELECT MAX(c.event_stream_ordering) FROM receipts c WHERE c.room_id = v.room_id"
+        f" AND c.user_id = v.user_id AND c.{_READ_RECEIPT}), 0) AS read_at"
+        f" FROM (VALUES {pairs}) AS v(i, user_id, room_id)) q LEFT JOIN LATERAL ("
         "SELECT e.event_id, e.room_id, e.stream_ordering, e.json, e.unsigned_extra, r.event_id AS redacted_by"
-        f" FROM {_EVENT_FROM} WHERE e.room_id = q.room_id AND e.stream_ordering > COALESCE("
-        f"(SELECT MAX(c.event_stream_ordering) FROM receipts c WHERE c.room_id = q.room_id"
-        f" AND c.user_id = q.user_id AND c.{_READ_RECEIPT}), 0) AND e.stream_ordering <= ?"
-        f" AND e.sender <> q.user_id{_unread_skips(skip_types, skip_senders, 'q.user_id')}"
+        f" FROM {_EVENT_FROM} WHERE e.room_id = q.room_id AND e.stream_ordering > q.read_at"
+        " AND e.stream_ordering <= ? AND e.sender <> q.user_id"
+        f"{_unread_skips(skip_types, skip_senders, 'q.user_id')}"
         f"{_above_floor('q.room_id')}"
-        " ORDER BY e.stream_ordering DESC LIMIT ?) x ORDER BY q.i, x.stream_ordering DESC",
+        " ORDER BY e.stream_ordering DESC LIMIT ?) x ON TRUE ORDER BY q.i, x.stream_ordering DESC",
         (
             *[v for i in indexes for v in (queries[i].user_id, queries[i].room_id)],
             upto,
@@ -934,5 +944,11 @@ def _unread_lateral(
             limit,
         ),
     )
+    read_at: dict[int, int] = {}
+    events: dict[int, list[EventRow]] = {i: [] for i in indexes}
     for r in rows:
-        found[r[0]].append(EventRow(*r[1:]))
+        read_at[r[0]] = int(r[1])
+        if r[2] is not None:
+            events[r[0]].append(EventRow(*r[2:]))
+    for i in indexes:
+        found[i] = UnreadRows(read_at[i], events[i])

@@ -16,7 +16,7 @@ import pytest_twisted
 from harness import Client, TestClock, make_server, room_path
 from twisted.internet.defer import Deferred, gatherResults
 
-from homeserver.storage.events import EventRow, UnreadQuery
+from homeserver.storage.events import UnreadQuery, UnreadRows
 
 MEMBERS = 12
 
@@ -46,7 +46,7 @@ async def test_first_loads_asked_together_are_read_together(tmp_path: Path) -> N
         reads: list[int] = []
         real = hs.storage.events.unread_events_many
 
-        async def counted(queries: list[UnreadQuery], limit: int, upto: int) -> list[list[EventRow]]:
+        async def counted(queries: list[UnreadQuery], limit: int, upto: int) -> list[UnreadRows]:
             reads.append(len(queries))
             return await real(queries, limit, upto)
 
@@ -193,7 +193,7 @@ class HeldRead:
         self.gate: Deferred[None] = Deferred()
         hs.storage.events.unread_events_many = self.read
 
-    async def read(self, queries: list[UnreadQuery], limit: int, upto: int) -> list[list[EventRow]]:
+    async def read(self, queries: list[UnreadQuery], limit: int, upto: int) -> list[UnreadRows]:
         self.reads += 1
         if self.reads > 1:
             return await self.real(queries, limit, upto)
