@@ -926,12 +926,13 @@ def _unread_lateral(
     NULLs), read by the same indexes `_unread_one` uses."""
     pairs = ",".join(f"({i}, ?, ?)" for i in indexes)
     rows = txn.query(
-        "SELECT q.i, q.read_at, x.* FROM (SELECT v.i, v.user_id, v.room_id, COALESCE("
-        "(SELECT MAX(c.event_stream_ordering) FROM receipts c WHERE c.room_id = v.room_id"
-        f" AND c.user_id = v.user_id AND c.{_READ_RECEIPT}), 0) AS read_at"
-        f" FROM (VALUES {pairs}) AS v(i, user_id, room_id)) q LEFT JOIN LATERAL ("
+        # The receipt through a LATERAL aggregate (one row a pair, read once): as a subquery
+        # in a select list it is flattened and evaluated again for every event row.
+        f"SELECT q.i, p.read_at, x.* FROM (VALUES {pairs}) AS q(i, user_id, room_id) CROSS JOIN LATERAL ("
+        "SELECT COALESCE(MAX(c.event_stream_ordering), 0) AS read_at FROM receipts c"
+        f" WHERE c.room_id = q.room_id AND c.user_id = q.user_id AND c.{_READ_RECEIPT}) p LEFT JOIN LATERAL ("
         "SELECT e.event_id, e.room_id, e.stream_ordering, e.json, e.unsigned_extra, r.event_id AS redacted_by"
-        f" FROM {_EVENT_FROM} WHERE e.room_id = q.room_id AND e.stream_ordering > q.read_at"
+        f" FROM {_EVENT_FROM} WHERE e.room_id = q.room_id AND e.stream_ordering > p.read_at"
         " AND e.stream_ordering <= ? AND e.sender <> q.user_id"
         f"{_unread_skips(skip_types, skip_senders, 'q.user_id')}"
         f"{_above_floor('q.room_id')}"
