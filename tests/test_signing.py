@@ -13,7 +13,7 @@ from signedjson.types import SigningKey
 from homeserver.events.canonical import decode_base64, encode_base64, encode_canonical_json
 from homeserver.events.hashing import check_content_hash, compute_event_id
 from homeserver.events.redaction import UnsupportedRoomVersion, redact
-from homeserver.events.signing import InvalidSignature, sign_event, verify_event_signature
+from homeserver.events.signing import InvalidSignature, sign_event, sign_event_with_id, verify_event_signature
 from homeserver.signing_key import key_id, load_or_create_signing_key, verify_key_base64
 
 # Spec appendices, "Cryptographic Test Vectors": seed, server name and key ID.
@@ -242,6 +242,22 @@ def test_event_id_unaffected_by_signing(key: SigningKey) -> None:
     signed = sign_event(room_event(), "example.org", key, "11")
     cosigned = sign_event(signed, "resident.org", generate_signing_key("b"), "11")
     assert compute_event_id(signed, "11") == compute_event_id(cosigned, "11")
+
+
+@pytest.mark.parametrize("room_version", ["10", "11", "12"])
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"unsigned": {"age_ts": 5}, "age_ts": 5}, {"event_id": "$given"}, {"origin": "example.org"}],
+)
+def test_sign_event_with_id_is_sign_event_then_compute_event_id(
+    key: SigningKey, room_version: str, extra: dict[str, Any]
+) -> None:
+    # The ID comes from the bytes just signed: it must still be the reference hash, also
+    # when a key redaction keeps (event_id) or drops (unsigned, age_ts) is on the event.
+    event = {**room_event(), **extra}
+    signed, event_id = sign_event_with_id(event, "example.org", key, room_version)
+    assert signed == sign_event(event, "example.org", key, room_version)
+    assert event_id == compute_event_id(signed, room_version)
 
 
 def test_unknown_room_version(key: SigningKey) -> None:

@@ -26,9 +26,8 @@ from homeserver.core.txn_ids import TxnIdCache
 from homeserver.errors import BadJson, Forbidden, MatrixError, NotFound, TooLarge
 from homeserver.events.auth_rules import AuthError, auth_event_types, auth_types_for_event, check_auth
 from homeserver.events.canonical import check_canonical_values, encode_canonical_event_json
-from homeserver.events.hashing import add_content_hash, compute_event_id
 from homeserver.events.room_versions import redacts_in_content, room_id_is_create_hash
-from homeserver.events.signing import sign_event
+from homeserver.events.signing import sign_event_with_id
 from homeserver.storage.events import EventStore, PersistItem, StoredEvent
 from homeserver.workers.event_writes import event_from_json, forwarded
 
@@ -161,10 +160,11 @@ class EventService:
         pdu["auth_events"] = sorted(
             head.state[key].event_id for key in auth_event_types(pdu, head.room_version) if key in head.state
         )
-        pdu = sign_event(add_content_hash(pdu), self.server_name, self.signing_key, head.room_version)
+        # Signing adds the content hash; the event ID is hashed from the bytes it signs.
+        pdu, event_id = sign_event_with_id(pdu, self.server_name, self.signing_key, head.room_version)
         if len(encode_canonical_event_json(pdu)) > MAX_PDU_SIZE:
             raise TooLarge("Event is larger than 65536 bytes")
-        return pdu, compute_event_id(pdu, head.room_version)
+        return pdu, event_id
 
     def new_room_head(self, room_version: str) -> RoomHead:
         """A head for a new room; in v12 its room ID is set by building the create event.

@@ -5,14 +5,20 @@ the signature still verifies after the event is redacted by anyone. The signatur
 copied back into the full event.
 """
 
+import hashlib
 from collections.abc import Mapping
 from typing import Any
 
 from nacl.exceptions import BadSignatureError
 from signedjson.types import SigningKey, VerifyKey
 
-from homeserver.events.canonical import decode_base64, encode_base64, encode_canonical_event_json
-from homeserver.events.hashing import add_content_hash
+from homeserver.events.canonical import (
+    decode_base64,
+    encode_base64,
+    encode_base64_urlsafe,
+    encode_canonical_event_json,
+)
+from homeserver.events.hashing import add_content_hash, compute_event_id
 from homeserver.events.redaction import redacted_view
 
 
@@ -34,12 +40,35 @@ def sign_event(
     `room_version` is required because the redacted form, and so the signed bytes, differ
     between room versions 10 and 11. Raises `UnsupportedRoomVersion` for other versions.
     """
+    return _sign(pdu, server_name, signing_key, room_version)[0]
+
+
+def sign_event_with_id(
+    pdu: Mapping[str, Any], server_name: str, signing_key: SigningKey, room_version: str
+) -> tuple[dict[str, Any], str]:
+    """`sign_event`, and the signed event's ID (`hashing.compute_event_id`).
+
+    The reference hash covers the bytes just signed (the redacted form without `signatures`;
+    redaction drops `unsigned` and `age_ts`) unless the event carries an `event_id`, which is
+    signed but not hashed: so an event being built costs one encoding instead of two.
+    """
+    signed, message = _sign(pdu, server_name, signing_key, room_version)
+    if "event_id" in signed:
+        return signed, compute_event_id(signed, room_version)
+    return signed, "$" + encode_base64_urlsafe(hashlib.sha256(message).digest())
+
+
+def _sign(
+    pdu: Mapping[str, Any], server_name: str, signing_key: SigningKey, room_version: str
+) -> tuple[dict[str, Any], bytes]:
+    """The signed copy of `pdu` and the bytes its new signature covers."""
     hashed = add_content_hash(pdu)
     # What signedjson.sign_json does, over the redacted form without copying it: sign the
     # canonical bytes without `signatures` (and `unsigned`, never kept by redaction).
     redacted = redacted_view(hashed, room_version)
     redacted.pop("signatures", None)
-    signature = signing_key.sign(encode_canonical_event_json(redacted)).signature
+    message = encode_canonical_event_json(redacted)
+    signature = signing_key.sign(message).signature
     signatures = {
         name: dict(keys) if isinstance(keys, dict) else keys
         for name, keys in (hashed.get("signatures") or {}).items()
@@ -48,7 +77,7 @@ def sign_event(
         signature
     )
     hashed["signatures"] = signatures
-    return hashed
+    return hashed, message
 
 
 def signed_bytes(pdu: Mapping[str, Any], room_version: str) -> bytes:
