@@ -559,9 +559,25 @@ class Program:
             found = facts._plans[self] = self._plan(facts)
         return found
 
+    @functools.cached_property
+    def _by_type(self) -> tuple[dict[str, tuple[CompiledRule, ...]], tuple[CompiledRule, ...]]:
+        """The rules an event can match, by its lowercased type: a rule requiring one exact
+        type (most defaults) is left out for the others. Second: for a type no rule names."""
+        required = [(rule, _required_type(rule)) for rule in self.rules]
+        by_type = {
+            t: tuple(rule for rule, need in required if need is None or need == t)
+            for _, t in required
+            if t is not None
+        }
+        return by_type, tuple(rule for rule, need in required if need is None)
+
     def _plan(self, facts: EventFacts) -> Plan:
         candidates: list[CompiledRule] = []
-        for rule in self.rules:
+        by_type, untyped = self._by_type
+        event_type = facts.prop(_TYPE)
+        # Same result as walking every rule: a skipped rule's type condition fails.
+        rules = by_type.get(event_type.lower(), untyped) if isinstance(event_type, str) else untyped
+        for rule in rules:
             if all(facts.holds(c) for c in rule.shared):
                 if not rule.per_user:
                     return Plan(tuple(candidates), rule.outcome, rule.rule_id)
@@ -571,6 +587,17 @@ class Program:
 
     def evaluate(self, facts: EventFacts, user_id: str) -> Outcome:
         return self.plan(facts).outcome(facts, user_id)
+
+
+_TYPE = ("type",)
+
+
+def _required_type(rule: CompiledRule) -> str | None:
+    """The one (lowercased) event type `rule` can match, if a shared condition names it."""
+    for cond in rule.shared:
+        if isinstance(cond, EventMatch) and cond.path == _TYPE and not _has_glob(cond.pattern):
+            return cond.pattern
+    return None
 
 
 def _may_match_type(rule: CompiledRule, event_type: str) -> bool:

@@ -337,6 +337,47 @@ def test_every_default_user_shares_one_plan_per_event() -> None:
     assert not outcomes[ME].highlight and not outcomes["@u1:example.org"].highlight
 
 
+def test_rules_naming_another_type_are_not_evaluated_and_types_match_as_before() -> None:
+    # A rule requiring one exact event type is only tried on events of that type (the inline
+    # unread pass plans every message): the outcomes stay what the spec's walk gives.
+    ruleset = with_rule("override", "glob", {"conditions": [type_is("org.example.*")], "actions": ["notify"]})
+    put_rule(
+        ruleset, "override", "exact", {"conditions": [type_is("ORG.Example.Ping")], "actions": []}, None, None
+    )
+    program = compile_rules(ruleset["global"], ME)
+    state = room_state(members=2)
+    counted: dict[str, int] = {}
+
+    def plan(pdu: dict[str, Any]) -> tuple[str | None, Any]:
+        facts = EventFacts(pdu, state, "11")
+        found = program.plan(facts).match(facts, ME)
+        counted[str(pdu.get("type"))] = len(facts._conds)
+        return found
+
+    assert plan(message("hi"))[0] == ".m.rule.room_one_to_one"
+    assert counted["m.room.message"] == 8  # conditions tried; the walk over every rule: 15
+    assert plan({**message("hi"), "type": "M.Room.Message"})[0] == ".m.rule.room_one_to_one"
+    assert (
+        plan({"type": "org.example.ping", "sender": OTHER, "content": {}})[0] == "exact"
+    )  # case-insensitive
+    assert plan({"type": "org.example.other", "sender": OTHER, "content": {}})[0] == "glob"
+    assert plan({"type": "m.room.member", "sender": OTHER, "state_key": OTHER, "content": {}})[0] == (
+        ".m.rule.member_event"
+    )
+    assert (
+        plan({"type": 7, "sender": OTHER, "content": {"msgtype": "m.notice"}})[0]
+        == ".m.rule.suppress_notices"
+    )
+    assert plan({"type": 7, "sender": OTHER, "content": {}}) == (
+        None,
+        plan({"sender": OTHER, "content": {}})[1],
+    )
+
+
+def type_is(pattern: str) -> dict[str, str]:
+    return {"kind": "event_match", "key": "type", "pattern": pattern}
+
+
 # Edits and their ordering ------------------------------------------------------------------------
 
 
