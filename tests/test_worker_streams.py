@@ -681,6 +681,23 @@ async def test_a_push_rule_edit_refused_by_the_writer_answers_the_same_error(wor
     assert (bad[0], bad[1]["errcode"]) == (400, "M_INVALID_PARAM")
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_push_rule_edit_on_a_new_worker_holds_while_the_writer_is_of_the_old_version(
+    workers: Workers,
+) -> None:
+    """A rolling upgrade: w2 runs the new version, w1 (the account-data writer) the one
+    before, which knows `account_data.put` but not `account_data.push_rules`."""
+    w = workers
+    alice, bob, room_id = await _counting_on_both(w)
+    del w.w1.rpc._handlers["account_data.push_rules"]
+    await _mute(w.c2, bob, room_id)
+    event_id = await _message(w, alice, room_id)
+    await _replicated(w)
+    for name, hs, client in (("w1", w.w1, w.c1), ("w2", w.w2, w.c2)):
+        assert not await _pushed_to(hs, bob, event_id), name
+        assert await _counts_and_notified(client, bob, room_id) == (0, 0), name
+
+
 # Jobs --------------------------------------------------------------------------------------
 
 

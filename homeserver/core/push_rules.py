@@ -17,7 +17,8 @@ of the write through account data's `on_put` (with several processes, the accoun
 stream: in order, and caught up from PostgreSQL after a bus reconnect), and tells
 `on_change` so that the unread counts computed with the old rules go too. An edit reads,
 changes and stores the whole ruleset: it runs where account data is written (`edit_here`,
-forwarded there by the other processes), one per user at a time.
+forwarded there by the other processes; here while that one runs the version before), one
+per user at a time.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import DeferredLock
 
 from homeserver.core.push_eval import KINDS, MASTER, MEMBER_COUNT, Program, compile_rules, is_plain_value
-from homeserver.errors import BadJson, InvalidParam, MatrixError, MissingParam, NotFound
+from homeserver.errors import BadJson, InvalidParam, MatrixError, MissingParam, NotFound, Unrecognized
 
 if TYPE_CHECKING:
     from homeserver.core.account_data import AccountDataService
@@ -485,7 +486,13 @@ class PushRuleService:
             return
         # Another process writes account data: the edit runs there, under its lock, so that
         # two edits of one user through two processes never store over each other.
-        done = await forward("push_rules", {"user_id": user_id, "op": op, "args": args})
+        try:
+            done = await forward("push_rules", {"user_id": user_id, "op": op, "args": args})
+        except Unrecognized:
+            # The writer runs the version before (a rolling upgrade) and only stores: read and
+            # change here as that version did, and hand it the whole ruleset to store.
+            await self.edit_here(user_id, op, args)
+            return
         if self.account_data.stream.current < int(done["position"]):
             # Its row has not come back yet (bus down or slow): the user's next request here
             # sees the edit all the same. The rows still to come end with it or a later one.
