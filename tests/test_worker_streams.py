@@ -698,6 +698,25 @@ async def test_a_push_rule_edit_on_a_new_worker_holds_while_the_writer_is_of_the
         assert await _counts_and_notified(client, bob, room_id) == (0, 0), name
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_push_rule_body_field_the_rule_drops_does_not_fail_the_edit_on_a_worker(
+    workers: Workers,
+) -> None:
+    """A field of the PUT body that the rule does not keep (here an integer past 64 bits,
+    which cannot go between processes) is ignored on the worker as on the writer."""
+    w = workers
+    bob = await _user(w, "bob")
+    await w.start(w.w2)
+    rules = CS + "/pushrules/global/override/"
+    body = {"actions": ["notify"], "conditions": [], "extra": 2**70}
+    for name, client in (("w1", w.c1), ("w2", w.c2)):
+        status, answer = await client.start("PUT", rules + name, bob["access_token"], body)
+        assert status == 200, (name, answer)
+        assert (await client.call("GET", "/pushrules/global/override/" + name, bob["access_token"]))[
+            "actions"
+        ] == ["notify"]
+
+
 # Jobs --------------------------------------------------------------------------------------
 
 

@@ -456,7 +456,11 @@ class PushRuleService:
         after: str | None,
     ) -> None:
         check_kind(scope, kind)
-        args = {"kind": kind, "rule_id": rule_id, "body": body, "before": before, "after": after}
+        check_new_rule_id(kind, rule_id)
+        # The rule as kept, not the body, goes to the writer: a field the rule drops (an
+        # integer past 64 bits, say) must not fail the request between processes.
+        rule = build_rule(kind, rule_id, body)
+        args = {"kind": kind, "rule_id": rule_id, "body": rule, "before": before, "after": after}
         await self._edit(user_id, "put", args)
 
     async def delete_rule(self, user_id: str, scope: str, kind: str, rule_id: str) -> None:
