@@ -302,6 +302,40 @@ def test_pg_rowcount_counts_inserted_rows(pg: Any) -> None:
         assert cur.rowcount == 1
 
 
+def test_pg_a_shape_looked_up_by_two_threads_at_once_keeps_its_rows_apart_from_the_next(pg: Any) -> None:
+    """Two pool threads insert one new shape at once: both look its columns up (a round trip
+    each, the GIL let go) and both keep a statement for it. A shape seen later must still
+    get a statement of its own, not one a connection already holds for another table."""
+    engine = PostgresEngine("unused", 1, 1)
+    with pg.cursor() as cur:
+        cur.execute("CREATE TABLE one (a TEXT)")
+        cur.execute("CREATE TABLE two (b TEXT)")
+
+        class OtherThreadMeanwhile:
+            """The first thread's cursor: the other thread's whole insert of the same shape runs
+            while its column lookup is on the wire."""
+
+            def __init__(self) -> None:
+                self.done = False
+
+            def execute(self, sql: str, args: Any = None) -> None:
+                cur.execute(sql, args)
+                if not self.done:
+                    self.done = True
+                    engine.insert_many(cur, "one", ("a",), [("other thread",)], "")
+                    cur.execute(sql, args)  # the first thread's answer, for it to read
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(cur, name)
+
+        engine.insert_many(OtherThreadMeanwhile(), "one", ("a",), [("first thread",)], "")
+        engine.insert_many(cur, "two", ("b",), [("two",)], "")
+        cur.execute("SELECT a FROM one ORDER BY a")
+        assert cur.fetchall() == [("first thread",), ("other thread",)]
+        cur.execute("SELECT b FROM two")
+        assert cur.fetchall() == [("two",)]
+
+
 # Text without NUL (PostgreSQL text cannot hold it) or lone surrogates (not encodable).
 pg_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=40)
 pg_row = st.tuples(

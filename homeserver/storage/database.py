@@ -405,7 +405,9 @@ class PostgresEngine(Engine):
                 f"INSERT INTO {table} ({', '.join(columns)}) SELECT {casts}"
                 f" FROM jsonb_array_elements($1::jsonb) AS r {suffix}"
             )
-            found = (f"hs_insert_{len(self._insert_sql)}", sql)
+            # Named by its text: two threads that look one shape up at once both keep it, and
+            # a count of the shapes kept would then give the next shape a name already used.
+            found = (f"hs_insert_{hashlib.blake2b(sql.encode(), digest_size=12).hexdigest()}", sql)
         self._insert_sql[key] = found
         return found
 
