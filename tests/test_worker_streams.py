@@ -699,6 +699,18 @@ async def test_a_push_rule_edit_on_a_new_worker_holds_while_the_writer_is_of_the
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_mute_through_a_new_worker_while_the_bus_is_down_and_the_writer_is_old_holds_there(
+    workers: Workers,
+) -> None:
+    w = workers
+    alice, bob, room_id = await _counting_on_both(w)
+    del w.w1.rpc._handlers["account_data.push_rules"]
+    w.hub.disconnect("w2")
+    await _mute(w.c2, bob, room_id)  # stored by w1, whose row cannot come back yet
+    assert await _counts_and_notified(w.c2, bob, room_id) == (0, 0)
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_push_rule_body_field_the_rule_drops_does_not_fail_the_edit_on_a_worker(
     workers: Workers,
 ) -> None:

@@ -495,8 +495,7 @@ class PushRuleService:
         except Unrecognized:
             # The writer runs the version before (a rolling upgrade) and only stores: read and
             # change here as that version did, and hand it the whole ruleset to store.
-            await self.edit_here(user_id, op, args)
-            return
+            done = await self.edit_here(user_id, op, args)
         if self.account_data.stream.current < int(done["position"]):
             # Its row has not come back yet (bus down or slow): the user's next request here
             # sees the edit all the same. The rows still to come end with it or a later one.
