@@ -729,6 +729,30 @@ async def test_a_push_rule_body_field_the_rule_drops_does_not_fail_the_edit_on_a
         ] == ["notify"]
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_rule_whose_unknown_condition_holds_an_integer_past_canonical_json_is_refused(
+    workers: Workers,
+) -> None:
+    """An unknown condition is kept as sent, so it must be able to go between processes:
+    one holding an integer past canonical JSON's range is refused, on either worker, and the
+    user's later edits still go through."""
+    w = workers
+    bob = await _user(w, "bob")
+    await w.start(w.w2)
+    rules = CS + "/pushrules/global/override/"
+    odd = {"actions": ["notify"], "conditions": [{"kind": "org.example.odd", "n": [{"v": 2**70}]}]}
+    for name, client in (("w1", w.c1), ("w2", w.c2)):
+        status, answer = await client.start("PUT", rules + "odd", bob["access_token"], odd)
+        assert (status, answer["errcode"]) == (400, "M_BAD_JSON"), name
+        status, answer = await client.start("PUT", rules + name, bob["access_token"], {"actions": ["notify"]})
+        assert status == 200, (name, answer)
+    kept = {"actions": ["notify"], "conditions": [{"kind": "org.example.odd", "n": [{"v": 2**53 - 1}]}]}
+    status, answer = await w.c2.start("PUT", rules + "kept", bob["access_token"], kept)
+    assert status == 200, answer
+    got = await w.c1.call("GET", "/pushrules/global/override/kept", bob["access_token"])
+    assert got["conditions"] == kept["conditions"]
+
+
 # Jobs --------------------------------------------------------------------------------------
 
 
