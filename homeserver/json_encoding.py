@@ -33,3 +33,23 @@ def dumps_text(obj: Any, default: Callable[[Any], Any] | None = None) -> str:
 
 def dumps_text_slowly(obj: Any, default: Callable[[Any], Any] | None = None) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=default)
+
+
+# Canonical JSON's integer range (spec: Appendices, Canonical JSON).
+MAX_SAFE_INT = 2**53 - 1
+
+
+def ints_in_canonical_range(value: Any) -> bool:
+    """Whether every integer in a parsed JSON value is within ±MAX_SAFE_INT: one past 64 bits
+    cannot go between processes (orjson, homeserver/workers/)."""
+    stack = [value]
+    while stack:  # a loop, not recursion: a body may be nested as deep as the parser allows
+        item = stack.pop()
+        if isinstance(item, int) and not isinstance(item, bool):
+            if not -MAX_SAFE_INT <= item <= MAX_SAFE_INT:
+                return False
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True

@@ -753,6 +753,28 @@ async def test_a_rule_whose_unknown_condition_holds_an_integer_past_canonical_js
     assert got["conditions"] == kept["conditions"]
 
 
+@pytest_twisted.ensureDeferred
+async def test_account_data_holding_an_integer_past_canonical_json_is_refused_on_either_worker(
+    workers: Workers,
+) -> None:
+    """Such content would be stored and then fail between processes (a 500, and the other
+    workers never hear of it: an ignore list that holds on one worker only)."""
+    w = workers
+    alice, bob = await _user(w, "alice"), await _user(w, "bob")
+    await w.start(w.w2)
+    ignore = CS + f"/user/{quote(bob['user_id'])}/account_data/m.ignored_user_list"
+    odd = {"ignored_users": {alice["user_id"]: {"since": 2**70}}}
+    for name, client in (("w1", w.c1), ("w2", w.c2)):
+        status, answer = await client.start("PUT", ignore, bob["access_token"], odd)
+        assert (status, answer["errcode"]) == (400, "M_BAD_JSON"), name
+        assert w.w1.ignored_users.now(bob["user_id"]) == set(), name
+    fine = {"ignored_users": {alice["user_id"]: {"since": 2**53 - 1}}}
+    status, answer = await w.c2.start("PUT", ignore, bob["access_token"], fine)
+    assert status == 200, answer
+    for hs in (w.w1, w.w2):
+        assert hs.ignored_users.now(bob["user_id"]) == {alice["user_id"]}
+
+
 # Jobs --------------------------------------------------------------------------------------
 
 

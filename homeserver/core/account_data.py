@@ -7,7 +7,8 @@ from typing import Any
 
 from homeserver.core.room_heads import RoomHeads
 from homeserver.core.streams import StreamIdGenerator
-from homeserver.errors import Forbidden, MatrixError, NotFound
+from homeserver.errors import BadJson, Forbidden, MatrixError, NotFound
+from homeserver.json_encoding import ints_in_canonical_range
 from homeserver.notifier import Notifier
 from homeserver.storage import Storage
 
@@ -96,6 +97,8 @@ class AccountDataService:
             )
         if room_id and (self.heads is None or await self.heads.get(room_id) is None):
             raise MatrixError("Unknown room", "M_INVALID_PARAM")
+        if not ints_in_canonical_range(content):  # it could not reach the other processes
+            raise BadJson("Integers must be within ±(2**53 - 1) (canonical JSON)")
         check = self.checks.get(data_type)
         if check is not None and not room_id:
             check(content)

@@ -32,6 +32,7 @@ from twisted.internet.defer import DeferredLock
 
 from homeserver.core.push_eval import KINDS, MASTER, MEMBER_COUNT, Program, compile_rules, is_plain_value
 from homeserver.errors import BadJson, InvalidParam, MatrixError, MissingParam, NotFound, Unrecognized
+from homeserver.json_encoding import ints_in_canonical_range
 
 if TYPE_CHECKING:
     from homeserver.core.account_data import AccountDataService
@@ -262,26 +263,9 @@ def check_condition(cond: Any) -> dict[str, Any]:
         return {"kind": kind, "key": _string(cond, "key")}
     # Spec: an unrecognised condition never matches (so the rule never does); kept as sent,
     # within canonical JSON: an integer past it would fail the ruleset between processes.
-    if not _ints_in_range(cond):
+    if not ints_in_canonical_range(cond):
         raise BadJson("Integers must be within ±(2**53 - 1) (canonical JSON)")
     return cond
-
-
-_SAFE_INT = 2**53 - 1  # canonical JSON's integer range
-
-
-def _ints_in_range(value: Any) -> bool:
-    stack = [value]
-    while stack:  # a loop, not recursion: a condition may be nested as deep as the parser allows
-        item = stack.pop()
-        if isinstance(item, int) and not isinstance(item, bool):
-            if not -_SAFE_INT <= item <= _SAFE_INT:
-                return False
-        elif isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return True
 
 
 def build_rule(kind: str, rule_id: str, body: Any) -> dict[str, Any]:
