@@ -6,6 +6,10 @@ compact UTF-8 JSON as `json.dumps(obj, ensure_ascii=False, separators=(",", ":")
 up to float spelling (1e16 vs 1e+16). What it refuses (integers past 64 bits,
 non-string keys, lone surrogates) goes to the standard library, which behaves
 as before.
+
+Between our own processes (the bus, the internal RPC) `dumps_internal` and
+`loads_internal` carry whatever one process can hold, so that a value a single
+process accepts never fails (a 500) on its way to another one.
 """
 
 from __future__ import annotations
@@ -40,8 +44,8 @@ MAX_SAFE_INT = 2**53 - 1
 
 
 def ints_in_canonical_range(value: Any) -> bool:
-    """Whether every integer in a parsed JSON value is within ±MAX_SAFE_INT: one past 64 bits
-    cannot go between processes (orjson, homeserver/workers/)."""
+    """Whether every integer in a parsed JSON value is within ±MAX_SAFE_INT, as account data
+    and push rules' kept conditions must be (between processes `dumps_internal` carries any)."""
     stack = [value]
     while stack:  # a loop, not recursion: a body may be nested as deep as the parser allows
         item = stack.pop()
@@ -53,3 +57,26 @@ def ints_in_canonical_range(value: Any) -> bool:
         elif isinstance(item, list):
             stack.extend(item)
     return True
+
+
+# What orjson cannot write goes as the standard library's JSON after this byte: still JSON
+# to any reader, and a sign to ours that orjson would read it wrong (an integer past 64 bits
+# comes back from orjson.loads as a float).
+_SLOW_MARK = b" "
+
+
+def dumps_internal(obj: Any) -> bytes:
+    """JSON for another process of this server: orjson, or for what it refuses (integers
+    past 64 bits, nesting past 255 levels, lone surrogates) the standard library's, marked."""
+    try:
+        return orjson.dumps(obj)
+    except orjson.JSONEncodeError:
+        # ASCII: a lone surrogate goes as its escape, which has no UTF-8 form.
+        return _SLOW_MARK + json.dumps(obj, separators=(",", ":")).encode("ascii")
+
+
+def loads_internal(raw: bytes) -> Any:
+    """The value `dumps_internal` wrote (ValueError, or RecursionError, if not JSON)."""
+    if raw[:1] == _SLOW_MARK:
+        return json.loads(raw)
+    return orjson.loads(raw)

@@ -765,6 +765,57 @@ async def test_account_data_holding_an_integer_past_canonical_json_is_refused_on
         assert hs.ignored_users.now(bob["user_id"]) == {alice["user_id"]}
 
 
+def _nested(depth: int) -> Any:
+    value: Any = "bottom"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest_twisted.ensureDeferred
+async def test_to_device_content_orjson_cannot_write_reaches_the_device_intact(workers: Workers) -> None:
+    """To-device content is the sender's to choose (spec): what one process delivers, a
+    client worker hands to the to-device writer as it is. An integer past 64 bits or nesting
+    past 255 levels was a 500 on w2; 2**60 always went through."""
+    w = workers
+    alice, bob = await _user(w, "alice"), await _user(w, "bob")
+    await w.start(w.w2)
+    since = await _since(w.c1, bob)
+    await _settled(w)
+    poll = _long_poll(w.c1, bob, since)
+    content = {"big": 2**70, "low": -(2**70), "wide": 2**60, "deep": _nested(300)}
+    body = {"messages": {bob["user_id"]: {bob["device_id"]: content}}}
+    path = CS + "/sendToDevice/org.example.odd/t1"
+    status, answer = await w.c2.start("PUT", path, alice["access_token"], body)
+    assert status == 200, answer
+    got = await _woken(poll, "a to-device message")
+    assert [e["content"] for e in got["to_device"]["events"]] == [content]
+    status, again = await w.c2.sync(bob["access_token"], since)  # not acknowledged: again on w2
+    assert status == 200, again
+    assert [e["content"] for e in again["to_device"]["events"]] == [content]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_event_past_canonical_json_through_a_client_worker_is_refused_as_on_the_writer(
+    workers: Workers,
+) -> None:
+    """The room's writer checks event content (events/canonical.py): a client worker hands
+    a send or a createRoom body there, and the answer is that 400, not a 500 on the way."""
+    w = workers
+    alice = await _user(w, "alice")
+    room_id = await _room(w, alice)
+    await w.start(w.w2)
+    path = CS + f"/rooms/{quote(room_id)}/send/org.example.odd/"
+    for name, client in (("w1", w.c1), ("w2", w.c2)):
+        status, answer = await client.start("PUT", path + name, alice["access_token"], {"n": 2**70})
+        assert (status, answer.get("errcode")) == (400, "M_BAD_JSON"), (name, answer)
+        odd_room = {"creation_content": {"n": 2**70}}
+        status, answer = await client.start("POST", CS + "/createRoom", alice["access_token"], odd_room)
+        assert (status, answer.get("errcode")) == (400, "M_BAD_JSON"), (name, answer)
+    status, answer = await w.c2.start("PUT", path + "fine", alice["access_token"], {"n": 2**53 - 1})
+    assert status == 200, answer
+
+
 # Jobs --------------------------------------------------------------------------------------
 
 

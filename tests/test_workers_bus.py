@@ -116,6 +116,27 @@ async def test_a_late_subscription_and_another_prefix(buses: Any, prefix: str) -
         await other.stop()
 
 
+def _past_orjson() -> dict[str, Any]:
+    """What a process may hold that orjson will not write: integers past 64 bits, nesting
+    past 255 levels, a lone surrogate; and what it writes, at 64 bits' edges."""
+    deep: Any = "bottom"
+    for _ in range(300):
+        deep = [deep]
+    return {"big": 2**70, "low": -(2**70), "deep": deep, "lone": "\ud800", "u64": 2**64 - 1, "i64": -(2**63)}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_message_orjson_cannot_write_arrives_intact(buses: Any) -> None:
+    """Client JSON a process accepted (a to-device message, an event batch) must reach the
+    others as it is: publishing it was an error, and the others never heard of it."""
+    a, b, seen = buses
+    odd = _past_orjson()
+    a.publish("ch", odd)
+    a.publish("ch", {"after": 1})  # and the ordinary ones still flow, in order
+    await until(lambda: len(seen["b"]) == 2, "both delivered")
+    assert seen["b"] == [odd, {"after": 1}]
+
+
 def _client_id(name: bytes) -> str:
     for line in redis_cli("CLIENT", "LIST").splitlines():
         fields = dict(f.split("=", 1) for f in line.split(" ") if "=" in f)

@@ -94,6 +94,19 @@ async def test_a_call_crosses_to_the_other_instance_and_back(instances: Instance
     assert [r["event_id"] for r in results] == [f"$from-b-{n}" for n in range(40)]
 
 
+@pytest_twisted.ensureDeferred
+async def test_values_orjson_cannot_write_cross_intact_both_ways(instances: Instances) -> None:
+    """A forwarded write carries the client's JSON as the first process accepted it (a
+    to-device message holding 2**70 was a 500 on its way to the writer)."""
+    deep: Any = "bottom"
+    for _ in range(300):
+        deep = [deep]
+    odd = {"n": 2, "big": 2**70, "low": -(2**70), "deep": deep, "lone": "\ud800", "u64": 2**64 - 1}
+    answer = await instances.rpcs["a"].call("b", "events.send", odd)
+    # The answer holds them too (orjson would read 2**70 back as a float).
+    assert answer == {"event_id": "$from-b-2", "args": odd}
+
+
 async def _gather(rpc: WorkerRpc, n: int) -> list[dict[str, Any]]:
     from twisted.internet.defer import gatherResults
 

@@ -97,7 +97,7 @@ class AccountDataService:
             )
         if room_id and (self.heads is None or await self.heads.get(room_id) is None):
             raise MatrixError("Unknown room", "M_INVALID_PARAM")
-        if not ints_in_canonical_range(content):  # it could not reach the other processes
+        if not ints_in_canonical_range(content):  # canonical JSON's range, as push rules
             raise BadJson("Integers must be within ±(2**53 - 1) (canonical JSON)")
         check = self.checks.get(data_type)
         if check is not None and not room_id:

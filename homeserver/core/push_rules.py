@@ -262,7 +262,7 @@ def check_condition(cond: Any) -> dict[str, Any]:
     if kind == "sender_notification_permission":
         return {"kind": kind, "key": _string(cond, "key")}
     # Spec: an unrecognised condition never matches (so the rule never does); kept as sent,
-    # within canonical JSON: an integer past it would fail the ruleset between processes.
+    # within canonical JSON's integer range, as account data.
     if not ints_in_canonical_range(cond):
         raise BadJson("Integers must be within ±(2**53 - 1) (canonical JSON)")
     return cond

@@ -14,10 +14,10 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-import orjson
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from homeserver.json_encoding import dumps_internal, loads_internal
 from homeserver.logs import log_failure
 
 log = Logger()
@@ -104,7 +104,7 @@ class MemoryBus(_Subscriptions):
     def publish(self, channel: str, message: Message) -> None:
         if self.connected:
             # Through JSON, as over Redis: a message that would not survive it fails here too.
-            self.hub.send(self.instance, channel, orjson.loads(orjson.dumps(message)))
+            self.hub.send(self.instance, channel, loads_internal(dumps_internal(message)))
 
     async def start(self) -> None:
         self.connected = True
@@ -195,7 +195,7 @@ class RedisBus(_Subscriptions):
             return  # lost: the subscribers catch up from PostgreSQL when they can
         # The sender's name travels with the message: Redis also delivers it to the sender's
         # own subscription, which drops it (a publish is for the OTHER processes).
-        payload = orjson.dumps([self.instance, message])
+        payload = dumps_internal([self.instance, message])
         d = publisher.publish(self._channel(channel), self._mac(payload) + payload)
         d.addErrback(lambda f: log.warn("bus publish on {channel} failed: {e}", channel=channel, e=f.value))
         _send_now(publisher.transport)
@@ -256,8 +256,8 @@ class RedisBus(_Subscriptions):
         try:
             if not hmac.compare_digest(mac, self._mac(payload)):
                 raise ValueError("not signed with our secret")
-            sender, decoded = orjson.loads(payload)
-        except (orjson.JSONDecodeError, ValueError, TypeError):
+            sender, decoded = loads_internal(payload)
+        except (ValueError, TypeError, RecursionError):
             log.warn("bus: a message on {channel} is not ours; dropped", channel=name)
             return
         if sender != self.instance:

@@ -6,7 +6,8 @@ MatrixError raised there comes back as the same MatrixError here (status, errcod
 extra fields), so a forwarded request answers the client as a local one would. An instance
 that cannot be reached is a 503 (ServiceUnavailable): clients and the balancer retry, and
 the writers dedupe retried sends by transaction id. A call to this instance itself runs the
-handler directly.
+handler directly. Both ways the JSON is `dumps_internal`'s: whatever a process holds (an
+integer past 64 bits in a client's to-device content) reaches the other intact.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-import orjson
 from twisted.internet import error as net_error
 from twisted.internet import protocol
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, succeed
@@ -23,6 +23,7 @@ from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from homeserver.errors import LimitExceeded, MatrixError, ServiceUnavailable
+from homeserver.json_encoding import dumps_internal, loads_internal
 from homeserver.logs import log_failure
 
 log = Logger()
@@ -54,10 +55,10 @@ class WorkerRpc:
             return await self._handler(method)(args)
         if self.transport is None:
             raise ServiceUnavailable(f"instance {instance} cannot be reached (no transport)")
-        status, raw = await self.transport.post(instance, method, orjson.dumps(args))
+        status, raw = await self.transport.post(instance, method, dumps_internal(args))
         try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
+            body = loads_internal(raw)
+        except (ValueError, RecursionError):
             body = None
         if not isinstance(body, dict):
             log.warn(
@@ -230,8 +231,8 @@ class MemoryTransport:
         if rpc is None or instance in self.down:
             raise ServiceUnavailable(f"instance {instance} cannot be reached; try again")
         self.calls.append((instance, method))
-        status, answer = await rpc.handle(method, orjson.loads(body))
-        return status, orjson.dumps(answer)
+        status, answer = await rpc.handle(method, loads_internal(body))
+        return status, dumps_internal(answer)
 
 
 def check_secret(expected: bytes, token: str | None) -> None:
