@@ -458,6 +458,17 @@ async def _pushed_to(hs: HomeServer, user: dict[str, str], event_id: str) -> boo
     return user["user_id"] in {d.user_id for d in await hs.unread.decisions(event_id)}
 
 
+async def _neither_counted_nor_pushed_on_any(
+    w: Workers, alice: dict[str, str], bob: dict[str, str], room_id: str
+) -> None:
+    """alice's next message neither counts for bob nor notifies him, on either worker."""
+    event_id = await _message(w, alice, room_id)
+    await _replicated(w)
+    for name, hs, client in (("w1", w.w1, w.c1), ("w2", w.w2, w.c2)):
+        assert not await _pushed_to(hs, bob, event_id), name
+        assert await _counts_and_notified(client, bob, room_id) == (0, 0), name
+
+
 async def _counting_on_both(w: Workers) -> tuple[dict[str, str], dict[str, str], str]:
     """alice's message to bob, counted, listed and pushed for bob on both workers (so that
     each holds bob's rules, his count and alice's ignorers in memory)."""
@@ -495,11 +506,7 @@ async def test_a_room_muted_or_a_user_ignored_on_one_worker_neither_counts_nor_n
         await _mute(client, bob, room_id)
     else:
         await _ignore(client, bob, alice)
-    event_id = await _message(w, alice, room_id)
-    await _replicated(w)
-    for name, hs, client in (("w1", w.w1, w.c1), ("w2", w.w2, w.c2)):
-        assert not await _pushed_to(hs, bob, event_id), name
-        assert await _counts_and_notified(client, bob, room_id) == (0, 0), name
+    await _neither_counted_nor_pushed_on_any(w, alice, bob, room_id)
 
 
 @pytest_twisted.ensureDeferred
@@ -681,11 +688,7 @@ async def test_a_push_rule_edit_on_a_new_worker_holds_while_the_writer_is_of_the
     alice, bob, room_id = await _counting_on_both(w)
     del w.w1.rpc._handlers["account_data.push_rules"]
     await _mute(w.c2, bob, room_id)
-    event_id = await _message(w, alice, room_id)
-    await _replicated(w)
-    for name, hs, client in (("w1", w.w1, w.c1), ("w2", w.w2, w.c2)):
-        assert not await _pushed_to(hs, bob, event_id), name
-        assert await _counts_and_notified(client, bob, room_id) == (0, 0), name
+    await _neither_counted_nor_pushed_on_any(w, alice, bob, room_id)
 
 
 @pytest_twisted.ensureDeferred

@@ -159,6 +159,14 @@ class Client:
         login = await hs.accounts.create_session(user_id, None, None, refreshable=False, ip=None)
         return {"user_id": user_id, "device_id": login.device_id, "access_token": login.tokens.access_token}
 
+    async def alice_and_bob(self, hs: HomeServer) -> tuple[dict[str, str], dict[str, str], str]:
+        """Two accounts, alice and bob, in a public room alice created and bob joined."""
+        alice = await self.register(hs, "alice")
+        bob = await self.register(hs, "bob")
+        created = await self.call("POST", "/createRoom", alice["access_token"], {"preset": "public_chat"})
+        await self.call("POST", f"/join/{created['room_id']}", bob["access_token"], {})
+        return alice, bob, created["room_id"]
+
 
 def room_path(room_id: str) -> str:
     return f"/rooms/{quote(room_id)}"

@@ -19,12 +19,7 @@ async def test_a_message_the_indexer_had_not_written_is_not_found_after_erasure(
     hs = await make_server(tmp_path, TestClock())
     client = Client(hs)
     try:
-        alice = await client.register(hs, "alice")
-        bob = await client.register(hs, "bob")
-        room_id = (
-            await client.call("POST", "/createRoom", alice["access_token"], {"preset": "public_chat"})
-        )["room_id"]
-        await client.call("POST", f"/join/{room_id}", bob["access_token"], {})
+        alice, bob, room_id = await client.alice_and_bob(hs)
 
         # The index write of alice's message is held until the test lets it go.
         store = hs.search_index.store

@@ -67,12 +67,7 @@ async def test_sending_is_limited_per_user_and_refills_with_time(tmp_path: Path)
     hs = await limited_server(tmp_path, clock, send_per_user=SLOW)
     client = Client(hs)
     try:
-        alice = await client.register(hs, "alice")
-        bob = await client.register(hs, "bob")
-        room_id = (
-            await client.call("POST", "/createRoom", alice["access_token"], {"preset": "public_chat"})
-        )["room_id"]
-        await client.call("POST", f"/join/{room_id}", bob["access_token"], {})
+        alice, bob, room_id = await client.alice_and_bob(hs)
         token = alice["access_token"]
         assert (await send(hs, token, room_id, "t1"))[0] == 200
         assert (await send(hs, token, room_id, "t2"))[0] == 200

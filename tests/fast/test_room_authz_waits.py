@@ -18,12 +18,7 @@ async def test_a_long_poll_wakes_with_the_kick_and_not_after_it(tmp_path: Path) 
     hs = await make_server(tmp_path, clock)
     client = Client(hs)
     try:
-        alice = await client.register(hs, "alice")
-        bob = await client.register(hs, "bob")
-        room_id = (
-            await client.call("POST", "/createRoom", alice["access_token"], {"preset": "public_chat"})
-        )["room_id"]
-        await client.call("POST", f"/join/{room_id}", bob["access_token"], {})
+        alice, bob, room_id = await client.alice_and_bob(hs)
         _, first = await client.sync(bob["access_token"])
 
         poll = client.sync(bob["access_token"], first["next_batch"], 20_000)

@@ -107,12 +107,7 @@ async def test_a_message_sent_while_a_load_waits_for_the_room_is_counted(tmp_pat
     hs = await make_server(tmp_path, TestClock())
     client = Client(hs)
     try:
-        alice = await client.register(hs, "alice")
-        bob = await client.register(hs, "bob")
-        room_id = (
-            await client.call("POST", "/createRoom", alice["access_token"], {"preset": "public_chat"})
-        )["room_id"]
-        await client.call("POST", f"/join/{room_id}", bob["access_token"], {})
+        alice, bob, room_id = await client.alice_and_bob(hs)
         send = f"{room_path(room_id)}/send/m.room.message"
         await client.call("PUT", f"{send}/t1", alice["access_token"], {"msgtype": "m.text", "body": "one"})
         hs.unread._counts.clear()
