@@ -39,26 +39,6 @@ def dumps_text_slowly(obj: Any, default: Callable[[Any], Any] | None = None) -> 
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=default)
 
 
-# Canonical JSON's integer range (spec: Appendices, Canonical JSON).
-MAX_SAFE_INT = 2**53 - 1
-
-
-def ints_in_canonical_range(value: Any) -> bool:
-    """Whether every integer in a parsed JSON value is within ±MAX_SAFE_INT, as account data
-    and push rules' kept conditions must be (between processes `dumps_internal` carries any)."""
-    stack = [value]
-    while stack:  # a loop, not recursion: a body may be nested as deep as the parser allows
-        item = stack.pop()
-        if isinstance(item, int) and not isinstance(item, bool):
-            if not -MAX_SAFE_INT <= item <= MAX_SAFE_INT:
-                return False
-        elif isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return True
-
-
 # What orjson cannot write goes as the standard library's JSON after this byte: still JSON
 # to any reader, and a sign to ours that orjson would read it wrong (an integer past 64 bits
 # comes back from orjson.loads as a float).

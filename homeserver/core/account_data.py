@@ -8,7 +8,7 @@ from typing import Any
 from homeserver.core.room_heads import RoomHeads
 from homeserver.core.streams import StreamIdGenerator
 from homeserver.errors import BadJson, Forbidden, MatrixError, NotFound
-from homeserver.json_encoding import ints_in_canonical_range
+from homeserver.events.canonical import ints_in_canonical_range
 from homeserver.notifier import Notifier
 from homeserver.storage import Storage
 

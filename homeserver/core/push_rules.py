@@ -32,7 +32,7 @@ from twisted.internet.defer import DeferredLock
 
 from homeserver.core.push_eval import KINDS, MASTER, MEMBER_COUNT, Program, compile_rules, is_plain_value
 from homeserver.errors import BadJson, InvalidParam, MatrixError, MissingParam, NotFound, Unrecognized
-from homeserver.json_encoding import ints_in_canonical_range
+from homeserver.events.canonical import ints_in_canonical_range
 
 if TYPE_CHECKING:
     from homeserver.core.account_data import AccountDataService

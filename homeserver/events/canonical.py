@@ -70,6 +70,23 @@ def check_canonical_values(obj: Any, path: str = "content") -> None:
         raise ValueError(f"{path}: not a JSON value")
 
 
+def ints_in_canonical_range(value: Any) -> bool:
+    """Whether every integer in a parsed JSON value is within canonical JSON's range (floats
+    allowed, unlike `check_canonical_values`): as account data and push rules' kept
+    conditions must be."""
+    stack = [value]
+    while stack:  # a loop, not recursion: a body may be nested as deep as the parser allows
+        item = stack.pop()
+        if isinstance(item, int) and not isinstance(item, bool):
+            if not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
+                return False
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
+
+
 def encode_base64(data: bytes) -> str:
     """Encode `data` as standard-alphabet base64 with the trailing `=` padding removed.
 
