@@ -7,7 +7,8 @@ Creates a scratch database, stores a room, then commits `commits` times `batch` 
 `EventStore.persist_events` and the writer connection, one commit at a time, as the group
 commit does at a steady 500 msg/s. Per commit it reports the CPU of the writer's backend
 (utime + stime from /proc/PID/stat, 10 ms ticks), of this process (the reactor included),
-and of composing the transaction alone (`persist_events_txn` against the collecting cursor).
+and of composing the transaction alone (`persist_events_txn` against the collecting cursor);
+per message, the bytes its tables hold afterwards (indexes and TOAST included, before VACUUM).
 Run on the database's own machine (`--url` may name a Unix socket:
 `postgresql://postgres@/postgres?host=/var/run/postgresql`).
 """
@@ -118,6 +119,21 @@ async def replay(url: str, commits: int, batch: int) -> dict[str, float]:
         storage.close()
 
 
+def stored_bytes(url: str) -> int:
+    """The scratch database's tables with their indexes and TOAST, before any VACUUM."""
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
+            )
+            return int(cur.fetchone()[0])
+    finally:
+        conn.close()
+
+
 async def main(args: argparse.Namespace) -> None:
     admin = psycopg2.connect(args.url)
     admin.autocommit = True
@@ -128,11 +144,12 @@ async def main(args: argparse.Namespace) -> None:
         url = urlunsplit(urlsplit(args.url)._replace(path=f"/{name}"))
         for run in range(args.runs):
             figures = await replay(url, args.commits, args.batch)
+            stored = stored_bytes(url) / (args.commits * args.batch)
             print(
                 f"run {run + 1}: {args.commits} commits of {args.batch} message(s), per commit:"
                 f" backend {figures['backend_ms']:.3f} ms CPU ({figures['system_ms']:.3f} system),"
                 f" this process {figures['ours_ms']:.3f} ms CPU (composing {figures['compose_ms']:.3f}),"
-                f" wall {figures['wall_ms']:.3f} ms"
+                f" wall {figures['wall_ms']:.3f} ms; stored {stored:,.0f} bytes a message"
             )
             with admin.cursor() as cur:  # a fresh schema for the next run
                 cur.execute(f'DROP DATABASE "{name}" WITH (FORCE)')

@@ -150,7 +150,6 @@ def persist_events_txn(
     rooms: list[_Row] = []
     events: list[_Row] = []
     edges: list[_Row] = []
-    auth: list[_Row] = []
     memberships: list[_Row] = []
     txn_ids: list[_Row] = []
     redactions: list[_Row] = []
@@ -179,7 +178,6 @@ def persist_events_txn(
         )
         prevs = ev.pdu.get("prev_events", [])
         edges.extend((ev.event_id, prev) for prev in prevs)
-        auth.extend((ev.event_id, a) for a in ev.pdu.get("auth_events", []))
         if item.historical:
             pass  # history only: the room's state, members and extremities stay as they are
         elif item.current_state is not None:
@@ -268,7 +266,9 @@ def persist_events_txn(
                 events,
             )
             txn.insert_many("event_edges", ("event_id", "prev_event_id"), edges)
-            txn.insert_many("event_auth", ("event_id", "auth_event_id"), auth)
+            # No event_auth rows (sql/002): nothing reads them, each PDU names its auth events
+            # and the auth chain is walked from there. The table stays for an earlier version's
+            # writer still running during an upgrade, and retention deletes its old rows.
             # Portable upsert: both engines accept ON CONFLICT ... DO UPDATE.
             txn.insert_many(
                 "current_state_events",
