@@ -666,6 +666,13 @@ class PluginApi:
             for d in await self._hs.unread.decisions(event_id)
         ]
 
+    async def event_read(self, user_id: str, event: StreamEvent) -> bool:
+        """Whether the user has read the event already (their read receipt in its room is at
+        or past it): a notification decided before the receipt, still to be sent, would tell
+        them of a message they have seen."""
+        room_id = event.event.get("room_id")
+        return isinstance(room_id, str) and await self._hs.unread.read_past(user_id, room_id, event.position)
+
     async def notification_count(self, user_id: str) -> int:
         """The user's unread notification count summed over their rooms (a push's counts.unread)."""
         return await self._hs.unread.total(user_id, sorted(await self.joined_rooms(user_id)))

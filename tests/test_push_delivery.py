@@ -364,6 +364,36 @@ async def test_a_connected_device_that_does_not_acknowledge_is_pushed_after_ack_
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_message_read_on_another_device_while_its_push_waits_is_not_pushed(tmp_path: Path) -> None:
+    """Bob's phone has the message by sync, then sleeps; before ack_wait is over he reads it
+    on his laptop (a read receipt): the queued notification is dropped, not sent. A message
+    he has not read is pushed to the same phone after it, with the count then unread."""
+    s = await start(tmp_path)
+    try:
+        alice, bob = await s.user("alice"), await s.user("bob")
+        room_id = await s.room(alice, bob)
+        await s.pusher(bob, "bob-phone")
+        laptop = await s.hs.accounts.create_session(bob["user_id"], None, None, refreshable=False, ip=None)
+        _, first = await s.client.sync(bob["access_token"])
+        poll = s.client.sync(bob["access_token"], first["next_batch"], timeout_ms=30_000)
+        read = await s.send(alice, room_id, "lunch?")
+        await poll  # the phone has it, then goes to sleep before asking again
+        queues = s.hs.plugins[0].delivery.queues.values()
+        await until(lambda: any(q.items for q in queues), "the push queued for the phone's receipt")
+        s.clock.advance(1.0)
+        receipt = f"{room_path(room_id)}/receipt/m.read/{quote(read)}"
+        await s.client.call("POST", receipt, laptop.tokens.access_token, {})
+        s.clock.advance(1.0)  # ack_wait is over: it would be pushed now
+        await s.settled()
+        assert s.gateway.requests == []
+        unread = await s.send(alice, room_id, "are you there?")
+        await until(lambda: s.gateway.requests, "the next message's push")
+        assert [(n["event_id"], n["counts"]) for n in s.gateway.requests] == [(unread, {"unread": 1})]
+    finally:
+        await s.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_pusher_host_that_resolves_to_a_private_address_is_refused_at_delivery(
     tmp_path: Path,
 ) -> None:

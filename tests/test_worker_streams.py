@@ -15,7 +15,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 import pytest
@@ -560,7 +560,15 @@ class HeldEvents:
             self.real(EVENTS_CHANNEL, message)
 
 
-async def _read_on_w1_before_w2_has_it(w: Workers) -> tuple[dict[str, str], dict[str, str], str, HeldEvents]:
+class ReadFirst(NamedTuple):
+    alice: dict[str, str]
+    bob: dict[str, str]
+    room_id: str
+    event_id: str  # alice's message bob read
+    held: HeldEvents
+
+
+async def _read_on_w1_before_w2_has_it(w: Workers) -> ReadFirst:
     """Bob's count at 1 on both; then alice's next message, held from w2, and bob's read
     receipt for it (through w1, which has it), applied on w2."""
     alice, bob, room_id = await _counting_on_both(w)
@@ -570,13 +578,13 @@ async def _read_on_w1_before_w2_has_it(w: Workers) -> tuple[dict[str, str], dict
     await w.c1.call("POST", path, bob["access_token"], {})
     await until(lambda: w.w2.receipts.stream.current >= w.w1.receipts.stream.current, "w2 has the receipt")
     assert held.held and w.w2.stream.position < w.w1.stream.position
-    return alice, bob, room_id, held
+    return ReadFirst(alice, bob, room_id, event_id, held)
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_message_read_before_it_reaches_a_worker_is_not_counted_there(workers: Workers) -> None:
     w = workers
-    alice, bob, room_id, held = await _read_on_w1_before_w2_has_it(w)
+    alice, bob, room_id, _, held = await _read_on_w1_before_w2_has_it(w)
     # Bob's count on w2, loaded afresh after the receipt, before the message is there.
     assert (await _counts_and_notified(w.c2, bob, room_id))[0] == 0
     held.release()
@@ -597,7 +605,7 @@ async def test_a_message_read_before_it_reaches_a_worker_mid_load_is_not_counted
     the message is past the read's position): the load evaluates it as if read, and must not
     count it."""
     w = workers
-    _, bob, room_id, held = await _read_on_w1_before_w2_has_it(w)
+    _, bob, room_id, _, held = await _read_on_w1_before_w2_has_it(w)
     real = w.w2.storage.events.unread_events_many
     reached: Deferred[None] = Deferred()
     gate: Deferred[None] = Deferred()
@@ -617,6 +625,29 @@ async def test_a_message_read_before_it_reaches_a_worker_mid_load_is_not_counted
     gate.callback(None)
     assert (await loading)["notification_count"] == 0
     assert (await _counts_and_notified(w.c2, bob, room_id))[0] == 0
+
+
+@pytest.mark.parametrize("count_on_w2", ["loaded between", "not loaded"])
+@pytest_twisted.ensureDeferred
+async def test_a_message_read_before_it_reaches_a_worker_is_pushed_on_none(
+    workers: Workers, count_on_w2: str
+) -> None:
+    """Bob read alice's message (on another device, through w1) before w2 had it: neither
+    worker's push decisions notify him of it, whether the receipt came before the message
+    (w2, with his count loaded in between or not) or after it (w1, which decided at the
+    commit). His next message is pushed as ever."""
+    w = workers
+    alice, bob, room_id, event_id, held = await _read_on_w1_before_w2_has_it(w)
+    if count_on_w2 == "loaded between":
+        assert (await _counts_and_notified(w.c2, bob, room_id))[0] == 0
+    held.release()
+    await _replicated(w)
+    assert [name for name, hs in (("w1", w.w1), ("w2", w.w2)) if await _pushed_to(hs, bob, event_id)] == []
+    assert (await _counts_and_notified(w.c2, bob, room_id))[0] == 0
+    event_id = await _message(w, alice, room_id)
+    await _replicated(w)
+    for name, hs in (("w1", w.w1), ("w2", w.w2)):
+        assert await _pushed_to(hs, bob, event_id), name
 
 
 def _edits_waiting(hs: HomeServer, user_id: str) -> bool:

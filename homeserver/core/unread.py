@@ -25,6 +25,12 @@ from the database with its events, and the entry keeps the event position the re
 at (`read_at`). An event at or below it, published here later, counts for nothing, in the
 inline pass and in a load it reaches while the read runs, as in the database's count.
 
+Push decisions follow the same rule: an event at or below the user's read receipt
+notifies no one, whichever came first here. `decisions` checks each recipient's receipt
+when the pusher asks (the count in memory knows where it is; else it is read), so a
+message read on another device, or through another process, before its push went out
+is not pushed.
+
 The inline pass evaluates each committed event once per joined member that has counts in
 memory (core/push_eval.py shares the event's work between them). When a push plugin asks
 for decisions (`push_decisions`), the pass also keeps, per recent event, which of the
@@ -152,8 +158,8 @@ class UnreadCounter:
         self._by_user: dict[str, set[str]] = {}
         rules.on_change.append(self.forget_user)
         ignored.on_change.append(self.forget_user)
-        # event id -> (who it notifies, members whose rules were not in memory then)
-        self._decisions: OrderedDict[str, tuple[list[Decision], list[str]]] = OrderedDict()
+        # event id -> (room, position, who it notifies, members whose rules were not in memory then)
+        self._decisions: OrderedDict[str, tuple[str, int, list[Decision], list[str]]] = OrderedDict()
         self._decision_total = 0
         self.keep_decisions = False  # set once a push plugin asks
         # Whose decisions are kept: the users with a pusher (core/pushers.py keeps the set);
@@ -366,7 +372,7 @@ class UnreadCounter:
                     continue
                 entry = counts.get((user_id, room_id))
                 if entry is not None and ev.stream_ordering <= entry.read_at:
-                    entry = None  # read already: the receipt came first (another process's stream)
+                    continue  # read already: the receipt came first (another process's stream)
                 wanted = keep and (owners is None or user_id in owners)
                 if entry is None and not wanted:
                     continue
@@ -390,7 +396,7 @@ class UnreadCounter:
                     if wanted:
                         decided.append(Decision(user_id, outcome))
             if keep:
-                self._keep(ev.event_id, decided, unknown)
+                self._keep(ev, decided, unknown)
 
     def _facts(self, ev: StoredEvent, head: RoomHead, members: int) -> EventFacts:
         """The event's facts, shared by every member evaluating it: the inline pass and the
@@ -415,30 +421,68 @@ class UnreadCounter:
 
     # Decisions for the push plugin ---------------------------------------------------------
 
-    def _keep(self, event_id: str, decided: list[Decision], unknown: list[str]) -> None:
-        self._decisions[event_id] = (decided, unknown)
+    def _keep(self, ev: StoredEvent, decided: list[Decision], unknown: list[str]) -> None:
+        self._decisions[ev.event_id] = (ev.room_id, ev.stream_ordering, decided, unknown)
         self._decision_total += len(decided) + len(unknown) + 1
         while self._decision_total > MAX_DECISIONS and self._decisions:
-            _, (old, old_unknown) = self._decisions.popitem(last=False)
+            _, (_, _, old, old_unknown) = self._decisions.popitem(last=False)
             self._decision_total -= len(old) + len(old_unknown) + 1
 
     async def decisions(self, event_id: str) -> list[Decision]:
         """The joined members (never the sender) with a pusher (`push_owners`) whose rules
-        make the committed event `event_id` notify: from the inline pass when it kept them,
-        else evaluated now against the room's current state."""
+        make the committed event `event_id` notify and who have not read it (their read
+        receipt is before it now): from the inline pass when it kept them, else evaluated
+        now against the room's current state."""
         self.keep_decisions = True
         kept = self._decisions.get(event_id)
-        if kept is not None and not kept[1]:
-            return list(kept[0])
+        if kept is not None:
+            room_id, position, decided, unknown = kept
+            if unknown:
+                ev = (await self.storage.events.get_events([event_id])).get(event_id)
+                head = await self.heads.get(room_id) if ev is not None else None
+                if ev is None or head is None:
+                    return []
+                decided = [*decided, *await self._evaluate(ev, head, unknown)]
+            return await self._unread_only(room_id, position, decided)
         ev = (await self.storage.events.get_events([event_id])).get(event_id)
         head = await self.heads.get(ev.room_id) if ev is not None else None
         if ev is None or head is None:
             return []
-        if kept is not None:
-            return [*kept[0], *await self._evaluate(ev, head, kept[1])]
         owners = self.push_owners
         users = [u for u in head.members("join") if u != ev.sender and (owners is None or u in owners)]
-        return await self._evaluate(ev, head, users)
+        return await self._unread_only(ev.room_id, ev.stream_ordering, await self._evaluate(ev, head, users))
+
+    async def read_past(self, user_id: str, room_id: str, position: int) -> bool:
+        """Whether the user's read receipt in the room is at or past stream `position` (a
+        notification queued for the event there tells of a message already read)."""
+        return (await self._read_positions(room_id, [user_id]))[user_id] >= position
+
+    async def _unread_only(self, room_id: str, position: int, decided: list[Decision]) -> list[Decision]:
+        """Those of `decided` whose read receipt is before the event at `position`: a receipt
+        stored after the commit (another device), or that reached this process before the
+        event (another process's stream), makes the event read, and it is not pushed."""
+        if not decided:
+            return decided
+        read = await self._read_positions(room_id, [d.user_id for d in decided])
+        return [d for d in decided if read[d.user_id] < position]
+
+    async def _read_positions(self, room_id: str, user_ids: list[str]) -> dict[str, int]:
+        """The event position each user's read receipt in the room is at (0 without one):
+        from their count in memory (a receipt drops it, so its `read_at` is current), else
+        read, all missing in one query."""
+        out: dict[str, int] = {}
+        missing: list[str] = []
+        for user_id in user_ids:
+            entry = self._counts.get((user_id, room_id))
+            if entry is not None:
+                out[user_id] = entry.read_at
+            else:
+                missing.append(user_id)
+        if missing:
+            stored = await self.storage.user_data.read_positions_of(room_id, missing)
+            for user_id in missing:
+                out[user_id] = stored.get(user_id, 0)
+        return out
 
     async def _evaluate(self, ev: StoredEvent, head: RoomHead, users: list[str]) -> list[Decision]:
         facts = EventFacts(ev.pdu, head.state, head.room_version, len(head.members("join")))

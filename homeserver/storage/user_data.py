@@ -228,6 +228,24 @@ class UserDataStore:
         )
         return {r[0]: int(r[1]) for r in rows}
 
+    async def read_positions_of(self, room_id: str, user_ids: Sequence[str]) -> dict[str, int]:
+        """`read_positions` of these users only (those without a receipt left out): a push's
+        recipients, not every member of a big room."""
+        out: dict[str, int] = {}
+        for start in range(0, len(user_ids), _IN_CHUNK):
+            chunk = user_ids[start : start + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows = await self.db.query(
+                "read_positions_of",
+                "SELECT user_id, MAX(event_stream_ordering) FROM receipts WHERE room_id = ?"
+                f" AND user_id IN ({marks}) AND receipt_type IN ('m.read', 'm.read.private')"
+                " GROUP BY user_id",
+                room_id,
+                *chunk,
+            )
+            out.update((r[0], int(r[1])) for r in rows)
+        return out
+
     # Presence ------------------------------------------------------------------------
 
     async def put_presence(

@@ -8,6 +8,7 @@ the email notifier instead (plugins/push/email_notifier.py). At the head of its 
 
 - suppressed, if its device was connected (a sync or WebSocket open, or closed less than
   `ack_wait` ago) when the event came and proves receipt within `ack_wait` of it;
+- dropped, if the user has read the event meanwhile (their read receipt is at or past it);
 - otherwise sent. 2xx: done (and the gateway's `rejected` pushkeys delete those pushers).
   No answer, a timeout, 5xx, 408 or 429: parked in `push_parked`, and the pusher's later
   notifications are parked behind it, retried from there with exponential backoff
@@ -92,7 +93,7 @@ class Deliverer:
         self._stopping = False
         self.outcomes = api.counter(
             "notifications", "Push notifications by outcome", ("outcome",)
-        )  # sent, suppressed, parked, retried, rejected, refused, given_up
+        )  # sent, suppressed, read, parked, retried, rejected, refused, given_up
 
     async def start(self) -> None:
         self.progress = await self.store.progress()
@@ -197,6 +198,12 @@ class Deliverer:
                 self.outcomes.labels("suppressed").inc()
                 self._settle(queue, item)
                 return
+        if await self.api.event_read(item.decision.user_id, item.event):
+            # Read (on another device) since it was decided: no push for it. Its badge
+            # count is not pushed on its own (Synapse does); the next push carries it.
+            self.outcomes.labels("read").inc()
+            self._settle(queue, item)
+            return
         body = await self._body(item)
         if queue.parked and await self._park(queue, item, body):
             return
