@@ -17,7 +17,11 @@ after, the inline pass keeps for the pairs being loaded and they evaluate it, as
 when the read lands. Each message is counted once, whichever event writer committed it and
 whenever the read's snapshot was taken. A receipt, rule or ignore-list change, or retention
 that reaches a pair while its read runs makes that read stale: the pair is read again
-(before its askers are answered) rather than kept with what it counted before.
+(before its askers are answered) rather than kept with what it counted before. At most
+MAX_LOAD_READS times in a row: a steady stream of receipts (a user reading each message
+as it comes, on a busy room) could otherwise send a load round forever, its askers never
+answered. The last read's count then answers them, as it stood while they asked, and is
+not kept: the change it missed is counted by the next load.
 
 With several processes a receipt can reach this one before the event it points at (they
 come through different streams, homeserver/workers/): the load after it reads the receipt
@@ -68,6 +72,8 @@ MAX_DECISIONS = 100_000
 _MAX_FACTS = 2048
 # At most this many (user, room) pairs are loaded in one read (one statement's parameters).
 LOAD_BATCH = 200
+# A pair overtaken by a change during its read is read at most this many times in a row.
+MAX_LOAD_READS = 3
 _NO_PLAN = Plan((), NO_MATCH, None)
 
 
@@ -170,6 +176,8 @@ class UnreadCounter:
         # one runs.
         self._waiters: dict[tuple[str, str], list[Deferred[Counts]]] = {}
         self._to_load: list[tuple[str, str]] = []
+        # How many reads in a row went stale, of the pairs being read again.
+        self._stale_reads: dict[tuple[str, str], int] = {}
         self._loading = False
         self._reads: list[_Load] = []  # in flight (one at a time, as loads are sequential)
 
@@ -211,32 +219,38 @@ class UnreadCounter:
                     # others asked with it: each alone, then only the bad one fails.
                     for key in keys:
                         try:
-                            (entry,) = await self._load([key])
+                            ((entry, stale),) = await self._load([key])
                         except Exception:
                             self._fail(key, Failure())
                         else:
-                            self._deliver(key, entry)
+                            self._deliver(key, entry, stale)
                     continue
-                for key, entry in zip(keys, loaded, strict=True):
-                    self._deliver(key, entry)
+                for key, (entry, stale) in zip(keys, loaded, strict=True):
+                    self._deliver(key, entry, stale)
         finally:
             self._loading = False
 
-    def _deliver(self, key: tuple[str, str], entry: Counts | None) -> None:
-        if entry is None:  # overtaken by a receipt or a rule change: read again, askers wait
-            self._to_load.append(key)
-            return
-        self._keep_entry(key, entry)
+    def _deliver(self, key: tuple[str, str], entry: Counts, stale: bool) -> None:
+        if stale:  # overtaken by a receipt or a rule change
+            reads = self._stale_reads.get(key, 0) + 1
+            if reads < MAX_LOAD_READS:  # read again, askers wait
+                self._stale_reads[key] = reads
+                self._to_load.append(key)
+                return
+        self._stale_reads.pop(key, None)
+        if not stale:
+            self._keep_entry(key, entry)
         for waiter in self._waiters.pop(key, []):
             waiter.callback(entry)
 
     def _fail(self, key: tuple[str, str], failure: Failure) -> None:
+        self._stale_reads.pop(key, None)
         for waiter in self._waiters.pop(key, []):
             waiter.errback(failure)
 
-    async def _load(self, keys: list[tuple[str, str]]) -> list[Counts | None]:
-        """Count each (user, room) afresh from the database, in one read; None for a pair a
-        receipt or rule change reached meanwhile (to be read again)."""
+    async def _load(self, keys: list[tuple[str, str]]) -> list[tuple[Counts, bool]]:
+        """Count each (user, room) afresh from the database, in one read; each with whether a
+        receipt or rule change reached it meanwhile (stale: to be read again)."""
         rooms = list(dict.fromkeys(r for _, r in keys))
         # Taken before anything is awaited: from here on, on_committed keeps these rooms'
         # events, and the read stops at this position.
@@ -253,12 +267,8 @@ class UnreadCounter:
         finally:
             self._reads.remove(load)
         # From here to keeping the entries nothing is awaited: no event falls between.
-        out: list[Counts | None] = []
+        out: list[tuple[Counts, bool]] = []
         for q, (read_at, events) in zip(queries, rows, strict=True):
-            key = (q.user_id, q.room_id)
-            if key in load.stale:
-                out.append(None)
-                continue
             head = heads[q.room_id]
             entry = Counts(read_at)
             if head is not None:
@@ -275,7 +285,7 @@ class UnreadCounter:
                     outcome = program.evaluate(facts, q.user_id)
                     if outcome.notify:
                         entry.add(outcome.highlight, thread)
-            out.append(entry)
+            out.append((entry, (q.user_id, q.room_id) in load.stale))
         return out
 
     @staticmethod

@@ -16,6 +16,7 @@ import pytest_twisted
 from harness import Client, TestClock, make_server, room_path
 from twisted.internet.defer import Deferred, gatherResults
 
+from homeserver.core.unread import MAX_LOAD_READS
 from homeserver.storage.events import UnreadQuery, UnreadRows
 
 MEMBERS = 12
@@ -369,5 +370,44 @@ async def test_a_batch_reads_its_users_stored_rules_in_one_query(tmp_path: Path)
         assert got == [1, 1, 1, 0]
         # The first load alone, the three asked meanwhile in one query.
         assert [len(ids) for ids in asked_for] == [1, 3]
+    finally:
+        await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_load_overtaken_by_receipt_after_receipt_answers_after_a_few_reads(tmp_path: Path) -> None:
+    """Alice writes and Bob reads each message as it comes, one receipt during every read of
+    his count: the load is read again only so many times, then his sync is answered with what
+    the last read counted (not kept), and the next read counts from his newest receipt."""
+    hs = await make_server(tmp_path, TestClock())
+    client = Client(hs)
+    try:
+        alice, bob, room_id = await two_in_a_room(hs, client, 2)
+        real = hs.storage.events.unread_events_many
+        reads = 0
+        churning = 10  # reads that meet a receipt: far more than a load may take
+
+        async def read(queries: list[UnreadQuery], limit: int, upto: int) -> list[UnreadRows]:
+            nonlocal reads
+            reads += 1
+            rows = await real(queries, limit, upto)
+            if reads <= churning:
+                sent = await say(client, alice, room_id, f"r{reads}")
+                receipt = f"{room_path(room_id)}/receipt/m.read/{quote(sent)}"
+                await client.call("POST", receipt, bob["access_token"], {})
+            return rows
+
+        hs.storage.events.unread_events_many = read  # type: ignore[method-assign]
+        counted = await hs.unread.counts(bob["user_id"], room_id)
+        assert reads == MAX_LOAD_READS
+        # The last read saw his receipt for the message before; its own message, published
+        # while it ran, is counted (his receipt for it came after the read).
+        assert counted["notification_count"] == 1
+        churning = 0
+        assert (await hs.unread.counts(bob["user_id"], room_id))["notification_count"] == 0
+        assert reads == MAX_LOAD_READS + 1  # not kept: read afresh
+        await say(client, alice, room_id, "unread")
+        assert (await hs.unread.counts(bob["user_id"], room_id))["notification_count"] == 1
+        assert reads == MAX_LOAD_READS + 1  # kept, and current from there
     finally:
         await hs.stop(None)
