@@ -8,7 +8,8 @@
 // it by emoji against the first: when she says the emoji do not match, both sides say so
 // and nothing is verified; on a second try both show the same seven emoji, both confirm:
 // verified, earlier messages readable there too. Then Alice and Bob verify each other by emoji from
-// the chat's member list and each sees the other marked verified. Any "Unable to decrypt"
+// the chat's member list and each sees the other marked verified. When a step fails, each
+// page's verification log is printed. Any "Unable to decrypt"
 // ever shown, console errors, page errors and unexpected failed requests fail the run.
 // Carol, an account made through the API before (no cross-signing), gets the set-up and
 // her recovery key at her first login in the page.
@@ -35,6 +36,7 @@ const EXPECTED_FAILURES = [
 const WAIT = { timeout: 30_000 };
 
 let browser = null;
+const people = [];
 const problems = [];
 const failedRequests = [];
 
@@ -50,7 +52,9 @@ async function openPerson(name, viewport = { width: 1000, height: 720 }) {
     });
     const page = await context.newPage();
     watchPage(page, name, { expected: EXPECTED_FAILURES, problems, failedRequests });
-    return { name, context, page };
+    const person = { name, context, page };
+    people.push(person);
+    return person;
 }
 
 const shot = (person, file) => person.page.screenshot({ path: join(shots, file) });
@@ -293,9 +297,27 @@ async function main(results) {
     check(problems.length === 0, `no console errors or failed requests:\n${problems.join("\n")}`);
 }
 
-await runMain(main, {
-    totalMs: 150_000,
-    cleanup: async () => {
-        await browser?.close();
+/** The end of each page's verification log (web/src/screens/verification.ts): where each side stopped. */
+async function printVerificationLogs() {
+    for (const { name, page } of people) {
+        const lines = await page.evaluate(() => window.hsVerificationLog ?? []).catch((e) => [`(unreadable: ${e})`]);
+        if (lines.length) console.error(`verification log of ${name}, the last ${Math.min(lines.length, 15)}:\n  ${lines.slice(-15).join("\n  ")}`);
+    }
+}
+
+await runMain(
+    async (results) => {
+        try {
+            await main(results);
+        } catch (e) {
+            await printVerificationLogs();
+            throw e;
+        }
     },
-});
+    {
+        totalMs: 150_000,
+        cleanup: async () => {
+            await browser?.close();
+        },
+    },
+);

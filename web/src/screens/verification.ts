@@ -2,7 +2,7 @@
 // they match. Used to verify a new device of mine from another one, and another person
 // from their entry in a chat's member list; requests from others arrive in a dialog.
 
-import { KnownMembership, type MatrixClient, type MatrixEvent, type Room, RoomStateEvent } from "matrix-js-sdk";
+import { ClientEvent, KnownMembership, type MatrixClient, type MatrixEvent, type Room, RoomStateEvent } from "matrix-js-sdk";
 import {
     CryptoEvent,
     type ShowSasCallbacks,
@@ -17,10 +17,32 @@ import { h, show } from "../dom";
 
 export class VerificationCancelled extends Error {}
 
+declare global {
+    interface Window {
+        /** What this page saw of verifications (`note`); tests print it when one stalls. */
+        hsVerificationLog?: string[];
+    }
+}
+
+// The last 100 steps, timed: the verification events this device received, each request's
+// phases, the emoji shown, the outcome. tests/browser/web_e2ee.mjs prints it when a wait
+// times out, to tell which side stopped where.
+const trail: string[] = [];
+window.hsVerificationLog = trail;
+
+function note(line: string): void {
+    trail.push(`${new Date().toISOString().slice(11, 23)} ${line}`);
+    if (trail.length > 100) trail.shift();
+}
+
+const describe = (request: VerificationRequest): string =>
+    `request ${request.transactionId ?? "(not sent)"} ${VerificationPhase[request.phase]}${request.verifier ? " with verifier" : ""}`;
+
 /** Resolves once `test` holds for the request; rejects if it is cancelled first. */
 function until(request: VerificationRequest, test: () => boolean): Promise<void> {
     return new Promise((resolve, reject) => {
         const check = (): void => {
+            note(describe(request));
             if (request.phase === VerificationPhase.Cancelled) {
                 request.off(VerificationRequestEvent.Change, check);
                 reject(new VerificationCancelled("The verification was cancelled."));
@@ -50,6 +72,17 @@ function emojiList(sas: ShowSasCallbacks): HTMLElement {
  * The side that sent the request starts it; the other side joins.
  */
 export async function runSas(panel: HTMLElement, request: VerificationRequest, otherSide: string): Promise<void> {
+    try {
+        await compareEmoji(panel, request, otherSide);
+        note(`${describe(request)}: verified`);
+    } catch (e) {
+        note(`${describe(request)}: failed (${request.cancellationCode ?? String(e)})`);
+        throw e;
+    }
+}
+
+/** `runSas` itself, without the log. */
+async function compareEmoji(panel: HTMLElement, request: VerificationRequest, otherSide: string): Promise<void> {
     show(panel, h("p", { class: "sas-status", id: "sas-status" }, `Waiting for ${otherSide} to accept…`));
     let verifier: Verifier;
     if (request.initiatedByMe) {
@@ -61,6 +94,7 @@ export async function runSas(panel: HTMLElement, request: VerificationRequest, o
         verifier = request.verifier as Verifier;
     }
     const compare = (sas: ShowSasCallbacks): void => {
+        note(`${describe(request)}: emoji shown`);
         const match = h("button", { type: "button", id: "sas-match" }, "They match");
         const mismatch = h("button", { type: "button", id: "sas-mismatch", class: "secondary" }, "They don't match");
         match.addEventListener("click", () => {
@@ -119,7 +153,16 @@ function dialog(title: string, panel: HTMLElement): { overlay: HTMLElement; clos
 
 /** Someone (or my other device) asks to verify: a dialog to accept and compare emoji. */
 export function watchVerificationRequests(client: MatrixClient): void {
+    // For the log: every verification event this device receives, in a chat or to itself.
+    const seen = (event: MatrixEvent): void => {
+        const type = isVerificationRequest(event) ? "m.key.verification.request" : event.getType();
+        if (!type.startsWith("m.key.verification.")) return;
+        note(`${type} from ${event.getSender()} ${event.getRoomId() ? "in a chat" : "to this device"}`);
+    };
+    client.on(ClientEvent.Event, seen);
+    client.on(ClientEvent.ToDeviceEvent, seen);
     client.on(CryptoEvent.VerificationRequestReceived, (request) => {
+        note(`asked: ${describe(request)} from ${request.otherUserId}`);
         // Requests this page sent itself run in their own panel.
         if (request.initiatedByMe) return;
         const who = request.isSelfVerification ? "your other device" : nameOf(client, request);
