@@ -9,7 +9,9 @@ Chromium (tests/browser/web_e2ee.mjs):
   confirm) becomes verified and reads earlier messages too;
 - "they don't match" stops a verification on both sides, and a retry works;
 - two people verify each other by emoji from the chat's member list and see a verified mark;
-- a failed step prints each page's verification log;
+- both verifications go on after a garbage collection in the page that asked, while it
+  waits for the other side (a page that kept no hold of its request stalled there, no
+  emoji ever shown); a failed step prints each page's verification log;
 - an account made before (no cross-signing) gets the set-up and a recovery key at login;
 - no page ever shows "Unable to decrypt"; no console errors.
 

@@ -17,6 +17,13 @@ import { h, show } from "../dom";
 
 export class VerificationCancelled extends Error {}
 
+// The SDK's request object (and through it its verifier) hears from the Rust crypto only
+// through a weak reference. While it waits for the other side, a request held by nothing
+// but its own listeners (and the awaits chained on them) can be garbage-collected: the
+// other side's next event then reaches no one, and the flow stalls for good with no emoji
+// shown. Each request whose emoji are being compared is held here until it ends.
+const inProgress = new Set<VerificationRequest>();
+
 declare global {
     interface Window {
         /** What this page saw of verifications (`note`); tests print it when one stalls. */
@@ -72,16 +79,19 @@ function emojiList(sas: ShowSasCallbacks): HTMLElement {
  * The side that sent the request starts it; the other side joins.
  */
 export async function runSas(panel: HTMLElement, request: VerificationRequest, otherSide: string): Promise<void> {
+    inProgress.add(request);
     try {
         await compareEmoji(panel, request, otherSide);
         note(`${describe(request)}: verified`);
     } catch (e) {
         note(`${describe(request)}: failed (${request.cancellationCode ?? String(e)})`);
         throw e;
+    } finally {
+        inProgress.delete(request);
     }
 }
 
-/** `runSas` itself, without the log. */
+/** `runSas` itself, without the holding and the log. */
 async function compareEmoji(panel: HTMLElement, request: VerificationRequest, otherSide: string): Promise<void> {
     show(panel, h("p", { class: "sas-status", id: "sas-status" }, `Waiting for ${otherSide} to accept…`));
     let verifier: Verifier;
