@@ -298,43 +298,41 @@ async def test_events_reach_the_remote_in_order_in_fifty_pdu_transactions_and_su
         assert recorder.answered[held_txn]["pdus"] == held_body["pdus"]
         assert recorder.texts() == [*texts, "k1", "k2"]  # nothing lost, nothing twice
 
-        # A destination that refuses is tried again (after the first pause of 5 s).
+        # A destination that refuses is tried again, and gets what was refused. The pauses,
+        # and what ends them early (a request from it, a probe finding it back), are timed
+        # on a test clock in tests/fast/test_federation_backoff.py; here, over the network,
+        # delivery within a generous wait (the backoff alone brings it in 5 s).
         recorder.mode = "down"
         _send(process, token, room_id, "d1")
         recorder.wait_for(lambda: recorder.received[-1][1]["pdus"], "the refused try")
         recorder.mode = "ok"
-        recorder.wait_for(lambda: recorder.texts()[-1:] == ["d1"], "d1 once it is back", timeout=30)
+        recorder.wait_for(lambda: recorder.texts()[-1:] == ["d1"], "d1 once it is back")
 
-        # The next refusal waits 5 s again; a request from the destination ends the wait.
+        # Refused again; the destination calls us meanwhile (a signed request over TLS,
+        # our key fetched from it), and is answered.
         recorder.mode = "down"
         tries = len(recorder.received)
         _send(process, token, room_id, "d2")
         recorder.wait_for(lambda: len(recorder.received) > tries, "the refused try")
         recorder.mode = "ok"
-        asked = time.monotonic()
         query = (
             f"/_matrix/federation/v1/query/profile?user_id={requests.utils.quote(alice['user_id'], safe='')}"
         )
         r = recorder.signed_get(fed, query)
         assert r.status_code == 200, r.text
-        recorder.wait_for(
-            lambda: recorder.texts()[-1:] == ["d2"], "d2 after the destination called", timeout=4
-        )
-        assert time.monotonic() - asked < 4  # well before the 5 s pause would have ended
+        recorder.wait_for(lambda: recorder.texts()[-1:] == ["d2"], "d2 after the destination called")
 
-        # Unreachable (restarting), then back without calling us: our probe notices it.
+        # Unreachable (restarting: connections refused), then back without calling us.
         recorder.go_away()
         refused = f"{recorder.server_name} did not take a transaction (Cannot reach"
         _send(process, token, room_id, "d3")
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while refused not in process.log_text():
             assert time.monotonic() < deadline, "no refused try"
             time.sleep(0.05)
         recorder.come_back()
-        back = time.monotonic()
-        recorder.wait_for(lambda: recorder.texts()[-1:] == ["d3"], "d3 after the probe", timeout=4)
-        # Found by the probe (every 2 s), well before the 5 s pause would have ended.
-        assert time.monotonic() - back < 4
+        recorder.wait_for(lambda: recorder.texts()[-1:] == ["d3"], "d3 once it is back")
+        assert recorder.texts() == [*texts, "k1", "k2", "d1", "d2", "d3"]
         assert not recorder.problems, recorder.problems
     finally:
         fed.process.stop()

@@ -1,14 +1,20 @@
-"""Another server, played by the test: its name and signing key, PDUs it signs, and a
-way to run a federation call to its end under the test clock."""
+"""Another server, played by the test: its name and signing key, PDUs it signs, a way to run
+a federation call to its end under the test clock, and signed requests to our server's
+federation routes (through its HttpChannel, as over a socket)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from harness import TestClock, turn
+from harness import TestClock, connect, parse_response, turn
 from signedjson.key import generate_signing_key
+from signedjson.sign import sign_json
+from signedjson.types import SigningKey
 from twisted.internet.defer import Deferred
 
+from homeserver.core.federation.keys import parse_key_response
+from homeserver.core.federation.request_auth import authorization_header
 from homeserver.events.hashing import add_content_hash, compute_event_id
 from homeserver.events.signing import sign_event
 from homeserver.server import HomeServer
@@ -62,3 +68,53 @@ async def settle(clock: TestClock, d: Deferred[Any]) -> Any:
         clock.advance(0.01)
         await turn()
     raise AssertionError("never finished")
+
+
+class Origin:
+    """A remote server whose key our server already holds (as after a key fetch)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.key: SigningKey = generate_signing_key("k1")
+
+    async def introduce(self, hs: HomeServer) -> None:
+        now = hs.clock.time_ms()
+        body = {
+            "server_name": self.name,
+            "valid_until_ts": now + 86_400_000,
+            "verify_keys": {"ed25519:k1": {"key": verify_key_base64(self.key)}},
+            "old_verify_keys": {},
+        }
+        signed = sign_json(body, self.name, self.key)
+        await hs.storage.server_keys.store(parse_key_response(self.name, signed, now), now)
+
+    def header(self, hs: HomeServer, method: str, uri: str, content: Any = None) -> str:
+        return authorization_header(method, uri, self.name, hs.config.server_name, self.key, content)
+
+
+def start(
+    hs: HomeServer, method: str, uri: str, authorization: str | None = None, body: bytes | None = None
+) -> Deferred[tuple[int, dict[str, str], dict[str, Any]]]:
+    assert hs.http is not None
+    head = f"{method} {uri} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n"
+    if authorization is not None:
+        head += f"Authorization: {authorization}\r\n"
+    if body is not None:
+        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    _, transport = connect(hs.http)
+    transport.protocol.dataReceived(head.encode() + b"\r\n" + (body or b""))
+
+    def answered(_: None) -> tuple[int, dict[str, str], dict[str, Any]]:
+        status, headers, data = parse_response(transport.value())
+        return status, headers, json.loads(data) if data else {}
+
+    return transport.closed.addCallback(answered)
+
+
+def signed(hs: HomeServer, origin: Origin, method: str, uri: str, content: Any = None) -> Deferred[Any]:
+    body = None if content is None else json.dumps(content).encode()
+    return start(hs, method, uri, origin.header(hs, method, uri, content), body)
+
+
+def profile_uri(user_id: str) -> str:
+    return f"/_matrix/federation/v1/query/profile?user_id={user_id.replace('@', '%40').replace(':', '%3A')}"

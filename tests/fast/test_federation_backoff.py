@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import pytest_twisted
 from harness import Client, TestClock, real_reactor, room_path, turn, until
+from remote_server import Origin, profile_uri, signed
 from signedjson.key import encode_verify_key_base64, generate_signing_key, get_verify_key
 from signedjson.sign import sign_json
 from twisted.internet.defer import Deferred
@@ -42,9 +44,13 @@ BOB = f"@bob:{REMOTE}"
 class Remote:
     """Records every transaction; `mode` is "ok", "down" (connection refused), "hold",
     "error" (up, and answers 503) or "broken" (up, but the transaction fails unanswered).
-    `probe` stands in for the sender's probe: whether it answers (counted in `probes`)."""
+    `probe` stands in for the sender's probe: whether it answers (counted in `probes`).
+    With a `clock`, the time of each try and each probe is kept in `tried_at`, `probed_at`."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: TestClock | None = None) -> None:
+        self.clock = clock
+        self.tried_at: list[float] = []
+        self.probed_at: list[float] = []
         self.calls: list[tuple[str, str, dict[str, Any]]] = []
         self.answered: list[tuple[str, dict[str, Any]]] = []
         self.mode = "ok"
@@ -60,6 +66,8 @@ class Remote:
 
     async def probe(self, destination: str) -> bool:
         self.probes += 1
+        if self.clock is not None:
+            self.probed_at.append(self.clock.seconds())
         self.probes_in_flight += 1
         self.most_probes_in_flight = max(self.most_probes_in_flight, self.probes_in_flight)
         try:
@@ -73,6 +81,8 @@ class Remote:
 
     async def __call__(self, destination: str, txn_id: str, body: dict[str, Any]) -> Any:
         self.calls.append((destination, txn_id, body))
+        if self.clock is not None:
+            self.tried_at.append(self.clock.seconds())
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
@@ -150,7 +160,8 @@ async def running(
 ) -> AsyncIterator[tuple[HomeServer, TestClock, Remote, Client, dict[str, Any]]]:
     """The set-up of most tests here: a started server sending to a fresh `Remote`, and
     alice's room that bob of REMOTE has joined; the server is stopped on the way out."""
-    clock, remote = TestClock(), Remote()
+    clock = TestClock()
+    remote = Remote(clock)
     hs = await start_server(tmp_path, clock, remote)
     try:
         client = Client(hs)
@@ -203,6 +214,8 @@ async def test_a_destination_that_is_down_backs_off_to_an_hour_then_gets_everyth
             if len(pauses) == 3:
                 await say(hs, ctx, *[f"later {i}" for i in range(60)])
         assert pauses[:4] == [5, 10, 20, 40] and pauses[-3:] == [BACKOFF_MAX_S] * 3
+        # Each try at the very moment its pause ended, on the clock.
+        assert [b - a for a, b in pairwise(remote.tried_at)] == pauses
         # Every retry is the same transaction: same id, the one event it first carried.
         assert {txn for _, txn, _ in remote.calls} == {first_txn}
         assert all(len(body["pdus"]) == 1 for _, _, body in remote.calls)
@@ -298,16 +311,65 @@ async def test_an_event_of_another_server_is_handed_on_only_when_asked(tmp_path:
         assert to_origin and not any(p["sender"] == carol for p in to_origin)  # never back to its origin
 
 
+def backoff_s(hs: HomeServer) -> float | None:
+    """The pause the sender is in for REMOTE, as its metrics show it (0 when not pausing)."""
+    return hs.metrics.get_sample_value(
+        "homeserver_federation_destination_backoff_seconds", {"destination": REMOTE}
+    )
+
+
 @pytest_twisted.ensureDeferred
-async def test_a_request_from_the_destination_ends_its_backoff(tmp_path: Path) -> None:
+async def test_a_request_from_the_destination_ends_its_backoff_at_once(tmp_path: Path) -> None:
+    """Any correctly signed request of that server, through our federation routes, sends its
+    queue at that moment rather than at the end of the pause; another server's does not."""
     async with running(tmp_path) as (hs, clock, remote, client, ctx):
-        remote.mode = "down"
+        them, other = Origin(REMOTE), Origin("other.test")
+        for origin in (them, other):
+            await origin.introduce(hs)
+        uri = profile_uri(ctx["alice"]["user_id"])
+        remote.mode = "error"  # it answered 503: up, so no probes, only the backoff
         await say(hs, ctx, "hello")
         await until(lambda: len(remote.calls) == 1, "the first try")
+        failed_at = remote.tried_at[0]
+        assert backoff_s(hs) == BACKOFF_MIN_S
         remote.mode = "ok"
-        hs.federation_sender.remote_is_up("other.test")  # another server: changes nothing
-        hs.federation_sender.remote_is_up(REMOTE)
+        clock.advance(1)
+        # The wake happens as the request is admitted, before it is answered: read at once.
+        assert (await signed(hs, other, "GET", uri))[0] == 200
+        assert (await signed(hs, Origin(REMOTE), "GET", uri))[0] == 401  # forged in its name
+        assert backoff_s(hs) == BACKOFF_MIN_S
+        clock.advance(0.5)
+        assert (await signed(hs, them, "GET", uri))[0] == 200
+        assert backoff_s(hs) == 0
         await until(lambda: remote.texts() == ["hello"], "sent without the clock moving")
+        assert remote.tried_at == [failed_at, failed_at + 1.5]  # not failed_at + BACKOFF_MIN_S
+        assert remote.probed_at == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_probe_finds_a_destination_that_came_back_at_the_next_probe(tmp_path: Path) -> None:
+    """Unreachable at t, probed every PROBE_INTERVAL_S from then; back (without calling us)
+    at t + 2.5: sent at t + 4, the next probe, before the backoff's retry at t + 5."""
+    async with running(tmp_path) as (hs, clock, remote, client, ctx):
+        remote.mode = "down"
+        await say(hs, ctx, "one")
+        await until(lambda: len(remote.calls) == 1, "the first try")
+        down_at = remote.tried_at[0]
+        # The probe stand-in answers at once: each probe runs within `advance`. (Steps in
+        # binary fractions of a second: the clock's sums are exact.)
+        clock.advance(PROBE_INTERVAL_S - 1 / 1024)
+        assert remote.probed_at == []
+        clock.advance(1 / 1024)
+        assert remote.probed_at == [down_at + PROBE_INTERVAL_S]
+        clock.advance(0.5)
+        remote.mode = "ok"
+        clock.advance(PROBE_INTERVAL_S - 0.5 - 1 / 1024)
+        assert len(remote.probed_at) == 1 and len(remote.calls) == 1
+        clock.advance(1 / 1024)
+        await until(lambda: remote.texts() == ["one"], "the queue sent once a probe found it up")
+        assert remote.probed_at == [down_at + PROBE_INTERVAL_S, down_at + 2 * PROBE_INTERVAL_S]
+        assert remote.tried_at == [down_at, down_at + 2 * PROBE_INTERVAL_S]
+        assert 2 * PROBE_INTERVAL_S < BACKOFF_MIN_S
 
 
 async def advance_until(clock: TestClock, condition: Any, what: str, most_s: int) -> None:

@@ -11,71 +11,16 @@ from typing import Any
 import pytest
 import pytest_twisted
 from harness import TestClock, connect, make_server, parse_response, turn, until
-from signedjson.key import generate_signing_key
-from signedjson.sign import sign_json
-from signedjson.types import SigningKey
+from remote_server import Origin, profile_uri, signed, start
 from twisted.internet.defer import Deferred
 
 from homeserver.api.federation.auth import require_origin
 from homeserver.api.http import ApiRequest
-from homeserver.core.federation.keys import parse_key_response
-from homeserver.core.federation.request_auth import authorization_header
 from homeserver.errors import LimitExceeded
 from homeserver.server import HomeServer
-from homeserver.signing_key import verify_key_base64
 
 NOISY, QUIET = "noisy.example", "quiet.example"
 HOLD = "/_matrix/federation/v1/test_hold"
-
-
-class Origin:
-    """A remote server whose key our server already holds (as after a key fetch)."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.key: SigningKey = generate_signing_key("k1")
-
-    async def introduce(self, hs: HomeServer) -> None:
-        now = hs.clock.time_ms()
-        body = {
-            "server_name": self.name,
-            "valid_until_ts": now + 86_400_000,
-            "verify_keys": {"ed25519:k1": {"key": verify_key_base64(self.key)}},
-            "old_verify_keys": {},
-        }
-        signed = sign_json(body, self.name, self.key)
-        await hs.storage.server_keys.store(parse_key_response(self.name, signed, now), now)
-
-    def header(self, hs: HomeServer, method: str, uri: str, content: Any = None) -> str:
-        return authorization_header(method, uri, self.name, hs.config.server_name, self.key, content)
-
-
-def start(
-    hs: HomeServer, method: str, uri: str, authorization: str | None = None, body: bytes | None = None
-) -> Deferred[tuple[int, dict[str, str], dict[str, Any]]]:
-    assert hs.http is not None
-    head = f"{method} {uri} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n"
-    if authorization is not None:
-        head += f"Authorization: {authorization}\r\n"
-    if body is not None:
-        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-    _, transport = connect(hs.http)
-    transport.protocol.dataReceived(head.encode() + b"\r\n" + (body or b""))
-
-    def answered(_: None) -> tuple[int, dict[str, str], dict[str, Any]]:
-        status, headers, data = parse_response(transport.value())
-        return status, headers, json.loads(data) if data else {}
-
-    return transport.closed.addCallback(answered)
-
-
-def signed(hs: HomeServer, origin: Origin, method: str, uri: str, content: Any = None) -> Deferred[Any]:
-    body = None if content is None else json.dumps(content).encode()
-    return start(hs, method, uri, origin.header(hs, method, uri, content), body)
-
-
-def profile_uri(user_id: str) -> str:
-    return f"/_matrix/federation/v1/query/profile?user_id={user_id.replace('@', '%40').replace(':', '%3A')}"
 
 
 async def limited_server(tmp_path: Path, clock: TestClock, **federation: Any) -> HomeServer:
