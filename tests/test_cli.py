@@ -116,9 +116,9 @@ def test_run_with_unknown_key_fails_fast_with_one_line(tmp_path: Path) -> None:
     raw = base_config(tmp_path, free_port())
     raw["listen"]["prot"] = 8008
     config_path = write_yaml(tmp_path / "typo.yaml", raw)
-    start = time.monotonic()
-    result = homeserver("run", "-c", str(config_path), timeout=10)
-    assert time.monotonic() - start < 5
+    # It exits by itself, before anything starts: a server that took the config would still
+    # be running at the timeout (generous: a loaded machine's start-up, not a speed bound).
+    result = homeserver("run", "-c", str(config_path))
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -131,7 +131,7 @@ def test_run_with_invalid_plugin_config_names_the_plugin(tmp_path: Path) -> None
     raw = base_config(tmp_path, free_port())
     raw["plugins"] = [{"module": "plugins.example.ExamplePlugin", "config": {"greeting": ""}}]
     config_path = write_yaml(tmp_path / "plugin.yaml", raw)
-    result = homeserver("run", "-c", str(config_path), timeout=10)
+    result = homeserver("run", "-c", str(config_path))
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -145,7 +145,7 @@ def test_run_with_unknown_plugin_module_fails(tmp_path: Path) -> None:
     raw = base_config(tmp_path, free_port())
     raw["plugins"] = [{"module": "plugins.nonexistent.Plugin"}]
     config_path = write_yaml(tmp_path / "plugin.yaml", raw)
-    result = homeserver("run", "-c", str(config_path), timeout=10)
+    result = homeserver("run", "-c", str(config_path))
     assert result.returncode != 0
     assert "plugins.nonexistent.Plugin" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
