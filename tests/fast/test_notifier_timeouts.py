@@ -1,12 +1,15 @@
 """The notifier's deadline buckets on a clock the test moves: timeouts fire on time and
-never early, share one timer, and wake-ups reach every waiter (docs/adr/0004, "Idle
-connections")."""
+never early, share one timer, and wake-ups reach every waiter; a long-poll whose client
+hung up is let go at its timeout (docs/adr/0004, "Idle connections")."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
-from harness import TestClock
+import pytest_twisted
+from harness import CS, Client, TestClock, connect, make_server, until
 
 from homeserver.notifier import TIMEOUT_RESOLUTION_S, Notifier
 
@@ -92,3 +95,31 @@ def test_shutdown_answers_everyone_and_cancels_the_timer() -> None:
     assert all(d.called for d in waits)
     assert clock.getDelayedCalls() == []
     assert notifier.waiting_users() == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_long_poll_whose_client_hung_up_is_let_go_at_its_timeout(tmp_path: Path) -> None:
+    clock = TestClock()
+    hs = await make_server(tmp_path, clock)
+    try:
+        client = Client(hs)
+        alice = await client.register(hs, "alice")
+        _, first = await client.sync(alice["access_token"])
+        assert hs.http is not None
+        _, transport = connect(hs.http)
+        transport.protocol.dataReceived(
+            f"GET {CS}/sync?timeout=1000&since={quote(first['next_batch'])} HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {alice['access_token']}\r\n\r\n".encode()
+        )
+        await until(lambda: hs.notifier.waiting_requests() == 1, "the long-poll waiting")
+        transport.loseConnection()  # the client hangs up
+        clock.advance(0.99)
+        assert hs.notifier.waiting_requests() == 1  # never early, hung up or not
+        clock.advance(0.01 + TIMEOUT_RESOLUTION_S)
+        await until(lambda: hs.notifier.waiting_requests() == 0, "the long-poll let go")
+        assert transport.value() == b""  # its answer went nowhere
+        # The next request, on a new connection, is answered as ever.
+        status, body = await client.sync(alice["access_token"], first["next_batch"])
+        assert status == 200 and body["next_batch"]
+    finally:
+        await hs.stop(None)
