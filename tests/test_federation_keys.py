@@ -110,19 +110,19 @@ def test_unreachable_and_silent_servers_are_named_in_failures(
     silent.listen(5)
     silent_name = f"localhost:{silent.getsockname()[1]}"
     try:
-        started = time.monotonic()
+        # Both named in `failures` over real sockets; that the silent one is given up at the
+        # timeout, holding nothing up past it, is timed on a test clock in
+        # tests/fast/test_federation_fanout.py.
         body = {
             "device_keys": {device.user_id: [], f"@x:{silent_name}": [], "@y:localhost:1": []},
             "timeout": 1500,
         }
         r = bob.post("/keys/query", body)
-        elapsed = time.monotonic() - started
         assert r.status_code == 200, r.text
         answer = r.json()
         assert set(answer["failures"]) == {silent_name, "localhost:1"}
         assert all(isinstance(f["status"], int) for f in answer["failures"].values())
         assert device.device_id in answer["device_keys"][device.user_id]
-        assert elapsed < 10, elapsed  # the silent server held nothing up past the timeout
 
         r = bob.post(
             "/keys/claim",
