@@ -111,14 +111,15 @@ class FakeRemote:
         depth: int,
         state_key: str | None = None,
         key: Any = None,
+        ts: int | None = None,
     ) -> tuple[str, dict[str, Any]]:
-        """(event ID, the signed PDU)."""
+        """(event ID, the signed PDU); made now unless `ts` says when."""
         pdu: dict[str, Any] = {
             "room_id": room_id,
             "sender": sender,
             "type": event_type,
             "content": content,
-            "origin_server_ts": int(time.time() * 1000),
+            "origin_server_ts": int(time.time() * 1000) if ts is None else ts,
             "depth": depth,
             "prev_events": prev,
             "auth_events": auth,
@@ -204,6 +205,10 @@ class Room:
             timeout=10,
         )
         return str(r.json()["chunk"][0]["event_id"])
+
+    def ts_of(self, event_id: str) -> int:
+        """The origin_server_ts of one of the room's events."""
+        return int(next(e["origin_server_ts"] for e in self.timeline() if e["event_id"] == event_id))
 
     def timeline(self) -> list[dict[str, Any]]:
         r = requests.get(
@@ -547,7 +552,8 @@ def test_a_state_fork_is_resolved_into_the_current_state(ours: FederatedServer, 
     # Both sides set the topic on top of the new power levels, ours first.
     r = requests.put(f"{url}/m.room.topic/", json={"topic": "ours"}, headers=room.headers, timeout=10)
     assert r.status_code == 200, r.text
-    time.sleep(0.01)  # the remote's topic is later: the tie-break of equal mainline positions
+    # The remote's topic is later: the tie-break of equal mainline positions.
+    ours_ts = room.ts_of(r.json()["event_id"])
     room.depth += 1
     topic_id, topic = remote.pdu(
         room.room_id,
@@ -558,6 +564,7 @@ def test_a_state_fork_is_resolved_into_the_current_state(ours: FederatedServer, 
         [room.state_id("m.room.create"), levels_id, join_id],
         room.depth,
         state_key="",
+        ts=ours_ts + 1,
     )
     assert send_txn(ours, remote, "sf-topic", [topic]).json() == {"pdus": {topic_id: {}}}
     now = requests.get(f"{url}/m.room.topic/", headers=room.headers, timeout=10).json()
@@ -578,8 +585,8 @@ def test_a_state_fork_is_resolved_into_the_current_state(ours: FederatedServer, 
         [room.state_id("m.room.create"), levels_id, join_id],
         room.depth,
         state_key="",
+        ts=room.ts_of(base) - 1,  # before anything made after `base`, "ours, later" among them
     )
-    time.sleep(0.01)
     r = requests.put(f"{url}/m.room.topic/", json={"topic": "ours, later"}, headers=room.headers, timeout=10)
     assert r.status_code == 200, r.text
     assert send_txn(ours, remote, "sf-early", [early]).json() == {"pdus": {early_id: {}}}
