@@ -9,12 +9,15 @@ receiver long-polls /sync and, on any failure, asks again from its last token.
 
 Then, while they chat: each worker in turn is killed with SIGKILL and started again (as
 systemd's Restart=always does); each event writer in turn is stopped with SIGTERM and
-started again (a rolling restart: meanwhile the other writer's messages keep arriving
-within DELIVERY_S); Redis restarts; PostgreSQL restarts (neither fences a writer); an
-event writer killed and not restarted is fenced by the other within FENCED_WITHIN_S, after
-which the other's messages reach receivers on every worker within DELIVERY_S; an event
-writer stopped (SIGSTOP) past its lease is fenced and, continued, stores nothing more and
-exits to be restarted. What must hold:
+started again (a rolling restart: it hands its promise over, and the other writer's
+messages keep arriving while it is down); Redis restarts; PostgreSQL restarts (neither
+fences a writer); an event writer killed and not restarted is fenced by the other, after
+which the other's messages reach receivers on every worker; an event writer stopped
+(SIGSTOP) past its lease is fenced and, continued, stores nothing more and exits to be
+restarted. How soon a silent writer is fenced, and that the stream waits for no retired
+writer, are timed on a test clock in tests/fast/test_event_replication.py; here each
+wait is generous (a loaded machine's processes), and delays are printed, not bounded.
+What must hold:
 every acknowledged message reaches its receiver exactly once and is stored exactly once;
 a message's every acknowledgement names the same event; the clients only ever see
 200 or a retryable 502/503/504, never another error; the chat goes on after each fault.
@@ -49,14 +52,18 @@ SEND_TIMEOUT_S = 40.0
 SYNC_TIMEOUT_MS = 5000
 # How long every receiver may take to see every acknowledged message once the faults end.
 CATCH_UP_S = 90.0
-# While one event writer is stopped gracefully, how soon the other writer's messages must
-# reach their receivers (the stream does not wait for the stopped one: ADR 0008).
-DELIVERY_S = 3.0
+# How long the other writer's messages may take to reach their receivers while one writer
+# is down (they arrive in well under a second: the stream waits for no retired writer).
+DELIVERED_WITHIN_S = 60.0
 # A writer killed is fenced once silent for SILENT_S (its lock went with its process): the
-# other writer's heartbeat checks every second, and the fence is one transaction.
-FENCED_WITHIN_S = writer_fence.SILENT_S + 3.0
+# other writer's heartbeat checks every second, and the fence is one transaction. The waits
+# leave a loaded machine 30 s more.
+FENCED_WITHIN_S = writer_fence.SILENT_S + 3.0 + 30
 # A writer stopped (SIGSTOP) keeps its lock until PostgreSQL ends the idle session.
-LEASE_FENCED_WITHIN_S = writer_lock.LEASE_S + writer_fence.SILENT_S + 5.0
+LEASE_FENCED_WITHIN_S = writer_lock.LEASE_S + writer_fence.SILENT_S + 5.0 + 30
+# What a writer logs as it hands its promise over, and what one logs fencing another.
+HANDED_OVER = "the others carry its promise"
+FENCED = "silent, its lock free"
 # Only the timeline matters here, and all of it: a gap would hide a lost message.
 SYNC_FILTER = json.dumps(
     {
@@ -208,6 +215,18 @@ class Load:
                 for body, at in pair.acked_at.items()
                 if start <= at <= end
             ]
+
+    def wait_delivered(self, what: str, pairs: list[Pair], start: float, end: float) -> list[float]:
+        """Until every message of `pairs` acknowledged between `start` and `end` has reached
+        its receiver (at most DELIVERED_WITHIN_S); their delays, to print."""
+        wait_for(
+            lambda: max(self.delivery_delays(pairs, start, end), default=0) < float("inf"),
+            what,
+            timeout=DELIVERED_WITHIN_S,
+        )
+        delays = self.delivery_delays(pairs, start, end)
+        assert delays, f"no message acknowledged {what}"
+        return delays
 
     def acked_count(self, pairs: list[Pair] | None = None) -> int:
         with self.lock:
@@ -412,33 +431,37 @@ def test_a_client_worker_stopped_with_sigterm_drains_without_a_failed_request(wo
 
 def test_a_rolling_restart_of_the_event_writers_stalls_no_one(workers: Cluster) -> None:
     """systemctl restart of each event writer in turn under load: the stopped writer hands
-    its promise over, so the other writer's messages keep reaching every receiver within
-    DELIVERY_S; its own rooms answer 503 (retried) until it is back; nothing lost or doubled."""
+    its promise over, so the other writer's messages keep reaching every receiver while it
+    is down; its own rooms answer 503 (retried) until it is back; nothing lost or doubled."""
     load = start_load(workers, "g")
     delays: dict[str, list[float]] = {}
     try:
         for name in ("w2", "w1"):
             worker = workers.workers[name]
+            handed_over, fenced = worker.log_text().count(HANDED_OVER), fences(workers)
             assert worker.signal(signal.SIGTERM) == 0, worker.log_text()[-3000:]
             stopped_at = time.monotonic()
+            assert worker.log_text().count(HANDED_OVER) == handed_over + 1, worker.log_text()[-3000:]
             others = [p for p in load.pairs if p.writer != name]
             load.wait_progress(f"with {name} stopped", each=10, pairs=others)
             sent_until = time.monotonic()
-            # Every message acknowledged while it was stopped, at most DELIVERY_S later.
-            time.sleep(DELIVERY_S)  # the bound under test, not an ordering: then look
-            delays[name] = load.delivery_delays(others, stopped_at, sent_until)
+            # Still stopped: what the other writer acknowledged meanwhile reaches its receivers
+            # (a stream waiting for the stopped writer would hold it until the restart)...
+            delays[name] = load.wait_delivered(f"with {name} stopped", others, stopped_at, sent_until)
+            # ...carried by the handover, not by a fence after SILENT_S of silence.
+            assert fences(workers) == fenced, workers.logs()
             workers.restart(name)
             load.wait_progress(f"after {name} restarted")
     finally:
         load.finish()
     check_exactly_once(workers, load)
-    for name, seen in delays.items():
-        assert seen and max(seen) <= DELIVERY_S, (
-            f"with {name} stopped: {len(seen)} messages of the other writer, slowest "
-            f"{max(seen, default=0):.1f}s\n{workers.logs()}"
-        )
     assert all(w.alive() for w in workers.workers.values())
     print(summary(load), {n: f"max {max(d):.2f}s over {len(d)}" for n, d in delays.items()})
+
+
+def fences(cluster: Cluster) -> int:
+    """How many times, in all, a writer has fenced another (their whole logs)."""
+    return sum(w.log_text().count(FENCED) for w in cluster.workers.values())
 
 
 def retired(cluster: Cluster) -> dict[str, int]:
@@ -465,7 +488,7 @@ def messages_on(cluster: Cluster, worker: str, pair: Pair, since: str) -> set[st
 
 def check_the_others_go_on(cluster: Cluster, load: Load, dead: str, since: float) -> None:
     """With `dead` fenced: the other writer's messages acknowledged from `since` on reach their
-    receivers within DELIVERY_S, and a sync straight to each live worker has them."""
+    receivers, and a sync straight to each live worker has them."""
     others = [p for p in load.pairs if p.writer != dead]
     with load.lock:
         # What each receiver's token covers: a message acknowledged later may be in it.
@@ -473,12 +496,8 @@ def check_the_others_go_on(cluster: Cluster, load: Load, dead: str, since: float
         seen = {p.name: {body for body, _ in p.received} for p in others}
     load.wait_progress(f"with {dead} fenced", each=10, pairs=others)
     sent_until = time.monotonic()
-    time.sleep(DELIVERY_S)  # the bound under test, not an ordering: then look
-    delays = load.delivery_delays(others, since, sent_until)
-    assert delays and max(delays) <= DELIVERY_S, (
-        f"with {dead} fenced: {len(delays)} messages of the other writer, slowest "
-        f"{max(delays, default=0):.1f}s\n{cluster.logs()}"
-    )
+    delays = load.wait_delivered(f"with {dead} fenced", others, since, sent_until)
+    print(f"with {dead} fenced: {len(delays)} messages of the other writer, slowest {max(delays):.2f}s")
     with load.lock:
         acked = {p.name: {b for b, at in p.acked_at.items() if since <= at <= sent_until} for p in others}
     for name in cluster.workers:
@@ -499,9 +518,8 @@ def test_an_event_writer_killed_and_not_restarted_is_fenced_and_the_others_go_on
     try:
         workers.kill9("w2")
         killed_at = time.monotonic()
-        wait_for(lambda: "w2" in retired(workers), "w1 fenced w2", timeout=FENCED_WITHIN_S + 30)
+        wait_for(lambda: "w2" in retired(workers), "w1 fenced w2", timeout=FENCED_WITHIN_S)
         fenced_after = time.monotonic() - killed_at
-        assert fenced_after <= FENCED_WITHIN_S, f"fenced after {fenced_after:.1f}s"
         with load.lock:
             refused_before = sum(
                 n for (what, code), n in load.statuses.items() if what == "send" and code != 200
@@ -530,9 +548,8 @@ def test_an_event_writer_stopped_past_its_lease_is_fenced_and_stores_nothing_mor
     try:
         w2.process.send_signal(signal.SIGSTOP)
         stopped_at = time.monotonic()
-        wait_for(lambda: "w2" in retired(workers), "w1 fenced w2", timeout=LEASE_FENCED_WITHIN_S + 30)
+        wait_for(lambda: "w2" in retired(workers), "w1 fenced w2", timeout=LEASE_FENCED_WITHIN_S)
         fenced_after = time.monotonic() - stopped_at
-        assert fenced_after <= LEASE_FENCED_WITHIN_S, f"fenced after {fenced_after:.1f}s"
         at = retired(workers)["w2"]
         check_the_others_go_on(workers, load, "w2", time.monotonic())
         w2.process.send_signal(signal.SIGCONT)
