@@ -26,11 +26,11 @@ def read_until(sock: socket.socket, end: bytes) -> bytes:
     return data
 
 
-def wait_exit(server: ServerProcess, timeout: float) -> tuple[int, float]:
-    """Wait for the process to exit; return (exit code, seconds waited)."""
-    start = time.monotonic()
-    code = server.process.wait(timeout)
-    return code, time.monotonic() - start
+def wait_exit(server: ServerProcess) -> int:
+    """The exit code, once the process has exited. The wait is generous (a loaded machine's
+    process teardown): that nothing held the shutdown for SHUTDOWN_GRACE_S shows in its log
+    ("still in flight"), and is timed on a test clock in tests/fast/test_shutdown_driven.py."""
+    return server.process.wait(60)
 
 
 @pytest.mark.parametrize("sig", SIGNALS)
@@ -67,7 +67,7 @@ def test_request_in_flight_completes_and_process_exits_cleanly(
     assert b"Connection: close" in head
     assert json.loads(payload)["user_id"] == f"@inflight:{server.server_name}"
 
-    code, _ = wait_exit(server, 5)
+    code = wait_exit(server)
     assert code == 0, server.log_text()
     log = server.log_text()
     assert "shut down cleanly" in log
@@ -92,7 +92,7 @@ def test_idle_server_exits_quickly(start_server: Callable[..., ServerProcess], s
     server = start_server()
     server.register("idle_user")
     server.process.send_signal(sig)
-    code, _ = wait_exit(server, 10)
+    code = wait_exit(server)
     assert code == 0, server.log_text()
     # Nothing held the shutdown: it never reached the grace period's warning.
     assert "still in flight" not in server.log_text()
