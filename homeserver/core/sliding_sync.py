@@ -554,6 +554,15 @@ class SlidingSyncService:
         state = await self._required_state(
             head, config, events, user_id, end, after if not (initial or config_changed) else None
         )
+        summary_head = head
+        if c.membership != "join":
+            had_upto = await self._joined_until(user_id, head.room_id, end)
+            state = await self._seen_state(user_id, head, state, had_upto)
+            at_end = await self._head_at(head, end)
+            seen = await self._seen_state(user_id, head, list(at_end.state.values()), had_upto)
+            summary_head = RoomHead(
+                head.room_id, head.room_version, {(e.type, e.state_key or ""): e for e in seen}
+            )
         await self.rooms.load_redactions(events + state)
         bundles = await self.classic.thread_bundles(user_id, head, events)
         body = {
@@ -570,7 +579,7 @@ class SlidingSyncService:
             "bump_stamp": c.bump,
             "notification_count": counts[0],
             "highlight_count": counts[1],
-            **self._summary(await self._head_at(head, end) if c.membership != "join" else head, user_id),
+            **self._summary(summary_head, user_id),
         }
         if initial:
             body["initial"] = True
@@ -663,6 +672,35 @@ class SlidingSyncService:
             ]
         state.sort(key=lambda ev: ev.stream_ordering)
         return state
+
+    async def _joined_until(self, user_id: str, room_id: str, end: int) -> int | None:
+        """Where the user's last join up to `end` ended (None: never joined by then)."""
+        history = await self.storage.events.membership_history(user_id, room_id)
+        until: int | None = None
+        for i, (position, membership) in enumerate(history):
+            if membership == "join" and position <= end:
+                until = min(history[i + 1][0], end) if i + 1 < len(history) else end
+        return until
+
+    async def _seen_state(
+        self, user_id: str, head: RoomHead, state: list[StoredEvent], had_upto: int | None
+    ) -> list[StoredEvent]:
+        """Of a room's state, what a user no longer joined may have: what was current when
+        their last join ended at `had_upto` (they had it then), their own membership, and
+        what history visibility shows them. Someone never joined (a refused invite or knock,
+        a ban before joining) does not get the room's members, name and topic that way."""
+        rest = [
+            ev
+            for ev in state
+            if not (had_upto is not None and ev.stream_ordering <= had_upto)
+            and not (ev.type == "m.room.member" and ev.state_key == user_id)
+        ]
+        if not rest:
+            return state
+        hidden = {ev.event_id for ev in rest} - {
+            ev.event_id for ev in await self.visibility.filter_for_user(user_id, head, rest)
+        }
+        return [ev for ev in state if ev.event_id not in hidden]
 
     async def _head_at(self, head: RoomHead, end: int) -> RoomHead:
         """The room as it was at `end` (for a former member: what came after is not theirs)."""

@@ -1,0 +1,116 @@
+"""What simplified sliding sync (MSC4186) shows of a room to someone not joined to it: a
+user banned before ever joining, or whose knock was turned down, gets their own
+membership and what history visibility lets them see, never the room's state (its
+name, topic and members) as its members see it; a former member gets the room as it
+was when they left, not what changed after."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Any
+
+import pytest_twisted
+from harness import Client, TestClock, make_server, room_path
+
+PATH = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync"
+EVERYTHING = {"required_state": [["*", "*"]], "timeline_limit": 20}
+
+
+async def ss(client: Client, token: str, body: dict[str, Any], pos: str | None = None) -> dict[str, Any]:
+    params = {"timeout": "0"}
+    if pos is not None:
+        params["pos"] = pos
+    status, answer = await client.start("POST", PATH, token, body, **params)
+    assert status == 200, answer
+    return answer
+
+
+async def state(client: Client, token: str, room: str, event_type: str, content: dict[str, Any]) -> None:
+    await client.call("PUT", f"{room_path(room)}/state/{event_type}/", token, content)
+
+
+async def say(client: Client, token: str, room: str, text: str) -> None:
+    path = f"{room_path(room)}/send/m.room.message/{secrets.token_hex(4)}"
+    await client.call("PUT", path, token, {"msgtype": "m.text", "body": text})
+
+
+def shown(entry: dict[str, Any]) -> set[tuple[str, str]]:
+    return {(ev["type"], ev["state_key"]) for ev in entry["required_state"]}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_user_banned_before_joining_does_not_get_the_rooms_state(tmp_path: Path) -> None:
+    hs = await make_server(tmp_path, TestClock())
+    client = Client(hs)
+    try:
+        alice = await client.register(hs, "alice")
+        eve = await client.register(hs, "eve")
+        a = alice["access_token"]
+        body = {"name": "Secret plans", "topic": "the plan"}
+        room = (await client.call("POST", "/createRoom", a, body))["room_id"]
+        await say(client, a, room, "secret")
+        await client.call("POST", f"{room_path(room)}/ban", a, {"user_id": eve["user_id"]})
+
+        answer = await ss(client, eve["access_token"], {"room_subscriptions": {room: EVERYTHING}})
+        entry = answer["rooms"][room]
+        assert shown(entry) == {("m.room.member", eve["user_id"])}
+        assert [ev["content"]["membership"] for ev in entry["timeline"]] == ["ban"]
+        assert "name" not in entry and entry["heroes"] == [] and entry["joined_count"] == 0
+    finally:
+        await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_turned_down_knock_does_not_reveal_the_rooms_state(tmp_path: Path) -> None:
+    hs = await make_server(tmp_path, TestClock())
+    client = Client(hs)
+    try:
+        alice = await client.register(hs, "alice")
+        bob = await client.register(hs, "bob")
+        a, b = alice["access_token"], bob["access_token"]
+        rules = [{"type": "m.room.join_rules", "content": {"join_rule": "knock"}}]
+        room = (
+            await client.call("POST", "/createRoom", a, {"initial_state": rules, "topic": "members only"})
+        )["room_id"]
+        request = {"lists": {"all": {"ranges": [[0, 10]], **EVERYTHING}}}
+        first = await ss(client, b, request)
+        await client.call("POST", f"/knock/{room}", b, {})
+        knocked = await ss(client, b, request, first["pos"])
+        assert "invite_state" in knocked["rooms"][room]
+        # Alice turns the knock down.
+        await client.call("POST", f"{room_path(room)}/kick", a, {"user_id": bob["user_id"]})
+
+        turned_down = (await ss(client, b, request, knocked["pos"]))["rooms"][room]
+        assert shown(turned_down) == {("m.room.member", bob["user_id"])}
+        assert turned_down["timeline"][-1]["content"]["membership"] == "leave"
+        assert turned_down["heroes"] == [] and turned_down["joined_count"] == 0
+    finally:
+        await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_former_member_gets_the_room_as_it_was_when_they_left(tmp_path: Path) -> None:
+    hs = await make_server(tmp_path, TestClock())
+    client = Client(hs)
+    try:
+        alice, bob, room = await client.alice_and_bob(hs)
+        a, b = alice["access_token"], bob["access_token"]
+        await state(client, a, room, "m.room.name", {"name": "Old name"})
+        await client.call("POST", f"{room_path(room)}/leave", b, {})
+        await state(client, a, room, "m.room.topic", {"topic": "after bob left"})
+
+        entry = (await ss(client, b, {"room_subscriptions": {room: EVERYTHING}}))["rooms"][room]
+        assert ("m.room.create", "") in shown(entry) and ("m.room.member", alice["user_id"]) in shown(entry)
+        assert ("m.room.topic", "") not in shown(entry)
+        assert entry["name"] == "Old name" and entry["joined_count"] == 1
+
+        # Invited back, he declines: what changed while he was away stays hidden.
+        await state(client, a, room, "m.room.name", {"name": "New name"})
+        await client.call("POST", f"{room_path(room)}/invite", a, {"user_id": bob["user_id"]})
+        await client.call("POST", f"{room_path(room)}/leave", b, {})
+        entry = (await ss(client, b, {"room_subscriptions": {room: EVERYTHING}}))["rooms"][room]
+        assert ("m.room.topic", "") not in shown(entry) and ("m.room.name", "") not in shown(entry)
+        assert "name" not in entry
+    finally:
+        await hs.stop(None)
