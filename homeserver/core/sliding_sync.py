@@ -16,6 +16,7 @@ its long-poll.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import secrets
 from collections import OrderedDict
@@ -87,7 +88,7 @@ class RoomConfig:
 
     def merge(self, other: "RoomConfig") -> "RoomConfig":
         """A room in two lists (or a list and a subscription) gets the union of both."""
-        state = self.required_state + tuple(p for p in other.required_state if p not in self.required_state)
+        state = tuple(dict.fromkeys(self.required_state + other.required_state))
         return RoomConfig(state, max(self.timeline_limit, other.timeline_limit))
 
 
@@ -343,6 +344,7 @@ class SlidingSyncService:
         lists: dict[str, Any] = {}
         counts: dict[str, int] = {}
         windows: dict[str, list[str]] = {}
+        in_lists: dict[str, dict[str, None]] = {}  # room -> the lists whose windows hold it
         ordered = sorted(candidates.values(), key=lambda c: (-c.bump, c.room_id))
         for name, lst in req.lists.items():
             children = _children_of(lst.filters.spaces, candidates)
@@ -351,12 +353,20 @@ class SlidingSyncService:
             ]
             counts[name] = len(rooms)
             lists[name] = {"count": len(rooms)}
-            window = windows[name] = []
+            window: dict[str, None] = {}  # overlapping ranges name a room once
             for start, end in lst.ranges:
-                for room_id in rooms[start : end + 1]:
-                    window.append(room_id)
-                    prior = wanted.get(room_id)
-                    wanted[room_id] = lst.config if prior is None else prior.merge(lst.config)
+                window.update(dict.fromkeys(rooms[start : end + 1]))
+            windows[name] = list(window)
+            for room_id in window:
+                in_lists.setdefault(room_id, {})[name] = None
+        # Rooms in the same lists share one merged config, computed once.
+        merged: dict[tuple[str, ...], RoomConfig] = {}
+        for room_id, names in in_lists.items():
+            key = tuple(names)
+            config = merged.get(key)
+            if config is None:
+                config = merged[key] = functools.reduce(RoomConfig.merge, (req.lists[n].config for n in key))
+            wanted[room_id] = config
 
         # Subscriptions: any room the user is or was in (a former member sees it up to leaving).
         subscribed: list[str] = []

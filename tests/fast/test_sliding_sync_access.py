@@ -114,3 +114,35 @@ async def test_a_former_member_gets_the_room_as_it_was_when_they_left(tmp_path: 
         assert "name" not in entry
     finally:
         await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_required_state_across_lists_is_bounded_and_merged(tmp_path: Path) -> None:
+    """A room in several lists gets the union of their required_state; a request whose lists
+    and subscriptions name more than 1000 different entries in all is refused (each list
+    alone is within bounds), since every room in those lists would carry that union."""
+    hs = await make_server(tmp_path, TestClock())
+    client = Client(hs)
+    try:
+        alice = await client.register(hs, "alice")
+        a = alice["access_token"]
+        room = (await client.call("POST", "/createRoom", a, {"name": "n", "topic": "t"}))["room_id"]
+
+        def of(types: list[str]) -> dict[str, Any]:
+            return {"ranges": [[0, 5], [0, 5]], "required_state": [[t, ""] for t in types]}
+
+        both = {"lists": {"names": of(["m.room.name"]), "topics": of(["m.room.topic", "m.room.name"])}}
+        entry = (await ss(client, a, both))["rooms"][room]
+        assert shown(entry) == {("m.room.name", ""), ("m.room.topic", "")}
+
+        many = {f"l{i}": of([f"org.example.{i}.{j}" for j in range(600)]) for i in range(2)}
+        status, answer = await client.start("POST", PATH, a, {"lists": many})
+        assert status == 400 and answer["errcode"] == "M_INVALID_PARAM"
+        subscribed = {"lists": {"l0": many["l0"]}, "room_subscriptions": {room: many["l1"]}}
+        status, answer = await client.start("POST", PATH, a, subscribed)
+        assert status == 400 and answer["errcode"] == "M_INVALID_PARAM"
+        # The same entries repeated count once.
+        status, _ = await client.start("POST", PATH, a, {"lists": {"l0": many["l0"], "l1": many["l0"]}})
+        assert status == 200
+    finally:
+        await hs.stop(None)

@@ -45,12 +45,11 @@ def _room_config(body: dict[str, Any], where: str) -> RoomConfig:
     pairs = optional(body, "required_state", list) or []
     if len(pairs) > MAX_REQUIRED_STATE:
         raise InvalidParam(f"{where}: too many 'required_state' entries")
-    required: list[tuple[str, str]] = []
+    required: dict[tuple[str, str], None] = {}  # ordered, without repeats
     for pair in pairs:
         if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
             raise BadJson(f"{where}: 'required_state' entries must be [type, state_key] strings")
-        if (pair[0], pair[1]) not in required:
-            required.append((pair[0], pair[1]))
+        required[(pair[0], pair[1])] = None
     limit = optional(body, "timeline_limit", int, 0) or 0
     if limit < 0:
         raise InvalidParam(f"{where}: 'timeline_limit' must not be negative")
@@ -174,13 +173,20 @@ def parse_request(
         if not room_id.startswith("!"):
             raise InvalidParam(f"'{room_id}' is not a room id")
         subscriptions[room_id] = _room_config(config, f"room subscription '{room_id}'")
+    lists = {name: _list(name, value) for name, value in lists_in.items()}
+    # A room in several lists gets the union of their required_state: bounded, so that
+    # union stays small however many lists name the room.
+    distinct = {pair for lst in lists.values() for pair in lst.config.required_state}
+    distinct.update(pair for config in subscriptions.values() for pair in config.required_state)
+    if len(distinct) > MAX_REQUIRED_STATE:
+        raise InvalidParam(f"More than {MAX_REQUIRED_STATE} different 'required_state' entries")
     return SlidingSyncRequest(
         user_id=user_id,
         device_id=device_id,
         conn_id=optional(body, "conn_id", str, "") or "",
         pos=pos,
         timeout_ms=timeout_ms,
-        lists={name: _list(name, value) for name, value in lists_in.items()},
+        lists=lists,
         subscriptions=subscriptions,
         extensions=_extensions(body),
     )
