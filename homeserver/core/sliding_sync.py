@@ -63,6 +63,8 @@ MAX_TIMELINE_LIMIT = 1000
 # Connections remembered (least recently used dropped past this), and positions per connection:
 # the newest, and the one before it for a client retrying a response it lost.
 MAX_CONNECTIONS = 50_000
+# Per device, so that one device cannot push everyone else's out (Element X uses two or three).
+MAX_CONNECTIONS_PER_DEVICE = 16
 _POSITIONS_KEPT = 2
 _MEMBERSHIPS_LISTED = ("join", "invite", "knock")
 # Rooms the user is not in: shown with stripped state only (MSC4186 "Invite/knock/rejections").
@@ -240,6 +242,8 @@ class SlidingSyncService:
         self.classic = sync  # /sync: tokens, event encoding, device lists
         self.visibility = sync.visibility
         self._connections: OrderedDict[tuple[str, str, str], _Connection] = OrderedDict()
+        # Each device's conn_ids, least recently used first.
+        self._device_conns: dict[tuple[str, str], OrderedDict[str, None]] = {}
         self._pos_counter = itertools.count(1)
         # Positions name this process's run: a pos from before a restart can never match
         # one handed out after it (the same device and conn_id may have started again).
@@ -311,15 +315,28 @@ class SlidingSyncService:
 
     def _remember(self, key: tuple[str, str, str], pos: str, state: _PosState) -> None:
         conn = self._connections.get(key)
+        device = self._device_conns.setdefault(key[:2], OrderedDict())
+        device[key[2]] = None
+        device.move_to_end(key[2])
         if conn is None:
             conn = self._connections[key] = _Connection()
+            if len(device) > MAX_CONNECTIONS_PER_DEVICE:
+                self._drop((*key[:2], next(iter(device))))
             if len(self._connections) > MAX_CONNECTIONS:
-                self._connections.popitem(last=False)
+                self._drop(next(iter(self._connections)))
         else:
             self._connections.move_to_end(key)
         conn.positions[pos] = state
         while len(conn.positions) > _POSITIONS_KEPT:
             conn.positions.popitem(last=False)
+
+    def _drop(self, key: tuple[str, str, str]) -> None:
+        self._connections.pop(key, None)
+        device = self._device_conns.get(key[:2])
+        if device is not None:
+            device.pop(key[2], None)
+            if not device:
+                del self._device_conns[key[:2]]
 
     async def _compute(
         self, req: SlidingSyncRequest, since: _PosState | None

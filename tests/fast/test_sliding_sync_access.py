@@ -10,8 +10,11 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 from harness import Client, TestClock, make_server, room_path
+
+from homeserver.core import sliding_sync
 
 PATH = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync"
 EVERYTHING = {"required_state": [["*", "*"]], "timeline_limit": 20}
@@ -144,5 +147,32 @@ async def test_required_state_across_lists_is_bounded_and_merged(tmp_path: Path)
         # The same entries repeated count once.
         status, _ = await client.start("POST", PATH, a, {"lists": {"l0": many["l0"], "l1": many["l0"]}})
         assert status == 200
+    finally:
+        await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_device_cannot_push_other_users_connections_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Connections are kept in memory up to a bound (least recently used dropped): a device
+    opening conn_id after conn_id drops its own oldest ones, not everyone else's."""
+    monkeypatch.setattr(sliding_sync, "MAX_CONNECTIONS", 40)  # each device keeps 16
+    hs = await make_server(tmp_path, TestClock())
+    client = Client(hs)
+    try:
+        bob = (await client.register(hs, "bob"))["access_token"]
+        eve = (await client.register(hs, "eve"))["access_token"]
+        bobs = await ss(client, bob, {"conn_id": "room-list"})
+        eves = [await ss(client, eve, {"conn_id": f"c{i}"}) for i in range(sliding_sync.MAX_CONNECTIONS)]
+
+        await ss(client, bob, {"conn_id": "room-list"}, bobs["pos"])
+        newest = sliding_sync.MAX_CONNECTIONS - 1
+        await ss(client, eve, {"conn_id": f"c{newest}"}, eves[newest]["pos"])
+        status, answer = await client.start("POST", PATH, eve, {"conn_id": "c0"}, pos=eves[0]["pos"])
+        assert status == 400 and answer["errcode"] == "M_UNKNOWN_POS"
+
+        status, answer = await client.start("POST", PATH, eve, {"conn_id": "x" * 129})
+        assert status == 400 and answer["errcode"] == "M_INVALID_PARAM"
     finally:
         await hs.stop(None)

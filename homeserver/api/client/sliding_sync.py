@@ -35,6 +35,8 @@ MAX_SUBSCRIPTIONS = 1000
 MAX_REQUIRED_STATE = 1000
 MAX_RANGE_END = 2**31
 MAX_FILTER_VALUES = 1000
+# The server keeps each connection under its conn_id (Element X's are words like "room-list").
+MAX_CONN_ID_LENGTH = 128
 
 
 def _object(body: dict[str, Any], key: str) -> dict[str, Any]:
@@ -180,10 +182,13 @@ def parse_request(
     distinct.update(pair for config in subscriptions.values() for pair in config.required_state)
     if len(distinct) > MAX_REQUIRED_STATE:
         raise InvalidParam(f"More than {MAX_REQUIRED_STATE} different 'required_state' entries")
+    conn_id = optional(body, "conn_id", str, "") or ""
+    if len(conn_id) > MAX_CONN_ID_LENGTH:
+        raise InvalidParam(f"'conn_id' is longer than {MAX_CONN_ID_LENGTH} characters")
     return SlidingSyncRequest(
         user_id=user_id,
         device_id=device_id,
-        conn_id=optional(body, "conn_id", str, "") or "",
+        conn_id=conn_id,
         pos=pos,
         timeout_ms=timeout_ms,
         lists=lists,
