@@ -6,8 +6,8 @@ and dismisses event reports through core/admin.py). Who may report what, as the 
   other case, like a missing event, answers 404 M_NOT_FOUND, so a non-member learns
   nothing about the room's events;
 - a room: anyone, whether joined or not; 404 for an unknown room;
-- a user: anyone, whoever shares a room with them or not; 404 for an unknown user;
-  reporting oneself is a client's mistake: 400 M_INVALID_PARAM, nothing stored.
+- a user: anyone, whoever shares a room with them or not; 404 for an unknown local user
+  (a user of another server cannot be looked up, and is reported); reporting oneself is a client's mistake: 400 M_INVALID_PARAM, nothing stored.
 """
 
 from __future__ import annotations
@@ -83,7 +83,10 @@ class ReportService:
         check_user_id(user_id, "userId")
         if user_id == reporter:
             raise MatrixError("You cannot report yourself", "M_INVALID_PARAM")
-        if await self.storage.accounts.get_user(user_id) is None:
+        local = user_id.endswith(":" + self.messages.rooms.server_name)
+        # A user of another server cannot be looked up here: reported all the same, as
+        # spam from other servers is much of what admins need to hear about.
+        if local and await self.storage.accounts.get_user(user_id) is None:
             raise NotFound("User not found")
         await self.storage.reports.add(
             "user", reporter, self.clock.time_ms(), target_user_id=user_id, reason=reason
