@@ -132,6 +132,7 @@ class RateLimitsConfig:
     join_per_user: RateLimit = RateLimit(0.1, 20)
     invite_per_user: RateLimit = RateLimit(0.2, 20)
     media_upload_per_user: RateLimit = RateLimit(1.0, 20)
+    report_per_user: RateLimit = RateLimit(1.0, 5)
 
 
 @dataclass(frozen=True)

@@ -124,6 +124,8 @@ rate_limits:
   invite_per_user: {per_second: 0.2, burst: 20}
   # Media uploads (the media plugin's upload endpoints).
   media_upload_per_user: {per_second: 1, burst: 20}
+  # Reports of events, rooms and users (POST .../report...).
+  report_per_user: {per_second: 1, burst: 5}
 
 user_directory:
   # POST /user_directory/search finds users who share a room with the searcher or

@@ -667,7 +667,7 @@ class HomeServer:
             self.ignored_users,
             self.config.search.index_wait / 1000,
         )
-        self.reports = ReportService(self.storage, self.messages, self.clock)
+        self.reports = ReportService(self.storage, self.messages, self.clock, self.ratelimiter)
         self.restrictions = AccountRestrictions(AdminStore(self.storage.db))
         self.tokens.check_account = self.restrictions.check_not_locked
         self.events.restrictions = self.restrictions

@@ -221,6 +221,7 @@ def base_config(tmp_path: Path, port: int, database_url: str = "") -> dict[str, 
             "join_per_user": {"per_second": 100, "burst": 1000},
             "invite_per_user": {"per_second": 100, "burst": 1000},
             "media_upload_per_user": {"per_second": 100, "burst": 1000},
+            "report_per_user": {"per_second": 100, "burst": 1000},
         },
         "plugins": [{"module": "plugins.example.ExamplePlugin", "config": {"greeting": "Hello"}}],
         # Off unless a test turns it on: `/` then answers the same whether web/dist is built.

@@ -20,7 +20,7 @@ def _whole_ms(wait_s: float) -> int:
 
 
 # What one account does, each limited by `rate_limits.<action>_per_user`.
-USER_ACTIONS = ("send", "create_room", "join", "invite", "media_upload")
+USER_ACTIONS = ("send", "create_room", "join", "invite", "media_upload", "report")
 
 
 class RateLimiter:

@@ -1,13 +1,16 @@
 """Reporting content (spec: Client-Server API, Reporting content): events, rooms and users.
 
 Reports are stored for the server's admins (table `reports`; the admin plugin reads
-and dismisses event reports through core/admin.py). Who may report what, as the spec says:
+and dismisses event reports through core/admin.py); each takes a token of the reporter's
+`rate_limits.report_per_user` (429 M_LIMIT_EXCEEDED past it, as the spec allows), so a
+script cannot fill the table. Who may report what, as the spec says:
 - an event: a member joined to its room who may see it (history visibility); any
   other case, like a missing event, answers 404 M_NOT_FOUND, so a non-member learns
   nothing about the room's events;
 - a room: anyone, whether joined or not; 404 for an unknown room;
 - a user: anyone, whoever shares a room with them or not; 404 for an unknown local user
-  (a user of another server cannot be looked up, and is reported); reporting oneself is a client's mistake: 400 M_INVALID_PARAM, nothing stored.
+  (a user of another server cannot be looked up, and is reported); reporting oneself
+  is a client's mistake: 400 M_INVALID_PARAM, nothing stored.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 
 from homeserver.core.clock import Clock
 from homeserver.core.messages import MessagesService
+from homeserver.core.ratelimit import RateLimiter
 from homeserver.core.rooms import check_user_id
 from homeserver.errors import MatrixError, NotFound
 from homeserver.storage import Storage
@@ -47,13 +51,17 @@ def _score(body: dict[str, Any]) -> int | None:
 
 
 class ReportService:
-    def __init__(self, storage: Storage, messages: MessagesService, clock: Clock) -> None:
+    def __init__(
+        self, storage: Storage, messages: MessagesService, clock: Clock, ratelimiter: RateLimiter
+    ) -> None:
         self.storage = storage
         self.messages = messages
         self.clock = clock
+        self.ratelimiter = ratelimiter
 
     async def report_event(self, reporter: str, room_id: str, event_id: str, body: dict[str, Any]) -> None:
         reason, score = _reason(body, required=False), _score(body)
+        self.ratelimiter.check_user("report", reporter)
         head = await self.messages.rooms.events.heads.get(room_id)
         if head is None or head.membership(reporter) != "join":
             raise NotFound("Event not found")
@@ -74,6 +82,7 @@ class ReportService:
 
     async def report_room(self, reporter: str, room_id: str, body: dict[str, Any]) -> None:
         reason = _reason(body, required=True)
+        self.ratelimiter.check_user("report", reporter)
         if await self.messages.rooms.events.heads.get(room_id) is None:
             raise NotFound("Room not found")
         await self.storage.reports.add("room", reporter, self.clock.time_ms(), room_id=room_id, reason=reason)
@@ -83,6 +92,7 @@ class ReportService:
         check_user_id(user_id, "userId")
         if user_id == reporter:
             raise MatrixError("You cannot report yourself", "M_INVALID_PARAM")
+        self.ratelimiter.check_user("report", reporter)
         local = user_id.endswith(":" + self.messages.rooms.server_name)
         # A user of another server cannot be looked up here: reported all the same, as
         # spam from other servers is much of what admins need to hear about.

@@ -1,4 +1,4 @@
-"""Per-user rate limits on send, createRoom, join, invite and media upload, in-process on a
+"""Per-user rate limits on send, createRoom, join, invite, media upload and reports, in-process on a
 clock the test moves: the request past the burst answers 429 M_LIMIT_EXCEEDED with
 `retry_after_ms` and a `Retry-After` header in whole seconds rounded up, and the same
 request goes through once the clock has moved that long (never sooner)."""
@@ -192,3 +192,29 @@ def test_a_full_table_of_recent_buckets_is_not_scanned_on_every_request(monkeypa
         limiter.check("login", f"2001:db8::{n:x}", limit)
     assert len(limiter._buckets) <= 1000
     assert scans <= 5, scans
+
+
+@pytest_twisted.ensureDeferred
+async def test_reports_are_limited(tmp_path: Path) -> None:
+    """Reports are stored for the admins: past the burst they are refused, not stored."""
+    clock = TestClock()
+    hs = await limited_server(tmp_path, clock, report_per_user=SLOW)
+    client = Client(hs)
+    try:
+        alice, bob, room_id = await client.alice_and_bob(hs)
+        token = alice["access_token"]
+        reason = json.dumps({"reason": "spam"}).encode()
+        assert (await raw(hs, "POST", f"{CS}/users/{bob['user_id']}/report", token, reason))[0] == 200
+        assert (await raw(hs, "POST", f"{CS}{room_path(room_id)}/report", token, reason))[0] == 200
+        assert_limited(
+            await raw(hs, "POST", f"{CS}/users/@x:elsewhere.example/report", token, reason), 2500, "3"
+        )
+        assert len(await hs.storage.reports.recent(10)) == 2
+        # Another user has their own bucket.
+        assert (await raw(hs, "POST", f"{CS}{room_path(room_id)}/report", bob["access_token"], reason))[
+            0
+        ] == 200
+        await advance(clock, 2.5)
+        assert (await raw(hs, "POST", f"{CS}/users/@x:elsewhere.example/report", token, reason))[0] == 200
+    finally:
+        await hs.stop(None)
