@@ -131,7 +131,10 @@ class KeyBackupService:
         body: JsonDict,
     ) -> JsonDict:
         version = await self._current(user_id, raw_version)
-        await self.store.put_room_keys(user_id, version, _keys_in(body, room_id, session_id))
+        if not await self.store.put_room_keys(user_id, version, _keys_in(body, room_id, session_id)):
+            # Deleted since `_current` looked (a client resetting its backup): no longer current.
+            await self._current(user_id, raw_version)
+            raise NotFound("Unknown backup version")
         return await self._count(user_id, version)
 
     async def get_keys(

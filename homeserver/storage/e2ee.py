@@ -477,10 +477,21 @@ class E2eeStore:
 
     async def put_room_keys(
         self, user_id: str, version: int, sessions: list[tuple[str, str, JsonDict]]
-    ) -> None:
-        """Store (room, session, key data); an existing key is replaced only by a better one (spec rules)."""
+    ) -> bool:
+        """Store (room, session, key data); an existing key is replaced only by a better one (spec rules).
+        False, storing nothing, if the version is deleted (by now: a delete may come between the
+        caller's check and this transaction)."""
 
-        def put_txn(txn: Txn) -> None:
+        def put_txn(txn: Txn) -> bool:
+            # Takes the version's row lock on PostgreSQL: a delete running now waits for this
+            # write and then deletes these keys too, or is seen here as done.
+            txn.execute(
+                "UPDATE room_key_backup_versions SET etag = etag"
+                " WHERE user_id = ? AND version = ? AND deleted = ?",
+                (user_id, version, False),
+            )
+            if txn.rowcount == 0:
+                return False
             changed = False
             for room_id, session_id, data in sessions:
                 row = txn.query_one(
@@ -528,8 +539,9 @@ class E2eeStore:
                     "UPDATE room_key_backup_versions SET etag = etag + 1 WHERE user_id = ? AND version = ?",
                     (user_id, version),
                 )
+            return True
 
-        await self.db.run_interaction("put_room_keys", put_txn)
+        return await self.db.run_interaction("put_room_keys", put_txn)
 
     async def get_room_keys(
         self, user_id: str, version: int, room_id: str | None, session_id: str | None
