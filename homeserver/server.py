@@ -521,6 +521,7 @@ class HomeServer:
         self.presence.audience = self._presence_audience
         self.delivery = DeliveryTracker(self.storage, self.clock)
         self.push_rules = PushRuleService(self.account_data)
+        self.rooms.push_rules = self.push_rules
         self.unread = UnreadCounter(
             self.storage, self.room_heads, self.push_rules, self.ignored_users, self.stream
         )

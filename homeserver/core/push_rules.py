@@ -487,6 +487,28 @@ class PushRuleService:
         actions = check_actions(body["actions"])
         await self._edit(user_id, "actions", {"kind": kind, "rule_id": rule_id, "actions": actions})
 
+    async def copy_room_rules(self, user_id: str, old_room_id: str, new_room_id: str) -> None:
+        """Carry the user's rules for `old_room_id` (a muted room, a room's own sound) over to
+        the room that replaced it, each placed after its original (spec: Room Upgrades, the
+        user's notification settings follow them to the new room). A room rule, and an
+        override or underride rule matching `room_id` whose id names the room, are copied; one
+        the user already has for the new room is left as it is."""
+        ruleset = await self.ruleset(user_id)
+        for kind in ("override", "room", "underride"):
+            rules = ruleset["global"][kind]
+            have = {rule["rule_id"] for rule in rules}
+            for rule in list(rules):
+                remade = _rule_for_room(kind, rule, old_room_id, new_room_id)
+                if remade is None or remade["rule_id"] in have:
+                    continue
+                args = {"kind": kind, "rule_id": remade["rule_id"], "body": remade, "before": None}
+                try:
+                    await self._edit(user_id, "put", {**args, "after": rule["rule_id"]})
+                    if rule.get("enabled") is False:
+                        await self._edit(user_id, "enabled", {**args, "enabled": False})
+                except MatrixError:
+                    pass  # at the most rules a user may have: the join goes on without it
+
     async def _edit(self, user_id: str, op: str, args: dict[str, Any]) -> None:
         forward = self.account_data.forward
         if forward is None:
@@ -522,6 +544,29 @@ class PushRuleService:
             if not lock.locked and not lock.waiting:
                 self._locks.pop(user_id, None)
         return {"ruleset": ruleset, "position": position}
+
+
+def _rule_for_room(
+    kind: str, rule: dict[str, Any], old_room_id: str, new_room_id: str
+) -> dict[str, Any] | None:
+    """The user's `rule` for `old_room_id` remade for `new_room_id`, or None if it is not one."""
+    if rule.get("default") or old_room_id not in rule["rule_id"]:
+        return None
+    if kind == "room":
+        if rule["rule_id"] != old_room_id:
+            return None
+        return {"rule_id": new_room_id, "default": False, "enabled": True, "actions": rule["actions"]}
+    names_room = {"kind": "event_match", "key": "room_id", "pattern": old_room_id}
+    conditions = rule.get("conditions") or []
+    if names_room not in conditions:
+        return None
+    return {
+        "rule_id": rule["rule_id"].replace(old_room_id, new_room_id),
+        "default": False,
+        "enabled": True,
+        "conditions": [{**c, "pattern": new_room_id} if c == names_room else c for c in conditions],
+        "actions": rule["actions"],
+    }
 
 
 def _change(ruleset: dict[str, Any], op: str, args: dict[str, Any]) -> None:

@@ -191,6 +191,8 @@ class RoomUpgrader:
         if locked != old_pl:
             await self._try_send(room_id, user_id, "m.room.power_levels", locked)
         await self.tags.copy_tags(user_id, room_id, new.room_id)
+        if self.rooms.push_rules is not None:
+            await self.rooms.push_rules.copy_room_rules(user_id, room_id, new.room_id)
         return new.room_id
 
     async def _try_send(

@@ -29,6 +29,7 @@ from homeserver.workers.event_writes import event_from_json, forwarded
 
 if TYPE_CHECKING:
     from homeserver.core.federation.membership import FederatedMembership
+    from homeserver.core.push_rules import PushRuleService
     from homeserver.core.restrictions import AccountRestrictions
     from homeserver.core.room_tags import TagService
 
@@ -104,6 +105,7 @@ class RoomService:
         self.storage = storage
         self.events = events
         self.tags: TagService | None = None  # set by the server (core/room_tags.py)
+        self.push_rules: PushRuleService | None = None  # set by the server (core/push_rules.py)
         # Set by the server: createRoom, join and invite are limited per user.
         self.ratelimiter: RateLimiter | None = None
         self._redactions: dict[str, StoredEvent] = {}
@@ -526,13 +528,13 @@ class RoomService:
             # direct chat in the joiner's m.direct, as Matrix clients do on accepting one.
             await self.account_data.add_direct_room(user_id, invite.sender, room_id)
         predecessor = head.content("m.room.create").get("predecessor") if head is not None else None
-        if (
-            self.tags is not None
-            and isinstance(predecessor, dict)
-            and isinstance(predecessor.get("room_id"), str)
-        ):
-            # Spec: Room Upgrades: joining the new room carries the user's tags over.
-            await self.tags.copy_tags(user_id, predecessor["room_id"], room_id)
+        if isinstance(predecessor, dict) and isinstance(predecessor.get("room_id"), str):
+            # Spec: Room Upgrades: joining the new room carries the user's tags and
+            # notification settings over.
+            if self.tags is not None:
+                await self.tags.copy_tags(user_id, predecessor["room_id"], room_id)
+            if self.push_rules is not None:
+                await self.push_rules.copy_room_rules(user_id, predecessor["room_id"], room_id)
         return room_id
 
     async def knock(
