@@ -133,6 +133,18 @@ class AccountDataService:
             return
         await self.put(user_id, "", "m.direct", {**content, peer: [*rooms, room_id]})
 
+    async def copy_direct_room(self, user_id: str, old_room_id: str, new_room_id: str) -> None:
+        """A direct chat replaced by a room upgrade: the new room is a direct chat with the same
+        people in the user's m.direct (Synapse does the same; clients list DMs by it)."""
+        content = await self.get(user_id, "", "m.direct") or {}
+        changed = {
+            peer: [*rooms, new_room_id]
+            for peer, rooms in content.items()
+            if isinstance(rooms, list) and old_room_id in rooms and new_room_id not in rooms
+        }
+        if changed:
+            await self.put(user_id, "", "m.direct", {**content, **changed})
+
     async def since(self, user_id: str, after: int, upto: int) -> list[tuple[str, str, dict[str, Any]]]:
         if after >= upto:
             return []

@@ -193,6 +193,7 @@ class RoomUpgrader:
         await self.tags.copy_tags(user_id, room_id, new.room_id)
         if self.rooms.push_rules is not None:
             await self.rooms.push_rules.copy_room_rules(user_id, room_id, new.room_id)
+        await self.account_data.copy_direct_room(user_id, room_id, new.room_id)
         return new.room_id
 
     async def _try_send(

@@ -530,11 +530,13 @@ class RoomService:
         predecessor = head.content("m.room.create").get("predecessor") if head is not None else None
         if isinstance(predecessor, dict) and isinstance(predecessor.get("room_id"), str):
             # Spec: Room Upgrades: joining the new room carries the user's tags and
-            # notification settings over.
+            # notification settings over (and, as in Synapse, a direct chat stays one).
             if self.tags is not None:
                 await self.tags.copy_tags(user_id, predecessor["room_id"], room_id)
             if self.push_rules is not None:
                 await self.push_rules.copy_room_rules(user_id, predecessor["room_id"], room_id)
+            if self.account_data is not None:
+                await self.account_data.copy_direct_room(user_id, predecessor["room_id"], room_id)
         return room_id
 
     async def knock(

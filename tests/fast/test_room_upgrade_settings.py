@@ -1,6 +1,7 @@
-"""Room upgrades carry a user's notification settings for the room over to the new room
-(spec: Room Upgrades, "Server behaviour"): the upgrader's at once, everyone else's as they
-join it. A muted room stays muted, a room's own sound stays."""
+"""Room upgrades carry a user's notification settings for the room, and a direct chat's place
+in m.direct, over to the new room (spec: Room Upgrades, "Server behaviour"): the
+upgrader's at once, everyone else's as they join it. A muted room stays muted, a room's
+own sound stays, a direct chat stays one."""
 
 from __future__ import annotations
 
@@ -52,5 +53,34 @@ async def test_an_upgrade_carries_the_rooms_push_rules_over(tmp_path: Path) -> N
         status, synced = await client.sync(b)
         assert status == 200
         assert synced["rooms"]["join"][new]["unread_notifications"]["notification_count"] == 0
+    finally:
+        await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upgraded_direct_chat_stays_a_direct_chat(tmp_path: Path) -> None:
+    """Clients list direct chats by m.direct (Element X's people filter, sliding sync's is_dm)."""
+    hs = await make_server(tmp_path, TestClock())
+    client = Client(hs)
+    try:
+        alice = await client.register(hs, "alice")
+        bob = await client.register(hs, "bob")
+        a, b = alice["access_token"], bob["access_token"]
+        body = {"is_direct": True, "invite": [bob["user_id"]], "preset": "trusted_private_chat"}
+        old = (await client.call("POST", "/createRoom", a, body))["room_id"]
+        await client.call("POST", f"/join/{quote(old)}", b, {})
+        await client.call(
+            "PUT", f"/user/{quote(alice['user_id'])}/account_data/m.direct", a, {bob["user_id"]: [old]}
+        )
+        new = (await client.call("POST", f"{room_path(old)}/upgrade", a, {"new_version": "11"}))[
+            "replacement_room"
+        ]
+        direct = await client.call("GET", f"/user/{quote(alice['user_id'])}/account_data/m.direct", a)
+        assert direct == {bob["user_id"]: [old, new]}
+        # Bob's m.direct came from accepting the invite; joining the new room adds it.
+        await client.call("POST", f"{room_path(new)}/invite", a, {"user_id": bob["user_id"]})
+        await client.call("POST", f"/join/{quote(new)}", b, {})
+        direct = await client.call("GET", f"/user/{quote(bob['user_id'])}/account_data/m.direct", b)
+        assert direct == {alice["user_id"]: [old, new]}
     finally:
         await hs.stop(None)
