@@ -2,7 +2,8 @@
 
 Every read goes through `access_room_for_reading`: a user who was never in the
 room gets 403, and what a former member sees is cut by history visibility
-(a kicked or banned member sees nothing sent after they left).
+(a kicked or banned member sees nothing sent after they left); a former member who
+forgot the room gets 403 as well, as POST /forget says.
 """
 
 from __future__ import annotations
@@ -78,6 +79,10 @@ class MessagesService:
         # Former members keep access to what they could see; the visibility filter cuts the rest.
         if membership is None and not world_readable:
             raise Forbidden("You are not a member of this room")
+        # Unless they forgot the room (spec: POST /forget: "a user will no longer be able to
+        # retrieve history for this room"); joining or an invite clears that.
+        if membership != "join" and not world_readable and room_id in await self.rooms.forgotten(user_id):
+            raise Forbidden("You have forgotten this room")
         return head
 
     async def serialize(

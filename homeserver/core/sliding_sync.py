@@ -385,13 +385,14 @@ class SlidingSyncService:
                 config = merged[key] = functools.reduce(RoomConfig.merge, (req.lists[n].config for n in key))
             wanted[room_id] = config
 
-        # Subscriptions: any room the user is or was in (a former member sees it up to leaving).
+        # Subscriptions: any room the user is or was in and has not forgotten (a former member
+        # sees it up to leaving).
         subscribed: list[str] = []
         for room_id, config in req.subscriptions.items():
             if room_id not in candidates:
                 found = await self._former(user_id, room_id, upto)
                 if found is None:
-                    continue  # never in the room: nothing to show, and no hint it exists
+                    continue  # nothing to show, and no hint it exists
                 candidates[room_id] = found
             subscribed.append(room_id)
             prior = wanted.get(room_id)
@@ -482,8 +483,8 @@ class SlidingSyncService:
     async def _former(self, user_id: str, room_id: str, upto: SyncToken) -> _Candidate | None:
         memberships = await self.timeline.rooms_for_user(user_id)
         entry = memberships.get(room_id)
-        if entry is None or entry[1] > upto.events:
-            return None
+        if entry is None or entry[1] > upto.events or room_id in await self.rooms.forgotten(user_id):
+            return None  # never in the room, or forgot it (its history is no longer theirs)
         head = await self.heads.get(room_id)
         if head is None:
             return None

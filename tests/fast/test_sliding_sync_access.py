@@ -176,3 +176,35 @@ async def test_one_device_cannot_push_other_users_connections_out(
         assert status == 400 and answer["errcode"] == "M_INVALID_PARAM"
     finally:
         await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_forgotten_room_gives_no_history(tmp_path: Path) -> None:
+    """POST /forget: "a user will no longer be able to retrieve history for this room"; not
+    through /messages or /event, nor a sliding sync subscription. Joining again brings it back."""
+    hs = await make_server(tmp_path, TestClock())
+    client = Client(hs)
+    try:
+        alice, bob, room = await client.alice_and_bob(hs)
+        a, b = alice["access_token"], bob["access_token"]
+        await say(client, a, room, "before bob left")
+        messages = f"/_matrix/client/v3{room_path(room)}/messages"
+        await client.call("POST", f"{room_path(room)}/leave", b, {})
+        status, answer = await client.start("GET", messages, b, dir="b")
+        assert status == 200 and "before bob left" in [e["content"].get("body") for e in answer["chunk"]]
+        await client.call("POST", f"{room_path(room)}/forget", b, {})
+
+        status, answer = await client.start("GET", messages, b, dir="b")
+        assert (status, answer.get("errcode")) == (403, "M_FORBIDDEN")
+        latest = await client.start("GET", messages, a, dir="b")
+        event_id = latest[1]["chunk"][0]["event_id"]
+        status, answer = await client.start("GET", f"/_matrix/client/v3{room_path(room)}/event/{event_id}", b)
+        assert status == 403
+        subscribed = await ss(client, b, {"room_subscriptions": {room: EVERYTHING}})
+        assert subscribed["rooms"] == {}
+
+        await client.call("POST", f"/join/{room}", b, {})
+        status, _ = await client.start("GET", messages, b, dir="b")
+        assert status == 200
+    finally:
+        await hs.stop(None)
