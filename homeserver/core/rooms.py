@@ -725,7 +725,7 @@ class RoomService:
         """Apply committed redactions to cached copies; return the events they redacted."""
         redacted = []
         for ev in events:
-            if ev.type == "m.room.member" and ev.content.get("membership") in ("join", "invite"):
+            if ev.type == "m.room.member" and ev.content.get("membership") in ("join", "invite", "knock"):
                 self._forgotten.get(ev.state_key or "", set()).discard(ev.room_id)
             if ev.type != "m.room.redaction":
                 continue

@@ -196,7 +196,7 @@ def persist_events_txn(
             memberships.append(
                 (ev.event_id, ev.room_id, ev.state_key, ev.sender, membership, ev.stream_ordering)
             )
-            if membership in ("join", "invite"):
+            if membership in ("join", "invite", "knock"):  # back in touch with the room: not forgotten
                 rejoined.append((ev.state_key, ev.room_id))
         if item.txn is not None:
             txn_ids.append((*item.txn, ev.event_id, item.now_ms))
