@@ -488,6 +488,11 @@ class SlidingSyncService:
         head = await self.heads.get(room_id)
         if head is None:
             return None
+        if entry[0] == "invite":
+            # Only an invite the lists left out gets here: an ignored user's, which stays out.
+            invite = head.get("m.room.member", user_id)
+            if invite is not None and invite.sender in await self.classic.ignored_by(user_id):
+                return None
         return _Candidate(room_id, entry[0], entry[1], head, entry[1])
 
     @staticmethod

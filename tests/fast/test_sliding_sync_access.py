@@ -208,3 +208,28 @@ async def test_a_forgotten_room_gives_no_history(tmp_path: Path) -> None:
         assert status == 200
     finally:
         await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_ignored_users_invite_stays_out_of_subscriptions(tmp_path: Path) -> None:
+    """Spec, Ignoring Users: invites from ignored users are not sent. The lists leave such an
+    invite out; a subscription to its room (a client subscribes to rooms it had) does too."""
+    hs = await make_server(tmp_path, TestClock())
+    client = Client(hs)
+    try:
+        alice = await client.register(hs, "alice")
+        bob = await client.register(hs, "bob")
+        b = bob["access_token"]
+        room = (
+            await client.call("POST", "/createRoom", alice["access_token"], {"invite": [bob["user_id"]]})
+        )["room_id"]
+        first = await ss(client, b, {"room_subscriptions": {room: EVERYTHING}})
+        assert "invite_state" in first["rooms"][room]
+        ignore = {"ignored_users": {alice["user_id"]: {}}}
+        await client.call("PUT", f"/user/{bob['user_id']}/account_data/m.ignored_user_list", b, ignore)
+
+        body = {"lists": {"all": {"ranges": [[0, 9]]}}, "room_subscriptions": {room: EVERYTHING}}
+        answer = await ss(client, b, body)
+        assert answer["lists"]["all"]["count"] == 0 and answer["rooms"] == {}
+    finally:
+        await hs.stop(None)
