@@ -673,6 +673,22 @@ class PluginApi:
         room_id = event.event.get("room_id")
         return isinstance(room_id, str) and await self._hs.unread.read_past(user_id, room_id, event.position)
 
+    def on_read_receipt(self, callback: Callable[[str, str, int], None]) -> None:
+        """Call `callback(user_id, room_id, position)` (synchronous: schedule any work) each
+        time a user's read receipt (public or private) is stored, on every process, `position`
+        on the receipts stream (`read_receipts_between`). Not durable: receipts stored while
+        this process is down are not told; read them with `read_receipts_between`."""
+        self._hs.receipts.read_listeners.append(callback)
+
+    def read_receipts_position(self) -> int:
+        """The receipts stream's position: every receipt up to it is stored."""
+        return int(self._hs.receipts.stream.current)
+
+    async def read_receipts_between(self, after: int, upto: int) -> list[tuple[int, str, str]]:
+        """(position, user id, room id) of the read receipts last changed in (after, upto]."""
+        rows = await self._hs.storage.user_data.receipts_between(after, upto)
+        return [(position, user_id, room_id) for position, room_id, user_id in rows]
+
     async def notification_count(self, user_id: str) -> int:
         """The user's unread notification count summed over their rooms (a push's counts.unread)."""
         return await self._hs.unread.total(user_id, sorted(await self.joined_rooms(user_id)))

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+from twisted.logger import Logger
 
 from homeserver.core.account_data import AccountDataService
 from homeserver.core.clock import Clock
 from homeserver.core.rooms import RoomService
 from homeserver.core.streams import StreamIdGenerator
 from homeserver.errors import BadJson, MatrixError, NotFound
+from homeserver.logs import log_failure
 from homeserver.notifier import Notifier
 from homeserver.storage import Storage
 
 RECEIPT_TYPES = ("m.read", "m.read.private")
+
+log = Logger()
 
 
 class ReceiptService:
@@ -34,6 +40,9 @@ class ReceiptService:
         self._room_last: dict[str, int] = {}
         # Called as on_read(user_id, room_id) when a read receipt moves (unread counts).
         self.on_read: Any = None
+        # Each called as listener(user_id, room_id, stream_id) after that, on every process
+        # (the push plugin's badge updates, PluginApi.on_read_receipt).
+        self.read_listeners: list[Callable[[str, str, int], None]] = []
         # Awaited as on_local_receipt(user_id, room_id, event_id, thread_id, ts) after a local
         # user's public read receipt is stored (the federation sender).
         self.on_local_receipt: Any = None
@@ -105,6 +114,7 @@ class ReceiptService:
             self._room_last[room_id] = max(row["position"], self._room_last.get(room_id, 0))
             if self.on_read is not None:
                 self.on_read(row["user_id"], room_id)
+            self._tell_listeners(row["user_id"], room_id, row["position"])
         self.stream.advance_to(position)
         for row in rows:
             self.notifier.wake_users(row["wake"])
@@ -131,7 +141,15 @@ class ReceiptService:
         if self.on_read is not None:
             # Before the wake-up, so the woken syncs count afresh.
             self.on_read(user_id, room_id)
+        self._tell_listeners(user_id, room_id, stream_id)
         return stream_id
+
+    def _tell_listeners(self, user_id: str, room_id: str, stream_id: int) -> None:
+        for listener in self.read_listeners:
+            try:
+                listener(user_id, room_id, stream_id)
+            except Exception:
+                log_failure(log, "a read receipt listener failed")
 
     async def set_read_markers(self, user_id: str, room_id: str, markers: dict[str, Any]) -> None:
         """`POST /rooms/{roomId}/read_markers`: the fully-read marker and read receipts at once."""
