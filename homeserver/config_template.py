@@ -460,6 +460,10 @@ DEFAULT_PLUGINS = """
       retry_max: 10m
       # ...and dropped (logged and counted) once it has waited this long.
       give_up_after: 24h
+      # After a read receipt lowers a user's unread count, each of their http pushers
+      # gets a counts-only push (the app's badge) this long after the first receipt:
+      # the receipts of a burst send one, with the last count.
+      badge_delay: 1s
       # Email pushers: notifying messages still unread this long after they came
       # are mailed, all of a user's unread rooms in one mail (through email: above).
       email_delay: 10m

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import pytest
 import pytest_twisted
 from fast.harness import Client, TestClock, make_server, real_reactor, room_path, turn, until
 from twisted.web.resource import Resource
@@ -137,17 +138,28 @@ class Setup:
             await stopped
 
 
-async def start(tmp_path: Path, allow_private: bool = True, **plugin: Any) -> Setup:
+async def start(
+    tmp_path: Path,
+    allow_private: bool = True,
+    again: Setup | None = None,
+    db_url: str | None = None,
+    **plugin: Any,
+) -> Setup:
+    """A server with the plugin; `again`: restarted on the same database, with the clock
+    where that one left it and a fresh gateway on the same port (the pushers' URL)."""
     gateway = Gateway()
-    port = real_reactor().listenTCP(0, Site(gateway), interface="127.0.0.1")
-    clock = TestClock()
+    number = int(again.url.split(":")[2].split("/")[0]) if again is not None else 0
+    port = real_reactor().listenTCP(number, Site(gateway), interface="127.0.0.1")
+    clock = TestClock(again.clock.seconds()) if again is not None else TestClock()
     config = {"ack_wait": "2s", "retry_min": "1s", "retry_max": "8s", "request_timeout": "5s", **plugin}
+    database = {"database": {"url": db_url}} if db_url else {}
     hs = await make_server(
         tmp_path,
         clock,
         plugins=[{"module": "plugins.push.PushPlugin", "config": config}],
         pushers={"allow_private_addresses": allow_private},
         encryption={"enabled_by_default_for_room_type": "off"},
+        **database,
     )
     return Setup(hs, clock, gateway, port)
 
@@ -366,8 +378,9 @@ async def test_a_connected_device_that_does_not_acknowledge_is_pushed_after_ack_
 @pytest_twisted.ensureDeferred
 async def test_a_message_read_on_another_device_while_its_push_waits_is_not_pushed(tmp_path: Path) -> None:
     """Bob's phone has the message by sync, then sleeps; before ack_wait is over he reads it
-    on his laptop (a read receipt): the queued notification is dropped, not sent. A message
-    he has not read is pushed to the same phone after it, with the count then unread."""
+    on his laptop (a read receipt): the queued notification is dropped, not sent; the phone
+    gets the count instead (counts only, 0). A message he has not read is pushed to the
+    same phone after it, with the count then unread."""
     s = await start(tmp_path)
     try:
         alice, bob = await s.user("alice"), await s.user("bob")
@@ -383,12 +396,13 @@ async def test_a_message_read_on_another_device_while_its_push_waits_is_not_push
         s.clock.advance(1.0)
         receipt = f"{room_path(room_id)}/receipt/m.read/{quote(read)}"
         await s.client.call("POST", receipt, laptop.tokens.access_token, {})
-        s.clock.advance(1.0)  # ack_wait is over: it would be pushed now
+        s.clock.advance(1.0)  # ack_wait is over: it would be pushed now, and the badge is due
         await s.settled()
-        assert s.gateway.requests == []
+        await until(lambda: s.gateway.requests, "the badge update")
+        assert [(n.get("event_id"), n["counts"]) for n in s.gateway.requests] == [(None, {"unread": 0})]
         unread = await s.send(alice, room_id, "are you there?")
-        await until(lambda: s.gateway.requests, "the next message's push")
-        assert [(n["event_id"], n["counts"]) for n in s.gateway.requests] == [(unread, {"unread": 1})]
+        await until(lambda: len(s.gateway.requests) == 2, "the next message's push")
+        assert (s.gateway.requests[1]["event_id"], s.gateway.requests[1]["counts"]) == (unread, {"unread": 1})
     finally:
         await s.close()
 
@@ -451,3 +465,185 @@ async def test_muting_a_room_by_a_push_rule_stops_its_pushes_and_a_keyword_rule_
         assert by_event[cake]["devices"][0]["tweaks"] == {"highlight": True}
     finally:
         await s.close()
+
+
+# Badges: counts-only pushes after read receipts --------------------------------------------
+
+
+async def read(s: Setup, token: str, room_id: str, event_id: str, kind: str = "m.read") -> None:
+    await s.client.call("POST", f"{room_path(room_id)}/receipt/{kind}/{quote(event_id)}", token, {})
+
+
+async def answered(s: Setup) -> None:
+    """Until no pusher has a request in flight or anything queued: moving the clock while a
+    gateway's answer is on its way would time the request out (request_timeout)."""
+    queues = s.hs.plugins[0].delivery.queues.values()
+    await until(lambda: all(q.posting is None and not q.items for q in queues), "requests answered")
+
+
+def badges(s: Setup, pushkey: str) -> list[int]:
+    """The counts of the pusher's counts-only notifications, in order."""
+    return [n["counts"]["unread"] for n in s.gateway.for_pushkey(pushkey) if "event_id" not in n]
+
+
+@pytest_twisted.ensureDeferred
+async def test_reading_on_another_device_sends_the_phone_one_counts_only_push_with_the_new_count(
+    tmp_path: Path,
+) -> None:
+    """Bob's phone was pushed two messages (badge 2). He reads the first on his laptop: after
+    badge_delay the phone gets a counts-only notification with 1, and carol (who read
+    nothing) gets none. A receipt that leaves his count as it is sends nothing; reading
+    the second (a private receipt) sends 0."""
+    s = await start(tmp_path)
+    try:
+        alice, bob, carol = await s.user("alice"), await s.user("bob"), await s.user("carol")
+        room_id = await s.room(alice, bob, carol)
+        quiet = await s.room(bob, name="Notes to self")
+        note = await s.send(bob, quiet, "buy milk")  # his own: nothing unread there
+        await s.pusher(bob, "bob-phone")
+        await s.pusher(carol, "carol-phone")
+        laptop = await s.hs.accounts.create_session(bob["user_id"], None, None, refreshable=False, ip=None)
+        token = laptop.tokens.access_token
+        first = await s.send(alice, room_id, "one")
+        await until(lambda: len(s.gateway.requests) == 2, "the first message pushed to both")
+        second = await s.send(alice, room_id, "two")
+        await until(lambda: len(s.gateway.requests) == 4, "the second message pushed to both")
+        await answered(s)
+        assert [n["counts"]["unread"] for n in s.gateway.for_pushkey("bob-phone")] == [1, 2]
+
+        await read(s, token, room_id, first)
+        s.clock.advance(0.99)
+        await turn(0.05)
+        assert badges(s, "bob-phone") == []  # waiting for badge_delay
+        s.clock.advance(0.01)
+        await until(lambda: badges(s, "bob-phone"), "the badge update")
+        await answered(s)
+        [badge] = [n for n in s.gateway.for_pushkey("bob-phone") if "event_id" not in n]
+        pushkey_ts = badge["devices"][0].pop("pushkey_ts")
+        assert isinstance(pushkey_ts, int)
+        # The spec's notification with no event: only its counts, low priority, the device.
+        assert badge == {
+            "prio": "low",
+            "counts": {"unread": 1},
+            "devices": [{"app_id": "org.example.app", "pushkey": "bob-phone", "data": {}, "tweaks": {}}],
+        }
+
+        await read(s, token, quiet, note)  # a receipt, but his count stays 1
+        await read(s, token, room_id, first, "m.read.private")  # not past the public one
+        s.clock.advance(5.0)
+        await turn(0.1)
+        assert badges(s, "bob-phone") == [1]
+
+        await read(s, token, room_id, second, "m.read.private")
+        s.clock.advance(1.0)
+        await until(lambda: len(badges(s, "bob-phone")) == 2, "the second badge update")
+        assert badges(s, "bob-phone") == [1, 0]
+        assert badges(s, "carol-phone") == []
+        assert len(s.gateway.requests) == 6
+    finally:
+        await s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_burst_of_receipts_sends_one_badge_update_with_the_last_count(tmp_path: Path) -> None:
+    """Bob scrolls through three unread messages on his laptop, a receipt each within
+    badge_delay: his phone gets one counts-only notification, with 0, not three."""
+    s = await start(tmp_path)
+    try:
+        alice, bob = await s.user("alice"), await s.user("bob")
+        room_id = await s.room(alice, bob)
+        await s.pusher(bob, "bob-phone")
+        laptop = await s.hs.accounts.create_session(bob["user_id"], None, None, refreshable=False, ip=None)
+        events = [await s.send(alice, room_id, f"message {i}") for i in range(3)]
+        await until(lambda: len(s.gateway.requests) == 3, "three pushes")
+        await answered(s)
+        for event_id in events:
+            await read(s, laptop.tokens.access_token, room_id, event_id)
+            s.clock.advance(0.25)
+            await turn(0.05)
+        s.clock.advance(0.25)  # badge_delay after the first receipt
+        await until(lambda: badges(s, "bob-phone"), "the badge update")
+        await answered(s)
+        s.clock.advance(10.0)
+        await turn(0.1)
+        assert badges(s, "bob-phone") == [0]
+    finally:
+        await s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_parked_push_read_before_its_retry_is_dropped_and_the_badge_follows(tmp_path: Path) -> None:
+    """Bob's gateway is down when a message comes: its push is parked. He reads it on his
+    laptop; when the gateway is back, the retry does not send the message (read), but the
+    badge update parked behind it, with the count now (0)."""
+    s = await start(tmp_path)
+    try:
+        alice, bob = await s.user("alice"), await s.user("bob")
+        room_id = await s.room(alice, bob)
+        await s.pusher(bob, "bob-phone")
+        laptop = await s.hs.accounts.create_session(bob["user_id"], None, None, refreshable=False, ip=None)
+        s.gateway.modes["bob-phone"] = "fail"
+        event_id = await s.send(alice, room_id, "while you were offline")
+        await until(lambda: s.parked(), "parked")
+        await read(s, laptop.tokens.access_token, room_id, event_id)
+        s.gateway.modes["bob-phone"] = "ok"
+        s.clock.advance(1.0)  # the retry (retry_min) and the badge (badge_delay) are due
+        await until(lambda: badges(s, "bob-phone"), "the badge update")
+        await answered(s)
+        s.clock.advance(60.0)
+        await turn(0.1)
+        assert [(n.get("event_id"), n["counts"]["unread"]) for n in s.gateway.for_pushkey("bob-phone")] == [
+            (event_id, 1),  # the first try, failed
+            (None, 0),
+        ]
+        assert s.parked() == []
+    finally:
+        await s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_badge_update_due_at_a_restart_is_sent_after_it(tmp_path: Path, db_url: str | None) -> None:
+    """Bob reads his message on his laptop and the server stops before badge_delay is over:
+    after the restart the phone gets the counts-only notification (from the receipts
+    stored since the saved position), once."""
+    s = await start(tmp_path, db_url=db_url)
+    try:
+        alice, bob = await s.user("alice"), await s.user("bob")
+        room_id = await s.room(alice, bob)
+        await s.pusher(bob, "bob-phone")
+        laptop = await s.hs.accounts.create_session(bob["user_id"], None, None, refreshable=False, ip=None)
+        event_id = await s.send(alice, room_id, "read me")
+        await until(lambda: s.gateway.requests, "the push")
+        await answered(s)
+        await read(s, laptop.tokens.access_token, room_id, event_id)
+        s.clock.advance(0.5)
+        await turn(0.05)
+        assert badges(s, "bob-phone") == []
+    finally:
+        await s.close()
+    s = await start(tmp_path, again=s, db_url=db_url)
+    try:
+        s.clock.advance(1.0)
+        await until(lambda: s.gateway.requests, "the badge update after the restart")
+        await answered(s)
+        s.clock.advance(10.0)
+        await turn(0.1)
+        assert [(n.get("event_id"), n["counts"]["unread"]) for n in s.gateway.requests] == [(None, 0)]
+    finally:
+        await s.close()
+    s = await start(tmp_path, again=s, db_url=db_url)
+    try:
+        s.clock.advance(10.0)
+        await turn(0.2)
+        assert s.gateway.requests == []  # settled: not again
+    finally:
+        await s.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest) -> str | None:
+    """The plugin's badge tables on both engines."""
+    if request.param == "sqlite":
+        return None
+    url: str = request.getfixturevalue("pg_url")
+    return url

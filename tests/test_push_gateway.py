@@ -432,3 +432,44 @@ def test_forward_to_loopback_refused_without_whitelist(start_server: Callable[..
         or "loopback" in forwarder.log_text()
         or "may not reach" in forwarder.log_text()
     )
+
+
+def test_a_counts_only_badge_update_is_a_data_message_on_fcm_and_nothing_on_webpush(
+    start_server: Callable[..., ServerProcess],
+    fcm: tuple[GoogleOAuth, FcmV1, Path],
+    push_service: WebPushService,
+    tmp_path: Path,
+) -> None:
+    """A homeserver's badge update after a read receipt (docs/push.md "Badges"): no event,
+    only counts. FCM: a data message with the count, normal priority, nothing to show
+    (the app sets its badge). Web Push: not sent (each push must show a notification)."""
+    _, endpoint, account = fcm
+    key_path, _ = vapid_key_file(tmp_path)
+    apps = {
+        "im.example.android": {
+            "kind": "fcm",
+            "service_account_file": str(account),
+            "endpoint": endpoint.base_url,
+        },
+        "im.example.web": {
+            "kind": "webpush",
+            "vapid_private_key": str(key_path),
+            "vapid_contact": "mailto:ops@example.test",
+        },
+    }
+    server = gateway_server(
+        start_server, {"apps": apps, "outbound": {"ip_range_whitelist": ["127.0.0.1/32"]}}
+    )
+    sub = push_service.subscribe()
+    devices = [
+        {"app_id": "im.example.android", "pushkey": "token-live", "data": {}, "tweaks": {}},
+        {"app_id": "im.example.web", "pushkey": sub.p256dh, "data": sub.pusher_data(), "tweaks": {}},
+    ]
+    r = notify(server, {"notification": {"prio": "low", "counts": {"unread": 0}, "devices": devices}})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"rejected": []}
+    [message] = endpoint.messages
+    assert message["data"] == {"prio": "low", "unread": "0"}
+    assert message["android"]["priority"].upper() == "NORMAL"
+    assert "notification" not in message
+    assert push_service.deliveries == [] and not push_service.refused

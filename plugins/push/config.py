@@ -23,6 +23,8 @@ class DeliveryConfig:
     retry_min_s: float = 1.0
     retry_max_s: float = 600.0
     give_up_after_s: float = 86400.0
+    # A read receipt's counts-only push waits this long, so a burst of receipts sends one.
+    badge_delay_s: float = 1.0
     # Email notifications (plugins/push/email.py).
     email_delay_s: float = 600.0
     email_throttle_s: float = 3600.0
@@ -35,6 +37,7 @@ _KEYS = {
     "retry_min": "retry_min_s",
     "retry_max": "retry_max_s",
     "give_up_after": "give_up_after_s",
+    "badge_delay": "badge_delay_s",
     "email_delay": "email_delay_s",
     "email_throttle": "email_throttle_s",
 }

@@ -35,7 +35,7 @@ from twisted.internet.defer import Deferred, DeferredList, DeferredLock
 
 from homeserver.plugins import EventBatch, PluginApi, PushDecision, Pusher, StreamEvent, log_failure
 from plugins.push.config import DeliveryConfig
-from plugins.push.delivery_format import EventFacts, device_entry, is_short, notify_body
+from plugins.push.delivery_format import EventFacts, badge_body, device_entry, is_short, notify_body
 from plugins.push.delivery_http import GatewayClient, Outcome, Refused, Sent, TryAgain
 from plugins.push.delivery_store import DeliveryStore, Parked
 from plugins.push.email_notifier import EmailNotifier
@@ -56,10 +56,23 @@ class Notification:
     release: Callable[[], None]
 
 
+@dataclass(eq=False)  # each one its own (a key of Deliverer._badge_pending)
+class Badge:
+    """A counts-only notification for a pusher after its user's read receipt(s): the count is
+    read when it reaches the head of the queue, so it carries the latest."""
+
+    pusher: Pusher
+    # The first receipts stream position it is for (the saved position stays below it).
+    since: int
+
+    def release(self) -> None:
+        pass  # holds no batch of the event stream
+
+
 @dataclass
 class PusherQueue:
     pusher_id: str
-    items: deque[Notification] = field(default_factory=deque)
+    items: deque[Notification | Badge] = field(default_factory=deque)
     draining: Deferred[None] | None = None
     # Whether it has notifications in push_parked: new ones are parked behind them.
     parked: bool = False
@@ -71,6 +84,11 @@ class PusherQueue:
     posting: Deferred[Outcome] | None = None
     # The pause before draining again after a failure (0 once a notification went through).
     drain_delay_s: float = 0.0
+    # A badge update waiting for `badge_delay` (the delayed call), or queued and not begun:
+    # a receipt meanwhile needs no other, that one will read the count then.
+    badge_timer: Any = None
+    badge_waiting: Badge | None = None
+    badge_queued: Badge | None = None
 
 
 class Deliverer:
@@ -91,9 +109,16 @@ class Deliverer:
         self._dirty: dict[str, int] = {}
         self._flushing = False
         self._stopping = False
+        # The unread count each pusher was last sent (by an event push or a badge update):
+        # a badge update of the same count is not sent. In memory: after a restart, sent.
+        self.told: dict[str, int] = {}
+        # Receipts (their stream positions) whose badge updates are not yet settled: the
+        # saved receipts position stays below the oldest.
+        self._badge_pending: dict[object, int] = {}
+        self._receipts_saved = 0
         self.outcomes = api.counter(
             "notifications", "Push notifications by outcome", ("outcome",)
-        )  # sent, suppressed, read, parked, retried, rejected, refused, given_up
+        )  # sent, suppressed, read, parked, retried, rejected, refused, given_up, badge, badge_unchanged
 
     async def start(self) -> None:
         self.progress = await self.store.progress()
@@ -102,6 +127,8 @@ class Deliverer:
             queue.parked = True
             Deferred.fromCoroutine(self._retry(queue))
         self.api.schedule(600, self._forget_deleted_pushers, on="pusher")
+        await self._resume_receipts()
+        self.api.schedule(60, self._save_receipts_position, on="pusher")
 
     async def stop(self) -> None:
         """Finish what is in flight (each request is bounded by `request_timeout`), write the
@@ -116,6 +143,7 @@ class Deliverer:
         if posting:
             await DeferredList(posting)
         await self._flush()
+        await self._save_receipts_position()
         await self.client.close()
 
     # From the stream ----------------------------------------------------------------
@@ -166,7 +194,11 @@ class Deliverer:
         failed = False
         try:
             while queue.items and not self._stopping and not queue.gone:
-                await self._deliver(queue, queue.items[0])
+                head = queue.items[0]
+                if isinstance(head, Badge):
+                    await self._deliver_badge(queue, head)
+                else:
+                    await self._deliver(queue, head)
                 queue.drain_delay_s = 0.0
         except Exception:
             # Mostly the database is down (a body reads unread counts; parking writes). The
@@ -199,8 +231,8 @@ class Deliverer:
                 self._settle(queue, item)
                 return
         if await self.api.event_read(item.decision.user_id, item.event):
-            # Read (on another device) since it was decided: no push for it. Its badge
-            # count is not pushed on its own (Synapse does); the next push carries it.
+            # Read (on another device) since it was decided: no push for it. The receipt
+            # queued a badge update behind it, with the count after it.
             self.outcomes.labels("read").inc()
             self._settle(queue, item)
             return
@@ -210,6 +242,7 @@ class Deliverer:
         outcome = await self._post(queue, item.pusher, body)
         if isinstance(outcome, Sent):
             self.outcomes.labels("sent").inc()
+            self.told[queue.pusher_id] = body["notification"]["counts"]["unread"]
             if item.pusher.pushkey in outcome.rejected:
                 await self._rejected(queue, item.pusher)  # settles this one and all queued behind
             else:
@@ -319,8 +352,12 @@ class Deliverer:
         await self.api.remove_pusher(pusher.user_id, pusher.app_id, pusher.pushkey)
         await self.store.forget_pusher(pusher.pusher_id)
         self.progress.pop(pusher.pusher_id, None)
+        self._cancel_badge(queue)
         while queue.items:
-            queue.items.popleft().release()
+            item = queue.items.popleft()
+            item.release()
+            if isinstance(item, Badge):
+                self._badge_settled(item)
 
     def _refused(self, queue: PusherQueue, pusher: Pusher, outcome: Refused) -> None:
         self.outcomes.labels("refused").inc()
@@ -330,6 +367,161 @@ class Deliverer:
             user_id=pusher.user_id,
             reason=outcome.reason,
         )
+
+    # Badges: counts-only notifications after read receipts ------------------------------
+
+    def _on_receipt(self, user_id: str, room_id: str, position: int) -> None:
+        if self._stopping:
+            return
+        token = object()
+        self._badge_pending[token] = position  # until its pushers are looked up
+        Deferred.fromCoroutine(self._badge_for_user(token, user_id, position))
+
+    async def _badge_for_user(self, token: object, user_id: str, position: int) -> None:
+        try:
+            pushers = (await self.api.pushers_for_users([user_id])).get(user_id, ())
+            for pusher in pushers:
+                if pusher.kind == "http":
+                    self._want_badge(pusher, position)
+        except Exception:
+            # Its receipt stays unsettled: looked at again at the next start.
+            log_failure(self.api.log, "badge update for {user_id} failed", user_id=user_id)
+            return
+        del self._badge_pending[token]
+
+    def _want_badge(self, pusher: Pusher, position: int) -> None:
+        """A receipt of the pusher's user: one badge update after `badge_delay`, behind what
+        is queued for the pusher by then, unless one is already waiting (it will do)."""
+        queue = self._queue(pusher.pusher_id)
+        if queue.badge_queued is not None or queue.badge_waiting is not None:
+            return
+        badge = Badge(pusher, position)
+        self._badge_pending[badge] = position
+        queue.badge_waiting = badge
+        queue.badge_timer = self.api.clock.callLater(self.config.badge_delay_s, self._badge_due, queue, badge)
+
+    def _badge_due(self, queue: PusherQueue, badge: Badge) -> None:
+        queue.badge_timer = queue.badge_waiting = None
+        if queue.gone:  # the pusher was rejected meanwhile
+            self._badge_settled(badge)
+            return
+        if self._stopping:
+            return  # still pending: its receipt is looked at again at the next start
+        queue.badge_queued = badge
+        queue.items.append(badge)
+        self._start_drain(queue)
+
+    def _cancel_badge(self, queue: PusherQueue) -> None:
+        """The pusher is gone: its waiting badge update too."""
+        if queue.badge_timer is not None and queue.badge_timer.active():
+            queue.badge_timer.cancel()
+        if queue.badge_waiting is not None:
+            self._badge_settled(queue.badge_waiting)
+        queue.badge_timer = queue.badge_waiting = None
+
+    async def _deliver_badge(self, queue: PusherQueue, badge: Badge) -> None:
+        if queue.badge_queued is badge:
+            # From here a receipt needs an update of its own: this one's count may be older.
+            queue.badge_queued = None
+        pusher = badge.pusher
+        unread = await self.api.notification_count(pusher.user_id)
+        if self.told.get(queue.pusher_id) == unread:
+            self.outcomes.labels("badge_unchanged").inc()
+            self._settle_badge(queue, badge)
+            return
+        if queue.parked and await self._park_badge(queue, badge):
+            return
+        outcome = await self._post(queue, pusher, badge_body(pusher, unread))
+        if isinstance(outcome, Sent):
+            self.outcomes.labels("badge").inc()
+            self.told[queue.pusher_id] = unread
+            if pusher.pushkey in outcome.rejected:
+                await self._rejected(queue, pusher)
+            else:
+                self._settle_badge(queue, badge)
+        elif isinstance(outcome, TryAgain):
+            queue.parked = True
+            if not await self._park_badge(queue, badge):
+                self._settle_badge(queue, badge)  # cannot happen: parked was just set
+        else:
+            self._refused(queue, pusher, outcome)
+            self._settle_badge(queue, badge)
+
+    async def _park_badge(self, queue: PusherQueue, badge: Badge) -> bool:
+        """Park the badge update behind the pusher's notifications; False if they were all
+        sent meanwhile. Its count is read again when it is retried."""
+        await queue.lock.acquire()
+        try:
+            if not queue.parked:
+                return False
+            await self.store.park_badge(queue.pusher_id, self.api.clock.time_ms())
+            self.outcomes.labels("parked").inc()
+            self._settle_badge(queue, badge)
+            self._schedule_retry(queue)
+            return True
+        finally:
+            queue.lock.release()
+
+    def _settle_badge(self, queue: PusherQueue, badge: Badge) -> None:
+        queue.items.popleft()
+        self._badge_settled(badge)
+
+    def _badge_settled(self, badge: Badge) -> None:
+        self._badge_pending.pop(badge, None)
+
+    async def _retry_badge(self, queue: PusherQueue, pusher: Pusher) -> bool:
+        """The pusher's parked badge update, if any, after its parked notifications: with the
+        count now. False if the gateway failed again (a retry is scheduled)."""
+        first_failed_ts = await self.store.parked_badge(queue.pusher_id)
+        if first_failed_ts is None:
+            return True
+        if self.api.clock.time_ms() - first_failed_ts > self.config.give_up_after_s * 1000:
+            self.outcomes.labels("given_up").inc()
+            await self.store.unpark_badge(queue.pusher_id)
+            return True
+        unread = await self.api.notification_count(pusher.user_id)
+        outcome = await self._post(queue, pusher, badge_body(pusher, unread))
+        if isinstance(outcome, TryAgain):
+            self._back_off(queue)
+            return False
+        await self.store.unpark_badge(queue.pusher_id)
+        if isinstance(outcome, Sent):
+            self.outcomes.labels("badge").inc()
+            self.told[queue.pusher_id] = unread
+            if pusher.pushkey in outcome.rejected:
+                await self._rejected(queue, pusher)
+        else:
+            self._refused(queue, pusher, outcome)
+        return True
+
+    async def _resume_receipts(self) -> None:
+        """Badge updates for the receipts stored since the saved position (while the server
+        was down, or before a crash settled them), then for each receipt as it comes."""
+        self.api.on_read_receipt(self._on_receipt)
+        current = self.api.read_receipts_position()
+        saved = await self.store.receipts_position()
+        if saved is None:  # the first start: no receipt before it wants an update
+            await self.store.save_receipts_position(current)
+            self._receipts_saved = current
+            return
+        self._receipts_saved = saved
+        users: dict[str, int] = {}
+        for position, user_id, _room_id in await self.api.read_receipts_between(saved, current):
+            users.setdefault(user_id, position)
+        for user_id, position in users.items():
+            self._on_receipt(user_id, "", position)
+
+    def _receipts_settled(self) -> int:
+        """The receipts position up to which every badge update is settled."""
+        if self._badge_pending:
+            return min(self._badge_pending.values()) - 1
+        return self.api.read_receipts_position()
+
+    async def _save_receipts_position(self) -> None:
+        position = self._receipts_settled()
+        if position > self._receipts_saved:
+            await self.store.save_receipts_position(position)
+            self._receipts_saved = position
 
     # Parked notifications ---------------------------------------------------------------
 
@@ -354,6 +546,8 @@ class Deliverer:
             while not self._stopping:
                 rows = await self.store.parked(queue.pusher_id, _PARKED_PAGE)
                 if not rows:
+                    if not await self._retry_badge(queue, pusher) or queue.gone:
+                        return
                     queue.parked = False
                     queue.delay_s = self.config.retry_min_s
                     break
@@ -383,6 +577,12 @@ class Deliverer:
             return True
         body = dict(row.body)
         notification = dict(body["notification"])
+        event = StreamEvent(row.position, {"event_id": row.event_id, "room_id": notification["room_id"]})
+        if await self.api.event_read(pusher.user_id, event):
+            # Read on another device while the gateway was down: as at the head of the queue.
+            self.outcomes.labels("read").inc()
+            await self.store.unpark(row.pusher_id, row.position)
+            return True
         tweaks = notification["devices"][0].get("tweaks", {}) if notification.get("devices") else {}
         notification["devices"] = [device_entry(pusher, tweaks)]
         body["notification"] = notification
@@ -393,6 +593,7 @@ class Deliverer:
         await self.store.unpark(row.pusher_id, row.position)
         if isinstance(outcome, Sent):
             self.outcomes.labels("retried").inc()
+            self.told[queue.pusher_id] = notification["counts"]["unread"]
             if pusher.pushkey in outcome.rejected:
                 await self._rejected(queue, pusher)
         else:

@@ -1,7 +1,7 @@
 """The push gateway request for one notification (spec: Push Gateway API,
 `POST /_matrix/push/v1/notify`). Pure: the caller looks up names and counts.
 
-Two shapes:
+Three shapes:
 
 - `event_id_only` (the pusher's `data.format`), and every event of an encrypted room
   whatever the format: the event and room ids, the counts, the priority and the device.
@@ -10,6 +10,8 @@ Two shapes:
 - the full format otherwise: also the type, sender, sender's display name, room name,
   whether a membership event targets the user, and the content. Never the content of an
   `m.room.encrypted` event (one in a room without encryption state takes the short shape).
+- counts only (`badge_body`): no event at all, the user's new unread count after a read
+  receipt, so the app can set its icon's badge without showing anything.
 """
 
 from __future__ import annotations
@@ -87,4 +89,10 @@ def notify_body(
         if isinstance(content, dict) and content:
             notification["content"] = content
     notification["devices"] = [device_entry(pusher, dict(decision.tweaks))]
+    return {"notification": notification}
+
+
+def badge_body(pusher: Pusher, unread: int) -> dict[str, Any]:
+    """A counts-only notification: no event fields, low priority (nothing to alert)."""
+    notification = {"prio": "low", "counts": {"unread": unread}, "devices": [device_entry(pusher, {})]}
     return {"notification": notification}

@@ -1,5 +1,6 @@
-"""The push plugin's own tables (plugins/push/sql): delivery progress per pusher and the
-parked notifications. Each function runs in one transaction through `api.run_db`."""
+"""The push plugin's own tables (plugins/push/sql): delivery progress per pusher, the
+parked notifications and badge updates, and the receipts position badges are settled to.
+Each function runs in one transaction through `api.run_db`."""
 
 from __future__ import annotations
 
@@ -48,10 +49,58 @@ class DeliveryStore:
         return [Parked(r[0], int(r[1]), r[2], json.loads(r[3]), int(r[4])) for r in rows]
 
     async def parked_pushers(self) -> list[str]:
+        """The pushers with parked notifications or a parked badge update."""
         rows = await self.api.run_db(
-            "parked_pushers", _query_txn, "SELECT DISTINCT pusher_id FROM push_parked"
+            "parked_pushers",
+            _query_txn,
+            "SELECT pusher_id FROM push_parked UNION SELECT pusher_id FROM push_badge_parked",
         )
         return [r[0] for r in rows]
+
+    async def park_badge(self, pusher_id: str, now_ms: int) -> None:
+        """Keep a badge update to send after the pusher's parked notifications (the first
+        failure's time stays: it is given up `give_up_after` from there)."""
+        await self.api.run_db(
+            "park_badge",
+            _execute_txn,
+            "INSERT INTO push_badge_parked (pusher_id, first_failed_ts) VALUES (?, ?)"
+            " ON CONFLICT (pusher_id) DO NOTHING",
+            (pusher_id, now_ms),
+        )
+
+    async def parked_badge(self, pusher_id: str) -> int | None:
+        """When the pusher's parked badge update first failed (ms), None without one."""
+        rows = await self.api.run_db(
+            "parked_badge",
+            _query_txn,
+            "SELECT first_failed_ts FROM push_badge_parked WHERE pusher_id = ?",
+            (pusher_id,),
+        )
+        return int(rows[0][0]) if rows else None
+
+    async def unpark_badge(self, pusher_id: str) -> None:
+        await self.api.run_db(
+            "unpark_badge", _execute_txn, "DELETE FROM push_badge_parked WHERE pusher_id = ?", (pusher_id,)
+        )
+
+    async def receipts_position(self) -> int | None:
+        """The receipts stream position whose badge updates are all settled (None: never saved)."""
+        rows = await self.api.run_db(
+            "receipts_position",
+            _query_txn,
+            "SELECT position FROM push_receipts_progress WHERE name = 'badges'",
+        )
+        return int(rows[0][0]) if rows else None
+
+    async def save_receipts_position(self, position: int) -> None:
+        await self.api.run_db(
+            "save_receipts_position",
+            _execute_txn,
+            "INSERT INTO push_receipts_progress (name, position) VALUES ('badges', ?)"
+            " ON CONFLICT (name) DO UPDATE SET position = excluded.position"
+            " WHERE excluded.position > push_receipts_progress.position",
+            (position,),
+        )
 
     async def unpark(self, pusher_id: str, position: int) -> None:
         await self.api.run_db(
@@ -69,7 +118,8 @@ class DeliveryStore:
         rows = await self.api.run_db(
             "known_pushers",
             _query_txn,
-            "SELECT pusher_id FROM push_progress UNION SELECT pusher_id FROM push_parked",
+            "SELECT pusher_id FROM push_progress UNION SELECT pusher_id FROM push_parked"
+            " UNION SELECT pusher_id FROM push_badge_parked",
         )
         return [r[0] for r in rows]
 
@@ -104,4 +154,5 @@ def _park_txn(txn: Txn, parked: Parked) -> None:
 
 def _forget_txn(txn: Txn, pusher_id: str) -> None:
     txn.execute("DELETE FROM push_parked WHERE pusher_id = ?", (pusher_id,))
+    txn.execute("DELETE FROM push_badge_parked WHERE pusher_id = ?", (pusher_id,))
     txn.execute("DELETE FROM push_progress WHERE pusher_id = ?", (pusher_id,))

@@ -6,6 +6,11 @@ pusher without them, or whose endpoint host is not allowed, is rejected. The pay
 the notification's fields and counts as JSON (the content of an encrypted event never
 included), after the pusher's `data.default_payload`. A push service's 404 or 410 means
 the subscription is gone: the pushkey is rejected.
+
+A counts-only notification (no `event_id`: a homeserver's badge update after a read
+receipt) is not sent: browsers subscribe with `userVisibleOnly`, so each push must show a
+notification (else the browser shows its own "updated in the background"), and there is
+no message to show. The page sets the badge from its sync while open.
 """
 
 from __future__ import annotations
@@ -159,6 +164,8 @@ class WebPushSender:
         subscription = self._subscription(device)
         if subscription is None:
             return True
+        if not notification.get("event_id"):
+            return False  # counts only: nothing to show (above), done
         endpoint, dh, secret = subscription
         high = notification.prio == "high"
         # ECDH and a key pair per message: CPU work, off the reactor thread.
