@@ -20,7 +20,7 @@ from twisted.logger import (
     globalLogBeginner,
 )
 
-from homeserver.errors import ServiceUnavailable
+from homeserver.errors import ServiceUnavailable, StorageFull
 
 _SECRET_PATTERNS = [
     re.compile(r"eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*"),  # JWTs
@@ -64,12 +64,13 @@ def setup_logging(level: str = "INFO", out: IO[str] | None = None) -> None:
 def log_failure(logger: Logger, format: str, **kwargs: Any) -> None:
     """Log the exception being handled, from an `except` block of code that retries it.
 
-    A database outage (`ServiceUnavailable`: DatabaseUnavailable, CommitOutcomeUnknown) is
-    logged as one warning line: every consumer and job retries it, and a traceback per
-    retry would bury the log while the database is down. Anything else keeps its traceback.
+    A database outage (`ServiceUnavailable`: DatabaseUnavailable, CommitOutcomeUnknown) or a
+    full disk (`StorageFull`, logged once by homeserver/disk_full.py) is logged as one warning
+    line: every consumer and job retries it, and a traceback per retry would bury the log
+    while it lasts. Anything else keeps its traceback.
     """
     error = sys.exc_info()[1]
-    if isinstance(error, ServiceUnavailable):
+    if isinstance(error, ServiceUnavailable | StorageFull):
         logger.warn(format + ": {outage}", outage=str(error), **kwargs)
     else:
         logger.failure(format, **kwargs)

@@ -73,7 +73,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from twisted.internet.defer import Deferred, DeferredLock
 from twisted.logger import Logger
 
-from homeserver.errors import ServiceUnavailable
+from homeserver.errors import ServiceUnavailable, StorageFull
 from homeserver.logs import log_failure
 from homeserver.storage.events import EventStore, PersistItem, StoredEvent
 from homeserver.storage.stream_consumers import StreamConsumerStore
@@ -85,9 +85,9 @@ MAX_BATCH_EVENTS = 1_000
 CATCH_UP_PAGE = 500
 RETRY_MIN_S = 1.0
 RETRY_MAX_S = 300.0
-# While the database is down (ServiceUnavailable) the pause stops doubling here, so that a
-# consumer resumes within seconds of its return instead of minutes; one retry per consumer
-# every few seconds costs nothing.
+# While the database is down (ServiceUnavailable) or its disk full (StorageFull) the pause
+# stops doubling here, so that a consumer resumes within seconds of its return instead of
+# minutes; one retry per consumer every few seconds costs nothing.
 RETRY_MAX_OUTAGE_S = 5.0
 # How soon a position moved without a hand-over record (see "What it costs") is saved.
 LAZY_SAVE_S = 1.0
@@ -522,7 +522,8 @@ class StreamConsumer:
                 await self._handler(batch)
                 return True
             except Exception as error:
-                cap = RETRY_MAX_OUTAGE_S if isinstance(error, ServiceUnavailable) else RETRY_MAX_S
+                outage = isinstance(error, ServiceUnavailable | StorageFull)
+                cap = RETRY_MAX_OUTAGE_S if outage else RETRY_MAX_S
                 log_failure(
                     log,
                     "stream consumer {name} failed on events ({after}, {upto}]",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
@@ -463,9 +464,16 @@ def test_a_non_durable_consumers_holds_move_what_reached_waits_for() -> None:
     assert reached.called and db.saves == []
 
 
-def test_a_database_outage_is_logged_in_one_line_and_retried_often_enough_to_resume_soon() -> None:
+@pytest.mark.parametrize("outage", ["database down", "disk full"])
+def test_a_database_outage_is_logged_in_one_line_and_retried_often_enough_to_resume_soon(
+    outage: str,
+) -> None:
+    """A consumer whose writes fail while the database is down or its disk is full (the search
+    indexer behind a full disk) logs each try as one line, no traceback, and resumes within
+    RETRY_MAX_OUTAGE_S of the database's return."""
     from twisted.logger import globalLogPublisher
 
+    from homeserver.errors import StorageFull
     from homeserver.storage.connection_pool import DatabaseUnavailable
 
     stream, db, clock = make()
@@ -474,7 +482,7 @@ def test_a_database_outage_is_logged_in_one_line_and_retried_often_enough_to_res
 
     async def indexer(batch: StreamBatch) -> None:
         if database_down:
-            raise DatabaseUnavailable()
+            raise DatabaseUnavailable() if outage == "database down" else StorageFull()
         handled.append(batch.upto)
 
     logged: list[dict[str, Any]] = []
