@@ -498,6 +498,8 @@ class HomeServer:
             lambda room_id: room_id in self.rooms.blocked,
             self.blocking.run,
         )
+        # A join of ours that lost the race with another of ours goes in as a PDU of the room.
+        self.federation.membership.ingest_pdu = self.federation_ingest.receive_pdu
         self.rooms.remote = self.federation.membership
         self.openid = OpenIdService(self.config.server_name, self.storage, self.clock)
         self.voip = VoipService()

@@ -15,13 +15,17 @@ built from them (its one extremity our join), so the user's next sends chain ont
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.defer import CancelledError, Deferred, DeferredLock
+from twisted.internet.defer import TimeoutError as AttemptTimedOut
 from twisted.logger import Logger
 
 from homeserver.core.federation.client import FederationClient, RemoteError
+from homeserver.core.federation.discovery import split_server_name
 from homeserver.core.federation.join_state import BadJoinState, checked_state, pdu_only, verified_signatures
 from homeserver.core.federation.keys import KeyRing
 from homeserver.core.federation.server_acl import check_server_allowed
@@ -40,6 +44,7 @@ from homeserver.workers.event_writes import forwarded
 
 if TYPE_CHECKING:
     from homeserver.core.events import EventService
+    from homeserver.core.federation.ingest import IngestOutcome
 
 SUPPORTED_VERSIONS = ("10", "11", "12")
 STRIPPED_TYPES = (
@@ -53,6 +58,47 @@ STRIPPED_TYPES = (
 )
 
 log = Logger()
+
+# At most this many servers are asked per join, knock or leave of a remote room, after
+# dropping duplicates, ourselves and names that are not server names. Synapse asks every
+# one named; one request naming thousands that never answer then runs for hours. Clients
+# name three or so (matrix.to links name up to three, Element the room's top servers).
+MAX_SERVERS_TRIED = 10
+# And this long in all: each request has the federation request timeout (30 s by
+# default), but ten servers with two requests each could still take ten minutes.
+MAX_ATTEMPT_S = 120.0
+
+
+def servers_to_try(servers: list[str], own: str) -> list[str]:
+    """The servers a handshake asks, in order: each once, not `own`, only well-formed
+    server names (spec appendix "Server Name"; a bad one is skipped, as the spec names no
+    error for it and Synapse lets it fail like an unreachable one), at most
+    MAX_SERVERS_TRIED."""
+    out: list[str] = []
+    for server in dict.fromkeys(servers):
+        if len(out) == MAX_SERVERS_TRIED:
+            break
+        if not server or server == own or len(server) > 255:
+            continue
+        try:
+            split_server_name(server)
+        except ValueError:
+            continue
+        out.append(server)
+    return out
+
+
+@dataclass(frozen=True)
+class _Handshake:
+    """What make_* and send_* with one server brought: the signed event and the answer."""
+
+    membership: str
+    server: str
+    room_id: str
+    room_version: str
+    pdu: dict[str, Any]
+    event_id: str
+    answer: Any
 
 
 _pdu_only = pdu_only
@@ -82,6 +128,9 @@ class FederatedMembership:
         # Set by the server to the federation sender's queue_remote_event: a remote user's
         # join, leave or knock taken by send_* is ours to hand on to the room's other servers.
         self.on_remote_event: Callable[[StoredEvent, str], Awaitable[None]] | None = None
+        # Set by the server to PduIngest.receive_pdu(origin, room_version, pdu): where a join
+        # that lost the race with another of ours goes (remote_membership).
+        self.ingest_pdu: Callable[[str, str, dict[str, Any]], Awaitable["IngestOutcome"]] | None = None
 
     # Inbound: a remote user and a room of ours -----------------------------------------------
 
@@ -512,41 +561,76 @@ class FederatedMembership:
         servers: list[str],
         extra: dict[str, Any] | None = None,
     ) -> StoredEvent:
-        """Join, leave or knock on a room through one of `servers` (tried in order). One
-        at a time per room: two joins storing the room's state at once would clash."""
+        """Join, leave or knock on a room through one of `servers` (tried in order, at most
+        MAX_SERVERS_TRIED of them, for at most MAX_ATTEMPT_S in all).
+
+        The handshakes run without the room's lock, so one user's slow attempt (servers that
+        never answer) holds nobody else's join, knock or leave to the same room. Only storing
+        what a handshake brought is done one at a time per room: two joins rebuilding the
+        room from their send_join answers at once would clash. A join whose handshake ends
+        after another of our users' join put this server in the room does not rebuild it:
+        its event (accepted by the resident server, so never built twice) goes in like any
+        PDU of the room (`ingest_pdu`), onto the room as we hold it.
+
+        @raise NotFound: no server to ask (none left once ourselves, duplicates and names
+            that are not server names are dropped), or the servers do not know the room.
+        @raise MatrixError: a server's refusal (403, M_INCOMPATIBLE_ROOM_VERSION), or 502
+            when none could be reached in time.
+        """
+        try:
+            done = await self._handshake(membership, user_id, room_id, servers, extra)
+        except MatrixError:
+            async with self._room_lock(room_id):
+                out_of_band = await self._leave_out_of_band(membership, user_id, room_id, extra)
+            if out_of_band is None:
+                raise
+            return out_of_band
+        async with self._room_lock(room_id):
+            return await self._store_handshake(done)
+
+    @asynccontextmanager
+    async def _room_lock(self, room_id: str) -> AsyncIterator[None]:
         lock = self._room_locks.setdefault(room_id, DeferredLock())
         await lock.acquire()
         try:
-            try:
-                return await self._remote_membership(membership, user_id, room_id, servers, extra)
-            except MatrixError:
-                out_of_band = await self._leave_out_of_band(membership, user_id, room_id, extra)
-                if out_of_band is None:
-                    raise
-                return out_of_band
+            yield
         finally:
             lock.release()
             if not lock.locked and not lock.waiting:
                 self._room_locks.pop(room_id, None)
 
-    async def _remote_membership(
+    async def _handshake(
         self,
         membership: str,
         user_id: str,
         room_id: str,
         servers: list[str],
         extra: dict[str, Any] | None,
-    ) -> StoredEvent:
+    ) -> _Handshake:
+        clock = self.events.clock
+        deadline = clock.monotonic() + MAX_ATTEMPT_S
         last: Exception | None = None
-        for server in [s for s in dict.fromkeys(servers) if s and s != self.server_name]:
+        for server in servers_to_try(servers, self.server_name):
+            remaining = deadline - clock.monotonic()
+            if remaining <= 0:
+                break
+            attempt = Deferred.fromCoroutine(
+                self._handshake_via(membership, user_id, room_id, server, extra or {})
+            )
+            # Each request has the federation timeout already; this bounds the whole attempt
+            # (ten servers, two requests and key fetches each). Nothing is stored in a try,
+            # so cancelling one leaves nothing half done.
+            attempt.addTimeout(remaining, clock)  # type: ignore[arg-type]
             try:
-                return await self._remote_membership_via(membership, user_id, room_id, server, extra or {})
+                return await attempt
             except RemoteError as e:
                 if e.status == 403 or e.errcode == "M_INCOMPATIBLE_ROOM_VERSION":
                     raise MatrixError(e.message, e.errcode, status=e.status) from None
                 last = e
             except RemoteServerError as e:
                 last = e
+            except (AttemptTimedOut, CancelledError):
+                last = RemoteServerError(f"{server} did not answer in time", status=504)
         if last is None:
             raise NotFound("No server to ask about this room")
         if isinstance(last, RemoteError) and last.status == 404:
@@ -585,9 +669,10 @@ class FederatedMembership:
         )
         return await self._store_membership(room_id, head.room_version, pdu, event_id, head)
 
-    async def _remote_membership_via(
+    async def _handshake_via(
         self, membership: str, user_id: str, room_id: str, server: str, extra: dict[str, Any]
-    ) -> StoredEvent:
+    ) -> _Handshake:
+        """make_* and send_* with `server`; nothing is stored here."""
         query: dict[str, Any] | None = {"ver": list(SUPPORTED_VERSIONS)} if membership != "leave" else None
         answer = await self.client.get_json(
             server, f"/_matrix/federation/v1/make_{membership}/{_q(room_id)}/{_q(user_id)}", query
@@ -627,19 +712,46 @@ class FederatedMembership:
         answer = await self.client.put_json(
             server, f"/_matrix/federation/{send_version}/send_{membership}/{_q(room_id)}/{_q(event_id)}", pdu
         )
-        if membership == "knock" and (head is None or head.get("m.room.create") is None):
+        if membership == "join":
+            if not isinstance(answer, dict):
+                raise RemoteServerError(f"{server} answered send_join with something that is not an object")
+            signed = answer.get("event")
+            if isinstance(signed, dict) and compute_event_id(_pdu_only(signed), room_version) == event_id:
+                pdu = _pdu_only(signed)  # with the resident server's countersignature
+        return _Handshake(membership, server, room_id, room_version, pdu, event_id, answer)
+
+    async def _store_handshake(self, done: _Handshake) -> StoredEvent:
+        """Store what a handshake brought, under the room's lock, onto the room as it is now
+        (another handshake may have been stored while this one ran)."""
+        room_id, room_version, pdu, event_id = done.room_id, done.room_version, done.pdu, done.event_id
+        head = await self.events.heads.get(room_id)
+        if done.membership == "knock" and (head is None or head.get("m.room.create") is None):
+            answer = done.answer
             stripped = _stripped(answer.get("knock_room_state") if isinstance(answer, dict) else None)
             return await self._store_outlier(
                 room_id, room_version, pdu, event_id, head, {"knock_room_state": stripped}
             )
-        if membership != "join":
+        if done.membership != "join":
             return await self._store_membership(room_id, room_version, pdu, event_id, head)
-        if not isinstance(answer, dict):
-            raise RemoteServerError(f"{server} answered send_join with something that is not an object")
-        signed = answer.get("event")
-        if isinstance(signed, dict) and compute_event_id(_pdu_only(signed), room_version) == event_id:
-            pdu = _pdu_only(signed)  # with the resident server's countersignature
-        return await self._store_join(server, room_id, room_version, pdu, event_id, answer)
+        suffix = ":" + self.server_name
+        if head is not None and any(m.endswith(suffix) for m in head.members("join")):
+            return await self._ingest_join(done)
+        return await self._store_join(done.server, room_id, room_version, pdu, event_id, done.answer)
+
+    async def _ingest_join(self, done: _Handshake) -> StoredEvent:
+        """A join whose handshake ended after another of ours put this server in the room:
+        rebuilding the room from its answer would drop what the room got since, so the event
+        goes through the PDU checks as the resident server would send it to us."""
+        stored = await self.events.store.get_events([done.event_id])
+        if done.event_id in stored:
+            return stored[done.event_id]  # the resident's transaction brought it first
+        if self.ingest_pdu is None:
+            raise RemoteServerError("This server cannot take the room's events")
+        outcome = await self.ingest_pdu(done.server, done.room_version, done.pdu)
+        stored = await self.events.store.get_events([done.event_id])
+        if done.event_id not in stored:
+            raise RemoteServerError(f"The join through {done.server} was not taken: {outcome.reason}")
+        return stored[done.event_id]
 
     async def _store_membership(
         self, room_id: str, room_version: str, pdu: dict[str, Any], event_id: str, head: RoomHead | None
