@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import DeferredLock
+
 from homeserver.core.account_data import AccountDataService
 from homeserver.core.room_tags import TagService
 from homeserver.core.rooms import KNOWN_VERSIONS, PduState, RoomService
@@ -89,11 +91,20 @@ class RoomUpgrader:
         self.events = rooms.events
         self.account_data = account_data
         self.tags = tags
+        # One upgrade at a time per old room (on its writer, where every upgrade of it runs).
+        self._locks: dict[str, DeferredLock] = {}
 
     async def upgrade(self, user_id: str, room_id: str, new_version: str) -> str:
         """Replace `room_id` by a new room of `new_version`; the new room's ID.
 
-        @raise MatrixError: 400 M_UNSUPPORTED_ROOM_VERSION for a version this server lacks.
+        Upgrades of one room run one at a time: two at once each made a replacement room and
+        a tombstone. A room already replaced answers with its replacement when that is of
+        `new_version` (the second of two requests at once, a client retrying), else 400
+        M_BAD_STATE: upgrading it again would give it two successors. (Synapse answers a
+        second user's upgrade in progress 400 and the same user's the first one's room.)
+
+        @raise MatrixError: 400 M_UNSUPPORTED_ROOM_VERSION for a version this server lacks;
+            400 M_BAD_STATE when the room was replaced by a room of another version.
         @raise Forbidden: not joined, or not allowed to send the tombstone.
         """
         if new_version not in KNOWN_VERSIONS:
@@ -102,11 +113,27 @@ class RoomUpgrader:
         args = {"user_id": user_id, "room_id": room_id, "new_version": new_version}
         if (forward := forwarded(self.events.writers, room_id, "rooms.upgrade", args)) is not None:
             return str((await forward)["room_id"])
+        lock = self._locks.setdefault(room_id, DeferredLock())
+        await lock.acquire()
+        try:
+            return await self._upgrade(user_id, room_id, new_version)
+        finally:
+            lock.release()
+            if not lock.locked and not lock.waiting:
+                self._locks.pop(room_id, None)
+
+    async def _upgrade(self, user_id: str, room_id: str, new_version: str) -> str:
         old = await self.rooms.access_room_as_member(user_id, room_id)
         if not self.rooms.may(user_id, old, "state", event_type="m.room.tombstone"):
             raise Forbidden(
                 "You may not upgrade this room (sending m.room.tombstone needs a higher power level)"
             )
+        replacement = old.content("m.room.tombstone").get("replacement_room")
+        if isinstance(replacement, str):
+            successor = await self.events.heads.get(replacement)
+            if successor is not None and successor.room_version == new_version:
+                return replacement
+            raise MatrixError(f"This room has been replaced by {replacement} already", "M_BAD_STATE")
         member_content = {"membership": "join", **await self.rooms._profile_content(user_id)}
         was_public = await self.storage.rooms.get_visibility(room_id) == "public"
         # Every await before the first build: the new room's events take consecutive positions.
