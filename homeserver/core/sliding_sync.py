@@ -60,6 +60,12 @@ LAZY = "$LAZY"
 ME = "$ME"
 WILDCARD = "*"
 MAX_TIMELINE_LIMIT = 1000
+# Timeline events in one response, all rooms together: 1000 rooms at the largest
+# timeline_limit would be a million events (gigabytes of JSON built in memory). Clients
+# ask for 1 to 20 a room in their lists (Element X: 1 for the room list, 20 for an open
+# room), so a user with a few thousand rooms stays under it; past it, rooms get fewer
+# events, `limited` and a `prev_batch` to page back from (docs/sliding-sync.md).
+MAX_TIMELINE_EVENTS = 10_000
 # Connections remembered (least recently used dropped past this), and positions per connection:
 # the newest, and the one before it for a client retrying a response it lost.
 MAX_CONNECTIONS = 50_000
@@ -251,6 +257,7 @@ class SlidingSyncService:
         # Each room's newest bump-type event: set from the commit stream, read from the
         # database the first time a room is listed before it had one since start-up.
         self._bump: dict[str, int] = {}
+        self.max_timeline_events = MAX_TIMELINE_EVENTS
 
     def on_committed(self, items: list[PersistItem]) -> None:
         """A consumer of the committed-event stream (in stream order): bump stamps."""
@@ -402,15 +409,21 @@ class SlidingSyncService:
         rooms_out: dict[str, Any] = {}
         now_sent = dict(sent_before)
         initial_rooms: list[str] = []
-        for room_id, config in wanted.items():
+        # The rooms the client subscribed to (the one it shows) get their timelines first,
+        # then the lists' windows in order, until the response's budget is spent.
+        budget = self.max_timeline_events
+        for room_id in dict.fromkeys([*subscribed, *wanted]):
             c = candidates[room_id]
-            result = await self._room(req, c, config, sent_before.get(room_id), since_token, upto)
+            result = await self._room(
+                req, c, wanted[room_id], sent_before.get(room_id), since_token, upto, budget
+            )
             if result is None:
                 continue
             body, sent, initial = result
             now_sent[room_id] = sent
             if body is not None:
                 rooms_out[room_id] = body
+                budget -= len(body.get("timeline", ()))
                 if initial:
                     initial_rooms.append(room_id)
 
@@ -543,9 +556,11 @@ class SlidingSyncService:
         sent: _Sent | None,
         since: SyncToken | None,
         upto: SyncToken,
+        budget: int,
     ) -> tuple[dict[str, Any] | None, _Sent, bool] | None:
         """The room's entry (None when the client is up to date), what the client then has,
-        and whether the entry is initial."""
+        and whether the entry is initial. At most `budget` timeline events (what is left of
+        the response's MAX_TIMELINE_EVENTS)."""
         user_id = req.user_id
         head = c.head
         initial = sent is None or sent.membership != c.membership
@@ -572,9 +587,12 @@ class SlidingSyncService:
         if not initial and not news and not config_changed and sent is not None and sent.counts == counts:
             return None, sent_now, False
 
-        limit = config.timeline_limit
+        limit = min(config.timeline_limit, max(budget, 0))
         if news or initial:
             events, limited = await self._events_between(c.room_id, after, end, limit)
+            if limit < config.timeline_limit and not events:
+                # Cut to nothing by the response's budget: the client pages back for them.
+                limited = min(self.timeline.room_last.get(c.room_id, 0), end) > after
         else:
             events, limited = [], False
         # A member joined at every event of the range needs no check (core/visibility.py, rule 2).

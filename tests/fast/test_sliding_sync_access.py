@@ -233,3 +233,47 @@ async def test_an_ignored_users_invite_stays_out_of_subscriptions(tmp_path: Path
         assert answer["lists"]["all"]["count"] == 0 and answer["rooms"] == {}
     finally:
         await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_response_holds_a_bounded_number_of_timeline_events(tmp_path: Path) -> None:
+    """Each room's timeline_limit is at most 1000, and a response's timelines together at most
+    MAX_TIMELINE_EVENTS (lowered here, so that a few rooms pass it): the subscribed room gets
+    its timeline first, then the list's rooms, newest first, until the budget is spent; a room
+    cut short says `limited`, and its `prev_batch` pages back to what was left out."""
+    hs = await make_server(tmp_path, TestClock())
+    hs.sliding_sync.max_timeline_events = 25
+    client = Client(hs)
+    try:
+        alice = await client.register(hs, "alice")
+        a = alice["access_token"]
+        rooms = []
+        for i in range(4):
+            room = (await client.call("POST", "/createRoom", a, {}))["room_id"]
+            for n in range(10):
+                await say(client, a, room, f"{i}.{n}")
+            rooms.append(room)
+        oldest = rooms[0]  # last in the list: its newest message is the oldest
+
+        body = {
+            "lists": {"all": {"ranges": [[0, 9]], "timeline_limit": 10}},
+            "room_subscriptions": {oldest: {"timeline_limit": 10}},
+        }
+        answer = await ss(client, a, body)
+        timelines = {room: entry["timeline"] for room, entry in answer["rooms"].items()}
+        assert sum(len(t) for t in timelines.values()) == 25
+        assert [ev["content"]["body"] for ev in timelines[oldest]] == [f"0.{n}" for n in range(10)]
+        # Then the list, newest room first: the newest room in full, the next cut short, the
+        # next with nothing (all of them still listed, with their counts).
+        newest, second, third = rooms[3], rooms[2], rooms[1]
+        assert [len(timelines[r]) for r in (newest, second, third)] == [10, 5, 0]
+        assert [answer["rooms"][r]["limited"] for r in (newest, second, third)] == [True, True, True]
+        assert answer["lists"]["all"]["count"] == 4
+        # What was left out is a page back from prev_batch.
+        entry = answer["rooms"][second]
+        page = await client.call(
+            "GET", f"{room_path(second)}/messages?dir=b&limit=5&from={entry['prev_batch']}", a
+        )
+        assert [ev["content"]["body"] for ev in reversed(page["chunk"])] == [f"2.{n}" for n in range(5)]
+    finally:
+        await hs.stop(None)
