@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import CancelledError, Deferred, DeferredLock
+from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.defer import TimeoutError as AttemptTimedOut
 from twisted.logger import Logger
 
@@ -629,7 +629,7 @@ class FederatedMembership:
                 last = e
             except RemoteServerError as e:
                 last = e
-            except (AttemptTimedOut, CancelledError):
+            except AttemptTimedOut:
                 last = RemoteServerError(f"{server} did not answer in time", status=504)
         if last is None:
             raise NotFound("No server to ask about this room")
@@ -718,6 +718,11 @@ class FederatedMembership:
             signed = answer.get("event")
             if isinstance(signed, dict) and compute_event_id(_pdu_only(signed), room_version) == event_id:
                 pdu = _pdu_only(signed)  # with the resident server's countersignature
+            # The keys of the state's signers are fetched here, outside the room's lock (and
+            # within the attempt's bound): storing the room then finds them held.
+            await self._fetch_keys(
+                [p for key in ("state", "auth_chain") for p in _list(answer.get(key)) if isinstance(p, dict)]
+            )
         return _Handshake(membership, server, room_id, room_version, pdu, event_id, answer)
 
     async def _store_handshake(self, done: _Handshake) -> StoredEvent:
@@ -777,7 +782,7 @@ class FederatedMembership:
         answer: dict[str, Any],
     ) -> StoredEvent:
         await self._fetch_keys(
-            [p for key in ("state", "auth_chain") for p in answer.get(key) or [] if isinstance(p, dict)]
+            [p for key in ("state", "auth_chain") for p in _list(answer.get(key)) if isinstance(p, dict)]
         )
         state_pdus, chain_pdus = answer.get("state"), answer.get("auth_chain")
         verified: set[int] = set()
@@ -821,6 +826,11 @@ def _event_id_or_none(pdu: Mapping[str, Any], room_version: str) -> str | None:
         return compute_event_id(pdu, room_version)
     except Exception:  # a malformed event: check_pdu says what is wrong with it
         return None
+
+
+def _list(value: Any) -> list[Any]:
+    """`value` when another server sent a list there, else nothing (checked_state says why)."""
+    return value if isinstance(value, list) else []
 
 
 def _depth(pdu: Mapping[str, Any]) -> int:
