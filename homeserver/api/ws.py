@@ -84,6 +84,8 @@ MAX_STALL_S = 60.0
 KEEPALIVE_S = 60.0
 # A send frame carries one event of at most 64 KiB (canonical JSON) plus the envelope.
 MAX_FRAME_BYTES = 128 * 1024
+# Sends and reads waiting for their commit, per stream: a flood of frames gets M_LIMIT_EXCEEDED
+# rather than an unbounded pile of pending database writes.
 MAX_SENDS_IN_FLIGHT = 64
 # Frames received while the token is being checked, handled right after.
 MAX_EARLY_FRAMES = 32
@@ -743,6 +745,9 @@ class StreamProtocol(WebSocketServerProtocol):
         if chat_id is None:
             raise MissingParam("Missing 'chatId'")
         message_id = _optional_str(frame, "messageId")
+        if self._sends >= MAX_SENDS_IN_FLIGHT:
+            raise LimitExceeded(retry_after_ms=100)
+        self._sends += 1
         Deferred.fromCoroutine(self._mark_read(chat_id, message_id, frame.get("txn_id")))
 
     async def _mark_read(self, chat_id: str, message_id: str | None, txn_id: Any) -> None:
@@ -760,6 +765,8 @@ class StreamProtocol(WebSocketServerProtocol):
         except Exception:
             log.failure("WebSocket read failed")
             self.send_error(MatrixError("Internal server error"), echo)
+        finally:
+            self._sends -= 1
 
     async def _send_event(
         self,
