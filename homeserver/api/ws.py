@@ -789,6 +789,8 @@ class StreamProtocol(WebSocketServerProtocol):
                     event_type,
                     content,
                     txn=(requester.device_id, scoped_txn_id(f"send/{room_id}/{event_type}", txn_id)),
+                    # A client's send, as over HTTP: the rate limit, suspension and shadow ban apply.
+                    rate_limited=True,
                 )
             else:
                 # As POST /api/messages/send with clientMessageId = txn_id.
