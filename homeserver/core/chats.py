@@ -325,7 +325,7 @@ class ChatService:
                 )
             # The relation stays in the clear, as the spec asks, so the server can bundle it.
             return await self.events.send(
-                user_id, chat_id, "m.room.encrypted", {**new, "m.relates_to": relation}
+                user_id, chat_id, "m.room.encrypted", {**new, "m.relates_to": relation}, rate_limited=True
             )
         body = {
             **new,
@@ -334,7 +334,8 @@ class ChatService:
             "m.new_content": new,
             "m.relates_to": relation,
         }
-        return await self.events.send(user_id, chat_id, "m.room.message", body)
+        # A client's send like any other: the rate limit, suspension and shadow ban apply.
+        return await self.events.send(user_id, chat_id, "m.room.message", body, rate_limited=True)
 
     async def delete_message(self, user_id: str, device_id: str, chat_id: str, message_id: str) -> None:
         """Delete a message for everyone: a redaction. Its sender may, and a group admin (the
