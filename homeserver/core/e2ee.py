@@ -487,7 +487,10 @@ class KeyService:
     ) -> list[tuple[str, str, str, str, str]]:
         if not isinstance(signed, dict):
             raise MatrixError("A signed object is required", "M_BAD_JSON")
-        sigs = (signed.get("signatures") or {}).get(user_id)
+        signatures = signed.get("signatures")
+        if not isinstance(signatures, dict):
+            raise InvalidSignature("No signature from you")
+        sigs = signatures.get(user_id)
         if not isinstance(sigs, dict) or not sigs:
             raise InvalidSignature("No signature from you")
         if target_user == user_id:
