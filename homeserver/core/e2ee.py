@@ -27,6 +27,7 @@ from homeserver.storage import Storage
 JsonDict = dict[str, Any]
 CROSS_SIGNING_TYPES = ("master", "self_signing", "user_signing")
 MAX_TO_DEVICE_BYTES = 65536
+MAX_KEY_ID_LENGTH = 255  # "algorithm:key id" of a one-time or fallback key
 TO_DEVICE_BATCH = 100
 MAX_REMEMBERED_CHANGES = 100_000
 # How long /keys/query and /keys/claim wait for other servers (the spec's default: 10 s).
@@ -237,6 +238,12 @@ class KeyService:
                 algorithm, _, key_id = str(full_id).partition(":")
                 if not algorithm or not key_id or not isinstance(key, dict | str):
                     raise MatrixError(f"Bad key id {full_id!r}", "M_BAD_JSON")
+                # Both parts are in the table's primary key: PostgreSQL refuses an index
+                # entry over ~2.7 kB, and real ids are tens of characters.
+                if len(full_id) > MAX_KEY_ID_LENGTH:
+                    raise MatrixError(
+                        f"Key ids are at most {MAX_KEY_ID_LENGTH} characters", "M_INVALID_PARAM"
+                    )
                 # Kept as uploaded: an unsigned curve25519 key is a bare string, and a claim
                 # must hand it back as one (spec: one-time keys are string | KeyObject).
                 rows.append((algorithm, key_id, key))
