@@ -152,10 +152,15 @@ class E2eeStore:
     ) -> None:
         def set_txn(txn: Txn) -> None:
             for algorithm, key_id, key in keys:
+                # The same key again (a client retrying its upload) keeps its `used` mark:
+                # reset, /sync would say the device has an unused fallback key and the
+                # client would not replace one that senders already have.
                 txn.execute(
                     "INSERT INTO fallback_keys (user_id, device_id, algorithm, key_id, key_json, used)"
                     " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (user_id, device_id, algorithm) DO UPDATE SET"
-                    " key_id = excluded.key_id, key_json = excluded.key_json, used = excluded.used",
+                    " key_id = excluded.key_id, key_json = excluded.key_json, used = excluded.used"
+                    " WHERE fallback_keys.key_id <> excluded.key_id"
+                    " OR fallback_keys.key_json <> excluded.key_json",
                     (user_id, device_id, algorithm, key_id, _dumps(key), False),
                 )
 
