@@ -6,6 +6,7 @@ from typing import Any
 
 from homeserver.core.clock import Clock
 from homeserver.core.federation.client import FederationClient, RemoteError
+from homeserver.core.federation.discovery import split_server_name
 from homeserver.core.profiles import FIELDS
 from homeserver.errors import InvalidParam, MatrixError, MissingParam, NotFound
 from homeserver.storage import Storage
@@ -18,7 +19,13 @@ _CACHE_MAX = 10_000
 def domain_of(user_id: str) -> str:
     if not user_id.startswith("@") or ":" not in user_id:
         raise InvalidParam(f"{user_id!r} is not a user id")
-    return user_id.split(":", 1)[1]
+    domain = user_id.split(":", 1)[1]
+    # A malformed server name is the client's mistake (400), not an unreachable server (502).
+    try:
+        split_server_name(domain)
+    except ValueError:
+        raise InvalidParam(f"{user_id[:300]!r} is not a user id") from None
+    return domain
 
 
 class ProfileQueries:
