@@ -89,6 +89,14 @@ def check_user_id(value: object, what: str = "user_id") -> str:
 _PROFILE_CHUNK = 100
 
 
+def _claimed_aliases(content: dict[str, Any]) -> list[object]:
+    """The aliases an m.room.canonical_alias content names (`alias`, then `alt_aliases`)."""
+    alt_aliases = content.get("alt_aliases") or []
+    if not isinstance(alt_aliases, list):
+        raise MatrixError("'alt_aliases' must be a list of aliases", "M_BAD_JSON")
+    return [a for a in [content.get("alias"), *alt_aliases] if a is not None]
+
+
 class RoomService:
     def __init__(
         self,
@@ -244,6 +252,13 @@ class RoomService:
             alias = f"#{local}:{self.server_name}"
             if await self.storage.rooms.room_for_alias(alias) is not None:
                 raise MatrixError("Room alias already taken", "M_ROOM_IN_USE")
+        # A new room has no aliases but its room_alias_name: initial_state must not claim
+        # another room's alias (it would show in the directory as this room's).
+        for e in initial_state:
+            if e["type"] == "m.room.canonical_alias":
+                for claimed in _claimed_aliases(e["content"]):
+                    if claimed != alias:
+                        raise MatrixError(f"Alias {claimed} does not point to this room", "M_BAD_ALIAS")
         member_content = {"membership": "join", **await self._profile_content(creator)}
         # Every await before the first build: the events take consecutive stream positions
         # and must be queued in that order (core/persist.py).
@@ -660,13 +675,7 @@ class RoomService:
         return await self.events.send(sender, room_id, event_type, content, state_key)
 
     async def _check_canonical_alias(self, room_id: str, content: dict[str, Any]) -> None:
-        alt_aliases = content.get("alt_aliases") or []
-        if not isinstance(alt_aliases, list):
-            raise MatrixError("'alt_aliases' must be a list of aliases", "M_BAD_JSON")
-        aliases = [content.get("alias"), *alt_aliases]
-        for alias in aliases:
-            if alias is None:
-                continue
+        for alias in _claimed_aliases(content):
             if not isinstance(alias, str) or await self.storage.rooms.room_for_alias(alias) != room_id:
                 raise MatrixError(f"Alias {alias} does not point to this room", "M_BAD_ALIAS")
 
