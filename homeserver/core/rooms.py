@@ -247,7 +247,7 @@ class RoomService:
         alias = None
         if body.get("room_alias_name") is not None:
             local = body["room_alias_name"]
-            if not isinstance(local, str) or not local or ":" in local or len(local) > 200:
+            if not isinstance(local, str) or not re.fullmatch(r"[^:\s]{1,200}", local):
                 raise MatrixError("Invalid room_alias_name", "M_INVALID_PARAM")
             alias = f"#{local}:{self.server_name}"
             if await self.storage.rooms.room_for_alias(alias) is not None:
