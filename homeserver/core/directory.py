@@ -7,12 +7,11 @@ the canonical alias publishes it (or it was created with `visibility: public`).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from homeserver.core.room_heads import RoomHead, RoomHeads
-from homeserver.core.rooms import RoomService
+from homeserver.core.rooms import RoomService, is_alias_localpart
 from homeserver.errors import Forbidden, MatrixError, NotFound
 from homeserver.storage import Storage
 from homeserver.storage.rooms import AliasExists
@@ -20,7 +19,6 @@ from homeserver.storage.rooms import AliasExists
 MAX_PAGE = 500
 DEFAULT_PAGE = 100
 MAX_ALIAS_LENGTH = 255
-_ALIAS_LOCALPART_RE = re.compile(r"[^:\s]+")
 _SUMMARY_FIELDS = (
     ("name", "m.room.name", "name"),
     ("topic", "m.room.topic", "topic"),
@@ -94,14 +92,11 @@ class DirectoryService:
 
     async def create_alias(self, user_id: str, alias: str, room_id: str) -> None:
         """Point `alias` at a room the user is joined to; 409 if it points somewhere already."""
-        # The localpart: not empty, no ':' (the first one splits off the server) and no
-        # whitespace, which would make look-alike aliases and break alias links.
-        localpart = alias[1 : -len(":" + self.server_name)]
         if (
             not alias.startswith("#")
             or not alias.endswith(":" + self.server_name)
             or len(alias) > MAX_ALIAS_LENGTH
-            or not _ALIAS_LOCALPART_RE.fullmatch(localpart)
+            or not is_alias_localpart(alias[1 : -len(":" + self.server_name)])
         ):
             raise MatrixError("Aliases must be #name:" + self.server_name, "M_INVALID_PARAM")
         await self.rooms.access_room_as_member(user_id, room_id)

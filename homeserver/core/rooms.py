@@ -87,6 +87,13 @@ def check_user_id(value: object, what: str = "user_id") -> str:
 
 # Rooms whose member events one profile change builds before waiting for their commit.
 _PROFILE_CHUNK = 100
+_ALIAS_LOCALPART_RE = re.compile(r"[^:\s]+")
+
+
+def is_alias_localpart(local: object) -> bool:
+    """An alias localpart we accept: not empty, no ':' (the first one splits off the server)
+    and no whitespace, which would make look-alike aliases and break alias links."""
+    return isinstance(local, str) and _ALIAS_LOCALPART_RE.fullmatch(local) is not None
 
 
 def _claimed_aliases(content: dict[str, Any]) -> list[object]:
@@ -247,7 +254,7 @@ class RoomService:
         alias = None
         if body.get("room_alias_name") is not None:
             local = body["room_alias_name"]
-            if not isinstance(local, str) or not re.fullmatch(r"[^:\s]{1,200}", local):
+            if not is_alias_localpart(local) or len(local) > 200:
                 raise MatrixError("Invalid room_alias_name", "M_INVALID_PARAM")
             alias = f"#{local}:{self.server_name}"
             if await self.storage.rooms.room_for_alias(alias) is not None:
