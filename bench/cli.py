@@ -93,7 +93,10 @@ CONFIG_NOTES = """\
   Before the clock starts each sender sends one message, one at a time, and W2 waits for
   them (the row measures a steady load; a member's first message in a room loads its unread
   counts from the database, a hundred queries at once at the rate's start: in the details as
-  `warmup`, not in the row), then waits (up to 5 s) for the server to go idle after its set-up,
+  `warmup`, not in the row), checkpoints PostgreSQL with 32 WAL segments renamed ahead (a
+  fresh cluster creates and zero-fills each next 16 MB segment while every commit waits,
+  30-110 ms here; one that has run a while renames old ones: in the details as `pg_wal`, with
+  the segment files new during the row), then waits (up to 5 s) for the server to go idle after its set-up,
   and the generator's own garbage collector is off during the load (its passes, up to 64 ms
   at 1,000 msg/s, stopped sends and receivers alike); the first sends are still counted, and
   the details say how many messages of the first second were slower than the p99 and what

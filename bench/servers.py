@@ -131,6 +131,66 @@ def checkpoint_counters() -> tuple[int, int] | None:
         return None
 
 
+# WAL segments a latency row wants ready ahead: W1 and both W2 rows write 18 between them here.
+WAL_READY_SEGMENTS = 32
+
+
+def _wal_files(cur: Any) -> tuple[str, set[str]]:
+    """The segment being written and the names of every segment file in pg_wal."""
+    cur.execute("SELECT pg_walfile_name(pg_current_wal_lsn())")
+    current = str(cur.fetchone()[0])
+    cur.execute("SELECT name FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$'")
+    return current, {str(row[0]) for row in cur.fetchall()}
+
+
+def prepare_wal(ready: int = WAL_READY_SEGMENTS, url: str = PG_ADMIN_URL) -> dict[str, int] | None:
+    """Checkpoint the cluster with `ready` WAL segments recycled ahead of the one being written,
+    as on a PostgreSQL that has run a while, and return what it took (None when it cannot be asked).
+
+    A fresh cluster (initdb, or a new VM) has one segment: each next 16 MB one is created and
+    zero-filled while every commit waits, 30-110 ms on this VM (docs/latency.md), a stall no
+    server's code can avoid. Once checkpoints have passed, PostgreSQL renames old segments ahead
+    instead. Segments made by switching are recycled by the checkpoint that follows; that
+    checkpoint also keeps the row clear of a timed one (checkpoint_timeout is 5 minutes)."""
+    try:
+        conn = _pg_connect(url)
+        try:
+            with conn.cursor() as cur:
+                current, names = _wal_files(cur)
+                ready_before = sum(1 for name in names if name > current)
+                switched = 0
+                if ready_before < ready:
+                    # A switch needs WAL written since the last one: a logical message is a record.
+                    for _ in range(ready):
+                        cur.execute("SELECT pg_logical_emit_message(false, 'bench', 'wal')")
+                        cur.execute("SELECT pg_switch_wal()")
+                        switched += 1
+                cur.execute("CHECKPOINT")
+                current, names = _wal_files(cur)
+        finally:
+            conn.close()
+        return {
+            "ready_before": ready_before,
+            "switched": switched,
+            "ready": sum(1 for name in names if name > current),
+        }
+    except Exception:
+        return None
+
+
+def wal_file_names(url: str = PG_ADMIN_URL) -> set[str] | None:
+    """The WAL segment files now in pg_wal, or None when it cannot be asked."""
+    try:
+        conn = _pg_connect(url)
+        try:
+            with conn.cursor() as cur:
+                return _wal_files(cur)[1]
+        finally:
+            conn.close()
+    except Exception:
+        return None
+
+
 def postgres_version() -> str:
     try:
         conn = _pg_connect(PG_ADMIN_URL)

@@ -39,7 +39,7 @@ from bench.matrix import (
 )
 from bench.procstats import Meter, Resources, settle, steady_rss
 from bench.push_sink import PushSink
-from bench.servers import Target, checkpoint_counters
+from bench.servers import Target, checkpoint_counters, prepare_wal, wal_file_names
 from bench.stats import Metric, WorkloadResult, gather_limited, percentile
 
 Log = Callable[[str], None]
@@ -514,6 +514,8 @@ class Runner:
         # Set-up (rooms, logins, initial syncs) is not the steady load the row measures: let the
         # server go idle first, so the work set-up left behind (its timer's GC passes over what
         # set-up built) is not charged to the first messages. The first sends are still measured.
+        # PostgreSQL first checkpoints with WAL segments ready ahead, as one that has run a while.
+        wal_prepared = prepare_wal() if self.target.db_pids is not None else None
         if self.target.pid is not None:
             await settle(self.target.pid, max_s=W2_SETTLE_MAX_S)
         if squeeze is not None:
@@ -529,6 +531,7 @@ class Runner:
         if cpu_wait is not None:
             cpu_wait.start()
         checkpoints_before = checkpoint_counters() if self.target.db_pids is not None else None
+        wal_before = wal_file_names() if wal_prepared is not None else None
         meter = self.meter()
         meter.start()
         profile = self._profiled("W2")
@@ -554,6 +557,7 @@ class Runner:
         missing = await self._drain(acked, delivered)
         result.resources = meter.stop()
         checkpoints_after = checkpoint_counters() if checkpoints_before is not None else None
+        wal_after = wal_file_names() if wal_before is not None else None
         waited = cpu_wait.stop()["server"] if cpu_wait is not None else None
         gc.enable()
         gc.unfreeze()
@@ -604,6 +608,10 @@ class Runner:
                 "completed": checkpoints_after[0] - checkpoints_before[0],
                 "buffers_written": checkpoints_after[1] - checkpoints_before[1],
             }
+        if wal_prepared is not None and wal_before is not None and wal_after is not None:
+            # Segment files new in the row: with no checkpoint in it, each was created and
+            # zero-filled while commits waited (docs/latency.md), as ready ones are renamed.
+            result.details["pg_wal"] = {**wal_prepared, "new_files": len(wal_after - wal_before)}
         # The generator's own collector: its pauses delay sends and the receivers' clocks alike.
         result.details["generator_gc"] = own_gc.summary()
         result.details["warmup"] = warmup_ms

@@ -15,18 +15,19 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psycopg2
 import pytest
 from aiohttp import web
 
 # bench/ is a top-level folder of the repository, not an installed package.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from workers_harness import haproxy_binary, system_binary  # noqa: E402
+from workers_harness import PrivatePostgres, haproxy_binary, system_binary  # noqa: E402
 
 from bench import half_core  # noqa: E402
 from bench.httpclient import HttpClient  # noqa: E402
 from bench.matrix import Matrix  # noqa: E402
-from bench.servers import Target  # noqa: E402
+from bench.servers import Target, prepare_wal, wal_file_names  # noqa: E402
 from bench.stats import percentile  # noqa: E402
 from bench.workloads import Runner, Sizes  # noqa: E402
 
@@ -480,3 +481,39 @@ def test_scale_out_rows_run_through_haproxy_from_two_generator_processes(tmp_pat
     assert w1.details["delivered_total"] == w1.details["acked"]
     assert w3.details["deliveries"] == w3.details["deliveries_expected"] == 6 * 6, w3.problems
     assert w1.resources is not None and w1.resources.server_cpu_s > 0
+
+
+def _write_into_next_segments(url: str, count: int) -> None:
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            for _ in range(count):
+                cur.execute("SELECT pg_logical_emit_message(false, 'test', 'wal')")
+                cur.execute("SELECT pg_switch_wal()")
+    finally:
+        conn.close()
+
+
+def test_latency_rows_start_with_wal_segments_ready_ahead() -> None:
+    """On a fresh cluster every next 16 MB WAL segment is created and zero-filled while commits
+    wait (30-110 ms each on this VM). A W2 row starts after prepare_wal: the WAL it writes then
+    goes into segments renamed ahead of time, and no file is created during the row."""
+    postgres = PrivatePostgres()
+    try:
+        before = wal_file_names(postgres.url)
+        assert before is not None
+        _write_into_next_segments(postgres.url, 2)
+        created = wal_file_names(postgres.url)
+        assert created is not None and created - before, "a fresh cluster creates segments"
+
+        prepared = prepare_wal(ready=4, url=postgres.url)
+        assert prepared is not None and prepared["ready_before"] < 4 and prepared["ready"] >= 4
+        before = wal_file_names(postgres.url)
+        assert before is not None
+        _write_into_next_segments(postgres.url, 3)
+        after = wal_file_names(postgres.url)
+        assert after is not None
+        assert after - before == set(), "a segment was created after prepare_wal"
+    finally:
+        postgres.close()
