@@ -311,6 +311,79 @@ def test_cannot_upload_keys_for_another_users_device(server: ServerProcess) -> N
     no_tracebacks(server)
 
 
+def test_refused_upload_changes_nothing(any_server: ServerProcess) -> None:
+    """A /keys/upload refused for any field stores none of the others: not the device keys
+    before a bad one-time key, not the one-time keys before a bad fallback key."""
+    alice, bob = new_user(any_server), new_user(any_server)
+    fallback = {
+        "signed_curve25519:FALLBACK1": sign_json(
+            {"key": b64(), "fallback": True}, alice.user_id, alice.signing_key
+        )
+    }
+
+    def state(device: Device) -> tuple[Any, Any, Any]:
+        body = device.sync()
+        keys = bob.query([device.user_id])["device_keys"][device.user_id]
+        return (
+            device.device_id in keys,
+            body["device_one_time_keys_count"],
+            body.get("device_unused_fallback_key_types", []),
+        )
+
+    empty = (False, {"signed_curve25519": 0}, [])
+    assert state(alice) == empty
+    # Good device keys and one-time keys, then a malformed fallback key.
+    r = alice.post(
+        "/keys/upload",
+        {"device_keys": alice.device_keys(), "one_time_keys": alice.one_time_keys(3), "fallback_keys": "x"},
+    )
+    assert_error(r, 400, "M_BAD_JSON")
+    assert state(alice) == empty
+    # Good device keys and fallback key, then a malformed one-time key.
+    r = alice.post(
+        "/keys/upload",
+        {
+            "device_keys": alice.device_keys(),
+            "one_time_keys": {**alice.one_time_keys(2), "signed_curve25519:BAD": 7},
+            "fallback_keys": fallback,
+        },
+    )
+    assert_error(r, 400, "M_BAD_JSON")
+    assert state(alice) == empty
+    # A one-time key id reused with other content is found only against the stored keys:
+    # the device keys, fresh one-time keys and fallback key with it are refused too.
+    phone = new_device(alice)
+    reused = "signed_curve25519:REUSED"
+    r = phone.post("/keys/upload", {"one_time_keys": {reused: {"key": b64()}}})
+    assert r.status_code == 200, r.text
+    phone_fallback = {
+        "signed_curve25519:FB": sign_json({"key": b64(), "fallback": True}, phone.user_id, phone.signing_key)
+    }
+    r = phone.post(
+        "/keys/upload",
+        {
+            "device_keys": phone.device_keys(),
+            "one_time_keys": {**phone.one_time_keys(4), reused: {"key": b64()}},
+            "fallback_keys": phone_fallback,
+        },
+    )
+    assert_error(r, 400, "M_INVALID_PARAM")
+    assert state(phone) == (False, {"signed_curve25519": 1}, [])
+
+    # The same uploads, valid, go through whole.
+    r = alice.post(
+        "/keys/upload",
+        {
+            "device_keys": alice.device_keys(),
+            "one_time_keys": alice.one_time_keys(3),
+            "fallback_keys": fallback,
+        },
+    )
+    assert r.status_code == 200, r.text
+    assert state(alice) == (True, {"signed_curve25519": 3}, ["signed_curve25519"])
+    no_tracebacks(any_server)
+
+
 # Claiming one-time keys ------------------------------------------------------------------------
 
 

@@ -41,11 +41,16 @@ class FakeE2eeStore:
         self.one_time_keys -= len(claims)
         return {}
 
-    async def add_one_time_keys(self, user_id: str, device_id: str, rows: list[Any]) -> None:
-        self.one_time_keys += len(rows)
-
-    async def set_fallback_keys(self, user_id: str, device_id: str, rows: list[Any]) -> None:
-        pass
+    async def upload_keys(
+        self,
+        user_id: str,
+        device_id: str,
+        device_keys: Any,
+        change_stream_id: Any,
+        one_time_keys: list[Any],
+        fallback_keys: list[Any],
+    ) -> None:
+        self.one_time_keys += len(one_time_keys)
 
 
 class FakeStorage:

@@ -216,48 +216,45 @@ class KeyService:
     # Upload ---------------------------------------------------------------------------------
 
     async def upload(self, user_id: str, device_id: str, body: JsonDict) -> JsonDict:
+        """`POST /keys/upload`: the whole body is checked first, then stored in one
+        transaction, so a refused upload changes nothing (no device keys without the
+        one-time keys that came with them, no one-time keys without the fallback key)."""
         if self.forward is not None:
             args = {"user_id": user_id, "device_id": device_id, "body": body}
             answer: JsonDict = await self.forward("upload", args)
             return answer
         device_keys = body.get("device_keys")
+        new_device_keys = None
         if device_keys is not None:
-            await self._upload_device_keys(user_id, device_id, device_keys)
-        for field, fallback in (
-            ("one_time_keys", False),
-            ("fallback_keys", True),
-            ("org.matrix.msc2732.fallback_keys", True),
-        ):
-            keys = body.get(field)
-            if keys is None:
-                continue
-            if not isinstance(keys, dict):
-                raise MatrixError(f"'{field}' must be an object", "M_BAD_JSON")
-            rows = []
-            for full_id, key in keys.items():
-                algorithm, _, key_id = str(full_id).partition(":")
-                if not algorithm or not key_id or not isinstance(key, dict | str):
-                    raise MatrixError(f"Bad key id {full_id!r}", "M_BAD_JSON")
-                # Both parts are in the table's primary key: PostgreSQL refuses an index
-                # entry over ~2.7 kB, and real ids are tens of characters.
-                if len(full_id) > MAX_KEY_ID_LENGTH:
-                    raise MatrixError(
-                        f"Key ids are at most {MAX_KEY_ID_LENGTH} characters", "M_INVALID_PARAM"
-                    )
-                # Kept as uploaded: an unsigned curve25519 key is a bare string, and a claim
-                # must hand it back as one (spec: one-time keys are string | KeyObject).
-                rows.append((algorithm, key_id, key))
-            if fallback:
-                await self.store.set_fallback_keys(user_id, device_id, rows)
-            else:
-                try:
-                    await self.store.add_one_time_keys(user_id, device_id, rows)
-                except ValueError as e:
-                    raise MatrixError(str(e), "M_INVALID_PARAM") from None
-        self._forget_counts(user_id, device_id)
+            new_device_keys = await self._check_device_keys(user_id, device_id, device_keys)
+        one_time_keys = _key_rows(body, "one_time_keys")
+        fallback_keys: list[tuple[str, str, JsonDict | str]] = []
+        for field in ("fallback_keys", "org.matrix.msc2732.fallback_keys"):
+            fallback_keys.extend(_key_rows(body, field))
+        position = self.device_lists.allocate() if new_device_keys is not None else None
+        try:
+            await self.store.upload_keys(
+                user_id, device_id, new_device_keys, position, one_time_keys, fallback_keys
+            )
+        except ValueError as e:
+            raise MatrixError(str(e), "M_INVALID_PARAM") from None
+        finally:
+            # Done even when nothing was stored: readers must not wait for it.
+            if position is not None:
+                self._change_done(position, user_id)
+            self._forget_counts(user_id, device_id)
+        if new_device_keys is not None and position is not None:
+            await self._announce(user_id)
+            if self.federation is not None:
+                await self.federation.device_changed(user_id, device_id, position, new_device_keys)
         return {"one_time_key_counts": await self.store.count_one_time_keys(user_id, device_id)}
 
-    async def _upload_device_keys(self, user_id: str, device_id: str, keys: Any) -> None:
+    async def _check_device_keys(self, user_id: str, device_id: str, keys: Any) -> JsonDict | None:
+        """The device keys to store, None if these are stored already.
+
+        @raise MatrixError: malformed, not signed by the device's own key, for another
+            user or device, or other keys than those the device published before.
+        """
         if not isinstance(keys, dict):
             raise MatrixError("'device_keys' must be an object", "M_BAD_JSON")
         if keys.get("user_id") != user_id or keys.get("device_id") != device_id:
@@ -276,19 +273,11 @@ class KeyService:
         # Spec: the device keys must be signed by the device's own ed25519 key.
         _verify(keys, user_id, keys, device_id)
         existing = await self.store.get_device_keys(user_id, device_id)
-        stored = _strip(keys) | {"signatures": keys.get("signatures", {})}
         if existing is not None:
             if _strip(existing) != _strip(keys):
                 raise MatrixError("Device keys cannot change; log in as a new device", "M_INVALID_PARAM")
-            return
-        position = self.device_lists.allocate()
-        try:
-            await self.store.set_device_keys(user_id, device_id, stored, position)
-        finally:
-            self._change_done(position, user_id)
-        await self._announce(user_id)
-        if self.federation is not None:
-            await self.federation.device_changed(user_id, device_id, position, stored)
+            return None
+        return _strip(keys) | {"signatures": keys.get("signatures", {})}
 
     # Query and claim -----------------------------------------------------------------------
 
@@ -685,3 +674,28 @@ def _device_keys_well_formed(keys: JsonDict) -> bool:
     # Signatures are checked next: a malformed one is an invalid signature.
     algorithms = keys["algorithms"]
     return len(algorithms) <= 100 and all(isinstance(a, str) for a in algorithms) and key_map(keys["keys"])
+
+
+def _key_rows(body: JsonDict, field: str) -> list[tuple[str, str, JsonDict | str]]:
+    """The (algorithm, key id, key) rows of an upload's `one_time_keys` or `fallback_keys`.
+
+    @raise MatrixError: the field is not an object of "algorithm:id" to key.
+    """
+    keys = body.get(field)
+    if keys is None:
+        return []
+    if not isinstance(keys, dict):
+        raise MatrixError(f"'{field}' must be an object", "M_BAD_JSON")
+    rows: list[tuple[str, str, JsonDict | str]] = []
+    for full_id, key in keys.items():
+        algorithm, _, key_id = str(full_id).partition(":")
+        if not algorithm or not key_id or not isinstance(key, dict | str):
+            raise MatrixError(f"Bad key id {full_id!r}", "M_BAD_JSON")
+        # Both parts are in the table's primary key: PostgreSQL refuses an index
+        # entry over ~2.7 kB, and real ids are tens of characters.
+        if len(full_id) > MAX_KEY_ID_LENGTH:
+            raise MatrixError(f"Key ids are at most {MAX_KEY_ID_LENGTH} characters", "M_INVALID_PARAM")
+        # Kept as uploaded: an unsigned curve25519 key is a bare string, and a claim
+        # must hand it back as one (spec: one-time keys are string | KeyObject).
+        rows.append((algorithm, key_id, key))
+    return rows

@@ -41,22 +41,6 @@ class E2eeStore:
         )
         return json.loads(rows[0][0]) if rows else None
 
-    async def set_device_keys(
-        self, user_id: str, device_id: str, keys: JsonDict, change_stream_id: int
-    ) -> None:
-        def set_txn(txn: Txn) -> None:
-            txn.execute(
-                "INSERT INTO device_keys (user_id, device_id, key_json) VALUES (?, ?, ?)"
-                " ON CONFLICT (user_id, device_id) DO UPDATE SET key_json = excluded.key_json",
-                (user_id, device_id, _dumps(keys)),
-            )
-            txn.execute(
-                "INSERT INTO device_list_changes (stream_id, user_id) VALUES (?, ?)",
-                (change_stream_id, user_id),
-            )
-
-        await self.db.run_interaction("set_device_keys", set_txn)
-
     async def query_device_keys(self, queries: dict[str, list[str]]) -> dict[str, dict[str, JsonDict]]:
         """user -> device -> keys, with each device's display name under `unsigned`."""
 
@@ -108,34 +92,75 @@ class E2eeStore:
 
     # One-time and fallback keys ---------------------------------------------------------
 
-    async def add_one_time_keys(
-        self, user_id: str, device_id: str, keys: list[tuple[str, str, JsonDict | str]]
+    async def upload_keys(
+        self,
+        user_id: str,
+        device_id: str,
+        device_keys: JsonDict | None,
+        change_stream_id: int | None,
+        one_time_keys: list[tuple[str, str, JsonDict | str]],
+        fallback_keys: list[tuple[str, str, JsonDict | str]],
     ) -> None:
-        """Store (algorithm, key id, key) rows; a key is a signed object or a bare string.
+        """One /keys/upload, all or nothing: the device keys (with a device-list change at
+        `change_stream_id`), then (algorithm, key id, key) one-time and fallback key rows; a
+        key is a signed object or a bare string.
 
-        @raise ValueError: a key id was uploaded before with different content.
+        @raise ValueError: a one-time key id was uploaded before with different content
+            (nothing is stored).
         """
 
-        def add_txn(txn: Txn) -> None:
-            for algorithm, key_id, key in keys:
-                row = txn.query_one(
-                    "SELECT key_json FROM one_time_keys WHERE user_id = ? AND device_id = ? AND algorithm = ?"
-                    " AND key_id = ?",
-                    (user_id, device_id, algorithm, key_id),
-                )
-                if row is not None:
-                    if json.loads(row[0]) != key:
-                        raise ValueError(
-                            f"one-time key {algorithm}:{key_id} already exists with other content"
-                        )
-                    continue
+        def upload_txn(txn: Txn) -> None:
+            if device_keys is not None and change_stream_id is not None:
                 txn.execute(
-                    "INSERT INTO one_time_keys (user_id, device_id, algorithm, key_id, key_json)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (user_id, device_id, algorithm, key_id, _dumps(key)),
+                    "INSERT INTO device_keys (user_id, device_id, key_json) VALUES (?, ?, ?)"
+                    " ON CONFLICT (user_id, device_id) DO UPDATE SET key_json = excluded.key_json",
+                    (user_id, device_id, _dumps(device_keys)),
                 )
+                txn.execute(
+                    "INSERT INTO device_list_changes (stream_id, user_id) VALUES (?, ?)",
+                    (change_stream_id, user_id),
+                )
+            self._add_one_time_keys_txn(txn, user_id, device_id, one_time_keys)
+            self._set_fallback_keys_txn(txn, user_id, device_id, fallback_keys)
 
-        await self.db.run_interaction("add_one_time_keys", add_txn)
+        await self.db.run_interaction("upload_keys", upload_txn)
+
+    @staticmethod
+    def _add_one_time_keys_txn(
+        txn: Txn, user_id: str, device_id: str, keys: list[tuple[str, str, JsonDict | str]]
+    ) -> None:
+        for algorithm, key_id, key in keys:
+            row = txn.query_one(
+                "SELECT key_json FROM one_time_keys WHERE user_id = ? AND device_id = ? AND algorithm = ?"
+                " AND key_id = ?",
+                (user_id, device_id, algorithm, key_id),
+            )
+            if row is not None:
+                if json.loads(row[0]) != key:
+                    raise ValueError(f"one-time key {algorithm}:{key_id} already exists with other content")
+                continue
+            txn.execute(
+                "INSERT INTO one_time_keys (user_id, device_id, algorithm, key_id, key_json)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (user_id, device_id, algorithm, key_id, _dumps(key)),
+            )
+
+    @staticmethod
+    def _set_fallback_keys_txn(
+        txn: Txn, user_id: str, device_id: str, keys: list[tuple[str, str, JsonDict | str]]
+    ) -> None:
+        for algorithm, key_id, key in keys:
+            # The same key again (a client retrying its upload) keeps its `used` mark:
+            # reset, /sync would say the device has an unused fallback key and the
+            # client would not replace one that senders already have.
+            txn.execute(
+                "INSERT INTO fallback_keys (user_id, device_id, algorithm, key_id, key_json, used)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (user_id, device_id, algorithm) DO UPDATE SET"
+                " key_id = excluded.key_id, key_json = excluded.key_json, used = excluded.used"
+                " WHERE fallback_keys.key_id <> excluded.key_id"
+                " OR fallback_keys.key_json <> excluded.key_json",
+                (user_id, device_id, algorithm, key_id, _dumps(key), False),
+            )
 
     async def count_one_time_keys(self, user_id: str, device_id: str) -> dict[str, int]:
         rows = await self.db.query(
@@ -146,25 +171,6 @@ class E2eeStore:
             device_id,
         )
         return {r[0]: int(r[1]) for r in rows}
-
-    async def set_fallback_keys(
-        self, user_id: str, device_id: str, keys: list[tuple[str, str, JsonDict | str]]
-    ) -> None:
-        def set_txn(txn: Txn) -> None:
-            for algorithm, key_id, key in keys:
-                # The same key again (a client retrying its upload) keeps its `used` mark:
-                # reset, /sync would say the device has an unused fallback key and the
-                # client would not replace one that senders already have.
-                txn.execute(
-                    "INSERT INTO fallback_keys (user_id, device_id, algorithm, key_id, key_json, used)"
-                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (user_id, device_id, algorithm) DO UPDATE SET"
-                    " key_id = excluded.key_id, key_json = excluded.key_json, used = excluded.used"
-                    " WHERE fallback_keys.key_id <> excluded.key_id"
-                    " OR fallback_keys.key_json <> excluded.key_json",
-                    (user_id, device_id, algorithm, key_id, _dumps(key), False),
-                )
-
-        await self.db.run_interaction("set_fallback_keys", set_txn)
 
     async def unused_fallback_key_types(self, user_id: str, device_id: str) -> list[str]:
         rows = await self.db.query(
