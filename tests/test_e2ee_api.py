@@ -25,6 +25,8 @@ from conftest import ServerProcess
 from signedjson.key import encode_verify_key_base64, generate_signing_key, get_verify_key
 from signedjson.sign import sign_json
 
+from homeserver.core.e2ee import MAX_CLAIM_DEVICES, MAX_QUERY_DEVICES, MAX_QUERY_USERS
+
 PASSWORD = "correct horse battery"
 CLIENT = "/_matrix/client/v3"
 MEGOLM = "m.megolm.v1.aes-sha2"
@@ -418,6 +420,44 @@ def test_claim_unknown_users_and_devices(server: ServerProcess) -> None:
     assert_error(alice.post("/keys/query", {"device_keys": {bob.user_id: "all"}}), 400, "M_BAD_JSON")
     assert_error(alice.post("/keys/query", {}), 400, "M_BAD_JSON")
     no_tracebacks(server)
+
+
+def test_query_and_claim_sizes_are_bounded(any_server: ServerProcess) -> None:
+    """/keys/query and /keys/claim take what real clients send in one request (the Rust
+    SDK's 250-user query batches; matrix-nio's every tracked user; a claim for every
+    device of a large room), and refuse more with 413 M_TOO_LARGE, never a 500."""
+    alice, bob = new_user(any_server), new_user(any_server)
+    bob.upload_keys(otks=1)
+    others = [f"@u{i}:{any_server.server_name}" for i in range(MAX_QUERY_USERS)]
+
+    # A Rust SDK batch, and the most one request may name: both answered in full.
+    for users in (others[:249], others[: MAX_QUERY_USERS - 1]):
+        answer = alice.query([bob.user_id, *users])
+        assert bob.device_id in answer["device_keys"][bob.user_id]
+        assert len(answer["device_keys"]) == len(users) + 1
+    named = {bob.user_id: [bob.device_id, *(f"D{i}" for i in range(MAX_QUERY_DEVICES - 1))]}
+    r = alice.post("/keys/query", {"device_keys": named})
+    assert r.status_code == 200, r.text
+    assert list(r.json()["device_keys"][bob.user_id]) == [bob.device_id]
+    # One more user, or one more device id: refused.
+    r = alice.post("/keys/query", {"device_keys": {u: [] for u in [bob.user_id, *others]}})
+    assert_error(r, 413, "M_TOO_LARGE")
+    named[bob.user_id].append("ONE_MORE")
+    assert_error(alice.post("/keys/query", {"device_keys": named}), 413, "M_TOO_LARGE")
+
+    # Claims: the most one request may name, over several users; then one more.
+    claims: dict[str, dict[str, str]] = {bob.user_id: {bob.device_id: "signed_curve25519"}}
+    for i in range(MAX_CLAIM_DEVICES - 1):
+        claims.setdefault(others[i % 100], {})[f"D{i}"] = "signed_curve25519"
+    claims_over = {**claims, others[200]: {"ONE_MORE": "signed_curve25519"}}
+    assert_error(alice.post("/keys/claim", {"one_time_keys": claims_over}), 413, "M_TOO_LARGE")
+    # The refused claim took nothing.
+    assert bob.sync()["device_one_time_keys_count"]["signed_curve25519"] == 1
+    r = alice.post("/keys/claim", {"one_time_keys": claims})
+    assert r.status_code == 200, r.text
+    assert list(r.json()["one_time_keys"]) == [bob.user_id]
+    assert bob.sync()["device_one_time_keys_count"]["signed_curve25519"] == 0
+    no_tracebacks(any_server)
 
 
 def test_claim_returns_keys_as_uploaded(server: ServerProcess) -> None:

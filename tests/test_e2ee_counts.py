@@ -39,7 +39,7 @@ class FakeE2eeStore:
 
     async def claim_keys(self, claims: list[tuple[str, str, str]]) -> dict[Any, Any]:
         self.one_time_keys -= len(claims)
-        return {}
+        return {(user_id, device_id): (f"{algorithm}:AAAA", {}) for user_id, device_id, algorithm in claims}
 
     async def upload_keys(
         self,

@@ -32,6 +32,7 @@ from signedjson.key import decode_verify_key_base64
 from signedjson.sign import verify_signed_json
 from test_e2ee_api import CrossSigning, Device, new_device, new_user
 
+from homeserver.core.e2ee import MAX_CLAIM_DEVICES, MAX_QUERY_DEVICES, MAX_QUERY_USERS
 from homeserver.core.federation.remote_keys import parse_user_devices
 
 OTK = "signed_curve25519"
@@ -179,8 +180,19 @@ def test_user_devices_and_the_federation_key_routes_check_their_input(
         signed_request("POST", b, a, claim, {"one_time_keys": {device.user_id: {device.device_id: 5}}}),
         "M_BAD_JSON",
     )
-    many = {device.user_id: {f"D{i}": OTK for i in range(1001)}}
-    refused(signed_request("POST", b, a, claim, {"one_time_keys": many}), "M_INVALID_PARAM")
+    # As many keys as our own clients may ask for at once, no more (413 M_TOO_LARGE).
+    many = {device.user_id: {f"D{i}": OTK for i in range(MAX_CLAIM_DEVICES)}}
+    r = signed_request("POST", b, a, claim, {"one_time_keys": many})
+    assert r.status_code == 200, r.text
+    many[device.user_id]["ONE_MORE"] = OTK
+    r = signed_request("POST", b, a, claim, {"one_time_keys": many})
+    assert (r.status_code, r.json()["errcode"]) == (413, "M_TOO_LARGE"), r.text
+    users = {f"@u{i}:{a.server_name}": [] for i in range(MAX_QUERY_USERS + 1)}
+    r = signed_request("POST", b, a, query, {"device_keys": users})
+    assert (r.status_code, r.json()["errcode"]) == (413, "M_TOO_LARGE"), r.text
+    named = {device.user_id: [f"D{i}" for i in range(MAX_QUERY_DEVICES + 1)]}
+    r = signed_request("POST", b, a, query, {"device_keys": named})
+    assert (r.status_code, r.json()["errcode"]) == (413, "M_TOO_LARGE"), r.text
     # Users of other servers are left out of A's answers.
     r = signed_request("POST", b, a, query, {"device_keys": {device.user_id: [], f"@z:{b.server_name}": []}})
     assert r.status_code == 200, r.text

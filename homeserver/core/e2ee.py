@@ -33,6 +33,16 @@ MAX_REMEMBERED_CHANGES = 100_000
 # How long /keys/query and /keys/claim wait for other servers (the spec's default: 10 s).
 DEFAULT_REMOTE_TIMEOUT_MS = 10_000
 MAX_REMOTE_TIMEOUT_MS = 60_000
+# How much one /keys/query or /keys/claim (ours, or another server's over federation) may
+# ask for; more is 413 M_TOO_LARGE. Each user or device is work in one transaction, so the
+# body size limit alone (configurable, 1 MiB: ~30,000 users) is no bound. Set well above
+# what real clients send: the Rust crypto SDK queries 250 users a request, but matrix-nio
+# and the legacy matrix-js-sdk query every user they track at once, and the Rust SDK claims
+# keys for every device it has no Olm session with in one request (a large room's first
+# encrypted message).
+MAX_QUERY_USERS = 5_000
+MAX_QUERY_DEVICES = 10_000  # device ids named in a query's lists, all users together
+MAX_CLAIM_DEVICES = 10_000
 
 
 class InvalidSignature(MatrixError):
@@ -87,6 +97,27 @@ def _timeout_s(value: Any) -> float:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise MatrixError("'timeout' must be a non-negative integer", "M_INVALID_PARAM")
     return min(value, MAX_REMOTE_TIMEOUT_MS) / 1000
+
+
+def check_query_size(wanted: JsonDict) -> None:
+    """Refuse a /keys/query for more users, or naming more devices, than one request may.
+
+    @raise TooLarge: over MAX_QUERY_USERS users or MAX_QUERY_DEVICES device ids.
+    """
+    if len(wanted) > MAX_QUERY_USERS:
+        raise TooLarge(f"At most {MAX_QUERY_USERS} users may be queried at once")
+    named = sum(len(devices) for devices in wanted.values() if isinstance(devices, list))
+    if named > MAX_QUERY_DEVICES:
+        raise TooLarge(f"At most {MAX_QUERY_DEVICES} devices may be named in one query")
+
+
+def check_claim_size(wanted: JsonDict) -> None:
+    """Refuse a /keys/claim for more devices than one request may.
+
+    @raise TooLarge: over MAX_CLAIM_DEVICES devices, all users together.
+    """
+    if sum(len(devices) for devices in wanted.values() if isinstance(devices, dict)) > MAX_CLAIM_DEVICES:
+        raise TooLarge(f"At most {MAX_CLAIM_DEVICES} keys may be claimed at once")
 
 
 def _strip(obj: JsonDict) -> JsonDict:
@@ -287,6 +318,7 @@ class KeyService:
         wanted = body.get("device_keys")
         if not isinstance(wanted, dict):
             raise MatrixError("'device_keys' must be an object", "M_BAD_JSON")
+        check_query_size(wanted)
         queries: dict[str, list[str]] = {}
         for user_id, devices in wanted.items():
             if not isinstance(devices, list) or not all(isinstance(d, str) for d in devices):
@@ -328,6 +360,7 @@ class KeyService:
         wanted = body.get("one_time_keys")
         if not isinstance(wanted, dict):
             raise MatrixError("'one_time_keys' must be an object", "M_BAD_JSON")
+        check_claim_size(wanted)
         claims: dict[str, dict[str, str]] = {}
         for user_id, devices in wanted.items():
             if not isinstance(devices, dict):
@@ -348,10 +381,11 @@ class KeyService:
         """Hand out one key per (user, device, algorithm) of the users here."""
         claims = [(u, d, a) for u, devices in wanted.items() for d, a in devices.items()]
         claimed = await self.store.claim_keys(claims)
-        for user_id, device_id, _ in claims:
+        # Only the devices a key was taken from: a claim may name thousands that had none.
+        for user_id, device_id in claimed:
             self._forget_counts(user_id, device_id)
         # The owners learn their new counts (and top up) on their next sync.
-        self.notifier.wake_users({user_id for user_id, _, _ in claims})
+        self.notifier.wake_users({user_id for user_id, _ in claimed})
         out: JsonDict = {}
         for (user_id, device_id), (key_id, key) in claimed.items():
             out.setdefault(user_id, {}).setdefault(device_id, {})[key_id] = key

@@ -16,6 +16,18 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
+# Parameters per `IN (...)`: well under SQLite's limit on bound parameters.
+_CHUNK = 500
+
+
+def _chunks(values: list[str]) -> list[list[str]]:
+    return [values[i : i + _CHUNK] for i in range(0, len(values), _CHUNK)]
+
+
+def _marks(values: Sequence[Any]) -> str:
+    return ",".join("?" * len(values))
+
+
 class E2eeStore:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -45,23 +57,23 @@ class E2eeStore:
         """user -> device -> keys, with each device's display name under `unsigned`."""
 
         def query_txn(txn: Txn) -> dict[str, dict[str, JsonDict]]:
-            out: dict[str, dict[str, JsonDict]] = {}
-            for user_id, devices in queries.items():
+            out: dict[str, dict[str, JsonDict]] = {user_id: {} for user_id in queries}
+            wanted = {user_id: set(devices) for user_id, devices in queries.items()}
+            for chunk in _chunks(list(queries)):
                 rows = txn.query(
-                    "SELECT k.device_id, k.key_json, d.display_name FROM device_keys k"
+                    "SELECT k.user_id, k.device_id, k.key_json, d.display_name FROM device_keys k"
                     " JOIN devices d ON d.user_id = k.user_id AND d.device_id = k.device_id"
-                    " WHERE k.user_id = ?",
-                    (user_id,),
+                    f" WHERE k.user_id IN ({_marks(chunk)})",
+                    chunk,
                 )
-                found: dict[str, JsonDict] = {}
-                for device_id, key_json, display_name in rows:
+                for user_id, device_id, key_json, display_name in rows:
+                    devices = wanted[user_id]
                     if devices and device_id not in devices:
                         continue
                     keys = json.loads(key_json)
                     if display_name is not None:
                         keys["unsigned"] = {"device_display_name": display_name}
-                    found[device_id] = keys
-                out[user_id] = found
+                    out[user_id][device_id] = keys
             return out
 
         return await self.db.run_interaction("query_device_keys", query_txn)
@@ -193,7 +205,21 @@ class E2eeStore:
 
         def claim_txn(txn: Txn) -> dict[tuple[str, str], tuple[str, JsonDict | str]]:
             out: dict[tuple[str, str], tuple[str, JsonDict | str]] = {}
+            # Which (user, device, algorithm) have a key at all, a few queries for the whole
+            # claim: a claim may name thousands of devices (a large room's first message), and
+            # asking for each one in turn held a connection for seconds.
+            stocked: set[tuple[str, str, str]] = set()
+            for chunk in _chunks(sorted({user_id for user_id, _, _ in claims})):
+                for table, distinct in (("one_time_keys", "DISTINCT "), ("fallback_keys", "")):
+                    rows = txn.query(
+                        f"SELECT {distinct}user_id, device_id, algorithm FROM {table}"
+                        f" WHERE user_id IN ({_marks(chunk)})",
+                        chunk,
+                    )
+                    stocked.update((str(u), str(d), str(a)) for u, d, a in rows)
             for user_id, device_id, algorithm in claims:
+                if (user_id, device_id, algorithm) not in stocked:
+                    continue
                 for _ in range(10):
                     row = txn.query_one(
                         "SELECT key_id, key_json FROM one_time_keys WHERE user_id = ? AND device_id = ?"

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from homeserver.core.e2ee import KeyService
+from homeserver.core.e2ee import KeyService, check_claim_size, check_query_size
 from homeserver.core.rooms import check_user_id
 from homeserver.errors import BadJson, InvalidParam
 from homeserver.storage import Storage
 
 JsonDict = dict[str, Any]
-# One claim deletes one-time keys: a request may not drain more than this many at once.
-MAX_CLAIMS = 1000
 
 
 def _without_display_name(keys: JsonDict) -> JsonDict:
@@ -62,6 +60,9 @@ class FederationUserKeys:
         wanted = body.get("device_keys") if isinstance(body, dict) else None
         if not isinstance(wanted, dict):
             raise BadJson("'device_keys' must be an object")
+        # The same bounds as our clients' requests (core/e2ee.py): a server asks for its
+        # users' batches as they asked it.
+        check_query_size(wanted)
         ours: dict[str, list[str]] = {}
         for user_id, devices in wanted.items():
             check_user_id(user_id, "device_keys")
@@ -83,17 +84,14 @@ class FederationUserKeys:
         wanted = body.get("one_time_keys") if isinstance(body, dict) else None
         if not isinstance(wanted, dict):
             raise BadJson("'one_time_keys' must be an object")
+        check_claim_size(wanted)
         claims: dict[str, dict[str, str]] = {}
-        count = 0
         for user_id, devices in wanted.items():
             check_user_id(user_id, "one_time_keys")
             if not isinstance(devices, dict) or not all(
                 isinstance(d, str) and isinstance(a, str) and d and a for d, a in devices.items()
             ):
                 raise BadJson("one_time_keys values must map device ids to algorithms")
-            count += len(devices)
-            if count > MAX_CLAIMS:
-                raise InvalidParam(f"At most {MAX_CLAIMS} keys may be claimed at once")
             if self._is_ours(user_id):
                 claims[user_id] = devices
         answer = await self.keys.claim_local(claims)
