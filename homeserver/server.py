@@ -555,6 +555,7 @@ class HomeServer:
         # the key change wakes it with news it should no longer get.
         self.accounts.on_devices_deleted.append(self.sync.devices_deleted)
         self.accounts.on_devices_deleted.append(self.keys.devices_deleted)
+        self.accounts.on_deactivated.append(self.keys.user_deactivated)
         self.sliding_sync = SlidingSyncService(
             self.storage,
             self.clock,

@@ -15,6 +15,7 @@ from urllib.parse import quote
 import pytest
 import requests
 from conftest import VENV_BIN, ServerProcess, server_on_engine, start_server_process
+from test_e2ee_api import assert_keys_gone, new_user, publish_all_keys
 from test_history_visibility import CS, Client
 
 ADMIN_PASSWORD = "admin password 42"
@@ -902,6 +903,23 @@ def test_synapse_admin_saves_a_user_record(admin_server: ServerProcess, admin: A
     assert admin.ok("GET", f"{V2}/users/{q(other.user_id)}")["displayname"] != "Changed"
     cleared = admin.ok("PUT", f"{V2}/users/{q(nora.user_id)}", json={"threepids": []})
     assert cleared["threepids"] == []
+
+
+def test_admin_deactivation_deletes_the_users_keys(admin_server: ServerProcess, admin: Admin) -> None:
+    """Deactivating through the admin API (POST /v1/deactivate, and PUT /v2/users with
+    `deactivated`) takes the account's end-to-end keys and key backup with it, as the
+    user's own deactivation does."""
+    viewer = new_user(admin_server, "viewer")
+    for deactivate in (
+        lambda user_id: admin.ok("POST", f"{V1}/deactivate/{q(user_id)}", json={"erase": False}),
+        lambda user_id: admin.ok("PUT", f"{V2}/users/{q(user_id)}", json={"deactivated": True}),
+    ):
+        owner = new_user(admin_server, "keyowner")
+        publish_all_keys(owner)
+        device_ids = [d["device_id"] for d in owner.request("GET", "/devices").json()["devices"]]
+        assert owner.user_id in viewer.query([owner.user_id])["master_keys"]
+        deactivate(owner.user_id)
+        assert_keys_gone(owner, viewer, device_ids)
 
 
 def test_synapse_admin_delete_erases_the_user(admin_server: ServerProcess, admin: Admin) -> None:

@@ -1116,3 +1116,92 @@ def test_private_and_direct_chats_are_encrypted_unless_turned_off(start_server: 
         assert r.status_code == 201, r.text
         assert room_encryption(alice, r.json()["chatId"]) == {"algorithm": MEGOLM}
     no_tracebacks(server)
+
+
+# Deactivation ---------------------------------------------------------------------------------
+
+
+def publish_all_keys(device: Device) -> CrossSigning:
+    """Device keys, one-time and fallback keys, cross-signing keys and a key backup with one
+    key in it, as a client set up for encryption has; a second device with one-time keys only."""
+    device.upload_keys(otks=3, fallback=True)
+    xs = CrossSigning.make(device.user_id)
+    r = device.post("/keys/device_signing/upload", xs.upload_body())
+    assert r.status_code == 200, r.text
+    r = device.post(
+        "/keys/signatures/upload",
+        {
+            device.user_id: {
+                device.device_id: sign_json(device.device_keys(), device.user_id, xs.self_signing)
+            }
+        },
+    )
+    assert r.status_code == 200 and r.json()["failures"] == {}, r.text
+    r = device.post("/room_keys/version", {"algorithm": BACKUP_ALGORITHM, "auth_data": {"public_key": b64()}})
+    assert r.status_code == 200, r.text
+    session = {
+        "first_message_index": 0,
+        "forwarded_count": 0,
+        "is_verified": False,
+        "session_data": {"ciphertext": b64()},
+    }
+    room = "!room:" + device.server.server_name
+    r = device.request("PUT", f"/room_keys/keys/{room}/s1", session, version=r.json()["version"])
+    assert r.status_code == 200, r.text
+    phone = new_device(device)
+    r = phone.post("/keys/upload", {"one_time_keys": phone.one_time_keys(2)})
+    assert r.status_code == 200, r.text
+    return xs
+
+
+def assert_keys_gone(owner: Device, viewer: Device, device_ids: list[str]) -> None:
+    """What others see of a deactivated account: no devices, no cross-signing keys, nothing to
+    claim; and nothing of its keys or backup is left in the database."""
+    answer = viewer.query([owner.user_id])
+    assert answer["device_keys"] == {owner.user_id: {}}
+    assert owner.user_id not in answer["master_keys"]
+    assert owner.user_id not in answer["self_signing_keys"]
+    r = viewer.post(
+        "/keys/claim", {"one_time_keys": {owner.user_id: {d: "signed_curve25519" for d in device_ids}}}
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["one_time_keys"] == {}
+    for table in ("device_keys", "one_time_keys", "fallback_keys", "cross_signing_keys", "room_key_backups"):
+        assert db_rows(owner.server, f"SELECT COUNT(*) FROM {table} WHERE user_id = ?", owner.user_id) == [
+            (0,)
+        ], table
+    live = db_rows(
+        owner.server,
+        "SELECT COUNT(*) FROM room_key_backup_versions WHERE user_id = ? AND deleted = ?",
+        owner.user_id,
+        False,
+    )
+    assert live == [(0,)]
+
+
+def deactivate(device: Device) -> None:
+    r = device.post("/account/deactivate", {})
+    assert r.status_code == 401, r.text
+    auth = {**uia_password(device), "session": r.json()["session"]}
+    r = device.post("/account/deactivate", {"auth": auth})
+    assert r.status_code == 200, r.text
+
+
+def test_deactivation_deletes_the_users_keys(any_server: ServerProcess) -> None:
+    """POST /account/deactivate takes the account's cross-signing keys, key backup and every
+    device's keys with it; those sharing a room hear of the change on their next sync."""
+    alice, bob = new_user(any_server), new_user(any_server)
+    share_room(alice, bob)
+    publish_all_keys(alice)
+    device_ids = [d["device_id"] for d in alice.request("GET", "/devices").json()["devices"]]
+    assert len(device_ids) == 2
+    before = bob.query([alice.user_id])
+    assert alice.device_id in before["device_keys"][alice.user_id]
+    assert alice.user_id in before["master_keys"] and alice.user_id in before["self_signing_keys"]
+    bob.sync()
+
+    deactivate(alice)
+
+    assert_keys_gone(alice, bob, device_ids)
+    assert alice.user_id in bob.sync()["device_lists"]["changed"]
+    no_tracebacks(any_server)

@@ -24,6 +24,7 @@ from fast.harness import Client, TestClock, real_reactor, until
 from nacl.signing import SigningKey
 from signedjson.key import encode_verify_key_base64, get_verify_key
 from signedjson.sign import sign_json
+from test_e2ee_api import CrossSigning
 from twisted.internet.defer import Deferred
 
 from homeserver.config import STREAMS, RateLimit, WorkersConfig, parse_config
@@ -270,6 +271,42 @@ async def test_device_keys_uploaded_on_one_worker_tell_a_room_mate_on_the_other(
     for client in (w.c1, w.c2):
         found = await client.call("POST", "/keys/query", alice["access_token"], query)
         assert bob["device_id"] in found["device_keys"][bob["user_id"]]
+
+
+@pytest_twisted.ensureDeferred
+async def test_deactivation_on_a_client_worker_deletes_the_keys_through_the_writer(workers: Workers) -> None:
+    """The deactivated account's cross-signing keys go on the device-list writer (w1), and a
+    room mate syncing there hears of it."""
+    w = workers
+    alice, bob = await _user(w, "alice"), await _user(w, "bob")
+    await _room(w, alice, bob)
+    await w.start(w.w2)
+    await w.c2.call("POST", "/keys/upload", bob["access_token"], {"device_keys": _device_keys(bob)})
+    xs = CrossSigning.make(bob["user_id"])
+    await w.c2.call("POST", "/keys/device_signing/upload", bob["access_token"], xs.upload_body())
+    query = {"device_keys": {bob["user_id"]: []}}
+    assert (
+        bob["user_id"]
+        in (await w.c1.call("POST", "/keys/query", alice["access_token"], query))["master_keys"]
+    )
+    since = await _since(w.c1, alice)
+    await _settled(w)
+    poll = _long_poll(w.c1, alice, since)
+    status, challenge = await w.c2.start("POST", CS + "/account/deactivate", bob["access_token"], {})
+    assert status == 401, challenge
+    auth = {
+        "type": "m.login.password",
+        "identifier": {"type": "m.id.user", "user": bob["user_id"]},
+        "password": "correct horse battery",
+        "session": challenge["session"],
+    }
+    await w.c2.call("POST", "/account/deactivate", bob["access_token"], {"auth": auth})
+    body = await _woken(poll, "the deactivated user's keys going")
+    assert bob["user_id"] in body.get("device_lists", {}).get("changed", [])
+    for client in (w.c1, w.c2):
+        found = await client.call("POST", "/keys/query", alice["access_token"], query)
+        assert found["device_keys"] == {bob["user_id"]: {}}
+        assert found["master_keys"] == {} and found["self_signing_keys"] == {}
 
 
 async def _token_cached_on_w2(w: Workers, user: dict[str, str]) -> None:

@@ -81,6 +81,9 @@ class AccountService:
         self.on_new_device: list[Callable[[str, str], None]] = []
         # Called as listener(user_id, device_ids) after devices are deleted.
         self.on_devices_deleted: list[Callable[[str, list[str]], Awaitable[None]]] = []
+        # Called with the user id after an account is deactivated and its devices deleted
+        # (its remaining end-to-end keys go: KeyService.user_deactivated).
+        self.on_deactivated: list[Callable[[str], Awaitable[None]]] = []
         # Called as listener(user_id, kept_device) after a password change.
         self.on_password_changed: list[Callable[[str, str | None], Awaitable[None]]] = []
         # Called with the user id after an account is created or deactivated (the user directory).
@@ -342,5 +345,7 @@ class AccountService:
     async def deactivate(self, user_id: str) -> None:
         await self.storage.accounts.deactivate(user_id)
         await self.delete_all_devices(user_id)
+        for listener in self.on_deactivated:
+            await listener(user_id)
         await self._profile_changed(user_id)
         log.info("deactivated {user_id}", user_id=user_id)

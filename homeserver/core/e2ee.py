@@ -590,6 +590,24 @@ class KeyService:
         if self.federation is not None:
             await self.federation.devices_deleted(user_id, device_ids, position)
 
+    async def user_deactivated(self, user_id: str) -> None:
+        """The account is deactivated (its devices are deleted already): its cross-signing
+        keys, key backup and any one-time or fallback keys left go too, so /keys/query
+        answers no keys for it and nobody verifies or encrypts for it again; a reactivated
+        account starts over, as Synapse's deactivation does with the devices' keys and the
+        backup."""
+        if self.forward is not None:
+            await self.forward("user_deactivated", {"user_id": user_id})
+            return
+        position = self.device_lists.allocate()
+        try:
+            device_ids = await self.store.delete_user_keys(user_id, position)
+        finally:
+            self._change_done(position, user_id)
+        for device_id in device_ids:
+            self._forget_counts(user_id, device_id)
+        await self._announce(user_id)
+
     # To-device -----------------------------------------------------------------------------
 
     async def _device_ids(self, user_id: str) -> list[str]:

@@ -102,6 +102,36 @@ class E2eeStore:
 
         await self.db.run_interaction("delete_device_keys", delete_txn)
 
+    async def delete_user_keys(self, user_id: str, change_stream_id: int) -> list[str]:
+        """A deactivated account's end-to-end keys, all at once: every device's keys, one-time
+        and fallback keys (devices already deleted included), the cross-signing keys with the
+        signatures on them, and the key backup (versions marked deleted, the keys in them
+        gone). Records a device-list change; returns the ids of the devices that had
+        one-time or fallback keys."""
+
+        def delete_txn(txn: Txn) -> list[str]:
+            rows = txn.query(
+                "SELECT device_id FROM one_time_keys WHERE user_id = ?"
+                " UNION SELECT device_id FROM fallback_keys WHERE user_id = ?",
+                (user_id, user_id),
+            )
+            for table in ("device_keys", "one_time_keys", "fallback_keys", "cross_signing_keys"):
+                txn.execute(f"DELETE FROM {table} WHERE user_id = ?", (user_id,))
+            # As DELETE /room_keys/version does: the numbers stay taken, so a version a client
+            # remembers never names a new backup should the account be reactivated.
+            txn.execute("DELETE FROM room_key_backups WHERE user_id = ?", (user_id,))
+            txn.execute(
+                "UPDATE room_key_backup_versions SET deleted = ? WHERE user_id = ? AND deleted = ?",
+                (True, user_id, False),
+            )
+            txn.execute(
+                "INSERT INTO device_list_changes (stream_id, user_id) VALUES (?, ?)",
+                (change_stream_id, user_id),
+            )
+            return sorted(str(r[0]) for r in rows)
+
+        return await self.db.run_interaction("delete_user_keys", delete_txn)
+
     # One-time and fallback keys ---------------------------------------------------------
 
     async def upload_keys(

@@ -367,6 +367,7 @@ def _serve_device_lists(r: StreamReplication, publish: Callable[[Rows], None]) -
         "upload_cross_signing": lambda a: keys.upload_cross_signing(a["user_id"], a["body"]),
         "upload_signatures": lambda a: keys.upload_signatures(a["user_id"], a["body"]),
         "devices_deleted": lambda a: keys.devices_deleted(a["user_id"], a["device_ids"]),
+        "user_deactivated": lambda a: keys.user_deactivated(a["user_id"]),
         "reserve": r._reserve_change,
         "release": r._release_change,
     }
