@@ -603,6 +603,127 @@ def test_only_the_uploader_and_room_members_can_download(media_server: ServerPro
     assert download(media_server, bob_token, "mxc://elsewhere.example/abc").status_code == 502
 
 
+def ranged(
+    server: ServerProcess, token: str | None, mxc: str, range_header: str, file_name: str = "", **headers: str
+) -> requests.Response:
+    """A download with a `Range` field (and any other request headers)."""
+    path = f"{DOWNLOAD}/{media_path(mxc)}" + (f"/{quote(file_name)}" if file_name else "")
+    sent = {**(auth(token) if token else {}), "Range": range_header, **headers}
+    return requests.get(server.url(path), headers=sent, timeout=30)
+
+
+def test_download_byte_ranges(media_server: ServerProcess, video_clip: bytes) -> None:
+    """What a <video> element does to seek: ask for byte ranges and get 206s (RFC 9110 §14)."""
+    alice, alice_token = new_user(media_server, "range")
+    bob, bob_token = new_user(media_server, "range")
+    _, carol_token = new_user(media_server, "range")
+    clip = upload_ok(media_server, alice_token, video_clip, "video/mp4", filename="clip.mp4")
+    room = create_room(media_server, alice_token, [bob])
+    join(media_server, bob_token, room)
+    share(media_server, alice_token, room, clip, "m.video")
+    size = len(video_clip)
+    assert size > 1000
+
+    whole = download(media_server, bob_token, clip)
+    assert whole.status_code == 200 and whole.content == video_clip
+    assert whole.headers["Accept-Ranges"] == "bytes"
+    assert whole.headers["Content-Length"] == str(size)
+    assert "Content-Range" not in whole.headers
+
+    for header, start, end in (
+        ("bytes=0-0", 0, 0),
+        ("bytes=0-1", 0, 1),  # Safari's probe
+        ("bytes=0-", 0, size - 1),  # Chrome's probe
+        (f"bytes={size - 1}-{size - 1}", size - 1, size - 1),
+        (f"bytes={size - 1}-", size - 1, size - 1),
+        ("bytes=100-599", 100, 599),
+        (f"bytes={size // 2}-", size // 2, size - 1),
+        (f"bytes=10-{size + 5000}", 10, size - 1),
+        ("bytes=-1", size - 1, size - 1),
+        ("bytes=-100", size - 100, size - 1),
+        (f"bytes=-{size + 10}", 0, size - 1),
+    ):
+        r = ranged(media_server, bob_token, clip, header)
+        assert r.status_code == 206, (header, r.status_code, r.text[:200])
+        assert r.content == video_clip[start : end + 1], header
+        assert r.headers["Content-Range"] == f"bytes {start}-{end}/{size}", header
+        assert r.headers["Content-Length"] == str(end - start + 1), header
+        assert r.headers["Accept-Ranges"] == "bytes"
+        # The same serving rules as the whole file.
+        assert r.headers["Content-Type"] == "video/mp4"
+        assert r.headers["Content-Disposition"] == 'inline; filename="clip.mp4"'
+        assert r.headers["Content-Security-Policy"].startswith("sandbox")
+        assert r.headers["X-Content-Type-Options"] == "nosniff"
+    r = ranged(media_server, bob_token, clip, "bytes=4-7", "seek.mp4")
+    assert (r.status_code, r.content) == (206, video_clip[4:8])
+    assert r.headers["Content-Disposition"] == 'inline; filename="seek.mp4"'
+
+    # Starting at or past the end: 416 with the size, so the player can ask again.
+    for header in (f"bytes={size}-", f"bytes={size}-{size + 10}", "bytes=99999999-", "bytes=-0"):
+        r = ranged(media_server, bob_token, clip, header)
+        assert r.status_code == 416, header
+        assert r.headers["Content-Range"] == f"bytes */{size}"
+        assert r.json()["errcode"] == "M_INVALID_PARAM"
+
+    # Malformed, another unit, several ranges or an If-Range: the whole file, 200.
+    for header in ("bytes=abc", "bytes=50-10", "bytes=-", "items=0-5", "bytes 0-5", "bytes=0-1,10-20", ""):
+        r = ranged(media_server, bob_token, clip, header)
+        assert (r.status_code, r.content) == (200, video_clip), header
+        assert "Content-Range" not in r.headers
+    r = ranged(media_server, bob_token, clip, "bytes=0-1", **{"If-Range": '"an-old-etag"'})
+    assert (r.status_code, r.content) == (200, video_clip)
+    # HEAD: Range is for GET only.
+    r = requests.head(
+        media_server.url(f"{DOWNLOAD}/{media_path(clip)}"),
+        headers={**auth(bob_token), "Range": "bytes=0-1"},
+        timeout=10,
+    )
+    assert (r.status_code, r.headers["Content-Length"], r.content) == (200, str(size), b"")
+
+    # Access comes first: a range of media one may not read is still 403, a missing one 404.
+    r = ranged(media_server, carol_token, clip, "bytes=0-1")
+    assert (r.status_code, r.json()["errcode"]) == (403, "M_FORBIDDEN")
+    r = ranged(media_server, bob_token, f"mxc://{media_server.server_name}/nope", "bytes=0-1")
+    assert r.status_code == 404
+
+    # A range across many of the 256 kB chunks the store is read in.
+    blob = os.urandom(MAX_UPLOAD)
+    big = upload_ok(media_server, alice_token, blob, "application/octet-stream")
+    r = ranged(media_server, alice_token, big, "bytes=300000-1300000")
+    assert (r.status_code, r.content) == (206, blob[300000:1300001])
+    assert r.headers["Content-Disposition"] == "attachment"
+    r = ranged(media_server, alice_token, big, "bytes=-70000")
+    assert (r.status_code, r.content) == (206, blob[-70000:])
+
+    # Thumbnails are not ranged.
+    photo = upload_ok(media_server, alice_token, jpeg(320, 240), "image/jpeg")
+    r = requests.get(
+        media_server.url(f"{THUMBNAIL}/{media_path(photo)}"),
+        headers={**auth(alice_token), "Range": "bytes=0-1"},
+        params={"width": 96, "height": 96, "method": "crop"},
+        timeout=30,
+    )
+    assert r.status_code == 200 and image_size(r.content) == (96, 96)
+    assert "Content-Range" not in r.headers
+
+    # A web client fetching with its token from another origin may send Range and read
+    # Content-Range.
+    r = requests.options(
+        media_server.url(f"{DOWNLOAD}/{media_path(clip)}"),
+        headers={
+            "Origin": "https://app.example.org",
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "authorization, range",
+        },
+        timeout=10,
+    )
+    allowed = {h.strip().lower() for h in r.headers["Access-Control-Allow-Headers"].split(",")}
+    assert {"authorization", "range"} <= allowed
+    r = ranged(media_server, bob_token, clip, "bytes=0-1", Origin="https://app.example.org")
+    exposed = {h.strip().lower() for h in r.headers["Access-Control-Expose-Headers"].split(",")}
+    assert {"content-range", "accept-ranges", "content-disposition"} <= exposed
+
+
 def test_legacy_unauthenticated_download_is_off_by_default(media_server: ServerProcess) -> None:
     _, token = new_user(media_server, "legacy")
     mxc = upload_ok(media_server, token, jpeg(16, 16), "image/jpeg")
@@ -865,6 +986,15 @@ def test_defaults_retention_legacy_download_and_no_ffmpeg(
         legacy = requests.get(server.url(f"/_matrix/media/v3/download/{media_path(kept)}"), timeout=10)
         assert legacy.status_code == 200 and legacy.content == jpeg(64, 64)
         assert legacy.headers["Content-Security-Policy"].startswith("sandbox")
+        assert legacy.headers["Accept-Ranges"] == "bytes"
+        part = requests.get(
+            server.url(f"/_matrix/media/r0/download/{media_path(kept)}"),
+            headers={"Range": "bytes=-10"},
+            timeout=10,
+        )
+        kept_size = len(jpeg(64, 64))
+        assert (part.status_code, part.content) == (206, jpeg(64, 64)[-10:])
+        assert part.headers["Content-Range"] == f"bytes {kept_size - 10}-{kept_size - 1}/{kept_size}"
 
         # No ffmpeg: the video is stored and served, without a poster or dimensions.
         r = upload(server, alice_token, video_clip, "video/mp4")

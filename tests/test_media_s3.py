@@ -31,6 +31,7 @@ from test_media import (
     join,
     jpeg,
     new_user,
+    ranged,
     share,
     thumbnail,
     upload,
@@ -202,6 +203,33 @@ def test_s3_upload_download_thumbnail_delete(s3_server: ServerProcess, weed: Wee
         "original and thumbnails are deleted from the bucket"
     )
     assert download(s3_server, bob_token, mxc).status_code == 404
+
+
+def test_s3_byte_ranges(s3_server: ServerProcess, weed: Weed) -> None:
+    """Ranges of an S3-stored file: the bytes of a ranged GetObject, 206 and 416 as on disk."""
+    _, token = new_user(s3_server, "s3range")
+    blob = os.urandom(MAX_UPLOAD)
+    mxc = upload_ok(s3_server, token, blob, "application/octet-stream", filename="data.bin")
+    size = len(blob)
+    for header, start, end in (
+        ("bytes=0-0", 0, 0),
+        ("bytes=262143-262144", 262143, 262144),  # across a 256 kB chunk boundary
+        ("bytes=300000-1300000", 300000, 1300000),
+        (f"bytes={size - 1}-", size - 1, size - 1),
+        (f"bytes=1000-{size * 2}", 1000, size - 1),
+        ("bytes=-4096", size - 4096, size - 1),
+    ):
+        r = ranged(s3_server, token, mxc, header)
+        assert r.status_code == 206, (header, r.text[:200])
+        assert r.content == blob[start : end + 1], header
+        assert r.headers["Content-Range"] == f"bytes {start}-{end}/{size}"
+        assert r.headers["Content-Length"] == str(end - start + 1)
+        assert r.headers["Content-Disposition"] == 'attachment; filename="data.bin"'
+    r = ranged(s3_server, token, mxc, f"bytes={size}-")
+    assert (r.status_code, r.headers["Content-Range"]) == (416, f"bytes */{size}")
+    r = ranged(s3_server, token, mxc, "bytes=0-1,5-9")
+    assert (r.status_code, r.content) == (200, blob)
+    assert r.headers["Accept-Ranges"] == "bytes"
 
 
 def test_s3_upload_over_the_limit_leaves_no_object(s3_server: ServerProcess, weed: Weed) -> None:

@@ -51,8 +51,10 @@ Handler = Callable[..., Awaitable[Any]]
 CORS_HEADERS = {
     b"Access-Control-Allow-Origin": b"*",
     b"Access-Control-Allow-Methods": b"GET, HEAD, POST, PUT, DELETE, OPTIONS",
-    b"Access-Control-Allow-Headers": b"X-Requested-With, Content-Type, Authorization",
-    b"Access-Control-Expose-Headers": b"Content-Disposition, Link",
+    # Range and Content-Range/Accept-Ranges: a web client fetching part of a media file
+    # with its token (a `bytes=-n` suffix range is not CORS-safelisted).
+    b"Access-Control-Allow-Headers": b"X-Requested-With, Content-Type, Authorization, Range",
+    b"Access-Control-Expose-Headers": b"Content-Disposition, Link, Content-Range, Accept-Ranges",
 }
 
 

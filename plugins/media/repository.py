@@ -364,6 +364,14 @@ class MediaRepository:
             raise not_found() from None
         return reader
 
+    async def open_range(self, key: str, start: int, length: int) -> Reader:
+        """A reader over `length` bytes from `start`: a file seek, an S3 ranged GET."""
+        try:
+            reader: Reader = await self.api.run_blocking(self.storage.open_range, key, start, length)
+        except FileNotFoundError:
+            raise not_found() from None
+        return reader
+
     def chunks(self, reader: Reader) -> ChunksOnThreads:
         return ChunksOnThreads(self.api.run_blocking, reader, CHUNK)
 
