@@ -421,6 +421,18 @@ def test_create_modify_and_deactivate_a_user(admin_server: ServerProcess, admin:
 
     changed = admin.ok("PUT", f"{V2}/users/{q(user_id)}", json={"displayname": "Gina G", "admin": True})
     assert (changed["displayname"], changed["admin"]) == ("Gina G", 1)
+    # An unknown user_type is refused, and the rest of the request with it.
+    refused = admin.request(
+        "PUT", f"{V2}/users/{q(user_id)}", json={"displayname": "Not Gina", "user_type": "guest"}
+    )
+    assert (refused.status_code, refused.json()["errcode"]) == (400, "M_INVALID_PARAM")
+    assert admin.ok("GET", f"{V2}/users/{q(user_id)}")["displayname"] == "Gina G"
+    # Synapse's types are accepted (synapse-admin sends the record back, null included), not kept.
+    for user_type in (None, "bot", "support"):
+        same = admin.ok(
+            "PUT", f"{V2}/users/{q(user_id)}", json={"displayname": "Gina G", "user_type": user_type}
+        )
+        assert (same["displayname"], same["user_type"]) == ("Gina G", None)
     # The change is the user's real profile, seen on the client API too.
     gina = admin.ok("GET", f"/_matrix/client/v3/profile/{q(user_id)}")
     assert gina["displayname"] == "Gina G"
@@ -546,6 +558,18 @@ def test_bad_input_gets_clear_errors(admin_server: ServerProcess, admin: Admin) 
             "M_BAD_JSON",
         ),
         ("PUT", f"{V2}/users/{unknown}", [1, 2], 400, "M_BAD_JSON"),
+        # Synapse's user types are null, "bot" and "support": anything else is refused.
+        (
+            "PUT",
+            f"{V2}/users/{unknown}",
+            {"password": "long enough", "user_type": "admin"},
+            400,
+            "M_INVALID_PARAM",
+        ),
+        ("PUT", f"{V2}/users/{q(admin.user_id)}", {"user_type": "Bot"}, 400, "M_INVALID_PARAM"),
+        ("PUT", f"{V2}/users/{q(admin.user_id)}", {"user_type": ""}, 400, "M_INVALID_PARAM"),
+        ("PUT", f"{V2}/users/{q(admin.user_id)}", {"user_type": 1}, 400, "M_INVALID_PARAM"),
+        ("PUT", f"{V2}/users/{q(admin.user_id)}", {"user_type": ["bot"]}, 400, "M_INVALID_PARAM"),
         ("POST", f"{V1}/reset_password/{unknown}", {"new_password": "long enough"}, 404, "M_NOT_FOUND"),
         ("POST", f"{V1}/reset_password/{q(admin.user_id)}", {}, 400, "M_MISSING_PARAM"),
         ("POST", f"{V1}/deactivate/{unknown}", {}, 404, "M_NOT_FOUND"),

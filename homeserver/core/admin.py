@@ -34,6 +34,11 @@ if TYPE_CHECKING:
 
 MAX_PAGE = 1000
 
+# Synapse's account types (its `UserTypes.ALL_USER_TYPES`). Accounts here have no type, so a
+# known one is accepted (tools written for Synapse may send it) but not kept; anything else
+# is refused rather than silently dropped.
+SYNAPSE_USER_TYPES = ("bot", "support")
+
 ROOM_ORDERS = (
     "name",
     "alphabetical",
@@ -178,10 +183,14 @@ class AdminService:
     async def put_user(self, user_id: str, body: dict[str, Any]) -> bool:
         """Create the account (True) or change the fields given (False): `password`,
         `logout_devices`, `displayname`, `avatar_url`, `threepids` (the account's email
-        addresses, replaced), `admin`, `deactivated`, `locked`. Other keys (synapse-admin
-        sends the whole record back) are ignored. Everything is checked before anything
-        changes; unchanged values change nothing (no new member events)."""
+        addresses, replaced), `admin`, `deactivated`, `locked`. `user_type` must be null or
+        one of Synapse's types (M_INVALID_PARAM), which are not kept. Other keys
+        (synapse-admin sends the whole record back) are ignored. Everything is checked
+        before anything changes; unchanged values change nothing (no new member events)."""
         self.local_user(user_id)
+        user_type = body.get("user_type")
+        if user_type is not None and (not isinstance(user_type, str) or user_type not in SYNAPSE_USER_TYPES):
+            raise MatrixError("'user_type' must be null, 'bot' or 'support'", "M_INVALID_PARAM")
         password = body.get("password")
         if password is not None:
             self.accounts.check_password(password)
