@@ -124,6 +124,11 @@ def test_the_directory_query_refuses_what_it_must(servers: tuple[FederatedServer
     assert r.status_code == 400, r.text
     r = signed_request("GET", b, a, "/_matrix/federation/v1/publicRooms?include_all_networks=maybe")
     assert r.status_code == 400 and r.json()["errcode"] == "M_INVALID_PARAM", r.text
+    # A negative limit is refused (0 is no limit, as in Synapse: tests/fast/test_public_rooms_limit.py).
+    r = signed_request("GET", b, a, "/_matrix/federation/v1/publicRooms?limit=-1")
+    assert r.status_code == 400 and r.json()["errcode"] == "M_INVALID_PARAM", r.text
+    r = signed_request("POST", b, a, "/_matrix/federation/v1/publicRooms", {"limit": -1})
+    assert r.status_code == 400 and r.json()["errcode"] == "M_INVALID_PARAM", r.text
     # Unsigned: 401.
     r = a.get(f"{base}?room_alias=%23x%3Ay")
     assert r.status_code == 401 and r.json()["errcode"] == "M_UNAUTHORIZED"

@@ -27,6 +27,20 @@ _SUMMARY_FIELDS = (
 )
 
 
+def page_size(limit: int | None) -> int:
+    """The number of rooms a /publicRooms page holds for the `limit` asked.
+
+    The spec gives `limit` no range. As Synapse does, 0 means "no limit" (here: the
+    largest page, MAX_PAGE, with a `next_batch` if there is more) and a negative limit is
+    400 M_INVALID_PARAM; absent, DEFAULT_PAGE.
+    """
+    if limit is None:
+        return DEFAULT_PAGE
+    if limit < 0:
+        raise MatrixError("'limit' must not be negative", "M_INVALID_PARAM")
+    return MAX_PAGE if limit == 0 else min(limit, MAX_PAGE)
+
+
 def parse_since(since: str | None) -> int:
     """A `next_batch`/`prev_batch` token ("n<offset>") -> the offset; M_INVALID_PARAM if malformed."""
     if since is None or since == "":
@@ -143,6 +157,7 @@ class DirectoryService:
         third_party_instance_id: str | None = None,
     ) -> dict[str, Any]:
         """/publicRooms for a client: ours, or `server`'s (asked over federation)."""
+        page_size(limit)  # a negative limit is refused before another server is asked
         if server is not None and server != self.server_name and self.remote_public_rooms is not None:
             return await self.remote_public_rooms(
                 server, limit, since, search_filter, include_all_networks, third_party_instance_id
@@ -164,7 +179,7 @@ class DirectoryService:
         None stands for rooms without a type; absent (None here): rooms of every type."""
         wanted = _parse_room_types(room_types)
         start = parse_since(since)
-        limit = DEFAULT_PAGE if limit is None else max(1, min(limit, MAX_PAGE))
+        limit = page_size(limit)
         needle = (term or "").lower()
         entries = []
         for room_id in await self.storage.rooms.public_rooms():
