@@ -77,11 +77,12 @@ class MediaStorage(ABC):
     def open(self, key: str) -> Reader:
         """A reader over the object; FileNotFoundError if there is none."""
 
-    @abstractmethod
     def open_range(self, key: str, start: int, length: int) -> Reader:
         """A reader over `length` bytes of the object from offset `start` (an HTTP Range
-        download), reading only those bytes where the backend can; FileNotFoundError if
-        there is no object."""
+        download); FileNotFoundError if there is no object. This one reads past the first
+        `start` bytes; a provider that can start at an offset (a file seek, an S3 ranged
+        GET) does so instead."""
+        return Slice(self.open(key), start, length)
 
     @abstractmethod
     def delete(self, key: str) -> None:
