@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import secrets
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -425,7 +424,8 @@ def big_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 def test_group_of_a_thousand_members(big_server: ServerProcess) -> None:
-    started = time.monotonic()
+    """A group of 1,000 works end to end. How long each stage takes is measured by
+    `python -m bench.big_group_micro` (docs/api.md, "Groups"), not here."""
     tag = secrets.token_hex(3)
 
     def register(i: int) -> Client:
@@ -433,17 +433,14 @@ def test_group_of_a_thousand_members(big_server: ServerProcess) -> None:
 
     with ThreadPoolExecutor(16) as pool:
         clients = list(pool.map(register, range(1000)))
-    registered = time.monotonic()
     admin, members = clients[0], clients[1:]
     r = admin.request(
         "POST", "/api/groups", json={"name": "Everyone", "members": [c.user_id for c in members]}
     )
     assert r.status_code == 201, r.text
     chat_id = r.json()["chatId"]
-    created = time.monotonic()
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda c: c.join(chat_id), members))
-    joined_at = time.monotonic()
     joined = admin.ok("GET", f"{CS}/rooms/{chat_id}/joined_members")["joined"]
     assert len(joined) == 1000
 
@@ -462,12 +459,6 @@ def test_group_of_a_thousand_members(big_server: ServerProcess) -> None:
     assert status["status"] == "sent"
     # Listing the group's messages is fine with 999 recipients too.
     assert admin.messages(chat_id)[0]["messageId"] == sent["messageId"]
-    total = time.monotonic() - started
-    print(
-        f"register {registered - started:.1f}s, create {created - registered:.1f}s,"
-        f" join {joined_at - created:.1f}s, total {total:.1f}s"
-    )
-    assert total < 60
 
 
 def test_a_token_from_the_future_delivers_nothing(server: ServerProcess) -> None:
