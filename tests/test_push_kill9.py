@@ -197,21 +197,33 @@ def test_after_kill_9_every_notification_is_pushed_and_only_those_in_flight_twic
                 ),
                 "progress at the last message",
             )
-            time.sleep(0.3)
+            # Nothing more is coming: one more message, and each pusher's notifications come
+            # in stream order, so a repeat still queued anywhere would reach the gateway first.
+            body = {"msgtype": "m.text", "body": "the last word"}
+            marker = call(server, "PUT", f"/rooms/{room_id}/send/m.room.message/marker", sender, body)
+            marker_id = marker["event_id"]
+            wait_until(
+                lambda: {k for k, e in gateway.received if e == marker_id} == set(pusher_of),
+                "the marker pushed to every pusher",
+            )
         finally:
             server.stop()
             db.close()
     finally:
         gateway.close()
 
-    counts = Counter(gateway.received)
+    assert sorted(k for k, e in gateway.received if e == marker_id) == sorted(pusher_of)  # once each
+    received = [(k, e) for k, e in gateway.received if e != marker_id]
+    counts = Counter(received)
     assert set(counts) == expected  # nothing lost, nothing unexpected
     repeated = {key for key, count in counts.items() if count > 1}
     assert repeated == in_flight  # repeats only of what was in flight at the kill...
     assert all(counts[key] == 2 for key in repeated)  # ...once each, with the same event id
     assert gateway.bad == 0
-    # Each pusher's notifications reached the gateway in stream order (the repeat aside).
+    # Each pusher's notifications reached the gateway in stream order (the repeat aside),
+    # the marker last.
     for n in range(RECEIVERS):
-        order = [position[e] for k, e in gateway.received if k == f"phone-{n}"]
+        assert [e for k, e in gateway.received if k == f"phone-{n}"][-1] == marker_id
+        order = [position[e] for k, e in received if k == f"phone-{n}"]
         first_seen = [p for i, p in enumerate(order) if p not in order[:i]]
         assert first_seen == sorted(first_seen)
