@@ -30,8 +30,9 @@ from urllib.parse import quote
 
 import pytest
 import requests
-from conftest import VENV_BIN, ServerProcess, start_server_process
+from conftest import VENV_BIN, ServerProcess, free_port, start_server_process
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 T = TypeVar("T")
 PASSWORD = "media-" + secrets.token_urlsafe(8)
@@ -153,6 +154,32 @@ def share(server: ServerProcess, token: str, room_id: str, mxc: str, msgtype: st
     return send(server, token, room_id, {"msgtype": msgtype, "body": "a file", "url": mxc})
 
 
+def requests_handled(server: ServerProcess) -> tuple[int, int]:
+    """From the server's metrics: how many requests it has answered (or given up on) so
+    far, and how many it is handling now."""
+    r = requests.get(f"http://127.0.0.1:{server.config['metrics']['port']}/metrics", timeout=10)
+    assert r.status_code == 200, r.text
+    answered = in_flight = 0.0
+    for family in text_string_to_metric_families(r.text):
+        for sample in family.samples:
+            if sample.name == "homeserver_http_request_duration_seconds_count":
+                answered += sample.value
+            elif sample.name == "homeserver_http_requests_in_flight":
+                in_flight += sample.value
+    return int(answered), int(in_flight)
+
+
+def read_to_end(sock: socket.socket) -> bytes:
+    """What the server still sends, until it closes the connection (a reset counts as closed)."""
+    data = bytearray()
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return bytes(data)
+
+
 def store_files(server: ServerProcess) -> list[str]:
     root = server.data_dir / "plugins" / "media" / "store"
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
@@ -251,7 +278,9 @@ def video_clip(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 
 @pytest.fixture(scope="module")
 def media_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    server = start_server_process(tmp_path_factory.mktemp("media"), media_plugin())
+    # Metrics served: some tests read what the server did from its request counts.
+    metrics = {"metrics": {"enabled": True, "port": free_port()}}
+    server = start_server_process(tmp_path_factory.mktemp("media"), {**media_plugin(), **metrics})
     yield server
     server.stop()
 
@@ -456,7 +485,9 @@ def test_upload_over_the_limit_is_refused_and_leaves_nothing(media_server: Serve
     )
     assert (r.status_code, r.json()["errcode"]) == (413, "M_TOO_LARGE")
 
-    # An upload cut short (the client goes away mid-body) is never stored either.
+    # An upload cut short (the client goes away mid-body) is never stored either: once the
+    # server has seen the client go (it closes its side then), it has handled no request.
+    handled, _ = requests_handled(media_server)
     with socket.create_connection(("127.0.0.1", media_server.port), timeout=10) as sock:
         sock.sendall(
             (
@@ -466,18 +497,26 @@ def test_upload_over_the_limit_is_refused_and_leaves_nothing(media_server: Serve
             ).encode()
             + jpeg(100, 100)
         )
-    time.sleep(0.3)
-
+        sock.shutdown(socket.SHUT_WR)
+        assert read_to_end(sock) == b""
+    assert requests_handled(media_server) == (handled, 0)
     assert store_files(media_server) == before
 
-    # A client that goes away in the middle of a download does no harm either.
+    # A client that goes away in the middle of a download does no harm either: the server
+    # sees it go, closes its side and is done with the request.
     blob = upload_ok(media_server, token, os.urandom(MAX_UPLOAD // 2), "application/octet-stream")
+    handled, _ = requests_handled(media_server)
     with socket.create_connection(("127.0.0.1", media_server.port), timeout=10) as sock:
         sock.sendall(
             f"GET {DOWNLOAD}/{media_path(blob)} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
         )
         assert sock.recv(4096).startswith(b"HTTP/1.1 200")
-    time.sleep(0.3)
+        sock.shutdown(socket.SHUT_WR)
+        read_to_end(sock)
+    deadline = time.monotonic() + 10
+    while requests_handled(media_server) != (handled + 1, 0):
+        assert time.monotonic() < deadline, "the server never finished with the download"
+        time.sleep(0.05)
     assert len(download(media_server, token, blob).content) == MAX_UPLOAD // 2
     assert "Unhandled" not in media_server.log_text() and "Traceback" not in media_server.log_text()
 
