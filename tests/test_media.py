@@ -154,19 +154,25 @@ def share(server: ServerProcess, token: str, room_id: str, mxc: str, msgtype: st
     return send(server, token, room_id, {"msgtype": msgtype, "body": "a file", "url": mxc})
 
 
-def requests_handled(server: ServerProcess) -> tuple[int, int]:
-    """From the server's metrics: how many requests it has answered (or given up on) so
-    far, and how many it is handling now."""
+def metric_totals(server: ServerProcess) -> dict[str, float]:
+    """The server's metrics (the media_server fixture serves them), each summed over its labels."""
     r = requests.get(f"http://127.0.0.1:{server.config['metrics']['port']}/metrics", timeout=10)
     assert r.status_code == 200, r.text
-    answered = in_flight = 0.0
+    totals: dict[str, float] = {}
     for family in text_string_to_metric_families(r.text):
         for sample in family.samples:
-            if sample.name == "homeserver_http_request_duration_seconds_count":
-                answered += sample.value
-            elif sample.name == "homeserver_http_requests_in_flight":
-                in_flight += sample.value
-    return int(answered), int(in_flight)
+            totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    return totals
+
+
+def requests_handled(server: ServerProcess) -> tuple[int, int]:
+    """How many requests the server has answered (or given up on) so far, and how many it
+    is handling now."""
+    totals = metric_totals(server)
+    return (
+        int(totals.get("homeserver_http_request_duration_seconds_count", 0)),
+        int(totals.get("homeserver_http_requests_in_flight", 0)),
+    )
 
 
 def read_to_end(sock: socket.socket) -> bytes:
@@ -827,11 +833,15 @@ def test_asynchronous_upload(media_server: ServerProcess) -> None:
     r = requests.put(put_path, data=b"x", headers={**auth(other), "Content-Type": "text/plain"}, timeout=10)
     assert (r.status_code, r.json()["errcode"]) == (403, "M_FORBIDDEN")
 
-    # A download waiting for the content gets it as soon as it arrives.
+    # A download waiting for the content gets it as soon as it arrives (long before the
+    # minute it would wait).
     data = jpeg(120, 90)
     with ThreadPoolExecutor(1) as pool:
-        waiting = pool.submit(download, media_server, token, mxc, "", timeout_ms=10_000)
-        time.sleep(0.3)
+        waiting = pool.submit(download, media_server, token, mxc, "", timeout_ms=60_000)
+        deadline = time.monotonic() + 10
+        while metric_totals(media_server).get("homeserver_plugin_media_downloads_waiting") != 1:
+            assert time.monotonic() < deadline and not waiting.done(), "the download is not waiting"
+            time.sleep(0.02)
         r = requests.put(
             put_path + "?filename=later.jpg",
             data=data,

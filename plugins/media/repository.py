@@ -127,6 +127,7 @@ class MediaRepository:
         self.thumbnails_made = api.counter("thumbnails_made", "Thumbnails generated")
         self.deleted = api.counter("deleted", "Media deleted", ("reason",))
         self.previews = api.counter("previews", "URL preview requests", ("result",))
+        self.waiting = api.gauge("downloads_waiting", "Downloads waiting for an asynchronous upload")
         self.remote = RemoteMediaCache(api, self)
 
     # Facts ------------------------------------------------------------------------
@@ -287,7 +288,11 @@ class MediaRepository:
             row = await self.get(media_id)
             if row is None or row.state == "ready":
                 return row
-            await waiter
+            self.waiting.inc()
+            try:
+                await waiter
+            finally:
+                self.waiting.dec()
             return await self.get(media_id)
         finally:
             if call.active():
