@@ -131,4 +131,4 @@ async function main(results) {
     results.problems = problems;
 }
 
-await runMain(main, { totalMs: 90_000, cleanup: async () => context?.close() });
+await runMain(main, { totalMs: 140_000, cleanup: async () => context?.close() });
