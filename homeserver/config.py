@@ -156,6 +156,8 @@ class EncryptionConfig:
 @dataclass(frozen=True)
 class LimitsConfig:
     max_request_body_size: Size = Size(1024 * 1024)
+    # All of one user's account data (global and per room, tags included), as stored JSON.
+    max_account_data_per_user: Size = Size(16 * 1024 * 1024)
 
 
 @dataclass(frozen=True)

@@ -149,6 +149,10 @@ encryption:
 limits:
   # Largest request body accepted (413 M_TOO_LARGE above it). Media uploads have their own limit.
   max_request_body_size: 1M
+  # All of one user's account data (global and per room, room tags included) as stored
+  # JSON; a write past it answers 413 M_TOO_LARGE. Clients store kilobytes (a bot with
+  # thousands of direct chats: a few hundred K of m.direct).
+  max_account_data_per_user: 16M
 
 pushers:
   # The most pushers (POST /pushers/set) one user may have; past it, 403 M_FORBIDDEN.

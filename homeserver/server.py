@@ -467,7 +467,9 @@ class HomeServer:
             self.config.server_name, self.signing_key, self.clock, self.room_heads, self.persister, store
         )
         self.accounts.on_new_device.append(self.events.txn_ids.new_device)
-        self.account_data = AccountDataService(self.storage, self.notifier, self.room_heads)
+        self.account_data = AccountDataService(
+            self.storage, self.notifier, self.room_heads, self.config.limits.max_account_data_per_user
+        )
         self.account_data.checks[IGNORED_USER_LIST] = check_ignored_user_list
         self.ignored_users = IgnoredUsers(self.account_data)
         self.rooms = RoomService(

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from homeserver.core.room_heads import RoomHeads
 from homeserver.core.streams import StreamIdGenerator
-from homeserver.errors import BadJson, Forbidden, MatrixError, NotFound
+from homeserver.errors import BadJson, Forbidden, MatrixError, NotFound, TooLarge
 from homeserver.events.canonical import ints_in_canonical_range
 from homeserver.notifier import Notifier
 from homeserver.storage import Storage
 
-MAX_CONTENT_BYTES = 65536
 # Written by the server only (spec: m.fully_read via /read_markers, m.push_rules via /pushrules).
 SERVER_MANAGED = ("m.fully_read", "m.push_rules")
 
@@ -23,8 +23,18 @@ def _own(requester: str, user_id: str) -> None:
 
 
 class AccountDataService:
-    def __init__(self, storage: Storage, notifier: Notifier, heads: RoomHeads | None = None) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        notifier: Notifier,
+        heads: RoomHeads | None = None,
+        max_per_user: int = 16 * 1024 * 1024,
+    ) -> None:
         self.storage = storage
+        # What one user's account data may hold in all (limits.max_account_data_per_user):
+        # each entry is only bounded by the request body, and the types are the client's
+        # choice, so a loop of PUTs with fresh types filled the database.
+        self.max_per_user = max_per_user
         self.notifier = notifier
         self.heads = heads
         self.stream = StreamIdGenerator()
@@ -102,7 +112,20 @@ class AccountDataService:
         check = self.checks.get(data_type)
         if check is not None and not room_id:
             check(content)
+        await self.check_quota(user_id, room_id, data_type, content)
         await self.put(user_id, room_id, data_type, content)
+
+    async def check_quota(self, user_id: str, room_id: str, data_type: str, content: dict[str, Any]) -> None:
+        """Raise TooLarge if storing `content` as this entry would take the user's account data
+        past `max_per_user` (what it replaces is counted out). Checked before the write, so
+        writes racing each other may pass it together; each is bounded by the request body."""
+        used, replaced = await self.storage.user_data.account_data_size(user_id, room_id, data_type)
+        size = len(json.dumps(content)) + len(data_type) + len(room_id)
+        if size > replaced and used - replaced + size > self.max_per_user:
+            raise TooLarge(
+                f"Your account data would exceed {self.max_per_user} bytes"
+                " (an entry set to {} takes almost none)"
+            )
 
     async def get_by_client(
         self, requester: str, user_id: str, room_id: str, data_type: str

@@ -76,6 +76,7 @@ class TagService:
         if tag not in tags and len(tags) >= MAX_TAGS_PER_ROOM:
             raise MatrixError(f"At most {MAX_TAGS_PER_ROOM} tags per room", "M_INVALID_PARAM")
         tags[tag] = content
+        await self.account_data.check_quota(user_id, room_id, TAG_TYPE, {"tags": tags})
         await self.account_data.put(user_id, room_id, TAG_TYPE, {"tags": tags})
 
     async def delete_tag(self, requester: str, user_id: str, room_id: str, tag: str) -> None:

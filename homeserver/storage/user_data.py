@@ -47,6 +47,21 @@ class UserDataStore:
             stream_id,
         )
 
+    async def account_data_size(self, user_id: str, room_id: str, data_type: str) -> tuple[int, int]:
+        """The characters the user's account data holds (content, type and room id of each
+        entry), and of those the entry (room_id, data_type)'s: one query over the user's rows."""
+        size = "LENGTH(content) + LENGTH(type) + LENGTH(room_id)"
+        row = await self.db.query(
+            "account_data_size",
+            f"SELECT COALESCE(SUM({size}), 0),"
+            f" COALESCE(SUM(CASE WHEN room_id = ? AND type = ? THEN {size} ELSE 0 END), 0)"
+            " FROM account_data WHERE user_id = ?",
+            room_id,
+            data_type,
+            user_id,
+        )
+        return int(row[0][0]), int(row[0][1])
+
     async def get_account_data(self, user_id: str, room_id: str, data_type: str) -> dict[str, Any] | None:
         rows = await self.db.query(
             "get_account_data",

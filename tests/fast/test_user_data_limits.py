@@ -1,0 +1,77 @@
+"""What one ordinary account may store of its own data (account data, room tags), and that
+it is its own: another user's is neither readable nor writable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest_twisted
+from harness import CS, Client, TestClock, make_server
+
+
+@pytest_twisted.ensureDeferred
+async def test_account_data_is_bounded_per_user(tmp_path: Path) -> None:
+    hs = await make_server(tmp_path, TestClock(), limits={"max_account_data_per_user": "64K"})
+    client = Client(hs)
+    try:
+        alice, bob, room = await client.alice_and_bob(hs)
+        a, b = alice["access_token"], bob["access_token"]
+        me = f"/user/{quote(alice['user_id'])}"
+
+        async def put(path: str, body: Any, token: str = a) -> tuple[int, dict[str, Any]]:
+            return await client.start("PUT", CS + path, token, body)
+
+        # Fresh types, 20 K each: the fourth would pass 64 K.
+        blob = {"x": "y" * 20_000}
+        for i in range(3):
+            assert (await put(f"{me}/account_data/org.example.t{i}", blob))[0] == 200
+        status, body = await put(f"{me}/account_data/org.example.t3", blob)
+        assert (status, body["errcode"]) == (413, "M_TOO_LARGE")
+        status, body = await put(f"{me}/rooms/{quote(room)}/account_data/org.example.t3", blob)
+        assert (status, body["errcode"]) == (413, "M_TOO_LARGE")
+        status, body = await put(f"{me}/rooms/{quote(room)}/tags/big", {"order": 0.5, **blob})
+        assert (status, body["errcode"]) == (413, "M_TOO_LARGE")
+        # Nothing of it was stored.
+        status, _ = await client.start("GET", f"{CS}{me}/account_data/org.example.t3", a)
+        assert status == 404
+        # Replacing an entry counts what it replaces; shrinking one makes room again.
+        assert (await put(f"{me}/account_data/org.example.t0", {"x": "z" * 20_000}))[0] == 200
+        assert (await put(f"{me}/account_data/org.example.t0", {}))[0] == 200
+        assert (await put(f"{me}/account_data/org.example.t3", blob))[0] == 200
+        # Small things still fit, and every other user has their own allowance.
+        assert (await put(f"{me}/rooms/{quote(room)}/tags/u.work", {"order": 0.5}))[0] == 200
+        bob_me = f"/user/{quote(bob['user_id'])}"
+        for i in range(3):
+            assert (await put(f"{bob_me}/account_data/org.example.t{i}", blob, b))[0] == 200
+    finally:
+        await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_another_users_account_data_and_tags_are_out_of_reach(tmp_path: Path) -> None:
+    hs = await make_server(tmp_path, TestClock())
+    client = Client(hs)
+    try:
+        alice, bob, room = await client.alice_and_bob(hs)
+        a, b = alice["access_token"], bob["access_token"]
+        alices = f"/user/{quote(alice['user_id'])}"
+        await client.call("PUT", f"{alices}/account_data/org.example.secret", a, {"k": 1})
+        await client.call("PUT", f"{alices}/rooms/{quote(room)}/tags/u.secret", a, {})
+        for method, path, body in [
+            ("GET", f"{alices}/account_data/org.example.secret", None),
+            ("PUT", f"{alices}/account_data/org.example.secret", {"k": 2}),
+            ("GET", f"{alices}/rooms/{quote(room)}/account_data/org.example.x", None),
+            ("PUT", f"{alices}/rooms/{quote(room)}/account_data/org.example.x", {}),
+            ("GET", f"{alices}/rooms/{quote(room)}/tags", None),
+            ("PUT", f"{alices}/rooms/{quote(room)}/tags/u.x", {}),
+            ("DELETE", f"{alices}/rooms/{quote(room)}/tags/u.secret", None),
+        ]:
+            status, answer = await client.start(method, CS + path, b, body)
+            assert (status, answer.get("errcode")) == (403, "M_FORBIDDEN"), (method, path)
+        assert await client.call("GET", f"{alices}/account_data/org.example.secret", a) == {"k": 1}
+        tags = await client.call("GET", f"{alices}/rooms/{quote(room)}/tags", a)
+        assert tags == {"tags": {"u.secret": {}}}
+    finally:
+        await hs.stop(None)
