@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from homeserver.core.globs import glob_fullmatch
-from homeserver.errors import BadJson, Forbidden, InvalidParam, MatrixError, NotFound
+from homeserver.errors import BadJson, Forbidden, InvalidParam, MatrixError, NotFound, TooLarge
 from homeserver.storage import Storage
 
 DEFAULT_TIMELINE_LIMIT = 10
@@ -23,6 +23,12 @@ MAX_TIMELINE_LIMIT = 500
 FILTER_CACHE_SIZE = 10_000
 # Filter ids count up from 1; more digits than this cannot name one.
 _MAX_FILTER_ID_DIGITS = 18
+# All of one user's stored filters, as JSON. Filters are kept forever (a client may sync
+# with an old id), and a loop of `POST /filter` with fresh bodies of up to the request
+# limit each filled the database. An identical filter is not stored again (its id is
+# answered, as Synapse does), so a client that makes its filter at every start stores it
+# once; a filter is a few hundred bytes.
+MAX_FILTER_BYTES_PER_USER = 1024 * 1024
 
 
 def _types_filter(raw: Any) -> tuple[list[str] | None, list[str]]:
@@ -153,7 +159,10 @@ class FilterService:
         if requester != user_id:
             raise Forbidden("You may only create filters for yourself")
         checked = validate_filter_definition(definition)
-        return str(await self.storage.user_data.add_filter(user_id, checked))
+        filter_id = await self.storage.user_data.add_filter(user_id, checked, MAX_FILTER_BYTES_PER_USER)
+        if filter_id is None:
+            raise TooLarge(f"Your filters would hold more than {MAX_FILTER_BYTES_PER_USER} bytes")
+        return str(filter_id)
 
     async def get(self, requester: str, user_id: str, filter_id: str) -> dict[str, Any]:
         if requester != user_id:

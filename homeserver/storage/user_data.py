@@ -150,13 +150,29 @@ class UserDataStore:
 
     # Filters ----------------------------------------------------------------------
 
-    async def add_filter(self, user_id: str, filter_json: dict[str, Any]) -> int:
-        def add_txn(txn: Txn) -> int:
-            row = txn.query_one("SELECT MAX(filter_id) FROM user_filters WHERE user_id = ?", (user_id,))
+    async def add_filter(self, user_id: str, filter_json: dict[str, Any], max_total: int) -> int | None:
+        """Store a filter (one transaction): the id of the user's identical filter if there is
+        one, else a new id; None, and nothing stored, if the user's filters would then hold
+        more than `max_total` characters of JSON."""
+        encoded = json.dumps(filter_json, sort_keys=True, separators=(",", ":"))
+
+        def add_txn(txn: Txn) -> int | None:
+            same = txn.query_one(
+                "SELECT filter_id FROM user_filters WHERE user_id = ? AND filter_json = ?", (user_id, encoded)
+            )
+            if same is not None:
+                return int(same[0])
+            row = txn.query_one(
+                "SELECT MAX(filter_id), COALESCE(SUM(LENGTH(filter_json)), 0) FROM user_filters"
+                " WHERE user_id = ?",
+                (user_id,),
+            )
+            if row is not None and int(row[1]) + len(encoded) > max_total:
+                return None
             filter_id = int(row[0]) + 1 if row and row[0] is not None else 0
             txn.execute(
                 "INSERT INTO user_filters (user_id, filter_id, filter_json) VALUES (?, ?, ?)",
-                (user_id, filter_id, json.dumps(filter_json)),
+                (user_id, filter_id, encoded),
             )
             return filter_id
 

@@ -75,3 +75,36 @@ async def test_another_users_account_data_and_tags_are_out_of_reach(tmp_path: Pa
         assert tags == {"tags": {"u.secret": {}}}
     finally:
         await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_filters_are_stored_once_and_bounded_per_user(tmp_path: Path) -> None:
+    hs = await make_server(tmp_path, TestClock())
+    client = Client(hs)
+    try:
+        alice = await client.register(hs, "alice")
+        a, path = alice["access_token"], f"/user/{quote(alice['user_id'])}/filter"
+        # What a client sends at every start, keys in any order: one filter, one id.
+        lazy = {"room": {"state": {"lazy_load_members": True}, "timeline": {"limit": 20}}}
+        first = (await client.call("POST", path, a, lazy))["filter_id"]
+        reordered = {"room": {"timeline": {"limit": 20}, "state": {"lazy_load_members": True}}}
+        assert (await client.call("POST", path, a, reordered))["filter_id"] == first
+        assert await client.call("GET", f"{path}/{first}", a) == lazy
+        other = (await client.call("POST", path, a, {"room": {"timeline": {"limit": 5}}}))["filter_id"]
+        assert other != first
+
+        # Fresh filters of about 180 K: the sixth would pass 1 MiB in all.
+        stored = 0
+        status = 200
+        while status == 200:
+            big = {"room": {"rooms": [f"!{stored}-{i}:fast.test" for i in range(10_000)]}}
+            status, body = await client.start("POST", CS + path, a, big)
+            stored += status == 200
+        assert (status, body["errcode"]) == (413, "M_TOO_LARGE")
+        assert stored == 5
+        # The filters stored still work, and so do ones already stored.
+        assert (await client.call("POST", path, a, lazy))["filter_id"] == first
+        status, _ = await client.start("GET", f"{CS}/sync", a, filter=first, timeout="0")
+        assert status == 200
+    finally:
+        await hs.stop(None)
