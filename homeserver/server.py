@@ -523,6 +523,7 @@ class HomeServer:
         self.typing = TypingService(self.clock, self.notifier, self.rooms)
         self.presence = PresenceService(self.storage, self.clock, self.notifier)
         self.presence.audience = self._presence_audience
+        self.presence.share_a_room = self._share_a_room
         self.delivery = DeliveryTracker(self.storage, self.clock)
         self.push_rules = PushRuleService(self.account_data)
         self.rooms.push_rules = self.push_rules
@@ -763,6 +764,14 @@ class HomeServer:
             if head is not None and any(m.endswith(suffix) for m in head.members("join")):
                 return True
         return False
+
+    async def _share_a_room(self, one: str, other: str) -> bool:
+        mine = await self.timeline.rooms_for_user(one)
+        theirs = await self.timeline.rooms_for_user(other)
+        return any(
+            membership == "join" and theirs.get(room_id, ("",))[0] == "join"
+            for room_id, (membership, _) in mine.items()
+        )
 
     async def _presence_audience(self, user_id: str) -> set[str]:
         audience = {user_id}

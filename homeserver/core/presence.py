@@ -11,7 +11,7 @@ from typing import Any
 
 from homeserver.core.clock import Clock
 from homeserver.core.streams import StreamIdGenerator
-from homeserver.errors import Forbidden, MatrixError, NotFound, StorageFull
+from homeserver.errors import Forbidden, InvalidParam, MatrixError, NotFound, StorageFull
 from homeserver.notifier import Notifier
 from homeserver.storage import Storage
 
@@ -23,6 +23,10 @@ OFFLINE_AFTER_MS = 60_000
 # Expiry writes at most this many users per transaction: thousands who stop syncing at
 # once become a few bounded steps rather than one long one (or thousands of small ones).
 EXPIRE_BATCH_SIZE = 500
+# A status message is shown next to a name (other chat systems allow 100-128 characters);
+# it is kept in memory and sent to everyone sharing a room with the user on each change,
+# so one of the request body's size (1M) went to all of them at every PUT.
+MAX_STATUS_MSG_LENGTH = 1024
 
 
 @dataclass
@@ -44,6 +48,8 @@ class PresenceService:
         self._users: dict[str, UserPresence] = {}
         # Who should hear about a user's presence: filled in by the server (room co-members).
         self.audience: Any = None
+        # Awaited as share_a_room(a, b): whether both are joined to some room (the server's).
+        self.share_a_room: Any = None
         # Awaited as on_change(user_id) after a presence change is stored (the federation
         # sender tells the servers sharing a room with a local user).
         self.on_change: Any = None
@@ -133,12 +139,21 @@ class PresenceService:
         """`PUT /presence/{userId}/status`: a user sets their own presence."""
         if requester != user_id:
             raise Forbidden("You may only set your own presence")
+        if status_msg is not None and len(status_msg) > MAX_STATUS_MSG_LENGTH:
+            raise InvalidParam(f"'status_msg' is at most {MAX_STATUS_MSG_LENGTH} characters")
         await self.set_state(user_id, state, status_msg)
 
-    async def get_by_client(self, user_id: str) -> dict[str, Any]:
-        """`GET /presence/{userId}/status`: M_NOT_FOUND for a user this server does not have."""
+    async def access_presence(self, requester: str, user_id: str) -> dict[str, Any]:
+        """`GET /presence/{userId}/status`: M_NOT_FOUND for a user this server does not have;
+        M_FORBIDDEN unless the requester is the user or shares a joined room with them (as
+        /sync shows presence, and as Synapse does): else anyone could watch when any user
+        of the server is online."""
         if not await self.storage.accounts.user_exists(user_id):
             raise NotFound("Unknown user")
+        if requester != user_id and not (
+            self.share_a_room is not None and await self.share_a_room(requester, user_id)
+        ):
+            raise Forbidden("You do not share a room with this user")
         return self.to_json(user_id)
 
     async def sync_started(self, user_id: str, set_presence: str | None) -> None:

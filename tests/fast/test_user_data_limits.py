@@ -108,3 +108,48 @@ async def test_filters_are_stored_once_and_bounded_per_user(tmp_path: Path) -> N
         assert status == 200
     finally:
         await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_messages_are_bounded(tmp_path: Path) -> None:
+    hs = await make_server(tmp_path, TestClock())
+    client = Client(hs)
+    try:
+        alice = await client.register(hs, "alice")
+        a, path = alice["access_token"], f"/presence/{quote(alice['user_id'])}/status"
+        await client.call("PUT", path, a, {"presence": "online", "status_msg": "x" * 1024})
+        status, body = await client.start(
+            "PUT", CS + path, a, {"presence": "online", "status_msg": "x" * 1025}
+        )
+        assert (status, body["errcode"]) == (400, "M_INVALID_PARAM")
+        assert (await client.call("GET", path, a))["status_msg"] == "x" * 1024
+    finally:
+        await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_presence_is_seen_by_room_mates_only(tmp_path: Path) -> None:
+    hs = await make_server(tmp_path, TestClock())
+    client = Client(hs)
+    try:
+        alice, bob, room = await client.alice_and_bob(hs)
+        carol = await client.register(hs, "carol")
+        a, b, c = alice["access_token"], bob["access_token"], carol["access_token"]
+        path = f"/presence/{quote(alice['user_id'])}/status"
+        await client.call("PUT", path, a, {"presence": "online", "status_msg": "here"})
+
+        # Alice and Bob share a room; Carol shares none with Alice.
+        assert (await client.call("GET", path, a))["status_msg"] == "here"
+        assert (await client.call("GET", path, b))["presence"] == "online"
+        status, body = await client.start("GET", CS + path, c)
+        assert (status, body["errcode"]) == (403, "M_FORBIDDEN")
+        status, body = await client.start("GET", f"{CS}/presence/{quote('@nobody:fast.test')}/status", c)
+        assert (status, body["errcode"]) == (404, "M_NOT_FOUND")
+        # Once she joins a room with Alice, she sees it; once Bob leaves, he no longer does.
+        await client.call("POST", f"/join/{quote(room)}", c, {})
+        assert (await client.call("GET", path, c))["presence"] == "online"
+        await client.call("POST", f"/rooms/{quote(room)}/leave", b, {})
+        status, _ = await client.start("GET", CS + path, b)
+        assert status == 403
+    finally:
+        await hs.stop(None)

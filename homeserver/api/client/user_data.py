@@ -46,8 +46,8 @@ def register(router: Router, hs: "HomeServer") -> None:
         return {}
 
     async def get_presence(request: ApiRequest, version: str, user_id: str) -> dict[str, Any]:
-        await require_user(hs, request)
-        return await hs.presence.get_by_client(user_id)
+        requester = await require_user(hs, request)
+        return await hs.presence.access_presence(requester.user_id, user_id)
 
     user = f"{CLIENT}/user/{{user_id}}"
     router.add("PUT", f"{user}/account_data/{{data_type}}", put_global)
