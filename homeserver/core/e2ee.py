@@ -27,6 +27,12 @@ from homeserver.storage import Storage
 JsonDict = dict[str, Any]
 CROSS_SIGNING_TYPES = ("master", "self_signing", "user_signing")
 MAX_TO_DEVICE_BYTES = 65536
+# What one sendToDevice may queue once `*` is expanded to every device of each user named:
+# the body is bounded (4 x 64 KiB), but `{"@u:hs": {"*": <64 KiB>}}` for a user with
+# thousands of devices, or `*` for thousands of users, multiplied it. A client sends `*`
+# to one user at a time (verification, secret and key-request cancellations, a few KiB).
+MAX_TO_DEVICE_QUEUED = 10_000
+MAX_TO_DEVICE_QUEUED_BYTES = 64 * MAX_TO_DEVICE_BYTES
 MAX_KEY_ID_LENGTH = 255  # "algorithm:key id" of a one-time or fallback key
 TO_DEVICE_BATCH = 100
 MAX_REMEMBERED_CHANGES = 100_000
@@ -610,8 +616,26 @@ class KeyService:
 
     # To-device -----------------------------------------------------------------------------
 
-    async def _device_ids(self, user_id: str) -> list[str]:
-        return [d.device_id for d in await self.storage.devices.get_devices(user_id)]
+    async def _expand_to_device_targets(
+        self, sized: list[tuple[str, str, JsonDict, int]]
+    ) -> list[tuple[str, str, JsonDict]]:
+        """(user, device, content) for each device a message goes to, `*` read as every
+        device of its user (their devices read in one query a 500 users); TooLarge past
+        MAX_TO_DEVICE_QUEUED messages or MAX_TO_DEVICE_QUEUED_BYTES."""
+        everyone = sorted({user_id for user_id, device_id, _, _ in sized if device_id == "*"})
+        devices = await self.storage.devices.device_ids_of_users(everyone) if everyone else {}
+        targets: list[tuple[str, str, JsonDict]] = []
+        total = 0
+        for user_id, device_id, content, size in sized:
+            device_ids = devices.get(user_id, []) if device_id == "*" else [device_id]
+            total += size * len(device_ids)
+            targets.extend((user_id, target, content) for target in device_ids)
+            if len(targets) > MAX_TO_DEVICE_QUEUED or total > MAX_TO_DEVICE_QUEUED_BYTES:
+                raise TooLarge(
+                    f"At most {MAX_TO_DEVICE_QUEUED} to-device messages and"
+                    f" {MAX_TO_DEVICE_QUEUED_BYTES} bytes a request, with '*' counted as each device"
+                )
+        return targets
 
     async def send_to_device(
         self,
@@ -631,8 +655,8 @@ class KeyService:
             raise MatrixError("'messages' must be an object", "M_BAD_JSON")
         if len(json.dumps(messages)) > MAX_TO_DEVICE_BYTES * 4:
             raise TooLarge("To-device payload too large")
-        targets: list[tuple[str, str, JsonDict]] = []
         remote: dict[str, JsonDict] = {}
+        sized: list[tuple[str, str, JsonDict, int]] = []  # local (user, device or *, content, size)
         for user_id, devices in messages.items():
             if not isinstance(devices, dict):
                 raise MatrixError("messages values must be objects", "M_BAD_JSON")
@@ -641,13 +665,12 @@ class KeyService:
             for device_id, content in devices.items():
                 if not isinstance(content, dict):
                     raise MatrixError("to-device contents must be objects", "M_BAD_JSON")
-                if len(json.dumps(content)) > MAX_TO_DEVICE_BYTES:
+                size = len(json.dumps(content))
+                if size > MAX_TO_DEVICE_BYTES:
                     raise TooLarge("A to-device message is larger than 64 KiB")
-                if user_id in remote:
-                    continue
-                device_ids = await self._device_ids(user_id) if device_id == "*" else [device_id]
-                for target in device_ids:
-                    targets.append((str(user_id), str(target), content))
+                if user_id not in remote:
+                    sized.append((str(user_id), str(device_id), content, size))
+        targets = await self._expand_to_device_targets(sized)
         if remote:
             # Queued durably before the client is answered: never lost, in order per server.
             await self.federation.send_to_device(sender, sender_device, event_type, txn_id, remote)

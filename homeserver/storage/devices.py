@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from homeserver.storage.database import Database, Txn
@@ -133,6 +134,22 @@ class DeviceStore:
             user_id,
         )
         return [DeviceRow(*r) for r in rows]
+
+    async def device_ids_of_users(self, user_ids: Sequence[str]) -> dict[str, list[str]]:
+        """user id -> the ids of their devices, for users that have any (500 users a query)."""
+        out: dict[str, list[str]] = {}
+        for start in range(0, len(user_ids), 500):
+            chunk = user_ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = await self.db.query(
+                "device_ids_of_users",
+                f"SELECT user_id, device_id FROM devices WHERE user_id IN ({marks})"
+                " ORDER BY user_id, device_id",
+                *chunk,
+            )
+            for user_id, device_id in rows:
+                out.setdefault(str(user_id), []).append(str(device_id))
+        return out
 
     async def get_device(self, user_id: str, device_id: str) -> DeviceRow | None:
         rows = await self.db.query(
