@@ -86,6 +86,21 @@ def test_one_users_rules_read_a_bounded_amount_of_one_event() -> None:
     assert 500 * len(long_body) > PLAN_BUDGET
     outcome = program.evaluate(EventFacts(_message(long_body), {}, "11", 3), ME)
     assert not outcome.highlight
+    assert outcome.notify  # the server-default rules still ran: .m.rule.message
+    # What the budget has left still pays for a cheap condition of the user's own rules.
+    cheap = _keywords(500)
+    cheap["underride"].insert(
+        0,
+        {
+            "rule_id": "all-messages",
+            "default": False,
+            "enabled": True,
+            "conditions": [{"kind": "event_match", "key": "type", "pattern": "m.room.message"}],
+            "actions": ["notify", {"set_tweak": "sound", "value": "ding"}],
+        },
+    )
+    outcome = compile_rules(cheap, ME).evaluate(EventFacts(_message(long_body), {}, "11", 3), ME)
+    assert outcome.tweaks["sound"] == "ding" and not outcome.highlight
     # The same keyword in an ordinary message is found, as is an early one in the long body.
     assert program.evaluate(EventFacts(_message("so alpha beta499 it is"), {}, "11", 3), ME).highlight
     early = "alpha beta3 " + "x " * 32_000
