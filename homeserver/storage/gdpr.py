@@ -15,6 +15,7 @@ from homeserver.storage.events import _EVENT_COLUMNS, _EVENT_FROM, StoredEvent, 
 # (users, devices and tokens go through their own stores; events are pruned, not deleted.)
 _PERSONAL_TABLES = (
     "account_data",
+    "account_data_usage",
     "user_filters",
     "presence",
     "delivery_positions",

@@ -48,19 +48,23 @@ class UserDataStore:
         )
 
     async def account_data_size(self, user_id: str, room_id: str, data_type: str) -> tuple[int, int]:
-        """The characters the user's account data holds (content, type and room id of each
-        entry), and of those the entry (room_id, data_type)'s: one query over the user's rows."""
-        size = "LENGTH(content) + LENGTH(type) + LENGTH(room_id)"
-        row = await self.db.query(
+        """What the user's account data holds (content, type and room id of each entry, as
+        the triggers of sql/101_account_data_usage count it), and of that the entry
+        (room_id, data_type)'s: two rows read, however much the user has."""
+        # octet_length: PostgreSQL reads a stored value's size without fetching it.
+        length = "octet_length" if self.db.dialect == "postgres" else "LENGTH"
+        rows = await self.db.query(
             "account_data_size",
-            f"SELECT COALESCE(SUM({size}), 0),"
-            f" COALESCE(SUM(CASE WHEN room_id = ? AND type = ? THEN {size} ELSE 0 END), 0)"
-            " FROM account_data WHERE user_id = ?",
+            "SELECT (SELECT bytes FROM account_data_usage WHERE user_id = ?),"
+            f" (SELECT {length}(content) + {length}(type) + {length}(room_id) FROM account_data"
+            "  WHERE user_id = ? AND room_id = ? AND type = ?)",
+            user_id,
+            user_id,
             room_id,
             data_type,
-            user_id,
         )
-        return int(row[0][0]), int(row[0][1])
+        used, replaced = rows[0] if rows else (None, None)
+        return int(used or 0), int(replaced or 0)
 
     async def get_account_data(self, user_id: str, room_id: str, data_type: str) -> dict[str, Any] | None:
         rows = await self.db.query(
