@@ -10,13 +10,15 @@ best one (anything later could only leave the segments after it less room): one 
 pass of searches decides.
 
 Each segment is searched in C: with str methods when it is literal, else with a small
-regex of its own (literals, and `.` for each `?`), and a regex without repetition cannot
-backtrack past one segment's length. It matters that the scan runs in C: a push rule is
-tested against every message of its owner's rooms, and a Python loop over a 64 KiB body
-costs milliseconds a rule (seconds for a user's few hundred rules, on the send path of
-everyone in the room). The word-boundary checks of the `content.body` rule come after the
-segment in the regex (a lookbehind across it), so a segment that starts with a literal is
-found by the engine's fast literal scan.
+regex of its own (literals, and `.` for each `?`, compiled only when a search needs it),
+and a regex without repetition cannot backtrack past one segment's length. A whole-value
+match compares its first and last segments in place, which decides most globs at once.
+It matters that the scan runs in C: a push rule is tested against every message of its
+owner's rooms, and a Python loop over a 64 KiB body costs milliseconds a rule (seconds
+for a user's few hundred rules, on the send path of everyone in the room). The
+word-boundary checks of the `content.body` rule come after the segment in the regex (a
+lookbehind across it), so a segment that starts with a literal is found by the engine's
+fast literal scan.
 
 A segment that mixes `?` and literals can still cost its length at each place of the
 text: push rule patterns are bounded (core/push_eval.py MAX_PATTERN_LENGTH), and so is
@@ -37,11 +39,6 @@ _WORD = "[0-9A-Za-z_]"
 # however long the globs others send.
 _CACHED_GLOB_LENGTH = 256
 
-# A star-free piece of a glob: a plain string when it has no `?` (found with str methods),
-# else a regex of literals and `.` (a regex without repetition cannot backtrack past one
-# segment's length).
-Segment = str | re.Pattern[str]
-
 
 def _segment_source(segment: str) -> str:
     """A star-free segment as a regex: literals escaped, each run of `?` one `.{n}`."""
@@ -53,11 +50,20 @@ def _segment_source(segment: str) -> str:
 
 def _split(glob: str) -> list[str]:
     # A run of stars is one star (and `a**b` would otherwise be an empty segment a search).
-    return re.sub(r"\*+", "*", glob).split("*")
+    return (re.sub(r"\*+", "*", glob) if "**" in glob else glob).split("*")
 
 
-def _plain_segments(glob: str) -> tuple[Segment, ...]:
-    return tuple(s if "?" not in s else re.compile(_segment_source(s), re.DOTALL) for s in _split(glob))
+@lru_cache(maxsize=4096)
+def _segment_regex_cached(segment: str) -> re.Pattern[str]:
+    return re.compile(_segment_source(segment), re.DOTALL)
+
+
+def _segment_regex(segment: str) -> re.Pattern[str]:
+    """A segment with `?` as a regex, compiled only when it must be searched for: a filter
+    may list thousands of globs, most decided by their first segment."""
+    if len(segment) <= _CACHED_GLOB_LENGTH:
+        return _segment_regex_cached(segment)
+    return re.compile(_segment_source(segment), re.DOTALL)
 
 
 def _word_segments(glob: str) -> tuple[re.Pattern[str], ...]:
@@ -73,8 +79,8 @@ def _word_segments(glob: str) -> tuple[re.Pattern[str], ...]:
 
 
 @lru_cache(maxsize=4096)
-def _plain_cached(glob: str) -> tuple[Segment, ...]:
-    return _plain_segments(glob)
+def _plain_cached(glob: str) -> tuple[str, ...]:
+    return tuple(_split(glob))
 
 
 @lru_cache(maxsize=4096)
@@ -87,20 +93,23 @@ def _least_length(glob: str) -> int:
     return len(glob) - glob.count("*")
 
 
-def _at(segment: Segment, text: str, pos: int) -> bool:
-    """Whether `segment` matches `text` at `pos` (and fits in it)."""
-    if isinstance(segment, str):
+def _at(segment: str, text: str, pos: int) -> bool:
+    """Whether `segment` matches `text` at `pos` (and fits in it): one comparison a
+    character of the segment, never a search."""
+    if "?" not in segment:
         return text.startswith(segment, pos)
-    return segment.match(text, pos) is not None
+    if pos + len(segment) > len(text):
+        return False
+    return all(ch == "?" or ch == text[pos + i] for i, ch in enumerate(segment))
 
 
-def _find_end(segment: Segment, text: str, pos: int, end: int) -> int:
+def _find_end(segment: str, text: str, pos: int, end: int) -> int:
     """Where `segment` ends at its leftmost place from `pos` on, wholly before `end`; -1
     when it does not fit."""
-    if isinstance(segment, str):
+    if "?" not in segment:
         found = text.find(segment, pos, end)
         return found + len(segment) if found != -1 else -1
-    match = segment.search(text, pos, end)
+    match = _segment_regex(segment).search(text, pos, end)
     return match.end() if match is not None else -1
 
 
@@ -109,12 +118,12 @@ def glob_fullmatch(glob: str, text: str) -> bool:
     ignore it)."""
     if _least_length(glob) > len(text):
         return False  # before any work: a glob longer than every text it meets costs nothing
-    segments = _plain_cached(glob) if len(glob) <= _CACHED_GLOB_LENGTH else _plain_segments(glob)
+    segments = _plain_cached(glob) if len(glob) <= _CACHED_GLOB_LENGTH else tuple(_split(glob))
     if len(segments) == 1:
-        return _least_length(glob) == len(text) and _at(segments[0], text, 0)
+        return len(glob) == len(text) and _at(glob, text, 0)
     first, last = segments[0], segments[-1]
-    first_end = glob.find("*")  # the first segment's fixed length
-    tail = len(text) - _last_length(glob)  # where the fixed-length last segment starts
+    first_end = len(first)
+    tail = len(text) - len(last)  # where the fixed-length last segment starts
     if tail < first_end or not _at(first, text, 0) or not _at(last, text, tail):
         return False
     pos = first_end
@@ -123,10 +132,6 @@ def glob_fullmatch(glob: str, text: str) -> bool:
         if pos == -1:
             return False
     return True
-
-
-def _last_length(glob: str) -> int:
-    return len(glob) - glob.rfind("*") - 1
 
 
 def glob_search_words(glob: str, text: str) -> bool:
@@ -146,8 +151,9 @@ def glob_search_words(glob: str, text: str) -> bool:
         return False
     pos = head.end()
     for segment in segments[1:-1]:
-        pos = _find_end(segment, text, pos, len(text))
-        if pos == -1:
+        found = segment.search(text, pos)
+        if found is None:
             return False
+        pos = found.end()
     # The last segment may sit anywhere from `pos` on, so long as it ends on a boundary.
     return segments[-1].search(text, pos) is not None

@@ -3,6 +3,7 @@ it is its own: another user's is neither readable nor writable."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -151,5 +152,43 @@ async def test_presence_is_seen_by_room_mates_only(tmp_path: Path) -> None:
         await client.call("POST", f"/rooms/{quote(room)}/leave", b, {})
         status, _ = await client.start("GET", CS + path, b)
         assert status == 403
+    finally:
+        await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_filters_globs_are_bounded_and_plain_lists_are_any_length(tmp_path: Path) -> None:
+    hs = await make_server(tmp_path, TestClock())
+    client = Client(hs)
+    try:
+        alice, _, room = await client.alice_and_bob(hs)
+        a, path = alice["access_token"], f"/user/{quote(alice['user_id'])}/filter"
+        # Each glob is matched against each event type a sync meets: 21 are refused, stored
+        # or inline; plain types, senders and rooms may be many (they are sets).
+        globs = [f"org.example.{i}.*" for i in range(21)]
+        status, body = await client.start("POST", CS + path, a, {"room": {"timeline": {"not_types": globs}}})
+        assert (status, body["errcode"]) == (400, "M_INVALID_PARAM")
+        inline = json.dumps({"room": {"timeline": {"types": globs}}})
+        status, body = await client.start("GET", f"{CS}/sync", a, filter=inline, timeout="0")
+        assert (status, body["errcode"]) == (400, "M_INVALID_PARAM")
+
+        many = {
+            "room": {
+                "rooms": [room, *(f"!r{i}:fast.test" for i in range(5000))],
+                "timeline": {
+                    "types": [*globs[:20], "m.room.message", *(f"org.example.t{i}" for i in range(5000))],
+                    "not_senders": [{"not": "a string"}, *(f"@u{i}:fast.test" for i in range(5000))],
+                },
+            }
+        }
+        filter_id = (await client.call("POST", path, a, many))["filter_id"]
+        await client.call(
+            "PUT", f"/rooms/{quote(room)}/send/m.room.message/t1", a, {"msgtype": "m.text", "body": "hi"}
+        )
+        status, synced = await client.start("GET", f"{CS}/sync", a, filter=filter_id, timeout="0")
+        assert status == 200
+        timeline = synced["rooms"]["join"][room]["timeline"]["events"]
+        assert [e["content"]["body"] for e in timeline if e["type"] == "m.room.message"] == ["hi"]
+        assert all(e["type"] == "m.room.message" for e in timeline)
     finally:
         await hs.stop(None)
