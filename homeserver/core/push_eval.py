@@ -610,15 +610,11 @@ class Plan:
         return self.match(facts, user_id)[1]
 
     def match(self, facts: EventFacts, user_id: str) -> tuple[str | None, Outcome]:
-        # A recipient condition repeated across rules (`contains_display_name` in many of a
-        # user's overrides) is tested once: it may scan the whole body.
-        known: dict[Condition, bool] = {}
+        # Called for each recipient of each event: no per-call state. A recipient condition
+        # repeated across rules is cheap again: `_in_body` keeps each name's answer per event.
         for rule in self.candidates:
             for cond in rule.per_user:
-                found = known.get(cond)
-                if found is None:
-                    found = known[cond] = cond.test_user(facts, user_id)
-                if not found:
+                if not cond.test_user(facts, user_id):
                     break
             else:
                 return rule.rule_id, rule.outcome
