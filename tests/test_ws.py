@@ -336,6 +336,31 @@ def test_bad_since_and_oversized_frames_close_the_stream(server: ServerProcess) 
     assert code == 1009
 
 
+def send_fragmented(ws: Socket, payload: bytes, fragments: int) -> None:
+    """One text message in `fragments` frames: the first and last carry `payload`, the rest are empty."""
+    half = len(payload) // 2
+    ws.send_frame(websocket.ABNF(0, opcode=websocket.ABNF.OPCODE_TEXT, data=payload[:half]))
+    for _ in range(fragments - 2):
+        ws.send_frame(websocket.ABNF(0, opcode=websocket.ABNF.OPCODE_CONT, data=b""))
+    ws.send_frame(websocket.ABNF(1, opcode=websocket.ABNF.OPCODE_CONT, data=payload[half:]))
+
+
+def test_a_message_in_too_many_fragments_closes_the_stream(server: ServerProcess) -> None:
+    """Fragments are bounded by count, not only by bytes: an endless run of empty ones would
+    grow the server's list of the message's parts without limit."""
+    alice = new_user(server)
+    ws, _ = open_stream(server, alice)
+    frame = json.dumps({"type": "ping", "id": "fragmented"}).encode()
+    send_fragmented(ws, frame, 64)
+    assert recv_type(ws, "pong")["id"] == "fragmented"  # a fragmented message is fine
+    send_fragmented(ws, frame, 65)
+    ws.settimeout(10)
+    opcode, answer = ws.recv_data_frame(True)
+    # Refused outright: no pong first.
+    assert opcode == websocket.ABNF.OPCODE_CLOSE, (opcode, answer.data)
+    assert struct.unpack("!H", answer.data[:2])[0] == 1009
+
+
 def test_first_frame_must_be_auth(server: ServerProcess) -> None:
     ws = connect(server)
     send(ws, {"type": "ping"})

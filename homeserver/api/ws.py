@@ -84,6 +84,10 @@ MAX_STALL_S = 60.0
 KEEPALIVE_S = 60.0
 # A send frame carries one event of at most 64 KiB (canonical JSON) plus the envelope.
 MAX_FRAME_BYTES = 128 * 1024
+# Fragments of one client message: clients send a frame as one message, and an endless run of
+# empty fragments (each one more entry in Autobahn's list of the message's parts) would
+# otherwise grow without bound under the byte limit.
+MAX_FRAGMENTS = 64
 # Sends and reads waiting for their commit, per stream: a flood of frames gets M_LIMIT_EXCEEDED
 # rather than an unbounded pile of pending database writes.
 MAX_SENDS_IN_FLIGHT = 64
@@ -371,6 +375,8 @@ class StreamProtocol(WebSocketServerProtocol):
     # Whether the stream still counts as syncing for presence: from the moment it has a
     # requester until its close (so True here, where it is only read with a requester).
     _presence_started = True
+    # Fragments of the message being read (MAX_FRAGMENTS); no entry between messages.
+    _fragments = 0
     _auth_timer: Any = None
     _stall_timer: Any = None
     # Reactor times of the next ping (or, while `_ping_payload` waits for its pong, of the
@@ -656,6 +662,19 @@ class StreamProtocol(WebSocketServerProtocol):
         self.dropConnection(abort=True)
 
     # Client frames ----------------------------------------------------------------------------
+
+    def onMessageFrameBegin(self, length: int) -> None:  # noqa: N802 - autobahn's name
+        super().onMessageFrameBegin(length)
+        self._fragments += 1
+        if self._fragments > MAX_FRAGMENTS and not self.failedByMe:
+            self._fail_connection(
+                WebSocketServerProtocol.CLOSE_STATUS_CODE_MESSAGE_TOO_BIG,
+                f"a message of more than {MAX_FRAGMENTS} fragments",
+            )
+
+    def onMessageEnd(self) -> None:  # noqa: N802 - autobahn's name
+        self.__dict__.pop("_fragments", None)
+        super().onMessageEnd()
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:  # noqa: N802,N803 - autobahn's names
         if self._ping_payload is not None:
