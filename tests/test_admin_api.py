@@ -7,6 +7,7 @@ audit log, and what the admin's actions do to the users they touch."""
 from __future__ import annotations
 
 import secrets
+import struct
 import subprocess
 from collections.abc import Iterator
 from typing import Any
@@ -14,6 +15,7 @@ from urllib.parse import quote
 
 import pytest
 import requests
+import websocket
 from conftest import VENV_BIN, ServerProcess, server_on_engine, start_server_process
 from test_e2ee_api import assert_keys_gone, new_user, publish_all_keys
 from test_history_visibility import CS, Client
@@ -481,6 +483,16 @@ def test_locked_users_get_user_locked(admin_server: ServerProcess, admin: Admin)
     r = hank.request("GET", f"{CS}/account/whoami")
     assert (r.status_code, r.json()["errcode"], r.json()["soft_logout"]) == (401, "M_USER_LOCKED", True)
     assert admin.ok("GET", f"{V2}/users/{q(hank.user_id)}")["locked"] is True
+    # Nor does the WebSocket stream take them: closed as any refused token (4401), with the code.
+    ws = websocket.create_connection(
+        f"ws://127.0.0.1:{admin_server.port}/_homeserver/ws",
+        header=[f"Authorization: {hank.session.headers['Authorization']}"],
+        timeout=10,
+    )
+    opcode, frame = ws.recv_data_frame(True)
+    assert opcode == websocket.ABNF.OPCODE_CLOSE, (opcode, frame.data)
+    code, reason = struct.unpack("!H", frame.data[:2])[0], frame.data[2:].decode()
+    assert code == 4401 and reason.startswith("M_USER_LOCKED"), (code, reason)
     # Synapse's list hides locked accounts unless asked.
     assert admin.ok("GET", f"{V2}/users?limit=1000&user_id={q(hank.user_id)}")["users"] == []
     assert admin.ok("GET", f"{V2}/users?limit=1000&locked=true&user_id={q(hank.user_id)}")["total"] == 1

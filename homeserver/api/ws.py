@@ -50,6 +50,7 @@ from homeserver.api.forwarded import client_address
 from homeserver.api.validate import NUL_MESSAGE, contains_nul
 from homeserver.api.ws_route import WS_PATH
 from homeserver.core.filters import SyncFilter
+from homeserver.core.restrictions import UserLocked
 from homeserver.core.streams import SyncToken
 from homeserver.core.sync import SyncRequest
 from homeserver.core.tokens import Requester
@@ -474,7 +475,7 @@ class StreamProtocol(WebSocketServerProtocol):
         try:
             requester = await hs.tokens.get_requester(token)
             hs.device_activity.seen(requester.user_id, requester.device_id, self._peer_host())
-        except UnknownToken as e:
+        except (UnknownToken, UserLocked) as e:
             self.close(CLOSE_UNAUTHORIZED, _reason(e))
             return
         if self._closing:
@@ -515,7 +516,8 @@ class StreamProtocol(WebSocketServerProtocol):
                 self._handle(payload)
 
     async def _keep_alive(self) -> None:
-        """Close the stream once its token is revoked or expired; keep the user active for presence."""
+        """Close the stream once its token is revoked or expired or its account locked; keep the
+        user active for presence."""
         requester, token = self.requester, self._token
         if requester is None or token is None or self._closing:
             return
@@ -524,7 +526,7 @@ class StreamProtocol(WebSocketServerProtocol):
             self._hs.device_activity.seen(requester.user_id, requester.device_id, self._peer_host())
             await self._hs.presence.sync_started(requester.user_id, None)
             self._hs.presence.sync_finished(requester.user_id)
-        except UnknownToken as e:
+        except (UnknownToken, UserLocked) as e:
             self.close(CLOSE_UNAUTHORIZED, _reason(e))
         except Exception:
             log.failure("WebSocket stream keep-alive failed")

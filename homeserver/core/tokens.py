@@ -116,6 +116,10 @@ class TokenService:
                 raise UnknownToken("Access token has expired", soft_logout=True)
             self.check_account(cached.user_id)
             return cached
+        # A JWT is ASCII; anything else (a WebSocket auth frame may carry any string, even a lone
+        # surrogate that cannot be encoded) is no token of ours.
+        if not token.isascii():
+            raise UnknownToken("Unrecognised access token")
         import jwt
 
         try:
