@@ -8,6 +8,7 @@ import socket
 import time
 from urllib.parse import parse_qs, quote, quote_plus, urlencode
 
+import requests
 from conftest import ServerProcess
 from hypothesis import given
 from hypothesis import strategies as st
@@ -92,6 +93,50 @@ def test_pipelined_requests_are_answered_in_order(server: ServerProcess) -> None
         buf = bytearray()
         statuses = [read_response(sock, buf)[0] for _ in range(3)]
     assert statuses == [200, 404, 200]
+
+
+def test_a_client_that_stops_reading_gets_no_further_request_handled(server: ServerProcess) -> None:
+    """Back-pressure on responses: a client that sends requests and never reads the answers
+    holds one response in the server, not one per request (each of these is ~2 MB: the
+    kernel's send buffer, up to 4 MiB, takes a couple more); once it reads, the rest are
+    answered in order."""
+    user = server.register(f"reader{time.monotonic_ns()}")
+    auth = {"Authorization": f"Bearer {user['access_token']}"}
+    client = f"http://127.0.0.1:{server.port}/_matrix/client/v3"
+    room = requests.post(f"{client}/createRoom", json={}, headers=auth, timeout=10).json()["room_id"]
+    for i in range(40):
+        r = requests.put(
+            f"{client}/rooms/{quote(room)}/send/m.room.message/big{i}",
+            json={"msgtype": "m.text", "body": f"{i} " + "x" * 50_000},
+            headers=auth,
+            timeout=10,
+        )
+        assert r.status_code == 200, r.text
+    path = f"/_matrix/client/v3/rooms/{quote(room, safe='')}/messages"
+    request = (
+        f"GET {path}?dir=b&limit=40 HTTP/1.1\r\nHost: x\r\nAuthorization: {auth['Authorization']}\r\n\r\n"
+    )
+    served_line = f"GET {path} 200"
+    count = 20
+    # A tiny receive window: the server's send buffer fills with the first answer.
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", server.port))
+    with sock:
+        sock.sendall(request.encode() * count)
+        server.wait_for_log(served_line)
+        # Handling all 20 takes about a second; they wait for the client instead.
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            served = server.log_text().count(served_line)
+            assert served <= 4, f"{served} answers queued for a client that reads none"
+            time.sleep(0.1)
+        buf = bytearray()
+        for _ in range(count):
+            status, _, body = read_response(sock, buf)
+            assert status == 200 and len(json.loads(body)["chunk"]) == 40
+    assert server.wait_for_log(served_line).count(served_line) == count
 
 
 def test_http_1_0_closes_unless_keep_alive_is_asked(server: ServerProcess) -> None:

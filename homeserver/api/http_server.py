@@ -32,11 +32,12 @@ from typing import IO, Any
 from urllib.parse import unquote_to_bytes
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress, INegotiated
+from twisted.internet.interfaces import IAddress, INegotiated, IPushProducer
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from homeserver.api.forwarded import Network
 from homeserver.core.clock import Clock
@@ -66,6 +67,10 @@ IDLE_TIMEOUT_S = 300.0
 HEAD_TIMEOUT_S = 30.0
 # A request body may pause this long between two reads.
 BODY_TIMEOUT_S = 30.0
+# A connection whose response the client is not taking (the transport's send buffer stays
+# full: it stopped reading) is cut after this long, whatever it was doing; it holds one
+# response's bytes meanwhile, as no further request is read until the buffer drains.
+OUTPUT_STALL_S = 300.0
 # The timeouts above are enforced by one sweep over all connections this often, so each
 # fires up to this much late, never early.
 SWEEP_EVERY_S = 10.0
@@ -368,14 +373,18 @@ class Request:
         self.channel.request_done(self)
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:  # noqa: N802 - twisted's name
-        transport = self.channel.transport
-        if transport is not None and not self._disconnected:
-            transport.registerProducer(producer, streaming)
+        """A push producer for this response: paused while the client's send buffer is full
+        (the channel, the transport's producer, passes its calls on)."""
+        channel = self.channel
+        if self._disconnected:
+            producer.stopProducing()
+            return
+        channel._producer = producer
+        if channel._output_full:
+            producer.pauseProducing()
 
     def unregisterProducer(self) -> None:  # noqa: N802 - twisted's name
-        transport = self.channel.transport
-        if transport is not None and not self._disconnected:
-            transport.unregisterProducer()
+        self.channel._producer = None
 
     def loseConnection(self) -> None:  # noqa: N802 - twisted's name
         self._disconnected = True
@@ -385,11 +394,24 @@ class Request:
 RequestFactory = Callable[["HttpChannel", bytes, bytes, bytes, dict[bytes, bytes]], Request]
 
 
+@implementer(IPushProducer)
 class HttpChannel(Protocol):
-    """One client connection: a parser state machine feeding one request at a time."""
+    """One client connection: a parser state machine feeding one request at a time.
+
+    Registered as the producer on its transport, to hear when the send buffer fills
+    (pauseProducing) and drains (resumeProducing): while a response waits for the client
+    to take it, the next request is neither read nor handled, so a client that sends
+    requests and never reads the answers holds at most one response's bytes. A streamed
+    response's producer (Request.registerProducer) hears the same through the channel.
+    """
 
     factory: HttpFactory
     transport: Any  # a tcp.Server (zope interfaces do not type-check as classes)
+    # Class defaults (no entry per connection until set): the transport's send buffer is
+    # full and has not drained since (and when it filled); a streamed response's producer.
+    _output_full = False
+    _full_since = 0.0
+    _producer: Any = None
 
     def __init__(self) -> None:
         self._buf = b""
@@ -415,6 +437,7 @@ class HttpChannel(Protocol):
         self.plain_tcp = not INegotiated.providedBy(self.transport)  # TLSMemoryBIOProtocol is
         self.last_active = self.factory.clock.seconds()
         self.factory.channels.add(self)
+        self.transport.registerProducer(self, True)
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: N802, B008
         factory = self.factory
@@ -428,9 +451,41 @@ class HttpChannel(Protocol):
         if factory.draining:
             factory.check_drained()
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
+        """Close once what is written is sent; `abort`: at once, dropping it."""
         if self.transport is not None:
-            self.transport.loseConnection()
+            if abort:
+                self.transport.abortConnection()
+            else:
+                self.transport.loseConnection()
+
+    # The transport's producer calls (its send buffer) ------------------------------------------
+
+    def pauseProducing(self) -> None:  # noqa: N802 - twisted's name
+        if not self._output_full:
+            self._output_full = True
+            self._full_since = self.factory.clock.seconds()
+        if self._producer is not None:
+            self._producer.pauseProducing()
+
+    def resumeProducing(self) -> None:  # noqa: N802 - twisted's name
+        self._output_full = False
+        if self._producer is not None:
+            self._producer.resumeProducing()
+        if self._busy or self._upgraded or self.transport is None:
+            return
+        if self._buf:
+            # The request held back behind the response: its head deadline starts now.
+            self._head_started = self.factory.clock.seconds()
+        if self._paused:
+            self._paused = False
+            self.transport.resumeProducing()
+        if self._buf and not self._in_process:
+            self._process()
+
+    def stopProducing(self) -> None:  # noqa: N802 - twisted's name
+        if self._producer is not None:
+            self._producer.stopProducing()
 
     # Reading -----------------------------------------------------------------------------
 
@@ -463,6 +518,13 @@ class HttpChannel(Protocol):
             while self._buf and not self._busy and not self._upgraded and self.connected:
                 state = self._state
                 if state == _HEAD:
+                    if self._output_full:
+                        # The last response is not out yet: the next request waits, and so
+                        # does reading (resumeProducing goes on).
+                        if not self._paused:
+                            self._paused = True
+                            self.transport.pauseProducing()
+                        return
                     if not self._read_head():
                         return
                 elif state == _BODY:
@@ -712,7 +774,7 @@ class HttpChannel(Protocol):
         if not self.keep_alive:
             self.close()
             return
-        if self._paused and self.transport is not None:
+        if self._paused and self.transport is not None and not self._output_full:
             self._paused = False
             self.transport.resumeProducing()
         if self._buf and not self._in_process:
@@ -743,6 +805,7 @@ class HttpChannel(Protocol):
         protocol = factory.buildProtocol(self.peer)
         assert protocol is not None
         rest, self._buf = self._buf, b""
+        transport.unregisterProducer()  # the new protocol registers its own
         transport.protocol = protocol
         protocol.makeConnection(transport)
         protocol.dataReceived(head + rest)
@@ -750,7 +813,11 @@ class HttpChannel(Protocol):
             self.factory.check_drained()
 
     def stale(self, now: float) -> bool:
-        """Past a timeout: idle too long, a head not complete by its deadline, a body stalled."""
+        """Past a timeout: idle too long, a head not complete by its deadline, a body stalled,
+        a response the client has not taken for OUTPUT_STALL_S."""
+        if self._output_full:
+            # Waiting for the client to take a response (a pipelined head waits with it).
+            return now - self._full_since > OUTPUT_STALL_S
         if self._busy:
             return False
         state = self._state
@@ -807,7 +874,9 @@ class HttpFactory(ServerFactory):
     def _sweep(self) -> None:
         now = self.clock.seconds()
         for channel in [c for c in self.channels if c.stale(now)]:
-            channel.close()
+            # A close waits for the send buffer to drain, which a client that is not reading
+            # never lets happen: such a connection is aborted.
+            channel.close(abort=channel._output_full)
 
     # Shutdown ------------------------------------------------------------------------------
 

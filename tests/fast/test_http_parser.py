@@ -14,6 +14,7 @@ from homeserver.api.http_server import (
     BODY_TIMEOUT_S,
     HEAD_TIMEOUT_S,
     IDLE_TIMEOUT_S,
+    OUTPUT_STALL_S,
     SWEEP_EVERY_S,
     HttpChannel,
     HttpFactory,
@@ -261,6 +262,30 @@ def test_a_request_being_handled_is_never_timed_out() -> None:
     assert not transport.disconnecting
     Server.answer(server.requests[0])
     assert parse_response(transport.value())[0] == 200
+
+
+def test_a_request_waits_while_the_last_response_is_not_taken() -> None:
+    """The transport pauses its producer, the channel, when its send buffer is full: the
+    request pipelined behind is not handled, nor is more read, until the buffer drains;
+    a client that takes nothing for OUTPUT_STALL_S is cut off (aborted: a close would
+    wait for the buffer to drain)."""
+    server = Server(hold=True)
+    channel, transport = server.connect()
+    get = b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n"
+    transport.protocol.dataReceived(get * 2)
+    channel.pauseProducing()  # what Twisted does once the buffer is over its bufferSize
+    Server.answer(server.requests[0])
+    assert len(server.requests) == 1
+    assert transport.producerState == "paused"  # reading stopped too
+    channel.resumeProducing()  # drained
+    assert len(server.requests) == 2
+    assert transport.producerState == "producing"
+    Server.answer(server.requests[1])
+    channel.pauseProducing()
+    run_sweeps(server, OUTPUT_STALL_S - SWEEP_EVERY_S, step=SWEEP_EVERY_S)
+    assert not transport.disconnecting
+    run_sweeps(server, 2 * SWEEP_EVERY_S, step=SWEEP_EVERY_S)
+    assert transport.disconnected  # StringTransport.abortConnection's mark (loseConnection leaves it)
 
 
 def test_the_date_header_comes_from_the_clock() -> None:
