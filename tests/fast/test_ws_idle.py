@@ -172,3 +172,17 @@ async def test_the_keep_alive_closes_a_stream_whose_token_was_revoked(idle: Idle
     )
     (code,) = struct.unpack("!H", closes[0][:2])
     assert code == CLOSE_UNAUTHORIZED and closes[0][2:].startswith(b"M_UNKNOWN_TOKEN"), closes
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_keep_alive_closes_a_stream_whose_account_was_locked(idle: Idle) -> None:
+    """A lock (the admin API's) ends the account's open streams too, with its own code."""
+    stream, user = await idle.stream("locked")
+    await idle.hs.restrictions.set(user["user_id"], "locked", True)
+    idle.sweep_for(KEEPALIVE_S + SWEEP_S)
+    closes: list[Any] = []
+    await until(
+        lambda: closes.extend(p for op, p in stream.frames() if op == CLOSE) or closes, "a close frame"
+    )
+    (code,) = struct.unpack("!H", closes[0][:2])
+    assert code == CLOSE_UNAUTHORIZED and closes[0][2:].startswith(b"M_USER_LOCKED"), closes
