@@ -288,6 +288,16 @@ def test_a_request_waits_while_the_last_response_is_not_taken() -> None:
     assert transport.disconnected  # StringTransport.abortConnection's mark (loseConnection leaves it)
 
 
+def test_a_last_response_still_in_the_buffer_is_sent_before_the_close() -> None:
+    """`Connection: close` with the send buffer full: closed once it drains, not aborted."""
+    server = Server(hold=True)
+    channel, transport = server.connect()
+    transport.protocol.dataReceived(b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    channel.pauseProducing()
+    Server.answer(server.requests[0])
+    assert transport.disconnecting and not transport.disconnected
+
+
 def test_the_date_header_comes_from_the_clock() -> None:
     server = Server()
     status, headers, _, _ = server.send(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
