@@ -457,6 +457,10 @@ class HttpChannel(Protocol):
             if abort:
                 self.transport.abortConnection()
             else:
+                # This channel is its transport's producer, and a TLS transport does not shut
+                # down while one is registered (Twisted's TLSMemoryBIOProtocol waits for
+                # unregisterProducer): step down first, or the connection never closes.
+                self.transport.unregisterProducer()
                 self.transport.loseConnection()
 
     # The transport's producer calls (its send buffer) ------------------------------------------
