@@ -217,6 +217,22 @@ def test_delete_removes_the_content_for_everyone(server: ServerProcess) -> None:
     error(bob.request("DELETE", f"/api/messages/{chat_id}/{mine['messageId']}"), 403, "M_FORBIDDEN")
 
 
+def test_in_a_direct_chat_only_the_sender_deletes_a_message(server: ServerProcess) -> None:
+    # Both people of a direct chat have the admins' power level (trusted_private_chat), and
+    # neither is a group admin: each deletes only their own messages.
+    alice, bob = new_client(server, "alice"), new_client(server, "bob")
+    hers = alice.send_message("hello", to=bob.user_id)
+    chat_id = hers["chatId"]
+    bob.messages(chat_id)  # joins
+    his = bob.send_message("hi", chat_id=chat_id)
+    error(bob.request("DELETE", f"/api/messages/{chat_id}/{hers['messageId']}"), 403, "M_FORBIDDEN")
+    error(alice.request("DELETE", f"/api/messages/{chat_id}/{his['messageId']}"), 403, "M_FORBIDDEN")
+    listed = {m["messageId"]: m for m in alice.messages(chat_id)}
+    assert listed[hers["messageId"]]["content"] == "hello" and listed[his["messageId"]]["content"] == "hi"
+    assert bob.ok("DELETE", f"/api/messages/{chat_id}/{his['messageId']}") == {}
+    assert {m["messageId"]: m for m in alice.messages(chat_id)}[his["messageId"]]["deleted"] is True
+
+
 # Leave and rename -----------------------------------------------------------------------------
 
 

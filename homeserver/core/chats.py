@@ -339,9 +339,13 @@ class ChatService:
 
     async def delete_message(self, user_id: str, device_id: str, chat_id: str, message_id: str) -> None:
         """Delete a message for everyone: a redaction. Its sender may, and a group admin (the
-        redact power level). Deleting it again from the same device changes nothing."""
+        redact power level). In a direct chat only its sender: `trusted_private_chat` gives
+        both people the admins' power level, and neither is a group admin who may delete the
+        other's words. Deleting it again from the same device changes nothing."""
         head = await self.access_chat(user_id, chat_id)
-        await self._visible_message(user_id, head, message_id)
+        ev = await self._visible_message(user_id, head, message_id)
+        if ev.sender != user_id and await self._is_direct(user_id, head):
+            raise Forbidden("Only its sender may delete a message of a direct chat")
         await self.rooms.redact(user_id, device_id, chat_id, message_id, None, f"simple/delete/{message_id}")
 
     async def leave_chat(self, user_id: str, chat_id: str) -> None:
@@ -364,11 +368,15 @@ class ChatService:
             raise Forbidden("Only a group admin can rename it")
         await self.rooms.send_state(user_id, chat_id, "m.room.name", "", {"name": name})
 
+    async def _direct_rooms(self, user_id: str) -> set[str]:
+        return {r for rooms in (await self.account_data.direct_rooms(user_id)).values() for r in rooms}
+
+    async def _is_direct(self, user_id: str, head: RoomHead) -> bool:
+        return _direct(head, await self._direct_rooms(user_id))
+
     async def chat_list(self, user_id: str) -> list[dict[str, Any]]:
         memberships = await self.timeline.rooms_for_user(user_id)
-        direct_rooms = {
-            r for rooms in (await self.account_data.direct_rooms(user_id)).values() for r in rooms
-        }
+        direct_rooms = await self._direct_rooms(user_id)
         out: list[dict[str, Any]] = []
         for room_id, (membership, _) in sorted(memberships.items()):
             if membership not in ("join", "invite"):
@@ -377,11 +385,7 @@ class ChatService:
             if head is None:
                 continue
             members = head.members("join", "invite")
-            # A direct chat is one in the user's m.direct (both sides of a chat opened here, and
-            # whoever joined from an is_direct invite), or one with an is_direct invite pending.
-            is_direct = room_id in direct_rooms or any(
-                head.content("m.room.member", m).get("is_direct") for m in members
-            )
+            is_direct = _direct(head, direct_rooms)
             last = await self._last_message(user_id, head)
             create = head.get("m.room.create")
             created_ms = create.origin_server_ts if create is not None else 0
@@ -473,3 +477,11 @@ class ChatService:
     async def remove_member(self, admin: str, chat_id: str, user_id: str) -> None:
         await self.access_chat(admin, chat_id)
         await self.rooms.kick(admin, chat_id, check_user_id(user_id, "userId"), None)
+
+
+def _direct(head: RoomHead, direct_rooms: set[str]) -> bool:
+    """Whether a chat is direct: in the user's m.direct (both sides of a chat opened here, and
+    whoever joined from an is_direct invite), or with an is_direct invite pending."""
+    return head.room_id in direct_rooms or any(
+        head.content("m.room.member", m).get("is_direct") for m in head.members("join", "invite")
+    )
