@@ -26,7 +26,8 @@ from homeserver.errors import Forbidden, MatrixError
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 100
 MAX_DEPTH = 50
-# Rooms visited per request at most, whatever the tree: each page repeats the walk.
+# Rooms looked up per request at most, whatever the tree (each page repeats the walk):
+# unknown rooms and rooms the requester may not preview count too, as each costs a load.
 MAX_ROOMS_WALKED = 2000
 _ORDER_CHARS = frozenset(chr(c) for c in range(0x20, 0x7F))
 
@@ -112,19 +113,20 @@ class SpaceService:
         rooms: list[dict[str, Any]] = []
         seen: set[str] = set()
         stack: list[tuple[str, int]] = [(room_id, 0)]
-        walked = 0
+        walked = listed = 0
         more = False
         while stack and walked < MAX_ROOMS_WALKED:
             current, depth = stack.pop()
             if current in seen:
                 continue
             seen.add(current)
+            walked += 1
             head = root if current == room_id else await self.heads.get(current)
             if head is None or (current != room_id and not await self.preview.may_preview(user_id, head)):
                 continue
-            walked += 1
+            listed += 1
             children = space_children(head)
-            if walked > skip:
+            if listed > skip:
                 if len(rooms) == page_size:
                     more = True
                     break
