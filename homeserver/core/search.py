@@ -31,7 +31,9 @@ from homeserver.storage.events import StoredEvent
 KEYS = ("content.body", "content.name", "content.topic")
 DEFAULT_LIMIT = 10
 MAX_LIMIT = 50
-MAX_CONTEXT = 100
+# Events each side of a result (Element asks for 1): with MAX_LIMIT results, a request holds
+# at most 1,000 context events, as one /messages page at most.
+MAX_CONTEXT = 10
 MAX_WORDS = 10
 MAX_TERM_LENGTH = 1000
 # Index reads per page at most: past them, the page is returned shorter, with next_batch.
@@ -290,13 +292,13 @@ class SearchService:
             "end": pagination_token(after[-1].stream_ordering if after else position),
         }
         if query.include_profile:
+            senders = list(dict.fromkeys(event.sender for event in [*before, ev, *after]))
+            members = await store.state_events_at(room_id, "m.room.member", senders, position)
             profiles: dict[str, Any] = {}
-            for event in [*before, ev, *after]:
-                if event.sender in profiles:
-                    continue
-                member = await store.state_event_at(room_id, "m.room.member", event.sender, position)
+            for sender in senders:
+                member = members.get(sender)
                 content = member.content if member is not None else {}
-                profiles[event.sender] = {
+                profiles[sender] = {
                     k: content[k] for k in ("displayname", "avatar_url") if isinstance(content.get(k), str)
                 }
             context["profile_info"] = profiles

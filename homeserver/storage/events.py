@@ -469,6 +469,28 @@ class EventStore:
         )
         return _row_to_event(rows[0]) if rows else None
 
+    async def state_events_at(
+        self, room_id: str, event_type: str, state_keys: Sequence[str], position: int
+    ) -> dict[str, StoredEvent]:
+        """The state events of `event_type` in force at stream `position` for each of
+        `state_keys` that has one, by state key: one query for them all."""
+        keys = sorted(set(state_keys))
+        if not keys:
+            return {}
+        rows = await self.db.query(
+            "state_events_at",
+            f"SELECT {_EVENT_COLUMNS} FROM {_EVENT_FROM} WHERE e.room_id = ? AND e.type = ?"
+            f" AND e.state_key IN ({', '.join('?' * len(keys))}) AND e.stream_ordering = ("
+            "SELECT MAX(x.stream_ordering) FROM events x WHERE x.room_id = e.room_id"
+            " AND x.type = e.type AND x.state_key = e.state_key AND x.stream_ordering <= ?)",
+            room_id,
+            event_type,
+            *keys,
+            position,
+        )
+        found = (_row_to_event(r) for r in rows)
+        return {ev.state_key: ev for ev in found if ev.state_key is not None}
+
     async def state_history(self, room_id: str, event_type: str, state_key: str = "") -> list[StoredEvent]:
         """Every state event of (type, state_key) in the room, oldest first."""
         rows = await self.db.query(

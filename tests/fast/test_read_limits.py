@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import pytest_twisted
@@ -65,5 +66,70 @@ async def test_hierarchy_walk_counts_rooms_it_cannot_show(
         # The space, then three bogus children: the walk ends there, before the real child.
         assert [r["room_id"] for r in page["rooms"]] == [space]
         assert len([r for r in loads if r.startswith("!bogus")]) == 3
+    finally:
+        await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_search_context_is_clamped_and_profiles_read_in_one_query(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`event_context` took up to 100 events each side of each of 50 results (10,000 events,
+    of up to 64 KiB each, in one answer) and read each sender's profile with a query of its
+    own (up to 10,000 queries). Now at most 10 each side, and one profile query a result."""
+    hs = await make_server(tmp_path, TestClock())
+    client = Client(hs)
+    try:
+        alice, bob, room_id = await client.alice_and_bob(hs)
+        await client.call(
+            "PUT",
+            f"/profile/{quote(bob['user_id'])}/displayname",
+            bob["access_token"],
+            {"displayname": "Bob B"},
+        )
+        senders = [alice, bob]
+        for i in range(15):
+            await client.call(
+                "PUT",
+                f"{room_path(room_id)}/send/m.room.message/b{i}",
+                senders[i % 2]["access_token"],
+                {"msgtype": "m.text", "body": f"before {i}"},
+            )
+        hit = await client.call(
+            "PUT",
+            f"{room_path(room_id)}/send/m.room.message/hit",
+            alice["access_token"],
+            {"msgtype": "m.text", "body": "the needle"},
+        )
+        for i in range(15):
+            await client.call(
+                "PUT",
+                f"{room_path(room_id)}/send/m.room.message/a{i}",
+                senders[i % 2]["access_token"],
+                {"msgtype": "m.text", "body": f"after {i}"},
+            )
+
+        queries: list[str] = []
+        db = hs.storage.events.db
+        real_query = db.query
+
+        async def counted(desc: str, sql: str, *args: Any) -> Any:
+            queries.append(desc)
+            return await real_query(desc, sql, *args)
+
+        monkeypatch.setattr(db, "query", counted)
+        context = {"before_limit": 100, "after_limit": 100, "include_profile": True}
+        body = {"search_categories": {"room_events": {"search_term": "needle", "event_context": context}}}
+        found = (await client.call("POST", "/search", alice["access_token"], body))["search_categories"]
+        [result] = found["room_events"]["results"]
+        assert result["result"]["event_id"] == hit["event_id"]
+        ctx = result["context"]
+        assert [e["content"].get("body") for e in ctx["events_before"]] == [
+            f"before {i}" for i in range(14, 4, -1)
+        ]
+        assert [e["content"].get("body") for e in ctx["events_after"]] == [f"after {i}" for i in range(10)]
+        assert ctx["profile_info"][bob["user_id"]] == {"displayname": "Bob B"}
+        assert ctx["profile_info"][alice["user_id"]] == {"displayname": "alice"}
+        assert len([q for q in queries if q.startswith("state_event")]) == 1
     finally:
         await hs.stop(None)
