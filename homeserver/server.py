@@ -516,7 +516,7 @@ class HomeServer:
         self.directory.remote_public_rooms = self.federation.directory.remote_public_rooms
         self.tags = TagService(self.account_data, self.room_heads)
         self.rooms.tags = self.tags
-        self.room_preview = RoomPreview(self.rooms)
+        self.room_preview = RoomPreview(self.rooms, self.timeline)
         self.spaces = SpaceService(self.room_heads, self.room_preview)
         self.room_upgrader = RoomUpgrader(self.storage, self.rooms, self.account_data, self.tags)
         self.receipts = ReceiptService(self.storage, self.clock, self.notifier, self.rooms, self.account_data)

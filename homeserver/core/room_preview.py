@@ -17,6 +17,7 @@ from homeserver.core.directory import room_summary
 from homeserver.core.join_rules import OPEN_JOIN_RULES, allowed_room_ids, join_rule
 from homeserver.core.room_heads import RoomHead
 from homeserver.core.rooms import RoomService
+from homeserver.core.timeline_cache import TimelineCache
 from homeserver.errors import NotFound
 
 
@@ -30,9 +31,10 @@ def room_type(head: RoomHead) -> str | None:
 
 
 class RoomPreview:
-    def __init__(self, rooms: RoomService) -> None:
+    def __init__(self, rooms: RoomService, timeline: TimelineCache) -> None:
         self.rooms = rooms
         self.heads = rooms.events.heads
+        self.timeline = timeline
 
     async def summary(self, user_id: str | None, room_id_or_alias: str) -> dict[str, Any]:
         """`GET /v1/room_summary/{roomIdOrAlias}`; `user_id` None for a request without a token.
@@ -57,11 +59,14 @@ class RoomPreview:
             return True
         if user_id is None:
             return False
-        for allowed in allowed_room_ids(head):
-            other = await self.heads.get(allowed)
-            if other is not None and other.membership(user_id) == "join":
-                return True
-        return False
+        allowed = allowed_room_ids(head)
+        if not allowed:
+            return False
+        # The user's own rooms, not each allowed room loaded: an `allow` list may name a
+        # thousand rooms (64 KiB), most of them unknown here, and a /hierarchy walk asks
+        # this of every room it meets.
+        memberships = await self.timeline.rooms_for_user(user_id)
+        return any(memberships.get(room, ("", 0))[0] == "join" for room in allowed)
 
     def chunk(self, head: RoomHead) -> dict[str, Any]:
         """The fields a summary and a hierarchy room share (spec: RoomSummary / SpaceHierarchyRoomsChunk)."""

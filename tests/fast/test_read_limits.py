@@ -133,3 +133,43 @@ async def test_search_context_is_clamped_and_profiles_read_in_one_query(
         assert len([q for q in queries if q.startswith("state_event")]) == 1
     finally:
         await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_restricted_room_preview_loads_none_of_its_allowed_rooms(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whether a user may preview a restricted room (room summary, each room of a /hierarchy
+    walk) loaded each room its `allow` list names: a thousand bogus ones cost a thousand
+    room loads a request. Now the user's own memberships answer."""
+    hs = await make_server(tmp_path, TestClock())
+    client = Client(hs)
+    try:
+        alice, bob, lobby = await client.alice_and_bob(hs)
+        carol = await client.register(hs, "carol")
+        allow = [{"type": "m.room_membership", "room_id": f"!bogus{i}:fast.test"} for i in range(300)]
+        allow.append({"type": "m.room_membership", "room_id": lobby})
+        join_rules = {
+            "type": "m.room.join_rules",
+            "state_key": "",
+            "content": {"join_rule": "restricted", "allow": allow},
+        }
+        body = {"preset": "private_chat", "room_version": "10", "initial_state": [join_rules]}
+        restricted = (await client.call("POST", "/createRoom", alice["access_token"], body))["room_id"]
+
+        loads: list[str] = []
+        load_room = hs.room_heads.store.load_room
+
+        async def counted(room_id: str) -> Any:
+            loads.append(room_id)
+            return await load_room(room_id)
+
+        monkeypatch.setattr(hs.room_heads.store, "load_room", counted)
+        summary = f"{CS.replace('/v3', '/v1')}/room_summary/{quote(restricted)}"
+        status, answer = await client.start("GET", summary, bob["access_token"])
+        assert (status, answer.get("room_id")) == (200, restricted), answer
+        status, answer = await client.start("GET", summary, carol["access_token"])
+        assert status == 404, answer  # in no allowed room
+        assert [r for r in loads if r.startswith("!bogus")] == []
+    finally:
+        await hs.stop(None)
