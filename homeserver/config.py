@@ -133,6 +133,8 @@ class RateLimitsConfig:
     invite_per_user: RateLimit = RateLimit(0.2, 20)
     media_upload_per_user: RateLimit = RateLimit(1.0, 20)
     report_per_user: RateLimit = RateLimit(1.0, 5)
+    # Member events of profile changes: each change costs the user's joined rooms (at least 1).
+    profile_update_per_user: RateLimit = RateLimit(2.0, 1000)
 
 
 @dataclass(frozen=True)

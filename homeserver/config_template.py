@@ -120,12 +120,19 @@ rate_limits:
   create_room_per_user: {per_second: 0.05, burst: 10}
   # Rooms joined (POST /join/{room}, /rooms/{id}/join).
   join_per_user: {per_second: 0.1, burst: 20}
-  # Invitations sent (POST /rooms/{id}/invite).
+  # Invitations sent (POST /rooms/{id}/invite, and each user of createRoom's 'invite'
+  # list, of the simple API's new direct chats and groups: a list longer than 'burst'
+  # answers 400 M_INVALID_PARAM).
   invite_per_user: {per_second: 0.2, burst: 20}
   # Media uploads (the media plugin's upload endpoints).
   media_upload_per_user: {per_second: 1, burst: 20}
   # Reports of events, rooms and users (POST .../report...).
   report_per_user: {per_second: 1, burst: 5}
+  # Display name and avatar changes (PUT and DELETE /profile/{userId}/...): each makes a
+  # member event in every room the user is joined to, and costs that many (at least 1). One
+  # token is enough for a change, the bucket may then go below zero: a user in more rooms
+  # than 'burst' changes once, then waits for it to refill.
+  profile_update_per_user: {per_second: 2, burst: 1000}
 
 user_directory:
   # POST /user_directory/search finds users who share a room with the searcher or

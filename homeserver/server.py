@@ -508,6 +508,7 @@ class HomeServer:
         self.media_admin: Any = None  # the media plugin's admin side (PluginApi.set_media_admin)
         self.events.ratelimiter = self.ratelimiter
         self.rooms.ratelimiter = self.ratelimiter
+        self.profiles.ratelimiter = self.ratelimiter
         self.directory = DirectoryService(self.config.server_name, self.storage, self.rooms, self.room_heads)
         self.federation.directory = DirectoryQueries(
             self.config.server_name, self.directory, self.federation.client, self.clock

@@ -215,7 +215,7 @@ class AdminService:
                 raise MatrixError("'password' is required to create an account", "M_MISSING_PARAM")
             await self.accounts.register(localpart, password, is_admin=bool(admin), displayname=displayname)
             if avatar_url:
-                await self.profiles.set_field(user_id, user_id, "avatar_url", avatar_url)
+                await self.profiles.set_field(user_id, user_id, "avatar_url", avatar_url, rate_limited=False)
             if emails:
                 await self.store.replace_emails(user_id, emails, self.clock_ms())
             if locked:
@@ -229,9 +229,9 @@ class AdminService:
             await self.accounts.set_password(user_id, password, None, logout)
         profile = await self.storage.accounts.get_profile(user_id) or (None, None)
         if displayname is not None and displayname != (profile[0] or ""):
-            await self.profiles.set_field(user_id, user_id, "displayname", displayname)
+            await self.profiles.set_field(user_id, user_id, "displayname", displayname, rate_limited=False)
         if avatar_url is not None and avatar_url != (profile[1] or ""):
-            await self.profiles.set_field(user_id, user_id, "avatar_url", avatar_url)
+            await self.profiles.set_field(user_id, user_id, "avatar_url", avatar_url, rate_limited=False)
         if emails is not None:
             await self.store.replace_emails(user_id, emails, self.clock_ms())
         if admin is not None and admin != existing.is_admin:

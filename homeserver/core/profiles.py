@@ -11,6 +11,7 @@ from homeserver.errors import BadJson, Forbidden, NotFound, Unrecognized
 from homeserver.storage import Storage
 
 if TYPE_CHECKING:
+    from homeserver.core.ratelimit import RateLimiter
     from homeserver.core.rooms import RoomService
     from homeserver.core.timeline_cache import TimelineCache
 
@@ -48,6 +49,8 @@ class ProfileService:
         self.on_profile_changed: list[Callable[[str], Awaitable[None]]] = []
         # Asks a remote user's server (federation's ProfileQueries.remote), once wired.
         self.remote: Callable[[str, str | None], Awaitable[dict[str, Any]]] | None = None
+        # Set by the server: limits the member events a user's own changes make.
+        self.ratelimiter: RateLimiter | None = None
 
     def _is_remote(self, user_id: str) -> bool:
         return bool(self.server_name) and user_id.partition(":")[2] not in ("", self.server_name)
@@ -72,27 +75,41 @@ class ProfileService:
             raise NotFound(f"No {field} set")
         return {field: profile[field]}
 
-    async def set_field(self, requester: str, user_id: str, field: str, value: object) -> None:
-        """Set (or, with None or "", clear) one field of the requester's own profile."""
+    async def set_field(
+        self, requester: str, user_id: str, field: str, value: object, *, rate_limited: bool = True
+    ) -> None:
+        """Set (or, with None or "", clear) one field of the requester's own profile.
+        `rate_limited`: a user's own change, counted against
+        `rate_limits.profile_update_per_user` (the admin API's are not)."""
         _check_field(field)
         if requester != user_id:
             raise Forbidden("You may only change your own profile")
         checked = check_value(field, value)
+        joined = await self._joined_rooms(user_id, rate_limited)
         await self.storage.accounts.set_profile_field(user_id, field, checked or None)
-        await self._propagate(user_id)
+        await self._propagate(user_id, joined)
 
     async def delete_field(self, requester: str, user_id: str, field: str) -> None:
         """`DELETE /profile/{userId}/{keyName}` (v1.16): clear one field of one's own profile."""
         _check_field(field)
         if requester != user_id:
             raise Forbidden("You may only change your own profile")
+        joined = await self._joined_rooms(user_id, True)
         await self.storage.accounts.set_profile_field(user_id, field, None)
-        await self._propagate(user_id)
+        await self._propagate(user_id, joined)
 
-    async def _propagate(self, user_id: str) -> None:
-        """New member events in every room the user is joined to, so the members see it."""
+    async def _joined_rooms(self, user_id: str, rate_limited: bool) -> list[str]:
+        """The rooms a change makes a member event in; `rate_limited`: first take them (at
+        least 1) from the user's bucket, which one token lets through (LimitExceeded else).
+        A user in 1,000 rooms changing their name in a loop made 1,000 events a request."""
         memberships = await self.timeline.rooms_for_user(user_id)
         joined = sorted(room_id for room_id, (m, _) in memberships.items() if m == "join")
+        if rate_limited and self.ratelimiter is not None:
+            self.ratelimiter.check_user("profile_update", user_id, max(1, len(joined)), overdraw=True)
+        return joined
+
+    async def _propagate(self, user_id: str, joined: list[str]) -> None:
+        """New member events in every room the user is joined to, so the members see it."""
         for listener in self.on_profile_changed:
             try:
                 await listener(user_id)

@@ -20,7 +20,7 @@ def _whole_ms(wait_s: float) -> int:
 
 
 # What one account does, each limited by `rate_limits.<action>_per_user`.
-USER_ACTIONS = ("send", "create_room", "join", "invite", "media_upload", "report")
+USER_ACTIONS = ("send", "create_room", "join", "invite", "media_upload", "report", "profile_update")
 
 
 class RateLimiter:
@@ -33,11 +33,21 @@ class RateLimiter:
         # on_take(action, key, cost, limit) after each take here, so the others take it too.
         self.on_take: Callable[[str, str, float, RateLimit], None] | None = None
 
-    def check_user(self, action: str, user_id: str) -> None:
-        """Take one `action` (one of USER_ACTIONS) from `user_id`'s bucket, or raise LimitExceeded."""
+    def check_user(self, action: str, user_id: str, cost: float = 1.0, *, overdraw: bool = False) -> None:
+        """Take `cost` of `action` (one of USER_ACTIONS) from `user_id`'s bucket, or raise
+        LimitExceeded. `overdraw`: one token is enough and the bucket may go below zero (a
+        cost past the burst is let through once, then the bucket refills from below)."""
         if action not in USER_ACTIONS:
             raise ValueError(f"unknown rate-limited action {action!r}")
-        self.check(action, user_id, getattr(self.limits, f"{action}_per_user"))
+        limit = getattr(self.limits, f"{action}_per_user")
+        if overdraw and cost > 1:
+            self.peek(action, user_id, limit)
+            if self.enabled:
+                self.taken_elsewhere(action, user_id, cost, limit)
+                if self.on_take is not None:
+                    self.on_take(action, user_id, cost, limit)
+            return
+        self.check(action, user_id, limit, cost)
 
     def check(self, action: str, key: str, limit: RateLimit, cost: float = 1.0) -> None:
         """Take `cost` from the bucket; raise LimitExceeded (with retry_after_ms) if empty."""

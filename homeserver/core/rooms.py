@@ -168,6 +168,24 @@ class RoomService:
         if self.ratelimiter is not None:
             self.ratelimiter.check_user(action, user_id)
 
+    def _limit_creation(self, creator: str, invites: int) -> None:
+        """createRoom's limits: one room, and its invitations as that many invites (one
+        request inviting thousands was thousands of invite events at the cost of a room).
+        A list past the invite burst could never go through: 400, not 429."""
+        limiter = self.ratelimiter
+        if limiter is None or not limiter.enabled:
+            return
+        burst = limiter.limits.invite_per_user.burst
+        if invites > burst:
+            raise MatrixError(
+                f"At most {burst} users may be invited when creating a room; invite the others after",
+                "M_INVALID_PARAM",
+            )
+        limiter.peek("create_room", creator, limiter.limits.create_room_per_user)
+        if invites:
+            limiter.check_user("invite", creator, invites)
+        limiter.check_user("create_room", creator)
+
     def _is_remote(self, user_id: str) -> bool:
         """A user of another server we can reach (federation is on)."""
         return self.remote is not None and not user_id.endswith(":" + self.server_name)
@@ -198,7 +216,6 @@ class RoomService:
             args = {"creator": creator, "body": body, "encrypted": encrypted}
             return str((await writers.call_creator(creator, "rooms.create", args))["room_id"])
         self._may_act(creator)
-        self._limit("create_room", creator)
         version = body.get("room_version", DEFAULT_ROOM_VERSION)
         if version not in KNOWN_VERSIONS:
             raise MatrixError(f"Unsupported room version {version!r}", "M_UNSUPPORTED_ROOM_VERSION")
@@ -214,7 +231,8 @@ class RoomService:
         invites = body.get("invite", [])
         if not isinstance(invites, list):
             raise MatrixError("'invite' must be a list of user ids", "M_BAD_JSON")
-        invites = [check_user_id(u, "invite") for u in invites]
+        invites = list(dict.fromkeys(check_user_id(u, "invite") for u in invites))
+        self._limit_creation(creator, len(invites))
         # Users of other servers are invited over federation once the room exists (their
         # server must countersign); ours are invited in the room's first commit.
         remote_invites = [u for u in invites if self._is_remote(u)]

@@ -6,14 +6,17 @@ request goes through once the clock has moved that long (never sooner)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 import pytest_twisted
 from harness import CS, Client, TestClock, connect, make_server, parse_response, room_path, turn
+from twisted.internet.defer import Deferred
 
 from homeserver.config import RateLimit
 from homeserver.core import ratelimit
+from homeserver.core.persist import GATHER_S
 from homeserver.server import HomeServer
 
 # 0.4 tokens a second: an empty bucket has its next token in 2.5 s, so Retry-After is 3.
@@ -216,5 +219,95 @@ async def test_reports_are_limited(tmp_path: Path) -> None:
         ] == 200
         await advance(clock, 2.5)
         assert (await raw(hs, "POST", f"{CS}/users/@x:elsewhere.example/report", token, reason))[0] == 200
+    finally:
+        await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_create_room_invites_count_as_invites(tmp_path: Path) -> None:
+    """createRoom's 'invite' list is that many invitations: one request (a room's cost) named
+    thousands of users, thousands of invite events and pushes."""
+    clock = TestClock()
+    hs = await limited_server(tmp_path, clock, invite_per_user={"per_second": 1 / 60, "burst": 3})
+    client = Client(hs)
+    try:
+        alice = await client.register(hs, "alice")
+        others = [(await client.register(hs, n))["user_id"] for n in ("bob", "carol", "dave", "erin")]
+        token = alice["access_token"]
+
+        def create(invite: list[str]) -> Any:
+            return raw(hs, "POST", f"{CS}/createRoom", token, json.dumps({"invite": invite}).encode())
+
+        status, _, body = await create(others)
+        assert (status, body.get("errcode")) == (400, "M_INVALID_PARAM"), body
+        # Nothing was taken by the refused request: three invitations go through at once.
+        status, _, body = await create(others[:3])
+        assert status == 200, body
+        joined = await raw(hs, "GET", f"{CS}{room_path(body['room_id'])}/members", token, b"")
+        assert sorted(e["state_key"] for e in joined[2]["chunk"]) == sorted([alice["user_id"], *others[:3]])
+        assert_limited(await create([others[3]]), 60_000, "60")
+        # The bucket is the one of POST /invite.
+        invite = f"{CS}{room_path(body['room_id'])}/invite"
+        assert_limited(
+            await raw(hs, "POST", invite, token, json.dumps({"user_id": others[3]}).encode()), 60_000, "60"
+        )
+        # A room without invitations is only a room.
+        assert (await create([]))[0] == 200
+        await advance(clock, 60)
+        assert (await create([others[3]]))[0] == 200
+    finally:
+        await hs.stop(None)
+
+
+async def driven(clock: TestClock, request: Coroutine[Any, Any, Any]) -> Any:
+    """`request`, moving the clock a group commit's gathering pause at a time: member events
+    persisted together in several rooms wait that long on the server's clock for more."""
+    done = Deferred.fromCoroutine(request)
+    while not done.called:
+        await turn()
+        clock.advance(GATHER_S)
+    return await done
+
+
+def assert_limited_about(answer: tuple[int, dict[str, str], dict[str, Any]], retry_after_ms: int) -> None:
+    """429 with retry_after_ms within the few gathering pauses `driven` moved the clock."""
+    status, _, body = answer
+    assert (status, body.get("errcode")) == (429, "M_LIMIT_EXCEEDED"), answer
+    assert retry_after_ms - 100 < body["retry_after_ms"] <= retry_after_ms, body
+
+
+@pytest_twisted.ensureDeferred
+async def test_profile_changes_are_limited_by_the_member_events_they_make(tmp_path: Path) -> None:
+    """A display name change is a new member event in each joined room: a user in many rooms
+    changing it in a loop made that many events a request. Each change costs its rooms; one
+    token lets it through, then the bucket refills from below zero."""
+    clock = TestClock()
+    hs = await limited_server(tmp_path, clock, profile_update_per_user={"per_second": 1, "burst": 3})
+    client = Client(hs)
+    try:
+        alice = await client.register(hs, "alice")
+        token = alice["access_token"]
+        rooms = [(await raw(hs, "POST", f"{CS}/createRoom", token, b"{}"))[2]["room_id"] for _ in range(3)]
+        path = f"{CS}/profile/{alice['user_id']}/displayname"
+
+        def rename(name: str) -> Any:
+            return raw(hs, "PUT", path, token, json.dumps({"displayname": name}).encode())
+
+        assert (await driven(clock, rename("one")))[0] == 200  # 3 member events: the bucket is empty
+        for room_id in rooms:
+            member = await raw(
+                hs, "GET", f"{CS}{room_path(room_id)}/state/m.room.member/{alice['user_id']}", token, b""
+            )
+            assert member[2]["displayname"] == "one"
+        assert_limited_about(await driven(clock, rename("two")), 1000)
+        assert (await raw(hs, "GET", path, token, b""))[2] == {"displayname": "one"}
+        await advance(clock, 1)
+        assert (await driven(clock, rename("two")))[0] == 200  # one token is enough: 3 below zero now
+        assert_limited_about(await driven(clock, raw(hs, "DELETE", path, token, b"")), 3000)
+        # The admin API's changes are not counted.
+        await driven(clock, hs.admin.put_user(alice["user_id"], {"displayname": "three"}))
+        assert (await raw(hs, "GET", path, token, b""))[2] == {"displayname": "three"}
+        await advance(clock, 3)
+        assert (await driven(clock, rename("four")))[0] == 200
     finally:
         await hs.stop(None)
