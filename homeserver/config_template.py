@@ -118,7 +118,7 @@ rate_limits:
   send_per_user: {per_second: 10, burst: 100}
   # Rooms created (POST /createRoom, new direct chats and groups of the simple API).
   create_room_per_user: {per_second: 0.05, burst: 10}
-  # Rooms joined (POST /join/{room}, /rooms/{id}/join).
+  # Rooms joined (POST /join/{room}, /rooms/{id}/join) and knocked on (POST /knock/{room}).
   join_per_user: {per_second: 0.1, burst: 20}
   # Invitations sent (POST /rooms/{id}/invite, and each user of createRoom's 'invite'
   # list, of the simple API's new direct chats and groups: a list longer than 'burst'

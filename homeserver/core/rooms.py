@@ -595,6 +595,10 @@ class RoomService:
         if (forward := forwarded(self.events.writers, room_id, "rooms.knock", args)) is not None:
             return str((await forward)["room_id"])
         head = await self.events.heads.get(room_id)
+        if head is None or head.membership(user_id) != "knock":
+            # A knock is a request to join, counted as one: a loop of knock and leave made
+            # an event for the room's moderators each time (knocking again asks nothing).
+            self._limit("join", user_id)
         remote = self._remote_servers(room_id, head, via, user_id)
         if remote is not None and (head is None or head.membership(user_id) != "knock"):
             assert self.remote is not None

@@ -311,3 +311,28 @@ async def test_profile_changes_are_limited_by_the_member_events_they_make(tmp_pa
         assert (await driven(clock, rename("four")))[0] == 200
     finally:
         await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_knocks_count_as_joins(tmp_path: Path) -> None:
+    """Knocking and leaving in a loop put a member event in front of the room's moderators
+    each time, without limit: a knock is a join of `join_per_user`."""
+    clock = TestClock()
+    hs = await limited_server(tmp_path, clock, join_per_user={"per_second": 1 / 60, "burst": 1})
+    client = Client(hs)
+    try:
+        alice, bob = [await client.register(hs, n) for n in ("alice", "bob")]
+        room_id = (await raw(hs, "POST", f"{CS}/createRoom", alice["access_token"], b"{}"))[2]["room_id"]
+        rules = f"{CS}{room_path(room_id)}/state/m.room.join_rules/"
+        assert (await raw(hs, "PUT", rules, alice["access_token"], b'{"join_rule": "knock"}'))[0] == 200
+        knock = f"{CS}/knock/{room_id}"
+        token = bob["access_token"]
+        assert (await raw(hs, "POST", knock, token, b"{}"))[0] == 200
+        # Knocking again asks nothing and is not counted.
+        assert (await raw(hs, "POST", knock, token, b"{}"))[0] == 200
+        assert (await raw(hs, "POST", f"{CS}{room_path(room_id)}/leave", token, b"{}"))[0] == 200
+        assert_limited(await raw(hs, "POST", knock, token, b"{}"), 60_000, "60")
+        await advance(clock, 60)
+        assert (await raw(hs, "POST", knock, token, b"{}"))[0] == 200
+    finally:
+        await hs.stop(None)
