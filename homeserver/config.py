@@ -135,6 +135,8 @@ class RateLimitsConfig:
     report_per_user: RateLimit = RateLimit(1.0, 5)
     # Member events of profile changes: each change costs the user's joined rooms (at least 1).
     profile_update_per_user: RateLimit = RateLimit(2.0, 1000)
+    # New room aliases (PUT /directory/room/{alias}).
+    create_alias_per_user: RateLimit = RateLimit(0.05, 10)
 
 
 @dataclass(frozen=True)

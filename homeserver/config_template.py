@@ -133,6 +133,9 @@ rate_limits:
   # token is enough for a change, the bucket may then go below zero: a user in more rooms
   # than 'burst' changes once, then waits for it to refill.
   profile_update_per_user: {per_second: 2, burst: 1000}
+  # Room aliases made (PUT /directory/room/{alias}; not createRoom's room_alias_name,
+  # which comes with its room).
+  create_alias_per_user: {per_second: 0.05, burst: 10}
 
 user_directory:
   # POST /user_directory/search finds users who share a room with the searcher or

@@ -114,6 +114,10 @@ class DirectoryService:
         ):
             raise MatrixError("Aliases must be #name:" + self.server_name, "M_INVALID_PARAM")
         await self.rooms.access_room_as_member(user_id, room_id)
+        if await self.storage.rooms.room_for_alias(alias) is None:
+            # Aliases are names in one namespace, kept until removed: a loop of fresh ones
+            # took any number of names (and rows) at request speed.
+            self.rooms.limit_user("create_alias", user_id)
         try:
             await self.storage.rooms.create_alias(alias, room_id, user_id)
         except AliasExists:

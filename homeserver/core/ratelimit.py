@@ -20,7 +20,16 @@ def _whole_ms(wait_s: float) -> int:
 
 
 # What one account does, each limited by `rate_limits.<action>_per_user`.
-USER_ACTIONS = ("send", "create_room", "join", "invite", "media_upload", "report", "profile_update")
+USER_ACTIONS = (
+    "send",
+    "create_room",
+    "join",
+    "invite",
+    "media_upload",
+    "report",
+    "profile_update",
+    "create_alias",
+)
 
 
 class RateLimiter:

@@ -168,6 +168,10 @@ class RoomService:
         if self.ratelimiter is not None:
             self.ratelimiter.check_user(action, user_id)
 
+    def limit_user(self, action: str, user_id: str) -> None:
+        """Take one `action` of `rate_limits.<action>_per_user` (LimitExceeded if empty)."""
+        self._limit(action, user_id)
+
     def _limit_creation(self, creator: str, invites: int) -> None:
         """createRoom's limits: one room, and its invitations as that many invites (one
         request inviting thousands was thousands of invite events at the cost of a room).

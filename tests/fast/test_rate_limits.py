@@ -336,3 +336,29 @@ async def test_knocks_count_as_joins(tmp_path: Path) -> None:
         assert (await raw(hs, "POST", knock, token, b"{}"))[0] == 200
     finally:
         await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_aliases_are_limited(tmp_path: Path) -> None:
+    """Aliases are kept until removed, in one namespace: a loop of PUTs took any number of
+    names. Pointing an alias where it points already takes nothing."""
+    clock = TestClock()
+    hs = await limited_server(tmp_path, clock, create_alias_per_user={"per_second": 1 / 60, "burst": 1})
+    client = Client(hs)
+    try:
+        alice = await client.register(hs, "alice")
+        token = alice["access_token"]
+        room_id = (await raw(hs, "POST", f"{CS}/createRoom", token, b"{}"))[2]["room_id"]
+        body = json.dumps({"room_id": room_id}).encode()
+
+        def alias(name: str) -> Any:
+            return raw(hs, "PUT", f"{CS}/directory/room/%23{name}:{hs.config.server_name}", token, body)
+
+        assert (await alias("one"))[0] == 200
+        status, _, answer = await alias("one")
+        assert (status, answer.get("errcode")) == (409, "M_UNKNOWN")
+        assert_limited(await alias("two"), 60_000, "60")
+        await advance(clock, 60)
+        assert (await alias("two"))[0] == 200
+    finally:
+        await hs.stop(None)
