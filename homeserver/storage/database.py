@@ -442,6 +442,23 @@ class PostgresEngine(Engine):
         return isinstance(error, psycopg2.errors.UniqueViolation)
 
 
+# Values bound per `IN (...)`: well under SQLite's limit on bound parameters.
+IN_CHUNK = 500
+
+V = TypeVar("V")
+
+
+def in_chunks(values: Sequence[V], size: int = IN_CHUNK) -> Iterator[Sequence[V]]:
+    """`values` in slices of at most `size`, one `IN (...)` query each."""
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def marks(count: int) -> str:
+    """`?` placeholders for an `IN (...)` of `count` values."""
+    return ",".join("?" * count)
+
+
 _PARAMETER = re.compile(r"\$(\d+)")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from homeserver.storage.database import Database, Txn
+from homeserver.storage.database import Database, Txn, in_chunks, marks
 
 
 @dataclass(frozen=True)
@@ -138,12 +138,10 @@ class DeviceStore:
     async def device_ids_of_users(self, user_ids: Sequence[str]) -> dict[str, list[str]]:
         """user id -> the ids of their devices, for users that have any (500 users a query)."""
         out: dict[str, list[str]] = {}
-        for start in range(0, len(user_ids), 500):
-            chunk = user_ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
+        for chunk in in_chunks(user_ids):
             rows = await self.db.query(
                 "device_ids_of_users",
-                f"SELECT user_id, device_id FROM devices WHERE user_id IN ({marks})"
+                f"SELECT user_id, device_id FROM devices WHERE user_id IN ({marks(len(chunk))})"
                 " ORDER BY user_id, device_id",
                 *chunk,
             )

@@ -7,25 +7,13 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from homeserver.storage.database import Database, Txn
+from homeserver.storage.database import Database, Txn, in_chunks, marks
 
 JsonDict = dict[str, Any]
 
 
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
-
-
-# Parameters per `IN (...)`: well under SQLite's limit on bound parameters.
-_CHUNK = 500
-
-
-def _chunks(values: list[str]) -> list[list[str]]:
-    return [values[i : i + _CHUNK] for i in range(0, len(values), _CHUNK)]
-
-
-def _marks(values: Sequence[Any]) -> str:
-    return ",".join("?" * len(values))
 
 
 class E2eeStore:
@@ -59,11 +47,11 @@ class E2eeStore:
         def query_txn(txn: Txn) -> dict[str, dict[str, JsonDict]]:
             out: dict[str, dict[str, JsonDict]] = {user_id: {} for user_id in queries}
             wanted = {user_id: set(devices) for user_id, devices in queries.items()}
-            for chunk in _chunks(list(queries)):
+            for chunk in in_chunks(list(queries)):
                 rows = txn.query(
                     "SELECT k.user_id, k.device_id, k.key_json, d.display_name FROM device_keys k"
                     " JOIN devices d ON d.user_id = k.user_id AND d.device_id = k.device_id"
-                    f" WHERE k.user_id IN ({_marks(chunk)})",
+                    f" WHERE k.user_id IN ({marks(len(chunk))})",
                     chunk,
                 )
                 for user_id, device_id, key_json, display_name in rows:
@@ -239,11 +227,11 @@ class E2eeStore:
             # claim: a claim may name thousands of devices (a large room's first message), and
             # asking for each one in turn held a connection for seconds.
             stocked: set[tuple[str, str, str]] = set()
-            for chunk in _chunks(sorted({user_id for user_id, _, _ in claims})):
+            for chunk in in_chunks(sorted({user_id for user_id, _, _ in claims})):
                 for table, distinct in (("one_time_keys", "DISTINCT "), ("fallback_keys", "")):
                     rows = txn.query(
                         f"SELECT {distinct}user_id, device_id, algorithm FROM {table}"
-                        f" WHERE user_id IN ({_marks(chunk)})",
+                        f" WHERE user_id IN ({marks(len(chunk))})",
                         chunk,
                     )
                     stocked.update((str(u), str(d), str(a)) for u, d, a in rows)
@@ -421,10 +409,10 @@ class E2eeStore:
             # reach whoever later logs in with that id (clients may choose their device ids).
             users = sorted({u for _, u, _, _ in rows})
             existing: set[tuple[str, str]] = set()
-            for i in range(0, len(users), 500):
-                chunk = users[i : i + 500]
-                marks = ",".join("?" * len(chunk))
-                found = txn.query(f"SELECT user_id, device_id FROM devices WHERE user_id IN ({marks})", chunk)
+            for chunk in in_chunks(users):
+                found = txn.query(
+                    f"SELECT user_id, device_id FROM devices WHERE user_id IN ({marks(len(chunk))})", chunk
+                )
                 existing.update((str(u), str(d)) for u, d in found)
             txn.insert_many(
                 "to_device_messages",
