@@ -596,6 +596,8 @@ class CompiledRule:
     shared: tuple[Condition, ...]  # recipient-independent: once per event
     per_user: tuple[Condition, ...]
     outcome: Outcome
+    # A server-default rule (".m.rule..."): the spec's, always evaluated (PLAN_BUDGET)
+    server_default: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -674,7 +676,7 @@ class Program:
         rules = by_type.get(event_type.lower(), untyped) if isinstance(event_type, str) else untyped
         budget = [PLAN_BUDGET]
         for rule in rules:
-            if rule.rule_id.startswith("."):  # a server-default rule: what the spec asks, always
+            if rule.server_default:
                 held = all(facts.holds(c) for c in rule.shared)
             else:
                 held = all(facts.holds_within(c, budget) for c in rule.shared)
@@ -823,6 +825,7 @@ def compile_rules(ruleset: Mapping[str, Any], user_id: str) -> Program:
                     tuple(c for c in conds if not c.per_user),
                     tuple(c for c in conds if c.per_user),
                     _outcome(rule.get("actions")),
+                    rule_id.startswith("."),
                 )
             )
     return Program(tuple(compiled))
