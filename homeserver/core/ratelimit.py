@@ -48,26 +48,22 @@ class RateLimiter:
         cost past the burst is let through once, then the bucket refills from below)."""
         if action not in USER_ACTIONS:
             raise ValueError(f"unknown rate-limited action {action!r}")
-        limit = getattr(self.limits, f"{action}_per_user")
-        if overdraw and cost > 1:
-            self.peek(action, user_id, limit)
-            if self.enabled:
-                self.taken_elsewhere(action, user_id, cost, limit)
-                if self.on_take is not None:
-                    self.on_take(action, user_id, cost, limit)
-            return
-        self.check(action, user_id, limit, cost)
+        self.check(action, user_id, getattr(self.limits, f"{action}_per_user"), cost, overdraw=overdraw)
 
-    def check(self, action: str, key: str, limit: RateLimit, cost: float = 1.0) -> None:
-        """Take `cost` from the bucket; raise LimitExceeded (with retry_after_ms) if empty."""
+    def check(
+        self, action: str, key: str, limit: RateLimit, cost: float = 1.0, *, overdraw: bool = False
+    ) -> None:
+        """Take `cost` from the bucket; raise LimitExceeded (with retry_after_ms) if empty.
+        `overdraw`: at most one token must be there, and the bucket may go below zero."""
         if not self.enabled:
             return
         now = self.clock.monotonic()
         tokens, last = self._buckets.get((action, key), (float(limit.burst), now))
         tokens = min(float(limit.burst), tokens + (now - last) * limit.per_second)
-        if tokens < cost:
+        need = min(cost, 1.0) if overdraw else cost
+        if tokens < need:
             self._buckets[(action, key)] = (tokens, now)
-            wait_s = (cost - tokens) / limit.per_second if limit.per_second > 0 else 3600.0
+            wait_s = (need - tokens) / limit.per_second if limit.per_second > 0 else 3600.0
             raise LimitExceeded(retry_after_ms=_whole_ms(wait_s))
         self._buckets[(action, key)] = (tokens - cost, now)
         if len(self._buckets) > _MAX_BUCKETS:
