@@ -22,7 +22,7 @@ import traceback
 from datetime import datetime
 from typing import Any
 
-from bench import half_core, report
+from bench import fsync_probe, half_core, report
 from bench.procstats import cpu_speed_probe, raise_fd_limit
 from bench.profiling import PySpy, summarize
 from bench.push_gateway import FcmStandIn, run_pg
@@ -354,6 +354,8 @@ async def run(args: argparse.Namespace) -> int:
         "loadavg_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "speed_start": cpu_speed_probe(),
         "postgres_version": postgres_version(),
+        # The floor under W2's tail: every commit waits for such a flush (docs/latency.md).
+        "fsync": fsync_probe.summary() if "W2" in workloads else None,
         "config_notes": CONFIG_NOTES,
     }
     try:

@@ -34,6 +34,25 @@ def probe(path: str, rate: float, seconds: float) -> list[float]:
     return sorted(latencies)
 
 
+def summary(path: str = DEFAULT_PATH, rate: float = 500.0, seconds: float = 5.0) -> dict[str, float] | None:
+    """The probe's figures for a results file, or None where PATH's directory cannot be written."""
+    try:
+        ms = probe(path, rate, seconds)
+    except OSError:
+        return None
+    return {
+        "rate": rate,
+        "flushes": len(ms),
+        "p50_ms": _at(ms, 0.5),
+        "p99_ms": _at(ms, 0.99),
+        "over_3ms_pct": 100 * sum(x > 3 for x in ms) / len(ms),
+    }
+
+
+def _at(ms: list[float], q: float) -> float:
+    return ms[min(len(ms) - 1, int(q * len(ms)))]
+
+
 def main() -> None:
     path = sys.argv[1] if len(sys.argv) > 1 else DEFAULT_PATH
     rate = float(sys.argv[2]) if len(sys.argv) > 2 else 500.0
@@ -41,7 +60,7 @@ def main() -> None:
     ms = probe(path, rate, seconds)
 
     def at(q: float) -> float:
-        return ms[min(len(ms) - 1, int(q * len(ms)))]
+        return _at(ms, q)
 
     print(
         f"{len(ms)} flushes at {rate:g}/s: p50 {at(0.5):.3f}, p90 {at(0.9):.3f}, p99 {at(0.99):.3f},"

@@ -317,6 +317,14 @@ def machine_section(meta: dict[str, Any]) -> str:
         f" drifts by up to 2x over a day, so compare files by it): {_seconds(meta.get('speed_start'))}"
         f" at start, {_seconds(meta.get('speed_end'))} at end",
     ]
+    fsync = meta.get("fsync")
+    if fsync:
+        lines.append(
+            f"- PostgreSQL's disk (`bench.fsync_probe`, before the run): `fdatasync` of an 8 KB write at"
+            f" {fsync['rate']:g}/s, {fsync['flushes']} flushes: p50 {fsync['p50_ms']:.2f} ms,"
+            f" p99 {fsync['p99_ms']:.2f} ms, {fsync['over_3ms_pct']:.1f} % over 3 ms (every commit"
+            " waits for one; W2's p99 cannot be under this disk's)"
+        )
     return "\n".join(lines)
 
 

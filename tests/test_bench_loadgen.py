@@ -517,3 +517,18 @@ def test_latency_rows_start_with_wal_segments_ready_ahead() -> None:
         assert after - before == set(), "a segment was created after prepare_wal"
     finally:
         postgres.close()
+
+
+def test_results_say_how_fast_the_databases_disk_flushes(tmp_path: Path) -> None:
+    # W2's tail sits on this floor (docs/latency.md): a results file from another VM is only
+    # comparable with it. 50 real flushes of the disk tmp_path is on.
+    from bench import fsync_probe, report
+
+    fsync = fsync_probe.summary(str(tmp_path / "probe.tmp"), rate=500, seconds=0.1)
+    assert fsync is not None and fsync["flushes"] == 50
+    assert 0 < fsync["p50_ms"] <= fsync["p99_ms"]
+    assert not (tmp_path / "probe.tmp").exists()
+    assert fsync_probe.summary(str(tmp_path / "missing" / "probe.tmp")) is None
+    section = report.machine_section({"fsync": fsync})
+    assert f"p99 {fsync['p99_ms']:.2f} ms" in section and "50 flushes" in section
+    assert "PostgreSQL's disk" not in report.machine_section({"fsync": None})
