@@ -148,8 +148,17 @@ def test_two_people_sign_up_and_chat_encrypted_in_the_web_client(start_server: A
         ("Hi Alice! Reading you fine", True, False),
     ]
     # The chat list: name, last message, unread count, gone once read.
-    assert result["aliceList"] == {"name": bob, "last": "Are you still there?", "unread": "1"}
+    # ...and in the tab's title and the app badge, both cleared once read.
+    assert result["aliceList"] == {
+        "name": bob,
+        "last": "Are you still there?",
+        "unread": "1",
+        "title": "(1) Chat",
+        "badge": 1,
+    }
     assert result["aliceUnreadAfterOpening"] is False
+    assert result["aliceTitleAfterOpening"] == "Chat"
+    assert result["aliceBadgeAfterOpening"] == 0
     # Bob's ticks on that message: delivered to Alice's device while unread, then read.
     last = {"body": "Are you still there?", "mine": True, "failed": False}
     assert result["bobTickBeforeAliceOpens"] == {**last, "tick": "delivered"}

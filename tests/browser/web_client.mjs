@@ -37,6 +37,12 @@ const failedRequests = [];
 
 async function openPerson(name, viewport) {
     const context = await browser.newContext({ viewport });
+    // The app badge is drawn by the OS on an installed app's icon: here, what the page asks for.
+    await context.addInitScript(() => {
+        window.badgeCalls = [];
+        navigator.setAppBadge = (n) => Promise.resolve(void window.badgeCalls.push(n));
+        navigator.clearAppBadge = () => Promise.resolve(void window.badgeCalls.push(0));
+    });
     const page = await context.newPage();
     watchPage(page, name, { expected: EXPECTED_FAILURES, problems, failedRequests });
     return { name, context, page };
@@ -158,6 +164,8 @@ async function main(results) {
         name: await alice.page.textContent(`${aliceItem} .chat-name`),
         last: await alice.page.textContent(`${aliceItem} .chat-last`),
         unread: await alice.page.textContent(`${aliceItem} .unread`),
+        title: await alice.page.title(),
+        badge: await alice.page.evaluate(() => window.badgeCalls.at(-1)),
     };
     await shot(alice, "chat-list-phone.png");
     // Alice's device has it, unread: Bob sees it delivered (the server's message status).
@@ -172,6 +180,8 @@ async function main(results) {
     await alice.page.click("button.back");
     await alice.page.waitForFunction((sel) => !document.querySelector(`${sel} .unread`), aliceItem, { timeout: 30_000 });
     results.aliceUnreadAfterOpening = await alice.page.$(`${aliceItem} .unread`) !== null;
+    results.aliceTitleAfterOpening = await alice.page.title();
+    results.aliceBadgeAfterOpening = await alice.page.evaluate(() => window.badgeCalls.at(-1));
 
     // Bob reloads: still signed in, on the same chat, every message readable.
     await bob.page.reload();

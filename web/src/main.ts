@@ -12,7 +12,7 @@ import { accountHasCrossSigning, setUpEncryption, thisDeviceIsVerified } from ".
 import { registerServiceWorker } from "./notifications";
 import { authScreen, type Entered } from "./screens/auth";
 import { newDeviceScreen, recoveryKeyScreen } from "./screens/encryption";
-import { Messenger } from "./screens/messenger";
+import { clearUnreadBadge, Messenger } from "./screens/messenger";
 import { Settings } from "./screens/settings";
 import { watchVerificationRequests } from "./screens/verification";
 import { clearSession, loadSession, saveSession, type Session } from "./session";
@@ -79,6 +79,7 @@ function mountMessenger(client: MatrixClient): void {
     }
     const leave = (): void => {
         clearSession();
+        clearUnreadBadge();
         location.assign("/login");
     };
     // The server ended this session (logged out elsewhere): forget it and sign in again.

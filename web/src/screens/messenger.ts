@@ -259,6 +259,7 @@ export class Messenger {
 
     private renderList(open: Room | null): void {
         rememberRoomNames(this.rooms());
+        showUnreadTotal(this.rooms());
         const items = this.rooms().map((room) => {
             const invited = room.getMyMembership() === KnownMembership.Invite;
             const last = foldTimeline(room, null).main.at(-1);
@@ -466,3 +467,29 @@ export class Messenger {
         void this.client.sendReadReceipt(last).catch(() => undefined);
     }
 }
+
+/** The unread total in the tab's title and, where the browser has one, the app's badge. */
+function showUnreadTotal(rooms: Room[]): void {
+    const total = rooms
+        .filter((room) => room.getMyMembership() === KnownMembership.Join)
+        .reduce((sum, room) => sum + room.getUnreadNotificationCount(NotificationCountType.Total), 0);
+    const title = total > 0 ? `(${total}) ${APP_TITLE}` : APP_TITLE;
+    if (document.title !== title) document.title = title;
+    if (total !== shownBadge) setBadge(total);
+}
+
+/** Clears the app's badge (at log-out: the count was this account's). */
+export function clearUnreadBadge(): void {
+    setBadge(0);
+}
+
+function setBadge(total: number): void {
+    shownBadge = total;
+    // The Badging API: an installed app's icon; absent in some browsers, refused when not installed.
+    const badging = navigator as Navigator & { setAppBadge?: (n: number) => Promise<void>; clearAppBadge?: () => Promise<void> };
+    const done = total > 0 ? badging.setAppBadge?.(total) : badging.clearAppBadge?.();
+    done?.catch(() => undefined);
+}
+
+const APP_TITLE = "Chat";
+let shownBadge = 0;
