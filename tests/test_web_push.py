@@ -126,6 +126,8 @@ def test_notifications_and_the_installable_app(
     assert result["notifications"] == [
         {"title": "New message in Quiet please", "body": "Open the chat to read it.", "tag": muted}
     ]
+    # The push's unread total becomes the app's badge.
+    assert result["badgeCalls"] == [3]
     assert result["problems"] == []
 
     # The pusher the page registered, in the gateway's Web Push convention.

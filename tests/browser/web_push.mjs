@@ -113,10 +113,17 @@ async function main(results) {
     const scope = `${baseUrl}/`;
     for (let i = 0; i < 100 && !registrations[scope]; i++) await page.waitForTimeout(50);
     check(registrations[scope], "the worker's registration id");
+    // The app badge is drawn by the OS on an installed app's icon: here, what the worker asks for.
+    const worker = context.serviceWorkers().find((w) => w.url().startsWith(scope));
+    check(worker, "the service worker");
+    await worker.evaluate(() => {
+        self.badgeCalls = [];
+        self.navigator.setAppBadge = (n) => Promise.resolve(void self.badgeCalls.push(n));
+    });
     await cdp.send("ServiceWorker.deliverPushMessage", {
         origin: scope,
         registrationId: registrations[scope],
-        data: JSON.stringify({ room_id: rooms.muted, event_id: "$e1", prio: "high", unread: 1 }),
+        data: JSON.stringify({ room_id: rooms.muted, event_id: "$e1", prio: "high", unread: 3 }),
     });
     // (waitForFunction would take an async predicate's promise as true: poll in the page.)
     results.notifications = await page.evaluate(async () => {
@@ -127,6 +134,8 @@ async function main(results) {
             await new Promise((resolve) => setTimeout(resolve, 50));
         }
     });
+
+    results.badgeCalls = await worker.evaluate(() => self.badgeCalls);
 
     results.problems = problems;
 }

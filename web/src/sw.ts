@@ -1,6 +1,7 @@
 // The service worker (built by build.mjs into /sw.js, docs/web-client.md): keeps the app
 // shell (index.html, the hashed bundle, the crypto wasm) in the Cache API so the app opens
-// offline, and turns Web Push messages from the push gateway into notifications.
+// offline, and turns Web Push messages from the push gateway into notifications (and the
+// app's badge).
 
 /// <reference lib="webworker" />
 
@@ -52,6 +53,15 @@ interface PushPayload {
     sender_display_name?: string;
     sender?: string;
     content?: { body?: unknown };
+    unread?: unknown;
+}
+
+/** The app's badge from the push's count (the user's unread total), where the browser has one. */
+async function setBadge(unread: unknown): Promise<void> {
+    if (typeof unread !== "number" || !Number.isInteger(unread) || unread < 0) return;
+    const badging = sw.navigator as WorkerNavigator & { setAppBadge?: (n: number) => Promise<void> };
+    // Refused when the app is not installed: the notification still shows.
+    await badging.setAppBadge?.(unread).catch(() => undefined);
 }
 
 async function roomName(roomId: string): Promise<string | undefined> {
@@ -83,7 +93,7 @@ sw.addEventListener("push", (event) => {
     } catch {
         payload = {};
     }
-    event.waitUntil(notify(payload));
+    event.waitUntil(Promise.all([notify(payload), setBadge(payload.unread)]));
 });
 
 sw.addEventListener("notificationclick", (event) => {
