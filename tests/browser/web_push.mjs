@@ -42,6 +42,15 @@ async function chooseSetting(page, roomId, label) {
     return page.textContent("#chat-menu .notify-saved");
 }
 
+/** `promise`, or a failure naming `what` after `ms`. */
+function within(ms, what, promise) {
+    let timer;
+    const late = new Promise((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`${what}: nothing after ${ms} ms`)), ms);
+    });
+    return Promise.race([promise, late]).finally(() => clearTimeout(timer));
+}
+
 async function main(results) {
     // A profile kept on disk: web_offline.mjs opens it again once the server is stopped.
     context = await chromium.launchPersistentContext(profile, {
@@ -114,28 +123,28 @@ async function main(results) {
     for (let i = 0; i < 100 && !registrations[scope]; i++) await page.waitForTimeout(50);
     check(registrations[scope], "the worker's registration id");
     // The app badge is drawn by the OS on an installed app's icon: here, what the worker asks for.
+    // Each step bounded, so that a run that stalls says where (the whole script's limit does not).
     const worker = context.serviceWorkers().find((w) => w.url().startsWith(scope));
     check(worker, "the service worker");
-    await worker.evaluate(() => {
+    await within(10_000, "stubbing the worker's setAppBadge", worker.evaluate(() => {
         self.badgeCalls = [];
         self.navigator.setAppBadge = (n) => Promise.resolve(void self.badgeCalls.push(n));
-    });
-    await cdp.send("ServiceWorker.deliverPushMessage", {
+    }));
+    await within(10_000, "delivering the push", cdp.send("ServiceWorker.deliverPushMessage", {
         origin: scope,
         registrationId: registrations[scope],
         data: JSON.stringify({ room_id: rooms.muted, event_id: "$e1", prio: "high", unread: 3 }),
-    });
+    }));
     // (waitForFunction would take an async predicate's promise as true: poll in the page.)
-    results.notifications = await page.evaluate(async () => {
+    results.notifications = await within(30_000, "the push's notification", page.evaluate(async () => {
         const registration = await navigator.serviceWorker.ready;
         for (;;) {
             const shown = await registration.getNotifications();
             if (shown.length) return shown.map((n) => ({ title: n.title, body: n.body, tag: n.tag }));
             await new Promise((resolve) => setTimeout(resolve, 50));
         }
-    });
-
-    results.badgeCalls = await worker.evaluate(() => self.badgeCalls);
+    }));
+    results.badgeCalls = await within(10_000, "reading the worker's badge calls", worker.evaluate(() => self.badgeCalls));
 
     results.problems = problems;
 }
