@@ -137,6 +137,8 @@ class RateLimitsConfig:
     profile_update_per_user: RateLimit = RateLimit(2.0, 1000)
     # New room aliases (PUT /directory/room/{alias}).
     create_alias_per_user: RateLimit = RateLimit(0.05, 10)
+    # Typing notices set (PUT /rooms/{id}/typing/{userId}): each change wakes every member.
+    typing_per_user: RateLimit = RateLimit(2.0, 30)
 
 
 @dataclass(frozen=True)

@@ -136,6 +136,9 @@ rate_limits:
   # Room aliases made (PUT /directory/room/{alias}; not createRoom's room_alias_name,
   # which comes with its room).
   create_alias_per_user: {per_second: 0.05, burst: 10}
+  # Typing notices (PUT /rooms/{id}/typing/{userId}, true or false): a change wakes the
+  # syncs of every member of the room. Clients send one every few seconds while typing.
+  typing_per_user: {per_second: 2, burst: 30}
 
 user_directory:
   # POST /user_directory/search finds users who share a room with the searcher or

@@ -29,6 +29,7 @@ USER_ACTIONS = (
     "report",
     "profile_update",
     "create_alias",
+    "typing",
 )
 
 

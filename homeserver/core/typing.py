@@ -43,6 +43,9 @@ class TypingService:
         if self.rooms is None:
             raise Forbidden("Typing notifications are not available")
         head = await self.rooms.access_room_as_member(user_id, room_id)
+        # Each change wakes the syncs of every member: a loop of toggles in a big room made
+        # the server do that work at request speed.
+        self.rooms.limit_user("typing", user_id)
         if self.forward is not None:
             args = {"room_id": room_id, "user_id": user_id, "typing": typing, "timeout_ms": timeout_ms}
             await self.forward("set", {**args, "members": head.members("join")})

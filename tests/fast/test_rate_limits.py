@@ -1,7 +1,8 @@
-"""Per-user rate limits on send, createRoom, join, invite, media upload and reports, in-process on a
-clock the test moves: the request past the burst answers 429 M_LIMIT_EXCEEDED with
-`retry_after_ms` and a `Retry-After` header in whole seconds rounded up, and the same
-request goes through once the clock has moved that long (never sooner)."""
+"""Per-user rate limits on send, createRoom, join, invite, media upload, reports, profile
+changes, aliases and typing, in-process on a clock the test moves: the request past the burst
+answers 429 M_LIMIT_EXCEEDED with `retry_after_ms` and a `Retry-After` header in whole seconds
+rounded up, and the same request goes through once the clock has moved that long (never
+sooner)."""
 
 from __future__ import annotations
 
@@ -360,5 +361,57 @@ async def test_aliases_are_limited(tmp_path: Path) -> None:
         assert_limited(await alias("two"), 60_000, "60")
         await advance(clock, 60)
         assert (await alias("two"))[0] == 200
+    finally:
+        await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_typing_is_limited(tmp_path: Path) -> None:
+    """Each typing change wakes the syncs of every member of the room: a loop of toggles in a
+    big room made that work at request speed. Past the bucket nothing changes for the others."""
+    clock = TestClock()
+    hs = await limited_server(tmp_path, clock, typing_per_user={"per_second": 1, "burst": 3})
+    client = Client(hs)
+    try:
+        alice, bob, room_id = await client.alice_and_bob(hs)
+        path = f"{CS}{room_path(room_id)}/typing/{alice['user_id']}"
+
+        def typing(on: bool) -> Any:
+            return raw(hs, "PUT", path, alice["access_token"], json.dumps({"typing": on}).encode())
+
+        for on in (True, False, True):
+            assert (await typing(on))[0] == 200
+        assert_limited(await typing(False), 1000, "1")
+        assert hs.typing.typing_users(room_id) == [alice["user_id"]]
+        # Bob has his own bucket.
+        bob_path = f"{CS}{room_path(room_id)}/typing/{bob['user_id']}"
+        assert (await raw(hs, "PUT", bob_path, bob["access_token"], b'{"typing": true}'))[0] == 200
+        await advance(clock, 1)
+        assert (await typing(False))[0] == 200
+        assert hs.typing.typing_users(room_id) == [bob["user_id"]]
+    finally:
+        await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_default_typing_limit(tmp_path: Path) -> None:
+    """What a client sends while its user writes fast for ten minutes (a typing notice, then
+    a stop at each message, one message every 2 s) never meets the default typing limit; a
+    flood of toggles does."""
+    clock = TestClock()
+    hs = await limited_server(tmp_path, clock)
+    client = Client(hs)
+    try:
+        alice, _, room_id = await client.alice_and_bob(hs)
+        path = f"{CS}{room_path(room_id)}/typing/{alice['user_id']}"
+        for _ in range(300):
+            for on in (True, False):
+                body = json.dumps({"typing": on, "timeout": 30_000}).encode()
+                assert (await raw(hs, "PUT", path, alice["access_token"], body))[0] == 200
+            await advance(clock, 2)
+        answers = [
+            (await raw(hs, "PUT", path, alice["access_token"], b'{"typing": true}'))[0] for _ in range(40)
+        ]
+        assert answers == [200] * 30 + [429] * 10
     finally:
         await hs.stop(None)
