@@ -8,9 +8,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
+import requests
 from federation_harness import FederatedServer, TestCA, User, federated_pair, signed_request
 
 
@@ -157,3 +158,38 @@ def test_backfilled_messages_are_found_by_search_and_have_context(
     around = with_context["results"][3]["context"]
     assert _bodies(around["events_before"]) == ["walrus2", "walrus1"]
     assert _bodies(around["events_after"]) == ["walrus4"]
+
+
+def test_the_simple_api_pages_backfilled_history_with_negative_cursors(
+    servers: tuple[FederatedServer, FederatedServer],
+) -> None:
+    """History from another server lies below position 0: the simple API's cursors there are
+    negative and page on, while a negative cursor of a chat without such history is 400."""
+    a, b = servers
+    alice = User(a, "alice_bfsimple")
+    bob = User(b, "bob_bfsimple")
+    room_id = alice.ok("POST", "/createRoom", {"preset": "public_chat"})["room_id"]
+    for i in range(12):
+        alice.say(room_id, f"s{i}")
+    bob.ok("POST", f"/join/{quote(room_id)}", {}, server_name=a.server_name)
+
+    def page(chat_id: str, **params: str) -> requests.Response:
+        url = b.process.url(f"/api/messages/{quote(chat_id, safe='')}")
+        return requests.get(url, params=params, headers={"Authorization": f"Bearer {bob.token}"}, timeout=60)
+
+    seen: list[str] = []
+    cursors: list[str] = []
+    r = page(room_id, limit="5")
+    while True:
+        assert r.status_code == 200, r.text
+        seen += [m["content"] for m in r.json()]
+        if "next" not in r.links:
+            break
+        cursors.append(parse_qs(urlsplit(r.links["next"]["url"]).query)["before"][0])
+        r = page(room_id, limit="5", before=cursors[-1])
+    assert seen == [f"s{i}" for i in reversed(range(12))]
+    assert any(c.startswith("p-") for c in cursors), cursors
+    # Bob's own chat holds nothing from elsewhere: the same cursor is not one of its cursors.
+    own = bob.ok("POST", "/createRoom", {})["room_id"]
+    r = page(own, before=next(c for c in cursors if c.startswith("p-")))
+    assert (r.status_code, r.json()["errcode"]) == (400, "M_INVALID_PARAM")

@@ -9,6 +9,7 @@ status comes from `core/delivery.py`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,18 @@ MAX_PAGE = 100
 MAX_NAME_LENGTH = 255
 MESSAGE_TYPES = ("m.room.message", "m.room.encrypted")
 _MESSAGE_FILTER = EventFilter(types=list(MESSAGE_TYPES))
+# A page's `before` cursor, as message_list writes it: "p" and a position in the event stream
+# (pagination_token), with no "+", no leading zero, no "-0", at most 15 digits.
+_CURSOR_RE = re.compile(r"p(0|-?[1-9][0-9]{0,14})")
+
+
+def parse_cursor(text: str) -> int:
+    """The position of a `before` cursor, or M_INVALID_PARAM: one message_list never wrote
+    (a sync token, a number spelled another way) once paged to an empty 200."""
+    m = _CURSOR_RE.fullmatch(text)
+    if m is None:
+        raise MatrixError("'before' is not a cursor: pass back one a page's Link gave", "M_INVALID_PARAM")
+    return int(m.group(1))
 
 
 def message_content(content: object) -> dict[str, Any]:
@@ -206,7 +219,12 @@ class ChatService:
         return await self.events.send(user_id, chat_id, event_type, body, txn=txn, rate_limited=True)
 
     async def message_list(self, user_id: str, chat_id: str, before: str | None, limit: int) -> MessagePage:
+        position = None if before is None else parse_cursor(before)
         head = await self.access_chat(user_id, chat_id)
+        if position is not None and position < 0 and not await self.storage.events.has_backfilled(chat_id):
+            # Positions below zero hold history fetched from other servers (backfill): a
+            # negative cursor of a chat without any was never given out.
+            raise MatrixError("'before' is not a cursor of this chat", "M_INVALID_PARAM")
         limit = max(1, min(limit, MAX_PAGE))
         found: list[StoredEvent] = []
         # The latest edit each message's reader may see (bundled by the Matrix serializer).

@@ -503,6 +503,15 @@ class EventStore:
         )
         return [_row_to_event(r) for r in rows]
 
+    async def has_backfilled(self, room_id: str) -> bool:
+        """Whether the room holds history fetched from other servers (negative positions)."""
+        rows = await self.db.query(
+            "room_has_backfilled",
+            "SELECT 1 FROM events WHERE room_id = ? AND stream_ordering < 0 LIMIT 1",
+            room_id,
+        )
+        return bool(rows)
+
     async def room_events_between(
         self, room_id: str, after: int, upto: int, limit: int, newest_first: bool = True
     ) -> list[StoredEvent]:
