@@ -253,6 +253,9 @@ class SqliteEngine(Engine):
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=5000")
+        # Bound parameters a statement: SQLite's default (Debian's build allows 250,000), so a
+        # query that would fail on other builds fails here too, in tests.
+        conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, SQLITE_MAX_PARAMETERS)
         return conn
 
     def is_unique_violation(self, error: BaseException) -> bool:
@@ -442,6 +445,9 @@ class PostgresEngine(Engine):
         return isinstance(error, psycopg2.errors.UniqueViolation)
 
 
+# SQLite's default limit on a statement's bound parameters (since 3.32; set on every
+# connection, whatever the build allows).
+SQLITE_MAX_PARAMETERS = 32_766
 # Values bound per `IN (...)`: well under SQLite's limit on bound parameters.
 IN_CHUNK = 500
 
@@ -457,6 +463,23 @@ def in_chunks(values: Sequence[V], size: int = IN_CHUNK) -> Iterator[Sequence[V]
 def marks(count: int) -> str:
     """`?` placeholders for an `IN (...)` of `count` values."""
     return ",".join("?" * count)
+
+
+def in_list(
+    dialect: str, column: str, values: Sequence[object], *, negate: bool = False
+) -> tuple[str, list[object]]:
+    """`column IN (...)` of `values` of any number, and its parameters, for a query that
+    cannot run in chunks (one ORDER BY ... LIMIT over all of them). Up to IN_CHUNK values:
+    `IN (?, ...)`, as always. More: one parameter holding them all, an array on PostgreSQL
+    and a JSON array read by json_each on SQLite, whose statements take at most 32,766
+    parameters (a user in more rooms than that failed the searches). Same rows either way.
+    `negate`: `column NOT IN (...)`."""
+    not_ = "NOT " if negate else ""
+    if len(values) <= IN_CHUNK:
+        return f"{column} {not_}IN ({marks(len(values))})", list(values)
+    if dialect == "postgres":
+        return f"{not_}({column} = ANY(?))", [list(values)]
+    return f"{column} {not_}IN (SELECT value FROM json_each(?))", [dumps_text(list(values))]
 
 
 _PARAMETER = re.compile(r"\$(\d+)")

@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from homeserver.storage.database import Database, Txn, in_chunks, marks
+from homeserver.storage.database import Database, Txn, in_chunks, in_list, marks
 
 JsonDict = dict[str, Any]
 
@@ -278,11 +278,11 @@ class E2eeStore:
         """user -> key type -> key."""
         if not user_ids:
             return {}
-        marks = ",".join("?" * len(user_ids))
+        in_users, user_args = in_list(self.db.dialect, "user_id", user_ids)
         rows = await self.db.query(
             "get_cross_signing_keys",
-            f"SELECT user_id, key_type, key_json FROM cross_signing_keys WHERE user_id IN ({marks})",
-            *user_ids,
+            f"SELECT user_id, key_type, key_json FROM cross_signing_keys WHERE {in_users}",
+            *user_args,
         )
         out: dict[str, dict[str, JsonDict]] = {}
         for user_id, key_type, key_json in rows:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from homeserver.json_encoding import dumps_text
-from homeserver.storage.database import Database, Txn
+from homeserver.storage.database import Database, Txn, in_list
 from homeserver.storage.stream_writers import WriterFenced, is_fenced, save_promise_txn
 
 
@@ -554,13 +554,13 @@ class EventStore:
         """Each room's newest position of an event of one of `types` (sliding sync's bump stamps)."""
         if not room_ids or not types:
             return {}
-        rooms = ",".join("?" * len(room_ids))
+        in_rooms, room_args = in_list(self.db.dialect, "room_id", room_ids)
         kinds = ",".join("?" * len(types))
         rows = await self.db.query(
             "last_positions_of_types",
-            f"SELECT room_id, MAX(stream_ordering) FROM events WHERE room_id IN ({rooms})"
+            f"SELECT room_id, MAX(stream_ordering) FROM events WHERE {in_rooms}"
             f" AND type IN ({kinds}) GROUP BY room_id",
-            *room_ids,
+            *room_args,
             *types,
         )
         return {r[0]: int(r[1]) for r in rows}
@@ -638,11 +638,11 @@ class EventStore:
         """event id -> (device id, txn id), for echoing transaction_id to the sending device."""
         if not event_ids:
             return {}
-        marks = ",".join("?" * len(event_ids))
+        in_events, event_args = in_list(self.db.dialect, "event_id", event_ids)
         rows = await self.db.query(
             "txn_ids_for_events",
-            f"SELECT event_id, device_id, txn_id FROM event_txn_ids WHERE event_id IN ({marks})",
-            *event_ids,
+            f"SELECT event_id, device_id, txn_id FROM event_txn_ids WHERE {in_events}",
+            *event_args,
         )
         return {r[0]: (r[1], r[2]) for r in rows}
 
@@ -676,12 +676,12 @@ class EventStore:
         """(room, user, membership) of membership events in (after, upto] in these rooms, oldest first."""
         if not room_ids or after >= upto:
             return []
-        marks = ",".join("?" * len(room_ids))
+        in_rooms, room_args = in_list(self.db.dialect, "room_id", room_ids)
         rows = await self.db.query(
             "membership_changes",
-            f"SELECT room_id, user_id, membership FROM room_memberships WHERE room_id IN ({marks})"
+            f"SELECT room_id, user_id, membership FROM room_memberships WHERE {in_rooms}"
             " AND stream_ordering > ? AND stream_ordering <= ? ORDER BY stream_ordering",
-            *room_ids,
+            *room_args,
             after,
             upto,
         )
@@ -733,13 +733,13 @@ class EventStore:
         """The stream position of the user's furthest read receipt (either kind) per room."""
         if not room_ids:
             return {}
-        marks = ",".join("?" * len(room_ids))
+        in_rooms, room_args = in_list(self.db.dialect, "room_id", room_ids)
         rows = await self.db.query(
             "read_positions",
             "SELECT room_id, MAX(event_stream_ordering) FROM receipts WHERE user_id = ?"
-            f" AND receipt_type IN ('m.read', 'm.read.private') AND room_id IN ({marks}) GROUP BY room_id",
+            f" AND receipt_type IN ('m.read', 'm.read.private') AND {in_rooms} GROUP BY room_id",
             user_id,
-            *room_ids,
+            *room_args,
         )
         return {r[0]: int(r[1]) for r in rows if r[1] is not None}
 
@@ -750,12 +750,12 @@ class EventStore:
         newest first (GET /notifications walks these back)."""
         if not room_ids:
             return []
-        marks = ",".join("?" * len(room_ids))
+        in_rooms, room_args = in_list(self.db.dialect, "e.room_id", room_ids)
         rows = await self.db.query(
             "events_before_in_rooms",
-            f"SELECT {_EVENT_COLUMNS} FROM {_EVENT_FROM} WHERE e.room_id IN ({marks})"
+            f"SELECT {_EVENT_COLUMNS} FROM {_EVENT_FROM} WHERE {in_rooms}"
             " AND e.stream_ordering < ? AND e.sender <> ? ORDER BY e.stream_ordering DESC LIMIT ?",
-            *room_ids,
+            *room_args,
             before,
             not_sender,
             limit,
@@ -830,14 +830,14 @@ class EventStore:
         """(root, reply id, sender, position) of each unredacted reply in these threads."""
         if not root_ids:
             return []
-        marks = ",".join("?" * len(root_ids))
+        in_roots, root_args = in_list(self.db.dialect, "x.relates_to", root_ids)
         rows = await self.db.query(
             "thread_replies",
             "SELECT x.relates_to, x.event_id, x.sender, x.stream_ordering FROM event_relations x"
             " LEFT JOIN redactions r ON r.redacts = x.event_id"
-            f" WHERE x.rel_type = 'm.thread' AND x.relates_to IN ({marks}) AND r.event_id IS NULL"
+            f" WHERE x.rel_type = 'm.thread' AND {in_roots} AND r.event_id IS NULL"
             " ORDER BY x.stream_ordering",
-            *root_ids,
+            *root_args,
         )
         return [(r[0], r[1], r[2], int(r[3])) for r in rows]
 
@@ -847,14 +847,14 @@ class EventStore:
         Rows, not counts: which of them a reader may see depends on their positions."""
         if not event_ids:
             return []
-        marks = ",".join("?" * len(event_ids))
+        in_events, event_args = in_list(self.db.dialect, "x.relates_to", event_ids)
         rows = await self.db.query(
             "annotations",
             "SELECT x.relates_to, x.type, x.aggregation_key, x.stream_ordering FROM event_relations x"
             " LEFT JOIN redactions r ON r.redacts = x.event_id"
-            f" WHERE x.rel_type = 'm.annotation' AND x.relates_to IN ({marks}) AND r.event_id IS NULL"
+            f" WHERE x.rel_type = 'm.annotation' AND {in_events} AND r.event_id IS NULL"
             " AND x.aggregation_key IS NOT NULL",
-            *event_ids,
+            *event_args,
         )
         return [(r[0], r[1], r[2], int(r[3])) for r in rows]
 
@@ -862,14 +862,14 @@ class EventStore:
         """The unredacted m.replace events of each event (by its original sender only), oldest first."""
         if not event_ids:
             return {}
-        marks = ",".join("?" * len(event_ids))
+        in_events, event_args = in_list(self.db.dialect, "x.relates_to", event_ids)
         rows = await self.db.query(
             "edits",
             f"SELECT {_EVENT_COLUMNS} FROM {_RELATION_FROM}"
             " JOIN events p ON p.event_id = x.relates_to AND p.sender = e.sender"
-            f" WHERE x.rel_type = 'm.replace' AND x.relates_to IN ({marks}) AND r.event_id IS NULL"
+            f" WHERE x.rel_type = 'm.replace' AND {in_events} AND r.event_id IS NULL"
             " ORDER BY x.stream_ordering",
-            *event_ids,
+            *event_args,
         )
         out: dict[str, list[StoredEvent]] = {}
         for row in rows:
@@ -897,15 +897,19 @@ class UnreadRows(NamedTuple):
 _READ_RECEIPT = "receipt_type IN ('m.read', 'm.read.private')"
 
 
-def _unread_skips(skip_types: Sequence[str], skip_senders: Sequence[str], user: str) -> str:
+def _unread_skips(
+    dialect: str, skip_types: Sequence[str], skip_senders: Sequence[str], user: str
+) -> tuple[str, list[object]]:
     """The filters on `e` for skipped types (unless the state key is `user`, an SQL expression
-    or a `?`) and skipped senders."""
+    or a `?`) and skipped senders (any number: a user may ignore thousands), and the
+    parameters of the senders' filter (those of the types' are the caller's)."""
     skip = ""
     if skip_types:
         skip = f" AND (e.type NOT IN ({','.join('?' * len(skip_types))}) OR e.state_key = {user})"
-    if skip_senders:
-        skip += f" AND e.sender NOT IN ({','.join('?' * len(skip_senders))})"
-    return skip
+    if not skip_senders:
+        return skip, []
+    not_in_senders, sender_args = in_list(dialect, "e.sender", skip_senders, negate=True)
+    return f"{skip} AND {not_in_senders}", sender_args
 
 
 def _unread_one(
@@ -922,9 +926,10 @@ def _unread_one(
         (q.room_id, q.user_id),
     )
     after = int(row[0]) if row and row[0] is not None else 0
+    skips, sender_args = _unread_skips(txn.engine.name, skip_types, skip_senders, "?")
     rows = txn.query(
         f"SELECT {_EVENT_COLUMNS} FROM {_EVENT_FROM} WHERE e.room_id = ? AND e.stream_ordering > ?"
-        f" AND e.stream_ordering <= ? AND e.sender <> ?{_unread_skips(skip_types, skip_senders, '?')}"
+        f" AND e.stream_ordering <= ? AND e.sender <> ?{skips}"
         f"{_ABOVE_FLOOR} ORDER BY e.stream_ordering DESC LIMIT ?",
         (
             q.room_id,
@@ -933,7 +938,7 @@ def _unread_one(
             q.user_id,
             *skip_types,
             *([q.user_id] if skip_types else []),
-            *skip_senders,
+            *sender_args,
             q.room_id,
             limit,
         ),
@@ -956,6 +961,7 @@ def _unread_lateral(
     position, and its newest `limit` events through LATERAL (a pair with none: one row of
     NULLs), read by the same indexes `_unread_one` uses."""
     pairs = ",".join(f"({i}, ?, ?)" for i in indexes)
+    skips, sender_args = _unread_skips(txn.engine.name, skip_types, skip_senders, "q.user_id")
     rows = txn.query(
         # The receipt through a LATERAL aggregate (one row a pair, read once): as a subquery
         # in a select list it is flattened and evaluated again for every event row.
@@ -965,14 +971,14 @@ def _unread_lateral(
         "SELECT e.event_id, e.room_id, e.stream_ordering, e.json, e.unsigned_extra, r.event_id AS redacted_by"
         f" FROM {_EVENT_FROM} WHERE e.room_id = q.room_id AND e.stream_ordering > p.read_at"
         " AND e.stream_ordering <= ? AND e.sender <> q.user_id"
-        f"{_unread_skips(skip_types, skip_senders, 'q.user_id')}"
+        f"{skips}"
         f"{_above_floor('q.room_id')}"
         " ORDER BY e.stream_ordering DESC LIMIT ?) x ON TRUE ORDER BY q.i, x.stream_ordering DESC",
         (
             *[v for i in indexes for v in (queries[i].user_id, queries[i].room_id)],
             upto,
             *skip_types,
-            *skip_senders,
+            *sender_args,
             limit,
         ),
     )

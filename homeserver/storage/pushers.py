@@ -7,7 +7,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from homeserver.storage.database import Database, Txn
+from homeserver.storage.database import Database, Txn, in_list
 
 _COLUMNS = (
     "pusher_id, user_id, device_id, kind, app_id, pushkey, pushkey_ts, app_display_name,"
@@ -50,9 +50,9 @@ class PusherStore:
         """Every pusher of these users."""
         if not user_ids:
             return []
-        marks = ", ".join("?" * len(user_ids))
+        in_users, user_args = in_list(self.db.dialect, "user_id", user_ids)
         rows = await self.db.query(
-            "pushers_for_users", f"SELECT {_COLUMNS} FROM pushers WHERE user_id IN ({marks})", *user_ids
+            "pushers_for_users", f"SELECT {_COLUMNS} FROM pushers WHERE {in_users}", *user_args
         )
         return [_pusher(r) for r in rows]
 
@@ -64,9 +64,9 @@ class PusherStore:
     async def by_ids(self, pusher_ids: list[str]) -> list[Pusher]:
         if not pusher_ids:
             return []
-        marks = ", ".join("?" * len(pusher_ids))
+        in_ids, id_args = in_list(self.db.dialect, "pusher_id", pusher_ids)
         rows = await self.db.query(
-            "pushers_by_ids", f"SELECT {_COLUMNS} FROM pushers WHERE pusher_id IN ({marks})", *pusher_ids
+            "pushers_by_ids", f"SELECT {_COLUMNS} FROM pushers WHERE {in_ids}", *id_args
         )
         return [_pusher(r) for r in rows]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from homeserver.storage.database import Database, Txn
+from homeserver.storage.database import Database, Txn, in_list
 
 # Longer texts are indexed by their start (a tsvector is capped at 1 MB).
 MAX_INDEXED_CHARS = 65_536
@@ -171,8 +171,9 @@ def _query(
         # bm25 is lower for better matches: negated, so higher is better on both engines.
         rank, rank_args = "-f.rank", []
         best_first = "f.rank"
-    where = f"{matches} AND s.room_id IN ({_marks(len(room_ids))}) AND s.key IN ({_marks(len(keys))})"
-    args: list[object] = [*rank_args, text, *room_ids, *keys]
+    in_rooms, room_args = in_list(dialect, "s.room_id", room_ids)
+    where = f"{matches} AND {in_rooms} AND s.key IN ({_marks(len(keys))})"
+    args: list[object] = [*rank_args, text, *room_args, *keys]
     if before is not None:
         where += " AND s.stream_ordering < ?"
         args.append(before)

@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from homeserver.storage.database import Database, Txn
+from homeserver.storage.database import Database, Txn, in_list
 
 # Users per `IN (...)` list: within SQLite's oldest parameter limit (999).
 _IN_CHUNK = 500
@@ -230,13 +230,13 @@ class UserDataStore:
         """(room, type, user, thread, event id, event position, ts) changed in (after, upto]."""
         if not room_ids:
             return []
-        marks = ",".join("?" * len(room_ids))
+        in_rooms, room_args = in_list(self.db.dialect, "room_id", room_ids)
         rows = await self.db.query(
             "receipts_for_rooms",
             "SELECT room_id, receipt_type, user_id, thread_id, event_id, event_stream_ordering, ts"
             " FROM receipts"
-            f" WHERE room_id IN ({marks}) AND stream_id > ? AND stream_id <= ?",
-            *room_ids,
+            f" WHERE {in_rooms} AND stream_id > ? AND stream_id <= ?",
+            *room_args,
             after,
             upto,
         )
@@ -355,10 +355,10 @@ class UserDataStore:
     async def delivery_positions(self, user_ids: list[str]) -> dict[str, int]:
         if not user_ids:
             return {}
-        marks = ",".join("?" * len(user_ids))
+        in_users, user_args = in_list(self.db.dialect, "user_id", user_ids)
         rows = await self.db.query(
             "delivery_positions",
-            f"SELECT user_id, stream_ordering FROM delivery_positions WHERE user_id IN ({marks})",
-            *user_ids,
+            f"SELECT user_id, stream_ordering FROM delivery_positions WHERE {in_users}",
+            *user_args,
         )
         return {r[0]: int(r[1]) for r in rows}

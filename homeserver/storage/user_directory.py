@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from homeserver.storage.database import Database, Txn
+from homeserver.storage.database import Database, Txn, in_list
 
 # Past every character: the upper bound of the terms starting with a prefix.
 _AFTER_ALL = "\U0010ffff"
@@ -81,14 +81,15 @@ class UserDirectoryStore:
             )
             args += [word, word + _AFTER_ALL]
         if searcher_rooms is not None:
-            shared = f"c.room_id IN ({', '.join('?' * len(searcher_rooms))}) OR " if searcher_rooms else ""
+            in_rooms, room_args = in_list(self.db.dialect, "c.room_id", searcher_rooms)
+            shared = f"{in_rooms} OR " if searcher_rooms else ""
             where.append(
                 "EXISTS (SELECT 1 FROM current_state_events c"
                 " JOIN room_memberships m ON m.event_id = c.event_id"
                 " WHERE c.type = 'm.room.member' AND c.state_key = d.user_id AND m.membership = 'join'"
                 f" AND ({shared}c.room_id IN (SELECT room_id FROM user_directory_public_rooms)))"
             )
-            args += list(searcher_rooms)
+            args += room_args
         sql = (
             "SELECT d.user_id, p.displayname, p.avatar_url,"
             " CASE WHEN d.search_name = ? THEN 0"
