@@ -412,6 +412,29 @@ def login_status(server: ServerProcess, localpart: str, password: str) -> tuple[
     return r.status_code, r.json().get("errcode")
 
 
+def test_user_types_in_the_user_list(admin_server: ServerProcess, admin: Admin) -> None:
+    """The list shows each account's type, leaves out the types of `not_user_type` (given
+    once or more; empty: accounts without a type) and orders by type, as Synapse's does."""
+    tag = f"ut{secrets.token_hex(3)}"
+    ids = {}
+    for name, user_type in (("a", "support"), ("b", None), ("c", "bot")):
+        user_id = f"@{tag}_{name}:{admin_server.server_name}"
+        body = {"password": "long enough", "user_type": user_type}
+        ids[user_id] = admin.ok("PUT", f"{V2}/users/{q(user_id)}", 201, json=body)["user_type"]
+    assert list(ids.values()) == ["support", None, "bot"]
+
+    def listed(query: str) -> list[tuple[str, str | None]]:
+        users = admin.ok("GET", f"{V2}/users?name={tag}&{query}")["users"]
+        return [(u["name"].split(":")[0][-1], u["user_type"]) for u in users]
+
+    assert listed("order_by=name") == [("a", "support"), ("b", None), ("c", "bot")]
+    assert listed("not_user_type=bot") == [("a", "support"), ("b", None)]
+    assert listed("not_user_type=bot&not_user_type=support") == [("b", None)]
+    assert listed("not_user_type=") == [("a", "support"), ("c", "bot")]
+    assert listed("order_by=user_type") == [("b", None), ("c", "bot"), ("a", "support")]
+    assert listed("order_by=user_type&dir=b") == [("a", "support"), ("c", "bot"), ("b", None)]
+
+
 def test_create_modify_and_deactivate_a_user(admin_server: ServerProcess, admin: Admin) -> None:
     localpart = f"gina_{secrets.token_hex(3)}"
     user_id = f"@{localpart}:{admin_server.server_name}"
@@ -429,12 +452,15 @@ def test_create_modify_and_deactivate_a_user(admin_server: ServerProcess, admin:
     )
     assert (refused.status_code, refused.json()["errcode"]) == (400, "M_INVALID_PARAM")
     assert admin.ok("GET", f"{V2}/users/{q(user_id)}")["displayname"] == "Gina G"
-    # Synapse's types are accepted (synapse-admin sends the record back, null included), not kept.
-    for user_type in (None, "bot", "support"):
+    # Synapse's types are kept and shown; absent leaves the type as it is, null clears it.
+    for user_type in ("bot", "support", None):
         same = admin.ok(
             "PUT", f"{V2}/users/{q(user_id)}", json={"displayname": "Gina G", "user_type": user_type}
         )
-        assert (same["displayname"], same["user_type"]) == ("Gina G", None)
+        assert (same["displayname"], same["user_type"]) == ("Gina G", user_type)
+        assert admin.ok("GET", f"{V2}/users/{q(user_id)}")["user_type"] == user_type
+        untouched = admin.ok("PUT", f"{V2}/users/{q(user_id)}", json={"displayname": "Gina G"})
+        assert untouched["user_type"] == user_type
     # The change is the user's real profile, seen on the client API too.
     gina = admin.ok("GET", f"/_matrix/client/v3/profile/{q(user_id)}")
     assert gina["displayname"] == "Gina G"
@@ -555,6 +581,7 @@ def test_bad_input_gets_clear_errors(admin_server: ServerProcess, admin: Admin) 
         ("GET", f"{V2}/users?dir=up", None, 400, "M_INVALID_PARAM"),
         ("GET", f"{V2}/users?order_by=password_hash", None, 400, "M_INVALID_PARAM"),
         ("GET", f"{V2}/users?deactivated=maybe", None, 400, "M_INVALID_PARAM"),
+        ("GET", f"{V2}/users?not_user_type=robot", None, 400, "M_INVALID_PARAM"),
         ("GET", f"{V2}/users?name=%25_%5C", None, 200, ""),
         ("GET", f"{V2}/users/not-a-user-id", None, 400, "M_INVALID_PARAM"),
         ("GET", f"{V2}/users/{remote}", None, 400, "M_INVALID_PARAM"),

@@ -134,6 +134,16 @@ class ApiRequest(Request):
             raise InvalidParam(f"'{name}': {NUL_MESSAGE}")
         return value
 
+    def query_params(self, name: str) -> list[str]:
+        """Every value of a query parameter given more than once (`?t=a&t=b`), in order."""
+        out = []
+        for raw in self.args.get(name.encode(), []):
+            value = raw.decode("utf-8", "replace")
+            if "\x00" in value:
+                raise InvalidParam(f"'{name}': {NUL_MESSAGE}")
+            out.append(value)
+        return out
+
     def int_param(self, name: str, default: _D) -> int | _D:
         """An integer query parameter (ASCII digits, at most 15 of them, an optional minus),
         or M_INVALID_PARAM; absent or empty: `default`. Range checks are the caller's."""

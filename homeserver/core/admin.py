@@ -170,6 +170,9 @@ class AdminService:
         check_page(offset, limit)
         if order_by not in USER_ORDER_COLUMNS:
             raise MatrixError(f"Unknown value for 'order_by': {order_by}", "M_INVALID_PARAM")
+        for user_type in where.not_user_types:
+            if user_type not in ("", *SYNAPSE_USER_TYPES):
+                raise MatrixError("'not_user_type' must be 'bot', 'support' or empty", "M_INVALID_PARAM")
         items, total = await self.store.list_users(where, order_by, ascending, offset, limit)
         return Page(items, total)
 
@@ -183,8 +186,8 @@ class AdminService:
     async def put_user(self, user_id: str, body: dict[str, Any]) -> bool:
         """Create the account (True) or change the fields given (False): `password`,
         `logout_devices`, `displayname`, `avatar_url`, `threepids` (the account's email
-        addresses, replaced), `admin`, `deactivated`, `locked`. `user_type` must be null or
-        one of Synapse's types (M_INVALID_PARAM), which are not kept. Other keys
+        addresses, replaced), `admin`, `deactivated`, `locked`, `user_type` (null, which
+        clears it, or one of Synapse's types, else M_INVALID_PARAM). Other keys
         (synapse-admin sends the whole record back) are ignored. Everything is checked
         before anything changes; unchanged values change nothing (no new member events)."""
         self.local_user(user_id)
@@ -220,6 +223,8 @@ class AdminService:
                 await self.store.replace_emails(user_id, emails, self.clock_ms())
             if locked:
                 await self.restrictions.set(user_id, "locked", True)
+            if user_type is not None:
+                await self.store.set_user_type(user_id, user_type)
             return True
         if deactivated is False and existing.deactivated:
             if password is None:
@@ -238,6 +243,8 @@ class AdminService:
             await self.storage.accounts.set_admin(user_id, admin)
         if locked is not None:
             await self.restrictions.set(user_id, "locked", locked)
+        if "user_type" in body:  # absent: unchanged; null: cleared
+            await self.store.set_user_type(user_id, user_type)
         if deactivated and not existing.deactivated:
             await self.accounts.deactivate(user_id)
         return False

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from homeserver.storage.database import Database, Txn
+from homeserver.storage.database import Database, Txn, marks
 from homeserver.storage.reports import Report
 from homeserver.storage.retention import purge_events_txn
 
@@ -24,7 +24,8 @@ USER_ORDER_COLUMNS = {
     "creation_ts": "u.created_ts",
     "last_seen_ts": "last_seen_ts",
     "is_guest": "u.user_id",  # no guests here: every row ties, the id breaks it
-    "user_type": "u.user_id",
+    # Normal accounts (NULL) first ascending on both engines (they order NULLs apart).
+    "user_type": "COALESCE(u.user_type, '')",
 }
 
 RESTRICTION_FLAGS = ("locked", "suspended", "shadow_banned")
@@ -43,6 +44,7 @@ class UserSummary:
     avatar_url: str | None
     last_seen_ts: int | None
     erased: bool = False
+    user_type: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,8 @@ class UserFilter:
     locked: bool = True  # include locked accounts
     suspended: bool = True  # include suspended accounts
     admins: bool | None = None  # only admins (True), only non-admins (False)
+    # Types left out ("" for normal accounts, without a type): Synapse's not_user_type.
+    not_user_types: tuple[str, ...] = ()
 
 
 def _like(text: str) -> str:
@@ -69,7 +73,7 @@ class AdminStore:
         "SELECT u.user_id, u.created_ts, u.is_admin, u.deactivated, u.locked, u.suspended,"
         " u.shadow_banned, p.displayname, p.avatar_url,"
         " (SELECT MAX(d.last_seen_ts) FROM devices d WHERE d.user_id = u.user_id) AS last_seen_ts,"
-        " EXISTS (SELECT 1 FROM erased_users e WHERE e.user_id = u.user_id) AS erased"
+        " EXISTS (SELECT 1 FROM erased_users e WHERE e.user_id = u.user_id) AS erased, u.user_type"
         " FROM users u LEFT JOIN profiles p ON p.user_id = u.user_id"
     )
 
@@ -87,6 +91,7 @@ class AdminStore:
             r[8],
             None if r[9] is None else int(r[9]),
             bool(r[10]),
+            r[11],
         )
 
     async def list_users(
@@ -116,6 +121,12 @@ class AdminStore:
         if where.admins is not None:
             clauses.append("u.is_admin = ?")
             args.append(where.admins)
+        if "" in where.not_user_types:
+            clauses.append("u.user_type IS NOT NULL")
+        typed = sorted(set(where.not_user_types) - {""})
+        if typed:
+            clauses.append(f"(u.user_type IS NULL OR u.user_type NOT IN ({marks(len(typed))}))")
+            args += typed
         condition = (" WHERE " + " AND ".join(clauses)) if clauses else ""
         column = USER_ORDER_COLUMNS[order_by]
         direction = "ASC" if ascending else "DESC"
@@ -144,6 +155,11 @@ class AdminStore:
             raise ValueError(flag)
         await self.db.execute(
             "admin_set_flag", f"UPDATE users SET {flag} = ? WHERE user_id = ?", value, user_id
+        )
+
+    async def set_user_type(self, user_id: str, user_type: str | None) -> None:
+        await self.db.execute(
+            "admin_set_user_type", "UPDATE users SET user_type = ? WHERE user_id = ?", user_type, user_id
         )
 
     async def reactivate(self, user_id: str) -> None:

@@ -155,6 +155,7 @@ class AdminPlugin:
             locked=bool_param(request, "locked", False),
             suspended=bool_param(request, "suspended", True),
             admins=optional_bool_param(request, "admins"),
+            not_user_types=tuple(request.query_params("not_user_type")),
         )
         bool_param(request, "guests", True)  # checked; there are no guest accounts here
         order_by = request.query_param("order_by") or "name"

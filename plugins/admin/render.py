@@ -20,7 +20,7 @@ from homeserver.plugins import (
 def user_summary(u: UserSummary) -> dict[str, Any]:
     return {
         "name": u.user_id,
-        "user_type": None,
+        "user_type": u.user_type,
         "is_guest": 0,
         "admin": int(u.is_admin),
         "deactivated": int(u.deactivated),
