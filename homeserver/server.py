@@ -720,7 +720,7 @@ class HomeServer:
         self.timeline.forget_below(room_id, floor)
         for event_id in event_ids:
             self.sync.encoded.invalidate(event_id)
-            self.sync.thread_roots.discard(event_id)
+            self.sync.thread_roots.forget(event_id)
         self.rooms.forget_redactions(event_ids)
         if event_ids:
             self.unread.forget_room(room_id)
@@ -793,7 +793,6 @@ class HomeServer:
             position = self.persister.persisted_upto
         self.stream.start(position)
         await self.timeline.start(position)
-        await self.sync.start()
         positions = await self.storage.user_data.max_stream_ids()
         self.account_data.start(positions["account_data"])
         await self.push_rules.start()

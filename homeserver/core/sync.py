@@ -31,7 +31,7 @@ from homeserver.core.receipts import ReceiptService
 from homeserver.core.room_heads import RoomHead, RoomHeads
 from homeserver.core.rooms import RoomService
 from homeserver.core.streams import SyncToken, pagination_token
-from homeserver.core.threads import thread_summaries
+from homeserver.core.threads import ThreadRootCache, thread_summaries
 from homeserver.core.timeline_cache import TimelineCache
 from homeserver.core.txn_ids import client_txn_id
 from homeserver.core.typing import TypingService
@@ -105,7 +105,7 @@ class SyncService:
         self._persisted_upto = persisted_upto
         self._recent_txns: OrderedDict[str, tuple[str, str, str]] = OrderedDict()
         # Events with a thread reply: only those get a per-reader encoding with `m.thread`.
-        self.thread_roots: set[str] = set()
+        self.thread_roots = ThreadRootCache(storage.events)
         # The token current when each user was last woken (see `_nothing_new`).
         self._woken_at: dict[str, SyncToken] = {}
         # Devices deleted (logged out elsewhere) while a long-poll of theirs was open.
@@ -122,10 +122,8 @@ class SyncService:
         remember which device sent what (for `transaction_id` in the sender's sync)."""
         for redacted in self.rooms.on_committed([item.event for item in items], self.timeline.find):
             self.encoded.invalidate(redacted.event_id)
+        self.thread_roots.on_committed((item.event for item in items), thread_of)
         for item in items:
-            root = thread_of(item.event)
-            if root is not None:
-                self.thread_roots.add(root)
             if item.txn is not None:
                 self._recent_txns[item.event.event_id] = item.txn
                 if len(self._recent_txns) > _RECENT_TXNS:
@@ -524,14 +522,11 @@ class SyncService:
             "account_data": {"events": []},
         }
 
-    async def start(self) -> None:
-        self.thread_roots |= await self.storage.events.thread_root_ids()
-
     async def thread_bundles(
         self, user_id: str, head: RoomHead, events: list[StoredEvent]
     ) -> dict[str, dict[str, Any]]:
         """The `m.thread` aggregation of the thread roots among `events`, as `user_id` sees it."""
-        roots = [ev for ev in events if ev.event_id in self.thread_roots]
+        roots = await self.thread_roots.roots_among(events)
         if not roots:
             return {}
         judge = self.visibility.judge(user_id, head.room_id)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from homeserver.json_encoding import dumps_text
-from homeserver.storage.database import Database, Txn, in_list
+from homeserver.storage.database import Database, Txn, in_chunks, in_list, marks
 from homeserver.storage.stream_writers import WriterFenced, is_fenced, save_promise_txn
 
 
@@ -154,6 +154,9 @@ def persist_events_txn(
     txn_ids: list[_Row] = []
     redactions: list[_Row] = []
     relations: list[_Row] = []
+    thread_latest: dict[str, tuple[str, int]] = {}  # root -> (room, its newest reply of the batch)
+    thread_repliers: set[tuple[str, str, str]] = set()  # (root, sender, room)
+    historical: list[str] = []  # backfilled events: a root may come after its replies
     state: dict[tuple[str, str, str], str] = {}  # last event per state key wins within the batch
     rejoined: list[tuple[str, str]] = []
     named: set[str] = set()  # prev_events of the batch: no longer forward extremities
@@ -200,6 +203,8 @@ def persist_events_txn(
                 rejoined.append((ev.state_key, ev.room_id))
         if item.txn is not None:
             txn_ids.append((*item.txn, ev.event_id, item.now_ms))
+        if item.historical:
+            historical.append(ev.event_id)
         if ev.type == "m.room.redaction":
             redacts = (
                 ev.content.get("redacts") if item.room_version in ("11", "12") else ev.pdu.get("redacts")
@@ -225,6 +230,11 @@ def persist_events_txn(
                     ev.stream_ordering,
                 )
             )
+            if relates["rel_type"] == "m.thread":
+                root = relates["event_id"]
+                room, latest = thread_latest.get(root, (ev.room_id, ev.stream_ordering))
+                thread_latest[root] = (room, max(latest, ev.stream_ordering))
+                thread_repliers.add((root, ev.sender, room))
     batch_ids = {item.event.event_id for item in items}
     extremities = [
         (item.event.room_id, item.event.event_id)
@@ -299,8 +309,83 @@ def persist_events_txn(
                 ),
                 relations,
             )
+            # The thread list (sql/104): only a batch with a thread reply writes these.
+            txn.insert_many(
+                "threads",
+                ("root_id", "room_id", "latest"),
+                [(root, room, latest) for root, (room, latest) in thread_latest.items()],
+                _THREAD_UPSERT[txn.engine.name],
+            )
+            txn.insert_many(
+                "thread_participants",
+                ("root_id", "user_id", "room_id"),
+                sorted(thread_repliers),
+                "ON CONFLICT (root_id, user_id) DO NOTHING",
+            )
+        # After the block: a root of this batch is in `events` only once the block has run.
+        for chunk in in_chunks([*thread_latest, *historical]):
+            txn.execute(_ROOT_SENDERS.format(marks(len(chunk))), chunk)
+        if redactions:
+            targets = [redacts for _, redacts, _ in redactions]
+            for chunk in in_chunks(targets):
+                refresh_threads_txn(txn, _REDACTED_THREADS.format(marks(len(chunk))), chunk)
         if promise is not None:
             save_promise_txn(txn, *promise)
+
+
+# A thread's newest reply: a backfilled (older) one does not lower it.
+_THREAD_UPSERT = {
+    "sqlite": "ON CONFLICT (root_id) DO UPDATE SET latest = MAX(threads.latest, excluded.latest)",
+    "postgres": "ON CONFLICT (root_id) DO UPDATE SET latest = GREATEST(threads.latest, excluded.latest)",
+}
+# The root's sender took part in its thread (when the root is stored; a backfilled root
+# that comes after its replies adds it then).
+_ROOT_SENDERS = (
+    "INSERT INTO thread_participants (root_id, user_id, room_id)"
+    " SELECT t.root_id, e.sender, t.room_id FROM threads t JOIN events e ON e.event_id = t.root_id"
+    " WHERE t.root_id IN ({}) ON CONFLICT (root_id, user_id) DO NOTHING"
+)
+# The threads that the redacted events (ids: the placeholders) were replies in.
+_REDACTED_THREADS = (
+    "SELECT x.relates_to FROM event_relations x WHERE x.rel_type = 'm.thread' AND x.event_id IN ({})"
+)
+_LIVE_REPLIES = (
+    "event_relations x LEFT JOIN redactions r ON r.redacts = x.event_id"
+    " WHERE x.rel_type = 'm.thread' AND r.event_id IS NULL"
+)
+
+
+def refresh_threads_txn(txn: Txn, roots_sql: str, args: Sequence[Any]) -> None:
+    """Recompute the thread list's rows of the threads `roots_sql` (a SELECT of root ids, with
+    `args`) names, from their unredacted replies (by the index on relates_to): after replies
+    were redacted, purged or erased. A thread left without one leaves the list. Writes only:
+    fits in `Txn.batched`."""
+    where = f"root_id IN ({roots_sql})"
+    txn.execute(
+        f"DELETE FROM threads WHERE {where}"
+        f" AND NOT EXISTS (SELECT 1 FROM {_LIVE_REPLIES} AND x.relates_to = threads.root_id)",
+        args,
+    )
+    txn.execute(
+        f"UPDATE threads SET latest = (SELECT MAX(x.stream_ordering) FROM {_LIVE_REPLIES}"
+        f" AND x.relates_to = threads.root_id) WHERE {where}",
+        args,
+    )
+    txn.execute(f"DELETE FROM thread_participants WHERE {where}", args)
+    txn.execute(
+        "INSERT INTO thread_participants (root_id, user_id, room_id)"
+        " SELECT DISTINCT x.relates_to, x.sender, t.room_id FROM event_relations x"
+        " JOIN threads t ON t.root_id = x.relates_to LEFT JOIN redactions r ON r.redacts = x.event_id"
+        f" WHERE x.rel_type = 'm.thread' AND r.event_id IS NULL AND x.relates_to IN ({roots_sql})"
+        " ON CONFLICT (root_id, user_id) DO NOTHING",
+        args,
+    )
+    txn.execute(
+        "INSERT INTO thread_participants (root_id, user_id, room_id)"
+        " SELECT t.root_id, e.sender, t.room_id FROM threads t JOIN events e ON e.event_id = t.root_id"
+        f" WHERE t.{where} ON CONFLICT (root_id, user_id) DO NOTHING",
+        args,
+    )
 
 
 def _superseded_delete(extremities: Sequence[tuple[str, str]]) -> tuple[str, list[str]]:
@@ -799,32 +884,45 @@ class EventStore:
     ) -> list[tuple[str, int]]:
         """(root id, position of its newest reply) of the room's threads, newest activity first:
         replies up to `upto` count, threads whose newest reply is before `before` are listed,
-        and with `participant` only threads that user started or replied in."""
-        sql = (
-            "SELECT x.relates_to, MAX(x.stream_ordering) FROM event_relations x"
-            " JOIN events p ON p.event_id = x.relates_to"
-            " LEFT JOIN redactions r ON r.redacts = x.event_id"
-            " WHERE x.room_id = ? AND x.rel_type = 'm.thread' AND r.event_id IS NULL"
-            " AND x.stream_ordering <= ? GROUP BY x.relates_to, p.sender HAVING 1 = 1"
-        )
-        args: list[Any] = [room_id, upto]
-        if before is not None:
-            sql += " AND MAX(x.stream_ordering) < ?"
-            args.append(before)
+        and with `participant` only threads that user started or replied in.
+
+        From the thread list (sql/104): a page of the threads whose newest reply is at or
+        below `upto` reads the index on (room, newest reply) from `before` down. Only the few
+        threads with a reply above `upto` (a former member's view, or a commit not yet
+        readable) have their newest reply at or below it looked up, one thread at a time."""
+        joins = " JOIN events p ON p.event_id = t.root_id"
+        args: list[Any] = []
         if participant is not None:
-            sql += " AND (p.sender = ? OR SUM(CASE WHEN x.sender = ? THEN 1 ELSE 0 END) > 0)"
-            args += [participant, participant]
-        sql += " ORDER BY MAX(x.stream_ordering) DESC LIMIT ?"
-        args.append(limit)
-        rows = await self.db.query("thread_roots", sql, *args)
+            joins += " JOIN thread_participants u ON u.root_id = t.root_id AND u.user_id = ?"
+            args.append(participant)
+        below = " AND t.latest < ?" if before is not None else ""
+        page_args = [*args, room_id, upto, *([before] if before is not None else []), limit]
+        sql = (
+            "SELECT root_id, pos FROM ("
+            f"SELECT * FROM (SELECT t.root_id, t.latest AS pos FROM threads t{joins}"
+            f" WHERE t.room_id = ? AND t.latest <= ?{below} ORDER BY t.latest DESC LIMIT ?) a"
+            " UNION ALL"
+            f" SELECT t.root_id, (SELECT MAX(x.stream_ordering) FROM {_LIVE_REPLIES}"
+            " AND x.relates_to = t.root_id AND x.stream_ordering <= ?) AS pos"
+            f" FROM threads t{joins} WHERE t.room_id = ? AND t.latest > ?"
+            f") b WHERE pos IS NOT NULL{' AND pos < ?' if before is not None else ''}"
+            " ORDER BY pos DESC LIMIT ?"
+        )
+        tail_args = [upto, *args, room_id, upto, *([before] if before is not None else []), limit]
+        rows = await self.db.query("thread_roots", sql, *page_args, *tail_args)
         return [(r[0], int(r[1])) for r in rows]
 
-    async def thread_root_ids(self) -> set[str]:
-        """Every event that has a thread reply (sync bundles `m.thread` on those)."""
-        rows = await self.db.query(
-            "thread_root_ids", "SELECT DISTINCT relates_to FROM event_relations WHERE rel_type = 'm.thread'"
-        )
-        return {r[0] for r in rows}
+    async def thread_roots_among(self, event_ids: Sequence[str]) -> set[str]:
+        """Those of `event_ids` that have an unredacted thread reply."""
+        found: set[str] = set()
+        for chunk in in_chunks(event_ids):
+            rows = await self.db.query(
+                "thread_roots_among",
+                f"SELECT root_id FROM threads WHERE root_id IN ({marks(len(chunk))})",
+                *chunk,
+            )
+            found.update(r[0] for r in rows)
+        return found
 
     async def thread_replies(self, root_ids: Sequence[str]) -> list[tuple[str, str, str, int]]:
         """(root, reply id, sender, position) of each unredacted reply in these threads."""

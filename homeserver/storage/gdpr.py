@@ -8,8 +8,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from homeserver.json_encoding import dumps_text
-from homeserver.storage.database import Database, Txn
-from homeserver.storage.events import _EVENT_COLUMNS, _EVENT_FROM, StoredEvent, _row_to_event
+from homeserver.storage.database import Database, Txn, in_chunks, marks
+from homeserver.storage.events import (
+    _EVENT_COLUMNS,
+    _EVENT_FROM,
+    StoredEvent,
+    _row_to_event,
+    refresh_threads_txn,
+)
 
 # Tables holding only the user's own data, keyed by `user_id`: emptied on erasure.
 # (users, devices and tokens go through their own stores; events are pruned, not deleted.)
@@ -103,12 +109,23 @@ class GdprStore:
         what was derived from the old content: relations (an erased reaction no longer counts)."""
 
         def prune_txn(txn: Txn) -> None:
+            ids = [event_id for event_id, _, _ in pruned]
+            roots: set[str] = set()  # the threads of erased replies: recomputed once they no longer relate
+            for chunk in in_chunks(ids):
+                rows = txn.query(
+                    "SELECT relates_to FROM event_relations"
+                    f" WHERE rel_type = 'm.thread' AND event_id IN ({marks(len(chunk))})",
+                    chunk,
+                )
+                roots.update(r[0] for r in rows)
             for event_id, pdu, unsigned in pruned:
                 txn.execute(
                     "UPDATE events SET json = ?, unsigned_extra = ? WHERE event_id = ?",
                     (dumps_text(pdu), dumps_text(unsigned) if unsigned else None, event_id),
                 )
                 txn.execute("DELETE FROM event_relations WHERE event_id = ?", (event_id,))
+            for chunk in in_chunks(sorted(roots)):
+                refresh_threads_txn(txn, marks(len(chunk)), chunk)
 
         await self.db.run_interaction("prune_events", prune_txn)
 

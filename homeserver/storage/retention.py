@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from homeserver.storage.database import Database, Txn
+from homeserver.storage.database import Database, Txn, in_chunks
+from homeserver.storage.events import refresh_threads_txn
 
 _CHUNK = 500
 
@@ -130,6 +131,15 @@ def purge_events_txn(txn: Txn, dialect: str, room_id: str, floor: int, limit: in
         positions = [r[1] for r in rows]
         txn.execute(f"DELETE FROM event_search_fts WHERE rowid IN ({marks})", positions)
         txn.execute(f"DELETE FROM event_search WHERE stream_ordering IN ({marks})", positions)
+    # The threads these events replied in: their place in the thread list is recomputed below.
+    roots = [
+        r[0]
+        for r in txn.query(
+            "SELECT DISTINCT relates_to FROM event_relations"
+            f" WHERE rel_type = 'm.thread' AND event_id IN ({marks})",
+            ids,
+        )
+    ]
     for table, column in (
         ("event_edges", "event_id"),
         ("event_auth", "event_id"),
@@ -139,6 +149,10 @@ def purge_events_txn(txn: Txn, dialect: str, room_id: str, floor: int, limit: in
         ("events", "event_id"),
     ):
         txn.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", ids)
+    for table in ("threads", "thread_participants"):  # purged roots: no longer listed
+        txn.execute(f"DELETE FROM {table} WHERE root_id IN ({marks})", ids)
+    for chunk in in_chunks(roots):
+        refresh_threads_txn(txn, _marks(len(chunk)), chunk)
     txn.insert_many(
         "purged_events_pending",
         ("event_id", "room_id"),
