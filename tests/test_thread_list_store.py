@@ -123,7 +123,9 @@ async def test_the_list_pages_as_the_aggregate_did(storage: Storage) -> None:
     middle = end // 2
     for upto in (end, middle, middle + 7):  # now, and two former members' views
         # A former member sent nothing after leaving: only such users see the list at `upto`.
-        later = {r[0] for r in await db.query("t", "SELECT sender FROM events WHERE stream_ordering > ?", upto)}
+        later = {
+            r[0] for r in await db.query("t", "SELECT sender FROM events WHERE stream_ordering > ?", upto)
+        }
         for participant in (None, *(u for u in USERS if upto == end or u not in later)):
             got = await pages(store.thread_roots, ROOM, upto, participant)
             want = await pages(lambda *a: aggregate_roots(db, *a), ROOM, upto, participant)
@@ -225,10 +227,14 @@ def write_old_rows(txn: Txn, room: RoomBuilder, events: list[StoredEvent]) -> No
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_migration_fills_the_list_from_existing_relations(database_url: str, tmp_path: Path) -> None:
+async def test_the_migration_fills_the_list_from_existing_relations(
+    database_url: str, tmp_path: Path
+) -> None:
     before_104 = tmp_path / "sql"
     before_104.mkdir()
-    for schema in schema_files(CORE_SCHEMA_DIR, "sqlite" if database_url.startswith("sqlite") else "postgres"):
+    for schema in schema_files(
+        CORE_SCHEMA_DIR, "sqlite" if database_url.startswith("sqlite") else "postgres"
+    ):
         if schema.version < 104:
             shutil.copy(schema.path, before_104 / schema.path.name)
     storage = Storage.from_url(database_url)
