@@ -17,8 +17,8 @@ from test_event_storage import ALICE, BOB, CAROL, RoomBuilder
 from homeserver.core.threads import ThreadRootCache
 from homeserver.core.unread import thread_of
 from homeserver.storage import Storage
-from homeserver.storage.database import Database, Txn
-from homeserver.storage.events import EventStore, StoredEvent
+from homeserver.storage.database import Database, Txn, _CollectingCursor
+from homeserver.storage.events import EventStore, StoredEvent, persist_events_txn
 from homeserver.storage.migrations import CORE_SCHEMA_DIR, migrate, schema_files
 from homeserver.storage.retention import purge_events_txn
 
@@ -305,3 +305,30 @@ async def test_the_sync_root_cache_is_bounded_and_asks_only_about_unknown_events
     assert len(cache) <= 4  # the oldest were forgotten...
     assert await cache.roots_among([old_root]) == [old_root]  # ...and are asked about again
     assert asked[1:] == [[old_root.event_id]]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_message_outside_threads_commits_exactly_as_before(pg_url: str) -> None:
+    """On PostgreSQL a commit is one string ending in COMMIT: a plain message's names no thread
+    table, a thread reply's writes the list in that same string (no second round trip)."""
+    storage = Storage.from_url(pg_url)
+    try:
+        await migrate(storage.db)
+        store = storage.events
+        room = RoomBuilder(ROOM, [1])
+        await store.persist_events(room.items(room.create(), new_room=True))
+        root = room.event(ALICE, "m.room.message", {"body": "root"})
+        await store.persist_events(room.items([root, reply(room, BOB, root.event_id)]))  # shapes known
+
+        def composed(ev: StoredEvent) -> str:
+            cursor = _CollectingCursor()
+            persist_events_txn(Txn(cursor, storage.db.engine), room.items([ev]))
+            assert cursor.statement is not None
+            return " ".join([cursor.statement[0], *(sql for _, sql in cursor.prepares)])
+
+        plain = composed(room.event(BOB, "m.room.message", {"body": "plain"}))
+        assert "thread" not in plain
+        in_thread = composed(reply(room, CAROL, root.event_id))
+        assert "INSERT INTO threads" in in_thread
+    finally:
+        storage.close()
