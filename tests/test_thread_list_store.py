@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,32 +23,15 @@ from homeserver.storage.events import EventStore, StoredEvent, persist_events_tx
 from homeserver.storage.migrations import CORE_SCHEMA_DIR, migrate, schema_files
 from homeserver.storage.retention import purge_events_txn
 
+# bench/ is a top-level folder of the repository, not an installed package.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+# The thread list as it was computed before sql/104 (a GROUP BY over every reply): the reference.
+from bench.threads_micro import aggregate as aggregate_roots  # noqa: E402
+
 ROOM = "!threads:example.org"
 DAVE = "@dave:example.org"
 USERS = (ALICE, BOB, CAROL, DAVE)
-
-
-async def aggregate_roots(
-    db: Database, room_id: str, upto: int, before: int | None, limit: int, participant: str | None
-) -> list[tuple[str, int]]:
-    """The thread list as it was computed before sql/104: a GROUP BY over every reply."""
-    sql = (
-        "SELECT x.relates_to, MAX(x.stream_ordering) FROM event_relations x"
-        " JOIN events p ON p.event_id = x.relates_to"
-        " LEFT JOIN redactions r ON r.redacts = x.event_id"
-        " WHERE x.room_id = ? AND x.rel_type = 'm.thread' AND r.event_id IS NULL"
-        " AND x.stream_ordering <= ? GROUP BY x.relates_to, p.sender HAVING 1 = 1"
-    )
-    args: list[Any] = [room_id, upto]
-    if before is not None:
-        sql += " AND MAX(x.stream_ordering) < ?"
-        args.append(before)
-    if participant is not None:
-        sql += " AND (p.sender = ? OR SUM(CASE WHEN x.sender = ? THEN 1 ELSE 0 END) > 0)"
-        args += [participant, participant]
-    sql += " ORDER BY MAX(x.stream_ordering) DESC LIMIT ?"
-    args.append(limit)
-    return [(r[0], int(r[1])) for r in await db.query("aggregate", sql, *args)]
 
 
 async def pages(
