@@ -314,13 +314,18 @@ def test_bad_token_is_closed_with_unknown_token(server: ServerProcess) -> None:
     code, reason = recv_close(ws)
     assert code == 4401 and reason.startswith("M_UNKNOWN_TOKEN"), (code, reason)
 
-    # Any JSON string may arrive in an auth frame, even one no codec can encode: still a bad
-    # token (4401), not a server error (4500).
-    for token in ("\ud800", "é" * 40, "x" * 100_000):
+    # Any JSON string may arrive in an auth frame: still a bad token (4401), not a server
+    # error (4500). One no codec can encode (a lone surrogate) makes the frame itself bad JSON
+    # (4400), as the same body would be over HTTP.
+    for token in ("é" * 40, "x" * 100_000):
         ws = connect(server)
         send(ws, {"type": "auth", "token": token})
         code, reason = recv_close(ws)
         assert code == 4401 and reason.startswith("M_UNKNOWN_TOKEN"), (token[:10], code, reason)
+    ws = connect(server)
+    send(ws, {"type": "auth", "token": "\ud800"})
+    code, reason = recv_close(ws)
+    assert code == 4400 and reason.startswith("M_BAD_JSON"), (code, reason)
 
 
 def test_revoked_token_is_closed_with_unknown_token(server: ServerProcess) -> None:

@@ -107,7 +107,9 @@ class ApiRequest(Request):
         if not raw.strip():
             raise NotJson("Content not JSON.")
         try:
-            body = json.loads(raw)
+            # Decoded strictly first: json.loads(bytes) lets a UTF-8-encoded surrogate (ED A0 80,
+            # not UTF-8) through as text, which no later encode, hash or INSERT can take.
+            body = json.loads(raw.decode("utf-8"))
         except (ValueError, UnicodeDecodeError, RecursionError):
             # RecursionError: a body of deeply nested arrays is malformed input, not a server error.
             raise NotJson("Content not JSON.") from None
