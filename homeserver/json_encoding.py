@@ -15,10 +15,28 @@ process accepts never fails (a 500) on its way to another one.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
 import orjson
+
+# A \u escape of a surrogate (D800-DFFF): only then can a value parsed from strict UTF-8
+# hold a lone one.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def has_lone_surrogate(raw: bytes, value: Any) -> bool:
+    """Whether `value`, parsed from `raw` (read as strict UTF-8), holds a lone surrogate (from a
+    `\\ud800` escape): no UTF-8 encodes it, so it could be neither hashed, signed, stored
+    nor written in a response."""
+    if not _SURROGATE_ESCAPE.search(raw):
+        return False
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def dumps_bytes(obj: Any, default: Callable[[Any], Any] | None = None) -> bytes:

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from typing import Any
 
 from homeserver.errors import BadJson, NotJson
+from homeserver.json_encoding import has_lone_surrogate
 
 MAX_SAFE_INT = 2**53 - 1
-# A \u escape of a surrogate (D800-DFFF): only then can a lone one be in the value.
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 class _Refused(ValueError):
@@ -78,9 +76,5 @@ def loads_strict(raw: bytes) -> Any:
 def check_unicode(raw: bytes, value: Any) -> None:
     """M_BAD_JSON when the value parsed from `raw` holds a lone surrogate (from a `\\ud800`
     escape): no UTF-8 encodes it, so it could be neither hashed, signed nor stored."""
-    if not _SURROGATE_ESCAPE.search(raw):
-        return
-    try:
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise BadJson("Strings must be Unicode text: a lone surrogate is not") from None
+    if has_lone_surrogate(raw, value):
+        raise BadJson("Strings must be Unicode text: a lone surrogate is not")

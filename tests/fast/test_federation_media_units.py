@@ -4,6 +4,7 @@ remote's malformed answers become: a 502 for our client, never a 500."""
 from __future__ import annotations
 
 import pytest
+import pytest_twisted
 
 from homeserver.core.federation.directory_queries import _clean_page, alias_server
 from homeserver.core.federation.media import (
@@ -131,3 +132,23 @@ def test_a_remote_room_list_passes_on_only_the_spec_fields() -> None:
         ],
         "next_batch": "n2",
     }
+
+
+class _Answers:
+    """A remote that answers every media request with one status and body."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        self.status, self.body = status, body
+
+    async def get_raw(self, *_: object) -> tuple[int, str | None, bytes]:
+        return self.status, "application/json", self.body
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_404_nested_past_the_parsers_depth_is_a_404() -> None:
+    """The 404's body is read for M_UNRECOGNIZED (to try the legacy route); nested deeper
+    than the JSON parser goes, it raised RecursionError: a 500 for our client."""
+    fetcher = RemoteMediaFetcher(_Answers(404, b"[" * 100_000))  # type: ignore[arg-type]
+    with pytest.raises(MatrixError) as raised:
+        await fetcher.fetch("remote.example", "abc", 1000)
+    assert (raised.value.status, raised.value.errcode) == (404, "M_NOT_FOUND")

@@ -23,6 +23,7 @@ from homeserver.core.federation.discovery import Destination, ServerResolver, We
 from homeserver.core.federation.request_auth import authorization_header
 from homeserver.core.federation.tls import client_options, trust_root
 from homeserver.errors import RemoteServerError
+from homeserver.json_encoding import has_lone_surrogate
 
 log = Logger()
 
@@ -140,7 +141,11 @@ class FederationClient:
         url, headers, data = await self._prepare(method, destination, path, query, body)
         status, raw, _ = await self._send(method, url, headers, data, destination)
         try:
-            answer = json.loads(raw) if raw else {}
+            # Strict UTF-8, and no lone surrogate: text no UTF-8 encodes would fail later, when
+            # we hash, store or answer our own client with it (a 500 instead of a bad answer).
+            answer = json.loads(raw.decode("utf-8")) if raw else {}
+            if has_lone_surrogate(raw, answer):
+                answer = None
         except (ValueError, UnicodeDecodeError, RecursionError):
             answer = None
         if status != 200:

@@ -182,6 +182,6 @@ def _unrecognised(status: int, body: bytes) -> bool:
         return False
     try:
         answer = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # nested past the parser's depth
         return False
     return isinstance(answer, dict) and answer.get("errcode") == "M_UNRECOGNIZED"
