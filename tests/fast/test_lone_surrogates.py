@@ -92,14 +92,15 @@ async def test_websocket_frames_with_surrogates_or_nan_get_an_error_frame(tmp_pa
         (TEXT, b'{"type":"ping","id":NaN}', "M_NOT_JSON"),
         (BINARY, b'{"type":"read","chatId":"\xed\xa0\x80"}', "M_NOT_JSON"),
     ]
+    answers: list[bytes] = []
+
+    def answered() -> bool:
+        answers.extend(p for op, p in stream.frames() if op == TEXT)
+        return bool(answers)
+
     for opcode, payload, errcode in sent:
+        answers.clear()
         stream.send(opcode, payload)
-        answers: list[bytes] = []
-
-        def answered() -> bool:
-            answers.extend(p for op, p in stream.frames() if op == TEXT)
-            return bool(answers)
-
         await until(answered, f"an answer to {payload!r}")
         answer = json.loads(answers[0])
         assert (answer["type"], answer["errcode"]) == ("error", errcode), (payload, answer)
