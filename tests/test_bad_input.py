@@ -687,6 +687,19 @@ def test_nul_characters_are_refused_on_both_engines(any_server: ServerProcess) -
     assert "Traceback" not in any_server.log_text()
 
 
+def test_a_send_attempt_past_32_bits_is_invalid_param_on_both_engines(any_server: ServerProcess) -> None:
+    """`send_attempt` is stored in a 32-bit column: 2**31 was a 500 on PostgreSQL (integer
+    out of range), and that without a token."""
+    for path in (V3 + "/register/email/requestToken", V3 + "/account/password/email/requestToken"):
+        for attempt in (2**31, 2**53 - 1, -(2**31) - 1):
+            body = {"client_secret": "abc", "email": "big@example.com", "send_attempt": attempt}
+            assert_error(call(any_server, "POST", path, body), 400, "M_INVALID_PARAM")
+    body = {"client_secret": "abc", "email": "big@example.com", "send_attempt": 2**31 - 1}
+    r = call(any_server, "POST", V3 + "/register/email/requestToken", body)
+    assert r.status_code == 200, r.text
+    assert "Traceback" not in any_server.log_text()
+
+
 # Any JSON in the fields each route reads: never a server error ------------------------------
 
 FUZZED_ROUTES: list[tuple[str, str, list[str]]] = [

@@ -28,6 +28,9 @@ def parse_token_request(body: dict[str, Any]) -> tuple[str, str, int]:
         raise MatrixError("Invalid client_secret", "M_INVALID_PARAM")
     email = check_email(required(body, "email", str))
     send_attempt = required(body, "send_attempt", int)
+    if not -(2**31) <= send_attempt < 2**31:
+        # Stored in a 32-bit column: a larger one was a 500 on PostgreSQL.
+        raise MatrixError("'send_attempt' must fit in 32 bits", "M_INVALID_PARAM")
     return email, client_secret, send_attempt
 
 
