@@ -633,6 +633,19 @@ def test_bad_input_gets_clear_errors(admin_server: ServerProcess, admin: Admin) 
     assert not_json.status_code == 400 and not_json.json()["errcode"] == "M_NOT_JSON"
 
 
+def test_uses_allowed_past_32_bits_is_invalid_param(admin: Admin) -> None:
+    """uses_allowed is a 32-bit column: 2**31 was a 500 on PostgreSQL (integer out of range)."""
+    made = admin.ok("POST", f"{V1}/registration_tokens/new", json={"uses_allowed": 2**31 - 1})
+    assert made["uses_allowed"] == 2**31 - 1
+    for method, path in (
+        ("POST", f"{V1}/registration_tokens/new"),
+        ("PUT", f"{V1}/registration_tokens/{made['token']}"),
+    ):
+        r = admin.request(method, path, json={"uses_allowed": 2**31})
+        assert (r.status_code, r.json()["errcode"]) == (400, "M_INVALID_PARAM"), (method, r.text)
+    assert admin.ok("GET", f"{V1}/registration_tokens/{made['token']}")["uses_allowed"] == 2**31 - 1
+
+
 # Registration tokens ------------------------------------------------------------------------
 
 

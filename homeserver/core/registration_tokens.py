@@ -20,6 +20,7 @@ from homeserver.storage.registration_tokens import RegistrationToken, Registrati
 _TOKEN_RE = re.compile(r"[A-Za-z0-9._~-]{1,64}")
 _ALPHABET = string.ascii_letters + string.digits + "._~-"
 _MAX_INT = 2**53  # JSON numbers clients can hold exactly
+_MAX_USES = 2**31  # uses_allowed is a 32-bit column: past it PostgreSQL refuses the row (a 500)
 
 
 def check_token(token: object) -> str:
@@ -30,11 +31,11 @@ def check_token(token: object) -> str:
     return token
 
 
-def _whole(value: object, key: str) -> int | None:
+def _whole(value: object, key: str, limit: int = _MAX_INT) -> int | None:
     if value is None:
         return None
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < _MAX_INT:
-        raise MatrixError(f"'{key}' must be a non-negative integer or null", "M_INVALID_PARAM")
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < limit:
+        raise MatrixError(f"'{key}' must be an integer from 0 to {limit - 1}, or null", "M_INVALID_PARAM")
     return value
 
 
@@ -59,7 +60,7 @@ class RegistrationTokens:
         return found
 
     async def create(self, body: dict[str, Any]) -> RegistrationToken:
-        uses_allowed = _whole(body.get("uses_allowed"), "uses_allowed")
+        uses_allowed = _whole(body.get("uses_allowed"), "uses_allowed", _MAX_USES)
         expiry = self._expiry(body.get("expiry_time"))
         if "token" in body:
             if "length" in body:
@@ -79,7 +80,7 @@ class RegistrationTokens:
     async def update(self, token: str, body: dict[str, Any]) -> RegistrationToken:
         changes: dict[str, int | None] = {}
         if "uses_allowed" in body:
-            changes["uses_allowed"] = _whole(body["uses_allowed"], "uses_allowed")
+            changes["uses_allowed"] = _whole(body["uses_allowed"], "uses_allowed", _MAX_USES)
         if "expiry_time" in body:
             changes["expiry_time"] = self._expiry(body["expiry_time"])
         if not await self.store.update(check_token(token), changes):
