@@ -25,6 +25,7 @@ from homeserver.events.power_levels import can_do, default_power_levels_content
 from homeserver.events.room_versions import creators_are_privileged
 from homeserver.storage import Storage
 from homeserver.storage.events import StoredEvent
+from homeserver.storage.rooms import AliasExists
 from homeserver.workers.event_writes import event_from_json, forwarded
 
 if TYPE_CHECKING:
@@ -349,12 +350,22 @@ class RoomService:
         for user_id, content in zip(invites, invite_contents, strict=True):
             if user_id not in remote_invites:
                 events.append(build(head, creator, "m.room.member", content, user_id))
+        if alias is not None:
+            # Claimed before the room is stored: two createRooms naming one alias at once both
+            # passed the check above, and the second made a room claiming the first's alias (a 500).
+            try:
+                await self.storage.rooms.create_alias(alias, head.room_id, creator)
+            except AliasExists:
+                raise MatrixError("Room alias already taken", "M_ROOM_IN_USE") from None
         self.events.heads.put(head)
-        await self.events.persist(head, events, is_new_room=True)
+        try:
+            await self.events.persist(head, events, is_new_room=True)
+        except Exception:
+            if alias is not None:
+                await self.storage.rooms.delete_alias(alias)
+            raise
         if remote_invites:
             await self._invite_remote_users(head.room_id, creator, remote_invites, is_direct)
-        if alias is not None:
-            await self.storage.rooms.create_alias(alias, head.room_id, creator)
         if visibility == "public":
             await self.storage.rooms.set_visibility(head.room_id, "public")
         return head.room_id

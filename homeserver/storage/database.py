@@ -482,6 +482,15 @@ def in_list(
     return f"{column} {not_}IN (SELECT value FROM json_each(?))", [dumps_text(list(values))]
 
 
+def lock_user_txn(txn: Txn, user_id: str) -> None:
+    """Hold a local user's row until the transaction ends, so that two read-then-write
+    transactions for one user run one after the other. PostgreSQL only: SQLite runs one
+    writing transaction at a time anyway. NO KEY: rows that reference the user may still
+    be inserted meanwhile."""
+    if txn.engine.name == "postgres":
+        txn.query_one("SELECT 1 FROM users WHERE user_id = ? FOR NO KEY UPDATE", (user_id,))
+
+
 _PARAMETER = re.compile(r"\$(\d+)")
 
 

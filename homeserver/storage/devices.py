@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from homeserver.storage.database import Database, Txn, in_chunks, marks
+from homeserver.storage.database import Database, Txn, in_chunks, lock_user_txn, marks
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,9 @@ class DeviceStore:
         """
 
         def login_txn(txn: Txn) -> None:
+            # Two logins naming one device id at once both found no device and inserted it (a
+            # 500 on PostgreSQL): the user's row orders them.
+            lock_user_txn(txn, user_id)
             exists = txn.query_one(
                 "SELECT 1 FROM devices WHERE user_id = ? AND device_id = ?", (user_id, device_id)
             )

@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from homeserver.storage.database import Database, Txn, in_chunks, in_list, marks
+from homeserver.storage.database import Database, Txn, in_chunks, in_list, lock_user_txn, marks
 
 JsonDict = dict[str, Any]
 
@@ -160,20 +160,22 @@ class E2eeStore:
         txn: Txn, user_id: str, device_id: str, keys: list[tuple[str, str, JsonDict | str]]
     ) -> None:
         for algorithm, key_id, key in keys:
+            # Insert first, compare on conflict: a read first let two uploads of one key at
+            # once (a client retrying) both insert it, the second failing on the primary key.
+            txn.execute(
+                "INSERT INTO one_time_keys (user_id, device_id, algorithm, key_id, key_json)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (user_id, device_id, algorithm, key_id) DO NOTHING",
+                (user_id, device_id, algorithm, key_id, _dumps(key)),
+            )
+            if txn.rowcount == 1:
+                continue
             row = txn.query_one(
                 "SELECT key_json FROM one_time_keys WHERE user_id = ? AND device_id = ? AND algorithm = ?"
                 " AND key_id = ?",
                 (user_id, device_id, algorithm, key_id),
             )
-            if row is not None:
-                if json.loads(row[0]) != key:
-                    raise ValueError(f"one-time key {algorithm}:{key_id} already exists with other content")
-                continue
-            txn.execute(
-                "INSERT INTO one_time_keys (user_id, device_id, algorithm, key_id, key_json)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (user_id, device_id, algorithm, key_id, _dumps(key)),
-            )
+            if row is not None and json.loads(row[0]) != key:
+                raise ValueError(f"one-time key {algorithm}:{key_id} already exists with other content")
 
     @staticmethod
     def _set_fallback_keys_txn(
@@ -463,6 +465,9 @@ class E2eeStore:
 
     async def create_backup_version(self, user_id: str, algorithm: str, auth_data: JsonDict) -> int:
         def create_txn(txn: Txn) -> int:
+            # Two creations at once would read the same MAX(version), and the second INSERT
+            # fail on the primary key (a 500 on PostgreSQL): the user's row orders them.
+            lock_user_txn(txn, user_id)
             row = txn.query_one(
                 "SELECT MAX(version) FROM room_key_backup_versions WHERE user_id = ?", (user_id,)
             )

@@ -7,7 +7,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from homeserver.storage.database import Database, Txn, in_list
+from homeserver.storage.database import Database, Txn, in_list, lock_user_txn
 
 _COLUMNS = (
     "pusher_id, user_id, device_id, kind, app_id, pushkey, pushkey_ts, app_display_name,"
@@ -79,6 +79,9 @@ class PusherStore:
         """
 
         def set_txn(txn: Txn) -> list[str]:
+            # Read, then insert or update: the same pusher set twice at once inserted it twice
+            # (a 500 on PostgreSQL), and the count could pass the limit. The user's row orders them.
+            lock_user_txn(txn, new.user_id)
             existing = txn.query_one(
                 "SELECT pusher_id FROM pushers WHERE user_id = ? AND app_id = ? AND pushkey = ?",
                 (new.user_id, new.app_id, new.pushkey),

@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from homeserver.storage.database import Database, Txn, in_list
+from homeserver.storage.database import Database, Txn, in_list, lock_user_txn
 
 # Users per `IN (...)` list: within SQLite's oldest parameter limit (999).
 _IN_CHUNK = 500
@@ -161,6 +161,9 @@ class UserDataStore:
         encoded = json.dumps(filter_json, sort_keys=True, separators=(",", ":"))
 
         def add_txn(txn: Txn) -> int | None:
+            # Two uploads at once read the same MAX(filter_id), and the second INSERT failed on
+            # the primary key (a 500 on PostgreSQL): the user's row orders them.
+            lock_user_txn(txn, user_id)
             same = txn.query_one(
                 "SELECT filter_id FROM user_filters WHERE user_id = ? AND filter_json = ?", (user_id, encoded)
             )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from homeserver.storage.database import Database, Txn, in_list
+from homeserver.storage.database import Database, Txn, in_list, lock_user_txn
 
 # Past every character: the upper bound of the terms starting with a prefix.
 _AFTER_ALL = "\U0010ffff"
@@ -24,6 +24,9 @@ class UserDirectoryStore:
         """Replace the user's entry; `search_name` None: remove them (deactivated)."""
 
         def set_txn(txn: Txn) -> None:
+            # Two changes at once (a display name set twice quickly) each deleted nothing the
+            # other had not committed, and the second INSERT failed on the primary key.
+            lock_user_txn(txn, user_id)
             txn.execute("DELETE FROM user_directory_terms WHERE user_id = ?", (user_id,))
             txn.execute("DELETE FROM user_directory WHERE user_id = ?", (user_id,))
             if search_name is None:
