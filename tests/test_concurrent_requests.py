@@ -7,13 +7,14 @@ the requests came one after the other."""
 from __future__ import annotations
 
 import secrets
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import requests
-from conftest import ServerProcess, server_on_engine
+from conftest import VENV_BIN, ServerProcess, server_on_engine
 
 V3 = "/_matrix/client/v3"
 PASSWORD = "concurrent requests passphrase 42"
@@ -26,7 +27,8 @@ def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
     limits = {name: GENEROUS for name in ("create_room_per_user", "profile_update_per_user", "login_per_ip")}
-    with server_on_engine(request, tmp_path_factory, request.param, {"rate_limits": limits}, "race") as s:
+    overrides = {"rate_limits": limits, "plugins": [{"module": "plugins.admin.AdminPlugin", "config": {}}]}
+    with server_on_engine(request, tmp_path_factory, request.param, overrides, "race") as s:
         yield s
 
 
@@ -170,3 +172,24 @@ def test_display_names_set_at_once_leave_the_directory_right(
     ).json()
     assert [(r["user_id"], r.get("display_name")) for r in search["results"]] == [(user["user_id"], final)]
     assert "profile listener failed" not in server.log_text()
+
+
+def test_a_room_blocked_by_admins_at_once_is_blocked(server: ServerProcess, user: dict[str, Any]) -> None:
+    localpart = f"admin{secrets.token_hex(4)}"
+    made = subprocess.run(
+        [str(VENV_BIN / "homeserver"), "admin", "create-user", "-c", str(server.config_path)]
+        + ["--email", f"{localpart}@example.org", "--password", PASSWORD, "--username", localpart, "--admin"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert made.returncode == 0, made.stdout + made.stderr
+    admin = server.login(localpart, PASSWORD)
+    room = requests.post(server.url(V3 + "/createRoom"), json={}, headers=auth(user), timeout=10).json()[
+        "room_id"
+    ]
+    url = server.url(f"/_synapse/admin/v1/rooms/{room}/block")
+    answers = at_once(lambda _: requests.put(url, json={"block": True}, headers=auth(admin), timeout=30))
+    assert statuses(answers) == [200] * AT_ONCE, [r.text for r in answers if r.status_code != 200]
+    assert requests.get(url, headers=auth(admin), timeout=10).json()["block"] is True
+    assert "Traceback" not in server.log_text()

@@ -242,12 +242,17 @@ class AdminStore:
 
     async def set_blocked(self, room_id: str, admin: str, now_ms: int, block: bool) -> None:
         def block_txn(txn: Txn) -> None:
-            txn.execute("DELETE FROM blocked_rooms WHERE room_id = ?", (room_id,))
-            if block:
-                txn.execute(
-                    "INSERT INTO blocked_rooms (room_id, blocked_by, blocked_ts) VALUES (?, ?, ?)",
-                    (room_id, admin, now_ms),
-                )
+            if not block:
+                txn.execute("DELETE FROM blocked_rooms WHERE room_id = ?", (room_id,))
+                return
+            # An upsert: a DELETE then INSERT let two blocks at once both insert (a 500 on
+            # PostgreSQL, whose second DELETE did not see the first's uncommitted row).
+            txn.execute(
+                "INSERT INTO blocked_rooms (room_id, blocked_by, blocked_ts) VALUES (?, ?, ?)"
+                " ON CONFLICT (room_id) DO UPDATE SET blocked_by = excluded.blocked_by,"
+                " blocked_ts = excluded.blocked_ts",
+                (room_id, admin, now_ms),
+            )
 
         await self.db.run_interaction("admin_block_room", block_txn)
 
