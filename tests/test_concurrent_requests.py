@@ -174,7 +174,7 @@ def test_display_names_set_at_once_leave_the_directory_right(
     assert "profile listener failed" not in server.log_text()
 
 
-def test_a_room_blocked_by_admins_at_once_is_blocked(server: ServerProcess, user: dict[str, Any]) -> None:
+def make_admin(server: ServerProcess) -> dict[str, Any]:
     localpart = f"admin{secrets.token_hex(4)}"
     made = subprocess.run(
         [str(VENV_BIN / "homeserver"), "admin", "create-user", "-c", str(server.config_path)]
@@ -184,7 +184,13 @@ def test_a_room_blocked_by_admins_at_once_is_blocked(server: ServerProcess, user
         timeout=60,
     )
     assert made.returncode == 0, made.stdout + made.stderr
-    admin = server.login(localpart, PASSWORD)
+    return server.login(localpart, PASSWORD)
+
+
+def test_admins_blocking_purging_and_setting_emails_at_once(
+    server: ServerProcess, user: dict[str, Any]
+) -> None:
+    admin = make_admin(server)
     room = requests.post(server.url(V3 + "/createRoom"), json={}, headers=auth(user), timeout=10).json()[
         "room_id"
     ]
@@ -192,4 +198,19 @@ def test_a_room_blocked_by_admins_at_once_is_blocked(server: ServerProcess, user
     answers = at_once(lambda _: requests.put(url, json={"block": True}, headers=auth(admin), timeout=30))
     assert statuses(answers) == [200] * AT_ONCE, [r.text for r in answers if r.status_code != 200]
     assert requests.get(url, headers=auth(admin), timeout=10).json()["block"] is True
+
+    purged = requests.post(server.url(V3 + "/createRoom"), json={}, headers=auth(user), timeout=10).json()[
+        "room_id"
+    ]
+    url = server.url(f"/_synapse/admin/v1/rooms/{purged}")
+    answers = at_once(lambda _: requests.delete(url, json={"purge": True}, headers=auth(admin), timeout=60))
+    # Once one purge has deleted the room, a later one finds no room.
+    assert 200 in statuses(answers) and set(statuses(answers)) <= {200, 404}, [r.text for r in answers]
+
+    url = server.url(f"/_synapse/admin/v2/users/{user['user_id']}")
+    emails = {"threepids": [{"medium": "email", "address": f"{user['username']}@example.org"}]}
+    answers = at_once(lambda _: requests.put(url, json=emails, headers=auth(admin), timeout=30))
+    assert statuses(answers) == [200] * AT_ONCE, [r.text for r in answers if r.status_code != 200]
+    threepids = requests.get(url, headers=auth(admin), timeout=10).json()["threepids"]
+    assert [t["address"] for t in threepids] == [f"{user['username']}@example.org"]
     assert "Traceback" not in server.log_text()

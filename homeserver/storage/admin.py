@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from homeserver.storage.database import Database, Txn, marks
+from homeserver.storage.database import Database, Txn, lock_user_txn, marks
 from homeserver.storage.reports import Report
 from homeserver.storage.retention import purge_events_txn
 
@@ -172,6 +172,9 @@ class AdminStore:
         kept keep their dates."""
 
         def replace_txn(txn: Txn) -> None:
+            # Read, then insert what is missing: two replacements at once both inserted one
+            # address (a 500 on PostgreSQL). The user's row orders them.
+            lock_user_txn(txn, user_id)
             current = {
                 r[0]
                 for r in txn.query(
@@ -271,9 +274,12 @@ class AdminStore:
             while ids := purge_events_txn(txn, self.db.dialect, room_id, _EVERY_POSITION, _PURGE_BATCH):
                 purged += len(ids)
             txn.execute("DELETE FROM receipts WHERE room_id = ?", (room_id,))
-            txn.execute("DELETE FROM purged_rooms WHERE room_id = ?", (room_id,))
+            # An upsert: a DELETE then INSERT let two purges at once both insert (a 500 on
+            # PostgreSQL, whose second DELETE did not see the first's uncommitted row).
             txn.execute(
-                "INSERT INTO purged_rooms (room_id, purged_by, purged_ts) VALUES (?, ?, ?)",
+                "INSERT INTO purged_rooms (room_id, purged_by, purged_ts) VALUES (?, ?, ?)"
+                " ON CONFLICT (room_id) DO UPDATE SET purged_by = excluded.purged_by,"
+                " purged_ts = excluded.purged_ts",
                 (room_id, admin, now_ms),
             )
             return purged
