@@ -36,7 +36,7 @@ class Gateway(Resource):
         super().__init__()
         self.requests: list[dict[str, Any]] = []
         self.bad: list[bytes] = []
-        self.modes: dict[str, str] = {}  # pushkey -> ok | fail | reject | slow
+        self.modes: dict[str, str] = {}  # pushkey -> ok | fail | reject | slow | deep
         self.stalled: list[Request] = []
 
     def render_POST(self, request: Request) -> bytes | int:  # noqa: N802 - twisted's name
@@ -63,6 +63,8 @@ class Gateway(Resource):
         if mode == "slow":
             self.stalled.append(request)
             return NOT_DONE_YET
+        if mode == "deep":  # a 200 whose JSON nests past the parser's depth (10 KB)
+            return b"[" * 5000 + b"]" * 5000
         return b'{"rejected": []}'
 
     def for_pushkey(self, pushkey: str) -> list[dict[str, Any]]:
@@ -326,6 +328,27 @@ async def test_a_rejected_pushkey_removes_its_pusher(tmp_path: Path) -> None:
         await s.send(alice, room_id, "hello?")
         await s.settled()
         assert len(s.gateway.requests) == 1
+    finally:
+        await s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_gateway_answering_200_with_json_nested_too_deep_has_the_push_delivered(
+    tmp_path: Path,
+) -> None:
+    """The answer's list of rejected pushkeys cannot be read, but a 200 is a delivery: the
+    push is not parked and sent again (the parser's RecursionError made it a retry)."""
+    s = await start(tmp_path)
+    try:
+        alice, bob = await s.user("alice"), await s.user("bob")
+        room_id = await s.room(alice, bob)
+        await s.pusher(bob, "bob-deep")
+        s.gateway.modes["bob-deep"] = "deep"
+        await s.send(alice, room_id, "one")
+        await until(lambda: s.gateway.requests, "a push")
+        await s.settled()
+        assert s.parked() == [] and not s.retry_scheduled()
+        assert len((await s.client.call("GET", "/pushers", bob["access_token"]))["pushers"]) == 1
     finally:
         await s.close()
 

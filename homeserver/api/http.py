@@ -12,7 +12,6 @@ bodies - which are easier to guarantee in one place than to bolt onto one.
 from __future__ import annotations
 
 import functools
-import json
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,7 +25,7 @@ from twisted.python.failure import Failure
 
 from homeserver.api.forwarded import Network, client_address
 from homeserver.api.http_server import HttpFactory, Request, safe_header_value
-from homeserver.api.strict_json import check_unicode
+from homeserver.api.strict_json import JSON_DECODER, check_unicode
 from homeserver.api.validate import NUL_MESSAGE, contains_nul
 from homeserver.core.clock import Clock
 from homeserver.disk_full import disk_watch, is_disk_full
@@ -109,7 +108,7 @@ class ApiRequest(Request):
         try:
             # Decoded strictly first: json.loads(bytes) lets a UTF-8-encoded surrogate (ED A0 80,
             # not UTF-8) through as text, which no later encode, hash or INSERT can take.
-            body = json.loads(raw.decode("utf-8"))
+            body = JSON_DECODER.decode(raw.decode("utf-8"))
         except (ValueError, UnicodeDecodeError, RecursionError):
             # RecursionError: a body of deeply nested arrays is malformed input, not a server error.
             raise NotJson("Content not JSON.") from None
@@ -163,7 +162,7 @@ class ApiRequest(Request):
         if raw is None:
             return None
         try:
-            return json.loads(raw)
+            return JSON_DECODER.decode(raw)
         except (ValueError, RecursionError):
             raise BadJson(f"'{name}' must be JSON") from None
 

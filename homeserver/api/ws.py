@@ -47,7 +47,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from homeserver.api.forwarded import client_address
-from homeserver.api.strict_json import check_unicode
+from homeserver.api.strict_json import JSON_DECODER, check_unicode
 from homeserver.api.validate import NUL_MESSAGE, contains_nul
 from homeserver.api.ws_route import WS_PATH
 from homeserver.core.filters import SyncFilter
@@ -118,21 +118,13 @@ def sync_frame(next_batch: SyncToken, body: str) -> bytes:
     return b'{"type":"sync","next_batch":"%s","data":%s}' % (str(next_batch).encode(), body.encode("utf-8"))
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-# NaN and Infinity are not JSON: refused, or a ping's id would be echoed back as them.
-_FRAME_DECODER = json.JSONDecoder(parse_constant=_no_constant)
-
-
 def parse_frame(payload: bytes) -> dict[str, Any]:
     """A client frame as a JSON object, or M_NOT_JSON / M_BAD_JSON (as a request body:
     strict UTF-8, no lone surrogate, no U+0000)."""
     try:
         # Binary frames are not UTF-8-checked by Autobahn; json.loads(bytes) would take an
         # encoded surrogate (ED A0 80) as text that no later encode, hash or INSERT can take.
-        frame = _FRAME_DECODER.decode(payload.decode("utf-8"))
+        frame = JSON_DECODER.decode(payload.decode("utf-8"))
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise NotJson("Frame is not JSON") from None
     if not isinstance(frame, dict):

@@ -202,7 +202,7 @@ class GatewayClient:
             pass  # the status is what matters; an answer this large carries no list we read
         try:
             answer = json.loads(b"".join(received)) if received else None
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth
             answer = None
         return int(response.code), answer
 

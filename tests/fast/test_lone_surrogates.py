@@ -108,3 +108,30 @@ async def test_websocket_frames_with_surrogates_or_nan_get_an_error_frame(tmp_pa
     answer = await send_frame(stream, room, "w1", "ok")
     assert answer["type"] == "send_ack", answer
     await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_nan_and_infinity_in_a_body_are_not_json(tmp_path: Path) -> None:
+    """json.loads takes NaN, Infinity and -Infinity, which are not JSON: account data stored
+    them and answered them back as null."""
+    hs = await make_server(tmp_path, TestClock())
+    client = Client(hs)
+    token = (await client.register(hs, "alice"))["access_token"]
+    user_id = (await client.call("GET", "/account/whoami", token))["user_id"]
+    path = f"/_matrix/client/v3/user/{user_id}/account_data/org.example.x"
+    for constant in (b"NaN", b"Infinity", b"-Infinity"):
+        raw = b'{"n": ' + constant + b"}"
+        head = (
+            f"PUT {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(raw)}\r\n\r\n"
+        )
+        _, transport = connect(hs.http)
+        transport.protocol.dataReceived(head.encode() + raw)
+        await transport.closed
+        status, _, body = parse_response(transport.value())
+        assert (status, json.loads(body)["errcode"]) == (400, "M_NOT_JSON"), (constant, body)
+    status, _ = await client.start(
+        "GET", f"/_matrix/client/v3/user/{user_id}/account_data/org.example.x", token
+    )
+    assert status == 404
+    await hs.stop(None)

@@ -52,7 +52,7 @@ class ForwardSender:
                 raise Failed(f"forward: {self.config.url} answered {answer.status}: {answer.body[:200]!r}")
             try:
                 rejected = json.loads(answer.body).get("rejected", [])
-            except (ValueError, AttributeError):
+            except (ValueError, AttributeError, RecursionError):
                 raise Failed(f"forward: {self.config.url} answered 200 without a JSON object") from None
             if not isinstance(rejected, list):
                 raise Failed(f"forward: {self.config.url} answered a 'rejected' that is not a list")
