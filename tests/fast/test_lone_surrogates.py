@@ -14,7 +14,22 @@ from harness import Client, TestClock, connect, make_server, parse_response, unt
 from test_ws_idle import TEXT
 from test_ws_send_restrictions import open_stream, send_frame
 
+from homeserver.server import HomeServer
+
 BINARY = 0x2
+
+
+async def put_raw(hs: HomeServer, token: str, path: str, raw: bytes) -> tuple[int, bytes]:
+    """PUT `raw` bytes as a JSON body, as no JSON library would write them."""
+    head = (
+        f"PUT {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(raw)}\r\n\r\n"
+    )
+    _, transport = connect(hs.http)
+    transport.protocol.dataReceived(head.encode() + raw)
+    await transport.closed
+    status, _, body = parse_response(transport.value())
+    return status, body
 
 
 @pytest_twisted.ensureDeferred
@@ -25,16 +40,7 @@ async def test_a_lone_surrogate_in_an_event_is_refused_and_a_pair_is_kept(tmp_pa
     room = (await client.call("POST", "/createRoom", token, {}))["room_id"]
 
     async def send(txn: str, raw: bytes) -> tuple[int, bytes]:
-        path = f"/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}"
-        head = (
-            f"PUT {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(raw)}\r\n\r\n"
-        )
-        _, transport = connect(hs.http)
-        transport.protocol.dataReceived(head.encode() + raw)
-        await transport.closed
-        status, _, body = parse_response(transport.value())
-        return status, body
+        return await put_raw(hs, token, f"/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}", raw)
 
     status, body = await send("t1", b'{"msgtype": "m.text", "body": "\\ud800"}')
     assert status == 400 and b"M_BAD_JSON" in body, body
@@ -61,15 +67,7 @@ async def test_an_encoded_surrogate_in_a_body_is_not_json(tmp_path: Path) -> Non
         f"/_matrix/client/v3/rooms/{room}/send/m.room.message/t1",
         f"/_matrix/client/v3/user/{user_id}/account_data/org.example.x",
     ):
-        raw = b'{"msgtype": "m.text", "body": "\xed\xa0\x80"}'
-        head = (
-            f"PUT {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(raw)}\r\n\r\n"
-        )
-        _, transport = connect(hs.http)
-        transport.protocol.dataReceived(head.encode() + raw)
-        await transport.closed
-        status, _, body = parse_response(transport.value())
+        status, body = await put_raw(hs, token, path, b'{"msgtype": "m.text", "body": "\xed\xa0\x80"}')
         assert (status, json.loads(body)["errcode"]) == (400, "M_NOT_JSON"), (path, body)
     messages = await client.call("GET", f"/rooms/{room}/messages?dir=b&limit=5", token)
     assert [e for e in messages["chunk"] if e["type"] == "m.room.message"] == []
@@ -120,15 +118,7 @@ async def test_nan_and_infinity_in_a_body_are_not_json(tmp_path: Path) -> None:
     user_id = (await client.call("GET", "/account/whoami", token))["user_id"]
     path = f"/_matrix/client/v3/user/{user_id}/account_data/org.example.x"
     for constant in (b"NaN", b"Infinity", b"-Infinity"):
-        raw = b'{"n": ' + constant + b"}"
-        head = (
-            f"PUT {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(raw)}\r\n\r\n"
-        )
-        _, transport = connect(hs.http)
-        transport.protocol.dataReceived(head.encode() + raw)
-        await transport.closed
-        status, _, body = parse_response(transport.value())
+        status, body = await put_raw(hs, token, path, b'{"n": ' + constant + b"}")
         assert (status, json.loads(body)["errcode"]) == (400, "M_NOT_JSON"), (constant, body)
     status, _ = await client.start(
         "GET", f"/_matrix/client/v3/user/{user_id}/account_data/org.example.x", token
