@@ -228,16 +228,27 @@ async function main(results) {
     results.tooLarge = await alice.page.textContent("#attach-error");
     results.uploadsLeft = await alice.page.$$eval("#uploads li", (l) => l.length);
 
-    // Bob sees them all, decrypted in his browser.
-    await bob.page.waitForFunction(
-        () =>
-            document.querySelectorAll('#messages .media.image[data-state="ready"]').length === 3 &&
-            document.querySelector("#messages .media.video video")?.poster.startsWith("blob:") &&
-            document.querySelectorAll("#messages .media.document").length === 1 &&
-            [...document.querySelectorAll("#messages img.thumbnail")].every((i) => i.complete && i.naturalWidth > 0),
-        null,
-        WAIT,
-    );
+    // Bob sees them all, decrypted in his browser (what he had at the timeout, if not).
+    const bobsMedia = () => ({
+        imagesReady: document.querySelectorAll('#messages .media.image[data-state="ready"]').length,
+        videoPoster: (document.querySelector("#messages .media.video video")?.poster ?? "").slice(0, 5),
+        documents: document.querySelectorAll("#messages .media.document").length,
+        states: [...document.querySelectorAll("#messages .media")].map((m) => `${m.className}:${m.dataset.state ?? ""}`),
+        thumbnailsLoaded: [...document.querySelectorAll("#messages img.thumbnail")].map((i) => i.complete && i.naturalWidth > 0),
+    });
+    await bob.page
+        .waitForFunction(
+            () =>
+                document.querySelectorAll('#messages .media.image[data-state="ready"]').length === 3 &&
+                document.querySelector("#messages .media.video video")?.poster.startsWith("blob:") &&
+                document.querySelectorAll("#messages .media.document").length === 1 &&
+                [...document.querySelectorAll("#messages img.thumbnail")].every((i) => i.complete && i.naturalWidth > 0),
+            null,
+            WAIT,
+        )
+        .catch(async (e) => {
+            throw new Error(`${e.message}; Bob's media then: ${JSON.stringify(await bob.page.evaluate(bobsMedia))}`);
+        });
     results.bobMedia = await mediaItems(bob.page, 5);
     results.aliceMedia = await mediaItems(alice.page, 5);
     results.thumbnails = {};
