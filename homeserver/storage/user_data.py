@@ -6,10 +6,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from homeserver.storage.database import Database, Txn, in_list, lock_user_txn
-
-# Users per `IN (...)` list: within SQLite's oldest parameter limit (999).
-_IN_CHUNK = 500
+from homeserver.storage.database import Database, Txn, in_chunks, in_list, lock_user_txn, marks
 
 
 class UserDataStore:
@@ -82,13 +79,11 @@ class UserDataStore:
         """user id -> content of the global account data of `data_type` of each of these users
         that has it (one query: a batch of unread-count loads reads its users' push rules so)."""
         out: dict[str, dict[str, Any]] = {}
-        for start in range(0, len(user_ids), _IN_CHUNK):
-            chunk = user_ids[start : start + _IN_CHUNK]
-            marks = ",".join("?" * len(chunk))
+        for chunk in in_chunks(user_ids):
             rows = await self.db.query(
                 "global_account_data_many",
                 "SELECT user_id, content FROM account_data WHERE room_id = '' AND type = ?"
-                f" AND user_id IN ({marks})",
+                f" AND user_id IN ({marks(len(chunk))})",
                 data_type,
                 *chunk,
             )
@@ -270,13 +265,11 @@ class UserDataStore:
         """`read_positions` of these users only (those without a receipt left out): a push's
         recipients, not every member of a big room."""
         out: dict[str, int] = {}
-        for start in range(0, len(user_ids), _IN_CHUNK):
-            chunk = user_ids[start : start + _IN_CHUNK]
-            marks = ",".join("?" * len(chunk))
+        for chunk in in_chunks(user_ids):
             rows = await self.db.query(
                 "read_positions_of",
                 "SELECT user_id, MAX(event_stream_ordering) FROM receipts WHERE room_id = ?"
-                f" AND user_id IN ({marks}) AND receipt_type IN ('m.read', 'm.read.private')"
+                f" AND user_id IN ({marks(len(chunk))}) AND receipt_type IN ('m.read', 'm.read.private')"
                 " GROUP BY user_id",
                 room_id,
                 *chunk,
