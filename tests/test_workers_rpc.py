@@ -170,3 +170,36 @@ async def test_an_instance_that_cannot_answer_is_a_503(instances: Instances) -> 
     never.callback({})
     # To itself: no HTTP at all.
     assert (await a.call("a", "events.send", {"n": 7}))["event_id"] == "$from-b-7"
+
+
+class _FrozenTimers:
+    """The real reactor's sockets with timers that never fire: what arrives through it came
+    from the network, not from a delay running out."""
+
+    def __init__(self, reactor: Any) -> None:
+        from twisted.internet.task import Clock as TimerClock
+
+        self._reactor = reactor
+        self.timers = TimerClock()
+
+    def callLater(self, *args: Any, **kwargs: Any) -> Any:  # noqa: N802 - twisted's name
+        return self.timers.callLater(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_dead_instance_is_a_503_as_soon_as_its_port_refuses(instances: Instances) -> None:
+    """A dead writer's rooms answer 503 at once, for clients to retry: Twisted's default
+    endpoint learnt a refusal only at its 0.3 s attempt timer, so every such request waited
+    for it (up to 0.9 s through the balancer)."""
+    frozen = _FrozenTimers(_reactor())
+    transport = HttpTransport(frozen, instances.addresses.__getitem__, SECRET, 5.0)
+    instances.transports.append(transport)
+    call = WorkerRpc("a", SECRET, transport).call("gone", "events.send", {"n": 1})
+    outcome: Deferred[Any] = Deferred.fromCoroutine(call)
+    outcome.addErrback(lambda failure: failure.value)
+    # Bounded on the real reactor: with the refusal waiting on a frozen timer it never comes.
+    answer = await outcome.addTimeout(10, _reactor())
+    assert isinstance(answer, ServiceUnavailable), answer
