@@ -234,3 +234,9 @@ def built_web_client() -> Path:
         proc = subprocess.run([node, "build.mjs"], cwd=WEB_DIR, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, f"web/build.mjs failed:\n{proc.stdout}\n{proc.stderr}"
     return WEB_DIR / "dist"
+
+
+def validated(pair: dict[str, Any]) -> bool:
+    """The selected pair passed its connectivity checks. Chromium reports it "in-progress"
+    again while a consent check is out, so that state counts once a check was answered."""
+    return pair["state"] == "succeeded" or (pair["state"] == "in-progress" and pair["responsesReceived"] > 0)

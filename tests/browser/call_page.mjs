@@ -192,6 +192,9 @@ window.hs = {
                 const remote = byId.get(selected.remoteCandidateId);
                 pair = {
                     state: selected.state,
+                    // Checks this pair answered: a validated pair reads "in-progress" again
+                    // while a consent check is out (Chromium's stats, seen in a full run).
+                    responsesReceived: selected.responsesReceived ?? 0,
                     local: local.candidateType,
                     remote: remote.candidateType,
                     relayProtocol: local.relayProtocol ?? null,

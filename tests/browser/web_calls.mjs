@@ -80,7 +80,7 @@ function media(page) {
             if (s.type === "transport" && s.selectedCandidatePairId) {
                 const selected = byId.get(s.selectedCandidatePairId);
                 const local = byId.get(selected.localCandidateId);
-                pair = { state: selected.state, local: local.candidateType, remote: byId.get(selected.remoteCandidateId).candidateType };
+                pair = { state: selected.state, responsesReceived: selected.responsesReceived ?? 0, local: local.candidateType, remote: byId.get(selected.remoteCandidateId).candidateType };
             }
         }
         const senders = Object.fromEntries(pc.getSenders().filter((s) => s.track).map((s) => [s.track.kind, s.track.enabled]));

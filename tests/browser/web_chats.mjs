@@ -216,7 +216,18 @@ async function main(results) {
     await alice.page.fill("#gp-rename", "Weekend trip 2026");
     await alice.page.click("#gp-rename-save");
     await bob.page.click(item(group));
-    await until(bob.page, () => document.querySelector("#chat-title")?.textContent === "Weekend trip 2026");
+    try {
+        await until(bob.page, () => document.querySelector("#chat-title")?.textContent === "Weekend trip 2026");
+    } catch (e) {
+        // It timed out once in a full run: say which side did not get there.
+        const state = async (page) => page.evaluate(() => ({
+            title: document.querySelector("#chat-title")?.textContent ?? null,
+            rename: document.querySelector("#gp-rename")?.value ?? null,
+            errors: [...document.querySelectorAll("[role=alert]")].map((n) => n.textContent).filter(Boolean),
+            path: location.pathname,
+        }));
+        throw new Error(`${e.message}; alice ${JSON.stringify(await state(alice.page))}, bob ${JSON.stringify(await state(bob.page))}`);
+    }
     await until(bob.page, (sel) => document.querySelector(`${sel} .chat-name`)?.textContent === "Weekend trip 2026", item(group));
     results.renamed = { header: await text(bob.page, "#chat-title"), list: await text(bob.page, `${item(group)} .chat-name`) };
     await shot(alice, "group-chat.png");
