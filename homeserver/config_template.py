@@ -138,6 +138,7 @@ rate_limits:
   create_alias_per_user: {per_second: 0.05, burst: 10}
   # Typing notices (PUT /rooms/{id}/typing/{userId}, true or false): a change wakes the
   # syncs of every member of the room. Clients send one every few seconds while typing.
+  # Other servers' m.typing for their users count the same (past it they are dropped).
   typing_per_user: {per_second: 2, burst: 30}
 
 user_directory:

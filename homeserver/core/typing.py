@@ -9,7 +9,7 @@ from twisted.logger import Logger
 
 from homeserver.core.clock import Clock
 from homeserver.core.rooms import RoomService
-from homeserver.errors import Forbidden
+from homeserver.errors import Forbidden, LimitExceeded
 from homeserver.notifier import Notifier
 
 log = Logger()
@@ -53,6 +53,21 @@ class TypingService:
             self.set_typing(room_id, user_id, typing, timeout_ms, head.members("join"))
         if self.on_local_typing is not None:
             await self.on_local_typing(room_id, user_id, typing)
+
+    def set_by_remote(
+        self, room_id: str, user_id: str, typing: bool, timeout_ms: int, members: list[str]
+    ) -> bool:
+        """A remote server's m.typing for its joined `user_id`, held to the rate a local
+        client's changes are (`rate_limits.typing_per_user`): each wakes every member's sync,
+        and a server could send 100 a transaction. False when dropped past the limit (an EDU
+        has no answer to refuse it with)."""
+        if self.rooms is not None:
+            try:
+                self.rooms.limit_user("typing", user_id)
+            except LimitExceeded:
+                return False
+        self.set_typing(room_id, user_id, typing, timeout_ms, members)
+        return True
 
     def set_typing(
         self, room_id: str, user_id: str, typing: bool, timeout_ms: int, members: list[str]

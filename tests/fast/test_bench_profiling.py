@@ -6,7 +6,9 @@ from pathlib import Path
 
 from bench.profiling import summarize
 
-REACTOR = "thread (1): MainThread;main (homeserver/cli.py:1);LeanEPollReactor.doPoll (homeserver/reactor.py:32)"
+REACTOR = (
+    "thread (1): MainThread;main (homeserver/cli.py:1);LeanEPollReactor.doPoll (homeserver/reactor.py:32)"
+)
 WORKER = "thread (2): postgres-0;Thread.run (threading.py:982);WorkerThreads._work (homeserver/threads.py:96)"
 
 

@@ -21,11 +21,9 @@ async def _messages(hs: HomeServer, room_id: str) -> list[str]:
     return [e.content.get("body", "") for e in events if e.type == "m.room.message"]
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_retried_transaction_is_processed_once(tmp_path: Path) -> None:
-    clock = TestClock()
-    hs = await make_server(tmp_path, clock)
-    await trust_them(hs, clock)
+async def _public_room_and_their_join(hs: HomeServer) -> tuple[str, str, str, dict[str, Any], list[str], int]:
+    """A public room of ours, and @x of THEM's join to it: (room, user, join id, join PDU,
+    the auth events of a message of theirs after it, the join's depth)."""
     room_id = await hs.rooms.create_room("@alice:fast.test", {"preset": "public_chat", "room_version": "10"})
     head = await hs.room_heads.get(room_id)
     assert head is not None
@@ -42,6 +40,15 @@ async def test_a_retried_transaction_is_processed_once(tmp_path: Path) -> None:
         state_key=user,
     )
     auth = [ids[("m.room.create", "")], ids[("m.room.power_levels", "")], join_id]
+    return room_id, user, join_id, join, auth, head.depth + 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_retried_transaction_is_processed_once(tmp_path: Path) -> None:
+    clock = TestClock()
+    hs = await make_server(tmp_path, clock)
+    await trust_them(hs, clock)
+    room_id, user, join_id, join, auth, depth = await _public_room_and_their_join(hs)
     pdus, prev = [join], join_id
     for i in range(5):
         prev, pdu = signed_pdu(
@@ -51,7 +58,7 @@ async def test_a_retried_transaction_is_processed_once(tmp_path: Path) -> None:
             {"msgtype": "m.text", "body": str(i)},
             [prev],
             auth,
-            head.depth + 2 + i,
+            depth + 1 + i,
         )
         pdus.append(pdu)
     seen: list[tuple[str, dict[str, Any]]] = []
@@ -153,4 +160,33 @@ async def test_a_prune_that_fails_does_not_fail_the_transaction(tmp_path: Path) 
     empty = {"origin": THEM, "origin_server_ts": 0, "pdus": [], "edus": []}
     answer = await settle(clock, Deferred.fromCoroutine(receiver.receive(THEM, "a", empty)))
     assert answer == {"pdus": {}} and len(calls) == 1
+    await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_servers_typing_edus_are_held_to_the_users_typing_rate(tmp_path: Path) -> None:
+    """Each typing change wakes every member's sync: a server sending 100 a transaction for
+    its user gets no more through than the user's own client would (2/s, burst 30)."""
+    clock = TestClock()
+    hs = await make_server(tmp_path, clock, rate_limits={"enabled": True})
+    await trust_them(hs, clock)
+    room_id, user, _, join, _, _ = await _public_room_and_their_join(hs)
+    receiver = hs.federation_transactions
+
+    def typing_edus(n: int) -> list[dict[str, Any]]:
+        return [
+            {"edu_type": "m.typing", "content": {"room_id": room_id, "user_id": user, "typing": i % 2 == 0}}
+            for i in range(n)
+        ]
+
+    body = {"origin": THEM, "origin_server_ts": 0, "pdus": [join], "edus": typing_edus(100)}
+    before = hs.typing.position
+    await settle(clock, Deferred.fromCoroutine(receiver.receive(THEM, "t1", body)))
+    assert hs.typing.position - before == 30  # the burst; the other 70 dropped
+    # A second later, two more.
+    clock.advance(1.0)
+    body = {"origin": THEM, "origin_server_ts": 0, "pdus": [], "edus": typing_edus(10)}
+    before = hs.typing.position
+    await settle(clock, Deferred.fromCoroutine(receiver.receive(THEM, "t2", body)))
+    assert hs.typing.position - before == 2
     await hs.stop(None)

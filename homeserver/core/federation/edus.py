@@ -107,7 +107,8 @@ class InboundEdus:
             )
             return
         assert isinstance(user_id, str) and isinstance(room_id, str)
-        self.typing.set_typing(room_id, user_id, typing, REMOTE_TYPING_TIMEOUT_MS, members)
+        if not self.typing.set_by_remote(room_id, user_id, typing, REMOTE_TYPING_TIMEOUT_MS, members):
+            log.info("typing from {origin} for {user} dropped: over its rate", origin=origin, user=user_id)
 
     async def on_receipt(self, origin: str, content: dict[str, Any]) -> None:
         # {room_id: {"m.read": {user_id: {"event_ids": [...], "data": {...}}}}}
