@@ -139,6 +139,8 @@ class RateLimitsConfig:
     create_alias_per_user: RateLimit = RateLimit(0.05, 10)
     # Typing notices set (PUT /rooms/{id}/typing/{userId}): each change wakes every member.
     typing_per_user: RateLimit = RateLimit(2.0, 30)
+    # sendToDevice: one token a device messaged (`*` read as each device of its user).
+    to_device_per_user: RateLimit = RateLimit(100.0, 10_000)
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,8 @@ class LimitsConfig:
     max_request_body_size: Size = Size(1024 * 1024)
     # All of one user's account data (global and per room, tags included), as stored JSON.
     max_account_data_per_user: Size = Size(16 * 1024 * 1024)
+    # What one device's queue of to-device messages may hold, as stored JSON.
+    max_to_device_queued_per_device: Size = Size(64 * 1024 * 1024)
 
 
 @dataclass(frozen=True)

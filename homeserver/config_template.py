@@ -140,6 +140,10 @@ rate_limits:
   # syncs of every member of the room. Clients send one every few seconds while typing.
   # Other servers' m.typing for their users count the same (past it they are dropped).
   typing_per_user: {per_second: 2, burst: 30}
+  # To-device messages (PUT /sendToDevice): one per device messaged, `*` counted as
+  # each device of its user. A request past the burst goes through once when the bucket
+  # holds anything, then waits for it to refill (a room key shared in a large room).
+  to_device_per_user: {per_second: 100, burst: 10000}
 
 user_directory:
   # POST /user_directory/search finds users who share a room with the searcher or
@@ -167,6 +171,11 @@ limits:
   # JSON; a write past it answers 413 M_TOO_LARGE. Clients store kilobytes (a bot with
   # thousands of direct chats: a few hundred K of m.direct).
   max_account_data_per_user: 16M
+  # What one device's queue of to-device messages (room keys, verification) may hold
+  # until the device syncs. A device that never syncs again (a lost phone never logged
+  # out) keeps all it is sent; past this, a message is not queued for it (the request's
+  # other recipients still get theirs) and the server logs a warning. Room keys are ~2 K.
+  max_to_device_queued_per_device: 64M
 
 pushers:
   # The most pushers (POST /pushers/set) one user may have; past it, 403 M_FORBIDDEN.

@@ -535,6 +535,8 @@ class HomeServer:
         self.receipts.on_read = self.unread.forget
         self.keys = KeyService(self.storage, self.clock, self.notifier, self.uia)
         self.keys.audience = self._presence_audience
+        self.keys.ratelimiter = self.ratelimiter
+        self.keys.max_queued_per_device = self.config.limits.max_to_device_queued_per_device
         self.messages = MessagesService(self.storage, self.rooms, lambda: self.stream.position)
         self.messages.backfill = self.federation_backfill.backfill  # older history of remote rooms
         self.sync = SyncService(

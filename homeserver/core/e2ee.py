@@ -16,13 +16,17 @@ from typing import Any
 
 from signedjson.key import decode_verify_key_base64
 from signedjson.sign import SignatureVerifyException, verify_signed_json
+from twisted.logger import Logger
 
 from homeserver.core.clock import Clock
+from homeserver.core.ratelimit import RateLimiter
 from homeserver.core.streams import StreamIdGenerator
 from homeserver.core.uia import PASSWORD, InteractiveAuth
 from homeserver.errors import Forbidden, MatrixError, NotFound, TooLarge
 from homeserver.notifier import Notifier
 from homeserver.storage import Storage
+
+log = Logger()
 
 JsonDict = dict[str, Any]
 CROSS_SIGNING_TYPES = ("master", "self_signing", "user_signing")
@@ -33,6 +37,8 @@ MAX_TO_DEVICE_BYTES = 65536
 # to one user at a time (verification, secret and key-request cancellations, a few KiB).
 MAX_TO_DEVICE_QUEUED = 10_000
 MAX_TO_DEVICE_QUEUED_BYTES = 64 * MAX_TO_DEVICE_BYTES
+# What one device's queue may hold (limits.max_to_device_queued_per_device's default).
+DEFAULT_MAX_QUEUED_PER_DEVICE = 64 * 1024 * 1024
 MAX_KEY_ID_LENGTH = 255  # "algorithm:key id" of a one-time or fallback key
 TO_DEVICE_BATCH = 100
 MAX_REMEMBERED_CHANGES = 100_000
@@ -169,6 +175,9 @@ class KeyService:
         self.forward_to_device: Any = None
         self.replicate: Any = None
         self.on_counts_dropped: Any = None
+        # `rate_limits.to_device_per_user` (set by the server) and `limits.max_to_device_queued_per_device`.
+        self.ratelimiter: RateLimiter | None = None
+        self.max_queued_per_device = DEFAULT_MAX_QUEUED_PER_DEVICE
 
     def _forget_counts(self, user_id: str, device_id: str) -> None:
         self.forget_counts(user_id, device_id)
@@ -671,6 +680,11 @@ class KeyService:
                 if user_id not in remote:
                     sized.append((str(user_id), str(device_id), content, size))
         targets = await self._expand_to_device_targets(sized)
+        if self.ratelimiter is not None and sender_device:
+            # A local client's messages, each device one (a request past the burst still goes
+            # through once, then waits for the bucket to refill: a room key for a big room).
+            cost = len(targets) + sum(len(devices) for devices in remote.values())
+            self.ratelimiter.check_user("to_device", sender, cost, overdraw=True)
         if remote:
             # Queued durably before the client is answered: never lost, in order per server.
             await self.federation.send_to_device(sender, sender_device, event_type, txn_id, remote)
@@ -682,7 +696,15 @@ class KeyService:
                 (pos, user_id, device_id, {"type": event_type, "sender": sender, "content": content})
                 for pos, (user_id, device_id, content) in zip(positions, targets, strict=True)
             ]
-            await self.store.add_to_device(sender, sender_device, txn_id, rows, self.clock.time_ms())
+            _, dropped = await self.store.add_to_device(
+                sender, sender_device, txn_id, rows, self.clock.time_ms(), self.max_queued_per_device
+            )
+            if dropped:
+                log.warn(
+                    "{n} to-device messages from {sender} not queued: their devices' queues are full",
+                    n=dropped,
+                    sender=sender,
+                )
             # Before the positions count as done, so a sync that can see them looks for them.
             for pos, user_id, device_id, _ in rows:
                 self._queued_upto[(user_id, device_id)] = max(

@@ -30,6 +30,7 @@ USER_ACTIONS = (
     "profile_update",
     "create_alias",
     "typing",
+    "to_device",
 )
 
 

@@ -394,10 +394,13 @@ class E2eeStore:
         txn_id: str,
         rows: list[tuple[int, str, str, JsonDict]],
         now_ms: int,
-    ) -> bool:
-        """Queue messages (stream id, user, device, message); False if this txn was already delivered."""
+        max_queued_bytes: int,
+    ) -> tuple[bool, int]:
+        """Queue messages (stream id, user, device, message): (False if this txn was already
+        delivered, how many were dropped because their device's queue held `max_queued_bytes`
+        of messages already)."""
 
-        def add_txn(txn: Txn) -> bool:
+        def add_txn(txn: Txn) -> tuple[bool, int]:
             # ON CONFLICT: concurrent replays of one txn (a client retrying while the first
             # request is still in flight) must not fail on the primary key; one of them wins.
             txn.execute(
@@ -406,22 +409,39 @@ class E2eeStore:
                 (sender, sender_device, txn_id, now_ms),
             )
             if txn.rowcount != 1:
-                return False
+                return False, 0
             # Only for devices that exist: a message kept for an unknown device id would
             # reach whoever later logs in with that id (clients may choose their device ids).
             users = sorted({u for _, u, _, _ in rows})
             existing: set[tuple[str, str]] = set()
+            queued: dict[tuple[str, str], int] = {}
             for chunk in in_chunks(users):
                 found = txn.query(
                     f"SELECT user_id, device_id FROM devices WHERE user_id IN ({marks(len(chunk))})", chunk
                 )
                 existing.update((str(u), str(d)) for u, d in found)
-            txn.insert_many(
-                "to_device_messages",
-                ("stream_id", "user_id", "device_id", "message_json"),
-                [(s, u, d, _dumps(m)) for s, u, d, m in rows if (u, d) in existing],
-            )
-            return True
+                held = txn.query(
+                    "SELECT user_id, device_id, SUM(LENGTH(message_json)) FROM to_device_messages"
+                    f" WHERE user_id IN ({marks(len(chunk))}) GROUP BY user_id, device_id",
+                    chunk,
+                )
+                queued.update(((str(u), str(d)), int(n)) for u, d, n in held)
+            # A device that never syncs (a lost phone, never logged out) keeps what it is sent:
+            # past its share a message is not queued for it, so no sender can fill the disk.
+            kept: list[tuple[int, str, str, str]] = []
+            dropped = 0
+            for stream_id, u, d, m in rows:
+                if (u, d) not in existing:
+                    continue
+                text = _dumps(m)
+                size = queued.get((u, d), 0) + len(text)
+                if size > max_queued_bytes:
+                    dropped += 1
+                    continue
+                queued[(u, d)] = size
+                kept.append((stream_id, u, d, text))
+            txn.insert_many("to_device_messages", ("stream_id", "user_id", "device_id", "message_json"), kept)
+            return True, dropped
 
         return await self.db.run_interaction("add_to_device", add_txn)
 
