@@ -141,6 +141,8 @@ class RateLimitsConfig:
     typing_per_user: RateLimit = RateLimit(2.0, 30)
     # sendToDevice: one token a device messaged (`*` read as each device of its user).
     to_device_per_user: RateLimit = RateLimit(100.0, 10_000)
+    # Read receipts and the fully-read marker (a read_markers call counts each it sets).
+    receipt_per_user: RateLimit = RateLimit(10.0, 200)
 
 
 @dataclass(frozen=True)

@@ -144,6 +144,11 @@ rate_limits:
   # each device of its user. A request past the burst goes through once when the bucket
   # holds anything, then waits for it to refill (a room key shared in a large room).
   to_device_per_user: {per_second: 100, burst: 10000}
+  # Read receipts and fully-read markers (POST /rooms/{id}/receipt/..., each marker of
+  # POST /rooms/{id}/read_markers): each is a write, and a public receipt wakes every
+  # member's sync. Clients send one or two each time a chat is read. Other servers'
+  # receipts for their users count the same (past it they are dropped).
+  receipt_per_user: {per_second: 10, burst: 200}
 
 user_directory:
   # POST /user_directory/search finds users who share a room with the searcher or

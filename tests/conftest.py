@@ -225,6 +225,8 @@ def base_config(tmp_path: Path, port: int, database_url: str = "") -> dict[str, 
             "profile_update_per_user": {"per_second": 1000, "burst": 100000},
             "create_alias_per_user": {"per_second": 100, "burst": 1000},
             "typing_per_user": {"per_second": 100, "burst": 1000},
+            "to_device_per_user": {"per_second": 10000, "burst": 100000},
+            "receipt_per_user": {"per_second": 1000, "burst": 10000},
         },
         "plugins": [{"module": "plugins.example.ExamplePlugin", "config": {"greeting": "Hello"}}],
         # Off unless a test turns it on: `/` then answers the same whether web/dist is built.

@@ -31,6 +31,7 @@ USER_ACTIONS = (
     "create_alias",
     "typing",
     "to_device",
+    "receipt",
 )
 
 

@@ -11,7 +11,7 @@ from homeserver.core.account_data import AccountDataService
 from homeserver.core.clock import Clock
 from homeserver.core.rooms import RoomService
 from homeserver.core.streams import StreamIdGenerator
-from homeserver.errors import BadJson, MatrixError, NotFound
+from homeserver.errors import BadJson, LimitExceeded, MatrixError, NotFound
 from homeserver.logs import log_failure
 from homeserver.notifier import Notifier
 from homeserver.storage import Storage
@@ -70,6 +70,9 @@ class ReceiptService:
             await self.forward("set", {**args, "thread_id": thread_id})
             return
         head = await self.rooms.access_room_as_member(user_id, room_id)
+        # Each is a write, and a public one wakes every member's sync and goes to the room's
+        # servers: a loop of receipts in a big room made that work at request speed.
+        self.rooms.limit_user("receipt", user_id)
         if receipt_type == "m.fully_read":
             await self._event_position(room_id, event_id)
             await self.account_data.put(user_id, room_id, "m.fully_read", {"event_id": event_id})
@@ -94,6 +97,11 @@ class ReceiptService:
         if self.forward is not None:
             args = {"user_id": user_id, "room_id": room_id, "event_id": event_id, "thread_id": thread_id}
             await self.forward("remote", {**args, "members": members})
+            return
+        try:
+            self.rooms.limit_user("receipt", user_id)  # as the user's own client would be
+        except LimitExceeded:
+            log.info("read receipt of {user} in {room} dropped: over its rate", user=user_id, room=room_id)
             return
         try:
             stream_id = await self._record(user_id, room_id, "m.read", event_id, thread_id)

@@ -190,3 +190,29 @@ async def test_a_servers_typing_edus_are_held_to_the_users_typing_rate(tmp_path:
     await settle(clock, Deferred.fromCoroutine(receiver.receive(THEM, "t2", body)))
     assert hs.typing.position - before == 2
     await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_servers_read_receipts_are_held_to_the_users_receipt_rate(tmp_path: Path) -> None:
+    """Each read receipt is a write that wakes every member: a server's are held to the rate
+    of the user's own client (here 3, then 1 a second), past it dropped."""
+    clock = TestClock()
+    limits = {"enabled": True, "receipt_per_user": {"per_second": 1, "burst": 3}}
+    hs = await make_server(tmp_path, clock, rate_limits=limits)
+    await trust_them(hs, clock)
+    room_id, user, join_id, join, _, _ = await _public_room_and_their_join(hs)
+    stored: list[str] = []
+    hs.receipts.read_listeners.append(lambda user_id, room, _: stored.append(user_id))
+
+    def receipts(n: int) -> list[dict[str, Any]]:
+        read = {"event_ids": [join_id], "data": {"ts": 1}}
+        return [{"edu_type": "m.receipt", "content": {room_id: {"m.read": {user: read}}}} for _ in range(n)]
+
+    body = {"origin": THEM, "origin_server_ts": 0, "pdus": [join], "edus": receipts(10)}
+    await settle(clock, Deferred.fromCoroutine(hs.federation_transactions.receive(THEM, "r1", body)))
+    assert stored == [user] * 3
+    clock.advance(1.0)
+    body = {"origin": THEM, "origin_server_ts": 0, "pdus": [], "edus": receipts(10)}
+    await settle(clock, Deferred.fromCoroutine(hs.federation_transactions.receive(THEM, "r2", body)))
+    assert stored == [user] * 4
+    await hs.stop(None)
