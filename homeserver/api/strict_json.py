@@ -24,17 +24,14 @@ class _Refused(ValueError):
         self.error = error
 
 
-def _not_a_value(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
+def _no_constant(name: str) -> Any:
+    raise _Refused(NotJson(f"Content not JSON: {name} is not a JSON value"))
 
 
 # JSON as RFC 8259 has it: json.loads also takes NaN, Infinity and -Infinity, which a body or
 # frame would then carry on (account data stored them as null, a pong echoed them back).
-JSON_DECODER = json.JSONDecoder(parse_constant=_not_a_value)
-
-
-def _no_constant(name: str) -> Any:
-    raise _Refused(NotJson(f"Content not JSON: {name} is not a JSON value"))
+# Its refusal is a ValueError, as any other malformed JSON.
+JSON_DECODER = json.JSONDecoder(parse_constant=_no_constant)
 
 
 def _int(text: str) -> int:
