@@ -90,6 +90,26 @@ def connect(factory: HttpFactory) -> tuple[HttpChannel, Transport]:
     return channel, transport
 
 
+def request_bytes(
+    factory: HttpFactory,
+    method: str,
+    target: str,
+    token: str | None,
+    body: bytes | None,
+    content_type: str = "application/json",
+) -> Deferred[tuple[int, dict[str, str], bytes]]:
+    """One request whose body is these bytes (as no JSON library may write them); the
+    Deferred fires with the response's (status, headers, body) once answered."""
+    head = f"{method} {target} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n"
+    if token is not None:
+        head += f"Authorization: Bearer {token}\r\n"
+    if body is not None:
+        head += f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+    _, transport = connect(factory)
+    transport.protocol.dataReceived(head.encode() + b"\r\n" + (body or b""))
+    return transport.closed.addCallback(lambda _: parse_response(transport.value()))
+
+
 def parse_response(data: bytes) -> tuple[int, dict[str, str], bytes]:
     """The first response in `data` (Content-Length or chunked)."""
     head, sep, rest = data.partition(b"\r\n\r\n")
@@ -125,20 +145,13 @@ class Client:
     ) -> Deferred[tuple[int, dict[str, Any]]]:
         """Send the request; the Deferred fires with (status, JSON body) once answered."""
         target = path + ("?" + urlencode(params) if params else "")
-        raw = b"" if body is None else json.dumps(body).encode()
-        head = f"{method} {target} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n"
-        if token is not None:
-            head += f"Authorization: Bearer {token}\r\n"
-        if body is not None:
-            head += f"Content-Type: application/json\r\nContent-Length: {len(raw)}\r\n"
-        _, transport = connect(self.factory)
-        transport.protocol.dataReceived(head.encode() + b"\r\n" + raw)
+        raw = None if body is None else json.dumps(body).encode()
 
-        def answered(_: None) -> tuple[int, dict[str, Any]]:
-            status, _, data = parse_response(transport.value())
+        def answered(response: tuple[int, dict[str, str], bytes]) -> tuple[int, dict[str, Any]]:
+            status, _, data = response
             return status, json.loads(data) if data else {}
 
-        return transport.closed.addCallback(answered)
+        return request_bytes(self.factory, method, target, token, raw).addCallback(answered)
 
     async def call(self, method: str, path: str, token: str | None = None, body: Any = None) -> Any:
         status, result = await self.start(method, CS + path, token, body)

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import pytest_twisted
-from harness import Client, TestClock, connect, make_server, parse_response, until
+from harness import Client, TestClock, make_server, request_bytes, until
 from test_ws_idle import TEXT
 from test_ws_send_restrictions import open_stream, send_frame
 
@@ -21,14 +21,8 @@ BINARY = 0x2
 
 async def put_raw(hs: HomeServer, token: str, path: str, raw: bytes) -> tuple[int, bytes]:
     """PUT `raw` bytes as a JSON body, as no JSON library would write them."""
-    head = (
-        f"PUT {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(raw)}\r\n\r\n"
-    )
-    _, transport = connect(hs.http)
-    transport.protocol.dataReceived(head.encode() + raw)
-    await transport.closed
-    status, _, body = parse_response(transport.value())
+    assert hs.http is not None
+    status, _, body = await request_bytes(hs.http, "PUT", path, token, raw)
     return status, body
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest_twisted
-from harness import CS, Client, TestClock, connect, make_server, parse_response, room_path, turn
+from harness import CS, Client, TestClock, make_server, request_bytes, room_path, turn
 from twisted.internet.defer import Deferred
 
 from homeserver.config import RateLimit
@@ -29,14 +29,7 @@ async def raw(
 ) -> tuple[int, dict[str, str], dict[str, Any]]:
     """A request with its response headers (the harness's Client keeps only the body)."""
     assert hs.http is not None
-    head = (
-        f"{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n"
-        f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
-    )
-    _, transport = connect(hs.http)
-    transport.protocol.dataReceived(head.encode() + body)
-    await transport.closed
-    status, headers, data = parse_response(transport.value())
+    status, headers, data = await request_bytes(hs.http, method, path, token, body, content_type)
     return status, headers, json.loads(data) if data else {}
 
 
