@@ -107,6 +107,20 @@ class Setup:
         event_id: str = (await self.client.call("PUT", path, user["access_token"], content))["event_id"]
         return event_id
 
+    async def bob_pushed(
+        self, pushkey: str, mode: str, text: str
+    ) -> tuple[dict[str, str], dict[str, str], str]:
+        """Alice and Bob in a room, Bob's pusher `pushkey` answered as `mode` by the gateway,
+        and Alice's `text` pushed and settled: (alice, bob, room)."""
+        alice, bob = await self.user("alice"), await self.user("bob")
+        room_id = await self.room(alice, bob)
+        await self.pusher(bob, pushkey)
+        self.gateway.modes[pushkey] = mode
+        await self.send(alice, room_id, text)
+        await until(lambda: self.gateway.requests, "a push")
+        await self.settled()
+        return alice, bob, room_id
+
     async def settled(self) -> None:
         """Until every notification of what was sent so far is settled (the subscription's
         position has reached the stream: nothing held)."""
@@ -317,13 +331,7 @@ async def test_a_parked_notification_is_given_up_after_the_configured_time(tmp_p
 async def test_a_rejected_pushkey_removes_its_pusher(tmp_path: Path) -> None:
     s = await start(tmp_path)
     try:
-        alice, bob = await s.user("alice"), await s.user("bob")
-        room_id = await s.room(alice, bob)
-        await s.pusher(bob, "bob-uninstalled")
-        s.gateway.modes["bob-uninstalled"] = "reject"
-        await s.send(alice, room_id, "anyone there?")
-        await until(lambda: s.gateway.requests, "a push")
-        await s.settled()
+        alice, bob, room_id = await s.bob_pushed("bob-uninstalled", "reject", "anyone there?")
         assert (await s.client.call("GET", "/pushers", bob["access_token"]))["pushers"] == []
         await s.send(alice, room_id, "hello?")
         await s.settled()
@@ -340,13 +348,7 @@ async def test_a_gateway_answering_200_with_json_nested_too_deep_has_the_push_de
     push is not parked and sent again (the parser's RecursionError made it a retry)."""
     s = await start(tmp_path)
     try:
-        alice, bob = await s.user("alice"), await s.user("bob")
-        room_id = await s.room(alice, bob)
-        await s.pusher(bob, "bob-deep")
-        s.gateway.modes["bob-deep"] = "deep"
-        await s.send(alice, room_id, "one")
-        await until(lambda: s.gateway.requests, "a push")
-        await s.settled()
+        _, bob, _ = await s.bob_pushed("bob-deep", "deep", "one")
         assert s.parked() == [] and not s.retry_scheduled()
         assert len((await s.client.call("GET", "/pushers", bob["access_token"]))["pushers"]) == 1
     finally:
