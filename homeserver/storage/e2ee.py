@@ -412,29 +412,27 @@ class E2eeStore:
                 return False, 0
             # Only for devices that exist: a message kept for an unknown device id would
             # reach whoever later logs in with that id (clients may choose their device ids).
+            # Each device with what its queue holds already: a device that never syncs (a lost
+            # phone, never logged out) keeps what it is sent, so past its share a message is
+            # not queued for it, and no sender can fill the disk.
             users = sorted({u for _, u, _, _ in rows})
-            existing: set[tuple[str, str]] = set()
             queued: dict[tuple[str, str], int] = {}
             for chunk in in_chunks(users):
                 found = txn.query(
-                    f"SELECT user_id, device_id FROM devices WHERE user_id IN ({marks(len(chunk))})", chunk
-                )
-                existing.update((str(u), str(d)) for u, d in found)
-                held = txn.query(
-                    "SELECT user_id, device_id, SUM(LENGTH(message_json)) FROM to_device_messages"
-                    f" WHERE user_id IN ({marks(len(chunk))}) GROUP BY user_id, device_id",
+                    "SELECT d.user_id, d.device_id, COALESCE(SUM(LENGTH(m.message_json)), 0)"
+                    " FROM devices d LEFT JOIN to_device_messages m"
+                    " ON m.user_id = d.user_id AND m.device_id = d.device_id"
+                    f" WHERE d.user_id IN ({marks(len(chunk))}) GROUP BY d.user_id, d.device_id",
                     chunk,
                 )
-                queued.update(((str(u), str(d)), int(n)) for u, d, n in held)
-            # A device that never syncs (a lost phone, never logged out) keeps what it is sent:
-            # past its share a message is not queued for it, so no sender can fill the disk.
+                queued.update(((str(u), str(d)), int(n)) for u, d, n in found)
             kept: list[tuple[int, str, str, str]] = []
             dropped = 0
             for stream_id, u, d, m in rows:
-                if (u, d) not in existing:
+                if (u, d) not in queued:
                     continue
                 text = _dumps(m)
-                size = queued.get((u, d), 0) + len(text)
+                size = queued[(u, d)] + len(text)
                 if size > max_queued_bytes:
                     dropped += 1
                     continue
