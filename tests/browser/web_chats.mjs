@@ -215,6 +215,9 @@ async function main(results) {
     await alice.page.click("#gp-manage");
     await alice.page.fill("#gp-rename", "Weekend trip 2026");
     await alice.page.click("#gp-rename-save");
+    // The rename moves the group to the top of Bob's list: clicked before that, the list
+    // reordered under the pointer and the click opened another chat (seen in a full run).
+    await until(bob.page, (sel) => document.querySelector(`${sel} .chat-name`)?.textContent === "Weekend trip 2026", item(group));
     await bob.page.click(item(group));
     try {
         await until(bob.page, () => document.querySelector("#chat-title")?.textContent === "Weekend trip 2026");
