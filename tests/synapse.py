@@ -12,7 +12,6 @@ import hmac
 import secrets
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +19,10 @@ from typing import Any
 
 import requests
 import yaml
+from conftest import free_port, stop_process
+from federation_harness import TestCA
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from conftest import free_port, stop_process  # noqa: E402
-from federation_harness import TestCA  # noqa: E402
-
-from bench.servers import ensure_synapse, synapse_python  # noqa: E402
+from bench.servers import ensure_synapse, synapse_python
 
 PASSWORD = "correct horse battery"
 LOOPBACK = ["127.0.0.0/8", "::1/128"]

@@ -18,18 +18,14 @@ from typing import Any, TypeVar
 import psycopg2
 import pytest
 from aiohttp import web
+from workers_harness import PrivatePostgres, haproxy_binary, system_binary
 
-# bench/ is a top-level folder of the repository, not an installed package.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from workers_harness import PrivatePostgres, haproxy_binary, system_binary  # noqa: E402
-
-from bench import half_core  # noqa: E402
-from bench.httpclient import HttpClient  # noqa: E402
-from bench.matrix import Matrix  # noqa: E402
-from bench.servers import Target, prepare_wal, wal_file_names  # noqa: E402
-from bench.stats import percentile  # noqa: E402
-from bench.workloads import Runner, Sizes  # noqa: E402
+from bench import half_core
+from bench.httpclient import HttpClient
+from bench.matrix import Matrix
+from bench.servers import Target, prepare_wal, wal_file_names
+from bench.stats import percentile
+from bench.workloads import Runner, Sizes
 
 T = TypeVar("T")
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import random
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest_twisted
 from test_event_storage import ALICE, BOB, CAROL, RoomBuilder
 
+# The thread list as it was computed before sql/104 (a GROUP BY over every reply): the reference.
+from bench.threads_micro import aggregate as aggregate_roots
 from homeserver.core.threads import ThreadRootCache
 from homeserver.core.unread import thread_of
 from homeserver.storage import Storage
@@ -22,12 +23,6 @@ from homeserver.storage.database import Database, Txn, _CollectingCursor
 from homeserver.storage.events import EventStore, StoredEvent, persist_events_txn
 from homeserver.storage.migrations import CORE_SCHEMA_DIR, migrate, schema_files
 from homeserver.storage.retention import purge_events_txn
-
-# bench/ is a top-level folder of the repository, not an installed package.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-# The thread list as it was computed before sql/104 (a GROUP BY over every reply): the reference.
-from bench.threads_micro import aggregate as aggregate_roots  # noqa: E402
 
 ROOM = "!threads:example.org"
 DAVE = "@dave:example.org"

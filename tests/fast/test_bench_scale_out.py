@@ -4,16 +4,12 @@ the two workers run behind (deploy/haproxy.cfg pointed at them)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-# bench/ is a top-level folder of the repository, not an installed package.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
-
-from bench.procstats import Resources  # noqa: E402
-from bench.report import scale_out_table, w1_cost_table  # noqa: E402
-from bench.servers import haproxy_from_deploy  # noqa: E402
-from bench.stats import Metric, WorkloadResult  # noqa: E402
+from bench.procstats import Resources
+from bench.report import scale_out_table, w1_cost_table
+from bench.servers import haproxy_from_deploy
+from bench.stats import Metric, WorkloadResult
 
 
 def _w1(acked: float, cpu_ms: float, generator_cpu_s: float, processes: int, load: float) -> WorkloadResult:

@@ -6,8 +6,6 @@ these histograms (bench/server_stages.py) to split a latency tail by stage."""
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -15,14 +13,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
+from bench import server_stages
 from homeserver.core.persist import EventPersister
 from homeserver.core.room_heads import RoomHeads
 from homeserver.send_stages import LATENESS_TICK_S, SendStages
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
-
-from bench import server_stages  # noqa: E402
-from tests.fast.test_persister import Item, RecordingStore  # noqa: E402
+from tests.fast.test_persister import Item, RecordingStore
 
 
 def observations(registry: CollectorRegistry) -> dict[str, tuple[float, float]]:
