@@ -181,6 +181,25 @@ async def test_receipt_wakes_a_long_poll_on_the_other_worker(workers: Workers, w
 
 
 @pytest_twisted.ensureDeferred
+async def test_read_markers_on_a_client_worker_go_to_the_writer_as_one_request(workers: Workers) -> None:
+    w = workers
+    alice, bob = await _user(w, "alice"), await _user(w, "bob")
+    room_id = await _room(w, alice, bob)
+    event_id = await _message(w, alice, room_id)
+    await w.start(w.w2)
+    since = await _since(w.client(w.w1), bob)
+    await _settled(w)
+    poll = _long_poll(w.client(w.w1), bob, since)
+    markers = {"m.fully_read": event_id, "m.read": event_id}
+    await w.client(w.w2).call("POST", f"/rooms/{quote(room_id)}/read_markers", alice["access_token"], markers)
+    body = await _woken(poll, "a read receipt")
+    receipts = _ephemeral(body, room_id, "m.receipt")
+    assert receipts and alice["user_id"] in receipts[0]["content"][event_id]["m.read"]
+    path = f"/user/{quote(alice['user_id'])}/rooms/{quote(room_id)}/account_data/m.fully_read"
+    assert await w.client(w.w2).call("GET", path, alice["access_token"]) == {"event_id": event_id}
+
+
+@pytest_twisted.ensureDeferred
 async def test_typing_on_the_client_worker_wakes_a_long_poll_there(workers: Workers) -> None:
     w = workers
     alice, bob = await _user(w, "alice"), await _user(w, "bob")

@@ -69,25 +69,52 @@ class ReceiptService:
             args = {"user_id": user_id, "room_id": room_id, "type": receipt_type, "event_id": event_id}
             await self.forward("set", {**args, "thread_id": thread_id})
             return
+        await self._set(user_id, room_id, [(receipt_type, event_id, thread_id)])
+
+    async def set_read_markers(self, user_id: str, room_id: str, markers: dict[str, Any]) -> None:
+        """`POST /rooms/{roomId}/read_markers`: the fully-read marker and read receipts at once."""
+        wanted: list[tuple[str, str, str | None]] = []
+        for key in ("m.fully_read", "m.read", "m.read.private"):
+            event_id = markers.get(key)
+            if event_id is None:
+                continue
+            if not isinstance(event_id, str):
+                raise BadJson(f"'{key}' must be an event id")
+            wanted.append((key, event_id, None))
+        if self.forward is not None:
+            args = {"user_id": user_id, "room_id": room_id}
+            await self.forward("markers", {**args, "markers": {key: event for key, event, _ in wanted}})
+            return
+        await self._set(user_id, room_id, wanted)
+
+    async def _set(self, user_id: str, room_id: str, receipts: list[tuple[str, str, str | None]]) -> None:
+        """Every receipt checked (membership, types, events, the rate) before any is stored:
+        a request is stored whole or refused whole. The rate takes them all at once (one
+        token lets read_markers' two or three through, and the bucket goes below zero)."""
         head = await self.rooms.access_room_as_member(user_id, room_id)
+        positions = []
+        for receipt_type, event_id, thread_id in receipts:
+            if receipt_type != "m.fully_read" and receipt_type not in RECEIPT_TYPES:
+                raise MatrixError(f"Unknown receipt type {receipt_type}", "M_INVALID_PARAM")
+            if thread_id is not None and not isinstance(thread_id, str):
+                raise MatrixError("'thread_id' must be a string", "M_BAD_JSON")
+            positions.append(await self._event_position(room_id, event_id))
+        if not receipts:
+            return
         # Each is a write, and a public one wakes every member's sync and goes to the room's
         # servers: a loop of receipts in a big room made that work at request speed.
-        self.rooms.limit_user("receipt", user_id)
-        if receipt_type == "m.fully_read":
-            await self._event_position(room_id, event_id)
-            await self.account_data.put(user_id, room_id, "m.fully_read", {"event_id": event_id})
-            return
-        if receipt_type not in RECEIPT_TYPES:
-            raise MatrixError(f"Unknown receipt type {receipt_type}", "M_INVALID_PARAM")
-        if thread_id is not None and not isinstance(thread_id, str):
-            raise MatrixError("'thread_id' must be a string", "M_BAD_JSON")
-        stream_id = await self._record(user_id, room_id, receipt_type, event_id, thread_id)
-        # A private receipt concerns only its owner; a public one the whole room.
-        woken = [user_id] if receipt_type == "m.read.private" else head.members("join")
-        self.notifier.wake_users(woken)
-        self._replicate(stream_id, user_id, room_id, woken)
-        if receipt_type == "m.read" and self.on_local_receipt is not None:
-            await self.on_local_receipt(user_id, room_id, event_id, thread_id, self.clock.time_ms())
+        self.rooms.limit_user("receipt", user_id, cost=len(receipts))
+        for (receipt_type, event_id, thread_id), position in zip(receipts, positions, strict=True):
+            if receipt_type == "m.fully_read":
+                await self.account_data.put(user_id, room_id, "m.fully_read", {"event_id": event_id})
+                continue
+            stream_id = await self._record(user_id, room_id, receipt_type, event_id, thread_id, position)
+            # A private receipt concerns only its owner; a public one the whole room.
+            woken = [user_id] if receipt_type == "m.read.private" else head.members("join")
+            self.notifier.wake_users(woken)
+            self._replicate(stream_id, user_id, room_id, woken)
+            if receipt_type == "m.read" and self.on_local_receipt is not None:
+                await self.on_local_receipt(user_id, room_id, event_id, thread_id, self.clock.time_ms())
 
     async def record_remote_receipt(
         self, user_id: str, room_id: str, event_id: str, thread_id: str | None, members: list[str]
@@ -104,9 +131,10 @@ class ReceiptService:
             log.info("read receipt of {user} in {room} dropped: over its rate", user=user_id, room=room_id)
             return
         try:
-            stream_id = await self._record(user_id, room_id, "m.read", event_id, thread_id)
+            position = await self._event_position(room_id, event_id)
         except NotFound:
             return
+        stream_id = await self._record(user_id, room_id, "m.read", event_id, thread_id, position)
         self.notifier.wake_users(members)
         self._replicate(stream_id, user_id, room_id, members)
 
@@ -128,9 +156,14 @@ class ReceiptService:
             self.notifier.wake_users(row["wake"])
 
     async def _record(
-        self, user_id: str, room_id: str, receipt_type: str, event_id: str, thread_id: str | None
+        self,
+        user_id: str,
+        room_id: str,
+        receipt_type: str,
+        event_id: str,
+        thread_id: str | None,
+        position: int,
     ) -> int:
-        position = await self._event_position(room_id, event_id)
         stream_id = self.stream.allocate()
         try:
             await self.storage.user_data.put_receipt(
@@ -158,16 +191,6 @@ class ReceiptService:
                 listener(user_id, room_id, stream_id)
             except Exception:
                 log_failure(log, "a read receipt listener failed")
-
-    async def set_read_markers(self, user_id: str, room_id: str, markers: dict[str, Any]) -> None:
-        """`POST /rooms/{roomId}/read_markers`: the fully-read marker and read receipts at once."""
-        for key in ("m.fully_read", "m.read", "m.read.private"):
-            event_id = markers.get(key)
-            if event_id is None:
-                continue
-            if not isinstance(event_id, str):
-                raise BadJson(f"'{key}' must be an event id")
-            await self.set_receipt(user_id, room_id, key, event_id)
 
     async def receipts_event(
         self, user_id: str, room_ids: list[str], after: int, upto: int

@@ -169,9 +169,11 @@ class RoomService:
         if self.ratelimiter is not None:
             self.ratelimiter.check_user(action, user_id)
 
-    def limit_user(self, action: str, user_id: str) -> None:
-        """Take one `action` of `rate_limits.<action>_per_user` (LimitExceeded if empty)."""
-        self._limit(action, user_id)
+    def limit_user(self, action: str, user_id: str, cost: float = 1.0) -> None:
+        """Take `cost` of `action` from `rate_limits.<action>_per_user` (LimitExceeded if
+        empty; a cost over 1 may overdraw the bucket, as RateLimiter.check_user says)."""
+        if self.ratelimiter is not None:
+            self.ratelimiter.check_user(action, user_id, cost, overdraw=cost > 1)
 
     def _limit_creation(self, creator: str, invites: int) -> None:
         """createRoom's limits: one room, and its invitations as that many invites (one

@@ -318,6 +318,7 @@ def _serve_receipts(r: StreamReplication, publish: Callable[[Rows], None]) -> di
         "set": lambda a: receipts.set_receipt(
             a["user_id"], a["room_id"], a["type"], a["event_id"], a["thread_id"]
         ),
+        "markers": lambda a: receipts.set_read_markers(a["user_id"], a["room_id"], a["markers"]),
         "remote": lambda a: receipts.record_remote_receipt(
             a["user_id"], a["room_id"], a["event_id"], a["thread_id"], a["members"]
         ),

@@ -36,3 +36,42 @@ async def test_a_loop_of_read_receipts_is_limited(tmp_path: Path) -> None:
         assert (await client.start("POST", receipt, bob["access_token"], {}))[0] == 200
     finally:
         await hs.stop(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_read_markers_is_stored_whole_or_refused_whole(tmp_path: Path) -> None:
+    clock = TestClock()
+    limits = {"enabled": True, "receipt_per_user": {"per_second": 1, "burst": 1}}
+    hs = await make_server(tmp_path, clock, rate_limits=limits)
+    client = Client(hs)
+    try:
+        alice, bob, room_id = await client.alice_and_bob(hs)
+        sent = await client.call(
+            "PUT", f"{room_path(room_id)}/send/m.room.message/t1", alice["access_token"], {"body": "x"}
+        )
+        markers = {"m.fully_read": sent["event_id"], "m.read": sent["event_id"]}
+        path = f"{CS}{room_path(room_id)}/read_markers"
+        fully_read = f"{CS}/user/{bob['user_id']}/rooms/{room_id}/account_data/m.fully_read"
+        receipt = f"{CS}{room_path(room_id)}/receipt/m.read/{sent['event_id']}"
+        assert (await client.start("POST", receipt, bob["access_token"], {}))[0] == 200
+        # The bucket is empty: refused whole, neither marker stored.
+        status, body = await client.start("POST", path, bob["access_token"], markers)
+        assert (status, body["errcode"]) == (429, "M_LIMIT_EXCEEDED")
+        assert (await client.start("GET", fully_read, bob["access_token"]))[0] == 404
+        # A marker naming an unknown event is refused before the other one is stored.
+        clock.advance(1.0)
+        bad = {"m.fully_read": sent["event_id"], "m.read": "$unknown"}
+        assert (await client.start("POST", path, bob["access_token"], bad))[0] == 404
+        assert (await client.start("GET", fully_read, bob["access_token"]))[0] == 404
+        # One token lets both through, as one request; the bucket is then below zero.
+        status, _ = await client.start("POST", path, bob["access_token"], markers)
+        assert status == 200
+        status, body = await client.start("GET", fully_read, bob["access_token"])
+        assert (status, body) == (200, {"event_id": sent["event_id"]})
+        assert (await client.start("POST", receipt, bob["access_token"], {}))[0] == 429
+        clock.advance(1.0)
+        assert (await client.start("POST", receipt, bob["access_token"], {}))[0] == 429
+        clock.advance(1.0)
+        assert (await client.start("POST", receipt, bob["access_token"], {}))[0] == 200
+    finally:
+        await hs.stop(None)
