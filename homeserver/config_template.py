@@ -146,8 +146,9 @@ rate_limits:
   to_device_per_user: {per_second: 100, burst: 10000}
   # Read receipts and fully-read markers (POST /rooms/{id}/receipt/..., each marker of
   # POST /rooms/{id}/read_markers): each is a write, and a public receipt wakes every
-  # member's sync. Clients send one or two each time a chat is read. Other servers'
-  # receipts for their users count the same (past it they are dropped).
+  # member's sync. Clients send one or two each time a chat is read. A read_markers call
+  # takes its markers at once (stored all or none; one token lets it through). Other
+  # servers' receipts for their users count the same (past it they are dropped).
   receipt_per_user: {per_second: 10, burst: 200}
 
 user_directory:
