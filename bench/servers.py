@@ -353,7 +353,9 @@ def _bench_config(
         "server_name": f"localhost:{port}",
         "public_baseurl": f"http://127.0.0.1:{port}/",
         "data_dir": str(workdir / "data"),
-        "listen": {"bind": "127.0.0.1", "port": port},
+        # Every simulated client connects from 127.0.0.1: thousands of connections from one
+        # address, which listen.max_connections_per_ip exists to refuse.
+        "listen": {"bind": "127.0.0.1", "port": port, "max_connections_per_ip": 1_000_000},
         "database": {"url": database_url},
         "registration": {"enabled": True},
         "auth": {"password_hashing": "fast"},

@@ -286,6 +286,12 @@ def cmd_run(args: argparse.Namespace) -> None:
             port=state["port"].getHost().port,
             server_name=config.server_name,
         )
+        cap = hs.connection_cap
+        log.info(
+            "connections: at most {total} open, {per_ip} from one address",
+            total=cap.total,
+            per_ip=cap.per_address,
+        )
         reactor.addSystemEventTrigger(
             "before", "shutdown", lambda: Deferred.fromCoroutine(hs.stop(state["port"]))
         )

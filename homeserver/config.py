@@ -66,6 +66,10 @@ class ListenConfig:
     port: int = 8008
     # Load balancers (CIDR ranges) whose X-Forwarded-For names the client (api/forwarded.py).
     trusted_proxies: list[str] = field(default_factory=list)
+    # Connections open at once from one client address, and in all (api/connection_cap.py);
+    # max_connections None: derived from RLIMIT_NOFILE.
+    max_connections_per_ip: int = 256
+    max_connections: int | None = None
 
 
 @dataclass(frozen=True)
@@ -514,6 +518,10 @@ def _check_values(config: Config, source: str) -> None:
         raise ConfigError(f"{source}: 'server_name' is not a valid server name: {config.server_name!r}")
     if not (1 <= config.listen.port <= 65535):
         raise ConfigError(f"{source}: 'listen.port' must be between 1 and 65535")
+    if config.listen.max_connections_per_ip < 1:
+        raise ConfigError(f"{source}: 'listen.max_connections_per_ip' must be at least 1")
+    if config.listen.max_connections is not None and config.listen.max_connections < 1:
+        raise ConfigError(f"{source}: 'listen.max_connections' must be at least 1, or empty")
     for cidr in config.listen.trusted_proxies:
         try:
             ipaddress.ip_network(cidr, strict=False)

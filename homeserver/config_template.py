@@ -43,6 +43,21 @@ listen:
   # Empty: every request is its TCP peer's, headers ignored.
   # Never list addresses clients can connect from directly: they could name any address.
   trusted_proxies: []
+  # Connections open at once from one client address (an IPv6 client by its /64): past
+  # it a new one is closed as it is accepted, unanswered, and the log warns once a minute
+  # for that address. A browser opens about 6 to a host and an office behind one NAT
+  # address a few hundred; a machine holding thousands to use up the server's file
+  # descriptors is stopped here. Connections from trusted_proxies are not counted per
+  # address (every client comes through them): the balancer must cap each client, as
+  # deploy/haproxy.cfg and deploy/nginx.conf do (docs/limits.md, "Connections").
+  max_connections_per_ip: 256
+  # Connections open at once on the client and federation listeners (the workers'
+  # internal listener is not capped); past it new ones are closed as accepted, with a
+  # warning once a minute. Empty: derived from the open-files limit at start (`ulimit -n`,
+  # systemd's LimitNOFILE): 256 kept back for the database, Redis, logs and outgoing
+  # connections, and three quarters of the rest, the last quarter for the files requests
+  # open (media, large bodies): 576 of 1,024, 48,960 of 65,536.
+  max_connections: null
 
 database:
   # sqlite:///PATH (a file; WAL mode) or postgresql://USER@HOST:PORT/DB.

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, disable_created_metrics
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
@@ -167,7 +167,21 @@ class _ServerCollector(Collector):
         self._hs = hs
         self._requests = requests
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        cap = self._hs.connection_cap
+        yield GaugeMetricFamily(
+            "homeserver_connections_open",
+            "Connections open on the client and federation listeners (WebSocket streams among them)",
+            value=cap.open,
+        )
+        refused = CounterMetricFamily(
+            "homeserver_connections_refused",
+            "Connections closed as accepted: over listen.max_connections_per_ip or listen.max_connections",
+            labels=["cap"],
+        )
+        refused.add_metric(["per_ip"], cap.refused_per_address)
+        refused.add_metric(["total"], cap.refused_total)
+        yield refused
         in_flight = GaugeMetricFamily(
             "homeserver_http_requests_in_flight",
             "Requests being handled, by route template: open /sync and sliding-sync long-polls among them",

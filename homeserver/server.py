@@ -42,6 +42,7 @@ from homeserver.api.client import (
     voip,
 )
 from homeserver.api.client import register as register_routes
+from homeserver.api.connection_cap import ConnectionCap, default_max_connections
 from homeserver.api.federation import events as federation_events
 from homeserver.api.federation import keys as federation_keys
 from homeserver.api.federation import membership as federation_membership
@@ -263,6 +264,14 @@ class HomeServer:
         self.device_activity = DeviceActivity(self.storage, self.clock)
         # The balancers whose X-Forwarded-For names the client (HTTP and WebSocket alike).
         self.trusted_proxies = parse_networks(config.listen.trusted_proxies)
+        # Connections open at once on the client and federation listeners (not the internal
+        # one: the other workers must always get through).
+        self.connection_cap = ConnectionCap(
+            self.clock,
+            config.listen.max_connections_per_ip,
+            config.listen.max_connections or default_max_connections(),
+            self.trusted_proxies,
+        )
         self.filters = FilterService(self.storage)
         self.key_backup = KeyBackupService(self.storage)
         self.pushers = PusherService(self.storage, config.pushers, self.clock)
@@ -859,6 +868,7 @@ class HomeServer:
             self.clock,
             upgrades=upgrades,
             trusted_proxies=self.trusted_proxies,
+            cap=self.connection_cap,
         )
         return self.http
 
@@ -871,7 +881,9 @@ class HomeServer:
         from homeserver.core.federation.tls import server_context
 
         context = server_context(fed.tls_certificate, fed.tls_private_key)
-        self.federation_http = make_site(self.router, self.config.limits.max_request_body_size, self.clock)
+        self.federation_http = make_site(
+            self.router, self.config.limits.max_request_body_size, self.clock, cap=self.connection_cap
+        )
         return self.federation_http, context
 
     def internal_site(self) -> HttpFactory:

@@ -28,16 +28,21 @@ def _trusted(address: ipaddress.IPv4Address | ipaddress.IPv6Address, proxies: tu
     return any(address.version == net.version and address in net for net in proxies)
 
 
+def is_trusted(peer: str, proxies: tuple[Network, ...]) -> bool:
+    """Whether the connection's address `peer` is one of the trusted proxies."""
+    if not proxies:
+        return False
+    try:
+        return _trusted(ipaddress.ip_address(peer), proxies)
+    except ValueError:
+        return False  # a UNIX socket or similar: no address to trust
+
+
 def client_address(peer: str, forwarded_for: bytes | None, proxies: tuple[Network, ...]) -> str:
     """The client's address for a request from `peer` carrying `forwarded_for` (all
     X-Forwarded-For headers, joined by commas in order)."""
-    if not proxies or forwarded_for is None:
+    if forwarded_for is None or not is_trusted(peer, proxies):
         return peer
-    try:
-        if not _trusted(ipaddress.ip_address(peer), proxies):
-            return peer
-    except ValueError:
-        return peer  # a UNIX socket or similar: no address to trust
     client = peer
     for part in reversed(forwarded_for.decode("latin-1").split(",")):
         try:

@@ -23,6 +23,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from homeserver.api.connection_cap import ConnectionCap
 from homeserver.api.forwarded import Network, client_address
 from homeserver.api.http_server import HttpFactory, Request, safe_header_value
 from homeserver.api.strict_json import JSON_DECODER, check_unicode
@@ -559,10 +560,12 @@ def make_site(
     clock: Clock,
     upgrades: dict[bytes, Any] | None = None,
     trusted_proxies: tuple[Network, ...] = (),
+    cap: ConnectionCap | None = None,
 ) -> HttpFactory:
     """The listening side: HTTP connections whose requests go to `router`, and WebSocket
     upgrades on the paths of `upgrades` to their Autobahn factories; `clock` times them out.
-    Requests from `trusted_proxies` are taken to come from the address they forward."""
+    Requests from `trusted_proxies` are taken to come from the address they forward; `cap`
+    bounds the connections open at once."""
     return HttpFactory(
         router.dispatch,  # type: ignore[arg-type]
         max_body_size,
@@ -571,4 +574,5 @@ def make_site(
         request_factory=ApiRequest,
         upgrades=upgrades,
         trusted_proxies=trusted_proxies,
+        cap=cap,
     )

@@ -16,7 +16,9 @@ could read differently - a front proxy and this one - is refused with 400 and
 the connection closed, never guessed at. A request head must arrive whole
 within HEAD_TIMEOUT_S of its first byte; a body may pause for BODY_TIMEOUT_S;
 an idle keep-alive connection is closed after IDLE_TIMEOUT_S. All time comes
-from the injected clock (homeserver/core/clock.py).
+from the injected clock (homeserver/core/clock.py). A connection over the caps of
+`listen.max_connections` and `listen.max_connections_per_ip` is closed as it is accepted
+(api/connection_cap.py).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from homeserver.api.connection_cap import ConnectionCap
 from homeserver.api.forwarded import Network
 from homeserver.core.clock import Clock
 
@@ -412,6 +415,8 @@ class HttpChannel(Protocol):
     _output_full = False
     _full_since = 0.0
     _producer: Any = None
+    # The key the factory's ConnectionCap counts this connection under; None: not counted.
+    _cap_key: str | None = None
 
     def __init__(self) -> None:
         self._buf = b""
@@ -434,6 +439,15 @@ class HttpChannel(Protocol):
 
     def connectionMade(self) -> None:  # noqa: N802 - twisted's name
         self.peer = self.transport.getPeer()
+        cap = self.factory.cap
+        if cap is not None:
+            key = cap.admit(self.peer)
+            if key is None:
+                # Over a cap: closed before anything is read, with no answer (one would
+                # cost what the cap saves: a write per refused connection).
+                self.transport.abortConnection()
+                return
+            self._cap_key = key
         self.plain_tcp = not INegotiated.providedBy(self.transport)  # TLSMemoryBIOProtocol is
         self.last_active = self.factory.clock.seconds()
         self.factory.channels.add(self)
@@ -442,6 +456,10 @@ class HttpChannel(Protocol):
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: N802, B008
         factory = self.factory
         factory.channels.discard(self)
+        key = self._cap_key
+        if key is not None:
+            self._cap_key = None
+            factory.cap.release(key)  # type: ignore[union-attr]
         request = self._request
         self._request = None
         if request is not None:
@@ -808,6 +826,11 @@ class HttpChannel(Protocol):
         transport: Any = self.transport
         protocol = factory.buildProtocol(self.peer)
         assert protocol is not None
+        key = self._cap_key
+        if key is not None:
+            # Still one connection: counted until the new protocol's end.
+            self._cap_key = None
+            self.factory.cap.hand_over(protocol, key)  # type: ignore[union-attr]
         rest, self._buf = self._buf, b""
         transport.unregisterProducer()  # the new protocol registers its own
         transport.protocol = protocol
@@ -846,6 +869,7 @@ class HttpFactory(ServerFactory):
         request_factory: RequestFactory = Request,
         upgrades: dict[bytes, ServerFactory] | None = None,
         trusted_proxies: tuple[Network, ...] = (),
+        cap: ConnectionCap | None = None,
     ) -> None:
         self.handle = handle
         self.max_body_size = max_body_size
@@ -855,6 +879,9 @@ class HttpFactory(ServerFactory):
         self.upgrades = upgrades or {}
         # Load balancers whose X-Forwarded-For is believed (ApiRequest.client_ip).
         self.trusted_proxies = trusted_proxies
+        # Bounds the connections open at once (None: no bound, the internal and metrics
+        # listeners); the client and federation listeners share one.
+        self.cap = cap
         self.channels: set[HttpChannel] = set()
         self._sweeper: LoopingCall | None = None
         # Shutting down: no connection starts another request (drain()).

@@ -877,6 +877,8 @@ class StreamProtocol(WebSocketServerProtocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802 - twisted's name
         super().connectionLost(reason)
+        # Handed over by the HTTP listener, which counted the connection (api/connection_cap.py).
+        self._hs.connection_cap.handed_over_lost(self)
         # Autobahn resolves is_closed with the protocol itself: a reference cycle per closed
         # stream, left to the garbage collector (a 200 ms pass when 10,000 streams closed at
         # once). Nothing here waits on it.

@@ -16,6 +16,7 @@ from urllib.parse import quote, urlencode
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IAddress
 from twisted.internet.task import Clock as ReactorClock
 from twisted.internet.task import deferLater
 from twisted.internet.testing import StringTransportWithDisconnection
@@ -69,8 +70,8 @@ class Transport(StringTransportWithDisconnection):
 
     dataBuffer = b""  # write_now() then takes Twisted's ordinary write path
 
-    def __init__(self) -> None:
-        super().__init__(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+    def __init__(self, peer: IAddress | None = None) -> None:
+        super().__init__(peerAddress=peer or IPv4Address("TCP", "127.0.0.1", 40000))
         self.closed: Deferred[None] = Deferred()
 
     def loseConnection(self) -> None:
@@ -81,10 +82,12 @@ class Transport(StringTransportWithDisconnection):
             self.closed.callback(None)
 
 
-def connect(factory: HttpFactory) -> tuple[HttpChannel, Transport]:
-    channel = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+def connect(factory: HttpFactory, peer: IAddress | None = None) -> tuple[HttpChannel, Transport]:
+    """A connection from `peer` (127.0.0.1 by default), as the listening port makes one."""
+    peer = peer or IPv4Address("TCP", "127.0.0.1", 40000)
+    channel = factory.buildProtocol(peer)
     assert isinstance(channel, HttpChannel)
-    transport = Transport()
+    transport = Transport(peer)
     transport.protocol = channel
     channel.makeConnection(transport)
     return channel, transport
