@@ -203,3 +203,4 @@ def test_connections_closed_every_way_leave_no_count_behind(capped: FederatedSer
                 sock.close()
 
     eventually(all_cap_at_once, f"{CAP} connections from {source} served at once, and no more")
+    assert "Traceback" not in server.log_text()
