@@ -212,6 +212,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     from twisted.logger import Logger
 
     from homeserver import gc_tuning
+    from homeserver.api.connection_cap import raise_open_files_limit
     from homeserver.disk_full import is_disk_full
     from homeserver.logs import setup_logging
     from homeserver.server import HomeServer
@@ -219,6 +220,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     reactor: Any = _reactor
     setup_logging(config.logging.level)
     log = Logger(namespace="homeserver")
+    # Each connection is a file descriptor: the soft limit first, then the caps from it.
+    raise_open_files_limit()
     try:
         config.data_path.mkdir(parents=True, exist_ok=True)
         # Reads or makes the signing key and jwt.secret.

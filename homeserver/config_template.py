@@ -53,10 +53,11 @@ listen:
   max_connections_per_ip: 256
   # Connections open at once on the client and federation listeners (the workers'
   # internal listener is not capped); past it new ones are closed as accepted, with a
-  # warning once a minute. Empty: derived from the open-files limit at start (`ulimit -n`,
-  # systemd's LimitNOFILE): 256 kept back for the database, Redis, logs and outgoing
-  # connections, and three quarters of the rest, the last quarter for the files requests
-  # open (media, large bodies): 576 of 1,024, 48,960 of 65,536.
+  # warning once a minute. Empty: derived from the open-files limit, which the server
+  # raises at start from its soft to its hard value (`ulimit -Hn`, systemd's LimitNOFILE):
+  # 256 kept back for the database, Redis, logs and outgoing connections, and three
+  # quarters of the rest, the last quarter for the files requests open (media, large
+  # bodies): 576 of 1,024, 48,960 of 65,536.
   max_connections: null
 
 database:

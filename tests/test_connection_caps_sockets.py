@@ -8,14 +8,16 @@ of the server's launcher connects from 127.0.0.1 and may not be counted out yet.
 
 from __future__ import annotations
 
+import resource
 import socket
 import ssl
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import requests
-from conftest import ServerProcess
+from conftest import ServerProcess, start_server_process
 from federation_harness import FederatedServer, TestCA, start_federated_server
 
 CAP = 3
@@ -204,3 +206,30 @@ def test_connections_closed_every_way_leave_no_count_behind(capped: FederatedSer
 
     eventually(all_cap_at_once, f"{CAP} connections from {source} served at once, and no more")
     assert "Traceback" not in server.log_text()
+
+
+def test_the_server_raises_its_open_files_limit_before_deriving_the_total_cap(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Started with Debian's usual soft limit of 1,024 under a higher hard one, the server
+    takes the hard one, and the total cap comes from it (576 from 1,024 would refuse a busy
+    server's clients long before its descriptors ran out)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < 2048:
+        pytest.skip(f"the hard open-files limit here is {hard}: nothing to raise to")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+    try:
+        server = start_server_process(tmp_path_factory.mktemp("nofile"))  # inherits 1,024
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        limits = Path(f"/proc/{server.process.pid}/limits").read_text()
+        line = next(row for row in limits.splitlines() if row.startswith("Max open files"))
+        assert line.split()[3:5] == [str(hard), str(hard)]
+        total = (hard - 256) * 3 // 4
+        deadline = time.monotonic() + 10
+        while f"connections: at most {total} open" not in server.log_text():
+            assert time.monotonic() < deadline, server.log_text()
+            time.sleep(0.05)
+    finally:
+        server.stop()

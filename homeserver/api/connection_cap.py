@@ -29,6 +29,19 @@ WARN_EVERY_S = 60.0
 RESERVED_FDS = 256
 
 
+def raise_open_files_limit() -> int:
+    """The soft RLIMIT_NOFILE raised to the hard one (Debian's soft default is 1,024, its
+    hard one far more); the new soft limit. Run at start, before the caps are derived."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            return soft  # a hard limit the kernel refuses as soft (over fs.nr_open): keep it
+        return hard
+    return soft
+
+
 def default_max_connections() -> int:
     """`listen.max_connections` when the config leaves it empty: of the soft RLIMIT_NOFILE,
     RESERVED_FDS kept back, then a quarter of the rest for what requests open (media files,
