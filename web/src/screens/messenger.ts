@@ -4,7 +4,8 @@
 // The URL says what is open (/ or /chat/<room id>), so a reload or the back button comes
 // back to it; the server answers those paths with index.html.
 //
-// Everything re-renders from the SDK's state on its events, at most once a frame.
+// Everything re-renders from the SDK's state on its events, at most once a frame. The chat
+// list keeps its rows and holds their order while the user aims at it (chat_list.ts).
 
 import {
     ClientEvent,
@@ -38,6 +39,7 @@ import { Composer } from "./composer";
 import { messageItem, type MessageHandlers, readPositions } from "./message_view";
 import { ThreadPane } from "./thread_pane";
 import { Attachments } from "./attachments";
+import { ChatList } from "./chat_list";
 import { ChatSearch } from "./chat_search";
 import { groupPanel, groupToggle, memberExtras, newGroupForm } from "./group_panel";
 import { memberList } from "./verification";
@@ -83,7 +85,7 @@ function lastActivity(room: Room): number {
 export class Messenger {
     private openRoomId: string | null = roomFromPath();
     private frame = 0;
-    private readonly list = h("ul", { class: "chat-list", id: "chat-list", "aria-label": "Chats" });
+    private readonly list: ChatList;
     private readonly chatPane = h("section", { class: "chat", id: "chat", "aria-label": "Chat" });
     private readonly messageList = h("ol", { class: "messages", id: "messages", "aria-live": "polite" });
     private composer: Composer | null = null;
@@ -110,6 +112,7 @@ export class Messenger {
         private readonly onSettings: () => void = () => undefined,
     ) {
         this.attachments = new Attachments(client, () => this.renderedRoomId);
+        this.list = new ChatList((roomId) => this.open(roomId), () => this.schedule());
         this.attachments.bind(this.chatPane);
         const refresh = (): void => this.schedule();
         this.quoted = new QuotedEvents(client, refresh);
@@ -161,7 +164,7 @@ export class Messenger {
             newChat,
             newGroupForm(this.client, (roomId) => this.open(roomId)),
             this.search.element,
-            this.list,
+            this.list.element,
         );
         show(this.root, h("div", { class: "messenger" }, sidebar, this.chatPane));
         this.render();
@@ -258,32 +261,25 @@ export class Messenger {
     }
 
     private renderList(open: Room | null): void {
-        rememberRoomNames(this.rooms());
-        showUnreadTotal(this.rooms());
-        const items = this.rooms().map((room) => {
-            const invited = room.getMyMembership() === KnownMembership.Invite;
-            const last = foldTimeline(room, null).main.at(-1);
-            const unread = invited ? 0 : room.getUnreadNotificationCount(NotificationCountType.Total);
-            const typing = invited ? "" : typingText(room, this.client.getUserId());
-            const preview = invited ? "Invitation" : typing || (last ? last.body : "No messages yet");
-            const presence = invited ? "" : chatPresence(this.client, room);
-            const button = h(
-                "button",
-                {
-                    type: "button",
-                    class: "chat-item",
-                    "data-room-id": room.roomId,
-                    "aria-current": room === open ? "true" : null,
-                },
-                h("span", { class: "chat-name" }, room.name),
-                h("span", { class: typing ? "chat-last chat-typing" : "chat-last" }, preview),
-                presence ? h("span", { class: "chat-presence" }, presence) : null,
-                unread > 0 ? h("span", { class: "unread", "aria-label": `${unread} unread` }, String(unread)) : null,
-            );
-            button.addEventListener("click", () => this.open(room.roomId));
-            return h("li", {}, button);
-        });
-        show(this.list, ...(items.length ? items : [h("li", { class: "empty" }, "No chats yet: start one above.")]));
+        const rooms = this.rooms();
+        rememberRoomNames(rooms);
+        showUnreadTotal(rooms);
+        this.list.render(
+            rooms.map((room) => {
+                const invited = room.getMyMembership() === KnownMembership.Invite;
+                const last = foldTimeline(room, null).main.at(-1);
+                const typing = invited ? "" : typingText(room, this.client.getUserId());
+                return {
+                    roomId: room.roomId,
+                    name: room.name,
+                    preview: invited ? "Invitation" : typing || (last ? last.body : "No messages yet"),
+                    typing: typing !== "",
+                    presence: invited ? "" : chatPresence(this.client, room),
+                    unread: invited ? 0 : room.getUnreadNotificationCount(NotificationCountType.Total),
+                    current: room === open,
+                };
+            }),
+        );
     }
 
     private renderChat(room: Room | null): void {
