@@ -5,21 +5,25 @@ a process at a few hundred messages/s; batching every event that arrived while t
 previous commit ran lifts that to thousands (STACK-NOTES, "Group commit"). Each caller
 is answered only after the commit that holds its event. Batches commit strictly one
 after another, in stream order, and each is published on the committed-event stream
-(core/event_stream.py) before the next one starts, so everything up to the last event
-of the last committed batch is persisted: that is the position readers may advance to
+(core/event_stream.py) before the next one is, so everything up to the last event of
+the last published batch is persisted: that is the position readers may advance to
 (`persisted_upto`).
 
-When requests arrive faster than commits finish (GATHER_FROM or more waited through
-the last commit), the next batch first waits GATHER_S for more, unless GATHER_UNDER
-requests already wait: commits are then the bottleneck, and fewer, larger ones cost
-the server a quarter and PostgreSQL half of their CPU (measured at 1,000 messages/s).
-Otherwise a batch starts at once: at a steady 500 messages/s a commit takes under a
-millisecond and rarely overlaps the next request, and waiting for more would only
-add GATHER_S to every message (the old rule, "gather whenever one waited", made the
-median send 2 ms slower there). A commit whose publishing took GATHER_AFTER_SLOW_S or
-more (waking the members of a big room) gathers even for one waiting request: each
-commit wakes the room's members once, so in a 500-member room fewer, larger commits
-made fan-out a third faster (W3), and 2 ms is little beside that cycle.
+What queued while a commit ran is written while that commit is published: the
+database works on the next batch while this thread wakes the syncs (publishing runs
+here, so the next batch's outcome is handled only after it). Waiting for the
+publishing and then GATHER_S more made that cycle (commit ~2 ms, publishing ~1.6,
+gathering 2) the queue every message waited in at 1,000 messages/s on two cores
+(docs/latency.md, "ejabberd beside us"). Two cases still gather into fewer, larger
+batches instead of writing ahead:
+- GATHER_UNDER or more requests wait: this thread is the bottleneck, so the next batch
+  goes after the publishing, with what arrived meanwhile (each woken sync then answers
+  more of them);
+- the last cycle's publishing took GATHER_AFTER_SLOW_S or more (waking the members of a
+  big room): each commit wakes the room's members once, so in a 500-member room fewer,
+  larger commits made fan-out a third faster (W3), and GATHER_S is little beside that
+  cycle; requests that arrive during a publishing (none waited at its commit's answer)
+  gather too when GATHER_FROM or more wait.
 
 When a write fails:
 - the database cannot be reached (`DatabaseUnavailable`: nothing was stored): the batch
@@ -83,6 +87,15 @@ class _Pending:
     items: list[PersistItem]
     queued_at: float = 0.0
     done: Deferred[None] = field(default_factory=Deferred)
+
+
+@dataclass
+class _Ahead:
+    """A batch whose write has started."""
+
+    batch: list[_Pending]
+    write: Deferred[None]
+    started: float
 
 
 class EventPersister:
@@ -187,11 +200,17 @@ class EventPersister:
     async def _drain(self) -> None:
         self._running = True
         try:
-            while self._queue:
-                batch, self._queue = self._queue, []
+            ahead: _Ahead | None = None
+            while self._queue or ahead is not None:
+                if ahead is None:
+                    batch, self._queue = self._queue, []
+                    ahead = self._begin(batch)
+                    if ahead is None:
+                        continue
                 self._cycle_started = self._timer.seconds()
-                self._cycle_s = 0.0
-                await self._commit(batch)
+                ahead = await self._commit(ahead)
+                if ahead is not None:
+                    continue
                 waiting = len(self._queue)
                 slow = self._cycle_s >= GATHER_AFTER_SLOW_S
                 if (waiting >= GATHER_FROM or (waiting and slow)) and waiting < GATHER_UNDER:
@@ -202,18 +221,23 @@ class EventPersister:
             for d in idle:
                 d.callback(None)
 
-    async def _commit(self, batch: list[_Pending]) -> None:
+    def _begin(self, batch: list[_Pending]) -> _Ahead | None:
+        """Start writing `batch` (less what fails with its room); None if nothing is left."""
         batch = [p for p in batch if not self._fails_with_its_room(p)]
         if not batch:
-            return
-        items = [item for p in batch for item in p.items]
-        on_stage = self.on_stage
-        if on_stage is not None:
-            sent = self._timer.seconds()
+            return None
+        started = self._timer.seconds()
+        if self.on_stage is not None:
             for p in batch:
-                on_stage("queued", sent - p.queued_at)
+                self.on_stage("queued", started - p.queued_at)
+        items = [item for p in batch for item in p.items]
+        return _Ahead(batch, Deferred.fromCoroutine(self._write(items)), started)
+
+    async def _commit(self, current: _Ahead) -> _Ahead | None:
+        """Wait for `current`'s write, then publish it; the next batch, if one was started."""
+        batch = current.batch
         try:
-            await self._write(items)
+            await current.write
         except StorageFull as e:
             # No space for any of them: no point writing them one by one, and the disk
             # watch has said so in the log already (homeserver/disk_full.py).
@@ -221,15 +245,25 @@ class EventPersister:
                 for item in p.items:
                     self.heads.mark_failed(item.event.room_id, item.event.stream_ordering)
                 self._fail(p, e)
-            return
+            return None
         except Exception:
-            log.failure("batch of {n} events failed; retrying them one request at a time", n=len(items))
+            n = sum(len(p.items) for p in batch)
+            log.failure("batch of {n} events failed; retrying them one request at a time", n=n)
             await self._commit_one_by_one(batch)
-            return
-        if on_stage is not None:
+            return None
+        if self.on_stage is not None:
             self._answered_at = self._timer.seconds()
-            on_stage("commit", self._answered_at - sent)
+            self.on_stage("commit", self._answered_at - current.started)
+        # The database writes the next batch while this one is published (on this thread),
+        # unless the last cycle was slow (a big room's fan-out) or requests pile up (this
+        # thread is the bottleneck): those gather into fewer, larger batches instead.
+        ahead = None
+        if 0 < len(self._queue) < GATHER_UNDER and self._cycle_s < GATHER_AFTER_SLOW_S:
+            following, self._queue = self._queue, []
+            ahead = self._begin(following)
+        self._cycle_s = 0.0
         self._committed(batch)
+        return ahead
 
     async def _commit_one_by_one(self, batch: list[_Pending]) -> None:
         for p in batch:

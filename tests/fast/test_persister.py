@@ -1,8 +1,9 @@
 """homeserver.core.persist.EventPersister: when it commits, and what it does when a commit fails.
 
-Batching: the first event after a quiet moment is committed at once; when GATHER_FROM requests
-queued during a commit (or one did, after a commit whose publishing was slow), the next batch
-waits GATHER_S for more unless many already wait; callers hear back only after their own commit.
+Batching: the first event after a quiet moment is committed at once; what queued during a
+commit is written while that commit is published, unless many wait or the last publishing was
+slow (then it gathers or goes after the publishing); callers hear back only after their own
+commit, and commits are published in order.
 
 Failures: a commit whose answer was lost is settled by asking the database, never assumed
 failed; an unreachable database is retried every RETRY_MAX_S at most, then given up; an event
@@ -108,37 +109,62 @@ def positions(published: list[tuple[int, list[Any]]]) -> list[list[int]]:
 # Batching ---------------------------------------------------------------------------------
 
 
-def test_a_batch_starts_at_once_unless_requests_pile_up_during_a_commit() -> None:
-    persister, store, clock, published, _ = make()
+def test_a_batch_starts_at_once_and_the_next_is_written_while_it_is_published() -> None:
+    store = RecordingStore()
+    clock = Clock()
+    published: list[tuple[int, list[Any]]] = []
+    writes_when_published: list[int] = []
+
+    def publish(upto: int, items: list[Any]) -> None:
+        published.append((upto, items))
+        writes_when_published.append(len(store.batches))
+
+    persister = EventPersister(store, RoomHeads(store), publish, clock)  # type: ignore[arg-type]
     first = persister.persist([Item(1)])  # type: ignore[list-item]
     assert len(store.batches) == 1  # no wait: nothing was committing before it
 
+    # Two arrive while that commit runs: their write starts before the first is published.
     second = persister.persist([Item(2)])  # type: ignore[list-item]
-    store.finish()
-    assert first.called and not second.called
-    assert len(store.batches) == 2  # one waited through the commit: it goes at once
-
-    # Two arrive while that commit runs: commits are the bottleneck, so the next batch gathers.
     third = persister.persist([Item(3)])  # type: ignore[list-item]
+    store.finish()
+    assert first.called and not second.called and not third.called
+    assert [len(b) for b in store.batches] == [1, 2] and writes_when_published == [2]
+    assert not clock.getDelayedCalls()  # no gathering wait
+
+    # One more while those two commit; then they are published, in order, before it.
     fourth = persister.persist([Item(4)])  # type: ignore[list-item]
     store.finish()
-    assert second.called and len(store.batches) == 2
-    fifth = persister.persist([Item(5)])  # type: ignore[list-item]
-    clock.advance(persist.GATHER_S)
-    assert [len(b) for b in store.batches] == [1, 1, 3]  # 3, 4 and 5 in one commit
-    assert not third.called  # answered only once its commit is done
+    assert second.called and third.called and not fourth.called
     store.finish()
-    assert third.called and fourth.called and fifth.called
-    assert persister.persisted_upto == 5
-    assert positions(published) == [[1], [2], [3, 4, 5]]
-    assert [upto for upto, _ in published] == [1, 2, 5]
+    assert fourth.called
+    assert positions(published) == [[1], [2, 3], [4]]
+    assert [upto for upto, _ in published] == [1, 3, 4]
+    assert persister.persisted_upto == 4
 
     # Quiet again: the next event does not wait.
-    persister.persist([Item(6)])  # type: ignore[list-item]
+    persister.persist([Item(5)])  # type: ignore[list-item]
     assert len(store.batches) == 4
 
 
-def test_after_a_slow_commit_even_one_waiting_request_gathers() -> None:
+def test_a_batch_written_ahead_that_fails_is_retried_one_request_at_a_time_after_the_publish() -> None:
+    persister, store, _, published, _ = make()
+    persister.persist([Item(1)])  # type: ignore[list-item]
+    second = persister.persist([Item(2)])  # type: ignore[list-item]
+    third = persister.persist([Item(3, "!other:x")])  # type: ignore[list-item]
+    store.finish()  # 1 committed; 2 and 3 written ahead while 1 is published
+    assert positions(published) == [[1]]
+    store.fail(RuntimeError("bad row"))
+    assert [len(b) for b in store.batches] == [1, 2, 1]  # then one by one
+    store.fail(RuntimeError("bad row"))
+    store.finish()
+    assert second.called and third.called
+    failures: list[Any] = []
+    second.addErrback(failures.append)
+    assert len(failures) == 1 and third.result is None
+    assert positions(published) == [[1], [3]]
+
+
+def test_after_a_slow_publish_even_one_waiting_request_gathers() -> None:
     store = RecordingStore()
     clock = Clock()
     published: list[tuple[int, list[Any]]] = []
@@ -150,12 +176,15 @@ def test_after_a_slow_commit_even_one_waiting_request_gathers() -> None:
     heads = RoomHeads(store)  # type: ignore[arg-type]
     persister = EventPersister(store, heads, publish, clock)  # type: ignore[arg-type]
     persister.persist([Item(1)])  # type: ignore[list-item]
+    store.finish()  # a slow cycle: it wakes a big room
     persister.persist([Item(2)])  # type: ignore[list-item]
-    store.finish()
-    assert len(store.batches) == 1  # one waits, but the last cycle was slow: gather
     persister.persist([Item(3)])  # type: ignore[list-item]
+    # 3 waits through 2's commit, but the last cycle was slow: not written ahead, it gathers.
+    store.finish()
+    assert [len(b) for b in store.batches] == [1, 1]
+    persister.persist([Item(4)])  # type: ignore[list-item]
     clock.advance(persist.GATHER_S)
-    assert [len(b) for b in store.batches] == [1, 2]
+    assert [len(b) for b in store.batches] == [1, 1, 2]
 
 
 def test_what_a_caller_does_when_answered_does_not_make_the_cycle_slow() -> None:
@@ -171,13 +200,20 @@ def test_what_a_caller_does_when_answered_does_not_make_the_cycle_slow() -> None
     assert [len(b) for b in store.batches] == [1, 1]
 
 
-def test_no_wait_when_many_requests_already_wait() -> None:
-    persister, store, clock, _, _ = make()
+def test_when_many_requests_wait_they_go_after_the_publish_without_a_wait() -> None:
+    # This thread is the bottleneck then: fewer, larger batches (each woken sync answers
+    # more of them), so the next batch also takes what arrives during the publishing.
+    store = RecordingStore()
+    clock = Clock()
+    writes_when_published: list[int] = []
+    publish = lambda upto, items: writes_when_published.append(len(store.batches))  # noqa: E731
+    persister = EventPersister(store, RoomHeads(store), publish, clock)  # type: ignore[arg-type]
     persister.persist([Item(1)])  # type: ignore[list-item]
     for n in range(persist.GATHER_UNDER):
         persister.persist([Item(2 + n)])  # type: ignore[list-item]
     store.finish()
-    assert [len(b) for b in store.batches] == [1, persist.GATHER_UNDER]  # straight on
+    assert writes_when_published == [1]  # not written ahead
+    assert [len(b) for b in store.batches] == [1, persist.GATHER_UNDER]  # straight on after
     assert not clock.getDelayedCalls()
 
 
