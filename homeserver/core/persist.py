@@ -126,6 +126,9 @@ class EventPersister:
         # The current commit cycle: when it started, and how long commit + publishing took.
         self._cycle_started = 0.0
         self._cycle_s = 0.0
+        # Whether the last cycle took GATHER_AFTER_SLOW_S or more (then nothing is written
+        # ahead of its successor's publishing).
+        self._last_slow = False
         # When the current batch's commit was answered (timed only when `on_stage` is set).
         self._answered_at = 0.0
         # Told the size of each committed batch (the metrics).
@@ -208,11 +211,13 @@ class EventPersister:
                     if ahead is None:
                         continue
                 self._cycle_started = self._timer.seconds()
+                self._cycle_s = 0.0
                 ahead = await self._commit(ahead)
+                self._last_slow = self._cycle_s >= GATHER_AFTER_SLOW_S
                 if ahead is not None:
                     continue
                 waiting = len(self._queue)
-                slow = self._cycle_s >= GATHER_AFTER_SLOW_S
+                slow = self._last_slow
                 if (waiting >= GATHER_FROM or (waiting and slow)) and waiting < GATHER_UNDER:
                     await self._sleep(GATHER_S)
         finally:
@@ -258,11 +263,15 @@ class EventPersister:
         # unless the last cycle was slow (a big room's fan-out) or requests pile up (this
         # thread is the bottleneck): those gather into fewer, larger batches instead.
         ahead = None
-        if 0 < len(self._queue) < GATHER_UNDER and self._cycle_s < GATHER_AFTER_SLOW_S:
+        if 0 < len(self._queue) < GATHER_UNDER and not self._last_slow:
             following, self._queue = self._queue, []
             ahead = self._begin(following)
-        self._cycle_s = 0.0
-        self._committed(batch)
+        try:
+            self._committed(batch)
+        except Exception:
+            # The batch is stored and its callers answered; the one written ahead must
+            # still be seen through, or its callers would wait for ever.
+            log.failure("publishing a commit failed")
         return ahead
 
     async def _commit_one_by_one(self, batch: list[_Pending]) -> None:

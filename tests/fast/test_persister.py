@@ -164,6 +164,25 @@ def test_a_batch_written_ahead_that_fails_is_retried_one_request_at_a_time_after
     assert positions(published) == [[1], [3]]
 
 
+def test_a_publish_that_raises_still_sees_the_batch_written_ahead_through() -> None:
+    store = RecordingStore()
+    published: list[list[int]] = []
+
+    def publish(upto: int, items: list[Any]) -> None:
+        published.append([i.event.stream_ordering for i in items])
+        if len(published) == 1:
+            raise RuntimeError("a consumer's bug")
+
+    persister = EventPersister(store, RoomHeads(store), publish, Clock())  # type: ignore[arg-type]
+    first = persister.persist([Item(1)])  # type: ignore[list-item]
+    second = persister.persist([Item(2)])  # type: ignore[list-item]
+    store.finish()  # 2 is written ahead, then 1's publishing raises
+    assert first.called and len(store.batches) == 2
+    store.finish()
+    assert second.called and second.result is None
+    assert published == [[1], [2]] and persister.persisted_upto == 2
+
+
 def test_after_a_slow_publish_even_one_waiting_request_gathers() -> None:
     store = RecordingStore()
     clock = Clock()
