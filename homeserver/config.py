@@ -68,7 +68,7 @@ class ListenConfig:
     trusted_proxies: list[str] = field(default_factory=list)
     # Connections open at once from one client address, and in all (api/connection_cap.py);
     # max_connections None: derived from RLIMIT_NOFILE.
-    max_connections_per_ip: int = 256
+    max_connections_per_ip: int = 2048
     max_connections: int | None = None
 
 

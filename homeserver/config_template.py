@@ -45,12 +45,13 @@ listen:
   trusted_proxies: []
   # Connections open at once from one client address (an IPv6 client by its /64): past
   # it a new one is closed as it is accepted, unanswered, and the log warns once a minute
-  # for that address. A browser opens about 6 to a host and an office behind one NAT
-  # address a few hundred; a machine holding thousands to use up the server's file
-  # descriptors is stopped here. Connections from trusted_proxies are not counted per
-  # address (every client comes through them): the balancer must cap each client, as
-  # deploy/haproxy.cfg and deploy/nginx.conf do (docs/limits.md, "Connections").
-  max_connections_per_ip: 256
+  # for that address. A browser opens about 6 to a host; an office or a mobile carrier's
+  # NAT puts hundreds of users behind one address, and so does a TLS proxy left out of
+  # trusted_proxies, so this is generous: it stops one machine holding tens of thousands
+  # to use up the server's file descriptors. Connections from trusted_proxies are not
+  # counted per address (every client comes through them): the balancer must cap each
+  # client, as deploy/haproxy.cfg and deploy/nginx.conf do (docs/limits.md, "Connections").
+  max_connections_per_ip: 2048
   # Connections open at once on the client and federation listeners (the workers'
   # internal listener is not capped); past it new ones are closed as accepted, with a
   # warning once a minute. Empty: derived from the open-files limit, which the server

@@ -418,7 +418,9 @@ def test_group_membership_is_admin_only(server: ServerProcess) -> None:
 def big_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
     from conftest import start_server_process
 
-    s = start_server_process(tmp_path_factory.mktemp("hs_big"), {"rate_limits": {"enabled": False}})
+    # A thousand users' clients, each with its keep-alive connection, all from 127.0.0.1.
+    overrides = {"rate_limits": {"enabled": False}, "listen": {"max_connections_per_ip": 100_000}}
+    s = start_server_process(tmp_path_factory.mktemp("hs_big"), overrides)
     yield s
     s.stop()
 
