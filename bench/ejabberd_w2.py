@@ -258,8 +258,8 @@ class Client(asyncio.Protocol):
 
 async def run(args: argparse.Namespace) -> None:
     server = Ejabberd(args.storage)
-    await server.start()
     try:
+        await server.start()
         loop = asyncio.get_running_loop()
         clients = []
         for i in range(2 * args.pairs):
