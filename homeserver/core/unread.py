@@ -49,8 +49,9 @@ no one who ignores their sender: per event, the pass looks up once who ignores t
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -75,6 +76,14 @@ LOAD_BATCH = 200
 # A pair overtaken by a change during its read is read at most this many times in a row.
 MAX_LOAD_READS = 3
 _NO_PLAN = Plan((), NO_MATCH, None)
+
+
+def _invites(pdu: Mapping[str, Any], user_id: str) -> bool:
+    """Whether the event invites `user_id` (the default rules notify them of it)."""
+    if pdu.get("type") != "m.room.member" or pdu.get("state_key") != user_id:
+        return False
+    content = pdu.get("content")
+    return isinstance(content, dict) and content.get("membership") == "invite"
 
 
 def thread_of(ev: StoredEvent) -> str | None:
@@ -281,7 +290,10 @@ class UnreadCounter:
                 program = programs[q.user_id]
                 counted = [self._facts_of_row(row, head, members) for row in reversed(events)]
                 counted += [self._facts_of_event(ev, head, members) for ev in newer]
+                joined = head.membership(q.user_id) == "join"
                 for facts, thread in counted:
+                    if joined and _invites(facts.pdu, q.user_id):
+                        continue  # an invitation the user has accepted is no news any more
                     outcome = program.evaluate(facts, q.user_id)
                     if outcome.notify:
                         entry.add(outcome.highlight, thread)
