@@ -22,15 +22,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from bench.procstats import cpu_seconds
+from bench.servers import free_port
 from bench.stats import percentile
 
 HOST = "localhost"
@@ -71,17 +71,6 @@ sql_password: ""
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _beam_pid(spool: Path) -> int:
     """The Erlang VM running this node (its command line names the spool directory)."""
     for entry in Path("/proc").iterdir():
@@ -105,7 +94,7 @@ class Ejabberd:
     def __init__(self, storage: str) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="ejbench-"))
         shutil.chown(self.dir, "ejabberd", "ejabberd")
-        self.port = _free_port()
+        self.port = free_port()
         self.database = f"ejbench_{self.port}" if storage == "pgsql" else None
         # Every message archived for its sender and its receiver, as it is sent.
         mam = "  mod_mam: {db_type: sql, default: always}\n" if self.database else ""
@@ -280,7 +269,7 @@ async def run(args: argparse.Namespace) -> None:
         for c in clients:
             c.latencies.clear()
         pids = [server.pid, *server.database_pids()]
-        cpu_before = sum(_cpu_s(pid) for pid in pids)
+        cpu_before = sum(cpu_seconds(pid) or 0.0 for pid in pids)
         total = int(args.rate * args.seconds)
         start = time.monotonic() + 0.05
         for n in range(total):
@@ -291,7 +280,7 @@ async def run(args: argparse.Namespace) -> None:
         deadline = time.monotonic() + 10
         while sum(len(c.latencies) for c in clients) < total and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        cpu = sum(_cpu_s(pid) for pid in pids) - cpu_before
+        cpu = sum(cpu_seconds(pid) or 0.0 for pid in pids) - cpu_before
         values = sorted(v for c in clients for v in c.latencies)
         if server.database is not None:  # the proof that they were stored: two rows a message
             archived = _psql("-c", "SELECT count(*) FROM archive", database=server.database).strip()

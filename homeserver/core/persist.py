@@ -217,8 +217,7 @@ class EventPersister:
                 if ahead is not None:
                     continue
                 waiting = len(self._queue)
-                slow = self._last_slow
-                if (waiting >= GATHER_FROM or (waiting and slow)) and waiting < GATHER_UNDER:
+                if (waiting >= GATHER_FROM or (waiting and self._last_slow)) and waiting < GATHER_UNDER:
                     await self._sleep(GATHER_S)
         finally:
             self._running = False

@@ -55,12 +55,17 @@ class ReceiptService:
         self.stream = StreamIdGenerator(current)
         self._started_at = current
 
-    async def _event_position(self, room_id: str, event_id: str) -> int:
-        events = await self.storage.events.get_events([event_id])
-        ev = events.get(event_id)
-        if ev is None or ev.room_id != room_id:
-            raise NotFound("Unknown event in this room")
-        return ev.stream_ordering
+    async def _event_positions(self, room_id: str, event_ids: list[str]) -> list[int]:
+        """The stream position of each event, read at once (read_markers' markers often
+        name the same one); NotFound for one that is not an event of this room."""
+        events = await self.storage.events.get_events(list(dict.fromkeys(event_ids)))
+        positions = []
+        for event_id in event_ids:
+            ev = events.get(event_id)
+            if ev is None or ev.room_id != room_id:
+                raise NotFound("Unknown event in this room")
+            positions.append(ev.stream_ordering)
+        return positions
 
     async def set_receipt(
         self, user_id: str, room_id: str, receipt_type: str, event_id: str, thread_id: str | None = None
@@ -92,15 +97,14 @@ class ReceiptService:
         a request is stored whole or refused whole. The rate takes them all at once (one
         token lets read_markers' two or three through, and the bucket goes below zero)."""
         head = await self.rooms.access_room_as_member(user_id, room_id)
-        positions = []
-        for receipt_type, event_id, thread_id in receipts:
+        for receipt_type, _, thread_id in receipts:
             if receipt_type != "m.fully_read" and receipt_type not in RECEIPT_TYPES:
                 raise MatrixError(f"Unknown receipt type {receipt_type}", "M_INVALID_PARAM")
             if thread_id is not None and not isinstance(thread_id, str):
                 raise MatrixError("'thread_id' must be a string", "M_BAD_JSON")
-            positions.append(await self._event_position(room_id, event_id))
         if not receipts:
             return
+        positions = await self._event_positions(room_id, [event_id for _, event_id, _ in receipts])
         # Each is a write, and a public one wakes every member's sync and goes to the room's
         # servers: a loop of receipts in a big room made that work at request speed.
         self.rooms.limit_user("receipt", user_id, cost=len(receipts))
@@ -131,7 +135,7 @@ class ReceiptService:
             log.info("read receipt of {user} in {room} dropped: over its rate", user=user_id, room=room_id)
             return
         try:
-            position = await self._event_position(room_id, event_id)
+            (position,) = await self._event_positions(room_id, [event_id])
         except NotFound:
             return
         stream_id = await self._record(user_id, room_id, "m.read", event_id, thread_id, position)
