@@ -94,6 +94,9 @@ clean:
 # W1 and W3 again on ours as two worker processes behind HAProxy (docs/scaling.md "Measured").
 # Installs the bench extra, Synapse (bench/.synapse-venv), and redis-server and haproxy with apt-get
 # when missing; BENCH_ARGS=--quick for a smoke run.
+# Then ejabberd with its messages archived in PostgreSQL, W2 at 500 and 1,000 msg/s and W1's full
+# throughput (bench/ejabberd_w2.py: issue 12's reference, in the same hour; apt-get installs
+# ejabberd and its PostgreSQL driver when missing); BENCH_EJABBERD=no skips it.
 # Then federation (bench/federation_latency.py): send → remote sync and a 1,000-member remote
 # join, ours↔ours and ours↔Synapse; `make bench-federation` runs that part alone.
 .PHONY: bench bench-federation
@@ -103,6 +106,11 @@ bench: $(BIN)/.installed
 	  (apt-get update -qq && apt-get install -y -qq redis-server haproxy) >/dev/null; }
 	$(BIN)/pip install -q --disable-pip-version-check -r bench/requirements.txt
 	$(BIN)/python -m bench $(BENCH_ARGS)
+	@if [ "$(BENCH_EJABBERD)" != no ]; then \
+	  PATH="$$PATH:/usr/sbin" command -v ejabberdctl >/dev/null 2>&1 && dpkg -s erlang-p1-pgsql >/dev/null 2>&1 || { \
+	    echo "installing ejabberd and erlang-p1-pgsql (the ejabberd reference rows)"; \
+	    (apt-get update -qq && apt-get install -y -qq ejabberd erlang-p1-pgsql) >/dev/null; }; \
+	  PATH="$$PATH:/usr/sbin" $(BIN)/python -m bench.ejabberd_w2 --storage pgsql --rates 500,1000,0 --report; fi
 	$(BIN)/python -m bench.federation_latency $(BENCH_FEDERATION_ARGS)
 
 bench-federation: $(BIN)/.installed

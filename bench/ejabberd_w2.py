@@ -1,20 +1,25 @@
 """W2's shape on ejabberd over XMPP, for a reference on this machine (issue 12's point 6 names
-ejabberd's p99 3.3-5.1 ms as the one to beat):
+ejabberd's p99 3.3-5.1 ms as the one to beat), and W1's:
 
-    .venv/bin/python -m bench.ejabberd_w2 [--rate 500] [--seconds 30] [--pairs 50]
+    .venv/bin/python -m bench.ejabberd_w2 [--rates 500,1000,0] [--seconds 30] [--pairs 50]
+        [--storage pgsql] [--report]
 
 Starts Debian's ejabberd (`apt-get install -y ejabberd`; its service need not run) in the
 foreground on a free loopback port with a config of its own: plain c2s, no TLS, no shaper,
 in-band registration. Storage: its default Mnesia, where a message to an online user is
 not stored at all, or with `--storage pgsql` (`apt-get install -y erlang-p1-pgsql`) every
 message archived (mod_mam, `default: always`) in a fresh PostgreSQL database on
-127.0.0.1:5432, as ours stores each before it is delivered. Connects 2 x `pairs` clients (a raw XMPP
-stream each: register, SASL PLAIN, bind, initial presence), sends one warm-up message from
-each, then `rate` messages a second round robin over the senders, each to its pair for
-`seconds`. A message's latency runs from just before its stanza is written to its arrival
-at the receiver (the time stamp rides in its body). Reports p50, p99 and max in ms, and
-the CPU per message delivered of ejabberd (all its threads, /proc) and of the PostgreSQL
-backends serving its database, as the bench's W2 rows count the server and its database.
+127.0.0.1:5432, as ours stores each before it is delivered. Connects 2 x `pairs` clients
+(a raw XMPP stream each: register, SASL PLAIN, bind, initial presence), sends one warm-up
+message from each, then for each of `rates`: that many messages a second round robin over
+the senders, each to its pair, for `seconds`. A rate of 0 is W1's shape instead: every
+sender has one message in flight and sends its next as soon as the last arrives (full
+throughput). A message's latency runs from just before its stanza is written to its
+arrival at the receiver (the time stamp rides in its body). Reports p50, p99 and max in
+ms, and the CPU per message delivered of ejabberd (all its threads, /proc) and of the
+PostgreSQL backends serving its database, as the bench's W1 and W2 rows count the server
+and its database; `--report` writes them to bench/results/DATE-ejabberd.md too (`make
+bench` does).
 """
 
 from __future__ import annotations
@@ -27,9 +32,12 @@ import subprocess
 import tempfile
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
-from bench.procstats import cpu_seconds
+from bench.procstats import cpu_seconds, cpu_speed_probe
+from bench.report import cpu_model, write_results
 from bench.servers import free_port
 from bench.stats import percentile
 
@@ -170,6 +178,8 @@ class Client(asyncio.Protocol):
         self._depth = 0
         self._waiters: list[tuple[str, asyncio.Future[ET.Element]]] = []
         self.latencies: list[float] = []
+        # Closed loop (`--rate 0`): told the sender's bare JID of each message that arrives.
+        self.on_message: Callable[[str], None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -192,6 +202,8 @@ class Client(asyncio.Protocol):
                 body = element.find(f"{STREAM_NS}body")
                 if body is not None and body.text and body.text.isdigit():
                     self.latencies.append((now - int(body.text)) / 1e6)
+                    if self.on_message is not None:
+                        self.on_message(element.get("from", "").split("/")[0])
             else:
                 self._resolve(element.tag, element)
             element.clear()
@@ -245,8 +257,10 @@ class Client(asyncio.Protocol):
         self.send("<presence/>")
 
 
-async def run(args: argparse.Namespace) -> None:
+async def run(args: argparse.Namespace) -> list[str]:
+    """Each of `args.rates` in turn on one ejabberd and one set of clients; a line for each."""
     server = Ejabberd(args.storage)
+    lines = []
     try:
         await server.start()
         loop = asyncio.get_running_loop()
@@ -266,42 +280,130 @@ async def run(args: argparse.Namespace) -> None:
         for sender, receiver in senders:  # warm-up, not counted
             send(sender, receiver)
         await asyncio.sleep(2.0)
-        for c in clients:
-            c.latencies.clear()
-        pids = [server.pid, *server.database_pids()]
-        cpu_before = sum(cpu_seconds(pid) or 0.0 for pid in pids)
-        total = int(args.rate * args.seconds)
-        start = time.monotonic() + 0.05
-        for n in range(total):
-            pause = start + n / args.rate - time.monotonic()
-            if pause > 0:
-                await asyncio.sleep(pause)
-            send(*senders[n % len(senders)])
-        deadline = time.monotonic() + 10
-        while sum(len(c.latencies) for c in clients) < total and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        cpu = sum(cpu_seconds(pid) or 0.0 for pid in pids) - cpu_before
-        values = sorted(v for c in clients for v in c.latencies)
+        for rate in args.rates:
+            lines.append(await _measure(args, rate, server, clients, senders, send))
+            print(lines[-1], flush=True)
         if server.database is not None:  # the proof that they were stored: two rows a message
             archived = _psql("-c", "SELECT count(*) FROM archive", database=server.database).strip()
-            print(f"archived rows: {archived} (warm-up included)")
-        print(
-            f"ejabberd ({args.storage}) W2@{args.rate}: {len(values)}/{total} delivered,"
-            f" p50 {percentile(values, 50):.2f} ms,"
-            f" p99 {percentile(values, 99):.2f} ms, max {values[-1]:.1f} ms,"
-            f" CPU {cpu * 1000 / max(1, len(values)):.3f} ms a message"
-        )
+            lines.append(f"archived rows: {archived} (warm-up included)")
     finally:
         server.stop()
+    return lines
+
+
+async def _measure(
+    args: argparse.Namespace,
+    rate: int,
+    server: Ejabberd,
+    clients: list[Client],
+    senders: list[tuple[Client, Client]],
+    send: Send,
+) -> str:
+    for c in clients:
+        c.latencies.clear()
+        c.on_message = None
+    pids = [server.pid, *server.database_pids()]
+    cpu_before = sum(cpu_seconds(pid) or 0.0 for pid in pids)
+    if rate:
+        total = await _open_loop(args.seconds, rate, senders, send)
+    else:
+        total = await _closed_loop(args.seconds, clients, senders, send)
+    deadline = time.monotonic() + 10
+    while sum(len(c.latencies) for c in clients) < total and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    cpu = sum(cpu_seconds(pid) or 0.0 for pid in pids) - cpu_before
+    values = sorted(v for c in clients for v in c.latencies)
+    shape = f"W2@{rate}" if rate else f"closed loop (W1), {len(values) / args.seconds:,.0f} msg/s"
+    return (
+        f"ejabberd ({args.storage}) {shape}: {len(values)}/{total} delivered,"
+        f" p50 {percentile(values, 50):.2f} ms,"
+        f" p99 {percentile(values, 99):.2f} ms, max {values[-1]:.1f} ms,"
+        f" CPU {cpu * 1000 / max(1, len(values)):.3f} ms a message"
+    )
+
+
+Send = Callable[["Client", "Client"], None]
+
+
+async def _open_loop(seconds: float, rate: int, senders: list[tuple[Client, Client]], send: Send) -> int:
+    """W2: `rate` messages a second round robin over the senders; returns how many were sent."""
+    total = int(rate * seconds)
+    start = time.monotonic() + 0.05
+    for n in range(total):
+        pause = start + n / rate - time.monotonic()
+        if pause > 0:
+            await asyncio.sleep(pause)
+        send(*senders[n % len(senders)])
+    return total
+
+
+async def _closed_loop(
+    seconds: float, clients: list[Client], senders: list[tuple[Client, Client]], send: Send
+) -> int:
+    """W1's shape: every sender has one message in flight, and sends its next as soon as the last
+    has reached its pair (XMPP has no answer to a message), for `seconds`; returns how many
+    were sent."""
+    by_jid = {sender.jid: (sender, receiver) for sender, receiver in senders}
+    sent = 0
+    ending = time.monotonic() + seconds
+
+    def next_from(jid: str) -> None:
+        nonlocal sent
+        if time.monotonic() < ending:
+            send(*by_jid[jid])
+            sent += 1
+
+    for client in clients:
+        client.on_message = next_from
+    for sender, receiver in senders:
+        send(sender, receiver)
+        sent += 1
+    await asyncio.sleep(seconds)
+    return sent
+
+
+def write_report(lines: list[str], args: argparse.Namespace, started: datetime) -> Path:
+    """bench/results/DATE-ejabberd.md: the lines, with what ran them and how fast the VM was."""
+    version = subprocess.run(
+        ["dpkg-query", "-W", "-f", "${Version}", "ejabberd"],  # noqa: S607 - Debian's own tool
+        capture_output=True,
+        text=True,
+    ).stdout
+    text = "\n".join(
+        [
+            f"# ejabberd beside us, {started:%Y-%m-%d %H:%M}",
+            "",
+            f"`python -m bench.ejabberd_w2 --storage {args.storage} --rates"
+            f' {",".join(map(str, args.rates))}` (docs/latency.md, "ejabberd beside us"):',
+            f"ejabberd {version or '?'} (Debian), {2 * args.pairs} XMPP clients in {args.pairs} pairs,"
+            f" {args.seconds:g} s a row; CPU: ejabberd and the PostgreSQL backends serving it.",
+            f"Machine: {cpu_model()}; speed probe {args.probe:.3f} s (lower is faster; the bench's).",
+            "",
+            *(f"- {line}" for line in lines),
+            "",
+        ]
+    )
+    return write_results(text, started, "-ejabberd")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rate", type=int, default=500)
+    parser.add_argument(
+        "--rates",
+        type=lambda text: [int(part) for part in text.split(",")],
+        default=[500],
+        help="comma list of messages a second, one row each; 0: closed loop (W1's shape)",
+    )
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--pairs", type=int, default=50)
     parser.add_argument("--storage", choices=("mnesia", "pgsql"), default="mnesia")
-    asyncio.run(run(parser.parse_args()))
+    parser.add_argument("--report", action="store_true", help="also write bench/results/DATE-ejabberd.md")
+    args = parser.parse_args()
+    started = datetime.now()
+    args.probe = cpu_speed_probe()
+    lines = asyncio.run(run(args))
+    if args.report:
+        print(f"results written to {write_report(lines, args, started)}")
 
 
 if __name__ == "__main__":

@@ -279,7 +279,7 @@ def _meminfo_total() -> str:
     return "?"
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -305,7 +305,7 @@ def _seconds(value: Any) -> str:
 
 def machine_section(meta: dict[str, Any]) -> str:
     lines = [
-        f"- CPU: {os.cpu_count()} cores ({_cpu_model()}); memory {_meminfo_total()}; "
+        f"- CPU: {os.cpu_count()} cores ({cpu_model()}); memory {_meminfo_total()}; "
         f"kernel {platform.release()}",
         f"- Python {platform.python_version()}; Twisted {_version('Twisted')}; "
         f"generator: aiohttp {_version('aiohttp')}, uvloop {meta.get('uvloop', 'not used')}",
