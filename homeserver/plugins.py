@@ -380,6 +380,8 @@ class PluginApi:
         from_start: bool = False,
         job: str = "background",
         wants: Callable[[str], bool] | None = None,
+        idempotent: bool = False,
+        gather_s: float = 0.0,
     ) -> None:
         """Call `callback(batch)` with each batch of committed events, in stream order, on a
         coroutine of its own: a slow callback delays only this subscription, which catches
@@ -398,6 +400,15 @@ class PluginApi:
         `wants(event_type)`: only events of the types it accepts are handed over; a batch
         left with none is not handed over at all, which spares a durable subscription its two
         position writes per batch (the position then follows lazily, within a second).
+
+        `idempotent` (durable only): handing a batch over again does no harm, because the
+        callback's effects replace themselves or it records what it acted on. Then no
+        position is written per batch (it follows lazily, within a second, and after a
+        crash about a second of batches comes again, without `maybe_repeated`).
+
+        `gather_s`: after each batch, with nothing queued, wait up to this long before the
+        next, so that the events of that time come as one batch (fewer calls for work that
+        costs per batch; ended early when the server stops).
         """
         handler = self._batch_handler(callback)
         if durable and not self.runs(job):
@@ -405,10 +416,17 @@ class PluginApi:
         stream_wants = _wants_by_type(wants) if wants is not None else None
         if durable:
             await self._hs.stream.subscribe_durable(
-                self._consumer_name(name), handler, from_start=from_start, wants=stream_wants
+                self._consumer_name(name),
+                handler,
+                from_start=from_start,
+                wants=stream_wants,
+                idempotent=idempotent,
+                gather_s=gather_s,
             )
         else:
-            self._hs.stream.subscribe(self._consumer_name(name), handler, wants=stream_wants)
+            self._hs.stream.subscribe(
+                self._consumer_name(name), handler, wants=stream_wants, gather_s=gather_s
+            )
 
     def _consumer_name(self, name: str) -> str:
         if not re.fullmatch(r"[a-z0-9_]{1,64}", name):

@@ -23,7 +23,9 @@ from fast.harness import Client, TestClock, make_server, real_reactor, room_path
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from homeserver.core import event_stream
 from homeserver.server import HomeServer
+from plugins.push import DELIVERY_GATHER_S
 
 NOTIFY = "/_matrix/push/v1/notify"
 CONSUMER = "plugin.push.delivery"
@@ -105,6 +107,7 @@ class Setup:
         content = {"msgtype": "m.text", "body": text} if kind == "m.room.message" else {"ciphertext": text}
         path = f"{room_path(room_id)}/send/{kind}/{secrets.token_hex(4)}"
         event_id: str = (await self.client.call("PUT", path, user["access_token"], content))["event_id"]
+        self.clock.advance(DELIVERY_GATHER_S)  # the delivery's gathering pause, on this clock
         return event_id
 
     async def bob_pushed(
@@ -126,6 +129,22 @@ class Setup:
         position has reached the stream: nothing held)."""
         consumer = next(c for c in self.hs.stream.consumers() if c.name == CONSUMER)
         await until(lambda: consumer.position >= self.hs.stream.position, "notifications settled")
+
+    async def saved_position(self) -> tuple[int, int]:
+        """(position, handed_upto) of the delivery subscription as saved in the database."""
+        saved = await self.hs.storage.stream_consumers.load(CONSUMER)
+        assert saved is not None
+        return saved
+
+    async def saved_after_lazy_save(self) -> tuple[int, int]:
+        """The saved (position, handed_upto) once the lazy save due now has been written."""
+        self.clock.advance(event_stream.LAZY_SAVE_S)
+        for _ in range(500):
+            saved = await self.saved_position()
+            if saved[0] >= self.hs.stream.position:
+                return saved
+            await turn()
+        raise AssertionError(f"position never saved: {saved} behind {self.hs.stream.position}")
 
     def retry_scheduled(self) -> bool:
         """Whether a failed pusher has its next retry on the clock (its last try is answered)."""
@@ -188,7 +207,7 @@ async def test_a_device_with_no_sync_open_is_pushed_at_once_in_the_full_format(t
         room_id = await s.room(alice, bob, name="Book club")
         await s.pusher(bob, "bob-phone", extra="kept")
         event_id = await s.send(alice, room_id, "see you at eight")
-        await until(lambda: s.gateway.requests, "a push")  # the clock never moved
+        await until(lambda: s.gateway.requests, "a push")  # the clock moved by the gather only
         [notification] = s.gateway.requests
         pushkey_ts = notification["devices"][0].pop("pushkey_ts")
         assert isinstance(pushkey_ts, int) and pushkey_ts > 1_700_000_000  # seconds
@@ -214,6 +233,41 @@ async def test_a_device_with_no_sync_open_is_pushed_at_once_in_the_full_format(t
         }
         await s.settled()
         assert s.gateway.bad == [] and s.parked() == []
+    finally:
+        await s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_message_costs_the_subscription_no_position_write_its_position_follows_lazily(
+    tmp_path: Path,
+) -> None:
+    """At a steady rate each message is a batch of its own. The delivery is idempotent (an
+    event handed over again is skipped for every pusher that settled it), so the stream writes
+    its position lazily instead of twice a message: two commits a message were most of what
+    the plugin cost (W2 at 500 msg/s, docs/latency.md)."""
+    s = await start(tmp_path)
+    try:
+        alice, bob = await s.user("alice"), await s.user("bob")
+        room_id = await s.room(alice, bob)
+        await s.pusher(bob, "bob-phone")
+        s.clock.advance(DELIVERY_GATHER_S)  # set-up's events: the gather before their batch
+        await s.settled()
+        saved_before = await s.saved_after_lazy_save()
+        for i in range(5):
+            await s.send(alice, room_id, f"message {i}")
+            await until(lambda i=i: len(s.gateway.requests) == i + 1, "a push")
+            await s.settled()
+            assert await s.saved_position() == saved_before  # nothing written for this message
+        assert (await s.saved_after_lazy_save())[0] == s.hs.stream.position > saved_before[0]
+
+        # Restarted on that position: nothing is pushed again.
+        pushed = len(s.gateway.requests)
+        await s.close()
+        s = await start(tmp_path, again=s)
+        await s.send(alice, room_id, "after the restart")
+        await until(lambda: s.gateway.requests, "a push")
+        await s.settled()
+        assert [n["content"]["body"] for n in s.gateway.requests] == ["after the restart"] and pushed == 5
     finally:
         await s.close()
 

@@ -19,6 +19,7 @@ from fast.harness import Client, TestClock, make_server, room_path, turn, until
 from mail_sink import Mail, MailSink
 
 from homeserver.server import HomeServer
+from plugins.push import DELIVERY_GATHER_S
 
 DELAY_S = 600  # email_delay: 10m
 THROTTLE_S = 3600  # email_throttle: 1h
@@ -68,6 +69,7 @@ class Setup:
         content = {"msgtype": "m.text", "body": text} if kind == "m.room.message" else {"ciphertext": text}
         path = f"{room_path(room_id)}/send/{kind}/{secrets.token_hex(4)}"
         event_id: str = (await self.client.call("PUT", path, user["access_token"], content))["event_id"]
+        self.clock.advance(DELIVERY_GATHER_S)  # the delivery's gathering pause, on this clock
         return event_id
 
     async def read(self, user: dict[str, str], room_id: str, event_id: str) -> None:

@@ -44,8 +44,13 @@ durable consumer may narrow what it gets:
   events are read again and dropped again: the handler is never handed them, so nothing
   is repeated. A `wants` that raises counts as wanting the event;
 - `idempotent`: handing a batch again does no harm (its writes replace themselves, as
-  the search index's do). No hand-over record is written and `position` is saved
-  lazily, as above: after a crash, about LAZY_SAVE_S of batches come again, unmarked.
+  the search index's do, or it records what it acted on, as the push plugin does). No
+  hand-over record is written and `position` is saved lazily, as above, releases of
+  holds included: after a crash, about LAZY_SAVE_S of batches come again, unmarked.
+
+- `gather_s`: woken from idle by a commit, the consumer waits that long (`pause`) before
+  its next batch, so that it runs after the commit's publishing and with the events of
+  that time (the push plugin: 2 ms, when the members' next long-polls are in).
 
 Holds: a consumer may keep working on a batch after its handler returned (a push waiting
 for a device's receipt, a request to a slow gateway). `batch.hold()` returns a release
@@ -182,11 +187,14 @@ class EventStream:
         self._check_name(name)
         self._inline.append((name, consumer))
 
-    def subscribe(self, name: str, handler: Handler, *, wants: Wants | None = None) -> "StreamConsumer":
+    def subscribe(
+        self, name: str, handler: Handler, *, wants: Wants | None = None, gather_s: float = 0.0
+    ) -> "StreamConsumer":
         """Hand every batch committed from now on to `handler`, in order, on its own coroutine
-        (with `wants`, only the events it wants; a batch left empty is not handed over).
-        Not durable: a restart starts it again at the stream's position then."""
-        return self._add(name, handler, False, self.position, 0, wants=wants)
+        (with `wants`, only the events it wants; a batch left empty is not handed over;
+        `gather_s`: see StreamConsumer.gather_s). Not durable: a restart starts it again at
+        the stream's position then."""
+        return self._add(name, handler, False, self.position, 0, wants=wants, gather_s=gather_s)
 
     async def subscribe_durable(
         self,
@@ -196,6 +204,7 @@ class EventStream:
         from_start: bool = False,
         wants: Wants | None = None,
         idempotent: bool = False,
+        gather_s: float = 0.0,
     ) -> "StreamConsumer":
         """Like `subscribe`, resuming after a restart from the position saved under `name`.
         The first time, it starts at the stream's position, or at its very start with `from_start`.
@@ -206,7 +215,7 @@ class EventStream:
             position = 0 if from_start else self.position
             await self._positions.save(name, position, position, self._time_ms())
             saved = (position, position)
-        return self._add(name, handler, True, *saved, wants=wants, idempotent=idempotent)
+        return self._add(name, handler, True, *saved, wants=wants, idempotent=idempotent, gather_s=gather_s)
 
     def _add(
         self,
@@ -217,6 +226,7 @@ class EventStream:
         handed: int,
         wants: Wants | None = None,
         idempotent: bool = False,
+        gather_s: float = 0.0,
     ) -> "StreamConsumer":
         if not self._started:
             raise RuntimeError("subscribe after the stream has started")
@@ -224,6 +234,7 @@ class EventStream:
         consumer = StreamConsumer(self, name, handler, durable, position, handed)
         consumer.wants = wants
         consumer.idempotent = idempotent
+        consumer.gather_s = gather_s
         self._consumers[name] = consumer
         consumer.start()
         return consumer
@@ -300,6 +311,9 @@ class StreamConsumer:
         self._done: Deferred[None] | None = None
         self.wants: Wants | None = None
         self.idempotent = False
+        # Woken from idle, wait this long (`pause`) before the first batch, so that it comes
+        # a little after its commit's publishing, and with the events of that time.
+        self.gather_s = 0.0
         self._gathering = False  # in a handler's `pause`
         self._lazy_save: Any = None  # the pending delayed call of a lazy save
 
@@ -360,11 +374,15 @@ class StreamConsumer:
             position = unsettled.popleft().upto
         if position > self.position:
             self._advance(position)
-            # A release (the coroutine may be idle): save without waiting for the next batch.
+            # A release (the coroutine may be idle): save without waiting for the next batch,
+            # lazily for an idempotent consumer (a write per release would cost what it saved).
             # Settled by a handler's return, the coroutine saves it itself when idle.
-            if released and self.durable and not self._stopping and not self._background_save:
-                self._background_save = True
-                Deferred.fromCoroutine(self._save_settled())
+            if released and self.durable and not self._stopping:
+                if self.idempotent:
+                    self._save_later()
+                elif not self._background_save:
+                    self._background_save = True
+                    Deferred.fromCoroutine(self._save_settled())
 
     async def _save_settled(self, once: bool = False) -> None:
         """Save `position` until the saved one caught up; `once`: one write (a lazy save,
@@ -422,6 +440,8 @@ class StreamConsumer:
             while not self._stopping:
                 batch = await self._next_batch()
                 if batch is None:
+                    if self.gather_s and self._queue and not self._stopping:
+                        await self.pause(self.gather_s)  # woken from idle: gather first
                     continue
                 if self.wants is not None:
                     batch = dataclasses.replace(batch, items=[i for i in batch.items if self._wanted(i)])

@@ -317,6 +317,21 @@ def test_an_idempotent_consumer_that_is_never_idle_still_saves_its_position_lazi
     assert db.positions["index"][0] >= 3
 
 
+def test_a_gathering_consumer_woken_from_idle_waits_and_gets_that_times_events_in_one_batch() -> None:
+    stream, db, clock = make()
+    got: list[StreamBatch] = []
+    consumer = stream.subscribe("pusher", lambda b: Deferred.fromCoroutine(record(got, b)), gather_s=0.002)
+    commit(stream, db, 1)
+    commit(stream, db, 2)
+    assert got == []  # not inside the publishing
+    clock.advance(0.002)
+    assert [seen([b]) for b in got] == [[1, 2]]
+    # Someone waiting for the consumer ends the wait at once.
+    commit(stream, db, 3)
+    reached = consumer.reached(3)
+    assert reached.called and seen(got) == [1, 2, 3]
+
+
 def test_a_consumer_stopped_before_its_lazy_save_saves_at_stop() -> None:
     db = Database()
     stream, db, _ = make(db)
