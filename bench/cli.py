@@ -282,7 +282,7 @@ async def run_target(
             plan.append(("W5", runner.w5))
         if "SR" in workloads:
             plan.append(("SR", runner.sr))
-        if stand_in is not None and target.is_ours:
+        if "PG" in workloads and stand_in is not None and target.is_ours:
             plan.append(
                 (
                     "PG",
