@@ -406,9 +406,10 @@ class PluginApi:
         position is written per batch (it follows lazily, within a second, and after a
         crash about a second of batches comes again, without `maybe_repeated`).
 
-        `gather_s`: after each batch, with nothing queued, wait up to this long before the
-        next, so that the events of that time come as one batch (fewer calls for work that
-        costs per batch; ended early when the server stops).
+        `gather_s`: woken by a commit after being idle, wait up to this long before the next
+        batch, so that it comes a little after the commit's publishing (the push plugin: the
+        members' next long-polls are in by then) and with the events of that time; ended
+        early when the server stops or someone waits for the subscription.
         """
         handler = self._batch_handler(callback)
         if durable and not self.runs(job):

@@ -46,8 +46,7 @@ durable consumer may narrow what it gets:
 - `idempotent`: handing a batch again does no harm (its writes replace themselves, as
   the search index's do, or it records what it acted on, as the push plugin does). No
   hand-over record is written and `position` is saved lazily, as above, releases of
-  holds included: after a crash, about LAZY_SAVE_S of batches come again, unmarked.
-
+  holds included: after a crash, about LAZY_SAVE_S of batches come again, unmarked;
 - `gather_s`: woken from idle by a commit, the consumer waits that long (`pause`) before
   its next batch, so that it runs after the commit's publishing and with the events of
   that time (the push plugin: 2 ms, when the members' next long-polls are in).
